@@ -1,0 +1,345 @@
+"""Linear + activation GEMMs: ``act(x @ w.T + b)`` and the gated MLP ``act(x @ wg.T) * (x @ wu.T)``.
+
+The bias and the activation are applied in the epilogue while the accumulator is still fp32; the gated
+kernel keeps two accumulators so each tile of x is read once for both projections.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from tritonfuse import registry
+from tritonfuse.kernels.common import cast_out, dot_upcast, rtne_bf16
+
+ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu")
+GATED_ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+# --- autotune configs ---------------------------------------------------------------------------------
+# Keyed on power-of-two buckets of M and on N, K, so a new batch size inside a bucket does not re-tune.
+
+
+def _cfg(bm, bn, bk, stages, warps, group=8):
+    return triton.Config(
+        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group}, num_stages=stages, num_warps=warps
+    )
+
+
+if registry.interpret_mode():
+    # the interpreter runs configs on the CPU: one small config keeps the test suite fast
+    _GEMM_CONFIGS = [_cfg(32, 32, 32, 1, 4)]
+    _GATED_CONFIGS = [_cfg(32, 32, 32, 1, 4)]
+else:
+    _GEMM_CONFIGS = [
+        _cfg(128, 256, 64, 3, 8),
+        _cfg(256, 128, 64, 3, 8),
+        _cfg(128, 128, 64, 4, 8),
+        _cfg(128, 128, 64, 4, 4),
+        _cfg(128, 64, 64, 4, 4),
+        _cfg(64, 128, 64, 4, 4),
+        _cfg(64, 64, 64, 4, 4),
+        _cfg(32, 64, 64, 5, 2),
+    ]
+    # two fp32 accumulators per tile: stay at or under 128x128 per program
+    _GATED_CONFIGS = [
+        _cfg(128, 128, 64, 3, 8),
+        _cfg(128, 128, 64, 4, 8),
+        _cfg(128, 64, 64, 4, 4),
+        _cfg(64, 128, 64, 4, 4),
+        _cfg(128, 256, 32, 3, 8),
+        _cfg(64, 64, 64, 4, 4),
+        _cfg(32, 64, 64, 5, 2),
+    ]
+
+_AUTOTUNE_KW = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+
+
+def _m_bucket(m: int) -> int:
+    return max(16, triton.next_power_of_2(m))
+
+
+# --- epilogue helpers ---------------------------------------------------------------------------------
+
+
+@triton.jit
+def _apply_act(x, ACT: tl.constexpr):
+    # x is the fp32 accumulator
+    if ACT == "relu":
+        x = tl.maximum(x, 0.0)
+    elif ACT == "gelu":
+        x = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+    elif ACT == "gelu_tanh":
+        inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+        # tanh(y) = 2*sigmoid(2y) - 1, stable at both ends
+        x = 0.5 * x * (1.0 + (2.0 * tl.sigmoid(2.0 * inner) - 1.0))
+    elif ACT == "silu":
+        x = x * tl.sigmoid(x)
+    return x
+
+
+@triton.jit
+def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    # grouped ordering: programs that run together share rows of x in L2
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+    return pid_m, pid_n
+
+
+# --- kernels ------------------------------------------------------------------------------------------
+
+
+@triton.autotune(configs=_GEMM_CONFIGS, key=["M_BUCKET", "N", "K", "ACT", "HAS_BIAS"], **_AUTOTUNE_KW)
+@triton.jit
+def _linear_act_kernel(
+    x_ptr, w_ptr, b_ptr, out_ptr,
+    M, N, K, M_BUCKET,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_om, stride_on,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr, RTNE_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # x: [M, K], w: [N, K] (a Linear's weight), out: [M, N]
+    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    # clamp rows/cols so loads of the ragged edge stay in bounds; the store is masked
+    offs_am = tl.where(offs_m < M, offs_m, 0)
+    offs_bn = tl.where(offs_n < N, offs_n, 0)
+    x_ptrs = x_ptr + offs_am[:, None] * stride_xm + offs_k[None, :] * stride_xk
+    w_ptrs = w_ptr + offs_bn[None, :] * stride_wn + offs_k[:, None] * stride_wk
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        k_left = K - k * BLOCK_K
+        a = tl.load(x_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
+        b = tl.load(w_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+        if DOT_UPCAST:
+            a, b = a.to(tl.float32), b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0)
+        acc += bias.to(tl.float32)[None, :]
+    acc = _apply_act(acc, ACT)
+    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
+    tl.store(out_ptrs, cast_out(acc, out_ptr.dtype.element_ty, RTNE_BF16), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+@triton.autotune(configs=_GATED_CONFIGS, key=["M_BUCKET", "N", "K", "ACT", "HAS_BIAS"], **_AUTOTUNE_KW)
+@triton.jit
+def _gated_mlp_kernel(
+    x_ptr, wg_ptr, wu_ptr, bg_ptr, bu_ptr, out_ptr,
+    M, N, K, M_BUCKET,
+    stride_xm, stride_xk, stride_wgn, stride_wgk, stride_wun, stride_wuk, stride_om, stride_on,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr, RTNE_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # out = act(x @ wg.T + bg) * (x @ wu.T + bu); x: [M, K], wg, wu: [N, K]
+    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_am = tl.where(offs_m < M, offs_m, 0)
+    offs_bn = tl.where(offs_n < N, offs_n, 0)
+    x_ptrs = x_ptr + offs_am[:, None] * stride_xm + offs_k[None, :] * stride_xk
+    wg_ptrs = wg_ptr + offs_bn[None, :] * stride_wgn + offs_k[:, None] * stride_wgk
+    wu_ptrs = wu_ptr + offs_bn[None, :] * stride_wun + offs_k[:, None] * stride_wuk
+    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        k_left = K - k * BLOCK_K
+        a = tl.load(x_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
+        bg = tl.load(wg_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+        bu = tl.load(wu_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+        if DOT_UPCAST:
+            a, bg, bu = a.to(tl.float32), bg.to(tl.float32), bu.to(tl.float32)
+        acc_g = tl.dot(a, bg, acc_g, input_precision=PRECISION)
+        acc_u = tl.dot(a, bu, acc_u, input_precision=PRECISION)
+        x_ptrs += BLOCK_K * stride_xk
+        wg_ptrs += BLOCK_K * stride_wgk
+        wu_ptrs += BLOCK_K * stride_wuk
+    if HAS_BIAS:
+        n_mask = offs_n < N
+        acc_g += tl.load(bg_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+        acc_u += tl.load(bu_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    acc = _apply_act(acc_g, ACT) * acc_u
+    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
+    tl.store(out_ptrs, cast_out(acc, out_ptr.dtype.element_ty, RTNE_BF16), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+# --- launchers ----------------------------------------------------------------------------------------
+
+
+def unsupported(x: torch.Tensor, *weights: Optional[torch.Tensor], act: str, gated: bool = False) -> Optional[str]:
+    """Why the kernels cannot serve these operands, or None. ``weights`` are [N, K] (biases may be None)."""
+    acts = GATED_ACTIVATIONS if gated else ACTIVATIONS
+    if act not in acts:
+        return f"activation {act!r} not supported (supported: {', '.join(acts)})"
+    if x.dim() != 2:
+        return f"x must be 2-D, got {x.dim()}-D"
+    if x.dtype not in DTYPES:
+        return f"dtype {x.dtype} not supported"
+    for t in weights:
+        if t is None:
+            continue
+        if t.dtype != x.dtype:
+            return f"mixed dtypes {x.dtype} and {t.dtype}"
+        if t.device != x.device:
+            return "operands on different devices"
+    reason = registry.device_unsupported(x.device)
+    if reason:
+        return reason
+    return None
+
+
+def _precision(dtype: torch.dtype) -> dict:
+    # follow PyTorch: fp32 matmuls are exact fp32 unless the user allowed TF32
+    ieee = dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest"
+    upcast = dot_upcast(dtype)
+    return {"PRECISION": "ieee" if ieee or upcast else "tf32", "DOT_UPCAST": upcast, "RTNE_BF16": rtne_bf16(dtype)}
+
+
+def _grid(M: int, N: int):
+    def grid(meta):
+        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+
+    return grid
+
+
+def _linear_act_fake(x, w, b, act):
+    return x.new_empty((x.shape[0], w.shape[0]))
+
+
+@registry.kernel_op("tritonfuse::linear_act", fake=_linear_act_fake)
+def linear_act(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], act: str) -> torch.Tensor:
+    """``act(x @ w.T + b)`` in one Triton GEMM.
+
+    Args:
+        x: [M, K] activations (any strides), fp16, bf16 or fp32.
+        w: [N, K] weight of a Linear, same dtype.
+        b: [N] bias or None.
+        act: one of ``none``, ``relu``, ``gelu``, ``gelu_tanh``, ``silu``.
+
+    Example::
+
+        >>> x, w, b = torch.randn(37, 100), torch.randn(77, 100), torch.randn(77)
+        >>> y = torch.ops.tritonfuse.linear_act(x, w, b, "gelu")  # TRITON_INTERPRET=1 on a CPU
+    """
+    M, K = x.shape
+    N = w.shape[0]
+    out = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    if M == 0 or N == 0:
+        return out
+    registry.launcher(_linear_act_kernel)[_grid(M, N)](
+        x, w, b if b is not None else w, out,
+        M, N, K, _m_bucket(M),
+        x.stride(0), x.stride(1), w.stride(0), w.stride(1), out.stride(0), out.stride(1),
+        HAS_BIAS=b is not None, ACT=act, **_precision(x.dtype),
+    )
+    return out
+
+
+def _gated_mlp_fake(x, wg, wu, bg, bu, act):
+    return x.new_empty((x.shape[0], wg.shape[0]))
+
+
+@registry.kernel_op("tritonfuse::gated_mlp", fake=_gated_mlp_fake)
+def gated_mlp(
+    x: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, bg: Optional[torch.Tensor], bu: Optional[torch.Tensor],
+    act: str,
+) -> torch.Tensor:
+    """``act(x @ wg.T + bg) * (x @ wu.T + bu)`` (SwiGLU with ``silu``, GeGLU with ``gelu``) in one dual GEMM.
+
+    Args:
+        x: [M, K] activations; wg, wu: [N, K] gate and up weights; bg, bu: [N] biases or both None.
+        act: ``silu``, ``gelu`` or ``gelu_tanh``.
+
+    Example::
+
+        >>> x, wg, wu = torch.randn(37, 100), torch.randn(77, 100), torch.randn(77, 100)
+        >>> y = torch.ops.tritonfuse.gated_mlp(x, wg, wu, None, None, "silu")
+    """
+    M, K = x.shape
+    N = wg.shape[0]
+    out = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    if M == 0 or N == 0:
+        return out
+    has_bias = bg is not None
+    registry.launcher(_gated_mlp_kernel)[_grid(M, N)](
+        x, wg, wu, bg if has_bias else wg, bu if has_bias else wu, out,
+        M, N, K, _m_bucket(M),
+        x.stride(0), x.stride(1), wg.stride(0), wg.stride(1), wu.stride(0), wu.stride(1),
+        out.stride(0), out.stride(1),
+        HAS_BIAS=has_bias, ACT=act, **_precision(x.dtype),
+    )
+    return out
+
+
+# --- references ---------------------------------------------------------------------------------------
+
+
+def act_ref(y: torch.Tensor, act: str) -> torch.Tensor:
+    if act == "none":
+        return y
+    if act == "relu":
+        return torch.relu(y)
+    if act == "gelu":
+        return torch.nn.functional.gelu(y)
+    if act == "gelu_tanh":
+        return torch.nn.functional.gelu(y, approximate="tanh")
+    if act == "silu":
+        return torch.nn.functional.silu(y)
+    raise ValueError(f"unknown activation {act!r}")
+
+
+def linear_act_ref(x, w, b, act, upcast: bool = False) -> torch.Tensor:
+    """PyTorch's own ``act(linear(x, w, b))``; in fp64 on the CPU with ``upcast=True``."""
+    if upcast:
+        x, w = x.double().cpu(), w.double().cpu()
+        b = b.double().cpu() if b is not None else None
+    return act_ref(torch.nn.functional.linear(x, w, b), act)
+
+
+def gated_mlp_ref(x, wg, wu, bg, bu, act, upcast: bool = False) -> torch.Tensor:
+    if upcast:
+        x, wg, wu = x.double().cpu(), wg.double().cpu(), wu.double().cpu()
+        bg = bg.double().cpu() if bg is not None else None
+        bu = bu.double().cpu() if bu is not None else None
+    return act_ref(torch.nn.functional.linear(x, wg, bg), act) * torch.nn.functional.linear(x, wu, bu)
+
+
+def probe(device: str, dtype: torch.dtype, act: str, has_bias: bool, gated: bool) -> Optional[str]:
+    """Compile and launch one variant on a small input once; None when it works, else the reason."""
+
+    def run():
+        g = torch.Generator(device="cpu").manual_seed(0)
+        x = torch.randn(19, 40, generator=g).to(device=device, dtype=dtype)
+        w1 = torch.randn(24, 40, generator=g).to(device=device, dtype=dtype)
+        w2 = torch.randn(24, 40, generator=g).to(device=device, dtype=dtype)
+        b1 = torch.randn(24, generator=g).to(device=device, dtype=dtype) if has_bias else None
+        b2 = torch.randn(24, generator=g).to(device=device, dtype=dtype) if has_bias else None
+        if gated:
+            y = torch.ops.tritonfuse.gated_mlp(x, w1, w2, b1, b2, act)
+            ref = gated_mlp_ref(x, w1, w2, b1, b2, act, upcast=True)
+        else:
+            y = torch.ops.tritonfuse.linear_act(x, w1, b1, act)
+            ref = linear_act_ref(x, w1, b1, act, upcast=True)
+        err = (y.double().cpu() - ref).norm() / ref.norm().clamp_min(1e-12)
+        if not math.isfinite(err.item()) or err.item() > 5e-2:
+            raise RuntimeError(f"wrong result on the probe input (relative error {err.item():.3g})")
+
+    name = f"{'gated_mlp' if gated else 'linear_act'}[{act},{'bias' if has_bias else 'nobias'},{dtype}]"
+    return registry.guarded_probe(f"{name}@{device}", run)

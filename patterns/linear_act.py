@@ -1,0 +1,208 @@
+"""Linear + activation patterns: ``act(linear(x, w, b))`` and the gated MLP ``act(x @ wg.T) * (x @ wu.T)``.
+
+Each pattern is traced from plain PyTorch code by Inductor's pattern matcher, in fp32 and in fp16 (the
+half-precision graph carries the fp32 upcast around GELU/SiLU), for 2-D inputs and for batched inputs
+(the reshapes around ``addmm``). The replacement calls ``tritonfuse::linear_act`` or
+``tritonfuse::gated_mlp``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch._inductor.pattern_matcher import Match, PatternMatcherPass, register_replacement
+
+from tritonfuse import config, registry
+from tritonfuse.patterns.common import arg_val, trace_pattern
+from tritonfuse.kernels import linear_act as K
+
+FAMILY = "linear_act"
+
+
+def _act(y, act):
+    return K.act_ref(y, act)
+
+
+# --- search and replacement functions ------------------------------------------------------------------
+
+
+def _linear_act_pattern(act):
+    def pattern(x, w, b):
+        return _act(F.linear(x, w, b), act)
+
+    return pattern
+
+
+def _linear_act_nobias_pattern(act):
+    def pattern(x, w):
+        return _act(F.linear(x, w), act)
+
+    return pattern
+
+
+def _flat(x):
+    return x.reshape(-1, x.shape[-1])
+
+
+def _linear_act_replacement(act):
+    def replacement(x, w, b):
+        y = torch.ops.tritonfuse.linear_act(_flat(x), w, b, act)
+        return y.reshape(*x.shape[:-1], w.shape[0])
+
+    return replacement
+
+
+def _linear_act_nobias_replacement(act):
+    def replacement(x, w):
+        y = torch.ops.tritonfuse.linear_act(_flat(x), w, None, act)
+        return y.reshape(*x.shape[:-1], w.shape[0])
+
+    return replacement
+
+
+def _gated_pattern(act, gate_first):
+    # HF Llama: down(act(gate(x)) * up(x)); some models write the product the other way round
+    def pattern(x, wg, wu):
+        g = _act(F.linear(x, wg), act)
+        u = F.linear(x, wu)
+        return g * u if gate_first else u * g
+
+    return pattern
+
+
+def _gated_replacement(act):
+    def replacement(x, wg, wu):
+        y = torch.ops.tritonfuse.gated_mlp(_flat(x), wg, wu, None, None, act)
+        return y.reshape(*x.shape[:-1], wg.shape[0])
+
+    return replacement
+
+
+def _gated_fused_pattern(act):
+    # one Linear producing [gate | up], split in two (GeGLU as in diffusers, fused SwiGLU projections)
+    def pattern(x, w, b):
+        g, u = F.linear(x, w, b).chunk(2, dim=-1)
+        return _act(g, act) * u
+
+    return pattern
+
+
+def _gated_fused_nobias_pattern(act):
+    def pattern(x, w):
+        g, u = F.linear(x, w).chunk(2, dim=-1)
+        return _act(g, act) * u
+
+    return pattern
+
+
+def _gated_fused_replacement(act):
+    def replacement(x, w, b):
+        n = w.shape[0] // 2
+        y = torch.ops.tritonfuse.gated_mlp(_flat(x), w[:n], w[n:], b[:n], b[n:], act)
+        return y.reshape(*x.shape[:-1], n)
+
+    return replacement
+
+
+def _gated_fused_nobias_replacement(act):
+    def replacement(x, w):
+        n = w.shape[0] // 2
+        y = torch.ops.tritonfuse.gated_mlp(_flat(x), w[:n], w[n:], None, None, act)
+        return y.reshape(*x.shape[:-1], n)
+
+    return replacement
+
+
+# --- checks --------------------------------------------------------------------------------------------
+
+
+def _gemm_node(match: Match) -> torch.fx.Node:
+    # the site is its GEMM: several patterns may try the same one, it is counted once
+    for n in match.nodes:
+        if n.target in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
+            return n
+    return match.output_node()
+
+
+def _describe(x, w, dtype) -> str:
+    m = 1
+    for s in x.shape[:-1]:
+        m *= s
+    return f"M={m} K={x.shape[-1]} N={w.shape[0]} {str(dtype).replace('torch.', '')}"
+
+
+def _make_check(act: str, gated: bool, fused: bool, has_bias: bool):
+    kernel = f"{'gated_mlp' if gated else 'linear_act'}[{act}]"
+
+    def check(match: Match) -> bool:
+        site = _gemm_node(match)
+        x = arg_val(match, "x")
+        ws = [arg_val(match, n) for n in (("w",) if not gated or fused else ("wg", "wu"))]
+        b = arg_val(match, "b") if has_bias else None
+        if x is None or any(w is None for w in ws):
+            return False
+        if x.dim() < 2 or any(w.dim() != 2 for w in ws) or (b is not None and b.dim() != 1):
+            return False
+        detail = _describe(x, ws[0], x.dtype)
+        if gated and fused:
+            n2 = ws[0].shape[0]
+            if n2 % 2:
+                registry.note_fallback(FAMILY, site, kernel, "fused gate/up projection with an odd width", detail)
+                return False
+            half = ws[0].shape[0] // 2
+            ws = [ws[0][:half], ws[0][half:]]
+        if act == "none" and not config.linear_plain_enabled():
+            registry.note_fallback(
+                FAMILY, site, kernel, "no activation: cuBLAS's bias epilogue kept (TRITONFUSE_LINEAR_PLAIN=1)", detail
+            )
+            return False
+        x2 = x.reshape(-1, x.shape[-1]) if x.dim() > 2 else x
+        reason = K.unsupported(x2, *ws, b, act=act, gated=gated)
+        if reason is None and x.shape[-1] != ws[0].shape[1]:
+            reason = "inner dimensions differ"
+        if reason is None:
+            reason = K.probe(str(x.device), x.dtype, act, b is not None, gated)
+        if reason:
+            registry.note_fallback(FAMILY, site, kernel, reason, detail)
+            return False
+        registry.note_replaced(FAMILY, site, kernel, detail)
+        return True
+
+    return check
+
+
+# --- registration --------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def pattern_pass() -> PatternMatcherPass:
+    """All linear_act patterns in one pass, built once per process."""
+    pm = PatternMatcherPass(pass_name="tritonfuse_linear_act")
+    reg = functools.partial(register_replacement, trace_fn=trace_pattern, pass_dicts=pm)
+    for dtype in (torch.float32, torch.float16):
+        # gated patterns first: their GEMMs would otherwise be taken one by one
+        for act in K.GATED_ACTIVATIONS:
+            for shape in ((8, 16), (2, 4, 16)):
+                x = torch.empty(shape, dtype=dtype)
+                wg, wu = torch.empty(24, 16, dtype=dtype), torch.empty(24, 16, dtype=dtype)
+                for gate_first in (True, False):
+                    reg(_gated_pattern(act, gate_first), _gated_replacement(act), [x, wg, wu],
+                        extra_check=_make_check(act, True, False, False))
+                w12, b12 = torch.empty(48, 16, dtype=dtype), torch.empty(48, dtype=dtype)
+                reg(_gated_fused_pattern(act), _gated_fused_replacement(act), [x, w12, b12],
+                    extra_check=_make_check(act, True, True, True))
+                reg(_gated_fused_nobias_pattern(act), _gated_fused_nobias_replacement(act), [x, w12],
+                    extra_check=_make_check(act, True, True, False))
+        for act in ("relu", "gelu", "gelu_tanh", "silu", "none"):
+            if act in ("none", "relu") and dtype != torch.float32:
+                continue  # no upcast around these: the fp32 trace serves every dtype
+            for shape in ((8, 16), (2, 4, 16)):
+                x = torch.empty(shape, dtype=dtype)
+                w, b = torch.empty(24, 16, dtype=dtype), torch.empty(24, dtype=dtype)
+                reg(_linear_act_pattern(act), _linear_act_replacement(act), [x, w, b],
+                    extra_check=_make_check(act, False, False, True))
+                reg(_linear_act_nobias_pattern(act), _linear_act_nobias_replacement(act), [x, w],
+                    extra_check=_make_check(act, False, False, False))
+    return pm

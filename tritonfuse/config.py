@@ -1,0 +1,139 @@
+"""Flat settings for tritonfuse.
+
+Every setting is one module-level variable with a one-line comment. Defaults come from ``TRITONFUSE_*``
+environment variables, read once at import. Invalid values are reported when the backend is first used
+(``validate()``), naming the variable, the value and the allowed values. Tests change settings with
+``patch()``::
+
+    from tritonfuse import config
+    with config.patch(patterns="linear_act", log="summary"):
+        torch.compile(model, backend="tritonfuse")(x)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+from typing import Iterator
+
+FAMILIES = ("linear_act", "attention", "norm_residual", "conv_bn")
+QUANT_MODES = ("none", "int8", "int8-weight")
+LOG_LEVELS = ("off", "summary", "debug")
+
+# comma list of families to enable, "all" (default) or "none"
+patterns: str = "all"
+# int8 quantization: "none" (default), "int8" (W8A8 dynamic) or "int8-weight" (weight-only)
+quant: str = "none"
+# comma list of module-name globs kept in floating point when quant is on
+quant_skip: str = ""
+# SQNR gate in dB: a quantized layer below it on the example inputs stays in floating point
+quant_min_sqnr: float = 0.0
+# "off" (default), "summary" (print the report after each compile) or "debug"
+log: str = "off"
+# "1" (default): a kernel that fails leaves its site to Inductor with one warning; "0": raise instead
+fallback_on_error: str = "1"
+# replace a Linear with no activation by the Triton GEMM (bias fused); off by default, since cuBLAS's
+# own bias epilogue is as fast on the shapes measured in benchmarks/results/
+linear_plain: str = "0"
+
+_ENV = {
+    "patterns": "TRITONFUSE_PATTERNS",
+    "quant": "TRITONFUSE_QUANT",
+    "quant_skip": "TRITONFUSE_QUANT_SKIP",
+    "quant_min_sqnr": "TRITONFUSE_QUANT_MIN_SQNR",
+    "log": "TRITONFUSE_LOG",
+    "fallback_on_error": "TRITONFUSE_FALLBACK_ON_ERROR",
+    "linear_plain": "TRITONFUSE_LINEAR_PLAIN",
+}
+
+
+class ConfigError(ValueError):
+    """An invalid tritonfuse setting; the message names the variable, the value and what is allowed."""
+
+
+def load_env(environ=None) -> None:
+    """Read the ``TRITONFUSE_*`` variables into this module (done once at import)."""
+    environ = os.environ if environ is None else environ
+    g = globals()
+    for name, var in _ENV.items():
+        if var not in environ:
+            continue
+        raw = environ[var].strip()
+        # kept as text; validate() reports a bad value when the backend is first used
+        g[name] = raw if name == "quant_skip" else raw.lower()
+
+
+def _fail(name: str, value, allowed: str) -> None:
+    raise ConfigError(f"{_ENV[name]}={value!r} is not valid; allowed: {allowed}")
+
+
+def validate() -> None:
+    """Check every setting; raise ConfigError naming the variable, the value and the allowed values."""
+    g = globals()
+    fams = [p.strip() for p in str(patterns).lower().split(",") if p.strip()]
+    if not fams:
+        _fail("patterns", patterns, "'all', 'none' or a comma list of " + ", ".join(FAMILIES))
+    if fams not in (["all"], ["none"]):
+        bad = [f for f in fams if f not in FAMILIES]
+        if bad:
+            _fail("patterns", patterns, "'all', 'none' or a comma list of " + ", ".join(FAMILIES))
+    if quant not in QUANT_MODES:
+        _fail("quant", quant, ", ".join(QUANT_MODES))
+    if log not in LOG_LEVELS:
+        _fail("log", log, ", ".join(LOG_LEVELS))
+    if str(fallback_on_error) not in ("0", "1"):
+        _fail("fallback_on_error", fallback_on_error, "0, 1")
+    try:
+        g["quant_min_sqnr"] = float(quant_min_sqnr)
+    except (TypeError, ValueError):
+        _fail("quant_min_sqnr", quant_min_sqnr, "a number of dB, e.g. 30")
+    if str(linear_plain) not in ("0", "1"):
+        _fail("linear_plain", linear_plain, "0, 1")
+
+
+def enabled_families() -> tuple[str, ...]:
+    """The families turned on by ``patterns``, in pipeline order."""
+    fams = [p.strip() for p in str(patterns).lower().split(",") if p.strip()]
+    if fams == ["all"]:
+        return FAMILIES
+    if fams == ["none"]:
+        return ()
+    return tuple(f for f in FAMILIES if f in fams)
+
+
+def fallback_enabled() -> bool:
+    return str(fallback_on_error) != "0"
+
+
+def linear_plain_enabled() -> bool:
+    return str(linear_plain) == "1"
+
+
+def quant_skipped(module_name: str) -> bool:
+    """True when ``module_name`` matches one of the ``quant_skip`` globs."""
+    globs = [s.strip() for s in quant_skip.split(",") if s.strip()]
+    return any(fnmatch.fnmatchcase(module_name, g) for g in globs)
+
+
+def snapshot() -> dict:
+    """The settings as a dict; part of the key of every graph tritonfuse compiles."""
+    return {name: globals()[name] for name in _ENV}
+
+
+@contextlib.contextmanager
+def patch(**changes) -> Iterator[None]:
+    """Temporarily change settings, e.g. ``with config.patch(quant="int8"): ...``."""
+    g = globals()
+    unknown = [k for k in changes if k not in _ENV]
+    if unknown:
+        raise ConfigError(f"unknown tritonfuse setting(s): {', '.join(unknown)}; known: {', '.join(_ENV)}")
+    old = {k: g[k] for k in changes}
+    g.update(changes)
+    try:
+        yield
+    finally:
+        g.update(old)
+
+
+load_env()

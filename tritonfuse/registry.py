@@ -1,0 +1,218 @@
+"""Counters, site records, kernel availability and op registration shared by every family.
+
+A *site* is one structural match of a family's pattern in a compiled graph. Each site ends either
+``replaced`` (served by a tritonfuse kernel) or ``fallback`` (left to Inductor, with the reason).
+``counters()`` sums them per family; ``sites()`` lists them for the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import threading
+import warnings
+from typing import Callable, Optional
+
+import torch
+
+from . import config
+
+_lock = threading.Lock()
+
+
+@dataclasses.dataclass
+class Site:
+    family: str
+    status: str  # "replaced" or "fallback"
+    kernel: str  # the tritonfuse kernel that serves it, or the one that would have
+    reason: str = ""  # why it was left to Inductor
+    detail: str = ""  # shapes and dtype, for the report
+    graph: int = 0  # which compiled graph (0, 1, ... in compile order)
+
+
+_counters: dict[str, dict[str, int]] = {}
+_sites: list[Site] = []
+_pending: dict[tuple, Site] = {}
+_graph_index = 0
+
+
+def reset() -> None:
+    """Clear the counters and the site records."""
+    global _graph_index
+    with _lock:
+        _counters.clear()
+        _sites.clear()
+        _pending.clear()
+        _graph_index = 0
+
+
+def counters() -> dict[str, dict[str, int]]:
+    """family → {"matched", "replaced", "fallback"} for every family, summed over all compiles."""
+    out = {f: {"matched": 0, "replaced": 0, "fallback": 0} for f in config.FAMILIES}
+    with _lock:
+        for fam, c in _counters.items():
+            out.setdefault(fam, {"matched": 0, "replaced": 0, "fallback": 0})
+            for k, v in c.items():
+                out[fam][k] += v
+    return out
+
+
+def sites() -> list[Site]:
+    with _lock:
+        return list(_sites)
+
+
+# --- recording, called from extra_check ---------------------------------------------------------------
+# A pattern matcher may try several patterns on one site (e.g. GELU with and without bias); the site is
+# keyed on its anchor node so it is counted once, and a later "replaced" wins over an earlier "fallback".
+
+
+def _site_key(node: torch.fx.Node) -> tuple:
+    return (id(node.graph), node.name)
+
+
+def note_replaced(family: str, node: torch.fx.Node, kernel: str, detail: str = "") -> None:
+    with _lock:
+        _pending[_site_key(node)] = Site(family, "replaced", kernel, "", detail)
+
+
+def note_fallback(family: str, node: torch.fx.Node, kernel: str, reason: str, detail: str = "") -> None:
+    with _lock:
+        key = _site_key(node)
+        if key not in _pending:
+            _pending[key] = Site(family, "fallback", kernel, reason, detail)
+
+
+def begin_graph() -> None:
+    with _lock:
+        _pending.clear()
+
+
+def end_graph(failed_reason: Optional[str] = None) -> None:
+    """Move this graph's sites into the counters; ``failed_reason`` turns every replacement into a fallback."""
+    global _graph_index
+    with _lock:
+        for site in _pending.values():
+            if failed_reason and site.status == "replaced":
+                site.status, site.reason = "fallback", failed_reason
+            site.graph = _graph_index
+            c = _counters.setdefault(site.family, {"matched": 0, "replaced": 0, "fallback": 0})
+            c["matched"] += 1
+            c[site.status] += 1
+            _sites.append(site)
+        _pending.clear()
+        _graph_index += 1
+
+
+def pending_replacements() -> int:
+    with _lock:
+        return sum(1 for s in _pending.values() if s.status == "replaced")
+
+
+# --- where kernels can run ----------------------------------------------------------------------------
+
+
+def interpret_mode() -> bool:
+    """True when Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_version() -> Optional[tuple]:
+    try:
+        import triton
+    except ImportError:
+        return None
+    parts = []
+    for p in triton.__version__.split(".")[:2]:
+        parts.append(int("".join(ch for ch in p if ch.isdigit()) or 0))
+    return tuple(parts)
+
+
+def device_unsupported(device: torch.device) -> Optional[str]:
+    """Why tritonfuse kernels cannot run on ``device``, or None when they can."""
+    tv = _triton_version()
+    if tv is None:
+        return "triton is not installed"
+    if tv < (3, 2):
+        return f"triton {'.'.join(map(str, tv))} is older than 3.2"
+    if device.type == "cuda":
+        if interpret_mode():
+            return "TRITON_INTERPRET=1 runs kernels on the CPU only"
+        major, _ = torch.cuda.get_device_capability(device)
+        if major < 8:
+            return f"compute capability {major}.x: tritonfuse kernels need sm_80 or newer"
+        return None
+    if device.type == "cpu":
+        if interpret_mode():
+            return None
+        return "CPU tensors: Triton kernels run on the CPU only with TRITON_INTERPRET=1"
+    return f"device type {device.type!r} is not supported"
+
+
+# --- op registration ----------------------------------------------------------------------------------
+
+
+def use_triton_op() -> bool:
+    """triton_op lets Inductor and export see the kernels; under the interpreter its fake-tensor tracing
+    touches data pointers, so there (and on torch < 2.6) ops are plain custom_ops launching the kernel."""
+    return hasattr(torch.library, "triton_op") and not interpret_mode()
+
+
+def launcher(kernel):
+    """``kernel`` wrapped for launching inside a registered op (``wrap_triton`` when ops are triton_ops)."""
+    if use_triton_op():
+        return torch.library.wrap_triton(kernel)
+    return kernel
+
+
+def kernel_op(qualname: str, fake: Callable) -> Callable:
+    """Register ``fn`` as the torch op ``qualname`` with ``fake`` as its fake (meta) implementation.
+
+    Example::
+
+        @kernel_op("tritonfuse::scale", fake=lambda x, s: torch.empty_like(x))
+        def scale(x: torch.Tensor, s: float) -> torch.Tensor:
+            ...
+    """
+
+    def deco(fn: Callable) -> Callable:
+        if use_triton_op():
+            op = torch.library.triton_op(qualname, fn, mutates_args=())
+        else:
+            op = torch.library.custom_op(qualname, fn, mutates_args=())
+        op.register_fake(fake)
+        return op
+
+    return deco
+
+
+# --- kernel failures ----------------------------------------------------------------------------------
+
+_failed: dict[str, str] = {}
+
+
+def guarded_probe(key: str, probe: Callable[[], None]) -> Optional[str]:
+    """Run ``probe`` (a small launch of one kernel variant) once per ``key``.
+
+    Returns None when the variant compiles and launches, else the reason; warns once per failing variant.
+    With ``TRITONFUSE_FALLBACK_ON_ERROR=0`` the error is raised instead.
+    """
+    if key in _failed:
+        return _failed[key] or None
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    try:
+        # pattern checks run under Inductor's fake mode; the probe needs real tensors
+        with unset_fake_temporarily(), torch.no_grad():
+            probe()
+        _failed[key] = ""
+        return None
+    except Exception as e:  # any compile or launch error: leave the site to Inductor
+        if not config.fallback_enabled():
+            raise
+        reason = f"kernel {key} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        _failed[key] = reason
+        warnings.warn(f"tritonfuse: {reason}; its sites are left to Inductor", stacklevel=2)
+        return reason

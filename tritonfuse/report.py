@@ -1,0 +1,43 @@
+"""The report: per family, the sites matched, replaced and left to Inductor (with each reason)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from . import registry
+
+
+def report() -> str:
+    """A printable table of what tritonfuse did in every compile since the last ``tritonfuse.reset()``.
+
+    Example::
+
+        >>> model = torch.compile(torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU()), backend="tritonfuse")
+        >>> _ = model(torch.randn(8, 64))
+        >>> print(tritonfuse.report())
+    """
+    counts = registry.counters()
+    sites = registry.sites()
+    lines = ["tritonfuse report", f"{'family':<15}{'matched':>8}{'replaced':>9}{'fallback':>9}"]
+    for fam, c in counts.items():
+        lines.append(f"{fam:<15}{c['matched']:>8}{c['replaced']:>9}{c['fallback']:>9}")
+    served = Counter((s.family, s.kernel) for s in sites if s.status == "replaced")
+    if served:
+        lines.append("replaced sites, by kernel:")
+        for (fam, kernel), n in sorted(served.items()):
+            lines.append(f"  {fam:<15}{kernel:<40} x{n}")
+    left = Counter((s.family, s.reason) for s in sites if s.status == "fallback")
+    if left:
+        lines.append("left to Inductor, by reason:")
+        for (fam, reason), n in sorted(left.items()):
+            lines.append(f"  {fam:<15}{reason} (x{n})")
+    return "\n".join(lines)
+
+
+def site_table() -> str:
+    """One line per site, in compile order (``TRITONFUSE_LOG=debug`` prints it)."""
+    rows = []
+    for s in registry.sites():
+        what = s.kernel if s.status == "replaced" else f"inductor ({s.reason})"
+        rows.append(f"  graph {s.graph} {s.family:<14} {s.detail:<44} -> {what}")
+    return "\n".join(rows)
