@@ -1,0 +1,33 @@
+import os
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    # kernels run through Triton's CPU interpreter; must be set before triton is imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import tritonfuse  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state():
+    torch._dynamo.reset()
+    tritonfuse.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.fixture
+def device():
+    return "cuda" if HAS_CUDA else "cpu"

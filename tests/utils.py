@@ -1,0 +1,47 @@
+"""Helpers shared by the tests: error vs an fp64 reference, SQNR, verbose comparisons."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def max_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    return (a.double().cpu() - ref.double().cpu()).abs().max().item() if a.numel() else 0.0
+
+
+def assert_close_to_ref(out: torch.Tensor, ref64: torch.Tensor, eager: torch.Tensor, factor: float = 2.0,
+                        atol: float = 1e-5, what: str = "output") -> None:
+    """Assert ``out``'s max error vs the fp64 ``ref64`` is at most ``factor`` x eager's own error + atol,
+    and that ``out`` has no NaN/Inf where the reference is finite. Prints where it failed and by how much."""
+    assert out.shape == ref64.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref64.shape)}"
+    o, r, e = out.double().cpu(), ref64.double().cpu(), eager.double().cpu()
+    finite = torch.isfinite(r)
+    bad = finite & ~torch.isfinite(o)
+    assert not bad.any(), f"{what}: {int(bad.sum())} non-finite values where the reference is finite"
+    if o.numel() == 0:
+        return
+    err = (o - r).abs().masked_fill(~finite, 0)
+    eager_err = (e - r).abs().masked_fill(~finite, 0).max().item()
+    bound = factor * eager_err + atol
+    worst = err.max().item()
+    if worst > bound:
+        idx = tuple(int(i) for i in torch.nonzero(err == worst)[0])
+        raise AssertionError(
+            f"{what}: max error {worst:.4g} at {idx} (got {o[idx].item():.6g}, ref {r[idx].item():.6g}) "
+            f"exceeds {factor} x eager's {eager_err:.4g} + {atol:g} = {bound:.4g}"
+        )
+
+
+def sqnr_db(ref: torch.Tensor, x: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio in dB: 20·log10(‖ref‖ / ‖ref − x‖)."""
+    ref, x = ref.double().cpu(), x.double().cpu()
+    noise = (ref - x).norm().item()
+    return math.inf if noise == 0 else 20 * math.log10(ref.norm().item() / noise)
+
+
+def fresh(*shape, dtype=torch.float32, device="cpu", scale=1.0, seed=None) -> torch.Tensor:
+    """Random normal data (never zeros) in ``dtype`` on ``device``."""
+    g = torch.Generator().manual_seed(seed) if seed is not None else None
+    return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
