@@ -1,0 +1,457 @@
+"""Residual add + LayerNorm / RMSNorm in one pass per row: ``h = x + r``, ``y = norm(h) * w + b``.
+
+Each program reads its rows of ``x`` and ``r`` once, writes the sum ``h`` when the graph uses it afterwards
+(pre-norm blocks: the next residual is ``h``) and the normalized output. Statistics are fp32. Rows that fit
+one block stay in registers; longer rows are walked in chunks (statistics merged chunk by chunk, then a
+second sweep normalizes). The backward kernels (dx = dresidual, dweight, dbias) are below the forward.
+
+int8 hook: ``norm_residual(..., quant_out=True)`` also returns int8 activations and per-row fp32 scales
+(symmetric, ``scale = max|y| / 127``) for the Linear that follows, computed from ``y`` while it is still
+fp32 in registers. The int8 family calls it when ``TRITONFUSE_QUANT=int8``; nothing here reads the setting.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from tritonfuse import registry
+from tritonfuse.kernels.common import cast_out, rtne_bf16
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+KINDS = ("layer", "rms")
+MAX_N = 65536  # longest row served (longer rows are left to Inductor)
+
+# --- block settings (no autotune: derived from the row length) ----------------------------------------
+
+
+def _settings(n: int, elem_size: int) -> dict:
+    """BLOCK_N, rows per program, warps and whether the row fits one block."""
+    block_n = triton.next_power_of_2(max(n, 16))
+    # a whole row in registers: up to 16K half-precision or 8K fp32 values per program
+    max_single = 16384 if elem_size <= 2 else 8192
+    if block_n <= max_single:
+        block_m = max(1, min(8, 4096 // block_n))  # short rows: several per program
+        warps = min(16, max(4, block_m * block_n // 512))
+        return {"BLOCK_M": block_m, "BLOCK_N": block_n, "SINGLE": True, "num_warps": warps}
+    return {"BLOCK_M": 1, "BLOCK_N": 4096, "SINGLE": False, "num_warps": 8}
+
+
+# --- jit helpers --------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _load_sum(x_ptr, r_ptr, s_ptr, rows, rows_r, cols, mask, stride_xm, stride_rm, stride_sm,
+              HAS_RES: tl.constexpr, WRITE_SUM: tl.constexpr, RTNE_BF16: tl.constexpr):
+    # h = x + r rounded to the storage dtype first, as eager rounds the sum before normalizing it
+    x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
+    if HAS_RES:
+        r = tl.load(r_ptr + rows_r[:, None] * stride_rm + cols[None, :], mask=mask, other=0.0)
+        h = cast_out(x.to(tl.float32) + r.to(tl.float32), x_ptr.dtype.element_ty, RTNE_BF16)
+        if WRITE_SUM:
+            tl.store(s_ptr + rows[:, None] * stride_sm + cols[None, :], h, mask=mask)
+        return h.to(tl.float32)
+    else:
+        return x.to(tl.float32)
+
+
+@triton.jit
+def _normalize(h, mean, rstd, w_ptr, b_ptr, cols, col_mask, dtype: tl.constexpr,
+               HAS_W: tl.constexpr, HAS_B: tl.constexpr, IS_RMS: tl.constexpr,
+               CAST_BEFORE_WEIGHT: tl.constexpr, RTNE_BF16: tl.constexpr):
+    # h: [BLOCK_M, BLOCK_N] fp32; returns fp32 y before the final cast
+    if IS_RMS:
+        y = h * rstd[:, None]
+    else:
+        y = (h - mean[:, None]) * rstd[:, None]
+    if HAS_W:
+        w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        if CAST_BEFORE_WEIGHT:
+            # HF RMSNorm: weight * y.to(input_dtype), the product rounded once more
+            y = cast_out(y, dtype, RTNE_BF16).to(tl.float32)
+        y = y * w[None, :]
+    if HAS_B:
+        y += tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    return y
+
+
+# --- forward kernel -----------------------------------------------------------------------------------
+
+
+@triton.jit
+def _norm_fwd_kernel(
+    x_ptr, r_ptr, w_ptr, b_ptr, out_ptr, s_ptr, mean_ptr, rstd_ptr, q_ptr, qscale_ptr,
+    M, N, R_ROWS, eps,
+    stride_xm, stride_rm, stride_om, stride_sm, stride_qm,
+    HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, IS_RMS: tl.constexpr,
+    WRITE_SUM: tl.constexpr, WRITE_STATS: tl.constexpr, CAST_BEFORE_WEIGHT: tl.constexpr,
+    QUANT_OUT: tl.constexpr, RTNE_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
+):
+    # x, out, s: [M, N] (unit column stride); r: [R_ROWS, N], row m uses r[m % R_ROWS] (leading broadcast)
+    pid_m = tl.program_id(0)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = offs_m < M
+    rows = tl.where(row_mask, offs_m, 0).to(tl.int64)
+    rows_r = rows % R_ROWS
+    dtype = out_ptr.dtype.element_ty
+    if SINGLE:
+        cols = tl.arange(0, BLOCK_N)
+        col_mask = cols < N
+        mask = row_mask[:, None] & col_mask[None, :]
+        h = _load_sum(x_ptr, r_ptr, s_ptr, rows, rows_r, cols, mask, stride_xm, stride_rm, stride_sm,
+                      HAS_RES, WRITE_SUM, RTNE_BF16)
+        if IS_RMS:
+            mean = tl.zeros((BLOCK_M,), dtype=tl.float32)
+            var = tl.sum(h * h, axis=1) / N
+        else:
+            mean = tl.sum(h, axis=1) / N
+            # centred before squaring: no cancellation for constant or large-valued rows
+            d = tl.where(mask, h - mean[:, None], 0.0)
+            var = tl.sum(d * d, axis=1) / N
+        rstd = 1.0 / tl.sqrt(var + eps)
+        y = _normalize(h, mean, rstd, w_ptr, b_ptr, cols, col_mask, dtype,
+                       HAS_W, HAS_B, IS_RMS, CAST_BEFORE_WEIGHT, RTNE_BF16)
+        y_out = cast_out(y, dtype, RTNE_BF16)
+        tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], y_out, mask=mask)
+        if QUANT_OUT:
+            # quantize what the next Linear would read: the rounded output
+            yq = tl.where(mask, y_out.to(tl.float32), 0.0)
+            amax = tl.max(tl.abs(yq), axis=1)
+            scale = tl.where(amax > 0, amax / 127.0, 1.0)
+            q = yq / scale[:, None]
+            q = tl.where(q >= 0, tl.floor(q + 0.5), tl.ceil(q - 0.5))
+            tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], q.to(tl.int8), mask=mask)
+            tl.store(qscale_ptr + rows, scale, mask=row_mask)
+    else:
+        # long rows (BLOCK_M == 1): merge chunk statistics (Chan et al.), then normalize in a second sweep
+        count = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        mean = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        m2 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for start in range(0, N, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            col_mask = cols < N
+            mask = row_mask[:, None] & col_mask[None, :]
+            h = _load_sum(x_ptr, r_ptr, s_ptr, rows, rows_r, cols, mask, stride_xm, stride_rm, stride_sm,
+                          HAS_RES, WRITE_SUM, RTNE_BF16)
+            if IS_RMS:
+                m2 += tl.sum(h * h, axis=1)
+            else:
+                n_b = tl.minimum(N - start, BLOCK_N).to(tl.float32)
+                mean_b = tl.sum(h, axis=1) / n_b
+                d = tl.where(mask, h - mean_b[:, None], 0.0)
+                m2_b = tl.sum(d * d, axis=1)
+                total = count + n_b
+                delta = mean_b - mean
+                mean += delta * (n_b / total)
+                m2 += m2_b + delta * delta * (count * n_b / total)
+                count = total
+        rstd = 1.0 / tl.sqrt(m2 / N + eps)
+        for start in range(0, N, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            col_mask = cols < N
+            mask = row_mask[:, None] & col_mask[None, :]
+            # recompute the sum from x and r: reading back s would race with other threads' stores
+            h = _load_sum(x_ptr, r_ptr, s_ptr, rows, rows_r, cols, mask, stride_xm, stride_rm, stride_sm,
+                          HAS_RES, False, RTNE_BF16)
+            y = _normalize(h, mean, rstd, w_ptr, b_ptr, cols, col_mask, dtype,
+                           HAS_W, HAS_B, IS_RMS, CAST_BEFORE_WEIGHT, RTNE_BF16)
+            tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], cast_out(y, dtype, RTNE_BF16), mask=mask)
+    if WRITE_STATS:
+        tl.store(mean_ptr + rows, mean, mask=row_mask)
+        tl.store(rstd_ptr + rows, rstd, mask=row_mask)
+
+
+# --- backward kernels ---------------------------------------------------------------------------------
+
+
+@triton.jit
+def _norm_bwd_kernel(
+    dy_ptr, ds_ptr, h_ptr, w_ptr, mean_ptr, rstd_ptr, dh_ptr, dw_part_ptr, db_part_ptr,
+    M, N, ROWS_PER_PROG,
+    stride_dym, stride_dsm, stride_hm, stride_dhm,
+    HAS_DS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, IS_RMS: tl.constexpr,
+    RTNE_BF16: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # one program walks ROWS_PER_PROG rows (N fits BLOCK_N), accumulating its share of dweight/dbias
+    # in fp32; a second small reduction sums the [programs, N] partials
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_N)
+    col_mask = cols < N
+    if HAS_W:
+        w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    dw = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    db = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    row_start = pid * ROWS_PER_PROG
+    for i in range(0, ROWS_PER_PROG):
+        row = row_start + i
+        if row < M:
+            row64 = row.to(tl.int64)
+            h = tl.load(h_ptr + row64 * stride_hm + cols, mask=col_mask, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + row64 * stride_dym + cols, mask=col_mask, other=0.0).to(tl.float32)
+            rstd = tl.load(rstd_ptr + row)
+            if IS_RMS:
+                xhat = h * rstd
+            else:
+                xhat = tl.where(col_mask, (h - tl.load(mean_ptr + row)) * rstd, 0.0)
+            if HAS_W:
+                g = dy * w
+                dw += dy * xhat
+            else:
+                g = dy
+            if HAS_B:
+                db += dy
+            # dh = rstd * (g - xhat * mean(g * xhat) [- mean(g)])
+            c1 = tl.sum(g * xhat, axis=0) / N
+            if IS_RMS:
+                dh = (g - xhat * c1) * rstd
+            else:
+                c2 = tl.sum(g, axis=0) / N
+                dh = (g - xhat * c1 - c2) * rstd
+            if HAS_DS:
+                dh += tl.load(ds_ptr + row64 * stride_dsm + cols, mask=col_mask, other=0.0).to(tl.float32)
+            tl.store(dh_ptr + row64 * stride_dhm + cols, cast_out(dh, dh_ptr.dtype.element_ty, RTNE_BF16),
+                     mask=col_mask)
+    if HAS_W:
+        tl.store(dw_part_ptr + pid * N + cols, dw, mask=col_mask)
+    if HAS_B:
+        tl.store(db_part_ptr + pid * N + cols, db, mask=col_mask)
+
+
+# --- launchers ----------------------------------------------------------------------------------------
+
+
+def unsupported(x: torch.Tensor, residual: Optional[torch.Tensor], weight: Optional[torch.Tensor],
+                bias: Optional[torch.Tensor]) -> Optional[str]:
+    """Why the forward kernel cannot serve these operands, or None. ``x``: [..., N] normalized over N."""
+    if x.dim() < 1 or x.shape[-1] == 0:
+        return "empty normalized dimension"
+    if x.dtype not in DTYPES:
+        return f"dtype {x.dtype} not supported"
+    n = x.shape[-1]
+    if n > MAX_N:
+        return f"hidden size {n} > {MAX_N}"
+    if residual is not None:
+        if residual.dtype != x.dtype:
+            return f"mixed dtypes {x.dtype} and {residual.dtype} in the residual add"
+        if residual.device != x.device:
+            return "operands on different devices"
+        if _residual_rows(x.shape, residual.shape) is None:
+            return f"residual of shape {tuple(residual.shape)} does not broadcast over leading dims of {tuple(x.shape)}"
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is None:
+            continue
+        if t.dim() != 1 or t.shape[0] != n:
+            return f"{name} of shape {tuple(t.shape)} is not [{n}]"
+        if t.dtype != x.dtype:
+            return f"{name} dtype {t.dtype} differs from the input's {x.dtype}"
+        if t.device != x.device:
+            return "operands on different devices"
+    return registry.device_unsupported(x.device)
+
+
+def _residual_rows(x_shape, r_shape) -> Optional[int]:
+    """Rows of r when it equals x's shape or a trailing part of it (leading broadcast), else None."""
+    r_shape = list(r_shape)
+    while r_shape and r_shape[0] == 1 and len(r_shape) > 1:
+        r_shape.pop(0)
+    k = len(r_shape)
+    if k == 0 or k > len(x_shape) or list(x_shape[len(x_shape) - k:]) != r_shape:
+        return None
+    return math.prod(r_shape[:-1])
+
+
+def _rows2d(t: torch.Tensor) -> torch.Tensor:
+    # [..., N] -> [M, N] with unit column stride, copying only when no such view exists
+    if t.stride(-1) != 1:
+        t = t.contiguous()
+    t2 = t.reshape(-1, t.shape[-1])
+    if t2.shape[0] > 1 and t2.stride(1) != 1:
+        t2 = t2.contiguous()
+    return t2
+
+
+def _norm_fake(x, residual, weight, bias, eps, kind, write_sum, cast_before_weight, stats, quant_out):
+    m = x.numel() // x.shape[-1]
+    f32 = dict(dtype=torch.float32, device=x.device)
+    return (
+        x.new_empty(x.shape),
+        x.new_empty(x.shape if write_sum else (0,)),
+        torch.empty((m if stats else 0,), **f32),
+        torch.empty((m if stats else 0,), **f32),
+        torch.empty(x.shape if quant_out else (0,), dtype=torch.int8, device=x.device),
+        torch.empty((m if quant_out else 0,), **f32),
+    )
+
+
+@registry.kernel_op("tritonfuse::norm_residual", fake=_norm_fake)
+def norm_residual(
+    x: torch.Tensor, residual: Optional[torch.Tensor], weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+    eps: float, kind: str, write_sum: bool, cast_before_weight: bool, stats: bool, quant_out: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``h = x + residual``; ``y = norm(h) * weight + bias`` over the last dim, in one pass per row.
+
+    Args:
+        x: [..., N] fp16, bf16 or fp32 (any strides; a copy is made only without a unit last stride).
+        residual: same shape as x, or a trailing part of it (broadcast over leading dims), or None.
+        weight, bias: [N] or None. ``kind="rms"`` ignores the mean (RMSNorm; a bias is still added).
+        eps: added to the variance (mean of squares for RMSNorm).
+        kind: ``"layer"`` or ``"rms"``.
+        write_sum: also return h (needs a residual), else an empty tensor.
+        cast_before_weight: round ``norm(h)`` to x's dtype before the weight multiply (HF RMSNorm).
+        stats: also return fp32 mean and rstd per row ([M], mean is 0 for RMSNorm), for the backward.
+        quant_out: also return int8 ``round(y / scale)`` ([..., N]) and fp32 per-row ``scale = max|y|/127``.
+
+    Returns ``(y, h, mean, rstd, y_int8, scale)``; outputs not asked for are empty.
+
+    Example::
+
+        >>> x, r, w, b = torch.randn(37, 100), torch.randn(37, 100), torch.randn(100), torch.randn(100)
+        >>> y, h, *_ = torch.ops.tritonfuse.norm_residual(x, r, w, b, 1e-5, "layer", True, False, False, False)
+    """
+    shape = x.shape
+    n = shape[-1]
+    x2 = _rows2d(x)
+    m = x2.shape[0]
+    if residual is not None:
+        r_rows = _residual_rows(shape, residual.shape)
+        r2 = _rows2d(residual)  # [r_rows, N]: leading size-1 dims fold away
+    else:
+        r_rows, r2 = 1, x2
+    out = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    s = torch.empty((m, n) if write_sum else (0,), device=x.device, dtype=x.dtype)
+    f32 = dict(dtype=torch.float32, device=x.device)
+    mean = torch.empty((m if stats else 0,), **f32)
+    rstd = torch.empty((m if stats else 0,), **f32)
+    q = torch.empty((m, n) if quant_out else (0,), dtype=torch.int8, device=x.device)
+    qscale = torch.empty((m if quant_out else 0,), **f32)
+    if m > 0:
+        cfg = _settings(n, x.element_size())
+        if quant_out and not cfg["SINGLE"]:
+            raise ValueError(f"quant_out needs rows that fit one block (hidden size {n} is too long)")
+        dummy = out
+        registry.launcher(_norm_fwd_kernel)[(triton.cdiv(m, cfg["BLOCK_M"]),)](
+            x2, r2, weight if weight is not None else dummy, bias if bias is not None else dummy,
+            out, s if write_sum else dummy, mean if stats else dummy, rstd if stats else dummy,
+            q if quant_out else dummy, qscale if quant_out else dummy,
+            m, n, max(r_rows, 1), eps,
+            x2.stride(0), r2.stride(0), out.stride(0), s.stride(0) if write_sum else 0, q.stride(0) if quant_out else 0,
+            HAS_RES=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None, IS_RMS=kind == "rms",
+            WRITE_SUM=write_sum, WRITE_STATS=stats, CAST_BEFORE_WEIGHT=cast_before_weight,
+            QUANT_OUT=quant_out, RTNE_BF16=rtne_bf16(x.dtype), **cfg,
+        )
+    return (out.reshape(shape), s.reshape(shape) if write_sum else s, mean, rstd,
+            q.reshape(shape) if quant_out else q, qscale)
+
+
+def _bwd_fake(dy, dsum, h, weight, mean, rstd, kind, has_bias):
+    n = h.shape[-1]
+    f32 = dict(dtype=torch.float32, device=h.device)
+    return (h.new_empty(h.shape), torch.empty((n if weight is not None else 0,), **f32),
+            torch.empty((n if has_bias else 0,), **f32))
+
+
+@registry.kernel_op("tritonfuse::norm_residual_backward", fake=_bwd_fake)
+def norm_residual_backward(
+    dy: torch.Tensor, dsum: Optional[torch.Tensor], h: torch.Tensor, weight: Optional[torch.Tensor],
+    mean: torch.Tensor, rstd: torch.Tensor, kind: str, has_bias: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of ``norm_residual``: ``(dh, dweight, dbias)``; dx = dresidual = dh.
+
+    Args:
+        dy: [..., N] gradient of the normalized output; dsum: gradient of the returned sum h, or None.
+        h: [..., N] the normalized input (x + residual); mean, rstd: fp32 [M] from the forward (stats=True).
+        weight: [N] or None; has_bias: whether the forward added a bias.
+    Returns dh in h's dtype and fp32 dweight, dbias (empty when absent); only ``cast_before_weight=False``
+    numerics. Rows must fit one block (hidden size <= 16384, 8192 in fp32).
+
+    Example::
+
+        >>> y, h, mean, rstd, *_ = torch.ops.tritonfuse.norm_residual(x, r, w, b, 1e-5, "layer", True, False, True, False)
+        >>> dh, dw, db = torch.ops.tritonfuse.norm_residual_backward(dy, None, h, w, mean, rstd, "layer", True)
+    """
+    n = h.shape[-1]
+    h2, dy2 = _rows2d(h), _rows2d(dy)
+    ds2 = _rows2d(dsum) if dsum is not None else dy2
+    m = h2.shape[0]
+    cfg = _settings(n, h.element_size())
+    if not cfg["SINGLE"]:
+        raise ValueError(f"the backward needs rows that fit one block (hidden size {n} is too long)")
+    dh = torch.empty((m, n), device=h.device, dtype=h.dtype)
+    f32 = dict(dtype=torch.float32, device=h.device)
+    if h.device.type == "cuda":
+        progs = 4 * torch.cuda.get_device_properties(h.device).multi_processor_count
+    else:
+        progs = 4
+    progs = max(1, min(progs, m))
+    rows_per_prog = triton.cdiv(m, progs) if m else 1
+    progs = triton.cdiv(m, rows_per_prog) if m else 1
+    dw_part = torch.zeros((progs, n) if weight is not None else (0,), **f32)
+    db_part = torch.zeros((progs, n) if has_bias else (0,), **f32)
+    if m > 0:
+        registry.launcher(_norm_bwd_kernel)[(progs,)](
+            dy2, ds2, h2, weight if weight is not None else dh, mean, rstd, dh,
+            dw_part if weight is not None else dh, db_part if has_bias else dh,
+            m, n, rows_per_prog,
+            dy2.stride(0), ds2.stride(0), h2.stride(0), dh.stride(0),
+            HAS_DS=dsum is not None, HAS_W=weight is not None, HAS_B=has_bias, IS_RMS=kind == "rms",
+            RTNE_BF16=rtne_bf16(h.dtype), BLOCK_N=cfg["BLOCK_N"], num_warps=min(16, max(4, cfg["BLOCK_N"] // 256)),
+        )
+    dw = dw_part.sum(0) if weight is not None else dw_part
+    db = db_part.sum(0) if has_bias else db_part
+    return dh.reshape(h.shape), dw, db
+
+
+# --- references ---------------------------------------------------------------------------------------
+
+
+def norm_residual_ref(x, residual, weight, bias, eps, kind, cast_before_weight=False, upcast: bool = False):
+    """PyTorch's own ``(norm(x + residual), x + residual)``; in fp64 on the CPU with ``upcast=True``.
+
+    Eager LayerNorm is ``F.layer_norm``; eager RMSNorm is HF's (``cast_before_weight``) or ``F.rms_norm``.
+    """
+    if upcast:
+        x = x.double().cpu()
+        residual, weight, bias = (t.double().cpu() if t is not None else None for t in (residual, weight, bias))
+    h = x + residual if residual is not None else x
+    n = x.shape[-1]
+    if kind == "layer":
+        y = torch.nn.functional.layer_norm(h, (n,), weight, bias, eps)
+    elif cast_before_weight and not upcast:
+        hf = h.float()
+        y = (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)).to(h.dtype)
+        y = weight * y if weight is not None else y
+        y = y + bias if bias is not None else y
+    else:
+        y = torch.nn.functional.rms_norm(h, (n,), weight, eps)
+        y = y + bias if bias is not None else y
+    return y, h
+
+
+def probe(device: str, dtype: torch.dtype, kind: str, n: int, has_res: bool, has_w: bool, has_b: bool,
+          write_sum: bool, cast_before_weight: bool) -> Optional[str]:
+    """Compile and launch one variant on a small input once; None when it works, else the reason."""
+    cfg = _settings(n, torch.empty((), dtype=dtype).element_size())
+
+    def run():
+        g = torch.Generator(device="cpu").manual_seed(0)
+        pn = n  # 3 rows of the real length: the probe compiles the variant the site will launch
+        mk = lambda *s: torch.randn(*s, generator=g).to(device=device, dtype=dtype)  # noqa: E731
+        x, r = mk(3, pn), (mk(3, pn) if has_res else None)
+        w, b = (mk(pn) if has_w else None), (mk(pn) if has_b else None)
+        y, h, *_ = torch.ops.tritonfuse.norm_residual(x, r, w, b, 1e-5, kind, write_sum, cast_before_weight,
+                                                       False, False)
+        ref, href = norm_residual_ref(x, r, w, b, 1e-5, kind, cast_before_weight, upcast=True)
+        err = (y.double().cpu() - ref).norm() / ref.norm().clamp_min(1e-12)
+        if write_sum:
+            err = err + (h.double().cpu() - href).norm() / href.norm().clamp_min(1e-12)
+        if not math.isfinite(err.item()) or err.item() > 5e-2:
+            raise RuntimeError(f"wrong result on the probe input (relative error {err.item():.3g})")
+
+    flags = "".join(c if f else "-" for c, f in zip("rwbsc", (has_res, has_w, has_b, write_sum, cast_before_weight)))
+    key = f"norm_residual[{kind},{flags},{'single' if cfg['SINGLE'] else 'loop'},{dtype}]@{device}"
+    return registry.guarded_probe(key, run)
