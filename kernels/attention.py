@@ -1,0 +1,733 @@
+"""Flash attention: ``softmax(q @ k.T * scale + mask) @ v`` without materialising the scores.
+
+Three kernels share one tile loop (online softmax, fp32 statistics and accumulator):
+
+- ``_attn_fwd_kernel``: one program per (block of queries, batch x query head); also writes the
+  log-sum-exp the backward needs.
+- ``_attn_decode_kernel`` + ``_attn_combine_kernel``: flash-decoding for short queries (1-16) against a
+  long KV cache: the keys are split across programs, and the query heads of one KV head (GQA) are packed
+  into the rows of one tile so K and V are read once per group; a second kernel merges the splits.
+- ``_attn_bwd_preprocess_kernel``, ``_attn_bwd_dkdv_kernel``, ``_attn_bwd_dq_kernel``: dQ, dK, dV from
+  the forward's output and log-sum-exp.
+
+Semantics follow ``torch.nn.functional.scaled_dot_product_attention``: q [B, Hq, Sq, D], k/v [B, Hkv, Sk, D]
+with Hq a multiple of Hkv (GQA: K/V are indexed, never repeated), ``is_causal`` aligned top-left (query i
+sees keys j <= i, as SDPA's ``tril``), a boolean mask (True = attend) or an additive float mask broadcast
+to [B, Hq, Sq, Sk]. One difference: a row with every key masked gives zeros here, where SDPA gives NaN.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from tritonfuse import registry
+from tritonfuse.kernels.common import cast_out, dot_upcast, rtne_bf16
+
+DTYPES = (torch.float16, torch.bfloat16)
+MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
+DECODE_MAX_Q = 16  # query lengths up to this use the split-K decode kernels
+DECODE_MIN_K = 256  # ... when the KV cache is at least this long
+LOG2E = 1.4426950408889634
+
+# --- autotune configs ---------------------------------------------------------------------------------
+# Keyed on head dim, mask kind, causality and power-of-two buckets of the lengths.
+
+
+def _cfg(bm, bn, warps, stages):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
+
+
+if registry.interpret_mode():
+    # the interpreter runs every config on the CPU: one small config keeps the tests fast
+    _FWD_CONFIGS = [_cfg(32, 32, 4, 1)]
+    _BWD_CONFIGS = [_cfg(32, 32, 4, 1)]
+else:
+    _FWD_CONFIGS = [
+        _cfg(128, 64, 4, 3),
+        _cfg(128, 128, 8, 3),
+        _cfg(128, 64, 8, 3),
+        _cfg(128, 32, 4, 3),
+        _cfg(64, 64, 4, 3),
+        _cfg(64, 32, 4, 2),
+    ]
+    _BWD_CONFIGS = [
+        _cfg(64, 64, 4, 2),
+        _cfg(64, 128, 8, 2),
+        _cfg(128, 64, 8, 2),
+        _cfg(32, 64, 4, 2),
+        _cfg(64, 32, 4, 2),
+    ]
+
+_AUTOTUNE_KW = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+
+
+def _prune(tensors_per_row: int):
+    # drop tiles whose pipelined loads cannot fit in shared memory (D=256)
+    def prune(configs, named_args, **kwargs):
+        bd = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
+        keep = []
+        for c in configs:
+            bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+            smem = 2 * bd * (bm + tensors_per_row * bn * max(1, c.num_stages))
+            if smem <= 200 * 1024 and (bd < 256 or bm * bn <= 64 * 64 * 2):
+                keep.append(c)
+        return keep or configs[-1:]
+
+    return prune
+
+
+def _bucket(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+# --- jit helpers --------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _scores(q, k, qk_scale, mask_ptrs, rows, cols, SQ, SK,
+            MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, BOUNDS: tl.constexpr):
+    # log2-domain scores of one [rows, cols] tile; masked entries are -inf
+    s = tl.dot(q, k) * qk_scale
+    if MASK_KIND == 1:
+        keep = tl.load(mask_ptrs, mask=(rows[:, None] < SQ) & (cols[None, :] < SK), other=0)
+        s = tl.where(keep != 0, s, float("-inf"))
+    elif MASK_KIND == 2:
+        mv = tl.load(mask_ptrs, mask=(rows[:, None] < SQ) & (cols[None, :] < SK), other=0.0).to(tl.float32)
+        # finfo.min-style masks stay finite in log2 units (a fully masked row then averages, as eager does)
+        mv = tl.where(mv == float("-inf"), mv, tl.maximum(mv, -1.0e30))
+        s = s + mv * 1.4426950408889634
+    if IS_CAUSAL:
+        s = tl.where(cols[None, :] <= rows[:, None], s, float("-inf"))
+    if BOUNDS:
+        s = tl.where(cols[None, :] < SK, s, float("-inf"))
+    return s
+
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, lo, hi,
+               stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK,
+               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+               MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, BOUNDS: tl.constexpr, DOT_UPCAST: tl.constexpr):
+    k_ptrs += lo * stride_kn
+    v_ptrs += lo * stride_vn
+    mask_ptrs += lo * stride_mn
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        if BOUNDS or HEAD_DIM != BLOCK_D:
+            k = tl.load(k_ptrs, mask=(cols[None, :] < SK) & (offs_d[:, None] < HEAD_DIM), other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+        if DOT_UPCAST:
+            k = k.to(tl.float32)
+        s = _scores(q, k, qk_scale, mask_ptrs, rows, cols, SQ, SK, MASK_KIND, IS_CAUSAL, BOUNDS)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # a row with nothing to attend yet keeps m = -inf; subtract 0 there instead of -inf (no NaN)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        if BOUNDS or HEAD_DIM != BLOCK_D:
+            v = tl.load(v_ptrs, mask=(cols[:, None] < SK) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+        else:
+            v = tl.load(v_ptrs)
+        if DOT_UPCAST:
+            acc = tl.dot(p, v.to(tl.float32), acc)
+        else:
+            acc = tl.dot(p.to(v.dtype), v, acc)
+        m_i = m_new
+        k_ptrs += BLOCK_N * stride_kn
+        v_ptrs += BLOCK_N * stride_vn
+        mask_ptrs += BLOCK_N * stride_mn
+    return acc, l_i, m_i
+
+
+# --- forward kernel -----------------------------------------------------------------------------------
+
+
+@triton.autotune(configs=_FWD_CONFIGS, key=["SQ_BUCKET", "SK_BUCKET", "HEAD_DIM", "MASK_KIND", "IS_CAUSAL"],
+                 prune_configs_by={"early_config_prune": _prune(2)}, **_AUTOTUNE_KW)
+@triton.jit
+def _attn_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, lse_ptr,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    stride_ob, stride_oh, stride_om, stride_od,
+    H, GROUP, SQ, SK, SQ_BUCKET, SK_BUCKET, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    STORE_LSE: tl.constexpr, DOT_UPCAST: tl.constexpr, RTNE_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # q: [B, H, SQ, D], k/v: [B, H // GROUP, SK, D], mask: broadcast [B, H, SQ, SK], out: [B, H, SQ, D]
+    # the longest (causal) query blocks start first
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // GROUP
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_ptrs = q_ptr + b * stride_qb + h * stride_qh + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd
+    k_ptrs = k_ptr + b * stride_kb + hk * stride_kh + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
+    v_ptrs = v_ptr + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    mask_ptrs = mask_ptr + b * stride_mb + h * stride_mh + rows[:, None] * stride_mm + offs_n[None, :] * stride_mn
+    q = tl.load(q_ptrs, mask=(rows[:, None] < SQ) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    if DOT_UPCAST:
+        q = q.to(tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    # key blocks every row of this tile sees whole run without bounds or causal masks
+    if IS_CAUSAL:
+        hi = tl.minimum(SK, (pid_m + 1) * BLOCK_M)
+        full = tl.minimum(pid_m * BLOCK_M, SK) // BLOCK_N * BLOCK_N
+    else:
+        hi = SK
+        full = SK // BLOCK_N * BLOCK_N
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, 0, full,
+                               stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK,
+                               HEAD_DIM, BLOCK_D, BLOCK_N, MASK_KIND, False, False, DOT_UPCAST)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, full, hi,
+                               stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK,
+                               HEAD_DIM, BLOCK_D, BLOCK_N, MASK_KIND, IS_CAUSAL, True, DOT_UPCAST)
+    # fully masked rows: l = 0 -> output 0 (not NaN) and lse = +inf (the backward's p is then 0)
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    acc = acc / l_safe[:, None]
+    out_ptrs = out_ptr + b * stride_ob + h * stride_oh + rows[:, None] * stride_om + offs_d[None, :] * stride_od
+    tl.store(out_ptrs, cast_out(acc, out_ptr.dtype.element_ty, RTNE_BF16),
+             mask=(rows[:, None] < SQ) & (offs_d[None, :] < HEAD_DIM))
+    if STORE_LSE:
+        lse = tl.where(l_i == 0.0, float("inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
+        tl.store(lse_ptr + pid_bh * SQ + rows, lse, mask=rows < SQ)
+
+
+# --- decode kernels (split-K) -------------------------------------------------------------------------
+
+
+@triton.jit
+def _attn_decode_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, opart_ptr, lpart_ptr,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    HKV, GROUP, SQ, SK, CHUNK, NUM_SPLITS, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    DOT_UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # rows of the tile = (query head in the group, query position): GROUP * SQ <= BLOCK_M
+    split = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // HKV
+    hk = pid_bh % HKV
+    r = tl.arange(0, BLOCK_M)
+    row_ok = r < GROUP * SQ
+    h = hk * GROUP + r // SQ
+    m = r % SQ
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_ptrs = q_ptr + b * stride_qb + h[:, None] * stride_qh + m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+    q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    if DOT_UPCAST:
+        q = q.to(tl.float32)
+    lo = split * CHUNK
+    hi = tl.minimum(lo + CHUNK, SK)
+    k_ptrs = k_ptr + b * stride_kb + hk * stride_kh + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
+    v_ptrs = v_ptr + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    mask_ptrs = mask_ptr + b * stride_mb + h[:, None] * stride_mh + m[:, None] * stride_mm + offs_n[None, :] * stride_mn
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    k_ptrs += lo * stride_kn
+    v_ptrs += lo * stride_vn
+    mask_ptrs += lo * stride_mn
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        col_ok = cols < hi
+        k = tl.load(k_ptrs, mask=col_ok[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
+        if DOT_UPCAST:
+            k = k.to(tl.float32)
+        s = tl.dot(q, k) * qk_scale
+        if MASK_KIND == 1:
+            keep = tl.load(mask_ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0)
+            s = tl.where(keep != 0, s, float("-inf"))
+        elif MASK_KIND == 2:
+            mv = tl.load(mask_ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+            mv = tl.where(mv == float("-inf"), mv, tl.maximum(mv, -1.0e30))
+            s = s + mv * 1.4426950408889634
+        if IS_CAUSAL:
+            s = tl.where(cols[None, :] <= m[:, None], s, float("-inf"))
+        s = tl.where(col_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        v = tl.load(v_ptrs, mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+        if DOT_UPCAST:
+            acc = tl.dot(p, v.to(tl.float32), acc)
+        else:
+            acc = tl.dot(p.to(v.dtype), v, acc)
+        m_i = m_new
+        k_ptrs += BLOCK_N * stride_kn
+        v_ptrs += BLOCK_N * stride_vn
+        mask_ptrs += BLOCK_N * stride_mn
+    # partial results: normalised output and log2-sum-exp of this split ( -inf when it saw nothing)
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    lse2 = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(l_safe))
+    flat = (b * HKV * GROUP + h) * SQ + m  # [B, Hq, SQ] row index
+    o_ptrs = opart_ptr + (flat[:, None] * NUM_SPLITS + split) * BLOCK_D + offs_d[None, :]
+    tl.store(o_ptrs, acc / l_safe[:, None], mask=row_ok[:, None])
+    tl.store(lpart_ptr + flat * NUM_SPLITS + split, lse2, mask=row_ok)
+
+
+@triton.jit
+def _attn_combine_kernel(
+    opart_ptr, lpart_ptr, out_ptr, lse_ptr, H, SQ, NUM_SPLITS,
+    stride_ob, stride_oh, stride_om, stride_od,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+    STORE_LSE: tl.constexpr, RTNE_BF16: tl.constexpr,
+):
+    row = tl.program_id(0)  # (b * H + h) * SQ + m
+    b = row // (H * SQ)
+    h = (row // SQ) % H
+    m = row % SQ
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    lse2 = tl.load(lpart_ptr + row * NUM_SPLITS + offs_s, mask=offs_s < NUM_SPLITS, other=float("-inf"))
+    mx = tl.max(lse2, 0)
+    mx_safe = tl.where(mx == float("-inf"), 0.0, mx)
+    w = tl.math.exp2(lse2 - mx_safe)
+    total = tl.sum(w, 0)
+    o = tl.load(opart_ptr + (row * NUM_SPLITS + offs_s[:, None]) * BLOCK_D + offs_d[None, :],
+                mask=offs_s[:, None] < NUM_SPLITS, other=0.0)
+    total_safe = tl.where(total == 0.0, 1.0, total)
+    acc = tl.sum(o * w[:, None], 0) / total_safe
+    out_ptrs = out_ptr + b * stride_ob + h * stride_oh + m * stride_om + offs_d * stride_od
+    tl.store(out_ptrs, cast_out(acc, out_ptr.dtype.element_ty, RTNE_BF16), mask=offs_d < HEAD_DIM)
+    if STORE_LSE:
+        lse = tl.where(total == 0.0, float("inf"), (mx_safe + tl.math.log2(total_safe)) * 0.6931471805599453)
+        tl.store(lse_ptr + row, lse)
+
+
+# --- backward kernels ---------------------------------------------------------------------------------
+
+
+@triton.jit
+def _attn_bwd_preprocess_kernel(
+    out_ptr, do_ptr, delta_ptr, H, SQ,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_db, stride_dh, stride_dm, stride_dd,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    # delta = rowsum(out * dout), fp32
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = (rows[:, None] < SQ) & (offs_d[None, :] < HEAD_DIM)
+    o = tl.load(out_ptr + b * stride_ob + h * stride_oh + rows[:, None] * stride_om + offs_d[None, :] * stride_od,
+                mask=ok, other=0.0).to(tl.float32)
+    do = tl.load(do_ptr + b * stride_db + h * stride_dh + rows[:, None] * stride_dm + offs_d[None, :] * stride_dd,
+                 mask=ok, other=0.0).to(tl.float32)
+    tl.store(delta_ptr + pid_bh * SQ + rows, tl.sum(o * do, 1), mask=rows < SQ)
+
+
+@triton.autotune(configs=_BWD_CONFIGS, key=["SQ_BUCKET", "SK_BUCKET", "HEAD_DIM", "MASK_KIND", "IS_CAUSAL", "GROUP"],
+                 prune_configs_by={"early_config_prune": _prune(4)}, **_AUTOTUNE_KW)
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    stride_db, stride_dh, stride_dm, stride_dd,
+    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    H, GROUP, SQ, SK, SQ_BUCKET, SK_BUCKET, scale, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    DOT_UPCAST: tl.constexpr, RTNE_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # one program per (key block, batch x KV head); loops over the GROUP query heads and the query blocks,
+    # so dK/dV of a shared KV head are summed in registers (no atomics)
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    HKV = H // GROUP
+    b = pid_bh // HKV
+    hk = pid_bh % HKV
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    kv_ok = (cols[:, None] < SK) & (offs_d[None, :] < HEAD_DIM)
+    k = tl.load(k_ptr + b * stride_kb + hk * stride_kh + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                mask=kv_ok, other=0.0)
+    v = tl.load(v_ptr + b * stride_vb + hk * stride_vh + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                mask=kv_ok, other=0.0)
+    if DOT_UPCAST:
+        k, v = k.to(tl.float32), v.to(tl.float32)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    lo = 0
+    if IS_CAUSAL:
+        lo = (pid_n * BLOCK_N) // BLOCK_M * BLOCK_M  # rows before the first key of the block see none of it
+    for g in range(0, GROUP):
+        h = hk * GROUP + g
+        for start_m in range(lo, SQ, BLOCK_M):
+            rows = start_m + offs_m
+            q_ok = (rows[:, None] < SQ) & (offs_d[None, :] < HEAD_DIM)
+            q = tl.load(q_ptr + b * stride_qb + h * stride_qh + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                        mask=q_ok, other=0.0)
+            do = tl.load(do_ptr + b * stride_db + h * stride_dh + rows[:, None] * stride_dm + offs_d[None, :] * stride_dd,
+                         mask=q_ok, other=0.0)
+            if DOT_UPCAST:
+                q, do = q.to(tl.float32), do.to(tl.float32)
+            lse = tl.load(lse_ptr + (b * H + h) * SQ + rows, mask=rows < SQ, other=float("inf"))
+            delta = tl.load(delta_ptr + (b * H + h) * SQ + rows, mask=rows < SQ, other=0.0)
+            # transposed tile: sT [BLOCK_N, BLOCK_M]
+            sT = tl.dot(k, tl.trans(q)) * qk_scale
+            m_ptrs = mask_ptr + b * stride_mb + h * stride_mh + rows[None, :] * stride_mm + cols[:, None] * stride_mn
+            in_bounds = (rows[None, :] < SQ) & (cols[:, None] < SK)
+            if MASK_KIND == 1:
+                keep = tl.load(m_ptrs, mask=in_bounds, other=0)
+                sT = tl.where(keep != 0, sT, float("-inf"))
+            elif MASK_KIND == 2:
+                mv = tl.load(m_ptrs, mask=in_bounds, other=0.0).to(tl.float32)
+                mv = tl.where(mv == float("-inf"), mv, tl.maximum(mv, -1.0e30))
+                sT = sT + mv * 1.4426950408889634
+            if IS_CAUSAL:
+                sT = tl.where(cols[:, None] <= rows[None, :], sT, float("-inf"))
+            sT = tl.where(in_bounds, sT, float("-inf"))
+            pT = tl.math.exp2(sT - lse[None, :] * 1.4426950408889634)
+            if DOT_UPCAST:
+                dv = tl.dot(pT, do, dv)
+            else:
+                dv = tl.dot(pT.to(do.dtype), do, dv)
+            dpT = tl.dot(v, tl.trans(do))
+            dsT = pT * (dpT - delta[None, :])
+            if DOT_UPCAST:
+                dk = tl.dot(dsT, q, dk)
+            else:
+                dk = tl.dot(dsT.to(q.dtype), q, dk)
+    dk = dk * scale
+    tl.store(dk_ptr + b * stride_dkb + hk * stride_dkh + cols[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
+             cast_out(dk, dk_ptr.dtype.element_ty, RTNE_BF16), mask=kv_ok)
+    tl.store(dv_ptr + b * stride_dvb + hk * stride_dvh + cols[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
+             cast_out(dv, dv_ptr.dtype.element_ty, RTNE_BF16), mask=kv_ok)
+
+
+@triton.autotune(configs=_BWD_CONFIGS, key=["SQ_BUCKET", "SK_BUCKET", "HEAD_DIM", "MASK_KIND", "IS_CAUSAL", "GROUP"],
+                 prune_configs_by={"early_config_prune": _prune(4)}, **_AUTOTUNE_KW)
+@triton.jit
+def _attn_bwd_dq_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    stride_db, stride_dh, stride_dm, stride_dd,
+    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+    H, GROUP, SQ, SK, SQ_BUCKET, SK_BUCKET, scale, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    DOT_UPCAST: tl.constexpr, RTNE_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // GROUP
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_ok = (rows[:, None] < SQ) & (offs_d[None, :] < HEAD_DIM)
+    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                mask=q_ok, other=0.0)
+    do = tl.load(do_ptr + b * stride_db + h * stride_dh + rows[:, None] * stride_dm + offs_d[None, :] * stride_dd,
+                 mask=q_ok, other=0.0)
+    if DOT_UPCAST:
+        q, do = q.to(tl.float32), do.to(tl.float32)
+    lse = tl.load(lse_ptr + pid_bh * SQ + rows, mask=rows < SQ, other=float("inf"))
+    delta = tl.load(delta_ptr + pid_bh * SQ + rows, mask=rows < SQ, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    hi = SK
+    if IS_CAUSAL:
+        hi = tl.minimum(SK, (pid_m + 1) * BLOCK_M)
+    for start_n in range(0, hi, BLOCK_N):
+        cols = start_n + offs_n
+        kv_ok = (cols[None, :] < SK) & (offs_d[:, None] < HEAD_DIM)
+        kT = tl.load(k_ptr + b * stride_kb + hk * stride_kh + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                     mask=kv_ok, other=0.0)
+        vT = tl.load(v_ptr + b * stride_vb + hk * stride_vh + cols[None, :] * stride_vn + offs_d[:, None] * stride_vd,
+                     mask=kv_ok, other=0.0)
+        if DOT_UPCAST:
+            kT, vT = kT.to(tl.float32), vT.to(tl.float32)
+        m_ptrs = mask_ptr + b * stride_mb + h * stride_mh + rows[:, None] * stride_mm + cols[None, :] * stride_mn
+        s = _scores(q, kT, qk_scale, m_ptrs, rows, cols, SQ, SK, MASK_KIND, IS_CAUSAL, True)
+        p = tl.math.exp2(s - lse[:, None] * 1.4426950408889634)
+        dp = tl.dot(do, vT)
+        ds = p * (dp - delta[:, None])
+        if DOT_UPCAST:
+            dq = tl.dot(ds, tl.trans(kT), dq)
+        else:
+            dq = tl.dot(ds.to(kT.dtype), tl.trans(kT), dq)
+    dq = dq * scale
+    tl.store(dq_ptr + b * stride_dqb + h * stride_dqh + rows[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+             cast_out(dq, dq_ptr.dtype.element_ty, RTNE_BF16), mask=q_ok)
+
+
+# --- launchers ----------------------------------------------------------------------------------------
+
+
+def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]) -> Optional[str]:
+    """Why the kernels cannot serve these operands, or None. q [B, Hq, Sq, D], k/v [B, Hkv, Sk, D]."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        return f"q, k, v must be 4-D [B, H, S, D], got {q.dim()}-D, {k.dim()}-D, {v.dim()}-D"
+    if q.dtype not in DTYPES:
+        return f"dtype {q.dtype} not supported (fp16, bf16)"
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        return f"mixed dtypes {q.dtype}, {k.dtype}, {v.dtype}"
+    if q.device != k.device or q.device != v.device or (mask is not None and mask.device != q.device):
+        return "operands on different devices"
+    B, Hq, Sq, D = q.shape
+    if k.shape[0] != B or v.shape[0] != B or k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
+        return f"shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not agree"
+    if k.shape[3] != D or v.shape[3] != D:
+        return f"value head dim {v.shape[3]} or key head dim {k.shape[3]} differs from the query's {D}"
+    if not MIN_HEAD_DIM <= D <= MAX_HEAD_DIM:
+        return f"head dim {D} outside {MIN_HEAD_DIM}..{MAX_HEAD_DIM}"
+    if k.shape[1] == 0 or Hq % k.shape[1]:
+        return f"{Hq} query heads is not a multiple of {k.shape[1]} KV heads"
+    if B * Hq > 65535:
+        return f"batch x heads = {B * Hq} exceeds the grid limit 65535"
+    if mask is not None:
+        if mask.dtype not in (torch.bool, torch.float16, torch.bfloat16, torch.float32):
+            return f"mask dtype {mask.dtype} not supported"
+        if mask.dim() > 4:
+            return f"{mask.dim()}-D mask"
+        try:
+            torch.broadcast_shapes(mask.shape, (B, Hq, Sq, k.shape[2]))
+        except RuntimeError:
+            return f"mask {tuple(mask.shape)} does not broadcast to {(B, Hq, Sq, k.shape[2])}"
+        if torch.broadcast_shapes(mask.shape, (B, Hq, Sq, k.shape[2])) != (B, Hq, Sq, k.shape[2]):
+            return f"mask {tuple(mask.shape)} would broadcast the output beyond {(B, Hq, Sq, k.shape[2])}"
+    return registry.device_unsupported(q.device)
+
+
+def _mask_args(mask: Optional[torch.Tensor], shape, dummy: torch.Tensor):
+    # a broadcast mask is read through zero strides; bool masks are read as bytes
+    if mask is None:
+        return dummy, (0, 0, 0, 0), 0
+    m = mask.expand(shape)
+    if m.dtype == torch.bool:
+        m = m.view(torch.uint8)
+        return m, m.stride(), 1
+    return m, m.stride(), 2
+
+
+def _empty_out(q: torch.Tensor) -> torch.Tensor:
+    # [B, Sq, H, D] memory viewed as [B, H, Sq, D]: the "transpose(1, 2).reshape" after attention is free
+    B, H, Sq, D = q.shape
+    return q.new_empty((B, Sq, H, D)).transpose(1, 2)
+
+
+def _use_decode(q, k, is_causal: bool) -> bool:
+    group = q.shape[1] // k.shape[1]
+    return q.shape[2] <= DECODE_MAX_Q and k.shape[2] >= DECODE_MIN_K and group * q.shape[2] <= 128
+
+
+def _forward(q, k, v, mask, scale: float, is_causal: bool, store_lse: bool):
+    B, H, Sq, D = q.shape
+    Hkv, Sk = k.shape[1], k.shape[2]
+    out = _empty_out(q)
+    lse = torch.empty((B, H, Sq), device=q.device, dtype=torch.float32)
+    if out.numel() == 0:
+        return out, lse
+    if Sk == 0:
+        out.zero_()
+        lse.fill_(math.inf)
+        return out, lse
+    m, m_strides, mask_kind = _mask_args(mask, (B, H, Sq, Sk), q)
+    block_d = max(16, triton.next_power_of_2(D))
+    qk_scale = scale * LOG2E
+    flags = {"DOT_UPCAST": dot_upcast(q.dtype)}
+    if _use_decode(q, k, is_causal):
+        group = H // Hkv
+        block_m = max(16, triton.next_power_of_2(group * Sq))
+        block_n = 64 if block_d <= 128 else 32
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
+        splits = max(1, min(triton.cdiv(2 * sms, B * Hkv), triton.cdiv(Sk, 2 * block_n), 64))
+        chunk = triton.cdiv(triton.cdiv(Sk, splits), block_n) * block_n
+        splits = triton.cdiv(Sk, chunk)
+        opart = torch.empty((B * H * Sq, splits, block_d), device=q.device, dtype=torch.float32)
+        lpart = torch.empty((B * H * Sq, splits), device=q.device, dtype=torch.float32)
+        registry.launcher(_attn_decode_kernel)[(splits, B * Hkv)](
+            q, k, v, m, opart, lpart,
+            *q.stride(), *k.stride(), *v.stride(), *m_strides,
+            Hkv, group, Sq, Sk, chunk, splits, qk_scale,
+            HEAD_DIM=D, BLOCK_D=block_d, MASK_KIND=mask_kind, IS_CAUSAL=is_causal,
+            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=3, **flags,
+        )
+        registry.launcher(_attn_combine_kernel)[(B * H * Sq,)](
+            opart, lpart, out, lse, H, Sq, splits, *out.stride(),
+            HEAD_DIM=D, BLOCK_D=block_d, BLOCK_S=max(2, triton.next_power_of_2(splits)),
+            STORE_LSE=store_lse, RTNE_BF16=rtne_bf16(q.dtype), num_warps=4,
+        )
+        return out, lse
+
+    def grid(meta):
+        return (triton.cdiv(Sq, meta["BLOCK_M"]), B * H)
+
+    registry.launcher(_attn_fwd_kernel)[grid](
+        q, k, v, m, out, lse,
+        *q.stride(), *k.stride(), *v.stride(), *m_strides, *out.stride(),
+        H, H // Hkv, Sq, Sk, _bucket(Sq), _bucket(Sk), qk_scale,
+        HEAD_DIM=D, BLOCK_D=block_d, MASK_KIND=mask_kind, IS_CAUSAL=is_causal, STORE_LSE=store_lse,
+        RTNE_BF16=rtne_bf16(q.dtype), **flags,
+    )
+    return out, lse
+
+
+def _attention_fake(q, k, v, mask, scale, is_causal):
+    return _empty_out(q)
+
+
+@registry.kernel_op("tritonfuse::attention", fake=_attention_fake)
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float,
+              is_causal: bool) -> torch.Tensor:
+    """``softmax(q @ k.transpose(-2, -1) * scale + mask) @ v`` in one flash-attention kernel.
+
+    Query lengths up to 16 against a KV cache of 256 or more keys use the split-K decode kernels.
+
+    Args:
+        q: [B, Hq, Sq, D] (any strides), fp16 or bf16; D in 16..256.
+        k, v: [B, Hkv, Sk, D]; Hq a multiple of Hkv (GQA, K/V are not repeated).
+        mask: None, a bool mask (True = attend) or an additive float mask broadcastable to [B, Hq, Sq, Sk].
+        scale: the softmax scale (SDPA's default is 1 / sqrt(D)).
+        is_causal: query i attends keys j <= i (top-left aligned, as SDPA).
+
+    Returns:
+        [B, Hq, Sq, D]; rows with every key masked are zeros.
+
+    Example::
+
+        >>> q, k, v = (torch.randn(2, 4, 37, 80, dtype=torch.float16) for _ in range(3))
+        >>> o = torch.ops.tritonfuse.attention(q, k, v, None, 80 ** -0.5, True)  # TRITON_INTERPRET=1 on a CPU
+    """
+    return _forward(q, k, v, mask, scale, is_causal, store_lse=False)[0]
+
+
+def _attention_fwd_fake(q, k, v, mask, scale, is_causal):
+    B, H, Sq, _ = q.shape
+    return _empty_out(q), q.new_empty((B, H, Sq), dtype=torch.float32)
+
+
+@registry.kernel_op("tritonfuse::attention_fwd", fake=_attention_fwd_fake)
+def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float,
+                  is_causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``attention`` that also returns the natural-log log-sum-exp [B, Hq, Sq] (fp32) for the backward."""
+    return _forward(q, k, v, mask, scale, is_causal, store_lse=True)
+
+
+def _attention_bwd_fake(dout, q, k, v, out, lse, mask, scale, is_causal):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+@registry.kernel_op("tritonfuse::attention_bwd", fake=_attention_bwd_fake)
+def attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                  lse: torch.Tensor, mask: Optional[torch.Tensor], scale: float,
+                  is_causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dQ, dK, dV of ``attention`` from the forward's ``out`` and ``lse`` (``attention_fwd``).
+
+    Example::
+
+        >>> o, lse = torch.ops.tritonfuse.attention_fwd(q, k, v, None, 0.125, False)
+        >>> dq, dk, dv = torch.ops.tritonfuse.attention_bwd(torch.randn_like(o), q, k, v, o, lse, None, 0.125, False)
+    """
+    B, H, Sq, D = q.shape
+    Hkv, Sk = k.shape[1], k.shape[2]
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if q.numel() == 0 or k.numel() == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    block_d = max(16, triton.next_power_of_2(D))
+    delta = torch.empty((B, H, Sq), device=q.device, dtype=torch.float32)
+    registry.launcher(_attn_bwd_preprocess_kernel)[(triton.cdiv(Sq, 64), B * H)](
+        out, dout, delta, H, Sq, *out.stride(), *dout.stride(), HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=64,
+    )
+    m, m_strides, mask_kind = _mask_args(mask, (B, H, Sq, Sk), q)
+    lse = lse.contiguous()
+    common = dict(HEAD_DIM=D, BLOCK_D=block_d, MASK_KIND=mask_kind, IS_CAUSAL=is_causal,
+                  DOT_UPCAST=dot_upcast(q.dtype), RTNE_BF16=rtne_bf16(q.dtype))
+    sizes = (H, H // Hkv, Sq, Sk, _bucket(Sq), _bucket(Sk), scale, scale * LOG2E)
+    registry.launcher(_attn_bwd_dkdv_kernel)[lambda meta: (triton.cdiv(Sk, meta["BLOCK_N"]), B * Hkv)](
+        q, k, v, m, dout, lse, delta, dk, dv,
+        *q.stride(), *k.stride(), *v.stride(), *m_strides, *dout.stride(), *dk.stride(), *dv.stride(),
+        *sizes, **common,
+    )
+    registry.launcher(_attn_bwd_dq_kernel)[lambda meta: (triton.cdiv(Sq, meta["BLOCK_M"]), B * H)](
+        q, k, v, m, dout, lse, delta, dq,
+        *q.stride(), *k.stride(), *v.stride(), *m_strides, *dout.stride(), *dq.stride(),
+        *sizes, **common,
+    )
+    return dq, dk, dv
+
+
+# --- references ---------------------------------------------------------------------------------------
+
+
+def attention_ref(q, k, v, mask=None, scale=None, is_causal=False, upcast: bool = False) -> torch.Tensor:
+    """Attention written out in PyTorch (fp64 on the CPU with ``upcast=True``), with this module's
+    conventions: top-left causal alignment, GQA by repeating K/V, fully masked rows -> 0."""
+    if upcast:
+        q, k, v = q.double().cpu(), k.double().cpu(), v.double().cpu()
+        if mask is not None:
+            mask = mask.cpu() if mask.dtype == torch.bool else mask.double().cpu()
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)
+    v = v.repeat_interleave(group, dim=1)
+    s = (q @ k.transpose(-2, -1)) * scale
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.to(s.dtype)
+    if is_causal:
+        keep = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        s = s.masked_fill(~keep, float("-inf"))
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)
+    return p @ v
+
+
+def probe(device: str, dtype: torch.dtype, head_dim: int, mask_kind: str, is_causal: bool, gqa: bool,
+          decode: bool = False) -> Optional[str]:
+    """Compile and launch one variant on a small input once; None when it works, else the reason."""
+
+    def run():
+        g = torch.Generator(device="cpu").manual_seed(0)
+        hkv = 1 if gqa else 2
+        sq, sk = (2, DECODE_MIN_K + 3) if decode else (19, 23)
+        q = torch.randn(1, 2, sq, head_dim, generator=g).to(device=device, dtype=dtype)
+        k = torch.randn(1, hkv, sk, head_dim, generator=g).to(device=device, dtype=dtype)
+        v = torch.randn(1, hkv, sk, head_dim, generator=g).to(device=device, dtype=dtype)
+        mask = None
+        if mask_kind == "bool":
+            mask = torch.rand(1, 1, sq, sk, generator=g).to(device) > 0.2
+        elif mask_kind != "none":
+            mask = torch.randn(1, 1, 1, sk, generator=g).to(device=device, dtype=getattr(torch, mask_kind))
+        y = torch.ops.tritonfuse.attention(q, k, v, mask, head_dim ** -0.5, is_causal)
+        ref = attention_ref(q, k, v, mask, head_dim ** -0.5, is_causal, upcast=True)
+        err = (y.double().cpu() - ref).norm() / ref.norm().clamp_min(1e-12)
+        if not math.isfinite(err.item()) or err.item() > 5e-2:
+            raise RuntimeError(f"wrong result on the probe input (relative error {err.item():.3g})")
+
+    name = f"attention[{dtype},d{head_dim},{mask_kind},{'causal' if is_causal else 'full'},{'gqa' if gqa else 'mha'}"
+    name += ",decode]" if decode else "]"
+    return registry.guarded_probe(f"{name}@{device}", run)
