@@ -235,6 +235,7 @@ def unsupported(x: torch.Tensor, residual: Optional[torch.Tensor], weight: Optio
     n = x.shape[-1]
     if n > MAX_N:
         return f"hidden size {n} > {MAX_N}"
+    x, residual = _full_first(x, residual)
     if residual is not None:
         if residual.dtype != x.dtype:
             return f"mixed dtypes {x.dtype} and {residual.dtype} in the residual add"
@@ -275,7 +276,15 @@ def _rows2d(t: torch.Tensor) -> torch.Tensor:
     return t2
 
 
+def _full_first(x, residual):
+    # x + r is commutative: the operand with the full (broadcast) shape goes first
+    if residual is not None and residual.dim() >= x.dim() and residual.numel() > x.numel():
+        return residual, x
+    return x, residual
+
+
 def _norm_fake(x, residual, weight, bias, eps, kind, write_sum, cast_before_weight, stats, quant_out):
+    x, residual = _full_first(x, residual)
     m = x.numel() // x.shape[-1]
     f32 = dict(dtype=torch.float32, device=x.device)
     return (
@@ -313,6 +322,7 @@ def norm_residual(
         >>> x, r, w, b = torch.randn(37, 100), torch.randn(37, 100), torch.randn(100), torch.randn(100)
         >>> y, h, *_ = torch.ops.tritonfuse.norm_residual(x, r, w, b, 1e-5, "layer", True, False, False, False)
     """
+    x, residual = _full_first(x, residual)
     shape = x.shape
     n = shape[-1]
     x2 = _rows2d(x)

@@ -1,0 +1,224 @@
+"""Residual add + LayerNorm / RMSNorm patterns, replaced by ``tritonfuse::norm_residual``.
+
+Inductor decomposes ``native_layer_norm`` before the post-grad passes, so a LayerNorm arrives as
+``var_mean(h, [-1], correction=0, keepdim=True) -> (h - mean) * rsqrt(var + eps) [* w] [+ b]`` (with fp32
+converts around it in half precision); RMSNorm arrives as ``h * rsqrt(mean(h ** 2, [-1]) + eps) [* w]``,
+written by hand (HF: fp32 upcast, ``weight * y.to(input_dtype)``) or by ``F.rms_norm`` (weight applied in
+fp32). Every norm comes in three forms:
+
+- ``norm(x)``: no residual;
+- ``norm(x + r)`` where the sum has no other user (post-norm: BERT, the last norm of a pre-norm stack);
+- ``(norm(x + r), x + r)`` where the sum is also used afterwards (pre-norm: Llama, ViT): a two-output
+  pattern, the kernel writes the sum too.
+
+eps is a pattern argument (``scalar_workaround``), never a constant. Training graphs: when the forward
+saves the norm's mean/rstd for Inductor's backward those nodes have users outside the pattern, so the
+matcher does not take the site and both graphs stay Inductor's; a site whose statistics are recomputed in
+the backward is replaced in the forward only (the backward graph holds no forward norm to match).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch._inductor.pattern_matcher import Match, PatternMatcherPass, register_replacement
+
+from tritonfuse import registry
+from tritonfuse.kernels import norm_residual as K
+from tritonfuse.patterns.common import arg_val, trace_pattern
+
+FAMILY = "norm_residual"
+_EPS = 2.0 ** -9  # placeholder traced for eps: exact in every float dtype, unlike any other constant here
+aten = torch.ops.aten
+
+# --- the norms as written in models ---------------------------------------------------------------------
+# style: "ln" F.layer_norm; "hf" HF RMSNorm (cast to the input dtype before the weight, weight first);
+# "fn" F.rms_norm (weight applied in fp32); "hand" x * rsqrt(...) * w with the weight last, no casts.
+STYLES = ("ln", "hf", "fn", "hand")
+
+
+def _norm(h, w, b, eps, style):
+    if style == "ln":
+        return F.layer_norm(h, (h.shape[-1],), w, b, eps)
+    if style == "fn":
+        return F.rms_norm(h, (h.shape[-1],), w, eps)
+    dtype = h.dtype
+    hf = h.to(torch.float32)
+    y = hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)
+    if style == "hf":
+        y = y.to(dtype)
+        return w * y if w is not None else y
+    return (y * w).to(dtype) if w is not None else y.to(dtype)
+
+
+def _kind(style):
+    return "layer" if style == "ln" else "rms"
+
+
+# --- search and replacement functions ------------------------------------------------------------------
+# ``affine`` is "wb" (weight and bias), "w" (weight) or "" (none); ``res`` is "" (no residual), "add" (the
+# sum is used by the norm only) or "sum" (the sum is an output too).
+
+
+def _norm_pattern(style, affine, res):
+    def body(x, r, w, b, eps):
+        h = x + r if res else x
+        y = _norm(h, w if "w" in affine else None, b if "b" in affine else None, eps, style)
+        return (y, h) if res == "sum" else y
+
+    return _with_args(body, affine, res)
+
+
+def _norm_replacement(style, affine, res):
+    kind = _kind(style)
+    cast_before_weight = style == "hf"
+
+    def body(x, r, w, b, eps):
+        y, h, *_ = torch.ops.tritonfuse.norm_residual(
+            x, r if res else None, w if "w" in affine else None, b if "b" in affine else None,
+            eps, kind, res == "sum", cast_before_weight, False, False)
+        return (y, h) if res == "sum" else y
+
+    return _with_args(body, affine, res)
+
+
+def _with_args(body, affine, res):
+    # register_replacement reads the argument names: give each variant exactly the ones it uses
+    table = {
+        ("wb", True): lambda x, r, w, b, eps: body(x, r, w, b, eps),
+        ("w", True): lambda x, r, w, eps: body(x, r, w, None, eps),
+        ("", True): lambda x, r, eps: body(x, r, None, None, eps),
+        ("wb", False): lambda x, w, b, eps: body(x, None, w, b, eps),
+        ("w", False): lambda x, w, eps: body(x, None, w, None, eps),
+        ("", False): lambda x, eps: body(x, None, None, None, eps),
+    }
+    return table[(affine, bool(res))]
+
+
+# --- checks --------------------------------------------------------------------------------------------
+
+_REDUCTIONS = (aten.var_mean.correction, aten.mean.dim)
+
+
+def _reduction_node(match: Match):
+    for n in match.nodes:
+        if n.target in _REDUCTIONS:
+            return n
+    return None
+
+
+def _sum_node(match: Match):
+    # the residual add: the only add whose operands are both pattern inputs
+    inputs = {match.kwargs.get("x"), match.kwargs.get("r")}
+    for n in match.nodes:
+        if n.target == aten.add.Tensor and set(n.args[:2]) == inputs:
+            return n
+    return None
+
+
+def _reduces_last_dim_only(red: torch.fx.Node) -> bool:
+    val = red.args[0].meta.get("val")
+    dims = red.args[1] if len(red.args) > 1 else red.kwargs.get("dim")
+    if val is None or not isinstance(dims, (list, tuple)) or len(dims) != 1:
+        return False
+    if dims[0] not in (-1, val.dim() - 1):
+        return False
+    if red.target == aten.var_mean.correction:
+        return red.kwargs.get("correction", 1) == 0 and red.kwargs.get("keepdim", False)
+    return (red.args[2] if len(red.args) > 2 else red.kwargs.get("keepdim", False)) is True
+
+
+def _describe(x, dtype) -> str:
+    m = x.numel() // max(1, x.shape[-1])
+    return f"M={m} N={x.shape[-1]} {str(dtype).replace('torch.', '')}"
+
+
+def _make_check(style: str, affine: str, res: str):
+    kind = _kind(style)
+    kernel = f"norm_residual[{kind}{'+' + res if res else ''}]"
+
+    def check(match: Match) -> bool:
+        red = _reduction_node(match)
+        x = arg_val(match, "x")
+        if red is None or x is None or not _reduces_last_dim_only(red):
+            return False
+        r = arg_val(match, "r") if res else None
+        if res and r is None:
+            return False
+        if res:
+            total = _sum_node(match)
+            if total is None:
+                return False
+            outside = [u for u in total.users if u not in match.nodes]
+            if (res == "sum") != bool(outside):
+                return False  # the other residual form serves this site
+        out = match.output_nodes()[0].meta.get("val")
+        if out is None:
+            return False
+        full = torch.broadcast_shapes(x.shape, r.shape) if r is not None else x.shape
+        detail = _describe(out, x.dtype)
+        w = arg_val(match, "w") if "w" in affine else None
+        b = arg_val(match, "b") if "b" in affine else None
+        eps = match.kwargs.get("eps")
+        reason = None
+        if out.dtype != x.dtype or tuple(out.shape) != tuple(full):
+            reason = f"output {out.dtype} {tuple(out.shape)} differs from the input's {x.dtype} {tuple(full)}"
+        elif any(n.target == torch.ops.prims.convert_element_type.default
+                 and n.args[1] not in (torch.float32, x.dtype) for n in match.nodes):
+            reason = "the norm is computed in a dtype other than fp32"
+        elif not isinstance(eps, (int, float)):
+            reason = "eps is not a constant"
+        elif not isinstance(full[-1], int):
+            reason = "dynamic hidden size"
+        if reason is None:
+            reason = K.unsupported(x, r, w, b)
+        if reason is None:
+            reason = K.probe(str(x.device), x.dtype, kind, full[-1], bool(res), w is not None, b is not None,
+                             res == "sum", style == "hf")
+        if reason:
+            registry.note_fallback(FAMILY, red, kernel, reason, detail)
+            return False
+        registry.note_replaced(FAMILY, red, kernel, detail)
+        return True
+
+    return check
+
+
+# --- registration --------------------------------------------------------------------------------------
+
+# F.rms_norm's decomposition adds eps in place on a fresh intermediate; the post-grad graph is functional
+_FUNCTIONAL = {aten.add_.Scalar: aten.add.Scalar, aten.add_.Tensor: aten.add.Tensor}
+
+
+def _trace(fn, args, **kwargs) -> torch.fx.GraphModule:
+    gm = trace_pattern(fn, args, **kwargs)
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target in _FUNCTIONAL:
+            node.target = _FUNCTIONAL[node.target]
+    gm.recompile()
+    return gm
+
+
+_AFFINE = {"ln": ("wb", "w", ""), "hf": ("w", ""), "fn": ("w", ""), "hand": ("w",)}
+
+
+@functools.lru_cache(maxsize=None)
+def pattern_pass() -> PatternMatcherPass:
+    """All norm_residual patterns in one pass, built once per process."""
+    pm = PatternMatcherPass(pass_name="tritonfuse_norm_residual")
+    reg = functools.partial(register_replacement, trace_fn=_trace, pass_dicts=pm,
+                            scalar_workaround={"eps": _EPS})
+    # residual forms first: they share their anchor (the norm's output) with the plain norm, which would
+    # otherwise take the site and leave the add behind
+    for res in ("sum", "add", ""):
+        for dtype in (torch.float32, torch.float16):
+            for style in STYLES:
+                for affine in _AFFINE[style]:
+                    x = torch.empty(2, 4, 16, dtype=dtype)
+                    args = [x] + ([torch.empty(2, 4, 16, dtype=dtype)] if res else [])
+                    args += [torch.empty(16, dtype=dtype) for _ in affine]
+                    reg(_norm_pattern(style, affine, res), _norm_replacement(style, affine, res), args,
+                        extra_check=_make_check(style, affine, res))
+    return pm

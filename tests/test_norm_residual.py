@@ -1,0 +1,356 @@
+"""norm_residual: the add+LayerNorm/RMSNorm kernel vs fp64, its patterns on BERT, Llama and ViT graphs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tritonfuse
+from tritonfuse import config
+from tritonfuse.kernels import norm_residual as K
+from utils import assert_close_to_ref, fresh, sqnr_db
+
+FAMILY = "norm_residual"
+TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+
+
+def _run(x, r, w, b, kind, cbw=False, write_sum=True, eps=1e-5):
+    return torch.ops.tritonfuse.norm_residual(x, r, w, b, eps, kind, write_sum and r is not None, cbw, False, False)
+
+
+def _check(x, r, w, b, kind, cbw=False, eps=1e-5):
+    y, h, *_ = _run(x, r, w, b, kind, cbw, eps=eps)
+    ref, href = K.norm_residual_ref(x, r, w, b, eps, kind, cbw, upcast=True)
+    eager, heager = K.norm_residual_ref(x, r, w, b, eps, kind, cbw)
+    assert y.dtype == x.dtype and y.shape == ref.shape
+    assert_close_to_ref(y, ref, eager, atol=TOL[x.dtype], what=f"{kind} y")
+    if r is not None:
+        assert_close_to_ref(h, href, heager, atol=TOL[x.dtype], what=f"{kind} sum")
+
+
+# --- kernel ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("kind,cbw", [("layer", False), ("rms", False), ("rms", True)])
+@pytest.mark.parametrize("shape", [(3, 37, 100), (5, 768), (2, 20000)])
+def test_kernel_vs_fp64(dtype, kind, cbw, shape):
+    # (3, 37, 100): awkward; 768: several rows per program; 20000: longer than one block, walked in chunks
+    n = shape[-1]
+    x, r = fresh(*shape, dtype=dtype, seed=1), fresh(*shape, dtype=dtype, seed=2)
+    w, b = fresh(n, dtype=dtype, seed=3), fresh(n, dtype=dtype, seed=4)
+    _check(x, r, w, b if kind == "layer" else None, kind, cbw)
+
+
+@pytest.mark.parametrize("kind", ["layer", "rms"])
+@pytest.mark.parametrize("affine", ["wb", "w", ""])
+@pytest.mark.parametrize("res", [True, False])
+def test_kernel_variants(kind, affine, res):
+    x = fresh(9, 77, dtype=torch.float16, seed=5)
+    r = fresh(9, 77, dtype=torch.float16, seed=6) if res else None
+    w = fresh(77, dtype=torch.float16, seed=7) if "w" in affine else None
+    b = fresh(77, dtype=torch.float16, seed=8) if "b" in affine else None
+    _check(x, r, w, b, kind)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("kind", ["layer", "rms"])
+@pytest.mark.parametrize("n", [300, 20000])
+def test_kernel_hard_rows(dtype, kind, n):
+    # constant rows (variance 0), all-zero rows and 1e4 values: finite statistics, eager's accuracy
+    x = fresh(6, n, dtype=torch.float32, seed=9)
+    x[0] = 0.3
+    x[1] = 0.0
+    x[2] = 1e4 + x[2]
+    x[3] = -1e4
+    x = x.to(dtype)
+    r = fresh(6, n, dtype=dtype, seed=10)
+    r[0], r[1], r[3] = 0.2, 0.0, 0.0
+    w, b = fresh(n, dtype=dtype, seed=11), fresh(n, dtype=dtype, seed=12)
+    y, h, *_ = _run(x, r, w, b, kind)
+    assert torch.isfinite(y).all()
+    _check(x, r, w, b, kind)
+
+
+def test_kernel_non_contiguous_and_broadcast():
+    base = fresh(4, 6, 160, seed=13)
+    x = base[..., ::2]  # column stride 2: copied
+    xt = fresh(80, 4, 6, seed=14).permute(1, 2, 0)  # transposed: copied
+    xs = base[..., :80]  # row stride 160, unit column stride: read in place
+    w, b = fresh(80, seed=15), fresh(80, seed=16)
+    for a, c in ((x, xt), (xs, x), (xt, xs)):
+        before = (a.clone(), c.clone())
+        _check(a, c, w, b, "layer")
+        assert torch.equal(a, before[0]) and torch.equal(c, before[1])
+    # residual broadcast over leading dims (position embeddings), either operand
+    for rb in (fresh(1, 6, 80, seed=17), fresh(6, 80, seed=18)):
+        _check(x, rb, w, b, "layer")
+        _check(rb, x, w, None, "rms")
+
+
+def test_kernel_stats_and_backward():
+    torch.manual_seed(0)
+    for kind, has_b in (("layer", True), ("rms", False)):
+        x, r = fresh(5, 7, 96, seed=19), fresh(5, 7, 96, seed=20)
+        w = fresh(96, seed=21)
+        b = fresh(96, seed=22) if has_b else None
+        y, h, mean, rstd, *_ = torch.ops.tritonfuse.norm_residual(x, r, w, b, 1e-5, kind, True, False, True, False)
+        dy, ds = fresh(5, 7, 96, seed=23), fresh(5, 7, 96, seed=24)
+        dh, dw, db = torch.ops.tritonfuse.norm_residual_backward(dy, ds, h, w, mean, rstd, kind, has_b)
+        # fp64 autograd reference: loss = <y, dy> + <h, ds>
+        leaves = [t.double().requires_grad_() for t in (x, r, w)] + ([b.double().requires_grad_()] if has_b else [])
+        yr, hr = K.norm_residual_ref(leaves[0], leaves[1], leaves[2], leaves[3] if has_b else None, 1e-5, kind)
+        ((yr * dy.double()).sum() + (hr * ds.double()).sum()).backward()
+        hd = h.double()
+        if kind == "layer":
+            mref, vref = hd.mean(-1).flatten(), hd.var(-1, unbiased=False).flatten()
+            assert (mean.double() - mref).abs().max() < 1e-5
+        else:
+            vref = hd.pow(2).mean(-1).flatten()
+        assert ((rstd.double() - (vref + 1e-5).rsqrt()).abs() / rstd.double()).max() < 1e-5
+        assert (dh.double() - leaves[0].grad).abs().max() < 1e-4
+        assert (dh.double() - leaves[1].grad).abs().max() < 1e-4
+        assert (dw.double() - leaves[2].grad).abs().max() < 1e-3
+        if has_b:
+            assert (db.double() - leaves[3].grad).abs().max() < 1e-3
+
+
+def test_kernel_int8_hook():
+    x, r, w = fresh(33, 200, dtype=torch.float16, seed=25), fresh(33, 200, dtype=torch.float16, seed=26), fresh(200, dtype=torch.float16, seed=27)
+    y, h, _, _, q, scale = torch.ops.tritonfuse.norm_residual(x, r, w, None, 1e-6, "rms", True, True, False, True)
+    assert q.dtype == torch.int8 and scale.shape == (33,)
+    amax = y.float().abs().amax(-1)
+    assert torch.allclose(scale, amax / 127, rtol=1e-6)
+    assert sqnr_db(y.float(), q.float() * scale[:, None]) > 35
+
+
+def test_kernel_unsupported_reasons():
+    x = fresh(4, 64, dtype=torch.float16)
+    assert "mixed dtypes" in K.unsupported(x, fresh(4, 64), None, None)
+    assert "weight dtype" in K.unsupported(x, None, fresh(64), None)
+    assert "does not broadcast" in K.unsupported(x, fresh(4, 1, dtype=torch.float16), None, None)
+    assert "not supported" in K.unsupported(x.double(), None, None, None)
+    assert "hidden size" in K.unsupported(fresh(1, K.MAX_N + 1), None, None, None)
+
+
+# --- patterns --------------------------------------------------------------------------------------------
+
+
+class HFRMSNorm(torch.nn.Module):
+    """Written as transformers' LlamaRMSNorm."""
+
+    def __init__(self, n, eps=1e-6, weight=True):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(n)) if weight else None
+        self.eps = eps
+
+    def forward(self, h):
+        dtype = h.dtype
+        h = h.to(torch.float32)
+        var = h.pow(2).mean(-1, keepdim=True)
+        h = h * torch.rsqrt(var + self.eps)
+        return self.weight * h.to(dtype) if self.weight is not None else h.to(dtype)
+
+
+class Block(torch.nn.Module):
+    """Every form: post-norm add+LN, pre-norm add+RMSNorm reusing the sum, plain norms, F.rms_norm."""
+
+    def __init__(self, n=48):
+        super().__init__()
+        self.ln = torch.nn.LayerNorm(n, eps=1e-6)
+        self.ln_plain = torch.nn.LayerNorm(n, elementwise_affine=False, eps=3e-5)
+        self.ln_nobias = torch.nn.LayerNorm(n, bias=False)
+        self.hf = HFRMSNorm(n, eps=1e-6)
+        self.hf_plain = HFRMSNorm(n, eps=2e-6, weight=False)
+        self.rms = torch.nn.RMSNorm(n, eps=1e-5)
+        self.lin = torch.nn.Linear(n, n)
+        for p in self.parameters():
+            torch.nn.init.normal_(p)
+
+    def forward(self, x, r):
+        h = x + r
+        a = self.ln(h)  # h reused below
+        h2 = self.lin(a) + h
+        b = self.hf(h2)  # h2 reused below
+        c = self.rms(h2 + b)  # F.rms_norm, add
+        d = self.ln_plain(x) + self.ln_nobias(r) + self.hf_plain(c)
+        return d + h2 + F.rms_norm(c, (c.shape[-1],))
+
+
+def _compile_and_compare(model, args, dtype):
+    with torch.no_grad(), config.patch(patterns=FAMILY):
+        out = torch.compile(model, backend="tritonfuse")(*args)
+        eager = model(*args)
+        ref = model.double()(*(a.double() for a in args))
+        model.to(dtype)
+    return out, eager, ref
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_patterns_every_form(dtype):
+    torch.manual_seed(0)
+    model = Block().to(dtype).eval()
+    args = (fresh(2, 5, 48, dtype=dtype, seed=30), fresh(2, 5, 48, dtype=dtype, seed=31))
+    out, eager, ref = _compile_and_compare(model, args, dtype)
+    c = tritonfuse.counters()[FAMILY]
+    assert c == {"matched": 7, "replaced": 7, "fallback": 0}, c
+    kernels = sorted(s.kernel for s in tritonfuse.sites())
+    assert kernels == sorted(["norm_residual[layer+sum]", "norm_residual[rms+sum]", "norm_residual[rms+add]",
+                              "norm_residual[layer]", "norm_residual[layer]", "norm_residual[rms]",
+                              "norm_residual[rms]"]), kernels
+    assert_close_to_ref(out, ref, eager, atol=4 * TOL[dtype], what="Block")
+
+
+def test_patterns_read_eps_from_graph():
+    model = torch.nn.LayerNorm(40, eps=0.5).eval()  # a large eps shows in the output
+    x = fresh(3, 40, seed=32)
+    with torch.no_grad(), config.patch(patterns=FAMILY):
+        out = torch.compile(model, backend="tritonfuse")(x)
+    assert tritonfuse.counters()[FAMILY]["replaced"] == 1
+    torch.testing.assert_close(out, model(x), atol=1e-5, rtol=1e-5)
+
+
+class StatsReused(torch.nn.Module):
+    def __init__(self, n=32):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(n))
+
+    def forward(self, x, r):
+        h = (x + r).float()
+        var = h.pow(2).mean(-1, keepdim=True)
+        y = self.w * (h * torch.rsqrt(var + 1e-6))
+        out, mean, rstd = torch.native_layer_norm(x + r, (x.shape[-1],), None, None, 1e-5)
+        return y, var, out * 2, rstd  # the statistics leave the norm
+
+
+def test_patterns_negative_statistics_used_elsewhere():
+    model = StatsReused().eval()
+    args = (fresh(2, 3, 32, seed=33), fresh(2, 3, 32, seed=34))
+    with torch.no_grad(), config.patch(patterns=FAMILY):
+        outs = torch.compile(model, backend="tritonfuse")(*args)
+    assert tritonfuse.counters()[FAMILY] == {"matched": 0, "replaced": 0, "fallback": 0}
+    for a, e in zip(outs, model(*args)):
+        torch.testing.assert_close(a, e)
+
+
+def test_patterns_negative_not_last_dim():
+    model = torch.nn.LayerNorm((5, 32)).eval()  # over two dims: not this kernel's norm
+    x = fresh(2, 5, 32, seed=35)
+    with torch.no_grad(), config.patch(patterns=FAMILY):
+        out = torch.compile(model, backend="tritonfuse")(x)
+    assert tritonfuse.counters()[FAMILY]["matched"] == 0
+    torch.testing.assert_close(out, model(x))
+
+
+def test_patterns_fp64_falls_back():
+    model = torch.nn.LayerNorm(32).double().eval()
+    x = fresh(4, 32, dtype=torch.float64, seed=36)
+    with torch.no_grad(), config.patch(patterns=FAMILY):
+        out = torch.compile(model, backend="tritonfuse")(x)
+    assert tritonfuse.counters()[FAMILY] == {"matched": 1, "replaced": 0, "fallback": 1}
+    assert "float64 not supported" in tritonfuse.sites()[0].reason
+    torch.testing.assert_close(out, model(x))
+
+
+def test_patterns_mixed_dtype_weight():
+    # fp32 weight times the fp16 norm: only the norm is replaced, the promoting multiply stays Inductor's
+    model = HFRMSNorm(32).eval()
+    x = fresh(4, 32, dtype=torch.float16, seed=36)
+    with torch.no_grad(), config.patch(patterns=FAMILY):
+        out = torch.compile(model, backend="tritonfuse")(x)
+    assert tritonfuse.counters()[FAMILY] == {"matched": 1, "replaced": 1, "fallback": 0}
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, model(x))
+
+
+def test_training_graph_left_to_inductor():
+    # the forward saves the norm's mean/rstd for the backward: no site, gradients are Inductor's
+    model = Block().train()
+    x = fresh(2, 5, 48, seed=37).requires_grad_()
+    r = fresh(2, 5, 48, seed=38)
+    with config.patch(patterns=FAMILY):
+        out = torch.compile(model, backend="tritonfuse")(x, r)
+    out.sum().backward()
+    g = x.grad.clone()
+    x.grad = None
+    model(x, r).sum().backward()
+    torch.testing.assert_close(g, x.grad, atol=1e-4, rtol=1e-4)
+    assert tritonfuse.counters()[FAMILY]["replaced"] == 0
+
+
+# --- real models -----------------------------------------------------------------------------------------
+
+
+def _model_counts(model, args, expected, dtype=torch.float32, device="cpu"):
+    model = model.to(device=device, dtype=dtype).eval()
+    args = [a.to(device) for a in args]
+    with torch.no_grad(), config.patch(patterns=FAMILY):
+        out = torch.compile(model, backend="tritonfuse")(*args)
+        eager = model(*args)
+    out = getattr(out, "last_hidden_state", out)
+    eager = getattr(eager, "last_hidden_state", eager)
+    c = tritonfuse.counters()[FAMILY]
+    assert c == {"matched": expected, "replaced": expected, "fallback": 0}, c
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(out, eager, atol=tol, rtol=tol)
+
+
+def _bert(layers=2):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                                  intermediate_size=64, vocab_size=100, max_position_embeddings=64)
+    return transformers.BertModel(cfg)
+
+
+def _llama(layers=2):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                                   num_key_value_heads=1, intermediate_size=64, vocab_size=100,
+                                   max_position_embeddings=64)
+    return transformers.LlamaModel(cfg)
+
+
+def _vit(layers=2):
+    tv = pytest.importorskip("torchvision")
+    return tv.models.VisionTransformer(image_size=16, patch_size=8, num_layers=layers, num_heads=2,
+                                       hidden_dim=32, mlp_dim=64, num_classes=10)
+
+
+def test_bert_counts():
+    # 2 per layer (attention output, FFN output: post-norm add+LN) + the embeddings sum -> LN
+    torch.manual_seed(0)
+    _model_counts(_bert(2), [torch.randint(0, 100, (2, 7))], 2 * 2 + 1)
+
+
+def test_llama_counts():
+    # input norm of layer 0 (no residual), post-attention and next input norms (sum reused), final norm
+    torch.manual_seed(0)
+    _model_counts(_llama(2), [torch.randint(0, 100, (2, 7))], 2 * 2 + 1)
+
+
+def test_vit_counts():
+    # pre-norm: ln_1 (first one on input + pos_embedding, broadcast), ln_2, final ln
+    torch.manual_seed(0)
+    _model_counts(_vit(2), [fresh(2, 3, 16, 16, seed=39)], 2 * 2 + 1)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_models_cuda(dtype):
+    torch.manual_seed(0)
+    ids = torch.randint(0, 100, (2, 7))
+    for build, args in ((_bert, [ids]), (_llama, [ids]), (_vit, [fresh(2, 3, 16, 16, seed=40, dtype=dtype)])):
+        tritonfuse.reset()
+        torch._dynamo.reset()
+        _model_counts(build(3), args, 3 * 2 + 1, dtype=dtype, device="cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n", [768, 4096, 16384, 30000])
+def test_kernel_cuda(dtype, n):
+    x, r = fresh(64, n, dtype=dtype, device="cuda", seed=41), fresh(64, n, dtype=dtype, device="cuda", seed=42)
+    w, b = fresh(n, dtype=dtype, device="cuda", seed=43), fresh(n, dtype=dtype, device="cuda", seed=44)
+    for kind, bias in (("layer", b), ("rms", None)):
+        _check(x, r, w, bias, kind)
