@@ -1,0 +1,83 @@
+"""Shared by the benchmarks: GPU slug, versions, commit, date, and merging rows into the results JSON.
+
+Rows are keyed by (kernel, shape, dtype, provider): a new run replaces its own rows and keeps the others.
+
+Example::
+
+    from common import merge_rows, row
+    merge_rows([row("add_layer_norm", "32768x4096", torch.float16, "tritonfuse", 0.18, tbps=2.9)])
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import re
+import subprocess
+
+import torch
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def gpu_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def gpu_slug() -> str:
+    """``NVIDIA H100 80GB HBM3`` -> ``nvidia-h100-80gb-hbm3``."""
+    return re.sub(r"[^a-z0-9]+", "-", gpu_name().lower()).strip("-")
+
+
+def commit() -> str:
+    try:
+        root = pathlib.Path(__file__).resolve().parents[1]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip() or os.environ.get("TRITONFUSE_COMMIT", "unknown")
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("TRITONFUSE_COMMIT", "unknown")
+
+
+def meta() -> dict:
+    import triton
+
+    return {
+        "gpu": gpu_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "commit": commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def row(kernel: str, shape: str, dtype, provider: str, ms: float, tflops: float | None = None,
+        tbps: float | None = None, **extra) -> dict:
+    r = {"kernel": kernel, "shape": shape, "dtype": str(dtype).replace("torch.", ""), "provider": provider,
+         "ms": round(ms, 5)}
+    if tflops is not None:
+        r["tflops"] = round(tflops, 3)
+    if tbps is not None:
+        r["tbps"] = round(tbps, 3)
+    r.update(extra)
+    return r
+
+
+def _key(r: dict) -> tuple:
+    return (r["kernel"], r["shape"], r["dtype"], r["provider"])
+
+
+def merge_rows(rows: list[dict], path: pathlib.Path | str | None = None) -> pathlib.Path:
+    """Merge ``rows`` into ``results/kernels-<gpu-slug>.json`` (or ``path``); the header is refreshed."""
+    path = pathlib.Path(path) if path else RESULTS / f"kernels-{gpu_slug()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(path.read_text()) if path.exists() else {}
+    merged = {_key(r): r for r in old.get("rows", [])}
+    merged.update({_key(r): r for r in rows})
+    doc = {**meta(), "rows": sorted(merged.values(), key=_key)}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.replace(path)
+    return path
