@@ -104,10 +104,10 @@ def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.co
 @triton.autotune(configs=_GEMM_CONFIGS, key=["M_BUCKET", "N", "K", "ACT", "HAS_BIAS"], **_AUTOTUNE_KW)
 @triton.jit
 def _linear_act_kernel(
-    x_ptr, w_ptr, b_ptr, out_ptr,
+    x_ptr, w_ptr, b_ptr, out_ptr, pre_ptr,
     M, N, K, M_BUCKET,
     stride_xm, stride_xk, stride_wn, stride_wk, stride_om, stride_on,
-    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr, RTNE_BF16: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STORE_PRE: tl.constexpr, PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr, RTNE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # x: [M, K], w: [N, K] (a Linear's weight), out: [M, N]
@@ -133,9 +133,13 @@ def _linear_act_kernel(
     if HAS_BIAS:
         bias = tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0)
         acc += bias.to(tl.float32)[None, :]
+    out_mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    out_offs = offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
+    if STORE_PRE:
+        # training: the backward of the activation needs its input (same layout as out)
+        tl.store(pre_ptr + out_offs, cast_out(acc, pre_ptr.dtype.element_ty, RTNE_BF16), mask=out_mask)
     acc = _apply_act(acc, ACT)
-    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
-    tl.store(out_ptrs, cast_out(acc, out_ptr.dtype.element_ty, RTNE_BF16), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+    tl.store(out_ptr + out_offs, cast_out(acc, out_ptr.dtype.element_ty, RTNE_BF16), mask=out_mask)
 
 
 @triton.autotune(configs=_GATED_CONFIGS, key=["M_BUCKET", "N", "K", "ACT", "HAS_BIAS"], **_AUTOTUNE_KW)
@@ -238,18 +242,38 @@ def linear_act(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], act:
         >>> x, w, b = torch.randn(37, 100), torch.randn(77, 100), torch.randn(77)
         >>> y = torch.ops.tritonfuse.linear_act(x, w, b, "gelu")  # TRITON_INTERPRET=1 on a CPU
     """
+    return _launch_linear(x, w, b, act, store_pre=False)[0]
+
+
+def _launch_linear(x, w, b, act, store_pre: bool, kernel=None, **fixed_config):
     M, K = x.shape
     N = w.shape[0]
     out = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    pre = torch.empty((M, N), device=x.device, dtype=x.dtype) if store_pre else out
     if M == 0 or N == 0:
-        return out
-    registry.launcher(_linear_act_kernel)[_grid(M, N)](
-        x, w, b if b is not None else w, out,
+        return out, pre
+    kernel = kernel if kernel is not None else registry.launcher(_linear_act_kernel)
+    kernel[_grid(M, N)](
+        x, w, b if b is not None else w, out, pre,
         M, N, K, _m_bucket(M),
         x.stride(0), x.stride(1), w.stride(0), w.stride(1), out.stride(0), out.stride(1),
-        HAS_BIAS=b is not None, ACT=act, **_precision(x.dtype),
+        HAS_BIAS=b is not None, ACT=act, STORE_PRE=store_pre, **_precision(x.dtype), **fixed_config,
     )
-    return out
+    return out, pre
+
+
+def _linear_act_pre_fake(x, w, b, act):
+    return x.new_empty((x.shape[0], w.shape[0])), x.new_empty((x.shape[0], w.shape[0]))
+
+
+@registry.kernel_op("tritonfuse::linear_act_pre", fake=_linear_act_pre_fake)
+def linear_act_pre(
+    x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], act: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training form of ``linear_act``: returns ``(x @ w.T + b, act(x @ w.T + b))``; the first is what
+    the activation's backward reads."""
+    out, pre = _launch_linear(x, w, b, act, store_pre=True)
+    return pre, out
 
 
 def _gated_mlp_fake(x, wg, wu, bg, bu, act):
@@ -272,18 +296,23 @@ def gated_mlp(
         >>> x, wg, wu = torch.randn(37, 100), torch.randn(77, 100), torch.randn(77, 100)
         >>> y = torch.ops.tritonfuse.gated_mlp(x, wg, wu, None, None, "silu")
     """
+    return _launch_gated(x, wg, wu, bg, bu, act)
+
+
+def _launch_gated(x, wg, wu, bg, bu, act, kernel=None, **fixed_config):
     M, K = x.shape
     N = wg.shape[0]
     out = torch.empty((M, N), device=x.device, dtype=x.dtype)
     if M == 0 or N == 0:
         return out
     has_bias = bg is not None
-    registry.launcher(_gated_mlp_kernel)[_grid(M, N)](
+    kernel = kernel if kernel is not None else registry.launcher(_gated_mlp_kernel)
+    kernel[_grid(M, N)](
         x, wg, wu, bg if has_bias else wg, bu if has_bias else wu, out,
         M, N, K, _m_bucket(M),
         x.stride(0), x.stride(1), wg.stride(0), wg.stride(1), wu.stride(0), wu.stride(1),
         out.stride(0), out.stride(1),
-        HAS_BIAS=has_bias, ACT=act, **_precision(x.dtype),
+        HAS_BIAS=has_bias, ACT=act, **_precision(x.dtype), **fixed_config,
     )
     return out
 
@@ -321,8 +350,12 @@ def gated_mlp_ref(x, wg, wu, bg, bu, act, upcast: bool = False) -> torch.Tensor:
     return act_ref(torch.nn.functional.linear(x, wg, bg), act) * torch.nn.functional.linear(x, wu, bu)
 
 
+_PROBE_CONFIG = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=2)
+
+
 def probe(device: str, dtype: torch.dtype, act: str, has_bias: bool, gated: bool) -> Optional[str]:
-    """Compile and launch one variant on a small input once; None when it works, else the reason."""
+    """Compile and launch one variant on a small input once (one fixed config, not the autotune set);
+    None when it works, else the reason."""
 
     def run():
         g = torch.Generator(device="cpu").manual_seed(0)
@@ -332,11 +365,13 @@ def probe(device: str, dtype: torch.dtype, act: str, has_bias: bool, gated: bool
         b1 = torch.randn(24, generator=g).to(device=device, dtype=dtype) if has_bias else None
         b2 = torch.randn(24, generator=g).to(device=device, dtype=dtype) if has_bias else None
         if gated:
-            y = torch.ops.tritonfuse.gated_mlp(x, w1, w2, b1, b2, act)
+            y = _launch_gated(x, w1, w2, b1, b2, act, kernel=_gated_mlp_kernel.fn, **_PROBE_CONFIG)
             ref = gated_mlp_ref(x, w1, w2, b1, b2, act, upcast=True)
         else:
-            y = torch.ops.tritonfuse.linear_act(x, w1, b1, act)
+            y, pre = _launch_linear(x, w1, b1, act, True, kernel=_linear_act_kernel.fn, **_PROBE_CONFIG)
             ref = linear_act_ref(x, w1, b1, act, upcast=True)
+            if not torch.allclose(pre.double().cpu(), linear_act_ref(x, w1, b1, "none", upcast=True), 5e-2, 5e-2):
+                raise RuntimeError("wrong pre-activation on the probe input")
         err = (y.double().cpu() - ref).norm() / ref.norm().clamp_min(1e-12)
         if not math.isfinite(err.item()) or err.item() > 5e-2:
             raise RuntimeError(f"wrong result on the probe input (relative error {err.item():.3g})")

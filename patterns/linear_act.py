@@ -9,6 +9,7 @@ half-precision graph carries the fp32 upcast around GELU/SiLU), for 2-D inputs a
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +61,36 @@ def _linear_act_nobias_replacement(act):
         return y.reshape(*x.shape[:-1], w.shape[0])
 
     return replacement
+
+
+# Training: the forward graph also returns the GEMM output (the activation's backward reads it) and,
+# for batched inputs, the flattened input (the weight gradient reads it). The pattern returns them too.
+
+
+def _linear_act_train_pattern(act, batched, has_bias, save_pre):
+    def pattern(x, w, b=None):
+        # concrete sizes: the matcher re-traces this with the site's shapes and compares constants
+        x2 = x.reshape(math.prod(x.shape[:-1]), x.shape[-1]) if batched else x
+        pre = torch.addmm(b, x2, w.t()) if has_bias else torch.mm(x2, w.t())
+        y = _act(pre.reshape(*x.shape[:-1], w.shape[0]) if batched else pre, act)
+        # the matcher anchors a multi-output pattern on its first output: the activation, the most specific
+        return (y,) + ((pre,) if save_pre else ()) + ((x2,) if batched else ())
+
+    return pattern if has_bias else (lambda x, w: pattern(x, w))
+
+
+def _linear_act_train_replacement(act, batched, has_bias, save_pre):
+    def replacement(x, w, b=None):
+        x2 = _flat(x)
+        if save_pre:
+            pre, y = torch.ops.tritonfuse.linear_act_pre(x2, w, b, act)
+        else:
+            y = torch.ops.tritonfuse.linear_act(x2, w, b, act)
+        if batched:
+            y = y.reshape(*x.shape[:-1], w.shape[0])
+        return (y,) + ((pre,) if save_pre else ()) + ((x2,) if batched else ())
+
+    return replacement if has_bias else (lambda x, w: replacement(x, w))
 
 
 def _gated_pattern(act, gate_first):
@@ -153,11 +184,6 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool):
                 return False
             half = ws[0].shape[0] // 2
             ws = [ws[0][:half], ws[0][half:]]
-        if act == "none" and not config.linear_plain_enabled():
-            registry.note_fallback(
-                FAMILY, site, kernel, "no activation: cuBLAS's bias epilogue kept (TRITONFUSE_LINEAR_PLAIN=1)", detail
-            )
-            return False
         x2 = x.reshape(-1, x.shape[-1]) if x.dim() > 2 else x
         reason = K.unsupported(x2, *ws, b, act=act, gated=gated)
         if reason is None and x.shape[-1] != ws[0].shape[1]:
@@ -176,9 +202,15 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool):
 # --- registration --------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
 def pattern_pass() -> PatternMatcherPass:
-    """All linear_act patterns in one pass, built once per process."""
+    """All linear_act patterns in one pass, built once per process (and per ``linear_plain`` setting)."""
+    return _build(config.linear_plain_enabled())
+
+
+@functools.lru_cache(maxsize=None)
+def _build(with_plain: bool) -> PatternMatcherPass:
+    # a Linear with no activation is cuBLAS's own fused addmm: matched only when asked for, so training
+    # graphs' backward GEMMs are not counted as sites
     pm = PatternMatcherPass(pass_name="tritonfuse_linear_act")
     reg = functools.partial(register_replacement, trace_fn=trace_pattern, pass_dicts=pm)
     for dtype in (torch.float32, torch.float16):
@@ -195,7 +227,7 @@ def pattern_pass() -> PatternMatcherPass:
                     extra_check=_make_check(act, True, True, True))
                 reg(_gated_fused_nobias_pattern(act), _gated_fused_nobias_replacement(act), [x, w12],
                     extra_check=_make_check(act, True, True, False))
-        for act in ("relu", "gelu", "gelu_tanh", "silu", "none"):
+        for act in ("relu", "gelu", "gelu_tanh", "silu") + (("none",) if with_plain else ()):
             if act in ("none", "relu") and dtype != torch.float32:
                 continue  # no upcast around these: the fp32 trace serves every dtype
             for shape in ((8, 16), (2, 4, 16)):
@@ -205,4 +237,14 @@ def pattern_pass() -> PatternMatcherPass:
                     extra_check=_make_check(act, False, False, True))
                 reg(_linear_act_nobias_pattern(act), _linear_act_nobias_replacement(act), [x, w],
                     extra_check=_make_check(act, False, False, False))
+                # training graphs: ReLU's backward reads its output, the others their input (save_pre)
+                save_pre = act not in ("relu", "none")
+                batched = len(shape) == 3
+                if not (batched or save_pre):
+                    continue  # that is the inference pattern above
+                for has_bias in (True, False):
+                    args = [x, w, b] if has_bias else [x, w]
+                    reg(_linear_act_train_pattern(act, batched, has_bias, save_pre),
+                        _linear_act_train_replacement(act, batched, has_bias, save_pre), args,
+                        extra_check=_make_check(act, False, False, has_bias))
     return pm

@@ -5,9 +5,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import importlib
 import importlib.util
+import json
+import os
 import pathlib
 import warnings
 
@@ -16,6 +20,20 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from . import config, registry
 from .report import report, site_table
+
+
+@functools.lru_cache(maxsize=None)
+def _load_ops() -> None:
+    """Register every tritonfuse op: a graph served from Inductor's cache calls them without our passes."""
+    for family in config.FAMILIES + ("int8",):
+        name = f"tritonfuse.kernels.{family}"
+        try:
+            if importlib.util.find_spec(name) is not None:
+                importlib.import_module(name)
+        except Exception as e:  # a broken kernel module disables its family, never the model
+            if not config.fallback_enabled():
+                raise
+            _warn_once(f"tritonfuse: {name} failed to import ({type(e).__name__}: {e})")
 
 
 def _family_pass(family: str):
@@ -45,10 +63,40 @@ _SOURCE_HASH = None
 class TritonfusePasses(CustomGraphPass):
     """The pipeline: each enabled family's patterns, in order, on the post-grad ATen graph."""
 
-    def __init__(self, families: tuple[str, ...]):
+    def __init__(self, families: tuple[str, ...], key: str = ""):
         self.families = families
+        self.key = key  # names the site records of this Dynamo graph on disk
+        self.graph_key = ""  # names those of the ATen graph being compiled (forward, then backward)
+        self.runs = 0
+        self.done: list[registry.Site] = []  # sites of every graph this pass saw (forward, backward)
 
     def __call__(self, graph: torch.fx.Graph) -> None:
+        self.runs += 1
+        registry.begin_graph()
+        try:
+            self._apply(graph)
+        finally:
+            self._keep(registry.end_graph())
+
+    def _keep(self, sites: list) -> None:
+        self.done.extend(sites)
+        if self.graph_key:
+            _save_sites(self.graph_key, sites)
+        if self.key:
+            _save_sites(self.key, self.done)
+
+    def inner_compile(self, gm, example_inputs, **kwargs):
+        """Inductor's compile_fx_inner; on a cache hit (our pass did not run) the sites are replayed."""
+        from torch._inductor.compile_fx import compile_fx_inner
+
+        self.graph_key = _graph_key(gm, example_inputs)
+        runs = self.runs
+        out = compile_fx_inner(gm, example_inputs, **kwargs)
+        if self.runs == runs:
+            self._keep(registry.replay(_load_sites(self.graph_key)))
+        return out
+
+    def _apply(self, graph: torch.fx.Graph) -> None:
         for family in self.families:
             try:
                 pm = _family_pass(family)
@@ -63,10 +111,54 @@ class TritonfusePasses(CustomGraphPass):
 
     def uuid(self) -> str:
         # part of Inductor's FX-graph cache key: other settings or other code never reuse this graph
-        global _SOURCE_HASH
-        if _SOURCE_HASH is None:
-            _SOURCE_HASH = _source_hash()
-        return hashlib.sha256(repr((sorted(config.snapshot().items()), _SOURCE_HASH)).encode()).hexdigest()
+        return _settings_hash()
+
+
+def _settings_hash() -> str:
+    global _SOURCE_HASH
+    if _SOURCE_HASH is None:
+        _SOURCE_HASH = _source_hash()
+    return hashlib.sha256(repr((sorted(config.snapshot().items()), _SOURCE_HASH)).encode()).hexdigest()
+
+
+# --- site records of cached graphs --------------------------------------------------------------------
+# When Inductor serves a graph from its cache our passes do not run; the sites found when the graph was
+# first compiled are kept on disk next to Inductor's cache so the counters and the report stay right.
+
+
+def _graph_key(gm: torch.fx.GraphModule, example_inputs) -> str:
+    metas = []
+    for t in example_inputs:
+        if isinstance(t, torch.Tensor):
+            metas.append((tuple(t.shape), tuple(t.stride()), str(t.dtype), t.device.type, t.requires_grad))
+        else:
+            metas.append(repr(type(t)))
+    grad = torch.is_grad_enabled()
+    return hashlib.sha256(repr((gm.code, metas, grad, _settings_hash())).encode()).hexdigest()[:32]
+
+
+def _sites_path(key: str) -> pathlib.Path:
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return pathlib.Path(cache_dir()) / "tritonfuse_sites" / f"{key}.json"
+
+
+def _save_sites(key: str, sites: list) -> None:
+    try:
+        path = _sites_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps([dataclasses.asdict(s) for s in sites]))
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only cache only costs the report of a later cache hit
+
+
+def _load_sites(key: str) -> list[dict]:
+    try:
+        return json.loads(_sites_path(key).read_text())
+    except (OSError, ValueError):
+        return []
 
 
 _warned: set[str] = set()
@@ -78,11 +170,13 @@ def _warn_once(msg: str) -> None:
         warnings.warn(msg, stacklevel=3)
 
 
-def _compile(gm, example_inputs, families):
+def _compile(gm, example_inputs, passes):
     from torch._inductor.compile_fx import compile_fx
 
-    patches = {"post_grad_custom_pre_pass": TritonfusePasses(families)} if families else {}
-    return compile_fx(gm, example_inputs, config_patches=patches)
+    if passes is None:
+        return compile_fx(gm, example_inputs)
+    return compile_fx(gm, example_inputs, inner_compile=passes.inner_compile,
+                      config_patches={"post_grad_custom_pre_pass": passes})
 
 
 def tritonfuse_backend(gm: torch.fx.GraphModule, example_inputs, **kwargs):
@@ -95,20 +189,22 @@ def tritonfuse_backend(gm: torch.fx.GraphModule, example_inputs, **kwargs):
         >>> y = compiled(torch.randn(8, 64))
     """
     config.validate()
+    _load_ops()
     families = config.enabled_families()
-    registry.begin_graph()
+    passes = TritonfusePasses(families, _graph_key(gm, example_inputs)) if families else None
     try:
-        compiled = _compile(gm, example_inputs, families)
-        registry.end_graph()
+        compiled = _compile(gm, example_inputs, passes)
     except Exception as e:
-        if not families or not config.fallback_enabled():
-            registry.end_graph()
+        if passes is None or not config.fallback_enabled():
             raise
         # retry with Inductor alone; if that fails too, the error is the model's and is raised as Inductor's
         reason = f"graph failed to compile with tritonfuse kernels ({type(e).__name__}); Inductor alone used"
-        registry.end_graph(failed_reason=reason)
-        compiled = _compile(gm, example_inputs, ())
+        registry.demote(passes.done, reason)
+        compiled = _compile(gm, example_inputs, None)
         _warn_once(f"tritonfuse: {reason}: {e}")
+    else:
+        if passes is not None and passes.runs == 0 and not passes.graph_key:
+            registry.replay(_load_sites(passes.key))  # AOTAutograd's cache served the whole graph
     if config.log != "off":
         print(report())
         if config.log == "debug":

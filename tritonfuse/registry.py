@@ -89,20 +89,49 @@ def begin_graph() -> None:
         _pending.clear()
 
 
-def end_graph(failed_reason: Optional[str] = None) -> None:
-    """Move this graph's sites into the counters; ``failed_reason`` turns every replacement into a fallback."""
+def _add(site: Site) -> None:
+    c = _counters.setdefault(site.family, {"matched": 0, "replaced": 0, "fallback": 0})
+    c["matched"] += 1
+    c[site.status] += 1
+    _sites.append(site)
+
+
+def end_graph() -> list[Site]:
+    """Move the sites of the graph just processed into the counters and return them."""
     global _graph_index
     with _lock:
-        for site in _pending.values():
-            if failed_reason and site.status == "replaced":
-                site.status, site.reason = "fallback", failed_reason
+        done = list(_pending.values())
+        for site in done:
             site.graph = _graph_index
-            c = _counters.setdefault(site.family, {"matched": 0, "replaced": 0, "fallback": 0})
-            c["matched"] += 1
-            c[site.status] += 1
-            _sites.append(site)
+            _add(site)
         _pending.clear()
         _graph_index += 1
+        return done
+
+
+def demote(done: list[Site], reason: str) -> None:
+    """Turn the replacements among ``done`` into fallbacks (their graph was compiled without tritonfuse)."""
+    with _lock:
+        for site in done:
+            if site.status == "replaced":
+                c = _counters[site.family]
+                c["replaced"] -= 1
+                c["fallback"] += 1
+                site.status, site.reason = "fallback", reason
+
+
+def replay(records: list[dict]) -> list[Site]:
+    """Count sites recorded when a graph now served from Inductor's cache was first compiled."""
+    global _graph_index
+    with _lock:
+        done = []
+        for r in records:
+            site = Site(**r)
+            site.graph = _graph_index
+            _add(site)
+            done.append(site)
+        _graph_index += 1
+        return done
 
 
 def pending_replacements() -> int:

@@ -1,0 +1,410 @@
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import tritonfuse
+from tritonfuse import config, registry
+from tritonfuse.kernels import linear_act as K
+
+from utils import assert_close_to_ref, fresh
+
+DTYPES = [(torch.float16, 1e-3), (torch.bfloat16, 1e-2), (torch.float32, 1e-5)]
+
+
+def _compile_run(model, *args):
+    compiled = torch.compile(model, backend="tritonfuse")
+    with torch.no_grad():
+        return compiled(*args)
+
+
+def _counts():
+    return tritonfuse.counters()["linear_act"]
+
+
+# --- kernels vs an fp64 reference ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype,atol", DTYPES)
+@pytest.mark.parametrize("act", K.ACTIVATIONS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_act_kernel(device, dtype, atol, act, bias):
+    M, K_, N = 37, 100, 77
+    x = fresh(M, K_, dtype=dtype, device=device)
+    w = fresh(N, K_, dtype=dtype, device=device, scale=0.1)
+    b = fresh(N, dtype=dtype, device=device) if bias else None
+    out = torch.ops.tritonfuse.linear_act(x, w, b, act)
+    ref = K.linear_act_ref(x, w, b, act, upcast=True)
+    assert_close_to_ref(out, ref, K.linear_act_ref(x, w, b, act), atol=atol)
+
+
+@pytest.mark.parametrize("dtype,atol", DTYPES)
+def test_linear_act_kernel_non_contiguous(device, dtype, atol):
+    # x is a column slice and w a transposed view: both have non-unit strides somewhere
+    x = fresh(45, 130, dtype=dtype, device=device)[:, 7:107]
+    w = fresh(100, 66, dtype=dtype, device=device, scale=0.1).t()
+    b = fresh(66, dtype=dtype, device=device)
+    assert not x.is_contiguous() and not w.is_contiguous()
+    out = torch.ops.tritonfuse.linear_act(x, w, b, "gelu_tanh")
+    ref = K.linear_act_ref(x, w, b, "gelu_tanh", upcast=True)
+    assert_close_to_ref(out, ref, K.linear_act_ref(x, w, b, "gelu_tanh"), atol=atol)
+
+
+def test_linear_act_kernel_zero_batch(device):
+    x = torch.empty(0, 32, device=device)
+    w = fresh(16, 32, device=device)
+    out = torch.ops.tritonfuse.linear_act(x, w, None, "relu")
+    assert out.shape == (0, 16)
+
+
+@pytest.mark.parametrize("dtype,atol", DTYPES)
+@pytest.mark.parametrize("act", K.GATED_ACTIVATIONS)
+def test_gated_mlp_kernel(device, dtype, atol, act):
+    M, K_, N = 37, 100, 77
+    x = fresh(M, K_, dtype=dtype, device=device)
+    wg = fresh(N, K_, dtype=dtype, device=device, scale=0.1)
+    wu = fresh(N, K_, dtype=dtype, device=device, scale=0.1)
+    out = torch.ops.tritonfuse.gated_mlp(x, wg, wu, None, None, act)
+    ref = K.gated_mlp_ref(x, wg, wu, None, None, act, upcast=True)
+    assert_close_to_ref(out, ref, K.gated_mlp_ref(x, wg, wu, None, None, act), atol=atol)
+
+
+def test_gated_mlp_kernel_bias_and_split_weight(device):
+    # the halves of one fused [2N, K] weight are row slices: offsets, shared strides
+    x = fresh(29, 48, dtype=torch.float16, device=device)
+    w12 = fresh(2 * 40, 48, dtype=torch.float16, device=device, scale=0.1)
+    b12 = fresh(2 * 40, dtype=torch.float16, device=device)
+    args = (x, w12[:40], w12[40:], b12[:40], b12[40:], "gelu")
+    out = torch.ops.tritonfuse.gated_mlp(*args)
+    assert_close_to_ref(out, K.gated_mlp_ref(*args, upcast=True), K.gated_mlp_ref(*args), atol=1e-3)
+
+
+# --- patterns: exact counts, numerics vs eager -------------------------------------------------------------
+
+
+class ViTMLP(nn.Module):
+    # torchvision's MLPBlock shape: Linear -> GELU -> Dropout -> Linear on [B, S, D]
+    def __init__(self, d=48, h=96):
+        super().__init__()
+        self.fc1, self.act, self.drop, self.fc2 = nn.Linear(d, h), nn.GELU(), nn.Dropout(0.1), nn.Linear(h, d)
+
+    def forward(self, x):
+        return self.fc2(self.drop(self.act(self.fc1(x))))
+
+
+class GatedMLP(nn.Module):
+    # HF Llama's MLP: down(act(gate(x)) * up(x)), no biases
+    def __init__(self, d=48, h=80, act=nn.SiLU()):
+        super().__init__()
+        self.gate_proj, self.up_proj = nn.Linear(d, h, bias=False), nn.Linear(d, h, bias=False)
+        self.down_proj, self.act_fn = nn.Linear(h, d, bias=False), act
+
+    def forward(self, x):
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class FusedGeGLU(nn.Module):
+    # one Linear producing [gate | up], split in two (diffusers' GEGLU)
+    def __init__(self, d=48, h=64):
+        super().__init__()
+        self.proj, self.out = nn.Linear(d, 2 * h), nn.Linear(h, d)
+
+    def forward(self, x):
+        g, u = self.proj(x).chunk(2, dim=-1)
+        return self.out(F.gelu(g) * u)
+
+
+def _check_model(model, x, replaced, dtype, atol):
+    model = model.to(dtype).eval()
+    x = x.to(dtype)
+    with torch.no_grad():
+        eager = model(x)
+    out = _compile_run(model, x)
+    assert _counts() == {"matched": replaced, "replaced": replaced, "fallback": 0}, tritonfuse.report()
+    ref = model.double()(x.double())
+    assert_close_to_ref(out, ref, eager, atol=atol)
+
+
+@pytest.mark.parametrize("dtype,atol", DTYPES)
+def test_sequential_relu_gelu_silu(dtype, atol):
+    model = nn.Sequential(nn.Linear(40, 72), nn.ReLU(), nn.Linear(72, 56), nn.GELU(), nn.Linear(56, 40, bias=False),
+                          nn.SiLU(), nn.Linear(40, 24))
+    _check_model(model, fresh(19, 40), 3, dtype, atol)
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float16, 1e-3), (torch.float32, 1e-5)])
+def test_vit_mlp_block_3d(dtype, atol):
+    _check_model(ViTMLP(), fresh(2, 9, 48), 1, dtype, atol)
+
+
+def test_gelu_tanh_3d():
+    model = nn.Sequential(nn.Linear(32, 48), nn.GELU(approximate="tanh"), nn.Linear(48, 32))
+    _check_model(model, fresh(3, 5, 32), 1, torch.bfloat16, 1e-2)
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.bfloat16, 1e-2), (torch.float32, 1e-5)])
+def test_hf_style_gated_mlp(dtype, atol):
+    _check_model(GatedMLP(), fresh(2, 7, 48), 1, dtype, atol)
+
+
+def test_hf_llama_mlp_module():
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    cfg = transformers.LlamaConfig(hidden_size=48, intermediate_size=80, hidden_act="silu", num_attention_heads=4,
+                                   num_key_value_heads=2)
+    _check_model(LlamaMLP(cfg), fresh(2, 7, 48), 1, torch.float32, 1e-5)
+
+
+def test_geglu_gate_second():
+    class UpTimesAct(GatedMLP):
+        def forward(self, x):
+            return self.down_proj(self.up_proj(x) * F.gelu(self.gate_proj(x)))
+
+    _check_model(UpTimesAct(), fresh(11, 48), 1, torch.float16, 1e-3)
+
+
+def test_fused_geglu_split():
+    _check_model(FusedGeGLU(), fresh(2, 6, 48), 1, torch.float32, 1e-5)
+
+
+# --- negative cases -------------------------------------------------------------------------------------
+
+
+class TwoUsers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(32, 32)
+
+    def forward(self, x):
+        h = self.fc(x)
+        return F.gelu(h), h * 2  # the pre-activation has a second consumer
+
+
+def test_intermediate_used_twice_is_not_rewritten():
+    # batched: the second consumer reads the [B, S, N] view inside the pattern, nothing may be rewritten
+    model = TwoUsers()
+    x = fresh(2, 4, 32)
+    out = _compile_run(model, x)
+    assert _counts() == {"matched": 0, "replaced": 0, "fallback": 0}
+    for o, e in zip(out, model(x)):
+        torch.testing.assert_close(o, e)
+
+
+def test_pre_activation_reused_2d_is_written_by_the_kernel():
+    # 2-D: the GEMM output itself is reused; the kernel writes it beside the activation (linear_act_pre)
+    model = TwoUsers()
+    x = fresh(8, 32)
+    out = _compile_run(model, x)
+    assert _counts() == {"matched": 1, "replaced": 1, "fallback": 0}
+    for o, e in zip(out, model(x)):
+        torch.testing.assert_close(o, e, rtol=1e-5, atol=1e-5)
+
+
+def test_unsupported_activation_is_not_rewritten():
+    model = nn.Sequential(nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 32), nn.LeakyReLU(0.1))
+    x = fresh(8, 32)
+    out = _compile_run(model, x)
+    assert _counts() == {"matched": 0, "replaced": 0, "fallback": 0}
+    torch.testing.assert_close(out, model(x))
+
+
+def test_unsupported_dtype_falls_back_with_reason():
+    model = nn.Sequential(nn.Linear(32, 32), nn.GELU()).double()
+    x = fresh(8, 32).double()
+    out = _compile_run(model, x)
+    assert _counts() == {"matched": 1, "replaced": 0, "fallback": 1}
+    assert "dtype torch.float64 not supported" in tritonfuse.report()
+    torch.testing.assert_close(out, model(x))
+
+
+def test_patterns_none_replaces_nothing():
+    model = GatedMLP()
+    x = fresh(4, 48)
+    with config.patch(patterns="none"):
+        out = _compile_run(model, x)
+    assert _counts() == {"matched": 0, "replaced": 0, "fallback": 0}
+    torch.testing.assert_close(out, model(x), rtol=0, atol=1e-5)
+
+
+def test_other_family_only_leaves_linear_alone():
+    model = ViTMLP()
+    with config.patch(patterns="norm_residual,conv_bn"):
+        _compile_run(model, fresh(2, 3, 48))
+    assert _counts()["matched"] == 0
+
+
+def test_linear_plain_setting():
+    model = nn.Sequential(nn.Linear(32, 24), nn.GELU(), nn.Linear(24, 16))
+    x = fresh(5, 32)
+    eager = model(x)
+    with config.patch(linear_plain="1"):
+        out = _compile_run(model, x)
+    assert _counts() == {"matched": 2, "replaced": 2, "fallback": 0}
+    assert_close_to_ref(out, model.double()(x.double()), eager, atol=1e-5)
+
+
+# --- robustness ------------------------------------------------------------------------------------------
+
+
+def test_kernel_failure_falls_back_with_one_warning(monkeypatch):
+    def broken():
+        raise RuntimeError("simulated compile failure")
+
+    monkeypatch.setattr(registry, "_failed", {})
+    monkeypatch.setattr(K, "probe", lambda *a: registry.guarded_probe("linear_act[test]", broken))
+    model = nn.Sequential(nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 32), nn.GELU())
+    x = fresh(8, 32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = _compile_run(model, x)
+    mine = [w for w in caught if "simulated compile failure" in str(w.message)]
+    assert len(mine) == 1
+    assert _counts() == {"matched": 2, "replaced": 0, "fallback": 2}
+    torch.testing.assert_close(out, model(x))
+
+
+def test_kernel_failure_raises_when_fallback_off(monkeypatch):
+    monkeypatch.setattr(registry, "_failed", {})
+    monkeypatch.setattr(K, "probe", lambda *a: registry.guarded_probe("linear_act[t2]", lambda: 1 / 0))
+    with config.patch(fallback_on_error="0"), pytest.raises(Exception, match="division by zero"):
+        _compile_run(nn.Sequential(nn.Linear(16, 16), nn.ReLU()), fresh(4, 16))
+
+
+def test_parameters_and_inputs_unchanged():
+    model = GatedMLP()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = fresh(3, 48)
+    x0 = x.clone()
+    _compile_run(model, x)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert torch.equal(x, x0)
+
+
+@pytest.mark.parametrize("dtype,shape", [(torch.float32, (6, 32)), (torch.bfloat16, (2, 5, 32))])
+def test_training_gradients_match_eager(dtype, shape):
+    # the forward graph saves GELU's input for the backward: the kernel writes it too (linear_act_pre)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 48), nn.GELU(), nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 8)).to(dtype)
+    x = fresh(*shape, dtype=dtype).requires_grad_()
+    compiled = torch.compile(model, backend="tritonfuse")
+    compiled(x).float().square().sum().backward()
+    got = [p.grad.clone() for p in model.parameters()] + [x.grad.clone()]
+    model.zero_grad()
+    x.grad = None
+    model(x).float().square().sum().backward()
+    want = [p.grad for p in model.parameters()] + [x.grad]
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **tol)
+    assert _counts() == {"matched": 2, "replaced": 2, "fallback": 0}
+
+
+def test_counters_survive_inductor_cache_hit():
+    model = nn.Sequential(nn.Linear(24, 40), nn.SiLU(), nn.Linear(40, 24), nn.ReLU())
+    x = fresh(5, 24)
+    _compile_run(model, x)
+    first = _counts()
+    assert first["replaced"] == 2
+    tritonfuse.reset()
+    torch._dynamo.reset()
+    _compile_run(model, x)  # the FX graph cache serves it: our pass does not run again
+    assert _counts() == first
+
+
+def test_report_names_kernels():
+    _compile_run(ViTMLP(), fresh(2, 3, 48))
+    text = tritonfuse.report()
+    assert "linear_act[gelu]" in text and "linear_act" in text
+
+
+# --- config and entry point ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("var,value", [("TRITONFUSE_PATTERNS", "linear_act,bogus"), ("TRITONFUSE_QUANT", "int4"),
+                                       ("TRITONFUSE_LOG", "loud"), ("TRITONFUSE_FALLBACK_ON_ERROR", "yes")])
+def test_invalid_env_value_is_a_clear_error(var, value):
+    saved = config.snapshot()
+    try:
+        config.load_env({var: value})
+        # Dynamo wraps backend errors (BackendCompilerFailed); the message is ours
+        with pytest.raises(Exception, match="ConfigError") as err:
+            _compile_run(nn.Linear(4, 4), fresh(2, 4))
+        msg = str(err.value)
+        assert var in msg and repr(value.lower()) in msg and "allowed" in msg
+    finally:
+        for k, v in saved.items():
+            setattr(config, k, v)
+
+
+def test_config_patch_rejects_unknown_setting():
+    with pytest.raises(config.ConfigError, match="unknown tritonfuse setting"):
+        with config.patch(colour="blue"):
+            pass
+
+
+def _run_fresh_python(code, **env):
+    full = {**os.environ, "TRITON_INTERPRET": "1", **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=300)
+
+
+def test_backend_found_without_import_and_summary_log():
+    code = (
+        "import torch\n"
+        "m = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU())\n"
+        "x = torch.randn(8, 64)\n"
+        "y = torch.compile(m, backend='tritonfuse')(x)\n"
+        "assert (y - m(x)).abs().max() < 1e-4\n"
+        "import sys; assert 'tritonfuse' in sys.modules\n"
+    )
+    res = _run_fresh_python(code, TRITONFUSE_LOG="summary")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "linear_act[gelu]" in res.stdout, res.stdout
+    assert "linear_act            1        1        0" in res.stdout, res.stdout
+
+
+def test_cpu_without_interpreter_leaves_sites_to_inductor():
+    code = (
+        "import torch, tritonfuse\n"
+        "m = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU())\n"
+        "x = torch.randn(4, 16)\n"
+        "y = torch.compile(m, backend='tritonfuse')(x)\n"
+        "assert torch.allclose(y, m(x))\n"
+        "print(tritonfuse.counters()['linear_act'])\n"
+        "print(tritonfuse.report())\n"
+    )
+    res = _run_fresh_python(code, TRITON_INTERPRET="0")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "{'matched': 1, 'replaced': 0, 'fallback': 1}" in res.stdout
+    assert "TRITON_INTERPRET=1" in res.stdout
+
+
+# --- GPU ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_graph_counts_and_numerics(dtype):
+    torch.manual_seed(0)
+    for model, x, n in [
+        (ViTMLP(256, 1024), fresh(4, 197, 256), 1),
+        (GatedMLP(256, 688), fresh(4, 33, 256), 1),
+        (FusedGeGLU(256, 512), fresh(3, 50, 256), 1),
+        (nn.Sequential(nn.Linear(200, 300), nn.ReLU(), nn.Linear(300, 100), nn.SiLU()), fresh(77, 200), 2),
+    ]:
+        tritonfuse.reset()
+        torch._dynamo.reset()
+        model = model.cuda().to(dtype).eval()
+        x = x.cuda().to(dtype)
+        with torch.no_grad():
+            eager = model(x)
+        out = _compile_run(model, x)
+        assert _counts() == {"matched": n, "replaced": n, "fallback": 0}, tritonfuse.report()
+        ref = model.double()(x.double())
+        assert_close_to_ref(out, ref, eager, atol=1e-2)
