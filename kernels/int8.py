@@ -1,0 +1,662 @@
+"""int8 Linear + activation: W8A8 dynamic and weight-only GEMMs, plain and gated (``act(x@wg.T) * (x@wu.T)``).
+
+* **W8A8** (``mode="int8"``): each row of x is quantized on the fly (absmax per token, a standalone row kernel,
+  or a producer such as the norm kernel through ``int8_linear_prequant``); weights are quantized per output
+  channel. ``tl.dot`` of int8 tiles accumulates in int32; the epilogue dequantizes (row scale x column
+  scale), adds the bias and applies the activation while the value is still fp32. On Hopper the GEMM is a
+  persistent kernel fed by TMA descriptors; elsewhere (and as fallback) a pointer-based tiled kernel.
+* **Weight-only** (``mode="int8-weight"``): activations stay fp16/bf16; int8 weight tiles are converted to the
+  activation dtype in the main loop (exact for int8) and the per-channel scale, which factors out of the
+  K sum, is applied in the epilogue. In ``int8`` mode, M <= 16 (decode) takes this kernel automatically:
+  per-token quantization costs more than it saves there.
+
+Weights arrive as the float parameters (graph inputs under Dynamo). They are quantized lazily, on the first
+call that sees them, into a cache keyed on ``(data_ptr, shape, stride, dtype, device)`` and validated by the
+tensor's version counter: an in-place update (``w.add_()``, ``w.copy_()`` under ``no_grad``) is seen on the
+next call and the weight is quantized again; the user's tensor is never written. An entry is dropped when
+the tensor (or the base it views) is freed, so a new tensor at a reused address never hits a stale entry.
+Limits, by design of version counters and CUDA graphs: updates through ``w.data`` do not bump the version
+and are not seen; under CUDA graphs (``mode="reduce-overhead"``) the replayed graph keeps the int8 weight of
+its capture (cudagraph trees warm up eagerly first, so the quantization itself is never captured):
+recompile after changing weights there.
+
+The ops are plain ``custom_op``s (opaque to Inductor), not ``triton_op``s: their body reads data pointers
+and version counters at run time, which Inductor's tracing of a ``triton_op`` body would freeze.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+import weakref
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from tritonfuse import registry
+from tritonfuse.kernels.common import cast_out, dot_upcast, rtne_bf16
+from tritonfuse.kernels.linear_act import (
+    _AUTOTUNE_KW, ACTIVATIONS, GATED_ACTIVATIONS, _apply_act, _cfg, _grid, _m_bucket, _tile_ids, act_ref,
+)
+
+try:  # host-side TMA descriptors (triton >= 3.3)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # older triton: the pointer kernels serve every shape
+    TensorDescriptor = None
+
+MODES = ("int8", "int8-weight")
+X_DTYPES = (torch.float16, torch.bfloat16)
+W_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+DECODE_M = 16  # in "int8" mode, M <= DECODE_M uses the weight-only kernel
+QMAX = 127.0  # symmetric: -127..127, so -x quantizes to -q
+
+# --- autotune configs ---------------------------------------------------------------------------------
+# Keyed on power-of-two buckets of M and on N, K, so a new batch size inside a bucket does not re-tune.
+
+
+def _tma_block_hook(nargs):
+    # host descriptors are built before the config is chosen; set their box to the config's tile
+    bm, bn, bk = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
+    nargs["x_desc"].block_shape = [bm, bk]
+    nargs["w_desc"].block_shape = [bn, bk]
+    nargs["wu_desc"].block_shape = [bn, bk]
+
+
+def _tma_cfg(bm, bn, bk, stages, warps, persistent=True, flatten=True, group=8):
+    return triton.Config(
+        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group, "PERSISTENT": persistent, "FLATTEN": flatten},
+        num_stages=stages, num_warps=warps, pre_hook=_tma_block_hook,
+    )
+
+
+if registry.interpret_mode():
+    # the interpreter runs configs on the CPU: one small config keeps the tests fast
+    _W8A8_CONFIGS = [_cfg(32, 32, 32, 1, 4)]
+    _W8A8_TMA_CONFIGS = [_tma_cfg(32, 32, 32, 1, 4)]
+    _WONLY_CONFIGS = [_cfg(16, 32, 32, 1, 4)]
+else:
+    # int8 tl.dot -> wgmma on Hopper, mma.sync on Ampere; K tiles of 128 bytes per row
+    _W8A8_CONFIGS = [
+        _cfg(128, 256, 128, 3, 8),
+        _cfg(256, 128, 128, 3, 8),
+        _cfg(128, 128, 128, 4, 8),
+        _cfg(128, 128, 64, 4, 4),
+        _cfg(64, 128, 128, 4, 4),
+        _cfg(64, 64, 128, 4, 4),
+        _cfg(32, 64, 128, 4, 4),
+    ]
+    # chosen by the sweep in benchmarks/bench_int8.py (--sweep) on an H100
+    _W8A8_TMA_CONFIGS = [
+        _tma_cfg(128, 256, 128, 3, 8),
+        _tma_cfg(256, 128, 128, 3, 8),
+        _tma_cfg(128, 256, 128, 4, 8),
+        _tma_cfg(128, 128, 128, 4, 8),
+        _tma_cfg(64, 128, 128, 4, 4),
+        _tma_cfg(64, 64, 128, 4, 4),
+    ]
+    # small M: few rows, stream the weight with deep pipelines; large M: ordinary GEMM tiles
+    _WONLY_CONFIGS = [
+        _cfg(16, 32, 256, 4, 4),
+        _cfg(16, 64, 256, 4, 4),
+        _cfg(16, 32, 512, 3, 4),
+        _cfg(16, 16, 512, 4, 4),
+        _cfg(16, 64, 128, 5, 4),
+        _cfg(128, 128, 64, 4, 8),
+        _cfg(128, 256, 64, 3, 8),
+        _cfg(64, 128, 64, 4, 4),
+    ]
+
+def _prune_by_m(configs, named_args, **kwargs):
+    # no 256-row tiles for 40 rows, no 16-row tiles for 4096 rows
+    mb = named_args.get("M_BUCKET", kwargs.get("M_BUCKET", 16))
+    small = [c for c in configs if c.kwargs["BLOCK_M"] <= max(32, mb)]
+    if mb <= 32:
+        return [c for c in small if c.kwargs["BLOCK_M"] <= 32] or small or configs
+    return [c for c in small if c.kwargs["BLOCK_M"] >= 64] or small or configs
+
+
+# --- kernels ------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk, stride_qm, BLOCK_K: tl.constexpr):
+    # one program per row: absmax -> scale = absmax / 127, q = round(x / scale) in -127..127.
+    # A zero row gets scale 0 and q 0 (its outputs are exactly 0); a row with NaN/Inf gets scale NaN and
+    # q 0, so its outputs are NaN and nothing leaks into other rows.
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_xm
+    amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    poison = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_row + offs * stride_xk, mask=offs < K, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(x))
+        poison += x * 0.0  # NaN exactly where x is NaN or +-Inf
+    amax_r = tl.max(amax, axis=0)
+    bad = tl.sum(poison, axis=0)
+    finite = bad == 0.0
+    usable = finite & (amax_r > 0.0)
+    inv = tl.where(usable, 127.0 / tl.where(usable, amax_r, 1.0), 0.0)
+    for k0 in range(0, K, BLOCK_K):
+        offs = k0 + tl.arange(0, BLOCK_K)
+        mask = offs < K
+        x = tl.load(x_row + offs * stride_xk, mask=mask, other=0.0).to(tl.float32)
+        v = tl.where(finite, x * inv, 0.0)
+        # round half away from zero (the fp -> int cast truncates); the interpreter has no rint
+        q = (v + tl.where(v >= 0.0, 0.5, -0.5)).to(tl.int32)
+        q = tl.minimum(tl.maximum(q, -127), 127)
+        tl.store(q_ptr + row * stride_qm + offs, q.to(tl.int8), mask=mask)
+    tl.store(s_ptr + row, amax_r / 127.0 + bad)
+
+
+@triton.jit
+def _dequant(acc, row_scale, ws_ptr, b_ptr, offs_n, n_mask, HAS_ROW_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr):
+    # acc: [BLOCK_M, BLOCK_N] int32 (W8A8) or fp32 (weight-only) -> fp32 dequantized, with bias
+    ws = tl.load(ws_ptr + offs_n, mask=n_mask, other=0.0)
+    y = acc.to(tl.float32) * ws[None, :]
+    if HAS_ROW_SCALE:
+        y = y * row_scale[:, None]
+    if HAS_BIAS:
+        y += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    return y
+
+
+@triton.jit
+def _store_tile(
+    acc, acc_u, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, offs_m, offs_n, M, N, stride_om, stride_on,
+    HAS_ROW_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr,
+    RTNE_BF16: tl.constexpr,
+):
+    # the epilogue shared by every int8 GEMM: dequantize, bias, activation (and the gate product), store
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    if HAS_ROW_SCALE:
+        xs = tl.load(xs_ptr + offs_m, mask=m_mask, other=0.0)
+    else:
+        xs = offs_m  # unused
+    y = _apply_act(_dequant(acc, xs, ws_ptr, b_ptr, offs_n, n_mask, HAS_ROW_SCALE, HAS_BIAS), ACT)
+    if GATED:
+        y = y * _dequant(acc_u, xs, wus_ptr, bu_ptr, offs_n, n_mask, HAS_ROW_SCALE, HAS_BIAS)
+    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
+    tl.store(out_ptrs, cast_out(y, out_ptr.dtype.element_ty, RTNE_BF16), mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _dot_operands(a, b, W8A8: tl.constexpr, DOT_UPCAST: tl.constexpr):
+    # W8A8: int8 x int8 as loaded. Weight-only: the int8 tile becomes the activation dtype (exact); the
+    # interpreter's bf16 dot and int8 -> bf16 cast are broken, so DOT_UPCAST goes through fp32 there
+    if not W8A8:
+        if DOT_UPCAST:
+            a, b = a.to(tl.float32), b.to(tl.float32)
+        else:
+            b = b.to(a.dtype)
+    return a, b
+
+
+@triton.jit
+def _int8_gemm_kernel(
+    x_ptr, xs_ptr, w_ptr, ws_ptr, b_ptr, wu_ptr, wus_ptr, bu_ptr, out_ptr,
+    M, N, K, M_BUCKET,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_un, stride_uk, stride_om, stride_on,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr, W8A8: tl.constexpr,
+    DOT_UPCAST: tl.constexpr, RTNE_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # W8A8: x [M, K] int8 with row scales xs [M]; weight-only: x [M, K] fp16/bf16, any strides.
+    # w (wu): [N, K] int8 with channel scales ws (wus) [N]; out: [M, N]
+    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_am = tl.where(offs_m < M, offs_m, 0)
+    offs_bn = tl.where(offs_n < N, offs_n, 0)
+    x_ptrs = x_ptr + offs_am[:, None] * stride_xm + offs_k[None, :] * stride_xk
+    w_ptrs = w_ptr + offs_bn[None, :] * stride_wn + offs_k[:, None] * stride_wk
+    u_ptrs = wu_ptr + offs_bn[None, :] * stride_un + offs_k[:, None] * stride_uk
+    if W8A8:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_u = acc
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        k_mask = offs_k < K - k * BLOCK_K
+        a0 = tl.load(x_ptrs, mask=k_mask[None, :], other=0)
+        a, b = _dot_operands(a0, tl.load(w_ptrs, mask=k_mask[:, None], other=0), W8A8, DOT_UPCAST)
+        acc = tl.dot(a, b, acc)
+        if GATED:
+            a, bu = _dot_operands(a0, tl.load(u_ptrs, mask=k_mask[:, None], other=0), W8A8, DOT_UPCAST)
+            acc_u = tl.dot(a, bu, acc_u)
+            u_ptrs += BLOCK_K * stride_uk
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+    _store_tile(acc, acc_u, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, offs_m, offs_n, M, N,
+                stride_om, stride_on, W8A8, HAS_BIAS, ACT, GATED, RTNE_BF16)
+
+
+_KEY = ["M_BUCKET", "N", "K", "ACT", "HAS_BIAS", "GATED"]
+# one kernel body, two tuning spaces: W8A8 (int8 x) and weight-only (fp16/bf16 x)
+_w8a8_kernel = triton.autotune(
+    configs=_W8A8_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune_by_m}, **_AUTOTUNE_KW
+)(_int8_gemm_kernel)
+_wonly_kernel = triton.autotune(
+    configs=_WONLY_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune_by_m}, **_AUTOTUNE_KW
+)(_int8_gemm_kernel)
+
+
+@triton.autotune(configs=_W8A8_TMA_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune_by_m})
+@triton.jit
+def _w8a8_tma_kernel(
+    x_desc, w_desc, wu_desc, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr,
+    M, N, K, M_BUCKET, stride_om, stride_on,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr, RTNE_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    PERSISTENT: tl.constexpr, FLATTEN: tl.constexpr,
+):
+    # Hopper: tiles arrive by TMA (out-of-bounds boxes read as zeros, so no masks in the main loop); with
+    # PERSISTENT the grid is one program per SM walking the tiles, so one tile's epilogue overlaps the
+    # next tile's loads. w is [N, K] K-major, the layout 8-bit wgmma wants for its B operand.
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_tiles = num_pid_m * num_pid_n
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    num_in_group = GROUP_M * num_pid_n
+    for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), flatten=FLATTEN):
+        # grouped ordering, as _tile_ids, for a tile index instead of the program id
+        first_m = (tile // num_in_group) * GROUP_M
+        group_size = min(num_pid_m - first_m, GROUP_M)
+        pid_m = first_m + ((tile % num_in_group) % group_size)
+        pid_n = (tile % num_in_group) // group_size
+        off_m = pid_m * BLOCK_M
+        off_n = pid_n * BLOCK_N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        acc_u = acc
+        for ki in range(k_tiles):
+            off_k = ki * BLOCK_K
+            a = x_desc.load([off_m, off_k])
+            acc = tl.dot(a, w_desc.load([off_n, off_k]).T, acc)
+            if GATED:
+                acc_u = tl.dot(a, wu_desc.load([off_n, off_k]).T, acc_u)
+        offs_m = off_m + tl.arange(0, BLOCK_M)
+        offs_n = off_n + tl.arange(0, BLOCK_N)
+        _store_tile(acc, acc_u, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, offs_m, offs_n, M, N,
+                    stride_om, stride_on, True, HAS_BIAS, ACT, GATED, RTNE_BF16)
+
+
+# --- weight quantization and its cache ----------------------------------------------------------------
+
+
+def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-channel symmetric int8 of a float [N, K] weight -> (wq [N, K] int8 contiguous, ws [N] fp32).
+
+    A zero channel gets scale 0; a channel with NaN/Inf gets scale NaN (its output column is NaN, as in
+    float). Reads ``w`` only.
+
+    Example::
+
+        >>> wq, ws = quantize_weight(torch.randn(64, 128))
+        >>> (wq.float() * ws[:, None]).sub(w).abs().max() <= ws.max() / 2
+    """
+    wf = w.detach().float()
+    finite = torch.isfinite(wf).all(dim=1)
+    amax = wf.abs().amax(dim=1).masked_fill(~finite, 0.0)
+    # tensor / tensor: a python scalar / tensor is computed as scalar * (1 / tensor), rounded twice
+    inv = torch.where(amax > 0, torch.full_like(amax, QMAX) / amax, torch.zeros_like(amax))
+    v = wf.nan_to_num(0.0, 0.0, 0.0) * inv[:, None]
+    q = (torch.sign(v) * torch.floor(v.abs() + 0.5)).clamp_(-QMAX, QMAX).to(torch.int8).contiguous()
+    ws = (amax / QMAX).masked_fill(~finite, float("nan")).contiguous()
+    return q, ws
+
+
+class _WeightCache:
+    """float weight -> (int8 weight, fp32 scales), quantized on first use and again after an in-place update."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._entries: dict[tuple, tuple] = {}
+        self.quantizations = 0  # how many times a weight was (re)quantized, for tests
+
+    @staticmethod
+    def _key(w: torch.Tensor) -> tuple:
+        return (w.data_ptr(), tuple(w.shape), tuple(w.stride()), w.dtype, w.device)
+
+    @staticmethod
+    def _version(w: torch.Tensor) -> Optional[int]:
+        # inference tensors track no version; they cannot change outside inference mode
+        return None if w.is_inference() else w._version
+
+    def get(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key, version = self._key(w), self._version(w)
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is not None and entry[0] == version:
+            return entry[2], entry[3]
+        with torch.no_grad():
+            wq, ws = quantize_weight(w)
+        owner = w._base if w._base is not None else w
+        ref = weakref.ref(owner, functools.partial(self._drop, key))
+        with self._lock:
+            self._entries[key] = (version, ref, wq, ws)
+            self.quantizations += 1
+        return wq, ws
+
+    def _drop(self, key: tuple, ref: weakref.ref) -> None:
+        # the float tensor died: forget its int8 copy unless a newer entry took the key
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[1] is ref:
+                del self._entries[key]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+weight_cache = _WeightCache()
+
+
+# --- launchers ----------------------------------------------------------------------------------------
+
+
+def int8_unsupported(x, w, b, act: str, mode: str, wu=None, bu=None) -> Optional[str]:
+    """Why the int8 ops cannot serve ``act(x @ w.T + b)`` (or the gated MLP when ``wu`` is given), or None.
+
+    Reads only shape, dtype, device and strides, so ``x`` may be a FakeTensor.
+
+    Args:
+        x: [M, K] activations; w: [N, K] float weight; b: [N] or None; act: activation name;
+        mode: ``int8`` or ``int8-weight``; wu, bu: the gated MLP's up projection and its bias.
+    """
+    gated = wu is not None
+    if mode not in MODES:
+        return f"quantization mode {mode!r} not supported (supported: {', '.join(MODES)})"
+    acts = GATED_ACTIVATIONS if gated else ACTIVATIONS
+    if act not in acts:
+        return f"activation {act!r} not supported by the int8 kernels (supported: {', '.join(acts)})"
+    if x.dim() != 2:
+        return f"x must be 2-D, got {x.dim()}-D"
+    if x.dtype not in X_DTYPES:
+        return f"int8 kernels take fp16/bf16 activations, got {x.dtype}"
+    K = x.shape[1]
+    if K % 16:
+        return f"K={K} is not a multiple of 16 (int8 rows must be 16-byte aligned)"
+    for name, t in (("w", w), ("wu", wu)):
+        if t is None:
+            continue
+        if t.dim() != 2 or t.shape[1] != K:
+            return f"{name} has shape {tuple(t.shape)}, expected [N, {K}]"
+        if t.dtype not in W_DTYPES:
+            return f"{name} dtype {t.dtype} is not a float weight"
+        if t.device != x.device:
+            return "operands on different devices"
+    N = w.shape[0]
+    if gated and tuple(wu.shape) != tuple(w.shape):
+        return f"gate {tuple(w.shape)} and up {tuple(wu.shape)} projections differ in shape"
+    if gated and (b is None) != (bu is None):
+        return "gate and up projections must both have a bias or neither"
+    for name, t in (("b", b), ("bu", bu)):
+        if t is None:
+            continue
+        if t.dim() != 1 or t.shape[0] != N:
+            return f"{name} has shape {tuple(t.shape)}, expected [{N}]"
+        if t.dtype not in W_DTYPES or t.device != x.device:
+            return f"{name}: unsupported dtype {t.dtype} or device {t.device}"
+    return registry.device_unsupported(x.device)
+
+
+def uses_weight_only(M: int, mode: str) -> bool:
+    return mode == "int8-weight" or M <= DECODE_M
+
+
+def int8_kernel_name(M: int, mode: str, gated: bool) -> str:
+    """The kernel a layer with M rows gets in ``mode``, for the report (e.g. ``int8_w8a8[gated_mlp]``)."""
+    what = "gated_mlp" if gated else "linear"
+    if mode == "int8-weight":
+        return f"int8_weight_only[{what}]"
+    if M <= DECODE_M:
+        return f"int8_weight_only[{what},M<={DECODE_M}]"
+    return f"int8_w8a8[{what}]"
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _tma_ok(xq: torch.Tensor) -> bool:
+    """The TMA kernel: Hopper or newer, host descriptors available, xq rows 16-byte aligned."""
+    if TensorDescriptor is None or registry.interpret_mode() or xq.device.type != "cuda":
+        return False
+    if torch.cuda.get_device_capability(xq.device)[0] < 9:
+        return False
+    return xq.stride(1) == 1 and xq.stride(0) % 16 == 0 and xq.data_ptr() % 16 == 0
+
+
+def quant_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token int8: x [M, K] (any strides) -> (xq [M, K] int8 contiguous, xs [M] fp32 with x ≈ xq * xs)."""
+    M, K = x.shape
+    xq = torch.empty((M, K), device=x.device, dtype=torch.int8)
+    xs = torch.empty((M,), device=x.device, dtype=torch.float32)
+    if M == 0:
+        return xq, xs
+    block = min(triton.next_power_of_2(max(K, 16)), 4096 if registry.interpret_mode() else 2048)
+    warps = 4 if block <= 1024 else 8
+    _quant_rows_kernel[(M,)](x, xq, xs, K, x.stride(0), x.stride(1), xq.stride(0), BLOCK_K=block, num_warps=warps)
+    return xq, xs
+
+
+def _w8a8(xq, xs, wq, ws, b, act, out_dtype, wuq=None, wus=None, bu=None, use_tma=None):
+    """Launch the W8A8 GEMM on pre-quantized operands; ``use_tma`` None picks the TMA kernel where it runs."""
+    M, K = xq.shape
+    N = wq.shape[0]
+    out = torch.empty((M, N), device=xq.device, dtype=out_dtype)
+    if M == 0 or N == 0:
+        return out
+    if use_tma is None:
+        use_tma = _tma_ok(xq)
+    if use_tma:
+        gated = wuq is not None
+        has_bias = b is not None
+        dummy = [16, 16]  # real boxes are set per config by _tma_block_hook
+        x_desc = TensorDescriptor.from_tensor(xq, dummy)
+        w_desc = TensorDescriptor.from_tensor(wq, dummy)
+        u_desc = TensorDescriptor.from_tensor(wuq, dummy) if gated else w_desc
+        progs = _num_sms(xq.device.index or 0) if xq.device.type == "cuda" else 4
+
+        def grid(meta):
+            tiles = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])
+            return (min(tiles, progs) if meta["PERSISTENT"] else tiles,)
+
+        _w8a8_tma_kernel[grid](
+            x_desc, w_desc, u_desc, xs, ws, b if has_bias else ws, wus if gated else ws,
+            bu if (gated and has_bias) else ws, out, M, N, K, _m_bucket(M), out.stride(0), out.stride(1),
+            HAS_BIAS=has_bias, ACT=act, GATED=gated, RTNE_BF16=rtne_bf16(out_dtype),
+        )
+        return out
+    return _launch_pointer(_w8a8_kernel, xq, xs, wq, ws, b, act, out, wuq, wus, bu, w8a8=True)
+
+
+def _weight_only(x, wq, ws, b, act, wuq=None, wus=None, bu=None):
+    out = torch.empty((x.shape[0], wq.shape[0]), device=x.device, dtype=x.dtype)
+    if out.numel() == 0:
+        return out
+    return _launch_pointer(_wonly_kernel, x, ws, wq, ws, b, act, out, wuq, wus, bu, w8a8=False)
+
+
+def _launch_pointer(kernel, x, xs, wq, ws, b, act, out, wuq, wus, bu, w8a8: bool):
+    # xs is ignored by the weight-only kernel (any fp32 tensor will do)
+    M, K = x.shape
+    N = wq.shape[0]
+    gated = wuq is not None
+    has_bias = b is not None
+    u = wuq if gated else wq
+    kernel[_grid(M, N)](
+        x, xs, wq, ws, b if has_bias else ws, u, wus if gated else ws, bu if (gated and has_bias) else ws, out,
+        M, N, K, _m_bucket(M),
+        x.stride(0), x.stride(1), wq.stride(0), wq.stride(1), u.stride(0), u.stride(1),
+        out.stride(0), out.stride(1),
+        HAS_BIAS=has_bias, ACT=act, GATED=gated, W8A8=w8a8,
+        DOT_UPCAST=not w8a8 and dot_upcast(x.dtype), RTNE_BF16=rtne_bf16(out.dtype),
+    )
+    return out
+
+
+def _opaque_op(qualname: str, fake):
+    """A ``custom_op`` whatever the device: see the module docstring for why not ``registry.kernel_op``."""
+
+    def deco(fn):
+        op = torch.library.custom_op(qualname, fn, mutates_args=())
+        op.register_fake(fake)
+        return op
+
+    return deco
+
+
+def _linear_fake(x, w, b, act, mode):
+    return x.new_empty((x.shape[0], w.shape[0]))
+
+
+@_opaque_op("tritonfuse::int8_linear", fake=_linear_fake)
+def int8_linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], act: str, mode: str) -> torch.Tensor:
+    """``act(x @ w.T + b)`` with an int8 weight (quantized once per weight version, cached).
+
+    Args:
+        x: [M, K] fp16/bf16 activations (any strides), K a multiple of 16.
+        w: [N, K] float weight (read only; its int8 copy is cached). b: [N] or None.
+        act: ``none``, ``relu``, ``gelu``, ``gelu_tanh`` or ``silu``.
+        mode: ``int8`` (W8A8 dynamic; weight-only for M <= 16) or ``int8-weight``.
+
+    Example::
+
+        >>> x, w = torch.randn(37, 128, dtype=torch.float16), torch.randn(77, 128, dtype=torch.float16)
+        >>> y = torch.ops.tritonfuse.int8_linear(x, w, None, "gelu", "int8")  # TRITON_INTERPRET=1 on a CPU
+    """
+    wq, ws = weight_cache.get(w)
+    if uses_weight_only(x.shape[0], mode):
+        return _weight_only(x, wq, ws, b, act)
+    xq, xs = quant_rows(x)
+    return _w8a8(xq, xs, wq, ws, b, act, x.dtype)
+
+
+def _gated_fake(x, wg, wu, bg, bu, act, mode):
+    return x.new_empty((x.shape[0], wg.shape[0]))
+
+
+@_opaque_op("tritonfuse::int8_gated_mlp", fake=_gated_fake)
+def int8_gated_mlp(
+    x: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, bg: Optional[torch.Tensor], bu: Optional[torch.Tensor],
+    act: str, mode: str,
+) -> torch.Tensor:
+    """``act(x @ wg.T + bg) * (x @ wu.T + bu)`` as one int8 dual GEMM (x is quantized once for both).
+
+    Example::
+
+        >>> x = torch.randn(37, 128, dtype=torch.float16)
+        >>> wg, wu = torch.randn(77, 128, dtype=torch.float16), torch.randn(77, 128, dtype=torch.float16)
+        >>> y = torch.ops.tritonfuse.int8_gated_mlp(x, wg, wu, None, None, "silu", "int8")
+    """
+    wgq, wgs = weight_cache.get(wg)
+    wuq, wus = weight_cache.get(wu)
+    if uses_weight_only(x.shape[0], mode):
+        return _weight_only(x, wgq, wgs, bg, act, wuq, wus, bu)
+    xq, xs = quant_rows(x)
+    return _w8a8(xq, xs, wgq, wgs, bg, act, x.dtype, wuq, wus, bu)
+
+
+def _prequant_fake(xq, xs, w, b, act, out_dtype):
+    return xq.new_empty((xq.shape[0], w.shape[0]), dtype=out_dtype)
+
+
+@_opaque_op("tritonfuse::int8_linear_prequant", fake=_prequant_fake)
+def int8_linear_prequant(
+    xq: torch.Tensor, xs: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], act: str,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """W8A8 ``act((xq * xs) @ w.T + b)`` for activations a producer (e.g. the norm kernel) already quantized.
+
+    Args:
+        xq: [M, K] int8, xs: [M] (or [M, 1]) fp32 per-row scales, as ``quant_rows`` returns them.
+        w: [N, K] float weight (cached as int8); b: [N] or None; out_dtype: fp16 or bf16.
+
+    Example::
+
+        >>> xq, xs = quant_rows(torch.randn(37, 128, dtype=torch.float16))
+        >>> y = torch.ops.tritonfuse.int8_linear_prequant(xq, xs, w, None, "relu", torch.float16)
+    """
+    wq, ws = weight_cache.get(w)
+    return _w8a8(xq, xs.reshape(-1).float(), wq, ws, b, act, out_dtype)
+
+
+def _quant_rows_fake(x):
+    return x.new_empty(x.shape, dtype=torch.int8), x.new_empty((x.shape[0],), dtype=torch.float32)
+
+
+@_opaque_op("tritonfuse::int8_quant_rows", fake=_quant_rows_fake)
+def int8_quant_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token absmax int8 quantization: x [M, K] -> (xq [M, K] int8, xs [M] fp32)."""
+    return quant_rows(x)
+
+
+# --- references ---------------------------------------------------------------------------------------
+
+
+def quant_rows_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``quant_rows`` computes, in PyTorch (same rounding: half away from zero)."""
+    xf = x.float()
+    finite = torch.isfinite(xf).all(dim=1)
+    amax = xf.abs().amax(dim=1).masked_fill(~finite, 0.0)
+    # tensor / tensor: a python scalar / tensor is computed as scalar * (1 / tensor), rounded twice
+    inv = torch.where(amax > 0, torch.full_like(amax, QMAX) / amax, torch.zeros_like(amax))
+    v = xf.nan_to_num(0.0, 0.0, 0.0) * inv[:, None]
+    q = (torch.sign(v) * torch.floor(v.abs() + 0.5)).clamp(-QMAX, QMAX).to(torch.int8)
+    return q, (amax / QMAX).masked_fill(~finite, float("nan"))
+
+
+def int8_linear_ref(x, w, b, act, mode, upcast: bool = True) -> torch.Tensor:
+    """The quantized layer computed in fp64 from the same int8 operands (isolates kernel error from
+    quantization error): W8A8 uses ``quant_rows_ref`` of x, weight-only keeps x."""
+    wq, ws = quantize_weight(w)
+    wd = wq.double() * ws.double()[:, None]
+    if uses_weight_only(x.shape[0], mode):
+        xd = x.double()
+    else:
+        xq, xs = quant_rows_ref(x)
+        xd = xq.double() * xs.double()[:, None]
+    y = xd @ wd.T
+    if b is not None:
+        y = y + b.double()
+    return act_ref(y, act).cpu()
+
+
+def probe(device: str, dtype: torch.dtype, act: str, has_bias: bool, gated: bool, mode: str) -> Optional[str]:
+    """Compile and launch one variant on a small input once; None when it works, else the reason."""
+
+    def run():
+        g = torch.Generator(device="cpu").manual_seed(0)
+        # 40 rows take the W8A8 kernel in "int8" mode, 8 rows the weight-only one
+        x = torch.randn(40, 64, generator=g).to(device=device, dtype=dtype)
+        w1 = torch.randn(24, 64, generator=g).to(device=device, dtype=dtype)
+        w2 = torch.randn(24, 64, generator=g).to(device=device, dtype=dtype)
+        b1 = torch.randn(24, generator=g).to(device=device, dtype=dtype) if has_bias else None
+        b2 = torch.randn(24, generator=g).to(device=device, dtype=dtype) if has_bias else None
+        if gated:
+            y = torch.ops.tritonfuse.int8_gated_mlp(x, w1, w2, b1, b2, act, mode)
+            ref = act_ref(torch.nn.functional.linear(x.double(), w1.double(), None if b1 is None else b1.double()), act)
+            ref = ref * torch.nn.functional.linear(x.double(), w2.double(), None if b2 is None else b2.double())
+        else:
+            y = torch.ops.tritonfuse.int8_linear(x, w1, b1, act, mode)
+            ref = act_ref(torch.nn.functional.linear(x.double(), w1.double(), None if b1 is None else b1.double()), act)
+        y8 = torch.ops.tritonfuse.int8_gated_mlp(x[:8], w1, w2, b1, b2, act, mode) if gated else \
+            torch.ops.tritonfuse.int8_linear(x[:8], w1, b1, act, mode)
+        for out, r in ((y, ref), (y8, ref[:8])):
+            err = (out.double().cpu() - r.cpu()).norm() / r.norm().clamp_min(1e-12)
+            if not math.isfinite(err.item()) or err.item() > 5e-2:
+                raise RuntimeError(f"wrong result on the probe input (relative error {err.item():.3g})")
+
+    name = f"int8_{'gated_mlp' if gated else 'linear'}[{mode},{act},{'bias' if has_bias else 'nobias'},{dtype}]"
+    return registry.guarded_probe(f"{name}@{device}", run)

@@ -1,0 +1,289 @@
+"""int8 kernels: accuracy gates in dB (SQNR vs the float layer), agreement with an fp64 reference computed
+from the same int8 operands, bad input (zero rows, NaN/Inf rows, outlier columns, K % 16), the weight cache
+(in-place updates, the user's tensor untouched) and int32 accumulation vs ``torch._int_mm``."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tritonfuse.kernels import int8 as Q
+from utils import assert_close_to_ref, fresh, sqnr_db
+
+# (M, K, N): an awkward one, a square-ish one, a ragged tail in every dimension
+SHAPES = [(37, 96, 45), (64, 128, 80), (19, 48, 33)]
+DTYPES = [torch.float16, torch.bfloat16]
+MIN_SQNR = {"int8": 35.0, "int8-weight": 40.0}
+
+
+def _float_layer(x, w, b, act, wu=None, bu=None):
+    """The float layer in fp64: what quantization is measured against."""
+    xd, wd = x.double().cpu(), w.double().cpu()
+    bd = b.double().cpu() if b is not None else None
+    y = Q.act_ref(F.linear(xd, wd, bd), act)
+    if wu is not None:
+        y = y * F.linear(xd, wu.double().cpu(), bu.double().cpu() if bu is not None else None)
+    return y
+
+
+def _quant_ref(x, w, b, act, mode, wu=None, bu=None):
+    """fp64 result of the same int8 operands the kernel sees (no quantization error, only the kernel's)."""
+    y = Q.int8_linear_ref(x, w, b, act if wu is None else "none", mode)
+    if wu is not None:
+        y = Q.act_ref(y, act) * Q.int8_linear_ref(x, wu, bu, "none", mode)
+    return y
+
+
+def _check_kernel(y, ref_q, dtype, what):
+    # the kernel's only error vs the quantized fp64 result is fp32 rounding plus the output cast: bound it
+    # by 2x the error of rounding that result to the output dtype
+    assert_close_to_ref(y, ref_q, ref_q.to(dtype), factor=2.0, atol=2e-3, what=what)
+
+
+@pytest.mark.parametrize("M,K,N", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", ["int8", "int8-weight"])
+@pytest.mark.parametrize("act,has_bias", [("gelu", True), ("silu", False), ("relu", True), ("none", False)])
+def test_linear_sqnr_and_kernel_error(M, K, N, dtype, mode, act, has_bias, device):
+    x = fresh(M, K, dtype=dtype, device=device)
+    w = fresh(N, K, dtype=dtype, device=device, scale=K ** -0.5)
+    b = fresh(N, dtype=dtype, device=device) if has_bias else None
+    y = torch.ops.tritonfuse.int8_linear(x, w, b, act, mode)
+    assert y.shape == (M, N) and y.dtype == dtype
+    _check_kernel(y, _quant_ref(x, w, b, act, mode), dtype, f"int8_linear[{mode},{act}]")
+    s = sqnr_db(_float_layer(x, w, b, act), y)
+    assert s >= MIN_SQNR[mode], f"{mode} {act} M={M} K={K} N={N}: SQNR {s:.1f} dB < {MIN_SQNR[mode]}"
+
+
+@pytest.mark.parametrize("M,K,N", SHAPES[:2])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", ["int8", "int8-weight"])
+@pytest.mark.parametrize("act,has_bias", [("silu", False), ("gelu_tanh", True)])
+def test_gated_sqnr_and_kernel_error(M, K, N, dtype, mode, act, has_bias, device):
+    x = fresh(M, K, dtype=dtype, device=device)
+    wg, wu = (fresh(N, K, dtype=dtype, device=device, scale=K ** -0.5) for _ in range(2))
+    bg, bu = (fresh(N, dtype=dtype, device=device) if has_bias else None for _ in range(2))
+    y = torch.ops.tritonfuse.int8_gated_mlp(x, wg, wu, bg, bu, act, mode)
+    _check_kernel(y, _quant_ref(x, wg, bg, act, mode, wu, bu), dtype, f"int8_gated_mlp[{mode},{act}]")
+    # each projection meets the per-layer gate (checked below); their product carries both errors, 3 dB more
+    for w, b in ((wg, bg), (wu, bu)):
+        s = sqnr_db(_float_layer(x, w, b, "none"), torch.ops.tritonfuse.int8_linear(x, w, b, "none", mode))
+        assert s >= MIN_SQNR[mode], f"gated {mode}: projection SQNR {s:.1f} dB < {MIN_SQNR[mode]}"
+    s = sqnr_db(_float_layer(x, wg, bg, act, wu, bu), y)
+    assert s >= MIN_SQNR[mode] - 3, f"gated {mode} {act}: SQNR {s:.1f} dB < {MIN_SQNR[mode] - 3}"
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_tma_and_pointer_kernels_agree(gated, device):
+    # both W8A8 kernels run under the interpreter; on a GPU the TMA one needs Hopper
+    if device == "cuda" and not Q._tma_ok(torch.empty(16, 16, dtype=torch.int8, device=device)):
+        pytest.skip("TMA kernel needs sm_90 and triton host descriptors")
+    x = fresh(45, 80, dtype=torch.float16, device=device)
+    xq, xs = Q.quant_rows(x)
+    wq, ws = Q.quantize_weight(fresh(70, 80, device=device))
+    uq, us = Q.quantize_weight(fresh(70, 80, device=device))
+    b = fresh(70, dtype=torch.float16, device=device)
+    extra = (uq, us, b) if gated else ()
+    act = "silu" if gated else "gelu"
+    y_tma = Q._w8a8(xq, xs, wq, ws, b, act, torch.float16, *extra, use_tma=True)
+    y_ptr = Q._w8a8(xq, xs, wq, ws, b, act, torch.float16, *extra, use_tma=False)
+    assert torch.equal(y_tma, y_ptr)
+
+
+def test_quant_rows_matches_reference(device):
+    x = fresh(29, 200, dtype=torch.float16, device=device)[:, 8:104]  # non-contiguous, K=96
+    xq, xs = torch.ops.tritonfuse.int8_quant_rows(x)
+    q_ref, s_ref = Q.quant_rows_ref(x)
+    assert xq.dtype == torch.int8 and xq.is_contiguous()
+    diff = (xq.int() - q_ref.int().to(xq.device)).abs()
+    # identical under the interpreter; a GPU's division may round a .5 tie the other way
+    assert diff.max().item() <= (0 if device == "cpu" else 1) and (diff > 0).float().mean().item() < 1e-3
+    torch.testing.assert_close(xs.cpu(), s_ref.cpu(), rtol=0, atol=0)
+    assert xq.abs().max().item() == 127  # the absmax element of each row hits the end of the range
+
+
+def test_decode_uses_weight_only_kernel(device):
+    x = fresh(16, 64, dtype=torch.float16, device=device)
+    w = fresh(40, 64, dtype=torch.float16, device=device)
+    y = torch.ops.tritonfuse.int8_linear(x, w, None, "relu", "int8")
+    wq, ws = Q.weight_cache.get(w)
+    assert torch.equal(y, Q._weight_only(x, wq, ws, None, "relu"))
+    assert Q.int8_kernel_name(16, "int8", False) == "int8_weight_only[linear,M<=16]"
+    assert Q.int8_kernel_name(17, "int8", True) == "int8_w8a8[gated_mlp]"
+    assert Q.int8_kernel_name(4096, "int8-weight", False) == "int8_weight_only[linear]"
+    # one row more takes W8A8, which quantizes x: the results differ
+    x17 = fresh(17, 64, dtype=torch.float16, device=device)
+    y17 = torch.ops.tritonfuse.int8_linear(x17, w, None, "relu", "int8")
+    assert not torch.equal(y17, Q._weight_only(x17, wq, ws, None, "relu"))
+
+
+def test_prequant_matches_int8_linear(device):
+    x = fresh(40, 64, dtype=torch.bfloat16, device=device)
+    w, b = fresh(24, 64, dtype=torch.bfloat16, device=device), fresh(24, dtype=torch.bfloat16, device=device)
+    xq, xs = Q.quant_rows(x)
+    y = torch.ops.tritonfuse.int8_linear_prequant(xq, xs[:, None], w, b, "gelu", torch.bfloat16)
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, torch.ops.tritonfuse.int8_linear(x, w, b, "gelu", "int8"))
+
+
+# --- bad input ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["int8", "int8-weight"])
+def test_zero_rows_give_exact_zeros(mode, device):
+    x = fresh(33, 64, dtype=torch.float16, device=device)
+    x[[0, 7, 32]] = 0
+    w = fresh(24, 64, dtype=torch.float16, device=device)
+    y = torch.ops.tritonfuse.int8_linear(x, w, None, "gelu", mode)
+    assert torch.isfinite(y).all()
+    assert (y[[0, 7, 32]] == 0).all()
+    assert (y[1] != 0).any()
+    y0 = torch.ops.tritonfuse.int8_linear(torch.zeros_like(x), w, None, "silu", mode)
+    assert (y0 == 0).all()
+
+
+@pytest.mark.parametrize("mode", ["int8", "int8-weight"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_row_stays_in_its_row(mode, bad, device):
+    x = fresh(40, 64, dtype=torch.float16, device=device)
+    w = fresh(24, 64, dtype=torch.float16, device=device)
+    clean = torch.ops.tritonfuse.int8_linear(x, w, None, "none", mode)
+    x[5, 11] = bad
+    y = torch.ops.tritonfuse.int8_linear(x, w, None, "none", mode)
+    others = [i for i in range(40) if i != 5]
+    assert torch.equal(y[others], clean[others]), "a non-finite value leaked into other rows"
+    if mode == "int8":
+        assert torch.isnan(y[5]).all()  # the row's scale is NaN: no finite-looking wrong values
+    else:
+        assert not torch.isfinite(y[5]).any()
+
+
+def test_nonfinite_weight_channel_stays_in_its_column(device):
+    x = fresh(40, 64, dtype=torch.float16, device=device)
+    w = fresh(24, 64, dtype=torch.float16, device=device)
+    w[3, 9] = float("nan")
+    for mode in ("int8", "int8-weight"):
+        y = torch.ops.tritonfuse.int8_linear(x, w, None, "none", mode)
+        assert torch.isnan(y[:, 3]).all()
+        assert torch.isfinite(y[:, [c for c in range(24) if c != 3]]).all()
+
+
+@pytest.mark.parametrize("mode", ["int8", "int8-weight"])
+def test_outlier_columns(mode, device):
+    # a few activation channels 50x larger (as in LLM activations): per-token scales lose the other
+    # channels' resolution; weight-only does not quantize x at all
+    x = fresh(64, 128, dtype=torch.float16, device=device)
+    x[:, [3, 77]] *= 50
+    w = fresh(48, 128, dtype=torch.float16, device=device, scale=128 ** -0.5)
+    y = torch.ops.tritonfuse.int8_linear(x, w, None, "none", mode)
+    s = sqnr_db(_float_layer(x, w, None, "none"), y)
+    print(f"outlier columns x50, {mode}: SQNR {s:.1f} dB")
+    floor = 40.0 if mode == "int8-weight" else 25.0
+    assert s >= floor, f"outlier columns, {mode}: SQNR {s:.1f} dB < {floor}"
+
+
+def test_unsupported_reasons():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(37, 100, dtype=torch.float16)
+        w = torch.empty(64, 100, dtype=torch.float16)
+        assert "multiple of 16" in Q.int8_unsupported(x, w, None, "relu", "int8")
+        x = torch.empty(37, 96, dtype=torch.float16)
+        w = torch.empty(64, 96, dtype=torch.float16)
+        assert Q.int8_unsupported(x, w, None, "relu", "int8") is None
+        assert Q.int8_unsupported(x.t().contiguous().t(), w, None, "gelu", "int8-weight") is None
+        assert "fp16/bf16" in Q.int8_unsupported(x.float(), w, None, "relu", "int8")
+        assert "mode" in Q.int8_unsupported(x, w, None, "relu", "int4")
+        assert "activation" in Q.int8_unsupported(x, w, None, "relu", "int8", wu=w)
+        assert "expected [N, 96]" in Q.int8_unsupported(x, torch.empty(64, 80, dtype=torch.float16), None, "relu", "int8")
+        assert "differ" in Q.int8_unsupported(x, w, None, "silu", "int8", wu=torch.empty(32, 96, dtype=torch.float16))
+        assert "both" in Q.int8_unsupported(x, w, torch.empty(64), "silu", "int8", wu=w)
+        assert "2-D" in Q.int8_unsupported(x[None], w, None, "relu", "int8")
+        assert "expected [64]" in Q.int8_unsupported(x, w, torch.empty(63, dtype=torch.float16), "relu", "int8")
+
+
+@pytest.mark.parametrize("mode", ["int8", "int8-weight"])
+def test_non_contiguous_x(mode, device):
+    base = fresh(64, 300, dtype=torch.float16, device=device)
+    x = base[::2, 7:103]  # strided rows, offset columns: K=96
+    xt = fresh(96, 32, dtype=torch.float16, device=device).t()  # column-major
+    w = fresh(40, 96, dtype=torch.float16, device=device)
+    for xx in (x, xt):
+        y = torch.ops.tritonfuse.int8_linear(xx, w, None, "gelu", mode)
+        assert torch.equal(y, torch.ops.tritonfuse.int8_linear(xx.contiguous(), w, None, "gelu", mode))
+
+
+# --- the weight cache ---------------------------------------------------------------------------------
+
+
+def test_weight_untouched_and_cached(device):
+    x = fresh(40, 64, dtype=torch.float16, device=device)
+    w = fresh(24, 64, dtype=torch.float16, device=device)
+    before, version = w.clone(), w._version
+    n0 = Q.weight_cache.quantizations
+    y1 = torch.ops.tritonfuse.int8_linear(x, w, None, "none", "int8")
+    y2 = torch.ops.tritonfuse.int8_linear(x, w, None, "none", "int8-weight")
+    assert torch.equal(w, before) and w.dtype == torch.float16 and w._version == version
+    assert Q.weight_cache.quantizations == n0 + 1  # quantized once, served twice
+    assert y1.shape == y2.shape
+    # the entry goes when the float weight goes
+    size = len(Q.weight_cache)
+    del w
+    gc.collect()
+    assert len(Q.weight_cache) == size - 1
+
+
+def test_inplace_weight_update_invalidates_cache(device):
+    x = fresh(40, 64, dtype=torch.float16, device=device)
+    lin = torch.nn.Linear(64, 24, dtype=torch.float16, device=device)
+    with torch.no_grad():
+        lin.weight.copy_(fresh(24, 64, dtype=torch.float16, device=device))
+
+    def f(x):
+        return torch.ops.tritonfuse.int8_linear(x, lin.weight, lin.bias, "relu", "int8")
+
+    compiled = torch.compile(f, backend="inductor", fullgraph=True)
+    with torch.no_grad():  # inference: the int8 ops have no backward
+        y1 = compiled(x)
+        assert torch.equal(y1, f(x))
+        lin.weight.mul_(-1.5)  # after compilation, in place
+        y2 = compiled(x)
+    fresh_w = lin.weight.detach().clone()  # a new tensor: quantized from scratch
+    expected = torch.ops.tritonfuse.int8_linear(x, fresh_w, lin.bias, "relu", "int8")
+    assert torch.equal(y2, expected)
+    assert not torch.equal(y1, y2)
+
+
+# --- int32 accumulation vs torch._int_mm ---------------------------------------------------------------
+
+
+def _int_mm_check(M, K, N, device, use_tma):
+    g = torch.Generator().manual_seed(7)
+    xq = torch.randint(-127, 128, (M, K), generator=g, dtype=torch.int8).to(device)
+    wq = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8).to(device)
+    ones_m = torch.ones(M, device=device)
+    ones_n = torch.ones(N, device=device)
+    # unit scales and an fp32 output: the epilogue is the int32 -> fp32 conversion alone
+    y = Q._w8a8(xq, ones_m, wq, ones_n, None, "none", torch.float32, use_tma=use_tma)
+    ref = torch._int_mm(xq, wq.t())
+    assert ref.dtype == torch.int32
+    diff = (y.double() - ref.float().double()).abs().max().item()
+    assert torch.equal(y, ref.float()), f"int32 accumulation differs from torch._int_mm by up to {diff}"
+    assert ref.abs().max().item() < 2 ** 24 or M * N > 0  # values above 2^24 compare after the same rounding
+
+
+def test_int32_accumulation_matches_int_mm_small(device):
+    _int_mm_check(48, 96, 40, device, use_tma=False)
+    if device == "cpu":
+        _int_mm_check(48, 96, 40, device, use_tma=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("M,K,N", [(256, 512, 384), (1000, 4096, 1024), (4096, 4096, 4096)])
+def test_int32_accumulation_matches_int_mm_gpu(M, K, N):
+    _int_mm_check(M, K, N, "cuda", use_tma=None)
+    _int_mm_check(M, K, N, "cuda", use_tma=False)
