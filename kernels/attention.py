@@ -29,7 +29,7 @@ import triton.language as tl
 from tritonfuse import registry
 from tritonfuse.kernels.common import cast_out, dot_upcast, rtne_bf16
 
-DTYPES = (torch.float16, torch.bfloat16)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
 DECODE_MAX_Q = 16  # query lengths up to this use the split-K decode kernels
 DECODE_MIN_K = 256  # ... when the KV cache is at least this long
@@ -91,9 +91,9 @@ def _bucket(n: int) -> int:
 
 @triton.jit
 def _scores(q, k, qk_scale, mask_ptrs, rows, cols, SQ, SK,
-            MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, BOUNDS: tl.constexpr):
+            MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, BOUNDS: tl.constexpr, PRECISION: tl.constexpr):
     # log2-domain scores of one [rows, cols] tile; masked entries are -inf
-    s = tl.dot(q, k) * qk_scale
+    s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
     if MASK_KIND == 1:
         keep = tl.load(mask_ptrs, mask=(rows[:, None] < SQ) & (cols[None, :] < SK), other=0)
         s = tl.where(keep != 0, s, float("-inf"))
@@ -113,7 +113,7 @@ def _scores(q, k, qk_scale, mask_ptrs, rows, cols, SQ, SK,
 def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, lo, hi,
                stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK,
                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-               MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, BOUNDS: tl.constexpr, DOT_UPCAST: tl.constexpr):
+               MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, BOUNDS: tl.constexpr, DOT_UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     k_ptrs += lo * stride_kn
     v_ptrs += lo * stride_vn
     mask_ptrs += lo * stride_mn
@@ -125,7 +125,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d
             k = tl.load(k_ptrs)
         if DOT_UPCAST:
             k = k.to(tl.float32)
-        s = _scores(q, k, qk_scale, mask_ptrs, rows, cols, SQ, SK, MASK_KIND, IS_CAUSAL, BOUNDS)
+        s = _scores(q, k, qk_scale, mask_ptrs, rows, cols, SQ, SK, MASK_KIND, IS_CAUSAL, BOUNDS, PRECISION)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # a row with nothing to attend yet keeps m = -inf; subtract 0 there instead of -inf (no NaN)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -138,9 +138,9 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d
         else:
             v = tl.load(v_ptrs)
         if DOT_UPCAST:
-            acc = tl.dot(p, v.to(tl.float32), acc)
+            acc = tl.dot(p, v.to(tl.float32), acc, input_precision=PRECISION)
         else:
-            acc = tl.dot(p.to(v.dtype), v, acc)
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
         m_i = m_new
         k_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
@@ -163,7 +163,7 @@ def _attn_fwd_kernel(
     stride_ob, stride_oh, stride_om, stride_od,
     H, GROUP, SQ, SK, SQ_BUCKET, SK_BUCKET, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
-    STORE_LSE: tl.constexpr, DOT_UPCAST: tl.constexpr, RTNE_BF16: tl.constexpr,
+    STORE_LSE: tl.constexpr, DOT_UPCAST: tl.constexpr, PRECISION: tl.constexpr, RTNE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # q: [B, H, SQ, D], k/v: [B, H // GROUP, SK, D], mask: broadcast [B, H, SQ, SK], out: [B, H, SQ, D]
@@ -195,10 +195,10 @@ def _attn_fwd_kernel(
         full = SK // BLOCK_N * BLOCK_N
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, 0, full,
                                stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK,
-                               HEAD_DIM, BLOCK_D, BLOCK_N, MASK_KIND, False, False, DOT_UPCAST)
+                               HEAD_DIM, BLOCK_D, BLOCK_N, MASK_KIND, False, False, DOT_UPCAST, PRECISION)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, full, hi,
                                stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK,
-                               HEAD_DIM, BLOCK_D, BLOCK_N, MASK_KIND, IS_CAUSAL, True, DOT_UPCAST)
+                               HEAD_DIM, BLOCK_D, BLOCK_N, MASK_KIND, IS_CAUSAL, True, DOT_UPCAST, PRECISION)
     # fully masked rows: l = 0 -> output 0 (not NaN) and lse = +inf (the backward's p is then 0)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     acc = acc / l_safe[:, None]
@@ -222,7 +222,7 @@ def _attn_decode_kernel(
     stride_mb, stride_mh, stride_mm, stride_mn,
     HKV, GROUP, SQ, SK, CHUNK, NUM_SPLITS, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
-    DOT_UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # rows of the tile = (query head in the group, query position): GROUP * SQ <= BLOCK_M
     split = tl.program_id(0)
@@ -256,7 +256,7 @@ def _attn_decode_kernel(
         k = tl.load(k_ptrs, mask=col_ok[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
         if DOT_UPCAST:
             k = k.to(tl.float32)
-        s = tl.dot(q, k) * qk_scale
+        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
         if MASK_KIND == 1:
             keep = tl.load(mask_ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0)
             s = tl.where(keep != 0, s, float("-inf"))
@@ -275,9 +275,9 @@ def _attn_decode_kernel(
         acc = acc * alpha[:, None]
         v = tl.load(v_ptrs, mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
         if DOT_UPCAST:
-            acc = tl.dot(p, v.to(tl.float32), acc)
+            acc = tl.dot(p, v.to(tl.float32), acc, input_precision=PRECISION)
         else:
-            acc = tl.dot(p.to(v.dtype), v, acc)
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
         m_i = m_new
         k_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
@@ -358,7 +358,7 @@ def _attn_bwd_dkdv_kernel(
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
     H, GROUP, SQ, SK, SQ_BUCKET, SK_BUCKET, scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
-    DOT_UPCAST: tl.constexpr, RTNE_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_UPCAST: tl.constexpr, PRECISION: tl.constexpr, RTNE_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # one program per (key block, batch x KV head); loops over the GROUP query heads and the query blocks,
     # so dK/dV of a shared KV head are summed in registers (no atomics)
@@ -396,7 +396,7 @@ def _attn_bwd_dkdv_kernel(
             lse = tl.load(lse_ptr + (b * H + h) * SQ + rows, mask=rows < SQ, other=float("inf"))
             delta = tl.load(delta_ptr + (b * H + h) * SQ + rows, mask=rows < SQ, other=0.0)
             # transposed tile: sT [BLOCK_N, BLOCK_M]
-            sT = tl.dot(k, tl.trans(q)) * qk_scale
+            sT = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
             m_ptrs = mask_ptr + b * stride_mb + h * stride_mh + rows[None, :] * stride_mm + cols[:, None] * stride_mn
             in_bounds = (rows[None, :] < SQ) & (cols[:, None] < SK)
             if MASK_KIND == 1:
@@ -411,15 +411,15 @@ def _attn_bwd_dkdv_kernel(
             sT = tl.where(in_bounds, sT, float("-inf"))
             pT = tl.math.exp2(sT - lse[None, :] * 1.4426950408889634)
             if DOT_UPCAST:
-                dv = tl.dot(pT, do, dv)
+                dv = tl.dot(pT, do, dv, input_precision=PRECISION)
             else:
-                dv = tl.dot(pT.to(do.dtype), do, dv)
-            dpT = tl.dot(v, tl.trans(do))
+                dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=PRECISION)
+            dpT = tl.dot(v, tl.trans(do), input_precision=PRECISION)
             dsT = pT * (dpT - delta[None, :])
             if DOT_UPCAST:
-                dk = tl.dot(dsT, q, dk)
+                dk = tl.dot(dsT, q, dk, input_precision=PRECISION)
             else:
-                dk = tl.dot(dsT.to(q.dtype), q, dk)
+                dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=PRECISION)
     dk = dk * scale
     tl.store(dk_ptr + b * stride_dkb + hk * stride_dkh + cols[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
              cast_out(dk, dk_ptr.dtype.element_ty, RTNE_BF16), mask=kv_ok)
@@ -440,7 +440,7 @@ def _attn_bwd_dq_kernel(
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     H, GROUP, SQ, SK, SQ_BUCKET, SK_BUCKET, scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
-    DOT_UPCAST: tl.constexpr, RTNE_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_UPCAST: tl.constexpr, PRECISION: tl.constexpr, RTNE_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -473,14 +473,14 @@ def _attn_bwd_dq_kernel(
         if DOT_UPCAST:
             kT, vT = kT.to(tl.float32), vT.to(tl.float32)
         m_ptrs = mask_ptr + b * stride_mb + h * stride_mh + rows[:, None] * stride_mm + cols[None, :] * stride_mn
-        s = _scores(q, kT, qk_scale, m_ptrs, rows, cols, SQ, SK, MASK_KIND, IS_CAUSAL, True)
+        s = _scores(q, kT, qk_scale, m_ptrs, rows, cols, SQ, SK, MASK_KIND, IS_CAUSAL, True, PRECISION)
         p = tl.math.exp2(s - lse[:, None] * 1.4426950408889634)
-        dp = tl.dot(do, vT)
+        dp = tl.dot(do, vT, input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         if DOT_UPCAST:
-            dq = tl.dot(ds, tl.trans(kT), dq)
+            dq = tl.dot(ds, tl.trans(kT), dq, input_precision=PRECISION)
         else:
-            dq = tl.dot(ds.to(kT.dtype), tl.trans(kT), dq)
+            dq = tl.dot(ds.to(kT.dtype), tl.trans(kT), dq, input_precision=PRECISION)
     dq = dq * scale
     tl.store(dq_ptr + b * stride_dqb + h * stride_dqh + rows[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
              cast_out(dq, dq_ptr.dtype.element_ty, RTNE_BF16), mask=q_ok)
@@ -494,7 +494,7 @@ def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optiona
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         return f"q, k, v must be 4-D [B, H, S, D], got {q.dim()}-D, {k.dim()}-D, {v.dim()}-D"
     if q.dtype not in DTYPES:
-        return f"dtype {q.dtype} not supported (fp16, bf16)"
+        return f"dtype {q.dtype} not supported (fp16, bf16, fp32)"
     if k.dtype != q.dtype or v.dtype != q.dtype:
         return f"mixed dtypes {q.dtype}, {k.dtype}, {v.dtype}"
     if q.device != k.device or q.device != v.device or (mask is not None and mask.device != q.device):
@@ -535,6 +535,13 @@ def _mask_args(mask: Optional[torch.Tensor], shape, dummy: torch.Tensor):
     return m, m.stride(), 2
 
 
+def _precision(dtype: torch.dtype) -> dict:
+    # follow PyTorch: fp32 products are exact fp32 unless the user allowed TF32
+    ieee = dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest"
+    upcast = dot_upcast(dtype)
+    return {"PRECISION": "ieee" if ieee or upcast else "tf32", "DOT_UPCAST": upcast}
+
+
 def _empty_out(q: torch.Tensor) -> torch.Tensor:
     # [B, Sq, H, D] memory viewed as [B, H, Sq, D]: the "transpose(1, 2).reshape" after attention is free
     B, H, Sq, D = q.shape
@@ -560,7 +567,7 @@ def _forward(q, k, v, mask, scale: float, is_causal: bool, store_lse: bool):
     m, m_strides, mask_kind = _mask_args(mask, (B, H, Sq, Sk), q)
     block_d = max(16, triton.next_power_of_2(D))
     qk_scale = scale * LOG2E
-    flags = {"DOT_UPCAST": dot_upcast(q.dtype)}
+    flags = _precision(q.dtype)
     if _use_decode(q, k, is_causal):
         group = H // Hkv
         block_m = max(16, triton.next_power_of_2(group * Sq))
@@ -667,7 +674,7 @@ def attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
     m, m_strides, mask_kind = _mask_args(mask, (B, H, Sq, Sk), q)
     lse = lse.contiguous()
     common = dict(HEAD_DIM=D, BLOCK_D=block_d, MASK_KIND=mask_kind, IS_CAUSAL=is_causal,
-                  DOT_UPCAST=dot_upcast(q.dtype), RTNE_BF16=rtne_bf16(q.dtype))
+                  RTNE_BF16=rtne_bf16(q.dtype), **_precision(q.dtype))
     sizes = (H, H // Hkv, Sq, Sk, _bucket(Sq), _bucket(Sk), scale, scale * LOG2E)
     registry.launcher(_attn_bwd_dkdv_kernel)[lambda meta: (triton.cdiv(Sk, meta["BLOCK_N"]), B * Hkv)](
         q, k, v, m, dout, lse, delta, dk, dv,

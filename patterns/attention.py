@@ -1,0 +1,331 @@
+"""Attention patterns: SDPA in its post-grad forms and hand-written ``softmax(q @ k.T * scale + mask) @ v``.
+
+What the post-grad ATen graph holds (printed from real models with a custom pass):
+
+- ``F.scaled_dot_product_attention`` (HF ``sdpa`` attention, torchvision ViT's ``nn.MultiheadAttention``,
+  and every hand-written form Inductor's joint-graph ``fuse_attention`` already recognised) is one node:
+  ``_scaled_dot_product_flash_attention_for_cpu`` on the CPU; ``_scaled_dot_product_efficient_attention``,
+  ``_scaled_dot_product_flash_attention`` or ``_scaled_dot_product_cudnn_attention`` on CUDA; its output
+  is ``getitem(node, 0)``. Mask, scale and causality are read from the node's arguments.
+- Hand-written attention that ``fuse_attention`` leaves alone (HF BERT and Llama ``eager``: the mask is
+  built from the padding mask with ``where``; Llama repeats K/V heads with expand + reshape) stays as
+  ``bmm -> reshape -> mul|div (scale) -> add|where (mask) -> [fp32 upcast] -> amax, sub, exp, sum, div ->
+  [downcast] -> bmm``. The bmm operands are [B*H, S, D] reshapes of 4-D tensors; the pattern captures the
+  reshapes and ``_unflatten`` looks through the expand/clone to the 4-D tensors, and ``_repeat_kv_source``
+  through a repeat of K/V heads (the kernel indexes KV heads instead).
+
+Both are replaced by ``tritonfuse::attention``. Sites whose attention probabilities are used elsewhere
+(``output_attentions=True``) do not match; SDPA nodes whose log-sum-exp feeds a backward (training) or
+with dropout are left to Inductor with the reason counted.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import operator
+from typing import Optional
+
+import torch
+from torch._inductor.pattern_matcher import (
+    CallFunction,
+    CallFunctionVarArgs,
+    Ignored,
+    KeywordArg,
+    MULTIPLE,
+    Match,
+    PatternMatcherPass,
+    register_graph_pattern,
+)
+from torch.fx.operator_schemas import normalize_function
+
+from tritonfuse import registry
+from tritonfuse.kernels import attention as K
+
+FAMILY = "attention"
+aten = torch.ops.aten
+prims = torch.ops.prims
+
+SDPA_OPS = tuple(
+    getattr(aten, name).default
+    for name in (
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_cudnn_attention",
+    )
+    if hasattr(aten, name)
+)
+
+
+# --- search patterns -----------------------------------------------------------------------------------
+
+
+def _sdpa_pattern(op):
+    # getitem(sdpa(...), 0): the op's other outputs (log-sum-exp, seeds) may have users; checked later
+    return CallFunction(operator.getitem, CallFunctionVarArgs(op, users=MULTIPLE), 0)
+
+
+def _flat(name: str):
+    # a [B*H, S, D] operand of a bmm: reshape(expand(x4)) with or without a clone between them
+    return CallFunction(aten.reshape.default, KeywordArg(name), Ignored())
+
+
+def _handwritten_pattern(scale_op: str, mask_op: str, upcast: bool, downcast: bool):
+    # the chain up to softmax as (fn, args) steps; its last node has two users (amax and sub)
+    s = CallFunction(aten.reshape.default, CallFunction(aten.bmm.default, _flat("q_flat"), _flat("k_flat")), Ignored())
+    steps = []
+    if scale_op == "mul":
+        steps.append((aten.mul.Tensor, lambda x: (x, KeywordArg("scale"))))
+    elif scale_op == "div":
+        steps.append((aten.div.Tensor, lambda x: (x, KeywordArg("scale"))))
+    if mask_op == "add":
+        steps.append((aten.add.Tensor, lambda x: (x, KeywordArg("mask"))))
+    elif mask_op == "add_rev":
+        steps.append((aten.add.Tensor, lambda x: (KeywordArg("mask"), x)))
+    elif mask_op == "fill":
+        # masked_fill(s, cond, value) -> where(cond, value, s)
+        steps.append((aten.where.self, lambda x: (KeywordArg("cond"), KeywordArg("fill"), x)))
+    if upcast:
+        steps.append((prims.convert_element_type.default, lambda x: (x, Ignored())))
+    if not steps:
+        s = CallFunction(aten.reshape.default, CallFunction(aten.bmm.default, _flat("q_flat"), _flat("k_flat")),
+                         Ignored(), _users=2)
+    for i, (fn, args) in enumerate(steps):
+        s = CallFunction(fn, *args(s), _users=2 if i == len(steps) - 1 else 1)
+    # the post-grad decomposition of softmax(s, -1)
+    amax = CallFunction(aten.amax.default, s, Ignored(), True)
+    e = CallFunction(aten.exp.default, CallFunction(aten.sub.Tensor, s, amax), _users=2)
+    p = CallFunction(aten.div.Tensor, e, CallFunction(aten.sum.dim_IntList, e, Ignored(), True))
+    if downcast:
+        p = CallFunction(prims.convert_element_type.default, p, Ignored())
+    p = CallFunction(aten.reshape.default, CallFunction(aten.expand.default, p, Ignored()), Ignored())
+    out = CallFunction(aten.bmm.default, p, _flat("v_flat"))
+    return CallFunction(aten.reshape.default, out, Ignored())
+
+
+# --- graph helpers -------------------------------------------------------------------------------------
+
+
+def _val(node) -> Optional[torch.Tensor]:
+    v = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    return v if isinstance(v, torch.Tensor) else None
+
+
+def _unflatten(node: torch.fx.Node) -> Optional[torch.fx.Node]:
+    """The 4-D tensor under ``[clone](expand(x4, x4.shape))`` feeding a bmm reshape, or None."""
+    if isinstance(node, torch.fx.Node) and node.target == aten.clone.default:
+        node = node.args[0]
+    if not isinstance(node, torch.fx.Node) or node.target != aten.expand.default:
+        return None
+    src = node.args[0]
+    v, e = _val(src), _val(node)
+    if v is None or e is None or v.dim() != 4 or tuple(v.shape) != tuple(e.shape):
+        return None
+    return src
+
+
+def _repeat_kv_source(node: torch.fx.Node, heads: int) -> torch.fx.Node:
+    """x for ``reshape(clone(expand(unsqueeze(x, 2), [B, Hkv, n, S, D])), [B, Hkv*n, S, D])`` (HF repeat_kv),
+    else ``node`` itself."""
+    n = node
+    if n.target != aten.reshape.default:
+        return node
+    n = n.args[0]
+    if isinstance(n, torch.fx.Node) and n.target == aten.clone.default:
+        n = n.args[0]
+    if not isinstance(n, torch.fx.Node) or n.target != aten.expand.default:
+        return node
+    u = n.args[0]
+    if not isinstance(u, torch.fx.Node) or u.target != aten.unsqueeze.default or u.args[1] != 2:
+        return node
+    x = u.args[0]
+    xv = _val(x)
+    if xv is None or xv.dim() != 4 or heads % xv.shape[1]:
+        return node
+    return x
+
+
+def _is_transpose_of_last(node: torch.fx.Node) -> bool:
+    return node.target == aten.permute.default and list(node.args[1]) == [0, 1, 3, 2]
+
+
+def _describe(q, k, mask, is_causal) -> str:
+    B, H, Sq, D = q.shape
+    m = "none" if mask is None else f"{tuple(mask.shape)} {str(mask.dtype).replace('torch.', '')}"
+    return (f"B={B} Hq={H} Hkv={k.shape[1]} Sq={Sq} Sk={k.shape[2]} D={D} "
+            f"{str(q.dtype).replace('torch.', '')} mask={m}{' causal' if is_causal else ''}")
+
+
+def _mask_kind(mask) -> str:
+    if mask is None:
+        return "none"
+    return "bool" if mask.dtype == torch.bool else str(mask.dtype).replace("torch.", "")
+
+
+def _decide(site: torch.fx.Node, q, k, v, mask, is_causal: bool, kernel: str) -> bool:
+    """Check the operands and probe the kernel variant; record the site either way."""
+    detail = _describe(q, k, mask, is_causal)
+    reason = K.unsupported(q, k, v, mask)
+    if reason is None:
+        reason = K.probe(str(q.device), q.dtype, q.shape[-1], _mask_kind(mask), is_causal,
+                         k.shape[1] != q.shape[1], K._use_decode(q, k, is_causal))
+    if reason:
+        registry.note_fallback(FAMILY, site, kernel, reason, detail)
+        return False
+    registry.note_replaced(FAMILY, site, kernel, detail)
+    return True
+
+
+# --- SDPA nodes ----------------------------------------------------------------------------------------
+
+
+def _sdpa_handler(match: Match, *args, **kwargs) -> None:
+    getitem = match.output_node()
+    node = getitem.args[0]
+    kernel = "attention[sdpa]"
+    norm = normalize_function(node.target, node.args, node.kwargs, normalize_to_only_use_kwargs=True)
+    if norm is None:
+        return
+    a = norm.kwargs
+    q_node, k_node, v_node = a["query"], a["key"], a["value"]
+    mask_node = a.get("attn_mask", a.get("attn_bias"))
+    q, k, v = _val(q_node), _val(k_node), _val(v_node)
+    mask = _val(mask_node)
+    if q is None or k is None or v is None or (mask_node is not None and mask is None):
+        return
+    is_causal = bool(a.get("is_causal", False))
+    detail = _describe(q, k, mask, is_causal) if q.dim() == 4 and k.dim() == 4 else ""
+    others = [u for u in node.users if u is not getitem]
+    if others:
+        registry.note_fallback(FAMILY, node, kernel, "log-sum-exp or RNG state used (training graph): left to "
+                               "Inductor's SDPA forward/backward pair", detail)
+        return
+    if a.get("dropout_p", 0.0) not in (0, 0.0):
+        registry.note_fallback(FAMILY, node, kernel, f"dropout_p={a['dropout_p']} (training)", detail)
+        return
+    if q.dim() == 4 and k.dim() == 4:
+        k_node = _repeat_kv_source(k_node, q.shape[1])
+        v_node = _repeat_kv_source(v_node, q.shape[1])
+        k, v = _val(k_node), _val(v_node)
+    if not _decide(node, q, k, v, mask, is_causal, kernel):
+        return
+    scale = a.get("scale")
+    scale = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    out_dtype = _val(getitem).dtype
+
+    if mask_node is None:
+        def repl(q, k, v):
+            return torch.ops.tritonfuse.attention(q, k, v, None, scale, is_causal).to(out_dtype)
+
+        match.replace_by_example(repl, [q_node, k_node, v_node])
+    else:
+        def repl(q, k, v, m):
+            return torch.ops.tritonfuse.attention(q, k, v, m, scale, is_causal).to(out_dtype)
+
+        match.replace_by_example(repl, [q_node, k_node, v_node, mask_node])
+
+
+# --- hand-written attention ----------------------------------------------------------------------------
+
+
+def _make_handwritten_handler(scale_op: str, mask_op: str):
+    kernel = "attention[handwritten]"
+
+    def handler(match: Match, *args, **kwargs) -> None:
+        out = match.output_node()
+        site = out.args[0]  # the second bmm
+        q4, kt4, v4 = (_unflatten(kwargs[n]) for n in ("q_flat", "k_flat", "v_flat"))
+        if q4 is None or kt4 is None or v4 is None:
+            return
+        q = _val(q4)
+        if scale_op == "none":
+            scale = 1.0
+        else:
+            s = kwargs["scale"]
+            if not isinstance(s, (int, float)) or (scale_op == "div" and s == 0):
+                return
+            scale = float(s) if scale_op == "mul" else 1.0 / float(s)
+        mask_node = kwargs.get("mask")
+        cond_node, fill_node = kwargs.get("cond"), kwargs.get("fill")
+        if mask_op in ("add", "add_rev") and _val(mask_node) is None:
+            return  # a scalar added to the scores, not a mask
+        bool_keep = None
+        if mask_op == "fill":
+            cond, fill = _val(cond_node), _val(fill_node)
+            if cond is None or cond.dtype != torch.bool or fill is None or fill.dim() != 0:
+                return
+            # masked_fill(~m, -inf) is the bool mask m; any other fill value becomes an additive mask
+            fill_value = fill_node.args[1] if fill_node.target == aten.full.default else None
+            if (fill_value == float("-inf") and cond_node.target == aten.bitwise_not.default
+                    and _val(cond_node.args[0]) is not None):
+                bool_keep = cond_node.args[0]
+        # k enters the first bmm transposed
+        k_node = kt4.args[0] if _is_transpose_of_last(kt4) else None
+        k_src = _repeat_kv_source(k_node, q.shape[1]) if k_node is not None else kt4
+        v_src = _repeat_kv_source(v4, q.shape[1])
+        k_val = _val(k_src) if k_node is not None else _val(kt4).transpose(-2, -1)
+        v = _val(v_src)
+        if mask_op == "fill":
+            mask = _val(bool_keep) if bool_keep is not None else _val(cond_node)
+            mask_val = mask if bool_keep is not None else torch.empty(mask.shape, dtype=_val(fill_node).dtype)
+        else:
+            mask_val = _val(mask_node) if mask_op != "none" else None
+        if mask_val is not None and mask_val.dtype not in (torch.bool,) and mask_val.dtype != torch.float32 \
+                and mask_val.dtype != q.dtype:
+            registry.note_fallback(FAMILY, site, kernel, f"mask dtype {mask_val.dtype}",
+                                   _describe(q, k_val, mask_val, False))
+            return
+        if not _decide(site, q, k_val, v, mask_val, False, kernel):
+            return
+        out_dtype = _val(out).dtype
+        transposed = k_node is None
+
+        def attn(q, k, v, m):
+            if transposed:
+                k = k.transpose(-2, -1)
+            return torch.ops.tritonfuse.attention(q, k, v, m, scale, False).to(out_dtype)
+
+        if mask_op == "none":
+            match.replace_by_example(lambda q, k, v: attn(q, k, v, None), [q4, k_src, v_src])
+        elif mask_op == "fill" and bool_keep is not None:
+            match.replace_by_example(attn, [q4, k_src, v_src, bool_keep])
+        elif mask_op == "fill":
+            def repl(q, k, v, cond, fill):
+                return attn(q, k, v, torch.where(cond, fill, torch.zeros_like(fill)))
+
+            match.replace_by_example(repl, [q4, k_src, v_src, cond_node, fill_node])
+        else:
+            match.replace_by_example(attn, [q4, k_src, v_src, mask_node])
+
+    return handler
+
+
+# --- registration --------------------------------------------------------------------------------------
+
+
+class _AttentionPass(PatternMatcherPass):
+    """The patterns, then dead-code elimination: the expand/clone/repeat nodes the replacements looked
+    through (outside the matched nodes) are dropped once nothing uses them."""
+
+    def apply(self, gm):
+        count = super().apply(gm)
+        if count:
+            graph = gm.graph if isinstance(gm, torch.fx.GraphModule) else gm
+            graph.eliminate_dead_code()
+        return count
+
+
+@functools.lru_cache(maxsize=None)
+def pattern_pass() -> PatternMatcherPass:
+    """All attention patterns in one pass, built once per process."""
+    pm = _AttentionPass(pass_name="tritonfuse_attention")
+    for op in SDPA_OPS:
+        register_graph_pattern(_sdpa_pattern(op), pass_dict=pm)(_sdpa_handler)
+    for scale_op in ("mul", "div", "none"):
+        for mask_op in ("add", "add_rev", "fill", "none"):
+            for upcast in (False, True):
+                for downcast in (False, True):
+                    register_graph_pattern(_handwritten_pattern(scale_op, mask_op, upcast, downcast), pass_dict=pm)(
+                        _make_handwritten_handler(scale_op, mask_op))
+    return pm
