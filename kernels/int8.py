@@ -83,29 +83,23 @@ else:
         _cfg(128, 256, 128, 3, 8),
         _cfg(256, 128, 128, 3, 8),
         _cfg(128, 128, 128, 4, 8),
-        _cfg(128, 128, 64, 4, 4),
         _cfg(64, 128, 128, 4, 4),
-        _cfg(64, 64, 128, 4, 4),
         _cfg(32, 64, 128, 4, 4),
     ]
     # chosen by the sweep in benchmarks/bench_int8.py (--sweep) on an H100
     _W8A8_TMA_CONFIGS = [
         _tma_cfg(128, 256, 128, 3, 8),
         _tma_cfg(256, 128, 128, 3, 8),
-        _tma_cfg(128, 256, 128, 4, 8),
         _tma_cfg(128, 128, 128, 4, 8),
         _tma_cfg(64, 128, 128, 4, 4),
-        _tma_cfg(64, 64, 128, 4, 4),
     ]
     # small M: few rows, stream the weight with deep pipelines; large M: ordinary GEMM tiles
     _WONLY_CONFIGS = [
         _cfg(16, 32, 256, 4, 4),
         _cfg(16, 64, 256, 4, 4),
         _cfg(16, 32, 512, 3, 4),
-        _cfg(16, 16, 512, 4, 4),
         _cfg(16, 64, 128, 5, 4),
         _cfg(128, 128, 64, 4, 8),
-        _cfg(128, 256, 64, 3, 8),
         _cfg(64, 128, 64, 4, 4),
     ]
 

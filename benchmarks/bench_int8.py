@@ -1,0 +1,288 @@
+"""int8 GEMMs on a GPU: W8A8 (tritonfuse TMA / pointer kernels vs ``torch._int_mm`` vs bf16 cuBLAS) and the
+decode weight-only GEMM (M=16) vs the bf16 cuBLAS linear. Checks what it times first, then prints a table and
+merges rows into ``benchmarks/results/kernels-<gpu>.json`` (or ``--out``).
+
+    python benchmarks/bench_int8.py            # correctness + timings of the shipped autotune configs
+    python benchmarks/bench_int8.py --sweep    # also every candidate config, each launched directly
+
+Providers: ``torch._int_mm`` (int8 in, int32 out), ``tritonfuse`` (the W8A8 GEMM on pre-quantized int8
+operands with its dequant epilogue, bf16 out), ``tritonfuse-pointer`` (the non-TMA kernel),
+``tritonfuse-e2e`` (``int8_linear`` from bf16 x: row quantization + GEMM), ``cublas-bf16`` (``torch.matmul``).
+TOPS/TFLOP/s = 2·M·N·K / time. Decode rows are timed with ``do_bench`` and, without the host's launch
+overhead, with CUDA graphs (``-graph`` providers), which is how decode runs in practice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import math
+import multiprocessing as mp
+import os
+import pathlib
+import sys
+
+import torch
+import torch.nn.functional as F
+import triton
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from common import merge_rows, meta, row  # noqa: E402
+
+from tritonfuse.kernels import int8 as Q  # noqa: E402
+
+GEMM_SHAPES = [(8192, 8192, 8192), (4096, 4096, 4096), (8192, 14336, 4096), (512, 11008, 4096)]  # M, N, K
+DECODE = (16, 4096, 4096)
+GATED = (4096, 11008, 4096)
+
+
+def _tma_candidates():
+    c = Q._tma_cfg
+    return [
+        c(128, 256, 128, 3, 8), c(128, 256, 128, 4, 8), c(256, 128, 128, 3, 8), c(256, 128, 128, 4, 8),
+        c(128, 128, 128, 4, 8), c(128, 256, 64, 4, 8), c(64, 256, 128, 4, 4),
+        c(128, 256, 128, 3, 8, persistent=False), c(256, 128, 128, 3, 8, persistent=False),
+        c(128, 256, 128, 3, 8, flatten=False),
+    ]
+
+
+def _ptr_candidates():
+    c = Q._cfg
+    return [c(128, 256, 128, 3, 8), c(256, 128, 128, 3, 8), c(128, 256, 64, 4, 8)]
+
+
+def _wonly_candidates():
+    c = Q._cfg
+    return [
+        c(16, 32, 256, 4, 4), c(16, 64, 256, 4, 4), c(16, 32, 512, 3, 4), c(16, 16, 512, 4, 4),
+        c(16, 64, 128, 5, 4), c(16, 32, 128, 6, 4), c(16, 128, 128, 4, 4), c(16, 64, 512, 3, 8),
+    ]
+
+
+def _candidates(kind: str, sweep: bool):
+    if sweep:
+        return {"tma": _tma_candidates, "ptr": _ptr_candidates, "wonly": _wonly_candidates}[kind]()
+    return {"tma": Q._W8A8_TMA_CONFIGS, "ptr": Q._W8A8_CONFIGS, "wonly": Q._WONLY_CONFIGS}[kind]
+
+
+# --- direct launches of one config (no autotuner) -------------------------------------------------------
+
+
+def _launch(kind, cfg, x, xs, wq, ws, out, gated_w=None):
+    M, K = x.shape
+    N = wq.shape[0]
+    kw = cfg.all_kwargs()
+    uq, us = gated_w if gated_w is not None else (wq, ws)
+    flags = dict(HAS_BIAS=False, ACT="silu" if gated_w is not None else "none", GATED=gated_w is not None)
+    if kind == "tma":
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        descs = {n: TensorDescriptor.from_tensor(t, [16, 16]) for n, t in (("x_desc", x), ("w_desc", wq), ("wu_desc", uq))}
+        Q._tma_block_hook({**descs, **kw})
+        tiles = triton.cdiv(M, kw["BLOCK_M"]) * triton.cdiv(N, kw["BLOCK_N"])
+        grid = (min(tiles, Q._num_sms(0)) if kw["PERSISTENT"] else tiles,)
+        Q._w8a8_tma_kernel.fn[grid](
+            descs["x_desc"], descs["w_desc"], descs["wu_desc"], xs, ws, ws, us, ws, out,
+            M, N, K, Q._m_bucket(M), out.stride(0), out.stride(1), RTNE_BF16=False, **flags, **kw,
+        )
+        return out
+    grid = (triton.cdiv(M, kw["BLOCK_M"]) * triton.cdiv(N, kw["BLOCK_N"]),)
+    Q._int8_gemm_kernel[grid](
+        x, xs, wq, ws, ws, uq, us, ws, out, M, N, K, Q._m_bucket(M),
+        x.stride(0), x.stride(1), wq.stride(0), wq.stride(1), uq.stride(0), uq.stride(1), out.stride(0), out.stride(1),
+        W8A8=kind != "wonly", DOT_UPCAST=False, RTNE_BF16=False, **flags, **kw,
+    )
+    return out
+
+
+def _compile_job(job):
+    """Worker: compile one (kind, config) by launching it on a small problem (same specialization)."""
+    kind, idx, sweep, variant = job  # variant: "plain", "gated" (silu) or "fp32" (fp32 out, the _int_mm check)
+    try:
+        cfg = _candidates(kind, sweep)[idx]
+        m = 16 if kind == "wonly" else 256
+        x = (torch.randn(m, 256, device="cuda", dtype=torch.bfloat16) if kind == "wonly"
+             else torch.randint(-127, 128, (m, 256), device="cuda", dtype=torch.int8))
+        wq = torch.randint(-127, 128, (256, 256), device="cuda", dtype=torch.int8)
+        s = torch.ones(256, device="cuda")
+        out_dtype = torch.float32 if variant == "fp32" else torch.bfloat16
+        out = torch.empty(m, 256, device="cuda", dtype=out_dtype)
+        _launch(kind, cfg, x, s, wq, s, out, (wq, s) if variant == "gated" else None)
+        torch.cuda.synchronize()
+        return job, None
+    except Exception as e:  # reported in the table: a config that does not compile or fit
+        return job, f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+
+
+def prewarm(jobs) -> dict:
+    """Compile many kernels at once in spawned processes (Triton's disk cache serves the main process)."""
+    ctx = mp.get_context("spawn")
+    errors = {}
+    with cf.ProcessPoolExecutor(max_workers=min(16, len(jobs)), mp_context=ctx) as pool:
+        for job, err in pool.map(_compile_job, jobs):
+            if err:
+                errors[job] = err
+    return errors
+
+
+# --- timing and checks ----------------------------------------------------------------------------------
+
+
+def bench(fn, graph=False, rep=100) -> float:
+    fn()
+    torch.cuda.synchronize()
+    if graph:
+        return triton.testing.do_bench_cudagraph(fn, rep=rep, return_mode="median")
+    return triton.testing.do_bench(fn, warmup=rep // 4, rep=rep, return_mode="median")
+
+
+def sqnr(ref, y) -> float:
+    ref, y = ref.double(), y.double()
+    return 20 * math.log10(ref.norm().item() / (ref - y).norm().item())
+
+
+def check_int_mm(xq, wq, use_tma):
+    # unit scales, fp32 out: the epilogue is the int32 -> fp32 conversion alone, so equality is bitwise
+    M, N = xq.shape[0], wq.shape[0]
+    y = Q._w8a8(xq, torch.ones(M, device="cuda"), wq, torch.ones(N, device="cuda"), None, "none", torch.float32,
+                use_tma=use_tma)
+    ref = torch._int_mm(xq, wq.t()).float()
+    assert torch.equal(y, ref), f"int32 accumulation != torch._int_mm (tma={use_tma}): {(y - ref).abs().max()}"
+
+
+def check_gemm(out, xq, xs, wq, ws, what):
+    ref = torch._int_mm(xq, wq.t()).double() * xs.double()[:, None] * ws.double()[None, :]
+    err = ((out.double() - ref).abs() / ref.abs().clamp_min(1e-3)).max().item()
+    assert err <= 2 ** -8 + 1e-6, f"{what}: relative error {err:.3g} above bf16 rounding"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sweep", action="store_true", help="time every candidate config directly")
+    ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/kernels-<gpu>.json)")
+    args = ap.parse_args()
+    assert torch.cuda.is_available(), "needs a GPU"
+    torch.manual_seed(0)
+    dev = "cuda"
+    kinds = ("tma", "ptr", "wonly")
+    # the shipped configs (autotuned below) and, with --sweep, the candidates; each compiled once
+    jobs, seen = [], set()
+    todo = [(False, "plain", k) for k in kinds] + [(False, "gated", "tma"), (False, "fp32", "tma"), (False, "fp32", "ptr")]
+    todo += [(True, "plain", k) for k in kinds] if args.sweep else []
+    for sweep, variant, kind in todo:
+        for i, cfg in enumerate(_candidates(kind, sweep)):
+            if variant == "fp32" and cfg.kwargs["BLOCK_M"] < 64:
+                continue  # the check runs at M=4096
+            key = (kind, variant, repr(sorted((k, str(v)) for k, v in cfg.all_kwargs().items())))
+            if key not in seen:
+                seen.add(key)
+                jobs.append((kind, i, sweep, variant))
+    print(f"compiling {len(jobs)} kernels in parallel")
+    errors = prewarm(jobs)
+    for job, err in errors.items():
+        print(f"compile failed: {job}: {err}")
+    rows, table = [], []
+
+    def add(kernel, shape, dtype, provider, ms, flops):
+        tf = flops / (ms * 1e-3) / 1e12
+        rows.append(row(kernel, shape, dtype, provider, ms, tflops=tf))
+        table.append((kernel, shape, provider, ms, tf))
+
+    # -- correctness of what is timed --
+    a = torch.randint(-127, 128, (4096, 4096), device=dev, dtype=torch.int8)
+    b = torch.randint(-127, 128, (4096, 4096), device=dev, dtype=torch.int8)
+    for use_tma in (True, False):
+        check_int_mm(a, b, use_tma)
+    print("int32 accumulation == torch._int_mm bit for bit (4096^3, TMA and pointer kernels)")
+    del a, b
+
+    # -- W8A8 GEMMs --
+    for M, N, K in GEMM_SHAPES:
+        shape, flops = f"{M}x{N}x{K}", 2.0 * M * N * K
+        x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
+        w = torch.randn(N, K, device=dev, dtype=torch.bfloat16) * K ** -0.5
+        wq, ws = Q.quantize_weight(w)
+        xq, xs = Q.quant_rows(x)
+        out = torch.empty(M, N, device=dev, dtype=torch.bfloat16)
+        y = Q._w8a8(xq, xs, wq, ws, None, "none", torch.bfloat16)
+        check_gemm(y, xq, xs, wq, ws, f"tritonfuse {shape}")
+        check_gemm(Q._w8a8(xq, xs, wq, ws, None, "none", torch.bfloat16, use_tma=False), xq, xs, wq, ws, "pointer")
+        e2e = torch.ops.tritonfuse.int8_linear(x, w, None, "none", "int8")
+        s = sqnr(x.double() @ w.double().t(), e2e)
+        print(f"{shape}: W8A8 SQNR vs the float layer {s:.1f} dB")
+        assert s >= 35, f"{shape}: SQNR {s:.1f} dB < 35"
+        add("int8_gemm", shape, "int8", "torch._int_mm", bench(lambda: torch._int_mm(xq, wq.t())), flops)
+        add("int8_gemm", shape, "int8", "tritonfuse", bench(lambda: Q._w8a8(xq, xs, wq, ws, None, "none", torch.bfloat16)), flops)
+        add("int8_gemm", shape, "int8", "tritonfuse-pointer",
+            bench(lambda: Q._w8a8(xq, xs, wq, ws, None, "none", torch.bfloat16, use_tma=False)), flops)
+        add("int8_gemm", shape, "int8", "tritonfuse-e2e",
+            bench(lambda: torch.ops.tritonfuse.int8_linear(x, w, None, "none", "int8")), flops)
+        add("int8_gemm", shape, "bfloat16", "cublas-bf16", bench(lambda: torch.matmul(x, w.t())), flops)
+        if args.sweep:
+            for kind in ("tma", "ptr"):
+                for i, cfg in enumerate(_candidates(kind, True)):
+                    if (kind, i, True, "plain") in errors:
+                        continue
+                    ms = bench(lambda: _launch(kind, cfg, xq, xs, wq, ws, out), rep=40)
+                    table.append(("sweep", shape, f"{kind}[{i}] {cfg}", ms, flops / (ms * 1e-3) / 1e12))
+        del x, w, wq, ws, xq, xs, out, y, e2e
+        torch.cuda.empty_cache()
+
+    # -- gated MLP, W8A8 dual GEMM vs bf16 (two cuBLAS GEMMs + silu * up) --
+    M, N, K = GATED
+    shape, flops = f"{M}x{N}x{K}", 4.0 * M * N * K
+    x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
+    wg, wu = (torch.randn(N, K, device=dev, dtype=torch.bfloat16) * K ** -0.5 for _ in range(2))
+    yg = torch.ops.tritonfuse.int8_gated_mlp(x, wg, wu, None, None, "silu", "int8")
+    ref = F.silu(x.double() @ wg.double().t()) * (x.double() @ wu.double().t())
+    print(f"gated {shape}: W8A8 SQNR {sqnr(ref, yg):.1f} dB")
+    assert sqnr(ref, yg) >= 32
+    add("int8_gated_mlp", shape, "int8", "tritonfuse-e2e",
+        bench(lambda: torch.ops.tritonfuse.int8_gated_mlp(x, wg, wu, None, None, "silu", "int8")), flops)
+    add("int8_gated_mlp", shape, "bfloat16", "cublas-bf16", bench(lambda: F.silu(x @ wg.t()) * (x @ wu.t())), flops)
+    del x, wg, wu, yg, ref
+
+    # -- decode: weight-only int8 vs bf16 cuBLAS linear --
+    M, N, K = DECODE
+    shape, flops = f"{M}x{N}x{K}", 2.0 * M * N * K
+    x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
+    w = torch.randn(N, K, device=dev, dtype=torch.bfloat16) * K ** -0.5
+    y = torch.ops.tritonfuse.int8_linear(x, w, None, "none", "int8")  # M <= 16: weight-only
+    s = sqnr(x.double() @ w.double().t(), y)
+    print(f"decode {shape}: weight-only SQNR {s:.1f} dB")
+    assert s >= 40, f"weight-only SQNR {s:.1f} dB < 40"
+    wq, ws = Q.quantize_weight(w)
+    for graph in (False, True):
+        sfx = "-graph" if graph else ""
+        add("int8_weight_only", shape, "bfloat16", "cublas-bf16" + sfx, bench(lambda: F.linear(x, w), graph), flops)
+        add("int8_weight_only", shape, "bfloat16", "tritonfuse" + sfx,
+            bench(lambda: torch.ops.tritonfuse.int8_linear(x, w, None, "none", "int8-weight"), graph), flops)
+        add("int8_weight_only", shape, "bfloat16", "tritonfuse-kernel" + sfx,
+            bench(lambda: Q._weight_only(x, wq, ws, None, "none"), graph), flops)
+    if args.sweep:
+        out = torch.empty(M, N, device=dev, dtype=torch.bfloat16)
+        for i, cfg in enumerate(_candidates("wonly", True)):
+            if ("wonly", i, True, "plain") in errors:
+                continue
+            ms = bench(lambda: _launch("wonly", cfg, x, ws, wq, ws, out), graph=True, rep=40)
+            table.append(("sweep-graph", shape, f"wonly[{i}] {cfg}", ms, flops / (ms * 1e-3) / 1e12))
+
+    print(f"\n{meta()}")
+    print(f"{'kernel':<18} {'shape':<18} {'provider':<70} {'ms':>9} {'TFLOP/s':>9}")
+    for k, sh, p, ms, tf in table:
+        print(f"{k:<18} {sh:<18} {p[:70]:<70} {ms:>9.4f} {tf:>9.1f}")
+    best = {}
+    for k, sh, p, ms, tf in table:
+        if k.startswith("sweep"):
+            best.setdefault(sh, []).append((ms, p))
+    for sh, v in best.items():
+        print("fastest configs", sh, [p for _, p in sorted(v)[:4]])
+    if args.sweep:
+        return  # sweep timings of single configs are not results
+    path = merge_rows(rows, args.out)
+    print(f"rows merged into {path}")
+
+
+if __name__ == "__main__":
+    main()
