@@ -1,0 +1,591 @@
+"""Conv2d + BatchNorm (eval) + activation + residual in one Triton implicit-GEMM kernel.
+
+``act2(act(bn(conv2d(x, w) + b)) + r)``: the GEMM is ``[N*OH*OW, KH*KW*C] x [KH*KW*C, Cout]`` read straight
+from the activations (no im2col buffer). The BatchNorm is folded *in the epilogue*: each program loads the
+running mean/var, gamma and beta of its output channels and applies ``(acc - mean) * gamma * rsqrt(var + eps)
++ beta`` to the fp32 accumulator. Nothing is folded into a copy of the weight, so the parameters are read as
+they are at every call: an in-place update after compilation can never leave stale folded weights, and the
+user's tensors are never written.
+
+``conv_bn_cudnn`` is the same computation as ``aten.convolution`` (cuDNN on a GPU) followed by one Triton
+epilogue kernel; ``choose`` picks between the two per shape by measurement, cached on disk.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import pathlib
+import threading
+from typing import Optional, Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from tritonfuse import registry
+from tritonfuse.kernels.common import cast_out, dot_upcast, rtne_bf16
+
+ACTIVATIONS = ("none", "relu", "relu6", "silu", "hardswish")
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+KERNEL_SIZES = ((1, 1), (3, 3), (5, 5), (7, 7), (1, 3), (3, 1), (1, 7), (7, 1))
+
+# --- autotune configs ---------------------------------------------------------------------------------
+# Keyed on a power-of-two bucket of M = N*OH*OW and on Cout, C, the kernel size and stride, so a new batch
+# size inside a bucket does not re-tune. The epilogue flags are not part of the key: they do not change
+# which tile is fastest, and leaving them out halves the compile time of a ResNet.
+
+
+def _cfg(bm, bn, bk, stages, warps, group=8):
+    return triton.Config(
+        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group}, num_stages=stages, num_warps=warps
+    )
+
+
+if registry.interpret_mode():
+    # the interpreter runs configs on the CPU: one config with wide N and K tiles keeps the loops short
+    _CONV_CONFIGS = [_cfg(32, 128, 128, 1, 4)]
+else:
+    _CONV_CONFIGS = [
+        _cfg(128, 128, 64, 4, 8),
+        _cfg(128, 256, 64, 3, 8),
+        _cfg(256, 128, 64, 3, 8),
+        _cfg(128, 128, 32, 4, 4),
+        _cfg(128, 64, 64, 4, 4),
+        _cfg(64, 128, 64, 4, 4),
+        _cfg(64, 64, 64, 4, 4),
+        _cfg(64, 32, 64, 5, 2),
+    ]
+
+_AUTOTUNE_KW = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+
+
+def _prune(configs, named_args, **kwargs):
+    # tiles much larger than the problem only waste compile time
+    m_cap = max(32, triton.next_power_of_2(named_args["M_BUCKET"]))
+    n_cap = max(32, triton.next_power_of_2(named_args["N"]))
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= m_cap and c.kwargs["BLOCK_N"] <= n_cap]
+    return kept or configs[-1:]
+
+
+def _m_bucket(m: int) -> int:
+    return max(16, triton.next_power_of_2(m))
+
+
+# --- epilogue helpers ---------------------------------------------------------------------------------
+
+
+@triton.jit
+def _apply_act(x, ACT: tl.constexpr):
+    # x is fp32
+    if ACT == "relu":
+        x = tl.maximum(x, 0.0)
+    elif ACT == "relu6":
+        x = tl.minimum(tl.maximum(x, 0.0), 6.0)
+    elif ACT == "silu":
+        x = x * tl.sigmoid(x)
+    elif ACT == "hardswish":
+        x = x * (tl.minimum(tl.maximum(x + 3.0, 0.0), 6.0) / 6.0)
+    return x
+
+
+@triton.jit
+def _epilogue(
+    acc, img, oh, ow, m_mask, offs_n, N,
+    b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, eps, r_ptr, out_ptr,
+    s_rn, s_rc, s_rh, s_rw, s_on, s_oc, s_oh, s_ow,
+    HAS_BIAS: tl.constexpr, HAS_BN: tl.constexpr, HAS_RES: tl.constexpr,
+    ACT: tl.constexpr, ACT2: tl.constexpr, RTNE_BF16: tl.constexpr,
+):
+    # acc: fp32 [BLOCK_M, BLOCK_N] tile of the conv output; rows are (img, oh, ow), columns output channels
+    n_mask = offs_n < N
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    if HAS_BN:
+        mean = tl.load(mean_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        var = tl.load(var_ptr + offs_n, mask=n_mask, other=1.0).to(tl.float32)
+        gamma = tl.load(gamma_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        beta = tl.load(beta_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        scale = gamma / tl.sqrt(var + eps)
+        acc = (acc - mean[None, :]) * scale[None, :] + beta[None, :]
+    acc = _apply_act(acc, ACT)
+    mask = m_mask[:, None] & n_mask[None, :]
+    if HAS_RES:
+        r_rows = img * s_rn + oh * s_rh + ow * s_rw
+        r = tl.load(r_ptr + r_rows[:, None] + offs_n[None, :] * s_rc, mask=mask, other=0.0)
+        acc = _apply_act(acc + r.to(tl.float32), ACT2)
+    o_rows = img * s_on + oh * s_oh + ow * s_ow
+    tl.store(out_ptr + o_rows[:, None] + offs_n[None, :] * s_oc,
+             cast_out(acc, out_ptr.dtype.element_ty, RTNE_BF16), mask=mask)
+
+
+@triton.jit
+def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    # grouped ordering: programs that run together share rows of x in L2
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+    return pid_m, pid_n
+
+
+# --- kernels ------------------------------------------------------------------------------------------
+
+
+@triton.autotune(configs=_CONV_CONFIGS, key=["M_BUCKET", "N", "C", "KH", "KW", "stride_h", "FLAT_K"],
+                 prune_configs_by={"early_config_prune": _prune}, **_AUTOTUNE_KW)
+@triton.heuristics({"EVEN_C": lambda a: a["C"] % a["BLOCK_K"] == 0})
+@triton.jit
+def _conv_bn_kernel(
+    x_ptr, w_ptr, b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, r_ptr, out_ptr,
+    M, N, C, H, W, OH, OW, KH, KW, M_BUCKET,
+    stride_h, stride_w, pad_h, pad_w, eps,
+    s_xn, s_xc, s_xh, s_xw, s_wn, s_wc, s_wh, s_ww,
+    s_rn, s_rc, s_rh, s_rw, s_on, s_oc, s_oh, s_ow,
+    HAS_BIAS: tl.constexpr, HAS_BN: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, ACT2: tl.constexpr,
+    FLAT_K: tl.constexpr, NO_BOUNDS: tl.constexpr,
+    PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr, RTNE_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    EVEN_C: tl.constexpr,
+):
+    # x: [B, C, H, W] (any strides, NHWC fastest), w: [N, C, KH, KW], out: [B, N, OH, OW]
+    # GEMM rows m = (img, oh, ow), columns = output channels, reduction k = (kh, kw, c)
+    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_mask = offs_m < M
+    # clamp the ragged edge so every load stays in bounds; the store is masked
+    offs_mc = tl.where(m_mask, offs_m, 0)
+    offs_nc = tl.where(offs_n < N, offs_n, 0)
+    img = offs_mc // (OH * OW)
+    rem = offs_mc % (OH * OW)
+    oh = rem // OW
+    ow = rem % OW
+    ih0 = oh * stride_h - pad_h
+    iw0 = ow * stride_w - pad_w
+    x_rows = img * s_xn
+    w_cols = offs_nc * s_wn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if FLAT_K:
+        # few input channels (a stem conv): gather k = (kh, kw, c) as one flat dimension
+        K_TOTAL = C * KH * KW
+        for k0 in range(0, K_TOTAL, BLOCK_K):
+            kk = k0 + offs_k
+            c = kk % C
+            r = kk // C
+            kw = r % KW
+            kh = r // KW
+            ih = ih0[:, None] + kh[None, :]
+            iw = iw0[:, None] + kw[None, :]
+            k_ok = kk < K_TOTAL
+            a_mask = k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a = tl.load(x_ptr + x_rows[:, None] + ih * s_xh + iw * s_xw + c[None, :] * s_xc, mask=a_mask, other=0.0)
+            w_off = c * s_wc + kh * s_wh + kw * s_ww
+            b = tl.load(w_ptr + w_cols[None, :] + w_off[:, None], mask=k_ok[:, None], other=0.0)
+            if DOT_UPCAST:
+                a, b = a.to(tl.float32), b.to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    else:
+        # one flat loop over (kh, kw, channel block) so the compiler pipelines it
+        c_blocks = tl.cdiv(C, BLOCK_K)
+        for it in range(0, KH * KW * c_blocks):
+            r = it // c_blocks
+            c0 = (it - r * c_blocks) * BLOCK_K
+            kh = r // KW
+            kw = r - kh * KW
+            ih = ih0 + kh
+            iw = iw0 + kw
+            offs_c = c0 + offs_k
+            a_ptrs = x_ptr + (x_rows + ih * s_xh + iw * s_xw)[:, None] + offs_c[None, :] * s_xc
+            b_ptrs = w_ptr + w_cols[None, :] + (offs_c * s_wc)[:, None] + (kh * s_wh + kw * s_ww)
+            if NO_BOUNDS:
+                # a 1x1 conv without padding: every input pixel exists, this is a plain GEMM
+                if EVEN_C:
+                    a = tl.load(a_ptrs)
+                    b = tl.load(b_ptrs)
+                else:
+                    a = tl.load(a_ptrs, mask=offs_c[None, :] < C, other=0.0)
+                    b = tl.load(b_ptrs, mask=offs_c[:, None] < C, other=0.0)
+            else:
+                row_ok = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                if EVEN_C:
+                    a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+                    b = tl.load(b_ptrs)
+                else:
+                    a = tl.load(a_ptrs, mask=row_ok[:, None] & (offs_c[None, :] < C), other=0.0)
+                    b = tl.load(b_ptrs, mask=offs_c[:, None] < C, other=0.0)
+            if DOT_UPCAST:
+                a, b = a.to(tl.float32), b.to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    _epilogue(
+        acc, img, oh, ow, m_mask, offs_n, N,
+        b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, eps, r_ptr, out_ptr,
+        s_rn, s_rc, s_rh, s_rw, s_on, s_oc, s_oh, s_ow,
+        HAS_BIAS, HAS_BN, HAS_RES, ACT, ACT2, RTNE_BF16,
+    )
+
+
+@triton.jit
+def _bn_act_kernel(
+    y_ptr, b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, r_ptr, out_ptr,
+    M, N, OH, OW, eps,
+    s_yn, s_yc, s_yh, s_yw, s_rn, s_rc, s_rh, s_rw, s_on, s_oc, s_oh, s_ow,
+    HAS_BIAS: tl.constexpr, HAS_BN: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, ACT2: tl.constexpr,
+    RTNE_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # the epilogue alone, over a conv output y computed by cuDNN
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    offs_mc = tl.where(m_mask, offs_m, 0)
+    img = offs_mc // (OH * OW)
+    rem = offs_mc % (OH * OW)
+    oh = rem // OW
+    ow = rem % OW
+    y_rows = img * s_yn + oh * s_yh + ow * s_yw
+    y = tl.load(y_ptr + y_rows[:, None] + offs_n[None, :] * s_yc, mask=m_mask[:, None] & (offs_n[None, :] < N), other=0.0)
+    _epilogue(
+        y.to(tl.float32), img, oh, ow, m_mask, offs_n, N,
+        b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, eps, r_ptr, out_ptr,
+        s_rn, s_rc, s_rh, s_rw, s_on, s_oc, s_oh, s_ow,
+        HAS_BIAS, HAS_BN, HAS_RES, ACT, ACT2, RTNE_BF16,
+    )
+
+
+# --- launchers ----------------------------------------------------------------------------------------
+
+_INT32_MAX = 2**31 - 1
+
+
+def _span(t: torch.Tensor) -> int:
+    # the largest element offset the kernel computes into t (int32 address arithmetic)
+    return sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride()) if s > 0)
+
+
+def out_shape(x_shape, w_shape, stride: Sequence[int], padding: Sequence[int]) -> tuple:
+    n, _, h, w = x_shape
+    cout, _, kh, kw = w_shape
+    return (n, cout, (h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1)
+
+
+def unsupported(
+    x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], bn: Sequence[Optional[torch.Tensor]],
+    r: Optional[torch.Tensor], stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int] = (1, 1),
+    groups: int = 1, act: str = "none", act2: str = "none",
+) -> Optional[str]:
+    """Why the kernels cannot serve this conv, or None. ``bn`` is (mean, var, gamma, beta) or four Nones."""
+    for a in (act, act2):
+        if a not in ACTIVATIONS:
+            return f"activation {a!r} not supported (supported: {', '.join(ACTIVATIONS)})"
+    if x.dim() != 4 or w.dim() != 4:
+        return f"only 2-D convolutions (4-D tensors) are supported, got {x.dim()}-D input"
+    if groups != 1:
+        return f"grouped convolution (groups={groups}) left to cuDNN"
+    if tuple(dilation) != (1, 1):
+        return f"dilation {tuple(dilation)} not supported"
+    if len(stride) != 2 or len(padding) != 2 or min(stride) < 1 or min(padding) < 0:
+        return f"stride {tuple(stride)} / padding {tuple(padding)} not supported"
+    if tuple(w.shape[2:]) not in KERNEL_SIZES:
+        return f"kernel size {tuple(w.shape[2:])} not supported"
+    if x.dtype not in DTYPES:
+        return f"dtype {x.dtype} not supported"
+    if w.shape[1] != x.shape[1]:
+        return "input channels differ from the weight's"
+    shape = out_shape(x.shape, w.shape, stride, padding)
+    if min(shape) <= 0:
+        return "empty output"
+    tensors = [w, b, r, *bn]
+    for t in tensors:
+        if t is None:
+            continue
+        if t.device != x.device:
+            return "operands on different devices"
+        if not t.dtype.is_floating_point:
+            return f"non-float operand ({t.dtype})"
+    if w.dtype != x.dtype or (r is not None and r.dtype != x.dtype):
+        return f"mixed dtypes {x.dtype} / {w.dtype}" + (f" / {r.dtype}" if r is not None else "")
+    for t in (b, *bn):
+        if t is not None and (t.dim() != 1 or t.shape[0] != w.shape[0]):
+            return "per-channel parameters of the wrong shape"
+    if r is not None and tuple(r.shape) != shape:
+        return f"residual of shape {tuple(r.shape)} is broadcast to {shape}"
+    n_out = math.prod(shape)
+    if max(_span(x), _span(w), _span(r) if r is not None else 0, n_out) > _INT32_MAX:
+        return "tensor too large for int32 indexing"
+    return registry.device_unsupported(x.device)
+
+
+def _precision(dtype: torch.dtype) -> dict:
+    # follow PyTorch: an fp32 conv is TF32 under cuDNN unless the user turned it off
+    upcast = dot_upcast(dtype)
+    ieee = dtype == torch.float32 and (registry.interpret_mode() or not torch.backends.cudnn.allow_tf32)
+    return {"PRECISION": "ieee" if ieee or upcast else "tf32", "DOT_UPCAST": upcast, "RTNE_BF16": rtne_bf16(dtype)}
+
+
+def _empty_out(x, w, stride, padding, channels_last: bool) -> torch.Tensor:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(out_shape(x.shape, w.shape, stride, padding), device=x.device, dtype=x.dtype,
+                       memory_format=fmt)
+
+
+def _epilogue_args(x, b, mean, var, gamma, beta, r, out):
+    has_bn = mean is not None
+    dummy = out  # never read: its flag is off
+    ptrs = (b if b is not None else dummy, mean if has_bn else dummy, var if has_bn else dummy,
+            gamma if has_bn else dummy, beta if has_bn else dummy, r if r is not None else dummy, out)
+    r_strides = r.stride() if r is not None else (0, 0, 0, 0)
+    return ptrs, (*r_strides, *out.stride()), {"HAS_BIAS": b is not None, "HAS_BN": has_bn,
+                                                "HAS_RES": r is not None}
+
+
+def _conv_bn_fake(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, act2, channels_last):
+    return _empty_out(x, w, stride, padding, channels_last)
+
+
+@registry.kernel_op("tritonfuse::conv_bn", fake=_conv_bn_fake)
+def conv_bn(
+    x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], mean: Optional[torch.Tensor],
+    var: Optional[torch.Tensor], gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor],
+    r: Optional[torch.Tensor], stride: Sequence[int], padding: Sequence[int], eps: float, act: str, act2: str,
+    channels_last: bool,
+) -> torch.Tensor:
+    """``act2(act(batch_norm(conv2d(x, w, b))) + r)`` in one Triton implicit-GEMM kernel (BN in eval mode).
+
+    Args:
+        x: [B, C, H, W] activations, fp16, bf16 or fp32; channels_last is the fast layout, any strides work.
+        w: [Cout, C, KH, KW] weight, same dtype. b: [Cout] conv bias or None.
+        mean, var, gamma, beta: [Cout] running statistics and affine parameters of the BatchNorm, or all None
+            (a conv with bias and no BN).
+        r: residual of the output's shape, added after ``act``, or None (then ``act2`` must be ``none``).
+        stride, padding: per spatial dimension (dilation 1, groups 1). eps: the BatchNorm's eps.
+        act, act2: ``none``, ``relu``, ``relu6``, ``silu`` or ``hardswish``.
+        channels_last: the layout of the output (the layout cuDNN would give).
+
+    Example::
+
+        >>> x = torch.randn(2, 5, 9, 11).to(memory_format=torch.channels_last)
+        >>> w = torch.randn(7, 5, 3, 3)
+        >>> m, v, g, bt = torch.randn(7), torch.rand(7) + 0.5, torch.randn(7), torch.randn(7)
+        >>> y = torch.ops.tritonfuse.conv_bn(x, w, None, m, v, g, bt, None, [1, 1], [1, 1], 1e-5, "relu",
+        ...                                  "none", True)  # TRITON_INTERPRET=1 on a CPU
+    """
+    out = _empty_out(x, w, stride, padding, channels_last)
+    B, C, H, W = x.shape
+    N, _, KH, KW = w.shape
+    _, _, OH, OW = out.shape
+    M = B * OH * OW
+    if out.numel() == 0:
+        return out
+    ptrs, strides, flags = _epilogue_args(x, b, mean, var, gamma, beta, r, out)
+
+    def grid(meta):
+        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+
+    registry.launcher(_conv_bn_kernel)[grid](
+        x, w, *ptrs,
+        M, N, C, H, W, OH, OW, KH, KW, _m_bucket(M),
+        stride[0], stride[1], padding[0], padding[1], eps,
+        *x.stride(), *w.stride(), *strides,
+        ACT=act, ACT2=act2, FLAT_K=C < 32 and KH * KW > 1,
+        NO_BOUNDS=KH == 1 and KW == 1 and padding[0] == 0 and padding[1] == 0,
+        **flags, **_precision(x.dtype),
+    )
+    return out
+
+
+@registry.kernel_op("tritonfuse::conv_bn_cudnn", fake=_conv_bn_fake)
+def conv_bn_cudnn(
+    x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], mean: Optional[torch.Tensor],
+    var: Optional[torch.Tensor], gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor],
+    r: Optional[torch.Tensor], stride: Sequence[int], padding: Sequence[int], eps: float, act: str, act2: str,
+    channels_last: bool,
+) -> torch.Tensor:
+    """Same as ``tritonfuse::conv_bn``, computed as ``aten.convolution`` (cuDNN) plus one Triton epilogue
+    kernel; the path ``choose`` takes where cuDNN's GEMM is the faster one."""
+    y = torch.ops.aten.convolution(x, w, None, list(stride), list(padding), [1, 1], False, [0, 0], 1)
+    out = _empty_out(x, w, stride, padding, channels_last)
+    B, N, OH, OW = out.shape
+    M = B * OH * OW
+    if out.numel() == 0:
+        return out
+    ptrs, strides, flags = _epilogue_args(x, b, mean, var, gamma, beta, r, out)
+    block_n = min(128, max(16, triton.next_power_of_2(N)))
+    block_m = max(16, 4096 // block_n)
+    grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
+    registry.launcher(_bn_act_kernel)[grid](
+        y, *ptrs, M, N, OH, OW, eps, *y.stride(), *strides,
+        ACT=act, ACT2=act2, RTNE_BF16=rtne_bf16(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n, **flags,
+        num_warps=4,
+    )
+    return out
+
+
+# --- references ---------------------------------------------------------------------------------------
+
+
+def act_ref(y: torch.Tensor, act: str) -> torch.Tensor:
+    F = torch.nn.functional
+    if act == "none":
+        return y
+    if act == "relu":
+        return F.relu(y)
+    if act == "relu6":
+        return F.relu6(y)
+    if act == "silu":
+        return F.silu(y)
+    if act == "hardswish":
+        return F.hardswish(y)
+    raise ValueError(f"unknown activation {act!r}")
+
+
+def conv_bn_ref(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, act2="none",
+                upcast: bool = False) -> torch.Tensor:
+    """PyTorch's own ``act2(act(batch_norm(conv2d(x, w, b), eval)) + r)``; in fp64 on the CPU with ``upcast``."""
+    if upcast:
+        x, w, b, mean, var, gamma, beta, r = (t.double().cpu() if t is not None else None
+                                              for t in (x, w, b, mean, var, gamma, beta, r))
+    y = torch.nn.functional.conv2d(x, w, b, stride, padding)
+    if mean is not None:
+        y = torch.nn.functional.batch_norm(y, mean, var, gamma, beta, False, 0.0, eps)
+    y = act_ref(y, act)
+    if r is not None:
+        y = act_ref(y + r, act2)
+    return y
+
+
+def probe(device: str, dtype: torch.dtype, kernel: str, ksize: tuple, flat_k: bool, has_bias: bool,
+          has_bn: bool, has_res: bool, act: str, act2: str) -> Optional[str]:
+    """Compile and launch one variant on a small input once; None when it works, else the reason."""
+
+    def run():
+        g = torch.Generator(device="cpu").manual_seed(0)
+        c = 3 if flat_k else 40
+
+        def rnd(*s, pos=False):
+            t = torch.rand(*s, generator=g) + 0.5 if pos else torch.randn(*s, generator=g)
+            return t.to(device=device, dtype=dtype)
+
+        x = rnd(2, c, 9, 7).to(memory_format=torch.channels_last)
+        w = rnd(24, c, *ksize).to(memory_format=torch.channels_last)
+        b = rnd(24) if has_bias else None
+        bn = (rnd(24), rnd(24, pos=True), rnd(24), rnd(24)) if has_bn else (None,) * 4
+        pad = [ksize[0] // 2, ksize[1] // 2]
+        shape = out_shape(x.shape, w.shape, [1, 1], pad)
+        r = rnd(*shape).to(memory_format=torch.channels_last) if has_res else None
+        op = torch.ops.tritonfuse.conv_bn if kernel == "conv_bn" else torch.ops.tritonfuse.conv_bn_cudnn
+        y = op(x, w, b, *bn, r, [1, 1], pad, 1e-5, act, act2, True)
+        ref = conv_bn_ref(x, w, b, *bn, r, [1, 1], pad, 1e-5, act, act2, upcast=True)
+        err = (y.double().cpu() - ref).norm() / ref.norm().clamp_min(1e-12)
+        if not math.isfinite(err.item()) or err.item() > 5e-2:
+            raise RuntimeError(f"wrong result on the probe input (relative error {err.item():.3g})")
+
+    name = (f"{kernel}[{ksize[0]}x{ksize[1]},{'flat' if flat_k else 'nested'},{act},{act2},"
+            f"{'bias' if has_bias else ''}{'bn' if has_bn else ''}{'res' if has_res else ''},{dtype}]")
+    return registry.guarded_probe(f"{name}@{device}", run)
+
+
+# --- per-shape choice between the Triton kernel and cuDNN + epilogue ----------------------------------
+# Measured once per (GPU, versions, shapes, layout, epilogue) and kept in a JSON file, so the choice is
+# made at compile time without re-measuring in later processes.
+
+CHOICE = "auto"  # "auto" (measure), "triton" or "cudnn": tests force one path
+_choices: dict[str, dict] = {}
+_choice_lock = threading.Lock()
+
+
+def choice_path() -> pathlib.Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(base) / "tritonfuse" / "conv_choice.json"
+
+
+def _load_choices() -> dict:
+    try:
+        data = json.loads(choice_path().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_choice(key: str, rec: dict) -> None:
+    try:
+        path = choice_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = _load_choices()
+        data[key] = rec
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only home only costs re-measuring in the next process
+
+
+def _layout(t: Optional[torch.Tensor]) -> str:
+    if t is None:
+        return "-"
+    if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+        return "cl"
+    return "c" if t.is_contiguous() else "s"
+
+
+def choice_key(x, w, b, bn, r, stride, padding, act, act2, channels_last) -> str:
+    dev = torch.cuda.get_device_name(x.device) if x.device.type == "cuda" else x.device.type
+    return "|".join(map(str, (
+        dev, torch.__version__, triton.__version__, str(x.dtype).replace("torch.", ""),
+        "x".join(map(str, x.shape)), _layout(x), "x".join(map(str, w.shape)), _layout(w), _layout(r),
+        f"s{stride[0]}x{stride[1]}", f"p{padding[0]}x{padding[1]}", int(b is not None), int(bn[0] is not None),
+        act, act2, int(channels_last),
+    )))
+
+
+def _measure(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last) -> dict:
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    # pattern checks run under fake mode: time real tensors of the same shapes, strides and dtype
+    with unset_fake_temporarily(), torch.no_grad():
+        def real(t, pos=False):
+            if t is None:
+                return None
+            out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+            return out.uniform_(0.5, 1.5) if pos else out.normal_()
+
+        args = (real(x), real(w), real(b), real(bn[0]), real(bn[1], pos=True), real(bn[2]), real(bn[3]), real(r),
+                list(stride), list(padding), eps, act, act2, channels_last)
+        times = {}
+        for name, op in (("conv_bn", torch.ops.tritonfuse.conv_bn), ("conv_bn_cudnn", torch.ops.tritonfuse.conv_bn_cudnn)):
+            try:
+                op(*args)  # autotune outside the timing
+                times[name] = triton.testing.do_bench(lambda: op(*args), warmup=10, rep=40, return_mode="median")
+            except Exception as e:  # a kernel that fails here is simply not chosen
+                times[name] = float("inf")
+                times[name + "_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    best = "conv_bn" if times["conv_bn"] <= times["conv_bn_cudnn"] else "conv_bn_cudnn"
+    return {"kernel": best, "triton_ms": times["conv_bn"], "cudnn_ms": times["conv_bn_cudnn"]}
+
+
+def choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last) -> dict:
+    """Which op serves this conv: {"kernel": "conv_bn" or "conv_bn_cudnn", "triton_ms", "cudnn_ms"}.
+
+    On a GPU the two are timed once per shape and the result kept in ``choice_path()``; under the CPU
+    interpreter (no timing possible) the Triton kernel is used. ``CHOICE`` forces one path.
+    """
+    if CHOICE in ("triton", "cudnn"):
+        return {"kernel": "conv_bn" if CHOICE == "triton" else "conv_bn_cudnn", "forced": True}
+    if x.device.type != "cuda":
+        return {"kernel": "conv_bn"}
+    key = choice_key(x, w, b, bn, r, stride, padding, act, act2, channels_last)
+    with _choice_lock:
+        if key not in _choices:
+            rec = _load_choices().get(key)
+            if not rec or rec.get("kernel") not in ("conv_bn", "conv_bn_cudnn"):
+                rec = _measure(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last)
+                _save_choice(key, rec)
+            _choices[key] = rec
+        return _choices[key]

@@ -1,0 +1,266 @@
+"""Conv2d + BatchNorm (eval) + activation + residual patterns on the post-grad ATen graph.
+
+In eval mode Inductor decomposes ``batch_norm`` into ``(conv - mean) * rsqrt(var + eps) * gamma + beta`` with
+the parameters as graph inputs (with fp32 upcasts in half precision); these patterns are traced from plain
+PyTorch code in fp32 and fp16 the same way. Heads: conv -> BN, conv with bias -> BN, conv with bias (no BN);
+epilogues: ``act``, then optionally ``+ r`` (either operand order) and ``act2`` (ResNet's BasicBlock and
+Bottleneck end in ``relu(bn(conv(x)) + identity)``). Training-mode BN (batch statistics) is a different graph
+and is never matched.
+
+The stride and padding of the conv are wildcards in the pattern and read from the matched node, so the
+replacement is built per match (``register_graph_pattern`` + ``Match.replace_by_example``, as Inductor's own
+post-grad passes do) rather than with a fixed ``register_replacement`` function. Each site is served by
+``tritonfuse::conv_bn`` (Triton implicit GEMM) or ``tritonfuse::conv_bn_cudnn`` (cuDNN + one Triton
+epilogue), whichever measured faster for its shape (``kernels.conv_bn.choose``).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch._inductor.pattern_matcher import Match, PatternMatcherPass, gen_pattern, register_graph_pattern
+
+from tritonfuse import registry
+from tritonfuse.kernels import conv_bn as K
+from tritonfuse.patterns.common import trace_pattern
+
+FAMILY = "conv_bn"
+HEADS = ("bn", "bias_bn", "bias")  # conv -> BN, conv(bias) -> BN, conv(bias) alone
+_EPS = 1e-5  # only marks where eps sits in the traced pattern (scalar_workaround); the match's own is read
+aten = torch.ops.aten
+
+
+# --- search functions ----------------------------------------------------------------------------------
+
+
+def _conv(x, w, b=None):
+    return aten.convolution(x, w, b, [1, 1], [0, 0], [1, 1], False, [0, 0], 1)
+
+
+def _head(head: str):
+    if head == "bn":
+        def fn(x, w, mean, var, gamma, beta, eps):
+            return F.batch_norm(_conv(x, w), mean, var, gamma, beta, False, 0.1, eps)
+    elif head == "bias_bn":
+        def fn(x, w, b, mean, var, gamma, beta, eps):
+            return F.batch_norm(_conv(x, w, b), mean, var, gamma, beta, False, 0.1, eps)
+    else:
+        def fn(x, w, b):
+            return _conv(x, w, b)
+    return fn
+
+
+def _conv_bn_pattern(head: str, act: str, res: Optional[str], act2: str):
+    """``act2(act(head(...)) + r)``; ``res`` is None, "after" (``y + r``) or "before" (``r + y``)."""
+    h = _head(head)
+
+    if res is None:
+        def pattern(*args):
+            return K.act_ref(h(*args), act)
+    elif res == "after":
+        def pattern(*args):
+            *hargs, r = args
+            return K.act_ref(K.act_ref(h(*hargs), act) + r, act2)
+    else:
+        def pattern(*args):
+            *hargs, r = args
+            return K.act_ref(r + K.act_ref(h(*hargs), act), act2)
+    return pattern
+
+
+def _argnames(head: str, res: bool) -> list[str]:
+    names = {"bn": ["x", "w", "mean", "var", "gamma", "beta", "eps"],
+             "bias_bn": ["x", "w", "b", "mean", "var", "gamma", "beta", "eps"],
+             "bias": ["x", "w", "b"]}[head]
+    return names + (["r"] if res else [])
+
+
+def _named(fn, names):
+    # gen_pattern names the pattern's inputs after the search function's parameters
+    fn.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names])
+    return fn
+
+
+def _example_inputs(head: str, res: bool, dtype: torch.dtype) -> list[torch.Tensor]:
+    x, w = torch.empty(2, 4, 6, 6, dtype=dtype), torch.empty(8, 4, 1, 1, dtype=dtype)
+    p = [torch.empty(8, dtype=dtype) for _ in range(4)]
+    args = {"bn": [x, w, *p], "bias_bn": [x, w, p[0], *p], "bias": [x, w, p[0]]}[head]
+    return args + ([torch.empty(2, 8, 6, 6, dtype=dtype)] if res else [])
+
+
+def _variants():
+    """(head, act, res, act2) for every registered pattern.
+
+    Every head takes every activation; residual adds are registered for the epilogues real networks
+    use (each variant costs a trace at start-up): ``act2(y + r)`` and ``act(y) + r`` after a BN, and
+    ``relu(y + r)`` / ``y + r`` in both operand orders (torchvision's ResNet writes ``out += identity``,
+    its MobileNetV2 ``x + self.conv(x)``).
+    """
+    out = []
+    for head in HEADS:
+        for act2 in ("none", "relu"):
+            for res in ("after", "before"):
+                out.append((head, "none", res, act2))
+        if head == "bn":
+            for act in K.ACTIVATIONS[1:]:
+                out.append((head, act, "after", "none"))
+            for act2 in K.ACTIVATIONS[2:]:
+                out.append((head, "none", "after", act2))
+        for act in K.ACTIVATIONS:
+            if head == "bias" and act == "none":
+                continue  # a plain conv with bias: cuDNN's own
+            out.append((head, act, None, "none"))
+    return out
+
+
+# --- checks --------------------------------------------------------------------------------------------
+
+_ACT_CONSTANTS = {aten.clamp_min.default: 0, aten.clamp_max.default: 6, aten.div.Tensor: 6}
+
+
+def _val(node):
+    return node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+
+
+def _conv_node(match: Match) -> Optional[torch.fx.Node]:
+    for n in match.nodes:
+        if n.target == aten.convolution.default:
+            return n
+    return None
+
+
+def _constants_ok(match: Match) -> bool:
+    # ints and floats are wildcards in a traced pattern: check the activation's constants and the
+    # broadcasting of the BN parameters here, so clamp(x, -1, 1) is not taken for relu6
+    var = match.kwargs.get("var")
+    for n in match.nodes:
+        if n.op != "call_function":
+            continue
+        if n.target in _ACT_CONSTANTS and n.args[1] != _ACT_CONSTANTS[n.target]:
+            return False
+        if n.target == aten.unsqueeze.default and n.args[1] != -1:
+            return False
+        if n.target == aten.add.Tensor and not isinstance(n.args[1], torch.fx.Node):
+            a = n.args[0]
+            is_eps = a is var or (isinstance(a, torch.fx.Node) and a.target == torch.ops.prims.convert_element_type.default
+                                  and a.args[0] is var)
+            if not is_eps and n.args[1] != 3:
+                return False
+    return True
+
+
+def kernel_name(op: str, head: str, act: str, res: bool, act2: str) -> str:
+    return f"{op}[{head},{act}" + (f"+res,{act2}" if res else "") + "]"
+
+
+def _site(match: Match, head: str, act: str, res: bool, act2: str):
+    """(conv node, op args, chosen op, detail) or (conv node, reason, None, detail) or None (no site)."""
+    conv = _conv_node(match)
+    if conv is None:
+        return None
+    x, w = _val(conv.args[0]), _val(conv.args[1])
+    b = _val(conv.args[2]) if conv.args[2] is not None else None
+    out = _val(match.output_node())
+    r = _val(match.kwargs.get("r")) if res else None
+    if x is None or w is None or out is None or (res and not isinstance(r, torch.Tensor)):
+        return None
+    if not _constants_ok(match):
+        return None
+    stride, padding, dilation, transposed, out_pad, groups = conv.args[3:9]
+    bn = tuple(_val(match.kwargs.get(k)) for k in ("mean", "var", "gamma", "beta")) if "bn" in head else (None,) * 4
+    eps = float(match.kwargs.get("eps", 0.0))
+    detail = (f"x={'x'.join(map(str, x.shape))} w={'x'.join(map(str, w.shape))} s{tuple(stride)} p{tuple(padding)} "
+              f"{str(x.dtype).replace('torch.', '')}")
+    if transposed:
+        return conv, "transposed convolution", None, detail
+    reason = K.unsupported(x, w, b, bn, r, stride, padding, dilation, groups, act, act2)
+    if reason is None and any(p != 0 for p in out_pad):
+        reason = "output padding"
+    shape = K.out_shape(x.shape, w.shape, stride, padding) if reason is None else None
+    if reason is None and (tuple(out.shape) != shape or out.dtype != x.dtype):
+        reason = f"output {tuple(out.shape)} {out.dtype} differs from the conv's {shape} {x.dtype}"
+    channels_last = None
+    if reason is None:
+        # the replacement must give the layout Inductor expects of the replaced node
+        if out.stride() == torch.empty(shape, device="meta").stride():
+            channels_last = False
+        elif out.stride() == torch.empty(shape, device="meta", memory_format=torch.channels_last).stride():
+            channels_last = True
+        else:
+            reason = f"output strides {out.stride()} are neither contiguous nor channels_last"
+    if reason:
+        return conv, reason, None, detail
+    flat_k = x.shape[1] < 32 and w.shape[2] * w.shape[3] > 1
+    choice = K.choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last)
+    op = choice["kernel"]
+    reason = K.probe(str(x.device), x.dtype, op, tuple(w.shape[2:]), flat_k, b is not None, "bn" in head,
+                     res, act, act2)
+    if reason:
+        return conv, reason, None, detail
+    if "triton_ms" in choice:
+        detail += f" triton {choice['triton_ms']:.4f} ms / cudnn+epilogue {choice['cudnn_ms']:.4f} ms"
+    args = (b, bn, r, list(stride), list(padding), eps, act, act2, channels_last)
+    return conv, args, op, detail
+
+
+def _make_check(head: str, act: str, res: bool, act2: str):
+    def check(match: Match) -> bool:
+        site = _site(match, head, act, res, act2)
+        if site is None:
+            return False
+        conv, args, op, detail = site
+        if op is None:
+            registry.note_fallback(FAMILY, conv, kernel_name("conv_bn", head, act, res, act2), args, detail)
+            return False
+        registry.note_replaced(FAMILY, conv, kernel_name(op, head, act, res, act2), detail)
+        return True
+
+    return check
+
+
+def _make_handler(head: str, act: str, res: bool, act2: str):
+    def handler(match: Match, *args, **kwargs) -> None:
+        conv, (b, bn, r, stride, padding, eps, act_, act2_, channels_last), op, _ = _site(match, head, act, res, act2)
+        opfn = getattr(torch.ops.tritonfuse, op)
+        # only fx nodes go through the trace; the conv's settings are constants of the replacement
+        names = ["x", "w"] + (["b"] if b is not None else []) + (["mean", "var", "gamma", "beta"] if "bn" in head
+                                                                 else []) + (["r"] if res else [])
+        nodes = [conv.args[0], conv.args[1]] + ([conv.args[2]] if b is not None else []) + [
+            match.kwargs[n] for n in names[2 + (b is not None):]]
+
+        def replacement(*ts):
+            t = dict(zip(names, ts))
+            return opfn(t["x"], t["w"], t.get("b"), t.get("mean"), t.get("var"), t.get("gamma"), t.get("beta"),
+                        t.get("r"), stride, padding, eps, act_, act2_, channels_last)
+
+        match.replace_by_example(replacement, nodes)
+
+    return handler
+
+
+# --- registration --------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def pattern_pass() -> PatternMatcherPass:
+    """All conv_bn patterns in one pass, built once per process."""
+    pm = PatternMatcherPass(pass_name="tritonfuse_conv_bn")
+    seen = set()
+    for head, act, res, act2 in _variants():
+        names = _argnames(head, res is not None)
+        search = _named(_conv_bn_pattern(head, act, res, act2), names)
+        for dtype in (torch.float32, torch.float16):
+            pattern = gen_pattern(search, _example_inputs(head, res is not None, dtype), trace_pattern,
+                                  scalar_workaround={"eps": _EPS} if "bn" in head else None)
+            key = repr(pattern)
+            if key in seen:
+                continue  # no upcast in this variant: the fp32 trace serves every dtype
+            seen.add(key)
+            register_graph_pattern(pattern, extra_check=_make_check(head, act, res is not None, act2),
+                                   pass_dict=pm)(_make_handler(head, act, res is not None, act2))
+    return pm
