@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonfuse import registry
+from tritonfuse import config, registry
 from tritonfuse.kernels.common import cast_out, dot_upcast, rtne_bf16
 
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu")
@@ -35,26 +35,30 @@ if registry.interpret_mode():
     # the interpreter runs configs on the CPU: one small config keeps the test suite fast
     _GEMM_CONFIGS = [_cfg(32, 32, 32, 1, 4)]
     _GATED_CONFIGS = [_cfg(32, 32, 32, 1, 4)]
+elif not config.autotune_enabled():
+    # TRITONFUSE_AUTOTUNE=0 (the GPU test suite): one config each, compiles fast
+    _GEMM_CONFIGS = [_cfg(128, 128, 64, 3, 8)]
+    _GATED_CONFIGS = [_cfg(128, 128, 64, 3, 8)]
 else:
     _GEMM_CONFIGS = [
         _cfg(128, 256, 64, 3, 8),
+        _cfg(128, 256, 64, 4, 8),
         _cfg(256, 128, 64, 3, 8),
         _cfg(128, 128, 64, 4, 8),
         _cfg(128, 128, 64, 4, 4),
         _cfg(128, 64, 64, 4, 4),
         _cfg(64, 128, 64, 4, 4),
         _cfg(64, 64, 64, 4, 4),
-        _cfg(32, 64, 64, 5, 2),
     ]
     # two fp32 accumulators per tile: stay at or under 128x128 per program
     _GATED_CONFIGS = [
         _cfg(128, 128, 64, 3, 8),
         _cfg(128, 128, 64, 4, 8),
+        _cfg(128, 128, 32, 4, 8),
         _cfg(128, 64, 64, 4, 4),
         _cfg(64, 128, 64, 4, 4),
         _cfg(128, 256, 32, 3, 8),
         _cfg(64, 64, 64, 4, 4),
-        _cfg(32, 64, 64, 5, 2),
     ]
 
 _AUTOTUNE_KW = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
@@ -102,6 +106,7 @@ def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.co
 
 
 @triton.autotune(configs=_GEMM_CONFIGS, key=["M_BUCKET", "N", "K", "ACT", "HAS_BIAS"], **_AUTOTUNE_KW)
+@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 @triton.jit
 def _linear_act_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, pre_ptr,
@@ -109,22 +114,27 @@ def _linear_act_kernel(
     stride_xm, stride_xk, stride_wn, stride_wk, stride_om, stride_on,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STORE_PRE: tl.constexpr, PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr, RTNE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    EVEN_K: tl.constexpr,
 ):
     # x: [M, K], w: [N, K] (a Linear's weight), out: [M, N]
     pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    # clamp rows/cols so loads of the ragged edge stay in bounds; the store is masked
-    offs_am = tl.where(offs_m < M, offs_m, 0)
-    offs_bn = tl.where(offs_n < N, offs_n, 0)
+    # wrap rows/cols so loads of the ragged edge stay in bounds without masks; the store is masked
+    offs_am = offs_m % M
+    offs_bn = offs_n % N
     x_ptrs = x_ptr + offs_am[:, None] * stride_xm + offs_k[None, :] * stride_xk
     w_ptrs = w_ptr + offs_bn[None, :] * stride_wn + offs_k[:, None] * stride_wk
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(K, BLOCK_K)):
-        k_left = K - k * BLOCK_K
-        a = tl.load(x_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
-        b = tl.load(w_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+        if EVEN_K:
+            a = tl.load(x_ptrs)
+            b = tl.load(w_ptrs)
+        else:
+            k_left = K - k * BLOCK_K
+            a = tl.load(x_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
+            b = tl.load(w_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
         if DOT_UPCAST:
             a, b = a.to(tl.float32), b.to(tl.float32)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
@@ -143,6 +153,7 @@ def _linear_act_kernel(
 
 
 @triton.autotune(configs=_GATED_CONFIGS, key=["M_BUCKET", "N", "K", "ACT", "HAS_BIAS"], **_AUTOTUNE_KW)
+@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 @triton.jit
 def _gated_mlp_kernel(
     x_ptr, wg_ptr, wu_ptr, bg_ptr, bu_ptr, out_ptr,
@@ -150,24 +161,30 @@ def _gated_mlp_kernel(
     stride_xm, stride_xk, stride_wgn, stride_wgk, stride_wun, stride_wuk, stride_om, stride_on,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr, RTNE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    EVEN_K: tl.constexpr,
 ):
     # out = act(x @ wg.T + bg) * (x @ wu.T + bu); x: [M, K], wg, wu: [N, K]
     pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    offs_am = tl.where(offs_m < M, offs_m, 0)
-    offs_bn = tl.where(offs_n < N, offs_n, 0)
+    offs_am = offs_m % M
+    offs_bn = offs_n % N
     x_ptrs = x_ptr + offs_am[:, None] * stride_xm + offs_k[None, :] * stride_xk
     wg_ptrs = wg_ptr + offs_bn[None, :] * stride_wgn + offs_k[:, None] * stride_wgk
     wu_ptrs = wu_ptr + offs_bn[None, :] * stride_wun + offs_k[:, None] * stride_wuk
     acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(K, BLOCK_K)):
-        k_left = K - k * BLOCK_K
-        a = tl.load(x_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
-        bg = tl.load(wg_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
-        bu = tl.load(wu_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+        if EVEN_K:
+            a = tl.load(x_ptrs)
+            bg = tl.load(wg_ptrs)
+            bu = tl.load(wu_ptrs)
+        else:
+            k_left = K - k * BLOCK_K
+            a = tl.load(x_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
+            bg = tl.load(wg_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+            bu = tl.load(wu_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
         if DOT_UPCAST:
             a, bg, bu = a.to(tl.float32), bg.to(tl.float32), bu.to(tl.float32)
         acc_g = tl.dot(a, bg, acc_g, input_precision=PRECISION)

@@ -37,6 +37,9 @@ fallback_on_error: str = "1"
 # Triton kernel only competes with cuBLAS's own bias epilogue
 linear_plain: str = "0"
 
+# "1" (default): GEMM kernels autotune over a small config set per shape bucket; "0": one config each
+autotune: str = "1"
+
 _ENV = {
     "patterns": "TRITONFUSE_PATTERNS",
     "quant": "TRITONFUSE_QUANT",
@@ -45,6 +48,7 @@ _ENV = {
     "log": "TRITONFUSE_LOG",
     "fallback_on_error": "TRITONFUSE_FALLBACK_ON_ERROR",
     "linear_plain": "TRITONFUSE_LINEAR_PLAIN",
+    "autotune": "TRITONFUSE_AUTOTUNE",
 }
 
 
@@ -88,8 +92,9 @@ def validate() -> None:
         g["quant_min_sqnr"] = float(quant_min_sqnr)
     except (TypeError, ValueError):
         _fail("quant_min_sqnr", quant_min_sqnr, "a number of dB, e.g. 30")
-    if str(linear_plain) not in ("0", "1"):
-        _fail("linear_plain", linear_plain, "0, 1")
+    for name in ("linear_plain", "autotune"):
+        if str(g[name]) not in ("0", "1"):
+            _fail(name, g[name], "0, 1")
 
 
 def enabled_families() -> tuple[str, ...]:
@@ -104,6 +109,10 @@ def enabled_families() -> tuple[str, ...]:
 
 def fallback_enabled() -> bool:
     return str(fallback_on_error) != "0"
+
+
+def autotune_enabled() -> bool:
+    return str(autotune) != "0"
 
 
 def linear_plain_enabled() -> bool:
