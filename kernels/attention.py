@@ -13,7 +13,8 @@ Three kernels share one tile loop (online softmax, fp32 statistics and accumulat
 Semantics follow ``torch.nn.functional.scaled_dot_product_attention``: q [B, Hq, Sq, D], k/v [B, Hkv, Sk, D]
 with Hq a multiple of Hkv (GQA: K/V are indexed, never repeated), ``is_causal`` aligned top-left (query i
 sees keys j <= i, as SDPA's ``tril``), a boolean mask (True = attend) or an additive float mask broadcast
-to [B, Hq, Sq, Sk]. One difference: a row with every key masked gives zeros here, where SDPA gives NaN.
+to [B, Hq, Sq, Sk]. A row with every key masked (-inf or False) gives zeros here; SDPA's math path gives
+NaN there (its CPU flash kernel zeros). A finite mask such as HF's finfo.min gives eager's uniform average.
 """
 
 from __future__ import annotations

@@ -35,12 +35,14 @@ from torch._inductor.pattern_matcher import (
     MULTIPLE,
     Match,
     PatternMatcherPass,
+    gen_pattern,
     register_graph_pattern,
 )
 from torch.fx.operator_schemas import normalize_function
 
 from tritonfuse import registry
 from tritonfuse.kernels import attention as K
+from tritonfuse.patterns.common import trace_pattern
 
 FAMILY = "attention"
 aten = torch.ops.aten
@@ -102,6 +104,34 @@ def _handwritten_pattern(scale_op: str, mask_op: str, upcast: bool, downcast: bo
     p = CallFunction(aten.reshape.default, CallFunction(aten.expand.default, p, Ignored()), Ignored())
     out = CallFunction(aten.bmm.default, p, _flat("v_flat"))
     return CallFunction(aten.reshape.default, out, Ignored())
+
+
+def _scaled_softmax_search(scale_op: str, upcast: bool, downcast: bool, keep_nonfinite: bool):
+    """softmax(s * c) @ v after Inductor's joint-graph ``mul_softmax_pattern``/``div_softmax_pattern`` moved the
+    scale past the max subtraction (``keep_nonfinite``: the newer form that also keeps the plain expression
+    for rows with non-finite scores). Traced into a pattern by ``gen_pattern``."""
+
+    def search(q_flat, k_flat, v_flat, scale):
+        B, H, S, D = q_flat.shape
+        s = torch.bmm(q_flat.reshape(B * H, S, D), k_flat.reshape(B * H, D, S)).reshape(B, H, S, S)
+        scaled = s * scale if scale_op == "mul" else s / scale
+        inp = s
+        if upcast:
+            scaled, inp = scaled.float(), inp.float()
+        inp = inp * 1
+        shifted = inp - torch.amax(inp, dim=-1, keepdim=True)
+        x = shifted * (1 * scale) if scale_op == "mul" else shifted / (1 * scale)
+        if keep_nonfinite:
+            original = scaled - torch.amax(scaled, dim=-1, keepdim=True)
+            x = torch.where(torch.all(torch.isfinite(scaled), dim=[-1], keepdim=True), x, original)
+        e = torch.exp(x)
+        p = e / e.sum(dim=-1, keepdim=True)
+        if downcast:
+            p = p.half()
+        out = torch.bmm(p.expand(B, H, S, S).reshape(B * H, S, S), v_flat.reshape(B * H, S, D))
+        return out.reshape(B, H, S, D)
+
+    return search
 
 
 # --- graph helpers -------------------------------------------------------------------------------------
@@ -328,4 +358,13 @@ def pattern_pass() -> PatternMatcherPass:
                 for downcast in (False, True):
                     register_graph_pattern(_handwritten_pattern(scale_op, mask_op, upcast, downcast), pass_dict=pm)(
                         _make_handwritten_handler(scale_op, mask_op))
+    for scale_op in ("mul", "div"):
+        for upcast, downcast in ((False, False), (True, True), (False, True)):
+            dtype = torch.float16 if upcast or downcast else torch.float32
+            args = [torch.empty(2, 2, 8, 16, dtype=dtype), torch.empty(2, 2, 16, 8, dtype=dtype),
+                    torch.empty(2, 2, 8, 16, dtype=dtype)]
+            for keep_nonfinite in (True, False):
+                search = _scaled_softmax_search(scale_op, upcast, downcast, keep_nonfinite)
+                pattern = gen_pattern(search, args, trace_pattern, scalar_workaround={"scale": 0.1234})
+                register_graph_pattern(pattern, pass_dict=pm)(_make_handwritten_handler(scale_op, "none"))
     return pm

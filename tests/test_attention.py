@@ -1,0 +1,324 @@
+"""Attention family: flash-attention kernels vs an fp64 reference, and the patterns on real model graphs."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tritonfuse
+from tritonfuse import config
+from tritonfuse.kernels import attention as K
+from tests.utils import assert_close_to_ref, fresh
+
+HAS_CUDA = torch.cuda.is_available()
+FP = [(torch.float16, 1e-3), (torch.bfloat16, 1e-2)]
+
+
+def _qkv(B, Hq, Hkv, Sq, Sk, D, dtype, device, transposed=False, seed=0):
+    if transposed:
+        # as models produce them: [B, S, H, D] projections viewed as [B, H, S, D]
+        q = fresh(B, Sq, Hq, D, dtype=dtype, device=device, seed=seed).transpose(1, 2)
+        k = fresh(B, Sk, Hkv, D, dtype=dtype, device=device, seed=seed + 1).transpose(1, 2)
+        v = fresh(B, Sk, Hkv, D, dtype=dtype, device=device, seed=seed + 2).transpose(1, 2)
+    else:
+        q = fresh(B, Hq, Sq, D, dtype=dtype, device=device, seed=seed)
+        k = fresh(B, Hkv, Sk, D, dtype=dtype, device=device, seed=seed + 1)
+        v = fresh(B, Hkv, Sk, D, dtype=dtype, device=device, seed=seed + 2)
+    return q, k, v
+
+
+def _sdpa(q, k, v, mask, scale, is_causal):
+    # PyTorch's own same-dtype attention (GQA through enable_gqa); fully masked rows NaN -> 0 as ours
+    if mask is not None and is_causal:  # SDPA takes one or the other: fold the causal mask in
+        keep = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        mask = mask & keep if mask.dtype == torch.bool else mask.masked_fill(~keep, float("-inf"))
+        is_causal = False
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, is_causal=is_causal,
+                                         enable_gqa=q.shape[1] != k.shape[1])
+    return out.nan_to_num(0.0)
+
+
+def _mask(kind, B, Hq, Sq, Sk, dtype, device):
+    g = torch.Generator().manual_seed(7)
+    if kind == "none":
+        return None
+    if kind == "bool_keypad":  # (B, 1, 1, Sk) key padding, as HF BERT builds it
+        m = torch.ones(B, 1, 1, Sk, dtype=torch.bool)
+        m[-1, ..., Sk // 2:] = False
+        return m.to(device)
+    if kind == "bool_full":  # (B, 1, Sq, Sk)
+        return (torch.rand(B, 1, Sq, Sk, generator=g) > 0.3).to(device)
+    if kind == "float_full":
+        return torch.randn(B, 1, Sq, Sk, generator=g).to(device=device, dtype=dtype)
+    if kind == "float_min_keypad":  # finfo.min padding, as HF's eager masks
+        m = torch.zeros(B, 1, 1, Sk)
+        m[-1, ..., Sk // 3:] = torch.finfo(torch.float32).min
+        return m.to(device)
+    raise ValueError(kind)
+
+
+# --- kernels -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype,atol", FP)
+@pytest.mark.parametrize(
+    "B,Hq,Hkv,Sq,Sk,D,causal,mask_kind,transposed",
+    [
+        (2, 3, 3, 37, 37, 80, False, "none", True),
+        (1, 4, 2, 45, 37, 64, True, "none", False),  # GQA, Sq > Sk, causal top-left as SDPA
+        (2, 2, 2, 37, 53, 96, True, "bool_full", True),  # Sq < Sk
+        (2, 4, 1, 33, 33, 128, False, "bool_keypad", False),
+        (2, 2, 2, 29, 29, 32, False, "float_full", True),
+        (2, 2, 2, 21, 40, 256, False, "float_min_keypad", False),
+    ],
+)
+def test_attention_kernel(B, Hq, Hkv, Sq, Sk, D, causal, mask_kind, transposed, dtype, atol, device):
+    q, k, v = _qkv(B, Hq, Hkv, Sq, Sk, D, dtype, device, transposed)
+    mask = _mask(mask_kind, B, Hq, Sq, Sk, dtype, device)
+    scale = D ** -0.5
+    out = torch.ops.tritonfuse.attention(q, k, v, mask, scale, causal)
+    ref = K.attention_ref(q, k, v, mask, scale, causal, upcast=True)
+    assert_close_to_ref(out, ref, _sdpa(q, k, v, mask, scale, causal), atol=atol)
+
+
+@pytest.mark.parametrize("Sq,Hq,Hkv,mask_kind", [(1, 8, 2, "none"), (5, 4, 2, "bool_full"), (16, 2, 2, "float_full")])
+def test_attention_decode_kernel(Sq, Hq, Hkv, mask_kind, device):
+    # short queries against a long KV cache: split-K kernels
+    B, Sk, D, dtype = 2, K.DECODE_MIN_K + 45, 64, torch.float16
+    q, k, v = _qkv(B, Hq, Hkv, Sq, Sk, D, dtype, device, transposed=True)
+    assert K._use_decode(q, k, False)
+    mask = _mask(mask_kind, B, Hq, Sq, Sk, dtype, device)
+    out = torch.ops.tritonfuse.attention(q, k, v, mask, 0.125, False)
+    ref = K.attention_ref(q, k, v, mask, 0.125, False, upcast=True)
+    assert_close_to_ref(out, ref, _sdpa(q, k, v, mask, 0.125, False), atol=1e-3)
+
+
+@pytest.mark.parametrize("mask_kind", ["bool_keypad", "float_min_keypad"])
+def test_fully_masked_rows_are_zero(mask_kind, device):
+    # every key of batch 1 masked: bool -> zeros (never NaN); finfo.min -> the mean of V, as eager gives
+    q, k, v = _qkv(2, 2, 2, 19, 19, 32, torch.float16, device)
+    mask = _mask(mask_kind, 2, 2, 19, 19, torch.float16, device)
+    mask[1] = False if mask.dtype == torch.bool else torch.finfo(torch.float32).min
+    out = torch.ops.tritonfuse.attention(q, k, v, mask, 0.2, False)
+    assert torch.isfinite(out).all()
+    if mask.dtype == torch.bool:
+        assert (out[1] == 0).all()
+    else:  # eager semantics: a uniform average of V
+        torch.testing.assert_close(out[1].float(), v[1].float().mean(1, keepdim=True).expand_as(out[1]),
+                                   atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("dtype,atol", FP)
+@pytest.mark.parametrize("B,Hq,Hkv,Sq,Sk,D,causal,mask_kind",
+                         [(2, 2, 2, 37, 37, 80, False, "bool_keypad"), (1, 4, 2, 45, 37, 64, True, "none"),
+                          (1, 2, 2, 23, 31, 32, False, "float_full")])
+def test_attention_backward(B, Hq, Hkv, Sq, Sk, D, causal, mask_kind, dtype, atol, device):
+    q, k, v = _qkv(B, Hq, Hkv, Sq, Sk, D, dtype, device, transposed=True)
+    mask = _mask(mask_kind, B, Hq, Sq, Sk, dtype, device)
+    dout = fresh(B, Hq, Sq, D, dtype=dtype, device=device, seed=11)
+    scale = D ** -0.5
+    out, lse = torch.ops.tritonfuse.attention_fwd(q, k, v, mask, scale, causal)
+    grads = torch.ops.tritonfuse.attention_bwd(dout, q, k, v, out, lse, mask, scale, causal)
+
+    def autograd(fn, dt, *xs):
+        xs = [x.detach().to(dt).requires_grad_() for x in xs]
+        fn(*xs).backward(dout.to(dt))
+        return [x.grad for x in xs]
+
+    m64 = None if mask is None or mask.dtype == torch.bool else mask.double()
+    ref = autograd(lambda a, b, c: K.attention_ref(a, b, c, mask if m64 is None else m64, scale, causal),
+                   torch.float64, q.cpu(), k.cpu(), v.cpu())
+    eager = autograd(lambda a, b, c: _sdpa(a, b, c, mask, scale, causal), dtype, q, k, v)
+    for name, g, r, e in zip(("dq", "dk", "dv"), grads, ref, eager):
+        assert_close_to_ref(g, r, e, atol=atol, what=name)
+
+
+def test_unsupported_operands():
+    q = torch.empty(1, 2, 8, 8, dtype=torch.float16)
+    assert "head dim 8" in K.unsupported(q, q, q, None)
+    q = torch.empty(1, 3, 8, 64, dtype=torch.float16)
+    k = torch.empty(1, 2, 8, 64, dtype=torch.float16)
+    assert "multiple" in K.unsupported(q, k, k, None)
+    assert "mask" in K.unsupported(q, q, q, torch.zeros(2, 3, 8, 8, dtype=torch.float16))
+    assert "mixed dtypes" in K.unsupported(q, q.float(), q, None)
+
+
+# --- patterns ----------------------------------------------------------------------------------------
+
+
+def _compile_check(fn, *args, expect, atol=2e-3, **kwargs):
+    with torch.no_grad():
+        ref = fn(*args, **kwargs)
+        with config.patch(patterns="attention"):
+            out = torch.compile(fn, backend="tritonfuse")(*args, **kwargs)
+    assert tritonfuse.counters()["attention"] == expect, tritonfuse.sites()
+    return out, ref
+
+
+def _counts(m, r, f):
+    return {"matched": m, "replaced": r, "fallback": f}
+
+
+SDPA_FORMS = {
+    "plain": lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v),
+    "causal": lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+    "bool_mask": lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m),
+    "float_mask": lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=torch.where(m, 0.0, -1e4)),
+    "gqa_scale": lambda q, k, v, m: F.scaled_dot_product_attention(q, k[:, :1], v[:, :1], scale=0.3, enable_gqa=True),
+}
+
+
+@pytest.mark.parametrize("form", list(SDPA_FORMS))
+def test_sdpa_forms(form, device):
+    q, k, v = _qkv(2, 2, 2, 37, 37, 80, torch.float16, device, transposed=True)
+    m = _mask("bool_keypad", 2, 2, 37, 37, torch.float16, device)
+    out, eager = _compile_check(SDPA_FORMS[form], q, k, v, m, expect=_counts(1, 1, 0))
+    ref = SDPA_FORMS[form](*(x.double() for x in (q, k, v)), m)
+    assert_close_to_ref(out, ref, eager, atol=1e-3)
+
+
+HANDWRITTEN = {
+    "div_sqrt_d": lambda q, k, v, m: torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), -1) @ v,
+    "masked_fill": lambda q, k, v, m: torch.softmax(
+        (q @ k.transpose(-2, -1) * 0.1).masked_fill(~m, float("-inf")), -1) @ v,
+    "additive_fp32_softmax": lambda q, k, v, m: torch.softmax(
+        q @ k.transpose(-2, -1) * 0.1 + torch.where(m, 0.0, -65504.0).to(q.dtype), -1,
+        dtype=torch.float32).to(q.dtype) @ v,
+    "mask_plus_scores": lambda q, k, v, m: torch.softmax(
+        torch.where(m, 0.0, -1e4).to(q.dtype) + q @ k.transpose(-2, -1), -1) @ v,
+}
+
+
+@pytest.mark.parametrize("form", list(HANDWRITTEN))
+def test_handwritten_forms(form, device):
+    q, k, v = _qkv(2, 2, 2, 21, 21, 32, torch.float16, device, transposed=True)
+    m = _mask("bool_keypad", 2, 2, 21, 21, torch.float16, device)
+    drop = torch.nn.Dropout(0.1).eval()  # a no-op in eval mode, as in models
+    out, eager = _compile_check(lambda *a: drop(HANDWRITTEN[form](*a)), q, k, v, m, expect=_counts(1, 1, 0))
+    ref = HANDWRITTEN[form](*(x.double() for x in (q, k, v)), m)
+    assert_close_to_ref(out, ref, eager, atol=1e-3)
+
+
+def test_reused_probabilities_not_rewritten(device):
+    # the probabilities are returned too: nothing may be rewritten
+    def f(q, k, v):
+        p = torch.softmax(q @ k.transpose(-2, -1) * 0.125, -1)
+        return p @ v, p
+
+    q, k, v = _qkv(1, 2, 2, 17, 17, 32, torch.float16, device)
+    (out, p), (ref, pref) = _compile_check(f, q, k, v, expect=_counts(0, 0, 0))
+    torch.testing.assert_close(p, pref, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(out, ref, atol=2e-3, rtol=2e-3)
+
+
+def test_unsupported_head_dim_falls_back(device):
+    q, k, v = _qkv(1, 2, 2, 17, 17, 8, torch.float16, device)
+    out, ref = _compile_check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v), q, k, v,
+                              expect=_counts(1, 0, 1))
+    assert "head dim 8" in tritonfuse.sites()[0].reason
+    torch.testing.assert_close(out, ref, atol=1e-3, rtol=1e-3)
+
+
+def test_training_graph_left_to_inductor(device):
+    # the SDPA forward's log-sum-exp feeds its backward: the site is counted and left to Inductor
+    q, k, v = (x.requires_grad_() for x in _qkv(1, 2, 2, 17, 17, 32, torch.float32, device))
+    with config.patch(patterns="attention"):
+        out = torch.compile(lambda q, k, v: F.scaled_dot_product_attention(q, k, v), backend="tritonfuse")(q, k, v)
+    out.sum().backward()
+    assert tritonfuse.counters()["attention"] == _counts(1, 0, 1)
+    assert "training" in tritonfuse.sites()[0].reason
+    assert torch.isfinite(q.grad).all()
+
+
+# --- real models (tiny configs) ----------------------------------------------------------------------
+
+
+def _bert(impl, dtype, device, layers=2):
+    from transformers import BertConfig, BertModel
+
+    cfg = BertConfig(hidden_size=64, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=128,
+                     vocab_size=100, attn_implementation=impl)
+    torch.manual_seed(0)
+    return BertModel(cfg).eval().to(device=device, dtype=dtype)
+
+
+def _llama(impl, dtype, device):
+    from transformers import LlamaConfig, LlamaModel
+
+    cfg = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=128, vocab_size=100, attn_implementation=impl)
+    torch.manual_seed(0)
+    return LlamaModel(cfg).eval().to(device=device, dtype=dtype)
+
+
+def _ids_and_padding(device, B=2, S=13):
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 100, (B, S), generator=g).to(device)
+    mask = torch.ones(B, S, dtype=torch.long, device=device)
+    mask[1, 9:] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_bert_padding_mask(impl, device):
+    model = _bert(impl, torch.float16, device)
+    ids, mask = _ids_and_padding(device)
+    out, ref = _compile_check(model, input_ids=ids, attention_mask=mask, expect=_counts(2, 2, 0))
+    torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_llama_gqa_causal(impl, device):
+    model = _llama(impl, torch.float16, device)
+    ids, _ = _ids_and_padding(device)
+    out, ref = _compile_check(model, input_ids=ids, expect=_counts(2, 2, 0))
+    torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, atol=1e-2, rtol=1e-2)
+    # GQA served without repeating K/V: the sites see 2 KV heads for 4 query heads
+    assert all("Hq=4 Hkv=2" in s.detail for s in tritonfuse.sites())
+
+
+def test_vit_multihead_attention(device):
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=64,
+                              mlp_dim=64).eval().to(device=device, dtype=torch.float16)
+    x = fresh(2, 3, 32, 32, dtype=torch.float16, device=device)
+    out, ref = _compile_check(model, x, expect=_counts(2, 2, 0))
+    torch.testing.assert_close(out, ref, atol=1e-2, rtol=1e-2)
+
+
+def test_bert_output_attentions_not_rewritten(device):
+    model = _bert("eager", torch.float16, device)
+    ids, mask = _ids_and_padding(device)
+    out, ref = _compile_check(model, input_ids=ids, attention_mask=mask, output_attentions=True,
+                              expect=_counts(0, 0, 0))
+    for a, r in zip(out.attentions, ref.attentions):
+        torch.testing.assert_close(a, r, atol=1e-3, rtol=1e-3)
+
+
+# --- GPU: the CUDA graphs hold other SDPA nodes (flash / efficient / cudnn) --------------------------
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_cuda_bert_and_llama_counts(impl):
+    ids, mask = _ids_and_padding("cuda", B=4, S=77)
+    model = _bert(impl, torch.float16, "cuda")
+    out, ref = _compile_check(model, input_ids=ids, attention_mask=mask, expect=_counts(2, 2, 0))
+    torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, atol=1e-2, rtol=1e-2)
+    tritonfuse.reset()
+    torch._dynamo.reset()
+    model = _llama(impl, torch.float16, "cuda")
+    out, ref = _compile_check(model, input_ids=ids, expect=_counts(2, 2, 0))
+    torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("form", list(SDPA_FORMS))
+def test_cuda_sdpa_forms(form):
+    q, k, v = _qkv(2, 4, 4, 300, 300, 128, torch.float16, "cuda", transposed=True)
+    m = _mask("bool_keypad", 2, 4, 300, 300, torch.float16, "cuda")
+    out, ref = _compile_check(SDPA_FORMS[form], q, k, v, m, expect=_counts(1, 1, 0))
+    torch.testing.assert_close(out, ref, atol=2e-3, rtol=2e-3)
