@@ -443,7 +443,7 @@ def norm_residual_ref(x, residual, weight, bias, eps, kind, cast_before_weight=F
 
 
 def probe(device: str, dtype: torch.dtype, kind: str, n: int, has_res: bool, has_w: bool, has_b: bool,
-          write_sum: bool, cast_before_weight: bool) -> Optional[str]:
+          write_sum: bool, cast_before_weight: bool, stats: bool = False) -> Optional[str]:
     """Compile and launch one variant on a small input once; None when it works, else the reason."""
     cfg = _settings(n, torch.empty((), dtype=dtype).element_size())
 
@@ -454,7 +454,7 @@ def probe(device: str, dtype: torch.dtype, kind: str, n: int, has_res: bool, has
         x, r = mk(3, pn), (mk(3, pn) if has_res else None)
         w, b = (mk(pn) if has_w else None), (mk(pn) if has_b else None)
         y, h, *_ = torch.ops.tritonfuse.norm_residual(x, r, w, b, 1e-5, kind, write_sum, cast_before_weight,
-                                                       False, False)
+                                                       stats, False)
         ref, href = norm_residual_ref(x, r, w, b, 1e-5, kind, cast_before_weight, upcast=True)
         err = (y.double().cpu() - ref).norm() / ref.norm().clamp_min(1e-12)
         if write_sum:
@@ -462,6 +462,7 @@ def probe(device: str, dtype: torch.dtype, kind: str, n: int, has_res: bool, has
         if not math.isfinite(err.item()) or err.item() > 5e-2:
             raise RuntimeError(f"wrong result on the probe input (relative error {err.item():.3g})")
 
-    flags = "".join(c if f else "-" for c, f in zip("rwbsc", (has_res, has_w, has_b, write_sum, cast_before_weight)))
+    flags = "".join(c if f else "-" for c, f in zip("rwbsct", (has_res, has_w, has_b, write_sum,
+                                                                 cast_before_weight, stats)))
     key = f"norm_residual[{kind},{flags},{'single' if cfg['SINGLE'] else 'loop'},{dtype}]@{device}"
     return registry.guarded_probe(key, run)

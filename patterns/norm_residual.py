@@ -39,18 +39,31 @@ aten = torch.ops.aten
 STYLES = ("ln", "hf", "fn", "hand")
 
 
-def _norm(h, w, b, eps, style):
-    if style == "ln":
+def _norm(h, w, b, eps, style, stats=False):
+    """The norm as ``style`` writes it; with ``stats`` also its (mean, rstd) or (rstd,) as a training
+    forward saves them for the backward."""
+    if style == "ln" and not stats:
         return F.layer_norm(h, (h.shape[-1],), w, b, eps)
     if style == "fn":
         return F.rms_norm(h, (h.shape[-1],), w, eps)
     dtype = h.dtype
     hf = h.to(torch.float32)
-    y = hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)
+    if style == "ln":
+        # what Inductor's decomposition of native_layer_norm leaves, with its mean and rstd exposed
+        var, mean = torch.var_mean(hf, [hf.dim() - 1], correction=0, keepdim=True)  # positive, as decomposed
+        rstd = torch.rsqrt(var + eps)
+        y = (hf - mean) * rstd
+        y = y * w if w is not None else y
+        y = y + b if b is not None else y
+        return y.to(dtype), mean, rstd
+    rstd = torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)
+    y = hf * rstd
     if style == "hf":
         y = y.to(dtype)
-        return w * y if w is not None else y
-    return (y * w).to(dtype) if w is not None else y.to(dtype)
+        y = w * y if w is not None else y
+    else:
+        y = (y * w).to(dtype) if w is not None else y.to(dtype)
+    return (y, rstd) if stats else y
 
 
 def _kind(style):
@@ -59,27 +72,33 @@ def _kind(style):
 
 # --- search and replacement functions ------------------------------------------------------------------
 # ``affine`` is "wb" (weight and bias), "w" (weight) or "" (none); ``res`` is "" (no residual), "add" (the
-# sum is used by the norm only) or "sum" (the sum is an output too).
+# sum is used by the norm only) or "sum" (the sum is an output too). With ``stats`` the pattern also
+# returns the statistics a training forward saves for Inductor's backward: the kernel writes them.
 
 
-def _norm_pattern(style, affine, res):
+def _norm_pattern(style, affine, res, stats=False):
     def body(x, r, w, b, eps):
         h = x + r if res else x
-        y = _norm(h, w if "w" in affine else None, b if "b" in affine else None, eps, style)
-        return (y, h) if res == "sum" else y
+        out = _norm(h, w if "w" in affine else None, b if "b" in affine else None, eps, style, stats)
+        y, saved = (out[0], out[1:]) if stats else (out, ())
+        return (y, h, *saved) if res == "sum" else ((y, *saved) if stats else y)
 
     return _with_args(body, affine, res)
 
 
-def _norm_replacement(style, affine, res):
+def _norm_replacement(style, affine, res, stats=False):
     kind = _kind(style)
     cast_before_weight = style == "hf"
 
     def body(x, r, w, b, eps):
-        y, h, *_ = torch.ops.tritonfuse.norm_residual(
+        y, h, mean, rstd, *_ = torch.ops.tritonfuse.norm_residual(
             x, r if res else None, w if "w" in affine else None, b if "b" in affine else None,
-            eps, kind, res == "sum", cast_before_weight, False, False)
-        return (y, h) if res == "sum" else y
+            eps, kind, res == "sum", cast_before_weight, stats, False)
+        saved = ()
+        if stats:
+            keep = (*y.shape[:-1], 1)
+            saved = (mean.reshape(keep), rstd.reshape(keep)) if kind == "layer" else (rstd.reshape(keep),)
+        return (y, h, *saved) if res == "sum" else ((y, *saved) if stats else y)
 
     return _with_args(body, affine, res)
 
@@ -135,18 +154,20 @@ def _describe(x, dtype) -> str:
     return f"M={m} N={x.shape[-1]} {str(dtype).replace('torch.', '')}"
 
 
-def _make_check(style: str, affine: str, res: str):
+def _make_check(style: str, affine: str, res: str, stats: bool = False):
     kind = _kind(style)
-    kernel = f"norm_residual[{kind}{'+' + res if res else ''}]"
+    kernel = f"norm_residual[{kind}{'+' + res if res else ''}{'+stats' if stats else ''}]"
 
     def check(match: Match) -> bool:
         red = _reduction_node(match)
+        # every tensor argument must be a tensor: ``y * w`` also matches ``y * 2``
+        names = ("x",) + (("r",) if res else ()) + (("w",) if "w" in affine else ()) + (("b",) if "b" in affine else ())
+        if any(not isinstance(arg_val(match, n), torch.Tensor) for n in names):
+            return False
+        if red is None or not _reduces_last_dim_only(red):
+            return False
         x = arg_val(match, "x")
-        if red is None or x is None or not _reduces_last_dim_only(red):
-            return False
         r = arg_val(match, "r") if res else None
-        if res and r is None:
-            return False
         if res:
             total = _sum_node(match)
             if total is None:
@@ -154,6 +175,10 @@ def _make_check(style: str, affine: str, res: str):
             outside = [u for u in total.users if u not in match.nodes]
             if (res == "sum") != bool(outside):
                 return False  # the other residual form serves this site
+        if stats:
+            saved = match.output_nodes()[-(2 if kind == "layer" else 1):]
+            if not any(u not in match.nodes for n in saved for u in n.users):
+                return False  # an inference graph: the variant without statistics serves it
         out = match.output_nodes()[0].meta.get("val")
         if out is None:
             return False
@@ -176,7 +201,7 @@ def _make_check(style: str, affine: str, res: str):
             reason = K.unsupported(x, r, w, b)
         if reason is None:
             reason = K.probe(str(x.device), x.dtype, kind, full[-1], bool(res), w is not None, b is not None,
-                             res == "sum", style == "hf")
+                             res == "sum", style == "hf", stats)
         if reason:
             registry.note_fallback(FAMILY, red, kernel, reason, detail)
             return False
@@ -213,12 +238,15 @@ def pattern_pass() -> PatternMatcherPass:
     # residual forms first: they share their anchor (the norm's output) with the plain norm, which would
     # otherwise take the site and leave the add behind
     for res in ("sum", "add", ""):
-        for dtype in (torch.float32, torch.float16):
-            for style in STYLES:
-                for affine in _AFFINE[style]:
-                    x = torch.empty(2, 4, 16, dtype=dtype)
-                    args = [x] + ([torch.empty(2, 4, 16, dtype=dtype)] if res else [])
-                    args += [torch.empty(16, dtype=dtype) for _ in affine]
-                    reg(_norm_pattern(style, affine, res), _norm_replacement(style, affine, res), args,
-                        extra_check=_make_check(style, affine, res))
+        for stats in (False, True):
+            for dtype in (torch.float32, torch.float16):
+                for style in STYLES:
+                    if stats and style == "fn":
+                        continue  # F.rms_norm's training forward stays Inductor's
+                    for affine in _AFFINE[style]:
+                        x = torch.empty(2, 4, 16, dtype=dtype)
+                        args = [x] + ([torch.empty(2, 4, 16, dtype=dtype)] if res else [])
+                        args += [torch.empty(16, dtype=dtype) for _ in affine]
+                        reg(_norm_pattern(style, affine, res, stats), _norm_replacement(style, affine, res, stats),
+                            args, extra_check=_make_check(style, affine, res, stats))
     return pm
