@@ -27,8 +27,13 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonfuse import registry
+from tritonfuse import config, registry
 from tritonfuse.kernels.common import cast_out, dot_upcast, rtne_bf16
+
+try:  # host-side TMA descriptors (triton >= 3.3)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # older triton: the pointer kernel serves every shape
+    TensorDescriptor = None
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
@@ -61,9 +66,16 @@ else:
         _cfg(64, 64, 4, 2),
         _cfg(64, 128, 8, 2),
         _cfg(128, 64, 8, 2),
-        _cfg(32, 64, 4, 2),
-        _cfg(64, 32, 4, 2),
     ]
+
+# the TMA forward (Hopper, no mask, power-of-two head dim)
+_TMA_CONFIGS = [
+    _cfg(128, 128, 8, 3),
+    _cfg(128, 64, 4, 3),
+    _cfg(128, 64, 8, 3),
+    _cfg(128, 128, 8, 2),
+    _cfg(64, 64, 4, 3),
+]
 
 _AUTOTUNE_KW = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
 
@@ -206,6 +218,79 @@ def _attn_fwd_kernel(
     out_ptrs = out_ptr + b * stride_ob + h * stride_oh + rows[:, None] * stride_om + offs_d[None, :] * stride_od
     tl.store(out_ptrs, cast_out(acc, out_ptr.dtype.element_ty, RTNE_BF16),
              mask=(rows[:, None] < SQ) & (offs_d[None, :] < HEAD_DIM))
+    if STORE_LSE:
+        lse = tl.where(l_i == 0.0, float("inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
+        tl.store(lse_ptr + pid_bh * SQ + rows, lse, mask=rows < SQ)
+
+
+def _tma_block_hook(nargs):
+    # host descriptors are built before the config is chosen; set their boxes to the config's tiles
+    bm, bn, d = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["HEAD_DIM"]
+    nargs["q_desc"].block_shape = [1, 1, bm, d]
+    nargs["o_desc"].block_shape = [1, 1, bm, d]
+    nargs["k_desc"].block_shape = [1, 1, bn, d]
+    nargs["v_desc"].block_shape = [1, 1, bn, d]
+
+
+@triton.jit
+def _fwd_tma_inner(acc, l_i, m_i, q, k_desc, v_desc, b, hk, rows, offs_n, lo, hi, qk_scale, SK,
+                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, BOUNDS: tl.constexpr):
+    for start_n in range(lo, hi, BLOCK_N):
+        # rows past SK come back as zeros (TMA bounds), their scores are masked below
+        k = k_desc.load([b, hk, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+        s = tl.dot(q, k.T) * qk_scale
+        if IS_CAUSAL:
+            cols = start_n + offs_n
+            s = tl.where(cols[None, :] <= rows[:, None], s, float("-inf"))
+        if BOUNDS:
+            cols = start_n + offs_n
+            s = tl.where(cols[None, :] < SK, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        v = v_desc.load([b, hk, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+        acc = tl.dot(p.to(v.dtype), v, acc)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.autotune(configs=_TMA_CONFIGS, key=["SQ_BUCKET", "SK_BUCKET", "HEAD_DIM", "IS_CAUSAL"],
+                 pre_hook=_tma_block_hook, **_AUTOTUNE_KW)
+@triton.jit
+def _attn_fwd_tma_kernel(
+    q_desc, k_desc, v_desc, o_desc, lse_ptr,
+    H, GROUP, SQ, SK, SQ_BUCKET, SK_BUCKET, qk_scale,
+    HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, STORE_LSE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # as _attn_fwd_kernel without a mask; q/k/v/out read and written through 4-D TMA descriptors
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // GROUP
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    q = q_desc.load([b, h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, HEAD_DIM)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    if IS_CAUSAL:
+        hi = tl.minimum(SK, (pid_m + 1) * BLOCK_M)
+        full = tl.minimum(pid_m * BLOCK_M, SK) // BLOCK_N * BLOCK_N
+    else:
+        hi = SK
+        full = SK // BLOCK_N * BLOCK_N
+    acc, l_i, m_i = _fwd_tma_inner(acc, l_i, m_i, q, k_desc, v_desc, b, hk, rows, offs_n, 0, full, qk_scale, SK,
+                                   HEAD_DIM, BLOCK_N, False, False)
+    acc, l_i, m_i = _fwd_tma_inner(acc, l_i, m_i, q, k_desc, v_desc, b, hk, rows, offs_n, full, hi, qk_scale, SK,
+                                   HEAD_DIM, BLOCK_N, IS_CAUSAL, True)
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    acc = acc / l_safe[:, None]
+    o_desc.store([b, h, pid_m * BLOCK_M, 0], acc.to(o_desc.dtype).reshape(1, 1, BLOCK_M, HEAD_DIM))
     if STORE_LSE:
         lse = tl.where(l_i == 0.0, float("inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
         tl.store(lse_ptr + pid_bh * SQ + rows, lse, mask=rows < SQ)
@@ -549,6 +634,40 @@ def _empty_out(q: torch.Tensor) -> torch.Tensor:
     return q.new_empty((B, Sq, H, D)).transpose(1, 2)
 
 
+_tma_failed: Optional[str] = None
+use_tma = True  # benchmarks switch it off to time the pointer kernel
+
+
+def _disable_tma(e: Exception) -> None:
+    global _tma_failed
+    import warnings
+
+    _tma_failed = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    warnings.warn(f"tritonfuse: the attention TMA kernel failed ({_tma_failed}); using the pointer kernel",
+                  stacklevel=3)
+
+
+def _tma_ok(*ts: torch.Tensor) -> bool:
+    """The TMA forward: Hopper or newer, host descriptors, power-of-two head dim, 16-byte aligned strides."""
+    q = ts[0]
+    if not use_tma or _tma_failed or TensorDescriptor is None or registry.interpret_mode() or not q.is_cuda:
+        return False
+    if torch.cuda.get_device_capability(q.device)[0] < 9 or q.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    D = q.shape[-1]
+    if D not in (32, 64, 128, 256):
+        return False
+    for t in ts:
+        if t.stride(-1) != 1 or any(st * t.element_size() % 16 for st in t.stride()[:-1]):
+            return False
+        try:
+            if t.data_ptr() % 16:
+                return False
+        except RuntimeError:
+            pass  # traced inside a compiled graph: Inductor keeps its buffers 16-byte aligned
+    return True
+
+
 def _use_decode(q, k, is_causal: bool) -> bool:
     group = q.shape[1] // k.shape[1]
     return q.shape[2] <= DECODE_MAX_Q and k.shape[2] >= DECODE_MIN_K and group * q.shape[2] <= 128
@@ -596,6 +715,19 @@ def _forward(q, k, v, mask, scale: float, is_causal: bool, store_lse: bool):
     def grid(meta):
         return (triton.cdiv(Sq, meta["BLOCK_M"]), B * H)
 
+    if mask is None and _tma_ok(q, k, v, out):
+        dummy = [1, 1, 16, D]  # real boxes are set per config by _tma_block_hook
+        try:
+            registry.launcher(_attn_fwd_tma_kernel)[grid](
+                *(TensorDescriptor.from_tensor(t, dummy) for t in (q, k, v, out)), lse,
+                H, H // Hkv, Sq, Sk, _bucket(Sq), _bucket(Sk), qk_scale,
+                HEAD_DIM=D, IS_CAUSAL=is_causal, STORE_LSE=store_lse,
+            )
+            return out, lse
+        except Exception as e:  # a Triton build without working TMA: the pointer kernel serves from now on
+            if not config.fallback_enabled():
+                raise
+            _disable_tma(e)
     registry.launcher(_attn_fwd_kernel)[grid](
         q, k, v, m, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *m_strides, *out.stride(),

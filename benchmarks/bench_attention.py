@@ -1,0 +1,283 @@
+"""Attention: SDPA (flash), Inductor and tritonfuse side by side, forward, backward and decode.
+
+Providers:
+- ``sdpa``: ``F.scaled_dot_product_attention`` restricted to the flash backend (decode: SDPA's own choice);
+  backward: ``aten._scaled_dot_product_flash_attention_backward`` on the forward's saved outputs.
+- ``inductor``: ``torch.compile`` (default backend) of the SDPA call.
+- ``tritonfuse``: the ``tritonfuse::attention`` op (TMA kernel on Hopper where it applies);
+  ``tritonfuse-ptr``: the same op with the pointer kernel; ``tritonfuse-backend``: ``torch.compile(...,
+  backend="tritonfuse")`` of the SDPA call (its match count is asserted).
+
+FLOPs: forward 4·B·H·Sq·Sk·D (halved when causal), backward 2.5x that. Every timed output is checked on its
+first two heads against an fp64 reference (error <= 2x SDPA's + atol).
+
+Run: ``python benchmarks/bench_attention.py [--budget S] [--sweep]`` (``--budget`` stops starting new cases
+after S seconds; rows done so far are written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import merge_rows, meta, row  # noqa: E402
+
+import tritonfuse  # noqa: E402
+from tritonfuse import config  # noqa: E402
+from tritonfuse.kernels import attention as K  # noqa: E402
+
+DT = torch.float16
+
+
+def _bench(fn, warmup=25, rep=100):
+    import triton
+
+    return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+
+
+def _qkv(B, Hq, Hkv, Sq, Sk, D, layout="bshd"):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    if layout == "bshd":  # [B, S, H, D] projections viewed as [B, H, S, D], as models produce them
+        q = torch.randn(B, Sq, Hq, D, device="cuda", dtype=DT, generator=g).transpose(1, 2)
+        k = torch.randn(B, Sk, Hkv, D, device="cuda", dtype=DT, generator=g).transpose(1, 2)
+        v = torch.randn(B, Sk, Hkv, D, device="cuda", dtype=DT, generator=g).transpose(1, 2)
+    else:
+        q = torch.randn(B, Hq, Sq, D, device="cuda", dtype=DT, generator=g)
+        k = torch.randn(B, Hkv, Sk, D, device="cuda", dtype=DT, generator=g)
+        v = torch.randn(B, Hkv, Sk, D, device="cuda", dtype=DT, generator=g)
+    return q, k, v
+
+
+def _check(name, out, sdpa_out, q, k, v, causal, atol=2e-3):
+    # fp64 reference on the first two heads of batch 0
+    sl = (slice(0, 1), slice(0, 2))
+    group = q.shape[1] // k.shape[1]
+    ksl = (slice(0, 1), slice(0, max(1, 2 // group)))
+    ref = K.attention_ref(q[sl].double(), k[ksl].double(), v[ksl].double(), None, q.shape[-1] ** -0.5, causal)
+    err = (out[sl].double() - ref).abs().max().item()
+    sdpa_err = (sdpa_out[sl].double() - ref).abs().max().item()
+    ok = err <= 2 * sdpa_err + atol
+    print(f"  check {name}: max err {err:.3g} (sdpa {sdpa_err:.3g}) {'ok' if ok else 'FAILED'}")
+    if not ok:
+        raise AssertionError(f"{name}: error {err:.3g} > 2 x sdpa's {sdpa_err:.3g} + {atol}")
+
+
+def _sdpa_flash(q, k, v, causal):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+
+def bench_forward(B, H, S, D, causal, rows, sweep=False):
+    shape = f"B{B} H{H} S{S} D{D}{' causal' if causal else ''}"
+    print(f"forward {shape}")
+    q, k, v = _qkv(B, H, H, S, S, D)
+    flops = 4 * B * H * S * S * D * (0.5 if causal else 1.0)
+    scale = D ** -0.5
+
+    def sdpa():
+        return _sdpa_flash(q, k, v, causal)
+
+    fn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # noqa: E731
+    inductor = torch.compile(fn)
+    tritonfuse.reset()
+    with config.patch(patterns="attention"):
+        backend = torch.compile(fn, backend="tritonfuse")
+        with torch.no_grad():
+            backend_out = backend(q, k, v)
+    counts = tritonfuse.counters()["attention"]
+    print(f"  tritonfuse backend counts {counts}")
+    assert counts == {"matched": 1, "replaced": 1, "fallback": 0}, tritonfuse.sites()
+
+    def ours():
+        return torch.ops.tritonfuse.attention(q, k, v, None, scale, causal)
+
+    def ours_ptr():
+        K.use_tma = False
+        try:
+            return torch.ops.tritonfuse.attention(q, k, v, None, scale, causal)
+        finally:
+            K.use_tma = True
+
+    ref_out = sdpa()
+    _check("tritonfuse", ours(), ref_out, q, k, v, causal)
+    _check("tritonfuse-backend", backend_out, ref_out, q, k, v, causal)
+    providers = [("sdpa", sdpa), ("inductor", lambda: inductor(q, k, v)), ("tritonfuse", ours),
+                 ("tritonfuse-backend", lambda: backend(q, k, v))]
+    if sweep:
+        _check("tritonfuse-ptr", ours_ptr(), ref_out, q, k, v, causal)
+        providers.append(("tritonfuse-ptr", ours_ptr))
+    with torch.no_grad():
+        for name, f in providers:
+            ms = _bench(f)
+            rows.append(row("attention_fwd", shape, DT, name, ms, tflops=flops / ms * 1e-9))
+            print(f"  {name:20s} {ms:8.3f} ms {flops / ms * 1e-9:8.1f} TFLOP/s")
+    for kern in (K._attn_fwd_tma_kernel, K._attn_fwd_kernel):
+        best = getattr(kern, "best_config", None)
+        if best is not None:
+            print(f"  {kern.fn.__name__} best config: {best}")
+    if sweep:
+        _sweep_tma(q, k, v, scale, causal, flops)
+
+
+def _sweep_tma(q, k, v, scale, causal, flops):
+    # time every TMA config of the forward on this shape (the autotuner already compiled them)
+    import triton
+
+    B, H, S, D = q.shape
+    out = K._empty_out(q)
+    lse = torch.empty((B, H, S), device=q.device, dtype=torch.float32)
+    descs = [K.TensorDescriptor.from_tensor(t, [1, 1, 16, D]) for t in (q, k, v, out)]
+    for cfg in K._TMA_CONFIGS:
+        bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
+        K._tma_block_hook({"q_desc": descs[0], "k_desc": descs[1], "v_desc": descs[2], "o_desc": descs[3],
+                           "BLOCK_M": bm, "BLOCK_N": bn, "HEAD_DIM": D})
+
+        def run():
+            K._attn_fwd_tma_kernel.fn[(triton.cdiv(S, bm), B * H)](
+                *descs, lse, H, 1, S, S, K._bucket(S), K._bucket(S), scale * K.LOG2E,
+                HEAD_DIM=D, IS_CAUSAL=causal, STORE_LSE=False, BLOCK_M=bm, BLOCK_N=bn,
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+        try:
+            ms = _bench(run)
+            print(f"    sweep BM{bm} BN{bn} w{cfg.num_warps} s{cfg.num_stages}: {ms:.3f} ms "
+                  f"{flops / ms * 1e-9:.1f} TFLOP/s")
+        except Exception as e:  # out of resources etc.
+            print(f"    sweep BM{bm} BN{bn} w{cfg.num_warps} s{cfg.num_stages}: {type(e).__name__}")
+
+
+def bench_backward(B, H, S, D, causal, rows):
+    shape = f"B{B} H{H} S{S} D{D}{' causal' if causal else ''}"
+    print(f"backward {shape}")
+    q, k, v = _qkv(B, H, H, S, S, D)
+    scale = D ** -0.5
+    flops = 2.5 * 4 * B * H * S * S * D * (0.5 if causal else 1.0)
+    do = torch.randn_like(q)
+    fa = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scale)
+    out, lse_fa, cq, ck, mq, mk, seed, offset, _ = fa
+
+    def sdpa():
+        return torch.ops.aten._scaled_dot_product_flash_attention_backward(
+            do, q, k, v, out, lse_fa, cq, ck, mq, mk, 0.0, causal, seed, offset, scale=scale)
+
+    o2, lse = torch.ops.tritonfuse.attention_fwd(q, k, v, None, scale, causal)
+
+    def ours():
+        return torch.ops.tritonfuse.attention_bwd(do, q, k, v, o2, lse, None, scale, causal)
+
+    # check the gradients of the first two heads against fp64 autograd
+    sl = (slice(0, 1), slice(0, 2))
+    qq, kk, vv = (t[sl].double().requires_grad_() for t in (q, k, v))
+    K.attention_ref(qq, kk, vv, None, scale, causal).backward(do[sl].double())
+    for name, g, ge, r in zip(("dq", "dk", "dv"), ours(), sdpa(), (qq.grad, kk.grad, vv.grad)):
+        err, e_err = (g[sl].double() - r).abs().max().item(), (ge[sl].double() - r).abs().max().item()
+        ok = err <= 2 * e_err + 2e-3
+        print(f"  check {name}: max err {err:.3g} (sdpa {e_err:.3g}) {'ok' if ok else 'FAILED'}")
+        if not ok:
+            raise AssertionError(f"backward {name}: error {err:.3g} > 2 x sdpa's {e_err:.3g}")
+    for name, f in (("sdpa", sdpa), ("tritonfuse", ours)):
+        ms = _bench(f)
+        rows.append(row("attention_bwd", shape, DT, name, ms, tflops=flops / ms * 1e-9))
+        print(f"  {name:20s} {ms:8.3f} ms {flops / ms * 1e-9:8.1f} TFLOP/s")
+    for kern in (K._attn_bwd_dkdv_kernel, K._attn_bwd_dq_kernel):
+        print(f"  {kern.fn.__name__} best config: {getattr(kern, 'best_config', None)}")
+
+
+def bench_decode(B, Hq, Hkv, Sq, Sk, D, rows):
+    shape = f"B{B} Hq{Hq} Hkv{Hkv} Sq{Sq} Sk{Sk} D{D}"
+    print(f"decode {shape}")
+    q, k, v = _qkv(B, Hq, Hkv, Sq, Sk, D, layout="bhsd")
+    scale = D ** -0.5
+    flops = 4 * B * Hq * Sq * Sk * D
+    nbytes = 2 * B * Hkv * Sk * D * q.element_size()  # K and V read once
+
+    fn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)  # noqa: E731
+    inductor = torch.compile(fn)
+
+    def ours():
+        return torch.ops.tritonfuse.attention(q, k, v, None, scale, False)
+
+    sdpa_out = fn(q, k, v)
+    _check("tritonfuse", ours(), sdpa_out, q, k, v, False)
+    with torch.no_grad():
+        for name, f in (("sdpa", lambda: fn(q, k, v)), ("inductor", lambda: inductor(q, k, v)),
+                        ("tritonfuse", ours)):
+            ms = _bench(f)
+            rows.append(row("attention_decode", shape, DT, name, ms, tflops=flops / ms * 1e-9,
+                            tbps=nbytes / ms * 1e-9))
+            print(f"  {name:20s} {ms:8.4f} ms {nbytes / ms * 1e-9:6.2f} TB/s")
+
+
+def check_model_counts():
+    # the CUDA ATen graphs of real models (tiny configs): flash / efficient SDPA nodes and hand-written forms
+    from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel
+
+    ids = torch.randint(0, 100, (4, 77), device="cuda")
+    mask = torch.ones(4, 77, dtype=torch.long, device="cuda")
+    mask[1, 50:] = 0
+    for impl in ("eager", "sdpa"):
+        for name, model, kw in (
+            ("bert", BertModel(BertConfig(hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+                                          intermediate_size=512, vocab_size=100, attn_implementation=impl)),
+             dict(input_ids=ids, attention_mask=mask)),
+            ("llama", LlamaModel(LlamaConfig(hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+                                             num_key_value_heads=2, intermediate_size=512, vocab_size=100,
+                                             attn_implementation=impl)), dict(input_ids=ids)),
+        ):
+            model = model.eval().to(device="cuda", dtype=DT)
+            torch._dynamo.reset()
+            tritonfuse.reset()
+            with torch.no_grad(), config.patch(patterns="attention"):
+                ref = model(**kw).last_hidden_state
+                out = torch.compile(model, backend="tritonfuse")(**kw).last_hidden_state
+            counts = tritonfuse.counters()["attention"]
+            err = (out.float() - ref.float()).abs().max().item()
+            print(f"  {name} {impl}: {counts} max diff vs eager {err:.3g}")
+            assert counts == {"matched": 2, "replaced": 2, "fallback": 0}, tritonfuse.sites()
+            assert err < 5e-2
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--budget", type=float, default=1e9, help="seconds after which no new case starts")
+    p.add_argument("--sweep", action="store_true", help="also time the pointer kernel and every TMA config")
+    p.add_argument("--models", action="store_true", help="assert match counts on tiny BERT/Llama CUDA graphs")
+    p.add_argument("--out", default=None, help="also write the rows here (JSON)")
+    args = p.parse_args()
+    t0 = time.time()
+    rows: list[dict] = []
+    cases = [
+        lambda: bench_forward(8, 16, 4096, 128, False, rows, sweep=args.sweep),
+        lambda: bench_decode(8, 16, 8, 1, 4096, 128, rows),
+        lambda: bench_forward(8, 16, 4096, 128, True, rows),
+        lambda: bench_forward(8, 16, 4096, 64, False, rows),
+        lambda: bench_backward(8, 16, 4096, 128, False, rows),
+        lambda: bench_backward(8, 16, 4096, 128, True, rows),
+    ]
+    if args.models:
+        cases.append(check_model_counts)
+    for case in cases:
+        if time.time() - t0 > args.budget:
+            print(f"budget of {args.budget:.0f} s spent: remaining cases skipped")
+            break
+        case()
+        print(f"  [{time.time() - t0:.0f} s]")
+    if rows:
+        path = merge_rows(rows)
+        print(f"rows merged into {path}")
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump({**meta(), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
