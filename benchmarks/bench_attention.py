@@ -271,12 +271,12 @@ def main():
             break
         case()
         print(f"  [{time.time() - t0:.0f} s]")
+        if args.out and rows:  # written after every case: a run cut short keeps what it measured
+            with open(args.out, "w") as f:
+                json.dump({**meta(), "command": " ".join(sys.argv), "rows": rows}, f, indent=1)
     if rows:
         path = merge_rows(rows)
         print(f"rows merged into {path}")
-        if args.out:
-            with open(args.out, "w") as f:
-                json.dump({**meta(), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
