@@ -33,6 +33,7 @@ from common import merge_rows, meta, row  # noqa: E402
 
 import tritonfuse  # noqa: E402
 from tritonfuse import config  # noqa: E402
+from tritonfuse.backend import tritonfuse_backend  # noqa: E402  (works without the entry point installed)
 from tritonfuse.kernels import norm_residual as K  # noqa: E402
 
 EPS = 1e-5
@@ -71,11 +72,12 @@ def _err(out, ref):
     return (out[:CHECK_ROWS].double() - ref[:CHECK_ROWS]).abs().max().item()
 
 
-def _check(name, outs, eager, refs, atol):
+def _check(name, outs, eager, refs, atol, failures):
     for o, e, r in zip(outs, eager, refs):
         err, eager_err = _err(o, r), _err(e, r)
         if not (err <= 2 * eager_err + atol):
-            raise AssertionError(f"{name}: error {err:.3g} > 2 x eager's {eager_err:.3g} + {atol}")
+            failures.append(f"{name}: error {err:.3g} > 2 x eager's {eager_err:.3g} + {atol}")
+            print("FAILED", failures[-1], flush=True)
 
 
 def _bench(fn, warmup, rep):
@@ -104,7 +106,7 @@ def main() -> None:
     m = args.rows
     hiddens = [int(h) for h in args.hidden.split(",")]
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
-    rows, table, failures = [], [], []  # match-count failures are raised after the timings are saved
+    rows, table, failures = [], [], []  # check failures are raised after the timings are saved
     atol = {torch.float16: 2e-3, torch.bfloat16: 2e-2}
     print(json.dumps(meta()))
 
@@ -117,20 +119,6 @@ def main() -> None:
     def flush():
         if rows:
             print("wrote", merge_rows(rows, args.out))
-
-    # match counts of the benchmarked functions through the backend (fp16, one shape)
-    with torch.no_grad(), config.patch(patterns="norm_residual"):
-        for fn, nargs, want in ((add_layer_norm, 4, "norm_residual[layer+add]"),
-                                (add_rms_norm, 3, "norm_residual[rms+sum]")):
-            tritonfuse.reset()
-            torch._dynamo.reset()
-            xs = [torch.randn(64, 1024, device=dev, dtype=torch.float16) for _ in range(2)]
-            xs += [torch.randn(1024, device=dev, dtype=torch.float16) for _ in range(nargs - 2)]
-            torch.compile(fn, backend="tritonfuse")(*xs)
-            kernels = [s.kernel for s in tritonfuse.sites() if s.status == "replaced"]
-            print(f"backend on {fn.__name__}: {tritonfuse.counters()['norm_residual']} {kernels}")
-            if kernels != [want]:
-                failures.append(f"backend on {fn.__name__}: {[(s.kernel, s.reason) for s in tritonfuse.sites()]}")
 
     for dtype in dtypes:
         for n in hiddens:
@@ -149,7 +137,7 @@ def main() -> None:
                 ln_c = torch.compile(add_layer_norm)
                 ref = K.norm_residual_ref(x[:CHECK_ROWS], r[:CHECK_ROWS], w, b, EPS, "layer", upcast=True)[0].to(dev)
                 _check(f"add_layer_norm {n} {dtype}", [ours_layer_norm(x, r, w, b), ln_c(x, r, w, b)],
-                       [add_layer_norm(x, r, w, b)] * 2, [ref] * 2, atol[dtype])
+                       [add_layer_norm(x, r, w, b)] * 2, [ref] * 2, atol[dtype], failures)
                 nbytes = (3 * m * n + 2 * n) * e
                 for prov, fn in (("eager", add_layer_norm), ("inductor", ln_c), ("tritonfuse", ours_layer_norm)):
                     record("add_layer_norm", n, dtype, prov, _bench(lambda: fn(x, r, w, b), args.warmup, args.rep), nbytes)
@@ -158,7 +146,7 @@ def main() -> None:
                 ref_y, ref_h = K.norm_residual_ref(x[:CHECK_ROWS], r[:CHECK_ROWS], w, None, EPS, "rms", upcast=True)
                 eager = add_rms_norm(x, r, w)
                 for outs in (ours_rms_norm(x, r, w), rms_c(x, r, w)):
-                    _check(f"add_rms_norm {n} {dtype}", outs, eager, [ref_y.to(dev), ref_h.to(dev)], atol[dtype])
+                    _check(f"add_rms_norm {n} {dtype}", outs, eager, [ref_y.to(dev), ref_h.to(dev)], atol[dtype], failures)
                 nbytes = (4 * m * n + n) * e
                 for prov, fn in (("eager", add_rms_norm), ("inductor", rms_c), ("tritonfuse", ours_rms_norm)):
                     record("add_rms_norm", n, dtype, prov, _bench(lambda: fn(x, r, w), args.warmup, args.rep), nbytes)
@@ -168,6 +156,22 @@ def main() -> None:
                 record("copy", n, dtype, "d2d_copy", _bench(lambda: dst.copy_(src), args.warmup, args.rep), 4 * m * n * e)
                 del src, dst
             flush()
+            print(f"  [{time.time() - start:.0f}s]", flush=True)
+
+    # match counts of the benchmarked functions through the backend (fp16, one shape)
+    if time.time() - start < args.budget:
+        with torch.no_grad(), config.patch(patterns="norm_residual"):
+            for fn, nargs, want in ((add_layer_norm, 4, "norm_residual[layer+add]"),
+                                    (add_rms_norm, 3, "norm_residual[rms+sum]")):
+                tritonfuse.reset()
+                torch._dynamo.reset()
+                xs = [torch.randn(64, 1024, device=dev, dtype=torch.float16) for _ in range(2)]
+                xs += [torch.randn(1024, device=dev, dtype=torch.float16) for _ in range(nargs - 2)]
+                torch.compile(fn, backend=tritonfuse_backend)(*xs)
+                kernels = [s.kernel for s in tritonfuse.sites() if s.status == "replaced"]
+                print(f"backend on {fn.__name__}: {tritonfuse.counters()['norm_residual']} {kernels}")
+                if kernels != [want]:
+                    failures.append(f"backend on {fn.__name__}: {[(s.kernel, s.reason) for s in tritonfuse.sites()]}")
 
     # LayerNorm backward vs Inductor's (fp16)
     for n in (1024, 4096):
@@ -188,7 +192,8 @@ def main() -> None:
             err = (o.double() - r_).abs().max().item()
             eerr = (e_.double() - r_).abs().max().item()
             scale = r_.abs().max().item()
-            assert err <= 2 * eerr + 2e-3 * max(1.0, scale), f"layer_norm_bwd {what}: {err:.3g} vs eager {eerr:.3g}"
+            if not err <= 2 * eerr + 2e-3 * max(1.0, scale):
+                failures.append(f"layer_norm_bwd {n} {what}: {err:.3g} vs eager {eerr:.3g}")
         nbytes = 3 * m * n * 2 + 8 * m + 4 * n * 2
         for prov, fn in (("eager", ln_bwd), ("inductor", bwd_c), ("tritonfuse", ours_ln_bwd)):
             record("layer_norm_bwd", n, dtype, prov, _bench(lambda: fn(dy, h, mean, rstd, w, b), args.warmup, args.rep), nbytes)
@@ -200,7 +205,7 @@ def main() -> None:
     flush()
     print(f"done in {time.time() - start:.0f}s")
     if failures:
-        raise AssertionError("match counts: " + "; ".join(failures))
+        raise AssertionError("; ".join(failures))
 
 
 def _model_counts(dev) -> list[str]:
@@ -227,7 +232,7 @@ def _model_counts(dev) -> list[str]:
         tritonfuse.reset()
         torch._dynamo.reset()
         with torch.no_grad(), config.patch(patterns="norm_residual"):
-            out = torch.compile(model, backend="tritonfuse")(*inputs)
+            out = torch.compile(model, backend=tritonfuse_backend)(*inputs)
             eager = model(*inputs)
         out, eager = getattr(out, "last_hidden_state", out), getattr(eager, "last_hidden_state", eager)
         c = tritonfuse.counters()["norm_residual"]
