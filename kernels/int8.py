@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+import warnings
 import weakref
 from typing import Optional
 
@@ -36,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonfuse import registry
+from tritonfuse import config, registry
 from tritonfuse.kernels.common import cast_out, dot_upcast, rtne_bf16
 from tritonfuse.kernels.linear_act import (
     _AUTOTUNE_KW, ACTIVATIONS, GATED_ACTIVATIONS, _apply_act, _cfg, _grid, _m_bucket, _tile_ids, act_ref,
@@ -86,26 +87,35 @@ else:
         _cfg(64, 128, 128, 4, 4),
         _cfg(32, 64, 128, 4, 4),
     ]
-    # chosen by the sweep in benchmarks/bench_int8.py (--sweep) on an H100
+    # Hopper: large tiles (int8 tl.dot -> wgmma), 3-4 TMA stages, persistent grid with grouped ordering
     _W8A8_TMA_CONFIGS = [
         _tma_cfg(128, 256, 128, 3, 8),
         _tma_cfg(256, 128, 128, 3, 8),
+        _tma_cfg(128, 256, 64, 4, 8),
         _tma_cfg(128, 128, 128, 4, 8),
+        _tma_cfg(128, 128, 128, 3, 8),
         _tma_cfg(64, 128, 128, 4, 4),
+        _tma_cfg(128, 256, 128, 3, 8, persistent=False, flatten=False),
     ]
     # small M: few rows, stream the weight with deep pipelines; large M: ordinary GEMM tiles
     _WONLY_CONFIGS = [
         _cfg(16, 32, 256, 4, 4),
         _cfg(16, 64, 256, 4, 4),
         _cfg(16, 32, 512, 3, 4),
+        _cfg(16, 16, 512, 4, 4),
         _cfg(16, 64, 128, 5, 4),
+        _cfg(16, 128, 128, 4, 4),
         _cfg(128, 128, 64, 4, 8),
         _cfg(64, 128, 64, 4, 4),
     ]
 
+
 def _prune_by_m(configs, named_args, **kwargs):
-    # no 256-row tiles for 40 rows, no 16-row tiles for 4096 rows
+    # no 256-row tiles for 40 rows, no 16-row tiles for 4096 rows; two accumulators (gated) stay at
+    # 128x128 or less per program, or they spill
     mb = named_args.get("M_BUCKET", kwargs.get("M_BUCKET", 16))
+    if kwargs.get("GATED", named_args.get("GATED", False)):
+        configs = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 128 * 128] or configs
     small = [c for c in configs if c.kwargs["BLOCK_M"] <= max(32, mb)]
     if mb <= 32:
         return [c for c in small if c.kwargs["BLOCK_M"] <= 32] or small or configs
@@ -219,10 +229,10 @@ def _int8_gemm_kernel(
         k_mask = offs_k < K - k * BLOCK_K
         a0 = tl.load(x_ptrs, mask=k_mask[None, :], other=0)
         a, b = _dot_operands(a0, tl.load(w_ptrs, mask=k_mask[:, None], other=0), W8A8, DOT_UPCAST)
-        acc = tl.dot(a, b, acc)
+        acc = tl.dot(a, b, acc, out_dtype=acc.dtype)  # int32 for int8 operands (triton < 3.8 asks)
         if GATED:
             a, bu = _dot_operands(a0, tl.load(u_ptrs, mask=k_mask[:, None], other=0), W8A8, DOT_UPCAST)
-            acc_u = tl.dot(a, bu, acc_u)
+            acc_u = tl.dot(a, bu, acc_u, out_dtype=acc_u.dtype)
             u_ptrs += BLOCK_K * stride_uk
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
@@ -270,9 +280,9 @@ def _w8a8_tma_kernel(
         for ki in range(k_tiles):
             off_k = ki * BLOCK_K
             a = x_desc.load([off_m, off_k])
-            acc = tl.dot(a, w_desc.load([off_n, off_k]).T, acc)
+            acc = tl.dot(a, w_desc.load([off_n, off_k]).T, acc, out_dtype=tl.int32)
             if GATED:
-                acc_u = tl.dot(a, wu_desc.load([off_n, off_k]).T, acc_u)
+                acc_u = tl.dot(a, wu_desc.load([off_n, off_k]).T, acc_u, out_dtype=tl.int32)
         offs_m = off_m + tl.arange(0, BLOCK_M)
         offs_n = off_n + tl.arange(0, BLOCK_N)
         _store_tile(acc, acc_u, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, offs_m, offs_n, M, N,
@@ -431,6 +441,15 @@ def _tma_ok(xq: torch.Tensor) -> bool:
     return xq.stride(1) == 1 and xq.stride(0) % 16 == 0 and xq.data_ptr() % 16 == 0
 
 
+_tma_failed: Optional[str] = None
+
+
+def _disable_tma(e: Exception) -> None:
+    global _tma_failed
+    _tma_failed = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    warnings.warn(f"tritonfuse: the int8 TMA kernel failed ({_tma_failed}); using the pointer kernel", stacklevel=3)
+
+
 def quant_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token int8: x [M, K] (any strides) -> (xq [M, K] int8 contiguous, xs [M] fp32 with x ≈ xq * xs)."""
     M, K = x.shape
@@ -451,8 +470,9 @@ def _w8a8(xq, xs, wq, ws, b, act, out_dtype, wuq=None, wus=None, bu=None, use_tm
     out = torch.empty((M, N), device=xq.device, dtype=out_dtype)
     if M == 0 or N == 0:
         return out
-    if use_tma is None:
-        use_tma = _tma_ok(xq)
+    auto = use_tma is None
+    if auto:
+        use_tma = _tma_failed is None and _tma_ok(xq)
     if use_tma:
         gated = wuq is not None
         has_bias = b is not None
@@ -466,12 +486,17 @@ def _w8a8(xq, xs, wq, ws, b, act, out_dtype, wuq=None, wus=None, bu=None, use_tm
             tiles = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])
             return (min(tiles, progs) if meta["PERSISTENT"] else tiles,)
 
-        _w8a8_tma_kernel[grid](
-            x_desc, w_desc, u_desc, xs, ws, b if has_bias else ws, wus if gated else ws,
-            bu if (gated and has_bias) else ws, out, M, N, K, _m_bucket(M), out.stride(0), out.stride(1),
-            HAS_BIAS=has_bias, ACT=act, GATED=gated, RTNE_BF16=rtne_bf16(out_dtype),
-        )
-        return out
+        try:
+            _w8a8_tma_kernel[grid](
+                x_desc, w_desc, u_desc, xs, ws, b if has_bias else ws, wus if gated else ws,
+                bu if (gated and has_bias) else ws, out, M, N, K, _m_bucket(M), out.stride(0), out.stride(1),
+                HAS_BIAS=has_bias, ACT=act, GATED=gated, RTNE_BF16=rtne_bf16(out_dtype),
+            )
+            return out
+        except Exception as e:  # a Triton build without working TMA: the pointer kernel serves from now on
+            if not auto or not config.fallback_enabled():
+                raise
+            _disable_tma(e)
     return _launch_pointer(_w8a8_kernel, xq, xs, wq, ws, b, act, out, wuq, wus, bu, w8a8=True)
 
 

@@ -287,3 +287,24 @@ def test_int32_accumulation_matches_int_mm_small(device):
 def test_int32_accumulation_matches_int_mm_gpu(M, K, N):
     _int_mm_check(M, K, N, "cuda", use_tma=None)
     _int_mm_check(M, K, N, "cuda", use_tma=False)
+
+
+def test_tma_failure_falls_back_to_pointer_kernel(monkeypatch, device):
+    # a Triton build whose TMA kernel does not compile: one warning, then the pointer kernel serves
+    x = fresh(40, 64, dtype=torch.float16, device=device)
+    w = fresh(24, 64, dtype=torch.float16, device=device)
+    expected = torch.ops.tritonfuse.int8_linear(x, w, None, "gelu", "int8")
+
+    class Broken:
+        def __getitem__(self, grid):
+            raise RuntimeError("no TMA here")
+
+    monkeypatch.setattr(Q, "_tma_ok", lambda xq: True)
+    monkeypatch.setattr(Q, "_w8a8_tma_kernel", Broken())
+    monkeypatch.setattr(Q, "_tma_failed", None)
+    with pytest.warns(UserWarning, match="TMA kernel failed"):
+        y = torch.ops.tritonfuse.int8_linear(x, w, None, "gelu", "int8")
+    assert torch.equal(y, expected)
+    assert "no TMA here" in Q._tma_failed
+    with pytest.raises(RuntimeError):  # an explicit request is not silently rerouted
+        Q._w8a8(*Q.quant_rows(x), *Q.quantize_weight(w), None, "none", torch.float16, use_tma=True)
