@@ -47,6 +47,22 @@ def check(name, out, ref, eager):
         raise SystemExit(f"{name}: tritonfuse result is wrong")
 
 
+PROFILE = False
+
+
+def _profile(name, fn):
+    """Print the GPU kernels one call of ``fn`` runs (to see what a provider really does)."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA,
+                                            torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(5):
+            fn()
+        torch.cuda.synchronize()
+    print(f"--- {name}")
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=8))
+
+
 def linear_gelu_rows(M, K_, N, dtype, act="gelu"):
     g = torch.Generator(device="cuda").manual_seed(M)
     x = torch.randn(M, K_, device="cuda", dtype=dtype, generator=g)
@@ -70,6 +86,8 @@ def linear_gelu_rows(M, K_, N, dtype, act="gelu"):
         "backend": lambda: backend(x, w, b),
     }
     flops = 2 * M * K_ * N
+    if PROFILE:
+        _profile("backend", lambda: backend(x, w, b))
     rows = []
     for p, f in providers.items():
         ms = bench(f)
@@ -115,15 +133,19 @@ def sweep() -> None:
         x = torch.randn(M, K_, device="cuda", dtype=dtype)
         w = torch.randn(N, K_, device="cuda", dtype=dtype) / K_**0.5
         w2 = torch.randn(N, K_, device="cuda", dtype=dtype) / K_**0.5
-        configs = K._GATED_CONFIGS if kind == "gated" else K._GEMM_CONFIGS
+        tma = K._tma_ok(x, w)
+        if kind == "gated":
+            configs = K._TMA_GATED_CONFIGS if tma else K._GATED_CONFIGS
+        else:
+            configs = K._TMA_CONFIGS if tma else K._GEMM_CONFIGS
         flops = 2 * M * K_ * N * (2 if kind == "gated" else 1)
         for cfg in configs:
             kw = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
             try:
                 if kind == "gated":
-                    f = lambda: K._launch_gated(x, w, w2, None, None, "silu", kernel=K._gated_mlp_kernel.fn, **kw)
+                    f = lambda: K._launch_gated(x, w, w2, None, None, "silu", fixed=kw)
                 else:
-                    f = lambda: K._launch_linear(x, w, None, "gelu", False, kernel=K._linear_act_kernel.fn, **kw)
+                    f = lambda: K._launch_linear(x, w, None, "gelu", False, fixed=kw)
                 ms = bench(f)
                 print(f"sweep {kind} {M}x{K_}x{N} {cfg}: {ms:.4f} ms {flops / ms / 1e9:.0f} TFLOP/s")
             except Exception as e:  # out of shared memory etc.
@@ -135,7 +157,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the issue's target shapes only")
     parser.add_argument("--no-save", action="store_true", help="print only; do not merge into results/")
     parser.add_argument("--sweep", action="store_true", help="also time each autotune config alone")
+    parser.add_argument("--profile", action="store_true", help="print the kernels behind the backend provider")
     args = parser.parse_args()
+    global PROFILE
+    PROFILE = args.profile
     if not torch.cuda.is_available():
         raise SystemExit("bench_linear_act.py needs a CUDA GPU")
     print(meta())
@@ -156,7 +181,8 @@ def main() -> None:
         print(f"{r['kernel']:<16}{r['shape']:<20}{r['dtype']:<10}{r['provider']:<12}{r['ms']:>9.4f}"
               f"{r['tflops']:>9.1f}{speed:>11.2f}x")
     print("chosen configs:", {k: str(getattr(v, "best_config", None)) for k, v in
-                              (("linear", K._linear_act_kernel), ("gated", K._gated_mlp_kernel))})
+                              (("linear", K._linear_act_kernel), ("gated", K._gated_mlp_kernel),
+                               ("linear_tma", K._linear_act_tma_kernel), ("gated_tma", K._gated_mlp_tma_kernel))})
     print(tritonfuse.report())
     if not args.no_save:
         print("merged into", merge_rows(rows))

@@ -64,6 +64,39 @@ else:
 _AUTOTUNE_KW = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
 
 
+try:  # host-side TMA descriptors: triton >= 3.4 (the Hopper path below)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # older triton: the pointer kernels serve every GPU
+    TensorDescriptor = None
+
+
+def _set_tma_blocks(nargs):
+    # descriptors are made before a config is chosen; each config sets its own block shapes
+    bm, bn, bk = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
+    nargs["x_desc"].block_shape = [bm, bk]
+    for name in ("w_desc", "wg_desc", "wu_desc"):
+        if name in nargs:
+            nargs[name].block_shape = [bn, bk]
+    for name in ("out_desc", "pre_desc"):
+        if name in nargs:
+            nargs[name].block_shape = [bm, bn]
+
+
+def _tma_cfg(bm, bn, bk, stages, warps):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=stages,
+                         num_warps=warps, pre_hook=_set_tma_blocks)
+
+
+if config.autotune_enabled():
+    _TMA_CONFIGS = [_tma_cfg(128, 256, 64, 3, 8), _tma_cfg(128, 128, 64, 4, 8), _tma_cfg(128, 128, 64, 3, 4),
+                    _tma_cfg(128, 64, 64, 4, 4), _tma_cfg(64, 128, 64, 4, 4)]
+    _TMA_GATED_CONFIGS = [_tma_cfg(128, 128, 64, 3, 8), _tma_cfg(128, 128, 64, 4, 8),
+                          _tma_cfg(128, 64, 64, 4, 4), _tma_cfg(64, 128, 64, 4, 4)]
+else:
+    _TMA_CONFIGS = [_tma_cfg(128, 128, 64, 4, 8)]
+    _TMA_GATED_CONFIGS = [_tma_cfg(128, 128, 64, 3, 8)]
+
+
 def _m_bucket(m: int) -> int:
     return max(16, triton.next_power_of_2(m))
 
@@ -201,7 +234,113 @@ def _gated_mlp_kernel(
     tl.store(out_ptrs, cast_out(acc, out_ptr.dtype.element_ty, RTNE_BF16), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
+# Hopper: persistent kernels fed by the TMA engine. One program per SM walks the output tiles; TMA loads
+# zero-fill and TMA stores clip the ragged edges, so there are no masks in the main loop.
+
+
+@triton.jit
+def _bias_act_store(acc, b_ptr, out_desc, pre_desc, offs_m, offs_n, N,
+                    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STORE_PRE: tl.constexpr, BLOCK_N: tl.constexpr):
+    if HAS_BIAS:
+        cols = offs_n + tl.arange(0, BLOCK_N)
+        acc += tl.load(b_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    if STORE_PRE:
+        pre_desc.store([offs_m, offs_n], acc.to(pre_desc.dtype))
+    acc = _apply_act(acc, ACT)
+    out_desc.store([offs_m, offs_n], acc.to(out_desc.dtype))
+
+
+@triton.autotune(configs=_TMA_CONFIGS, key=["M_BUCKET", "N", "K", "ACT", "HAS_BIAS", "STORE_PRE"], **_AUTOTUNE_KW)
+@triton.jit
+def _linear_act_tma_kernel(
+    x_desc, w_desc, b_ptr, out_desc, pre_desc, M, N, K, M_BUCKET,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STORE_PRE: tl.constexpr, NUM_SMS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    num_tiles = num_pid_m * num_pid_n
+    num_pid_in_group = GROUP_M * num_pid_n
+    for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=True):
+        group_id = tile_id // num_pid_in_group
+        first_pid_m = group_id * GROUP_M
+        group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+        pid_m = first_pid_m + (tile_id % group_size_m)
+        pid_n = (tile_id % num_pid_in_group) // group_size_m
+        offs_m = pid_m * BLOCK_M
+        offs_n = pid_n * BLOCK_N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for ki in range(k_tiles):
+            a = x_desc.load([offs_m, ki * BLOCK_K])
+            b = w_desc.load([offs_n, ki * BLOCK_K])
+            acc = tl.dot(a, b.T, acc)
+        _bias_act_store(acc, b_ptr, out_desc, pre_desc, offs_m, offs_n, N, HAS_BIAS, ACT, STORE_PRE, BLOCK_N)
+
+
+@triton.autotune(configs=_TMA_GATED_CONFIGS, key=["M_BUCKET", "N", "K", "ACT", "HAS_BIAS"], **_AUTOTUNE_KW)
+@triton.jit
+def _gated_mlp_tma_kernel(
+    x_desc, wg_desc, wu_desc, bg_ptr, bu_ptr, out_desc, M, N, K, M_BUCKET,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, NUM_SMS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    num_tiles = num_pid_m * num_pid_n
+    num_pid_in_group = GROUP_M * num_pid_n
+    for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=True):
+        group_id = tile_id // num_pid_in_group
+        first_pid_m = group_id * GROUP_M
+        group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+        pid_m = first_pid_m + (tile_id % group_size_m)
+        pid_n = (tile_id % num_pid_in_group) // group_size_m
+        offs_m = pid_m * BLOCK_M
+        offs_n = pid_n * BLOCK_N
+        acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for ki in range(k_tiles):
+            a = x_desc.load([offs_m, ki * BLOCK_K])
+            acc_g = tl.dot(a, wg_desc.load([offs_n, ki * BLOCK_K]).T, acc_g)
+            acc_u = tl.dot(a, wu_desc.load([offs_n, ki * BLOCK_K]).T, acc_u)
+        if HAS_BIAS:
+            cols = offs_n + tl.arange(0, BLOCK_N)
+            acc_g += tl.load(bg_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+            acc_u += tl.load(bu_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+        acc = _apply_act(acc_g, ACT) * acc_u
+        out_desc.store([offs_m, offs_n], acc.to(out_desc.dtype))
+
+
 # --- launchers ----------------------------------------------------------------------------------------
+
+
+def _tma_ok(*ts: torch.Tensor) -> bool:
+    """The TMA kernels need a Hopper GPU, fp16/bf16, unit last stride and 16-byte aligned rows and bases."""
+    if TensorDescriptor is None or registry.interpret_mode():
+        return False
+    t0 = ts[0]
+    if t0.device.type != "cuda" or t0.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if torch.cuda.get_device_capability(t0.device)[0] != 9:
+        return False
+    return all(t.stride(1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0
+               for t in ts)
+
+
+def _num_sms(device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _persistent_grid(M: int, N: int, sms: int):
+    def grid(meta):
+        return (min(sms, triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])),)
+
+    return grid
+
+
+def _desc(t: torch.Tensor):
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), [16, 16])  # block shape set per config
 
 
 def unsupported(x: torch.Tensor, *weights: Optional[torch.Tensor], act: str, gated: bool = False) -> Optional[str]:
@@ -262,19 +401,34 @@ def linear_act(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], act:
     return _launch_linear(x, w, b, act, store_pre=False)[0]
 
 
-def _launch_linear(x, w, b, act, store_pre: bool, kernel=None, **fixed_config):
+def _launch_linear(x, w, b, act, store_pre: bool, fixed: Optional[dict] = None):
+    """Launch the TMA kernel where it applies, else the pointer kernel; ``fixed`` (a config's kwargs,
+    num_warps and num_stages) skips autotuning, as the probe does."""
     M, K = x.shape
     N = w.shape[0]
     out = torch.empty((M, N), device=x.device, dtype=x.dtype)
     pre = torch.empty((M, N), device=x.device, dtype=x.dtype) if store_pre else out
     if M == 0 or N == 0:
         return out, pre
-    kernel = kernel if kernel is not None else registry.launcher(_linear_act_kernel)
+    if K > 0 and _tma_ok(x, w, out):
+        sms = _num_sms(x.device)
+        args = dict(x_desc=_desc(x), w_desc=_desc(w), out_desc=_desc(out), pre_desc=_desc(pre))
+        kernel = registry.launcher(_linear_act_tma_kernel)
+        if fixed:
+            _set_tma_blocks({**args, **fixed})
+            kernel = _linear_act_tma_kernel.fn
+        kernel[_persistent_grid(M, N, sms)](
+            args["x_desc"], args["w_desc"], b if b is not None else w, args["out_desc"], args["pre_desc"],
+            M, N, K, _m_bucket(M), HAS_BIAS=b is not None, ACT=act, STORE_PRE=store_pre, NUM_SMS=sms,
+            **(fixed or {}),
+        )
+        return out, pre
+    kernel = _linear_act_kernel.fn if fixed else registry.launcher(_linear_act_kernel)
     kernel[_grid(M, N)](
         x, w, b if b is not None else w, out, pre,
         M, N, K, _m_bucket(M),
         x.stride(0), x.stride(1), w.stride(0), w.stride(1), out.stride(0), out.stride(1),
-        HAS_BIAS=b is not None, ACT=act, STORE_PRE=store_pre, **_precision(x.dtype), **fixed_config,
+        HAS_BIAS=b is not None, ACT=act, STORE_PRE=store_pre, **_precision(x.dtype), **(fixed or {}),
     )
     return out, pre
 
@@ -316,20 +470,32 @@ def gated_mlp(
     return _launch_gated(x, wg, wu, bg, bu, act)
 
 
-def _launch_gated(x, wg, wu, bg, bu, act, kernel=None, **fixed_config):
+def _launch_gated(x, wg, wu, bg, bu, act, fixed: Optional[dict] = None):
     M, K = x.shape
     N = wg.shape[0]
     out = torch.empty((M, N), device=x.device, dtype=x.dtype)
     if M == 0 or N == 0:
         return out
     has_bias = bg is not None
-    kernel = kernel if kernel is not None else registry.launcher(_gated_mlp_kernel)
+    if K > 0 and _tma_ok(x, wg, wu, out):
+        sms = _num_sms(x.device)
+        args = dict(x_desc=_desc(x), wg_desc=_desc(wg), wu_desc=_desc(wu), out_desc=_desc(out))
+        kernel = registry.launcher(_gated_mlp_tma_kernel)
+        if fixed:
+            _set_tma_blocks({**args, **fixed})
+            kernel = _gated_mlp_tma_kernel.fn
+        kernel[_persistent_grid(M, N, sms)](
+            args["x_desc"], args["wg_desc"], args["wu_desc"], bg if has_bias else wg, bu if has_bias else wu,
+            args["out_desc"], M, N, K, _m_bucket(M), HAS_BIAS=has_bias, ACT=act, NUM_SMS=sms, **(fixed or {}),
+        )
+        return out
+    kernel = _gated_mlp_kernel.fn if fixed else registry.launcher(_gated_mlp_kernel)
     kernel[_grid(M, N)](
         x, wg, wu, bg if has_bias else wg, bu if has_bias else wu, out,
         M, N, K, _m_bucket(M),
         x.stride(0), x.stride(1), wg.stride(0), wg.stride(1), wu.stride(0), wu.stride(1),
         out.stride(0), out.stride(1),
-        HAS_BIAS=has_bias, ACT=act, **_precision(x.dtype), **fixed_config,
+        HAS_BIAS=has_bias, ACT=act, **_precision(x.dtype), **(fixed or {}),
     )
     return out
 
@@ -367,7 +533,7 @@ def gated_mlp_ref(x, wg, wu, bg, bu, act, upcast: bool = False) -> torch.Tensor:
     return act_ref(torch.nn.functional.linear(x, wg, bg), act) * torch.nn.functional.linear(x, wu, bu)
 
 
-_PROBE_CONFIG = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=2)
+_PROBE_CONFIG = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=2)
 
 
 def probe(device: str, dtype: torch.dtype, act: str, has_bias: bool, gated: bool) -> Optional[str]:
@@ -382,10 +548,10 @@ def probe(device: str, dtype: torch.dtype, act: str, has_bias: bool, gated: bool
         b1 = torch.randn(24, generator=g).to(device=device, dtype=dtype) if has_bias else None
         b2 = torch.randn(24, generator=g).to(device=device, dtype=dtype) if has_bias else None
         if gated:
-            y = _launch_gated(x, w1, w2, b1, b2, act, kernel=_gated_mlp_kernel.fn, **_PROBE_CONFIG)
+            y = _launch_gated(x, w1, w2, b1, b2, act, fixed=_PROBE_CONFIG)
             ref = gated_mlp_ref(x, w1, w2, b1, b2, act, upcast=True)
         else:
-            y, pre = _launch_linear(x, w1, b1, act, True, kernel=_linear_act_kernel.fn, **_PROBE_CONFIG)
+            y, pre = _launch_linear(x, w1, b1, act, True, fixed=_PROBE_CONFIG)
             ref = linear_act_ref(x, w1, b1, act, upcast=True)
             if not torch.allclose(pre.double().cpu(), linear_act_ref(x, w1, b1, "none", upcast=True), 5e-2, 5e-2):
                 raise RuntimeError("wrong pre-activation on the probe input")
