@@ -27,6 +27,7 @@ import triton.language as tl
 
 from tritonfuse import registry
 from tritonfuse.kernels.common import cast_out, dot_upcast, rtne_bf16
+from tritonfuse.kernels.linear_act import _tile_ids
 
 ACTIVATIONS = ("none", "relu", "relu6", "silu", "hardswish")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -119,21 +120,6 @@ def _epilogue(
     o_rows = img * s_on + oh * s_oh + ow * s_ow
     tl.store(out_ptr + o_rows[:, None] + offs_n[None, :] * s_oc,
              cast_out(acc, out_ptr.dtype.element_ty, RTNE_BF16), mask=mask)
-
-
-@triton.jit
-def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    # grouped ordering: programs that run together share rows of x in L2
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    num_pid_in_group = GROUP_M * num_pid_n
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
-    return pid_m, pid_n
 
 
 # --- kernels ------------------------------------------------------------------------------------------

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections import Counter
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch._inductor.pattern_matcher import Match, PatternMatcherPass, gen_pattern, register_graph_pattern
+from torch._inductor.pattern_matcher import (Match, PatternMatcherPass, gen_pattern_and_search_gm,
+                                            register_graph_pattern)
 
 from tritonfuse import registry
 from tritonfuse.kernels import conv_bn as K
@@ -120,9 +122,6 @@ def _variants():
 
 # --- checks --------------------------------------------------------------------------------------------
 
-_ACT_CONSTANTS = {aten.clamp_min.default: 0, aten.clamp_max.default: 6, aten.div.Tensor: 6}
-
-
 def _val(node):
     return node.meta.get("val") if isinstance(node, torch.fx.Node) else None
 
@@ -134,31 +133,28 @@ def _conv_node(match: Match) -> Optional[torch.fx.Node]:
     return None
 
 
-def _constants_ok(match: Match) -> bool:
-    # ints and floats are wildcards in a traced pattern: check the activation's constants and the
-    # broadcasting of the BN parameters here, so clamp(x, -1, 1) is not taken for relu6
-    var = match.kwargs.get("var")
-    for n in match.nodes:
-        if n.op != "call_function":
+def _constants(nodes) -> Counter:
+    """The scalar arguments of every op but the conv (its settings are read from the match) and the eps add.
+
+    Ints and floats are wildcards in a traced pattern; comparing them with the pattern's own afterwards
+    keeps ``clamp(x, 0, 5)`` from being taken for relu6 or ``unsqueeze(mean, 0)`` for a per-channel BN.
+    """
+    out = Counter()
+    for n in nodes:
+        if n.op != "call_function" or n.target == aten.convolution.default:
             continue
-        if n.target in _ACT_CONSTANTS and n.args[1] != _ACT_CONSTANTS[n.target]:
-            return False
-        if n.target == aten.unsqueeze.default and n.args[1] != -1:
-            return False
-        if n.target == aten.add.Tensor and not isinstance(n.args[1], torch.fx.Node):
-            a = n.args[0]
-            is_eps = a is var or (isinstance(a, torch.fx.Node) and a.target == torch.ops.prims.convert_element_type.default
-                                  and a.args[0] is var)
-            if not is_eps and n.args[1] != 3:
-                return False
-    return True
+        if n.target == aten.add.Tensor and all(u.target == aten.rsqrt.default for u in n.users):
+            continue  # var + eps: eps is a pattern argument
+        scalars = tuple(a for a in n.args if not isinstance(a, (torch.fx.Node, torch.dtype)))
+        out[(str(n.target), scalars)] += 1
+    return out
 
 
 def kernel_name(op: str, head: str, act: str, res: bool, act2: str) -> str:
     return f"{op}[{head},{act}" + (f"+res,{act2}" if res else "") + "]"
 
 
-def _site(match: Match, head: str, act: str, res: bool, act2: str):
+def _site(match: Match, head: str, act: str, res: bool, act2: str, constants: Counter):
     """(conv node, op args, chosen op, detail) or (conv node, reason, None, detail) or None (no site)."""
     conv = _conv_node(match)
     if conv is None:
@@ -169,7 +165,7 @@ def _site(match: Match, head: str, act: str, res: bool, act2: str):
     r = _val(match.kwargs.get("r")) if res else None
     if x is None or w is None or out is None or (res and not isinstance(r, torch.Tensor)):
         return None
-    if not _constants_ok(match):
+    if _constants(match.nodes) != constants:
         return None
     stride, padding, dilation, transposed, out_pad, groups = conv.args[3:9]
     bn = tuple(_val(match.kwargs.get(k)) for k in ("mean", "var", "gamma", "beta")) if "bn" in head else (None,) * 4
@@ -208,9 +204,9 @@ def _site(match: Match, head: str, act: str, res: bool, act2: str):
     return conv, args, op, detail
 
 
-def _make_check(head: str, act: str, res: bool, act2: str):
+def _make_check(head: str, act: str, res: bool, act2: str, constants: Counter):
     def check(match: Match) -> bool:
-        site = _site(match, head, act, res, act2)
+        site = _site(match, head, act, res, act2, constants)
         if site is None:
             return False
         conv, args, op, detail = site
@@ -223,9 +219,10 @@ def _make_check(head: str, act: str, res: bool, act2: str):
     return check
 
 
-def _make_handler(head: str, act: str, res: bool, act2: str):
+def _make_handler(head: str, act: str, res: bool, act2: str, constants: Counter):
     def handler(match: Match, *args, **kwargs) -> None:
-        conv, (b, bn, r, stride, padding, eps, act_, act2_, channels_last), op, _ = _site(match, head, act, res, act2)
+        site = _site(match, head, act, res, act2, constants)
+        conv, (b, bn, r, stride, padding, eps, act_, act2_, channels_last), op, _ = site
         opfn = getattr(torch.ops.tritonfuse, op)
         # only fx nodes go through the trace; the conv's settings are constants of the replacement
         names = ["x", "w"] + (["b"] if b is not None else []) + (["mean", "var", "gamma", "beta"] if "bn" in head
@@ -255,12 +252,13 @@ def pattern_pass() -> PatternMatcherPass:
         names = _argnames(head, res is not None)
         search = _named(_conv_bn_pattern(head, act, res, act2), names)
         for dtype in (torch.float32, torch.float16):
-            pattern = gen_pattern(search, _example_inputs(head, res is not None, dtype), trace_pattern,
-                                  scalar_workaround={"eps": _EPS} if "bn" in head else None)
+            pattern, gm = gen_pattern_and_search_gm(
+                search, _example_inputs(head, res is not None, dtype), trace_pattern,
+                scalar_workaround={"eps": _EPS} if "bn" in head else None)
             key = repr(pattern)
             if key in seen:
                 continue  # no upcast in this variant: the fp32 trace serves every dtype
             seen.add(key)
-            register_graph_pattern(pattern, extra_check=_make_check(head, act, res is not None, act2),
-                                   pass_dict=pm)(_make_handler(head, act, res is not None, act2))
+            flags = (head, act, res is not None, act2, _constants(gm.graph.nodes))
+            register_graph_pattern(pattern, extra_check=_make_check(*flags), pass_dict=pm)(_make_handler(*flags))
     return pm

@@ -1,0 +1,353 @@
+"""conv_bn family: the implicit-GEMM kernel and its cuDNN twin vs fp64, and the patterns on real graphs."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import tritonfuse
+from tritonfuse.kernels import conv_bn as K
+from tests.utils import assert_close_to_ref, fresh
+
+FAMILY = "conv_bn"
+ATOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def _params(cout, dtype, device, seed, bias=False, bn=True):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(lo=None):
+        t = torch.rand(cout, generator=g) + lo if lo is not None else torch.randn(cout, generator=g)
+        return t.to(device=device, dtype=dtype)
+
+    b = rnd() if bias else None
+    p = (rnd(), rnd(0.5), rnd(0.5), rnd()) if bn else (None,) * 4  # mean, var > 0, gamma, beta
+    return b, p
+
+
+# --- kernels ------------------------------------------------------------------------------------------
+
+# (x shape, cout, kernel, stride, padding): stems with 3 channels (flat K), odd channel counts (masked K),
+# 1x1 convs (the GEMM path, EVEN_C or not), stride 2, non-square kernels and images
+SHAPES = [
+    ((2, 3, 11, 13), 20, (7, 7), 2, 3),
+    ((2, 37, 9, 7), 20, (3, 3), 1, 1),
+    ((3, 40, 10, 9), 33, (3, 3), 2, 1),
+    ((2, 32, 9, 7), 48, (1, 1), 1, 0),
+    ((2, 40, 9, 7), 33, (1, 1), 2, 0),
+    ((1, 24, 8, 10), 17, (1, 3), 1, 0),
+]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _check_op(op, xshape, cout, ksize, stride, pad, dtype, device, act="relu", act2="none", res=False,
+              bias=False, bn=True, layout="cl", seed=0):
+    x = fresh(*xshape, dtype=dtype, device=device, seed=seed)
+    w = fresh(cout, xshape[1], *ksize, dtype=dtype, device=device, seed=seed + 1,
+              scale=(xshape[1] * ksize[0] * ksize[1]) ** -0.5)
+    if layout == "cl":
+        x, w = x.to(memory_format=torch.channels_last), w.to(memory_format=torch.channels_last)
+    elif layout == "sliced":
+        # non-contiguous: every other channel of a wider channels_last tensor
+        wide = fresh(xshape[0], 2 * xshape[1], *xshape[2:], dtype=dtype, device=device, seed=seed)
+        x = wide.to(memory_format=torch.channels_last)[:, ::2]
+    b, p = _params(cout, dtype, device, seed + 2, bias, bn)
+    st, pd = [stride, stride], [pad, pad]
+    shape = K.out_shape(x.shape, w.shape, st, pd)
+    r = fresh(*shape, dtype=dtype, device=device, seed=seed + 3).to(memory_format=torch.channels_last) if res else None
+    before = [t.clone() for t in (x, w, b, *p, r) if t is not None]
+    channels_last = layout != "nchw"
+    out = op(x, w, b, *p, r, st, pd, 1e-5, act, act2, channels_last)
+    ref = K.conv_bn_ref(x, w, b, *p, r, st, pd, 1e-5, act, act2, upcast=True)
+    eager = K.conv_bn_ref(x, w, b, *p, r, st, pd, 1e-5, act, act2)
+    assert out.dtype == dtype
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert out.is_contiguous(memory_format=fmt), f"output strides {out.stride()}"
+    assert_close_to_ref(out, ref, eager, atol=ATOL[dtype], what=f"{op} {xshape} {ksize} {dtype}")
+    after = [t for t in (x, w, b, *p, r) if t is not None]
+    assert all(torch.equal(u, v) for u, v in zip(before, after)), "an input was modified"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", range(len(SHAPES)))
+def test_conv_bn_kernel(case, dtype, device):
+    acts = [("relu", "none", False), ("silu", "none", True), ("none", "relu", True), ("hardswish", "none", False),
+            ("relu6", "relu", True), ("none", "none", True)]
+    act, act2, res = acts[case]
+    _check_op(torch.ops.tritonfuse.conv_bn, *SHAPES[case], dtype, device, act, act2, res, seed=case)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "sliced"])
+def test_conv_bn_kernel_layouts(layout, device):
+    # NCHW-contiguous and non-contiguous activations are read through their strides
+    _check_op(torch.ops.tritonfuse.conv_bn, (2, 12, 9, 7), 20, (3, 3), 2, 1, torch.float16, device,
+              act="relu", layout=layout)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_conv_bias_no_bn(dtype, device):
+    _check_op(torch.ops.tritonfuse.conv_bn, (2, 19, 7, 9), 24, (3, 3), 1, 1, dtype, device, act="relu6",
+              bias=True, bn=False)
+    _check_op(torch.ops.tritonfuse.conv_bn, (2, 19, 7, 9), 24, (1, 1), 1, 0, dtype, device, act="silu",
+              bias=True, bn=True, res=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_conv_bn_cudnn_op(dtype, device):
+    # the cuDNN path: aten.convolution then one Triton epilogue
+    _check_op(torch.ops.tritonfuse.conv_bn_cudnn, (2, 37, 9, 7), 20, (3, 3), 2, 1, dtype, device,
+              act="none", act2="relu", res=True)
+    _check_op(torch.ops.tritonfuse.conv_bn_cudnn, (2, 12, 9, 7), 20, (1, 1), 1, 0, dtype, device,
+              act="hardswish", layout="nchw")
+
+
+def test_unsupported_reasons():
+    x, w = torch.empty(2, 8, 9, 9), torch.empty(16, 8, 3, 3)
+    none4 = (None,) * 4
+    assert "groups" in K.unsupported(x, torch.empty(16, 4, 3, 3), None, none4, None, [1, 1], [1, 1], groups=2)
+    assert "dilation" in K.unsupported(x, w, None, none4, None, [1, 1], [1, 1], dilation=[2, 2])
+    assert "kernel size" in K.unsupported(x, torch.empty(16, 8, 2, 2), None, none4, None, [1, 1], [0, 0])
+    assert "mixed dtypes" in K.unsupported(x, w.half(), None, none4, None, [1, 1], [1, 1])
+    assert "gelu" in K.unsupported(x, w, None, none4, None, [1, 1], [1, 1], act="gelu")
+    assert "broadcast" in K.unsupported(x, w, None, none4, torch.empty(16, 1, 1), [1, 1], [1, 1])
+
+
+def test_choice_cache_roundtrip(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    K._save_choice("k1", {"kernel": "conv_bn_cudnn", "triton_ms": 2.0, "cudnn_ms": 1.0})
+    K._save_choice("k2", {"kernel": "conv_bn", "triton_ms": 1.0, "cudnn_ms": 2.0})
+    data = json.loads((tmp_path / "tritonfuse" / "conv_choice.json").read_text())
+    assert data["k1"]["kernel"] == "conv_bn_cudnn" and data["k2"]["kernel"] == "conv_bn"
+    assert K._load_choices() == data
+
+
+@pytest.mark.cuda
+def test_choice_measured_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(K, "_choices", {})
+    x = torch.randn(8, 64, 28, 28, device="cuda", dtype=torch.float16).to(memory_format=torch.channels_last)
+    w = torch.randn(64, 64, 3, 3, device="cuda", dtype=torch.float16).to(memory_format=torch.channels_last)
+    _, p = _params(64, torch.float16, "cuda", 0)
+    rec = K.choose(x, w, None, p, None, [1, 1], [1, 1], 1e-5, "relu", "none", True)
+    assert rec["kernel"] in ("conv_bn", "conv_bn_cudnn") and rec["triton_ms"] > 0 and rec["cudnn_ms"] > 0
+    assert rec["kernel"] == ("conv_bn" if rec["triton_ms"] <= rec["cudnn_ms"] else "conv_bn_cudnn")
+    key = K.choice_key(x, w, None, p, None, [1, 1], [1, 1], "relu", "none", True)
+    assert json.loads(K.choice_path().read_text())[key] == rec
+
+
+# --- patterns -----------------------------------------------------------------------------------------
+
+
+def _randomize_bn(model, seed=0):
+    # fresh BNs are the identity; random statistics make a wrong fold visible
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model
+
+
+def _compile_check(model, x, expect, atol=1e-4, kernels=None):
+    """Compile with tritonfuse, assert the conv_bn counters, compare with fp64 and eager."""
+    with torch.no_grad():
+        eager = model(x)
+        out = torch.compile(model, backend="tritonfuse")(x)
+        ref = copy.deepcopy(model).double()(x.double())
+    assert tritonfuse.counters()[FAMILY] == expect, tritonfuse.report()
+    if kernels is not None:
+        got = sorted(s.kernel for s in tritonfuse.sites() if s.family == FAMILY and s.status == "replaced")
+        assert got == sorted(kernels), got
+    assert out.stride() == eager.stride(), f"strides {out.stride()} != eager {eager.stride()}"
+    assert_close_to_ref(out, ref, eager, atol=atol)
+    return out
+
+
+def _counts(matched, replaced, fallback=0):
+    return {"matched": matched, "replaced": replaced, "fallback": fallback}
+
+
+class ConvBNAct(nn.Module):
+    def __init__(self, cin=5, cout=12, k=3, stride=1, act=None, bias=False, bn=True, groups=1):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, stride, k // 2, bias=bias, groups=groups)
+        self.bn = nn.BatchNorm2d(cout) if bn else nn.Identity()
+        self.act = act or nn.Identity()
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+@pytest.mark.parametrize("act,name", [(nn.ReLU(), "relu"), (nn.ReLU6(), "relu6"), (nn.SiLU(), "silu"),
+                                      (nn.Hardswish(), "hardswish")])
+def test_conv_bn_act(act, name):
+    m = _randomize_bn(ConvBNAct(act=act)).eval()
+    x = torch.randn(2, 5, 9, 7).to(memory_format=torch.channels_last)
+    _compile_check(m, x, _counts(1, 1), kernels=[f"conv_bn[bn,{name}]"])
+
+
+def test_conv_bias_act_and_nchw_input():
+    # a conv with bias and no BN; NCHW input: the output keeps eager's (contiguous) layout
+    m = ConvBNAct(act=nn.ReLU6(), bias=True, bn=False, stride=2).eval()
+    _compile_check(m, torch.randn(2, 5, 11, 9), _counts(1, 1), kernels=["conv_bn[bias,relu6]"])
+
+
+def test_wrong_constants_not_taken_for_relu6():
+    # hardtanh(0, 5) traces like relu6 with other constants: BN is fused, the clamp stays Inductor's
+    m = ConvBNAct(act=nn.Hardtanh(0.0, 5.0)).eval()
+    _compile_check(_randomize_bn(m), torch.randn(2, 5, 9, 7), _counts(1, 1), kernels=["conv_bn[bn,none]"])
+
+
+class Residual(nn.Module):
+    def __init__(self, order):
+        super().__init__()
+        self.cbr = ConvBNAct(12, 12, act=nn.ReLU())
+        self.cb = ConvBNAct(12, 12)
+        self.order = order
+
+    def forward(self, x):
+        y = self.cb(self.cbr(x))
+        if self.order == "mobilenet":
+            return x + y  # MobileNetV2: no activation after the add, residual first
+        if self.order == "act_before_add":
+            return F.relu(y) + x
+        return F.relu(y + x)
+
+
+@pytest.mark.parametrize("order,kernel", [("resnet", "conv_bn[bn,none+res,relu]"),
+                                          ("mobilenet", "conv_bn[bn,none+res,none]"),
+                                          ("act_before_add", "conv_bn[bn,relu+res,none]")])
+def test_residual(order, kernel):
+    m = _randomize_bn(Residual(order)).eval()
+    x = torch.randn(2, 12, 7, 9).to(memory_format=torch.channels_last)
+    _compile_check(m, x, _counts(2, 2), kernels=["conv_bn[bn,relu]", kernel])
+
+
+def test_bf16_model():
+    m = _randomize_bn(Residual("resnet")).eval().to(torch.bfloat16)
+    x = torch.randn(2, 12, 7, 9, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    _compile_check(m, x, _counts(2, 2), atol=2e-2, kernels=["conv_bn[bn,relu]", "conv_bn[bn,none+res,relu]"])
+
+
+def test_resnet18_counts_and_numerics():
+    torchvision = pytest.importorskip("torchvision")
+    m = _randomize_bn(torchvision.models.resnet18(weights=None)).eval()
+    # every conv has a BN (20), the 8 residual adds are fused with their block's last conv
+    kernels = ["conv_bn[bn,relu]"] * 9 + ["conv_bn[bn,none+res,relu]"] * 8 + ["conv_bn[bn,none]"] * 3
+    _compile_check(m, torch.randn(1, 3, 32, 32), _counts(20, 20), atol=1e-4, kernels=kernels)
+
+
+def test_resnet50_counts():
+    # the counts on the real graph; the kernels' numerics on a whole ResNet are test_resnet18's (running
+    # ResNet-50 through the interpreter would take most of this file's time budget)
+    torchvision = pytest.importorskip("torchvision")
+    from tritonfuse.backend import tritonfuse_backend
+
+    def count_only(gm, example_inputs):
+        tritonfuse_backend(gm, example_inputs)
+        return gm.forward
+
+    m = _randomize_bn(torchvision.models.resnet50(weights=None)).eval()
+    with torch.no_grad():
+        torch.compile(m, backend=count_only)(torch.randn(1, 3, 32, 32))
+    assert tritonfuse.counters()[FAMILY] == _counts(53, 53), tritonfuse.report()
+    got = sorted(s.kernel for s in tritonfuse.sites() if s.family == FAMILY)
+    assert got == sorted(["conv_bn[bn,relu]"] * 33 + ["conv_bn[bn,none+res,relu]"] * 16 + ["conv_bn[bn,none]"] * 4)
+
+
+def test_training_mode_not_rewritten():
+    m = _randomize_bn(Residual("resnet")).train()
+    x = torch.randn(2, 12, 7, 9)
+    with torch.no_grad():
+        eager = copy.deepcopy(m)(x)
+        out = torch.compile(m, backend="tritonfuse")(x)
+    assert tritonfuse.counters()[FAMILY] == _counts(0, 0)
+    torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-4)
+
+
+class ConvUsedTwice(nn.Module):
+    def __init__(self, what):
+        super().__init__()
+        self.conv, self.bn, self.what = nn.Conv2d(5, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12), what
+
+    def forward(self, x):
+        y = self.conv(x)
+        z = self.bn(y)
+        if self.what == "conv":
+            return F.relu(z) + y  # the conv output is needed unnormalized: nothing to fuse
+        return F.relu(z), z * 2  # the BN output is used twice: the BN is fused, the relu is not
+
+
+def test_negative_conv_output_reused():
+    m = _randomize_bn(ConvUsedTwice("conv")).eval()
+    _compile_check(m, torch.randn(2, 5, 9, 7), _counts(0, 0))
+
+
+def test_negative_bn_output_reused():
+    m = _randomize_bn(ConvUsedTwice("bn")).eval()
+    x = torch.randn(2, 5, 9, 7)
+    with torch.no_grad():
+        eager = m(x)
+        out = torch.compile(m, backend="tritonfuse")(x)
+    assert tritonfuse.counters()[FAMILY] == _counts(1, 1)
+    assert [s.kernel for s in tritonfuse.sites() if s.family == FAMILY] == ["conv_bn[bn,none]"]
+    for o, e in zip(out, eager):
+        torch.testing.assert_close(o, e, rtol=1e-4, atol=1e-5)
+
+
+def test_grouped_conv_left_to_inductor():
+    m = _randomize_bn(ConvBNAct(12, 12, act=nn.ReLU(), groups=12)).eval()
+    _compile_check(m, torch.randn(2, 12, 9, 7), _counts(1, 0, 1))
+    (site,) = [s for s in tritonfuse.sites() if s.family == FAMILY]
+    assert "groups=12" in site.reason
+
+
+def test_inplace_update_after_compile():
+    # parameters are graph inputs and the BN is folded in the kernel's epilogue at every call:
+    # updating them in place after compiling must change the result, and nothing of the user's is written
+    m = _randomize_bn(Residual("resnet")).eval()
+    x = torch.randn(2, 12, 7, 9).to(memory_format=torch.channels_last)
+    compiled = torch.compile(m, backend="tritonfuse")
+    with torch.no_grad():
+        compiled(x)
+        m.cb.conv.weight.mul_(-1.5)
+        m.cb.bn.running_var.mul_(3.0)
+        m.cb.bn.running_mean.add_(0.25)
+        m.cbr.bn.weight.add_(0.5)
+        state = {k: v.clone() for k, v in m.state_dict().items()}
+        out = compiled(x)
+        eager = m(x)
+        ref = copy.deepcopy(m).double()(x.double())
+    assert tritonfuse.counters()[FAMILY]["replaced"] == 2
+    assert_close_to_ref(out, ref, eager, atol=1e-4)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in state.items())
+
+
+def test_forced_cudnn_path(monkeypatch):
+    monkeypatch.setattr(K, "CHOICE", "cudnn")
+    m = _randomize_bn(Residual("resnet")).eval()
+    # a shape no other test compiles: Inductor's graph cache keys on the graph, not on the choice
+    x = torch.randn(2, 12, 6, 5).to(memory_format=torch.channels_last)
+    _compile_check(m, x, _counts(2, 2), kernels=["conv_bn_cudnn[bn,relu]", "conv_bn_cudnn[bn,none+res,relu]"])
+
+
+@pytest.mark.cuda
+def test_resnet50_cuda_fp16_channels_last():
+    torchvision = pytest.importorskip("torchvision")
+    m = _randomize_bn(torchvision.models.resnet50(weights=None)).eval().cuda()
+    x = torch.randn(2, 3, 64, 64, device="cuda")
+    m, x = m.half().to(memory_format=torch.channels_last), x.half().to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        eager = m(x)
+        out = torch.compile(m, backend="tritonfuse")(x)
+        ref = copy.deepcopy(m).double()(x.double())
+    assert tritonfuse.counters()[FAMILY] == _counts(53, 53), tritonfuse.report()
+    assert_close_to_ref(out, ref, eager, atol=5e-2)
