@@ -31,27 +31,29 @@ from common import merge_rows, meta, row  # noqa: E402
 
 import tritonfuse  # noqa: E402
 from tritonfuse import config  # noqa: E402
+from tritonfuse.backend import tritonfuse_backend  # noqa: E402  (works without the entry point installed)
 from tritonfuse.kernels import attention as K  # noqa: E402
 
 DT = torch.float16
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: only for --smoke under TRITON_INTERPRET=1
 
 
-def _bench(fn, warmup=25, rep=100):
+def _bench(fn, warmup=10, rep=50):
     import triton
 
     return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
 
 
 def _qkv(B, Hq, Hkv, Sq, Sk, D, layout="bshd"):
-    g = torch.Generator(device="cuda").manual_seed(0)
+    g = torch.Generator(device=DEVICE).manual_seed(0)
     if layout == "bshd":  # [B, S, H, D] projections viewed as [B, H, S, D], as models produce them
-        q = torch.randn(B, Sq, Hq, D, device="cuda", dtype=DT, generator=g).transpose(1, 2)
-        k = torch.randn(B, Sk, Hkv, D, device="cuda", dtype=DT, generator=g).transpose(1, 2)
-        v = torch.randn(B, Sk, Hkv, D, device="cuda", dtype=DT, generator=g).transpose(1, 2)
+        q = torch.randn(B, Sq, Hq, D, device=DEVICE, dtype=DT, generator=g).transpose(1, 2)
+        k = torch.randn(B, Sk, Hkv, D, device=DEVICE, dtype=DT, generator=g).transpose(1, 2)
+        v = torch.randn(B, Sk, Hkv, D, device=DEVICE, dtype=DT, generator=g).transpose(1, 2)
     else:
-        q = torch.randn(B, Hq, Sq, D, device="cuda", dtype=DT, generator=g)
-        k = torch.randn(B, Hkv, Sk, D, device="cuda", dtype=DT, generator=g)
-        v = torch.randn(B, Hkv, Sk, D, device="cuda", dtype=DT, generator=g)
+        q = torch.randn(B, Hq, Sq, D, device=DEVICE, dtype=DT, generator=g)
+        k = torch.randn(B, Hkv, Sk, D, device=DEVICE, dtype=DT, generator=g)
+        v = torch.randn(B, Hkv, Sk, D, device=DEVICE, dtype=DT, generator=g)
     return q, k, v
 
 
@@ -76,7 +78,7 @@ def _sdpa_flash(q, k, v, causal):
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
 
-def bench_forward(B, H, S, D, causal, rows, sweep=False):
+def bench_forward(B, H, S, D, causal, rows, sweep=False, compiled=True):
     shape = f"B{B} H{H} S{S} D{D}{' causal' if causal else ''}"
     print(f"forward {shape}")
     q, k, v = _qkv(B, H, H, S, S, D)
@@ -87,15 +89,16 @@ def bench_forward(B, H, S, D, causal, rows, sweep=False):
         return _sdpa_flash(q, k, v, causal)
 
     fn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # noqa: E731
-    inductor = torch.compile(fn)
-    tritonfuse.reset()
-    with config.patch(patterns="attention"):
-        backend = torch.compile(fn, backend="tritonfuse")
-        with torch.no_grad():
-            backend_out = backend(q, k, v)
-    counts = tritonfuse.counters()["attention"]
-    print(f"  tritonfuse backend counts {counts}")
-    assert counts == {"matched": 1, "replaced": 1, "fallback": 0}, tritonfuse.sites()
+    if compiled:
+        inductor = torch.compile(fn)
+        tritonfuse.reset()
+        with config.patch(patterns="attention"):
+            backend = torch.compile(fn, backend=tritonfuse_backend)
+            with torch.no_grad():
+                backend_out = backend(q, k, v)
+        counts = tritonfuse.counters()["attention"]
+        print(f"  tritonfuse backend counts {counts} {[s.detail for s in tritonfuse.sites()]}")
+        assert counts == {"matched": 1, "replaced": 1, "fallback": 0}, tritonfuse.sites()
 
     def ours():
         return torch.ops.tritonfuse.attention(q, k, v, None, scale, causal)
@@ -109,9 +112,10 @@ def bench_forward(B, H, S, D, causal, rows, sweep=False):
 
     ref_out = sdpa()
     _check("tritonfuse", ours(), ref_out, q, k, v, causal)
-    _check("tritonfuse-backend", backend_out, ref_out, q, k, v, causal)
-    providers = [("sdpa", sdpa), ("inductor", lambda: inductor(q, k, v)), ("tritonfuse", ours),
-                 ("tritonfuse-backend", lambda: backend(q, k, v))]
+    providers = [("sdpa", sdpa), ("tritonfuse", ours)]
+    if compiled:
+        _check("tritonfuse-backend", backend_out, ref_out, q, k, v, causal)
+        providers += [("inductor", lambda: inductor(q, k, v)), ("tritonfuse-backend", lambda: backend(q, k, v))]
     if sweep:
         _check("tritonfuse-ptr", ours_ptr(), ref_out, q, k, v, causal)
         providers.append(("tritonfuse-ptr", ours_ptr))
@@ -192,7 +196,7 @@ def bench_backward(B, H, S, D, causal, rows):
         print(f"  {kern.fn.__name__} best config: {getattr(kern, 'best_config', None)}")
 
 
-def bench_decode(B, Hq, Hkv, Sq, Sk, D, rows):
+def bench_decode(B, Hq, Hkv, Sq, Sk, D, rows, compiled=True):
     shape = f"B{B} Hq{Hq} Hkv{Hkv} Sq{Sq} Sk{Sk} D{D}"
     print(f"decode {shape}")
     q, k, v = _qkv(B, Hq, Hkv, Sq, Sk, D, layout="bhsd")
@@ -201,7 +205,6 @@ def bench_decode(B, Hq, Hkv, Sq, Sk, D, rows):
     nbytes = 2 * B * Hkv * Sk * D * q.element_size()  # K and V read once
 
     fn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)  # noqa: E731
-    inductor = torch.compile(fn)
 
     def ours():
         return torch.ops.tritonfuse.attention(q, k, v, None, scale, False)
@@ -209,8 +212,11 @@ def bench_decode(B, Hq, Hkv, Sq, Sk, D, rows):
     sdpa_out = fn(q, k, v)
     _check("tritonfuse", ours(), sdpa_out, q, k, v, False)
     with torch.no_grad():
-        for name, f in (("sdpa", lambda: fn(q, k, v)), ("inductor", lambda: inductor(q, k, v)),
-                        ("tritonfuse", ours)):
+        providers = [("sdpa", lambda: fn(q, k, v)), ("tritonfuse", ours)]
+        if compiled:
+            inductor = torch.compile(fn)
+            providers.append(("inductor", lambda: inductor(q, k, v)))
+        for name, f in providers:
             ms = _bench(f)
             rows.append(row("attention_decode", shape, DT, name, ms, tflops=flops / ms * 1e-9,
                             tbps=nbytes / ms * 1e-9))
@@ -238,7 +244,7 @@ def check_model_counts():
             tritonfuse.reset()
             with torch.no_grad(), config.patch(patterns="attention"):
                 ref = model(**kw).last_hidden_state
-                out = torch.compile(model, backend="tritonfuse")(**kw).last_hidden_state
+                out = torch.compile(model, backend=tritonfuse_backend)(**kw).last_hidden_state
             counts = tritonfuse.counters()["attention"]
             err = (out.float() - ref.float()).abs().max().item()
             print(f"  {name} {impl}: {counts} max diff vs eager {err:.3g}")
@@ -252,15 +258,24 @@ def main():
     p.add_argument("--sweep", action="store_true", help="also time the pointer kernel and every TMA config")
     p.add_argument("--models", action="store_true", help="assert match counts on tiny BERT/Llama CUDA graphs")
     p.add_argument("--out", default=None, help="also write the rows here (JSON)")
+    p.add_argument("--smoke", action="store_true", help="tiny shapes (a check of this script on the CPU)")
     args = p.parse_args()
     t0 = time.time()
     rows: list[dict] = []
-    cases = [
+    if args.smoke:
+        global _bench
+        _bench = lambda fn: (fn(), 1.0)[1]  # noqa: E731
+        rows_smoke: list[dict] = []
+        bench_forward(1, 2, 64, 32, False, rows_smoke)
+        bench_decode(1, 4, 2, 1, 300, 32, rows_smoke)
+        print(rows_smoke)
+        return
+    cases = [  # in priority order: --budget may cut the tail
         lambda: bench_forward(8, 16, 4096, 128, False, rows, sweep=args.sweep),
-        lambda: bench_decode(8, 16, 8, 1, 4096, 128, rows),
-        lambda: bench_forward(8, 16, 4096, 128, True, rows),
-        lambda: bench_forward(8, 16, 4096, 64, False, rows),
+        lambda: bench_forward(8, 16, 4096, 128, True, rows, compiled=False),
+        lambda: bench_decode(8, 16, 8, 1, 4096, 128, rows, compiled=False),
         lambda: bench_backward(8, 16, 4096, 128, False, rows),
+        lambda: bench_forward(8, 16, 4096, 64, False, rows, compiled=False),
         lambda: bench_backward(8, 16, 4096, 128, True, rows),
     ]
     if args.models:
@@ -269,7 +284,13 @@ def main():
         if time.time() - t0 > args.budget:
             print(f"budget of {args.budget:.0f} s spent: remaining cases skipped")
             break
-        case()
+        try:
+            case()
+        except Exception as e:  # report and go on: one failing case must not lose the others
+            import traceback
+
+            traceback.print_exc(limit=3)
+            print(f"  case FAILED: {type(e).__name__}: {str(e)[:300]}")
         print(f"  [{time.time() - t0:.0f} s]")
         if args.out and rows:  # written after every case: a run cut short keeps what it measured
             with open(args.out, "w") as f:

@@ -73,8 +73,6 @@ _TMA_CONFIGS = [
     _cfg(128, 128, 8, 3),
     _cfg(128, 64, 4, 3),
     _cfg(128, 64, 8, 3),
-    _cfg(128, 128, 8, 2),
-    _cfg(64, 64, 4, 3),
 ]
 
 _AUTOTUNE_KW = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}

@@ -1,0 +1,211 @@
+"""The CLI on the tiny model: exit codes, the results JSON contract, --small on the CPU, a missing optional
+dependency, an unknown model or mode, a failing mode, and profile/explain naming layers and replaced sites."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+
+from tritonfuse import cli, results, zoo
+
+FAST = ["--small", "--no-progress"]
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# --- bad input: exit status 2 with the valid names ------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    ["bench", "--models", "tiny-mlp,nope"],
+    ["profile", "nope"],
+    ["explain", "nope"],
+])
+def test_unknown_model_exits_2_listing_valid(capsys, argv):
+    code, out, err = run(capsys, *argv, *FAST)
+    assert code == 2
+    assert "unknown model 'nope'" in err
+    for name in zoo.MODELS:
+        assert name in err
+
+
+def test_unknown_mode_exits_2_listing_valid(capsys):
+    code, _, err = run(capsys, "bench", "--models", "tiny-mlp", "--modes", "eager,turbo", *FAST)
+    assert code == 2
+    assert "unknown mode 'turbo'" in err
+    for mode in cli.MODES:
+        assert mode in err
+
+
+@pytest.mark.parametrize("argv", [[], ["bench", "--frobnicate"], ["bench", "--dtype", "fp8", *FAST]])
+def test_bad_usage_exits_2(capsys, argv):
+    assert run(capsys, *argv)[0] == 2
+
+
+def test_help_exits_0(capsys):
+    code, out, _ = run(capsys, "profile", "--help")
+    assert code == 0
+    assert "do not add blocks and leaves" in out  # the per-layer timing doc is in the help
+
+
+# --- bench ----------------------------------------------------------------------------------------------
+
+
+def test_bench_small_cpu_writes_results_contract(capsys, tmp_path):
+    out_file = tmp_path / "cpu.json"
+    code, out, err = run(capsys, "bench", "--models", "tiny-mlp", "--modes", "eager,inductor,tritonfuse",
+                         "--out", str(out_file), *FAST)
+    assert code == 0, err
+    doc = json.loads(out_file.read_text())
+    for field in results.HEADER_FIELDS:
+        assert field in doc
+    assert doc["command"].startswith("tritonfuse bench --models tiny-mlp")
+    rows = {r["mode"]: r for r in doc["models"]}
+    assert list(rows) == ["eager", "inductor", "tritonfuse"]
+    for r in rows.values():
+        assert set(results.ROW_FIELDS) <= set(r), set(results.ROW_FIELDS) - set(r)
+        assert r["status"] == "ok" and r["model"] == "tiny-mlp" and r["dtype"] == "float32" and r["batch"] == 8
+        assert r["ms"] > 0 and r["cosine"] > 0.99999
+    assert rows["eager"]["speedup_vs_eager"] == 1.0 and rows["eager"]["counters"] is None
+    assert rows["inductor"]["speedup_vs_inductor"] == 1.0 and rows["inductor"]["compile_s"] > 0
+    assert math.isclose(rows["tritonfuse"]["speedup_vs_eager"], rows["eager"]["ms"] / rows["tritonfuse"]["ms"])
+    # Linear + GELU is one linear_act site, served by the Triton kernel
+    assert rows["tritonfuse"]["counters"]["linear_act"] == {"matched": 1, "replaced": 1, "fallback": 0}
+    assert rows["tritonfuse"]["sqnr_db"] > 60
+    assert "tiny-mlp" in out and "1/1 linear_act:1" in out
+    # the README table renders from the file
+    md = results.readme([out_file])
+    assert "| tiny-mlp (small) | float32 | 8 |" in md and "tritonfuse bench --models tiny-mlp" in md
+
+
+def test_results_merge_replaces_own_rows_keeps_others(tmp_path):
+    path = tmp_path / "r.json"
+
+    def row(model, mode, ms):
+        return {"model": model, "mode": mode, "dtype": "float16", "batch": 8, "ms": ms, "compile_s": None,
+                "peak_mem_gb": None, "speedup_vs_eager": None, "speedup_vs_inductor": None, "cosine": None,
+                "sqnr_db": float("inf"), "counters": None}
+
+    results.write([row("a", "eager", 1.0), row("a", "inductor", 2.0)], path, "cmd1")
+    results.write([row("a", "inductor", 3.0), row("b", "eager", 4.0)], path, "cmd2")
+    doc = results.load(path)  # strict JSON: inf was written as null
+    got = {(r["model"], r["mode"]): (r["ms"], r["command"]) for r in doc["models"]}
+    assert got == {("a", "eager"): (1.0, "cmd1"), ("a", "inductor"): (3.0, "cmd2"), ("b", "eager"): (4.0, "cmd2")}
+    assert doc["command"] == "cmd2" and doc["models"][0]["sqnr_db"] is None
+
+
+def test_results_load_rejects_missing_fields(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"gpu": "x", "torch": "", "triton": "", "commit": "", "date": "", "command": "",
+                                "models": [{"model": "a", "mode": "eager"}]}))
+    with pytest.raises(ValueError, match="row 0 misses dtype"):
+        results.load(path)
+
+
+def test_failing_mode_is_reported_others_still_run(capsys, tmp_path, monkeypatch):
+    real = cli._compiled
+
+    def broken(model, mode):
+        if mode == "inductor":
+            raise RuntimeError("simulated compile failure")
+        return real(model, mode)
+
+    monkeypatch.setattr(cli, "_compiled", broken)
+    out_file = tmp_path / "r.json"
+    code, out, err = run(capsys, "bench", "--models", "tiny-mlp", "--modes", "eager,inductor", "--out",
+                         str(out_file), *FAST)
+    assert code == 1
+    assert "FAILED: RuntimeError: simulated compile failure" in out
+    rows = {r["mode"]: r for r in results.load(out_file)["models"]}
+    assert rows["inductor"]["status"] == "failed" and rows["inductor"]["ms"] is None
+    assert "simulated compile failure" in rows["inductor"]["error"]
+    assert rows["eager"]["status"] == "ok" and rows["eager"]["ms"] > 0
+    assert rows["eager"]["speedup_vs_inductor"] is None
+
+
+def test_missing_optional_dependency_skips_the_model(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision now raises ImportError
+    code, out, err = run(capsys, "bench", "--models", "resnet50,tiny-mlp", "--modes", "eager", *FAST)
+    assert code == 0
+    assert "skipping resnet50: needs torchvision (pip install torchvision)" in err
+    assert "tiny-mlp" in out and "resnet50" not in out
+
+
+def test_train_step_compares_losses(capsys):
+    code, out, err = run(capsys, "bench", "--train", "--models", "tiny-mlp,vit_b_16", "--modes",
+                         "eager,tritonfuse", *FAST)
+    assert code == 0, err
+    assert "skipping vit_b_16: --train applies to" in err
+    lines = [l for l in out.splitlines() if l.startswith("tiny-mlp")]
+    assert len(lines) == 2 and "loss" in out
+
+
+def test_plot_without_matplotlib_says_so(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert cli.plot([], str(tmp_path / "p.png")) is False
+    assert "--plot needs matplotlib" in capsys.readouterr().err
+    assert not (tmp_path / "p.png").exists()
+
+
+# --- profile and explain --------------------------------------------------------------------------------
+
+
+def test_profile_names_layers_and_kernels(capsys):
+    code, out, err = run(capsys, "profile", "tiny-mlp", "--modes", "eager,tritonfuse", *FAST)
+    assert code == 0, err
+    rows = {l.split()[0]: l for l in out.splitlines()[2:] if l.strip() and not l.startswith("Times")}
+    assert set(rows) == {"(model)", "0", "1", "2"}
+    assert "Sequential" in rows["(model)"] and "linear_act[gelu]" in rows["(model)"]
+    assert "Linear" in rows["0"] and "GELU" in rows["1"]
+    # a Linear or a GELU alone is no linear_act site: Inductor serves it
+    assert rows["0"].rstrip().endswith("inductor") and rows["1"].rstrip().endswith("inductor")
+
+
+def test_profile_groups_repeated_blocks():
+    work = zoo.get("bert-base").make(small=True)
+    inp = work.inputs(work.model, "cpu", torch.float32, 0)
+    layers = {l.key: l for l in cli.capture_layers(work.model, inp)}
+    assert layers["encoder.layer.*"].calls == 2 and layers["encoder.layer.*"].kind == "block"
+    assert layers["encoder.layer.*.attention.self.query"].calls == 2
+    assert layers["(model)"].kind == "model"
+
+
+def test_explain_lists_replaced_sites(capsys):
+    code, out, err = run(capsys, "explain", "tiny-mlp", *FAST)
+    assert code == 0, err
+    assert "linear_act[gelu]" in out
+    assert "graph 0 linear_act" in out and "M=8 K=64 N=256" in out
+
+
+# --- the helpers ----------------------------------------------------------------------------------------
+
+
+def test_accuracy_metrics():
+    ref = torch.randn(1000, dtype=torch.float64)
+    noise = torch.randn(1000, dtype=torch.float64) * 1e-3
+    acc = cli.accuracy((ref + noise).float(), ref.float())
+    expect_sqnr = 20 * math.log10(ref.norm().item() / noise.norm().item())
+    assert abs(acc["sqnr_db"] - expect_sqnr) < 0.1
+    assert 0.999999 < acc["cosine"] <= 1.0
+    assert acc["max_rel_err"] == pytest.approx(noise.abs().max().item() / ref.abs().max().item(), rel=1e-2)
+    assert cli.accuracy(ref.float(), ref.float())["sqnr_db"] is None  # identical
+    bad = ref.float().clone()
+    bad[3] = float("nan")
+    assert cli.accuracy(bad, ref.float())["nonfinite"] is True
+
+
+def test_time_calls_runs_prep_before_every_call():
+    log = []
+    ms, n = cli.time_calls(lambda i: log.append(("call", i)), torch.device("cpu"), iters=4,
+                           prep=lambda i: log.append(("prep", i)))
+    assert n == 4 and ms >= 0
+    assert log[:2] == [("prep", 0), ("call", 0)]  # warm-up
+    assert log[2:] == [x for i in range(4) for x in (("prep", i), ("call", i))]
