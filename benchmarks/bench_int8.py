@@ -2,6 +2,7 @@
 decode weight-only GEMM (M=16) vs the bf16 cuBLAS linear. Checks what it times first, then prints a table and
 merges rows into ``benchmarks/results/kernels-<gpu>.json`` (or ``--out``).
 
+    python -m pip install --no-build-isolation --no-deps -e .
     python benchmarks/bench_int8.py            # correctness + timings of the shipped autotune configs
     python benchmarks/bench_int8.py --sweep    # also every candidate config, each launched directly
 
@@ -30,7 +31,10 @@ import triton
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import merge_rows, meta, row  # noqa: E402
 
-from tritonfuse.kernels import int8 as Q  # noqa: E402
+try:
+    from tritonfuse.kernels import int8 as Q  # noqa: E402
+except ImportError as e:  # the package maps kernels/ to tritonfuse.kernels: it must be installed
+    sys.exit(f"{e}: install first with `python -m pip install --no-build-isolation --no-deps -e .`")
 
 GEMM_SHAPES = [(8192, 8192, 8192), (4096, 4096, 4096), (8192, 14336, 4096), (512, 11008, 4096)]  # M, N, K
 DECODE = (16, 4096, 4096)

@@ -652,6 +652,30 @@ def int8_linear_ref(x, w, b, act, mode, upcast: bool = True) -> torch.Tensor:
     return act_ref(y, act).cpu()
 
 
+def layer_sqnr(x, w, b, act: str, mode: str, wu=None, bu=None) -> float:
+    """SQNR in dB of the int8 layer vs the float layer on real inputs (for ``TRITONFUSE_QUANT_MIN_SQNR``).
+
+    Example::
+
+        >>> x, w = torch.randn(37, 128, dtype=torch.float16), torch.randn(77, 128, dtype=torch.float16)
+        >>> layer_sqnr(x, w, None, "gelu", "int8") > 35
+    """
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    with unset_fake_temporarily(), torch.no_grad():
+        xd, wd = x.double(), w.double()
+        ref = act_ref(torch.nn.functional.linear(xd, wd, None if b is None else b.double()), act)
+        if wu is None:
+            y = torch.ops.tritonfuse.int8_linear(x, w, b, act, mode)
+        else:
+            ref = ref * torch.nn.functional.linear(xd, wu.double(), None if bu is None else bu.double())
+            y = torch.ops.tritonfuse.int8_gated_mlp(x, w, wu, b, bu, act, mode)
+        noise = (ref - y.double()).norm().item()
+        if not math.isfinite(noise):
+            return -math.inf
+        return math.inf if noise == 0 else 20 * math.log10(ref.norm().item() / noise)
+
+
 def probe(device: str, dtype: torch.dtype, act: str, has_bias: bool, gated: bool, mode: str) -> Optional[str]:
     """Compile and launch one variant on a small input once; None when it works, else the reason."""
 

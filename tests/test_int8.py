@@ -308,3 +308,17 @@ def test_tma_failure_falls_back_to_pointer_kernel(monkeypatch, device):
     assert "no TMA here" in Q._tma_failed
     with pytest.raises(RuntimeError):  # an explicit request is not silently rerouted
         Q._w8a8(*Q.quant_rows(x), *Q.quantize_weight(w), None, "none", torch.float16, use_tma=True)
+
+
+def test_layer_sqnr_helper(device):
+    x = fresh(40, 64, dtype=torch.float16, device=device)
+    w = fresh(24, 64, dtype=torch.float16, device=device)
+    s = Q.layer_sqnr(x, w, None, "gelu", "int8")
+    assert 35 <= s == pytest.approx(sqnr_db(_float_layer(x, w, None, "gelu"),
+                                            torch.ops.tritonfuse.int8_linear(x, w, None, "gelu", "int8")))
+    # a huge activation channel that the layer ignores: per-token scales lose every other channel, which
+    # is what the SQNR gate exists to catch
+    x[:, 5] = 3000
+    w[:, 5] = 0
+    assert Q.layer_sqnr(x, w, None, "none", "int8") < 10
+    assert Q.layer_sqnr(x, w, None, "none", "int8-weight") >= 40
