@@ -61,6 +61,9 @@ else:
     ]
 
 _AUTOTUNE_KW = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+if "do_bench" in inspect.signature(triton.autotune).parameters:
+    # short timings: a ResNet tunes ~20 shapes at compile time, and the configs differ by far more than noise
+    _AUTOTUNE_KW["do_bench"] = lambda fn, quantiles: triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
 
 
 def _prune(configs, named_args, **kwargs):
@@ -128,7 +131,8 @@ def _epilogue(
 @triton.autotune(configs=_CONV_CONFIGS, key=["M_BUCKET", "N", "C", "KH", "KW", "stride_h", "FLAT_K"],
                  prune_configs_by={"early_config_prune": _prune}, **_AUTOTUNE_KW)
 @triton.heuristics({"EVEN_C": lambda a: a["C"] % a["BLOCK_K"] == 0})
-@triton.jit
+# sizes that vary from layer to layer are not specialized on: fewer compiled variants per network
+@triton.jit(do_not_specialize=["M", "H", "W", "OH", "OW", "M_BUCKET", "pad_h", "pad_w"])
 def _conv_bn_kernel(
     x_ptr, w_ptr, b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, r_ptr, out_ptr,
     M, N, C, H, W, OH, OW, KH, KW, M_BUCKET,

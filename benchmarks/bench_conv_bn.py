@@ -1,0 +1,234 @@
+"""Conv + BN (eval) + ReLU at every distinct conv shape of ResNet-50, batch 64, fp16, channels_last.
+
+Run on a GPU:  python benchmarks/bench_conv_bn.py [--budget SECONDS] [--counts] [--model] [--out DIR]
+
+Providers, in one run, at each shape:
+  eager       F.conv2d (cuDNN) + F.batch_norm + relu
+  inductor    torch.compile (default mode) of the same function: cuDNN + Inductor's fused epilogue
+  triton      tritonfuse::conv_bn, the Triton implicit-GEMM kernel with BN/ReLU in its epilogue
+  cudnn_epi   tritonfuse::conv_bn_cudnn: cuDNN + one Triton epilogue kernel
+  chosen      the op ``kernels.conv_bn.choose`` picks for the shape (measured, cached on disk)
+Every timed tritonfuse result is checked against an fp64 reference first (on two images of the batch).
+``--counts`` first checks the conv_bn match counts on the CUDA graph of ResNet-50; ``--model`` (with time
+left in the budget) times the whole model eager / inductor / tritonfuse. Rows merge into benchmarks/results/kernels-<gpu>.json;
+with ``--out`` the rows are also written to DIR/conv_bn_rows.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import pathlib
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+import triton
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from common import merge_rows, meta, row  # noqa: E402
+
+import tritonfuse  # noqa: E402
+from tritonfuse.kernels import conv_bn as K  # noqa: E402
+
+COMMAND = "python benchmarks/bench_conv_bn.py"
+BATCH = 64
+DEVICE = "cuda"
+EPS = 1e-5
+# (C_in, C_out, kernel, stride, padding, input H=W): every distinct conv of torchvision's resnet50 at 224x224
+RESNET50_SHAPES = [
+    (3, 64, 7, 2, 3, 224), (64, 64, 1, 1, 0, 56), (64, 64, 3, 1, 1, 56), (64, 256, 1, 1, 0, 56),
+    (256, 64, 1, 1, 0, 56), (256, 128, 1, 1, 0, 56), (128, 128, 3, 2, 1, 56), (128, 512, 1, 1, 0, 28),
+    (256, 512, 1, 2, 0, 56), (512, 128, 1, 1, 0, 28), (128, 128, 3, 1, 1, 28), (512, 256, 1, 1, 0, 28),
+    (256, 256, 3, 2, 1, 28), (256, 1024, 1, 1, 0, 14), (512, 1024, 1, 2, 0, 28), (1024, 256, 1, 1, 0, 14),
+    (256, 256, 3, 1, 1, 14), (1024, 512, 1, 1, 0, 14), (512, 512, 3, 2, 1, 14), (512, 2048, 1, 1, 0, 7),
+    (1024, 2048, 1, 2, 0, 14), (2048, 512, 1, 1, 0, 7), (512, 512, 3, 1, 1, 7),
+]
+
+
+def bench(fn) -> float:
+    return triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median")
+
+
+def rel_err(out, ref) -> float:
+    return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+def check(name, out, ref, eager):
+    err, eager_err = rel_err(out, ref), rel_err(eager, ref)
+    ok = err <= 2 * eager_err + 1e-3
+    print(f"  check {name}: rel err {err:.2e} (eager {eager_err:.2e}) {'ok' if ok else 'FAIL'}", flush=True)
+    if not ok:
+        raise RuntimeError(f"{name}: tritonfuse result is wrong")
+
+
+def conv_bn_relu(x, w, mean, var, gamma, beta, stride, pad):
+    return F.relu(F.batch_norm(F.conv2d(x, w, None, stride, pad), mean, var, gamma, beta, False, 0.0, EPS))
+
+
+def shape_rows(cin, cout, k, s, p, hw, dtype=torch.float16):
+    g = torch.Generator(device=DEVICE).manual_seed(cin * 7 + cout + k)
+    x = torch.randn(BATCH, cin, hw, hw, device=DEVICE, dtype=dtype, generator=g).to(memory_format=torch.channels_last)
+    w = (torch.randn(cout, cin, k, k, device=DEVICE, dtype=dtype, generator=g) / (cin * k * k) ** 0.5).to(
+        memory_format=torch.channels_last)
+    mean = torch.randn(cout, device=DEVICE, dtype=dtype, generator=g) * 0.1
+    var = torch.rand(cout, device=DEVICE, dtype=dtype, generator=g) + 0.5
+    gamma = torch.rand(cout, device=DEVICE, dtype=dtype, generator=g) + 0.5
+    beta = torch.randn(cout, device=DEVICE, dtype=dtype, generator=g) * 0.1
+    bn = (mean, var, gamma, beta)
+    st, pd = [s, s], [p, p]
+    name = f"{BATCH}x{cin}x{hw}x{hw} -> {cout} k{k} s{s} p{p}"
+
+    def op(fn, xx=x):
+        return lambda: fn(xx, w, None, *bn, None, st, pd, EPS, "relu", "none", True)
+
+    # correctness on two images, vs fp64
+    ref = K.conv_bn_ref(x[:2], w, None, *bn, None, st, pd, EPS, "relu", upcast=True).to(x.device)
+    eager2 = conv_bn_relu(x[:2], w, *bn, st, pd)
+    check(f"triton {name}", op(torch.ops.tritonfuse.conv_bn, x[:2].contiguous(memory_format=torch.channels_last))(),
+          ref, eager2)
+    check(f"cudnn_epi {name}", op(torch.ops.tritonfuse.conv_bn_cudnn, x[:2].contiguous(memory_format=torch.channels_last))(),
+          ref, eager2)
+
+    inductor = torch.compile(conv_bn_relu, dynamic=False)
+    t0 = time.time()
+    inductor(x, w, *bn, st, pd)
+    compile_s = time.time() - t0
+    choice = K.choose(x, w, None, bn, None, st, pd, EPS, "relu", "none", True)
+    chosen = torch.ops.tritonfuse.conv_bn if choice["kernel"] == "conv_bn" else torch.ops.tritonfuse.conv_bn_cudnn
+    times = {
+        "eager": bench(lambda: conv_bn_relu(x, w, *bn, st, pd)),
+        "inductor": bench(lambda: inductor(x, w, *bn, st, pd)),
+        "triton": bench(op(torch.ops.tritonfuse.conv_bn)),
+        "cudnn_epi": bench(op(torch.ops.tritonfuse.conv_bn_cudnn)),
+    }
+    times["chosen"] = bench(op(chosen))
+    oh = (hw + 2 * p - k) // s + 1
+    flops = 2.0 * BATCH * oh * oh * cout * cin * k * k
+    ratio = times["inductor"] / times["triton"]
+    print(f"{name:<34} eager {times['eager']:.4f}  inductor {times['inductor']:.4f}  triton {times['triton']:.4f}"
+          f"  cudnn_epi {times['cudnn_epi']:.4f}  chosen {times['chosen']:.4f} ({choice['kernel']})"
+          f"  triton speedup vs inductor {ratio:.2f}x  (inductor compile {compile_s:.1f}s)", flush=True)
+    rows = []
+    for prov, ms in times.items():
+        extra = {"chosen_kernel": choice["kernel"]} if prov == "chosen" else {}
+        if prov == "triton":
+            extra["speedup_vs_inductor"] = round(ratio, 3)
+        rows.append(row("conv_bn_relu", name, dtype, prov, ms, tflops=flops / ms / 1e9, **extra))
+    return rows
+
+
+def gpu_counts():
+    """conv_bn match counts on the CUDA graph of ResNet-50 (fp16, channels_last), compiled but not run."""
+    import torchvision
+    from tritonfuse.backend import tritonfuse_backend
+
+    def count_only(gm, example_inputs):
+        tritonfuse_backend(gm, example_inputs)
+        return gm.forward
+
+    m = torchvision.models.resnet50(weights=None).eval().to(DEVICE).half().to(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, 64, 64, device=DEVICE, dtype=torch.float16).to(memory_format=torch.channels_last)
+    tritonfuse.reset()
+    t0 = time.time()
+    old, K.CHOICE = K.CHOICE, "triton"  # the counts, not the timings: no per-shape measurement here
+    try:
+        with torch.no_grad():
+            torch.compile(m, backend=count_only)(x)
+    finally:
+        K.CHOICE = old
+    c = tritonfuse.counters()["conv_bn"]
+    kernels = sorted(s.kernel for s in tritonfuse.sites() if s.family == "conv_bn")
+    expect = sorted(["conv_bn[bn,relu]"] * 33 + ["conv_bn[bn,none+res,relu]"] * 16 + ["conv_bn[bn,none]"] * 4)
+    ok = c == {"matched": 53, "replaced": 53, "fallback": 0} and kernels == expect
+    print(f"resnet50 CUDA graph conv_bn counts {c} {'ok' if ok else 'FAIL'} ({time.time() - t0:.1f}s)", flush=True)
+    if not ok:
+        print(tritonfuse.report(), flush=True)
+    tritonfuse.reset()
+    return ok
+
+
+def model_rows(deadline):
+    """ResNet-50 b64 fp16 channels_last: conv_bn counts on the CUDA graph, then eager/inductor/tritonfuse."""
+    import torchvision
+
+    m = torchvision.models.resnet50(weights=None).eval().to(DEVICE).half().to(memory_format=torch.channels_last)
+    x = torch.randn(BATCH, 3, 224, 224, device=DEVICE, dtype=torch.float16).to(memory_format=torch.channels_last)
+    rows = []
+    with torch.no_grad():
+        eager_ms = bench(lambda: m(x))
+        rows.append(row("resnet50", f"{BATCH}x3x224x224", torch.float16, "eager", eager_ms))
+        print(f"resnet50 eager {eager_ms:.3f} ms", flush=True)
+        tritonfuse.reset()
+        t0 = time.time()
+        tf = torch.compile(copy.deepcopy(m), backend="tritonfuse")
+        out = tf(x)
+        tf_compile = time.time() - t0
+        print(tritonfuse.report(), flush=True)
+        c = tritonfuse.counters()["conv_bn"]
+        assert c == {"matched": 53, "replaced": 53, "fallback": 0}, c
+        ref = m(x)
+        print(f"resnet50 tritonfuse compile {tf_compile:.1f}s, max |diff| vs eager "
+              f"{(out.float() - ref.float()).abs().max().item():.3g}", flush=True)
+        tf_ms = bench(lambda: tf(x))
+        rows.append(row("resnet50", f"{BATCH}x3x224x224", torch.float16, "tritonfuse", tf_ms, compile_s=round(tf_compile, 1)))
+        print(f"resnet50 tritonfuse {tf_ms:.3f} ms", flush=True)
+        if time.time() < deadline - 40:
+            t0 = time.time()
+            ind = torch.compile(m)
+            ind(x)
+            ind_compile = time.time() - t0
+            ind_ms = bench(lambda: ind(x))
+            rows.append(row("resnet50", f"{BATCH}x3x224x224", torch.float16, "inductor", ind_ms,
+                            compile_s=round(ind_compile, 1)))
+            print(f"resnet50 inductor {ind_ms:.3f} ms (compile {ind_compile:.1f}s)", flush=True)
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--budget", type=float, default=1e9, help="seconds; later sections are skipped past it")
+    ap.add_argument("--model", action="store_true", help="also the whole ResNet-50 (needs minutes)")
+    ap.add_argument("--counts", action="store_true", help="first, the conv_bn match counts on ResNet-50's CUDA graph")
+    ap.add_argument("--out", default=None, help="also write the rows to DIR/conv_bn_rows.json")
+    args = ap.parse_args()
+    start = time.time()
+    deadline = start + args.budget
+    info = meta()
+    print(json.dumps(info), flush=True)
+    rows = []
+
+    def save():
+        merge_rows(rows)
+        if args.out:
+            out = pathlib.Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "conv_bn_rows.json").write_text(json.dumps({**info, "command": COMMAND, "rows": rows}, indent=1))
+
+    counts_ok = None
+    if args.counts:
+        counts_ok = gpu_counts()
+        info["resnet50_cuda_counts_ok"] = counts_ok
+    for shape in RESNET50_SHAPES:
+        if time.time() > deadline:
+            print(f"budget spent: skipped {shape} and the rest", flush=True)
+            break
+        try:
+            rows += shape_rows(*shape)
+        except Exception as e:  # one failing shape must not cost the others' numbers
+            print(f"shape {shape} failed: {type(e).__name__}: {e}", flush=True)
+        save()
+    if args.model and time.time() < deadline - 60:
+        rows += model_rows(deadline)
+        save()
+    done = [r for r in rows if r["provider"] == "triton"]
+    if done:
+        wins = sum(r["speedup_vs_inductor"] >= 1.0 for r in done)
+        print(f"triton kernel at least as fast as inductor on {wins}/{len(done)} shapes", flush=True)
+    print(f"total {time.time() - start:.1f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
