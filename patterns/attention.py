@@ -298,7 +298,7 @@ def _make_handwritten_handler(scale_op: str, mask_op: str):
         v = _val(v_src)
         if mask_op == "fill":
             mask = _val(bool_keep) if bool_keep is not None else _val(cond_node)
-            mask_val = mask if bool_keep is not None else torch.empty(mask.shape, dtype=_val(fill_node).dtype)
+            mask_val = mask if bool_keep is not None else mask.new_empty(mask.shape, dtype=_val(fill_node).dtype)
         else:
             mask_val = _val(mask_node) if mask_op != "none" else None
         if mask_val is not None and mask_val.dtype not in (torch.bool,) and mask_val.dtype != torch.float32 \

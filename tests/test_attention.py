@@ -182,6 +182,8 @@ HANDWRITTEN = {
     "div_sqrt_d": lambda q, k, v, m: torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), -1) @ v,
     "masked_fill": lambda q, k, v, m: torch.softmax(
         (q @ k.transpose(-2, -1) * 0.1).masked_fill(~m, float("-inf")), -1) @ v,
+    "masked_fill_finite": lambda q, k, v, m: torch.softmax(
+        (q @ k.transpose(-2, -1) * 0.1).masked_fill(m == 0, -1e4), -1) @ v,
     "additive_fp32_softmax": lambda q, k, v, m: torch.softmax(
         q @ k.transpose(-2, -1) * 0.1 + torch.where(m, 0.0, -65504.0).to(q.dtype), -1,
         dtype=torch.float32).to(q.dtype) @ v,
