@@ -35,9 +35,10 @@ def _settings(n: int, elem_size: int) -> dict:
     # a whole row in registers: up to 16K half-precision or 8K fp32 values per program
     max_single = 16384 if elem_size <= 2 else 8192
     if block_n <= max_single:
-        block_m = max(1, min(8, 4096 // block_n))  # short rows: several per program
-        warps = min(16, max(4, block_m * block_n // 512))
-        return {"BLOCK_M": block_m, "BLOCK_N": block_n, "SINGLE": True, "num_warps": warps}
+        # one row per program: on the H100 (bench_norm_residual, commit d7196c7) two or four rows per
+        # program ran at 0.5-2 TB/s where one row with 8 or 16 warps reached 3.0 TB/s
+        warps = 4 if block_n <= 1024 else (8 if block_n <= 4096 else 16)
+        return {"BLOCK_M": 1, "BLOCK_N": block_n, "SINGLE": True, "num_warps": warps}
     return {"BLOCK_M": 1, "BLOCK_N": 4096, "SINGLE": False, "num_warps": 8}
 
 

@@ -137,6 +137,19 @@ def _sum_node(match: Match):
     return None
 
 
+def _eps(match: Match):
+    """eps as the graph holds it: the constant added before ``rsqrt``. Read from the graph, not from
+    ``match.kwargs``: older matchers (torch 2.11) drop scalar_workaround arguments from the re-checked match."""
+    for n in match.nodes:
+        if n.target == aten.rsqrt.default and isinstance(n.args[0], torch.fx.Node):
+            add = n.args[0]
+            if add.target in (aten.add.Tensor, aten.add.Scalar):
+                consts = [a for a in add.args[:2] if isinstance(a, (int, float)) and not isinstance(a, bool)]
+                if len(consts) == 1:
+                    return float(consts[0])
+    return None
+
+
 def _reduces_last_dim_only(red: torch.fx.Node) -> bool:
     val = red.args[0].meta.get("val")
     dims = red.args[1] if len(red.args) > 1 else red.kwargs.get("dim")
@@ -186,7 +199,7 @@ def _make_check(style: str, affine: str, res: str, stats: bool = False):
         detail = _describe(out, x.dtype)
         w = arg_val(match, "w") if "w" in affine else None
         b = arg_val(match, "b") if "b" in affine else None
-        eps = match.kwargs.get("eps")
+        eps = _eps(match)
         reason = None
         if out.dtype != x.dtype or tuple(out.shape) != tuple(full):
             reason = f"output {out.dtype} {tuple(out.shape)} differs from the input's {x.dtype} {tuple(full)}"
