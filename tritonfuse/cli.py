@@ -387,7 +387,10 @@ def cmd_bench(args) -> int:
                   f"{', '.join(n for n, s in zoo.MODELS.items() if s.train_batch)}", file=sys.stderr)
             progress.advance(len(modes))
             continue
-        rows.extend(_bench_model(spec, modes, args, progress))
+        model_rows = _bench_model(spec, modes, args, progress)
+        rows.extend(model_rows)
+        if args.out:  # after each model: a run stopped later keeps the models it finished
+            path = results.write(model_rows, args.out, args.command)
         _cleanup(args.device)
     progress.close()
     if not rows:
@@ -395,7 +398,6 @@ def cmd_bench(args) -> int:
         return 0
     print(format_table(rows))
     if args.out:
-        path = results.write(rows, args.out, args.command)
         print(f"wrote {path}")
     if args.plot:
         plot(rows, args.plot)
