@@ -256,6 +256,14 @@ def unsupported(x: torch.Tensor, residual: Optional[torch.Tensor], weight: Optio
     return registry.device_unsupported(x.device)
 
 
+def quant_out_unsupported(x: torch.Tensor) -> Optional[str]:
+    """Why ``norm_residual(..., quant_out=True)`` (the int8 hook) cannot serve ``x``, or None: the per-row
+    scale needs the whole row in registers, so rows longer than one block are left to the caller."""
+    if not _settings(x.shape[-1], x.element_size())["SINGLE"]:
+        return f"int8 output needs rows that fit one block (hidden size {x.shape[-1]} is too long)"
+    return None
+
+
 def _residual_rows(x_shape, r_shape) -> Optional[int]:
     """Rows of r when it equals x's shape or a trailing part of it (leading broadcast), else None."""
     r_shape = list(r_shape)

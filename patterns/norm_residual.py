@@ -11,10 +11,16 @@ fp32). Every norm comes in three forms:
 - ``(norm(x + r), x + r)`` where the sum is also used afterwards (pre-norm: Llama, ViT): a two-output
   pattern, the kernel writes the sum too.
 
-eps is a pattern argument (``scalar_workaround``), never a constant. Training graphs: when the forward
-saves the norm's mean/rstd for Inductor's backward those nodes have users outside the pattern, so the
-matcher does not take the site and both graphs stay Inductor's; a site whose statistics are recomputed in
-the backward is replaced in the forward only (the backward graph holds no forward norm to match).
+eps is a pattern argument (``scalar_workaround``), never a constant; the check reads it from the graph.
+
+Training graphs: the post-grad pass sees the forward and the backward graph separately. A training forward
+saves the norm's statistics for the backward (LayerNorm: mean and rstd; RMSNorm: rstd), so they have users
+outside the norm; the ``+stats`` variants match exactly that and the kernel writes the fp32 statistics
+(``stats=True``) that Inductor's backward then reads: the forward is served by tritonfuse, the backward
+stays Inductor's (the Triton backward kernel, ``tritonfuse::norm_residual_backward``, is an op for direct
+use and the benchmark; no pattern takes backward graphs). A forward that saves other values than these
+(the partitioner decides) is not matched at all and stays Inductor's. Any other use of an intermediate
+(e.g. the variance before eps) also leaves the site alone.
 """
 
 from __future__ import annotations
@@ -139,7 +145,7 @@ def _sum_node(match: Match):
 
 def _eps(match: Match):
     """eps as the graph holds it: the constant added before ``rsqrt``. Read from the graph, not from
-    ``match.kwargs``: older matchers (torch 2.11) drop scalar_workaround arguments from the re-checked match."""
+    ``match.kwargs``: on torch 2.11 (H100 run) every site fell back with eps missing from the re-checked match."""
     for n in match.nodes:
         if n.target == aten.rsqrt.default and isinstance(n.args[0], torch.fx.Node):
             add = n.args[0]

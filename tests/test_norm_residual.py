@@ -123,6 +123,8 @@ def test_kernel_int8_hook():
     amax = y.float().abs().amax(-1)
     assert torch.allclose(scale, amax / 127, rtol=1e-6)
     assert sqnr_db(y.float(), q.float() * scale[:, None]) > 35
+    assert K.quant_out_unsupported(x) is None
+    assert "too long" in K.quant_out_unsupported(fresh(1, 20000, dtype=torch.float16))
 
 
 def test_kernel_unsupported_reasons():
