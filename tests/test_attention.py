@@ -303,9 +303,18 @@ def test_bert_output_attentions_not_rewritten(device):
 # --- GPU: the CUDA graphs hold other SDPA nodes (flash / efficient / cudnn) --------------------------
 
 
+@pytest.fixture
+def no_cudnn_sdpa():
+    # cuDNN SDPA nodes are left to Inductor (faster on the H100): pin flash/efficient for exact counts
+    old = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    yield
+    torch.backends.cuda.enable_cudnn_sdp(old)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
-def test_cuda_bert_and_llama_counts(impl):
+def test_cuda_bert_and_llama_counts(impl, no_cudnn_sdpa):
     ids, mask = _ids_and_padding("cuda", B=4, S=77)
     model = _bert(impl, torch.float16, "cuda")
     out, ref = _compile_check(model, input_ids=ids, attention_mask=mask, expect=_counts(2, 2, 0))
@@ -319,8 +328,24 @@ def test_cuda_bert_and_llama_counts(impl):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("form", list(SDPA_FORMS))
-def test_cuda_sdpa_forms(form):
+def test_cuda_sdpa_forms(form, no_cudnn_sdpa):
     q, k, v = _qkv(2, 4, 4, 300, 300, 128, torch.float16, "cuda", transposed=True)
     m = _mask("bool_keypad", 2, 4, 300, 300, torch.float16, "cuda")
-    out, ref = _compile_check(SDPA_FORMS[form], q, k, v, m, expect=_counts(1, 1, 0))
+    out, eager = _compile_check(SDPA_FORMS[form], q, k, v, m, expect=_counts(1, 1, 0))
+    ref = SDPA_FORMS[form](*(x.double() for x in (q, k, v)), m)
+    assert_close_to_ref(out, ref, eager, atol=1e-3)
+
+
+@pytest.mark.cuda
+def test_cuda_cudnn_sdpa_left_to_inductor():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v = _qkv(2, 4, 4, 256, 256, 128, torch.float16, "cuda")
+
+    def f(q, k, v):
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            return F.scaled_dot_product_attention(q, k, v)
+
+    out, ref = _compile_check(f, q, k, v, expect=_counts(1, 0, 1))
+    assert "cuDNN" in tritonfuse.sites()[0].reason
     torch.testing.assert_close(out, ref, atol=2e-3, rtol=2e-3)
