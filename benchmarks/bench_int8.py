@@ -39,6 +39,8 @@ except ImportError as e:  # the package maps kernels/ to tritonfuse.kernels: it 
 GEMM_SHAPES = [(8192, 8192, 8192), (4096, 4096, 4096), (8192, 14336, 4096), (512, 11008, 4096)]  # M, N, K
 DECODE = (16, 4096, 4096)
 GATED = (4096, 11008, 4096)
+DEV = "cuda"
+CHECK = 4096  # the bitwise torch._int_mm check runs at CHECK^3
 
 
 def _tma_candidates():
@@ -62,6 +64,13 @@ def _wonly_candidates():
         c(16, 32, 256, 4, 4), c(16, 64, 256, 4, 4), c(16, 32, 512, 3, 4), c(16, 16, 512, 4, 4),
         c(16, 64, 128, 5, 4), c(16, 32, 128, 6, 4), c(16, 128, 128, 4, 4), c(16, 64, 512, 3, 8),
     ]
+
+
+def _label(kind, i, cfg) -> str:
+    k = cfg.kwargs
+    extra = "".join(f" {n[0]}" for n in ("PERSISTENT", "FLATTEN") if k.get(n))
+    return (f"{kind}[{i}] {k['BLOCK_M']}x{k['BLOCK_N']}x{k['BLOCK_K']} s{cfg.num_stages} w{cfg.num_warps}"
+            f" g{k['GROUP_M']}{extra}")
 
 
 def _candidates(kind: str, sweep: bool):
@@ -149,7 +158,7 @@ def sqnr(ref, y) -> float:
 def check_int_mm(xq, wq, use_tma):
     # unit scales, fp32 out: the epilogue is the int32 -> fp32 conversion alone, so equality is bitwise
     M, N = xq.shape[0], wq.shape[0]
-    y = Q._w8a8(xq, torch.ones(M, device="cuda"), wq, torch.ones(N, device="cuda"), None, "none", torch.float32,
+    y = Q._w8a8(xq, torch.ones(M, device=DEV), wq, torch.ones(N, device=DEV), None, "none", torch.float32,
                 use_tma=use_tma)
     ref = torch._int_mm(xq, wq.t()).float()
     assert torch.equal(y, ref), f"int32 accumulation != torch._int_mm (tma={use_tma}): {(y - ref).abs().max()}"
@@ -168,7 +177,7 @@ def main():
     args = ap.parse_args()
     assert torch.cuda.is_available(), "needs a GPU"
     torch.manual_seed(0)
-    dev = "cuda"
+    dev = DEV
     kinds = ("tma", "ptr", "wonly")
     # the shipped configs (autotuned below) and, with --sweep, the candidates; each compiled once
     jobs, seen = [], set()
@@ -217,16 +226,16 @@ def main():
 
 
 def _check_section(args, add, table, errors):
-    dev = "cuda"
-    a = torch.randint(-127, 128, (4096, 4096), device=dev, dtype=torch.int8)
-    b = torch.randint(-127, 128, (4096, 4096), device=dev, dtype=torch.int8)
+    dev = DEV
+    a = torch.randint(-127, 128, (CHECK, CHECK), device=dev, dtype=torch.int8)
+    b = torch.randint(-127, 128, (CHECK, CHECK), device=dev, dtype=torch.int8)
     for use_tma in (True, False):
         check_int_mm(a, b, use_tma)
-    print("int32 accumulation == torch._int_mm bit for bit (4096^3, TMA and pointer kernels)")
+    print(f"int32 accumulation == torch._int_mm bit for bit ({CHECK}^3, TMA and pointer kernels)")
 
 
 def _gemm_section(args, add, table, errors):
-    dev = "cuda"
+    dev = DEV
     for M, N, K in GEMM_SHAPES:
         shape, flops = f"{M}x{N}x{K}", 2.0 * M * N * K
         x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
@@ -253,7 +262,7 @@ def _gemm_section(args, add, table, errors):
                     if (kind, i, True, "plain") in errors:
                         continue
                     ms = bench(lambda: _launch(kind, cfg, xq, xs, wq, ws, out), rep=40)
-                    table.append(("sweep", shape, f"{kind}[{i}] {cfg}", ms, flops / (ms * 1e-3) / 1e12))
+                    table.append(("sweep", shape, _label(kind, i, cfg), ms, flops / (ms * 1e-3) / 1e12))
         print(f"{shape}: autotuned TMA config {Q._w8a8_tma_kernel.best_config}")
         del x, w, wq, ws, xq, xs, out, y, e2e
         torch.cuda.empty_cache()
@@ -261,7 +270,7 @@ def _gemm_section(args, add, table, errors):
 
 def _gated_section(args, add, table, errors):
     # W8A8 dual GEMM vs bf16 (two cuBLAS GEMMs + silu * up)
-    dev = "cuda"
+    dev = DEV
     M, N, K = GATED
     shape, flops = f"{M}x{N}x{K}", 4.0 * M * N * K
     x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
@@ -278,7 +287,7 @@ def _gated_section(args, add, table, errors):
 
 def _decode_section(args, add, table, errors):
     # weight-only int8 vs the bf16 cuBLAS linear
-    dev = "cuda"
+    dev = DEV
     M, N, K = DECODE
     shape, flops = f"{M}x{N}x{K}", 2.0 * M * N * K
     x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
@@ -300,16 +309,16 @@ def _decode_section(args, add, table, errors):
             if ("wonly", i, True, "plain") in errors:
                 continue
             ms = bench(lambda: _launch("wonly", cfg, x, ws, wq, ws, out), graph=True, rep=40)
-            table.append(("sweep-graph", shape, f"wonly[{i}] {cfg}", ms, flops / (ms * 1e-3) / 1e12))
+            table.append(("sweep-graph", shape, _label("wonly", i, cfg), ms, flops / (ms * 1e-3) / 1e12))
 
     print(f"decode: autotuned weight-only config {Q._wonly_kernel.best_config}")
 
 
 def _report(table, rows, args):
     print(f"\n{meta()}")
-    print(f"{'kernel':<18} {'shape':<18} {'provider':<70} {'ms':>9} {'TFLOP/s':>9}")
+    print(f"{'kernel':<18} {'shape':<18} {'provider':<40} {'ms':>9} {'TFLOP/s':>9}")
     for k, sh, p, ms, tf in table:
-        print(f"{k:<18} {sh:<18} {p[:70]:<70} {ms:>9.4f} {tf:>9.1f}")
+        print(f"{k:<18} {sh:<18} {p:<40} {ms:>9.4f} {tf:>9.1f}")
     best = {}
     for k, sh, p, ms, tf in table:
         if k.startswith("sweep"):
