@@ -50,10 +50,15 @@ def _norm(h, w, b, eps, style, stats=False):
     forward saves them for the backward."""
     if style == "ln" and not stats:
         return F.layer_norm(h, (h.shape[-1],), w, b, eps)
-    if style == "fn":
+    if style == "fn" and not stats:
         return F.rms_norm(h, (h.shape[-1],), w, eps)
     dtype = h.dtype
     hf = h.to(torch.float32)
+    if style == "fn":
+        # F.rms_norm's decomposition with its rstd exposed: positive dims, eps added as a Scalar
+        rstd = torch.rsqrt(aten.add.Scalar(hf.pow(2).mean([hf.dim() - 1], keepdim=True), eps))
+        y = hf * rstd
+        return (y * w if w is not None else y).to(dtype), rstd
     if style == "ln":
         # what Inductor's decomposition of native_layer_norm leaves, with its mean and rstd exposed
         var, mean = torch.var_mean(hf, [hf.dim() - 1], correction=0, keepdim=True)  # positive, as decomposed
@@ -260,8 +265,6 @@ def pattern_pass() -> PatternMatcherPass:
         for stats in (False, True):
             for dtype in (torch.float32, torch.float16):
                 for style in STYLES:
-                    if stats and style == "fn":
-                        continue  # F.rms_norm's training forward stays Inductor's
                     for affine in _AFFINE[style]:
                         x = torch.empty(2, 4, 16, dtype=dtype)
                         args = [x] + ([torch.empty(2, 4, 16, dtype=dtype)] if res else [])
