@@ -6,8 +6,9 @@ Providers, in one run, at each shape:
   eager       F.conv2d (cuDNN) + F.batch_norm + relu
   inductor    torch.compile (default mode) of the same function: cuDNN + Inductor's fused epilogue
   triton      tritonfuse::conv_bn, the Triton implicit-GEMM kernel with BN/ReLU in its epilogue
-  cudnn_epi   tritonfuse::conv_bn_cudnn: cuDNN + one Triton epilogue kernel
-  chosen      the op ``kernels.conv_bn.choose`` picks for the shape (measured, cached on disk)
+  cudnn_epi   tritonfuse::conv_bn_cudnn: cuDNN + one Triton epilogue kernel, called as an op
+  chosen      torch.compile(backend="tritonfuse") of the same function: the Triton op where it measured
+              faster than cuDNN, else cuDNN + Inductor's fused epilogue (``kernels.conv_bn.choose``)
 Every timed tritonfuse result is checked against an fp64 reference first (on two images of the batch).
 ``--counts`` first checks the conv_bn match counts on the CUDA graph of ResNet-50; ``--model`` (with time
 left in the budget) times the whole model eager / inductor / tritonfuse. Rows merge into benchmarks/results/kernels-<gpu>.json;
@@ -92,19 +93,25 @@ def shape_rows(cin, cout, k, s, p, hw, dtype=torch.float16):
     check(f"cudnn_epi {name}", op(torch.ops.tritonfuse.conv_bn_cudnn, x[:2].contiguous(memory_format=torch.channels_last))(),
           ref, eager2)
 
+    # a fresh Dynamo per shape: past its recompile limit Dynamo would silently run the function eagerly
+    torch._dynamo.reset()
     inductor = torch.compile(conv_bn_relu, dynamic=False)
     t0 = time.time()
     inductor(x, w, *bn, st, pd)
     compile_s = time.time() - t0
-    choice = K.choose(x, w, None, bn, None, st, pd, EPS, "relu", "none", True)
-    chosen = torch.ops.tritonfuse.conv_bn if choice["kernel"] == "conv_bn" else torch.ops.tritonfuse.conv_bn_cudnn
+    # the chosen path is what the backend compiles: the Triton op, or cuDNN + Inductor's fused epilogue
+    tritonfuse.reset()
+    chosen = torch.compile(conv_bn_relu, dynamic=False, backend="tritonfuse")
+    chosen(x, w, *bn, st, pd)
+    sites = [s for s in tritonfuse.sites() if s.family == "conv_bn"]
+    choice = {"kernel": sites[0].kernel if len(sites) == 1 and sites[0].status == "replaced" else "inductor"}
     times = {
         "eager": bench(lambda: conv_bn_relu(x, w, *bn, st, pd)),
         "inductor": bench(lambda: inductor(x, w, *bn, st, pd)),
         "triton": bench(op(torch.ops.tritonfuse.conv_bn)),
         "cudnn_epi": bench(op(torch.ops.tritonfuse.conv_bn_cudnn)),
+        "chosen": bench(lambda: chosen(x, w, *bn, st, pd)),
     }
-    times["chosen"] = bench(op(chosen))
     oh = (hw + 2 * p - k) // s + 1
     flops = 2.0 * BATCH * oh * oh * cout * cin * k * k
     ratio = times["inductor"] / times["triton"]

@@ -10,8 +10,9 @@ and is never matched.
 The stride and padding of the conv are wildcards in the pattern and read from the matched node, so the
 replacement is built per match (``register_graph_pattern`` + ``Match.replace_by_example``, as Inductor's own
 post-grad passes do) rather than with a fixed ``register_replacement`` function. Each site is served by
-``tritonfuse::conv_bn`` (Triton implicit GEMM) or ``tritonfuse::conv_bn_cudnn`` (cuDNN + one Triton
-epilogue), whichever measured faster for its shape (``kernels.conv_bn.choose``).
+``tritonfuse::conv_bn`` (Triton implicit GEMM) or, named ``conv_bn_cudnn`` in the report, by cuDNN with the
+folded BN in Inductor's fused epilogue (``kernels.conv_bn.conv_bn_graph``), whichever measured faster for
+its shape (``kernels.conv_bn.choose``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from tritonfuse.patterns.common import trace_pattern
 
 FAMILY = "conv_bn"
 HEADS = ("bn", "bias_bn", "bias")  # conv -> BN, conv(bias) -> BN, conv(bias) alone
-_EPS = 1e-5  # only marks where eps sits in the traced pattern (scalar_workaround); the match's own is read
+_EPS = 1e-5  # marks where eps sits in the traced pattern (scalar_workaround); the site's own is read by _eps
 aten = torch.ops.aten
 
 
@@ -150,6 +151,17 @@ def _constants(nodes) -> Counter:
     return out
 
 
+def _eps(match: Match) -> Optional[float]:
+    """The BN's eps as the graph holds it (``var + eps`` feeding ``rsqrt``), not from ``match.kwargs``:
+    some matchers drop scalar_workaround arguments."""
+    for n in match.nodes:
+        if n.target == aten.rsqrt.default and isinstance(n.args[0], torch.fx.Node):
+            add = n.args[0]
+            if add.target == aten.add.Tensor and isinstance(add.args[1], (int, float)) and not isinstance(add.args[1], bool):
+                return float(add.args[1])
+    return None
+
+
 def kernel_name(op: str, head: str, act: str, res: bool, act2: str) -> str:
     return f"{op}[{head},{act}" + (f"+res,{act2}" if res else "") + "]"
 
@@ -169,7 +181,9 @@ def _site(match: Match, head: str, act: str, res: bool, act2: str, constants: Co
         return None
     stride, padding, dilation, transposed, out_pad, groups = conv.args[3:9]
     bn = tuple(_val(match.kwargs.get(k)) for k in ("mean", "var", "gamma", "beta")) if "bn" in head else (None,) * 4
-    eps = float(match.kwargs.get("eps", 0.0))
+    eps = _eps(match) if "bn" in head else 0.0
+    if eps is None:
+        return None
     detail = (f"x={'x'.join(map(str, x.shape))} w={'x'.join(map(str, w.shape))} s{tuple(stride)} p{tuple(padding)} "
               f"{str(x.dtype).replace('torch.', '')}")
     if transposed:
@@ -194,12 +208,13 @@ def _site(match: Match, head: str, act: str, res: bool, act2: str, constants: Co
     flat_k = x.shape[1] < 32 and w.shape[2] * w.shape[3] > 1
     choice = K.choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last)
     op = choice["kernel"]
-    reason = K.probe(str(x.device), x.dtype, op, tuple(w.shape[2:]), flat_k, b is not None, "bn" in head,
-                     res, act, act2)
-    if reason:
-        return conv, reason, None, detail
+    if op == "conv_bn":
+        reason = K.probe(str(x.device), x.dtype, op, tuple(w.shape[2:]), flat_k, b is not None, "bn" in head,
+                         res, act, act2)
+        if reason:
+            return conv, reason, None, detail
     if "triton_ms" in choice:
-        detail += f" triton {choice['triton_ms']:.4f} ms / cudnn+epilogue {choice['cudnn_ms']:.4f} ms"
+        detail += f" triton {choice['triton_ms']:.4f} ms / cudnn conv alone {choice['cudnn_conv_ms']:.4f} ms"
     args = (b, bn, r, list(stride), list(padding), eps, act, act2, channels_last)
     return conv, args, op, detail
 
@@ -223,7 +238,8 @@ def _make_handler(head: str, act: str, res: bool, act2: str, constants: Counter)
     def handler(match: Match, *args, **kwargs) -> None:
         site = _site(match, head, act, res, act2, constants)
         conv, (b, bn, r, stride, padding, eps, act_, act2_, channels_last), op, _ = site
-        opfn = getattr(torch.ops.tritonfuse, op)
+        # cuDNN's path is ATen ops that Inductor fuses as it would its own conv + BN epilogue
+        opfn = torch.ops.tritonfuse.conv_bn if op == "conv_bn" else K.conv_bn_graph
         # only fx nodes go through the trace; the conv's settings are constants of the replacement
         names = ["x", "w"] + (["b"] if b is not None else []) + (["mean", "var", "gamma", "beta"] if "bn" in head
                                                                  else []) + (["r"] if res else [])
@@ -232,8 +248,9 @@ def _make_handler(head: str, act: str, res: bool, act2: str, constants: Counter)
 
         def replacement(*ts):
             t = dict(zip(names, ts))
-            return opfn(t["x"], t["w"], t.get("b"), t.get("mean"), t.get("var"), t.get("gamma"), t.get("beta"),
-                        t.get("r"), stride, padding, eps, act_, act2_, channels_last)
+            args = (t["x"], t["w"], t.get("b"), t.get("mean"), t.get("var"), t.get("gamma"), t.get("beta"),
+                    t.get("r"), stride, padding, eps, act_, act2_)
+            return opfn(*args, channels_last) if op == "conv_bn" else opfn(*args)
 
         match.replace_by_example(replacement, nodes)
 

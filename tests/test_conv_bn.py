@@ -194,6 +194,15 @@ def test_conv_bn_act(act, name):
     _compile_check(m, x, _counts(1, 1), kernels=[f"conv_bn[bn,{name}]"])
 
 
+def test_eps_read_from_the_graph():
+    # a large eps against small variances: a wrong or default eps would be far off
+    m = ConvBNAct(act=nn.SiLU())
+    m.bn = nn.BatchNorm2d(12, eps=0.05)
+    _randomize_bn(m).eval()
+    m.bn.running_var.uniform_(0.01, 0.05)
+    _compile_check(m, torch.randn(2, 5, 9, 7), _counts(1, 1), kernels=["conv_bn[bn,silu]"])
+
+
 def test_conv_bias_act_and_nchw_input():
     # a conv with bias and no BN; NCHW input: the output keeps eager's (contiguous) layout
     m = ConvBNAct(act=nn.ReLU6(), bias=True, bn=False, stride=2).eval()
@@ -332,11 +341,22 @@ def test_inplace_update_after_compile():
 
 
 def test_forced_cudnn_path(monkeypatch):
+    # where cuDNN wins, the site becomes ATen conv + folded-BN epilogue that Inductor fuses: no tritonfuse op
+    from torch._inductor.utils import run_and_get_code
+
     monkeypatch.setattr(K, "CHOICE", "cudnn")
     m = _randomize_bn(Residual("resnet")).eval()
     # a shape no other test compiles: Inductor's graph cache keys on the graph, not on the choice
     x = torch.randn(2, 12, 6, 5).to(memory_format=torch.channels_last)
-    _compile_check(m, x, _counts(2, 2), kernels=["conv_bn_cudnn[bn,relu]", "conv_bn_cudnn[bn,none+res,relu]"])
+    with torch.no_grad():
+        eager = m(x)
+        out, code = run_and_get_code(torch.compile(m, backend="tritonfuse"), x)
+        ref = copy.deepcopy(m).double()(x.double())
+    assert tritonfuse.counters()[FAMILY] == _counts(2, 2)
+    got = sorted(s.kernel for s in tritonfuse.sites() if s.family == FAMILY)
+    assert got == ["conv_bn_cudnn[bn,none+res,relu]", "conv_bn_cudnn[bn,relu]"]
+    assert "tritonfuse" not in "".join(code) and "convolution" in "".join(code)
+    assert_close_to_ref(out, ref, eager, atol=1e-4)
 
 
 @pytest.mark.cuda
