@@ -89,9 +89,10 @@ def _tma_cfg(bm, bn, bk, stages, warps):
 
 if config.autotune_enabled():
     _TMA_CONFIGS = [_tma_cfg(128, 256, 64, 3, 8), _tma_cfg(128, 128, 64, 4, 8), _tma_cfg(128, 128, 64, 3, 4),
-                    _tma_cfg(128, 64, 64, 4, 4), _tma_cfg(64, 128, 64, 4, 4)]
-    _TMA_GATED_CONFIGS = [_tma_cfg(128, 128, 64, 3, 8), _tma_cfg(128, 128, 64, 4, 8),
-                          _tma_cfg(128, 64, 64, 4, 4), _tma_cfg(64, 128, 64, 4, 4)]
+                    _tma_cfg(128, 128, 128, 3, 8), _tma_cfg(256, 128, 64, 3, 8), _tma_cfg(128, 64, 64, 4, 4),
+                    _tma_cfg(64, 128, 64, 4, 4)]
+    _TMA_GATED_CONFIGS = [_tma_cfg(128, 128, 64, 3, 8), _tma_cfg(128, 128, 64, 4, 8), _tma_cfg(128, 128, 128, 2, 8),
+                          _tma_cfg(128, 64, 64, 4, 4), _tma_cfg(64, 128, 64, 4, 4), _tma_cfg(128, 256, 64, 2, 8)]
 else:
     _TMA_CONFIGS = [_tma_cfg(128, 128, 64, 4, 8)]
     _TMA_GATED_CONFIGS = [_tma_cfg(128, 128, 64, 3, 8)]
@@ -413,10 +414,11 @@ def _launch_linear(x, w, b, act, store_pre: bool, fixed: Optional[dict] = None):
     if K > 0 and _tma_ok(x, w, out):
         sms = _num_sms(x.device)
         args = dict(x_desc=_desc(x), w_desc=_desc(w), out_desc=_desc(out), pre_desc=_desc(pre))
-        kernel = registry.launcher(_linear_act_tma_kernel)
         if fixed:
             _set_tma_blocks({**args, **fixed})
             kernel = _linear_act_tma_kernel.fn
+        else:
+            kernel = registry.launcher(_linear_act_tma_kernel)
         kernel[_persistent_grid(M, N, sms)](
             args["x_desc"], args["w_desc"], b if b is not None else w, args["out_desc"], args["pre_desc"],
             M, N, K, _m_bucket(M), HAS_BIAS=b is not None, ACT=act, STORE_PRE=store_pre, NUM_SMS=sms,
@@ -480,10 +482,11 @@ def _launch_gated(x, wg, wu, bg, bu, act, fixed: Optional[dict] = None):
     if K > 0 and _tma_ok(x, wg, wu, out):
         sms = _num_sms(x.device)
         args = dict(x_desc=_desc(x), wg_desc=_desc(wg), wu_desc=_desc(wu), out_desc=_desc(out))
-        kernel = registry.launcher(_gated_mlp_tma_kernel)
         if fixed:
             _set_tma_blocks({**args, **fixed})
             kernel = _gated_mlp_tma_kernel.fn
+        else:
+            kernel = registry.launcher(_gated_mlp_tma_kernel)
         kernel[_persistent_grid(M, N, sms)](
             args["x_desc"], args["wg_desc"], args["wu_desc"], bg if has_bias else wg, bu if has_bias else wu,
             args["out_desc"], M, N, K, _m_bucket(M), HAS_BIAS=has_bias, ACT=act, NUM_SMS=sms, **(fixed or {}),

@@ -192,7 +192,12 @@ def use_triton_op() -> bool:
 def launcher(kernel):
     """``kernel`` wrapped for launching inside a registered op (``wrap_triton`` when ops are triton_ops)."""
     if use_triton_op():
-        return torch.library.wrap_triton(kernel)
+        try:
+            return torch.library.wrap_triton(kernel)
+        except RuntimeError:
+            # kernels torch cannot trace (e.g. autotune pre_hooks that size TMA blocks) launch directly;
+            # tritonfuse's replacements call their ops opaquely, so nothing is lost there
+            return kernel
     return kernel
 
 
