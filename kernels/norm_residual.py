@@ -61,6 +61,14 @@ def _load_sum(x_ptr, r_ptr, s_ptr, rows, rows_r, cols, mask, stride_xm, stride_r
 
 
 @triton.jit
+def _chunk(start, N, row_mask, BLOCK_N: tl.constexpr):
+    # columns [start, start + BLOCK_N) of the rows: their indices, column mask and 2-D mask
+    cols = start + tl.arange(0, BLOCK_N)
+    col_mask = cols < N
+    return cols, col_mask, row_mask[:, None] & col_mask[None, :]
+
+
+@triton.jit
 def _normalize(h, mean, rstd, w_ptr, b_ptr, cols, col_mask, dtype: tl.constexpr,
                HAS_W: tl.constexpr, HAS_B: tl.constexpr, IS_RMS: tl.constexpr,
                CAST_BEFORE_WEIGHT: tl.constexpr, RTNE_BF16: tl.constexpr):
@@ -101,9 +109,7 @@ def _norm_fwd_kernel(
     rows_r = rows % R_ROWS
     dtype = out_ptr.dtype.element_ty
     if SINGLE:
-        cols = tl.arange(0, BLOCK_N)
-        col_mask = cols < N
-        mask = row_mask[:, None] & col_mask[None, :]
+        cols, col_mask, mask = _chunk(0, N, row_mask, BLOCK_N)
         h = _load_sum(x_ptr, r_ptr, s_ptr, rows, rows_r, cols, mask, stride_xm, stride_rm, stride_sm,
                       HAS_RES, WRITE_SUM, RTNE_BF16)
         if IS_RMS:
@@ -134,9 +140,7 @@ def _norm_fwd_kernel(
         mean = tl.zeros((BLOCK_M,), dtype=tl.float32)
         m2 = tl.zeros((BLOCK_M,), dtype=tl.float32)
         for start in range(0, N, BLOCK_N):
-            cols = start + tl.arange(0, BLOCK_N)
-            col_mask = cols < N
-            mask = row_mask[:, None] & col_mask[None, :]
+            cols, col_mask, mask = _chunk(start, N, row_mask, BLOCK_N)
             h = _load_sum(x_ptr, r_ptr, s_ptr, rows, rows_r, cols, mask, stride_xm, stride_rm, stride_sm,
                           HAS_RES, WRITE_SUM, RTNE_BF16)
             if IS_RMS:
@@ -153,9 +157,7 @@ def _norm_fwd_kernel(
                 count = total
         rstd = 1.0 / tl.sqrt(m2 / N + eps)
         for start in range(0, N, BLOCK_N):
-            cols = start + tl.arange(0, BLOCK_N)
-            col_mask = cols < N
-            mask = row_mask[:, None] & col_mask[None, :]
+            cols, col_mask, mask = _chunk(start, N, row_mask, BLOCK_N)
             # recompute the sum from x and r: reading back s would race with other threads' stores
             h = _load_sum(x_ptr, r_ptr, s_ptr, rows, rows_r, cols, mask, stride_xm, stride_rm, stride_sm,
                           HAS_RES, False, RTNE_BF16)
