@@ -78,6 +78,11 @@ if registry.interpret_mode():
     _W8A8_CONFIGS = [_cfg(32, 32, 32, 1, 4)]
     _W8A8_TMA_CONFIGS = [_tma_cfg(32, 32, 32, 1, 4)]
     _WONLY_CONFIGS = [_cfg(16, 32, 32, 1, 4)]
+elif not config.autotune_enabled():
+    # TRITONFUSE_AUTOTUNE=0 (the GPU test suite): one config each (plus a small-M one), compiles fast
+    _W8A8_CONFIGS = [_cfg(128, 128, 128, 3, 8)]
+    _W8A8_TMA_CONFIGS = [_tma_cfg(128, 128, 128, 3, 8)]
+    _WONLY_CONFIGS = [_cfg(16, 32, 256, 4, 4), _cfg(128, 128, 64, 3, 8)]
 else:
     # int8 tl.dot -> wgmma on Hopper, mma.sync on Ampere; K tiles of 128 bytes per row
     _W8A8_CONFIGS = [
@@ -201,6 +206,16 @@ def _dot_operands(a, b, W8A8: tl.constexpr, DOT_UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _load_k(ptrs, mask, EVEN_K: tl.constexpr):
+    # K a multiple of BLOCK_K (the usual case): unmasked loads pipeline best
+    if EVEN_K:
+        return tl.load(ptrs)
+    else:
+        return tl.load(ptrs, mask=mask, other=0)
+
+
+@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
+@triton.jit
 def _int8_gemm_kernel(
     x_ptr, xs_ptr, w_ptr, ws_ptr, b_ptr, wu_ptr, wus_ptr, bu_ptr, out_ptr,
     M, N, K, M_BUCKET,
@@ -208,6 +223,7 @@ def _int8_gemm_kernel(
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr, W8A8: tl.constexpr,
     DOT_UPCAST: tl.constexpr, RTNE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    EVEN_K: tl.constexpr,
 ):
     # W8A8: x [M, K] int8 with row scales xs [M]; weight-only: x [M, K] fp16/bf16, any strides.
     # w (wu): [N, K] int8 with channel scales ws (wus) [N]; out: [M, N]
@@ -227,11 +243,11 @@ def _int8_gemm_kernel(
     acc_u = acc
     for k in range(0, tl.cdiv(K, BLOCK_K)):
         k_mask = offs_k < K - k * BLOCK_K
-        a0 = tl.load(x_ptrs, mask=k_mask[None, :], other=0)
-        a, b = _dot_operands(a0, tl.load(w_ptrs, mask=k_mask[:, None], other=0), W8A8, DOT_UPCAST)
+        a0 = _load_k(x_ptrs, k_mask[None, :], EVEN_K)
+        a, b = _dot_operands(a0, _load_k(w_ptrs, k_mask[:, None], EVEN_K), W8A8, DOT_UPCAST)
         acc = tl.dot(a, b, acc, out_dtype=acc.dtype)  # int32 for int8 operands (triton < 3.8 asks)
         if GATED:
-            a, bu = _dot_operands(a0, tl.load(u_ptrs, mask=k_mask[:, None], other=0), W8A8, DOT_UPCAST)
+            a, bu = _dot_operands(a0, _load_k(u_ptrs, k_mask[:, None], EVEN_K), W8A8, DOT_UPCAST)
             acc_u = tl.dot(a, bu, acc_u, out_dtype=acc_u.dtype)
             u_ptrs += BLOCK_K * stride_uk
         x_ptrs += BLOCK_K * stride_xk
