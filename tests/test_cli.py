@@ -209,3 +209,17 @@ def test_time_calls_runs_prep_before_every_call():
     assert n == 4 and ms >= 0
     assert log[:2] == [("prep", 0), ("call", 0)]  # warm-up
     assert log[2:] == [x for i in range(4) for x in (("prep", i), ("call", i))]
+
+
+def test_results_merge_of_a_fetched_file_keeps_its_header(tmp_path):
+    src, dest = tmp_path / "fetched.json", tmp_path / "dest.json"
+    row = {"model": "a", "mode": "eager", "dtype": "float16", "batch": 8, "ms": 1.5, "compile_s": None,
+           "peak_mem_gb": 0.5, "speedup_vs_eager": 1.0, "speedup_vs_inductor": None, "cosine": 1.0,
+           "sqnr_db": 50.0, "counters": None}
+    src.write_text(json.dumps({"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.11", "triton": "3.6", "commit": "abc",
+                               "date": "2026-01-01T00:00:00Z", "command": "tritonfuse bench x", "models": [row]}))
+    assert results.main(["--merge", "--into", str(dest), str(src)]) == 0
+    doc = results.load(dest)
+    assert (doc["gpu"], doc["torch"], doc["commit"], doc["command"]) == ("NVIDIA H100 80GB HBM3", "2.11", "abc",
+                                                                      "tritonfuse bench x")
+    assert doc["models"][0]["ms"] == 1.5 and doc["models"][0]["command"] == "tritonfuse bench x"

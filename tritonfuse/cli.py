@@ -410,11 +410,10 @@ def _bench_model(spec, modes, args, progress) -> list[dict]:
     dtype = _dtype(args.dtype, spec, args.device)
     batch = args.batch or spec.batch_for(args.small, args.train)
     base = {"model": spec.name, "dtype": _dname(dtype), "batch": batch, "device": args.device.type,
-            "small": bool(args.small), "train": bool(args.train)}
+            "small": bool(args.small), "train": bool(args.train), "cuda_graphs": bool(args.cuda_graphs)}
     try:
         progress.stage(f"{spec.name}: building")
-        work = spec.make(small=args.small, batch=batch, train=args.train)
-        work.model.to(args.device)
+        work = spec.make(small=args.small, batch=batch, train=args.train, device=args.device)
         ref = None
         if not args.train:
             progress.stage(f"{spec.name}: eager fp32 reference")
@@ -753,8 +752,7 @@ def _load_one(args):
     if not _check_deps(spec):
         return None
     dtype = _dtype(args.dtype, spec, args.device)
-    work = spec.make(small=args.small, batch=args.batch)
-    work.model.to(args.device)
+    work = spec.make(small=args.small, batch=args.batch, device=args.device)
     _to_dtype(work, dtype)
     return spec, work, dtype, work.inputs(work.model, args.device, dtype, 0)
 

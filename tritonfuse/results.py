@@ -6,13 +6,15 @@
      "models": [{"model", "mode", "dtype", "batch", "ms", "compile_s", "peak_mem_gb", "speedup_vs_eager",
                  "speedup_vs_inductor", "cosine", "sqnr_db", "counters", ...}]}
 
-Rows are keyed by (model, mode, dtype, batch, train, small): a new run replaces its own rows and keeps the
+Rows are keyed by (model, mode, dtype, batch, train, small, cuda_graphs): a new run replaces its own rows and keeps the
 others, so the zoo can be measured one model per command. Each row also keeps the command that measured it.
 Kernel benchmarks write ``benchmarks/results/kernels-<gpu-slug>.json`` (``{"gpu", ..., "rows": [...]}``).
 
-Print the README's results section from every file in ``benchmarks/results/``::
+Print the README's results section from every file in ``benchmarks/results/``, or merge files measured
+elsewhere into it::
 
     python -m tritonfuse.results --readme
+    python -m tritonfuse.results --merge /path/to/nvidia-h100-80gb-hbm3.json
 """
 
 from __future__ import annotations
@@ -78,8 +80,12 @@ def default_path() -> pathlib.Path:
     return RESULTS_DIR / f"{slug(device_name())}.json"
 
 
+def _flags(r: dict) -> tuple:
+    return tuple(bool(r.get(f)) for f in ("train", "small", "cuda_graphs"))
+
+
 def _key(r: dict) -> tuple:
-    return (r["model"], r["mode"], r["dtype"], r["batch"], bool(r.get("train")), bool(r.get("small")))
+    return (r["model"], r["mode"], r["dtype"], r["batch"], *_flags(r))
 
 
 def _clean(x):
@@ -93,8 +99,11 @@ def _clean(x):
     return x
 
 
-def write(rows: list[dict], path, command: str) -> pathlib.Path:
-    """Merge ``rows`` into the results file at ``path`` (a directory: ``<dir>/<gpu-slug>.json``)."""
+def write(rows: list[dict], path, command: str, head: Optional[dict] = None) -> pathlib.Path:
+    """Merge ``rows`` into the results file at ``path`` (a directory: ``<dir>/<gpu-slug>.json``).
+
+    ``head`` (default: this machine, now) gives gpu, torch, triton, commit and date of the file's header.
+    """
     path = pathlib.Path(path)
     if path.is_dir() or str(path).endswith(os.sep):
         path = path / f"{slug(device_name())}.json"
@@ -102,14 +111,26 @@ def write(rows: list[dict], path, command: str) -> pathlib.Path:
     old = load(path) if path.exists() else {}
     merged = {_key(r): r for r in old.get("models", [])}
     for r in rows:
-        merged[_key(r)] = {**r, "command": command}
+        merged[_key(r)] = {"command": command, **r}
     order = {m: i for i, m in enumerate(MODES)}
-    doc = {**header(command), "models": sorted(merged.values(), key=lambda r: (
-        r["model"], bool(r.get("train")), order.get(r["mode"], 99), r["mode"]))}
+    head = {**(head or header(command)), "command": command}
+    doc = {**{k: head[k] for k in HEADER_FIELDS if k != "models"}, "models": sorted(merged.values(), key=lambda r: (
+        r["model"], _flags(r), order.get(r["mode"], 99), r["mode"]))}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(_clean(doc), indent=1, allow_nan=False) + "\n")
     tmp.replace(path)
     return path
+
+
+def merge(sources: Iterable, into=None) -> list[pathlib.Path]:
+    """Merge results files (e.g. fetched from a GPU machine) into ``into`` (default:
+    ``benchmarks/results/<gpu-slug of each file>.json``), keeping each row's command and each file's header."""
+    written = []
+    for src in sources:
+        doc = load(src)
+        dest = pathlib.Path(into) if into else RESULTS_DIR / f"{slug(doc['gpu'])}.json"
+        written.append(write(doc["models"], dest, doc["command"], head=doc))
+    return written
 
 
 def load(path) -> dict:
@@ -152,17 +173,17 @@ def model_table(doc: dict) -> str:
     """Markdown: one row per (model, dtype, batch, train), one column per mode."""
     groups: dict[tuple, dict] = {}
     for r in doc["models"]:
-        key = (r["model"], r["dtype"], r["batch"], bool(r.get("train")), bool(r.get("small")))
-        groups.setdefault(key, {})[r["mode"]] = r
+        groups.setdefault((r["model"], r["dtype"], r["batch"], *_flags(r)), {})[r["mode"]] = r
     lines = [
         "| model | dtype | batch | eager ms | inductor ms | tritonfuse ms (vs inductor) | tritonfuse-int8 ms "
         "(vs inductor) | cosine tritonfuse / int8 | sites replaced / matched |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for (model, dtype, batch, train, small), modes in groups.items():
-        name = model + (" (train step)" if train else "") + (" (small)" if small else "")
+    for (model, dtype, batch, train, small, graphs), modes in groups.items():
+        name = model + (" (train step)" if train else "") + (" (small)" if small else "") + (
+            " (CUDA graphs)" if graphs else "")
         ind = modes.get("inductor")
-        cos = " / ".join(f"{m['cosine']:.5f}" if m and m.get("cosine") is not None else "–"
+        cos = " / ".join(f"{m['cosine']:.6f}" if m and m.get("cosine") is not None else "–"
                          for m in (modes.get("tritonfuse"), modes.get("tritonfuse-int8")))
         lines.append(f"| {name} | {dtype} | {batch} | {_ms(modes.get('eager'))} | {_ms(ind)} | "
                      f"{_ms(modes.get('tritonfuse'), ind)} | {_ms(modes.get('tritonfuse-int8'), ind)} | {cos} | "
@@ -215,8 +236,15 @@ def main(argv: Optional[list] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tritonfuse.results",
                                  description="Check results files and print the README results section.")
     ap.add_argument("--readme", action="store_true", help="print the README markdown for the results files")
+    ap.add_argument("--merge", action="store_true", help="merge FILES into benchmarks/results/<gpu-slug>.json "
+                    "(or --into)")
+    ap.add_argument("--into", default=None, help="with --merge: the destination file")
     ap.add_argument("files", nargs="*", help="results JSON files (default: benchmarks/results/*.json)")
     args = ap.parse_args(argv)
+    if args.merge:
+        for path in merge(args.files, args.into):
+            print(f"merged into {path}")
+        return 0
     if not args.readme:
         for p in args.files or sorted(RESULTS_DIR.glob("*.json")):
             raw = json.loads(pathlib.Path(p).read_text())

@@ -1,6 +1,6 @@
 """The model zoo that ``tritonfuse bench``, ``profile`` and ``explain`` run: models built from configs, no downloads.
 
-Each entry builds its model in fp32 on the CPU with fixed seeds (the same weights in every mode and every run),
+Each entry builds its model in fp32 with fixed seeds (the same weights in every mode and every run),
 and makes inputs on demand in any dtype. ``small=True`` gives the same architecture at tiny sizes (2 layers,
 hidden 64, a few tokens), fast enough for the Triton interpreter on a CPU.
 
@@ -42,7 +42,7 @@ class Inputs:
 
 @dataclasses.dataclass
 class Workload:
-    """A built model (fp32, CPU) and how to feed it, read its output and take a training loss."""
+    """A built model (fp32) and how to feed it, read its output and take a training loss."""
 
     model: nn.Module
     inputs: Callable[..., Inputs]  # (model, device, dtype, seed, train=False) -> Inputs
@@ -78,11 +78,17 @@ class ModelSpec:
             return self.small_batch
         return self.train_batch if train and self.train_batch else self.batch
 
-    def make(self, small: bool = False, batch: Optional[int] = None, train: bool = False) -> Workload:
-        """Build the model with fixed seeds (fp32, CPU)."""
+    def make(self, small: bool = False, batch: Optional[int] = None, train: bool = False,
+             device=None) -> Workload:
+        """Build the model in fp32 with fixed seeds, on ``device`` (default CPU).
+
+        Initialising on the GPU takes seconds where the CPU takes tens for a 1B model; the weights then differ
+        from a CPU build's (another generator) but are the same in every mode and every run on that device.
+        """
         torch.manual_seed(0)
-        work = self.build(small, batch or self.batch_for(small, train), train)
-        work.model.eval()
+        with torch.device(device or "cpu"):
+            work = self.build(small, batch or self.batch_for(small, train), train)
+        work.model.to(device or "cpu").eval()
         return work
 
 
