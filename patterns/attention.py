@@ -84,8 +84,10 @@ def _flat(name: str):
     return CallFunction(aten.reshape.default, KeywordArg(name), Ignored())
 
 
-def _handwritten_pattern(scale_op: str, mask_op: str, upcast: bool, downcast: bool):
-    # the chain up to softmax as (fn, args) steps; its last node has two users (amax and sub)
+def _handwritten_pattern(scale_op: str, mask_op: str, upcast: bool, downcast: bool, zero_rows: bool = False):
+    # the chain up to softmax as (fn, args) steps; its last node has two users (amax and sub), three with
+    # ``zero_rows``: SDPA's math decomposition then zeroes rows whose scores are all -inf (as our kernel does)
+    users = 3 if zero_rows else 2
     s = CallFunction(aten.reshape.default, CallFunction(aten.bmm.default, _flat("q_flat"), _flat("k_flat")), Ignored())
     steps = []
     if scale_op == "mul":
@@ -103,13 +105,17 @@ def _handwritten_pattern(scale_op: str, mask_op: str, upcast: bool, downcast: bo
         steps.append((prims.convert_element_type.default, lambda x: (x, Ignored())))
     if not steps:
         s = CallFunction(aten.reshape.default, CallFunction(aten.bmm.default, _flat("q_flat"), _flat("k_flat")),
-                         Ignored(), _users=2)
+                         Ignored(), _users=users)
     for i, (fn, args) in enumerate(steps):
-        s = CallFunction(fn, *args(s), _users=2 if i == len(steps) - 1 else 1)
+        s = CallFunction(fn, *args(s), _users=users if i == len(steps) - 1 else 1)
     # the post-grad decomposition of softmax(s, -1)
     amax = CallFunction(aten.amax.default, s, Ignored(), True)
     e = CallFunction(aten.exp.default, CallFunction(aten.sub.Tensor, s, amax), _users=2)
     p = CallFunction(aten.div.Tensor, e, CallFunction(aten.sum.dim_IntList, e, Ignored(), True))
+    if zero_rows:
+        live = CallFunction(aten.logical_not.default, CallFunction(aten.eq.Scalar, s, float("-inf")))
+        dead = CallFunction(aten.logical_not.default, CallFunction(aten.any.dim, live, Ignored(), True))
+        p = CallFunction(aten.where.self, dead, Ignored(), p)
     if downcast:
         p = CallFunction(prims.convert_element_type.default, p, Ignored())
     p = CallFunction(aten.reshape.default, CallFunction(aten.expand.default, p, Ignored()), Ignored())
@@ -320,16 +326,16 @@ def _make_handwritten_handler(scale_op: str, mask_op: str):
         v_src = _repeat_kv_source(v4, q.shape[1])
         k_val = _val(k_src) if k_node is not None else _val(kt4).transpose(-2, -1)
         v = _val(v_src)
+        if k_val.shape[1] != v.shape[1]:  # only one of K/V is a visible repeat: keep both repeated
+            k_src = k_node if k_node is not None else kt4
+            v_src = v4
+            k_val = _val(k_src) if k_node is not None else _val(kt4).transpose(-2, -1)
+            v = _val(v_src)
         if mask_op == "fill":
             mask = _val(bool_keep) if bool_keep is not None else _val(cond_node)
             mask_val = mask if bool_keep is not None else mask.new_empty(mask.shape, dtype=_val(fill_node).dtype)
         else:
             mask_val = _val(mask_node) if mask_op != "none" else None
-        if mask_val is not None and mask_val.dtype not in (torch.bool,) and mask_val.dtype != torch.float32 \
-                and mask_val.dtype != q.dtype:
-            registry.note_fallback(FAMILY, site, kernel, f"mask dtype {mask_val.dtype}",
-                                   _describe(q, k_val, mask_val, False))
-            return
         if not _decide(site, q, k_val, v, mask_val, False, kernel):
             return
         out_dtype = _val(out).dtype
@@ -382,6 +388,10 @@ def pattern_pass() -> PatternMatcherPass:
                 for downcast in (False, True):
                     register_graph_pattern(_handwritten_pattern(scale_op, mask_op, upcast, downcast), pass_dict=pm)(
                         _make_handwritten_handler(scale_op, mask_op))
+    # SDPA's math decomposition (where no fused SDPA kernel applies): q and k pre-scaled, mask added, all in fp32
+    for mask_op in ("add", "none"):
+        register_graph_pattern(_handwritten_pattern("none", mask_op, False, False, zero_rows=True), pass_dict=pm)(
+            _make_handwritten_handler("none", mask_op))
     for scale_op in ("mul", "div"):
         for upcast, downcast in ((False, False), (True, True), (False, True)):
             dtype = torch.float16 if upcast or downcast else torch.float32

@@ -178,6 +178,27 @@ def test_sdpa_forms(form, device):
     assert_close_to_ref(out, ref, eager, atol=1e-3)
 
 
+@pytest.mark.parametrize("form", ["gqa_causal", "bool_mask"])
+def test_sdpa_math_decomposition(form, device):
+    # SDPA's math path (no fused kernel applies) is decomposed into bmm/softmax in fp32 with pre-scaled q, k
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v = _qkv(2, 4, 2, 21, 21, 32, torch.float16, device)
+    m = _mask("bool_keypad", 2, 4, 21, 21, torch.float16, device)
+
+    def f(q, k, v, m):
+        with sdpa_kernel([SDPBackend.MATH]):
+            if form == "gqa_causal":
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            return F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
+                                                  attn_mask=m)
+
+    out, eager = _compile_check(f, q, k, v, m, expect=_counts(1, 1, 0))
+    ref = K.attention_ref(q, k, v, m if form == "bool_mask" else None, 32 ** -0.5, form == "gqa_causal",
+                          upcast=True)
+    assert_close_to_ref(out, ref, eager, atol=1e-3)
+
+
 HANDWRITTEN = {
     "div_sqrt_d": lambda q, k, v, m: torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), -1) @ v,
     "masked_fill": lambda q, k, v, m: torch.softmax(
