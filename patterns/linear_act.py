@@ -164,7 +164,7 @@ def _describe(x, w, dtype) -> str:
     return f"M={m} K={x.shape[-1]} N={w.shape[0]} {str(dtype).replace('torch.', '')}"
 
 
-def _make_check(act: str, gated: bool, fused: bool, has_bias: bool):
+def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: bool = False):
     kernel = f"{'gated_mlp' if gated else 'linear_act'}[{act}]"
 
     def check(match: Match) -> bool:
@@ -190,6 +190,11 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool):
             reason = "inner dimensions differ"
         if reason is None:
             reason = K.probe(str(x.device), x.dtype, act, b is not None, gated)
+        if reason is None:
+            rec = K.measure(x2, ws, b, act, gated, store_pre)
+            if not rec["use"]:
+                reason = (f"measured slower than cuBLAS + epilogue here ({rec['ours_ms']:.3f} vs "
+                          f"{rec['theirs_ms']:.3f} ms)")
         if reason:
             registry.note_fallback(FAMILY, site, kernel, reason, detail)
             return False
@@ -246,5 +251,5 @@ def _build(with_plain: bool) -> PatternMatcherPass:
                     args = [x, w, b] if has_bias else [x, w]
                     reg(_linear_act_train_pattern(act, batched, has_bias, save_pre),
                         _linear_act_train_replacement(act, batched, has_bias, save_pre), args,
-                        extra_check=_make_check(act, False, False, has_bias))
+                        extra_check=_make_check(act, False, False, has_bias, store_pre=save_pre))
     return pm

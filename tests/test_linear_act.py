@@ -408,3 +408,14 @@ def test_cuda_graph_counts_and_numerics(dtype):
         assert _counts() == {"matched": n, "replaced": n, "fallback": 0}, tritonfuse.report()
         ref = model.double()(x.double())
         assert_close_to_ref(out, ref, eager, atol=1e-2)
+
+
+def test_dynamic_shapes_compile_and_match():
+    # dynamic=True makes Dynamo restart its analysis with exceptions; those must pass through the backend
+    model = nn.Sequential(nn.Linear(24, 40), nn.GELU(), nn.Linear(40, 24))
+    compiled = torch.compile(model, backend="tritonfuse", dynamic=True)
+    with torch.no_grad():
+        for m in (5, 9):
+            x = fresh(m, 24)
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+    assert _counts()["replaced"] >= 1

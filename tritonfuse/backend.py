@@ -179,6 +179,13 @@ def _compile(gm, example_inputs, passes):
                       config_patches={"post_grad_custom_pre_pass": passes})
 
 
+def _is_control_flow(e: Exception) -> bool:
+    """Dynamo signals restarts (e.g. TensorifyScalarRestartAnalysis) with exceptions: not failures."""
+    exc = getattr(torch._dynamo, "exc", None)
+    kinds = tuple(k for k in (getattr(exc, "RestartAnalysis", None), getattr(exc, "SkipFrame", None)) if k)
+    return bool(kinds) and isinstance(e, kinds)
+
+
 def tritonfuse_backend(gm: torch.fx.GraphModule, example_inputs, **kwargs):
     """Compile ``gm`` with Inductor plus tritonfuse's passes.
 
@@ -195,7 +202,7 @@ def tritonfuse_backend(gm: torch.fx.GraphModule, example_inputs, **kwargs):
     try:
         compiled = _compile(gm, example_inputs, passes)
     except Exception as e:
-        if passes is None or not config.fallback_enabled():
+        if passes is None or not config.fallback_enabled() or _is_control_flow(e):
             raise
         # retry with Inductor alone; if that fails too, the error is the model's and is raised as Inductor's
         reason = f"graph failed to compile with tritonfuse kernels ({type(e).__name__}); Inductor alone used"

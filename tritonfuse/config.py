@@ -37,6 +37,9 @@ fallback_on_error: str = "1"
 # Triton kernel only competes with cuBLAS's own bias epilogue
 linear_plain: str = "0"
 
+# "1" (default): on a GPU a site is replaced only where its kernel measured faster than the vendor path
+# it replaces (timed once per shape, kept on disk); "0": always use the kernel
+measure: str = "1"
 # "1" (default): GEMM kernels autotune over a small config set per shape bucket; "0": one config each
 autotune: str = "1"
 
@@ -49,6 +52,7 @@ _ENV = {
     "fallback_on_error": "TRITONFUSE_FALLBACK_ON_ERROR",
     "linear_plain": "TRITONFUSE_LINEAR_PLAIN",
     "autotune": "TRITONFUSE_AUTOTUNE",
+    "measure": "TRITONFUSE_MEASURE",
 }
 
 
@@ -92,7 +96,7 @@ def validate() -> None:
         g["quant_min_sqnr"] = float(quant_min_sqnr)
     except (TypeError, ValueError):
         _fail("quant_min_sqnr", quant_min_sqnr, "a number of dB, e.g. 30")
-    for name in ("linear_plain", "autotune"):
+    for name in ("linear_plain", "autotune", "measure"):
         if str(g[name]) not in ("0", "1"):
             _fail(name, g[name], "0, 1")
 
@@ -109,6 +113,10 @@ def enabled_families() -> tuple[str, ...]:
 
 def fallback_enabled() -> bool:
     return str(fallback_on_error) != "0"
+
+
+def measure_enabled() -> bool:
+    return str(measure) != "0"
 
 
 def autotune_enabled() -> bool:

@@ -250,3 +250,62 @@ def guarded_probe(key: str, probe: Callable[[], None]) -> Optional[str]:
         _failed[key] = reason
         warnings.warn(f"tritonfuse: {reason}; its sites are left to Inductor", stacklevel=2)
         return reason
+
+
+# --- measured choice: a tritonfuse kernel serves a site only where it is the faster ----------------------
+
+_choices: Optional[dict] = None
+
+
+def choices_path():
+    import pathlib
+
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(base) / "tritonfuse" / "choices.json"
+
+
+def _choice_key(key: str, device: torch.device) -> str:
+    import triton
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return f"{key}|{name}|torch {torch.__version__}|triton {triton.__version__}"
+
+
+def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
+                    theirs: list[Callable[[], object]]) -> dict:
+    """Time ``ours`` against the sum of ``theirs`` (the vendor path it replaces) once per key, GPU and
+    versions; the record ``{"ours_ms", "theirs_ms", "use"}`` is kept in ``choices_path()``.
+
+    Off the GPU, or with ``TRITONFUSE_MEASURE=0``, nothing is timed and ``use`` is True.
+    """
+    global _choices
+    if device.type != "cuda" or interpret_mode() or not config.measure_enabled():
+        return {"use": True}
+    import json
+
+    import triton
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    full = _choice_key(key, device)
+    if _choices is None:
+        try:
+            _choices = json.loads(choices_path().read_text())
+        except (OSError, ValueError):
+            _choices = {}
+    if full in _choices:
+        return _choices[full]
+    with unset_fake_temporarily(), torch.no_grad():
+        ours()  # compile and autotune outside the timing
+        t_ours = triton.testing.do_bench(ours, warmup=10, rep=50, return_mode="median")
+        t_theirs = sum(triton.testing.do_bench(f, warmup=10, rep=50, return_mode="median") for f in theirs)
+    rec = {"ours_ms": round(t_ours, 5), "theirs_ms": round(t_theirs, 5), "use": t_ours <= t_theirs}
+    _choices[full] = rec
+    try:
+        path = choices_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(_choices, indent=1, sort_keys=True))
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only cache only costs measuring again in the next process
+    return rec
