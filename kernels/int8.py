@@ -148,7 +148,8 @@ def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk, stride_qm, 
     bad = tl.sum(poison, axis=0)
     finite = bad == 0.0
     usable = finite & (amax_r > 0.0)
-    inv = tl.where(usable, 127.0 / tl.where(usable, amax_r, 1.0), 0.0)
+    # div_rn: IEEE division (``/`` is approximate on NVIDIA GPUs), so rounding matches PyTorch's
+    inv = tl.where(usable, tl.math.div_rn(127.0, tl.where(usable, amax_r, 1.0)), 0.0)
     for k0 in range(0, K, BLOCK_K):
         offs = k0 + tl.arange(0, BLOCK_K)
         mask = offs < K

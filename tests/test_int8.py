@@ -90,7 +90,12 @@ def test_tma_and_pointer_kernels_agree(gated, device):
     act = "silu" if gated else "gelu"
     y_tma = Q._w8a8(xq, xs, wq, ws, b, act, torch.float16, *extra, use_tma=True)
     y_ptr = Q._w8a8(xq, xs, wq, ws, b, act, torch.float16, *extra, use_tma=False)
-    assert torch.equal(y_tma, y_ptr)
+    # same int32 sums and the same epilogue code; on a GPU the compiler may contract it differently
+    tol = {} if device == "cpu" else {"rtol": 2 ** -10, "atol": 1e-3}
+    if tol:
+        torch.testing.assert_close(y_tma, y_ptr, **tol)
+    else:
+        assert torch.equal(y_tma, y_ptr)
 
 
 def test_quant_rows_matches_reference(device):
@@ -98,9 +103,7 @@ def test_quant_rows_matches_reference(device):
     xq, xs = torch.ops.tritonfuse.int8_quant_rows(x)
     q_ref, s_ref = Q.quant_rows_ref(x)
     assert xq.dtype == torch.int8 and xq.is_contiguous()
-    diff = (xq.int() - q_ref.int().to(xq.device)).abs()
-    # identical under the interpreter; a GPU's division may round a .5 tie the other way
-    assert diff.max().item() <= (0 if device == "cpu" else 1) and (diff > 0).float().mean().item() < 1e-3
+    assert torch.equal(xq.cpu(), q_ref.cpu())
     torch.testing.assert_close(xs.cpu(), s_ref.cpu(), rtol=0, atol=0)
     assert xq.abs().max().item() == 127  # the absmax element of each row hits the end of the range
 
