@@ -91,8 +91,9 @@ def _named(fn, names):
 
 def _example_inputs(head: str, res: bool, dtype: torch.dtype) -> list[torch.Tensor]:
     x, w = torch.empty(2, 4, 6, 6, dtype=dtype), torch.empty(8, 4, 1, 1, dtype=dtype)
-    p = [torch.empty(8, dtype=dtype) for _ in range(4)]
-    args = {"bn": [x, w, *p], "bias_bn": [x, w, p[0], *p], "bias": [x, w, p[0]]}[head]
+    # distinct tensors: a tensor passed twice would trace as one input, tying the two in the pattern
+    b, *p = [torch.empty(8, dtype=dtype) for _ in range(5)]
+    args = {"bn": [x, w, *p], "bias_bn": [x, w, b, *p], "bias": [x, w, b]}[head]
     return args + ([torch.empty(2, 8, 6, 6, dtype=dtype)] if res else [])
 
 

@@ -209,6 +209,12 @@ def test_conv_bias_act_and_nchw_input():
     _compile_check(m, torch.randn(2, 5, 11, 9), _counts(1, 1), kernels=["conv_bn[bias,relu6]"])
 
 
+def test_conv_with_bias_then_bn():
+    m = _randomize_bn(ConvBNAct(act=nn.Hardswish(), bias=True, stride=2)).eval()
+    x = torch.randn(2, 5, 11, 9).to(memory_format=torch.channels_last)
+    _compile_check(m, x, _counts(1, 1), kernels=["conv_bn[bias_bn,hardswish]"])
+
+
 def test_wrong_constants_not_taken_for_relu6():
     # hardtanh(0, 5) traces like relu6 with other constants: BN is fused, the clamp stays Inductor's
     m = ConvBNAct(act=nn.Hardtanh(0.0, 5.0)).eval()
@@ -280,6 +286,18 @@ def test_training_mode_not_rewritten():
         out = torch.compile(m, backend="tritonfuse")(x)
     assert tritonfuse.counters()[FAMILY] == _counts(0, 0)
     torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_eval_with_autograd_not_rewritten():
+    # outside no_grad the BN's input is saved for the backward: nothing may be fused, gradients stay right
+    m = _randomize_bn(ConvBNAct(act=nn.ReLU())).eval()
+    x = torch.randn(2, 5, 9, 7)
+    torch.compile(m, backend="tritonfuse")(x).sum().backward()
+    got = m.conv.weight.grad.clone()
+    m.zero_grad()
+    m(x).sum().backward()
+    assert tritonfuse.counters()[FAMILY] == _counts(0, 0)
+    torch.testing.assert_close(got, m.conv.weight.grad, rtol=1e-4, atol=1e-4)
 
 
 class ConvUsedTwice(nn.Module):
