@@ -573,8 +573,10 @@ def _attn_bwd_dq_kernel(
 # --- launchers ----------------------------------------------------------------------------------------
 
 
-def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]) -> Optional[str]:
-    """Why the kernels cannot serve these operands, or None. q [B, Hq, Sq, D], k/v [B, Hkv, Sk, D]."""
+def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+                device: Optional[torch.device] = None) -> Optional[str]:
+    """Why the kernels cannot serve these operands, or None. q [B, Hq, Sq, D], k/v [B, Hkv, Sk, D].
+    ``device``: where they will run, when the operands are stand-ins on the meta device."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         return f"q, k, v must be 4-D [B, H, S, D], got {q.dim()}-D, {k.dim()}-D, {v.dim()}-D"
     if q.dtype not in DTYPES:
@@ -605,7 +607,7 @@ def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optiona
             return f"mask {tuple(mask.shape)} does not broadcast to {(B, Hq, Sq, k.shape[2])}"
         if torch.broadcast_shapes(mask.shape, (B, Hq, Sq, k.shape[2])) != (B, Hq, Sq, k.shape[2]):
             return f"mask {tuple(mask.shape)} would broadcast the output beyond {(B, Hq, Sq, k.shape[2])}"
-    return registry.device_unsupported(q.device)
+    return registry.device_unsupported(device or q.device)
 
 
 def _mask_args(mask: Optional[torch.Tensor], shape, dummy: torch.Tensor):

@@ -219,13 +219,34 @@ def _mask_kind(mask) -> str:
     return "bool" if mask.dtype == torch.bool else str(mask.dtype).replace("torch.", "")
 
 
+def _hinted(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """A meta stand-in with the example sizes of a (possibly symbolic) fake tensor: checks read sizes without
+    adding guards to a graph already traced. None when a size has no hint (data-dependent)."""
+    if t is None:
+        return None
+    sizes = []
+    for s in t.shape:
+        if isinstance(s, torch.SymInt):
+            if not s.node.has_hint():
+                return None
+            s = s.node.hint
+        sizes.append(int(s))
+    return torch.empty(sizes, dtype=t.dtype, device="meta")
+
+
 def _decide(site: torch.fx.Node, q, k, v, mask, is_causal: bool, kernel: str) -> bool:
     """Check the operands and probe the kernel variant; record the site either way."""
     detail = _describe(q, k, mask, is_causal)
-    reason = K.unsupported(q, k, v, mask)
+    hq, hk, hv, hm = (_hinted(t) for t in (q, k, v, mask))
+    if hq is None or hk is None or hv is None or (mask is not None and hm is None):
+        reason = "data-dependent sizes"
+    elif isinstance(q.shape[-1], torch.SymInt):
+        reason = "symbolic head dim (the kernel's tile width is fixed per compile)"
+    else:
+        reason = K.unsupported(hq, hk, hv, hm, device=q.device)
     if reason is None:
         reason = K.probe(str(q.device), q.dtype, q.shape[-1], _mask_kind(mask), is_causal,
-                         k.shape[1] != q.shape[1], K._use_decode(q, k, is_causal))
+                         hk.shape[1] != hq.shape[1], K._use_decode(hq, hk, is_causal))
     if reason:
         registry.note_fallback(FAMILY, site, kernel, reason, detail)
         return False

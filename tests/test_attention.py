@@ -235,6 +235,26 @@ def test_reused_probabilities_not_rewritten(device):
     torch.testing.assert_close(out, ref, atol=2e-3, rtol=2e-3)
 
 
+def test_dynamic_sequence_length(device):
+    # one compile serves several lengths (symbolic B and S; the head dim comes from the model's view)
+    def split(x):
+        return x.view(x.shape[0], x.shape[1], 2, 32).transpose(1, 2)
+
+    def f(x, m):
+        return F.scaled_dot_product_attention(split(x), split(x.flip(-1)), split(-x), attn_mask=m)
+
+    compiled = torch.compile(f, backend="tritonfuse", dynamic=True)
+    for S in (19, 23):
+        x = fresh(2, S, 64, dtype=torch.float16, device=device, seed=S)
+        m = _mask("bool_keypad", 2, 2, S, S, torch.float16, device)
+        with torch.no_grad(), config.patch(patterns="attention"):
+            out = compiled(x, m)
+        ref = f(x.double(), m)
+        assert_close_to_ref(out, ref, f(x, m), atol=1e-3)
+    assert tritonfuse.counters()["attention"] == _counts(1, 1, 0)
+    assert "Sq=s" in tritonfuse.sites()[0].detail  # the site was symbolic
+
+
 def test_unsupported_head_dim_falls_back(device):
     q, k, v = _qkv(1, 2, 2, 17, 17, 8, torch.float16, device)
     out, ref = _compile_check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v), q, k, v,
