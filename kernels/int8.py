@@ -404,6 +404,8 @@ def int8_unsupported(x, w, b, act: str, mode: str, wu=None, bu=None) -> Optional
     if x.dtype not in X_DTYPES:
         return f"int8 kernels take fp16/bf16 activations, got {x.dtype}"
     K = x.shape[1]
+    if K == 0:
+        return "K=0: nothing to quantize"
     if K % 16:
         return f"K={K} is not a multiple of 16 (int8 rows must be 16-byte aligned)"
     for name, t in (("w", w), ("wu", wu)):
@@ -573,6 +575,7 @@ def int8_linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], act
         >>> y = torch.ops.tritonfuse.int8_linear(x, w, None, "gelu", "int8")  # TRITON_INTERPRET=1 on a CPU
     """
     wq, ws = weight_cache.get(w)
+    b = b.contiguous() if b is not None else None  # the epilogue reads biases as dense vectors
     if uses_weight_only(x.shape[0], mode):
         return _weight_only(x, wq, ws, b, act)
     xq, xs = quant_rows(x)
@@ -598,6 +601,8 @@ def int8_gated_mlp(
     """
     wgq, wgs = weight_cache.get(wg)
     wuq, wus = weight_cache.get(wu)
+    bg = bg.contiguous() if bg is not None else None
+    bu = bu.contiguous() if bu is not None else None
     if uses_weight_only(x.shape[0], mode):
         return _weight_only(x, wgq, wgs, bg, act, wuq, wus, bu)
     xq, xs = quant_rows(x)
@@ -625,7 +630,8 @@ def int8_linear_prequant(
         >>> y = torch.ops.tritonfuse.int8_linear_prequant(xq, xs, w, None, "relu", torch.float16)
     """
     wq, ws = weight_cache.get(w)
-    return _w8a8(xq, xs.reshape(-1).float(), wq, ws, b, act, out_dtype)
+    b = b.contiguous() if b is not None else None
+    return _w8a8(xq, xs.reshape(-1).float().contiguous(), wq, ws, b, act, out_dtype)
 
 
 def _quant_rows_fake(x):

@@ -130,6 +130,9 @@ def test_prequant_matches_int8_linear(device):
     y = torch.ops.tritonfuse.int8_linear_prequant(xq, xs[:, None], w, b, "gelu", torch.bfloat16)
     assert y.dtype == torch.bfloat16
     assert torch.equal(y, torch.ops.tritonfuse.int8_linear(x, w, b, "gelu", "int8"))
+    xs_strided = torch.stack([xs, -xs], dim=1)[:, 0]  # scales as a producer might hand them over
+    assert not xs_strided.is_contiguous()
+    assert torch.equal(y, torch.ops.tritonfuse.int8_linear_prequant(xq, xs_strided, w, b, "gelu", torch.bfloat16))
 
 
 # --- bad input ----------------------------------------------------------------------------------------
@@ -195,6 +198,7 @@ def test_unsupported_reasons():
         x = torch.empty(37, 100, dtype=torch.float16)
         w = torch.empty(64, 100, dtype=torch.float16)
         assert "multiple of 16" in Q.int8_unsupported(x, w, None, "relu", "int8")
+        assert "K=0" in Q.int8_unsupported(x[:, :0], w[:, :0], None, "relu", "int8")
         x = torch.empty(37, 96, dtype=torch.float16)
         w = torch.empty(64, 96, dtype=torch.float16)
         assert Q.int8_unsupported(x, w, None, "relu", "int8") is None
@@ -215,9 +219,10 @@ def test_non_contiguous_x(mode, device):
     x = base[::2, 7:103]  # strided rows, offset columns: K=96
     xt = fresh(96, 32, dtype=torch.float16, device=device).t()  # column-major
     w = fresh(40, 96, dtype=torch.float16, device=device)
+    b = fresh(80, dtype=torch.float16, device=device)[::2]  # a strided bias
     for xx in (x, xt):
-        y = torch.ops.tritonfuse.int8_linear(xx, w, None, "gelu", mode)
-        assert torch.equal(y, torch.ops.tritonfuse.int8_linear(xx.contiguous(), w, None, "gelu", mode))
+        y = torch.ops.tritonfuse.int8_linear(xx, w, b, "gelu", mode)
+        assert torch.equal(y, torch.ops.tritonfuse.int8_linear(xx.contiguous(), w, b.contiguous(), "gelu", mode))
 
 
 # --- the weight cache ---------------------------------------------------------------------------------
