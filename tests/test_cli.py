@@ -79,6 +79,7 @@ def test_bench_small_cpu_writes_results_contract(capsys, tmp_path):
     assert math.isclose(rows["tritonfuse"]["speedup_vs_eager"], rows["eager"]["ms"] / rows["tritonfuse"]["ms"])
     # Linear + GELU is one linear_act site, served by the Triton kernel
     assert rows["tritonfuse"]["counters"]["linear_act"] == {"matched": 1, "replaced": 1, "fallback": 0}
+    assert rows["tritonfuse"]["fallback_reasons"] == {}
     assert rows["tritonfuse"]["sqnr_db"] > 60
     assert "tiny-mlp" in out and "1/1 linear_act:1" in out
     # the README table renders from the file

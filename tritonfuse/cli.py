@@ -236,7 +236,8 @@ def time_calls(call: Callable[[int], object], device, iters: Optional[int] = Non
     """Median ms of ``call(i)`` over ``iters`` calls (``prep(i)`` runs before each, untimed).
 
     GPU: warm-up (>= 3 calls and >= 0.1 s), then one CUDA event pair per call, about ``target_s`` of calls
-    (10..200) unless ``iters`` is given. CPU: one warm-up call, then ``iters`` perf_counter calls (default: a quarter of ``target_s``, 3..20).
+    (10..200) unless ``iters`` is given. CPU: one warm-up call, then ``iters`` perf_counter calls (default: a quarter of ``target_s``, 3..20;
+    one when a call takes seconds).
     """
     import torch
 
@@ -246,7 +247,8 @@ def time_calls(call: Callable[[int], object], device, iters: Optional[int] = Non
         t = time.perf_counter()
         call(0)
         est_ms = (time.perf_counter() - t) * 1e3
-        iters = iters or int(min(20, max(3, target_s * 250 / max(est_ms, 1e-3))))
+        # a call of seconds (a real-size model in the interpreter) is timed once
+        iters = iters or int(min(20, max(3 if est_ms < 2000 else 1, target_s * 250 / max(est_ms, 1e-3))))
         times = []
         for i in range(iters):
             prep(i)
@@ -500,10 +502,14 @@ def _graphed(fn, inp):
     return graph.replay
 
 
-def _counters(mode: str):
+def _counters(mode: str) -> dict:
+    """The tritonfuse counters, and why sites were left to Inductor (for tritonfuse modes)."""
     import tritonfuse
 
-    return tritonfuse.counters() if mode.startswith("tritonfuse") else None
+    if not mode.startswith("tritonfuse"):
+        return {"counters": None}
+    reasons = Counter(f"{s.family}: {s.reason}" for s in tritonfuse.sites() if s.status == "fallback")
+    return {"counters": tritonfuse.counters(), "fallback_reasons": dict(reasons)}
 
 
 def _run_inference(work, mode, sets, args, ref, init, progress) -> dict:
@@ -532,7 +538,7 @@ def _run_inference(work, mode, sets, args, ref, init, progress) -> dict:
             ms, iters = time_calls(lambda i: _call(fn, sets[i % len(sets)]), dev, args.iters, prep=prep)
         peak = torch.cuda.max_memory_allocated() / 1e9 if dev.type == "cuda" else None
     return {"ms": ms, "iters": iters, "compile_s": None if mode == "eager" else compile_s, "peak_mem_gb": peak,
-            "counters": _counters(mode), "inputs_rotated": len(sets), **acc}
+            **_counters(mode), "inputs_rotated": len(sets), **acc}
 
 
 def _run_train(work, mode, sets, args, ref, init, progress) -> dict:
@@ -569,7 +575,7 @@ def _run_train(work, mode, sets, args, ref, init, progress) -> dict:
     finally:
         model.eval()
     return {"ms": ms, "iters": iters, "compile_s": None if mode == "eager" else compile_s, "peak_mem_gb": peak,
-            "counters": _counters(mode), "losses": losses}
+            **_counters(mode), "losses": losses}
 
 
 def _speedups(rows: list[dict]) -> None:
@@ -618,6 +624,10 @@ def format_table(rows: list[dict]) -> str:
             f"{r['model']:<17} {r['mode']:<16} {r['dtype']:<9} {r['batch']:>5} {r['ms']:>9.3f} "
             f"{_fmt(r['speedup_vs_eager'], '.2f'):>8} {_fmt(r['speedup_vs_inductor'], '.2f'):>7} "
             f"{_fmt(r['compile_s'], '.1f'):>9} {_fmt(r['peak_mem_gb'], '.2f'):>7} {acc}  {_sites(r['counters'])}")
+    left = [(r, why, n) for r in rows for why, n in (r.get("fallback_reasons") or {}).items()]
+    if left:
+        lines.append("\nleft to Inductor:")
+        lines += [f"  {r['model']} {r['mode']}: {why} (x{n})" for r, why, n in left]
     return "\n".join(lines)
 
 
@@ -641,7 +651,8 @@ def plot(rows: list[dict], path: str) -> bool:
     width = 0.8 / max(len(modes), 1)
     for j, mode in enumerate(modes):
         vals = [next((r["speedup_vs_eager"] for r in ok if r["model"] == m and r["mode"] == mode), 0) for m in models]
-        ax.bar([i + j * width for i in range(len(models))], vals, width, label=mode)
+        bars = ax.bar([i + j * width for i in range(len(models))], vals, width, label=mode)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.axhline(1.0, color="gray", linewidth=0.8)
     ax.set_xticks([i + width * (len(modes) - 1) / 2 for i in range(len(models))], models)
     ax.set_ylabel("speedup over eager")
