@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 
 import torch
 import torch.nn.functional as F
@@ -47,18 +48,33 @@ def _flat(x):
     return x.reshape(-1, x.shape[-1])
 
 
+# The check of a match runs right before its replacement: it leaves here which kernel serves the site
+# (the float kernels or, with TRITONFUSE_QUANT, the int8 ones) for the replacement to call.
+_serve = {"int8": None}
+
+
+def _linear(x2, w, b, act):
+    if _serve["int8"]:
+        return torch.ops.tritonfuse.int8_linear(x2, w, b, act, _serve["int8"])
+    return torch.ops.tritonfuse.linear_act(x2, w, b, act)
+
+
+def _gated(x2, wg, wu, bg, bu, act):
+    if _serve["int8"]:
+        return torch.ops.tritonfuse.int8_gated_mlp(x2, wg, wu, bg, bu, act, _serve["int8"])
+    return torch.ops.tritonfuse.gated_mlp(x2, wg, wu, bg, bu, act)
+
+
 def _linear_act_replacement(act):
     def replacement(x, w, b):
-        y = torch.ops.tritonfuse.linear_act(_flat(x), w, b, act)
-        return y.reshape(*x.shape[:-1], w.shape[0])
+        return _linear(_flat(x), w, b, act).reshape(*x.shape[:-1], w.shape[0])
 
     return replacement
 
 
 def _linear_act_nobias_replacement(act):
     def replacement(x, w):
-        y = torch.ops.tritonfuse.linear_act(_flat(x), w, None, act)
-        return y.reshape(*x.shape[:-1], w.shape[0])
+        return _linear(_flat(x), w, None, act).reshape(*x.shape[:-1], w.shape[0])
 
     return replacement
 
@@ -105,8 +121,7 @@ def _gated_pattern(act, gate_first):
 
 def _gated_replacement(act):
     def replacement(x, wg, wu):
-        y = torch.ops.tritonfuse.gated_mlp(_flat(x), wg, wu, None, None, act)
-        return y.reshape(*x.shape[:-1], wg.shape[0])
+        return _gated(_flat(x), wg, wu, None, None, act).reshape(*x.shape[:-1], wg.shape[0])
 
     return replacement
 
@@ -131,8 +146,7 @@ def _gated_fused_nobias_pattern(act):
 def _gated_fused_replacement(act):
     def replacement(x, w, b):
         n = w.shape[0] // 2
-        y = torch.ops.tritonfuse.gated_mlp(_flat(x), w[:n], w[n:], b[:n], b[n:], act)
-        return y.reshape(*x.shape[:-1], n)
+        return _gated(_flat(x), w[:n], w[n:], b[:n], b[n:], act).reshape(*x.shape[:-1], n)
 
     return replacement
 
@@ -140,8 +154,7 @@ def _gated_fused_replacement(act):
 def _gated_fused_nobias_replacement(act):
     def replacement(x, w):
         n = w.shape[0] // 2
-        y = torch.ops.tritonfuse.gated_mlp(_flat(x), w[:n], w[n:], None, None, act)
-        return y.reshape(*x.shape[:-1], n)
+        return _gated(_flat(x), w[:n], w[n:], None, None, act).reshape(*x.shape[:-1], n)
 
     return replacement
 
@@ -164,10 +177,44 @@ def _describe(x, w, dtype) -> str:
     return f"M={m} K={x.shape[-1]} N={w.shape[0]} {str(dtype).replace('torch.', '')}"
 
 
+def _module_name(node: torch.fx.Node) -> str:
+    """The dotted name of the module a node came from (``layers.0.mlp.up_proj``), best effort."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = list(stack.values())[-1][0]
+    for prefix in ("L['self'].", "L__self__.", "self."):
+        path = path.replace(prefix, "")
+    return re.sub(r"\[(\d+)\]", r".\1", path).replace("['", ".").replace("']", "").strip(".")
+
+
+def _int8_choice(site, x2, ws, b, act, gated, train):
+    """(mode, kernel name, None) when the int8 kernels serve this site, else (None, None, why not)."""
+    mode = config.quant
+    if mode == "none":
+        return None, None, None
+    if train:
+        return None, None, "int8 is for inference graphs"
+    name = _module_name(site)
+    if name and config.quant_skipped(name):
+        return None, None, f"{name} kept in floating point (TRITONFUSE_QUANT_SKIP)"
+    from tritonfuse.kernels import int8 as I8
+
+    bg, bu = (b[: b.shape[0] // 2], b[b.shape[0] // 2:]) if gated and b is not None else (b, None)
+    reason = I8.int8_unsupported(x2, ws[0], bg, act, mode, wu=ws[1] if gated else None, bu=bu)
+    if reason is None:
+        reason = I8.probe(str(x2.device), x2.dtype, act, b is not None, gated, mode)
+    if reason:
+        return None, None, f"int8: {reason}"
+    return mode, I8.int8_kernel_name(x2.shape[0], mode, gated), None
+
+
 def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: bool = False):
-    kernel = f"{'gated_mlp' if gated else 'linear_act'}[{act}]"
+    float_kernel = f"{'gated_mlp' if gated else 'linear_act'}[{act}]"
 
     def check(match: Match) -> bool:
+        kernel = float_kernel
+        _serve["int8"] = None
         site = _gemm_node(match)
         x = arg_val(match, "x")
         ws = [arg_val(match, n) for n in (("w",) if not gated or fused else ("wg", "wu"))]
@@ -190,6 +237,15 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: b
             reason = "inner dimensions differ"
         if reason is None:
             reason = K.probe(str(x.device), x.dtype, act, b is not None, gated)
+        int8_mode, int8_kernel, int8_why = _int8_choice(site, x2, ws, b, act, gated, store_pre)
+        if int8_mode:
+            _serve["int8"] = int8_mode
+            registry.note_replaced(FAMILY, site, int8_kernel, detail)
+            return True
+        if int8_why:
+            detail += f" ({int8_why})"
+        if reason is None and act == "none" and not config.linear_plain_enabled():
+            reason = int8_why or "no activation and no int8 kernel: cuBLAS's addmm kept"
         if reason is None:
             rec = K.measure(x2, ws, b, act, gated, store_pre)
             if not rec["use"]:
@@ -208,8 +264,9 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: b
 
 
 def pattern_pass() -> PatternMatcherPass:
-    """All linear_act patterns in one pass, built once per process (and per ``linear_plain`` setting)."""
-    return _build(config.linear_plain_enabled())
+    """All linear_act patterns in one pass, built once per process (and per plain-Linear setting: Linears
+    without activation are sites when ``linear_plain`` is on or int8 quantization is)."""
+    return _build(config.linear_plain_enabled() or config.quant != "none")
 
 
 @functools.lru_cache(maxsize=None)

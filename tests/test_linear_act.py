@@ -12,7 +12,7 @@ import tritonfuse
 from tritonfuse import config, registry
 from tritonfuse.kernels import linear_act as K
 
-from utils import assert_close_to_ref, fresh
+from utils import assert_close_to_ref, fresh, sqnr_db
 
 DTYPES = [(torch.float16, 1e-3), (torch.bfloat16, 1e-2), (torch.float32, 1e-5)]
 
@@ -419,3 +419,44 @@ def test_dynamic_shapes_compile_and_match():
             x = fresh(m, 24)
             torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
     assert _counts()["replaced"] >= 1
+
+
+# --- int8 through the patterns ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["int8", "int8-weight"])
+def test_int8_mode_serves_linear_sites(mode):
+    from tritonfuse.kernels import int8 as I8
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 64)).to(torch.bfloat16)
+    x = fresh(40, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        eager = model(x)
+    with config.patch(quant=mode):
+        out = _compile_run(model, x)
+    # the GELU Linear and the plain one: both quantized
+    assert _counts() == {"matched": 2, "replaced": 2, "fallback": 0}, tritonfuse.report()
+    assert "int8" in tritonfuse.report()
+    assert sqnr_db(eager.float(), out.float()) > 25
+    assert I8.int8_kernel_name(40, mode, False) in tritonfuse.report()
+
+
+def test_int8_quant_skip_keeps_module_in_float():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.keep = nn.Linear(64, 64)
+            self.q = nn.Linear(64, 64)
+
+        def forward(self, x):
+            return self.q(F.relu(self.keep(x)))
+
+    model = Net().to(torch.bfloat16)
+    x = fresh(40, 64, dtype=torch.bfloat16)
+    with config.patch(quant="int8", quant_skip="keep*"):
+        _compile_run(model, x)
+    text = tritonfuse.report()
+    # keep (+ReLU) served by the float kernel, q by int8
+    assert _counts() == {"matched": 2, "replaced": 2, "fallback": 0}, text
+    assert "linear_act[relu]" in text and "int8" in text
