@@ -111,18 +111,36 @@ def _bucket(n: int) -> int:
 
 
 @triton.jit
+def _apply_mask(s, mask_ptrs, ok, MASK_KIND: tl.constexpr):
+    # s: log2-domain scores; ok: which entries of the tile exist (the mask is read only there)
+    if MASK_KIND == 1:
+        keep = tl.load(mask_ptrs, mask=ok, other=0)
+        s = tl.where(keep != 0, s, float("-inf"))
+    elif MASK_KIND == 2:
+        mv = tl.load(mask_ptrs, mask=ok, other=0.0).to(tl.float32)
+        # finfo.min-style masks stay finite in log2 units (a fully masked row then averages, as eager does)
+        mv = tl.where(mv == float("-inf"), mv, tl.maximum(mv, -1.0e30))
+        s = s + mv * 1.4426950408889634
+    return s
+
+
+@triton.jit
+def _softmax_step(s, m_i, l_i, acc):
+    # online softmax: fold one tile of scores into the running max, sum and (rescaled) accumulator
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    # a row with nothing to attend yet keeps m = -inf; subtract 0 there instead of -inf (no NaN)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(s - m_safe[:, None])
+    alpha = tl.math.exp2(m_i - m_safe)
+    return p, m_new, l_i * alpha + tl.sum(p, 1), acc * alpha[:, None]
+
+
+@triton.jit
 def _scores(q, k, qk_scale, mask_ptrs, rows, cols, SQ, SK,
             MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, BOUNDS: tl.constexpr, PRECISION: tl.constexpr):
     # log2-domain scores of one [rows, cols] tile; masked entries are -inf
     s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
-    if MASK_KIND == 1:
-        keep = tl.load(mask_ptrs, mask=(rows[:, None] < SQ) & (cols[None, :] < SK), other=0)
-        s = tl.where(keep != 0, s, float("-inf"))
-    elif MASK_KIND == 2:
-        mv = tl.load(mask_ptrs, mask=(rows[:, None] < SQ) & (cols[None, :] < SK), other=0.0).to(tl.float32)
-        # finfo.min-style masks stay finite in log2 units (a fully masked row then averages, as eager does)
-        mv = tl.where(mv == float("-inf"), mv, tl.maximum(mv, -1.0e30))
-        s = s + mv * 1.4426950408889634
+    s = _apply_mask(s, mask_ptrs, (rows[:, None] < SQ) & (cols[None, :] < SK), MASK_KIND)
     if IS_CAUSAL:
         s = tl.where(cols[None, :] <= rows[:, None], s, float("-inf"))
     if BOUNDS:
@@ -147,13 +165,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d
         if DOT_UPCAST:
             k = k.to(tl.float32)
         s = _scores(q, k, qk_scale, mask_ptrs, rows, cols, SQ, SK, MASK_KIND, IS_CAUSAL, BOUNDS, PRECISION)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # a row with nothing to attend yet keeps m = -inf; subtract 0 there instead of -inf (no NaN)
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
+        p, m_new, l_i, acc = _softmax_step(s, m_i, l_i, acc)
         if BOUNDS or HEAD_DIM != BLOCK_D:
             v = tl.load(v_ptrs, mask=(cols[:, None] < SK) & (offs_d[None, :] < HEAD_DIM), other=0.0)
         else:
@@ -244,12 +256,7 @@ def _fwd_tma_inner(acc, l_i, m_i, q, k_desc, v_desc, b, hk, rows, offs_n, lo, hi
         if BOUNDS:
             cols = start_n + offs_n
             s = tl.where(cols[None, :] < SK, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
+        p, m_new, l_i, acc = _softmax_step(s, m_i, l_i, acc)
         v = v_desc.load([b, hk, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
         acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
@@ -341,22 +348,11 @@ def _attn_decode_kernel(
         if DOT_UPCAST:
             k = k.to(tl.float32)
         s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
-        if MASK_KIND == 1:
-            keep = tl.load(mask_ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0)
-            s = tl.where(keep != 0, s, float("-inf"))
-        elif MASK_KIND == 2:
-            mv = tl.load(mask_ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
-            mv = tl.where(mv == float("-inf"), mv, tl.maximum(mv, -1.0e30))
-            s = s + mv * 1.4426950408889634
+        s = _apply_mask(s, mask_ptrs, row_ok[:, None] & col_ok[None, :], MASK_KIND)
         if IS_CAUSAL:
             s = tl.where(cols[None, :] <= m[:, None], s, float("-inf"))
         s = tl.where(col_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
+        p, m_new, l_i, acc = _softmax_step(s, m_i, l_i, acc)
         v = tl.load(v_ptrs, mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
         if DOT_UPCAST:
             acc = tl.dot(p, v.to(tl.float32), acc, input_precision=PRECISION)
@@ -483,13 +479,7 @@ def _attn_bwd_dkdv_kernel(
             sT = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
             m_ptrs = mask_ptr + b * stride_mb + h * stride_mh + rows[None, :] * stride_mm + cols[:, None] * stride_mn
             in_bounds = (rows[None, :] < SQ) & (cols[:, None] < SK)
-            if MASK_KIND == 1:
-                keep = tl.load(m_ptrs, mask=in_bounds, other=0)
-                sT = tl.where(keep != 0, sT, float("-inf"))
-            elif MASK_KIND == 2:
-                mv = tl.load(m_ptrs, mask=in_bounds, other=0.0).to(tl.float32)
-                mv = tl.where(mv == float("-inf"), mv, tl.maximum(mv, -1.0e30))
-                sT = sT + mv * 1.4426950408889634
+            sT = _apply_mask(sT, m_ptrs, in_bounds, MASK_KIND)
             if IS_CAUSAL:
                 sT = tl.where(cols[:, None] <= rows[None, :], sT, float("-inf"))
             sT = tl.where(in_bounds, sT, float("-inf"))
