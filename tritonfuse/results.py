@@ -215,7 +215,8 @@ def readme(paths: Optional[Iterable] = None) -> str:
     """The README's results section, from ``paths`` (default: every JSON file in ``benchmarks/results``)."""
     paths = sorted(pathlib.Path(p) for p in paths) if paths else sorted(RESULTS_DIR.glob("*.json"))
     parts = []
-    for p in paths:
+    # the model files first, then the kernel files
+    for p in sorted(paths, key=lambda p: (p.name.startswith("kernels-"), p.name)):
         raw = json.loads(p.read_text())
         if "models" in raw:
             doc = load(p)
@@ -225,8 +226,10 @@ def readme(paths: Optional[Iterable] = None) -> str:
                          "(`torch.compile` default); cosine vs eager fp32.\n\n" + model_table(doc) + "\n\n"
                          "Measured with:\n\n" + "\n".join(f"    {c}" for c in commands))
         elif "rows" in raw:
+            commands = sorted({r["command"] for r in raw["rows"] if r.get("command")}) or [
+                "python benchmarks/bench_<family>.py"]
             parts.append(f"### Kernels on {_provenance(raw)}\n\n" + kernel_table(raw) + "\n\n"
-                         f"Measured with `python benchmarks/bench_<family>.py` (source `{p.name}`).")
+                         "Measured with:\n\n" + "\n".join(f"    {c}" for c in commands))
     if not parts:
         return f"(no results files in {RESULTS_DIR})"
     return "\n\n".join(parts)
