@@ -202,6 +202,28 @@ def _scale_from_graph(match: Match, scale_op: str):
     return consts.pop() if len(consts) == 1 else None
 
 
+def _keep_of_additive_mask(node) -> Optional[torch.fx.Node]:
+    """For an additive mask built as ``where(keep, 0, -inf)`` (HF's sdpa path, SDPA's bool-mask conversion),
+    the bool ``keep``: the kernel then reads 1 byte per score instead of 4. Finite fills (finfo.min) are
+    kept additive: a row with every key masked averages V there, as eager does."""
+    if not isinstance(node, torch.fx.Node) or node.target != aten.where.self:
+        return None
+    cond, a, b = node.args[:3]
+    keep = _val(cond)
+    if keep is None or keep.dtype != torch.bool:
+        return None
+    consts = []
+    for x in (a, b):
+        if isinstance(x, torch.fx.Node) and x.target == aten.full.default and _val(x) is not None \
+                and _val(x).dim() == 0:
+            consts.append(x.args[1])
+        elif isinstance(x, (int, float)):
+            consts.append(x)
+        else:
+            return None
+    return cond if consts[0] == 0 and consts[1] == float("-inf") else None
+
+
 def _is_transpose_of_last(node: torch.fx.Node) -> bool:
     return node.target == aten.permute.default and list(node.args[1]) == [0, 1, 3, 2]
 
@@ -267,6 +289,7 @@ def _sdpa_handler(match: Match, *args, **kwargs) -> None:
     a = norm.kwargs
     q_node, k_node, v_node = a["query"], a["key"], a["value"]
     mask_node = a.get("attn_mask", a.get("attn_bias"))
+    mask_node = _keep_of_additive_mask(mask_node) or mask_node
     q, k, v = _val(q_node), _val(k_node), _val(v_node)
     mask = _val(mask_node)
     if q is None or k is None or v is None or (mask_node is not None and mask is None):
@@ -356,6 +379,8 @@ def _make_handwritten_handler(scale_op: str, mask_op: str):
             mask = _val(bool_keep) if bool_keep is not None else _val(cond_node)
             mask_val = mask if bool_keep is not None else mask.new_empty(mask.shape, dtype=_val(fill_node).dtype)
         else:
+            if mask_op != "none":
+                mask_node = _keep_of_additive_mask(mask_node) or mask_node
             mask_val = _val(mask_node) if mask_op != "none" else None
         if not _decide(site, q, k_val, v, mask_val, False, kernel):
             return

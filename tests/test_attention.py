@@ -309,6 +309,8 @@ def test_bert_padding_mask(impl, device):
     ids, mask = _ids_and_padding(device)
     out, ref = _compile_check(model, input_ids=ids, attention_mask=mask, expect=_counts(2, 2, 0))
     torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, atol=1e-2, rtol=1e-2)
+    # sdpa's where(keep, 0, -inf) mask is read as the bool keep; eager's finfo.min mask stays additive
+    assert all(("bool" in s.detail) == (impl == "sdpa") for s in tritonfuse.sites())
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
