@@ -599,6 +599,9 @@ def choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last) -> di
         return {"kernel": "conv_bn" if CHOICE == "triton" else "conv_bn_cudnn", "forced": True}
     if x.device.type != "cuda":
         return {"kernel": "conv_bn"}
+    if not all(type(v) is int for t in (x, w, r) if t is not None for v in (*t.shape, *t.stride())):
+        # dynamic shapes: nothing to time; cuDNN + Inductor's epilogue is never slower than Inductor
+        return {"kernel": "conv_bn_cudnn", "dynamic": True}
     key = choice_key(x, w, b, bn, r, stride, padding, act, act2, channels_last)
     with _choice_lock:
         if key not in _choices:

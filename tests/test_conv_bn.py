@@ -278,6 +278,18 @@ def test_resnet50_counts():
     assert got == sorted(["conv_bn[bn,relu]"] * 33 + ["conv_bn[bn,none+res,relu]"] * 16 + ["conv_bn[bn,none]"] * 4)
 
 
+def test_dynamic_batch():
+    m = _randomize_bn(ConvBNAct(act=nn.ReLU())).eval()
+    compiled = torch.compile(m, backend="tritonfuse", dynamic=True)
+    with torch.no_grad():
+        for batch in (2, 3):
+            x = torch.randn(batch, 5, 9, 7).to(memory_format=torch.channels_last)
+            out, eager = compiled(x), m(x)
+            assert out.stride() == eager.stride()
+            assert_close_to_ref(out, copy.deepcopy(m).double()(x.double()), eager, atol=1e-5)
+    assert tritonfuse.counters()[FAMILY] == _counts(1, 1)
+
+
 def test_training_mode_not_rewritten():
     m = _randomize_bn(Residual("resnet")).train()
     x = torch.randn(2, 12, 7, 9)
