@@ -2,7 +2,7 @@
 
 ``act2(act(bn(conv2d(x, w) + b)) + r)``: the GEMM is ``[N*OH*OW, KH*KW*C] x [KH*KW*C, Cout]`` read straight
 from the activations (no im2col buffer). The BatchNorm is folded *in the epilogue*: each program loads the
-running mean/var, gamma and beta of its output channels and applies ``(acc - mean) * gamma * rsqrt(var + eps)
+running mean/var, gamma and beta of its output channels and applies ``(acc - mean) * gamma / sqrt(var + eps)
 + beta`` to the fp32 accumulator. Nothing is folded into a copy of the weight, so the parameters are read as
 they are at every call: an in-place update after compilation can never leave stale folded weights, and the
 user's tensors are never written.
@@ -607,7 +607,10 @@ def choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last) -> di
         if key not in _choices:
             rec = _load_choices().get(key)
             if not rec or rec.get("kernel") not in ("conv_bn", "conv_bn_cudnn"):
-                rec = _measure(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last)
-                _save_choice(key, rec)
+                try:
+                    rec = _measure(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last)
+                    _save_choice(key, rec)
+                except Exception as e:  # e.g. out of memory while timing: cuDNN's path, not kept on disk
+                    rec = {"kernel": "conv_bn_cudnn", "error": f"{type(e).__name__}: {e}"}
             _choices[key] = rec
         return _choices[key]
