@@ -14,9 +14,14 @@ What the post-grad ATen graph holds (printed from real models with a custom pass
   reshapes and ``_unflatten`` looks through the expand/clone to the 4-D tensors, and ``_repeat_kv_source``
   through a repeat of K/V heads (the kernel indexes KV heads instead).
 
+  Two more shapes of it: Inductor's joint graph rewrites ``softmax(s * c)`` with no mask so the scale
+  follows the max subtraction (``_scaled_softmax_search``, traced), and SDPA's math path (no fused kernel
+  applies) pre-scales q and k and zeroes rows with no key left (``zero_rows``).
+
 Both are replaced by ``tritonfuse::attention``. Sites whose attention probabilities are used elsewhere
-(``output_attentions=True``) do not match; SDPA nodes whose log-sum-exp feeds a backward (training) or
-with dropout are left to Inductor with the reason counted.
+(``output_attentions=True``) do not match. Left to Inductor, with the reason counted: SDPA nodes whose
+log-sum-exp feeds a backward (training graphs), dropout, cuDNN SDPA nodes (faster than ours, measured),
+unsupported head dims, dtypes or mask shapes.
 """
 
 from __future__ import annotations
@@ -88,7 +93,6 @@ def _handwritten_pattern(scale_op: str, mask_op: str, upcast: bool, downcast: bo
     # the chain up to softmax as (fn, args) steps; its last node has two users (amax and sub), three with
     # ``zero_rows``: SDPA's math decomposition then zeroes rows whose scores are all -inf (as our kernel does)
     users = 3 if zero_rows else 2
-    s = CallFunction(aten.reshape.default, CallFunction(aten.bmm.default, _flat("q_flat"), _flat("k_flat")), Ignored())
     steps = []
     if scale_op == "mul":
         steps.append((aten.mul.Tensor, lambda x: (x, KeywordArg("scale"))))
@@ -103,9 +107,8 @@ def _handwritten_pattern(scale_op: str, mask_op: str, upcast: bool, downcast: bo
         steps.append((aten.where.self, lambda x: (KeywordArg("cond"), KeywordArg("fill"), x)))
     if upcast:
         steps.append((prims.convert_element_type.default, lambda x: (x, Ignored())))
-    if not steps:
-        s = CallFunction(aten.reshape.default, CallFunction(aten.bmm.default, _flat("q_flat"), _flat("k_flat")),
-                         Ignored(), _users=users)
+    s = CallFunction(aten.reshape.default, CallFunction(aten.bmm.default, _flat("q_flat"), _flat("k_flat")),
+                     Ignored(), _users=1 if steps else users)
     for i, (fn, args) in enumerate(steps):
         s = CallFunction(fn, *args(s), _users=users if i == len(steps) - 1 else 1)
     # the post-grad decomposition of softmax(s, -1)
@@ -187,8 +190,13 @@ def _repeat_kv_source(node: torch.fx.Node, heads: int) -> torch.fx.Node:
     if not isinstance(u, torch.fx.Node) or u.target != aten.unsqueeze.default or u.args[1] != 2:
         return node
     x = u.args[0]
-    xv = _val(x)
-    if xv is None or xv.dim() != 4 or heads % xv.shape[1]:
+    xv, rv = _val(x), _val(node)
+    if xv is None or rv is None or xv.dim() != 4:
+        return node
+    B, hkv, S, D = xv.shape
+    # [B, Hkv, n, S, D] -> [B, Hkv * n, S, D]: KV head j serves query heads j*n .. j*n+n-1, as the kernel's
+    # h // GROUP indexing
+    if tuple(rv.shape) != (B, heads, S, D) or heads % hkv:
         return node
     return x
 
@@ -222,6 +230,15 @@ def _keep_of_additive_mask(node) -> Optional[torch.fx.Node]:
         else:
             return None
     return cond if consts[0] == 0 and consts[1] == float("-inf") else None
+
+
+def _merges_batch_heads(match: Match, captured: torch.fx.Node, x4: torch.fx.Node) -> bool:
+    """The matched reshape of ``captured`` is [B, H, S, D] -> [B*H, S, D] (the bmm batch is batch x heads)."""
+    v = _val(x4)
+    for u in captured.users:
+        if u.target == aten.reshape.default and u in match.nodes and _val(u) is not None:
+            return tuple(_val(u).shape) == (v.shape[0] * v.shape[1], v.shape[2], v.shape[3])
+    return False
 
 
 def _is_transpose_of_last(node: torch.fx.Node) -> bool:
@@ -342,7 +359,12 @@ def _make_handwritten_handler(scale_op: str, mask_op: str):
         q4, kt4, v4 = (_unflatten(kwargs[n]) for n in ("q_flat", "k_flat", "v_flat"))
         if q4 is None or kt4 is None or v4 is None:
             return
+        if not all(_merges_batch_heads(match, kwargs[n], x4) for n, x4 in
+                   (("q_flat", q4), ("k_flat", kt4), ("v_flat", v4))):
+            return
         q = _val(q4)
+        if tuple(_val(out).shape) != (*q.shape[:3], _val(v4).shape[-1]):
+            return
         if scale_op == "none":
             scale = 1.0
         else:
