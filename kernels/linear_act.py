@@ -536,13 +536,14 @@ def gated_mlp_ref(x, wg, wu, bg, bu, act, upcast: bool = False) -> torch.Tensor:
     return act_ref(torch.nn.functional.linear(x, wg, bg), act) * torch.nn.functional.linear(x, wu, bu)
 
 
-def measure(x, ws, b, act: str, gated: bool, store_pre: bool) -> dict:
-    """On a GPU, time this kernel against what it replaces (cuBLAS GEMMs plus one pointwise pass of the
-    epilogue's bytes, as Inductor's fused epilogue kernel does) at the site's shapes; cached per shape."""
+def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optional[str] = None) -> dict:
+    """On a GPU, time this kernel (or, with ``int8_mode``, the int8 one) against what it replaces: cuBLAS
+    GEMMs plus one pointwise pass of the epilogue's bytes, as Inductor's fused epilogue kernel does, at
+    the site's shapes; cached per shape."""
     M, K_ = x.shape
     N = ws[0].shape[0]
     key = (f"{'gated_mlp' if gated else 'linear_act'}|{act}|M{_m_bucket(M)}xK{K_}xN{N}|{x.dtype}"
-           f"|bias{int(b is not None)}|pre{int(store_pre)}")
+           f"|bias{int(b is not None)}|pre{int(store_pre)}|{int8_mode or 'float'}")
 
     def real(shape):
         return torch.randn(shape, device=x.device, dtype=x.dtype)
@@ -555,17 +556,26 @@ def measure(x, ws, b, act: str, gated: bool, store_pre: bool) -> dict:
                         b=real((N,)) if b is not None else None)
         return lazy
 
-    if gated:
-        def ours():
-            a = args()
+    def ours():
+        a = args()
+        if int8_mode and gated:
+            return torch.ops.tritonfuse.int8_gated_mlp(a["x"], a["w1"], a["w2"], a["b"], a["b"], act, int8_mode)
+        if int8_mode:
+            return torch.ops.tritonfuse.int8_linear(a["x"], a["w1"], a["b"], act, int8_mode)
+        if gated:
             return gated_mlp(a["x"], a["w1"], a["w2"], a["b"], a["b"], act)
-        theirs = [lambda: torch.mm(args()["x"], args()["w1"].t()), lambda: torch.mm(args()["x"], args()["w2"].t()),
-                  lambda: torch.mul(args()["y1"], args()["y2"])]
-    else:
-        def ours():
-            a = args()
-            return _launch_linear(a["x"], a["w1"], a["b"], act, store_pre)
-        theirs = [lambda: torch.mm(args()["x"], args()["w1"].t()), lambda: torch.relu(args()["y1"])]
+        return _launch_linear(a["x"], a["w1"], a["b"], act, store_pre)
+
+    def gemm(w):
+        a = args()
+        return torch.addmm(a["b"], a["x"], a[w].t()) if a["b"] is not None else torch.mm(a["x"], a[w].t())
+
+    if gated:  # two GEMMs, then Inductor's act(g) * u reads both and writes one
+        theirs = [lambda: gemm("w1"), lambda: gemm("w2"), lambda: torch.mul(args()["y1"], args()["y2"])]
+    elif act == "none":  # cuBLAS's addmm fuses the bias: no epilogue pass
+        theirs = [lambda: gemm("w1")]
+    else:  # one GEMM, then Inductor's activation kernel reads and writes the output once
+        theirs = [lambda: gemm("w1"), lambda: torch.relu(args()["y1"])]
     return registry.measured_choice(key, x.device, ours, theirs)
 
 

@@ -206,6 +206,10 @@ def _int8_choice(site, x2, ws, b, act, gated, train):
         reason = I8.probe(str(x2.device), x2.dtype, act, b is not None, gated, mode)
     if reason:
         return None, None, f"int8: {reason}"
+    rec = K.measure(x2, ws, b, act, gated, False, int8_mode=mode)
+    if not rec["use"]:
+        return None, None, (f"int8 measured slower than cuBLAS + epilogue here ({rec['ours_ms']:.3f} vs "
+                            f"{rec['theirs_ms']:.3f} ms)")
     return mode, I8.int8_kernel_name(x2.shape[0], mode, gated), None
 
 
