@@ -4,15 +4,18 @@ Providers:
 - ``sdpa``: ``F.scaled_dot_product_attention`` restricted to the flash backend (decode: SDPA's own choice);
   backward: ``aten._scaled_dot_product_flash_attention_backward`` on the forward's saved outputs.
 - ``inductor``: ``torch.compile`` (default backend) of the SDPA call.
-- ``tritonfuse``: the ``tritonfuse::attention`` op (TMA kernel on Hopper where it applies);
-  ``tritonfuse-ptr``: the same op with the pointer kernel; ``tritonfuse-backend``: ``torch.compile(...,
-  backend="tritonfuse")`` of the SDPA call (its match count is asserted).
+- ``tritonfuse``: the ``tritonfuse::attention`` op; ``tritonfuse-tma`` (``--sweep``): the same op with its
+  TMA kernel switched on (off by default until timed), and every TMA config timed on its own;
+  ``tritonfuse-backend``: ``torch.compile(..., backend="tritonfuse")`` of the SDPA call (match count asserted;
+  Inductor's default graph may hold a cuDNN SDPA node, which tritonfuse leaves alone).
 
 FLOPs: forward 4·B·H·Sq·Sk·D (halved when causal), backward 2.5x that. Every timed output is checked on its
 first two heads against an fp64 reference (error <= 2x SDPA's + atol).
 
-Run: ``python benchmarks/bench_attention.py [--budget S] [--sweep]`` (``--budget`` stops starting new cases
-after S seconds; rows done so far are written).
+Run: ``python benchmarks/bench_attention.py [--budget S] [--sweep] [--models]`` (``--budget`` stops starting
+new cases after S seconds; rows done so far are written; ``--models`` asserts match counts on tiny BERT/Llama
+CUDA graphs). Without an installed checkout: ``ln -s ../patterns tritonfuse/patterns; ln -s ../kernels
+tritonfuse/kernels; PYTHONPATH=. python benchmarks/bench_attention.py``.
 """
 
 from __future__ import annotations
@@ -98,17 +101,19 @@ def bench_forward(B, H, S, D, causal, rows, sweep=False, compiled=True):
                 backend_out = backend(q, k, v)
         counts = tritonfuse.counters()["attention"]
         print(f"  tritonfuse backend counts {counts} {[s.detail for s in tritonfuse.sites()]}")
-        assert counts == {"matched": 1, "replaced": 1, "fallback": 0}, tritonfuse.sites()
+        # replaced, or a cuDNN SDPA node left to Inductor on purpose (it is faster)
+        left = [s for s in tritonfuse.sites() if s.status == "fallback"]
+        assert counts["matched"] == 1 and all("cuDNN" in s.reason for s in left), tritonfuse.sites()
 
     def ours():
         return torch.ops.tritonfuse.attention(q, k, v, None, scale, causal)
 
-    def ours_ptr():
-        K.use_tma = False
+    def ours_tma():
+        K.use_tma = True
         try:
             return torch.ops.tritonfuse.attention(q, k, v, None, scale, causal)
         finally:
-            K.use_tma = True
+            K.use_tma = False
 
     ref_out = sdpa()
     _check("tritonfuse", ours(), ref_out, q, k, v, causal)
@@ -117,8 +122,8 @@ def bench_forward(B, H, S, D, causal, rows, sweep=False, compiled=True):
         _check("tritonfuse-backend", backend_out, ref_out, q, k, v, causal)
         providers += [("inductor", lambda: inductor(q, k, v)), ("tritonfuse-backend", lambda: backend(q, k, v))]
     if sweep:
-        _check("tritonfuse-ptr", ours_ptr(), ref_out, q, k, v, causal)
-        providers.append(("tritonfuse-ptr", ours_ptr))
+        _check("tritonfuse-tma", ours_tma(), ref_out, q, k, v, causal)
+        providers.append(("tritonfuse-tma", ours_tma))
     with torch.no_grad():
         for name, f in providers:
             ms = _bench(f)
@@ -227,6 +232,7 @@ def check_model_counts():
     # the CUDA ATen graphs of real models (tiny configs): flash / efficient SDPA nodes and hand-written forms
     from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel
 
+    torch.backends.cuda.enable_cudnn_sdp(False)  # exact counts: cuDNN SDPA nodes are left to Inductor
     ids = torch.randint(0, 100, (4, 77), device="cuda")
     mask = torch.ones(4, 77, dtype=torch.long, device="cuda")
     mask[1, 50:] = 0
