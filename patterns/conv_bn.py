@@ -261,10 +261,25 @@ def _make_handler(head: str, act: str, res: bool, act2: str, constants: Counter)
 # --- registration --------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
-def pattern_pass() -> PatternMatcherPass:
-    """All conv_bn patterns in one pass, built once per process."""
-    pm = PatternMatcherPass(pass_name="tritonfuse_conv_bn")
+class _ConvPass(PatternMatcherPass):
+    """Traces its ~60 patterns (seconds) the first time it meets a graph with a convolution, so models
+    without one (language models) never pay for them."""
+
+    def __init__(self):
+        super().__init__(pass_name="tritonfuse_conv_bn")
+        self._built = False
+
+    def apply(self, gm) -> int:
+        graph = gm.graph if isinstance(gm, torch.fx.GraphModule) else gm
+        if not graph.find_nodes(op="call_function", target=aten.convolution.default):
+            return 0
+        if not self._built:
+            _register_patterns(self)
+            self._built = True
+        return super().apply(gm)
+
+
+def _register_patterns(pm: PatternMatcherPass) -> None:
     seen = set()
     for head, act, res, act2 in _variants():
         names = _argnames(head, res is not None)
@@ -279,4 +294,9 @@ def pattern_pass() -> PatternMatcherPass:
             seen.add(key)
             flags = (head, act, res is not None, act2, _constants(gm.graph.nodes))
             register_graph_pattern(pattern, extra_check=_make_check(*flags), pass_dict=pm)(_make_handler(*flags))
-    return pm
+
+
+@functools.lru_cache(maxsize=None)
+def pattern_pass() -> PatternMatcherPass:
+    """All conv_bn patterns in one pass, built once per process (on the first graph with a convolution)."""
+    return _ConvPass()

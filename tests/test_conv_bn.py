@@ -117,6 +117,14 @@ def test_unsupported_reasons():
     assert "broadcast" in K.unsupported(x, w, None, none4, torch.empty(16, 1, 1), [1, 1], [1, 1])
 
 
+def test_patterns_not_traced_without_a_conv():
+    from tritonfuse.patterns import conv_bn as P
+
+    gm = torch.fx.symbolic_trace(nn.Sequential(nn.Linear(8, 8), nn.ReLU()))
+    pm = P._ConvPass()
+    assert pm.apply(gm) == 0 and not pm._built
+
+
 def test_choice_cache_roundtrip(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     K._save_choice("k1", {"kernel": "conv_bn_cudnn", "triton_ms": 2.0, "cudnn_ms": 1.0})
