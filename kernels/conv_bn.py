@@ -15,18 +15,14 @@ Triton epilogue kernel as an op of its own, for calling outside a compiled graph
 from __future__ import annotations
 
 import inspect
-import json
 import math
-import os
-import pathlib
-import threading
 from typing import Optional, Sequence
 
 import torch
 import triton
 import triton.language as tl
 
-from tritonfuse import registry
+from tritonfuse import config, registry
 from tritonfuse.kernels.common import cast_out, dot_upcast, rtne_bf16
 from tritonfuse.kernels.linear_act import _tile_ids
 
@@ -49,6 +45,9 @@ def _cfg(bm, bn, bk, stages, warps, group=8):
 if registry.interpret_mode():
     # the interpreter runs configs on the CPU: one config with wide N and K tiles keeps the loops short
     _CONV_CONFIGS = [_cfg(32, 128, 128, 1, 4)]
+elif not config.autotune_enabled():
+    # TRITONFUSE_AUTOTUNE=0 (the GPU test suite): one config, compiles fast
+    _CONV_CONFIGS = [_cfg(128, 64, 64, 4, 4)]
 else:
     _CONV_CONFIGS = [
         _cfg(128, 128, 64, 4, 8),
@@ -488,13 +487,10 @@ def probe(device: str, dtype: torch.dtype, kernel: str, ksize: tuple, flat_k: bo
 # the folded-BN epilogue as plain ATen ops, which Inductor compiles exactly as it compiles its own
 # conv + BN (one fused pointwise kernel after cuDNN, launched by Inductor's own lean wrapper). So the cuDNN
 # side of the comparison is timed as the conv alone, a lower bound of that path: the Triton kernel is only
-# chosen where it beats cuDNN even before cuDNN's epilogue, with its op-call overhead included.
-# Measured once per (GPU, versions, shapes, layout, epilogue) and kept in a JSON file.
+# chosen where it beats cuDNN even before cuDNN's epilogue, with its op-call overhead included. Timed once
+# per shape, layout, epilogue, GPU and versions by ``registry.measured_choice`` (kept on disk).
 
-CHOICE = "auto"  # "auto" (measure), "triton" or "cudnn": tests force one path
-_CHOICE_VERSION = "v2"  # bump when what is measured changes: older records are then measured again
-_choices: dict[str, dict] = {}
-_choice_lock = threading.Lock()
+CHOICE = "auto"  # "auto" (measure, as config.measure says), "triton" or "cudnn": tests force one path
 
 
 def conv_bn_graph(x, w, b, mean, var, gamma, beta, r, stride, padding, eps: float, act: str, act2: str):
@@ -513,32 +509,6 @@ def conv_bn_graph(x, w, b, mean, var, gamma, beta, r, stride, padding, eps: floa
     return y.to(x.dtype)
 
 
-def choice_path() -> pathlib.Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return pathlib.Path(base) / "tritonfuse" / "conv_choice.json"
-
-
-def _load_choices() -> dict:
-    try:
-        data = json.loads(choice_path().read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _save_choice(key: str, rec: dict) -> None:
-    try:
-        path = choice_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = _load_choices()
-        data[key] = rec
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        tmp.replace(path)
-    except OSError:
-        pass  # a read-only home only costs re-measuring in the next process
-
-
 def _layout(t: Optional[torch.Tensor]) -> str:
     if t is None:
         return "-"
@@ -548,69 +518,53 @@ def _layout(t: Optional[torch.Tensor]) -> str:
 
 
 def choice_key(x, w, b, bn, r, stride, padding, act, act2, channels_last) -> str:
-    dev = torch.cuda.get_device_name(x.device) if x.device.type == "cuda" else x.device.type
     return "|".join(map(str, (
-        _CHOICE_VERSION, dev, torch.__version__, triton.__version__, str(x.dtype).replace("torch.", ""),
-        "x".join(map(str, x.shape)), _layout(x), "x".join(map(str, w.shape)), _layout(w), _layout(r),
-        f"s{stride[0]}x{stride[1]}", f"p{padding[0]}x{padding[1]}", int(b is not None), int(bn[0] is not None),
-        act, act2, int(channels_last),
+        "conv_bn", str(x.dtype).replace("torch.", ""), "x".join(map(str, x.shape)), _layout(x),
+        "x".join(map(str, w.shape)), _layout(w), _layout(r), f"s{stride[0]}x{stride[1]}",
+        f"p{padding[0]}x{padding[1]}", int(b is not None), int(bn[0] is not None), act, act2, int(channels_last),
     )))
-
-
-def _measure(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last) -> dict:
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
-
-    # pattern checks run under fake mode: time real tensors of the same shapes, strides and dtype
-    with unset_fake_temporarily(), torch.no_grad():
-        def real(t, pos=False):
-            if t is None:
-                return None
-            out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
-            return out.uniform_(0.5, 1.5) if pos else out.normal_()
-
-        xr, wr = real(x), real(w)
-        args = (xr, wr, real(b), real(bn[0]), real(bn[1], pos=True), real(bn[2]), real(bn[3]), real(r),
-                list(stride), list(padding), eps, act, act2, channels_last)
-        rec = {}
-        try:
-            torch.ops.tritonfuse.conv_bn(*args)  # autotune outside the timing
-            rec["triton_ms"] = triton.testing.do_bench(lambda: torch.ops.tritonfuse.conv_bn(*args), warmup=10,
-                                                       rep=40, return_mode="median")
-        except Exception as e:  # a kernel that fails here is simply not chosen
-            rec["triton_ms"] = float("inf")
-            rec["triton_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-
-        def conv():
-            return torch.ops.aten.convolution(xr, wr, None, list(stride), list(padding), [1, 1], False, [0, 0], 1)
-
-        rec["cudnn_conv_ms"] = triton.testing.do_bench(conv, warmup=10, rep=40, return_mode="median")
-    rec["kernel"] = "conv_bn" if rec["triton_ms"] < rec["cudnn_conv_ms"] else "conv_bn_cudnn"
-    return rec
 
 
 def choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last) -> dict:
     """Which path serves this conv: {"kernel": "conv_bn" (Triton) or "conv_bn_cudnn" (``conv_bn_graph``),
-    "triton_ms", "cudnn_conv_ms"}.
+    plus "ours_ms" / "theirs_ms" (Triton op / cuDNN conv alone) where they were timed.
 
-    On a GPU both are timed once per shape and the result kept in ``choice_path()``; under the CPU
-    interpreter (no timing possible) the Triton kernel is used. ``CHOICE`` forces one path.
+    On a GPU both are timed once per shape (``registry.measured_choice``, kept on disk); off the GPU or with
+    ``TRITONFUSE_MEASURE=0`` the Triton kernel is used. ``CHOICE`` forces one path.
     """
     if CHOICE in ("triton", "cudnn"):
         return {"kernel": "conv_bn" if CHOICE == "triton" else "conv_bn_cudnn", "forced": True}
-    if x.device.type != "cuda":
+    static = all(type(v) is int for t in (x, w, r) if t is not None for v in (*t.shape, *t.stride()))
+    if not static:
+        if x.device.type == "cuda" and config.measure_enabled():
+            # dynamic shapes: nothing to time; cuDNN + Inductor's epilogue is never slower than Inductor
+            return {"kernel": "conv_bn_cudnn", "dynamic": True}
         return {"kernel": "conv_bn"}
-    if not all(type(v) is int for t in (x, w, r) if t is not None for v in (*t.shape, *t.stride())):
-        # dynamic shapes: nothing to time; cuDNN + Inductor's epilogue is never slower than Inductor
-        return {"kernel": "conv_bn_cudnn", "dynamic": True}
-    key = choice_key(x, w, b, bn, r, stride, padding, act, act2, channels_last)
-    with _choice_lock:
-        if key not in _choices:
-            rec = _load_choices().get(key)
-            if not rec or rec.get("kernel") not in ("conv_bn", "conv_bn_cudnn"):
-                try:
-                    rec = _measure(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last)
-                    _save_choice(key, rec)
-                except Exception as e:  # e.g. out of memory while timing: cuDNN's path, not kept on disk
-                    rec = {"kernel": "conv_bn_cudnn", "error": f"{type(e).__name__}: {e}"}
-            _choices[key] = rec
-        return _choices[key]
+    real = {}
+
+    def args():
+        # created on first use, inside measured_choice (out of Inductor's fake mode)
+        if not real:
+            def rnd(t, pos=False):
+                if t is None:
+                    return None
+                out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+                return out.uniform_(0.5, 1.5) if pos else out.normal_()
+
+            real["a"] = (rnd(x), rnd(w), rnd(b), rnd(bn[0]), rnd(bn[1], pos=True), rnd(bn[2]), rnd(bn[3]), rnd(r),
+                         list(stride), list(padding), eps, act, act2, channels_last)
+        return real["a"]
+
+    def triton_op():
+        return torch.ops.tritonfuse.conv_bn(*args())
+
+    def cudnn_conv():
+        xr, wr = args()[:2]
+        return torch.ops.aten.convolution(xr, wr, None, list(stride), list(padding), [1, 1], False, [0, 0], 1)
+
+    try:
+        rec = registry.measured_choice(choice_key(x, w, b, bn, r, stride, padding, act, act2, channels_last),
+                                       x.device, triton_op, [cudnn_conv])
+    except Exception as e:  # e.g. out of memory while timing: cuDNN's path
+        return {"kernel": "conv_bn_cudnn", "error": f"{type(e).__name__}: {e}"}
+    return {"kernel": "conv_bn" if rec["use"] else "conv_bn_cudnn", **rec}

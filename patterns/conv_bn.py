@@ -214,8 +214,8 @@ def _site(match: Match, head: str, act: str, res: bool, act2: str, constants: Co
                          res, act, act2)
         if reason:
             return conv, reason, None, detail
-    if "triton_ms" in choice:
-        detail += f" triton {choice['triton_ms']:.4f} ms / cudnn conv alone {choice['cudnn_conv_ms']:.4f} ms"
+    if "ours_ms" in choice:
+        detail += f" triton {choice['ours_ms']:.4f} ms / cudnn conv alone {choice['theirs_ms']:.4f} ms"
     args = (b, bn, r, list(stride), list(padding), eps, act, act2, channels_last)
     return conv, args, op, detail
 

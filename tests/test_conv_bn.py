@@ -125,27 +125,45 @@ def test_patterns_not_traced_without_a_conv():
     assert pm.apply(gm) == 0 and not pm._built
 
 
-def test_choice_cache_roundtrip(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    K._save_choice("k1", {"kernel": "conv_bn_cudnn", "triton_ms": 2.0, "cudnn_ms": 1.0})
-    K._save_choice("k2", {"kernel": "conv_bn", "triton_ms": 1.0, "cudnn_ms": 2.0})
-    data = json.loads((tmp_path / "tritonfuse" / "conv_choice.json").read_text())
-    assert data["k1"]["kernel"] == "conv_bn_cudnn" and data["k2"]["kernel"] == "conv_bn"
-    assert K._load_choices() == data
+def test_choice_mapping(monkeypatch):
+    # the measured record decides the path; a failed timing takes cuDNN's; the key names shape and epilogue
+    from tritonfuse import registry
+
+    x = torch.empty(2, 8, 9, 9).to(memory_format=torch.channels_last)
+    w, p = torch.empty(16, 8, 3, 3), (torch.empty(16),) * 4
+    seen = []
+
+    def fake_choice(key, device, ours, theirs):
+        seen.append(key)
+        return {"ours_ms": 2.0, "theirs_ms": 1.0, "use": False}
+
+    monkeypatch.setattr(registry, "measured_choice", fake_choice)
+    rec = K.choose(x, w, None, p, None, [2, 2], [1, 1], 1e-5, "relu", "none", True)
+    assert rec["kernel"] == "conv_bn_cudnn" and rec["ours_ms"] == 2.0
+    assert "2x8x9x9" in seen[0] and "16x8x3x3" in seen[0] and "s2x2" in seen[0] and "relu" in seen[0]
+
+    def broken(*args):
+        raise torch.OutOfMemoryError("no memory")
+
+    monkeypatch.setattr(registry, "measured_choice", broken)
+    assert K.choose(x, w, None, p, None, [2, 2], [1, 1], 1e-5, "relu", "none", True)["kernel"] == "conv_bn_cudnn"
 
 
 @pytest.mark.cuda
 def test_choice_measured_and_cached(tmp_path, monkeypatch):
+    from tritonfuse import config, registry
+
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(K, "_choices", {})
+    monkeypatch.setattr(registry, "_choices", None)
     x = torch.randn(8, 64, 28, 28, device="cuda", dtype=torch.float16).to(memory_format=torch.channels_last)
     w = torch.randn(64, 64, 3, 3, device="cuda", dtype=torch.float16).to(memory_format=torch.channels_last)
     _, p = _params(64, torch.float16, "cuda", 0)
-    rec = K.choose(x, w, None, p, None, [1, 1], [1, 1], 1e-5, "relu", "none", True)
-    assert rec["kernel"] in ("conv_bn", "conv_bn_cudnn") and rec["triton_ms"] > 0 and rec["cudnn_ms"] > 0
-    assert rec["kernel"] == ("conv_bn" if rec["triton_ms"] <= rec["cudnn_ms"] else "conv_bn_cudnn")
-    key = K.choice_key(x, w, None, p, None, [1, 1], [1, 1], "relu", "none", True)
-    assert json.loads(K.choice_path().read_text())[key] == rec
+    with config.patch(measure="1"):
+        rec = K.choose(x, w, None, p, None, [1, 1], [1, 1], 1e-5, "relu", "none", True)
+    assert rec["ours_ms"] > 0 and rec["theirs_ms"] > 0
+    assert rec["kernel"] == ("conv_bn" if rec["ours_ms"] <= rec["theirs_ms"] else "conv_bn_cudnn")
+    stored = json.loads(registry.choices_path().read_text())
+    assert any(k.startswith("conv_bn|float16|8x64x28x28") for k in stored)
 
 
 # --- patterns -----------------------------------------------------------------------------------------
