@@ -232,6 +232,36 @@ def _keep_of_additive_mask(node) -> Optional[torch.fx.Node]:
     return cond if consts[0] == 0 and consts[1] == float("-inf") else None
 
 
+def _position_index(node, length: int, dim: int) -> bool:
+    """Whether ``node`` is ``arange(length)`` (iota from 0, step 1) laid along ``dim`` of a 4-D shape of ones."""
+    v = _val(node)
+    if v is None or v.dim() != 4 or v.numel() != length or v.shape[dim] != length:
+        return False
+    while isinstance(node, torch.fx.Node) and node.target == aten.unsqueeze.default:
+        node = node.args[0]
+    return (isinstance(node, torch.fx.Node) and node.target == prims.iota.default and node.args[0] == length
+            and node.kwargs.get("start", 0) == 0 and node.kwargs.get("step", 1) == 1)
+
+
+def _is_causal_mask(node, sq: int, sk: int) -> bool:
+    """``where(key_pos <= query_pos, 0, very negative)`` as HF's eager path builds it without padding: exactly
+    SDPA's top-left causal mask (every row keeps its diagonal, so finite fills change nothing)."""
+    if isinstance(node, torch.fx.Node) and node.target == prims.convert_element_type.default:
+        node = node.args[0]
+    if not isinstance(node, torch.fx.Node) or node.target != aten.where.self:
+        return False
+    cond, a, b = node.args[:3]
+    fills = [x.args[1] if isinstance(x, torch.fx.Node) and x.target == aten.full.default else x for x in (a, b)]
+    if fills[0] != 0 or not isinstance(fills[1], (int, float)) or fills[1] > -1e4:
+        return False
+    if isinstance(cond, torch.fx.Node) and cond.target == aten.expand.default:
+        cond = cond.args[0]
+    if not isinstance(cond, torch.fx.Node) or cond.target not in (aten.le.Tensor, aten.ge.Tensor):
+        return False
+    key, query = cond.args[:2] if cond.target == aten.le.Tensor else cond.args[1::-1]
+    return _position_index(key, sk, 3) and _position_index(query, sq, 2)
+
+
 def _merges_batch_heads(match: Match, captured: torch.fx.Node, x4: torch.fx.Node) -> bool:
     """The matched reshape of ``captured`` is [B, H, S, D] -> [B*H, S, D] (the bmm batch is batch x heads)."""
     v = _val(x4)
@@ -404,7 +434,12 @@ def _make_handwritten_handler(scale_op: str, mask_op: str):
             if mask_op != "none":
                 mask_node = _keep_of_additive_mask(mask_node) or mask_node
             mask_val = _val(mask_node) if mask_op != "none" else None
-        if not _decide(site, q, k_val, v, mask_val, False, kernel):
+        # a causal mask written out as a tensor becomes the kernel's causal flag: no mask reads, half the work
+        is_causal = mask_op in ("add", "add_rev") and _is_causal_mask(mask_node, q.shape[2], k_val.shape[2])
+        use = "none" if is_causal else mask_op
+        if is_causal:
+            mask_val = None
+        if not _decide(site, q, k_val, v, mask_val, is_causal, kernel):
             return
         out_dtype = _val(out).dtype
         transposed = k_node is None
@@ -412,13 +447,13 @@ def _make_handwritten_handler(scale_op: str, mask_op: str):
         def attn(q, k, v, m):
             if transposed:
                 k = k.transpose(-2, -1)
-            return torch.ops.tritonfuse.attention(q, k, v, m, scale, False).to(out_dtype)
+            return torch.ops.tritonfuse.attention(q, k, v, m, scale, is_causal).to(out_dtype)
 
-        if mask_op == "none":
+        if use == "none":
             match.replace_by_example(lambda q, k, v: attn(q, k, v, None), [q4, k_src, v_src])
-        elif mask_op == "fill" and bool_keep is not None:
+        elif use == "fill" and bool_keep is not None:
             match.replace_by_example(attn, [q4, k_src, v_src, bool_keep])
-        elif mask_op == "fill":
+        elif use == "fill":
             def repl(q, k, v, cond, fill):
                 return attn(q, k, v, torch.where(cond, fill, torch.zeros_like(fill)))
 

@@ -223,6 +223,21 @@ def test_handwritten_forms(form, device):
     assert_close_to_ref(out, ref, eager, atol=1e-3)
 
 
+@pytest.mark.parametrize("offset,causal", [(0, True), (3, False)])
+def test_materialised_causal_mask(offset, causal, device):
+    # where(key <= query + offset, 0, min): offset 0 is SDPA's causal mask (served as the flag), 3 is not
+    def f(q, k, v):
+        pos = torch.arange(q.shape[-2], device=q.device)
+        keep = pos[None, None, None, :] <= pos[None, None, :, None] + offset
+        mask = torch.where(keep, 0.0, torch.finfo(torch.float16).min).to(q.dtype)
+        return torch.softmax(q @ k.transpose(-2, -1) * 0.125 + mask, -1, dtype=torch.float32).to(q.dtype) @ v
+
+    q, k, v = _qkv(2, 2, 2, 19, 19, 32, torch.float16, device)
+    out, eager = _compile_check(f, q, k, v, expect=_counts(1, 1, 0))
+    assert ("mask=none causal" in tritonfuse.sites()[0].detail) == causal
+    assert_close_to_ref(out, f(q.double(), k.double(), v.double()), eager, atol=1e-3)
+
+
 def test_reused_probabilities_not_rewritten(device):
     # the probabilities are returned too: nothing may be rewritten
     def f(q, k, v):
@@ -319,8 +334,8 @@ def test_llama_gqa_causal(impl, device):
     ids, _ = _ids_and_padding(device)
     out, ref = _compile_check(model, input_ids=ids, expect=_counts(2, 2, 0))
     torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, atol=1e-2, rtol=1e-2)
-    # GQA served without repeating K/V: the sites see 2 KV heads for 4 query heads
-    assert all("Hq=4 Hkv=2" in s.detail for s in tritonfuse.sites())
+    # GQA served without repeating K/V, and eager's materialised causal mask read as the causal flag
+    assert all("Hq=4 Hkv=2" in s.detail and "mask=none causal" in s.detail for s in tritonfuse.sites())
 
 
 def test_vit_multihead_attention(device):
