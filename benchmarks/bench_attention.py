@@ -4,8 +4,8 @@ Providers:
 - ``sdpa``: ``F.scaled_dot_product_attention`` restricted to the flash backend (decode: SDPA's own choice);
   backward: ``aten._scaled_dot_product_flash_attention_backward`` on the forward's saved outputs.
 - ``inductor``: ``torch.compile`` (default backend) of the SDPA call.
-- ``tritonfuse``: the ``tritonfuse::attention`` op; ``tritonfuse-tma`` (``--sweep``): the same op with its
-  TMA kernel switched on (off by default until timed), and every TMA config timed on its own;
+- ``tritonfuse``: the ``tritonfuse::attention`` op (its TMA kernel on Hopper when unmasked);
+  ``tritonfuse-ptr`` (``--sweep``): the same op with the pointer kernel, and every TMA config timed on its own;
   ``tritonfuse-backend``: ``torch.compile(..., backend="tritonfuse")`` of the SDPA call (match count asserted;
   Inductor's default graph may hold a cuDNN SDPA node, which tritonfuse leaves alone).
 
@@ -83,7 +83,7 @@ def _sdpa_flash(q, k, v, causal):
 
 def bench_forward(B, H, S, D, causal, rows, sweep=False, compiled=True):
     shape = f"B{B} H{H} S{S} D{D}{' causal' if causal else ''}"
-    print(f"forward {shape}")
+    print(f"forward {shape} (TMA kernel {'off' if K._tma_failed or not K.use_tma else 'on'})")
     q, k, v = _qkv(B, H, H, S, S, D)
     flops = 4 * B * H * S * S * D * (0.5 if causal else 1.0)
     scale = D ** -0.5
@@ -108,12 +108,12 @@ def bench_forward(B, H, S, D, causal, rows, sweep=False, compiled=True):
     def ours():
         return torch.ops.tritonfuse.attention(q, k, v, None, scale, causal)
 
-    def ours_tma():
-        K.use_tma = True
+    def ours_ptr():
+        K.use_tma = False
         try:
             return torch.ops.tritonfuse.attention(q, k, v, None, scale, causal)
         finally:
-            K.use_tma = False
+            K.use_tma = True
 
     ref_out = sdpa()
     _check("tritonfuse", ours(), ref_out, q, k, v, causal)
@@ -122,8 +122,8 @@ def bench_forward(B, H, S, D, causal, rows, sweep=False, compiled=True):
         _check("tritonfuse-backend", backend_out, ref_out, q, k, v, causal)
         providers += [("inductor", lambda: inductor(q, k, v)), ("tritonfuse-backend", lambda: backend(q, k, v))]
     if sweep:
-        _check("tritonfuse-tma", ours_tma(), ref_out, q, k, v, causal)
-        providers.append(("tritonfuse-tma", ours_tma))
+        _check("tritonfuse-ptr", ours_ptr(), ref_out, q, k, v, causal)
+        providers.append(("tritonfuse-ptr", ours_ptr))
     with torch.no_grad():
         for name, f in providers:
             ms = _bench(f)
@@ -133,6 +133,8 @@ def bench_forward(B, H, S, D, causal, rows, sweep=False, compiled=True):
         best = getattr(kern, "best_config", None)
         if best is not None:
             print(f"  {kern.fn.__name__} best config: {best}")
+    if K._tma_failed:
+        print(f"  TMA kernel disabled: {K._tma_failed}")
     if sweep:
         _sweep_tma(q, k, v, scale, causal, flops)
 

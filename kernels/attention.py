@@ -78,12 +78,16 @@ def _tma_block_hook(nargs):
     nargs["v_desc"].block_shape = [1, 1, bn, d]
 
 
-# the TMA forward (Hopper, no mask, power-of-two head dim)
-_TMA_CONFIGS = [
-    _cfg(128, 128, 8, 3, _tma_block_hook),
-    _cfg(128, 64, 4, 3, _tma_block_hook),
-    _cfg(128, 64, 8, 3, _tma_block_hook),
-]
+# the TMA forward (Hopper, no mask, power-of-two head dim); sm_90 builds use 139 (128x64) and 190 (128x128)
+# registers without spills, where the pointer kernel needs 246 and spills at 128x128
+if registry.interpret_mode():
+    _TMA_CONFIGS = [_cfg(32, 32, 4, 1, _tma_block_hook)]
+else:
+    _TMA_CONFIGS = [
+        _cfg(128, 128, 8, 3, _tma_block_hook),
+        _cfg(128, 64, 4, 3, _tma_block_hook),
+        _cfg(128, 64, 8, 3, _tma_block_hook),
+    ]
 
 _AUTOTUNE_KW = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
 
@@ -625,10 +629,11 @@ def _empty_out(q: torch.Tensor) -> torch.Tensor:
 
 
 _tma_failed: Optional[str] = None
-# Off until timed on the H100: the kernel matches the reference under the interpreter and compiles for sm_90,
-# but the one benchmark run so far hit a hook bug (fixed since) and fell back to the pointer kernel.
-# ``benchmarks/bench_attention.py --sweep`` times both.
-use_tma = False
+# The TMA forward serves unmasked attention on Hopper. Not yet timed on the H100 (the one benchmark run hit a
+# hook bug, fixed since, and fell back to the pointer kernel); it matches the reference under the interpreter,
+# compiles for sm_90 with far fewer registers, and is checked against the pointer kernel before its first use.
+# ``benchmarks/bench_attention.py --sweep`` times both; set False to use the pointer kernel only.
+use_tma = True
 
 
 def _disable_tma(e: Exception) -> None:
@@ -705,32 +710,69 @@ def _forward(q, k, v, mask, scale: float, is_causal: bool, store_lse: bool):
         )
         return out, lse
 
-    def grid(meta):
-        return (triton.cdiv(Sq, meta["BLOCK_M"]), B * H)
-
-    if mask is None and _tma_ok(q, k, v, out):
-        dummy = [1, 1, 16, D]  # real boxes are set per config by _tma_block_hook
+    if mask is None and _tma_ok(q, k, v, out) and _tma_self_check(q.device, q.dtype):
         try:
-            registry.launcher(_attn_fwd_tma_kernel)[grid](
-                *(TensorDescriptor.from_tensor(t, dummy) for t in (q, k, v, out)), lse,
-                H, H // Hkv, Sq, Sk, _bucket(Sq), _bucket(Sk), qk_scale,
-                HEAD_DIM=D, IS_CAUSAL=is_causal, STORE_LSE=store_lse,
-            )
+            _launch_tma(q, k, v, out, lse, qk_scale, is_causal, store_lse)
             return out, lse
         except Exception as e:  # a Triton build without working TMA: the pointer kernel serves from now on
             if not config.fallback_enabled():
                 raise
             _disable_tma(e)
-    registry.launcher(_attn_fwd_kernel)[grid](
-        q, k, v, m, out, lse,
-        *q.stride(), *k.stride(), *v.stride(), *m_strides, *out.stride(),
-        H, H // Hkv, Sq, Sk, _bucket(Sq), _bucket(Sk), qk_scale,
-        HEAD_DIM=D, BLOCK_D=block_d, MASK_KIND=mask_kind, IS_CAUSAL=is_causal, STORE_LSE=store_lse,
-        RTNE_BF16=rtne_bf16(q.dtype), **flags,
-    )
+    _launch_pointer(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_causal, store_lse)
     return out, lse
 
 
+def _launch_pointer(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_causal, store_lse):
+    B, H, Sq, D = q.shape
+    Hkv, Sk = k.shape[1], k.shape[2]
+    registry.launcher(_attn_fwd_kernel)[lambda meta: (triton.cdiv(Sq, meta["BLOCK_M"]), B * H)](
+        q, k, v, m, out, lse,
+        *q.stride(), *k.stride(), *v.stride(), *m_strides, *out.stride(),
+        H, H // Hkv, Sq, Sk, _bucket(Sq), _bucket(Sk), qk_scale,
+        HEAD_DIM=D, BLOCK_D=max(16, triton.next_power_of_2(D)), MASK_KIND=mask_kind, IS_CAUSAL=is_causal,
+        STORE_LSE=store_lse, RTNE_BF16=rtne_bf16(q.dtype), **_precision(q.dtype),
+    )
+
+
+def _launch_tma(q, k, v, out, lse, qk_scale, is_causal, store_lse):
+    B, H, Sq, D = q.shape
+    Hkv, Sk = k.shape[1], k.shape[2]
+    dummy = [1, 1, 16, D]  # real boxes are set per config by _tma_block_hook
+    registry.launcher(_attn_fwd_tma_kernel)[lambda meta: (triton.cdiv(Sq, meta["BLOCK_M"]), B * H)](
+        *(TensorDescriptor.from_tensor(t, dummy) for t in (q, k, v, out)), lse,
+        H, H // Hkv, Sq, Sk, _bucket(Sq), _bucket(Sk), qk_scale,
+        HEAD_DIM=D, IS_CAUSAL=is_causal, STORE_LSE=store_lse,
+    )
+
+
+_tma_checked: dict = {}
+
+
+def _tma_self_check(device: torch.device, dtype: torch.dtype) -> bool:
+    """Before its first use on a device and dtype, the TMA kernel must reproduce the pointer kernel on a
+    ragged GQA input (causal and not); otherwise the pointer kernel serves from then on, with one warning."""
+    key = (str(device), dtype)
+    if key not in _tma_checked:
+        ok = True
+        try:
+            g = torch.Generator(device="cpu").manual_seed(0)
+            q = torch.randn(1, 150, 4, 64, generator=g).to(device=device, dtype=dtype).transpose(1, 2)
+            k, v = (torch.randn(1, 2, 130, 64, generator=g).to(device=device, dtype=dtype) for _ in range(2))
+            for causal in (False, True):
+                o1, o2 = _empty_out(q), _empty_out(q)
+                l1, l2 = (torch.empty((1, 4, 150), device=device, dtype=torch.float32) for _ in range(2))
+                _launch_pointer(q, k, v, q, (0, 0, 0, 0), 0, o1, l1, 0.125 * LOG2E, causal, True)
+                _launch_tma(q, k, v, o2, l2, 0.125 * LOG2E, causal, True)
+                err = max((o1.float() - o2.float()).abs().max().item(), (l1 - l2).abs().max().item())
+                if not err <= 1e-2:
+                    raise RuntimeError(f"TMA and pointer kernels differ by {err:.3g} ({'causal' if causal else 'full'})")
+        except Exception as e:
+            if not config.fallback_enabled():
+                raise
+            _disable_tma(e)
+            ok = False
+        _tma_checked[key] = ok
+    return _tma_checked[key] and not _tma_failed
 def _attention_fake(q, k, v, mask, scale, is_causal):
     return _empty_out(q)
 

@@ -134,6 +134,22 @@ def test_attention_backward(B, Hq, Hkv, Sq, Sk, D, causal, mask_kind, dtype, ato
         assert_close_to_ref(g, r, e, atol=atol, what=name)
 
 
+def test_tma_kernel_matches_pointer_kernel(device):
+    # the check the TMA forward passes before its first use (Hopper); under the interpreter on the CPU too
+    K._tma_checked.clear()
+    assert K._tma_self_check(torch.device(device), torch.float16)
+    assert K._tma_failed is None
+
+
+def test_tma_kernel_disabled_when_it_disagrees(monkeypatch, device):
+    monkeypatch.setattr(K, "_tma_failed", None)
+    monkeypatch.setattr(K, "_tma_checked", {})
+    monkeypatch.setattr(K, "_launch_tma", lambda q, k, v, out, lse, *a: (out.zero_(), lse.zero_()))
+    with pytest.warns(UserWarning, match="TMA kernel failed"):
+        assert not K._tma_self_check(torch.device(device), torch.float16)
+    assert "differ" in K._tma_failed
+
+
 def test_unsupported_operands():
     q = torch.empty(1, 2, 8, 8, dtype=torch.float16)
     assert "head dim 8" in K.unsupported(q, q, q, None)
