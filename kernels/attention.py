@@ -752,6 +752,8 @@ def _tma_self_check(device: torch.device, dtype: torch.dtype) -> bool:
     """Before its first use on a device and dtype, the TMA kernel must reproduce the pointer kernel on a
     ragged GQA input (causal and not); otherwise the pointer kernel serves from then on, with one warning."""
     key = (str(device), dtype)
+    if key not in _tma_checked and device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return False  # no synchronising check inside a CUDA graph capture: the pointer kernel serves it
     if key not in _tma_checked:
         ok = True
         try:
