@@ -3,7 +3,8 @@
 Three kernels share one tile loop (online softmax, fp32 statistics and accumulator):
 
 - ``_attn_fwd_kernel``: one program per (block of queries, batch x query head); also writes the
-  log-sum-exp the backward needs.
+  log-sum-exp the backward needs. ``_attn_fwd_tma_kernel`` is the same loop fed by TMA descriptors, for
+  unmasked attention on Hopper (checked against the pointer kernel before its first use).
 - ``_attn_decode_kernel`` + ``_attn_combine_kernel``: flash-decoding for short queries (1-16) against a
   long KV cache: the keys are split across programs, and the query heads of one KV head (GQA) are packed
   into the rows of one tile so K and V are read once per group; a second kernel merges the splits.
@@ -68,6 +69,7 @@ else:
         _cfg(128, 64, 8, 2),
     ]
 
+
 def _tma_block_hook(nargs):
     # a Config pre_hook: it runs before every launch of its config, while tuning and after
     # host descriptors are built before the config is chosen; set their boxes to the config's tiles
@@ -92,17 +94,20 @@ else:
 _AUTOTUNE_KW = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
 
 
-def _prune(tensors_per_row: int):
-    # drop tiles whose pipelined loads cannot fit in shared memory (D=256)
+def _prune(backward: bool):
+    # drop tiles whose pipelined loads cannot fit in shared memory (large head dims)
+    def smem(c, bd):
+        bm, bn, stages = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], max(1, c.num_stages)
+        if backward:  # two tiles resident (k, v or q, dout), two streamed per stage
+            return 2 * bd * 2 * max(bm, bn) * (stages + 1)
+        return 2 * bd * (bm + 2 * bn * stages)  # q resident, k and v streamed
+
     def prune(configs, named_args, **kwargs):
-        bd = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
-        keep = []
-        for c in configs:
-            bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-            smem = 2 * bd * (bm + tensors_per_row * bn * max(1, c.num_stages))
-            if smem <= 200 * 1024 and (bd < 256 or bm * bn <= 64 * 64 * 2):
-                keep.append(c)
-        return keep or configs[-1:]
+        bd = kwargs.get("BLOCK_D", kwargs.get("HEAD_DIM", named_args.get("BLOCK_D")))
+        # 227 KiB: the H100's shared memory per block
+        keep = [c for c in configs if smem(c, bd) <= 227 * 1024
+                and (bd < 256 or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64 * 2)]
+        return keep or [min(configs, key=lambda c: smem(c, bd))]
 
     return prune
 
@@ -189,7 +194,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d
 
 
 @triton.autotune(configs=_FWD_CONFIGS, key=["SQ_BUCKET", "SK_BUCKET", "HEAD_DIM", "MASK_KIND", "IS_CAUSAL"],
-                 prune_configs_by={"early_config_prune": _prune(2)}, **_AUTOTUNE_KW)
+                 prune_configs_by={"early_config_prune": _prune(False)}, **_AUTOTUNE_KW)
 @triton.jit
 def _attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, lse_ptr,
@@ -267,7 +272,8 @@ def _fwd_tma_inner(acc, l_i, m_i, q, k_desc, v_desc, b, hk, rows, offs_n, lo, hi
     return acc, l_i, m_i
 
 
-@triton.autotune(configs=_TMA_CONFIGS, key=["SQ_BUCKET", "SK_BUCKET", "HEAD_DIM", "IS_CAUSAL"], **_AUTOTUNE_KW)
+@triton.autotune(configs=_TMA_CONFIGS, key=["SQ_BUCKET", "SK_BUCKET", "HEAD_DIM", "IS_CAUSAL"],
+                 prune_configs_by={"early_config_prune": _prune(False)}, **_AUTOTUNE_KW)
 @triton.jit
 def _attn_fwd_tma_kernel(
     q_desc, k_desc, v_desc, o_desc, lse_ptr,
@@ -429,7 +435,7 @@ def _attn_bwd_preprocess_kernel(
 
 
 @triton.autotune(configs=_BWD_CONFIGS, key=["SQ_BUCKET", "SK_BUCKET", "HEAD_DIM", "MASK_KIND", "IS_CAUSAL", "GROUP"],
-                 prune_configs_by={"early_config_prune": _prune(4)}, **_AUTOTUNE_KW)
+                 prune_configs_by={"early_config_prune": _prune(True)}, **_AUTOTUNE_KW)
 @triton.jit
 def _attn_bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
@@ -506,7 +512,7 @@ def _attn_bwd_dkdv_kernel(
 
 
 @triton.autotune(configs=_BWD_CONFIGS, key=["SQ_BUCKET", "SK_BUCKET", "HEAD_DIM", "MASK_KIND", "IS_CAUSAL", "GROUP"],
-                 prune_configs_by={"early_config_prune": _prune(4)}, **_AUTOTUNE_KW)
+                 prune_configs_by={"early_config_prune": _prune(True)}, **_AUTOTUNE_KW)
 @triton.jit
 def _attn_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
@@ -653,7 +659,7 @@ def _tma_ok(*ts: torch.Tensor) -> bool:
     if torch.cuda.get_device_capability(q.device)[0] < 9 or q.dtype not in (torch.float16, torch.bfloat16):
         return False
     D = q.shape[-1]
-    if D not in (32, 64, 128, 256):
+    if D not in (32, 64, 128):  # D=256 tiles do not fit the TMA configs' shared memory
         return False
     for t in ts:
         if t.stride(-1) != 1 or any(st * t.element_size() % 16 for st in t.stride()[:-1]):
