@@ -123,11 +123,11 @@ def test_attention_backward(B, Hq, Hkv, Sq, Sk, D, causal, mask_kind, dtype, ato
 
     def autograd(fn, dt, *xs):
         xs = [x.detach().to(dt).requires_grad_() for x in xs]
-        fn(*xs).backward(dout.to(dt))
+        fn(*xs).backward(dout.to(device=xs[0].device, dtype=dt))
         return [x.grad for x in xs]
 
-    m64 = None if mask is None or mask.dtype == torch.bool else mask.double()
-    ref = autograd(lambda a, b, c: K.attention_ref(a, b, c, mask if m64 is None else m64, scale, causal),
+    m64 = None if mask is None else (mask.cpu() if mask.dtype == torch.bool else mask.double().cpu())
+    ref = autograd(lambda a, b, c: K.attention_ref(a, b, c, m64, scale, causal),
                    torch.float64, q.cpu(), k.cpu(), v.cpu())
     eager = autograd(lambda a, b, c: _sdpa(a, b, c, mask, scale, causal), dtype, q, k, v)
     for name, g, r, e in zip(("dq", "dk", "dv"), grads, ref, eager):
