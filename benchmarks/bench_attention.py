@@ -2,6 +2,7 @@
 
 Providers:
 - ``sdpa``: ``F.scaled_dot_product_attention`` restricted to the flash backend (decode: SDPA's own choice);
+  ``sdpa-default``: SDPA's own backend choice (cuDNN on the H100 with torch 2.11, as Inductor's graph);
   backward: ``aten._scaled_dot_product_flash_attention_backward`` on the forward's saved outputs.
 - ``inductor``: ``torch.compile`` (default backend) of the SDPA call.
 - ``tritonfuse``: the ``tritonfuse::attention`` op (its TMA kernel on Hopper when unmasked);
@@ -117,7 +118,7 @@ def bench_forward(B, H, S, D, causal, rows, sweep=False, compiled=True):
 
     ref_out = sdpa()
     _check("tritonfuse", ours(), ref_out, q, k, v, causal)
-    providers = [("sdpa", sdpa), ("tritonfuse", ours)]
+    providers = [("sdpa", sdpa), ("sdpa-default", lambda: fn(q, k, v)), ("tritonfuse", ours)]
     if compiled:
         _check("tritonfuse-backend", backend_out, ref_out, q, k, v, causal)
         providers += [("inductor", lambda: inductor(q, k, v)), ("tritonfuse-backend", lambda: backend(q, k, v))]
