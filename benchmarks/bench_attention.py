@@ -2,8 +2,8 @@
 
 Providers:
 - ``sdpa``: ``F.scaled_dot_product_attention`` restricted to the flash backend (decode: SDPA's own choice);
-  ``sdpa-default``: SDPA's own backend choice (what Inductor's graph runs; on the H100 with torch 2.11 it ran
-  at 649 TFLOP/s where flash gave 357, i.e. cuDNN);
+  ``sdpa-default``: SDPA's own backend choice, the one Inductor's graph calls (Inductor ran at 649 TFLOP/s on
+  the H100 with torch 2.11 where flash gave 357: cuDNN, presumably);
   backward: ``aten._scaled_dot_product_flash_attention_backward`` on the forward's saved outputs.
 - ``inductor``: ``torch.compile`` (default backend) of the SDPA call.
 - ``tritonfuse``: the ``tritonfuse::attention`` op (its TMA kernel on Hopper when unmasked);
