@@ -20,8 +20,8 @@ and are not seen; under CUDA graphs (``mode="reduce-overhead"``) the replayed gr
 its capture (cudagraph trees warm up eagerly first, so the quantization itself is never captured):
 recompile after changing weights there.
 
-The ops are plain ``custom_op``s (opaque to Inductor), not ``triton_op``s: their body reads data pointers
-and version counters at run time, which Inductor's tracing of a ``triton_op`` body would freeze.
+The ops are opaque to Inductor (``registry.kernel_op``): their body reads data pointers and version counters
+at run time, which tracing the body into the graph would freeze.
 """
 
 from __future__ import annotations
@@ -544,22 +544,11 @@ def _launch_pointer(kernel, x, xs, wq, ws, b, act, out, wuq, wus, bu, w8a8: bool
     return out
 
 
-def _opaque_op(qualname: str, fake):
-    """A ``custom_op`` whatever the device: see the module docstring for why not ``registry.kernel_op``."""
-
-    def deco(fn):
-        op = torch.library.custom_op(qualname, fn, mutates_args=())
-        op.register_fake(fake)
-        return op
-
-    return deco
-
-
 def _linear_fake(x, w, b, act, mode):
     return x.new_empty((x.shape[0], w.shape[0]))
 
 
-@_opaque_op("tritonfuse::int8_linear", fake=_linear_fake)
+@registry.kernel_op("tritonfuse::int8_linear", fake=_linear_fake)
 def int8_linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], act: str, mode: str) -> torch.Tensor:
     """``act(x @ w.T + b)`` with an int8 weight (quantized once per weight version, cached).
 
@@ -586,7 +575,7 @@ def _gated_fake(x, wg, wu, bg, bu, act, mode):
     return x.new_empty((x.shape[0], wg.shape[0]))
 
 
-@_opaque_op("tritonfuse::int8_gated_mlp", fake=_gated_fake)
+@registry.kernel_op("tritonfuse::int8_gated_mlp", fake=_gated_fake)
 def int8_gated_mlp(
     x: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, bg: Optional[torch.Tensor], bu: Optional[torch.Tensor],
     act: str, mode: str,
@@ -613,7 +602,7 @@ def _prequant_fake(xq, xs, w, b, act, out_dtype):
     return xq.new_empty((xq.shape[0], w.shape[0]), dtype=out_dtype)
 
 
-@_opaque_op("tritonfuse::int8_linear_prequant", fake=_prequant_fake)
+@registry.kernel_op("tritonfuse::int8_linear_prequant", fake=_prequant_fake)
 def int8_linear_prequant(
     xq: torch.Tensor, xs: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], act: str,
     out_dtype: torch.dtype,
@@ -638,7 +627,7 @@ def _quant_rows_fake(x):
     return x.new_empty(x.shape, dtype=torch.int8), x.new_empty((x.shape[0],), dtype=torch.float32)
 
 
-@_opaque_op("tritonfuse::int8_quant_rows", fake=_quant_rows_fake)
+@registry.kernel_op("tritonfuse::int8_quant_rows", fake=_quant_rows_fake)
 def int8_quant_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token absmax int8 quantization: x [M, K] -> (xq [M, K] int8, xs [M] fp32)."""
     return quant_rows(x)

@@ -252,7 +252,17 @@ def test_linear_plain_setting():
 # --- robustness ------------------------------------------------------------------------------------------
 
 
-def test_kernel_failure_falls_back_with_one_warning(monkeypatch):
+@pytest.fixture
+def no_compile_cache():
+    # the pass must run: a graph served from Inductor's caches never reaches the (patched) probe
+    import torch._functorch.config as fconfig
+    import torch._inductor.config as iconfig
+
+    with iconfig.patch(fx_graph_cache=False), fconfig.patch(enable_autograd_cache=False):
+        yield
+
+
+def test_kernel_failure_falls_back_with_one_warning(monkeypatch, no_compile_cache):
     def broken():
         raise RuntimeError("simulated compile failure")
 
@@ -269,7 +279,7 @@ def test_kernel_failure_falls_back_with_one_warning(monkeypatch):
     torch.testing.assert_close(out, model(x))
 
 
-def test_kernel_failure_raises_when_fallback_off(monkeypatch):
+def test_kernel_failure_raises_when_fallback_off(monkeypatch, no_compile_cache):
     monkeypatch.setattr(registry, "_failed", {})
     monkeypatch.setattr(K, "probe", lambda *a: registry.guarded_probe("linear_act[t2]", lambda: 1 / 0))
     with config.patch(fallback_on_error="0"), pytest.raises(Exception, match="division by zero"):
