@@ -72,7 +72,7 @@ def test_bench_small_cpu_writes_results_contract(capsys, tmp_path):
     assert list(rows) == ["eager", "inductor", "tritonfuse"]
     for r in rows.values():
         assert set(results.ROW_FIELDS) <= set(r), set(results.ROW_FIELDS) - set(r)
-        assert r["status"] == "ok" and r["model"] == "tiny-mlp" and r["dtype"] == "float32" and r["batch"] == 8
+        assert r["status"] == "ok" and r["model"] == "tiny-mlp" and r["dtype"] == ("float16" if torch.cuda.is_available() else "float32") and r["batch"] == 8
         assert r["ms"] > 0 and r["cosine"] > 0.99999
     assert rows["eager"]["speedup_vs_eager"] == 1.0 and rows["eager"]["counters"] is None
     assert rows["inductor"]["speedup_vs_inductor"] == 1.0 and rows["inductor"]["compile_s"] > 0

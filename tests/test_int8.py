@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from tritonfuse.kernels import int8 as Q
 from utils import assert_close_to_ref, fresh, sqnr_db
 
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
 # (M, K, N): an awkward one, a square-ish one, a ragged tail in every dimension
 SHAPES = [(37, 96, 45), (64, 128, 80), (19, 48, 33)]
 DTYPES = [torch.float16, torch.bfloat16]
@@ -195,22 +197,22 @@ def test_unsupported_reasons():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode():
-        x = torch.empty(37, 100, dtype=torch.float16)
-        w = torch.empty(64, 100, dtype=torch.float16)
+        x = torch.empty(37, 100, dtype=torch.float16, device=DEV)
+        w = torch.empty(64, 100, dtype=torch.float16, device=DEV)
         assert "multiple of 16" in Q.int8_unsupported(x, w, None, "relu", "int8")
         assert "K=0" in Q.int8_unsupported(x[:, :0], w[:, :0], None, "relu", "int8")
-        x = torch.empty(37, 96, dtype=torch.float16)
-        w = torch.empty(64, 96, dtype=torch.float16)
+        x = torch.empty(37, 96, dtype=torch.float16, device=DEV)
+        w = torch.empty(64, 96, dtype=torch.float16, device=DEV)
         assert Q.int8_unsupported(x, w, None, "relu", "int8") is None
         assert Q.int8_unsupported(x.t().contiguous().t(), w, None, "gelu", "int8-weight") is None
         assert "fp16/bf16" in Q.int8_unsupported(x.float(), w, None, "relu", "int8")
         assert "mode" in Q.int8_unsupported(x, w, None, "relu", "int4")
         assert "activation" in Q.int8_unsupported(x, w, None, "relu", "int8", wu=w)
-        assert "expected [N, 96]" in Q.int8_unsupported(x, torch.empty(64, 80, dtype=torch.float16), None, "relu", "int8")
-        assert "differ" in Q.int8_unsupported(x, w, None, "silu", "int8", wu=torch.empty(32, 96, dtype=torch.float16))
+        assert "expected [N, 96]" in Q.int8_unsupported(x, torch.empty(64, 80, dtype=torch.float16, device=DEV), None, "relu", "int8")
+        assert "differ" in Q.int8_unsupported(x, w, None, "silu", "int8", wu=torch.empty(32, 96, dtype=torch.float16, device=DEV))
         assert "both" in Q.int8_unsupported(x, w, torch.empty(64), "silu", "int8", wu=w)
         assert "2-D" in Q.int8_unsupported(x[None], w, None, "relu", "int8")
-        assert "expected [64]" in Q.int8_unsupported(x, w, torch.empty(63, dtype=torch.float16), "relu", "int8")
+        assert "expected [64]" in Q.int8_unsupported(x, w, torch.empty(63, dtype=torch.float16, device=DEV), "relu", "int8")
 
 
 @pytest.mark.parametrize("mode", ["int8", "int8-weight"])
