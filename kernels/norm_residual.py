@@ -457,6 +457,42 @@ def norm_residual_ref(x, residual, weight, bias, eps, kind, cast_before_weight=F
     return y, h
 
 
+def measure(x, residual, weight, bias, kind: str, write_sum: bool, stats: bool) -> dict:
+    """On a GPU, time this kernel against a stand-in for what it replaces: Inductor's own fused norm runs
+    near memory bandwidth, so the stand-in is a pointwise pass moving the same bytes (read x and the
+    residual, write the output, and the sum when it is kept). Cached per shape in ``registry``."""
+    full = torch.broadcast_shapes(x.shape, residual.shape) if residual is not None else x.shape
+    n = full[-1]
+    m = 1
+    for d in full[:-1]:
+        m *= d
+    key = (f"norm_residual|{kind}|{m}x{n}|{x.dtype}|res{int(residual is not None)}|w{int(weight is not None)}"
+           f"|b{int(bias is not None)}|sum{int(write_sum)}|stats{int(stats)}")
+    lazy = {}
+
+    def args():
+        if not lazy:
+            def real(t, shape):
+                return None if t is None else torch.randn(shape, device=x.device, dtype=t.dtype)
+            lazy.update(x=real(x, (m, n)), r=real(residual, (m, n)), w=real(weight, (n,)), b=real(bias, (n,)),
+                        out=torch.empty((m, n), device=x.device, dtype=x.dtype))
+        return lazy
+
+    def ours():
+        a = args()
+        return norm_residual(a["x"], a["r"], a["w"], a["b"], 1e-5, kind, write_sum, False, stats, False)
+
+    def moved_bytes():
+        a = args()
+        if a["r"] is not None:
+            torch.add(a["x"], a["r"], out=a["out"])
+        else:
+            torch.neg(a["x"], out=a["out"])
+
+    theirs = [moved_bytes] + ([lambda: torch.neg(args()["x"], out=args()["out"])] if write_sum else [])
+    return registry.measured_choice(key, x.device, ours, theirs)
+
+
 def probe(device: str, dtype: torch.dtype, kind: str, n: int, has_res: bool, has_w: bool, has_b: bool,
           write_sum: bool, cast_before_weight: bool, stats: bool = False) -> Optional[str]:
     """Compile and launch one variant on a small input once; None when it works, else the reason."""
