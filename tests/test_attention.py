@@ -180,7 +180,7 @@ SDPA_FORMS = {
     "plain": lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v),
     "causal": lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, is_causal=True),
     "bool_mask": lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m),
-    "float_mask": lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=torch.where(m, 0.0, -1e4)),
+    "float_mask": lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=torch.where(m, 0.0, -1e4).to(q.dtype)),
     "gqa_scale": lambda q, k, v, m: F.scaled_dot_product_attention(q, k[:, :1], v[:, :1], scale=0.3, enable_gqa=True),
 }
 
