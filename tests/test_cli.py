@@ -224,3 +224,13 @@ def test_results_merge_of_a_fetched_file_keeps_its_header(tmp_path):
     assert (doc["gpu"], doc["torch"], doc["commit"], doc["command"]) == ("NVIDIA H100 80GB HBM3", "2.11", "abc",
                                                                       "tritonfuse bench x")
     assert doc["models"][0]["ms"] == 1.5 and doc["models"][0]["command"] == "tritonfuse bench x"
+
+
+def test_zoo_vit_classifier_is_not_zero():
+    # torchvision zero-initializes ViT's head; all-zero logits would make every accuracy column "exact"
+    pytest.importorskip("torchvision")
+    from tritonfuse import zoo
+
+    spec = zoo.get("vit_b_16")
+    work = spec.make(small=True, batch=spec.batch_for(small=True))
+    assert work.model.heads.head.weight.abs().sum() > 0

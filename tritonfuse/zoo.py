@@ -166,6 +166,13 @@ def _build_vit(small: bool, batch: int, train: bool) -> Workload:
                                   mlp_dim=128, num_classes=10)
     else:
         model = vit_b_16(weights=None)
+    # torchvision zero-initializes the classifier: every logit would be 0 in every mode and the accuracy
+    # columns would say "exact" whatever the kernels did; random weights make the logits carry the error
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        head = model.heads.head
+        head.weight.copy_(torch.randn(head.weight.shape, generator=g) * head.in_features ** -0.5)
+        head.bias.copy_(torch.randn(head.bias.shape, generator=g) * 0.1)
     res, classes = (32, 10) if small else (224, 1000)
     return Workload(model, _image_inputs(batch, res, classes, False), _first, _ce_loss, f"b{batch} {res}px")
 
