@@ -470,3 +470,20 @@ def test_int8_quant_skip_keeps_module_in_float():
     # keep (+ReLU) served by the float kernel, q by int8
     assert _counts() == {"matched": 2, "replaced": 2, "fallback": 0}, text
     assert "linear_act[relu]" in text and "int8" in text
+
+
+def test_failing_family_pass_is_reported_and_model_still_runs(monkeypatch, no_compile_cache):
+    from tritonfuse.patterns import linear_act as P
+
+    class Broken:
+        def apply(self, graph):
+            raise RuntimeError("simulated pass bug")
+
+    monkeypatch.setattr(P, "pattern_pass", lambda: Broken())
+    model = nn.Sequential(nn.Linear(16, 16), nn.GELU())
+    x = fresh(4, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = _compile_run(model, x)
+    torch.testing.assert_close(out, model(x))
+    assert "the linear_act pass failed (RuntimeError: simulated pass bug)" in tritonfuse.report()

@@ -33,7 +33,9 @@ def _load_ops() -> None:
         except Exception as e:  # a broken kernel module disables its family, never the model
             if not config.fallback_enabled():
                 raise
-            _warn_once(f"tritonfuse: {name} failed to import ({type(e).__name__}: {e})")
+            msg = f"{name} failed to import ({type(e).__name__}: {e})"
+            registry.note_error(msg)
+            _warn_once(f"tritonfuse: {msg}")
 
 
 def _family_pass(family: str):
@@ -106,8 +108,9 @@ class TritonfusePasses(CustomGraphPass):
                 # each replacement is atomic: the graph stays valid, the family's other sites stay Inductor's
                 if not config.fallback_enabled():
                     raise
-                _warn_once(f"tritonfuse: the {family} pass failed ({type(e).__name__}: {e}); "
-                           "its remaining sites are left to Inductor")
+                msg = f"the {family} pass failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                registry.note_error(msg)
+                _warn_once(f"tritonfuse: {msg}; its remaining sites are left to Inductor")
 
     def uuid(self) -> str:
         # part of Inductor's FX-graph cache key: other settings or other code never reuse this graph
@@ -207,6 +210,7 @@ def tritonfuse_backend(gm: torch.fx.GraphModule, example_inputs, **kwargs):
         # retry with Inductor alone; if that fails too, the error is the model's and is raised as Inductor's
         reason = f"graph failed to compile with tritonfuse kernels ({type(e).__name__}); Inductor alone used"
         registry.demote(passes.done, reason)
+        registry.note_error(f"{reason}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         compiled = _compile(gm, example_inputs, None)
         _warn_once(f"tritonfuse: {reason}: {e}")
     else:

@@ -509,6 +509,8 @@ def _counters(mode: str) -> dict:
     if not mode.startswith("tritonfuse"):
         return {"counters": None}
     reasons = Counter(f"{s.family}: {s.reason}" for s in tritonfuse.sites() if s.status == "fallback")
+    # a family pass that raised leaves no sites: say so, or a 0/0 row hides it
+    reasons.update(f"error: {e}" for e in tritonfuse.registry.errors())
     return {"counters": tritonfuse.counters(), "fallback_reasons": dict(reasons)}
 
 

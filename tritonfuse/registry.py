@@ -33,6 +33,7 @@ class Site:
 
 _counters: dict[str, dict[str, int]] = {}
 _sites: list[Site] = []
+_errors: list[str] = []  # family passes that raised: shown by the report, the graph kept Inductor's path
 _pending: dict[tuple, Site] = {}
 _graph_index = 0
 
@@ -43,6 +44,7 @@ def reset() -> None:
     with _lock:
         _counters.clear()
         _sites.clear()
+        _errors.clear()
         _pending.clear()
         _graph_index = 0
 
@@ -61,6 +63,17 @@ def counters() -> dict[str, dict[str, int]]:
 def sites() -> list[Site]:
     with _lock:
         return list(_sites)
+
+
+def note_error(message: str) -> None:
+    with _lock:
+        if message not in _errors:
+            _errors.append(message)
+
+
+def errors() -> list[str]:
+    with _lock:
+        return list(_errors)
 
 
 # --- recording, called from extra_check ---------------------------------------------------------------

@@ -31,6 +31,10 @@ def report() -> str:
         lines.append("left to Inductor, by reason:")
         for (fam, reason), n in sorted(left.items()):
             lines.append(f"  {fam:<15}{reason} (x{n})")
+    errs = registry.errors()
+    if errs:
+        lines.append("errors (the sites involved were left to Inductor):")
+        lines.extend(f"  {e}" for e in errs)
     return "\n".join(lines)
 
 
