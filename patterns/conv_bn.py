@@ -147,7 +147,8 @@ def _constants(nodes) -> Counter:
             continue
         if n.target == aten.add.Tensor and all(u.target == aten.rsqrt.default for u in n.users):
             continue  # var + eps: eps is a pattern argument
-        scalars = tuple(a for a in n.args if not isinstance(a, (torch.fx.Node, torch.dtype)))
+        # shape lists (view/reshape sizes) differ per site by construction: only scalars are compared
+        scalars = tuple(a for a in n.args if isinstance(a, (int, float)))
         out[(str(n.target), scalars)] += 1
     return out
 
