@@ -122,18 +122,20 @@ def _apply_act(x, ACT: tl.constexpr):
 
 
 @triton.jit
-def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    # grouped ordering: programs that run together share rows of x in L2
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
+def _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    # grouped ordering: tiles that run together share rows of x in L2
     num_pid_in_group = GROUP_M * num_pid_n
-    group_id = pid // num_pid_in_group
+    group_id = tile_id // num_pid_in_group
     first_pid_m = group_id * GROUP_M
     group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m = first_pid_m + ((tile_id % num_pid_in_group) % group_size_m)
+    pid_n = (tile_id % num_pid_in_group) // group_size_m
     return pid_m, pid_n
+
+
+@triton.jit
+def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    return _tile_coords(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
 
 
 # --- kernels ------------------------------------------------------------------------------------------
@@ -262,13 +264,8 @@ def _linear_act_tma_kernel(
     num_pid_n = tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
     num_tiles = num_pid_m * num_pid_n
-    num_pid_in_group = GROUP_M * num_pid_n
     for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=True):
-        group_id = tile_id // num_pid_in_group
-        first_pid_m = group_id * GROUP_M
-        group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
-        pid_m = first_pid_m + (tile_id % group_size_m)
-        pid_n = (tile_id % num_pid_in_group) // group_size_m
+        pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
         offs_m = pid_m * BLOCK_M
         offs_n = pid_n * BLOCK_N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -290,13 +287,8 @@ def _gated_mlp_tma_kernel(
     num_pid_n = tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
     num_tiles = num_pid_m * num_pid_n
-    num_pid_in_group = GROUP_M * num_pid_n
     for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=True):
-        group_id = tile_id // num_pid_in_group
-        first_pid_m = group_id * GROUP_M
-        group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
-        pid_m = first_pid_m + (tile_id % group_size_m)
-        pid_n = (tile_id % num_pid_in_group) // group_size_m
+        pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
         offs_m = pid_m * BLOCK_M
         offs_n = pid_n * BLOCK_N
         acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -316,20 +308,25 @@ def _gated_mlp_tma_kernel(
 # --- launchers ----------------------------------------------------------------------------------------
 
 
-def _tma_ok(*ts: torch.Tensor) -> bool:
-    """The TMA kernels need a Hopper GPU, fp16/bf16, unit last stride and 16-byte aligned rows and bases."""
-    if TensorDescriptor is None or registry.interpret_mode():
-        return False
-    t0 = ts[0]
-    if t0.device.type != "cuda" or t0.dtype not in (torch.float16, torch.bfloat16):
-        return False
-    if torch.cuda.get_device_capability(t0.device)[0] != 9:
+def _tma_aligned(*ts: torch.Tensor) -> bool:
+    """TMA descriptors need fp16/bf16 here, a unit last stride and 16-byte aligned rows and bases."""
+    if TensorDescriptor is None or ts[0].dtype not in (torch.float16, torch.bfloat16):
         return False
     return all(t.stride(1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0
                for t in ts)
 
 
+def _tma_ok(*ts: torch.Tensor) -> bool:
+    """The TMA kernels serve Hopper GPUs (the tests also run them under the CPU interpreter)."""
+    t0 = ts[0]
+    if registry.interpret_mode() or t0.device.type != "cuda":
+        return False
+    return torch.cuda.get_device_capability(t0.device)[0] == 9 and _tma_aligned(*ts)
+
+
 def _num_sms(device) -> int:
+    if device.type != "cuda":
+        return 3  # the interpreter (tests): a few persistent programs, each walking several tiles
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 

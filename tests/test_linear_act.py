@@ -487,3 +487,38 @@ def test_failing_family_pass_is_reported_and_model_still_runs(monkeypatch, no_co
         out = _compile_run(model, x)
     torch.testing.assert_close(out, model(x))
     assert "the linear_act pass failed (RuntimeError: simulated pass bug)" in tritonfuse.report()
+
+
+# --- the Hopper TMA kernels, run through the interpreter ---------------------------------------------------
+
+TMA_CFG = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=2)
+
+
+@pytest.mark.skipif(K.TensorDescriptor is None, reason="triton without host TMA descriptors")
+@pytest.mark.parametrize("act,bias,store_pre", [("gelu", True, True), ("silu", False, False), ("none", True, False)])
+def test_tma_linear_kernel(monkeypatch, act, bias, store_pre):
+    # ragged M and N tiles, K not a multiple of BLOCK_K: TMA zero-fills loads and clips stores
+    if torch.cuda.is_available():
+        pytest.skip("covered on the GPU by the autotuned path")
+    monkeypatch.setattr(K, "_tma_ok", K._tma_aligned)
+    x = fresh(77, 72, dtype=torch.float16)
+    w = fresh(104, 72, dtype=torch.float16, scale=0.1)
+    b = fresh(104, dtype=torch.float16) if bias else None
+    out, pre = K._launch_linear(x, w, b, act, store_pre, fixed=TMA_CFG)
+    assert_close_to_ref(out, K.linear_act_ref(x, w, b, act, upcast=True), K.linear_act_ref(x, w, b, act), atol=1e-3)
+    if store_pre:
+        ref = K.linear_act_ref(x, w, b, "none", upcast=True)
+        assert_close_to_ref(pre, ref, K.linear_act_ref(x, w, b, "none"), atol=1e-3, what="pre-activation")
+
+
+@pytest.mark.skipif(K.TensorDescriptor is None, reason="triton without host TMA descriptors")
+def test_tma_gated_kernel(monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("covered on the GPU by the autotuned path")
+    monkeypatch.setattr(K, "_tma_ok", K._tma_aligned)
+    x = fresh(77, 72, dtype=torch.float16)
+    wg, wu = fresh(104, 72, dtype=torch.float16, scale=0.1), fresh(104, 72, dtype=torch.float16, scale=0.1)
+    bg, bu = fresh(104, dtype=torch.float16), fresh(104, dtype=torch.float16)
+    out = K._launch_gated(x, wg, wu, bg, bu, "silu", fixed=TMA_CFG)
+    args = (x, wg, wu, bg, bu, "silu")
+    assert_close_to_ref(out, K.gated_mlp_ref(*args, upcast=True), K.gated_mlp_ref(*args), atol=1e-3)
