@@ -6,6 +6,7 @@ kernel keeps two accumulators so each tile of x is read once for both projection
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from typing import Optional
@@ -316,15 +317,22 @@ def _tma_aligned(*ts: torch.Tensor) -> bool:
                for t in ts)
 
 
+@functools.lru_cache(maxsize=None)
+def _hopper(device: torch.device) -> bool:
+    return torch.cuda.get_device_capability(device)[0] == 9
+
+
 def _tma_ok(*ts: torch.Tensor) -> bool:
     """The TMA kernels serve Hopper GPUs (the tests also run them under the CPU interpreter)."""
     t0 = ts[0]
     if registry.interpret_mode() or t0.device.type != "cuda":
         return False
-    return torch.cuda.get_device_capability(t0.device)[0] == 9 and _tma_aligned(*ts)
+    return _hopper(t0.device) and _tma_aligned(*ts)
 
 
-def _num_sms(device) -> int:
+@functools.lru_cache(maxsize=None)
+def _num_sms(device: torch.device) -> int:
+    # cached: these run on every call of the op, where host time is what small layers pay
     if device.type != "cuda":
         return 3  # the interpreter (tests): a few persistent programs, each walking several tiles
     return torch.cuda.get_device_properties(device).multi_processor_count
