@@ -188,7 +188,30 @@ def _module_name(node: torch.fx.Node) -> str:
     return re.sub(r"\[(\d+)\]", r".\1", path).replace("['", ".").replace("']", "").strip(".")
 
 
-def _int8_choice(site, x2, ws, b, act, gated, train):
+def _int8_sqnr(match: Match, x2, act: str, gated: bool, mode: str):
+    """SQNR (dB) of the int8 layer vs the float one, with the site's real weights and Gaussian activations of
+    its shape (activations inside the graph do not exist at compile time); None without real weights."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    from tritonfuse.kernels import int8 as I8
+
+    names = ("wg", "wu") if "wg" in match.kwargs else ("w",)
+    ws = [registry.real_value(match.kwargs[n]) for n in names]
+    b = registry.real_value(match.kwargs["b"]) if "b" in match.kwargs else None
+    if any(w is None for w in ws) or ("b" in match.kwargs and b is None):
+        return None
+    if gated and len(ws) == 1:  # one fused [gate | up] projection
+        n = ws[0].shape[0] // 2
+        ws = [ws[0][:n], ws[0][n:]]
+        b = (b[:n], b[n:]) if b is not None else None
+    bg, bu = b if isinstance(b, tuple) else (b, None)
+    with unset_fake_temporarily():
+        g = torch.Generator(device="cpu").manual_seed(0)
+        x = torch.randn(min(x2.shape[0], 256), x2.shape[1], generator=g).to(ws[0].device, ws[0].dtype)
+        return I8.layer_sqnr(x, ws[0], bg, act, mode, wu=ws[1] if gated else None, bu=bu if gated else None)
+
+
+def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None):
     """(mode, kernel name, None) when the int8 kernels serve this site, else (None, None, why not)."""
     mode = config.quant
     if mode == "none":
@@ -206,6 +229,13 @@ def _int8_choice(site, x2, ws, b, act, gated, train):
         reason = I8.probe(str(x2.device), x2.dtype, act, b is not None, gated, mode)
     if reason:
         return None, None, f"int8: {reason}"
+    gate = float(config.quant_min_sqnr)
+    if gate > 0:
+        sqnr = _int8_sqnr(site_match, x2, act, gated, mode)
+        if sqnr is None:
+            return None, None, "int8 SQNR gate: the weights are not available at compile time"
+        if sqnr < gate:
+            return None, None, f"int8 SQNR {sqnr:.1f} dB < TRITONFUSE_QUANT_MIN_SQNR {gate:g} dB"
     rec = K.measure(x2, ws, b, act, gated, False, int8_mode=mode)
     if not rec["use"]:
         return None, None, (f"int8 measured slower than cuBLAS + epilogue here ({rec['ours_ms']:.3f} vs "
@@ -241,7 +271,7 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: b
             reason = "inner dimensions differ"
         if reason is None:
             reason = K.probe(str(x.device), x.dtype, act, b is not None, gated)
-        int8_mode, int8_kernel, int8_why = _int8_choice(site, x2, ws, b, act, gated, store_pre)
+        int8_mode, int8_kernel, int8_why = _int8_choice(site, x2, ws, b, act, gated, store_pre, match)
         if int8_mode:
             _serve["int8"] = int8_mode
             registry.note_replaced(FAMILY, site, int8_kernel, detail)

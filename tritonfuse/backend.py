@@ -65,8 +65,9 @@ _SOURCE_HASH = None
 class TritonfusePasses(CustomGraphPass):
     """The pipeline: each enabled family's patterns, in order, on the post-grad ATen graph."""
 
-    def __init__(self, families: tuple[str, ...], key: str = ""):
+    def __init__(self, families: tuple[str, ...], key: str = "", real_inputs=()):
         self.families = families
+        self.real_inputs = list(real_inputs)  # Dynamo's real inputs: the forward graph's placeholders
         self.key = key  # names the site records of this Dynamo graph on disk
         self.graph_key = ""  # names those of the ATen graph being compiled (forward, then backward)
         self.runs = 0
@@ -75,9 +76,11 @@ class TritonfusePasses(CustomGraphPass):
     def __call__(self, graph: torch.fx.Graph) -> None:
         self.runs += 1
         registry.begin_graph()
+        registry.set_real_inputs(self.real_inputs if self.runs == 1 else ())
         try:
             self._apply(graph)
         finally:
+            registry.set_real_inputs(())
             self._keep(registry.end_graph())
 
     def _keep(self, sites: list) -> None:
@@ -201,7 +204,7 @@ def tritonfuse_backend(gm: torch.fx.GraphModule, example_inputs, **kwargs):
     config.validate()
     _load_ops()
     families = config.enabled_families()
-    passes = TritonfusePasses(families, _graph_key(gm, example_inputs)) if families else None
+    passes = TritonfusePasses(families, _graph_key(gm, example_inputs), example_inputs) if families else None
     try:
         compiled = _compile(gm, example_inputs, passes)
     except Exception as e:

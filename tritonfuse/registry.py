@@ -152,6 +152,32 @@ def pending_replacements() -> int:
         return sum(1 for s in _pending.values() if s.status == "replaced")
 
 
+# --- real values of graph inputs (parameters) during a pass ------------------------------------------------
+# Dynamo hands the backend the real inputs (parameters included); in an inference graph they line up with
+# the post-grad graph's placeholders. Checks that need real weights (the int8 SQNR gate) read them here.
+
+_real_inputs: list = []
+
+
+def set_real_inputs(inputs) -> None:
+    global _real_inputs
+    _real_inputs = list(inputs or [])
+
+
+def real_value(node) -> Optional[torch.Tensor]:
+    """The real tensor behind placeholder ``node`` when it matches the placeholder's shape, dtype and strides."""
+    if not isinstance(node, torch.fx.Node) or node.op != "placeholder" or not _real_inputs:
+        return None
+    index = [n for n in node.graph.nodes if n.op == "placeholder"].index(node)
+    val = node.meta.get("val")
+    if index >= len(_real_inputs) or not isinstance(val, torch.Tensor):
+        return None
+    t = _real_inputs[index]
+    if not isinstance(t, torch.Tensor) or (t.shape, t.dtype, t.stride()) != (val.shape, val.dtype, val.stride()):
+        return None
+    return t
+
+
 # --- where kernels can run ----------------------------------------------------------------------------
 
 
