@@ -231,11 +231,14 @@ def _cleanup(device) -> None:
         torch.cuda.empty_cache()
 
 
+WARMUP_S = 1.0
+
+
 def time_calls(call: Callable[[int], object], device, iters: Optional[int] = None,
                prep: Optional[Callable[[int], None]] = None, target_s: float = 1.0) -> tuple[float, int]:
     """Median ms of ``call(i)`` over ``iters`` calls (``prep(i)`` runs before each, untimed).
 
-    GPU: warm-up (>= 3 calls and >= 0.1 s), then one CUDA event pair per call, about ``target_s`` of calls
+    GPU: warm-up (>= 3 calls and >= WARMUP_S), then one CUDA event pair per call, about ``target_s`` of calls
     (10..200) unless ``iters`` is given. CPU: one warm-up call, then ``iters`` perf_counter calls (default: a quarter of ``target_s``, 3..20;
     one when a call takes seconds).
     """
@@ -257,7 +260,9 @@ def time_calls(call: Callable[[int], object], device, iters: Optional[int] = Non
             times.append((time.perf_counter() - t) * 1e3)
         return statistics.median(times), len(times)
     n, t0 = 0, time.perf_counter()
-    while n < 3 or time.perf_counter() - t0 < 0.1:
+    # a second of warm-up: after a long compile the GPU starts at idle clocks (0.1 s left ~20% run-to-run
+    # differences between modes on the H100)
+    while n < 3 or time.perf_counter() - t0 < WARMUP_S:
         prep(n)
         call(n)
         n += 1
