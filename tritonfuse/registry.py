@@ -252,7 +252,6 @@ def kernel_op(qualname: str, fake: Callable) -> Callable:
         def scale(x: torch.Tensor, s: float) -> torch.Tensor:
             ...
     """
-    global _lib
 
     def deco(fn: Callable) -> Callable:
         global _lib
