@@ -21,6 +21,31 @@ def cast_out(x, dtype: tl.constexpr, RTNE_BF16: tl.constexpr):
         return x.to(dtype)
 
 
+@triton.jit
+def _apply_act(x, ACT: tl.constexpr):
+    """The epilogue activation of every family, applied to the fp32 accumulator; ``"none"`` passes through."""
+    if ACT == "relu":
+        x = tl.maximum(x, 0.0)
+    elif ACT == "relu6":
+        x = tl.minimum(tl.maximum(x, 0.0), 6.0)
+    elif ACT == "gelu":
+        x = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+    elif ACT == "gelu_tanh":
+        inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+        # tanh(y) = 2*sigmoid(2y) - 1, stable at both ends
+        x = 0.5 * x * (1.0 + (2.0 * tl.sigmoid(2.0 * inner) - 1.0))
+    elif ACT == "silu":
+        x = x * tl.sigmoid(x)
+    elif ACT == "hardswish":
+        x = x * (tl.minimum(tl.maximum(x + 3.0, 0.0), 6.0) / 6.0)
+    return x
+
+
+def _m_bucket(m: int) -> int:
+    """Power-of-two bucket of M for autotune keys: a new batch size inside a bucket does not re-tune."""
+    return max(16, triton.next_power_of_2(m))
+
+
 def rtne_bf16(dtype: torch.dtype) -> bool:
     """Whether ``cast_out`` must round bf16 by hand (only under the CPU interpreter)."""
     return registry.interpret_mode() and dtype == torch.bfloat16

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from tritonfuse import config, registry
-from tritonfuse.kernels.common import cast_out, dot_upcast, rtne_bf16
+from tritonfuse.kernels.common import _apply_act, _m_bucket, cast_out, dot_upcast, rtne_bf16
 from tritonfuse.kernels.linear_act import _tile_ids
 
 ACTIVATIONS = ("none", "relu", "relu6", "silu", "hardswish")
@@ -74,25 +74,7 @@ def _prune(configs, named_args, **kwargs):
     return kept or configs[-1:]
 
 
-def _m_bucket(m: int) -> int:
-    return max(16, triton.next_power_of_2(m))
-
-
 # --- epilogue helpers ---------------------------------------------------------------------------------
-
-
-@triton.jit
-def _apply_act(x, ACT: tl.constexpr):
-    # x is fp32
-    if ACT == "relu":
-        x = tl.maximum(x, 0.0)
-    elif ACT == "relu6":
-        x = tl.minimum(tl.maximum(x, 0.0), 6.0)
-    elif ACT == "silu":
-        x = x * tl.sigmoid(x)
-    elif ACT == "hardswish":
-        x = x * (tl.minimum(tl.maximum(x + 3.0, 0.0), 6.0) / 6.0)
-    return x
 
 
 @triton.jit

@@ -38,9 +38,9 @@ import triton
 import triton.language as tl
 
 from tritonfuse import config, registry
-from tritonfuse.kernels.common import cast_out, dot_upcast, rtne_bf16
+from tritonfuse.kernels.common import _apply_act, _m_bucket, cast_out, dot_upcast, rtne_bf16
 from tritonfuse.kernels.linear_act import (
-    _AUTOTUNE_KW, ACTIVATIONS, GATED_ACTIVATIONS, _apply_act, _cfg, _grid, _m_bucket, _tile_ids, act_ref,
+    _AUTOTUNE_KW, ACTIVATIONS, GATED_ACTIVATIONS, _cfg, _grid, _tile_ids, act_ref,
 )
 
 try:  # host-side TMA descriptors (triton >= 3.3)

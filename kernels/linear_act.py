@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from tritonfuse import config, registry
-from tritonfuse.kernels.common import cast_out, dot_upcast, rtne_bf16
+from tritonfuse.kernels.common import _apply_act, _m_bucket, cast_out, dot_upcast, rtne_bf16
 
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu")
 GATED_ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
@@ -99,27 +99,7 @@ else:
     _TMA_GATED_CONFIGS = [_tma_cfg(128, 128, 64, 3, 8)]
 
 
-def _m_bucket(m: int) -> int:
-    return max(16, triton.next_power_of_2(m))
-
-
 # --- epilogue helpers ---------------------------------------------------------------------------------
-
-
-@triton.jit
-def _apply_act(x, ACT: tl.constexpr):
-    # x is the fp32 accumulator
-    if ACT == "relu":
-        x = tl.maximum(x, 0.0)
-    elif ACT == "gelu":
-        x = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
-    elif ACT == "gelu_tanh":
-        inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)
-        # tanh(y) = 2*sigmoid(2y) - 1, stable at both ends
-        x = 0.5 * x * (1.0 + (2.0 * tl.sigmoid(2.0 * inner) - 1.0))
-    elif ACT == "silu":
-        x = x * tl.sigmoid(x)
-    return x
 
 
 @triton.jit
