@@ -10,47 +10,30 @@ Example::
 
 from __future__ import annotations
 
-import datetime
 import json
-import os
 import pathlib
-import re
-import subprocess
 
 import torch
+
+from tritonfuse.results import device_name, header, slug
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
 def gpu_name() -> str:
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return device_name()
 
 
 def gpu_slug() -> str:
     """``NVIDIA H100 80GB HBM3`` -> ``nvidia-h100-80gb-hbm3``."""
-    return re.sub(r"[^a-z0-9]+", "-", gpu_name().lower()).strip("-")
-
-
-def commit() -> str:
-    try:
-        root = pathlib.Path(__file__).resolve().parents[1]
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
-        return out.stdout.strip() or os.environ.get("TRITONFUSE_COMMIT", "unknown")
-    except (OSError, subprocess.SubprocessError):
-        return os.environ.get("TRITONFUSE_COMMIT", "unknown")
+    return slug(device_name())
 
 
 def meta() -> dict:
-    import triton
-
-    return {
-        "gpu": gpu_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "commit": commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+    """GPU, versions, commit and date: the model results' header, without the command."""
+    head = header("")
+    head.pop("command")
+    return head
 
 
 def row(kernel: str, shape: str, dtype, provider: str, ms: float, tflops: float | None = None,
