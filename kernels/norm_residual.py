@@ -116,7 +116,10 @@ def _norm_fwd_kernel(
             mean = tl.zeros((BLOCK_M,), dtype=tl.float32)
             var = tl.sum(h * h, axis=1) / N
         else:
-            mean = tl.sum(h, axis=1) / N
+            # correctly rounded: the GPU's default fp32 division is approximate, and a mean off by an ulp
+            # gives a constant row a variance (1e4-valued rows then normalise to noise, not to the bias)
+            s_h = tl.sum(h, axis=1)
+            mean = tl.div_rn(s_h, tl.zeros_like(s_h) + N)
             # centred before squaring: no cancellation for constant or large-valued rows
             d = tl.where(mask, h - mean[:, None], 0.0)
             var = tl.sum(d * d, axis=1) / N
@@ -147,7 +150,8 @@ def _norm_fwd_kernel(
                 m2 += tl.sum(h * h, axis=1)
             else:
                 n_b = tl.minimum(N - start, BLOCK_N).to(tl.float32)
-                mean_b = tl.sum(h, axis=1) / n_b
+                s_b = tl.sum(h, axis=1)
+                mean_b = tl.div_rn(s_b, tl.zeros_like(s_b) + n_b)
                 d = tl.where(mask, h - mean_b[:, None], 0.0)
                 m2_b = tl.sum(d * d, axis=1)
                 total = count + n_b

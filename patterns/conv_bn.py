@@ -89,12 +89,15 @@ def _named(fn, names):
     return fn
 
 
-def _example_inputs(head: str, res: bool, dtype: torch.dtype) -> list[torch.Tensor]:
-    x, w = torch.empty(2, 4, 6, 6, dtype=dtype), torch.empty(8, 4, 1, 1, dtype=dtype)
+def _example_inputs(head: str, res: bool, dtype: torch.dtype, device: str = "cpu") -> list[torch.Tensor]:
+    # values only feed the trace (which runs the ops for real); no RNG: the user's random stream is theirs
+    def t(*shape):
+        return torch.full(shape, 0.5, dtype=dtype, device=device)
+    x, w = t(2, 4, 6, 6), t(8, 4, 1, 1)
     # distinct tensors: a tensor passed twice would trace as one input, tying the two in the pattern
-    b, *p = [torch.empty(8, dtype=dtype) for _ in range(5)]
+    b, *p = [t(8) for _ in range(5)]
     args = {"bn": [x, w, *p], "bias_bn": [x, w, b, *p], "bias": [x, w, b]}[head]
-    return args + ([torch.empty(2, 8, 6, 6, dtype=dtype)] if res else [])
+    return args + ([t(2, 8, 6, 6)] if res else [])
 
 
 def _variants():
@@ -145,7 +148,7 @@ def _constants(nodes) -> Counter:
     for n in nodes:
         if n.op != "call_function" or n.target == aten.convolution.default:
             continue
-        if n.target == aten.add.Tensor and all(u.target == aten.rsqrt.default for u in n.users):
+        if n.target == aten.add.Tensor and n.users and all(u.target in _INVSTD for u in n.users):
             continue  # var + eps: eps is a pattern argument
         # shape lists (view/reshape sizes) differ per site by construction: only scalars are compared
         scalars = tuple(a for a in n.args if isinstance(a, (int, float)))
@@ -153,11 +156,16 @@ def _constants(nodes) -> Counter:
     return out
 
 
+# 1/sqrt(var + eps) is ``rsqrt`` in some decompositions and ``reciprocal(sqrt(.)) * 1`` in others (torch 2.11's
+# CUDA path through cudnn_batch_norm)
+_INVSTD = (aten.rsqrt.default, aten.sqrt.default)
+
+
 def _eps(match: Match) -> Optional[float]:
-    """The BN's eps as the graph holds it (``var + eps`` feeding ``rsqrt``), not from ``match.kwargs``:
-    some matchers drop scalar_workaround arguments."""
+    """The BN's eps as the graph holds it (``var + eps`` feeding ``rsqrt`` or ``sqrt``), not from
+    ``match.kwargs``: some matchers drop scalar_workaround arguments."""
     for n in match.nodes:
-        if n.target == aten.rsqrt.default and isinstance(n.args[0], torch.fx.Node):
+        if n.target in _INVSTD and isinstance(n.args[0], torch.fx.Node):
             add = n.args[0]
             if add.target == aten.add.Tensor and isinstance(add.args[1], (int, float)) and not isinstance(add.args[1], bool):
                 return float(add.args[1])
@@ -263,35 +271,49 @@ def _make_handler(head: str, act: str, res: bool, act2: str, constants: Counter)
 
 
 class _ConvPass(PatternMatcherPass):
-    """Traces its ~60 patterns (seconds) the first time it meets a graph with a convolution, so models
-    without one (language models) never pay for them."""
+    """Traces its ~60 patterns (seconds) the first time it meets a graph with a convolution on a device
+    type, so models without one (language models) never pay for them.
+
+    The patterns are traced on the graph's own device type: eval BatchNorm decomposes differently by
+    device (on CUDA it goes through ``cudnn_batch_norm``, which some torch versions decompose into
+    ``reciprocal(sqrt(var + eps))`` where the CPU path gives ``rsqrt``).
+    """
 
     def __init__(self):
         super().__init__(pass_name="tritonfuse_conv_bn")
-        self._built = False
+        self._built: set[str] = set()
+        self._seen: set[str] = set()
 
     def apply(self, gm) -> int:
         graph = gm.graph if isinstance(gm, torch.fx.GraphModule) else gm
-        if not graph.find_nodes(op="call_function", target=aten.convolution.default):
+        convs = graph.find_nodes(op="call_function", target=aten.convolution.default)
+        if not convs:
             return 0
-        if not self._built:
-            _register_patterns(self)
-            self._built = True
+        for dev in {v.device.type for v in (_val(c) for c in convs) if isinstance(v, torch.Tensor)} or {"cpu"}:
+            if dev not in self._built:
+                _register_patterns(self, dev, self._seen)
+                self._built.add(dev)
         return super().apply(gm)
 
 
-def _register_patterns(pm: PatternMatcherPass) -> None:
-    seen = set()
+def _register_patterns(pm: PatternMatcherPass, device: str = "cpu", seen: Optional[set] = None) -> None:
+    seen = set() if seen is None else seen
+    if device != "cpu":
+        try:
+            torch.empty(1, device=device)
+        except Exception:  # a device type this process cannot trace on: its graphs keep the CPU patterns
+            device = "cpu"
     for head, act, res, act2 in _variants():
         names = _argnames(head, res is not None)
         search = _named(_conv_bn_pattern(head, act, res, act2), names)
         for dtype in (torch.float32, torch.float16):
-            pattern, gm = gen_pattern_and_search_gm(
-                search, _example_inputs(head, res is not None, dtype), trace_pattern,
-                scalar_workaround={"eps": _EPS} if "bn" in head else None)
+            with torch.no_grad():
+                pattern, gm = gen_pattern_and_search_gm(
+                    search, _example_inputs(head, res is not None, dtype, device), trace_pattern,
+                    scalar_workaround={"eps": _EPS} if "bn" in head else None)
             key = repr(pattern)
             if key in seen:
-                continue  # no upcast in this variant: the fp32 trace serves every dtype
+                continue  # no upcast in this variant, or the same decomposition on another device
             seen.add(key)
             flags = (head, act, res is not None, act2, _constants(gm.graph.nodes))
             register_graph_pattern(pattern, extra_check=_make_check(*flags), pass_dict=pm)(_make_handler(*flags))

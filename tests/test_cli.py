@@ -59,6 +59,9 @@ def test_help_exits_0(capsys):
 # --- bench ----------------------------------------------------------------------------------------------
 
 
+DTYPE = "float16" if torch.cuda.is_available() else "float32"  # bench's default dtype per device
+
+
 def test_bench_small_cpu_writes_results_contract(capsys, tmp_path):
     out_file = tmp_path / "cpu.json"
     code, out, err = run(capsys, "bench", "--models", "tiny-mlp", "--modes", "eager,inductor,tritonfuse",
@@ -72,7 +75,7 @@ def test_bench_small_cpu_writes_results_contract(capsys, tmp_path):
     assert list(rows) == ["eager", "inductor", "tritonfuse"]
     for r in rows.values():
         assert set(results.ROW_FIELDS) <= set(r), set(results.ROW_FIELDS) - set(r)
-        assert r["status"] == "ok" and r["model"] == "tiny-mlp" and r["dtype"] == ("float16" if torch.cuda.is_available() else "float32") and r["batch"] == 8
+        assert r["status"] == "ok" and r["model"] == "tiny-mlp" and r["dtype"] == DTYPE and r["batch"] == 8
         assert r["ms"] > 0 and r["cosine"] > 0.99999
     assert rows["eager"]["speedup_vs_eager"] == 1.0 and rows["eager"]["counters"] is None
     assert rows["inductor"]["speedup_vs_inductor"] == 1.0 and rows["inductor"]["compile_s"] > 0
@@ -84,7 +87,7 @@ def test_bench_small_cpu_writes_results_contract(capsys, tmp_path):
     assert "tiny-mlp" in out and "1/1 linear_act:1" in out
     # the README table renders from the file
     md = results.readme([out_file])
-    assert "| tiny-mlp (small) | float32 | 8 |" in md and "tritonfuse bench --models tiny-mlp" in md
+    assert f"| tiny-mlp (small) | {DTYPE} | 8 |" in md and "tritonfuse bench --models tiny-mlp" in md
 
 
 def test_results_merge_replaces_own_rows_keeps_others(tmp_path):
