@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from tritonfuse import config, registry
-from tritonfuse.kernels.common import cast_out, dot_upcast, rtne_bf16
+from tritonfuse.kernels.common import capability, cast_out, dot_upcast, host_desc, rtne_bf16
 
 try:  # host-side TMA descriptors (triton >= 3.3)
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -656,7 +656,7 @@ def _tma_ok(*ts: torch.Tensor) -> bool:
     q = ts[0]
     if not use_tma or _tma_failed or TensorDescriptor is None or registry.interpret_mode() or not q.is_cuda:
         return False
-    if torch.cuda.get_device_capability(q.device)[0] < 9 or q.dtype not in (torch.float16, torch.bfloat16):
+    if capability(q.device)[0] < 9 or q.dtype not in (torch.float16, torch.bfloat16):
         return False
     D = q.shape[-1]
     if D not in (32, 64, 128):  # D=256 tiles do not fit the TMA configs' shared memory
@@ -745,7 +745,7 @@ def _launch_tma(q, k, v, out, lse, qk_scale, is_causal, store_lse):
     Hkv, Sk = k.shape[1], k.shape[2]
     dummy = [1, 1, 16, D]  # real boxes are set per config by _tma_block_hook
     registry.launcher(_attn_fwd_tma_kernel)[lambda meta: (triton.cdiv(Sq, meta["BLOCK_M"]), B * H)](
-        *(TensorDescriptor.from_tensor(t, dummy) for t in (q, k, v, out)), lse,
+        *(host_desc(t, dummy) for t in (q, k, v, out)), lse,
         H, H // Hkv, Sq, Sk, _bucket(Sq), _bucket(Sk), qk_scale,
         HEAD_DIM=D, IS_CAUSAL=is_causal, STORE_LSE=store_lse,
     )

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from tritonfuse import registry
+
+try:  # host-side TMA descriptors: triton >= 3.4
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:
+    TensorDescriptor = None
 
 
 @triton.jit
@@ -55,3 +62,26 @@ def dot_upcast(dtype: torch.dtype) -> bool:
     """The interpreter's bf16 ``tl.dot`` reads garbage (triton 3.6-3.8); bf16 products are exact in fp32,
     so kernels upcast their operands there and get what the tensor cores give."""
     return registry.interpret_mode() and dtype == torch.bfloat16
+
+
+_desc_defaults: dict = {}
+
+
+def host_desc(t: torch.Tensor, block_shape) -> "TensorDescriptor":
+    """A host TMA descriptor of ``t`` without ``TensorDescriptor``'s per-call validation (~10 us of host
+    time per descriptor, paid by every launch); callers check alignment before choosing a TMA kernel.
+    The first descriptor of a process is built (and validated) by the constructor."""
+    if not _desc_defaults:
+        d = TensorDescriptor(t, list(t.shape), list(t.stride()), list(block_shape))
+        _desc_defaults.update(vars(d))
+        return d
+    d = object.__new__(TensorDescriptor)
+    vars(d).update(_desc_defaults)
+    d.base, d.shape, d.strides, d.block_shape = t, list(t.shape), list(t.stride()), list(block_shape)
+    return d
+
+
+@functools.lru_cache(maxsize=None)
+def capability(device: torch.device) -> tuple:
+    """The CUDA device's compute capability, looked up once (ops ask on every call)."""
+    return torch.cuda.get_device_capability(device)

@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from tritonfuse import config, registry
-from tritonfuse.kernels.common import _apply_act, _m_bucket, cast_out, dot_upcast, rtne_bf16
+from tritonfuse.kernels.common import _apply_act, _m_bucket, capability, cast_out, dot_upcast, host_desc, rtne_bf16
 from tritonfuse.kernels.linear_act import (
     _AUTOTUNE_KW, ACTIVATIONS, GATED_ACTIVATIONS, _cfg, _grid, _tile_ids, act_ref,
 )
@@ -455,7 +455,7 @@ def _tma_ok(xq: torch.Tensor) -> bool:
     """The TMA kernel: Hopper or newer, host descriptors available, xq rows 16-byte aligned."""
     if TensorDescriptor is None or registry.interpret_mode() or xq.device.type != "cuda":
         return False
-    if torch.cuda.get_device_capability(xq.device)[0] < 9:
+    if capability(xq.device)[0] < 9:
         return False
     return xq.stride(1) == 1 and xq.stride(0) % 16 == 0 and xq.data_ptr() % 16 == 0
 
@@ -496,9 +496,9 @@ def _w8a8(xq, xs, wq, ws, b, act, out_dtype, wuq=None, wus=None, bu=None, use_tm
         gated = wuq is not None
         has_bias = b is not None
         dummy = [16, 16]  # real boxes are set per config by _tma_block_hook
-        x_desc = TensorDescriptor.from_tensor(xq, dummy)
-        w_desc = TensorDescriptor.from_tensor(wq, dummy)
-        u_desc = TensorDescriptor.from_tensor(wuq, dummy) if gated else w_desc
+        x_desc = host_desc(xq, dummy)
+        w_desc = host_desc(wq, dummy)
+        u_desc = host_desc(wuq, dummy) if gated else w_desc
         progs = _num_sms(xq.device.index or 0) if xq.device.type == "cuda" else 4
 
         def grid(meta):

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from tritonfuse import config, registry
-from tritonfuse.kernels.common import _apply_act, _m_bucket, cast_out, dot_upcast, rtne_bf16
+from tritonfuse.kernels.common import _apply_act, _m_bucket, cast_out, dot_upcast, host_desc, rtne_bf16
 
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu")
 GATED_ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
@@ -326,7 +326,7 @@ def _persistent_grid(M: int, N: int, sms: int):
 
 
 def _desc(t: torch.Tensor):
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), [16, 16])  # block shape set per config
+    return host_desc(t, [16, 16])  # block shape set per config
 
 
 def unsupported(x: torch.Tensor, *weights: Optional[torch.Tensor], act: str, gated: bool = False) -> Optional[str]:

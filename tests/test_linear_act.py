@@ -543,3 +543,35 @@ def test_int8_min_sqnr_gate_keeps_outlier_layer_in_float():
     assert any(k.startswith("int8") for k in kernels) and "linear_act[relu]" in kernels, kernels
     details = [s.detail for s in tritonfuse.sites()]
     assert any("TRITONFUSE_QUANT_MIN_SQNR" in d for d in details), (details, reasons)
+
+
+def test_fast_launch_convention_known():
+    # the cached launch path reads how this Triton hands arguments to a compiled kernel; an unknown
+    # convention would silently fall back to Triton's slower launch on the GPU
+    from tritonfuse import launch
+    assert launch._launch_convention() in ("all", "runtime")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("gated", [False, True])
+def test_fast_launch_matches_triton_launch(gated):
+    from tritonfuse import launch
+    torch.manual_seed(0)
+    x = fresh(50, 96, dtype=torch.float16, device="cuda")  # M not a block multiple
+    w1 = fresh(136, 96, dtype=torch.float16, device="cuda", scale=0.1)
+    w2 = fresh(136, 96, dtype=torch.float16, device="cuda", scale=0.1)
+    b = fresh(136, dtype=torch.float16, device="cuda")
+
+    def call(inp):
+        if gated:
+            return torch.ops.tritonfuse.gated_mlp(inp, w1, w2, None, None, "silu")
+        return torch.ops.tritonfuse.linear_act(inp, w1, b, "gelu")
+
+    with config.patch(fast_launch="0"):
+        want = [call(x), call(x[:, :48].contiguous())]
+    first, second = call(x), call(x.clone())  # the first call captures, the second launches from the cache
+    assert torch.equal(first, want[0]) and torch.equal(second, want[0])
+    assert torch.equal(call(x[:, :48].contiguous()), want[1])  # another K: another key
+    captured = [c for fl in launch._launchers.values() if isinstance(fl, launch.FastLauncher)
+                for c in fl._cache.values() if isinstance(c, launch._Captured)]
+    assert captured, "no kernel launched through the cached path"

@@ -43,6 +43,8 @@ linear_plain: str = "0"
 measure: str = "1"
 # "1" (default): GEMM kernels autotune over a small config set per shape bucket; "0": one config each
 autotune: str = "1"
+# "1" (default): on a GPU, kernels launch through tritonfuse.launch's cached path; "0": Triton's own launch
+fast_launch: str = "1"
 
 _ENV = {
     "patterns": "TRITONFUSE_PATTERNS",
@@ -54,6 +56,7 @@ _ENV = {
     "linear_plain": "TRITONFUSE_LINEAR_PLAIN",
     "autotune": "TRITONFUSE_AUTOTUNE",
     "measure": "TRITONFUSE_MEASURE",
+    "fast_launch": "TRITONFUSE_FAST_LAUNCH",
 }
 
 
@@ -97,7 +100,7 @@ def validate() -> None:
         g["quant_min_sqnr"] = float(quant_min_sqnr)
     except (TypeError, ValueError):
         _fail("quant_min_sqnr", quant_min_sqnr, "a number of dB, e.g. 30")
-    for name in ("linear_plain", "autotune", "measure"):
+    for name in ("linear_plain", "autotune", "measure", "fast_launch"):
         if str(g[name]) not in ("0", "1"):
             _fail(name, g[name], "0, 1")
 
@@ -122,6 +125,10 @@ def measure_enabled() -> bool:
 
 def autotune_enabled() -> bool:
     return str(autotune) != "0"
+
+
+def fast_launch_enabled() -> bool:
+    return str(fast_launch) != "0"
 
 
 def linear_plain_enabled() -> bool:

@@ -223,8 +223,13 @@ def device_unsupported(device: torch.device) -> Optional[str]:
 
 
 def launcher(kernel):
-    """How ops launch ``kernel``: directly. (Kept as the one place to change if ops become traceable.)"""
-    return kernel
+    """How ops launch ``kernel``: through ``tritonfuse.launch``'s cached fast path on the GPU (Triton's
+    per-call binding and autotune look-up cost more host time than a small layer's kernel); directly under
+    the CPU interpreter or with ``TRITONFUSE_FAST_LAUNCH=0``."""
+    if interpret_mode() or not config.fast_launch_enabled():
+        return kernel
+    from . import launch
+    return launch.fast(kernel)
 
 
 _lib = None

@@ -1,0 +1,222 @@
+"""A cheaper launch path for the families' Triton kernels on the GPU.
+
+``kernel[grid](*args, **kwargs)`` through ``triton.autotune`` / ``triton.heuristics`` / ``JITFunction.run``
+costs ~100 us of host time per call on the H100 host (binding, specialisation, the autotune key, the
+heuristics, the cache look-up), which is paid by every site on every forward. A compiled model calls each
+site with the same shapes over and over, so the first call per *launch key* goes through Triton as usual
+(autotuning and compiling as needed) and records the compiled kernel, the chosen config and every constexpr;
+later calls with the same key rebuild only the grid and the argument list and call the compiled kernel's
+launcher directly, as Triton itself does at the end of ``JITFunction.run``.
+
+The launch key holds everything Triton specialises a compiled kernel on: every int argument's exact value
+(so the autotune key and the grid inputs are in it too), each tensor's dtype and 16-byte alignment, each TMA
+descriptor's dtype, rank and alignment, and every keyword argument. Anything else (floats, None) is passed
+through. Keyword arguments must be scalars (constexprs and options). Where the Triton version's launch convention is not one this module knows, or a capture fails, the
+kernel keeps Triton's own path: this is an optimisation, never a requirement.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from typing import Any, Callable, Optional
+
+try:
+    import triton
+    from triton.runtime.autotuner import Autotuner, Heuristics
+    from triton.runtime.jit import JITFunction
+except ImportError:  # pragma: no cover - registry refuses to run kernels without triton
+    triton = None
+
+_UNSUPPORTED = object()
+
+
+def _launch_convention() -> Optional[str]:
+    """How this Triton's ``JITFunction.run`` hands arguments to ``CompiledKernel.run``: ``"all"`` (every
+    parameter, constexprs included; triton >= 3.3), ``"runtime"`` (non-constexpr parameters only; older) or
+    None (unknown: no fast path)."""
+    if triton is None:
+        return None
+    try:
+        src = inspect.getsource(JITFunction.run)
+    except (OSError, TypeError):
+        return None
+    if "*bound_args.values()" in src:
+        return "all"
+    if "*non_constexpr_vals" in src:
+        return "runtime"
+    return None
+
+
+def _hooks():
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        return knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+    from triton.compiler.compiler import CompiledKernel
+    return getattr(CompiledKernel, "launch_enter_hook", None), getattr(CompiledKernel, "launch_exit_hook", None)
+
+
+def _arg_key(a: Any):
+    if isinstance(a, bool) or a is None or isinstance(a, str):
+        return a
+    if isinstance(a, int):
+        return ("i", a)
+    if isinstance(a, float):
+        return ("f", a)
+    ptr = getattr(a, "data_ptr", None)
+    if ptr is not None:  # a tensor
+        return (a.dtype, ptr() % 16 == 0)
+    base = getattr(a, "base", None)
+    if base is not None and hasattr(a, "block_shape"):  # a host TMA descriptor
+        return ("d", base.dtype, len(a.shape), base.data_ptr() % 16 == 0, tuple(a.block_shape),
+                tuple(s % 16 == 0 for s in a.strides[:-1]))
+    return ("?", type(a).__name__, a)  # anything else: part of the key as itself (must be hashable)
+
+
+class _Captured:
+    __slots__ = ("compiled", "static", "pos_names", "template", "dyn_index", "pre_hook", "grid_static")
+
+    def __init__(self, compiled, static, pos_names, template, dyn_index, pre_hook):
+        self.compiled = compiled
+        self.static = static          # name -> value of every constexpr, config value and heuristic
+        self.pos_names = pos_names    # names of the positional arguments as the caller passes them
+        self.template = template      # the launcher's argument list with the constant entries filled in
+        self.dyn_index = dyn_index    # (position in template, position in the caller's args)
+        self.pre_hook = pre_hook
+
+
+class FastLauncher:
+    """Wraps an ``@triton.jit`` kernel (possibly under ``autotune``/``heuristics``); ``launcher[grid](...)``
+    launches like ``kernel[grid](...)``."""
+
+    def __init__(self, kernel, convention: str):
+        self.kernel = kernel
+        self.convention = convention
+        self._cache: dict = {}
+        self._lock = threading.Lock()
+        layers, fn = [], kernel
+        while not isinstance(fn, JITFunction):
+            if not isinstance(fn, (Autotuner, Heuristics)):
+                raise TypeError(f"cannot unwrap {type(fn).__name__}")
+            layers.append(fn)
+            fn = fn.fn
+        self.layers, self.jit = layers, fn
+        self.params = [(p.name, bool(p.is_constexpr), p.default) for p in fn.params]
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.run(grid, args, kwargs)
+
+    def run(self, grid, args: tuple, kwargs: dict):
+        if not all(v is None or isinstance(v, (int, float, str)) for v in kwargs.values()):
+            return self.kernel[grid](*args, **kwargs)  # a tensor by keyword: not keyed, Triton's own path
+        try:
+            key = (tuple(map(_arg_key, args)), tuple(sorted(kwargs.items())))
+            hit = self._cache.get(key)
+        except TypeError:  # an unhashable argument: Triton's own path
+            return self.kernel[grid](*args, **kwargs)
+        if hit is None:
+            self.kernel[grid](*args, **kwargs)  # tunes and compiles as needed, and launches
+            try:
+                hit = self._capture(grid, args, kwargs)
+            except Exception:  # noqa: BLE001 - an unknown kernel shape: keep Triton's path for this key
+                hit = _UNSUPPORTED
+            with self._lock:
+                self._cache[key] = hit
+            return None
+        if hit is _UNSUPPORTED:
+            return self.kernel[grid](*args, **kwargs)
+        return self._launch(hit, grid, args)
+
+    def _named(self, args, kwargs) -> dict:
+        named = dict(zip(self.jit.arg_names, args))
+        named.update(kwargs)
+        return named
+
+    def _capture(self, grid, args, kwargs) -> "_Captured | object":
+        named = self._named(args, kwargs)
+        options: dict = {}
+        pre_hook = None
+        for layer in self.layers:  # outermost first, as the calls nest
+            if isinstance(layer, Autotuner):
+                cfg = getattr(layer, "best_config", None)
+                if cfg is None:
+                    return _UNSUPPORTED
+                named.update(cfg.kwargs)
+                all_kw = cfg.all_kwargs() if hasattr(cfg, "all_kwargs") else {
+                    **cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+                options.update({k: v for k, v in all_kw.items() if k not in cfg.kwargs})
+                pre_hook = cfg.pre_hook
+            else:
+                for name, heur in layer.values.items():
+                    named[name] = heur(dict(named))
+        for k in ("num_warps", "num_stages", "num_ctas", "maxnreg"):
+            if k in kwargs:
+                options[k] = kwargs[k]
+        if pre_hook is not None:
+            pre_hook(named)
+        call_kwargs = {k: v for k, v in named.items() if k not in self.jit.arg_names[:len(args)]}
+        g = grid(named) if callable(grid) else grid
+        compiled = self.jit.warmup(*args, grid=g, **call_kwargs, **options)
+        if compiled is None or not hasattr(compiled, "run"):
+            return _UNSUPPORTED
+        n_pos = len(args)
+        template, dyn_index = [], []
+        for i, (name, is_constexpr, default) in enumerate(self.params):
+            if self.convention == "runtime" and is_constexpr:
+                continue
+            if i < n_pos and not is_constexpr:
+                dyn_index.append((len(template), i))
+                template.append(None)
+            elif name in named:
+                template.append(named[name])
+            elif default is not inspect.Parameter.empty:
+                template.append(default)
+            else:
+                return _UNSUPPORTED
+        static = {k: v for k, v in named.items() if k not in self.jit.arg_names[:n_pos] or k in kwargs}
+        return _Captured(compiled, static, tuple(self.jit.arg_names[:n_pos]), template, dyn_index, pre_hook)
+
+    def _launch(self, c: _Captured, grid, args):
+        if c.pre_hook is not None or callable(grid):
+            meta = dict(c.static)
+            meta.update(zip(c.pos_names, args))
+            if c.pre_hook is not None:
+                c.pre_hook(meta)
+            if callable(grid):
+                grid = grid(meta)
+        values = list(c.template)
+        for t, a in c.dyn_index:
+            values[t] = args[a]
+        g0 = grid[0]
+        g1 = grid[1] if len(grid) > 1 else 1
+        g2 = grid[2] if len(grid) > 2 else 1
+        k = c.compiled
+        launch = k.run  # (a property that loads the module on first use in newer Triton)
+        driver = triton.runtime.driver.active
+        stream = driver.get_current_stream(driver.get_current_device())
+        enter, exit_ = _hooks()
+        launch(g0, g1, g2, stream, k.function, k.packed_metadata, k.launch_metadata(grid, stream, *values),
+               enter, exit_, *values)
+        return k
+
+
+_convention: Optional[str] = None
+_convention_known = False
+_launchers: dict[int, Any] = {}
+
+
+def fast(kernel) -> Any:
+    """The fast launcher for ``kernel``, or ``kernel`` itself where this Triton's convention is unknown."""
+    global _convention, _convention_known
+    if not _convention_known:
+        _convention, _convention_known = _launch_convention(), True
+    if _convention is None:
+        return kernel
+    got = _launchers.get(id(kernel))
+    if got is None:
+        try:
+            got = FastLauncher(kernel, _convention)
+        except TypeError:
+            got = kernel
+        _launchers[id(kernel)] = got
+    return got
