@@ -33,6 +33,21 @@ def _fresh_state():
     torch._dynamo.reset()
 
 
+@pytest.fixture(autouse=True)
+def _gpu_default_device():
+    # on a GPU machine every test runs on the GPU: models and tensors a test builds without naming a device
+    # land there, so the pattern tests assert their match counts on CUDA graphs too (the CPU suite, with
+    # the Triton interpreter, is what CI runs)
+    if not HAS_CUDA:
+        yield
+        return
+    torch.set_default_device("cuda")
+    try:
+        yield
+    finally:
+        torch.set_default_device(None)
+
+
 @pytest.fixture
 def device():
     return "cuda" if HAS_CUDA else "cpu"

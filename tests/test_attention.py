@@ -48,9 +48,9 @@ def _mask(kind, B, Hq, Sq, Sk, dtype, device):
         m[-1, ..., Sk // 2:] = False
         return m.to(device)
     if kind == "bool_full":  # (B, 1, Sq, Sk)
-        return (torch.rand(B, 1, Sq, Sk, generator=g) > 0.3).to(device)
+        return (torch.rand(B, 1, Sq, Sk, generator=g, device="cpu") > 0.3).to(device)
     if kind == "float_full":
-        return torch.randn(B, 1, Sq, Sk, generator=g).to(device=device, dtype=dtype)
+        return torch.randn(B, 1, Sq, Sk, generator=g, device="cpu").to(device=device, dtype=dtype)
     if kind == "float_min_keypad":  # finfo.min padding, as HF's eager masks
         m = torch.zeros(B, 1, 1, Sk)
         m[-1, ..., Sk // 3:] = torch.finfo(torch.float32).min
@@ -328,7 +328,7 @@ def _llama(impl, dtype, device):
 
 def _ids_and_padding(device, B=2, S=13):
     g = torch.Generator().manual_seed(3)
-    ids = torch.randint(0, 100, (B, S), generator=g).to(device)
+    ids = torch.randint(0, 100, (B, S), generator=g, device="cpu").to(device)
     mask = torch.ones(B, S, dtype=torch.long, device=device)
     mask[1, 9:] = 0
     return ids, mask

@@ -22,7 +22,7 @@ def _params(cout, dtype, device, seed, bias=False, bn=True):
     g = torch.Generator().manual_seed(seed)
 
     def rnd(lo=None):
-        t = torch.rand(cout, generator=g) + lo if lo is not None else torch.randn(cout, generator=g)
+        t = torch.rand(cout, generator=g, device="cpu") + lo if lo is not None else torch.randn(cout, generator=g, device="cpu")
         return t.to(device=device, dtype=dtype)
 
     b = rnd() if bias else None
@@ -176,11 +176,11 @@ def _randomize_bn(model, seed=0):
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g, device="cpu") * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g, device="cpu") + 0.5)
             with torch.no_grad():
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.weight.copy_(torch.rand(m.num_features, generator=g, device="cpu") + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g, device="cpu") * 0.1)
     return model
 
 

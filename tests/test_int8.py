@@ -273,8 +273,8 @@ def test_inplace_weight_update_invalidates_cache(device):
 
 def _int_mm_check(M, K, N, device, use_tma):
     g = torch.Generator().manual_seed(7)
-    xq = torch.randint(-127, 128, (M, K), generator=g, dtype=torch.int8).to(device)
-    wq = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8).to(device)
+    xq = torch.randint(-127, 128, (M, K), generator=g, dtype=torch.int8, device="cpu").to(device)
+    wq = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8, device="cpu").to(device)
     ones_m = torch.ones(M, device=device)
     ones_n = torch.ones(N, device=device)
     # unit scales and an fp32 output: the epilogue is the int32 -> fp32 conversion alone

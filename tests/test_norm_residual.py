@@ -305,7 +305,7 @@ def test_training_forward_writes_statistics(dtype):
 # --- real models -----------------------------------------------------------------------------------------
 
 
-def _model_counts(model, args, expected, dtype=torch.float32, device="cpu"):
+def _model_counts(model, args, expected, dtype=torch.float32, device=DEVICE):
     model = model.to(device=device, dtype=dtype).eval()
     args = [a.to(device) for a in args]
     with torch.no_grad(), config.patch(patterns=FAMILY):

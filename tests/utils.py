@@ -44,4 +44,4 @@ def sqnr_db(ref: torch.Tensor, x: torch.Tensor) -> float:
 def fresh(*shape, dtype=torch.float32, device="cpu", scale=1.0, seed=None) -> torch.Tensor:
     """Random normal data (never zeros) in ``dtype`` on ``device``."""
     g = torch.Generator().manual_seed(seed) if seed is not None else None
-    return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
+    return (torch.randn(*shape, generator=g, device="cpu") * scale).to(device=device, dtype=dtype)

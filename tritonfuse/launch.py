@@ -29,6 +29,9 @@ except ImportError:  # pragma: no cover - registry refuses to run kernels withou
     triton = None
 
 _UNSUPPORTED = object()
+_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
+# why a launch key could not be captured (kernel name -> the last error), for tests and debugging
+failures: dict[str, str] = {}
 
 
 def _launch_convention() -> Optional[str]:
@@ -118,7 +121,8 @@ class FastLauncher:
             self.kernel[grid](*args, **kwargs)  # tunes and compiles as needed, and launches
             try:
                 hit = self._capture(grid, args, kwargs)
-            except Exception:  # noqa: BLE001 - an unknown kernel shape: keep Triton's path for this key
+            except Exception as e:  # noqa: BLE001 - an unknown kernel shape: keep Triton's path for this key
+                failures[self.jit.__name__] = f"{type(e).__name__}: {e}"
                 hit = _UNSUPPORTED
             with self._lock:
                 self._cache[key] = hit
@@ -149,15 +153,16 @@ class FastLauncher:
             else:
                 for name, heur in layer.values.items():
                     named[name] = heur(dict(named))
-        for k in ("num_warps", "num_stages", "num_ctas", "maxnreg"):
-            if k in kwargs:
-                options[k] = kwargs[k]
+        for k in _OPTIONS:
+            if k in named:
+                options[k] = named.pop(k)
         if pre_hook is not None:
             pre_hook(named)
         call_kwargs = {k: v for k, v in named.items() if k not in self.jit.arg_names[:len(args)]}
         g = grid(named) if callable(grid) else grid
         compiled = self.jit.warmup(*args, grid=g, **call_kwargs, **options)
         if compiled is None or not hasattr(compiled, "run"):
+            failures[self.jit.__name__] = f"warmup returned {type(compiled).__name__}"
             return _UNSUPPORTED
         n_pos = len(args)
         template, dyn_index = [], []
@@ -172,6 +177,7 @@ class FastLauncher:
             elif default is not inspect.Parameter.empty:
                 template.append(default)
             else:
+                failures[self.jit.__name__] = f"no value for {name}"
                 return _UNSUPPORTED
         static = {k: v for k, v in named.items() if k not in self.jit.arg_names[:n_pos] or k in kwargs}
         return _Captured(compiled, static, tuple(self.jit.arg_names[:n_pos]), template, dyn_index, pre_hook)
