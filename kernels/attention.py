@@ -764,8 +764,8 @@ def _tma_self_check(device: torch.device, dtype: torch.dtype) -> bool:
         ok = True
         try:
             g = torch.Generator(device="cpu").manual_seed(0)
-            q = torch.randn(1, 150, 4, 64, generator=g).to(device=device, dtype=dtype).transpose(1, 2)
-            k, v = (torch.randn(1, 2, 130, 64, generator=g).to(device=device, dtype=dtype) for _ in range(2))
+            q = torch.randn(1, 150, 4, 64, generator=g, device="cpu").to(device=device, dtype=dtype).transpose(1, 2)
+            k, v = (torch.randn(1, 2, 130, 64, generator=g, device="cpu").to(device=device, dtype=dtype) for _ in range(2))
             for causal in (False, True):
                 o1, o2 = _empty_out(q), _empty_out(q)
                 l1, l2 = (torch.empty((1, 4, 150), device=device, dtype=torch.float32) for _ in range(2))
@@ -897,14 +897,14 @@ def probe(device: str, dtype: torch.dtype, head_dim: int, mask_kind: str, is_cau
         g = torch.Generator(device="cpu").manual_seed(0)
         hkv = 1 if gqa else 2
         sq, sk = (2, DECODE_MIN_K + 3) if decode else (19, 23)
-        q = torch.randn(1, 2, sq, head_dim, generator=g).to(device=device, dtype=dtype)
-        k = torch.randn(1, hkv, sk, head_dim, generator=g).to(device=device, dtype=dtype)
-        v = torch.randn(1, hkv, sk, head_dim, generator=g).to(device=device, dtype=dtype)
+        q = torch.randn(1, 2, sq, head_dim, generator=g, device="cpu").to(device=device, dtype=dtype)
+        k = torch.randn(1, hkv, sk, head_dim, generator=g, device="cpu").to(device=device, dtype=dtype)
+        v = torch.randn(1, hkv, sk, head_dim, generator=g, device="cpu").to(device=device, dtype=dtype)
         mask = None
         if mask_kind == "bool":
-            mask = torch.rand(1, 1, sq, sk, generator=g).to(device) > 0.2
+            mask = torch.rand(1, 1, sq, sk, generator=g, device="cpu").to(device) > 0.2
         elif mask_kind != "none":
-            mask = torch.randn(1, 1, 1, sk, generator=g).to(device=device, dtype=getattr(torch, mask_kind))
+            mask = torch.randn(1, 1, 1, sk, generator=g, device="cpu").to(device=device, dtype=getattr(torch, mask_kind))
         y = torch.ops.tritonfuse.attention(q, k, v, mask, head_dim ** -0.5, is_causal)
         ref = attention_ref(q, k, v, mask, head_dim ** -0.5, is_causal, upcast=True)
         err = (y.double().cpu() - ref).norm() / ref.norm().clamp_min(1e-12)

@@ -442,7 +442,7 @@ def probe(device: str, dtype: torch.dtype, kernel: str, ksize: tuple, flat_k: bo
         c = 3 if flat_k else 40
 
         def rnd(*s, pos=False):
-            t = torch.rand(*s, generator=g) + 0.5 if pos else torch.randn(*s, generator=g)
+            t = torch.rand(*s, generator=g, device="cpu") + 0.5 if pos else torch.randn(*s, generator=g, device="cpu")
             return t.to(device=device, dtype=dtype)
 
         x = rnd(2, c, 9, 7).to(memory_format=torch.channels_last)

@@ -694,11 +694,11 @@ def probe(device: str, dtype: torch.dtype, act: str, has_bias: bool, gated: bool
     def run():
         g = torch.Generator(device="cpu").manual_seed(0)
         # 40 rows take the W8A8 kernel in "int8" mode, 8 rows the weight-only one
-        x = torch.randn(40, 64, generator=g).to(device=device, dtype=dtype)
-        w1 = torch.randn(24, 64, generator=g).to(device=device, dtype=dtype)
-        w2 = torch.randn(24, 64, generator=g).to(device=device, dtype=dtype)
-        b1 = torch.randn(24, generator=g).to(device=device, dtype=dtype) if has_bias else None
-        b2 = torch.randn(24, generator=g).to(device=device, dtype=dtype) if has_bias else None
+        x = torch.randn(40, 64, generator=g, device="cpu").to(device=device, dtype=dtype)
+        w1 = torch.randn(24, 64, generator=g, device="cpu").to(device=device, dtype=dtype)
+        w2 = torch.randn(24, 64, generator=g, device="cpu").to(device=device, dtype=dtype)
+        b1 = torch.randn(24, generator=g, device="cpu").to(device=device, dtype=dtype) if has_bias else None
+        b2 = torch.randn(24, generator=g, device="cpu").to(device=device, dtype=dtype) if has_bias else None
         if gated:
             y = torch.ops.tritonfuse.int8_gated_mlp(x, w1, w2, b1, b2, act, mode)
             ref = act_ref(torch.nn.functional.linear(x.double(), w1.double(), None if b1 is None else b1.double()), act)

@@ -573,11 +573,11 @@ def probe(device: str, dtype: torch.dtype, act: str, has_bias: bool, gated: bool
 
     def run():
         g = torch.Generator(device="cpu").manual_seed(0)
-        x = torch.randn(19, 40, generator=g).to(device=device, dtype=dtype)
-        w1 = torch.randn(24, 40, generator=g).to(device=device, dtype=dtype)
-        w2 = torch.randn(24, 40, generator=g).to(device=device, dtype=dtype)
-        b1 = torch.randn(24, generator=g).to(device=device, dtype=dtype) if has_bias else None
-        b2 = torch.randn(24, generator=g).to(device=device, dtype=dtype) if has_bias else None
+        x = torch.randn(19, 40, generator=g, device="cpu").to(device=device, dtype=dtype)
+        w1 = torch.randn(24, 40, generator=g, device="cpu").to(device=device, dtype=dtype)
+        w2 = torch.randn(24, 40, generator=g, device="cpu").to(device=device, dtype=dtype)
+        b1 = torch.randn(24, generator=g, device="cpu").to(device=device, dtype=dtype) if has_bias else None
+        b2 = torch.randn(24, generator=g, device="cpu").to(device=device, dtype=dtype) if has_bias else None
         if gated:
             y = _launch_gated(x, w1, w2, b1, b2, act, fixed=_PROBE_CONFIG)
             ref = gated_mlp_ref(x, w1, w2, b1, b2, act, upcast=True)

@@ -207,7 +207,7 @@ def _int8_sqnr(match: Match, x2, act: str, gated: bool, mode: str):
     bg, bu = b if isinstance(b, tuple) else (b, None)
     with unset_fake_temporarily():
         g = torch.Generator(device="cpu").manual_seed(0)
-        x = torch.randn(min(x2.shape[0], 256), x2.shape[1], generator=g).to(ws[0].device, ws[0].dtype)
+        x = torch.randn(min(x2.shape[0], 256), x2.shape[1], generator=g, device="cpu").to(ws[0].device, ws[0].dtype)
         return I8.layer_sqnr(x, ws[0], bg, act, mode, wu=ws[1] if gated else None, bu=bu if gated else None)
 
 

@@ -93,7 +93,7 @@ class ModelSpec:
 
 
 def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(1000 + seed)
+    return torch.Generator(device="cpu").manual_seed(1000 + seed)
 
 
 def _first(out) -> torch.Tensor:
@@ -126,8 +126,8 @@ def _build_mlp(small: bool, batch: int, train: bool) -> Workload:
 
     def inputs(model, device, dtype, seed, train=False):
         g = _gen(seed)
-        x = torch.randn(batch, d, generator=g).to(device, dtype)
-        return Inputs((x,), {}, target=torch.randn(batch, d, generator=g).to(device, dtype))
+        x = torch.randn(batch, d, generator=g, device="cpu").to(device, dtype)
+        return Inputs((x,), {}, target=torch.randn(batch, d, generator=g, device="cpu").to(device, dtype))
 
     return Workload(model, inputs, _first, _mse_loss, f"b{batch} d{d}")
 
@@ -138,10 +138,10 @@ def _build_mlp(small: bool, batch: int, train: bool) -> Workload:
 def _image_inputs(batch: int, res: int, classes: int, channels_last: bool):
     def inputs(model, device, dtype, seed, train=False):
         g = _gen(seed)
-        x = torch.randn(batch, 3, res, res, generator=g).to(device, dtype)
+        x = torch.randn(batch, 3, res, res, generator=g, device="cpu").to(device, dtype)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return Inputs((x,), {}, target=torch.randint(0, classes, (batch,), generator=g).to(device))
+        return Inputs((x,), {}, target=torch.randint(0, classes, (batch,), generator=g, device="cpu").to(device))
 
     return inputs
 
@@ -168,11 +168,11 @@ def _build_vit(small: bool, batch: int, train: bool) -> Workload:
         model = vit_b_16(weights=None)
     # torchvision zero-initializes the classifier: every logit would be 0 in every mode and the accuracy
     # columns would say "exact" whatever the kernels did; random weights make the logits carry the error
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device="cpu").manual_seed(0)
     with torch.no_grad():
         head = model.heads.head
-        head.weight.copy_(torch.randn(head.weight.shape, generator=g) * head.in_features ** -0.5)
-        head.bias.copy_(torch.randn(head.bias.shape, generator=g) * 0.1)
+        head.weight.copy_(torch.randn(head.weight.shape, generator=g, device="cpu") * head.in_features ** -0.5)
+        head.bias.copy_(torch.randn(head.bias.shape, generator=g, device="cpu") * 0.1)
     res, classes = (32, 10) if small else (224, 1000)
     return Workload(model, _image_inputs(batch, res, classes, False), _first, _ce_loss, f"b{batch} {res}px")
 
@@ -182,7 +182,7 @@ def _build_vit(small: bool, batch: int, train: bool) -> Workload:
 
 def _padding_mask(batch: int, seq: int, g: torch.Generator) -> torch.Tensor:
     # every sequence keeps at least half its tokens; the first one is full length
-    lengths = torch.randint(seq // 2, seq + 1, (batch,), generator=g)
+    lengths = torch.randint(seq // 2, seq + 1, (batch,), generator=g, device="cpu")
     lengths[0] = seq
     return (torch.arange(seq)[None, :] < lengths[:, None]).long()
 
@@ -203,9 +203,9 @@ def _build_bert(small: bool, batch: int, train: bool) -> Workload:
 
     def inputs(model, device, dtype, seed, train=False):
         g = _gen(seed)
-        ids = torch.randint(0, config.vocab_size, (batch, seq), generator=g)
+        ids = torch.randint(0, config.vocab_size, (batch, seq), generator=g, device="cpu")
         mask = _padding_mask(batch, seq, g)
-        target = torch.randn(batch, seq, config.hidden_size, generator=g)
+        target = torch.randn(batch, seq, config.hidden_size, generator=g, device="cpu")
         return Inputs((), {"input_ids": ids.to(device), "attention_mask": mask.to(device)},
                       target=target.to(device, dtype))
 
@@ -235,7 +235,7 @@ def _build_llama_prefill(small: bool, batch: int, train: bool) -> Workload:
     seq = 32 if small else 1024
 
     def inputs(model, device, dtype, seed, train=False):
-        ids = torch.randint(0, config.vocab_size, (batch, seq), generator=_gen(seed)).to(device)
+        ids = torch.randint(0, config.vocab_size, (batch, seq), generator=_gen(seed), device="cpu").to(device)
         kwargs = {"input_ids": ids, "use_cache": False}
         if train:
             kwargs["labels"] = ids  # HF shifts them: next-token cross entropy inside the model
@@ -262,13 +262,13 @@ def _build_llama_decode(small: bool, batch: int, train: bool) -> Workload:
         cache = StaticCache(config=config, max_cache_len=max_len)
         name = _cache_arg(model)
         takes_pos = "cache_position" in inspect.signature(model.forward).parameters
-        ids = torch.randint(0, config.vocab_size, (batch, prompt), generator=g).to(device)
+        ids = torch.randint(0, config.vocab_size, (batch, prompt), generator=g, device="cpu").to(device)
         kw = {name: cache, "use_cache": True}
         if takes_pos:
             kw["cache_position"] = torch.arange(prompt, device=device)
         with torch.no_grad():  # the prompt, eager, once: fills positions 0..prompt-1
             model(input_ids=ids, position_ids=torch.arange(prompt, device=device)[None], **kw)
-        new = torch.randint(0, config.vocab_size, (batch, 1), generator=g).to(device)
+        new = torch.randint(0, config.vocab_size, (batch, 1), generator=g, device="cpu").to(device)
         kwargs = {"input_ids": new, "position_ids": torch.full((1, 1), prompt, device=device), name: cache,
                   "use_cache": True}
         if takes_pos:
