@@ -296,9 +296,10 @@ def unsupported(
 
 
 def _precision(dtype: torch.dtype) -> dict:
-    # follow PyTorch: an fp32 conv is TF32 under cuDNN unless the user turned it off
     upcast = dot_upcast(dtype)
-    ieee = dtype == torch.float32 and (registry.interpret_mode() or not torch.backends.cudnn.allow_tf32)
+    # fp32 stays exact fp32 unless the user lowered torch's fp32 matmul precision: cuDNN's allow_tf32 is on
+    # by default, yet it often picks exact kernels, and the site must not be less accurate than eager
+    ieee = dtype == torch.float32 and (registry.interpret_mode() or torch.get_float32_matmul_precision() == "highest")
     return {"PRECISION": "ieee" if ieee or upcast else "tf32", "DOT_UPCAST": upcast, "RTNE_BF16": rtne_bf16(dtype)}
 
 

@@ -41,7 +41,9 @@ def sqnr_db(ref: torch.Tensor, x: torch.Tensor) -> float:
     return math.inf if noise == 0 else 20 * math.log10(ref.norm().item() / noise)
 
 
-def fresh(*shape, dtype=torch.float32, device="cpu", scale=1.0, seed=None) -> torch.Tensor:
-    """Random normal data (never zeros) in ``dtype`` on ``device``."""
+def fresh(*shape, dtype=torch.float32, device=None, scale=1.0, seed=None) -> torch.Tensor:
+    """Random normal data (never zeros) in ``dtype`` on ``device`` (default: torch's default device, the GPU
+    in the GPU run). Drawn on the CPU, so a seed gives the same data on every machine."""
     g = torch.Generator().manual_seed(seed) if seed is not None else None
-    return (torch.randn(*shape, generator=g, device="cpu") * scale).to(device=device, dtype=dtype)
+    t = torch.randn(*shape, generator=g, device="cpu") * scale
+    return t.to(device=device if device is not None else torch.empty(0).device, dtype=dtype)
