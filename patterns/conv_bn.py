@@ -9,10 +9,10 @@ and is never matched.
 
 The stride and padding of the conv are wildcards in the pattern and read from the matched node, so the
 replacement is built per match (``register_graph_pattern`` + ``Match.replace_by_example``, as Inductor's own
-post-grad passes do) rather than with a fixed ``register_replacement`` function. Each site is served by
-``tritonfuse::conv_bn`` (Triton implicit GEMM) or, named ``conv_bn_cudnn`` in the report, by cuDNN with the
-folded BN in Inductor's fused epilogue (``kernels.conv_bn.conv_bn_graph``), whichever measured faster for
-its shape (``kernels.conv_bn.choose``).
+post-grad passes do) rather than with a fixed ``register_replacement`` function. A site is served by
+``tritonfuse::conv_bn`` (Triton implicit GEMM) where that measured faster for its shape
+(``kernels.conv_bn.choose``); elsewhere it is left to Inductor (cuDNN and Inductor's fused epilogue) with the
+timings as the reason.
 """
 
 from __future__ import annotations
@@ -225,6 +225,10 @@ def _site(match: Match, head: str, act: str, res: bool, act2: str, constants: Co
             return conv, reason, None, detail
     if "ours_ms" in choice:
         detail += f" triton {choice['ours_ms']:.4f} ms / cudnn conv alone {choice['theirs_ms']:.4f} ms"
+    if op != "conv_bn":
+        why = ("measured faster" if "ours_ms" in choice else "dynamic shapes, nothing to time" if choice.get("dynamic")
+               else f"timing failed ({choice['error']})" if "error" in choice else "forced")
+        return conv, f"cuDNN + Inductor's epilogue: {why}", None, detail
     args = (b, bn, r, list(stride), list(padding), eps, act, act2, channels_last)
     return conv, args, op, detail
 
@@ -248,8 +252,6 @@ def _make_handler(head: str, act: str, res: bool, act2: str, constants: Counter)
     def handler(match: Match, *args, **kwargs) -> None:
         site = _site(match, head, act, res, act2, constants)
         conv, (b, bn, r, stride, padding, eps, act_, act2_, channels_last), op, _ = site
-        # cuDNN's path is ATen ops that Inductor fuses as it would its own conv + BN epilogue
-        opfn = torch.ops.tritonfuse.conv_bn if op == "conv_bn" else K.conv_bn_graph
         # only fx nodes go through the trace; the conv's settings are constants of the replacement
         names = ["x", "w"] + (["b"] if b is not None else []) + (["mean", "var", "gamma", "beta"] if "bn" in head
                                                                  else []) + (["r"] if res else [])
@@ -260,7 +262,7 @@ def _make_handler(head: str, act: str, res: bool, act2: str, constants: Counter)
             t = dict(zip(names, ts))
             args = (t["x"], t["w"], t.get("b"), t.get("mean"), t.get("var"), t.get("gamma"), t.get("beta"),
                     t.get("r"), stride, padding, eps, act_, act2_)
-            return opfn(*args, channels_last) if op == "conv_bn" else opfn(*args)
+            return torch.ops.tritonfuse.conv_bn(*args, channels_last)
 
         match.replace_by_example(replacement, nodes)
 
