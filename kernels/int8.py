@@ -436,6 +436,14 @@ def uses_weight_only(M: int, mode: str) -> bool:
     return mode == "int8-weight" or M <= DECODE_M
 
 
+def fused_quant(M, mode: str) -> bool:
+    """Whether a W8A8 site's activations are quantized in the graph (``quant_rows_ref`` in ATen ops, which
+    Inductor fuses into the kernel that produces them: the norm, the previous activation) and fed to the
+    ``*_prequant`` ops, rather than by the standalone quant kernel inside ``int8_linear``. Needs a static M
+    (the W8A8 / weight-only split is decided per M)."""
+    return mode == "int8" and isinstance(M, int) and not uses_weight_only(M, mode)
+
+
 def int8_kernel_name(M: int, mode: str, gated: bool) -> str:
     """The kernel a layer with M rows gets in ``mode``, for the report (e.g. ``int8_w8a8[gated_mlp]``)."""
     what = "gated_mlp" if gated else "linear"
@@ -443,7 +451,7 @@ def int8_kernel_name(M: int, mode: str, gated: bool) -> str:
         return f"int8_weight_only[{what}]"
     if M <= DECODE_M:
         return f"int8_weight_only[{what},M<={DECODE_M}]"
-    return f"int8_w8a8[{what}]"
+    return f"int8_w8a8[{what}" + (",fused quant]" if fused_quant(M, mode) else "]")
 
 
 @functools.lru_cache(maxsize=None)
@@ -621,6 +629,28 @@ def int8_linear_prequant(
     wq, ws = weight_cache.get(w)
     b = b.contiguous() if b is not None else None
     return _w8a8(xq, xs.reshape(-1).float().contiguous(), wq, ws, b, act, out_dtype)
+
+
+def _gated_prequant_fake(xq, xs, wg, wu, bg, bu, act, out_dtype):
+    return xq.new_empty((xq.shape[0], wg.shape[0]), dtype=out_dtype)
+
+
+@registry.kernel_op("tritonfuse::int8_gated_mlp_prequant", fake=_gated_prequant_fake)
+def int8_gated_mlp_prequant(
+    xq: torch.Tensor, xs: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, bg: Optional[torch.Tensor],
+    bu: Optional[torch.Tensor], act: str, out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """W8A8 ``act((xq * xs) @ wg.T + bg) * ((xq * xs) @ wu.T + bu)`` on activations quantized by their producer.
+
+    Args:
+        xq: [M, K] int8, xs: [M] (or [M, 1]) fp32 per-row scales, as ``quant_rows`` returns them.
+        wg, wu: [N, K] float weights (cached as int8); bg, bu: [N] or None; out_dtype: fp16 or bf16.
+    """
+    wgq, wgs = weight_cache.get(wg)
+    wuq, wus = weight_cache.get(wu)
+    bg = bg.contiguous() if bg is not None else None
+    bu = bu.contiguous() if bu is not None else None
+    return _w8a8(xq, xs.reshape(-1).float().contiguous(), wgq, wgs, bg, act, out_dtype, wuq, wus, bu)
 
 
 def _quant_rows_fake(x):

@@ -521,6 +521,11 @@ def gated_mlp_ref(x, wg, wu, bg, bu, act, upcast: bool = False) -> torch.Tensor:
     return act_ref(torch.nn.functional.linear(x, wg, bg), act) * torch.nn.functional.linear(x, wu, bu)
 
 
+def _fused_quant(M, mode: str) -> bool:
+    from tritonfuse.kernels import int8 as I8
+    return I8.fused_quant(M, mode)
+
+
 def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optional[str] = None) -> dict:
     """On a GPU, time this kernel (or, with ``int8_mode``, the int8 one) against what it replaces: cuBLAS
     GEMMs plus one pointwise pass of the epilogue's bytes, as Inductor's fused epilogue kernel does, at
@@ -528,7 +533,8 @@ def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optiona
     M, K_ = x.shape
     N = ws[0].shape[0]
     key = (f"{'gated_mlp' if gated else 'linear_act'}|{act}|M{_m_bucket(M)}xK{K_}xN{N}|{x.dtype}"
-           f"|bias{int(b is not None)}|pre{int(store_pre)}|{int8_mode or 'float'}")
+           f"|bias{int(b is not None)}|pre{int(store_pre)}|{int8_mode or 'float'}"
+           f"{'|fusedq' if int8_mode and _fused_quant(M, int8_mode) else ''}")
 
     def real(shape):
         return torch.randn(shape, device=x.device, dtype=x.dtype)
@@ -543,6 +549,15 @@ def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optiona
 
     def ours():
         a = args()
+        if int8_mode and _fused_quant(M, int8_mode):
+            # the site quantizes x in the producer's kernel (fused by Inductor): the GEMM is what it adds
+            if "xq" not in a:
+                from tritonfuse.kernels import int8 as I8
+                a["xq"], a["xs"] = I8.quant_rows(a["x"])
+            if gated:
+                return torch.ops.tritonfuse.int8_gated_mlp_prequant(a["xq"], a["xs"], a["w1"], a["w2"], a["b"],
+                                                                    a["b"], act, x.dtype)
+            return torch.ops.tritonfuse.int8_linear_prequant(a["xq"], a["xs"], a["w1"], a["b"], act, x.dtype)
         if int8_mode and gated:
             return torch.ops.tritonfuse.int8_gated_mlp(a["x"], a["w1"], a["w2"], a["b"], a["b"], act, int8_mode)
         if int8_mode:

@@ -54,14 +54,25 @@ _serve = {"int8": None}
 
 
 def _linear(x2, w, b, act):
-    if _serve["int8"]:
-        return torch.ops.tritonfuse.int8_linear(x2, w, b, act, _serve["int8"])
+    mode = _serve["int8"]
+    if mode:
+        from tritonfuse.kernels import int8 as I8
+        if I8.fused_quant(x2.shape[0], mode):
+            # the quantization as graph ops: Inductor fuses it into the kernel that produces x
+            xq, xs = I8.quant_rows_ref(x2)
+            return torch.ops.tritonfuse.int8_linear_prequant(xq, xs, w, b, act, x2.dtype)
+        return torch.ops.tritonfuse.int8_linear(x2, w, b, act, mode)
     return torch.ops.tritonfuse.linear_act(x2, w, b, act)
 
 
 def _gated(x2, wg, wu, bg, bu, act):
-    if _serve["int8"]:
-        return torch.ops.tritonfuse.int8_gated_mlp(x2, wg, wu, bg, bu, act, _serve["int8"])
+    mode = _serve["int8"]
+    if mode:
+        from tritonfuse.kernels import int8 as I8
+        if I8.fused_quant(x2.shape[0], mode):
+            xq, xs = I8.quant_rows_ref(x2)
+            return torch.ops.tritonfuse.int8_gated_mlp_prequant(xq, xs, wg, wu, bg, bu, act, x2.dtype)
+        return torch.ops.tritonfuse.int8_gated_mlp(x2, wg, wu, bg, bu, act, mode)
     return torch.ops.tritonfuse.gated_mlp(x2, wg, wu, bg, bu, act)
 
 

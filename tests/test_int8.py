@@ -117,7 +117,7 @@ def test_decode_uses_weight_only_kernel(device):
     wq, ws = Q.weight_cache.get(w)
     assert torch.equal(y, Q._weight_only(x, wq, ws, None, "relu"))
     assert Q.int8_kernel_name(16, "int8", False) == "int8_weight_only[linear,M<=16]"
-    assert Q.int8_kernel_name(17, "int8", True) == "int8_w8a8[gated_mlp]"
+    assert Q.int8_kernel_name(17, "int8", True) == "int8_w8a8[gated_mlp,fused quant]"  # quantized in the graph
     assert Q.int8_kernel_name(4096, "int8-weight", False) == "int8_weight_only[linear]"
     # one row more takes W8A8, which quantizes x: the results differ
     x17 = fresh(17, 64, dtype=torch.float16, device=device)

@@ -1,3 +1,4 @@
+import copy
 import os
 import subprocess
 import sys
@@ -575,3 +576,45 @@ def test_fast_launch_matches_triton_launch(gated):
     captured = [c for fl in launch._launchers.values() if isinstance(fl, launch.FastLauncher)
                 for c in fl._cache.values() if isinstance(c, launch._Captured)]
     assert captured, "no kernel launched through the cached path"
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_int8_quantization_fused_into_the_producer(gated):
+    # W8A8 sites (M > 16) quantize their activations in graph ops that Inductor compiles into the kernel
+    # producing them (here Inductor's LayerNorm), then call the *_prequant GEMM: no standalone quant op
+    from torch._inductor.utils import run_and_get_code
+    from tritonfuse.kernels import int8 as I8
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln = nn.LayerNorm(64)
+            self.g, self.u = nn.Linear(64, 80, bias=False), nn.Linear(64, 80, bias=False)
+            self.up = nn.Linear(64, 80)
+
+        def forward(self, x):
+            h = self.ln(x)
+            return F.silu(self.g(h)) * self.u(h) if gated else F.gelu(self.up(h))
+
+    torch.manual_seed(0)
+    model = Block().to(torch.bfloat16).eval()
+    x = fresh(3, 15, 64, dtype=torch.bfloat16)  # M = 45 rows: W8A8
+    with torch.no_grad():
+        eager = model(x)
+        with config.patch(quant="int8", patterns="linear_act"):
+            out, code = run_and_get_code(torch.compile(model, backend="tritonfuse"), x)
+        h = model.ln(x).reshape(-1, 64)
+        if gated:
+            unfused = torch.ops.tritonfuse.int8_gated_mlp(h, model.g.weight, model.u.weight, None, None, "silu", "int8")
+        else:
+            unfused = torch.ops.tritonfuse.int8_linear(h, model.up.weight, model.up.bias, "gelu", "int8")
+    code = "".join(code)
+    assert _counts() == {"matched": 1, "replaced": 1, "fallback": 0}, tritonfuse.report()
+    assert I8.int8_kernel_name(45, "int8", gated) in tritonfuse.report()
+    assert "prequant" in code and "int8_quant_rows" not in code
+    assert "int8_linear.default" not in code and "int8_gated_mlp.default" not in code
+    # as accurate as the standalone quant kernel vs the float block in fp64 (Inductor quantizes the LayerNorm's
+    # fp32 result without the bf16 round trip eager makes, so the two differ by a rounding step here and there)
+    ref = copy.deepcopy(model).double()(x.double()).reshape(unfused.shape)
+    fused_db, unfused_db = sqnr_db(ref, out.reshape(unfused.shape)), sqnr_db(ref, unfused)
+    assert fused_db > 35 and fused_db > unfused_db - 1.0, (fused_db, unfused_db)
