@@ -618,3 +618,45 @@ def test_int8_quantization_fused_into_the_producer(gated):
     ref = copy.deepcopy(model).double()(x.double()).reshape(unfused.shape)
     fused_db, unfused_db = sqnr_db(ref, out.reshape(unfused.shape)), sqnr_db(ref, unfused)
     assert fused_db > 35 and fused_db > unfused_db - 1.0, (fused_db, unfused_db)
+
+
+def test_compile_mode_and_options_reach_inductor():
+    # torch.compile hands a custom backend mode= and options= as keyword arguments: they are Inductor's,
+    # applied as backend="inductor" applies them; a user's post-grad pre pass runs after tritonfuse's
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    class Seen(CustomGraphPass):
+        def __init__(self):
+            import uuid
+
+            self.targets, self.token = [], uuid.uuid4().hex
+
+        def __call__(self, graph):
+            self.targets += [str(n.target) for n in graph.nodes if n.op == "call_function"]
+
+        def uuid(self):
+            return self.token  # new per run: a graph cached by an earlier run would skip both passes
+
+    model = nn.Sequential(nn.Linear(32, 48), nn.GELU())
+    x = fresh(6, 32)
+    with torch.no_grad():
+        eager = model(x)
+        seen = Seen()
+        out = torch.compile(model, backend="tritonfuse", options={"post_grad_custom_pre_pass": seen})(x)
+    assert _counts() == {"matched": 1, "replaced": 1, "fallback": 0}
+    # the user's pass saw the graph after the replacement
+    assert any("tritonfuse.linear_act" in t for t in seen.targets), seen.targets
+    torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-5)
+
+    torch._dynamo.reset()
+    tritonfuse.reset()
+    with torch.no_grad():
+        out = torch.compile(model, backend="tritonfuse", mode="reduce-overhead")(x)  # CUDA graphs on a GPU
+    assert _counts() == {"matched": 1, "replaced": 1, "fallback": 0}
+    torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-5)
+
+    for kwargs, message in (({"mode": "fastest-please"}, "Unrecognized mode"),
+                            ({"options": {"no_such_option": True}}, "Unexpected optimization option")):
+        torch._dynamo.reset()
+        with pytest.raises(Exception, match=message), torch.no_grad():
+            torch.compile(model, backend="tritonfuse", **kwargs)(x)

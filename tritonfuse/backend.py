@@ -65,8 +65,9 @@ _SOURCE_HASH = None
 class TritonfusePasses(CustomGraphPass):
     """The pipeline: each enabled family's patterns, in order, on the post-grad ATen graph."""
 
-    def __init__(self, families: tuple[str, ...], key: str = "", real_inputs=()):
+    def __init__(self, families: tuple[str, ...], key: str = "", real_inputs=(), user_pass=None):
         self.families = families
+        self.user_pass = user_pass  # a post_grad_custom_pre_pass the user gave in options=: runs after ours
         self.real_inputs = list(real_inputs)  # Dynamo's real inputs: the forward graph's placeholders
         self.key = key  # names the site records of this Dynamo graph on disk
         self.graph_key = ""  # names those of the ATen graph being compiled (forward, then backward)
@@ -82,6 +83,8 @@ class TritonfusePasses(CustomGraphPass):
         finally:
             registry.set_real_inputs(())
             self._keep(registry.end_graph())
+        if self.user_pass is not None:
+            self.user_pass(graph)
 
     def _keep(self, sites: list) -> None:
         self.done.extend(sites)
@@ -115,9 +118,13 @@ class TritonfusePasses(CustomGraphPass):
                 registry.note_error(msg)
                 _warn_once(f"tritonfuse: {msg}; its remaining sites are left to Inductor")
 
-    def uuid(self) -> str:
+    def uuid(self):
         # part of Inductor's FX-graph cache key: other settings or other code never reuse this graph
-        return _settings_hash()
+        if self.user_pass is None:
+            return _settings_hash()
+        theirs = self.user_pass.uuid() if isinstance(self.user_pass, CustomGraphPass) else None
+        # a plain function has no identity Inductor can key on: None makes it bypass its cache, as it would
+        return None if theirs is None else f"{_settings_hash()}+{theirs}"
 
 
 def _settings_hash() -> str:
@@ -176,13 +183,27 @@ def _warn_once(msg: str) -> None:
         warnings.warn(msg, stacklevel=3)
 
 
-def _compile(gm, example_inputs, passes):
+def inductor_patches(mode=None, options=None) -> dict:
+    """Inductor config patches for ``torch.compile(..., mode=, options=)``, which Dynamo hands a custom backend
+    as keyword arguments: the same modes and options as ``backend="inductor"``, checked the same way
+    (``mode="reduce-overhead"`` turns on Inductor's CUDA graphs, around tritonfuse's kernels too)."""
+    if (not mode or mode == "default") and not options:
+        return {}
+    wrapper = getattr(torch, "_TorchCompileInductorWrapper", None)
+    if wrapper is not None:
+        return dict(wrapper(mode, options, None).config)
+    from torch._inductor import list_mode_options  # pragma: no cover - every supported torch has the wrapper
+    return {**list_mode_options(mode), **(options or {})}
+
+
+def _compile(gm, example_inputs, passes, patches=None):
     from torch._inductor.compile_fx import compile_fx
 
+    patches = dict(patches or {})
     if passes is None:
-        return compile_fx(gm, example_inputs)
+        return compile_fx(gm, example_inputs, config_patches=patches) if patches else compile_fx(gm, example_inputs)
     return compile_fx(gm, example_inputs, inner_compile=passes.inner_compile,
-                      config_patches={"post_grad_custom_pre_pass": passes})
+                      config_patches={**patches, "post_grad_custom_pre_pass": passes})
 
 
 def _is_control_flow(e: Exception) -> bool:
@@ -192,21 +213,28 @@ def _is_control_flow(e: Exception) -> bool:
     return bool(kinds) and isinstance(e, kinds)
 
 
-def tritonfuse_backend(gm: torch.fx.GraphModule, example_inputs, **kwargs):
+def tritonfuse_backend(gm: torch.fx.GraphModule, example_inputs, mode=None, options=None):
     """Compile ``gm`` with Inductor plus tritonfuse's passes.
+
+    ``mode`` and ``options`` are ``torch.compile``'s, applied to Inductor as ``backend="inductor"`` applies
+    them; a ``post_grad_custom_pre_pass`` in ``options`` runs after tritonfuse's passes.
 
     Example::
 
         >>> model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU())
         >>> compiled = torch.compile(model, backend="tritonfuse")
         >>> y = compiled(torch.randn(8, 64))
+        >>> graphed = torch.compile(model, backend="tritonfuse", mode="reduce-overhead")  # CUDA graphs on a GPU
     """
     config.validate()
+    patches = inductor_patches(mode, options)
     _load_ops()
     families = config.enabled_families()
-    passes = TritonfusePasses(families, _graph_key(gm, example_inputs), example_inputs) if families else None
+    user_pass = patches.pop("post_grad_custom_pre_pass", None) if families else None
+    passes = (TritonfusePasses(families, _graph_key(gm, example_inputs), example_inputs, user_pass)
+              if families else None)
     try:
-        compiled = _compile(gm, example_inputs, passes)
+        compiled = _compile(gm, example_inputs, passes, patches)
     except Exception as e:
         if passes is None or not config.fallback_enabled() or _is_control_flow(e):
             raise
@@ -214,7 +242,9 @@ def tritonfuse_backend(gm: torch.fx.GraphModule, example_inputs, **kwargs):
         reason = f"graph failed to compile with tritonfuse kernels ({type(e).__name__}); Inductor alone used"
         registry.demote(passes.done, reason)
         registry.note_error(f"{reason}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-        compiled = _compile(gm, example_inputs, None)
+        if user_pass is not None:
+            patches["post_grad_custom_pre_pass"] = user_pass
+        compiled = _compile(gm, example_inputs, None, patches)
         _warn_once(f"tritonfuse: {reason}: {e}")
     else:
         if passes is not None and passes.runs == 0 and not passes.graph_key:
