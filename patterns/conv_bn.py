@@ -227,7 +227,8 @@ def _site(match: Match, head: str, act: str, res: bool, act2: str, constants: Co
         detail += f" triton {choice['ours_ms']:.4f} ms / cudnn conv alone {choice['theirs_ms']:.4f} ms"
     if op != "conv_bn":
         why = ("measured faster" if "ours_ms" in choice else "dynamic shapes, nothing to time" if choice.get("dynamic")
-               else f"timing failed ({choice['error']})" if "error" in choice else "forced")
+               else f"timing failed ({choice['error']})" if "error" in choice
+               else registry.slower_reason(choice, "") if choice.get("unmeasured") else "forced")
         return conv, f"cuDNN + Inductor's epilogue: {why}", None, detail
     args = (b, bn, r, list(stride), list(padding), eps, act, act2, channels_last)
     return conv, args, op, detail

@@ -249,8 +249,7 @@ def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None):
             return None, None, f"int8 SQNR {sqnr:.1f} dB < TRITONFUSE_QUANT_MIN_SQNR {gate:g} dB"
     rec = K.measure(x2, ws, b, act, gated, False, int8_mode=mode)
     if not rec["use"]:
-        return None, None, (f"int8 measured slower than cuBLAS + epilogue here ({rec['ours_ms']:.3f} vs "
-                            f"{rec['theirs_ms']:.3f} ms)")
+        return None, None, "int8 " + registry.slower_reason(rec, "cuBLAS + epilogue")
     return mode, I8.int8_kernel_name(x2.shape[0], mode, gated), None
 
 
@@ -294,8 +293,7 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: b
         if reason is None:
             rec = K.measure(x2, ws, b, act, gated, store_pre)
             if not rec["use"]:
-                reason = (f"measured slower than cuBLAS + epilogue here ({rec['ours_ms']:.3f} vs "
-                          f"{rec['theirs_ms']:.3f} ms)")
+                reason = registry.slower_reason(rec, "cuBLAS + epilogue")
         if reason:
             registry.note_fallback(FAMILY, site, kernel, reason, detail)
             return False

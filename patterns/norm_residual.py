@@ -229,8 +229,7 @@ def _make_check(style: str, affine: str, res: str, stats: bool = False):
         if reason is None:
             rec = K.measure(x, r, w, b, kind, res == "sum", stats)
             if not rec["use"]:
-                reason = (f"measured slower than a same-bytes pass here ({rec['ours_ms']:.3f} vs "
-                          f"{rec['theirs_ms']:.3f} ms): Inductor's fused norm kept")
+                reason = registry.slower_reason(rec, "a same-bytes pass") + ": Inductor's fused norm kept"
         if reason:
             registry.note_fallback(FAMILY, red, kernel, reason, detail)
             return False

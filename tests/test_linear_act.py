@@ -660,3 +660,62 @@ def test_compile_mode_and_options_reach_inductor():
         torch._dynamo.reset()
         with pytest.raises(Exception, match=message), torch.no_grad():
             torch.compile(model, backend="tritonfuse", **kwargs)(x)
+
+
+def test_measuring_budget_leaves_unmeasured_sites_to_inductor(tmp_path, monkeypatch):
+    # per-shape timing (a GPU's) is bounded per compiled graph: past TRITONFUSE_MEASURE_BUDGET_S a site not
+    # measured yet stays Inductor's, with the reason, and a later compile measures it (the measurements are
+    # part of the graph key, so that compile is not served from the cache)
+    from tritonfuse import backend
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(registry, "_choices", None)
+    monkeypatch.setattr(registry, "_timing_enabled", lambda device: True)
+    monkeypatch.setattr(backend, "_gpu_timing", lambda: True)
+    timed = []
+    monkeypatch.setattr(registry, "_bench", lambda fn: timed.append(fn) or 1.0)  # ours 1 ms, theirs 2 x 1 ms
+    # Inductor's on-disk caches would serve these graphs from an earlier run of this test
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(fx_graph_cache=False), functorch_config.patch(enable_autograd_cache=False):
+        _check_measuring_budget(timed)
+
+
+def _check_measuring_budget(timed):
+    from tritonfuse import backend
+
+    model = nn.Sequential(nn.Linear(32, 48), nn.GELU())
+    x = fresh(6, 32)
+    key_before = backend._settings_hash()
+    with config.patch(measure="1", measure_budget_s="0"):
+        _compile_run(model, x)
+    assert _counts() == {"matched": 1, "replaced": 0, "fallback": 1}
+    assert "not measured yet" in tritonfuse.sites()[0].reason and not timed
+    # the pending site is on record: the next compile has another key, so it is compiled (and measured) anew
+    assert backend._settings_hash() != key_before
+    key_pending = backend._settings_hash()
+
+    torch._dynamo.reset()
+    tritonfuse.reset()
+    with config.patch(measure="1", measure_budget_s="inf"):
+        out = _compile_run(model, x)
+        assert backend._settings_hash() != key_pending  # the measurement replaced the pending record
+    assert _counts() == {"matched": 1, "replaced": 1, "fallback": 0}, tritonfuse.report()
+    assert len(timed) == 3  # ours, then cuBLAS's GEMM and the epilogue pass
+    torch.testing.assert_close(out, model(x), atol=1e-5, rtol=1e-5)
+    # measured once: with no budget left, the next compile serves the site from the record on disk
+    torch._dynamo.reset()
+    tritonfuse.reset()
+    with config.patch(measure="1", measure_budget_s="0"):
+        _compile_run(model, x)
+    assert _counts() == {"matched": 1, "replaced": 1, "fallback": 0} and len(timed) == 3
+
+
+def test_measure_budget_setting_is_validated():
+    with config.patch(measure_budget_s="soon"):
+        with pytest.raises(config.ConfigError, match="TRITONFUSE_MEASURE_BUDGET_S"):
+            config.validate()
+    with config.patch(measure_budget_s="inf"):
+        config.validate()
+        assert config.measure_budget() == float("inf")

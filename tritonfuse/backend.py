@@ -131,7 +131,13 @@ def _settings_hash() -> str:
     global _SOURCE_HASH
     if _SOURCE_HASH is None:
         _SOURCE_HASH = _source_hash()
-    return hashlib.sha256(repr((sorted(config.snapshot().items()), _SOURCE_HASH)).encode()).hexdigest()
+    # where sites are chosen by measurement, the measurements are part of the key (see registry.choices_digest)
+    choices = registry.choices_digest() if config.measure_enabled() and _gpu_timing() else ""
+    return hashlib.sha256(repr((sorted(config.snapshot().items()), _SOURCE_HASH, choices)).encode()).hexdigest()
+
+
+def _gpu_timing() -> bool:
+    return torch.cuda.is_available() and not registry.interpret_mode()
 
 
 # --- site records of cached graphs --------------------------------------------------------------------

@@ -45,6 +45,9 @@ measure: str = "1"
 autotune: str = "1"
 # "1" (default): on a GPU, kernels launch through tritonfuse.launch's cached path; "0": Triton's own launch
 fast_launch: str = "1"
+# seconds of per-shape timing (TRITONFUSE_MEASURE) one compiled graph may spend; sites past it stay
+# Inductor's until a later compile measures them ("inf": no limit)
+measure_budget_s: str = "10"
 
 _ENV = {
     "patterns": "TRITONFUSE_PATTERNS",
@@ -57,6 +60,7 @@ _ENV = {
     "autotune": "TRITONFUSE_AUTOTUNE",
     "measure": "TRITONFUSE_MEASURE",
     "fast_launch": "TRITONFUSE_FAST_LAUNCH",
+    "measure_budget_s": "TRITONFUSE_MEASURE_BUDGET_S",
 }
 
 
@@ -100,6 +104,12 @@ def validate() -> None:
         g["quant_min_sqnr"] = float(quant_min_sqnr)
     except (TypeError, ValueError):
         _fail("quant_min_sqnr", quant_min_sqnr, "a number of dB, e.g. 30")
+    try:
+        ok = float(measure_budget_s) >= 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        _fail("measure_budget_s", measure_budget_s, "seconds >= 0, or inf")
     for name in ("linear_plain", "autotune", "measure", "fast_launch"):
         if str(g[name]) not in ("0", "1"):
             _fail(name, g[name], "0, 1")
@@ -125,6 +135,14 @@ def measure_enabled() -> bool:
 
 def autotune_enabled() -> bool:
     return str(autotune) != "0"
+
+
+def measure_budget() -> float:
+    """Seconds of per-shape timing one compiled graph may spend (``measure_budget_s``)."""
+    try:
+        return max(float(measure_budget_s), 0.0)
+    except (TypeError, ValueError):
+        return 10.0
 
 
 def fast_launch_enabled() -> bool:

@@ -98,8 +98,10 @@ def note_fallback(family: str, node: torch.fx.Node, kernel: str, reason: str, de
 
 
 def begin_graph() -> None:
+    global _measure_spent
     with _lock:
         _pending.clear()
+        _measure_spent = 0.0
 
 
 def _add(site: Site) -> None:
@@ -304,6 +306,7 @@ def guarded_probe(key: str, probe: Callable[[], None]) -> Optional[str]:
 # --- measured choice: a tritonfuse kernel serves a site only where it is the faster ----------------------
 
 _choices: Optional[dict] = None
+_measure_spent = 0.0  # seconds spent timing in the graph being compiled (config.measure_budget)
 
 
 def choices_path():
@@ -320,41 +323,94 @@ def _choice_key(key: str, device: torch.device) -> str:
     return f"{key}|{name}|torch {torch.__version__}|triton {triton.__version__}"
 
 
+def _load_choices() -> dict:
+    global _choices
+    if _choices is None:
+        import json
+
+        try:
+            _choices = json.loads(choices_path().read_text())
+        except (OSError, ValueError):
+            _choices = {}
+    return _choices
+
+
+def _timing_enabled(device: torch.device) -> bool:
+    return device.type == "cuda" and not interpret_mode() and config.measure_enabled()
+
+
+def choices_digest() -> str:
+    """A digest of the measured choices, for the graph cache key where they decide sites: a graph compiled
+    before a site was measured (the budget ran out) is compiled again once it has been."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(_load_choices(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _bench(fn) -> float:
+    import triton
+
+    return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
+
+
 def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
                     theirs: list[Callable[[], object]]) -> dict:
     """Time ``ours`` against the sum of ``theirs`` (the vendor path it replaces) once per key, GPU and
     versions; the record ``{"ours_ms", "theirs_ms", "use"}`` is kept in ``choices_path()``.
 
-    Off the GPU, or with ``TRITONFUSE_MEASURE=0``, nothing is timed and ``use`` is True.
+    Off the GPU, or with ``TRITONFUSE_MEASURE=0``, nothing is timed and ``use`` is True. Once this graph's
+    timing has taken ``TRITONFUSE_MEASURE_BUDGET_S`` seconds, a key not yet measured gets
+    ``{"use": False, "unmeasured": True}`` (Inductor's path, this time) and is measured by a later compile.
     """
-    global _choices
-    if device.type != "cuda" or interpret_mode() or not config.measure_enabled():
+    global _measure_spent
+    if not _timing_enabled(device):
         return {"use": True}
-    import json
+    import time
 
-    import triton
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     full = _choice_key(key, device)
-    if _choices is None:
-        try:
-            _choices = json.loads(choices_path().read_text())
-        except (OSError, ValueError):
-            _choices = {}
-    if full in _choices:
-        return _choices[full]
-    with unset_fake_temporarily(), torch.no_grad():
-        ours()  # compile and autotune outside the timing
-        t_ours = triton.testing.do_bench(ours, warmup=10, rep=50, return_mode="median")
-        t_theirs = sum(triton.testing.do_bench(f, warmup=10, rep=50, return_mode="median") for f in theirs)
+    choices = _load_choices()
+    if full in choices and not choices[full].get("pending"):
+        return choices[full]
+    if _measure_spent >= config.measure_budget():
+        if full not in choices:
+            # kept on disk: it changes choices_digest(), so the graph this leaves partly to Inductor is not
+            # served from the cache to the next compile, which measures the site
+            choices[full] = {"pending": True, "use": False}
+            _save_choices(choices)
+        return {"use": False, "unmeasured": True}
+    t0 = time.perf_counter()
+    try:
+        with unset_fake_temporarily(), torch.no_grad():
+            ours()  # compile and autotune outside the timing
+            t_ours = _bench(ours)
+            t_theirs = sum(_bench(f) for f in theirs)
+    finally:
+        _measure_spent += time.perf_counter() - t0
     rec = {"ours_ms": round(t_ours, 5), "theirs_ms": round(t_theirs, 5), "use": t_ours <= t_theirs}
-    _choices[full] = rec
+    choices[full] = rec
+    _save_choices(choices)
+    return rec
+
+
+def _save_choices(choices: dict) -> None:
+    import json
+
     try:
         path = choices_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(_choices, indent=1, sort_keys=True))
+        tmp.write_text(json.dumps(choices, indent=1, sort_keys=True))
         tmp.replace(path)
     except OSError:
         pass  # a read-only cache only costs measuring again in the next process
-    return rec
+
+
+def slower_reason(rec: dict, vs: str) -> str:
+    """Why a measured choice left a site to Inductor, for the report."""
+    if rec.get("unmeasured"):
+        return (f"not measured yet: this graph's timing budget (TRITONFUSE_MEASURE_BUDGET_S="
+                f"{config.measure_budget_s}) was spent; a later compile measures it")
+    return f"measured slower than {vs} here ({rec['ours_ms']:.3f} vs {rec['theirs_ms']:.3f} ms)"
