@@ -35,6 +35,7 @@ except ImportError:  # pragma: no cover - registry refuses to run kernels withou
     triton = None
 
 _UNSUPPORTED = object()
+MAX_KEYS = 512  # launch keys kept per kernel (exact ints are in the key: each new shape is a new key)
 _OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
 # why a launch key could not be captured (kernel name -> the last error), for tests and debugging
 failures: dict[str, str] = {}
@@ -124,6 +125,8 @@ class FastLauncher:
         except TypeError:  # an unhashable argument: Triton's own path
             return self.kernel[grid](*args, **kwargs)
         if hit is None:
+            if len(self._cache) >= MAX_KEYS:  # many shapes (a growing KV cache): Triton's path for the rest
+                return self.kernel[grid](*args, **kwargs)
             self.kernel[grid](*args, **kwargs)  # tunes and compiles as needed, and launches
             try:
                 hit = self._capture(grid, args, kwargs)
