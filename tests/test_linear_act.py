@@ -655,6 +655,12 @@ def test_compile_mode_and_options_reach_inductor():
     assert _counts() == {"matched": 1, "replaced": 1, "fallback": 0}
     torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-5)
 
+    # int8 weights under CUDA graphs are those of the recording: said once
+    torch._dynamo.reset()
+    with pytest.warns(UserWarning, match="quantized when the graph was recorded"), torch.no_grad():
+        with config.patch(quant="int8"):
+            torch.compile(model, backend="tritonfuse", mode="reduce-overhead")(x)
+
     for kwargs, message in (({"mode": "fastest-please"}, "Unrecognized mode"),
                             ({"options": {"no_such_option": True}}, "Unexpected optimization option")):
         torch._dynamo.reset()

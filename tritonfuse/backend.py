@@ -234,6 +234,9 @@ def tritonfuse_backend(gm: torch.fx.GraphModule, example_inputs, mode=None, opti
     """
     config.validate()
     patches = inductor_patches(mode, options)
+    if patches.get("triton.cudagraphs") and config.quant != "none":
+        _warn_once("tritonfuse: with CUDA graphs the int8 weights are the ones quantized when the graph was "
+                   "recorded: after an in-place weight update, call torch._dynamo.reset() and compile again")
     _load_ops()
     families = config.enabled_families()
     user_pass = patches.pop("post_grad_custom_pre_pass", None) if families else None
