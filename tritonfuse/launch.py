@@ -66,6 +66,11 @@ def _hooks():
     return getattr(CompiledKernel, "launch_enter_hook", None), getattr(CompiledKernel, "launch_exit_hook", None)
 
 
+def _current_stream():
+    driver = triton.runtime.driver.active
+    return driver.get_current_stream(driver.get_current_device())
+
+
 def _arg_key(a: Any):
     if isinstance(a, bool) or a is None or isinstance(a, str):
         return a
@@ -207,8 +212,7 @@ class FastLauncher:
         g2 = grid[2] if len(grid) > 2 else 1
         k = c.compiled
         launch = k.run  # (a property that loads the module on first use in newer Triton)
-        driver = triton.runtime.driver.active
-        stream = driver.get_current_stream(driver.get_current_device())
+        stream = _current_stream()
         enter, exit_ = _hooks()
         launch(g0, g1, g2, stream, k.function, k.packed_metadata, k.launch_metadata(grid, stream, *values),
                enter, exit_, *values)

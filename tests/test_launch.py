@@ -1,0 +1,100 @@
+"""tritonfuse.launch's cached launch path, checked on a stand-in compiled kernel (the CPU interpreter never
+takes the path; on a GPU, test_linear_act.py::test_fast_launch_matches_triton_launch compares it with
+Triton's own launch bit for bit)."""
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.jit import JITFunction
+
+from tritonfuse import launch
+
+
+def _kernel(x_ptr, y_ptr, n, scale, M_BUCKET: tl.constexpr, BLOCK: tl.constexpr, EVEN: tl.constexpr,
+            ACT: tl.constexpr = "none"):
+    pass  # never compiled: the test stands in for Triton's compiler and launcher
+
+
+class _Compiled:
+    """What JITFunction.warmup returns: records the launcher's arguments."""
+
+    function, packed_metadata = "function", "packed"
+
+    def __init__(self):
+        self.launches = []
+
+    def launch_metadata(self, grid, stream, *args):
+        return None
+
+    @property
+    def run(self):
+        return lambda g0, g1, g2, stream, fn, packed, meta, enter, exit_, *args: self.launches.append(
+            ((g0, g1, g2), stream, args))
+
+
+@pytest.fixture
+def kernel(monkeypatch):
+    jit = JITFunction(_kernel)
+    compiled, triton_path, hooked = _Compiled(), [], []
+
+    def run(*args, grid, warmup, **kwargs):
+        if warmup:
+            return compiled
+        triton_path.append((args, kwargs))
+
+    monkeypatch.setattr(jit, "run", run)
+    monkeypatch.setattr(launch, "_current_stream", lambda: 7)
+    cfg = triton.Config({"BLOCK": 64}, num_warps=4, pre_hook=lambda nargs: hooked.append(nargs["n"]))
+    tuned = triton.autotune(configs=[cfg], key=["n"])(
+        triton.heuristics({"EVEN": lambda a: a["n"] % a["BLOCK"] == 0})(jit))
+    return launch.FastLauncher(tuned, "all"), compiled, triton_path, hooked
+
+
+def test_second_call_launches_the_captured_kernel(kernel):
+    fl, compiled, triton_path, hooked = kernel
+    grid = lambda meta: (triton.cdiv(meta["n"], meta["BLOCK"]),)  # noqa: E731
+    x, y = torch.randn(300), torch.randn(300)
+    fl[grid](x, y, 300, 0.5, 3, ACT="gelu")
+    assert len(triton_path) == 1 and not compiled.launches  # the first call is Triton's own
+    x2, y2 = torch.randn(300), torch.randn(300)
+    fl[grid](x2, y2, 300, 0.5, 3, ACT="gelu")
+    assert len(triton_path) == 1
+    (g, stream, args), = compiled.launches
+    # every parameter in signature order (triton >= 3.3), constexprs from the call, config and heuristics
+    assert g == (5, 1, 1) and stream == 7
+    assert args[0] is x2 and args[1] is y2 and args[2:] == (300, 0.5, 3, 64, False, "gelu")
+    assert hooked == [300, 300, 300]  # the config's pre-hook: Triton's call, the capture, the cached launch
+
+
+def test_launch_key(kernel):
+    fl, compiled, triton_path, _ = kernel
+    grid = (4,)
+    x, y = torch.randn(320), torch.randn(320)
+    fl[grid](x, y, 320, 0.5, 3)
+    fl[grid](x, y, 320, 0.5, 3)
+    assert len(triton_path) == 1 and len(compiled.launches) == 1
+    assert compiled.launches[0][2][6] is True  # EVEN: 320 % 64 == 0
+    fl[grid](x, y, 256, 0.5, 3)  # another int: another key (the autotune key and the grid read ints)
+    fl[grid](x[1:], y, 319, 0.5, 3)  # not 16-byte aligned: Triton specialises on alignment
+    fl[grid](x, y, 320, 0.25, 3)  # another float (an eps or a scale) is another key too
+    fl[grid](x.half(), y, 320, 0.5, 3)  # another dtype
+    assert len(triton_path) == 5 and len(compiled.launches) == 1
+    fl[grid](x, y, 320, 0.5, 3, ACT=torch.ones(1))  # a tensor by keyword: always Triton's path
+    assert len(triton_path) == 6
+
+
+def test_key_limit(kernel, monkeypatch):
+    fl, compiled, triton_path, _ = kernel
+    monkeypatch.setattr(launch, "MAX_KEYS", 2)
+    x, y = torch.randn(64), torch.randn(64)
+    for n in (16, 32, 48, 16, 32, 48):
+        fl[(1,)](x, y, n, 0.5, 3)
+    # n=48 is past the limit: never captured, each call Triton's
+    assert len(fl._cache) == 2 and len(compiled.launches) == 2 and len(triton_path) == 4
+
+
+def test_convention_known():
+    # read from this Triton's JITFunction.run: an unknown convention would silently keep Triton's slower
+    # launch on the GPU
+    assert launch._launch_convention() in ("all", "runtime")
