@@ -110,13 +110,23 @@ def _epilogue(
 # --- kernels ------------------------------------------------------------------------------------------
 
 
+@triton.jit
+def _conv_dot(a, b, acc, INT8: tl.constexpr, PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr):
+    if INT8:
+        return tl.dot(a, b, acc)  # int8 x int8 -> int32
+    else:
+        if DOT_UPCAST:
+            a, b = a.to(tl.float32), b.to(tl.float32)
+        return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
 @triton.autotune(configs=_CONV_CONFIGS, key=["M_BUCKET", "N", "C", "KH", "KW", "stride_h", "FLAT_K"],
                  prune_configs_by={"early_config_prune": _prune}, **_AUTOTUNE_KW)
 @triton.heuristics({"EVEN_C": lambda a: a["C"] % a["BLOCK_K"] == 0})
 # sizes that vary from layer to layer are not specialized on: fewer compiled variants per network
 @triton.jit(do_not_specialize=["M", "H", "W", "OH", "OW", "M_BUCKET", "pad_h", "pad_w"])
 def _conv_bn_kernel(
-    x_ptr, w_ptr, b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, r_ptr, out_ptr,
+    x_ptr, w_ptr, b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, r_ptr, out_ptr, xs_ptr, ws_ptr,
     M, N, C, H, W, OH, OW, KH, KW, M_BUCKET,
     stride_h, stride_w, pad_h, pad_w, eps,
     s_xn, s_xc, s_xh, s_xw, s_wn, s_wc, s_wh, s_ww,
@@ -125,10 +135,11 @@ def _conv_bn_kernel(
     FLAT_K: tl.constexpr, NO_BOUNDS: tl.constexpr,
     PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr, RTNE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_C: tl.constexpr,
+    EVEN_C: tl.constexpr, INT8: tl.constexpr = False,
 ):
     # x: [B, C, H, W] (any strides, NHWC fastest), w: [N, C, KH, KW], out: [B, N, OH, OW]
     # GEMM rows m = (img, oh, ow), columns = output channels, reduction k = (kh, kw, c)
+    # INT8: x and w are int8, accumulated in int32 and scaled by xs[0] (per tensor) * ws[n] (per channel)
     pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -145,7 +156,10 @@ def _conv_bn_kernel(
     iw0 = ow * stride_w - pad_w
     x_rows = img * s_xn
     w_cols = offs_nc * s_wn
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if INT8:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if FLAT_K:
         # few input channels (a stem conv): gather k = (kh, kw, c) as one flat dimension
         K_TOTAL = C * KH * KW
@@ -159,12 +173,10 @@ def _conv_bn_kernel(
             iw = iw0[:, None] + kw[None, :]
             k_ok = kk < K_TOTAL
             a_mask = k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            a = tl.load(x_ptr + x_rows[:, None] + ih * s_xh + iw * s_xw + c[None, :] * s_xc, mask=a_mask, other=0.0)
+            a = tl.load(x_ptr + x_rows[:, None] + ih * s_xh + iw * s_xw + c[None, :] * s_xc, mask=a_mask, other=0)
             w_off = c * s_wc + kh * s_wh + kw * s_ww
-            b = tl.load(w_ptr + w_cols[None, :] + w_off[:, None], mask=k_ok[:, None], other=0.0)
-            if DOT_UPCAST:
-                a, b = a.to(tl.float32), b.to(tl.float32)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            b = tl.load(w_ptr + w_cols[None, :] + w_off[:, None], mask=k_ok[:, None], other=0)
+            acc = _conv_dot(a, b, acc, INT8, PRECISION, DOT_UPCAST)
     else:
         # one flat loop over (kh, kw, channel block) so the compiler pipelines it
         c_blocks = tl.cdiv(C, BLOCK_K)
@@ -184,19 +196,21 @@ def _conv_bn_kernel(
                     a = tl.load(a_ptrs)
                     b = tl.load(b_ptrs)
                 else:
-                    a = tl.load(a_ptrs, mask=offs_c[None, :] < C, other=0.0)
-                    b = tl.load(b_ptrs, mask=offs_c[:, None] < C, other=0.0)
+                    a = tl.load(a_ptrs, mask=offs_c[None, :] < C, other=0)
+                    b = tl.load(b_ptrs, mask=offs_c[:, None] < C, other=0)
             else:
                 row_ok = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
                 if EVEN_C:
-                    a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+                    a = tl.load(a_ptrs, mask=row_ok[:, None], other=0)
                     b = tl.load(b_ptrs)
                 else:
-                    a = tl.load(a_ptrs, mask=row_ok[:, None] & (offs_c[None, :] < C), other=0.0)
-                    b = tl.load(b_ptrs, mask=offs_c[:, None] < C, other=0.0)
-            if DOT_UPCAST:
-                a, b = a.to(tl.float32), b.to(tl.float32)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+                    a = tl.load(a_ptrs, mask=row_ok[:, None] & (offs_c[None, :] < C), other=0)
+                    b = tl.load(b_ptrs, mask=offs_c[:, None] < C, other=0)
+            acc = _conv_dot(a, b, acc, INT8, PRECISION, DOT_UPCAST)
+    if INT8:
+        xs = tl.load(xs_ptr).to(tl.float32)
+        ws = tl.load(ws_ptr + offs_n, mask=offs_n < N, other=0.0)
+        acc = acc.to(tl.float32) * (ws * xs)[None, :]
     _epilogue(
         acc, img, oh, ow, m_mask, offs_n, N,
         b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, eps, r_ptr, out_ptr,
@@ -303,9 +317,9 @@ def _precision(dtype: torch.dtype) -> dict:
     return {"PRECISION": "ieee" if ieee or upcast else "tf32", "DOT_UPCAST": upcast, "RTNE_BF16": rtne_bf16(dtype)}
 
 
-def _empty_out(x, w, stride, padding, channels_last: bool) -> torch.Tensor:
+def _empty_out(x, w, stride, padding, channels_last: bool, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty(out_shape(x.shape, w.shape, stride, padding), device=x.device, dtype=x.dtype,
+    return torch.empty(out_shape(x.shape, w.shape, stride, padding), device=x.device, dtype=dtype or x.dtype,
                        memory_format=fmt)
 
 
@@ -350,7 +364,15 @@ def conv_bn(
         >>> y = torch.ops.tritonfuse.conv_bn(x, w, None, m, v, g, bt, None, [1, 1], [1, 1], 1e-5, "relu",
         ...                                  "none", True)  # TRITON_INTERPRET=1 on a CPU
     """
-    out = _empty_out(x, w, stride, padding, channels_last)
+    return _launch_conv(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, act2, channels_last)
+
+
+def _launch_conv(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, act2, channels_last,
+                 int8: Optional[tuple] = None, out_dtype: Optional[torch.dtype] = None):
+    """Launch the implicit-GEMM kernel; ``int8=(xs, wq, ws)`` with an int8 ``x`` runs the W8A8 variant."""
+    if int8 is not None:
+        xs, w, ws = int8
+    out = _empty_out(x, w, stride, padding, channels_last, out_dtype)
     B, C, H, W = x.shape
     N, _, KH, KW = w.shape
     _, _, OH, OW = out.shape
@@ -362,16 +384,78 @@ def conv_bn(
     def grid(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
+    if int8 is not None:
+        scales = (xs, ws)
+        precision = {"PRECISION": "ieee", "DOT_UPCAST": False, "RTNE_BF16": rtne_bf16(out.dtype), "INT8": True}
+    else:
+        scales = (out, out)  # never read
+        precision = _precision(x.dtype)
     registry.launcher(_conv_bn_kernel)[grid](
-        x, w, *ptrs,
+        x, w, *ptrs, *scales,
         M, N, C, H, W, OH, OW, KH, KW, _m_bucket(M),
         stride[0], stride[1], padding[0], padding[1], eps,
         *x.stride(), *w.stride(), *strides,
         ACT=act, ACT2=act2, FLAT_K=C < 32 and KH * KW > 1,
         NO_BOUNDS=KH == 1 and KW == 1 and padding[0] == 0 and padding[1] == 0,
-        **flags, **_precision(x.dtype),
+        **flags, **precision,
     )
     return out
+
+
+def _conv_int8_fake(xq, xs, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, act2, channels_last,
+                    out_dtype):
+    return _empty_out(xq, w, stride, padding, channels_last, out_dtype)
+
+
+@registry.kernel_op("tritonfuse::conv_bn_int8", fake=_conv_int8_fake)
+def conv_bn_int8(
+    xq: torch.Tensor, xs: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], mean: Optional[torch.Tensor],
+    var: Optional[torch.Tensor], gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor],
+    r: Optional[torch.Tensor], stride: Sequence[int], padding: Sequence[int], eps: float, act: str, act2: str,
+    channels_last: bool, out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """``tritonfuse::conv_bn`` in int8: ``xq`` int8 activations with one fp32 scale ``xs`` ([1]) for the
+    tensor (``quant_tensor_ref``, which Inductor fuses into the producer), ``w`` the float weight, quantized
+    per output channel once per weight version (never modified); int32 accumulation, then scales, bias, BN,
+    activations and residual in the fp32 epilogue; the output in ``out_dtype``.
+    """
+    from tritonfuse.kernels import int8 as I8
+
+    wq, ws = I8.weight_cache.get(w)
+    return _launch_conv(xq, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, act2, channels_last,
+                        int8=(xs.reshape(1).float(), wq, ws), out_dtype=out_dtype)
+
+
+def int8_sqnr(x, w, b, mean, var, gamma, beta, stride, padding, eps: float, act: str) -> float:
+    """SQNR (dB) of the int8 conv vs the float one on Gaussian activations of one image of ``x``'s shape,
+    with the site's real weights (for ``TRITONFUSE_QUANT_MIN_SQNR``)."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    with unset_fake_temporarily(), torch.no_grad():
+        g = torch.Generator(device="cpu").manual_seed(0)
+        xr = torch.randn(1, *x.shape[1:], generator=g, device="cpu").to(device=w.device, dtype=x.dtype)
+        xr = xr.to(memory_format=torch.channels_last)
+        ref = conv_bn_ref(xr, w, b, mean, var, gamma, beta, None, stride, padding, eps, act, upcast=True)
+        y = torch.ops.tritonfuse.conv_bn_int8(*quant_tensor_ref(xr), w, b, mean, var, gamma, beta, None,
+                                              list(stride), list(padding), eps, act, "none", True, x.dtype)
+        noise = (ref - y.double().cpu()).norm().item()
+        if not math.isfinite(noise):
+            return -math.inf
+        return math.inf if noise == 0 else 20 * math.log10(ref.norm().item() / noise)
+
+
+def quant_tensor_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor symmetric int8 of ``x`` in ATen ops: (xq int8 of x's shape, xs fp32 [1]) with x ~ xq * xs.
+
+    One scale for the whole tensor: an implicit-GEMM conv sums over a window of pixels, so a per-pixel scale
+    could not be taken out of the sum. Non-finite values poison the scale (NaN out, as in float)."""
+    xf = x.float()
+    finite = torch.isfinite(xf).all()
+    amax = xf.abs().amax().masked_fill(~finite, 0.0).reshape(1)
+    inv = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
+    v = xf.nan_to_num(0.0, 0.0, 0.0) * inv
+    q = (torch.sign(v) * torch.floor(v.abs() + 0.5)).clamp(-127, 127).to(torch.int8)
+    return q, (amax / 127.0).masked_fill(~finite, float("nan"))
 
 
 @registry.kernel_op("tritonfuse::conv_bn_cudnn", fake=_conv_bn_fake)
@@ -453,8 +537,12 @@ def probe(device: str, dtype: torch.dtype, kernel: str, ksize: tuple, flat_k: bo
         pad = [ksize[0] // 2, ksize[1] // 2]
         shape = out_shape(x.shape, w.shape, [1, 1], pad)
         r = rnd(*shape).to(memory_format=torch.channels_last) if has_res else None
-        op = torch.ops.tritonfuse.conv_bn if kernel == "conv_bn" else torch.ops.tritonfuse.conv_bn_cudnn
-        y = op(x, w, b, *bn, r, [1, 1], pad, 1e-5, act, act2, True)
+        if kernel == "conv_bn_int8":
+            y = torch.ops.tritonfuse.conv_bn_int8(*quant_tensor_ref(x), w, b, *bn, r, [1, 1], pad, 1e-5, act, act2,
+                                                  True, dtype)
+        else:
+            op = torch.ops.tritonfuse.conv_bn if kernel == "conv_bn" else torch.ops.tritonfuse.conv_bn_cudnn
+            y = op(x, w, b, *bn, r, [1, 1], pad, 1e-5, act, act2, True)
         ref = conv_bn_ref(x, w, b, *bn, r, [1, 1], pad, 1e-5, act, act2, upcast=True)
         err = (y.double().cpu() - ref).norm() / ref.norm().clamp_min(1e-12)
         if not math.isfinite(err.item()) or err.item() > 5e-2:
@@ -493,21 +581,24 @@ def choice_key(x, w, b, bn, r, stride, padding, act, act2, channels_last) -> str
     )))
 
 
-def choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last) -> dict:
-    """Which path serves this conv: {"kernel": "conv_bn" (Triton) or "conv_bn_cudnn" (left to Inductor),
-    plus "ours_ms" / "theirs_ms" (Triton op / cuDNN conv alone) where they were timed.
+def choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last, int8: bool = False) -> dict:
+    """Which path serves this conv: {"kernel": "conv_bn" (Triton; "conv_bn_int8" with ``int8``) or
+    "conv_bn_cudnn" (left to Inductor), plus "ours_ms" / "theirs_ms" (Triton op / cuDNN conv alone) where they
+    were timed. The int8 op is timed on activations already quantized (Inductor fuses that into the
+    producer).
 
     On a GPU both are timed once per shape (``registry.measured_choice``, kept on disk); off the GPU or with
     ``TRITONFUSE_MEASURE=0`` the Triton kernel is used. ``CHOICE`` forces one path.
     """
+    ours = "conv_bn_int8" if int8 else "conv_bn"
     if CHOICE in ("triton", "cudnn"):
-        return {"kernel": "conv_bn" if CHOICE == "triton" else "conv_bn_cudnn", "forced": True}
+        return {"kernel": ours if CHOICE == "triton" else "conv_bn_cudnn", "forced": True}
     static = all(type(v) is int for t in (x, w, r) if t is not None for v in (*t.shape, *t.stride()))
     if not static:
         if x.device.type == "cuda" and config.measure_enabled():
             # dynamic shapes: nothing to time; cuDNN + Inductor's epilogue is never slower than Inductor
             return {"kernel": "conv_bn_cudnn", "dynamic": True}
-        return {"kernel": "conv_bn"}
+        return {"kernel": ours}
     real = {}
 
     def args():
@@ -530,9 +621,16 @@ def choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last) -> di
         xr, wr = args()[:2]
         return torch.ops.aten.convolution(xr, wr, None, list(stride), list(padding), [1, 1], False, [0, 0], 1)
 
+    def int8_op():
+        a = args()
+        if "q" not in real:
+            real["q"] = quant_tensor_ref(a[0])
+        return torch.ops.tritonfuse.conv_bn_int8(*real["q"], *a[1:], x.dtype)
+
     try:
-        rec = registry.measured_choice(choice_key(x, w, b, bn, r, stride, padding, act, act2, channels_last),
-                                       x.device, triton_op, [cudnn_conv])
+        key = choice_key(x, w, b, bn, r, stride, padding, act, act2, channels_last) + ("|int8" if int8 else "")
+        rec = registry.measured_choice(key, x.device, int8_op if int8 else triton_op, [cudnn_conv])
     except Exception as e:  # e.g. out of memory while timing: cuDNN's path
         return {"kernel": "conv_bn_cudnn", "error": f"{type(e).__name__}: {e}"}
-    return {"kernel": "conv_bn" if rec["use"] else "conv_bn_cudnn", **rec}
+    ours = "conv_bn_int8" if int8 else "conv_bn"
+    return {"kernel": ours if rec["use"] else "conv_bn_cudnn", **rec}

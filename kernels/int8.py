@@ -310,7 +310,8 @@ def _w8a8_tma_kernel(
 
 
 def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-output-channel symmetric int8 of a float [N, K] weight -> (wq [N, K] int8 contiguous, ws [N] fp32).
+    """Per-output-channel symmetric int8 of a float [N, K] weight -> (wq [N, K] int8 contiguous, ws [N] fp32);
+    a conv weight [N, C, KH, KW] gives a channels_last int8 weight.
 
     A zero channel gets scale 0; a channel with NaN/Inf gets scale NaN (its output column is NaN, as in
     float). Reads ``w`` only.
@@ -321,12 +322,16 @@ def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         >>> (wq.float() * ws[:, None]).sub(w).abs().max() <= ws.max() / 2
     """
     wf = w.detach().float()
-    finite = torch.isfinite(wf).all(dim=1)
-    amax = wf.abs().amax(dim=1).masked_fill(~finite, 0.0)
+    dims = tuple(range(1, w.dim()))  # a conv weight [Cout, C, KH, KW]: one scale per output channel too
+    bcast = (-1,) + (1,) * (w.dim() - 1)
+    finite = torch.isfinite(wf).all(dim=dims) if dims else torch.isfinite(wf)
+    amax = wf.abs().amax(dim=dims).masked_fill(~finite, 0.0)
     # tensor / tensor: a python scalar / tensor is computed as scalar * (1 / tensor), rounded twice
     inv = torch.where(amax > 0, torch.full_like(amax, QMAX) / amax, torch.zeros_like(amax))
-    v = wf.nan_to_num(0.0, 0.0, 0.0) * inv[:, None]
-    q = (torch.sign(v) * torch.floor(v.abs() + 0.5)).clamp_(-QMAX, QMAX).to(torch.int8).contiguous()
+    v = wf.nan_to_num(0.0, 0.0, 0.0) * inv.reshape(bcast)
+    q = (torch.sign(v) * torch.floor(v.abs() + 0.5)).clamp_(-QMAX, QMAX).to(torch.int8)
+    # [N, K] row-major; a conv weight channels_last (the implicit GEMM reads channels innermost)
+    q = q.contiguous(memory_format=torch.channels_last) if w.dim() == 4 else q.contiguous()
     ws = (amax / QMAX).masked_fill(~finite, float("nan")).contiguous()
     return q, ws
 

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch._inductor.pattern_matcher import (Match, PatternMatcherPass, gen_pattern_and_search_gm,
                                             register_graph_pattern)
 
-from tritonfuse import registry
+from tritonfuse import config, registry
 from tritonfuse.kernels import conv_bn as K
-from tritonfuse.patterns.common import trace_pattern
+from tritonfuse.patterns.common import module_name, trace_pattern
 
 FAMILY = "conv_bn"
 HEADS = ("bn", "bias_bn", "bias")  # conv -> BN, conv(bias) -> BN, conv(bias) alone
@@ -216,22 +216,48 @@ def _site(match: Match, head: str, act: str, res: bool, act2: str, constants: Co
     if reason:
         return conv, reason, None, detail
     flat_k = x.shape[1] < 32 and w.shape[2] * w.shape[3] > 1
-    choice = K.choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last)
+    int8, int8_why = _int8_site(match, conv, x, w, b, bn, stride, padding, eps, act)
+    if int8_why:
+        detail += f" ({int8_why})"
+    choice = K.choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last, int8=int8)
     op = choice["kernel"]
-    if op == "conv_bn":
+    if op in ("conv_bn", "conv_bn_int8"):
         reason = K.probe(str(x.device), x.dtype, op, tuple(w.shape[2:]), flat_k, b is not None, "bn" in head,
                          res, act, act2)
         if reason:
             return conv, reason, None, detail
     if "ours_ms" in choice:
         detail += f" triton {choice['ours_ms']:.4f} ms / cudnn conv alone {choice['theirs_ms']:.4f} ms"
-    if op != "conv_bn":
+    if op not in ("conv_bn", "conv_bn_int8"):
         why = ("measured faster" if "ours_ms" in choice else "dynamic shapes, nothing to time" if choice.get("dynamic")
                else f"timing failed ({choice['error']})" if "error" in choice
                else registry.slower_reason(choice, "") if choice.get("unmeasured") else "forced")
         return conv, f"cuDNN + Inductor's epilogue: {why}", None, detail
     args = (b, bn, r, list(stride), list(padding), eps, act, act2, channels_last)
     return conv, args, op, detail
+
+
+def _int8_site(match: Match, conv, x, w, b, bn, stride, padding, eps, act) -> tuple[bool, Optional[str]]:
+    """(True, None) where ``TRITONFUSE_QUANT=int8`` has the int8 kernel serve this conv, (False, why not)
+    where it is on but cannot, (False, None) where it is off."""
+    if config.quant != "int8":
+        return False, None  # int8-weight (weight-only) is for the Linear layers' small-M GEMMs
+    if x.dtype not in (torch.float16, torch.bfloat16):
+        return False, f"int8: {str(x.dtype).replace('torch.', '')} activations (fp16/bf16 only)"
+    name = module_name(conv)
+    if name and config.quant_skipped(name):
+        return False, f"int8: {name} is in TRITONFUSE_QUANT_SKIP"
+    gate = float(config.quant_min_sqnr)
+    if gate > 0:
+        real = [registry.real_value(n) if isinstance(n, torch.fx.Node) else None
+                for n in (conv.args[1], conv.args[2], *(match.kwargs.get(k) for k in ("mean", "var", "gamma", "beta")))]
+        needed = [w, b, *bn]
+        if any(r is None and t is not None for r, t in zip(real, needed)):
+            return False, "int8 SQNR gate: the weights are not available at compile time"
+        sqnr = K.int8_sqnr(x, *real, stride, padding, eps, act)
+        if sqnr < gate:
+            return False, f"int8 SQNR {sqnr:.1f} dB < TRITONFUSE_QUANT_MIN_SQNR {gate:g} dB"
+    return True, None
 
 
 def _make_check(head: str, act: str, res: bool, act2: str, constants: Counter):
@@ -261,9 +287,12 @@ def _make_handler(head: str, act: str, res: bool, act2: str, constants: Counter)
 
         def replacement(*ts):
             t = dict(zip(names, ts))
-            args = (t["x"], t["w"], t.get("b"), t.get("mean"), t.get("var"), t.get("gamma"), t.get("beta"),
-                    t.get("r"), stride, padding, eps, act_, act2_)
-            return torch.ops.tritonfuse.conv_bn(*args, channels_last)
+            rest = (t["w"], t.get("b"), t.get("mean"), t.get("var"), t.get("gamma"), t.get("beta"),
+                    t.get("r"), stride, padding, eps, act_, act2_, channels_last)
+            if op == "conv_bn_int8":
+                # per-tensor quantization as graph ops: Inductor fuses it into the kernel producing x
+                return torch.ops.tritonfuse.conv_bn_int8(*K.quant_tensor_ref(t["x"]), *rest, t["x"].dtype)
+            return torch.ops.tritonfuse.conv_bn(t["x"], *rest)
 
         match.replace_by_example(replacement, nodes)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +17,7 @@ from torch._inductor.pattern_matcher import Match, PatternMatcherPass, register_
 
 from tritonfuse import config, registry
 from tritonfuse.patterns.common import arg_val, trace_pattern
+from tritonfuse.patterns.common import module_name as _module_name
 from tritonfuse.kernels import linear_act as K
 
 FAMILY = "linear_act"
@@ -186,17 +186,6 @@ def _describe(x, w, dtype) -> str:
     for s in x.shape[:-1]:
         m *= s
     return f"M={m} K={x.shape[-1]} N={w.shape[0]} {str(dtype).replace('torch.', '')}"
-
-
-def _module_name(node: torch.fx.Node) -> str:
-    """The dotted name of the module a node came from (``layers.0.mlp.up_proj``), best effort."""
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return ""
-    path = list(stack.values())[-1][0]
-    for prefix in ("L['self'].", "L__self__.", "self."):
-        path = path.replace(prefix, "")
-    return re.sub(r"\[(\d+)\]", r".\1", path).replace("['", ".").replace("']", "").strip(".")
 
 
 def _int8_sqnr(match: Match, x2, act: str, gated: bool, mode: str):

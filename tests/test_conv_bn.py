@@ -429,3 +429,74 @@ def test_resnet50_cuda_fp16_channels_last():
         ref = copy.deepcopy(m).double()(x.double())
     assert tritonfuse.counters()[FAMILY] == _counts(53, 53), tritonfuse.report()
     assert_close_to_ref(out, ref, eager, atol=5e-2)
+
+
+# --- int8 (TRITONFUSE_QUANT=int8) ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("xshape,cout,k,stride,pad,res", [
+    ((2, 40, 9, 7), 24, 3, 1, 1, True),   # 3x3, C not a block multiple, residual
+    ((2, 36, 10, 10), 20, 1, 2, 0, False),  # strided 1x1
+    ((1, 3, 17, 15), 16, 7, 2, 3, False),  # stem: few channels, 7x7 (flat K)
+])
+def test_conv_bn_int8_kernel(device, xshape, cout, k, stride, pad, res):
+    from tritonfuse.kernels import int8 as I8
+    from utils import sqnr_db
+
+    dtype = torch.float16
+    x = fresh(*xshape, dtype=dtype, device=device, seed=50).to(memory_format=torch.channels_last)
+    w = fresh(cout, xshape[1], k, k, dtype=dtype, device=device, seed=51, scale=(xshape[1] * k * k) ** -0.5)
+    w_before = w.clone()
+    _, p = _params(cout, dtype, device, 52)
+    st, pd = [stride, stride], [pad, pad]
+    r = fresh(*K.out_shape(x.shape, w.shape, st, pd), dtype=dtype, device=device, seed=53) if res else None
+    xq, xs = K.quant_tensor_ref(x)
+    assert xq.dtype == torch.int8 and xs.shape == (1,)
+    out = torch.ops.tritonfuse.conv_bn_int8(xq, xs, w, None, *p, r, st, pd, 1e-5, "relu", "relu" if res else "none",
+                                            True, dtype)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(w, w_before)  # the weight is quantized into a copy
+    # the kernel vs the same int8 operands in fp64: only the fp16 output rounding and fp32 sums differ
+    wq, ws = I8.weight_cache.get(w)
+    xd = xq.double() * xs.double()
+    wd = wq.double() * ws.double().reshape(-1, 1, 1, 1)
+    ref_q = K.conv_bn_ref(xd, wd, None, *p, r, st, pd, 1e-5, "relu", "relu" if res else "none", upcast=True)
+    assert (out.double().cpu() - ref_q).abs().max() <= 2e-3 * ref_q.abs().max() + 1e-3
+    # the quantization: close to the float layer on Gaussian data
+    ref = K.conv_bn_ref(x, w, None, *p, r, st, pd, 1e-5, "relu", "relu" if res else "none", upcast=True)
+    assert sqnr_db(ref, out) > 30
+
+
+def test_resnet18_int8():
+    # TRITONFUSE_QUANT=int8: every conv+BN site runs the int8 kernel (QUANT_SKIP globs stay float); the
+    # logits stay close to the float model's; the weights are read, never written
+    torchvision = pytest.importorskip("torchvision")
+    from tritonfuse import config
+    from utils import sqnr_db
+
+    m = _randomize_bn(torchvision.models.resnet18(weights=None)).eval().to(torch.bfloat16)
+    m = m.to(memory_format=torch.channels_last)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    x = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = copy.deepcopy(m).float()(x)
+        with config.patch(quant="int8", quant_skip="layer4*"):
+            out = torch.compile(m, backend="tritonfuse")(x.to(torch.bfloat16))
+    assert tritonfuse.counters()[FAMILY] == _counts(20, 20), tritonfuse.report()
+    kernels = [s.kernel for s in tritonfuse.sites() if s.family == FAMILY]
+    # layer4 holds 5 convs (two blocks of two, one downsample): kept in floating point
+    assert sum(k.startswith("conv_bn_int8[") for k in kernels) == 15, kernels
+    assert sum(k.startswith("conv_bn[") for k in kernels) == 5, kernels
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    assert sqnr_db(ref.double(), out.double()) > 25
+
+
+def test_int8_min_sqnr_gate_keeps_conv_in_float():
+    from tritonfuse import config
+
+    m = _randomize_bn(ConvBNAct(act=nn.ReLU())).eval().to(torch.bfloat16)
+    x = torch.randn(2, 5, 9, 7, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    with torch.no_grad(), config.patch(quant="int8", quant_min_sqnr=99.0):
+        torch.compile(m, backend="tritonfuse")(x)
+    site, = [s for s in tritonfuse.sites() if s.family == FAMILY]
+    assert site.kernel == "conv_bn[bn,relu]" and "TRITONFUSE_QUANT_MIN_SQNR 99 dB" in site.detail, site
