@@ -240,7 +240,8 @@ def test_weight_untouched_and_cached(device):
     assert torch.equal(w, before) and w.dtype == torch.float16 and w._version == version
     assert Q.weight_cache.quantizations == n0 + 1  # quantized once, served twice
     assert y1.shape == y2.shape
-    # the entry goes when the float weight goes
+    # the entry goes when the float weight goes (collect first: other tests' dead weights go with gc too)
+    gc.collect()
     size = len(Q.weight_cache)
     del w
     gc.collect()
