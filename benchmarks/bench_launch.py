@@ -10,8 +10,9 @@ plus Inductor's launcher for its fused kernels). The two launch paths must give 
 Time per call = wall time of ``--calls`` back-to-back calls, then one synchronize, divided by the calls
 (median of ``--repeats`` such runs, after a warm-up).
 
-Run: ``python benchmarks/bench_launch.py [--calls 300] [--repeats 5]``; rows go to
-``benchmarks/results/kernels-<gpu>.json`` as kernel ``launch_<op>`` with ``us_per_call``.
+Run: ``python benchmarks/bench_launch.py [--calls 300] [--repeats 5] [--out FILE]``; rows go to
+``benchmarks/results/kernels-<gpu>.json`` (or FILE; ``python benchmarks/common.py --merge FILE`` merges a
+file fetched from the GPU machine) as kernel ``launch_<op>`` with ``us_per_call``.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--out", default=None, help="results file (default: benchmarks/results/kernels-<gpu>.json)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_launch.py times host cost on a GPU; no CUDA device here")
@@ -121,7 +123,7 @@ def main() -> None:
                     rows.append(row(f"launch_{name}", shape, DT, provider, us / 1e3, us_per_call=round(us, 2)))
     print("launch failures:", launch.failures or "none")
     if not args.no_save:
-        print("wrote", merge_rows(rows))
+        print("wrote", merge_rows(rows, args.out))
 
 
 if __name__ == "__main__":

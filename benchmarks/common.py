@@ -52,15 +52,32 @@ def _key(r: dict) -> tuple:
     return (r["kernel"], r["shape"], r["dtype"], r["provider"])
 
 
-def merge_rows(rows: list[dict], path: pathlib.Path | str | None = None) -> pathlib.Path:
-    """Merge ``rows`` into ``results/kernels-<gpu-slug>.json`` (or ``path``); the header is refreshed."""
+def merge_rows(rows: list[dict], path: pathlib.Path | str | None = None, head: dict | None = None) -> pathlib.Path:
+    """Merge ``rows`` into ``results/kernels-<gpu-slug>.json`` (or ``path``); the header is refreshed
+    (``head``: another run's header, when merging a results file fetched from the GPU machine)."""
     path = pathlib.Path(path) if path else RESULTS / f"kernels-{gpu_slug()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(path.read_text()) if path.exists() else {}
     merged = {_key(r): r for r in old.get("rows", [])}
     merged.update({_key(r): r for r in rows})
-    doc = {**meta(), "rows": sorted(merged.values(), key=_key)}
+    doc = {**(head if head is not None else meta()), "rows": sorted(merged.values(), key=_key)}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     tmp.replace(path)
     return path
+
+
+def merge_file(src: pathlib.Path | str) -> pathlib.Path:
+    """Merge a kernels results file written on the GPU machine (``--out``) into ``results/`` here."""
+    doc = json.loads(pathlib.Path(src).read_text())
+    head = {k: v for k, v in doc.items() if k != "rows"}
+    return merge_rows(doc.get("rows", []), RESULTS / f"kernels-{slug(doc['gpu'])}.json", head)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) < 3 or sys.argv[1] != "--merge":
+        sys.exit("usage: python benchmarks/common.py --merge FILE [FILE ...]  (kernel rows from the GPU machine)")
+    for f in sys.argv[2:]:
+        print("merged into", merge_file(f))
