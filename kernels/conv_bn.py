@@ -431,6 +431,8 @@ def int8_sqnr(x, w, b, mean, var, gamma, beta, stride, padding, eps: float, act:
     with the site's real weights (for ``TRITONFUSE_QUANT_MIN_SQNR``)."""
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
+    from tritonfuse.kernels import int8 as I8
+
     with unset_fake_temporarily(), torch.no_grad():
         g = torch.Generator(device="cpu").manual_seed(0)
         xr = torch.randn(1, *x.shape[1:], generator=g, device="cpu").to(device=w.device, dtype=x.dtype)
@@ -438,10 +440,7 @@ def int8_sqnr(x, w, b, mean, var, gamma, beta, stride, padding, eps: float, act:
         ref = conv_bn_ref(xr, w, b, mean, var, gamma, beta, None, stride, padding, eps, act, upcast=True)
         y = torch.ops.tritonfuse.conv_bn_int8(*quant_tensor_ref(xr), w, b, mean, var, gamma, beta, None,
                                               list(stride), list(padding), eps, act, "none", True, x.dtype)
-        noise = (ref - y.double().cpu()).norm().item()
-        if not math.isfinite(noise):
-            return -math.inf
-        return math.inf if noise == 0 else 20 * math.log10(ref.norm().item() / noise)
+        return I8.sqnr_db(ref, y)
 
 
 def quant_tensor_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -449,13 +448,10 @@ def quant_tensor_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     One scale for the whole tensor: an implicit-GEMM conv sums over a window of pixels, so a per-pixel scale
     could not be taken out of the sum. Non-finite values poison the scale (NaN out, as in float)."""
-    xf = x.float()
-    finite = torch.isfinite(xf).all()
-    amax = xf.abs().amax().masked_fill(~finite, 0.0).reshape(1)
-    inv = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
-    v = xf.nan_to_num(0.0, 0.0, 0.0) * inv
-    q = (torch.sign(v) * torch.floor(v.abs() + 0.5)).clamp(-127, 127).to(torch.int8)
-    return q, (amax / 127.0).masked_fill(~finite, float("nan"))
+    from tritonfuse.kernels import int8 as I8
+
+    q, scale = I8.symmetric_int8(x, tuple(range(x.dim())))
+    return q, scale.reshape(1)
 
 
 @registry.kernel_op("tritonfuse::conv_bn_cudnn", fake=_conv_bn_fake)

@@ -309,6 +309,21 @@ def _w8a8_tma_kernel(
 # --- weight quantization and its cache ----------------------------------------------------------------
 
 
+def symmetric_int8(x: torch.Tensor, dims: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 of ``x`` with one scale per slice reduced over ``dims``: (q int8 of x's shape, fp32
+    scales with ``dims`` kept as size 1), rounding half away from zero. A zero slice gets scale 0 and q 0; a
+    slice with NaN/Inf gets scale NaN and q 0 (its outputs are NaN, as in float). In ATen ops: the weight
+    quantizer, and the activation quantizers that Inductor fuses into the producing kernel."""
+    xf = x.float()
+    finite = torch.isfinite(xf).all(dim=dims, keepdim=True)
+    amax = xf.abs().amax(dim=dims, keepdim=True).masked_fill(~finite, 0.0)
+    # tensor / tensor: a python scalar / tensor is computed as scalar * (1 / tensor), rounded twice
+    inv = torch.where(amax > 0, torch.full_like(amax, QMAX) / amax, torch.zeros_like(amax))
+    v = xf.nan_to_num(0.0, 0.0, 0.0) * inv
+    q = (torch.sign(v) * torch.floor(v.abs() + 0.5)).clamp(-QMAX, QMAX).to(torch.int8)
+    return q, (amax / QMAX).masked_fill(~finite, float("nan"))
+
+
 def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-output-channel symmetric int8 of a float [N, K] weight -> (wq [N, K] int8 contiguous, ws [N] fp32);
     a conv weight [N, C, KH, KW] gives a channels_last int8 weight.
@@ -321,18 +336,10 @@ def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         >>> wq, ws = quantize_weight(torch.randn(64, 128))
         >>> (wq.float() * ws[:, None]).sub(w).abs().max() <= ws.max() / 2
     """
-    wf = w.detach().float()
-    dims = tuple(range(1, w.dim()))  # a conv weight [Cout, C, KH, KW]: one scale per output channel too
-    bcast = (-1,) + (1,) * (w.dim() - 1)
-    finite = torch.isfinite(wf).all(dim=dims) if dims else torch.isfinite(wf)
-    amax = wf.abs().amax(dim=dims).masked_fill(~finite, 0.0)
-    # tensor / tensor: a python scalar / tensor is computed as scalar * (1 / tensor), rounded twice
-    inv = torch.where(amax > 0, torch.full_like(amax, QMAX) / amax, torch.zeros_like(amax))
-    v = wf.nan_to_num(0.0, 0.0, 0.0) * inv.reshape(bcast)
-    q = (torch.sign(v) * torch.floor(v.abs() + 0.5)).clamp_(-QMAX, QMAX).to(torch.int8)
+    q, ws = symmetric_int8(w.detach(), tuple(range(1, w.dim())))  # a conv weight: one scale per Cout too
     # [N, K] row-major; a conv weight channels_last (the implicit GEMM reads channels innermost)
     q = q.contiguous(memory_format=torch.channels_last) if w.dim() == 4 else q.contiguous()
-    ws = (amax / QMAX).masked_fill(~finite, float("nan")).contiguous()
+    ws = ws.reshape(-1).contiguous()
     return q, ws
 
 
@@ -673,14 +680,8 @@ def int8_quant_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def quant_rows_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """What ``quant_rows`` computes, in PyTorch (same rounding: half away from zero)."""
-    xf = x.float()
-    finite = torch.isfinite(xf).all(dim=1)
-    amax = xf.abs().amax(dim=1).masked_fill(~finite, 0.0)
-    # tensor / tensor: a python scalar / tensor is computed as scalar * (1 / tensor), rounded twice
-    inv = torch.where(amax > 0, torch.full_like(amax, QMAX) / amax, torch.zeros_like(amax))
-    v = xf.nan_to_num(0.0, 0.0, 0.0) * inv[:, None]
-    q = (torch.sign(v) * torch.floor(v.abs() + 0.5)).clamp(-QMAX, QMAX).to(torch.int8)
-    return q, (amax / QMAX).masked_fill(~finite, float("nan"))
+    q, scale = symmetric_int8(x, (1,))
+    return q, scale.reshape(-1)
 
 
 def int8_linear_ref(x, w, b, act, mode, upcast: bool = True) -> torch.Tensor:
@@ -717,10 +718,15 @@ def layer_sqnr(x, w, b, act: str, mode: str, wu=None, bu=None) -> float:
         else:
             ref = ref * torch.nn.functional.linear(xd, wu.double(), None if bu is None else bu.double())
             y = torch.ops.tritonfuse.int8_gated_mlp(x, w, wu, b, bu, act, mode)
-        noise = (ref - y.double()).norm().item()
-        if not math.isfinite(noise):
-            return -math.inf
-        return math.inf if noise == 0 else 20 * math.log10(ref.norm().item() / noise)
+        return sqnr_db(ref, y)
+
+
+def sqnr_db(ref: torch.Tensor, y: torch.Tensor) -> float:
+    """SQNR in dB of ``y`` against the fp64 reference ``ref`` (-inf when y is not finite)."""
+    noise = (ref - y.double().to(ref.device)).norm().item()
+    if not math.isfinite(noise):
+        return -math.inf
+    return math.inf if noise == 0 else 20 * math.log10(ref.norm().item() / noise)
 
 
 def probe(device: str, dtype: torch.dtype, act: str, has_bias: bool, gated: bool, mode: str) -> Optional[str]:

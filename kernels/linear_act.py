@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from tritonfuse import config, registry
-from tritonfuse.kernels.common import _apply_act, _m_bucket, cast_out, dot_upcast, host_desc, rtne_bf16
+from tritonfuse.kernels.common import _apply_act, _m_bucket, capability, cast_out, dot_upcast, host_desc, rtne_bf16
 
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu")
 GATED_ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
@@ -297,9 +297,8 @@ def _tma_aligned(*ts: torch.Tensor) -> bool:
                for t in ts)
 
 
-@functools.lru_cache(maxsize=None)
 def _hopper(device: torch.device) -> bool:
-    return torch.cuda.get_device_capability(device)[0] == 9
+    return capability(device)[0] == 9
 
 
 def _tma_ok(*ts: torch.Tensor) -> bool:

@@ -260,9 +260,15 @@ def _int8_site(match: Match, conv, x, w, b, bn, stride, padding, eps, act) -> tu
     return True, None
 
 
+# the match a check accepted last and its site: the pattern matcher runs a match's handler right after its
+# check, and the site (a measured choice, a probe, with int8 an SQNR gate) is not worked out twice
+_checked: list = [None, None]
+
+
 def _make_check(head: str, act: str, res: bool, act2: str, constants: Counter):
     def check(match: Match) -> bool:
         site = _site(match, head, act, res, act2, constants)
+        _checked[:] = [match, site]
         if site is None:
             return False
         conv, args, op, detail = site
@@ -277,7 +283,8 @@ def _make_check(head: str, act: str, res: bool, act2: str, constants: Counter):
 
 def _make_handler(head: str, act: str, res: bool, act2: str, constants: Counter):
     def handler(match: Match, *args, **kwargs) -> None:
-        site = _site(match, head, act, res, act2, constants)
+        site = _checked[1] if _checked[0] is match else _site(match, head, act, res, act2, constants)
+        _checked[:] = [None, None]
         conv, (b, bn, r, stride, padding, eps, act_, act2_, channels_last), op, _ = site
         # only fx nodes go through the trace; the conv's settings are constants of the replacement
         names = ["x", "w"] + (["b"] if b is not None else []) + (["mean", "var", "gamma", "beta"] if "bn" in head
