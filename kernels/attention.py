@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonfuse import config, registry
+from tritonfuse import config, inline, registry
 from tritonfuse.kernels.common import capability, cast_out, dot_upcast, host_desc, rtne_bf16
 
 try:  # host-side TMA descriptors (triton >= 3.3)
@@ -656,6 +656,8 @@ def _tma_ok(*ts: torch.Tensor) -> bool:
     q = ts[0]
     if not use_tma or _tma_failed or TensorDescriptor is None or registry.interpret_mode() or not q.is_cuda:
         return False
+    if inline.active():
+        return False  # traced for Inductor's code: the pointer kernel
     if capability(q.device)[0] < 9 or q.dtype not in (torch.float16, torch.bfloat16):
         return False
     D = q.shape[-1]
@@ -677,7 +679,7 @@ def _use_decode(q, k, is_causal: bool) -> bool:
     return q.shape[2] <= DECODE_MAX_Q and k.shape[2] >= DECODE_MIN_K and group * q.shape[2] <= 128
 
 
-def _forward(q, k, v, mask, scale: float, is_causal: bool, store_lse: bool):
+def _forward(q, k, v, mask, scale: float, is_causal: bool, store_lse: bool, tma: bool = True):
     B, H, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     out = _empty_out(q)
@@ -716,7 +718,7 @@ def _forward(q, k, v, mask, scale: float, is_causal: bool, store_lse: bool):
         )
         return out, lse
 
-    if mask is None and _tma_ok(q, k, v, out) and _tma_self_check(q.device, q.dtype):
+    if tma and mask is None and _tma_ok(q, k, v, out) and _tma_self_check(q.device, q.dtype):
         try:
             _launch_tma(q, k, v, out, lse, qk_scale, is_causal, store_lse)
             return out, lse
@@ -785,7 +787,7 @@ def _attention_fake(q, k, v, mask, scale, is_causal):
     return _empty_out(q)
 
 
-@registry.kernel_op("tritonfuse::attention", fake=_attention_fake)
+@registry.kernel_op("tritonfuse::attention", fake=_attention_fake, inline=True)
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float,
               is_causal: bool) -> torch.Tensor:
     """``softmax(q @ k.transpose(-2, -1) * scale + mask) @ v`` in one flash-attention kernel.
@@ -887,6 +889,44 @@ def attention_ref(q, k, v, mask=None, scale=None, is_causal=False, upcast: bool 
         s = s.masked_fill(~keep, float("-inf"))
     p = torch.softmax(s, dim=-1).nan_to_num(0.0)
     return p @ v
+
+
+def measure(q, k, v, mask, is_causal: bool) -> dict:
+    """On a GPU, time this kernel against PyTorch's SDPA (cuDNN, flash or memory-efficient, whichever it
+    picks) at the site's shapes, K/V repeated to the query heads as the graph does for GQA; cached per shape."""
+    B, H, Sq, D = q.shape
+    Hkv, Sk = k.shape[1], k.shape[2]
+    mshape = tuple(mask.shape) if mask is not None else None
+    key = (f"attention|B{B}xH{H}xKV{Hkv}xSq{Sq}xSk{Sk}xD{D}|{q.dtype}|mask{mshape}:{mask.dtype if mask is not None else ''}"
+           f"|causal{int(is_causal)}")
+    graphed = inline.will_inline(torch.ops.tritonfuse.attention.default, q.device)
+    lazy = {}
+
+    def args():
+        if not lazy:
+            def real(*shape):
+                return torch.randn(shape, device=q.device, dtype=q.dtype)
+            m = None
+            if mask is not None:
+                keep = torch.rand(mshape, device=q.device) > 0.1
+                keep[..., 0] = True
+                m = keep if mask.dtype == torch.bool else torch.zeros(mshape, device=q.device, dtype=mask.dtype).masked_fill(~keep, float("-inf"))
+            kk, vv = real(B, Hkv, Sk, D), real(B, Hkv, Sk, D)
+            lazy.update(q=real(B, H, Sq, D), k=kk, v=vv, m=m, kr=kk.repeat_interleave(H // Hkv, 1),
+                        vr=vv.repeat_interleave(H // Hkv, 1))
+        return lazy
+
+    def ours():
+        a = args()
+        # inlined calls run the pointer (or decode) kernels: those are timed
+        return _forward(a["q"], a["k"], a["v"], a["m"], D ** -0.5, is_causal, store_lse=False, tma=not graphed)[0]
+
+    def sdpa():
+        a = args()
+        return torch.nn.functional.scaled_dot_product_attention(a["q"], a["kr"], a["vr"], attn_mask=a["m"],
+                                                                is_causal=is_causal and a["m"] is None)
+
+    return registry.measured_choice(key, q.device, ours, [sdpa], graphed=graphed)
 
 
 def probe(device: str, dtype: torch.dtype, head_dim: int, mask_kind: str, is_causal: bool, gqa: bool,

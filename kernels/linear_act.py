@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonfuse import config, registry
+from tritonfuse import config, inline, registry
 from tritonfuse.kernels.common import _apply_act, _m_bucket, capability, cast_out, dot_upcast, host_desc, rtne_bf16
 
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu")
@@ -50,6 +50,11 @@ else:
         _cfg(128, 64, 64, 4, 4),
         _cfg(64, 128, 64, 4, 4),
         _cfg(64, 64, 64, 4, 4),
+        # decode-sized M: short tiles, long K steps, more programs streaming the weight
+        _cfg(16, 64, 128, 4, 4),
+        _cfg(16, 128, 128, 4, 4),
+        _cfg(32, 64, 128, 4, 4),
+        _cfg(16, 32, 256, 3, 4),
     ]
     # two fp32 accumulators per tile: stay at or under 128x128 per program
     _GATED_CONFIGS = [
@@ -60,6 +65,9 @@ else:
         _cfg(64, 128, 64, 4, 4),
         _cfg(128, 256, 32, 3, 8),
         _cfg(64, 64, 64, 4, 4),
+        _cfg(16, 64, 128, 4, 4),
+        _cfg(16, 32, 128, 4, 4),
+        _cfg(32, 64, 64, 4, 4),
     ]
 
 _AUTOTUNE_KW = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
@@ -304,9 +312,27 @@ def _hopper(device: torch.device) -> bool:
 def _tma_ok(*ts: torch.Tensor) -> bool:
     """The TMA kernels serve Hopper GPUs (the tests also run them under the CPU interpreter)."""
     t0 = ts[0]
-    if registry.interpret_mode() or t0.device.type != "cuda":
-        return False
+    if registry.interpret_mode() or t0.device.type != "cuda" or inline.active():
+        return False  # inlined calls run the pointer kernels (see _inline_when)
     return _hopper(t0.device) and _tma_aligned(*ts)
+
+
+# Up to this many rows a site's GEMM is inlined into Inductor's code as the pointer kernel (no host cost per
+# call, which small layers pay in full); above it, on Hopper, the persistent TMA kernel's throughput is worth
+# an op call.
+INLINE_MAX_M = 256
+
+
+def _inline_when(x, *ws_and_rest) -> Optional[str]:
+    """None when a call with these operands is inlined; else why it stays an op call."""
+    ws = [t for t in ws_and_rest if isinstance(t, torch.Tensor) and t.dim() == 2]
+    if x.shape[0] <= INLINE_MAX_M or not _hopper(x.device) or TensorDescriptor is None:
+        return None
+    if x.dtype not in (torch.float16, torch.bfloat16):
+        return None
+    if all(t.stride(1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0 for t in (x, *ws)):
+        return f"M={x.shape[0]} > {INLINE_MAX_M} on Hopper: the TMA kernel, called as an op"
+    return None
 
 
 @functools.lru_cache(maxsize=None)
@@ -368,7 +394,7 @@ def _linear_act_fake(x, w, b, act):
     return x.new_empty((x.shape[0], w.shape[0]))
 
 
-@registry.kernel_op("tritonfuse::linear_act", fake=_linear_act_fake)
+@registry.kernel_op("tritonfuse::linear_act", fake=_linear_act_fake, inline=_inline_when)
 def linear_act(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], act: str) -> torch.Tensor:
     """``act(x @ w.T + b)`` in one Triton GEMM.
 
@@ -386,7 +412,7 @@ def linear_act(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], act:
     return _launch_linear(x, w, b, act, store_pre=False)[0]
 
 
-def _launch_linear(x, w, b, act, store_pre: bool, fixed: Optional[dict] = None):
+def _launch_linear(x, w, b, act, store_pre: bool, fixed: Optional[dict] = None, tma: bool = True):
     """Launch the TMA kernel where it applies, else the pointer kernel; ``fixed`` (a config's kwargs,
     num_warps and num_stages) skips autotuning, as the probe does."""
     M, K = x.shape
@@ -395,7 +421,7 @@ def _launch_linear(x, w, b, act, store_pre: bool, fixed: Optional[dict] = None):
     pre = torch.empty((M, N), device=x.device, dtype=x.dtype) if store_pre else out
     if M == 0 or N == 0:
         return out, pre
-    if K > 0 and _tma_ok(x, w, out):
+    if K > 0 and tma and _tma_ok(x, w, out):
         sms = _num_sms(x.device)
         args = dict(x_desc=_desc(x), w_desc=_desc(w), out_desc=_desc(out), pre_desc=_desc(pre))
         if fixed:
@@ -437,7 +463,7 @@ def _gated_mlp_fake(x, wg, wu, bg, bu, act):
     return x.new_empty((x.shape[0], wg.shape[0]))
 
 
-@registry.kernel_op("tritonfuse::gated_mlp", fake=_gated_mlp_fake)
+@registry.kernel_op("tritonfuse::gated_mlp", fake=_gated_mlp_fake, inline=_inline_when)
 def gated_mlp(
     x: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, bg: Optional[torch.Tensor], bu: Optional[torch.Tensor],
     act: str,
@@ -456,14 +482,14 @@ def gated_mlp(
     return _launch_gated(x, wg, wu, bg, bu, act)
 
 
-def _launch_gated(x, wg, wu, bg, bu, act, fixed: Optional[dict] = None):
+def _launch_gated(x, wg, wu, bg, bu, act, fixed: Optional[dict] = None, tma: bool = True):
     M, K = x.shape
     N = wg.shape[0]
     out = torch.empty((M, N), device=x.device, dtype=x.dtype)
     if M == 0 or N == 0:
         return out
     has_bias = bg is not None
-    if K > 0 and _tma_ok(x, wg, wu, out):
+    if K > 0 and tma and _tma_ok(x, wg, wu, out):
         sms = _num_sms(x.device)
         args = dict(x_desc=_desc(x), wg_desc=_desc(wg), wu_desc=_desc(wu), out_desc=_desc(out))
         if fixed:
@@ -539,6 +565,12 @@ def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optiona
         return torch.randn(shape, device=x.device, dtype=x.dtype)
 
     lazy = {}
+    # a site inlined into Inductor's code runs the pointer kernel, launched by Inductor: timed as GPU time
+    op = torch.ops.tritonfuse.gated_mlp if gated else torch.ops.tritonfuse.linear_act
+    inlined = (not int8_mode and not store_pre and inline.will_inline(op.default, x.device)
+               and _inline_when(x, *ws) is None)
+    if inlined:
+        key += "|pointer"
 
     def args():
         if not lazy:
@@ -562,8 +594,8 @@ def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optiona
         if int8_mode:
             return torch.ops.tritonfuse.int8_linear(a["x"], a["w1"], a["b"], act, int8_mode)
         if gated:
-            return gated_mlp(a["x"], a["w1"], a["w2"], a["b"], a["b"], act)
-        return _launch_linear(a["x"], a["w1"], a["b"], act, store_pre)
+            return _launch_gated(a["x"], a["w1"], a["w2"], a["b"], a["b"], act, tma=not inlined)
+        return _launch_linear(a["x"], a["w1"], a["b"], act, store_pre, tma=not inlined)
 
     def gemm(w):
         a = args()
@@ -575,7 +607,7 @@ def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optiona
         theirs = [lambda: gemm("w1")]
     else:  # one GEMM, then Inductor's activation kernel reads and writes the output once
         theirs = [lambda: gemm("w1"), lambda: torch.relu(args()["y1"])]
-    return registry.measured_choice(key, x.device, ours, theirs)
+    return registry.measured_choice(key, x.device, ours, theirs, graphed=inlined)
 
 
 _PROBE_CONFIG = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=2)

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonfuse import registry
+from tritonfuse import inline, registry
 from tritonfuse.kernels.common import cast_out, rtne_bf16
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -312,7 +312,7 @@ def _norm_fake(x, residual, weight, bias, eps, kind, write_sum, cast_before_weig
     )
 
 
-@registry.kernel_op("tritonfuse::norm_residual", fake=_norm_fake)
+@registry.kernel_op("tritonfuse::norm_residual", fake=_norm_fake, inline=True)
 def norm_residual(
     x: torch.Tensor, residual: Optional[torch.Tensor], weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
     eps: float, kind: str, write_sum: bool, cast_before_weight: bool, stats: bool, quant_out: bool,
@@ -494,7 +494,8 @@ def measure(x, residual, weight, bias, kind: str, write_sum: bool, stats: bool) 
             torch.neg(a["x"], out=a["out"])
 
     theirs = [moved_bytes] + ([lambda: torch.neg(args()["x"], out=args()["out"])] if write_sum else [])
-    return registry.measured_choice(key, x.device, ours, theirs)
+    graphed = inline.will_inline(torch.ops.tritonfuse.norm_residual.default, x.device)
+    return registry.measured_choice(key, x.device, ours, theirs, graphed=graphed)
 
 
 def probe(device: str, dtype: torch.dtype, kind: str, n: int, has_res: bool, has_w: bool, has_b: bool,

@@ -65,7 +65,8 @@ SDPA_OPS = tuple(
 )
 
 
-# SDPA nodes whose own kernel beats ours (benchmarks/results/kernels-nvidia-h100-80gb-hbm3.json): left to Inductor
+# SDPA nodes whose own kernel beats ours at prefill sizes (benchmarks/results/kernels-nvidia-h100-80gb-hbm3.json):
+# left to Inductor when sites are not timed (TRITONFUSE_MEASURE=0); otherwise each site is measured
 _KEEP_UPSTREAM = {
     name: reason
     for name, reason in (
@@ -316,6 +317,10 @@ def _decide(site: torch.fx.Node, q, k, v, mask, is_causal: bool, kernel: str) ->
     if reason is None:
         reason = K.probe(str(q.device), q.dtype, q.shape[-1], _mask_kind(mask), is_causal,
                          hk.shape[1] != hq.shape[1], K._use_decode(hq, hk, is_causal))
+    if reason is None:
+        rec = K.measure(hq, hk, hv, hm, is_causal)
+        if not rec["use"]:
+            reason = registry.slower_reason(rec, "SDPA")
     if reason:
         registry.note_fallback(FAMILY, site, kernel, reason, detail)
         return False
@@ -349,7 +354,7 @@ def _sdpa_handler(match: Match, *args, **kwargs) -> None:
                                "Inductor's SDPA forward/backward pair", detail)
         return
     keep = _KEEP_UPSTREAM.get(node.target.__name__.split(".")[0])
-    if keep:
+    if keep and not registry.timing_enabled(q.device):  # measured where it can be
         registry.note_fallback(FAMILY, node, kernel, keep, detail)
         return
     if a.get("dropout_p", 0.0) not in (0, 0.0):

@@ -117,6 +117,10 @@ class TritonfusePasses(CustomGraphPass):
                 msg = f"the {family} pass failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
                 registry.note_error(msg)
                 _warn_once(f"tritonfuse: {msg}; its remaining sites are left to Inductor")
+        if registry.pending_replacements():
+            from . import inline
+
+            inline.inline_pass(graph)
 
     def uuid(self):
         # part of Inductor's FX-graph cache key: other settings or other code never reuse this graph
@@ -134,6 +138,10 @@ def _settings_hash() -> str:
     # where sites are chosen by measurement, the measurements are part of the key (see registry.choices_digest)
     choices = registry.choices_digest() if config.measure_enabled() and _gpu_timing() else ""
     return hashlib.sha256(repr((sorted(config.snapshot().items()), _SOURCE_HASH, choices)).encode()).hexdigest()
+
+
+def _inlining() -> bool:
+    return config.inline_enabled() and _gpu_timing()
 
 
 def _gpu_timing() -> bool:
@@ -243,7 +251,19 @@ def tritonfuse_backend(gm: torch.fx.GraphModule, example_inputs, mode=None, opti
     passes = (TritonfusePasses(families, _graph_key(gm, example_inputs), example_inputs, user_pass)
               if families else None)
     try:
-        compiled = _compile(gm, example_inputs, passes, patches)
+        try:
+            compiled = _compile(gm, example_inputs, passes, patches)
+        except Exception as e:
+            if passes is None or not config.fallback_enabled() or _is_control_flow(e) or not _inlining():
+                raise
+            # Inductor could not compile our inlined kernels: the same sites as opaque op calls
+            _warn_once(f"tritonfuse: compiling with inlined kernels failed ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0] if str(e) else ''}); retrying with TRITONFUSE_INLINE=0")
+            registry.note_error(f"inlining failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            registry.forget(passes.done)
+            passes = TritonfusePasses(families, passes.key, example_inputs, user_pass)
+            with config.patch(inline="0"):
+                compiled = _compile(gm, example_inputs, passes, patches)
     except Exception as e:
         if passes is None or not config.fallback_enabled() or _is_control_flow(e):
             raise

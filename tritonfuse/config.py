@@ -45,6 +45,9 @@ measure: str = "1"
 autotune: str = "1"
 # "1" (default): on a GPU, kernels launch through tritonfuse.launch's cached path; "0": Triton's own launch
 fast_launch: str = "1"
+# "1" (default): on a GPU, ops whose kernels Inductor can compile itself are inlined into Inductor's
+# generated code (wrap_triton; no op dispatch per call); "0": every site calls its opaque tritonfuse op
+inline: str = "1"
 # seconds of per-shape timing (TRITONFUSE_MEASURE) one compiled graph may spend; sites past it stay
 # Inductor's until a later compile measures them ("inf": no limit)
 measure_budget_s: str = "10"
@@ -61,6 +64,7 @@ _ENV = {
     "measure": "TRITONFUSE_MEASURE",
     "fast_launch": "TRITONFUSE_FAST_LAUNCH",
     "measure_budget_s": "TRITONFUSE_MEASURE_BUDGET_S",
+    "inline": "TRITONFUSE_INLINE",
 }
 
 
@@ -110,7 +114,7 @@ def validate() -> None:
         ok = False
     if not ok:
         _fail("measure_budget_s", measure_budget_s, "seconds >= 0, or inf")
-    for name in ("linear_plain", "autotune", "measure", "fast_launch"):
+    for name in ("linear_plain", "autotune", "measure", "fast_launch", "inline"):
         if str(g[name]) not in ("0", "1"):
             _fail(name, g[name], "0, 1")
 
@@ -147,6 +151,10 @@ def measure_budget() -> float:
 
 def fast_launch_enabled() -> bool:
     return str(fast_launch) != "0"
+
+
+def inline_enabled() -> bool:
+    return str(inline) != "0"
 
 
 def linear_plain_enabled() -> bool:

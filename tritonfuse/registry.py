@@ -135,6 +135,17 @@ def demote(done: list[Site], reason: str) -> None:
                 site.status, site.reason = "fallback", reason
 
 
+def forget(done: list[Site]) -> None:
+    """Drop the records of ``done`` (their graph is being compiled again, which records its sites anew)."""
+    with _lock:
+        for site in done:
+            c = _counters[site.family]
+            c["matched"] -= 1
+            c[site.status] -= 1
+        ids = {id(site) for site in done}
+        _sites[:] = [site for site in _sites if id(site) not in ids]
+
+
 def replay(records: list[dict]) -> list[Site]:
     """Count sites recorded when a graph now served from Inductor's cache was first compiled."""
     global _graph_index
@@ -227,7 +238,12 @@ def device_unsupported(device: torch.device) -> Optional[str]:
 def launcher(kernel):
     """How ops launch ``kernel``: through ``tritonfuse.launch``'s cached fast path on the GPU (Triton's
     per-call binding and autotune look-up cost more host time than a small layer's kernel); directly under
-    the CPU interpreter or with ``TRITONFUSE_FAST_LAUNCH=0``."""
+    the CPU interpreter or with ``TRITONFUSE_FAST_LAUNCH=0``; through ``wrap_triton`` while an op body is
+    traced for inlining into Inductor's code (``tritonfuse.inline``)."""
+    from . import inline
+
+    if inline.active():
+        return inline.wrap(kernel)
     if interpret_mode() or not config.fast_launch_enabled():
         return kernel
     from . import launch
@@ -244,14 +260,20 @@ def _infer_schema(fn: Callable) -> str:
     return infer(fn, mutates_args=())
 
 
-def kernel_op(qualname: str, fake: Callable) -> Callable:
+def kernel_op(qualname: str, fake: Callable, inline=False) -> Callable:
     """Define the torch op ``qualname`` with ``fn`` as its implementation and ``fake`` as its fake (meta)
     implementation; returns the op.
+
+    ``inline``: True, or a function of the op's arguments (fake tensors) returning None or why not, lets
+    ``tritonfuse.inline`` trace the body into Inductor's graph on the GPU: every launch in ``fn`` must go
+    through ``launcher()``, and ``fn`` must run on fake tensors (no data pointers, no synchronisation).
 
     Defined with ``torch.library.Library`` rather than ``custom_op``/``triton_op``: the replacements call
     these ops from Inductor's post-grad graph, where either is an opaque call, and the ``custom_op``
     wrapper costs ~4x more per call (47 vs 11 us measured on the H100 host), which decode-sized layers pay
-    on every site. The kernels still launch as Triton kernels; the CPU interpreter runs them the same way.
+    on every site. On the GPU, ops that allow it are not called at all: ``tritonfuse.inline`` traces their
+    bodies into Inductor's graph (what ``triton_op`` does, but after our post-grad replacements, which run
+    past the point where Inductor decomposes a ``triton_op``). The CPU interpreter calls the op.
 
     Example::
 
@@ -268,7 +290,12 @@ def kernel_op(qualname: str, fake: Callable) -> Callable:
         _lib.define(name + _infer_schema(fn))
         _lib.impl(name, fn, "CompositeExplicitAutograd")
         torch.library.register_fake(qualname, fake, lib=_lib)
-        return getattr(getattr(torch.ops, ns), name)
+        op = getattr(getattr(torch.ops, ns), name)
+        if inline:
+            from . import inline as _inline
+
+            _inline.register(op.default, fn, None if inline is True else inline)
+        return op
 
     return deco
 
@@ -335,8 +362,10 @@ def _load_choices() -> dict:
     return _choices
 
 
-def _timing_enabled(device: torch.device) -> bool:
+def timing_enabled(device: torch.device) -> bool:
+    """True when ``measured_choice`` times sites on ``device`` (a GPU, TRITONFUSE_MEASURE on)."""
     return device.type == "cuda" and not interpret_mode() and config.measure_enabled()
+
 
 
 def choices_digest() -> str:
@@ -348,29 +377,36 @@ def choices_digest() -> str:
     return hashlib.sha256(json.dumps(_load_choices(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _bench(fn) -> float:
+def _bench(fn, graphed: bool = False) -> float:
     import triton
 
+    if graphed:
+        # GPU time alone: what a kernel Inductor launches from its own code costs once the host is not the
+        # bottleneck (both sides are launched by Inductor's wrapper then)
+        return triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
     return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
 
 
 def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
-                    theirs: list[Callable[[], object]]) -> dict:
+                    theirs: list[Callable[[], object]], graphed: bool = False) -> dict:
     """Time ``ours`` against the sum of ``theirs`` (the vendor path it replaces) once per key, GPU and
     versions; the record ``{"ours_ms", "theirs_ms", "use"}`` is kept in ``choices_path()``.
+
+    ``graphed``: the site's kernels will be inlined into Inductor's code (``tritonfuse.inline``), so both
+    sides are timed as GPU time alone (replayed CUDA graphs), without the host cost of calling an op.
 
     Off the GPU, or with ``TRITONFUSE_MEASURE=0``, nothing is timed and ``use`` is True. Once this graph's
     timing has taken ``TRITONFUSE_MEASURE_BUDGET_S`` seconds, a key not yet measured gets
     ``{"use": False, "unmeasured": True}`` (Inductor's path, this time) and is measured by a later compile.
     """
     global _measure_spent
-    if not _timing_enabled(device):
+    if not timing_enabled(device):
         return {"use": True}
     import time
 
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-    full = _choice_key(key, device)
+    full = _choice_key(key + ("|inline" if graphed else ""), device)
     choices = _load_choices()
     if full in choices and not choices[full].get("pending"):
         return choices[full]
@@ -385,8 +421,12 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
     try:
         with unset_fake_temporarily(), torch.no_grad():
             ours()  # compile and autotune outside the timing
-            t_ours = _bench(ours)
-            t_theirs = sum(_bench(f) for f in theirs)
+            for f in theirs:
+                f()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t_ours = _bench(ours, graphed)
+            t_theirs = sum(_bench(f, graphed) for f in theirs)
     finally:
         _measure_spent += time.perf_counter() - t0
     rec = {"ours_ms": round(t_ours, 5), "theirs_ms": round(t_theirs, 5), "use": t_ours <= t_theirs}

@@ -1,0 +1,146 @@
+"""Inlining op calls into Inductor's graph (tritonfuse.inline).
+
+Inductor compiles inlined kernels on the GPU only, where the pattern tests run them end to end. Here the
+graph surgery is checked on the CPU: Triton kernels are traced (not run) for a Hopper target in a
+subprocess without the interpreter (the interpreter's kernels cannot be traced), and the spliced graph
+must hold one functional kernel node per launch, no tritonfuse op call, and writes to fresh buffers only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from tritonfuse import config, inline
+from tritonfuse.kernels import norm_residual  # noqa: F401 (registers the ops)
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys, torch, triton
+    from triton.backends.compiler import GPUTarget
+
+    class HopperTarget:  # Triton's frontend only: kernels are traced to TTIR, never compiled or run
+        def get_current_target(self):
+            return GPUTarget("cuda", 90, 32)
+
+        def get_current_device(self):
+            return 0
+
+    triton.runtime.driver.set_active(HopperTarget())
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from tritonfuse import inline
+    from tritonfuse.kernels import attention, linear_act, norm_residual  # noqa: F401 (ops)
+    from tritonfuse.kernels import linear_act as LA
+
+    inline.unavailable = lambda device: None  # the CPU stands in for the GPU here
+    LA._hopper = lambda device: True
+    ops = torch.ops.tritonfuse
+    HOP = inline._hops()[0]
+    out = {}
+    mode = FakeTensorMode()
+    with mode:
+        x, r = torch.randn(37, 96), torch.randn(37, 96)
+        w, b = torch.randn(96), torch.randn(96)
+        W, Wu, bias = torch.randn(80, 96), torch.randn(80, 96), torch.randn(80)
+        xt = torch.randn(96, 37).t()  # non-contiguous
+        big, Wb, bb = (torch.randn(300, 96, dtype=torch.bfloat16), torch.randn(80, 96, dtype=torch.bfloat16),
+                       torch.randn(80, dtype=torch.bfloat16))
+        q, k = torch.randn(2, 4, 19, 32), torch.randn(2, 2, 19, 32)
+        qd, kd = torch.randn(2, 8, 1, 64), torch.randn(2, 2, 500, 64)
+        mask = torch.ones(2, 1, 1, 500, dtype=torch.bool)
+    cases = {
+        "norm_residual": (lambda x, r, w, b: ops.norm_residual(x, r, w, b, 1e-5, "layer", True, False, False, False)[:2],
+                          (x, r, w, b)),
+        "rms_norm": (lambda x, w: ops.norm_residual(x, None, w, None, 1e-6, "rms", False, True, False, False)[0], (x, w)),
+        "linear_act": (lambda x, w, b: ops.linear_act(x, w, b, "gelu"), (xt, W, bias)),
+        "gated_mlp": (lambda x, wg, wu: ops.gated_mlp(x, wg, wu, None, None, "silu"), (x, W, Wu)),
+        "linear_act_tma": (lambda x, w, b: ops.linear_act(x, w, b, "relu"), (big, Wb, bb)),
+        "attention": (lambda q, k, v: ops.attention(q, k, v, None, 0.125, True), (q, k, k)),
+        "attention_decode": (lambda q, k, v, m: ops.attention(q, k, v, m, 0.125, False), (qd, kd, kd, mask)),
+    }
+    for name, (fn, args) in cases.items():
+        inline.reset()
+        gm = make_fx(fn)(*args)
+        inline.inline_pass(gm.graph)
+        gm.graph.lint()
+        targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+        hops = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is HOP]
+        out[name] = {
+            "counts": inline.counts(),
+            "kernels": len(hops),
+            "ops_left": sum(1 for t in targets if "tritonfuse" in str(t)),
+            "written": sorted(w for h in hops for w in h.kwargs["tensors_to_clone"]),
+        }
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def traced():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITONFUSE_AUTOTUNE"] = "0"
+    try:
+        import triton.backends.compiler  # noqa: F401
+    except ImportError:
+        pytest.skip("this triton has no GPUTarget")
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name, kernels, written", [
+    ("norm_residual", 1, ["out_ptr", "s_ptr"]),
+    ("rms_norm", 1, ["out_ptr"]),
+    ("linear_act", 1, ["out_ptr"]),
+    ("gated_mlp", 1, ["out_ptr"]),
+    ("attention", 1, ["out_ptr"]),
+    ("attention_decode", 2, ["lpart_ptr", "opart_ptr", "out_ptr"]),
+])
+def test_op_calls_become_kernel_nodes(traced, name, kernels, written):
+    got = traced[name]
+    assert got["counts"]["inlined"] == 1 and got["counts"]["kept"] == 0, got
+    assert got["ops_left"] == 0
+    assert got["kernels"] == kernels
+    assert got["written"] == written  # outputs only: no input is cloned or written
+
+
+def test_large_gemm_on_hopper_stays_an_op_call(traced):
+    # the persistent TMA kernel serves it, which Inductor's inlining does not take
+    got = traced["linear_act_tma"]
+    assert got["counts"]["inlined"] == 0 and got["ops_left"] == 1
+    assert any("TMA kernel, called as an op" in r for r in got["counts"]["reasons"])
+
+
+def test_off_the_gpu_and_when_disabled_calls_stay_ops():
+    assert inline.unavailable(torch.device("cpu")) is not None
+    with config.patch(inline="0"):
+        assert inline.unavailable(torch.device("cuda")) == "TRITONFUSE_INLINE=0"
+    assert not inline.will_inline(torch.ops.tritonfuse.norm_residual.default, torch.device("cpu"))
+
+
+def test_a_kernel_writing_an_input_is_refused():
+    # the guard that keeps a mis-analysed kernel (Inductor assumes every argument written when its analysis
+    # fails) from turning into copies of weights on every call
+    def fake_hop(written):
+        g = torch.fx.Graph()
+        p = g.placeholder("x")
+        e = g.call_function(torch.ops.aten.empty_like.default, (p,))
+        view = g.call_function(torch.ops.aten.t.default, (p,))
+        h = g.call_function(inline._hops()[0], (), {
+            "kernel_idx": 0, "constant_args_idx": 0, "grid": [(1, 1, 1)], "tma_descriptor_metadata": {},
+            "kwargs": {"x_ptr": p, "x_view": view, "out_ptr": e}, "tensors_to_clone": written})
+        g.output(h)
+        return torch.fx.GraphModule({}, g)
+
+    inline._check_writes(fake_hop(["out_ptr"]))
+    for written in (["x_ptr"], ["x_view"], ["out_ptr", "out_ptr"]):
+        with pytest.raises(RuntimeError):
+            inline._check_writes(fake_hop(written))

@@ -1,0 +1,224 @@
+"""Inlining tritonfuse ops into Inductor's generated code.
+
+The pattern replacements call ``tritonfuse::`` ops. Called as opaque ops, every call pays the dispatcher, the
+op's Python body and a Triton launch from Python: more host time than a decode-sized layer's kernel takes.
+On a GPU this pass, run after the families' passes, re-traces each such call through the op's own Python
+body with ``torch.library.wrap_triton`` standing in for the launches (``registry.launcher`` returns it while
+``tracing()`` is active), functionalized, and splices the result into the ATen graph. Inductor then sees
+``triton_kernel_wrapper_functional`` nodes: it compiles our Triton kernels itself and launches them from its
+own wrapper code, as it does for user-defined kernels, with the rest of the graph around them.
+
+A call stays an opaque op (and is counted with the reason) when the op has no inline form, its shapes are
+symbolic, the trace fails, or the traced kernels would write to any tensor they did not allocate. Under the
+CPU interpreter nothing is inlined: Inductor's CPU code cannot launch Triton kernels, and the opaque op runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+import threading
+from typing import Callable, Iterator, Optional
+
+import torch
+import torch.utils._pytree as pytree
+
+from . import config, registry
+
+_state = threading.local()
+# op overload -> (the op's Python body, a predicate on its arguments that says whether to inline this call)
+_impls: dict = {}
+
+
+def register(op, fn: Callable, when: Optional[Callable] = None) -> None:
+    """Allow inlining calls of ``op``, whose implementation is ``fn``; ``when(*args)`` (fake tensors) may
+    refuse a call with a reason string (None: inline it)."""
+    _impls[op] = (fn, when)
+
+
+def active() -> bool:
+    """True while an op body is being traced for inlining: launches must go through ``wrap_triton``."""
+    return getattr(_state, "tracing", False)
+
+
+@contextlib.contextmanager
+def tracing() -> Iterator[None]:
+    old = active()
+    _state.tracing = True
+    try:
+        yield
+    finally:
+        _state.tracing = old
+
+
+def _hops():
+    """(functional, mutation) kernel-wrapper HOPs, or None on a torch without them."""
+    try:
+        from torch._higher_order_ops.triton_kernel_wrap import (
+            triton_kernel_wrapper_functional,
+            triton_kernel_wrapper_mutation,
+        )
+    except ImportError:
+        return None
+    return triton_kernel_wrapper_functional, triton_kernel_wrapper_mutation
+
+
+def _wrap_triton():
+    wrap = getattr(torch.library, "wrap_triton", None)
+    if wrap is None:  # torch 2.5 named it capture_triton
+        wrap = getattr(torch.library, "capture_triton", None)
+    return wrap
+
+
+def wrap(kernel):
+    return _wrap_triton()(kernel)
+
+
+def unavailable(device: torch.device) -> Optional[str]:
+    """Why calls on ``device`` are not inlined, or None."""
+    if not config.inline_enabled():
+        return "TRITONFUSE_INLINE=0"
+    if device.type != "cuda" or registry.interpret_mode():
+        return "Inductor inlines Triton kernels on the GPU only"
+    if _wrap_triton() is None or _hops() is None:
+        return f"torch {torch.__version__} has no wrap_triton"
+    return None
+
+
+def will_inline(op, device: torch.device) -> bool:
+    """True when calls of ``op`` on ``device`` are meant to be inlined (for the measured choice: the inlined
+    kernel runs without the op's host cost, so it is timed as Inductor will launch it)."""
+    return op in _impls and unavailable(device) is None
+
+
+# --- the pass ----------------------------------------------------------------------------------------------
+
+_counts: dict = {"inlined": 0, "kept": 0}
+_reasons: dict = {}
+
+
+def counts() -> dict:
+    """``{"inlined": n, "kept": n}`` op calls over all compiles, and ``reasons`` {reason: n} for the kept."""
+    return {**_counts, "reasons": dict(_reasons)}
+
+
+def reset() -> None:
+    _counts.update(inlined=0, kept=0)
+    _reasons.clear()
+
+
+def _keep(reason: str) -> None:
+    _counts["kept"] += 1
+    _reasons[reason] = _reasons.get(reason, 0) + 1
+
+
+def _static(val) -> bool:
+    if not isinstance(val, torch.Tensor):
+        return False
+    return all(isinstance(s, int) for s in (*val.shape, *val.stride(), val.storage_offset()))
+
+
+def _trace(fn: Callable, node: torch.fx.Node) -> torch.fx.GraphModule:
+    from torch._guards import detect_fake_mode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    flat, spec = pytree.tree_flatten((node.args, node.kwargs))
+    where = [i for i, a in enumerate(flat) if isinstance(a, torch.fx.Node)]
+    vals = [flat[i].meta["val"] for i in where]
+
+    def body(*tensors):
+        f = list(flat)
+        for i, t in zip(where, tensors):
+            f[i] = t
+        args, kwargs = pytree.tree_unflatten(f, spec)
+        return fn(*args, **kwargs)
+
+    fake_mode = detect_fake_mode(vals)
+    with fake_mode or contextlib.nullcontext(), tracing(), torch.no_grad():
+        gm = make_fx(torch.func.functionalize(body, remove="mutations"))(*vals)
+    gm.graph.eliminate_dead_code()
+    _check_writes(gm)
+    return gm, [flat[i] for i in where]
+
+
+def _check_writes(gm: torch.fx.GraphModule) -> None:
+    """The traced kernels may write only to buffers the trace allocated, each through one argument."""
+    hop, mutation = _hops()
+    n_kernels = 0
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and n.target is mutation:
+            raise RuntimeError("a kernel launch was not functionalized")
+        if n.op != "call_function" or n.target is not hop:
+            continue
+        n_kernels += 1
+        kwargs = n.kwargs["kwargs"]
+        written = [kwargs[name] for name in n.kwargs["tensors_to_clone"]]
+        if len(set(written)) != len(written):
+            raise RuntimeError("a kernel writes one buffer through two arguments")
+        for w in written:
+            base = w
+            while (base.op == "call_function" and getattr(base.target, "is_view", False) and base.args
+                   and isinstance(base.args[0], torch.fx.Node)):
+                base = base.args[0]  # through views to the buffer written
+            if base.op == "placeholder":
+                raise RuntimeError("a kernel would write to one of the op's inputs")
+    if n_kernels == 0:
+        raise RuntimeError("no kernel launch was traced")
+
+
+def _splice(graph: torch.fx.Graph, node: torch.fx.Node, gm: torch.fx.GraphModule, inputs: list) -> None:
+    env = {}
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for ph, a in zip(placeholders, inputs):
+        env[ph] = a
+    out = None
+    with graph.inserting_before(node):
+        for n in gm.graph.nodes:
+            if n.op == "placeholder":
+                continue
+            if n.op == "output":
+                out = torch.fx.map_arg(n.args[0], lambda a: env[a])
+                break
+            env[n] = graph.node_copy(n, lambda a: env[a])
+    if isinstance(out, (list, tuple)):
+        for user in list(node.users):
+            if user.op == "call_function" and user.target is operator.getitem:
+                user.replace_all_uses_with(out[user.args[1]])
+                graph.erase_node(user)
+        if node.users:
+            raise RuntimeError("a tuple result is used other than by indexing")
+    else:
+        node.replace_all_uses_with(out)
+    graph.erase_node(node)
+
+
+def inline_pass(graph: torch.fx.Graph) -> int:
+    """Inline the tritonfuse op calls in ``graph`` that can be; returns how many were."""
+    done = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in _impls:
+            continue
+        fn, when = _impls[node.target]
+        vals = [a.meta.get("val") for a in node.all_input_nodes]
+        tensors = [v for v in vals if isinstance(v, torch.Tensor)]
+        if not tensors:
+            continue
+        reason = unavailable(tensors[0].device)
+        if reason is None and not all(_static(v) for v in vals):
+            reason = "symbolic shapes"
+        if reason is None and when is not None:
+            args = torch.fx.map_arg(node.args, lambda a: a.meta.get("val"))
+            reason = when(*args)
+        if reason is None:
+            try:
+                gm, inputs = _trace(fn, node)
+                _splice(graph, node, gm, inputs)
+                done += 1
+                _counts["inlined"] += 1
+                continue
+            except Exception as e:  # the call stays an opaque op: slower, never wrong
+                if not config.fallback_enabled():
+                    raise
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+        _keep(f"{node.target.name()}: {reason}")
+    return done
