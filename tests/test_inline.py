@@ -43,6 +43,9 @@ SCRIPT = textwrap.dedent(
     LA._hopper = lambda device: True
     ops = torch.ops.tritonfuse
     HOP = inline._hops()[0]
+    from torch._inductor.decomposition import select_decomp_table
+    from torch._inductor.lowering import lowerings
+    decomps = select_decomp_table()
     out = {}
     mode = FakeTensorMode()
     with mode:
@@ -77,6 +80,10 @@ SCRIPT = textwrap.dedent(
             "kernels": len(hops),
             "ops_left": sum(1 for t in targets if "tritonfuse" in str(t)),
             "written": sorted(w for h in hops for w in h.kwargs["tensors_to_clone"]),
+            # Inductor lowers the spliced nodes directly: none may be an op it would have decomposed earlier
+            "undecomposed": sorted({str(t) for t in targets if t in decomps}),
+            "no_lowering": sorted({str(t) for t in targets if isinstance(t, torch._ops.OpOverload)
+                                   and t not in lowerings and t.overloadpacket not in lowerings}),
         }
     print(json.dumps(out))
     """
@@ -110,6 +117,7 @@ def test_op_calls_become_kernel_nodes(traced, name, kernels, written):
     assert got["ops_left"] == 0
     assert got["kernels"] == kernels
     assert got["written"] == written  # outputs only: no input is cloned or written
+    assert got["undecomposed"] == [] and got["no_lowering"] == [], got
 
 
 def test_large_gemm_on_hopper_stays_an_op_call(traced):

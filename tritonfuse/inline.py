@@ -133,9 +133,13 @@ def _trace(fn: Callable, node: torch.fx.Node) -> torch.fx.GraphModule:
         args, kwargs = pytree.tree_unflatten(f, spec)
         return fn(*args, **kwargs)
 
+    from torch._inductor.decomposition import select_decomp_table
+
     fake_mode = detect_fake_mode(vals)
     with fake_mode or contextlib.nullcontext(), tracing(), torch.no_grad():
-        gm = make_fx(torch.func.functionalize(body, remove="mutations"))(*vals)
+        # Inductor's decompositions, as its pattern matcher traces replacements: the graph is past the point
+        # where Inductor decomposes ops (aten.transpose, say, must arrive as the permute it lowers)
+        gm = make_fx(torch.func.functionalize(body, remove="mutations"), select_decomp_table())(*vals)
     gm.graph.eliminate_dead_code()
     _check_writes(gm)
     return gm, [flat[i] for i in where]
