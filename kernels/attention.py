@@ -208,6 +208,7 @@ def _attn_fwd_kernel(
     STORE_LSE: tl.constexpr, DOT_UPCAST: tl.constexpr, PRECISION: tl.constexpr, RTNE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    qk_scale = tl.cast(qk_scale, tl.float32)  # Inductor passes Python floats as fp64
     # q: [B, H, SQ, D], k/v: [B, H // GROUP, SK, D], mask: broadcast [B, H, SQ, SK], out: [B, H, SQ, D]
     # the longest (causal) query blocks start first
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -281,6 +282,7 @@ def _attn_fwd_tma_kernel(
     HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, STORE_LSE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    qk_scale = tl.cast(qk_scale, tl.float32)  # Inductor passes Python floats as fp64
     # as _attn_fwd_kernel without a mask; q/k/v/out read and written through 4-D TMA descriptors
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -325,6 +327,7 @@ def _attn_decode_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
     DOT_UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    qk_scale = tl.cast(qk_scale, tl.float32)  # Inductor passes Python floats as fp64
     # rows of the tile = (query head in the group, query position): GROUP * SQ <= BLOCK_M
     split = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -450,6 +453,8 @@ def _attn_bwd_dkdv_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
     DOT_UPCAST: tl.constexpr, PRECISION: tl.constexpr, RTNE_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    qk_scale = tl.cast(qk_scale, tl.float32)  # Inductor passes Python floats as fp64
+    scale = tl.cast(scale, tl.float32)
     # one program per (key block, batch x KV head); loops over the GROUP query heads and the query blocks,
     # so dK/dV of a shared KV head are summed in registers (no atomics)
     pid_n = tl.program_id(0)
@@ -526,6 +531,8 @@ def _attn_bwd_dq_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
     DOT_UPCAST: tl.constexpr, PRECISION: tl.constexpr, RTNE_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    qk_scale = tl.cast(qk_scale, tl.float32)  # Inductor passes Python floats as fp64
+    scale = tl.cast(scale, tl.float32)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H

@@ -101,6 +101,7 @@ def _norm_fwd_kernel(
     QUANT_OUT: tl.constexpr, RTNE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
 ):
+    eps = tl.cast(eps, tl.float32)  # Inductor passes Python floats as fp64
     # x, out, s: [M, N] (unit column stride); r: [R_ROWS, N], row m uses r[m % R_ROWS] (leading broadcast)
     pid_m = tl.program_id(0)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
