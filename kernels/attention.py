@@ -824,7 +824,7 @@ def _attention_fwd_fake(q, k, v, mask, scale, is_causal):
     return _empty_out(q), q.new_empty((B, H, Sq), dtype=torch.float32)
 
 
-@registry.kernel_op("tritonfuse::attention_fwd", fake=_attention_fwd_fake)
+@registry.kernel_op("tritonfuse::attention_fwd", fake=_attention_fwd_fake, inline=True)
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float,
                   is_causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``attention`` that also returns the natural-log log-sum-exp [B, Hq, Sq] (fp32) for the backward."""
@@ -835,7 +835,7 @@ def _attention_bwd_fake(dout, q, k, v, out, lse, mask, scale, is_causal):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
-@registry.kernel_op("tritonfuse::attention_bwd", fake=_attention_bwd_fake)
+@registry.kernel_op("tritonfuse::attention_bwd", fake=_attention_bwd_fake, inline=True)
 def attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                   lse: torch.Tensor, mask: Optional[torch.Tensor], scale: float,
                   is_causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

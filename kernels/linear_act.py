@@ -449,7 +449,7 @@ def _linear_act_pre_fake(x, w, b, act):
     return x.new_empty((x.shape[0], w.shape[0])), x.new_empty((x.shape[0], w.shape[0]))
 
 
-@registry.kernel_op("tritonfuse::linear_act_pre", fake=_linear_act_pre_fake)
+@registry.kernel_op("tritonfuse::linear_act_pre", fake=_linear_act_pre_fake, inline=_inline_when)
 def linear_act_pre(
     x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], act: str
 ) -> tuple[torch.Tensor, torch.Tensor]:

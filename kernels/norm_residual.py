@@ -381,7 +381,7 @@ def _bwd_fake(dy, dsum, h, weight, mean, rstd, kind, has_bias):
             torch.empty((n if has_bias else 0,), **f32))
 
 
-@registry.kernel_op("tritonfuse::norm_residual_backward", fake=_bwd_fake)
+@registry.kernel_op("tritonfuse::norm_residual_backward", fake=_bwd_fake, inline=True)
 def norm_residual_backward(
     dy: torch.Tensor, dsum: Optional[torch.Tensor], h: torch.Tensor, weight: Optional[torch.Tensor],
     mean: torch.Tensor, rstd: torch.Tensor, kind: str, has_bias: bool,

@@ -58,6 +58,7 @@ SCRIPT = textwrap.dedent(
         q, k = torch.randn(2, 4, 19, 32), torch.randn(2, 2, 19, 32)
         qd, kd = torch.randn(2, 8, 1, 64), torch.randn(2, 2, 500, 64)
         mask = torch.ones(2, 1, 1, 500, dtype=torch.bool)
+        lse, rows = torch.randn(2, 4, 19), torch.randn(37)
     cases = {
         "norm_residual": (lambda x, r, w, b: ops.norm_residual(x, r, w, b, 1e-5, "layer", True, False, False, False)[:2],
                           (x, r, w, b)),
@@ -67,6 +68,13 @@ SCRIPT = textwrap.dedent(
         "linear_act_tma": (lambda x, w, b: ops.linear_act(x, w, b, "relu"), (big, Wb, bb)),
         "attention": (lambda q, k, v: ops.attention(q, k, v, None, 0.125, True), (q, k, k)),
         "attention_decode": (lambda q, k, v, m: ops.attention(q, k, v, m, 0.125, False), (qd, kd, kd, mask)),
+        # training forms
+        "linear_act_pre": (lambda x, w, b: ops.linear_act_pre(x, w, b, "gelu"), (x, W, bias)),
+        "attention_fwd": (lambda q, k, v: ops.attention_fwd(q, k, v, None, 0.125, True), (q, k, k)),
+        "attention_bwd": (lambda do, q, k, v, o, lse: ops.attention_bwd(do, q, k, v, o, lse, None, 0.125, True),
+                          (q, q, k, k, q, lse)),
+        "norm_backward": (lambda dy, h, w, mean, rstd: ops.norm_residual_backward(dy, None, h, w, mean, rstd, "layer",
+                                                                                  True), (x, r, w, rows, rows)),
     }
     for name, (fn, args) in cases.items():
         inline.reset()
@@ -110,6 +118,10 @@ def traced():
     ("gated_mlp", 1, ["out_ptr"]),
     ("attention", 1, ["out_ptr"]),
     ("attention_decode", 2, ["lpart_ptr", "opart_ptr", "out_ptr"]),
+    ("linear_act_pre", 1, ["out_ptr", "pre_ptr"]),
+    ("attention_fwd", 1, ["lse_ptr", "out_ptr"]),
+    ("attention_bwd", 3, ["delta_ptr", "dk_ptr", "dq_ptr", "dv_ptr"]),
+    ("norm_backward", 1, ["db_part_ptr", "dh_ptr", "dw_part_ptr"]),
 ])
 def test_op_calls_become_kernel_nodes(traced, name, kernels, written):
     got = traced[name]
@@ -152,3 +164,57 @@ def test_a_kernel_writing_an_input_is_refused():
     for written in (["x_ptr"], ["x_view"], ["out_ptr", "out_ptr"]):
         with pytest.raises(RuntimeError):
             inline._check_writes(fake_hop(written))
+
+
+def test_report_says_what_was_inlined():
+    import tritonfuse
+
+    tritonfuse.reset()
+    assert "inlined" not in tritonfuse.report()
+    inline._counts["inlined"] += 3
+    inline._keep("tritonfuse::linear_act: M=300 > 256 on Hopper: the TMA kernel, called as an op")
+    text = tritonfuse.report()
+    assert "op calls inlined into Inductor's code: 3; left as op calls: 1" in text
+    assert "TMA kernel, called as an op (x1)" in text
+    tritonfuse.reset()
+    assert inline.counts() == {"inlined": 0, "kept": 0, "reasons": {}}
+
+
+def test_a_graph_inductor_cannot_compile_inlined_is_compiled_again_with_op_calls(monkeypatch):
+    # the retry keeps the sites (as op calls) and counts each once; the user's model runs either way
+    import warnings
+
+    import torch._inductor.config as inductor_config
+    import torch.nn as nn
+
+    import tritonfuse
+    from tritonfuse import backend, registry
+    from tests.utils import fresh
+
+    seen = []
+    real = backend._compile
+
+    def flaky(gm, inputs, passes, patches=None):
+        seen.append(config.inline)
+        compiled = real(gm, inputs, passes, patches)
+        if len(seen) == 1:
+            raise RuntimeError("simulated: Inductor failed on an inlined kernel")
+        return compiled
+
+    monkeypatch.setattr(backend, "_compile", flaky)
+    monkeypatch.setattr(backend, "_inlining", lambda: True)
+    tritonfuse.reset()
+    torch._dynamo.reset()
+    model = nn.Sequential(nn.Linear(32, 48), nn.GELU())
+    x = fresh(6, 32)
+    with inductor_config.patch(fx_graph_cache=False), warnings.catch_warnings(record=True) as caught, \
+            torch.no_grad():
+        warnings.simplefilter("always")
+        out = torch.compile(model, backend="tritonfuse")(x)
+    assert seen == ["1", "0"]
+    assert any("retrying with TRITONFUSE_INLINE=0" in str(w.message) for w in caught)
+    assert tritonfuse.counters()["linear_act"] == {"matched": 1, "replaced": 1, "fallback": 0}
+    assert any("inlining failed" in e for e in registry.errors())
+    torch.testing.assert_close(out, model(x), atol=1e-5, rtol=1e-5)
+    tritonfuse.reset()
+    torch._dynamo.reset()

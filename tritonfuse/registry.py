@@ -41,6 +41,9 @@ _graph_index = 0
 def reset() -> None:
     """Clear the counters and the site records."""
     global _graph_index
+    from . import inline
+
+    inline.reset()
     with _lock:
         _counters.clear()
         _sites.clear()

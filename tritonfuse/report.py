@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from . import registry
+from . import inline, registry
 
 
 def report() -> str:
@@ -26,6 +26,12 @@ def report() -> str:
         lines.append("replaced sites, by kernel:")
         for (fam, kernel), n in sorted(served.items()):
             lines.append(f"  {fam:<15}{kernel:<40} x{n}")
+    inl = inline.counts()
+    if inl["inlined"] or inl["kept"]:
+        # counted when a graph is compiled (one served whole from Inductor's cache is not)
+        lines.append(f"op calls inlined into Inductor's code: {inl['inlined']}; left as op calls: {inl['kept']}")
+        for reason, n in sorted(inl["reasons"].items()):
+            lines.append(f"  {reason} (x{n})")
     left = Counter((s.family, s.reason) for s in sites if s.status == "fallback")
     if left:
         lines.append("left to Inductor, by reason:")
