@@ -5,13 +5,17 @@
 #     (back here: python benchmarks/common.py --merge <fetched>/kernels.json; python -m tritonfuse.results
 #      --merge <fetched>/<gpu>.json)
 #   bash scripts/gpu_session.sh graphs  # the zoo again from CUDA graphs
+#   bash scripts/gpu_session.sh extra   # minilm-l6 (real weights: run scripts/carry_minilm.sh here first and
+#                                       # carry .carry), training steps, and a per-layer profile
 # Set TRITONFUSE_COMMIT=<sha> where the tree has no .git (the device copy), so results name their commit.
 set -u
 cd "$(dirname "$0")/.."
+# the interpreter that has torch (on the GPU machines here: python3, not the first `python`/`pip` on PATH)
+PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/tritonfuse-gpu}
 mkdir -p "$out"
-python -m pip install --no-build-isolation --no-deps -e . > "$out/install.log" 2>&1 || { tail "$out/install.log"; exit 3; }
+$PY -m pip install --no-build-isolation --no-deps -e . > "$out/install.log" 2>&1 || { tail "$out/install.log"; exit 3; }
 models=${MODELS:-resnet50,bert-base,vit_b_16,llama-1b-prefill}
 case "${1:-tests}" in
   tests)
@@ -20,12 +24,20 @@ case "${1:-tests}" in
     cat /tmp/tf-logs/*.log > "$out/tests.log"
     grep -E "^FAILED|^ERROR" "$out/tests.log" | head -40 ;;
   bench)
-    timeout 120 python benchmarks/bench_launch.py --out "$out/kernels.json" 2>&1 | grep -v Warn
+    timeout 120 $PY benchmarks/bench_launch.py --out "$out/kernels.json" 2>&1 | grep -v Warn
     # every site timed in its first compile, so the run shows the steady state
-    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 420 tritonfuse bench --models "$models" \
+    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 420 $PY -m tritonfuse bench --models "$models" \
       --modes eager,inductor,tritonfuse,tritonfuse-int8 --no-progress --out "$out/" 2>&1 | grep -v Warn | tail -20 ;;
   graphs)
-    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 540 tritonfuse bench --models "$models" \
+    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 540 $PY -m tritonfuse bench --models "$models" \
       --modes inductor,tritonfuse,tritonfuse-int8 --cuda-graphs --no-progress --out "$out/" 2>&1 | grep -v Warn | tail -20 ;;
-  *) echo "phases: tests, bench, graphs"; exit 2 ;;
+  extra)
+    [ -d .carry/site ] && export PYTHONPATH=$PWD/.carry/site${PYTHONPATH:+:$PYTHONPATH}
+    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 150 $PY -m tritonfuse bench --models minilm-l6 \
+      --modes eager,inductor,tritonfuse,tritonfuse-int8 --no-progress --out "$out/" 2>&1 | grep -v Warn | tail -12
+    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 300 $PY -m tritonfuse bench --train --models bert-base,resnet50 \
+      --modes eager,inductor,tritonfuse --no-progress --out "$out/" 2>&1 | grep -v Warn | tail -12
+    timeout 120 $PY -m tritonfuse profile bert-base --modes eager,inductor,tritonfuse --what blocks 2>&1 \
+      | grep -v Warn | tee "$out/profile-bert-base.txt" | tail -30 ;;
+  *) echo "phases: tests, bench, graphs, extra"; exit 2 ;;
 esac
