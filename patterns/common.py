@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
+import pathlib
+import pickle
 import re
+import threading
 
 import torch
+import torch.utils._pytree
 from torch._inductor.pattern_matcher import Match, fwd_only
 
 
@@ -35,3 +42,159 @@ def module_name(node: torch.fx.Node) -> str:
     for prefix in ("L['self'].", "L__self__.", "self."):
         path = path.replace(prefix, "")
     return re.sub(r"\[(\d+)\]", r".\1", path).replace("['", ".").replace("']", "").strip(".")
+
+
+# --- traced search patterns, kept on disk -----------------------------------------------------------------
+# Building a family's pass traces every search function (hundreds of variants): seconds of every process's
+# first compile. Inductor ships its own patterns pre-traced; ours are traced once and kept per torch build,
+# tritonfuse source and settings. Only the initial (shape-generic) pattern is kept: the specific retrace a
+# match runs with its real shapes, which checks the views around it, still happens at match time.
+
+class _GraphText:
+    """Stands in for a search graph where Inductor only prints it (its duplicate-pattern check)."""
+
+    def __init__(self, text: str):
+        self.graph = _Text(text)
+
+
+class _Text:
+    def __init__(self, text: str):
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _op(namespace: str, name: str, overload):
+    packet = getattr(getattr(torch.ops, namespace), name)
+    return packet if overload is None else getattr(packet, overload)
+
+
+class _Pickler(pickle.Pickler):
+    # ops are pybind objects: pickled by name, looked up again on load
+    def reducer_override(self, obj):
+        if isinstance(obj, torch._ops.OpOverload):
+            namespace, name = obj._schema.name.split("::")
+            return _op, (namespace, name, obj._overloadname)
+        if isinstance(obj, torch._ops.OpOverloadPacket):
+            namespace, name = obj._qualified_op_name.split("::")
+            return _op, (namespace, name, None)
+        return NotImplemented
+
+
+def _describe(search_fn, example_inputs, trace_fn, scalar_workaround, exclusive_arg_names, decomp=None) -> str:
+    """What a recorded pattern must have been traced from to be replayed for this call."""
+    def one(x):
+        if isinstance(x, torch.Tensor):
+            return f"T{tuple(x.shape)}{x.dtype}{x.device.type}{x.requires_grad}"
+        return repr(x) if isinstance(x, (int, float, bool, str, type(None), torch.dtype)) else type(x).__name__
+
+    def named(f, depth=0):
+        f = getattr(f, "__wrapped__", f)
+        if isinstance(f, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+            return str(f)
+        if isinstance(f, functools.partial):
+            return (named(f.func, depth), [one(a) for a in f.args],
+                    sorted((k, one(v)) for k, v in f.keywords.items()))
+        name = f"{getattr(f, '__module__', '')}.{getattr(f, '__qualname__', type(f).__name__)}"
+        if depth > 3:
+            return name
+        # variants made by one factory differ in what they close over
+        cells = [c.cell_contents for c in (getattr(f, "__closure__", None) or ()) if _filled(c)]
+        return (name, [named(c, depth + 1) if callable(c) else one(c) for c in cells])
+
+    inputs = [one(x) for x in torch.utils._pytree.tree_leaves(list(example_inputs))]
+    return repr((named(search_fn), getattr(trace_fn, "__name__", ""), inputs,
+                 sorted((scalar_workaround or {}).items()), tuple(exclusive_arg_names or ()),
+                 getattr(decomp, "__qualname__", None)))
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
+def _cache_file(family: str, key: str) -> pathlib.Path:
+    from tritonfuse import registry
+
+    return registry.choices_path().parent / "patterns" / f"{family}-{key}.pkl"
+
+
+def _read_record(path: pathlib.Path) -> list:
+    try:
+        recorded = pickle.loads(path.read_bytes())
+        os.utime(path)  # in use: kept by _prune
+    except Exception:  # noqa: BLE001 - any unreadable record means tracing again
+        return []
+    ok = isinstance(recorded, list) and all(isinstance(r, tuple) and len(r) == 3 for r in recorded)
+    return recorded if ok else []
+
+
+_cache_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def pattern_cache(family: str, key: str):
+    """Inside, Inductor's search-pattern tracing replays the patterns recorded by an earlier build with the
+    same ``key`` (callers include the torch build, the tritonfuse source and the settings in it), call by
+    call; a call that differs from the record is traced, and the record is written again. A missing,
+    unreadable or stale file only costs the tracing."""
+    from torch._inductor import pattern_matcher as pm
+
+    trace = getattr(pm, "gen_pattern_and_search_gm", None)
+    if trace is None:  # a torch without it traces as it always did
+        yield
+        return
+    path = _cache_file(family, key)
+    recorded: list = []
+    made: list = []
+    diverged = False
+
+    def replay(search_fn, example_inputs, trace_fn, scalar_workaround=None, exclusive_arg_names=(),
+               **kwargs):
+        nonlocal diverged
+        if not made:  # read on the first trace only: a pass already built traces nothing
+            recorded.extend(_read_record(path))
+        what = _describe(search_fn, example_inputs, trace_fn, scalar_workaround, exclusive_arg_names,
+                         kwargs.get("get_decomp_fn"))
+        i = len(made)
+        if not diverged and i < len(recorded) and recorded[i][0] == what:
+            _, pattern, graph_text = recorded[i]
+            made.append(recorded[i])
+            return pattern, _GraphText(graph_text)
+        diverged = True  # from here on the build is not the recorded one: trace the rest
+        pattern, gm = trace(search_fn, example_inputs, trace_fn, scalar_workaround, exclusive_arg_names,
+                            **kwargs)
+        made.append((what, pattern, str(gm.graph)))
+        return pattern, gm
+
+    with _cache_lock:
+        pm.gen_pattern_and_search_gm = replay
+        try:
+            yield
+        finally:
+            pm.gen_pattern_and_search_gm = trace
+    if made and [m[0] for m in made] != [r[0] for r in recorded]:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:
+                _Pickler(f, protocol=4).dump(made)
+            tmp.replace(path)
+            _prune(path, family)
+        except Exception:  # noqa: BLE001 - a read-only or full cache only costs tracing next time
+            pass
+
+
+_KEEP_S = 30 * 86400  # records of other tritonfuse or torch versions go once unused this long
+
+
+def _prune(path: pathlib.Path, family: str) -> None:
+    import time
+
+    for old in path.parent.glob(f"{family}-*.pkl"):
+        if old != path and time.time() - old.stat().st_mtime > _KEEP_S:
+            old.unlink(missing_ok=True)

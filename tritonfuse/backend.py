@@ -43,7 +43,20 @@ def _family_pass(family: str):
     name = f"tritonfuse.patterns.{family}"
     if importlib.util.find_spec(name) is None:
         return None
-    return importlib.import_module(name).pattern_pass()
+    from tritonfuse.patterns.common import pattern_cache
+
+    with pattern_cache(family, _pattern_key()):
+        return importlib.import_module(name).pattern_pass()
+
+
+def _pattern_key() -> str:
+    """Names the traced patterns on disk: the torch build, tritonfuse's source and its settings decide them."""
+    global _SOURCE_HASH
+    if _SOURCE_HASH is None:
+        _SOURCE_HASH = _source_hash()
+    build = (torch.__version__, getattr(torch.version, "git_version", ""), _SOURCE_HASH,
+             sorted(config.snapshot().items()))
+    return hashlib.sha256(repr(build).encode()).hexdigest()[:24]
 
 
 @torch.no_grad()

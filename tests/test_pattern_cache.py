@@ -1,0 +1,116 @@
+"""Traced search patterns kept on disk (patterns.common.pattern_cache): a second build replays them, and
+the passes it builds match and rewrite exactly as freshly traced ones do."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._inductor import pattern_matcher as pm
+from torch._inductor.pattern_matcher import PatternMatcherPass, PatternPrettyPrinter, register_replacement
+
+from tritonfuse.patterns import common
+from tritonfuse.patterns.common import pattern_cache, trace_pattern
+
+
+@pytest.fixture
+def traces(tmp_path, monkeypatch) -> list:
+    """A fresh cache directory; the names of the search functions really traced (what pattern_cache falls
+    back on), in order."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+    real = pm.gen_pattern_and_search_gm
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].__name__)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pm, "gen_pattern_and_search_gm", counting)
+    return calls
+
+
+def _search_relu(x, w):
+    return torch.relu(torch.mm(x, w))
+
+
+def _search_gelu(x, w):
+    return torch.nn.functional.gelu(torch.mm(x, w))
+
+
+def _replace(x, w):
+    return torch.mm(x, w).neg()  # visibly not the original
+
+
+def _build(key: str, searches=(_search_relu, _search_gelu)) -> PatternMatcherPass:
+    p = PatternMatcherPass(pass_name="test_cache")
+    inputs = [torch.empty(8, 16), torch.empty(16, 4)]
+    with pattern_cache("test", key):
+        for search in searches:
+            register_replacement(search, _replace, inputs, trace_pattern, p)
+    return p
+
+
+def _printed(p: PatternMatcherPass) -> list:
+    return [(k, [PatternPrettyPrinter.run(e.pattern) for e in v]) for k, v in p.patterns.items()]
+
+
+def _rewrites(p: PatternMatcherPass) -> int:
+    x, w = torch.randn(5, 16), torch.randn(16, 3)
+    gm = torch.fx.experimental.proxy_tensor.make_fx(lambda x, w: torch.relu(torch.mm(x, w)) + 1)(x, w)
+    # the post-grad graph's nodes carry fake values: the check retraces with them
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    FakeTensorProp(gm, FakeTensorMode()).propagate(x, w)
+    n = p.apply(gm.graph)
+    gm.recompile()
+    if n:
+        torch.testing.assert_close(gm(x, w), -(x @ w) + 1)
+    return n
+
+
+def test_second_build_replays_and_rewrites_the_same(tmp_path, traces):
+    first = _build("k1")
+    assert traces == ["_search_relu", "_search_gelu"]
+    assert len(list((tmp_path / "tritonfuse" / "patterns").glob("test-k1.pkl"))) == 1
+    second = _build("k1")
+    assert len(traces) == 2, "the second build traced again"
+    assert _printed(second) == _printed(first)
+    assert _rewrites(first) == 1
+    assert _rewrites(second) == 1
+
+
+def test_other_key_or_other_calls_trace(traces):
+    _build("k1")
+    _build("k2")  # other source or settings: nothing replayed
+    assert len(traces) == 4
+    # the same key with another first search function: that call and every later one are traced
+    _build("k1", searches=(_search_gelu, _search_relu))
+    assert len(traces) == 6
+    p = _build("k1", searches=(_search_gelu, _search_relu))  # re-recorded: replayed now
+    assert len(traces) == 6
+    assert _rewrites(p) == 1
+
+
+def test_unreadable_record_traces_again(tmp_path, traces):
+    _build("k1")
+    path = tmp_path / "tritonfuse" / "patterns" / "test-k1.pkl"
+    path.write_bytes(b"not a pickle")
+    p = _build("k1")
+    assert len(traces) == 4
+    assert _rewrites(p) == 1
+    assert common._read_record(path), "the record was not written again"
+
+
+def test_family_pass_from_record_equals_fresh(traces):
+    # the real norm_residual pass (96 patterns): traced, then replayed, identical pattern by pattern
+    from tritonfuse.patterns import norm_residual
+
+    build = norm_residual.pattern_pass.__wrapped__
+    with pattern_cache("norm_residual", "test"):
+        fresh = build()
+    n = len(traces)
+    assert n > 10
+    with pattern_cache("norm_residual", "test"):
+        replayed = build()
+    assert len(traces) == n
+    assert _printed(replayed) == _printed(fresh)
