@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import os
 import pathlib
 import pickle
@@ -50,19 +51,33 @@ def module_name(node: torch.fx.Node) -> str:
 # tritonfuse source and settings. Only the initial (shape-generic) pattern is kept: the specific retrace a
 # match runs with its real shapes, which checks the views around it, still happens at match time.
 
-class _GraphText:
-    """Stands in for a search graph where Inductor only prints it (its duplicate-pattern check)."""
+class _RecordedGM:
+    """Stands in for a recorded search graph module: ``str(gm.graph)`` is the original graph's text (what
+    Inductor's duplicate-pattern check compares), ``gm.graph.nodes`` the graph loaded again on first use
+    (what a family may read the pattern's constants from)."""
 
-    def __init__(self, text: str):
-        self.graph = _Text(text)
+    def __init__(self, text: str, data: bytes):
+        self.graph = _RecordedGraph(text, data)
 
 
-class _Text:
-    def __init__(self, text: str):
-        self.text = text
+class _RecordedGraph:
+    def __init__(self, text: str, data: bytes):
+        self.text, self.data, self.loaded = text, data, None
 
     def __str__(self) -> str:
         return self.text
+
+    @property
+    def nodes(self):
+        if self.loaded is None:
+            self.loaded = pickle.loads(self.data).graph
+        return self.loaded.nodes
+
+
+def _dumps(obj) -> bytes:
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=4).dump(obj)
+    return buf.getvalue()
 
 
 def _op(namespace: str, name: str, overload):
@@ -129,7 +144,7 @@ def _read_record(path: pathlib.Path) -> list:
         os.utime(path)  # in use: kept by _prune
     except Exception:  # noqa: BLE001 - any unreadable record means tracing again
         return []
-    ok = isinstance(recorded, list) and all(isinstance(r, tuple) and len(r) == 3 for r in recorded)
+    ok = isinstance(recorded, list) and all(isinstance(r, tuple) and len(r) == 4 for r in recorded)
     return recorded if ok else []
 
 
@@ -162,13 +177,13 @@ def pattern_cache(family: str, key: str):
                          kwargs.get("get_decomp_fn"))
         i = len(made)
         if not diverged and i < len(recorded) and recorded[i][0] == what:
-            _, pattern, graph_text = recorded[i]
+            _, pattern, graph_text, gm_data = recorded[i]
             made.append(recorded[i])
-            return pattern, _GraphText(graph_text)
+            return pattern, _RecordedGM(graph_text, gm_data)
         diverged = True  # from here on the build is not the recorded one: trace the rest
         pattern, gm = trace(search_fn, example_inputs, trace_fn, scalar_workaround, exclusive_arg_names,
                             **kwargs)
-        made.append((what, pattern, str(gm.graph)))
+        made.append((what, pattern, str(gm.graph), _dumps(gm)))
         return pattern, gm
 
     with _cache_lock:
@@ -181,8 +196,7 @@ def pattern_cache(family: str, key: str):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            with open(tmp, "wb") as f:
-                _Pickler(f, protocol=4).dump(made)
+            tmp.write_bytes(_dumps(made))
             tmp.replace(path)
             _prune(path, family)
         except Exception:  # noqa: BLE001 - a read-only or full cache only costs tracing next time

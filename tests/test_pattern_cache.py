@@ -114,3 +114,19 @@ def test_family_pass_from_record_equals_fresh(traces):
         replayed = build()
     assert len(traces) == n
     assert _printed(replayed) == _printed(fresh)
+
+
+def test_replayed_search_graph_prints_and_reads_as_traced(traces):
+    # families read constants from the search graph (conv_bn); Inductor prints it to find duplicates
+    inputs = [torch.empty(8, 16), torch.empty(16, 4)]
+    got = []
+    for _ in range(2):
+        with pattern_cache("test", "gm"):
+            got.append(pm.gen_pattern_and_search_gm(_search_gelu, inputs, trace_pattern)[1])
+    assert len(traces) == 1
+    fresh, replayed = got
+    assert str(replayed.graph) == str(fresh.graph)
+    assert ([(n.op, str(n.target), [a for a in n.args if isinstance(a, (int, float, str))])
+             for n in replayed.graph.nodes]
+            == [(n.op, str(n.target), [a for a in n.args if isinstance(a, (int, float, str))])
+                for n in fresh.graph.nodes])
