@@ -10,6 +10,7 @@ import pathlib
 import pickle
 import re
 import threading
+from typing import Any, Callable, Optional
 
 import torch
 import torch.utils._pytree
@@ -144,63 +145,91 @@ def _read_record(path: pathlib.Path) -> list:
         os.utime(path)  # in use: kept by _prune
     except Exception:  # noqa: BLE001 - any unreadable record means tracing again
         return []
-    ok = isinstance(recorded, list) and all(isinstance(r, tuple) and len(r) == 4 for r in recorded)
+    ok = isinstance(recorded, list) and all(isinstance(r, tuple) and len(r) == 2 for r in recorded)
     return recorded if ok else []
 
 
 _cache_lock = threading.Lock()
+_active = threading.local()  # the _Recorder of the pattern_cache being built in this thread
+
+
+class _Recorder:
+    """One family's build, call by call: values recorded by an earlier build are replayed while each call
+    is the one recorded at its place; from the first call that differs, everything is built again."""
+
+    def __init__(self, path: pathlib.Path):
+        self.path = path
+        self.old: Optional[list] = None  # read on the first call: a pass already built reads nothing
+        self.new: list = []
+        self.diverged = False
+
+    def get(self, what: str, build: Callable[[], Any], keep: Callable[[Any], Any] = lambda v: v) -> Any:
+        """Entries are ``(what, pickled keep(value))`` (ops pickled by name)."""
+        if self.old is None:
+            self.old = _read_record(self.path)
+        i = len(self.new)
+        if not self.diverged and i < len(self.old) and self.old[i][0] == what:
+            self.new.append(self.old[i])
+            return pickle.loads(self.old[i][1])
+        self.diverged = True
+        value = build()
+        self.new.append((what, _dumps(keep(value))))
+        return value
+
+    def save(self, family: str) -> None:
+        if not self.new or [w for w, _ in self.new] == [w for w, _ in self.old or ()]:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(_dumps(self.new))
+            tmp.replace(self.path)
+            _prune(self.path, family)
+        except Exception:  # noqa: BLE001 - a read-only or full cache only costs tracing next time
+            pass
+
+
+def recorded(what: str, build: Callable[[], Any]) -> Any:
+    """``build()``, or inside ``pattern_cache`` the value an earlier build recorded for the call ``what`` at
+    this point of the build. For a family's own pre-traced patterns (``what`` must name everything the
+    value depends on that the cache key does not: the search function and its example inputs)."""
+    rec = getattr(_active, "recorder", None)
+    return build() if rec is None else rec.get(what, build)
 
 
 @contextlib.contextmanager
 def pattern_cache(family: str, key: str):
-    """Inside, Inductor's search-pattern tracing replays the patterns recorded by an earlier build with the
-    same ``key`` (callers include the torch build, the tritonfuse source and the settings in it), call by
-    call; a call that differs from the record is traced, and the record is written again. A missing,
-    unreadable or stale file only costs the tracing."""
+    """Inside, Inductor's search-pattern tracing (and ``recorded``) replays what an earlier build with the
+    same ``key`` recorded (callers include the torch build, the tritonfuse source and the settings in it),
+    call by call; a call that differs from the record is traced, and the record is written again. A
+    missing, unreadable or stale file only costs the tracing."""
     from torch._inductor import pattern_matcher as pm
 
     trace = getattr(pm, "gen_pattern_and_search_gm", None)
-    if trace is None:  # a torch without it traces as it always did
+    if trace is None or getattr(_active, "recorder", None) is not None:  # no hook, or a build in a build
         yield
         return
-    path = _cache_file(family, key)
-    recorded: list = []
-    made: list = []
-    diverged = False
+    rec = _Recorder(_cache_file(family, key))
 
     def replay(search_fn, example_inputs, trace_fn, scalar_workaround=None, exclusive_arg_names=(),
                **kwargs):
-        nonlocal diverged
-        if not made:  # read on the first trace only: a pass already built traces nothing
-            recorded.extend(_read_record(path))
         what = _describe(search_fn, example_inputs, trace_fn, scalar_workaround, exclusive_arg_names,
                          kwargs.get("get_decomp_fn"))
-        i = len(made)
-        if not diverged and i < len(recorded) and recorded[i][0] == what:
-            _, pattern, graph_text, gm_data = recorded[i]
-            made.append(recorded[i])
-            return pattern, _RecordedGM(graph_text, gm_data)
-        diverged = True  # from here on the build is not the recorded one: trace the rest
-        pattern, gm = trace(search_fn, example_inputs, trace_fn, scalar_workaround, exclusive_arg_names,
-                            **kwargs)
-        made.append((what, pattern, str(gm.graph), _dumps(gm)))
-        return pattern, gm
+
+        def build():
+            return trace(search_fn, example_inputs, trace_fn, scalar_workaround, exclusive_arg_names, **kwargs)
+
+        return rec.get(what, build, keep=lambda v: (v[0], _RecordedGM(str(v[1].graph), _dumps(v[1]))))
 
     with _cache_lock:
         pm.gen_pattern_and_search_gm = replay
+        _active.recorder = rec
         try:
             yield
         finally:
             pm.gen_pattern_and_search_gm = trace
-    if made and [m[0] for m in made] != [r[0] for r in recorded]:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(_dumps(made))
-            tmp.replace(path)
-            _prune(path, family)
-        except Exception:  # noqa: BLE001 - a read-only or full cache only costs tracing next time
-            pass
+            _active.recorder = None
+    rec.save(family)
 
 
 _KEEP_S = 30 * 86400  # records of other tritonfuse or torch versions go once unused this long

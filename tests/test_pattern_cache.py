@@ -130,3 +130,25 @@ def test_replayed_search_graph_prints_and_reads_as_traced(traces):
              for n in replayed.graph.nodes]
             == [(n.op, str(n.target), [a for a in n.args if isinstance(a, (int, float, str))])
                 for n in fresh.graph.nodes])
+
+
+def test_recorded_values_replay_inside_a_build_only(traces):
+    built = []
+
+    def build(n):
+        def make():
+            built.append(n)
+            return {"pattern": n, "op": torch.ops.aten.mm.default}  # ops pickle by name
+        return make
+
+    for _ in range(2):
+        with pattern_cache("test", "rec"):
+            got = [common.recorded(f"call {n}", build(n)) for n in (1, 2)]
+        assert got == [{"pattern": n, "op": torch.ops.aten.mm.default} for n in (1, 2)]
+    assert built == [1, 2]
+    with pattern_cache("test", "rec"):  # another call in the first place: built, and so is the rest
+        common.recorded("call 3", build(3))
+        common.recorded("call 2", build(2))
+    assert built == [1, 2, 3, 2]
+    common.recorded("call 1", build(1))  # outside a build: always built
+    assert built == [1, 2, 3, 2, 1]
