@@ -31,10 +31,12 @@ def cast_out(x, dtype: tl.constexpr, RTNE_BF16: tl.constexpr):
 @triton.jit
 def _apply_act(x, ACT: tl.constexpr):
     """The epilogue activation of every family, applied to the fp32 accumulator; ``"none"`` passes through."""
+    # NaN propagates as in PyTorch: tl.maximum's default lets the hardware return the other operand
     if ACT == "relu":
-        x = tl.maximum(x, 0.0)
+        x = tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL)
     elif ACT == "relu6":
-        x = tl.minimum(tl.maximum(x, 0.0), 6.0)
+        x = tl.minimum(tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL), 6.0,
+                       propagate_nan=tl.PropagateNan.ALL)
     elif ACT == "gelu":
         x = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
     elif ACT == "gelu_tanh":

@@ -83,7 +83,7 @@ def _epilogue(
     b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, eps, r_ptr, out_ptr,
     s_rn, s_rc, s_rh, s_rw, s_on, s_oc, s_oh, s_ow,
     HAS_BIAS: tl.constexpr, HAS_BN: tl.constexpr, HAS_RES: tl.constexpr,
-    ACT: tl.constexpr, ACT2: tl.constexpr, RTNE_BF16: tl.constexpr,
+    ACT: tl.constexpr, ACT2: tl.constexpr, RTNE_BF16: tl.constexpr, HAS_AFFINE: tl.constexpr,
 ):
     # acc: fp32 [BLOCK_M, BLOCK_N] tile of the conv output; rows are (img, oh, ow), columns output channels
     n_mask = offs_n < N
@@ -92,10 +92,14 @@ def _epilogue(
     if HAS_BN:
         mean = tl.load(mean_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
         var = tl.load(var_ptr + offs_n, mask=n_mask, other=1.0).to(tl.float32)
-        gamma = tl.load(gamma_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-        beta = tl.load(beta_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-        scale = gamma / tl.sqrt(var + eps)
-        acc = (acc - mean[None, :]) * scale[None, :] + beta[None, :]
+        if HAS_AFFINE:
+            gamma = tl.load(gamma_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+            beta = tl.load(beta_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+            scale = gamma / tl.sqrt(var + eps)
+            acc = (acc - mean[None, :]) * scale[None, :] + beta[None, :]
+        else:
+            # BatchNorm2d(affine=False): no gamma, no beta
+            acc = (acc - mean[None, :]) * (1.0 / tl.sqrt(var + eps))[None, :]
     acc = _apply_act(acc, ACT)
     mask = m_mask[:, None] & n_mask[None, :]
     if HAS_RES:
@@ -135,7 +139,7 @@ def _conv_bn_kernel(
     FLAT_K: tl.constexpr, NO_BOUNDS: tl.constexpr,
     PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr, RTNE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_C: tl.constexpr, INT8: tl.constexpr = False,
+    EVEN_C: tl.constexpr, INT8: tl.constexpr = False, HAS_AFFINE: tl.constexpr = True,
 ):
     # x: [B, C, H, W] (any strides, NHWC fastest), w: [N, C, KH, KW], out: [B, N, OH, OW]
     # GEMM rows m = (img, oh, ow), columns = output channels, reduction k = (kh, kw, c)
@@ -215,7 +219,7 @@ def _conv_bn_kernel(
         acc, img, oh, ow, m_mask, offs_n, N,
         b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, eps, r_ptr, out_ptr,
         s_rn, s_rc, s_rh, s_rw, s_on, s_oc, s_oh, s_ow,
-        HAS_BIAS, HAS_BN, HAS_RES, ACT, ACT2, RTNE_BF16,
+        HAS_BIAS, HAS_BN, HAS_RES, ACT, ACT2, RTNE_BF16, HAS_AFFINE,
     )
 
 
@@ -225,7 +229,7 @@ def _bn_act_kernel(
     M, N, OH, OW, eps,
     s_yn, s_yc, s_yh, s_yw, s_rn, s_rc, s_rh, s_rw, s_on, s_oc, s_oh, s_ow,
     HAS_BIAS: tl.constexpr, HAS_BN: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, ACT2: tl.constexpr,
-    RTNE_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    RTNE_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_AFFINE: tl.constexpr = True,
 ):
     # the epilogue alone, over a conv output y computed by cuDNN
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -242,7 +246,7 @@ def _bn_act_kernel(
         y.to(tl.float32), img, oh, ow, m_mask, offs_n, N,
         b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, eps, r_ptr, out_ptr,
         s_rn, s_rc, s_rh, s_rw, s_on, s_oc, s_oh, s_ow,
-        HAS_BIAS, HAS_BN, HAS_RES, ACT, ACT2, RTNE_BF16,
+        HAS_BIAS, HAS_BN, HAS_RES, ACT, ACT2, RTNE_BF16, HAS_AFFINE,
     )
 
 
@@ -301,6 +305,11 @@ def unsupported(
     for t in (b, *bn):
         if t is not None and (t.dim() != 1 or t.shape[0] != w.shape[0]):
             return "per-channel parameters of the wrong shape"
+    mean, var, gamma, beta = bn
+    if (mean is None) != (var is None) or (gamma is not None or beta is not None) and mean is None:
+        return "BatchNorm parameters without running statistics"
+    if (gamma is None) != (beta is None):
+        return "BatchNorm with only one of weight and bias"
     if r is not None and tuple(r.shape) != shape:
         return f"residual of shape {tuple(r.shape)} is broadcast to {shape}"
     n_out = math.prod(shape)
@@ -325,12 +334,13 @@ def _empty_out(x, w, stride, padding, channels_last: bool, dtype: Optional[torch
 
 def _epilogue_args(x, b, mean, var, gamma, beta, r, out):
     has_bn = mean is not None
+    affine = has_bn and gamma is not None  # BatchNorm2d(affine=False) has neither gamma nor beta
     dummy = out  # never read: its flag is off
     ptrs = (b if b is not None else dummy, mean if has_bn else dummy, var if has_bn else dummy,
-            gamma if has_bn else dummy, beta if has_bn else dummy, r if r is not None else dummy, out)
+            gamma if affine else dummy, beta if affine else dummy, r if r is not None else dummy, out)
     r_strides = r.stride() if r is not None else (0, 0, 0, 0)
     return ptrs, (*r_strides, *out.stride()), {"HAS_BIAS": b is not None, "HAS_BN": has_bn,
-                                                "HAS_RES": r is not None}
+                                                "HAS_RES": r is not None, "HAS_AFFINE": affine}
 
 
 def _conv_bn_fake(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, act2, channels_last):
@@ -515,8 +525,9 @@ def conv_bn_ref(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, a
 
 
 def probe(device: str, dtype: torch.dtype, kernel: str, ksize: tuple, flat_k: bool, has_bias: bool,
-          has_bn: bool, has_res: bool, act: str, act2: str) -> Optional[str]:
-    """Compile and launch one variant on a small input once; None when it works, else the reason."""
+          has_bn: bool, has_res: bool, act: str, act2: str, affine: bool = True) -> Optional[str]:
+    """Compile and launch one variant on a small input once; None when it works, else the reason.
+    ``affine=False``: a BatchNorm without gamma and beta."""
 
     def run():
         g = torch.Generator(device="cpu").manual_seed(0)
@@ -530,6 +541,8 @@ def probe(device: str, dtype: torch.dtype, kernel: str, ksize: tuple, flat_k: bo
         w = rnd(24, c, *ksize).to(memory_format=torch.channels_last)
         b = rnd(24) if has_bias else None
         bn = (rnd(24), rnd(24, pos=True), rnd(24), rnd(24)) if has_bn else (None,) * 4
+        if has_bn and not affine:
+            bn = (*bn[:2], None, None)
         pad = [ksize[0] // 2, ksize[1] // 2]
         shape = out_shape(x.shape, w.shape, [1, 1], pad)
         r = rnd(*shape).to(memory_format=torch.channels_last) if has_res else None
@@ -545,7 +558,8 @@ def probe(device: str, dtype: torch.dtype, kernel: str, ksize: tuple, flat_k: bo
             raise RuntimeError(f"wrong result on the probe input (relative error {err.item():.3g})")
 
     name = (f"{kernel}[{ksize[0]}x{ksize[1]},{'flat' if flat_k else 'nested'},{act},{act2},"
-            f"{'bias' if has_bias else ''}{'bn' if has_bn else ''}{'res' if has_res else ''},{dtype}]")
+            f"{'bias' if has_bias else ''}{'bn' if has_bn else ''}{'' if affine else '-noaffine'}"
+            f"{'res' if has_res else ''},{dtype}]")
     return registry.guarded_probe(f"{name}@{device}", run)
 
 
@@ -574,7 +588,7 @@ def choice_key(x, w, b, bn, r, stride, padding, act, act2, channels_last) -> str
         "conv_bn", str(x.dtype).replace("torch.", ""), "x".join(map(str, x.shape)), _layout(x),
         "x".join(map(str, w.shape)), _layout(w), _layout(r), f"s{stride[0]}x{stride[1]}",
         f"p{padding[0]}x{padding[1]}", int(b is not None), int(bn[0] is not None), act, act2, int(channels_last),
-    )))
+    ))) + ("|noaffine" if bn[0] is not None and bn[2] is None else "")
 
 
 def choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last, int8: bool = False) -> dict:

@@ -2,7 +2,8 @@
 
 In eval mode Inductor decomposes ``batch_norm`` into ``(conv - mean) * rsqrt(var + eps) * gamma + beta`` with
 the parameters as graph inputs (with fp32 upcasts in half precision); these patterns are traced from plain
-PyTorch code in fp32 and fp16 the same way. Heads: conv -> BN, conv with bias -> BN, conv with bias (no BN);
+PyTorch code in fp32 and fp16 the same way. Heads: conv -> BN, conv with bias -> BN, conv with bias (no BN),
+conv -> BN(affine=False);
 epilogues: ``act``, then optionally ``+ r`` (either operand order) and ``act2`` (ResNet's BasicBlock and
 Bottleneck end in ``relu(bn(conv(x)) + identity)``). Training-mode BN (batch statistics) is a different graph
 and is never matched.
@@ -24,15 +25,16 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch._inductor.pattern_matcher import (Match, PatternMatcherPass, gen_pattern_and_search_gm,
-                                            register_graph_pattern)
+from torch._inductor import pattern_matcher
+from torch._inductor.pattern_matcher import Match, PatternMatcherPass, register_graph_pattern
 
 from tritonfuse import config, registry
 from tritonfuse.kernels import conv_bn as K
-from tritonfuse.patterns.common import module_name, trace_pattern
+from tritonfuse.patterns.common import module_name, pattern_cache, trace_pattern
 
 FAMILY = "conv_bn"
-HEADS = ("bn", "bias_bn", "bias")  # conv -> BN, conv(bias) -> BN, conv(bias) alone
+# conv -> BN, conv(bias) -> BN, conv(bias) alone, conv -> BN(affine=False)
+HEADS = ("bn", "bias_bn", "bias", "bn_noaffine")
 _EPS = 1e-5  # marks where eps sits in the traced pattern (scalar_workaround); the site's own is read by _eps
 aten = torch.ops.aten
 
@@ -51,6 +53,9 @@ def _head(head: str):
     elif head == "bias_bn":
         def fn(x, w, b, mean, var, gamma, beta, eps):
             return F.batch_norm(_conv(x, w, b), mean, var, gamma, beta, False, 0.1, eps)
+    elif head == "bn_noaffine":
+        def fn(x, w, mean, var, eps):
+            return F.batch_norm(_conv(x, w), mean, var, None, None, False, 0.1, eps)
     else:
         def fn(x, w, b):
             return _conv(x, w, b)
@@ -78,7 +83,7 @@ def _conv_bn_pattern(head: str, act: str, res: Optional[str], act2: str):
 def _argnames(head: str, res: bool) -> list[str]:
     names = {"bn": ["x", "w", "mean", "var", "gamma", "beta", "eps"],
              "bias_bn": ["x", "w", "b", "mean", "var", "gamma", "beta", "eps"],
-             "bias": ["x", "w", "b"]}[head]
+             "bias": ["x", "w", "b"], "bn_noaffine": ["x", "w", "mean", "var", "eps"]}[head]
     return names + (["r"] if res else [])
 
 
@@ -96,7 +101,7 @@ def _example_inputs(head: str, res: bool, dtype: torch.dtype, device: str = "cpu
     x, w = t(2, 4, 6, 6), t(8, 4, 1, 1)
     # distinct tensors: a tensor passed twice would trace as one input, tying the two in the pattern
     b, *p = [t(8) for _ in range(5)]
-    args = {"bn": [x, w, *p], "bias_bn": [x, w, b, *p], "bias": [x, w, b]}[head]
+    args = {"bn": [x, w, *p], "bias_bn": [x, w, b, *p], "bias": [x, w, b], "bn_noaffine": [x, w, *p[:2]]}[head]
     return args + ([t(2, 8, 6, 6)] if res else [])
 
 
@@ -112,7 +117,8 @@ def _variants():
     for head in HEADS:
         for act2 in ("none", "relu"):
             for res in ("after", "before"):
-                out.append((head, "none", res, act2))
+                if head != "bn_noaffine":  # rare: its BN and activation are fused, a residual add is Inductor's
+                    out.append((head, "none", res, act2))
         if head == "bn":
             for act in K.ACTIVATIONS[1:]:
                 out.append((head, act, "after", "none"))
@@ -223,7 +229,7 @@ def _site(match: Match, head: str, act: str, res: bool, act2: str, constants: Co
     op = choice["kernel"]
     if op in ("conv_bn", "conv_bn_int8"):
         reason = K.probe(str(x.device), x.dtype, op, tuple(w.shape[2:]), flat_k, b is not None, "bn" in head,
-                         res, act, act2)
+                         res, act, act2, affine=head != "bn_noaffine")
         if reason:
             return conv, reason, None, detail
     if "ours_ms" in choice:
@@ -287,8 +293,9 @@ def _make_handler(head: str, act: str, res: bool, act2: str, constants: Counter)
         _checked[:] = [None, None]
         conv, (b, bn, r, stride, padding, eps, act_, act2_, channels_last), op, _ = site
         # only fx nodes go through the trace; the conv's settings are constants of the replacement
-        names = ["x", "w"] + (["b"] if b is not None else []) + (["mean", "var", "gamma", "beta"] if "bn" in head
-                                                                 else []) + (["r"] if res else [])
+        bn_names = [] if "bn" not in head else ["mean", "var"] if head == "bn_noaffine" else [
+            "mean", "var", "gamma", "beta"]
+        names = ["x", "w"] + (["b"] if b is not None else []) + bn_names + (["r"] if res else [])
         nodes = [conv.args[0], conv.args[1]] + ([conv.args[2]] if b is not None else []) + [
             match.kwargs[n] for n in names[2 + (b is not None):]]
 
@@ -330,7 +337,10 @@ class _ConvPass(PatternMatcherPass):
             return 0
         for dev in {v.device.type for v in (_val(c) for c in convs) if isinstance(v, torch.Tensor)} or {"cpu"}:
             if dev not in self._built:
-                _register_patterns(self, dev, self._seen)
+                from tritonfuse.backend import pattern_key
+
+                with pattern_cache(f"conv_bn-{dev}", pattern_key()):
+                    _register_patterns(self, dev, self._seen)
                 self._built.add(dev)
         return super().apply(gm)
 
@@ -347,7 +357,7 @@ def _register_patterns(pm: PatternMatcherPass, device: str = "cpu", seen: Option
         search = _named(_conv_bn_pattern(head, act, res, act2), names)
         for dtype in (torch.float32, torch.float16):
             with torch.no_grad():
-                pattern, gm = gen_pattern_and_search_gm(
+                pattern, gm = pattern_matcher.gen_pattern_and_search_gm(  # through pattern_cache's hook
                     search, _example_inputs(head, res is not None, dtype, device), trace_pattern,
                     scalar_workaround={"eps": _EPS} if "bn" in head else None)
             key = repr(pattern)

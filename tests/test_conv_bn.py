@@ -119,6 +119,34 @@ def test_unsupported_reasons():
     assert "broadcast" in K.unsupported(x, w, None, none4, torch.empty(16, 1, 1), [1, 1], [1, 1])
 
 
+def test_unsupported_partial_bn_params():
+    x, w, p = torch.empty(2, 8, 9, 9), torch.empty(16, 8, 3, 3), torch.empty(16)
+    assert "only one of" in K.unsupported(x, w, None, (p, p, p, None), None, [1, 1], [1, 1])
+    assert "running statistics" in K.unsupported(x, w, None, (None, None, p, p), None, [1, 1], [1, 1])
+    assert K.unsupported(x, w, None, (p, p, None, None), None, [1, 1], [1, 1]) is None  # BN(affine=False)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's numpy on NaN
+@pytest.mark.parametrize("act", ["relu", "relu6"])
+def test_activation_propagates_nan(act, device):
+    # relu(NaN) is NaN in PyTorch and Inductor; tl.maximum's default NaN handling returned 0 (the hardware's
+    # max keeps the other operand), so a NaN in the activations silently became 0 after a fused relu
+    x = fresh(1, 8, 5, 5, device=device, seed=7)
+    x[0, 0, 2, 2] = float("nan")
+    x[0, 3, 1, 4] = float("inf")
+    w = fresh(8, 8, 1, 1, device=device, seed=8)
+    r = fresh(1, 8, 5, 5, device=device, seed=9)
+    r[0, 5, 0, 0] = float("nan")
+    _, p = _params(8, torch.float32, device, 10)
+    for a, a2, res in ((act, "none", None), ("none", act, r)):
+        out = torch.ops.tritonfuse.conv_bn(x, w, None, *p, res, [1, 1], [0, 0], 1e-5, a, a2, False)
+        ref = K.conv_bn_ref(x, w, None, *p, res, [1, 1], [0, 0], 1e-5, a, a2)
+        assert torch.isnan(ref).any()
+        assert torch.equal(torch.isnan(out), torch.isnan(ref)), (a, a2)
+        fin = torch.isfinite(ref)
+        torch.testing.assert_close(out[fin], ref[fin], rtol=1e-5, atol=1e-5)
+
+
 def test_patterns_not_traced_without_a_conv():
     from tritonfuse.patterns import conv_bn as P
 
@@ -241,6 +269,18 @@ def test_conv_with_bias_then_bn():
     m = _randomize_bn(ConvBNAct(act=nn.Hardswish(), bias=True, stride=2)).eval()
     x = torch.randn(2, 5, 11, 9).to(memory_format=torch.channels_last)
     _compile_check(m, x, _counts(1, 1), kernels=["conv_bn[bias_bn,hardswish]"])
+
+
+def test_bn_affine_false():
+    # BatchNorm2d(affine=False) has no gamma/beta: (conv - mean) * rsqrt(var + eps), then the activation
+    m = ConvBNAct(act=nn.ReLU6())
+    m.bn = nn.BatchNorm2d(12, affine=False)
+    m.eval()
+    g = torch.Generator().manual_seed(3)
+    m.bn.running_mean.copy_(torch.randn(12, generator=g))
+    m.bn.running_var.copy_(torch.rand(12, generator=g) + 0.5)
+    x = torch.randn(2, 5, 9, 7).to(memory_format=torch.channels_last)
+    _compile_check(m, x, _counts(1, 1), kernels=["conv_bn[bn_noaffine,relu6]"])
 
 
 def test_wrong_constants_not_taken_for_relu6():

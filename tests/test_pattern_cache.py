@@ -152,3 +152,22 @@ def test_recorded_values_replay_inside_a_build_only(traces):
     assert built == [1, 2, 3, 2]
     common.recorded("call 1", build(1))  # outside a build: always built
     assert built == [1, 2, 3, 2, 1]
+
+
+def test_conv_bn_patterns_from_record_equal_fresh(traces, monkeypatch):
+    # conv_bn reads each pattern's scalar constants from its search graph: replayed, they must be the same
+    from tritonfuse.patterns import conv_bn
+
+    constants = []
+    real = conv_bn._constants
+    monkeypatch.setattr(conv_bn, "_constants", lambda nodes: constants.append(real(nodes)) or constants[-1])
+    passes, counts = [], []
+    for _ in range(2):
+        passes.append(PatternMatcherPass(pass_name="test_conv_bn"))
+        with pattern_cache("conv_bn-cpu", "test"):
+            conv_bn._register_patterns(passes[-1], "cpu")
+        counts.append((len(traces), len(constants)))
+    (traced, registered), again = counts
+    assert traced > 10 and again == (traced, 2 * registered), "the second build traced again"
+    assert constants[:registered] == constants[registered:]
+    assert _printed(passes[1]) == _printed(passes[0])

@@ -45,11 +45,11 @@ def _family_pass(family: str):
         return None
     from tritonfuse.patterns.common import pattern_cache
 
-    with pattern_cache(family, _pattern_key()):
+    with pattern_cache(family, pattern_key()):
         return importlib.import_module(name).pattern_pass()
 
 
-def _pattern_key() -> str:
+def pattern_key() -> str:
     """Names the traced patterns on disk: the torch build, tritonfuse's source and its settings decide them."""
     global _SOURCE_HASH
     if _SOURCE_HASH is None:
