@@ -53,8 +53,11 @@ SCRIPT = textwrap.dedent(
         w, b = torch.randn(96), torch.randn(96)
         W, Wu, bias = torch.randn(80, 96), torch.randn(80, 96), torch.randn(80)
         xt = torch.randn(96, 37).t()  # non-contiguous
-        big, Wb, bb = (torch.randn(300, 96, dtype=torch.bfloat16), torch.randn(80, 96, dtype=torch.bfloat16),
+        mid, Wm, bm = (torch.randn(300, 96, dtype=torch.bfloat16), torch.randn(80, 96, dtype=torch.bfloat16),
                        torch.randn(80, dtype=torch.bfloat16))
+        # fake tensors: no memory behind them
+        big, Wb, bb = (torch.randn(4096, 2048, dtype=torch.bfloat16), torch.randn(4096, 2048, dtype=torch.bfloat16),
+                       torch.randn(4096, dtype=torch.bfloat16))
         q, k = torch.randn(2, 4, 19, 32), torch.randn(2, 2, 19, 32)
         qd, kd = torch.randn(2, 8, 1, 64), torch.randn(2, 2, 500, 64)
         mask = torch.ones(2, 1, 1, 500, dtype=torch.bool)
@@ -65,6 +68,7 @@ SCRIPT = textwrap.dedent(
         "rms_norm": (lambda x, w: ops.norm_residual(x, None, w, None, 1e-6, "rms", False, True, False, False)[0], (x, w)),
         "linear_act": (lambda x, w, b: ops.linear_act(x, w, b, "gelu"), (xt, W, bias)),
         "gated_mlp": (lambda x, wg, wu: ops.gated_mlp(x, wg, wu, None, None, "silu"), (x, W, Wu)),
+        "linear_act_mid": (lambda x, w, b: ops.linear_act(x, w, b, "relu"), (mid, Wm, bm)),
         "linear_act_tma": (lambda x, w, b: ops.linear_act(x, w, b, "relu"), (big, Wb, bb)),
         "attention": (lambda q, k, v: ops.attention(q, k, v, None, 0.125, True), (q, k, k)),
         "attention_decode": (lambda q, k, v, m: ops.attention(q, k, v, m, 0.125, False), (qd, kd, kd, mask)),
@@ -115,6 +119,7 @@ def traced():
     ("norm_residual", 1, ["out_ptr", "s_ptr"]),
     ("rms_norm", 1, ["out_ptr"]),
     ("linear_act", 1, ["out_ptr"]),
+    ("linear_act_mid", 1, ["out_ptr"]),  # M > 256 on Hopper, but too little work to be worth an op call
     ("gated_mlp", 1, ["out_ptr"]),
     ("attention", 1, ["out_ptr"]),
     ("attention_decode", 2, ["lpart_ptr", "opart_ptr", "out_ptr"]),
@@ -133,7 +138,7 @@ def test_op_calls_become_kernel_nodes(traced, name, kernels, written):
 
 
 def test_large_gemm_on_hopper_stays_an_op_call(traced):
-    # the persistent TMA kernel serves it, which Inductor's inlining does not take
+    # the persistent TMA kernel serves it (4096 rows, 69 GFLOP), which Inductor's inlining does not take
     got = traced["linear_act_tma"]
     assert got["counts"]["inlined"] == 0 and got["ops_left"] == 1
     assert any("TMA kernel, called as an op" in r for r in got["counts"]["reasons"])
