@@ -197,6 +197,13 @@ def recorded(what: str, build: Callable[[], Any]) -> Any:
     return build() if rec is None else rec.get(what, build)
 
 
+def recorded_pattern(build: Callable[[Any, Any], Any], search_fn, example_inputs) -> Any:
+    """``build(search_fn, example_inputs)``: a family's own pre-traced pattern (``search_fn_pattern``),
+    replayed from the record inside ``pattern_cache``."""
+    what = _describe(search_fn, example_inputs, build, None, ())
+    return recorded(what, lambda: build(search_fn, example_inputs))
+
+
 @contextlib.contextmanager
 def pattern_cache(family: str, key: str):
     """Inside, Inductor's search-pattern tracing (and ``recorded``) replays what an earlier build with the

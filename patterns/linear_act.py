@@ -4,27 +4,59 @@ Each pattern is traced from plain PyTorch code by Inductor's pattern matcher, in
 half-precision graph carries the fp32 upcast around GELU/SiLU), for 2-D inputs and for batched inputs
 (the reshapes around ``addmm``). The replacement calls ``tritonfuse::linear_act`` or
 ``tritonfuse::gated_mlp``.
+
+Each pattern is registered pre-traced (``search_fn_pattern``) with the sizes its trace burned in (reshape
+sizes, the split size of a fused gate/up projection) and its dtypes left open; ``_consistent`` checks them
+on the match instead. Inductor's own re-trace of the search function at the site's shapes fails on graphs
+with symbolic shapes: every Linear's reshape there reads one shared ``s0 * s1`` size node, which the re-traced
+pattern expects to have only its own users, so no Linear of a dynamic-shape graph (the second call of a
+model with a new sequence length) was ever matched.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 
 import torch
 import torch.nn.functional as F
-from torch._inductor.pattern_matcher import Match, PatternMatcherPass, register_replacement
+from torch._inductor.pattern_matcher import (
+    CallFunction,
+    Ignored,
+    Match,
+    MultiOutputPattern,
+    PatternExpr,
+    PatternMatcherPass,
+    fx_to_pattern,
+    register_replacement,
+)
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from tritonfuse import config, registry
-from tritonfuse.patterns.common import arg_val, trace_pattern
+from tritonfuse.patterns.common import arg_val, recorded_pattern, trace_pattern
 from tritonfuse.patterns.common import module_name as _module_name
 from tritonfuse.kernels import linear_act as K
 
 FAMILY = "linear_act"
+aten = torch.ops.aten
+
+
+# activations as models write them out by hand, served by one of the kernel's activations
+_HAND_WRITTEN = {
+    # HF NewGELUActivation ("gelu_new": GPT-2, Phi-1/2, GPT-J, CodeGen): GELU's tanh approximation
+    "gelu_new": "gelu_tanh",
+}
 
 
 def _act(y, act):
+    if act == "gelu_new":
+        return 0.5 * y * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (y + 0.044715 * torch.pow(y, 3.0))))
     return K.act_ref(y, act)
+
+
+def _kernel_act(act: str) -> str:
+    return _HAND_WRITTEN.get(act, act)
 
 
 # --- search and replacement functions ------------------------------------------------------------------
@@ -77,6 +109,8 @@ def _gated(x2, wg, wu, bg, bu, act):
 
 
 def _linear_act_replacement(act):
+    act = _kernel_act(act)
+
     def replacement(x, w, b):
         return _linear(_flat(x), w, b, act).reshape(*x.shape[:-1], w.shape[0])
 
@@ -84,8 +118,30 @@ def _linear_act_replacement(act):
 
 
 def _linear_act_nobias_replacement(act):
+    act = _kernel_act(act)
+
     def replacement(x, w):
         return _linear(_flat(x), w, None, act).reshape(*x.shape[:-1], w.shape[0])
+
+    return replacement
+
+
+# HF's Conv1D (GPT-2 and its descendants): ``addmm(b, x.view(-1, K), w)`` with the weight stored [K, N]
+
+
+def _conv1d_act_pattern(act):
+    def pattern(x, w, b):
+        y = torch.addmm(b, x.reshape(math.prod(x.shape[:-1]), x.shape[-1]), w)
+        return _act(y.reshape(*x.shape[:-1], w.shape[1]), act)
+
+    return pattern
+
+
+def _conv1d_act_replacement(act):
+    act = _kernel_act(act)
+
+    def replacement(x, w, b):
+        return _linear(_flat(x), w.t(), b, act).reshape(*x.shape[:-1], w.shape[1])
 
     return replacement
 
@@ -137,19 +193,20 @@ def _gated_replacement(act):
     return replacement
 
 
-def _gated_fused_pattern(act):
-    # one Linear producing [gate | up], split in two (GeGLU as in diffusers, fused SwiGLU projections)
+def _gated_fused_pattern(act, gate_first=True):
+    # one Linear producing [gate | up], split in two (GeGLU as in diffusers, fused SwiGLU projections); the
+    # product either way round (HF Phi-3: ``up * act(gate)``)
     def pattern(x, w, b):
         g, u = F.linear(x, w, b).chunk(2, dim=-1)
-        return _act(g, act) * u
+        return _act(g, act) * u if gate_first else u * _act(g, act)
 
     return pattern
 
 
-def _gated_fused_nobias_pattern(act):
+def _gated_fused_nobias_pattern(act, gate_first=True):
     def pattern(x, w):
         g, u = F.linear(x, w).chunk(2, dim=-1)
-        return _act(g, act) * u
+        return _act(g, act) * u if gate_first else u * _act(g, act)
 
     return pattern
 
@@ -218,6 +275,8 @@ def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None):
         return None, None, None
     if train:
         return None, None, "int8 is for inference graphs"
+    if isinstance(x2.shape[0], torch.SymInt):
+        return None, None, "int8 needs a static number of rows (this graph has symbolic shapes)"
     name = _module_name(site)
     if name and config.quant_skipped(name):
         return None, None, f"{name} kept in floating point (TRITONFUSE_QUANT_SKIP)"
@@ -242,12 +301,66 @@ def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None):
     return mode, I8.int8_kernel_name(x2.shape[0], mode, gated), None
 
 
-def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: bool = False):
+def _same(a, b) -> bool:
+    """Sizes equal for every value of their symbols (no guard added to the graph)."""
+    return len(a) == len(b) and all(statically_known_true(x == y) for x, y in zip(a, b))
+
+
+def _consistent(match: Match) -> bool:
+    """What the pattern leaves open (see the module docstring), checked on the matched nodes: x is flattened
+    to [M, K], every GEMM output is unflattened to x's leading dims, a fused projection is split in equal
+    halves, and the activation is computed in fp32 or in x's dtype."""
+    x_node = match.kwargs.get("x")
+    x = x_node.meta.get("val") if isinstance(x_node, torch.fx.Node) else None
+    if not isinstance(x, torch.Tensor) or x.dim() < 2:
+        return False
+    lead = tuple(x.shape[:-1])
+    for n in match.nodes:
+        if n.op != "call_function":
+            continue
+        out = n.meta.get("val")
+        if n.target == aten.reshape.default:
+            src = n.args[0].meta.get("val") if isinstance(n.args[0], torch.fx.Node) else None
+            if not isinstance(out, torch.Tensor) or not isinstance(src, torch.Tensor):
+                return False
+            want = (math.prod(lead), x.shape[-1]) if n.args[0] is x_node else (*lead, src.shape[-1])
+            if not _same(tuple(out.shape), want):
+                return False
+        elif n.target == aten.split.Tensor:
+            src = n.args[0].meta.get("val") if isinstance(n.args[0], torch.fx.Node) else None
+            size = n.args[1].meta.get("val") if isinstance(n.args[1], torch.fx.Node) else n.args[1]
+            if not isinstance(src, torch.Tensor) or not isinstance(size, (int, torch.SymInt)) \
+                    or not _same((2 * size,), (src.shape[-1],)):
+                return False
+        elif n.target == torch.ops.prims.convert_element_type.default:
+            if n.args[1] not in (torch.float32, x.dtype):
+                return False
+    first = match.output_nodes()[0]
+    y = first.meta.get("val") if first is not None else None
+    return isinstance(y, torch.Tensor) and y.dtype == x.dtype
+
+
+def _hinted(t: torch.Tensor):
+    """``t`` with the example sizes of its symbols (a fake tensor on t's device, so GPU timing still sees the
+    GPU), for the size-keyed kernel choices (autotune buckets, timing), which must not add guards to a graph
+    already traced; None when a size has no example value."""
+    if not any(isinstance(s, torch.SymInt) for s in t.shape):
+        return t
+    sizes = [int(s.node.hint) if isinstance(s, torch.SymInt) and s.node.has_hint() else s for s in t.shape]
+    if any(isinstance(s, torch.SymInt) for s in sizes):
+        return None
+    return t.new_empty(sizes)
+
+
+def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: bool = False, conv1d: bool = False):
+    act = _kernel_act(act)
     float_kernel = f"{'gated_mlp' if gated else 'linear_act'}[{act}]"
 
     def check(match: Match) -> bool:
         kernel = float_kernel
         _serve["int8"] = None
+        if not _consistent(match):
+            return False
         site = _gemm_node(match)
         x = arg_val(match, "x")
         ws = [arg_val(match, n) for n in (("w",) if not gated or fused else ("wg", "wu"))]
@@ -256,6 +369,11 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: b
             return False
         if x.dim() < 2 or any(w.dim() != 2 for w in ws) or (b is not None and b.dim() != 1):
             return False
+        if conv1d:
+            w_node = match.kwargs.get("w")
+            if isinstance(w_node, torch.fx.Node) and w_node.target in (aten.permute.default, aten.t.default):
+                return False  # an nn.Linear (addmm of the transposed weight): the Linear patterns serve it
+            ws = [ws[0].t()]  # a Conv1D weight is [K, N]: the kernel reads it as the [N, K] view
         detail = _describe(x, ws[0], x.dtype)
         if gated and fused:
             n2 = ws[0].shape[0]
@@ -270,7 +388,12 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: b
             reason = "inner dimensions differ"
         if reason is None:
             reason = K.probe(str(x.device), x.dtype, act, b is not None, gated)
-        int8_mode, int8_kernel, int8_why = _int8_choice(site, x2, ws, b, act, gated, store_pre, match)
+        x2h = _hinted(x2)
+        if reason is None and x2h is None:
+            reason = "data-dependent number of rows"
+        int8_mode, int8_kernel, int8_why = (
+            (None, None, "int8: HF Conv1D weight layout not supported" if config.quant != "none" else None)
+            if conv1d else _int8_choice(site, x2, ws, b, act, gated, store_pre, match))
         if int8_mode:
             _serve["int8"] = int8_mode
             registry.note_replaced(FAMILY, site, int8_kernel, detail)
@@ -280,7 +403,7 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: b
         if reason is None and act == "none" and not config.linear_plain_enabled():
             reason = int8_why or "no activation and no int8 kernel: cuBLAS's addmm kept"
         if reason is None:
-            rec = K.measure(x2, ws, b, act, gated, store_pre)
+            rec = K.measure(x2h, ws, b, act, gated, store_pre)
             if not rec["use"]:
                 reason = registry.slower_reason(rec, "cuBLAS + epilogue")
         if reason:
@@ -295,6 +418,32 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: b
 # --- registration --------------------------------------------------------------------------------------
 
 
+def _open_pattern(search, args) -> PatternExpr:
+    """``search`` traced into a pattern that keeps its constants but leaves open the sizes the example
+    burned in (reshape sizes, split sizes) and its dtypes; ``_consistent`` checks those on each match."""
+    gm = trace_pattern(search, args)
+    pattern = fx_to_pattern(gm, ignore_types=(torch.dtype,), argnames=list(inspect.signature(search).parameters))
+    seen = set()
+
+    def walk(p):
+        if not isinstance(p, PatternExpr) or id(p) in seen:
+            return
+        seen.add(id(p))
+        if isinstance(p, MultiOutputPattern):
+            for o in p.outputs:
+                walk(o)
+            return
+        if not isinstance(p, CallFunction):
+            return
+        for a in p.flat_args_kwargs[0]:
+            walk(a)
+        if p.fns[0] in (aten.reshape.default, aten.split.Tensor):
+            CallFunction.__init__(p, p.fns, p.args[0], Ignored(), *p.args[2:], _users=p.users, **p.kwargs)
+
+    walk(pattern)
+    return pattern
+
+
 def pattern_pass() -> PatternMatcherPass:
     """All linear_act patterns in one pass, built once per process (and per plain-Linear setting: Linears
     without activation are sites when ``linear_plain`` is on or int8 quantization is)."""
@@ -306,23 +455,26 @@ def _build(with_plain: bool) -> PatternMatcherPass:
     # a Linear with no activation is cuBLAS's own fused addmm: matched only when asked for, so training
     # graphs' backward GEMMs are not counted as sites
     pm = PatternMatcherPass(pass_name="tritonfuse_linear_act")
-    reg = functools.partial(register_replacement, trace_fn=trace_pattern, pass_dicts=pm)
+
+    def reg(search, replace, args, extra_check):
+        register_replacement(search, replace, args, trace_fn=trace_pattern, pass_dicts=pm, extra_check=extra_check,
+                             search_fn_pattern=recorded_pattern(_open_pattern, search, args), skip_duplicates=True)
     for dtype in (torch.float32, torch.float16):
         # gated patterns first: their GEMMs would otherwise be taken one by one
         for act in K.GATED_ACTIVATIONS:
             for shape in ((8, 16), (2, 4, 16)):
                 x = torch.empty(shape, dtype=dtype)
                 wg, wu = torch.empty(24, 16, dtype=dtype), torch.empty(24, 16, dtype=dtype)
+                w12, b12 = torch.empty(48, 16, dtype=dtype), torch.empty(48, dtype=dtype)
                 for gate_first in (True, False):
                     reg(_gated_pattern(act, gate_first), _gated_replacement(act), [x, wg, wu],
                         extra_check=_make_check(act, True, False, False))
-                w12, b12 = torch.empty(48, 16, dtype=dtype), torch.empty(48, dtype=dtype)
-                reg(_gated_fused_pattern(act), _gated_fused_replacement(act), [x, w12, b12],
-                    extra_check=_make_check(act, True, True, True))
-                reg(_gated_fused_nobias_pattern(act), _gated_fused_nobias_replacement(act), [x, w12],
-                    extra_check=_make_check(act, True, True, False))
-        for act in ("relu", "gelu", "gelu_tanh", "silu") + (("none",) if with_plain else ()):
-            if act in ("none", "relu") and dtype != torch.float32:
+                    reg(_gated_fused_pattern(act, gate_first), _gated_fused_replacement(act), [x, w12, b12],
+                        extra_check=_make_check(act, True, True, True))
+                    reg(_gated_fused_nobias_pattern(act, gate_first), _gated_fused_nobias_replacement(act),
+                        [x, w12], extra_check=_make_check(act, True, True, False))
+        for act in ("relu", "gelu", "gelu_tanh", "gelu_new", "silu") + (("none",) if with_plain else ()):
+            if act in ("none", "relu", "gelu_new") and dtype != torch.float32:
                 continue  # no upcast around these: the fp32 trace serves every dtype
             for shape in ((8, 16), (2, 4, 16)):
                 x = torch.empty(shape, dtype=dtype)
@@ -334,6 +486,8 @@ def _build(with_plain: bool) -> PatternMatcherPass:
                 # training graphs: ReLU's backward reads its output, the others their input (save_pre)
                 save_pre = act not in ("relu", "none")
                 batched = len(shape) == 3
+                if act == "gelu_new":
+                    continue  # its backward saves more than the pre-activation: no training form
                 if not (batched or save_pre):
                     continue  # that is the inference pattern above
                 for has_bias in (True, False):
@@ -341,4 +495,9 @@ def _build(with_plain: bool) -> PatternMatcherPass:
                     reg(_linear_act_train_pattern(act, batched, has_bias, save_pre),
                         _linear_act_train_replacement(act, batched, has_bias, save_pre), args,
                         extra_check=_make_check(act, False, False, has_bias, store_pre=save_pre))
+            if act != "none":
+                # after the Linear patterns, which share its shape (the check leaves them their sites)
+                x, w, b = torch.empty(2, 4, 16, dtype=dtype), torch.empty(16, 24, dtype=dtype), torch.empty(24, dtype=dtype)
+                reg(_conv1d_act_pattern(act), _conv1d_act_replacement(act), [x, w, b],
+                    extra_check=_make_check(act, False, False, True, conv1d=True))
     return pm

@@ -1,4 +1,5 @@
 import copy
+import math
 import os
 import subprocess
 import sys
@@ -174,6 +175,96 @@ def test_fused_geglu_split():
     _check_model(FusedGeGLU(), fresh(2, 6, 48), 1, torch.float32, 1e-5)
 
 
+def test_fused_gated_up_times_act():
+    # HF Phi-3: gate_up_proj, chunk, then ``up * act(gate)`` (the product the other way round)
+    class Phi3MLP(nn.Module):
+        def __init__(self, d=48, h=64):
+            super().__init__()
+            self.gate_up_proj, self.down_proj = nn.Linear(d, 2 * h, bias=False), nn.Linear(h, d, bias=False)
+
+        def forward(self, x):
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return self.down_proj(up * F.silu(gate))
+
+    _check_model(Phi3MLP(), fresh(2, 6, 48), 1, torch.float32, 1e-5)
+
+
+class NewGELU(nn.Module):
+    # HF's NewGELUActivation ("gelu_new"), written out as transformers does
+    def forward(self, x):
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+class Conv1D(nn.Module):
+    # HF's Conv1D (GPT-2): the weight is stored [in, out] and applied with addmm
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.1)
+        self.bias = nn.Parameter(torch.randn(nf) * 0.1)
+
+    def forward(self, x):
+        size_out = x.size()[:-1] + (self.nf,)
+        return torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight).view(size_out)
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.bfloat16, 1e-2), (torch.float32, 1e-5)])
+def test_gpt2_conv1d_gelu_new(dtype, atol):
+    # GPT-2's MLP: c_proj(gelu_new(c_fc(x))), both Conv1D; the first is a site, the second has no activation
+    model = nn.Sequential(Conv1D(64, 32), NewGELU(), Conv1D(32, 64))
+    _check_model(model, fresh(2, 7, 32), 1, dtype, atol)
+
+
+def test_linear_gelu_new():
+    # Phi-1/2, GPT-J, CodeGen: nn.Linear + gelu_new, 2-D and batched
+    model = nn.Sequential(nn.Linear(32, 48), NewGELU(), nn.Linear(48, 32), NewGELU())
+    _check_model(model, fresh(2, 5, 32), 2, torch.float32, 1e-5)
+
+
+class MixedMLP(nn.Module):
+    # several batched Linears in one graph: with symbolic shapes their reshapes share one ``B * S`` size node
+    def __init__(self, d=32, h=48):
+        super().__init__()
+        self.gated = GatedMLP(d, h)
+        self.fc1, self.fc2 = nn.Linear(d, h), nn.Linear(h, d)
+
+    def forward(self, x):
+        return self.gated(x) + self.fc2(F.gelu(self.fc1(x)))
+
+
+def test_dynamic_shapes_batched_linears_match():
+    model = MixedMLP().eval()
+    compiled = torch.compile(model, backend="tritonfuse", dynamic=True)
+    with torch.no_grad():
+        for s in (5, 7):
+            x = fresh(2, s, 32)
+            out = compiled(x)
+            ref = model.double()(x.double())
+            assert_close_to_ref(out, ref, model.float()(x), atol=1e-5)
+            model.float()
+    # one graph (symbolic B and S): the gated MLP and the GELU Linear, each once
+    assert _counts() == {"matched": 2, "replaced": 2, "fallback": 0}, tritonfuse.report()
+
+
+def test_reshape_to_other_leading_dims_is_not_rewritten():
+    # the pattern leaves reshape sizes open; a GEMM output unflattened to other leading dims than x's must not
+    # be taken for a batched Linear (the replacement would return x's leading dims)
+    class Regroup(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(32, 40)
+
+        def forward(self, x):
+            y = torch.addmm(self.fc.bias, x.reshape(-1, 32), self.fc.weight.t())
+            return F.gelu(y.reshape(3, 4, 40))
+
+    model = Regroup().eval()
+    x = fresh(2, 6, 32)
+    out = _compile_run(model, x)
+    assert _counts() == {"matched": 0, "replaced": 0, "fallback": 0}, tritonfuse.report()
+    torch.testing.assert_close(out, model(x))
+
+
 # --- negative cases -------------------------------------------------------------------------------------
 
 
@@ -185,6 +276,22 @@ class TwoUsers(nn.Module):
     def forward(self, x):
         h = self.fc(x)
         return F.gelu(h), h * 2  # the pre-activation has a second consumer
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's numpy on NaN
+def test_relu_propagates_nan():
+    # a NaN in one row stays NaN through the fused ReLU, as in eager and Inductor (the epilogue's tl.maximum
+    # returned 0 for it)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.ReLU())
+    x = fresh(5, 16, seed=3)
+    x[2, 7] = float("nan")
+    out = _compile_run(model, x)
+    assert _counts() == {"matched": 1, "replaced": 1, "fallback": 0}
+    with torch.no_grad():
+        ref = model(x)
+    assert torch.isnan(ref[2]).all() and not torch.isnan(ref[[0, 1, 3, 4]]).any()
+    assert torch.equal(torch.isnan(out), torch.isnan(ref))
+    torch.testing.assert_close(out[[0, 1, 3, 4]], ref[[0, 1, 3, 4]], rtol=1e-5, atol=1e-5)
 
 
 def test_intermediate_used_twice_is_not_rewritten():
