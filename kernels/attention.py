@@ -898,26 +898,29 @@ def attention_ref(q, k, v, mask=None, scale=None, is_causal=False, upcast: bool 
     return p @ v
 
 
-def measure(q, k, v, mask, is_causal: bool) -> dict:
+def measure(q, k, v, mask, is_causal: bool, device: Optional[torch.device] = None) -> dict:
     """On a GPU, time this kernel against PyTorch's SDPA (cuDNN, flash or memory-efficient, whichever it
-    picks) at the site's shapes, K/V repeated to the query heads as the graph does for GQA; cached per shape."""
+    picks) at the site's shapes, K/V repeated to the query heads as the graph does for GQA; cached per shape.
+    ``q``, ``k``, ``v``, ``mask`` give shapes and dtypes (they may be meta stand-ins); ``device`` (default
+    ``q.device``) is where the site runs and is timed."""
+    device = torch.device(device) if device is not None else q.device
     B, H, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     mshape = tuple(mask.shape) if mask is not None else None
     key = (f"attention|B{B}xH{H}xKV{Hkv}xSq{Sq}xSk{Sk}xD{D}|{q.dtype}|mask{mshape}:{mask.dtype if mask is not None else ''}"
            f"|causal{int(is_causal)}")
-    graphed = inline.will_inline(torch.ops.tritonfuse.attention.default, q.device)
+    graphed = inline.will_inline(torch.ops.tritonfuse.attention.default, device)
     lazy = {}
 
     def args():
         if not lazy:
             def real(*shape):
-                return torch.randn(shape, device=q.device, dtype=q.dtype)
+                return torch.randn(shape, device=device, dtype=q.dtype)
             m = None
             if mask is not None:
-                keep = torch.rand(mshape, device=q.device) > 0.1
+                keep = torch.rand(mshape, device=device) > 0.1
                 keep[..., 0] = True
-                m = keep if mask.dtype == torch.bool else torch.zeros(mshape, device=q.device, dtype=mask.dtype).masked_fill(~keep, float("-inf"))
+                m = keep if mask.dtype == torch.bool else torch.zeros(mshape, device=device, dtype=mask.dtype).masked_fill(~keep, float("-inf"))
             kk, vv = real(B, Hkv, Sk, D), real(B, Hkv, Sk, D)
             lazy.update(q=real(B, H, Sq, D), k=kk, v=vv, m=m, kr=kk.repeat_interleave(H // Hkv, 1),
                         vr=vv.repeat_interleave(H // Hkv, 1))
@@ -933,7 +936,7 @@ def measure(q, k, v, mask, is_causal: bool) -> dict:
         return torch.nn.functional.scaled_dot_product_attention(a["q"], a["kr"], a["vr"], attn_mask=a["m"],
                                                                 is_causal=is_causal and a["m"] is None)
 
-    return registry.measured_choice(key, q.device, ours, [sdpa], graphed=graphed)
+    return registry.measured_choice(key, device, ours, [sdpa], graphed=graphed)
 
 
 def probe(device: str, dtype: torch.dtype, head_dim: int, mask_kind: str, is_causal: bool, gqa: bool,

@@ -318,7 +318,8 @@ def _decide(site: torch.fx.Node, q, k, v, mask, is_causal: bool, kernel: str) ->
         reason = K.probe(str(q.device), q.dtype, q.shape[-1], _mask_kind(mask), is_causal,
                          hk.shape[1] != hq.shape[1], K._use_decode(hq, hk, is_causal))
     if reason is None:
-        rec = K.measure(hq, hk, hv, hm, is_causal)
+        # the hinted stand-ins are meta tensors: the site's own device is where it is timed
+        rec = K.measure(hq, hk, hv, hm, is_causal, device=q.device)
         if not rec["use"]:
             reason = registry.slower_reason(rec, "SDPA")
     if reason:

@@ -266,6 +266,24 @@ def test_reused_probabilities_not_rewritten(device):
     torch.testing.assert_close(out, ref, atol=2e-3, rtol=2e-3)
 
 
+def test_site_is_measured_on_its_own_device(monkeypatch, device):
+    # the check reads meta stand-ins of the operands: the timing must still happen where the site runs
+    # (measured on "meta", nothing was ever timed and every site was replaced)
+    from tritonfuse import registry
+
+    seen = []
+    real = registry.measured_choice
+
+    def spy(key, dev, *args, **kwargs):
+        seen.append(torch.device(dev).type)
+        return real(key, dev, *args, **kwargs)
+
+    monkeypatch.setattr(registry, "measured_choice", spy)
+    q, k, v = _qkv(2, 2, 2, 37, 37, 64, torch.float16, device)
+    _compile_check(SDPA_FORMS["causal"], q, k, v, None, expect=_counts(1, 1, 0))
+    assert seen == [torch.device(device).type]
+
+
 def test_dynamic_sequence_length(device):
     # one compile serves several lengths (symbolic B and S; the head dim comes from the model's view)
     def split(x):
