@@ -306,7 +306,7 @@ def unsupported(
         if t is not None and (t.dim() != 1 or t.shape[0] != w.shape[0]):
             return "per-channel parameters of the wrong shape"
     mean, var, gamma, beta = bn
-    if (mean is None) != (var is None) or (gamma is not None or beta is not None) and mean is None:
+    if (mean is None) != (var is None) or (mean is None and (gamma is not None or beta is not None)):
         return "BatchNorm parameters without running statistics"
     if (gamma is None) != (beta is None):
         return "BatchNorm with only one of weight and bias"

@@ -293,9 +293,7 @@ def _make_handler(head: str, act: str, res: bool, act2: str, constants: Counter)
         _checked[:] = [None, None]
         conv, (b, bn, r, stride, padding, eps, act_, act2_, channels_last), op, _ = site
         # only fx nodes go through the trace; the conv's settings are constants of the replacement
-        bn_names = [] if "bn" not in head else ["mean", "var"] if head == "bn_noaffine" else [
-            "mean", "var", "gamma", "beta"]
-        names = ["x", "w"] + (["b"] if b is not None else []) + bn_names + (["r"] if res else [])
+        names = [n for n in _argnames(head, res) if n != "eps" and (n != "b" or b is not None)]
         nodes = [conv.args[0], conv.args[1]] + ([conv.args[2]] if b is not None else []) + [
             match.kwargs[n] for n in names[2 + (b is not None):]]
 

@@ -51,17 +51,14 @@ def _family_pass(family: str):
 
 def pattern_key() -> str:
     """Names the traced patterns on disk: the torch build, tritonfuse's source and its settings decide them."""
-    global _SOURCE_HASH
-    if _SOURCE_HASH is None:
-        _SOURCE_HASH = _source_hash()
-    build = (torch.__version__, getattr(torch.version, "git_version", ""), _SOURCE_HASH,
+    build = (torch.__version__, getattr(torch.version, "git_version", ""), _source_hash(),
              sorted(config.snapshot().items()))
     return hashlib.sha256(repr(build).encode()).hexdigest()[:24]
 
 
-@torch.no_grad()
+@functools.lru_cache(maxsize=None)
 def _source_hash() -> str:
-    # the graph cache must not reuse a graph compiled by other tritonfuse code
+    # the graph cache must not reuse a graph compiled by other tritonfuse code (read once per process)
     h = hashlib.sha256()
     root = pathlib.Path(__file__).resolve().parent
     for d in (root, *(pathlib.Path(importlib.import_module(p).__file__).parent for p in
@@ -70,9 +67,6 @@ def _source_hash() -> str:
             h.update(f.name.encode())
             h.update(f.read_bytes())
     return h.hexdigest()
-
-
-_SOURCE_HASH = None
 
 
 class TritonfusePasses(CustomGraphPass):
@@ -145,12 +139,9 @@ class TritonfusePasses(CustomGraphPass):
 
 
 def _settings_hash() -> str:
-    global _SOURCE_HASH
-    if _SOURCE_HASH is None:
-        _SOURCE_HASH = _source_hash()
     # where sites are chosen by measurement, the measurements are part of the key (see registry.choices_digest)
     choices = registry.choices_digest() if config.measure_enabled() and _gpu_timing() else ""
-    return hashlib.sha256(repr((sorted(config.snapshot().items()), _SOURCE_HASH, choices)).encode()).hexdigest()
+    return hashlib.sha256(repr((sorted(config.snapshot().items()), _source_hash(), choices)).encode()).hexdigest()
 
 
 def _inlining() -> bool:
