@@ -117,7 +117,8 @@ def _epilogue(
 @triton.jit
 def _conv_dot(a, b, acc, INT8: tl.constexpr, PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr):
     if INT8:
-        return tl.dot(a, b, acc)  # int8 x int8 -> int32
+        # int8 x int8 -> int32: the compiler must be told (the interpreter infers it)
+        return tl.dot(a, b, acc, out_dtype=tl.int32)
     else:
         if DOT_UPCAST:
             a, b = a.to(tl.float32), b.to(tl.float32)

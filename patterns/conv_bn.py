@@ -260,7 +260,10 @@ def _int8_site(match: Match, conv, x, w, b, bn, stride, padding, eps, act) -> tu
         needed = [w, b, *bn]
         if any(r is None and t is not None for r, t in zip(real, needed)):
             return False, "int8 SQNR gate: the weights are not available at compile time"
-        sqnr = K.int8_sqnr(x, *real, stride, padding, eps, act)
+        try:
+            sqnr = K.int8_sqnr(x, *real, stride, padding, eps, act)
+        except Exception as e:  # the int8 kernel does not compile or launch here: the site stays in float
+            return False, "int8: " + registry.kernel_failed(f"conv_bn_int8@{x.device}", e)
         if sqnr < gate:
             return False, f"int8 SQNR {sqnr:.1f} dB < TRITONFUSE_QUANT_MIN_SQNR {gate:g} dB"
     return True, None

@@ -540,3 +540,29 @@ def test_int8_min_sqnr_gate_keeps_conv_in_float():
         torch.compile(m, backend="tritonfuse")(x)
     site, = [s for s in tritonfuse.sites() if s.family == FAMILY]
     assert site.kernel == "conv_bn[bn,relu]" and "TRITONFUSE_QUANT_MIN_SQNR 99 dB" in site.detail, site
+
+
+def test_int8_kernel_failing_in_sqnr_gate_keeps_conv_in_float(monkeypatch):
+    # the gate launches the int8 kernel before any probe: an error there leaves the site in float (one warning)
+    from tritonfuse import config, registry
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no int8 dot here")
+
+    monkeypatch.setattr(K, "int8_sqnr", broken)
+    monkeypatch.setattr(registry, "_failed", {})
+    m = _randomize_bn(ConvBNAct(act=nn.ReLU())).eval().to(torch.bfloat16)
+    x = torch.randn(2, 5, 9, 7, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    # a graph an earlier run cached would skip the pass
+    caches_off = (inductor_config.patch(fx_graph_cache=False), functorch_config.patch(enable_autograd_cache=False))
+    with torch.no_grad(), config.patch(quant="int8", quant_min_sqnr=1.0), caches_off[0], caches_off[1], \
+            pytest.warns(UserWarning, match="no int8") as seen:
+        out = torch.compile(m, backend="tritonfuse")(x)
+        eager = m(x)
+    assert sum("no int8 dot here" in str(w.message) for w in seen) == 1
+    site, = [s for s in tritonfuse.sites() if s.family == FAMILY]
+    assert site.kernel == "conv_bn[bn,relu]" and "int8: kernel conv_bn_int8@" in site.detail, site
+    torch.testing.assert_close(out, eager, atol=2e-2, rtol=2e-2)

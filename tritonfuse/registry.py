@@ -325,12 +325,20 @@ def guarded_probe(key: str, probe: Callable[[], None]) -> Optional[str]:
         _failed[key] = ""
         return None
     except Exception as e:  # any compile or launch error: leave the site to Inductor
-        if not config.fallback_enabled():
-            raise
-        reason = f"kernel {key} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        _failed[key] = reason
-        warnings.warn(f"tritonfuse: {reason}; its sites are left to Inductor", stacklevel=2)
-        return reason
+        return kernel_failed(key, e)
+
+
+def kernel_failed(key: str, e: Exception) -> str:
+    """Record that kernel variant ``key`` raised ``e`` (a compile or launch error met while probing, gating
+    or timing a site) and return the reason its sites are left to Inductor; warns once per variant. With
+    ``TRITONFUSE_FALLBACK_ON_ERROR=0`` the error is raised instead."""
+    if not config.fallback_enabled():
+        raise e
+    reason = f"kernel {key} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if key not in _failed:
+        warnings.warn(f"tritonfuse: {reason}; its sites are left to Inductor", stacklevel=3)
+    _failed[key] = reason
+    return reason
 
 
 # --- measured choice: a tritonfuse kernel serves a site only where it is the faster ----------------------
