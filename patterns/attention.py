@@ -65,18 +65,6 @@ SDPA_OPS = tuple(
 )
 
 
-# SDPA nodes whose own kernel beats ours at prefill sizes (benchmarks/results/kernels-nvidia-h100-80gb-hbm3.json):
-# left to Inductor when sites are not timed (TRITONFUSE_MEASURE=0); otherwise each site is measured
-_KEEP_UPSTREAM = {
-    name: reason
-    for name, reason in (
-        ("_scaled_dot_product_cudnn_attention",
-         "cuDNN attention is faster (H100, fp16 B8 H16 S4096 D128: 649 vs 459 TFLOP/s)"),
-    )
-    if hasattr(aten, name)
-}
-
-
 # --- search patterns -----------------------------------------------------------------------------------
 
 
@@ -353,10 +341,6 @@ def _sdpa_handler(match: Match, *args, **kwargs) -> None:
     if others:
         registry.note_fallback(FAMILY, node, kernel, "log-sum-exp or RNG state used (training graph): left to "
                                "Inductor's SDPA forward/backward pair", detail)
-        return
-    keep = _KEEP_UPSTREAM.get(node.target.__name__.split(".")[0])
-    if keep and not registry.timing_enabled(q.device):  # measured where it can be
-        registry.note_fallback(FAMILY, node, kernel, keep, detail)
         return
     if a.get("dropout_p", 0.0) not in (0, 0.0):
         registry.note_fallback(FAMILY, node, kernel, f"dropout_p={a['dropout_p']} (training)", detail)
