@@ -277,8 +277,8 @@ def test_bn_affine_false():
     m.bn = nn.BatchNorm2d(12, affine=False)
     m.eval()
     g = torch.Generator().manual_seed(3)
-    m.bn.running_mean.copy_(torch.randn(12, generator=g))
-    m.bn.running_var.copy_(torch.rand(12, generator=g) + 0.5)
+    m.bn.running_mean.copy_(torch.randn(12, generator=g, device="cpu"))
+    m.bn.running_var.copy_(torch.rand(12, generator=g, device="cpu") + 0.5)
     x = torch.randn(2, 5, 9, 7).to(memory_format=torch.channels_last)
     _compile_check(m, x, _counts(1, 1), kernels=["conv_bn[bn_noaffine,relu6]"])
 
@@ -363,9 +363,11 @@ def test_training_mode_not_rewritten():
     x = torch.randn(2, 12, 7, 9)
     with torch.no_grad():
         eager = copy.deepcopy(m)(x)
+        ref = copy.deepcopy(m).double()(x.double())
         out = torch.compile(m, backend="tritonfuse")(x)
     assert tritonfuse.counters()[FAMILY] == _counts(0, 0)
-    torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-4)
+    # vs fp64: on a GPU eager's conv rounds its inputs to TF32, Inductor's batch statistics sum in another order
+    assert_close_to_ref(out, ref, eager, atol=1e-4)
 
 
 def test_eval_with_autograd_not_rewritten():

@@ -418,9 +418,14 @@ def test_training_gradients_match_eager(dtype, shape):
     x.grad = None
     model(x).float().square().sum().backward()
     want = [p.grad for p in model.parameters()] + [x.grad]
-    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, **tol)
+    # against fp64 gradients: within 2x eager's own same-dtype error (bf16 rounds differently on each path)
+    ref_model = copy.deepcopy(model).double()
+    x64 = x.detach().double().requires_grad_()
+    ref_model(x64).square().sum().backward()
+    ref = [p.grad for p in ref_model.parameters()] + [x64.grad]
+    atol = 1e-5 if dtype == torch.float32 else 2e-2
+    for i, (g, w, r) in enumerate(zip(got, want, ref)):
+        assert_close_to_ref(g, r, w, atol=atol, what=f"gradient {i}")
     assert _counts() == {"matched": 2, "replaced": 2, "fallback": 0}
 
 
@@ -475,8 +480,9 @@ def _run_fresh_python(code, **env):
 def test_backend_found_without_import_and_summary_log():
     code = (
         "import torch\n"
-        "m = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU())\n"
-        "x = torch.randn(8, 64)\n"
+        "dev = 'cuda' if torch.cuda.is_available() else 'cpu'\n"  # the interpreter serves the CPU run
+        "m = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU()).to(dev)\n"
+        "x = torch.randn(8, 64, device=dev)\n"
         "y = torch.compile(m, backend='tritonfuse')(x)\n"
         "assert (y - m(x)).abs().max() < 1e-4\n"
         "import sys; assert 'tritonfuse' in sys.modules\n"
@@ -744,8 +750,9 @@ def test_compile_mode_and_options_reach_inductor():
         seen = Seen()
         out = torch.compile(model, backend="tritonfuse", options={"post_grad_custom_pre_pass": seen})(x)
     assert _counts() == {"matched": 1, "replaced": 1, "fallback": 0}
-    # the user's pass saw the graph after the replacement
-    assert any("tritonfuse.linear_act" in t for t in seen.targets), seen.targets
+    # the user's pass saw the graph after the replacement (on a GPU the op call is already inlined there)
+    assert any("tritonfuse.linear_act" in t or t == "triton_kernel_wrapper_functional"
+               for t in seen.targets), seen.targets
     torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-5)
 
     torch._dynamo.reset()
@@ -793,14 +800,17 @@ def _check_measuring_budget(timed):
 
     model = nn.Sequential(nn.Linear(32, 48), nn.GELU())
     x = fresh(6, 32)
-    key_before = backend._settings_hash()
+    # the key is read with measuring on, as the compiles below see it (the GPU suite runs with it off)
+    with config.patch(measure="1"):
+        key_before = backend._settings_hash()
     with config.patch(measure="1", measure_budget_s="0"):
         _compile_run(model, x)
     assert _counts() == {"matched": 1, "replaced": 0, "fallback": 1}
     assert "not measured yet" in tritonfuse.sites()[0].reason and not timed
     # the pending site is on record: the next compile has another key, so it is compiled (and measured) anew
-    assert backend._settings_hash() != key_before
-    key_pending = backend._settings_hash()
+    with config.patch(measure="1"):
+        key_pending = backend._settings_hash()
+    assert key_pending != key_before
 
     torch._dynamo.reset()
     tritonfuse.reset()

@@ -184,7 +184,7 @@ def _padding_mask(batch: int, seq: int, g: torch.Generator) -> torch.Tensor:
     # every sequence keeps at least half its tokens; the first one is full length
     lengths = torch.randint(seq // 2, seq + 1, (batch,), generator=g, device="cpu")
     lengths[0] = seq
-    return (torch.arange(seq)[None, :] < lengths[:, None]).long()
+    return (torch.arange(seq, device="cpu")[None, :] < lengths[:, None]).long()
 
 
 def _build_bert(small: bool, batch: int, train: bool) -> Workload:
