@@ -226,10 +226,22 @@ def _position_index(node, length: int, dim: int) -> bool:
     v = _val(node)
     if v is None or v.dim() != 4 or v.numel() != length or v.shape[dim] != length:
         return False
-    while isinstance(node, torch.fx.Node) and node.target == aten.unsqueeze.default:
+    # unsqueezes, and ``+ 0`` (a zero offset; Inductor leaves it in on CUDA graphs)
+    while isinstance(node, torch.fx.Node) and (node.target == aten.unsqueeze.default or (
+            node.target in (aten.add.Tensor, aten.add.Scalar) and len(node.args) == 2
+            and isinstance(node.args[1], (int, float)) and node.args[1] == 0 and node.kwargs.get("alpha", 1) == 1)):
         node = node.args[0]
     return (isinstance(node, torch.fx.Node) and node.target == prims.iota.default and node.args[0] == length
             and node.kwargs.get("start", 0) == 0 and node.kwargs.get("step", 1) == 1)
+
+
+def _scalar_fill(x):
+    """The value of a ``full``/``scalar_tensor`` node (how ``where``'s scalar operands are traced), or ``x``."""
+    if isinstance(x, torch.fx.Node) and x.target == aten.full.default:
+        return x.args[1]
+    if isinstance(x, torch.fx.Node) and x.target == aten.scalar_tensor.default:
+        return x.args[0]
+    return x
 
 
 def _is_causal_mask(node, sq: int, sk: int) -> bool:
@@ -240,7 +252,7 @@ def _is_causal_mask(node, sq: int, sk: int) -> bool:
     if not isinstance(node, torch.fx.Node) or node.target != aten.where.self:
         return False
     cond, a, b = node.args[:3]
-    fills = [x.args[1] if isinstance(x, torch.fx.Node) and x.target == aten.full.default else x for x in (a, b)]
+    fills = [_scalar_fill(x) for x in (a, b)]
     if fills[0] != 0 or not isinstance(fills[1], (int, float)) or fills[1] > -1e4:
         return False
     if isinstance(cond, torch.fx.Node) and cond.target == aten.expand.default:

@@ -254,6 +254,30 @@ def test_materialised_causal_mask(offset, causal, device):
     assert_close_to_ref(out, f(q.double(), k.double(), v.double()), eager, atol=1e-3)
 
 
+@pytest.mark.parametrize("query_side,causal", [("pos + 0", True), ("pos", True), ("pos + 1", False),
+                                               ("pos - 0.5", False)])
+def test_causal_mask_read_from_decomposed_graph(query_side, causal):
+    # the mask as Inductor's decompositions trace it: iota, unsqueezes, where's scalars as scalar_tensor, and
+    # on CUDA a ``+ 0`` offset kept in the graph (the H200 run's materialised masks were missed for that)
+    from torch._inductor.decomposition import select_decomp_table
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from tritonfuse.patterns import attention as A
+
+    def mask(q):
+        pos = torch.arange(q.shape[-2], device=q.device)
+        query = eval(query_side, {"pos": pos[None, None, :, None]})
+        keep = pos[None, None, None, :] <= query
+        return torch.where(keep, 0.0, torch.finfo(torch.float16).min).to(q.dtype)
+
+    gm = make_fx(mask, decomposition_table=select_decomp_table(), tracing_mode="fake")(
+        torch.empty(2, 2, 19, 32, dtype=torch.float16, device="cpu"))
+    out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    out = out[0] if isinstance(out, (list, tuple)) else out
+    assert A._is_causal_mask(out, 19, 19) == causal
+    assert not A._is_causal_mask(out, 19, 23)  # keys longer than queries: not the top-left mask
+
+
 def test_reused_probabilities_not_rewritten(device):
     # the probabilities are returned too: nothing may be rewritten
     def f(q, k, v):
