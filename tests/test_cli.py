@@ -175,8 +175,10 @@ def test_profile_names_layers_and_kernels(capsys):
 
 def test_profile_groups_repeated_blocks():
     work = zoo.get("bert-base").make(small=True)
-    inp = work.inputs(work.model, torch.empty(0).device, torch.float32, 0)  # the GPU run builds on cuda
-    layers = {l.key: l for l in cli.capture_layers(work.model, inp)}
+    device = torch.empty(0).device  # the GPU run's default device is cuda
+    model = work.model.to(device)
+    inp = work.inputs(model, device, torch.float32, 0)
+    layers = {l.key: l for l in cli.capture_layers(model, inp)}
     assert layers["encoder.layer.*"].calls == 2 and layers["encoder.layer.*"].kind == "block"
     assert layers["encoder.layer.*.attention.self.query"].calls == 2
     assert layers["(model)"].kind == "model"

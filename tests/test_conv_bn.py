@@ -361,12 +361,13 @@ def test_dynamic_batch():
 def test_training_mode_not_rewritten():
     m = _randomize_bn(Residual("resnet")).train()
     x = torch.randn(2, 12, 7, 9)
-    with torch.no_grad():
+    # cuDNN's TF32 off (torch's default has it on for convs): on the H200 the compiled run, nothing rewritten,
+    # was 2e-3 off fp64 and eager 1e-6, an error the size of TF32 rounding in one of them (not yet rerun so)
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         eager = copy.deepcopy(m)(x)
         ref = copy.deepcopy(m).double()(x.double())
         out = torch.compile(m, backend="tritonfuse")(x)
     assert tritonfuse.counters()[FAMILY] == _counts(0, 0)
-    # vs fp64: on a GPU eager's conv rounds its inputs to TF32, Inductor's batch statistics sum in another order
     assert_close_to_ref(out, ref, eager, atol=1e-4)
 
 
