@@ -109,11 +109,12 @@ def write(rows: list[dict], path, command: str, head: Optional[dict] = None) -> 
         path = path / f"{slug(device_name())}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     old = load(path) if path.exists() else {}
-    merged = {_key(r): r for r in old.get("models", [])}
-    for r in rows:
-        merged[_key(r)] = {"command": command, **r}
-    order = {m: i for i, m in enumerate(MODES)}
+    # each row keeps the commit that measured it: a file gathers runs of several commits
+    merged = {_key(r): {"commit": old.get("commit", ""), **r} for r in old.get("models", [])}
     head = {**(head or header(command)), "command": command}
+    for r in rows:
+        merged[_key(r)] = {"command": command, "commit": head["commit"], **r}
+    order = {m: i for i, m in enumerate(MODES)}
     doc = {**{k: head[k] for k in HEADER_FIELDS if k != "models"}, "models": sorted(merged.values(), key=lambda r: (
         r["model"], _flags(r), order.get(r["mode"], 99), r["mode"]))}
     tmp = path.with_suffix(".tmp")
@@ -208,7 +209,9 @@ def kernel_table(doc: dict) -> str:
 
 
 def _provenance(doc: dict) -> str:
-    return f"{doc['gpu']}, torch {doc['torch']}, triton {doc['triton']}, commit {doc['commit']}, {doc['date'][:10]}"
+    commits = sorted({r["commit"] for r in doc.get("models", []) if r.get("commit")}) or [doc["commit"]]
+    which = f"commit {commits[0]}" if len(commits) == 1 else "commits " + ", ".join(commits) + " (per command below)"
+    return f"{doc['gpu']}, torch {doc['torch']}, triton {doc['triton']}, {which}, {doc['date'][:10]}"
 
 
 def readme(paths: Optional[Iterable] = None) -> str:
@@ -220,7 +223,8 @@ def readme(paths: Optional[Iterable] = None) -> str:
         raw = json.loads(p.read_text())
         if "models" in raw:
             doc = load(p)
-            commands = sorted({r.get("command", doc["command"]) for r in doc["models"]})
+            commands = sorted({(f"[{r['commit']}] " if r.get("commit") else "") + r.get("command", doc["command"])
+                               for r in doc["models"]})
             parts.append(f"### Models on {_provenance(doc)}\n\n"
                          "ms = median latency of one forward (or train step); (x) = speedup over Inductor "
                          "(`torch.compile` default); cosine vs eager fp32.\n\n" + model_table(doc) + "\n\n"
