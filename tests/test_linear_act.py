@@ -441,6 +441,27 @@ def test_counters_survive_inductor_cache_hit():
     assert _counts() == first
 
 
+def test_cache_hit_without_site_record_is_reported(monkeypatch, tmp_path):
+    # a graph served from Inductor's cache whose site record is gone is not silently counted as no sites
+    from tritonfuse import backend
+
+    # a cache of this test's own: the first compile runs the pass whatever earlier runs cached
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    model = nn.Sequential(nn.Linear(24, 40), nn.SiLU(), nn.Linear(40, 24), nn.ReLU())
+    x = fresh(5, 24)
+    _compile_run(model, x)
+    assert _counts()["replaced"] == 2
+    records = list(backend._sites_path("x").parent.iterdir())
+    assert records and all(f.is_relative_to(tmp_path) for f in records)
+    for f in records:
+        f.unlink()
+    tritonfuse.reset()
+    torch._dynamo.reset()
+    _compile_run(model, x)  # served from the cache: the pass does not run, and there is no record
+    assert _counts()["replaced"] == 0
+    assert "no tritonfuse record of its sites" in tritonfuse.report()
+
+
 def test_report_names_kernels():
     _compile_run(ViTMLP(), fresh(2, 3, 48))
     text = tritonfuse.report()

@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import warnings
+from typing import Optional
 
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass
@@ -108,7 +109,7 @@ class TritonfusePasses(CustomGraphPass):
         runs = self.runs
         out = compile_fx_inner(gm, example_inputs, **kwargs)
         if self.runs == runs:
-            self._keep(registry.replay(_load_sites(self.graph_key)))
+            self._keep(_replay_sites(self.graph_key))
         return out
 
     def _apply(self, graph: torch.fx.Graph) -> None:
@@ -185,11 +186,22 @@ def _save_sites(key: str, sites: list) -> None:
         pass  # a read-only cache only costs the report of a later cache hit
 
 
-def _load_sites(key: str) -> list[dict]:
+def _load_sites(key: str) -> Optional[list[dict]]:
+    """The site records of graph ``key``, or None where there is none (or it cannot be read)."""
     try:
         return json.loads(_sites_path(key).read_text())
     except (OSError, ValueError):
-        return []
+        return None
+
+
+def _replay_sites(key: str) -> list:
+    """Count the recorded sites of graph ``key``, which a cache served; where there is no record the report
+    says that this graph's sites are missing from the counts."""
+    records = _load_sites(key)
+    if records is None:
+        registry.note_error("a graph was served from Inductor's cache with no tritonfuse record of its sites "
+                            "(the record was removed, or the cache was filled elsewhere): they are not counted")
+    return registry.replay(records or [])
 
 
 _warned: set[str] = set()
@@ -281,7 +293,7 @@ def tritonfuse_backend(gm: torch.fx.GraphModule, example_inputs, mode=None, opti
         _warn_once(f"tritonfuse: {reason}: {e}")
     else:
         if passes is not None and passes.runs == 0 and not passes.graph_key:
-            registry.replay(_load_sites(passes.key))  # AOTAutograd's cache served the whole graph
+            _replay_sites(passes.key)  # AOTAutograd's cache served the whole graph
     if config.log != "off":
         print(report())
         if config.log == "debug":
