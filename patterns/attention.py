@@ -94,6 +94,12 @@ def _handwritten_pattern(scale_op: str, mask_op: str, upcast: bool, downcast: bo
     elif mask_op == "fill":
         # masked_fill(s, cond, value) -> where(cond, value, s)
         steps.append((aten.where.self, lambda x: (KeywordArg("cond"), KeywordArg("fill"), x)))
+    elif mask_op == "window":
+        # Swin's shifted windows: a bias, then the window mask added through a [B/nW, nW, H, S, S] view
+        steps.append((aten.add.Tensor, lambda x: (x, KeywordArg("mask"))))
+        steps.append((aten.reshape.default, lambda x: (x, Ignored())))
+        steps.append((aten.add.Tensor, lambda x: (x, KeywordArg("wmask"))))
+        steps.append((aten.reshape.default, lambda x: (x, Ignored())))
     if upcast:
         steps.append((prims.convert_element_type.default, lambda x: (x, Ignored())))
     s = CallFunction(aten.reshape.default, CallFunction(aten.bmm.default, _flat("q_flat"), _flat("k_flat")),
@@ -429,6 +435,10 @@ def _make_handwritten_handler(scale_op: str, mask_op: str):
             v_src = v4
             k_val = _val(k_src) if k_node is not None else _val(kt4).transpose(-2, -1)
             v = _val(v_src)
+        if mask_op == "window":
+            _window_site(match, site, kernel, (q4, k_src, v_src), (q, k_val, v), mask_node, kwargs["wmask"],
+                         scale, transposed=k_node is None, out_dtype=_val(out).dtype)
+            return
         if mask_op == "fill":
             mask = _val(bool_keep) if bool_keep is not None else _val(cond_node)
             mask_val = mask if bool_keep is not None else mask.new_empty(mask.shape, dtype=_val(fill_node).dtype)
@@ -466,6 +476,49 @@ def _make_handwritten_handler(scale_op: str, mask_op: str):
     return handler
 
 
+def _window_site(match: Match, site, kernel: str, nodes, vals, bias_node, wmask_node, scale: float,
+                 transposed: bool, out_dtype) -> None:
+    """Swin's shifted-window attention: scores [B', H, S, S] (B' = batch x nW windows) plus a bias broadcast
+    over the windows, plus a window mask [1, nW, *, S, S] added through a [B'/nW, nW, H, S, S] view. The
+    windows join the heads: q, k, v as [B'/nW, nW*H, S, D] and one [1, nW*H, S, S] mask of bias + window mask
+    (small: it has no batch), then the output back to [B', H, S, D]."""
+    q, k, v = vals
+    bias, wmask = _val(bias_node), _val(wmask_node)
+    add5 = next((n for n in match.nodes if n.target == aten.add.Tensor and wmask_node in n.args), None)
+    if bias is None or wmask is None or add5 is None or _val(add5) is None or _val(add5).dim() != 5:
+        return
+    B, H, Sq, D = q.shape
+    Sk = k.shape[2]
+    Bn, nW = _val(add5).shape[:2]
+    if tuple(_val(add5).shape) != (Bn, nW, H, Sq, Sk) or Bn * nW != B or k.shape[1] != H or v.shape[1] != H:
+        return
+    # no batch in either mask (each window's mask is the same for every image), else nothing to gain
+    if bias.dim() > 4 or (bias.dim() == 4 and bias.shape[0] != 1) or wmask.shape[0] != 1:
+        registry.note_fallback(FAMILY, site, kernel, f"window masks {tuple(bias.shape)}, {tuple(wmask.shape)} "
+                               "vary with the batch", _describe(q, k, None, False))
+        return
+    try:
+        torch.broadcast_shapes(bias.shape, (1, H, Sq, Sk))
+        torch.broadcast_shapes(wmask.shape, (1, nW, H, Sq, Sk))
+    except RuntimeError:
+        return
+    dtype = torch.result_type(bias, wmask)
+    joined = [t.new_empty((Bn, nW * H) + tuple(t.shape[2:])) for t in (q, k, v)]
+    mask = q.new_empty((1, nW * H, Sq, Sk), dtype=dtype)
+    if not _decide(site, *joined, mask, False, kernel):
+        return
+
+    def replacement(q, k, v, bias, wmask):
+        m = (bias.reshape((1,) * (5 - bias.dim()) + tuple(bias.shape)) + wmask).expand(1, nW, H, Sq, Sk)
+        q, k, v = (t.reshape(Bn, nW * H, *t.shape[2:]) for t in (q, k, v))
+        if transposed:
+            k = k.transpose(-2, -1)
+        out = torch.ops.tritonfuse.attention(q, k, v, m.reshape(1, nW * H, Sq, Sk), scale, False)
+        return out.reshape(B, H, Sq, out.shape[-1]).to(out_dtype)
+
+    match.replace_by_example(replacement, [*nodes, bias_node, wmask_node])
+
+
 # --- registration --------------------------------------------------------------------------------------
 
 
@@ -488,7 +541,7 @@ def pattern_pass() -> PatternMatcherPass:
     for op in SDPA_OPS:
         register_graph_pattern(_sdpa_pattern(op), pass_dict=pm)(_sdpa_handler)
     for scale_op in ("mul", "div", "none"):
-        for mask_op in ("add", "add_rev", "fill", "none"):
+        for mask_op in ("add", "add_rev", "fill", "window", "none"):
             for upcast in (False, True):
                 for downcast in (False, True):
                     register_graph_pattern(_handwritten_pattern(scale_op, mask_op, upcast, downcast), pass_dict=pm)(

@@ -400,6 +400,57 @@ def test_llama_gqa_causal(impl, device):
     assert all("Hq=4 Hkv=2" in s.detail and "mask=none causal" in s.detail for s in tritonfuse.sites())
 
 
+@pytest.mark.parametrize("shift,dtype", [(3, torch.float32), (3, torch.float16), (0, torch.float16)])
+def test_swin_shifted_window_attention(shift, dtype, device):
+    # torchvision's Swin: the relative-position bias, and with a shift the window mask added through a 5-D view
+    import copy
+
+    from torchvision.models.swin_transformer import ShiftedWindowAttention
+
+    torch.manual_seed(0)
+    m = ShiftedWindowAttention(64, [7, 7], [shift, shift], 2).eval().to(device=device, dtype=dtype)
+    with torch.no_grad():
+        m.relative_position_bias_table.normal_(0, 0.5)  # zero-initialised otherwise: a bias of no effect
+    x = fresh(2, 14, 14, 64, dtype=dtype, device=device)
+    out, eager = _compile_check(m, x, expect=_counts(1, 1, 0))
+    site, = tritonfuse.sites()
+    # shifted: the 4 windows join the 2 heads, one mask of bias + window mask for all of them
+    assert site.detail.startswith("B=2 Hq=8" if shift else "B=8 Hq=2"), site
+    with torch.no_grad():
+        ref = copy.deepcopy(m).double()(x.double())
+    assert_close_to_ref(out, ref, eager, atol=1e-4 if dtype == torch.float32 else 1e-3)
+
+
+def test_swin_model(device):
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    model = SwinTransformer([4, 4], 32, [2, 2], [2, 4], [4, 4], num_classes=10).eval().to(device=device,
+                                                                                          dtype=torch.float16)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "relative_position_bias_table" in name:
+                p.normal_(0, 0.5)
+    x = fresh(2, 3, 32, 32, dtype=torch.float16, device=device)
+    out, eager = _compile_check(model, x, expect=_counts(4, 4, 0))  # 2 stages x (plain, shifted) blocks
+    torch.testing.assert_close(out, eager, atol=1e-2, rtol=1e-2)
+
+
+def test_window_mask_with_batch_not_rewritten(device):
+    # a window mask that differs per image cannot be one mask for the joined windows: left to Inductor
+    def f(q, k, v, bias, wmask):
+        s = q @ k.transpose(-2, -1) + bias
+        s = s.view(2, 4, 2, 16, 16) + wmask
+        return torch.softmax(s.view(-1, 2, 16, 16), -1) @ v
+
+    q, k, v = _qkv(8, 2, 2, 16, 16, 32, torch.float32, device)
+    bias = fresh(1, 2, 16, 16, device=device)
+    wmask = torch.where(fresh(2, 4, 1, 16, 16, device=device) > 0, 0.0, -100.0)
+    out, ref = _compile_check(f, q, k, v, bias, wmask, expect=_counts(1, 0, 1))
+    assert "vary with the batch" in tritonfuse.sites()[0].reason
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
 def test_vit_multihead_attention(device):
     from torchvision.models.vision_transformer import VisionTransformer
 
