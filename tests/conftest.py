@@ -16,6 +16,54 @@ else:
 import tritonfuse  # noqa: E402
 
 
+def _record_launches(path: str) -> None:
+    """TRITONFUSE_RECORD_LAUNCHES=<file> (with the interpreter): write each distinct kernel launch (kernel,
+    argument types, constexprs, launch options) for scripts/compile_sm90.py, which compiles them for a GPU."""
+    import atexit
+    import inspect
+    import json
+
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import mangle_type
+
+    seen: set[str] = set()
+    run = InterpretedFunction.run
+
+    def value(v):
+        return {"tl_dtype": str(v)} if isinstance(v, tl.dtype) else v
+
+    def recording_run(self, *args, grid, warmup, **kwargs):
+        try:
+            sig = inspect.signature(self.fn)
+            bound = sig.bind_partial(*args, **{k: v for k, v in kwargs.items() if k in sig.parameters})
+            bound.apply_defaults()
+            types, consts = {}, {}
+            for name, p in sig.parameters.items():
+                v = bound.arguments.get(name)
+                if "constexpr" in str(p.annotation) or v is None:
+                    types[name], consts[name] = "constexpr", value(v)
+                else:
+                    types[name] = mangle_type(v)
+            opts = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
+            seen.add(json.dumps([self.fn.__module__, self.fn.__qualname__, types, consts, opts]))
+        except Exception:  # a launch it cannot describe is only not recorded
+            pass
+        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    InterpretedFunction.run = recording_run
+
+    def write():
+        with open(path, "a") as f:
+            f.writelines(line + "\n" for line in sorted(seen))
+
+    atexit.register(write)
+
+
+if os.environ.get("TRITONFUSE_RECORD_LAUNCHES") and os.environ.get("TRITON_INTERPRET") == "1":
+    _record_launches(os.environ["TRITONFUSE_RECORD_LAUNCHES"])
+
+
 def pytest_collection_modifyitems(config, items):
     if HAS_CUDA:
         return
