@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One device call's worth of GPU checks, by phase (each fits the device tool's 10-minute limit):
+# One device call's worth of GPU checks, by phase (each fits the device tool's 10-minute limit). Before the
+# session, here: bash scripts/check_sm90.sh (every kernel variant compiled for sm_90 with the GPU's Triton).
 #   bash scripts/gpu_session.sh tests   # every test file at once (attention last to finish), logs to $OUT
 #   bash scripts/gpu_session.sh bench   # host cost per op call, then the model zoo (eager/inductor/tritonfuse/int8)
 #     (back here: python benchmarks/common.py --merge <fetched>/kernels.json; python -m tritonfuse.results
