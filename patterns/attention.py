@@ -493,7 +493,7 @@ def _window_site(match: Match, site, kernel: str, nodes, vals, bias_node, wmask_
     if tuple(_val(add5).shape) != (Bn, nW, H, Sq, Sk) or Bn * nW != B or k.shape[1] != H or v.shape[1] != H:
         return
     # no batch in either mask (each window's mask is the same for every image), else nothing to gain
-    if bias.dim() > 4 or (bias.dim() == 4 and bias.shape[0] != 1) or wmask.shape[0] != 1:
+    if bias.dim() > 4 or (bias.dim() == 4 and bias.shape[0] != 1) or (wmask.dim() == 5 and wmask.shape[0] != 1):
         registry.note_fallback(FAMILY, site, kernel, f"window masks {tuple(bias.shape)}, {tuple(wmask.shape)} "
                                "vary with the batch", _describe(q, k, None, False))
         return
@@ -509,7 +509,8 @@ def _window_site(match: Match, site, kernel: str, nodes, vals, bias_node, wmask_
         return
 
     def replacement(q, k, v, bias, wmask):
-        m = (bias.reshape((1,) * (5 - bias.dim()) + tuple(bias.shape)) + wmask).expand(1, nW, H, Sq, Sk)
+        bias, wmask = (t.reshape((1,) * (5 - t.dim()) + tuple(t.shape)) for t in (bias, wmask))
+        m = (bias + wmask).expand(1, nW, H, Sq, Sk)
         q, k, v = (t.reshape(Bn, nW * H, *t.shape[2:]) for t in (q, k, v))
         if transposed:
             k = k.transpose(-2, -1)
