@@ -436,33 +436,32 @@ def test_swin_model(device):
     torch.testing.assert_close(out, eager, atol=1e-2, rtol=1e-2)
 
 
-@pytest.mark.parametrize("wmask_shape", [(1, 4, 1, 16, 16), (4, 1, 16, 16)])
-def test_window_mask_shapes(wmask_shape, device):
-    # the window mask as Swin builds it (5-D) or without its leading 1 (4-D, broadcast the same way)
-    def f(q, k, v, bias, wmask):
-        s = q @ k.transpose(-2, -1) + bias
-        s = s.view(2, 4, 2, 16, 16) + wmask
-        return torch.softmax(s.view(-1, 2, 16, 16), -1) @ v
+def _window_attention(q, k, v, bias, wmask):
+    # Swin's form: 8 windows of 2 images (4 each), 2 heads, 16 tokens; the window mask through a 5-D view
+    s = q @ k.transpose(-2, -1) + bias
+    s = s.view(2, 4, 2, 16, 16) + wmask
+    return torch.softmax(s.view(-1, 2, 16, 16), -1) @ v
 
+
+def _window_inputs(wmask_shape, device):
     q, k, v = _qkv(8, 2, 2, 16, 16, 32, torch.float32, device)
     bias = fresh(1, 2, 16, 16, device=device)
     wmask = torch.where(fresh(*wmask_shape, device=device) > 0, 0.0, -100.0)
-    out, eager = _compile_check(f, q, k, v, bias, wmask, expect=_counts(1, 1, 0))
-    ref = f(*(t.double() for t in (q, k, v, bias, wmask)))
-    assert_close_to_ref(out, ref, eager, atol=1e-5)
+    return q, k, v, bias, wmask
+
+
+@pytest.mark.parametrize("wmask_shape", [(1, 4, 1, 16, 16), (4, 1, 16, 16)])
+def test_window_mask_shapes(wmask_shape, device):
+    # the window mask as Swin builds it (5-D) or without its leading 1 (4-D, broadcast the same way)
+    inputs = _window_inputs(wmask_shape, device)
+    out, eager = _compile_check(_window_attention, *inputs, expect=_counts(1, 1, 0))
+    assert_close_to_ref(out, _window_attention(*(t.double() for t in inputs)), eager, atol=1e-5)
 
 
 def test_window_mask_with_batch_not_rewritten(device):
     # a window mask that differs per image cannot be one mask for the joined windows: left to Inductor
-    def f(q, k, v, bias, wmask):
-        s = q @ k.transpose(-2, -1) + bias
-        s = s.view(2, 4, 2, 16, 16) + wmask
-        return torch.softmax(s.view(-1, 2, 16, 16), -1) @ v
-
-    q, k, v = _qkv(8, 2, 2, 16, 16, 32, torch.float32, device)
-    bias = fresh(1, 2, 16, 16, device=device)
-    wmask = torch.where(fresh(2, 4, 1, 16, 16, device=device) > 0, 0.0, -100.0)
-    out, ref = _compile_check(f, q, k, v, bias, wmask, expect=_counts(1, 0, 1))
+    inputs = _window_inputs((2, 4, 1, 16, 16), device)
+    out, ref = _compile_check(_window_attention, *inputs, expect=_counts(1, 0, 1))
     assert "vary with the batch" in tritonfuse.sites()[0].reason
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
