@@ -84,6 +84,9 @@ def test_bench_small_cpu_writes_results_contract(capsys, tmp_path):
     assert rows["tritonfuse"]["counters"]["linear_act"] == {"matched": 1, "replaced": 1, "fallback": 0}
     assert rows["tritonfuse"]["fallback_reasons"] == {}
     assert rows["tritonfuse"]["sqnr_db"] > 60
+    # compiled a second time with warm caches: timed, and the same sites found (else recompile_counters)
+    assert "recompile_s" not in rows["eager"]
+    assert all(rows[m]["recompile_s"] > 0 and "recompile_counters" not in rows[m] for m in ("inductor", "tritonfuse"))
     assert "tiny-mlp" in out and "1/1 linear_act:1" in out
     # the README table renders from the file
     md = results.readme([out_file])
