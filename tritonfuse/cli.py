@@ -525,6 +525,15 @@ def _counters(mode: str) -> dict:
     return {"counters": tritonfuse.counters(), "fallback_reasons": dict(reasons)}
 
 
+def _first_call(call, dev) -> tuple:
+    """(``call()``, its seconds): a compiled model's first call, which compiles it."""
+    _sync(dev)
+    t = time.perf_counter()
+    result = call()
+    _sync(dev)
+    return result, time.perf_counter() - t
+
+
 def _run_inference(work, mode, sets, args, ref, init, progress) -> dict:
     import torch
 
@@ -536,11 +545,7 @@ def _run_inference(work, mode, sets, args, ref, init, progress) -> dict:
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         prep(0)
-        _sync(dev)
-        t = time.perf_counter()
-        out = _call(fn, sets[0])
-        _sync(dev)
-        compile_s = time.perf_counter() - t
+        out, compile_s = _first_call(lambda: _call(fn, sets[0]), dev)
         acc = accuracy(work.output(out), ref)
         del out
         progress.stage(f"{args.model_name} {mode}: timing")
@@ -568,11 +573,7 @@ def _recompile(work, mode: str, sets, dev, first: dict) -> dict:
     _fresh()
     fn = _compiled(work.model, mode)
     with _mode_ctx(mode), torch.no_grad():
-        _sync(dev)
-        t = time.perf_counter()
-        _call(fn, sets[0])
-        _sync(dev)
-        out = {"recompile_s": time.perf_counter() - t}
+        out = {"recompile_s": _first_call(lambda: _call(fn, sets[0]), dev)[1]}
     if mode.startswith("tritonfuse") and tritonfuse.counters() != first["counters"]:
         out["recompile_counters"] = tritonfuse.counters()  # a cache served other sites: worth a look
     return out
@@ -601,10 +602,8 @@ def _run_train(work, mode, sets, args, ref, init, progress) -> dict:
         with _mode_ctx(mode):
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            _sync(dev)
-            t = time.perf_counter()
-            losses = [float(step(0).detach())]
-            compile_s = time.perf_counter() - t
+            loss, compile_s = _first_call(lambda: float(step(0).detach()), dev)
+            losses = [loss]
             losses += [float(step(i).detach()) for i in range(1, TRAIN_STEPS)]
             progress.stage(f"{args.model_name} {mode}: timing")
             ms, iters = time_calls(step, dev, args.iters, prep=_prep(sets))
