@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 
 import pytest
@@ -242,3 +243,12 @@ def test_zoo_vit_classifier_is_not_zero():
     spec = zoo.get("vit_b_16")
     work = spec.make(small=True, batch=spec.batch_for(small=True))
     assert work.model.heads.head.weight.abs().sum() > 0
+
+
+def test_readme_results_match_the_results_files():
+    # every section `python -m tritonfuse.results --readme` renders from benchmarks/results/ is in the README
+    readme = (results.RESULTS_DIR.parents[1] / "README.md").read_text()
+    sections = [s.strip() for s in re.split(r"(?=^### )", results.readme(), flags=re.M) if s.strip()]
+    assert sections
+    missing = [s.splitlines()[0] for s in sections if s not in readme]
+    assert not missing, f"README results out of date (python -m tritonfuse.results --readme): {missing}"
