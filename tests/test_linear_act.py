@@ -9,10 +9,13 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 import tritonfuse
 from tritonfuse import config, registry
 from tritonfuse.kernels import linear_act as K
+from tritonfuse.kernels.common import _apply_act
 
 from utils import assert_close_to_ref, fresh, sqnr_db
 
@@ -276,6 +279,36 @@ class TwoUsers(nn.Module):
     def forward(self, x):
         h = self.fc(x)
         return F.gelu(h), h * 2  # the pre-activation has a second consumer
+
+
+@triton.jit
+def _act_kernel(x_ptr, y_ptr, n, ACT: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < n)
+    tl.store(y_ptr + offs, _apply_act(x, ACT), mask=offs < n)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_epilogue_gelu_matches_fp64_over_its_range(device):
+    # every family's GELU epilogue (an erfc approximation, cheaper than erf) against fp64, from the far
+    # negative tail to large values, with eager's own fp32 error as the bar;
+    # and inf / NaN come out as eager's
+    x = torch.cat([torch.linspace(-12, 12, 4001, device=device), fresh(999, device=device, seed=5) * 3,
+                   torch.tensor([float("inf"), -float("inf"), float("nan"), 0.0, -0.0], device=device)])
+    y = torch.empty_like(x)
+    _act_kernel[(triton.cdiv(x.numel(), 1024),)](x, y, x.numel(), ACT="gelu", BLOCK=1024)
+    eager = F.gelu(x)
+    assert torch.equal(torch.isnan(y), torch.isnan(eager)) and torch.equal(torch.isinf(y), torch.isinf(eager))
+    finite = torch.isfinite(eager)
+    exact = F.gelu(x[finite].double().cpu())
+    err = (y[finite].double().cpu() - exact).abs()
+    eager_err = (eager[finite].double().cpu() - exact).abs()
+    assert err.max() <= 2 * eager_err.max() + 1e-7, (err.max().item(), eager_err.max().item())
+    # below -3 eager's 1 + erf cancels; the erfc form keeps more relative precision there
+    tail = (x[finite].cpu() < -3) & (exact.abs() > 0)
+    rel, eager_rel = (e[tail] / exact[tail].abs() for e in (err, eager_err))
+    assert rel.max() <= eager_rel.max() and rel.median() <= eager_rel.median(), (rel.max(), eager_rel.max())
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's numpy on NaN
@@ -631,16 +664,19 @@ TMA_CFG = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=4, num_s
 
 
 @pytest.mark.skipif(K.TensorDescriptor is None, reason="triton without host TMA descriptors")
-@pytest.mark.parametrize("act,bias,store_pre", [("gelu", True, True), ("silu", False, False), ("none", True, False)])
-def test_tma_linear_kernel(monkeypatch, act, bias, store_pre):
-    # ragged M and N tiles, K not a multiple of BLOCK_K: TMA zero-fills loads and clips stores
+@pytest.mark.parametrize("act,bias,store_pre,subtile", [("gelu", True, True, False), ("silu", False, False, False),
+                                                        ("none", True, False, False), ("gelu", True, True, True)])
+def test_tma_linear_kernel(monkeypatch, act, bias, store_pre, subtile):
+    # ragged M and N tiles, K not a multiple of BLOCK_K: TMA zero-fills loads and clips stores; with
+    # SUBTILE the epilogue stores each tile as two halves (the ragged N edge falls inside the second half)
     if torch.cuda.is_available():
         pytest.skip("covered on the GPU by the autotuned path")
     monkeypatch.setattr(K, "_tma_ok", K._tma_aligned)
     x = fresh(77, 72, dtype=torch.float16)
     w = fresh(104, 72, dtype=torch.float16, scale=0.1)
     b = fresh(104, dtype=torch.float16) if bias else None
-    out, pre = K._launch_linear(x, w, b, act, store_pre, fixed=TMA_CFG)
+    cfg = dict(TMA_CFG, SUBTILE=True) if subtile else TMA_CFG
+    out, pre = K._launch_linear(x, w, b, act, store_pre, fixed=cfg)
     assert_close_to_ref(out, K.linear_act_ref(x, w, b, act, upcast=True), K.linear_act_ref(x, w, b, act), atol=1e-3)
     if store_pre:
         ref = K.linear_act_ref(x, w, b, "none", upcast=True)
