@@ -387,7 +387,8 @@ def test_bert_padding_mask(impl, device):
     out, ref = _compile_check(model, input_ids=ids, attention_mask=mask, expect=_counts(2, 2, 0))
     torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, atol=1e-2, rtol=1e-2)
     # sdpa's where(keep, 0, -inf) mask is read as the bool keep; eager's finfo.min mask stays additive
-    assert all(("bool" in s.detail) == (impl == "sdpa") for s in tritonfuse.sites())
+    details = [s.detail for s in tritonfuse.sites()]
+    assert all(("bool" in d) == (impl == "sdpa") for d in details), details
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
@@ -397,7 +398,8 @@ def test_llama_gqa_causal(impl, device):
     out, ref = _compile_check(model, input_ids=ids, expect=_counts(2, 2, 0))
     torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, atol=1e-2, rtol=1e-2)
     # GQA served without repeating K/V, and eager's materialised causal mask read as the causal flag
-    assert all("Hq=4 Hkv=2" in s.detail and "mask=none causal" in s.detail for s in tritonfuse.sites())
+    details = [s.detail for s in tritonfuse.sites()]
+    assert all("Hq=4 Hkv=2" in d and "mask=none causal" in d for d in details), details
 
 
 @pytest.mark.parametrize("shift,dtype", [(3, torch.float32), (3, torch.float16), (0, torch.float16)])
