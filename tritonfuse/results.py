@@ -209,7 +209,8 @@ def kernel_table(doc: dict) -> str:
 
 
 def _provenance(doc: dict) -> str:
-    commits = sorted({r["commit"] for r in doc.get("models", []) if r.get("commit")}) or [doc["commit"]]
+    rows = doc.get("models", doc.get("rows", []))
+    commits = sorted({r["commit"] for r in rows if r.get("commit")}) or [doc["commit"]]
     which = f"commit {commits[0]}" if len(commits) == 1 else "commits " + ", ".join(commits) + " (per command below)"
     return f"{doc['gpu']}, torch {doc['torch']}, triton {doc['triton']}, {which}, {doc['date'][:10]}"
 
@@ -230,8 +231,8 @@ def readme(paths: Optional[Iterable] = None) -> str:
                          "(`torch.compile` default); cosine vs eager fp32.\n\n" + model_table(doc) + "\n\n"
                          "Measured with:\n\n" + "\n".join(f"    {c}" for c in commands))
         elif "rows" in raw:
-            commands = sorted({r["command"] for r in raw["rows"] if r.get("command")}) or [
-                "python benchmarks/bench_<family>.py"]
+            commands = sorted({(f"[{r['commit']}] " if r.get("commit") else "") + r["command"]
+                               for r in raw["rows"] if r.get("command")}) or ["python benchmarks/bench_<family>.py"]
             parts.append(f"### Kernels on {_provenance(raw)}\n\n" + kernel_table(raw) + "\n\n"
                          "Measured with:\n\n" + "\n".join(f"    {c}" for c in commands))
     if not parts:
