@@ -886,6 +886,37 @@ def _check_measuring_budget(timed):
     assert _counts() == {"matched": 1, "replaced": 1, "fallback": 0} and len(timed) == 3
 
 
+def test_site_measured_in_its_compile_keeps_the_graph_key(tmp_path, monkeypatch):
+    # a site measured by the compile that found it is already decided in that graph: the cache key stays, so
+    # the next compile (after torch._dynamo.reset(), or in another process) is served from Inductor's cache
+    # with the site's record, instead of compiling the whole graph again because a measurement was added
+    from torch._dynamo.utils import counters as dynamo_counters
+
+    from tritonfuse import backend
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setattr(registry, "_choices", None)
+    monkeypatch.setattr(registry, "timing_enabled", lambda device: True)
+    monkeypatch.setattr(backend, "_gpu_timing", lambda: True)
+    timed = []
+    monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False: timed.append(fn) or 1.0)
+    model = nn.Sequential(nn.Linear(32, 48), nn.GELU())
+    x = fresh(6, 32)
+    with config.patch(measure="1", measure_budget_s="inf"):
+        key_before = backend._settings_hash()
+        out = _compile_run(model, x)
+        assert len(timed) == 3 and backend._settings_hash() == key_before
+        torch._dynamo.reset()
+        tritonfuse.reset()
+        dynamo_counters.clear()
+        again = _compile_run(model, x)
+    hits = dynamo_counters["inductor"]["fxgraph_cache_hit"] + dynamo_counters["aot_autograd"]["autograd_cache_hit"]
+    assert hits >= 1, dict(dynamo_counters["inductor"])
+    assert len(timed) == 3 and _counts() == {"matched": 1, "replaced": 1, "fallback": 0}, tritonfuse.report()
+    torch.testing.assert_close(again, out)
+
+
 def test_measure_budget_setting_is_validated():
     with config.patch(measure_budget_s="soon"):
         with pytest.raises(config.ConfigError, match="TRITONFUSE_MEASURE_BUDGET_S"):

@@ -140,7 +140,8 @@ class TritonfusePasses(CustomGraphPass):
 
 
 def _settings_hash() -> str:
-    # where sites are chosen by measurement, the measurements are part of the key (see registry.choices_digest)
+    # where sites are chosen by measurement, sites whose measurement was put off are part of the key
+    # (see registry.choices_digest)
     choices = registry.choices_digest() if config.measure_enabled() and _gpu_timing() else ""
     return hashlib.sha256(repr((sorted(config.snapshot().items()), _source_hash(), choices)).encode()).hexdigest()
 

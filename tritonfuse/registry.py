@@ -381,12 +381,17 @@ def timing_enabled(device: torch.device) -> bool:
 
 
 def choices_digest() -> str:
-    """A digest of the measured choices, for the graph cache key where they decide sites: a graph compiled
-    before a site was measured (the budget ran out) is compiled again once it has been."""
+    """A digest of the sites whose measurement was put off, for the graph cache key: a graph compiled while a
+    site was pending (the budget ran out, the site left to Inductor) is compiled again once it has been
+    measured. Sites measured in the compile that found them are not in it: that graph already holds their
+    choice, so a second compile (another process, or after ``torch._dynamo.reset()``) is served from
+    Inductor's cache instead of being compiled again because a measurement was added."""
     import hashlib
     import json
 
-    return hashlib.sha256(json.dumps(_load_choices(), sort_keys=True).encode()).hexdigest()[:16]
+    state = {k: "pending" if v.get("pending") else "measured"
+             for k, v in _load_choices().items() if v.get("pending") or v.get("was_pending")}
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _bench(fn, graphed: bool = False) -> float:
@@ -468,6 +473,8 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
     finally:
         _measure_spent += time.perf_counter() - t0
     rec = {"ours_ms": round(t_ours, 5), "theirs_ms": round(t_theirs, 5), "use": t_ours <= t_theirs}
+    if full in choices:  # it was pending: graphs compiled meanwhile hold Inductor's path (see choices_digest)
+        rec["was_pending"] = True
     choices[full] = rec
     _save_choices(choices)
     return rec
