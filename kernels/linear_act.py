@@ -105,11 +105,32 @@ if config.autotune_enabled():
     _TMA_CONFIGS = [_tma_cfg(128, 256, 64, 3, 8, True), _tma_cfg(128, 256, 64, 4, 8, True),
                     _tma_cfg(128, 128, 64, 4, 8), _tma_cfg(128, 128, 128, 3, 8), _tma_cfg(256, 128, 64, 3, 8),
                     _tma_cfg(128, 128, 64, 5, 4), _tma_cfg(64, 128, 64, 4, 4)]
-    _TMA_GATED_CONFIGS = [_tma_cfg(128, 128, 64, 3, 8), _tma_cfg(128, 128, 64, 4, 8), _tma_cfg(128, 128, 128, 2, 8),
-                          _tma_cfg(128, 64, 64, 4, 4), _tma_cfg(64, 128, 64, 4, 4), _tma_cfg(128, 256, 64, 2, 8)]
 else:
     _TMA_CONFIGS = [_tma_cfg(128, 128, 64, 4, 8)]
-    _TMA_GATED_CONFIGS = [_tma_cfg(128, 128, 64, 3, 8)]
+
+
+def _set_gated_blocks(nargs):
+    # the interleaved dual GEMM: [BM, BN] tiles of x @ w_cat.T, stored as [BM, BN/2] outputs
+    bm, bn, bk = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
+    nargs["x_desc"].block_shape = [bm, bk]
+    nargs["w_desc"].block_shape = [bn, bk]
+    nargs["out_desc"].block_shape = [bm, bn // 2]
+
+
+def _gated_tma_cfg(bm, bk, stages, warps):
+    # BLOCK_N is the gate+up tile: always 2 x GATED_HALF rows of the interleaved weight
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": 2 * GATED_HALF, "BLOCK_K": bk, "GROUP_M": 8},
+                         num_stages=stages, num_warps=warps, pre_hook=_set_gated_blocks)
+
+
+GATED_HALF = 128  # output columns per tile of the interleaved dual GEMM (rows of wg, then of wu, per block)
+if config.autotune_enabled():
+    # one 128x256 GEMM tile per 128 output columns: the shape that matched cuBLAS for plain GEMMs on the
+    # H200 (scripts/explore_gpu.py), where the two-accumulator kernel reached 547 TFLOP/s against 667
+    _TMA_GATED_CONFIGS = [_gated_tma_cfg(128, 64, 3, 8), _gated_tma_cfg(128, 64, 4, 8),
+                          _gated_tma_cfg(128, 128, 2, 8), _gated_tma_cfg(64, 64, 4, 4)]
+else:
+    _TMA_GATED_CONFIGS = [_gated_tma_cfg(128, 64, 3, 8)]
 
 
 # --- epilogue helpers ---------------------------------------------------------------------------------
@@ -291,30 +312,33 @@ def _linear_act_tma_kernel(
 @triton.autotune(configs=_TMA_GATED_CONFIGS, key=["M_BUCKET", "N", "K", "ACT", "HAS_BIAS"], **_AUTOTUNE_KW)
 @triton.jit
 def _gated_mlp_tma_kernel(
-    x_desc, wg_desc, wu_desc, bg_ptr, bu_ptr, out_desc, M, N, K, M_BUCKET,
+    x_desc, w_desc, bg_ptr, bu_ptr, out_desc, M, N, K, M_BUCKET,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, NUM_SMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
+    # w_desc: the gate and up weights interleaved in blocks of BLOCK_N / 2 rows ([wg_0; wu_0; wg_1; wu_1; ...],
+    # see _interleave), so one [BM, BN] tile of a single GEMM holds both projections of BN / 2 output
+    # columns: one tl.dot per K step, as in a plain GEMM, instead of two half-width ones
     num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_n = tl.cdiv(N, BLOCK_N // 2)
     k_tiles = tl.cdiv(K, BLOCK_K)
     num_tiles = num_pid_m * num_pid_n
     for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=True):
         pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
         offs_m = pid_m * BLOCK_M
-        offs_n = pid_n * BLOCK_N
-        acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for ki in range(k_tiles):
             a = x_desc.load([offs_m, ki * BLOCK_K])
-            acc_g = tl.dot(a, wg_desc.load([offs_n, ki * BLOCK_K]).T, acc_g)
-            acc_u = tl.dot(a, wu_desc.load([offs_n, ki * BLOCK_K]).T, acc_u)
+            acc = tl.dot(a, w_desc.load([pid_n * BLOCK_N, ki * BLOCK_K]).T, acc)
+        # [BM, BN] -> the gate half and the up half, each [BM, BN / 2]
+        acc_g, acc_u = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+        offs_n = pid_n * (BLOCK_N // 2)
         if HAS_BIAS:
-            cols = offs_n + tl.arange(0, BLOCK_N)
+            cols = offs_n + tl.arange(0, BLOCK_N // 2)
             acc_g += tl.load(bg_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
             acc_u += tl.load(bu_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
-        acc = _apply_act(acc_g, ACT) * acc_u
-        out_desc.store([offs_m, offs_n], acc.to(out_desc.dtype))
+        out = _apply_act(acc_g, ACT) * acc_u
+        out_desc.store([offs_m, offs_n], out.to(out_desc.dtype))
 
 
 # --- launchers ----------------------------------------------------------------------------------------
@@ -520,14 +544,16 @@ def _launch_gated(x, wg, wu, bg, bu, act, fixed: Optional[dict] = None, tma: boo
     has_bias = bg is not None
     if K > 0 and tma and _tma_ok(x, wg, wu, out):
         sms = _num_sms(x.device)
-        args = dict(x_desc=_desc(x), wg_desc=_desc(wg), wu_desc=_desc(wu), out_desc=_desc(out))
+        half = fixed["BLOCK_N"] // 2 if fixed else GATED_HALF
+        w_cat = _interleave(wg, wu, half)
+        args = dict(x_desc=_desc(x), w_desc=_desc(w_cat), out_desc=_desc(out))
         if fixed:
-            _set_tma_blocks({**args, **fixed})
+            _set_gated_blocks({**args, **fixed})
             kernel = _gated_mlp_tma_kernel.fn
         else:
             kernel = registry.launcher(_gated_mlp_tma_kernel)
-        kernel[_persistent_grid(M, N, sms)](
-            args["x_desc"], args["wg_desc"], args["wu_desc"], bg if has_bias else wg, bu if has_bias else wu,
+        kernel[_persistent_grid(M, w_cat.shape[0], sms)](
+            args["x_desc"], args["w_desc"], bg if has_bias else wg, bu if has_bias else wu,
             args["out_desc"], M, N, K, _m_bucket(M), HAS_BIAS=has_bias, ACT=act, NUM_SMS=sms, **(fixed or {}),
         )
         return out
@@ -540,6 +566,18 @@ def _launch_gated(x, wg, wu, bg, bu, act, fixed: Optional[dict] = None, tma: boo
         HAS_BIAS=has_bias, ACT=act, **_precision(x.dtype), **(fixed or {}),
     )
     return out
+
+
+def _interleave(wg: torch.Tensor, wu: torch.Tensor, half: int) -> torch.Tensor:
+    """[wg_0; wu_0; wg_1; wu_1; ...] in blocks of ``half`` rows, zero rows padding N up to a block: the weight
+    of the interleaved dual GEMM. A copy per call (both weights read and written once, about 2% of the
+    GEMM's time at Llama's MLP shapes), so nothing is cached and an updated weight is always read afresh."""
+    n, k = wg.shape
+    blocks = triton.cdiv(n, half)
+    if blocks * half != n:
+        pad = (0, 0, 0, blocks * half - n)
+        wg, wu = torch.nn.functional.pad(wg, pad), torch.nn.functional.pad(wu, pad)
+    return torch.stack((wg.reshape(blocks, half, k), wu.reshape(blocks, half, k)), dim=1).reshape(2 * blocks * half, k)
 
 
 # --- references ---------------------------------------------------------------------------------------

@@ -684,16 +684,34 @@ def test_tma_linear_kernel(monkeypatch, act, bias, store_pre, subtile):
 
 
 @pytest.mark.skipif(K.TensorDescriptor is None, reason="triton without host TMA descriptors")
-def test_tma_gated_kernel(monkeypatch):
+@pytest.mark.parametrize("act,bias,fused", [("silu", True, False), ("gelu", False, True)])
+def test_tma_gated_kernel(monkeypatch, act, bias, fused):
+    # the interleaved dual GEMM: N=104 is not a multiple of the 16-row half tile (zero rows pad the last
+    # block, the store clips), ragged M; with ``fused`` the two weights are halves of one [2N, K] weight
     if torch.cuda.is_available():
         pytest.skip("covered on the GPU by the autotuned path")
     monkeypatch.setattr(K, "_tma_ok", K._tma_aligned)
     x = fresh(77, 72, dtype=torch.float16)
-    wg, wu = fresh(104, 72, dtype=torch.float16, scale=0.1), fresh(104, 72, dtype=torch.float16, scale=0.1)
-    bg, bu = fresh(104, dtype=torch.float16), fresh(104, dtype=torch.float16)
-    out = K._launch_gated(x, wg, wu, bg, bu, "silu", fixed=TMA_CFG)
-    args = (x, wg, wu, bg, bu, "silu")
+    if fused:
+        w = fresh(208, 72, dtype=torch.float16, scale=0.1)
+        wg, wu = w[:104], w[104:]
+    else:
+        wg, wu = fresh(104, 72, dtype=torch.float16, scale=0.1), fresh(104, 72, dtype=torch.float16, scale=0.1)
+    bg, bu = (fresh(104, dtype=torch.float16), fresh(104, dtype=torch.float16)) if bias else (None, None)
+    before = wg.clone(), wu.clone()
+    out = K._launch_gated(x, wg, wu, bg, bu, act, fixed=TMA_CFG)
+    args = (x, wg, wu, bg, bu, act)
     assert_close_to_ref(out, K.gated_mlp_ref(*args, upcast=True), K.gated_mlp_ref(*args), atol=1e-3)
+    assert torch.equal(wg, before[0]) and torch.equal(wu, before[1])
+
+
+def test_interleaved_gate_up_weight():
+    wg, wu = fresh(5, 3), fresh(5, 3)
+    w = K._interleave(wg, wu, 2)  # blocks of 2 rows; the third block padded with a zero row
+    assert w.shape == (12, 3)
+    torch.testing.assert_close(w[[0, 1, 4, 5, 8]], wg, rtol=0, atol=0)
+    torch.testing.assert_close(w[[2, 3, 6, 7, 10]], wu, rtol=0, atol=0)
+    assert not w[[9, 11]].any()
 
 
 def test_int8_min_sqnr_gate_keeps_outlier_layer_in_float():
