@@ -8,6 +8,11 @@
 #   bash scripts/gpu_session.sh graphs  # the zoo again from CUDA graphs
 #   bash scripts/gpu_session.sh extra   # minilm-l6 (real weights: run scripts/carry_minilm.sh here first and
 #                                       # carry .carry), training steps, and a per-layer profile
+#   bash scripts/gpu_session.sh pair    # a 2-GPU machine (kind nvidia-h200-x2), each half of the cores pinned to
+#                                       # one GPU so neither side's compiles disturb the other's timings:
+#                                       # GPU 0 the zoo (MODELS, MODES), GPU 1 the kernel benches, the tests
+#                                       # named by TESTS_K (pytest -k), then a train step and a profile
+# Write everything to files under $OUT: a pipe into tail or grep shows nothing when the call's time runs out.
 # Set TRITONFUSE_COMMIT=<sha> where the tree has no .git (the device copy), so results name their commit.
 set -u
 cd "$(dirname "$0")/.."
@@ -40,5 +45,20 @@ case "${1:-tests}" in
       --modes eager,inductor,tritonfuse --no-progress --out "$out/" 2>&1 | grep -v Warn | tail -12
     timeout 120 $PY -m tritonfuse profile bert-base --modes eager,inductor,tritonfuse --what blocks 2>&1 \
       | grep -v Warn | tee "$out/profile-bert-base.txt" | tail -30 ;;
-  *) echo "phases: tests, bench, graphs, extra"; exit 2 ;;
+  pair)
+    n=$(nproc); h=$((n / 2)); mkdir -p "$out/zoo" "$out/k"
+    (export CUDA_VISIBLE_DEVICES=0 TRITONFUSE_MEASURE_BUDGET_S=inf TORCHINDUCTOR_COMPILE_THREADS=$((h - 4))
+     timeout "${ZOO_TIMEOUT:-520}" taskset -c 0-$((h - 1)) $PY -m tritonfuse bench --models "$models" \
+       --modes "${MODES:-eager,inductor,tritonfuse,tritonfuse-int8}" --no-progress --out "$out/zoo/" > "$out/zoo.txt" 2>&1) &
+    (export CUDA_VISIBLE_DEVICES=1 TORCHINDUCTOR_COMPILE_THREADS=$((h - 4)); pin="taskset -c $h-$((n - 1))"
+     timeout 150 $pin $PY benchmarks/bench_linear_act.py --quick > "$out/k/linear.txt" 2>&1
+     timeout 120 $pin $PY benchmarks/bench_attention.py --budget 60 > "$out/k/attention.txt" 2>&1
+     find benchmarks/results -name "kernels-*.json" -newer "$out/install.log" -exec cp {} "$out/k/" \;  # this GPU's only
+     # SIGINT: pytest still prints its failures when the time runs out
+     timeout -s INT "${TESTS_TIMEOUT:-150}" $pin $PY -m pytest tests -k "${TESTS_K:-cuda}" -q -p no:cacheprovider -rf \
+       --tb=short -p no:logging > "$out/k/tests.txt" 2>&1
+     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 150 $pin $PY -m tritonfuse bench --train --models bert-base \
+       --modes eager,inductor,tritonfuse --no-progress --out "$out/k/" > "$out/k/train.txt" 2>&1) &
+    wait ;;
+  *) echo "phases: tests, bench, graphs, extra, pair"; exit 2 ;;
 esac
