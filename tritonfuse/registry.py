@@ -29,6 +29,7 @@ class Site:
     reason: str = ""  # why it was left to Inductor
     detail: str = ""  # shapes and dtype, for the report
     graph: int = 0  # which compiled graph (0, 1, ... in compile order)
+    measured: Optional[list] = None  # [ours_ms, theirs_ms] where a GPU timing chose the site's path
 
 
 _counters: dict[str, dict[str, int]] = {}
@@ -89,19 +90,35 @@ def _site_key(node: torch.fx.Node) -> tuple:
 
 
 def note_replaced(family: str, node: torch.fx.Node, kernel: str, detail: str = "") -> None:
+    """Record a replaced site, with the timing that chose it (the last ``measured_choice`` of this thread)."""
+    measured = _take_measured()
     with _lock:
-        _pending[_site_key(node)] = Site(family, "replaced", kernel, "", detail)
+        _pending[_site_key(node)] = Site(family, "replaced", kernel, "", detail, measured=measured)
 
 
 def note_fallback(family: str, node: torch.fx.Node, kernel: str, reason: str, detail: str = "") -> None:
+    _take_measured()
     with _lock:
         key = _site_key(node)
         if key not in _pending:
             _pending[key] = Site(family, "fallback", kernel, reason, detail)
 
 
+_last_measured = threading.local()
+
+
+def _take_measured() -> Optional[list]:
+    # a record is read by the next site noted in this thread only, never by a later one
+    rec = getattr(_last_measured, "rec", None)
+    _last_measured.rec = None
+    if rec and "ours_ms" in rec:
+        return [rec["ours_ms"], rec["theirs_ms"]]
+    return None
+
+
 def begin_graph() -> None:
     global _measure_spent
+    _take_measured()
     with _lock:
         _pending.clear()
         _measure_spent = 0.0
@@ -452,6 +469,7 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
     full = _choice_key(key + ("|inline" if graphed else ""), device)
     choices = _load_choices()
     if full in choices and not choices[full].get("pending"):
+        _last_measured.rec = choices[full]
         return choices[full]
     if _measure_spent >= config.measure_budget():
         if full not in choices:
@@ -477,6 +495,7 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
         rec["was_pending"] = True
     choices[full] = rec
     _save_choices(choices)
+    _last_measured.rec = rec
     return rec
 
 

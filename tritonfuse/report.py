@@ -21,11 +21,14 @@ def report() -> str:
     lines = ["tritonfuse report", f"{'family':<15}{'matched':>8}{'replaced':>9}{'fallback':>9}"]
     for fam, c in counts.items():
         lines.append(f"{fam:<15}{c['matched']:>8}{c['replaced']:>9}{c['fallback']:>9}")
-    served = Counter((s.family, s.kernel) for s in sites if s.status == "replaced")
+    served = Counter((s.family, s.kernel, tuple(s.measured or ())) for s in sites if s.status == "replaced")
     if served:
-        lines.append("replaced sites, by kernel:")
-        for (fam, kernel), n in sorted(served.items()):
-            lines.append(f"  {fam:<15}{kernel:<40} x{n}")
+        timed_any = any(timed for _, _, timed in served)
+        lines.append("replaced sites, by kernel" + (" (measured: ours vs what it replaces, per call)" if timed_any else "")
+                     + ":")
+        for (fam, kernel, timed), n in sorted(served.items()):
+            why = f"  measured {timed[0]:.3f} vs {timed[1]:.3f} ms" if timed else ""
+            lines.append(f"  {fam:<15}{kernel:<40} x{n}{why}")
     inl = inline.counts()
     if inl["inlined"] or inl["kept"]:
         # counted when a graph is compiled (one served whole from Inductor's cache is not)
