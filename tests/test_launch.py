@@ -98,3 +98,59 @@ def test_convention_known():
     # read from this Triton's JITFunction.run: an unknown convention would silently keep Triton's slower
     # launch on the GPU
     assert launch._launch_convention() in ("all", "runtime")
+
+
+class _Desc:
+    """A stand-in host TMA descriptor: the config's pre-hook sets its block shape."""
+
+    def __init__(self, base):
+        self.base, self.block_shape = base, [16, 16]
+
+
+def _hook(nargs):
+    nargs["x_ptr"].block_shape = [nargs["BLOCK"], 32]
+
+
+def test_autotune_configs_compile_side_by_side(monkeypatch):
+    # every config of a launch not tuned yet is compiled up front in threads (the autotuner then finds them
+    # compiled), each with its own copy of the descriptor its pre-hook sets, the caller's left alone; a
+    # tuning key the autotuner already holds compiles nothing more; one thread turns it off
+    from tritonfuse import config
+
+    jit = JITFunction(_kernel)
+    warmed = []
+
+    def run(*args, grid, warmup, **kwargs):
+        assert warmup
+        warmed.append((args[0].block_shape, kwargs["BLOCK"], kwargs["EVEN"], kwargs["num_warps"], grid))
+
+    monkeypatch.setattr(jit, "run", run)
+    configs = [triton.Config({"BLOCK": b}, num_warps=w, pre_hook=_hook) for b, w in ((32, 4), (64, 8), (128, 8))]
+    tuned = triton.autotune(configs=configs, key=["n"])(
+        triton.heuristics({"EVEN": lambda a: a["n"] % a["BLOCK"] == 0})(jit))
+    fl = launch.FastLauncher(tuned, "all")
+    desc, y = _Desc(torch.randn(320)), torch.randn(320)
+    grid = lambda meta: (triton.cdiv(meta["n"], meta["BLOCK"]),)  # noqa: E731
+    with config.patch(compile_threads="4"):
+        assert fl.precompile(grid, (desc, y, 320, 0.5, 3), {"ACT": "gelu"}) == 3
+        assert sorted(warmed, key=lambda w: w[1]) == [([32, 32], 32, True, 4, (10,)), ([64, 32], 64, True, 8, (5,)),
+                                                      ([128, 32], 128, False, 8, (3,))]
+        assert desc.block_shape == [16, 16]
+        tuned.cache[(320, "torch.float32")] = configs[1]  # the autotuner has tuned n=320 (key, dtypes)
+        assert fl.precompile(grid, (desc, y, 320, 0.5, 3), {}) == 0
+        assert fl.precompile(grid, (desc, y, 640, 0.5, 3), {}) == 3
+    with config.patch(compile_threads="1"):
+        assert fl.precompile(grid, (desc, y, 960, 0.5, 3), {}) == 0
+    assert len(warmed) == 6
+
+
+def test_compile_threads_setting_is_validated():
+    from tritonfuse import config
+
+    with config.patch(compile_threads="many"):
+        with pytest.raises(config.ConfigError, match="TRITONFUSE_COMPILE_THREADS"):
+            config.validate()
+    with config.patch(compile_threads="3"):
+        config.validate()
+        assert config.compile_thread_count() == 3
+    assert "compile_threads" not in config.snapshot()  # compile speed never changes a graph's cache key

@@ -51,6 +51,9 @@ inline: str = "1"
 # seconds of per-shape timing (TRITONFUSE_MEASURE) one compiled graph may spend; sites past it stay
 # Inductor's until a later compile measures them ("inf": no limit)
 measure_budget_s: str = "10"
+# threads that compile a kernel's autotune configs side by side before they are timed on the GPU ("auto",
+# the default: up to 8, at most half the CPUs; "1": one after another, as Triton's autotuner does)
+compile_threads: str = "auto"
 
 _ENV = {
     "patterns": "TRITONFUSE_PATTERNS",
@@ -65,7 +68,9 @@ _ENV = {
     "fast_launch": "TRITONFUSE_FAST_LAUNCH",
     "measure_budget_s": "TRITONFUSE_MEASURE_BUDGET_S",
     "inline": "TRITONFUSE_INLINE",
+    "compile_threads": "TRITONFUSE_COMPILE_THREADS",
 }
+_NOT_IN_KEY = ("compile_threads",)  # settings that change how fast a graph compiles, never what it computes
 
 
 class ConfigError(ValueError):
@@ -117,6 +122,8 @@ def validate() -> None:
     for name in ("linear_plain", "autotune", "measure", "fast_launch", "inline"):
         if str(g[name]) not in ("0", "1"):
             _fail(name, g[name], "0, 1")
+    if str(compile_threads) != "auto" and not (str(compile_threads).isdigit() and int(compile_threads) >= 1):
+        _fail("compile_threads", compile_threads, "auto or an integer >= 1")
 
 
 def enabled_families() -> tuple[str, ...]:
@@ -157,6 +164,13 @@ def inline_enabled() -> bool:
     return str(inline) != "0"
 
 
+def compile_thread_count() -> int:
+    """Threads for compiling autotune configs side by side (``compile_threads``)."""
+    if str(compile_threads).isdigit():
+        return max(1, int(compile_threads))
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
 def linear_plain_enabled() -> bool:
     return str(linear_plain) == "1"
 
@@ -169,7 +183,7 @@ def quant_skipped(module_name: str) -> bool:
 
 def snapshot() -> dict:
     """The settings as a dict; part of the key of every graph tritonfuse compiles."""
-    return {name: globals()[name] for name in _ENV}
+    return {name: globals()[name] for name in _ENV if name not in _NOT_IN_KEY}
 
 
 @contextlib.contextmanager
