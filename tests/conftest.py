@@ -1,9 +1,20 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
 
 HAS_CUDA = torch.cuda.is_available()
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    # a fresh Inductor cache (and tritonfuse's site records beside it) for each run of the suite: a graph
+    # cached by an earlier run must not stand in for this run's compile. CI shares this machine's /tmp
+    # with development runs, and PyTorch's cache keys leave some context out (a graph compiled under
+    # sdpa_kernel(MATH) was served to a later default compile, whose attention sites then differed)
+    _cache = tempfile.mkdtemp(prefix="tritonfuse-tests-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 if not HAS_CUDA:
     # kernels run through Triton's CPU interpreter; must be set before triton is imported
     os.environ.setdefault("TRITON_INTERPRET", "1")
