@@ -228,9 +228,10 @@ def _keep_of_additive_mask(node) -> Optional[torch.fx.Node]:
 
 
 def _position_index(node, length: int, dim: int) -> bool:
-    """Whether ``node`` is ``arange(length)`` (iota from 0, step 1) laid along ``dim`` of a 4-D shape of ones."""
+    """Whether ``node`` is ``arange(length)`` (iota from 0, step 1) laid along ``dim`` (from the end) of a
+    shape of ones: [1, 1, 1, S] as HF builds key positions, [S, 1] as SDPA's math path builds query ones."""
     v = _val(node)
-    if v is None or v.dim() != 4 or v.numel() != length or v.shape[dim] != length:
+    if v is None or v.dim() < 2 or v.numel() != length or v.shape[dim] != length:
         return False
     # unsqueezes, and ``+ 0`` (a zero offset; Inductor leaves it in on CUDA graphs)
     while isinstance(node, torch.fx.Node) and (node.target == aten.unsqueeze.default or (
@@ -263,10 +264,22 @@ def _is_causal_mask(node, sq: int, sk: int) -> bool:
         return False
     if isinstance(cond, torch.fx.Node) and cond.target == aten.expand.default:
         cond = cond.args[0]
+    if isinstance(cond, torch.fx.Node) and cond.target == aten.logical_and.default:
+        # SDPA's math path: logical_and(causal, full(True))
+        rest = [a for a in cond.args[:2] if not (isinstance(a, torch.fx.Node) and a.target == aten.full.default
+                                                  and a.args[1] is True)]
+        cond = rest[0] if len(rest) == 1 else None
+    if isinstance(cond, torch.fx.Node) and cond.target in (aten.le.Scalar, aten.ge.Scalar) and cond.args[1] == 0:
+        # SDPA's math path: (key_pos - query_pos) <= 0, or (query_pos - key_pos) >= 0
+        diff = cond.args[0]
+        if not isinstance(diff, torch.fx.Node) or diff.target != aten.sub.Tensor:
+            return False
+        key, query = diff.args[:2] if cond.target == aten.le.Scalar else diff.args[1::-1]
+        return _position_index(key, sk, -1) and _position_index(query, sq, -2)
     if not isinstance(cond, torch.fx.Node) or cond.target not in (aten.le.Tensor, aten.ge.Tensor):
         return False
     key, query = cond.args[:2] if cond.target == aten.le.Tensor else cond.args[1::-1]
-    return _position_index(key, sk, 3) and _position_index(query, sq, 2)
+    return _position_index(key, sk, -1) and _position_index(query, sq, -2)
 
 
 def _merges_batch_heads(match: Match, captured: torch.fx.Node, x4: torch.fx.Node) -> bool:
@@ -424,7 +437,12 @@ def _make_handwritten_handler(scale_op: str, mask_op: str):
             if (fill_value == float("-inf") and cond_node.target == aten.bitwise_not.default
                     and _val(cond_node.args[0]) is not None):
                 bool_keep = cond_node.args[0]
-        # k enters the first bmm transposed
+        # k enters the first bmm transposed; SDPA's math path scales it after the transpose (q too: q4 keeps
+        # its scale, k's moves into the kernel's) so the repeat of its heads is found under the scale
+        if (kt4.target == aten.mul.Scalar and isinstance(kt4.args[1], (int, float))
+                and not isinstance(kt4.args[1], bool) and _is_transpose_of_last(kt4.args[0])):
+            scale *= float(kt4.args[1])
+            kt4 = kt4.args[0]
         k_node = kt4.args[0] if _is_transpose_of_last(kt4) else None
         k_src = _repeat_kv_source(k_node, q.shape[1]) if k_node is not None else kt4
         v_src = _repeat_kv_source(v4, q.shape[1])
@@ -442,12 +460,12 @@ def _make_handwritten_handler(scale_op: str, mask_op: str):
         if mask_op == "fill":
             mask = _val(bool_keep) if bool_keep is not None else _val(cond_node)
             mask_val = mask if bool_keep is not None else mask.new_empty(mask.shape, dtype=_val(fill_node).dtype)
-        else:
+        # a causal mask written out as a tensor becomes the kernel's causal flag: no mask reads, half the work
+        is_causal = mask_op in ("add", "add_rev") and _is_causal_mask(mask_node, q.shape[2], k_val.shape[2])
+        if mask_op != "fill":
             if mask_op != "none":
                 mask_node = _keep_of_additive_mask(mask_node) or mask_node
             mask_val = _val(mask_node) if mask_op != "none" else None
-        # a causal mask written out as a tensor becomes the kernel's causal flag: no mask reads, half the work
-        is_causal = mask_op in ("add", "add_rev") and _is_causal_mask(mask_node, q.shape[2], k_val.shape[2])
         use = "none" if is_causal else mask_op
         if is_causal:
             mask_val = None

@@ -213,6 +213,12 @@ def test_sdpa_math_decomposition(form, device):
     ref = K.attention_ref(q, k, v, m if form == "bool_mask" else None, 32 ** -0.5, form == "gqa_causal",
                           upcast=True)
     assert_close_to_ref(out, ref, eager, atol=1e-3)
+    if form == "gqa_causal":
+        # the math path repeats K/V heads under k's half of the scale, and builds the causal mask from two
+        # iotas: served as GQA (K/V not repeated) with the causal flag (on CUDA, HF Llama's sdpa attention
+        # with enable_gqa can take this path)
+        detail = tritonfuse.sites()[0].detail
+        assert "Hq=4 Hkv=2" in detail and "mask=none causal" in detail, detail
 
 
 HANDWRITTEN = {
