@@ -216,18 +216,7 @@ class FastLauncher:
         jobs = []
         for cfg in configs:
             named = {k: copy.copy(v) if hasattr(v, "block_shape") else v for k, v in base.items()}
-            named.update(cfg.kwargs)
-            all_kw = cfg.all_kwargs() if hasattr(cfg, "all_kwargs") else {
-                **cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-            options = {k: v for k, v in all_kw.items() if k not in cfg.kwargs and v is not None}
-            for layer in self.layers[1:]:
-                for name, heur in layer.values.items():
-                    named[name] = heur(dict(named))
-            for k in _OPTIONS:
-                if k in named:
-                    options[k] = named.pop(k)
-            if cfg.pre_hook is not None:
-                cfg.pre_hook(named)
+            options = self._with_config(named, cfg)
             pos = [named[name] for name in self.jit.arg_names[:n_pos]]
             call_kwargs = {k: v for k, v in named.items() if k not in self.jit.arg_names[:n_pos]}
             jobs.append((pos, call_kwargs, options, grid(named) if callable(grid) else grid))
@@ -238,28 +227,35 @@ class FastLauncher:
         named.update(kwargs)
         return named
 
-    def _capture(self, grid, args, kwargs) -> "_Captured | object":
-        named = self._named(args, kwargs)
+    def _with_config(self, named: dict, cfg) -> dict:
+        """Apply ``cfg`` (the autotuner's config; None without an autotuner) and the heuristics to ``named``,
+        outermost layer first as the calls nest, then its pre-hook; returns the launch options (num_warps,
+        num_stages, ...), which it takes out of ``named``."""
         options: dict = {}
-        pre_hook = None
-        for layer in self.layers:  # outermost first, as the calls nest
+        for layer in self.layers:
             if isinstance(layer, Autotuner):
-                cfg = getattr(layer, "best_config", None)
-                if cfg is None:
-                    return _UNSUPPORTED
                 named.update(cfg.kwargs)
                 all_kw = cfg.all_kwargs() if hasattr(cfg, "all_kwargs") else {
                     **cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
                 options.update({k: v for k, v in all_kw.items() if k not in cfg.kwargs})
-                pre_hook = cfg.pre_hook
             else:
                 for name, heur in layer.values.items():
                     named[name] = heur(dict(named))
         for k in _OPTIONS:
             if k in named:
                 options[k] = named.pop(k)
-        if pre_hook is not None:
-            pre_hook(named)
+        if cfg is not None and cfg.pre_hook is not None:
+            cfg.pre_hook(named)
+        return options
+
+    def _capture(self, grid, args, kwargs) -> "_Captured | object":
+        named = self._named(args, kwargs)
+        tuner = next((layer for layer in self.layers if isinstance(layer, Autotuner)), None)
+        cfg = getattr(tuner, "best_config", None) if tuner is not None else None
+        if tuner is not None and cfg is None:
+            return _UNSUPPORTED
+        options = self._with_config(named, cfg)
+        pre_hook = cfg.pre_hook if cfg is not None else None
         call_kwargs = {k: v for k, v in named.items() if k not in self.jit.arg_names[:len(args)]}
         g = grid(named) if callable(grid) else grid
         compiled = self.jit.warmup(*args, grid=g, **call_kwargs, **options)
