@@ -257,13 +257,18 @@ def _gated_mlp_kernel(
 
 
 @triton.jit
+def _halves(acc, BLOCK_N: tl.constexpr):
+    """[BM, BLOCK_N] -> its column halves [BM, BLOCK_N / 2]: (columns 0.., columns BLOCK_N / 2..)."""
+    return tl.split(tl.permute(tl.reshape(acc, (acc.shape[0], 2, BLOCK_N // 2)), (0, 2, 1)))
+
+
+@triton.jit
 def _bias_act_store(acc, b_ptr, out_desc, pre_desc, offs_m, offs_n, N,
                     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STORE_PRE: tl.constexpr, BLOCK_N: tl.constexpr,
                     SUBTILE: tl.constexpr):
     if SUBTILE:
-        # [BM, BN] -> two [BM, BN/2] halves, each finished and stored in turn
-        halves = tl.permute(tl.reshape(acc, (acc.shape[0], 2, BLOCK_N // 2)), (0, 2, 1))
-        lo, hi = tl.split(halves)
+        # two [BM, BN/2] halves, each finished and stored in turn
+        lo, hi = _halves(acc, BLOCK_N)
         _finish_store(lo, b_ptr, out_desc, pre_desc, offs_m, offs_n, N, HAS_BIAS, ACT, STORE_PRE, BLOCK_N // 2)
         _finish_store(hi, b_ptr, out_desc, pre_desc, offs_m, offs_n + BLOCK_N // 2, N, HAS_BIAS, ACT, STORE_PRE,
                       BLOCK_N // 2)
@@ -331,7 +336,7 @@ def _gated_mlp_tma_kernel(
             a = x_desc.load([offs_m, ki * BLOCK_K])
             acc = tl.dot(a, w_desc.load([pid_n * BLOCK_N, ki * BLOCK_K]).T, acc)
         # [BM, BN] -> the gate half and the up half, each [BM, BN / 2]
-        acc_g, acc_u = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+        acc_g, acc_u = _halves(acc, BLOCK_N)
         offs_n = pid_n * (BLOCK_N // 2)
         if HAS_BIAS:
             cols = offs_n + tl.arange(0, BLOCK_N // 2)

@@ -275,10 +275,11 @@ def _is_causal_mask(node, sq: int, sk: int) -> bool:
         if not isinstance(diff, torch.fx.Node) or diff.target != aten.sub.Tensor:
             return False
         key, query = diff.args[:2] if cond.target == aten.le.Scalar else diff.args[1::-1]
-        return _position_index(key, sk, -1) and _position_index(query, sq, -2)
-    if not isinstance(cond, torch.fx.Node) or cond.target not in (aten.le.Tensor, aten.ge.Tensor):
+    elif isinstance(cond, torch.fx.Node) and cond.target in (aten.le.Tensor, aten.ge.Tensor):
+        # HF: key_pos <= query_pos, or query_pos >= key_pos
+        key, query = cond.args[:2] if cond.target == aten.le.Tensor else cond.args[1::-1]
+    else:
         return False
-    key, query = cond.args[:2] if cond.target == aten.le.Tensor else cond.args[1::-1]
     return _position_index(key, sk, -1) and _position_index(query, sq, -2)
 
 
