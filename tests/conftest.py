@@ -30,7 +30,6 @@ import tritonfuse  # noqa: E402
 def _record_launches(path: str) -> None:
     """TRITONFUSE_RECORD_LAUNCHES=<file> (with the interpreter): write each distinct kernel launch (kernel,
     argument types, constexprs, launch options) for scripts/compile_sm90.py, which compiles them for a GPU."""
-    import atexit
     import inspect
     import json
 
