@@ -11,7 +11,9 @@
 #   bash scripts/gpu_session.sh pair    # a 2-GPU machine (kind nvidia-h200-x2), each half of the cores pinned to
 #                                       # one GPU so neither side's compiles disturb the other's timings:
 #                                       # GPU 0 the zoo (MODELS, MODES), GPU 1 the kernel benches, the tests
-#                                       # named by TESTS_K (pytest -k), then a train step and a profile
+#                                       # named by TESTS_K (pytest -k), then a train step (or the models
+#                                       # GPU1_MODELS names); COMPILE_MODEL=<model>: GPU 0 profiles that
+#                                       # model's compile (scripts/compile_profile.py) instead of the zoo
 # Write everything to files under $OUT: a pipe into tail or grep shows nothing when the call's time runs out.
 # Set TRITONFUSE_COMMIT=<sha> where the tree has no .git (the device copy), so results name their commit.
 set -u
@@ -46,19 +48,33 @@ case "${1:-tests}" in
     timeout 120 $PY -m tritonfuse profile bert-base --modes eager,inductor,tritonfuse --what blocks 2>&1 \
       | grep -v Warn | tee "$out/profile-bert-base.txt" | tail -30 ;;
   pair)
+    # the device tool returns at most 8 files: everything goes into one archive at the end
+    final=$out; out=$(mktemp -d); cp "$final/install.log" "$out/"
     n=$(nproc); h=$((n / 2)); mkdir -p "$out/zoo" "$out/k"
     (export CUDA_VISIBLE_DEVICES=0 TRITONFUSE_MEASURE_BUDGET_S=inf TORCHINDUCTOR_COMPILE_THREADS=$((h - 4))
-     timeout "${ZOO_TIMEOUT:-520}" taskset -c 0-$((h - 1)) $PY -m tritonfuse bench --models "$models" \
-       --modes "${MODES:-eager,inductor,tritonfuse,tritonfuse-int8}" --no-progress --out "$out/zoo/" > "$out/zoo.txt" 2>&1) &
+     if [ -n "${COMPILE_MODEL:-}" ]; then  # where the compile time goes, instead of the zoo
+       timeout "${ZOO_TIMEOUT:-520}" taskset -c 0-$((h - 1)) $PY scripts/compile_profile.py --model "$COMPILE_MODEL" \
+         --out "$out/zoo" > "$out/zoo.txt" 2>&1
+     else
+       timeout "${ZOO_TIMEOUT:-520}" taskset -c 0-$((h - 1)) $PY -m tritonfuse bench --models "$models" \
+         --modes "${MODES:-eager,inductor,tritonfuse,tritonfuse-int8}" --no-progress --out "$out/zoo/" > "$out/zoo.txt" 2>&1
+     fi) &
     (export CUDA_VISIBLE_DEVICES=1 TORCHINDUCTOR_COMPILE_THREADS=$((h - 4)); pin="taskset -c $h-$((n - 1))"
      timeout 150 $pin $PY benchmarks/bench_linear_act.py --quick > "$out/k/linear.txt" 2>&1
-     timeout 120 $pin $PY benchmarks/bench_attention.py --budget 60 > "$out/k/attention.txt" 2>&1
+     [ -n "${SKIP_ATTENTION:-}" ] || timeout 120 $pin $PY benchmarks/bench_attention.py --budget 60 > "$out/k/attention.txt" 2>&1
      find benchmarks/results -name "kernels-*.json" -newer "$out/install.log" -exec cp {} "$out/k/" \;  # this GPU's only
      # SIGINT: pytest still prints its failures when the time runs out
      timeout -s INT "${TESTS_TIMEOUT:-150}" $pin $PY -m pytest tests -k "${TESTS_K:-cuda}" -q -p no:cacheprovider -rf \
        --tb=short -p no:logging > "$out/k/tests.txt" 2>&1
-     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 150 $pin $PY -m tritonfuse bench --train --models bert-base \
-       --modes eager,inductor,tritonfuse --no-progress --out "$out/k/" > "$out/k/train.txt" 2>&1) &
-    wait ;;
+     # then a train step, or (GPU1_MODELS) those models' inference rows
+     if [ -n "${GPU1_MODELS:-}" ]; then
+       TRITONFUSE_MEASURE_BUDGET_S=inf timeout "${GPU1_TIMEOUT:-220}" $pin $PY -m tritonfuse bench --models "$GPU1_MODELS" \
+         --modes eager,inductor,tritonfuse --no-progress --out "$out/k/" > "$out/k/models.txt" 2>&1
+     else
+       TRITONFUSE_MEASURE_BUDGET_S=inf timeout 150 $pin $PY -m tritonfuse bench --train --models bert-base \
+         --modes eager,inductor,tritonfuse --no-progress --out "$out/k/" > "$out/k/train.txt" 2>&1
+     fi) &
+    wait
+    tar czf "$final/pair.tgz" -C "$out" . ;;
   *) echo "phases: tests, bench, graphs, extra, pair"; exit 2 ;;
 esac
