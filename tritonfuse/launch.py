@@ -27,6 +27,8 @@ import inspect
 import threading
 from typing import Any, Callable, Optional
 
+from . import tuning
+
 try:
     import triton
     from triton.runtime.autotuner import Autotuner, Heuristics
@@ -134,6 +136,9 @@ class FastLauncher:
                 return self.kernel[grid](*args, **kwargs)
             self.precompile(grid, args, kwargs)
             self.kernel[grid](*args, **kwargs)  # tunes and compiles as needed, and launches
+            tuner = self._tuner()
+            if tuner is not None:
+                tuning.save(tuner, args, kwargs)
             try:
                 hit = self._capture(grid, args, kwargs)
             except Exception as e:  # noqa: BLE001 - an unknown kernel shape: keep Triton's path for this key
@@ -155,8 +160,9 @@ class FastLauncher:
         from . import config
 
         threads = config.compile_thread_count()
-        tuner = self.layers[0] if self.layers and isinstance(self.layers[0], Autotuner) else None
-        if tuner is None or threads < 2 or len(tuner.configs) < 2 or self._tuned(tuner, args, kwargs):
+        tuner = self._tuner()
+        # a config kept from an earlier process (tritonfuse.tuning): the autotuner compiles only that one
+        if tuner is None or len(tuner.configs) < 2 or tuning.restore(tuner, args, kwargs) or threads < 2:
             return 0
         try:
             jobs = self.config_jobs(grid, args, kwargs)
@@ -190,15 +196,9 @@ class FastLauncher:
                     pass
         return done
 
-    def _tuned(self, tuner, args: tuple, kwargs: dict) -> bool:
-        """Whether the autotuner already holds a config for this launch's tuning key (its cache keys begin
-        with the values of its ``key`` arguments): it will compile only that one."""
-        named = self._named(args, kwargs)
-        try:
-            prefix = tuple(named[k] for k in tuner.keys if k in named)
-            return any(isinstance(k, tuple) and k[:len(prefix)] == prefix for k in getattr(tuner, "cache", {}))
-        except Exception:  # noqa: BLE001 - another Triton's cache layout: compile them all
-            return False
+    def _tuner(self):
+        """The outermost layer when it is an autotuner (the only layout the families use), else None."""
+        return self.layers[0] if self.layers and isinstance(self.layers[0], Autotuner) else None
 
     def config_jobs(self, grid, args: tuple, kwargs: dict) -> list:
         """For each autotune config (after the tuner's own pruning): the positional arguments, keyword
