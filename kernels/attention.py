@@ -621,10 +621,13 @@ def _mask_args(mask: Optional[torch.Tensor], shape, dummy: torch.Tensor):
     # a broadcast mask is read through zero strides; bool masks are read as bytes
     if mask is None:
         return dummy, (0, 0, 0, 0), 0
-    m = mask.expand(shape)
-    if m.dtype == torch.bool:
-        m = m.view(torch.uint8)
+    if mask.dtype == torch.bool:
+        # inlined, a converted copy (before the broadcast, so only the mask's own bytes): Inductor cannot
+        # lower the bool -> uint8 view (it asks torch.iinfo(torch.bool)), and the whole graph then fell
+        # back to op calls (seen on the H200)
+        m = (mask.to(torch.uint8) if inline.active() else mask.view(torch.uint8)).expand(shape)
         return m, m.stride(), 1
+    m = mask.expand(shape)
     return m, m.stride(), 2
 
 

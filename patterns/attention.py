@@ -251,11 +251,21 @@ def _scalar_fill(x):
     return x
 
 
+def _leading_unsqueeze(node: torch.fx.Node) -> bool:
+    """An unsqueeze that adds a dimension before the last two (a batch or head axis of a mask)."""
+    if node.target != aten.unsqueeze.default or _val(node) is None:
+        return False
+    rank = _val(node).dim()
+    d = node.args[1] if node.args[1] >= 0 else node.args[1] + rank
+    return d < rank - 2
+
+
 def _is_causal_mask(node, sq: int, sk: int) -> bool:
     """``where(key_pos <= query_pos, 0, very negative)`` as HF's eager path builds it without padding: exactly
     SDPA's top-left causal mask (every row keeps its diagonal, so finite fills change nothing)."""
-    if isinstance(node, torch.fx.Node) and node.target == prims.convert_element_type.default:
-        node = node.args[0]
+    while isinstance(node, torch.fx.Node) and (
+            node.target in (prims.convert_element_type.default, aten.expand.default) or _leading_unsqueeze(node)):
+        node = node.args[0]  # the mask broadcast over batch and heads
     if not isinstance(node, torch.fx.Node) or node.target != aten.where.self:
         return False
     cond, a, b = node.args[:3]
@@ -362,12 +372,18 @@ def _sdpa_handler(match: Match, *args, **kwargs) -> None:
     a = norm.kwargs
     q_node, k_node, v_node = a["query"], a["key"], a["value"]
     mask_node = a.get("attn_mask", a.get("attn_bias"))
-    mask_node = _keep_of_additive_mask(mask_node) or mask_node
     q, k, v = _val(q_node), _val(k_node), _val(v_node)
-    mask = _val(mask_node)
-    if q is None or k is None or v is None or (mask_node is not None and mask is None):
+    if q is None or k is None or v is None:
         return
     is_causal = bool(a.get("is_causal", False))
+    if mask_node is not None and not is_causal and q.dim() == 4 and k.dim() == 4 \
+            and _is_causal_mask(mask_node, q.shape[2], k.shape[2]):
+        # a causal mask built in the graph (HF Llama's sdpa path on CUDA): the kernel's causal flag instead
+        mask_node, is_causal = None, True
+    mask_node = _keep_of_additive_mask(mask_node) or mask_node
+    mask = _val(mask_node)
+    if mask_node is not None and mask is None:
+        return
     detail = _describe(q, k, mask, is_causal) if q.dim() == 4 and k.dim() == 4 else ""
     others = [u for u in node.users if u is not getitem]
     if others:

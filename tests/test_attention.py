@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import tritonfuse
-from tritonfuse import config
+from tritonfuse import config, registry
 from tritonfuse.kernels import attention as K
 from tests.utils import assert_close_to_ref, fresh
 
@@ -169,6 +169,9 @@ def _compile_check(fn, *args, expect, atol=2e-3, **kwargs):
         with config.patch(patterns="attention"):
             out = torch.compile(fn, backend="tritonfuse")(*args, **kwargs)
     assert tritonfuse.counters()["attention"] == expect, tritonfuse.sites()
+    # on a GPU the kernels are inlined into Inductor's code: a graph it could not compile so would be
+    # retried with op calls (slower, and a second compile)
+    assert not [e for e in registry.errors() if "inlining failed" in e]
     return out, ref
 
 
@@ -219,6 +222,28 @@ def test_sdpa_math_decomposition(form, device):
         # with enable_gqa can take this path)
         detail = tritonfuse.sites()[0].detail
         assert "Hq=4 Hkv=2" in detail and "mask=none causal" in detail, detail
+
+
+@pytest.mark.parametrize("fill", [float("-inf"), torch.finfo(torch.float16).min])
+def test_sdpa_with_a_causal_mask_built_in_the_graph(fill, device):
+    # where(key_pos <= query_pos, 0, fill), broadcast over batch and heads, as HF Llama hands SDPA on CUDA:
+    # served with the causal flag (no mask read); an anti-causal mask stays a mask
+    q, k, v = _qkv(2, 4, 2, 19, 19, 32, torch.float16, device)
+
+    def f(q, k, v, flip=False):
+        i = torch.arange(q.shape[2], device=q.device)
+        keep = (i[None, :] >= i[:, None]) if flip else (i[None, :] <= i[:, None])
+        m = torch.where(keep, 0.0, fill).to(q.dtype)[None, None].expand(q.shape[0], 1, -1, -1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=True)
+
+    out, eager = _compile_check(f, q, k, v, expect=_counts(1, 1, 0))
+    assert "mask=none causal" in tritonfuse.sites()[0].detail, tritonfuse.sites()[0].detail
+    assert_close_to_ref(out, K.attention_ref(q, k, v, None, 32 ** -0.5, True, upcast=True), eager, atol=1e-3)
+    torch._dynamo.reset()
+    tritonfuse.reset()
+    out, eager = _compile_check(f, q, k, v, True, expect=_counts(1, 1, 0))
+    assert "causal" not in tritonfuse.sites()[0].detail, tritonfuse.sites()[0].detail
+    torch.testing.assert_close(out, eager, atol=2e-3, rtol=2e-3)
 
 
 HANDWRITTEN = {
