@@ -10,10 +10,11 @@
 #                                       # carry .carry), training steps, and a per-layer profile
 #   bash scripts/gpu_session.sh pair    # a 2-GPU machine (kind nvidia-h200-x2), each half of the cores pinned to
 #                                       # one GPU so neither side's compiles disturb the other's timings:
-#                                       # GPU 0 the zoo (MODELS, MODES), GPU 1 the kernel benches, the tests
-#                                       # named by TESTS_K (pytest -k), then a train step (or the models
-#                                       # GPU1_MODELS names); COMPILE_MODEL=<model>: GPU 0 profiles that
-#                                       # model's compile (scripts/compile_profile.py) instead of the zoo
+#                                       # GPU 0 the zoo (MODELS, MODES), or with COMPILE_MODEL=<model> that
+#                                       # model's compile profiled (scripts/compile_profile.py); GPU 1 the
+#                                       # steps GPU1_STEPS names, in order (default: linear attention tests
+#                                       # train; also: models = GPU1_MODELS under GPU1_MODES, compile = the
+#                                       # compile times of COMPILE_MODEL_1, unprofiled); TESTS_K picks tests
 # Write everything to files under $OUT: a pipe into tail or grep shows nothing when the call's time runs out.
 # Set TRITONFUSE_COMMIT=<sha> where the tree has no .git (the device copy), so results name their commit.
 set -u
@@ -60,20 +61,24 @@ case "${1:-tests}" in
          --modes "${MODES:-eager,inductor,tritonfuse,tritonfuse-int8}" --no-progress --out "$out/zoo/" > "$out/zoo.txt" 2>&1
      fi) &
     (export CUDA_VISIBLE_DEVICES=1 TORCHINDUCTOR_COMPILE_THREADS=$((h - 4)); pin="taskset -c $h-$((n - 1))"
-     timeout 150 $pin $PY benchmarks/bench_linear_act.py --quick > "$out/k/linear.txt" 2>&1
-     [ -n "${SKIP_ATTENTION:-}" ] || timeout 120 $pin $PY benchmarks/bench_attention.py --budget 60 > "$out/k/attention.txt" 2>&1
-     find benchmarks/results -name "kernels-*.json" -newer "$out/install.log" -exec cp {} "$out/k/" \;  # this GPU's only
-     # SIGINT: pytest still prints its failures when the time runs out
-     timeout -s INT "${TESTS_TIMEOUT:-150}" $pin $PY -m pytest tests -k "${TESTS_K:-cuda}" -q -p no:cacheprovider -rf \
-       --tb=short -p no:logging > "$out/k/tests.txt" 2>&1
-     # then a train step, or (GPU1_MODELS) those models' inference rows
-     if [ -n "${GPU1_MODELS:-}" ]; then
-       TRITONFUSE_MEASURE_BUDGET_S=inf timeout "${GPU1_TIMEOUT:-220}" $pin $PY -m tritonfuse bench --models "$GPU1_MODELS" \
-         --modes eager,inductor,tritonfuse --no-progress --out "$out/k/" > "$out/k/models.txt" 2>&1
-     else
-       TRITONFUSE_MEASURE_BUDGET_S=inf timeout 150 $pin $PY -m tritonfuse bench --train --models bert-base \
-         --modes eager,inductor,tritonfuse --no-progress --out "$out/k/" > "$out/k/train.txt" 2>&1
-     fi) &
+     for step in ${GPU1_STEPS:-linear attention tests train}; do
+       case $step in
+         linear) timeout 150 $pin $PY benchmarks/bench_linear_act.py --quick > "$out/k/linear.txt" 2>&1 ;;
+         attention) timeout 120 $pin $PY benchmarks/bench_attention.py --budget 60 > "$out/k/attention.txt" 2>&1 ;;
+         # SIGINT: pytest still prints its failures when the time runs out
+         tests) timeout -s INT "${TESTS_TIMEOUT:-150}" $pin $PY -m pytest tests -k "${TESTS_K:-cuda}" -q \
+                  -p no:cacheprovider -rf --tb=short -p no:logging > "$out/k/tests.txt" 2>&1 ;;
+         train) TRITONFUSE_MEASURE_BUDGET_S=inf timeout 150 $pin $PY -m tritonfuse bench --train --models \
+                  "${TRAIN_MODELS:-bert-base}" --modes eager,inductor,tritonfuse --no-progress --out "$out/k/" \
+                  > "$out/k/train.txt" 2>&1 ;;
+         models) TRITONFUSE_MEASURE_BUDGET_S=inf timeout "${GPU1_TIMEOUT:-220}" $pin $PY -m tritonfuse bench \
+                   --models "$GPU1_MODELS" --modes "${GPU1_MODES:-eager,inductor,tritonfuse}" --no-progress \
+                   --out "$out/k/" > "$out/k/models.txt" 2>&1 ;;
+         compile) TRITONFUSE_MEASURE_BUDGET_S=inf timeout "${COMPILE_TIMEOUT:-240}" $pin $PY scripts/compile_profile.py --model "${COMPILE_MODEL_1:-bert-base}" \
+                    --profile-modes "" --out "$out/k/compile" > "$out/k/compile.txt" 2>&1 ;;
+       esac
+     done
+     find benchmarks/results -name "kernels-*.json" -newer "$out/install.log" -exec cp {} "$out/k/" \;) &  # this GPU's only
     wait
     tar czf "$final/pair.tgz" -C "$out" . ;;
   *) echo "phases: tests, bench, graphs, extra, pair"; exit 2 ;;
