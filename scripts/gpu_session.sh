@@ -10,11 +10,9 @@
 #                                       # carry .carry), training steps, and a per-layer profile
 #   bash scripts/gpu_session.sh pair    # a 2-GPU machine (kind nvidia-h200-x2), each half of the cores pinned to
 #                                       # one GPU so neither side's compiles disturb the other's timings:
-#                                       # GPU 0 the zoo (MODELS, MODES), or with COMPILE_MODEL=<model> that
-#                                       # model's compile profiled (scripts/compile_profile.py); GPU 1 the
-#                                       # steps GPU1_STEPS names, in order (default: linear attention tests
-#                                       # train; also: models = GPU1_MODELS under GPU1_MODES, compile = the
-#                                       # compile times of COMPILE_MODEL_1, unprofiled); TESTS_K picks tests
+#                                       # each GPU runs the steps GPU0_STEPS / GPU1_STEPS name, in order
+#                                       # (default: zoo / linear attention tests train; also noinline,
+#                                       # profile, compile, compile_profile, models: see run_steps)
 # Write everything to files under $OUT: a pipe into tail or grep shows nothing when the call's time runs out.
 # Set TRITONFUSE_COMMIT=<sha> where the tree has no .git (the device copy), so results name their commit.
 set -u
@@ -52,33 +50,41 @@ case "${1:-tests}" in
     # the device tool returns at most 8 files: everything goes into one archive at the end
     final=$out; out=$(mktemp -d); cp "$final/install.log" "$out/"
     n=$(nproc); h=$((n / 2)); mkdir -p "$out/zoo" "$out/k"
-    (export CUDA_VISIBLE_DEVICES=0 TRITONFUSE_MEASURE_BUDGET_S=inf TORCHINDUCTOR_COMPILE_THREADS=$((h - 4))
-     if [ -n "${COMPILE_MODEL:-}" ]; then  # where the compile time goes, instead of the zoo
-       timeout "${ZOO_TIMEOUT:-520}" taskset -c 0-$((h - 1)) $PY scripts/compile_profile.py --model "$COMPILE_MODEL" \
-         --out "$out/zoo" > "$out/zoo.txt" 2>&1
-     else
-       timeout "${ZOO_TIMEOUT:-520}" taskset -c 0-$((h - 1)) $PY -m tritonfuse bench --models "$models" \
-         --modes "${MODES:-eager,inductor,tritonfuse,tritonfuse-int8}" --no-progress --out "$out/zoo/" > "$out/zoo.txt" 2>&1
-     fi) &
-    (export CUDA_VISIBLE_DEVICES=1 TORCHINDUCTOR_COMPILE_THREADS=$((h - 4)); pin="taskset -c $h-$((n - 1))"
-     for step in ${GPU1_STEPS:-linear attention tests train}; do
-       case $step in
-         linear) timeout 150 $pin $PY benchmarks/bench_linear_act.py --quick > "$out/k/linear.txt" 2>&1 ;;
-         attention) timeout 120 $pin $PY benchmarks/bench_attention.py --budget 60 > "$out/k/attention.txt" 2>&1 ;;
-         # SIGINT: pytest still prints its failures when the time runs out
-         tests) timeout -s INT "${TESTS_TIMEOUT:-150}" $pin $PY -m pytest tests -k "${TESTS_K:-cuda}" -q \
-                  -p no:cacheprovider -rf --tb=short -p no:logging > "$out/k/tests.txt" 2>&1 ;;
-         train) TRITONFUSE_MEASURE_BUDGET_S=inf timeout 150 $pin $PY -m tritonfuse bench --train --models \
-                  "${TRAIN_MODELS:-bert-base}" --modes eager,inductor,tritonfuse --no-progress --out "$out/k/" \
-                  > "$out/k/train.txt" 2>&1 ;;
-         models) TRITONFUSE_MEASURE_BUDGET_S=inf timeout "${GPU1_TIMEOUT:-220}" $pin $PY -m tritonfuse bench \
-                   --models "$GPU1_MODELS" --modes "${GPU1_MODES:-eager,inductor,tritonfuse}" --no-progress \
-                   --out "$out/k/" > "$out/k/models.txt" 2>&1 ;;
-         compile) TRITONFUSE_MEASURE_BUDGET_S=inf timeout "${COMPILE_TIMEOUT:-240}" $pin $PY scripts/compile_profile.py --model "${COMPILE_MODEL_1:-bert-base}" \
-                    --profile-modes "" --out "$out/k/compile" > "$out/k/compile.txt" 2>&1 ;;
-       esac
-     done
-     find benchmarks/results -name "kernels-*.json" -newer "$out/install.log" -exec cp {} "$out/k/" \;) &  # this GPU's only
+    run_steps() {  # run_steps GPU FIRST_CORE DIR STEPS...: each step's output in DIR
+      local gpu=$1 first=$2 dir=$3; shift 3
+      export CUDA_VISIBLE_DEVICES=$gpu TORCHINDUCTOR_COMPILE_THREADS=$((h - 4)) TRITONFUSE_MEASURE_BUDGET_S=inf
+      local pin="taskset -c $first-$((first + h - 1))"
+      for step in "$@"; do
+        case $step in
+          zoo) timeout "${ZOO_TIMEOUT:-520}" $pin $PY -m tritonfuse bench --models "$models" --modes \
+                 "${MODES:-eager,inductor,tritonfuse,tritonfuse-int8}" --no-progress --out "$dir/" > "$dir/zoo.txt" 2>&1 ;;
+          # the same models with every tritonfuse op called, none inlined into Inductor's code
+          noinline) mkdir -p "$dir/noinline"; TRITONFUSE_INLINE=0 timeout "${NOINLINE_TIMEOUT:-200}" $pin $PY -m \
+                      tritonfuse bench --models "$models" --modes tritonfuse --no-progress --out "$dir/noinline/" \
+                      > "$dir/noinline.txt" 2>&1 ;;
+          profile) timeout "${PROFILE_TIMEOUT:-200}" $pin $PY -m tritonfuse profile "${PROFILE_MODEL:-bert-base}" \
+                     --modes "${PROFILE_MODES:-eager,inductor,tritonfuse}" --what blocks --no-progress > "$dir/profile.txt" 2>&1 ;;
+          compile_profile) timeout "${ZOO_TIMEOUT:-520}" $pin $PY scripts/compile_profile.py --model \
+                             "${COMPILE_MODEL:-bert-base}" --out "$dir/compile" > "$dir/compile.txt" 2>&1 ;;
+          compile) timeout "${COMPILE_TIMEOUT:-240}" $pin $PY scripts/compile_profile.py --model \
+                     "${COMPILE_MODEL:-bert-base}" --profile-modes "" --out "$dir/compile" > "$dir/compile.txt" 2>&1 ;;
+          linear) timeout 150 $pin $PY benchmarks/bench_linear_act.py --quick > "$dir/linear.txt" 2>&1 ;;
+          attention) timeout 120 $pin $PY benchmarks/bench_attention.py --budget 60 > "$dir/attention.txt" 2>&1 ;;
+          # SIGINT: pytest still prints its failures when the time runs out
+          tests) timeout -s INT "${TESTS_TIMEOUT:-150}" $pin $PY -m pytest tests -k "${TESTS_K:-cuda}" -q \
+                   -p no:cacheprovider -rf --tb=short -p no:logging > "$dir/tests.txt" 2>&1 ;;
+          train) timeout 150 $pin $PY -m tritonfuse bench --train --models "${TRAIN_MODELS:-bert-base}" \
+                   --modes eager,inductor,tritonfuse --no-progress --out "$dir/" > "$dir/train.txt" 2>&1 ;;
+          models) timeout "${GPU1_TIMEOUT:-220}" $pin $PY -m tritonfuse bench --models "$GPU1_MODELS" --modes \
+                    "${GPU1_MODES:-eager,inductor,tritonfuse}" --no-progress --out "$dir/" > "$dir/models.txt" 2>&1 ;;
+        esac
+      done
+      find benchmarks/results -name "kernels-*.json" -newer "$out/install.log" -exec cp {} "$dir/" \;  # this GPU's
+    }
+    # shellcheck disable=SC2086
+    (run_steps 0 0 "$out/zoo" ${GPU0_STEPS:-zoo}) &
+    # shellcheck disable=SC2086
+    (run_steps 1 "$h" "$out/k" ${GPU1_STEPS:-linear attention tests train}) &
     wait
     tar czf "$final/pair.tgz" -C "$out" . ;;
   *) echo "phases: tests, bench, graphs, extra, pair"; exit 2 ;;
