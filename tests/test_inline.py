@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -135,6 +136,70 @@ def test_op_calls_become_kernel_nodes(traced, name, kernels, written):
     assert got["kernels"] == kernels
     assert got["written"] == written  # outputs only: no input is cloned or written
     assert got["undecomposed"] == [] and got["no_lowering"] == [], got
+
+
+PINNED = textwrap.dedent(
+    """
+    import json, torch, triton
+    from triton.backends.compiler import GPUTarget
+
+    class HopperTarget:
+        def get_current_target(self):
+            return GPUTarget("cuda", 90, 32)
+
+        def get_current_device(self):
+            return 0
+
+    triton.runtime.driver.set_active(HopperTarget())
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from tritonfuse import inline, tuning
+    from tritonfuse.kernels import linear_act as LA
+
+    inline.unavailable = lambda device: None
+    HOP = inline._hops()[0]
+    tuner = LA._linear_act_kernel
+    with FakeTensorMode():
+        x, w, b = torch.randn(37, 96), torch.randn(80, 96), torch.randn(80)
+
+    def traced_configs():
+        inline.reset()
+        gm = make_fx(lambda x, w, b: torch.ops.tritonfuse.linear_act(x, w, b, "gelu"))(x, w, b)
+        inline.inline_pass(gm.graph)
+        (hop,) = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is HOP]
+        return [str(c) for c in kernel_side_table.get_kernel(hop.kwargs["kernel_idx"]).configs]
+
+    keys = []
+    key_of = tuning.tuning_key
+    tuning.tuning_key = lambda *a: keys.append(key_of(*a)) or keys[-1]
+    out = {"n_configs": len(tuner.configs), "before": traced_configs()}
+    # what the autotuner chose when the site's measurement ran this launch
+    tuner.cache[keys[-1]] = tuner.configs[3]
+    out["chosen"] = str(tuner.configs[3])
+    out["after"] = traced_configs()
+    out["again_same_kernel"] = inline.pinned(tuner, (), {}) is tuner  # nothing to key on: the whole list
+    print(json.dumps(out))
+    """
+)
+
+
+def test_an_inlined_kernel_gets_the_config_its_autotuner_chose(tmp_path):
+    # Inductor compiles and times every config of an inlined autotuned kernel in every process; a launch our
+    # autotuner has already tuned (the site's measurement ran it) hands Inductor that config alone
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "TRITONFUSE_AUTOTUNE")}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+    try:
+        import triton.backends.compiler  # noqa: F401
+    except ImportError:
+        pytest.skip("this triton has no GPUTarget")
+    proc = subprocess.run([sys.executable, "-c", PINNED], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["n_configs"] > 1 and len(got["before"]) == got["n_configs"]
+    # that config alone (torch folds the kernel's heuristics into it)
+    assert [re.sub(r"EVEN_K: \w+, ", "", c) for c in got["after"]] == [got["chosen"]]
+    assert got["again_same_kernel"]
 
 
 def test_large_gemm_on_hopper_stays_an_op_call(traced):

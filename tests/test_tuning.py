@@ -47,6 +47,25 @@ def test_key_is_the_autotuners():
     assert tuning.tuning_key(t, (x, 10), {"N_BUCKET": 16}) == (16, "torch.float16")
 
 
+@triton.jit
+def _scale(x_ptr, y_ptr, n, N_BUCKET: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(y_ptr + offs, tl.load(x_ptr + offs, mask=offs < n) * 2, mask=offs < n)
+
+
+def test_key_matches_what_the_autotuner_caches(device, monkeypatch):
+    # run Triton's own autotuner (its timing stubbed: the interpreter has no GPU timer): its cache holds
+    # exactly the key computed here
+    tuned = triton.autotune(configs=[triton.Config({"BLOCK": b}) for b in (16, 32)], key=["N_BUCKET"])(_scale)
+    monkeypatch.setattr(tuned, "_bench", lambda *a, config, **k: [float(config.kwargs["BLOCK"])] * 3)
+    x = torch.randn(40, device=device)
+    y = torch.empty_like(x)
+    args, kwargs = (x, y, 40), {"N_BUCKET": 64}
+    tuned[lambda m: (triton.cdiv(40, m["BLOCK"]),)](*args, **kwargs)
+    torch.testing.assert_close(y, 2 * x)
+    assert list(tuned.cache) == [tuning.tuning_key(tuned, args, kwargs)]
+
+
 def test_choice_is_kept_and_restored(store):
     x = torch.randn(100)
     args, kwargs = (x, 100), {"N_BUCKET": 128}

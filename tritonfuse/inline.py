@@ -71,7 +71,52 @@ def _wrap_triton():
 
 
 def wrap(kernel):
-    return _wrap_triton()(kernel)
+    """``kernel`` for a launch traced into Inductor's graph: ``wrap(kernel)[grid](*args, **kwargs)``."""
+    return _Pinned(kernel)
+
+
+class _Pinned:
+    """Launches through ``wrap_triton`` with the autotuner's config for this launch when one is known.
+
+    Inductor compiles every config of an inlined autotuned kernel and times them all on the graph's first
+    call, in every process. The config our own autotuner chose for the same launch (when the site's
+    measurement ran the kernel, or in an earlier process: ``tritonfuse.tuning``) is handed over alone
+    instead; without one, the whole config list is, as before."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            return _wrap_triton()(pinned(self.kernel, args, kwargs))[grid](*args, **kwargs)
+
+        return launch
+
+
+_single: dict = {}  # (autotuner, config) -> a one-config autotuner over the same kernel (stable identity)
+
+
+def pinned(kernel, args: tuple, kwargs: dict):
+    """``kernel`` restricted to the config its autotuner holds for this launch, or ``kernel`` itself."""
+    from triton.runtime.autotuner import Autotuner
+
+    from . import tuning
+
+    if not isinstance(kernel, Autotuner) or len(kernel.configs) < 2:
+        return kernel
+    try:
+        tuning.restore(kernel, args, kwargs)
+        cfg = kernel.cache.get(tuning.tuning_key(kernel, args, kwargs))
+    except Exception:  # noqa: BLE001 - an argument that cannot be keyed: the whole list
+        return kernel
+    if cfg is None or cfg.pre_hook is not None:
+        return kernel
+    key = (id(kernel), id(cfg))
+    if key not in _single:
+        import triton
+
+        _single[key] = (kernel, cfg, triton.autotune(configs=[cfg], key=[])(kernel.fn))
+    return _single[key][2]
 
 
 def unavailable(device: torch.device) -> Optional[str]:
