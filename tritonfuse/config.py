@@ -48,6 +48,9 @@ fast_launch: str = "1"
 # "1" (default): on a GPU, ops whose kernels Inductor can compile itself are inlined into Inductor's
 # generated code (wrap_triton; no op dispatch per call); "0": every site calls its opaque tritonfuse op
 inline: str = "1"
+# with TRITONFUSE_MEASURE, how much faster than the path it replaces a kernel must have measured to serve a
+# site (0.03: 3%); a near-tie stays Inductor's, where the choice would otherwise follow timing noise
+measure_margin: str = "0.03"
 # seconds of per-shape timing (TRITONFUSE_MEASURE) one compiled graph may spend; sites past it stay
 # Inductor's until a later compile measures them ("inf": no limit)
 measure_budget_s: str = "10"
@@ -67,6 +70,7 @@ _ENV = {
     "measure": "TRITONFUSE_MEASURE",
     "fast_launch": "TRITONFUSE_FAST_LAUNCH",
     "measure_budget_s": "TRITONFUSE_MEASURE_BUDGET_S",
+    "measure_margin": "TRITONFUSE_MEASURE_MARGIN",
     "inline": "TRITONFUSE_INLINE",
     "compile_threads": "TRITONFUSE_COMPILE_THREADS",
 }
@@ -119,6 +123,12 @@ def validate() -> None:
         ok = False
     if not ok:
         _fail("measure_budget_s", measure_budget_s, "seconds >= 0, or inf")
+    try:
+        ok = 0.0 <= float(measure_margin) < 1.0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        _fail("measure_margin", measure_margin, "a fraction in [0, 1), e.g. 0.03")
     for name in ("linear_plain", "autotune", "measure", "fast_launch", "inline"):
         if str(g[name]) not in ("0", "1"):
             _fail(name, g[name], "0, 1")
@@ -154,6 +164,14 @@ def measure_budget() -> float:
         return max(float(measure_budget_s), 0.0)
     except (TypeError, ValueError):
         return 10.0
+
+
+def measure_margin_fraction() -> float:
+    """How much faster a kernel must measure to serve a site (``measure_margin``)."""
+    try:
+        return min(max(float(measure_margin), 0.0), 0.99)
+    except (TypeError, ValueError):
+        return 0.03
 
 
 def fast_launch_enabled() -> bool:

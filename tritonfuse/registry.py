@@ -469,8 +469,9 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
     full = _choice_key(key + ("|inline" if graphed else ""), device)
     choices = _load_choices()
     if full in choices and not choices[full].get("pending"):
-        _last_measured.rec = choices[full]
-        return choices[full]
+        rec = _decided(choices[full])
+        _last_measured.rec = rec
+        return rec
     if _measure_spent >= config.measure_budget():
         if full not in choices:
             # kept on disk: it changes choices_digest(), so the graph this leaves partly to Inductor is not
@@ -490,13 +491,22 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
             t_theirs = sum(_bench(f, graphed) for f in theirs)
     finally:
         _measure_spent += time.perf_counter() - t0
-    rec = {"ours_ms": round(t_ours, 5), "theirs_ms": round(t_theirs, 5), "use": t_ours <= t_theirs}
+    rec = {"ours_ms": round(t_ours, 5), "theirs_ms": round(t_theirs, 5)}
     if full in choices:  # it was pending: graphs compiled meanwhile hold Inductor's path (see choices_digest)
         rec["was_pending"] = True
     choices[full] = rec
     _save_choices(choices)
+    rec = _decided(rec)
     _last_measured.rec = rec
     return rec
+
+
+def _decided(rec: dict) -> dict:
+    """``rec`` with ``use``: our kernel serves the site where it measured faster by the margin
+    (``TRITONFUSE_MEASURE_MARGIN``; decided on every read, so a new margin applies to kept timings)."""
+    if "ours_ms" not in rec or "theirs_ms" not in rec:
+        return rec
+    return {**rec, "use": rec["ours_ms"] <= rec["theirs_ms"] * (1.0 - config.measure_margin_fraction())}
 
 
 def _save_choices(choices: dict) -> None:
@@ -517,4 +527,7 @@ def slower_reason(rec: dict, vs: str) -> str:
     if rec.get("unmeasured"):
         return (f"not measured yet: this graph's timing budget (TRITONFUSE_MEASURE_BUDGET_S="
                 f"{config.measure_budget_s}) was spent; a later compile measures it")
+    if rec["ours_ms"] <= rec["theirs_ms"]:
+        return (f"measured no faster than {vs} here by the {config.measure_margin_fraction():.0%} margin "
+                f"(TRITONFUSE_MEASURE_MARGIN; {rec['ours_ms']:.3f} vs {rec['theirs_ms']:.3f} ms)")
     return f"measured slower than {vs} here ({rec['ours_ms']:.3f} vs {rec['theirs_ms']:.3f} ms)"
