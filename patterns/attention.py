@@ -47,7 +47,7 @@ from torch.fx.operator_schemas import normalize_function
 
 from tritonfuse import registry
 from tritonfuse.kernels import attention as K
-from tritonfuse.patterns.common import trace_pattern
+from tritonfuse.patterns.common import hinted_sizes, trace_pattern
 
 FAMILY = "attention"
 aten = torch.ops.aten
@@ -322,16 +322,8 @@ def _mask_kind(mask) -> str:
 def _hinted(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """A meta stand-in with the example sizes of a (possibly symbolic) fake tensor: checks read sizes without
     adding guards to a graph already traced. None when a size has no hint (data-dependent)."""
-    if t is None:
-        return None
-    sizes = []
-    for s in t.shape:
-        if isinstance(s, torch.SymInt):
-            if not s.node.has_hint():
-                return None
-            s = s.node.hint
-        sizes.append(int(s))
-    return torch.empty(sizes, dtype=t.dtype, device="meta")
+    sizes = hinted_sizes(t) if t is not None else None
+    return None if sizes is None else torch.empty(sizes, dtype=t.dtype, device="meta")
 
 
 def _decide(site: torch.fx.Node, q, k, v, mask, is_causal: bool, kernel: str) -> bool:

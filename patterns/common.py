@@ -29,6 +29,19 @@ def trace_pattern(fn, args, **kwargs) -> torch.fx.GraphModule:
     return gm
 
 
+def hinted_sizes(t: torch.Tensor) -> Optional[list]:
+    """The sizes of a (possibly symbolic) fake tensor, each symbol at its example value, read without adding
+    guards to a graph already traced; None when a size has no example value (data-dependent)."""
+    sizes = []
+    for s in t.shape:
+        if isinstance(s, torch.SymInt):
+            if not s.node.has_hint():
+                return None
+            s = s.node.hint
+        sizes.append(int(s))
+    return sizes
+
+
 def arg_val(match: Match, name: str):
     """The fake tensor (``meta["val"]``) of the pattern argument ``name``, or None."""
     node = match.kwargs.get(name)

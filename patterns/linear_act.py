@@ -34,7 +34,7 @@ from torch._inductor.pattern_matcher import (
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from tritonfuse import config, registry
-from tritonfuse.patterns.common import arg_val, recorded_pattern, trace_pattern
+from tritonfuse.patterns.common import arg_val, hinted_sizes, recorded_pattern, trace_pattern
 from tritonfuse.patterns.common import module_name as _module_name
 from tritonfuse.kernels import linear_act as K
 
@@ -346,10 +346,8 @@ def _hinted(t: torch.Tensor):
     already traced; None when a size has no example value."""
     if not any(isinstance(s, torch.SymInt) for s in t.shape):
         return t
-    sizes = [int(s.node.hint) if isinstance(s, torch.SymInt) and s.node.has_hint() else s for s in t.shape]
-    if any(isinstance(s, torch.SymInt) for s in sizes):
-        return None
-    return t.new_empty(sizes)
+    sizes = hinted_sizes(t)
+    return None if sizes is None else t.new_empty(sizes)
 
 
 def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: bool = False, conv1d: bool = False):
