@@ -77,7 +77,7 @@ def test_choice_is_kept_and_restored(store):
 
     tuning._records = None  # the next process
     second = _tuner()
-    assert tuning.restore(second, args, kwargs)
+    assert tuning.restore(second, args, kwargs) is second.configs[2]
     assert second.cache == {(128, "torch.float32"): second.configs[2]}  # its own config object, pre-hook and all
     # another tuning key, another config list or another kernel source: not restored
     assert not tuning.restore(_tuner(), (x, 100), {"N_BUCKET": 256})

@@ -10,8 +10,6 @@ import functools
 import hashlib
 import importlib
 import importlib.util
-import json
-import os
 import pathlib
 import warnings
 from typing import Optional
@@ -177,22 +175,13 @@ def _sites_path(key: str) -> pathlib.Path:
 
 
 def _save_sites(key: str, sites: list) -> None:
-    try:
-        path = _sites_path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps([dataclasses.asdict(s) for s in sites]))
-        tmp.replace(path)
-    except OSError:
-        pass  # a read-only cache only costs the report of a later cache hit
+    # where it cannot be written, only the report of a later cache hit is missing these sites
+    registry.write_json(_sites_path(key), [dataclasses.asdict(s) for s in sites])
 
 
 def _load_sites(key: str) -> Optional[list[dict]]:
     """The site records of graph ``key``, or None where there is none (or it cannot be read)."""
-    try:
-        return json.loads(_sites_path(key).read_text())
-    except (OSError, ValueError):
-        return None
+    return registry.read_json(_sites_path(key))
 
 
 def _replay_sites(key: str) -> list:

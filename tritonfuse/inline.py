@@ -104,11 +104,7 @@ def pinned(kernel, args: tuple, kwargs: dict):
 
     if not isinstance(kernel, Autotuner) or len(kernel.configs) < 2:
         return kernel
-    try:
-        tuning.restore(kernel, args, kwargs)
-        cfg = kernel.cache.get(tuning.tuning_key(kernel, args, kwargs))
-    except Exception:  # noqa: BLE001 - an argument that cannot be keyed: the whole list
-        return kernel
+    cfg = tuning.restore(kernel, args, kwargs)
     if cfg is None or cfg.pre_hook is not None:
         return kernel
     key = (id(kernel), id(cfg))

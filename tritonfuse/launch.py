@@ -162,7 +162,7 @@ class FastLauncher:
         threads = config.compile_thread_count()
         tuner = self._tuner()
         # a config kept from an earlier process (tritonfuse.tuning): the autotuner compiles only that one
-        if tuner is None or len(tuner.configs) < 2 or tuning.restore(tuner, args, kwargs) or threads < 2:
+        if tuner is None or len(tuner.configs) < 2 or tuning.restore(tuner, args, kwargs) is not None or threads < 2:
             return 0
         try:
             jobs = self.config_jobs(grid, args, kwargs)

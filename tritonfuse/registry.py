@@ -379,15 +379,35 @@ def _choice_key(key: str, device: torch.device) -> str:
     return f"{key}|{name}|torch {torch.__version__}|triton {triton.__version__}|stream"
 
 
+def read_json(path, default=None):
+    """The JSON value in ``path``, or ``default`` where the file is missing or unreadable (tritonfuse's disk
+    stores are caches: losing one only costs redoing its work)."""
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def write_json(path, value, **dump_kw) -> None:
+    """Write ``value`` to ``path`` atomically (a process-private temporary file, then a rename), so a reader in
+    another process never sees half a file; a read-only cache is not an error."""
+    import json
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(value, **dump_kw))
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
 def _load_choices() -> dict:
     global _choices
     if _choices is None:
-        import json
-
-        try:
-            _choices = json.loads(choices_path().read_text())
-        except (OSError, ValueError):
-            _choices = {}
+        _choices = read_json(choices_path(), {})
     return _choices
 
 
@@ -510,16 +530,7 @@ def _decided(rec: dict) -> dict:
 
 
 def _save_choices(choices: dict) -> None:
-    import json
-
-    try:
-        path = choices_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(choices, indent=1, sort_keys=True))
-        tmp.replace(path)
-    except OSError:
-        pass  # a read-only cache only costs measuring again in the next process
+    write_json(choices_path(), choices, indent=1, sort_keys=True)  # lost: measured again in the next process
 
 
 def slower_reason(rec: dict, vs: str) -> str:

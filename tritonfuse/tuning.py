@@ -17,8 +17,6 @@ config list, another kernel source) is ignored: the autotuner times the configs 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import pathlib
 import threading
 from typing import Optional
@@ -66,30 +64,30 @@ def _disk_key(tuner, key: tuple) -> Optional[str]:
 def _load() -> dict:
     global _records
     if _records is None:
-        try:
-            _records = json.loads(path().read_text())
-        except (OSError, ValueError):
-            _records = {}
+        from . import registry
+
+        _records = registry.read_json(path(), {})
     return _records
 
 
-def restore(tuner, args: tuple, kwargs: dict) -> bool:
-    """Give ``tuner`` the config kept on disk for this launch, if there is one; True when it has one now."""
+def restore(tuner, args: tuple, kwargs: dict):
+    """The config ``tuner`` holds for this launch, after giving it the one kept on disk where it held none;
+    None when there is neither (its autotuning then times the configs)."""
     try:
         key = tuning_key(tuner, args, kwargs)
     except Exception:  # noqa: BLE001 - an argument that cannot be keyed: Triton's autotuner decides
-        return False
+        return None
     if key in tuner.cache:
-        return True
+        return tuner.cache[key]
     disk = _disk_key(tuner, key)
     rec = _load().get(disk) if disk else None
     if not rec:
-        return False
+        return None
     i = rec.get("index")
     if not isinstance(i, int) or not 0 <= i < len(tuner.configs) or str(tuner.configs[i]) != rec.get("config"):
-        return False
+        return None
     tuner.cache[key] = tuner.configs[i]
-    return True
+    return tuner.configs[i]
 
 
 def save(tuner, args: tuple, kwargs: dict) -> None:
@@ -107,21 +105,14 @@ def save(tuner, args: tuple, kwargs: dict) -> None:
     if index is None:  # the tuner made a config of its own (a pruning hook's): not kept
         return
     rec = {"index": index, "config": str(cfg)}
+    from . import registry
+
     with _lock:
         records = _load()
         if records.get(disk) == rec:
             return
         records[disk] = rec
-        try:
-            p = path()
-            p.parent.mkdir(parents=True, exist_ok=True)
-            try:  # another process may have kept other kernels meanwhile: keep theirs too
-                records = {**json.loads(p.read_text()), **records}
-            except (OSError, ValueError):
-                pass
-            _records = records
-            tmp = p.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(records, indent=0, sort_keys=True))
-            tmp.replace(p)
-        except OSError:
-            pass  # a read-only cache only costs timing the configs again in the next process
+        # another process may have kept other kernels meanwhile: keep theirs too
+        _records = records = {**registry.read_json(path(), {}), **records}
+        # where it cannot be written, the next process times the configs again
+        registry.write_json(path(), records, indent=0, sort_keys=True)
