@@ -12,7 +12,7 @@
 #                                       # one GPU so neither side's compiles disturb the other's timings:
 #                                       # each GPU runs the steps GPU0_STEPS / GPU1_STEPS name, in order
 #                                       # (default: zoo / linear attention tests train; also noinline,
-#                                       # profile, compile, compile_profile, models: see run_steps)
+#                                       # profile, compile, compile_profile, models, train:MODEL: see run_steps)
 # Write everything to files under $OUT: a pipe into tail or grep shows nothing when the call's time runs out.
 # Set TRITONFUSE_COMMIT=<sha> where the tree has no .git (the device copy), so results name their commit.
 set -u
@@ -73,8 +73,10 @@ case "${1:-tests}" in
           # SIGINT: pytest still prints its failures when the time runs out
           tests) timeout -s INT "${TESTS_TIMEOUT:-150}" $pin $PY -m pytest tests -k "${TESTS_K:-cuda}" -q \
                    -p no:cacheprovider -rf --tb=short -p no:logging > "$dir/tests.txt" 2>&1 ;;
-          train) timeout 150 $pin $PY -m tritonfuse bench --train --models "${TRAIN_MODELS:-bert-base}" \
-                   --modes eager,inductor,tritonfuse --no-progress --out "$dir/" > "$dir/train.txt" 2>&1 ;;
+          # train or train:MODEL[,MODEL] (this GPU's models; default TRAIN_MODELS)
+          train|train:*) tm=${step#train}; tm=${tm#:}; timeout "${TRAIN_TIMEOUT:-150}" $pin $PY -m tritonfuse bench \
+                   --train --models "${tm:-${TRAIN_MODELS:-bert-base}}" --modes eager,inductor,tritonfuse \
+                   --no-progress --out "$dir/" >> "$dir/train.txt" 2>&1 ;;
           models) timeout "${GPU1_TIMEOUT:-220}" $pin $PY -m tritonfuse bench --models "$GPU1_MODELS" --modes \
                     "${GPU1_MODES:-eager,inductor,tritonfuse}" --no-progress --out "$dir/" > "$dir/models.txt" 2>&1 ;;
         esac
