@@ -498,7 +498,8 @@ def quant_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return xq, xs
     block = min(triton.next_power_of_2(max(K, 16)), 4096 if registry.interpret_mode() else 2048)
     warps = 4 if block <= 1024 else 8
-    _quant_rows_kernel[(M,)](x, xq, xs, K, x.stride(0), x.stride(1), xq.stride(0), BLOCK_K=block, num_warps=warps)
+    registry.launcher(_quant_rows_kernel)[(M,)](x, xq, xs, K, x.stride(0), x.stride(1), xq.stride(0),
+                                                BLOCK_K=block, num_warps=warps)
     return xq, xs
 
 
@@ -526,7 +527,7 @@ def _w8a8(xq, xs, wq, ws, b, act, out_dtype, wuq=None, wus=None, bu=None, use_tm
             return (min(tiles, progs) if meta["PERSISTENT"] else tiles,)
 
         try:
-            _w8a8_tma_kernel[grid](
+            registry.launcher(_w8a8_tma_kernel)[grid](
                 x_desc, w_desc, u_desc, xs, ws, b if has_bias else ws, wus if gated else ws,
                 bu if (gated and has_bias) else ws, out, M, N, K, _m_bucket(M), out.stride(0), out.stride(1),
                 HAS_BIAS=has_bias, ACT=act, GATED=gated, RTNE_BF16=rtne_bf16(out_dtype),
@@ -553,7 +554,7 @@ def _launch_pointer(kernel, x, xs, wq, ws, b, act, out, wuq, wus, bu, w8a8: bool
     gated = wuq is not None
     has_bias = b is not None
     u = wuq if gated else wq
-    kernel[_grid(M, N)](
+    registry.launcher(kernel)[_grid(M, N)](
         x, xs, wq, ws, b if has_bias else ws, u, wus if gated else ws, bu if (gated and has_bias) else ws, out,
         M, N, K, _m_bucket(M),
         x.stride(0), x.stride(1), wq.stride(0), wq.stride(1), u.stride(0), u.stride(1),

@@ -12,7 +12,7 @@
 #                                       # one GPU so neither side's compiles disturb the other's timings:
 #                                       # each GPU runs the steps GPU0_STEPS / GPU1_STEPS name, in order
 #                                       # (default: zoo / linear attention tests train; also noinline,
-#                                       # profile, compile, compile_profile, models, train:MODEL: see run_steps)
+#                                       # profile, compile, compile_profile, models, train:MODEL, launch, int8: see run_steps)
 # Write everything to files under $OUT: a pipe into tail or grep shows nothing when the call's time runs out.
 # Set TRITONFUSE_COMMIT=<sha> where the tree has no .git (the device copy), so results name their commit.
 set -u
@@ -50,10 +50,21 @@ case "${1:-tests}" in
     # the device tool returns at most 8 files: everything goes into one archive at the end
     final=$out; out=$(mktemp -d); cp "$final/install.log" "$out/"
     n=$(nproc); h=$((n / 2)); mkdir -p "$out/zoo" "$out/k"
-    run_steps() {  # run_steps GPU FIRST_CORE DIR STEPS...: each step's output in DIR
-      local gpu=$1 first=$2 dir=$3; shift 3
+    lscpu > "$out/lscpu.txt" 2>&1; lscpu -p=CPU,CORE > "$out/cpus.txt" 2>&1
+    half_cpus() {  # the CPUs of half the physical cores (both hyperthreads of each), so halves share no core
+      local cores m cut
+      cores=$(grep -v '^#' "$out/cpus.txt" | cut -d, -f2 | sort -n -u); m=$(echo "$cores" | wc -l)
+      cut=$(echo "$cores" | sed -n "$((m / 2))p")
+      grep -v '^#' "$out/cpus.txt" | awk -F, -v cut="$cut" -v half="$1" \
+        '(($2 + 0 > cut + 0) == (half == 1)) {printf "%s%s", (k++ ? "," : ""), $1}'
+    }
+    run_steps() {  # run_steps GPU HALF DIR STEPS...: each step's output in DIR
+      local gpu=$1 half=$2 dir=$3; shift 3
       export CUDA_VISIBLE_DEVICES=$gpu TORCHINDUCTOR_COMPILE_THREADS=$((h - 4)) TRITONFUSE_MEASURE_BUDGET_S=inf
-      local pin="taskset -c $first-$((first + h - 1))"
+      local cpus; cpus=$(half_cpus "$half")
+      [ -n "$cpus" ] || cpus=$((half * h))-$((half * h + h - 1))
+      echo "GPU $gpu: CPUs $cpus" > "$dir/cpus.txt"
+      local pin="taskset -c $cpus"
       for step in "$@"; do
         case $step in
           zoo) timeout "${ZOO_TIMEOUT:-520}" $pin $PY -m tritonfuse bench --models "$models" --modes \
@@ -68,6 +79,9 @@ case "${1:-tests}" in
                              "${COMPILE_MODEL:-bert-base}" --out "$dir/compile" > "$dir/compile.txt" 2>&1 ;;
           compile) timeout "${COMPILE_TIMEOUT:-240}" $pin $PY scripts/compile_profile.py --model \
                      "${COMPILE_MODEL:-bert-base}" --profile-modes "" --out "$dir/compile" > "$dir/compile.txt" 2>&1 ;;
+          launch) timeout 150 $pin $PY benchmarks/bench_launch.py --out "$dir/kernels-launch.json" > "$dir/launch.txt" 2>&1 ;;
+          int8) timeout "${INT8_TIMEOUT:-240}" $pin $PY benchmarks/bench_int8.py ${INT8_ARGS:-} \
+                  --out "$dir/kernels-int8.json" > "$dir/int8.txt" 2>&1 ;;
           linear) timeout 150 $pin $PY benchmarks/bench_linear_act.py --quick > "$dir/linear.txt" 2>&1 ;;
           attention) timeout 120 $pin $PY benchmarks/bench_attention.py --budget 60 > "$dir/attention.txt" 2>&1 ;;
           # SIGINT: pytest still prints its failures when the time runs out
@@ -75,7 +89,7 @@ case "${1:-tests}" in
                    -p no:cacheprovider -rf --tb=short -p no:logging > "$dir/tests.txt" 2>&1 ;;
           # train or train:MODEL[,MODEL] (this GPU's models; default TRAIN_MODELS)
           train|train:*) tm=${step#train}; tm=${tm#:}; timeout "${TRAIN_TIMEOUT:-150}" $pin $PY -m tritonfuse bench \
-                   --train --models "${tm:-${TRAIN_MODELS:-bert-base}}" --modes eager,inductor,tritonfuse \
+                   --train --models "${tm:-${TRAIN_MODELS:-bert-base}}" --modes "${TRAIN_MODES:-eager,inductor,tritonfuse}" \
                    --no-progress --out "$dir/" >> "$dir/train.txt" 2>&1 ;;
           models) timeout "${GPU1_TIMEOUT:-220}" $pin $PY -m tritonfuse bench --models "$GPU1_MODELS" --modes \
                     "${GPU1_MODES:-eager,inductor,tritonfuse}" --no-progress --out "$dir/" > "$dir/models.txt" 2>&1 ;;
@@ -86,7 +100,7 @@ case "${1:-tests}" in
     # shellcheck disable=SC2086
     (run_steps 0 0 "$out/zoo" ${GPU0_STEPS:-zoo}) &
     # shellcheck disable=SC2086
-    (run_steps 1 "$h" "$out/k" ${GPU1_STEPS:-linear attention tests train}) &
+    (run_steps 1 1 "$out/k" ${GPU1_STEPS:-linear attention tests train}) &
     wait
     tar czf "$final/pair.tgz" -C "$out" . ;;
   *) echo "phases: tests, bench, graphs, extra, pair"; exit 2 ;;
