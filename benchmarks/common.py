@@ -10,8 +10,10 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
+import sys
 
 import torch
 
@@ -44,8 +46,19 @@ def row(kernel: str, shape: str, dtype, provider: str, ms: float, tflops: float 
         r["tflops"] = round(tflops, 3)
     if tbps is not None:
         r["tbps"] = round(tbps, 3)
+    r.update(_provenance())
     r.update(extra)
     return r
+
+
+@functools.lru_cache(maxsize=None)
+def _provenance() -> dict:
+    """The commit and the command line of this run, kept on each row (a results file mixes runs)."""
+    out = {"command": " ".join(["python3", *sys.argv])}
+    commit = meta().get("commit")
+    if commit:
+        out["commit"] = commit
+    return out
 
 
 def _key(r: dict) -> tuple:
@@ -75,8 +88,6 @@ def merge_file(src: pathlib.Path | str) -> pathlib.Path:
 
 
 if __name__ == "__main__":
-    import sys
-
     if len(sys.argv) < 3 or sys.argv[1] != "--merge":
         sys.exit("usage: python benchmarks/common.py --merge FILE [FILE ...]  (kernel rows from the GPU machine)")
     for f in sys.argv[2:]:
