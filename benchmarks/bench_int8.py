@@ -174,6 +174,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sweep", action="store_true", help="time every candidate config directly")
     ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/kernels-<gpu>.json)")
+    ap.add_argument("--sections", default="check,gemm,gated,decode",
+                    help="which to run, comma-separated: check (int32 vs torch._int_mm), gemm, gated, decode")
     args = ap.parse_args()
     assert torch.cuda.is_available(), "needs a GPU"
     torch.manual_seed(0)
@@ -191,6 +193,9 @@ def main():
             if key not in seen:
                 seen.add(key)
                 jobs.append((kind, i, sweep, variant))
+    wanted = set(args.sections.split(","))
+    if not wanted & {"check", "gemm", "gated"}:
+        jobs = [j for j in jobs if j[0] == "wonly"]  # the decode section times the tiled weight-only kernel only
     print(f"compiling {len(jobs)} kernels in parallel")
     errors = prewarm(jobs)
     for job, err in errors.items():
@@ -209,8 +214,9 @@ def main():
         table.append((kernel, shape, provider, ms, tf))
         print(f"  {kernel} {shape} {provider}: {ms:.4f} ms, {tf:.1f} TFLOP/s", flush=True)
 
-    sections = [("int_mm check", _check_section), ("W8A8 GEMMs", _gemm_section), ("gated MLP", _gated_section),
-                ("decode", _decode_section)]
+    sections = [(name, fn) for key, name, fn in (
+        ("check", "int_mm check", _check_section), ("gemm", "W8A8 GEMMs", _gemm_section),
+        ("gated", "gated MLP", _gated_section), ("decode", "decode", _decode_section)) if key in wanted]
     for name, section in sections:
         try:
             section(args, add, table, errors)
@@ -303,6 +309,28 @@ def _decode_section(args, add, table, errors):
             bench(lambda: torch.ops.tritonfuse.int8_linear(x, w, None, "none", "int8-weight"), graph), flops)
         add("int8_weight_only", shape, "bfloat16", "tritonfuse-kernel" + sfx,
             bench(lambda: Q._weight_only(x, wq, ws, None, "none"), graph), flops)
+        # the tiled weight-only kernel that served M <= 16 before the split-K decode kernel
+        tiled = torch.empty(M, N, device=dev, dtype=torch.bfloat16)
+        add("int8_weight_only", shape, "bfloat16", "tritonfuse-tiled" + sfx,
+            bench(lambda: Q._launch_pointer(Q._wonly_kernel, x, ws, wq, ws, None, "none", tiled, None, None, None,
+                                            w8a8=False), graph), flops)
+    # llama-1b decode's layers (b8): q/o, k/v, down, and gate+up as one dual GEMM, in CUDA graphs
+    for m, n, k, gated in ((8, 2048, 2048, False), (8, 512, 2048, False), (8, 2048, 8192, False),
+                           (8, 8192, 2048, True)):
+        xs_ = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+        wa = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * k ** -0.5
+        wb = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * k ** -0.5 if gated else None
+        qa, sa = Q.quantize_weight(wa)
+        qb, sb = Q.quantize_weight(wb) if gated else (None, None)
+        sh, fl = f"{m}x{n}x{k}" + (" gated" if gated else ""), 2.0 * m * n * k * (2 if gated else 1)
+        ref = (F.silu(F.linear(xs_, wa)) * F.linear(xs_, wb)) if gated else F.linear(xs_, wa)
+        got = Q._weight_only(xs_, qa, sa, None, "silu" if gated else "none", qb, sb, None)
+        print(f"decode {sh}: weight-only SQNR {sqnr(ref.double(), got):.1f} dB")
+        add("int8_weight_only", sh, "bfloat16", "cublas-bf16-graph",
+            bench((lambda: F.silu(F.linear(xs_, wa)) * F.linear(xs_, wb)) if gated else (lambda: F.linear(xs_, wa)),
+                  True), fl)
+        add("int8_weight_only", sh, "bfloat16", "tritonfuse-kernel-graph",
+            bench(lambda: Q._weight_only(xs_, qa, sa, None, "silu" if gated else "none", qb, sb, None), True), fl)
     if args.sweep:
         out = torch.empty(M, N, device=dev, dtype=torch.bfloat16)
         for i, cfg in enumerate(_candidates("wonly", True)):
@@ -311,7 +339,8 @@ def _decode_section(args, add, table, errors):
             ms = bench(lambda: _launch("wonly", cfg, x, ws, wq, ws, out), graph=True, rep=40)
             table.append(("sweep-graph", shape, _label("wonly", i, cfg), ms, flops / (ms * 1e-3) / 1e12))
 
-    print(f"decode: autotuned weight-only config {Q._wonly_kernel.best_config}")
+    print(f"decode: autotuned split-K config {Q._decode_kernel.best_config}; "
+          f"tiled kernel {Q._wonly_kernel.best_config}")
 
 
 def _report(table, rows, args):

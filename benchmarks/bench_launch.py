@@ -122,6 +122,11 @@ def main() -> None:
                 if us is not None:
                     rows.append(row(f"launch_{name}", shape, DT, provider, us / 1e3, us_per_call=round(us, 2)))
     print("launch failures:", launch.failures or "none")
+    for fast in launch._launchers.values():  # launch keys served from the cache, and those left to Triton
+        cache = getattr(fast, "_cache", None)
+        if cache is not None:
+            left = sum(v is launch._UNSUPPORTED for v in cache.values())
+            print(f"  {fast.jit.__name__}: {len(cache)} launch keys, {left} on Triton's own path")
     if not args.no_save:
         print("wrote", merge_rows(rows, args.out))
 

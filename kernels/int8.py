@@ -9,6 +9,10 @@
   activation dtype in the main loop (exact for int8) and the per-channel scale, which factors out of the
   K sum, is applied in the epilogue. In ``int8`` mode, M <= 16 (decode) takes this kernel automatically:
   per-token quantization costs more than it saves there.
+* **Decode** (weight-only at M <= 16, ``_decode_kernel``): the weight is the whole cost, so the kernel splits
+  K across programs to stream it with the whole GPU (a 2048-column layer has 64 column tiles for 132 SMs).
+  The last program of each column tile to finish adds the fp32 partials in split order and runs the
+  epilogue, so the result is one launch and the same bits on every call.
 
 Weights arrive as the float parameters (graph inputs under Dynamo). They are quantized lazily, on the first
 call that sees them, into a cache keyed on ``(data_ptr, shape, stride, dtype, device)`` and validated by the
@@ -73,16 +77,24 @@ def _tma_cfg(bm, bn, bk, stages, warps, persistent=True, flatten=True, group=8):
     )
 
 
+def _split_cfg(bn, bk, split, stages, warps):
+    # the decode kernel: all M <= 16 rows in one 16-row tile; SPLIT_K programs share each column tile's K
+    return triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split}, num_stages=stages, num_warps=warps)
+
+
 if registry.interpret_mode():
-    # the interpreter runs configs on the CPU: one small config keeps the tests fast
+    # the interpreter runs configs on the CPU: one small config keeps the tests fast (an uneven K split,
+    # so the cross-program reduction and its ragged last split are exercised)
     _W8A8_CONFIGS = [_cfg(32, 32, 32, 1, 4)]
     _W8A8_TMA_CONFIGS = [_tma_cfg(32, 32, 32, 1, 4)]
     _WONLY_CONFIGS = [_cfg(16, 32, 32, 1, 4)]
+    _DECODE_CONFIGS = [_split_cfg(32, 32, 3, 1, 4)]
 elif not config.autotune_enabled():
     # TRITONFUSE_AUTOTUNE=0 (the GPU test suite): one config each (plus a small-M one), compiles fast
     _W8A8_CONFIGS = [_cfg(128, 128, 128, 3, 8)]
     _W8A8_TMA_CONFIGS = [_tma_cfg(128, 128, 128, 3, 8)]
     _WONLY_CONFIGS = [_cfg(16, 32, 256, 4, 4), _cfg(128, 128, 64, 3, 8)]
+    _DECODE_CONFIGS = [_split_cfg(64, 256, 4, 4, 4)]
 else:
     # int8 tl.dot -> wgmma on Hopper, mma.sync on Ampere; K tiles of 128 bytes per row
     _W8A8_CONFIGS = [
@@ -113,6 +125,18 @@ else:
         _cfg(128, 128, 64, 4, 8),
         _cfg(64, 128, 64, 4, 4),
     ]
+    # decode (M <= 16): the weight is the only real traffic; split K so that enough programs stream it
+    # (a 2048-column layer has 64 column tiles of 32 for 132 SMs)
+    _DECODE_CONFIGS = [
+        _split_cfg(32, 256, 1, 4, 4),
+        _split_cfg(64, 256, 1, 4, 4),
+        _split_cfg(32, 256, 2, 4, 4),
+        _split_cfg(64, 256, 2, 4, 4),
+        _split_cfg(32, 256, 4, 4, 4),
+        _split_cfg(64, 256, 4, 4, 4),
+        _split_cfg(64, 128, 8, 4, 4),
+        _split_cfg(128, 128, 4, 3, 4),
+    ]
 
 
 def _prune_by_m(configs, named_args, **kwargs):
@@ -125,6 +149,17 @@ def _prune_by_m(configs, named_args, **kwargs):
     if mb <= 32:
         return [c for c in small if c.kwargs["BLOCK_M"] <= 32] or small or configs
     return [c for c in small if c.kwargs["BLOCK_M"] >= 64] or small or configs
+
+
+SPLIT_MAX_N = 16384  # from this many output columns on, the column tiles alone fill the GPU: no K split
+
+
+def _prune_decode(configs, named_args, **kwargs):
+    # no K split where the column tiles fill the GPU, and none that leaves a split without K to read
+    N, K = named_args["N"], named_args["K"]
+    keep = [c for c in configs if c.kwargs["SPLIT_K"] == 1 or
+            (N < SPLIT_MAX_N and (c.kwargs["SPLIT_K"] - 1) * c.kwargs["BLOCK_K"] < K)]
+    return keep or [c for c in configs if c.kwargs["SPLIT_K"] == 1] or configs[:1]
 
 
 # --- kernels ------------------------------------------------------------------------------------------
@@ -265,6 +300,74 @@ _w8a8_kernel = triton.autotune(
 _wonly_kernel = triton.autotune(
     configs=_WONLY_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune_by_m}, **_AUTOTUNE_KW
 )(_int8_gemm_kernel)
+
+
+@triton.autotune(configs=_DECODE_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune_decode},
+                 **_AUTOTUNE_KW)
+@triton.heuristics({"EVEN_K": lambda args: args["K"] % (args["BLOCK_K"] * args["SPLIT_K"]) == 0})
+@triton.jit
+def _decode_kernel(
+    x_ptr, w_ptr, ws_ptr, b_ptr, wu_ptr, wus_ptr, bu_ptr, out_ptr, part_ptr, count_ptr,
+    M, N, K, M_BUCKET,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_un, stride_uk, stride_om, stride_on,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    RTNE_BF16: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr,
+):
+    # Weight-only int8 for M <= 16 rows (decode). Program (column tile, split) sums its share of K for all
+    # rows. With SPLIT_K > 1 each program writes its fp32 partial tile to part [SPLIT_K, 16, N] (and the
+    # gate's second one after it), then counts itself in on its column tile's counter; the program that
+    # arrives last adds the partials in split order (the result does not depend on the arrival order),
+    # runs the epilogue and sets the counter back to 0 for the next launch. One launch, no zeroed buffers.
+    BLOCK_M: tl.constexpr = 16
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    k_per = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = split * k_per + tl.arange(0, BLOCK_K)
+    offs_am = tl.where(offs_m < M, offs_m, 0)
+    offs_bn = tl.where(offs_n < N, offs_n, 0)
+    x_ptrs = x_ptr + offs_am[:, None] * stride_xm + offs_k[None, :] * stride_xk
+    w_ptrs = w_ptr + offs_bn[None, :] * stride_wn + offs_k[:, None] * stride_wk
+    u_ptrs = wu_ptr + offs_bn[None, :] * stride_un + offs_k[:, None] * stride_uk
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_u = acc
+    for k in range(0, k_per, BLOCK_K):
+        k_mask = offs_k + k < K  # the last split's ragged end (and splits past K) read zeros
+        a0 = _load_k(x_ptrs, k_mask[None, :], EVEN_K)
+        a, b = _dot_operands(a0, _load_k(w_ptrs, k_mask[:, None], EVEN_K), False, DOT_UPCAST)
+        acc = tl.dot(a, b, acc)
+        if GATED:
+            a, bu = _dot_operands(a0, _load_k(u_ptrs, k_mask[:, None], EVEN_K), False, DOT_UPCAST)
+            acc_u = tl.dot(a, bu, acc_u)
+            u_ptrs += BLOCK_K * stride_uk
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+    if SPLIT_K == 1:
+        _store_tile(acc, acc_u, ws_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, offs_m, offs_n, M, N,
+                    stride_om, stride_on, False, HAS_BIAS, ACT, GATED, RTNE_BF16)
+    else:
+        n_ok = (offs_n < N)[None, :]
+        gate_off = SPLIT_K * BLOCK_M * N
+        tile = (offs_m[:, None] * N + offs_n[None, :])
+        tl.store(part_ptr + split * BLOCK_M * N + tile, acc, mask=n_ok)
+        if GATED:
+            tl.store(part_ptr + gate_off + split * BLOCK_M * N + tile, acc_u, mask=n_ok)
+        tl.debug_barrier()  # every thread's partial is written before the count says so
+        arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel")
+        if arrived == SPLIT_K - 1:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            acc_u = acc
+            for s in tl.static_range(SPLIT_K):
+                # .cg: from L2, where the other programs' partials are, never a stale L1 line
+                acc += tl.load(part_ptr + s * BLOCK_M * N + tile, mask=n_ok, other=0.0, cache_modifier=".cg")
+                if GATED:
+                    acc_u += tl.load(part_ptr + gate_off + s * BLOCK_M * N + tile, mask=n_ok, other=0.0,
+                                     cache_modifier=".cg")
+            _store_tile(acc, acc_u, ws_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, offs_m, offs_n, M, N,
+                        stride_om, stride_on, False, HAS_BIAS, ACT, GATED, RTNE_BF16)
+            tl.atomic_xchg(count_ptr + pid_n, 0)
 
 
 @triton.autotune(configs=_W8A8_TMA_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune_by_m})
@@ -544,7 +647,54 @@ def _weight_only(x, wq, ws, b, act, wuq=None, wus=None, bu=None):
     out = torch.empty((x.shape[0], wq.shape[0]), device=x.device, dtype=x.dtype)
     if out.numel() == 0:
         return out
+    if x.shape[0] <= DECODE_M and x.shape[1] > 0:
+        return _launch_decode(x, wq, ws, b, act, out, wuq, wus, bu)
     return _launch_pointer(_wonly_kernel, x, ws, wq, ws, b, act, out, wuq, wus, bu, w8a8=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _most_splits(N: int, K: int) -> int:
+    return max(c.kwargs["SPLIT_K"] for c in _prune_decode(_DECODE_CONFIGS, {"N": N, "K": K}))
+
+
+_counters: dict = {}
+
+
+def _split_counters(device: torch.device, tiles: int) -> torch.Tensor:
+    """Zeroed int32 counters for the decode kernel's column tiles, one buffer per GPU and stream: each
+    launch leaves them at zero again, and two streams never share one."""
+    cuda = device.type == "cuda"
+    key = (device, torch.cuda.current_stream(device).cuda_stream if cuda else 0)
+    c = _counters.get(key)
+    if c is not None and c.numel() >= tiles:
+        return c
+    c = torch.zeros(max(tiles, 1024), device=device, dtype=torch.int32)
+    if cuda and torch.cuda.is_current_stream_capturing():
+        # first seen inside a CUDA graph capture: the graph zeroes these on each replay; not kept, since
+        # the memory belongs to the graph's pool
+        return c
+    _counters[key] = c
+    return c
+
+
+def _launch_decode(x, wq, ws, b, act, out, wuq, wus, bu):
+    M, K = x.shape
+    N = wq.shape[0]
+    gated = wuq is not None
+    u = wuq if gated else wq
+    # the partial sums' workspace, for the most splits a config may use here, and the counters
+    splits = _most_splits(N, K)
+    part = torch.empty(((2 if gated else 1) * splits * 16 * N if splits > 1 else 1,), device=x.device,
+                       dtype=torch.float32)
+    count = _split_counters(x.device, triton.cdiv(N, 16))
+    registry.launcher(_decode_kernel)[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])](
+        x, wq, ws, b if b is not None else ws, u, wus if gated else ws, bu if (gated and b is not None) else ws,
+        out, part, count, M, N, K, _m_bucket(M),
+        x.stride(0), x.stride(1), wq.stride(0), wq.stride(1), u.stride(0), u.stride(1),
+        out.stride(0), out.stride(1),
+        HAS_BIAS=b is not None, ACT=act, GATED=gated, DOT_UPCAST=dot_upcast(x.dtype), RTNE_BF16=rtne_bf16(out.dtype),
+    )
+    return out
 
 
 def _launch_pointer(kernel, x, xs, wq, ws, b, act, out, wuq, wus, bu, w8a8: bool):

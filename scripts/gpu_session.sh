@@ -68,7 +68,7 @@ case "${1:-tests}" in
       for step in "$@"; do
         case $step in
           zoo) timeout "${ZOO_TIMEOUT:-520}" $pin $PY -m tritonfuse bench --models "$models" --modes \
-                 "${MODES:-eager,inductor,tritonfuse,tritonfuse-int8}" --no-progress --out "$dir/" > "$dir/zoo.txt" 2>&1 ;;
+                 "${MODES:-eager,inductor,tritonfuse,tritonfuse-int8}" ${ZOO_ARGS:-} --no-progress --out "$dir/" > "$dir/zoo.txt" 2>&1 ;;
           # the same models with every tritonfuse op called, none inlined into Inductor's code
           noinline) mkdir -p "$dir/noinline"; TRITONFUSE_INLINE=0 timeout "${NOINLINE_TIMEOUT:-200}" $pin $PY -m \
                       tritonfuse bench --models "$models" --modes tritonfuse --no-progress --out "$dir/noinline/" \

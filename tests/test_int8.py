@@ -125,6 +125,56 @@ def test_decode_uses_weight_only_kernel(device):
     assert not torch.equal(y17, Q._weight_only(x17, wq, ws, None, "relu"))
 
 
+def _decode_case(M, K, N, dtype, gated, has_bias, device, x_transposed=False):
+    x = fresh(K, M, dtype=dtype, device=device).t() if x_transposed else fresh(M, K, dtype=dtype, device=device)
+    w = fresh(N, K, dtype=dtype, device=device, scale=K ** -0.5)
+    b = fresh(N, dtype=dtype, device=device) if has_bias else None
+    wu = fresh(N, K, dtype=dtype, device=device, scale=K ** -0.5) if gated else None
+    bu = fresh(N, dtype=dtype, device=device) if gated and has_bias else None
+    return x, w, b, wu, bu
+
+
+def _decode_check(x, w, b, wu, bu, act, calls=2):
+    """The split-K decode kernel vs the fp64 result of the same int8 weights, the same bits on every call
+    (partials are added in split order, whatever order the programs finish in), and its tile counters
+    back at zero after each launch."""
+    wq, ws = Q.quantize_weight(w)
+    extra = Q.quantize_weight(wu) + (bu,) if wu is not None else ()
+    first = Q._weight_only(x, wq, ws, b, act, *extra)
+    for _ in range(calls - 1):
+        assert torch.equal(Q._weight_only(x, wq, ws, b, act, *extra), first)
+    _check_kernel(first, _quant_ref(x, w, b, act, "int8-weight", wu, bu), x.dtype, "decode kernel")
+    assert all(int(c.abs().sum()) == 0 for c in Q._counters.values())
+    return first
+
+
+@pytest.mark.parametrize("M", [1, 7, 16])
+@pytest.mark.parametrize("K,N", [(320, 130), (96, 33)])  # K not a multiple of the split; ragged N
+@pytest.mark.parametrize("gated,has_bias,act", [(False, True, "gelu"), (True, False, "silu"), (True, True, "gelu")])
+def test_decode_split_k_kernel(M, K, N, gated, has_bias, act, device):
+    dtype = torch.bfloat16 if M == 7 else torch.float16
+    _decode_check(*_decode_case(M, K, N, dtype, gated, has_bias, device, x_transposed=M == 16), act)
+
+
+def test_decode_kernel_serves_small_m_only(device, monkeypatch):
+    calls = []
+    monkeypatch.setattr(Q, "_launch_decode", lambda *a: calls.append(a[0].shape[0]) or a[5])
+    w = fresh(24, 64, dtype=torch.float16, device=device)
+    wq, ws = Q.quantize_weight(w)
+    for m in (1, 16, 17):
+        Q._weight_only(fresh(m, 64, dtype=torch.float16, device=device), wq, ws, None, "none")
+    assert calls == [1, 16]  # 17 rows take the tiled kernel
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("M,K,N,gated", [(16, 4096, 4096, False), (8, 2048, 8192, True), (3, 8192, 2048, False),
+                                         (8, 2048, 16384, False)])
+def test_decode_split_k_kernel_gpu(M, K, N, gated):
+    # many programs per column tile, racing on the GPU: the same bits on every call
+    _decode_check(*_decode_case(M, K, N, torch.bfloat16, gated, True, "cuda"), "silu" if gated else "none",
+                  calls=20)
+
+
 def test_prequant_matches_int8_linear(device):
     x = fresh(40, 64, dtype=torch.bfloat16, device=device)
     w, b = fresh(24, 64, dtype=torch.bfloat16, device=device), fresh(24, dtype=torch.bfloat16, device=device)
