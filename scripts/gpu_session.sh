@@ -92,7 +92,7 @@ case "${1:-tests}" in
                    --train --models "${tm:-${TRAIN_MODELS:-bert-base}}" --modes "${TRAIN_MODES:-eager,inductor,tritonfuse}" \
                    --no-progress --out "$dir/" >> "$dir/train.txt" 2>&1 ;;
           models) timeout "${GPU1_TIMEOUT:-220}" $pin $PY -m tritonfuse bench --models "$GPU1_MODELS" --modes \
-                    "${GPU1_MODES:-eager,inductor,tritonfuse}" --no-progress --out "$dir/" > "$dir/models.txt" 2>&1 ;;
+                    "${GPU1_MODES:-eager,inductor,tritonfuse}" ${GPU1_ARGS:-} --no-progress --out "$dir/" > "$dir/models.txt" 2>&1 ;;
         esac
       done
       find benchmarks/results -name "kernels-*.json" -newer "$out/install.log" -exec cp {} "$dir/" \;  # this GPU's

@@ -931,6 +931,45 @@ def test_a_near_tie_stays_inductors(tmp_path, monkeypatch):
             config.validate()
 
 
+def test_sites_of_a_cuda_graph_run_are_timed_by_gpu_time(tmp_path, monkeypatch):
+    # an op call replayed from a CUDA graph pays no host cost: under mode="reduce-overhead" (or
+    # TRITONFUSE_CUDA_GRAPHS=1, for graphs the caller captures) a site is timed as its kernels alone, kept
+    # apart from the back-to-back timing a graph-less model's site gets
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    from tritonfuse import backend
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(registry, "_choices", None)
+    monkeypatch.setattr(registry, "timing_enabled", lambda device: True)
+    monkeypatch.setattr(backend, "_gpu_timing", lambda: True)
+    # ours: an op call whose host cost loses back to back (3 ms vs 2) and whose kernel wins alone (1 vs 2)
+    # (each measurement times ours first, then cuBLAS's GEMM and Inductor's epilogue: 1 ms each)
+    timed = []
+    monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False: timed.append(graphed) or (
+        (1.0 if graphed else 3.0) if len(timed) % 3 == 1 else 1.0))
+    model = nn.Sequential(nn.Linear(32, 48), nn.GELU())
+    x = fresh(6, 32)
+    with inductor_config.patch(fx_graph_cache=False), functorch_config.patch(enable_autograd_cache=False), \
+            config.patch(measure="1", measure_budget_s="inf", inline="0"):
+        _compile_run(model, x)
+        n = len(timed)
+        assert _counts()["replaced"] == 0 and n >= 3 and not any(timed)
+        assert "measured slower" in tritonfuse.sites()[0].reason
+        for kwargs, env in (({"mode": "reduce-overhead"}, "auto"), ({}, "1")):
+            torch._dynamo.reset()
+            tritonfuse.reset()
+            with config.patch(cuda_graphs=env), torch.no_grad():
+                out = torch.compile(model, backend="tritonfuse", **kwargs)(x)
+            assert _counts()["replaced"] == 1, tritonfuse.report()
+            torch.testing.assert_close(out, model(x), atol=1e-5, rtol=1e-5)
+        assert timed[n:] == [True] * 3  # timed once for graphs: the second compile reads the record
+        assert not registry.runs_in_cuda_graphs()  # the backend's flag ends with its compile
+    with config.patch(cuda_graphs="0"), pytest.raises(config.ConfigError, match="TRITONFUSE_CUDA_GRAPHS"):
+        config.validate()
+
+
 def test_site_measured_in_its_compile_keeps_the_graph_key(tmp_path, monkeypatch):
     # a site measured by the compile that found it is already decided in that graph: the cache key stays, so
     # the next compile (after torch._dynamo.reset(), or in another process) is served from Inductor's cache

@@ -256,6 +256,11 @@ def tritonfuse_backend(gm: torch.fx.GraphModule, example_inputs, mode=None, opti
     user_pass = patches.pop("post_grad_custom_pre_pass", None) if families else None
     passes = (TritonfusePasses(families, _graph_key(gm, example_inputs), example_inputs, user_pass)
               if families else None)
+    with registry.in_cuda_graphs(bool(patches.get("triton.cudagraphs"))):
+        return _compile_with_fallbacks(gm, example_inputs, passes, patches, families, user_pass)
+
+
+def _compile_with_fallbacks(gm, example_inputs, passes, patches, families, user_pass):
     try:
         try:
             compiled = _compile(gm, example_inputs, passes, patches)

@@ -54,6 +54,10 @@ measure_margin: str = "0.03"
 # seconds of per-shape timing (TRITONFUSE_MEASURE) one compiled graph may spend; sites past it stay
 # Inductor's until a later compile measures them ("inf": no limit)
 measure_budget_s: str = "10"
+# "auto" (default): a site called as an op is timed as the model will run it: its kernels alone (replayed
+# CUDA graphs) under torch.compile(mode="reduce-overhead"), calls enqueued back to back (host cost included)
+# otherwise; "1": the compiled model runs inside CUDA graphs the caller captures, so time the kernels alone
+cuda_graphs: str = "auto"
 # threads that compile a kernel's autotune configs side by side before they are timed on the GPU ("auto",
 # the default: up to 8, at most half the CPUs; "1": one after another, as Triton's autotuner does)
 compile_threads: str = "auto"
@@ -73,6 +77,7 @@ _ENV = {
     "measure_margin": "TRITONFUSE_MEASURE_MARGIN",
     "inline": "TRITONFUSE_INLINE",
     "compile_threads": "TRITONFUSE_COMPILE_THREADS",
+    "cuda_graphs": "TRITONFUSE_CUDA_GRAPHS",
 }
 _NOT_IN_KEY = ("compile_threads",)  # settings that change how fast a graph compiles, never what it computes
 
@@ -132,6 +137,8 @@ def validate() -> None:
     for name in ("linear_plain", "autotune", "measure", "fast_launch", "inline"):
         if str(g[name]) not in ("0", "1"):
             _fail(name, g[name], "0, 1")
+    if str(cuda_graphs) not in ("auto", "1"):
+        _fail("cuda_graphs", cuda_graphs, "auto, 1")
     if str(compile_threads) != "auto" and not (str(compile_threads).isdigit() and int(compile_threads) >= 1):
         _fail("compile_threads", compile_threads, "auto or an integer >= 1")
 

@@ -7,6 +7,7 @@ A *site* is one structural match of a family's pattern in a compiled graph. Each
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -467,13 +468,34 @@ def _bench_stream(fn, runs: int = 5) -> float:
     return statistics.median(times)
 
 
+_run = threading.local()
+
+
+@contextlib.contextmanager
+def in_cuda_graphs(on: bool):
+    """While a graph compiled for Inductor's CUDA graphs (``mode="reduce-overhead"``) is compiled: every site
+    is timed as its kernels alone, since a replayed graph pays no op call's host cost."""
+    before = getattr(_run, "graphs", False)
+    _run.graphs = on
+    try:
+        yield
+    finally:
+        _run.graphs = before
+
+
+def runs_in_cuda_graphs() -> bool:
+    """The graph being compiled will run inside CUDA graphs (Inductor's, or the caller's: TRITONFUSE_CUDA_GRAPHS)."""
+    return getattr(_run, "graphs", False) or str(config.cuda_graphs) == "1"
+
+
 def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
                     theirs: list[Callable[[], object]], graphed: bool = False) -> dict:
     """Time ``ours`` against the sum of ``theirs`` (the vendor path it replaces) once per key, GPU and
     versions; the record ``{"ours_ms", "theirs_ms", "use"}`` is kept in ``choices_path()``.
 
     ``graphed``: the site's kernels will be inlined into Inductor's code (``tritonfuse.inline``), so both
-    sides are timed as GPU time alone (replayed CUDA graphs), without the host cost of calling an op.
+    sides are timed as GPU time alone (replayed CUDA graphs), without the host cost of calling an op. A site
+    called as an op in a model that runs inside CUDA graphs (``runs_in_cuda_graphs()``) is timed the same way.
 
     Off the GPU, or with ``TRITONFUSE_MEASURE=0``, nothing is timed and ``use`` is True. Once this graph's
     timing has taken ``TRITONFUSE_MEASURE_BUDGET_S`` seconds, a key not yet measured gets
@@ -486,7 +508,10 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
 
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-    full = _choice_key(key + ("|inline" if graphed else ""), device)
+    suffix = "|inline" if graphed else ""
+    if not graphed and runs_in_cuda_graphs():  # an op call, replayed from a CUDA graph: no host cost either
+        graphed, suffix = True, "|graphs"
+    full = _choice_key(key + suffix, device)
     choices = _load_choices()
     if full in choices and not choices[full].get("pending"):
         rec = _decided(choices[full])
