@@ -668,24 +668,27 @@ def _most_splits(N: int, K: int) -> int:
     return max(c.kwargs["SPLIT_K"] for c in _prune_decode(_DECODE_CONFIGS, {"N": N, "K": K}))
 
 
-_counters: dict = {}
+_buffers: dict = {}  # (device, stream) -> (partials workspace, tile counters)
 
 
-def _split_counters(device: torch.device, tiles: int) -> torch.Tensor:
-    """Zeroed int32 counters for the decode kernel's column tiles, one buffer per GPU and stream: each
-    launch leaves them at zero again, and two streams never share one."""
+def _decode_buffers(device: torch.device, floats: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decode kernel's fp32 partials workspace and its zeroed int32 column-tile counters, kept per GPU
+    and stream: launches on one stream run one after another (each leaves the counters at zero again), and
+    two streams never share them."""
     cuda = device.type == "cuda"
-    key = (device, torch.cuda.current_stream(device).cuda_stream if cuda else 0)
-    c = _counters.get(key)
-    if c is not None and c.numel() >= tiles:
-        return c
-    c = torch.zeros(max(tiles, 1024), device=device, dtype=torch.int32)
+    key = (device, torch._C._cuda_getCurrentRawStream(device.index) if cuda else 0)
+    got = _buffers.get(key)
+    if got is not None and got[0].numel() >= floats and got[1].numel() >= tiles:
+        return got
+    old = got or (torch.empty(0), torch.empty(0))
+    got = (torch.empty(max(floats, old[0].numel()), device=device, dtype=torch.float32),
+           torch.zeros(max(tiles, old[1].numel(), 1024), device=device, dtype=torch.int32))
     if cuda and torch.cuda.is_current_stream_capturing():
-        # first seen inside a CUDA graph capture: the graph zeroes these on each replay; not kept, since
-        # the memory belongs to the graph's pool
-        return c
-    _counters[key] = c
-    return c
+        # first needed inside a CUDA graph capture: the graph zeroes its counters on each replay; not kept,
+        # since the memory belongs to the graph's pool
+        return got
+    _buffers[key] = got
+    return got
 
 
 def _launch_decode(x, wq, ws, b, act, out, wuq, wus, bu):
@@ -695,9 +698,8 @@ def _launch_decode(x, wq, ws, b, act, out, wuq, wus, bu):
     u = wuq if gated else wq
     # the partial sums' workspace, for the most splits a config may use here, and the counters
     splits = _most_splits(N, K)
-    part = torch.empty(((2 if gated else 1) * splits * 16 * N if splits > 1 else 1,), device=x.device,
-                       dtype=torch.float32)
-    count = _split_counters(x.device, triton.cdiv(N, 16))
+    part, count = _decode_buffers(x.device, (2 if gated else 1) * splits * 16 * N if splits > 1 else 1,
+                                  triton.cdiv(N, 16))
     registry.launcher(_decode_kernel)[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])](
         x, wq, ws, b if b is not None else ws, u, wus if gated else ws, bu if (gated and b is not None) else ws,
         out, part, count, M, N, K, _m_bucket(M),

@@ -67,7 +67,7 @@ def main():
     print(s.getvalue()[-3500:])
     # each config alone, from a replayed CUDA graph
     part = torch.empty(2 * 8 * 16 * N, device="cuda", dtype=torch.float32)
-    count = Q._split_counters(x.device, triton.cdiv(N, 16))
+    count = Q._decode_buffers(x.device, 1, triton.cdiv(N, 16))[1]
     for cfg in Q._DECODE_CONFIGS:
         kw = dict(cfg.kwargs)
 
