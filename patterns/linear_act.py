@@ -350,6 +350,15 @@ def _hinted(t: torch.Tensor):
     return None if sizes is None else t.new_empty(sizes)
 
 
+def _pre_used_elsewhere(match: Match) -> bool:
+    """A training form's pre-activation (its second output) is also read outside the match, as the
+    activation's backward reads it. In an inference graph it is not, and the training form would only
+    measure the site again with an extra store."""
+    outs = match.output_nodes()
+    inside = set(match.nodes)
+    return len(outs) > 1 and outs[1] is not None and any(u not in inside for u in outs[1].users)
+
+
 def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: bool = False, conv1d: bool = False):
     act = _kernel_act(act)
     float_kernel = f"{'gated_mlp' if gated else 'linear_act'}[{act}]"
@@ -359,6 +368,8 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: b
         _serve["int8"] = None
         if not _consistent(match):
             return False
+        if store_pre and not _pre_used_elsewhere(match):
+            return False  # an inference graph: the inference pattern has decided this site (and measured it)
         site = _gemm_node(match)
         x = arg_val(match, "x")
         ws = [arg_val(match, n) for n in (("w",) if not gated or fused else ("wg", "wu"))]

@@ -957,7 +957,9 @@ def test_sites_of_a_cuda_graph_run_are_timed_by_gpu_time(tmp_path, monkeypatch):
             config.patch(measure="1", measure_budget_s="inf", inline="0"):
         _compile_run(model, x)
         n = len(timed)
-        assert _counts()["replaced"] == 0 and n >= 3 and not any(timed)
+        # one measurement (ours, cuBLAS's GEMM, the epilogue): the training form, whose pre-activation has no
+        # other reader here, does not measure the site a second time
+        assert _counts()["replaced"] == 0 and n == 3 and not any(timed)
         assert "measured slower" in tritonfuse.sites()[0].reason
         for kwargs, env in (({"mode": "reduce-overhead"}, "auto"), ({}, "1")):
             torch._dynamo.reset()
