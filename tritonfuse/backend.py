@@ -71,8 +71,12 @@ def _source_hash() -> str:
 class TritonfusePasses(CustomGraphPass):
     """The pipeline: each enabled family's patterns, in order, on the post-grad ATen graph."""
 
-    def __init__(self, families: tuple[str, ...], key: str = "", real_inputs=(), user_pass=None):
+    def __init__(self, families: tuple[str, ...], key: str = "", real_inputs=(), user_pass=None,
+                 cuda_graphs: bool = False):
         self.families = families
+        # compiled for Inductor's CUDA graphs: op-call sites are timed as GPU time (the backward graph too,
+        # which AOTAutograd compiles later, at the first backward)
+        self.cuda_graphs = cuda_graphs
         self.user_pass = user_pass  # a post_grad_custom_pre_pass the user gave in options=: runs after ours
         self.real_inputs = list(real_inputs)  # Dynamo's real inputs: the forward graph's placeholders
         self.key = key  # names the site records of this Dynamo graph on disk
@@ -85,7 +89,8 @@ class TritonfusePasses(CustomGraphPass):
         registry.begin_graph()
         registry.set_real_inputs(self.real_inputs if self.runs == 1 else ())
         try:
-            self._apply(graph)
+            with registry.in_cuda_graphs(self.cuda_graphs):
+                self._apply(graph)
         finally:
             registry.set_real_inputs(())
             self._keep(registry.end_graph())
@@ -254,13 +259,9 @@ def tritonfuse_backend(gm: torch.fx.GraphModule, example_inputs, mode=None, opti
     _load_ops()
     families = config.enabled_families()
     user_pass = patches.pop("post_grad_custom_pre_pass", None) if families else None
-    passes = (TritonfusePasses(families, _graph_key(gm, example_inputs), example_inputs, user_pass)
+    graphs = bool(patches.get("triton.cudagraphs"))
+    passes = (TritonfusePasses(families, _graph_key(gm, example_inputs), example_inputs, user_pass, graphs)
               if families else None)
-    with registry.in_cuda_graphs(bool(patches.get("triton.cudagraphs"))):
-        return _compile_with_fallbacks(gm, example_inputs, passes, patches, families, user_pass)
-
-
-def _compile_with_fallbacks(gm, example_inputs, passes, patches, families, user_pass):
     try:
         try:
             compiled = _compile(gm, example_inputs, passes, patches)
@@ -272,7 +273,7 @@ def _compile_with_fallbacks(gm, example_inputs, passes, patches, families, user_
                        f"{str(e).splitlines()[0] if str(e) else ''}); retrying with TRITONFUSE_INLINE=0")
             registry.note_error(f"inlining failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             registry.forget(passes.done)
-            passes = TritonfusePasses(families, passes.key, example_inputs, user_pass)
+            passes = TritonfusePasses(families, passes.key, example_inputs, user_pass, graphs)
             with config.patch(inline="0"):
                 compiled = _compile(gm, example_inputs, passes, patches)
     except Exception as e:
