@@ -669,6 +669,9 @@ def _most_splits(N: int, K: int) -> int:
 
 
 _buffers: dict = {}  # (device, stream) -> (partials workspace, tile counters)
+# buffers outgrown by a larger layer: a CUDA graph captured with them may still replay them, so they are
+# never freed (a few, of at most a few MB each)
+_retired: list = []
 
 
 def _decode_buffers(device: torch.device, floats: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -687,6 +690,8 @@ def _decode_buffers(device: torch.device, floats: int, tiles: int) -> tuple[torc
         # first needed inside a CUDA graph capture: the graph zeroes its counters on each replay; not kept,
         # since the memory belongs to the graph's pool
         return got
+    if key in _buffers:
+        _retired.append(_buffers[key])
     _buffers[key] = got
     return got
 

@@ -156,6 +156,17 @@ def test_decode_split_k_kernel(M, K, N, gated, has_bias, act, device):
     _decode_check(*_decode_case(M, K, N, dtype, gated, has_bias, device, x_transposed=M == 16), act)
 
 
+def test_decode_buffers_grow_without_freeing_the_old_ones(device):
+    # a CUDA graph captured with the old workspace may still replay it: outgrown buffers stay alive
+    first = Q._decode_buffers(torch.device(device), 64, 8)
+    again = Q._decode_buffers(torch.device(device), 32, 4)
+    assert again[0] is first[0] and again[1] is first[1]  # big enough: the same buffers
+    grown = Q._decode_buffers(torch.device(device), first[0].numel() + 1, first[1].numel() + 1)
+    assert grown[0].numel() > first[0].numel() and grown[1].numel() > first[1].numel()
+    assert any(old[0] is first[0] for old in Q._retired)
+    assert int(grown[1].abs().sum()) == 0
+
+
 def test_decode_kernel_serves_small_m_only(device, monkeypatch):
     calls = []
     monkeypatch.setattr(Q, "_launch_decode", lambda *a: calls.append(a[0].shape[0]) or a[5])
