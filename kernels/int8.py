@@ -160,7 +160,7 @@ def _prune_decode(configs, named_args, **kwargs):
     N, K = named_args["N"], named_args["K"]
     keep = [c for c in configs if c.kwargs["SPLIT_K"] == 1 or
             (N < SPLIT_MAX_N and (c.kwargs["SPLIT_K"] - 1) * c.kwargs["BLOCK_K"] < K)]
-    return keep or [c for c in configs if c.kwargs["SPLIT_K"] == 1] or configs[:1]
+    return keep or configs[:1]  # (keep is empty only where no config is unsplit)
 
 
 # --- kernels ------------------------------------------------------------------------------------------
@@ -251,6 +251,19 @@ def _load_k(ptrs, mask, EVEN_K: tl.constexpr):
         return tl.load(ptrs, mask=mask, other=0)
 
 
+@triton.jit
+def _k_step(acc, acc_u, x_ptrs, w_ptrs, u_ptrs, k_mask, W8A8: tl.constexpr, DOT_UPCAST: tl.constexpr,
+            GATED: tl.constexpr, EVEN_K: tl.constexpr):
+    # one BLOCK_K step of the pointer kernels: x's tile read once, multiplied by w's (and the gate's u's)
+    a0 = _load_k(x_ptrs, k_mask[None, :], EVEN_K)
+    a, b = _dot_operands(a0, _load_k(w_ptrs, k_mask[:, None], EVEN_K), W8A8, DOT_UPCAST)
+    acc = tl.dot(a, b, acc, out_dtype=acc.dtype)  # int32 for int8 operands (triton < 3.8 asks)
+    if GATED:
+        a, bu = _dot_operands(a0, _load_k(u_ptrs, k_mask[:, None], EVEN_K), W8A8, DOT_UPCAST)
+        acc_u = tl.dot(a, bu, acc_u, out_dtype=acc_u.dtype)
+    return acc, acc_u
+
+
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 @triton.jit
 def _int8_gemm_kernel(
@@ -279,13 +292,9 @@ def _int8_gemm_kernel(
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_u = acc
     for k in range(0, tl.cdiv(K, BLOCK_K)):
-        k_mask = offs_k < K - k * BLOCK_K
-        a0 = _load_k(x_ptrs, k_mask[None, :], EVEN_K)
-        a, b = _dot_operands(a0, _load_k(w_ptrs, k_mask[:, None], EVEN_K), W8A8, DOT_UPCAST)
-        acc = tl.dot(a, b, acc, out_dtype=acc.dtype)  # int32 for int8 operands (triton < 3.8 asks)
+        acc, acc_u = _k_step(acc, acc_u, x_ptrs, w_ptrs, u_ptrs, offs_k < K - k * BLOCK_K, W8A8, DOT_UPCAST,
+                             GATED, EVEN_K)
         if GATED:
-            a, bu = _dot_operands(a0, _load_k(u_ptrs, k_mask[:, None], EVEN_K), W8A8, DOT_UPCAST)
-            acc_u = tl.dot(a, bu, acc_u, out_dtype=acc_u.dtype)
             u_ptrs += BLOCK_K * stride_uk
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
@@ -345,13 +354,9 @@ def _decode_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_u = acc
     for k in range(0, k_per, BLOCK_K):
-        k_mask = offs_k + k < K  # the last split's ragged end (and splits past K) read zeros
-        a0 = _load_k(x_ptrs, k_mask[None, :], EVEN_K)
-        a, b = _dot_operands(a0, _load_k(w_ptrs, k_mask[:, None], EVEN_K), False, DOT_UPCAST)
-        acc = tl.dot(a, b, acc)
+        # the mask: the last split's ragged end (and splits past K) read zeros
+        acc, acc_u = _k_step(acc, acc_u, x_ptrs, w_ptrs, u_ptrs, offs_k + k < K, False, DOT_UPCAST, GATED, EVEN_K)
         if GATED:
-            a, bu = _dot_operands(a0, _load_k(u_ptrs, k_mask[:, None], EVEN_K), False, DOT_UPCAST)
-            acc_u = tl.dot(a, bu, acc_u)
             u_ptrs += BLOCK_K * stride_uk
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
