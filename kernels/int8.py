@@ -684,6 +684,8 @@ def _decode_buffers(device: torch.device, floats: int, tiles: int) -> tuple[torc
     and stream: launches on one stream run one after another (each leaves the counters at zero again), and
     two streams never share them."""
     cuda = device.type == "cuda"
+    if cuda and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     key = (device, torch._C._cuda_getCurrentRawStream(device.index) if cuda else 0)
     got = _buffers.get(key)
     if got is not None and got[0].numel() >= floats and got[1].numel() >= tiles:
