@@ -7,13 +7,22 @@ written once):
   h, y: (4MN + N) e.
 - ``layer_norm_bwd``: ``dh, dw, db`` of LayerNorm from dy, h, mean, rstd (Inductor: the compiled
   ``native_layer_norm_backward``, what a training graph runs); reads dy, h, writes dh: 3MN e + 8M.
+- ``rms_norm_bwd``: ``dh, dw`` of the pre-norm RMSNorm from dy, dsum (the gradient reaching the sum h from
+  the next residual), h, rstd (Inductor: the compiled gradient formula, the ops AOTAutograd's backward of
+  ``F.rms_norm`` decomposes to); reads dy, dsum, h, writes dh: 4MN e + 4M.
 - ``copy``: ``dst.copy_(src)`` of 2MN elements, 4MN e moved: the bandwidth ceiling.
+
+Timing: every provider is captured in a CUDA graph and replayed (``triton.testing.do_bench_cudagraph``,
+median), so a row is GPU time alone. Inside a compiled model the tritonfuse kernels are inlined into
+Inductor's code and launched like its own; timed as Python op calls, rows of a few tens of microseconds
+measured the host instead (``--timer plain`` keeps that way: ``do_bench``, L2 flushed before each call).
 
 Every timed output is checked against an fp64 reference on its first rows (error <= 2x eager's + atol), and
 the tritonfuse backend's match counts are asserted on the benchmarked functions and on tiny BERT/Llama/ViT
 graphs on the GPU (the CUDA ATen graph is not the CPU one).
 
 Run: ``python benchmarks/bench_norm_residual.py [--rows 32768] [--hidden 768,1024,2048,4096,8192]``
+(``--bwd-hidden`` picks the backward's hidden sizes, default the same list)
 (``--budget S`` stops timing new cases after S seconds; rows done so far are kept).
 """
 
@@ -68,6 +77,23 @@ def ours_ln_bwd(dy, h, mean, rstd, w, b):
     return torch.ops.tritonfuse.norm_residual_backward(dy, None, h, w, mean.view(-1), rstd.view(-1), "layer", True)
 
 
+def rms_bwd(dy, ds, h, rstd, w):
+    # the gradient of y = F.rms_norm(h) * w (+ ds reaching h from the next residual), as the backward
+    # graph computes it from the saved h and rstd
+    # (computed in fp32, or in fp64 for the reference)
+    acc = torch.promote_types(h.dtype, torch.float32)
+    hf, rs = h.to(acc), rstd.view(-1, 1).to(acc)
+    xhat = hf * rs
+    g = dy.to(acc) * w.to(acc)
+    dh = (g - xhat * (g * xhat).mean(-1, keepdim=True)) * rs + ds.to(acc)
+    return dh.to(h.dtype), (dy.to(acc) * xhat).sum(0)
+
+
+def ours_rms_bwd(dy, ds, h, rstd, w):
+    rstd = rstd.view(-1)
+    return torch.ops.tritonfuse.norm_residual_backward(dy, ds, h, w, rstd, rstd, "rms", False)[:2]
+
+
 def _err(out, ref):
     return (out[:CHECK_ROWS].double() - ref[:CHECK_ROWS]).abs().max().item()
 
@@ -80,6 +106,9 @@ def _check(name, outs, eager, refs, atol, failures):
             print("FAILED", failures[-1], flush=True)
 
 
+TIMER = "graph"
+
+
 def _bench(fn, warmup, rep):
     if not torch.cuda.is_available():  # smoke run on the CPU (TRITON_INTERPRET=1): correctness only
         t = time.perf_counter()
@@ -87,6 +116,10 @@ def _bench(fn, warmup, rep):
         return (time.perf_counter() - t) * 1e3
     import triton
 
+    if TIMER == "graph":
+        fn()  # compiled and autotuned outside the capture
+        torch.cuda.synchronize()
+        return triton.testing.do_bench_cudagraph(fn, rep=rep, return_mode="median")
     return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
 
 
@@ -94,6 +127,9 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rows", type=int, default=32768)
     p.add_argument("--hidden", default="768,1024,2048,4096,8192")
+    p.add_argument("--bwd-hidden", default=None, help="hidden sizes of the backward rows (default --hidden)")
+    p.add_argument("--timer", choices=("graph", "plain"), default="graph",
+                   help="graph: CUDA-graph replays (GPU time); plain: do_bench of Python calls")
     p.add_argument("--dtypes", default="float16,bfloat16")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--rep", type=int, default=50)
@@ -101,6 +137,8 @@ def main() -> None:
     p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/kernels-<gpu>.json)")
     p.add_argument("--no-models", action="store_true")
     args = p.parse_args()
+    global TIMER
+    TIMER = args.timer
     start = time.time()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     m = args.rows
@@ -173,31 +211,15 @@ def main() -> None:
                 if kernels != [want]:
                     failures.append(f"backend on {fn.__name__}: {[(s.kernel, s.reason) for s in tritonfuse.sites()]}")
 
-    # LayerNorm backward vs Inductor's (fp16)
-    for n in (1024, 4096):
-        if time.time() - start > args.budget:
-            print(f"budget reached: skipping layer_norm_bwd {n}")
-            continue
-        dtype = torch.float16
-        g = torch.Generator(device=dev).manual_seed(7 + n)
-        h = torch.randn(m, n, device=dev, dtype=dtype, generator=g)
-        dy = torch.randn(m, n, device=dev, dtype=dtype, generator=g)
-        w = torch.randn(n, device=dev, dtype=dtype, generator=g)
-        b = torch.randn(n, device=dev, dtype=dtype, generator=g)
-        _, mean, rstd = torch.native_layer_norm(h, (n,), w, b, EPS)
-        bwd_c = torch.compile(ln_bwd)
-        ours, ind, eag = ours_ln_bwd(dy, h, mean, rstd, w, b), bwd_c(dy, h, mean, rstd, w, b), ln_bwd(dy, h, mean, rstd, w, b)
-        ref = ln_bwd(dy.double(), h.double(), mean.double(), rstd.double(), w.double(), b.double())
-        for what, o, e_, r_ in zip(("dh", "dw", "db"), ours, eag, ref):
-            err = (o.double() - r_).abs().max().item()
-            eerr = (e_.double() - r_).abs().max().item()
-            scale = r_.abs().max().item()
-            if not err <= 2 * eerr + 2e-3 * max(1.0, scale):
-                failures.append(f"layer_norm_bwd {n} {what}: {err:.3g} vs eager {eerr:.3g}")
-        nbytes = 3 * m * n * 2 + 8 * m + 4 * n * 2
-        for prov, fn in (("eager", ln_bwd), ("inductor", bwd_c), ("tritonfuse", ours_ln_bwd)):
-            record("layer_norm_bwd", n, dtype, prov, _bench(lambda: fn(dy, h, mean, rstd, w, b), args.warmup, args.rep), nbytes)
-        flush()
+    # LayerNorm and RMSNorm backward vs Inductor's
+    bwd_hiddens = [int(h) for h in (args.bwd_hidden or args.hidden).split(",")]
+    for dtype in dtypes:
+        for n in bwd_hiddens:
+            if time.time() - start > args.budget:
+                print(f"budget reached: skipping the backward at {dtype} {n}")
+                continue
+            _backward_rows(dev, m, n, dtype, args, record, failures)
+            flush()
 
     # match counts on tiny real models, on the GPU graph
     if not args.no_models and time.time() - start < args.budget - 25:
@@ -206,6 +228,47 @@ def main() -> None:
     print(f"done in {time.time() - start:.0f}s")
     if failures:
         raise AssertionError("; ".join(failures))
+
+
+def _bwd_check(name, outs, eager, refs, failures):
+    for what, o, e_, r_ in zip(("dh", "dw", "db"), outs, eager, refs):
+        err = (o.double() - r_).abs().max().item()
+        eerr = (e_.double() - r_).abs().max().item()
+        scale = r_.abs().max().item()
+        if not err <= 2 * eerr + 2e-3 * max(1.0, scale):
+            failures.append(f"{name} {what}: {err:.3g} vs eager {eerr:.3g}")
+            print("FAILED", failures[-1], flush=True)
+
+
+def _backward_rows(dev, m, n, dtype, args, record, failures):
+    e = torch.empty((), dtype=dtype).element_size()
+    g = torch.Generator(device=dev).manual_seed(7 + n)
+    h = torch.randn(m, n, device=dev, dtype=dtype, generator=g)
+    dy = torch.randn(m, n, device=dev, dtype=dtype, generator=g)
+    ds = torch.randn(m, n, device=dev, dtype=dtype, generator=g)
+    w = torch.randn(n, device=dev, dtype=dtype, generator=g)
+    b = torch.randn(n, device=dev, dtype=dtype, generator=g)
+    torch._dynamo.reset()
+    # LayerNorm: mean and rstd as the forward saves them
+    _, mean, rstd = torch.native_layer_norm(h, (n,), w, b, EPS)
+    bwd_c = torch.compile(ln_bwd)
+    eag = ln_bwd(dy, h, mean, rstd, w, b)
+    ref = ln_bwd(dy.double(), h.double(), mean.double(), rstd.double(), w.double(), b.double())
+    for prov_out in (ours_ln_bwd(dy, h, mean, rstd, w, b), bwd_c(dy, h, mean, rstd, w, b)):
+        _bwd_check(f"layer_norm_bwd {n} {dtype}", prov_out, eag, ref, failures)
+    nbytes = 3 * m * n * e + 8 * m + 4 * n * e
+    for prov, fn in (("eager", ln_bwd), ("inductor", bwd_c), ("tritonfuse", ours_ln_bwd)):
+        record("layer_norm_bwd", n, dtype, prov, _bench(lambda: fn(dy, h, mean, rstd, w, b), args.warmup, args.rep), nbytes)
+    # RMSNorm (pre-norm): rstd in fp32 from the fp32 upcast h, as the forward computes it
+    rstd = torch.rsqrt(h.float().pow(2).mean(-1) + EPS)
+    rms_c = torch.compile(rms_bwd)
+    eag = rms_bwd(dy, ds, h, rstd, w)
+    ref = rms_bwd(dy.double(), ds.double(), h.double(), rstd.double(), w.double())
+    for prov_out in (ours_rms_bwd(dy, ds, h, rstd, w), rms_c(dy, ds, h, rstd, w)):
+        _bwd_check(f"rms_norm_bwd {n} {dtype}", prov_out, eag, ref, failures)
+    nbytes = 4 * m * n * e + 4 * m + 2 * n * e
+    for prov, fn in (("eager", rms_bwd), ("inductor", rms_c), ("tritonfuse", ours_rms_bwd)):
+        record("rms_norm_bwd", n, dtype, prov, _bench(lambda: fn(dy, ds, h, rstd, w), args.warmup, args.rep), nbytes)
 
 
 def _model_counts(dev) -> list[str]:

@@ -42,6 +42,15 @@ def _settings(n: int, elem_size: int) -> dict:
     return {"BLOCK_M": 1, "BLOCK_N": 4096, "SINGLE": False, "num_warps": 8}
 
 
+
+def _bwd_settings(n: int, elem_size: int) -> dict:
+    """Backward: rows handled together (BLOCK_M), programs per SM and warps, from the row length."""
+    block_n = triton.next_power_of_2(max(n, 16))
+    # each program walks its rows one after the other: short rows need more programs in flight
+    # (H100, commit d7196c7: 4 per SM gave 2.2 TB/s at N=4096 but 0.65 TB/s at N=1024)
+    return {"BLOCK_M": 1, "per_sm": min(16, max(4, 16384 // block_n)),
+            "num_warps": min(16, max(4, block_n // 256))}
+
 # --- jit helpers --------------------------------------------------------------------------------------
 
 
@@ -183,10 +192,11 @@ def _norm_bwd_kernel(
     M, N, ROWS_PER_PROG,
     stride_dym, stride_dsm, stride_hm, stride_dhm,
     HAS_DS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, IS_RMS: tl.constexpr,
-    RTNE_BF16: tl.constexpr, BLOCK_N: tl.constexpr,
+    RTNE_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    # one program walks ROWS_PER_PROG rows (N fits BLOCK_N), accumulating its share of dweight/dbias
-    # in fp32; a second small reduction sums the [programs, N] partials
+    # one program walks ROWS_PER_PROG rows (a multiple of BLOCK_M; N fits BLOCK_N), BLOCK_M rows at a
+    # time, accumulating its share of dweight/dbias in fp32; a second small reduction sums the
+    # [programs, N] partials
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_N)
     col_mask = cols < N
@@ -195,35 +205,37 @@ def _norm_bwd_kernel(
     dw = tl.zeros((BLOCK_N,), dtype=tl.float32)
     db = tl.zeros((BLOCK_N,), dtype=tl.float32)
     row_start = pid * ROWS_PER_PROG
-    for i in range(0, ROWS_PER_PROG):
-        row = row_start + i
-        if row < M:
-            row64 = row.to(tl.int64)
-            h = tl.load(h_ptr + row64 * stride_hm + cols, mask=col_mask, other=0.0).to(tl.float32)
-            dy = tl.load(dy_ptr + row64 * stride_dym + cols, mask=col_mask, other=0.0).to(tl.float32)
-            rstd = tl.load(rstd_ptr + row)
-            if IS_RMS:
-                xhat = h * rstd
-            else:
-                xhat = tl.where(col_mask, (h - tl.load(mean_ptr + row)) * rstd, 0.0)
-            if HAS_W:
-                g = dy * w
-                dw += dy * xhat
-            else:
-                g = dy
-            if HAS_B:
-                db += dy
-            # dh = rstd * (g - xhat * mean(g * xhat) [- mean(g)])
-            c1 = tl.sum(g * xhat, axis=0) / N
-            if IS_RMS:
-                dh = (g - xhat * c1) * rstd
-            else:
-                c2 = tl.sum(g, axis=0) / N
-                dh = (g - xhat * c1 - c2) * rstd
-            if HAS_DS:
-                dh += tl.load(ds_ptr + row64 * stride_dsm + cols, mask=col_mask, other=0.0).to(tl.float32)
-            tl.store(dh_ptr + row64 * stride_dhm + cols, cast_out(dh, dh_ptr.dtype.element_ty, RTNE_BF16),
-                     mask=col_mask)
+    for i in range(0, ROWS_PER_PROG, BLOCK_M):
+        rows = row_start + i + tl.arange(0, BLOCK_M)
+        row_mask = rows < M
+        rows64 = tl.where(row_mask, rows, 0).to(tl.int64)
+        mask = row_mask[:, None] & col_mask[None, :]
+        h = tl.load(h_ptr + rows64[:, None] * stride_hm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + rows64[:, None] * stride_dym + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(rstd_ptr + rows64, mask=row_mask, other=0.0)
+        if IS_RMS:
+            xhat = h * rstd[:, None]
+        else:
+            mean = tl.load(mean_ptr + rows64, mask=row_mask, other=0.0)
+            xhat = tl.where(mask, (h - mean[:, None]) * rstd[:, None], 0.0)
+        if HAS_W:
+            g = dy * w[None, :]
+            dw += tl.sum(dy * xhat, axis=0)
+        else:
+            g = dy
+        if HAS_B:
+            db += tl.sum(dy, axis=0)
+        # dh = rstd * (g - xhat * mean(g * xhat) [- mean(g)])
+        c1 = tl.sum(g * xhat, axis=1) / N
+        if IS_RMS:
+            dh = (g - xhat * c1[:, None]) * rstd[:, None]
+        else:
+            c2 = tl.sum(g, axis=1) / N
+            dh = (g - xhat * c1[:, None] - c2[:, None]) * rstd[:, None]
+        if HAS_DS:
+            dh += tl.load(ds_ptr + rows64[:, None] * stride_dsm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        tl.store(dh_ptr + rows64[:, None] * stride_dhm + cols[None, :], cast_out(dh, dh_ptr.dtype.element_ty, RTNE_BF16),
+                 mask=mask)
     if HAS_W:
         tl.store(dw_part_ptr + pid * N + cols, dw, mask=col_mask)
     if HAS_B:
@@ -409,15 +421,14 @@ def norm_residual_backward(
         raise ValueError(f"the backward needs rows that fit one block (hidden size {n} is too long)")
     dh = torch.empty((m, n), device=h.device, dtype=h.dtype)
     f32 = dict(dtype=torch.float32, device=h.device)
+    bcfg = _bwd_settings(n, h.element_size())
+    block_m = bcfg["BLOCK_M"]
     if h.device.type == "cuda":
-        # each program walks its rows one after the other: short rows need more programs in flight
-        # (H100, commit d7196c7: 4 per SM gave 2.2 TB/s at N=4096 but 0.65 TB/s at N=1024)
-        per_sm = min(16, max(4, 16384 // cfg["BLOCK_N"]))
-        progs = per_sm * torch.cuda.get_device_properties(h.device).multi_processor_count
+        progs = bcfg["per_sm"] * torch.cuda.get_device_properties(h.device).multi_processor_count
     else:
         progs = 4
-    progs = max(1, min(progs, m))
-    rows_per_prog = triton.cdiv(m, progs) if m else 1
+    progs = max(1, min(progs, triton.cdiv(m, block_m)))
+    rows_per_prog = triton.cdiv(triton.cdiv(m, progs), block_m) * block_m if m else block_m
     progs = triton.cdiv(m, rows_per_prog) if m else 1
     # every program stores its whole partial row: no memset needed
     dw_part = torch.empty((progs, n) if weight is not None else (0,), **f32)
@@ -429,7 +440,7 @@ def norm_residual_backward(
             m, n, rows_per_prog,
             dy2.stride(0), ds2.stride(0), h2.stride(0), dh.stride(0),
             HAS_DS=dsum is not None, HAS_W=weight is not None, HAS_B=has_bias, IS_RMS=kind == "rms",
-            RTNE_BF16=rtne_bf16(h.dtype), BLOCK_N=cfg["BLOCK_N"], num_warps=min(16, max(4, cfg["BLOCK_N"] // 256)),
+            RTNE_BF16=rtne_bf16(h.dtype), BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"], num_warps=bcfg["num_warps"],
         )
     dw = dw_part.sum(0) if weight is not None else dw_part
     db = db_part.sum(0) if has_bias else db_part

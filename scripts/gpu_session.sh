@@ -12,7 +12,8 @@
 #                                       # one GPU so neither side's compiles disturb the other's timings:
 #                                       # each GPU runs the steps GPU0_STEPS / GPU1_STEPS name, in order
 #                                       # (default: zoo / linear attention tests train; also noinline,
-#                                       # profile, compile, compile_profile, models, train:MODEL, launch, int8: see run_steps)
+#                                       # profile, compile, compile_profile, models, train:MODEL, launch, int8, norm,
+#                                       # norm_sweep, probe2: see run_steps)
 # Write everything to files under $OUT: a pipe into tail or grep shows nothing when the call's time runs out.
 # Set TRITONFUSE_COMMIT=<sha> where the tree has no .git (the device copy), so results name their commit.
 set -u
@@ -82,6 +83,11 @@ case "${1:-tests}" in
           launch) timeout 150 $pin $PY benchmarks/bench_launch.py --out "$dir/kernels-launch.json" > "$dir/launch.txt" 2>&1 ;;
           int8) timeout "${INT8_TIMEOUT:-240}" $pin $PY benchmarks/bench_int8.py ${INT8_ARGS:-} \
                   --out "$dir/kernels-int8.json" > "$dir/int8.txt" 2>&1 ;;
+          norm) timeout "${NORM_TIMEOUT:-300}" $pin $PY benchmarks/bench_norm_residual.py ${NORM_ARGS:-} \
+                  --out "$dir/kernels-norm.json" > "$dir/norm.txt" 2>&1 ;;
+          norm_sweep) timeout "${SWEEP_TIMEOUT:-240}" $pin $PY scripts/norm_sweep.py ${SWEEP_ARGS:-} \
+                        > "$dir/norm_sweep.jsonl" 2> "$dir/norm_sweep.err" ;;
+          probe2) timeout 120 $pin $PY scripts/decode_probe2.py > "$dir/probe2.txt" 2>&1 ;;
           linear) timeout 150 $pin $PY benchmarks/bench_linear_act.py --quick > "$dir/linear.txt" 2>&1 ;;
           attention) timeout 120 $pin $PY benchmarks/bench_attention.py --budget 60 > "$dir/attention.txt" 2>&1 ;;
           # SIGINT: pytest still prints its failures when the time runs out
