@@ -57,6 +57,7 @@ def timed_with(attr, cfg, label, fn, nbytes, **kw):
 
 
 def backward(m, n, dtype, blocks, per_sms, warps):
+    torch._dynamo.reset()  # a static-shape Inductor kernel per size (a recompile would go dynamic)
     e = torch.empty((), dtype=dtype).element_size()
     h, dy, ds = (torch.randn(m, n, device="cuda", dtype=dtype) for _ in range(3))
     w, b = torch.randn(n, device="cuda", dtype=dtype), torch.randn(n, device="cuda", dtype=dtype)
@@ -80,6 +81,7 @@ def backward(m, n, dtype, blocks, per_sms, warps):
 
 
 def forward(m, n, dtype, blocks, warps):
+    torch._dynamo.reset()
     e = torch.empty((), dtype=dtype).element_size()
     x, r = (torch.randn(m, n, device="cuda", dtype=dtype) for _ in range(2))
     w, b = torch.randn(n, device="cuda", dtype=dtype), torch.randn(n, device="cuda", dtype=dtype)
@@ -104,17 +106,23 @@ def main():
     p.add_argument("--rows", type=int, default=32768)
     p.add_argument("--hidden", default="768,1024,2048")
     p.add_argument("--fwd-hidden", default="768,1024")
-    p.add_argument("--dtype", default="float16")
+    p.add_argument("--dtypes", default="float16")
+    p.add_argument("--blocks", default="1,2,4", help="backward rows per step")
+    p.add_argument("--per-sm", default="4,8,16", help="backward programs per SM")
+    p.add_argument("--warps", default="2,4,8,16", help="backward warps")
+    p.add_argument("--fwd-blocks", default="1,2,4")
+    p.add_argument("--fwd-warps", default="2,4,8")
     args = p.parse_args()
     t0 = time.time()
-    dtype = getattr(torch, args.dtype)
+    ints = lambda v: [int(i) for i in v.split(",") if i]  # noqa: E731
     emit(meta=True, torch=torch.__version__, triton=triton.__version__, gpu=torch.cuda.get_device_name(),
          commit=os.environ.get("TRITONFUSE_COMMIT", ""))
     with torch.no_grad():
-        for n in (int(v) for v in args.hidden.split(",")):
-            backward(args.rows, n, dtype, blocks=(1, 2, 4), per_sms=(4, 8, 16), warps=(2, 4, 8, 16))
-        for n in (int(v) for v in args.fwd_hidden.split(",") if v):
-            forward(args.rows, n, dtype, blocks=(1, 2, 4), warps=(2, 4, 8))
+        for dtype in (getattr(torch, d) for d in args.dtypes.split(",")):
+            for n in ints(args.hidden):
+                backward(args.rows, n, dtype, ints(args.blocks), ints(args.per_sm), ints(args.warps))
+            for n in ints(args.fwd_hidden):
+                forward(args.rows, n, dtype, ints(args.fwd_blocks), ints(args.fwd_warps))
     emit(done_s=round(time.time() - t0))
 
 
