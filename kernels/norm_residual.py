@@ -36,20 +36,38 @@ def _settings(n: int, elem_size: int) -> dict:
     max_single = 16384 if elem_size <= 2 else 8192
     if block_n <= max_single:
         # one row per program: on the H100 (bench_norm_residual, commit d7196c7) two or four rows per
-        # program ran at 0.5-2 TB/s where one row with 8 or 16 warps reached 3.0 TB/s
-        warps = 4 if block_n <= 1024 else (8 if block_n <= 4096 else 16)
+        # program ran at 0.5-2 TB/s where one row with 8 or 16 warps reached 3.0 TB/s; rows of 768 or less
+        # (a quarter of the 1024 block masked) run best on 2 warps (H200, scripts/norm_sweep.py at cfe76ca:
+        # 32768x768 LayerNorm 0.0372 ms against 0.0413 on 4 warps, Inductor 0.0371)
+        warps = (2 if n <= 768 else 4) if block_n <= 1024 else (8 if block_n <= 4096 else 16)
         return {"BLOCK_M": 1, "BLOCK_N": block_n, "SINGLE": True, "num_warps": warps}
     return {"BLOCK_M": 1, "BLOCK_N": 4096, "SINGLE": False, "num_warps": 8}
 
 
 
-def _bwd_settings(n: int, elem_size: int) -> dict:
-    """Backward: rows handled together (BLOCK_M), programs per SM and warps, from the row length."""
+def _bwd_settings(n: int, elem_size: int, is_rms: bool) -> dict:
+    """Backward: rows handled together (BLOCK_M), programs per SM and warps, from the row length.
+
+    From ``scripts/norm_sweep.py`` on the H200 (32768 rows, fp16, commit cfe76ca; Inductor's backward of the
+    same computation in brackets, ms): hidden 768 LayerNorm 0.073 (0.075), RMSNorm 0.063 (0.071); 1024
+    0.080 (0.084), 0.078 (0.083); 2048 0.136 (0.166), 0.141 (0.157); 4096 0.276 (0.294), 0.276 (0.309);
+    8192 0.586 (0.630), 0.541 (0.646). One row per step with one program per SM-quarter, the old setting,
+    lost to Inductor at 768, 1024, 4096 (RMSNorm) and 8192: a step's two row reductions wait on each other,
+    so more rows a step keep more loads in flight. Below 768 and at 16384 the settings are extrapolated.
+    """
     block_n = triton.next_power_of_2(max(n, 16))
-    # each program walks its rows one after the other: short rows need more programs in flight
-    # (H100, commit d7196c7: 4 per SM gave 2.2 TB/s at N=4096 but 0.65 TB/s at N=1024)
-    return {"BLOCK_M": 1, "per_sm": min(16, max(4, 16384 // block_n)),
-            "num_warps": min(16, max(4, block_n // 256))}
+    if block_n <= 1024:
+        # several rows a step; LayerNorm's extra reduction wants more warps
+        rows = (4096 if not is_rms else 2048) // block_n
+        return {"BLOCK_M": min(rows, 16), "per_sm": 8, "num_warps": 2 if is_rms else 4}
+    if block_n == 2048:
+        return {"BLOCK_M": 4, "per_sm": 2, "num_warps": 4}
+    if block_n == 4096:
+        return {"BLOCK_M": 4, "per_sm": 2, "num_warps": 16}
+    if block_n == 8192:
+        return {"BLOCK_M": 2, "per_sm": 4, "num_warps": 16}
+    return {"BLOCK_M": 1, "per_sm": 2, "num_warps": 16}
+
 
 # --- jit helpers --------------------------------------------------------------------------------------
 
@@ -421,7 +439,7 @@ def norm_residual_backward(
         raise ValueError(f"the backward needs rows that fit one block (hidden size {n} is too long)")
     dh = torch.empty((m, n), device=h.device, dtype=h.dtype)
     f32 = dict(dtype=torch.float32, device=h.device)
-    bcfg = _bwd_settings(n, h.element_size())
+    bcfg = _bwd_settings(n, h.element_size(), kind == "rms")
     block_m = bcfg["BLOCK_M"]
     if h.device.type == "cuda":
         progs = bcfg["per_sm"] * torch.cuda.get_device_properties(h.device).multi_processor_count

@@ -101,7 +101,7 @@ def test_kernel_non_contiguous_and_broadcast():
 def test_kernel_stats_and_backward(block_m, monkeypatch):
     # 35 rows over 4 programs: with 4 rows a step, the last program's last step is ragged
     settings = K._bwd_settings
-    monkeypatch.setattr(K, "_bwd_settings", lambda n, e: dict(settings(n, e), BLOCK_M=block_m))
+    monkeypatch.setattr(K, "_bwd_settings", lambda *a: dict(settings(*a), BLOCK_M=block_m))
     torch.manual_seed(0)
     for kind, has_b in (("layer", True), ("rms", False)):
         x, r = fresh(5, 7, 96, seed=19), fresh(5, 7, 96, seed=20)
