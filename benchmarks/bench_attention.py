@@ -11,6 +11,10 @@ Providers:
   ``tritonfuse-backend``: ``torch.compile(..., backend="tritonfuse")`` of the SDPA call (match count asserted;
   Inductor's default graph may hold a cuDNN SDPA node, which tritonfuse leaves alone).
 
+Timing (``--timer``, benchmarks/common.py): by default every provider is captured in a CUDA graph and
+replayed (median), so a row is GPU time alone; ``--timer plain`` is triton's ``do_bench`` of Python calls,
+where a call shorter than its host cost (an op call's launch, the backend's guards) measures the host.
+
 FLOPs: forward 4·B·H·Sq·Sk·D (halved when causal), backward 2.5x that. Every timed output is checked on its
 first two heads against an fp64 reference (error <= 2x SDPA's + atol).
 
@@ -32,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import merge_rows, meta, row  # noqa: E402
+from common import add_timer_arg, gpu_time, merge_rows, meta, row, set_timer  # noqa: E402
 
 import tritonfuse  # noqa: E402
 from tritonfuse import config  # noqa: E402
@@ -44,9 +48,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: only for --smoke
 
 
 def _bench(fn, warmup=10, rep=50):
-    import triton
-
-    return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+    return gpu_time(fn, warmup=warmup, rep=rep)
 
 
 def _qkv(B, Hq, Hkv, Sq, Sk, D, layout="bshd"):
@@ -269,7 +271,9 @@ def main():
     p.add_argument("--models", action="store_true", help="assert match counts on tiny BERT/Llama CUDA graphs")
     p.add_argument("--out", default=None, help="also write the rows here (JSON)")
     p.add_argument("--smoke", action="store_true", help="tiny shapes (a check of this script on the CPU)")
+    add_timer_arg(p)
     args = p.parse_args()
+    set_timer(args)
     t0 = time.time()
     rows: list[dict] = []
     if args.smoke:

@@ -10,6 +10,9 @@ Providers, in one run, at each shape:
   backend     torch.compile(backend="tritonfuse") of the same function (op + dispatch overhead)
 Every timed tritonfuse result is first checked against an fp64 reference. Results merge into
 benchmarks/results/kernels-<gpu>.json.
+Timing (``--timer``, benchmarks/common.py): by default every provider is captured in a CUDA graph and
+replayed (median), so a row is GPU time alone; ``--timer plain`` is triton's ``do_bench`` of Python calls,
+where a call shorter than its host cost (an op call's launch, the backend's guards) measures the host.
 """
 
 from __future__ import annotations
@@ -20,10 +23,9 @@ import sys
 
 import torch
 import torch.nn.functional as F
-import triton
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import merge_rows, meta, row  # noqa: E402
+from common import add_timer_arg, gpu_time, merge_rows, meta, row, set_timer  # noqa: E402
 
 import tritonfuse  # noqa: E402
 from tritonfuse.kernels import linear_act as K  # noqa: E402
@@ -32,7 +34,7 @@ COMMAND = "python benchmarks/bench_linear_act.py"
 
 
 def bench(fn) -> float:
-    return triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
+    return gpu_time(fn, warmup=50, rep=300)
 
 
 def rel_err(out, ref) -> float:
@@ -158,7 +160,9 @@ def main() -> None:
     parser.add_argument("--no-save", action="store_true", help="print only; do not merge into results/")
     parser.add_argument("--sweep", action="store_true", help="also time each autotune config alone")
     parser.add_argument("--profile", action="store_true", help="print the kernels behind the backend provider")
+    add_timer_arg(parser)
     args = parser.parse_args()
+    set_timer(args)
     global PROFILE
     PROFILE = args.profile
     if not torch.cuda.is_available():

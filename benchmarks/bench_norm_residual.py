@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import merge_rows, meta, row  # noqa: E402
+from common import add_timer_arg, gpu_time, merge_rows, meta, row, set_timer  # noqa: E402
 
 import tritonfuse  # noqa: E402
 from tritonfuse import config  # noqa: E402
@@ -107,21 +107,12 @@ def _check(name, outs, eager, refs, atol, failures):
             print("FAILED", failures[-1], flush=True)
 
 
-TIMER = "graph"
-
-
 def _bench(fn, warmup, rep):
     if not torch.cuda.is_available():  # smoke run on the CPU (TRITON_INTERPRET=1): correctness only
         t = time.perf_counter()
         fn()
         return (time.perf_counter() - t) * 1e3
-    import triton
-
-    if TIMER == "graph":
-        fn()  # compiled and autotuned outside the capture
-        torch.cuda.synchronize()
-        return triton.testing.do_bench_cudagraph(fn, rep=rep, return_mode="median")
-    return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+    return gpu_time(fn, warmup=warmup, rep=rep)
 
 
 def main() -> None:
@@ -129,8 +120,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=32768)
     p.add_argument("--hidden", default="768,1024,2048,4096,8192")
     p.add_argument("--bwd-hidden", default=None, help="hidden sizes of the backward rows (default --hidden)")
-    p.add_argument("--timer", choices=("graph", "plain"), default="graph",
-                   help="graph: CUDA-graph replays (GPU time); plain: do_bench of Python calls")
+    add_timer_arg(p)
     p.add_argument("--dtypes", default="float16,bfloat16")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--rep", type=int, default=50)
@@ -138,8 +128,7 @@ def main() -> None:
     p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/kernels-<gpu>.json)")
     p.add_argument("--no-models", action="store_true")
     args = p.parse_args()
-    global TIMER
-    TIMER = args.timer
+    set_timer(args)
     start = time.time()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     m = args.rows

@@ -61,6 +61,38 @@ def _provenance() -> dict:
     return out
 
 
+# how gpu_time times: "graph" (CUDA-graph replays) or "plain" (do_bench); set from a bench's --timer
+TIMER = "graph"
+
+
+def add_timer_arg(parser) -> None:
+    parser.add_argument("--timer", choices=("graph", "plain"), default="graph",
+                        help="graph (default): replays of a CUDA graph of the call, GPU time alone; plain: "
+                             "triton's do_bench of Python calls with L2 flushed before each, which charges "
+                             "calls shorter than their host cost with that cost")
+
+
+def set_timer(args) -> None:
+    global TIMER
+    TIMER = args.timer
+
+
+def gpu_time(fn, warmup: int = 25, rep: int = 100) -> float:
+    """Median ms of ``fn()`` on the GPU, by ``TIMER``. The first call (compiles, autotuning) runs outside
+    the capture. A call that cannot be captured is timed plain, and says so."""
+    import triton
+
+    if TIMER == "graph":
+        fn()
+        torch.cuda.synchronize()
+        try:
+            return triton.testing.do_bench_cudagraph(fn, rep=rep, return_mode="median")
+        except Exception as e:  # noqa: BLE001  (a capture a provider does not support)
+            torch.cuda.synchronize()
+            print(f"  (not capturable, timed plain: {type(e).__name__}: {str(e)[:100]})", flush=True)
+    return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+
+
 def _key(r: dict) -> tuple:
     return (r["kernel"], r["shape"], r["dtype"], r["provider"])
 
