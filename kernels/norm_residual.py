@@ -553,3 +553,40 @@ def probe(device: str, dtype: torch.dtype, kind: str, n: int, has_res: bool, has
                                                                  cast_before_weight, stats)))
     key = f"norm_residual[{kind},{flags},{'single' if cfg['SINGLE'] else 'loop'},{dtype}]@{device}"
     return registry.guarded_probe(key, run)
+
+
+def backward_unsupported(h: torch.Tensor) -> Optional[str]:
+    """Why ``norm_residual_backward`` cannot serve rows like ``h``, or None."""
+    if h.dtype not in DTYPES:
+        return f"dtype {h.dtype} (the kernel takes fp16, bf16 and fp32)"
+    if h.dim() < 1 or h.shape[-1] == 0:
+        return "empty normalized dimension"
+    if not _settings(h.shape[-1], h.element_size())["SINGLE"]:
+        return f"hidden size {h.shape[-1]} is longer than the backward kernel's one-block rows"
+    return None
+
+
+def probe_backward(device: str, dtype: torch.dtype, kind: str, n: int, has_w: bool, has_b: bool) -> Optional[str]:
+    """Compile and launch the backward variant a site will use once on 3 rows against PyTorch's autograd;
+    None when it works, else the reason."""
+
+    def run():
+        g = torch.Generator(device="cpu").manual_seed(0)
+        mk = lambda *s: torch.randn(*s, generator=g, device="cpu").to(device=device, dtype=dtype)  # noqa: E731
+        x, dy = mk(3, n), mk(3, n)
+        w, b = (mk(n) if has_w else None), (mk(n) if has_b else None)
+        _, _, mean, rstd, *_ = torch.ops.tritonfuse.norm_residual(x, None, w, b, 1e-5, kind, False, False, True, False)
+        dh, dw, _ = torch.ops.tritonfuse.norm_residual_backward(dy, None, x, w, mean, rstd, kind, has_b)
+        with torch.enable_grad():  # a compile runs its passes without grad mode
+            leaves = [t.double().cpu().requires_grad_() for t in (x, w) if t is not None]
+            bias = b.double().cpu() if b is not None else None
+            ref, _ = norm_residual_ref(leaves[0], None, leaves[1] if has_w else None, bias, 1e-5, kind)
+            ref.backward(dy.double().cpu())
+        err = sum(((o.double().cpu() - r.grad).norm() / r.grad.norm().clamp_min(1e-12)).item()
+                  for o, r in zip((dh, dw), leaves))
+        if not math.isfinite(err) or err > 5e-2:
+            raise RuntimeError(f"wrong gradients on the probe input (relative error {err:.3g})")
+
+    flags = ("w" if has_w else "-") + ("b" if has_b else "-")
+    key = f"norm_residual_backward[{kind},{flags},{dtype}]@{device}"
+    return registry.guarded_probe(key, run)

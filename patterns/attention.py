@@ -344,11 +344,7 @@ def _decide(site: torch.fx.Node, q, k, v, mask, is_causal: bool, kernel: str) ->
         rec = K.measure(hq, hk, hv, hm, is_causal, device=q.device)
         if not rec["use"]:
             reason = registry.slower_reason(rec, "SDPA")
-    if reason:
-        registry.note_fallback(FAMILY, site, kernel, reason, detail)
-        return False
-    registry.note_replaced(FAMILY, site, kernel, detail)
-    return True
+    return registry.settle(FAMILY, site, kernel, reason, detail)
 
 
 # --- SDPA nodes ----------------------------------------------------------------------------------------

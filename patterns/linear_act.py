@@ -415,11 +415,7 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: b
             rec = K.measure(x2h, ws, b, act, gated, store_pre)
             if not rec["use"]:
                 reason = registry.slower_reason(rec, "cuBLAS + epilogue")
-        if reason:
-            registry.note_fallback(FAMILY, site, kernel, reason, detail)
-            return False
-        registry.note_replaced(FAMILY, site, kernel, detail)
-        return True
+        return registry.settle(FAMILY, site, kernel, reason, detail)
 
     return check
 

@@ -328,21 +328,25 @@ def test_training_forward_writes_statistics(dtype):
     with config.patch(patterns=FAMILY):
         out = torch.compile(model, backend="tritonfuse")(x, r)
     out.float().sum().backward()
-    g, gw = x.grad.clone(), model.ln.weight.grad.clone()
+    grads = [x.grad.clone()] + [p.grad.clone() for p in model.parameters()]
     x.grad = None
     model.zero_grad()
     eager = model(x, r)
     eager.float().sum().backward()
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(out, eager, atol=tol, rtol=tol)
-    torch.testing.assert_close(g, x.grad, atol=tol, rtol=tol)
-    torch.testing.assert_close(gw, model.ln.weight.grad, atol=50 * tol, rtol=tol)
+    torch.testing.assert_close(grads[0], x.grad, atol=tol, rtol=tol)
+    for (name, p), g in zip(model.named_parameters(), grads[1:]):  # weight gradients sum over the rows
+        torch.testing.assert_close(g, p.grad, atol=50 * tol, rtol=tol, msg=name)
     kernels = sorted(s.kernel for s in tritonfuse.sites() if s.status == "replaced")
     # what a training forward saves is the partitioner's choice: the two unweighted RMSNorms of this block
-    # are not matched in training (their forward does not save exactly rstd) and stay Inductor's
+    # are not matched in training (their forward does not save exactly rstd) and stay Inductor's. The
+    # backward of the two LayerNorms whose input needs a gradient (weight and bias; no weights) is ours too;
+    # ln_nobias's input r needs none (its backward is only dweight's sum) and stays Inductor's
+    backward = ["norm_residual_backward[layer]"] * 2
     assert kernels == sorted(["norm_residual[layer+sum+stats]", "norm_residual[rms+sum+stats]",
                               "norm_residual[layer+stats]", "norm_residual[layer+stats]",
-                              "norm_residual[rms+add+stats]"]), kernels
+                              "norm_residual[rms+add+stats]"] + backward), kernels
 
 
 # --- real models -----------------------------------------------------------------------------------------
@@ -387,6 +391,33 @@ def test_bert_counts():
     # 2 per layer (attention output, FFN output: post-norm add+LN) + the embeddings sum -> LN
     torch.manual_seed(0)
     _model_counts(_bert(2), [torch.randint(0, 100, (2, 7))], 2 * 2 + 1)
+
+
+def test_bert_training_backward():
+    # a half-precision training step: every LayerNorm's forward (with its statistics) and its backward are
+    # ours; every parameter's gradient within 2x eager fp16's error of fp64 (+ 1e-3 of its largest value)
+    torch.manual_seed(0)
+    model = _bert(1)
+    model.config._attn_implementation = "eager"
+    model.train()
+    for m in model.modules():  # dropout off: the same function in every run
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    ids = torch.randint(0, 100, (2, 7))
+
+    def grads(fn):
+        model.zero_grad(set_to_none=True)
+        fn(ids).last_hidden_state.double().pow(2).sum().backward()
+        return {n: p.grad.double() for n, p in model.named_parameters() if p.grad is not None}
+
+    ref = grads(model.double())
+    eager = grads(model.half())
+    with config.patch(patterns=FAMILY):
+        ours = grads(torch.compile(model, backend="tritonfuse"))
+    kernels = sorted(s.kernel for s in tritonfuse.sites() if s.status == "replaced")
+    assert kernels == ["norm_residual[layer+sum+stats]"] * 3 + ["norm_residual_backward[layer]"] * 3, kernels
+    for name, g in eager.items():
+        assert_close_to_ref(ours[name], ref[name], g, atol=1e-3 * ref[name].abs().max().item(), what=name)
 
 
 def test_llama_counts():

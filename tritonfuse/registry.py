@@ -108,6 +108,16 @@ def note_fallback(family: str, node: torch.fx.Node, kernel: str, reason: str, de
 _last_measured = threading.local()
 
 
+def settle(family: str, node: torch.fx.Node, kernel: str, reason: Optional[str], detail: str = "") -> bool:
+    """An ``extra_check``'s verdict: with a ``reason`` the site is recorded as left to Inductor and False
+    returned, else it is recorded as replaced and True returned."""
+    if reason:
+        note_fallback(family, node, kernel, reason, detail)
+        return False
+    note_replaced(family, node, kernel, detail)
+    return True
+
+
 def _take_measured() -> Optional[list]:
     # a record is read by the next site noted in this thread only, never by a later one
     rec = getattr(_last_measured, "rec", None)
