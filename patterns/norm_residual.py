@@ -16,14 +16,15 @@ eps is a pattern argument (``scalar_workaround``), never a constant; the check r
 Training graphs: the post-grad pass sees the forward and the backward graph separately. A training forward
 saves the norm's statistics for the backward (LayerNorm: mean and rstd; RMSNorm: rstd), so they have users
 outside the norm; the ``+stats`` variants match exactly that and the kernel writes the fp32 statistics
-(``stats=True``) that the backward then reads. The LayerNorm backward, as the backward graph holds it
-(``native_layer_norm_backward`` decomposed), is replaced by ``tritonfuse::norm_residual_backward`` (dh,
-dweight, dbias in one pass over the rows plus a small sum of per-program partials); it is not timed against Inductor's at compile time (no stand-in moves
-the same bytes the way Inductor's backward does; on the H200 ours was 1.03-1.22x Inductor's at every size
-from 768 to 8192, fp16 and bf16). The RMSNorm backward, autograd's chain of pointwise ops and sums whose
-form depends on the norm's style and on what the partitioner saved, stays Inductor's. A forward that saves
-other values than these (the partitioner decides) is not matched at all and stays Inductor's. Any other
-use of an intermediate (e.g. the variance before eps) also leaves the site alone.
+(``stats=True``) that Inductor's backward then reads: the forward is served by tritonfuse, the backward
+stays Inductor's. The Triton backward kernel (``tritonfuse::norm_residual_backward``) is an op for direct
+use and the benchmark: alone it beats Inductor's backward (H200, 1.03-1.22x at hidden 768-8192), but served
+in place of the decomposed ``native_layer_norm_backward`` of bert-base's training graph (commit 32abeb2)
+it made the step slower: 26.94 against Inductor's 25.63 ms (0.95x; 0.99x without it, in an earlier run).
+Inductor fuses the norm's backward
+with the gradient sums, dropout and casts around it, which an opaque kernel breaks. A forward that saves other values than these
+(the partitioner decides) is not matched at all and stays Inductor's. Any other use of an intermediate
+(e.g. the variance before eps) also leaves the site alone.
 """
 
 from __future__ import annotations
@@ -128,43 +129,6 @@ def _with_args(body, affine, res):
         ("", False): lambda x, eps: body(x, None, None, None, eps),
     }
     return table[(affine, bool(res))]
-
-
-# --- the LayerNorm backward (training graphs) -----------------------------------------------------------
-# A training step's backward graph holds ``native_layer_norm_backward`` decomposed (dh through the two row
-# sums, dweight and dbias as sums over the rows); the pattern is that decomposition, traced from the op. Its
-# int literals (the hidden size N, the reduced dims) are wildcards in the pattern: the check reads them back.
-# ``affine``: the gradients the graph takes, "wb" (dh, dweight, dbias), "w" (dh, dweight) or "" (dh of a
-# norm without weights). A backward that reads other saved values (the partitioner may save the normalized
-# x and rstd/N instead: seen in an fp32 graph) does not match and stays Inductor's.
-
-
-def _ln_bwd_pattern(affine):
-    # the bias's value never enters the backward (only whether dbias is wanted): w stands in for it
-    def body(dy, h, mean, rstd, w):
-        b = w if affine == "wb" else None
-        out = aten.native_layer_norm_backward.default(dy, h, [h.shape[-1]], mean, rstd, w, b,
-                                                      [True, w is not None, b is not None])
-        return out[:1 + len(affine)]
-
-    return _bwd_args(body, affine)
-
-
-def _ln_bwd_replacement(affine):
-    def body(dy, h, mean, rstd, w):
-        dh, dw, db = torch.ops.tritonfuse.norm_residual_backward(
-            dy, None, h, w, mean.reshape(-1).to(torch.float32), rstd.reshape(-1).to(torch.float32), "layer",
-            affine == "wb")
-        # the decomposition returns every gradient in the input's dtype
-        return (dh, dw.to(h.dtype), db.to(h.dtype))[:1 + len(affine)]
-
-    return _bwd_args(body, affine)
-
-
-def _bwd_args(body, affine):
-    if affine:
-        return lambda dy, h, mean, rstd, w: body(dy, h, mean, rstd, w)
-    return lambda dy, h, mean, rstd: body(dy, h, mean, rstd, None)
 
 
 # --- checks --------------------------------------------------------------------------------------------
@@ -275,60 +239,6 @@ def _make_check(style: str, affine: str, res: str, stats: bool = False):
     return check
 
 
-def _literal(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _ln_bwd_shape_ok(match: Match, h) -> bool:
-    """The pattern's int literals, read back: row sums over the last dim only (kept), dweight/dbias sums
-    over every other dim, and the hidden size as the scale. Anything else is another computation."""
-    last, n = h.dim() - 1, h.shape[-1]
-    for node in match.nodes:
-        if node.target == aten.sum.dim_IntList:
-            dims = sorted(d % h.dim() for d in node.args[1])
-            keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-            if dims != ([last] if keep else list(range(last))):
-                return False
-        elif node.target in (aten.mul.Tensor, aten.div.Tensor):
-            consts = [a for a in node.args[:2] if _literal(a)]
-            if consts and consts != [n]:
-                return False
-    return True
-
-
-def _make_bwd_check(affine: str):
-    kernel = "norm_residual_backward[layer]"
-
-    def check(match: Match) -> bool:
-        vals = [arg_val(match, k) for k in ("dy", "h", "mean", "rstd") + (("w",) if affine else ())]
-        if any(not isinstance(v, torch.Tensor) for v in vals):
-            return False
-        dy, h, mean, rstd = vals[:4]
-        w = vals[4] if affine else None
-        if h.dim() < 2 or tuple(dy.shape) != tuple(h.shape) or not isinstance(h.shape[-1], int):
-            return False
-        if not _ln_bwd_shape_ok(match, h):
-            return False
-        n = h.shape[-1]
-        anchor = next(nd for nd in match.nodes if nd.target == aten.sum.dim_IntList)
-        detail = _describe(h, h.dtype)
-        keep = (*h.shape[:-1], 1)
-        reason = None
-        if any(tuple(t.shape) != keep for t in (mean, rstd)):
-            reason = f"statistics of shape {tuple(mean.shape)}, not {keep}"
-        elif w is not None and tuple(w.shape) != (n,):
-            reason = "the weight is not a vector of the hidden size"
-        elif dy.dtype != h.dtype:
-            reason = f"gradient {dy.dtype} and input {h.dtype} differ"
-        if reason is None:
-            reason = K.backward_unsupported(h)
-        if reason is None:
-            reason = K.probe_backward(str(h.device), h.dtype, "layer", n, w is not None, "b" in affine)
-        return registry.settle(FAMILY, anchor, kernel, reason, detail)
-
-    return check
-
-
 # --- registration --------------------------------------------------------------------------------------
 
 # F.rms_norm's decomposition adds eps in place on a fresh intermediate; the post-grad graph is functional
@@ -365,12 +275,4 @@ def pattern_pass() -> PatternMatcherPass:
                         args += [torch.empty(16, dtype=dtype) for _ in affine]
                         reg(_norm_pattern(style, affine, res, stats), _norm_replacement(style, affine, res, stats),
                             args, extra_check=_make_check(style, affine, res, stats))
-    # the LayerNorm backward of training graphs
-    for dtype in (torch.float32, torch.float16):
-        for affine in ("wb", "w", ""):
-            h = torch.empty(2, 4, 16, dtype=dtype)
-            stats = [torch.empty(2, 4, 1, dtype=torch.float32) for _ in range(2)]
-            args = [torch.empty_like(h), h, *stats] + ([torch.empty(16, dtype=dtype)] if affine else [])
-            register_replacement(_ln_bwd_pattern(affine), _ln_bwd_replacement(affine), args, trace_fn=_trace,
-                                 pass_dicts=pm, extra_check=_make_bwd_check(affine))
     return pm
