@@ -20,11 +20,11 @@ outside the norm; the ``+stats`` variants match exactly that and the kernel writ
 stays Inductor's. The Triton backward kernel (``tritonfuse::norm_residual_backward``) is an op for direct
 use and the benchmark: alone it beats Inductor's backward (H200, 1.03-1.22x at hidden 768-8192), but served
 in place of the decomposed ``native_layer_norm_backward`` of bert-base's training graph (commit 32abeb2)
-it made the step slower: 26.94 against Inductor's 25.63 ms (0.95x; 0.99x without it, in an earlier run).
-Inductor fuses the norm's backward
-with the gradient sums, dropout and casts around it, which an opaque kernel breaks. A forward that saves other values than these
-(the partitioner decides) is not matched at all and stays Inductor's. Any other use of an intermediate
-(e.g. the variance before eps) also leaves the site alone.
+it made the step slower in one run: 26.94 against Inductor's 25.63 ms (0.95x; 0.99x without it, in an
+earlier run). Inductor fuses the norm's backward with the gradient sums, dropout and casts around it,
+which an opaque kernel breaks. A forward that saves other values than these (the partitioner decides) is
+not matched at all and stays Inductor's. Any other use of an intermediate (e.g. the variance before eps)
+also leaves the site alone.
 """
 
 from __future__ import annotations
