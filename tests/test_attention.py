@@ -559,7 +559,9 @@ def test_cuda_sdpa_forms(form, no_cudnn_sdpa):
 
 
 @pytest.mark.cuda
-def test_cuda_cudnn_sdpa_left_to_inductor():
+def test_cuda_cudnn_sdpa_served_with_measuring_off():
+    # a cuDNN-lowered SDPA node is a site like the others (98c650e dropped a fixed "cuDNN is faster" rule):
+    # with measured choices off, as in this suite, it is replaced; with them on, its timing decides
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     q, k, v = _qkv(2, 4, 4, 256, 256, 128, torch.float16, "cuda")
@@ -568,6 +570,5 @@ def test_cuda_cudnn_sdpa_left_to_inductor():
         with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
             return F.scaled_dot_product_attention(q, k, v)
 
-    out, ref = _compile_check(f, q, k, v, expect=_counts(1, 0, 1))
-    assert "cuDNN" in tritonfuse.sites()[0].reason
+    out, ref = _compile_check(f, q, k, v, expect=_counts(1, 1, 0))
     torch.testing.assert_close(out, ref, atol=2e-3, rtol=2e-3)
