@@ -45,7 +45,7 @@ def _settings(n: int, elem_size: int) -> dict:
 
 
 
-def _bwd_settings(n: int, elem_size: int, is_rms: bool) -> dict:
+def _bwd_settings(n: int, is_rms: bool) -> dict:
     """Backward: rows handled together (BLOCK_M), programs per SM and warps, from the row length.
 
     From ``scripts/norm_sweep.py`` on the H200 (32768 rows, fp16, commit cfe76ca; Inductor's backward of the
@@ -440,7 +440,7 @@ def norm_residual_backward(
         raise ValueError(f"the backward needs rows that fit one block (hidden size {n} is too long)")
     dh = torch.empty((m, n), device=h.device, dtype=h.dtype)
     f32 = dict(dtype=torch.float32, device=h.device)
-    bcfg = _bwd_settings(n, h.element_size(), kind == "rms")
+    bcfg = _bwd_settings(n, kind == "rms")
     block_m = bcfg["BLOCK_M"]
     if h.device.type == "cuda":
         progs = bcfg["per_sm"] * torch.cuda.get_device_properties(h.device).multi_processor_count

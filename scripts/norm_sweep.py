@@ -77,7 +77,7 @@ def backward(m, n, dtype, blocks, per_sms, warps):
                 continue
             timed_with("_bwd_settings", {"BLOCK_M": bm, "per_sm": ps, "num_warps": wp},
                        f"bm{bm}ps{ps}w{wp}", ours, nbytes, **tag)
-        timed("default", ours, nbytes, **tag, setting=K._bwd_settings(n, e, kind == "rms"))
+        timed("default", ours, nbytes, **tag, setting=K._bwd_settings(n, kind == "rms"))
 
 
 def forward(m, n, dtype, blocks, warps):
