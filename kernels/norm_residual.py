@@ -25,6 +25,7 @@ from tritonfuse.kernels.common import cast_out, rtne_bf16
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 KINDS = ("layer", "rms")
 MAX_N = 65536  # longest row served (longer rows are left to Inductor)
+BWD_MAX_N = 16384  # longest row the backward kernel takes (one block per row)
 
 # --- block settings (no autotune: derived from the row length) ----------------------------------------
 
@@ -424,7 +425,8 @@ def norm_residual_backward(
         h: [..., N] the normalized input (x + residual); mean, rstd: fp32 [M] from the forward (stats=True).
         weight: [N] or None; has_bias: whether the forward added a bias.
     Returns dh in h's dtype and fp32 dweight, dbias (empty when absent); only ``cast_before_weight=False``
-    numerics. Rows must fit one block (hidden size <= 16384, 8192 in fp32).
+    numerics. Rows must fit one block: hidden size <= 16384 in every dtype (fp32 rows too: the forward
+    walks fp32 rows longer than 8192 in chunks, the backward holds them whole).
 
     Example::
 
@@ -435,9 +437,9 @@ def norm_residual_backward(
     h2, dy2 = _rows2d(h), _rows2d(dy)
     ds2 = _rows2d(dsum) if dsum is not None else dy2
     m = h2.shape[0]
-    cfg = _settings(n, h.element_size())
-    if not cfg["SINGLE"]:
-        raise ValueError(f"the backward needs rows that fit one block (hidden size {n} is too long)")
+    block_n = triton.next_power_of_2(max(n, 16))
+    if block_n > BWD_MAX_N:
+        raise ValueError(f"the backward needs rows that fit one block (hidden size {n} > {BWD_MAX_N})")
     dh = torch.empty((m, n), device=h.device, dtype=h.dtype)
     f32 = dict(dtype=torch.float32, device=h.device)
     bcfg = _bwd_settings(n, kind == "rms")
@@ -459,7 +461,7 @@ def norm_residual_backward(
             m, n, rows_per_prog,
             dy2.stride(0), ds2.stride(0), h2.stride(0), dh.stride(0),
             HAS_DS=dsum is not None, HAS_W=weight is not None, HAS_B=has_bias, IS_RMS=kind == "rms",
-            RTNE_BF16=rtne_bf16(h.dtype), BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"], num_warps=bcfg["num_warps"],
+            RTNE_BF16=rtne_bf16(h.dtype), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=bcfg["num_warps"],
         )
     dw = dw_part.sum(0) if weight is not None else dw_part
     db = db_part.sum(0) if has_bias else db_part

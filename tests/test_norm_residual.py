@@ -167,6 +167,22 @@ def test_backward_every_block_setting(n):
             assert_close_to_ref(o, r, e, atol=1e-3, what=f"{kind} {n} {what}")
 
 
+def test_backward_fp32_long_rows():
+    # 16384 fp32 columns: the forward walks them in chunks, the backward holds each row in one block
+    n = 16384
+    h, dy = fresh(3, n, seed=50), fresh(3, n, seed=51)
+    w, b = fresh(n, seed=52), fresh(n, seed=53)
+    _, _, mean, rstd, *_ = torch.ops.tritonfuse.norm_residual(h, None, w, b, 1e-5, "layer", False, False, True, False)
+    dh, dw, db = torch.ops.tritonfuse.norm_residual_backward(dy, None, h, w, mean, rstd, "layer", True)
+    leaves = [t.double().requires_grad_() for t in (h, w, b)]
+    F.layer_norm(leaves[0], (n,), leaves[1], leaves[2], 1e-5).backward(dy.double())
+    for what, o, leaf in zip(("dh", "dw", "db"), (dh, dw, db), leaves):
+        assert (o.double() - leaf.grad).abs().max() < 1e-3, what
+    with pytest.raises(ValueError, match="16384"):
+        torch.ops.tritonfuse.norm_residual_backward(fresh(2, 20000, seed=54), None, fresh(2, 20000, seed=55),
+                                                     None, mean[:2], rstd[:2], "layer", False)
+
+
 def test_kernel_int8_hook():
     x, r, w = fresh(33, 200, dtype=torch.float16, seed=25), fresh(33, 200, dtype=torch.float16, seed=26), fresh(200, dtype=torch.float16, seed=27)
     y, h, _, _, q, scale = torch.ops.tritonfuse.norm_residual(x, r, w, None, 1e-6, "rms", True, True, False, True)
