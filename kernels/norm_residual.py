@@ -45,7 +45,6 @@ def _settings(n: int, elem_size: int) -> dict:
     return {"BLOCK_M": 1, "BLOCK_N": 4096, "SINGLE": False, "num_warps": 8}
 
 
-
 def _bwd_settings(n: int, is_rms: bool) -> dict:
     """Backward: rows handled together (BLOCK_M), programs per SM and warps, from the row length.
 
