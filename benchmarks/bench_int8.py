@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import triton
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import merge_rows, meta, row  # noqa: E402
+from common import gpu_time, merge_rows, meta, row  # noqa: E402
 
 try:
     from tritonfuse.kernels import int8 as Q  # noqa: E402
@@ -143,11 +143,7 @@ def prewarm(jobs) -> dict:
 
 
 def bench(fn, graph=False, rep=100) -> float:
-    fn()
-    torch.cuda.synchronize()
-    if graph:
-        return triton.testing.do_bench_cudagraph(fn, rep=rep, return_mode="median")
-    return triton.testing.do_bench(fn, warmup=rep // 4, rep=rep, return_mode="median")
+    return gpu_time(fn, warmup=rep // 4, rep=rep, timer="graph" if graph else "plain")
 
 
 def sqnr(ref, y) -> float:

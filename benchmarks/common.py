@@ -77,19 +77,15 @@ def set_timer(args) -> None:
     TIMER = args.timer
 
 
-def gpu_time(fn, warmup: int = 25, rep: int = 100) -> float:
-    """Median ms of ``fn()`` on the GPU, by ``TIMER``. The first call (compiles, autotuning) runs outside
-    the capture. A call that cannot be captured is timed plain, and says so."""
+def gpu_time(fn, warmup: int = 25, rep: int = 100, timer: str | None = None) -> float:
+    """Median ms of ``fn()`` on the GPU, timed as ``timer`` says (default ``TIMER``): "graph" replays a CUDA
+    graph of the call, "plain" is triton's ``do_bench``. The first call (compiles, autotuning) runs before."""
     import triton
 
-    if TIMER == "graph":
-        fn()
-        torch.cuda.synchronize()
-        try:
-            return triton.testing.do_bench_cudagraph(fn, rep=rep, return_mode="median")
-        except Exception as e:  # noqa: BLE001  (a capture a provider does not support)
-            torch.cuda.synchronize()
-            print(f"  (not capturable, timed plain: {type(e).__name__}: {str(e)[:100]})", flush=True)
+    fn()
+    torch.cuda.synchronize()
+    if (timer or TIMER) == "graph":
+        return triton.testing.do_bench_cudagraph(fn, rep=rep, return_mode="median")
     return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
 
 

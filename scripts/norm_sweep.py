@@ -22,6 +22,7 @@ import triton
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
 import bench_norm_residual as B  # noqa: E402
+from common import gpu_time  # noqa: E402
 
 from tritonfuse.kernels import norm_residual as K  # noqa: E402
 
@@ -33,9 +34,7 @@ def emit(**kw):
 
 
 def bench(fn):
-    fn()
-    torch.cuda.synchronize()
-    return triton.testing.do_bench_cudagraph(fn, rep=30, return_mode="median")
+    return gpu_time(fn, rep=30, timer="graph")
 
 
 def timed(label, fn, nbytes, **kw):

@@ -406,7 +406,7 @@ def test_bert_counts():
     _model_counts(_bert(2), [torch.randint(0, 100, (2, 7))], 2 * 2 + 1)
 
 
-def test_bert_training_backward():
+def test_bert_training_gradients():
     # a half-precision training step: every LayerNorm's forward is ours, writing the statistics Inductor's
     # backward reads; every parameter's gradient within 2x eager fp16's error of fp64 (+ 1e-3 of its
     # largest value)
