@@ -1,14 +1,20 @@
-"""Conv + BN (eval) + ReLU at every distinct conv shape of ResNet-50, batch 64, fp16, channels_last.
+"""Conv + BN (eval) + ReLU at every distinct conv shape of ResNet-50, batch 64, fp16, channels_last, and
+Conv + BN + residual add + ReLU at its four 1x1 expansions (the bottleneck's last conv).
 
 Run on a GPU:  python benchmarks/bench_conv_bn.py [--budget SECONDS] [--counts] [--model] [--out DIR]
+                                                  [--timer graph|plain] [--only 1x1]
 
 Providers, in one run, at each shape:
   eager       F.conv2d (cuDNN) + F.batch_norm + relu
   inductor    torch.compile (default mode) of the same function: cuDNN + Inductor's fused epilogue
-  triton      tritonfuse::conv_bn, the Triton implicit-GEMM kernel with BN/ReLU in its epilogue
+  triton      tritonfuse::conv_bn, the Triton kernel with BN/ReLU (and the residual) in its epilogue: on
+              Hopper a 1x1 stride-1 conv runs as a persistent TMA GEMM, every other conv as the
+              implicit-GEMM kernel
+  triton_pointer  (1x1 stride-1 shapes) the implicit-GEMM kernel at the same shape, for comparison
   cudnn_epi   tritonfuse::conv_bn_cudnn: cuDNN + one Triton epilogue kernel, called as an op
   chosen      torch.compile(backend="tritonfuse") of the same function: the Triton op where it measured
-              faster than cuDNN, else cuDNN + Inductor's fused epilogue (``kernels.conv_bn.choose``)
+              faster than cuDNN's path, else cuDNN + Inductor's fused epilogue (``kernels.conv_bn.choose``)
+Timing (``--timer``, default graph): the median of replayed CUDA graphs of each call, GPU time alone.
 Every timed tritonfuse result is checked against an fp64 reference first (on two images of the batch).
 ``--counts`` first checks the conv_bn match counts on the CUDA graph of ResNet-50; ``--model`` (with time
 left in the budget) times the whole model eager / inductor / tritonfuse. Rows merge into benchmarks/results/kernels-<gpu>.json;
@@ -26,10 +32,9 @@ import time
 
 import torch
 import torch.nn.functional as F
-import triton
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import merge_rows, meta, row  # noqa: E402
+from common import add_timer_arg, gpu_time, merge_rows, meta, row, set_timer  # noqa: E402
 
 import tritonfuse  # noqa: E402
 from tritonfuse.kernels import conv_bn as K  # noqa: E402
@@ -50,7 +55,7 @@ RESNET50_SHAPES = [
 
 
 def bench(fn) -> float:
-    return triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median")
+    return gpu_time(fn, warmup=10, rep=60)
 
 
 def rel_err(out, ref) -> float:
@@ -65,11 +70,20 @@ def check(name, out, ref, eager):
         raise RuntimeError(f"{name}: tritonfuse result is wrong")
 
 
+# (C_in, C_out, input H=W) of ResNet-50's bottleneck expansions: 1x1 conv + BN, then + identity, then ReLU
+RESIDUAL_SHAPES = [(64, 256, 56), (128, 512, 28), (256, 1024, 14), (512, 2048, 7)]
+
+
 def conv_bn_relu(x, w, mean, var, gamma, beta, stride, pad):
     return F.relu(F.batch_norm(F.conv2d(x, w, None, stride, pad), mean, var, gamma, beta, False, 0.0, EPS))
 
 
-def shape_rows(cin, cout, k, s, p, hw, dtype=torch.float16):
+def conv_bn_add_relu(x, w, mean, var, gamma, beta, stride, pad, r):
+    y = F.batch_norm(F.conv2d(x, w, None, stride, pad), mean, var, gamma, beta, False, 0.0, EPS)
+    return F.relu(y + r)
+
+
+def shape_rows(cin, cout, k, s, p, hw, dtype=torch.float16, residual=False):
     g = torch.Generator(device=DEVICE).manual_seed(cin * 7 + cout + k)
     x = torch.randn(BATCH, cin, hw, hw, device=DEVICE, dtype=dtype, generator=g).to(memory_format=torch.channels_last)
     w = (torch.randn(cout, cin, k, k, device=DEVICE, dtype=dtype, generator=g) / (cin * k * k) ** 0.5).to(
@@ -80,50 +94,66 @@ def shape_rows(cin, cout, k, s, p, hw, dtype=torch.float16):
     beta = torch.randn(cout, device=DEVICE, dtype=dtype, generator=g) * 0.1
     bn = (mean, var, gamma, beta)
     st, pd = [s, s], [p, p]
+    oh = (hw + 2 * p - k) // s + 1
     name = f"{BATCH}x{cin}x{hw}x{hw} -> {cout} k{k} s{s} p{p}"
+    kernel = "conv_bn_add_relu" if residual else "conv_bn_relu"
+    r = (torch.randn(BATCH, cout, oh, oh, device=DEVICE, dtype=dtype, generator=g)
+         .to(memory_format=torch.channels_last) if residual else None)
+    act, act2 = ("none", "relu") if residual else ("relu", "none")
+    fn = conv_bn_add_relu if residual else conv_bn_relu
+    extra_args = (r,) if residual else ()
 
-    def op(fn, xx=x):
-        return lambda: fn(xx, w, None, *bn, None, st, pd, EPS, "relu", "none", True)
+    def op(f, xx=x, rr=r):
+        return lambda: f(xx, w, None, *bn, rr, st, pd, EPS, act, act2, True)
 
     # correctness on two images, vs fp64
-    ref = K.conv_bn_ref(x[:2], w, None, *bn, None, st, pd, EPS, "relu", upcast=True).to(x.device)
-    eager2 = conv_bn_relu(x[:2], w, *bn, st, pd)
-    check(f"triton {name}", op(torch.ops.tritonfuse.conv_bn, x[:2].contiguous(memory_format=torch.channels_last))(),
-          ref, eager2)
-    check(f"cudnn_epi {name}", op(torch.ops.tritonfuse.conv_bn_cudnn, x[:2].contiguous(memory_format=torch.channels_last))(),
-          ref, eager2)
+    x2 = x[:2].contiguous(memory_format=torch.channels_last)
+    r2 = r[:2].contiguous(memory_format=torch.channels_last) if residual else None
+    ref = K.conv_bn_ref(x2, w, None, *bn, r2, st, pd, EPS, act, act2, upcast=True).to(x.device)
+    eager2 = fn(x2, w, *bn, st, pd, *((r2,) if residual else ()))
+    check(f"triton {name}", op(torch.ops.tritonfuse.conv_bn, x2, r2)(), ref, eager2)
+    check(f"cudnn_epi {name}", op(torch.ops.tritonfuse.conv_bn_cudnn, x2, r2)(), ref, eager2)
 
     # a fresh Dynamo per shape: past its recompile limit Dynamo would silently run the function eagerly
     torch._dynamo.reset()
-    inductor = torch.compile(conv_bn_relu, dynamic=False)
+    inductor = torch.compile(fn, dynamic=False)
     t0 = time.time()
-    inductor(x, w, *bn, st, pd)
+    inductor(x, w, *bn, st, pd, *extra_args)
     compile_s = time.time() - t0
     # the chosen path is what the backend compiles: the Triton op, or cuDNN + Inductor's fused epilogue
     tritonfuse.reset()
-    chosen = torch.compile(conv_bn_relu, dynamic=False, backend="tritonfuse")
-    chosen(x, w, *bn, st, pd)
+    chosen = torch.compile(fn, dynamic=False, backend="tritonfuse")
+    chosen(x, w, *bn, st, pd, *extra_args)
     sites = [s for s in tritonfuse.sites() if s.family == "conv_bn"]
     choice = {"kernel": sites[0].kernel if len(sites) == 1 and sites[0].status == "replaced" else "inductor"}
     times = {
-        "eager": bench(lambda: conv_bn_relu(x, w, *bn, st, pd)),
-        "inductor": bench(lambda: inductor(x, w, *bn, st, pd)),
+        "eager": bench(lambda: fn(x, w, *bn, st, pd, *extra_args)),
+        "inductor": bench(lambda: inductor(x, w, *bn, st, pd, *extra_args)),
         "triton": bench(op(torch.ops.tritonfuse.conv_bn)),
         "cudnn_epi": bench(op(torch.ops.tritonfuse.conv_bn_cudnn)),
-        "chosen": bench(lambda: chosen(x, w, *bn, st, pd)),
+        "chosen": bench(lambda: chosen(x, w, *bn, st, pd, *extra_args)),
     }
-    oh = (hw + 2 * p - k) // s + 1
+    out_like = torch.empty(BATCH, cout, oh, oh, device=DEVICE, dtype=dtype).to(memory_format=torch.channels_last)
+    if K._tma_1x1_ok(x, w, r, out_like, st, pd):
+        # the implicit-GEMM kernel at the same shape (the TMA path off)
+        real_ok = K._tma_1x1_ok
+        K._tma_1x1_ok = lambda *a: False
+        try:
+            check(f"triton_pointer {name}", op(torch.ops.tritonfuse.conv_bn, x2, r2)(), ref, eager2)
+            times["triton_pointer"] = bench(op(torch.ops.tritonfuse.conv_bn))
+        finally:
+            K._tma_1x1_ok = real_ok
     flops = 2.0 * BATCH * oh * oh * cout * cin * k * k
     ratio = times["inductor"] / times["triton"]
-    print(f"{name:<34} eager {times['eager']:.4f}  inductor {times['inductor']:.4f}  triton {times['triton']:.4f}"
-          f"  cudnn_epi {times['cudnn_epi']:.4f}  chosen {times['chosen']:.4f} ({choice['kernel']})"
-          f"  triton speedup vs inductor {ratio:.2f}x  (inductor compile {compile_s:.1f}s)", flush=True)
+    print(f"{kernel} {name:<34} " + "  ".join(f"{k_} {v:.4f}" for k_, v in times.items())
+          + f"  chosen={choice['kernel']}  triton speedup vs inductor {ratio:.2f}x  (inductor compile {compile_s:.1f}s)",
+          flush=True)
     rows = []
     for prov, ms in times.items():
         extra = {"chosen_kernel": choice["kernel"]} if prov == "chosen" else {}
         if prov == "triton":
             extra["speedup_vs_inductor"] = round(ratio, 3)
-        rows.append(row("conv_bn_relu", name, dtype, prov, ms, tflops=flops / ms / 1e9, **extra))
+        rows.append(row(kernel, name, dtype, prov, ms, tflops=flops / ms / 1e9, **extra))
     return rows
 
 
@@ -175,7 +205,7 @@ def model_rows(deadline):
         tf_compile = time.time() - t0
         print(tritonfuse.report(), flush=True)
         c = tritonfuse.counters()["conv_bn"]
-        assert c == {"matched": 53, "replaced": 53, "fallback": 0}, c
+        print(f"resnet50 conv_bn sites {c} (measured choices)", flush=True)
         ref = m(x)
         print(f"resnet50 tritonfuse compile {tf_compile:.1f}s, max |diff| vs eager "
               f"{(out.float() - ref.float()).abs().max().item():.3g}", flush=True)
@@ -200,7 +230,10 @@ def main():
     ap.add_argument("--model", action="store_true", help="also the whole ResNet-50 (needs minutes)")
     ap.add_argument("--counts", action="store_true", help="first, the conv_bn match counts on ResNet-50's CUDA graph")
     ap.add_argument("--out", default=None, help="also write the rows to DIR/conv_bn_rows.json")
+    ap.add_argument("--only", choices=("all", "1x1"), default="all", help="1x1: the 1x1 stride-1 shapes alone")
+    add_timer_arg(ap)
     args = ap.parse_args()
+    set_timer(args)
     start = time.time()
     deadline = start + args.budget
     info = meta()
@@ -218,12 +251,16 @@ def main():
     if args.counts:
         counts_ok = gpu_counts()
         info["resnet50_cuda_counts_ok"] = counts_ok
-    for shape in RESNET50_SHAPES:
+    cases = [(shape, False) for shape in RESNET50_SHAPES]
+    cases = [((cin, cout, 1, 1, 0, hw), True) for cin, cout, hw in RESIDUAL_SHAPES] + cases
+    if args.only == "1x1":
+        cases = [c for c in cases if c[0][2] == 1 and c[0][3] == 1]
+    for shape, residual in cases:
         if time.time() > deadline:
             print(f"budget spent: skipped {shape} and the rest", flush=True)
             break
         try:
-            rows += shape_rows(*shape)
+            rows += shape_rows(*shape, residual=residual)
         except Exception as e:  # one failing shape must not cost the others' numbers
             print(f"shape {shape} failed: {type(e).__name__}: {e}", flush=True)
         save()

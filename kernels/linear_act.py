@@ -289,6 +289,18 @@ def _finish_store(acc, b_ptr, out_desc, pre_desc, offs_m, offs_n, N,
     out_desc.store([offs_m, offs_n], acc.to(out_desc.dtype))
 
 
+@triton.jit
+def _tma_tile_dot(x_desc, w_desc, offs_m, offs_n, k_tiles, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_K: tl.constexpr):
+    """The fp32 [BLOCK_M, BLOCK_N] tile at (offs_m, offs_n) of x @ w.T, both operands loaded by TMA."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for ki in range(k_tiles):
+        a = x_desc.load([offs_m, ki * BLOCK_K])
+        b = w_desc.load([offs_n, ki * BLOCK_K])
+        acc = tl.dot(a, b.T, acc)
+    return acc
+
+
 @triton.autotune(configs=_TMA_CONFIGS, key=["M_BUCKET", "N", "K", "ACT", "HAS_BIAS", "STORE_PRE"], **_AUTOTUNE_KW)
 @triton.jit
 def _linear_act_tma_kernel(
@@ -305,11 +317,7 @@ def _linear_act_tma_kernel(
         pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
         offs_m = pid_m * BLOCK_M
         offs_n = pid_n * BLOCK_N
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for ki in range(k_tiles):
-            a = x_desc.load([offs_m, ki * BLOCK_K])
-            b = w_desc.load([offs_n, ki * BLOCK_K])
-            acc = tl.dot(a, b.T, acc)
+        acc = _tma_tile_dot(x_desc, w_desc, offs_m, offs_n, k_tiles, BLOCK_M, BLOCK_N, BLOCK_K)
         _bias_act_store(acc, b_ptr, out_desc, pre_desc, offs_m, offs_n, N, HAS_BIAS, ACT, STORE_PRE, BLOCK_N,
                         SUBTILE)
 

@@ -99,6 +99,60 @@ def test_conv_bias_no_bn(dtype, device):
               bias=True, bn=True, res=True)
 
 
+# (x shape, cout, act, act2, residual, bias, bn): ragged M and N tiles, K below one BLOCK_K and K over
+# three ragged ones; the persistent programs walk several tiles each (3 "SMs" under the interpreter)
+TMA_1X1_CASES = [
+    ((3, 40, 9, 7), 72, "relu", "none", False, False, "affine"),
+    ((2, 136, 9, 11), 24, "none", "relu", True, True, "affine"),
+    ((3, 64, 5, 9), 40, "silu", "none", True, False, "noaffine"),
+    ((2, 48, 7, 7), 56, "hardswish", "none", False, True, "none"),
+]
+
+
+@pytest.mark.skipif(K.TensorDescriptor is None, reason="triton without host TMA descriptors")
+@pytest.mark.parametrize("case", range(len(TMA_1X1_CASES)))
+def test_conv1x1_tma_kernel(monkeypatch, case):
+    # the Hopper path of 1x1 convs (a persistent TMA GEMM with the epilogue fused) through the interpreter
+    if torch.cuda.is_available():
+        pytest.skip("covered on the GPU by test_conv_bn_kernel's 1x1 cases")
+    monkeypatch.setattr(K, "_tma_1x1_ok", K._tma_1x1_aligned)
+    launched = []
+    real = K._launch_1x1_tma
+    monkeypatch.setattr(K, "_launch_1x1_tma", lambda *a, **kw: launched.append(1) or real(*a, **kw))
+    xshape, cout, act, act2, res, bias, bn = TMA_1X1_CASES[case]
+    x = fresh(*xshape, dtype=torch.float16, seed=case).to(memory_format=torch.channels_last)
+    w = fresh(cout, xshape[1], 1, 1, dtype=torch.float16, seed=case + 1, scale=xshape[1] ** -0.5)
+    b, p = _params(cout, torch.float16, "cpu", case + 2, bias, bn != "none")
+    if bn == "noaffine":
+        p = (*p[:2], None, None)
+    shape = K.out_shape(x.shape, w.shape, [1, 1], [0, 0])
+    r = fresh(*shape, dtype=torch.float16, seed=case + 3).to(memory_format=torch.channels_last) if res else None
+    before = [t.clone() for t in (x, w, b, *p, r) if t is not None]
+    args = (b, *p, r, [1, 1], [0, 0], 1e-5, act, act2)
+    out = torch.ops.tritonfuse.conv_bn(x, w, *args, True)
+    assert launched, "the TMA path did not serve the conv"
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    ref = K.conv_bn_ref(x, w, *args, upcast=True)
+    assert_close_to_ref(out, ref, K.conv_bn_ref(x, w, *args), atol=ATOL[torch.float16])
+    assert all(torch.equal(u, v) for u, v in zip(before, [t for t in (x, w, b, *p, r) if t is not None]))
+
+
+def test_conv1x1_tma_eligibility():
+    x = fresh(2, 40, 9, 7, dtype=torch.float16).to(memory_format=torch.channels_last)
+    w = fresh(24, 40, 1, 1, dtype=torch.float16)
+    out = torch.empty(2, 24, 9, 7, dtype=torch.float16).to(memory_format=torch.channels_last)
+    ok = K._tma_1x1_aligned
+    assert ok(x, w, None, out, [1, 1], [0, 0]) == (K.TensorDescriptor is not None)
+    assert not ok(x, w, None, out, [2, 2], [0, 0])  # strided: not a GEMM over the tensor as it lies
+    assert not ok(x, w, None, out, [1, 1], [1, 1])
+    assert not ok(x.contiguous(), w, None, out, [1, 1], [0, 0])  # NCHW activations
+    assert not ok(x.float(), w.float(), None, out.float(), [1, 1], [0, 0])
+    x36 = fresh(2, 36, 9, 7, dtype=torch.float16).to(memory_format=torch.channels_last)  # 72-byte rows
+    assert not ok(x36, fresh(24, 36, 1, 1, dtype=torch.float16), None, out, [1, 1], [0, 0])
+    assert not ok(x, w, out.contiguous(), out, [1, 1], [0, 0])  # an NCHW residual
+    assert not ok(x, w, None, out.contiguous(), [1, 1], [0, 0])
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_conv_bn_cudnn_op(dtype, device):
     # the cuDNN path: aten.convolution then one Triton epilogue
@@ -164,13 +218,17 @@ def test_choice_mapping(monkeypatch):
     seen = []
 
     def fake_choice(key, device, ours, theirs):
-        seen.append(key)
+        seen.append((key, len(theirs)))
         return {"ours_ms": 2.0, "theirs_ms": 1.0, "use": False}
 
     monkeypatch.setattr(registry, "measured_choice", fake_choice)
     rec = K.choose(x, w, None, p, None, [2, 2], [1, 1], 1e-5, "relu", "none", True)
     assert rec["kernel"] == "conv_bn_cudnn" and rec["ours_ms"] == 2.0
-    assert "2x8x9x9" in seen[0] and "16x8x3x3" in seen[0] and "s2x2" in seen[0] and "relu" in seen[0]
+    key, n_theirs = seen[0]
+    assert "2x8x9x9" in key and "16x8x3x3" in key and "s2x2" in key and "relu" in key and n_theirs == 1
+    # with Inductor's epilogue pass: timed as the conv plus the pass, kept under a key of its own
+    K.choose(x, w, None, p, None, [2, 2], [1, 1], 1e-5, "relu", "none", True, epilogue_pass=True)
+    assert seen[1] == (key + "|epilogue", 2)
 
     def broken(*args):
         raise torch.OutOfMemoryError("no memory")
@@ -249,6 +307,23 @@ def test_conv_bn_act(act, name):
     m = _randomize_bn(ConvBNAct(act=act)).eval()
     x = torch.randn(2, 5, 9, 7).to(memory_format=torch.channels_last)
     _compile_check(m, x, _counts(1, 1), kernels=[f"conv_bn[bn,{name}]"])
+
+
+def test_epilogue_pass_charged_where_a_conv_reads_the_output(monkeypatch):
+    # Inductor writes out conv1's BN + ReLU in a kernel of its own (conv2, an extern cuDNN call, reads it):
+    # that site's cuDNN side is timed with the pass; conv2's output is the graph's, the conv alone
+    seen = []
+    real = K.choose
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["epilogue_pass"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(K, "choose", spy)
+    m = nn.Sequential(_randomize_bn(ConvBNAct(act=nn.ReLU())), _randomize_bn(ConvBNAct(12, 8, k=1, act=nn.ReLU())))
+    x = torch.randn(2, 5, 9, 7).to(memory_format=torch.channels_last)
+    _compile_check(m.eval(), x, _counts(2, 2), kernels=["conv_bn[bn,relu]"] * 2)
+    assert sorted(seen) == [False, True]
 
 
 def test_eps_read_from_the_graph():
