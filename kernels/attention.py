@@ -691,7 +691,7 @@ def _use_decode(q, k, is_causal: bool) -> bool:
 
 def _forward(q, k, v, mask, scale: float, is_causal: bool, store_lse: bool, tma: bool = True):
     B, H, Sq, D = q.shape
-    Hkv, Sk = k.shape[1], k.shape[2]
+    Sk = k.shape[2]
     out = _empty_out(q)
     lse = torch.empty((B, H, Sq), device=q.device, dtype=torch.float32)
     if out.numel() == 0:
@@ -701,31 +701,9 @@ def _forward(q, k, v, mask, scale: float, is_causal: bool, store_lse: bool, tma:
         lse.fill_(math.inf)
         return out, lse
     m, m_strides, mask_kind = _mask_args(mask, (B, H, Sq, Sk), q)
-    block_d = max(16, triton.next_power_of_2(D))
     qk_scale = scale * LOG2E
-    flags = _precision(q.dtype)
     if _use_decode(q, k, is_causal):
-        group = H // Hkv
-        block_m = max(16, triton.next_power_of_2(group * Sq))
-        block_n = 64 if block_d <= 128 else 32
-        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
-        splits = max(1, min(triton.cdiv(2 * sms, B * Hkv), triton.cdiv(Sk, 2 * block_n), 64))
-        chunk = triton.cdiv(triton.cdiv(Sk, splits), block_n) * block_n
-        splits = triton.cdiv(Sk, chunk)
-        opart = torch.empty((B * H * Sq, splits, block_d), device=q.device, dtype=torch.float32)
-        lpart = torch.empty((B * H * Sq, splits), device=q.device, dtype=torch.float32)
-        registry.launcher(_attn_decode_kernel)[(splits, B * Hkv)](
-            q, k, v, m, opart, lpart,
-            *q.stride(), *k.stride(), *v.stride(), *m_strides,
-            Hkv, group, Sq, Sk, chunk, splits, qk_scale,
-            HEAD_DIM=D, BLOCK_D=block_d, MASK_KIND=mask_kind, IS_CAUSAL=is_causal,
-            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=3, **flags,
-        )
-        registry.launcher(_attn_combine_kernel)[(B * H * Sq,)](
-            opart, lpart, out, lse, H, Sq, splits, *out.stride(),
-            HEAD_DIM=D, BLOCK_D=block_d, BLOCK_S=max(2, triton.next_power_of_2(splits)),
-            STORE_LSE=store_lse, RTNE_BF16=rtne_bf16(q.dtype), num_warps=4,
-        )
+        _launch_decode(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_causal, store_lse)
         return out, lse
 
     if tma and mask is None and _tma_ok(q, k, v, out) and _tma_self_check(q.device, q.dtype):
@@ -738,6 +716,43 @@ def _forward(q, k, v, mask, scale: float, is_causal: bool, store_lse: bool, tma:
             _disable_tma(e)
     _launch_pointer(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_causal, store_lse)
     return out, lse
+
+
+def _decode_settings(batch_heads: int, Sk: int, block_d: int, sms: int) -> tuple:
+    """(splits of the keys, BLOCK_N, warps, stages) of the split-K decode kernel for ``batch_heads`` = B * Hkv
+    programs per split."""
+    block_n = 64 if block_d <= 128 else 32
+    splits = max(1, min(triton.cdiv(2 * sms, batch_heads), triton.cdiv(Sk, 2 * block_n), 64))
+    return splits, block_n, 4, 3
+
+
+def _launch_decode(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_causal, store_lse, combine=True):
+    """Flash-decoding: programs split the keys, each writes a normalised partial output and its log-sum-exp,
+    and a second kernel combines the splits of each query row."""
+    B, H, Sq, D = q.shape
+    Hkv, Sk = k.shape[1], k.shape[2]
+    group = H // Hkv
+    block_d = max(16, triton.next_power_of_2(D))
+    block_m = max(16, triton.next_power_of_2(group * Sq))
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
+    splits, block_n, warps, stages = _decode_settings(B * Hkv, Sk, block_d, sms)
+    chunk = triton.cdiv(triton.cdiv(Sk, splits), block_n) * block_n
+    splits = triton.cdiv(Sk, chunk)
+    opart = torch.empty((B * H * Sq, splits, block_d), device=q.device, dtype=torch.float32)
+    lpart = torch.empty((B * H * Sq, splits), device=q.device, dtype=torch.float32)
+    registry.launcher(_attn_decode_kernel)[(splits, B * Hkv)](
+        q, k, v, m, opart, lpart,
+        *q.stride(), *k.stride(), *v.stride(), *m_strides,
+        Hkv, group, Sq, Sk, chunk, splits, qk_scale,
+        HEAD_DIM=D, BLOCK_D=block_d, MASK_KIND=mask_kind, IS_CAUSAL=is_causal,
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **_precision(q.dtype),
+    )
+    if combine:
+        registry.launcher(_attn_combine_kernel)[(B * H * Sq,)](
+            opart, lpart, out, lse, H, Sq, splits, *out.stride(),
+            HEAD_DIM=D, BLOCK_D=block_d, BLOCK_S=max(2, triton.next_power_of_2(splits)),
+            STORE_LSE=store_lse, RTNE_BF16=rtne_bf16(q.dtype), num_warps=4,
+        )
 
 
 def _launch_pointer(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_causal, store_lse):
