@@ -720,10 +720,15 @@ def _forward(q, k, v, mask, scale: float, is_causal: bool, store_lse: bool, tma:
 
 def _decode_settings(batch_heads: int, Sk: int, block_d: int, sms: int) -> tuple:
     """(splits of the keys, BLOCK_N, warps, stages) of the split-K decode kernel for ``batch_heads`` = B * Hkv
-    programs per split."""
+    programs per split.
+
+    About 1024 keys a program, and at least one program per SM: on the H200 (``scripts/decode_sweep.py``,
+    kept in benchmarks/results/diagnostics/decode-sweep-nvidia-h200.jsonl) B8 x 8 KV heads x 4096 keys ran
+    fastest in 4 splits (0.0364 ms against 0.0388 in the 5 of the old rule, two programs per SM) and
+    B1 x 8 x 16384 in 12-16 (0.022-0.023 ms against 0.047 in 5)."""
     block_n = 64 if block_d <= 128 else 32
-    splits = max(1, min(triton.cdiv(2 * sms, batch_heads), triton.cdiv(Sk, 2 * block_n), 64))
-    return splits, block_n, 4, 3
+    splits = max(triton.cdiv(Sk, 1024), triton.cdiv(sms, batch_heads))
+    return max(1, min(splits, triton.cdiv(Sk, 2 * block_n), 64)), block_n, 4, 3
 
 
 def _launch_decode(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_causal, store_lse, combine=True):
@@ -734,7 +739,8 @@ def _launch_decode(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_caus
     group = H // Hkv
     block_d = max(16, triton.next_power_of_2(D))
     block_m = max(16, triton.next_power_of_2(group * Sq))
-    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
+    # the interpreter: as many "SMs" as split a short test cache in several ragged chunks
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 16
     splits, block_n, warps, stages = _decode_settings(B * Hkv, Sk, block_d, sms)
     chunk = triton.cdiv(triton.cdiv(Sk, splits), block_n) * block_n
     splits = triton.cdiv(Sk, chunk)

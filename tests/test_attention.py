@@ -83,13 +83,17 @@ def test_attention_kernel(B, Hq, Hkv, Sq, Sk, D, causal, mask_kind, transposed, 
 
 
 @pytest.mark.parametrize("Sq,Hq,Hkv,mask_kind", [(1, 8, 2, "none"), (5, 4, 2, "bool_full"), (16, 2, 2, "float_full")])
-def test_attention_decode_kernel(Sq, Hq, Hkv, mask_kind, device):
-    # short queries against a long KV cache: split-K kernels
+def test_attention_decode_kernel(Sq, Hq, Hkv, mask_kind, device, monkeypatch):
+    # short queries against a long KV cache: split-K kernels (the keys in several chunks, the last ragged)
     B, Sk, D, dtype = 2, K.DECODE_MIN_K + 45, 64, torch.float16
     q, k, v = _qkv(B, Hq, Hkv, Sq, Sk, D, dtype, device, transposed=True)
     assert K._use_decode(q, k, False)
     mask = _mask(mask_kind, B, Hq, Sq, Sk, dtype, device)
+    settings = []
+    real = K._decode_settings
+    monkeypatch.setattr(K, "_decode_settings", lambda *a: settings.append(real(*a)) or settings[-1])
     out = torch.ops.tritonfuse.attention(q, k, v, mask, 0.125, False)
+    assert settings and settings[0][0] > 1, settings
     ref = K.attention_ref(q, k, v, mask, 0.125, False, upcast=True)
     assert_close_to_ref(out, ref, _sdpa(q, k, v, mask, 0.125, False), atol=1e-3)
 
