@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonfuse import config, registry
+from tritonfuse import config, inline, registry
 from tritonfuse.kernels.common import (
     TensorDescriptor, _apply_act, _m_bucket, capability, cast_out, dot_upcast, host_desc, rtne_bf16,
 )
@@ -341,20 +341,51 @@ def _as_matrix(t: torch.Tensor) -> Optional[torch.Tensor]:
 
 def _tma_1x1_ok(x, w, r, out, stride, padding) -> bool:
     """Whether the Hopper TMA kernel serves this conv: 1x1, stride 1, no padding, fp16/bf16, every operand
-    a row-major matrix in memory with 16-byte aligned rows (the tests also run it under the interpreter)."""
-    if registry.interpret_mode() or x.device.type != "cuda" or capability(x.device)[0] != 9:
+    a row-major matrix in memory with 16-byte aligned rows (the tests also run it under the interpreter).
+    A call inlined into Inductor's code runs the implicit-GEMM kernel (see ``_inline_when``)."""
+    if registry.interpret_mode() or x.device.type != "cuda" or inline.active() or capability(x.device)[0] != 9:
         return False
     return _tma_1x1_aligned(x, w, r, out, stride, padding)
 
 
-def _tma_1x1_aligned(x, w, r, out, stride, padding) -> bool:
+def _tma_1x1_layout(x, w, r, stride, padding) -> bool:
+    """The TMA kernel's conditions that the shapes and strides alone decide (no data pointers)."""
     if TensorDescriptor is None or x.dtype not in (torch.float16, torch.bfloat16):
         return False
     if tuple(w.shape[2:]) != (1, 1) or tuple(stride) != (1, 1) or tuple(padding) != (0, 0):
         return False
+    mats = [_as_matrix(t) for t in (x, w) + ((r,) if r is not None else ())]
+    return all(m is not None and (m.shape[1] * m.element_size()) % 16 == 0 for m in mats) and (
+        (w.shape[0] * x.element_size()) % 16 == 0)
+
+
+def _tma_1x1_aligned(x, w, r, out, stride, padding) -> bool:
+    if not _tma_1x1_layout(x, w, r, stride, padding):
+        return False
     mats = [_as_matrix(t) for t in (x, w, out) + ((r,) if r is not None else ())]
-    return all(m is not None and (m.shape[1] * m.element_size()) % 16 == 0 and m.data_ptr() % 16 == 0
-               for m in mats)
+    return all(m is not None and m.data_ptr() % 16 == 0 for m in mats)
+
+
+# A conv is inlined into Inductor's code as the implicit-GEMM kernel (no op-call host cost, ~50 us on the
+# H200 hosts, which ResNet-50's 53 sites would pay on every forward) up to this much work, as linear_act's
+# GEMMs are. Above it, a 1x1 conv on Hopper is called as an op and runs the TMA kernel, worth the call.
+INLINE_MAX_FLOP = 2**35
+
+
+def _inline_when(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, act2, channels_last) -> Optional[str]:
+    """None when a call with these operands is inlined; else why it stays an op call."""
+    if x.device.type != "cuda" or capability(x.device)[0] != 9:
+        return None
+    return _hopper_inline_reason(x, w, r, stride, padding, channels_last)
+
+
+def _hopper_inline_reason(x, w, r, stride, padding, channels_last) -> Optional[str]:
+    if not channels_last or not _tma_1x1_layout(x, w, r, stride, padding):
+        return None
+    flop = 2 * math.prod(out_shape(x.shape, w.shape, stride, padding)) * x.shape[1]
+    if flop < INLINE_MAX_FLOP:
+        return None
+    return f"1x1 conv of {flop / 1e9:.0f} GFLOP on Hopper: the TMA kernel, called as an op"
 
 
 def _launch_1x1_tma(x, w, b, mean, var, gamma, beta, r, eps, act, act2, out, fixed: Optional[dict] = None):
@@ -479,7 +510,7 @@ def _conv_bn_fake(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act,
     return _empty_out(x, w, stride, padding, channels_last)
 
 
-@registry.kernel_op("tritonfuse::conv_bn", fake=_conv_bn_fake)
+@registry.kernel_op("tritonfuse::conv_bn", fake=_conv_bn_fake, inline=_inline_when)
 def conv_bn(
     x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], mean: Optional[torch.Tensor],
     var: Optional[torch.Tensor], gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor],
@@ -510,8 +541,9 @@ def conv_bn(
 
 
 def _launch_conv(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, act2, channels_last,
-                 int8: Optional[tuple] = None, out_dtype: Optional[torch.dtype] = None):
-    """Launch the implicit-GEMM kernel; ``int8=(xs, wq, ws)`` with an int8 ``x`` runs the W8A8 variant."""
+                 int8: Optional[tuple] = None, out_dtype: Optional[torch.dtype] = None, tma: bool = True):
+    """Launch the implicit-GEMM kernel (or for a 1x1 conv on Hopper, with ``tma``, the TMA GEMM);
+    ``int8=(xs, wq, ws)`` with an int8 ``x`` runs the W8A8 variant."""
     if int8 is not None:
         xs, w, ws = int8
     out = _empty_out(x, w, stride, padding, channels_last, out_dtype)
@@ -526,7 +558,7 @@ def _launch_conv(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, 
     def grid(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
-    if int8 is None and out_dtype is None and _tma_1x1_ok(x, w, r, out, stride, padding):
+    if tma and int8 is None and out_dtype is None and _tma_1x1_ok(x, w, r, out, stride, padding):
         return _launch_1x1_tma(x, w, b, mean, var, gamma, beta, r, eps, act, act2, out)
     if int8 is not None:
         scales = (xs, ws)
@@ -769,7 +801,14 @@ def choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last, int8:
                          list(stride), list(padding), eps, act, act2, channels_last)
         return real["a"]
 
+    # a site inlined into Inductor's code runs the implicit-GEMM kernel, launched by Inductor: both sides are
+    # timed as GPU time alone
+    inlined = (not int8 and inline.will_inline(torch.ops.tritonfuse.conv_bn.default, x.device)
+               and _inline_when(x, w, b, *bn, r, stride, padding, eps, act, act2, channels_last) is None)
+
     def triton_op():
+        if inlined:
+            return _launch_conv(*args(), tma=False)
         return torch.ops.tritonfuse.conv_bn(*args())
 
     def cudnn_conv():
@@ -790,9 +829,9 @@ def choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last, int8:
 
     try:
         key = (choice_key(x, w, b, bn, r, stride, padding, act, act2, channels_last) + ("|int8" if int8 else "")
-               + ("|epilogue" if epilogue_pass else ""))
+               + ("|epilogue" if epilogue_pass else "") + ("|pointer" if inlined else ""))
         theirs = [cudnn_conv, epilogue] if epilogue_pass else [cudnn_conv]
-        rec = registry.measured_choice(key, x.device, int8_op if int8 else triton_op, theirs)
+        rec = registry.measured_choice(key, x.device, int8_op if int8 else triton_op, theirs, graphed=inlined)
     except Exception as e:  # e.g. out of memory while timing: cuDNN's path
         return {"kernel": "conv_bn_cudnn", "error": f"{type(e).__name__}: {e}"}
     ours = "conv_bn_int8" if int8 else "conv_bn"

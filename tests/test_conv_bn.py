@@ -137,6 +137,22 @@ def test_conv1x1_tma_kernel(monkeypatch, case):
     assert all(torch.equal(u, v) for u, v in zip(before, [t for t in (x, w, b, *p, r) if t is not None]))
 
 
+def test_conv_inline_policy():
+    # on Hopper a conv is inlined into Inductor's code (the implicit-GEMM kernel, no op-call cost) unless it
+    # is a 1x1 conv the TMA kernel serves with at least INLINE_MAX_FLOP of work: then it is called as an op
+    def reason(b, c, hw, cout, k=1, stride=1, cl=True, dtype=torch.float16):
+        x = torch.empty(b, c, hw, hw, dtype=dtype, device="meta").to(memory_format=torch.channels_last)
+        w = torch.empty(cout, c, k, k, dtype=dtype, device="meta")
+        return K._hopper_inline_reason(x, w, None, [stride, stride], [k // 2, k // 2], cl)
+
+    assert reason(64, 64, 56, 256) is None  # ResNet-50's largest 1x1 sites at batch 64: ~7-13 GFLOP
+    assert "TMA kernel, called as an op" in reason(256, 256, 56, 512)  # ~105 GFLOP
+    assert reason(256, 256, 56, 512, k=3) is None  # not a 1x1 conv: the implicit-GEMM kernel either way
+    assert reason(256, 256, 56, 512, stride=2) is None
+    assert reason(256, 256, 56, 512, cl=False) is None
+    assert reason(256, 256, 56, 512, dtype=torch.float32) is None
+
+
 def test_conv1x1_tma_eligibility():
     x = fresh(2, 40, 9, 7, dtype=torch.float16).to(memory_format=torch.channels_last)
     w = fresh(24, 40, 1, 1, dtype=torch.float16)
@@ -217,7 +233,7 @@ def test_choice_mapping(monkeypatch):
     w, p = torch.empty(16, 8, 3, 3), (torch.empty(16),) * 4
     seen = []
 
-    def fake_choice(key, device, ours, theirs):
+    def fake_choice(key, device, ours, theirs, graphed=False):
         seen.append((key, len(theirs)))
         return {"ours_ms": 2.0, "theirs_ms": 1.0, "use": False}
 
