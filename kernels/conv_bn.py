@@ -368,7 +368,8 @@ def _tma_1x1_aligned(x, w, r, out, stride, padding) -> bool:
 
 # A conv is inlined into Inductor's code as the implicit-GEMM kernel (no op-call host cost, ~50 us on the
 # H200 hosts, which ResNet-50's 53 sites would pay on every forward) up to this much work, as linear_act's
-# GEMMs are. Above it, a 1x1 conv on Hopper is called as an op and runs the TMA kernel, worth the call.
+# GEMMs are. Above it, or in a model run inside CUDA graphs (where an op call costs no host time), a 1x1
+# conv on Hopper is called as an op and runs the TMA kernel.
 INLINE_MAX_FLOP = 2**35
 
 
@@ -382,6 +383,8 @@ def _inline_when(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, 
 def _hopper_inline_reason(x, w, r, stride, padding, channels_last) -> Optional[str]:
     if not channels_last or not _tma_1x1_layout(x, w, r, stride, padding):
         return None
+    if registry.runs_in_cuda_graphs():
+        return "1x1 conv on Hopper inside CUDA graphs (no op-call host cost): the TMA kernel, called as an op"
     flop = 2 * math.prod(out_shape(x.shape, w.shape, stride, padding)) * x.shape[1]
     if flop < INLINE_MAX_FLOP:
         return None

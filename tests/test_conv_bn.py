@@ -151,6 +151,11 @@ def test_conv_inline_policy():
     assert reason(256, 256, 56, 512, stride=2) is None
     assert reason(256, 256, 56, 512, cl=False) is None
     assert reason(256, 256, 56, 512, dtype=torch.float32) is None
+    from tritonfuse import config
+
+    with config.patch(cuda_graphs="1"):  # no host cost to save: the TMA kernel at any size
+        assert "CUDA graphs" in reason(64, 64, 56, 256)
+        assert reason(64, 64, 56, 256, k=3) is None
 
 
 def test_conv1x1_tma_eligibility():
