@@ -61,7 +61,18 @@ def main():
     def plain(kernel):
         return kernel
 
-    # 1) eager launch without an allocator, then with one
+    # 1) through wrap_triton inside torch.compile (Inductor inlines the kernel), before any allocator is set
+    wrap = getattr(torch.library, "wrap_triton", None)
+    compiled = None
+    try:
+        compiled = torch.compile(lambda x, y: launch(x, y, wrap) + 0, fullgraph=True)
+        emit(step="inductor, wrap_triton, no allocator set", err=err(compiled(a, b) - 0))
+    except Exception as e:
+        emit(step="inductor, wrap_triton, no allocator set", failed=f"{type(e).__name__}: {str(e)[:600]}",
+             tb=traceback.format_exc()[-1500:])
+        compiled = None
+
+    # 2) eager launch without an allocator, then with one set only for the launch (the previous restored)
     try:
         emit(step="eager, no allocator", err=err(launch(a, b, plain)))
     except Exception as e:
@@ -70,22 +81,18 @@ def main():
     def alloc(size, alignment, stream):
         return torch.empty(size, device="cuda", dtype=torch.int8)
 
-    triton.set_allocator(alloc)
     try:
-        emit(step="eager, allocator", err=err(launch(a, b, plain)))
-    except Exception as e:
-        emit(step="eager, allocator", failed=f"{type(e).__name__}: {str(e)[:300]}")
+        from triton.runtime import _allocation
 
-    # 2) through wrap_triton inside torch.compile (Inductor inlines the kernel)
-    wrap = getattr(torch.library, "wrap_triton", None)
-    compiled = None
-    try:
-        compiled = torch.compile(lambda x, y: launch(x, y, wrap) + 0, fullgraph=True)
-        emit(step="inductor, wrap_triton", err=err(compiled(a, b) - 0))
+        token = _allocation._allocator.set(alloc)
+        try:
+            emit(step="eager, allocator set for the launch", err=err(launch(a, b, plain)))
+        finally:
+            _allocation._allocator.reset(token)
+        emit(step="allocator restored", allocator=type(_allocation._allocator.get()).__name__)
     except Exception as e:
-        emit(step="inductor, wrap_triton", failed=f"{type(e).__name__}: {str(e)[:600]}",
-             tb=traceback.format_exc()[-1500:])
-        compiled = None
+        emit(step="eager, allocator set for the launch", failed=f"{type(e).__name__}: {str(e)[:300]}")
+    triton.set_allocator(alloc)
 
     # 3) GPU time of each beside cuBLAS
     try:

@@ -88,9 +88,34 @@ class _Pinned:
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
+            kwargs = with_defaults(self.kernel, args, kwargs)
             return _wrap_triton()(pinned(self.kernel, args, kwargs))[grid](*args, **kwargs)
 
         return launch
+
+
+def with_defaults(kernel, args: tuple, kwargs: dict) -> dict:
+    """``kwargs`` plus the kernel's defaulted parameters the launch leaves out (and no autotune config or
+    heuristic sets): ``wrap_triton`` binds arguments without the defaults, and a launch that leaves one out
+    fails Inductor's analysis of which tensors the kernel writes, which then assumes every input is written
+    and copies them all before each launch."""
+    import inspect
+
+    from triton.runtime.jit import JITFunction
+
+    set_elsewhere = set()
+    f = kernel
+    while not isinstance(f, JITFunction) and hasattr(f, "fn"):
+        for cfg in getattr(f, "configs", None) or ():
+            set_elsewhere.update(cfg.kwargs)
+        set_elsewhere.update(getattr(f, "values", None) or {})  # triton.heuristics
+        f = f.fn
+    if not isinstance(f, JITFunction):
+        return kwargs
+    params = list(inspect.signature(f.fn).parameters.values())
+    extra = {p.name: p.default for p in params[len(args):]
+             if p.default is not inspect.Parameter.empty and p.name not in kwargs and p.name not in set_elsewhere}
+    return {**kwargs, **extra} if extra else kwargs
 
 
 _single: dict = {}  # (autotuner, config) -> a one-config autotuner over the same kernel (stable identity)
