@@ -14,6 +14,7 @@ kernel as an op of its own, for calling outside a compiled graph (the benchmarks
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from typing import Optional, Sequence
@@ -291,16 +292,15 @@ def _prune_1x1(configs, named_args, **kwargs):
     return kept or configs[-1:]
 
 
-@triton.autotune(configs=_TMA_1X1_CONFIGS, key=["M_BUCKET", "N", "K", "HAS_RES"],
-                 prune_configs_by={"early_config_prune": _prune_1x1}, **_AUTOTUNE_KW)
 @triton.jit
-def _conv1x1_tma_kernel(
-    x_desc, w_desc, r_desc, out_desc, b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, eps, M, N, K, M_BUCKET,
+def _conv1x1_tiles(
+    x_desc, w_desc, r_desc, out_desc, b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, eps, M, N, K,
     HAS_BIAS: tl.constexpr, HAS_BN: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_RES: tl.constexpr,
     ACT: tl.constexpr, ACT2: tl.constexpr, NUM_SMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    # x_desc: [M, K] (pixels x input channels), w_desc: [N, K], out_desc / r_desc: [M, N]
+    # x_desc: [M, K] (pixels x input channels), w_desc: [N, K], out_desc / r_desc: [M, N]; this program's
+    # share of the output tiles, each with its epilogue
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
@@ -329,6 +329,45 @@ def _conv1x1_tma_kernel(
         out_desc.store([offs_m, offs_n], acc.to(out_desc.dtype))
 
 
+@triton.autotune(configs=_TMA_1X1_CONFIGS, key=["M_BUCKET", "N", "K", "HAS_RES"],
+                 prune_configs_by={"early_config_prune": _prune_1x1}, **_AUTOTUNE_KW)
+@triton.jit
+def _conv1x1_tma_kernel(
+    x_desc, w_desc, r_desc, out_desc, b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, eps, M, N, K, M_BUCKET,
+    HAS_BIAS: tl.constexpr, HAS_BN: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_RES: tl.constexpr,
+    ACT: tl.constexpr, ACT2: tl.constexpr, NUM_SMS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # host TMA descriptors (an op call)
+    _conv1x1_tiles(x_desc, w_desc, r_desc, out_desc, b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, eps, M, N, K,
+                   HAS_BIAS, HAS_BN, HAS_AFFINE, HAS_RES, ACT, ACT2, NUM_SMS, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+
+
+# The same kernel building its descriptors on the device, for calls inlined into Inductor's code: host
+# descriptors need data pointers, which a traced call does not have; Inductor provides the scratch memory
+# the device descriptors live in (H200, torch 2.11 / triton 3.6: scripts/device_tma_probe.py).
+_HAS_DEVICE_TMA = hasattr(tl, "make_tensor_descriptor")
+_DEVICE_TMA_1X1_CONFIGS = [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+                           for c in _TMA_1X1_CONFIGS]  # no pre_hook: block shapes are compile-time here
+
+
+@triton.autotune(configs=_DEVICE_TMA_1X1_CONFIGS, key=["M_BUCKET", "N", "K", "HAS_RES"],
+                 prune_configs_by={"early_config_prune": _prune_1x1}, **_AUTOTUNE_KW)
+@triton.jit
+def _conv1x1_device_tma_kernel(
+    x_ptr, w_ptr, r_ptr, out_ptr, b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, eps, M, N, K, M_BUCKET,
+    HAS_BIAS: tl.constexpr, HAS_BN: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_RES: tl.constexpr,
+    ACT: tl.constexpr, ACT2: tl.constexpr, NUM_SMS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    x_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, BLOCK_K])
+    w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[K, 1], block_shape=[BLOCK_N, BLOCK_K])
+    r_desc = tl.make_tensor_descriptor(r_ptr, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, BLOCK_N])
+    out_desc = tl.make_tensor_descriptor(out_ptr, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, BLOCK_N])
+    _conv1x1_tiles(x_desc, w_desc, r_desc, out_desc, b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, eps, M, N, K,
+                   HAS_BIAS, HAS_BN, HAS_AFFINE, HAS_RES, ACT, ACT2, NUM_SMS, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+
+
 def _as_matrix(t: torch.Tensor) -> Optional[torch.Tensor]:
     """[B, C, H, W] channels_last-contiguous (or [N, C, 1, 1] with unit channel stride) as the [B*H*W, C]
     matrix it is in memory, or None."""
@@ -339,13 +378,26 @@ def _as_matrix(t: torch.Tensor) -> Optional[torch.Tensor]:
     return None
 
 
+def _hopper(device: torch.device) -> bool:
+    return device.type == "cuda" and capability(device)[0] == 9
+
+
 def _tma_1x1_ok(x, w, r, out, stride, padding) -> bool:
-    """Whether the Hopper TMA kernel serves this conv: 1x1, stride 1, no padding, fp16/bf16, every operand
-    a row-major matrix in memory with 16-byte aligned rows (the tests also run it under the interpreter).
-    A call inlined into Inductor's code runs the implicit-GEMM kernel (see ``_inline_when``)."""
-    if registry.interpret_mode() or x.device.type != "cuda" or inline.active() or capability(x.device)[0] != 9:
+    """Whether the Hopper TMA kernel (host descriptors) serves this conv: 1x1, stride 1, no padding,
+    fp16/bf16, every operand a row-major matrix in memory with 16-byte aligned rows (the tests also run it
+    under the interpreter). A call inlined into Inductor's code takes ``_device_tma_ok`` instead."""
+    if registry.interpret_mode() or inline.active() or not _hopper(x.device):
         return False
     return _tma_1x1_aligned(x, w, r, out, stride, padding)
+
+
+def _device_tma_ok(x, w, r, stride, padding) -> bool:
+    """Whether a call traced for inlining runs the device-descriptor TMA kernel: the host kernel's
+    conditions, with each operand's start 16-byte aligned in its storage (Inductor's buffers are aligned,
+    and it copies graph inputs that are not)."""
+    if not (_HAS_DEVICE_TMA and inline.active() and _hopper(x.device) and _tma_1x1_layout(x, w, r, stride, padding)):
+        return False
+    return all((t.storage_offset() * t.element_size()) % 16 == 0 for t in (x, w, r) if t is not None)
 
 
 def _tma_1x1_layout(x, w, r, stride, padding) -> bool:
@@ -375,7 +427,7 @@ INLINE_MAX_FLOP = 2**35
 
 def _inline_when(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, act2, channels_last) -> Optional[str]:
     """None when a call with these operands is inlined; else why it stays an op call."""
-    if x.device.type != "cuda" or capability(x.device)[0] != 9:
+    if not _hopper(x.device):
         return None
     return _hopper_inline_reason(x, w, r, stride, padding, channels_last)
 
@@ -389,6 +441,52 @@ def _hopper_inline_reason(x, w, r, stride, padding, channels_last) -> Optional[s
     if flop < INLINE_MAX_FLOP:
         return None
     return f"1x1 conv of {flop / 1e9:.0f} GFLOP on Hopper: the TMA kernel, called as an op"
+
+
+def _launch_1x1_device_tma(x, w, b, mean, var, gamma, beta, r, eps, act, act2, out):
+    xm, wm, om = _as_matrix(x), _as_matrix(w), _as_matrix(out)
+    M, K = xm.shape
+    N = wm.shape[0]
+    has_bn = mean is not None
+    affine = has_bn and gamma is not None
+    sms = _num_sms(x.device)
+    args = (xm, wm, _as_matrix(r) if r is not None else om, om,
+            b if b is not None else om, mean if has_bn else om, var if has_bn else om,
+            gamma if affine else om, beta if affine else om, eps, M, N, K, _m_bucket(M))
+    kwargs = dict(HAS_BIAS=b is not None, HAS_BN=has_bn, HAS_AFFINE=affine, HAS_RES=r is not None, ACT=act,
+                  ACT2=act2, NUM_SMS=sms)
+    if inline.active():  # traced into Inductor's graph, which provides the descriptors' scratch memory
+        registry.launcher(_conv1x1_device_tma_kernel)[_persistent_grid(M, N, sms)](*args, **kwargs)
+        return out
+    # timed for the measured choice: Triton's own launch (it passes the scratch memory), within
+    # scratch_allocator(); the config it chooses is kept for the inlined call to take
+    from tritonfuse import tuning
+
+    _conv1x1_device_tma_kernel[_persistent_grid(M, N, sms)](*args, **kwargs)
+    tuning.save(_conv1x1_device_tma_kernel, args, kwargs)
+    return out
+
+
+@contextlib.contextmanager
+def scratch_allocator():
+    """Triton's scratch allocator for device TMA descriptors, set for a launch outside Inductor (which sets
+    its own) where none is set; the previous one is restored after."""
+    try:
+        from triton.runtime import _allocation
+
+        var = _allocation._allocator
+        unset = isinstance(var.get(), _allocation.NullAllocator)
+    except (ImportError, AttributeError):  # a triton without device descriptors
+        yield
+        return
+    if not unset:
+        yield
+        return
+    token = var.set(lambda size, alignment, stream: torch.empty(size, device="cuda", dtype=torch.int8))
+    try:
+        yield
+    finally:
+        var.reset(token)
 
 
 def _launch_1x1_tma(x, w, b, mean, var, gamma, beta, r, eps, act, act2, out, fixed: Optional[dict] = None):
@@ -561,8 +659,11 @@ def _launch_conv(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, 
     def grid(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
-    if tma and int8 is None and out_dtype is None and _tma_1x1_ok(x, w, r, out, stride, padding):
-        return _launch_1x1_tma(x, w, b, mean, var, gamma, beta, r, eps, act, act2, out)
+    if tma and int8 is None and out_dtype is None:
+        if _device_tma_ok(x, w, r, stride, padding) and _as_matrix(out) is not None:
+            return _launch_1x1_device_tma(x, w, b, mean, var, gamma, beta, r, eps, act, act2, out)
+        if _tma_1x1_ok(x, w, r, out, stride, padding):
+            return _launch_1x1_tma(x, w, b, mean, var, gamma, beta, r, eps, act, act2, out)
     if int8 is not None:
         scales = (xs, ws)
         precision = {"PRECISION": "ieee", "DOT_UPCAST": False, "RTNE_BF16": rtne_bf16(out.dtype), "INT8": True}
@@ -808,11 +909,18 @@ def choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last, int8:
     # timed as GPU time alone
     inlined = (not int8 and inline.will_inline(torch.ops.tritonfuse.conv_bn.default, x.device)
                and _inline_when(x, w, b, *bn, r, stride, padding, eps, act, act2, channels_last) is None)
+    # ... as the device-descriptor TMA kernel where it applies (Hopper, 1x1), else the implicit-GEMM kernel
+    device_tma = (inlined and _HAS_DEVICE_TMA and channels_last and _hopper(x.device)
+                  and _tma_1x1_layout(x, w, r, stride, padding))
 
     def triton_op():
+        a = args()
+        if device_tma:
+            out = _empty_out(a[0], a[1], stride, padding, channels_last)
+            return _launch_1x1_device_tma(a[0], a[1], a[2], *a[3:7], a[7], eps, act, act2, out)
         if inlined:
-            return _launch_conv(*args(), tma=False)
-        return torch.ops.tritonfuse.conv_bn(*args())
+            return _launch_conv(*a, tma=False)
+        return torch.ops.tritonfuse.conv_bn(*a)
 
     def cudnn_conv():
         xr, wr = args()[:2]
@@ -832,9 +940,10 @@ def choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last, int8:
 
     try:
         key = (choice_key(x, w, b, bn, r, stride, padding, act, act2, channels_last) + ("|int8" if int8 else "")
-               + ("|epilogue" if epilogue_pass else "") + ("|pointer" if inlined else ""))
+               + ("|epilogue" if epilogue_pass else "") + ("|devtma" if device_tma else "|pointer" if inlined else ""))
         theirs = [cudnn_conv, epilogue] if epilogue_pass else [cudnn_conv]
-        rec = registry.measured_choice(key, x.device, int8_op if int8 else triton_op, theirs, graphed=inlined)
+        with scratch_allocator() if device_tma else contextlib.nullcontext():
+            rec = registry.measured_choice(key, x.device, int8_op if int8 else triton_op, theirs, graphed=inlined)
     except Exception as e:  # e.g. out of memory while timing: cuDNN's path
         return {"kernel": "conv_bn_cudnn", "error": f"{type(e).__name__}: {e}"}
     ours = "conv_bn_int8" if int8 else "conv_bn"

@@ -109,6 +109,25 @@ TMA_1X1_CASES = [
 ]
 
 
+def _tma_1x1_case(case):
+    """(x, w, the op's other arguments) of TMA_1X1_CASES[case], fp16, channels_last."""
+    xshape, cout, act, act2, res, bias, bn = TMA_1X1_CASES[case]
+    x = fresh(*xshape, dtype=torch.float16, seed=case).to(memory_format=torch.channels_last)
+    w = fresh(cout, xshape[1], 1, 1, dtype=torch.float16, seed=case + 1, scale=xshape[1] ** -0.5)
+    b, p = _params(cout, torch.float16, "cpu", case + 2, bias, bn != "none")
+    if bn == "noaffine":
+        p = (*p[:2], None, None)
+    shape = K.out_shape(x.shape, w.shape, [1, 1], [0, 0])
+    r = fresh(*shape, dtype=torch.float16, seed=case + 3).to(memory_format=torch.channels_last) if res else None
+    return x, w, (b, *p, r, [1, 1], [0, 0], 1e-5, act, act2)
+
+
+def _check_1x1(out, x, w, args):
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    ref = K.conv_bn_ref(x, w, *args, upcast=True)
+    assert_close_to_ref(out, ref, K.conv_bn_ref(x, w, *args), atol=ATOL[torch.float16])
+
+
 @pytest.mark.skipif(K.TensorDescriptor is None, reason="triton without host TMA descriptors")
 @pytest.mark.parametrize("case", range(len(TMA_1X1_CASES)))
 def test_conv1x1_tma_kernel(monkeypatch, case):
@@ -119,22 +138,26 @@ def test_conv1x1_tma_kernel(monkeypatch, case):
     launched = []
     real = K._launch_1x1_tma
     monkeypatch.setattr(K, "_launch_1x1_tma", lambda *a, **kw: launched.append(1) or real(*a, **kw))
-    xshape, cout, act, act2, res, bias, bn = TMA_1X1_CASES[case]
-    x = fresh(*xshape, dtype=torch.float16, seed=case).to(memory_format=torch.channels_last)
-    w = fresh(cout, xshape[1], 1, 1, dtype=torch.float16, seed=case + 1, scale=xshape[1] ** -0.5)
-    b, p = _params(cout, torch.float16, "cpu", case + 2, bias, bn != "none")
-    if bn == "noaffine":
-        p = (*p[:2], None, None)
-    shape = K.out_shape(x.shape, w.shape, [1, 1], [0, 0])
-    r = fresh(*shape, dtype=torch.float16, seed=case + 3).to(memory_format=torch.channels_last) if res else None
-    before = [t.clone() for t in (x, w, b, *p, r) if t is not None]
-    args = (b, *p, r, [1, 1], [0, 0], 1e-5, act, act2)
+    x, w, args = _tma_1x1_case(case)
+    before = [t.clone() for t in (x, w, *args[:6]) if t is not None]
     out = torch.ops.tritonfuse.conv_bn(x, w, *args, True)
     assert launched, "the TMA path did not serve the conv"
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    ref = K.conv_bn_ref(x, w, *args, upcast=True)
-    assert_close_to_ref(out, ref, K.conv_bn_ref(x, w, *args), atol=ATOL[torch.float16])
-    assert all(torch.equal(u, v) for u, v in zip(before, [t for t in (x, w, b, *p, r) if t is not None]))
+    _check_1x1(out, x, w, args)
+    assert all(torch.equal(u, v) for u, v in zip(before, [t for t in (x, w, *args[:6]) if t is not None]))
+
+
+@pytest.mark.skipif(not K._HAS_DEVICE_TMA, reason="triton without device-side TMA descriptors")
+@pytest.mark.parametrize("case", [0, 2])
+def test_conv1x1_device_tma_kernel(case):
+    # the kernel an inlined 1x1 conv runs on Hopper (descriptors built on the device), through the interpreter
+    if torch.cuda.is_available():
+        pytest.skip("covered on the GPU by the inlined model tests")
+    x, w, args = _tma_1x1_case(case)
+    out = torch.empty(K.out_shape(x.shape, w.shape, [1, 1], [0, 0]), dtype=torch.float16)
+    out = out.to(memory_format=torch.channels_last)
+    with K.scratch_allocator():
+        K._launch_1x1_device_tma(x, w, *args[:6], args[8], args[9], args[10], out)
+    _check_1x1(out, x, w, args)
 
 
 def test_conv_inline_policy():
@@ -568,6 +591,10 @@ def test_resnet50_cuda_fp16_channels_last():
         out = torch.compile(m, backend="tritonfuse")(x)
         ref = copy.deepcopy(m).double()(x.double())
     assert tritonfuse.counters()[FAMILY] == _counts(53, 53), tritonfuse.report()
+    # every site inlined into Inductor's code (the 1x1 convs as the device-descriptor TMA kernel)
+    from tritonfuse import inline
+
+    assert not [r for r in inline.counts()["reasons"] if "conv_bn" in r], tritonfuse.report()
     assert_close_to_ref(out, ref, eager, atol=5e-2)
 
 

@@ -38,10 +38,19 @@ SCRIPT = textwrap.dedent(
     from torch.fx.experimental.proxy_tensor import make_fx
     from tritonfuse import inline
     from tritonfuse.kernels import attention, conv_bn, linear_act, norm_residual  # noqa: F401 (ops)
+    from tritonfuse.kernels import conv_bn as CB
     from tritonfuse.kernels import linear_act as LA
 
     inline.unavailable = lambda device: None  # the CPU stands in for the GPU here
     LA._hopper = lambda device: True
+    CB._hopper = lambda device: True
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+
+    def kernel_name(hop):
+        k = kernel_side_table.get_kernel(hop.kwargs["kernel_idx"])
+        while hasattr(k, "fn"):
+            k = k.fn
+        return k.__name__
     ops = torch.ops.tritonfuse
     HOP = inline._hops()[0]
     from torch._inductor.decomposition import select_decomp_table
@@ -64,8 +73,10 @@ SCRIPT = textwrap.dedent(
         mask = torch.ones(2, 1, 1, 500, dtype=torch.bool)
         lse, rows = torch.randn(2, 4, 19), torch.randn(37)
         xc, wc = torch.randn(2, 16, 9, 7).to(memory_format=torch.channels_last), torch.randn(24, 16, 3, 3)
-        w1, rc = torch.randn(24, 16, 1, 1), torch.randn(2, 24, 9, 7).to(memory_format=torch.channels_last)
         bn = [torch.randn(24), torch.rand(24) + 0.5, torch.randn(24), torch.randn(24)]
+        # fp16, channels_last, 1x1: on Hopper the TMA kernel's case
+        xh, w1 = xc.half(), torch.randn(24, 16, 1, 1, dtype=torch.half)
+        rc, bnh = torch.randn(2, 24, 9, 7, dtype=torch.half).to(memory_format=torch.channels_last), [t.half() for t in bn]
     cases = {
         "norm_residual": (lambda x, r, w, b: ops.norm_residual(x, r, w, b, 1e-5, "layer", True, False, False, False)[:2],
                           (x, r, w, b)),
@@ -79,7 +90,7 @@ SCRIPT = textwrap.dedent(
         "conv_bn": (lambda x, w, m, v, g, b: ops.conv_bn(x, w, None, m, v, g, b, None, [1, 1], [1, 1], 1e-5,
                                                           "relu", "none", True), (xc, wc, *bn)),
         "conv_bn_1x1_res": (lambda x, w, m, v, g, b, r: ops.conv_bn(x, w, None, m, v, g, b, r, [1, 1], [0, 0], 1e-5,
-                                                                    "none", "relu", True), (xc, w1, *bn, rc)),
+                                                                    "none", "relu", True), (xh, w1, *bnh, rc)),
         # training forms
         "linear_act_pre": (lambda x, w, b: ops.linear_act_pre(x, w, b, "gelu"), (x, W, bias)),
         "attention_fwd": (lambda q, k, v: ops.attention_fwd(q, k, v, None, 0.125, True), (q, k, k)),
@@ -100,6 +111,7 @@ SCRIPT = textwrap.dedent(
             "kernels": len(hops),
             "ops_left": sum(1 for t in targets if "tritonfuse" in str(t)),
             "written": sorted(w for h in hops for w in h.kwargs["tensors_to_clone"]),
+            "kernel_names": [kernel_name(h) for h in hops],
             # Inductor lowers the spliced nodes directly: none may be an op it would have decomposed earlier
             "undecomposed": sorted({str(t) for t in targets if t in decomps}),
             "no_lowering": sorted({str(t) for t in targets if isinstance(t, torch._ops.OpOverload)
@@ -299,3 +311,14 @@ def test_a_graph_inductor_cannot_compile_inlined_is_compiled_again_with_op_calls
     torch.testing.assert_close(out, model(x), atol=1e-5, rtol=1e-5)
     tritonfuse.reset()
     torch._dynamo.reset()
+
+
+def test_inlined_1x1_conv_on_hopper_builds_its_tma_descriptors_on_the_device(traced):
+    # a traced call has no data pointers for host descriptors: the inlined 1x1 conv runs the kernel that
+    # builds them on the device; a 3x3 conv runs the implicit-GEMM kernel
+    import triton.language as tl
+
+    if not hasattr(tl, "make_tensor_descriptor"):
+        pytest.skip("this triton has no device-side TMA descriptors")
+    assert traced["conv_bn_1x1_res"]["kernel_names"] == ["_conv1x1_device_tma_kernel"]
+    assert traced["conv_bn"]["kernel_names"] == ["_conv_bn_kernel"]
