@@ -425,8 +425,18 @@ def _tma_1x1_aligned(x, w, r, out, stride, padding) -> bool:
 INLINE_MAX_FLOP = 2**35
 
 
+# Off by default: on the H200 (18f248f, scripts/profile_model.py), resnet50 with its 1x1 sites inlined ran
+# 4.45-4.70 ms against Inductor's 2.54: each inlined TMA kernel took 2-3x the time it measured alone, and
+# Inductor copied its operands first (the as_strided views of the trace became copies, ~0.9 ms a forward).
+# Called as ops instead, the sites are measured with their host cost (and left to cuDNN at these sizes), or
+# inside CUDA graphs without it (there the TMA kernel serves them).
+INLINE = False
+
+
 def _inline_when(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, act2, channels_last) -> Optional[str]:
     """None when a call with these operands is inlined; else why it stays an op call."""
+    if not INLINE:
+        return "conv_bn is not inlined (kernels.conv_bn.INLINE)"
     if not _hopper(x.device):
         return None
     return _hopper_inline_reason(x, w, r, stride, padding, channels_last)
