@@ -454,15 +454,16 @@ def _hopper_inline_reason(x, w, r, stride, padding, channels_last) -> Optional[s
 
 
 def _launch_1x1_device_tma(x, w, b, mean, var, gamma, beta, r, eps, act, act2, out):
-    xm, wm, om = _as_matrix(x), _as_matrix(w), _as_matrix(out)
-    M, K = xm.shape
-    N = wm.shape[0]
+    M, K = _as_matrix(x).shape
+    N = w.shape[0]
     has_bn = mean is not None
     affine = has_bn and gamma is not None
     sms = _num_sms(x.device)
-    args = (xm, wm, _as_matrix(r) if r is not None else om, om,
-            b if b is not None else om, mean if has_bn else om, var if has_bn else om,
-            gamma if affine else om, beta if affine else om, eps, M, N, K, _m_bucket(M))
+    # the 4-D tensors themselves (their memory is the [rows, channels] matrix the kernel describes): traced
+    # for inlining, ``as_strided`` views of them became copies in Inductor's code (18f248f)
+    args = (x, w, r if r is not None else out, out,
+            b if b is not None else out, mean if has_bn else out, var if has_bn else out,
+            gamma if affine else out, beta if affine else out, eps, M, N, K, _m_bucket(M))
     kwargs = dict(HAS_BIAS=b is not None, HAS_BN=has_bn, HAS_AFFINE=affine, HAS_RES=r is not None, ACT=act,
                   ACT2=act2, NUM_SMS=sms)
     if inline.active():  # traced into Inductor's graph, which provides the descriptors' scratch memory
