@@ -81,6 +81,26 @@ def _prune(configs, named_args, **kwargs):
 
 
 @triton.jit
+def _bias_bn(acc, cols, n_mask, b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, eps,
+             HAS_BIAS: tl.constexpr, HAS_BN: tl.constexpr, HAS_AFFINE: tl.constexpr):
+    """The conv bias, then the eval-mode BatchNorm of output channels ``cols``, on an fp32 tile."""
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + cols, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    if HAS_BN:
+        mean = tl.load(mean_ptr + cols, mask=n_mask, other=0.0).to(tl.float32)
+        var = tl.load(var_ptr + cols, mask=n_mask, other=1.0).to(tl.float32)
+        if HAS_AFFINE:
+            gamma = tl.load(gamma_ptr + cols, mask=n_mask, other=0.0).to(tl.float32)
+            beta = tl.load(beta_ptr + cols, mask=n_mask, other=0.0).to(tl.float32)
+            scale = gamma / tl.sqrt(var + eps)
+            acc = (acc - mean[None, :]) * scale[None, :] + beta[None, :]
+        else:
+            # BatchNorm2d(affine=False): no gamma, no beta
+            acc = (acc - mean[None, :]) * (1.0 / tl.sqrt(var + eps))[None, :]
+    return acc
+
+
+@triton.jit
 def _epilogue(
     acc, img, oh, ow, m_mask, offs_n, N,
     b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, eps, r_ptr, out_ptr,
@@ -90,19 +110,8 @@ def _epilogue(
 ):
     # acc: fp32 [BLOCK_M, BLOCK_N] tile of the conv output; rows are (img, oh, ow), columns output channels
     n_mask = offs_n < N
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    if HAS_BN:
-        mean = tl.load(mean_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-        var = tl.load(var_ptr + offs_n, mask=n_mask, other=1.0).to(tl.float32)
-        if HAS_AFFINE:
-            gamma = tl.load(gamma_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-            beta = tl.load(beta_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-            scale = gamma / tl.sqrt(var + eps)
-            acc = (acc - mean[None, :]) * scale[None, :] + beta[None, :]
-        else:
-            # BatchNorm2d(affine=False): no gamma, no beta
-            acc = (acc - mean[None, :]) * (1.0 / tl.sqrt(var + eps))[None, :]
+    acc = _bias_bn(acc, offs_n, n_mask, b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, eps,
+                   HAS_BIAS, HAS_BN, HAS_AFFINE)
     acc = _apply_act(acc, ACT)
     mask = m_mask[:, None] & n_mask[None, :]
     if HAS_RES:
@@ -311,18 +320,8 @@ def _conv1x1_tiles(
         offs_n = pid_n * BLOCK_N
         acc = _tma_tile_dot(x_desc, w_desc, offs_m, offs_n, k_tiles, BLOCK_M, BLOCK_N, BLOCK_K)
         cols = offs_n + tl.arange(0, BLOCK_N)
-        n_ok = cols < N
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + cols, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-        if HAS_BN:
-            mean = tl.load(mean_ptr + cols, mask=n_ok, other=0.0).to(tl.float32)
-            inv = 1.0 / tl.sqrt(tl.load(var_ptr + cols, mask=n_ok, other=1.0).to(tl.float32) + eps)
-            if HAS_AFFINE:
-                inv = inv * tl.load(gamma_ptr + cols, mask=n_ok, other=0.0).to(tl.float32)
-                shift = tl.load(beta_ptr + cols, mask=n_ok, other=0.0).to(tl.float32) - mean * inv
-            else:
-                shift = -mean * inv
-            acc = acc * inv[None, :] + shift[None, :]
+        acc = _bias_bn(acc, cols, cols < N, b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, eps,
+                       HAS_BIAS, HAS_BN, HAS_AFFINE)
         acc = _apply_act(acc, ACT)
         if HAS_RES:
             acc = _apply_act(acc + r_desc.load([offs_m, offs_n]).to(tl.float32), ACT2)
