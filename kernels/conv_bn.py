@@ -411,10 +411,9 @@ def _tma_1x1_layout(x, w, r, stride, padding) -> bool:
 
 
 def _tma_1x1_aligned(x, w, r, out, stride, padding) -> bool:
-    if not _tma_1x1_layout(x, w, r, stride, padding):
-        return False
-    mats = [_as_matrix(t) for t in (x, w, out) + ((r,) if r is not None else ())]
-    return all(m is not None and m.data_ptr() % 16 == 0 for m in mats)
+    # a matrix view starts where its tensor does: the tensors' own pointers are the descriptors' bases
+    return (_tma_1x1_layout(x, w, r, stride, padding) and _as_matrix(out) is not None
+            and all(t.data_ptr() % 16 == 0 for t in (x, w, out, r) if t is not None))
 
 
 # A conv is inlined into Inductor's code as the implicit-GEMM kernel (no op-call host cost, ~50 us on the
