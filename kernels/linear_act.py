@@ -110,20 +110,21 @@ else:
 
 
 def _set_gated_blocks(nargs):
-    # the interleaved dual GEMM: [BM, BN] tiles of x @ w_cat.T, stored as [BM, BN/2] outputs
+    # the dual GEMM: [BM, BN] tiles of x @ [wg; wu].T (BN / 2 rows of each), stored as [BM, BN/2] outputs
     bm, bn, bk = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
     nargs["x_desc"].block_shape = [bm, bk]
-    nargs["w_desc"].block_shape = [bn, bk]
+    w_desc = nargs["w_desc"]
+    w_desc.block_shape = [2, bn // 2, bk] if len(w_desc.shape) == 3 else [bn, bk]
     nargs["out_desc"].block_shape = [bm, bn // 2]
 
 
 def _gated_tma_cfg(bm, bk, stages, warps):
-    # BLOCK_N is the gate+up tile: always 2 x GATED_HALF rows of the interleaved weight
+    # BLOCK_N is the gate+up tile: always GATED_HALF rows of each weight
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": 2 * GATED_HALF, "BLOCK_K": bk, "GROUP_M": 8},
                          num_stages=stages, num_warps=warps, pre_hook=_set_gated_blocks)
 
 
-GATED_HALF = 128  # output columns per tile of the interleaved dual GEMM (rows of wg, then of wu, per block)
+GATED_HALF = 128  # output columns per tile of the dual GEMM (rows of wg, then as many of wu)
 if config.autotune_enabled():
     # one 128x256 GEMM tile per 128 output columns: the shape that matched cuBLAS for plain GEMMs on the
     # H200 (scripts/explore_gpu.py), where the two-accumulator kernel reached 547 TFLOP/s against 667
@@ -328,10 +329,13 @@ def _gated_mlp_tma_kernel(
     x_desc, w_desc, bg_ptr, bu_ptr, out_desc, M, N, K, M_BUCKET,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, NUM_SMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    PAIR: tl.constexpr = False, UP_FIRST: tl.constexpr = False,
 ):
-    # w_desc: the gate and up weights interleaved in blocks of BLOCK_N / 2 rows ([wg_0; wu_0; wg_1; wu_1; ...],
-    # see _interleave), so one [BM, BN] tile of a single GEMM holds both projections of BN / 2 output
-    # columns: one tl.dot per K step, as in a plain GEMM, instead of two half-width ones
+    # One [BM, BN] tile of a single GEMM holds both projections of BN / 2 output columns: one tl.dot per K
+    # step, as in a plain GEMM, instead of two half-width ones. The weight tile is [wg rows; wu rows]:
+    # PAIR: w_desc is a 3-D view [2, N, K] of the two weights where they lie (see _pair_desc; UP_FIRST when
+    # wu lies below wg in memory), one TMA box of [2, BN / 2, BK] a step. Otherwise w_desc is a copy
+    # interleaved in blocks of BN / 2 rows ([wg_0; wu_0; wg_1; wu_1; ...], see _interleave).
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N // 2)
     k_tiles = tl.cdiv(K, BLOCK_K)
@@ -342,9 +346,15 @@ def _gated_mlp_tma_kernel(
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for ki in range(k_tiles):
             a = x_desc.load([offs_m, ki * BLOCK_K])
-            acc = tl.dot(a, w_desc.load([pid_n * BLOCK_N, ki * BLOCK_K]).T, acc)
+            if PAIR:
+                b = w_desc.load([0, pid_n * (BLOCK_N // 2), ki * BLOCK_K]).reshape(BLOCK_N, BLOCK_K)
+            else:
+                b = w_desc.load([pid_n * BLOCK_N, ki * BLOCK_K])
+            acc = tl.dot(a, b.T, acc)
         # [BM, BN] -> the gate half and the up half, each [BM, BN / 2]
         acc_g, acc_u = _halves(acc, BLOCK_N)
+        if UP_FIRST:
+            acc_g, acc_u = acc_u, acc_g
         offs_n = pid_n * (BLOCK_N // 2)
         if HAS_BIAS:
             cols = offs_n + tl.arange(0, BLOCK_N // 2)
@@ -557,17 +567,21 @@ def _launch_gated(x, wg, wu, bg, bu, act, fixed: Optional[dict] = None, tma: boo
     has_bias = bg is not None
     if K > 0 and tma and _tma_ok(x, wg, wu, out):
         sms = _num_sms(x.device)
-        half = fixed["BLOCK_N"] // 2 if fixed else GATED_HALF
-        w_cat = _interleave(wg, wu, half)
-        args = dict(x_desc=_desc(x), w_desc=_desc(w_cat), out_desc=_desc(out))
+        pair = _pair_desc(wg, wu) if PAIR_WEIGHTS else None
+        if pair is not None:
+            w_desc, up_first = pair
+        else:
+            w_desc, up_first = _desc(_interleave(wg, wu, fixed["BLOCK_N"] // 2 if fixed else GATED_HALF)), False
+        args = dict(x_desc=_desc(x), w_desc=w_desc, out_desc=_desc(out))
         if fixed:
             _set_gated_blocks({**args, **fixed})
             kernel = _gated_mlp_tma_kernel.fn
         else:
             kernel = registry.launcher(_gated_mlp_tma_kernel)
-        kernel[_persistent_grid(M, w_cat.shape[0], sms)](
+        kernel[_persistent_grid(M, 2 * N, sms)](  # one program per SM, at most one per tile
             args["x_desc"], args["w_desc"], bg if has_bias else wg, bu if has_bias else wu,
-            args["out_desc"], M, N, K, _m_bucket(M), HAS_BIAS=has_bias, ACT=act, NUM_SMS=sms, **(fixed or {}),
+            args["out_desc"], M, N, K, _m_bucket(M), HAS_BIAS=has_bias, ACT=act, NUM_SMS=sms,
+            PAIR=pair is not None, UP_FIRST=up_first, **(fixed or {}),
         )
         return out
     kernel = _gated_mlp_kernel.fn if fixed else registry.launcher(_gated_mlp_kernel)
@@ -581,10 +595,36 @@ def _launch_gated(x, wg, wu, bg, bu, act, fixed: Optional[dict] = None, tma: boo
     return out
 
 
+PAIR_WEIGHTS = True  # the TMA dual GEMM reads wg and wu where they lie (False: an interleaved copy per call)
+
+
+def _pair_desc(wg: torch.Tensor, wu: torch.Tensor):
+    """A TMA descriptor of the 3-D view [2, N, K] that puts the two weights side by side without a copy:
+    based at the lower of the two, its outer stride is the distance to the other (a TMA box reads only the
+    rows it names, never the bytes between the weights). Returns (descriptor, wu first), or None where the
+    distance is not a positive multiple of 16 bytes or the row strides differ (then the weights are copied).
+    """
+    if wg.shape != wu.shape or wg.stride() != wu.stride() or wg.dtype != wu.dtype:
+        return None
+    es = wg.element_size()
+    dist = wu.data_ptr() - wg.data_ptr()
+    up_first = dist < 0
+    base = wu if up_first else wg
+    dist = abs(dist)
+    if dist == 0 or dist % 16 or dist >= 2**40:
+        return None
+    d = host_desc(base, [16, 16])
+    d.block_shape = [2, 16, 16]  # set per config
+    d.shape = [2, *base.shape]
+    d.strides = [dist // es, *base.stride()]
+    return d, up_first
+
+
 def _interleave(wg: torch.Tensor, wu: torch.Tensor, half: int) -> torch.Tensor:
     """[wg_0; wu_0; wg_1; wu_1; ...] in blocks of ``half`` rows, zero rows padding N up to a block: the weight
-    of the interleaved dual GEMM. A copy per call (both weights read and written once, about 2% of the
-    GEMM's time at Llama's MLP shapes), so nothing is cached and an updated weight is always read afresh."""
+    of the dual GEMM where the two weights cannot be viewed as one (see _pair_desc). A copy per call (both
+    weights read and written once, 3-4% of the GEMM's time at Llama's MLP shapes), so nothing is cached and
+    an updated weight is always read afresh."""
     n, k = wg.shape
     blocks = triton.cdiv(n, half)
     if blocks * half != n:

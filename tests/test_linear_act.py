@@ -684,22 +684,36 @@ def test_tma_linear_kernel(monkeypatch, act, bias, store_pre, subtile):
 
 
 @pytest.mark.skipif(K.TensorDescriptor is None, reason="triton without host TMA descriptors")
-@pytest.mark.parametrize("act,bias,fused", [("silu", True, False), ("gelu", False, True)])
-def test_tma_gated_kernel(monkeypatch, act, bias, fused):
-    # the interleaved dual GEMM: N=104 is not a multiple of the 16-row half tile (zero rows pad the last
-    # block, the store clips), ragged M; with ``fused`` the two weights are halves of one [2N, K] weight
+@pytest.mark.parametrize("act,bias,layout", [("silu", True, "separate"), ("gelu", False, "fused"),
+                                             ("silu", False, "fused_up_first"), ("gelu", True, "strides_differ"),
+                                             ("silu", True, "pair_off")])
+def test_tma_gated_kernel(monkeypatch, act, bias, layout):
+    # the dual GEMM: N=104 is not a multiple of the 16-row half tile (TMA zero-fills the last block's
+    # rows, or zero rows pad the interleaved copy; the store clips), ragged M. The weights: two tensors,
+    # or the halves of one [2N, K] weight (also with wu first in memory: the 3-D view is based at wu);
+    # with different row strides (or the pair view switched off) the weights are interleaved into a copy
     if torch.cuda.is_available():
         pytest.skip("covered on the GPU by the autotuned path")
     monkeypatch.setattr(K, "_tma_ok", K._tma_aligned)
+    if layout == "pair_off":
+        monkeypatch.setattr(K, "PAIR_WEIGHTS", False)
+    copies = []
+    interleave = K._interleave
+    monkeypatch.setattr(K, "_interleave", lambda *a: copies.append(1) or interleave(*a))
     x = fresh(77, 72, dtype=torch.float16)
-    if fused:
+    if layout.startswith("fused"):
         w = fresh(208, 72, dtype=torch.float16, scale=0.1)
-        wg, wu = w[:104], w[104:]
+        wg, wu = (w[104:], w[:104]) if layout == "fused_up_first" else (w[:104], w[104:])
+    elif layout == "strides_differ":
+        wg, wu = fresh(104, 72, dtype=torch.float16, scale=0.1), fresh(104, 80, dtype=torch.float16, scale=0.1)[:, :72]
     else:
         wg, wu = fresh(104, 72, dtype=torch.float16, scale=0.1), fresh(104, 72, dtype=torch.float16, scale=0.1)
+    if layout == "fused_up_first":
+        assert K._pair_desc(wg, wu)[1]
     bg, bu = (fresh(104, dtype=torch.float16), fresh(104, dtype=torch.float16)) if bias else (None, None)
     before = wg.clone(), wu.clone()
     out = K._launch_gated(x, wg, wu, bg, bu, act, fixed=TMA_CFG)
+    assert len(copies) == (1 if layout in ("strides_differ", "pair_off") else 0)
     args = (x, wg, wu, bg, bu, act)
     assert_close_to_ref(out, K.gated_mlp_ref(*args, upcast=True), K.gated_mlp_ref(*args), atol=1e-3)
     assert torch.equal(wg, before[0]) and torch.equal(wu, before[1])

@@ -1,0 +1,89 @@
+"""The int8 weight-only decode kernel (M <= 16) on a GPU, per config, against cuBLAS's bf16 linear: which tile
+orientation (SWAP: the weight as the MMA's A operand), column tile, K step, split and pipeline depth stream
+the weight fastest. Timed from replayed CUDA graphs, with the weight warm in L2 (one copy, what
+bench_int8.py times) and cold (a round of copies larger than L2). Checks each variant's output.
+
+    python3 scripts/wonly_probe.py [--shapes 16x4096x4096,1x4096x4096] [--quick]
+
+Writes JSON lines to $OUT/wonly-probe.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from tritonfuse.kernels import int8 as Q
+
+OUT = os.environ.get("OUT", "/tmp")
+
+
+def graph_ms(fn, per=1):
+    return triton.testing.do_bench_cudagraph(fn, rep=40, return_mode="median") / per
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default="16x4096x4096,1x4096x4096,16x2048x8192,16x14336x4096,16x4096x14336")
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    log = open(os.path.join(OUT, "wonly-probe.jsonl"), "a")
+
+    def emit(**kw):
+        log.write(json.dumps(kw) + "\n")
+        log.flush()
+        print(" ".join(f"{k}={v:.5f}" if isinstance(v, float) else f"{k}={v}" for k, v in kw.items()), flush=True)
+
+    torch.manual_seed(0)
+    variants = [(False, *c) for c in ((32, 256, 1, 4, 4), (64, 256, 1, 4, 4), (32, 256, 2, 4, 4), (64, 256, 2, 4, 4),
+                                      (32, 256, 4, 4, 4), (64, 256, 4, 4, 4), (64, 128, 8, 4, 4), (128, 128, 4, 3, 4))]
+    bns, bks, splits, stages, warps = (((64, 128), (128, 256), (1, 2, 4, 8), (3, 4, 5), (4, 8)) if not a.quick else
+                                       ((64,), (256,), (2, 4), (4,), (4,)))
+    variants += [(True, *c) for c in itertools.product(bns, bks, splits, stages, warps)
+                 if not (c[0] == 64 and c[4] == 8)]
+    variants += [(True, 32, bk, s, st, 4) for bk in (256, 512) for s in (2, 4, 8) for st in (3, 4)]
+    for shape in a.shapes.split(","):
+        M, N, K = map(int, shape.split("x"))
+        x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) * K ** -0.5
+        wq, ws = Q.quantize_weight(w)
+        ref = (x.double() @ (wq.double() * ws.double()[:, None]).T)
+        copies = max(2, triton.cdiv(160 << 20, N * K))  # bf16 copies, > L2 (50 MB on the H100/H200)
+        wb = [w.clone() for _ in range(copies)]
+        wqs = [wq.clone() for _ in range(copies)]
+        emit(shape=shape, provider="cublas-bf16", warm_ms=graph_ms(lambda: F.linear(x, w)),
+             cold_ms=graph_ms(lambda: [F.linear(x, t) for t in wb], copies))
+        out = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
+        part = torch.empty(2 * 8 * 16 * N, device="cuda", dtype=torch.float32)
+        count = torch.zeros(max(1024, triton.cdiv(N, 16)), device="cuda", dtype=torch.int32)
+        for swap, bn, bk, split, st, nw in variants:
+            if split > 1 and (split - 1) * bk >= K:
+                continue
+
+            def run(wq_=wq, swap=swap, bn=bn, bk=bk, split=split, st=st, nw=nw):
+                Q._decode_kernel.fn[(triton.cdiv(N, bn), split)](
+                    x, wq_, ws, ws, wq_, ws, ws, out, part, count, M, N, K, 16,
+                    x.stride(0), x.stride(1), wq_.stride(0), wq_.stride(1), wq_.stride(0), wq_.stride(1),
+                    out.stride(0), out.stride(1), HAS_BIAS=False, ACT="none", GATED=False, DOT_UPCAST=False,
+                    RTNE_BF16=False, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, EVEN_K=K % (bk * split) == 0,
+                    SWAP=swap, num_warps=nw, num_stages=st)
+            tag = dict(shape=shape, provider="decode", swap=swap, bn=bn, bk=bk, split=split, stages=st, warps=nw)
+            try:
+                out.zero_()
+                run()
+                torch.cuda.synchronize()
+                err = (out.double() - ref).abs().max().item() / ref.abs().max().item()
+                emit(**tag, rel_err=err, warm_ms=graph_ms(run),
+                     cold_ms=graph_ms(lambda: [run(t) for t in wqs], copies))
+            except Exception as e:  # a config that does not compile here is a result too
+                emit(**tag, error=f"{type(e).__name__}: {str(e)[:200]}")
+
+
+if __name__ == "__main__":
+    main()
