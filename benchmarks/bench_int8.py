@@ -10,7 +10,10 @@ Providers: ``torch._int_mm`` (int8 in, int32 out), ``tritonfuse`` (the W8A8 GEMM
 operands with its dequant epilogue, bf16 out), ``tritonfuse-pointer`` (the non-TMA kernel),
 ``tritonfuse-e2e`` (``int8_linear`` from bf16 x: row quantization + GEMM), ``cublas-bf16`` (``torch.matmul``).
 TOPS/TFLOP/s = 2·M·N·K / time. Decode rows are timed with ``do_bench`` and, without the host's launch
-overhead, with CUDA graphs (``-graph`` providers), which is how decode runs in practice.
+overhead, with CUDA graphs (``-graph`` providers), which is how decode runs in practice. A graph that
+replays one call reads its weight from L2 from the second replay on (a 4096x4096 bf16 weight is 32 MB, the
+L2 50 MB), so ``-graph-cold`` rows cycle through copies of the weight, 256 MB in all, one per call: each
+call streams its weight from DRAM, as each layer of a real decode step does.
 """
 
 from __future__ import annotations
@@ -144,6 +147,20 @@ def prewarm(jobs) -> dict:
 
 def bench(fn, graph=False, rep=100) -> float:
     return gpu_time(fn, warmup=rep // 4, rep=rep, timer="graph" if graph else "plain")
+
+
+COLD_BYTES = 256 << 20  # weights cycled through per replay for the "-cold" rows: 5x the H100/H200's 50 MB L2
+
+
+def bench_cold(call, weights) -> float:
+    """ms per call of ``call(w)`` from a CUDA graph that runs it once for each weight in ``weights`` (copies of
+    one weight, more bytes than L2 holds): each call streams its weight from DRAM, as each layer of a decode
+    step does, where timing one weight over and over reads it from L2."""
+    return bench(lambda: [call(w) for w in weights], True) / len(weights)
+
+
+def copies(t, n_bytes=COLD_BYTES) -> int:
+    return max(2, math.ceil(n_bytes / (t.numel() * t.element_size())))
 
 
 def sqnr(ref, y) -> float:
@@ -310,6 +327,17 @@ def _decode_section(args, add, table, errors):
         add("int8_weight_only", shape, "bfloat16", "tritonfuse-tiled" + sfx,
             bench(lambda: Q._launch_pointer(Q._wonly_kernel, x, ws, wq, ws, None, "none", tiled, None, None, None,
                                             w8a8=False), graph), flops)
+    # weights cold in L2, as in a real decode step (one copy per call, cycled): the bf16 and int8 weights are
+    # read from DRAM
+    w_copies = [w.clone() for _ in range(copies(wq))]
+    add("int8_weight_only", shape, "bfloat16", "cublas-bf16-graph-cold",
+        bench_cold(lambda t: F.linear(x, t), w_copies), flops)
+    add("int8_weight_only", shape, "bfloat16", "tritonfuse-graph-cold",
+        bench_cold(lambda t: torch.ops.tritonfuse.int8_linear(x, t, None, "none", "int8-weight"), w_copies), flops)
+    qs = [(wq.clone(), ws) for _ in range(copies(wq))]
+    add("int8_weight_only", shape, "bfloat16", "tritonfuse-kernel-graph-cold",
+        bench_cold(lambda q: Q._weight_only(x, q[0], q[1], None, "none"), qs), flops)
+    del w_copies, qs
     # llama-1b decode's layers (b8): q/o, k/v, down, and gate+up as one dual GEMM, in CUDA graphs
     for m, n, k, gated in ((8, 2048, 2048, False), (8, 512, 2048, False), (8, 2048, 8192, False),
                            (8, 8192, 2048, True)):
@@ -327,6 +355,16 @@ def _decode_section(args, add, table, errors):
                   True), fl)
         add("int8_weight_only", sh, "bfloat16", "tritonfuse-kernel-graph",
             bench(lambda: Q._weight_only(xs_, qa, sa, None, "silu" if gated else "none", qb, sb, None), True), fl)
+        n = copies(qa) // (2 if gated else 1)
+        ws_b = [(wa.clone(), wb.clone() if gated else None) for _ in range(n)]
+        add("int8_weight_only", sh, "bfloat16", "cublas-bf16-graph-cold",
+            bench_cold((lambda t: F.silu(F.linear(xs_, t[0])) * F.linear(xs_, t[1])) if gated else
+                       (lambda t: F.linear(xs_, t[0])), ws_b), fl)
+        ws_q = [(qa.clone(), qb.clone() if gated else None) for _ in range(n)]
+        add("int8_weight_only", sh, "bfloat16", "tritonfuse-kernel-graph-cold",
+            bench_cold(lambda t: Q._weight_only(xs_, t[0], sa, None, "silu" if gated else "none", t[1], sb, None),
+                       ws_q), fl)
+        del ws_b, ws_q
     if args.sweep:
         out = torch.empty(M, N, device=dev, dtype=torch.bfloat16)
         for i, cfg in enumerate(_candidates("wonly", True)):

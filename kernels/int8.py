@@ -78,11 +78,9 @@ def _tma_cfg(bm, bn, bk, stages, warps, persistent=True, flatten=True, group=8):
     )
 
 
-def _split_cfg(bn, bk, split, stages, warps, swap=False):
-    # the decode kernel: all M <= 16 rows in one 16-row tile; SPLIT_K programs share each column tile's K;
-    # SWAP computes out.T tiles (the weight as the MMA's A operand)
-    return triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split, "SWAP": swap}, num_stages=stages,
-                         num_warps=warps)
+def _split_cfg(bn, bk, split, stages, warps):
+    # the decode kernel: all M <= 16 rows in one 16-row tile; SPLIT_K programs share each column tile's K
+    return triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split}, num_stages=stages, num_warps=warps)
 
 
 if registry.interpret_mode():
@@ -324,31 +322,6 @@ _GRAPH_BENCH_KW = ({"do_bench": _graph_bench} if "do_bench" in inspect.signature
                    and not registry.interpret_mode() else {})
 
 
-@triton.jit
-def _swapped_k_loop(x_ptr, w_ptr, wu_ptr, offs_am, offs_bn, offs_k, k_per, K,
-                    stride_xm, stride_xk, stride_wn, stride_wk, stride_un, stride_uk,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_UPCAST: tl.constexpr,
-                    GATED: tl.constexpr, EVEN_K: tl.constexpr):
-    # the decode kernel's K loop as out.T tiles: acc_t [BLOCK_N, BLOCK_M] += w [BLOCK_N, BLOCK_K] @ x.T
-    x_ptrs = x_ptr + offs_am[None, :] * stride_xm + offs_k[:, None] * stride_xk
-    w_ptrs = w_ptr + offs_bn[:, None] * stride_wn + offs_k[None, :] * stride_wk
-    u_ptrs = wu_ptr + offs_bn[:, None] * stride_un + offs_k[None, :] * stride_uk
-    acc_t = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    acc_ut = acc_t
-    for k in range(0, k_per, BLOCK_K):
-        k_ok = offs_k + k < K  # the last split's ragged end (and splits past K) read zeros
-        xt = _load_k(x_ptrs, k_ok[:, None], EVEN_K)
-        xt_, w = _dot_operands(xt, _load_k(w_ptrs, k_ok[None, :], EVEN_K), False, DOT_UPCAST)
-        acc_t = tl.dot(w, xt_, acc_t)
-        if GATED:
-            xt_, u = _dot_operands(xt, _load_k(u_ptrs, k_ok[None, :], EVEN_K), False, DOT_UPCAST)
-            acc_ut = tl.dot(u, xt_, acc_ut)
-            u_ptrs += BLOCK_K * stride_uk
-        x_ptrs += BLOCK_K * stride_xk
-        w_ptrs += BLOCK_K * stride_wk
-    return acc_t, acc_ut
-
-
 @triton.autotune(configs=_DECODE_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune_decode},
                  **_AUTOTUNE_KW, **_GRAPH_BENCH_KW)
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % (args["BLOCK_K"] * args["SPLIT_K"]) == 0})
@@ -360,7 +333,6 @@ def _decode_kernel(
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr, DOT_UPCAST: tl.constexpr,
     RTNE_BF16: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr,
-    SWAP: tl.constexpr = False,
 ):
     # Weight-only int8 for M <= 16 rows (decode). Program (column tile, split) sums its share of K for all
     # rows. With SPLIT_K > 1 each program writes its fp32 partial tile to part [SPLIT_K, 16, N] (and the
@@ -376,28 +348,18 @@ def _decode_kernel(
     offs_k = split * k_per + tl.arange(0, BLOCK_K)
     offs_am = tl.where(offs_m < M, offs_m, 0)
     offs_bn = tl.where(offs_n < N, offs_n, 0)
-    if SWAP:
-        # out.T = w @ x.T: the weight tile is the MMA's A operand ([BLOCK_N, BLOCK_K], converted in registers,
-        # where Hopper's wgmma can read it) and the 16 rows of x its N; one transpose of the result at the end
-        acc_t, acc_ut = _swapped_k_loop(x_ptr, w_ptr, wu_ptr, offs_am, offs_bn, offs_k, k_per, K,
-                                        stride_xm, stride_xk, stride_wn, stride_wk, stride_un, stride_uk,
-                                        BLOCK_M, BLOCK_N, BLOCK_K, DOT_UPCAST, GATED, EVEN_K)
-        acc = tl.trans(acc_t)
-        acc_u = tl.trans(acc_ut)
-    else:
-        x_ptrs = x_ptr + offs_am[:, None] * stride_xm + offs_k[None, :] * stride_xk
-        w_ptrs = w_ptr + offs_bn[None, :] * stride_wn + offs_k[:, None] * stride_wk
-        u_ptrs = wu_ptr + offs_bn[None, :] * stride_un + offs_k[:, None] * stride_uk
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        acc_u = acc
-        for k in range(0, k_per, BLOCK_K):
-            # the mask: the last split's ragged end (and splits past K) read zeros
-            acc, acc_u = _k_step(acc, acc_u, x_ptrs, w_ptrs, u_ptrs, offs_k + k < K, False, DOT_UPCAST, GATED,
-                                 EVEN_K)
-            if GATED:
-                u_ptrs += BLOCK_K * stride_uk
-            x_ptrs += BLOCK_K * stride_xk
-            w_ptrs += BLOCK_K * stride_wk
+    x_ptrs = x_ptr + offs_am[:, None] * stride_xm + offs_k[None, :] * stride_xk
+    w_ptrs = w_ptr + offs_bn[None, :] * stride_wn + offs_k[:, None] * stride_wk
+    u_ptrs = wu_ptr + offs_bn[None, :] * stride_un + offs_k[:, None] * stride_uk
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_u = acc
+    for k in range(0, k_per, BLOCK_K):
+        # the mask: the last split's ragged end (and splits past K) read zeros
+        acc, acc_u = _k_step(acc, acc_u, x_ptrs, w_ptrs, u_ptrs, offs_k + k < K, False, DOT_UPCAST, GATED, EVEN_K)
+        if GATED:
+            u_ptrs += BLOCK_K * stride_uk
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
     if SPLIT_K == 1:
         _store_tile(acc, acc_u, ws_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, offs_m, offs_n, M, N,
                     stride_om, stride_on, False, HAS_BIAS, ACT, GATED, RTNE_BF16)
