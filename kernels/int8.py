@@ -127,16 +127,20 @@ else:
         _cfg(64, 128, 64, 4, 4),
     ]
     # decode (M <= 16): the weight is the only real traffic; split K so that enough programs stream it
-    # (a 2048-column layer has 64 column tiles of 32 for 132 SMs)
+    # (a 2048-column layer has 64 column tiles of 32 for 132 SMs). From scripts/wonly_probe.py on the H200
+    # (c5948d2), timed with the weight cold in L2 as in a decode step: the best at 16x4096x4096 (32x256,
+    # split 4: 8.7 us against cuBLAS bf16's 13.8), 1x4096x4096 (64x256, split 4) and 16x14336x4096 (64x256,
+    # unsplit, 2 warps), the runners-up, and deeper splits for small layers
     _DECODE_CONFIGS = [
-        _split_cfg(32, 256, 1, 4, 4),
-        _split_cfg(64, 256, 1, 4, 4),
-        _split_cfg(32, 256, 2, 4, 4),
-        _split_cfg(64, 256, 2, 4, 4),
-        _split_cfg(32, 256, 4, 4, 4),
+        _split_cfg(32, 256, 4, 3, 4),
+        _split_cfg(32, 256, 4, 3, 2),
+        _split_cfg(32, 512, 2, 3, 2),
         _split_cfg(64, 256, 4, 4, 4),
-        _split_cfg(64, 128, 8, 4, 4),
+        _split_cfg(64, 512, 2, 3, 4),
+        _split_cfg(64, 256, 1, 4, 2),
+        _split_cfg(64, 512, 1, 3, 4),
         _split_cfg(128, 128, 4, 3, 4),
+        _split_cfg(32, 128, 8, 4, 4),
     ]
 
 
