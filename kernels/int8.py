@@ -316,10 +316,29 @@ _wonly_kernel = triton.autotune(
 )(_int8_gemm_kernel)
 
 
+_flush_buffers: dict = {}  # device index -> a buffer of twice the GPU's L2
+
+
 def _graph_bench(kernel_call, quantiles=None):
-    # a decode kernel runs for fewer microseconds than a launch from Python takes, so Triton's default timing
-    # (one launch per event pair) measures the host: time it from replayed CUDA graphs instead
-    return triton.testing.do_bench_cudagraph(kernel_call, rep=20, quantiles=quantiles)
+    """The decode autotuner's timing. A decode kernel runs for fewer microseconds than a launch from Python
+    takes, so Triton's default timing (one launch per event pair) measures the host: time it from replayed
+    CUDA graphs instead. And in a decode step each layer's weight comes from DRAM, while one call replayed
+    reads it from L2 from the second replay on; so each replay first reads twice the L2 of other data, and
+    that read's own time is taken off. (Timed warm, the H200 chose a config 18% slower cold at
+    16x4096x4096: 10.3 us against 8.7.)"""
+    dev = torch.cuda.current_device()
+    buf = _flush_buffers.get(dev)
+    if buf is None:
+        l2 = getattr(torch.cuda.get_device_properties(dev), "L2_cache_size", 50 << 20)
+        buf = _flush_buffers[dev] = torch.ones(2 * l2 // 4, device="cuda", dtype=torch.float32)
+    flush = triton.testing.do_bench_cudagraph(lambda: buf.sum(), rep=20)
+
+    def flushed():
+        buf.sum()
+        kernel_call()
+
+    t = triton.testing.do_bench_cudagraph(flushed, rep=20, quantiles=quantiles)
+    return [max(v - flush, 0.0) for v in t] if isinstance(t, (list, tuple)) else max(t - flush, 0.0)
 
 
 _GRAPH_BENCH_KW = ({"do_bench": _graph_bench} if "do_bench" in inspect.signature(triton.autotune).parameters

@@ -399,6 +399,8 @@ INLINE_MAX_FLOP = 2**35
 def _inline_when(x, *ws_and_rest) -> Optional[str]:
     """None when a call with these operands is inlined; else why it stays an op call."""
     ws = [t for t in ws_and_rest if isinstance(t, torch.Tensor) and t.dim() == 2]
+    if any(isinstance(s, torch.SymInt) for t in (x, *ws) for s in (*t.shape, *t.stride())):
+        return "symbolic shapes"  # as the inline pass says (deciding on them would add guards to the graph)
     if x.shape[0] <= INLINE_MAX_M or not _hopper(x.device) or TensorDescriptor is None:
         return None
     if x.dtype not in (torch.float16, torch.bfloat16):

@@ -400,6 +400,9 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: b
         x2h = _hinted(x2)
         if reason is None and x2h is None:
             reason = "data-dependent number of rows"
+        wsh = [_hinted(w) for w in ws]  # weights that are graph inputs of a dynamic graph have symbolic sizes
+        if reason is None and any(w is None for w in wsh):
+            reason = "data-dependent weight shape"
         int8_mode, int8_kernel, int8_why = (
             (None, None, "int8: HF Conv1D weight layout not supported" if config.quant != "none" else None)
             if conv1d else _int8_choice(site, x2, ws, b, act, gated, store_pre, match))
@@ -412,7 +415,7 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: b
         if reason is None and act == "none" and not config.linear_plain_enabled():
             reason = int8_why or "no activation and no int8 kernel: cuBLAS's addmm kept"
         if reason is None:
-            rec = K.measure(x2h, ws, b, act, gated, store_pre)
+            rec = K.measure(x2h, wsh, b if b is None else _hinted(b), act, gated, store_pre)
             if not rec["use"]:
                 reason = registry.slower_reason(rec, "cuBLAS + epilogue")
         return registry.settle(FAMILY, site, kernel, reason, detail)

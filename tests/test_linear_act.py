@@ -600,6 +600,48 @@ def test_dynamic_shapes_compile_and_match():
     assert _counts()["replaced"] >= 1
 
 
+def test_dynamic_weight_shapes_decide_on_example_sizes(monkeypatch):
+    # weights passed as inputs whose sizes change between calls are symbolic in the recompiled graph; the
+    # site's choices (inlining, timing) are made on their example sizes, never on symbols (on the H200 the
+    # Hopper branch formatted a symbolic FLOP count and the whole linear_act pass failed). Here the Hopper
+    # branch is forced on, with thresholds at zero so every site reaches it
+    from tritonfuse import inline
+
+    monkeypatch.setattr(K, "_hopper", lambda device: True)
+    monkeypatch.setattr(K, "INLINE_MAX_M", 0)
+    monkeypatch.setattr(K, "INLINE_MAX_FLOP", 0)
+    monkeypatch.setattr(inline, "will_inline", lambda op, device: True)
+
+    def fn(x, wg, wu, w, b):
+        return F.silu(F.linear(x, wg)) * F.linear(x, wu) + F.gelu(F.linear(x, w, b))
+
+    compiled = torch.compile(fn, backend="tritonfuse", dynamic=True)
+    for m, k, n in ((5, 24, 40), (9, 32, 48)):
+        args = (fresh(m, k, dtype=torch.float16), *(fresh(n, k, dtype=torch.float16, scale=0.2) for _ in range(3)),
+                fresh(n, dtype=torch.float16))
+        with torch.no_grad():
+            out = compiled(*args)
+        ref = fn(*(a.double() for a in args))
+        assert_close_to_ref(out, ref, fn(*args), atol=1e-2)
+    report = tritonfuse.report()
+    assert "pass failed" not in report, report
+    assert _counts() == {"matched": 2, "replaced": 2, "fallback": 0}, report  # one dynamic graph
+
+
+def test_inline_decision_on_symbolic_sizes_adds_no_guard():
+    from torch._dynamo.source import ConstantSource
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    env = ShapeEnv()
+    n = env.create_symintnode(env.create_symbol(8192, ConstantSource("n")), hint=8192)
+    with FakeTensorMode(shape_env=env):
+        x = torch.empty(4096, 2048, dtype=torch.float16)
+        w = torch.empty(n, 2048, dtype=torch.float16)
+    assert K._inline_when(x, w, None, "silu") == "symbolic shapes"
+    assert not env.guards
+
+
 # --- int8 through the patterns ---------------------------------------------------------------------------
 
 
