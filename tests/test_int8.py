@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tritonfuse import tuning
 from tritonfuse.kernels import int8 as Q
 from utils import assert_close_to_ref, fresh, sqnr_db
 
@@ -184,6 +185,30 @@ def test_decode_split_k_kernel_gpu(M, K, N, gated):
     # many programs per column tile, racing on the GPU: the same bits on every call
     _decode_check(*_decode_case(M, K, N, torch.bfloat16, gated, True, "cuda"), "silu" if gated else "none",
                   calls=20)
+
+
+@pytest.mark.cuda
+def test_decode_configs_chosen_with_cold_weights(monkeypatch, tmp_path):
+    # two configs to choose from: the launch times both over weight copies (cold in L2), keeps the faster
+    # where the autotuner keeps its choices, and the result is the one config's bits
+    monkeypatch.setattr(Q, "COLD_BYTES", 64 << 20)
+    monkeypatch.setattr(Q._decode_kernel, "configs", [Q._split_cfg(32, 256, 4, 3, 4), Q._split_cfg(64, 256, 1, 4, 4)])
+    monkeypatch.setattr(Q._decode_kernel, "cache", {})
+    monkeypatch.setattr(Q, "_tuned", set())
+    monkeypatch.setattr(tuning, "path", lambda: tmp_path / "autotune.json")
+    monkeypatch.setattr(tuning, "_records", None)
+    chosen = []
+    best = Q._best_cold
+    monkeypatch.setattr(Q, "_best_cold", lambda *a: chosen.append(best(*a)) or chosen[-1])
+    x, w = fresh(16, 4096, dtype=torch.bfloat16, device="cuda"), fresh(4096, 4096, dtype=torch.bfloat16, device="cuda")
+    wq, ws = Q.quantize_weight(w)
+    y = Q._weight_only(x, wq, ws, None, "none")
+    assert len(chosen) == 1 and chosen[0] in Q._decode_kernel.cache.values()
+    assert (tmp_path / "autotune.json").exists()
+    Q._weight_only(x, wq, ws, None, "none")
+    assert len(chosen) == 1  # kept: not timed again
+    ref = (x.double() @ (wq.double() * ws.double()[:, None]).T)
+    assert ((y.double() - ref).abs().max() / ref.abs().max()).item() < 1e-2
 
 
 def test_prequant_matches_int8_linear(device):
