@@ -188,6 +188,25 @@ def test_decode_split_k_kernel_gpu(M, K, N, gated):
 
 
 @pytest.mark.cuda
+def test_decode_in_a_cuda_graph_uses_buffers_made_before_the_capture(monkeypatch):
+    # no workspace allocated (and zeroed on every replay) inside the capture; replays give the eager bits
+    x = fresh(16, 512, dtype=torch.bfloat16, device="cuda")
+    wq, ws = Q.quantize_weight(fresh(1024, 512, dtype=torch.bfloat16, device="cuda"))
+    eager = Q._weight_only(x, wq, ws, None, "none")
+    made = []
+    new = Q._new_buffers
+    monkeypatch.setattr(Q, "_new_buffers", lambda *a: made.append(a[1:3]) or new(*a))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        ys = [Q._weight_only(x, wq, ws, None, "none") for _ in range(3)]
+    for _ in range(2):
+        graph.replay()
+    torch.cuda.synchronize()
+    assert not made
+    assert all(torch.equal(y, eager) for y in ys)
+
+
+@pytest.mark.cuda
 def test_decode_configs_chosen_with_cold_weights(monkeypatch, tmp_path):
     # two configs to choose from: the launch times both over weight copies (cold in L2), keeps the faster
     # where the autotuner keeps its choices, and the result is the one config's bits
