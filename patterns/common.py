@@ -42,6 +42,17 @@ def hinted_sizes(t: torch.Tensor) -> Optional[list]:
     return sizes
 
 
+def hinted(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``t`` with the example sizes of its symbols (a fake tensor on t's device, so GPU timing still sees the
+    GPU), for the size-keyed kernel choices (autotune buckets, timing), which must not add guards to a graph
+    already traced and cannot allocate symbolic sizes; ``t`` itself when static; None when ``t`` is None or
+    a size has no example value."""
+    if t is None or not any(isinstance(s, torch.SymInt) for s in t.shape):
+        return t
+    sizes = hinted_sizes(t)
+    return None if sizes is None else t.new_empty(sizes)
+
+
 def arg_val(match: Match, name: str):
     """The fake tensor (``meta["val"]``) of the pattern argument ``name``, or None."""
     node = match.kwargs.get(name)

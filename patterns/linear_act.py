@@ -34,7 +34,7 @@ from torch._inductor.pattern_matcher import (
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from tritonfuse import config, registry
-from tritonfuse.patterns.common import arg_val, hinted_sizes, recorded_pattern, trace_pattern
+from tritonfuse.patterns.common import arg_val, hinted, recorded_pattern, trace_pattern
 from tritonfuse.patterns.common import module_name as _module_name
 from tritonfuse.kernels import linear_act as K
 
@@ -340,16 +340,6 @@ def _consistent(match: Match) -> bool:
     return isinstance(y, torch.Tensor) and y.dtype == x.dtype
 
 
-def _hinted(t: torch.Tensor):
-    """``t`` with the example sizes of its symbols (a fake tensor on t's device, so GPU timing still sees the
-    GPU), for the size-keyed kernel choices (autotune buckets, timing), which must not add guards to a graph
-    already traced; None when a size has no example value."""
-    if not any(isinstance(s, torch.SymInt) for s in t.shape):
-        return t
-    sizes = hinted_sizes(t)
-    return None if sizes is None else t.new_empty(sizes)
-
-
 def _pre_used_elsewhere(match: Match) -> bool:
     """A training form's pre-activation (its second output) is also read outside the match, as the
     activation's backward reads it. In an inference graph it is not, and the training form would only
@@ -397,10 +387,10 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: b
             reason = "inner dimensions differ"
         if reason is None:
             reason = K.probe(str(x.device), x.dtype, act, b is not None, gated)
-        x2h = _hinted(x2)
+        x2h = hinted(x2)
         if reason is None and x2h is None:
             reason = "data-dependent number of rows"
-        wsh = [_hinted(w) for w in ws]  # weights that are graph inputs of a dynamic graph have symbolic sizes
+        wsh = [hinted(w) for w in ws]  # weights that are graph inputs of a dynamic graph have symbolic sizes
         if reason is None and any(w is None for w in wsh):
             reason = "data-dependent weight shape"
         int8_mode, int8_kernel, int8_why = (
@@ -415,7 +405,7 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: b
         if reason is None and act == "none" and not config.linear_plain_enabled():
             reason = int8_why or "no activation and no int8 kernel: cuBLAS's addmm kept"
         if reason is None:
-            rec = K.measure(x2h, wsh, b if b is None else _hinted(b), act, gated, store_pre)
+            rec = K.measure(x2h, wsh, b if b is None else hinted(b), act, gated, store_pre)
             if not rec["use"]:
                 reason = registry.slower_reason(rec, "cuBLAS + epilogue")
         return registry.settle(FAMILY, site, kernel, reason, detail)

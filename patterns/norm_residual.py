@@ -37,7 +37,7 @@ from torch._inductor.pattern_matcher import Match, PatternMatcherPass, register_
 
 from tritonfuse import registry
 from tritonfuse.kernels import norm_residual as K
-from tritonfuse.patterns.common import arg_val, trace_pattern
+from tritonfuse.patterns.common import arg_val, hinted, trace_pattern
 
 FAMILY = "norm_residual"
 _EPS = 2.0 ** -9  # placeholder traced for eps: exact in every float dtype, unlike any other constant here
@@ -230,8 +230,11 @@ def _make_check(style: str, affine: str, res: str, stats: bool = False):
         if reason is None:
             reason = K.probe(str(x.device), x.dtype, kind, full[-1], bool(res), w is not None, b is not None,
                              res == "sum", style == "hf", stats)
+        xh, rh = hinted(x), hinted(r)  # a dynamic graph's rows: timed at their example sizes
+        if reason is None and (xh is None or (r is not None and rh is None)):
+            reason = "data-dependent number of rows"
         if reason is None:
-            rec = K.measure(x, r, w, b, kind, res == "sum", stats)
+            rec = K.measure(xh, rh, w, b, kind, res == "sum", stats)
             if not rec["use"]:
                 reason = registry.slower_reason(rec, "a same-bytes pass") + ": Inductor's fused norm kept"
         return registry.settle(FAMILY, red, kernel, reason, detail)

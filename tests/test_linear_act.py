@@ -17,7 +17,7 @@ from tritonfuse import config, registry
 from tritonfuse.kernels import linear_act as K
 from tritonfuse.kernels.common import _apply_act
 
-from utils import assert_close_to_ref, fresh, sqnr_db
+from utils import assert_close_to_ref, fresh, pretend_gpu_timing, sqnr_db
 
 DTYPES = [(torch.float16, 1e-3), (torch.bfloat16, 1e-2), (torch.float32, 1e-5)]
 
@@ -907,23 +907,13 @@ def test_compile_mode_and_options_reach_inductor():
             torch.compile(model, backend="tritonfuse", **kwargs)(x)
 
 
-def _pretend_gpu_timing(tmp_path, monkeypatch, backend=None):
-    """Measured choices on the CPU: a fresh choices store under tmp_path, timing switched on (the tests
-    stub ``registry._bench``), and the backend's GPU-timing check passed when ``backend`` is given."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(registry, "_choices", None)
-    monkeypatch.setattr(registry, "timing_enabled", lambda device: True)
-    if backend is not None:
-        monkeypatch.setattr(backend, "_gpu_timing", lambda: True)
-
-
 def test_measuring_budget_leaves_unmeasured_sites_to_inductor(tmp_path, monkeypatch):
     # per-shape timing (a GPU's) is bounded per compiled graph: past TRITONFUSE_MEASURE_BUDGET_S a site not
     # measured yet stays Inductor's, with the reason, and a later compile measures it (the measurements are
     # part of the graph key, so that compile is not served from the cache)
     from tritonfuse import backend
 
-    _pretend_gpu_timing(tmp_path, monkeypatch, backend)
+    pretend_gpu_timing(tmp_path, monkeypatch, backend)
     timed = []
     monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False: timed.append(fn) or 1.0)  # ours 1 ms, theirs 2 x 1 ms
     # Inductor's on-disk caches would serve these graphs from an earlier run of this test
@@ -971,7 +961,7 @@ def test_a_near_tie_stays_inductors(tmp_path, monkeypatch):
     # a kernel serves a site only where it measured faster by TRITONFUSE_MEASURE_MARGIN: a near-tie would
     # otherwise flip with timing noise from run to run (seen on the H200: 0.175 vs 0.174 ms); the margin is
     # applied when a kept timing is read, so changing it needs no new timing
-    _pretend_gpu_timing(tmp_path, monkeypatch)
+    pretend_gpu_timing(tmp_path, monkeypatch)
     times = {"ours": 0.98, "theirs": 1.0, "ours_fast": 0.9}
     timed = []
     monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False: timed.append(fn()) or times[fn()])
@@ -1001,7 +991,7 @@ def test_sites_of_a_cuda_graph_run_are_timed_by_gpu_time(tmp_path, monkeypatch):
 
     from tritonfuse import backend
 
-    _pretend_gpu_timing(tmp_path, monkeypatch, backend)
+    pretend_gpu_timing(tmp_path, monkeypatch, backend)
     # ours: an op call whose host cost loses back to back (3 ms vs 2) and whose kernel wins alone (1 vs 2)
     # (each measurement times ours first, then cuBLAS's GEMM and Inductor's epilogue: 1 ms each)
     timed = []
@@ -1038,7 +1028,7 @@ def test_site_measured_in_its_compile_keeps_the_graph_key(tmp_path, monkeypatch)
 
     from tritonfuse import backend
 
-    _pretend_gpu_timing(tmp_path, monkeypatch, backend)
+    pretend_gpu_timing(tmp_path, monkeypatch, backend)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     timed = []
     monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False: timed.append(fn) or 1.0)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import tritonfuse
 from tritonfuse import config
 from tritonfuse.kernels import norm_residual as K
-from utils import assert_close_to_ref, sqnr_db
+from utils import assert_close_to_ref, pretend_gpu_timing, sqnr_db
 from utils import fresh as _fresh
 
 # kernel checks run where the kernels run: the GPU when there is one, else the CPU interpreter
@@ -269,6 +269,27 @@ def test_patterns_every_form(dtype):
                               "norm_residual[layer]", "norm_residual[layer]", "norm_residual[rms]",
                               "norm_residual[rms]"]), kernels
     assert_close_to_ref(out, ref, eager, atol=4 * TOL[dtype], what="Block")
+
+
+def test_patterns_dynamic_rows_are_timed_at_their_example_sizes(tmp_path, monkeypatch):
+    # a dynamic graph's rows are symbolic; the measured choice (a GPU's, stubbed here: ours 1 ms, the pass
+    # it replaces 2 ms) times the site at the example sizes. It used to build its inputs from the symbols,
+    # and the whole norm_residual pass failed ("SymIntArrayRef expected to contain only concrete integers")
+    from tritonfuse import backend, registry
+
+    pretend_gpu_timing(tmp_path, monkeypatch, backend)
+    sizes = []
+    monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False: sizes.append(1) or (1.0 if fn.__name__ == "ours" else 2.0))
+    model = torch.nn.Sequential(torch.nn.Linear(48, 48), torch.nn.LayerNorm(48)).eval()
+    compiled = torch.compile(lambda x, r: model[1](model[0](x) + r), backend="tritonfuse", dynamic=True)
+    with torch.no_grad():
+        for rows in (6, 11):
+            x, r = fresh(rows, 48), fresh(rows, 48)
+            torch.testing.assert_close(compiled(x, r), model[1](model[0](x) + r), rtol=1e-4, atol=1e-5)
+    report = tritonfuse.report()
+    assert "pass failed" not in report, report
+    assert tritonfuse.counters()["norm_residual"] == {"matched": 1, "replaced": 1, "fallback": 0}, report
+    assert sizes  # it was timed
 
 
 def test_patterns_read_eps_from_graph():

@@ -47,3 +47,15 @@ def fresh(*shape, dtype=torch.float32, device=None, scale=1.0, seed=None) -> tor
     g = torch.Generator().manual_seed(seed) if seed is not None else None
     t = torch.randn(*shape, generator=g, device="cpu") * scale
     return t.to(device=device if device is not None else torch.empty(0).device, dtype=dtype)
+
+
+def pretend_gpu_timing(tmp_path, monkeypatch, backend=None):
+    """Measured choices on the CPU: a fresh choices store under tmp_path, timing switched on (the tests
+    stub ``registry._bench``), and the backend's GPU-timing check passed when ``backend`` is given."""
+    from tritonfuse import registry
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(registry, "_choices", None)
+    monkeypatch.setattr(registry, "timing_enabled", lambda device: True)
+    if backend is not None:
+        monkeypatch.setattr(backend, "_gpu_timing", lambda: True)
