@@ -22,7 +22,11 @@ import sys
 import time
 
 
-def _resolve(module: str, qualname: str):
+SHARED_LIMIT = {90: 232448, 80: 166912, 89: 101376}  # bytes of shared memory a block may use, by arch
+
+
+def _resolve(module: str, qualname: str, with_tuner: bool = False):
+    from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
 
     tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
@@ -31,9 +35,12 @@ def _resolve(module: str, qualname: str):
     obj = importlib.import_module(module)
     for part in qualname.split("."):
         obj = getattr(obj, part)
+    tuner = None
     while not isinstance(obj, JITFunction):  # autotune / heuristics wrappers
+        if isinstance(obj, Autotuner) and tuner is None:
+            tuner = obj
         obj = obj.fn
-    return obj
+    return (obj, tuner) if with_tuner else obj
 
 
 def _value(v):
@@ -44,22 +51,55 @@ def _value(v):
     return v
 
 
-def compile_one(line: str, arch: int = 90) -> tuple[str, str]:
-    """Compile one recorded launch; returns (its name, "" or the error)."""
+def _compile(fn, types, consts, opts, arch: int):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    src = ASTSource(fn=fn, signature=types, constexprs={k: _value(v) for k, v in consts.items()})
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
+
+
+def _error(e: Exception) -> str:
+    first = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {' | '.join(first[-6:])}"
+
+
+def compile_one(line: str, arch: int = 90) -> tuple[str, str]:
+    """Compile one recorded launch; returns (its name, "" or the error)."""
     module, qualname, types, consts, opts = json.loads(line)
     name = f"{module}.{qualname} {json.dumps(consts, sort_keys=True)} {opts}"
     try:
-        fn = _resolve(module, qualname)
-        src = ASTSource(fn=fn, signature=types, constexprs={k: _value(v) for k, v in consts.items()})
-        triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
+        _compile(_resolve(module, qualname), types, consts, opts, arch)
         return name, ""
     except Exception as e:  # report every failing variant, not only the first
-        first = str(e).strip().splitlines()
-        return name, f"{type(e).__name__}: {' | '.join(first[-6:])}"
+        return name, _error(e)
+
+
+def configs_one(line: str, arch: int = 90) -> tuple[str, str, list]:
+    """Compile one recorded launch of an autotuned kernel once per config of its GPU config list (this
+    process imports the kernels without TRITON_INTERPRET, so the lists are the GPU's), and read each one's
+    shared memory. Returns (its name, "" or why every config fails, [(config, shared bytes or error)]).
+    A config over the limit is only skipped by Triton's autotuner; a launch whose every config is over it
+    cannot run (Inductor's autotuning of an inlined kernel then fails: conv_bn at ea7aa98). Kernels whose
+    descriptor arguments carry the block shape (host TMA) are skipped: their types change per config."""
+    module, qualname, types, consts, opts = json.loads(line)
+    name = f"{module}.{qualname} {json.dumps(consts, sort_keys=True)}"
+    fn, tuner = _resolve(module, qualname, with_tuner=True)
+    if tuner is None or any("tensordesc" in str(t) for t in types.values()):
+        return name, "", []
+    limit = SHARED_LIMIT.get(arch, SHARED_LIMIT[90])
+    out = []
+    for cfg in tuner.configs:
+        c = {**consts, **{k: v for k, v in cfg.kwargs.items()}}
+        o = {**opts, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+        label = " ".join(f"{k}={v}" for k, v in cfg.kwargs.items()) + f" w{cfg.num_warps} s{cfg.num_stages}"
+        try:
+            out.append((label, _compile(fn, types, c, o, arch).metadata.shared))
+        except Exception as e:  # noqa: BLE001
+            out.append((label, _error(e)))
+    fits = [s for _, s in out if isinstance(s, int) and s <= limit]
+    return name, "" if fits else f"no config fits the {limit} bytes of shared memory", out
 
 
 def main(argv=None) -> int:
@@ -67,12 +107,27 @@ def main(argv=None) -> int:
     ap.add_argument("records", help="the JSONL file TRITONFUSE_RECORD_LAUNCHES wrote")
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (default 90: Hopper)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--all-configs", action="store_true",
+                    help="compile autotuned kernels once per GPU config and report each one's shared memory")
+    ap.add_argument("--only", default="", help="only launches whose kernel name contains this")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("run without TRITON_INTERPRET=1: the kernels must be compiled, not interpreted")
     with open(args.records) as f:
-        lines = sorted(set(line.strip() for line in f if line.strip()))
+        lines = sorted(set(line.strip() for line in f if line.strip() and args.only in line))
     t0, failed = time.time(), []
+    if args.all_configs:
+        with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:
+            for name, err, per in pool.map(configs_one, lines, [args.arch] * len(lines)):
+                if not per:
+                    continue
+                print(f"{'FAIL' if err else 'ok  '} {name}" + (f"\n     {err}" if err else ""), flush=True)
+                for label, shared in per:
+                    print(f"     {label}: {shared if isinstance(shared, str) else f'{shared} bytes'}")
+                if err:
+                    failed.append((name, err))
+        print(f"{len(failed)} launches with no config that fits, in {time.time() - t0:.0f} s")
+        return 1 if failed else 0
     with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:
         for name, err in pool.map(compile_one, lines, [args.arch] * len(lines)):
             if err:
