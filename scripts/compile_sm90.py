@@ -9,6 +9,11 @@ Triton compiles for a GPU target on a machine without one, ptxas included, so su
 
 Each launch is recorded once per kernel, argument types, constexpr values and launch options (integers that
 are not constexprs are compiled unspecialized). Needs triton >= 3.3 (ASTSource keyed by argument names).
+
+The interpreter runs one small config per kernel; ``--all-configs`` compiles each autotuned launch once per
+config of the GPU's list instead and prints each one's shared memory (``--only NAME`` picks kernels)::
+
+    python scripts/compile_sm90.py /tmp/launches.jsonl --all-configs --only _decode_kernel
 """
 
 from __future__ import annotations
