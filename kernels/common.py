@@ -97,6 +97,11 @@ def host_desc(t: torch.Tensor, block_shape) -> "TensorDescriptor":
     return d
 
 
+def hopper(device: torch.device) -> bool:
+    """A CUDA device of compute capability 9.x (the TMA kernels' GPUs)."""
+    return device.type == "cuda" and capability(device)[0] == 9
+
+
 @functools.lru_cache(maxsize=None)
 def capability(device: torch.device) -> tuple:
     """The CUDA device's compute capability, looked up once (ops ask on every call)."""

@@ -25,8 +25,9 @@ import triton.language as tl
 
 from tritonfuse import config, inline, registry
 from tritonfuse.kernels.common import (
-    TensorDescriptor, _apply_act, _m_bucket, capability, cast_out, dot_upcast, host_desc, rtne_bf16,
+    TensorDescriptor, _apply_act, _m_bucket, cast_out, dot_upcast, host_desc, rtne_bf16,
 )
+from tritonfuse.kernels.common import hopper as _hopper
 from tritonfuse.kernels.linear_act import _num_sms, _persistent_grid, _tile_coords, _tile_ids, _tma_tile_dot
 
 ACTIVATIONS = ("none", "relu", "relu6", "silu", "hardswish")
@@ -69,12 +70,17 @@ if "do_bench" in inspect.signature(triton.autotune).parameters:
     _AUTOTUNE_KW["do_bench"] = lambda fn, quantiles: triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
 
 
+def _within(configs, named_args, floor: int, caps: dict):
+    """The configs whose tiles (``caps``: block name -> the size argument it tiles) are no larger than the
+    problem's next power of two (at least ``floor``); the last config where none is."""
+    limit = {blk: max(floor, triton.next_power_of_2(named_args[arg])) for blk, arg in caps.items()}
+    kept = [c for c in configs if all(c.kwargs[blk] <= cap for blk, cap in limit.items())]
+    return kept or configs[-1:]
+
+
 def _prune(configs, named_args, **kwargs):
     # tiles much larger than the problem only waste compile time
-    m_cap = max(32, triton.next_power_of_2(named_args["M_BUCKET"]))
-    n_cap = max(32, triton.next_power_of_2(named_args["N"]))
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= m_cap and c.kwargs["BLOCK_N"] <= n_cap]
-    return kept or configs[-1:]
+    return _within(configs, named_args, 32, {"BLOCK_M": "M_BUCKET", "BLOCK_N": "N"})
 
 
 # --- epilogue helpers ---------------------------------------------------------------------------------
@@ -295,10 +301,7 @@ else:
 
 def _prune_1x1(configs, named_args, **kwargs):
     # tiles wider than Cout, or deeper than C, only load zeros
-    n_cap = max(64, triton.next_power_of_2(named_args["N"]))
-    k_cap = max(64, triton.next_power_of_2(named_args["K"]))
-    kept = [c for c in configs if c.kwargs["BLOCK_N"] <= n_cap and c.kwargs["BLOCK_K"] <= k_cap]
-    return kept or configs[-1:]
+    return _within(configs, named_args, 64, {"BLOCK_N": "N", "BLOCK_K": "K"})
 
 
 @triton.jit
@@ -375,10 +378,6 @@ def _as_matrix(t: torch.Tensor) -> Optional[torch.Tensor]:
         if t.stride(1) == 1 and (B == 1 or t.stride(0) == C * H * W):
             return t.as_strided((B * H * W, C), (C, 1))
     return None
-
-
-def _hopper(device: torch.device) -> bool:
-    return device.type == "cuda" and capability(device)[0] == 9
 
 
 def _tma_1x1_ok(x, w, r, out, stride, padding) -> bool:

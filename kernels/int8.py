@@ -780,7 +780,7 @@ def _tune_decode(args: tuple, kwargs: dict) -> None:
     seen = (x.device, x.dtype, args[13], N, K, *kwargs.values())
     if seen in _tuned:  # every later call: one set lookup of host time
         return
-    if x.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+    if _capturing(x.device):
         return  # nothing can be timed here; a later call outside the capture chooses
     _tuned.add(seen)
     if len(tuner.configs) < 2 or registry.interpret_mode() or x.device.type != "cuda":

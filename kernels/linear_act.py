@@ -16,7 +16,8 @@ import triton
 import triton.language as tl
 
 from tritonfuse import config, inline, registry
-from tritonfuse.kernels.common import _apply_act, _m_bucket, capability, cast_out, dot_upcast, host_desc, rtne_bf16
+from tritonfuse.kernels.common import _apply_act, _m_bucket, cast_out, dot_upcast, host_desc, rtne_bf16
+from tritonfuse.kernels.common import hopper as _hopper
 
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu")
 GATED_ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
@@ -373,10 +374,6 @@ def _tma_aligned(*ts: torch.Tensor) -> bool:
         return False
     return all(t.stride(1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0
                for t in ts)
-
-
-def _hopper(device: torch.device) -> bool:
-    return capability(device)[0] == 9
 
 
 def _tma_ok(*ts: torch.Tensor) -> bool:

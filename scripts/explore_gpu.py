@@ -12,8 +12,6 @@ Norm: the norm_residual kernel's rows per program and warps at hidden 768..2048,
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 
@@ -26,14 +24,9 @@ from tritonfuse.kernels import linear_act as LA
 from tritonfuse.kernels import norm_residual as NR
 from tritonfuse.kernels.common import host_desc
 
-OUT = os.environ.get("OUT", "/tmp")
-LOG = open(os.path.join(OUT, "explore.jsonl"), "a")
+from probe_log import jsonl_log  # scripts/, on the path when a script runs
 
-
-def emit(**kw):
-    LOG.write(json.dumps(kw) + "\n")
-    LOG.flush()
-    print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in kw.items()), flush=True)
+emit = jsonl_log("explore.jsonl")
 
 
 def bench(fn):

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import os
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +21,7 @@ import triton.language as tl
 from tritonfuse.kernels import linear_act as LA
 from tritonfuse.kernels.common import _apply_act
 
-OUT = os.environ.get("OUT", "/tmp")
+from probe_log import jsonl_log  # scripts/, on the path when a script runs
 
 
 @triton.jit
@@ -60,12 +58,7 @@ def main():
     ap.add_argument("--shape", default="8192x2048x8192")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
-    log = open(os.path.join(OUT, "gated-probe.jsonl"), "a")
-
-    def emit(**kw):
-        log.write(json.dumps(kw) + "\n")
-        log.flush()
-        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in kw.items()), flush=True)
+    emit = jsonl_log("gated-probe.jsonl")
 
     M, K, N = map(int, a.shape.split("x"))
     dt = torch.bfloat16

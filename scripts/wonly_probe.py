@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import os
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +18,7 @@ import triton
 
 from tritonfuse.kernels import int8 as Q
 
-OUT = os.environ.get("OUT", "/tmp")
+from probe_log import jsonl_log  # scripts/, on the path when a script runs
 
 
 def graph_ms(fn, per=1):
@@ -32,12 +30,7 @@ def main():
     ap.add_argument("--shapes", default="16x4096x4096,1x4096x4096,16x2048x8192,16x14336x4096,16x4096x14336")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
-    log = open(os.path.join(OUT, "wonly-probe.jsonl"), "a")
-
-    def emit(**kw):
-        log.write(json.dumps(kw) + "\n")
-        log.flush()
-        print(" ".join(f"{k}={v:.5f}" if isinstance(v, float) else f"{k}={v}" for k, v in kw.items()), flush=True)
+    emit = jsonl_log("wonly-probe.jsonl", digits=5)
 
     torch.manual_seed(0)
     # (at 0302991 a SWAP form, out.T tiles with the weight as the MMA's A operand, was swept here too: it was
