@@ -13,7 +13,8 @@
 #                                       # each GPU runs the steps GPU0_STEPS / GPU1_STEPS name, in order
 #                                       # (default: zoo / linear attention tests train; also noinline,
 #                                       # profile, compile, compile_profile, models, train:MODEL, launch, int8, norm,
-#                                       # norm_sweep, probe2, decode_sweep, conv, tma_probe: see run_steps)
+#                                       # norm_sweep, probe2, decode_sweep, conv, tma_probe,
+#                                       # explain:MODEL[:QUANT]: see run_steps)
 # Write everything to files under $OUT: a pipe into tail or grep shows nothing when the call's time runs out.
 # Set TRITONFUSE_COMMIT=<sha> where the tree has no .git (the device copy), so results name their commit.
 set -u
@@ -90,6 +91,10 @@ case "${1:-tests}" in
           probe2) timeout 120 $pin $PY scripts/decode_probe2.py > "$dir/probe2.txt" 2>&1 ;;
           decode_sweep) timeout "${DSWEEP_TIMEOUT:-240}" $pin $PY scripts/decode_sweep.py ${DSWEEP_ARGS:-} \
                           > "$dir/decode_sweep.jsonl" 2> "$dir/decode_sweep.err" ;;
+          # explain:MODEL[:QUANT]: every site's decision and reason (the measured choices run, nothing timed after)
+          explain:*) em=${step#explain:}; eq=none; [[ $em == *:* ]] && eq=${em#*:} && em=${em%%:*}
+                     timeout "${EXPLAIN_TIMEOUT:-240}" $pin $PY -m tritonfuse explain "$em" --quant "$eq" --no-progress \
+                       > "$dir/explain-$em-$eq.txt" 2>&1 ;;
           tma_probe) timeout 120 $pin $PY scripts/device_tma_probe.py > "$dir/tma_probe.txt" 2>&1 ;;
           conv) timeout "${CONV_TIMEOUT:-300}" $pin $PY benchmarks/bench_conv_bn.py --budget "${CONV_BUDGET:-240}" \
                   ${CONV_ARGS:-} --out "$dir/conv" > "$dir/conv.txt" 2>&1 ;;
