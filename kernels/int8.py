@@ -42,7 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonfuse import config, registry, tuning
+from tritonfuse import config, inline, registry, tuning
 from tritonfuse.kernels.common import _apply_act, _m_bucket, capability, cast_out, dot_upcast, host_desc, rtne_bf16
 from tritonfuse.kernels.linear_act import (
     _AUTOTUNE_KW, ACTIVATIONS, GATED_ACTIVATIONS, _cfg, _grid, _tile_ids, act_ref,
@@ -596,8 +596,9 @@ def _num_sms(index: int) -> int:
 
 
 def _tma_ok(xq: torch.Tensor) -> bool:
-    """The TMA kernel: Hopper or newer, host descriptors available, xq rows 16-byte aligned."""
-    if TensorDescriptor is None or registry.interpret_mode() or xq.device.type != "cuda":
+    """The TMA kernel: Hopper or newer, host descriptors available, xq rows 16-byte aligned. Calls traced for
+    inlining into Inductor's code run the pointer kernel (host descriptors cannot be traced)."""
+    if TensorDescriptor is None or registry.interpret_mode() or xq.device.type != "cuda" or inline.active():
         return False
     if capability(xq.device)[0] < 9:
         return False
@@ -951,6 +952,108 @@ def _quant_rows_fake(x):
 def int8_quant_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token absmax int8 quantization: x [M, K] -> (xq [M, K] int8, xs [M] fp32)."""
     return quant_rows(x)
+
+
+# --- weights quantized at compile time --------------------------------------------------------------
+# The ops above look their int8 weight up at run time (``weight_cache``): their bodies read data pointers and
+# version counters, so they stay opaque op calls, and an op call costs 0.1-0.25 ms of host time on the
+# H100/H200 hosts, more than the GPU time an int8 GEMM saves at most model sizes. Where the compiled graph's
+# weights are known at compile time, the linear_act pass (``patterns.linear_act.int8_constants_pass``)
+# quantizes them once into graph constants and calls the ops below, which take the int8 weight and its
+# scales as operands and launch nothing but kernels: on the GPU they are inlined into Inductor's code.
+# One ``int8_weights`` call at the start of the graph keeps the constants current.
+
+_quantized_from: dict = {}  # (device, int8 constant's data_ptr) -> (weakref to the float weight, its data_ptr, version)
+constants_made = 0  # weights quantized into graph constants at compile time (for tests and the report)
+
+
+def _weights_fake(ws, wqs, scales):
+    return torch.empty_like(scales)
+
+
+def _source(w: torch.Tensor) -> tuple:
+    return w.data_ptr(), _WeightCache._version(w)
+
+
+def remember(wq: torch.Tensor, w: torch.Tensor) -> None:
+    """Record that the constant ``wq`` holds float weight ``w`` as it is now."""
+    global constants_made
+    constants_made += 1
+    owner = w._base if w._base is not None else w
+    _quantized_from[(wq.device, wq.data_ptr())] = (weakref.ref(owner), *_source(w))
+
+
+@registry.kernel_op("tritonfuse::int8_weights", fake=_weights_fake)
+def int8_weights(ws: list[torch.Tensor], wqs: list[torch.Tensor], scales: torch.Tensor) -> torch.Tensor:
+    """Keep the int8 weight constants ``wqs`` current with the float weights ``ws`` the graph receives;
+    returns a copy of ``scales`` (every weight's per-channel scales, end to end, in the order of ``wqs``),
+    which the GEMMs read, so they run after this call.
+
+    A weight updated in place since it was quantized (its version counter moved), or a different tensor (a
+    parameter replaced, another model instance served by the same compiled graph) is quantized again into
+    the same constant, so the compiled code's pointers stay valid. The float weights are only read.
+    """
+    off = 0
+    for w, wq in zip(ws, wqs):
+        n = wq.shape[0]
+        got = _quantized_from.get((wq.device, wq.data_ptr()))
+        if got is None or got[0]() is None or got[1:] != _source(w):
+            with torch.no_grad():
+                q, s = quantize_weight(w)
+                wq.copy_(q)
+                scales[off:off + n].copy_(s)
+            owner = w._base if w._base is not None else w
+            _quantized_from[(wq.device, wq.data_ptr())] = (weakref.ref(owner), *_source(w))
+        off += n
+    return scales.clone()
+
+
+def _mm_fake(x, xs, wq, ws, b, act, out_dtype):
+    return x.new_empty((x.shape[0], wq.shape[0]), dtype=out_dtype)
+
+
+def _gated_mm_fake(x, xs, wgq, wgs, wuq, wus, bg, bu, act, out_dtype):
+    return x.new_empty((x.shape[0], wgq.shape[0]), dtype=out_dtype)
+
+
+def _mm_inline_when(x, *rest) -> Optional[str]:
+    if x.dtype != torch.int8 and x.shape[0] <= DECODE_M:
+        return f"the decode kernel (M <= {DECODE_M}) keeps a split-K workspace between calls: called as an op"
+    return None
+
+
+@registry.kernel_op("tritonfuse::int8_mm", fake=_mm_fake, inline=_mm_inline_when)
+def int8_mm(x: torch.Tensor, xs: Optional[torch.Tensor], wq: torch.Tensor, ws: torch.Tensor,
+            b: Optional[torch.Tensor], act: str, out_dtype: torch.dtype) -> torch.Tensor:
+    """``act(x @ (wq * ws).T + b)`` with an int8 weight quantized ahead of time.
+
+    Args:
+        x: [M, K] int8 activations with ``xs`` their row scales (W8A8, as ``quant_rows`` makes them), or
+            fp16/bf16 activations with ``xs`` None (weight-only; ``out_dtype`` is then x's dtype).
+        wq: [N, K] int8 weight, ws: [N] fp32 scales (``quantize_weight``); b: [N] or None.
+
+    Example::
+
+        >>> wq, ws = quantize_weight(torch.randn(77, 128, dtype=torch.float16))
+        >>> xq, xs = quant_rows(torch.randn(37, 128, dtype=torch.float16))
+        >>> y = torch.ops.tritonfuse.int8_mm(xq, xs, wq, ws, None, "gelu", torch.float16)
+    """
+    b = b.contiguous() if b is not None else None
+    if x.dtype == torch.int8:
+        return _w8a8(x, xs.reshape(-1).float().contiguous(), wq, ws, b, act, out_dtype)
+    return _weight_only(x, wq, ws, b, act)
+
+
+@registry.kernel_op("tritonfuse::int8_gated_mm", fake=_gated_mm_fake, inline=_mm_inline_when)
+def int8_gated_mm(x: torch.Tensor, xs: Optional[torch.Tensor], wgq: torch.Tensor, wgs: torch.Tensor,
+                  wuq: torch.Tensor, wus: torch.Tensor, bg: Optional[torch.Tensor], bu: Optional[torch.Tensor],
+                  act: str, out_dtype: torch.dtype) -> torch.Tensor:
+    """``act(x @ Wg.T + bg) * (x @ Wu.T + bu)`` with int8 weights quantized ahead of time (see ``int8_mm``)."""
+    bg = bg.contiguous() if bg is not None else None
+    bu = bu.contiguous() if bu is not None else None
+    if x.dtype == torch.int8:
+        return _w8a8(x, xs.reshape(-1).float().contiguous(), wgq, wgs, bg, act, out_dtype, wuq, wus, bu)
+    return _weight_only(x, wgq, wgs, bg, act, wuq, wus, bu)
 
 
 # --- references ---------------------------------------------------------------------------------------

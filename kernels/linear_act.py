@@ -670,10 +670,13 @@ def _fused_quant(M, mode: str) -> bool:
     return I8.fused_quant(M, mode)
 
 
-def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optional[str] = None) -> dict:
+def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optional[str] = None,
+            int8_inlined: bool = False) -> dict:
     """On a GPU, time this kernel (or, with ``int8_mode``, the int8 one) against what it replaces: cuBLAS
     GEMMs plus one pointwise pass of the epilogue's bytes, as Inductor's fused epilogue kernel does, at
-    the site's shapes; cached per shape."""
+    the site's shapes; cached per shape. ``int8_inlined``: the int8 site's weights become graph constants
+    and its GEMM is inlined into Inductor's code (``kernels.int8.int8_mm``): timed as GPU time, as the
+    pointer kernel on weights quantized ahead."""
     M, K_ = x.shape
     N = ws[0].shape[0]
     key = (f"{'gated_mlp' if gated else 'linear_act'}|{act}|M{_m_bucket(M)}xK{K_}xN{N}|{x.dtype}"
@@ -688,7 +691,7 @@ def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optiona
     op = torch.ops.tritonfuse.gated_mlp if gated else torch.ops.tritonfuse.linear_act
     inlined = (not int8_mode and not store_pre and inline.will_inline(op.default, x.device)
                and _inline_when(x, *ws) is None)
-    if inlined:
+    if inlined or int8_inlined:
         key += "|pointer"
 
     def args():
@@ -699,6 +702,8 @@ def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optiona
 
     def ours():
         a = args()
+        if int8_inlined:
+            return _int8_inlined(a, act, gated, int8_mode)
         if int8_mode and _fused_quant(M, int8_mode):
             # the site quantizes x in the producer's kernel (fused by Inductor): the GEMM is what it adds
             if "xq" not in a:
@@ -726,7 +731,22 @@ def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optiona
         theirs = [lambda: gemm("w1")]
     else:  # one GEMM, then Inductor's activation kernel reads and writes the output once
         theirs = [lambda: gemm("w1"), lambda: torch.relu(args()["y1"])]
-    return registry.measured_choice(key, x.device, ours, theirs, graphed=inlined)
+    return registry.measured_choice(key, x.device, ours, theirs, graphed=inlined or int8_inlined)
+
+
+def _int8_inlined(a: dict, act: str, gated: bool, mode: str):
+    """What an inlined int8 site runs: the pointer kernel on weights quantized ahead (and, W8A8, on rows
+    its producer quantized)."""
+    from tritonfuse.kernels import int8 as I8
+
+    if "wq1" not in a:
+        a["wq1"], a["ws1"] = I8.quantize_weight(a["w1"])
+        a["wq2"], a["ws2"] = I8.quantize_weight(a["w2"])
+        a["xq"], a["xs"] = I8.quant_rows(a["x"])
+    u = (a["wq2"], a["ws2"], a["b"]) if gated else (None, None, None)
+    if I8.uses_weight_only(a["x"].shape[0], mode):
+        return I8._weight_only(a["x"], a["wq1"], a["ws1"], a["b"], act, *u)
+    return I8._w8a8(a["xq"], a["xs"], a["wq1"], a["ws1"], a["b"], act, a["x"].dtype, *u, use_tma=False)
 
 
 _PROBE_CONFIG = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=2)

@@ -268,6 +268,21 @@ def _int8_sqnr(match: Match, x2, act: str, gated: bool, mode: str):
         return I8.layer_sqnr(x, ws[0], bg, act, mode, wu=ws[1] if gated else None, bu=bu if gated else None)
 
 
+def _int8_inlined(match: Match, x2, mode: str, gated: bool) -> bool:
+    """The site's weights will be graph constants (``int8_constants_pass``: graph inputs whose values are
+    known now, not views of a fused projection) and its GEMM inlined into Inductor's code."""
+    from tritonfuse import inline
+    from tritonfuse.kernels import int8 as I8
+
+    names = ("wg", "wu") if "wg" in match.kwargs else ("w",)
+    if (gated and len(names) == 1) or not all(registry.real_value(match.kwargs[n]) is not None for n in names):
+        return False  # a fused [gate | up] projection reaches the GEMM as two views of one weight
+    m = x2.shape[0]
+    if not isinstance(m, int) or (I8.uses_weight_only(m, mode) and m <= I8.DECODE_M):
+        return False  # the decode kernel stays an op call
+    return inline.will_inline(torch.ops.tritonfuse.int8_mm.default, x2.device)
+
+
 def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None):
     """(mode, kernel name, None) when the int8 kernels serve this site, else (None, None, why not)."""
     mode = config.quant
@@ -295,7 +310,7 @@ def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None):
             return None, None, "int8 SQNR gate: the weights are not available at compile time"
         if sqnr < gate:
             return None, None, f"int8 SQNR {sqnr:.1f} dB < TRITONFUSE_QUANT_MIN_SQNR {gate:g} dB"
-    rec = K.measure(x2, ws, b, act, gated, False, int8_mode=mode)
+    rec = K.measure(x2, ws, b, act, gated, False, int8_mode=mode, int8_inlined=_int8_inlined(site_match, x2, mode, gated))
     if not rec["use"]:
         return None, None, "int8 " + registry.slower_reason(rec, "cuBLAS + epilogue")
     return mode, I8.int8_kernel_name(x2.shape[0], mode, gated), None
@@ -499,3 +514,125 @@ def _build(with_plain: bool) -> PatternMatcherPass:
                 reg(_conv1d_act_pattern(act), _conv1d_act_replacement(act), [x, w, b],
                     extra_check=_make_check(act, False, False, True, conv1d=True))
     return pm
+
+
+# --- int8 weights as graph constants ---------------------------------------------------------------------
+
+
+def _int8_rewrites():
+    """op -> (positions of its float weights, whether a call serves it, the new call's builder)."""
+    ops = torch.ops.tritonfuse
+
+    def weight_only(x, mode):
+        from tritonfuse.kernels import int8 as I8
+        v = x.meta.get("val") if isinstance(x, torch.fx.Node) else None
+        return isinstance(v, torch.Tensor) and isinstance(v.shape[0], int) and I8.uses_weight_only(v.shape[0], mode)
+
+    def out_dtype(x):
+        return x.meta["val"].dtype
+
+    return {
+        # (xq, xs, w, b, act, out_dtype) -> int8_mm(xq, xs, wq, ws, b, act, out_dtype)
+        ops.int8_linear_prequant.default: (
+            (2,), lambda a: True,
+            lambda a, q: (ops.int8_mm.default, (a[0], a[1], *q[0], a[3], a[4], a[5]))),
+        # (xq, xs, wg, wu, bg, bu, act, out_dtype)
+        ops.int8_gated_mlp_prequant.default: (
+            (2, 3), lambda a: True,
+            lambda a, q: (ops.int8_gated_mm.default, (a[0], a[1], *q[0], *q[1], a[4], a[5], a[6], a[7]))),
+        # weight-only calls: (x, w, b, act, mode)
+        ops.int8_linear.default: (
+            (1,), lambda a: weight_only(a[0], a[4]),
+            lambda a, q: (ops.int8_mm.default, (a[0], None, *q[0], a[2], a[3], out_dtype(a[0])))),
+        # (x, wg, wu, bg, bu, act, mode)
+        ops.int8_gated_mlp.default: (
+            (1, 2), lambda a: weight_only(a[0], a[6]),
+            lambda a, q: (ops.int8_gated_mm.default, (a[0], None, *q[0], *q[1], a[3], a[4], a[5], out_dtype(a[0])))),
+    }
+
+
+def _view(graph: torch.fx.Graph, const: torch.fx.Node, fake_mode) -> torch.fx.Node:
+    """``const`` seen through a view of itself: Inductor propagates an op's fake inputs with the real value
+    of a constant it is handed directly, which fails its fake mode, and with a fake tensor for a view."""
+    val = const.meta["val"]
+    node = graph.call_function(aten.as_strided.default, (const, list(val.shape), list(val.stride()), 0))
+    with fake_mode:
+        node.meta["val"] = torch.as_strided(val, val.shape, val.stride(), 0)
+    return node
+
+
+def int8_constants_pass(graph: torch.fx.Graph) -> int:
+    """Quantize the int8 sites' weights once, now, into constants of the graph being compiled, and call the
+    int8 ops that take them (``kernels.int8.int8_mm``; inlined into Inductor's code on the GPU) instead of the
+    ones that look them up at run time. One ``int8_weights`` call at the graph's start re-quantizes a
+    constant whose float weight was updated in place or replaced. A call whose weights are not the compiled
+    graph's inputs with values known now (a view of a fused projection, a backward graph) keeps its op.
+    Returns how many calls were rewritten."""
+    from torch._guards import detect_fake_mode
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    from tritonfuse.kernels import int8 as I8
+
+    gm = graph.owning_module
+    rewrites = _int8_rewrites()
+    calls = []
+    for node in graph.nodes:
+        spec = rewrites.get(node.target) if node.op == "call_function" else None
+        if spec is None or node.kwargs or not spec[1](node.args):
+            continue
+        w_nodes = [node.args[i] for i in spec[0]]
+        if all(registry.real_value(w) is not None for w in w_nodes):
+            calls.append((node, w_nodes, spec[2]))
+    if gm is None or not calls:
+        return 0
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    fake_mode = detect_fake_mode([n.meta.get("val") for n in placeholders])
+    if fake_mode is None:
+        return 0
+    weights: dict = {}  # weight placeholder -> (its int8 constant, its scales, offset in the scales vector)
+    offset = 0
+    with unset_fake_temporarily(), torch.no_grad():
+        for _, w_nodes, _ in calls:
+            for w in w_nodes:
+                if w not in weights:
+                    wq, ws = I8.quantize_weight(registry.real_value(w))
+                    weights[w] = (wq, ws, offset)
+                    offset += ws.numel()
+        scales = torch.cat([ws for _, ws, _ in weights.values()])
+    # everything is computed: now the graph changes
+    prefix = "_tritonfuse_int8_"
+    n = 0
+    while hasattr(gm, f"{prefix}{n}_scales"):
+        n += 1
+    prefix = f"{prefix}{n}_"
+    first = next(n for n in graph.nodes if n.op != "placeholder")
+    per_weight = {}
+    with graph.inserting_before(first):  # each node goes before `first`, after the one made before it
+        consts = []
+        for i, (w, (wq, _, _)) in enumerate(weights.items()):
+            gm.register_buffer(f"{prefix}w{i}", wq, persistent=False)
+            node = graph.get_attr(f"{prefix}w{i}")
+            node.meta["val"] = fake_mode.from_tensor(wq, static_shapes=True)
+            consts.append(_view(graph, node, fake_mode))
+            I8.remember(wq, registry.real_value(w))
+        gm.register_buffer(f"{prefix}scales", scales, persistent=False)
+        s_node = graph.get_attr(f"{prefix}scales")
+        s_node.meta["val"] = fake_mode.from_tensor(scales, static_shapes=True)
+        s_node = _view(graph, s_node, fake_mode)
+        fresh = graph.call_function(torch.ops.tritonfuse.int8_weights.default, (list(weights), consts, s_node))
+        with fake_mode:
+            fresh.meta["val"] = torch.empty_like(s_node.meta["val"])
+        for (w, (wq, ws, off)), const in zip(weights.items(), consts):
+            sl = graph.call_function(aten.slice.Tensor, (fresh, 0, off, off + ws.numel()))
+            with fake_mode:
+                sl.meta["val"] = fresh.meta["val"][off:off + ws.numel()]
+            per_weight[w] = (const, sl)
+    for node, w_nodes, build in calls:
+        target, args = build(node.args, [per_weight[w] for w in w_nodes])
+        with graph.inserting_before(node):
+            new = graph.call_function(target, args)
+        # not eager_input_vals: those are the old op's arguments
+        new.meta.update({k: v for k, v in node.meta.items() if k in ("val", "stack_trace", "nn_module_stack")})
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+    return len(calls)

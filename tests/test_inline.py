@@ -37,7 +37,7 @@ SCRIPT = textwrap.dedent(
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.proxy_tensor import make_fx
     from tritonfuse import inline
-    from tritonfuse.kernels import attention, conv_bn, linear_act, norm_residual  # noqa: F401 (ops)
+    from tritonfuse.kernels import attention, conv_bn, int8, linear_act, norm_residual  # noqa: F401 (ops)
     from tritonfuse.kernels import conv_bn as CB
     from tritonfuse.kernels import linear_act as LA
 
@@ -78,6 +78,10 @@ SCRIPT = textwrap.dedent(
         # fp16, channels_last, 1x1: on Hopper the TMA kernel's case
         xh, w1 = xc.half(), torch.randn(24, 16, 1, 1, dtype=torch.half)
         rc, bnh = torch.randn(2, 24, 9, 7, dtype=torch.half).to(memory_format=torch.channels_last), [t.half() for t in bn]
+        # int8 weights quantized ahead (graph constants): W8A8 rows quantized by their producer, or weight-only
+        xq, xs, wq, wqu, ws = (torch.empty(37, 96, dtype=torch.int8), torch.rand(37), torch.empty(80, 96, dtype=torch.int8),
+                               torch.empty(80, 96, dtype=torch.int8), torch.rand(80))
+        xd = torch.randn(5, 96, dtype=torch.bfloat16)
     cases = {
         "norm_residual": (lambda x, r, w, b: ops.norm_residual(x, r, w, b, 1e-5, "layer", True, False, False, False)[:2],
                           (x, r, w, b)),
@@ -92,6 +96,13 @@ SCRIPT = textwrap.dedent(
                                                           "relu", "none", True), (xc, wc, *bn)),
         "conv_bn_1x1_res": (lambda x, w, m, v, g, b, r: ops.conv_bn(x, w, None, m, v, g, b, r, [1, 1], [0, 0], 1e-5,
                                                                     "none", "relu", True), (xh, w1, *bnh, rc)),
+        "int8_mm": (lambda xq, xs, wq, ws, b: ops.int8_mm(xq, xs, wq, ws, b, "gelu", torch.bfloat16),
+                    (xq, xs, wq, ws, bias)),
+        "int8_gated_mm": (lambda xq, xs, wq, wu, ws: ops.int8_gated_mm(xq, xs, wq, ws, wu, ws, None, None, "silu",
+                                                                        torch.float16), (xq, xs, wq, wqu, ws)),
+        "int8_mm_weight_only": (lambda x, wq, ws: ops.int8_mm(x, None, wq, ws, None, "none", torch.bfloat16),
+                                (mid, wq, ws)),
+        "int8_mm_decode": (lambda x, wq, ws: ops.int8_mm(x, None, wq, ws, None, "none", torch.bfloat16), (xd, wq, ws)),
         # training forms
         "linear_act_pre": (lambda x, w, b: ops.linear_act_pre(x, w, b, "gelu"), (x, W, bias)),
         "attention_fwd": (lambda q, k, v: ops.attention_fwd(q, k, v, None, 0.125, True), (q, k, k)),
@@ -149,6 +160,9 @@ def traced():
     # counted as written, and the call was refused (on the GPU it had copied every input before each launch)
     ("conv_bn", 1, ["out_ptr"]),
     ("conv_bn_1x1_res", 1, ["out_ptr"]),
+    ("int8_mm", 1, ["out_ptr"]),
+    ("int8_gated_mm", 1, ["out_ptr"]),
+    ("int8_mm_weight_only", 1, ["out_ptr"]),
     ("linear_act_pre", 1, ["out_ptr", "pre_ptr"]),
     ("attention_fwd", 1, ["lse_ptr", "out_ptr"]),
     ("attention_bwd", 3, ["delta_ptr", "dk_ptr", "dq_ptr", "dv_ptr"]),
@@ -225,6 +239,13 @@ def test_an_inlined_kernel_gets_the_config_its_autotuner_chose(tmp_path):
     # that config alone (torch folds the kernel's heuristics into it)
     assert [re.sub(r"EVEN_K: \w+, ", "", c) for c in got["after"]] == [got["chosen"]]
     assert got["again_same_kernel"]
+
+
+def test_int8_decode_stays_an_op_call(traced):
+    # M <= 16 weight-only: the split-K decode kernel keeps its workspace between calls
+    got = traced["int8_mm_decode"]
+    assert got["counts"]["inlined"] == 0 and got["ops_left"] == 1, got
+    assert any("split-K workspace" in r for r in got["counts"]["reasons"]), got
 
 
 def test_large_gemm_on_hopper_stays_an_op_call(traced):

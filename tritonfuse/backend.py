@@ -128,6 +128,17 @@ class TritonfusePasses(CustomGraphPass):
                 msg = f"the {family} pass failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
                 registry.note_error(msg)
                 _warn_once(f"tritonfuse: {msg}; its remaining sites are left to Inductor")
+        if registry.pending_replacements() and config.quant != "none" and "linear_act" in self.families:
+            try:
+                from tritonfuse.patterns.linear_act import int8_constants_pass
+
+                int8_constants_pass(graph)
+            except Exception as e:  # the int8 sites keep their ops, which look their weights up at run time
+                if not config.fallback_enabled():
+                    raise
+                msg = f"int8 weights as constants failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                registry.note_error(msg)
+                _warn_once(f"tritonfuse: {msg}; the int8 ops quantize their weights at run time")
         if registry.pending_replacements():
             from . import inline
 
@@ -225,6 +236,10 @@ def _compile(gm, example_inputs, passes, patches=None):
     from torch._inductor.compile_fx import compile_fx
 
     patches = dict(patches or {})
+    if passes is not None and config.quant != "none":
+        # int8 weights become constants of the compiled graph (patterns.linear_act.int8_constants_pass):
+        # Inductor's graph cache would write them to disk, and its key does not see the weights' values
+        patches["fx_graph_cache"] = False
     if passes is None:
         return compile_fx(gm, example_inputs, config_patches=patches) if patches else compile_fx(gm, example_inputs)
     return compile_fx(gm, example_inputs, inner_compile=passes.inner_compile,
