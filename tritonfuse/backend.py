@@ -160,6 +160,14 @@ def _settings_hash() -> str:
     return hashlib.sha256(repr((sorted(config.snapshot().items()), _source_hash(), choices)).encode()).hexdigest()
 
 
+def _int8_constants() -> bool:
+    try:
+        from tritonfuse.patterns import linear_act
+    except Exception:  # noqa: BLE001 - a broken patterns module: its pass reports it
+        return False
+    return linear_act.INT8_CONSTANTS
+
+
 def _inlining() -> bool:
     return config.inline_enabled() and _gpu_timing()
 
@@ -236,7 +244,7 @@ def _compile(gm, example_inputs, passes, patches=None):
     from torch._inductor.compile_fx import compile_fx
 
     patches = dict(patches or {})
-    if passes is not None and config.quant != "none":
+    if passes is not None and config.quant != "none" and _int8_constants():
         # int8 weights become constants of the compiled graph (patterns.linear_act.int8_constants_pass):
         # Inductor's graph cache would write them to disk, and its key does not see the weights' values
         patches["fx_graph_cache"] = False
