@@ -1,15 +1,24 @@
-"""GPU probe: a BERT-base MLP block (LayerNorm -> Linear+GELU -> Linear, M = 32*512) in int8 mode, compiled
-with its int8 GEMMs inlined into Inductor's code. Prints the compile time, how many autotune configs each
-inlined kernel carries into Inductor's code (1 when our autotuner's choice was handed over), the block's
-time against Inductor's (CUDA-graph replays, GPU time) and against the same block with the int8 ops called
-(TRITONFUSE_INLINE=0).
+"""GPU probe: BERT-base MLP blocks (LayerNorm -> Linear+GELU -> Linear, M = 32*512) in int8 mode, compiled
+with the int8 weights as graph constants and the GEMMs inlined into Inductor's code
+(``patterns.linear_act.INT8_CONSTANTS``, turned on here), beside Inductor and the int8 op calls.
 
-    python3 scripts/int8_inline_probe.py [--m 16384] [--layers 4]
+For each variant it prints, as soon as it has them: the compile time, how many autotune configs each inlined
+kernel carries into Inductor's code (1 when our autotuner's choice was handed over), the time per forward
+(CUDA-graph replays: GPU time; and plain calls), the SQNR against eager, and with ``--out DIR`` it writes
+the compile's cProfile (top functions by cumulative time), Inductor's output code and a torch.profiler table
+of one forward's kernels, one file per variant.
+
+    python3 scripts/int8_inline_probe.py [--m 16384] [--layers 1] [--variants inductor,inline,ops] [--out DIR]
+    TRITON_INTERPRET=1 python3 scripts/int8_inline_probe.py --m 64 --seq 32 --out /tmp/p  # a CPU smoke test
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
+import pathlib
+import pstats
 import re
 import time
 
@@ -57,49 +66,84 @@ def graph_ms(fn, x, reps=20):
 
 
 def plain_ms(fn, x, reps=30):
-    for _ in range(3):
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    for _ in range(min(reps, 3)):
         fn(x)
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     for _ in range(reps):
         fn(x)
-    torch.cuda.synchronize()
+    sync()
     return (time.perf_counter() - t0) * 1e3 / reps
 
 
+VARIANTS = {
+    "inductor": ("inductor", {}, False),
+    "inline": ("tritonfuse", {"quant": "int8"}, True),  # int8 weights as constants, GEMMs inlined
+    "ops": ("tritonfuse", {"quant": "int8"}, False),  # the default: int8 op calls, weights looked up at run time
+}
+
+
+def kernel_table(fn, x) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    acts, key = ([ProfilerActivity.CUDA], "cuda_time_total") if x.is_cuda else ([ProfilerActivity.CPU], "cpu_time_total")
+    fn(x)
+    with profile(activities=acts) as prof:
+        fn(x)
+        if x.is_cuda:
+            torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by=key, row_limit=40)
+
+
 def main():
+    from tritonfuse.patterns import linear_act as LP
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--m", type=int, default=16384)
-    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument("--variants", default="inductor,inline,ops")
+    ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU (TRITON_INTERPRET=1, tiny --m): a smoke test
+    out_dir = pathlib.Path(args.out) if args.out else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    model = nn.Sequential(*[Block() for _ in range(args.layers)]).cuda().half().eval()
-    x = torch.randn(args.m // 512, 512, 768, device="cuda", dtype=torch.half)
+    model = nn.Sequential(*[Block() for _ in range(args.layers)]).to(dev).half().eval()
+    x = torch.randn(args.m // args.seq, args.seq, 768, device=dev, dtype=torch.half)
     with torch.no_grad():
         ref = model(x)
-        for name, backend, patch in (("inductor", "inductor", {}),
-                                     ("tritonfuse-int8", "tritonfuse", {"quant": "int8"}),
-                                     ("tritonfuse-int8 ops", "tritonfuse", {"quant": "int8", "inline": "0"})):
+        for name in args.variants.split(","):
+            backend, patch, constants = VARIANTS[name]
+            LP.INT8_CONSTANTS = constants
             torch._dynamo.reset()
             tritonfuse.reset()
             with config.patch(**patch):
                 t0 = time.perf_counter()
                 compiled = torch.compile(model, backend=backend)
+                prof = cProfile.Profile()
+                prof.enable()
                 out, code = run_and_get_code(compiled, x)
+                prof.disable()
                 compile_s = time.perf_counter() - t0
                 code = "".join(code)
-                configs = [len(re.findall(r"triton\.Config\(|'num_warps'", m))
-                           for m in re.findall(r"user_autotune\((.*?)\)\n", code, flags=re.S)]
-                n_cfg = re.findall(r"configs=\[(.*?)\]", code, flags=re.S)
-                sqnr = 20 * torch.log10(ref.float().norm() / (ref.float() - out.float()).norm()).item()
-                print(f"{name}: compile {compile_s:.1f} s, graph {graph_ms(compiled, x):.3f} ms, "
-                      f"plain {plain_ms(compiled, x):.3f} ms, SQNR {sqnr:.1f} dB, "
-                      f"counters {tritonfuse.counters().get('linear_act')}, "
-                      f"user kernels {code.count('user_autotune(')}, configs per user kernel "
-                      f"{[c.count('num_warps') for c in n_cfg][:12]}, "
+                n_cfg = [c.count("num_warps") for c in re.findall(r"configs=\[(.*?)\]", code, flags=re.S)]
+                print(f"{name}: compile {compile_s:.1f} s, counters {tritonfuse.counters().get('linear_act')}, "
+                      f"user kernels {code.count('user_autotune(')}, configs per user kernel {n_cfg[:12]}, "
                       f"int8_weights calls {code.count('int8_weights.default(')}", flush=True)
-                if name != "inductor":
-                    print(tritonfuse.report(), flush=True)
+                if out_dir:
+                    buf = io.StringIO()
+                    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(60)
+                    (out_dir / f"compile-profile-{name}.txt").write_text(buf.getvalue())
+                    (out_dir / f"code-{name}.py").write_text(code)
+                sqnr = 20 * torch.log10(ref.float().norm() / (ref.float() - out.float()).norm()).item()
+                graph = f"{graph_ms(compiled, x):.3f} ms" if dev == "cuda" else "-"
+                print(f"{name}: graph {graph}, plain {plain_ms(compiled, x, 3 if dev == 'cpu' else 30):.3f} ms, "
+                      f"SQNR {sqnr:.1f} dB", flush=True)
+                if out_dir:
+                    (out_dir / f"kernels-{name}.txt").write_text(kernel_table(compiled, x) + "\n" + tritonfuse.report())
 
 
 if __name__ == "__main__":
