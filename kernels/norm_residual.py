@@ -122,14 +122,18 @@ def _normalize(h, mean, rstd, w_ptr, b_ptr, cols, col_mask, dtype: tl.constexpr,
 @triton.jit
 def _norm_fwd_kernel(
     x_ptr, r_ptr, w_ptr, b_ptr, out_ptr, s_ptr, mean_ptr, rstd_ptr, q_ptr, qscale_ptr,
-    M, N, R_ROWS, eps,
+    M, N, R_ROWS, eps, eps_ptr,
     stride_xm, stride_rm, stride_om, stride_sm, stride_qm,
-    HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, IS_RMS: tl.constexpr,
+    EPS_PTR: tl.constexpr, HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, IS_RMS: tl.constexpr,
     WRITE_SUM: tl.constexpr, WRITE_STATS: tl.constexpr, CAST_BEFORE_WEIGHT: tl.constexpr,
     QUANT_OUT: tl.constexpr, RTNE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
 ):
-    eps = tl.cast(eps, tl.float32)  # Inductor passes Python floats as fp64
+    if EPS_PTR:
+        # eps held in a 0-d tensor on this device (a dynamic graph's float): read, rounded to fp32 as eager adds it
+        eps = tl.load(eps_ptr).to(tl.float32)
+    else:
+        eps = tl.cast(eps, tl.float32)  # Inductor passes Python floats as fp64
     # x, out, s: [M, N] (unit column stride); r: [R_ROWS, N], row m uses r[m % R_ROWS] (leading broadcast)
     pid_m = tl.program_id(0)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -330,7 +334,8 @@ def _full_first(x, residual):
     return x, residual
 
 
-def _norm_fake(x, residual, weight, bias, eps, kind, write_sum, cast_before_weight, stats, quant_out):
+def _norm_fake(x, residual, weight, bias, eps, kind, write_sum, cast_before_weight, stats, quant_out,
+               eps_tensor=None):
     x, residual = _full_first(x, residual)
     m = x.numel() // x.shape[-1]
     f32 = dict(dtype=torch.float32, device=x.device)
@@ -344,10 +349,19 @@ def _norm_fake(x, residual, weight, bias, eps, kind, write_sum, cast_before_weig
     )
 
 
-@registry.kernel_op("tritonfuse::norm_residual", fake=_norm_fake, inline=True)
+def _eps_on_host(x, residual, weight, bias, eps, kind, write_sum, cast_before_weight, stats, quant_out,
+                 eps_tensor=None) -> Optional[str]:
+    # inlining traces the body on fake tensors: a host eps tensor cannot be read there, nor loaded by the kernel
+    if eps_tensor is not None and eps_tensor.device != x.device:
+        return "eps is a host scalar tensor (a dynamic graph's float): the op reads it at run time"
+    return None
+
+
+@registry.kernel_op("tritonfuse::norm_residual", fake=_norm_fake, inline=_eps_on_host)
 def norm_residual(
     x: torch.Tensor, residual: Optional[torch.Tensor], weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
     eps: float, kind: str, write_sum: bool, cast_before_weight: bool, stats: bool, quant_out: bool,
+    eps_tensor: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``h = x + residual``; ``y = norm(h) * weight + bias`` over the last dim, in one pass per row.
 
@@ -361,6 +375,9 @@ def norm_residual(
         cast_before_weight: round ``norm(h)`` to x's dtype before the weight multiply (HF RMSNorm).
         stats: also return fp32 mean and rstd per row ([M], mean is 0 for RMSNorm), for the backward.
         quant_out: also return int8 ``round(y / scale)`` ([..., N]) and fp32 per-row ``scale = max|y|/127``.
+        eps_tensor: a 0-d tensor holding eps in place of ``eps`` (ignored then): what a dynamic graph passes
+            for a model's float (``torch.compile(dynamic=True)`` makes HF RMSNorm's eps a graph input). On x's
+            device the kernel loads it; a host tensor is read here, at run time.
 
     Returns ``(y, h, mean, rstd, y_int8, scale)``; outputs not asked for are empty.
 
@@ -386,6 +403,14 @@ def norm_residual(
     rstd = torch.empty((m if stats else 0,), **f32)
     q = torch.empty((m, n) if quant_out else (0,), dtype=torch.int8, device=x.device)
     qscale = torch.empty((m if quant_out else 0,), **f32)
+    eps_ptr = None
+    if eps_tensor is not None:
+        if eps_tensor.numel() != 1 or not eps_tensor.dtype.is_floating_point:
+            raise ValueError(f"eps_tensor must hold one float, got {eps_tensor.dtype} {tuple(eps_tensor.shape)}")
+        if eps_tensor.device == x.device:
+            eps_ptr = eps_tensor
+        else:
+            eps = float(eps_tensor)  # a host scalar: no device synchronisation
     if m > 0:
         cfg = _settings(n, x.element_size())
         if quant_out and not cfg["SINGLE"]:
@@ -395,9 +420,9 @@ def norm_residual(
             x2, r2, weight if weight is not None else dummy, bias if bias is not None else dummy,
             out, s if write_sum else dummy, mean if stats else dummy, rstd if stats else dummy,
             q if quant_out else dummy, qscale if quant_out else dummy,
-            m, n, max(r_rows, 1), eps,
+            m, n, max(r_rows, 1), eps, eps_ptr if eps_ptr is not None else dummy,
             x2.stride(0), r2.stride(0), out.stride(0), s.stride(0) if write_sum else 0, q.stride(0) if quant_out else 0,
-            HAS_RES=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None, IS_RMS=kind == "rms",
+            EPS_PTR=eps_ptr is not None, HAS_RES=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None, IS_RMS=kind == "rms",
             WRITE_SUM=write_sum, WRITE_STATS=stats, CAST_BEFORE_WEIGHT=cast_before_weight,
             QUANT_OUT=quant_out, RTNE_BF16=rtne_bf16(x.dtype), **cfg,
         )

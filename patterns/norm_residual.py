@@ -11,7 +11,9 @@ fp32). Every norm comes in three forms:
 - ``(norm(x + r), x + r)`` where the sum is also used afterwards (pre-norm: Llama, ViT): a two-output
   pattern, the kernel writes the sum too.
 
-eps is a pattern argument (``scalar_workaround``), never a constant; the check reads it from the graph.
+eps is a pattern argument (``scalar_workaround``), never a constant; the check reads it from the graph. In a
+dynamic graph (``torch.compile(dynamic=True)``) a model's float can arrive as a 0-d tensor input (HF RMSNorm's
+``variance_epsilon``); the op then takes that tensor and reads eps at run time.
 
 Training graphs: the post-grad pass sees the forward and the backward graph separately. A training forward
 saves the norm's statistics for the backward (LayerNorm: mean and rstd; RMSNorm: rstd), so they have users
@@ -106,9 +108,12 @@ def _norm_replacement(style, affine, res, stats=False):
     cast_before_weight = style == "hf"
 
     def body(x, r, w, b, eps):
+        # eps: a float, or a 0-d tensor in a dynamic graph (the op reads its value at run time)
+        teps = isinstance(eps, torch.Tensor)
         y, h, mean, rstd, *_ = torch.ops.tritonfuse.norm_residual(
             x, r if res else None, w if "w" in affine else None, b if "b" in affine else None,
-            eps, kind, res == "sum", cast_before_weight, stats, False)
+            0.0 if teps else eps, kind, res == "sum", cast_before_weight, stats, False,
+            eps_tensor=eps if teps else None)
         saved = ()
         if stats:
             keep = (*y.shape[:-1], 1)
@@ -153,8 +158,10 @@ def _sum_node(match: Match):
 
 
 def _eps(match: Match):
-    """eps as the graph holds it: the constant added before ``rsqrt``. Read from the graph, not from
-    ``match.kwargs``: on torch 2.11 (H100 run) every site fell back with eps missing from the re-checked match."""
+    """eps as the graph holds it: the constant added before ``rsqrt``, or the 0-d float tensor added there
+    (its value; ``torch.compile(dynamic=True)`` passes a model's float, HF RMSNorm's eps, as a graph input).
+    Read from the graph, not from ``match.kwargs``: on torch 2.11 (H100 run) every site fell back with eps
+    missing from the re-checked match."""
     for n in match.nodes:
         if n.target == aten.rsqrt.default and isinstance(n.args[0], torch.fx.Node):
             add = n.args[0]
@@ -162,7 +169,16 @@ def _eps(match: Match):
                 consts = [a for a in add.args[:2] if isinstance(a, (int, float)) and not isinstance(a, bool)]
                 if len(consts) == 1:
                     return float(consts[0])
+                stat = _reduction_node(match)
+                scalars = [a.meta.get("val") for a in add.args[:2] if isinstance(a, torch.fx.Node)
+                           and a not in (stat, *(stat.users if stat is not None else ()))]
+                if len(scalars) == 1 and isinstance(scalars[0], torch.Tensor):
+                    return scalars[0]
     return None
+
+
+def _scalar_tensor(t) -> bool:
+    return isinstance(t, torch.Tensor) and t.dim() == 0 and t.dtype.is_floating_point
 
 
 def _reduces_last_dim_only(red: torch.fx.Node) -> bool:
@@ -221,8 +237,8 @@ def _make_check(style: str, affine: str, res: str, stats: bool = False):
         elif any(n.target == torch.ops.prims.convert_element_type.default
                  and n.args[1] not in (torch.float32, x.dtype) for n in match.nodes):
             reason = "the norm is computed in a dtype other than fp32"
-        elif not isinstance(eps, (int, float)):
-            reason = "eps is not a constant"
+        elif not isinstance(eps, (int, float)) and not _scalar_tensor(eps):
+            reason = "eps is neither a constant nor a 0-d float tensor"
         elif not isinstance(full[-1], int):
             reason = "dynamic hidden size"
         if reason is None:

@@ -301,6 +301,44 @@ def test_patterns_read_eps_from_graph():
     torch.testing.assert_close(out, model(x), atol=1e-5, rtol=1e-5)
 
 
+def test_patterns_dynamic_eps_tensor():
+    # torch.compile(dynamic=True) passes a module's float (HF RMSNorm's eps) as a 0-d tensor input: the site
+    # is still served, eps read at run time. A large eps shows in the output; changing it after compiling
+    # must show too (a baked-in eps would not).
+    torch.manual_seed(0)
+    norm = HFRMSNorm(40, eps=0.5)
+    lin = torch.nn.Linear(40, 40)
+
+    def f(x, r):
+        h = x + r
+        return norm(lin(norm(h)) + h)
+
+    compiled = torch.compile(f, backend="tritonfuse", dynamic=True)
+    with torch.no_grad(), config.patch(patterns=FAMILY):
+        for rows, eps in ((6, 0.5), (11, 0.5), (9, 2.0)):
+            norm.eps = eps
+            x, r = fresh(rows, 40, scale=0.3), fresh(rows, 40, scale=0.3)
+            torch.testing.assert_close(compiled(x, r), f(x, r), atol=1e-5, rtol=1e-5)
+    report = tritonfuse.report()
+    assert "eps" not in report.split("left to Inductor")[-1], report
+    c = tritonfuse.counters()[FAMILY]
+    assert c == {"matched": 2, "replaced": 2, "fallback": 0}, report  # one graph: eps is an input, not guarded
+    assert sorted({s.kernel for s in tritonfuse.sites()}) == ["norm_residual[rms+add]", "norm_residual[rms+sum]"]
+
+
+def test_kernel_eps_tensor():
+    # eps from a 0-d tensor (fp64 or fp32, on x's device: loaded by the kernel; on the host: read by the op)
+    x, r, w = fresh(7, 100), fresh(7, 100), fresh(100)
+    want, _ = K.norm_residual_ref(x, r, w, None, 0.25, "rms", True)
+    for t in (torch.tensor(0.25, dtype=torch.float64, device=DEVICE), torch.tensor(0.25), torch.tensor(0.25).to(DEVICE)):
+        y, h, *_ = torch.ops.tritonfuse.norm_residual(x, r, w, None, 1e-6, "rms", True, True, False, False, eps_tensor=t)
+        torch.testing.assert_close(y, want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(h, x + r)
+    with pytest.raises(ValueError, match="eps_tensor"):
+        torch.ops.tritonfuse.norm_residual(x, r, w, None, 1e-6, "rms", True, True, False, False,
+                                           eps_tensor=torch.ones(2, device=DEVICE))
+
+
 class StatsReused(torch.nn.Module):
     def __init__(self, n=32):
         super().__init__()

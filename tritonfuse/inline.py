@@ -31,7 +31,7 @@ _impls: dict = {}
 
 
 def register(op, fn: Callable, when: Optional[Callable] = None) -> None:
-    """Allow inlining calls of ``op``, whose implementation is ``fn``; ``when(*args)`` (fake tensors) may
+    """Allow inlining calls of ``op``, whose implementation is ``fn``; ``when(*args, **kwargs)`` (fake tensors) may
     refuse a call with a reason string (None: inline it)."""
     _impls[op] = (fn, when)
 
@@ -278,7 +278,8 @@ def inline_pass(graph: torch.fx.Graph) -> int:
             reason = "symbolic shapes"
         if reason is None and when is not None:
             args = torch.fx.map_arg(node.args, lambda a: a.meta.get("val"))
-            reason = when(*args)
+            kwargs = torch.fx.map_arg(node.kwargs, lambda a: a.meta.get("val"))
+            reason = when(*args, **kwargs)
         if reason is None:
             try:
                 gm, inputs = _trace(fn, node)
