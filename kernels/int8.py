@@ -585,6 +585,8 @@ def int8_kernel_name(M: int, mode: str, gated: bool) -> str:
     what = "gated_mlp" if gated else "linear"
     if mode == "int8-weight":
         return f"int8_weight_only[{what}]"
+    if not isinstance(M, int):  # a dynamic graph's rows: the op picks per call
+        return f"int8_w8a8[{what},weight-only at M<={DECODE_M}]"
     if M <= DECODE_M:
         return f"int8_weight_only[{what},M<={DECODE_M}]"
     return f"int8_w8a8[{what}" + (",fused quant]" if fused_quant(M, mode) else "]")

@@ -671,17 +671,19 @@ def _fused_quant(M, mode: str) -> bool:
 
 
 def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optional[str] = None,
-            int8_inlined: bool = False) -> dict:
+            int8_inlined: bool = False, int8_fused: bool = True) -> dict:
     """On a GPU, time this kernel (or, with ``int8_mode``, the int8 one) against what it replaces: cuBLAS
     GEMMs plus one pointwise pass of the epilogue's bytes, as Inductor's fused epilogue kernel does, at
     the site's shapes; cached per shape. ``int8_inlined``: the int8 site's weights become graph constants
     and its GEMM is inlined into Inductor's code (``kernels.int8.int8_mm``): timed as GPU time, as the
-    pointer kernel on weights quantized ahead."""
+    pointer kernel on weights quantized ahead. ``int8_fused=False``: the site quantizes x in its own op
+    (a dynamic graph's site, whose W8A8 / weight-only split is made per call), not in x's producer."""
     M, K_ = x.shape
+    fusedq = bool(int8_mode) and int8_fused and _fused_quant(M, int8_mode)
     N = ws[0].shape[0]
     key = (f"{'gated_mlp' if gated else 'linear_act'}|{act}|M{_m_bucket(M)}xK{K_}xN{N}|{x.dtype}"
            f"|bias{int(b is not None)}|pre{int(store_pre)}|{int8_mode or 'float'}"
-           f"{'|fusedq' if int8_mode and _fused_quant(M, int8_mode) else ''}")
+           f"{'|fusedq' if fusedq else ''}")
 
     def real(shape):
         return torch.randn(shape, device=x.device, dtype=x.dtype)
@@ -704,7 +706,7 @@ def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optiona
         a = args()
         if int8_inlined:
             return _int8_inlined(a, act, gated, int8_mode)
-        if int8_mode and _fused_quant(M, int8_mode):
+        if fusedq:
             # the site quantizes x in the producer's kernel (fused by Inductor): the GEMM is what it adds
             if "xq" not in a:
                 from tritonfuse.kernels import int8 as I8

@@ -286,14 +286,24 @@ def _int8_inlined(match: Match, x2, mode: str, gated: bool) -> bool:
 
 
 def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None):
-    """(mode, kernel name, None) when the int8 kernels serve this site, else (None, None, why not)."""
+    """(mode, kernel name, None) when the int8 kernels serve this site, else (None, None, why not).
+
+    A dynamic graph's number of rows is symbolic: the site then calls the ops that pick W8A8 or the
+    weight-only decode kernel per call (by M at run time) and quantize x themselves; it is checked, gated
+    and timed at its example size."""
     mode = config.quant
     if mode == "none":
         return None, None, None
     if train:
         return None, None, "int8 is for inference graphs"
-    if isinstance(x2.shape[0], torch.SymInt):
-        return None, None, "int8 needs a static number of rows (this graph has symbolic shapes)"
+    dynamic = not isinstance(x2.shape[0], int)
+    x2s = x2
+    x2 = hinted(x2)
+    if x2 is None:
+        return None, None, "int8: data-dependent number of rows"
+    ws = [hinted(w) for w in ws]
+    if any(w is None for w in ws):
+        return None, None, "int8: data-dependent weight shape"
     name = _module_name(site)
     if name and config.quant_skipped(name):
         return None, None, f"{name} kept in floating point (TRITONFUSE_QUANT_SKIP)"
@@ -312,10 +322,11 @@ def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None):
             return None, None, "int8 SQNR gate: the weights are not available at compile time"
         if sqnr < gate:
             return None, None, f"int8 SQNR {sqnr:.1f} dB < TRITONFUSE_QUANT_MIN_SQNR {gate:g} dB"
-    rec = K.measure(x2, ws, b, act, gated, False, int8_mode=mode, int8_inlined=_int8_inlined(site_match, x2, mode, gated))
+    rec = K.measure(x2, ws, b, act, gated, False, int8_mode=mode, int8_fused=not dynamic,
+                    int8_inlined=_int8_inlined(site_match, x2s, mode, gated))
     if not rec["use"]:
         return None, None, "int8 " + registry.slower_reason(rec, "cuBLAS + epilogue")
-    return mode, I8.int8_kernel_name(x2.shape[0], mode, gated), None
+    return mode, I8.int8_kernel_name(x2s.shape[0], mode, gated), None
 
 
 def _same(a, b) -> bool:

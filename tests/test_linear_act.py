@@ -663,6 +663,28 @@ def test_int8_mode_serves_linear_sites(mode):
     assert I8.int8_kernel_name(40, mode, False) in tritonfuse.report()
 
 
+def test_int8_dynamic_rows_pick_the_kernel_per_call():
+    # a dynamic graph (dynamic=True here; automatic dynamic does the same from the second batch size on) has
+    # a symbolic number of rows: its int8 sites call the ops that choose per call, W8A8 for M > 16 and the
+    # weight-only decode kernel for M <= 16. They used to be left in floating point ("int8 needs a static
+    # number of rows"). Each call must give exactly what the op gives on the same rows.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 64)).to(torch.bfloat16).eval()
+    compiled = torch.compile(model, backend="tritonfuse", dynamic=True)
+    ops = torch.ops.tritonfuse
+    with torch.no_grad(), config.patch(quant="int8", patterns="linear_act"):
+        for rows in (40, 8, 23, 16):
+            x = fresh(rows, 64, dtype=torch.bfloat16)
+            out = compiled(x)
+            want = ops.int8_linear(ops.int8_linear(x, model[0].weight, model[0].bias, "gelu", "int8"),
+                                   model[2].weight, model[2].bias, "none", "int8")
+            assert torch.equal(out, want), rows
+            assert sqnr_db(model(x).float(), out.float()) > 25
+    text = tritonfuse.report()
+    assert _counts() == {"matched": 2, "replaced": 2, "fallback": 0}, text  # one graph served every size
+    assert text.count("int8_w8a8[linear,weight-only at M<=16]") == 1 and "x2" in text, text
+
+
 def test_int8_quant_skip_keeps_module_in_float():
     class Net(nn.Module):
         def __init__(self):
