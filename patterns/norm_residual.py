@@ -47,8 +47,10 @@ aten = torch.ops.aten
 
 # --- the norms as written in models ---------------------------------------------------------------------
 # style: "ln" F.layer_norm; "hf" HF RMSNorm (cast to the input dtype before the weight, weight first);
-# "fn" F.rms_norm (weight applied in fp32); "hand" x * rsqrt(...) * w with the weight last, no casts.
-STYLES = ("ln", "hf", "fn", "hand")
+# "fn" F.rms_norm (weight applied in fp32); "hand" x * rsqrt(...) * w with the weight last, no casts;
+# "t5" HF T5LayerNorm (T5, Flan-T5, mT5, UMT5 encoders): only the variance is taken in fp32, the
+# half-precision input is multiplied by the fp32 rstd directly (promoted), then cast and weighted as "hf".
+STYLES = ("ln", "hf", "fn", "hand", "t5")
 
 
 def _norm(h, w, b, eps, style, stats=False):
@@ -59,6 +61,11 @@ def _norm(h, w, b, eps, style, stats=False):
     if style == "fn" and not stats:
         return F.rms_norm(h, (h.shape[-1],), w, eps)
     dtype = h.dtype
+    if style == "t5":
+        rstd = torch.rsqrt(h.to(torch.float32).pow(2).mean(-1, keepdim=True) + eps)
+        y = (h * rstd).to(dtype)
+        y = w * y if w is not None else y
+        return (y, rstd) if stats else y
     hf = h.to(torch.float32)
     if style == "fn":
         # F.rms_norm's decomposition with its rstd exposed: positive dims, eps added as a Scalar
@@ -105,7 +112,7 @@ def _norm_pattern(style, affine, res, stats=False):
 
 def _norm_replacement(style, affine, res, stats=False):
     kind = _kind(style)
-    cast_before_weight = style == "hf"
+    cast_before_weight = style in ("hf", "t5")
 
     def body(x, r, w, b, eps):
         # eps: a float, or a 0-d tensor in a dynamic graph (the op reads its value at run time)
@@ -245,7 +252,7 @@ def _make_check(style: str, affine: str, res: str, stats: bool = False):
             reason = K.unsupported(x, r, w, b)
         if reason is None:
             reason = K.probe(str(x.device), x.dtype, kind, full[-1], bool(res), w is not None, b is not None,
-                             res == "sum", style == "hf", stats)
+                             res == "sum", style in ("hf", "t5"), stats)
         xh, rh = hinted(x), hinted(r)  # a dynamic graph's rows: timed at their example sizes
         if reason is None and (xh is None or (r is not None and rh is None)):
             reason = "data-dependent number of rows"
@@ -273,7 +280,7 @@ def _trace(fn, args, **kwargs) -> torch.fx.GraphModule:
     return gm
 
 
-_AFFINE = {"ln": ("wb", "w", ""), "hf": ("w", ""), "fn": ("w", ""), "hand": ("w",)}
+_AFFINE = {"ln": ("wb", "w", ""), "hf": ("w", ""), "fn": ("w", ""), "hand": ("w",), "t5": ("w",)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -288,6 +295,8 @@ def pattern_pass() -> PatternMatcherPass:
         for stats in (False, True):
             for dtype in (torch.float32, torch.float16):
                 for style in STYLES:
+                    if style == "t5" and dtype == torch.float32:
+                        continue  # in fp32 the T5 norm is the HF RMSNorm graph
                     for affine in _AFFINE[style]:
                         x = torch.empty(2, 4, 16, dtype=dtype)
                         args = [x] + ([torch.empty(2, 4, 16, dtype=dtype)] if res else [])
