@@ -98,6 +98,7 @@ def _linear(x2, w, b, act):
 
 
 def _gated(x2, wg, wu, bg, bu, act):
+    act = _kernel_act(act)
     mode = _serve["int8"]
     if mode:
         from tritonfuse.kernels import int8 as I8
@@ -487,7 +488,10 @@ def _build(with_plain: bool) -> PatternMatcherPass:
                              search_fn_pattern=recorded_pattern(_open_pattern, search, args), skip_duplicates=True)
     for dtype in (torch.float32, torch.float16):
         # gated patterns first: their GEMMs would otherwise be taken one by one
-        for act in K.GATED_ACTIVATIONS:
+        # gelu_new: T5 v1.1 / Flan-T5 / mT5 ("gated-gelu": NewGELUActivation), served as gelu_tanh
+        for act in K.GATED_ACTIVATIONS + ("gelu_new",):
+            if act == "gelu_new" and dtype != torch.float32:
+                continue  # no upcast around it: the fp32 trace serves every dtype
             for shape in ((8, 16), (2, 4, 16)):
                 x = torch.empty(shape, dtype=dtype)
                 wg, wu = torch.empty(24, 16, dtype=dtype), torch.empty(24, 16, dtype=dtype)

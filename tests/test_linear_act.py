@@ -224,6 +224,13 @@ def test_linear_gelu_new():
     _check_model(model, fresh(2, 5, 32), 2, torch.float32, 1e-5)
 
 
+@pytest.mark.parametrize("dtype,atol", [(torch.bfloat16, 1e-2), (torch.float32, 1e-5)])
+def test_gated_gelu_new(dtype, atol):
+    # T5 v1.1 / Flan-T5's "gated-gelu" MLP: wo(gelu_new(wi_0(x)) * wi_1(x)), one dual-GEMM site
+    _check_model(GatedMLP(act=NewGELU()), fresh(2, 5, 48), 1, dtype, atol)
+    assert [s.kernel for s in tritonfuse.sites()] == ["gated_mlp[gelu_tanh]"]
+
+
 class MixedMLP(nn.Module):
     # several batched Linears in one graph: with symbolic shapes their reshapes share one ``B * S`` size node
     def __init__(self, d=32, h=48):
