@@ -59,6 +59,8 @@ def _apply_act(x, ACT: tl.constexpr):
         x = 0.5 * x * (1.0 + (2.0 * tl.sigmoid(2.0 * inner) - 1.0))
     elif ACT == "silu":
         x = x * tl.sigmoid(x)
+    elif ACT == "quick_gelu":
+        x = x * tl.sigmoid(1.702 * x)
     elif ACT == "hardswish":
         x = x * (tl.minimum(tl.maximum(x + 3.0, 0.0), 6.0) / 6.0)
     return x

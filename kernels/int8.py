@@ -856,7 +856,7 @@ def int8_linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], act
     Args:
         x: [M, K] fp16/bf16 activations (any strides), K a multiple of 16.
         w: [N, K] float weight (read only; its int8 copy is cached). b: [N] or None.
-        act: ``none``, ``relu``, ``gelu``, ``gelu_tanh`` or ``silu``.
+        act: ``none``, ``relu``, ``gelu``, ``gelu_tanh``, ``silu`` or ``quick_gelu``.
         mode: ``int8`` (W8A8 dynamic; weight-only for M <= 16) or ``int8-weight``.
 
     Example::

@@ -19,7 +19,7 @@ from tritonfuse import config, inline, registry
 from tritonfuse.kernels.common import _apply_act, _m_bucket, cast_out, dot_upcast, host_desc, rtne_bf16
 from tritonfuse.kernels.common import hopper as _hopper
 
-ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu")
+ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu", "quick_gelu")  # quick_gelu: x * sigmoid(1.702 x) (CLIP)
 GATED_ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -477,7 +477,7 @@ def linear_act(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], act:
         x: [M, K] activations (any strides), fp16, bf16 or fp32.
         w: [N, K] weight of a Linear, same dtype.
         b: [N] bias or None.
-        act: one of ``none``, ``relu``, ``gelu``, ``gelu_tanh``, ``silu``.
+        act: one of ``none``, ``relu``, ``gelu``, ``gelu_tanh``, ``silu``, ``quick_gelu`` (``x * sigmoid(1.702 x)``).
 
     Example::
 
@@ -646,6 +646,8 @@ def act_ref(y: torch.Tensor, act: str) -> torch.Tensor:
         return torch.nn.functional.gelu(y, approximate="tanh")
     if act == "silu":
         return torch.nn.functional.silu(y)
+    if act == "quick_gelu":
+        return y * torch.sigmoid(1.702 * y)
     raise ValueError(f"unknown activation {act!r}")
 
 

@@ -503,8 +503,8 @@ def _build(with_plain: bool) -> PatternMatcherPass:
                         extra_check=_make_check(act, True, True, True))
                     reg(_gated_fused_nobias_pattern(act, gate_first), _gated_fused_nobias_replacement(act),
                         [x, w12], extra_check=_make_check(act, True, True, False))
-        for act in ("relu", "gelu", "gelu_tanh", "gelu_new", "silu") + (("none",) if with_plain else ()):
-            if act in ("none", "relu", "gelu_new") and dtype != torch.float32:
+        for act in ("relu", "gelu", "gelu_tanh", "gelu_new", "silu", "quick_gelu") + (("none",) if with_plain else ()):
+            if act in ("none", "relu", "gelu_new", "quick_gelu") and dtype != torch.float32:
                 continue  # no upcast around these: the fp32 trace serves every dtype
             for shape in ((8, 16), (2, 4, 16)):
                 x = torch.empty(shape, dtype=dtype)
@@ -516,8 +516,8 @@ def _build(with_plain: bool) -> PatternMatcherPass:
                 # training graphs: ReLU's backward reads its output, the others their input (save_pre)
                 save_pre = act not in ("relu", "none")
                 batched = len(shape) == 3
-                if act == "gelu_new":
-                    continue  # its backward saves more than the pre-activation: no training form
+                if act in ("gelu_new", "quick_gelu"):
+                    continue  # written out by hand: its backward saves more than the pre-activation
                 if not (batched or save_pre):
                     continue  # that is the inference pattern above
                 for has_bias in (True, False):

@@ -49,7 +49,8 @@ def _check_kernel(y, ref_q, dtype, what):
 @pytest.mark.parametrize("M,K,N", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mode", ["int8", "int8-weight"])
-@pytest.mark.parametrize("act,has_bias", [("gelu", True), ("silu", False), ("relu", True), ("none", False)])
+@pytest.mark.parametrize("act,has_bias", [("gelu", True), ("silu", False), ("relu", True), ("none", False),
+                                          ("quick_gelu", True)])
 def test_linear_sqnr_and_kernel_error(M, K, N, dtype, mode, act, has_bias, device):
     x = fresh(M, K, dtype=dtype, device=device)
     w = fresh(N, K, dtype=dtype, device=device, scale=K ** -0.5)

@@ -231,6 +231,19 @@ def test_gated_gelu_new(dtype, atol):
     assert [s.kernel for s in tritonfuse.sites()] == ["gated_mlp[gelu_tanh]"]
 
 
+class QuickGELU(nn.Module):
+    # HF's QuickGELUActivation (CLIP's MLP), written out as transformers does
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.bfloat16, 1e-2), (torch.float32, 1e-5)])
+def test_linear_quick_gelu(dtype, atol):
+    # CLIP's MLP: fc2(quick_gelu(fc1(x))), batched; the second Linear has no activation
+    _check_model(nn.Sequential(nn.Linear(32, 48), QuickGELU(), nn.Linear(48, 32)), fresh(2, 5, 32), 1, dtype, atol)
+    assert [s.kernel for s in tritonfuse.sites()] == ["linear_act[quick_gelu]"]
+
+
 class MixedMLP(nn.Module):
     # several batched Linears in one graph: with symbolic shapes their reshapes share one ``B * S`` size node
     def __init__(self, d=32, h=48):
