@@ -246,9 +246,10 @@ def _describe(x, w, dtype) -> str:
     return f"M={m} K={x.shape[-1]} N={w.shape[0]} {str(dtype).replace('torch.', '')}"
 
 
-def _int8_sqnr(match: Match, x2, act: str, gated: bool, mode: str):
+def _int8_sqnr(match: Match, x2, act: str, gated: bool, mode: str, conv1d: bool = False):
     """SQNR (dB) of the int8 layer vs the float one, with the site's real weights and Gaussian activations of
-    its shape (activations inside the graph do not exist at compile time); None without real weights."""
+    its shape (activations inside the graph do not exist at compile time); None without real weights.
+    ``conv1d``: the weight is stored [K, N] (HF Conv1D)."""
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     from tritonfuse.kernels import int8 as I8
@@ -258,6 +259,8 @@ def _int8_sqnr(match: Match, x2, act: str, gated: bool, mode: str):
     b = registry.real_value(match.kwargs["b"]) if "b" in match.kwargs else None
     if any(w is None for w in ws) or ("b" in match.kwargs and b is None):
         return None
+    if conv1d:
+        ws = [ws[0].t()]
     if gated and len(ws) == 1:  # one fused [gate | up] projection
         n = ws[0].shape[0] // 2
         ws = [ws[0][:n], ws[0][n:]]
@@ -275,8 +278,8 @@ def _int8_inlined(match: Match, x2, mode: str, gated: bool) -> bool:
     from tritonfuse import inline
     from tritonfuse.kernels import int8 as I8
 
-    if not INT8_CONSTANTS:
-        return False
+    if not INT8_CONSTANTS or _is_conv1d(match):
+        return False  # a Conv1D's GEMM reads a transposed view of its weight: not a graph input itself
     names = ("wg", "wu") if "wg" in match.kwargs else ("w",)
     if (gated and len(names) == 1) or not all(registry.real_value(match.kwargs[n]) is not None for n in names):
         return False  # a fused [gate | up] projection reaches the GEMM as two views of one weight
@@ -286,7 +289,14 @@ def _int8_inlined(match: Match, x2, mode: str, gated: bool) -> bool:
     return inline.will_inline(torch.ops.tritonfuse.int8_mm.default, x2.device)
 
 
-def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None):
+def _is_conv1d(match: Match) -> bool:
+    # an HF Conv1D site: its GEMM is addmm(b, x, w) with the [K, N] weight itself (a Linear's is a transpose)
+    gemm = _gemm_node(match)
+    w = match.kwargs.get("w")
+    return gemm.target == aten.addmm.default and gemm.args[2] is w and w is not None
+
+
+def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None, conv1d=False):
     """(mode, kernel name, None) when the int8 kernels serve this site, else (None, None, why not).
 
     A dynamic graph's number of rows is symbolic: the site then calls the ops that pick W8A8 or the
@@ -318,7 +328,7 @@ def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None):
         return None, None, f"int8: {reason}"
     gate = float(config.quant_min_sqnr)
     if gate > 0:
-        sqnr = _int8_sqnr(site_match, x2, act, gated, mode)
+        sqnr = _int8_sqnr(site_match, x2, act, gated, mode, conv1d)
         if sqnr is None:
             return None, None, "int8 SQNR gate: the weights are not available at compile time"
         if sqnr < gate:
@@ -422,9 +432,7 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: b
         wsh = [hinted(w) for w in ws]  # weights that are graph inputs of a dynamic graph have symbolic sizes
         if reason is None and any(w is None for w in wsh):
             reason = "data-dependent weight shape"
-        int8_mode, int8_kernel, int8_why = (
-            (None, None, "int8: HF Conv1D weight layout not supported" if config.quant != "none" else None)
-            if conv1d else _int8_choice(site, x2, ws, b, act, gated, store_pre, match))
+        int8_mode, int8_kernel, int8_why = _int8_choice(site, x2, ws, b, act, gated, store_pre, match, conv1d)
         if int8_mode:
             _serve["int8"] = int8_mode
             registry.note_replaced(FAMILY, site, int8_kernel, detail)
@@ -525,11 +533,11 @@ def _build(with_plain: bool) -> PatternMatcherPass:
                     reg(_linear_act_train_pattern(act, batched, has_bias, save_pre),
                         _linear_act_train_replacement(act, batched, has_bias, save_pre), args,
                         extra_check=_make_check(act, False, False, has_bias, store_pre=save_pre))
-            if act != "none":
-                # after the Linear patterns, which share its shape (the check leaves them their sites)
-                x, w, b = torch.empty(2, 4, 16, dtype=dtype), torch.empty(16, 24, dtype=dtype), torch.empty(24, dtype=dtype)
-                reg(_conv1d_act_pattern(act), _conv1d_act_replacement(act), [x, w, b],
-                    extra_check=_make_check(act, False, False, True, conv1d=True))
+            # HF Conv1D (GPT-2), after the Linear patterns, which share its shape (the check leaves them their
+            # sites); without an activation (GPT-2's attention projections) only when plain GEMMs are served
+            x, w, b = torch.empty(2, 4, 16, dtype=dtype), torch.empty(16, 24, dtype=dtype), torch.empty(24, dtype=dtype)
+            reg(_conv1d_act_pattern(act), _conv1d_act_replacement(act), [x, w, b],
+                extra_check=_make_check(act, False, False, True, conv1d=True))
     return pm
 
 

@@ -705,6 +705,24 @@ def test_int8_dynamic_rows_pick_the_kernel_per_call():
     assert text.count("int8_w8a8[linear,weight-only at M<=16]") == 1 and "x2" in text, text
 
 
+def test_int8_gpt2_conv1d():
+    # GPT-2's MLP in int8: both Conv1Ds ([K, N] weights read through a transposed view), the second with no
+    # activation (served because int8 serves plain GEMMs). An in-place update of a weight after compiling
+    # reaches the int8 copy (the view shares its parameter's version counter)
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv1D(96, 64), NewGELU(), Conv1D(64, 96)).to(torch.bfloat16).eval()
+    x = fresh(3, 7, 64, dtype=torch.bfloat16)
+    compiled = torch.compile(model, backend="tritonfuse")
+    with torch.no_grad(), config.patch(quant="int8", patterns="linear_act"):
+        out = compiled(x)
+        assert sqnr_db(model(x).float(), out.float()) > 25
+        model[2].weight.mul_(-2.0)
+        out2 = compiled(x)
+        assert sqnr_db(model(x).float(), out2.float()) > 25
+    assert _counts() == {"matched": 2, "replaced": 2, "fallback": 0}, tritonfuse.report()
+    assert [s.kernel for s in tritonfuse.sites()] == ["int8_w8a8[linear,fused quant]"] * 2
+
+
 def test_int8_quant_skip_keeps_module_in_float():
     class Net(nn.Module):
         def __init__(self):
