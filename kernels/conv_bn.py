@@ -527,9 +527,18 @@ def _launch_1x1_tma(x, w, b, mean, var, gamma, beta, r, eps, act, act2, out, fix
 _INT32_MAX = 2**31 - 1
 
 
+def _hint(s):
+    """A size as an int: a dynamic graph's symbolic size at its example value, read without adding a guard
+    (a guard on the batch size would make Dynamo compile again for every batch size); None without one."""
+    if isinstance(s, torch.SymInt):
+        return s.node.hint if s.node.has_hint() else None
+    return s
+
+
 def _span(t: torch.Tensor) -> int:
-    # the largest element offset the kernel computes into t (int32 address arithmetic)
-    return sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride()) if s > 0)
+    # the largest element offset the kernel computes into t (int32 address arithmetic), at example sizes
+    dims = [(_hint(s), _hint(st)) for s, st in zip(t.shape, t.stride())]
+    return sum((s - 1) * abs(st) for s, st in dims if s > 0)
 
 
 def out_shape(x_shape, w_shape, stride: Sequence[int], padding: Sequence[int]) -> tuple:
@@ -561,7 +570,11 @@ def unsupported(
         return f"dtype {x.dtype} not supported"
     if w.shape[1] != x.shape[1]:
         return "input channels differ from the weight's"
-    shape = out_shape(x.shape, w.shape, stride, padding)
+    # sizes at their example values: no comparison below may add a guard to a dynamic graph (the kernel
+    # checks the int32 limit again on every call)
+    if any(_hint(d) is None for t in (x, w, r) if t is not None for d in (*t.shape, *t.stride())):
+        return "data-dependent sizes"
+    shape = out_shape([_hint(d) for d in x.shape], [_hint(d) for d in w.shape], stride, padding)
     if min(shape) <= 0:
         return "empty output"
     tensors = [w, b, r, *bn]
@@ -582,7 +595,7 @@ def unsupported(
         return "BatchNorm parameters without running statistics"
     if (gamma is None) != (beta is None):
         return "BatchNorm with only one of weight and bias"
-    if r is not None and tuple(r.shape) != shape:
+    if r is not None and tuple(_hint(d) for d in r.shape) != shape:
         return f"residual of shape {tuple(r.shape)} is broadcast to {shape}"
     n_out = math.prod(shape)
     if max(_span(x), _span(w), _span(r) if r is not None else 0, n_out) > _INT32_MAX:
@@ -653,6 +666,7 @@ def _launch_conv(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, 
                  int8: Optional[tuple] = None, out_dtype: Optional[torch.dtype] = None, tma: bool = True):
     """Launch the implicit-GEMM kernel (or for a 1x1 conv on Hopper, with ``tma``, the TMA GEMM);
     ``int8=(xs, wq, ws)`` with an int8 ``x`` runs the W8A8 variant."""
+    w_float = w
     if int8 is not None:
         xs, w, ws = int8
     out = _empty_out(x, w, stride, padding, channels_last, out_dtype)
@@ -662,6 +676,12 @@ def _launch_conv(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, 
     M = B * OH * OW
     if out.numel() == 0:
         return out
+    if max(_span(x), _span(w), _span(r) if r is not None else 0, out.numel()) > _INT32_MAX:
+        # a dynamic graph's site was checked at its example sizes: a larger call than the kernel's int32
+        # offsets reach is computed by PyTorch (an int8 site on its dequantized input and the float weight)
+        xf = x.to(out.dtype) * xs.to(out.dtype) if int8 is not None else x
+        y = conv_bn_ref(xf, w_float.to(out.dtype), b, mean, var, gamma, beta, r, stride, padding, eps, act, act2)
+        return out.copy_(y)
     ptrs, strides, flags = _epilogue_args(x, b, mean, var, gamma, beta, r, out)
 
     def grid(meta):

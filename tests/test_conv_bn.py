@@ -478,6 +478,39 @@ def test_dynamic_batch():
     assert tritonfuse.counters()[FAMILY] == _counts(1, 1)
 
 
+def test_batch_sizes_share_one_dynamic_graph():
+    # automatic dynamic shapes: the second batch size compiles a graph with a symbolic batch, which every
+    # later size reuses. The site checks used to compare symbolic sizes (the int32 limit, the output shape)
+    # and so added guards on the batch: ResNet-18 compiled again for every batch size
+    m = _randomize_bn(Residual("resnet")).eval()
+    compiled = torch.compile(m, backend="tritonfuse")
+    with torch.no_grad():
+        for batch in (2, 3, 8, 11):  # past the 7x9 output's sides: min(shape) compared the batch with them
+            x = torch.randn(batch, 12, 7, 9).to(memory_format=torch.channels_last)
+            out, eager = compiled(x), m(x)
+            assert_close_to_ref(out, copy.deepcopy(m).double()(x.double()), eager, atol=1e-5)
+    assert tritonfuse.counters()[FAMILY] == _counts(4, 4), tritonfuse.report()  # two graphs of two sites
+
+
+def test_call_past_int32_offsets_is_computed_by_pytorch(monkeypatch):
+    # a dynamic graph's site is checked at its example size; a later, larger call beyond the kernel's int32
+    # offsets (a limit lowered here) is computed by PyTorch's conv, with the same result
+    m = _randomize_bn(Residual("resnet")).eval()
+    x = torch.randn(3, 12, 7, 9).to(memory_format=torch.channels_last)
+    conv, bn = m.cbr.conv, m.cbr.bn
+    args = (conv.weight, None, bn.running_mean, bn.running_var, bn.weight, bn.bias, x, [1, 1], [1, 1], bn.eps,
+            "relu", "relu", True)
+    want = torch.ops.tritonfuse.conv_bn(x, *args)
+    calls = []
+    ref = K.conv_bn_ref
+    monkeypatch.setattr(K, "conv_bn_ref", lambda *a, **kw: calls.append(1) or ref(*a, **kw))
+    monkeypatch.setattr(K, "_INT32_MAX", 1000)
+    got = torch.ops.tritonfuse.conv_bn(x, *args)
+    assert calls == [1]
+    assert got.stride() == want.stride()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_training_mode_not_rewritten():
     m = _randomize_bn(Residual("resnet")).train()
     x = torch.randn(2, 12, 7, 9)
