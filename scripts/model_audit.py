@@ -2,7 +2,7 @@
 ``backend="tritonfuse"`` against eager: does it run, how close is it, which sites are served and why the others
 are not. Each model runs in its own process; one JSON line per model.
 
-    TRITON_INTERPRET=1 python scripts/model_audit.py [--models gpt2,llama] [--dtype bfloat16] [--quant int8] [--train]
+    TRITON_INTERPRET=1 python scripts/model_audit.py [--models gpt2,llama] [--dtype bfloat16] [--quant int8] [--train] [--vary]
                                                      [--jobs 2] [--out audit.jsonl]
 
 The training check uses a fixed random projection of the output as its loss, so every gradient is well above
@@ -172,20 +172,22 @@ MODELS = {
 }
 
 
-def inputs(kind, dt, seed):
+def inputs(kind, dt, seed, vary=False):
+    """Call ``seed``'s inputs; with ``vary`` each call has another batch size (and sequence length)."""
     g = torch.Generator().manual_seed(seed)
+    b, s = (2 + seed, 13 + 4 * seed) if vary else (2, 13)
     if kind == "ids":
-        ids = torch.randint(1, 128, (2, 13), generator=g)
-        mask = torch.ones(2, 13, dtype=torch.long)
-        mask[1, 9:] = 0
+        ids = torch.randint(1, 128, (b, s), generator=g)
+        mask = torch.ones(b, s, dtype=torch.long)
+        mask[1, s - 4 :] = 0
         return (ids,), {"attention_mask": mask}
     if kind == "pix":
-        return (torch.randn(2, 3, 32, 32, generator=g).to(dt),), {}
+        return (torch.randn(b, 3, 32, 32, generator=g).to(dt),), {}
     if kind == "mel":
-        return (torch.randn(2, 16, 32, generator=g).to(dt),), {}
+        return (torch.randn(b, 16, 32, generator=g).to(dt),), {}
     if kind == "img32":
-        return (torch.randn(2, 3, 32, 32, generator=g).to(dt),), {}
-    return (torch.randn(2, 3, 64, 64, generator=g).to(dt).to(memory_format=torch.channels_last),), {}
+        return (torch.randn(b, 3, 32, 32, generator=g).to(dt),), {}
+    return (torch.randn(b, 3, 64, 64, generator=g).to(dt).to(memory_format=torch.channels_last),), {}
 
 
 def first(o):
@@ -204,7 +206,7 @@ def _tv():
     return torchvision.models
 
 
-def run_one(name, dtype, quant, train):
+def run_one(name, dtype, quant, train, vary=False):
     import tritonfuse
     from tritonfuse import config
 
@@ -229,8 +231,8 @@ def run_one(name, dtype, quant, train):
             warnings.simplefilter("always")
             c = torch.compile(m, backend="tritonfuse")
             errs = []
-            for seed in (0, 1):
-                a, kw = inputs(kind, dt, seed)
+            for seed in (0, 1, 2) if vary else (0, 1):
+                a, kw = inputs(kind, dt, seed, vary)
                 if name == "t5gated":
                     kw = {"attention_mask": kw["attention_mask"], "input_ids": a[0]}
                     a = ()
@@ -278,18 +280,25 @@ def main():
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--quant", default="none")
     ap.add_argument("--train", action="store_true")
+    ap.add_argument(
+        "--vary",
+        action="store_true",
+        help="another batch size (and length) each call: Dynamo's "
+        "automatic dynamic shapes compile the second call's graph with symbolic sizes",
+    )
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=900)
     ap.add_argument("--out", default=None)
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # the per-model child process
     args = ap.parse_args()
     if args.one:
-        run_one(args.one, args.dtype, args.quant, args.train)
+        run_one(args.one, args.dtype, args.quant, args.train, args.vary)
         return
 
     def child(name):
         cmd = [sys.executable, __file__, "--one", name, "--dtype", args.dtype, "--quant", args.quant]
         cmd += ["--train"] if args.train else []
+        cmd += ["--vary"] if args.vary else []
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
             lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
