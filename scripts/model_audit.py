@@ -264,6 +264,7 @@ def run_one(name, dtype, quant, train, vary=False):
         res["status"] = "error"
         res["error"] = traceback.format_exc()[-1500:]
     res["s"] = round(time.time() - t0, 1)
+    res["graphs"] = torch._dynamo.utils.counters["stats"]["unique_graphs"]  # --vary: 2 unless sizes are guarded
     res["counters"] = {k: v for k, v in tritonfuse.counters().items() if v["matched"]}
     rep = tritonfuse.report()
     res["left"] = (
@@ -314,7 +315,7 @@ def main():
             r = json.loads(line)
             served = {k: f"{v['replaced']}/{v['matched']}" for k, v in r.get("counters", {}).items()}
             print(
-                f"{r['model']:16s} {r['status']:8s} rel_err {r.get('rel_err', float('nan')):.2e} "
+                f"{r['model']:16s} {r['status']:8s} graphs {r.get('graphs')} rel_err {r.get('rel_err', float('nan')):.2e} "
                 f"served {served} left {len(r.get('left', []))}",
                 flush=True,
             )
