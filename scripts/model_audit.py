@@ -206,7 +206,7 @@ def _tv():
     return torchvision.models
 
 
-def run_one(name, dtype, quant, train, vary=False):
+def run_one(name, dtype, quant, train, vary=False, device="cpu"):
     import tritonfuse
     from tritonfuse import config
 
@@ -218,7 +218,7 @@ def run_one(name, dtype, quant, train, vary=False):
         if isinstance(mod, torch.nn.BatchNorm2d):
             mod.running_mean.normal_(0, 0.1)
             mod.running_var.uniform_(0.5, 1.5)
-    m = m.to(dt)
+    m = m.to(device=device, dtype=dt)
     if kind == "img":
         m = m.to(memory_format=torch.channels_last)
     m.train(train)
@@ -233,6 +233,8 @@ def run_one(name, dtype, quant, train, vary=False):
             errs = []
             for seed in (0, 1, 2) if vary else (0, 1):
                 a, kw = inputs(kind, dt, seed, vary)
+                a = tuple(t.to(device) for t in a)
+                kw = {k: v.to(device) for k, v in kw.items()}
                 if name == "t5gated":
                     kw = {"attention_mask": kw["attention_mask"], "input_ids": a[0]}
                     a = ()
@@ -281,6 +283,7 @@ def main():
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--quant", default="none")
     ap.add_argument("--train", action="store_true")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument(
         "--vary",
         action="store_true",
@@ -293,11 +296,12 @@ def main():
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # the per-model child process
     args = ap.parse_args()
     if args.one:
-        run_one(args.one, args.dtype, args.quant, args.train, args.vary)
+        run_one(args.one, args.dtype, args.quant, args.train, args.vary, args.device)
         return
 
     def child(name):
         cmd = [sys.executable, __file__, "--one", name, "--dtype", args.dtype, "--quant", args.quant]
+        cmd += ["--device", args.device]
         cmd += ["--train"] if args.train else []
         cmd += ["--vary"] if args.vary else []
         try:
