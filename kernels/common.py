@@ -66,6 +66,15 @@ def _apply_act(x, ACT: tl.constexpr):
     return x
 
 
+def size_hint(s):
+    """A size as an int: a dynamic graph's symbolic size at its example value, read without adding a guard
+    to the graph (a guard on the batch size makes Dynamo compile again for every batch size); None when it
+    has no example value (data-dependent)."""
+    if isinstance(s, torch.SymInt):
+        return s.node.hint if s.node.has_hint() else None
+    return s
+
+
 def _m_bucket(m: int) -> int:
     """Power-of-two bucket of M for autotune keys: a new batch size inside a bucket does not re-tune."""
     return max(16, triton.next_power_of_2(m))

@@ -25,7 +25,7 @@ import triton.language as tl
 
 from tritonfuse import config, inline, registry
 from tritonfuse.kernels.common import (
-    TensorDescriptor, _apply_act, _m_bucket, cast_out, dot_upcast, host_desc, rtne_bf16,
+    TensorDescriptor, _apply_act, _m_bucket, cast_out, dot_upcast, host_desc, rtne_bf16, size_hint,
 )
 from tritonfuse.kernels.common import hopper as _hopper
 from tritonfuse.kernels.linear_act import _num_sms, _persistent_grid, _tile_coords, _tile_ids, _tma_tile_dot
@@ -527,17 +527,9 @@ def _launch_1x1_tma(x, w, b, mean, var, gamma, beta, r, eps, act, act2, out, fix
 _INT32_MAX = 2**31 - 1
 
 
-def _hint(s):
-    """A size as an int: a dynamic graph's symbolic size at its example value, read without adding a guard
-    (a guard on the batch size would make Dynamo compile again for every batch size); None without one."""
-    if isinstance(s, torch.SymInt):
-        return s.node.hint if s.node.has_hint() else None
-    return s
-
-
 def _span(t: torch.Tensor) -> int:
     # the largest element offset the kernel computes into t (int32 address arithmetic), at example sizes
-    dims = [(_hint(s), _hint(st)) for s, st in zip(t.shape, t.stride())]
+    dims = [(size_hint(s), size_hint(st)) for s, st in zip(t.shape, t.stride())]
     return sum((s - 1) * abs(st) for s, st in dims if s > 0)
 
 
@@ -572,9 +564,9 @@ def unsupported(
         return "input channels differ from the weight's"
     # sizes at their example values: no comparison below may add a guard to a dynamic graph (the kernel
     # checks the int32 limit again on every call)
-    if any(_hint(d) is None for t in (x, w, r) if t is not None for d in (*t.shape, *t.stride())):
+    if any(size_hint(d) is None for t in (x, w, r) if t is not None for d in (*t.shape, *t.stride())):
         return "data-dependent sizes"
-    shape = out_shape([_hint(d) for d in x.shape], [_hint(d) for d in w.shape], stride, padding)
+    shape = out_shape([size_hint(d) for d in x.shape], [size_hint(d) for d in w.shape], stride, padding)
     if min(shape) <= 0:
         return "empty output"
     tensors = [w, b, r, *bn]
@@ -595,7 +587,7 @@ def unsupported(
         return "BatchNorm parameters without running statistics"
     if (gamma is None) != (beta is None):
         return "BatchNorm with only one of weight and bias"
-    if r is not None and tuple(_hint(d) for d in r.shape) != shape:
+    if r is not None and tuple(size_hint(d) for d in r.shape) != shape:
         return f"residual of shape {tuple(r.shape)} is broadcast to {shape}"
     n_out = math.prod(shape)
     if max(_span(x), _span(w), _span(r) if r is not None else 0, n_out) > _INT32_MAX:

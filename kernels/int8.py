@@ -977,12 +977,16 @@ def _source(w: torch.Tensor) -> tuple:
     return w.data_ptr(), _WeightCache._version(w)
 
 
+def _record(wq: torch.Tensor, w: torch.Tensor) -> None:
+    owner = w._base if w._base is not None else w
+    _quantized_from[(wq.device, wq.data_ptr())] = (weakref.ref(owner), *_source(w))
+
+
 def remember(wq: torch.Tensor, w: torch.Tensor) -> None:
     """Record that the constant ``wq`` holds float weight ``w`` as it is now."""
     global constants_made
     constants_made += 1
-    owner = w._base if w._base is not None else w
-    _quantized_from[(wq.device, wq.data_ptr())] = (weakref.ref(owner), *_source(w))
+    _record(wq, w)
 
 
 @registry.kernel_op("tritonfuse::int8_weights", fake=_weights_fake)
@@ -1004,8 +1008,7 @@ def int8_weights(ws: list[torch.Tensor], wqs: list[torch.Tensor], scales: torch.
                 q, s = quantize_weight(w)
                 wq.copy_(q)
                 scales[off:off + n].copy_(s)
-            owner = w._base if w._base is not None else w
-            _quantized_from[(wq.device, wq.data_ptr())] = (weakref.ref(owner), *_source(w))
+            _record(wq, w)
         off += n
     return scales.clone()
 

@@ -16,6 +16,8 @@ import torch
 import torch.utils._pytree
 from torch._inductor.pattern_matcher import Match, fwd_only
 
+from tritonfuse.kernels.common import size_hint
+
 
 def trace_pattern(fn, args, **kwargs) -> torch.fx.GraphModule:
     """Trace a search or replacement function the way the post-grad graph looks.
@@ -32,14 +34,8 @@ def trace_pattern(fn, args, **kwargs) -> torch.fx.GraphModule:
 def hinted_sizes(t: torch.Tensor) -> Optional[list]:
     """The sizes of a (possibly symbolic) fake tensor, each symbol at its example value, read without adding
     guards to a graph already traced; None when a size has no example value (data-dependent)."""
-    sizes = []
-    for s in t.shape:
-        if isinstance(s, torch.SymInt):
-            if not s.node.has_hint():
-                return None
-            s = s.node.hint
-        sizes.append(int(s))
-    return sizes
+    sizes = [size_hint(s) for s in t.shape]
+    return None if any(s is None for s in sizes) else [int(s) for s in sizes]
 
 
 def hinted(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
