@@ -32,69 +32,19 @@ def hf(cls_cfg, model_cls="AutoModel", **kw):
 
 
 DEC = dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_hidden_layers=2, vocab_size=128)
+BERT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=128)
+T5 = dict(d_model=64, d_ff=96, num_layers=2, num_heads=4, d_kv=16, vocab_size=128, model_cls="T5EncoderModel")
+VISION = dict(
+    hidden_size=64, intermediate_size=96, num_attention_heads=4, num_hidden_layers=2, image_size=32, patch_size=8
+)
 MODELS = {
     "gpt2": (hf("GPT2Config", n_embd=64, n_layer=2, n_head=4, vocab_size=128), "ids"),
-    "bert": (
-        hf(
-            "BertConfig",
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=128,
-            vocab_size=128,
-        ),
-        "ids",
-    ),
-    "bert-eager": (
-        hf(
-            "BertConfig",
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=128,
-            vocab_size=128,
-            attn_implementation="eager",
-        ),
-        "ids",
-    ),
-    "roberta": (
-        hf(
-            "RobertaConfig",
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=128,
-            vocab_size=128,
-        ),
-        "ids",
-    ),
+    "bert": (hf("BertConfig", **BERT), "ids"),
+    "bert-eager": (hf("BertConfig", attn_implementation="eager", **BERT), "ids"),
+    "roberta": (hf("RobertaConfig", **BERT), "ids"),
     "distilbert": (hf("DistilBertConfig", dim=64, n_layers=2, n_heads=4, hidden_dim=128, vocab_size=128), "ids"),
-    "t5enc": (
-        hf(
-            "T5Config",
-            d_model=64,
-            d_ff=96,
-            num_layers=2,
-            num_heads=4,
-            d_kv=16,
-            vocab_size=128,
-            model_cls="T5EncoderModel",
-        ),
-        "ids",
-    ),
-    "t5gated": (
-        hf(
-            "T5Config",
-            d_model=64,
-            d_ff=96,
-            num_layers=2,
-            num_heads=4,
-            d_kv=16,
-            vocab_size=128,
-            feed_forward_proj="gated-gelu",
-        ),
-        "ids",
-    ),
+    "t5enc": (hf("T5Config", **T5), "ids"),
+    "t5gated": (hf("T5Config", feed_forward_proj="gated-gelu", **T5), "ids"),
     "llama": (hf("LlamaConfig", num_key_value_heads=2, **DEC), "ids"),
     "mistral": (hf("MistralConfig", num_key_value_heads=2, **DEC), "ids"),
     "qwen2": (hf("Qwen2Config", num_key_value_heads=2, **DEC), "ids"),
@@ -114,31 +64,8 @@ MODELS = {
     ),
     "gpt_neox": (hf("GPTNeoXConfig", **DEC), "ids"),
     "bloom": (hf("BloomConfig", hidden_size=64, n_layer=2, n_head=4, vocab_size=128), "ids"),
-    "clip_vision": (
-        hf(
-            "CLIPVisionConfig",
-            hidden_size=64,
-            intermediate_size=96,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            image_size=32,
-            patch_size=8,
-            model_cls="CLIPVisionModel",
-        ),
-        "pix",
-    ),
-    "vit_hf": (
-        hf(
-            "ViTConfig",
-            hidden_size=64,
-            intermediate_size=96,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            image_size=32,
-            patch_size=8,
-        ),
-        "pix",
-    ),
+    "clip_vision": (hf("CLIPVisionConfig", model_cls="CLIPVisionModel", **VISION), "pix"),
+    "vit_hf": (hf("ViTConfig", **VISION), "pix"),
     "whisper_enc": (
         hf(
             "WhisperConfig",
@@ -222,8 +149,6 @@ def run_one(name, dtype, quant, train, vary=False, device="cpu"):
     if kind == "img":
         m = m.to(memory_format=torch.channels_last)
     m.train(train)
-    if name == "t5gated":
-        m = m.encoder if hasattr(m, "encoder") else m
     res = {"model": name, "dtype": dtype, "quant": quant, "train": train}
     t0 = time.time()
     try:
@@ -235,9 +160,6 @@ def run_one(name, dtype, quant, train, vary=False, device="cpu"):
                 a, kw = inputs(kind, dt, seed, vary)
                 a = tuple(t.to(device) for t in a)
                 kw = {k: v.to(device) for k, v in kw.items()}
-                if name == "t5gated":
-                    kw = {"attention_mask": kw["attention_mask"], "input_ids": a[0]}
-                    a = ()
                 if train:
                     torch.manual_seed(seed)
                     o = first(m(*a, **kw))
