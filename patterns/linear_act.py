@@ -272,28 +272,21 @@ def _int8_sqnr(match: Match, x2, act: str, gated: bool, mode: str, conv1d: bool 
         return I8.layer_sqnr(x, ws[0], bg, act, mode, wu=ws[1] if gated else None, bu=bu if gated else None)
 
 
-def _int8_inlined(match: Match, x2, mode: str, gated: bool) -> bool:
+def _int8_inlined(match: Match, x2, mode: str, gated: bool, conv1d: bool) -> bool:
     """The site's weights will be graph constants (``int8_constants_pass``: graph inputs whose values are
     known now, not views of a fused projection) and its GEMM inlined into Inductor's code."""
     from tritonfuse import inline
     from tritonfuse.kernels import int8 as I8
 
-    if not INT8_CONSTANTS or _is_conv1d(match):
+    if not INT8_CONSTANTS or conv1d:
         return False  # a Conv1D's GEMM reads a transposed view of its weight: not a graph input itself
     names = ("wg", "wu") if "wg" in match.kwargs else ("w",)
     if (gated and len(names) == 1) or not all(registry.real_value(match.kwargs[n]) is not None for n in names):
         return False  # a fused [gate | up] projection reaches the GEMM as two views of one weight
     m = x2.shape[0]
-    if not isinstance(m, int) or (I8.uses_weight_only(m, mode) and m <= I8.DECODE_M):
+    if not isinstance(m, int) or m <= I8.DECODE_M:
         return False  # the decode kernel stays an op call
     return inline.will_inline(torch.ops.tritonfuse.int8_mm.default, x2.device)
-
-
-def _is_conv1d(match: Match) -> bool:
-    # an HF Conv1D site: its GEMM is addmm(b, x, w) with the [K, N] weight itself (a Linear's is a transpose)
-    gemm = _gemm_node(match)
-    w = match.kwargs.get("w")
-    return gemm.target == aten.addmm.default and gemm.args[2] is w and w is not None
 
 
 def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None, conv1d=False):
@@ -334,7 +327,7 @@ def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None, conv1d=Fal
         if sqnr < gate:
             return None, None, f"int8 SQNR {sqnr:.1f} dB < TRITONFUSE_QUANT_MIN_SQNR {gate:g} dB"
     rec = K.measure(x2, ws, b, act, gated, False, int8_mode=mode, int8_fused=not dynamic,
-                    int8_inlined=_int8_inlined(site_match, x2s, mode, gated))
+                    int8_inlined=_int8_inlined(site_match, x2s, mode, gated, conv1d))
     if not rec["use"]:
         return None, None, "int8 " + registry.slower_reason(rec, "cuBLAS + epilogue")
     return mode, I8.int8_kernel_name(x2s.shape[0], mode, gated), None
