@@ -231,6 +231,36 @@ def test_decode_configs_chosen_with_cold_weights(monkeypatch, tmp_path):
     assert ((y.double() - ref).abs().max() / ref.abs().max()).item() < 1e-2
 
 
+def test_decode_cold_timing_is_bounded_for_small_weights():
+    # a weight copy per launch, 256 MB in all, but never more than COLD_COPIES launches per timed call: a
+    # 64x24 layer would have taken 10^5 copies, and its compile-time probe minutes on the GPU
+    assert Q.cold_copies(4096 * 4096) == 16
+    assert Q.cold_copies(1 << 30) == 2
+    assert Q.cold_copies(24 * 64) == Q.COLD_COPIES
+    assert Q.cold_copies(0) == Q.COLD_COPIES
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_probe_settles_no_decode_choice(monkeypatch, gated, device):
+    # the compile-time probe launches the decode kernel on a toy shape: that launch must compile and run
+    # without timing configs or recording a choice (on the GPU it timed every config over 10^5 weight copies)
+    from tritonfuse import registry
+
+    monkeypatch.setattr(Q, "_tuned", set())
+    monkeypatch.setattr(registry, "_failed", {})
+    timed = []
+    monkeypatch.setattr(Q, "_best_cold", lambda *a: timed.append(a) or a[0][0])
+    assert Q.probe(device, torch.bfloat16, "silu", True, gated, "int8") is None
+    assert not timed
+    assert not any(k[3:5] == (24, 64) for k in Q._tuned)
+    # outside a probe the same launch is settled (and on the GPU timed) once
+    x = fresh(8, 64, dtype=torch.bfloat16, device=device)
+    w = fresh(24, 64, dtype=torch.bfloat16, device=device)
+    wq, ws = Q.quantize_weight(w)
+    Q._weight_only(x, wq, ws, None, "none")
+    assert any(k[3:5] == (24, 64) for k in Q._tuned)
+
+
 def test_prequant_matches_int8_linear(device):
     x = fresh(40, 64, dtype=torch.bfloat16, device=device)
     w, b = fresh(24, 64, dtype=torch.bfloat16, device=device), fresh(24, dtype=torch.bfloat16, device=device)
