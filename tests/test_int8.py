@@ -102,14 +102,26 @@ def test_tma_and_pointer_kernels_agree(gated, device):
         assert torch.equal(y_tma, y_ptr)
 
 
-def test_quant_rows_matches_reference(device):
-    x = fresh(29, 200, dtype=torch.float16, device=device)[:, 8:104]  # non-contiguous, K=96
-    xq, xs = torch.ops.tritonfuse.int8_quant_rows(x)
-    q_ref, s_ref = Q.quant_rows_ref(x)
-    assert xq.dtype == torch.int8 and xq.is_contiguous()
-    assert torch.equal(xq.cpu(), q_ref.cpu())
-    torch.testing.assert_close(xs.cpu(), s_ref.cpu(), rtol=0, atol=0)
-    assert xq.abs().max().item() == 127  # the absmax element of each row hits the end of the range
+# QUANT_BLOCK 4096: 32 rows per program, each read once; 256: two rows per program, each read once;
+# 64: rows longer than a program's block, read twice
+@pytest.mark.parametrize("quant_block", [4096, 256, 64])
+def test_quant_rows_matches_reference(monkeypatch, quant_block, device):
+    monkeypatch.setattr(Q, "QUANT_BLOCK", quant_block)
+    x = fresh(29, 200, dtype=torch.float16, device=device)[:, 8:104]  # non-contiguous, K=96, 29 rows
+    bad = fresh(29, 200, dtype=torch.float16, device=device)[:, 8:104]
+    bad[3].zero_()
+    bad[7, 50] = float("nan")
+    bad[28, 95] = float("-inf")
+    for t in (x, bad):
+        xq, xs = torch.ops.tritonfuse.int8_quant_rows(t)
+        q_ref, s_ref = Q.quant_rows_ref(t)
+        assert xq.dtype == torch.int8 and xq.is_contiguous()
+        assert torch.equal(xq.cpu(), q_ref.cpu())
+        torch.testing.assert_close(xs.cpu(), s_ref.cpu(), rtol=0, atol=0, equal_nan=True)
+    assert xq[[3, 7, 28]].abs().sum().item() == 0 and xs[3].item() == 0
+    assert xs[[7, 28]].isnan().all() and not xs[[0, 1, 2, 4, 27]].isnan().any()
+    xq, _ = torch.ops.tritonfuse.int8_quant_rows(x)
+    assert (xq.abs().amax(dim=1) == 127).all()  # the absmax element of each row hits the end of the range
 
 
 def test_decode_uses_weight_only_kernel(device):
