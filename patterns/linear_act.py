@@ -81,15 +81,16 @@ def _flat(x):
 
 
 # The check of a match runs right before its replacement: it leaves here which kernel serves the site
-# (the float kernels or, with TRITONFUSE_QUANT, the int8 ones) for the replacement to call.
-_serve = {"int8": None}
+# (the float kernels or, with TRITONFUSE_QUANT, the int8 ones, and whether x is quantized in the graph)
+# for the replacement to call.
+_serve = {"int8": None, "fuse_quant": True}
 
 
 def _linear(x2, w, b, act):
     mode = _serve["int8"]
     if mode:
         from tritonfuse.kernels import int8 as I8
-        if I8.fused_quant(x2.shape[0], mode):
+        if _serve["fuse_quant"] and I8.fused_quant(x2.shape[0], mode):
             # the quantization as graph ops: Inductor fuses it into the kernel that produces x
             xq, xs = I8.quant_rows_ref(x2)
             return torch.ops.tritonfuse.int8_linear_prequant(xq, xs, w, b, act, x2.dtype)
@@ -102,7 +103,7 @@ def _gated(x2, wg, wu, bg, bu, act):
     mode = _serve["int8"]
     if mode:
         from tritonfuse.kernels import int8 as I8
-        if I8.fused_quant(x2.shape[0], mode):
+        if _serve["fuse_quant"] and I8.fused_quant(x2.shape[0], mode):
             xq, xs = I8.quant_rows_ref(x2)
             return torch.ops.tritonfuse.int8_gated_mlp_prequant(xq, xs, wg, wu, bg, bu, act, x2.dtype)
         return torch.ops.tritonfuse.int8_gated_mlp(x2, wg, wu, bg, bu, act, mode)
@@ -272,6 +273,43 @@ def _int8_sqnr(match: Match, x2, act: str, gated: bool, mode: str, conv1d: bool 
         return I8.layer_sqnr(x, ws[0], bg, act, mode, wu=ws[1] if gated else None, bu=bu if gated else None)
 
 
+# Quantizing x in the graph pays where x's producer is a normalization Inductor computes: its kernel holds
+# each row, and the quantization adds an epilogue (H200, 16384x768 fp16: LayerNorm 12.7 us, with the
+# quantization 32 us). Anywhere else Inductor makes it a reduction kernel of its own, slower than the
+# row kernel inside the int8 op (16384x3072: 139 against 67 us; 16384x768: 61 against 26 us), so the op
+# quantizes: after a GEMM (+ activation), attention, a graph input, or rows longer than this
+FUSED_QUANT_MAX_K = 1024
+_NORM_STEPS = {aten.mul.Tensor, aten.add.Tensor, aten.sub.Tensor, aten.rsqrt.default,
+               torch.ops.prims.convert_element_type.default, aten.view.default, aten.reshape.default,
+               aten._unsafe_view.default}
+
+
+def _norm_produced(x_node, depth: int = 5) -> bool:
+    """Whether ``x_node`` is a LayerNorm's or RMSNorm's output as the decomposed graph computes it: an
+    ``rsqrt`` of the row statistics within a few pointwise steps (views, casts, the affine multiply-add)."""
+    frontier, seen = [x_node], set()
+    for _ in range(depth):
+        nxt = []
+        for n in frontier:
+            if not isinstance(n, torch.fx.Node) or n in seen or n.op != "call_function":
+                continue
+            seen.add(n)
+            if n.target in (aten.rsqrt.default, aten.native_layer_norm.default):
+                return True
+            if n.target in _NORM_STEPS:
+                nxt.extend(a for a in n.args if isinstance(a, torch.fx.Node))
+        frontier = nxt
+    return False
+
+
+def _quant_fuses(match: Match, k) -> bool:
+    """Whether a W8A8 site quantizes x in graph ops fused into x's producer, rather than in its op. The
+    graph-constant mode (``INT8_CONSTANTS``) always does: its inlined GEMMs take pre-quantized rows."""
+    if INT8_CONSTANTS:
+        return True
+    return isinstance(k, int) and k <= FUSED_QUANT_MAX_K and _norm_produced(match.kwargs.get("x"))
+
+
 def _int8_inlined(match: Match, x2, mode: str, gated: bool, conv1d: bool) -> bool:
     """The site's weights will be graph constants (``int8_constants_pass``: graph inputs whose values are
     known now, not views of a fused projection) and its GEMM inlined into Inductor's code."""
@@ -326,11 +364,13 @@ def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None, conv1d=Fal
             return None, None, "int8 SQNR gate: the weights are not available at compile time"
         if sqnr < gate:
             return None, None, f"int8 SQNR {sqnr:.1f} dB < TRITONFUSE_QUANT_MIN_SQNR {gate:g} dB"
-    rec = K.measure(x2, ws, b, act, gated, False, int8_mode=mode, int8_fused=not dynamic,
+    fuse = not dynamic and _quant_fuses(site_match, x2.shape[1])
+    rec = K.measure(x2, ws, b, act, gated, False, int8_mode=mode, int8_fused=fuse,
                     int8_inlined=_int8_inlined(site_match, x2s, mode, gated, conv1d))
     if not rec["use"]:
         return None, None, "int8 " + registry.slower_reason(rec, "cuBLAS + epilogue")
-    return mode, I8.int8_kernel_name(x2s.shape[0], mode, gated), None
+    _serve["fuse_quant"] = fuse
+    return mode, I8.int8_kernel_name(x2s.shape[0], mode, gated, fuse), None
 
 
 def _same(a, b) -> bool:

@@ -680,7 +680,8 @@ def test_int8_mode_serves_linear_sites(mode):
     assert _counts() == {"matched": 2, "replaced": 2, "fallback": 0}, tritonfuse.report()
     assert "int8" in tritonfuse.report()
     assert sqnr_db(eager.float(), out.float()) > 25
-    assert I8.int8_kernel_name(40, mode, False) in tritonfuse.report()
+    # x is a graph input, then a GEMM's GELU: the ops quantize their rows themselves
+    assert I8.int8_kernel_name(40, mode, False, fused=False) in tritonfuse.report()
 
 
 def test_int8_dynamic_rows_pick_the_kernel_per_call():
@@ -720,7 +721,8 @@ def test_int8_gpt2_conv1d():
         out2 = compiled(x)
         assert sqnr_db(model(x).float(), out2.float()) > 25
     assert _counts() == {"matched": 2, "replaced": 2, "fallback": 0}, tritonfuse.report()
-    assert [s.kernel for s in tritonfuse.sites()] == ["int8_w8a8[linear,fused quant]"] * 2
+    # x is a graph input, then a GEMM's GELU: neither comes from a norm, so each op quantizes its rows
+    assert [s.kernel for s in tritonfuse.sites()] == ["int8_w8a8[linear]"] * 2
 
 
 def test_int8_quant_skip_keeps_module_in_float():
@@ -916,6 +918,33 @@ def test_int8_quantization_fused_into_the_producer(gated):
     ref = copy.deepcopy(model).double()(x.double()).reshape(unfused.shape)
     fused_db, unfused_db = sqnr_db(ref, out.reshape(unfused.shape)), sqnr_db(ref, unfused)
     assert fused_db > 35 and fused_db > unfused_db - 1.0, (fused_db, unfused_db)
+
+
+def test_int8_quantization_stays_in_the_op_after_a_gemm():
+    # LayerNorm -> Linear+GELU -> Linear: the first site's rows are quantized in the LayerNorm's kernel;
+    # the second's come from a GEMM and its GELU, where Inductor would make the quantization a reduction
+    # kernel of its own (2x slower than the int8 op's row kernel on the H200): its op quantizes them
+    from torch._inductor.utils import run_and_get_code
+    from tritonfuse.kernels import int8 as I8
+    from tritonfuse.patterns import linear_act as LP
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.LayerNorm(64), nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 48)).to(torch.bfloat16)
+    model.eval()
+    x = fresh(3, 15, 64, dtype=torch.bfloat16)  # M = 45 rows: W8A8
+    with torch.no_grad(), config.patch(quant="int8", patterns="linear_act"):
+        out, code = run_and_get_code(torch.compile(model, backend="tritonfuse"), x)
+        h = F.gelu(torch.ops.tritonfuse.int8_linear_prequant(
+            *I8.quant_rows_ref(model[0](x).reshape(-1, 64)), model[1].weight, model[1].bias, "none", x.dtype))
+        want = torch.ops.tritonfuse.int8_linear(h, model[3].weight, model[3].bias, "none", "int8")
+        ref = model.double()(x.double())
+    code = "".join(code)
+    assert _counts() == {"matched": 2, "replaced": 2, "fallback": 0}, tritonfuse.report()
+    assert sorted(s.kernel for s in tritonfuse.sites()) == ["int8_w8a8[linear,fused quant]", "int8_w8a8[linear]"]
+    assert code.count("int8_linear_prequant.default(") == 1 and code.count("int8_linear.default(") == 1, code
+    assert sqnr_db(ref.reshape(want.shape), out.reshape(want.shape).double()) > 30
+    assert sqnr_db(want.float(), out.reshape(want.shape).float()) > 35  # the same quantization, up to rounding
+    assert not LP._norm_produced(None)
 
 
 @pytest.mark.parametrize("mode", ["int8", "int8-weight"])
