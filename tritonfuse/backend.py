@@ -251,7 +251,19 @@ def _compile(gm, example_inputs, passes, patches=None):
     if passes is None:
         return compile_fx(gm, example_inputs, config_patches=patches) if patches else compile_fx(gm, example_inputs)
     return compile_fx(gm, example_inputs, inner_compile=passes.inner_compile,
-                      config_patches={**patches, "post_grad_custom_pre_pass": passes})
+                      config_patches={**linear_patches(passes.families, patches), "post_grad_custom_pre_pass": passes})
+
+
+def linear_patches(families, patches: dict) -> dict:
+    """``patches`` plus, with the linear_act family on, Inductor's shape padding off unless the user's
+    options set it. Padding (the joint-graph pass pad_mm) rewrites a GEMM whose sizes are not multiples of
+    8 into pad + mm + slice when timing it at compile time says cuBLAS runs it faster padded: the site's
+    pattern then no longer matches, so which sites tritonfuse serves changed from one compile to the next
+    (seen on the H200: ViT's 4x197 rows, a Linear(200, 300)). Our GEMM kernels mask ragged edges and do
+    not need the padding; a site left to cuBLAS runs it unpadded."""
+    if "linear_act" not in families or "shape_padding" in patches:
+        return patches
+    return {**patches, "shape_padding": False}
 
 
 def _is_control_flow(e: Exception) -> bool:
