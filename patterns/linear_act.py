@@ -578,9 +578,12 @@ def _build(with_plain: bool) -> PatternMatcherPass:
 
 # Off by default: on the H200 (dd49176, `tritonfuse bench --models bert-base --modes inductor,tritonfuse-int8`)
 # every one of bert-base's 72 Linear sites took the inlined int8 GEMM, and the model ran 9.12 ms against
-# Inductor's 7.66 (the op-call path ran 7.93 at fc2d8a1, where no int8 site won) and compiled in 302 s against
-# 83; a 4-block probe (scripts/int8_inline_probe.py) did not finish compiling in 200 s. Where the time goes is
-# not known yet. The tests turn it on.
+# Inductor's 7.66. Its 302 s compile was the decode kernel's config timing in the compile-time probe (fixed in
+# 75eb5d7: 62 s since, the model still 9.09 against 7.96 ms). Where the GPU time goes (one BERT MLP block,
+# scripts/int8_inline_probe.py, 0.435 against Inductor's 0.331 ms): the inlined GEMMs run the pointer kernel
+# (host TMA descriptors cannot be traced), 241 us for the two against cuBLAS's 221, and Inductor compiles
+# the GELU output's quantization into a reduction kernel of its own, 140 us, where the int8 op's row kernel
+# takes 52. The tests turn it on.
 INT8_CONSTANTS = False
 
 
