@@ -258,9 +258,10 @@ def linear_patches(families, patches: dict) -> dict:
     """``patches`` plus, with the linear_act family on, Inductor's shape padding off unless the user's
     options set it. Padding (the joint-graph pass pad_mm) rewrites a GEMM whose sizes are not multiples of
     8 into pad + mm + slice when timing it at compile time says cuBLAS runs it faster padded: the site's
-    pattern then no longer matches, so which sites tritonfuse serves changed from one compile to the next
-    (seen on the H200: ViT's 4x197 rows, a Linear(200, 300)). Our GEMM kernels mask ragged edges and do
-    not need the padding; a site left to cuBLAS runs it unpadded."""
+    pattern then no longer matches, and which sites tritonfuse serves can change from one compile to the
+    next. On the H200 the GPU tests' misaligned GEMM sites (4x197 rows, a Linear(300, 100)) went unmatched
+    at random, which this explains; that it was the cause is not confirmed on the GPU yet. Our GEMM kernels
+    mask ragged edges and do not need the padding; a site left to cuBLAS runs it unpadded."""
     if "linear_act" not in families or "shape_padding" in patches:
         return patches
     return {**patches, "shape_padding": False}
