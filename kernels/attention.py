@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from tritonfuse import config, inline, registry
-from tritonfuse.kernels.common import capability, cast_out, dot_upcast, host_desc, rtne_bf16
+from tritonfuse.kernels.common import capability, cast_out, cdiv, dot_upcast, host_desc, next_pow2, rtne_bf16
 
 try:  # host-side TMA descriptors (triton >= 3.3)
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -113,7 +113,7 @@ def _prune(backward: bool):
 
 
 def _bucket(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
+    return max(16, next_pow2(n))
 
 
 # --- jit helpers --------------------------------------------------------------------------------------
@@ -727,8 +727,8 @@ def _decode_settings(batch_heads: int, Sk: int, block_d: int, sms: int) -> tuple
     fastest in 4 splits (0.0364 ms against 0.0388 in the 5 of the old rule, two programs per SM) and
     B1 x 8 x 16384 in 12-16 (0.022-0.023 ms against 0.047 in 5)."""
     block_n = 64 if block_d <= 128 else 32
-    splits = max(triton.cdiv(Sk, 1024), triton.cdiv(sms, batch_heads))
-    return max(1, min(splits, triton.cdiv(Sk, 2 * block_n), 64)), block_n, 4, 3
+    splits = max(cdiv(Sk, 1024), cdiv(sms, batch_heads))
+    return max(1, min(splits, cdiv(Sk, 2 * block_n), 64)), block_n, 4, 3
 
 
 def _launch_decode(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_causal, store_lse, combine=True):
@@ -737,13 +737,13 @@ def _launch_decode(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_caus
     B, H, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     group = H // Hkv
-    block_d = max(16, triton.next_power_of_2(D))
-    block_m = max(16, triton.next_power_of_2(group * Sq))
+    block_d = max(16, next_pow2(D))
+    block_m = max(16, next_pow2(group * Sq))
     # the interpreter: as many "SMs" as split a short test cache in several ragged chunks
     sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 16
     splits, block_n, warps, stages = _decode_settings(B * Hkv, Sk, block_d, sms)
-    chunk = triton.cdiv(triton.cdiv(Sk, splits), block_n) * block_n
-    splits = triton.cdiv(Sk, chunk)
+    chunk = cdiv(cdiv(Sk, splits), block_n) * block_n
+    splits = cdiv(Sk, chunk)
     opart = torch.empty((B * H * Sq, splits, block_d), device=q.device, dtype=torch.float32)
     lpart = torch.empty((B * H * Sq, splits), device=q.device, dtype=torch.float32)
     registry.launcher(_attn_decode_kernel)[(splits, B * Hkv)](
@@ -756,7 +756,7 @@ def _launch_decode(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_caus
     if combine:
         registry.launcher(_attn_combine_kernel)[(B * H * Sq,)](
             opart, lpart, out, lse, H, Sq, splits, *out.stride(),
-            HEAD_DIM=D, BLOCK_D=block_d, BLOCK_S=max(2, triton.next_power_of_2(splits)),
+            HEAD_DIM=D, BLOCK_D=block_d, BLOCK_S=max(2, next_pow2(splits)),
             STORE_LSE=store_lse, RTNE_BF16=rtne_bf16(q.dtype), num_warps=4,
         )
 
@@ -764,11 +764,11 @@ def _launch_decode(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_caus
 def _launch_pointer(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_causal, store_lse):
     B, H, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
-    registry.launcher(_attn_fwd_kernel)[lambda meta: (triton.cdiv(Sq, meta["BLOCK_M"]), B * H)](
+    registry.launcher(_attn_fwd_kernel)[lambda meta: (cdiv(Sq, meta["BLOCK_M"]), B * H)](
         q, k, v, m, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *m_strides, *out.stride(),
         H, H // Hkv, Sq, Sk, _bucket(Sq), _bucket(Sk), qk_scale,
-        HEAD_DIM=D, BLOCK_D=max(16, triton.next_power_of_2(D)), MASK_KIND=mask_kind, IS_CAUSAL=is_causal,
+        HEAD_DIM=D, BLOCK_D=max(16, next_pow2(D)), MASK_KIND=mask_kind, IS_CAUSAL=is_causal,
         STORE_LSE=store_lse, RTNE_BF16=rtne_bf16(q.dtype), **_precision(q.dtype),
     )
 
@@ -777,7 +777,7 @@ def _launch_tma(q, k, v, out, lse, qk_scale, is_causal, store_lse):
     B, H, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     dummy = [1, 1, 16, D]  # real boxes are set per config by _tma_block_hook
-    registry.launcher(_attn_fwd_tma_kernel)[lambda meta: (triton.cdiv(Sq, meta["BLOCK_M"]), B * H)](
+    registry.launcher(_attn_fwd_tma_kernel)[lambda meta: (cdiv(Sq, meta["BLOCK_M"]), B * H)](
         *(host_desc(t, dummy) for t in (q, k, v, out)), lse,
         H, H // Hkv, Sq, Sk, _bucket(Sq), _bucket(Sk), qk_scale,
         HEAD_DIM=D, IS_CAUSAL=is_causal, STORE_LSE=store_lse,
@@ -875,9 +875,9 @@ def attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if q.numel() == 0 or k.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
-    block_d = max(16, triton.next_power_of_2(D))
+    block_d = max(16, next_pow2(D))
     delta = torch.empty((B, H, Sq), device=q.device, dtype=torch.float32)
-    registry.launcher(_attn_bwd_preprocess_kernel)[(triton.cdiv(Sq, 64), B * H)](
+    registry.launcher(_attn_bwd_preprocess_kernel)[(cdiv(Sq, 64), B * H)](
         out, dout, delta, H, Sq, *out.stride(), *dout.stride(), HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=64,
     )
     m, m_strides, mask_kind = _mask_args(mask, (B, H, Sq, Sk), q)
@@ -885,12 +885,12 @@ def attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
     common = dict(HEAD_DIM=D, BLOCK_D=block_d, MASK_KIND=mask_kind, IS_CAUSAL=is_causal,
                   RTNE_BF16=rtne_bf16(q.dtype), **_precision(q.dtype))
     sizes = (H, H // Hkv, Sq, Sk, _bucket(Sq), _bucket(Sk), scale, scale * LOG2E)
-    registry.launcher(_attn_bwd_dkdv_kernel)[lambda meta: (triton.cdiv(Sk, meta["BLOCK_N"]), B * Hkv)](
+    registry.launcher(_attn_bwd_dkdv_kernel)[lambda meta: (cdiv(Sk, meta["BLOCK_N"]), B * Hkv)](
         q, k, v, m, dout, lse, delta, dk, dv,
         *q.stride(), *k.stride(), *v.stride(), *m_strides, *dout.stride(), *dk.stride(), *dv.stride(),
         *sizes, **common,
     )
-    registry.launcher(_attn_bwd_dq_kernel)[lambda meta: (triton.cdiv(Sq, meta["BLOCK_M"]), B * H)](
+    registry.launcher(_attn_bwd_dq_kernel)[lambda meta: (cdiv(Sq, meta["BLOCK_M"]), B * H)](
         q, k, v, m, dout, lse, delta, dq,
         *q.stride(), *k.stride(), *v.stride(), *m_strides, *dout.stride(), *dq.stride(),
         *sizes, **common,

@@ -25,7 +25,7 @@ import triton.language as tl
 
 from tritonfuse import config, inline, registry
 from tritonfuse.kernels.common import (
-    TensorDescriptor, _apply_act, _m_bucket, cast_out, dot_upcast, host_desc, rtne_bf16, size_hint,
+    TensorDescriptor, _apply_act, _m_bucket, cast_out, cdiv, dot_upcast, host_desc, next_pow2, rtne_bf16, size_hint,
 )
 from tritonfuse.kernels.common import hopper as _hopper
 from tritonfuse.kernels.linear_act import _num_sms, _persistent_grid, _tile_coords, _tile_ids, _tma_tile_dot
@@ -73,7 +73,7 @@ if "do_bench" in inspect.signature(triton.autotune).parameters:
 def _within(configs, named_args, floor: int, caps: dict):
     """The configs whose tiles (``caps``: block name -> the size argument it tiles) are no larger than the
     problem's next power of two (at least ``floor``); the last config where none is."""
-    limit = {blk: max(floor, triton.next_power_of_2(named_args[arg])) for blk, arg in caps.items()}
+    limit = {blk: max(floor, next_pow2(named_args[arg])) for blk, arg in caps.items()}
     kept = [c for c in configs if all(c.kwargs[blk] <= cap for blk, cap in limit.items())]
     return kept or configs[-1:]
 
@@ -677,7 +677,7 @@ def _launch_conv(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, 
     ptrs, strides, flags = _epilogue_args(x, b, mean, var, gamma, beta, r, out)
 
     def grid(meta):
-        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+        return (cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]),)
 
     if tma and int8 is None and out_dtype is None:
         if _device_tma_ok(x, w, r, stride, padding) and _as_matrix(out) is not None:
@@ -775,9 +775,9 @@ def _epilogue_pass(y, x, w, b, mean, var, gamma, beta, r, stride, padding, eps, 
     if out.numel() == 0:
         return out
     ptrs, strides, flags = _epilogue_args(x, b, mean, var, gamma, beta, r, out)
-    block_n = min(128, max(16, triton.next_power_of_2(N)))
+    block_n = min(128, max(16, next_pow2(N)))
     block_m = max(16, 4096 // block_n)
-    grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
+    grid = (cdiv(M, block_m), cdiv(N, block_n))
     registry.launcher(_bn_act_kernel)[grid](
         y, *ptrs, M, N, OH, OW, eps, *y.stride(), *strides,
         ACT=act, ACT2=act2, RTNE_BF16=rtne_bf16(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n, **flags,

@@ -43,7 +43,9 @@ import triton
 import triton.language as tl
 
 from tritonfuse import config, inline, registry, tuning
-from tritonfuse.kernels.common import _apply_act, _m_bucket, capability, cast_out, dot_upcast, host_desc, rtne_bf16
+from tritonfuse.kernels.common import (
+    _apply_act, _m_bucket, capability, cast_out, cdiv, dot_upcast, host_desc, next_pow2, rtne_bf16,
+)
 from tritonfuse.kernels.linear_act import (
     _AUTOTUNE_KW, ACTIVATIONS, GATED_ACTIVATIONS, _cfg, _grid, _tile_ids, act_ref,
 )
@@ -646,7 +648,7 @@ def quant_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     xs = torch.empty((M,), device=x.device, dtype=torch.float32)
     if M == 0:
         return xq, xs
-    block = min(triton.next_power_of_2(max(K, 16)), QUANT_BLOCK)
+    block = min(next_pow2(max(K, 16)), QUANT_BLOCK)
     registry.launcher(_quant_rows_kernel)[(M,)](x, xq, xs, K, x.stride(0), x.stride(1), xq.stride(0),
                                                 BLOCK_K=block, ONE_PASS=K <= block,
                                                 num_warps=4 if block <= 1024 else 8)
@@ -673,7 +675,7 @@ def _w8a8(xq, xs, wq, ws, b, act, out_dtype, wuq=None, wus=None, bu=None, use_tm
         progs = _num_sms(xq.device.index or 0) if xq.device.type == "cuda" else 4
 
         def grid(meta):
-            tiles = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])
+            tiles = cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"])
             return (min(tiles, progs) if meta["PERSISTENT"] else tiles,)
 
         try:
@@ -768,7 +770,7 @@ def _launch_decode(x, wq, ws, b, act, out, wuq, wus, bu):
     # the partial sums' workspace, for the most splits a config may use here, and the counters
     splits = _most_splits(N, K)
     part, count = _decode_buffers(x.device, (2 if gated else 1) * splits * 16 * N if splits > 1 else 1,
-                                  triton.cdiv(N, 16))
+                                  cdiv(N, 16))
     args = (x, wq, ws, b if b is not None else ws, u, wus if gated else ws, bu if (gated and b is not None) else ws,
             out, part, count, M, N, K, _m_bucket(M),
             x.stride(0), x.stride(1), wq.stride(0), wq.stride(1), u.stride(0), u.stride(1),
@@ -781,7 +783,7 @@ def _launch_decode(x, wq, ws, b, act, out, wuq, wus, bu):
 
 
 def _decode_grid(N: int):
-    return lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])
+    return lambda meta: (cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])
 
 
 COLD_BYTES = 256 << 20  # weight copies cycled through when timing decode configs: 5x the H100/H200's L2

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from tritonfuse import config, inline, registry
-from tritonfuse.kernels.common import _apply_act, _m_bucket, cast_out, dot_upcast, host_desc, rtne_bf16
+from tritonfuse.kernels.common import _apply_act, _m_bucket, cast_out, cdiv, dot_upcast, host_desc, rtne_bf16
 from tritonfuse.kernels.common import hopper as _hopper
 
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu", "quick_gelu")  # quick_gelu: x * sigmoid(1.702 x) (CLIP)
@@ -420,7 +420,7 @@ def _num_sms(device: torch.device) -> int:
 
 def _persistent_grid(M: int, N: int, sms: int):
     def grid(meta):
-        return (min(sms, triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])),)
+        return (min(sms, cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"])),)
 
     return grid
 
@@ -460,7 +460,7 @@ def _precision(dtype: torch.dtype) -> dict:
 
 def _grid(M: int, N: int):
     def grid(meta):
-        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+        return (cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]),)
 
     return grid
 
@@ -625,7 +625,7 @@ def _interleave(wg: torch.Tensor, wu: torch.Tensor, half: int) -> torch.Tensor:
     weights read and written once, 3-4% of the GEMM's time at Llama's MLP shapes), so nothing is cached and
     an updated weight is always read afresh."""
     n, k = wg.shape
-    blocks = triton.cdiv(n, half)
+    blocks = cdiv(n, half)
     if blocks * half != n:
         pad = (0, 0, 0, blocks * half - n)
         wg, wu = torch.nn.functional.pad(wg, pad), torch.nn.functional.pad(wu, pad)

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from tritonfuse import inline, registry
-from tritonfuse.kernels.common import cast_out, rtne_bf16
+from tritonfuse.kernels.common import cast_out, cdiv, next_pow2, rtne_bf16
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 KINDS = ("layer", "rms")
@@ -32,7 +32,7 @@ BWD_MAX_N = 16384  # longest row the backward kernel takes (one block per row)
 
 def _settings(n: int, elem_size: int) -> dict:
     """BLOCK_N, rows per program, warps and whether the row fits one block."""
-    block_n = triton.next_power_of_2(max(n, 16))
+    block_n = next_pow2(max(n, 16))
     # a whole row in registers: up to 16K half-precision or 8K fp32 values per program
     max_single = 16384 if elem_size <= 2 else 8192
     if block_n <= max_single:
@@ -55,7 +55,7 @@ def _bwd_settings(n: int, is_rms: bool) -> dict:
     lost to Inductor at 768, 1024, 4096 (RMSNorm) and 8192: a step's two row reductions wait on each other,
     so more rows a step keep more loads in flight. Below 768 and at 16384 the settings are extrapolated.
     """
-    block_n = triton.next_power_of_2(max(n, 16))
+    block_n = next_pow2(max(n, 16))
     if block_n <= 1024:
         # several rows a step; LayerNorm's extra reduction wants more warps
         rows = (4096 if not is_rms else 2048) // block_n
@@ -416,7 +416,7 @@ def norm_residual(
         if quant_out and not cfg["SINGLE"]:
             raise ValueError(f"quant_out needs rows that fit one block (hidden size {n} is too long)")
         dummy = out
-        registry.launcher(_norm_fwd_kernel)[(triton.cdiv(m, cfg["BLOCK_M"]),)](
+        registry.launcher(_norm_fwd_kernel)[(cdiv(m, cfg["BLOCK_M"]),)](
             x2, r2, weight if weight is not None else dummy, bias if bias is not None else dummy,
             out, s if write_sum else dummy, mean if stats else dummy, rstd if stats else dummy,
             q if quant_out else dummy, qscale if quant_out else dummy,
@@ -461,7 +461,7 @@ def norm_residual_backward(
     h2, dy2 = _rows2d(h), _rows2d(dy)
     ds2 = _rows2d(dsum) if dsum is not None else dy2
     m = h2.shape[0]
-    block_n = triton.next_power_of_2(max(n, 16))
+    block_n = next_pow2(max(n, 16))
     if block_n > BWD_MAX_N:
         raise ValueError(f"the backward needs rows that fit one block (hidden size {n} > {BWD_MAX_N})")
     dh = torch.empty((m, n), device=h.device, dtype=h.dtype)
@@ -472,9 +472,9 @@ def norm_residual_backward(
         progs = bcfg["per_sm"] * torch.cuda.get_device_properties(h.device).multi_processor_count
     else:
         progs = 4
-    progs = max(1, min(progs, triton.cdiv(m, block_m)))
-    rows_per_prog = triton.cdiv(triton.cdiv(m, progs), block_m) * block_m if m else block_m
-    progs = triton.cdiv(m, rows_per_prog) if m else 1
+    progs = max(1, min(progs, cdiv(m, block_m)))
+    rows_per_prog = cdiv(cdiv(m, progs), block_m) * block_m if m else block_m
+    progs = cdiv(m, rows_per_prog) if m else 1
     # every program stores its whole partial row: no memset needed
     dw_part = torch.empty((progs, n) if weight is not None else (0,), **f32)
     db_part = torch.empty((progs, n) if has_bias else (0,), **f32)

@@ -154,3 +154,15 @@ def test_compile_threads_setting_is_validated():
         config.validate()
         assert config.compile_thread_count() == 3
     assert "compile_threads" not in config.snapshot()  # compile speed never changes a graph's cache key
+
+
+def test_host_size_helpers_match_triton():
+    # grids, autotune keys and block sizes are computed on every op call: plain Python there, since
+    # triton.cdiv / triton.next_power_of_2 are ConstexprFunctions costing microseconds per host call
+    from tritonfuse.kernels.common import _m_bucket, cdiv, next_pow2
+
+    for n in list(range(1, 4200)) + [2**20 - 1, 2**20, 2**20 + 1, 12608, 16384 * 3]:
+        assert next_pow2(n) == triton.next_power_of_2(n), n
+        for d in (1, 7, 16, 128, 256):
+            assert cdiv(n, d) == triton.cdiv(n, d), (n, d)
+    assert [_m_bucket(m) for m in (1, 16, 17, 40, 4096, 4097)] == [16, 16, 32, 64, 4096, 8192]
