@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -134,3 +135,25 @@ def hopper(device: torch.device) -> bool:
 def capability(device: torch.device) -> tuple:
     """The CUDA device's compute capability, looked up once (ops ask on every call)."""
     return torch.cuda.get_device_capability(device)
+
+
+@contextlib.contextmanager
+def scratch_allocator(device="cuda"):
+    """Triton's scratch allocator for device TMA descriptors (memory on ``device``), set for a launch outside
+    Inductor (which sets its own) where none is set; the previous one is restored after."""
+    try:
+        from triton.runtime import _allocation
+
+        var = _allocation._allocator
+        unset = isinstance(var.get(), _allocation.NullAllocator)
+    except (ImportError, AttributeError):  # a triton without device descriptors
+        yield
+        return
+    if not unset:
+        yield
+        return
+    token = var.set(lambda size, alignment, stream: torch.empty(size, device=device, dtype=torch.int8))
+    try:
+        yield
+    finally:
+        var.reset(token)

@@ -25,7 +25,8 @@ import triton.language as tl
 
 from tritonfuse import config, inline, registry
 from tritonfuse.kernels.common import (
-    TensorDescriptor, _apply_act, _m_bucket, cast_out, cdiv, dot_upcast, host_desc, next_pow2, rtne_bf16, size_hint,
+    TensorDescriptor, _apply_act, _m_bucket, cast_out, cdiv, dot_upcast, host_desc, next_pow2, rtne_bf16,
+    scratch_allocator, size_hint,
 )
 from tritonfuse.kernels.common import hopper as _hopper
 from tritonfuse.kernels.linear_act import _num_sms, _persistent_grid, _tile_coords, _tile_ids, _tma_tile_dot
@@ -473,28 +474,6 @@ def _launch_1x1_device_tma(x, w, b, mean, var, gamma, beta, r, eps, act, act2, o
     _conv1x1_device_tma_kernel[_persistent_grid(M, N, sms)](*args, **kwargs)
     tuning.save(_conv1x1_device_tma_kernel, args, kwargs)
     return out
-
-
-@contextlib.contextmanager
-def scratch_allocator():
-    """Triton's scratch allocator for device TMA descriptors, set for a launch outside Inductor (which sets
-    its own) where none is set; the previous one is restored after."""
-    try:
-        from triton.runtime import _allocation
-
-        var = _allocation._allocator
-        unset = isinstance(var.get(), _allocation.NullAllocator)
-    except (ImportError, AttributeError):  # a triton without device descriptors
-        yield
-        return
-    if not unset:
-        yield
-        return
-    token = var.set(lambda size, alignment, stream: torch.empty(size, device="cuda", dtype=torch.int8))
-    try:
-        yield
-    finally:
-        var.reset(token)
 
 
 def _launch_1x1_tma(x, w, b, mean, var, gamma, beta, r, eps, act, act2, out, fixed: Optional[dict] = None):

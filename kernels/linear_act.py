@@ -695,8 +695,10 @@ def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optiona
     op = torch.ops.tritonfuse.gated_mlp if gated else torch.ops.tritonfuse.linear_act
     inlined = (not int8_mode and not store_pre and inline.will_inline(op.default, x.device)
                and _inline_when(x, *ws) is None)
-    if inlined or int8_inlined:
+    if inlined:
         key += "|pointer"
+    elif int8_inlined:  # the device-descriptor TMA kernel on Hopper, else the pointer kernel
+        key += "|inlined"
 
     def args():
         if not lazy:
@@ -707,7 +709,7 @@ def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optiona
     def ours():
         a = args()
         if int8_inlined:
-            return _int8_inlined(a, act, gated, int8_mode)
+            return _int8_inlined(a, act, gated, int8_mode, fused=fusedq)
         if fusedq:
             # the site quantizes x in the producer's kernel (fused by Inductor): the GEMM is what it adds
             if "xq" not in a:
@@ -738,9 +740,10 @@ def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optiona
     return registry.measured_choice(key, x.device, ours, theirs, graphed=inlined or int8_inlined)
 
 
-def _int8_inlined(a: dict, act: str, gated: bool, mode: str):
-    """What an inlined int8 site runs: the pointer kernel on weights quantized ahead (and, W8A8, on rows
-    its producer quantized)."""
+def _int8_inlined(a: dict, act: str, gated: bool, mode: str, fused: bool = True):
+    """What an inlined int8 site runs: on weights quantized ahead, the device-descriptor TMA kernel on
+    Hopper (else the pointer kernel), W8A8 on rows its producer quantized (``fused``) or that the inlined
+    row kernel quantizes in the timed call."""
     from tritonfuse.kernels import int8 as I8
 
     if "wq1" not in a:
@@ -750,7 +753,9 @@ def _int8_inlined(a: dict, act: str, gated: bool, mode: str):
     u = (a["wq2"], a["ws2"], a["b"]) if gated else (None, None, None)
     if I8.uses_weight_only(a["x"].shape[0], mode):
         return I8._weight_only(a["x"], a["wq1"], a["ws1"], a["b"], act, *u)
-    return I8._w8a8(a["xq"], a["xs"], a["wq1"], a["ws1"], a["b"], act, a["x"].dtype, *u, use_tma=False)
+    xq, xs = (a["xq"], a["xs"]) if fused else I8.quant_rows(a["x"])
+    tma = "device" if I8.device_tma_serves(xq, a["wq1"], a["wq2"] if gated else None) else False
+    return I8._w8a8(xq, xs, a["wq1"], a["ws1"], a["b"], act, a["x"].dtype, *u, use_tma=tma)
 
 
 _PROBE_CONFIG = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=2)

@@ -83,16 +83,25 @@ def _flat(x):
 # The check of a match runs right before its replacement: it leaves here which kernel serves the site
 # (the float kernels or, with TRITONFUSE_QUANT, the int8 ones, and whether x is quantized in the graph)
 # for the replacement to call.
-_serve = {"int8": None, "fuse_quant": True}
+# quant: where a W8A8 site's rows are quantized: "graph" (ATen ops Inductor fuses into x's producer),
+# "kernel" (the inlinable row-kernel op, for graph-constant sites) or "op" (inside the int8 op).
+_serve = {"int8": None, "quant": "graph"}
+
+
+def _quantized(x2):
+    from tritonfuse.kernels import int8 as I8
+
+    if _serve["quant"] == "graph":  # as graph ops: Inductor fuses them into the kernel that produces x
+        return I8.quant_rows_ref(x2)
+    return torch.ops.tritonfuse.int8_quant_rows(x2)
 
 
 def _linear(x2, w, b, act):
     mode = _serve["int8"]
     if mode:
         from tritonfuse.kernels import int8 as I8
-        if _serve["fuse_quant"] and I8.fused_quant(x2.shape[0], mode):
-            # the quantization as graph ops: Inductor fuses it into the kernel that produces x
-            xq, xs = I8.quant_rows_ref(x2)
+        if _serve["quant"] != "op" and I8.fused_quant(x2.shape[0], mode):
+            xq, xs = _quantized(x2)
             return torch.ops.tritonfuse.int8_linear_prequant(xq, xs, w, b, act, x2.dtype)
         return torch.ops.tritonfuse.int8_linear(x2, w, b, act, mode)
     return torch.ops.tritonfuse.linear_act(x2, w, b, act)
@@ -103,8 +112,8 @@ def _gated(x2, wg, wu, bg, bu, act):
     mode = _serve["int8"]
     if mode:
         from tritonfuse.kernels import int8 as I8
-        if _serve["fuse_quant"] and I8.fused_quant(x2.shape[0], mode):
-            xq, xs = I8.quant_rows_ref(x2)
+        if _serve["quant"] != "op" and I8.fused_quant(x2.shape[0], mode):
+            xq, xs = _quantized(x2)
             return torch.ops.tritonfuse.int8_gated_mlp_prequant(xq, xs, wg, wu, bg, bu, act, x2.dtype)
         return torch.ops.tritonfuse.int8_gated_mlp(x2, wg, wu, bg, bu, act, mode)
     return torch.ops.tritonfuse.gated_mlp(x2, wg, wu, bg, bu, act)
@@ -303,17 +312,14 @@ def _norm_produced(x_node, depth: int = 5) -> bool:
 
 
 def _quant_fuses(match: Match, k) -> bool:
-    """Whether a W8A8 site quantizes x in graph ops fused into x's producer, rather than in its op. The
-    graph-constant mode (``INT8_CONSTANTS``) always does: its inlined GEMMs take pre-quantized rows."""
-    if INT8_CONSTANTS:
-        return True
+    """Whether a W8A8 site quantizes x in graph ops fused into x's producer (a norm), rather than with the
+    row kernel (inside its op, or for a graph-constant site as an inlined op of its own)."""
     return isinstance(k, int) and k <= FUSED_QUANT_MAX_K and _norm_produced(match.kwargs.get("x"))
 
 
-def _int8_inlined(match: Match, x2, mode: str, gated: bool, conv1d: bool) -> bool:
+def _int8_constant_site(match: Match, x2, gated: bool, conv1d: bool) -> bool:
     """The site's weights will be graph constants (``int8_constants_pass``: graph inputs whose values are
-    known now, not views of a fused projection) and its GEMM inlined into Inductor's code."""
-    from tritonfuse import inline
+    known now, not views of a fused projection) and it will call ``int8_mm`` / ``int8_gated_mm``."""
     from tritonfuse.kernels import int8 as I8
 
     if not INT8_CONSTANTS or conv1d:
@@ -322,9 +328,15 @@ def _int8_inlined(match: Match, x2, mode: str, gated: bool, conv1d: bool) -> boo
     if (gated and len(names) == 1) or not all(registry.real_value(match.kwargs[n]) is not None for n in names):
         return False  # a fused [gate | up] projection reaches the GEMM as two views of one weight
     m = x2.shape[0]
-    if not isinstance(m, int) or m <= I8.DECODE_M:
-        return False  # the decode kernel stays an op call
-    return inline.will_inline(torch.ops.tritonfuse.int8_mm.default, x2.device)
+    return isinstance(m, int) and m > I8.DECODE_M  # the decode kernel stays an op call
+
+
+def _int8_inlined(match: Match, x2, mode: str, gated: bool, conv1d: bool) -> bool:
+    """A graph-constant site (``_int8_constant_site``) whose GEMM is inlined into Inductor's code."""
+    from tritonfuse import inline
+
+    return (_int8_constant_site(match, x2, gated, conv1d)
+            and inline.will_inline(torch.ops.tritonfuse.int8_mm.default, x2.device))
 
 
 def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None, conv1d=False):
@@ -369,7 +381,10 @@ def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None, conv1d=Fal
                     int8_inlined=_int8_inlined(site_match, x2s, mode, gated, conv1d))
     if not rec["use"]:
         return None, None, "int8 " + registry.slower_reason(rec, "cuBLAS + epilogue")
-    _serve["fuse_quant"] = fuse
+    # a graph-constant site calls int8_mm on quantized rows: the row kernel as an op of its own (inlined
+    # on the GPU) where no norm quantizes them
+    constant = not fuse and _int8_constant_site(site_match, x2s, gated, conv1d)
+    _serve["quant"] = "graph" if fuse else "kernel" if constant else "op"
     return mode, I8.int8_kernel_name(x2s.shape[0], mode, gated, fuse), None
 
 
@@ -583,7 +598,9 @@ def _build(with_plain: bool) -> PatternMatcherPass:
 # scripts/int8_inline_probe.py, 0.435 against Inductor's 0.331 ms): the inlined GEMMs run the pointer kernel
 # (host TMA descriptors cannot be traced), 241 us for the two against cuBLAS's 221, and Inductor compiles
 # the GELU output's quantization into a reduction kernel of its own, 140 us, where the int8 op's row kernel
-# takes 52. The tests turn it on.
+# takes 52. Both are addressed since, not yet timed on the GPU: an inlined W8A8 GEMM runs the TMA kernel with
+# device-side descriptors on Hopper (kernels.int8._w8a8_device_tma_kernel), and a site whose rows no norm
+# produces quantizes them with the row kernel, inlined (tritonfuse::int8_quant_rows). The tests turn it on.
 INT8_CONSTANTS = False
 
 

@@ -13,7 +13,7 @@
 #                                       # each GPU runs the steps GPU0_STEPS / GPU1_STEPS name, in order
 #                                       # (default: zoo / linear attention tests train; also noinline,
 #                                       # profile, compile, compile_profile, models, train:MODEL, launch, int8, norm,
-#                                       # norm_sweep, probe2, decode_sweep, conv, tma_probe,
+#                                       # norm_sweep, probe2, decode_sweep, conv, tma_probe, inline_probe, int8_inline,
 #                                       # explain:MODEL[:QUANT]: see run_steps)
 # Write everything to files under $OUT: a pipe into tail or grep shows nothing when the call's time runs out.
 # Set TRITONFUSE_COMMIT=<sha> where the tree has no .git (the device copy), so results name their commit.
@@ -96,6 +96,15 @@ case "${1:-tests}" in
                      timeout "${EXPLAIN_TIMEOUT:-240}" $pin $PY -m tritonfuse explain "$em" --quant "$eq" --no-progress \
                        > "$dir/explain-$em-$eq.txt" 2>&1 ;;
           tma_probe) timeout 120 $pin $PY scripts/device_tma_probe.py > "$dir/tma_probe.txt" 2>&1 ;;
+          # one BERT MLP block: Inductor, int8 GEMMs inlined with graph-constant weights, int8 op calls
+          inline_probe) timeout "${PROBE_TIMEOUT:-300}" $pin $PY scripts/int8_inline_probe.py --layers 1 \
+                          --out "$dir/p" > "$dir/inline_probe.txt" 2>&1 ;;
+          # the zoo's models in int8 with patterns.linear_act.INT8_CONSTANTS on (off by default)
+          int8_inline) timeout "${ZOO_TIMEOUT:-520}" $pin $PY -c "import sys; import tritonfuse.patterns.linear_act as L
+L.INT8_CONSTANTS = True
+from tritonfuse.cli import main
+sys.exit(main(['bench', '--models', '$models', '--modes', 'inductor,tritonfuse-int8', '--no-progress', '--out', '$dir/inline/']))" \
+                         > "$dir/int8_inline.txt" 2>&1 ;;
           conv) timeout "${CONV_TIMEOUT:-300}" $pin $PY benchmarks/bench_conv_bn.py --budget "${CONV_BUDGET:-240}" \
                   ${CONV_ARGS:-} --out "$dir/conv" > "$dir/conv.txt" 2>&1 ;;
           linear) timeout 150 $pin $PY benchmarks/bench_linear_act.py --quick > "$dir/linear.txt" 2>&1 ;;
