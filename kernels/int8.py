@@ -694,15 +694,10 @@ def quant_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return xq, xs
 
 
-def device_tma_ok(xq: torch.Tensor, wq: torch.Tensor, wuq: Optional[torch.Tensor] = None) -> bool:
-    """Whether a W8A8 call traced for inlining runs the device-descriptor TMA kernel: Hopper or newer, a
-    Triton with device descriptors, each operand a row-major matrix whose rows and start are 16-byte aligned
-    in its storage (shapes and strides only: a traced call has no data pointers)."""
-    return inline.active() and device_tma_serves(xq, wq, wuq)
-
-
 def device_tma_serves(xq, wq, wuq=None) -> bool:
-    """``device_tma_ok`` without the tracing condition (for timing what an inlined call will run)."""
+    """Whether the device-descriptor TMA kernel serves these operands (what a W8A8 call traced for inlining
+    runs): Hopper or newer, a Triton with device descriptors, each operand a row-major matrix whose rows and
+    start are 16-byte aligned in its storage (shapes and strides only: a traced call has no data pointers)."""
     if not (_HAS_DEVICE_TMA and xq.device.type == "cuda" and not registry.interpret_mode()):
         return False
     return capability(xq.device)[0] >= 9 and _device_tma_layout(xq, wq, wuq)
@@ -723,30 +718,18 @@ def _w8a8(xq, xs, wq, ws, b, act, out_dtype, wuq=None, wus=None, bu=None, use_tm
     out = torch.empty((M, N), device=xq.device, dtype=out_dtype)
     if M == 0 or N == 0:
         return out
-    if use_tma == "device" or (use_tma is None and device_tma_ok(xq, wq, wuq)):
+    if use_tma == "device" or (use_tma is None and inline.active() and device_tma_serves(xq, wq, wuq)):
         return _launch_device_tma(xq, xs, wq, ws, b, act, out, wuq, wus, bu)
     auto = use_tma is None
     if auto:
         use_tma = _tma_failed is None and _tma_ok(xq)
     if use_tma:
-        gated = wuq is not None
-        has_bias = b is not None
         dummy = [16, 16]  # real boxes are set per config by _tma_block_hook
-        x_desc = host_desc(xq, dummy)
         w_desc = host_desc(wq, dummy)
-        u_desc = host_desc(wuq, dummy) if gated else w_desc
-        progs = _num_sms(xq.device.index or 0) if xq.device.type == "cuda" else 4
-
-        def grid(meta):
-            tiles = cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"])
-            return (min(tiles, progs) if meta["PERSISTENT"] else tiles,)
-
+        u_desc = host_desc(wuq, dummy) if wuq is not None else w_desc
+        grid, rest, kwargs = _tma_launch(xq, xs, wq, ws, b, act, out, wuq, wus, bu)
         try:
-            registry.launcher(_w8a8_tma_kernel)[grid](
-                x_desc, w_desc, u_desc, xs, ws, b if has_bias else ws, wus if gated else ws,
-                bu if (gated and has_bias) else ws, out, M, N, K, _m_bucket(M), out.stride(0), out.stride(1),
-                HAS_BIAS=has_bias, ACT=act, GATED=gated, RTNE_BF16=rtne_bf16(out_dtype),
-            )
+            registry.launcher(_w8a8_tma_kernel)[grid](host_desc(xq, dummy), w_desc, u_desc, *rest, **kwargs)
             return out
         except Exception as e:  # a Triton build without working TMA: the pointer kernel serves from now on
             if not auto or not config.fallback_enabled():
@@ -755,7 +738,9 @@ def _w8a8(xq, xs, wq, ws, b, act, out_dtype, wuq=None, wus=None, bu=None, use_tm
     return _launch_pointer(_w8a8_kernel, xq, xs, wq, ws, b, act, out, wuq, wus, bu, w8a8=True)
 
 
-def _launch_device_tma(xq, xs, wq, ws, b, act, out, wuq, wus, bu):
+def _tma_launch(xq, xs, wq, ws, b, act, out, wuq, wus, bu) -> tuple:
+    """The grid, the arguments after the three operands (descriptors or pointers) and the constexprs of a
+    launch of either TMA kernel."""
     M, K = xq.shape
     N = wq.shape[0]
     gated = wuq is not None
@@ -766,9 +751,14 @@ def _launch_device_tma(xq, xs, wq, ws, b, act, out, wuq, wus, bu):
         tiles = cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"])
         return (min(tiles, progs) if meta["PERSISTENT"] else tiles,)
 
-    args = (xq, wq, wuq if gated else wq, xs, ws, b if has_bias else ws, wus if gated else ws,
-            bu if (gated and has_bias) else ws, out, M, N, K, _m_bucket(M), out.stride(0), out.stride(1))
-    kwargs = dict(HAS_BIAS=has_bias, ACT=act, GATED=gated, RTNE_BF16=rtne_bf16(out.dtype))
+    rest = (xs, ws, b if has_bias else ws, wus if gated else ws, bu if (gated and has_bias) else ws, out,
+            M, N, K, _m_bucket(M), out.stride(0), out.stride(1))
+    return grid, rest, dict(HAS_BIAS=has_bias, ACT=act, GATED=gated, RTNE_BF16=rtne_bf16(out.dtype))
+
+
+def _launch_device_tma(xq, xs, wq, ws, b, act, out, wuq, wus, bu):
+    grid, rest, kwargs = _tma_launch(xq, xs, wq, ws, b, act, out, wuq, wus, bu)
+    args = (xq, wq, wuq if wuq is not None else wq, *rest)
     if inline.active():  # traced into Inductor's graph, which provides the descriptors' scratch memory
         registry.launcher(_w8a8_device_tma_kernel)[grid](*args, **kwargs)
         return out

@@ -33,7 +33,7 @@ from torch._inductor.pattern_matcher import (
 )
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-from tritonfuse import config, registry
+from tritonfuse import config, inline, registry
 from tritonfuse.patterns.common import arg_val, hinted, recorded_pattern, trace_pattern
 from tritonfuse.patterns.common import module_name as _module_name
 from tritonfuse.kernels import linear_act as K
@@ -331,14 +331,6 @@ def _int8_constant_site(match: Match, x2, gated: bool, conv1d: bool) -> bool:
     return isinstance(m, int) and m > I8.DECODE_M  # the decode kernel stays an op call
 
 
-def _int8_inlined(match: Match, x2, mode: str, gated: bool, conv1d: bool) -> bool:
-    """A graph-constant site (``_int8_constant_site``) whose GEMM is inlined into Inductor's code."""
-    from tritonfuse import inline
-
-    return (_int8_constant_site(match, x2, gated, conv1d)
-            and inline.will_inline(torch.ops.tritonfuse.int8_mm.default, x2.device))
-
-
 def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None, conv1d=False):
     """(mode, kernel name, None) when the int8 kernels serve this site, else (None, None, why not).
 
@@ -377,13 +369,14 @@ def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None, conv1d=Fal
         if sqnr < gate:
             return None, None, f"int8 SQNR {sqnr:.1f} dB < TRITONFUSE_QUANT_MIN_SQNR {gate:g} dB"
     fuse = not dynamic and _quant_fuses(site_match, x2.shape[1])
-    rec = K.measure(x2, ws, b, act, gated, False, int8_mode=mode, int8_fused=fuse,
-                    int8_inlined=_int8_inlined(site_match, x2s, mode, gated, conv1d))
+    constant = _int8_constant_site(site_match, x2s, gated, conv1d)
+    # a graph-constant site's GEMM is inlined into Inductor's code on the GPU: timed as it will run there
+    inlined = constant and inline.will_inline(torch.ops.tritonfuse.int8_mm.default, x2.device)
+    rec = K.measure(x2, ws, b, act, gated, False, int8_mode=mode, int8_fused=fuse, int8_inlined=inlined)
     if not rec["use"]:
         return None, None, "int8 " + registry.slower_reason(rec, "cuBLAS + epilogue")
     # a graph-constant site calls int8_mm on quantized rows: the row kernel as an op of its own (inlined
     # on the GPU) where no norm quantizes them
-    constant = not fuse and _int8_constant_site(site_match, x2s, gated, conv1d)
     _serve["quant"] = "graph" if fuse else "kernel" if constant else "op"
     return mode, I8.int8_kernel_name(x2s.shape[0], mode, gated, fuse), None
 
