@@ -9,6 +9,7 @@ import gc
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
 
 from tritonfuse import tuning
 from tritonfuse.kernels import int8 as Q
@@ -80,11 +81,19 @@ def test_gated_sqnr_and_kernel_error(M, K, N, dtype, mode, act, has_bias, device
     assert s >= MIN_SQNR[mode] - 3, f"gated {mode} {act}: SQNR {s:.1f} dB < {MIN_SQNR[mode] - 3}"
 
 
+@pytest.mark.parametrize("subtile", [False, True])
 @pytest.mark.parametrize("gated", [False, True])
-def test_tma_and_pointer_kernels_agree(gated, device):
+def test_tma_and_pointer_kernels_agree(monkeypatch, gated, subtile, device):
     # both W8A8 kernels run under the interpreter; on a GPU the TMA one needs Hopper
     if device == "cuda" and not Q._tma_ok(torch.empty(16, 16, dtype=torch.int8, device=device)):
         pytest.skip("TMA kernel needs sm_90 and triton host descriptors")
+    for tuner in (Q._w8a8_tma_kernel, Q._w8a8_device_tma_kernel):
+        # one config, its epilogue whole or in column halves
+        c = tuner.configs[0]
+        cfg = triton.Config({**c.kwargs, "SUBTILE": subtile}, num_warps=c.num_warps, num_stages=c.num_stages,
+                            pre_hook=c.pre_hook)
+        monkeypatch.setattr(tuner, "configs", [cfg])
+        monkeypatch.setattr(tuner, "cache", {})
     x = fresh(45, 80, dtype=torch.float16, device=device)
     xq, xs = Q.quant_rows(x)
     wq, ws = Q.quantize_weight(fresh(70, 80, device=device))
