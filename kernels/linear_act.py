@@ -673,13 +673,16 @@ def _fused_quant(M, mode: str) -> bool:
 
 
 def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optional[str] = None,
-            int8_inlined: bool = False, int8_fused: bool = True) -> dict:
+            int8_inlined: bool = False, int8_fused: bool = True, quant_share: float = 1.0) -> dict:
     """On a GPU, time this kernel (or, with ``int8_mode``, the int8 one) against what it replaces: cuBLAS
     GEMMs plus one pointwise pass of the epilogue's bytes, as Inductor's fused epilogue kernel does, at
     the site's shapes; cached per shape. ``int8_inlined``: the int8 site's weights become graph constants
     and its GEMM is inlined into Inductor's code (``kernels.int8.int8_mm``): timed as GPU time, as the
     pointer kernel on weights quantized ahead. ``int8_fused=False``: the site quantizes x in its own op
-    (a dynamic graph's site, whose W8A8 / weight-only split is made per call), not in x's producer."""
+    (a dynamic graph's site, whose W8A8 / weight-only split is made per call), not in x's producer. Rows
+    the producer quantizes are not free: its kernel does a row reduction and writes them, charged as the
+    row kernel's time times ``quant_share`` (this site's share of the GEMMs that read them: Q, K and V
+    share one LayerNorm's quantized output)."""
     M, K_ = x.shape
     fusedq = bool(int8_mode) and int8_fused and _fused_quant(M, int8_mode)
     N = ws[0].shape[0]
@@ -699,6 +702,13 @@ def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optiona
         key += "|pointer"
     elif int8_inlined:  # the device-descriptor TMA kernel on Hopper, else the pointer kernel
         key += "|inlined"
+
+    shared = None
+    if fusedq:
+        from tritonfuse.kernels import int8 as I8
+
+        key += f"|quant{quant_share:.3g}"
+        shared = (lambda: I8.quant_rows(args()["x"]), quant_share)
 
     def args():
         if not lazy:
@@ -737,7 +747,7 @@ def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optiona
         theirs = [lambda: gemm("w1")]
     else:  # one GEMM, then Inductor's activation kernel reads and writes the output once
         theirs = [lambda: gemm("w1"), lambda: torch.relu(args()["y1"])]
-    return registry.measured_choice(key, x.device, ours, theirs, graphed=inlined or int8_inlined)
+    return registry.measured_choice(key, x.device, ours, theirs, graphed=inlined or int8_inlined, shared=shared)
 
 
 def _int8_inlined(a: dict, act: str, gated: bool, mode: str, fused: bool = True):

@@ -317,6 +317,30 @@ def _quant_fuses(match: Match, k) -> bool:
     return isinstance(k, int) and k <= FUSED_QUANT_MAX_K and _norm_produced(match.kwargs.get("x"))
 
 
+_VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
+_GEMMS = (aten.mm.default, aten.addmm.default)
+
+
+def _quant_share(match: Match) -> float:
+    """This site's share of the quantization x's producer does once for every GEMM that reads x (through
+    views): its GEMMs over all of them (Q, K and V reading one LayerNorm's output: 1/3 each). Counted when
+    the first of them is decided, before any is replaced, and kept on x's node for the others."""
+    x = match.kwargs.get("x")
+    mine = sum(1 for n in match.nodes if n.target in _GEMMS)
+    if not isinstance(x, torch.fx.Node) or not mine:
+        return 1.0
+    if "tritonfuse_gemm_readers" not in x.meta:
+        readers, frontier = set(), [x]
+        while frontier:
+            for u in frontier.pop().users:
+                if u.target in _VIEWS:
+                    frontier.append(u)
+                elif u.target in _GEMMS:
+                    readers.add(u)
+        x.meta["tritonfuse_gemm_readers"] = len(readers)
+    return min(1.0, mine / max(1, x.meta["tritonfuse_gemm_readers"]))
+
+
 def _int8_constant_site(match: Match, x2, gated: bool, conv1d: bool) -> bool:
     """The site's weights will be graph constants (``int8_constants_pass``: graph inputs whose values are
     known now, not views of a fused projection) and it will call ``int8_mm`` / ``int8_gated_mm``."""
@@ -372,7 +396,9 @@ def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None, conv1d=Fal
     constant = _int8_constant_site(site_match, x2s, gated, conv1d)
     # a graph-constant site's GEMM is inlined into Inductor's code on the GPU: timed as it will run there
     inlined = constant and inline.will_inline(torch.ops.tritonfuse.int8_mm.default, x2.device)
-    rec = K.measure(x2, ws, b, act, gated, False, int8_mode=mode, int8_fused=fuse, int8_inlined=inlined)
+    share = _quant_share(site_match) if fuse else 1.0
+    rec = K.measure(x2, ws, b, act, gated, False, int8_mode=mode, int8_fused=fuse, int8_inlined=inlined,
+                    quant_share=share)
     if not rec["use"]:
         return None, None, "int8 " + registry.slower_reason(rec, "cuBLAS + epilogue")
     # a graph-constant site calls int8_mm on quantized rows: the row kernel as an op of its own (inlined

@@ -1221,3 +1221,58 @@ def test_measure_budget_setting_is_validated():
     with config.patch(measure_budget_s="inf"):
         config.validate()
         assert config.measure_budget() == float("inf")
+
+
+class _QKV(nn.Module):
+    # a LayerNorm read by three projections (as attention's Q, K, V), and another read by one
+    def __init__(self):
+        super().__init__()
+        self.ln, self.ln2 = nn.LayerNorm(64), nn.LayerNorm(48)
+        self.q, self.k, self.v, self.o = (nn.Linear(64, 48), nn.Linear(64, 48), nn.Linear(64, 48),
+                                          nn.Linear(48, 32))
+
+    def forward(self, x):
+        h = self.ln(x)
+        return self.o(self.ln2(self.q(h) * self.k(h) + self.v(h)))
+
+
+def test_int8_fused_quantization_is_charged_to_the_gemms_sharing_it(tmp_path, monkeypatch):
+    # rows a LayerNorm's kernel quantizes cost a row reduction and a write in that kernel: each W8A8 site
+    # reading them is timed with its share of the row kernel's time (Q, K, V: a third each), so a site
+    # whose GEMM alone wins can lose once its share is added
+    from tritonfuse import backend
+
+    pretend_gpu_timing(tmp_path, monkeypatch, backend)
+    seen = []
+    real = registry.measured_choice
+
+    def tag(name, f):
+        return lambda: (name, f())
+
+    def spy(key, device, ours, theirs, graphed=False, shared=None):
+        seen.append((key, shared[1] if shared else None))
+        # a site whose op quantizes its rows itself pays the row kernel inside ours
+        return real(key, device, tag("ours" if shared else "ours+quant", ours), [tag("theirs", f) for f in theirs],
+                    graphed,
+                    (tag("quant", shared[0]), shared[1]) if shared else None)
+
+    def bench(fn, graphed=False):
+        name, out = fn()
+        if name == "quant":
+            assert out[0].dtype == torch.int8 and out[1].dtype == torch.float32
+        return {"ours": 0.8, "ours+quant": 1.1, "theirs": 1.0, "quant": 0.3}[name]
+
+    monkeypatch.setattr(registry, "measured_choice", spy)
+    monkeypatch.setattr(registry, "_bench", bench)
+    model = _QKV().to(torch.bfloat16).eval()
+    x = fresh(3, 15, 64, dtype=torch.bfloat16)
+    with config.patch(quant="int8", patterns="linear_act", measure="1", measure_budget_s="inf"):
+        _compile_run(model, x)
+    # Q, K, V: 0.8 + 0.3 / 3 = 0.9 against 1.0 (int8); the output projection: 0.8 + 0.3 = 1.1 (Inductor's)
+    # (a rejected site is tried by the other pattern forms too; those re-read the record)
+    fused = {(key.split("|")[2], round(share, 4)) for key, share in seen if share is not None}
+    assert fused == {("M64xK64xN48", 0.3333), ("M64xK48xN32", 1.0)}, seen
+    assert all(key.endswith(f"|quant{share:.3g}") for key, share in seen if share is not None)
+    assert _counts() == {"matched": 4, "replaced": 3, "fallback": 1}, tritonfuse.report()
+    assert [s.reason for s in tritonfuse.sites() if s.reason] == ["int8 measured slower than cuBLAS + epilogue "
+                                                                  "here (1.100 vs 1.000 ms)"], tritonfuse.report()
