@@ -46,12 +46,17 @@ aten = torch.ops.aten
 _HAND_WRITTEN = {
     # HF NewGELUActivation ("gelu_new": GPT-2, Phi-1/2, GPT-J, CodeGen): GELU's tanh approximation
     "gelu_new": "gelu_tanh",
+    # HF BLOOM's bloom_gelu_forward: the same approximation, as Megatron-DeepSpeed writes it (its constant
+    # 0.79788456 is sqrt(2/pi) to 8 digits: 8e-10 apart, below fp32's rounding)
+    "gelu_bloom": "gelu_tanh",
 }
 
 
 def _act(y, act):
     if act == "gelu_new":
         return 0.5 * y * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (y + 0.044715 * torch.pow(y, 3.0))))
+    if act == "gelu_bloom":
+        return y * 0.5 * (1.0 + torch.tanh(0.79788456 * y * (1 + 0.044715 * y * y)))
     return K.act_ref(y, act)
 
 
@@ -578,8 +583,9 @@ def _build(with_plain: bool) -> PatternMatcherPass:
                         extra_check=_make_check(act, True, True, True))
                     reg(_gated_fused_nobias_pattern(act, gate_first), _gated_fused_nobias_replacement(act),
                         [x, w12], extra_check=_make_check(act, True, True, False))
-        for act in ("relu", "gelu", "gelu_tanh", "gelu_new", "silu", "quick_gelu") + (("none",) if with_plain else ()):
-            if act in ("none", "relu", "gelu_new", "quick_gelu") and dtype != torch.float32:
+        for act in ("relu", "gelu", "gelu_tanh", "gelu_new", "gelu_bloom", "silu", "quick_gelu") + (
+                ("none",) if with_plain else ()):
+            if act in ("none", "relu", "gelu_new", "gelu_bloom", "quick_gelu") and dtype != torch.float32:
                 continue  # no upcast around these: the fp32 trace serves every dtype
             for shape in ((8, 16), (2, 4, 16)):
                 x = torch.empty(shape, dtype=dtype)
@@ -591,7 +597,7 @@ def _build(with_plain: bool) -> PatternMatcherPass:
                 # training graphs: ReLU's backward reads its output, the others their input (save_pre)
                 save_pre = act not in ("relu", "none")
                 batched = len(shape) == 3
-                if act in ("gelu_new", "quick_gelu"):
+                if act in ("gelu_new", "gelu_bloom", "quick_gelu"):
                     continue  # written out by hand: its backward saves more than the pre-activation
                 if not (batched or save_pre):
                     continue  # that is the inference pattern above

@@ -231,6 +231,28 @@ def test_gated_gelu_new(dtype, atol):
     assert [s.kernel for s in tritonfuse.sites()] == ["gated_mlp[gelu_tanh]"]
 
 
+class _BloomMLPBlock(nn.Module):
+    # HF BLOOM's MLP as transformers builds it (dense_h_to_4h, BloomGelu, dense_4h_to_h, residual add)
+    def __init__(self, mlp):
+        super().__init__()
+        self.mlp = mlp
+
+    def forward(self, x):
+        return self.mlp(x, x)
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.bfloat16, 1e-2), (torch.float32, 1e-5)])
+def test_bloom_mlp_gelu(dtype, atol):
+    # BLOOM writes GELU's tanh form its own way (x * 0.5 * (1 + tanh(0.79788456 x (1 + 0.044715 x x))),
+    # inside an autograd.Function): one site, served by the kernel's gelu_tanh
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.bloom.modeling_bloom import BloomMLP
+
+    cfg = transformers.BloomConfig(hidden_size=32, n_head=4, hidden_dropout=0.0)
+    _check_model(_BloomMLPBlock(BloomMLP(cfg)), fresh(2, 7, 32), 1, dtype, atol)
+    assert [s.kernel for s in tritonfuse.sites()] == ["linear_act[gelu_tanh]"]
+
+
 class QuickGELU(nn.Module):
     # HF's QuickGELUActivation (CLIP's MLP), written out as transformers does
     def forward(self, x):
