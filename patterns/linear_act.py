@@ -616,16 +616,13 @@ def _build(with_plain: bool) -> PatternMatcherPass:
 
 # --- int8 weights as graph constants ---------------------------------------------------------------------
 
-# Off by default: on the H200 (dd49176, `tritonfuse bench --models bert-base --modes inductor,tritonfuse-int8`)
-# every one of bert-base's 72 Linear sites took the inlined int8 GEMM, and the model ran 9.12 ms against
-# Inductor's 7.66. Its 302 s compile was the decode kernel's config timing in the compile-time probe (fixed in
-# 75eb5d7: 62 s since, the model still 9.09 against 7.96 ms). Where the GPU time goes (one BERT MLP block,
-# scripts/int8_inline_probe.py, 0.435 against Inductor's 0.331 ms): the inlined GEMMs run the pointer kernel
-# (host TMA descriptors cannot be traced), 241 us for the two against cuBLAS's 221, and Inductor compiles
-# the GELU output's quantization into a reduction kernel of its own, 140 us, where the int8 op's row kernel
-# takes 52. Both are addressed since, not yet timed on the GPU: an inlined W8A8 GEMM runs the TMA kernel with
-# device-side descriptors on Hopper (kernels.int8._w8a8_device_tma_kernel), and a site whose rows no norm
-# produces quantizes them with the row kernel, inlined (tritonfuse::int8_quant_rows). The tests turn it on.
+# Off by default. On the H200, at c001e6c (benchmarks/results/diagnostics/int8-epilogue-and-inline-nvidia-h200.json),
+# with the inlined W8A8 GEMMs on the device-descriptor TMA kernel and rows no norm produces quantized by the
+# inlined row kernel, against the op calls in the same run: bert-base 7.41 against 7.72 ms, vit_b_16 6.89
+# against 6.69, llama-1b-prefill 26.18 against 26.41 (Inductor: 7.9, 7.1, 35.0). vit_b_16's fc1 sites measure a
+# near-tie alone and lose in the model. Its compiles are slower too: the graph holds the int8 weights, so
+# Inductor's FX graph cache is off for it (_compile), and a second compile in the same process took 21-38 s
+# against 1-2 s. The tests turn it on.
 INT8_CONSTANTS = False
 
 
