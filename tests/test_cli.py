@@ -213,12 +213,16 @@ def test_accuracy_metrics():
 
 
 def test_time_calls_runs_prep_before_every_call():
+    import gc
+
     log = []
-    ms, n = cli.time_calls(lambda i: log.append(("call", i)), torch.device("cpu"), iters=4,
+    ms, n = cli.time_calls(lambda i: log.append(("call", i, gc.isenabled())), torch.device("cpu"), iters=4,
                            prep=lambda i: log.append(("prep", i)))
     assert n == 4 and ms >= 0
-    assert log[:2] == [("prep", 0), ("call", 0)]  # warm-up
-    assert log[2:] == [x for i in range(4) for x in (("prep", i), ("call", i))]
+    assert log[:2] == [("prep", 0), ("call", 0, True)]  # warm-up
+    # the timed calls run with the garbage collector off, and it is on again after
+    assert log[2:] == [x for i in range(4) for x in (("prep", i), ("call", i, False))]
+    assert gc.isenabled()
 
 
 def test_results_merge_of_a_fetched_file_keeps_its_header(tmp_path):

@@ -234,6 +234,21 @@ def _cleanup(device) -> None:
 WARMUP_S = 1.0
 
 
+@contextlib.contextmanager
+def _gc_paused():
+    """The garbage collector collected once, then off while calls are timed (as ``timeit`` does): a compile
+    leaves millions of objects, and a full collection landing in a host-bound model's timed calls moves
+    its median."""
+    was = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def time_calls(call: Callable[[int], object], device, iters: Optional[int] = None,
                prep: Optional[Callable[[int], None]] = None, target_s: float = 1.0) -> tuple[float, int]:
     """Median ms of ``call(i)`` over ``iters`` calls (``prep(i)`` runs before each, untimed).
@@ -253,11 +268,12 @@ def time_calls(call: Callable[[int], object], device, iters: Optional[int] = Non
         # a call of seconds (a real-size model in the interpreter) is timed once
         iters = iters or int(min(20, max(3 if est_ms < 2000 else 1, target_s * 250 / max(est_ms, 1e-3))))
         times = []
-        for i in range(iters):
-            prep(i)
-            t = time.perf_counter()
-            call(i)
-            times.append((time.perf_counter() - t) * 1e3)
+        with _gc_paused():
+            for i in range(iters):
+                prep(i)
+                t = time.perf_counter()
+                call(i)
+                times.append((time.perf_counter() - t) * 1e3)
         return statistics.median(times), len(times)
     n, t0 = 0, time.perf_counter()
     # a second of warm-up: after a long compile the GPU starts at idle clocks (0.1 s left ~20% run-to-run
@@ -272,12 +288,13 @@ def time_calls(call: Callable[[int], object], device, iters: Optional[int] = Non
     iters = iters or int(min(200, max(10, target_s * 1e3 / max(est_ms, 1e-3))))
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
-    for i in range(iters):
-        prep(i)
-        starts[i].record()
-        call(i)
-        ends[i].record()
-    torch.cuda.synchronize()
+    with _gc_paused():
+        for i in range(iters):
+            prep(i)
+            starts[i].record()
+            call(i)
+            ends[i].record()
+        torch.cuda.synchronize()
     return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)), iters
 
 
