@@ -681,7 +681,7 @@ def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optiona
     pointer kernel on weights quantized ahead. ``int8_fused=False``: the site quantizes x in its own op
     (a dynamic graph's site, whose W8A8 / weight-only split is made per call), not in x's producer. Rows
     the producer quantizes are not free: its kernel does a row reduction and writes them, charged as the
-    row kernel's time times ``quant_share`` (this site's share of the GEMMs that read them: Q, K and V
+    row kernel's GPU time times ``quant_share`` (this site's share of the GEMMs that read them: Q, K and V
     share one LayerNorm's quantized output)."""
     M, K_ = x.shape
     fusedq = bool(int8_mode) and int8_fused and _fused_quant(M, int8_mode)

@@ -505,8 +505,9 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
     versions; the record ``{"ours_ms", "theirs_ms", "use"}`` is kept in ``choices_path()``.
 
     ``shared``: (a kernel, this site's share of it): work our path adds that several sites share (a norm's
-    kernel quantizing its output once for every int8 GEMM that reads it); the kernel's time times the
-    share is added to ours. The key must say the share.
+    kernel quantizing its output once for every int8 GEMM that reads it); the kernel's GPU time (it runs
+    inside a kernel that is launched anyway: no host cost) times the share is added to ours. The key must
+    say the share.
 
     ``graphed``: the site's kernels will be inlined into Inductor's code (``tritonfuse.inline``), so both
     sides are timed as GPU time alone (replayed CUDA graphs), without the host cost of calling an op. A site
@@ -551,7 +552,7 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
                 torch.cuda.synchronize(device)
             t_ours = _bench(ours, graphed)
             if shared is not None:
-                t_ours += shared[1] * _bench(shared[0], graphed)
+                t_ours += shared[1] * _bench(shared[0], True)
             t_theirs = sum(_bench(f, graphed) for f in theirs)
     finally:
         _measure_spent += time.perf_counter() - t0
