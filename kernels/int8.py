@@ -47,7 +47,7 @@ from tritonfuse.kernels.common import (
     _apply_act, _m_bucket, capability, cast_out, cdiv, dot_upcast, host_desc, next_pow2, rtne_bf16, scratch_allocator,
 )
 from tritonfuse.kernels.linear_act import (
-    _AUTOTUNE_KW, ACTIVATIONS, GATED_ACTIVATIONS, _cfg, _grid, _halves, _tile_ids, act_ref,
+    _AUTOTUNE_KW, ACTIVATIONS, GATED_ACTIVATIONS, _cfg, _grid, _halves, _tile_coords, _tile_ids, act_ref,
 )
 
 try:  # host-side TMA descriptors (triton >= 3.3)
@@ -429,13 +429,8 @@ def _w8a8_tma_tiles(
     num_pid_n = tl.cdiv(N, BLOCK_N)
     num_tiles = num_pid_m * num_pid_n
     k_tiles = tl.cdiv(K, BLOCK_K)
-    num_in_group = GROUP_M * num_pid_n
     for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), flatten=FLATTEN):
-        # grouped ordering, as _tile_ids, for a tile index instead of the program id
-        first_m = (tile // num_in_group) * GROUP_M
-        group_size = min(num_pid_m - first_m, GROUP_M)
-        pid_m = first_m + ((tile % num_in_group) % group_size)
-        pid_n = (tile % num_in_group) // group_size
+        pid_m, pid_n = _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M)
         off_m = pid_m * BLOCK_M
         off_n = pid_n * BLOCK_N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
