@@ -293,9 +293,9 @@ def _int8_sqnr(match: Match, x2, act: str, gated: bool, mode: str, conv1d: bool 
 # row kernel inside the int8 op (16384x3072: 139 against 67 us; 16384x768: 61 against 26 us), so the op
 # quantizes: after a GEMM (+ activation), attention, a graph input, or rows longer than this
 FUSED_QUANT_MAX_K = 1024
+_VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
 _NORM_STEPS = {aten.mul.Tensor, aten.add.Tensor, aten.sub.Tensor, aten.rsqrt.default,
-               torch.ops.prims.convert_element_type.default, aten.view.default, aten.reshape.default,
-               aten._unsafe_view.default}
+               torch.ops.prims.convert_element_type.default, *_VIEWS}
 
 
 def _norm_produced(x_node, depth: int = 5) -> bool:
@@ -322,7 +322,6 @@ def _quant_fuses(match: Match, k) -> bool:
     return isinstance(k, int) and k <= FUSED_QUANT_MAX_K and _norm_produced(match.kwargs.get("x"))
 
 
-_VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
 _GEMMS = (aten.mm.default, aten.addmm.default)
 
 
