@@ -18,8 +18,6 @@ from triton.testing import do_bench
 from tritonfuse.kernels import int8 as Q
 from tritonfuse.kernels import linear_act as LA
 
-# scratch memory for the device-built TMA descriptors
-triton.set_allocator(lambda size, align, stream: torch.empty(size, device="cuda", dtype=torch.int8))
 
 
 @triton.jit
@@ -100,12 +98,8 @@ def kern(
     npn = tl.cdiv(N, BN)
     nt = npm * npn
     kt = tl.cdiv(K, BK)
-    ng = GROUP_M * npn
     for tile in tl.range(tl.program_id(0), nt, tl.num_programs(0), flatten=PERSIST):
-        fm = (tile // ng) * GROUP_M
-        gs = min(npm - fm, GROUP_M)
-        pid_m = fm + ((tile % ng) % gs)
-        pid_n = (tile % ng) // gs
+        pid_m, pid_n = LA._tile_coords(tile, npm, npn, GROUP_M)
         off_m = pid_m * BM
         off_n = pid_n * BN
         acc = tl.zeros((BM, BN), dtype=tl.int32)
@@ -150,6 +144,8 @@ def emit(**r):
 
 
 def main():
+    # scratch memory for the device-built TMA descriptors
+    triton.set_allocator(lambda size, align, stream: torch.empty(size, device="cuda", dtype=torch.int8))
     for M, K, N, act in SHAPES:
         torch.manual_seed(0)
         x = torch.randn(M, K, device="cuda", dtype=torch.float16)

@@ -50,6 +50,19 @@ def graph_ms(fn, n=50):
     return ts[len(ts) // 2]
 
 
+def host_us(fn, calls=200):
+    """Wall time per call of ``calls`` back-to-back calls (after 20 warm-up calls), in us."""
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = (time.perf_counter() - t) / calls
+    torch.cuda.synchronize()
+    return host * 1e6
+
+
 def main():
     for M, K, N, act in SHAPES:
         x = torch.randn(M, K, device="cuda", dtype=torch.float16)
@@ -79,15 +92,7 @@ def main():
         w = torch.randn(N, K, device="cuda", dtype=torch.float16) * 0.05
         b = torch.randn(N, device="cuda", dtype=torch.float16)
         op = lambda: torch.ops.tritonfuse.int8_linear(x, w, b, "none", "int8")
-        for _ in range(20):
-            op()
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(200):
-            op()
-        host = (time.perf_counter() - t) / 200
-        torch.cuda.synchronize()
-        emit(M=M, K=K, N=N, what="int8_linear op", host_us_per_call=host * 1e6, wall_us=None)
+        emit(M=M, K=K, N=N, what="int8_linear op", host_us_per_call=host_us(op), wall_us=None)
         xq, xs = Q.quant_rows(x)
         wq, ws = Q.quantize_weight(w)
         for name, f in [
@@ -95,14 +100,7 @@ def main():
             ("_w8a8", lambda: Q._w8a8(xq, xs, wq, ws, b, "none", torch.float16)),
             ("F.linear", lambda: torch.nn.functional.linear(x, w, b)),
         ]:
-            for _ in range(20):
-                f()
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            for _ in range(200):
-                f()
-            emit(M=M, what=name, host_us_per_call=(time.perf_counter() - t) / 200 * 1e6)
-            torch.cuda.synchronize()
+            emit(M=M, what=name, host_us_per_call=host_us(f))
         if M == 64:
             pr = cProfile.Profile()
             pr.enable()
