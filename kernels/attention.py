@@ -134,21 +134,42 @@ def _apply_mask(s, mask_ptrs, ok, MASK_KIND: tl.constexpr):
 
 
 @triton.jit
-def _softmax_step(s, m_i, l_i, acc):
-    # online softmax: fold one tile of scores into the running max, sum and (rescaled) accumulator
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    # a row with nothing to attend yet keeps m = -inf; subtract 0 there instead of -inf (no NaN)
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(s - m_safe[:, None])
-    alpha = tl.math.exp2(m_i - m_safe)
-    return p, m_new, l_i * alpha + tl.sum(p, 1), acc * alpha[:, None]
+def _softmax_step(s, m_i, l_i, acc, qk_scale, FOLD: tl.constexpr, LAZY: tl.constexpr):
+    # online softmax: fold one tile of scores into the running max m, sum l and (rescaled) accumulator;
+    # returns (p, m, l, acc). s is in log2 units, or (FOLD) the raw q.k, whose scale qk_scale > 0 is then
+    # applied inside the exponent's FMA. LAZY: keep the old max until some row's grows by more than 8 (p stays
+    # <= 2^8, exact in fp32 and in the fp16/bf16 p @ v): the same sums, and no rescale of acc on most tiles
+    if FOLD:
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+    if LAZY:
+        if tl.max((m_new > m_i + 8.0).to(tl.int32), 0) != 0:
+            alpha = tl.math.exp2(m_i - tl.where(m_new == float("-inf"), 0.0, m_new))
+            acc = acc * alpha[:, None]
+            l_i = l_i * alpha
+            m_i = m_new
+    else:
+        # a row with nothing to attend yet keeps m = -inf; subtract 0 there instead of -inf (no NaN)
+        alpha = tl.math.exp2(m_i - tl.where(m_new == float("-inf"), 0.0, m_new))
+        acc = acc * alpha[:, None]
+        l_i = l_i * alpha
+        m_i = m_new
+    m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
+    if FOLD:
+        p = tl.math.exp2(s * qk_scale - m_safe[:, None])
+    else:
+        p = tl.math.exp2(s - m_safe[:, None])
+    return p, m_i, l_i + tl.sum(p, 1), acc
 
 
 @triton.jit
-def _scores(q, k, qk_scale, mask_ptrs, rows, cols, SQ, SK,
-            MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, BOUNDS: tl.constexpr, PRECISION: tl.constexpr):
-    # log2-domain scores of one [rows, cols] tile; masked entries are -inf
-    s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
+def _finish_scores(s, qk_scale, mask_ptrs, rows, cols, SQ, SK,
+                   MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, BOUNDS: tl.constexpr, FOLD: tl.constexpr):
+    # q.k of one [rows, cols] tile -> log2-domain scores (raw with FOLD, which needs MASK_KIND 0); masked
+    # entries are -inf
+    if not FOLD:
+        s = s * qk_scale
     s = _apply_mask(s, mask_ptrs, (rows[:, None] < SQ) & (cols[None, :] < SK), MASK_KIND)
     if IS_CAUSAL:
         s = tl.where(cols[None, :] <= rows[:, None], s, float("-inf"))
@@ -158,10 +179,19 @@ def _scores(q, k, qk_scale, mask_ptrs, rows, cols, SQ, SK,
 
 
 @triton.jit
+def _scores(q, k, qk_scale, mask_ptrs, rows, cols, SQ, SK,
+            MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, BOUNDS: tl.constexpr, PRECISION: tl.constexpr):
+    # log2-domain scores of one [rows, cols] tile; masked entries are -inf
+    s = tl.dot(q, k, input_precision=PRECISION)
+    return _finish_scores(s, qk_scale, mask_ptrs, rows, cols, SQ, SK, MASK_KIND, IS_CAUSAL, BOUNDS, False)
+
+
+@triton.jit
 def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, lo, hi,
                stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK,
                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-               MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, BOUNDS: tl.constexpr, DOT_UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+               MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, BOUNDS: tl.constexpr, DOT_UPCAST: tl.constexpr,
+               PRECISION: tl.constexpr, FOLD: tl.constexpr, LAZY: tl.constexpr):
     k_ptrs += lo * stride_kn
     v_ptrs += lo * stride_vn
     mask_ptrs += lo * stride_mn
@@ -173,21 +203,60 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d
             k = tl.load(k_ptrs)
         if DOT_UPCAST:
             k = k.to(tl.float32)
-        s = _scores(q, k, qk_scale, mask_ptrs, rows, cols, SQ, SK, MASK_KIND, IS_CAUSAL, BOUNDS, PRECISION)
-        p, m_new, l_i, acc = _softmax_step(s, m_i, l_i, acc)
+        s = _finish_scores(tl.dot(q, k, input_precision=PRECISION), qk_scale, mask_ptrs, rows, cols, SQ, SK,
+                           MASK_KIND, IS_CAUSAL, BOUNDS, FOLD)
         if BOUNDS or HEAD_DIM != BLOCK_D:
             v = tl.load(v_ptrs, mask=(cols[:, None] < SK) & (offs_d[None, :] < HEAD_DIM), other=0.0)
         else:
             v = tl.load(v_ptrs)
-        if DOT_UPCAST:
-            acc = tl.dot(p, v.to(tl.float32), acc, input_precision=PRECISION)
-        else:
-            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
-        m_i = m_new
+        acc, l_i, m_i = _pv_step(acc, l_i, m_i, s, v, qk_scale, FOLD, LAZY, DOT_UPCAST, PRECISION)
         k_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
         mask_ptrs += BLOCK_N * stride_mn
     return acc, l_i, m_i
+
+
+@triton.jit
+def _pv_step(acc, l_i, m_i, s, v, qk_scale, FOLD: tl.constexpr, LAZY: tl.constexpr,
+             DOT_UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    # one tile's softmax step and p @ v
+    p, m_i, l_i, acc = _softmax_step(s, m_i, l_i, acc, qk_scale, FOLD, LAZY)
+    if DOT_UPCAST:
+        acc = tl.dot(p, v.to(tl.float32), acc, input_precision=PRECISION)
+    else:
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_inner_pipe(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, lo, hi,
+                    stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK,
+                    BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, DOT_UPCAST: tl.constexpr,
+                    PRECISION: tl.constexpr, FOLD: tl.constexpr, LAZY: tl.constexpr):
+    # _fwd_inner over whole key blocks (no bounds, no causal mask, HEAD_DIM == BLOCK_D; hi > lo), software
+    # pipelined by hand: the next block's q.k is issued before this block's softmax, so the tensor cores
+    # work on it while the softmax runs (what FlashAttention-3 calls intra-warpgroup overlap)
+    k_ptrs += lo * stride_kn
+    v_ptrs += lo * stride_vn
+    mask_ptrs += lo * stride_mn
+    k = tl.load(k_ptrs)
+    if DOT_UPCAST:
+        k = k.to(tl.float32)
+    s = tl.dot(q, k, input_precision=PRECISION)
+    for start_n in range(lo + BLOCK_N, hi, BLOCK_N):
+        k_ptrs += BLOCK_N * stride_kn
+        k = tl.load(k_ptrs)
+        if DOT_UPCAST:
+            k = k.to(tl.float32)
+        s_next = tl.dot(q, k, input_precision=PRECISION)
+        s = _finish_scores(s, qk_scale, mask_ptrs, rows, start_n - BLOCK_N + offs_n, SQ, SK,
+                           MASK_KIND, False, False, FOLD)
+        acc, l_i, m_i = _pv_step(acc, l_i, m_i, s, tl.load(v_ptrs), qk_scale, FOLD, LAZY, DOT_UPCAST, PRECISION)
+        v_ptrs += BLOCK_N * stride_vn
+        mask_ptrs += BLOCK_N * stride_mn
+        s = s_next
+    s = _finish_scores(s, qk_scale, mask_ptrs, rows, hi - BLOCK_N + offs_n, SQ, SK, MASK_KIND, False, False, FOLD)
+    return _pv_step(acc, l_i, m_i, s, tl.load(v_ptrs), qk_scale, FOLD, LAZY, DOT_UPCAST, PRECISION)
 
 
 # --- forward kernel -----------------------------------------------------------------------------------
@@ -206,8 +275,10 @@ def _attn_fwd_kernel(
     H, GROUP, SQ, SK, SQ_BUCKET, SK_BUCKET, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
     STORE_LSE: tl.constexpr, DOT_UPCAST: tl.constexpr, PRECISION: tl.constexpr, RTNE_BF16: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    FOLD: tl.constexpr, LAZY: tl.constexpr, PIPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    # FOLD, LAZY: see _softmax_step (FOLD needs MASK_KIND 0 and qk_scale > 0); PIPE: the whole key blocks
+    # through _fwd_inner_pipe
     qk_scale = tl.cast(qk_scale, tl.float32)  # Inductor passes Python floats as fp64
     # q: [B, H, SQ, D], k/v: [B, H // GROUP, SK, D], mask: broadcast [B, H, SQ, SK], out: [B, H, SQ, D]
     # the longest (causal) query blocks start first
@@ -236,12 +307,18 @@ def _attn_fwd_kernel(
     else:
         hi = SK
         full = SK // BLOCK_N * BLOCK_N
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, 0, full,
-                               stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK,
-                               HEAD_DIM, BLOCK_D, BLOCK_N, MASK_KIND, False, False, DOT_UPCAST, PRECISION)
+    if PIPE and HEAD_DIM == BLOCK_D:
+        if full > 0:
+            acc, l_i, m_i = _fwd_inner_pipe(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, 0, full,
+                                            stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK,
+                                            BLOCK_N, MASK_KIND, DOT_UPCAST, PRECISION, FOLD, LAZY)
+    else:
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, 0, full,
+                                   stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK, HEAD_DIM, BLOCK_D, BLOCK_N,
+                                   MASK_KIND, False, False, DOT_UPCAST, PRECISION, FOLD, LAZY)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, full, hi,
-                               stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK,
-                               HEAD_DIM, BLOCK_D, BLOCK_N, MASK_KIND, IS_CAUSAL, True, DOT_UPCAST, PRECISION)
+                               stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK, HEAD_DIM, BLOCK_D, BLOCK_N,
+                               MASK_KIND, IS_CAUSAL, True, DOT_UPCAST, PRECISION, FOLD, LAZY)
     # fully masked rows: l = 0 -> output 0 (not NaN) and lse = +inf (the backward's p is then 0)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     acc = acc / l_safe[:, None]
@@ -255,22 +332,39 @@ def _attn_fwd_kernel(
 
 @triton.jit
 def _fwd_tma_inner(acc, l_i, m_i, q, k_desc, v_desc, b, hk, rows, offs_n, lo, hi, qk_scale, SK,
-                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, BOUNDS: tl.constexpr):
+                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, BOUNDS: tl.constexpr,
+                   FOLD: tl.constexpr, LAZY: tl.constexpr):
     for start_n in range(lo, hi, BLOCK_N):
         # rows past SK come back as zeros (TMA bounds), their scores are masked below
         k = k_desc.load([b, hk, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
-        s = tl.dot(q, k.T) * qk_scale
+        s = tl.dot(q, k.T)
+        if not FOLD:
+            s = s * qk_scale
         if IS_CAUSAL:
-            cols = start_n + offs_n
-            s = tl.where(cols[None, :] <= rows[:, None], s, float("-inf"))
+            s = tl.where(start_n + offs_n[None, :] <= rows[:, None], s, float("-inf"))
         if BOUNDS:
-            cols = start_n + offs_n
-            s = tl.where(cols[None, :] < SK, s, float("-inf"))
-        p, m_new, l_i, acc = _softmax_step(s, m_i, l_i, acc)
+            s = tl.where(start_n + offs_n[None, :] < SK, s, float("-inf"))
         v = v_desc.load([b, hk, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
-        acc = tl.dot(p.to(v.dtype), v, acc)
-        m_i = m_new
+        acc, l_i, m_i = _pv_step(acc, l_i, m_i, s, v, qk_scale, FOLD, LAZY, False, "tf32")
     return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_tma_inner_pipe(acc, l_i, m_i, q, k_desc, v_desc, b, hk, lo, hi, qk_scale,
+                        HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, FOLD: tl.constexpr, LAZY: tl.constexpr):
+    # _fwd_inner_pipe through TMA descriptors (whole key blocks, hi > lo)
+    s = tl.dot(q, k_desc.load([b, hk, lo, 0]).reshape(BLOCK_N, HEAD_DIM).T)
+    for start_n in range(lo + BLOCK_N, hi, BLOCK_N):
+        s_next = tl.dot(q, k_desc.load([b, hk, start_n, 0]).reshape(BLOCK_N, HEAD_DIM).T)
+        if not FOLD:
+            s = s * qk_scale
+        v = v_desc.load([b, hk, start_n - BLOCK_N, 0]).reshape(BLOCK_N, HEAD_DIM)
+        acc, l_i, m_i = _pv_step(acc, l_i, m_i, s, v, qk_scale, FOLD, LAZY, False, "tf32")
+        s = s_next
+    if not FOLD:
+        s = s * qk_scale
+    v = v_desc.load([b, hk, hi - BLOCK_N, 0]).reshape(BLOCK_N, HEAD_DIM)
+    return _pv_step(acc, l_i, m_i, s, v, qk_scale, FOLD, LAZY, False, "tf32")
 
 
 @triton.autotune(configs=_TMA_CONFIGS, key=["SQ_BUCKET", "SK_BUCKET", "HEAD_DIM", "IS_CAUSAL"],
@@ -280,7 +374,7 @@ def _attn_fwd_tma_kernel(
     q_desc, k_desc, v_desc, o_desc, lse_ptr,
     H, GROUP, SQ, SK, SQ_BUCKET, SK_BUCKET, qk_scale,
     HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, STORE_LSE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    FOLD: tl.constexpr, LAZY: tl.constexpr, PIPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     qk_scale = tl.cast(qk_scale, tl.float32)  # Inductor passes Python floats as fp64
     # as _attn_fwd_kernel without a mask; q/k/v/out read and written through 4-D TMA descriptors
@@ -301,10 +395,15 @@ def _attn_fwd_tma_kernel(
     else:
         hi = SK
         full = SK // BLOCK_N * BLOCK_N
-    acc, l_i, m_i = _fwd_tma_inner(acc, l_i, m_i, q, k_desc, v_desc, b, hk, rows, offs_n, 0, full, qk_scale, SK,
-                                   HEAD_DIM, BLOCK_N, False, False)
+    if PIPE:
+        if full > 0:
+            acc, l_i, m_i = _fwd_tma_inner_pipe(acc, l_i, m_i, q, k_desc, v_desc, b, hk, 0, full, qk_scale,
+                                                HEAD_DIM, BLOCK_N, FOLD, LAZY)
+    else:
+        acc, l_i, m_i = _fwd_tma_inner(acc, l_i, m_i, q, k_desc, v_desc, b, hk, rows, offs_n, 0, full, qk_scale, SK,
+                                       HEAD_DIM, BLOCK_N, False, False, FOLD, LAZY)
     acc, l_i, m_i = _fwd_tma_inner(acc, l_i, m_i, q, k_desc, v_desc, b, hk, rows, offs_n, full, hi, qk_scale, SK,
-                                   HEAD_DIM, BLOCK_N, IS_CAUSAL, True)
+                                   HEAD_DIM, BLOCK_N, IS_CAUSAL, True, FOLD, LAZY)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     acc = acc / l_safe[:, None]
     o_desc.store([b, h, pid_m * BLOCK_M, 0], acc.to(o_desc.dtype).reshape(1, 1, BLOCK_M, HEAD_DIM))
@@ -365,13 +464,8 @@ def _attn_decode_kernel(
         if IS_CAUSAL:
             s = tl.where(cols[None, :] <= m[:, None], s, float("-inf"))
         s = tl.where(col_ok[None, :], s, float("-inf"))
-        p, m_new, l_i, acc = _softmax_step(s, m_i, l_i, acc)
         v = tl.load(v_ptrs, mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-        if DOT_UPCAST:
-            acc = tl.dot(p, v.to(tl.float32), acc, input_precision=PRECISION)
-        else:
-            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
-        m_i = m_new
+        acc, l_i, m_i = _pv_step(acc, l_i, m_i, s, v, qk_scale, False, False, DOT_UPCAST, PRECISION)
         k_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
         mask_ptrs += BLOCK_N * stride_mn
@@ -761,6 +855,19 @@ def _launch_decode(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_caus
         )
 
 
+# The forward kernels' tile-loop variants (constexprs; see _softmax_step and _fwd_inner_pipe):
+# FOLD: the softmax scale applied inside the exponent's FMA (unmasked attention with a positive scale);
+# LAZY: the accumulator rescaled only when some row's running max grows by more than 2^8;
+# PIPE: the next key block's q.k issued before this block's softmax.
+FWD_VARIANT = {"FOLD": True, "LAZY": False, "PIPE": False}
+
+
+def _variant(mask_kind: int, qk_scale: float) -> dict:
+    v = dict(FWD_VARIANT)
+    v["FOLD"] = bool(v["FOLD"]) and mask_kind == 0 and qk_scale > 0
+    return v
+
+
 def _launch_pointer(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_causal, store_lse):
     B, H, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
@@ -769,7 +876,7 @@ def _launch_pointer(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_cau
         *q.stride(), *k.stride(), *v.stride(), *m_strides, *out.stride(),
         H, H // Hkv, Sq, Sk, _bucket(Sq), _bucket(Sk), qk_scale,
         HEAD_DIM=D, BLOCK_D=max(16, next_pow2(D)), MASK_KIND=mask_kind, IS_CAUSAL=is_causal,
-        STORE_LSE=store_lse, RTNE_BF16=rtne_bf16(q.dtype), **_precision(q.dtype),
+        STORE_LSE=store_lse, RTNE_BF16=rtne_bf16(q.dtype), **_precision(q.dtype), **_variant(mask_kind, qk_scale),
     )
 
 
@@ -780,7 +887,7 @@ def _launch_tma(q, k, v, out, lse, qk_scale, is_causal, store_lse):
     registry.launcher(_attn_fwd_tma_kernel)[lambda meta: (cdiv(Sq, meta["BLOCK_M"]), B * H)](
         *(host_desc(t, dummy) for t in (q, k, v, out)), lse,
         H, H // Hkv, Sq, Sk, _bucket(Sq), _bucket(Sk), qk_scale,
-        HEAD_DIM=D, IS_CAUSAL=is_causal, STORE_LSE=store_lse,
+        HEAD_DIM=D, IS_CAUSAL=is_causal, STORE_LSE=store_lse, **_variant(0, qk_scale),
     )
 
 

@@ -138,6 +138,41 @@ def test_attention_backward(B, Hq, Hkv, Sq, Sk, D, causal, mask_kind, dtype, ato
         assert_close_to_ref(g, r, e, atol=atol, what=name)
 
 
+@pytest.mark.parametrize("variant", [dict(FOLD=True, LAZY=True, PIPE=True), dict(FOLD=False, LAZY=True, PIPE=False),
+                                     dict(FOLD=True, LAZY=False, PIPE=True)])
+@pytest.mark.parametrize("causal,mask_kind,dtype", [(False, "none", torch.float16), (True, "none", torch.bfloat16),
+                                                    (False, "float_min_keypad", torch.float16)])
+def test_forward_loop_variants(variant, causal, mask_kind, dtype, device, monkeypatch):
+    # the forward kernels' FOLD / LAZY / PIPE tile loops, pointer and TMA kernels, over several whole key
+    # blocks and a ragged one; keys 100-109 are scaled up so that running maxima jump mid-row (LAZY's rescale
+    # branch), while the other blocks grow them by less than 2^8 (its stale-max path)
+    monkeypatch.setattr(K, "FWD_VARIANT", variant)
+    B, H, Sq, Sk, D = 1, 2, 70, 150, 64
+    q, k, v = _qkv(B, H, H, Sq, Sk, D, dtype, device, transposed=True, seed=3)
+    k = k.clone()
+    k[:, :, 100:110] *= 6
+    mask = _mask(mask_kind, B, H, Sq, Sk, dtype, device)
+    scale = D ** -0.5
+    ref = K.attention_ref(q, k, v, mask, scale, causal, upcast=True)
+    eager = _sdpa(q, k, v, mask, scale, causal)
+    m, m_strides, kind = K._mask_args(mask, (B, H, Sq, Sk), q)
+    out, lse = K._empty_out(q), torch.empty((B, H, Sq), device=device, dtype=torch.float32)
+    K._launch_pointer(q, k, v, m, m_strides, kind, out, lse, scale * K.LOG2E, causal, True)
+    assert_close_to_ref(out, ref, eager, atol=1e-2 if dtype == torch.bfloat16 else 1e-3, what="pointer kernel")
+    s64 = (q.double().cpu() @ k.double().cpu().transpose(-2, -1)) * scale
+    if mask is not None:
+        s64 = s64 + mask.double().cpu()
+    if causal:
+        s64 = s64.masked_fill(~torch.ones(Sq, Sk, dtype=torch.bool).tril(), float("-inf"))
+    assert (lse.double().cpu() - s64.logsumexp(-1)).abs().max().item() < 1e-2
+    if mask is None and (dtype == torch.float16 or device != "cpu"):
+        # the TMA kernel serves unmasked attention (the interpreter's TMA loads garble bf16: GPU only)
+        out2, lse2 = K._empty_out(q), torch.empty_like(lse)
+        K._launch_tma(q, k, v, out2, lse2, scale * K.LOG2E, causal, True)
+        assert_close_to_ref(out2, ref, eager, atol=1e-2 if dtype == torch.bfloat16 else 1e-3, what="TMA kernel")
+        assert (lse2 - lse).abs().max().item() < 1e-3
+
+
 def test_tma_kernel_matches_pointer_kernel(device):
     # the check the TMA forward passes before its first use (Hopper); under the interpreter on the CPU too
     K._tma_checked.clear()

@@ -1,0 +1,204 @@
+"""Time the attention forward kernels' tile-loop variants and configs on a GPU, beside SDPA.
+
+The variants are the constexprs of ``kernels/attention.py``'s forward kernels (``FWD_VARIANT``): FOLD (the
+softmax scale inside the exponent's FMA), LAZY (rescale the accumulator only when a running max grows by more
+than 2^8) and PIPE (the next key block's q.k issued before this block's softmax). Each (shape, kernel,
+variant, config) is compiled first, side by side in threads, then timed from a replayed CUDA graph (median),
+and its output is checked on two heads against an fp64 reference (error <= 2x SDPA's + 2e-3). The shapes are
+``bench_attention.py``'s and those of the zoo's models (``tritonfuse bench``): bert-base's padded attention
+runs the pointer kernel with a boolean key-padding mask, as inlined sites do in a model.
+
+Run: ``python scripts/attn_fwd_sweep.py [--shapes d128,bert] [--kernels tma,pointer] [--out rows.jsonl]``
+(``--smoke``: tiny shapes on the CPU under ``TRITON_INTERPRET=1``, each launch run once and not timed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import itertools
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+import triton
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from common import gpu_time  # noqa: E402
+
+from tritonfuse.kernels import attention as K  # noqa: E402
+
+# name: (B, Hq, Hkv, S, D, causal, mask)
+SHAPES = {
+    "d128": (8, 16, 16, 4096, 128, False, None),
+    "d128-causal": (8, 16, 16, 4096, 128, True, None),
+    "d64": (8, 16, 16, 4096, 64, False, None),
+    "bert": (32, 12, 12, 512, 64, False, "keypad"),
+    "vit": (64, 12, 12, 197, 64, False, None),
+    "llama-prefill": (8, 16, 8, 1024, 128, True, None),
+    "smoke": (1, 2, 2, 150, 64, False, None),
+    "smoke-keypad": (2, 2, 2, 97, 64, False, "keypad"),
+}
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+VARIANTS = [dict(zip(("FOLD", "LAZY", "PIPE"), bits)) for bits in itertools.product((False, True), repeat=3)]
+EXTRA = [(128, 128, 8, 2), (128, 64, 4, 4)]  # (BLOCK_M, BLOCK_N, warps, stages) beyond the lists
+
+
+def _configs(kernel: str, D: int) -> list:
+    lib = K._TMA_CONFIGS if kernel == "tma" else K._FWD_CONFIGS
+    cfgs = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in lib] + EXTRA
+    keep = []
+    for c in dict.fromkeys(cfgs):
+        smem = 2 * D * (c[0] + 2 * c[1] * c[3])
+        if smem <= 227 * 1024:
+            keep.append(c)
+    return keep
+
+
+def _inputs(shape: str, dtype):
+    B, Hq, Hkv, S, D, causal, mask = SHAPES[shape]
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    q = torch.randn(B, S, Hq, D, device=DEVICE, dtype=dtype, generator=g).transpose(1, 2)
+    k = torch.randn(B, S, Hkv, D, device=DEVICE, dtype=dtype, generator=g).transpose(1, 2)
+    v = torch.randn(B, S, Hkv, D, device=DEVICE, dtype=dtype, generator=g).transpose(1, 2)
+    m = None
+    if mask == "keypad":  # HF BERT's padding: each sequence keeps at least half its tokens
+        lengths = torch.randint(S // 2, S + 1, (B,), generator=torch.Generator().manual_seed(1))
+        lengths[0] = S
+        m = (torch.arange(S)[None, :] < lengths[:, None]).view(B, 1, 1, S).to(DEVICE)
+    return q, k, v, m, causal
+
+
+def _launch(kernel, q, k, v, m, causal, variant, cfg, out):
+    """(jit function, grid, positional args, keyword args) of one forward launch with explicit meta."""
+    B, H, S, D = q.shape
+    Hkv, Sk = k.shape[1], k.shape[2]
+    bm, bn, warps, stages = cfg
+    qk_scale = D ** -0.5 * K.LOG2E
+    lse = torch.empty((B, H, S), device=q.device, dtype=torch.float32)
+    mk = 0 if m is None else 1
+    var = dict(variant, FOLD=variant["FOLD"] and mk == 0)
+    opts = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **var)
+    grid = (triton.cdiv(S, bm), B * H)
+    if kernel == "tma":
+        descs = [K.host_desc(t, [1, 1, 16, D]) for t in (q, k, v, out)]
+        K._tma_block_hook({"q_desc": descs[0], "k_desc": descs[1], "v_desc": descs[2], "o_desc": descs[3],
+                           "BLOCK_M": bm, "BLOCK_N": bn, "HEAD_DIM": D})
+        args = (*descs, lse, H, H // Hkv, S, Sk, K._bucket(S), K._bucket(Sk), qk_scale)
+        return K._attn_fwd_tma_kernel.fn, grid, args, dict(HEAD_DIM=D, IS_CAUSAL=causal, STORE_LSE=False, **opts)
+    mm, m_strides, mk = K._mask_args(m, (B, H, S, Sk), q)
+    args = (q, k, v, mm, out, lse, *q.stride(), *k.stride(), *v.stride(), *m_strides, *out.stride(),
+            H, H // Hkv, S, Sk, K._bucket(S), K._bucket(Sk), qk_scale)
+    kw = dict(HEAD_DIM=D, BLOCK_D=max(16, K.next_pow2(D)), MASK_KIND=mk, IS_CAUSAL=causal, STORE_LSE=False,
+              RTNE_BF16=False, **K._precision(q.dtype), **opts)
+    return K._attn_fwd_kernel.fn, grid, args, kw
+
+
+def _ref(q, k, v, m, causal):
+    sl = (slice(0, 1), slice(0, 2))
+    group = q.shape[1] // k.shape[1]
+    ksl = (slice(0, 1), slice(0, max(1, 2 // group)))
+    mm = None if m is None else m[:1]
+    return K.attention_ref(q[sl].double(), k[ksl].double(), v[ksl].double(), mm, q.shape[-1] ** -0.5, causal)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default="d128,d128-causal,d64,bert,vit")
+    ap.add_argument("--kernels", default="tma,pointer")
+    ap.add_argument("--dtype", default="float16")
+    ap.add_argument("--threads", type=int, default=12)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args()
+    if args.smoke:
+        global gpu_time, _configs
+        gpu_time = lambda fn, rep=None: (fn(), 1.0)[1]  # noqa: E731
+        lib_configs = _configs
+        _configs = lambda kernel, D: lib_configs(kernel, D)[:1]  # noqa: E731
+        args.shapes, args.threads = "smoke,smoke-keypad", 1
+    dtype = getattr(torch, args.dtype)
+    rows = []
+    t0 = time.time()
+    for shape in args.shapes.split(","):
+        q, k, v, m, causal = _inputs(shape, dtype)
+        B, H, S, D = q.shape
+        flops = 4 * B * H * S * S * D * (0.5 if causal else 1.0)
+        sl = (slice(0, 1), slice(0, 2))
+        ref = _ref(q, k, v, m, causal)
+        kr, vr = (t.repeat_interleave(H // k.shape[1], 1) for t in (k, v))
+        sdpa_err = (F.scaled_dot_product_attention(q, kr, vr, attn_mask=m, is_causal=causal)[sl].double()
+                    - ref).abs().max().item()
+        base = {"shape": shape, "B": B, "H": H, "Hkv": k.shape[1], "S": S, "D": D, "causal": causal,
+                "mask": m is not None, "dtype": args.dtype}
+        for name, fn in (("sdpa-default", lambda: F.scaled_dot_product_attention(q, kr, vr, attn_mask=m,
+                                                                                  is_causal=causal)),):
+            ms = gpu_time(fn)
+            rows.append({**base, "provider": name, "ms": ms, "tflops": flops / ms * 1e-9})
+            print(f"{shape:14s} {name:40s} {ms:8.4f} ms {flops / ms * 1e-9:6.1f} TFLOP/s", flush=True)
+        jobs = []
+        for kernel in args.kernels.split(","):
+            if kernel == "tma" and (m is not None or D not in (32, 64, 128)):
+                continue
+            for variant, cfg in itertools.product(VARIANTS, _configs(kernel, D)):
+                if m is not None and variant["FOLD"]:
+                    continue  # FOLD is off under a mask: the same kernel as without it
+                out = K._empty_out(q)
+                jobs.append((kernel, variant, cfg, out, _launch(kernel, q, k, v, m, causal, variant, cfg, out)))
+
+        def compile_one(job):
+            fn, grid, a, kw = job[4]
+            if hasattr(fn, "warmup"):  # not under the interpreter
+                fn.warmup(*a, grid=grid, **kw)
+
+        with concurrent.futures.ThreadPoolExecutor(args.threads) as pool:
+            errors = list(pool.map(lambda j: _try(compile_one, j), jobs))
+        print(f"  compiled {len(jobs)} variants in {time.time() - t0:.0f} s", flush=True)
+        for (kernel, variant, cfg, out, (fn, grid, a, kw)), cerr in zip(jobs, errors):
+            tag = "".join(n[0] if variant[n] else "-" for n in ("FOLD", "LAZY", "PIPE"))
+            name = f"{kernel} {tag} {cfg[0]}x{cfg[1]} w{cfg[2]} s{cfg[3]}"
+            r = {**base, "provider": kernel, "variant": variant, "config": list(cfg)}
+            if cerr:
+                rows.append({**r, "error": cerr})
+                print(f"{shape:14s} {name:40s} {cerr[:60]}", flush=True)
+                continue
+            try:
+                run = lambda: fn[grid](*a, **kw)  # noqa: E731
+                run()
+                err = (out[sl].double() - ref).abs().max().item()
+                ms = gpu_time(run, rep=20)
+            except Exception as e:  # noqa: BLE001 - out of resources at launch and the like
+                rows.append({**r, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+                print(f"{shape:14s} {name:40s} {type(e).__name__}", flush=True)
+                continue
+            ok = err <= 2 * sdpa_err + 2e-3
+            rows.append({**r, "ms": ms, "tflops": flops / ms * 1e-9, "err": err, "sdpa_err": sdpa_err, "ok": ok})
+            print(f"{shape:14s} {name:40s} {ms:8.4f} ms {flops / ms * 1e-9:6.1f} TFLOP/s err {err:.2g}"
+                  f"{'' if ok else ' WRONG'}", flush=True)
+        if args.out:
+            with open(args.out, "w") as f:
+                for r in rows:
+                    f.write(json.dumps(r) + "\n")
+    best = {}
+    for r in rows:
+        key = (r["shape"], r["provider"])
+        if "ms" in r and r.get("ok", True) and (key not in best or r["ms"] < best[key]["ms"]):
+            best[key] = r
+    print("\nbest per shape and kernel:")
+    for (shape, kernel), r in sorted(best.items()):
+        print(f"  {shape:14s} {kernel:12s} {r['ms']:.4f} ms {r['tflops']:6.1f} TFLOP/s {r.get('variant', '')} "
+              f"{r.get('config', '')}")
+
+def _try(fn, job):
+    try:
+        fn(job)
+        return None
+    except Exception as e:  # noqa: BLE001
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
+if __name__ == "__main__":
+    main()
