@@ -121,46 +121,41 @@ def _bucket(n: int) -> int:
 
 @triton.jit
 def _apply_mask(s, mask_ptrs, ok, MASK_KIND: tl.constexpr):
-    # s: log2-domain scores; ok: which entries of the tile exist (the mask is read only there)
-    if MASK_KIND == 1:
+    # s: log2-domain scores; ok: which entries of the tile exist (the mask is read only there).
+    # MASK_KIND 1 / 2: a bool / additive mask read per score; 3 / 4: the same, the same for every query row
+    # (a key-padding mask): mask_ptrs and ok are vectors over the tile's keys, read once per tile
+    if MASK_KIND == 1 or MASK_KIND == 3:
         keep = tl.load(mask_ptrs, mask=ok, other=0)
+        if MASK_KIND == 3:
+            keep = keep[None, :]
         s = tl.where(keep != 0, s, float("-inf"))
-    elif MASK_KIND == 2:
+    elif MASK_KIND == 2 or MASK_KIND == 4:
         mv = tl.load(mask_ptrs, mask=ok, other=0.0).to(tl.float32)
         # finfo.min-style masks stay finite in log2 units (a fully masked row then averages, as eager does)
         mv = tl.where(mv == float("-inf"), mv, tl.maximum(mv, -1.0e30))
+        if MASK_KIND == 4:
+            mv = mv[None, :]
         s = s + mv * 1.4426950408889634
     return s
 
 
 @triton.jit
-def _softmax_step(s, m_i, l_i, acc, qk_scale, FOLD: tl.constexpr, LAZY: tl.constexpr):
+def _softmax_step(s, m_i, l_i, acc, qk_scale, FOLD: tl.constexpr):
     # online softmax: fold one tile of scores into the running max m, sum l and (rescaled) accumulator;
     # returns (p, m, l, acc). s is in log2 units, or (FOLD) the raw q.k, whose scale qk_scale > 0 is then
-    # applied inside the exponent's FMA. LAZY: keep the old max until some row's grows by more than 8 (p stays
-    # <= 2^8, exact in fp32 and in the fp16/bf16 p @ v): the same sums, and no rescale of acc on most tiles
+    # applied inside the exponent's FMA (one instruction per score instead of two)
     if FOLD:
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
     else:
         m_new = tl.maximum(m_i, tl.max(s, 1))
-    if LAZY:
-        if tl.max((m_new > m_i + 8.0).to(tl.int32), 0) != 0:
-            alpha = tl.math.exp2(m_i - tl.where(m_new == float("-inf"), 0.0, m_new))
-            acc = acc * alpha[:, None]
-            l_i = l_i * alpha
-            m_i = m_new
-    else:
-        # a row with nothing to attend yet keeps m = -inf; subtract 0 there instead of -inf (no NaN)
-        alpha = tl.math.exp2(m_i - tl.where(m_new == float("-inf"), 0.0, m_new))
-        acc = acc * alpha[:, None]
-        l_i = l_i * alpha
-        m_i = m_new
-    m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
+    # a row with nothing to attend yet keeps m = -inf; subtract 0 there instead of -inf (no NaN)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_safe)
     if FOLD:
         p = tl.math.exp2(s * qk_scale - m_safe[:, None])
     else:
         p = tl.math.exp2(s - m_safe[:, None])
-    return p, m_i, l_i + tl.sum(p, 1), acc
+    return p, m_new, l_i * alpha + tl.sum(p, 1), acc * alpha[:, None]
 
 
 @triton.jit
@@ -170,7 +165,10 @@ def _finish_scores(s, qk_scale, mask_ptrs, rows, cols, SQ, SK,
     # entries are -inf
     if not FOLD:
         s = s * qk_scale
-    s = _apply_mask(s, mask_ptrs, (rows[:, None] < SQ) & (cols[None, :] < SK), MASK_KIND)
+    if MASK_KIND >= 3:
+        s = _apply_mask(s, mask_ptrs, cols < SK, MASK_KIND)
+    else:
+        s = _apply_mask(s, mask_ptrs, (rows[:, None] < SQ) & (cols[None, :] < SK), MASK_KIND)
     if IS_CAUSAL:
         s = tl.where(cols[None, :] <= rows[:, None], s, float("-inf"))
     if BOUNDS:
@@ -191,7 +189,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d
                stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK,
                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, BOUNDS: tl.constexpr, DOT_UPCAST: tl.constexpr,
-               PRECISION: tl.constexpr, FOLD: tl.constexpr, LAZY: tl.constexpr):
+               PRECISION: tl.constexpr, FOLD: tl.constexpr):
     k_ptrs += lo * stride_kn
     v_ptrs += lo * stride_vn
     mask_ptrs += lo * stride_mn
@@ -209,7 +207,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d
             v = tl.load(v_ptrs, mask=(cols[:, None] < SK) & (offs_d[None, :] < HEAD_DIM), other=0.0)
         else:
             v = tl.load(v_ptrs)
-        acc, l_i, m_i = _pv_step(acc, l_i, m_i, s, v, qk_scale, FOLD, LAZY, DOT_UPCAST, PRECISION)
+        acc, l_i, m_i = _pv_step(acc, l_i, m_i, s, v, qk_scale, FOLD, DOT_UPCAST, PRECISION)
         k_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
         mask_ptrs += BLOCK_N * stride_mn
@@ -217,46 +215,14 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d
 
 
 @triton.jit
-def _pv_step(acc, l_i, m_i, s, v, qk_scale, FOLD: tl.constexpr, LAZY: tl.constexpr,
-             DOT_UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+def _pv_step(acc, l_i, m_i, s, v, qk_scale, FOLD: tl.constexpr, DOT_UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     # one tile's softmax step and p @ v
-    p, m_i, l_i, acc = _softmax_step(s, m_i, l_i, acc, qk_scale, FOLD, LAZY)
+    p, m_i, l_i, acc = _softmax_step(s, m_i, l_i, acc, qk_scale, FOLD)
     if DOT_UPCAST:
         acc = tl.dot(p, v.to(tl.float32), acc, input_precision=PRECISION)
     else:
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
     return acc, l_i, m_i
-
-
-@triton.jit
-def _fwd_inner_pipe(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, lo, hi,
-                    stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK,
-                    BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, DOT_UPCAST: tl.constexpr,
-                    PRECISION: tl.constexpr, FOLD: tl.constexpr, LAZY: tl.constexpr):
-    # _fwd_inner over whole key blocks (no bounds, no causal mask, HEAD_DIM == BLOCK_D; hi > lo), software
-    # pipelined by hand: the next block's q.k is issued before this block's softmax, so the tensor cores
-    # work on it while the softmax runs (what FlashAttention-3 calls intra-warpgroup overlap)
-    k_ptrs += lo * stride_kn
-    v_ptrs += lo * stride_vn
-    mask_ptrs += lo * stride_mn
-    k = tl.load(k_ptrs)
-    if DOT_UPCAST:
-        k = k.to(tl.float32)
-    s = tl.dot(q, k, input_precision=PRECISION)
-    for start_n in range(lo + BLOCK_N, hi, BLOCK_N):
-        k_ptrs += BLOCK_N * stride_kn
-        k = tl.load(k_ptrs)
-        if DOT_UPCAST:
-            k = k.to(tl.float32)
-        s_next = tl.dot(q, k, input_precision=PRECISION)
-        s = _finish_scores(s, qk_scale, mask_ptrs, rows, start_n - BLOCK_N + offs_n, SQ, SK,
-                           MASK_KIND, False, False, FOLD)
-        acc, l_i, m_i = _pv_step(acc, l_i, m_i, s, tl.load(v_ptrs), qk_scale, FOLD, LAZY, DOT_UPCAST, PRECISION)
-        v_ptrs += BLOCK_N * stride_vn
-        mask_ptrs += BLOCK_N * stride_mn
-        s = s_next
-    s = _finish_scores(s, qk_scale, mask_ptrs, rows, hi - BLOCK_N + offs_n, SQ, SK, MASK_KIND, False, False, FOLD)
-    return _pv_step(acc, l_i, m_i, s, tl.load(v_ptrs), qk_scale, FOLD, LAZY, DOT_UPCAST, PRECISION)
 
 
 # --- forward kernel -----------------------------------------------------------------------------------
@@ -275,10 +241,9 @@ def _attn_fwd_kernel(
     H, GROUP, SQ, SK, SQ_BUCKET, SK_BUCKET, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
     STORE_LSE: tl.constexpr, DOT_UPCAST: tl.constexpr, PRECISION: tl.constexpr, RTNE_BF16: tl.constexpr,
-    FOLD: tl.constexpr, LAZY: tl.constexpr, PIPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    FOLD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    # FOLD, LAZY: see _softmax_step (FOLD needs MASK_KIND 0 and qk_scale > 0); PIPE: the whole key blocks
-    # through _fwd_inner_pipe
+    # FOLD: see _softmax_step (needs MASK_KIND 0 and qk_scale > 0)
     qk_scale = tl.cast(qk_scale, tl.float32)  # Inductor passes Python floats as fp64
     # q: [B, H, SQ, D], k/v: [B, H // GROUP, SK, D], mask: broadcast [B, H, SQ, SK], out: [B, H, SQ, D]
     # the longest (causal) query blocks start first
@@ -293,7 +258,10 @@ def _attn_fwd_kernel(
     q_ptrs = q_ptr + b * stride_qb + h * stride_qh + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd
     k_ptrs = k_ptr + b * stride_kb + hk * stride_kh + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
     v_ptrs = v_ptr + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
-    mask_ptrs = mask_ptr + b * stride_mb + h * stride_mh + rows[:, None] * stride_mm + offs_n[None, :] * stride_mn
+    if MASK_KIND >= 3:  # one row of keys for all the tile's queries
+        mask_ptrs = mask_ptr + b * stride_mb + h * stride_mh + offs_n * stride_mn
+    else:
+        mask_ptrs = mask_ptr + b * stride_mb + h * stride_mh + rows[:, None] * stride_mm + offs_n[None, :] * stride_mn
     q = tl.load(q_ptrs, mask=(rows[:, None] < SQ) & (offs_d[None, :] < HEAD_DIM), other=0.0)
     if DOT_UPCAST:
         q = q.to(tl.float32)
@@ -307,18 +275,12 @@ def _attn_fwd_kernel(
     else:
         hi = SK
         full = SK // BLOCK_N * BLOCK_N
-    if PIPE and HEAD_DIM == BLOCK_D:
-        if full > 0:
-            acc, l_i, m_i = _fwd_inner_pipe(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, 0, full,
-                                            stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK,
-                                            BLOCK_N, MASK_KIND, DOT_UPCAST, PRECISION, FOLD, LAZY)
-    else:
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, 0, full,
-                                   stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK, HEAD_DIM, BLOCK_D, BLOCK_N,
-                                   MASK_KIND, False, False, DOT_UPCAST, PRECISION, FOLD, LAZY)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, 0, full,
+                               stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK, HEAD_DIM, BLOCK_D, BLOCK_N,
+                               MASK_KIND, False, False, DOT_UPCAST, PRECISION, FOLD)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, full, hi,
                                stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK, HEAD_DIM, BLOCK_D, BLOCK_N,
-                               MASK_KIND, IS_CAUSAL, True, DOT_UPCAST, PRECISION, FOLD, LAZY)
+                               MASK_KIND, IS_CAUSAL, True, DOT_UPCAST, PRECISION, FOLD)
     # fully masked rows: l = 0 -> output 0 (not NaN) and lse = +inf (the backward's p is then 0)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     acc = acc / l_safe[:, None]
@@ -331,40 +293,29 @@ def _attn_fwd_kernel(
 
 
 @triton.jit
-def _fwd_tma_inner(acc, l_i, m_i, q, k_desc, v_desc, b, hk, rows, offs_n, lo, hi, qk_scale, SK,
-                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, BOUNDS: tl.constexpr,
-                   FOLD: tl.constexpr, LAZY: tl.constexpr):
-    for start_n in range(lo, hi, BLOCK_N):
-        # rows past SK come back as zeros (TMA bounds), their scores are masked below
-        k = k_desc.load([b, hk, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
-        s = tl.dot(q, k.T)
-        if not FOLD:
-            s = s * qk_scale
-        if IS_CAUSAL:
-            s = tl.where(start_n + offs_n[None, :] <= rows[:, None], s, float("-inf"))
-        if BOUNDS:
-            s = tl.where(start_n + offs_n[None, :] < SK, s, float("-inf"))
-        v = v_desc.load([b, hk, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
-        acc, l_i, m_i = _pv_step(acc, l_i, m_i, s, v, qk_scale, FOLD, LAZY, False, "tf32")
-    return acc, l_i, m_i
+def _fwd_tma_tile(acc, l_i, m_i, q, k_desc, v_desc, b, hk, rows, offs_n, start_n, qk_scale, SK,
+                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, BOUNDS: tl.constexpr,
+                  FOLD: tl.constexpr):
+    # rows past SK come back as zeros (TMA bounds), their scores are masked below
+    s = tl.dot(q, k_desc.load([b, hk, start_n, 0]).reshape(BLOCK_N, HEAD_DIM).T)
+    if not FOLD:
+        s = s * qk_scale
+    if IS_CAUSAL:
+        s = tl.where(start_n + offs_n[None, :] <= rows[:, None], s, float("-inf"))
+    if BOUNDS:
+        s = tl.where(start_n + offs_n[None, :] < SK, s, float("-inf"))
+    v = v_desc.load([b, hk, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+    return _pv_step(acc, l_i, m_i, s, v, qk_scale, FOLD, False, "tf32")
 
 
 @triton.jit
-def _fwd_tma_inner_pipe(acc, l_i, m_i, q, k_desc, v_desc, b, hk, lo, hi, qk_scale,
-                        HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, FOLD: tl.constexpr, LAZY: tl.constexpr):
-    # _fwd_inner_pipe through TMA descriptors (whole key blocks, hi > lo)
-    s = tl.dot(q, k_desc.load([b, hk, lo, 0]).reshape(BLOCK_N, HEAD_DIM).T)
-    for start_n in range(lo + BLOCK_N, hi, BLOCK_N):
-        s_next = tl.dot(q, k_desc.load([b, hk, start_n, 0]).reshape(BLOCK_N, HEAD_DIM).T)
-        if not FOLD:
-            s = s * qk_scale
-        v = v_desc.load([b, hk, start_n - BLOCK_N, 0]).reshape(BLOCK_N, HEAD_DIM)
-        acc, l_i, m_i = _pv_step(acc, l_i, m_i, s, v, qk_scale, FOLD, LAZY, False, "tf32")
-        s = s_next
-    if not FOLD:
-        s = s * qk_scale
-    v = v_desc.load([b, hk, hi - BLOCK_N, 0]).reshape(BLOCK_N, HEAD_DIM)
-    return _pv_step(acc, l_i, m_i, s, v, qk_scale, FOLD, LAZY, False, "tf32")
+def _fwd_tma_inner(acc, l_i, m_i, q, k_desc, v_desc, b, hk, rows, offs_n, lo, hi, qk_scale, SK,
+                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, BOUNDS: tl.constexpr,
+                   FOLD: tl.constexpr):
+    for start_n in range(lo, hi, BLOCK_N):
+        acc, l_i, m_i = _fwd_tma_tile(acc, l_i, m_i, q, k_desc, v_desc, b, hk, rows, offs_n, start_n, qk_scale,
+                                      SK, HEAD_DIM, BLOCK_N, IS_CAUSAL, BOUNDS, FOLD)
+    return acc, l_i, m_i
 
 
 @triton.autotune(configs=_TMA_CONFIGS, key=["SQ_BUCKET", "SK_BUCKET", "HEAD_DIM", "IS_CAUSAL"],
@@ -374,7 +325,7 @@ def _attn_fwd_tma_kernel(
     q_desc, k_desc, v_desc, o_desc, lse_ptr,
     H, GROUP, SQ, SK, SQ_BUCKET, SK_BUCKET, qk_scale,
     HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, STORE_LSE: tl.constexpr,
-    FOLD: tl.constexpr, LAZY: tl.constexpr, PIPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    FOLD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     qk_scale = tl.cast(qk_scale, tl.float32)  # Inductor passes Python floats as fp64
     # as _attn_fwd_kernel without a mask; q/k/v/out read and written through 4-D TMA descriptors
@@ -395,15 +346,10 @@ def _attn_fwd_tma_kernel(
     else:
         hi = SK
         full = SK // BLOCK_N * BLOCK_N
-    if PIPE:
-        if full > 0:
-            acc, l_i, m_i = _fwd_tma_inner_pipe(acc, l_i, m_i, q, k_desc, v_desc, b, hk, 0, full, qk_scale,
-                                                HEAD_DIM, BLOCK_N, FOLD, LAZY)
-    else:
-        acc, l_i, m_i = _fwd_tma_inner(acc, l_i, m_i, q, k_desc, v_desc, b, hk, rows, offs_n, 0, full, qk_scale, SK,
-                                       HEAD_DIM, BLOCK_N, False, False, FOLD, LAZY)
+    acc, l_i, m_i = _fwd_tma_inner(acc, l_i, m_i, q, k_desc, v_desc, b, hk, rows, offs_n, 0, full, qk_scale, SK,
+                                   HEAD_DIM, BLOCK_N, False, False, FOLD)
     acc, l_i, m_i = _fwd_tma_inner(acc, l_i, m_i, q, k_desc, v_desc, b, hk, rows, offs_n, full, hi, qk_scale, SK,
-                                   HEAD_DIM, BLOCK_N, IS_CAUSAL, True, FOLD, LAZY)
+                                   HEAD_DIM, BLOCK_N, IS_CAUSAL, True, FOLD)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     acc = acc / l_safe[:, None]
     o_desc.store([b, h, pid_m * BLOCK_M, 0], acc.to(o_desc.dtype).reshape(1, 1, BLOCK_M, HEAD_DIM))
@@ -465,7 +411,7 @@ def _attn_decode_kernel(
             s = tl.where(cols[None, :] <= m[:, None], s, float("-inf"))
         s = tl.where(col_ok[None, :], s, float("-inf"))
         v = tl.load(v_ptrs, mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-        acc, l_i, m_i = _pv_step(acc, l_i, m_i, s, v, qk_scale, False, False, DOT_UPCAST, PRECISION)
+        acc, l_i, m_i = _pv_step(acc, l_i, m_i, s, v, qk_scale, False, DOT_UPCAST, PRECISION)
         k_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
         mask_ptrs += BLOCK_N * stride_mn
@@ -855,28 +801,31 @@ def _launch_decode(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_caus
         )
 
 
-# The forward kernels' tile-loop variants (constexprs; see _softmax_step and _fwd_inner_pipe):
-# FOLD: the softmax scale applied inside the exponent's FMA (unmasked attention with a positive scale);
-# LAZY: the accumulator rescaled only when some row's running max grows by more than 2^8;
-# PIPE: the next key block's q.k issued before this block's softmax.
-FWD_VARIANT = {"FOLD": True, "LAZY": False, "PIPE": False}
+# FOLD_SCALE: unmasked attention with a positive scale applies it inside the exponent's FMA (_softmax_step).
+# On the H200 (scripts/attn_fwd_sweep.py, benchmarks/results/diagnostics/README.md) it was 0-5% faster at
+# most shapes. Measured there and not kept: rescaling the accumulator only when a running max grows by more
+# than 2^8 (FlashAttention-4's trick; here a block-wide branch every tile: 3-12% slower), issuing the next
+# block's q.k before this block's softmax (8-18% slower), and Triton 3.6's automatic warp specialization of
+# the TMA loop (no gain at 8 warps; its compiler failed at 4).
+FOLD_SCALE = True
 
 
-def _variant(mask_kind: int, qk_scale: float) -> dict:
-    v = dict(FWD_VARIANT)
-    v["FOLD"] = bool(v["FOLD"]) and mask_kind == 0 and qk_scale > 0
-    return v
+def _fold(mask_kind: int, qk_scale: float) -> bool:
+    return FOLD_SCALE and mask_kind == 0 and qk_scale > 0
 
 
 def _launch_pointer(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_causal, store_lse):
     B, H, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
+    if mask_kind in (1, 2) and m_strides[2] == 0:
+        mask_kind += 2  # the same mask for every query: read as one vector of keys per tile
     registry.launcher(_attn_fwd_kernel)[lambda meta: (cdiv(Sq, meta["BLOCK_M"]), B * H)](
         q, k, v, m, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *m_strides, *out.stride(),
         H, H // Hkv, Sq, Sk, _bucket(Sq), _bucket(Sk), qk_scale,
         HEAD_DIM=D, BLOCK_D=max(16, next_pow2(D)), MASK_KIND=mask_kind, IS_CAUSAL=is_causal,
-        STORE_LSE=store_lse, RTNE_BF16=rtne_bf16(q.dtype), **_precision(q.dtype), **_variant(mask_kind, qk_scale),
+        STORE_LSE=store_lse, RTNE_BF16=rtne_bf16(q.dtype), **_precision(q.dtype),
+        FOLD=_fold(mask_kind, qk_scale),
     )
 
 
@@ -887,7 +836,7 @@ def _launch_tma(q, k, v, out, lse, qk_scale, is_causal, store_lse):
     registry.launcher(_attn_fwd_tma_kernel)[lambda meta: (cdiv(Sq, meta["BLOCK_M"]), B * H)](
         *(host_desc(t, dummy) for t in (q, k, v, out)), lse,
         H, H // Hkv, Sq, Sk, _bucket(Sq), _bucket(Sk), qk_scale,
-        HEAD_DIM=D, IS_CAUSAL=is_causal, STORE_LSE=store_lse, **_variant(0, qk_scale),
+        HEAD_DIM=D, IS_CAUSAL=is_causal, STORE_LSE=store_lse, FOLD=_fold(0, qk_scale),
     )
 
 
@@ -921,6 +870,8 @@ def _tma_self_check(device: torch.device, dtype: torch.dtype) -> bool:
             ok = False
         _tma_checked[key] = ok
     return _tma_checked[key] and not _tma_failed
+
+
 def _attention_fake(q, k, v, mask, scale, is_causal):
     return _empty_out(q)
 

@@ -227,6 +227,78 @@ def _keep_of_additive_mask(node) -> Optional[torch.fx.Node]:
     return cond if consts[0] == 0 and consts[1] == float("-inf") else None
 
 
+def _nonnegative_positions(node) -> bool:
+    """``node`` is ``arange(n)`` (iota from 0, step 1) under unsqueezes and expands: every value is >= 0."""
+    while isinstance(node, torch.fx.Node) and node.target in (aten.unsqueeze.default, aten.expand.default):
+        node = node.args[0]
+    return (isinstance(node, torch.fx.Node) and node.target == prims.iota.default
+            and node.kwargs.get("start", 0) == 0 and node.kwargs.get("step", 1) >= 0)
+
+
+def _always_true(node) -> bool:
+    """A bool operand that is True everywhere: ``full(True)``, or ``position >= 0`` (HF's bidirectional mask
+    function, ``q_idx >= 0``, which only gives the mask its query axis)."""
+    if not isinstance(node, torch.fx.Node):
+        return node is True
+    if node.target == aten.full.default:
+        return node.args[1] is True
+    return node.target == aten.ge.Scalar and node.args[1] == 0 and _nonnegative_positions(node.args[0])
+
+
+def _and_leaves(node) -> list:
+    """The operands of a tree of ``&`` (through expands), those that are True everywhere left out."""
+    while isinstance(node, torch.fx.Node) and node.target == aten.expand.default:
+        node = node.args[0]
+    if isinstance(node, torch.fx.Node) and node.target in (aten.bitwise_and.Tensor, aten.logical_and.default):
+        return [leaf for a in node.args[:2] for leaf in _and_leaves(a)]
+    return [] if _always_true(node) else [node]
+
+
+def _narrow_mask(mask_node):
+    """A bool or additive mask that is the same for every query row but built at the scores' size, as HF's
+    masks are (``where(expand(keep[B, 1, 1, Sk] & (q_idx >= 0)), 0, fill)``, materialised [B, 1, Sq, Sk]):
+    (node, build, value) with ``node`` the bool keys-only tensor it is built from, ``build(node)`` the mask
+    the kernel gets ([..., 1, Sk], read as one vector of keys per tile instead of a score-sized tensor) and
+    ``value`` a stand-in of that mask; None when the mask is not of that form."""
+    mask = _val(mask_node)
+    if mask is None or mask.dim() < 2 or mask.shape[-2] == 1:
+        return None
+    cond, fills = mask_node, None
+    if mask.dtype != torch.bool:
+        node = mask_node  # through casts and copies of the where (CUDA graphs cast SDPA's mask to its dtype)
+        while isinstance(node, torch.fx.Node) and node.target in (
+                prims.convert_element_type.default, aten.expand.default, aten.clone.default):
+            node = node.args[0]
+        if not isinstance(node, torch.fx.Node) or node.target != aten.where.self:
+            return None
+        cond = node.args[0]
+        fills = [_scalar_fill(x) for x in node.args[1:3]]
+        if not all(isinstance(f, (int, float)) and not isinstance(f, bool) for f in fills):
+            return None
+    leaves = _and_leaves(cond)
+    if len(leaves) != 1 or not isinstance(leaves[0], torch.fx.Node):
+        return None
+    keys = leaves[0]
+    kv = _val(keys)
+    if kv is None or kv.dtype != torch.bool or kv.dim() > mask.dim() or (kv.dim() >= 2 and kv.shape[-2] != 1):
+        return None
+    try:
+        if torch.broadcast_shapes(kv.shape, mask.shape) != mask.shape:
+            return None
+    except RuntimeError:
+        return None
+    if fills is None:
+        return keys, lambda m: m, kv
+    dtype = mask.dtype
+
+    def build(m):
+        yes = torch.full((), fills[0], dtype=dtype, device=m.device)
+        no = torch.full((), fills[1], dtype=dtype, device=m.device)
+        return torch.where(m, yes, no)
+
+    return keys, build, kv.new_empty(kv.shape, dtype=dtype)
+
+
 def _position_index(node, length: int, dim: int) -> bool:
     """Whether ``node`` is ``arange(length)`` (iota from 0, step 1) laid along ``dim`` (from the end) of a
     shape of ones: [1, 1, 1, S] as HF builds key positions, [S, 1] as SDPA's math path builds query ones."""
@@ -372,6 +444,10 @@ def _sdpa_handler(match: Match, *args, **kwargs) -> None:
     mask = _val(mask_node)
     if mask_node is not None and mask is None:
         return
+    narrow = _narrow_mask(mask_node) if mask_node is not None else None
+    build = (lambda m: m) if narrow is None else narrow[1]
+    if narrow is not None:
+        mask_node, mask = narrow[0], narrow[2]
     detail = _describe(q, k, mask, is_causal) if q.dim() == 4 and k.dim() == 4 else ""
     others = [u for u in node.users if u is not getitem]
     if others:
@@ -398,7 +474,7 @@ def _sdpa_handler(match: Match, *args, **kwargs) -> None:
         match.replace_by_example(repl, [q_node, k_node, v_node])
     else:
         def repl(q, k, v, m):
-            return torch.ops.tritonfuse.attention(q, k, v, m, scale, is_causal).to(out_dtype)
+            return torch.ops.tritonfuse.attention(q, k, v, build(m), scale, is_causal).to(out_dtype)
 
         match.replace_by_example(repl, [q_node, k_node, v_node, mask_node])
 
@@ -474,6 +550,10 @@ def _make_handwritten_handler(scale_op: str, mask_op: str):
         use = "none" if is_causal else mask_op
         if is_causal:
             mask_val = None
+        narrow = _narrow_mask(mask_node) if use in ("add", "add_rev") else None
+        build = (lambda m: m) if narrow is None else narrow[1]
+        if narrow is not None:
+            mask_node, mask_val = narrow[0], narrow[2]
         if not _decide(site, q, k_val, v, mask_val, is_causal, kernel):
             return
         out_dtype = _val(out).dtype
@@ -494,7 +574,7 @@ def _make_handwritten_handler(scale_op: str, mask_op: str):
 
             match.replace_by_example(repl, [q4, k_src, v_src, cond_node, fill_node])
         else:
-            match.replace_by_example(attn, [q4, k_src, v_src, mask_node])
+            match.replace_by_example(lambda q, k, v, m: attn(q, k, v, build(m)), [q4, k_src, v_src, mask_node])
 
     return handler
 

@@ -1,8 +1,10 @@
 """Time the attention forward kernels' tile-loop variants and configs on a GPU, beside SDPA.
 
-The variants are the constexprs of ``kernels/attention.py``'s forward kernels (``FWD_VARIANT``): FOLD (the
-softmax scale inside the exponent's FMA), LAZY (rescale the accumulator only when a running max grows by more
-than 2^8) and PIPE (the next key block's q.k issued before this block's softmax). Each (shape, kernel,
+The variant is a constexpr of ``kernels/attention.py``'s forward kernels: FOLD (the softmax scale inside
+the exponent's FMA; ``FOLD_SCALE``). At commit ef18943 the kernels also had LAZY (rescale the accumulator
+only when a running max grows by more than 2^8) and PIPE (the next key block's q.k issued before this
+block's softmax), and later a WS switch (Triton's automatic warp specialization of the TMA loop); all three
+measured no faster and were removed (benchmarks/results/diagnostics/README.md). Each (shape, kernel,
 variant, config) is compiled first, side by side in threads, then timed from a replayed CUDA graph (median),
 and its output is checked on two heads against an fp64 reference (error <= 2x SDPA's + 2e-3). The shapes are
 ``bench_attention.py``'s and those of the zoo's models (``tritonfuse bench``): bert-base's padded attention
@@ -37,13 +39,15 @@ SHAPES = {
     "d128-causal": (8, 16, 16, 4096, 128, True, None),
     "d64": (8, 16, 16, 4096, 64, False, None),
     "bert": (32, 12, 12, 512, 64, False, "keypad"),
+    "bert-full": (32, 12, 12, 512, 64, False, "keypad-full"),  # the same mask materialised [B, 1, S, S]
     "vit": (64, 12, 12, 197, 64, False, None),
     "llama-prefill": (8, 16, 8, 1024, 128, True, None),
     "smoke": (1, 2, 2, 150, 64, False, None),
     "smoke-keypad": (2, 2, 2, 97, 64, False, "keypad"),
+    "smoke-full": (2, 2, 2, 97, 64, False, "keypad-full"),
 }
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-VARIANTS = [dict(zip(("FOLD", "LAZY", "PIPE"), bits)) for bits in itertools.product((False, True), repeat=3)]
+VARIANTS = [{"FOLD": False}, {"FOLD": True}]
 EXTRA = [(128, 128, 8, 2), (128, 64, 4, 4)]  # (BLOCK_M, BLOCK_N, warps, stages) beyond the lists
 
 
@@ -60,15 +64,17 @@ def _configs(kernel: str, D: int) -> list:
 
 def _inputs(shape: str, dtype):
     B, Hq, Hkv, S, D, causal, mask = SHAPES[shape]
+    m = None
     g = torch.Generator(device=DEVICE).manual_seed(0)
     q = torch.randn(B, S, Hq, D, device=DEVICE, dtype=dtype, generator=g).transpose(1, 2)
     k = torch.randn(B, S, Hkv, D, device=DEVICE, dtype=dtype, generator=g).transpose(1, 2)
     v = torch.randn(B, S, Hkv, D, device=DEVICE, dtype=dtype, generator=g).transpose(1, 2)
-    m = None
-    if mask == "keypad":  # HF BERT's padding: each sequence keeps at least half its tokens
+    if mask in ("keypad", "keypad-full"):  # HF BERT's padding: each sequence keeps at least half its tokens
         lengths = torch.randint(S // 2, S + 1, (B,), generator=torch.Generator().manual_seed(1))
         lengths[0] = S
         m = (torch.arange(S)[None, :] < lengths[:, None]).view(B, 1, 1, S).to(DEVICE)
+        if mask == "keypad-full":  # as HF's masking utilities hand it over: [B, 1, S, S]
+            m = m.expand(B, 1, S, S).contiguous()
     return q, k, v, m, causal
 
 
@@ -80,8 +86,7 @@ def _launch(kernel, q, k, v, m, causal, variant, cfg, out):
     qk_scale = D ** -0.5 * K.LOG2E
     lse = torch.empty((B, H, S), device=q.device, dtype=torch.float32)
     mk = 0 if m is None else 1
-    var = dict(variant, FOLD=variant["FOLD"] and mk == 0)
-    opts = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **var)
+    opts = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, FOLD=variant["FOLD"] and mk == 0)
     grid = (triton.cdiv(S, bm), B * H)
     if kernel == "tma":
         descs = [K.host_desc(t, [1, 1, 16, D]) for t in (q, k, v, out)]
@@ -90,6 +95,8 @@ def _launch(kernel, q, k, v, m, causal, variant, cfg, out):
         args = (*descs, lse, H, H // Hkv, S, Sk, K._bucket(S), K._bucket(Sk), qk_scale)
         return K._attn_fwd_tma_kernel.fn, grid, args, dict(HEAD_DIM=D, IS_CAUSAL=causal, STORE_LSE=False, **opts)
     mm, m_strides, mk = K._mask_args(m, (B, H, S, Sk), q)
+    if mk in (1, 2) and m_strides[2] == 0:  # as _launch_pointer: a key-padding mask read as a vector
+        mk += 2
     args = (q, k, v, mm, out, lse, *q.stride(), *k.stride(), *v.stride(), *m_strides, *out.stride(),
             H, H // Hkv, S, Sk, K._bucket(S), K._bucket(Sk), qk_scale)
     kw = dict(HEAD_DIM=D, BLOCK_D=max(16, K.next_pow2(D)), MASK_KIND=mk, IS_CAUSAL=causal, STORE_LSE=False,
@@ -107,7 +114,7 @@ def _ref(q, k, v, m, causal):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shapes", default="d128,d128-causal,d64,bert,vit")
+    ap.add_argument("--shapes", default="d128,d128-causal,d64,bert,bert-full,vit")
     ap.add_argument("--kernels", default="tma,pointer")
     ap.add_argument("--dtype", default="float16")
     ap.add_argument("--threads", type=int, default=12)
@@ -119,7 +126,7 @@ def main():
         gpu_time = lambda fn, rep=None: (fn(), 1.0)[1]  # noqa: E731
         lib_configs = _configs
         _configs = lambda kernel, D: lib_configs(kernel, D)[:1]  # noqa: E731
-        args.shapes, args.threads = "smoke,smoke-keypad", 1
+        args.shapes, args.threads = "smoke,smoke-keypad,smoke-full", 1
     dtype = getattr(torch, args.dtype)
     rows = []
     t0 = time.time()
@@ -158,7 +165,7 @@ def main():
             errors = list(pool.map(lambda j: _try(compile_one, j), jobs))
         print(f"  compiled {len(jobs)} variants in {time.time() - t0:.0f} s", flush=True)
         for (kernel, variant, cfg, out, (fn, grid, a, kw)), cerr in zip(jobs, errors):
-            tag = "".join(n[0] if variant[n] else "-" for n in ("FOLD", "LAZY", "PIPE"))
+            tag = "F" if variant["FOLD"] else "-"
             name = f"{kernel} {tag} {cfg[0]}x{cfg[1]} w{cfg[2]} s{cfg[3]}"
             r = {**base, "provider": kernel, "variant": variant, "config": list(cfg)}
             if cerr:

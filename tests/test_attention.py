@@ -138,15 +138,13 @@ def test_attention_backward(B, Hq, Hkv, Sq, Sk, D, causal, mask_kind, dtype, ato
         assert_close_to_ref(g, r, e, atol=atol, what=name)
 
 
-@pytest.mark.parametrize("variant", [dict(FOLD=True, LAZY=True, PIPE=True), dict(FOLD=False, LAZY=True, PIPE=False),
-                                     dict(FOLD=True, LAZY=False, PIPE=True)])
+@pytest.mark.parametrize("fold", [True, False])
 @pytest.mark.parametrize("causal,mask_kind,dtype", [(False, "none", torch.float16), (True, "none", torch.bfloat16),
                                                     (False, "float_min_keypad", torch.float16)])
-def test_forward_loop_variants(variant, causal, mask_kind, dtype, device, monkeypatch):
-    # the forward kernels' FOLD / LAZY / PIPE tile loops, pointer and TMA kernels, over several whole key
-    # blocks and a ragged one; keys 100-109 are scaled up so that running maxima jump mid-row (LAZY's rescale
-    # branch), while the other blocks grow them by less than 2^8 (its stale-max path)
-    monkeypatch.setattr(K, "FWD_VARIANT", variant)
+def test_forward_loop_variants(fold, causal, mask_kind, dtype, device, monkeypatch):
+    # the forward kernels with and without the scale folded into the exponent, over several whole key
+    # blocks and a ragged one; keys 100-109 are scaled up so that running maxima jump mid-row
+    monkeypatch.setattr(K, "FOLD_SCALE", fold)
     B, H, Sq, Sk, D = 1, 2, 70, 150, 64
     q, k, v = _qkv(B, H, H, Sq, Sk, D, dtype, device, transposed=True, seed=3)
     k = k.clone()
@@ -171,6 +169,33 @@ def test_forward_loop_variants(variant, causal, mask_kind, dtype, device, monkey
         K._launch_tma(q, k, v, out2, lse2, scale * K.LOG2E, causal, True)
         assert_close_to_ref(out2, ref, eager, atol=1e-2 if dtype == torch.bfloat16 else 1e-3, what="TMA kernel")
         assert (lse2 - lse).abs().max().item() < 1e-3
+
+
+@pytest.mark.parametrize("mask_kind,read_as", [("bool_keypad", 3), ("float_min_keypad", 4), ("bool_full", 1)])
+def test_key_padding_mask_read_once_per_tile(mask_kind, read_as, device, monkeypatch):
+    # a mask the same for every query (zero stride over queries) is read as one vector of keys per tile
+    kinds = []
+    real = registry.launcher
+
+    def spy(kernel):
+        launch = real(kernel)
+
+        class Grid:
+            def __getitem__(self, grid):
+                def call(*args, **kwargs):
+                    kinds.append(kwargs.get("MASK_KIND"))
+                    return launch[grid](*args, **kwargs)
+                return call
+        return Grid()
+
+    monkeypatch.setattr(registry, "launcher", spy)
+    B, H, Sq, Sk, D = 2, 2, 45, 70, 64
+    q, k, v = _qkv(B, H, H, Sq, Sk, D, torch.float16, device, transposed=True, seed=5)
+    mask = _mask(mask_kind, B, H, Sq, Sk, torch.float16, device)
+    out = torch.ops.tritonfuse.attention(q, k, v, mask, D ** -0.5, False)
+    assert kinds == [read_as]
+    ref = K.attention_ref(q, k, v, mask, D ** -0.5, False, upcast=True)
+    assert_close_to_ref(out, ref, _sdpa(q, k, v, mask, D ** -0.5, False), atol=1e-3)
 
 
 def test_tma_kernel_matches_pointer_kernel(device):
@@ -462,6 +487,9 @@ def test_bert_padding_mask(impl, device):
     details = [s.detail for s in tritonfuse.sites()]
     expect_bool = impl == "sdpa" and device == "cpu"
     assert all(("bool" in d) == expect_bool for d in details), details
+    # HF builds the padding mask at the scores' size, [B, 1, Sq, Sk]; the kernel gets the [B, 1, 1, Sk] keys
+    # it is built from, read once per tile of keys
+    assert all(f"mask=({ids.shape[0]}, 1, 1, {ids.shape[1]})" in d for d in details), details
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
