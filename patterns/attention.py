@@ -228,8 +228,11 @@ def _keep_of_additive_mask(node) -> Optional[torch.fx.Node]:
 
 
 def _nonnegative_positions(node) -> bool:
-    """``node`` is ``arange(n)`` (iota from 0, step 1) under unsqueezes and expands: every value is >= 0."""
-    while isinstance(node, torch.fx.Node) and node.target in (aten.unsqueeze.default, aten.expand.default):
+    """``node`` is ``arange(n)`` (iota from 0, step >= 0) under unsqueezes, expands and ``+ 0`` (Inductor's CUDA
+    graphs keep that offset): every value is >= 0."""
+    while isinstance(node, torch.fx.Node) and (node.target in (aten.unsqueeze.default, aten.expand.default) or (
+            node.target in (aten.add.Tensor, aten.add.Scalar) and len(node.args) == 2
+            and isinstance(node.args[1], (int, float)) and node.args[1] == 0 and node.kwargs.get("alpha", 1) == 1)):
         node = node.args[0]
     return (isinstance(node, torch.fx.Node) and node.target == prims.iota.default
             and node.kwargs.get("start", 0) == 0 and node.kwargs.get("step", 1) >= 0)
