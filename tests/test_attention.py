@@ -492,6 +492,46 @@ def test_bert_padding_mask(impl, device):
     assert all(f"mask=({ids.shape[0]}, 1, 1, {ids.shape[1]})" in d for d in details), details
 
 
+@pytest.mark.parametrize("offset,fill,narrowed", [(0, -65504.0, True), (None, float("-inf"), True),
+                                                  (1, -65504.0, False)])
+def test_padding_mask_narrowed_in_the_cuda_graph_form(offset, fill, narrowed):
+    # HF's padding mask as Inductor's CUDA graph shows it (seen on the H200): the query positions of
+    # ``q_idx >= 0`` are ``iota + 0``; an offset other than 0 could make positions negative: not narrowed
+    from tritonfuse.patterns import attention as P
+
+    aten, prims = torch.ops.aten, torch.ops.prims
+    B, S = 2, 13
+    g = torch.fx.Graph()
+
+    def node(target, args, val, **kwargs):
+        n = g.call_function(target, args, kwargs)
+        n.meta["val"] = val
+        return n
+
+    pos = node(prims.iota.default, (S,), torch.arange(S), start=0, step=1)
+    if offset is not None:
+        pos = node(aten.add.Tensor, (pos, offset), torch.arange(S) + offset)
+    q_pos = node(aten.unsqueeze.default, (pos, 1), torch.arange(S)[:, None])
+    rows = node(aten.ge.Scalar, (q_pos, 0), torch.ones(S, 1, dtype=torch.bool))
+    true = node(aten.full.default, ([], True), torch.tensor(True))
+    rows = node(aten.bitwise_and.Tensor, (true, rows), torch.ones(S, 1, dtype=torch.bool))
+    keys = g.placeholder("keys")
+    keys.meta["val"] = torch.ones(B, 1, 1, S, dtype=torch.bool)
+    both = node(aten.bitwise_and.Tensor, (rows, keys), torch.ones(B, 1, S, S, dtype=torch.bool))
+    full = node(aten.expand.default, (both, [B, -1, S, S]), torch.ones(B, 1, S, S, dtype=torch.bool))
+    zero = node(aten.full.default, ([], 0.0), torch.tensor(0.0, dtype=torch.float16))
+    low = node(aten.full.default, ([], fill), torch.tensor(fill, dtype=torch.float16))
+    mask = node(aten.where.self, (full, zero, low), torch.zeros(B, 1, S, S, dtype=torch.float16))
+    got = P._narrow_mask(mask)
+    assert (got is not None) == narrowed
+    if narrowed:
+        node_, build, val = got
+        assert node_ is keys and tuple(val.shape) == (B, 1, 1, S) and val.dtype == torch.float16
+        keep = torch.rand(B, 1, 1, S) > 0.3
+        want = torch.where(keep.expand(B, 1, S, S), torch.tensor(0.0), torch.tensor(fill)).half()
+        assert torch.equal(build(keep).expand(B, 1, S, S), want)
+
+
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
 def test_llama_gqa_causal(impl, device):
     model = _llama(impl, torch.float16, device)
