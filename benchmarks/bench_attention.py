@@ -105,9 +105,10 @@ def bench_forward(B, H, S, D, causal, rows, sweep=False, compiled=True):
                 backend_out = backend(q, k, v)
         counts = tritonfuse.counters()["attention"]
         print(f"  tritonfuse backend counts {counts} {[s.detail for s in tritonfuse.sites()]}")
-        # replaced, or a cuDNN SDPA node left to Inductor on purpose (it is faster)
+        # replaced, or left to Inductor on purpose: a cuDNN SDPA node, or a site measured slower than SDPA
         left = [s for s in tritonfuse.sites() if s.status == "fallback"]
-        assert counts["matched"] == 1 and all("cuDNN" in s.reason for s in left), tritonfuse.sites()
+        assert counts["matched"] == 1 and all("cuDNN" in s.reason or "measured slower" in s.reason
+                                              for s in left), tritonfuse.sites()
 
     def ours():
         return torch.ops.tritonfuse.attention(q, k, v, None, scale, causal)
