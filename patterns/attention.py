@@ -257,12 +257,17 @@ def _and_leaves(node) -> list:
     return [] if _always_true(node) else [node]
 
 
-def _narrow_mask(mask_node):
+def _narrow_mask(mask_node, sq: int, sk: int):
     """A bool or additive mask that is the same for every query row but built at the scores' size, as HF's
     masks are (``where(expand(keep[B, 1, 1, Sk] & (q_idx >= 0)), 0, fill)``, materialised [B, 1, Sq, Sk]):
-    (node, build, value) with ``node`` the bool keys-only tensor it is built from, ``build(node)`` the mask
-    the kernel gets ([..., 1, Sk], read as one vector of keys per tile instead of a score-sized tensor) and
-    ``value`` a stand-in of that mask; None when the mask is not of that form."""
+    (node, build, value, causal) with ``node`` the bool keys-only tensor it is built from, ``build(node)``
+    the mask the kernel gets ([..., 1, Sk], read as one vector of keys per tile instead of a score-sized
+    tensor) and ``value`` a stand-in of that mask; None when the mask is not of that form.
+
+    A bool mask that is also causal (HF's decoders with padding: ``keep & (kv_idx <= q_idx)``) gives
+    ``causal`` True: the kernel's causal flag then stands for that part (it skips the key blocks past the
+    diagonal). Additive masks are not split so: with a finite fill a row whose every key is masked averages
+    over all keys in eager, which the causal flag would change."""
     mask = _val(mask_node)
     if mask is None or mask.dim() < 2 or mask.shape[-2] == 1:
         return None
@@ -279,9 +284,11 @@ def _narrow_mask(mask_node):
         if not all(isinstance(f, (int, float)) and not isinstance(f, bool) for f in fills):
             return None
     leaves = _and_leaves(cond)
-    if len(leaves) != 1 or not isinstance(leaves[0], torch.fx.Node):
+    keys_only = [leaf for leaf in leaves if not _causal_cond(leaf, sq, sk)]
+    causal = len(keys_only) < len(leaves)
+    if len(keys_only) != 1 or not isinstance(keys_only[0], torch.fx.Node) or (causal and fills is not None):
         return None
-    keys = leaves[0]
+    keys = keys_only[0]
     kv = _val(keys)
     if kv is None or kv.dtype != torch.bool or kv.dim() > mask.dim() or (kv.dim() >= 2 and kv.shape[-2] != 1):
         return None
@@ -291,7 +298,7 @@ def _narrow_mask(mask_node):
     except RuntimeError:
         return None
     if fills is None:
-        return keys, lambda m: m, kv
+        return keys, lambda m: m, kv, causal
     dtype = mask.dtype
 
     def build(m):
@@ -299,7 +306,7 @@ def _narrow_mask(mask_node):
         no = torch.full((), fills[1], dtype=dtype, device=m.device)
         return torch.where(m, yes, no)
 
-    return keys, build, kv.new_empty(kv.shape, dtype=dtype)
+    return keys, build, kv.new_empty(kv.shape, dtype=dtype), False
 
 
 def _position_index(node, length: int, dim: int) -> bool:
@@ -354,6 +361,12 @@ def _is_causal_mask(node, sq: int, sk: int) -> bool:
         rest = [a for a in cond.args[:2] if not (isinstance(a, torch.fx.Node) and a.target == aten.full.default
                                                   and a.args[1] is True)]
         cond = rest[0] if len(rest) == 1 else None
+    return _causal_cond(cond, sq, sk)
+
+
+def _causal_cond(cond, sq: int, sk: int) -> bool:
+    """``cond`` is ``key_pos <= query_pos`` (or a mirrored form) over positions from 0: SDPA's top-left causal
+    mask as a bool tensor."""
     if isinstance(cond, torch.fx.Node) and cond.target in (aten.le.Scalar, aten.ge.Scalar) and cond.args[1] == 0:
         # SDPA's math path: (key_pos - query_pos) <= 0, or (query_pos - key_pos) >= 0
         diff = cond.args[0]
@@ -447,10 +460,10 @@ def _sdpa_handler(match: Match, *args, **kwargs) -> None:
     mask = _val(mask_node)
     if mask_node is not None and mask is None:
         return
-    narrow = _narrow_mask(mask_node) if mask_node is not None else None
+    narrow = _narrow_mask(mask_node, q.shape[-2], k.shape[-2]) if mask_node is not None and q.dim() == 4 else None
     build = (lambda m: m) if narrow is None else narrow[1]
     if narrow is not None:
-        mask_node, mask = narrow[0], narrow[2]
+        mask_node, mask, is_causal = narrow[0], narrow[2], is_causal or narrow[3]
     detail = _describe(q, k, mask, is_causal) if q.dim() == 4 and k.dim() == 4 else ""
     others = [u for u in node.users if u is not getitem]
     if others:
@@ -553,10 +566,10 @@ def _make_handwritten_handler(scale_op: str, mask_op: str):
         use = "none" if is_causal else mask_op
         if is_causal:
             mask_val = None
-        narrow = _narrow_mask(mask_node) if use in ("add", "add_rev") else None
+        narrow = _narrow_mask(mask_node, q.shape[2], k_val.shape[2]) if use in ("add", "add_rev") else None
         build = (lambda m: m) if narrow is None else narrow[1]
         if narrow is not None:
-            mask_node, mask_val = narrow[0], narrow[2]
+            mask_node, mask_val, is_causal = narrow[0], narrow[2], narrow[3]
         if not _decide(site, q, k_val, v, mask_val, is_causal, kernel):
             return
         out_dtype = _val(out).dtype

@@ -171,8 +171,9 @@ def test_forward_loop_variants(fold, causal, mask_kind, dtype, device, monkeypat
         assert (lse2 - lse).abs().max().item() < 1e-3
 
 
-@pytest.mark.parametrize("mask_kind,read_as", [("bool_keypad", 3), ("float_min_keypad", 4), ("bool_full", 1)])
-def test_key_padding_mask_read_once_per_tile(mask_kind, read_as, device, monkeypatch):
+@pytest.mark.parametrize("mask_kind,read_as,causal", [("bool_keypad", 3, False), ("bool_keypad", 3, True),
+                                                       ("float_min_keypad", 4, False), ("bool_full", 1, False)])
+def test_key_padding_mask_read_once_per_tile(mask_kind, read_as, causal, device, monkeypatch):
     # a mask the same for every query (zero stride over queries) is read as one vector of keys per tile
     kinds = []
     real = registry.launcher
@@ -192,10 +193,10 @@ def test_key_padding_mask_read_once_per_tile(mask_kind, read_as, device, monkeyp
     B, H, Sq, Sk, D = 2, 2, 45, 70, 64
     q, k, v = _qkv(B, H, H, Sq, Sk, D, torch.float16, device, transposed=True, seed=5)
     mask = _mask(mask_kind, B, H, Sq, Sk, torch.float16, device)
-    out = torch.ops.tritonfuse.attention(q, k, v, mask, D ** -0.5, False)
+    out = torch.ops.tritonfuse.attention(q, k, v, mask, D ** -0.5, causal)
     assert kinds == [read_as]
-    ref = K.attention_ref(q, k, v, mask, D ** -0.5, False, upcast=True)
-    assert_close_to_ref(out, ref, _sdpa(q, k, v, mask, D ** -0.5, False), atol=1e-3)
+    ref = K.attention_ref(q, k, v, mask, D ** -0.5, causal, upcast=True)
+    assert_close_to_ref(out, ref, _sdpa(q, k, v, mask, D ** -0.5, causal), atol=1e-3)
 
 
 def test_tma_kernel_matches_pointer_kernel(device):
@@ -522,10 +523,11 @@ def test_padding_mask_narrowed_in_the_cuda_graph_form(offset, fill, narrowed):
     zero = node(aten.full.default, ([], 0.0), torch.tensor(0.0, dtype=torch.float16))
     low = node(aten.full.default, ([], fill), torch.tensor(fill, dtype=torch.float16))
     mask = node(aten.where.self, (full, zero, low), torch.zeros(B, 1, S, S, dtype=torch.float16))
-    got = P._narrow_mask(mask)
+    got = P._narrow_mask(mask, S, S)
     assert (got is not None) == narrowed
     if narrowed:
-        node_, build, val = got
+        node_, build, val, causal = got
+        assert not causal
         assert node_ is keys and tuple(val.shape) == (B, 1, 1, S) and val.dtype == torch.float16
         keep = torch.rand(B, 1, 1, S) > 0.3
         want = torch.where(keep.expand(B, 1, S, S), torch.tensor(0.0), torch.tensor(fill)).half()
@@ -542,6 +544,27 @@ def test_llama_gqa_causal(impl, device):
     details = [s.detail for s in tritonfuse.sites()]
     assert all("Hq=4 Hkv=2" in d and "mask=none causal" in d for d in details), details
 
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_llama_causal_with_padding(impl, device):
+    # a decoder with a padding mask: HF's keep[B, 1, 1, S] & (kv_idx <= q_idx) at the scores' size. A bool
+    # (-inf) mask is served as the causal flag plus the keys; eager's finite-fill mask is not split (its
+    # rows with every key masked average over all keys), and stays a full mask
+    model = _llama(impl, torch.float16, device)
+    ids, mask = _ids_and_padding(device)
+    mask[0, :3] = 0  # left padding too: rows 0-2 of sequence 0 see no key
+    out, ref = _compile_check(model, input_ids=ids, attention_mask=mask, expect=_counts(2, 2, 0))
+    keep = mask.bool()
+    torch.testing.assert_close(out.last_hidden_state[keep], ref.last_hidden_state[keep], atol=1e-2, rtol=1e-2)
+    details = [s.detail for s in tritonfuse.sites()]
+    split = [f"mask=(2, 1, 1, 13) bool causal" in d for d in details]
+    full = [f"mask=(2, 1, 13, 13)" in d and "causal" not in d for d in details]
+    if impl == "eager":  # eager's finfo.min mask: kept whole
+        assert all(full), details
+    elif device == "cpu":  # SDPA's bool mask
+        assert all(split), details
+    else:  # on CUDA: split when the graph fills with -inf, whole when with a finite minimum (not yet seen)
+        assert all(split) or all(full), details
 
 @pytest.mark.parametrize("shift,dtype", [(3, torch.float32), (3, torch.float16), (0, torch.float16)])
 def test_swin_shifted_window_attention(shift, dtype, device):
