@@ -814,11 +814,16 @@ def _fold(mask_kind: int, qk_scale: float) -> bool:
     return FOLD_SCALE and mask_kind == 0 and qk_scale > 0
 
 
+def _pointer_mask_kind(mask_kind: int, m_strides) -> int:
+    """The forward pointer kernel's MASK_KIND: a mask the same for every query (zero stride over queries) is
+    read as one vector of keys per tile (3 / 4 for bool / additive)."""
+    return mask_kind + 2 if mask_kind in (1, 2) and m_strides[2] == 0 else mask_kind
+
+
 def _launch_pointer(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_causal, store_lse):
     B, H, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
-    if mask_kind in (1, 2) and m_strides[2] == 0:
-        mask_kind += 2  # the same mask for every query: read as one vector of keys per tile
+    mask_kind = _pointer_mask_kind(mask_kind, m_strides)
     registry.launcher(_attn_fwd_kernel)[lambda meta: (cdiv(Sq, meta["BLOCK_M"]), B * H)](
         q, k, v, m, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *m_strides, *out.stride(),

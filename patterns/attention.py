@@ -227,12 +227,17 @@ def _keep_of_additive_mask(node) -> Optional[torch.fx.Node]:
     return cond if consts[0] == 0 and consts[1] == float("-inf") else None
 
 
+def _zero_offset(node: torch.fx.Node) -> bool:
+    """``x + 0`` (Inductor leaves that offset on positions in CUDA graphs)."""
+    return (node.target in (aten.add.Tensor, aten.add.Scalar) and len(node.args) == 2
+            and isinstance(node.args[1], (int, float)) and node.args[1] == 0 and node.kwargs.get("alpha", 1) == 1)
+
+
 def _nonnegative_positions(node) -> bool:
-    """``node`` is ``arange(n)`` (iota from 0, step >= 0) under unsqueezes, expands and ``+ 0`` (Inductor's CUDA
-    graphs keep that offset): every value is >= 0."""
-    while isinstance(node, torch.fx.Node) and (node.target in (aten.unsqueeze.default, aten.expand.default) or (
-            node.target in (aten.add.Tensor, aten.add.Scalar) and len(node.args) == 2
-            and isinstance(node.args[1], (int, float)) and node.args[1] == 0 and node.kwargs.get("alpha", 1) == 1)):
+    """``node`` is ``arange(n)`` (iota from 0, step >= 0) under unsqueezes, expands and ``+ 0``: every value is
+    >= 0."""
+    while isinstance(node, torch.fx.Node) and (
+            node.target in (aten.unsqueeze.default, aten.expand.default) or _zero_offset(node)):
         node = node.args[0]
     return (isinstance(node, torch.fx.Node) and node.target == prims.iota.default
             and node.kwargs.get("start", 0) == 0 and node.kwargs.get("step", 1) >= 0)
@@ -316,9 +321,7 @@ def _position_index(node, length: int, dim: int) -> bool:
     if v is None or v.dim() < 2 or v.numel() != length or v.shape[dim] != length:
         return False
     # unsqueezes, and ``+ 0`` (a zero offset; Inductor leaves it in on CUDA graphs)
-    while isinstance(node, torch.fx.Node) and (node.target == aten.unsqueeze.default or (
-            node.target in (aten.add.Tensor, aten.add.Scalar) and len(node.args) == 2
-            and isinstance(node.args[1], (int, float)) and node.args[1] == 0 and node.kwargs.get("alpha", 1) == 1)):
+    while isinstance(node, torch.fx.Node) and (node.target == aten.unsqueeze.default or _zero_offset(node)):
         node = node.args[0]
     return (isinstance(node, torch.fx.Node) and node.target == prims.iota.default and node.args[0] == length
             and node.kwargs.get("start", 0) == 0 and node.kwargs.get("step", 1) == 1)

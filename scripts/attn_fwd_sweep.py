@@ -53,13 +53,12 @@ EXTRA = [(128, 128, 8, 2), (128, 64, 4, 4)]  # (BLOCK_M, BLOCK_N, warps, stages)
 
 def _configs(kernel: str, D: int) -> list:
     lib = K._TMA_CONFIGS if kernel == "tma" else K._FWD_CONFIGS
-    cfgs = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in lib] + EXTRA
-    keep = []
-    for c in dict.fromkeys(cfgs):
-        smem = 2 * D * (c[0] + 2 * c[1] * c[3])
-        if smem <= 227 * 1024:
-            keep.append(c)
-    return keep
+    cfgs = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages): c for c in lib}
+    for c in EXTRA:
+        cfgs.setdefault(c, K._cfg(*c))
+    # the kernels' own pruning: what fits in shared memory at this head dim
+    kept = K._prune(False)(list(cfgs.values()), {}, HEAD_DIM=D)
+    return [t for t, c in cfgs.items() if c in kept]
 
 
 def _inputs(shape: str, dtype):
@@ -95,8 +94,7 @@ def _launch(kernel, q, k, v, m, causal, variant, cfg, out):
         args = (*descs, lse, H, H // Hkv, S, Sk, K._bucket(S), K._bucket(Sk), qk_scale)
         return K._attn_fwd_tma_kernel.fn, grid, args, dict(HEAD_DIM=D, IS_CAUSAL=causal, STORE_LSE=False, **opts)
     mm, m_strides, mk = K._mask_args(m, (B, H, S, Sk), q)
-    if mk in (1, 2) and m_strides[2] == 0:  # as _launch_pointer: a key-padding mask read as a vector
-        mk += 2
+    mk = K._pointer_mask_kind(mk, m_strides)
     args = (q, k, v, mm, out, lse, *q.stride(), *k.stride(), *v.stride(), *m_strides, *out.stride(),
             H, H // Hkv, S, Sk, K._bucket(S), K._bucket(Sk), qk_scale)
     kw = dict(HEAD_DIM=D, BLOCK_D=max(16, K.next_pow2(D)), MASK_KIND=mk, IS_CAUSAL=causal, STORE_LSE=False,
