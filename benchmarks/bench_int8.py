@@ -107,7 +107,7 @@ def _launch(kind, cfg, x, xs, wq, ws, out, gated_w=None):
     Q._int8_gemm_kernel[grid](
         x, xs, wq, ws, ws, uq, us, ws, out, M, N, K, Q._m_bucket(M),
         x.stride(0), x.stride(1), wq.stride(0), wq.stride(1), uq.stride(0), uq.stride(1), out.stride(0), out.stride(1),
-        W8A8=kind != "wonly", DOT_UPCAST=False, RTNE_BF16=False, **flags, **kw,
+        W8A8=kind != "wonly", DOT_UPCAST=False, RTNE_BF16=False, GROUP_K=Q.scale_group(wq, ws), **flags, **kw,
     )
     return out
 
@@ -311,10 +311,11 @@ def _decode_section(args, add, table, errors):
     shape, flops = f"{M}x{N}x{K}", 2.0 * M * N * K
     x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
     w = torch.randn(N, K, device=dev, dtype=torch.bfloat16) * K ** -0.5
-    y = torch.ops.tritonfuse.int8_linear(x, w, None, "none", "int8")  # M <= 16: weight-only
-    s = sqnr(x.double() @ w.double().t(), y)
-    print(f"decode {shape}: weight-only SQNR {s:.1f} dB{'' if s >= 40 else '  BELOW THE 40 dB GATE'}")
-    wq, ws = Q.quantize_weight(w)
+    for mode in ("int8-weight", "int8"):  # weights in K groups; one scale per channel (int8 mode's decode)
+        s = sqnr(x.double() @ w.double().t(), torch.ops.tritonfuse.int8_linear(x, w, None, "none", mode))
+        print(f"decode {shape}, {mode}: weight-only SQNR {s:.1f} dB{'' if s >= 40 else '  BELOW THE 40 dB GATE'}")
+    wq, ws = Q.quantize_weight(w, Q.WONLY_GROUP)  # what int8-weight mode runs
+    wq1, ws1 = Q.quantize_weight(w)  # one scale per channel
     for graph in (False, True):
         sfx = "-graph" if graph else ""
         add("int8_weight_only", shape, "bfloat16", "cublas-bf16" + sfx, bench(lambda: F.linear(x, w), graph), flops)
@@ -326,7 +327,7 @@ def _decode_section(args, add, table, errors):
         tiled = torch.empty(M, N, device=dev, dtype=torch.bfloat16)
         add("int8_weight_only", shape, "bfloat16", "tritonfuse-tiled" + sfx,
             bench(lambda: Q._launch_pointer(Q._wonly_kernel, x, ws, wq, ws, None, "none", tiled, None, None, None,
-                                            w8a8=False), graph), flops)
+                                            w8a8=False, group=Q.WONLY_GROUP), graph), flops)
     # weights cold in L2, as in a real decode step (one copy per call, cycled): the bf16 and int8 weights are
     # read from DRAM
     w_copies = [w.clone() for _ in range(copies(wq))]
@@ -337,6 +338,9 @@ def _decode_section(args, add, table, errors):
     qs = [(wq.clone(), ws) for _ in range(copies(wq))]
     add("int8_weight_only", shape, "bfloat16", "tritonfuse-kernel-graph-cold",
         bench_cold(lambda q: Q._weight_only(x, q[0], q[1], None, "none"), qs), flops)
+    qs = [(wq1.clone(), ws1) for _ in range(copies(wq1))]
+    add("int8_weight_only", shape, "bfloat16", "tritonfuse-kernel-per-channel-graph-cold",
+        bench_cold(lambda q: Q._weight_only(x, q[0], q[1], None, "none"), qs), flops)
     del w_copies, qs
     # llama-1b decode's layers (b8): q/o, k/v, down, and gate+up as one dual GEMM, in CUDA graphs
     for m, n, k, gated in ((8, 2048, 2048, False), (8, 512, 2048, False), (8, 2048, 8192, False),
@@ -344,12 +348,17 @@ def _decode_section(args, add, table, errors):
         xs_ = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
         wa = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * k ** -0.5
         wb = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * k ** -0.5 if gated else None
-        qa, sa = Q.quantize_weight(wa)
-        qb, sb = Q.quantize_weight(wb) if gated else (None, None)
+        qa, sa = Q.quantize_weight(wa, Q.WONLY_GROUP)
+        qb, sb = Q.quantize_weight(wb, Q.WONLY_GROUP) if gated else (None, None)
         sh, fl = f"{m}x{n}x{k}" + (" gated" if gated else ""), 2.0 * m * n * k * (2 if gated else 1)
-        ref = (F.silu(F.linear(xs_, wa)) * F.linear(xs_, wb)) if gated else F.linear(xs_, wa)
+        xd = xs_.double()
+        ref = (F.silu(F.linear(xd, wa.double())) * F.linear(xd, wb.double())) if gated else F.linear(xd, wa.double())
         got = Q._weight_only(xs_, qa, sa, None, "silu" if gated else "none", qb, sb, None)
-        print(f"decode {sh}: weight-only SQNR {sqnr(ref.double(), got):.1f} dB")
+        qa1, sa1 = Q.quantize_weight(wa)
+        qb1, sb1 = Q.quantize_weight(wb) if gated else (None, None)
+        got1 = Q._weight_only(xs_, qa1, sa1, None, "silu" if gated else "none", qb1, sb1, None)
+        print(f"decode {sh}: weight-only SQNR {sqnr(ref, got):.1f} dB in K groups of {Q.WONLY_GROUP}, "
+              f"{sqnr(ref, got1):.1f} dB with one scale per channel")
         add("int8_weight_only", sh, "bfloat16", "cublas-bf16-graph",
             bench((lambda: F.silu(F.linear(xs_, wa)) * F.linear(xs_, wb)) if gated else (lambda: F.linear(xs_, wa)),
                   True), fl)
@@ -363,6 +372,10 @@ def _decode_section(args, add, table, errors):
         ws_q = [(qa.clone(), qb.clone() if gated else None) for _ in range(n)]
         add("int8_weight_only", sh, "bfloat16", "tritonfuse-kernel-graph-cold",
             bench_cold(lambda t: Q._weight_only(xs_, t[0], sa, None, "silu" if gated else "none", t[1], sb, None),
+                       ws_q), fl)
+        ws_q = [(qa1.clone(), qb1.clone() if gated else None) for _ in range(n)]
+        add("int8_weight_only", sh, "bfloat16", "tritonfuse-kernel-per-channel-graph-cold",
+            bench_cold(lambda t: Q._weight_only(xs_, t[0], sa1, None, "silu" if gated else "none", t[1], sb1, None),
                        ws_q), fl)
         del ws_b, ws_q
     if args.sweep:

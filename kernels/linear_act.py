@@ -756,12 +756,14 @@ def _int8_inlined(a: dict, act: str, gated: bool, mode: str, fused: bool = True)
     row kernel quantizes in the timed call."""
     from tritonfuse.kernels import int8 as I8
 
+    weight_only = I8.uses_weight_only(a["x"].shape[0], mode)
     if "wq1" not in a:
-        a["wq1"], a["ws1"] = I8.quantize_weight(a["w1"])
-        a["wq2"], a["ws2"] = I8.quantize_weight(a["w2"])
+        group = I8.wonly_group(mode) if weight_only else 0
+        a["wq1"], a["ws1"] = I8.quantize_weight(a["w1"], group)
+        a["wq2"], a["ws2"] = I8.quantize_weight(a["w2"], group)
         a["xq"], a["xs"] = I8.quant_rows(a["x"])
     u = (a["wq2"], a["ws2"], a["b"]) if gated else (None, None, None)
-    if I8.uses_weight_only(a["x"].shape[0], mode):
+    if weight_only:
         return I8._weight_only(a["x"], a["wq1"], a["ws1"], a["b"], act, *u)
     xq, xs = (a["xq"], a["xs"]) if fused else I8.quant_rows(a["x"])
     tma = "device" if I8.device_tma_serves(xq, a["wq1"], a["wq2"] if gated else None) else False

@@ -626,11 +626,13 @@ INT8_CONSTANTS = False
 
 
 def _int8_rewrites():
-    """op -> (positions of its float weights, whether a call serves it, the new call's builder)."""
+    """op -> (positions of its float weights, whether a call serves it, the new call's builder, the K group
+    of its weights' scales)."""
+    from tritonfuse.kernels import int8 as I8
+
     ops = torch.ops.tritonfuse
 
     def weight_only(x, mode):
-        from tritonfuse.kernels import int8 as I8
         v = x.meta.get("val") if isinstance(x, torch.fx.Node) else None
         return isinstance(v, torch.Tensor) and isinstance(v.shape[0], int) and I8.uses_weight_only(v.shape[0], mode)
 
@@ -641,19 +643,22 @@ def _int8_rewrites():
         # (xq, xs, w, b, act, out_dtype) -> int8_mm(xq, xs, wq, ws, b, act, out_dtype)
         ops.int8_linear_prequant.default: (
             (2,), lambda a: True,
-            lambda a, q: (ops.int8_mm.default, (a[0], a[1], *q[0], a[3], a[4], a[5]))),
+            lambda a, q: (ops.int8_mm.default, (a[0], a[1], *q[0], a[3], a[4], a[5])), lambda a: 0),
         # (xq, xs, wg, wu, bg, bu, act, out_dtype)
         ops.int8_gated_mlp_prequant.default: (
             (2, 3), lambda a: True,
-            lambda a, q: (ops.int8_gated_mm.default, (a[0], a[1], *q[0], *q[1], a[4], a[5], a[6], a[7]))),
+            lambda a, q: (ops.int8_gated_mm.default, (a[0], a[1], *q[0], *q[1], a[4], a[5], a[6], a[7])),
+            lambda a: 0),
         # weight-only calls: (x, w, b, act, mode)
         ops.int8_linear.default: (
             (1,), lambda a: weight_only(a[0], a[4]),
-            lambda a, q: (ops.int8_mm.default, (a[0], None, *q[0], a[2], a[3], out_dtype(a[0])))),
+            lambda a, q: (ops.int8_mm.default, (a[0], None, *q[0], a[2], a[3], out_dtype(a[0]))),
+            lambda a: I8.wonly_group(a[4])),
         # (x, wg, wu, bg, bu, act, mode)
         ops.int8_gated_mlp.default: (
             (1, 2), lambda a: weight_only(a[0], a[6]),
-            lambda a, q: (ops.int8_gated_mm.default, (a[0], None, *q[0], *q[1], a[3], a[4], a[5], out_dtype(a[0])))),
+            lambda a, q: (ops.int8_gated_mm.default, (a[0], None, *q[0], *q[1], a[3], a[4], a[5], out_dtype(a[0]))),
+            lambda a: I8.wonly_group(a[6])),
     }
 
 
@@ -690,21 +695,22 @@ def int8_constants_pass(graph: torch.fx.Graph) -> int:
             continue
         w_nodes = [node.args[i] for i in spec[0]]
         if all(registry.real_value(w) is not None for w in w_nodes):
-            calls.append((node, w_nodes, spec[2]))
+            calls.append((node, w_nodes, spec[2], spec[3](node.args)))
     if gm is None or not calls:
         return 0
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     fake_mode = detect_fake_mode([n.meta.get("val") for n in placeholders])
     if fake_mode is None:
         return 0
-    weights: dict = {}  # weight placeholder -> (its int8 constant, its scales, offset in the scales vector)
+    # (weight placeholder, K group of its scales) -> (its int8 constant, its scales, offset in the scales vector)
+    weights: dict = {}
     offset = 0
     with unset_fake_temporarily(), torch.no_grad():
-        for _, w_nodes, _ in calls:
+        for _, w_nodes, _, group in calls:
             for w in w_nodes:
-                if w not in weights:
-                    wq, ws = I8.quantize_weight(registry.real_value(w))
-                    weights[w] = (wq, ws, offset)
+                if (w, group) not in weights:
+                    wq, ws = I8.quantize_weight(registry.real_value(w), group)
+                    weights[(w, group)] = (wq, ws.reshape(-1), offset)
                     offset += ws.numel()
         scales = torch.cat([ws for _, ws, _ in weights.values()])
     # everything is computed: now the graph changes
@@ -717,7 +723,7 @@ def int8_constants_pass(graph: torch.fx.Graph) -> int:
     per_weight = {}
     with graph.inserting_before(first):  # each node goes before `first`, after the one made before it
         consts = []
-        for i, (w, (wq, _, _)) in enumerate(weights.items()):
+        for i, ((w, _), (wq, _, _)) in enumerate(weights.items()):
             gm.register_buffer(f"{prefix}w{i}", wq, persistent=False)
             node = graph.get_attr(f"{prefix}w{i}")
             node.meta["val"] = fake_mode.from_tensor(wq, static_shapes=True)
@@ -727,7 +733,8 @@ def int8_constants_pass(graph: torch.fx.Graph) -> int:
         s_node = graph.get_attr(f"{prefix}scales")
         s_node.meta["val"] = fake_mode.from_tensor(scales, static_shapes=True)
         s_node = _view(graph, s_node, fake_mode)
-        fresh = graph.call_function(torch.ops.tritonfuse.int8_weights.default, (list(weights), consts, s_node))
+        fresh = graph.call_function(torch.ops.tritonfuse.int8_weights.default,
+                                    ([w for w, _ in weights], consts, s_node, [g for _, g in weights]))
         with fake_mode:
             fresh.meta["val"] = torch.empty_like(s_node.meta["val"])
         for (w, (wq, ws, off)), const in zip(weights.items(), consts):
@@ -735,8 +742,8 @@ def int8_constants_pass(graph: torch.fx.Graph) -> int:
             with fake_mode:
                 sl.meta["val"] = fresh.meta["val"][off:off + ws.numel()]
             per_weight[w] = (const, sl)
-    for node, w_nodes, build in calls:
-        target, args = build(node.args, [per_weight[w] for w in w_nodes])
+    for node, w_nodes, build, group in calls:
+        target, args = build(node.args, [per_weight[(w, group)] for w in w_nodes])
         with graph.inserting_before(node):
             new = graph.call_function(target, args)
         # not eager_input_vals: those are the old op's arguments

@@ -76,7 +76,7 @@ def main():
                 x, wq, ws, ws, wq, ws, ws, out, part, count, M, N, K, 16,
                 x.stride(0), x.stride(1), wq.stride(0), wq.stride(1), wq.stride(0), wq.stride(1),
                 out.stride(0), out.stride(1), HAS_BIAS=False, ACT="none", GATED=False, DOT_UPCAST=False,
-                RTNE_BF16=False, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **kw)
+                RTNE_BF16=False, GROUP_K=0, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **kw)
         run()
         ok = torch.allclose(out.float(), decode().float(), atol=1e-2, rtol=1e-2)
         ms = triton.testing.do_bench_cudagraph(run, rep=50, return_mode="median")

@@ -37,7 +37,7 @@ def launch_only(kernel):
     kernel[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])](
         x, wq, ws, ws, wq, ws, ws, out, part, count, M, N, K, 16, x.stride(0), x.stride(1), wq.stride(0),
         wq.stride(1), wq.stride(0), wq.stride(1), out.stride(0), out.stride(1),
-        HAS_BIAS=False, ACT="none", GATED=False, DOT_UPCAST=False, RTNE_BF16=False)
+        HAS_BIAS=False, ACT="none", GATED=False, DOT_UPCAST=False, RTNE_BF16=False, GROUP_K=0)
 
 
 fast = registry.launcher(Q._decode_kernel)
@@ -50,7 +50,7 @@ for cfg in Q._DECODE_CONFIGS:
         Q._decode_kernel.fn[(triton.cdiv(N, kw["BLOCK_N"]), kw["SPLIT_K"])](
             x, wq, ws, ws, wq, ws, ws, out, part, count, M, N, K, 16, x.stride(0), x.stride(1), wq.stride(0),
             wq.stride(1), wq.stride(0), wq.stride(1), out.stride(0), out.stride(1),
-            HAS_BIAS=False, ACT="none", GATED=False, DOT_UPCAST=False, RTNE_BF16=False,
+            HAS_BIAS=False, ACT="none", GATED=False, DOT_UPCAST=False, RTNE_BF16=False, GROUP_K=0,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **kw)
     print("  %s: wall/gpu us %.1f / %.1f" % ((kw,) + per_call(one)))
 tiled = lambda: Q._launch_pointer(Q._wonly_kernel, x, ws, wq, ws, None, "none", out, None, None, None, w8a8=False)  # noqa

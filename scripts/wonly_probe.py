@@ -62,7 +62,7 @@ def main():
                     x, wq_, ws, ws, wq_, ws, ws, out, part, count, M, N, K, 16,
                     x.stride(0), x.stride(1), wq_.stride(0), wq_.stride(1), wq_.stride(0), wq_.stride(1),
                     out.stride(0), out.stride(1), HAS_BIAS=False, ACT="none", GATED=False, DOT_UPCAST=False,
-                    RTNE_BF16=False, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, EVEN_K=K % (bk * split) == 0,
+                    RTNE_BF16=False, GROUP_K=0, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, EVEN_K=K % (bk * split) == 0,
                     num_warps=nw, num_stages=st)
             tag = dict(shape=shape, provider="decode", bn=bn, bk=bk, split=split, stages=st, warps=nw)
             try:
