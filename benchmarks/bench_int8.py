@@ -314,7 +314,9 @@ def _decode_section(args, add, table, errors):
     for mode in ("int8-weight", "int8"):  # weights in K groups; one scale per channel (int8 mode's decode)
         s = sqnr(x.double() @ w.double().t(), torch.ops.tritonfuse.int8_linear(x, w, None, "none", mode))
         print(f"decode {shape}, {mode}: weight-only SQNR {s:.1f} dB{'' if s >= 40 else '  BELOW THE 40 dB GATE'}")
-    wq, ws = Q.quantize_weight(w, Q.WONLY_GROUP)  # what int8-weight mode runs
+    g = Q.layer_group([w], "int8-weight")  # what int8-weight mode runs
+    print(f"decode {shape}: int8-weight quantizes it with {f'K groups of {g}' if g else 'one scale per channel'}")
+    wq, ws = Q.quantize_weight(w, g)
     wq1, ws1 = Q.quantize_weight(w)  # one scale per channel
     for graph in (False, True):
         sfx = "-graph" if graph else ""
@@ -327,7 +329,7 @@ def _decode_section(args, add, table, errors):
         tiled = torch.empty(M, N, device=dev, dtype=torch.bfloat16)
         add("int8_weight_only", shape, "bfloat16", "tritonfuse-tiled" + sfx,
             bench(lambda: Q._launch_pointer(Q._wonly_kernel, x, ws, wq, ws, None, "none", tiled, None, None, None,
-                                            w8a8=False, group=Q.WONLY_GROUP), graph), flops)
+                                            w8a8=False, group=g), graph), flops)
     # weights cold in L2, as in a real decode step (one copy per call, cycled): the bf16 and int8 weights are
     # read from DRAM
     w_copies = [w.clone() for _ in range(copies(wq))]
@@ -348,8 +350,9 @@ def _decode_section(args, add, table, errors):
         xs_ = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
         wa = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * k ** -0.5
         wb = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * k ** -0.5 if gated else None
-        qa, sa = Q.quantize_weight(wa, Q.WONLY_GROUP)
-        qb, sb = Q.quantize_weight(wb, Q.WONLY_GROUP) if gated else (None, None)
+        g = Q.layer_group([wa, wb] if gated else [wa], "int8-weight")
+        qa, sa = Q.quantize_weight(wa, g)
+        qb, sb = Q.quantize_weight(wb, g) if gated else (None, None)
         sh, fl = f"{m}x{n}x{k}" + (" gated" if gated else ""), 2.0 * m * n * k * (2 if gated else 1)
         xd = xs_.double()
         ref = (F.silu(F.linear(xd, wa.double())) * F.linear(xd, wb.double())) if gated else F.linear(xd, wa.double())
@@ -357,7 +360,7 @@ def _decode_section(args, add, table, errors):
         qa1, sa1 = Q.quantize_weight(wa)
         qb1, sb1 = Q.quantize_weight(wb) if gated else (None, None)
         got1 = Q._weight_only(xs_, qa1, sa1, None, "silu" if gated else "none", qb1, sb1, None)
-        print(f"decode {sh}: weight-only SQNR {sqnr(ref, got):.1f} dB in K groups of {Q.WONLY_GROUP}, "
+        print(f"decode {sh}: weight-only SQNR {sqnr(ref, got):.1f} dB as int8-weight quantizes it (K group {g}), "
               f"{sqnr(ref, got1):.1f} dB with one scale per channel")
         add("int8_weight_only", sh, "bfloat16", "cublas-bf16-graph",
             bench((lambda: F.silu(F.linear(xs_, wa)) * F.linear(xs_, wb)) if gated else (lambda: F.linear(xs_, wa)),

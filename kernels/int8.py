@@ -6,12 +6,14 @@
   scale), adds the bias and applies the activation while the value is still fp32. On Hopper the GEMM is a
   persistent kernel fed by TMA descriptors; elsewhere (and as fallback) a pointer-based tiled kernel.
 * **Weight-only** (``mode="int8-weight"``): activations stay fp16/bf16; int8 weight tiles are converted to the
-  activation dtype in the main loop (exact for int8). Weights are quantized in groups of ``WONLY_GROUP``
-  (64) along K, one scale per group and output channel: the product of each K step with a group is scaled
-  into the fp32 accumulator. One scale per whole row spends int8's range on the row's largest value: on
-  Gaussian weights (fp64 simulation, 16 rows, N=1024) a SwiGLU layer's output comes out at 38.1 dB for
-  K=4096 and 37.4 for K=14336, under the 40 dB gate; groups of 128 give 40.8 and 41.1, groups of 64 41.6 and
-  41.9 (clipping the range instead gains nothing on Gaussian data). The scales add 1/16 to the bytes read. In ``int8`` mode, M <= 16 (decode) takes this kernel automatically (per-token quantization
+  activation dtype in the main loop (exact for int8). A layer's weights get one scale per output channel
+  (applied in the epilogue) where that meets the 40 dB gate, else one per channel and group of 128 or 64
+  values along K (``layer_group``), and the product of each K step with a group is scaled into the fp32
+  accumulator. One scale per row spends int8's range on the row's largest value: on Gaussian weights a
+  4096-wide Linear comes out at 41.1 dB, a SwiGLU layer (two projections' errors) at 38.1-38.4 dB; groups
+  of 128 give 40.6-40.8, groups of 64 41.3-41.6 (clipping the range instead gains nothing on Gaussian
+  data). Groups cost time: H200, weights cold, 16x4096x4096 9.1 us per channel, 9.9 in groups of 128, 10.7
+  in groups of 64; the SwiGLU layer 8x8192x2048 12.1 / 16.4 / 19.6 us (``.scratch``-style probe, session 15). In ``int8`` mode, M <= 16 (decode) takes this kernel automatically (per-token quantization
   costs more than it saves there), on the W8A8 weights: one scale per channel, applied in the epilogue.
 * **Decode** (weight-only at M <= 16, ``_decode_kernel``): the weight is the whole cost, so the kernel splits
   K across programs to stream it with the whole GPU (a 2048-column layer has 64 column tiles for 132 SMs).
@@ -64,7 +66,11 @@ X_DTYPES = (torch.float16, torch.bfloat16)
 W_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 DECODE_M = 16  # in "int8" mode, M <= DECODE_M uses the weight-only kernel
 QMAX = 127.0  # symmetric: -127..127, so -x quantizes to -q
-WONLY_GROUP = 64  # int8-weight mode: one weight scale per output channel and group of this many K values
+# int8-weight mode: a layer's weights get one scale per output channel where that keeps the layer at
+# WONLY_MIN_DB on isotropic input, else one per channel and group of K values: the first of these group sizes
+# that does (or the last). The weight-only gate is 40 dB; the margin covers estimating it from the weights
+WONLY_GROUPS = (128, 64)
+WONLY_MIN_DB = 40.75
 
 # --- autotune configs ---------------------------------------------------------------------------------
 # Keyed on power-of-two buckets of M and on N, K, so a new batch size inside a bucket does not re-tune.
@@ -143,8 +149,12 @@ else:
     # (a 2048-column layer has 64 column tiles of 32 for 132 SMs). From scripts/wonly_probe.py on the H200
     # (c5948d2), timed with the weight cold in L2 as in a decode step: the best at 16x4096x4096 (32x256,
     # split 4: 8.7 us against cuBLAS bf16's 13.8), 1x4096x4096 (64x256, split 4) and 16x14336x4096 (64x256,
-    # unsplit, 2 warps), the runners-up, and deeper splits for small layers
+    # unsplit, 2 warps), the runners-up, and deeper splits for small layers; 64x128 tiles, 4-way split (16x4096x4096,
+    # 9.1 us) or unsplit with 6 stages (the SwiGLU layer 8x8192x2048: 12.1 us against 14.7 for the set before)
+    # from the session-15 probe of grouped scales
     _DECODE_CONFIGS = [
+        _split_cfg(64, 128, 4, 4, 4),
+        _split_cfg(64, 128, 1, 6, 4),
         _split_cfg(32, 256, 4, 3, 4),
         _split_cfg(32, 256, 4, 3, 2),
         _split_cfg(32, 512, 2, 3, 2),
@@ -288,35 +298,44 @@ def _load_k(ptrs, mask, EVEN_K: tl.constexpr):
 
 
 @triton.jit
-def _group_dot(acc, a, b, s_ptrs, k, K, N, GROUP_K: tl.constexpr):
-    # acc + a @ b, the product scaled by the weight's scales for the K group that holds k (GROUP_K > 0;
-    # s_ptrs: that group row's [BLOCK_N] pointers at group 0, groups N apart). Past K (a ragged split's
-    # end) a and b were read as zeros: the last group's scale serves
+def _group_scales(s_ptrs, k, K, N, GROUP_K: tl.constexpr):
+    # the weight's [BLOCK_N] scales for the K group that holds k (s_ptrs: group 0's, groups N apart). Past K
+    # (a ragged split's end, where a and b read zeros) the last group's serve
+    return tl.load(s_ptrs + (tl.minimum(k, K - 1) // GROUP_K) * N)
+
+
+@triton.jit
+def _group_dot(acc, a, b, s_ptrs, k, K, N, GROUP_K: tl.constexpr, s_pre, PRELOADED: tl.constexpr):
+    # acc + a @ b; with GROUP_K > 0 the product scaled by its K group's scales (PRELOADED: s_pre holds them)
     if GROUP_K == 0:
         return tl.dot(a, b, acc, out_dtype=acc.dtype)  # int32 for int8 operands (triton < 3.8 asks)
     else:
-        s = tl.load(s_ptrs + (tl.minimum(k, K - 1) // GROUP_K) * N)
+        if PRELOADED:
+            s = s_pre
+        else:
+            s = _group_scales(s_ptrs, k, K, N, GROUP_K)
         return acc + tl.dot(a, b, out_dtype=tl.float32) * s[None, :]
 
 
 @triton.jit
 def _k_step(acc, acc_u, x_ptrs, w_ptrs, u_ptrs, k, K, N, stride_xk, stride_wk, stride_uk, s_ptrs, su_ptrs,
             W8A8: tl.constexpr, DOT_UPCAST: tl.constexpr, GATED: tl.constexpr, EVEN_K: tl.constexpr,
-            BLOCK_K: tl.constexpr, SUB_K: tl.constexpr, GROUP_K: tl.constexpr):
+            BLOCK_K: tl.constexpr, SUB_K: tl.constexpr, GROUP_K: tl.constexpr, s_pre=None, su_pre=None,
+            PRELOADED: tl.constexpr = False):
     # one BLOCK_K step of the pointer kernels from K offset k, in sub-steps of SUB_K (pointers span SUB_K):
     # x's tile read once, multiplied by w's (and the gate's u's). Grouped weight scales (GROUP_K, a multiple
-    # of SUB_K) are constant within a sub-step
+    # of SUB_K) are constant within a sub-step; PRELOADED (one sub-step): s_pre and su_pre hold them
     offs = tl.arange(0, SUB_K)
     for j in tl.static_range(BLOCK_K // SUB_K):
         kj = k + j * SUB_K
         k_mask = offs < K - kj
         a0 = _load_k(x_ptrs + j * SUB_K * stride_xk, k_mask[None, :], EVEN_K)
         a, b = _dot_operands(a0, _load_k(w_ptrs + j * SUB_K * stride_wk, k_mask[:, None], EVEN_K), W8A8, DOT_UPCAST)
-        acc = _group_dot(acc, a, b, s_ptrs, kj, K, N, GROUP_K)
+        acc = _group_dot(acc, a, b, s_ptrs, kj, K, N, GROUP_K, s_pre, PRELOADED)
         if GATED:
             a, bu = _dot_operands(a0, _load_k(u_ptrs + j * SUB_K * stride_uk, k_mask[:, None], EVEN_K), W8A8,
                                   DOT_UPCAST)
-            acc_u = _group_dot(acc_u, a, bu, su_ptrs, kj, K, N, GROUP_K)
+            acc_u = _group_dot(acc_u, a, bu, su_ptrs, kj, K, N, GROUP_K, su_pre, PRELOADED)
     return acc, acc_u
 
 
@@ -390,7 +409,8 @@ _GRAPH_BENCH_KW = ({"do_bench": _graph_bench} if "do_bench" in inspect.signature
 
 @triton.autotune(configs=_DECODE_CONFIGS, key=_WONLY_KEY, prune_configs_by={"early_config_prune": _prune_decode},
                  **_AUTOTUNE_KW, **_GRAPH_BENCH_KW)
-@triton.heuristics({"EVEN_K": lambda args: args["K"] % (args["BLOCK_K"] * args["SPLIT_K"]) == 0, "SUB_K": _sub_k})
+@triton.heuristics({"EVEN_K": lambda args: args["K"] % (args["BLOCK_K"] * args["SPLIT_K"]) == 0, "SUB_K": _sub_k,
+                    "PREFETCH": lambda args: 0 < args["BLOCK_K"] <= args["GROUP_K"]})
 @triton.jit
 def _decode_kernel(
     x_ptr, w_ptr, ws_ptr, b_ptr, wu_ptr, wus_ptr, bu_ptr, out_ptr, part_ptr, count_ptr,
@@ -399,6 +419,7 @@ def _decode_kernel(
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr, DOT_UPCAST: tl.constexpr,
     RTNE_BF16: tl.constexpr, GROUP_K: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr, SUB_K: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
     # Weight-only int8 for M <= 16 rows (decode). Program (column tile, split) sums its share of K for all
     # rows. With SPLIT_K > 1 each program writes its fp32 partial tile to part [SPLIT_K, 16, N] (and the
@@ -419,11 +440,27 @@ def _decode_kernel(
     u_ptrs = wu_ptr + offs_bn[None, :] * stride_un + offs_k[:, None] * stride_uk
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_u = acc
+    # PREFETCH (grouped scales, BLOCK_K <= GROUP_K: one group per step): each step's scales are loaded a step
+    # ahead, so their load's latency is not paid inside the step
+    s_ptrs = ws_ptr + offs_bn
+    su_ptrs = wus_ptr + offs_bn
+    s_next = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    su_next = s_next
+    if PREFETCH:
+        s_next = _group_scales(s_ptrs, split * k_per, K, N, GROUP_K)
+        if GATED:
+            su_next = _group_scales(su_ptrs, split * k_per, K, N, GROUP_K)
     for k in range(0, k_per, BLOCK_K):
+        s_now = s_next
+        su_now = su_next
+        if PREFETCH:
+            s_next = _group_scales(s_ptrs, split * k_per + k + BLOCK_K, K, N, GROUP_K)
+            if GATED:
+                su_next = _group_scales(su_ptrs, split * k_per + k + BLOCK_K, K, N, GROUP_K)
         # masked: the last split's ragged end (and splits past K) read zeros
         acc, acc_u = _k_step(acc, acc_u, x_ptrs, w_ptrs, u_ptrs, split * k_per + k, K, N, stride_xk, stride_wk,
-                             stride_uk, ws_ptr + offs_bn, wus_ptr + offs_bn, False, DOT_UPCAST, GATED, EVEN_K,
-                             BLOCK_K, SUB_K, GROUP_K)
+                             stride_uk, s_ptrs, su_ptrs, False, DOT_UPCAST, GATED, EVEN_K,
+                             BLOCK_K, SUB_K, GROUP_K, s_now, su_now, PREFETCH)
         if GATED:
             u_ptrs += BLOCK_K * stride_uk
         x_ptrs += BLOCK_K * stride_xk
@@ -598,29 +635,45 @@ def dequantize_weight(wq: torch.Tensor, ws: torch.Tensor) -> torch.Tensor:
 
 
 def scale_group(wq: torch.Tensor, ws: torch.Tensor) -> int:
-    """The K group of an int8 [N, K] weight's scales: 0 for one per channel (ws [N]), ``WONLY_GROUP`` for
-    ws [cdiv(K, WONLY_GROUP), N] (what ``quantize_weight(w, WONLY_GROUP)`` gives where K > WONLY_GROUP)."""
+    """The K group of an int8 [N, K] weight's scales: 0 for one per channel (ws [N]), G (one of
+    ``WONLY_GROUPS``) for ws [cdiv(K, G), N] (what ``quantize_weight(w, G)`` gives where K > G)."""
     N, K = wq.shape
     if ws.numel() == N:
         return 0
-    if K > WONLY_GROUP and ws.numel() == cdiv(K, WONLY_GROUP) * N:
-        return WONLY_GROUP
+    for g in WONLY_GROUPS:
+        if K > g and ws.numel() == cdiv(K, g) * N:
+            return g
     raise ValueError(f"int8 weight {tuple(wq.shape)}: {ws.numel()} scales are neither one per output channel "
-                     f"({N}) nor one per channel and group of {WONLY_GROUP} ({cdiv(K, WONLY_GROUP) * N})")
+                     f"({N}) nor one per channel and K group of {' or '.join(map(str, WONLY_GROUPS))}")
 
 
-def wonly_group(mode: str) -> int:
-    """The K group of the weights a mode's weight-only calls read (``int8`` mode's decode reads its W8A8
-    weights, one scale per channel)."""
-    return WONLY_GROUP if mode == "int8-weight" else 0
+def quant_noise(w: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor) -> float:
+    """||w - dequantized||^2 / ||w||^2: the layer's noise-to-signal power on isotropic input (0 for a zero
+    weight, NaN where w holds NaN/Inf)."""
+    w64 = w.detach().double()
+    signal = w64.pow(2).sum().item()
+    noise = (dequantize_weight(wq, ws) - w64).pow(2).sum().item()
+    return noise / signal if signal > 0 else (0.0 if noise == 0 else math.inf)
+
+
+def layer_group(ws: list, mode: str) -> int:
+    """The K group of the scales one weight-only layer's weights (one, or a gated layer's two) are quantized
+    with in ``mode``: in ``int8-weight`` 0 (one per channel) where that keeps the layer at ``WONLY_MIN_DB``
+    on isotropic input, else the first of ``WONLY_GROUPS`` that does (or the last); decided once per weight
+    version (``weight_cache``). ``int8`` mode's decode reads its W8A8 weights: one scale per channel."""
+    if mode != "int8-weight":
+        return 0
+    return weight_cache.layer_group(ws)
 
 
 class _WeightCache:
-    """float weight -> (int8 weight, fp32 scales), quantized on first use and again after an in-place update."""
+    """float weight -> (int8 weight, fp32 scales), quantized on first use and again after an in-place update;
+    and a weight-only layer's weights -> the K group of their scales (``layer_group``), decided likewise."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._entries: dict[tuple, tuple] = {}
+        self._groups: dict[tuple, tuple] = {}  # the weights' keys -> (their versions, weakrefs, K group)
         self.quantizations = 0  # how many times a weight was (re)quantized, for tests
 
     @staticmethod
@@ -635,30 +688,62 @@ class _WeightCache:
     def get(self, w: torch.Tensor, group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(wq, ws) of ``w`` as ``quantize_weight(w, group)`` gives them."""
         group = _grouping(w, group)
-        key, version = self._key(w, group), self._version(w)
-        with self._lock:
-            entry = self._entries.get(key)
-        if entry is not None and entry[0] == version:
-            return entry[2], entry[3]
+        got = self._lookup(w, group)
+        if got is not None:
+            return got
         with torch.no_grad():
             wq, ws = quantize_weight(w, group)
-        owner = w._base if w._base is not None else w
-        ref = weakref.ref(owner, functools.partial(self._drop, key))
+        return self._put(w, group, wq, ws)
+
+    def _lookup(self, w: torch.Tensor, group: int) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
         with self._lock:
-            self._entries[key] = (version, ref, wq, ws)
+            entry = self._entries.get(self._key(w, group))
+        return entry[2:] if entry is not None and entry[0] == self._version(w) else None
+
+    def _put(self, w, group: int, wq, ws) -> tuple[torch.Tensor, torch.Tensor]:
+        key = self._key(w, group)
+        ref = weakref.ref(self._owner(w), functools.partial(self._drop, self._entries, key))
+        with self._lock:
+            self._entries[key] = (self._version(w), ref, wq, ws)
             self.quantizations += 1
         return wq, ws
 
-    def _drop(self, key: tuple, ref: weakref.ref) -> None:
-        # the float tensor died: forget its int8 copy unless a newer entry took the key
+    @staticmethod
+    def _owner(w: torch.Tensor) -> torch.Tensor:
+        return w._base if w._base is not None else w
+
+    def layer_group(self, ws: list) -> int:
+        key = tuple(self._key(w, None) for w in ws)
+        versions = tuple(self._version(w) for w in ws)
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None and entry[1] is ref:
-                del self._entries[key]
+            entry = self._groups.get(key)
+        if entry is not None and entry[0] == versions:
+            return entry[2]
+        limit = 10 ** (-WONLY_MIN_DB / 10)
+        with torch.no_grad():
+            for group in (0, *WONLY_GROUPS):
+                qs = [self._lookup(w, _grouping(w, group)) or quantize_weight(w, group) for w in ws]
+                if sum(quant_noise(w, *q) for w, q in zip(ws, qs)) <= limit:
+                    break
+        for w, q in zip(ws, qs):  # the chosen quantization serves the calls (the others are not kept)
+            if self._lookup(w, _grouping(w, group)) is None:
+                self._put(w, _grouping(w, group), *q)
+        refs = tuple(weakref.ref(self._owner(w), functools.partial(self._drop, self._groups, key)) for w in ws)
+        with self._lock:
+            self._groups[key] = (versions, refs, group)
+        return group
+
+    def _drop(self, store: dict, key: tuple, ref: weakref.ref) -> None:
+        # a float tensor died: forget what was kept for it unless a newer entry took the key
+        with self._lock:
+            entry = store.get(key)
+            if entry is not None and any(r is ref for r in (entry[1] if isinstance(entry[1], tuple) else (entry[1],))):
+                del store[key]
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._groups.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -1083,7 +1168,7 @@ def int8_linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], act
         >>> x, w = torch.randn(37, 128, dtype=torch.float16), torch.randn(77, 128, dtype=torch.float16)
         >>> y = torch.ops.tritonfuse.int8_linear(x, w, None, "gelu", "int8")  # TRITON_INTERPRET=1 on a CPU
     """
-    wq, ws = weight_cache.get(w, wonly_group(mode))
+    wq, ws = weight_cache.get(w, layer_group([w], mode) if uses_weight_only(x.shape[0], mode) else 0)
     b = b.contiguous() if b is not None else None  # the epilogue reads biases as dense vectors
     if uses_weight_only(x.shape[0], mode):
         return _weight_only(x, wq, ws, b, act)
@@ -1108,8 +1193,9 @@ def int8_gated_mlp(
         >>> wg, wu = torch.randn(77, 128, dtype=torch.float16), torch.randn(77, 128, dtype=torch.float16)
         >>> y = torch.ops.tritonfuse.int8_gated_mlp(x, wg, wu, None, None, "silu", "int8")
     """
-    wgq, wgs = weight_cache.get(wg, wonly_group(mode))
-    wuq, wus = weight_cache.get(wu, wonly_group(mode))
+    group = layer_group([wg, wu], mode) if uses_weight_only(x.shape[0], mode) else 0
+    wgq, wgs = weight_cache.get(wg, group)
+    wuq, wus = weight_cache.get(wu, group)
     bg = bg.contiguous() if bg is not None else None
     bu = bu.contiguous() if bu is not None else None
     if uses_weight_only(x.shape[0], mode):
@@ -1259,7 +1345,7 @@ def int8_mm(x: torch.Tensor, xs: Optional[torch.Tensor], wq: torch.Tensor, ws: t
         x: [M, K] int8 activations with ``xs`` their row scales (W8A8, as ``quant_rows`` makes them), or
             fp16/bf16 activations with ``xs`` None (weight-only; ``out_dtype`` is then x's dtype).
         wq: [N, K] int8 weight, ws: its fp32 scales (``quantize_weight``: [N], or for weight-only calls
-            [cdiv(K, WONLY_GROUP), N] per K group, or that flattened); b: [N] or None.
+            [cdiv(K, G), N] per K group of G, or that flattened); b: [N] or None.
 
     Example::
 
@@ -1294,10 +1380,13 @@ def quant_rows_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale.reshape(-1)
 
 
-def int8_linear_ref(x, w, b, act, mode, upcast: bool = True) -> torch.Tensor:
+def int8_linear_ref(x, w, b, act, mode, upcast: bool = True, group: Optional[int] = None) -> torch.Tensor:
     """The quantized layer computed in fp64 from the same int8 operands (isolates kernel error from
-    quantization error): W8A8 uses ``quant_rows_ref`` of x, weight-only keeps x."""
-    wd = dequantize_weight(*quantize_weight(w, wonly_group(mode)))
+    quantization error): W8A8 uses ``quant_rows_ref`` of x, weight-only keeps x, and ``group`` (default:
+    ``layer_group([w], mode)``) for its weight's scales."""
+    if group is None:
+        group = layer_group([w], mode) if uses_weight_only(x.shape[0], mode) else 0
+    wd = dequantize_weight(*quantize_weight(w, group))
     if uses_weight_only(x.shape[0], mode):
         xd = x.double()
     else:

@@ -653,12 +653,12 @@ def _int8_rewrites():
         ops.int8_linear.default: (
             (1,), lambda a: weight_only(a[0], a[4]),
             lambda a, q: (ops.int8_mm.default, (a[0], None, *q[0], a[2], a[3], out_dtype(a[0]))),
-            lambda a: I8.wonly_group(a[4])),
+            lambda a: I8.layer_group([registry.real_value(a[1])], a[4])),
         # (x, wg, wu, bg, bu, act, mode)
         ops.int8_gated_mlp.default: (
             (1, 2), lambda a: weight_only(a[0], a[6]),
             lambda a, q: (ops.int8_gated_mm.default, (a[0], None, *q[0], *q[1], a[3], a[4], a[5], out_dtype(a[0]))),
-            lambda a: I8.wonly_group(a[6])),
+            lambda a: I8.layer_group([registry.real_value(a[1]), registry.real_value(a[2])], a[6])),
     }
 
 

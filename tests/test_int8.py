@@ -35,9 +35,10 @@ def _float_layer(x, w, b, act, wu=None, bu=None):
 
 def _quant_ref(x, w, b, act, mode, wu=None, bu=None):
     """fp64 result of the same int8 operands the kernel sees (no quantization error, only the kernel's)."""
-    y = Q.int8_linear_ref(x, w, b, act if wu is None else "none", mode)
+    group = Q.layer_group([w] if wu is None else [w, wu], mode) if Q.uses_weight_only(x.shape[0], mode) else 0
+    y = Q.int8_linear_ref(x, w, b, act if wu is None else "none", mode, group=group)
     if wu is not None:
-        y = Q.act_ref(y, act) * Q.int8_linear_ref(x, wu, bu, "none", mode)
+        y = Q.act_ref(y, act) * Q.int8_linear_ref(x, wu, bu, "none", mode, group=group)
     return y
 
 
@@ -86,19 +87,39 @@ def test_gated_sqnr_and_kernel_error(M, K, N, dtype, mode, act, has_bias, device
 @pytest.mark.parametrize("rows", [16, 40])  # the split-K decode kernel, the tiled one
 def test_gated_weight_only_meets_the_gate_at_model_k(rows, device):
     # at a model's K one scale per channel spends int8's range on each row's largest of 2048 values: SwiGLU on
-    # Gaussian weights came out near 38.6 dB. K groups of WONLY_GROUP meet the 40 dB gate
+    # Gaussian weights comes out near 38.6 dB, so its weights are quantized in K groups and meet the 40 dB
+    # gate; a plain Linear of that width meets it with one scale per channel (41.5 dB) and keeps them
     K = 2048
     x = fresh(rows, K, dtype=torch.bfloat16, device=device)
     wg, wu = (fresh(128, K, dtype=torch.bfloat16, device=device, scale=K ** -0.5) for _ in range(2))
     y = torch.ops.tritonfuse.int8_gated_mlp(x, wg, wu, None, None, "silu", "int8-weight")
+    assert Q.layer_group([wg, wu], "int8-weight") in Q.WONLY_GROUPS
     s = sqnr_db(_float_layer(x, wg, None, "silu", wu), y)
     assert s >= MIN_SQNR["int8-weight"], f"gated int8-weight, K={K}, {rows} rows: SQNR {s:.1f} dB"
+    assert Q.layer_group([wg], "int8-weight") == 0 and Q.layer_group([wg, wu], "int8") == 0
+    s = sqnr_db(_float_layer(x, wg, None, "none"), torch.ops.tritonfuse.int8_linear(x, wg, None, "none", "int8-weight"))
+    assert s >= MIN_SQNR["int8-weight"], f"int8-weight, K={K}, {rows} rows: SQNR {s:.1f} dB"
 
 
-def test_weight_group_scales(device):
+def test_layer_group_decided_once_per_weight_version(device):
+    # the group is decided from the weights once per version of each: an in-place update decides again
+    K = 2048
+    wg, wu = (fresh(128, K, dtype=torch.bfloat16, device=device, scale=K ** -0.5) for _ in range(2))
+    g = Q.layer_group([wg, wu], "int8-weight")
+    n = Q.weight_cache.quantizations
+    assert g in Q.WONLY_GROUPS and Q.layer_group([wg, wu], "int8-weight") == g and Q.weight_cache.quantizations == n
+    with torch.no_grad():
+        wg.copy_(wg.sign() * K ** -0.5)  # one magnitude per row: one scale per channel is exact for it
+    assert Q.layer_group([wg, wu], "int8-weight") == 0
+    bad = wu.clone()
+    bad[3, 5] = float("nan")  # no scale can serve a NaN: the finest groups, the NaN kept to its group's column
+    assert Q.layer_group([bad], "int8-weight") == Q.WONLY_GROUPS[-1]
+
+
+@pytest.mark.parametrize("g", Q.WONLY_GROUPS)
+def test_weight_group_scales(g, device):
     # one scale per channel and K group: each group's largest value hits the end of the range and every value
     # is within half a step; a zero group gets scale 0, a NaN scale NaN for its own group only
-    g = Q.WONLY_GROUP
     K = 6 * g + 16  # six groups and a ragged one
     w = fresh(24, K, dtype=torch.float16, device=device)
     w[3, g:2 * g] = 0
@@ -124,20 +145,26 @@ def test_weight_group_scales(device):
 
 
 @pytest.mark.parametrize("rows", [9, 40])  # the split-K decode kernel, the tiled one
-@pytest.mark.parametrize("block_k", [32, 128])  # K steps inside one group; two groups in turn per step
-def test_weight_group_scales_in_kernels(monkeypatch, rows, block_k, device):
+@pytest.mark.parametrize("g", Q.WONLY_GROUPS)
+@pytest.mark.parametrize("block_k", [32, 256])  # K steps inside one group (scales loaded a step ahead in the
+def test_weight_group_scales_in_kernels(monkeypatch, rows, g, block_k, device):  # decode kernel); 2-4 groups
     tuner = Q._decode_kernel if rows <= Q.DECODE_M else Q._wonly_kernel
     cfg = Q._split_cfg(32, block_k, 3, 1, 4) if rows <= Q.DECODE_M else Q._cfg(16, 32, block_k, 1, 4)
     monkeypatch.setattr(tuner, "configs", [cfg])
     monkeypatch.setattr(tuner, "cache", {})
-    K = 6 * Q.WONLY_GROUP + 16  # ragged: masked loads; a split past K with 128-wide steps (3 x 256 > K)
+    K = 3 * 128 + 16  # ragged: masked loads, a ragged last group; with 256-wide steps a split past K
     x = fresh(rows, K, dtype=torch.bfloat16, device=device)
     wg, wu = (fresh(70, K, dtype=torch.bfloat16, device=device, scale=K ** -0.5) for _ in range(2))
     bg, bu = (fresh(70, dtype=torch.bfloat16, device=device) for _ in range(2))
-    y = torch.ops.tritonfuse.int8_gated_mlp(x, wg, wu, bg, bu, "silu", "int8-weight")
-    _check_kernel(y, _quant_ref(x, wg, bg, "silu", "int8-weight", wu, bu), x.dtype, f"grouped, BLOCK_K={block_k}")
-    y1 = torch.ops.tritonfuse.int8_linear(x, wg, bg, "gelu", "int8-weight")
-    _check_kernel(y1, _quant_ref(x, wg, bg, "gelu", "int8-weight"), x.dtype, f"grouped, BLOCK_K={block_k}")
+    (wgq, wgs), (wuq, wus) = Q.quantize_weight(wg, g), Q.quantize_weight(wu, g)
+    assert Q.scale_group(wgq, wgs) == g
+    for act, gated in (("silu", True), ("gelu", False)):
+        extra = (wuq, wus, bu) if gated else ()
+        y = Q._weight_only(x, wgq, wgs, bg, act, *extra)
+        ref = Q.int8_linear_ref(x, wg, bg, "none" if gated else act, "int8-weight", group=g)
+        if gated:
+            ref = Q.act_ref(ref, act) * Q.int8_linear_ref(x, wu, bu, "none", "int8-weight", group=g)
+        _check_kernel(y, ref, x.dtype, f"groups of {g}, BLOCK_K={block_k}, {act}")
 
 
 @pytest.mark.parametrize("subtile", [False, True])
@@ -223,8 +250,9 @@ def _decode_check(x, w, b, wu, bu, act, calls=2):
     """The split-K decode kernel vs the fp64 result of the same int8 weights, the same bits on every call
     (partials are added in split order, whatever order the programs finish in), and its tile counters
     back at zero after each launch."""
-    wq, ws = Q.quantize_weight(w, Q.WONLY_GROUP)  # as int8-weight mode quantizes them
-    extra = Q.quantize_weight(wu, Q.WONLY_GROUP) + (bu,) if wu is not None else ()
+    g = Q.layer_group([w] if wu is None else [w, wu], "int8-weight")  # as int8-weight mode quantizes them
+    wq, ws = Q.quantize_weight(w, g)
+    extra = Q.quantize_weight(wu, g) + (bu,) if wu is not None else ()
     first = Q._weight_only(x, wq, ws, b, act, *extra)
     for _ in range(calls - 1):
         assert torch.equal(Q._weight_only(x, wq, ws, b, act, *extra), first)
