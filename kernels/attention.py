@@ -186,10 +186,12 @@ def _scores(q, k, qk_scale, mask_ptrs, rows, cols, SQ, SK,
 
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, lo, hi,
-               stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK,
+               stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK, empty, fill2,
                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, BOUNDS: tl.constexpr, DOT_UPCAST: tl.constexpr,
-               PRECISION: tl.constexpr, FOLD: tl.constexpr):
+               PRECISION: tl.constexpr, FOLD: tl.constexpr, EMPTY_ROWS: tl.constexpr):
+    # EMPTY_ROWS: the rows flagged in ``empty`` see every key through the same finite fill (fill2, log2
+    # units), as eager adds a causal + padding mask's fill to all of a row that has no key to attend
     k_ptrs += lo * stride_kn
     v_ptrs += lo * stride_vn
     mask_ptrs += lo * stride_mn
@@ -201,8 +203,10 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d
             k = tl.load(k_ptrs)
         if DOT_UPCAST:
             k = k.to(tl.float32)
-        s = _finish_scores(tl.dot(q, k, input_precision=PRECISION), qk_scale, mask_ptrs, rows, cols, SQ, SK,
-                           MASK_KIND, IS_CAUSAL, BOUNDS, FOLD)
+        qk = tl.dot(q, k, input_precision=PRECISION)
+        s = _finish_scores(qk, qk_scale, mask_ptrs, rows, cols, SQ, SK, MASK_KIND, IS_CAUSAL, BOUNDS, FOLD)
+        if EMPTY_ROWS:  # (FOLD is off with a mask: s is in log2 units)
+            s = tl.where(empty[:, None] & (cols[None, :] < SK), qk * qk_scale + fill2, s)
         if BOUNDS or HEAD_DIM != BLOCK_D:
             v = tl.load(v_ptrs, mask=(cols[:, None] < SK) & (offs_d[None, :] < HEAD_DIM), other=0.0)
         else:
@@ -232,18 +236,21 @@ def _pv_step(acc, l_i, m_i, s, v, qk_scale, FOLD: tl.constexpr, DOT_UPCAST: tl.c
                  prune_configs_by={"early_config_prune": _prune(False)}, **_AUTOTUNE_KW)
 @triton.jit
 def _attn_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, lse_ptr,
+    q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, lse_ptr, first_ptr,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_mb, stride_mh, stride_mm, stride_mn,
     stride_ob, stride_oh, stride_om, stride_od,
-    H, GROUP, SQ, SK, SQ_BUCKET, SK_BUCKET, qk_scale,
+    H, GROUP, SQ, SK, SQ_BUCKET, SK_BUCKET, qk_scale, empty_fill,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
     STORE_LSE: tl.constexpr, DOT_UPCAST: tl.constexpr, PRECISION: tl.constexpr, RTNE_BF16: tl.constexpr,
-    FOLD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    FOLD: tl.constexpr, EMPTY_ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    # FOLD: see _softmax_step (needs MASK_KIND 0 and qk_scale > 0)
+    # FOLD: see _softmax_step (needs MASK_KIND 0 and qk_scale > 0). EMPTY_ROWS (causal, an additive key
+    # vector, SQ == SK): the rows before the first kept key of their sequence (first_ptr [B]) have every key
+    # masked, which eager treats as the mask's finite fill added to all their scores: they attend over all
+    # keys, the key blocks past the diagonal included
     qk_scale = tl.cast(qk_scale, tl.float32)  # Inductor passes Python floats as fp64
     # q: [B, H, SQ, D], k/v: [B, H // GROUP, SK, D], mask: broadcast [B, H, SQ, SK], out: [B, H, SQ, D]
     # the longest (causal) query blocks start first
@@ -268,6 +275,15 @@ def _attn_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    if EMPTY_ROWS:
+        first = tl.load(first_ptr + b)
+        empty = rows < first
+        # in log2 units, clamped as _apply_mask clamps a mask's values
+        fill2 = tl.maximum(tl.cast(empty_fill, tl.float32), -1.0e30) * 1.4426950408889634
+    else:
+        first = 0
+        empty = rows < 0
+        fill2 = 0.0
     # key blocks every row of this tile sees whole run without bounds or causal masks
     if IS_CAUSAL:
         hi = tl.minimum(SK, (pid_m + 1) * BLOCK_M)
@@ -276,11 +292,18 @@ def _attn_fwd_kernel(
         hi = SK
         full = SK // BLOCK_N * BLOCK_N
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, 0, full,
-                               stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK, HEAD_DIM, BLOCK_D, BLOCK_N,
-                               MASK_KIND, False, False, DOT_UPCAST, PRECISION, FOLD)
+                               stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK, empty, fill2, HEAD_DIM, BLOCK_D,
+                               BLOCK_N, MASK_KIND, False, False, DOT_UPCAST, PRECISION, FOLD, EMPTY_ROWS)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, full, hi,
-                               stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK, HEAD_DIM, BLOCK_D, BLOCK_N,
-                               MASK_KIND, IS_CAUSAL, True, DOT_UPCAST, PRECISION, FOLD)
+                               stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK, empty, fill2, HEAD_DIM, BLOCK_D,
+                               BLOCK_N, MASK_KIND, IS_CAUSAL, True, DOT_UPCAST, PRECISION, FOLD, EMPTY_ROWS)
+    if EMPTY_ROWS:
+        if pid_m * BLOCK_M < first:  # rows that see no key: the blocks past the diagonal too
+            past = full + tl.cdiv(hi - full, BLOCK_N) * BLOCK_N  # where the loop above stopped
+            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, past, SK,
+                                       stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK, empty, fill2, HEAD_DIM,
+                                       BLOCK_D, BLOCK_N, MASK_KIND, IS_CAUSAL, True, DOT_UPCAST, PRECISION, FOLD,
+                                       EMPTY_ROWS)
     # fully masked rows: l = 0 -> output 0 (not NaN) and lse = +inf (the backward's p is then 0)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     acc = acc / l_safe[:, None]
@@ -820,17 +843,19 @@ def _pointer_mask_kind(mask_kind: int, m_strides) -> int:
     return mask_kind + 2 if mask_kind in (1, 2) and m_strides[2] == 0 else mask_kind
 
 
-def _launch_pointer(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_causal, store_lse):
+def _launch_pointer(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_causal, store_lse,
+                    first: Optional[torch.Tensor] = None, empty_fill: float = 0.0):
+    # first: [B] int32, each sequence's first kept key (EMPTY_ROWS, see _attn_fwd_kernel)
     B, H, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     mask_kind = _pointer_mask_kind(mask_kind, m_strides)
     registry.launcher(_attn_fwd_kernel)[lambda meta: (cdiv(Sq, meta["BLOCK_M"]), B * H)](
-        q, k, v, m, out, lse,
+        q, k, v, m, out, lse, first if first is not None else lse,
         *q.stride(), *k.stride(), *v.stride(), *m_strides, *out.stride(),
-        H, H // Hkv, Sq, Sk, _bucket(Sq), _bucket(Sk), qk_scale,
+        H, H // Hkv, Sq, Sk, _bucket(Sq), _bucket(Sk), qk_scale, empty_fill,
         HEAD_DIM=D, BLOCK_D=max(16, next_pow2(D)), MASK_KIND=mask_kind, IS_CAUSAL=is_causal,
         STORE_LSE=store_lse, RTNE_BF16=rtne_bf16(q.dtype), **_precision(q.dtype),
-        FOLD=_fold(mask_kind, qk_scale),
+        FOLD=_fold(mask_kind, qk_scale), EMPTY_ROWS=first is not None,
     )
 
 
@@ -904,6 +929,41 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[
         >>> o = torch.ops.tritonfuse.attention(q, k, v, None, 80 ** -0.5, True)  # TRITON_INTERPRET=1 on a CPU
     """
     return _forward(q, k, v, mask, scale, is_causal, store_lse=False)[0]
+
+
+def _causal_padded_fake(q, k, v, keys, scale, fill):
+    return _empty_out(q)
+
+
+@registry.kernel_op("tritonfuse::attention_causal_padded", fake=_causal_padded_fake, inline=True)
+def attention_causal_padded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys: torch.Tensor, scale: float,
+                            fill: float) -> torch.Tensor:
+    """Causal attention under a key-padding mask given with a finite fill, as eager computes it: with
+    ``mask = where(keep & (kv_idx <= q_idx), 0, fill)`` (HF decoders' SDPA mask on the GPU),
+    ``softmax(q @ k.T * scale + mask) @ v``. Where a row keeps a key the fill excludes the others; a row
+    that keeps none (left padding's own rows) gets the fill on every score, which cancels: it attends over
+    all keys. The kernel skips the key blocks past the diagonal except for those rows.
+
+    Args:
+        q: [B, Hq, S, D]; k, v: [B, Hkv, S, D] (as ``attention``, with as many keys as queries).
+        keys: the additive key mask, 0 where kept and ``fill`` where masked, broadcastable to [B, 1, 1, S].
+        scale: the softmax scale; fill: the mask's value on masked keys, finite and negative.
+    """
+    B, H, Sq, D = q.shape
+    Sk = k.shape[2]
+    if Sq != Sk or not (math.isfinite(fill) and fill < 0):
+        raise ValueError(f"attention_causal_padded takes as many keys as queries ({Sq} vs {Sk}) and a finite "
+                         f"negative fill ({fill})")
+    out = _empty_out(q)
+    if out.numel() == 0:
+        return out
+    km = keys.expand(B, 1, 1, Sk)
+    pos = torch.arange(Sk, device=q.device, dtype=torch.int32)
+    first = torch.where(km[:, 0, 0, :] == 0, pos, Sk).amin(-1).to(torch.int32)
+    lse = torch.empty((B, H, Sq), device=q.device, dtype=torch.float32)  # not written (STORE_LSE off)
+    m, m_strides, mask_kind = _mask_args(keys, (B, H, Sq, Sk), q)
+    _launch_pointer(q, k, v, m, m_strides, mask_kind, out, lse, scale * LOG2E, True, False, first, fill)
+    return out
 
 
 def _attention_fwd_fake(q, k, v, mask, scale, is_causal):

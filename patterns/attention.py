@@ -265,14 +265,15 @@ def _and_leaves(node) -> list:
 def _narrow_mask(mask_node, sq: int, sk: int):
     """A bool or additive mask that is the same for every query row but built at the scores' size, as HF's
     masks are (``where(expand(keep[B, 1, 1, Sk] & (q_idx >= 0)), 0, fill)``, materialised [B, 1, Sq, Sk]):
-    (node, build, value, causal) with ``node`` the bool keys-only tensor it is built from, ``build(node)``
-    the mask the kernel gets ([..., 1, Sk], read as one vector of keys per tile instead of a score-sized
-    tensor) and ``value`` a stand-in of that mask; None when the mask is not of that form.
+    (node, build, value, causal, empty_fill) with ``node`` the bool keys-only tensor it is built from,
+    ``build(node)`` the mask the kernel gets ([..., 1, Sk], read as one vector of keys per tile instead of a
+    score-sized tensor) and ``value`` a stand-in of that mask; None when the mask is not of that form.
 
-    A bool mask that is also causal (HF's decoders with padding: ``keep & (kv_idx <= q_idx)``) gives
-    ``causal`` True: the kernel's causal flag then stands for that part (it skips the key blocks past the
-    diagonal). Additive masks are not split so: with a finite fill a row whose every key is masked averages
-    over all keys in eager, which the causal flag would change."""
+    A mask that is also causal (HF's decoders with padding: ``keep & (kv_idx <= q_idx)``) gives ``causal``
+    True: the kernel's causal flag then stands for that part (it skips the key blocks past the diagonal).
+    A bool (-inf) one needs nothing more. An additive one with a finite fill (0 where kept; HF's on the
+    GPU, -65536) gives that fill as ``empty_fill`` (else None): eager adds it to every score of a row that
+    keeps no key, and such a row attends over all keys, which only ``attention_causal_padded`` reproduces."""
     mask = _val(mask_node)
     if mask is None or mask.dim() < 2 or mask.shape[-2] == 1:
         return None
@@ -291,8 +292,13 @@ def _narrow_mask(mask_node, sq: int, sk: int):
     leaves = _and_leaves(cond)
     keys_only = [leaf for leaf in leaves if not _causal_cond(leaf, sq, sk)]
     causal = len(keys_only) < len(leaves)
-    if len(keys_only) != 1 or not isinstance(keys_only[0], torch.fx.Node) or (causal and fills is not None):
+    if len(keys_only) != 1 or not isinstance(keys_only[0], torch.fx.Node):
         return None
+    empty_fill = None
+    if causal and fills is not None:
+        if fills[0] != 0 or not (math.isfinite(fills[1]) and fills[1] < 0):
+            return None
+        empty_fill = float(fills[1])
     keys = keys_only[0]
     kv = _val(keys)
     if kv is None or kv.dtype != torch.bool or kv.dim() > mask.dim() or (kv.dim() >= 2 and kv.shape[-2] != 1):
@@ -303,7 +309,7 @@ def _narrow_mask(mask_node, sq: int, sk: int):
     except RuntimeError:
         return None
     if fills is None:
-        return keys, lambda m: m, kv, causal
+        return keys, lambda m: m, kv, causal, None
     dtype = mask.dtype
 
     def build(m):
@@ -311,7 +317,7 @@ def _narrow_mask(mask_node, sq: int, sk: int):
         no = torch.full((), fills[1], dtype=dtype, device=m.device)
         return torch.where(m, yes, no)
 
-    return keys, build, kv.new_empty(kv.shape, dtype=dtype), False
+    return keys, build, kv.new_empty(kv.shape, dtype=dtype), causal, empty_fill
 
 
 def _position_index(node, length: int, dim: int) -> bool:
@@ -464,11 +470,18 @@ def _sdpa_handler(match: Match, *args, **kwargs) -> None:
     if mask_node is not None and mask is None:
         return
     narrow = _narrow_mask(mask_node, q.shape[-2], k.shape[-2]) if mask_node is not None and q.dim() == 4 else None
+    others = [u for u in node.users if u is not getitem]
+    empty_fill = narrow[4] if narrow is not None else None
+    if empty_fill is not None and (others or k.dim() != 4 or q.shape[2] != k.shape[2]
+                                   or (narrow[2].dim() >= 3 and narrow[2].shape[-3] != 1)):
+        # attention_causal_padded: inference, as many keys as queries, one key mask for all heads
+        narrow = empty_fill = None
     build = (lambda m: m) if narrow is None else narrow[1]
     if narrow is not None:
         mask_node, mask, is_causal = narrow[0], narrow[2], is_causal or narrow[3]
     detail = _describe(q, k, mask, is_causal) if q.dim() == 4 and k.dim() == 4 else ""
-    others = [u for u in node.users if u is not getitem]
+    if empty_fill is not None:  # the op that also serves the rows without keys
+        kernel = "attention[sdpa,causal_padded]"
     if others:
         registry.note_fallback(FAMILY, node, kernel, "log-sum-exp or RNG state used (training graph): left to "
                                "Inductor's SDPA forward/backward pair", detail)
@@ -491,6 +504,11 @@ def _sdpa_handler(match: Match, *args, **kwargs) -> None:
             return torch.ops.tritonfuse.attention(q, k, v, None, scale, is_causal).to(out_dtype)
 
         match.replace_by_example(repl, [q_node, k_node, v_node])
+    elif empty_fill is not None:
+        def repl(q, k, v, m):
+            return torch.ops.tritonfuse.attention_causal_padded(q, k, v, build(m), scale, empty_fill).to(out_dtype)
+
+        match.replace_by_example(repl, [q_node, k_node, v_node, mask_node])
     else:
         def repl(q, k, v, m):
             return torch.ops.tritonfuse.attention(q, k, v, build(m), scale, is_causal).to(out_dtype)
@@ -570,6 +588,10 @@ def _make_handwritten_handler(scale_op: str, mask_op: str):
         if is_causal:
             mask_val = None
         narrow = _narrow_mask(mask_node, q.shape[2], k_val.shape[2]) if use in ("add", "add_rev") else None
+        if narrow is not None and narrow[4] is not None:
+            # a causal + padding mask with a finite fill: its rows without keys stay eager's (a hand-written
+            # softmax adds the fill in the model's dtype, whose rounding the kernel would not reproduce)
+            narrow = None
         build = (lambda m: m) if narrow is None else narrow[1]
         if narrow is not None:
             mask_node, mask_val, is_causal = narrow[0], narrow[2], narrow[3]

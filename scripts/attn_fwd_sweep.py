@@ -95,10 +95,10 @@ def _launch(kernel, q, k, v, m, causal, variant, cfg, out):
         return K._attn_fwd_tma_kernel.fn, grid, args, dict(HEAD_DIM=D, IS_CAUSAL=causal, STORE_LSE=False, **opts)
     mm, m_strides, mk = K._mask_args(m, (B, H, S, Sk), q)
     mk = K._pointer_mask_kind(mk, m_strides)
-    args = (q, k, v, mm, out, lse, *q.stride(), *k.stride(), *v.stride(), *m_strides, *out.stride(),
-            H, H // Hkv, S, Sk, K._bucket(S), K._bucket(Sk), qk_scale)
+    args = (q, k, v, mm, out, lse, lse, *q.stride(), *k.stride(), *v.stride(), *m_strides, *out.stride(),
+            H, H // Hkv, S, Sk, K._bucket(S), K._bucket(Sk), qk_scale, 0.0)
     kw = dict(HEAD_DIM=D, BLOCK_D=max(16, K.next_pow2(D)), MASK_KIND=mk, IS_CAUSAL=causal, STORE_LSE=False,
-              RTNE_BF16=False, **K._precision(q.dtype), **opts)
+              RTNE_BF16=False, EMPTY_ROWS=False, **K._precision(q.dtype), **opts)
     return K._attn_fwd_kernel.fn, grid, args, kw
 
 

@@ -171,6 +171,32 @@ def test_forward_loop_variants(fold, causal, mask_kind, dtype, device, monkeypat
         assert (lse2 - lse).abs().max().item() < 1e-3
 
 
+@pytest.mark.parametrize("bm,bn", [(32, 32), (16, 32), (32, 16)])
+def test_causal_padded_rows_without_keys(bm, bn, device, monkeypatch):
+    # HF decoders' SDPA mask on the GPU: where(keep & (kv_idx <= q_idx), 0, fill), a finite fill. A row with a
+    # kept key attends causally over the kept keys; a row with none (left padding's) gets the fill on every
+    # score and attends over all keys, the ones past the diagonal too, as eager computes it
+    monkeypatch.setattr(K._attn_fwd_kernel, "configs", [K._cfg(bm, bn, 4, 1)])
+    monkeypatch.setattr(K._attn_fwd_kernel, "cache", {})
+    B, Hq, Hkv, S, D = 4, 4, 2, 77, 64
+    q, k, v = _qkv(B, Hq, Hkv, S, S, D, torch.bfloat16, device, transposed=True, seed=5)
+    first = torch.tensor([0, 20, 45, S])  # no padding; inside a block; across blocks; no key at all
+    keep = torch.arange(S)[None, :] >= first[:, None]
+    keep[1, 50] = False  # a hole: rows past it still keep keys
+    fill = -65536.0
+    keys = torch.where(keep, 0.0, fill).to(torch.bfloat16).view(B, 1, 1, S).to(device)
+    full = torch.where(keep[:, None, None, :] & torch.ones(S, S, dtype=torch.bool).tril(), 0.0, fill)
+    full = full.to(device=device, dtype=torch.bfloat16)
+    out = torch.ops.tritonfuse.attention_causal_padded(q, k, v, keys, D ** -0.5, fill)
+    ref = K.attention_ref(q, k, v, full, D ** -0.5, False, upcast=True)
+    assert_close_to_ref(out, ref, _sdpa(q, k, v, full, D ** -0.5, False), atol=1e-2, what="causal padded")
+    # the rows without keys differ from what the causal flag alone gives them
+    causal_only = K.attention_ref(q, k, v, keys, D ** -0.5, True, upcast=True)
+    assert (causal_only[2, :, :45] - ref[2, :, :45]).abs().max() > 0.1
+    with pytest.raises(ValueError, match="finite negative fill"):
+        torch.ops.tritonfuse.attention_causal_padded(q, k, v, keys, D ** -0.5, float("-inf"))
+
+
 @pytest.mark.parametrize("mask_kind,read_as,causal", [("bool_keypad", 3, False), ("bool_keypad", 3, True),
                                                        ("float_min_keypad", 4, False), ("bool_full", 1, False)])
 def test_key_padding_mask_read_once_per_tile(mask_kind, read_as, causal, device, monkeypatch):
@@ -556,15 +582,50 @@ def test_llama_causal_with_padding(impl, device):
     out, ref = _compile_check(model, input_ids=ids, attention_mask=mask, expect=_counts(2, 2, 0))
     keep = mask.bool()
     torch.testing.assert_close(out.last_hidden_state[keep], ref.last_hidden_state[keep], atol=1e-2, rtol=1e-2)
-    details = [s.detail for s in tritonfuse.sites()]
-    split = [f"mask=(2, 1, 1, 13) bool causal" in d for d in details]
-    full = [f"mask=(2, 1, 13, 13)" in d and "causal" not in d for d in details]
+    sites = tritonfuse.sites()
+    details = [(s.kernel, s.detail) for s in sites]
+    split = [f"mask=(2, 1, 1, 13) bool causal" in s.detail for s in sites]
+    full = [f"mask=(2, 1, 13, 13)" in s.detail and "causal" not in s.detail for s in sites]
+    padded = [s.kernel == "attention[sdpa,causal_padded]" and "mask=(2, 1, 1, 13) float16 causal" in s.detail
+              for s in sites]
     if impl == "eager":  # eager's finfo.min mask: kept whole
         assert all(full), details
     elif device == "cpu":  # SDPA's bool mask
         assert all(split), details
-    else:  # on CUDA: split when the graph fills with -inf, whole when with a finite minimum (not yet seen)
-        assert all(split) or all(full), details
+    else:  # on CUDA (transformers 5.17 fills with -65536): the rows without keys too, every row as eager's
+        assert all(split) or all(padded), details
+        if all(padded):
+            torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, atol=1e-2, rtol=1e-2)
+
+def _decoder_mask_attention(fill):
+    # HF decoders' SDPA mask as transformers 5.17 builds it on the GPU (seen on the H200): keep[B, 1, 1, S] &
+    # (kv_idx <= q_idx), filled at the scores' size in the model's dtype
+    def fn(q, k, v, keep):
+        B, H, S, D = q.shape
+        pos = torch.arange(S, device=q.device)
+        m = keep[:, None, None, :].bool() & (pos[None, None, None, :] <= pos[None, None, :, None])
+        mask = torch.where(m.expand(B, 1, S, S), torch.tensor(0.0, dtype=q.dtype), torch.tensor(fill, dtype=q.dtype))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return fn
+
+
+@pytest.mark.parametrize("fill,kernel,read", [(-65536.0, "attention[sdpa,causal_padded]", "bfloat16"),
+                                               (float("-inf"), "attention[sdpa]", "bool")])
+def test_causal_padding_mask_with_finite_fill(fill, kernel, read, device):
+    # a finite fill: the causal flag plus the keys, and the rows without keys (left padding's) attend over all
+    # keys as in eager, every row compared; a -inf fill is a bool mask (those rows are zeros, eager's NaN)
+    B, H, S, D = 3, 2, 40, 32
+    q, k, v = _qkv(B, H, H, S, S, D, torch.bfloat16, device, seed=11)
+    keep = torch.ones(B, S, dtype=torch.long, device=device)
+    keep[1, :9] = 0
+    keep[2, :25] = 0
+    keep[2, 30] = 0
+    out, ref = _compile_check(_decoder_mask_attention(fill), q, k, v, keep, expect=_counts(1, 1, 0))
+    site, = tritonfuse.sites()
+    assert site.kernel == kernel and f"mask=(3, 1, 1, 40) {read} causal" in site.detail, site
+    rows = slice(None) if math.isfinite(fill) else (keep.cumsum(1) > 0)[:, None, :].expand(B, H, S)
+    torch.testing.assert_close(out[rows].float(), ref[rows].float(), atol=2e-2, rtol=2e-2)
+
 
 @pytest.mark.parametrize("shift,dtype", [(3, torch.float32), (3, torch.float16), (0, torch.float16)])
 def test_swin_shifted_window_attention(shift, dtype, device):
