@@ -16,6 +16,8 @@ with Hq a multiple of Hkv (GQA: K/V are indexed, never repeated), ``is_causal`` 
 sees keys j <= i, as SDPA's ``tril``), a boolean mask (True = attend) or an additive float mask broadcast
 to [B, Hq, Sq, Sk]. A row with every key masked (-inf or False) gives zeros here; SDPA's math path gives
 NaN there (its CPU flash kernel zeros). A finite mask such as HF's finfo.min gives eager's uniform average.
+``attention_causal_padded`` takes a causal + key-padding mask with a finite fill as the causal flag plus the
+keys (``EMPTY_ROWS``: rows that keep no key get the fill on every score, and attend over all keys, as eager).
 """
 
 from __future__ import annotations
