@@ -1089,8 +1089,9 @@ def measure(q, k, v, mask, is_causal: bool, device: Optional[torch.device] = Non
 
 
 def probe(device: str, dtype: torch.dtype, head_dim: int, mask_kind: str, is_causal: bool, gqa: bool,
-          decode: bool = False) -> Optional[str]:
-    """Compile and launch one variant on a small input once; None when it works, else the reason."""
+          decode: bool = False, padded: bool = False) -> Optional[str]:
+    """Compile and launch one variant on a small input once; None when it works, else the reason.
+    ``padded``: ``attention_causal_padded`` with an additive key mask of ``mask_kind``'s dtype."""
 
     def run():
         g = torch.Generator(device="cpu").manual_seed(0)
@@ -1104,12 +1105,21 @@ def probe(device: str, dtype: torch.dtype, head_dim: int, mask_kind: str, is_cau
             mask = torch.rand(1, 1, sq, sk, generator=g, device="cpu").to(device) > 0.2
         elif mask_kind != "none":
             mask = torch.randn(1, 1, 1, sk, generator=g, device="cpu").to(device=device, dtype=getattr(torch, mask_kind))
-        y = torch.ops.tritonfuse.attention(q, k, v, mask, head_dim ** -0.5, is_causal)
-        ref = attention_ref(q, k, v, mask, head_dim ** -0.5, is_causal, upcast=True)
+        if padded:  # rows 0-4 keep no key; sk = sq
+            q = q[:, :, :sk] if sq >= sk else torch.cat([q] * cdiv(sk, sq), dim=2)[:, :, :sk]
+            keep = torch.arange(sk, device=device) >= 5
+            fill = torch.tensor(-65504.0).to(getattr(torch, mask_kind)).item()  # fp16's lowest (bf16: -65536)
+            mask = torch.where(keep, 0.0, fill).to(dtype=getattr(torch, mask_kind)).view(1, 1, 1, sk)
+            y = torch.ops.tritonfuse.attention_causal_padded(q, k, v, mask, head_dim ** -0.5, fill)
+            full = mask.masked_fill(~torch.ones(sk, sk, dtype=torch.bool, device=device).tril(), fill)
+            ref = attention_ref(q, k, v, full, head_dim ** -0.5, False, upcast=True)
+        else:
+            y = torch.ops.tritonfuse.attention(q, k, v, mask, head_dim ** -0.5, is_causal)
+            ref = attention_ref(q, k, v, mask, head_dim ** -0.5, is_causal, upcast=True)
         err = (y.double().cpu() - ref).norm() / ref.norm().clamp_min(1e-12)
         if not math.isfinite(err.item()) or err.item() > 5e-2:
             raise RuntimeError(f"wrong result on the probe input (relative error {err.item():.3g})")
 
     name = f"attention[{dtype},d{head_dim},{mask_kind},{'causal' if is_causal else 'full'},{'gqa' if gqa else 'mha'}"
-    name += ",decode]" if decode else "]"
+    name += ",decode]" if decode else ",causal_padded]" if padded else "]"
     return registry.guarded_probe(f"{name}@{device}", run)

@@ -1310,7 +1310,8 @@ def int8_weights(ws: list[torch.Tensor], wqs: list[torch.Tensor], scales: torch.
     """
     off = 0
     for w, wq, group in zip(ws, wqs, groups):
-        n = cdiv(wq.shape[1], group) * wq.shape[0] if group and wq.shape[1] > group else wq.shape[0]
+        g = _grouping(wq, group)
+        n = cdiv(wq.shape[1], g) * wq.shape[0] if g else wq.shape[0]
         got = _quantized_from.get((wq.device, wq.data_ptr()))
         if got is None or got[0]() is None or got[1:] != _source(w):
             with torch.no_grad():

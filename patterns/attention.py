@@ -423,8 +423,9 @@ def _hinted(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if sizes is None else torch.empty(sizes, dtype=t.dtype, device="meta")
 
 
-def _decide(site: torch.fx.Node, q, k, v, mask, is_causal: bool, kernel: str) -> bool:
-    """Check the operands and probe the kernel variant; record the site either way."""
+def _decide(site: torch.fx.Node, q, k, v, mask, is_causal: bool, kernel: str, padded: bool = False) -> bool:
+    """Check the operands and probe the kernel variant (``padded``: ``attention_causal_padded``'s); record
+    the site either way."""
     detail = _describe(q, k, mask, is_causal)
     hq, hk, hv, hm = (_hinted(t) for t in (q, k, v, mask))
     if hq is None or hk is None or hv is None or (mask is not None and hm is None):
@@ -435,7 +436,7 @@ def _decide(site: torch.fx.Node, q, k, v, mask, is_causal: bool, kernel: str) ->
         reason = K.unsupported(hq, hk, hv, hm, device=q.device)
     if reason is None:
         reason = K.probe(str(q.device), q.dtype, q.shape[-1], _mask_kind(mask), is_causal,
-                         hk.shape[1] != hq.shape[1], K._use_decode(hq, hk, is_causal))
+                         hk.shape[1] != hq.shape[1], K._use_decode(hq, hk, is_causal), padded=padded)
     if reason is None:
         # the hinted stand-ins are meta tensors: the site's own device is where it is timed
         rec = K.measure(hq, hk, hv, hm, is_causal, device=q.device)
@@ -493,7 +494,7 @@ def _sdpa_handler(match: Match, *args, **kwargs) -> None:
         k_node = _repeat_kv_source(k_node, q.shape[1])
         v_node = _repeat_kv_source(v_node, q.shape[1])
         k, v = _val(k_node), _val(v_node)
-    if not _decide(node, q, k, v, mask, is_causal, kernel):
+    if not _decide(node, q, k, v, mask, is_causal, kernel, padded=empty_fill is not None):
         return
     scale = a.get("scale")
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])

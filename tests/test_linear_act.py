@@ -1005,6 +1005,10 @@ def test_int8_weights_are_graph_constants_kept_current(mode, monkeypatch):
     monkeypatch.setattr(LP, "INT8_CONSTANTS", True)  # off by default (see there)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 48)).to(torch.bfloat16).eval()
+    with torch.no_grad():
+        model[2].weight[:, 5] *= 30  # an outlier column: int8-weight quantizes this layer in K groups
+    if mode == "int8-weight":
+        assert I8.layer_group([model[2].weight], mode) == I8.WONLY_GROUPS[-1]
     x = fresh(2, 20, 64, dtype=torch.bfloat16)  # M = 40 rows: W8A8 in "int8" mode
 
     def reference():  # the runtime-lookup ops on the current weights
