@@ -13,8 +13,10 @@
   4096-wide Linear comes out at 41.1 dB, a SwiGLU layer (two projections' errors) at 38.1-38.4 dB; groups
   of 128 give 40.6-40.8, groups of 64 41.3-41.6 (clipping the range instead gains nothing on Gaussian
   data). Groups cost time: H200, weights cold, 16x4096x4096 9.1 us per channel, 9.9 in groups of 128, 10.7
-  in groups of 64; the SwiGLU layer 8x8192x2048 12.1 / 16.4 / 19.6 us (``.scratch``-style probe, session 15). In ``int8`` mode, M <= 16 (decode) takes this kernel automatically (per-token quantization
-  costs more than it saves there), on the W8A8 weights: one scale per channel, applied in the epilogue.
+  in groups of 64; the SwiGLU layer 8x8192x2048 12.1 / 16.4 / 19.6 us
+  (``benchmarks/results/diagnostics/wonly-groups-nvidia-h200.jsonl``). In ``int8`` mode, M <= 16 (decode)
+  takes this kernel automatically (per-token quantization costs more than it saves there), on the W8A8
+  weights: one scale per channel, applied in the epilogue.
 * **Decode** (weight-only at M <= 16, ``_decode_kernel``): the weight is the whole cost, so the kernel splits
   K across programs to stream it with the whole GPU (a 2048-column layer has 64 column tiles for 132 SMs).
   The last program of each column tile to finish adds the fp32 partials in split order and runs the

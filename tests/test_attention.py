@@ -552,8 +552,8 @@ def test_padding_mask_narrowed_in_the_cuda_graph_form(offset, fill, narrowed):
     got = P._narrow_mask(mask, S, S)
     assert (got is not None) == narrowed
     if narrowed:
-        node_, build, val, causal = got
-        assert not causal
+        node_, build, val, causal, empty_fill = got
+        assert not causal and empty_fill is None
         assert node_ is keys and tuple(val.shape) == (B, 1, 1, S) and val.dtype == torch.float16
         keep = torch.rand(B, 1, 1, S) > 0.3
         want = torch.where(keep.expand(B, 1, S, S), torch.tensor(0.0), torch.tensor(fill)).half()
