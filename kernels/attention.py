@@ -828,8 +828,8 @@ def _launch_decode(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_caus
 
 # FOLD_SCALE: unmasked attention with a positive scale applies it inside the exponent's FMA (_softmax_step).
 # On the H200 (scripts/attn_fwd_sweep.py, benchmarks/results/diagnostics/README.md), in two sweeps, it was
-# 1% slower to 7.5% faster (faster for the pointer kernel that models run, within 1.2% for the TMA kernel). Measured there and not kept: rescaling the accumulator only when a running max grows by more
-# than 2^8 (FlashAttention-4's trick; here a block-wide branch every tile: 0-22% slower), issuing the next
+# 1% slower to 7.5% faster (faster for the pointer kernel that models run, within 1.2% for the TMA kernel).
+# Measured there and not kept: rescaling the accumulator only when a running max grows by more than 2^8 (FlashAttention-4's trick; here a block-wide branch every tile: 0-22% slower), issuing the next
 # block's q.k before this block's softmax (11-20% slower), and Triton 3.6's automatic warp specialization of
 # the TMA loop (no gain at 8 warps; its compiler failed at 4).
 FOLD_SCALE = True

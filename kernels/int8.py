@@ -649,12 +649,22 @@ def scale_group(wq: torch.Tensor, ws: torch.Tensor) -> int:
                      f"({N}) nor one per channel and K group of {' or '.join(map(str, WONLY_GROUPS))}")
 
 
+NOISE_CHUNK = 1 << 24  # quant_noise works in fp64 on this many weight values at a time
+
+
 def quant_noise(w: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor) -> float:
     """||w - dequantized||^2 / ||w||^2: the layer's noise-to-signal power on isotropic input (0 for a zero
-    weight, NaN where w holds NaN/Inf)."""
-    w64 = w.detach().double()
-    signal = w64.pow(2).sum().item()
-    noise = (dequantize_weight(wq, ws) - w64).pow(2).sum().item()
+    weight, NaN where w holds NaN/Inf). Summed over row blocks in fp64, so that a large weight's fp64 copies
+    (3 x 470 MB for 14336x4096) are never made whole on the GPU."""
+    N, K = wq.shape
+    scales = ws.reshape(-1, N)  # [1 or groups, N]
+    rows = max(1, NOISE_CHUNK // max(K, 1))
+    signal = noise = 0.0
+    for r in range(0, N, rows):
+        w64 = w[r:r + rows].detach().double()
+        deq = dequantize_weight(wq[r:r + rows], scales[:, r:r + rows].reshape(-1))
+        signal += w64.pow(2).sum().item()
+        noise += (deq - w64).pow(2).sum().item()
     return noise / signal if signal > 0 else (0.0 if noise == 0 else math.inf)
 
 
@@ -704,9 +714,9 @@ class _WeightCache:
 
     def _put(self, w, group: int, wq, ws) -> tuple[torch.Tensor, torch.Tensor]:
         key = self._key(w, group)
-        ref = weakref.ref(self._owner(w), functools.partial(self._drop, self._entries, key))
+        refs = (weakref.ref(self._owner(w), functools.partial(self._drop, self._entries, key)),)
         with self._lock:
-            self._entries[key] = (self._version(w), ref, wq, ws)
+            self._entries[key] = (self._version(w), refs, wq, ws)
             self.quantizations += 1
         return wq, ws
 
@@ -739,7 +749,7 @@ class _WeightCache:
         # a float tensor died: forget what was kept for it unless a newer entry took the key
         with self._lock:
             entry = store.get(key)
-            if entry is not None and any(r is ref for r in (entry[1] if isinstance(entry[1], tuple) else (entry[1],))):
+            if entry is not None and any(r is ref for r in entry[1]):  # entries hold a tuple of weakrefs
                 del store[key]
 
     def clear(self) -> None:
