@@ -10,6 +10,7 @@ import functools
 import hashlib
 import importlib
 import importlib.util
+import os
 import pathlib
 import warnings
 from typing import Optional
@@ -91,6 +92,10 @@ class TritonfusePasses(CustomGraphPass):
         try:
             with registry.in_cuda_graphs(self.cuda_graphs):
                 self._apply(graph)
+            if registry.deferred() and self.key:
+                # sites left to Inductor for want of timing budget: the graph Inductor is about to cache under
+                # this generation's key is never served; the next compile gets a new key and measures them
+                _bump_generation(self.key)
         finally:
             registry.set_real_inputs(())
             self._keep(registry.end_graph())
@@ -145,19 +150,49 @@ class TritonfusePasses(CustomGraphPass):
             inline.inline_pass(graph)
 
     def uuid(self):
-        # part of Inductor's FX-graph cache key: other settings or other code never reuse this graph
+        # part of Inductor's FX-graph (and AOTAutograd) cache key: other settings or other code never reuse
+        # this graph, nor does a compile after one that put off timing sites (_bump_generation)
+        ours = f"{_settings_hash()}@{_generation(self.key)}" if self.key else _settings_hash()
         if self.user_pass is None:
-            return _settings_hash()
+            return ours
         theirs = self.user_pass.uuid() if isinstance(self.user_pass, CustomGraphPass) else None
         # a plain function has no identity Inductor can key on: None makes it bypass its cache, as it would
-        return None if theirs is None else f"{_settings_hash()}+{theirs}"
+        return None if theirs is None else f"{ours}+{theirs}"
 
 
 def _settings_hash() -> str:
-    # where sites are chosen by measurement, sites whose measurement was put off are part of the key
-    # (see registry.choices_digest)
-    choices = registry.choices_digest() if config.measure_enabled() and _gpu_timing() else ""
-    return hashlib.sha256(repr((sorted(config.snapshot().items()), _source_hash(), choices)).encode()).hexdigest()
+    return hashlib.sha256(repr((sorted(config.snapshot().items()), _source_hash())).encode()).hexdigest()
+
+
+# A graph whose compile ran out of timing budget holds Inductor's path at the sites it did not measure, and
+# Inductor caches it under a key computed before our pass ran. Each such compile bumps a counter kept per
+# Dynamo graph beside Inductor's cache and part of the key, so that graph is never served again: the next
+# compile misses, measures the rest and is cached under the new count, which later compiles then hit. (A
+# digest of every pending site on the machine did this before, but changed every graph's key whenever any
+# site was measured, and keyed the compile that measured a site by the site's state before it: the process
+# after it missed the cache too.)
+
+def _generation_path(key: str) -> pathlib.Path:
+    return _sites_path(key).with_suffix(".generation")
+
+
+def _generation(key: str) -> int:
+    try:
+        return int(_generation_path(key).read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def _bump_generation(key: str) -> None:
+    # where it cannot be written, a later compile is served the graph with those sites on Inductor's path
+    path = _generation_path(key)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(str(_generation(key) + 1))
+        tmp.replace(path)
+    except OSError:
+        pass
 
 
 def _int8_constants() -> bool:

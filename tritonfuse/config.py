@@ -79,7 +79,9 @@ _ENV = {
     "compile_threads": "TRITONFUSE_COMPILE_THREADS",
     "cuda_graphs": "TRITONFUSE_CUDA_GRAPHS",
 }
-_NOT_IN_KEY = ("compile_threads",)  # settings that change how fast a graph compiles, never what it computes
+# settings that change how fast a graph compiles, never what it computes (a graph whose timing budget ran out
+# is never served from the cache: backend._bump_generation)
+_NOT_IN_KEY = ("compile_threads", "measure_budget_s")
 
 
 class ConfigError(ValueError):

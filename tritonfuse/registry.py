@@ -128,11 +128,12 @@ def _take_measured() -> Optional[list]:
 
 
 def begin_graph() -> None:
-    global _measure_spent
+    global _measure_spent, _deferred
     _take_measured()
     with _lock:
         _pending.clear()
         _measure_spent = 0.0
+        _deferred = False
 
 
 def _add(site: Site) -> None:
@@ -336,6 +337,31 @@ def kernel_op(qualname: str, fake: Callable, inline=False) -> Callable:
 _failed: dict[str, str] = {}
 
 
+_run = threading.local()  # this thread's compile-time flags: graphs (in_cuda_graphs), probing (one_config)
+
+
+@contextlib.contextmanager
+def _flag(name: str, on: bool):
+    before = getattr(_run, name, False)
+    setattr(_run, name, on)
+    try:
+        yield
+    finally:
+        setattr(_run, name, before)
+
+
+def one_config():
+    """Inside, the fast launcher launches an autotuned kernel with its first config alone (the tuner's
+    pruning applied), untuned and uncached: for probes and self-checks on toy inputs, which check that a
+    variant compiles and computes the right thing. Tuning each at its toy shape compiled every config for a
+    shape no model has (on the H200, 6 of bert-base's 12 attention compiles, 1.3 s each)."""
+    return _flag("probing", True)
+
+
+def probing() -> bool:
+    return getattr(_run, "probing", False)
+
+
 def guarded_probe(key: str, probe: Callable[[], None]) -> Optional[str]:
     """Run ``probe`` (a small launch of one kernel variant) once per ``key``.
 
@@ -348,7 +374,7 @@ def guarded_probe(key: str, probe: Callable[[], None]) -> Optional[str]:
 
     try:
         # pattern checks run under Inductor's fake mode; the probe needs real tensors
-        with unset_fake_temporarily(), torch.no_grad():
+        with unset_fake_temporarily(), torch.no_grad(), one_config():
             probe()
         _failed[key] = ""
         return None
@@ -373,6 +399,7 @@ def kernel_failed(key: str, e: Exception) -> str:
 
 _choices: Optional[dict] = None
 _measure_spent = 0.0  # seconds spent timing in the graph being compiled (config.measure_budget)
+_deferred = False  # a site of the graph being compiled was not measured for want of budget
 
 
 def choices_path():
@@ -428,18 +455,10 @@ def timing_enabled(device: torch.device) -> bool:
 
 
 
-def choices_digest() -> str:
-    """A digest of the sites whose measurement was put off, for the graph cache key: a graph compiled while a
-    site was pending (the budget ran out, the site left to Inductor) is compiled again once it has been
-    measured. Sites measured in the compile that found them are not in it: that graph already holds their
-    choice, so a second compile (another process, or after ``torch._dynamo.reset()``) is served from
-    Inductor's cache instead of being compiled again because a measurement was added."""
-    import hashlib
-    import json
-
-    state = {k: "pending" if v.get("pending") else "measured"
-             for k, v in _load_choices().items() if v.get("pending") or v.get("was_pending")}
-    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
+def deferred() -> bool:
+    """True when a site of the graph being compiled was left to Inductor because the timing budget ran out:
+    that graph is not the one to serve from Inductor's cache (see ``backend.TritonfusePasses.uuid``)."""
+    return _deferred
 
 
 def _bench(fn, graphed: bool = False) -> float:
@@ -478,19 +497,10 @@ def _bench_stream(fn, runs: int = 5) -> float:
     return statistics.median(times)
 
 
-_run = threading.local()
-
-
-@contextlib.contextmanager
 def in_cuda_graphs(on: bool):
     """While a graph compiled for Inductor's CUDA graphs (``mode="reduce-overhead"``) is compiled: every site
     is timed as its kernels alone, since a replayed graph pays no op call's host cost."""
-    before = getattr(_run, "graphs", False)
-    _run.graphs = on
-    try:
-        yield
-    finally:
-        _run.graphs = before
+    return _flag("graphs", on)
 
 
 def runs_in_cuda_graphs() -> bool:
@@ -517,7 +527,7 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
     timing has taken ``TRITONFUSE_MEASURE_BUDGET_S`` seconds, a key not yet measured gets
     ``{"use": False, "unmeasured": True}`` (Inductor's path, this time) and is measured by a later compile.
     """
-    global _measure_spent
+    global _measure_spent, _deferred
     if not timing_enabled(device):
         return {"use": True}
     import time
@@ -529,16 +539,12 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
         graphed, suffix = True, "|graphs"
     full = _choice_key(key + suffix, device)
     choices = _load_choices()
-    if full in choices and not choices[full].get("pending"):
+    if full in choices and "ours_ms" in choices[full]:  # (older versions also kept {"pending": True})
         rec = _decided(choices[full])
         _last_measured.rec = rec
         return rec
     if _measure_spent >= config.measure_budget():
-        if full not in choices:
-            # kept on disk: it changes choices_digest(), so the graph this leaves partly to Inductor is not
-            # served from the cache to the next compile, which measures the site
-            choices[full] = {"pending": True, "use": False}
-            _save_choices(choices)
+        _deferred = True
         return {"use": False, "unmeasured": True}
     t0 = time.perf_counter()
     try:
@@ -557,8 +563,6 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
     finally:
         _measure_spent += time.perf_counter() - t0
     rec = {"ours_ms": round(t_ours, 5), "theirs_ms": round(t_theirs, 5)}
-    if full in choices:  # it was pending: graphs compiled meanwhile hold Inductor's path (see choices_digest)
-        rec["was_pending"] = True
     choices[full] = rec
     _save_choices(choices)
     rec = _decided(rec)
