@@ -1068,7 +1068,6 @@ COLD_BYTES = 256 << 20  # weight copies cycled through when timing decode config
 # stays in a real decode step too: its call is bound by launch latency, not by reading the weight
 COLD_COPIES = 512
 _tuned: set = set()  # launches (device, dtype, M bucket, N, K, flags) whose config is settled
-_probing = threading.local()  # .on inside probe(): a launch there compiles and runs, and chooses nothing
 
 
 def cold_copies(weight_bytes: int) -> int:
@@ -1094,7 +1093,7 @@ def _tune_decode(args: tuple, kwargs: dict) -> None:
     seen = (x.device, x.dtype, args[13], N, K, *kwargs.values())
     if seen in _tuned:  # every later call: one set lookup of host time
         return
-    if getattr(_probing, "on", False):
+    if registry.probing():
         # a probe checks that the kernel compiles and runs: its toy shape's launch takes the first config
         # and settles nothing (timing configs there cost compiles and time for a shape no model has)
         first = _prune_decode(tuner.configs, {"N": N, "K": K})[0]
@@ -1465,12 +1464,5 @@ def probe(device: str, dtype: torch.dtype, act: str, has_bias: bool, gated: bool
             if not math.isfinite(err.item()) or err.item() > 5e-2:
                 raise RuntimeError(f"wrong result on the probe input (relative error {err.item():.3g})")
 
-    def probing():
-        _probing.on = True
-        try:
-            run()
-        finally:
-            _probing.on = False
-
     name = f"int8_{'gated_mlp' if gated else 'linear'}[{mode},{act},{'bias' if has_bias else 'nobias'},{dtype}]"
-    return registry.guarded_probe(f"{name}@{device}", probing)
+    return registry.guarded_probe(f"{name}@{device}", run)  # in registry.one_config: see _tune_decode

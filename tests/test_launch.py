@@ -166,3 +166,34 @@ def test_host_size_helpers_match_triton():
         for d in (1, 7, 16, 128, 256):
             assert cdiv(n, d) == triton.cdiv(n, d), (n, d)
     assert [_m_bucket(m) for m in (1, 16, 17, 40, 4096, 4097)] == [16, 16, 32, 64, 4096, 8192]
+
+
+def test_probes_launch_one_config_untuned(monkeypatch):
+    # inside registry.one_config (probes and self-checks on toy inputs) an autotuned kernel launches once
+    # with its first config (pruned as the tuner prunes; the prune once got the keywords among the named
+    # arguments, which failed the attention TMA kernel's on the H200), its pre-hook on a copy of the descriptor: no
+    # config is compiled ahead, nothing tuned, nothing kept for the shape
+    from tritonfuse import registry
+
+    jit = JITFunction(_kernel)
+    launched, warmed = [], []
+
+    def run(*args, grid, warmup, **kwargs):
+        (warmed if warmup else launched).append((args[0].block_shape, kwargs["BLOCK"], kwargs["EVEN"],
+                                                 kwargs["num_warps"], grid))
+
+    monkeypatch.setattr(jit, "run", run)
+    configs = [triton.Config({"BLOCK": b}, num_warps=w, pre_hook=_hook) for b, w in ((16, 2), (64, 8), (128, 8))]
+    def prune(cfgs, named, **kw):  # as Triton's autotuner calls it: positional arguments named, keywords
+        return [c for c in cfgs if c.kwargs["BLOCK"] > 16] if (named["n"], kw["ACT"]) == (320, "gelu") else cfgs
+
+    tuned = triton.autotune(configs=configs, key=["n"], prune_configs_by={"early_config_prune": prune})(
+        triton.heuristics({"EVEN": lambda a: a["n"] % a["BLOCK"] == 0})(jit))
+    fl = launch.FastLauncher(tuned, "all")
+    desc, y = _Desc(torch.randn(320)), torch.randn(320)
+    grid = lambda meta: (triton.cdiv(meta["n"], meta["BLOCK"]),)  # noqa: E731
+    with registry.one_config():
+        fl[grid](desc, y, 320, 0.5, 3, ACT="gelu")
+    assert launched == [([64, 32], 64, True, 8, (5,))] and not warmed
+    assert desc.block_shape == [16, 16] and not tuned.cache and not fl._cache
+    assert not registry.probing()

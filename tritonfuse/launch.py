@@ -124,6 +124,10 @@ class FastLauncher:
         return lambda *args, **kwargs: self.run(grid, args, kwargs)
 
     def run(self, grid, args: tuple, kwargs: dict):
+        from . import registry
+
+        if registry.probing() and self._tuner() is not None:
+            return self._launch_first_config(grid, args, kwargs)
         if not all(v is None or isinstance(v, (int, float, str)) for v in kwargs.values()):
             return self.kernel[grid](*args, **kwargs)  # a tensor by keyword: not keyed, Triton's own path
         try:
@@ -196,6 +200,11 @@ class FastLauncher:
                     pass
         return done
 
+    def _launch_first_config(self, grid, args: tuple, kwargs: dict):
+        """One launch with the tuner's first config (``registry.one_config``): nothing tuned or kept."""
+        pos, call_kwargs, options, g = self.config_jobs(grid, args, kwargs)[0]
+        self.jit[g](*pos, **call_kwargs, **options)
+
     def _tuner(self):
         """The outermost layer when it is an autotuner (the only layout the families use), else None."""
         return self.layers[0] if self.layers and isinstance(self.layers[0], Autotuner) else None
@@ -211,8 +220,8 @@ class FastLauncher:
         base = self._named(args, kwargs)
         configs = list(tuner.configs)
         prune = getattr(tuner, "early_config_prune", None)
-        if prune is not None:
-            configs = list(prune(configs, dict(base)))
+        if prune is not None:  # called as the autotuner calls it: positional arguments named, keywords as such
+            configs = list(prune(configs, dict(zip(self.jit.arg_names, args)), **kwargs))
         jobs = []
         for cfg in configs:
             named = {k: copy.copy(v) if hasattr(v, "block_shape") else v for k, v in base.items()}
