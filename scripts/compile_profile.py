@@ -27,6 +27,66 @@ import tempfile
 import time
 
 
+# inclusive wall time and calls of these, from any thread, with --breakdown (a nested call of the same
+# function counts once); JIT compiles also per kernel name
+_TIMED = (
+    "tritonfuse.backend:_family_pass",
+    "tritonfuse.backend:TritonfusePasses._apply",
+    "tritonfuse.registry:measured_choice",
+    "tritonfuse.registry:guarded_probe",
+    "tritonfuse.launch:FastLauncher.precompile",
+    "tritonfuse.inline:inline_pass",
+    "triton.runtime.jit:JITFunction._do_compile",
+    "triton.runtime.autotuner:Autotuner._bench",
+    "triton.runtime.autotuner:Autotuner.run",
+    "torch._inductor.compile_fx:compile_fx_inner",
+    "torch._inductor.graph:GraphLowering.compile_to_module",
+    "torch._inductor.async_compile:AsyncCompile.wait",
+    "torch._inductor.select_algorithm:AlgorithmSelectorCache.__call__",
+)
+
+
+def _install_timers(table: dict) -> None:
+    import functools
+    import importlib
+    import threading
+
+    lock, depth = threading.Lock(), threading.local()
+
+    def wrap(name, fn):
+        @functools.wraps(fn)
+        def timed(*a, **k):
+            outer = getattr(depth, name, 0) == 0
+            setattr(depth, name, getattr(depth, name, 0) + 1)
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                setattr(depth, name, getattr(depth, name, 0) - 1)
+                dt = time.perf_counter() - t
+                keys = [name]
+                if name.endswith("_do_compile") and a:
+                    keys.append(f"compile:{getattr(a[0], '__name__', '?')}")
+                with lock:
+                    for key in keys:
+                        row = table.setdefault(key, [0, 0.0])
+                        row[0] += 1
+                        row[1] += dt if outer or key != name else 0.0
+
+        return timed
+
+    for spec in _TIMED:
+        mod, attr = spec.split(":")
+        try:
+            owner = importlib.import_module(mod)
+            *path, last = attr.split(".")
+            for p in path:
+                owner = getattr(owner, p)
+            setattr(owner, last, wrap(spec, getattr(owner, last)))
+        except Exception as e:  # noqa: BLE001 - another version's layout
+            table[spec] = f"not timed: {type(e).__name__}: {e}"
+
+
 def _child(args) -> None:
     import torch
 
@@ -55,10 +115,14 @@ def _child(args) -> None:
 
     from torch._dynamo.utils import counters
 
+    table: dict = {}
+    if args.breakdown:
+        _install_timers(table)
     prof = cProfile.Profile() if args.profile else None
     if prof:
         prof.enable()
     first = first_call()
+    first_table = {k: list(v) if isinstance(v, list) else v for k, v in table.items()}
     if prof:
         prof.disable()
     caches = {k: v for group in ("inductor", "aot_autograd") for k, v in counters[group].items() if "cache" in k}
@@ -66,10 +130,12 @@ def _child(args) -> None:
         stages = torch._dynamo.utils.compile_times(repr="str", aggregate=True)
     except Exception as e:  # noqa: BLE001 - another torch's signature
         stages = repr(e)
-    again = first_call()
+    again = None if args.no_again else round(first_call(), 2)
     row = {"model": args.model, "mode": args.mode, "run": args.run, "compile_s": round(first, 2),
-           "again_s": round(again, 2), "caches": caches, "stages": stages,
+           "again_s": again, "caches": caches, "stages": stages,
            "tritonfuse": tritonfuse.counters() if args.mode == "tritonfuse" else None}
+    if args.breakdown:  # of the first compile only
+        row["breakdown"] = {k: v if isinstance(v, str) else [v[0], round(v[1], 2)] for k, v in first_table.items()}
     if prof:
         text = io.StringIO()
         stats = pstats.Stats(prof, stream=text).sort_stats("cumulative")
@@ -89,6 +155,12 @@ def main() -> None:
     p.add_argument("--profile-modes", default="tritonfuse", help="modes compiled again under cProfile")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default="/tmp/compile-profile")
+    p.add_argument("--runs", default="cold,warm",
+                   help="processes per mode, in order, on the shared cache root (e.g. cold,warm,third)")
+    p.add_argument("--no-again", action="store_true",
+                   help="no second compile in each process (a process then compiles once, as a user's run does)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="time the compile's parts (tracing, probes, measuring, Triton compiles, Inductor) in every run")
     p.add_argument("--mode", help=argparse.SUPPRESS)  # the child process's
     p.add_argument("--run", help=argparse.SUPPRESS)
     p.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
@@ -109,10 +181,11 @@ def main() -> None:
                           ("XDG_CACHE_HOME", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}}
         plan += [(penv, m, True) for m in args.profile_modes.split(",")]
     for env, mode, prof in plan:
-        for run in ("cold", "warm"):
+        for run in args.runs.split(","):
             tag = f"{mode}-{run}" + ("-profiled" if prof else "")
             cmd = [sys.executable, __file__, "--model", args.model, "--device", args.device, "--mode", mode,
-                   "--run", run, "--prof-out", str(out / f"{tag}.prof.txt")] + (["--profile"] if prof else [])
+                   "--run", run, "--prof-out", str(out / f"{tag}.prof.txt")] + (["--profile"] if prof else []) + (
+                ["--breakdown"] if args.breakdown else []) + (["--no-again"] if args.no_again else [])
             t = time.perf_counter()
             r = subprocess.run(cmd, env=env, capture_output=True, text=True)
             (out / f"{tag}.log").write_text(r.stdout + r.stderr)

@@ -161,7 +161,7 @@ def test_forward_loop_variants(fold, causal, mask_kind, dtype, device, monkeypat
     if mask is not None:
         s64 = s64 + mask.double().cpu()
     if causal:
-        s64 = s64.masked_fill(~torch.ones(Sq, Sk, dtype=torch.bool).tril(), float("-inf"))
+        s64 = s64.masked_fill(~torch.ones(Sq, Sk, dtype=torch.bool, device="cpu").tril(), float("-inf"))
     assert (lse.double().cpu() - s64.logsumexp(-1)).abs().max().item() < 1e-2
     if mask is None and (dtype == torch.float16 or device != "cpu"):
         # the TMA kernel serves unmasked attention (the interpreter's TMA loads garble bf16: GPU only)
