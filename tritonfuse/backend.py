@@ -10,7 +10,6 @@ import functools
 import hashlib
 import importlib
 import importlib.util
-import os
 import pathlib
 import warnings
 from typing import Optional
@@ -177,22 +176,13 @@ def _generation_path(key: str) -> pathlib.Path:
 
 
 def _generation(key: str) -> int:
-    try:
-        return int(_generation_path(key).read_text())
-    except (OSError, ValueError):
-        return 0
+    n = registry.read_json(_generation_path(key), 0)
+    return n if isinstance(n, int) else 0
 
 
 def _bump_generation(key: str) -> None:
     # where it cannot be written, a later compile is served the graph with those sites on Inductor's path
-    path = _generation_path(key)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(str(_generation(key) + 1))
-        tmp.replace(path)
-    except OSError:
-        pass
+    registry.write_json(_generation_path(key), _generation(key) + 1)
 
 
 def _int8_constants() -> bool:
