@@ -669,10 +669,11 @@ def quant_noise(w: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor) -> float:
 
 
 def layer_group(ws: list, mode: str) -> int:
-    """The K group of the scales one weight-only layer's weights (one, or a gated layer's two) are quantized
-    with in ``mode``: in ``int8-weight`` 0 (one per channel) where that keeps the layer at ``WONLY_MIN_DB``
-    on isotropic input, else the first of ``WONLY_GROUPS`` that does (or the last); decided once per weight
-    version (``weight_cache``). ``int8`` mode's decode reads its W8A8 weights: one scale per channel."""
+    """The K group of the scales one layer's weights (one, or a gated layer's two) are quantized with in
+    ``mode``: in ``int8-weight`` (every call weight-only) 0 (one per channel) where that keeps the layer at
+    ``WONLY_MIN_DB`` on isotropic input, else the first of ``WONLY_GROUPS`` that does (or the last); decided
+    once per weight version (``weight_cache``). In ``int8`` mode always 0: W8A8 calls and the decode calls
+    that read the same weights weight-only take one scale per channel."""
     if mode != "int8-weight":
         return 0
     return weight_cache.layer_group(ws)
@@ -1179,7 +1180,7 @@ def int8_linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], act
         >>> x, w = torch.randn(37, 128, dtype=torch.float16), torch.randn(77, 128, dtype=torch.float16)
         >>> y = torch.ops.tritonfuse.int8_linear(x, w, None, "gelu", "int8")  # TRITON_INTERPRET=1 on a CPU
     """
-    wq, ws = weight_cache.get(w, layer_group([w], mode) if uses_weight_only(x.shape[0], mode) else 0)
+    wq, ws = weight_cache.get(w, layer_group([w], mode))
     b = b.contiguous() if b is not None else None  # the epilogue reads biases as dense vectors
     if uses_weight_only(x.shape[0], mode):
         return _weight_only(x, wq, ws, b, act)
@@ -1204,7 +1205,7 @@ def int8_gated_mlp(
         >>> wg, wu = torch.randn(77, 128, dtype=torch.float16), torch.randn(77, 128, dtype=torch.float16)
         >>> y = torch.ops.tritonfuse.int8_gated_mlp(x, wg, wu, None, None, "silu", "int8")
     """
-    group = layer_group([wg, wu], mode) if uses_weight_only(x.shape[0], mode) else 0
+    group = layer_group([wg, wu], mode)
     wgq, wgs = weight_cache.get(wg, group)
     wuq, wus = weight_cache.get(wu, group)
     bg = bg.contiguous() if bg is not None else None
@@ -1397,7 +1398,7 @@ def int8_linear_ref(x, w, b, act, mode, upcast: bool = True, group: Optional[int
     quantization error): W8A8 uses ``quant_rows_ref`` of x, weight-only keeps x, and ``group`` (default:
     ``layer_group([w], mode)``) for its weight's scales."""
     if group is None:
-        group = layer_group([w], mode) if uses_weight_only(x.shape[0], mode) else 0
+        group = layer_group([w], mode)
     wd = dequantize_weight(*quantize_weight(w, group))
     if uses_weight_only(x.shape[0], mode):
         xd = x.double()

@@ -758,7 +758,7 @@ def _int8_inlined(a: dict, act: str, gated: bool, mode: str, fused: bool = True)
 
     weight_only = I8.uses_weight_only(a["x"].shape[0], mode)
     if "wq1" not in a:
-        group = I8.layer_group([a["w1"], a["w2"]] if gated else [a["w1"]], mode) if weight_only else 0
+        group = I8.layer_group([a["w1"], a["w2"]] if gated else [a["w1"]], mode)
         a["wq1"], a["ws1"] = I8.quantize_weight(a["w1"], group)
         a["wq2"], a["ws2"] = I8.quantize_weight(a["w2"], group)
         a["xq"], a["xs"] = I8.quant_rows(a["x"])

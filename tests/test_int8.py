@@ -35,7 +35,7 @@ def _float_layer(x, w, b, act, wu=None, bu=None):
 
 def _quant_ref(x, w, b, act, mode, wu=None, bu=None):
     """fp64 result of the same int8 operands the kernel sees (no quantization error, only the kernel's)."""
-    group = Q.layer_group([w] if wu is None else [w, wu], mode) if Q.uses_weight_only(x.shape[0], mode) else 0
+    group = Q.layer_group([w] if wu is None else [w, wu], mode)
     y = Q.int8_linear_ref(x, w, b, act if wu is None else "none", mode, group=group)
     if wu is not None:
         y = Q.act_ref(y, act) * Q.int8_linear_ref(x, wu, bu, "none", mode, group=group)
