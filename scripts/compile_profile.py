@@ -6,7 +6,8 @@ Every (mode, run) is its own process. All of them share one fresh cache root (In
 tritonfuse's), so "cold" is a first compile on this machine and "warm" is the next process's compile of the
 same model, with every cache on disk filled. Each process also compiles a second time after
 ``torch._dynamo.reset()`` (``again_s``). The modes in ``--profile-modes`` then run again, cold and warm, on a
-cache root of their own under cProfile (so the timed runs carry no profiler overhead). Writes
+cache root of their own under cProfile (so the timed runs carry no profiler overhead; ``--profile-runs``
+profiles named runs in place instead). Writes
 ``<out>/summary.json`` (with Dynamo's per-stage compile times and Inductor's cache hits) and, per profiled
 process, ``<out>/<mode>-<run>-profiled.prof.txt``: cumulative times, tritonfuse's own functions, Triton's
 compile and autotune.
@@ -37,6 +38,8 @@ _TIMED = (
     "tritonfuse.launch:FastLauncher.precompile",
     "tritonfuse.inline:inline_pass",
     "triton.runtime.jit:JITFunction._do_compile",
+    "triton.compiler.compiler:compile",
+    "triton.runtime.cache:triton_key",
     "triton.runtime.autotuner:Autotuner._bench",
     "triton.runtime.autotuner:Autotuner.run",
     "torch._inductor.compile_fx:compile_fx_inner",
@@ -46,8 +49,17 @@ _TIMED = (
 )
 
 
+def _cache_entries() -> int:
+    """Entries in Triton's disk cache (a compile that adds one missed it)."""
+    try:
+        return len(os.listdir(os.environ.get("TRITON_CACHE_DIR", "")))
+    except OSError:
+        return -1
+
+
 def _install_timers(table: dict) -> None:
     import functools
+    import hashlib
     import importlib
     import threading
 
@@ -58,6 +70,7 @@ def _install_timers(table: dict) -> None:
         def timed(*a, **k):
             outer = getattr(depth, name, 0) == 0
             setattr(depth, name, getattr(depth, name, 0) + 1)
+            before = _cache_entries() if name.endswith("_do_compile") else 0
             t = time.perf_counter()
             try:
                 return fn(*a, **k)
@@ -72,9 +85,40 @@ def _install_timers(table: dict) -> None:
                         row = table.setdefault(key, [0, 0.0])
                         row[0] += 1
                         row[1] += dt if outer or key != name else 0.0
+                    if name.endswith("_do_compile") and len(a) > 1:
+                        # which specialisation (a digest of Triton's in-memory key: the same digest in two
+                        # processes is the same binary) and whether Triton's disk cache grew (a miss)
+                        table.setdefault("compiles", []).append(
+                            [getattr(a[0], "__name__", "?"), round(dt, 3),
+                             hashlib.sha1(str(a[1]).encode()).hexdigest()[:10], _cache_entries() - before])
 
         return timed
 
+    def keyed(fn):  # the parts of Triton's disk-cache key, each as a digest (which part moves between processes)
+        @functools.wraps(fn)
+        def wrapped(src, backend, options, env_vars, *a, **k):
+            def h(x):
+                return hashlib.sha1(str(x).encode()).hexdigest()[:8]
+
+            try:
+                sig = [v for _, v in sorted(src.signature.items())]
+                consts = sorted((str(k2), getattr(v, "cache_key", str(v))) for k2, v in src.constants.items())
+                parts = {"fn": getattr(src.fn, "__name__", "?"), "fn_key": h(src.fn.cache_key),
+                         "attrs": h(src.attrs), "sig": h(sig), "consts": h(consts), "backend": h(backend.hash()),
+                         "options": h(options.hash()), "env": h(sorted(env_vars.items())), "env_raw": env_vars}
+            except Exception as e:  # noqa: BLE001 - another version's layout
+                parts = {"error": repr(e)}
+            with lock:
+                table.setdefault("cache_keys", []).append(parts)
+            return fn(src, backend, options, env_vars, *a, **k)
+
+        return wrapped
+
+    try:
+        import triton.compiler.compiler as tcc
+        tcc.get_cache_key = keyed(tcc.get_cache_key)
+    except Exception:  # noqa: BLE001
+        pass
     for spec in _TIMED:
         mod, attr = spec.split(":")
         try:
@@ -135,7 +179,10 @@ def _child(args) -> None:
            "again_s": again, "caches": caches, "stages": stages,
            "tritonfuse": tritonfuse.counters() if args.mode == "tritonfuse" else None}
     if args.breakdown:  # of the first compile only
-        row["breakdown"] = {k: v if isinstance(v, str) else [v[0], round(v[1], 2)] for k, v in first_table.items()}
+        row["breakdown"] = {k: v if isinstance(v, str) else [v[0], round(v[1], 2)] for k, v in first_table.items()
+                            if k not in ("compiles", "cache_keys")}
+        row["compiles"] = first_table.get("compiles", [])  # [kernel, s, key digest, new disk-cache entries]
+        row["cache_keys"] = first_table.get("cache_keys", [])  # the parts of each compile's disk-cache key
     if prof:
         text = io.StringIO()
         stats = pstats.Stats(prof, stream=text).sort_stats("cumulative")
@@ -161,6 +208,9 @@ def main() -> None:
                    help="no second compile in each process (a process then compiles once, as a user's run does)")
     p.add_argument("--breakdown", action="store_true",
                    help="time the compile's parts (tracing, probes, measuring, Triton compiles, Inductor) in every run")
+    p.add_argument("--root", help="the cache root (default: a fresh temporary folder); a second invocation "
+                   "with the same root continues where the first left off, e.g. --runs hit --profile-modes ''")
+    p.add_argument("--profile-runs", default="", help="runs of the unprofiled modes profiled in place")
     p.add_argument("--mode", help=argparse.SUPPRESS)  # the child process's
     p.add_argument("--run", help=argparse.SUPPRESS)
     p.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
@@ -170,7 +220,7 @@ def main() -> None:
         return _child(args)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    root = pathlib.Path(tempfile.mkdtemp(prefix="tf-compile-"))
+    root = pathlib.Path(args.root) if args.root else pathlib.Path(tempfile.mkdtemp(prefix="tf-compile-"))
     env = {**os.environ, "XDG_CACHE_HOME": str(root / "xdg"), "TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"),
            "TRITON_CACHE_DIR": str(root / "triton")}
     rows = []
@@ -184,7 +234,8 @@ def main() -> None:
         for run in args.runs.split(","):
             tag = f"{mode}-{run}" + ("-profiled" if prof else "")
             cmd = [sys.executable, __file__, "--model", args.model, "--device", args.device, "--mode", mode,
-                   "--run", run, "--prof-out", str(out / f"{tag}.prof.txt")] + (["--profile"] if prof else []) + (
+                   "--run", run, "--prof-out", str(out / f"{tag}.prof.txt")] + (
+                ["--profile"] if prof or run in args.profile_runs.split(",") else []) + (
                 ["--breakdown"] if args.breakdown else []) + (["--no-again"] if args.no_again else [])
             t = time.perf_counter()
             r = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -192,7 +243,7 @@ def main() -> None:
             line = next((x for x in reversed(r.stdout.splitlines()) if x.startswith("{")), None)
             row = json.loads(line) if line else {"mode": mode, "run": run, "error": r.stderr[-500:]}
             row["process_s"] = round(time.perf_counter() - t, 1)
-            row["profiled"] = prof
+            row["profiled"] = prof or run in args.profile_runs.split(",")
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "stages"}), flush=True)
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
