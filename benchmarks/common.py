@@ -17,7 +17,13 @@ import sys
 
 import torch
 
+from tritonfuse.backend import match_inductor_triton_env
 from tritonfuse.results import device_name, header, slug
+
+# our kernels compile under the ptxas Inductor's kernels use, as in the backend: otherwise which ptxas built
+# them depended on whether a bench's Inductor provider had compiled first (Triton's disk cache and the binary
+# both differ with the ptxas version)
+match_inductor_triton_env()
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
