@@ -241,6 +241,21 @@ def test_tma_kernel_disabled_when_it_disagrees(monkeypatch, device):
     assert "differ" in K._tma_failed
 
 
+@pytest.mark.parametrize("inlined", [True, False])
+def test_probe_runs_the_kernel_the_site_will_run(monkeypatch, device, inlined):
+    # an inlined site runs the pointer kernel: its probe must not compile (and self-check) the TMA kernel,
+    # which serves op calls only; an op-called site's probe goes through the TMA path where it applies
+    from tritonfuse import inline
+
+    tma_calls = []
+    monkeypatch.setattr(registry, "_failed", {})
+    monkeypatch.setattr(inline, "will_inline", lambda op, dev: inlined)
+    monkeypatch.setattr(K, "_tma_ok", lambda *ts: True)
+    monkeypatch.setattr(K, "_tma_self_check", lambda dev, dtype: tma_calls.append(dtype) and False)
+    assert K.probe(device, torch.float16, 64, "none", False, False) is None
+    assert tma_calls == ([] if inlined else [torch.float16])
+
+
 def test_unsupported_operands():
     q = torch.empty(1, 2, 8, 8, dtype=torch.float16)
     assert "head dim 8" in K.unsupported(q, q, q, None)
