@@ -516,7 +516,7 @@ def test_counters_survive_inductor_cache_hit():
     assert _counts() == first
 
 
-def test_triton_env_set_as_inductor_sets_it_before_our_passes(monkeypatch, tmp_path):
+def test_backend_matches_inductors_triton_env_before_our_passes(monkeypatch, tmp_path):
     # Triton's disk cache keys a kernel on the ptxas version, and Inductor points Triton at torch's ptxas before
     # its first kernel: our kernels must compile under that one whichever of us compiles first in a process
     # (a process served from Inductor's cache recompiled them: 1.8 s of vit_b_16's 4.65 s on the H200)

@@ -53,7 +53,7 @@ inline: str = "1"
 measure_margin: str = "0.03"
 # seconds of per-shape timing (TRITONFUSE_MEASURE) one compiled graph may spend; sites past it stay
 # Inductor's until a later compile measures them ("inf": no limit). A safety bound for models with many
-# distinct shapes: bert-base and vit_b_16 need about 12 s on the H200, and a graph that runs out is compiled
+# distinct shapes: bert-base and vit_b_16 need about 13 s on the H200, and a graph that runs out is compiled
 # again by the next process (bert-base's second process took 22.8 s against Inductor's 4.0 at a 10 s budget)
 measure_budget_s: str = "60"
 # "auto" (default): a site called as an op is timed as the model will run it: its kernels alone (replayed
