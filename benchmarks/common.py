@@ -20,10 +20,10 @@ import torch
 from tritonfuse.backend import match_inductor_triton_env
 from tritonfuse.results import device_name, header, slug
 
-# our kernels compile under the ptxas Inductor's kernels use, as in the backend: otherwise which ptxas built
-# them depended on whether a bench's Inductor provider had compiled first (Triton's disk cache and the binary
-# both differ with the ptxas version)
-match_inductor_triton_env()
+# our kernels compile under the ptxas Inductor's kernels use, and into its cache folder, as in the backend:
+# otherwise which ptxas built them depended on whether a bench's Inductor provider had compiled first
+# (Triton's disk cache and the binary both differ with the ptxas version)
+match_inductor_triton_env(torch.cuda.current_device() if torch.cuda.is_available() else None)
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 

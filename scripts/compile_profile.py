@@ -36,6 +36,7 @@ _TIMED = (
     "tritonfuse.registry:measured_choice",
     "tritonfuse.registry:guarded_probe",
     "tritonfuse.launch:FastLauncher.precompile",
+    "tritonfuse.launch:compile_elsewhere",
     "tritonfuse.inline:inline_pass",
     "triton.runtime.jit:JITFunction._do_compile",
     "triton.compiler.compiler:compile",
@@ -50,9 +51,17 @@ _TIMED = (
 
 
 def _cache_entries() -> int:
-    """Entries in Triton's disk cache (a compile that adds one missed it)."""
+    """Entries in the disk cache Triton uses at this point (a compile that adds one missed it): its
+    TRITON_CACHE_DIR, which Inductor sets where unset, else its default under TRITON_HOME."""
     try:
-        return len(os.listdir(os.environ.get("TRITON_CACHE_DIR", "")))
+        from triton import knobs
+
+        folder = knobs.cache.dir
+    except (ImportError, AttributeError):  # triton < 3.4
+        folder = os.environ.get("TRITON_CACHE_DIR") or os.path.join(
+            os.environ.get("TRITON_HOME", os.path.expanduser("~")), ".triton", "cache")
+    try:
+        return len(os.listdir(folder))
     except OSError:
         return -1
 
@@ -221,14 +230,17 @@ def main() -> None:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     root = pathlib.Path(args.root) if args.root else pathlib.Path(tempfile.mkdtemp(prefix="tf-compile-"))
+    # as a user's processes run: TRITON_CACHE_DIR unset (Inductor sets it to its own folder before its first
+    # kernel; ours compile into Triton's default until then), with Triton's home in the root
     env = {**os.environ, "XDG_CACHE_HOME": str(root / "xdg"), "TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"),
-           "TRITON_CACHE_DIR": str(root / "triton")}
+           "TRITON_HOME": str(root / "triton-home")}
+    env.pop("TRITON_CACHE_DIR", None)
     rows = []
     # unprofiled runs first, for the times; then the profiled modes again on a cache root of their own
     plan = [(env, m, False) for m in args.modes.split(",")]
     if args.profile_modes:
         penv = {**env, **{k: v.replace(str(root), str(root / "profiled")) for k, v in env.items() if k in
-                          ("XDG_CACHE_HOME", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}}
+                          ("XDG_CACHE_HOME", "TORCHINDUCTOR_CACHE_DIR", "TRITON_HOME")}}
         plan += [(penv, m, True) for m in args.profile_modes.split(",")]
     for env, mode, prof in plan:
         for run in args.runs.split(","):

@@ -537,6 +537,32 @@ def test_backend_matches_inductors_triton_env_before_our_passes(monkeypatch, tmp
     assert calls[:3] == ["_set_triton_ptxas_path", "_set_triton_libdevice_path", "passes"]
 
 
+def test_backend_points_triton_at_inductors_cache_folder_for_a_gpu_graph(monkeypatch, tmp_path):
+    # Inductor sets TRITON_CACHE_DIR (where unset) to <its cache>/triton/<device> before its first kernel of a
+    # process: our kernels compiled earlier in a first compile (~/.triton/cache) missed the disk cache in a
+    # process served from Inductor's cache, which calls them after that point
+    from torch._inductor.runtime.cache_dir_utils import triton_cache_dir
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from tritonfuse import backend
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TRITON_CACHE_DIR", "x")
+    monkeypatch.delenv("TRITON_CACHE_DIR")  # (restored as it was after the test)
+    gpu = 1 if torch.cuda.device_count() != 1 else 0  # (a fake tensor on a GPU this machine has, if any)
+    with FakeTensorMode():
+        on_gpu = [torch.empty(2, device="cpu"), torch.empty(3, device=f"cuda:{gpu}")]
+    assert backend.graph_gpu([torch.empty(2, device="cpu"), 3]) is None
+    assert backend.graph_gpu(on_gpu) == gpu
+    backend.match_inductor_triton_env(backend.graph_gpu([torch.empty(2, device="cpu")]))  # a CPU graph: left alone
+    assert "TRITON_CACHE_DIR" not in os.environ
+    backend.match_inductor_triton_env(backend.graph_gpu(on_gpu))
+    assert os.environ["TRITON_CACHE_DIR"] == triton_cache_dir(gpu) == str(tmp_path / "triton" / str(gpu))
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "mine"))  # the user's choice is kept
+    backend.match_inductor_triton_env(0)
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "mine")
+
+
 def test_cache_hit_without_site_record_is_reported(monkeypatch, tmp_path):
     # a graph served from Inductor's cache whose site record is gone is not silently counted as no sites
     from tritonfuse import backend

@@ -10,6 +10,7 @@ import functools
 import hashlib
 import importlib
 import importlib.util
+import os
 import pathlib
 import warnings
 from typing import Optional
@@ -37,19 +38,21 @@ def _load_ops() -> None:
             _warn_once(f"tritonfuse: {msg}")
 
 
-def match_inductor_triton_env() -> None:
-    """Point Triton at the ptxas (and libdevice) Inductor's kernels use, as Inductor itself does before it
-    compiles or loads its first Triton kernel in a process (a no-op where torch ships no ptxas, or where the
-    user set TRITON_PTXAS_PATH). Triton's disk cache keys a compiled kernel on the ptxas version, and our
-    kernels compile at different points of different processes: a first compile runs them in our passes,
-    before Inductor has set the variable (Triton's own ptxas); a process served from Inductor's cache calls
-    them after Inductor loaded its kernels (torch's ptxas). Each such call missed the disk cache and
-    compiled again: 1.8 s of vit_b_16's 4.65 s cache-hit compile on the H200 (torch 2.11, triton 3.6).
-    The benchmarks call it too, so that they time the binaries the backend runs."""
+def match_inductor_triton_env(device: Optional[int] = None) -> None:
+    """Point Triton at the ptxas (and libdevice) Inductor's kernels use, and, for a graph on GPU ``device``,
+    at the cache folder Inductor's kernels use, as Inductor itself does before it compiles or loads its first
+    Triton kernel in a process (each a no-op where the user set the variable, or where this torch has no such
+    step). Triton's disk cache keys a compiled kernel on the ptxas version and finds it in its cache folder,
+    and our kernels compile at different points of different processes: a first compile runs them in our
+    passes, before Inductor has set either (Triton's own ptxas, ``~/.triton/cache``); a process served from
+    Inductor's cache calls them after Inductor loaded its kernels (torch's ptxas, Inductor's
+    ``<cache>/triton/<device>``). Each such call missed the disk cache and compiled again: 1.8 s of vit_b_16's
+    4.65 s cache-hit compile on the H200 (torch 2.11, triton 3.6). The benchmarks call it too, so that they
+    time the binaries the backend runs."""
     try:
         from torch._inductor.runtime import compile_tasks
     except ImportError:  # an older torch: Inductor does not set it either
-        return
+        compile_tasks = None
     for name in ("_set_triton_ptxas_path", "_set_triton_libdevice_path"):
         fn = getattr(compile_tasks, name, None)
         if fn is not None:
@@ -57,6 +60,25 @@ def match_inductor_triton_env() -> None:
                 fn()
             except Exception:  # noqa: BLE001 - only a compile-time saving
                 pass
+    if device is None or os.environ.get("TRITON_CACHE_DIR") is not None:
+        return
+    try:  # as Inductor's CachingAutotuner does for its first kernel
+        try:
+            from torch._inductor.runtime.cache_dir_utils import triton_cache_dir
+        except ImportError:  # torch < 2.6
+            from torch._inductor.runtime.runtime_utils import triton_cache_dir
+        os.environ["TRITON_CACHE_DIR"] = triton_cache_dir(device)
+    except Exception:  # noqa: BLE001 - only a compile-time saving
+        pass
+
+
+def graph_gpu(example_inputs) -> Optional[int]:
+    """The index of the first GPU an input of the graph is on (the device Inductor's kernels are built for),
+    or None for a graph without GPU inputs."""
+    for t in example_inputs:
+        if isinstance(t, torch.Tensor) and t.device.type == "cuda":
+            return t.device.index if t.device.index is not None else torch.cuda.current_device()
+    return None
 
 
 def _family_pass(family: str):
@@ -341,7 +363,7 @@ def tritonfuse_backend(gm: torch.fx.GraphModule, example_inputs, mode=None, opti
         _warn_once("tritonfuse: with CUDA graphs the int8 weights are the ones quantized when the graph was "
                    "recorded: after an in-place weight update, call torch._dynamo.reset() and compile again")
     _load_ops()
-    match_inductor_triton_env()
+    match_inductor_triton_env(graph_gpu(example_inputs))
     families = config.enabled_families()
     user_pass = patches.pop("post_grad_custom_pre_pass", None) if families else None
     graphs = bool(patches.get("triton.cudagraphs"))
