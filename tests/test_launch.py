@@ -125,6 +125,7 @@ def test_autotune_configs_compile_side_by_side(monkeypatch):
         warmed.append((args[0].block_shape, kwargs["BLOCK"], kwargs["EVEN"], kwargs["num_warps"], grid))
 
     monkeypatch.setattr(jit, "run", run)
+    monkeypatch.setattr(launch, "compile_elsewhere", lambda jit, jobs: 0)  # (on a GPU: the threads alone)
     configs = [triton.Config({"BLOCK": b}, num_warps=w, pre_hook=_hook) for b, w in ((32, 4), (64, 8), (128, 8))]
     tuned = triton.autotune(configs=configs, key=["n"])(
         triton.heuristics({"EVEN": lambda a: a["n"] % a["BLOCK"] == 0})(jit))
@@ -142,6 +143,98 @@ def test_autotune_configs_compile_side_by_side(monkeypatch):
     with config.patch(compile_threads="1"):
         assert fl.precompile(grid, (desc, y, 960, 0.5, 3), {}) == 0
     assert len(warmed) == 6
+
+
+def _doubled(x_ptr, y_ptr, n, BLOCK: tl.constexpr, OUT: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(y_ptr + i, (tl.load(x_ptr + i, mask=i < n) * 2).to(OUT), mask=i < n)
+
+
+def _worker_then_direct_compile(cache: str) -> dict:
+    """In a fresh process without the interpreter: ``launch.compile_spec`` as an Inductor worker runs it, for
+    sm_90 (no GPU needed), then the same compile built directly, as Triton's launch builds it."""
+    import json
+    import os
+    import time
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+
+    target = GPUTarget("cuda", 90, 32)
+    options = make_backend(target).parse_options({"num_warps": 4, "num_stages": 3})
+    signature = {"x_ptr": "*fp16", "y_ptr": "*fp32", "n": "i32", "BLOCK": "constexpr", "OUT": "constexpr"}
+    attrs = {(0,): [["tt.divisibility", 16]], (1,): [["tt.divisibility", 16]]}
+    data = json.dumps({"name": f"{__name__}._doubled", "signature": signature, "constant_keys": [[3], [4]],
+                       "constant_vals": [256, "fp32"], "attrs_keys": [list(k) for k in attrs],
+                       "attrs_vals": list(attrs.values()), "options": options.__dict__, "key": "k",
+                       "target": target.__dict__})
+    os.environ["TRITON_ALWAYS_COMPILE"] = "1"  # the worker's own: not applied while it compiles ours
+    launch.compile_spec(__name__, "_doubled", data, {"TRITON_CACHE_DIR": cache})
+    out = {"env_kept": os.environ.pop("TRITON_ALWAYS_COMPILE") == "1" and "TRITON_CACHE_DIR" not in os.environ,
+           "worker": sorted(os.listdir(cache))}
+    os.environ["TRITON_CACHE_DIR"] = cache
+    src = ASTSource(JITFunction(_doubled), signature, {(3,): 256, (4,): tl.float32}, attrs)
+    t = time.perf_counter()
+    compiled = triton.compile(src, target=target, options=options.__dict__)
+    out.update(direct=sorted(os.listdir(cache)), seconds=time.perf_counter() - t,
+               stores="st.global" in compiled.asm["ptx"])
+    return out
+
+
+def test_worker_compile_fills_the_disk_cache_a_compile_then_reads(tmp_path):
+    # what an Inductor worker runs: Triton's specialisation data (as its jit_cache_hook hands it over) decoded
+    # into the very compile Triton's launch would make, under the parent's TRITON_* variables, so that the
+    # parent's compile is a disk-cache hit; the worker's own variables are restored after. In a process of its
+    # own, as a worker is one (in the suite's, the interpreter's kernels have run)
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(pathlib.Path(__file__).parent), env.get("PYTHONPATH", "")])
+    code = (f"import json, {__name__} as t; "
+            f"print(json.dumps(t._worker_then_direct_compile({str(tmp_path / 'triton')!r})))")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["env_kept"]
+    assert len(out["worker"]) == 1
+    assert out["direct"] == out["worker"]  # the same key: read, not compiled again
+    assert out["seconds"] < 0.5 and out["stores"]
+
+
+@pytest.mark.cuda
+def test_configs_compile_in_inductors_workers(monkeypatch, tmp_path):
+    # each config of a launch is compiled by Inductor's worker processes into Triton's disk cache, from the
+    # specialisation data Triton's launch path hands its jit_cache_hook; the threads then only read the cache,
+    # and the kernel computes as Triton's own launch does
+    import os
+
+    from torch._inductor import async_compile
+
+    if async_compile.get_compile_threads() <= 1:
+        pytest.skip("Inductor has no worker processes here (one compile thread)")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    configs = [triton.Config({"BLOCK": b}, num_warps=w) for b, w in ((128, 4), (256, 4), (512, 8))]
+    tuned = triton.autotune(configs=configs, key=["n"])(JITFunction(_doubled))
+    fl = launch.FastLauncher(tuned, launch._launch_convention())
+    x = torch.randn(1000, device="cuda", dtype=torch.float16)
+    y = torch.full((1000,), float("nan"), device="cuda")
+    grid = lambda meta: (triton.cdiv(meta["n"], meta["BLOCK"]),)  # noqa: E731
+    args, kwargs = (x, y, 1000), {"OUT": tl.float32}
+    def kernels():  # Triton's disk-cache entries that hold a compiled kernel (others hold its launcher)
+        return sorted(d for d in os.listdir(tmp_path) if any(f.endswith(".cubin") for f in os.listdir(tmp_path / d)))
+
+    assert launch.compile_elsewhere(fl.jit, fl.config_jobs(grid, args, kwargs)) == 3
+    assert triton.knobs.runtime.jit_cache_hook is None  # the hook is given back
+    entries = kernels()
+    assert len(entries) == 3
+    assert fl.precompile(grid, args, kwargs) == 3
+    assert kernels() == entries  # the threads' compiles were disk-cache hits
+    fl[grid](*args, **kwargs)
+    torch.testing.assert_close(y, x.float() * 2, rtol=0, atol=0)
 
 
 def test_compile_threads_setting_is_validated():
