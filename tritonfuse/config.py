@@ -61,7 +61,8 @@ measure_budget_s: str = "60"
 # otherwise; "1": the compiled model runs inside CUDA graphs the caller captures, so time the kernels alone
 cuda_graphs: str = "auto"
 # threads that compile a kernel's autotune configs side by side before they are timed on the GPU ("auto",
-# the default: up to 8, at most half the CPUs; "1": one after another, as Triton's autotuner does)
+# the default: up to 8, at most half the CPUs; "1": one after another, as Triton's autotuner does, and
+# without Inductor's compile workers, which otherwise compile them first: launch.compile_elsewhere)
 compile_threads: str = "auto"
 
 _ENV = {
