@@ -90,8 +90,8 @@ def test_gated_weight_only_meets_the_gate_at_model_k(rows, device):
     # Gaussian weights comes out near 38.6 dB, so its weights are quantized in K groups and meet the 40 dB
     # gate; a plain Linear of that width meets it with one scale per channel (41.5 dB) and keeps them
     # The SQNR of one draw of 16 x 128 outputs spreads over 39.4-41.5 dB about the layer's 40.5 (60 draws, in
-    # fp64 on the CPU): on the GPU 1024 channels, fresh each run (16 x 1024: 40.1 dB at the least, 40.5 on average); in the
-    # interpreter, where they would take minutes, one fixed draw of 128
+    # fp64 on the CPU): on the GPU 1024 channels, fresh each run (16 x 1024: 40.1 dB at the least, 40.5 on
+    # average); in the interpreter, where they would take minutes, one fixed draw of 128
     K = 2048
     gpu = torch.device(device).type == "cuda"
     n, seed = (1024, None) if gpu else (128, 7)

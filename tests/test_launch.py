@@ -224,6 +224,7 @@ def test_configs_compile_in_inductors_workers(monkeypatch, tmp_path):
     y = torch.full((1000,), float("nan"), device="cuda")
     grid = lambda meta: (triton.cdiv(meta["n"], meta["BLOCK"]),)  # noqa: E731
     args, kwargs = (x, y, 1000), {"OUT": tl.float32}
+
     def kernels():  # Triton's disk-cache entries that hold a compiled kernel (others hold its launcher)
         return sorted(d for d in os.listdir(tmp_path) if any(f.endswith(".cubin") for f in os.listdir(tmp_path / d)))
 
