@@ -205,6 +205,30 @@ def test_worker_compile_fills_the_disk_cache_a_compile_then_reads(tmp_path):
     assert out["seconds"] < 0.5 and out["stores"]
 
 
+def test_stuck_workers_are_waited_for_once(monkeypatch):
+    # a pool whose jobs never finish costs one bounded wait; after it the process stops using the workers
+    # (the threads compile, as without them)
+    import concurrent.futures
+
+    class Stuck:
+        submitted = 0
+
+        def submit(self, fn, *args):
+            Stuck.submitted += 1
+            return concurrent.futures.Future()  # never done
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(launch, "_inductor_pool", lambda: Stuck())
+    monkeypatch.setattr(launch, "uncompiled_specs", lambda jit, jobs: ["{}", "{}"])
+    monkeypatch.setattr(launch, "_pool_timeout_s", 0.05)
+    monkeypatch.setattr(launch, "_pool_stuck", False)
+    jit = JITFunction(_doubled)
+    assert launch.compile_elsewhere(jit, [1, 2]) == 0 and Stuck.submitted == 2
+    assert "not done" in launch.failures[jit.__name__]
+    assert launch.compile_elsewhere(jit, [1, 2]) == 0 and Stuck.submitted == 2
+
+
 @pytest.mark.cuda
 def test_configs_compile_in_inductors_workers(monkeypatch, tmp_path):
     # each config of a launch is compiled by Inductor's worker processes into Triton's disk cache, from the

@@ -327,7 +327,8 @@ class FastLauncher:
 # eight configs took as long as in threads (4.3-6.1 s against 4.7): a worker's first compile in its
 # process pays its own start-up (imports, Triton's key).
 
-_pool_timeout_s = 300.0  # seconds to wait for the workers; what they have not done by then, threads compile
+_pool_timeout_s = 120.0  # seconds to wait for the workers; what they have not done by then, threads compile
+_pool_stuck = False  # the workers once missed that wait: this process stops sending them configs
 
 
 def _inductor_pool():
@@ -446,7 +447,8 @@ def compile_elsewhere(jit, jobs: list) -> int:
 
     import torch
 
-    if len(jobs) < 2 or not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
+    global _pool_stuck
+    if len(jobs) < 2 or _pool_stuck or not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
         return 0
     pool = _inductor_pool()
     if pool is None:
@@ -461,7 +463,10 @@ def compile_elsewhere(jit, jobs: list) -> int:
     except Exception as e:  # noqa: BLE001 - the threads compile them
         failures[jit.__name__] = f"compile_elsewhere: {type(e).__name__}: {e}"
         return 0
-    done, _ = concurrent.futures.wait(futures, timeout=_pool_timeout_s)
+    done, late = concurrent.futures.wait(futures, timeout=_pool_timeout_s)
+    if late:  # a stuck or broken pool: one wait, not one per launch
+        _pool_stuck = True
+        failures[jit.__name__] = f"compile_elsewhere: {len(late)} of {len(futures)} not done in {_pool_timeout_s:.0f} s"
     return sum(1 for f in done if f.exception() is None)
 
 
