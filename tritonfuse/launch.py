@@ -447,8 +447,10 @@ def compile_elsewhere(jit, jobs: list) -> int:
 
     import torch
 
+    from . import registry
+
     global _pool_stuck
-    if len(jobs) < 2 or _pool_stuck or not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
+    if len(jobs) < 2 or _pool_stuck or not torch.cuda.is_available() or registry.interpret_mode():
         return 0
     pool = _inductor_pool()
     if pool is None:
