@@ -359,11 +359,10 @@ def uncompiled_specs(jit, jobs: list) -> Optional[list]:
         return None
     me = threading.get_ident()
     specs: list = []
-    usable = [True]
-    target = None
+    usable, target = True, None
 
     def hook(*args, compile=None, **kwargs):
-        nonlocal target
+        nonlocal usable, target
         if threading.get_ident() != me:
             return None  # another thread's compile goes ahead as usual
         try:
@@ -372,11 +371,11 @@ def uncompiled_specs(jit, jobs: list) -> Optional[list]:
                 if target is None:
                     target = triton.runtime.driver.active.get_current_target().__dict__
                 fields["target"] = target
-            usable[0] &= {"name", "signature", "constant_keys", "constant_vals", "attrs_keys", "attrs_vals",
-                          "options"} <= set(fields)
+            usable &= {"name", "signature", "constant_keys", "constant_vals", "attrs_keys", "attrs_vals",
+                       "options"} <= set(fields)
             specs.append(json.dumps(fields))
         except (TypeError, ValueError):
-            usable[0] = False
+            usable = False
         return True  # skip: the workers compile it
 
     runtime.jit_cache_hook = hook
@@ -385,7 +384,7 @@ def uncompiled_specs(jit, jobs: list) -> Optional[list]:
             jit.warmup(*pos, grid=g, **call_kwargs, **options)
     finally:
         runtime.jit_cache_hook = None
-    return specs if usable[0] else None
+    return specs if usable else None
 
 
 def compile_spec(module: str, name: str, data: str, env: dict) -> None:
