@@ -74,6 +74,11 @@ def test_gated_sqnr_and_kernel_error(M, K, N, dtype, mode, act, has_bias, device
     bg, bu = (fresh(N, dtype=dtype, device=device) if has_bias else None for _ in range(2))
     y = torch.ops.tritonfuse.int8_gated_mlp(x, wg, wu, bg, bu, act, mode)
     _check_kernel(y, _quant_ref(x, wg, bg, act, mode, wu, bu), dtype, f"int8_gated_mlp[{mode},{act}]")
+    # the gates are the layer's, measured on 256 rows: the SQNR of 37 x 45 outputs spreads about 1.3 dB below
+    # the layer's (the int8-weight SwiGLU at 37x96x45 in bf16, 200 draws in fp64 on the CPU: 39.4 dB at the
+    # least, 8% of draws under the 40 dB gate; on 256 rows 40.3 at the least, 40.8 on average)
+    x = fresh(256, K, dtype=dtype, device=device)
+    y = torch.ops.tritonfuse.int8_gated_mlp(x, wg, wu, bg, bu, act, mode)
     for w, b in ((wg, bg), (wu, bu)):
         s = sqnr_db(_float_layer(x, w, b, "none"), torch.ops.tritonfuse.int8_linear(x, w, b, "none", mode))
         assert s >= MIN_SQNR[mode], f"gated {mode}: projection SQNR {s:.1f} dB < {MIN_SQNR[mode]}"
