@@ -448,9 +448,15 @@ def _decide(site: torch.fx.Node, q, k, v, mask, is_causal: bool, kernel: str, pa
 # --- SDPA nodes ----------------------------------------------------------------------------------------
 
 
+def _site_of(match: Match) -> torch.fx.Node:
+    """The node a site is recorded on: the SDPA node (its output is ``getitem(node, 0)``), or the second bmm
+    of a hand-written attention (its output is a reshape of it)."""
+    return match.output_node().args[0]
+
+
 def _sdpa_handler(match: Match, *args, **kwargs) -> None:
     getitem = match.output_node()
-    node = getitem.args[0]
+    node = _site_of(match)
     kernel = "attention[sdpa]"
     norm = normalize_function(node.target, node.args, node.kwargs, normalize_to_only_use_kwargs=True)
     if norm is None:
@@ -525,7 +531,7 @@ def _make_handwritten_handler(scale_op: str, mask_op: str):
 
     def handler(match: Match, *args, **kwargs) -> None:
         out = match.output_node()
-        site = out.args[0]  # the second bmm
+        site = _site_of(match)  # the second bmm
         q4, kt4, v4 = (_unflatten(kwargs[n]) for n in ("q_flat", "k_flat", "v_flat"))
         if q4 is None or kt4 is None or v4 is None:
             return
@@ -618,7 +624,7 @@ def _make_handwritten_handler(scale_op: str, mask_op: str):
         else:
             match.replace_by_example(lambda q, k, v, m: attn(q, k, v, build(m)), [q4, k_src, v_src, mask_node])
 
-    return handler
+    return registry.guarded(FAMILY, handler, _site_of)
 
 
 def _window_site(match: Match, site, kernel: str, nodes, vals, bias_node, wmask_node, scale: float,
@@ -685,7 +691,7 @@ def pattern_pass() -> PatternMatcherPass:
     """All attention patterns in one pass, built once per process."""
     pm = _AttentionPass(pass_name="tritonfuse_attention")
     for op in SDPA_OPS:
-        register_graph_pattern(_sdpa_pattern(op), pass_dict=pm)(_sdpa_handler)
+        register_graph_pattern(_sdpa_pattern(op), pass_dict=pm)(registry.guarded(FAMILY, _sdpa_handler, _site_of))
     for scale_op in ("mul", "div", "none"):
         for mask_op in ("add", "add_rev", "fill", "window", "none"):
             for upcast in (False, True):

@@ -298,7 +298,7 @@ def _make_check(head: str, act: str, res: bool, act2: str, constants: Counter):
         registry.note_replaced(FAMILY, conv, kernel_name(op, head, act, res, act2), detail)
         return True
 
-    return check
+    return registry.guarded(FAMILY, check)
 
 
 def _make_handler(head: str, act: str, res: bool, act2: str, constants: Counter):

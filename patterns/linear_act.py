@@ -518,7 +518,7 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: b
                 reason = registry.slower_reason(rec, "cuBLAS + epilogue")
         return registry.settle(FAMILY, site, kernel, reason, detail)
 
-    return check
+    return registry.guarded(FAMILY, check, _gemm_node)
 
 
 # --- registration --------------------------------------------------------------------------------------

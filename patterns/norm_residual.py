@@ -262,7 +262,7 @@ def _make_check(style: str, affine: str, res: str, stats: bool = False):
                 reason = registry.slower_reason(rec, "a same-bytes pass") + ": Inductor's fused norm kept"
         return registry.settle(FAMILY, red, kernel, reason, detail)
 
-    return check
+    return registry.guarded(FAMILY, check, _reduction_node)
 
 
 # --- registration --------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Attention family: flash-attention kernels vs an fp64 reference, and the patterns on real model graphs."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -274,7 +275,7 @@ def _compile_check(fn, *args, expect, atol=2e-3, **kwargs):
         ref = fn(*args, **kwargs)
         with config.patch(patterns="attention"):
             out = torch.compile(fn, backend="tritonfuse")(*args, **kwargs)
-    assert tritonfuse.counters()["attention"] == expect, tritonfuse.sites()
+    assert tritonfuse.counters()["attention"] == expect, (tritonfuse.sites(), registry.errors())
     # on a GPU the kernels are inlined into Inductor's code: a graph it could not compile so would be
     # retried with op calls (slower, and a second compile)
     assert not [e for e in registry.errors() if "inlining failed" in e]
@@ -374,6 +375,38 @@ def test_handwritten_forms(form, device):
     out, eager = _compile_check(lambda *a: drop(HANDWRITTEN[form](*a)), q, k, v, m, expect=_counts(1, 1, 0))
     ref = HANDWRITTEN[form](*(x.double() for x in (q, k, v)), m)
     assert_close_to_ref(out, ref, eager, atol=1e-3)
+
+
+def test_a_site_whose_replacement_raises_is_counted_as_left_to_inductor(monkeypatch, device):
+    # the site was recorded as replaced before its replacement raised: it is counted as Inductor's, with the
+    # error, and the model runs (unguarded, the attention pass failed and no site was recorded)
+    import sys
+
+    import torch._functorch.config as fconfig
+    import torch._inductor.config as iconfig
+    from torch._inductor.pattern_matcher import Match
+
+    from tritonfuse.patterns import attention as P
+
+    real = Match.replace_by_example
+
+    def replace(self, *args, **kwargs):
+        if sys._getframe(1).f_globals.get("__name__") == P.__name__:  # ours only, not Inductor's own passes
+            raise RuntimeError("simulated replacement bug")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Match, "replace_by_example", replace)
+    q, k, v = _qkv(2, 2, 2, 21, 21, 32, torch.float16, device, transposed=True)
+    m = _mask("bool_keypad", 2, 2, 21, 21, torch.float16, device)
+    f = HANDWRITTEN["masked_fill_finite"]
+    with torch.no_grad(), config.patch(patterns="attention"), iconfig.patch(fx_graph_cache=False), \
+            fconfig.patch(enable_autograd_cache=False), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = torch.compile(f, backend="tritonfuse")(q, k, v, m)
+    assert tritonfuse.counters()["attention"] == _counts(1, 0, 1), (tritonfuse.sites(), registry.errors())
+    assert "RuntimeError: simulated replacement bug" in tritonfuse.sites()[0].reason
+    assert len([w for w in caught if "simulated replacement bug" in str(w.message)]) == 1
+    torch.testing.assert_close(out, f(q, k, v, m), atol=2e-3, rtol=2e-3)
 
 
 @pytest.mark.parametrize("offset,causal", [(0, True), (3, False)])

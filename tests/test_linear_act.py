@@ -839,6 +839,41 @@ def test_int8_quant_skip_keeps_module_in_float():
     assert "linear_act[relu]" in text and "int8" in text
 
 
+def _raise_for_width(monkeypatch, width: int, fallback_on_error: str = "1"):
+    # K.unsupported raises for the layer of this output width: a bug met while deciding one site
+    real = K.unsupported
+
+    def unsupported(x, *ws, **kw):
+        if ws[0].shape[0] == width:
+            raise RuntimeError("simulated decision bug")
+        return real(x, *ws, **kw)
+
+    monkeypatch.setattr(K, "unsupported", unsupported)
+
+
+def test_a_site_whose_check_raises_is_left_to_inductor_and_the_others_served(monkeypatch, no_compile_cache):
+    # the error is that site's counted fallback, with one warning; unguarded it failed the whole linear_act
+    # pass, and the other site went unserved and unrecorded
+    _raise_for_width(monkeypatch, 48)
+    model = nn.Sequential(nn.Linear(32, 48), nn.GELU(), nn.Linear(48, 40), nn.GELU())
+    x = fresh(8, 32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = _compile_run(model, x)
+    assert len([w for w in caught if "simulated decision bug" in str(w.message)]) == 1
+    assert _counts() == {"matched": 2, "replaced": 1, "fallback": 1}, tritonfuse.report()
+    (bad,) = [s for s in tritonfuse.sites() if s.status == "fallback"]
+    assert "RuntimeError: simulated decision bug" in bad.reason
+    assert "RuntimeError: simulated decision bug" in tritonfuse.report()
+    torch.testing.assert_close(out, model(x))
+
+
+def test_a_site_whose_check_raises_raises_when_fallback_off(monkeypatch, no_compile_cache):
+    _raise_for_width(monkeypatch, 24)
+    with config.patch(fallback_on_error="0"), pytest.raises(Exception, match="simulated decision bug"):
+        _compile_run(nn.Sequential(nn.Linear(16, 24), nn.ReLU()), fresh(4, 16))
+
+
 def test_failing_family_pass_is_reported_and_model_still_runs(monkeypatch, no_compile_cache):
     from tritonfuse.patterns import linear_act as P
 
@@ -1156,7 +1191,7 @@ def test_measuring_budget_leaves_unmeasured_sites_to_inductor(tmp_path, monkeypa
     pretend_gpu_timing(tmp_path, monkeypatch, backend)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     timed = []
-    monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False: timed.append(fn) or 1.0)  # ours 1 ms, theirs 2 x 1 ms
+    monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False, **_: timed.append(fn) or 1.0)  # ours 1 ms, theirs 2 x 1 ms
     model = nn.Sequential(nn.Linear(32, 48), nn.GELU())
     other = nn.Sequential(nn.Linear(32, 40), nn.ReLU())
     x = fresh(6, 32)
@@ -1195,7 +1230,7 @@ def test_a_near_tie_stays_inductors(tmp_path, monkeypatch):
     pretend_gpu_timing(tmp_path, monkeypatch)
     times = {"ours": 0.98, "theirs": 1.0, "ours_fast": 0.9}
     timed = []
-    monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False: timed.append(fn()) or times[fn()])
+    monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False, **_: timed.append(fn()) or times[fn()])
     cpu = torch.device("cpu")
     with config.patch(measure="1"):
         rec = registry.measured_choice("tie", cpu, lambda: "ours", [lambda: "theirs"])
@@ -1226,7 +1261,7 @@ def test_sites_of_a_cuda_graph_run_are_timed_by_gpu_time(tmp_path, monkeypatch):
     # ours: an op call whose host cost loses back to back (3 ms vs 2) and whose kernel wins alone (1 vs 2)
     # (each measurement times ours first, then cuBLAS's GEMM and Inductor's epilogue: 1 ms each)
     timed = []
-    monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False: timed.append(graphed) or (
+    monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False, **_: timed.append(graphed) or (
         (1.0 if graphed else 3.0) if len(timed) % 3 == 1 else 1.0))
     model = nn.Sequential(nn.Linear(32, 48), nn.GELU())
     x = fresh(6, 32)
@@ -1262,7 +1297,7 @@ def test_site_measured_in_its_compile_keeps_the_graph_key(tmp_path, monkeypatch)
     pretend_gpu_timing(tmp_path, monkeypatch, backend)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     timed = []
-    monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False: timed.append(fn) or 1.0)
+    monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False, **_: timed.append(fn) or 1.0)
     model = nn.Sequential(nn.Linear(32, 48), nn.GELU())
     x = fresh(6, 32)
     with config.patch(measure="1", measure_budget_s="inf"):
@@ -1323,7 +1358,7 @@ def test_int8_fused_quantization_is_charged_to_the_gemms_sharing_it(tmp_path, mo
                     graphed,
                     (tag("quant", shared[0]), shared[1]) if shared else None)
 
-    def bench(fn, graphed=False):
+    def bench(fn, graphed=False, **_):
         name, out = fn()
         if name == "quant":  # work inside the norm's kernel: GPU time, no launch of its own
             assert out[0].dtype == torch.int8 and out[1].dtype == torch.float32 and graphed

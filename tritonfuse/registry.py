@@ -105,6 +105,45 @@ def note_fallback(family: str, node: torch.fx.Node, kernel: str, reason: str, de
             _pending[key] = Site(family, "fallback", kernel, reason, detail)
 
 
+def guarded(family: str, fn: Callable, anchor: Optional[Callable] = None) -> Callable:
+    """``fn``, a pattern's ``extra_check`` or handler (called with the ``Match``), where an exception (a bug,
+    or a kernel or timing failure while deciding) leaves that one site to Inductor, counted with the error as
+    its reason, and warns once; the family's other sites are still served. Unguarded, the exception failed
+    the family's whole pass: its later sites went unrecorded. With ``TRITONFUSE_FALLBACK_ON_ERROR=0`` it is
+    raised. ``anchor(match)``: the node the family records its site on (default: the match's output), for
+    an error raised before ``fn`` recorded the site."""
+
+    @functools.wraps(fn)
+    def check(match, *args, **kwargs):
+        with _lock:
+            before = dict(_pending)
+        try:
+            return fn(match, *args, **kwargs)
+        except Exception as e:
+            if not config.fallback_enabled():
+                raise
+            reason = f"tritonfuse error while deciding: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            _take_measured()
+            with _lock:
+                # the site as fn recorded it before it raised (a "replaced" not carried out), else its output
+                touched = [k for k, site in _pending.items() if before.get(k) is not site]
+                for k in touched:
+                    _pending[k] = dataclasses.replace(_pending[k], status="fallback", reason=reason, measured=None)
+            if not touched:
+                try:
+                    node = (anchor(match) if anchor else None) or match.output_node()
+                except Exception:
+                    node = match.output_node()
+                note_fallback(family, node, "", reason)
+            message = f"a {family} site: {reason}"
+            if message not in errors():
+                warnings.warn(f"tritonfuse: {message}; it is left to Inductor", stacklevel=2)
+            note_error(message)
+            return False
+
+    return check
+
+
 _last_measured = threading.local()
 
 
