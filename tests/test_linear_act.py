@@ -1248,6 +1248,29 @@ def test_a_near_tie_stays_inductors(tmp_path, monkeypatch):
             config.validate()
 
 
+def test_a_graphed_timing_is_short_unless_the_two_sides_are_close(tmp_path, monkeypatch):
+    # GPU-time (graphed) timings run short first (10 ms of calls a side); a site whose sides are within 25%
+    # of each other, where a short timing's spread could flip the choice, is timed again at 50 ms, which
+    # decides; back-to-back stream timings (op calls) are short already and run once
+    pretend_gpu_timing(tmp_path, monkeypatch)
+    times = {("far", 10): 0.5, ("far", 50): 0.5, ("close", 10): 0.9, ("close", 50): 1.05,
+             ("theirs", 10): 1.0, ("theirs", 50): 1.0}
+    reps = []
+    monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False, rep=50: reps.append((graphed, rep)) or
+                        times[fn(), rep])
+    cpu = torch.device("cpu")
+    with config.patch(measure="1"):
+        rec = registry.measured_choice("far", cpu, lambda: "far", [lambda: "theirs"], graphed=True)
+        assert reps == [(True, 10)] * 2 and rec["use"] and (rec["ours_ms"], rec["rep_ms"]) == (0.5, 10)
+        reps.clear()
+        rec = registry.measured_choice("close", cpu, lambda: "close", [lambda: "theirs"], graphed=True)
+        assert reps == [(True, 10)] * 2 + [(True, 50)] * 2
+        assert not rec["use"] and (rec["ours_ms"], rec["theirs_ms"], rec["rep_ms"]) == (1.05, 1.0, 50)
+        reps.clear()
+        rec = registry.measured_choice("close", cpu, lambda: "close", [lambda: "theirs"])
+        assert reps == [(False, 50)] * 2 and not rec["use"] and "rep_ms" not in rec
+
+
 def test_sites_of_a_cuda_graph_run_are_timed_by_gpu_time(tmp_path, monkeypatch):
     # an op call replayed from a CUDA graph pays no host cost: under mode="reduce-overhead" (or
     # TRITONFUSE_CUDA_GRAPHS=1, for graphs the caller captures) a site is timed as its kernels alone, kept

@@ -279,7 +279,7 @@ def test_patterns_dynamic_rows_are_timed_at_their_example_sizes(tmp_path, monkey
 
     pretend_gpu_timing(tmp_path, monkeypatch, backend)
     sizes = []
-    monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False: sizes.append(1) or (1.0 if fn.__name__ == "ours" else 2.0))
+    monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False, **_: sizes.append(1) or (1.0 if fn.__name__ == "ours" else 2.0))
     model = torch.nn.Sequential(torch.nn.Linear(48, 48), torch.nn.LayerNorm(48)).eval()
     compiled = torch.compile(lambda x, r: model[1](model[0](x) + r), backend="tritonfuse", dynamic=True)
     with torch.no_grad():
