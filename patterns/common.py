@@ -31,6 +31,102 @@ def trace_pattern(fn, args, **kwargs) -> torch.fx.GraphModule:
     return gm
 
 
+# --- traces at a match, once per graph ----------------------------------------------------------------
+# ``register_replacement``'s check traces the search function again at each match's own shapes (to check
+# the views around it) and, when the match holds, the replacement function: two traces of some 10-20 ms per
+# site, for every layer of a model although its layers repeat the same shapes (bert-base: 160 checks, 3.2 s
+# of a 5.2 s pass on the CPU). Within the graph being compiled (one fake mode) a trace is a function of the
+# function, its arguments' metadata and any state it reads (which the caller names), and the pattern
+# matcher only reads the graphs it gets (the replacement is copied node by node into the graph), so one
+# trace serves every repeat. Symbolic sizes and real (example) tensors are traced each time.
+
+_memo = threading.local()
+
+
+@contextlib.contextmanager
+def trace_memo():
+    """Inside (one graph's passes), ``memo_trace`` keeps its traces; they are dropped on leaving."""
+    outer = getattr(_memo, "table", None)
+    _memo.table = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _memo.table = outer
+
+
+class _Unkeyed(Exception):
+    pass
+
+
+def _arg_key(x):
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    if isinstance(x, FakeTensor):
+        dims = (*x.shape, *x.stride(), x.storage_offset())
+        if not all(isinstance(d, int) for d in dims):
+            raise _Unkeyed
+        return ("T", tuple(x.shape), tuple(x.stride()), x.storage_offset(), x.dtype, x.device, x.requires_grad,
+                id(x.fake_mode))
+    if isinstance(x, torch.Tensor):
+        raise _Unkeyed  # a real example tensor: the pattern's own build
+    if isinstance(x, (list, tuple)):
+        return (type(x).__name__, tuple(_arg_key(a) for a in x))
+    if x is None or isinstance(x, (bool, int, float, str, torch.dtype, torch.device)):
+        return (type(x).__name__, repr(x))
+    raise _Unkeyed  # symbolic scalars and anything else
+
+
+def memo_trace(trace: Callable[..., torch.fx.GraphModule], fn, args, state=(), **kwargs) -> torch.fx.GraphModule:
+    """``trace(fn, args, **kwargs)``, or inside ``trace_memo`` the graph an identical call returned before
+    (the same ``trace`` and ``fn`` objects, arguments with the same metadata, no symbolic sizes, equal
+    ``state``: whatever else the traced function reads, such as how its check chose to serve the site).
+    Callers must not change the graph they get."""
+    table = getattr(_memo, "table", None)
+    if table is None:
+        return trace(fn, args, **kwargs)
+    try:
+        # the functions themselves are in the key (not their ids): a closure made for one match and
+        # garbage-collected cannot hand its trace to a new one at the same address
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        if not any(isinstance(a, FakeTensor) for a in torch.utils._pytree.tree_leaves(list(args))):
+            raise _Unkeyed  # only traces at a match, under the graph's fake mode
+        key = (trace, fn, _arg_key(list(args)), state, tuple(sorted(kwargs.items(), key=lambda kv: kv[0])))
+        hash(key)
+    except (_Unkeyed, TypeError):
+        return trace(fn, args, **kwargs)
+    if key not in table:
+        table[key] = trace(fn, args, **kwargs)
+        return table[key]
+    return _fresh_copy(table[key], args)
+
+
+class _FakeProp(torch.fx.Interpreter):
+    # each node's value from this call's fake arguments (FakeTensorProp, without the bump of the fake mode's
+    # epoch that it does)
+    def run_node(self, n):
+        result = super().run_node(n)
+        if n.op != "output":
+            n.meta["val"] = result
+        return result
+
+
+def _fresh_copy(gm: torch.fx.GraphModule, args) -> torch.fx.GraphModule:
+    """A copy of a memoized trace whose nodes hold fake values of their own, computed from ``args``: the
+    replacement's values are copied into the model's graph, and two sites sharing one fake tensor would
+    look to Inductor's alias analysis like views of one storage."""
+    from torch._guards import detect_fake_mode
+
+    graph = torch.fx.Graph()
+    out = graph.graph_copy(gm.graph, {})
+    graph.output(out)
+    copy = torch.fx.GraphModule(gm, graph)
+    flat = torch.utils._pytree.tree_leaves(list(args))
+    with detect_fake_mode(flat):
+        _FakeProp(copy).run(*flat)
+    return copy
+
+
 def hinted_sizes(t: torch.Tensor) -> Optional[list]:
     """The sizes of a (possibly symbolic) fake tensor, each symbol at its example value, read without adding
     guards to a graph already traced; None when a size has no example value (data-dependent)."""
@@ -61,8 +157,12 @@ def module_name(node: torch.fx.Node) -> str:
     if not stack:
         return ""
     path = list(stack.values())[-1][0]
-    for prefix in ("L['self'].", "L__self__.", "self."):
+    # the compiled module itself is a local: ``L['self']`` when its forward was traced, ``L['fn']`` when
+    # Dynamo traced its call (an nn.Sequential under torch 2.14); its children are the user's names
+    path = re.sub(r"^L\['[^']*'\]", "", path)
+    for prefix in ("L__self__.", "self."):
         path = path.replace(prefix, "")
+    path = re.sub(r"\._modules\['([^']*)'\]", r".\1", path)
     return re.sub(r"\[(\d+)\]", r".\1", path).replace("['", ".").replace("']", "").strip(".")
 
 

@@ -34,7 +34,7 @@ from torch._inductor.pattern_matcher import (
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from tritonfuse import config, inline, registry
-from tritonfuse.patterns.common import arg_val, hinted, recorded_pattern, trace_pattern
+from tritonfuse.patterns.common import arg_val, hinted, memo_trace, recorded_pattern, trace_pattern
 from tritonfuse.patterns.common import module_name as _module_name
 from tritonfuse.kernels import linear_act as K
 
@@ -91,6 +91,11 @@ def _flat(x):
 # quant: where a W8A8 site's rows are quantized: "graph" (ATen ops Inductor fuses into x's producer),
 # "kernel" (the inlinable row-kernel op, for graph-constant sites) or "op" (inside the int8 op).
 _serve = {"int8": None, "quant": "graph"}
+
+
+def _trace(fn, args, **kwargs) -> torch.fx.GraphModule:
+    # a replacement reads how its check chose to serve the site (``_serve``): one trace per choice
+    return memo_trace(trace_pattern, fn, args, state=tuple(sorted(_serve.items())), **kwargs)
 
 
 def _quantized(x2):
@@ -563,7 +568,7 @@ def _build(with_plain: bool) -> PatternMatcherPass:
     pm = PatternMatcherPass(pass_name="tritonfuse_linear_act")
 
     def reg(search, replace, args, extra_check):
-        register_replacement(search, replace, args, trace_fn=trace_pattern, pass_dicts=pm, extra_check=extra_check,
+        register_replacement(search, replace, args, trace_fn=_trace, pass_dicts=pm, extra_check=extra_check,
                              search_fn_pattern=recorded_pattern(_open_pattern, search, args), skip_duplicates=True)
     for dtype in (torch.float32, torch.float16):
         # gated patterns first: their GEMMs would otherwise be taken one by one

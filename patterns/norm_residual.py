@@ -39,7 +39,7 @@ from torch._inductor.pattern_matcher import Match, PatternMatcherPass, register_
 
 from tritonfuse import registry
 from tritonfuse.kernels import norm_residual as K
-from tritonfuse.patterns.common import arg_val, hinted, trace_pattern
+from tritonfuse.patterns.common import arg_val, hinted, memo_trace, trace_pattern
 
 FAMILY = "norm_residual"
 _EPS = 2.0 ** -9  # placeholder traced for eps: exact in every float dtype, unlike any other constant here
@@ -272,6 +272,10 @@ _FUNCTIONAL = {aten.add_.Scalar: aten.add.Scalar, aten.add_.Tensor: aten.add.Ten
 
 
 def _trace(fn, args, **kwargs) -> torch.fx.GraphModule:
+    return memo_trace(_trace_functional, fn, args, **kwargs)
+
+
+def _trace_functional(fn, args, **kwargs) -> torch.fx.GraphModule:
     gm = trace_pattern(fn, args, **kwargs)
     for node in gm.graph.nodes:
         if node.op == "call_function" and node.target in _FUNCTIONAL:

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from torch._inductor.custom_graph_pass import CustomGraphPass
 
 import tritonfuse
 from tritonfuse import config, registry
@@ -839,6 +840,43 @@ def test_int8_quant_skip_keeps_module_in_float():
     assert "linear_act[relu]" in text and "int8" in text
 
 
+class _SeenOps(CustomGraphPass):
+    """A user's post-grad pass (runs after tritonfuse's): the call targets of the graphs it sees."""
+
+    def __init__(self):
+        import uuid
+
+        self.targets, self.token = [], uuid.uuid4().hex
+
+    def __call__(self, graph):
+        self.targets += [str(n.target) for n in graph.nodes if n.op == "call_function"]
+
+    def uuid(self):
+        return self.token  # new per run: a graph cached by an earlier run would skip both passes
+
+
+def test_same_shape_sites_served_differently_each_get_their_own_replacement(no_compile_cache):
+    # two GEMM+GELU sites of one shape, the first kept in float: one replacement trace serves the repeats of
+    # a site (patterns.common.memo_trace), but not a repeat its check chose to serve otherwise
+    model = nn.Sequential()
+    model.add_module("keep", nn.Linear(64, 64))
+    model.add_module("act1", nn.GELU())
+    model.add_module("q", nn.Linear(64, 64))
+    model.add_module("act2", nn.GELU())
+    model = model.to(torch.bfloat16)
+    x = fresh(40, 64, dtype=torch.bfloat16)
+    seen = _SeenOps()
+    # op calls on a GPU too (not inlined), so the graph names the ops
+    with torch.no_grad(), config.patch(quant="int8", quant_skip="keep*", inline="0"):
+        out = torch.compile(model, backend="tritonfuse", options={"post_grad_custom_pre_pass": seen})(x)
+    assert _counts() == {"matched": 2, "replaced": 2, "fallback": 0}, tritonfuse.report()
+    assert sorted(s.kernel.startswith("int8") for s in tritonfuse.sites()) == [False, True], tritonfuse.report()
+    # in graph order: keep's GEMM runs the float kernel, q's the int8 one
+    ops = [t for t in seen.targets if t.startswith("tritonfuse.") and "quant" not in t]
+    assert len(ops) == 2 and ops[0].startswith("tritonfuse.linear_act") and "int8" in ops[1], seen.targets
+    assert sqnr_db(model(x).float(), out.float()) > 25
+
+
 def _raise_for_width(monkeypatch, width: int, fallback_on_error: str = "1"):
     # K.unsupported raises for the layer of this output width: a bug met while deciding one site
     real = K.unsupported
@@ -1132,25 +1170,11 @@ def test_int8_weights_are_graph_constants_kept_current(mode, monkeypatch):
 def test_compile_mode_and_options_reach_inductor():
     # torch.compile hands a custom backend mode= and options= as keyword arguments: they are Inductor's,
     # applied as backend="inductor" applies them; a user's post-grad pre pass runs after tritonfuse's
-    from torch._inductor.custom_graph_pass import CustomGraphPass
-
-    class Seen(CustomGraphPass):
-        def __init__(self):
-            import uuid
-
-            self.targets, self.token = [], uuid.uuid4().hex
-
-        def __call__(self, graph):
-            self.targets += [str(n.target) for n in graph.nodes if n.op == "call_function"]
-
-        def uuid(self):
-            return self.token  # new per run: a graph cached by an earlier run would skip both passes
-
     model = nn.Sequential(nn.Linear(32, 48), nn.GELU())
     x = fresh(6, 32)
     with torch.no_grad():
         eager = model(x)
-        seen = Seen()
+        seen = _SeenOps()
         out = torch.compile(model, backend="tritonfuse", options={"post_grad_custom_pre_pass": seen})(x)
     assert _counts() == {"matched": 1, "replaced": 1, "fallback": 0}
     # the user's pass saw the graph after the replacement (on a GPU the op call is already inlined there)

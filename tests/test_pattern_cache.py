@@ -171,3 +171,75 @@ def test_conv_bn_patterns_from_record_equal_fresh(traces, monkeypatch):
     assert traced > 10 and again == (traced, 2 * registered), "the second build traced again"
     assert constants[:registered] == constants[registered:]
     assert _printed(passes[1]) == _printed(passes[0])
+
+
+# --- traces at a match, once per graph (patterns.common.memo_trace) -----------------------------------
+
+
+def _fake_args(mode, *specs):
+    with mode:
+        return [torch.empty_strided(size, stride, dtype=dtype) for size, stride, dtype in specs]
+
+
+def _gelu_mm(x, w):
+    return torch.nn.functional.gelu(torch.mm(x, w))
+
+
+def test_memo_trace_traces_each_distinct_call_once_and_copies_values():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    traced = []
+
+    def tracer(fn, args, **kwargs):
+        traced.append([tuple(a.shape) for a in args])
+        return trace_pattern(fn, args, **kwargs)
+
+    mode = FakeTensorMode()
+    site = ((5, 16), (16, 1), torch.float32), ((16, 3), (3, 1), torch.float32)
+    with common.trace_memo():
+        first = common.memo_trace(tracer, _gelu_mm, _fake_args(mode, *site))
+        again = common.memo_trace(tracer, _gelu_mm, _fake_args(mode, *site))
+        assert len(traced) == 1, "a repeat of the same site traced again"
+        assert again is not first and str(again.graph) == str(first.graph)
+        # each copy's nodes hold fake values of their own (Inductor reads shared ones as aliases)
+        for a, b in zip(first.graph.nodes, again.graph.nodes):
+            if a.op == "call_function":
+                assert b.meta["val"] is not a.meta["val"]
+                assert b.meta["val"].shape == a.meta["val"].shape
+        # another stride, dtype, shape or state (how the site is served) is another trace
+        common.memo_trace(tracer, _gelu_mm, _fake_args(mode, ((5, 16), (1, 5), torch.float32), site[1]))
+        common.memo_trace(tracer, _gelu_mm, _fake_args(mode, ((5, 16), (16, 1), torch.float16),
+                                                       ((16, 3), (3, 1), torch.float16)))
+        common.memo_trace(tracer, _gelu_mm, _fake_args(mode, ((6, 16), (16, 1), torch.float32), site[1]))
+        common.memo_trace(tracer, _gelu_mm, _fake_args(mode, *site), state=("int8", "w8a8"))
+        assert len(traced) == 5
+        # example (real) tensors, as a pattern's own build traces them: never kept
+        common.memo_trace(tracer, _gelu_mm, [torch.empty(5, 16), torch.empty(16, 3)])
+        common.memo_trace(tracer, _gelu_mm, [torch.empty(5, 16), torch.empty(16, 3)])
+        assert len(traced) == 7
+    common.memo_trace(tracer, _gelu_mm, _fake_args(mode, *site))  # outside a graph's passes: traced
+    assert len(traced) == 8
+
+
+def test_memo_trace_traces_symbolic_sizes_each_time():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    traced = []
+
+    def tracer(fn, args, **kwargs):
+        traced.append(1)
+        return trace_pattern(fn, args, **kwargs)
+
+    from torch._dynamo.source import ConstantSource
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, StatelessSymbolicContext
+
+    mode = FakeTensorMode(shape_env=ShapeEnv())
+    ctx = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC, DimDynamic.STATIC])
+    x = mode.from_tensor(torch.empty(5, 16), source=ConstantSource("x"), symbolic_context=ctx)
+    w = mode.from_tensor(torch.empty(16, 3))
+    assert isinstance(x.shape[0], torch.SymInt)
+    with common.trace_memo():
+        common.memo_trace(tracer, _gelu_mm, [x, w])
+        common.memo_trace(tracer, _gelu_mm, [x, w])
+    assert len(traced) == 2

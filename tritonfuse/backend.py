@@ -164,6 +164,12 @@ class TritonfusePasses(CustomGraphPass):
         return out
 
     def _apply(self, graph: torch.fx.Graph) -> None:
+        from tritonfuse.patterns.common import trace_memo
+
+        with trace_memo():  # the layers of a model repeat their sites: each distinct one traced once
+            self._apply_families(graph)
+
+    def _apply_families(self, graph: torch.fx.Graph) -> None:
         for family in self.families:
             try:
                 pm = _family_pass(family)
