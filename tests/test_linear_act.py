@@ -336,14 +336,18 @@ def _act_kernel(x_ptr, y_ptr, n, ACT: tl.constexpr, BLOCK: tl.constexpr):
 def test_epilogue_gelu_matches_fp64_over_its_range(device):
     # every family's GELU epilogue (an erfc approximation, cheaper than erf) against fp64, from the far
     # negative tail to large values, with eager's own fp32 error as the bar;
-    # and inf / NaN come out as eager's
+    # and inf / NaN come out as GELU's limits
     x = torch.cat([torch.linspace(-12, 12, 4001, device=device), fresh(999, device=device, seed=5) * 3,
                    torch.tensor([float("inf"), -float("inf"), float("nan"), 0.0, -0.0], device=device)])
     y = torch.empty_like(x)
     _act_kernel[(triton.cdiv(x.numel(), 1024),)](x, y, x.numel(), ACT="gelu", BLOCK=1024)
     eager = F.gelu(x)
-    assert torch.equal(torch.isnan(y), torch.isnan(eager)) and torch.equal(torch.isinf(y), torch.isinf(eager))
-    finite = torch.isfinite(eager)
+    finite = torch.isfinite(x)
+    assert torch.isfinite(y[finite]).all()
+    # +inf gives +inf (eager's scalar path does; its vectorized CPU path gives NaN on some CPUs: torch 2.14,
+    # AMD EPYC), -inf gives 0 or NaN (eager: NaN), NaN stays NaN
+    inf, ninf, nan = y[~finite].tolist()
+    assert inf == float("inf") and (ninf == 0 or math.isnan(ninf)) and math.isnan(nan), y[~finite]
     exact = F.gelu(x[finite].double().cpu())
     err = (y[finite].double().cpu() - exact).abs()
     eager_err = (eager[finite].double().cpu() - exact).abs()
