@@ -1024,6 +1024,44 @@ def test_int8_min_sqnr_gate_keeps_outlier_layer_in_float():
     assert any("TRITONFUSE_QUANT_MIN_SQNR" in d for d in details), (details, reasons)
 
 
+def _two_linears(first: str, second: str) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    for name, act in ((first, "r1"), (second, "r2")):
+        model.add_module(name, nn.Linear(64, 64))
+        model.add_module(act, nn.ReLU())
+    return model.to(torch.bfloat16)
+
+
+def test_int8_quant_skip_is_in_the_graph_cache_key():
+    # two models of one graph under other module names: QUANT_SKIP keeps a layer of the first in float; the
+    # second, whose names it does not match, must not be served the first's graph from Inductor's cache
+    x = fresh(40, 64, dtype=torch.bfloat16)
+    with config.patch(quant="int8", quant_skip="keep*"):
+        _compile_run(_two_linears("keep", "q"), x)
+        assert sorted(s.kernel.startswith("int8") for s in tritonfuse.sites()) == [False, True]
+        torch._dynamo.reset()
+        tritonfuse.reset()
+        _compile_run(_two_linears("a", "b"), x)
+    assert [s.kernel.startswith("int8") for s in tritonfuse.sites()] == [True, True], tritonfuse.report()
+
+
+def test_int8_min_sqnr_verdicts_are_not_served_from_the_graph_cache():
+    # the gate reads the weights' values, which no cache key sees: a model whose weights pass it, then one of
+    # the same graph whose second layer fails it
+    x = fresh(40, 64, dtype=torch.bfloat16)
+    plain, outlier = _two_linears("a", "b"), _two_linears("a", "b")
+    with torch.no_grad():
+        outlier.b.weight[:, 3] *= 1000.0
+    with config.patch(quant="int8", quant_min_sqnr=41.0):
+        _compile_run(plain, x)
+        assert [s.kernel.startswith("int8") for s in tritonfuse.sites()] == [True, True], tritonfuse.report()
+        torch._dynamo.reset()
+        tritonfuse.reset()
+        _compile_run(outlier, x)
+    assert sorted(s.kernel.startswith("int8") for s in tritonfuse.sites()) == [False, True], tritonfuse.report()
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("gated", [False, True])
 def test_fast_launch_matches_triton_launch(gated):

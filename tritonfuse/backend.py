@@ -116,8 +116,9 @@ class TritonfusePasses(CustomGraphPass):
     """The pipeline: each enabled family's patterns, in order, on the post-grad ATen graph."""
 
     def __init__(self, families: tuple[str, ...], key: str = "", real_inputs=(), user_pass=None,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, names: str = ""):
         self.families = families
+        self.names = names  # _module_names of the Dynamo graph where the sites served depend on them, else ""
         # compiled for Inductor's CUDA graphs: op-call sites are timed as GPU time (the backward graph too,
         # which AOTAutograd compiles later, at the first backward)
         self.cuda_graphs = cuda_graphs
@@ -156,7 +157,7 @@ class TritonfusePasses(CustomGraphPass):
         """Inductor's compile_fx_inner; on a cache hit (our pass did not run) the sites are replayed."""
         from torch._inductor.compile_fx import compile_fx_inner
 
-        self.graph_key = _graph_key(gm, example_inputs)
+        self.graph_key = _graph_key(gm, example_inputs, self.names)
         runs = self.runs
         out = compile_fx_inner(gm, example_inputs, **kwargs)
         if self.runs == runs:
@@ -201,7 +202,7 @@ class TritonfusePasses(CustomGraphPass):
     def uuid(self):
         # part of Inductor's FX-graph (and AOTAutograd) cache key: other settings or other code never reuse
         # this graph, nor does a compile after one that put off timing sites (_bump_generation)
-        ours = f"{_settings_hash()}@{_generation(self.key)}" if self.key else _settings_hash()
+        ours = f"{_settings_hash()}{self.names}@{_generation(self.key)}" if self.key else _settings_hash()
         if self.user_pass is None:
             return ours
         theirs = self.user_pass.uuid() if isinstance(self.user_pass, CustomGraphPass) else None
@@ -256,7 +257,7 @@ def _gpu_timing() -> bool:
 # first compiled are kept on disk next to Inductor's cache so the counters and the report stay right.
 
 
-def _graph_key(gm: torch.fx.GraphModule, example_inputs) -> str:
+def _graph_key(gm: torch.fx.GraphModule, example_inputs, names: str = "") -> str:
     metas = []
     for t in example_inputs:
         if isinstance(t, torch.Tensor):
@@ -264,7 +265,17 @@ def _graph_key(gm: torch.fx.GraphModule, example_inputs) -> str:
         else:
             metas.append(repr(type(t)))
     grad = torch.is_grad_enabled()
-    return hashlib.sha256(repr((gm.code, metas, grad, _settings_hash())).encode()).hexdigest()[:32]
+    return hashlib.sha256(repr((gm.code, metas, grad, _settings_hash(), names)).encode()).hexdigest()[:32]
+
+
+def _module_names(gm: torch.fx.GraphModule) -> str:
+    """A digest of the module paths in a Dynamo graph, for the cache keys where the sites served depend on
+    them (``TRITONFUSE_QUANT_SKIP``): Inductor's key sees the graph's code, not where its nodes came from, so
+    two models of one graph under other names would share an entry; empty where names do not matter."""
+    if config.quant == "none" or not config.quant_skip.strip():
+        return ""
+    paths = sorted({str(v[0]) for n in gm.graph.nodes for v in (n.meta.get("nn_module_stack") or {}).values()})
+    return hashlib.sha256(repr(paths).encode()).hexdigest()[:16]
 
 
 def _sites_path(key: str) -> pathlib.Path:
@@ -319,9 +330,11 @@ def _compile(gm, example_inputs, passes, patches=None):
     from torch._inductor.compile_fx import compile_fx
 
     patches = dict(patches or {})
-    if passes is not None and config.quant != "none" and _int8_constants():
-        # int8 weights become constants of the compiled graph (patterns.linear_act.int8_constants_pass):
-        # Inductor's graph cache would write them to disk, and its key does not see the weights' values
+    if passes is not None and config.quant != "none" and (_int8_constants() or config.quant_min_sqnr > 0):
+        # int8 weights become constants of the compiled graph (patterns.linear_act.int8_constants_pass), or
+        # the SQNR gate decides each layer from its weights: Inductor's graph cache would write the weights
+        # to disk, or serve one model's verdicts to another of the same graph, as its key does not see the
+        # weights' values (without the graph cache, AOTAutograd's is off too)
         patches["fx_graph_cache"] = False
     if passes is None:
         return compile_fx(gm, example_inputs, config_patches=patches) if patches else compile_fx(gm, example_inputs)
@@ -373,8 +386,9 @@ def tritonfuse_backend(gm: torch.fx.GraphModule, example_inputs, mode=None, opti
     families = config.enabled_families()
     user_pass = patches.pop("post_grad_custom_pre_pass", None) if families else None
     graphs = bool(patches.get("triton.cudagraphs"))
-    passes = (TritonfusePasses(families, _graph_key(gm, example_inputs), example_inputs, user_pass, graphs)
-              if families else None)
+    names = _module_names(gm)
+    passes = (TritonfusePasses(families, _graph_key(gm, example_inputs, names), example_inputs, user_pass, graphs,
+                               names) if families else None)
     try:
         try:
             compiled = _compile(gm, example_inputs, passes, patches)
@@ -386,7 +400,7 @@ def tritonfuse_backend(gm: torch.fx.GraphModule, example_inputs, mode=None, opti
                        f"{str(e).splitlines()[0] if str(e) else ''}); retrying with TRITONFUSE_INLINE=0")
             registry.note_error(f"inlining failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             registry.forget(passes.done)
-            passes = TritonfusePasses(families, passes.key, example_inputs, user_pass, graphs)
+            passes = TritonfusePasses(families, passes.key, example_inputs, user_pass, graphs, names)
             with config.patch(inline="0"):
                 compiled = _compile(gm, example_inputs, passes, patches)
     except Exception as e:
