@@ -626,10 +626,11 @@ def _run_fresh_python(code, **env):
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=300)
 
 
-def test_shape_padding_off_while_linear_act_is_on(monkeypatch):
+def test_shape_padding_off_while_linear_act_or_attention_is_on(monkeypatch):
     # Inductor's pad_mm pass times padded against unpadded GEMMs at compile time and rewrites misaligned ones
     # into pad + mm + slice, which the patterns do not match: on the GPU the sites served changed from one
-    # compile to the next. With linear_act on, the backend compiles without it (unless the options ask)
+    # compile to the next. With linear_act or attention on (hand-written attention is two batched GEMMs),
+    # the backend compiles without it (unless the options ask)
     import torch._inductor.compile_fx as cfx
     from tritonfuse import backend
 
@@ -642,11 +643,12 @@ def test_shape_padding_off_while_linear_act_is_on(monkeypatch):
         torch.testing.assert_close(torch.compile(model, backend="tritonfuse")(x), model(x), rtol=1e-4, atol=1e-4)
     assert seen and seen[0]["shape_padding"] is False  # (compile_fx calls itself again with the patches applied)
     assert _counts()["replaced"] == 1
-    assert backend.linear_patches(("linear_act",), {"shape_padding": True}) == {"shape_padding": True}
-    assert backend.linear_patches(("attention", "conv_bn"), {}) == {}
+    assert backend.shape_padding_patches(("linear_act",), {"shape_padding": True}) == {"shape_padding": True}
+    assert backend.shape_padding_patches(("attention", "conv_bn"), {}) == {"shape_padding": False}
+    assert backend.shape_padding_patches(("norm_residual", "conv_bn"), {}) == {}
     torch._dynamo.reset()
     seen.clear()
-    with torch.no_grad(), config.patch(patterns="attention"):
+    with torch.no_grad(), config.patch(patterns="conv_bn,norm_residual"):
         torch.compile(model, backend="tritonfuse")(x)
     assert seen and "shape_padding" not in seen[0]
 

@@ -339,19 +339,23 @@ def _compile(gm, example_inputs, passes, patches=None):
     if passes is None:
         return compile_fx(gm, example_inputs, config_patches=patches) if patches else compile_fx(gm, example_inputs)
     return compile_fx(gm, example_inputs, inner_compile=passes.inner_compile,
-                      config_patches={**linear_patches(passes.families, patches), "post_grad_custom_pre_pass": passes})
+                      config_patches={**shape_padding_patches(passes.families, patches), "post_grad_custom_pre_pass": passes})
 
 
-def linear_patches(families, patches: dict) -> dict:
-    """``patches`` plus, with the linear_act family on, Inductor's shape padding off unless the user's
-    options set it. Padding (the joint-graph pass pad_mm) rewrites a GEMM whose sizes are not multiples of
-    8 into pad + mm + slice when timing it at compile time says cuBLAS runs it faster padded: the site's
-    pattern then no longer matches, and which sites tritonfuse serves can change from one compile to the
-    next. On the H200 the GPU tests' misaligned GEMM sites (4x197 rows, a Linear(300, 100)) went unmatched
-    at random, which this explains (with padding off the test passed in 3 runs side by side and in the
-    full GPU run, thirteenth session). Our GEMM kernels mask ragged edges and do not need the padding; a
-    site left to cuBLAS runs it unpadded."""
-    if "linear_act" not in families or "shape_padding" in patches:
+def shape_padding_patches(families, patches: dict) -> dict:
+    """``patches`` plus, with the linear_act or attention family on, Inductor's shape padding off unless the
+    user's options set it. Padding (the joint-graph pass pad_mm) rewrites a GEMM or batched GEMM whose sizes
+    are not multiples of 8 into pad + mm + slice when timing it at compile time says cuBLAS runs it faster
+    padded: the site's pattern then no longer matches, and which sites tritonfuse serves can change from one
+    compile to the next. On the H200 the GPU tests' misaligned GEMM sites (4x197 rows, a Linear(300, 100))
+    went unmatched at random, which this explains (with padding off the test passed in 3 runs side by side
+    and in the full GPU run, thirteenth session). Hand-written attention is two such batched GEMMs (Q@Kᵀ and
+    P@V at a sequence length like 21 or 197): in the nineteenth session's GPU run four attention tests found
+    no site at all, and passed when run alone. (pad_mm skips a GEMM too small to be compute-bound, unless it
+    cannot read the GPU's peak FLOP/s, as from a machine without a working nvidia-smi: then it times every
+    misaligned one.) Our kernels mask ragged edges and do not need the padding; a site left to cuBLAS runs it
+    unpadded."""
+    if not {"linear_act", "attention"} & set(families) or "shape_padding" in patches:
         return patches
     return {**patches, "shape_padding": False}
 
