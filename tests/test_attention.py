@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._inductor.custom_graph_pass import CustomGraphPass
 
 import tritonfuse
 from tritonfuse import config, registry
@@ -270,12 +271,28 @@ def test_unsupported_operands():
 # --- patterns ----------------------------------------------------------------------------------------
 
 
+class _GraphOps(CustomGraphPass):
+    """A user's post-grad pass, run after tritonfuse's: the ops of the graph it leaves, for a failure's
+    message (no site at all: were the attention GEMMs padded, lowered otherwise, or was the graph served
+    from a cache, where no pass runs and this list stays empty?)."""
+
+    def __init__(self):
+        self.ops = []
+
+    def __call__(self, graph):
+        self.ops += [str(n.target) for n in graph.nodes if n.op == "call_function"]
+
+    def uuid(self):
+        return "test_attention._GraphOps"  # a constant: caching as without it
+
+
 def _compile_check(fn, *args, expect, atol=2e-3, **kwargs):
+    ops = _GraphOps()
     with torch.no_grad():
         ref = fn(*args, **kwargs)
         with config.patch(patterns="attention"):
-            out = torch.compile(fn, backend="tritonfuse")(*args, **kwargs)
-    assert tritonfuse.counters()["attention"] == expect, (tritonfuse.sites(), registry.errors())
+            out = torch.compile(fn, backend="tritonfuse", options={"post_grad_custom_pre_pass": ops})(*args, **kwargs)
+    assert tritonfuse.counters()["attention"] == expect, (tritonfuse.sites(), registry.errors(), ops.ops)
     # on a GPU the kernels are inlined into Inductor's code: a graph it could not compile so would be
     # retried with op calls (slower, and a second compile)
     assert not [e for e in registry.errors() if "inlining failed" in e]
