@@ -6,12 +6,11 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from torch._inductor.custom_graph_pass import CustomGraphPass
 
 import tritonfuse
 from tritonfuse import config, registry
 from tritonfuse.kernels import attention as K
-from tests.utils import assert_close_to_ref, fresh
+from tests.utils import GraphOps, assert_close_to_ref, fresh
 
 HAS_CUDA = torch.cuda.is_available()
 FP = [(torch.float16, 1e-3), (torch.bfloat16, 1e-2)]
@@ -271,23 +270,11 @@ def test_unsupported_operands():
 # --- patterns ----------------------------------------------------------------------------------------
 
 
-class _GraphOps(CustomGraphPass):
-    """A user's post-grad pass, run after tritonfuse's: the ops of the graph it leaves, for a failure's
-    message (no site at all: were the attention GEMMs padded, lowered otherwise, or was the graph served
-    from a cache, where no pass runs and this list stays empty?)."""
-
-    def __init__(self):
-        self.ops = []
-
-    def __call__(self, graph):
-        self.ops += [str(n.target) for n in graph.nodes if n.op == "call_function"]
-
-    def uuid(self):
-        return "test_attention._GraphOps"  # a constant: caching as without it
-
-
 def _compile_check(fn, *args, expect, atol=2e-3, **kwargs):
-    ops = _GraphOps()
+    # the ops of the graph the passes left, for a failure's message (no site at all: were the attention
+    # GEMMs padded, lowered otherwise, or was the graph served from a cache, where no pass runs and the
+    # list stays empty?); a constant token: caching as without it
+    ops = GraphOps("test_attention._compile_check")
     with torch.no_grad():
         ref = fn(*args, **kwargs)
         with config.patch(patterns="attention"):

@@ -11,14 +11,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from torch._inductor.custom_graph_pass import CustomGraphPass
 
 import tritonfuse
 from tritonfuse import config, registry
 from tritonfuse.kernels import linear_act as K
 from tritonfuse.kernels.common import _apply_act
 
-from utils import assert_close_to_ref, fresh, pretend_gpu_timing, sqnr_db
+from utils import GraphOps, assert_close_to_ref, fresh, pretend_gpu_timing, sqnr_db
 
 DTYPES = [(torch.float16, 1e-3), (torch.bfloat16, 1e-2), (torch.float32, 1e-5)]
 
@@ -846,21 +845,6 @@ def test_int8_quant_skip_keeps_module_in_float():
     assert "linear_act[relu]" in text and "int8" in text
 
 
-class _SeenOps(CustomGraphPass):
-    """A user's post-grad pass (runs after tritonfuse's): the call targets of the graphs it sees."""
-
-    def __init__(self):
-        import uuid
-
-        self.targets, self.token = [], uuid.uuid4().hex
-
-    def __call__(self, graph):
-        self.targets += [str(n.target) for n in graph.nodes if n.op == "call_function"]
-
-    def uuid(self):
-        return self.token  # new per run: a graph cached by an earlier run would skip both passes
-
-
 def test_same_shape_sites_served_differently_each_get_their_own_replacement(no_compile_cache):
     # two GEMM+GELU sites of one shape, the first kept in float: one replacement trace serves the repeats of
     # a site (patterns.common.memo_trace), but not a repeat its check chose to serve otherwise
@@ -871,15 +855,15 @@ def test_same_shape_sites_served_differently_each_get_their_own_replacement(no_c
     model.add_module("act2", nn.GELU())
     model = model.to(torch.bfloat16)
     x = fresh(40, 64, dtype=torch.bfloat16)
-    seen = _SeenOps()
+    seen = GraphOps()
     # op calls on a GPU too (not inlined), so the graph names the ops
     with torch.no_grad(), config.patch(quant="int8", quant_skip="keep*", inline="0"):
         out = torch.compile(model, backend="tritonfuse", options={"post_grad_custom_pre_pass": seen})(x)
     assert _counts() == {"matched": 2, "replaced": 2, "fallback": 0}, tritonfuse.report()
     assert sorted(s.kernel.startswith("int8") for s in tritonfuse.sites()) == [False, True], tritonfuse.report()
     # in graph order: keep's GEMM runs the float kernel, q's the int8 one
-    ops = [t for t in seen.targets if t.startswith("tritonfuse.") and "quant" not in t]
-    assert len(ops) == 2 and ops[0].startswith("tritonfuse.linear_act") and "int8" in ops[1], seen.targets
+    ops = [t for t in seen.ops if t.startswith("tritonfuse.") and "quant" not in t]
+    assert len(ops) == 2 and ops[0].startswith("tritonfuse.linear_act") and "int8" in ops[1], seen.ops
     assert sqnr_db(model(x).float(), out.float()) > 25
 
 
@@ -1218,12 +1202,12 @@ def test_compile_mode_and_options_reach_inductor():
     x = fresh(6, 32)
     with torch.no_grad():
         eager = model(x)
-        seen = _SeenOps()
+        seen = GraphOps()
         out = torch.compile(model, backend="tritonfuse", options={"post_grad_custom_pre_pass": seen})(x)
     assert _counts() == {"matched": 1, "replaced": 1, "fallback": 0}
     # the user's pass saw the graph after the replacement (on a GPU the op call is already inlined there)
     assert any("tritonfuse.linear_act" in t or t == "triton_kernel_wrapper_functional"
-               for t in seen.targets), seen.targets
+               for t in seen.ops), seen.ops
     torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-5)
 
     torch._dynamo.reset()

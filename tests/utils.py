@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import uuid
 
 import torch
+from torch._inductor.custom_graph_pass import CustomGraphPass
 
 
 def max_err(a: torch.Tensor, ref: torch.Tensor) -> float:
@@ -59,3 +61,18 @@ def pretend_gpu_timing(tmp_path, monkeypatch, backend=None):
     monkeypatch.setattr(registry, "timing_enabled", lambda device: True)
     if backend is not None:
         monkeypatch.setattr(backend, "_gpu_timing", lambda: True)
+
+
+class GraphOps(CustomGraphPass):
+    """A user's post-grad pass (``options={"post_grad_custom_pre_pass": ...}``, run after tritonfuse's): the
+    call targets of the graphs it sees. ``token`` is its part of Inductor's cache key: by default new per
+    instance, so no graph compiled before is served (a served graph runs neither pass)."""
+
+    def __init__(self, token: str = ""):
+        self.ops, self.token = [], token or uuid.uuid4().hex
+
+    def __call__(self, graph):
+        self.ops += [str(n.target) for n in graph.nodes if n.op == "call_function"]
+
+    def uuid(self):
+        return self.token
