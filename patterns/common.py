@@ -98,7 +98,11 @@ def memo_trace(trace: Callable[..., torch.fx.GraphModule], fn, args, state=(), *
     if key not in table:
         table[key] = trace(fn, args, **kwargs)
         return table[key]
-    return _fresh_copy(table[key], args)
+    try:
+        return _fresh_copy(table[key], args)
+    except Exception:  # noqa: BLE001 - the copy is only a shortcut: a trace of this call is always right
+        table.pop(key, None)
+        return trace(fn, args, **kwargs)
 
 
 class _FakeProp(torch.fx.Interpreter):

@@ -243,3 +243,24 @@ def test_memo_trace_traces_symbolic_sizes_each_time():
         common.memo_trace(tracer, _gelu_mm, [x, w])
         common.memo_trace(tracer, _gelu_mm, [x, w])
     assert len(traced) == 2
+
+
+def test_memo_trace_traces_again_where_a_copy_fails(monkeypatch):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    traced = []
+
+    def tracer(fn, args, **kwargs):
+        traced.append(1)
+        return trace_pattern(fn, args, **kwargs)
+
+    def broken(gm, args):
+        raise RuntimeError("simulated: a value cannot be propagated")
+
+    monkeypatch.setattr(common, "_fresh_copy", broken)
+    mode = FakeTensorMode()
+    site = ((5, 16), (16, 1), torch.float32), ((16, 3), (3, 1), torch.float32)
+    with common.trace_memo():
+        first = common.memo_trace(tracer, _gelu_mm, _fake_args(mode, *site))
+        again = common.memo_trace(tracer, _gelu_mm, _fake_args(mode, *site))
+    assert len(traced) == 2 and again is not first and str(again.graph) == str(first.graph)
