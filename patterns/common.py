@@ -77,10 +77,9 @@ def _arg_key(x):
 
 
 def memo_trace(trace: Callable[..., torch.fx.GraphModule], fn, args, state=(), **kwargs) -> torch.fx.GraphModule:
-    """``trace(fn, args, **kwargs)``, or inside ``trace_memo`` the graph an identical call returned before
-    (the same ``trace`` and ``fn`` objects, arguments with the same metadata, no symbolic sizes, equal
-    ``state``: whatever else the traced function reads, such as how its check chose to serve the site).
-    Callers must not change the graph they get."""
+    """``trace(fn, args, **kwargs)``, or inside ``trace_memo`` a copy of the graph an identical call traced
+    before: the same ``trace`` and ``fn`` objects, arguments with the same metadata and no symbolic sizes,
+    equal ``state`` (whatever else the function reads, such as how its check chose to serve the site)."""
     table = getattr(_memo, "table", None)
     if table is None:
         return trace(fn, args, **kwargs)
@@ -95,14 +94,17 @@ def memo_trace(trace: Callable[..., torch.fx.GraphModule], fn, args, state=(), *
         hash(key)
     except (_Unkeyed, TypeError):
         return trace(fn, args, **kwargs)
-    if key not in table:
-        table[key] = trace(fn, args, **kwargs)
-        return table[key]
+    if key in table:
+        try:
+            return _fresh_copy(table[key], args)
+        except Exception:  # noqa: BLE001 - the copy is only a shortcut: a trace of this call is always right
+            del table[key]
+    gm = trace(fn, args, **kwargs)
     try:
-        return _fresh_copy(table[key], args)
-    except Exception:  # noqa: BLE001 - the copy is only a shortcut: a trace of this call is always right
-        table.pop(key, None)
-        return trace(fn, args, **kwargs)
+        table[key] = _copy(gm)  # as traced: the pattern matcher may write into the graph it is given
+    except Exception:  # noqa: BLE001 - not kept: the next such call is traced
+        pass
+    return gm
 
 
 class _FakeProp(torch.fx.Interpreter):
@@ -115,16 +117,20 @@ class _FakeProp(torch.fx.Interpreter):
         return result
 
 
+def _copy(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    graph = torch.fx.Graph()
+    out = graph.graph_copy(gm.graph, {})
+    graph.output(out)
+    return torch.fx.GraphModule(gm, graph)
+
+
 def _fresh_copy(gm: torch.fx.GraphModule, args) -> torch.fx.GraphModule:
-    """A copy of a memoized trace whose nodes hold fake values of their own, computed from ``args``: the
+    """A copy of a kept trace whose nodes hold fake values of their own, computed from ``args``: the
     replacement's values are copied into the model's graph, and two sites sharing one fake tensor would
     look to Inductor's alias analysis like views of one storage."""
     from torch._guards import detect_fake_mode
 
-    graph = torch.fx.Graph()
-    out = graph.graph_copy(gm.graph, {})
-    graph.output(out)
-    copy = torch.fx.GraphModule(gm, graph)
+    copy = _copy(gm)
     flat = torch.utils._pytree.tree_leaves(list(args))
     with detect_fake_mode(flat):
         _FakeProp(copy).run(*flat)

@@ -264,3 +264,20 @@ def test_memo_trace_traces_again_where_a_copy_fails(monkeypatch):
         first = common.memo_trace(tracer, _gelu_mm, _fake_args(mode, *site))
         again = common.memo_trace(tracer, _gelu_mm, _fake_args(mode, *site))
     assert len(traced) == 2 and again is not first and str(again.graph) == str(first.graph)
+
+
+def test_memo_trace_keeps_the_trace_as_traced():
+    # the pattern matcher may write into the graph it is given (meta of a one-node match): a later repeat
+    # gets the trace as it was, not as the first caller left it
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    site = ((5, 16), (16, 1), torch.float32), ((16, 3), (3, 1), torch.float32)
+    with common.trace_memo():
+        first = common.memo_trace(trace_pattern, _gelu_mm, _fake_args(mode, *site))
+        text = str(first.graph)
+        for n in first.graph.nodes:
+            n.meta["stack_trace"] = "written by the first caller"
+        again = common.memo_trace(trace_pattern, _gelu_mm, _fake_args(mode, *site))
+    assert str(again.graph) == text
+    assert all(n.meta.get("stack_trace") != "written by the first caller" for n in again.graph.nodes)
