@@ -8,7 +8,6 @@ import io
 import os
 import pathlib
 import pickle
-import re
 import threading
 from typing import Any, Callable, Optional
 
@@ -17,6 +16,7 @@ import torch.utils._pytree
 from torch._inductor.pattern_matcher import Match, fwd_only
 
 from tritonfuse.kernels.common import size_hint
+from tritonfuse.registry import module_name  # noqa: F401 - the families import it from here
 
 
 def trace_pattern(fn, args, **kwargs) -> torch.fx.GraphModule:
@@ -159,21 +159,6 @@ def arg_val(match: Match, name: str):
     """The fake tensor (``meta["val"]``) of the pattern argument ``name``, or None."""
     node = match.kwargs.get(name)
     return node.meta.get("val") if isinstance(node, torch.fx.Node) else None
-
-
-def module_name(node: torch.fx.Node) -> str:
-    """The dotted name of the module a node came from (``layers.0.mlp.up_proj``), best effort."""
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return ""
-    path = list(stack.values())[-1][0]
-    # the compiled module itself is a local: ``L['self']`` when its forward was traced, ``L['fn']`` when
-    # Dynamo traced its call (an nn.Sequential under torch 2.14); its children are the user's names
-    path = re.sub(r"^L\['[^']*'\]", "", path)
-    for prefix in ("L__self__.", "self."):
-        path = path.replace(prefix, "")
-    path = re.sub(r"\._modules\['([^']*)'\]", r".\1", path)
-    return re.sub(r"\[(\d+)\]", r".\1", path).replace("['", ".").replace("']", "").strip(".")
 
 
 # --- traced search patterns, kept on disk -----------------------------------------------------------------

@@ -1391,6 +1391,44 @@ def test_site_measured_in_its_compile_keeps_the_graph_key(tmp_path, monkeypatch)
     torch.testing.assert_close(again, out)
 
 
+def test_sites_name_their_modules_also_when_served_from_the_cache(tmp_path, monkeypatch):
+    # the site table (TRITONFUSE_LOG=debug, `tritonfuse explain`) says which layer each site is; a graph
+    # served from Inductor's cache replays its sites' records, names included
+    from torch._dynamo.utils import counters as dynamo_counters
+
+    from tritonfuse.report import site_table
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(32, 32)
+
+        def forward(self, x):
+            return F.gelu(self.fc(x))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([Block(), Block()])
+
+        def forward(self, x):
+            for b in self.blocks:
+                x = b(x)
+            return x
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    model, x = Net(), fresh(6, 32)
+    for run in range(2):
+        torch._dynamo.reset()
+        tritonfuse.reset()
+        dynamo_counters.clear()
+        _compile_run(model, x)
+        assert sorted(s.module for s in tritonfuse.sites()) == ["blocks.0.fc", "blocks.1.fc"], tritonfuse.sites()
+        assert "blocks.1.fc" in site_table(), site_table()
+    hits = dynamo_counters["inductor"]["fxgraph_cache_hit"] + dynamo_counters["aot_autograd"]["autograd_cache_hit"]
+    assert hits >= 1, dict(dynamo_counters["inductor"])
+
+
 def test_measure_budget_setting_is_validated():
     with config.patch(measure_budget_s="soon"):
         with pytest.raises(config.ConfigError, match="TRITONFUSE_MEASURE_BUDGET_S"):

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import re
 import threading
 import warnings
 from typing import Callable, Optional
@@ -31,6 +32,7 @@ class Site:
     detail: str = ""  # shapes and dtype, for the report
     graph: int = 0  # which compiled graph (0, 1, ... in compile order)
     measured: Optional[list] = None  # [ours_ms, theirs_ms] where a GPU timing chose the site's path
+    module: str = ""  # the module it came from, as model.named_modules() names it ("" where unknown)
 
 
 _counters: dict[str, dict[str, int]] = {}
@@ -94,7 +96,23 @@ def note_replaced(family: str, node: torch.fx.Node, kernel: str, detail: str = "
     """Record a replaced site, with the timing that chose it (the last ``measured_choice`` of this thread)."""
     measured = _take_measured()
     with _lock:
-        _pending[_site_key(node)] = Site(family, "replaced", kernel, "", detail, measured=measured)
+        _pending[_site_key(node)] = Site(family, "replaced", kernel, "", detail, measured=measured,
+                                         module=module_name(node))
+
+
+def module_name(node: torch.fx.Node) -> str:
+    """The dotted name of the module a node came from (``layers.0.mlp.up_proj``), best effort."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = list(stack.values())[-1][0]
+    # the compiled module itself is a local: ``L['self']`` when its forward was traced, ``L['fn']`` when
+    # Dynamo traced its call (an nn.Sequential under torch 2.14); its children are the user's names
+    path = re.sub(r"^L\['[^']*'\]", "", path)
+    for prefix in ("L__self__.", "self."):
+        path = path.replace(prefix, "")
+    path = re.sub(r"\._modules\['([^']*)'\]", r".\1", path)
+    return re.sub(r"\[(\d+)\]", r".\1", path).replace("['", ".").replace("']", "").strip(".")
 
 
 def note_fallback(family: str, node: torch.fx.Node, kernel: str, reason: str, detail: str = "") -> None:
@@ -102,7 +120,7 @@ def note_fallback(family: str, node: torch.fx.Node, kernel: str, reason: str, de
     with _lock:
         key = _site_key(node)
         if key not in _pending:
-            _pending[key] = Site(family, "fallback", kernel, reason, detail)
+            _pending[key] = Site(family, "fallback", kernel, reason, detail, module=module_name(node))
 
 
 def guarded(family: str, fn: Callable, anchor: Optional[Callable] = None) -> Callable:
@@ -222,8 +240,9 @@ def replay(records: list[dict]) -> list[Site]:
     global _graph_index
     with _lock:
         done = []
+        fields = {f.name for f in dataclasses.fields(Site)}
         for r in records:
-            site = Site(**r)
+            site = Site(**{k: v for k, v in r.items() if k in fields})
             site.graph = _graph_index
             _add(site)
             done.append(site)

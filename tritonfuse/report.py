@@ -48,9 +48,13 @@ def report() -> str:
 
 
 def site_table() -> str:
-    """One line per site, in compile order (``TRITONFUSE_LOG=debug`` prints it)."""
+    """One line per site, in compile order, with the module it came from (``TRITONFUSE_LOG=debug`` and
+    ``tritonfuse explain`` print it)."""
+    sites = registry.sites()
+    width = min(48, max((len(s.module) for s in sites), default=0))
     rows = []
-    for s in registry.sites():
+    for s in sites:
         what = s.kernel if s.status == "replaced" else f"inductor ({s.reason})"
-        rows.append(f"  graph {s.graph} {s.family:<14} {s.detail:<44} -> {what}")
+        module = (s.module or "?")[-width:] if width else ""
+        rows.append(f"  graph {s.graph} {s.family:<14} {module:<{width}} {s.detail:<44} -> {what}")
     return "\n".join(rows)
