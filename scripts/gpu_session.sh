@@ -13,7 +13,7 @@
 #                                       # each GPU runs the steps GPU0_STEPS / GPU1_STEPS name, in order
 #                                       # (default: zoo / linear attention tests train; also noinline,
 #                                       # profile, compile, compile_profile, models, train:MODEL, launch, int8, norm,
-#                                       # norm_sweep, probe2, decode_sweep, conv, tma_probe, inline_probe, int8_inline,
+#                                       # norm_sweep, probe2, decode_sweep, conv, tma_probe, pad_probe, inline_probe, int8_inline,
 #                                       # explain:MODEL[:QUANT]: see run_steps)
 # Write everything to files under $OUT: a pipe into tail or grep shows nothing when the call's time runs out.
 # Set TRITONFUSE_COMMIT=<sha> where the tree has no .git (the device copy), so results name their commit.
@@ -96,6 +96,9 @@ case "${1:-tests}" in
                      timeout "${EXPLAIN_TIMEOUT:-240}" $pin $PY -m tritonfuse explain "$em" --quant "$eq" --no-progress \
                        > "$dir/explain-$em-$eq.txt" 2>&1 ;;
           tma_probe) timeout 120 $pin $PY scripts/device_tma_probe.py > "$dir/tma_probe.txt" 2>&1 ;;
+          # does shape padding take hand-written attention's GEMMs away (scripts/pad_mm_probe.py)?
+          pad_probe) timeout "${PAD_TIMEOUT:-240}" $pin $PY scripts/pad_mm_probe.py --out "$dir/pad_mm.json" \
+                       > "$dir/pad_mm.txt" 2>&1 ;;
           # one BERT MLP block: Inductor, int8 GEMMs inlined with graph-constant weights, int8 op calls
           inline_probe) timeout "${PROBE_TIMEOUT:-300}" $pin $PY scripts/int8_inline_probe.py --layers 1 \
                           --out "$dir/p" > "$dir/inline_probe.txt" 2>&1 ;;
