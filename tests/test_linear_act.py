@@ -406,7 +406,9 @@ def test_unsupported_dtype_falls_back_with_reason():
     x = fresh(8, 32).double()
     out = _compile_run(model, x)
     assert _counts() == {"matched": 1, "replaced": 0, "fallback": 1}
+    # the report says why, and where (the module: the Sequential's first layer, "0")
     assert "dtype torch.float64 not supported" in tritonfuse.report()
+    assert "not supported (x1: 0)" in tritonfuse.report(), tritonfuse.report()
     torch.testing.assert_close(out, model(x))
 
 

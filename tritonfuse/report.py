@@ -35,11 +35,17 @@ def report() -> str:
         lines.append(f"op calls inlined into Inductor's code: {inl['inlined']}; left as op calls: {inl['kept']}")
         for reason, n in sorted(inl["reasons"].items()):
             lines.append(f"  {reason} (x{n})")
-    left = Counter((s.family, s.reason) for s in sites if s.status == "fallback")
+    left: dict[tuple, list] = {}
+    for s in sites:
+        if s.status == "fallback":
+            left.setdefault((s.family, s.reason), []).append(s.module)
     if left:
-        lines.append("left to Inductor, by reason:")
-        for (fam, reason), n in sorted(left.items()):
-            lines.append(f"  {fam:<15}{reason} (x{n})")
+        lines.append("left to Inductor, by reason (and where):")
+        for (fam, reason), modules in sorted(left.items()):
+            named = [m for m in dict.fromkeys(modules) if m]
+            where = (": " + ", ".join(named[:3]) + (f", +{len(named) - 3} more" if len(named) > 3 else "")) \
+                if named else ""
+            lines.append(f"  {fam:<15}{reason} (x{len(modules)}{where})")
     errs = registry.errors()
     if errs:
         lines.append("errors (the sites involved were left to Inductor):")
