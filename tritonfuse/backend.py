@@ -330,7 +330,7 @@ def _compile(gm, example_inputs, passes, patches=None):
     from torch._inductor.compile_fx import compile_fx
 
     patches = dict(patches or {})
-    if passes is not None and config.quant != "none" and (_int8_constants() or config.quant_min_sqnr > 0):
+    if passes is not None and config.quant != "none" and (_int8_constants() or float(config.quant_min_sqnr) > 0):
         # int8 weights become constants of the compiled graph (patterns.linear_act.int8_constants_pass), or
         # the SQNR gate decides each layer from its weights: Inductor's graph cache would write the weights
         # to disk, or serve one model's verdicts to another of the same graph, as its key does not see the
