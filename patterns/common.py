@@ -16,7 +16,6 @@ import torch.utils._pytree
 from torch._inductor.pattern_matcher import Match, fwd_only
 
 from tritonfuse.kernels.common import size_hint
-from tritonfuse.registry import module_name  # noqa: F401 - the families import it from here
 
 
 def trace_pattern(fn, args, **kwargs) -> torch.fx.GraphModule:
@@ -35,10 +34,11 @@ def trace_pattern(fn, args, **kwargs) -> torch.fx.GraphModule:
 # ``register_replacement``'s check traces the search function again at each match's own shapes (to check
 # the views around it) and, when the match holds, the replacement function: two traces of some 10-20 ms per
 # site, for every layer of a model although its layers repeat the same shapes (a 12-layer BERT at width 64:
-# 160 checks, 3.2 s of a 5.2 s pass, on the CPU under cProfile). Within the graph being compiled (one fake mode) a trace is a function of the
-# function, its arguments' metadata and any state it reads (which the caller names), and the pattern
-# matcher only reads the graphs it gets (the replacement is copied node by node into the graph), so one
-# trace serves every repeat. Symbolic sizes and real (example) tensors are traced each time.
+# 160 checks, 3.2 s of a 5.2 s pass, on the CPU under cProfile). Within the graph being compiled (one fake
+# mode) a trace is a function of the function, its arguments' metadata and any state it reads (which the
+# caller names), and the pattern matcher only reads the graphs it gets (the replacement is copied node by
+# node into the graph), so one trace serves every repeat. Symbolic sizes and real (example) tensors are
+# traced each time.
 
 _memo = threading.local()
 

@@ -30,7 +30,7 @@ from torch._inductor.pattern_matcher import Match, PatternMatcherPass, register_
 
 from tritonfuse import config, registry
 from tritonfuse.kernels import conv_bn as K
-from tritonfuse.patterns.common import module_name, pattern_cache, trace_pattern
+from tritonfuse.patterns.common import pattern_cache, trace_pattern
 
 FAMILY = "conv_bn"
 # conv -> BN, conv(bias) -> BN, conv(bias) alone, conv -> BN(affine=False)
@@ -261,7 +261,7 @@ def _int8_site(match: Match, conv, x, w, b, bn, stride, padding, eps, act) -> tu
         return False, None  # int8-weight (weight-only) is for the Linear layers' small-M GEMMs
     if x.dtype not in (torch.float16, torch.bfloat16):
         return False, f"int8: {str(x.dtype).replace('torch.', '')} activations (fp16/bf16 only)"
-    name = module_name(conv)
+    name = registry.module_name(conv)
     if name and config.quant_skipped(name):
         return False, f"int8: {name} is in TRITONFUSE_QUANT_SKIP"
     gate = float(config.quant_min_sqnr)

@@ -35,7 +35,6 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from tritonfuse import config, inline, registry
 from tritonfuse.patterns.common import arg_val, hinted, memo_trace, recorded_pattern, trace_pattern
-from tritonfuse.patterns.common import module_name as _module_name
 from tritonfuse.kernels import linear_act as K
 
 FAMILY = "linear_act"
@@ -383,7 +382,7 @@ def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None, conv1d=Fal
     ws = [hinted(w) for w in ws]
     if any(w is None for w in ws):
         return None, None, "int8: data-dependent weight shape"
-    name = _module_name(site)
+    name = registry.module_name(site)
     if name and config.quant_skipped(name):
         return None, None, f"{name} kept in floating point (TRITONFUSE_QUANT_SKIP)"
     from tritonfuse.kernels import int8 as I8

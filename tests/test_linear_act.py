@@ -847,15 +847,19 @@ def test_int8_quant_skip_keeps_module_in_float():
     assert "linear_act[relu]" in text and "int8" in text
 
 
-def test_same_shape_sites_served_differently_each_get_their_own_replacement(no_compile_cache):
-    # two GEMM+GELU sites of one shape, the first kept in float: one replacement trace serves the repeats of
-    # a site (patterns.common.memo_trace), but not a repeat its check chose to serve otherwise
+def _two_linears(first: str, second: str) -> nn.Module:
+    torch.manual_seed(0)
     model = nn.Sequential()
-    model.add_module("keep", nn.Linear(64, 64))
-    model.add_module("act1", nn.GELU())
-    model.add_module("q", nn.Linear(64, 64))
-    model.add_module("act2", nn.GELU())
-    model = model.to(torch.bfloat16)
+    for name, act in ((first, "r1"), (second, "r2")):
+        model.add_module(name, nn.Linear(64, 64))
+        model.add_module(act, nn.ReLU())
+    return model.to(torch.bfloat16)
+
+
+def test_same_shape_sites_served_differently_each_get_their_own_replacement(no_compile_cache):
+    # two GEMM+ReLU sites of one shape, the first kept in float: one replacement trace serves the repeats of
+    # a site (patterns.common.memo_trace), but not a repeat its check chose to serve otherwise
+    model = _two_linears("keep", "q")
     x = fresh(40, 64, dtype=torch.bfloat16)
     seen = GraphOps()
     # op calls on a GPU too (not inlined), so the graph names the ops
@@ -1010,15 +1014,6 @@ def test_int8_min_sqnr_gate_keeps_outlier_layer_in_float():
     assert any(k.startswith("int8") for k in kernels) and "linear_act[relu]" in kernels, kernels
     details = [s.detail for s in tritonfuse.sites()]
     assert any("TRITONFUSE_QUANT_MIN_SQNR" in d for d in details), (details, reasons)
-
-
-def _two_linears(first: str, second: str) -> nn.Module:
-    torch.manual_seed(0)
-    model = nn.Sequential()
-    for name, act in ((first, "r1"), (second, "r2")):
-        model.add_module(name, nn.Linear(64, 64))
-        model.add_module(act, nn.ReLU())
-    return model.to(torch.bfloat16)
 
 
 def test_int8_quant_skip_is_in_the_graph_cache_key():

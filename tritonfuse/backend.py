@@ -339,7 +339,8 @@ def _compile(gm, example_inputs, passes, patches=None):
     if passes is None:
         return compile_fx(gm, example_inputs, config_patches=patches) if patches else compile_fx(gm, example_inputs)
     return compile_fx(gm, example_inputs, inner_compile=passes.inner_compile,
-                      config_patches={**shape_padding_patches(passes.families, patches), "post_grad_custom_pre_pass": passes})
+                      config_patches={**shape_padding_patches(passes.families, patches),
+                                      "post_grad_custom_pre_pass": passes})
 
 
 def shape_padding_patches(families, patches: dict) -> dict:
