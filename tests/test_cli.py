@@ -94,6 +94,44 @@ def test_bench_small_cpu_writes_results_contract(capsys, tmp_path):
     assert f"| tiny-mlp (small) | {DTYPE} | 8 |" in md and "tritonfuse bench --models tiny-mlp" in md
 
 
+def test_bench_rounds_time_the_modes_interleaved(capsys, tmp_path):
+    # the float and int8 modes both compile with tritonfuse's backend: kept side by side, each must keep its
+    # own compiled graph (sharing one backend, the int8 mode would run the float graph)
+    out_file = tmp_path / "r.json"
+    code, out, err = run(capsys, "bench", "--models", "tiny-mlp", "--modes", "eager,tritonfuse,tritonfuse-int8",
+                         "--rounds", "3", "--out", str(out_file), *FAST)
+    assert code == 0, err
+    rows = {r["mode"]: r for r in results.load(out_file)["models"]}
+    for r in rows.values():
+        assert "interleave_error" not in r, r["interleave_error"]
+        assert len(r["ms_rounds"]) == 3 and r["ms_single"] > 0
+        assert r["ms"] == sorted(r["ms_rounds"])[1]
+        assert math.isclose(r["spread_pct"], 100 * (max(r["ms_rounds"]) - min(r["ms_rounds"])) / r["ms"])
+    assert math.isclose(rows["tritonfuse-int8"]["speedup_vs_eager"],
+                        rows["eager"]["ms"] / rows["tritonfuse-int8"]["ms"])
+    assert "the median of 3 rounds timing the modes interleaved" in out
+
+
+def test_bench_rounds_keep_own_timing_when_a_compile_differs(capsys, monkeypatch):
+    # the second compile finds other sites than the row's: that mode keeps the timing of its own compile
+    import tritonfuse
+
+    real = tritonfuse.counters
+    calls = []
+
+    def counters():
+        calls.append(1)
+        c = real()
+        return {**c, "linear_act": {**c["linear_act"], "replaced": 0}} if len(calls) > 1 else c
+
+    monkeypatch.setattr(tritonfuse, "counters", counters)
+    code, out, err = run(capsys, "bench", "--models", "tiny-mlp", "--modes", "eager,tritonfuse", "--rounds", "2",
+                         *FAST)
+    assert code == 0, err
+    assert "tiny-mlp tritonfuse: own timing kept: compiled again, other sites" in out
+    assert "ms: the median" not in out  # one mode left: nothing to interleave
+
+
 def test_results_merge_replaces_own_rows_keeps_others(tmp_path):
     path = tmp_path / "r.json"
 

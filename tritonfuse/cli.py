@@ -79,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--train", action="store_true", help="time a training step (forward, backward, SGD step) "
                    "and compare each mode's loss after identical steps")
     b.add_argument("--iters", type=int, default=None, help="timed calls (default: about 1 s worth, 10..200)")
+    b.add_argument("--rounds", type=int, default=None, help="after every mode's own timing, time the modes again "
+                   "in this many interleaved rounds (each a fresh order), the row's ms being the median of the "
+                   "rounds and spread_pct their range: drift of the GPU's clocks between one mode's timing and "
+                   "the next cancels out (default: 5 on a GPU with two or more modes, else 1: off; inference only)")
     b.add_argument("--out", default=None, help="merge the rows into this results JSON (a directory: "
                    "<dir>/<gpu-slug>.json)")
     b.add_argument("--plot", default=None, help="write a PNG bar chart of the speedups (needs matplotlib)")
@@ -250,10 +254,11 @@ def _gc_paused():
 
 
 def time_calls(call: Callable[[int], object], device, iters: Optional[int] = None,
-               prep: Optional[Callable[[int], None]] = None, target_s: float = 1.0) -> tuple[float, int]:
+               prep: Optional[Callable[[int], None]] = None, target_s: float = 1.0,
+               warmup_s: Optional[float] = None) -> tuple[float, int]:
     """Median ms of ``call(i)`` over ``iters`` calls (``prep(i)`` runs before each, untimed).
 
-    GPU: warm-up (>= 3 calls and >= WARMUP_S), then one CUDA event pair per call, about ``target_s`` of calls
+    GPU: warm-up (>= 3 calls and >= ``warmup_s``, default WARMUP_S), then one CUDA event pair per call, about ``target_s`` of calls
     (10..200) unless ``iters`` is given. CPU: one warm-up call, then ``iters`` perf_counter calls (default: a quarter of ``target_s``, 3..20;
     one when a call takes seconds).
     """
@@ -278,7 +283,8 @@ def time_calls(call: Callable[[int], object], device, iters: Optional[int] = Non
     n, t0 = 0, time.perf_counter()
     # a second of warm-up: after a long compile the GPU starts at idle clocks (0.1 s left ~20% run-to-run
     # differences between modes on the H100)
-    while n < 3 or time.perf_counter() - t0 < WARMUP_S:
+    warmup_s = WARMUP_S if warmup_s is None else warmup_s
+    while n < 3 or time.perf_counter() - t0 < warmup_s:
         prep(n)
         call(n)
         n += 1
@@ -476,8 +482,106 @@ def _bench_model(spec, modes, args, progress) -> list[dict]:
             _cleanup(args.device)
         rows.append(row)
         progress.advance()
+    ok = [r for r in rows if r["status"] == "ok"]
+    if _rounds(args, len(ok)) > 1:
+        progress.stage(f"{spec.name}: interleaved timing")
+        try:
+            _interleaved(work, ok, sets, args)
+        except Exception as e:  # the rows keep their own timings
+            traceback.print_exc(limit=4, file=sys.stderr)
+            for r in ok:
+                r["interleave_error"] = _first_line(e)
+        finally:
+            _fresh()
+            _cleanup(args.device)
     _speedups(rows)
     return rows
+
+
+def _rounds(args, modes: int) -> int:
+    if args.train or modes < 2:
+        return 1
+    if args.rounds is not None:
+        return max(1, args.rounds)
+    return 5 if args.device.type == "cuda" else 1
+
+
+def _mode_backend(mode: str):
+    """``mode``'s backend as a callable of its own: Dynamo keeps one compiled entry per backend, so the modes'
+    compiled models live side by side (the same ``"tritonfuse"`` for two modes would share one entry), and
+    each compiles under its mode's settings, as ``_mode_ctx`` gives them."""
+    if mode == "inductor":
+        return "inductor"
+    from .backend import tritonfuse_backend
+
+    def backend(gm, example_inputs, **kwargs):
+        with _mode_ctx(mode):
+            return tritonfuse_backend(gm, example_inputs, **kwargs)
+
+    return backend
+
+
+def _unique_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def _interleaved(work, rows: list[dict], sets, args) -> None:
+    """Time the rows' modes again side by side: every mode compiled once more (caches warm) and kept, then
+    ``rounds`` rounds, each timing every mode for a short window in a rotated order. Each row's ``ms``
+    becomes the median of its rounds (its own window kept as ``ms_single``), ``spread_pct`` the rounds'
+    range over that median. A GPU's clocks and temperature drift over a run: timed one after the other, two
+    modes that compile to the same code differed by 16% on the H200 (resnet50: 3.15 and 2.71 ms), which
+    no single window can tell from a speedup. A mode whose second compile finds other sites than its first
+    keeps its own timing (``interleave_error``), as does every mode if a call compiles again mid-timing."""
+    import torch
+
+    import tritonfuse
+
+    dev = args.device
+    rounds = _rounds(args, len(rows))
+    _fresh()
+    fns, prep = {}, _prep(sets)
+    with torch.no_grad():
+        for r in rows:
+            mode = r["mode"]
+            tritonfuse.reset()
+            fn = work.model if mode == "eager" else torch.compile(work.model, backend=_mode_backend(mode))
+            with _mode_ctx(mode):
+                prep(0)
+                _call(fn, sets[0])
+            if mode.startswith("tritonfuse") and tritonfuse.counters() != r["counters"]:
+                r["interleave_error"] = f"compiled again, other sites: {_sites(tritonfuse.counters())}"
+                continue
+            fns[mode] = _graphed(fn, sets[0]) if args.cuda_graphs else fn
+        if len(fns) < 2:
+            return
+        graphs = _unique_graphs()
+        per_round = max(0.1, 1.0 / rounds)
+        times: dict[str, list[float]] = {m: [] for m in fns}
+        order = list(fns)
+        for k in range(rounds):
+            for mode in order[k % len(order):] + order[:k % len(order)]:
+                fn = fns[mode]
+                with _mode_ctx(mode):
+                    if args.cuda_graphs:
+                        ms, _ = time_calls(lambda i: fn(), dev, prep=lambda i: prep(0), target_s=per_round,
+                                           warmup_s=0.1)
+                    else:
+                        ms, _ = time_calls(lambda i: _call(fn, sets[i % len(sets)]), dev, prep=prep,
+                                           target_s=per_round, warmup_s=0.1)
+                times[mode].append(ms)
+        if _unique_graphs() != graphs:
+            for r in rows:
+                r["interleave_error"] = "a mode compiled again while the rounds were timed"
+            return
+    for r in rows:
+        t = times.get(r["mode"])
+        if not t:
+            continue
+        med = statistics.median(t)
+        r.update(ms_single=r["ms"], ms=med, ms_rounds=t, spread_pct=100 * (max(t) - min(t)) / med)
 
 
 def _compile_cell(r: dict) -> str:
@@ -665,7 +769,7 @@ def format_table(rows: list[dict]) -> str:
     """The bench table: one row per (model, mode)."""
     train = any(r.get("train") for r in rows)
     acc_head = f"{'loss':>10} {'Δloss':>8}" if train else f"{'cosine':>9} {'SQNR dB':>8} {'max rel':>8}"
-    head = (f"{'model':<17} {'mode':<16} {'dtype':<9} {'batch':>5} {'ms':>9} {'vs eager':>8} {'vs ind':>7} "
+    head = (f"{'model':<17} {'mode':<16} {'dtype':<9} {'batch':>5} {'ms':>9} {'±%':>4} {'vs eager':>8} {'vs ind':>7} "
             f"{'compile s (again)':>17} {'peak GB':>7} {acc_head}  replaced/matched")
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -679,8 +783,15 @@ def format_table(rows: list[dict]) -> str:
             acc = f"{_fmt(r['cosine'], '.6f'):>9} {sq:>8} {_fmt(r['max_rel_err'], '.1e'):>8}"
         lines.append(
             f"{r['model']:<17} {r['mode']:<16} {r['dtype']:<9} {r['batch']:>5} {r['ms']:>9.3f} "
+            f"{_fmt(r.get('spread_pct'), '.0f'):>4} "
             f"{_fmt(r['speedup_vs_eager'], '.2f'):>8} {_fmt(r['speedup_vs_inductor'], '.2f'):>7} "
             f"{_compile_cell(r):>17} {_fmt(r['peak_mem_gb'], '.2f'):>7} {acc}  {_sites(r['counters'])}")
+    inter = [r for r in rows if r.get("ms_rounds")]
+    if inter:
+        lines.append(f"\nms: the median of {len(inter[0]['ms_rounds'])} rounds timing the modes interleaved; "
+                     "±%: the rounds' range over that median (a gap between modes under it is noise)")
+    lines += [f"  {r['model']} {r['mode']}: own timing kept: {r['interleave_error']}" for r in rows
+              if r.get("interleave_error")]
     left = [(r, why, n) for r in rows for why, n in (r.get("fallback_reasons") or {}).items()]
     if left:
         lines.append("\nleft to Inductor:")
