@@ -39,7 +39,7 @@ from common import add_timer_arg, gpu_time, merge_rows, meta, row, set_timer  # 
 import tritonfuse  # noqa: E402
 from tritonfuse.kernels import conv_bn as K  # noqa: E402
 
-COMMAND = "python benchmarks/bench_conv_bn.py"
+COMMAND = " ".join(["python3", "benchmarks/bench_conv_bn.py", *sys.argv[1:]])  # as run, flags included
 BATCH = 64
 DEVICE = "cuda"
 EPS = 1e-5

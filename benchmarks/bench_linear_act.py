@@ -30,7 +30,7 @@ from common import add_timer_arg, gpu_time, merge_rows, meta, row, set_timer  # 
 import tritonfuse  # noqa: E402
 from tritonfuse.kernels import linear_act as K  # noqa: E402
 
-COMMAND = "python benchmarks/bench_linear_act.py"
+COMMAND = " ".join(["python3", "benchmarks/bench_linear_act.py", *sys.argv[1:]])  # as run, flags included
 
 
 def bench(fn) -> float:

@@ -80,9 +80,10 @@ def _parser() -> argparse.ArgumentParser:
                    "and compare each mode's loss after identical steps")
     b.add_argument("--iters", type=int, default=None, help="timed calls (default: about 1 s worth, 10..200)")
     b.add_argument("--rounds", type=int, default=None, help="after every mode's own timing, time the modes again "
-                   "in this many interleaved rounds (each a fresh order), the row's ms being the median of the "
-                   "rounds and spread_pct their range: drift of the GPU's clocks between one mode's timing and "
-                   "the next cancels out (default: 5 on a GPU with two or more modes, else 1: off; inference only)")
+                   "in this many interleaved rounds (each a fresh order): a row's ms is the median of its rounds, "
+                   "spread_pct their range, and its speedups the median of the per-round ratios, so a state of "
+                   "the machine that lasts a round slows both sides of each ratio (default: 10 on a GPU with two "
+                   "or more modes, else 1: off; inference only)")
     b.add_argument("--out", default=None, help="merge the rows into this results JSON (a directory: "
                    "<dir>/<gpu-slug>.json)")
     b.add_argument("--plot", default=None, help="write a PNG bar chart of the speedups (needs matplotlib)")
@@ -503,7 +504,7 @@ def _rounds(args, modes: int) -> int:
         return 1
     if args.rounds is not None:
         return max(1, args.rounds)
-    return 5 if args.device.type == "cuda" else 1
+    return 10 if args.device.type == "cuda" else 1
 
 
 def _mode_backend(mode: str):
@@ -531,9 +532,10 @@ def _interleaved(work, rows: list[dict], sets, args) -> None:
     """Time the rows' modes again side by side: every mode compiled once more (caches warm) and kept, then
     ``rounds`` rounds, each timing every mode for a short window in a rotated order. Each row's ``ms``
     becomes the median of its rounds (its own window kept as ``ms_single``), ``spread_pct`` the rounds'
-    range over that median. A GPU's clocks and temperature drift over a run: timed one after the other, two
-    modes that compile to the same code differed by 16% on the H200 (resnet50: 3.15 and 2.71 ms), which
-    no single window can tell from a speedup. A mode whose second compile finds other sites than its first
+    range over that median; ``_speedups`` then takes the median of the per-round ratios. On the H200 two
+    modes that compile to the same resnet50 code timed 3.15 and 2.71 ms one after the other, and single
+    rounds of either took 2.57 or 3.5-3.7 ms, the slow state lasting a round or more, both modes alike,
+    SM clocks at their maximum throughout (benchmarks/results/diagnostics/bench-noise-nvidia-h200.json). A mode whose second compile finds other sites than its first
     keeps its own timing (``interleave_error``), as does every mode if a call compiles again mid-timing."""
     import torch
 
@@ -582,6 +584,10 @@ def _interleaved(work, rows: list[dict], sets, args) -> None:
             continue
         med = statistics.median(t)
         r.update(ms_single=r["ms"], ms=med, ms_rounds=t, spread_pct=100 * (max(t) - min(t)) / med)
+
+
+def _range_cell(lo_hi) -> str:
+    return f"{lo_hi[0]:.2f}-{lo_hi[1]:.2f}" if lo_hi else "–"
 
 
 def _compile_cell(r: dict) -> str:
@@ -745,7 +751,15 @@ def _speedups(rows: list[dict]) -> None:
         if r["status"] != "ok":
             continue
         for base, key in (("eager", "speedup_vs_eager"), ("inductor", "speedup_vs_inductor")):
-            if base in by:
+            if base not in by:
+                continue
+            a, b = by[base].get("ms_rounds"), r.get("ms_rounds")
+            if a and b and len(a) == len(b):
+                # each round's two timings are neighbours in time: their ratio cancels the GPU's (or the
+                # host's) state of the moment, which the ratio of two medians does not
+                ratios = [x / y for x, y in zip(a, b)]
+                r[key], r[key + "_range"] = statistics.median(ratios), [min(ratios), max(ratios)]
+            else:
                 r[key] = by[base]["ms"] / r["ms"]
         if r.get("losses") and "eager" in by:
             e = by["eager"]["losses"][-1]
@@ -770,7 +784,7 @@ def format_table(rows: list[dict]) -> str:
     train = any(r.get("train") for r in rows)
     acc_head = f"{'loss':>10} {'Δloss':>8}" if train else f"{'cosine':>9} {'SQNR dB':>8} {'max rel':>8}"
     head = (f"{'model':<17} {'mode':<16} {'dtype':<9} {'batch':>5} {'ms':>9} {'±%':>4} {'vs eager':>8} {'vs ind':>7} "
-            f"{'compile s (again)':>17} {'peak GB':>7} {acc_head}  replaced/matched")
+            f"{'ind range':>9} {'compile s (again)':>17} {'peak GB':>7} {acc_head}  replaced/matched")
     lines = [head, "-" * len(head)]
     for r in rows:
         if r["status"] != "ok":
@@ -785,11 +799,12 @@ def format_table(rows: list[dict]) -> str:
             f"{r['model']:<17} {r['mode']:<16} {r['dtype']:<9} {r['batch']:>5} {r['ms']:>9.3f} "
             f"{_fmt(r.get('spread_pct'), '.0f'):>4} "
             f"{_fmt(r['speedup_vs_eager'], '.2f'):>8} {_fmt(r['speedup_vs_inductor'], '.2f'):>7} "
-            f"{_compile_cell(r):>17} {_fmt(r['peak_mem_gb'], '.2f'):>7} {acc}  {_sites(r['counters'])}")
+            f"{_range_cell(r.get('speedup_vs_inductor_range')):>9} {_compile_cell(r):>17} {_fmt(r['peak_mem_gb'], '.2f'):>7} {acc}  {_sites(r['counters'])}")
     inter = [r for r in rows if r.get("ms_rounds")]
     if inter:
         lines.append(f"\nms: the median of {len(inter[0]['ms_rounds'])} rounds timing the modes interleaved; "
-                     "±%: the rounds' range over that median (a gap between modes under it is noise)")
+                     "±%: the rounds' range over that median; vs eager, vs ind: the median of the per-round "
+                     "ratios, ind range their lowest and highest")
     lines += [f"  {r['model']} {r['mode']}: own timing kept: {r['interleave_error']}" for r in rows
               if r.get("interleave_error")]
     left = [(r, why, n) for r in rows for why, n in (r.get("fallback_reasons") or {}).items()]
