@@ -686,6 +686,12 @@ class _AttentionPass(PatternMatcherPass):
         return count
 
 
+def pattern_spec(graph_ops: frozenset):
+    """``()`` where a graph holding ``graph_ops`` may hold an attention site, None where it cannot: every
+    pattern holds a fused SDPA op or a batched GEMM (tests/test_attention.py checks each one)."""
+    return () if aten.bmm.default in graph_ops or any(op in graph_ops for op in SDPA_OPS) else None
+
+
 @functools.lru_cache(maxsize=None)
 def pattern_pass() -> PatternMatcherPass:
     """All attention patterns in one pass, built once per process."""

@@ -554,14 +554,41 @@ def _open_pattern(search, args) -> PatternExpr:
     return pattern
 
 
-def pattern_pass() -> PatternMatcherPass:
-    """All linear_act patterns in one pass, built once per process (and per plain-Linear setting: Linears
-    without activation are sites when ``linear_plain`` is on or int8 quantization is)."""
-    return _build(config.linear_plain_enabled() or config.quant != "none")
+# the ops each activation's patterns hold, as Inductor decomposes them: a graph without them holds no such
+# site, and its compile skips building those patterns (tests/test_linear_act.py checks every pattern)
+ACT_OPS = {
+    "relu": (aten.relu.default,),
+    "gelu": (aten.erf.default,),
+    "gelu_tanh": (aten.tanh.default,),
+    "gelu_new": (aten.tanh.default,),
+    "gelu_bloom": (aten.tanh.default,),
+    "silu": (aten.exp.default,),  # x / (1 + exp(-x))
+    "quick_gelu": (aten.sigmoid.default,),
+    "none": (),
+}
+
+
+def pattern_spec(graph_ops: frozenset):
+    """``(activations,)``: the activations whose patterns a graph holding ``graph_ops`` may match, or None
+    where it holds no GEMM or none of them (cold, building every pattern took 4.2-4.9 s on this project's
+    2-core CPU machine)."""
+    if aten.mm.default not in graph_ops and aten.addmm.default not in graph_ops:
+        return None
+    acts = tuple(a for a, ops in ACT_OPS.items() if all(op in graph_ops for op in ops))
+    if acts == ("none",) and not (config.linear_plain_enabled() or config.quant != "none"):
+        return None
+    return (acts,)
+
+
+def pattern_pass(acts=None) -> PatternMatcherPass:
+    """The linear_act patterns of ``acts`` (default: every activation; ``pattern_spec`` picks them for a
+    graph) in one pass, built once per process (and per plain-Linear setting: Linears without activation
+    are sites when ``linear_plain`` is on or int8 quantization is)."""
+    return _build(config.linear_plain_enabled() or config.quant != "none", None if acts is None else tuple(acts))
 
 
 @functools.lru_cache(maxsize=None)
-def _build(with_plain: bool) -> PatternMatcherPass:
+def _build(with_plain: bool, acts=None) -> PatternMatcherPass:
     # a Linear with no activation is cuBLAS's own fused addmm: matched only when asked for, so training
     # graphs' backward GEMMs are not counted as sites
     pm = PatternMatcherPass(pass_name="tritonfuse_linear_act")
@@ -573,6 +600,8 @@ def _build(with_plain: bool) -> PatternMatcherPass:
         # gated patterns first: their GEMMs would otherwise be taken one by one
         # gelu_new: T5 v1.1 / Flan-T5 / mT5 ("gated-gelu": NewGELUActivation), served as gelu_tanh
         for act in K.GATED_ACTIVATIONS + ("gelu_new",):
+            if acts is not None and act not in acts:
+                continue
             if act == "gelu_new" and dtype != torch.float32:
                 continue  # no upcast around it: the fp32 trace serves every dtype
             for shape in ((8, 16), (2, 4, 16)):
@@ -588,6 +617,8 @@ def _build(with_plain: bool) -> PatternMatcherPass:
                         [x, w12], extra_check=_make_check(act, True, True, False))
         for act in ("relu", "gelu", "gelu_tanh", "gelu_new", "gelu_bloom", "silu", "quick_gelu") + (
                 ("none",) if with_plain else ()):
+            if acts is not None and act not in acts:
+                continue
             if act in ("none", "relu", "gelu_new", "gelu_bloom", "quick_gelu") and dtype != torch.float32:
                 continue  # no upcast around these: the fp32 trace serves every dtype
             for shape in ((8, 16), (2, 4, 16)):

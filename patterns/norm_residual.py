@@ -287,6 +287,12 @@ def _trace_functional(fn, args, **kwargs) -> torch.fx.GraphModule:
 _AFFINE = {"ln": ("wb", "w", ""), "hf": ("w", ""), "fn": ("w", ""), "hand": ("w",), "t5": ("w",)}
 
 
+def pattern_spec(graph_ops: frozenset):
+    """``()`` where a graph holding ``graph_ops`` may hold a norm site, None where it cannot: every pattern
+    holds a reciprocal square root (tests/test_norm_residual.py checks each one)."""
+    return () if torch.ops.aten.rsqrt.default in graph_ops else None
+
+
 @functools.lru_cache(maxsize=None)
 def pattern_pass() -> PatternMatcherPass:
     """All norm_residual patterns in one pass, built once per process."""

@@ -815,3 +815,16 @@ def test_cuda_cudnn_sdpa_served_with_measuring_off():
 
     out, ref = _compile_check(f, q, k, v, expect=_counts(1, 1, 0))
     torch.testing.assert_close(out, ref, atol=2e-3, rtol=2e-3)
+
+
+def test_every_pattern_holds_a_batched_gemm_or_sdpa():
+    # pattern_spec skips the family for a graph with neither: sound only if every pattern holds one
+    from tritonfuse.patterns import attention as P
+    from tests.utils import pattern_entries, pattern_ops
+
+    anchors = {torch.ops.aten.bmm.default, *P.SDPA_OPS}
+    entries = pattern_entries(P.pattern_pass())
+    assert len(entries) > 50
+    assert all(pattern_ops(e.pattern) & anchors for e in entries)
+    assert P.pattern_spec(frozenset({torch.ops.aten.mm.default})) is None
+    assert P.pattern_spec(frozenset({torch.ops.aten.bmm.default})) == ()

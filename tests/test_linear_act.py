@@ -915,7 +915,7 @@ def test_failing_family_pass_is_reported_and_model_still_runs(monkeypatch, no_co
         def apply(self, graph):
             raise RuntimeError("simulated pass bug")
 
-    monkeypatch.setattr(P, "pattern_pass", lambda: Broken())
+    monkeypatch.setattr(P, "pattern_pass", lambda *acts: Broken())
     model = nn.Sequential(nn.Linear(16, 16), nn.GELU())
     x = fresh(4, 16)
     with warnings.catch_warnings():
@@ -1488,3 +1488,62 @@ def test_int8_fused_quantization_is_charged_to_the_gemms_sharing_it(tmp_path, mo
     assert _counts() == {"matched": 4, "replaced": 3, "fallback": 1}, tritonfuse.report()
     assert [s.reason for s in tritonfuse.sites() if s.reason] == ["int8 measured slower than cuBLAS + epilogue "
                                                                   "here (1.100 vs 1.000 ms)"], tritonfuse.report()
+
+
+# --- which patterns a graph's compile builds --------------------------------------------------------------
+
+
+def test_each_activations_patterns_hold_its_ops():
+    # pattern_spec skips an activation's patterns where the graph lacks its ops: sound only if every one of
+    # its patterns holds them (a pattern can match only ops the graph has); and together the subsets are
+    # every pattern
+    from tritonfuse.patterns import linear_act as LP
+    from utils import pattern_entries, pattern_ops
+
+    total = 0
+    for act, ops in LP.ACT_OPS.items():
+        entries = pattern_entries(LP._build(True, (act,)))
+        assert entries, act
+        gemms = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
+        for e in entries:
+            held = pattern_ops(e.pattern)
+            assert set(ops) <= held, (act, e.pattern)
+            assert any(g in held for g in gemms), (act, e.pattern)
+        total += len(entries)
+    assert total == len(pattern_entries(LP._build(True, None)))
+
+
+def test_pattern_spec_picks_the_graphs_activations():
+    from tritonfuse.patterns import linear_act as LP
+
+    aten = torch.ops.aten
+    assert LP.pattern_spec(frozenset({aten.erf.default, aten.tanh.default})) is None  # no GEMM
+    assert LP.pattern_spec(frozenset({aten.addmm.default})) is None  # a plain Linear: not a site by default
+    with config.patch(quant="int8"):
+        assert LP.pattern_spec(frozenset({aten.addmm.default})) == (("none",),)
+    spec = LP.pattern_spec(frozenset({aten.mm.default, aten.erf.default, aten.exp.default, aten.add.Tensor}))
+    assert spec == (("gelu", "silu", "none"),)
+    spec = LP.pattern_spec(frozenset({aten.mm.default, aten.tanh.default}))
+    assert spec == (("gelu_tanh", "gelu_new", "gelu_bloom", "none"),)
+
+
+def test_a_graph_builds_only_its_activations_patterns(monkeypatch):
+    # a GELU MLP compiles with the GELU patterns alone, and still finds its site
+    from tritonfuse import backend
+    from tritonfuse.patterns import linear_act as LP
+
+    built = []
+    real = LP.pattern_pass
+    monkeypatch.setattr(LP, "pattern_pass", lambda *a: built.append(a) or real(*a))
+    torch._dynamo.reset()
+    tritonfuse.reset()
+    m = nn.Sequential(nn.Linear(32, 48), nn.GELU())
+    x = fresh(6, 32)
+    with config.patch(patterns="linear_act,attention,norm_residual"):
+        out = torch.compile(m, backend="tritonfuse")(x)
+    torch.testing.assert_close(out, m(x), rtol=1e-4, atol=1e-4)
+    assert built == [(("gelu", "none"),)]
+    assert tritonfuse.counters()["linear_act"]["replaced"] == 1
+    # no batched GEMM, no rsqrt: attention and norm_residual build nothing
+    ops = frozenset({torch.ops.aten.addmm.default, torch.ops.aten.erf.default})
+    assert backend._family_pass("attention", ops) is None and backend._family_pass("norm_residual", ops) is None

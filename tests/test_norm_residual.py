@@ -541,3 +541,15 @@ def test_kernel_cuda(dtype, n):
     w, b = fresh(n, dtype=dtype, device="cuda", seed=43), fresh(n, dtype=dtype, device="cuda", seed=44)
     for kind, bias in (("layer", b), ("rms", None)):
         _check(x, r, w, bias, kind)
+
+
+def test_every_pattern_holds_rsqrt():
+    # pattern_spec skips the family for a graph without rsqrt: sound only if every pattern holds one
+    from tritonfuse.patterns import norm_residual as P
+    from utils import pattern_entries, pattern_ops
+
+    entries = pattern_entries(P.pattern_pass())
+    assert len(entries) > 50
+    assert all(torch.ops.aten.rsqrt.default in pattern_ops(e.pattern) for e in entries)
+    assert P.pattern_spec(frozenset({torch.ops.aten.mm.default})) is None
+    assert P.pattern_spec(frozenset({torch.ops.aten.rsqrt.default})) == ()

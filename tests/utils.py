@@ -76,3 +76,30 @@ class GraphOps(CustomGraphPass):
 
     def uuid(self):
         return self.token
+
+
+def pattern_entries(pm) -> list:
+    """Every pattern registered in the PatternMatcherPass ``pm``."""
+    return [e for entries in pm.patterns.values() for e in entries]
+
+
+def pattern_ops(pattern) -> set:
+    """The call targets a pattern (Inductor's pattern objects) holds, all its outputs included."""
+    from torch._inductor import pattern_matcher as pm
+
+    out: set = set()
+
+    def walk(p):
+        if isinstance(p, pm.MultiOutputPattern):
+            for o in p.outputs:
+                walk(o)
+        elif isinstance(p, pm._TargetExpr):  # CallFunction and its kin; VarArgs forms hold no argument patterns
+            out.update(p.fns)
+            for a in (*getattr(p, "args", ()), *getattr(p, "kwargs", {}).values()):
+                walk(a)
+        elif isinstance(p, (list, tuple)):
+            for a in p:
+                walk(a)
+
+    walk(pattern)
+    return out
