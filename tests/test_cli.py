@@ -296,3 +296,25 @@ def test_readme_results_match_the_results_files():
     assert sections
     missing = [s.splitlines()[0] for s in sections if s not in readme]
     assert not missing, f"README results out of date (python -m tritonfuse.results --readme): {missing}"
+
+
+def test_profile_rounds_time_the_modes_interleaved(capsys, monkeypatch):
+    # each layer's modes stay compiled side by side and are timed again in rounds: the speedup column is
+    # the median of the per-round ratios
+    seen = []
+    real = cli._profile_rounds
+
+    def spy(layer, fns, row, rounds, inp, args):
+        real(layer, fns, row, rounds, inp, args)
+        seen.append(row)
+
+    monkeypatch.setattr(cli, "_profile_rounds", spy)
+    code, out, err = run(capsys, "profile", "tiny-mlp", "--modes", "inductor,tritonfuse", "--rounds", "3", *FAST)
+    assert code == 0, err
+    assert "timed in 3 interleaved rounds" in out
+    model = next(r for r in seen if r["layer"] == "(model)")
+    assert all(len(t) == 3 for t in model["ms_rounds"].values()) and "rounds_error" not in model
+    ratios = sorted(a / b for a, b in zip(model["ms_rounds"]["inductor"], model["ms_rounds"]["tritonfuse"]))
+    assert model["vs_inductor"] == ratios[1]
+    line = next(l for l in out.splitlines() if l.startswith("(model)"))
+    assert f"{ratios[1]:.2f}x" in line and "linear_act[gelu]" in line

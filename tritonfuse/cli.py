@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default="eager,inductor,tritonfuse", help=f"comma list of {', '.join(MODES)}")
     p.add_argument("--what", choices=("all", "blocks", "leaves"), default="all",
                    help="which layers get a row (the whole model always does)")
+    p.add_argument("--rounds", type=int, default=None, help="time each layer's modes again in this many "
+                   "interleaved rounds: ms is the median of the rounds, the speedup the median of the per-round "
+                   "ratios (default: 10 on a GPU with two or more modes, else 1: off)")
     common(p)
     p.set_defaults(func=cmd_profile)
 
@@ -500,7 +503,7 @@ def _bench_model(spec, modes, args, progress) -> list[dict]:
 
 
 def _rounds(args, modes: int) -> int:
-    if args.train or modes < 2:
+    if getattr(args, "train", False) or modes < 2:
         return 1
     if args.rounds is not None:
         return max(1, args.rounds)
@@ -962,35 +965,47 @@ def cmd_profile(args) -> int:
           f"{len(layers)} distinct layers", file=sys.stderr)
     progress = _Progress(len(layers) * len(modes), enabled=not args.no_progress)
     rows, failed = [], False
+    rounds = _rounds(args, len(modes))
     for layer in layers:
         row = {"layer": layer.key, "kind": layer.kind, "type": type(layer.module).__name__, "calls": layer.calls,
                "ms": {}, "served": ""}
+        fns = {}  # every mode's compiled layer, kept side by side (a backend of its own each) for the rounds
+        _fresh()
         for mode in modes:
             progress.stage(f"{layer.key} {mode}")
             try:
-                row["ms"][mode], served = _profile_one(layer, mode, inp, args)
+                row["ms"][mode], served, fns[mode] = _profile_one(layer, mode, inp, args)
                 if mode == "tritonfuse":
                     row["served"] = served
             except Exception as e:
                 row["ms"][mode] = None
                 row["served"] = row["served"] or ("failed: " + _first_line(e) if mode.startswith("tritonfuse") else "")
                 failed = True
-            finally:
-                _fresh()
             progress.advance()
+        if rounds > 1 and len(fns) > 1:
+            try:
+                _profile_rounds(layer, fns, row, rounds, inp, args)
+            except Exception as e:  # the layer keeps its own timings
+                row["rounds_error"] = _first_line(e)
+        _fresh()
         rows.append(row)
     progress.close()
     print(format_profile(rows, modes))
     print("\nTimes are per call of one layer compiled alone; blocks include their leaves; the model row is the "
           "whole model compiled at once. See `tritonfuse profile --help` for what the rows add up to.")
+    if rounds > 1:
+        print(f"Each layer's modes were timed in {rounds} interleaved rounds: ms is the median of the rounds, "
+              "the speedup the median of the per-round ratios.")
     return 1 if failed else 0
 
 
-def _profile_one(layer: _Layer, mode: str, inp, args) -> tuple[float, str]:
+def _profile_one(layer: _Layer, mode: str, inp, args) -> tuple[float, str, Callable]:
     import torch
 
-    _fresh()
-    fn = _compiled(layer.module, mode)
+    import tritonfuse
+
+    tritonfuse.reset()
+    fn = layer.module if mode == "eager" else torch.compile(layer.module, backend=_mode_backend(mode))
     prep = (lambda i: inp.reset()) if inp.reset else None
     with _mode_ctx(mode), torch.no_grad():
         if prep:
@@ -999,7 +1014,34 @@ def _profile_one(layer: _Layer, mode: str, inp, args) -> tuple[float, str]:
         served = _served(mode) if mode.startswith("tritonfuse") else ""
         ms, _ = time_calls(lambda i: fn(*layer.args, **layer.kwargs), args.device, None if args.device.type ==
                            "cuda" else 2, prep=prep, target_s=0.2)
-    return ms, served
+    return ms, served, fn
+
+
+def _profile_rounds(layer: _Layer, fns: dict, row: dict, rounds: int, inp, args) -> None:
+    """The layer's modes timed again in ``rounds`` interleaved rounds (as ``bench --rounds``): each mode's ms
+    becomes the median of its rounds, and ``vs_inductor`` the median of the per-round ratios."""
+    import torch
+
+    prep = (lambda i: inp.reset()) if inp.reset else None
+    times: dict[str, list[float]] = {m: [] for m in fns}
+    order = list(fns)
+    graphs = _unique_graphs()
+    with torch.no_grad():
+        for k in range(rounds):
+            for mode in order[k % len(order):] + order[:k % len(order)]:
+                fn = fns[mode]
+                with _mode_ctx(mode):
+                    ms, _ = time_calls(lambda i: fn(*layer.args, **layer.kwargs), args.device,
+                                       None if args.device.type == "cuda" else 1, prep=prep,
+                                       target_s=max(0.05, 0.2 / rounds), warmup_s=0.05)
+                times[mode].append(ms)
+    if _unique_graphs() != graphs:
+        raise RuntimeError("a mode compiled again while the rounds were timed")
+    row["ms_rounds"] = times
+    for mode, t in times.items():
+        row["ms"][mode] = statistics.median(t)
+    if "inductor" in times and "tritonfuse" in times:
+        row["vs_inductor"] = statistics.median(a / b for a, b in zip(times["inductor"], times["tritonfuse"]))
 
 
 def format_profile(rows: list[dict], modes: list[str]) -> str:
@@ -1011,7 +1053,9 @@ def format_profile(rows: list[dict], modes: list[str]) -> str:
         name = ("  " if r["kind"] == "leaf" else "") + r["layer"]
         cells = "".join(f"{_fmt(r['ms'].get(m), '.4f', 'failed'):>20}" for m in modes)
         speed = ""
-        if sp and r["ms"].get("tritonfuse") and r["ms"].get("inductor"):
+        if sp and r.get("vs_inductor"):
+            speed = f"{r['vs_inductor']:.2f}x"
+        elif sp and r["ms"].get("tritonfuse") and r["ms"].get("inductor"):
             speed = f"{r['ms']['inductor'] / r['ms']['tritonfuse']:.2f}x"
         lines.append(f"{name[:42]:<42} {r['type'][:22]:<22} {r['calls']:>5}{cells} {speed:>22}  {r['served']}")
     return "\n".join(lines)
