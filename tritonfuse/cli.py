@@ -531,6 +531,18 @@ def _unique_graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
+def _time_rounds(fns: dict, rounds: int, timer: Callable) -> dict[str, list[float]]:
+    """``timer(fn)`` of every mode's ``fn`` in ``rounds`` rounds, each round in a rotated order (under the
+    mode's settings): mode -> its ms per round."""
+    times: dict[str, list[float]] = {m: [] for m in fns}
+    order = list(fns)
+    for k in range(rounds):
+        for mode in order[k % len(order):] + order[:k % len(order)]:
+            with _mode_ctx(mode):
+                times[mode].append(timer(fns[mode]))
+    return times
+
+
 def _interleaved(work, rows: list[dict], sets, args) -> None:
     """Time the rows' modes again side by side: every mode compiled once more (caches warm) and kept, then
     ``rounds`` rounds, each timing every mode for a short window in a rotated order. Each row's ``ms``
@@ -564,19 +576,13 @@ def _interleaved(work, rows: list[dict], sets, args) -> None:
             return
         graphs = _unique_graphs()
         per_round = max(0.1, 1.0 / rounds)
-        times: dict[str, list[float]] = {m: [] for m in fns}
-        order = list(fns)
-        for k in range(rounds):
-            for mode in order[k % len(order):] + order[:k % len(order)]:
-                fn = fns[mode]
-                with _mode_ctx(mode):
-                    if args.cuda_graphs:
-                        ms, _ = time_calls(lambda i: fn(), dev, prep=lambda i: prep(0), target_s=per_round,
-                                           warmup_s=0.1)
-                    else:
-                        ms, _ = time_calls(lambda i: _call(fn, sets[i % len(sets)]), dev, prep=prep,
-                                           target_s=per_round, warmup_s=0.1)
-                times[mode].append(ms)
+        def timer(fn):
+            if args.cuda_graphs:
+                return time_calls(lambda i: fn(), dev, prep=lambda i: prep(0), target_s=per_round, warmup_s=0.1)[0]
+            return time_calls(lambda i: _call(fn, sets[i % len(sets)]), dev, prep=prep, target_s=per_round,
+                              warmup_s=0.1)[0]
+
+        times = _time_rounds(fns, rounds, timer)
         if _unique_graphs() != graphs:
             for r in rows:
                 r["interleave_error"] = "a mode compiled again while the rounds were timed"
@@ -1023,18 +1029,14 @@ def _profile_rounds(layer: _Layer, fns: dict, row: dict, rounds: int, inp, args)
     import torch
 
     prep = (lambda i: inp.reset()) if inp.reset else None
-    times: dict[str, list[float]] = {m: [] for m in fns}
-    order = list(fns)
+    def timer(fn):
+        return time_calls(lambda i: fn(*layer.args, **layer.kwargs), args.device,
+                          None if args.device.type == "cuda" else 1, prep=prep, target_s=max(0.05, 0.2 / rounds),
+                          warmup_s=0.05)[0]
+
     graphs = _unique_graphs()
     with torch.no_grad():
-        for k in range(rounds):
-            for mode in order[k % len(order):] + order[:k % len(order)]:
-                fn = fns[mode]
-                with _mode_ctx(mode):
-                    ms, _ = time_calls(lambda i: fn(*layer.args, **layer.kwargs), args.device,
-                                       None if args.device.type == "cuda" else 1, prep=prep,
-                                       target_s=max(0.05, 0.2 / rounds), warmup_s=0.05)
-                times[mode].append(ms)
+        times = _time_rounds(fns, rounds, timer)
     if _unique_graphs() != graphs:
         raise RuntimeError("a mode compiled again while the rounds were timed")
     row["ms_rounds"] = times
