@@ -34,8 +34,9 @@ case "${1:-tests}" in
     grep -E "^FAILED|^ERROR" "$out/tests.log" | head -40 ;;
   bench)
     timeout 120 $PY benchmarks/bench_launch.py --out "$out/kernels.json" 2>&1 | grep -v Warn
-    # every site timed in its first compile, so the run shows the steady state
-    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 420 $PY -m tritonfuse bench --models "$models" \
+    # every site timed in its first compile, so the run shows the steady state; the modes are then timed
+    # again in 10 interleaved rounds (bench --rounds), about 20 s more per model (MODELS= fewer if it runs out)
+    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 460 $PY -m tritonfuse bench --models "$models" \
       --modes eager,inductor,tritonfuse,tritonfuse-int8 --no-progress --out "$out/" 2>&1 | grep -v Warn | tail -20 ;;
   graphs)
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 540 $PY -m tritonfuse bench --models "$models" \
