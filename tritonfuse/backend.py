@@ -181,10 +181,10 @@ class TritonfusePasses(CustomGraphPass):
             self._apply_families(graph)
 
     def _apply_families(self, graph: torch.fx.Graph) -> None:
-        ops = frozenset(n.target for n in graph.nodes if n.op == "call_function")
         for family in self.families:
             try:
-                pm = _family_pass(family, ops)
+                # the graph as the families before this one left it
+                pm = _family_pass(family, frozenset(n.target for n in graph.nodes if n.op == "call_function"))
                 if pm is not None:
                     pm.apply(graph)
             except Exception as e:

@@ -262,8 +262,8 @@ def time_calls(call: Callable[[int], object], device, iters: Optional[int] = Non
                warmup_s: Optional[float] = None) -> tuple[float, int]:
     """Median ms of ``call(i)`` over ``iters`` calls (``prep(i)`` runs before each, untimed).
 
-    GPU: warm-up (>= 3 calls and >= ``warmup_s``, default WARMUP_S), then one CUDA event pair per call, about ``target_s`` of calls
-    (10..200) unless ``iters`` is given. CPU: one warm-up call, then ``iters`` perf_counter calls (default: a quarter of ``target_s``, 3..20;
+    GPU: warm-up (>= 3 calls and >= ``warmup_s``, default WARMUP_S), then one CUDA event pair per call, about
+    ``target_s`` of calls (10..200) unless ``iters`` is given. CPU: one warm-up call, then ``iters`` perf_counter calls (default: a quarter of ``target_s``, 3..20;
     one when a call takes seconds).
     """
     import torch
@@ -550,8 +550,9 @@ def _interleaved(work, rows: list[dict], sets, args) -> None:
     range over that median; ``_speedups`` then takes the median of the per-round ratios. On the H200 two
     modes that compile to the same resnet50 code timed 3.15 and 2.71 ms one after the other, and single
     rounds of either took 2.57 or 3.5-3.7 ms, the slow state lasting a round or more, both modes alike,
-    SM clocks at their maximum throughout (benchmarks/results/diagnostics/bench-noise-nvidia-h200.json). A mode whose second compile finds other sites than its first
-    keeps its own timing (``interleave_error``), as does every mode if a call compiles again mid-timing."""
+    SM clocks at their maximum throughout (benchmarks/results/diagnostics/bench-noise-nvidia-h200.json). A mode
+    whose second compile finds other sites than its first keeps its own timing (``interleave_error``), as
+    does every mode if a call compiles again mid-timing."""
     import torch
 
     import tritonfuse
@@ -576,6 +577,7 @@ def _interleaved(work, rows: list[dict], sets, args) -> None:
             return
         graphs = _unique_graphs()
         per_round = max(0.1, 1.0 / rounds)
+
         def timer(fn):
             if args.cuda_graphs:
                 return time_calls(lambda i: fn(), dev, prep=lambda i: prep(0), target_s=per_round, warmup_s=0.1)[0]
@@ -808,7 +810,8 @@ def format_table(rows: list[dict]) -> str:
             f"{r['model']:<17} {r['mode']:<16} {r['dtype']:<9} {r['batch']:>5} {r['ms']:>9.3f} "
             f"{_fmt(r.get('spread_pct'), '.0f'):>4} "
             f"{_fmt(r['speedup_vs_eager'], '.2f'):>8} {_fmt(r['speedup_vs_inductor'], '.2f'):>7} "
-            f"{_range_cell(r.get('speedup_vs_inductor_range')):>9} {_compile_cell(r):>17} {_fmt(r['peak_mem_gb'], '.2f'):>7} {acc}  {_sites(r['counters'])}")
+            f"{_range_cell(r.get('speedup_vs_inductor_range')):>9} {_compile_cell(r):>17} "
+            f"{_fmt(r['peak_mem_gb'], '.2f'):>7} {acc}  {_sites(r['counters'])}")
     inter = [r for r in rows if r.get("ms_rounds")]
     if inter:
         lines.append(f"\nms: the median of {len(inter[0]['ms_rounds'])} rounds timing the modes interleaved; "
@@ -1029,6 +1032,7 @@ def _profile_rounds(layer: _Layer, fns: dict, row: dict, rounds: int, inp, args)
     import torch
 
     prep = (lambda i: inp.reset()) if inp.reset else None
+
     def timer(fn):
         return time_calls(lambda i: fn(*layer.args, **layer.kwargs), args.device,
                           None if args.device.type == "cuda" else 1, prep=prep, target_s=max(0.05, 0.2 / rounds),
