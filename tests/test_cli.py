@@ -114,6 +114,17 @@ def test_bench_rounds_time_the_modes_interleaved(capsys, tmp_path):
     assert "the median of 3 rounds timing the modes interleaved" in out
 
 
+def test_readme_table_shows_the_rounds():
+    ind = {"model": "m", "mode": "inductor", "dtype": "float16", "batch": 8, "ms": 2.0, "spread_pct": 12.4}
+    tf = {"model": "m", "mode": "tritonfuse", "dtype": "float16", "batch": 8, "ms": 1.8, "spread_pct": 3.0,
+          "speedup_vs_inductor": 1.07, "speedup_vs_inductor_range": [0.99, 1.12],
+          "counters": {"linear_act": {"matched": 2, "replaced": 1, "fallback": 1}}}
+    table = results.model_table({"models": [ind, tf]})
+    assert "| 2.00 ±12% | 1.80 ±3% (1.07x, rounds 0.99-1.12) |" in table
+    del tf["spread_pct"], tf["speedup_vs_inductor_range"]
+    assert "| 1.80 (1.07x) |" in results.model_table({"models": [ind, tf]})
+
+
 def test_bench_rounds_keep_own_timing_when_a_compile_differs(capsys, monkeypatch):
     # the second compile finds other sites than the row's: that mode keeps the timing of its own compile
     import tritonfuse

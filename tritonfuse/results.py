@@ -156,8 +156,12 @@ def _ms(r: Optional[dict], base: Optional[dict] = None) -> str:
     if r.get("status", "ok") != "ok" or r.get("ms") is None:
         return "failed"
     s = f"{r['ms']:.2f}"
+    if r.get("spread_pct") is not None:  # timed in interleaved rounds (bench --rounds): their range
+        s += f" ±{r['spread_pct']:.0f}%"
     if base is not None and r is not base and r.get("speedup_vs_inductor"):
-        s += f" ({r['speedup_vs_inductor']:.2f}x)"
+        lo_hi = r.get("speedup_vs_inductor_range")
+        s += (f" ({r['speedup_vs_inductor']:.2f}x, rounds {lo_hi[0]:.2f}-{lo_hi[1]:.2f})" if lo_hi
+              else f" ({r['speedup_vs_inductor']:.2f}x)")
     return s
 
 
