@@ -490,7 +490,8 @@ def _bench_model(spec, modes, args, progress) -> list[dict]:
     if _rounds(args, len(ok)) > 1:
         progress.stage(f"{spec.name}: interleaved timing")
         try:
-            _interleaved(work, ok, sets, args)
+            with config.patch(cuda_graphs="1") if args.cuda_graphs else contextlib.nullcontext():
+                _interleaved(work, ok, sets, args)  # compiled as the rows were
         except Exception as e:  # the rows keep their own timings
             traceback.print_exc(limit=4, file=sys.stderr)
             for r in ok:
