@@ -5,6 +5,7 @@
 #   bash scripts/gpu_session.sh bench   # host cost per op call, then the model zoo (eager/inductor/tritonfuse/int8)
 #     (back here: python benchmarks/common.py --merge <fetched>/kernels.json; python -m tritonfuse.results
 #      --merge <fetched>/<gpu>.json)
+#   bash scripts/gpu_session.sh rounds  # the zoo's inductor/tritonfuse rows in interleaved rounds, resnet50 per block
 #   bash scripts/gpu_session.sh graphs  # the zoo again from CUDA graphs
 #   bash scripts/gpu_session.sh extra   # minilm-l6 (real weights: run scripts/carry_minilm.sh here first and
 #                                       # carry .carry), training steps, and a per-layer profile
@@ -38,6 +39,14 @@ case "${1:-tests}" in
     # again in 10 interleaved rounds (bench --rounds), about 20 s more per model (MODELS= fewer if it runs out)
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 460 $PY -m tritonfuse bench --models "$models" \
       --modes eager,inductor,tritonfuse,tritonfuse-int8 --no-progress --out "$out/" 2>&1 | grep -v Warn | tail -20 ;;
+  rounds)
+    # the zoo's inductor and tritonfuse rows timed with interleaved rounds (MODELS=, default the four above),
+    # then resnet50's blocks per layer: where Inductor's conv paths and ours differ (PROFILE_WHAT=leaves for
+    # each conv alone, if the time allows)
+    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 400 $PY -m tritonfuse bench --models "$models" --modes inductor,tritonfuse \
+      --no-progress --out "$out/" 2>&1 | grep -v Warn | tail -20
+    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 170 $PY -m tritonfuse profile resnet50 --modes inductor,tritonfuse \
+      --what "${PROFILE_WHAT:-blocks}" --no-progress > "$out/profile-resnet50.txt" 2>&1; tail -30 "$out/profile-resnet50.txt" ;;
   graphs)
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 540 $PY -m tritonfuse bench --models "$models" \
       --modes inductor,tritonfuse,tritonfuse-int8 --cuda-graphs --no-progress --out "$out/" 2>&1 | grep -v Warn | tail -20 ;;
@@ -132,5 +141,5 @@ sys.exit(main(['bench', '--models', '$models', '--modes', 'inductor,tritonfuse-i
     (run_steps 1 1 "$out/k" ${GPU1_STEPS:-linear attention tests train}) &
     wait
     tar czf "$final/pair.tgz" -C "$out" . ;;
-  *) echo "phases: tests, bench, graphs, extra, pair"; exit 2 ;;
+  *) echo "phases: tests, bench, rounds, graphs, extra, pair"; exit 2 ;;
 esac
