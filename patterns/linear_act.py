@@ -568,6 +568,11 @@ ACT_OPS = {
 }
 
 
+def _serves_plain() -> bool:
+    """Linears without activation are sites when ``linear_plain`` is on or int8 quantization is."""
+    return config.linear_plain_enabled() or config.quant != "none"
+
+
 def pattern_spec(graph_ops: frozenset):
     """``(activations,)``: the activations whose patterns a graph holding ``graph_ops`` may match, or None
     where it holds no GEMM or none of them (cold, building every pattern took 4.2-4.9 s on this project's
@@ -575,16 +580,15 @@ def pattern_spec(graph_ops: frozenset):
     if aten.mm.default not in graph_ops and aten.addmm.default not in graph_ops:
         return None
     acts = tuple(a for a, ops in ACT_OPS.items() if all(op in graph_ops for op in ops))
-    if acts == ("none",) and not (config.linear_plain_enabled() or config.quant != "none"):
+    if acts == ("none",) and not _serves_plain():
         return None
     return (acts,)
 
 
 def pattern_pass(acts=None) -> PatternMatcherPass:
     """The linear_act patterns of ``acts`` (default: every activation; ``pattern_spec`` picks them for a
-    graph) in one pass, built once per process (and per plain-Linear setting: Linears without activation
-    are sites when ``linear_plain`` is on or int8 quantization is)."""
-    return _build(config.linear_plain_enabled() or config.quant != "none", None if acts is None else tuple(acts))
+    graph) in one pass, built once per process (and per plain-Linear setting, ``_serves_plain``)."""
+    return _build(_serves_plain(), None if acts is None else tuple(acts))
 
 
 @functools.lru_cache(maxsize=None)
