@@ -544,6 +544,14 @@ def _time_rounds(fns: dict, rounds: int, timer: Callable) -> dict[str, list[floa
     return times
 
 
+def _round_ratios(base: list[float], ms: list[float]) -> tuple[float, list[float]]:
+    """The median of ``base[k] / ms[k]`` over the rounds, and [lowest, highest]: a round's two timings are
+    neighbours in time, so their ratio cancels the GPU's (or the host's) state of the moment, which the
+    ratio of two medians does not."""
+    ratios = [x / y for x, y in zip(base, ms)]
+    return statistics.median(ratios), [min(ratios), max(ratios)]
+
+
 def _interleaved(work, rows: list[dict], sets, args) -> None:
     """Time the rows' modes again side by side: every mode compiled once more (caches warm) and kept, then
     ``rounds`` rounds, each timing every mode for a short window in a rotated order. Each row's ``ms``
@@ -767,10 +775,7 @@ def _speedups(rows: list[dict]) -> None:
                 continue
             a, b = by[base].get("ms_rounds"), r.get("ms_rounds")
             if a and b and len(a) == len(b):
-                # each round's two timings are neighbours in time: their ratio cancels the GPU's (or the
-                # host's) state of the moment, which the ratio of two medians does not
-                ratios = [x / y for x, y in zip(a, b)]
-                r[key], r[key + "_range"] = statistics.median(ratios), [min(ratios), max(ratios)]
+                r[key], r[key + "_range"] = _round_ratios(a, b)
             else:
                 r[key] = by[base]["ms"] / r["ms"]
         if r.get("losses") and "eager" in by:
@@ -1048,7 +1053,7 @@ def _profile_rounds(layer: _Layer, fns: dict, row: dict, rounds: int, inp, args)
     for mode, t in times.items():
         row["ms"][mode] = statistics.median(t)
     if "inductor" in times and "tritonfuse" in times:
-        row["vs_inductor"] = statistics.median(a / b for a, b in zip(times["inductor"], times["tritonfuse"]))
+        row["vs_inductor"] = _round_ratios(times["inductor"], times["tritonfuse"])[0]
 
 
 def format_profile(rows: list[dict], modes: list[str]) -> str:
