@@ -1,4 +1,5 @@
 import copy
+import json
 import math
 import os
 import subprocess
@@ -1297,6 +1298,42 @@ def test_a_near_tie_stays_inductors(tmp_path, monkeypatch):
             config.validate()
 
 
+def test_op_calls_are_timed_in_alternating_rounds(tmp_path, monkeypatch):
+    # an op call's back-to-back timing includes host time, and a host's slow spell can cover one side's
+    # whole timing: the two sides alternate in rounds (which goes first alternates too), and the median of
+    # the per-round ratios decides, not the ratio of the medians
+    pretend_gpu_timing(tmp_path, monkeypatch)
+    monkeypatch.setattr(registry, "STREAM_ROUNDS", 5)
+    # ours takes 0.9x theirs when both see the same host; a slow spell (every call 2x) catches ours in
+    # rounds 0, 1 and 3 and theirs in round 0: the medians alone (1.8 vs 1.0 ms) would keep Inductor's path
+    slow = {"ours": [1, 1, 0, 1, 0], "theirs": [1, 0, 0, 0, 0]}
+    seen = []
+
+    def bench(fn, graphed=False, rep=50, runs=5):
+        side = fn()
+        i = sum(1 for s, _ in seen if s == side)
+        seen.append((side, runs))
+        return (0.9 if side == "ours" else 1.0) * (2.0 if slow[side][i] else 1.0)
+
+    monkeypatch.setattr(registry, "_bench", bench)
+    cpu = torch.device("cpu")
+    with config.patch(measure="1"):
+        rec = registry.measured_choice("spell", cpu, lambda: "ours", [lambda: "theirs"])
+    assert [s for s, _ in seen] == ["ours", "theirs", "theirs", "ours"] * 2 + ["ours", "theirs"]
+    assert all(runs == 1 for _, runs in seen)  # one ~10 ms run a side per round: the time one side took before
+    assert (rec["ours_ms"], rec["theirs_ms"]) == (1.8, 1.0) and (rec["ratio"], rec["rounds"]) == (0.9, 5)
+    assert rec["use"] is True
+    reason = registry.slower_reason({**rec, "ratio": 0.99}, "cuBLAS")
+    assert "no faster than cuBLAS here by the 3% margin" in reason and "median ratio 0.99 over 5" in reason
+    # kept under a key of its own: a record timed one side after the other (no ratio) is timed again
+    stored = json.loads(registry.choices_path().read_text())
+    assert [k.split("|")[:2] for k in stored] == [["spell", "rounds"]]
+    seen.clear()
+    with config.patch(measure="1"):
+        assert registry.measured_choice("spell", cpu, lambda: "ours", [lambda: "theirs"])["use"] is True
+    assert not seen
+
+
 def test_a_graphed_timing_is_short_unless_the_two_sides_are_close(tmp_path, monkeypatch):
     # GPU-time (graphed) timings run short first (10 ms of calls a side); a site whose sides are within 25%
     # of each other, where a short timing's spread could flip the choice, is timed again at 50 ms, which
@@ -1305,7 +1342,7 @@ def test_a_graphed_timing_is_short_unless_the_two_sides_are_close(tmp_path, monk
     times = {("far", 10): 0.5, ("far", 50): 0.5, ("close", 10): 0.9, ("close", 50): 1.05,
              ("theirs", 10): 1.0, ("theirs", 50): 1.0}
     reps = []
-    monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False, rep=50: reps.append((graphed, rep)) or
+    monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False, rep=50, **_: reps.append((graphed, rep)) or
                         times[fn(), rep])
     cpu = torch.device("cpu")
     with config.patch(measure="1"):
