@@ -290,19 +290,44 @@ def _tma_cfg(bm, bn, bk, stages, warps):
                          num_warps=warps, pre_hook=_set_1x1_blocks)
 
 
+_TMA_1X1_ALL = [
+    _tma_cfg(128, 128, 64, 4, 8), _tma_cfg(128, 256, 64, 3, 8), _tma_cfg(256, 128, 64, 3, 8),
+    _tma_cfg(128, 64, 64, 4, 4), _tma_cfg(64, 128, 64, 4, 4), _tma_cfg(128, 128, 128, 3, 8),
+    _tma_cfg(64, 64, 64, 4, 4),
+]
 if config.autotune_enabled() and not registry.interpret_mode():
-    _TMA_1X1_CONFIGS = [
-        _tma_cfg(128, 128, 64, 4, 8), _tma_cfg(128, 256, 64, 3, 8), _tma_cfg(256, 128, 64, 3, 8),
-        _tma_cfg(128, 64, 64, 4, 4), _tma_cfg(64, 128, 64, 4, 4), _tma_cfg(128, 128, 128, 3, 8),
-        _tma_cfg(64, 64, 64, 4, 4),
-    ]
+    _TMA_1X1_CONFIGS = _TMA_1X1_ALL
 else:
     _TMA_1X1_CONFIGS = [_tma_cfg(128, 64, 64, 4, 4)]
 
+# Hopper's shared memory per block (opt-in): 227 KB
+SMEM_LIMIT = 232448
+
+
+def tma_1x1_smem(cfg, x_bytes: int, out_bytes: int, r_bytes: int = 0) -> int:
+    """Bytes of shared memory the 1x1 TMA kernel needs with ``cfg``: the pipelined x and w tiles, the output
+    tile it stores through, and the residual tile it loads (element sizes in bytes; ``r_bytes`` 0: none).
+    On the H200 (scripts/device_tma_inline_probe.py) every config compiled within 600 bytes of this."""
+    bm, bn, bk = (cfg.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+    return cfg.num_stages * (bm + bn) * bk * x_bytes + bm * bn * (out_bytes + r_bytes)
+
+
+def _elem_bytes(t) -> int:
+    t = getattr(t, "base", t)  # a host descriptor: its tensor
+    return t.element_size() if hasattr(t, "element_size") else 2
+
 
 def _prune_1x1(configs, named_args, **kwargs):
-    # tiles wider than Cout, or deeper than C, only load zeros
-    return _within(configs, named_args, 64, {"BLOCK_N": "N", "BLOCK_K": "K"})
+    # tiles wider than Cout, or deeper than C, only load zeros; and a config whose tiles do not fit in
+    # shared memory with this launch's epilogue (the residual tile adds BLOCK_M x BLOCK_N elements) fails to
+    # compile: Triton's autotuner skips it, but Inductor, given it alone for an inlined call, cannot
+    kept = _within(configs, named_args, 64, {"BLOCK_N": "N", "BLOCK_K": "K"})
+    arg = {k: named_args.get(k, named_args.get(k.replace("_ptr", "_desc"))) for k in ("x_ptr", "out_ptr", "r_ptr")}
+    has_res = bool(kwargs.get("HAS_RES", named_args.get("HAS_RES", False)))
+    need = {id(c): tma_1x1_smem(c, _elem_bytes(arg["x_ptr"]), _elem_bytes(arg["out_ptr"]),
+                                _elem_bytes(arg["r_ptr"]) if has_res else 0) for c in kept}
+    fit = [c for c in kept if need[id(c)] + 1024 <= SMEM_LIMIT]  # (+ barriers and alignment)
+    return fit or [min(kept, key=lambda c: need[id(c)])]
 
 
 @triton.jit

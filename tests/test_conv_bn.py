@@ -300,6 +300,43 @@ def test_choice_measured_and_cached(tmp_path, monkeypatch):
     assert any(k.startswith("conv_bn|float16|8x64x28x28") for k in stored)
 
 
+def test_tma_1x1_smem_estimate_matches_what_the_h200_compiled():
+    # the estimate _prune_1x1 keeps configs by, against the shared memory Triton compiled each config with
+    # on the H200 (scripts/device_tma_inline_probe.py; a config over the limit failed with its requirement)
+    import pathlib
+    import re
+
+    path = pathlib.Path(__file__).parents[1] / "benchmarks/results/diagnostics/device-tma-inline-probe-nvidia-h200.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()[1:]]
+    configs = {f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']} s{c.num_stages} w{c.num_warps}": c
+               for c in K._TMA_1X1_ALL}
+    assert len(rows) == 2 * len(configs)
+    for row in rows:
+        shared = row["triton_shared"][0]
+        est = K.tma_1x1_smem(configs[row["config"]], 2, 2, 2 if row["has_res"] else 0)
+        assert 0 <= shared - est <= 1024, row
+        failed = "triton_error" in row
+        assert failed == (shared > K.SMEM_LIMIT) and failed == (est + 1024 > K.SMEM_LIMIT), row
+        if failed:
+            assert int(re.search(r"Required: (\d+)", row["inductor_error"]).group(1)) == shared
+
+
+@pytest.mark.parametrize("res_dtype,out_dtype,dropped", [
+    (None, torch.float16, []),
+    (torch.float16, torch.float16, ["128x256x64", "256x128x64", "128x128x128"]),
+    (torch.float32, torch.float32, ["128x128x64", "128x256x64", "256x128x64", "128x128x128"]),
+])
+def test_tma_1x1_pruning_drops_configs_that_cannot_fit(res_dtype, out_dtype, dropped):
+    # the residual tile (and wider elements) take shared memory from the pipeline: configs that would not
+    # compile are pruned before anything compiles them (Inductor compiles an inlined call's configs itself)
+    M, N, Kc = 64 * 14 * 14, 1024, 256
+    named = {"x_ptr": torch.empty(M, Kc, dtype=torch.float16), "out_ptr": torch.empty(M, N, dtype=out_dtype),
+             "r_ptr": torch.empty(M, N, dtype=res_dtype or out_dtype), "N": N, "K": Kc}
+    kept = K._prune_1x1(K._TMA_1X1_ALL, named, HAS_RES=res_dtype is not None)
+    name = [f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']}" for c in K._TMA_1X1_ALL]
+    assert [n for n, c in zip(name, K._TMA_1X1_ALL) if not any(c is k for k in kept)] == dropped
+
+
 # --- patterns -----------------------------------------------------------------------------------------
 
 

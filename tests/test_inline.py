@@ -347,3 +347,34 @@ def test_inlined_1x1_conv_on_hopper_builds_its_tma_descriptors_on_the_device(tra
     # the kernel takes the 4-D tensors: as_strided views of them became copies in Inductor's code (18f248f)
     assert traced["conv_bn_1x1_res"]["as_strided"] == 0
     assert traced["conv_bn"]["kernel_names"] == ["_conv_bn_kernel"]
+
+
+def test_an_inlined_kernel_gets_only_the_configs_its_pruning_keeps(monkeypatch):
+    # Inductor does not apply an autotuner's early_config_prune: an inlined launch hands over the configs the
+    # pruning keeps for it (a config that cannot compile for this launch, given alone, failed resnet50's
+    # whole compile), and the config the autotuner chose only where the pruning keeps it
+    import triton
+    import triton.language as tl
+
+    from tritonfuse import tuning
+
+    def prune(configs, named, **kwargs):
+        return [c for c in configs if c.kwargs["BLOCK"] <= named["n"]]
+
+    @triton.autotune(configs=[triton.Config({"BLOCK": b}) for b in (16, 32, 64)], key=["n"],
+                     prune_configs_by={"early_config_prune": prune})
+    @triton.jit
+    def kernel(x_ptr, n, BLOCK: tl.constexpr):
+        tl.store(x_ptr + tl.arange(0, BLOCK), 0.0)
+
+    x = torch.empty(64)
+    chosen = {}
+    monkeypatch.setattr(tuning, "restore", lambda k, args, kwargs: chosen.get(args[1]))
+    got = inline.pinned(kernel, (x, 32), {})
+    assert [c.kwargs["BLOCK"] for c in got.configs] == [16, 32] and got.fn is kernel.fn
+    assert inline.pinned(kernel, (x, 32), {}) is got  # the same subset: the same kernel object
+    assert inline.pinned(kernel, (x, 64), {}) is kernel  # nothing pruned
+    chosen[32] = kernel.configs[2]  # chosen where the pruning drops it: not handed over
+    assert [c.kwargs["BLOCK"] for c in inline.pinned(kernel, (x, 32), {}).configs] == [16, 32]
+    chosen[32] = kernel.configs[1]
+    assert [c.kwargs["BLOCK"] for c in inline.pinned(kernel, (x, 32), {}).configs] == [32]

@@ -118,25 +118,48 @@ def with_defaults(kernel, args: tuple, kwargs: dict) -> dict:
     return {**kwargs, **extra} if extra else kwargs
 
 
-_single: dict = {}  # (autotuner, config) -> a one-config autotuner over the same kernel (stable identity)
+_single: dict = {}  # (autotuner, its configs kept) -> an autotuner over those configs of the same kernel
 
 
 def pinned(kernel, args: tuple, kwargs: dict):
-    """``kernel`` restricted to the config its autotuner holds for this launch, or ``kernel`` itself."""
+    """``kernel`` restricted to the config its autotuner holds for this launch, else to the configs its
+    pruning keeps for this launch (``early_config_prune``, as Triton's autotuner applies it; Inductor does
+    not, and a config that cannot compile for this launch, given alone, fails the whole graph's compile),
+    or ``kernel`` itself."""
     from triton.runtime.autotuner import Autotuner
 
     from . import tuning
 
     if not isinstance(kernel, Autotuner) or len(kernel.configs) < 2:
         return kernel
+    kept = _pruned(kernel, args, kwargs)
     cfg = tuning.restore(kernel, args, kwargs)
-    if cfg is None or cfg.pre_hook is not None:
-        return kernel
-    key = (id(kernel), id(cfg))
+    if cfg is not None and cfg.pre_hook is None and any(c is cfg for c in kept):
+        return _restricted(kernel, [cfg])
+    if len(kept) < len(kernel.configs) and all(c.pre_hook is None for c in kept):
+        return _restricted(kernel, kept)
+    return kernel
+
+
+def _pruned(kernel, args: tuple, kwargs: dict) -> list:
+    """The configs ``kernel``'s own pruning keeps for this launch (all of them where it has none, or fails)."""
+    prune = getattr(kernel, "early_config_prune", None)
+    if prune is None:
+        return list(kernel.configs)
+    try:
+        return list(prune(list(kernel.configs), dict(zip(kernel.arg_names, args)), **kwargs)) or list(kernel.configs)
+    except Exception:  # noqa: BLE001 - a pruning that needs real tensors: every config, as before
+        return list(kernel.configs)
+
+
+def _restricted(kernel, configs: list):
+    """An autotuner over ``configs`` (a subset of ``kernel``'s) of the same kernel, the same object for the
+    same subset (a stable identity: Inductor keys the kernels it compiles on it)."""
+    key = (id(kernel), *map(id, configs))
     if key not in _single:
         import triton
 
-        _single[key] = (kernel, cfg, triton.autotune(configs=[cfg], key=[])(kernel.fn))
+        _single[key] = (kernel, configs, triton.autotune(configs=configs, key=[])(kernel.fn))
     return _single[key][2]
 
 
