@@ -966,8 +966,13 @@ def choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last, int8:
         key = (choice_key(x, w, b, bn, r, stride, padding, act, act2, channels_last) + ("|int8" if int8 else "")
                + ("|epilogue" if epilogue_pass else "") + ("|devtma" if device_tma else "|pointer" if inlined else ""))
         theirs = [cudnn_conv, epilogue] if epilogue_pass else [cudnn_conv]
+        # an op call's host cost is the op's, whatever the conv: one per launch path (op_host_probe.py on the
+        # H200: 107 us for the implicit-GEMM kernel, 191-211 us for the 1x1 TMA one)
+        host_kind = ("conv_bn_int8" if int8 else "conv_bn/tma" if _hopper(x.device) and _tma_1x1_layout(
+            x, w, r, stride, padding) else "conv_bn/implicit")
         with scratch_allocator() if device_tma else contextlib.nullcontext():
-            rec = registry.measured_choice(key, x.device, int8_op if int8 else triton_op, theirs, graphed=inlined)
+            rec = registry.measured_choice(key, x.device, int8_op if int8 else triton_op, theirs, graphed=inlined,
+                                           host_kind=host_kind)
     except Exception as e:  # e.g. out of memory while timing: cuDNN's path
         return {"kernel": "conv_bn_cudnn", "error": f"{type(e).__name__}: {e}"}
     ours = "conv_bn_int8" if int8 else "conv_bn"

@@ -261,7 +261,7 @@ def test_choice_mapping(monkeypatch):
     w, p = torch.empty(16, 8, 3, 3), (torch.empty(16),) * 4
     seen = []
 
-    def fake_choice(key, device, ours, theirs, graphed=False):
+    def fake_choice(key, device, ours, theirs, graphed=False, host_kind=None):
         seen.append((key, len(theirs)))
         return {"ours_ms": 2.0, "theirs_ms": 1.0, "use": False}
 
@@ -274,7 +274,7 @@ def test_choice_mapping(monkeypatch):
     K.choose(x, w, None, p, None, [2, 2], [1, 1], 1e-5, "relu", "none", True, epilogue_pass=True)
     assert seen[1] == (key + "|epilogue", 2)
 
-    def broken(*args):
+    def broken(*args, **kwargs):
         raise torch.OutOfMemoryError("no memory")
 
     monkeypatch.setattr(registry, "measured_choice", broken)
@@ -319,6 +319,27 @@ def test_tma_1x1_smem_estimate_matches_what_the_h200_compiled():
         assert failed == (shared > K.SMEM_LIMIT) and failed == (est + 1024 > K.SMEM_LIMIT), row
         if failed:
             assert int(re.search(r"Required: (\d+)", row["inductor_error"]).group(1)) == shared
+
+
+def test_conv_sites_share_a_host_floor_per_launch_path(tmp_path, monkeypatch):
+    # an op call's host cost depends on the launch path, not the conv: 1x1 convs on Hopper (the TMA kernel,
+    # host descriptors) share one floor, the implicit-GEMM kernel another, int8 a third
+    from tests.utils import pretend_gpu_timing
+    from tritonfuse import config, registry
+
+    pretend_gpu_timing(tmp_path, monkeypatch)
+    kinds = []
+    monkeypatch.setattr(registry, "measured_choice", lambda *a, host_kind=None, **k: kinds.append(host_kind) or {"use": True})
+    monkeypatch.setattr(K, "_hopper", lambda device: True)
+    if K.TensorDescriptor is None:
+        pytest.skip("this triton has no host TMA descriptors")
+    x = torch.randn(2, 64, 8, 8, dtype=torch.float16).to(memory_format=torch.channels_last)
+    _, p = _params(64, torch.float16, "cpu", 0)
+    with config.patch(measure="1"):
+        for wshape, pad, int8 in (((64, 64, 1, 1), 0, False), ((64, 64, 3, 3), 1, False), ((64, 64, 1, 1), 0, True)):
+            w = torch.randn(*wshape, dtype=torch.float16).to(memory_format=torch.channels_last)
+            K.choose(x, w, None, p, None, [1, 1], [pad, pad], 1e-5, "relu", "none", True, int8=int8)
+    assert kinds == ["conv_bn/tma", "conv_bn/implicit", "conv_bn_int8"]
 
 
 @pytest.mark.parametrize("res_dtype,out_dtype,dropped", [

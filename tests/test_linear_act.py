@@ -1334,6 +1334,46 @@ def test_op_calls_are_timed_in_alternating_rounds(tmp_path, monkeypatch):
     assert not seen
 
 
+def test_an_op_kinds_host_floor_decides_without_compiling(tmp_path, monkeypatch):
+    # a conv op call costs the H200 host 0.1-0.2 ms whatever the conv: once a site of a kind is timed, a
+    # later site whose vendor path takes less than that host time alone (by HOST_CLEAR) is left to it
+    # without compiling or tuning our kernel; a site where the vendor path is slower is timed as usual
+    pretend_gpu_timing(tmp_path, monkeypatch)
+    times = {"theirs_fast": 0.05, "theirs_slow": 0.5, "ours": 0.2}
+    called = []
+    monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False, **_: times[fn()])
+    monkeypatch.setattr(registry, "_host_time", lambda fn, device, calls=20: called.append("host") or 0.15)
+
+    def ours():
+        called.append("ours")
+        return "ours"
+
+    cpu = torch.device("cpu")
+    with config.patch(measure="1"):
+        first = registry.measured_choice("a", cpu, ours, [lambda: "theirs_fast"], host_kind="conv")
+        # the first of its kind is compiled and timed; its call's host time (0.15 ms) becomes the floor
+        assert "ours" in called and "host" in called and not first["use"] and "host_floor" not in first
+        called.clear()
+        rec = registry.measured_choice("b", cpu, ours, [lambda: "theirs_fast"], host_kind="conv")
+        assert called == [] and rec["host_floor"] and rec["use"] is False
+        assert (rec["ours_ms"], rec["theirs_ms"]) == (0.15, 0.05)
+        assert "our kernel was not compiled" in registry.slower_reason(rec, "cuDNN")
+        rec = registry.measured_choice("c", cpu, ours, [lambda: "theirs_slow"], host_kind="conv")
+        assert "ours" in called and rec["use"] is True and "host_floor" not in rec
+        called.clear()
+        # another kind has no floor yet; a graphed timing (GPU time alone) neither uses nor learns one
+        registry.measured_choice("d", cpu, ours, [lambda: "theirs_fast"], host_kind="other")
+        assert "ours" in called
+        called.clear()
+        registry.measured_choice("e", cpu, ours, [lambda: "theirs_fast"], graphed=True, host_kind="conv")
+        assert "ours" in called and "host" not in called
+    # the floor's decision is kept like any timing: read back without timing anything
+    called.clear()
+    with config.patch(measure="1"):
+        assert registry.measured_choice("b", cpu, ours, [lambda: "theirs_fast"], host_kind="conv")["host_floor"]
+    assert called == []
+
+
 def test_a_graphed_timing_is_short_unless_the_two_sides_are_close(tmp_path, monkeypatch):
     # GPU-time (graphed) timings run short first (10 ms of calls a side); a site whose sides are within 25%
     # of each other, where a short timing's spread could flip the choice, is timed again at 50 ms, which

@@ -62,6 +62,7 @@ def pretend_gpu_timing(tmp_path, monkeypatch, backend=None):
     monkeypatch.setattr(registry, "timing_enabled", lambda device: True)
     # one round: each side's stub timing is called once per measurement (test_linear_act.py checks the rounds)
     monkeypatch.setattr(registry, "STREAM_ROUNDS", 1)
+    monkeypatch.setattr(registry, "_host_floor", {})  # no host floor learned by another test
     if backend is not None:
         monkeypatch.setattr(backend, "_gpu_timing", lambda: True)
 

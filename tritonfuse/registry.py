@@ -600,9 +600,31 @@ def runs_in_cuda_graphs() -> bool:
     return getattr(_run, "graphs", False) or str(config.cuda_graphs) == "1"
 
 
+# host_kind -> the least host time (ms) one op call of that kind took in this process (``measured_choice``)
+_host_floor: dict = {}
+HOST_CLEAR = 0.25  # a site is decided on the floor alone where it exceeds the vendor path by this fraction
+
+
+def _host_time(fn: Callable[[], object], device: torch.device, calls: int = 20) -> float:
+    """ms of host time per call of ``fn``: calls enqueued without a synchronisation (the GPU keeps up, so
+    the wall time is the host's; a GPU-bound call reads its launch time, less than its timing)."""
+    import time
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    ms = (time.perf_counter() - t0) / calls * 1e3
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return ms
+
+
 def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
                     theirs: list[Callable[[], object]], graphed: bool = False,
-                    shared: Optional[tuple[Callable[[], object], float]] = None) -> dict:
+                    shared: Optional[tuple[Callable[[], object], float]] = None,
+                    host_kind: Optional[str] = None) -> dict:
     """Time ``ours`` against the sum of ``theirs`` (the vendor path it replaces) once per key, GPU and
     versions; the record ``{"ours_ms", "theirs_ms", "use"}`` is kept in ``choices_path()``. Op calls
     (timed back to back, host time included) alternate with ``theirs`` in ``STREAM_ROUNDS`` rounds, and the
@@ -616,6 +638,11 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
     ``graphed``: the site's kernels will be inlined into Inductor's code (``tritonfuse.inline``), so both
     sides are timed as GPU time alone (replayed CUDA graphs), without the host cost of calling an op. A site
     called as an op in a model that runs inside CUDA graphs (``runs_in_cuda_graphs()``) is timed the same way.
+
+    ``host_kind``: op calls of this kind share a host cost that no kernel config changes (a conv op's Python
+    path, its descriptors and launch). After a site of the kind is timed, its call's host time is kept; a
+    later site of the kind whose vendor path (timed first) takes less than that floor, by ``HOST_CLEAR``,
+    is left to it without compiling or tuning our kernel: ``{"host_floor": True, "ours_ms": the floor}``.
 
     Off the GPU, or with ``TRITONFUSE_MEASURE=0``, nothing is timed and ``use`` is True. Once this graph's
     timing has taken ``TRITONFUSE_MEASURE_BUDGET_S`` seconds, a key not yet measured gets
@@ -641,9 +668,22 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
     if _measure_spent >= config.measure_budget():
         _deferred = True
         return {"use": False, "unmeasured": True}
+    stream = not graphed and shared is None
+    floor = _host_floor.get(host_kind) if stream and host_kind else None
     t0 = time.perf_counter()
     try:
         with unset_fake_temporarily(), torch.no_grad():
+            if floor is not None:  # the vendor path first: a site it beats by the floor needs no kernel of ours
+                for f in theirs:
+                    f()
+                t_theirs = sum(_bench(f, False) for f in theirs)
+                if floor > t_theirs * (1.0 + HOST_CLEAR):
+                    rec = {"ours_ms": round(floor, 5), "theirs_ms": round(t_theirs, 5), "host_floor": True}
+                    choices[full] = rec
+                    _save_choices(choices)
+                    rec = _decided(rec)
+                    _last_measured.rec = rec
+                    return rec
             ours()  # compile and autotune outside the timing
             for f in theirs:
                 f()
@@ -666,6 +706,9 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
                     t_ours, t_theirs = timings(rep)
             elif shared is None:
                 t_ours, t_theirs, ratio = _stream_rounds(ours, theirs)
+                if host_kind:
+                    host = _host_time(ours, device)
+                    _host_floor[host_kind] = min(host, _host_floor.get(host_kind, host))
             else:  # (a shared kernel's share is GPU time: added to each side's whole timing)
                 t_ours, t_theirs = timings(FULL_REP_MS)
     finally:
@@ -702,6 +745,9 @@ def slower_reason(rec: dict, vs: str) -> str:
     if rec.get("unmeasured"):
         return (f"not measured yet: this graph's timing budget (TRITONFUSE_MEASURE_BUDGET_S="
                 f"{config.measure_budget_s}) was spent; a later compile measures it")
+    if rec.get("host_floor"):
+        return (f"{vs} took {rec['theirs_ms']:.3f} ms here, less than the host time alone of this kind of op "
+                f"call ({rec['ours_ms']:.3f} ms, the least one took in this process): our kernel was not compiled")
     times = f"{rec['ours_ms']:.3f} vs {rec['theirs_ms']:.3f} ms"
     if "ratio" in rec:
         times += f", median ratio {rec['ratio']:.2f} over {rec.get('rounds', '?')} alternating rounds"
