@@ -6,6 +6,9 @@
 #     (back here: python benchmarks/common.py --merge <fetched>/kernels.json; python -m tritonfuse.results
 #      --merge <fetched>/<gpu>.json)
 #   bash scripts/gpu_session.sh rounds  # the zoo's inductor/tritonfuse rows in interleaved rounds, resnet50 per block
+#   bash scripts/gpu_session.sh verify  # the twenty-second session's changes: resnet50's first compile (the conv
+#                                       # host floor), bert-base/vit_b_16 in rounds (GEMM+GELU timed against
+#                                       # the real activation pass), the inlined-conv compile failure
 #   bash scripts/gpu_session.sh graphs  # the zoo again from CUDA graphs
 #   bash scripts/gpu_session.sh extra   # minilm-l6 (real weights: run scripts/carry_minilm.sh here first and
 #                                       # carry .carry), training steps, and a per-layer profile
@@ -47,6 +50,13 @@ case "${1:-tests}" in
       --no-progress --out "$out/" 2>&1 | grep -v Warn | tail -20
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 170 $PY -m tritonfuse profile resnet50 --modes inductor,tritonfuse \
       --what "${PROFILE_WHAT:-blocks}" --no-progress > "$out/profile-resnet50.txt" 2>&1; tail -30 "$out/profile-resnet50.txt" ;;
+  verify)
+    timeout 200 $PY scripts/compile_profile.py --model resnet50 --modes tritonfuse,inductor --profile-modes '' \
+      --breakdown --no-again --runs cold --out "$out/compile" > "$out/compile.txt" 2>&1; tail -8 "$out/compile.txt"
+    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 260 $PY -m tritonfuse bench --models bert-base,vit_b_16 \
+      --modes inductor,tritonfuse --no-progress --out "$out/" 2>&1 | grep -v Warn | tail -12
+    timeout 120 $PY scripts/inline_failure_probe.py resnet50 > "$out/inline_failure.txt" 2>&1
+    grep -A12 "^FAILED kernel" "$out/inline_failure.txt" | cut -c1-400 | head -20 ;;
   graphs)
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 540 $PY -m tritonfuse bench --models "$models" \
       --modes inductor,tritonfuse,tritonfuse-int8 --cuda-graphs --no-progress --out "$out/" 2>&1 | grep -v Warn | tail -20 ;;
@@ -141,5 +151,5 @@ sys.exit(main(['bench', '--models', '$models', '--modes', 'inductor,tritonfuse-i
     (run_steps 1 1 "$out/k" ${GPU1_STEPS:-linear attention tests train}) &
     wait
     tar czf "$final/pair.tgz" -C "$out" . ;;
-  *) echo "phases: tests, bench, rounds, graphs, extra, pair"; exit 2 ;;
+  *) echo "phases: tests, bench, rounds, verify, graphs, extra, pair"; exit 2 ;;
 esac
