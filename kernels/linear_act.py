@@ -676,9 +676,9 @@ def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optiona
             int8_inlined: bool = False, int8_fused: bool = True, quant_share: float = 1.0) -> dict:
     """On a GPU, time this kernel (or, with ``int8_mode``, the int8 one) against what it replaces: cuBLAS
     GEMMs plus one pointwise pass of the epilogue's bytes computing the site's activation, as Inductor's
-    fused epilogue kernel does, at the site's shapes; cached per shape. ``int8_inlined``: the int8 site's weights become graph constants
-    and its GEMM is inlined into Inductor's code (``kernels.int8.int8_mm``): timed as GPU time, as the
-    pointer kernel on weights quantized ahead. ``int8_fused=False``: the site quantizes x in its own op
+    fused epilogue kernel does, at the site's shapes; cached per shape. ``int8_inlined``: the int8 site's
+    weights become graph constants and its GEMM is inlined into Inductor's code (``kernels.int8.int8_mm``):
+    timed as GPU time, as the pointer kernel on weights quantized ahead. ``int8_fused=False``: the site quantizes x in its own op
     (a dynamic graph's site, whose W8A8 / weight-only split is made per call), not in x's producer. Rows
     the producer quantizes are not free: its kernel does a row reduction and writes them, charged as the
     row kernel's GPU time times ``quant_share`` (this site's share of the GEMMs that read them: Q, K and V

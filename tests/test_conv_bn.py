@@ -306,7 +306,8 @@ def test_tma_1x1_smem_estimate_matches_what_the_h200_compiled():
     import pathlib
     import re
 
-    path = pathlib.Path(__file__).parents[1] / "benchmarks/results/diagnostics/device-tma-inline-probe-nvidia-h200.jsonl"
+    path = (pathlib.Path(__file__).parents[1] / "benchmarks" / "results" / "diagnostics"
+            / "device-tma-inline-probe-nvidia-h200.jsonl")
     rows = [json.loads(line) for line in path.read_text().splitlines()[1:]]
     configs = {f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']} s{c.num_stages} w{c.num_warps}": c
                for c in K._TMA_1X1_ALL}
@@ -329,7 +330,8 @@ def test_conv_sites_share_a_host_floor_per_launch_path(tmp_path, monkeypatch):
 
     pretend_gpu_timing(tmp_path, monkeypatch)
     kinds = []
-    monkeypatch.setattr(registry, "measured_choice", lambda *a, host_kind=None, **k: kinds.append(host_kind) or {"use": True})
+    monkeypatch.setattr(registry, "measured_choice",
+                        lambda *a, host_kind=None, **k: kinds.append(host_kind) or {"use": True})
     monkeypatch.setattr(K, "_hopper", lambda device: True)
     if K.TensorDescriptor is None:
         pytest.skip("this triton has no host TMA descriptors")
