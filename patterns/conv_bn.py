@@ -244,9 +244,11 @@ def _site(match: Match, head: str, act: str, res: bool, act2: str, constants: Co
             return conv, reason, None, detail
     if "ours_ms" in choice:
         theirs = "cudnn conv + epilogue pass" if epilogue_pass else "cudnn conv alone"
-        detail += f" triton {choice['ours_ms']:.4f} ms / {theirs} {choice['theirs_ms']:.4f} ms"
+        ours_is = "op-call host time alone" if choice.get("host_floor") else "triton"
+        detail += f" {ours_is} {choice['ours_ms']:.4f} ms / {theirs} {choice['theirs_ms']:.4f} ms"
     if op not in ("conv_bn", "conv_bn_int8"):
-        why = ("measured faster" if "ours_ms" in choice else "dynamic shapes, nothing to time" if choice.get("dynamic")
+        why = (registry.slower_reason(choice, "it") if choice.get("host_floor")
+               else "measured faster" if "ours_ms" in choice else "dynamic shapes, nothing to time" if choice.get("dynamic")
                else f"timing failed ({choice['error']})" if "error" in choice
                else registry.slower_reason(choice, "") if choice.get("unmeasured") else "forced")
         return conv, f"cuDNN + Inductor's epilogue: {why}", None, detail

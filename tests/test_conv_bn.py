@@ -658,6 +658,26 @@ def test_inplace_update_after_compile():
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in state.items())
 
 
+def test_a_site_decided_on_the_host_floor_says_so(tmp_path, monkeypatch):
+    # a conv site left to cuDNN because its path beat our op call's host time alone (nothing of ours
+    # compiled) gives that reason, not "measured faster"
+    from tests.utils import pretend_gpu_timing
+    from tritonfuse import registry
+
+    pretend_gpu_timing(tmp_path, monkeypatch)
+    monkeypatch.setattr(registry, "measured_choice", lambda *a, **k: {
+        "ours_ms": 0.2, "theirs_ms": 0.05, "host_floor": True, "use": False})
+    m = _randomize_bn(ConvBNAct(act=nn.ReLU())).eval()
+    # a shape no other test compiles (Inductor's graph cache keys on the graph, not on the choice)
+    x = torch.randn(2, 5, 11, 6).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.compile(m, backend="tritonfuse")(x)
+    (site,) = [s for s in tritonfuse.sites() if s.family == FAMILY]
+    assert site.status == "fallback" and "our kernel was not compiled" in site.reason, site.reason
+    assert "it took 0.050 ms here, less than the host time alone" in site.reason
+    assert "op-call host time alone 0.2000 ms" in site.detail, site.detail
+
+
 def test_forced_cudnn_path(monkeypatch):
     # where cuDNN wins, the site is left to Inductor untouched (cuDNN + its fused epilogue), with the reason
     from torch._inductor.utils import run_and_get_code
