@@ -214,11 +214,15 @@ def _mode_ctx(mode: str):
         yield
 
 
-def _compiled(model, mode: str):
+def _compiled(model, mode: str, own_backend: bool = False):
+    """``model`` compiled as ``mode`` (eager: itself); ``own_backend``: with a backend callable of its own
+    (``_mode_backend``), so that several modes' compiled models stay side by side."""
     import torch
 
     if mode == "eager":
         return model
+    if own_backend:
+        return torch.compile(model, backend=_mode_backend(mode))
     return torch.compile(model, backend="inductor" if mode == "inductor" else "tritonfuse")
 
 
@@ -574,7 +578,7 @@ def _interleaved(work, rows: list[dict], sets, args) -> None:
         for r in rows:
             mode = r["mode"]
             tritonfuse.reset()
-            fn = work.model if mode == "eager" else torch.compile(work.model, backend=_mode_backend(mode))
+            fn = _compiled(work.model, mode, own_backend=True)
             with _mode_ctx(mode):
                 prep(0)
                 _call(fn, sets[0])
@@ -1020,7 +1024,7 @@ def _profile_one(layer: _Layer, mode: str, inp, args) -> tuple[float, str, Calla
     import tritonfuse
 
     tritonfuse.reset()
-    fn = layer.module if mode == "eager" else torch.compile(layer.module, backend=_mode_backend(mode))
+    fn = _compiled(layer.module, mode, own_backend=True)
     prep = (lambda i: inp.reset()) if inp.reset else None
     with _mode_ctx(mode), torch.no_grad():
         if prep:

@@ -143,11 +143,10 @@ def pinned(kernel, args: tuple, kwargs: dict):
 
 def _pruned(kernel, args: tuple, kwargs: dict) -> list:
     """The configs ``kernel``'s own pruning keeps for this launch (all of them where it has none, or fails)."""
-    prune = getattr(kernel, "early_config_prune", None)
-    if prune is None:
-        return list(kernel.configs)
+    from . import tuning
+
     try:
-        return list(prune(list(kernel.configs), dict(zip(kernel.arg_names, args)), **kwargs)) or list(kernel.configs)
+        return tuning.pruned(kernel, args, kwargs) or list(kernel.configs)
     except Exception:  # noqa: BLE001 - a pruning that needs real tensors: every config, as before
         return list(kernel.configs)
 

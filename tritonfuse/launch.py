@@ -219,10 +219,7 @@ class FastLauncher:
         tuner = self.layers[0]
         n_pos = len(args)
         base = self._named(args, kwargs)
-        configs = list(tuner.configs)
-        prune = getattr(tuner, "early_config_prune", None)
-        if prune is not None:  # called as the autotuner calls it: positional arguments named, keywords as such
-            configs = list(prune(configs, dict(zip(self.jit.arg_names, args)), **kwargs))
+        configs = tuning.pruned(tuner, args, kwargs)
         jobs = []
         for cfg in configs:
             named = {k: copy.copy(v) if hasattr(v, "block_shape") else v for k, v in base.items()}

@@ -40,6 +40,16 @@ def tuning_key(tuner, args: tuple, kwargs: dict) -> tuple:
     return tuple(key)
 
 
+def pruned(tuner, args: tuple, kwargs: dict) -> list:
+    """The configs ``tuner`` considers for this launch: its ``early_config_prune`` applied as
+    ``Autotuner.run`` applies it (positional arguments named, keywords as such), or all of them."""
+    configs = list(tuner.configs)
+    prune = getattr(tuner, "early_config_prune", None)
+    if prune is None:
+        return configs
+    return list(prune(configs, dict(zip(tuner.arg_names, args)), **kwargs))
+
+
 def _jit(tuner):
     fn = tuner.fn
     while hasattr(fn, "fn") and not hasattr(fn, "cache_key"):
