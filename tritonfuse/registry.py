@@ -549,8 +549,8 @@ def _stream_rounds(ours: Callable[[], object], theirs: list) -> tuple[float, flo
     import statistics
 
     t_ours, t_theirs = [], []
+    runs = 5 if STREAM_ROUNDS <= 1 else 1
     for i in range(max(1, STREAM_ROUNDS)):
-        runs = 5 if STREAM_ROUNDS <= 1 else 1
         if i % 2:
             b = sum(_bench(f, False, runs=runs) for f in theirs)
             a = _bench(ours, False, runs=runs)
@@ -678,12 +678,8 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
                     f()
                 t_theirs = sum(_bench(f, False) for f in theirs)
                 if floor > t_theirs * (1.0 + HOST_CLEAR):
-                    rec = {"ours_ms": round(floor, 5), "theirs_ms": round(t_theirs, 5), "host_floor": True}
-                    choices[full] = rec
-                    _save_choices(choices)
-                    rec = _decided(rec)
-                    _last_measured.rec = rec
-                    return rec
+                    return _kept(choices, full, {"ours_ms": round(floor, 5), "theirs_ms": round(t_theirs, 5),
+                                                 "host_floor": True})
             ours()  # compile and autotune outside the timing
             for f in theirs:
                 f()
@@ -718,6 +714,11 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
         rec["rep_ms"] = rep
     elif ratio is not None and STREAM_ROUNDS > 1:
         rec["ratio"], rec["rounds"] = round(ratio, 4), STREAM_ROUNDS
+    return _kept(choices, full, rec)
+
+
+def _kept(choices: dict, full: str, rec: dict) -> dict:
+    """Keep the new record ``rec`` under ``full`` on disk; return it decided (``_decided``)."""
     choices[full] = rec
     _save_choices(choices)
     rec = _decided(rec)
