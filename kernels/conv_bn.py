@@ -94,6 +94,9 @@ def _bias_bn(acc, cols, n_mask, b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, e
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     if HAS_BN:
+        # Inductor passes Python floats as fp64 to the kernels it inlines: an fp64 eps made the whole tile's
+        # epilogue fp64 (344088 bytes of shared memory for a 128x256 tile, the inlined compile's failure)
+        eps = tl.cast(eps, tl.float32)
         mean = tl.load(mean_ptr + cols, mask=n_mask, other=0.0).to(tl.float32)
         var = tl.load(var_ptr + cols, mask=n_mask, other=1.0).to(tl.float32)
         if HAS_AFFINE:

@@ -47,6 +47,46 @@ SCRIPT = textwrap.dedent(
     CB.INLINE = True  # off by default (see kernels.conv_bn.INLINE): the surgery is checked here all the same
     from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
 
+    def f64_tiles(hop):
+        # the kernel traced to TTIR with its float arguments typed fp64, as Inductor types Python floats for
+        # the kernels it inlines: any fp64 tensor in the IR is arithmetic the op's own launch does in fp32
+        # (conv_bn's eps once made a whole tile's epilogue fp64, too large to compile on the H200)
+        from triton.compiler import ASTSource
+        from triton.runtime.autotuner import Autotuner
+        from triton._C.libtriton import ir
+        k = kernel_side_table.get_kernel(hop.kwargs["kernel_idx"])
+        args = dict(kernel_side_table.get_constant_args(hop.kwargs["constant_args_idx"]))
+        args.update({n: (v.meta["val"] if isinstance(v, torch.fx.Node) else v) for n, v in hop.kwargs["kwargs"].items()})
+        while not hasattr(k, "params"):
+            if isinstance(k, Autotuner):
+                args = {**k.configs[0].kwargs, **args}
+            k = k.fn
+        dt = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int8: "i8",
+              torch.int32: "i32", torch.int64: "i64", torch.uint8: "u8", torch.bool: "i1"}
+        sig, consts = {}, {}
+        for p in k.params:
+            v = args[p.name] if p.name in args else p.default
+            if p.is_constexpr or v is None:
+                sig[p.name], consts[p.name] = "constexpr", v
+            elif isinstance(v, torch.Tensor):
+                sig[p.name] = "*" + dt[v.dtype]
+            elif isinstance(v, bool):
+                sig[p.name] = "i1"
+            elif isinstance(v, float):
+                sig[p.name] = "fp64"
+            else:
+                sig[p.name] = "i32"
+        target = GPUTarget("cuda", 90, 32)
+        backend = triton.compiler.compiler.make_backend(target)
+        options = backend.parse_options({})
+        context = ir.context()
+        ir.load_dialects(context)
+        backend.load_dialects(context)
+        src = ASTSource(fn=k, signature=sig, constexprs=consts)
+        mod = src.make_ir(target, options, backend.get_codegen_implementation(options), backend.get_module_map(),
+                          context)
+        return "xf64>" in str(mod)
+
     def kernel_name(hop):
         k = kernel_side_table.get_kernel(hop.kwargs["kernel_idx"])
         while hasattr(k, "fn"):
@@ -124,6 +164,7 @@ SCRIPT = textwrap.dedent(
             "ops_left": sum(1 for t in targets if "tritonfuse" in str(t)),
             "written": sorted(w for h in hops for w in h.kwargs["tensors_to_clone"]),
             "kernel_names": [kernel_name(h) for h in hops],
+            "f64_tiles": [kernel_name(h) for h in hops if f64_tiles(h)],
             "as_strided": sum(1 for t in targets if "as_strided" in str(t)),
             # Inductor lowers the spliced nodes directly: none may be an op it would have decomposed earlier
             "undecomposed": sorted({str(t) for t in targets if t in decomps}),
@@ -175,6 +216,7 @@ def test_op_calls_become_kernel_nodes(traced, name, kernels, written):
     assert got["kernels"] == kernels
     assert got["written"] == written  # outputs only: no input is cloned or written
     assert got["undecomposed"] == [] and got["no_lowering"] == [], got
+    assert got["f64_tiles"] == [], got  # Inductor's fp64 floats must not reach a tile (see f64_tiles)
 
 
 PINNED = textwrap.dedent(
