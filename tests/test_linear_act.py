@@ -1327,11 +1327,42 @@ def test_op_calls_are_timed_in_alternating_rounds(tmp_path, monkeypatch):
     assert "no faster than cuBLAS here by the 3% margin" in reason and "median ratio 0.99 over 5" in reason
     # kept under a key of its own: a record timed one side after the other (no ratio) is timed again
     stored = json.loads(registry.choices_path().read_text())
-    assert [k.split("|")[:2] for k in stored] == [["spell", "rounds"]]
+    assert [k.split("|")[:2] for k in stored] == [["spell", "rounds2"]]
     seen.clear()
     with config.patch(measure="1"):
         assert registry.measured_choice("spell", cpu, lambda: "ours", [lambda: "theirs"])["use"] is True
     assert not seen
+
+
+def test_an_op_call_whose_host_time_hides_behind_its_kernel_is_decided_on_gpu_time(tmp_path, monkeypatch):
+    # bert-base's GEMM+GELU op call on the H200: 0.12 ms of host time, 0.18 ms of GPU time against 0.21 for
+    # Inductor's GEMM + GELU pass. The stream never waits for such a call's host, so its GPU time decides;
+    # a call whose host time outlasts its kernel (a small conv: 0.15 ms of host time, 0.03 of GPU time) is
+    # timed back to back in alternating rounds, host time included, as before
+    pretend_gpu_timing(tmp_path, monkeypatch)
+    monkeypatch.setattr(registry, "HOST_HIDDEN", 0.8)
+    gpu = {"gemm": 0.18, "small": 0.03, "theirs": 0.21, "theirs_small": 0.05}
+    stream = {"gemm": 0.22, "small": 0.15, "theirs": 0.2, "theirs_small": 0.05}  # a busy host's back-to-back
+    seen = []
+
+    def bench(fn, graphed=False, **_):
+        seen.append((fn(), graphed))
+        return (gpu if graphed else stream)[fn()]
+
+    monkeypatch.setattr(registry, "_bench", bench)
+    monkeypatch.setattr(registry, "_host_time", lambda fn, device, calls=20: 0.12 if fn() == "gemm" else 0.15)
+    cpu = torch.device("cpu")
+    with config.patch(measure="1"):
+        rec = registry.measured_choice("gemm", cpu, lambda: "gemm", [lambda: "theirs"])
+        assert rec["use"] is True and (rec["ours_ms"], rec["theirs_ms"], rec["host_ms"]) == (0.18, 0.21, 0.12)
+        assert "ratio" not in rec and all(g for _, g in seen)  # no back-to-back timing at all
+        seen.clear()
+        rec = registry.measured_choice("small", cpu, lambda: "small", [lambda: "theirs_small"])
+    assert rec["use"] is False and "host_ms" not in rec and (rec["ours_ms"], rec["theirs_ms"]) == (0.15, 0.05)
+    assert ("small", False) in seen and ("theirs_small", False) in seen
+    reason = registry.slower_reason({"ours_ms": 0.3, "theirs_ms": 0.2, "host_ms": 0.1}, "cuBLAS")
+    assert reason == ("measured slower than cuBLAS here (0.300 vs 0.200 ms of GPU time; the op call's 0.100 ms "
+                      "of host time hides behind its kernel)")
 
 
 def test_an_op_kinds_host_floor_decides_without_compiling(tmp_path, monkeypatch):

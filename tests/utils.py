@@ -53,8 +53,8 @@ def fresh(*shape, dtype=torch.float32, device=None, scale=1.0, seed=None) -> tor
 
 def pretend_gpu_timing(tmp_path, monkeypatch, backend=None):
     """Measured choices on the CPU: a fresh choices store under tmp_path, timing switched on (the tests
-    stub ``registry._bench``), op calls timed in one round, and the backend's GPU-timing check passed when
-    ``backend`` is given."""
+    stub ``registry._bench``), op calls timed in one round (never as GPU time alone), and the backend's
+    GPU-timing check passed when ``backend`` is given."""
     from tritonfuse import registry
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -62,6 +62,8 @@ def pretend_gpu_timing(tmp_path, monkeypatch, backend=None):
     monkeypatch.setattr(registry, "timing_enabled", lambda device: True)
     # one round: each side's stub timing is called once per measurement (test_linear_act.py checks the rounds)
     monkeypatch.setattr(registry, "STREAM_ROUNDS", 1)
+    # op calls timed back to back (test_linear_act.py checks the GPU-time decision of a hidden host time)
+    monkeypatch.setattr(registry, "HOST_HIDDEN", 0)
     monkeypatch.setattr(registry, "_host_floor", {})  # no host floor learned by another test
     if backend is not None:
         monkeypatch.setattr(backend, "_gpu_timing", lambda: True)
