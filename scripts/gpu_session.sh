@@ -9,6 +9,9 @@
 #   bash scripts/gpu_session.sh verify  # the twenty-second session's changes: resnet50's first compile (the conv
 #                                       # host floor), bert-base/vit_b_16 in rounds (GEMM+GELU timed against
 #                                       # the real activation pass), the inlined-conv compile failure
+#   bash scripts/gpu_session.sh inline  # resnet50 with kernels.conv_bn.INLINE on against Inductor: each one's
+#                                       # output code (launches by kind) and CUDA time per kernel
+#                                       # (why 15 inlined sites made it 0.83x, twenty-third session)
 #   bash scripts/gpu_session.sh graphs  # the zoo again from CUDA graphs
 #   bash scripts/gpu_session.sh extra   # minilm-l6 (real weights: run scripts/carry_minilm.sh here first and
 #                                       # carry .carry), training steps, and a per-layer profile
@@ -57,6 +60,10 @@ case "${1:-tests}" in
       --modes inductor,tritonfuse --no-progress --out "$out/" 2>&1 | grep -v Warn | tail -12
     timeout 120 $PY scripts/inline_failure_probe.py resnet50 > "$out/inline_failure.txt" 2>&1
     grep -A12 "^FAILED kernel" "$out/inline_failure.txt" | cut -c1-400 | head -20 ;;
+  inline)
+    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 400 $PY scripts/profile_model.py --inline --code "$out/code" \
+      > "$out/inline_profile.txt" 2>&1; grep -A40 "launches by kind" "$out/inline_profile.txt" | head -80
+    tar czf "$out/code.tgz" -C "$out" code && rm -rf "$out/code" ;;
   graphs)
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 540 $PY -m tritonfuse bench --models "$models" \
       --modes inductor,tritonfuse,tritonfuse-int8 --cuda-graphs --no-progress --out "$out/" 2>&1 | grep -v Warn | tail -20 ;;
