@@ -92,10 +92,12 @@ def _set_tma_blocks(nargs):
             nargs[name].block_shape = [bm, bn // 2 if nargs.get("SUBTILE") else bn]
 
 
-def _tma_cfg(bm, bn, bk, stages, warps, subtile=False):
+def _tma_cfg(bm, bn, bk, stages, warps, subtile=False, occ=1):
     meta = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}
     if subtile:
         meta["SUBTILE"] = True
+    if occ > 1:  # persistent programs per SM (see _persistent_grid)
+        meta["OCC"] = occ
     return triton.Config(meta, num_stages=stages, num_warps=warps, pre_hook=_set_tma_blocks)
 
 
@@ -103,9 +105,15 @@ if config.autotune_enabled():
     # H200, scripts/explore_gpu.py (GEMM+GELU at BERT/ViT MLP shapes): 128x256 tiles with the epilogue in
     # two halves were fastest (less epilogue shared memory: a 4-stage pipeline fits); without an
     # activation they matched cuBLAS (617-622 against 634 TFLOP/s)
+    # OCC=2: two persistent programs per SM, each small enough to share it (shared memory, registers), so
+    # one's epilogue (an erf GELU on a 128x256 tile: by estimate a third of its K=768 main loop) runs while
+    # the other's tensor-core loop does, as CUTLASS's ping-pong kernels do with two consumer warp groups.
+    # Compiled for sm_90 (triton 3.8, ptxas -v): 115 and 82 KB of shared memory, 168 registers a thread at
+    # 4 warps, so two fit an SM; at 8 warps a 128x128 program takes 178 registers a thread, and two do not
     _TMA_CONFIGS = [_tma_cfg(128, 256, 64, 3, 8, True), _tma_cfg(128, 256, 64, 4, 8, True),
                     _tma_cfg(128, 128, 64, 4, 8), _tma_cfg(128, 128, 128, 3, 8), _tma_cfg(256, 128, 64, 3, 8),
-                    _tma_cfg(128, 128, 64, 5, 4), _tma_cfg(64, 128, 64, 4, 4)]
+                    _tma_cfg(128, 128, 64, 5, 4), _tma_cfg(64, 128, 64, 4, 4),
+                    _tma_cfg(128, 128, 64, 3, 4, True, occ=2), _tma_cfg(128, 128, 64, 2, 4, True, occ=2)]
 else:
     _TMA_CONFIGS = [_tma_cfg(128, 128, 64, 4, 8)]
 
@@ -119,10 +127,12 @@ def _set_gated_blocks(nargs):
     nargs["out_desc"].block_shape = [bm, bn // 2]
 
 
-def _gated_tma_cfg(bm, bk, stages, warps):
-    # BLOCK_N is the gate+up tile: always GATED_HALF rows of each weight
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": 2 * GATED_HALF, "BLOCK_K": bk, "GROUP_M": 8},
-                         num_stages=stages, num_warps=warps, pre_hook=_set_gated_blocks)
+def _gated_tma_cfg(bm, bk, stages, warps, occ=1):
+    # BLOCK_N is the gate+up tile: always GATED_HALF rows of each weight; OCC as in _tma_cfg
+    meta = {"BLOCK_M": bm, "BLOCK_N": 2 * GATED_HALF, "BLOCK_K": bk, "GROUP_M": 8}
+    if occ > 1:
+        meta["OCC"] = occ
+    return triton.Config(meta, num_stages=stages, num_warps=warps, pre_hook=_set_gated_blocks)
 
 
 GATED_HALF = 128  # output columns per tile of the dual GEMM (rows of wg, then as many of wu)
@@ -130,7 +140,8 @@ if config.autotune_enabled():
     # one 128x256 GEMM tile per 128 output columns: the shape that matched cuBLAS for plain GEMMs on the
     # H200 (scripts/explore_gpu.py), where the two-accumulator kernel reached 547 TFLOP/s against 667
     _TMA_GATED_CONFIGS = [_gated_tma_cfg(128, 64, 3, 8), _gated_tma_cfg(128, 64, 4, 8),
-                          _gated_tma_cfg(128, 128, 2, 8), _gated_tma_cfg(64, 64, 4, 4)]
+                          _gated_tma_cfg(128, 128, 2, 8), _gated_tma_cfg(64, 64, 4, 4),
+                          _gated_tma_cfg(64, 64, 2, 4, occ=2)]  # 98 KB, 165 registers: two fit an SM
 else:
     _TMA_GATED_CONFIGS = [_gated_tma_cfg(128, 64, 3, 8)]
 
@@ -309,13 +320,13 @@ def _linear_act_tma_kernel(
     x_desc, w_desc, b_ptr, out_desc, pre_desc, M, N, K, M_BUCKET,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STORE_PRE: tl.constexpr, NUM_SMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    SUBTILE: tl.constexpr = False,
+    SUBTILE: tl.constexpr = False, OCC: tl.constexpr = 1,
 ):
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
     num_tiles = num_pid_m * num_pid_n
-    for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=True):
+    for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_SMS * OCC, flatten=True):
         pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
         offs_m = pid_m * BLOCK_M
         offs_n = pid_n * BLOCK_N
@@ -330,7 +341,7 @@ def _gated_mlp_tma_kernel(
     x_desc, w_desc, bg_ptr, bu_ptr, out_desc, M, N, K, M_BUCKET,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, NUM_SMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    PAIR: tl.constexpr = False, UP_FIRST: tl.constexpr = False,
+    PAIR: tl.constexpr = False, UP_FIRST: tl.constexpr = False, OCC: tl.constexpr = 1,
 ):
     # One [BM, BN] tile of a single GEMM holds both projections of BN / 2 output columns: one tl.dot per K
     # step, as in a plain GEMM, instead of two half-width ones. The weight tile is [wg rows; wu rows]:
@@ -341,7 +352,7 @@ def _gated_mlp_tma_kernel(
     num_pid_n = tl.cdiv(N, BLOCK_N // 2)
     k_tiles = tl.cdiv(K, BLOCK_K)
     num_tiles = num_pid_m * num_pid_n
-    for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=True):
+    for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_SMS * OCC, flatten=True):
         pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
         offs_m = pid_m * BLOCK_M
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -419,8 +430,9 @@ def _num_sms(device: torch.device) -> int:
 
 
 def _persistent_grid(M: int, N: int, sms: int):
+    # OCC (a config's, default 1) persistent programs per SM, each walking tiles OCC * NUM_SMS apart
     def grid(meta):
-        return (min(sms, cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"])),)
+        return (min(sms * meta.get("OCC", 1), cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"])),)
 
     return grid
 

@@ -932,18 +932,22 @@ TMA_CFG = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=4, num_s
 
 
 @pytest.mark.skipif(K.TensorDescriptor is None, reason="triton without host TMA descriptors")
-@pytest.mark.parametrize("act,bias,store_pre,subtile", [("gelu", True, True, False), ("silu", False, False, False),
-                                                        ("none", True, False, False), ("gelu", True, True, True)])
-def test_tma_linear_kernel(monkeypatch, act, bias, store_pre, subtile):
+@pytest.mark.parametrize("act,bias,store_pre,subtile,occ", [
+    ("gelu", True, True, False, 1), ("silu", False, False, False, 1), ("none", True, False, False, 1),
+    ("gelu", True, True, True, 1), ("gelu", True, False, True, 2)])
+def test_tma_linear_kernel(monkeypatch, act, bias, store_pre, subtile, occ):
     # ragged M and N tiles, K not a multiple of BLOCK_K: TMA zero-fills loads and clips stores; with
-    # SUBTILE the epilogue stores each tile as two halves (the ragged N edge falls inside the second half)
+    # SUBTILE the epilogue stores each tile as two halves (the ragged N edge falls inside the second half).
+    # OCC=2: twice the persistent programs, each walking tiles twice as far apart (12 tiles, 6 programs)
     if torch.cuda.is_available():
         pytest.skip("covered on the GPU by the autotuned path")
     monkeypatch.setattr(K, "_tma_ok", K._tma_aligned)
     x = fresh(77, 72, dtype=torch.float16)
     w = fresh(104, 72, dtype=torch.float16, scale=0.1)
     b = fresh(104, dtype=torch.float16) if bias else None
-    cfg = dict(TMA_CFG, SUBTILE=True) if subtile else TMA_CFG
+    cfg = dict(TMA_CFG, SUBTILE=True) if subtile else dict(TMA_CFG)
+    if occ > 1:
+        cfg["OCC"] = occ
     out, pre = K._launch_linear(x, w, b, act, store_pre, fixed=cfg)
     assert_close_to_ref(out, K.linear_act_ref(x, w, b, act, upcast=True), K.linear_act_ref(x, w, b, act), atol=1e-3)
     if store_pre:
@@ -954,7 +958,7 @@ def test_tma_linear_kernel(monkeypatch, act, bias, store_pre, subtile):
 @pytest.mark.skipif(K.TensorDescriptor is None, reason="triton without host TMA descriptors")
 @pytest.mark.parametrize("act,bias,layout", [("silu", True, "separate"), ("gelu", False, "fused"),
                                              ("silu", False, "fused_up_first"), ("gelu", True, "strides_differ"),
-                                             ("silu", True, "pair_off")])
+                                             ("silu", True, "pair_off"), ("silu", True, "occ2")])
 def test_tma_gated_kernel(monkeypatch, act, bias, layout):
     # the dual GEMM: N=104 is not a multiple of the 16-row half tile (TMA zero-fills the last block's
     # rows, or zero rows pad the interleaved copy; the store clips), ragged M. The weights: two tensors,
@@ -980,7 +984,7 @@ def test_tma_gated_kernel(monkeypatch, act, bias, layout):
         assert K._pair_desc(wg, wu)[1]
     bg, bu = (fresh(104, dtype=torch.float16), fresh(104, dtype=torch.float16)) if bias else (None, None)
     before = wg.clone(), wu.clone()
-    out = K._launch_gated(x, wg, wu, bg, bu, act, fixed=TMA_CFG)
+    out = K._launch_gated(x, wg, wu, bg, bu, act, fixed=dict(TMA_CFG, OCC=2) if layout == "occ2" else TMA_CFG)
     assert len(copies) == (1 if layout in ("strides_differ", "pair_off") else 0)
     args = (x, wg, wu, bg, bu, act)
     assert_close_to_ref(out, K.gated_mlp_ref(*args, upcast=True), K.gated_mlp_ref(*args), atol=1e-3)
