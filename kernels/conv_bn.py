@@ -399,14 +399,21 @@ def _conv1x1_device_tma_kernel(
                    HAS_BIAS, HAS_BN, HAS_AFFINE, HAS_RES, ACT, ACT2, NUM_SMS, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
 
 
-def _as_matrix(t: torch.Tensor) -> Optional[torch.Tensor]:
-    """[B, C, H, W] channels_last-contiguous (or [N, C, 1, 1] with unit channel stride) as the [B*H*W, C]
-    matrix it is in memory, or None."""
+def _matrix_dims(t: torch.Tensor) -> Optional[tuple]:
+    """(rows, columns) of the matrix ``_as_matrix`` views ``t`` as, or None; no view is made (the checks
+    run on every op call, whose host time small convs pay in full)."""
     B, C, H, W = t.shape
     if H * W == 1 or t.is_contiguous(memory_format=torch.channels_last):
         if t.stride(1) == 1 and (B == 1 or t.stride(0) == C * H * W):
-            return t.as_strided((B * H * W, C), (C, 1))
+            return B * H * W, C
     return None
+
+
+def _as_matrix(t: torch.Tensor) -> Optional[torch.Tensor]:
+    """[B, C, H, W] channels_last-contiguous (or [N, C, 1, 1] with unit channel stride) as the [B*H*W, C]
+    matrix it is in memory, or None."""
+    dims = _matrix_dims(t)
+    return None if dims is None else t.as_strided(dims, (dims[1], 1))
 
 
 def _tma_1x1_ok(x, w, r, out, stride, padding) -> bool:
@@ -433,14 +440,16 @@ def _tma_1x1_layout(x, w, r, stride, padding) -> bool:
         return False
     if tuple(w.shape[2:]) != (1, 1) or tuple(stride) != (1, 1) or tuple(padding) != (0, 0):
         return False
-    mats = [_as_matrix(t) for t in (x, w) + ((r,) if r is not None else ())]
-    return all(m is not None and (m.shape[1] * m.element_size()) % 16 == 0 for m in mats) and (
-        (w.shape[0] * x.element_size()) % 16 == 0)
+    for t in (x, w) + ((r,) if r is not None else ()):
+        dims = _matrix_dims(t)
+        if dims is None or (dims[1] * t.element_size()) % 16:
+            return False
+    return (w.shape[0] * x.element_size()) % 16 == 0
 
 
 def _tma_1x1_aligned(x, w, r, out, stride, padding) -> bool:
     # a matrix view starts where its tensor does: the tensors' own pointers are the descriptors' bases
-    return (_tma_1x1_layout(x, w, r, stride, padding) and _as_matrix(out) is not None
+    return (_tma_1x1_layout(x, w, r, stride, padding) and _matrix_dims(out) is not None
             and all(t.data_ptr() % 16 == 0 for t in (x, w, out, r) if t is not None))
 
 
@@ -483,7 +492,7 @@ def _hopper_inline_reason(x, w, r, stride, padding, channels_last) -> Optional[s
 
 
 def _launch_1x1_device_tma(x, w, b, mean, var, gamma, beta, r, eps, act, act2, out):
-    M, K = _as_matrix(x).shape
+    M, K = _matrix_dims(x)
     N = w.shape[0]
     has_bn = mean is not None
     affine = has_bn and gamma is not None
@@ -539,6 +548,8 @@ _INT32_MAX = 2**31 - 1
 
 def _span(t: torch.Tensor) -> int:
     # the largest element offset the kernel computes into t (int32 address arithmetic), at example sizes
+    if type(t) is torch.Tensor:  # a real tensor (an op call): plain ints, read without size_hint's checks
+        return sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride()) if s > 0)
     dims = [(size_hint(s), size_hint(st)) for s, st in zip(t.shape, t.stride())]
     return sum((s - 1) * abs(st) for s, st in dims if s > 0)
 
@@ -690,7 +701,7 @@ def _launch_conv(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, 
         return (cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]),)
 
     if tma and int8 is None and out_dtype is None:
-        if _device_tma_ok(x, w, r, stride, padding) and _as_matrix(out) is not None:
+        if _device_tma_ok(x, w, r, stride, padding) and _matrix_dims(out) is not None:
             return _launch_1x1_device_tma(x, w, b, mean, var, gamma, beta, r, eps, act, act2, out)
         if _tma_1x1_ok(x, w, r, out, stride, padding):
             return _launch_1x1_tma(x, w, b, mean, var, gamma, beta, r, eps, act, act2, out)
