@@ -1364,6 +1364,17 @@ def test_an_op_call_whose_host_time_hides_behind_its_kernel_is_decided_on_gpu_ti
         rec = registry.measured_choice("small", cpu, lambda: "small", [lambda: "theirs_small"])
     assert rec["use"] is False and "host_ms" not in rec and (rec["ours_ms"], rec["theirs_ms"]) == (0.15, 0.05)
     assert ("small", False) in seen and ("theirs_small", False) in seen
+
+    # a call CUDA graphs cannot capture (its graphed timing raises) is timed in rounds, not dropped
+    def no_capture(fn, graphed=False, **_):
+        if graphed:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return bench(fn, graphed)
+
+    monkeypatch.setattr(registry, "_bench", no_capture)
+    with config.patch(measure="1"):
+        rec = registry.measured_choice("gemm2", cpu, lambda: "gemm", [lambda: "theirs"])
+    assert "host_ms" not in rec and (rec["ours_ms"], rec["theirs_ms"]) == (0.22, 0.2) and rec["use"] is False
     reason = registry.slower_reason({"ours_ms": 0.3, "theirs_ms": 0.2, "host_ms": 0.1}, "cuBLAS")
     assert reason == ("measured slower than cuBLAS here (0.300 vs 0.200 ms of GPU time; the op call's 0.100 ms "
                       "of host time hides behind its kernel)")
