@@ -6,9 +6,9 @@
 #     (back here: python benchmarks/common.py --merge <fetched>/kernels.json; python -m tritonfuse.results
 #      --merge <fetched>/<gpu>.json)
 #   bash scripts/gpu_session.sh rounds  # the zoo's inductor/tritonfuse rows in interleaved rounds, resnet50 per block
-#   bash scripts/gpu_session.sh verify  # the twenty-second session's changes: resnet50's first compile (the conv
-#                                       # host floor), bert-base/vit_b_16 in rounds (GEMM+GELU timed against
-#                                       # the real activation pass), the inlined-conv compile failure
+#   bash scripts/gpu_session.sh verify  # the twenty-third session's changes: the linear_act/conv_bn/inline GPU
+#                                       # tests, bench_linear_act --quick (the OCC=2 configs: does one win
+#                                       # GEMM+GELU or SwiGLU?), bert-base/vit_b_16/llama-1b-prefill in rounds
 #   bash scripts/gpu_session.sh inline  # resnet50 with kernels.conv_bn.INLINE on against Inductor: each one's
 #                                       # output code (launches by kind) and CUDA time per kernel
 #                                       # (why 15 inlined sites made it 0.83x, twenty-third session)
@@ -54,12 +54,12 @@ case "${1:-tests}" in
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 170 $PY -m tritonfuse profile resnet50 --modes inductor,tritonfuse \
       --what "${PROFILE_WHAT:-blocks}" --no-progress > "$out/profile-resnet50.txt" 2>&1; tail -30 "$out/profile-resnet50.txt" ;;
   verify)
-    timeout 200 $PY scripts/compile_profile.py --model resnet50 --modes tritonfuse,inductor --profile-modes '' \
-      --breakdown --no-again --runs cold --out "$out/compile" > "$out/compile.txt" 2>&1; tail -8 "$out/compile.txt"
-    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 260 $PY -m tritonfuse bench --models bert-base,vit_b_16 \
-      --modes inductor,tritonfuse --no-progress --out "$out/" 2>&1 | grep -v Warn | tail -12
-    timeout 120 $PY scripts/inline_failure_probe.py resnet50 > "$out/inline_failure.txt" 2>&1
-    grep -A12 "^FAILED kernel" "$out/inline_failure.txt" | cut -c1-400 | head -20 ;;
+    timeout -s INT 120 $PY -m pytest tests/test_linear_act.py tests/test_conv_bn.py tests/test_inline.py -k cuda -q \
+      -p no:cacheprovider -rf --tb=short > "$out/tests.txt" 2>&1; tail -3 "$out/tests.txt"
+    timeout 150 $PY benchmarks/bench_linear_act.py --quick > "$out/linear.txt" 2>&1; tail -24 "$out/linear.txt"
+    cp benchmarks/results/kernels-*.json "$out/" 2>/dev/null
+    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 300 $PY -m tritonfuse bench --models bert-base,vit_b_16,llama-1b-prefill \
+      --modes inductor,tritonfuse --no-progress --out "$out/" 2>&1 | grep -v Warn | tail -14 ;;
   inline)
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 400 $PY scripts/profile_model.py --inline --code "$out/code" \
       > "$out/inline_profile.txt" 2>&1; grep -A40 "launches by kind" "$out/inline_profile.txt" | head -80

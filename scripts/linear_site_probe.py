@@ -46,7 +46,7 @@ def main() -> int:
         out[name] = {"stream": [round(registry._bench_stream(f, runs=5), 4) for _ in range(3)],
                      "do_bench": round(triton.testing.do_bench(f, rep=100, return_mode="median"), 4),
                      "graph": round(triton.testing.do_bench_cudagraph(f, rep=50, return_mode="median"), 4)}
-    for r in range(3):  # (ours ms, theirs ms, median per-round ratio)
+    for r in range(3):  # (ours ms, theirs ms, median per-round ratio, rounds)
         out[f"rounds{r}"] = [round(v, 4) for v in registry._stream_rounds(sides["ours"], [sides["addmm"],
                                                                                         sides["gelu_pass"]])]
         out[f"rounds_both{r}"] = [round(v, 4) for v in registry._stream_rounds(sides["ours"], [sides["eager_both"]])]

@@ -1338,6 +1338,33 @@ def test_op_calls_are_timed_in_alternating_rounds(tmp_path, monkeypatch):
     assert not seen
 
 
+def test_alternating_rounds_stop_once_a_majority_decides(tmp_path, monkeypatch):
+    # the median of 5 per-round ratios lies on the side of the choice's threshold (1 - margin) where a
+    # majority of them lies: once 3 rounds agree, the last 2 cannot change the choice and are not run
+    pretend_gpu_timing(tmp_path, monkeypatch)
+    monkeypatch.setattr(registry, "STREAM_ROUNDS", 5)
+    seen = []
+    times = {"ours_slow": [3.0, 0.5, 3.0, 3.0, 3.0], "ours_mixed": [1.5, 0.5, 0.5, 1.5, 0.5], "theirs": [1.0] * 10}
+
+    def bench(fn, graphed=False, rep=50, runs=5):
+        side = fn()
+        i = sum(1 for s in seen if s == side)
+        seen.append(side)
+        return times[side][i]
+
+    monkeypatch.setattr(registry, "_bench", bench)
+    cpu = torch.device("cpu")
+    with config.patch(measure="1"):
+        rec = registry.measured_choice("slow", cpu, lambda: "ours_slow", [lambda: "theirs"])
+        # ratios 3, 0.5, 3: two of three above the 0.97 threshold, not yet a majority of five; the fourth settles it
+        assert (rec["use"], rec["rounds"], rec["ratio"]) == (False, 4, 3.0) and seen.count("ours_slow") == 4
+        seen.clear()
+        times["theirs"] = [1.0] * 10
+        rec = registry.measured_choice("mixed", cpu, lambda: "ours_mixed", [lambda: "theirs"])
+    # 1.5, 0.5, 0.5, 1.5: two a side; the fifth decides
+    assert (rec["use"], rec["rounds"], rec["ratio"]) == (True, 5, 0.5)
+
+
 def test_an_op_call_whose_host_time_hides_behind_its_kernel_is_decided_on_gpu_time(tmp_path, monkeypatch):
     # bert-base's GEMM+GELU op call on the H200: 0.12 ms of host time, 0.18 ms of GPU time against 0.21 for
     # Inductor's GEMM + GELU pass. The stream never waits for such a call's host, so its GPU time decides;

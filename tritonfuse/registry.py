@@ -550,14 +550,18 @@ def _bench(fn, graphed: bool = False, rep: int = FULL_REP_MS, runs: int = 5) -> 
     return _bench_stream(fn, runs)
 
 
-def _stream_rounds(ours: Callable[[], object], theirs: list) -> tuple[float, float, float]:
-    """(ours ms, theirs ms, the median of the per-round ratios ours / theirs): op calls timed back to back,
-    the two sides alternating in ``STREAM_ROUNDS`` rounds (which side goes first alternates too)."""
+def _stream_rounds(ours: Callable[[], object], theirs: list,
+                   keep: Optional[float] = None) -> tuple[float, float, float, int]:
+    """(ours ms, theirs ms, the median of the per-round ratios ours / theirs, rounds run): op calls timed
+    back to back, the two sides alternating in ``STREAM_ROUNDS`` rounds (which side goes first alternates
+    too). With ``keep`` (the ratio at or under which ours is chosen), the rounds stop once a majority of
+    them lies on one side of it: the median of all of them would lie there too, so the choice is the same."""
     import statistics
 
-    t_ours, t_theirs = [], []
-    runs = 5 if STREAM_ROUNDS <= 1 else 1
-    for i in range(max(1, STREAM_ROUNDS)):
+    t_ours, t_theirs, ratios = [], [], []
+    rounds = max(1, STREAM_ROUNDS)
+    runs = 5 if rounds <= 1 else 1
+    for i in range(rounds):
         if i % 2:
             b = sum(_bench(f, False, runs=runs) for f in theirs)
             a = _bench(ours, False, runs=runs)
@@ -566,8 +570,10 @@ def _stream_rounds(ours: Callable[[], object], theirs: list) -> tuple[float, flo
             b = sum(_bench(f, False, runs=runs) for f in theirs)
         t_ours.append(a)
         t_theirs.append(b)
-    ratio = statistics.median(a / b if b > 0 else float("inf") for a, b in zip(t_ours, t_theirs))
-    return statistics.median(t_ours), statistics.median(t_theirs), ratio
+        ratios.append(a / b if b > 0 else float("inf"))
+        if keep is not None and max(sum(r <= keep for r in ratios), sum(r > keep for r in ratios)) > rounds // 2:
+            break
+    return statistics.median(t_ours), statistics.median(t_theirs), statistics.median(ratios), len(ratios)
 
 
 def _bench_stream(fn, runs: int = 5) -> float:
@@ -733,7 +739,8 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
                     t_ours, t_theirs, rep = gpu_timings()
                 else:
                     host = None
-                    t_ours, t_theirs, ratio = _stream_rounds(ours, theirs)
+                    t_ours, t_theirs, ratio, rounds = _stream_rounds(
+                        ours, theirs, keep=1.0 - config.measure_margin_fraction())
             else:  # (a shared kernel's share is GPU time: added to each side's whole timing)
                 t_ours, t_theirs = timings(FULL_REP_MS)
     finally:
@@ -744,7 +751,7 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
     if host is not None:  # GPU times decided: the op call's host time hides behind its kernel
         rec["host_ms"] = round(host, 5)
     elif ratio is not None and STREAM_ROUNDS > 1:
-        rec["ratio"], rec["rounds"] = round(ratio, 4), STREAM_ROUNDS
+        rec["ratio"], rec["rounds"] = round(ratio, 4), rounds
     return _kept(choices, full, rec)
 
 
