@@ -56,7 +56,8 @@ SCRIPT = textwrap.dedent(
         from triton._C.libtriton import ir
         k = kernel_side_table.get_kernel(hop.kwargs["kernel_idx"])
         args = dict(kernel_side_table.get_constant_args(hop.kwargs["constant_args_idx"]))
-        args.update({n: (v.meta["val"] if isinstance(v, torch.fx.Node) else v) for n, v in hop.kwargs["kwargs"].items()})
+        for n, v in hop.kwargs["kwargs"].items():
+            args[n] = v.meta["val"] if isinstance(v, torch.fx.Node) else v
         while not hasattr(k, "params"):
             if isinstance(k, Autotuner):
                 args = {**k.configs[0].kwargs, **args}

@@ -536,7 +536,7 @@ STREAM_ROUNDS = 5
 # only average out) do not decide it. Such a site is timed as GPU time on both sides (graphed). On the
 # H200 at bert-base's GEMM+GELU (16384x768x3072 fp16), the op's host time was 0.12 ms against 0.18 ms of
 # GPU time (Inductor's path 0.21): timed in rounds during the compile it lost 1.04, alone it won 0.95-0.98
-# (.scratch probe, twenty-third session; benchmarks/results/diagnostics/README.md).
+# (scripts/linear_site_probe.py; benchmarks/results/diagnostics/README.md, twenty-third session).
 HOST_HIDDEN = 0.8
 
 
