@@ -1052,6 +1052,35 @@ def test_int8_min_sqnr_verdicts_are_not_served_from_the_graph_cache():
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("gated", [False, True])
+def test_every_tma_config_on_the_gpu(gated):
+    # every config the TMA kernels autotune over, each launched alone: the autotuner keeps only the fastest,
+    # so a config's numerics (OCC=2's two programs per SM, tiles 2 * SMs apart, among them) are otherwise
+    # never checked where it compiles for real. 65x8 tiles of 128x128 (more than two per SM); ragged M, N, K
+    if K.TensorDescriptor is None or not K._hopper(torch.device("cuda")):
+        pytest.skip("the TMA kernels serve Hopper GPUs")
+    torch.manual_seed(0)
+    x = fresh(8200, 200, dtype=torch.bfloat16, device="cuda")
+    w1 = fresh(1000, 200, dtype=torch.bfloat16, device="cuda", scale=0.1)
+    w2 = fresh(1000, 200, dtype=torch.bfloat16, device="cuda", scale=0.1)
+    b = fresh(1000, dtype=torch.bfloat16, device="cuda")
+    configs = K._TMA_GATED_CONFIGS if gated else K._TMA_CONFIGS
+    assert any(c.kwargs.get("OCC", 1) > 1 for c in configs)
+    if gated:
+        args = (x, w1, w2, None, None, "silu")
+        ref64, eager = K.gated_mlp_ref(*args, upcast=True), K.gated_mlp_ref(*args)
+    else:
+        ref64, eager = K.linear_act_ref(x, w1, b, "gelu", upcast=True), K.linear_act_ref(x, w1, b, "gelu")
+    for cfg in configs:
+        fixed = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+        if gated:
+            out = K._launch_gated(*args, fixed=fixed)
+        else:
+            out = K._launch_linear(x, w1, b, "gelu", False, fixed=fixed)[0]
+        assert_close_to_ref(out, ref64, eager, atol=1e-3, what=f"config {cfg}")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("gated", [False, True])
 def test_fast_launch_matches_triton_launch(gated):
     from tritonfuse import launch
     torch.manual_seed(0)
