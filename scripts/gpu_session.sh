@@ -11,7 +11,8 @@
 #                                       # GEMM+GELU or SwiGLU?), bert-base/vit_b_16/llama-1b-prefill in rounds
 #   bash scripts/gpu_session.sh inline  # resnet50 with kernels.conv_bn.INLINE on against Inductor: each one's
 #                                       # output code (launches by kind) and CUDA time per kernel
-#                                       # (why 15 inlined sites made it 0.83x, twenty-third session)
+#                                       # (why 15 inlined sites made it 0.83x, twenty-third session);
+#                                       # MODEL=bert-base INT8=1: the int8 GEMMs inlined (INT8_CONSTANTS) instead
 #   bash scripts/gpu_session.sh graphs  # the zoo again from CUDA graphs
 #   bash scripts/gpu_session.sh extra   # minilm-l6 (real weights: run scripts/carry_minilm.sh here first and
 #                                       # carry .carry), training steps, and a per-layer profile
@@ -61,8 +62,9 @@ case "${1:-tests}" in
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 300 $PY -m tritonfuse bench --models bert-base,vit_b_16,llama-1b-prefill \
       --modes inductor,tritonfuse --no-progress --out "$out/" 2>&1 | grep -v Warn | tail -14 ;;
   inline)
-    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 400 $PY scripts/profile_model.py --inline --code "$out/code" \
-      > "$out/inline_profile.txt" 2>&1; grep -A40 "launches by kind" "$out/inline_profile.txt" | head -80
+    if [ "${INT8:-0}" = 1 ]; then flags=(--int8-inline --modes inductor,tritonfuse-int8); else flags=(--inline); fi
+    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 400 $PY scripts/profile_model.py --model "${MODEL:-resnet50}" "${flags[@]}" \
+      --code "$out/code" > "$out/inline_profile.txt" 2>&1; grep -A40 "launches by kind" "$out/inline_profile.txt" | head -80
     tar czf "$out/code.tgz" -C "$out" code && rm -rf "$out/code" ;;
   graphs)
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 540 $PY -m tritonfuse bench --models "$models" \

@@ -1,12 +1,15 @@
-"""Where a compiled resnet50 forward spends its time (a GPU, one call): torch.profiler tables of CPU and CUDA
-time per op for Inductor and tritonfuse, the synchronising CUDA runtime calls, and the wall time per forward.
+"""Where a compiled model's forward spends its time (a GPU): torch.profiler tables of CPU and CUDA time per op
+for each mode, the synchronising CUDA runtime calls, and the wall time per forward.
 
-Run: ``python scripts/profile_model.py [--batch 64] [--modes inductor,tritonfuse] [--inline] [--code DIR]``
+Run: ``python scripts/profile_model.py [--model resnet50] [--batch N] [--modes inductor,tritonfuse]
+[--inline] [--int8-inline] [--code DIR]``
 
-``--inline`` turns ``kernels.conv_bn.INLINE`` on (the conv sites' kernels inlined into Inductor's code);
-``--code DIR`` writes each mode's generated output code (``DIR/<mode>-<n>.py``, from the first call) and prints
-how many kernels of each kind it launches: what Inductor runs around the inlined kernels (copies, layout
-conversions) shows there.
+``--model`` is a model of the bench's zoo (``tritonfuse models``) at its bench size; ``--modes`` takes
+``inductor``, ``tritonfuse`` and ``tritonfuse-int8``. ``--inline`` turns ``kernels.conv_bn.INLINE`` on (the
+conv sites' kernels inlined into Inductor's code); ``--int8-inline`` turns ``patterns.linear_act.INT8_CONSTANTS``
+on (int8 weights as graph constants, the int8 GEMMs inlined). ``--code DIR`` writes each mode's generated output
+code (``DIR/<mode>-<n>.py``, from the first call) and prints how many kernels of each kind it launches: what
+Inductor runs around inlined kernels (copies, layout conversions) shows there.
 """
 
 from __future__ import annotations
@@ -16,53 +19,75 @@ import copy
 import time
 
 import torch
-import torchvision
 from torch.profiler import ProfilerActivity, profile
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--model", default="resnet50")
+    ap.add_argument("--batch", type=int, default=None, help="default: the bench's batch for the model")
     ap.add_argument("--modes", default="inductor,tritonfuse")
     ap.add_argument("--inline", action="store_true", help="kernels.conv_bn.INLINE on")
+    ap.add_argument("--int8-inline", action="store_true", help="patterns.linear_act.INT8_CONSTANTS on")
     ap.add_argument("--code", default=None, help="write each mode's output code under this folder")
+    ap.add_argument("--small", action="store_true", help="the zoo's small size (a dry run on a CPU)")
+    ap.add_argument("--device", default="cuda")
     args = ap.parse_args()
     if args.inline:
         import tritonfuse.kernels.conv_bn as CB
 
         CB.INLINE = True
-    m = torchvision.models.resnet50(weights=None).eval().cuda().half().to(memory_format=torch.channels_last)
-    x = torch.randn(args.batch, 3, 224, 224, device="cuda", dtype=torch.float16).to(memory_format=torch.channels_last)
+    if args.int8_inline:
+        import tritonfuse.patterns.linear_act as LP
+
+        LP.INT8_CONSTANTS = True
+    from tritonfuse import cli, zoo
+
+    device = torch.device(args.device)
+    spec = zoo.MODELS[args.model]
+    work = spec.make(small=args.small, batch=args.batch, device=device)
+    dtype = cli._dtype("auto", spec, device)
+    cli._to_dtype(work, dtype)
+    inp = work.inputs(work.model, device, dtype, 0)
+    print(f"{args.model} ({work.shape}, {cli._dname(dtype)})")
     for mode in args.modes.split(","):
         torch._dynamo.reset()
-        model = torch.compile(copy.deepcopy(m), backend=mode)
-        with torch.no_grad():
+        with cli._mode_ctx(mode), torch.no_grad():
+            model = cli._compiled(copy.deepcopy(work.model), mode)
+
+            def call():
+                if inp.reset:
+                    inp.reset()
+                return cli._call(model, inp)
+
             if args.code:
-                _write_code(model, x, mode, args.code)
+                _write_code(call, mode, args.code)
             for _ in range(5):
-                model(x)
-            torch.cuda.synchronize()
+                call()
+            cli._sync(device)
             t0 = time.perf_counter()
             for _ in range(50):
-                model(x)
-            torch.cuda.synchronize()
+                call()
+            cli._sync(device)
             print(f"== {mode}: {(time.perf_counter() - t0) / 50 * 1e3:.3f} ms per forward (wall, 50 back to back)")
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            with profile(activities=activities) as prof:
                 for _ in range(10):
-                    model(x)
-                torch.cuda.synchronize()
+                    call()
+                cli._sync(device)
         ka = prof.key_averages()
         print(ka.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
-        print(ka.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=60))
+        if device.type == "cuda":
+            print(ka.table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=60))
         syncs = {e.key: e.count for e in ka if "ynchronize" in e.key or "Memcpy" in e.key or "cudaMalloc" in e.key}
         print(f"{mode}: synchronising / allocating runtime calls in 10 forwards: {syncs}", flush=True)
-        if mode == "tritonfuse":
+        if mode.startswith("tritonfuse"):
             import tritonfuse
 
             print(tritonfuse.report())
 
 
-def _write_code(model, x, mode: str, folder: str) -> None:
+def _write_code(call, mode: str, folder: str) -> None:
     """The first call, with Inductor's generated code kept: written out, and its launches counted by kind."""
     import collections
     import os
@@ -71,16 +96,16 @@ def _write_code(model, x, mode: str, folder: str) -> None:
     from torch._inductor.utils import run_and_get_code
 
     os.makedirs(folder, exist_ok=True)
-    _, codes = run_and_get_code(model, x)
+    _, codes = run_and_get_code(call)
     kinds: collections.Counter = collections.Counter()
     for i, code in enumerate(codes):
         with open(os.path.join(folder, f"{mode}-{i}.py"), "w") as f:
             f.write(code)
-        call = code[code.find("def call("):] if "def call(" in code else code
+        body = code[code.find("def call("):] if "def call(" in code else code
         # Triton kernels (Inductor's and inlined ones) launch as NAME.run(...), a CPU's C++ kernels as NAME(...)
-        for name in re.findall(r"^\s+(\w+)\.run\(|^\s+(cpp_fused_\w+)\(", call, flags=re.M):
+        for name in re.findall(r"^\s+(\w+)\.run\(|^\s+(cpp_fused_\w+)\(", body, flags=re.M):
             kinds[re.sub(r"_\d+$", "", name[0] or name[1])] += 1
-        for name in re.findall(r"(extern_kernels\.\w+|aten\.\w+|torch\.ops\.\w+\.\w+)\(", call):
+        for name in re.findall(r"(extern_kernels\.\w+|aten\.\w+|torch\.ops\.\w+\.\w+(?:\.\w+)?)\(", body):
             kinds[name] += 1
     print(f"== {mode}: {len(codes)} output code file(s) in {folder}; launches by kind:")
     for name, n in kinds.most_common():
