@@ -288,23 +288,30 @@ def _set_1x1_blocks(nargs):
     nargs["r_desc"].block_shape = [bm, bn]
 
 
-def _tma_cfg(bm, bn, bk, stages, warps):
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=stages,
-                         num_warps=warps, pre_hook=_set_1x1_blocks)
+def _tma_cfg(bm, bn, bk, stages, warps, occ=1):
+    meta = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}
+    if occ > 1:  # persistent programs per SM (linear_act._persistent_grid)
+        meta["OCC"] = occ
+    return triton.Config(meta, num_stages=stages, num_warps=warps, pre_hook=_set_1x1_blocks)
 
 
+# OCC=2: two programs share an SM, so one's epilogue (BN, activations, the residual's load) overlaps the
+# other's loads and MMAs. ResNet-50's 1x1 convs have short K loops (64-512 channels: 1-8 steps of 64), where
+# one persistent program per SM leaves the tensor cores idle through every epilogue. 4 warps, 3 stages:
+# 106 KB with an fp16 residual; two fit in an SM's 228 KB (_prune_1x1 checks it per launch).
 _TMA_1X1_ALL = [
     _tma_cfg(128, 128, 64, 4, 8), _tma_cfg(128, 256, 64, 3, 8), _tma_cfg(256, 128, 64, 3, 8),
     _tma_cfg(128, 64, 64, 4, 4), _tma_cfg(64, 128, 64, 4, 4), _tma_cfg(128, 128, 128, 3, 8),
-    _tma_cfg(64, 64, 64, 4, 4),
+    _tma_cfg(64, 64, 64, 4, 4), _tma_cfg(128, 64, 64, 3, 4, occ=2), _tma_cfg(64, 128, 64, 3, 4, occ=2),
 ]
 if config.autotune_enabled() and not registry.interpret_mode():
     _TMA_1X1_CONFIGS = _TMA_1X1_ALL
 else:
     _TMA_1X1_CONFIGS = [_tma_cfg(128, 64, 64, 4, 4)]
 
-# Hopper's shared memory per block (opt-in): 227 KB
+# Hopper's shared memory per block (opt-in): 227 KB; per SM, shared by its resident blocks: 228 KB
 SMEM_LIMIT = 232448
+SMEM_PER_SM = 233472
 
 
 def tma_1x1_smem(cfg, x_bytes: int, out_bytes: int, r_bytes: int = 0) -> int:
@@ -329,7 +336,8 @@ def _prune_1x1(configs, named_args, **kwargs):
     has_res = bool(kwargs.get("HAS_RES", named_args.get("HAS_RES", False)))
     need = {id(c): tma_1x1_smem(c, _elem_bytes(arg["x_ptr"]), _elem_bytes(arg["out_ptr"]),
                                 _elem_bytes(arg["r_ptr"]) if has_res else 0) for c in kept}
-    fit = [c for c in kept if need[id(c)] + 1024 <= SMEM_LIMIT]  # (+ barriers and alignment)
+    fit = [c for c in kept if need[id(c)] + 1024 <= SMEM_LIMIT  # (+ barriers and alignment)
+           and (need[id(c)] + 1024) * c.kwargs.get("OCC", 1) <= SMEM_PER_SM]  # OCC programs share an SM
     return fit or [min(kept, key=lambda c: need[id(c)])]
 
 
@@ -338,15 +346,15 @@ def _conv1x1_tiles(
     x_desc, w_desc, r_desc, out_desc, b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, eps, M, N, K,
     HAS_BIAS: tl.constexpr, HAS_BN: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_RES: tl.constexpr,
     ACT: tl.constexpr, ACT2: tl.constexpr, NUM_SMS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, OCC: tl.constexpr,
 ):
     # x_desc: [M, K] (pixels x input channels), w_desc: [N, K], out_desc / r_desc: [M, N]; this program's
-    # share of the output tiles, each with its epilogue
+    # share of the output tiles (NUM_SMS * OCC programs), each with its epilogue
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
     num_tiles = num_pid_m * num_pid_n
-    for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=True):
+    for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_SMS * OCC, flatten=True):
         pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
         offs_m = pid_m * BLOCK_M
         offs_n = pid_n * BLOCK_N
@@ -368,10 +376,12 @@ def _conv1x1_tma_kernel(
     HAS_BIAS: tl.constexpr, HAS_BN: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_RES: tl.constexpr,
     ACT: tl.constexpr, ACT2: tl.constexpr, NUM_SMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    OCC: tl.constexpr = 1,
 ):
     # host TMA descriptors (an op call)
     _conv1x1_tiles(x_desc, w_desc, r_desc, out_desc, b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, eps, M, N, K,
-                   HAS_BIAS, HAS_BN, HAS_AFFINE, HAS_RES, ACT, ACT2, NUM_SMS, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+                   HAS_BIAS, HAS_BN, HAS_AFFINE, HAS_RES, ACT, ACT2, NUM_SMS, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
+                   OCC)
 
 
 # The same kernel building its descriptors on the device, for calls inlined into Inductor's code: host
@@ -390,13 +400,15 @@ def _conv1x1_device_tma_kernel(
     HAS_BIAS: tl.constexpr, HAS_BN: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_RES: tl.constexpr,
     ACT: tl.constexpr, ACT2: tl.constexpr, NUM_SMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    OCC: tl.constexpr = 1,
 ):
     x_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, BLOCK_K])
     w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[K, 1], block_shape=[BLOCK_N, BLOCK_K])
     r_desc = tl.make_tensor_descriptor(r_ptr, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, BLOCK_N])
     out_desc = tl.make_tensor_descriptor(out_ptr, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, BLOCK_N])
     _conv1x1_tiles(x_desc, w_desc, r_desc, out_desc, b_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, eps, M, N, K,
-                   HAS_BIAS, HAS_BN, HAS_AFFINE, HAS_RES, ACT, ACT2, NUM_SMS, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+                   HAS_BIAS, HAS_BN, HAS_AFFINE, HAS_RES, ACT, ACT2, NUM_SMS, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
+                   OCC)
 
 
 def _matrix_dims(t: torch.Tensor) -> Optional[tuple]:

@@ -146,6 +146,20 @@ def test_conv1x1_tma_kernel(monkeypatch, case):
     assert all(torch.equal(u, v) for u, v in zip(before, [t for t in (x, w, *args[:6]) if t is not None]))
 
 
+@pytest.mark.skipif(K.TensorDescriptor is None, reason="triton without host TMA descriptors")
+def test_conv1x1_tma_kernel_two_programs_per_sm():
+    # OCC=2: twice the persistent programs, each walking tiles twice as far apart (the interpreter's 3 "SMs":
+    # 6 programs over 7x2 tiles of 32x32; a grid not widened would leave tiles unwritten)
+    if torch.cuda.is_available():
+        pytest.skip("covered on the GPU by the autotuned path")
+    x, w, args = _tma_1x1_case(1)  # the residual case: 2x9x11 pixels, 24 channels out
+    out = torch.empty(K.out_shape(x.shape, w.shape, [1, 1], [0, 0]), dtype=torch.float16)
+    out = out.to(memory_format=torch.channels_last)
+    cfg = dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=32, GROUP_M=2, OCC=2, num_warps=4, num_stages=2)
+    K._launch_1x1_tma(x, w, *args[:6], args[8], args[9], args[10], out, fixed=cfg)
+    _check_1x1(out, x, w, args)
+
+
 @pytest.mark.skipif(not K._HAS_DEVICE_TMA, reason="triton without device-side TMA descriptors")
 @pytest.mark.parametrize("case", [0, 2])
 def test_conv1x1_device_tma_kernel(case):
@@ -282,6 +296,28 @@ def test_choice_mapping(monkeypatch):
 
 
 @pytest.mark.cuda
+def test_every_1x1_tma_config_on_the_gpu():
+    # every config the 1x1 TMA kernel autotunes over (the OCC=2 ones included), each launched alone with BN,
+    # a residual and two activations, at 8x28x28 pixels: more tiles than programs
+    if K.TensorDescriptor is None or not K._hopper(torch.device("cuda")):
+        pytest.skip("the TMA kernels serve Hopper GPUs")
+    x = fresh(8, 256, 28, 28, dtype=torch.float16, device="cuda").to(memory_format=torch.channels_last)
+    w = fresh(512, 256, 1, 1, dtype=torch.float16, device="cuda", scale=256 ** -0.5)
+    _, p = _params(512, torch.float16, "cuda", 3)
+    r = fresh(8, 512, 28, 28, dtype=torch.float16, device="cuda").to(memory_format=torch.channels_last)
+    args = (None, *p, r, [1, 1], [0, 0], 1e-5, "relu", "relu")
+    ref64, eager = K.conv_bn_ref(x, w, *args, upcast=True), K.conv_bn_ref(x, w, *args)
+    assert any(c.kwargs.get("OCC", 1) > 1 for c in K._TMA_1X1_CONFIGS)
+    for cfg in K._TMA_1X1_CONFIGS:
+        out = torch.empty_like(r)
+        fixed = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+        if K.tma_1x1_smem(cfg, 2, 2, 2) + 1024 > K.SMEM_LIMIT:
+            continue  # with the residual tile it does not fit (pruned per launch)
+        K._launch_1x1_tma(x, w, None, *p, r, 1e-5, "relu", "relu", out, fixed=fixed)
+        assert_close_to_ref(out, ref64, eager, atol=ATOL[torch.float16], what=f"config {cfg}")
+
+
+@pytest.mark.cuda
 def test_choice_measured_and_cached(tmp_path, monkeypatch):
     from tritonfuse import config, registry
 
@@ -311,7 +347,11 @@ def test_tma_1x1_smem_estimate_matches_what_the_h200_compiled():
     rows = [json.loads(line) for line in path.read_text().splitlines()[1:]]
     configs = {f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']} s{c.num_stages} w{c.num_warps}": c
                for c in K._TMA_1X1_ALL}
-    assert len(rows) == 2 * len(configs)
+    probed = {row["config"] for row in rows}
+    assert probed <= set(configs) and len(rows) == 2 * len(probed)
+    # the OCC=2 configs came after the probe: compiled for sm_90 on the CPU machine (triton 3.8, with the
+    # residual), 128x64x64 and 64x128x64 at 3 stages took 106536 bytes against an estimate of 106496
+    assert all(configs[name].kwargs.get("OCC", 1) > 1 for name in set(configs) - probed)
     for row in rows:
         shared = row["triton_shared"][0]
         est = K.tma_1x1_smem(configs[row["config"]], 2, 2, 2 if row["has_res"] else 0)
@@ -347,7 +387,9 @@ def test_conv_sites_share_a_host_floor_per_launch_path(tmp_path, monkeypatch):
 @pytest.mark.parametrize("res_dtype,out_dtype,dropped", [
     (None, torch.float16, []),
     (torch.float16, torch.float16, ["128x256x64", "256x128x64", "128x128x128"]),
-    (torch.float32, torch.float32, ["128x128x64", "128x256x64", "256x128x64", "128x128x128"]),
+    # two OCC=2 programs with fp32 output and residual tiles (136 KB each) do not fit in one SM
+    (torch.float32, torch.float32, ["128x128x64", "128x256x64", "256x128x64", "128x128x128", "128x64x64/2",
+                                    "64x128x64/2"]),
 ])
 def test_tma_1x1_pruning_drops_configs_that_cannot_fit(res_dtype, out_dtype, dropped):
     # the residual tile (and wider elements) take shared memory from the pipeline: configs that would not
@@ -356,7 +398,8 @@ def test_tma_1x1_pruning_drops_configs_that_cannot_fit(res_dtype, out_dtype, dro
     named = {"x_ptr": torch.empty(M, Kc, dtype=torch.float16), "out_ptr": torch.empty(M, N, dtype=out_dtype),
              "r_ptr": torch.empty(M, N, dtype=res_dtype or out_dtype), "N": N, "K": Kc}
     kept = K._prune_1x1(K._TMA_1X1_ALL, named, HAS_RES=res_dtype is not None)
-    name = [f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']}" for c in K._TMA_1X1_ALL]
+    name = [f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']}"
+            + (f"/{c.kwargs['OCC']}" if "OCC" in c.kwargs else "") for c in K._TMA_1X1_ALL]
     assert [n for n, c in zip(name, K._TMA_1X1_ALL) if not any(c is k for k in kept)] == dropped
 
 
