@@ -29,7 +29,8 @@ from tritonfuse.kernels.common import (
     scratch_allocator, size_hint,
 )
 from tritonfuse.kernels.common import hopper as _hopper
-from tritonfuse.kernels.linear_act import _num_sms, _persistent_grid, _tile_coords, _tile_ids, _tma_tile_dot
+from tritonfuse.kernels.linear_act import (_num_sms, _persistent_cfg, _persistent_grid, _tile_coords, _tile_ids,
+                                          _tma_tile_dot)
 
 ACTIVATIONS = ("none", "relu", "relu6", "silu", "hardswish")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -289,10 +290,8 @@ def _set_1x1_blocks(nargs):
 
 
 def _tma_cfg(bm, bn, bk, stages, warps, occ=1):
-    meta = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}
-    if occ > 1:  # persistent programs per SM (linear_act._persistent_grid)
-        meta["OCC"] = occ
-    return triton.Config(meta, num_stages=stages, num_warps=warps, pre_hook=_set_1x1_blocks)
+    return _persistent_cfg({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, stages, warps,
+                           _set_1x1_blocks, occ)
 
 
 # OCC=2: two programs share an SM, so one's epilogue (BN, activations, the residual's load) overlaps the

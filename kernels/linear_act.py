@@ -92,13 +92,18 @@ def _set_tma_blocks(nargs):
             nargs[name].block_shape = [bm, bn // 2 if nargs.get("SUBTILE") else bn]
 
 
+def _persistent_cfg(meta: dict, stages: int, warps: int, pre_hook, occ: int = 1) -> "triton.Config":
+    """A config of a persistent TMA kernel (this module's and conv_bn's 1x1 ones): ``occ`` > 1 runs that
+    many programs per SM (``OCC``, read by ``_persistent_grid`` and the kernels' tile loops)."""
+    return triton.Config({**meta, "OCC": occ} if occ > 1 else meta, num_stages=stages, num_warps=warps,
+                         pre_hook=pre_hook)
+
+
 def _tma_cfg(bm, bn, bk, stages, warps, subtile=False, occ=1):
     meta = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}
     if subtile:
         meta["SUBTILE"] = True
-    if occ > 1:  # persistent programs per SM (see _persistent_grid)
-        meta["OCC"] = occ
-    return triton.Config(meta, num_stages=stages, num_warps=warps, pre_hook=_set_tma_blocks)
+    return _persistent_cfg(meta, stages, warps, _set_tma_blocks, occ)
 
 
 if config.autotune_enabled():
@@ -128,11 +133,9 @@ def _set_gated_blocks(nargs):
 
 
 def _gated_tma_cfg(bm, bk, stages, warps, occ=1):
-    # BLOCK_N is the gate+up tile: always GATED_HALF rows of each weight; OCC as in _tma_cfg
-    meta = {"BLOCK_M": bm, "BLOCK_N": 2 * GATED_HALF, "BLOCK_K": bk, "GROUP_M": 8}
-    if occ > 1:
-        meta["OCC"] = occ
-    return triton.Config(meta, num_stages=stages, num_warps=warps, pre_hook=_set_gated_blocks)
+    # BLOCK_N is the gate+up tile: always GATED_HALF rows of each weight
+    return _persistent_cfg({"BLOCK_M": bm, "BLOCK_N": 2 * GATED_HALF, "BLOCK_K": bk, "GROUP_M": 8}, stages, warps,
+                           _set_gated_blocks, occ)
 
 
 GATED_HALF = 128  # output columns per tile of the dual GEMM (rows of wg, then as many of wu)
