@@ -1416,6 +1416,8 @@ def test_an_op_call_whose_host_time_hides_behind_its_kernel_is_decided_on_gpu_ti
         rec = registry.measured_choice("gemm", cpu, lambda: "gemm", [lambda: "theirs"])
         assert rec["use"] is True and (rec["ours_ms"], rec["theirs_ms"], rec["host_ms"]) == (0.18, 0.21, 0.12)
         assert "ratio" not in rec and all(g for _, g in seen)  # no back-to-back timing at all
+        # timed quick (that timing also decided the path) and full (0.18 vs 0.21 is within QUICK_CLEAR)
+        assert seen.count(("gemm", True)) == 2
         seen.clear()
         rec = registry.measured_choice("small", cpu, lambda: "small", [lambda: "theirs_small"])
     assert rec["use"] is False and "host_ms" not in rec and (rec["ours_ms"], rec["theirs_ms"]) == (0.15, 0.05)

@@ -634,15 +634,17 @@ def _host_time(fn: Callable[[], object], device: torch.device, calls: int = 20) 
     return ms
 
 
-def _host_hidden(ours: Callable[[], object], host: float) -> bool:
-    """Whether ``host`` ms of host time per call of ``ours`` is at most ``HOST_HIDDEN`` of its GPU time. A
-    call that CUDA graphs cannot capture is not decided on GPU time (False)."""
+def _hidden_gpu_ms(ours: Callable[[], object], host: float) -> Optional[float]:
+    """``ours``'s GPU time (ms, graphed at ``QUICK_REP_MS``) where ``host`` ms of host time per call is at
+    most ``HOST_HIDDEN`` of it, else None. A call that CUDA graphs cannot capture is not decided on GPU time
+    (None)."""
     if HOST_HIDDEN <= 0:
-        return False
+        return None
     try:
-        return host <= HOST_HIDDEN * _bench(ours, True, rep=QUICK_REP_MS)
+        gpu = _bench(ours, True, rep=QUICK_REP_MS)
     except Exception:  # noqa: BLE001 - timed back to back in rounds instead, as before
-        return False
+        return None
+    return gpu if host <= HOST_HIDDEN * gpu else None
 
 
 def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
@@ -713,15 +715,17 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
                 shared[0]()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            def timings(rep: int, gpu: bool = graphed) -> tuple[float, float]:
-                t = _bench(ours, gpu, rep=rep)
-                if shared is not None:
-                    t += shared[1] * _bench(shared[0], True, rep=rep)
+            def timings(rep: int, gpu: bool = graphed, t: Optional[float] = None) -> tuple[float, float]:
+                # (t: ours already timed at rep, without a shared kernel)
+                if t is None:
+                    t = _bench(ours, gpu, rep=rep)
+                    if shared is not None:
+                        t += shared[1] * _bench(shared[0], True, rep=rep)
                 return t, sum(_bench(f, gpu, rep=rep) for f in theirs)
 
-            def gpu_timings() -> tuple[float, float, int]:
+            def gpu_timings(quick_ours: Optional[float] = None) -> tuple[float, float, int]:
                 rep = QUICK_REP_MS
-                t_ours, t_theirs = timings(rep, True)
+                t_ours, t_theirs = timings(rep, True, quick_ours)
                 if abs(t_ours - t_theirs) < QUICK_CLEAR * min(t_ours, t_theirs):
                     rep = FULL_REP_MS
                     t_ours, t_theirs = timings(rep, True)
@@ -735,8 +739,9 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
                     host = min(_host_time(ours, device) for _ in range(3))  # the quietest of three
                     if host_kind:
                         _host_floor[host_kind] = min(host, _host_floor.get(host_kind, host))
-                if host is not None and _host_hidden(ours, host):
-                    t_ours, t_theirs, rep = gpu_timings()
+                gpu = _hidden_gpu_ms(ours, host) if host is not None else None
+                if gpu is not None:  # (its quick GPU timing, taken to decide this, is reused)
+                    t_ours, t_theirs, rep = gpu_timings(gpu)
                 else:
                     host = None
                     t_ours, t_theirs, ratio, rounds = _stream_rounds(
