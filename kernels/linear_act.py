@@ -94,33 +94,31 @@ def _set_tma_blocks(nargs):
 
 def _persistent_cfg(meta: dict, stages: int, warps: int, pre_hook, occ: int = 1) -> "triton.Config":
     """A config of a persistent TMA kernel (this module's and conv_bn's 1x1 ones): ``occ`` > 1 runs that
-    many programs per SM (``OCC``, read by ``_persistent_grid`` and the kernels' tile loops)."""
-    return triton.Config({**meta, "OCC": occ} if occ > 1 else meta, num_stages=stages, num_warps=warps,
-                         pre_hook=pre_hook)
+    many programs per SM (``OCC``, read by ``_persistent_grid`` and the kernels' tile loops). Every config
+    sets ``OCC``: a defaulted parameter that only some configs set is left out of a launch their other
+    configs make, which fails Inductor's analysis of what an inlined kernel writes (inline.with_defaults)."""
+    return triton.Config({**meta, "OCC": occ}, num_stages=stages, num_warps=warps, pre_hook=pre_hook)
 
 
 def _tma_cfg(bm, bn, bk, stages, warps, subtile=False, occ=1):
-    meta = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}
-    if subtile:
-        meta["SUBTILE"] = True
+    meta = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "SUBTILE": subtile}
     return _persistent_cfg(meta, stages, warps, _set_tma_blocks, occ)
 
 
-if config.autotune_enabled():
-    # H200, scripts/explore_gpu.py (GEMM+GELU at BERT/ViT MLP shapes): 128x256 tiles with the epilogue in
-    # two halves were fastest (less epilogue shared memory: a 4-stage pipeline fits); without an
-    # activation they matched cuBLAS (617-622 against 634 TFLOP/s)
-    # OCC=2: two persistent programs per SM, each small enough to share it (shared memory, registers), so
-    # one's epilogue (an erf GELU on a 128x256 tile: by estimate a third of its K=768 main loop) runs while
-    # the other's tensor-core loop does, as CUTLASS's ping-pong kernels do with two consumer warp groups.
-    # Compiled for sm_90 (triton 3.8, ptxas -v): 115 and 82 KB of shared memory, 168 registers a thread at
-    # 4 warps, so two fit an SM; at 8 warps a 128x128 program takes 178 registers a thread, and two do not
-    _TMA_CONFIGS = [_tma_cfg(128, 256, 64, 3, 8, True), _tma_cfg(128, 256, 64, 4, 8, True),
-                    _tma_cfg(128, 128, 64, 4, 8), _tma_cfg(128, 128, 128, 3, 8), _tma_cfg(256, 128, 64, 3, 8),
-                    _tma_cfg(128, 128, 64, 5, 4), _tma_cfg(64, 128, 64, 4, 4),
-                    _tma_cfg(128, 128, 64, 3, 4, True, occ=2), _tma_cfg(128, 128, 64, 2, 4, True, occ=2)]
-else:
-    _TMA_CONFIGS = [_tma_cfg(128, 128, 64, 4, 8)]
+# H200, scripts/explore_gpu.py (GEMM+GELU at BERT/ViT MLP shapes): 128x256 tiles with the epilogue in
+# two halves were fastest (less epilogue shared memory: a 4-stage pipeline fits); without an
+# activation they matched cuBLAS (617-622 against 634 TFLOP/s)
+# OCC=2: two persistent programs per SM, each small enough to share it (shared memory, registers), so
+# one's epilogue (an erf GELU on a 128x256 tile: by estimate a third of its K=768 main loop) runs while
+# the other's tensor-core loop does, as CUTLASS's ping-pong kernels do with two consumer warp groups.
+# Compiled for sm_90 (triton 3.8, ptxas -v): 115 and 82 KB of shared memory, 168 registers a thread at
+# 4 warps, so two fit an SM; at 8 warps a 128x128 program takes 178 registers a thread, and two do not
+_TMA_ALL = [_tma_cfg(128, 256, 64, 3, 8, True), _tma_cfg(128, 256, 64, 4, 8, True),
+            _tma_cfg(128, 128, 64, 4, 8), _tma_cfg(128, 128, 128, 3, 8), _tma_cfg(256, 128, 64, 3, 8),
+            _tma_cfg(128, 128, 64, 5, 4), _tma_cfg(64, 128, 64, 4, 4),
+            _tma_cfg(128, 128, 64, 3, 4, True, occ=2), _tma_cfg(128, 128, 64, 2, 4, True, occ=2)]
+# TRITONFUSE_AUTOTUNE=0 (the GPU tests): one config; the tests of every config use the _ALL lists
+_TMA_CONFIGS = _TMA_ALL if config.autotune_enabled() else [_tma_cfg(128, 128, 64, 4, 8)]
 
 
 def _set_gated_blocks(nargs):
@@ -139,14 +137,12 @@ def _gated_tma_cfg(bm, bk, stages, warps, occ=1):
 
 
 GATED_HALF = 128  # output columns per tile of the dual GEMM (rows of wg, then as many of wu)
-if config.autotune_enabled():
-    # one 128x256 GEMM tile per 128 output columns: the shape that matched cuBLAS for plain GEMMs on the
-    # H200 (scripts/explore_gpu.py), where the two-accumulator kernel reached 547 TFLOP/s against 667
-    _TMA_GATED_CONFIGS = [_gated_tma_cfg(128, 64, 3, 8), _gated_tma_cfg(128, 64, 4, 8),
-                          _gated_tma_cfg(128, 128, 2, 8), _gated_tma_cfg(64, 64, 4, 4),
-                          _gated_tma_cfg(64, 64, 2, 4, occ=2)]  # 98 KB, 165 registers: two fit an SM
-else:
-    _TMA_GATED_CONFIGS = [_gated_tma_cfg(128, 64, 3, 8)]
+# one 128x256 GEMM tile per 128 output columns: the shape that matched cuBLAS for plain GEMMs on the
+# H200 (scripts/explore_gpu.py), where the two-accumulator kernel reached 547 TFLOP/s against 667
+_TMA_GATED_ALL = [_gated_tma_cfg(128, 64, 3, 8), _gated_tma_cfg(128, 64, 4, 8),
+                  _gated_tma_cfg(128, 128, 2, 8), _gated_tma_cfg(64, 64, 4, 4),
+                  _gated_tma_cfg(64, 64, 2, 4, occ=2)]  # 98 KB, 165 registers: two fit an SM
+_TMA_GATED_CONFIGS = _TMA_GATED_ALL if config.autotune_enabled() else [_gated_tma_cfg(128, 64, 3, 8)]
 
 
 # --- epilogue helpers ---------------------------------------------------------------------------------

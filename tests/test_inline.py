@@ -421,3 +421,25 @@ def test_an_inlined_kernel_gets_only_the_configs_its_pruning_keeps(monkeypatch):
     assert [c.kwargs["BLOCK"] for c in inline.pinned(kernel, (x, 32), {}).configs] == [16, 32]
     chosen[32] = kernel.configs[1]
     assert [c.kwargs["BLOCK"] for c in inline.pinned(kernel, (x, 32), {}).configs] == [32]
+
+
+def test_every_autotuned_kernel_s_configs_set_the_same_parameters():
+    # a defaulted kernel parameter (OCC) that only some configs set is left out of the launches the others
+    # make (inline.with_defaults cannot add it: Triton refuses a call argument a config also sets). Inductor's
+    # analysis of what an inlined kernel writes then fails and assumes every input is written, and the call
+    # stays an op call: on the H200, two of resnet50's inlined 1x1 convs whose chosen config had no OCC
+    import triton
+    from triton.runtime.autotuner import Autotuner
+
+    from tritonfuse.kernels import attention, conv_bn, int8, linear_act, norm_residual
+
+    seen = 0
+    for mod in (attention, conv_bn, int8, linear_act, norm_residual):
+        for name, obj in vars(mod).items():
+            configs = obj.configs if isinstance(obj, Autotuner) else obj
+            if not (isinstance(configs, list) and configs and all(isinstance(c, triton.Config) for c in configs)):
+                continue
+            keys = {frozenset(c.kwargs) for c in configs}
+            assert len(keys) == 1, (mod.__name__, name, [sorted(k) for k in keys])
+            seen += 1
+    assert seen >= 10
