@@ -852,7 +852,7 @@ def _launch_pointer(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_cau
     Hkv, Sk = k.shape[1], k.shape[2]
     mask_kind = _pointer_mask_kind(mask_kind, m_strides)
     registry.launcher(_attn_fwd_kernel)[lambda meta: (cdiv(Sq, meta["BLOCK_M"]), B * H)](
-        q, k, v, m, out, lse, first if first is not None else lse,
+        q, k, v, m, out, lse, first if first is not None else q,  # not lse, written
         *q.stride(), *k.stride(), *v.stride(), *m_strides, *out.stride(),
         H, H // Hkv, Sq, Sk, _bucket(Sq), _bucket(Sk), qk_scale, empty_fill,
         HEAD_DIM=D, BLOCK_D=max(16, next_pow2(D)), MASK_KIND=mask_kind, IS_CAUSAL=is_causal,

@@ -509,10 +509,11 @@ def _launch_1x1_device_tma(x, w, b, mean, var, gamma, beta, r, eps, act, act2, o
     affine = has_bn and gamma is not None
     sms = _num_sms(x.device)
     # the 4-D tensors themselves (their memory is the [rows, channels] matrix the kernel describes): traced
-    # for inlining, ``as_strided`` views of them became copies in Inductor's code (18f248f)
-    args = (x, w, r if r is not None else out, out,
-            b if b is not None else out, mean if has_bn else out, var if has_bn else out,
-            gamma if affine else out, beta if affine else out, eps, M, N, K, _m_bucket(M))
+    # for inlining, ``as_strided`` views of them became copies in Inductor's code (18f248f). An absent
+    # operand's stand-in is an input, never ``out`` (see _epilogue_args)
+    args = (x, w, r if r is not None else x, out,
+            b if b is not None else w, mean if has_bn else w, var if has_bn else w,
+            gamma if affine else w, beta if affine else w, eps, M, N, K, _m_bucket(M))
     kwargs = dict(HAS_BIAS=b is not None, HAS_BN=has_bn, HAS_AFFINE=affine, HAS_RES=r is not None, ACT=act,
                   ACT2=act2, NUM_SMS=sms)
     if inline.active():  # traced into Inductor's graph, which provides the descriptors' scratch memory
@@ -636,15 +637,25 @@ def _precision(dtype: torch.dtype) -> dict:
 
 
 def _empty_out(x, w, stride, padding, channels_last: bool, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty(out_shape(x.shape, w.shape, stride, padding), device=x.device, dtype=dtype or x.dtype,
-                       memory_format=fmt)
+    # with its strides, not ``memory_format``: Inductor lowers ``aten.empty.memory_format`` contiguous, so a
+    # traced (inlined) kernel's channels_last output was a contiguous buffer Inductor then converted, filling
+    # a second output-sized buffer with NaN before every launch (H200, 24th session)
+    shape = out_shape(x.shape, w.shape, stride, padding)
+    if channels_last:
+        n, c, h, w_ = shape
+        strides = (h * w_ * c, 1, w_ * c, c)
+    else:
+        strides = (shape[1] * shape[2] * shape[3], shape[2] * shape[3], shape[3], 1)
+    return torch.empty_strided(shape, strides, device=x.device, dtype=dtype or x.dtype)
 
 
 def _epilogue_args(x, b, mean, var, gamma, beta, r, out):
     has_bn = mean is not None
     affine = has_bn and gamma is not None  # BatchNorm2d(affine=False) has neither gamma nor beta
-    dummy = out  # never read: its flag is off
+    # never read (its flag is off), and an input, never ``out``: traced for inlining, each name the written
+    # output went by became an output-sized buffer of its own, filled with NaN before every launch (three
+    # per inlined conv of resnet50 on the H200, 24th session; the other cause: _empty_out)
+    dummy = x
     ptrs = (b if b is not None else dummy, mean if has_bn else dummy, var if has_bn else dummy,
             gamma if affine else dummy, beta if affine else dummy, r if r is not None else dummy, out)
     r_strides = r.stride() if r is not None else (0, 0, 0, 0)
@@ -720,7 +731,7 @@ def _launch_conv(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, 
         scales = (xs, ws)
         precision = {"PRECISION": "ieee", "DOT_UPCAST": False, "RTNE_BF16": rtne_bf16(out.dtype), "INT8": True}
     else:
-        scales = (out, out)  # never read
+        scales = (x, x)  # never read (and never ``out``: see _epilogue_args)
         precision = _precision(x.dtype)
     registry.launcher(_conv_bn_kernel)[grid](
         x, w, *ptrs, *scales,

@@ -415,7 +415,7 @@ def norm_residual(
         cfg = _settings(n, x.element_size())
         if quant_out and not cfg["SINGLE"]:
             raise ValueError(f"quant_out needs rows that fit one block (hidden size {n} is too long)")
-        dummy = out
+        dummy = x2  # an input, never ``out`` (see kernels/conv_bn.py _epilogue_args)
         registry.launcher(_norm_fwd_kernel)[(cdiv(m, cfg["BLOCK_M"]),)](
             x2, r2, weight if weight is not None else dummy, bias if bias is not None else dummy,
             out, s if write_sum else dummy, mean if stats else dummy, rstd if stats else dummy,

@@ -88,6 +88,14 @@ SCRIPT = textwrap.dedent(
                           context)
         return "xf64>" in str(mod)
 
+    def aliased_outputs(hop):
+        # the names a written buffer is also passed under. On the H200 an inlined conv whose output also stood
+        # in for its absent bias and residual got an output-sized buffer per name, each filled with NaN before
+        # every launch (with the channels_last empty of empty_formats below; Inductor is not told they alias)
+        kw, written = hop.kwargs["kwargs"], set(hop.kwargs["tensors_to_clone"])
+        return sorted(n for n, v in kw.items() if n not in written and isinstance(v, torch.fx.Node)
+                      and any(kw[m] is v for m in written))
+
     def kernel_name(hop):
         k = kernel_side_table.get_kernel(hop.kwargs["kernel_idx"])
         while hasattr(k, "fn"):
@@ -166,6 +174,12 @@ SCRIPT = textwrap.dedent(
             "written": sorted(w for h in hops for w in h.kwargs["tensors_to_clone"]),
             "kernel_names": [kernel_name(h) for h in hops],
             "f64_tiles": [kernel_name(h) for h in hops if f64_tiles(h)],
+            "aliased_outputs": [a for h in hops for a in aliased_outputs(h)],
+            # Inductor lowers aten.empty.memory_format contiguous whatever the format: a kernel given a
+            # channels_last one writes a buffer Inductor converts first (filling a second one with NaN)
+            "empty_formats": [str(n.kwargs.get("memory_format")) for n in gm.graph.nodes
+                              if n.target is torch.ops.aten.empty.memory_format
+                              and not n.meta["val"].is_contiguous()],
             "as_strided": sum(1 for t in targets if "as_strided" in str(t)),
             # Inductor lowers the spliced nodes directly: none may be an op it would have decomposed earlier
             "undecomposed": sorted({str(t) for t in targets if t in decomps}),
@@ -218,6 +232,8 @@ def test_op_calls_become_kernel_nodes(traced, name, kernels, written):
     assert got["written"] == written  # outputs only: no input is cloned or written
     assert got["undecomposed"] == [] and got["no_lowering"] == [], got
     assert got["f64_tiles"] == [], got  # Inductor's fp64 floats must not reach a tile (see f64_tiles)
+    assert got["aliased_outputs"] == [], got  # an absent operand's stand-in is never the output
+    assert got["empty_formats"] == [], got  # outputs allocated with their strides (empty_strided)
 
 
 PINNED = textwrap.dedent(
