@@ -1,5 +1,6 @@
 """Where a compiled model's forward spends its time (a GPU): torch.profiler tables of CPU and CUDA time per op
-for each mode, the synchronising CUDA runtime calls, and the wall time per forward.
+for each mode, the synchronising CUDA runtime calls, and per forward the wall time, the host's time (forwards
+enqueued without a synchronisation) and the profiled kernels' GPU time: whether the forward is host-bound.
 
 Run: ``python scripts/profile_model.py [--model resnet50] [--batch N] [--modes inductor,tritonfuse]
 [--inline] [--int8-inline] [--code DIR]``
@@ -70,12 +71,25 @@ def main():
                 call()
             cli._sync(device)
             print(f"== {mode}: {(time.perf_counter() - t0) / 50 * 1e3:.3f} ms per forward (wall, 50 back to back)")
+            # the host's share: a few forwards enqueued without a synchronisation (the GPU's queue holds them
+            # all), so the time until the last call returns is the host's alone. Near the wall time above, the
+            # forward is host-bound and a kernel that saves GPU time but costs launch time loses
+            t0 = time.perf_counter()
+            for _ in range(3):
+                call()
+            host_ms = (time.perf_counter() - t0) / 3 * 1e3
+            cli._sync(device)
+            print(f"== {mode}: {host_ms:.3f} ms of host time per forward (3 enqueued, no synchronisation)")
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
             with profile(activities=activities) as prof:
                 for _ in range(10):
                     call()
                 cli._sync(device)
         ka = prof.key_averages()
+        if device.type == "cuda":
+            gpu_us = sum(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+                         for e in ka)
+            print(f"== {mode}: {gpu_us / 10 / 1e3:.3f} ms of GPU time per forward (the profiled kernels' sum)")
         print(ka.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
         if device.type == "cuda":
             print(ka.table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=60))
