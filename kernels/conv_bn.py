@@ -475,10 +475,11 @@ INLINE_MAX_FLOP = 2**35
 # 4.45-4.70 ms against Inductor's 2.54: each inlined TMA kernel took 2-3x the time it measured alone, and
 # Inductor copied its operands first (the as_strided views of the trace became copies, ~0.9 ms a forward).
 # Part of that was an fp64 epilogue (Inductor passes eps as fp64; cast since 5a050f6). After that fix it ran
-# 3.21 against 2.66 ms, with 15 sites that won their GPU-time measurement replaced (cause not found yet:
-# benchmarks/results/diagnostics/README.md, twenty-third session). Called as ops instead, the sites are
-# measured with their host cost (and left to cuDNN at these sizes), or inside CUDA graphs without it (there
-# the TMA kernel serves them).
+# 3.21 against 2.66 ms, with 15 sites that won their GPU-time measurement replaced. Part of the rest was up to
+# three NaN-filled output-sized buffers per conv (fixed: _empty_out, _epilogue_args); the forward then looked
+# host-bound, 5.9 ms of wall time for 2.46 of GPU time (diagnostics README, 24th session). Called as ops,
+# the sites are measured with their host cost (and left to cuDNN at these sizes), or inside CUDA graphs
+# without it (there the TMA kernel serves them).
 INLINE = False
 
 
