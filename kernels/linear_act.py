@@ -504,12 +504,12 @@ def _launch_linear(x, w, b, act, store_pre: bool, fixed: Optional[dict] = None, 
     M, K = x.shape
     N = w.shape[0]
     out = torch.empty((M, N), device=x.device, dtype=x.dtype)
-    pre = torch.empty((M, N), device=x.device, dtype=x.dtype) if store_pre else None
+    pre = torch.empty((M, N), device=x.device, dtype=x.dtype) if store_pre else out
     if M == 0 or N == 0:
-        return out, (out if pre is None else pre)
+        return out, pre
     if K > 0 and tma and _tma_ok(x, w, out):
         sms = _num_sms(x.device)
-        args = dict(x_desc=_desc(x), w_desc=_desc(w), out_desc=_desc(out), pre_desc=_desc(out if pre is None else pre))
+        args = dict(x_desc=_desc(x), w_desc=_desc(w), out_desc=_desc(out), pre_desc=_desc(pre))
         if fixed:
             _set_tma_blocks({**args, **fixed})
             kernel = _linear_act_tma_kernel.fn
@@ -520,17 +520,17 @@ def _launch_linear(x, w, b, act, store_pre: bool, fixed: Optional[dict] = None, 
             M, N, K, _m_bucket(M), HAS_BIAS=b is not None, ACT=act, STORE_PRE=store_pre, NUM_SMS=sms,
             **(fixed or {}),
         )
-        return out, (out if pre is None else pre)
+        return out, pre
     kernel = _linear_act_kernel.fn if fixed else registry.launcher(_linear_act_kernel)
     # an absent operand's stand-in is an input, never ``out`` (traced for inlining, each name of the written
     # output became a buffer of its own, filled before the launch: kernels/conv_bn.py _epilogue_args)
     kernel[_grid(M, N)](
-        x, w, b if b is not None else w, out, w if pre is None else pre,
+        x, w, b if b is not None else w, out, pre if store_pre else w,
         M, N, K, _m_bucket(M),
         x.stride(0), x.stride(1), w.stride(0), w.stride(1), out.stride(0), out.stride(1),
         HAS_BIAS=b is not None, ACT=act, STORE_PRE=store_pre, **_precision(x.dtype), **(fixed or {}),
     )
-    return out, (out if pre is None else pre)
+    return out, pre
 
 
 def _linear_act_pre_fake(x, w, b, act):
