@@ -387,6 +387,12 @@ def _conv1x1_tma_kernel(
 # descriptors need data pointers, which a traced call does not have; Inductor provides the scratch memory
 # the device descriptors live in (H200, torch 2.11 / triton 3.6: scripts/device_tma_probe.py).
 _HAS_DEVICE_TMA = hasattr(tl, "make_tensor_descriptor")
+# False: an inlined 1x1 conv on Hopper runs the implicit-GEMM pointer kernel instead. A kernel with device
+# descriptors needs global scratch memory, which Inductor's static launcher refuses (torch 2.14 source), so
+# each inlined launch goes through Triton's Python launcher: about 50 us of host time on the H200 host
+# against ~26 us for Inductor's own launches (24th session). The pointer kernel is slower on the GPU (it beat
+# Inductor's path on 8 of ResNet-50's 16 1x1 shapes, the TMA kernel on 15) but launches like Inductor's.
+INLINE_DEVICE_TMA = True
 _DEVICE_TMA_1X1_CONFIGS = [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
                            for c in _TMA_1X1_CONFIGS]  # no pre_hook: block shapes are compile-time here
 
@@ -440,7 +446,8 @@ def _device_tma_ok(x, w, r, stride, padding) -> bool:
     """Whether a call traced for inlining runs the device-descriptor TMA kernel: the host kernel's
     conditions, with each operand's start 16-byte aligned in its storage (Inductor's buffers are aligned,
     and it copies graph inputs that are not)."""
-    if not (_HAS_DEVICE_TMA and inline.active() and _hopper(x.device) and _tma_1x1_layout(x, w, r, stride, padding)):
+    if not (_HAS_DEVICE_TMA and INLINE_DEVICE_TMA and inline.active() and _hopper(x.device)
+            and _tma_1x1_layout(x, w, r, stride, padding)):
         return False
     return all((t.storage_offset() * t.element_size()) % 16 == 0 for t in (x, w, r) if t is not None)
 
@@ -974,7 +981,7 @@ def choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last, int8:
     inlined = (not int8 and inline.will_inline(torch.ops.tritonfuse.conv_bn.default, x.device)
                and _inline_when(x, w, b, *bn, r, stride, padding, eps, act, act2, channels_last) is None)
     # ... as the device-descriptor TMA kernel where it applies (Hopper, 1x1), else the implicit-GEMM kernel
-    device_tma = (inlined and _HAS_DEVICE_TMA and channels_last and _hopper(x.device)
+    device_tma = (inlined and _HAS_DEVICE_TMA and INLINE_DEVICE_TMA and channels_last and _hopper(x.device)
                   and _tma_1x1_layout(x, w, r, stride, padding))
 
     def triton_op():

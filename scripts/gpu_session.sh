@@ -15,9 +15,11 @@
 #                                       # MODEL=bert-base INT8=1: the int8 GEMMs inlined (INT8_CONSTANTS) instead
 #   bash scripts/gpu_session.sh convs   # the twenty-fourth session's follow-up, resnet50's conv sites: the
 #                                       # inlined model's host and GPU time per forward (is it host-bound
-#                                       # with the NaN fills gone?), then inductor/tritonfuse in rounds from
-#                                       # CUDA graphs (the OCC=2 1x1 configs, no op-call host cost) and with
-#                                       # kernels.conv_bn.INLINE on
+#                                       # with the NaN fills gone?), then inductor/tritonfuse in rounds with
+#                                       # kernels.conv_bn.INLINE on, its 1x1 convs as the device-TMA kernel
+#                                       # and as the pointer kernel (INLINE_DEVICE_TMA off: Inductor's static
+#                                       # launcher). From CUDA graphs (the OCC=2 1x1 configs, no op-call host
+#                                       # cost): MODELS=resnet50 bash scripts/gpu_session.sh graphs
 #   bash scripts/gpu_session.sh graphs  # the zoo again from CUDA graphs
 #   bash scripts/gpu_session.sh extra   # minilm-l6 (real weights: run scripts/carry_minilm.sh here first and
 #                                       # carry .carry), training steps, and a per-layer profile
@@ -75,13 +77,13 @@ case "${1:-tests}" in
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 200 $PY scripts/profile_model.py --model resnet50 --inline \
       --code "$out/code" > "$out/inline_profile.txt" 2>&1; grep -E "^== |launches by kind" "$out/inline_profile.txt"
     tar czf "$out/code.tgz" -C "$out" code && rm -rf "$out/code"
-    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 180 $PY -m tritonfuse bench --models resnet50 --modes inductor,tritonfuse \
-      --cuda-graphs --no-progress --out "$out/graphs/" 2>&1 | grep -v Warn | tail -6
-    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 180 $PY -c "import sys; import tritonfuse.kernels.conv_bn as C
-C.INLINE = True
+    for tma in 1 0; do
+      TRITONFUSE_MEASURE_BUDGET_S=inf timeout 170 $PY -c "import sys; import tritonfuse.kernels.conv_bn as C
+C.INLINE, C.INLINE_DEVICE_TMA = True, bool($tma)
 from tritonfuse.cli import main
-sys.exit(main(['bench', '--models', 'resnet50', '--modes', 'inductor,tritonfuse', '--no-progress', '--out', '$out/inline/']))" \
-      2>&1 | grep -v Warn | tail -6 ;;
+sys.exit(main(['bench', '--models', 'resnet50', '--modes', 'inductor,tritonfuse', '--no-progress', '--out', '$out/inline$tma/']))" \
+        2>&1 | grep -v Warn | tail -5
+    done ;;
   graphs)
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 540 $PY -m tritonfuse bench --models "$models" \
       --modes inductor,tritonfuse,tritonfuse-int8 --cuda-graphs --no-progress --out "$out/" 2>&1 | grep -v Warn | tail -20 ;;

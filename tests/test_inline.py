@@ -145,6 +145,9 @@ SCRIPT = textwrap.dedent(
                                                           "relu", "none", True), (xc, wc, *bn)),
         "conv_bn_1x1_res": (lambda x, w, m, v, g, b, r: ops.conv_bn(x, w, None, m, v, g, b, r, [1, 1], [0, 0], 1e-5,
                                                                     "none", "relu", True), (xh, w1, *bnh, rc)),
+        # the same with kernels.conv_bn.INLINE_DEVICE_TMA off: the pointer kernel (no global scratch)
+        "conv_bn_1x1_pointer": (lambda x, w, m, v, g, b, r: ops.conv_bn(x, w, None, m, v, g, b, r, [1, 1], [0, 0],
+                                                                        1e-5, "none", "relu", True), (xh, w1, *bnh, rc)),
         "int8_mm": (lambda xq, xs, wq, ws, b: ops.int8_mm(xq, xs, wq, ws, b, "gelu", torch.bfloat16),
                     (xq, xs, wq, ws, bias)),
         "int8_gated_mm": (lambda xq, xs, wq, wu, ws: ops.int8_gated_mm(xq, xs, wq, ws, wu, ws, None, None, "silu",
@@ -163,7 +166,9 @@ SCRIPT = textwrap.dedent(
     for name, (fn, args) in cases.items():
         inline.reset()
         gm = make_fx(fn)(*args)
+        CB.INLINE_DEVICE_TMA = not name.endswith("_pointer")
         inline.inline_pass(gm.graph)
+        CB.INLINE_DEVICE_TMA = True
         gm.graph.lint()
         targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
         hops = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is HOP]
@@ -216,6 +221,7 @@ def traced():
     # counted as written, and the call was refused (on the GPU it had copied every input before each launch)
     ("conv_bn", 1, ["out_ptr"]),
     ("conv_bn_1x1_res", 1, ["out_ptr"]),
+    ("conv_bn_1x1_pointer", 1, ["out_ptr"]),
     ("int8_mm", 1, ["out_ptr"]),
     ("int8_gated_mm", 1, ["out_ptr"]),
     ("int8_mm_weight_only", 1, ["out_ptr"]),
@@ -406,6 +412,8 @@ def test_inlined_1x1_conv_on_hopper_builds_its_tma_descriptors_on_the_device(tra
     # the kernel takes the 4-D tensors: as_strided views of them became copies in Inductor's code (18f248f)
     assert traced["conv_bn_1x1_res"]["as_strided"] == 0
     assert traced["conv_bn"]["kernel_names"] == ["_conv_bn_kernel"]
+    # kernels.conv_bn.INLINE_DEVICE_TMA off: the pointer kernel, which Inductor's static launcher can launch
+    assert traced["conv_bn_1x1_pointer"]["kernel_names"] == ["_conv_bn_kernel"]
 
 
 def test_an_inlined_kernel_gets_only_the_configs_its_pruning_keeps(monkeypatch):
