@@ -554,6 +554,11 @@ def _w8a8_tma_kernel(
 # pointer kernel it ran instead was 7-27% slower at BERT/ViT shapes on the H200. Inductor provides the
 # scratch memory the device descriptors live in (as for kernels.conv_bn's 1x1 kernel).
 _HAS_DEVICE_TMA = hasattr(tl, "make_tensor_descriptor")
+# False: an inlined W8A8 GEMM runs the pointer kernel instead, which Inductor's static launcher can launch (a
+# kernel with device descriptors needs global scratch memory, which it refuses: see kernels.conv_bn's
+# INLINE_DEVICE_TMA). Inlined int8 GEMMs lost more in whole models than their sites' timings said
+# (benchmarks/results/diagnostics/README.md); this tells whether the launch path is why.
+INLINE_DEVICE_TMA = True
 _W8A8_DEVICE_TMA_CONFIGS = [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
                             for c in _W8A8_TMA_CONFIGS]  # no pre_hook: the block shapes are compile-time here
 
@@ -889,7 +894,7 @@ def device_tma_serves(xq, wq, wuq=None) -> bool:
     """Whether the device-descriptor TMA kernel serves these operands (what a W8A8 call traced for inlining
     runs): Hopper or newer, a Triton with device descriptors, each operand a row-major matrix whose rows and
     start are 16-byte aligned in its storage (shapes and strides only: a traced call has no data pointers)."""
-    if not (_HAS_DEVICE_TMA and xq.device.type == "cuda" and not registry.interpret_mode()):
+    if not (_HAS_DEVICE_TMA and INLINE_DEVICE_TMA and xq.device.type == "cuda" and not registry.interpret_mode()):
         return False
     return capability(xq.device)[0] >= 9 and _device_tma_layout(xq, wq, wuq)
 

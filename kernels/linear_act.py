@@ -714,7 +714,9 @@ def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optiona
     if inlined:
         key += "|pointer"
     elif int8_inlined:  # the device-descriptor TMA kernel on Hopper, else the pointer kernel
-        key += "|inlined"
+        from tritonfuse.kernels import int8 as I8
+
+        key += "|inlined" if I8.INLINE_DEVICE_TMA else "|inlined|pointer"
 
     shared = None
     if fusedq:

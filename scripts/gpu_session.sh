@@ -12,7 +12,8 @@
 #   bash scripts/gpu_session.sh inline  # resnet50 with kernels.conv_bn.INLINE on against Inductor: each one's
 #                                       # output code (launches by kind) and CUDA time per kernel
 #                                       # (why 15 inlined sites made it 0.83x, twenty-third session);
-#                                       # MODEL=bert-base INT8=1: the int8 GEMMs inlined (INT8_CONSTANTS) instead
+#                                       # MODEL=bert-base INT8=1: the int8 GEMMs inlined (INT8_CONSTANTS) instead;
+#                                       # POINTER=1: inlined as the pointer kernels (INLINE_DEVICE_TMA off)
 #   bash scripts/gpu_session.sh convs   # the twenty-fourth session's follow-up, resnet50's conv sites: the
 #                                       # inlined model's host and GPU time per forward (is it host-bound
 #                                       # with the NaN fills gone?), then inductor/tritonfuse in rounds with
@@ -70,6 +71,7 @@ case "${1:-tests}" in
       --modes inductor,tritonfuse --no-progress --out "$out/" 2>&1 | grep -v Warn | tail -14 ;;
   inline)
     if [ "${INT8:-0}" = 1 ]; then flags=(--int8-inline --modes inductor,tritonfuse-int8); else flags=(--inline); fi
+    [ "${POINTER:-0}" = 1 ] && flags+=(--pointer)
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 400 $PY scripts/profile_model.py --model "${MODEL:-resnet50}" "${flags[@]}" \
       --code "$out/code" > "$out/inline_profile.txt" 2>&1; grep -A40 "launches by kind" "$out/inline_profile.txt" | head -80
     tar czf "$out/code.tgz" -C "$out" code && rm -rf "$out/code" ;;

@@ -595,3 +595,23 @@ def test_layer_sqnr_helper(device):
     w[:, 5] = 0
     assert Q.layer_sqnr(x, w, None, "none", "int8") < 10
     assert Q.layer_sqnr(x, w, None, "none", "int8-weight") >= 40
+
+
+def test_an_inlined_w8a8_call_takes_the_device_descriptor_kernel_unless_turned_off(monkeypatch):
+    # kernels.int8.INLINE_DEVICE_TMA: on (default), a W8A8 call traced for inlining on Hopper runs the
+    # device-descriptor TMA kernel; off, the pointer kernel (Inductor's static launcher refuses kernels with
+    # global scratch). Shapes and strides decide: fake CUDA tensors, a Hopper capability, no interpreter
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from tritonfuse import registry
+
+    if not Q._HAS_DEVICE_TMA:
+        pytest.skip("this triton has no device-side TMA descriptors")
+    monkeypatch.setattr(Q, "capability", lambda device: (9, 0))
+    monkeypatch.setattr(registry, "interpret_mode", lambda: False)
+    with FakeTensorMode():
+        xq = torch.empty(300, 128, dtype=torch.int8, device="cuda")
+        wq = torch.empty(96, 128, dtype=torch.int8, device="cuda")
+    assert Q.device_tma_serves(xq, wq)
+    monkeypatch.setattr(Q, "INLINE_DEVICE_TMA", False)
+    assert not Q.device_tma_serves(xq, wq)
