@@ -315,3 +315,36 @@ def test_probes_launch_one_config_untuned(monkeypatch):
     assert launched == [([64, 32], 64, True, 8, (5,))] and not warmed
     assert desc.block_shape == [16, 16] and not tuned.cache and not fl._cache
     assert not registry.probing()
+
+
+def test_static_launch_setting(monkeypatch):
+    # TRITONFUSE_STATIC_LAUNCH=1 asks Inductor to launch the kernels it inlines from its static launcher
+    # (static_launch_user_defined_triton_kernels, torch >= 2.8), unless the user's options say otherwise;
+    # it is part of a graph's cache key, and a model compiles and runs the same with it
+    import torch._inductor.config as inductor_config
+
+    from tritonfuse import backend, config
+
+    name = "static_launch_user_defined_triton_kernels"
+    if not hasattr(inductor_config, name):
+        pytest.skip("this torch has no static launch of user-defined kernels")
+    assert name not in backend.static_launch_patches({})  # off by default
+    with config.patch(static_launch="1"):
+        config.validate()
+        assert backend.static_launch_patches({"max_autotune": False}) == {"max_autotune": False, name: True}
+        assert backend.static_launch_patches({name: False}) == {name: False}  # the user's option wins
+        assert config.snapshot()["static_launch"] == "1"
+        seen = []
+        import torch._inductor.compile_fx as cfx
+
+        real = cfx.compile_fx
+        monkeypatch.setattr(cfx, "compile_fx", lambda *a, **k: seen.append(k.get("config_patches")) or real(*a, **k))
+        model = torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.GELU())
+        x = torch.randn(5, 24)
+        torch._dynamo.reset()
+        with torch.no_grad():
+            out = torch.compile(model, backend="tritonfuse")(x)
+            torch.testing.assert_close(out, model(x), atol=1e-4, rtol=1e-4)
+        assert seen and seen[0].get(name) is True, seen  # the backend's call (Inductor then calls itself)
+    with config.patch(static_launch="yes"), pytest.raises(config.ConfigError, match="TRITONFUSE_STATIC_LAUNCH"):
+        config.validate()

@@ -350,8 +350,20 @@ def _compile(gm, example_inputs, passes, patches=None):
     if passes is None:
         return compile_fx(gm, example_inputs, config_patches=patches) if patches else compile_fx(gm, example_inputs)
     return compile_fx(gm, example_inputs, inner_compile=passes.inner_compile,
-                      config_patches={**shape_padding_patches(passes.families, patches),
+                      config_patches={**shape_padding_patches(passes.families, static_launch_patches(patches)),
                                       "post_grad_custom_pre_pass": passes})
+
+
+def static_launch_patches(patches: dict) -> dict:
+    """``patches`` plus, with ``TRITONFUSE_STATIC_LAUNCH=1``, Inductor's static launcher for the kernels it
+    inlines (user-defined kernels, to Inductor), unless the user's options set it or this torch has no such
+    setting (before 2.8)."""
+    from torch._inductor import config as inductor_config
+
+    name = "static_launch_user_defined_triton_kernels"
+    if str(config.static_launch) != "1" or name in patches or not hasattr(inductor_config, name):
+        return patches
+    return {**patches, name: True}
 
 
 def shape_padding_patches(families, patches: dict) -> dict:

@@ -48,6 +48,11 @@ fast_launch: str = "1"
 # "1" (default): on a GPU, ops whose kernels Inductor can compile itself are inlined into Inductor's
 # generated code (wrap_triton; no op dispatch per call); "0": every site calls its opaque tritonfuse op
 inline: str = "1"
+# "1": Inductor launches the kernels it inlines from its static launcher where it can, as its own kernels
+# (torch._inductor.config.static_launch_user_defined_triton_kernels; a kernel with global scratch memory,
+# as device-side TMA descriptors need, still takes Triton's launcher); "0" (default): Triton's launcher,
+# Inductor's default for user-defined kernels (not yet timed on the GPU)
+static_launch: str = "0"
 # with TRITONFUSE_MEASURE, how much faster than the path it replaces a kernel must have measured to serve a
 # site (0.03: 3%); a near-tie stays Inductor's, where the choice would otherwise follow timing noise
 measure_margin: str = "0.03"
@@ -79,6 +84,7 @@ _ENV = {
     "measure_budget_s": "TRITONFUSE_MEASURE_BUDGET_S",
     "measure_margin": "TRITONFUSE_MEASURE_MARGIN",
     "inline": "TRITONFUSE_INLINE",
+    "static_launch": "TRITONFUSE_STATIC_LAUNCH",
     "compile_threads": "TRITONFUSE_COMPILE_THREADS",
     "cuda_graphs": "TRITONFUSE_CUDA_GRAPHS",
 }
@@ -139,7 +145,7 @@ def validate() -> None:
         ok = False
     if not ok:
         _fail("measure_margin", measure_margin, "a fraction in [0, 1), e.g. 0.03")
-    for name in ("linear_plain", "autotune", "measure", "fast_launch", "inline"):
+    for name in ("linear_plain", "autotune", "measure", "fast_launch", "inline", "static_launch"):
         if str(g[name]) not in ("0", "1"):
             _fail(name, g[name], "0, 1")
     if str(cuda_graphs) not in ("auto", "1"):
