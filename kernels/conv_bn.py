@@ -387,11 +387,13 @@ def _conv1x1_tma_kernel(
 # descriptors need data pointers, which a traced call does not have; Inductor provides the scratch memory
 # the device descriptors live in (H200, torch 2.11 / triton 3.6: scripts/device_tma_probe.py).
 _HAS_DEVICE_TMA = hasattr(tl, "make_tensor_descriptor")
-# False: an inlined 1x1 conv on Hopper runs the implicit-GEMM pointer kernel instead. A kernel with device
-# descriptors needs global scratch memory, which Inductor's static launcher refuses (torch 2.14 source), so
-# each inlined launch goes through Triton's Python launcher: about 50 us of host time on the H200 host
-# against ~26 us for Inductor's own launches (24th session). The pointer kernel is slower on the GPU (it beat
-# Inductor's path on 8 of ResNet-50's 16 1x1 shapes, the TMA kernel on 15) but launches like Inductor's.
+# False: an inlined 1x1 conv on Hopper runs the implicit-GEMM pointer kernel instead. Inductor launches the
+# kernels it inlines (user-defined kernels, to it) through Triton's launcher unless TRITONFUSE_STATIC_LAUNCH=1
+# lets its static launcher take them, which never takes a kernel with global scratch memory, as device
+# descriptors need. Under the profiler an inlined device-TMA conv took about 50 us of host time a launch
+# against ~26 us for Inductor's own kernels (H200, 24th session). The pointer kernel is slower on the GPU (it
+# beat Inductor's path on 8 of ResNet-50's 16 1x1 shapes, the TMA kernel on 15) but can be launched
+# statically (scripts/profile_model.py --pointer --static-launch).
 INLINE_DEVICE_TMA = True
 _DEVICE_TMA_1X1_CONFIGS = [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
                            for c in _TMA_1X1_CONFIGS]  # no pre_hook: block shapes are compile-time here

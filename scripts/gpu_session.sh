@@ -13,13 +13,14 @@
 #                                       # output code (launches by kind) and CUDA time per kernel
 #                                       # (why 15 inlined sites made it 0.83x, twenty-third session);
 #                                       # MODEL=bert-base INT8=1: the int8 GEMMs inlined (INT8_CONSTANTS) instead;
-#                                       # POINTER=1: inlined as the pointer kernels (INLINE_DEVICE_TMA off)
+#                                       # POINTER=1: inlined as the pointer kernels (INLINE_DEVICE_TMA off),
+#                                       # launched by Inductor's static launcher
 #   bash scripts/gpu_session.sh convs   # the twenty-fourth session's follow-up, resnet50's conv sites: the
 #                                       # inlined model's host and GPU time per forward (is it host-bound
 #                                       # with the NaN fills gone?), then inductor/tritonfuse in rounds with
 #                                       # kernels.conv_bn.INLINE on, its 1x1 convs as the device-TMA kernel
-#                                       # and as the pointer kernel (INLINE_DEVICE_TMA off: Inductor's static
-#                                       # launcher). From CUDA graphs (the OCC=2 1x1 configs, no op-call host
+#                                       # and as the pointer kernel (INLINE_DEVICE_TMA off, launched by
+#                                       # Inductor's static launcher). From CUDA graphs (the OCC=2 1x1 configs, no op-call host
 #                                       # cost): MODELS=resnet50 bash scripts/gpu_session.sh graphs
 #   bash scripts/gpu_session.sh graphs  # the zoo again from CUDA graphs
 #   bash scripts/gpu_session.sh extra   # minilm-l6 (real weights: run scripts/carry_minilm.sh here first and
@@ -71,7 +72,7 @@ case "${1:-tests}" in
       --modes inductor,tritonfuse --no-progress --out "$out/" 2>&1 | grep -v Warn | tail -14 ;;
   inline)
     if [ "${INT8:-0}" = 1 ]; then flags=(--int8-inline --modes inductor,tritonfuse-int8); else flags=(--inline); fi
-    [ "${POINTER:-0}" = 1 ] && flags+=(--pointer)
+    [ "${POINTER:-0}" = 1 ] && flags+=(--pointer --static-launch)
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 400 $PY scripts/profile_model.py --model "${MODEL:-resnet50}" "${flags[@]}" \
       --code "$out/code" > "$out/inline_profile.txt" 2>&1; grep -A40 "launches by kind" "$out/inline_profile.txt" | head -80
     tar czf "$out/code.tgz" -C "$out" code && rm -rf "$out/code" ;;
@@ -80,7 +81,8 @@ case "${1:-tests}" in
       --code "$out/code" > "$out/inline_profile.txt" 2>&1; grep -E "^== |launches by kind" "$out/inline_profile.txt"
     tar czf "$out/code.tgz" -C "$out" code && rm -rf "$out/code"
     for tma in 1 0; do
-      TRITONFUSE_MEASURE_BUDGET_S=inf timeout 170 $PY -c "import sys; import tritonfuse.kernels.conv_bn as C
+      TRITONFUSE_STATIC_LAUNCH=$((1 - tma)) TRITONFUSE_MEASURE_BUDGET_S=inf timeout 170 $PY -c "import sys
+import tritonfuse.kernels.conv_bn as C
 C.INLINE, C.INLINE_DEVICE_TMA = True, bool($tma)
 from tritonfuse.cli import main
 sys.exit(main(['bench', '--models', 'resnet50', '--modes', 'inductor,tritonfuse', '--no-progress', '--out', '$out/inline$tma/']))" \

@@ -3,13 +3,15 @@ for each mode, the synchronising CUDA runtime calls, and per forward the wall ti
 enqueued without a synchronisation) and the profiled kernels' GPU time: whether the forward is host-bound.
 
 Run: ``python scripts/profile_model.py [--model resnet50] [--batch N] [--modes inductor,tritonfuse]
-[--inline] [--int8-inline] [--pointer] [--code DIR]``
+[--inline] [--int8-inline] [--pointer] [--static-launch] [--code DIR]``
 
 ``--model`` is a model of the bench's zoo (``tritonfuse models``) at its bench size; ``--modes`` takes
 ``inductor``, ``tritonfuse`` and ``tritonfuse-int8``. ``--inline`` turns ``kernels.conv_bn.INLINE`` on (the
 conv sites' kernels inlined into Inductor's code); ``--int8-inline`` turns ``patterns.linear_act.INT8_CONSTANTS``
 on (int8 weights as graph constants, the int8 GEMMs inlined); ``--pointer`` inlines both as the pointer
-kernels, which Inductor's static launcher launches, instead of the device-descriptor TMA kernels. ``--code
+kernels instead of the device-descriptor TMA kernels, and ``--static-launch`` (``TRITONFUSE_STATIC_LAUNCH=1``)
+lets Inductor launch inlined kernels without global scratch (the pointer kernels) from its static launcher,
+as its own. ``--code
 DIR`` writes each mode's generated output code (``DIR/<mode>-<n>.py``, from the first call) and prints how
 many kernels of each kind it launches: what Inductor runs around inlined kernels (copies, layout
 conversions) shows there.
@@ -34,6 +36,8 @@ def main():
     ap.add_argument("--int8-inline", action="store_true", help="patterns.linear_act.INT8_CONSTANTS on")
     ap.add_argument("--pointer", action="store_true", help="inlined 1x1 convs and W8A8 GEMMs as the pointer "
                     "kernels (kernels.conv_bn / kernels.int8 INLINE_DEVICE_TMA off)")
+    ap.add_argument("--static-launch", action="store_true", help="TRITONFUSE_STATIC_LAUNCH=1: Inductor launches "
+                    "inlined kernels without global scratch from its static launcher")
     ap.add_argument("--code", default=None, help="write each mode's output code under this folder")
     ap.add_argument("--small", action="store_true", help="the zoo's small size (a dry run on a CPU)")
     ap.add_argument("--device", default="cuda")
@@ -51,6 +55,10 @@ def main():
         import tritonfuse.kernels.int8 as I8
 
         CB.INLINE_DEVICE_TMA = I8.INLINE_DEVICE_TMA = False
+    if args.static_launch:
+        from tritonfuse import config
+
+        config.static_launch = "1"
     from tritonfuse import cli, zoo
 
     device = torch.device(args.device)

@@ -412,7 +412,7 @@ def test_inlined_1x1_conv_on_hopper_builds_its_tma_descriptors_on_the_device(tra
     # the kernel takes the 4-D tensors: as_strided views of them became copies in Inductor's code (18f248f)
     assert traced["conv_bn_1x1_res"]["as_strided"] == 0
     assert traced["conv_bn"]["kernel_names"] == ["_conv_bn_kernel"]
-    # kernels.conv_bn.INLINE_DEVICE_TMA off: the pointer kernel, which Inductor's static launcher can launch
+    # kernels.conv_bn.INLINE_DEVICE_TMA off: the pointer kernel (no global scratch: it can be launched statically)
     assert traced["conv_bn_1x1_pointer"]["kernel_names"] == ["_conv_bn_kernel"]
 
 
