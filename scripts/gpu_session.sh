@@ -22,6 +22,9 @@
 #                                       # and as the pointer kernel (INLINE_DEVICE_TMA off, launched by
 #                                       # Inductor's static launcher). From CUDA graphs (the OCC=2 1x1 configs, no op-call host
 #                                       # cost): MODELS=resnet50 bash scripts/gpu_session.sh graphs
+#   bash scripts/gpu_session.sh static  # TRITONFUSE_STATIC_LAUNCH 0 then 1 (inlined kernels from Inductor's static
+#                                       # launcher), inductor/tritonfuse in rounds on MODELS (default
+#                                       # llama-1b-decode,bert-base: host-bound decode, and a model of inlined sites)
 #   bash scripts/gpu_session.sh graphs  # the zoo again from CUDA graphs
 #   bash scripts/gpu_session.sh extra   # minilm-l6 (real weights: run scripts/carry_minilm.sh here first and
 #                                       # carry .carry), training steps, and a per-layer profile
@@ -87,6 +90,12 @@ C.INLINE, C.INLINE_DEVICE_TMA = True, bool($tma)
 from tritonfuse.cli import main
 sys.exit(main(['bench', '--models', 'resnet50', '--modes', 'inductor,tritonfuse', '--no-progress', '--out', '$out/inline$tma/']))" \
         2>&1 | grep -v Warn | tail -5
+    done ;;
+  static)
+    for s in 0 1; do
+      TRITONFUSE_STATIC_LAUNCH=$s TRITONFUSE_MEASURE_BUDGET_S=inf timeout 270 $PY -m tritonfuse bench \
+        --models "${MODELS:-llama-1b-decode,bert-base}" --modes inductor,tritonfuse --no-progress \
+        --out "$out/static$s/" 2>&1 | grep -v Warn | tail -8
     done ;;
   graphs)
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 540 $PY -m tritonfuse bench --models "$models" \
@@ -182,5 +191,5 @@ sys.exit(main(['bench', '--models', '$models', '--modes', 'inductor,tritonfuse-i
     (run_steps 1 1 "$out/k" ${GPU1_STEPS:-linear attention tests train}) &
     wait
     tar czf "$final/pair.tgz" -C "$out" . ;;
-  *) echo "phases: tests, bench, rounds, verify, inline, convs, graphs, extra, pair"; exit 2 ;;
+  *) echo "phases: tests, bench, rounds, verify, inline, convs, static, graphs, extra, pair"; exit 2 ;;
 esac
