@@ -556,8 +556,9 @@ def _w8a8_tma_kernel(
 _HAS_DEVICE_TMA = hasattr(tl, "make_tensor_descriptor")
 # False: an inlined W8A8 GEMM runs the pointer kernel instead, which Inductor's static launcher can launch
 # with TRITONFUSE_STATIC_LAUNCH=1 (a kernel with device descriptors needs global scratch memory, which it
-# refuses: see kernels.conv_bn's INLINE_DEVICE_TMA). Inlined int8 GEMMs lost more in whole models than their sites' timings said
-# (benchmarks/results/diagnostics/README.md); this tells whether the launch path is why.
+# refuses: see kernels.conv_bn's INLINE_DEVICE_TMA). Inlined int8 GEMMs lost more in whole models than
+# their sites' timings said (benchmarks/results/diagnostics/README.md); this tells whether the launch path
+# is why.
 INLINE_DEVICE_TMA = True
 _W8A8_DEVICE_TMA_CONFIGS = [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
                             for c in _W8A8_TMA_CONFIGS]  # no pre_hook: the block shapes are compile-time here

@@ -600,7 +600,8 @@ def test_layer_sqnr_helper(device):
 def test_an_inlined_w8a8_call_takes_the_device_descriptor_kernel_unless_turned_off(monkeypatch):
     # kernels.int8.INLINE_DEVICE_TMA: on (default), a W8A8 call traced for inlining on Hopper runs the
     # device-descriptor TMA kernel; off, the pointer kernel (Inductor's static launcher refuses kernels with
-    # global scratch, which device descriptors need). Shapes and strides decide: fake CUDA tensors, a Hopper capability, no interpreter
+    # global scratch, which device descriptors need). Shapes and strides decide: fake CUDA tensors, a Hopper
+    # capability, no interpreter
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from tritonfuse import registry
