@@ -731,19 +731,20 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
                     t_ours, t_theirs = timings(rep, True)
                 return t_ours, t_theirs, rep
 
-            ratio = host = None
+            ratio = hidden = None  # hidden: the op call's host time, where it hides behind its kernel
             if graphed:
                 t_ours, t_theirs, rep = gpu_timings()
             elif shared is None:
+                host = None
                 if host_kind or HOST_HIDDEN > 0:
                     host = min(_host_time(ours, device) for _ in range(3))  # the quietest of three
                     if host_kind:
                         _host_floor[host_kind] = min(host, _host_floor.get(host_kind, host))
                 gpu = _hidden_gpu_ms(ours, host) if host is not None else None
                 if gpu is not None:  # (its quick GPU timing, taken to decide this, is reused)
+                    hidden = host
                     t_ours, t_theirs, rep = gpu_timings(gpu)
                 else:
-                    host = None
                     t_ours, t_theirs, ratio, rounds = _stream_rounds(
                         ours, theirs, keep=1.0 - config.measure_margin_fraction())
             else:  # (a shared kernel's share is GPU time: added to each side's whole timing)
@@ -751,10 +752,10 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
     finally:
         _measure_spent += time.perf_counter() - t0
     rec = {"ours_ms": round(t_ours, 5), "theirs_ms": round(t_theirs, 5)}
-    if graphed or host is not None:
+    if graphed or hidden is not None:
         rec["rep_ms"] = rep
-    if host is not None:  # GPU times decided: the op call's host time hides behind its kernel
-        rec["host_ms"] = round(host, 5)
+    if hidden is not None:  # GPU times decided: the op call's host time hides behind its kernel
+        rec["host_ms"] = round(hidden, 5)
     elif ratio is not None and STREAM_ROUNDS > 1:
         rec["ratio"], rec["rounds"] = round(ratio, 4), rounds
     return _kept(choices, full, rec)
