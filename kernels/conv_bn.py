@@ -480,16 +480,16 @@ def _tma_1x1_aligned(x, w, r, out, stride, padding) -> bool:
 INLINE_MAX_FLOP = 2**35
 
 
-# Off by default: on the H200 (18f248f, scripts/profile_model.py), resnet50 with its 1x1 sites inlined ran
-# 4.45-4.70 ms against Inductor's 2.54: each inlined TMA kernel took 2-3x the time it measured alone, and
-# Inductor copied its operands first (the as_strided views of the trace became copies, ~0.9 ms a forward).
-# Part of that was an fp64 epilogue (Inductor passes eps as fp64; cast since 5a050f6). After that fix it ran
-# 3.21 against 2.66 ms, with 15 sites that won their GPU-time measurement replaced. Part of the rest was up to
-# three NaN-filled output-sized buffers per conv (fixed: _empty_out, _epilogue_args); the forward then looked
-# host-bound, 5.9 ms of wall time for 2.46 of GPU time (diagnostics README, 24th session). Called as ops,
-# the sites are measured with their host cost (and left to cuDNN at these sizes), or inside CUDA graphs
-# without it (there the TMA kernel serves them).
-INLINE = False
+# On by default since the 25th session. History, all on the H200 (scripts/profile_model.py): at 18f248f,
+# resnet50 with its 1x1 sites inlined ran 4.45-4.70 ms against Inductor's 2.54: each inlined TMA kernel took
+# 2-3x the time it measured alone, and Inductor copied its operands first (the as_strided views of the trace
+# became copies, ~0.9 ms a forward). Part of that was an fp64 epilogue (Inductor passes eps as fp64; cast
+# since 5a050f6); then 3.21 against 2.66 ms. The rest was up to three NaN-filled output-sized buffers per
+# conv (fixed: _empty_out, _epilogue_args, e70ac76). With those fixed (b360995, 20 interleaved rounds):
+# 2.335 ms against Inductor's 2.630 (1.13x, 20 of 53 sites ours), and from CUDA graphs 2.113 against 2.464
+# (1.17x); the profiler summed 2.20 ms of kernel time a forward against Inductor's 2.58. Off (False): every
+# site is an op call, measured with its host cost (and left to cuDNN at these sizes).
+INLINE = True
 
 
 def _inline_when(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, act2, channels_last) -> Optional[str]:

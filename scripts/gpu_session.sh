@@ -9,19 +9,12 @@
 #   bash scripts/gpu_session.sh verify  # the twenty-third session's changes: the linear_act/conv_bn/inline GPU
 #                                       # tests, bench_linear_act --quick (the OCC=2 configs: does one win
 #                                       # GEMM+GELU or SwiGLU?), bert-base/vit_b_16/llama-1b-prefill in rounds
-#   bash scripts/gpu_session.sh inline  # resnet50 with kernels.conv_bn.INLINE on against Inductor: each one's
-#                                       # output code (launches by kind) and CUDA time per kernel
-#                                       # (why 15 inlined sites made it 0.83x, twenty-third session);
-#                                       # MODEL=bert-base INT8=1: the int8 GEMMs inlined (INT8_CONSTANTS) instead;
-#                                       # POINTER=1: inlined as the pointer kernels (INLINE_DEVICE_TMA off),
-#                                       # launched by Inductor's static launcher
-#   bash scripts/gpu_session.sh convs   # the twenty-fourth session's follow-up, resnet50's conv sites: the
-#                                       # inlined model's host and GPU time per forward (is it host-bound
-#                                       # with the NaN fills gone?), then inductor/tritonfuse in rounds with
-#                                       # kernels.conv_bn.INLINE on, its 1x1 convs as the device-TMA kernel
-#                                       # and as the pointer kernel (INLINE_DEVICE_TMA off, launched by
-#                                       # Inductor's static launcher). From CUDA graphs (the OCC=2 1x1 configs, no op-call host
-#                                       # cost): MODELS=resnet50 bash scripts/gpu_session.sh graphs
+#   bash scripts/gpu_session.sh inline  # resnet50 (conv sites inlined: kernels.conv_bn.INLINE, the default)
+#                                       # against Inductor: each one's output code (launches by kind), host and
+#                                       # GPU time per forward, CUDA time per kernel; MODEL=bert-base INT8=1: the
+#                                       # int8 GEMMs inlined (INT8_CONSTANTS) instead; POINTER=1: inlined as the
+#                                       # pointer kernels (INLINE_DEVICE_TMA off), launched by Inductor's static
+#                                       # launcher
 #   bash scripts/gpu_session.sh static  # TRITONFUSE_STATIC_LAUNCH 0 then 1 (inlined kernels from Inductor's static
 #                                       # launcher), inductor/tritonfuse in rounds on MODELS (default
 #                                       # llama-1b-decode,bert-base: host-bound decode, and a model of inlined sites)
@@ -74,23 +67,11 @@ case "${1:-tests}" in
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 300 $PY -m tritonfuse bench --models bert-base,vit_b_16,llama-1b-prefill \
       --modes inductor,tritonfuse --no-progress --out "$out/" 2>&1 | grep -v Warn | tail -14 ;;
   inline)
-    if [ "${INT8:-0}" = 1 ]; then flags=(--int8-inline --modes inductor,tritonfuse-int8); else flags=(--inline); fi
+    if [ "${INT8:-0}" = 1 ]; then flags=(--int8-inline --modes inductor,tritonfuse-int8); else flags=(); fi
     [ "${POINTER:-0}" = 1 ] && flags+=(--pointer --static-launch)
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 400 $PY scripts/profile_model.py --model "${MODEL:-resnet50}" "${flags[@]}" \
       --code "$out/code" > "$out/inline_profile.txt" 2>&1; grep -A40 "launches by kind" "$out/inline_profile.txt" | head -80
     tar czf "$out/code.tgz" -C "$out" code && rm -rf "$out/code" ;;
-  convs)
-    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 200 $PY scripts/profile_model.py --model resnet50 --inline \
-      --code "$out/code" > "$out/inline_profile.txt" 2>&1; grep -E "^== |launches by kind" "$out/inline_profile.txt"
-    tar czf "$out/code.tgz" -C "$out" code && rm -rf "$out/code"
-    for tma in 1 0; do
-      TRITONFUSE_STATIC_LAUNCH=$((1 - tma)) TRITONFUSE_MEASURE_BUDGET_S=inf timeout 170 $PY -c "import sys
-import tritonfuse.kernels.conv_bn as C
-C.INLINE, C.INLINE_DEVICE_TMA = True, bool($tma)
-from tritonfuse.cli import main
-sys.exit(main(['bench', '--models', 'resnet50', '--modes', 'inductor,tritonfuse', '--no-progress', '--out', '$out/inline$tma/']))" \
-        2>&1 | grep -v Warn | tail -5
-    done ;;
   static)
     for s in 0 1; do
       TRITONFUSE_STATIC_LAUNCH=$s TRITONFUSE_MEASURE_BUDGET_S=inf timeout 270 $PY -m tritonfuse bench \

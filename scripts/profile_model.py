@@ -3,15 +3,15 @@ for each mode, the synchronising CUDA runtime calls, and per forward the wall ti
 enqueued without a synchronisation) and the profiled kernels' GPU time: whether the forward is host-bound.
 
 Run: ``python scripts/profile_model.py [--model resnet50] [--batch N] [--modes inductor,tritonfuse]
-[--inline] [--int8-inline] [--pointer] [--static-launch] [--code DIR]``
+[--no-conv-inline] [--int8-inline] [--pointer] [--static-launch] [--code DIR]``
 
 ``--model`` is a model of the bench's zoo (``tritonfuse models``) at its bench size; ``--modes`` takes
-``inductor``, ``tritonfuse`` and ``tritonfuse-int8``. ``--inline`` turns ``kernels.conv_bn.INLINE`` on (the
-conv sites' kernels inlined into Inductor's code); ``--int8-inline`` turns ``patterns.linear_act.INT8_CONSTANTS``
-on (int8 weights as graph constants, the int8 GEMMs inlined); ``--pointer`` inlines both as the pointer
-kernels instead of the device-descriptor TMA kernels, and ``--static-launch`` (``TRITONFUSE_STATIC_LAUNCH=1``)
-lets Inductor launch inlined kernels without global scratch (the pointer kernels) from its static launcher,
-as its own. ``--code
+``inductor``, ``tritonfuse`` and ``tritonfuse-int8``. ``--no-conv-inline`` turns ``kernels.conv_bn.INLINE``
+off (on by default: the conv sites' kernels inlined into Inductor's code; off, each one an op call);
+``--int8-inline`` turns ``patterns.linear_act.INT8_CONSTANTS`` on (int8 weights as graph constants, the int8
+GEMMs inlined); ``--pointer`` inlines both as the pointer kernels instead of the device-descriptor TMA
+kernels, and ``--static-launch`` (``TRITONFUSE_STATIC_LAUNCH=1``) lets Inductor launch inlined kernels
+without global scratch (the pointer kernels) from its static launcher, as its own. ``--code
 DIR`` writes each mode's generated output code (``DIR/<mode>-<n>.py``, from the first call) and prints how
 many kernels of each kind it launches: what Inductor runs around inlined kernels (copies, layout
 conversions) shows there.
@@ -32,7 +32,7 @@ def main():
     ap.add_argument("--model", default="resnet50")
     ap.add_argument("--batch", type=int, default=None, help="default: the bench's batch for the model")
     ap.add_argument("--modes", default="inductor,tritonfuse")
-    ap.add_argument("--inline", action="store_true", help="kernels.conv_bn.INLINE on")
+    ap.add_argument("--no-conv-inline", action="store_true", help="kernels.conv_bn.INLINE off (on by default)")
     ap.add_argument("--int8-inline", action="store_true", help="patterns.linear_act.INT8_CONSTANTS on")
     ap.add_argument("--pointer", action="store_true", help="inlined 1x1 convs and W8A8 GEMMs as the pointer "
                     "kernels (kernels.conv_bn / kernels.int8 INLINE_DEVICE_TMA off)")
@@ -42,10 +42,10 @@ def main():
     ap.add_argument("--small", action="store_true", help="the zoo's small size (a dry run on a CPU)")
     ap.add_argument("--device", default="cuda")
     args = ap.parse_args()
-    if args.inline:
+    if args.no_conv_inline:
         import tritonfuse.kernels.conv_bn as CB
 
-        CB.INLINE = True
+        CB.INLINE = False
     if args.int8_inline:
         import tritonfuse.patterns.linear_act as LP
 
@@ -104,8 +104,10 @@ def main():
                 cli._sync(device)
         ka = prof.key_averages()
         if device.type == "cuda":
+            # device-side events only, as the profiler's own table totals them: a launch's CPU-side event
+            # carries its kernel's time too, and summing both counted every Triton kernel twice
             gpu_us = sum(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
-                         for e in ka)
+                         for e in ka if getattr(e, "device_type", None) != DeviceType.CPU)
             print(f"== {mode}: {gpu_us / 10 / 1e3:.3f} ms of GPU time per forward (the profiled kernels' sum)")
         print(ka.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
         if device.type == "cuda":

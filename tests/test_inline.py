@@ -44,7 +44,7 @@ SCRIPT = textwrap.dedent(
     inline.unavailable = lambda device: None  # the CPU stands in for the GPU here
     LA._hopper = lambda device: True
     CB._hopper = lambda device: True
-    CB.INLINE = True  # off by default (see kernels.conv_bn.INLINE): the surgery is checked here all the same
+    CB.INLINE = True  # the default (kernels.conv_bn.INLINE), set in case a run turned it off
     from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
 
     def f64_tiles(hop):
