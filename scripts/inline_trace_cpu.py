@@ -39,7 +39,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="resnet50")
     ap.add_argument("--quiet", action="store_true")
-    args = ap.parse_args()
+    opts = ap.parse_args()
     triton.runtime.driver.set_active(_Hopper())
     from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
     from torch._inductor.custom_graph_pass import CustomGraphPass
@@ -56,6 +56,8 @@ def main() -> int:
     CB._hopper = lambda device: True
     CB.INLINE = True
     hop = inline._hops()[0]
+
+    shown = []  # set when the pass got through the graph: an error in it would fall back silently
 
     class Show(CustomGraphPass):
         def __call__(self, graph):
@@ -74,14 +76,15 @@ def main() -> int:
                 dtypes = sorted({str(v.meta["val"].dtype).replace("torch.", "") for v in args.values()
                                  if isinstance(v, torch.fx.Node) and isinstance(v.meta.get("val"), torch.Tensor)})
                 flags = {f: args.get(f) for f in ("HAS_RES", "N", "K") if f in args}
-                if not args.quiet:
+                if not opts.quiet:
                     print(f"{name.__name__} {flags} tensors {dtypes}: {', '.join(cfgs)}")
+            shown.append(True)
             raise _Stop
 
         def uuid(self):
             return None
 
-    model = getattr(torchvision.models, args.model)().eval().to(torch.float16).to(memory_format=torch.channels_last)
+    model = getattr(torchvision.models, opts.model)().eval().to(torch.float16).to(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 64, 64, dtype=torch.float16).to(memory_format=torch.channels_last)
     with config.patch(measure="0", fallback_on_error="1"), torch.no_grad():
         try:
@@ -89,10 +92,14 @@ def main() -> int:
         except Exception as e:  # noqa: BLE001 - _Stop, wrapped by Inductor or by the backend's fallback
             if "_Stop" not in repr(e) and not isinstance(e, _Stop):
                 raise
+    if not shown:
+        print(f"{opts.model}: the inspecting pass did not get through the graph (an error in it made the "
+              "compile fall back)")
+        return 1
     counts = inline.counts()
     # (sites count as fallbacks: the stop looks like a failed compile to the backend; matched is what counts)
     matched = {f: c["matched"] for f, c in tritonfuse.counters().items() if c["matched"]}
-    print(f"{args.model}: sites matched {matched}; op calls inlined {counts['inlined']}, kept {counts['kept']} "
+    print(f"{opts.model}: sites matched {matched}; op calls inlined {counts['inlined']}, kept {counts['kept']} "
           f"{counts['reasons']}")
     return 0
 

@@ -51,7 +51,7 @@ inline: str = "1"
 # "1": Inductor launches the kernels it inlines from its static launcher where it can, as its own kernels
 # (torch._inductor.config.static_launch_user_defined_triton_kernels; a kernel with global scratch memory,
 # as device-side TMA descriptors need, still takes Triton's launcher); "0" (default): Triton's launcher,
-# Inductor's default for user-defined kernels (not yet timed on the GPU)
+# Inductor's default for user-defined kernels (H200, 25th session: no gain measured on bert-base)
 static_launch: str = "0"
 # with TRITONFUSE_MEASURE, how much faster than the path it replaces a kernel must have measured to serve a
 # site (0.03: 3%); a near-tie stays Inductor's, where the choice would otherwise follow timing noise
