@@ -467,3 +467,97 @@ def test_every_autotuned_kernel_s_configs_set_the_same_parameters():
             assert len(keys) == 1, (mod.__name__, name, [sorted(k) for k in keys])
             seen += 1
     assert seen >= 10
+
+
+MEMO_SCRIPT = textwrap.dedent(
+    """
+    import json, torch, triton
+    from triton.backends.compiler import GPUTarget
+
+    class HopperTarget:  # Triton's frontend only: kernels are traced to TTIR, never compiled or run
+        def get_current_target(self):
+            return GPUTarget("cuda", 90, 32)
+
+        def get_current_device(self):
+            return 0
+
+    triton.runtime.driver.set_active(HopperTarget())
+    import triton.language as tl
+    from torch._higher_order_ops import triton_kernel_wrap as tkw
+    from tritonfuse import inline
+    from tritonfuse.kernels.norm_residual import _norm_fwd_kernel
+
+    name = next(n for n in inline._ANALYSES if hasattr(tkw, n))
+    original = getattr(tkw, name)
+    inline.memoize_write_analysis()
+    inline.memoize_write_analysis()  # idempotent: one wrapper
+    memo = getattr(tkw, name)
+    assert memo is not original and memo.__wrapped__ is original
+
+    def writes(result):
+        rw = getattr(result, "read_writes", None)
+        return sorted(d.name for d in rw.writes) if rw is not None else sorted(result)
+
+    def args(M=37, N=96, eps=1e-5, **flags):
+        t = lambda dt=torch.float16: torch.empty(8, dtype=dt)
+        kw = dict(x_ptr=t(), r_ptr=t(), w_ptr=t(), b_ptr=t(), out_ptr=t(), s_ptr=t(), mean_ptr=t(torch.float32),
+                  rstd_ptr=t(torch.float32), q_ptr=t(torch.int8), qscale_ptr=t(torch.float32),
+                  M=M, N=N, R_ROWS=M, eps=eps, eps_ptr=t(torch.float32),
+                  stride_xm=N, stride_rm=N, stride_om=N, stride_sm=N, stride_qm=N,
+                  EPS_PTR=False, HAS_RES=True, HAS_W=True, HAS_B=True, IS_RMS=False, WRITE_SUM=True,
+                  WRITE_STATS=False, CAST_BEFORE_WEIGHT=False, QUANT_OUT=False, RTNE_BF16=False,
+                  BLOCK_M=4, BLOCK_N=128, SINGLE=True)
+        kw.update(flags)
+        return kw
+
+    meta = {}
+    calls = [
+        ("first", args()),
+        ("other rows, eps and width: same specialization", args(M=53, N=112, eps=1e-6)),
+        ("M=1 (specialized)", args(M=1)),
+        ("WRITE_SUM off (a constexpr)", args(WRITE_SUM=False)),
+        ("stats written (a constexpr)", args(WRITE_STATS=True)),
+        ("BLOCK_N=64 (a constexpr int)", args(BLOCK_N=64)),
+    ]
+    out = []
+    for label, kw in calls:
+        before = dict(inline._analysis_stats)
+        got = memo(_norm_fwd_kernel, dict(kw), meta)
+        want = original(_norm_fwd_kernel, dict(kw), meta)
+        hit = inline._analysis_stats["hits"] > before["hits"]
+        out.append([label, hit, writes(got), writes(want)])
+
+    @triton.jit
+    def not_ours(x_ptr, y_ptr, N, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        tl.store(y_ptr + offs, tl.load(x_ptr + offs, mask=offs < N), mask=offs < N)
+
+    n_cached = len(inline._analysis_cache)
+    kw = dict(x_ptr=torch.empty(8), y_ptr=torch.empty(8), N=8, BLOCK=8)
+    got = [writes(memo(not_ours, dict(kw), meta)) for _ in range(2)]
+    out.append(["a kernel not tritonfuse's", len(inline._analysis_cache) > n_cached, got[1], writes(original(not_ours, dict(kw), meta))])
+    print(json.dumps(out))
+    """
+)
+
+
+def test_the_write_analysis_is_looked_up_only_where_it_cannot_differ(tmp_path):
+    # torch analyses which tensors an inlined kernel writes by generating its TTIR, several times per launch
+    # of every compile; tritonfuse memoizes that for its own kernels. A lookup must give torch's own answer:
+    # the same kernel at other sizes of the same specialization hits, a constexpr that changes what is
+    # written (or M=1, which Triton specializes) does not, and other kernels are never cached
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    try:
+        import triton.backends.compiler  # noqa: F401
+    except ImportError:
+        pytest.skip("this triton has no GPUTarget")
+    script = tmp_path / "memo_probe.py"  # a file: Triton reads a @jit function's source from it
+    script.write_text(MEMO_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {label: (hit, got, want) for label, hit, got, want in json.loads(proc.stdout.strip().splitlines()[-1])}
+    for label, (hit, got, want) in rows.items():
+        assert got == want, (label, got, want)
+    assert [hit for hit, _, _ in rows.values()] == [False, True, False, False, False, False, False], rows
+    first, no_sum, stats = (rows[k][1] for k in ("first", "WRITE_SUM off (a constexpr)", "stats written (a constexpr)"))
+    assert "s_ptr" in first and "s_ptr" not in no_sum and "mean_ptr" in stats and "mean_ptr" not in first

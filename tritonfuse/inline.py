@@ -284,8 +284,131 @@ def _splice(graph: torch.fx.Graph, node: torch.fx.Node, gm: torch.fx.GraphModule
     graph.erase_node(node)
 
 
+# --- memoized write analysis --------------------------------------------------------------------------------
+#
+# For every launch of an inlined kernel, torch works out which of its tensors the kernel writes by generating
+# the kernel's TTIR and walking it (``triton_kernel_wrap.identify_accessed_tensors``; ``identify_mutated_tensors``
+# before torch 2.10): once when our trace is functionalized, and again in Inductor's graph and lowering, each
+# time from scratch. ResNet-50's 53 inlined convs made 53 such analyses in our trace alone, 4.6 of 6.3 s of
+# the inline pass here (a CPU tracing for sm_90). The answer depends only on the kernel and on what the TTIR
+# is generated from: each tensor's dtype, the constexprs' values, the other arguments' specialization (an
+# int's width, whether it is 1, whether 16 divides it; a symbolic size counts as one value, as torch generates
+# the TTIR with 2 for it), the TMA metadata and the first autotune config. Keyed on exactly that, for tritonfuse's own kernels only, a repeated analysis is looked up; any other kernel, or an argument
+# the key cannot describe, goes to torch's function unchanged.
+
+_ANALYSES = ("identify_accessed_tensors", "identify_mutated_tensors")
+_analysis_cache: dict = {}
+_ANALYSIS_CACHE_MAX = 4096
+_analysis_stats = {"hits": 0, "misses": 0}
+
+
+def _jit_of(kernel):
+    from triton.runtime.jit import JITFunction
+
+    f = kernel
+    while not isinstance(f, JITFunction) and hasattr(f, "fn"):
+        f = f.fn
+    return f
+
+
+def _value_key(v, runtime: bool):
+    """A hashable stand-in for one kernel argument as TTIR generation sees it, or None (not describable).
+    ``runtime``: a parameter passed at run time (not a constexpr), which the TTIR sees only through Triton's
+    specialization: an int's width, whether it is 1 and whether 16 divides it; a float's type."""
+    import sympy
+
+    if isinstance(v, (torch.SymInt, torch.SymFloat, torch.SymBool, sympy.Expr)):
+        return ("sym",)
+    if isinstance(v, torch.Tensor):
+        return ("tensor", v.dtype)
+    get_dtype = getattr(v, "get_dtype", None)  # an Inductor TensorBox
+    if get_dtype is not None and type(v).__name__ == "TensorBox":
+        return ("tensor", get_dtype())
+    if runtime and isinstance(v, int) and not isinstance(v, bool):
+        return ("int", v == 1, v % 16 == 0, -(2**31) <= v < 2**31)
+    if runtime and isinstance(v, float):
+        return ("float",)
+    if v is None or isinstance(v, (bool, int, float, str, torch.dtype)):
+        return (type(v).__name__, v)
+    r = repr(v)  # triton dtypes, constexprs
+    return None if " at 0x" in r else (type(v).__name__, r)
+
+
+def _analysis_key(kernel, kwargs, rest):
+    from triton.runtime.autotuner import Autotuner
+
+    from triton.runtime.jit import JITFunction
+
+    # torch generates the TTIR from the JIT function and, for an autotuner, its first config's kwargs: the
+    # autotuner itself is not in the key (inlining hands each launch one restricted to its own configs)
+    jit = kernel.fn if isinstance(kernel, Autotuner) else kernel
+    if not isinstance(jit, JITFunction) or not getattr(jit.fn, "__module__", "").startswith("tritonfuse."):
+        return None
+    if not isinstance(kwargs, dict):
+        return None
+    params = dict(zip(getattr(jit, "arg_names", ()), getattr(jit, "params", ())))
+    items = []
+    for name in sorted(kwargs):
+        p = params.get(name)
+        k = _value_key(kwargs[name], p is not None and not getattr(p, "is_constexpr", True))
+        if k is None:
+            return None
+        items.append((name, k))
+    cfg = ()
+    if isinstance(kernel, Autotuner) and kernel.configs:
+        cfg = tuple(sorted((n, repr(v)) for n, v in kernel.configs[0].kwargs.items()))
+    rest_r = repr(rest)
+    if " at 0x" in rest_r:
+        return None
+    try:
+        import triton
+
+        target = repr(triton.runtime.driver.active.get_current_target())
+    except Exception:  # noqa: BLE001 - no driver: the analysis itself will say so
+        return None
+    return (jit, tuple(items), cfg, rest_r, target)
+
+
+def _memoized(analysis: Callable) -> Callable:
+    import copy
+    import functools
+
+    @functools.wraps(analysis)
+    def memo(kernel, kwargs, *rest):
+        key = _analysis_key(kernel, kwargs, rest)
+        if key is None:
+            return analysis(kernel, kwargs, *rest)
+        hit = _analysis_cache.get(key)
+        if hit is None:
+            _analysis_stats["misses"] += 1
+            hit = analysis(kernel, kwargs, *rest)
+            if len(_analysis_cache) >= _ANALYSIS_CACHE_MAX:
+                _analysis_cache.clear()
+            _analysis_cache[key] = hit
+        else:
+            _analysis_stats["hits"] += 1
+        return copy.deepcopy(hit)  # callers may keep or change what they get
+
+    memo._tritonfuse_memo = True
+    return memo
+
+
+def memoize_write_analysis() -> None:
+    """Install the memoized analysis in torch's ``triton_kernel_wrap`` (idempotent; first used by the inline
+    pass, never on import)."""
+    try:
+        from torch._higher_order_ops import triton_kernel_wrap as tkw
+    except ImportError:
+        return
+    for name in _ANALYSES:
+        fn = getattr(tkw, name, None)
+        if fn is not None and not getattr(fn, "_tritonfuse_memo", False):
+            setattr(tkw, name, _memoized(fn))
+
+
 def inline_pass(graph: torch.fx.Graph) -> int:
     """Inline the tritonfuse op calls in ``graph`` that can be; returns how many were."""
+    memoize_write_analysis()
     done = 0
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target not in _impls:
