@@ -21,7 +21,8 @@ import torch
 from tritonfuse import config, inline
 from tritonfuse.kernels import norm_residual  # noqa: F401 (registers the ops)
 
-SCRIPT = textwrap.dedent(
+# both subprocess scripts start here: a pretended Hopper GPU for Triton's frontend
+HOPPER = textwrap.dedent(
     """
     import json, sys, torch, triton
     from triton.backends.compiler import GPUTarget
@@ -34,6 +35,11 @@ SCRIPT = textwrap.dedent(
             return 0
 
     triton.runtime.driver.set_active(HopperTarget())
+    """
+)
+
+SCRIPT = HOPPER + textwrap.dedent(
+    """
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.proxy_tensor import make_fx
     from tritonfuse import inline
@@ -469,19 +475,8 @@ def test_every_autotuned_kernel_s_configs_set_the_same_parameters():
     assert seen >= 10
 
 
-MEMO_SCRIPT = textwrap.dedent(
+MEMO_SCRIPT = HOPPER + textwrap.dedent(
     """
-    import json, torch, triton
-    from triton.backends.compiler import GPUTarget
-
-    class HopperTarget:  # Triton's frontend only: kernels are traced to TTIR, never compiled or run
-        def get_current_target(self):
-            return GPUTarget("cuda", 90, 32)
-
-        def get_current_device(self):
-            return 0
-
-    triton.runtime.driver.set_active(HopperTarget())
     import triton.language as tl
     from torch._higher_order_ops import triton_kernel_wrap as tkw
     from tritonfuse import inline
