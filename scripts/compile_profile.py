@@ -41,6 +41,8 @@ _TIMED = (
     "tritonfuse.launch:FastLauncher.precompile",
     "tritonfuse.launch:compile_elsewhere",
     "tritonfuse.inline:inline_pass",
+    # torch's TTIR generation for its analysis of what an inlined kernel writes (memoized since 792ebd1)
+    "torch._higher_order_ops.triton_kernel_wrap:generate_ttir",
     "triton.runtime.jit:JITFunction._do_compile",
     "triton.compiler.compiler:compile",
     "triton.runtime.cache:triton_key",
