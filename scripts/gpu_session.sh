@@ -19,6 +19,11 @@
 #                                       # launcher), inductor/tritonfuse in rounds on MODELS (default
 #                                       # llama-1b-decode,bert-base: host-bound decode, and a model of inlined sites)
 #   bash scripts/gpu_session.sh graphs  # the zoo again from CUDA graphs
+#   bash scripts/gpu_session.sh audit   # torchvision convnets (tiny, fp16) through the backend against eager and
+#                                       # fp64, conv sites inlined: does any model break? (scripts/model_audit.py)
+#   bash scripts/gpu_session.sh compile # COMPILE_MODEL's (default resnet50) cold and warm compiles, inductor and
+#                                       # tritonfuse, with the time per stage (--breakdown: measured choices,
+#                                       # kernel compiles, torch's generate_ttir for inlined kernels)
 #   bash scripts/gpu_session.sh extra   # minilm-l6 (real weights: run scripts/carry_minilm.sh here first and
 #                                       # carry .carry), training steps, and a per-layer profile
 #   bash scripts/gpu_session.sh pair    # a 2-GPU machine (kind nvidia-h200-x2), each half of the cores pinned to
@@ -81,6 +86,12 @@ case "${1:-tests}" in
   graphs)
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 540 $PY -m tritonfuse bench --models "$models" \
       --modes inductor,tritonfuse,tritonfuse-int8 --cuda-graphs --no-progress --out "$out/" 2>&1 | grep -v Warn | tail -20 ;;
+  audit)
+    timeout 330 $PY scripts/model_audit.py --models resnet18,mobilenet_v3,efficientnet_b0,convnext_tiny,regnet,densenet \
+      --dtype float16 --jobs 6 --timeout 300 --out "$out/audit.jsonl" > "$out/audit.txt" 2>&1; tail -8 "$out/audit.txt" ;;
+  compile)
+    timeout 540 $PY scripts/compile_profile.py --model "${COMPILE_MODEL:-resnet50}" --breakdown --profile-modes "" \
+      --out "$out/compile" > "$out/compile.txt" 2>&1; tail -20 "$out/compile.txt" ;;
   extra)
     [ -d .carry/site ] && export PYTHONPATH=$PWD/.carry/site${PYTHONPATH:+:$PYTHONPATH}
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 150 $PY -m tritonfuse bench --models minilm-l6 \
