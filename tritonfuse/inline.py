@@ -330,8 +330,12 @@ def _value_key(v, runtime: bool):
         return ("float",)
     if v is None or isinstance(v, (bool, int, float, str, torch.dtype)):
         return (type(v).__name__, v)
-    r = repr(v)  # triton dtypes, constexprs
-    return None if " at 0x" in r else (type(v).__name__, r)
+    import triton.language as tl
+
+    if isinstance(v, (tl.dtype, tl.constexpr)):
+        r = repr(v)
+        return None if " at 0x" in r else (type(v).__name__, r)
+    return None  # anything else: not looked up
 
 
 def _analysis_key(kernel, kwargs, rest):
