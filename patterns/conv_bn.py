@@ -236,6 +236,11 @@ def _site(match: Match, head: str, act: str, res: bool, act2: str, constants: Co
         u.target in _conv_targets() for u in match.output_node().users)
     choice = K.choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last, int8=int8,
                       epilogue_pass=epilogue_pass)
+    if int8:
+        choice, why_float = _int8_or_float(choice, K.choose(x, w, b, bn, r, stride, padding, eps, act, act2,
+                                                            channels_last, epilogue_pass=epilogue_pass))
+        if why_float:
+            detail += f" ({why_float})"
     op = choice["kernel"]
     if op in ("conv_bn", "conv_bn_int8"):
         reason = K.probe(str(x.device), x.dtype, op, tuple(w.shape[2:]), flat_k, b is not None, "bn" in head,
@@ -254,6 +259,24 @@ def _site(match: Match, head: str, act: str, res: bool, act2: str, constants: Co
         return conv, f"cuDNN + Inductor's epilogue: {why}", None, detail
     args = (b, bn, r, list(stride), list(padding), eps, act, act2, channels_last)
     return conv, args, op, detail
+
+
+def _int8_or_float(int8: dict, flt: dict) -> tuple[dict, Optional[str]]:
+    """Of a site's int8 choice and its float choice (each measured against cuDNN's path where timed), the one
+    to use, and why the float one where it is: int8 serves a site only where it beats cuDNN's path and, when
+    the float kernel does too, beats it by more (each against the cuDNN time of its own measurement), so
+    that TRITONFUSE_QUANT=int8 never leaves a conv slower than the float backend would run it (inlined on the
+    GPU, the float kernel pays no op call; the int8 op does)."""
+    if int8["kernel"] != "conv_bn_int8":
+        lost = (f"timing failed: {int8['error']}" if "error" in int8 else "dynamic shapes" if int8.get("dynamic")
+                else "measured slower than cuDNN's path")
+        return flt, f"int8 {lost}: the float choice"
+    if flt["kernel"] == "conv_bn" and all(k in c for c in (int8, flt) for k in ("ours_ms", "theirs_ms")):
+        r8, rf = int8["ours_ms"] / int8["theirs_ms"], flt["ours_ms"] / flt["theirs_ms"]
+        if rf < r8:
+            return flt, (f"int8 {int8['ours_ms']:.4f} ms ({r8:.2f}x cuDNN's path) measured slower than the float "
+                         f"kernel {flt['ours_ms']:.4f} ms ({rf:.2f}x)")
+    return int8, None
 
 
 def _int8_site(match: Match, conv, x, w, b, bn, stride, padding, eps, act) -> tuple[bool, Optional[str]]:

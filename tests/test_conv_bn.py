@@ -856,3 +856,39 @@ def test_int8_kernel_failing_in_sqnr_gate_keeps_conv_in_float(monkeypatch):
     site, = [s for s in tritonfuse.sites() if s.family == FAMILY]
     assert site.kernel == "conv_bn[bn,relu]" and "int8: kernel conv_bn_int8@" in site.detail, site
     torch.testing.assert_close(out, eager, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("int8_ms, float_ms, kernel, why", [
+    (0.12, 0.08, "conv_bn[", "int8 measured slower than cuDNN's path: the float choice"),  # int8 lost to cuDNN
+    (0.09, 0.05, "conv_bn[", "measured slower than the float kernel"),  # both won, the float kernel by more
+    (0.05, 0.09, "conv_bn_int8[", None),  # int8 won by more
+    (0.12, 0.15, None, "int8 measured slower than cuDNN's path"),  # both lost: cuDNN's path
+])
+def test_int8_site_takes_the_faster_of_int8_and_float(monkeypatch, int8_ms, float_ms, kernel, why):
+    # with TRITONFUSE_QUANT=int8 a conv runs int8 only where that beats both cuDNN's path and the float
+    # kernel (each measured against cuDNN, 0.1 ms here): the int8 op call pays host time the inlined float
+    # kernel does not, and int8 mode must never leave a conv slower than the float backend runs it
+    from tritonfuse import config
+
+    def choose(*args, int8=False, **kwargs):
+        ms = int8_ms if int8 else float_ms
+        ours = "conv_bn_int8" if int8 else "conv_bn"
+        return {"kernel": ours if ms < 0.1 else "conv_bn_cudnn", "use": ms < 0.1, "ours_ms": ms, "theirs_ms": 0.1}
+
+    monkeypatch.setattr(K, "choose", choose)
+    m = _randomize_bn(ConvBNAct(act=nn.ReLU())).eval().to(torch.bfloat16)
+    x = torch.randn(2, 5, 9, 7, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    with torch.no_grad(), config.patch(quant="int8"), inductor_config.patch(fx_graph_cache=False), \
+            functorch_config.patch(enable_autograd_cache=False):
+        out = torch.compile(m, backend="tritonfuse")(x)
+        eager = m(x)
+    site, = [s for s in tritonfuse.sites() if s.family == FAMILY]
+    if kernel is None:
+        assert site.status == "fallback" and "cuDNN" in site.reason, site
+    else:
+        assert site.status == "replaced" and site.kernel.startswith(kernel), site
+    assert (why is None and "int8" not in site.detail) or (why is not None and why in site.detail), site
+    torch.testing.assert_close(out, eager, atol=3e-2, rtol=3e-2)
