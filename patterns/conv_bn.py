@@ -271,8 +271,8 @@ def _int8_or_float(int8: dict, flt: dict) -> tuple[dict, Optional[str]]:
         lost = (f"timing failed: {int8['error']}" if "error" in int8 else "dynamic shapes" if int8.get("dynamic")
                 else "measured slower than cuDNN's path")
         return flt, f"int8 {lost}: the float choice"
-    if flt["kernel"] == "conv_bn" and all(k in c for c in (int8, flt) for k in ("ours_ms", "theirs_ms")):
-        r8, rf = int8["ours_ms"] / int8["theirs_ms"], flt["ours_ms"] / flt["theirs_ms"]
+    r8, rf = registry.cost_ratio(int8), registry.cost_ratio(flt)
+    if flt["kernel"] == "conv_bn" and r8 is not None and rf is not None:
         if rf < r8:
             return flt, (f"int8 {int8['ours_ms']:.4f} ms ({r8:.2f}x cuDNN's path) measured slower than the float "
                          f"kernel {flt['ours_ms']:.4f} ms ({rf:.2f}x)")

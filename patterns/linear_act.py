@@ -363,8 +363,10 @@ def _int8_constant_site(match: Match, x2, gated: bool, conv1d: bool) -> bool:
     return isinstance(m, int) and m > I8.DECODE_M  # the decode kernel stays an op call
 
 
-def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None, conv1d=False):
+def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None, conv1d=False, float_ok=False):
     """(mode, kernel name, None) when the int8 kernels serve this site, else (None, None, why not).
+    ``float_ok``: the float kernel could serve the site too; int8 then serves it only where it measures
+    faster than that (each against cuBLAS + epilogue).
 
     A dynamic graph's number of rows is symbolic: the site then calls the ops that pick W8A8 or the
     weight-only decode kernel per call (by M at run time) and quantize x themselves; it is checked, gated
@@ -409,6 +411,15 @@ def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None, conv1d=Fal
                     quant_share=share)
     if not rec["use"]:
         return None, None, "int8 " + registry.slower_reason(rec, "cuBLAS + epilogue")
+    # ... and faster than the float kernel, where that serves the site too (an activation, or plain GEMMs
+    # served): else int8 mode would run the site slower than the float backend does (an int8 op call pays
+    # host time an inlined float kernel does not). The float timing is the one the site would use next.
+    if float_ok and (act != "none" or config.linear_plain_enabled()):
+        flt = K.measure(x2, ws, b, act, gated, False)
+        r8, rf = registry.cost_ratio(rec), registry.cost_ratio(flt)
+        if flt.get("use") and r8 is not None and rf is not None and rf < r8:
+            return None, None, (f"int8 measured {r8:.2f}x cuBLAS + epilogue's time, the float kernel "
+                                f"{rf:.2f}x: the float kernel")
     # a graph-constant site calls int8_mm on quantized rows: the row kernel as an op of its own (inlined
     # on the GPU) where no norm quantizes them
     _serve["quant"] = "graph" if fuse else "kernel" if constant else "op"
@@ -507,7 +518,8 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: b
         wsh = [hinted(w) for w in ws]  # weights that are graph inputs of a dynamic graph have symbolic sizes
         if reason is None and any(w is None for w in wsh):
             reason = "data-dependent weight shape"
-        int8_mode, int8_kernel, int8_why = _int8_choice(site, x2, ws, b, act, gated, store_pre, match, conv1d)
+        int8_mode, int8_kernel, int8_why = _int8_choice(site, x2, ws, b, act, gated, store_pre, match, conv1d,
+                                                        float_ok=reason is None)
         if int8_mode:
             _serve["int8"] = int8_mode
             registry.note_replaced(FAMILY, site, int8_kernel, detail)

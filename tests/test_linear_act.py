@@ -787,6 +787,37 @@ def test_int8_mode_serves_linear_sites(mode):
     assert I8.int8_kernel_name(40, mode, False, fused=False) in tritonfuse.report()
 
 
+@pytest.mark.parametrize("int8_ms, float_ms, int8_serves, why", [
+    (0.5, 0.8, True, None),  # int8 won by more
+    (0.9, 0.7, False, "the float kernel 0.70x: the float kernel"),  # both won, the float kernel by more
+    (1.2, 0.8, False, "int8 measured slower than cuBLAS"),  # int8 lost: the float choice, as before
+])
+def test_int8_site_takes_the_faster_of_int8_and_float(monkeypatch, int8_ms, float_ms, int8_serves, why):
+    # TRITONFUSE_QUANT=int8 runs a site in int8 only where that beats both cuBLAS + epilogue and the float
+    # kernel (each timed against cuBLAS + epilogue, 1 ms here): an int8 op call pays host time an inlined
+    # float kernel does not, and int8 mode must not run a site slower than the float backend does
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    def measure(x, ws, b, act, gated, store_pre, int8_mode=None, **kwargs):
+        ms = int8_ms if int8_mode else float_ms
+        return {"use": ms < 1.0, "ours_ms": ms, "theirs_ms": 1.0}
+
+    monkeypatch.setattr(K, "measure", measure)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 96), nn.GELU()).to(torch.bfloat16)
+    x = fresh(40, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        eager = model(x)
+    with config.patch(quant="int8"), inductor_config.patch(fx_graph_cache=False), \
+            functorch_config.patch(enable_autograd_cache=False):
+        out = _compile_run(model, x)
+    site, = [s for s in tritonfuse.sites() if s.family == "linear_act"]
+    assert site.status == "replaced" and site.kernel.startswith("int8_") == int8_serves, site
+    assert (why is None and "int8" not in site.detail) or (why is not None and why in site.detail), site
+    assert sqnr_db(eager.float(), out.float()) > 25
+
+
 def test_int8_dynamic_rows_pick_the_kernel_per_call():
     # a dynamic graph (dynamic=True here; automatic dynamic does the same from the second batch size on) has
     # a symbolic number of rows: its int8 sites call the ops that choose per call, W8A8 for M > 16 and the

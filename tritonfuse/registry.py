@@ -781,6 +781,16 @@ def _decided(rec: dict) -> dict:
     return {**rec, "use": rec["ours_ms"] <= rec["theirs_ms"] * keep}
 
 
+def cost_ratio(rec: dict) -> Optional[float]:
+    """A measured choice's time for our kernel over the time for what it replaces (below 1: ours is faster),
+    the median of alternating rounds where it was timed so; None where it was not timed."""
+    if "ratio" in rec:
+        return rec["ratio"]
+    if rec.get("theirs_ms") and "ours_ms" in rec:
+        return rec["ours_ms"] / rec["theirs_ms"]
+    return None
+
+
 def _save_choices(choices: dict) -> None:
     write_json(choices_path(), choices, indent=1, sort_keys=True)  # lost: measured again in the next process
 
