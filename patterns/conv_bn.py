@@ -267,6 +267,8 @@ def _int8_or_float(int8: dict, flt: dict) -> tuple[dict, Optional[str]]:
     the float kernel does too, beats it by more (each against the cuDNN time of its own measurement), so
     that TRITONFUSE_QUANT=int8 never leaves a conv slower than the float backend would run it (inlined on the
     GPU, the float kernel pays no op call; the int8 op does)."""
+    if int8.get("forced"):  # kernels.conv_bn.CHOICE
+        return int8, None
     if int8["kernel"] != "conv_bn_int8":
         lost = (f"timing failed: {int8['error']}" if "error" in int8 else "dynamic shapes" if int8.get("dynamic")
                 else "measured slower than cuDNN's path")

@@ -892,3 +892,17 @@ def test_int8_site_takes_the_faster_of_int8_and_float(monkeypatch, int8_ms, floa
         assert site.status == "replaced" and site.kernel.startswith(kernel), site
     assert (why is None and "int8" not in site.detail) or (why is not None and why in site.detail), site
     torch.testing.assert_close(out, eager, atol=3e-2, rtol=3e-2)
+
+
+def test_int8_site_forced_to_cudnn_says_so(monkeypatch):
+    # kernels.conv_bn.CHOICE forces a path in int8 mode too, and the report says it was forced, not measured
+    from tritonfuse import config
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(K, "CHOICE", "cudnn")
+    m = _randomize_bn(ConvBNAct(act=nn.ReLU())).eval().to(torch.bfloat16)
+    x = torch.randn(2, 5, 9, 7, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    with torch.no_grad(), config.patch(quant="int8"), inductor_config.patch(fx_graph_cache=False):
+        torch.compile(m, backend="tritonfuse")(x)
+    site, = [s for s in tritonfuse.sites() if s.family == FAMILY]
+    assert site.reason == "cuDNN + Inductor's epilogue: forced" and "int8 measured" not in site.detail, site
