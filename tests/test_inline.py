@@ -530,7 +530,8 @@ MEMO_SCRIPT = HOPPER + textwrap.dedent(
     n_cached = len(inline._analysis_cache)
     kw = dict(x_ptr=torch.empty(8), y_ptr=torch.empty(8), N=8, BLOCK=8)
     got = [writes(memo(not_ours, dict(kw), meta)) for _ in range(2)]
-    out.append(["a kernel not tritonfuse's", len(inline._analysis_cache) > n_cached, got[1], writes(original(not_ours, dict(kw), meta))])
+    want = writes(original(not_ours, dict(kw), meta))
+    out.append(["a kernel not tritonfuse's", len(inline._analysis_cache) > n_cached, got[1], want])
     print(json.dumps(out))
     """
 )

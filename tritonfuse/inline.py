@@ -293,22 +293,14 @@ def _splice(graph: torch.fx.Graph, node: torch.fx.Node, gm: torch.fx.GraphModule
 # the inline pass here (a CPU tracing for sm_90). The answer depends only on the kernel and on what the TTIR
 # is generated from: each tensor's dtype, the constexprs' values, the other arguments' specialization (an
 # int's width, whether it is 1, whether 16 divides it; a symbolic size counts as one value, as torch generates
-# the TTIR with 2 for it), the TMA metadata and the first autotune config. Keyed on exactly that, for tritonfuse's own kernels only, a repeated analysis is looked up; any other kernel, or an argument
-# the key cannot describe, goes to torch's function unchanged.
+# the TTIR with 2 for it), the TMA metadata and the first autotune config. Keyed on exactly that, for
+# tritonfuse's own kernels only, a repeated analysis is looked up; any other kernel, or an argument the key
+# cannot describe, goes to torch's function unchanged.
 
 _ANALYSES = ("identify_accessed_tensors", "identify_mutated_tensors")
 _analysis_cache: dict = {}
 _ANALYSIS_CACHE_MAX = 4096
 _analysis_stats = {"hits": 0, "misses": 0}
-
-
-def _jit_of(kernel):
-    from triton.runtime.jit import JITFunction
-
-    f = kernel
-    while not isinstance(f, JITFunction) and hasattr(f, "fn"):
-        f = f.fn
-    return f
 
 
 def _value_key(v, runtime: bool):
@@ -340,7 +332,6 @@ def _value_key(v, runtime: bool):
 
 def _analysis_key(kernel, kwargs, rest):
     from triton.runtime.autotuner import Autotuner
-
     from triton.runtime.jit import JITFunction
 
     # torch generates the TTIR from the JIT function and, for an autotuner, its first config's kwargs: the
