@@ -776,9 +776,8 @@ def _decided(rec: dict) -> dict:
     if "ours_ms" not in rec or "theirs_ms" not in rec:
         return rec
     keep = 1.0 - config.measure_margin_fraction()
-    if "ratio" in rec:  # timed in alternating rounds: the median of their ratios
-        return {**rec, "use": rec["ratio"] <= keep}
-    return {**rec, "use": rec["ours_ms"] <= rec["theirs_ms"] * keep}
+    ratio = cost_ratio(rec)  # timed in alternating rounds: the median of their ratios
+    return {**rec, "use": ratio <= keep if ratio is not None else rec["ours_ms"] <= 0}  # (theirs rounded to 0)
 
 
 def cost_ratio(rec: dict) -> Optional[float]:
