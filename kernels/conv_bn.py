@@ -531,9 +531,11 @@ def _launch_1x1_device_tma(x, w, b, mean, var, gamma, beta, r, eps, act, act2, o
         return out
     # timed for the measured choice: Triton's own launch (it passes the scratch memory), within
     # scratch_allocator(); the config it chooses is kept for the inlined call to take
-    from tritonfuse import tuning
+    from tritonfuse import launch, tuning
 
-    _conv1x1_device_tma_kernel[_persistent_grid(M, N, sms)](*args, **kwargs)
+    grid = _persistent_grid(M, N, sms)
+    launch.precompile_for(_conv1x1_device_tma_kernel, grid, args, kwargs)  # (its configs side by side)
+    _conv1x1_device_tma_kernel[grid](*args, **kwargs)
     tuning.save(_conv1x1_device_tma_kernel, args, kwargs)
     return out
 

@@ -145,6 +145,36 @@ def test_autotune_configs_compile_side_by_side(monkeypatch):
     assert len(warmed) == 6
 
 
+def test_a_kernel_launched_by_triton_gets_its_configs_compiled_side_by_side(monkeypatch):
+    # a device-TMA kernel timed for a measured choice goes through Triton's own launch (which passes the
+    # descriptors' scratch memory): precompile_for compiles its configs first, as a fast launch would; under
+    # the interpreter, or where the fast launcher cannot wrap the kernel, it does nothing
+    from tritonfuse import config, registry
+
+    jit = JITFunction(_kernel)
+    warmed = []
+    monkeypatch.setattr(jit, "run", lambda *a, grid, warmup, **kw: warmed.append(kw["BLOCK"]))
+    monkeypatch.setattr(launch, "compile_elsewhere", lambda jit, jobs: 0)
+    monkeypatch.setattr(launch, "_convention", "all")
+    monkeypatch.setattr(launch, "_convention_known", True)
+    monkeypatch.setattr(launch, "_launchers", {})
+    monkeypatch.setattr(registry, "interpret_mode", lambda: False)
+    configs = [triton.Config({"BLOCK": b}, num_warps=4) for b in (32, 64, 128)]
+    tuned = triton.autotune(configs=configs, key=["n"])(triton.heuristics({"EVEN": lambda a: True})(jit))
+    grid = lambda meta: (triton.cdiv(meta["n"], meta["BLOCK"]),)  # noqa: E731
+    args = (torch.randn(320), torch.randn(320), 320, 0.5, 3)
+    with config.patch(compile_threads="4"):
+        assert launch.precompile_for(tuned, grid, args, {}) == 3
+        assert sorted(warmed) == [32, 64, 128]
+        monkeypatch.setattr(registry, "interpret_mode", lambda: True)
+        assert launch.precompile_for(tuned, grid, args, {}) == 0
+        monkeypatch.setattr(registry, "interpret_mode", lambda: False)
+        monkeypatch.setattr(launch, "_convention", None)  # a Triton whose launch convention is unknown
+        monkeypatch.setattr(launch, "_launchers", {})
+        assert launch.precompile_for(tuned, grid, args, {}) == 0
+    assert len(warmed) == 3
+
+
 def _doubled(x_ptr, y_ptr, n, BLOCK: tl.constexpr, OUT: tl.constexpr):
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     tl.store(y_ptr + i, (tl.load(x_ptr + i, mask=i < n) * 2).to(OUT), mask=i < n)

@@ -435,6 +435,21 @@ def compile_spec(module: str, name: str, data: str, env: dict) -> None:
         os.environ.update(before)
 
 
+def precompile_for(kernel, grid, args: tuple, kwargs: dict) -> int:
+    """``FastLauncher.precompile`` for a launch that goes through Triton's own launch (a kernel timed for a
+    measured choice with device-side TMA descriptors, whose scratch memory Triton's launch passes): its
+    autotune configs compiled side by side, where the autotuner would compile them one after another while
+    it times them. Only a speed-up: returns how many configs were compiled, 0 where it cannot help."""
+    from . import registry
+
+    if registry.interpret_mode():
+        return 0
+    launcher = fast(kernel)
+    if not isinstance(launcher, FastLauncher):
+        return 0
+    return launcher.precompile(grid, args, kwargs)
+
+
 def compile_elsewhere(jit, jobs: list) -> int:
     """Compile the ``jobs`` not compiled in this process in Inductor's worker processes, into Triton's disk
     cache (see above); returns how many the workers compiled (0 where they could not be used)."""
