@@ -447,7 +447,18 @@ def precompile_for(kernel, grid, args: tuple, kwargs: dict) -> int:
     launcher = fast(kernel)
     if not isinstance(launcher, FastLauncher):
         return 0
+    try:  # once per launch key: a timed kernel is launched hundreds of times, and the check costs host time
+        key = (id(kernel), tuple(map(_arg_key, args)), tuple(sorted(kwargs.items())))
+    except TypeError:
+        key = None
+    if key is not None:
+        if key in _precompiled:
+            return 0
+        _precompiled.add(key)
     return launcher.precompile(grid, args, kwargs)
+
+
+_precompiled: set = set()
 
 
 def compile_elsewhere(jit, jobs: list) -> int:
