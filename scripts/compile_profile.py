@@ -71,6 +71,17 @@ def _cache_entries() -> int:
         return -1
 
 
+def _caller() -> str:
+    """Who asked for a compile: the thread, then the innermost tritonfuse functions on its stack (a probe, a
+    precompile's thread, the autotuner inside a timing), outermost first."""
+    import threading
+    import traceback
+
+    ours = [f"{pathlib.Path(f.filename).stem}.{f.name}" for f in traceback.extract_stack()
+            if any(part in f.filename for part in ("/tritonfuse/", "/kernels/", "/patterns/"))]
+    return threading.current_thread().name + ": " + " > ".join(ours[-4:])
+
+
 def _install_timers(table: dict) -> None:
     import functools
     import hashlib
@@ -104,7 +115,8 @@ def _install_timers(table: dict) -> None:
                         # processes is the same binary) and whether Triton's disk cache grew (a miss)
                         table.setdefault("compiles", []).append(
                             [getattr(a[0], "__name__", "?"), round(dt, 3),
-                             hashlib.sha1(str(a[1]).encode()).hexdigest()[:10], _cache_entries() - before])
+                             hashlib.sha1(str(a[1]).encode()).hexdigest()[:10], _cache_entries() - before,
+                             _caller()])
 
         return timed
 
@@ -195,7 +207,8 @@ def _child(args) -> None:
     if args.breakdown:  # of the first compile only
         row["breakdown"] = {k: v if isinstance(v, str) else [v[0], round(v[1], 2)] for k, v in first_table.items()
                             if k not in ("compiles", "cache_keys")}
-        row["compiles"] = first_table.get("compiles", [])  # [kernel, s, key digest, new disk-cache entries]
+        # [kernel, s, key digest, new disk-cache entries, the thread and tritonfuse functions that asked]
+        row["compiles"] = first_table.get("compiles", [])
         row["cache_keys"] = first_table.get("cache_keys", [])  # the parts of each compile's disk-cache key
     if prof:
         text = io.StringIO()
