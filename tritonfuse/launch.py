@@ -454,6 +454,8 @@ def precompile_for(kernel, grid, args: tuple, kwargs: dict) -> int:
     if key is not None:
         if key in _precompiled:
             return 0
+        if len(_precompiled) >= MAX_KEYS:  # many shapes (dynamic ones): the set starts again
+            _precompiled.clear()
         _precompiled.add(key)
     return launcher.precompile(grid, args, kwargs)
 
