@@ -1319,19 +1319,30 @@ def test_measuring_budget_leaves_unmeasured_sites_to_inductor(tmp_path, monkeypa
         hits = dynamo_counters["inductor"]["fxgraph_cache_hit"] + dynamo_counters["aot_autograd"]["autograd_cache_hit"]
         return out, hits
 
+    def spent():  # the report's compile-time counts (the stub timings take no time)
+        t = registry.compile_time()
+        return t["graphs"], t["timed"], t["recalled"], t["deferred"]
+
     _, hits = run(other, "inf")
     assert hits == 0 and len(timed) == 3
+    assert spent() == (1, 1, 0, 0)
     _, hits = run(model, "0")
     assert hits == 0 and _counts() == {"matched": 1, "replaced": 0, "fallback": 1}
     assert "not measured yet" in tritonfuse.sites()[0].reason and len(timed) == 3
+    assert spent() == (1, 0, 0, 1) and "1 put off past TRITONFUSE_MEASURE_BUDGET_S" in tritonfuse.report()
     out, hits = run(model, "inf")
     assert hits == 0, "the graph compiled without the site's timing was served from the cache"
     assert _counts() == {"matched": 1, "replaced": 1, "fallback": 0}, tritonfuse.report()
     assert len(timed) == 6  # ours, then cuBLAS's GEMM and the epilogue pass
+    assert spent() == (1, 1, 0, 0) and "1 timed now" in tritonfuse.report()
     torch.testing.assert_close(out, model(x), atol=1e-5, rtol=1e-5)
     # measured: the next compile, budget or not, is served from the cache with the site replaced
     again, hits = run(model, "0")
     assert hits >= 1 and _counts() == {"matched": 1, "replaced": 1, "fallback": 0} and len(timed) == 6
+    assert spent() == (0, 0, 0, 0) and "compile time" not in tritonfuse.report()  # served: no pass ran
+    with torch._inductor.config.patch(fx_graph_cache=False), torch._functorch.config.patch(enable_autograd_cache=False):
+        run(model, "0")  # compiled again, the site's choice read from its record
+    assert spent() == (1, 0, 1, 0) and "0 timed now (0.0 s), 1 from the records of earlier compiles" in tritonfuse.report()
     torch.testing.assert_close(again, out)
     _, hits = run(other, "0")  # the other graph's key did not move when this one's did
     assert hits >= 1 and len(timed) == 6

@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import os
 import pathlib
+import time
 import warnings
 from typing import Optional
 
@@ -177,8 +178,12 @@ class TritonfusePasses(CustomGraphPass):
     def _apply(self, graph: torch.fx.Graph) -> None:
         from tritonfuse.patterns.common import trace_memo
 
-        with trace_memo():  # the layers of a model repeat their sites: each distinct one traced once
-            self._apply_families(graph)
+        t0 = time.perf_counter()
+        try:
+            with trace_memo():  # the layers of a model repeat their sites: each distinct one traced once
+                self._apply_families(graph)
+        finally:
+            registry.note_passes(time.perf_counter() - t0)
 
     def _apply_families(self, graph: torch.fx.Graph) -> None:
         for family in self.families:

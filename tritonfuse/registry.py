@@ -54,6 +54,7 @@ def reset() -> None:
         _errors.clear()
         _pending.clear()
         _graph_index = 0
+        _compile_time.update(graphs=0, passes_s=0.0, timing_s=0.0, timed=0, recalled=0, deferred=0)
 
 
 def counters() -> dict[str, dict[str, int]]:
@@ -458,6 +459,24 @@ def kernel_failed(key: str, e: Exception) -> str:
 _choices: Optional[dict] = None
 _measure_spent = 0.0  # seconds spent timing in the graph being compiled (config.measure_budget)
 _deferred = False  # a site of the graph being compiled was not measured for want of budget
+# what tritonfuse added to the compiles since reset(), for the report: its passes' wall time, the part of it
+# spent timing sites, and the measured choices made by timing now, read from the records on disk, or put off
+_compile_time = {"graphs": 0, "passes_s": 0.0, "timing_s": 0.0, "timed": 0, "recalled": 0, "deferred": 0}
+
+
+def note_passes(seconds: float) -> None:
+    """One graph's passes took ``seconds`` (the backend calls this)."""
+    with _lock:
+        _compile_time["graphs"] += 1
+        _compile_time["passes_s"] += seconds
+
+
+def compile_time() -> dict:
+    """What tritonfuse added to the compiles since ``reset()``: ``graphs``, ``passes_s`` (its passes' wall
+    time), ``timing_s`` (the part spent timing sites against what they replace), and the measured choices:
+    ``timed`` now, ``recalled`` from the records kept on disk, ``deferred`` past the timing budget."""
+    with _lock:
+        return dict(_compile_time)
 
 
 def choices_path():
@@ -692,9 +711,11 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
     if full in choices and "ours_ms" in choices[full]:  # (older versions also kept {"pending": True})
         rec = _decided(choices[full])
         _last_measured.rec = rec
+        _compile_time["recalled"] += 1
         return rec
     if _measure_spent >= config.measure_budget():
         _deferred = True
+        _compile_time["deferred"] += 1
         return {"use": False, "unmeasured": True}
     stream = not graphed and shared is None
     floor = _host_floor.get(host_kind) if stream and host_kind else None
@@ -751,6 +772,8 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
                 t_ours, t_theirs = timings(FULL_REP_MS)
     finally:
         _measure_spent += time.perf_counter() - t0
+        _compile_time["timing_s"] += time.perf_counter() - t0
+        _compile_time["timed"] += 1
     rec = {"ours_ms": round(t_ours, 5), "theirs_ms": round(t_theirs, 5)}
     if graphed or hidden is not None:
         rec["rep_ms"] = rep

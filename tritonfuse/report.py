@@ -46,11 +46,29 @@ def report() -> str:
             where = (": " + ", ".join(named[:3]) + (f", +{len(named) - 3} more" if len(named) > 3 else "")) \
                 if named else ""
             lines.append(f"  {fam:<15}{reason} (x{len(modules)}{where})")
+    lines.extend(_compile_time_lines())
     errs = registry.errors()
     if errs:
         lines.append("errors (the sites involved were left to Inductor):")
         lines.extend(f"  {e}" for e in errs)
     return "\n".join(lines)
+
+
+def _compile_time_lines() -> list[str]:
+    """What tritonfuse added to the compiles: its passes' time, and how much of it timed sites (on a GPU,
+    each site's kernel against what it replaces, once per shape: later compiles read the records)."""
+    t = registry.compile_time()
+    if not t["graphs"]:
+        return []
+    graphs = f"{t['graphs']} graph" + ("s" if t["graphs"] != 1 else "")
+    lines = [f"compile time in tritonfuse's passes: {t['passes_s']:.1f} s over {graphs}"]
+    if t["timed"] or t["recalled"] or t["deferred"]:
+        parts = [f"{t['timed']} timed now ({t['timing_s']:.1f} s)", f"{t['recalled']} from the records of earlier "
+                 "compiles"]
+        if t["deferred"]:
+            parts.append(f"{t['deferred']} put off past TRITONFUSE_MEASURE_BUDGET_S")
+        lines.append("  sites' measured choices: " + ", ".join(parts))
+    return lines
 
 
 def site_table() -> str:
