@@ -63,7 +63,8 @@ def test_help_exits_0(capsys):
 DTYPE = "float16" if torch.cuda.is_available() else "float32"  # bench's default dtype per device
 
 
-def test_bench_small_cpu_writes_results_contract(capsys, tmp_path):
+def test_bench_small_cpu_writes_results_contract(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # compiled here, not served
     out_file = tmp_path / "cpu.json"
     code, out, err = run(capsys, "bench", "--models", "tiny-mlp", "--modes", "eager,inductor,tritonfuse",
                          "--out", str(out_file), *FAST)
@@ -85,6 +86,10 @@ def test_bench_small_cpu_writes_results_contract(capsys, tmp_path):
     assert rows["tritonfuse"]["counters"]["linear_act"] == {"matched": 1, "replaced": 1, "fallback": 0}
     assert rows["tritonfuse"]["fallback_reasons"] == {}
     assert rows["tritonfuse"]["sqnr_db"] > 60
+    # the part of its compile that was tritonfuse's passes (nothing timed on the CPU)
+    parts = rows["tritonfuse"]["compile_parts"]
+    assert parts["graphs"] == 1 and 0 < parts["passes_s"] <= rows["tritonfuse"]["compile_s"], parts
+    assert parts["timed"] == parts["recalled"] == parts["deferred"] == 0 and "compile_parts" not in rows["inductor"]
     # compiled a second time with warm caches: timed, and the same sites found (else recompile_counters)
     assert "recompile_s" not in rows["eager"]
     assert all(rows[m]["recompile_s"] > 0 and "recompile_counters" not in rows[m] for m in ("inductor", "tritonfuse"))

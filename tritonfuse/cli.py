@@ -677,7 +677,9 @@ def _counters(mode: str) -> dict:
     reasons = Counter(f"{s.family}: {s.reason}" for s in tritonfuse.sites() if s.status == "fallback")
     # a family pass that raised leaves no sites: say so, or a 0/0 row hides it
     reasons.update(f"error: {e}" for e in tritonfuse.registry.errors())
-    return {"counters": tritonfuse.counters(), "fallback_reasons": dict(reasons)}
+    # what of the compile time was tritonfuse's passes, and of that, timing sites (with the choices' sources)
+    parts = {k: round(v, 2) if isinstance(v, float) else v for k, v in tritonfuse.registry.compile_time().items()}
+    return {"counters": tritonfuse.counters(), "fallback_reasons": dict(reasons), "compile_parts": parts}
 
 
 def _first_call(call, dev) -> tuple:
