@@ -460,7 +460,8 @@ _choices: Optional[dict] = None
 _measure_spent = 0.0  # seconds spent timing in the graph being compiled (config.measure_budget)
 _deferred = False  # a site of the graph being compiled was not measured for want of budget
 # what tritonfuse added to the compiles since reset(), for the report: its passes' wall time, the part of it
-# spent timing sites, and the measured choices made by timing now, read from the records on disk, or put off
+# spent timing sites, and the measured choices made by timing now, read from kept records (a shape timed
+# before, in this compile or an earlier one), or put off
 _compile_time = {"graphs": 0, "passes_s": 0.0, "timing_s": 0.0, "timed": 0, "recalled": 0, "deferred": 0}
 
 
@@ -474,7 +475,7 @@ def note_passes(seconds: float) -> None:
 def compile_time() -> dict:
     """What tritonfuse added to the compiles since ``reset()``: ``graphs``, ``passes_s`` (its passes' wall
     time), ``timing_s`` (the part spent timing sites against what they replace), and the measured choices:
-    ``timed`` now, ``recalled`` from the records kept on disk, ``deferred`` past the timing budget."""
+    ``timed`` now, ``recalled`` from kept records (a shape timed before), ``deferred`` past the budget."""
     with _lock:
         return dict(_compile_time)
 

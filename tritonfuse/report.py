@@ -63,8 +63,8 @@ def _compile_time_lines() -> list[str]:
     graphs = f"{t['graphs']} graph" + ("s" if t["graphs"] != 1 else "")
     lines = [f"compile time in tritonfuse's passes: {t['passes_s']:.1f} s over {graphs}"]
     if t["timed"] or t["recalled"] or t["deferred"]:
-        parts = [f"{t['timed']} timed now ({t['timing_s']:.1f} s)", f"{t['recalled']} from the records of earlier "
-                 "compiles"]
+        parts = [f"{t['timed']} timed now ({t['timing_s']:.1f} s)", f"{t['recalled']} read from kept records (a shape "
+                 "timed before)"]
         if t["deferred"]:
             parts.append(f"{t['deferred']} put off past TRITONFUSE_MEASURE_BUDGET_S")
         lines.append("  sites' measured choices: " + ", ".join(parts))
