@@ -158,7 +158,6 @@ def test_a_kernel_launched_by_triton_gets_its_configs_compiled_side_by_side(monk
     monkeypatch.setattr(launch, "_convention", "all")
     monkeypatch.setattr(launch, "_convention_known", True)
     monkeypatch.setattr(launch, "_launchers", {})
-    monkeypatch.setattr(launch, "_precompiled", set())
     monkeypatch.setattr(registry, "interpret_mode", lambda: False)
     configs = [triton.Config({"BLOCK": b}, num_warps=4) for b in (32, 64, 128)]
     tuned = triton.autotune(configs=configs, key=["n"])(triton.heuristics({"EVEN": lambda a: True})(jit))
@@ -168,7 +167,7 @@ def test_a_kernel_launched_by_triton_gets_its_configs_compiled_side_by_side(monk
         assert launch.precompile_for(tuned, grid, args, {}) == 3
         assert sorted(warmed) == [32, 64, 128]
         assert launch.precompile_for(tuned, grid, args, {}) == 0  # the same launch again: nothing more to do
-        monkeypatch.setattr(launch, "_precompiled", set())
+        monkeypatch.setattr(launch, "_launchers", {})  # a new launcher: nothing seen yet
         monkeypatch.setattr(registry, "interpret_mode", lambda: True)
         assert launch.precompile_for(tuned, grid, args, {}) == 0
         monkeypatch.setattr(registry, "interpret_mode", lambda: False)

@@ -73,6 +73,11 @@ def _current_stream():
     return driver.get_current_stream(driver.get_current_device())
 
 
+def _launch_key(args: tuple, kwargs: dict) -> tuple:
+    """A launch's key: its arguments as the compiled kernel depends on them (unhashable where one is)."""
+    return (tuple(map(_arg_key, args)), tuple(sorted(kwargs.items())))
+
+
 def _arg_key(a: Any):
     if isinstance(a, bool) or a is None or isinstance(a, str):
         return a
@@ -119,6 +124,7 @@ class FastLauncher:
             fn = fn.fn
         self.layers, self.jit = layers, fn
         self.params = [(p.name, bool(p.is_constexpr), p.default) for p in fn.params]
+        self._precompiled: set = set()  # launch keys precompile_once has seen
 
     def __getitem__(self, grid):
         return lambda *args, **kwargs: self.run(grid, args, kwargs)
@@ -131,7 +137,7 @@ class FastLauncher:
         if not all(v is None or isinstance(v, (int, float, str)) for v in kwargs.values()):
             return self.kernel[grid](*args, **kwargs)  # a tensor by keyword: not keyed, Triton's own path
         try:
-            key = (tuple(map(_arg_key, args)), tuple(sorted(kwargs.items())))
+            key = _launch_key(args, kwargs)
             hit = self._cache.get(key)
         except TypeError:  # an unhashable argument: Triton's own path
             return self.kernel[grid](*args, **kwargs)
@@ -200,6 +206,20 @@ class FastLauncher:
                 except Exception:  # noqa: BLE001
                     pass
         return done
+
+    def precompile_once(self, grid, args: tuple, kwargs: dict) -> int:
+        """``precompile``, once per launch key (for a launch that goes through Triton's own launch, hundreds
+        of times while it is timed: the check behind ``precompile`` costs host time)."""
+        try:
+            key = _launch_key(args, kwargs)
+            if key in self._precompiled:
+                return 0
+        except TypeError:  # an unhashable argument: not kept
+            return self.precompile(grid, args, kwargs)
+        if len(self._precompiled) >= MAX_KEYS:  # many shapes (dynamic ones): the set starts again
+            self._precompiled.clear()
+        self._precompiled.add(key)
+        return self.precompile(grid, args, kwargs)
 
     def _launch_first_config(self, grid, args: tuple, kwargs: dict):
         """One launch with the tuner's first config (``registry.one_config``): nothing tuned or kept."""
@@ -447,20 +467,7 @@ def precompile_for(kernel, grid, args: tuple, kwargs: dict) -> int:
     launcher = fast(kernel)
     if not isinstance(launcher, FastLauncher):
         return 0
-    try:  # once per launch key: a timed kernel is launched hundreds of times, and the check costs host time
-        key = (id(kernel), tuple(map(_arg_key, args)), tuple(sorted(kwargs.items())))
-    except TypeError:
-        key = None
-    if key is not None:
-        if key in _precompiled:
-            return 0
-        if len(_precompiled) >= MAX_KEYS:  # many shapes (dynamic ones): the set starts again
-            _precompiled.clear()
-        _precompiled.add(key)
-    return launcher.precompile(grid, args, kwargs)
-
-
-_precompiled: set = set()
+    return launcher.precompile_once(grid, args, kwargs)
 
 
 def compile_elsewhere(jit, jobs: list) -> int:

@@ -54,7 +54,7 @@ def reset() -> None:
         _errors.clear()
         _pending.clear()
         _graph_index = 0
-        _compile_time.update(graphs=0, passes_s=0.0, timing_s=0.0, timed=0, recalled=0, deferred=0)
+        _compile_time.update(_NO_COMPILE_TIME)
 
 
 def counters() -> dict[str, dict[str, int]]:
@@ -462,7 +462,8 @@ _deferred = False  # a site of the graph being compiled was not measured for wan
 # what tritonfuse added to the compiles since reset(), for the report: its passes' wall time, the part of it
 # spent timing sites, and the measured choices made by timing now, read from kept records (a shape timed
 # before, in this compile or an earlier one), or put off
-_compile_time = {"graphs": 0, "passes_s": 0.0, "timing_s": 0.0, "timed": 0, "recalled": 0, "deferred": 0}
+_NO_COMPILE_TIME = {"graphs": 0, "passes_s": 0.0, "timing_s": 0.0, "timed": 0, "recalled": 0, "deferred": 0}
+_compile_time = dict(_NO_COMPILE_TIME)
 
 
 def note_passes(seconds: float) -> None:
@@ -772,8 +773,9 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
             else:  # (a shared kernel's share is GPU time: added to each side's whole timing)
                 t_ours, t_theirs = timings(FULL_REP_MS)
     finally:
-        _measure_spent += time.perf_counter() - t0
-        _compile_time["timing_s"] += time.perf_counter() - t0
+        spent = time.perf_counter() - t0
+        _measure_spent += spent
+        _compile_time["timing_s"] += spent
         _compile_time["timed"] += 1
     rec = {"ours_ms": round(t_ours, 5), "theirs_ms": round(t_theirs, 5)}
     if graphed or hidden is not None:
