@@ -11,6 +11,8 @@ profiles named runs in place instead). Writes
 ``<out>/summary.json`` (with Dynamo's per-stage compile times and Inductor's cache hits) and, per profiled
 process, ``<out>/<mode>-<run>-profiled.prof.txt``: cumulative times, tritonfuse's own functions, Triton's
 compile and autotune.
+
+``COMPILE_PROFILE_NO_SURVEY=1`` compiles without the backend's survey (``backend.SURVEY``), for an A/B of it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import time
 _TIMED = (
     "tritonfuse.backend:_family_pass",
     "tritonfuse.backend:TritonfusePasses._apply",
+    "tritonfuse.backend:TritonfusePasses._survey",  # the families' checks once, each site's compiles sent ahead
+    "tritonfuse.launch:ahead",
     "tritonfuse.registry:measured_choice",
     "tritonfuse.registry:guarded_probe",
     "tritonfuse.registry:_bench",
@@ -163,6 +167,10 @@ def _child(args) -> None:
     import tritonfuse
     from tritonfuse import zoo
 
+    if os.environ.get("COMPILE_PROFILE_NO_SURVEY") == "1":  # the first compile as before the survey (A/B)
+        from tritonfuse import backend
+
+        backend.SURVEY = False
     dev = torch.device(args.device)
     spec = zoo.get(args.model)
     dtype = spec.dtype if dev.type == "cuda" else torch.float32
@@ -204,6 +212,11 @@ def _child(args) -> None:
     row = {"model": args.model, "mode": args.mode, "run": args.run, "compile_s": round(first, 2),
            "again_s": again, "caches": caches, "stages": stages,
            "tritonfuse": tritonfuse.counters() if args.mode == "tritonfuse" else None}
+    if args.mode == "tritonfuse":
+        from tritonfuse import registry
+
+        row["compile_parts"] = registry.compile_time()
+        row["surveyed"] = registry.surveyed()
     if args.breakdown:  # of the first compile only
         row["breakdown"] = {k: v if isinstance(v, str) else [v[0], round(v[1], 2)] for k, v in first_table.items()
                             if k not in ("compiles", "cache_keys")}

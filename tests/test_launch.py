@@ -261,6 +261,94 @@ def test_stuck_workers_are_waited_for_once(monkeypatch):
     assert launch.compile_elsewhere(jit, [1, 2]) == 0 and Stuck.submitted == 2
 
 
+def test_a_survey_sends_compiles_ahead_and_the_timed_launch_waits_for_them(monkeypatch):
+    # inside a survey (registry.surveying) a launch sends each config's compile to Inductor's workers, once,
+    # and launches nothing; a launch through Triton's own path raises Ahead after sending its compiles. The
+    # launch timed later waits for those compiles instead of sending them again; a kernel of one config
+    # (no autotuner) waits for its worker compile where a survey sent one, and is compiled in the main
+    # process otherwise
+    import concurrent.futures
+
+    from tritonfuse import config, registry
+
+    class Pool:
+        def __init__(self):
+            self.sent = []
+
+        def submit(self, fn, module, name, data, env):
+            self.sent.append(data)
+            fut = concurrent.futures.Future()
+            fut.set_result(None)
+            return fut
+
+    pool = Pool()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: None)  # (no GPU to make current in the threads)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(launch, "_inductor_pool", lambda: pool)
+    monkeypatch.setattr(launch, "_pool_stuck", False)
+    monkeypatch.setattr(launch, "_ahead", {})
+    monkeypatch.setattr(launch, "_ahead_names", set())
+    compiled = set()  # what this process holds compiled: uncompiled_specs leaves those out
+    monkeypatch.setattr(launch, "uncompiled_specs", lambda jit, jobs: [
+        s for s in (f"{jit.__name__}:{job[1]['BLOCK']}:{job[1]['n'] if 'n' in job[1] else job[0][2]}"
+                    for job in jobs) if s not in compiled])
+    jit = JITFunction(_kernel)
+    launched, warmed = [], []
+
+    def run(*args, grid, warmup, **kwargs):
+        (warmed if warmup else launched).append(kwargs["BLOCK"])
+
+    monkeypatch.setattr(jit, "run", run)
+    configs = [triton.Config({"BLOCK": b}, num_warps=4) for b in (32, 64, 128)]
+    tuned = triton.autotune(configs=configs, key=["n"])(triton.heuristics({"EVEN": lambda a: True})(jit))
+    fl = launch.FastLauncher(tuned, "all")
+    grid = lambda meta: (triton.cdiv(meta["n"], meta["BLOCK"]),)  # noqa: E731
+    args = (torch.randn(320), torch.randn(320), 320, 0.5, 3)
+    with registry._flag("ahead", True):
+        assert registry.compiling_ahead()
+        fl[grid](*args)
+        fl[grid](*args)  # sent once
+    assert not launched and not warmed and not fl._cache and not tuned.cache
+    assert sorted(pool.sent) == ["_kernel:128:320", "_kernel:32:320", "_kernel:64:320"]
+    assert launch.sent_ahead(jit)
+    with config.patch(compile_threads="4"):
+        assert fl.precompile(grid, args, {}) == 3  # the three sent ahead, waited for
+        assert len(pool.sent) == 3 and not launch._ahead and not launch.sent_ahead(jit)
+        assert sorted(warmed) == [32, 64, 128]  # then read in threads (a disk-cache hit on a GPU)
+        # a launch nothing sent ahead: its configs go to the workers now
+        assert fl.precompile(grid, (*args[:2], 640, 0.5, 3), {}) == 3 and len(pool.sent) == 6
+        # one whose config is kept from an earlier process: the autotuner compiles that one alone, so
+        # nothing is sent, even while other launches' compiles are out
+        with registry._flag("ahead", True):
+            fl[grid](*args[:2], 1280, 0.5, 3)
+        assert len(pool.sent) == 9
+        with monkeypatch.context() as m:
+            m.setattr(launch.tuning, "restore", lambda tuner, a, k: configs[0])
+            assert fl.precompile(grid, (*args[:2], 2560, 0.5, 3), {}) == 0 and len(pool.sent) == 9
+    launch._ahead.clear()  # (n=1280's compiles: never waited for)
+    launch._ahead_names.clear()
+
+    single = JITFunction(_kernel)
+    monkeypatch.setattr(single, "run", run)
+    one = launch.FastLauncher(triton.heuristics({"EVEN": lambda a: True})(single), "all")
+    kw = {"BLOCK": 16}
+    assert one.precompile((4,), args, kw) == 0 and len(pool.sent) == 9  # one compile: the main process's
+    with registry._flag("ahead", True):
+        one[(4,)](*args, **kw)
+    assert len(pool.sent) == 10 and not launched
+    assert one.precompile((4,), args, kw) == 1 and not launch._ahead  # waited for the worker's
+
+    monkeypatch.setattr(launch, "_convention", "all")
+    monkeypatch.setattr(launch, "_convention_known", True)
+    monkeypatch.setattr(launch, "_launchers", {})
+    other = (torch.randn(320), torch.randn(320), 960, 0.5, 3)
+    with registry._flag("ahead", True), pytest.raises(registry.Ahead):
+        launch.precompile_for(tuned, grid, other, {})
+    assert len(pool.sent) == 13 and not launched
+    assert not registry.compiling_ahead()
+
+
 @pytest.mark.cuda
 def test_configs_compile_in_inductors_workers(monkeypatch, tmp_path):
     # each config of a launch is compiled by Inductor's worker processes into Triton's disk cache, from the

@@ -1348,6 +1348,57 @@ def test_measuring_budget_leaves_unmeasured_sites_to_inductor(tmp_path, monkeypa
     assert hits >= 1 and len(timed) == 6
 
 
+def test_a_survey_sends_every_site_to_compile_before_any_is_timed(tmp_path, monkeypatch):
+    # on a GPU, a first compile first runs the families' checks on a copy of the graph (backend._survey): each
+    # site's sides are called with launches that only send their compiles to Inductor's workers; nothing is
+    # timed, decided or recorded then. The passes that decide then time each site once, as without the survey.
+    # A site decided without timing (here a conv whose path is forced) is replaced in the graph compiled, once
+    from tritonfuse import backend
+    from tritonfuse.kernels import conv_bn as C
+
+    pretend_gpu_timing(tmp_path, monkeypatch, backend)
+    monkeypatch.setattr(backend, "_survey_wanted", lambda graph: True)
+    monkeypatch.setattr(C, "CHOICE", "triton")
+    timed, surveyed, ahead = [], [], []
+    monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False, **_: timed.append(fn) or 1.0)
+    survey_site = registry._survey_site
+
+    def spy(ours, theirs, shared):
+        surveyed.append((len(timed), registry.in_survey()))
+        survey_site(lambda: ahead.append(registry.compiling_ahead()) or ours(), theirs, shared)
+
+    monkeypatch.setattr(registry, "_survey_site", spy)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+            self.up, self.down = nn.Linear(8, 48), nn.Linear(48, 24)
+
+        def forward(self, x):
+            y = torch.relu(self.bn(self.conv(x))).mean((2, 3))
+            return torch.relu(self.down(F.gelu(self.up(y))))
+
+    model = Net().eval()
+    with torch.no_grad():
+        model.bn.running_mean.normal_()
+        model.bn.running_var.uniform_(0.5, 1.5)
+    x = fresh(4, 3, 6, 6)
+    torch._dynamo.reset()
+    tritonfuse.reset()
+    with config.patch(measure="1", measure_budget_s="inf"):
+        out = _compile_run(model, x)
+    # both Linear sites sent ahead before the first timing, then each timed once (ours, then theirs)
+    assert surveyed == [(0, True), (0, True)] and registry.surveyed() == 2 and ahead == [True, True]
+    assert registry.compile_time()["timed"] == 2 and len(timed) == 6  # ours, cuBLAS's GEMM, the epilogue
+    counts = tritonfuse.counters()
+    assert counts["linear_act"] == {"matched": 2, "replaced": 2, "fallback": 0}, tritonfuse.report()
+    assert counts["conv_bn"] == {"matched": 1, "replaced": 1, "fallback": 0}, tritonfuse.report()
+    assert not registry.in_survey() and not registry.compiling_ahead() and not registry.errors()
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(x), atol=1e-4, rtol=1e-4)
+
+
 def test_a_near_tie_stays_inductors(tmp_path, monkeypatch):
     # a kernel serves a site only where it measured faster by TRITONFUSE_MEASURE_MARGIN: a near-tie would
     # otherwise flip with timing noise from run to run (seen on the H200: 0.175 vs 0.174 ms); the margin is

@@ -123,6 +123,33 @@ def _source_hash() -> str:
     return h.hexdigest()
 
 
+# Survey a graph before the passes that decide (registry.surveying): on a GPU where sites are timed and
+# Inductor has compile workers
+SURVEY = True
+
+
+def _survey_wanted(graph: torch.fx.Graph) -> bool:
+    from . import launch
+
+    if registry.interpret_mode() or not config.measure_enabled() or not torch.cuda.is_available():
+        return False
+    on_gpu = any(isinstance(v, torch.Tensor) and v.device.type == "cuda"
+                 for n in graph.nodes if n.op == "placeholder" for v in [n.meta.get("val")])
+    return on_gpu and launch._inductor_pool() is not None
+
+
+def _graph_copy(graph: torch.fx.Graph) -> torch.fx.Graph:
+    """A copy of ``graph`` (nodes, names and meta; the same fake values) in a module of its own, for passes whose
+    changes are thrown away."""
+    new = torch.fx.Graph()
+    out = new.graph_copy(graph, {}, return_output_node=True)
+    if out is not None:
+        value, node = out
+        new.output(value).meta = dict(node.meta)
+    root = graph.owning_module if graph.owning_module is not None else torch.nn.Module()
+    return torch.fx.GraphModule(root, new).graph
+
+
 class TritonfusePasses(CustomGraphPass):
     """The pipeline: each enabled family's patterns, in order, on the post-grad ATen graph."""
 
@@ -181,11 +208,24 @@ class TritonfusePasses(CustomGraphPass):
         t0 = time.perf_counter()
         try:
             with trace_memo():  # the layers of a model repeat their sites: each distinct one traced once
+                if SURVEY and _survey_wanted(graph):
+                    self._survey(graph)
                 self._apply_families(graph)
         finally:
             registry.note_passes(time.perf_counter() - t0)
 
-    def _apply_families(self, graph: torch.fx.Graph) -> None:
+    def _survey(self, graph: torch.fx.Graph) -> None:
+        """The families' checks on a copy of ``graph``, with each site's kernels sent to compile instead of
+        timed (``registry.surveying``): the passes that decide then time sites whose configs compiled side
+        by side in the meantime. Nothing of it is kept but those compiles."""
+        try:
+            copy = _graph_copy(graph)
+        except Exception:  # noqa: BLE001 - only a compile-time saving
+            return
+        with registry.surveying():
+            self._apply_families(copy, survey=True)
+
+    def _apply_families(self, graph: torch.fx.Graph, survey: bool = False) -> None:
         for family in self.families:
             try:
                 # the graph as the families before this one left it
@@ -194,11 +234,15 @@ class TritonfusePasses(CustomGraphPass):
                     pm.apply(graph)
             except Exception as e:
                 # each replacement is atomic: the graph stays valid, the family's other sites stay Inductor's
+                if survey:
+                    continue  # (the pass that decides meets it again, and says so)
                 if not config.fallback_enabled():
                     raise
                 msg = f"the {family} pass failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
                 registry.note_error(msg)
                 _warn_once(f"tritonfuse: {msg}; its remaining sites are left to Inductor")
+        if survey:
+            return
         if registry.pending_replacements() and config.quant != "none" and "linear_act" in self.families:
             try:
                 from tritonfuse.patterns.linear_act import int8_constants_pass

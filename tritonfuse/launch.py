@@ -134,6 +134,9 @@ class FastLauncher:
 
         if registry.probing() and self._tuner() is not None:
             return self._launch_first_config(grid, args, kwargs)
+        if registry.compiling_ahead():  # a survey (registry.surveying): compiles sent, nothing launched
+            self.send_ahead(grid, args, kwargs)
+            return None
         if not all(v is None or isinstance(v, (int, float, str)) for v in kwargs.values()):
             return self.kernel[grid](*args, **kwargs)  # a tensor by keyword: not keyed, Triton's own path
         try:
@@ -172,13 +175,17 @@ class FastLauncher:
         threads = config.compile_thread_count()
         tuner = self._tuner()
         # a config kept from an earlier process (tritonfuse.tuning): the autotuner compiles only that one
-        if tuner is None or len(tuner.configs) < 2 or tuning.restore(tuner, args, kwargs) is not None or threads < 2:
+        many = (tuner is not None and len(tuner.configs) >= 2 and tuning.restore(tuner, args, kwargs) is None
+                and threads >= 2)
+        if not many and not sent_ahead(self.jit):
             return 0
         try:
             jobs = self.config_jobs(grid, args, kwargs)
         except Exception as e:  # noqa: BLE001 - an unexpected kernel signature: the autotuner compiles
             failures[self.jit.__name__] = f"precompile: {type(e).__name__}: {e}"
             return 0
+        if not many:  # one compile: the main process's, unless a survey sent it to a worker (then wait for it)
+            return compile_elsewhere(self.jit, jobs, submit=False)
         import concurrent.futures
 
         import torch
@@ -221,6 +228,19 @@ class FastLauncher:
         self._precompiled.add(key)
         return self.precompile(grid, args, kwargs)
 
+    def send_ahead(self, grid, args: tuple, kwargs: dict) -> int:
+        """Send this launch's compiles (every config the autotuner would time; none where it keeps a config
+        from an earlier process) to Inductor's workers and return without waiting (``ahead``)."""
+        tuner = self._tuner()
+        try:
+            if tuner is not None and tuning.restore(tuner, args, kwargs) is not None:
+                return 0
+            jobs = self.config_jobs(grid, args, kwargs)
+        except Exception as e:  # noqa: BLE001 - an unexpected kernel signature: compiled when it is timed
+            failures[self.jit.__name__] = f"send_ahead: {type(e).__name__}: {e}"
+            return 0
+        return ahead(self.jit, jobs)
+
     def _launch_first_config(self, grid, args: tuple, kwargs: dict):
         """One launch with the tuner's first config (``registry.one_config``): nothing tuned or kept."""
         pos, call_kwargs, options, g = self.config_jobs(grid, args, kwargs)[0]
@@ -231,15 +251,16 @@ class FastLauncher:
         return self.layers[0] if self.layers and isinstance(self.layers[0], Autotuner) else None
 
     def config_jobs(self, grid, args: tuple, kwargs: dict) -> list:
-        """For each autotune config (after the tuner's own pruning): the positional arguments, keyword
-        arguments, options and grid of one launch with it, its pre-hook applied to copies of the caller's
-        arguments (a TMA descriptor's block shape is set per config; the caller's are left alone)."""
+        """For each autotune config (after the tuner's own pruning; one launch for a kernel without an
+        autotuner): the positional arguments, keyword arguments, options and grid of one launch with it, its
+        pre-hook applied to copies of the caller's arguments (a TMA descriptor's block shape is set per
+        config; the caller's are left alone)."""
         import copy
 
-        tuner = self.layers[0]
+        tuner = self._tuner()
         n_pos = len(args)
         base = self._named(args, kwargs)
-        configs = tuning.pruned(tuner, args, kwargs)
+        configs = tuning.pruned(tuner, args, kwargs) if tuner is not None else [None]
         jobs = []
         for cfg in configs:
             named = {k: copy.copy(v) if hasattr(v, "block_shape") else v for k, v in base.items()}
@@ -465,36 +486,95 @@ def precompile_for(kernel, grid, args: tuple, kwargs: dict) -> int:
     if registry.interpret_mode():
         return 0
     launcher = fast(kernel)
+    if registry.compiling_ahead():  # a survey: this launch's compiles sent, and the launch skipped
+        if isinstance(launcher, FastLauncher):
+            launcher.send_ahead(grid, args, kwargs)
+        raise registry.Ahead(kernel)
     if not isinstance(launcher, FastLauncher):
         return 0
     return launcher.precompile_once(grid, args, kwargs)
 
 
-def compile_elsewhere(jit, jobs: list) -> int:
-    """Compile the ``jobs`` not compiled in this process in Inductor's worker processes, into Triton's disk
-    cache (see above); returns how many the workers compiled (0 where they could not be used)."""
-    import concurrent.futures
+# Compiles a survey sent ahead (``registry.surveying``), by kernel and Triton's specialisation data: the
+# futures of the workers compiling them, waited for (and dropped) by the launch that needs one.
+_ahead: dict[tuple, Any] = {}
+_ahead_names: set = set()
+_ahead_lock = threading.Lock()
+
+
+def _submit(pool, jit, data: str):
     import os
 
+    env = {k: v for k, v in os.environ.items() if k.startswith("TRITON_")}
+    return pool.submit(compile_spec, jit.fn.__module__, jit.fn.__name__, data, env)
+
+
+def _pool_for(jobs: list):
     import torch
 
     from . import registry
 
-    global _pool_stuck
-    if len(jobs) < 2 or _pool_stuck or not torch.cuda.is_available() or registry.interpret_mode():
+    if not jobs or _pool_stuck or not torch.cuda.is_available() or registry.interpret_mode():
+        return None
+    return _inductor_pool()
+
+
+def ahead(jit, jobs: list) -> int:
+    """Send the ``jobs`` (``FastLauncher.config_jobs``) not compiled in this process, nor sent already, to
+    Inductor's workers, and return without waiting: how many were sent."""
+    pool = _pool_for(jobs)
+    if pool is None:
         return 0
-    pool = _inductor_pool()
+    try:
+        specs = uncompiled_specs(jit, jobs) or []
+        sent = 0
+        with _ahead_lock:
+            for data in specs:
+                if (jit.__name__, data) not in _ahead:
+                    _ahead[(jit.__name__, data)] = _submit(pool, jit, data)
+                    _ahead_names.add(jit.__name__)
+                    sent += 1
+        return sent
+    except Exception as e:  # noqa: BLE001 - compiled when the site is timed, as without a survey
+        failures[jit.__name__] = f"ahead: {type(e).__name__}: {e}"
+        return 0
+
+
+def sent_ahead(jit) -> bool:
+    """True when a survey sent compiles of ``jit`` that no launch has waited for yet."""
+    return jit.__name__ in _ahead_names
+
+
+def compile_elsewhere(jit, jobs: list, submit: bool = True) -> int:
+    """Compile the ``jobs`` not compiled in this process in Inductor's worker processes, into Triton's disk
+    cache (see above); returns how many the workers compiled (0 where they could not be used). Those a
+    survey sent ahead are waited for, not sent again; with ``submit=False`` only those."""
+    import concurrent.futures
+
+    global _pool_stuck
+    if len(jobs) < 2 and submit and not sent_ahead(jit):
+        return 0  # one compile: as fast in this process as in a worker
+    pool = _pool_for(jobs)
     if pool is None:
         return 0
     try:
         specs = uncompiled_specs(jit, jobs)
         if not specs:
             return 0
-        env = {k: v for k, v in os.environ.items() if k.startswith("TRITON_")}
-        module, name = jit.fn.__module__, jit.fn.__name__
-        futures = [pool.submit(compile_spec, module, name, data, env) for data in specs]
+        futures = []
+        with _ahead_lock:
+            for data in specs:
+                fut = _ahead.pop((jit.__name__, data), None)
+                if fut is None and submit:
+                    fut = _submit(pool, jit, data)
+                if fut is not None:
+                    futures.append(fut)
+            if not any(name == jit.__name__ for name, _ in _ahead):
+                _ahead_names.discard(jit.__name__)
     except Exception as e:  # noqa: BLE001 - the threads compile them
         failures[jit.__name__] = f"compile_elsewhere: {type(e).__name__}: {e}"
+        return 0
+    if not futures:
         return 0
     done, late = concurrent.futures.wait(futures, timeout=_pool_timeout_s)
     if late:  # a stuck or broken pool: one wait, not one per launch

@@ -44,7 +44,7 @@ _graph_index = 0
 
 def reset() -> None:
     """Clear the counters and the site records."""
-    global _graph_index
+    global _graph_index, _surveyed
     from . import inline
 
     inline.reset()
@@ -54,6 +54,7 @@ def reset() -> None:
         _errors.clear()
         _pending.clear()
         _graph_index = 0
+        _surveyed = 0
         _compile_time.update(_NO_COMPILE_TIME)
 
 
@@ -421,6 +422,72 @@ def probing() -> bool:
     return getattr(_run, "probing", False)
 
 
+# --- the survey: a first compile's kernels sent to compile before its first site is timed -----------------
+# Timing a site compiles its kernel's configs first (in Inductor's workers, see launch.compile_elsewhere), so a
+# first compile alternated: compile one site's configs and wait, time it, compile the next site's. On the
+# H200, resnet50's first compile spent 14 s of its 45 s of passes waiting on those compiles and 12.5 s more
+# compiling single-config launches in the main process, while the 16 workers mostly idled. So before the
+# passes that decide, the backend runs the families' checks once on a copy of the graph (``surveying``): a
+# measured choice that would time a site calls its sides with launches that only send their compiles to the
+# workers (``compiling_ahead``), and decides nothing. The real passes then find them compiled or compiling.
+
+
+class Ahead(Exception):
+    """Raised in place of a launch that cannot be skipped while ``compiling_ahead``: its compiles were sent."""
+
+
+@contextlib.contextmanager
+def surveying():
+    """Inside, ``measured_choice`` times nothing and decides nothing: it sends the sides of each site not
+    measured yet to compile (``compiling_ahead``) and leaves the site to Inductor. The site records made
+    inside are dropped on the way out (the passes that follow record their own)."""
+    with _lock:
+        before = dict(_pending)
+    _take_measured()
+    try:
+        with _flag("survey", True):
+            yield
+    finally:
+        _take_measured()
+        with _lock:
+            _pending.clear()
+            _pending.update(before)
+
+
+def in_survey() -> bool:
+    return getattr(_run, "survey", False)
+
+
+def compiling_ahead() -> bool:
+    """True while a survey calls a site's sides: a kernel launch sends its compiles to the workers and does not
+    run (the fast launcher returns without launching; a launch through Triton's own path raises ``Ahead``)."""
+    return getattr(_run, "ahead", False)
+
+
+_surveyed = 0  # sites whose kernels a survey sent to compile, since reset() (for tests and the report)
+
+
+def surveyed() -> int:
+    return _surveyed
+
+
+def _survey_site(ours: Callable[[], object], theirs: list, shared) -> None:
+    """Call a site's sides with launches that send their compiles ahead. Any error is left for the pass that
+    decides to meet again and handle as it does."""
+    global _surveyed
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    calls = [ours, *theirs] + ([shared[0]] if shared is not None else [])
+    with unset_fake_temporarily(), torch.no_grad(), _flag("ahead", True):
+        for f in calls:
+            try:
+                f()
+            except Exception:  # noqa: BLE001 - Ahead, or an error the deciding pass meets again
+                pass
+    with _lock:
+        _surveyed += 1
+
+
 def guarded_probe(key: str, probe: Callable[[], None]) -> Optional[str]:
     """Run ``probe`` (a small launch of one kernel variant) once per ``key``.
 
@@ -699,16 +766,17 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
     global _measure_spent, _deferred
     if not timing_enabled(device):
         return {"use": True}
+    if in_survey():  # (see surveying): nothing timed, counted or decided
+        if _choice_key_full(key, graphed, shared, device) not in _load_choices():
+            _survey_site(ours, theirs, shared)
+        return {"use": False, "unmeasured": True, "surveyed": True}
     import time
 
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-    suffix = "|inline" if graphed else ""
+    full = _choice_key_full(key, graphed, shared, device)
     if not graphed and runs_in_cuda_graphs():  # an op call, replayed from a CUDA graph: no host cost either
-        graphed, suffix = True, "|graphs"
-    # (op calls: "|rounds2", in alternating rounds or as GPU time where the host keeps ahead; records timed
-    # one side after the other, or always in rounds ("|rounds"), are redone)
-    full = _choice_key(key + suffix + ("" if graphed or shared is not None else "|rounds2"), device)
+        graphed = True
     choices = _load_choices()
     if full in choices and "ours_ms" in choices[full]:  # (older versions also kept {"pending": True})
         rec = _decided(choices[full])
@@ -785,6 +853,16 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
     elif ratio is not None and STREAM_ROUNDS > 1:
         rec["ratio"], rec["rounds"] = round(ratio, 4), rounds
     return _kept(choices, full, rec)
+
+
+def _choice_key_full(key: str, graphed: bool, shared, device: torch.device) -> str:
+    """The record name of a measured choice (see ``measured_choice``)."""
+    suffix = "|inline" if graphed else ""
+    if not graphed and runs_in_cuda_graphs():  # an op call, replayed from a CUDA graph: no host cost either
+        graphed, suffix = True, "|graphs"
+    # (op calls: "|rounds2", in alternating rounds or as GPU time where the host keeps ahead; records timed
+    # one side after the other, or always in rounds ("|rounds"), are redone)
+    return _choice_key(key + suffix + ("" if graphed or shared is not None else "|rounds2"), device)
 
 
 def _kept(choices: dict, full: str, rec: dict) -> dict:
