@@ -37,6 +37,9 @@ _TIMED = (
     "tritonfuse.backend:TritonfusePasses._apply",
     "tritonfuse.backend:TritonfusePasses._survey",  # the families' checks once, each site's compiles sent ahead
     "tritonfuse.launch:ahead",
+    "tritonfuse.launch:uncompiled_specs",
+    "tritonfuse.launch:_submit",
+    "tritonfuse.launch:FastLauncher.config_jobs",
     "tritonfuse.registry:measured_choice",
     "tritonfuse.registry:guarded_probe",
     "tritonfuse.registry:_bench",
