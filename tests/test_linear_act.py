@@ -1399,6 +1399,41 @@ def test_a_survey_sends_every_site_to_compile_before_any_is_timed(tmp_path, monk
         torch.testing.assert_close(out, model(x), atol=1e-4, rtol=1e-4)
 
 
+def test_a_surveyed_choice_times_and_decides_nothing(tmp_path, monkeypatch):
+    # inside registry.surveying, a measured choice not recorded yet calls its sides with launches that only send
+    # their compiles (compiling_ahead), and leaves the site to Inductor as "unmeasured"; a recorded one calls
+    # nothing. Nothing is timed or counted, and the sites noted inside are dropped. A graph sends no more sites
+    # than its timing budget can time at SURVEY_SITE_S a site
+    pretend_gpu_timing(tmp_path, monkeypatch)
+    monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False, **_: 1.0)
+    cpu = torch.device("cpu")
+    calls = []
+
+    def side(name):
+        return lambda: calls.append((name, registry.compiling_ahead()))
+
+    with config.patch(measure="1", measure_budget_s="0.75"):
+        assert "ours_ms" in registry.measured_choice("kept", cpu, side("ours"), [side("theirs")])  # recorded
+        calls.clear()
+        registry.begin_graph()
+        before = registry.compile_time()
+        node = torch.fx.Graph().placeholder("x")
+        with registry.surveying():
+            assert registry.in_survey()
+            registry.note_fallback("linear_act", node, "k", "r")
+            for key in ("kept", "a", "b", "c", "d"):
+                rec = registry.measured_choice(key, cpu, side(f"ours-{key}"), [side(f"theirs-{key}")])
+                assert rec == {"use": False, "unmeasured": True, "surveyed": True}
+        assert not registry.in_survey() and registry.pending_replacements() == 0 and not registry._pending
+        # "kept" is recorded; "d" is past the budget (0.75 s: three sites at 0.25 s)
+        assert calls == [(f"{side_}-{k}", True) for k in "abc" for side_ in ("ours", "theirs")]
+        assert registry.compile_time() == before and registry.surveyed() == 3
+        registry.begin_graph()  # the next graph has its own share
+        with registry.surveying():
+            registry.measured_choice("d", cpu, side("ours-d"), [side("theirs-d")])
+        assert calls[-1] == ("theirs-d", True) and not registry.compiling_ahead()
+
+
 def test_a_near_tie_stays_inductors(tmp_path, monkeypatch):
     # a kernel serves a site only where it measured faster by TRITONFUSE_MEASURE_MARGIN: a near-tie would
     # otherwise flip with timing noise from run to run (seen on the H200: 0.175 vs 0.174 ms); the margin is

@@ -187,12 +187,13 @@ def _take_measured() -> Optional[list]:
 
 
 def begin_graph() -> None:
-    global _measure_spent, _deferred
+    global _measure_spent, _deferred, _surveyed_graph
     _take_measured()
     with _lock:
         _pending.clear()
         _measure_spent = 0.0
         _deferred = False
+        _surveyed_graph = 0
 
 
 def _add(site: Site) -> None:
@@ -465,6 +466,11 @@ def compiling_ahead() -> bool:
 
 
 _surveyed = 0  # sites whose kernels a survey sent to compile, since reset() (for tests and the report)
+_surveyed_graph = 0  # ... in the graph being compiled
+# A survey sends no more sites than the graph's timing budget can time at this many seconds a site (resnet50's
+# first compile on the H200 timed 41 sites in 14.4 s): compiles past that would only be waited for by
+# Inductor's own kernels, queued behind them in the same workers
+SURVEY_SITE_S = 0.25
 
 
 def surveyed() -> int:
@@ -474,7 +480,7 @@ def surveyed() -> int:
 def _survey_site(ours: Callable[[], object], theirs: list, shared) -> None:
     """Call a site's sides with launches that send their compiles ahead. Any error is left for the pass that
     decides to meet again and handle as it does."""
-    global _surveyed
+    global _surveyed, _surveyed_graph
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     calls = [ours, *theirs] + ([shared[0]] if shared is not None else [])
@@ -486,6 +492,7 @@ def _survey_site(ours: Callable[[], object], theirs: list, shared) -> None:
                 pass
     with _lock:
         _surveyed += 1
+        _surveyed_graph += 1
 
 
 def guarded_probe(key: str, probe: Callable[[], None]) -> Optional[str]:
@@ -767,7 +774,8 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
     if not timing_enabled(device):
         return {"use": True}
     if in_survey():  # (see surveying): nothing timed, counted or decided
-        if _choice_key_full(key, graphed, shared, device) not in _load_choices():
+        if (_choice_key_full(key, graphed, shared, device) not in _load_choices()
+                and _surveyed_graph * SURVEY_SITE_S < config.measure_budget()):
             _survey_site(ours, theirs, shared)
         return {"use": False, "unmeasured": True, "surveyed": True}
     import time
