@@ -287,6 +287,7 @@ def test_a_survey_sends_compiles_ahead_and_the_timed_launch_waits_for_them(monke
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(launch, "_inductor_pool", lambda: pool)
     monkeypatch.setattr(launch, "_pool_stuck", False)
+    monkeypatch.setattr(launch, "_pool_timeout_s", 5.0)
     monkeypatch.setattr(launch, "_ahead", {})
     monkeypatch.setattr(launch, "_ahead_names", set())
     compiled = set()  # what this process holds compiled: uncompiled_specs leaves those out
@@ -309,6 +310,7 @@ def test_a_survey_sends_compiles_ahead_and_the_timed_launch_waits_for_them(monke
         assert registry.compiling_ahead()
         fl[grid](*args)
         fl[grid](*args)  # sent once
+    launch.drain_sends()  # (handed to the pool by a thread of their own)
     assert not launched and not warmed and not fl._cache and not tuned.cache
     assert sorted(pool.sent) == ["_kernel:128:320", "_kernel:32:320", "_kernel:64:320"]
     assert launch.sent_ahead(jit)
@@ -322,6 +324,7 @@ def test_a_survey_sends_compiles_ahead_and_the_timed_launch_waits_for_them(monke
         # nothing is sent, even while other launches' compiles are out
         with registry._flag("ahead", True):
             fl[grid](*args[:2], 1280, 0.5, 3)
+        launch.drain_sends()
         assert len(pool.sent) == 9
         with monkeypatch.context() as m:
             m.setattr(launch.tuning, "restore", lambda tuner, a, k: configs[0])
@@ -336,6 +339,7 @@ def test_a_survey_sends_compiles_ahead_and_the_timed_launch_waits_for_them(monke
     assert one.precompile((4,), args, kw) == 0 and len(pool.sent) == 9  # one compile: the main process's
     with registry._flag("ahead", True):
         one[(4,)](*args, **kw)
+    launch.drain_sends()
     assert len(pool.sent) == 10 and not launched
     assert one.precompile((4,), args, kw) == 1 and not launch._ahead  # waited for the worker's
 
@@ -345,6 +349,7 @@ def test_a_survey_sends_compiles_ahead_and_the_timed_launch_waits_for_them(monke
     other = (torch.randn(320), torch.randn(320), 960, 0.5, 3)
     with registry._flag("ahead", True), pytest.raises(registry.Ahead):
         launch.precompile_for(tuned, grid, other, {})
+    launch.drain_sends()
     assert len(pool.sent) == 13 and not launched
     assert not registry.compiling_ahead()
 
