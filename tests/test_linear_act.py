@@ -691,6 +691,54 @@ def test_cpu_without_interpreter_leaves_sites_to_inductor():
 
 
 @pytest.mark.cuda
+def test_cuda_first_compile_surveys_its_sites_before_timing(tmp_path, monkeypatch):
+    # with timing on (the suite turns it off elsewhere), a first compile's survey sends each site's kernel
+    # compiles to Inductor's workers, and the deciding pass waits for exactly those: the same compiles (so
+    # none is left unclaimed), every timed site surveyed first; the model computes as eager does
+    from tritonfuse import launch
+
+    if launch._inductor_pool() is None:
+        pytest.skip("Inductor has no compile workers here (one compile thread)")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(registry, "_choices", None)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(64, 96, 3, padding=1, bias=False), nn.BatchNorm2d(96)
+            self.proj, self.up = nn.Conv2d(96, 128, 1, bias=False), nn.BatchNorm2d(128)
+            self.fc = nn.Linear(128, 384)
+
+        def forward(self, x):
+            y = torch.relu(self.up(self.proj(torch.relu(self.bn(self.conv(x))))))
+            return F.gelu(self.fc(y.mean((2, 3))))
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    with torch.no_grad():
+        for bn in (model.bn, model.up):
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 1.5)
+    model = model.cuda().half().to(memory_format=torch.channels_last)
+    x = fresh(16, 64, 28, 28, dtype=torch.float16, device="cuda").to(memory_format=torch.channels_last)
+    torch._dynamo.reset()
+    tritonfuse.reset()
+    launch._ahead.clear()
+    launch._ahead_names.clear()
+    with config.patch(measure="1", measure_budget_s="inf"):
+        out = _compile_run(model, x)
+    launch.drain_sends()
+    timed = registry.compile_time()["timed"]
+    assert timed >= 2 and registry.surveyed() == timed, tritonfuse.report()
+    assert not launch._ahead, sorted({name for name, _ in launch._ahead})  # every compile sent was waited for
+    assert not registry.errors(), registry.errors()
+    with torch.no_grad():
+        eager = model(x)
+        ref = copy.deepcopy(model).double()(x.double())
+    assert_close_to_ref(out, ref, eager, atol=2e-3)
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_graph_counts_and_numerics(dtype):
     torch.manual_seed(0)
