@@ -729,7 +729,9 @@ def test_cuda_first_compile_surveys_its_sites_before_timing(tmp_path, monkeypatc
         out = _compile_run(model, x)
     launch.drain_sends()
     timed = registry.compile_time()["timed"]
-    assert timed >= 2 and registry.surveyed() == timed, tritonfuse.report()
+    # (the survey may also meet a key the deciding pass does not time: a pattern tried on a site that an
+    # earlier family replaced there, and not here)
+    assert timed >= 2 and registry.surveyed() >= timed, tritonfuse.report()
     assert not launch._ahead, sorted({name for name, _ in launch._ahead})  # every compile sent was waited for
     assert not registry.errors(), registry.errors()
     with torch.no_grad():
@@ -1469,7 +1471,7 @@ def test_a_surveyed_choice_times_and_decides_nothing(tmp_path, monkeypatch):
         with registry.surveying():
             assert registry.in_survey()
             registry.note_fallback("linear_act", node, "k", "r")
-            for key in ("kept", "a", "b", "c", "d"):
+            for key in ("kept", "a", "b", "a", "c", "d"):  # ("a" twice: a second pattern on one site)
                 rec = registry.measured_choice(key, cpu, side(f"ours-{key}"), [side(f"theirs-{key}")])
                 assert rec == {"use": False, "unmeasured": True, "surveyed": True}
         assert not registry.in_survey() and registry.pending_replacements() == 0 and not registry._pending

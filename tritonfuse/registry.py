@@ -187,13 +187,13 @@ def _take_measured() -> Optional[list]:
 
 
 def begin_graph() -> None:
-    global _measure_spent, _deferred, _surveyed_graph
+    global _measure_spent, _deferred
     _take_measured()
     with _lock:
         _pending.clear()
         _measure_spent = 0.0
         _deferred = False
-        _surveyed_graph = 0
+        _surveyed_keys.clear()
 
 
 def _add(site: Site) -> None:
@@ -465,8 +465,8 @@ def compiling_ahead() -> bool:
     return getattr(_run, "ahead", False)
 
 
-_surveyed = 0  # sites whose kernels a survey sent to compile, since reset() (for tests and the report)
-_surveyed_graph = 0  # ... in the graph being compiled
+_surveyed = 0  # measured choices whose sides a survey called, since reset() (for tests and the report)
+_surveyed_keys: set = set()  # ... their keys, in the graph being compiled
 # A survey sends no more sites than the graph's timing budget can time at this many seconds a site (resnet50's
 # first compile on the H200 timed 41 sites in 14.4 s): compiles past that would only be waited for by
 # Inductor's own kernels, queued behind them in the same workers
@@ -480,7 +480,7 @@ def surveyed() -> int:
 def _survey_site(ours: Callable[[], object], theirs: list, shared) -> None:
     """Call a site's sides with launches that send their compiles ahead. Any error is left for the pass that
     decides to meet again and handle as it does."""
-    global _surveyed, _surveyed_graph
+    global _surveyed
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     calls = [ours, *theirs] + ([shared[0]] if shared is not None else [])
@@ -492,7 +492,6 @@ def _survey_site(ours: Callable[[], object], theirs: list, shared) -> None:
                 pass
     with _lock:
         _surveyed += 1
-        _surveyed_graph += 1
 
 
 def guarded_probe(key: str, probe: Callable[[], None]) -> Optional[str]:
@@ -774,8 +773,11 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
     if not timing_enabled(device):
         return {"use": True}
     if in_survey():  # (see surveying): nothing timed, counted or decided
-        if (_choice_key_full(key, graphed, shared, device) not in _load_choices()
-                and _surveyed_graph * SURVEY_SITE_S < config.measure_budget()):
+        full = _choice_key_full(key, graphed, shared, device)
+        # (each key once: the matcher tries several patterns on a site that no pattern replaces)
+        if (full not in _load_choices() and full not in _surveyed_keys
+                and len(_surveyed_keys) * SURVEY_SITE_S < config.measure_budget()):
+            _surveyed_keys.add(full)
             _survey_site(ours, theirs, shared)
         return {"use": False, "unmeasured": True, "surveyed": True}
     import time
