@@ -1446,6 +1446,7 @@ def test_a_survey_sends_every_site_to_compile_before_any_is_timed(tmp_path, monk
         out = _compile_run(model, x)
     # both Linear sites sent ahead before the first timing, then each timed once (ours, then theirs)
     assert surveyed == [(0, True), (0, True)] and registry.surveyed() == 2 and ahead == [True, True]
+    assert "2 choices' kernels sent to compile before the first timing" in tritonfuse.report()
     assert registry.compile_time()["timed"] == 2 and len(timed) == 6  # ours, cuBLAS's GEMM, the epilogue
     counts = tritonfuse.counters()
     assert counts["linear_act"] == {"matched": 2, "replaced": 2, "fallback": 0}, tritonfuse.report()

@@ -68,6 +68,8 @@ def _compile_time_lines() -> list[str]:
         if t["deferred"]:
             parts.append(f"{t['deferred']} put off past TRITONFUSE_MEASURE_BUDGET_S")
         lines.append("  sites' measured choices: " + ", ".join(parts))
+    if registry.surveyed():
+        lines.append(f"  {registry.surveyed()} choices' kernels sent to compile before the first timing (the survey)")
     return lines
 
 
