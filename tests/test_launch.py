@@ -343,6 +343,19 @@ def test_a_survey_sends_compiles_ahead_and_the_timed_launch_waits_for_them(monke
     assert len(pool.sent) == 10 and not launched
     assert one.precompile((4,), args, kw) == 1 and not launch._ahead  # waited for the worker's
 
+    # a probe in a survey (registry.one_config with the ahead flag) sends its one config's compile and
+    # launches nothing; the probe run later waits for that compile, then launches the config
+    n = len(pool.sent)
+    probe_args = (torch.randn(320), torch.randn(320), 4800, 0.5, 3)
+    with registry.one_config(), registry._flag("ahead", True):
+        fl[grid](*probe_args)
+    launch.drain_sends()
+    assert pool.sent[n:] == ["_kernel:32:4800"] and not launched and launch.sent_ahead(jit)
+    with registry.one_config():
+        fl[grid](*probe_args)
+    assert launched == [32] and not launch._ahead and len(pool.sent) == n + 1
+    launched.clear()
+
     monkeypatch.setattr(launch, "_convention", "all")
     monkeypatch.setattr(launch, "_convention_known", True)
     monkeypatch.setattr(launch, "_launchers", {})
@@ -350,7 +363,7 @@ def test_a_survey_sends_compiles_ahead_and_the_timed_launch_waits_for_them(monke
     with registry._flag("ahead", True), pytest.raises(registry.Ahead):
         launch.precompile_for(tuned, grid, other, {})
     launch.drain_sends()
-    assert len(pool.sent) == 13 and not launched
+    assert len(pool.sent) == 14 and not launched
     assert not registry.compiling_ahead()
 
 

@@ -1491,6 +1491,26 @@ def test_a_surveyed_choice_times_and_decides_nothing(tmp_path, monkeypatch):
         assert calls[-1] == ("theirs-d", True) and not registry.compiling_ahead()
 
 
+def test_a_probe_in_a_survey_sends_its_compiles_and_runs_later(monkeypatch):
+    # in a survey a probe runs with launches that only send their compiles (its outputs are never computed,
+    # so what it makes of them is ignored), and the variant counts as working for now; the pass that decides
+    # runs the probe for real, and a failure there is recorded and warned about as always
+    monkeypatch.setattr(registry, "_failed", {})
+    seen = []
+
+    def probe():
+        seen.append((registry.compiling_ahead(), registry.probing()))
+        raise RuntimeError("wrong result on the probe input")
+
+    with registry.surveying():
+        assert registry.guarded_probe("variant@cpu", probe) is None
+    assert seen == [(True, True)] and not registry._failed
+    with pytest.warns(UserWarning, match="wrong result on the probe input"):
+        assert "wrong result" in registry.guarded_probe("variant@cpu", probe)
+    assert seen[-1] == (False, True) and "variant@cpu" in registry._failed
+    assert not registry.compiling_ahead() and not registry.probing()
+
+
 def test_a_near_tie_stays_inductors(tmp_path, monkeypatch):
     # a kernel serves a site only where it measured faster by TRITONFUSE_MEASURE_MARGIN: a near-tie would
     # otherwise flip with timing noise from run to run (seen on the H200: 0.175 vs 0.174 ms); the margin is

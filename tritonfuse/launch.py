@@ -133,6 +133,12 @@ class FastLauncher:
         from . import registry
 
         if registry.probing() and self._tuner() is not None:
+            if registry.compiling_ahead():  # a probe in a survey: its one config's compile sent
+                try:
+                    ahead(self.jit, self.config_jobs(grid, args, kwargs)[:1])
+                except Exception as e:  # noqa: BLE001 - the probe compiles it when it runs
+                    failures[self.jit.__name__] = f"ahead: {type(e).__name__}: {e}"
+                return None
             return self._launch_first_config(grid, args, kwargs)
         if registry.compiling_ahead():  # a survey (registry.surveying): compiles sent, nothing launched
             self.send_ahead(grid, args, kwargs)
@@ -243,7 +249,10 @@ class FastLauncher:
 
     def _launch_first_config(self, grid, args: tuple, kwargs: dict):
         """One launch with the tuner's first config (``registry.one_config``): nothing tuned or kept."""
-        pos, call_kwargs, options, g = self.config_jobs(grid, args, kwargs)[0]
+        job = self.config_jobs(grid, args, kwargs)[0]
+        if sent_ahead(self.jit):  # a survey sent its compile: wait for the worker's, not compile it again
+            compile_elsewhere(self.jit, [job], submit=False)
+        pos, call_kwargs, options, g = job
         self.jit[g](*pos, **call_kwargs, **options)
 
     def _tuner(self):

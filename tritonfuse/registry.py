@@ -430,7 +430,8 @@ def probing() -> bool:
 # compiling single-config launches in the main process, while the 16 workers mostly idled. So before the
 # passes that decide, the backend runs the families' checks once on a copy of the graph (``surveying``): a
 # measured choice that would time a site calls its sides with launches that only send their compiles to the
-# workers (``compiling_ahead``), and decides nothing. The real passes then find them compiled or compiling.
+# workers (``compiling_ahead``), and decides nothing. A kernel's probe (``guarded_probe``) sends its compile the
+# same way and is taken to work; the real passes run it. They then find all of these compiled or compiling.
 
 
 class Ahead(Exception):
@@ -504,6 +505,15 @@ def guarded_probe(key: str, probe: Callable[[], None]) -> Optional[str]:
         return _failed[key] or None
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
+    if in_survey():
+        # (see surveying): the probe's launches send their compiles ahead and do not run; the variant is
+        # taken to work for now, and the pass that decides runs the probe, its compile done or under way
+        with unset_fake_temporarily(), torch.no_grad(), one_config(), _flag("ahead", True):
+            try:
+                probe()
+            except Exception:  # noqa: BLE001 - Ahead, or what the probe makes of outputs never computed
+                pass
+        return None
     try:
         # pattern checks run under Inductor's fake mode; the probe needs real tensors
         with unset_fake_temporarily(), torch.no_grad(), one_config():
@@ -768,6 +778,8 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
     Off the GPU, or with ``TRITONFUSE_MEASURE=0``, nothing is timed and ``use`` is True. Once this graph's
     timing has taken ``TRITONFUSE_MEASURE_BUDGET_S`` seconds, a key not yet measured gets
     ``{"use": False, "unmeasured": True}`` (Inductor's path, this time) and is measured by a later compile.
+    In a survey (``surveying``) a key not measured yet has its sides' compiles sent ahead, and every key gets
+    ``{"use": False, "unmeasured": True, "surveyed": True}``.
     """
     global _measure_spent, _deferred
     if not timing_enabled(device):
