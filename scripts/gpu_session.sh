@@ -21,6 +21,7 @@
 #   bash scripts/gpu_session.sh graphs  # the zoo again from CUDA graphs
 #   bash scripts/gpu_session.sh audit   # torchvision convnets (tiny, fp16) through the backend against eager and
 #                                       # fp64, conv sites inlined: does any model break? (scripts/model_audit.py)
+#   bash scripts/gpu_session.sh tiled   # scripts/wonly_tiled_probe.py: the int8 decode GEMM over a tiled weight layout
 #   bash scripts/gpu_session.sh compile # COMPILE_MODEL's (default resnet50) cold and warm compiles, inductor and
 #                                       # tritonfuse, with the time per stage (--breakdown: measured choices,
 #                                       # kernel compiles, torch's generate_ttir for inlined kernels)
@@ -89,6 +90,10 @@ case "${1:-tests}" in
   audit)
     timeout 330 $PY scripts/model_audit.py --models resnet18,mobilenet_v3,efficientnet_b0,convnext_tiny,regnet,densenet \
       --dtype float16 --jobs 6 --timeout 300 --out "$out/audit.jsonl" > "$out/audit.txt" 2>&1; tail -8 "$out/audit.txt" ;;
+  tiled)
+    # issue 7's M=16 decode: a tile-by-tile weight layout against the row-major one (27th session's experiment)
+    timeout 540 $PY scripts/wonly_tiled_probe.py --shapes "${TILED_SHAPES:-16x4096x4096,16x14336x4096}" \
+      > "$out/tiled.txt" 2>&1; tail -5 "$out/tiled.txt" ;;  # (rows: $OUT/wonly-tiled-probe.jsonl)
   compile)
     timeout 540 $PY scripts/compile_profile.py --model "${COMPILE_MODEL:-resnet50}" --breakdown --profile-modes "" \
       --out "$out/compile" > "$out/compile.txt" 2>&1; tail -20 "$out/compile.txt" ;;
