@@ -289,7 +289,6 @@ def test_a_survey_sends_compiles_ahead_and_the_timed_launch_waits_for_them(monke
     monkeypatch.setattr(launch, "_pool_stuck", False)
     monkeypatch.setattr(launch, "_pool_timeout_s", 5.0)
     monkeypatch.setattr(launch, "_ahead", {})
-    monkeypatch.setattr(launch, "_ahead_names", set())
     compiled = set()  # what this process holds compiled: uncompiled_specs leaves those out
     monkeypatch.setattr(launch, "uncompiled_specs", lambda jit, jobs: [
         s for s in (f"{jit.__name__}:{job[1]['BLOCK']}:{job[1]['n'] if 'n' in job[1] else job[0][2]}"
@@ -330,7 +329,6 @@ def test_a_survey_sends_compiles_ahead_and_the_timed_launch_waits_for_them(monke
             m.setattr(launch.tuning, "restore", lambda tuner, a, k: configs[0])
             assert fl.precompile(grid, (*args[:2], 2560, 0.5, 3), {}) == 0 and len(pool.sent) == 9
     launch._ahead.clear()  # (n=1280's compiles: never waited for)
-    launch._ahead_names.clear()
 
     single = JITFunction(_kernel)
     monkeypatch.setattr(single, "run", run)

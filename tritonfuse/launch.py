@@ -132,17 +132,12 @@ class FastLauncher:
     def run(self, grid, args: tuple, kwargs: dict):
         from . import registry
 
-        if registry.probing() and self._tuner() is not None:
-            if registry.compiling_ahead():  # a probe in a survey: its one config's compile sent
-                try:
-                    ahead(self.jit, self.config_jobs(grid, args, kwargs)[:1])
-                except Exception as e:  # noqa: BLE001 - the probe compiles it when it runs
-                    failures[self.jit.__name__] = f"ahead: {type(e).__name__}: {e}"
-                return None
-            return self._launch_first_config(grid, args, kwargs)
+        probe = registry.probing() and self._tuner() is not None
         if registry.compiling_ahead():  # a survey (registry.surveying): compiles sent, nothing launched
-            self.send_ahead(grid, args, kwargs)
+            self.send_ahead(grid, args, kwargs, first=probe)
             return None
+        if probe:
+            return self._launch_first_config(grid, args, kwargs)
         if not all(v is None or isinstance(v, (int, float, str)) for v in kwargs.values()):
             return self.kernel[grid](*args, **kwargs)  # a tensor by keyword: not keyed, Triton's own path
         try:
@@ -234,14 +229,15 @@ class FastLauncher:
         self._precompiled.add(key)
         return self.precompile(grid, args, kwargs)
 
-    def send_ahead(self, grid, args: tuple, kwargs: dict) -> int:
+    def send_ahead(self, grid, args: tuple, kwargs: dict, first: bool = False) -> int:
         """Send this launch's compiles (every config the autotuner would time; none where it keeps a config
-        from an earlier process) to Inductor's workers and return without waiting (``ahead``)."""
+        from an earlier process; with ``first``, a probe's, the first config alone) to Inductor's workers and
+        return without waiting (``ahead``)."""
         tuner = self._tuner()
         try:
-            if tuner is not None and tuning.restore(tuner, args, kwargs) is not None:
+            if not first and tuner is not None and tuning.restore(tuner, args, kwargs) is not None:
                 return 0
-            jobs = self.config_jobs(grid, args, kwargs)
+            jobs = self.config_jobs(grid, args, kwargs)[:1 if first else None]
         except Exception as e:  # noqa: BLE001 - an unexpected kernel signature: compiled when it is timed
             failures[self.jit.__name__] = f"send_ahead: {type(e).__name__}: {e}"
             return 0
@@ -504,18 +500,21 @@ def precompile_for(kernel, grid, args: tuple, kwargs: dict) -> int:
     return launcher.precompile_once(grid, args, kwargs)
 
 
-# Compiles a survey sent ahead (``registry.surveying``), by kernel and Triton's specialisation data: the
-# futures of the workers compiling them, waited for (and dropped) by the launch that needs one.
-_ahead: dict[tuple, Any] = {}
-_ahead_names: set = set()
+# Compiles a survey sent ahead (``registry.surveying``): kernel name -> {Triton's specialisation data: the
+# future of the worker compiling it}, each waited for (and dropped) by the launch that needs it.
+_ahead: dict[str, dict] = {}
 _ahead_lock = threading.Lock()
 
 
-def _submit(pool, jit, data: str, env: Optional[dict] = None):
+def _triton_env() -> dict:
+    """This process's ``TRITON_*`` variables (part of Triton's disk-cache key), for a worker's compile."""
     import os
 
-    if env is None:
-        env = {k: v for k, v in os.environ.items() if k.startswith("TRITON_")}
+    return {k: v for k, v in os.environ.items() if k.startswith("TRITON_")}
+
+
+def _submit(pool, jit, data: str, env: Optional[dict] = None):
+    env = env if env is not None else _triton_env()
     return pool.submit(compile_spec, jit.fn.__module__, jit.fn.__name__, data, env)
 
 
@@ -528,7 +527,6 @@ _send_queue: Any = None
 def _send_later(pool, jit, data: str):
     """A future for ``_submit(pool, jit, data)``, submitted by the sender thread (see above)."""
     import concurrent.futures
-    import os
     import queue
 
     global _send_queue
@@ -536,8 +534,7 @@ def _send_later(pool, jit, data: str):
         _send_queue = queue.Queue()
         threading.Thread(target=_sender, args=(_send_queue,), name="tritonfuse-ahead", daemon=True).start()
     done = concurrent.futures.Future()
-    env = {k: v for k, v in os.environ.items() if k.startswith("TRITON_")}  # the caller's, as _submit takes them
-    _send_queue.put((pool, jit, data, env, done))
+    _send_queue.put((pool, jit, data, _triton_env(), done))  # (the caller's variables, as _submit takes them)
     return done
 
 
@@ -586,11 +583,13 @@ def ahead(jit, jobs: list) -> int:
         specs = uncompiled_specs(jit, jobs) or []
         sent = 0
         with _ahead_lock:
+            mine = _ahead.setdefault(jit.__name__, {})
             for data in specs:
-                if (jit.__name__, data) not in _ahead:
-                    _ahead[(jit.__name__, data)] = _send_later(pool, jit, data)
-                    _ahead_names.add(jit.__name__)
+                if data not in mine:
+                    mine[data] = _send_later(pool, jit, data)
                     sent += 1
+            if not mine:
+                del _ahead[jit.__name__]
         return sent
     except Exception as e:  # noqa: BLE001 - compiled when the site is timed, as without a survey
         failures[jit.__name__] = f"ahead: {type(e).__name__}: {e}"
@@ -599,7 +598,7 @@ def ahead(jit, jobs: list) -> int:
 
 def sent_ahead(jit) -> bool:
     """True when a survey sent compiles of ``jit`` that no launch has waited for yet."""
-    return jit.__name__ in _ahead_names
+    return bool(_ahead.get(jit.__name__))
 
 
 def compile_elsewhere(jit, jobs: list, submit: bool = True) -> int:
@@ -620,14 +619,15 @@ def compile_elsewhere(jit, jobs: list, submit: bool = True) -> int:
             return 0
         futures = []
         with _ahead_lock:
+            mine = _ahead.get(jit.__name__, {})
             for data in specs:
-                fut = _ahead.pop((jit.__name__, data), None)
+                fut = mine.pop(data, None)
                 if fut is None and submit:
                     fut = _submit(pool, jit, data)
                 if fut is not None:
                     futures.append(fut)
-            if not any(name == jit.__name__ for name, _ in _ahead):
-                _ahead_names.discard(jit.__name__)
+            if not mine:
+                _ahead.pop(jit.__name__, None)
     except Exception as e:  # noqa: BLE001 - the threads compile them
         failures[jit.__name__] = f"compile_elsewhere: {type(e).__name__}: {e}"
         return 0
