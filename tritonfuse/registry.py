@@ -478,19 +478,24 @@ def surveyed() -> int:
     return _surveyed
 
 
-def _survey_site(ours: Callable[[], object], theirs: list, shared) -> None:
-    """Call a site's sides with launches that send their compiles ahead. Any error is left for the pass that
-    decides to meet again and handle as it does."""
-    global _surveyed
+def _call_ahead(calls: list) -> None:
+    """Call each of ``calls`` (real tensors, outside Inductor's fake mode) with launches that send their
+    compiles ahead and do not run. Any error is ignored: ``Ahead``, what a call makes of outputs never
+    computed, or an error the pass that decides meets again and handles as it does."""
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-    calls = [ours, *theirs] + ([shared[0]] if shared is not None else [])
     with unset_fake_temporarily(), torch.no_grad(), _flag("ahead", True):
         for f in calls:
             try:
                 f()
-            except Exception:  # noqa: BLE001 - Ahead, or an error the deciding pass meets again
+            except Exception:  # noqa: BLE001 - see above
                 pass
+
+
+def _survey_site(ours: Callable[[], object], theirs: list, shared) -> None:
+    """Call a site's sides with launches that send their compiles ahead (``_call_ahead``)."""
+    global _surveyed
+    _call_ahead([ours, *theirs] + ([shared[0]] if shared is not None else []))
     with _lock:
         _surveyed += 1
 
@@ -508,11 +513,8 @@ def guarded_probe(key: str, probe: Callable[[], None]) -> Optional[str]:
     if in_survey():
         # (see surveying): the probe's launches send their compiles ahead and do not run; the variant is
         # taken to work for now, and the pass that decides runs the probe, its compile done or under way
-        with unset_fake_temporarily(), torch.no_grad(), one_config(), _flag("ahead", True):
-            try:
-                probe()
-            except Exception:  # noqa: BLE001 - Ahead, or what the probe makes of outputs never computed
-                pass
+        with one_config():
+            _call_ahead([probe])
         return None
     try:
         # pattern checks run under Inductor's fake mode; the probe needs real tensors
@@ -785,7 +787,7 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
     if not timing_enabled(device):
         return {"use": True}
     if in_survey():  # (see surveying): nothing timed, counted or decided
-        full = _choice_key_full(key, graphed, shared, device)
+        full, _ = _choice_key_full(key, graphed, shared, device)
         # (each key once: the matcher tries several patterns on a site that no pattern replaces)
         if (full not in _load_choices() and full not in _surveyed_keys
                 and len(_surveyed_keys) * SURVEY_SITE_S < config.measure_budget()):
@@ -796,9 +798,7 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
 
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-    full = _choice_key_full(key, graphed, shared, device)
-    if not graphed and runs_in_cuda_graphs():  # an op call, replayed from a CUDA graph: no host cost either
-        graphed = True
+    full, graphed = _choice_key_full(key, graphed, shared, device)
     choices = _load_choices()
     if full in choices and "ours_ms" in choices[full]:  # (older versions also kept {"pending": True})
         rec = _decided(choices[full])
@@ -877,14 +877,15 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
     return _kept(choices, full, rec)
 
 
-def _choice_key_full(key: str, graphed: bool, shared, device: torch.device) -> str:
-    """The record name of a measured choice (see ``measured_choice``)."""
+def _choice_key_full(key: str, graphed: bool, shared, device: torch.device) -> tuple[str, bool]:
+    """The record name of a measured choice (see ``measured_choice``), and whether its sides are timed as GPU
+    time alone (``graphed``, or an op call in a model that runs inside CUDA graphs)."""
     suffix = "|inline" if graphed else ""
     if not graphed and runs_in_cuda_graphs():  # an op call, replayed from a CUDA graph: no host cost either
         graphed, suffix = True, "|graphs"
     # (op calls: "|rounds2", in alternating rounds or as GPU time where the host keeps ahead; records timed
     # one side after the other, or always in rounds ("|rounds"), are redone)
-    return _choice_key(key + suffix + ("" if graphed or shared is not None else "|rounds2"), device)
+    return _choice_key(key + suffix + ("" if graphed or shared is not None else "|rounds2"), device), graphed
 
 
 def _kept(choices: dict, full: str, rec: dict) -> dict:
