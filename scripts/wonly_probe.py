@@ -25,6 +25,22 @@ def graph_ms(fn, per=1):
     return triton.testing.do_bench_cudagraph(fn, rep=40, return_mode="median") / per
 
 
+def decode_launch(x, wq, ws, out, part, count, bn, bk, split, stages, warps):
+    """A call of the shipped decode kernel with one config, per channel scales, no bias or gate: ``run(w)``
+    for a copy ``w`` of ``wq`` (default ``wq``)."""
+    M, K = x.shape
+    N = out.shape[1]
+
+    def run(w=wq):
+        Q._decode_kernel.fn[(triton.cdiv(N, bn), split)](
+            x, w, ws, ws, w, ws, ws, out, part, count, M, N, K, 16,
+            x.stride(0), x.stride(1), w.stride(0), w.stride(1), w.stride(0), w.stride(1),
+            out.stride(0), out.stride(1), HAS_BIAS=False, ACT="none", GATED=False, DOT_UPCAST=False,
+            RTNE_BF16=False, GROUP_K=0, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, EVEN_K=K % (bk * split) == 0,
+            num_warps=warps, num_stages=stages)
+    return run
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="16x4096x4096,1x4096x4096,16x2048x8192,16x14336x4096,16x4096x14336")
@@ -57,13 +73,7 @@ def main():
             if split > 1 and (split - 1) * bk >= K:
                 continue
 
-            def run(wq_=wq, bn=bn, bk=bk, split=split, st=st, nw=nw):
-                Q._decode_kernel.fn[(triton.cdiv(N, bn), split)](
-                    x, wq_, ws, ws, wq_, ws, ws, out, part, count, M, N, K, 16,
-                    x.stride(0), x.stride(1), wq_.stride(0), wq_.stride(1), wq_.stride(0), wq_.stride(1),
-                    out.stride(0), out.stride(1), HAS_BIAS=False, ACT="none", GATED=False, DOT_UPCAST=False,
-                    RTNE_BF16=False, GROUP_K=0, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, EVEN_K=K % (bk * split) == 0,
-                    num_warps=nw, num_stages=st)
+            run = decode_launch(x, wq, ws, out, part, count, bn, bk, split, st, nw)
             tag = dict(shape=shape, provider="decode", bn=bn, bk=bk, split=split, stages=st, warps=nw)
             try:
                 out.zero_()

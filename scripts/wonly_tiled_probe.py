@@ -138,7 +138,7 @@ def main() -> None:
     if a.check:
         return check("cuda" if torch.cuda.is_available() and not os.environ.get("TRITON_INTERPRET") else "cpu")
     from probe_log import jsonl_log
-    from wonly_probe import graph_ms
+    from wonly_probe import decode_launch, graph_ms
 
     from tritonfuse.kernels import int8 as Q
 
@@ -199,14 +199,7 @@ def main() -> None:
         # the shipped decode kernel's configs (its autotune set after its pruning), the same way
         for cfg in Q._prune_decode(Q._DECODE_CONFIGS, {"N": N, "K": K}):
             bn, bk, split = cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"], cfg.kwargs["SPLIT_K"]
-
-            def shipped(w_=wq, bn=bn, bk=bk, split=split, cfg=cfg):
-                Q._decode_kernel.fn[(triton.cdiv(N, bn), split)](
-                    x, w_, ws, ws, w_, ws, ws, out, part, count, M, N, K, 16,
-                    x.stride(0), x.stride(1), w_.stride(0), w_.stride(1), w_.stride(0), w_.stride(1),
-                    out.stride(0), out.stride(1), HAS_BIAS=False, ACT="none", GATED=False, DOT_UPCAST=False,
-                    RTNE_BF16=False, GROUP_K=0, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split,
-                    EVEN_K=K % (bk * split) == 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            shipped = decode_launch(x, wq, ws, out, part, count, bn, bk, split, cfg.num_stages, cfg.num_warps)
             tag = dict(shape=shape, provider="shipped", bn=bn, bk=bk, split=split, stages=cfg.num_stages,
                        warps=cfg.num_warps)
             try:
