@@ -59,6 +59,14 @@ _TIMED = (
     "torch._inductor.graph:GraphLowering.compile_to_module",
     "torch._inductor.async_compile:AsyncCompile.wait",
     "torch._inductor.select_algorithm:AlgorithmSelectorCache.__call__",
+    # finer parts, for the main thread's exclusive times (``exclusive`` in a row)
+    "tritonfuse.registry:_call_ahead",
+    "tritonfuse.registry:_stream_rounds",
+    "tritonfuse.registry:_host_time",
+    "tritonfuse.patterns.common:_fresh_copy",
+    "tritonfuse.patterns.common:fwd_only",
+    "concurrent.futures._base:Future.result",
+    "torch.cuda:synchronize",
 )
 
 
@@ -96,6 +104,22 @@ def _install_timers(table: dict) -> None:
     import threading
 
     lock, depth = threading.Lock(), threading.local()
+    # the main thread's timed calls as a stack: each one's own time (less the timed calls inside it) goes to
+    # table["exclusive"]["<phase> <name>"], the phase being the outermost of survey / decide (the families'
+    # passes) / inductor it runs in; "<phase> rest" is a phase's time in none of the timed functions
+    stack: list = []  # [name, start, time in timed calls inside]
+    phases = {"tritonfuse.backend:TritonfusePasses._survey": "survey",
+              "tritonfuse.backend:TritonfusePasses._apply": "decide",
+              "torch._inductor.compile_fx:compile_fx_inner": "inductor"}
+
+    def exclusive(name, dt):
+        inner = stack.pop()[2]
+        if stack:
+            stack[-1][2] += dt
+        phase = next((phases[f[0]] for f in reversed(stack) if f[0] in phases), phases.get(name, "outside"))
+        ex = table.setdefault("exclusive", {})
+        key = f"{phase} {'rest' if name in phases else name.split(':')[-1]}"
+        ex[key] = ex.get(key, 0.0) + dt - inner
 
     def wrap(name, fn):
         @functools.wraps(fn)
@@ -103,12 +127,17 @@ def _install_timers(table: dict) -> None:
             outer = getattr(depth, name, 0) == 0
             setattr(depth, name, getattr(depth, name, 0) + 1)
             before = _cache_entries() if name.endswith("_do_compile") else 0
+            main = threading.current_thread() is threading.main_thread()
             t = time.perf_counter()
+            if main:
+                stack.append([name, t, 0.0])
             try:
                 return fn(*a, **k)
             finally:
                 setattr(depth, name, getattr(depth, name, 0) - 1)
                 dt = time.perf_counter() - t
+                if main:
+                    exclusive(name, dt)
                 keys = [name]
                 if name.endswith("_do_compile") and a:
                     keys.append(f"compile:{getattr(a[0], '__name__', '?')}")
@@ -203,7 +232,8 @@ def _child(args) -> None:
     if prof:
         prof.enable()
     first = first_call()
-    first_table = {k: list(v) if isinstance(v, list) else v for k, v in table.items()}
+    first_table = {k: list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v
+                   for k, v in table.items()}
     if prof:
         prof.disable()
     caches = {k: v for group in ("inductor", "aot_autograd") for k, v in counters[group].items() if "cache" in k}
@@ -222,7 +252,9 @@ def _child(args) -> None:
         row["surveyed"] = registry.surveyed()
     if args.breakdown:  # of the first compile only
         row["breakdown"] = {k: v if isinstance(v, str) else [v[0], round(v[1], 2)] for k, v in first_table.items()
-                            if k not in ("compiles", "cache_keys")}
+                            if k not in ("compiles", "cache_keys", "exclusive")}
+        row["exclusive"] = {k: round(v, 2) for k, v in sorted(first_table.get("exclusive", {}).items(),
+                                                              key=lambda kv: -kv[1]) if v >= 0.01}
         # [kernel, s, key digest, new disk-cache entries, the thread and tritonfuse functions that asked]
         row["compiles"] = first_table.get("compiles", [])
         row["cache_keys"] = first_table.get("cache_keys", [])  # the parts of each compile's disk-cache key

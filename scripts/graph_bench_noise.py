@@ -8,6 +8,12 @@ sites in the model zoo: a tritonfuse op and the vendor calls it replaces, at vit
 
 Run on a GPU: ``python scripts/graph_bench_noise.py [--reps 10,50] [--repeat 7]``; one JSON line per
 (function, rep): median ms, min/max over the repeats relative to the median, wall seconds per timing.
+
+``--pairs``: a site's decision instead, ours over the vendor path's sum, as the registry times a graphed
+site (``registry._graph_pair``: each side's graph of about 1 ms replayed in alternating rounds, median of
+the per-round ratios) against the sides timed one after the other with ``do_bench_cudagraph`` at 10 and
+50 ms: one JSON line per (site, method) with the median ratio, its min/max over the repeats relative to
+it, and wall seconds per decision.
 """
 
 from __future__ import annotations
@@ -48,13 +54,50 @@ def functions():
     }
 
 
+PAIRS = {"vit_mlp": ("vit_mlp_tritonfuse", ["vit_mlp_cublas_addmm", "vit_mlp_gelu"]),
+         "resnet_3x3": ("resnet_3x3_tritonfuse", ["resnet_3x3_cudnn", "resnet_3x3_relu"])}
+
+
+def pairs(args, meta) -> None:
+    from tritonfuse import registry
+
+    fns = functions()
+    for f in fns.values():
+        f()
+    torch.cuda.synchronize()
+
+    def separate(rep):
+        def decide(ours, theirs):
+            t = triton.testing.do_bench_cudagraph(ours, rep=rep, return_mode="median")
+            return t / sum(triton.testing.do_bench_cudagraph(f, rep=rep, return_mode="median") for f in theirs)
+        return decide
+
+    methods = {"separate-10ms": separate(10), "separate-50ms": separate(50),
+               "graph_pair": lambda ours, theirs: registry._graph_pair(ours, theirs)[2]}
+    for site, (ours, theirs) in PAIRS.items():
+        got = {m: ([], []) for m in methods}
+        for _ in range(args.repeat):  # methods interleaved
+            for m, decide in methods.items():
+                t0 = time.perf_counter()
+                got[m][0].append(decide(fns[ours], [fns[f] for f in theirs]))
+                got[m][1].append(time.perf_counter() - t0)
+        for m, (ratios, wall) in got.items():
+            med = statistics.median(ratios)
+            print(json.dumps({**meta, "site": site, "method": m, "median_ratio": round(med, 4),
+                              "lo": round(min(ratios) / med - 1, 4), "hi": round(max(ratios) / med - 1, 4),
+                              "wall_s": round(statistics.median(wall), 3)}), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", default="10,50", help="graph lengths in ms, comma list")
     ap.add_argument("--repeat", type=int, default=7, help="timings per (function, length)")
+    ap.add_argument("--pairs", action="store_true", help="the spread of a site's decision by timing method")
     args = ap.parse_args()
     reps = [int(r) for r in args.reps.split(",")]
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
+    if args.pairs:
+        return pairs(args, meta)
     for name, fn in functions().items():
         fn()  # compile and autotune first
         torch.cuda.synchronize()

@@ -1619,8 +1619,8 @@ def test_an_op_call_whose_host_time_hides_behind_its_kernel_is_decided_on_gpu_ti
     with config.patch(measure="1"):
         rec = registry.measured_choice("gemm", cpu, lambda: "gemm", [lambda: "theirs"])
         assert rec["use"] is True and (rec["ours_ms"], rec["theirs_ms"], rec["host_ms"]) == (0.18, 0.21, 0.12)
-        assert "ratio" not in rec and all(g for _, g in seen)  # no back-to-back timing at all
-        # timed quick (that timing also decided the path) and full (0.18 vs 0.21 is within QUICK_CLEAR)
+        assert rec["ratio"] == round(0.18 / 0.21, 4) and all(g for _, g in seen)  # no back-to-back timing
+        # timed alone to decide the path, then beside the vendor path (the graphed pair)
         assert seen.count(("gemm", True)) == 2
         seen.clear()
         rec = registry.measured_choice("small", cpu, lambda: "small", [lambda: "theirs_small"])
@@ -1682,27 +1682,51 @@ def test_an_op_kinds_host_floor_decides_without_compiling(tmp_path, monkeypatch)
     assert called == []
 
 
-def test_a_graphed_timing_is_short_unless_the_two_sides_are_close(tmp_path, monkeypatch):
-    # GPU-time (graphed) timings run short first (10 ms of calls a side); a site whose sides are within 25%
-    # of each other, where a short timing's spread could flip the choice, is timed again at 50 ms, which
-    # decides; back-to-back stream timings (op calls) are short already and run once
+def test_a_graphed_pair_alternates_its_rounds_and_runs_more_only_where_the_sides_are_close(tmp_path, monkeypatch):
+    # GPU-time (graphed) timing: each side's CUDA graph replayed in alternating rounds (which side goes first
+    # alternates too), the median of the per-round ratios deciding. GRAPH_ROUNDS[0] rounds, and
+    # GRAPH_ROUNDS[1] in all only where that ratio lies within QUICK_CLEAR of 1. A clock that drifts through
+    # the timing (here: each round slower than the last, both sides alike) leaves the ratio where it is
+    import contextlib
+
+    real_pair = registry._graph_pair
     pretend_gpu_timing(tmp_path, monkeypatch)
-    times = {("far", 10): 0.5, ("far", 50): 0.5, ("close", 10): 0.9, ("close", 50): 1.05,
-             ("theirs", 10): 1.0, ("theirs", 50): 1.0}
-    reps = []
-    monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False, rep=50, **_: reps.append((graphed, rep)) or
-                        times[fn(), rep])
+    monkeypatch.setattr(registry, "_graph_pair", real_pair)
+    base = {"far": 0.5, "close": 0.9, "slower": 1.05, "theirs": 1.0}
+    order = []
+
+    class Replay:  # a side's graph: ms per call of each replay so far
+        def __init__(self, fns):
+            self.names, self.ms = [f() for f in fns], []
+
+        def replay(self):
+            order.append(self.names[0])
+            drift = 1.0 + 0.5 * ((len(order) - 1) // 2)  # the round's clock
+            self.ms.append(sum(base[n] for n in self.names) * drift)
+
+        def times(self):
+            return list(self.ms)
+
+    monkeypatch.setattr(registry, "_Replay", Replay)
+    monkeypatch.setattr(registry, "_side_stream", contextlib.nullcontext)
+    quick, full = registry.GRAPH_ROUNDS
+    t_ours, t_theirs, ratio, rounds = registry._graph_pair(lambda: "far", [lambda: "theirs"])
+    assert (ratio, rounds) == (pytest.approx(0.5), quick) and len(order) == 2 * quick
+    assert order[:4] == ["far", "theirs", "theirs", "far"]
+    assert t_ours < t_theirs  # (each side's median drifted; the ratios of the rounds did not)
+    order.clear()
+    ratio, rounds = registry._graph_pair(lambda: "close", [lambda: "theirs"])[2:]
+    assert (ratio, rounds) == (pytest.approx(0.9), full) and len(order) == 2 * full
+    # a shared kernel's share of GPU time is added to ours in each round
+    ratio = registry._graph_pair(lambda: "far", [lambda: "theirs", lambda: "theirs"], ours_extra_ms=1.5)[2]
+    assert 0.5 / 2.0 < ratio < 2.0 / 2.0
+
     cpu = torch.device("cpu")
     with config.patch(measure="1"):
-        rec = registry.measured_choice("far", cpu, lambda: "far", [lambda: "theirs"], graphed=True)
-        assert reps == [(True, 10)] * 2 and rec["use"] and (rec["ours_ms"], rec["rep_ms"]) == (0.5, 10)
-        reps.clear()
         rec = registry.measured_choice("close", cpu, lambda: "close", [lambda: "theirs"], graphed=True)
-        assert reps == [(True, 10)] * 2 + [(True, 50)] * 2
-        assert not rec["use"] and (rec["ours_ms"], rec["theirs_ms"], rec["rep_ms"]) == (1.05, 1.0, 50)
-        reps.clear()
-        rec = registry.measured_choice("close", cpu, lambda: "close", [lambda: "theirs"])
-        assert reps == [(False, 50)] * 2 and not rec["use"] and "rep_ms" not in rec
+        assert rec["use"] and (rec["ratio"], rec["rounds"]) == (0.9, full)
+        rec = registry.measured_choice("slower", cpu, lambda: "slower", [lambda: "theirs"], graphed=True)
+        assert not rec["use"] and rec["ratio"] == 1.05
 
 
 def test_sites_of_a_cuda_graph_run_are_timed_by_gpu_time(tmp_path, monkeypatch):

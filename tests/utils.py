@@ -65,6 +65,15 @@ def pretend_gpu_timing(tmp_path, monkeypatch, backend=None):
     # op calls timed back to back (test_linear_act.py checks the GPU-time decision of a hidden host time)
     monkeypatch.setattr(registry, "HOST_HIDDEN", 0)
     monkeypatch.setattr(registry, "_host_floor", {})  # no host floor learned by another test
+
+    def graph_pair(ours, theirs, ours_extra_ms=0.0):
+        # no CUDA graphs here: a GPU-time pair of sides from the stub's graphed timing of each, one round
+        # (test_linear_act.py checks _graph_pair's rounds)
+        t_ours = registry._bench(ours, True) + ours_extra_ms
+        t_theirs = sum(registry._bench(f, True) for f in theirs)
+        return t_ours, t_theirs, t_ours / t_theirs if t_theirs > 0 else float("inf"), 1
+
+    monkeypatch.setattr(registry, "_graph_pair", graph_pair)
     if backend is not None:
         monkeypatch.setattr(backend, "_gpu_timing", lambda: True)
 

@@ -625,11 +625,16 @@ def deferred() -> bool:
     return _deferred
 
 
-# A graphed timing (a CUDA graph of about ``rep`` ms of calls, replayed ten times, median) costs about 0.1-0.5 s
-# a side at 50 ms, and a first compile times every site. At 10 ms it costs a fifth of that, and on the H200 one
-# side's timing spread by up to -10%/+13% (a 0.1 ms GEMM; a conv, a norm: under 2%) against 2% at 50 ms
-# (scripts/graph_bench_noise.py). So both sides are timed at 10 ms first, and only a site whose two sides are
-# within QUICK_CLEAR of each other, where that spread could flip the choice, is timed again at 50 ms.
+# A graphed timing times GPU time alone, from replayed CUDA graphs. Timed with Triton's do_bench_cudagraph
+# (a graph of about ``rep`` ms of calls, replayed ten times, median), one side after the other, a side's
+# timing spread by up to -10%/+13% at 10 ms on the H200 (a 0.1 ms GEMM; a conv, a norm: under 2%) against 2%
+# at 50 ms (scripts/graph_bench_noise.py), and a close site cost over a second of GPU time. So each side's
+# calls are captured once, in a graph of about GRAPH_UNIT_MS, and the two sides' graphs are replayed in
+# alternating rounds (which side goes first alternates too): a clock that drifts through the timing moves
+# both sides of a round alike, and the median of the per-round ratios decides. GRAPH_ROUNDS[0] rounds
+# first; a site whose ratio lies within QUICK_CLEAR of 1, where the choice is close, runs GRAPH_ROUNDS[1]
+# in all. A single side (``_bench(fn, True, rep)``) is the median of rep / GRAPH_UNIT_MS replays.
+GRAPH_UNIT_MS, GRAPH_ROUNDS = 1.0, (10, 40)
 QUICK_REP_MS, FULL_REP_MS, QUICK_CLEAR = 10, 50, 0.25
 # An op call's back-to-back timing includes the host's time, and the H200 hosts have slow spells of half a
 # second or more in which every call takes up to twice as long (benchmarks/results/diagnostics/README.md,
@@ -647,13 +652,85 @@ HOST_HIDDEN = 0.8
 
 
 def _bench(fn, graphed: bool = False, rep: int = FULL_REP_MS, runs: int = 5) -> float:
-    import triton
-
     if graphed:
         # GPU time alone: what a kernel Inductor launches from its own code costs once the host is not the
         # bottleneck (both sides are launched by Inductor's wrapper then)
-        return triton.testing.do_bench_cudagraph(fn, rep=rep, return_mode="median")
+        import statistics
+
+        with _side_stream():
+            replay = _Replay([fn])
+            for _ in range(max(5, round(rep / GRAPH_UNIT_MS))):
+                replay.replay()
+            return statistics.median(replay.times())
     return _bench_stream(fn, runs)
+
+
+def _side_stream():
+    """A stream of its own for a graphed timing, as Triton's do_bench_cudagraph uses (capture needs a stream
+    other than the default one)."""
+    return torch.cuda.stream(torch.cuda.Stream())
+
+
+class _Replay:
+    """Calls of ``fns`` (in order: one call of a side) captured back to back in a CUDA graph, as many as take
+    about ``GRAPH_UNIT_MS``. ``replay()`` enqueues one replay between two events; ``times()`` waits for them
+    and gives ms per call, one value per replay."""
+
+    def __init__(self, fns: list[Callable[[], object]]):
+        def once():
+            for f in fns:
+                f()
+
+        once()  # compiled, tuned and warm outside the graph
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(3):
+            once()
+        end.record()
+        torch.cuda.synchronize()
+        estimate = start.elapsed_time(end) / 3
+        self.n = max(1, min(1000, int(GRAPH_UNIT_MS / max(estimate, 1e-3))))
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            for _ in range(self.n):
+                once()
+        self.graph.replay()  # (the first replay uploads the graph)
+        self.events: list = []
+
+    def replay(self) -> None:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        self.graph.replay()
+        end.record()
+        self.events.append((start, end))
+
+    def times(self) -> list[float]:
+        torch.cuda.synchronize()
+        return [s.elapsed_time(e) / self.n for s, e in self.events]
+
+
+def _graph_pair(ours: Callable[[], object], theirs: list[Callable[[], object]],
+                ours_extra_ms: float = 0.0) -> tuple[float, float, float, int]:
+    """(ours ms, theirs ms, the median of the per-round ratios, rounds run): each side's GPU time from its
+    graph, the two graphs replayed in alternating rounds (see ``GRAPH_ROUNDS``). ``ours_extra_ms`` is added
+    to ours in each round (a shared kernel's share)."""
+    import statistics
+
+    with _side_stream():
+        a, b = _Replay([ours]), _Replay(list(theirs))
+        done = 0
+        for rounds in GRAPH_ROUNDS:
+            for i in range(done, rounds):
+                for side in ((a, b) if i % 2 == 0 else (b, a)):
+                    side.replay()
+            done = rounds
+            t_a = [t + ours_extra_ms for t in a.times()]
+            t_b = b.times()
+            ratio = statistics.median(x / y if y > 0 else float("inf") for x, y in zip(t_a, t_b))
+            if abs(ratio - 1.0) >= QUICK_CLEAR:
+                break
+    return statistics.median(t_a), statistics.median(t_b), ratio, done
 
 
 def _stream_rounds(ours: Callable[[], object], theirs: list,
@@ -760,7 +837,8 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
     """Time ``ours`` against the sum of ``theirs`` (the vendor path it replaces) once per key, GPU and
     versions; the record ``{"ours_ms", "theirs_ms", "use"}`` is kept in ``choices_path()``. An op call whose
     host time (``host_ms`` in the record) is at most ``HOST_HIDDEN`` of its GPU time is decided on the two
-    sides' GPU times. Other op calls (timed back to back, host time included) alternate with ``theirs`` in
+    sides' GPU times (``_graph_pair``: replayed graphs, in alternating rounds whose median ratio, ``ratio`` in
+    the record, decides). Other op calls (timed back to back, host time included) alternate with ``theirs`` in
     ``STREAM_ROUNDS`` rounds, and the record adds ``ratio``, the median of the per-round ratios, which decides.
 
     ``shared``: (a kernel, this site's share of it): work our path adds that several sites share (a norm's
@@ -828,51 +906,38 @@ def measured_choice(key: str, device: torch.device, ours: Callable[[], object],
                 shared[0]()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            def timings(rep: int, gpu: bool = graphed, t: Optional[float] = None) -> tuple[float, float]:
-                # (t: ours already timed at rep, without a shared kernel)
-                if t is None:
-                    t = _bench(ours, gpu, rep=rep)
-                    if shared is not None:
-                        t += shared[1] * _bench(shared[0], True, rep=rep)
-                return t, sum(_bench(f, gpu, rep=rep) for f in theirs)
-
-            def gpu_timings(quick_ours: Optional[float] = None) -> tuple[float, float, int]:
-                rep = QUICK_REP_MS
-                t_ours, t_theirs = timings(rep, True, quick_ours)
-                if abs(t_ours - t_theirs) < QUICK_CLEAR * min(t_ours, t_theirs):
-                    rep = FULL_REP_MS
-                    t_ours, t_theirs = timings(rep, True)
-                return t_ours, t_theirs, rep
+            def gpu_timings() -> tuple[float, float, float, int]:
+                # (a shared kernel's share, GPU time, is added to ours in each round)
+                extra = shared[1] * _bench(shared[0], True, rep=QUICK_REP_MS) if shared is not None else 0.0
+                return _graph_pair(ours, theirs, extra)
 
             ratio = hidden = None  # hidden: the op call's host time, where it hides behind its kernel
             if graphed:
-                t_ours, t_theirs, rep = gpu_timings()
+                t_ours, t_theirs, ratio, rounds = gpu_timings()
             elif shared is None:
                 host = None
                 if host_kind or HOST_HIDDEN > 0:
                     host = min(_host_time(ours, device) for _ in range(3))  # the quietest of three
                     if host_kind:
                         _host_floor[host_kind] = min(host, _host_floor.get(host_kind, host))
-                gpu = _hidden_gpu_ms(ours, host) if host is not None else None
-                if gpu is not None:  # (its quick GPU timing, taken to decide this, is reused)
+                if host is not None and _hidden_gpu_ms(ours, host) is not None:
                     hidden = host
-                    t_ours, t_theirs, rep = gpu_timings(gpu)
+                    t_ours, t_theirs, ratio, rounds = gpu_timings()
                 else:
                     t_ours, t_theirs, ratio, rounds = _stream_rounds(
                         ours, theirs, keep=1.0 - config.measure_margin_fraction())
             else:  # (a shared kernel's share is GPU time: added to each side's whole timing)
-                t_ours, t_theirs = timings(FULL_REP_MS)
+                t_ours = _bench(ours, False) + shared[1] * _bench(shared[0], True)
+                t_theirs = sum(_bench(f, False) for f in theirs)
     finally:
         spent = time.perf_counter() - t0
         _measure_spent += spent
         _compile_time["timing_s"] += spent
         _compile_time["timed"] += 1
     rec = {"ours_ms": round(t_ours, 5), "theirs_ms": round(t_theirs, 5)}
-    if graphed or hidden is not None:
-        rec["rep_ms"] = rep
     if hidden is not None:  # GPU times decided: the op call's host time hides behind its kernel
         rec["host_ms"] = round(hidden, 5)
-    elif ratio is not None and STREAM_ROUNDS > 1:
+    if ratio is not None and (graphed or hidden is not None or STREAM_ROUNDS > 1):
         rec["ratio"], rec["rounds"] = round(ratio, 4), rounds
     return _kept(choices, full, rec)
 
