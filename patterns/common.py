@@ -9,6 +9,7 @@ import os
 import pathlib
 import pickle
 import threading
+import weakref
 from typing import Any, Callable, Optional
 
 import torch
@@ -41,6 +42,24 @@ def trace_pattern(fn, args, **kwargs) -> torch.fx.GraphModule:
 # traced each time.
 
 _memo = threading.local()
+# Search functions given to ``register_replacement`` (``search_only``). The check's trace of one at a match
+# only becomes a pattern to compare (``fx_to_pattern`` reads the graph); nothing of it enters the model's
+# graph. So a repeat gets the kept trace itself: no copy, no fake values of its own. (In bert-base's first
+# compile on the H200 those copies took 2.4 s, most of them for the survey's checks, which replace nothing.)
+_search_fns: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def search_only(fn: Callable) -> Callable:
+    """Mark ``fn`` as a search function whose traces at a match are only read (see ``memo_trace``)."""
+    _search_fns.add(fn)
+    return fn
+
+
+def _read_only(fn) -> bool:
+    try:
+        return fn in _search_fns
+    except TypeError:  # not weakly referable: never marked
+        return False
 
 
 @contextlib.contextmanager
@@ -94,12 +113,18 @@ def memo_trace(trace: Callable[..., torch.fx.GraphModule], fn, args, state=(), *
         hash(key)
     except (_Unkeyed, TypeError):
         return trace(fn, args, **kwargs)
+    read_only = _read_only(fn)
     if key in table:
+        if read_only:
+            return table[key]
         try:
             return _fresh_copy(table[key], args)
         except Exception:  # noqa: BLE001 - the copy is only a shortcut: a trace of this call is always right
             del table[key]
     gm = trace(fn, args, **kwargs)
+    if read_only:
+        table[key] = gm
+        return gm
     try:
         table[key] = _copy(gm)  # as traced: the pattern matcher may write into the graph it is given
     except Exception:  # noqa: BLE001 - not kept: the next such call is traced

@@ -34,7 +34,8 @@ from torch._inductor.pattern_matcher import (
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from tritonfuse import config, inline, registry
-from tritonfuse.patterns.common import arg_val, hinted, memo_trace, recorded_pattern, trace_pattern
+from tritonfuse.patterns.common import (arg_val, hinted, memo_trace, recorded_pattern, search_only,
+                                        trace_pattern)
 from tritonfuse.kernels import linear_act as K
 
 FAMILY = "linear_act"
@@ -610,8 +611,9 @@ def _build(with_plain: bool, acts=None) -> PatternMatcherPass:
     pm = PatternMatcherPass(pass_name="tritonfuse_linear_act")
 
     def reg(search, replace, args, extra_check):
-        register_replacement(search, replace, args, trace_fn=_trace, pass_dicts=pm, extra_check=extra_check,
-                             search_fn_pattern=recorded_pattern(_open_pattern, search, args), skip_duplicates=True)
+        register_replacement(search_only(search), replace, args, trace_fn=_trace, pass_dicts=pm,
+                             extra_check=extra_check, search_fn_pattern=recorded_pattern(_open_pattern, search, args),
+                             skip_duplicates=True)
     for dtype in (torch.float32, torch.float16):
         # gated patterns first: their GEMMs would otherwise be taken one by one
         # gelu_new: T5 v1.1 / Flan-T5 / mT5 ("gated-gelu": NewGELUActivation), served as gelu_tanh

@@ -39,7 +39,7 @@ from torch._inductor.pattern_matcher import Match, PatternMatcherPass, register_
 
 from tritonfuse import registry
 from tritonfuse.kernels import norm_residual as K
-from tritonfuse.patterns.common import arg_val, hinted, memo_trace, trace_pattern
+from tritonfuse.patterns.common import arg_val, hinted, memo_trace, search_only, trace_pattern
 
 FAMILY = "norm_residual"
 _EPS = 2.0 ** -9  # placeholder traced for eps: exact in every float dtype, unlike any other constant here
@@ -311,6 +311,7 @@ def pattern_pass() -> PatternMatcherPass:
                         x = torch.empty(2, 4, 16, dtype=dtype)
                         args = [x] + ([torch.empty(2, 4, 16, dtype=dtype)] if res else [])
                         args += [torch.empty(16, dtype=dtype) for _ in affine]
-                        reg(_norm_pattern(style, affine, res, stats), _norm_replacement(style, affine, res, stats),
+                        reg(search_only(_norm_pattern(style, affine, res, stats)),
+                            _norm_replacement(style, affine, res, stats),
                             args, extra_check=_make_check(style, affine, res, stats))
     return pm

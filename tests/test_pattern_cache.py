@@ -221,6 +221,43 @@ def test_memo_trace_traces_each_distinct_call_once_and_copies_values():
     assert len(traced) == 8
 
 
+def test_memo_trace_serves_a_search_functions_repeats_its_one_trace(monkeypatch):
+    # a search function's trace at a match is only read (made into a pattern to compare): its repeats get
+    # the kept trace itself, with no copy and no fake values of their own; a replacement's still get both
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    traced, copied = [], []
+    monkeypatch.setattr(common, "_fresh_copy", lambda gm, args: copied.append(1) or common._copy(gm))
+
+    def tracer(fn, args, **kwargs):
+        traced.append(1)
+        return trace_pattern(fn, args, **kwargs)
+
+    def search(x, w):
+        return torch.nn.functional.gelu(torch.mm(x, w))
+
+    common.search_only(search)
+    mode = FakeTensorMode()
+    site = ((5, 16), (16, 1), torch.float32), ((16, 3), (3, 1), torch.float32)
+    with common.trace_memo():
+        first = common.memo_trace(tracer, search, _fake_args(mode, *site))
+        assert common.memo_trace(tracer, search, _fake_args(mode, *site)) is first
+        assert (len(traced), copied) == (1, [])
+        common.memo_trace(tracer, search, _fake_args(mode, ((6, 16), (16, 1), torch.float32), site[1]))
+        assert len(traced) == 2  # other shapes: another trace
+        replacement = common.memo_trace(tracer, _gelu_mm, _fake_args(mode, *site))
+        assert common.memo_trace(tracer, _gelu_mm, _fake_args(mode, *site)) is not replacement
+        assert (len(traced), copied) == (3, [1])
+    # the families mark their search functions
+    from tritonfuse.patterns import norm_residual
+
+    monkeypatch.setattr(common, "_search_fns", __import__("weakref").WeakSet())
+    norm_residual.pattern_pass.cache_clear()
+    kept = norm_residual.pattern_pass()
+    assert len(common._search_fns) >= 2 and kept is not None
+    norm_residual.pattern_pass.cache_clear()  # (the next build marks its own in the module's set)
+
+
 def test_memo_trace_traces_symbolic_sizes_each_time():
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
