@@ -250,6 +250,10 @@ def _child(args) -> None:
 
         row["compile_parts"] = registry.compile_time()
         row["surveyed"] = registry.surveyed()
+        from tritonfuse import launch
+
+        # why a kernel's compiles were not sent to the workers, or not launched the fast way (per kernel)
+        row["launch_failures"] = {k: v[:300] for k, v in launch.failures.items()}
     if args.breakdown:  # of the first compile only
         row["breakdown"] = {k: v if isinstance(v, str) else [v[0], round(v[1], 2)] for k, v in first_table.items()
                             if k not in ("compiles", "cache_keys", "exclusive")}

@@ -1729,6 +1729,24 @@ def test_a_graphed_pair_alternates_its_rounds_and_runs_more_only_where_the_sides
         assert not rec["use"] and rec["ratio"] == 1.05
 
 
+@pytest.mark.cuda
+def test_cuda_graphed_pair_times_real_kernels():
+    # on the GPU: one matmul against two of the same (theirs captured as one graph of both) reads a ratio near
+    # 1/2, decided in the first rounds; a side against itself reads near 1 and runs every round
+    a = torch.randn(2048, 2048, device="cuda", dtype=torch.float16)
+    b = torch.randn(2048, 2048, device="cuda", dtype=torch.float16)
+
+    def mm():
+        return a @ b
+
+    t_ours, t_theirs, ratio, rounds = registry._graph_pair(mm, [mm, mm])
+    assert 0.4 < ratio < 0.6 and rounds == registry.GRAPH_ROUNDS[0]
+    assert 0.4 < t_ours / t_theirs < 0.6 and t_ours > 0.001
+    ratio, rounds = registry._graph_pair(mm, [mm])[2:]
+    assert 0.9 < ratio < 1.1 and rounds == registry.GRAPH_ROUNDS[1]
+    assert 0.9 < registry._bench(mm, True, rep=registry.QUICK_REP_MS) / t_ours < 1.1
+
+
 def test_sites_of_a_cuda_graph_run_are_timed_by_gpu_time(tmp_path, monkeypatch):
     # an op call replayed from a CUDA graph pays no host cost: under mode="reduce-overhead" (or
     # TRITONFUSE_CUDA_GRAPHS=1, for graphs the caller captures) a site is timed as its kernels alone, kept
