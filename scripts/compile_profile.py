@@ -13,6 +13,10 @@ process, ``<out>/<mode>-<run>-profiled.prof.txt``: cumulative times, tritonfuse'
 compile and autotune.
 
 ``COMPILE_PROFILE_NO_SURVEY=1`` compiles without the backend's survey (``backend.SURVEY``), for an A/B of it.
+
+With ``--breakdown`` a row also has ``exclusive``: for the main thread, each timed function's time less the
+timed calls inside it, keyed "<phase> <function>" (phases: survey, decide, inductor; "rest" is a phase's time
+in none of them), and ``launch_failures``: why a kernel's compiles were not sent to Inductor's workers.
 """
 
 from __future__ import annotations
