@@ -22,6 +22,7 @@
 #   bash scripts/gpu_session.sh audit   # torchvision convnets (tiny, fp16) through the backend against eager and
 #                                       # fp64, conv sites inlined: does any model break? (scripts/model_audit.py)
 #   bash scripts/gpu_session.sh tiled   # scripts/wonly_tiled_probe.py: the int8 decode GEMM over a tiled weight layout
+#   bash scripts/gpu_session.sh autotune # scripts/autotune_bench_probe.py: resnet50's conv configs tuned by three timing methods
 #   bash scripts/gpu_session.sh compile # COMPILE_MODEL's (default resnet50) cold and warm compiles, inductor and
 #                                       # tritonfuse, with the time per stage (--breakdown: measured choices,
 #                                       # kernel compiles, torch's generate_ttir for inlined kernels)
@@ -94,6 +95,10 @@ case "${1:-tests}" in
     # issue 7's M=16 decode: a tile-by-tile weight layout against the row-major one (27th session's experiment)
     timeout 540 $PY scripts/wonly_tiled_probe.py --shapes "${TILED_SHAPES:-16x4096x4096,16x14336x4096}" \
       > "$out/tiled.txt" 2>&1; tail -5 "$out/tiled.txt" ;;  # (rows: $OUT/wonly-tiled-probe.jsonl)
+  autotune)
+    # issue 6: the conv autotuner's timing method at compile time (28th session's probe; rows in
+    # $OUT/autotune-bench-probe.jsonl)
+    timeout 540 $PY scripts/autotune_bench_probe.py > "$out/autotune.txt" 2>&1; tail -8 "$out/autotune.txt" ;;
   compile)
     timeout 540 $PY scripts/compile_profile.py --model "${COMPILE_MODEL:-resnet50}" --breakdown --profile-modes "" \
       --out "$out/compile" > "$out/compile.txt" 2>&1; tail -20 "$out/compile.txt" ;;
