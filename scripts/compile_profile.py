@@ -2,9 +2,10 @@
 
     python scripts/compile_profile.py --model bert-base --out /tmp/compile-profile
 
-Every (mode, run) is its own process. All of them share one fresh cache root (Inductor's, Triton's and
-tritonfuse's), so "cold" is a first compile on this machine and "warm" is the next process's compile of the
-same model, with every cache on disk filled. Each process also compiles a second time after
+Every (mode, run) is its own process. A mode's runs share one fresh cache root of their own (Inductor's,
+Triton's and tritonfuse's), so "cold" is a first compile on this machine and "warm" is the next process's
+compile of the same model, with every cache on disk filled; "newmodel" empties every cache but tritonfuse's
+recorded patterns first (a first compile of a model where tritonfuse has compiled another before). Each process also compiles a second time after
 ``torch._dynamo.reset()`` (``again_s``). The modes in ``--profile-modes`` then run again, cold and warm, on a
 cache root of their own under cProfile (so the timed runs carry no profiler overhead; ``--profile-runs``
 profiles named runs in place instead). Writes
@@ -278,6 +279,23 @@ def _child(args) -> None:
     print(json.dumps(row))
 
 
+def _forget_all_but_patterns(root: pathlib.Path) -> None:
+    """Before a ``newmodel`` run: every cache under ``root`` emptied (Inductor's, Triton's, tritonfuse's
+    choices and tuned configs) except tritonfuse's recorded patterns, which do not depend on the model. That
+    is a first compile of a model on a machine where tritonfuse has compiled another one before."""
+    import shutil
+
+    for sub in ("inductor", "triton-home"):
+        shutil.rmtree(root / sub, ignore_errors=True)
+    ours = root / "xdg" / "tritonfuse"
+    for path in ours.iterdir() if ours.is_dir() else ():
+        if path.name != "patterns":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for path in (root / "xdg").iterdir() if (root / "xdg").is_dir() else ():
+        if path.name != "tritonfuse":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="bert-base")
@@ -286,7 +304,8 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default="/tmp/compile-profile")
     p.add_argument("--runs", default="cold,warm",
-                   help="processes per mode, in order, on the shared cache root (e.g. cold,warm,third)")
+                   help="processes per mode, in order, on the shared cache root (e.g. cold,warm,third; "
+                   "newmodel: every cache emptied first but tritonfuse's recorded patterns)")
     p.add_argument("--no-again", action="store_true",
                    help="no second compile in each process (a process then compiles once, as a user's run does)")
     p.add_argument("--breakdown", action="store_true",
@@ -304,20 +323,26 @@ def main() -> None:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     root = pathlib.Path(args.root) if args.root else pathlib.Path(tempfile.mkdtemp(prefix="tf-compile-"))
-    # as a user's processes run: TRITON_CACHE_DIR unset (Inductor sets it to its own folder before its first
-    # kernel; ours compile into Triton's default until then), with Triton's home in the root
-    env = {**os.environ, "XDG_CACHE_HOME": str(root / "xdg"), "TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"),
-           "TRITON_HOME": str(root / "triton-home")}
-    env.pop("TRITON_CACHE_DIR", None)
+
+    def env_at(folder: pathlib.Path) -> dict:
+        # as a user's processes run: TRITON_CACHE_DIR unset (Inductor sets it to its own folder before its
+        # first kernel; ours compile into Triton's default until then), with Triton's home in the folder
+        env = {**os.environ, "XDG_CACHE_HOME": str(folder / "xdg"),
+               "TORCHINDUCTOR_CACHE_DIR": str(folder / "inductor"), "TRITON_HOME": str(folder / "triton-home")}
+        env.pop("TRITON_CACHE_DIR", None)
+        return env
+
     rows = []
-    # unprofiled runs first, for the times; then the profiled modes again on a cache root of their own
-    plan = [(env, m, False) for m in args.modes.split(",")]
+    # each mode on a cache root of its own (before the 28th session's last change they shared one, and the
+    # second mode's "cold" found the first's kernels that both compile on disk); unprofiled runs first, for
+    # the times, then the profiled modes again on roots of their own
+    plan = [(env_at(root / m), m, False) for m in args.modes.split(",")]
     if args.profile_modes:
-        penv = {**env, **{k: v.replace(str(root), str(root / "profiled")) for k, v in env.items() if k in
-                          ("XDG_CACHE_HOME", "TORCHINDUCTOR_CACHE_DIR", "TRITON_HOME")}}
-        plan += [(penv, m, True) for m in args.profile_modes.split(",")]
+        plan += [(env_at(root / "profiled" / m), m, True) for m in args.profile_modes.split(",")]
     for env, mode, prof in plan:
         for run in args.runs.split(","):
+            if run == "newmodel":
+                _forget_all_but_patterns(pathlib.Path(env["XDG_CACHE_HOME"]).parent)
             tag = f"{mode}-{run}" + ("-profiled" if prof else "")
             cmd = [sys.executable, __file__, "--model", args.model, "--device", args.device, "--mode", mode,
                    "--run", run, "--prof-out", str(out / f"{tag}.prof.txt")] + (
