@@ -22,7 +22,6 @@ keys (``EMPTY_ROWS``: rows that keep no key get the fill on every score, and att
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Optional
 
@@ -31,7 +30,7 @@ import triton
 import triton.language as tl
 
 from tritonfuse import config, inline, registry
-from tritonfuse.kernels.common import capability, cast_out, cdiv, dot_upcast, host_desc, next_pow2, rtne_bf16
+from tritonfuse.kernels.common import autotune_kw, capability, cast_out, cdiv, dot_upcast, host_desc, next_pow2, rtne_bf16
 
 try:  # host-side TMA descriptors (triton >= 3.3)
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -93,7 +92,7 @@ else:
         _cfg(128, 64, 8, 3, _tma_block_hook),
     ]
 
-_AUTOTUNE_KW = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+_AUTOTUNE_KW = autotune_kw()
 
 
 def _prune(backward: bool):

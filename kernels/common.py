@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
+import statistics
 
 import torch
 import triton
@@ -157,3 +159,41 @@ def scratch_allocator(device="cuda"):
         yield
     finally:
         var.reset(token)
+
+
+# How an autotuner times its configs at compile time. Triton's default (``do_bench``: 25 ms of warm-up and
+# 100 ms of calls a config, L2 flushed before each call) took most of a first compile's tuning. Each config's
+# calls are captured instead in a CUDA graph of about ``registry.GRAPH_UNIT_MS`` and replayed TUNE_REPLAYS
+# times, the median deciding: on the H200, tuning resnet50's 23 distinct convs took 0.93 s against 4.05 s
+# for do_bench at 5 / 20 ms, and no choice was slower than do_bench's, whose own second tuning changed 4 of
+# the 23 (up to 12% slower; scripts/autotune_bench_probe.py, benchmarks/results/diagnostics/README.md,
+# twenty-ninth session). L2 stays warm between calls, as it is in a model where the previous op just wrote
+# the input.
+TUNE_REPLAYS = 5
+
+
+def graph_bench(kernel_call, quantiles=None):
+    """Triton's ``autotune(do_bench=...)``: ms per call of ``kernel_call`` (with ``quantiles``: the median,
+    the fastest and the slowest replay). A config that fails to compile or launch raises from its first
+    call, as Triton's own timing does; where the calls cannot be captured, they are timed by ``do_bench``."""
+    kernel_call()  # compiled and tuned outside the graph: a config's compile error reaches the autotuner
+    try:
+        with registry._side_stream():
+            replay = registry._Replay([kernel_call])
+            for _ in range(TUNE_REPLAYS):
+                replay.replay()
+            times = replay.times()
+    except Exception:  # noqa: BLE001 - a call that cannot run in a graph is timed on the stream
+        return triton.testing.do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
+    ms = statistics.median(times)
+    return [ms, min(times), max(times)][:len(quantiles)] if quantiles else ms
+
+
+def autotune_kw() -> dict:
+    """The keyword arguments every family's ``triton.autotune`` gets, where this Triton takes them: results
+    kept on disk, and configs timed by ``graph_bench`` on a GPU (the interpreter keeps Triton's default)."""
+    params = inspect.signature(triton.autotune).parameters
+    kw = {"cache_results": True} if "cache_results" in params else {}
+    if "do_bench" in params and not registry.interpret_mode():
+        kw["do_bench"] = graph_bench
+    return kw

@@ -15,7 +15,6 @@ kernel as an op of its own, for calling outside a compiled graph (the benchmarks
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 from typing import Optional, Sequence
 
@@ -25,7 +24,7 @@ import triton.language as tl
 
 from tritonfuse import config, inline, registry
 from tritonfuse.kernels.common import (
-    TensorDescriptor, _apply_act, _m_bucket, cast_out, cdiv, dot_upcast, host_desc, next_pow2, rtne_bf16,
+    TensorDescriptor, _apply_act, _m_bucket, autotune_kw, cast_out, cdiv, dot_upcast, host_desc, next_pow2, rtne_bf16,
     scratch_allocator, size_hint,
 )
 from tritonfuse.kernels.common import hopper as _hopper
@@ -66,10 +65,7 @@ else:
         _cfg(64, 32, 64, 5, 2),
     ]
 
-_AUTOTUNE_KW = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
-if "do_bench" in inspect.signature(triton.autotune).parameters:
-    # short timings: a ResNet tunes ~20 shapes at compile time, and the configs differ by far more than noise
-    _AUTOTUNE_KW["do_bench"] = lambda fn, quantiles: triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
+_AUTOTUNE_KW = autotune_kw()  # (a ResNet tunes ~20 shapes at compile time)
 
 
 def _within(configs, named_args, floor: int, caps: dict):

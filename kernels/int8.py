@@ -401,7 +401,8 @@ _wonly_kernel = triton.autotune(
 def _graph_bench(kernel_call, quantiles=None):
     # a decode kernel runs for fewer microseconds than a launch from Python takes, so Triton's default timing
     # (one launch per event pair) measures the host: time it from replayed CUDA graphs instead (the decode
-    # launcher times its configs with cold weights first, see _tune_decode; this is the fallback)
+    # launcher times its configs with cold weights first, see _tune_decode; this is the fallback). Graphs of
+    # 20 ms: the other kernels' 1 ms graphs (kernels.common.graph_bench) are not tried at microsecond sizes
     return triton.testing.do_bench_cudagraph(kernel_call, rep=20, quantiles=quantiles)
 
 
@@ -410,7 +411,7 @@ _GRAPH_BENCH_KW = ({"do_bench": _graph_bench} if "do_bench" in inspect.signature
 
 
 @triton.autotune(configs=_DECODE_CONFIGS, key=_WONLY_KEY, prune_configs_by={"early_config_prune": _prune_decode},
-                 **_AUTOTUNE_KW, **_GRAPH_BENCH_KW)
+                 **{**_AUTOTUNE_KW, **_GRAPH_BENCH_KW})
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % (args["BLOCK_K"] * args["SPLIT_K"]) == 0, "SUB_K": _sub_k,
                     "PREFETCH": lambda args: 0 < args["BLOCK_K"] <= args["GROUP_K"]})
 @triton.jit

@@ -7,7 +7,6 @@ kernel keeps two accumulators so each tile of x is read once for both projection
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 from typing import Optional
 
@@ -16,7 +15,7 @@ import triton
 import triton.language as tl
 
 from tritonfuse import config, inline, registry
-from tritonfuse.kernels.common import _apply_act, _m_bucket, cast_out, cdiv, dot_upcast, host_desc, rtne_bf16
+from tritonfuse.kernels.common import _apply_act, _m_bucket, autotune_kw, cast_out, cdiv, dot_upcast, host_desc, rtne_bf16
 from tritonfuse.kernels.common import hopper as _hopper
 
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu", "quick_gelu")  # quick_gelu: x * sigmoid(1.702 x) (CLIP)
@@ -71,7 +70,7 @@ else:
         _cfg(32, 64, 64, 4, 4),
     ]
 
-_AUTOTUNE_KW = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+_AUTOTUNE_KW = autotune_kw()
 
 
 try:  # host-side TMA descriptors: triton >= 3.4 (the Hopper path below)

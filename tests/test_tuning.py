@@ -108,3 +108,101 @@ def test_configs_made_by_a_pruning_hook_are_not_kept(store):
     t.cache[tuning.tuning_key(t, args, kwargs)] = triton.Config({"BLOCK": 16}, num_warps=2)
     tuning.save(t, args, kwargs)
     assert not store.exists()
+
+
+# --- how an autotuner times its configs on a GPU: kernels.common.graph_bench ---------------------------------
+
+
+class _FakeReplay:
+    """registry._Replay's interface: each replay's ms per call from ``ms`` in turn."""
+
+    ms: list = []
+    made: list = []
+
+    def __init__(self, fns):
+        _FakeReplay.made.append(fns)
+        self.times_ = []
+
+    def replay(self):
+        self.times_.append(_FakeReplay.ms[len(self.times_) % len(_FakeReplay.ms)])
+
+    def times(self):
+        return list(self.times_)
+
+
+@pytest.fixture
+def fake_graphs(monkeypatch):
+    import contextlib
+
+    from tritonfuse import registry
+
+    monkeypatch.setattr(registry, "_Replay", _FakeReplay)
+    monkeypatch.setattr(registry, "_side_stream", contextlib.nullcontext)
+    _FakeReplay.made.clear()
+    benched = []
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kw: benched.append(kw) or [9.0, 8.0, 10.0])
+    return benched
+
+
+def test_graph_bench_gives_the_median_of_its_replays(fake_graphs):
+    from tritonfuse.kernels import common
+
+    calls = []
+    _FakeReplay.ms = [3.0, 1.0, 2.0, 5.0, 4.0]
+    assert common.TUNE_REPLAYS == 5
+    # with quantiles (as the autotuner asks): the median, then the fastest and the slowest replay
+    assert common.graph_bench(lambda: calls.append(1), quantiles=(0.5, 0.2, 0.8)) == [3.0, 1.0, 5.0]
+    assert common.graph_bench(lambda: calls.append(1)) == 3.0
+    # the config ran once outside a graph each time (compiled and loaded there), then was captured
+    assert len(calls) == 2 and len(_FakeReplay.made) == 2 and not fake_graphs
+
+
+def test_graph_bench_lets_a_config_s_failure_reach_the_autotuner_and_times_uncapturable_calls_on_the_stream(
+        fake_graphs, monkeypatch):
+    from triton.runtime.errors import OutOfResources
+
+    from tritonfuse import registry
+    from tritonfuse.kernels import common
+
+    def too_big():
+        raise OutOfResources(300000, 232448, "shared memory")
+
+    with pytest.raises(OutOfResources):  # the autotuner counts such a config out (inf), as with do_bench
+        common.graph_bench(too_big, quantiles=(0.5, 0.2, 0.8))
+    assert not _FakeReplay.made
+
+    def no_capture(fns):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(registry, "_Replay", no_capture)
+    assert common.graph_bench(lambda: None, quantiles=(0.5, 0.2, 0.8)) == [9.0, 8.0, 10.0]
+    assert fake_graphs == [{"warmup": 5, "rep": 20, "quantiles": (0.5, 0.2, 0.8)}]
+
+
+def test_every_family_s_autotuner_times_by_graph_bench_on_a_gpu(monkeypatch):
+    import inspect
+
+    from tritonfuse import registry
+    from tritonfuse.kernels import attention, common, conv_bn, int8, linear_act
+
+    takes = "do_bench" in inspect.signature(triton.autotune).parameters
+    built = common.autotune_kw().get("do_bench")  # what this process's kernels were built with
+    with monkeypatch.context() as m:
+        m.setattr(registry, "interpret_mode", lambda: False)
+        assert common.autotune_kw().get("do_bench") is (common.graph_bench if takes else None)
+        m.setattr(registry, "interpret_mode", lambda: True)
+        assert "do_bench" not in common.autotune_kw()  # the interpreter keeps Triton's own timing
+    tuners = {}
+    for mod in (attention, conv_bn, int8, linear_act):
+        for name, obj in vars(mod).items():
+            while obj is not None and not isinstance(obj, triton.runtime.autotuner.Autotuner):
+                obj = getattr(obj, "fn", None)
+            if obj is not None:
+                tuners[f"{mod.__name__}.{name}"] = obj
+    assert len(tuners) >= 10
+    for name, t in tuners.items():
+        if not hasattr(t, "_do_bench"):  # another Triton's internals
+            continue
+        # int8's decode kernel times microsecond launches from 20 ms graphs of its own
+        want = int8._GRAPH_BENCH_KW.get("do_bench") if name.startswith(int8.__name__ + "._decode") else built
+        assert t._do_bench is want, name
