@@ -535,7 +535,8 @@ def _w8a8_tma_tiles(
                         stride_om, stride_on, True, True, HAS_BIAS, ACT, GATED, RTNE_BF16)
 
 
-@triton.autotune(configs=_W8A8_TMA_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune_by_m})
+@triton.autotune(configs=_W8A8_TMA_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune_by_m},
+                 **_AUTOTUNE_KW)
 @triton.jit
 def _w8a8_tma_kernel(
     x_desc, w_desc, wu_desc, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr,
@@ -565,7 +566,8 @@ _W8A8_DEVICE_TMA_CONFIGS = [triton.Config(c.kwargs, num_warps=c.num_warps, num_s
                             for c in _W8A8_TMA_CONFIGS]  # no pre_hook: the block shapes are compile-time here
 
 
-@triton.autotune(configs=_W8A8_DEVICE_TMA_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune_by_m})
+@triton.autotune(configs=_W8A8_DEVICE_TMA_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune_by_m},
+                 **_AUTOTUNE_KW)
 @triton.jit
 def _w8a8_device_tma_kernel(
     x_ptr, w_ptr, wu_ptr, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr,
