@@ -39,7 +39,6 @@ at run time, which tracing the body into the graph would freeze.
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 import threading
 import warnings
@@ -406,8 +405,8 @@ def _graph_bench(kernel_call, quantiles=None):
     return triton.testing.do_bench_cudagraph(kernel_call, rep=20, quantiles=quantiles)
 
 
-_GRAPH_BENCH_KW = ({"do_bench": _graph_bench} if "do_bench" in inspect.signature(triton.autotune).parameters
-                   and not registry.interpret_mode() else {})
+# (where the shared settings time configs at all: a Triton that takes do_bench, not the interpreter)
+_GRAPH_BENCH_KW = {"do_bench": _graph_bench} if "do_bench" in _AUTOTUNE_KW else {}
 
 
 @triton.autotune(configs=_DECODE_CONFIGS, key=_WONLY_KEY, prune_configs_by={"early_config_prune": _prune_decode},

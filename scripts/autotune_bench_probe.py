@@ -12,7 +12,7 @@ another config than ``current``, the two configs are then timed against each oth
 - ``current``: the timing shipped until the 29th session (``do_bench``, 5 / 20 ms); ``current2`` runs it again,
   for how often the shipped timing itself changes its choice;
 - ``short``: ``do_bench`` with 2 ms of warm-up and 8 ms of calls;
-- ``graph``: each config's calls captured in a CUDA graph of about 1 ms (``registry._Replay``), the median
+- ``graph``: ``kernels.common.graph_bench``: each config's calls captured in a CUDA graph of about 1 ms, the median
   of 5 replays (L2 not flushed).
 
     python3 scripts/autotune_bench_probe.py [--shapes 0,3,7]   # indices into RESNET50_SHAPES; default all
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import statistics
 import sys
 import time
 
@@ -42,23 +41,13 @@ def do_bench_5_20(fn, quantiles=None):
     return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
 
 
-def graph_bench(fn, quantiles=None):
-    from tritonfuse import registry
-
-    with registry._side_stream():
-        replay = registry._Replay([fn])
-        for _ in range(5):
-            replay.replay()
-        ms = statistics.median(replay.times())
-    return [ms, ms, ms] if quantiles else ms
-
-
 def main() -> None:
     from bench_conv_bn import RESNET50_SHAPES
     from probe_log import jsonl_log
 
     from tritonfuse import registry, tuning
     from tritonfuse.kernels import conv_bn as K
+    from tritonfuse.kernels.common import graph_bench
     from tritonfuse.kernels.common import scratch_allocator
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,7 +58,7 @@ def main() -> None:
     methods = {
         "current": do_bench_5_20,
         "short": lambda fn, quantiles=None: triton.testing.do_bench(fn, warmup=2, rep=8, quantiles=quantiles),
-        "graph": graph_bench,
+        "graph": graph_bench,  # what ships since
         "current2": do_bench_5_20,
     }
     # every tuning times its configs: nothing restored from tritonfuse's records or Triton's disk cache
