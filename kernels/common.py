@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonfuse import registry
+from tritonfuse import config, registry
 
 try:  # host-side TMA descriptors: triton >= 3.4
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -187,6 +187,20 @@ def graph_bench(kernel_call, quantiles=None):
         return triton.testing.do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
     ms = statistics.median(times)
     return [ms, min(times), max(times)][:len(quantiles)] if quantiles else ms
+
+
+# Which configs an autotuner times. Every family lists its candidates with the timed ones first: a small set
+# that, at every shape real models' first compiles tune (resnet50, bert-base, vit_b_16 and llama-1b-prefill on
+# the H200: scripts/config_timings.py, benchmarks/results/diagnostics/config-timings-1dd10dd-nvidia-h200.jsonl),
+# holds a config within 1.2% of the fastest candidate. Each config a site times is a Triton compile on a first
+# compile's critical path: leaving the rest out halved the configs those compiles timed (216 to 102).
+# TRITONFUSE_AUTOTUNE=all times every candidate (to check the choice again on another GPU or model).
+
+
+def tuned(candidates: list, keep: int) -> list:
+    """The configs an autotuner times: the first ``keep`` of ``candidates``, or all of them with
+    ``TRITONFUSE_AUTOTUNE=all``."""
+    return list(candidates) if config.autotune_all() else list(candidates[:keep])
 
 
 def autotune_kw() -> dict:

@@ -25,7 +25,7 @@ import triton.language as tl
 from tritonfuse import config, inline, registry
 from tritonfuse.kernels.common import (
     TensorDescriptor, _apply_act, _m_bucket, autotune_kw, cast_out, cdiv, dot_upcast, host_desc, next_pow2, rtne_bf16,
-    scratch_allocator, size_hint,
+    scratch_allocator, size_hint, tuned,
 )
 from tritonfuse.kernels.common import hopper as _hopper
 from tritonfuse.kernels.linear_act import (_num_sms, _persistent_cfg, _persistent_grid, _tile_coords, _tile_ids,
@@ -47,6 +47,20 @@ def _cfg(bm, bn, bk, stages, warps, group=8):
     )
 
 
+# The candidates, the first _CONV_TIMED timed (kernels.common.tuned): at resnet50's shapes on the H200,
+# 256x128 won at M=16384, 128x128x32 at 65536, 64x64 with 64 or 512 channels out, 128x64 one strided 1x1
+_CONV_ALL = [
+    _cfg(256, 128, 64, 3, 8),
+    _cfg(128, 128, 32, 4, 4),
+    _cfg(128, 64, 64, 4, 4),
+    _cfg(64, 64, 64, 4, 4),
+    _cfg(128, 128, 64, 4, 8),
+    _cfg(128, 256, 64, 3, 8),
+    _cfg(64, 128, 64, 4, 4),
+    _cfg(64, 32, 64, 5, 2),
+]
+_CONV_TIMED = 4
+
 if registry.interpret_mode():
     # the interpreter runs configs on the CPU: one config with wide N and K tiles keeps the loops short
     _CONV_CONFIGS = [_cfg(32, 128, 128, 1, 4)]
@@ -54,16 +68,7 @@ elif not config.autotune_enabled():
     # TRITONFUSE_AUTOTUNE=0 (the GPU test suite): one config, compiles fast
     _CONV_CONFIGS = [_cfg(128, 64, 64, 4, 4)]
 else:
-    _CONV_CONFIGS = [
-        _cfg(128, 128, 64, 4, 8),
-        _cfg(128, 256, 64, 3, 8),
-        _cfg(256, 128, 64, 3, 8),
-        _cfg(128, 128, 32, 4, 4),
-        _cfg(128, 64, 64, 4, 4),
-        _cfg(64, 128, 64, 4, 4),
-        _cfg(64, 64, 64, 4, 4),
-        _cfg(64, 32, 64, 5, 2),
-    ]
+    _CONV_CONFIGS = tuned(_CONV_ALL, _CONV_TIMED)
 
 _AUTOTUNE_KW = autotune_kw()  # (a ResNet tunes ~20 shapes at compile time)
 
@@ -294,13 +299,18 @@ def _tma_cfg(bm, bn, bk, stages, warps, occ=1):
 # other's loads and MMAs. ResNet-50's 1x1 convs have short K loops (64-512 channels: 1-8 steps of 64), where
 # one persistent program per SM leaves the tensor cores idle through every epilogue. 4 warps, 3 stages:
 # 106 KB with an fp16 residual; two fit in an SM's 228 KB (_prune_1x1 checks it per launch).
+# The first _TMA_1X1_TIMED are timed (kernels.common.tuned): at resnet50's 1x1 convs on the H200 an OCC=2
+# config won every launch with a residual and most others, 128x256 wide ones without (256-2048 channels
+# out), and 128x128x128 was within 1.2% of the fastest where that was another 128x128 (512 out)
 _TMA_1X1_ALL = [
-    _tma_cfg(128, 128, 64, 4, 8), _tma_cfg(128, 256, 64, 3, 8), _tma_cfg(256, 128, 64, 3, 8),
-    _tma_cfg(128, 64, 64, 4, 4), _tma_cfg(64, 128, 64, 4, 4), _tma_cfg(128, 128, 128, 3, 8),
-    _tma_cfg(64, 64, 64, 4, 4), _tma_cfg(128, 64, 64, 3, 4, occ=2), _tma_cfg(64, 128, 64, 3, 4, occ=2),
+    _tma_cfg(128, 256, 64, 3, 8), _tma_cfg(128, 128, 128, 3, 8), _tma_cfg(128, 64, 64, 3, 4, occ=2),
+    _tma_cfg(64, 128, 64, 3, 4, occ=2),
+    _tma_cfg(128, 128, 64, 4, 8), _tma_cfg(256, 128, 64, 3, 8), _tma_cfg(128, 64, 64, 4, 4),
+    _tma_cfg(64, 128, 64, 4, 4), _tma_cfg(64, 64, 64, 4, 4),
 ]
+_TMA_1X1_TIMED = 4
 if config.autotune_enabled() and not registry.interpret_mode():
-    _TMA_1X1_CONFIGS = _TMA_1X1_ALL
+    _TMA_1X1_CONFIGS = tuned(_TMA_1X1_ALL, _TMA_1X1_TIMED)
 else:
     _TMA_1X1_CONFIGS = [_tma_cfg(128, 64, 64, 4, 4)]
 

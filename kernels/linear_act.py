@@ -15,7 +15,8 @@ import triton
 import triton.language as tl
 
 from tritonfuse import config, inline, registry
-from tritonfuse.kernels.common import _apply_act, _m_bucket, autotune_kw, cast_out, cdiv, dot_upcast, host_desc, rtne_bf16
+from tritonfuse.kernels.common import (_apply_act, _m_bucket, autotune_kw, cast_out, cdiv, dot_upcast, host_desc,
+                                      rtne_bf16, tuned)
 from tritonfuse.kernels.common import hopper as _hopper
 
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu", "quick_gelu")  # quick_gelu: x * sigmoid(1.702 x) (CLIP)
@@ -112,12 +113,16 @@ def _tma_cfg(bm, bn, bk, stages, warps, subtile=False, occ=1):
 # the other's tensor-core loop does, as CUTLASS's ping-pong kernels do with two consumer warp groups.
 # Compiled for sm_90 (triton 3.8, ptxas -v): 115 and 82 KB of shared memory, 168 registers a thread at
 # 4 warps, so two fit an SM; at 8 warps a 128x128 program takes 178 registers a thread, and two do not
-_TMA_ALL = [_tma_cfg(128, 256, 64, 3, 8, True), _tma_cfg(128, 256, 64, 4, 8, True),
-            _tma_cfg(128, 128, 64, 4, 8), _tma_cfg(128, 128, 128, 3, 8), _tma_cfg(256, 128, 64, 3, 8),
-            _tma_cfg(128, 128, 64, 5, 4), _tma_cfg(64, 128, 64, 4, 4),
-            _tma_cfg(128, 128, 64, 3, 4, True, occ=2), _tma_cfg(128, 128, 64, 2, 4, True, occ=2)]
+# The first _TMA_TIMED are timed (kernels.common.tuned): at BERT's and ViT's MLP (M=16384 and 12608, K=768,
+# N=3072) 128x256 won, 128x128 and OCC=2 came within 3% and 8% (OCC=2 won a sweep at 751964d), and 64x128
+# stays for M of a few hundred rows, where larger tiles leave SMs idle
+_TMA_ALL = [_tma_cfg(128, 256, 64, 3, 8, True), _tma_cfg(128, 128, 64, 4, 8), _tma_cfg(64, 128, 64, 4, 4),
+            _tma_cfg(128, 128, 64, 3, 4, True, occ=2),
+            _tma_cfg(128, 256, 64, 4, 8, True), _tma_cfg(128, 128, 128, 3, 8), _tma_cfg(256, 128, 64, 3, 8),
+            _tma_cfg(128, 128, 64, 5, 4), _tma_cfg(128, 128, 64, 2, 4, True, occ=2)]
+_TMA_TIMED = 4
 # TRITONFUSE_AUTOTUNE=0 (the GPU tests): one config; the tests of every config use the _ALL lists
-_TMA_CONFIGS = _TMA_ALL if config.autotune_enabled() else [_tma_cfg(128, 128, 64, 4, 8)]
+_TMA_CONFIGS = tuned(_TMA_ALL, _TMA_TIMED) if config.autotune_enabled() else [_tma_cfg(128, 128, 64, 4, 8)]
 
 
 def _set_gated_blocks(nargs):
@@ -138,10 +143,14 @@ def _gated_tma_cfg(bm, bk, stages, warps, occ=1):
 GATED_HALF = 128  # output columns per tile of the dual GEMM (rows of wg, then as many of wu)
 # one 128x256 GEMM tile per 128 output columns: the shape that matched cuBLAS for plain GEMMs on the
 # H200 (scripts/explore_gpu.py), where the two-accumulator kernel reached 547 TFLOP/s against 667
-_TMA_GATED_ALL = [_gated_tma_cfg(128, 64, 3, 8), _gated_tma_cfg(128, 64, 4, 8),
-                  _gated_tma_cfg(128, 128, 2, 8), _gated_tma_cfg(64, 64, 4, 4),
+# the first _TMA_GATED_TIMED are timed (kernels.common.tuned): at Llama-1B's MLP (M=8192, K=2048, N=8192)
+# BK=128 and OCC=2 were 34% and 46% slower than the fastest
+_TMA_GATED_ALL = [_gated_tma_cfg(128, 64, 3, 8), _gated_tma_cfg(128, 64, 4, 8), _gated_tma_cfg(64, 64, 4, 4),
+                  _gated_tma_cfg(128, 128, 2, 8),
                   _gated_tma_cfg(64, 64, 2, 4, occ=2)]  # 98 KB, 165 registers: two fit an SM
-_TMA_GATED_CONFIGS = _TMA_GATED_ALL if config.autotune_enabled() else [_gated_tma_cfg(128, 64, 3, 8)]
+_TMA_GATED_TIMED = 3
+_TMA_GATED_CONFIGS = (tuned(_TMA_GATED_ALL, _TMA_GATED_TIMED) if config.autotune_enabled()
+                      else [_gated_tma_cfg(128, 64, 3, 8)])
 
 
 # --- epilogue helpers ---------------------------------------------------------------------------------

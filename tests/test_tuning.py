@@ -208,3 +208,56 @@ def test_every_family_s_autotuner_times_by_graph_bench_on_a_gpu(monkeypatch):
         # int8's decode kernel times microsecond launches from 20 ms graphs of its own
         want = int8._GRAPH_BENCH_KW.get("do_bench") if name.startswith(int8.__name__ + "._decode") else built
         assert t._do_bench is want, name
+
+
+def test_tuned_times_the_first_configs_or_every_candidate_with_autotune_all():
+    from tritonfuse import config
+    from tritonfuse.kernels import common
+
+    cands = _configs((16, 32, 64, 128))
+    with config.patch(autotune="1"):
+        assert common.tuned(cands, 2) == cands[:2]
+    with config.patch(autotune="all"):
+        config.validate()
+        assert common.tuned(cands, 2) == cands
+    with config.patch(autotune="some"), pytest.raises(config.ConfigError, match="TRITONFUSE_AUTOTUNE.*all"):
+        config.validate()
+
+
+def _recorded_params(text: str) -> dict:
+    import re
+
+    return dict(re.findall(r"(\w+): ([\w.]+)", text))
+
+
+def test_the_timed_configs_hold_a_near_fastest_one_at_every_recorded_shape():
+    # the data behind each family's timed configs (kernels.common.tuned): every config's time at the shapes the
+    # first compiles of four models tuned on the H200. At each shape a timed config must be within 1.2% of the
+    # fastest candidate, and every recorded config must still be a candidate (a config dropped without data
+    # would make the record say less than it seems to)
+    import pathlib
+
+    from tritonfuse.kernels import attention, conv_bn, linear_act
+
+    lists = {"_conv_bn_kernel": (conv_bn._CONV_ALL, conv_bn._CONV_TIMED),
+             "_conv1x1_device_tma_kernel": (conv_bn._TMA_1X1_ALL, conv_bn._TMA_1X1_TIMED),
+             "_linear_act_tma_kernel": (linear_act._TMA_ALL, linear_act._TMA_TIMED),
+             "_gated_mlp_tma_kernel": (linear_act._TMA_GATED_ALL, linear_act._TMA_GATED_TIMED),
+             "_attn_fwd_kernel": (attention._FWD_ALL, attention._FWD_TIMED)}
+    path = (pathlib.Path(__file__).parents[1] / "benchmarks" / "results" / "diagnostics"
+            / "config-timings-1dd10dd-nvidia-h200.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert {r["kernel"] for r in rows} == set(lists)
+    for r in rows:
+        cands, timed = lists[r["kernel"]]
+        params = [{**{k: str(v) for k, v in c.kwargs.items()}, "num_warps": str(c.num_warps),
+                   "num_stages": str(c.num_stages)} for c in cands]
+        times = {}
+        for text, ms in r["timings"]:
+            got = _recorded_params(text)
+            which = [i for i, p in enumerate(params) if all(got.get(k) == v for k, v in p.items())]
+            assert len(which) == 1, (r["kernel"], text)
+            times[which[0]] = ms
+        best = min(ms for ms in times.values() if ms is not None)
+        best_timed = min(ms for i, ms in times.items() if i < timed and ms is not None)
+        assert best_timed <= 1.012 * best, (r["kernel"], r["key"], best_timed / best)

@@ -41,7 +41,8 @@ linear_plain: str = "0"
 # "1" (default): on a GPU a site is replaced only where its kernel measured faster than the vendor path
 # it replaces (timed once per shape, kept on disk); "0": always use the kernel
 measure: str = "1"
-# "1" (default): GEMM kernels autotune over a small config set per shape bucket; "0": one config each
+# "1" (default): GEMM kernels autotune over a small config set per shape bucket; "0": one config each;
+# "all": every candidate config, also those dropped for never winning at real models' shapes (for sweeps)
 autotune: str = "1"
 # "1" (default): on a GPU, kernels launch through tritonfuse.launch's cached path; "0": Triton's own launch
 fast_launch: str = "1"
@@ -145,9 +146,11 @@ def validate() -> None:
         ok = False
     if not ok:
         _fail("measure_margin", measure_margin, "a fraction in [0, 1), e.g. 0.03")
-    for name in ("linear_plain", "autotune", "measure", "fast_launch", "inline", "static_launch"):
+    for name in ("linear_plain", "measure", "fast_launch", "inline", "static_launch"):
         if str(g[name]) not in ("0", "1"):
             _fail(name, g[name], "0, 1")
+    if str(autotune) not in ("0", "1", "all"):
+        _fail("autotune", autotune, "0, 1, all")
     if str(cuda_graphs) not in ("auto", "1"):
         _fail("cuda_graphs", cuda_graphs, "auto, 1")
     if str(compile_threads) != "auto" and not (str(compile_threads).isdigit() and int(compile_threads) >= 1):
@@ -174,6 +177,11 @@ def measure_enabled() -> bool:
 
 def autotune_enabled() -> bool:
     return str(autotune) != "0"
+
+
+def autotune_all() -> bool:
+    """``TRITONFUSE_AUTOTUNE=all``: autotuners time every candidate config (kernels.common.tuned)."""
+    return str(autotune) == "all"
 
 
 def measure_budget() -> float:
