@@ -5,7 +5,7 @@
 Each model compiles (``backend="tritonfuse"``, its zoo dtype and batch, one forward) in a process of its own
 with empty caches (Inductor's, Triton's, tritonfuse's), so every autotuner times every config its pruning keeps.
 ``triton.runtime.autotuner.Autotuner.run`` is wrapped to write one row per tuning: the kernel, the tuning key,
-and each timed config with its time (ms, the families' ``graph_bench`` median; ``inf`` where a config failed to
+and each timed config with its time (ms, the families' ``graph_bench`` median; null where a config failed to
 compile or launch). A tuning that read a kept choice times nothing and writes nothing.
 
 The rows answer which configs ever win, and by how much the others lose, at the shapes real models have: the
@@ -30,7 +30,7 @@ def _child(model_name: str, out: str, mode: str) -> None:
     import triton
     from triton.runtime.autotuner import Autotuner
 
-    from tritonfuse import zoo
+    from tritonfuse import tuning, zoo
 
     rows = []
     original = Autotuner.run
@@ -40,9 +40,7 @@ def _child(model_name: str, out: str, mode: str) -> None:
         result = original(self, *args, **kwargs)
         timings = getattr(self, "configs_timings", None)
         if timings is not None and timings is not before:
-            fn = self.fn
-            while hasattr(fn, "fn") and not hasattr(fn, "cache_key"):
-                fn = fn.fn
+            fn = tuning._jit(self)
             named = dict(zip(self.arg_names, args))
             key = [str(named.get(k, kwargs.get(k))) for k in self.keys]
 
