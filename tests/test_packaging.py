@@ -3,6 +3,8 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -20,3 +22,27 @@ def test_wheel_installs_one_top_level_name(tmp_path):
         meta = next(n for n in names if n.endswith("entry_points.txt"))
         entry = z.read(meta).decode()
     assert "[torch_dynamo_backends]" in entry and "tritonfuse = tritonfuse.backend:tritonfuse_backend" in entry
+
+
+def test_checkout_folders_do_not_shadow_installed_packages():
+    # kernels/ and patterns/ are tritonfuse.kernels / tritonfuse.patterns: where a package of that top-level
+    # name is installed (HF's `kernels`, which transformers >= 5.25 requires), a test process, and a
+    # ``python -c`` it starts from the checkout, must import that one, not our folder
+    import importlib.metadata
+    import importlib.util
+
+    installed = []
+    for name in ("kernels", "patterns"):
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        installed.append(name)
+        spec = importlib.util.find_spec(name)
+        places = list(spec.submodule_search_locations or []) + [spec.origin or ""]
+        assert not any(str(p).startswith(str(ROOT / name)) for p in places), (name, places)
+    if not installed:
+        pytest.skip("no package named kernels or patterns is installed here")
+    code = f"import importlib.util as u; print(u.find_spec({installed[0]!r}).origin)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and str(ROOT / installed[0]) not in out.stdout, (out.stdout, out.stderr)
