@@ -276,6 +276,7 @@ def _child(args) -> None:
         text.write("\n--- Triton compile and autotune ---\n")
         stats.print_stats(r"triton/(compiler|runtime/autotuner|runtime/jit)", 25)
         pathlib.Path(args.prof_out).write_text(text.getvalue())
+        prof.dump_stats(str(pathlib.Path(args.prof_out).with_suffix(".pstats")))  # for callers/callees
     print(json.dumps(row))
 
 
