@@ -773,6 +773,78 @@ def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optiona
     return registry.measured_choice(key, x.device, ours, theirs, graphed=inlined or int8_inlined, shared=shared)
 
 
+
+# --- cuBLASLt's fused epilogue -------------------------------------------------------------------------------
+# torch._addmm_activation runs cuBLASLt's GEMM with the bias and a ReLU or GELU applied to the fp32
+# accumulator in its epilogue: one kernel, as fast as cuBLAS's plain GEMM where the Triton kernel is not. On
+# the H200 (scripts/gelu_lt_probe.py, 31st session), GPU time at BERT's MLP 16384x768x3072 fp16: 0.131 ms
+# against 0.165 for the Triton TMA kernel and 0.205 for cuBLAS + a GELU pass (cuBLAS's GEMM alone 0.118); at
+# ViT-B/16's 12608 rows 0.107, 0.140 and 0.161. Its GELU is the tanh approximation (PyTorch's fallback for
+# this op applies gelu(approximate="tanh") too): against an fp64 erf GELU its error was 2.9e-4 in fp16 and
+# 1.7e-3 in bf16, eager's own (the GEMM rounded to the dtype, then an exact GELU) 3.2e-4 and 2.6e-3. An exact
+# GELU in fp32 is not served by it.
+LT_ACTS = {"relu": False, "gelu_tanh": True, "gelu": True}  # activation -> _addmm_activation's use_gelu
+# None: a site takes cuBLASLt's epilogue where it measured fastest (on a GPU); "cublaslt": every site it can
+# serve takes it, untimed (the CPU tests' way to run the rewrite)
+LT_CHOICE: Optional[str] = None
+
+
+def lt_unsupported(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], act: str) -> Optional[str]:
+    """Why cuBLASLt's fused epilogue cannot serve ``act(x @ w.T + b)`` (x: [M, K], w: [N, K]), or None."""
+    if not config.cublaslt_enabled():
+        return "TRITONFUSE_CUBLASLT=0"
+    if act not in LT_ACTS:
+        return f"cuBLASLt has no {act} epilogue"
+    if b is None:
+        return "no bias (torch._addmm_activation's fused path takes one)"
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"dtype {x.dtype}"
+    if act != "relu" and x.device.type != "cuda":
+        return "a GELU epilogue on a GPU only (on the CPU this op computes an exact GELU, on CUDA the tanh one)"
+    if act == "gelu" and x.dtype == torch.float32:
+        return "an exact GELU in fp32: cuBLASLt's GELU is the tanh approximation"
+    if x.dim() != 2 or w.dim() != 2 or b.dim() != 1 or x.stride(-1) != 1 or not b.is_contiguous():
+        return "layout"
+    if LT_CHOICE != "cublaslt" and not registry.timing_enabled(x.device):
+        return "only where it is timed (a GPU with TRITONFUSE_MEASURE on)"
+    return None
+
+
+def linear_lt(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, act: str) -> torch.Tensor:
+    """``act(x @ w.T + b)`` by cuBLASLt's fused epilogue (``act`` in ``LT_ACTS``; GELU: tanh approximation)."""
+    return torch.ops.aten._addmm_activation.default(b, x, w.t(), use_gelu=LT_ACTS[act])
+
+
+def measure_lt(x, w, b, act: str) -> dict:
+    """On a GPU, time cuBLASLt's fused epilogue (``linear_lt``) against what Inductor runs for the site
+    (cuBLAS's GEMM and a pass of the activation), as ``measure`` times the Triton kernel; kept per shape.
+    With ``LT_CHOICE`` set, nothing is timed."""
+    if LT_CHOICE == "cublaslt":
+        return {"use": True, "forced": True}
+    if registry.in_survey():  # (registry.surveying) nothing of ours to compile ahead
+        return {"use": False, "unmeasured": True, "surveyed": True}
+    M, K_ = x.shape
+    N = w.shape[0]
+    key = f"linear_lt|{act}|M{_m_bucket(M)}xK{K_}xN{N}|{x.dtype}|actpass"
+    lazy = {}
+
+    def args():
+        if not lazy:
+            lazy.update({k: torch.randn(s, device=x.device, dtype=x.dtype)
+                         for k, s in (("x", (M, K_)), ("w", (N, K_)), ("b", (N,)), ("y", (M, N)))})
+        return lazy
+
+    def cublaslt():
+        a = args()
+        return linear_lt(a["x"], a["w"], a["b"], act)
+
+    def gemm():
+        a = args()
+        return torch.addmm(a["b"], a["x"], a["w"].t())
+
+    theirs = [gemm, lambda: _ACT_PASS[act](args()["y"])]
+    return registry.measured_choice(key, x.device, cublaslt, theirs)
+
 # Inductor's activation pass as one eager kernel of the same arithmetic: erf's GELU is not a free memory
 # pass (on the H200 at 16384x3072 fp16, bench_linear_act.py: eager's GELU pass 0.072 ms and Inductor's 0.076,
 # against 0.033 for a ReLU pass, which these timings used before). quick_gelu's x * sigmoid(1.702 x), which

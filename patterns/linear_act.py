@@ -90,7 +90,16 @@ def _flat(x):
 # for the replacement to call.
 # quant: where a W8A8 site's rows are quantized: "graph" (ATen ops Inductor fuses into x's producer),
 # "kernel" (the inlinable row-kernel op, for graph-constant sites) or "op" (inside the int8 op).
-_serve = {"int8": None, "quant": "graph"}
+# lt: cuBLASLt's GEMM with the bias and activation in its epilogue serves the site (kernels.linear_act.linear_lt).
+_serve = {"int8": None, "quant": "graph", "lt": False}
+
+
+def _cheaper(a: dict, b: dict) -> bool:
+    """Measured choice ``a`` cost less than ``b`` against the same vendor path (or ``a`` was forced)."""
+    if a.get("forced"):
+        return True
+    ra, rb = registry.cost_ratio(a), registry.cost_ratio(b)
+    return rb is None or (ra is not None and ra <= rb)
 
 
 def _trace(fn, args, **kwargs) -> torch.fx.GraphModule:
@@ -107,6 +116,8 @@ def _quantized(x2):
 
 
 def _linear(x2, w, b, act):
+    if _serve["lt"]:
+        return K.linear_lt(x2, w, b, act)
     mode = _serve["int8"]
     if mode:
         from tritonfuse.kernels import int8 as I8
@@ -481,7 +492,7 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: b
 
     def check(match: Match) -> bool:
         kernel = float_kernel
-        _serve["int8"] = None
+        _serve["int8"], _serve["lt"] = None, False
         if not _consistent(match):
             return False
         if store_pre and not _pre_used_elsewhere(match):
@@ -529,10 +540,17 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: b
             detail += f" ({int8_why})"
         if reason is None and act == "none" and not config.linear_plain_enabled():
             reason = int8_why or "no activation and no int8 kernel: cuBLAS's addmm kept"
-        if reason is None:
-            rec = K.measure(x2h, wsh, b if b is None else hinted(b), act, gated, store_pre)
-            if not rec["use"]:
-                reason = registry.slower_reason(rec, "cuBLAS + epilogue")
+        bh = b if b is None else hinted(b)
+        rec = K.measure(x2h, wsh, bh, act, gated, store_pre) if reason is None else None
+        # an inference site with a ReLU or GELU: cuBLASLt's fused epilogue too, where it is the faster of the two
+        lt_why = (K.lt_unsupported(x2h, wsh[0], bh, act) if not gated and not store_pre and x2h is not None
+                  and wsh[0] is not None else "a gated or training site")
+        lt_rec = K.measure_lt(x2h, wsh[0], bh, act) if lt_why is None else None
+        if lt_rec is not None and lt_rec["use"] and (rec is None or not rec["use"] or _cheaper(lt_rec, rec)):
+            _serve["lt"] = True
+            kernel, reason = f"cublaslt[{act}]", None
+        elif rec is not None and not rec["use"]:
+            reason = registry.slower_reason(rec, "cuBLAS + epilogue")
         return registry.settle(FAMILY, site, kernel, reason, detail)
 
     return registry.guarded(FAMILY, check, _gemm_node)

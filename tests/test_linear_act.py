@@ -1358,6 +1358,7 @@ def test_measuring_budget_leaves_unmeasured_sites_to_inductor(tmp_path, monkeypa
     from tritonfuse import backend
 
     pretend_gpu_timing(tmp_path, monkeypatch, backend)
+    monkeypatch.setattr(config, "cublaslt", "0")  # one timing per site: the Triton kernel's
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     timed = []
     monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False, **_: timed.append(fn) or 1.0)  # ours 1 ms, theirs 2 x 1 ms
@@ -1412,6 +1413,7 @@ def test_a_survey_sends_every_site_to_compile_before_any_is_timed(tmp_path, monk
     from tritonfuse.kernels import conv_bn as C
 
     pretend_gpu_timing(tmp_path, monkeypatch, backend)
+    monkeypatch.setattr(config, "cublaslt", "0")  # one timing per site: the Triton kernel's
     monkeypatch.setattr(backend, "_survey_wanted", lambda graph: True)
     monkeypatch.setattr(C, "CHOICE", "triton")
     timed, surveyed, ahead = [], [], []
@@ -2010,3 +2012,84 @@ def test_the_vendor_side_of_a_timing_runs_the_sites_activation(tmp_path, monkeyp
     ops = [o for o in mode.ops if o not in ("aten.t", "aten.transpose")]  # (w.t(): a view)
     assert ops == ["aten.addmm"] + ([op] if op else []), mode.ops
     assert seen["key"].endswith("|actpass")  # records timed with the ReLU pass stand-in are timed again
+
+
+# --- cuBLASLt's fused epilogue --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("act,dtype", [("relu", torch.float32), ("gelu_tanh", torch.float32),
+                                       ("gelu", torch.bfloat16)])
+def test_cublaslt_epilogue_serves_a_site(monkeypatch, act, dtype):
+    # a site served by cuBLASLt's GEMM with the bias and activation in its epilogue becomes one
+    # aten._addmm_activation call (forced here: on a GPU it is timed against the Triton kernel and Inductor's
+    # path). Its GELU is the tanh approximation: an exact GELU takes it in bf16, within 2x eager's own error
+    if act != "relu" and not torch.cuda.is_available():
+        pytest.skip("cuBLASLt's GELU epilogue is served on a GPU only (the CPU's op computes an exact GELU)")
+    monkeypatch.setattr(K, "LT_CHOICE", "cublaslt")
+    acts = {"relu": nn.ReLU(), "gelu_tanh": nn.GELU(approximate="tanh"), "gelu": nn.GELU()}
+    model = nn.Sequential(nn.Linear(40, 72), acts[act]).to(dtype)
+    x = fresh(3, 5, 40, dtype=dtype)
+    seen = GraphOps()
+    with torch.no_grad():
+        eager = model(x)
+        out = torch.compile(model, backend="tritonfuse", options={"post_grad_custom_pre_pass": seen})(x)
+    assert _counts() == {"matched": 1, "replaced": 1, "fallback": 0}, tritonfuse.report()
+    assert [s.kernel for s in tritonfuse.sites()] == [f"cublaslt[{act}]"]
+    assert "aten._addmm_activation.default" in seen.ops and not any("tritonfuse" in t for t in seen.ops), seen.ops
+    if dtype == torch.float32:  # the same function: as close as eager's GEMM
+        torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-5)
+    else:
+        w, b = model[0].weight.double(), model[0].bias.double()
+        ref = torch.nn.functional.gelu(x.double() @ w.t() + b)
+        assert_close_to_ref(out, ref, eager)
+    assert not torch.equal(out, torch.zeros_like(out))
+
+
+def test_cublaslt_epilogue_rules():
+    x, w, b = torch.empty(16, 32), torch.empty(24, 32), torch.empty(24)
+    xh, wh, bh = x.half(), w.half(), b.half()
+    assert "timed" in K.lt_unsupported(xh, wh, bh, "relu")  # the CPU: nothing timed, the Triton kernel serves
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(K, "LT_CHOICE", "cublaslt")
+        assert K.lt_unsupported(xh, wh, bh, "relu") is None and K.lt_unsupported(x, w, b, "relu") is None
+        # the CPU's _addmm_activation computes an exact GELU, CUDA's (cuBLASLt) the tanh approximation
+        assert "GPU" in K.lt_unsupported(x, w, b, "gelu_tanh") and "GPU" in K.lt_unsupported(xh, wh, bh, "gelu")
+        if torch.cuda.is_available():
+            xc, wc, bc, xhc, whc, bhc = (t.cuda() for t in (x, w, b, xh, wh, bh))
+            assert K.lt_unsupported(xhc, whc, bhc, "gelu") is None and K.lt_unsupported(xc, wc, bc, "gelu_tanh") is None
+            assert "tanh approximation" in K.lt_unsupported(xc, wc, bc, "gelu")  # exact GELU in fp32: not served
+        assert "no silu epilogue" in K.lt_unsupported(xh, wh, bh, "silu")
+        assert "no bias" in K.lt_unsupported(xh, wh, None, "relu")
+        assert K.lt_unsupported(xh.t(), wh, bh, "relu") == "layout"
+        with config.patch(cublaslt="0"):
+            assert K.lt_unsupported(xh, wh, bh, "relu") == "TRITONFUSE_CUBLASLT=0"
+    with config.patch(cublaslt="on"), pytest.raises(config.ConfigError, match="TRITONFUSE_CUBLASLT"):
+        config.validate()
+
+
+@pytest.mark.parametrize("t_lt,t_triton,setting,served", [
+    (0.5, 1.5, "1", "cublaslt[relu]"),  # both beat Inductor's 2 ms: the faster serves
+    (1.5, 0.5, "1", "linear_act[relu]"),
+    (1.0, 2.5, "1", "cublaslt[relu]"),  # the Triton kernel measured slower than Inductor's path
+    (2.5, 2.5, "1", None),  # neither beats it: left to Inductor
+    (0.5, 1.5, "0", "linear_act[relu]"),  # TRITONFUSE_CUBLASLT=0
+])
+def test_cublaslt_epilogue_serves_where_it_measured_fastest(tmp_path, monkeypatch, t_lt, t_triton, setting, served):
+    # on a GPU an inference Linear + ReLU/GELU site is timed as the Triton kernel and as cuBLASLt's fused
+    # epilogue, each against Inductor's cuBLAS GEMM + activation pass (here 1 + 1 ms), and the faster one that
+    # beats it serves
+    pretend_gpu_timing(tmp_path, monkeypatch)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # each case compiles afresh
+    times = {"ours": t_triton, "cublaslt": t_lt}
+    timed = []
+    monkeypatch.setattr(registry, "_bench",
+                        lambda fn, graphed=False, **_: timed.append(fn.__name__) or times.get(fn.__name__, 1.0))
+    model = nn.Sequential(nn.Linear(24, 40), nn.ReLU())  # (the CPU's op serves ReLU as CUDA's does)
+    x = fresh(7, 24)
+    with config.patch(cublaslt=setting):
+        out = _compile_run(model, x)
+    assert ("cublaslt" in timed) == (setting == "1") and "ours" in timed
+    kernels = [s.kernel for s in tritonfuse.sites() if s.status == "replaced"]
+    assert kernels == ([served] if served else []), tritonfuse.report()
+    assert _counts()["replaced"] == (1 if served else 0)
+    torch.testing.assert_close(out, model(x), atol=1e-5, rtol=1e-5)

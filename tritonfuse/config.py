@@ -38,6 +38,11 @@ fallback_on_error: str = "1"
 # Triton kernel only competes with cuBLAS's own bias epilogue
 linear_plain: str = "0"
 
+# "1" (default): on a GPU, a Linear + ReLU or GELU site with a bias is also timed as cuBLASLt's GEMM with
+# the bias and activation fused into its epilogue (torch._addmm_activation), which serves it where that is the
+# fastest path; its GELU is the tanh approximation, so an exact (erf) GELU takes it only in fp16/bf16, where
+# its error against an fp64 erf GELU measured below eager's own. "0": the Triton kernel or Inductor only
+cublaslt: str = "1"
 # "1" (default): on a GPU a site is replaced only where its kernel measured faster than the vendor path
 # it replaces (timed once per shape, kept on disk); "0": always use the kernel
 measure: str = "1"
@@ -79,6 +84,7 @@ _ENV = {
     "log": "TRITONFUSE_LOG",
     "fallback_on_error": "TRITONFUSE_FALLBACK_ON_ERROR",
     "linear_plain": "TRITONFUSE_LINEAR_PLAIN",
+    "cublaslt": "TRITONFUSE_CUBLASLT",
     "autotune": "TRITONFUSE_AUTOTUNE",
     "measure": "TRITONFUSE_MEASURE",
     "fast_launch": "TRITONFUSE_FAST_LAUNCH",
@@ -146,7 +152,7 @@ def validate() -> None:
         ok = False
     if not ok:
         _fail("measure_margin", measure_margin, "a fraction in [0, 1), e.g. 0.03")
-    for name in ("linear_plain", "measure", "fast_launch", "inline", "static_launch"):
+    for name in ("linear_plain", "cublaslt", "measure", "fast_launch", "inline", "static_launch"):
         if str(g[name]) not in ("0", "1"):
             _fail(name, g[name], "0, 1")
     if str(autotune) not in ("0", "1", "all"):
@@ -217,6 +223,10 @@ def compile_thread_count() -> int:
 
 def linear_plain_enabled() -> bool:
     return str(linear_plain) == "1"
+
+
+def cublaslt_enabled() -> bool:
+    return str(cublaslt) != "0"
 
 
 def quant_skipped(module_name: str) -> bool:
