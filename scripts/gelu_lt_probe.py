@@ -6,23 +6,12 @@ of each against fp64 exact (erf) GELU."""
 import json, os, statistics
 import torch
 import torch.nn.functional as F
+
+from probe_log import graph_ms as _graph_ms  # scripts/, on the path when a script runs
 import tritonfuse.kernels.linear_act  # noqa: F401
 
-def graph_ms(fn, reps=30):
-    s = torch.cuda.Stream()
-    with torch.cuda.stream(s):
-        for _ in range(3): fn()
-        torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph(); n = 10
-        with torch.cuda.graph(g):
-            for _ in range(n): fn()
-        g.replay(); torch.cuda.synchronize()
-        ts = []
-        for _ in range(reps):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record(); g.replay(); b.record(); torch.cuda.synchronize()
-            ts.append(a.elapsed_time(b) / n)
-    return statistics.median(ts)
+def graph_ms(fn):
+    return _graph_ms(fn, reps=30, calls=10)
 
 out = []
 for M, K, N, dt in [(16384, 768, 3072, torch.float16), (12608, 768, 3072, torch.float16), (16384, 1024, 4096, torch.float16),

@@ -29,6 +29,7 @@ from torch._inductor.utils import run_and_get_code
 
 import tritonfuse
 from tritonfuse import config
+from probe_log import graph_ms as _graph_ms  # scripts/, on the path when a script runs
 
 
 class Block(nn.Module):
@@ -42,27 +43,7 @@ class Block(nn.Module):
 
 
 def graph_ms(fn, x, reps=20):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn(x)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn(x)
-    for _ in range(3):
-        g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]
+    return _graph_ms(lambda: fn(x), reps=reps, calls=1)
 
 
 def plain_ms(fn, x, reps=30):

@@ -17,3 +17,31 @@ def jsonl_log(name: str, digits: int = 4):
               flush=True)
 
     return emit
+
+
+def graph_ms(fn, reps: int = 30, calls: int = 10) -> float:
+    """GPU ms per call of ``fn``: ``calls`` calls captured in one CUDA graph (on a side stream, after three
+    warm-up calls), the median of ``reps`` replays."""
+    import statistics
+
+    import torch
+
+    with torch.cuda.stream(torch.cuda.Stream()):
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for _ in range(calls):
+                fn()
+        g.replay()
+        torch.cuda.synchronize()
+        ts = []
+        for _ in range(reps):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            g.replay()
+            b.record()
+            torch.cuda.synchronize()
+            ts.append(a.elapsed_time(b) / calls)
+    return statistics.median(ts)

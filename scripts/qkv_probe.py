@@ -6,22 +6,10 @@ import json, os, statistics, sys
 import torch
 import torch.nn.functional as F
 
-def graph_ms(fn, reps=20):
-    s = torch.cuda.Stream()
-    with torch.cuda.stream(s):
-        for _ in range(3): fn()
-        torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        n = 20
-        with torch.cuda.graph(g):
-            for _ in range(n): fn()
-        g.replay(); torch.cuda.synchronize()
-        ts = []
-        for _ in range(reps):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record(); g.replay(); b.record(); torch.cuda.synchronize()
-            ts.append(a.elapsed_time(b) / n)
-    return statistics.median(ts)
+from probe_log import graph_ms as _graph_ms  # scripts/, on the path when a script runs
+
+def graph_ms(fn):
+    return _graph_ms(fn, reps=20, calls=20)
 
 rows = []
 cases = [("bert-base qkv", 16384, 768, [768, 768, 768], torch.float16, True),
