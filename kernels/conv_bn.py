@@ -847,6 +847,100 @@ def _epilogue_pass(y, x, w, b, mean, var, gamma, beta, r, stride, padding, eps, 
     return out
 
 
+# --- cuDNN's fused conv + bias + ReLU (+ residual) -----------------------------------------------------------
+# aten.cudnn_convolution_relu / cudnn_convolution_add_relu run cuDNN's conv with the bias, a residual and the
+# ReLU in its epilogue: one kernel where Inductor runs the conv and then an epilogue pass over its output. BN
+# folds into the weight and bias (eval BN is a per-channel affine map of the conv's output); the fold is graph
+# ops each call, since the parameters are graph inputs (Inductor's freezing would fold them once). On the H200
+# (scripts/cudnn_fused_probe.py, 31st session, cuDNN 9.19), over ResNet-50's distinct conv shapes at b64 fp16
+# channels_last: the fused call took as long as the conv alone (residual ones +3 to +35 us) and 0.34-0.87x
+# the conv plus Inductor's epilogue (0.86 against 1.37 ms in all); folding every weight of the network took
+# 0.12 ms. A site takes it where it measured fastest (``choose``).
+CUDNN_FUSED_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def cudnn_fused_unsupported(x, w, b, bn, r, stride, padding, act: str, act2: str, channels_last: bool,
+                            forced: bool = False) -> Optional[str]:
+    """Why cuDNN's fused conv + bias + ReLU (+ residual) cannot serve this site, or None."""
+    if not config.cudnn_fused_enabled():
+        return "TRITONFUSE_CUDNN_FUSED=0"
+    if not forced and not registry.timing_enabled(x.device):
+        return "only where it is timed (a GPU with TRITONFUSE_MEASURE on)"
+    if not (act == "relu" and r is None) and not (act == "none" and r is not None and act2 == "relu"):
+        return "cuDNN fuses a ReLU, or a residual add then a ReLU"
+    if x.dtype not in CUDNN_FUSED_DTYPES or w.dtype != x.dtype:
+        return f"dtype {x.dtype} (fp16/bf16 only)"
+    if not channels_last:
+        return "contiguous (NCHW) output"
+    oh, ow = out_shape(x.shape, w.shape, stride, padding)[2:]
+    if 1 in (x.shape[1], w.shape[0], x.shape[2] * x.shape[3], oh * ow):
+        return "a size-1 dimension (its channels_last strides are ambiguous)"
+    return None
+
+
+def fold_bn(w, b, mean, var, gamma, beta, eps: float):
+    """(weight, bias) of the conv with the eval BN folded in, in fp32 and then w's dtype, channels_last (as
+    written in a replacement: graph ops Inductor compiles)."""
+    if mean is None:
+        return w.contiguous(memory_format=torch.channels_last), b
+    scale = torch.rsqrt(var.float() + eps)
+    if gamma is not None:
+        scale = scale * gamma.float()
+    wf = (w.float() * scale.reshape(-1, 1, 1, 1)).to(w.dtype).contiguous(memory_format=torch.channels_last)
+    bf = -mean.float() * scale if b is None else (b.float() - mean.float()) * scale
+    if beta is not None:
+        bf = bf + beta.float()
+    return wf, bf.to(w.dtype)
+
+
+def conv_fused(x, wf, bf, r, stride, padding):
+    """``relu(conv(x, wf) + bf (+ r))`` as one cuDNN call on a GPU (``wf``/``bf`` from ``fold_bn``); on the
+    CPU (tests forcing the path) the same ops unfused."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    if bf is None:
+        bf = torch.zeros(wf.shape[0], dtype=x.dtype, device=x.device)
+    if x.device.type != "cuda":
+        y = torch.ops.aten.convolution(x, wf, bf, list(stride), list(padding), [1, 1], False, [0, 0], 1)
+        return torch.relu(y + r if r is not None else y).contiguous(memory_format=torch.channels_last)
+    _register_cudnn_fakes()
+    if r is None:
+        return torch.ops.aten.cudnn_convolution_relu(x, wf, bf, list(stride), list(padding), [1, 1], 1)
+    r = r.contiguous(memory_format=torch.channels_last)
+    return torch.ops.aten.cudnn_convolution_add_relu(x, wf, r, 1.0, bf, list(stride), list(padding), [1, 1], 1)
+
+
+_fakes_registered = False
+
+
+def _register_cudnn_fakes() -> None:
+    """Fake (meta) implementations of the two cuDNN ops, which torch ships without one, so that a graph holding
+    them can be traced and compiled (Inductor calls them as fallback kernels). Added the first time a site
+    takes the path, never on import; an op that has one already keeps its own."""
+    global _fakes_registered
+    if _fakes_registered:
+        return
+    _fakes_registered = True
+
+    def out(x, w, stride, padding):
+        # cuDNN's output is channels_last where its input or weight is (cudnn_conv_suggest_memory_format); the
+        # sites given these ops pass both channels_last, with no size-1 dims that would make that ambiguous
+        cl = any(t.is_contiguous(memory_format=torch.channels_last) for t in (x, w))
+        shape = out_shape(x.shape, w.shape, stride, padding)
+        return x.new_empty(shape).contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+    def relu_fake(x, w, b, stride, padding, dilation, groups):
+        return out(x, w, stride, padding)
+
+    def add_relu_fake(x, w, z, alpha, b, stride, padding, dilation, groups):
+        return out(x, w, stride, padding)
+
+    for name, fn in (("aten::cudnn_convolution_relu", relu_fake), ("aten::cudnn_convolution_add_relu", add_relu_fake)):
+        try:
+            torch.library.register_fake(name, fn)
+        except Exception:  # noqa: BLE001 - torch has one (or cannot take ours): its own is used
+            pass
+
+
 # --- references ---------------------------------------------------------------------------------------
 
 
@@ -963,7 +1057,12 @@ def choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last, int8:
     ``TRITONFUSE_MEASURE=0`` the Triton kernel is used. ``CHOICE`` forces one path.
     """
     ours = "conv_bn_int8" if int8 else "conv_bn"
-    if CHOICE in ("triton", "cudnn"):
+    fused_why = ("int8" if int8 else
+                 cudnn_fused_unsupported(x, w, b, bn, r, stride, padding, act, act2, channels_last,
+                                         forced=CHOICE == "cudnn_fused"))
+    if CHOICE == "cudnn_fused" and fused_why is None:
+        return {"kernel": "conv_bn_cudnn_fused", "forced": True}
+    if CHOICE in ("triton", "cudnn", "cudnn_fused"):
         return {"kernel": ours if CHOICE == "triton" else "conv_bn_cudnn", "forced": True}
     static = all(type(v) is int for t in (x, w, r) if t is not None for v in (*t.shape, *t.stride()))
     if not static:
@@ -1032,5 +1131,23 @@ def choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last, int8:
                                            host_kind=host_kind)
     except Exception as e:  # e.g. out of memory while timing: cuDNN's path
         return {"kernel": "conv_bn_cudnn", "error": f"{type(e).__name__}: {e}"}
-    ours = "conv_bn_int8" if int8 else "conv_bn"
-    return {"kernel": ours if rec["use"] else "conv_bn_cudnn", **rec}
+    choice = {"kernel": ours if rec["use"] else "conv_bn_cudnn", **rec}
+    if fused_why is None and not registry.in_survey():  # (nothing of ours to compile ahead)
+        def fused():
+            a = args()
+            return conv_fused(a[0], *fold_bn(a[1], a[2], *a[3:7], eps), a[7], stride, padding)
+
+        try:  # timed as the inlined kernels are: GPU time (both sides are Inductor's calls of cuDNN)
+            frec = registry.measured_choice(key.split("|devtma")[0].split("|pointer")[0] + "|cudnnfused",
+                                            x.device, fused, theirs, graphed=True)
+        except Exception as e:  # noqa: BLE001 - cuDNN cannot run it here: the other paths stand
+            frec = {"use": False, "error": f"{type(e).__name__}: {e}"}
+        if frec.get("use") and (choice["kernel"] != ours or _cheaper(frec, rec)):
+            choice = {"kernel": "conv_bn_cudnn_fused", **frec, "triton": rec}
+    return choice
+
+
+def _cheaper(a: dict, b: dict) -> bool:
+    """Measured choice ``a`` cost less than ``b`` against the same vendor path."""
+    ra, rb = registry.cost_ratio(a), registry.cost_ratio(b)
+    return rb is None or (ra is not None and ra <= rb)

@@ -180,7 +180,8 @@ def _eps(match: Match) -> Optional[float]:
 
 def _conv_targets() -> tuple:
     return (aten.convolution.default, torch.ops.tritonfuse.conv_bn.default,
-            torch.ops.tritonfuse.conv_bn_int8.default, torch.ops.tritonfuse.conv_bn_cudnn.default)
+            torch.ops.tritonfuse.conv_bn_int8.default, torch.ops.tritonfuse.conv_bn_cudnn.default,
+            aten.cudnn_convolution_relu.default, aten.cudnn_convolution_add_relu.default)
 
 
 def kernel_name(op: str, head: str, act: str, res: bool, act2: str) -> str:
@@ -249,9 +250,12 @@ def _site(match: Match, head: str, act: str, res: bool, act2: str, constants: Co
             return conv, reason, None, detail
     if "ours_ms" in choice:
         theirs = "cudnn conv + epilogue pass" if epilogue_pass else "cudnn conv alone"
-        ours_is = "op-call host time alone" if choice.get("host_floor") else "triton"
+        ours_is = ("op-call host time alone" if choice.get("host_floor")
+                   else "cudnn fused" if op == "conv_bn_cudnn_fused" else "triton")
         detail += f" {ours_is} {choice['ours_ms']:.4f} ms / {theirs} {choice['theirs_ms']:.4f} ms"
-    if op not in ("conv_bn", "conv_bn_int8"):
+        if "ours_ms" in choice.get("triton", {}):
+            detail += f" (triton {choice['triton']['ours_ms']:.4f} ms)"
+    if op not in ("conv_bn", "conv_bn_int8", "conv_bn_cudnn_fused"):
         why = (registry.slower_reason(choice, "it") if choice.get("host_floor")
                else "measured faster" if "ours_ms" in choice else "dynamic shapes, nothing to time" if choice.get("dynamic")
                else f"timing failed ({choice['error']})" if "error" in choice
@@ -345,6 +349,9 @@ def _make_handler(head: str, act: str, res: bool, act2: str, constants: Counter)
             if op == "conv_bn_int8":
                 # per-tensor quantization as graph ops: Inductor fuses it into the kernel producing x
                 return torch.ops.tritonfuse.conv_bn_int8(*K.quant_tensor_ref(t["x"]), *rest, t["x"].dtype)
+            if op == "conv_bn_cudnn_fused":  # BN folded by graph ops, then one cuDNN call
+                wf, bf = K.fold_bn(t["w"], t.get("b"), t.get("mean"), t.get("var"), t.get("gamma"), t.get("beta"), eps)
+                return K.conv_fused(t["x"], wf, bf, t.get("r"), stride, padding)
             return torch.ops.tritonfuse.conv_bn(t["x"], *rest)
 
         match.replace_by_example(replacement, nodes)

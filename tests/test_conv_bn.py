@@ -906,3 +906,94 @@ def test_int8_site_forced_to_cudnn_says_so(monkeypatch):
         torch.compile(m, backend="tritonfuse")(x)
     site, = [s for s in tritonfuse.sites() if s.family == FAMILY]
     assert site.reason == "cuDNN + Inductor's epilogue: forced" and "int8 measured" not in site.detail, site
+
+
+# --- cuDNN's fused conv + bias + ReLU (+ residual) ------------------------------------------------------
+
+
+def test_cudnn_fused_serves_relu_and_residual_sites(monkeypatch):
+    # forced here (on a GPU each site is timed against the Triton kernel and cuDNN + Inductor's epilogue):
+    # conv -> BN -> ReLU and conv -> BN -> + x -> ReLU become the BN folded into the weight and bias by graph
+    # ops and one cuDNN call each (aten.cudnn_convolution_relu / _add_relu; on the CPU the same ops unfused).
+    # The user's parameters are left as they were
+    from tests.utils import GraphOps
+
+    monkeypatch.setattr(K, "CHOICE", "cudnn_fused")
+    dev = torch.empty(0).device
+    m = _randomize_bn(Residual("resnet")).eval().to(dev, torch.bfloat16)
+    x = torch.randn(2, 12, 7, 9, dtype=torch.bfloat16, device=dev).to(memory_format=torch.channels_last)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    seen = GraphOps()
+    with torch.no_grad():
+        eager = m(x)
+        out = torch.compile(m, backend="tritonfuse", options={"post_grad_custom_pre_pass": seen})(x)
+        ref = copy.deepcopy(m).double()(x.double())
+    assert tritonfuse.counters()[FAMILY] == _counts(2, 2), tritonfuse.report()
+    got = sorted(s.kernel for s in tritonfuse.sites() if s.status == "replaced")
+    assert got == ["conv_bn_cudnn_fused[bn,none+res,relu]", "conv_bn_cudnn_fused[bn,relu]"], got
+    assert not any(t.startswith("tritonfuse.") for t in seen.ops), seen.ops
+    if dev.type == "cuda":
+        assert {"aten.cudnn_convolution_relu.default", "aten.cudnn_convolution_add_relu.default"} <= set(seen.ops)
+    assert out.stride() == eager.stride()
+    assert_close_to_ref(out, ref, eager, atol=2e-2)
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    # an activation cuDNN does not fuse: the site stays Inductor's (CHOICE falls back to cuDNN's path)
+    torch._dynamo.reset()
+    tritonfuse.reset()
+    m2 = _randomize_bn(ConvBNAct(12, 12, act=nn.SiLU())).eval().to(dev, torch.bfloat16)
+    with torch.no_grad():
+        torch.compile(m2, backend="tritonfuse")(x)
+    assert tritonfuse.counters()[FAMILY] == _counts(1, 0, 1), tritonfuse.report()
+
+
+def test_cudnn_fused_rules():
+    from tritonfuse import config
+
+    x = torch.empty(2, 16, 8, 8, dtype=torch.float16, device="cpu").to(memory_format=torch.channels_last)
+    w = torch.empty(32, 16, 3, 3, dtype=torch.float16, device="cpu")
+    bn = (torch.empty(32),) * 4
+    r = torch.empty(2, 32, 8, 8, dtype=torch.float16)
+
+    def why(x=x, w=w, r=None, act="relu", act2="none", cl=True, forced=True, stride=(1, 1), padding=(1, 1)):
+        return K.cudnn_fused_unsupported(x, w, None, bn, r, stride, padding, act, act2, cl, forced=forced)
+
+    assert why() is None and why(r=r, act="none", act2="relu") is None
+    assert "timed" in why(forced=False)  # the CPU: nothing is timed
+    assert "ReLU" in why(act="silu") and "ReLU" in why(r=r, act="relu", act2="none") and "ReLU" in why(act="none")
+    assert "fp16/bf16" in why(x=x.float(), w=w.float())
+    assert "NCHW" in why(cl=False)
+    assert "size-1" in why(stride=(8, 8), padding=(0, 0)) and "size-1" in why(x=x[:, :1], w=w[:, :1])
+    with config.patch(cudnn_fused="0"):
+        assert why() == "TRITONFUSE_CUDNN_FUSED=0"
+
+
+@pytest.mark.parametrize("t_triton,t_fused,setting,expect", [
+    (1.5, 0.5, "1", ["conv_bn_cudnn_fused[bn,none+res,relu]", "conv_bn_cudnn_fused[bn,relu]"]),
+    (0.4, 0.5, "1", ["conv_bn[bn,none+res,relu]", "conv_bn[bn,relu]"]),  # the Triton kernel is faster
+    (3.0, 3.0, "1", []),  # neither beats cuDNN + Inductor's epilogue
+    (1.5, 0.5, "0", ["conv_bn[bn,relu]"]),  # TRITONFUSE_CUDNN_FUSED=0: conv2's Triton kernel lost
+])
+def test_cudnn_fused_serves_where_it_measured_fastest(tmp_path, monkeypatch, t_triton, t_fused, setting, expect):
+    # on a GPU a ReLU (or residual + ReLU) site is timed as the Triton kernel and as cuDNN's fused call, each
+    # against cuDNN's conv + Inductor's epilogue (conv1's output feeds conv2: its epilogue is a pass of its
+    # own, 1 + 1 ms here; conv2's is the graph's output: the conv alone, 1 ms), and the faster one that beats
+    # it serves the site
+    from tests.utils import pretend_gpu_timing
+    from tritonfuse import config, registry
+
+    pretend_gpu_timing(tmp_path, monkeypatch)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # each case compiles afresh
+    monkeypatch.setattr(registry, "_host_time", lambda fn, device, calls=20: 0.0)  # no host floor here
+    times = {"triton_op": t_triton, "fused": t_fused}
+    timed = []
+    monkeypatch.setattr(registry, "_bench",
+                        lambda fn, graphed=False, **_: timed.append(fn.__name__) or times.get(fn.__name__, 1.0))
+    m = _randomize_bn(Residual("resnet")).eval().to(torch.bfloat16)
+    x = torch.randn(2, 12, 7, 9, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    with config.patch(measure="1", cudnn_fused=setting), torch.no_grad():
+        out = torch.compile(m, backend="tritonfuse")(x)
+        eager = m(x)
+    assert ("fused" in timed) == (setting == "1") and "triton_op" in timed
+    got = sorted(s.kernel for s in tritonfuse.sites() if s.status == "replaced")
+    assert got == expect, tritonfuse.report()
+    torch.testing.assert_close(out, eager, atol=3e-2, rtol=3e-2)

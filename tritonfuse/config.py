@@ -43,6 +43,11 @@ linear_plain: str = "0"
 # fastest path; its GELU is the tanh approximation, so an exact (erf) GELU takes it only in fp16/bf16, where
 # its error against an fp64 erf GELU measured below eager's own. "0": the Triton kernel or Inductor only
 cublaslt: str = "1"
+# "1" (default): on a GPU, an eval conv -> BN -> ReLU site (or conv -> BN -> + residual -> ReLU) over fp16/bf16
+# channels_last activations is also timed as cuDNN's fused conv + bias + ReLU (+ residual) with the BN folded
+# into the weight and bias by graph ops each call (as Inductor's freezing would fold it once), which serves it
+# where it is the fastest path; "0": the Triton kernel or Inductor only
+cudnn_fused: str = "1"
 # "1" (default): on a GPU a site is replaced only where its kernel measured faster than the vendor path
 # it replaces (timed once per shape, kept on disk); "0": always use the kernel
 measure: str = "1"
@@ -85,6 +90,7 @@ _ENV = {
     "fallback_on_error": "TRITONFUSE_FALLBACK_ON_ERROR",
     "linear_plain": "TRITONFUSE_LINEAR_PLAIN",
     "cublaslt": "TRITONFUSE_CUBLASLT",
+    "cudnn_fused": "TRITONFUSE_CUDNN_FUSED",
     "autotune": "TRITONFUSE_AUTOTUNE",
     "measure": "TRITONFUSE_MEASURE",
     "fast_launch": "TRITONFUSE_FAST_LAUNCH",
@@ -152,7 +158,7 @@ def validate() -> None:
         ok = False
     if not ok:
         _fail("measure_margin", measure_margin, "a fraction in [0, 1), e.g. 0.03")
-    for name in ("linear_plain", "cublaslt", "measure", "fast_launch", "inline", "static_launch"):
+    for name in ("linear_plain", "cublaslt", "cudnn_fused", "measure", "fast_launch", "inline", "static_launch"):
         if str(g[name]) not in ("0", "1"):
             _fail(name, g[name], "0, 1")
     if str(autotune) not in ("0", "1", "all"):
@@ -227,6 +233,10 @@ def linear_plain_enabled() -> bool:
 
 def cublaslt_enabled() -> bool:
     return str(cublaslt) != "0"
+
+
+def cudnn_fused_enabled() -> bool:
+    return str(cudnn_fused) != "0"
 
 
 def quant_skipped(module_name: str) -> bool:
