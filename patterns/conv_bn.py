@@ -12,8 +12,9 @@ The stride and padding of the conv are wildcards in the pattern and read from th
 replacement is built per match (``register_graph_pattern`` + ``Match.replace_by_example``, as Inductor's own
 post-grad passes do) rather than with a fixed ``register_replacement`` function. A site is served by
 ``tritonfuse::conv_bn`` (Triton implicit GEMM) where that measured faster for its shape
-(``kernels.conv_bn.choose``); elsewhere it is left to Inductor (cuDNN and Inductor's fused epilogue) with the
-timings as the reason.
+(``kernels.conv_bn.choose``), or by cuDNN's fused conv + bias + ReLU (+ residual) with the BN folded into the
+weight and bias by graph ops where that measured faster still; elsewhere it is left to Inductor (cuDNN and
+Inductor's fused epilogue) with the timings as the reason.
 """
 
 from __future__ import annotations
