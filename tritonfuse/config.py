@@ -43,11 +43,12 @@ linear_plain: str = "0"
 # fastest path; its GELU is the tanh approximation, so an exact (erf) GELU takes it only in fp16/bf16, where
 # its error against an fp64 erf GELU measured below eager's own. "0": the Triton kernel or Inductor only
 cublaslt: str = "1"
-# "1" (default): on a GPU, an eval conv -> BN -> ReLU site (or conv -> BN -> + residual -> ReLU) over fp16/bf16
+# "1": on a GPU, an eval conv -> BN -> ReLU site (or conv -> BN -> + residual -> ReLU) over fp16/bf16
 # channels_last activations is also timed as cuDNN's fused conv + bias + ReLU (+ residual) with the BN folded
 # into the weight and bias by graph ops each call (as Inductor's freezing would fold it once), which serves it
-# where it is the fastest path; "0": the Triton kernel or Inductor only
-cudnn_fused: str = "1"
+# where it is the fastest path. "0" (default): off, since on the H200 resnet50 ran 0.80x Inductor with it
+# although every site it took had measured faster (benchmarks/results/diagnostics/resnet50-cudnn-fused-*)
+cudnn_fused: str = "0"
 # "1" (default): on a GPU a site is replaced only where its kernel measured faster than the vendor path
 # it replaces (timed once per shape, kept on disk); "0": always use the kernel
 measure: str = "1"
