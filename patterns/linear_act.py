@@ -549,8 +549,11 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: b
         if lt_rec is not None and lt_rec["use"] and (rec is None or not rec["use"] or _cheaper(lt_rec, rec)):
             _serve["lt"] = True
             kernel, reason = f"cublaslt[{act}]", None
-        elif rec is not None and not rec["use"]:
-            reason = registry.slower_reason(rec, "cuBLAS + epilogue")
+        else:
+            if lt_rec is not None and rec is not None:
+                registry._last_measured.rec = rec  # the report shows the timing of the kernel the site takes
+            if rec is not None and not rec["use"]:
+                reason = registry.slower_reason(rec, "cuBLAS + epilogue")
         return registry.settle(FAMILY, site, kernel, reason, detail)
 
     return registry.guarded(FAMILY, check, _gemm_node)

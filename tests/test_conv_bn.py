@@ -1005,4 +1005,7 @@ def test_cudnn_fused_serves_where_it_measured_fastest(tmp_path, monkeypatch, t_t
     assert ("fused" in timed) == (setting == "1") and "triton_op" in timed
     got = sorted(s.kernel for s in tritonfuse.sites() if s.status == "replaced")
     assert got == expect, tritonfuse.report()
+    for s in tritonfuse.sites():  # the report shows the timing of the path each site takes
+        if s.status == "replaced":
+            assert s.measured[0] == pytest.approx(t_fused if "cudnn_fused" in s.kernel else t_triton), s
     torch.testing.assert_close(out, eager, atol=3e-2, rtol=3e-2)

@@ -2092,4 +2092,7 @@ def test_cublaslt_epilogue_serves_where_it_measured_fastest(tmp_path, monkeypatc
     kernels = [s.kernel for s in tritonfuse.sites() if s.status == "replaced"]
     assert kernels == ([served] if served else []), tritonfuse.report()
     assert _counts()["replaced"] == (1 if served else 0)
+    if served:  # the report shows the timing of the path the site takes
+        site = next(s for s in tritonfuse.sites() if s.status == "replaced")
+        assert site.measured[0] == pytest.approx(t_lt if served.startswith("cublaslt") else t_triton), site
     torch.testing.assert_close(out, model(x), atol=1e-5, rtol=1e-5)
