@@ -1154,14 +1154,9 @@ def choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last, int8:
                                             x.device, fused, theirs, graphed=True)
         except Exception as e:  # noqa: BLE001 - cuDNN cannot run it here: the other paths stand
             frec = {"use": False, "error": f"{type(e).__name__}: {e}"}
-        if frec.get("use") and (choice["kernel"] != ours or _cheaper(frec, rec)):
+        if frec.get("use") and (choice["kernel"] != ours or registry.cheaper(frec, rec)):
             choice = {"kernel": "conv_bn_cudnn_fused", **frec, "triton": rec}
         else:
             registry._last_measured.rec = rec  # the report shows the timing of the path the site takes
     return choice
 
-
-def _cheaper(a: dict, b: dict) -> bool:
-    """Measured choice ``a`` cost less than ``b`` against the same vendor path."""
-    ra, rb = registry.cost_ratio(a), registry.cost_ratio(b)
-    return rb is None or (ra is not None and ra <= rb)

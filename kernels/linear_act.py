@@ -773,7 +773,6 @@ def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optiona
     return registry.measured_choice(key, x.device, ours, theirs, graphed=inlined or int8_inlined, shared=shared)
 
 
-
 # --- cuBLASLt's fused epilogue -------------------------------------------------------------------------------
 # torch._addmm_activation runs cuBLASLt's GEMM with the bias and a ReLU or GELU applied to the fp32
 # accumulator in its epilogue: one kernel, as fast as cuBLAS's plain GEMM where the Triton kernel is not. On

@@ -94,14 +94,6 @@ def _flat(x):
 _serve = {"int8": None, "quant": "graph", "lt": False}
 
 
-def _cheaper(a: dict, b: dict) -> bool:
-    """Measured choice ``a`` cost less than ``b`` against the same vendor path (or ``a`` was forced)."""
-    if a.get("forced"):
-        return True
-    ra, rb = registry.cost_ratio(a), registry.cost_ratio(b)
-    return rb is None or (ra is not None and ra <= rb)
-
-
 def _trace(fn, args, **kwargs) -> torch.fx.GraphModule:
     # a replacement reads how its check chose to serve the site (``_serve``): one trace per choice
     return memo_trace(trace_pattern, fn, args, state=tuple(sorted(_serve.items())), **kwargs)
@@ -544,9 +536,10 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: b
         rec = K.measure(x2h, wsh, bh, act, gated, store_pre) if reason is None else None
         # an inference site with a ReLU or GELU: cuBLASLt's fused epilogue too, where it is the faster of the two
         lt_why = (K.lt_unsupported(x2h, wsh[0], bh, act) if not gated and not store_pre and x2h is not None
-                  and wsh[0] is not None else "a gated or training site")
+                  and wsh[0] is not None else "not an inference Linear of known sizes")
         lt_rec = K.measure_lt(x2h, wsh[0], bh, act) if lt_why is None else None
-        if lt_rec is not None and lt_rec["use"] and (rec is None or not rec["use"] or _cheaper(lt_rec, rec)):
+        if lt_rec is not None and lt_rec["use"] and (rec is None or not rec["use"]
+                                                       or registry.cheaper(lt_rec, rec)):
             _serve["lt"] = True
             kernel, reason = f"cublaslt[{act}]", None
         else:

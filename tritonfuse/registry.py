@@ -982,6 +982,15 @@ def cost_ratio(rec: dict) -> Optional[float]:
     return None
 
 
+def cheaper(a: dict, b: Optional[dict]) -> bool:
+    """Measured choice ``a`` cost no more than ``b`` against the same vendor path (the lower ``cost_ratio``);
+    True where ``a`` was forced or ``b`` is missing or was not timed."""
+    if a.get("forced") or b is None:
+        return True
+    ra, rb = cost_ratio(a), cost_ratio(b)
+    return rb is None or (ra is not None and ra <= rb)
+
+
 def _save_choices(choices: dict) -> None:
     write_json(choices_path(), choices, indent=1, sort_keys=True)  # lost: measured again in the next process
 
