@@ -1,20 +1,14 @@
 import atexit
 import os
-import pathlib
 import shutil
-import sys
 import tempfile
 
 # ``python -m pytest`` run from the checkout puts it first on sys.path, where the top-level folders kernels/ and
-# patterns/ (installed as tritonfuse.kernels / tritonfuse.patterns) shadow installed packages of those names:
-# transformers >= 5.25 requires HF's `kernels`, and its import found our folder instead (16 tests failed in
-# CI, 2026-12-03). The checkout moves behind the installed packages (it stays on the path for ``tests.utils``);
-# subprocesses the tests start (``python -c`` from this directory) leave it off through PYTHONSAFEPATH (Python
-# >= 3.11).
-_ROOT = pathlib.Path(__file__).resolve().parents[1]
-_here = [p for p in sys.path if pathlib.Path(p or os.curdir).resolve() == _ROOT]
-sys.path[:] = [p for p in sys.path if p not in _here] + [str(_ROOT)] * bool(_here)
-os.environ["PYTHONSAFEPATH"] = "1"
+# patterns/ shadow installed packages of those names (transformers >= 5.25 requires HF's `kernels`; 16 tests
+# failed in CI, 2026-12-03): the checkout moves behind the installed packages (tritonfuse._paths)
+from tritonfuse._paths import checkout_behind_site_packages  # noqa: E402
+
+checkout_behind_site_packages()
 
 import pytest
 import torch

@@ -46,3 +46,34 @@ def test_checkout_folders_do_not_shadow_installed_packages():
     code = f"import importlib.util as u; print(u.find_spec({installed[0]!r}).origin)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and str(ROOT / installed[0]) not in out.stdout, (out.stdout, out.stderr)
+
+
+def test_python_m_tritonfuse_from_the_checkout_builds_hf_models(tmp_path):
+    # `python -m tritonfuse` run from the checkout puts it first on sys.path; tritonfuse/__main__.py moves it
+    # behind the installed packages, so transformers (>= 5.25 imports HF's `kernels`) builds its models
+    import importlib.metadata
+    import os
+
+    pytest.importorskip("transformers")
+    try:
+        importlib.metadata.distribution("kernels")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("HF's kernels package is not installed here: nothing to shadow")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
+    env.setdefault("TRITON_INTERPRET", "1")
+    out = subprocess.run([sys.executable, "-m", "tritonfuse", "bench", "--models", "bert-base", "--modes", "eager",
+                          "--small", "--no-progress", "--out", str(tmp_path)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "bert-base" in out.stdout, out.stderr[-2000:]
+
+
+def test_checkout_moves_behind_site_packages(monkeypatch):
+    import os
+
+    from tritonfuse import _paths
+
+    monkeypatch.setattr(sys, "path", ["", *[p for p in sys.path if p not in ("", str(ROOT))]])
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("PYTHONSAFEPATH", raising=False)
+    _paths.checkout_behind_site_packages()
+    assert sys.path[-1] == str(ROOT) and "" not in sys.path and os.environ["PYTHONSAFEPATH"] == "1"
