@@ -2096,3 +2096,22 @@ def test_cublaslt_epilogue_serves_where_it_measured_fastest(tmp_path, monkeypatc
         site = next(s for s in tritonfuse.sites() if s.status == "replaced")
         assert site.measured[0] == pytest.approx(t_lt if served.startswith("cublaslt") else t_triton), site
     torch.testing.assert_close(out, model(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("act,module", [("relu", nn.ReLU()), ("gelu", nn.GELU())])
+def test_cublaslt_epilogue_in_a_training_graph(monkeypatch, act, module):
+    # a training forward: a ReLU site's backward reads the ReLU's output, which cuBLASLt's epilogue writes, so
+    # it may take it; a GELU site's backward reads the pre-activation (linear_act_pre writes both), which the
+    # epilogue does not give: it never takes it. The gradients match eager's either way
+    monkeypatch.setattr(K, "LT_CHOICE", "cublaslt")
+    model = nn.Sequential(nn.Linear(32, 48), module, nn.Linear(48, 8))
+    x = fresh(6, 32).requires_grad_()
+    torch.compile(model, backend="tritonfuse")(x).square().sum().backward()
+    got = [p.grad.clone() for p in model.parameters()] + [x.grad.clone()]
+    kernels = [s.kernel for s in tritonfuse.sites() if s.status == "replaced"]
+    assert kernels == (["cublaslt[relu]"] if act == "relu" else ["linear_act[gelu]"]), tritonfuse.report()
+    model.zero_grad()
+    x.grad = None
+    model(x).square().sum().backward()
+    for g, w in zip(got, [p.grad for p in model.parameters()] + [x.grad]):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
