@@ -855,7 +855,9 @@ def _epilogue_pass(y, x, w, b, mean, var, gamma, beta, r, stride, padding, eps, 
 # (scripts/cudnn_fused_probe.py, 31st session, cuDNN 9.19), over ResNet-50's distinct conv shapes at b64 fp16
 # channels_last: the fused call took as long as the conv alone (residual ones +3 to +35 us) and 0.34-0.87x
 # the conv plus Inductor's epilogue (0.86 against 1.37 ms in all); folding every weight of the network took
-# 0.12 ms. A site takes it where it measured fastest (``choose``).
+# 0.12 ms. A site takes it where it measured fastest (``choose``), with TRITONFUSE_CUDNN_FUSED=1 only: with
+# it on, 18 of resnet50's sites measured faster as GPU time and the model ran 0.80x Inductor (31st session;
+# the sites' fold launches and the fused call's host path were not charged: to be checked).
 CUDNN_FUSED_DTYPES = (torch.float16, torch.bfloat16)
 
 
