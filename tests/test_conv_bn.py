@@ -992,17 +992,27 @@ def test_cudnn_fused_serves_where_it_measured_fastest(tmp_path, monkeypatch, t_t
 
     pretend_gpu_timing(tmp_path, monkeypatch)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # each case compiles afresh
-    monkeypatch.setattr(registry, "_host_time", lambda fn, device, calls=20: 0.0)  # no host floor here
+    # the conv op's host time: none (no host floor); cuDNN's fused call's: more than its GPU time, so it is
+    # timed back to back with its host time, as an op call whose host does not hide is
+    monkeypatch.setattr(registry, "_host_time", lambda fn, device, calls=20: 10.0 if fn.__name__ == "fused" else 0.0)
     times = {"triton_op": t_triton, "fused": t_fused}
-    timed = []
-    monkeypatch.setattr(registry, "_bench",
-                        lambda fn, graphed=False, **_: timed.append(fn.__name__) or times.get(fn.__name__, 1.0))
+    timed, graphed_calls = [], []
+
+    def bench(fn, graphed=False, **_):
+        timed.append(fn.__name__)
+        graphed_calls.append((fn.__name__, graphed))
+        return times.get(fn.__name__, 1.0)
+
+    monkeypatch.setattr(registry, "_bench", bench)
+    monkeypatch.setattr(registry, "HOST_HIDDEN", 0.8)  # (GPU time alone only where the host hides)
     m = _randomize_bn(Residual("resnet")).eval().to(torch.bfloat16)
     x = torch.randn(2, 12, 7, 9, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
     with config.patch(measure="1", cudnn_fused=setting), torch.no_grad():
         out = torch.compile(m, backend="tritonfuse")(x)
         eager = m(x)
     assert ("fused" in timed) == (setting == "1") and "triton_op" in timed
+    # the fused side is timed as an op call (host time counted where it does not hide), not as GPU time alone
+    assert (("fused", False) in graphed_calls) == (setting == "1")
     got = sorted(s.kernel for s in tritonfuse.sites() if s.status == "replaced")
     assert got == expect, tritonfuse.report()
     for s in tritonfuse.sites():  # the report shows the timing of the path each site takes
