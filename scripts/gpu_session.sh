@@ -18,6 +18,8 @@
 #   bash scripts/gpu_session.sh static  # TRITONFUSE_STATIC_LAUNCH 0 then 1 (inlined kernels from Inductor's static
 #                                       # launcher), inductor/tritonfuse in rounds on MODELS (default
 #                                       # llama-1b-decode,bert-base: host-bound decode, and a model of inlined sites)
+#   bash scripts/gpu_session.sh cudnn_fused # resnet50 (MODEL) with TRITONFUSE_CUDNN_FUSED=1: bench rounds against
+#                                       # Inductor, then its output code and host/GPU time per forward
 #   bash scripts/gpu_session.sh graphs  # the zoo again from CUDA graphs
 #   bash scripts/gpu_session.sh audit   # torchvision convnets (tiny, fp16) through the backend against eager and
 #                                       # fp64, conv sites inlined: does any model break? (scripts/model_audit.py)
@@ -85,6 +87,17 @@ case "${1:-tests}" in
         --models "${MODELS:-llama-1b-decode,bert-base}" --modes inductor,tritonfuse --no-progress \
         --out "$out/static$s/" 2>&1 | grep -v Warn | tail -8
     done ;;
+  cudnn_fused)
+    # cuDNN's fused conv path (off by default; 31st session: resnet50 0.80x Inductor with it, timed then as GPU
+    # time alone): resnet50 with it on, inductor/tritonfuse in rounds, then its output code and per-forward host
+    # and GPU time
+    TRITONFUSE_CUDNN_FUSED=1 TRITONFUSE_MEASURE_BUDGET_S=inf TRITONFUSE_LOG=summary timeout 240 $PY -m tritonfuse \
+      bench --models "${MODEL:-resnet50}" --modes inductor,tritonfuse --no-progress --out "$out/fused/" \
+      > "$out/fused_bench.txt" 2>&1; grep -E "^${MODEL:-resnet50} |cudnn_fused" "$out/fused_bench.txt" | head -12
+    TRITONFUSE_CUDNN_FUSED=1 TRITONFUSE_MEASURE_BUDGET_S=inf timeout 240 $PY scripts/profile_model.py \
+      --model "${MODEL:-resnet50}" --modes tritonfuse --code "$out/code_fused" > "$out/fused_profile.txt" 2>&1
+    grep -E "==|launches by kind" -A12 "$out/fused_profile.txt" | head -40
+    tar czf "$out/code_fused.tgz" -C "$out" code_fused && rm -rf "$out/code_fused" ;;
   graphs)
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 540 $PY -m tritonfuse bench --models "$models" \
       --modes inductor,tritonfuse,tritonfuse-int8 --cuda-graphs --no-progress --out "$out/" 2>&1 | grep -v Warn | tail -20 ;;
