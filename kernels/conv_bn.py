@@ -880,14 +880,18 @@ def cudnn_fused_unsupported(x, w, b, bn, r, stride, padding, act: str, act2: str
     return None
 
 
+def bn_scale(var, gamma, eps: float) -> torch.Tensor:
+    """An eval BN's per-channel scale ``gamma / sqrt(var + eps)`` in fp32 (no gamma: 1)."""
+    scale = torch.rsqrt(var.float() + eps)
+    return scale * gamma.float() if gamma is not None else scale
+
+
 def fold_bn(w, b, mean, var, gamma, beta, eps: float):
     """(weight, bias) of the conv with the eval BN folded in, in fp32 and then w's dtype, channels_last (as
     written in a replacement: graph ops Inductor compiles)."""
     if mean is None:
         return w.contiguous(memory_format=torch.channels_last), b
-    scale = torch.rsqrt(var.float() + eps)
-    if gamma is not None:
-        scale = scale * gamma.float()
+    scale = bn_scale(var, gamma, eps)
     wf = (w.float() * scale.reshape(-1, 1, 1, 1)).to(w.dtype).contiguous(memory_format=torch.channels_last)
     bf = -mean.float() * scale if b is None else (b.float() - mean.float()) * scale
     if beta is not None:
@@ -1121,8 +1125,9 @@ def choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last, int8:
         return torch.ops.tritonfuse.conv_bn_int8(*real["q"], *a[1:], x.dtype)
 
     try:
-        key = (choice_key(x, w, b, bn, r, stride, padding, act, act2, channels_last) + ("|int8" if int8 else "")
-               + ("|epilogue" if epilogue_pass else "") + ("|devtma" if device_tma else "|pointer" if inlined else ""))
+        site_key = (choice_key(x, w, b, bn, r, stride, padding, act, act2, channels_last) + ("|int8" if int8 else "")
+                    + ("|epilogue" if epilogue_pass else ""))
+        key = site_key + ("|devtma" if device_tma else "|pointer" if inlined else "")
         theirs = [cudnn_conv, epilogue] if epilogue_pass else [cudnn_conv]
         # an op call's host cost is the op's, whatever the conv: one per launch path (op_host_probe.py on the
         # H200: 107 us for the implicit-GEMM kernel, 191-211 us for the 1x1 TMA one)
@@ -1140,28 +1145,25 @@ def choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last, int8:
             # scale is recomputed inside it), one the bias, then the cuDNN call (an eager fold_bn would
             # time a dozen small kernels instead: 20-40 us more a site on the H200)
             a = args()
-            if "fold" not in real:
-                wf, bf = fold_bn(a[1], a[2], *a[3:7], eps)
-                scale = (torch.rsqrt(a[4].float() + eps) * (a[5].float() if a[5] is not None else 1.0)
-                         if a[3] is not None else torch.ones(1, device=a[1].device))
-                real["fold"] = (scale.to(a[1].dtype).reshape(-1, 1, 1, 1), scale.to(a[1].dtype), wf, bf)
-            s4, s1, wf, bf = real["fold"]
-            if a[3] is not None:  # (a conv with a bias and no BN: nothing to fold)
-                torch.mul(a[1], s4, out=wf)
-                torch.mul(a[3], s1, out=bf)
+            if "fold" not in real:  # (a conv with a bias and no BN: nothing to fold, scale None)
+                scale = bn_scale(a[4], a[5], eps).to(a[1].dtype) if a[3] is not None else None
+                real["fold"] = (scale, *fold_bn(a[1], a[2], *a[3:7], eps))
+            scale, wf, bf = real["fold"]
+            if scale is not None:
+                torch.mul(a[1], scale.reshape(-1, 1, 1, 1), out=wf)
+                torch.mul(a[3], scale, out=bf)
             return conv_fused(a[0], wf, bf, a[7], stride, padding)
 
         # timed as op calls are (GPU time where the calls' host time hides behind it, else back to back with
         # the host's): the path adds two fold launches and cuDNN's fused-call host path to a site, and timed
         # as GPU time alone (7086ca7) it took 18 of resnet50's sites and the model ran 0.80x Inductor
         try:
-            frec = registry.measured_choice(key.split("|devtma")[0].split("|pointer")[0] + "|cudnnfused|host",
-                                            x.device, fused, theirs)
+            frec = registry.measured_choice(site_key + "|cudnnfused|host", x.device, fused, theirs)
         except Exception as e:  # noqa: BLE001 - cuDNN cannot run it here: the other paths stand
             frec = {"use": False, "error": f"{type(e).__name__}: {e}"}
         if frec.get("use") and (choice["kernel"] != ours or registry.cheaper(frec, rec)):
             choice = {"kernel": "conv_bn_cudnn_fused", **frec, "triton": rec}
         else:
-            registry._last_measured.rec = rec  # the report shows the timing of the path the site takes
+            registry.show_measured(rec)  # the report shows the timing of the path the site takes
     return choice
 

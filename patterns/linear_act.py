@@ -544,7 +544,7 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: b
             kernel, reason = f"cublaslt[{act}]", None
         else:
             if lt_rec is not None and rec is not None:
-                registry._last_measured.rec = rec  # the report shows the timing of the kernel the site takes
+                registry.show_measured(rec)  # the report shows the timing of the kernel the site takes
             if rec is not None and not rec["use"]:
                 reason = registry.slower_reason(rec, "cuBLAS + epilogue")
         return registry.settle(FAMILY, site, kernel, reason, detail)
