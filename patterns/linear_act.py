@@ -418,12 +418,12 @@ def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None, conv1d=Fal
     # ... and faster than the float kernel, where that serves the site too (an activation, or plain GEMMs
     # served): else int8 mode would run the site slower than the float backend does (an int8 op call pays
     # host time an inlined float kernel does not). The float timing is the one the site would use next.
-    if float_ok and (act != "none" or config.linear_plain_enabled()):
-        flt = K.measure(x2, ws, b, act, gated, False)
-        r8, rf = registry.cost_ratio(rec), registry.cost_ratio(flt)
+    r8 = registry.cost_ratio(rec)
+    for name, flt in _float_rivals(x2, ws, b, act, gated, float_ok):
+        rf = registry.cost_ratio(flt)
         if flt.get("use") and r8 is not None and rf is not None and rf < r8:
-            return None, None, (f"int8 measured {r8:.2f}x cuBLAS + epilogue's time, the float kernel "
-                                f"{rf:.2f}x: the float kernel")
+            return None, None, (f"int8 measured {r8:.2f}x cuBLAS + epilogue's time, {name} "
+                                f"{rf:.2f}x: {name}")
     # a graph-constant site calls int8_mm on quantized rows: the row kernel as an op of its own (inlined
     # on the GPU) where no norm quantizes them
     _serve["quant"] = "graph" if fuse else "kernel" if constant else "op"
@@ -476,6 +476,17 @@ def _pre_used_elsewhere(match: Match) -> bool:
     outs = match.output_nodes()
     inside = set(match.nodes)
     return len(outs) > 1 and outs[1] is not None and any(u not in inside for u in outs[1].users)
+
+
+def _float_rivals(x2, ws, b, act, gated, float_ok):
+    """(name, measured choice) of each float path that could serve an inference site in int8's place, each
+    timed against cuBLAS + epilogue as the int8 kernel is: the Triton kernel (where it serves the site: an
+    activation, or plain GEMMs served) and cuBLASLt's fused epilogue (where that serves it)."""
+    if float_ok and (act != "none" or config.linear_plain_enabled()):
+        yield "the float kernel", K.measure(x2, ws, b, act, gated, False)
+    bh = b if b is None else hinted(b)
+    if not gated and K.lt_unsupported(x2, ws[0], bh, act) is None:
+        yield "cuBLASLt's fused epilogue", K.measure_lt(x2, ws[0], bh, act)
 
 
 def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: bool = False, conv1d: bool = False):

@@ -842,15 +842,18 @@ def test_int8_mode_serves_linear_sites(mode):
     assert I8.int8_kernel_name(40, mode, False, fused=False) in tritonfuse.report()
 
 
-@pytest.mark.parametrize("int8_ms, float_ms, int8_serves, why", [
-    (0.5, 0.8, True, None),  # int8 won by more
-    (0.9, 0.7, False, "the float kernel 0.70x: the float kernel"),  # both won, the float kernel by more
-    (1.2, 0.8, False, "int8 measured slower than cuBLAS"),  # int8 lost: the float choice, as before
+@pytest.mark.parametrize("int8_ms, float_ms, lt_ms, int8_serves, why", [
+    (0.5, 0.8, None, True, None),  # int8 won by more
+    (0.9, 0.7, None, False, "the float kernel 0.70x: the float kernel"),  # both won, the float kernel by more
+    (1.2, 0.8, None, False, "int8 measured slower than cuBLAS"),  # int8 lost: the float choice, as before
+    # cuBLASLt's fused epilogue is a float rival too: int8 mode must not be slower than where it serves
+    (0.7, 0.8, 0.6, False, "cuBLASLt's fused epilogue 0.60x: cuBLASLt's fused epilogue"),
+    (0.5, 0.8, 0.6, True, None),
 ])
-def test_int8_site_takes_the_faster_of_int8_and_float(monkeypatch, int8_ms, float_ms, int8_serves, why):
-    # TRITONFUSE_QUANT=int8 runs a site in int8 only where that beats both cuBLAS + epilogue and the float
-    # kernel (each timed against cuBLAS + epilogue, 1 ms here): an int8 op call pays host time an inlined
-    # float kernel does not, and int8 mode must not run a site slower than the float backend does
+def test_int8_site_takes_the_faster_of_int8_and_float(monkeypatch, int8_ms, float_ms, lt_ms, int8_serves, why):
+    # TRITONFUSE_QUANT=int8 runs a site in int8 only where that beats both cuBLAS + epilogue and every float
+    # path that serves the site (each timed against cuBLAS + epilogue, 1 ms here): an int8 op call pays host
+    # time an inlined float kernel does not, and int8 mode must not run a site slower than the float backend
     import torch._functorch.config as functorch_config
     import torch._inductor.config as inductor_config
 
@@ -859,6 +862,9 @@ def test_int8_site_takes_the_faster_of_int8_and_float(monkeypatch, int8_ms, floa
         return {"use": ms < 1.0, "ours_ms": ms, "theirs_ms": 1.0}
 
     monkeypatch.setattr(K, "measure", measure)
+    if lt_ms is not None:  # (off the GPU cuBLASLt's GELU path is not offered: offered here, timed as given)
+        monkeypatch.setattr(K, "lt_unsupported", lambda *a: None)
+        monkeypatch.setattr(K, "measure_lt", lambda *a: {"use": lt_ms < 1.0, "ours_ms": lt_ms, "theirs_ms": 1.0})
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 96), nn.GELU()).to(torch.bfloat16)
     x = fresh(40, 64, dtype=torch.bfloat16)
@@ -870,6 +876,7 @@ def test_int8_site_takes_the_faster_of_int8_and_float(monkeypatch, int8_ms, floa
     site, = [s for s in tritonfuse.sites() if s.family == "linear_act"]
     assert site.status == "replaced" and site.kernel.startswith("int8_") == int8_serves, site
     assert (why is None and "int8" not in site.detail) or (why is not None and why in site.detail), site
+    assert site.kernel.startswith("cublaslt") == (not int8_serves and lt_ms is not None), site
     assert sqnr_db(eager.float(), out.float()) > 25
 
 
