@@ -3,14 +3,6 @@ import os
 import shutil
 import tempfile
 
-# ``python -m pytest`` run from the checkout puts it first on sys.path, where the top-level folders kernels/ and
-# patterns/ shadow installed packages of those names (transformers >= 5.25 requires HF's `kernels`; 16 tests
-# failed in CI, 2026-12-03): the checkout moves behind the installed packages (tritonfuse._paths)
-from tritonfuse._paths import checkout_behind_site_packages  # noqa: E402
-
-checkout_behind_site_packages()
-
-import pytest
 import torch
 
 HAS_CUDA = torch.cuda.is_available()
@@ -30,6 +22,17 @@ else:
     # config per kernel keeps compiles short; the benchmarks measure the real settings
     os.environ.setdefault("TRITONFUSE_MEASURE", "0")
     os.environ.setdefault("TRITONFUSE_AUTOTUNE", "0")
+
+# The settings above come first: importing anything of tritonfuse (tritonfuse._paths too) reads its config from
+# the environment once (at 1b533cf the GPU suite timed sites, since the config was read before them).
+# ``python -m pytest`` run from the checkout puts it first on sys.path, where the top-level folders kernels/ and
+# patterns/ shadow installed packages of those names (transformers >= 5.25 requires HF's `kernels`; 16 tests
+# failed in CI, 2026-12-03): the checkout moves behind the installed packages (tritonfuse._paths)
+from tritonfuse._paths import checkout_behind_site_packages  # noqa: E402
+
+checkout_behind_site_packages()
+
+import pytest  # noqa: E402
 
 import tritonfuse  # noqa: E402
 

@@ -1,3 +1,4 @@
+import os
 import pathlib
 import subprocess
 import sys
@@ -77,3 +78,20 @@ def test_checkout_moves_behind_site_packages(monkeypatch):
     monkeypatch.delenv("PYTHONSAFEPATH", raising=False)
     _paths.checkout_behind_site_packages()
     assert sys.path[-1] == str(ROOT) and "" not in sys.path and os.environ["PYTHONSAFEPATH"] == "1"
+
+
+def test_conftest_sets_the_gpu_suite_s_settings_before_tritonfuse_reads_them():
+    # On a GPU the suite runs with TRITONFUSE_MEASURE=0 and TRITONFUSE_AUTOTUNE=0 (exact match counts need every
+    # servable site replaced). tritonfuse reads its config once, when anything of it is first imported: at
+    # 1b533cf conftest imported tritonfuse._paths first, so the GPU suite timed its sites and 6 tests failed.
+    # conftest runs here as on a GPU machine (torch.cuda.is_available() True), in a process of its own.
+    conftest = pathlib.Path(__file__).with_name("conftest.py")
+    code = ("import runpy, torch\n"
+            "torch.cuda.is_available = lambda: True\n"
+            f"runpy.run_path({str(conftest)!r})\n"
+            "from tritonfuse import config\n"
+            "print(config.measure_enabled(), config.autotune_enabled())\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRITONFUSE_")}
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert got.stdout.split() == ["False", "False"], got.stdout
