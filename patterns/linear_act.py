@@ -415,9 +415,9 @@ def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None, conv1d=Fal
                     quant_share=share)
     if not rec["use"]:
         return None, None, "int8 " + registry.slower_reason(rec, "cuBLAS + epilogue")
-    # ... and faster than the float kernel, where that serves the site too (an activation, or plain GEMMs
-    # served): else int8 mode would run the site slower than the float backend does (an int8 op call pays
-    # host time an inlined float kernel does not). The float timing is the one the site would use next.
+    # ... and faster than every float path that serves the site too (_float_rivals): else int8 mode would run
+    # the site slower than the float backend does (an int8 op call pays host time an inlined float kernel or
+    # cuBLASLt does not). The float timings are the ones the site would use next.
     r8 = registry.cost_ratio(rec)
     for name, flt in _float_rivals(x2, ws, b, act, gated, float_ok):
         rf = registry.cost_ratio(flt)

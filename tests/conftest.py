@@ -24,7 +24,7 @@ else:
     os.environ.setdefault("TRITONFUSE_AUTOTUNE", "0")
 
 # The settings above come first: importing anything of tritonfuse (tritonfuse._paths too) reads its config from
-# the environment once (at 1b533cf the GPU suite timed sites, since the config was read before them).
+# the environment once (from 50d1bf6 to 1b533cf the GPU suite timed its sites: the config was read before them).
 # ``python -m pytest`` run from the checkout puts it first on sys.path, where the top-level folders kernels/ and
 # patterns/ shadow installed packages of those names (transformers >= 5.25 requires HF's `kernels`; 16 tests
 # failed in CI, 2026-12-03): the checkout moves behind the installed packages (tritonfuse._paths)
