@@ -255,8 +255,7 @@ def test_the_timed_configs_hold_a_near_fastest_one_at_every_recorded_shape():
         times = {}
         for text, ms in r["timings"]:
             got = _recorded_params(text)
-            # (a switch added to a kernel since the record, like the dual GEMM's SUBTILE, was off then)
-            which = [i for i, p in enumerate(params) if all(got.get(k, "False") == v for k, v in p.items())]
+            which = [i for i, p in enumerate(params) if all(got.get(k) == v for k, v in p.items())]
             assert len(which) == 1, (r["kernel"], text)
             times[which[0]] = ms
         best = min(ms for ms in times.values() if ms is not None)
