@@ -131,27 +131,24 @@ def _set_gated_blocks(nargs):
     nargs["x_desc"].block_shape = [bm, bk]
     w_desc = nargs["w_desc"]
     w_desc.block_shape = [2, bn // 2, bk] if len(w_desc.shape) == 3 else [bn, bk]
-    nargs["out_desc"].block_shape = [bm, bn // 4 if nargs.get("SUBTILE") else bn // 2]
+    nargs["out_desc"].block_shape = [bm, bn // 2]
 
 
-def _gated_tma_cfg(bm, bk, stages, warps, occ=1, subtile=False):
+def _gated_tma_cfg(bm, bk, stages, warps, occ=1):
     # BLOCK_N is the gate+up tile: always GATED_HALF rows of each weight
-    return _persistent_cfg({"BLOCK_M": bm, "BLOCK_N": 2 * GATED_HALF, "BLOCK_K": bk, "GROUP_M": 8,
-                            "SUBTILE": subtile}, stages, warps, _set_gated_blocks, occ)
+    return _persistent_cfg({"BLOCK_M": bm, "BLOCK_N": 2 * GATED_HALF, "BLOCK_K": bk, "GROUP_M": 8}, stages, warps,
+                           _set_gated_blocks, occ)
 
 
 GATED_HALF = 128  # output columns per tile of the dual GEMM (rows of wg, then as many of wu)
 # one 128x256 GEMM tile per 128 output columns: the shape that matched cuBLAS for plain GEMMs on the
 # H200 (scripts/explore_gpu.py), where the two-accumulator kernel reached 547 TFLOP/s against 667
 # the first _TMA_GATED_TIMED are timed (kernels.common.tuned): at Llama-1B's MLP (M=8192, K=2048, N=8192)
-# BK=128 and OCC=2 were 34% and 46% slower than the fastest. SUBTILE: the epilogue in two [BM, 64] halves,
-# each activated, multiplied and stored in turn (half the output tile's shared memory, and the first half's
-# TMA store runs while the second is computed), as the GEMM+GELU kernel's 128x256 configs do
-_TMA_GATED_ALL = [_gated_tma_cfg(128, 64, 3, 8), _gated_tma_cfg(128, 64, 4, 8),
-                  _gated_tma_cfg(128, 64, 3, 8, subtile=True), _gated_tma_cfg(128, 64, 4, 8, subtile=True),
-                  _gated_tma_cfg(64, 64, 4, 4), _gated_tma_cfg(128, 128, 2, 8),
+# BK=128 and OCC=2 were 34% and 46% slower than the fastest
+_TMA_GATED_ALL = [_gated_tma_cfg(128, 64, 3, 8), _gated_tma_cfg(128, 64, 4, 8), _gated_tma_cfg(64, 64, 4, 4),
+                  _gated_tma_cfg(128, 128, 2, 8),
                   _gated_tma_cfg(64, 64, 2, 4, occ=2)]  # 98 KB, 165 registers: two fit an SM
-_TMA_GATED_TIMED = 5
+_TMA_GATED_TIMED = 3
 _TMA_GATED_CONFIGS = (tuned(_TMA_GATED_ALL, _TMA_GATED_TIMED) if config.autotune_enabled()
                       else [_gated_tma_cfg(128, 64, 3, 8)])
 
@@ -352,7 +349,6 @@ def _gated_mlp_tma_kernel(
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, NUM_SMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     PAIR: tl.constexpr = False, UP_FIRST: tl.constexpr = False, OCC: tl.constexpr = 1,
-    SUBTILE: tl.constexpr = False,
 ):
     # One [BM, BN] tile of a single GEMM holds both projections of BN / 2 output columns: one tl.dot per K
     # step, as in a plain GEMM, instead of two half-width ones. The weight tile is [wg rows; wu rows]:
@@ -379,26 +375,12 @@ def _gated_mlp_tma_kernel(
         if UP_FIRST:
             acc_g, acc_u = acc_u, acc_g
         offs_n = pid_n * (BLOCK_N // 2)
-        if SUBTILE:  # two [BM, BN / 4] halves of the output, each finished and stored in turn
-            g0, g1 = _halves(acc_g, BLOCK_N // 2)
-            u0, u1 = _halves(acc_u, BLOCK_N // 2)
-            _gated_store(g0, u0, bg_ptr, bu_ptr, out_desc, offs_m, offs_n, N, HAS_BIAS, ACT, BLOCK_N // 4)
-            _gated_store(g1, u1, bg_ptr, bu_ptr, out_desc, offs_m, offs_n + BLOCK_N // 4, N, HAS_BIAS, ACT,
-                         BLOCK_N // 4)
-        else:
-            _gated_store(acc_g, acc_u, bg_ptr, bu_ptr, out_desc, offs_m, offs_n, N, HAS_BIAS, ACT, BLOCK_N // 2)
-
-
-@triton.jit
-def _gated_store(acc_g, acc_u, bg_ptr, bu_ptr, out_desc, offs_m, offs_n, N,
-                 HAS_BIAS: tl.constexpr, ACT: tl.constexpr, WIDTH: tl.constexpr):
-    # act(gate + bg) * (up + bu) of WIDTH output columns from offs_n, stored by TMA (bounds clip the edges)
-    if HAS_BIAS:
-        cols = offs_n + tl.arange(0, WIDTH)
-        acc_g += tl.load(bg_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
-        acc_u += tl.load(bu_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
-    out = _apply_act(acc_g, ACT) * acc_u
-    out_desc.store([offs_m, offs_n], out.to(out_desc.dtype))
+        if HAS_BIAS:
+            cols = offs_n + tl.arange(0, BLOCK_N // 2)
+            acc_g += tl.load(bg_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+            acc_u += tl.load(bu_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+        out = _apply_act(acc_g, ACT) * acc_u
+        out_desc.store([offs_m, offs_n], out.to(out_desc.dtype))
 
 
 # --- launchers ----------------------------------------------------------------------------------------
