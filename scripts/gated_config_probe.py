@@ -15,6 +15,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
+import triton
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from probe_log import graph_ms, jsonl_log  # noqa: E402
@@ -27,7 +28,13 @@ def main(argv=None) -> int:
     ap.add_argument("--shape", default="8192x2048x8192", help="MxKxN")
     args = ap.parse_args(argv)
     M, Kd, N = (int(v) for v in args.shape.split("x"))
-    emit = jsonl_log("gated-config-probe.jsonl")
+    log = jsonl_log("gated-config-probe.jsonl")
+    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "commit": os.environ.get("TRITONFUSE_COMMIT", "")}
+
+    def emit(**row):
+        log(**meta, **row)
+
     torch.manual_seed(0)
     x = torch.randn(M, Kd, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(2 * N, Kd, device="cuda", dtype=torch.bfloat16) * Kd ** -0.5  # one fused Linear's weight
