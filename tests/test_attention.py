@@ -172,6 +172,42 @@ def test_forward_loop_variants(fold, causal, mask_kind, dtype, device, monkeypat
         assert (lse2 - lse).abs().max().item() < 1e-3
 
 
+@pytest.mark.parametrize("kernel", ["pointer", "tma"])
+def test_causal_forward_in_lpt_order(kernel, device, monkeypatch):
+    # CAUSAL_LPT: a flat grid over groups of heads, each group's longest query blocks first. 2 x 3 query heads
+    # (GQA, 3 KV heads) in groups of 4: one whole group and a last group of 2; 77 rows in 16-row blocks (the
+    # last one ragged). Every (query block, head) must be computed exactly once: the output matches fp64
+    # and equals the head-major launch's bit for bit
+    monkeypatch.setattr(K, "CAUSAL_LPT", True)
+    B, Hq, Hkv, S, D = 2, 3, 3, 77, 64
+    monkeypatch.setattr(K, "LPT_L2_BYTES", 4 * 2 * S * D * 2)  # the keys and values of 4 heads, fp16
+    assert K._lpt(B * Hq, S, D, 2, True) == (True, 4) and K._lpt(B * Hq, S, D, 2, False) == (False, 1)
+    dtype = torch.float16  # (the interpreter's TMA loads garble bf16)
+    if kernel == "pointer":
+        monkeypatch.setattr(K._attn_fwd_kernel, "configs", [K._cfg(16, 32, 4, 1)])
+        monkeypatch.setattr(K._attn_fwd_kernel, "cache", {})
+    elif device == "cpu":
+        monkeypatch.setattr(K._attn_fwd_tma_kernel, "configs", [K._cfg(16, 32, 4, 1, K._tma_block_hook)])
+        monkeypatch.setattr(K._attn_fwd_tma_kernel, "cache", {})
+    q, k, v = _qkv(B, Hq, Hkv, S, S, D, dtype, device, seed=11)
+
+    def run():
+        out, lse = K._empty_out(q), torch.empty((B, Hq, S), device=device, dtype=torch.float32)
+        if kernel == "pointer":
+            m, m_strides, kind = K._mask_args(None, (B, Hq, S, S), q)
+            K._launch_pointer(q, k, v, m, m_strides, kind, out, lse, D ** -0.5 * K.LOG2E, True, True)
+        else:
+            K._launch_tma(q, k, v, out, lse, D ** -0.5 * K.LOG2E, True, True)
+        return out, lse
+
+    out, lse = run()
+    ref = K.attention_ref(q, k, v, None, D ** -0.5, True, upcast=True)
+    assert_close_to_ref(out, ref, _sdpa(q, k, v, None, D ** -0.5, True), atol=1e-3, what=f"{kernel}, LPT order")
+    monkeypatch.setattr(K, "CAUSAL_LPT", False)
+    out2, lse2 = run()
+    assert torch.equal(out, out2) and torch.equal(lse, lse2)
+
+
 @pytest.mark.parametrize("bm,bn", [(32, 32), (16, 32), (32, 16)])
 def test_causal_padded_rows_without_keys(bm, bn, device, monkeypatch):
     # HF decoders' SDPA mask on the GPU: where(keep & (kv_idx <= q_idx), 0, fill), a finite fill. A row with a
