@@ -620,7 +620,8 @@ def _attn_bwd_dq_kernel(
 ):
     qk_scale = tl.cast(qk_scale, tl.float32)  # Inductor passes Python floats as fp64
     scale = tl.cast(scale, tl.float32)
-    pid_m = tl.program_id(0)
+    # the longest (causal: the last) query blocks start first, as in the forward
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
