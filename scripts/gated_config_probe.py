@@ -15,10 +15,9 @@ import sys
 
 import torch
 import torch.nn.functional as F
-import triton
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from probe_log import graph_ms, jsonl_log  # noqa: E402
+from probe_log import graph_ms, jsonl_log, run_meta  # noqa: E402
 
 from tritonfuse.kernels import linear_act as K  # noqa: E402
 
@@ -29,8 +28,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     M, Kd, N = (int(v) for v in args.shape.split("x"))
     log = jsonl_log("gated-config-probe.jsonl")
-    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "commit": os.environ.get("TRITONFUSE_COMMIT", "")}
+    meta = run_meta()
 
     def emit(**row):
         log(**meta, **row)

@@ -15,10 +15,9 @@ import sys
 
 import torch
 import torch.nn.functional as F
-import triton
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from probe_log import graph_ms, jsonl_log  # noqa: E402
+from probe_log import graph_ms, jsonl_log, run_meta  # noqa: E402
 
 from tritonfuse.kernels import attention as K  # noqa: E402
 
@@ -29,8 +28,7 @@ SHAPES = {"issue5-causal": (8, 16, 16, 4096, 128), "llama-1b-prefill": (8, 16, 8
 
 def main() -> int:
     log = jsonl_log("lpt-probe.jsonl")
-    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "commit": os.environ.get("TRITONFUSE_COMMIT", "")}
+    meta = run_meta()
     for name, (B, Hq, Hkv, S, D) in SHAPES.items():
         torch.manual_seed(0)
         q = torch.randn(B, Hq, S, D, device="cuda", dtype=torch.float16)

@@ -19,6 +19,16 @@ def jsonl_log(name: str, digits: int = 4):
     return emit
 
 
+def run_meta() -> dict:
+    """What a probe's rows name: the GPU, torch's and Triton's versions, and the commit (TRITONFUSE_COMMIT,
+    for a copy of the tree without .git)."""
+    import torch
+    import triton
+
+    return {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "commit": os.environ.get("TRITONFUSE_COMMIT", "")}
+
+
 def graph_ms(fn, reps: int = 30, calls: int = 10) -> float:
     """GPU ms per call of ``fn``: ``calls`` calls captured in one CUDA graph (on a side stream, after three
     warm-up calls), the median of ``reps`` replays."""
