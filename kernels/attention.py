@@ -903,7 +903,7 @@ def _launch_tma(q, k, v, out, lse, qk_scale, is_causal, store_lse):
 # B8 H16 S4096 with 128-row blocks ends 3.5% after the ideal, S1024 (Llama-1B prefill) 14.6%; in LPT order
 # 0-3%. Heads are taken in groups whose keys and values (both, at most LPT_L2_BYTES) stay in L2 together, as
 # the head-major order keeps one head's. Not yet timed on a GPU: off until it is
-# (``benchmarks/bench_attention.py`` with it on and off).
+# (``scripts/lpt_probe.py``, ``bash scripts/gpu_session.sh lpt``: both kernels on and off, beside SDPA).
 CAUSAL_LPT = False
 LPT_L2_BYTES = 16 << 20
 

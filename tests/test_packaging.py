@@ -82,8 +82,8 @@ def test_checkout_moves_behind_site_packages(monkeypatch):
 
 def test_conftest_sets_the_gpu_suite_s_settings_before_tritonfuse_reads_them():
     # On a GPU the suite runs with TRITONFUSE_MEASURE=0 and TRITONFUSE_AUTOTUNE=0 (exact match counts need every
-    # servable site replaced). tritonfuse reads its config once, when anything of it is first imported: at
-    # 1b533cf conftest imported tritonfuse._paths first, so the GPU suite timed its sites and 6 tests failed.
+    # servable site replaced). tritonfuse reads its config once, when anything of it is first imported: from
+    # 50d1bf6 to 1b533cf conftest imported tritonfuse._paths first, so the GPU suite timed its sites (6 failed).
     # conftest runs here as on a GPU machine (torch.cuda.is_available() True), in a process of its own.
     conftest = pathlib.Path(__file__).with_name("conftest.py")
     code = ("import runpy, torch\n"
