@@ -29,6 +29,7 @@ SHAPES = {"issue5-causal": (8, 16, 16, 4096, 128), "llama-1b-prefill": (8, 16, 8
 def main() -> int:
     log = jsonl_log("lpt-probe.jsonl")
     meta = run_meta()
+    default = K.CAUSAL_LPT
     for name, (B, Hq, Hkv, S, D) in SHAPES.items():
         torch.manual_seed(0)
         q = torch.randn(B, Hq, S, D, device="cuda", dtype=torch.float16)
@@ -57,7 +58,7 @@ def main() -> int:
                 ms = graph_ms(call)
                 log(**meta, shape=name, variant=f"{kernel}{' lpt' if lpt else ''}", ms=ms, tflops=flop / ms / 1e9,
                     err_vs_sdpa=err, group=K._lpt(B * Hq, S, D, 2, True)[1] if lpt else None)
-    K.CAUSAL_LPT = False
+    K.CAUSAL_LPT = default
     return 0
 
 
