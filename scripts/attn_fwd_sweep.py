@@ -30,6 +30,7 @@ import triton
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 from common import gpu_time  # noqa: E402
+from probe_log import run_meta  # noqa: E402
 
 from tritonfuse.kernels import attention as K  # noqa: E402
 
@@ -123,7 +124,10 @@ def main():
     ap.add_argument("--threads", type=int, default=12)
     ap.add_argument("--out", default=None)
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--fold-only", action="store_true", help="only the shipped variant (FOLD on)")
     args = ap.parse_args()
+    variants = [v for v in VARIANTS if v["FOLD"]] if args.fold_only else VARIANTS
+    meta = run_meta() if DEVICE == "cuda" else {}
     if args.smoke:
         global gpu_time, _configs
         gpu_time = lambda fn, rep=None: (fn(), 1.0)[1]  # noqa: E731
@@ -142,7 +146,7 @@ def main():
         kr, vr = (t.repeat_interleave(H // k.shape[1], 1) for t in (k, v))
         sdpa_err = (F.scaled_dot_product_attention(q, kr, vr, attn_mask=m, is_causal=causal)[sl].double()
                     - ref).abs().max().item()
-        base = {"shape": shape, "B": B, "H": H, "Hkv": k.shape[1], "S": S, "D": D, "causal": causal,
+        base = {**meta, "shape": shape, "B": B, "H": H, "Hkv": k.shape[1], "S": S, "D": D, "causal": causal,
                 "mask": m is not None, "dtype": args.dtype}
         for name, fn in (("sdpa-default", lambda: F.scaled_dot_product_attention(q, kr, vr, attn_mask=m,
                                                                                   is_causal=causal)),):
@@ -153,7 +157,7 @@ def main():
         for kernel in args.kernels.split(","):
             if kernel == "tma" and (m is not None or D not in (32, 64, 128)):
                 continue
-            for variant, cfg in itertools.product(VARIANTS, _configs(kernel, D)):
+            for variant, cfg in itertools.product(variants if m is None else VARIANTS, _configs(kernel, D)):
                 if m is not None and variant["FOLD"]:
                     continue  # FOLD is off under a mask: the same kernel as without it
                 out = K._empty_out(q)
