@@ -89,7 +89,10 @@ def _tma_block_hook(nargs):
 
 
 # the TMA forward (Hopper, no mask, power-of-two head dim); sm_90 builds use 139 (128x64) and 190 (128x128)
-# registers without spills, where the pointer kernel needs 246 and spills at 128x128
+# registers without spills, where the pointer kernel needs 246 and spills at 128x128. 128x64 in two stages
+# (96 KB of shared memory at D=128, so two programs share an SM) was the fastest causal D=128 config on the
+# H200 (scripts/attn_fwd_sweep.py at 85da90f): 1.199 ms against 1.243 for 128x128 at B8 H16 S4096, 0.1005
+# against 0.1121 at Llama-1B's prefill (S1024, GQA 16/8)
 if registry.interpret_mode():
     _TMA_CONFIGS = [_cfg(32, 32, 4, 1, _tma_block_hook)]
 else:
@@ -97,6 +100,7 @@ else:
         _cfg(128, 128, 8, 3, _tma_block_hook),
         _cfg(128, 64, 4, 3, _tma_block_hook),
         _cfg(128, 64, 8, 3, _tma_block_hook),
+        _cfg(128, 64, 4, 2, _tma_block_hook),
     ]
 
 _AUTOTUNE_KW = autotune_kw()
