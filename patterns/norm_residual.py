@@ -287,15 +287,30 @@ def _trace_functional(fn, args, **kwargs) -> torch.fx.GraphModule:
 _AFFINE = {"ln": ("wb", "w", ""), "hf": ("w", ""), "fn": ("w", ""), "hand": ("w",), "t5": ("w",)}
 
 
+# the ops each style's patterns hold (tests/test_norm_residual.py checks every pattern): a graph without them
+# builds none of that style's patterns. LayerNorm decomposes to var_mean, the RMS norms to pow and mean.
+STYLE_OPS = {"ln": (aten.var_mean.correction,), **{s: (aten.pow.Tensor_Scalar, aten.mean.dim)
+                                                    for s in ("hf", "fn", "hand", "t5")}}
+
+
 def pattern_spec(graph_ops: frozenset):
-    """``()`` where a graph holding ``graph_ops`` may hold a norm site, None where it cannot: every pattern
-    holds a reciprocal square root (tests/test_norm_residual.py checks each one)."""
-    return () if torch.ops.aten.rsqrt.default in graph_ops else None
+    """``(styles,)``: the norm styles whose patterns a graph holding ``graph_ops`` may match, or None where it
+    can match none (every pattern holds a reciprocal square root and its style's ops). A BERT graph builds
+    the LayerNorm patterns alone: 36 of 102 traces, 1.7 of 2.7 s cold on the CPU machine."""
+    if aten.rsqrt.default not in graph_ops:
+        return None
+    styles = tuple(s for s in STYLES if all(op in graph_ops for op in STYLE_OPS[s]))
+    return (styles,) if styles else None
+
+
+def pattern_pass(styles=None) -> PatternMatcherPass:
+    """The norm_residual patterns of ``styles`` (default: every style; ``pattern_spec`` picks them for a
+    graph) in one pass, built once per process."""
+    return _build(None if styles is None else tuple(styles))
 
 
 @functools.lru_cache(maxsize=None)
-def pattern_pass() -> PatternMatcherPass:
-    """All norm_residual patterns in one pass, built once per process."""
+def _build(styles=None) -> PatternMatcherPass:
     pm = PatternMatcherPass(pass_name="tritonfuse_norm_residual")
     reg = functools.partial(register_replacement, trace_fn=_trace, pass_dicts=pm,
                             scalar_workaround={"eps": _EPS})
@@ -305,6 +320,8 @@ def pattern_pass() -> PatternMatcherPass:
         for stats in (False, True):
             for dtype in (torch.float32, torch.float16):
                 for style in STYLES:
+                    if styles is not None and style not in styles:
+                        continue
                     if style == "t5" and dtype == torch.float32:
                         continue  # in fp32 the T5 norm is the HF RMSNorm graph
                     for affine in _AFFINE[style]:

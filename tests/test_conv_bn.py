@@ -264,7 +264,46 @@ def test_patterns_not_traced_without_a_conv():
 
     gm = torch.fx.symbolic_trace(nn.Sequential(nn.Linear(8, 8), nn.ReLU()))
     pm = P._ConvPass()
-    assert pm.apply(gm) == 0 and not pm._built
+    assert pm.apply(gm) == 0 and not pm._passes
+
+
+def test_each_patterns_epilogue_ops_and_dtype():
+    # wanted_patterns skips a pattern where the graph lacks its epilogue's ops (sound only if every pattern
+    # holds them) or its BN head's precision: fp16 traces of BN heads hold the upcast, fp32 ones do not
+    from tritonfuse.patterns import conv_bn as P
+    from torch._inductor import pattern_matcher as pm
+    from utils import pattern_ops
+
+    convert = torch.ops.prims.convert_element_type.default
+    every = P.wanted_patterns(frozenset().union(*P.ACT_OPS.values(), {torch.ops.aten.add.Tensor}),
+                              frozenset({torch.float32, torch.float16}))
+    assert len(every) == 2 * len(P._variants())
+    for head, act, res, act2, dtype in every:
+        search = P._named(P._conv_bn_pattern(head, act, res, act2), P._argnames(head, res is not None))
+        with torch.no_grad():
+            pattern, _ = pm.gen_pattern_and_search_gm(
+                search, P._example_inputs(head, res is not None, dtype, "cpu"), P.trace_pattern,
+                scalar_workaround={"eps": P._EPS} if "bn" in head else None)
+        held = pattern_ops(pattern)
+        assert P._variant_ops(act, res, act2) <= held, (head, act, res, act2)
+        if "bn" in head:
+            assert (convert in held) == (dtype == torch.float16), (head, act, res, act2, dtype)
+
+
+def test_a_graph_builds_only_its_epilogues_and_precision():
+    from tritonfuse.patterns import conv_bn as P
+
+    aten = torch.ops.aten
+    resnet = P.wanted_patterns(frozenset({aten.convolution.default, aten.relu.default, aten.add.Tensor}),
+                               frozenset({torch.float16}))
+    assert {(act, act2) for _, act, _, act2, _ in resnet} == {("none", "none"), ("relu", "none"), ("none", "relu")}
+    assert all(d == torch.float16 or head == "bias" for head, _, _, _, d in resnet)
+    assert len(resnet) == 25
+    plain = P.wanted_patterns(frozenset({aten.convolution.default}), frozenset({torch.float32}))
+    assert plain and all(res is None and act == "none" and d == torch.float32 for _, act, res, _, d in plain)
+    # a bf16 graph gets the half-precision traces
+    assert P.wanted_patterns(frozenset({aten.relu.default}), frozenset({torch.bfloat16})) == \
+        P.wanted_patterns(frozenset({aten.relu.default}), frozenset({torch.float16}))
 
 
 def test_choice_mapping(monkeypatch):

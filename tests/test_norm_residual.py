@@ -543,13 +543,27 @@ def test_kernel_cuda(dtype, n):
         _check(x, r, w, bias, kind)
 
 
-def test_every_pattern_holds_rsqrt():
-    # pattern_spec skips the family for a graph without rsqrt: sound only if every pattern holds one
+def test_every_pattern_holds_rsqrt_and_its_styles_ops():
+    # pattern_spec skips the family for a graph without rsqrt, and a style's patterns for a graph without
+    # that style's ops: sound only if every pattern holds them; together the styles' subsets are every pattern
     from tritonfuse.patterns import norm_residual as P
     from utils import pattern_entries, pattern_ops
 
+    aten = torch.ops.aten
     entries = pattern_entries(P.pattern_pass())
     assert len(entries) > 50
-    assert all(torch.ops.aten.rsqrt.default in pattern_ops(e.pattern) for e in entries)
-    assert P.pattern_spec(frozenset({torch.ops.aten.mm.default})) is None
-    assert P.pattern_spec(frozenset({torch.ops.aten.rsqrt.default})) == ()
+    assert all(aten.rsqrt.default in pattern_ops(e.pattern) for e in entries)
+    total = 0
+    for style, ops in P.STYLE_OPS.items():
+        subset = pattern_entries(P.pattern_pass((style,)))
+        assert subset, style
+        assert all(set(ops) <= pattern_ops(e.pattern) for e in subset), style
+        total += len(subset)
+    assert total == len(entries)
+    assert P.pattern_spec(frozenset({aten.mm.default})) is None
+    assert P.pattern_spec(frozenset({aten.rsqrt.default})) is None  # no style's ops
+    ln = {aten.rsqrt.default, aten.var_mean.correction}
+    assert P.pattern_spec(frozenset(ln)) == (("ln",),)
+    rms = {aten.rsqrt.default, aten.pow.Tensor_Scalar, aten.mean.dim}
+    assert P.pattern_spec(frozenset(rms)) == (("hf", "fn", "hand", "t5"),)
+    assert P.pattern_spec(frozenset(ln | rms)) == (P.STYLES,)

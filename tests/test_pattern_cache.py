@@ -105,7 +105,7 @@ def test_family_pass_from_record_equals_fresh(traces):
     # the real norm_residual pass (96 patterns): traced, then replayed, identical pattern by pattern
     from tritonfuse.patterns import norm_residual
 
-    build = norm_residual.pattern_pass.__wrapped__
+    build = norm_residual._build.__wrapped__
     with pattern_cache("norm_residual", "test"):
         fresh = build()
     n = len(traces)
@@ -252,10 +252,10 @@ def test_memo_trace_serves_a_search_functions_repeats_its_one_trace(monkeypatch)
     from tritonfuse.patterns import norm_residual
 
     monkeypatch.setattr(common, "_search_fns", __import__("weakref").WeakSet())
-    norm_residual.pattern_pass.cache_clear()
+    norm_residual._build.cache_clear()
     kept = norm_residual.pattern_pass()
     assert len(common._search_fns) >= 2 and kept is not None
-    norm_residual.pattern_pass.cache_clear()  # (the next build marks its own in the module's set)
+    norm_residual._build.cache_clear()  # (the next build marks its own in the module's set)
 
 
 def test_memo_trace_traces_symbolic_sizes_each_time():
