@@ -52,7 +52,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 VARIANTS = [{"FOLD": False}, {"FOLD": True}]
 # (BLOCK_M, BLOCK_N, warps, stages) beyond the lists; 128x64 in 2 stages (96 KB at D=128) and the 64-row
 # tiles leave room for two programs an SM, whose prologues and epilogues may overlap each other's loops
-EXTRA = [(128, 128, 8, 2), (128, 64, 4, 4), (128, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 3)]
+EXTRA = [(128, 128, 8, 2), (128, 64, 4, 4), (128, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 3), (128, 32, 4, 2),
+         (64, 64, 4, 2), (128, 64, 8, 2)]
 
 
 def _configs(kernel: str, D: int) -> list:
