@@ -43,7 +43,7 @@ def do_bench_5_20(fn, quantiles=None):
 
 def main() -> None:
     from bench_conv_bn import RESNET50_SHAPES
-    from probe_log import jsonl_log
+    from probe_log import jsonl_log, run_meta
 
     from tritonfuse import registry, tuning
     from tritonfuse.kernels import conv_bn as K
@@ -65,8 +65,7 @@ def main() -> None:
     tuning.restore = lambda *a, **k: None
     tuning.save = lambda *a, **k: None
     dev = torch.device("cuda")
-    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "commit": os.environ.get("TRITONFUSE_COMMIT", "")}
+    meta = run_meta()
 
     for i in picked:
         cin, cout, k, stride, pad, hw = RESNET50_SHAPES[i]

@@ -27,7 +27,7 @@ import time
 
 def _child(model_name: str, out: str, mode: str) -> None:
     import torch
-    import triton
+    from probe_log import run_meta
     from triton.runtime.autotuner import Autotuner
 
     from tritonfuse import tuning, zoo
@@ -66,8 +66,7 @@ def _child(model_name: str, out: str, mode: str) -> None:
         fn(*inp.args, **inp.kwargs)
     torch.cuda.synchronize()
     took = time.perf_counter() - t
-    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "commit": os.environ.get("TRITONFUSE_COMMIT", ""), "compile_s": round(took, 2)}
+    meta = {**run_meta(), "compile_s": round(took, 2)}
     with open(out, "a") as f:
         for r in rows:
             f.write(json.dumps({**meta, **r}) + "\n")

@@ -24,6 +24,7 @@ from torch.library import wrap_triton
 import tritonfuse  # noqa: F401
 from tritonfuse.kernels import conv_bn as C
 from tritonfuse.kernels.common import scratch_allocator
+from probe_log import run_meta  # (this folder: the first on sys.path when run as a script)
 
 
 def main() -> int:
@@ -91,8 +92,7 @@ def main() -> int:
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "inductor_tb"}), flush=True)
             jit.device_caches.clear()  # the next config's compile alone in the cache
-    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "command": f"python3 scripts/device_tma_inline_probe.py --out {args.out}"}
+    meta = {**run_meta(), "command": f"python3 scripts/device_tma_inline_probe.py --out {args.out}"}
     with open(args.out, "w") as f:
         f.write(json.dumps(meta) + "\n")
         for row in rows:

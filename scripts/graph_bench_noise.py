@@ -29,6 +29,7 @@ import triton
 
 import tritonfuse.kernels.conv_bn  # noqa: F401  (registers the ops)
 import tritonfuse.kernels.linear_act  # noqa: F401
+from probe_log import run_meta  # (this folder: the first on sys.path when run as a script)
 
 
 def functions():
@@ -95,7 +96,7 @@ def main():
     ap.add_argument("--pairs", action="store_true", help="the spread of a site's decision by timing method")
     args = ap.parse_args()
     reps = [int(r) for r in args.reps.split(",")]
-    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
+    meta = run_meta()
     if args.pairs:
         return pairs(args, meta)
     for name, fn in functions().items():

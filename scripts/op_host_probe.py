@@ -28,6 +28,7 @@ import tritonfuse  # noqa: F401 - registers the ops
 from tritonfuse import registry
 from tritonfuse.kernels import conv_bn as C  # noqa: F401
 from tritonfuse.kernels import linear_act as L  # noqa: F401
+from probe_log import run_meta  # (this folder: the first on sys.path when run as a script)
 
 
 def host_us(fn, calls: int) -> float:
@@ -112,8 +113,7 @@ def main() -> int:
         rows.append(row)
         print(f"{name:<44} gpu {row['gpu_ms']:.4f} ms  stream {row['stream_ms']:.4f} ms  host {row['host_us']:.1f} us",
               flush=True)
-    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "command": "python3 scripts/op_host_probe.py " + " ".join(f"--out {args.out}".split())}
+    meta = {**run_meta(), "command": "python3 scripts/op_host_probe.py " + " ".join(f"--out {args.out}".split())}
     (outdir / "op_host_probe.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
     (outdir / "op_host_probe_profiles.txt").write_text("\n".join(profiles))
     return 0
