@@ -342,68 +342,13 @@ def _linear_act_tma_kernel(
                         SUBTILE)
 
 
-@triton.jit
-def _gated_tile(x_desc, w_desc, offs_m, pid_n, k0, k1, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_K: tl.constexpr, PAIR: tl.constexpr):
-    """The fp32 [BM, BN] tile (gate rows, then up rows) of x @ [wg; wu].T over the K steps k0..k1."""
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for ki in range(k0, k1):
-        a = x_desc.load([offs_m, ki * BLOCK_K])
-        if PAIR:
-            b = w_desc.load([0, pid_n * (BLOCK_N // 2), ki * BLOCK_K]).reshape(BLOCK_N, BLOCK_K)
-        else:
-            b = w_desc.load([pid_n * BLOCK_N, ki * BLOCK_K])
-        acc = tl.dot(a, b.T, acc)
-    return acc
-
-
-@triton.jit
-def _gated_store(acc, bg_ptr, bu_ptr, out_desc, offs_m, pid_n, N, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
-                 BLOCK_N: tl.constexpr, UP_FIRST: tl.constexpr):
-    # [BM, BN] -> the gate half and the up half, each [BM, BN / 2]; act(gate) * up, stored by TMA
-    acc_g, acc_u = _halves(acc, BLOCK_N)
-    if UP_FIRST:
-        acc_g, acc_u = acc_u, acc_g
-    offs_n = pid_n * (BLOCK_N // 2)
-    if HAS_BIAS:
-        cols = offs_n + tl.arange(0, BLOCK_N // 2)
-        acc_g += tl.load(bg_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
-        acc_u += tl.load(bu_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
-    out = _apply_act(acc_g, ACT) * acc_u
-    out_desc.store([offs_m, offs_n], out.to(out_desc.dtype))
-
-
-@triton.jit
-def _sk_owner(it, per, rem):
-    # the program whose share of the stream-K iterations holds iteration ``it`` (the first ``rem`` programs
-    # take per + 1 iterations, the others per)
-    return tl.where(it < rem * (per + 1), it // (per + 1), rem + (it - rem * (per + 1)) // tl.maximum(per, 1))
-
-
-@triton.jit
-def _sk_tiles(num_tiles, P, WS_NUMEL, LOCKS, TILE: tl.constexpr):
-    # the tiles done stream-K: the last full wave and a remainder of at most half a wave, where there are at
-    # least two waves and the launcher's workspace holds two partials of each (``sk_tiles`` on the host)
-    waves = num_tiles // P
-    rem = num_tiles - waves * P
-    n = tl.where((waves >= 2) & (rem > 0) & (2 * rem <= P), P + rem, 0)
-    return tl.where((n * 2 * TILE <= WS_NUMEL) & (n <= LOCKS), n, 0)
-
-
-def sk_tiles(num_tiles: int, programs: int) -> int:
-    """What ``_sk_tiles`` takes stream-K of ``num_tiles`` on ``programs`` persistent programs."""
-    waves, rem = divmod(num_tiles, programs)
-    return programs + rem if waves >= 2 and 0 < rem and 2 * rem <= programs else 0
-
-
 @triton.autotune(configs=_TMA_GATED_CONFIGS, key=["M_BUCKET", "N", "K", "ACT", "HAS_BIAS"], **_AUTOTUNE_KW)
 @triton.jit
 def _gated_mlp_tma_kernel(
-    x_desc, w_desc, bg_ptr, bu_ptr, out_desc, ws_ptr, lock_ptr, M, N, K, M_BUCKET, WS_NUMEL, LOCKS,
+    x_desc, w_desc, bg_ptr, bu_ptr, out_desc, M, N, K, M_BUCKET,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, NUM_SMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     PAIR: tl.constexpr = False, UP_FIRST: tl.constexpr = False, OCC: tl.constexpr = 1,
-    STREAM_K: tl.constexpr = False,
 ):
     # One [BM, BN] tile of a single GEMM holds both projections of BN / 2 output columns: one tl.dot per K
     # step, as in a plain GEMM, instead of two half-width ones. The weight tile is [wg rows; wu rows]:
@@ -414,52 +359,28 @@ def _gated_mlp_tma_kernel(
     num_pid_n = tl.cdiv(N, BLOCK_N // 2)
     k_tiles = tl.cdiv(K, BLOCK_K)
     num_tiles = num_pid_m * num_pid_n
-    # STREAM_K (one program per SM): where the tiles leave a last wave at most half full, the last full wave
-    # and that remainder (P + r tiles) are not dealt out whole but as equal shares of their K steps, so every
-    # program finishes together instead of r programs running one more tile alone. A tile whose K steps two
-    # programs share is finished by the second to arrive: each writes its fp32 partial to the workspace and
-    # counts itself in; the last adds the other's partial and runs the epilogue (no program waits on another).
-    P = tl.num_programs(0)
-    sk_tiles = 0
-    if STREAM_K and OCC == 1:
-        sk_tiles = _sk_tiles(num_tiles, P, WS_NUMEL, LOCKS, BLOCK_M * BLOCK_N)
-    for tile_id in tl.range(tl.program_id(0), num_tiles - sk_tiles, NUM_SMS * OCC, flatten=True):
+    for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_SMS * OCC, flatten=True):
         pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
         offs_m = pid_m * BLOCK_M
-        acc = _gated_tile(x_desc, w_desc, offs_m, pid_n, 0, k_tiles, BLOCK_M, BLOCK_N, BLOCK_K, PAIR)
-        _gated_store(acc, bg_ptr, bu_ptr, out_desc, offs_m, pid_n, N, HAS_BIAS, ACT, BLOCK_N, UP_FIRST)
-    if STREAM_K:
-        if sk_tiles > 0:
-            pid = tl.program_id(0)
-            total = sk_tiles * k_tiles
-            per = total // P
-            rem = total - per * P
-            it = pid * per + tl.minimum(pid, rem)
-            end = it + per + (pid < rem).to(tl.int32)
-            tile = (tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :])
-            while it < end:
-                t = it // k_tiles
-                k0 = it - t * k_tiles
-                k1 = tl.minimum(k_tiles, k0 + end - it)
-                pid_m, pid_n = _tile_coords(num_tiles - sk_tiles + t, num_pid_m, num_pid_n, GROUP_M)
-                offs_m = pid_m * BLOCK_M
-                acc = _gated_tile(x_desc, w_desc, offs_m, pid_n, k0, k1, BLOCK_M, BLOCK_N, BLOCK_K, PAIR)
-                first = _sk_owner(t * k_tiles, per, rem)
-                parts = _sk_owner(t * k_tiles + k_tiles - 1, per, rem) - first + 1  # 1 or 2 (per >= k_tiles)
-                if parts == 1:
-                    _gated_store(acc, bg_ptr, bu_ptr, out_desc, offs_m, pid_n, N, HAS_BIAS, ACT, BLOCK_N, UP_FIRST)
-                else:
-                    slot = ws_ptr + (2 * t + (pid - first)) * (BLOCK_M * BLOCK_N)
-                    tl.store(slot + tile, acc)
-                    tl.debug_barrier()  # every thread's partial is written before the count says so
-                    if tl.atomic_add(lock_ptr + t, 1, sem="acq_rel") == 1:
-                        # .cg: from L2, where the other program's partial is, never a stale L1 line
-                        other = ws_ptr + (2 * t + (1 - (pid - first))) * (BLOCK_M * BLOCK_N)
-                        acc += tl.load(other + tile, cache_modifier=".cg")
-                        _gated_store(acc, bg_ptr, bu_ptr, out_desc, offs_m, pid_n, N, HAS_BIAS, ACT, BLOCK_N,
-                                     UP_FIRST)
-                        tl.atomic_xchg(lock_ptr + t, 0)  # for the next launch
-                it += k1 - k0
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for ki in range(k_tiles):
+            a = x_desc.load([offs_m, ki * BLOCK_K])
+            if PAIR:
+                b = w_desc.load([0, pid_n * (BLOCK_N // 2), ki * BLOCK_K]).reshape(BLOCK_N, BLOCK_K)
+            else:
+                b = w_desc.load([pid_n * BLOCK_N, ki * BLOCK_K])
+            acc = tl.dot(a, b.T, acc)
+        # [BM, BN] -> the gate half and the up half, each [BM, BN / 2]
+        acc_g, acc_u = _halves(acc, BLOCK_N)
+        if UP_FIRST:
+            acc_g, acc_u = acc_u, acc_g
+        offs_n = pid_n * (BLOCK_N // 2)
+        if HAS_BIAS:
+            cols = offs_n + tl.arange(0, BLOCK_N // 2)
+            acc_g += tl.load(bg_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+            acc_u += tl.load(bu_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+        out = _apply_act(acc_g, ACT) * acc_u
+        out_desc.store([offs_m, offs_n], out.to(out_desc.dtype))
 
 
 # --- launchers ----------------------------------------------------------------------------------------
@@ -677,15 +598,10 @@ def _launch_gated(x, wg, wu, bg, bu, act, fixed: Optional[dict] = None, tma: boo
             kernel = _gated_mlp_tma_kernel.fn
         else:
             kernel = registry.launcher(_gated_mlp_tma_kernel)
-        stream_k = fixed.get("STREAM_K", GATED_STREAM_K) if fixed else GATED_STREAM_K
-        ws, locks = _stream_k_buffers(M, N, sms, x.device, [fixed] if fixed else None) if stream_k else (None, None)
-        if ws is None:
-            ws, locks = _no_stream_k(x.device)  # (not read: no tile is done stream-K)
         kernel[_persistent_grid(M, 2 * N, sms)](  # one program per SM, at most one per tile
             args["x_desc"], args["w_desc"], bg if has_bias else wg, bu if has_bias else wu,
-            args["out_desc"], ws, locks, M, N, K, _m_bucket(M), ws.numel() if stream_k else 0,
-            locks.numel() if stream_k else 0, HAS_BIAS=has_bias, ACT=act, NUM_SMS=sms,
-            PAIR=pair is not None, UP_FIRST=up_first, **{"STREAM_K": stream_k, **(fixed or {})},
+            args["out_desc"], M, N, K, _m_bucket(M), HAS_BIAS=has_bias, ACT=act, NUM_SMS=sms,
+            PAIR=pair is not None, UP_FIRST=up_first, **(fixed or {}),
         )
         return out
     kernel = _gated_mlp_kernel.fn if fixed else registry.launcher(_gated_mlp_kernel)
@@ -700,36 +616,6 @@ def _launch_gated(x, wg, wu, bg, bu, act, fixed: Optional[dict] = None, tma: boo
 
 
 PAIR_WEIGHTS = True  # the TMA dual GEMM reads wg and wu where they lie (False: an interleaved copy per call)
-# The TMA dual GEMM's last full wave and a short remainder done stream-K (see _gated_mlp_tma_kernel), where the
-# tiles leave a last wave at most half full: Llama-1B's MLP (M=8192, N=8192: 4096 tiles of 128 columns on
-# 132 SMs, 31 waves and 4 tiles) loses about 3% to its 32nd wave. Not yet timed on a GPU: off until it is
-# (scripts/gated_config_probe.py --stream-k).
-GATED_STREAM_K = False
-
-
-@functools.lru_cache(maxsize=None)
-def _no_stream_k(device: torch.device):
-    # the workspace and counter arguments of a launch without stream-K tiles (typed as the real ones, so the
-    # kernel is not specialised again)
-    return torch.empty(1, device=device, dtype=torch.float32), torch.empty(1, device=device, dtype=torch.int32)
-
-
-def _stream_k_buffers(M: int, N: int, sms: int, device: torch.device, configs=None):
-    """The stream-K workspace (fp32, two partial tiles per stream-K tile) and zeroed tile counters, sized
-    for the most any of ``configs`` (default: the kernel's) takes at this shape, or (None, None) where none
-    takes any. The kernel leaves the counters at zero; they are zeroed here too, once per call."""
-    configs = configs or [{**c.kwargs, "OCC": c.kwargs.get("OCC", 1)} for c in _gated_mlp_tma_kernel.configs]
-    floats = tiles = 0
-    for c in configs:
-        if c.get("OCC", 1) != 1:
-            continue
-        bm, bn = c["BLOCK_M"], c["BLOCK_N"]
-        n = sk_tiles(cdiv(M, bm) * cdiv(N, bn // 2), min(sms, cdiv(M, bm) * cdiv(N, bn // 2)))
-        floats, tiles = max(floats, n * 2 * bm * bn), max(tiles, n)
-    if not tiles:
-        return None, None
-    return (torch.empty(floats, device=device, dtype=torch.float32),
-            torch.zeros(tiles, device=device, dtype=torch.int32))
 
 
 def _pair_desc(wg: torch.Tensor, wu: torch.Tensor):

@@ -4,11 +4,7 @@ each launched alone, beside Inductor's path (two cuBLAS GEMMs and a fused silu·
 Each row is timed from replayed CUDA graphs (``probe_log.graph_ms``) and checked against an fp64 reference
 (error <= 2x the bf16 eager path's + 1e-3). Rows go to ``$OUT/gated-config-probe.jsonl``.
 
-With ``--stream-k`` each one-program-per-SM config is also timed with its last full wave and remainder done
-stream-K (``STREAM_K``), and ``--shipped-only`` times only the first config (the one the autotuner picks at
-issue 2's shape).
-
-Run on a GPU:  python scripts/gated_config_probe.py [--shape 8192x2048x8192] [--stream-k] [--shipped-only]
+Run on a GPU:  python scripts/gated_config_probe.py [--shape 8192x2048x8192]
 """
 
 from __future__ import annotations
@@ -29,8 +25,6 @@ from tritonfuse.kernels import linear_act as K  # noqa: E402
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="8192x2048x8192", help="MxKxN")
-    ap.add_argument("--stream-k", action="store_true", help="also each config with STREAM_K")
-    ap.add_argument("--shipped-only", action="store_true", help="only the first config")
     args = ap.parse_args(argv)
     M, Kd, N = (int(v) for v in args.shape.split("x"))
     log = jsonl_log("gated-config-probe.jsonl")
@@ -52,16 +46,9 @@ def main(argv=None) -> int:
     for name, fn in (("inductor", lambda: inductor(x)), ("two cuBLAS GEMMs", lambda: (x @ wg.t(), x @ wu.t()))):
         ms = graph_ms(fn)
         emit(shape=args.shape, variant=name, ms=ms, tflops=flop / ms / 1e9)
-    variants = []
-    for cfg in K._TMA_GATED_ALL[:1] if args.shipped_only else K._TMA_GATED_ALL:
-        for sk in (False, True) if args.stream_k and cfg.kwargs.get("OCC", 1) == 1 else (False,):
-            variants.append(({**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages, "STREAM_K": sk},
-                             " ".join(f"{k}={v}" for k, v in cfg.kwargs.items())
-                             + f" w{cfg.num_warps} s{cfg.num_stages}" + (" stream-K" if sk else "")))
-    tiles = -(-M // 128) * -(-N // K.GATED_HALF)
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    print(f"{args.shape}: {tiles} tiles of 128 rows, {K.sk_tiles(tiles, sms)} of them stream-K", flush=True)
-    for fixed, label in variants:
+    for cfg in K._TMA_GATED_ALL:
+        fixed = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+        label = " ".join(f"{k}={v}" for k, v in cfg.kwargs.items()) + f" w{cfg.num_warps} s{cfg.num_stages}"
         try:
             out = K._launch_gated(x, wg, wu, None, None, "silu", fixed=fixed)
             err = (out.double() - ref).abs().max().item()

@@ -1084,41 +1084,6 @@ def test_tma_gated_kernel(monkeypatch, act, bias, layout):
     assert torch.equal(wg, before[0]) and torch.equal(wu, before[1])
 
 
-@pytest.mark.skipif(K.TensorDescriptor is None, reason="triton without host TMA descriptors")
-@pytest.mark.parametrize("act,bias,up_first", [("silu", False, False), ("gelu", True, True)])
-def test_tma_gated_kernel_stream_k(monkeypatch, act, bias, up_first):
-    # STREAM_K: 7 tiles of 16 output columns on the interpreter's 3 programs (2 waves and 1 tile) -> the last
-    # full wave and the remainder, 4 tiles of 4 K steps, are dealt out as 16 K steps, 5 or 6 a program: two
-    # tiles are each shared by two programs, whose partials meet in the workspace. Ragged M, N and K
-    if torch.cuda.is_available():
-        pytest.skip("covered on the GPU by test_every_tma_config_on_the_gpu")
-    monkeypatch.setattr(K, "_tma_ok", K._tma_aligned)
-    written = []
-    real = K._stream_k_buffers
-
-    def spy(*a, **kw):
-        ws, locks = real(*a, **kw)
-        ws.fill_(float("nan"))  # a partial read before it is written would show
-        written.append((ws, locks))
-        return ws, locks
-
-    monkeypatch.setattr(K, "_stream_k_buffers", spy)
-    M, N, Kd = 200, 8, 120  # (N: half a 16-column tile; the output rows stay 16-byte aligned for TMA)
-    assert K.sk_tiles(7, 3) == 4 and K.sk_tiles(8, 3) == 0 and K.sk_tiles(4, 3) == 0
-    x = fresh(M, Kd, dtype=torch.float16)
-    w = fresh(2 * N, Kd, dtype=torch.float16, scale=0.1)
-    wg, wu = (w[N:], w[:N]) if up_first else (w[:N], w[N:])
-    bg, bu = (fresh(N, dtype=torch.float16), fresh(N, dtype=torch.float16)) if bias else (None, None)
-    cfg = dict(TMA_CFG, BLOCK_M=32, BLOCK_N=32, BLOCK_K=32)
-    out = K._launch_gated(x, wg, wu, bg, bu, act, fixed=dict(cfg, STREAM_K=True))
-    (ws, locks), = written
-    assert (~torch.isnan(ws)).sum().item() == 2 * 2 * 32 * 32  # two shared tiles, two partials each
-    assert not locks.any()  # left at zero for the next launch
-    args = (x, wg, wu, bg, bu, act)
-    assert_close_to_ref(out, K.gated_mlp_ref(*args, upcast=True), K.gated_mlp_ref(*args), atol=1e-3)
-    assert torch.equal(out, K._launch_gated(x, wg, wu, bg, bu, act, fixed=dict(cfg, STREAM_K=False)))
-
-
 def test_interleaved_gate_up_weight():
     wg, wu = fresh(5, 3), fresh(5, 3)
     w = K._interleave(wg, wu, 2)  # blocks of 2 rows; the third block padded with a zero row
@@ -1205,42 +1170,6 @@ def test_every_tma_config_on_the_gpu(gated):
         else:
             out = K._launch_linear(x, w1, b, "gelu", False, fixed=fixed)[0]
         assert_close_to_ref(out, ref64, eager, atol=1e-3, what=f"config {cfg}")
-
-
-@pytest.mark.cuda
-def test_every_gated_config_stream_k_on_the_gpu(monkeypatch):
-    # STREAM_K with each one-program-per-SM config where it compiles for real: N=1000 (8 column tiles of 128,
-    # ragged) and enough 128-row tiles for two waves and a few tiles more, whose last wave and remainder are
-    # dealt out as K steps; ragged M and K. The workspace must have been written (the stream-K tiles ran)
-    if K.TensorDescriptor is None or not K._hopper(torch.device("cuda")):
-        pytest.skip("the TMA kernels serve Hopper GPUs")
-    sms = K._num_sms(torch.device("cuda"))
-    rows = -(-(2 * sms + 1) // 8)
-    written = []
-    real = K._stream_k_buffers
-
-    def spy(*a, **kw):
-        ws, locks = real(*a, **kw)
-        ws.fill_(float("nan"))
-        written.append((ws, locks))
-        return ws, locks
-
-    monkeypatch.setattr(K, "_stream_k_buffers", spy)
-    torch.manual_seed(0)
-    x = fresh(128 * rows - 30, 200, dtype=torch.bfloat16, device="cuda")
-    wg, wu = (fresh(1000, 200, dtype=torch.bfloat16, device="cuda", scale=0.1) for _ in range(2))
-    bg, bu = (fresh(1000, dtype=torch.bfloat16, device="cuda") for _ in range(2))
-    args = (x, wg, wu, bg, bu, "silu")
-    ref64, eager = K.gated_mlp_ref(*args, upcast=True), K.gated_mlp_ref(*args)
-    for cfg in K._TMA_GATED_ALL:
-        if cfg.kwargs.get("OCC", 1) != 1 or cfg.kwargs["BLOCK_M"] != 128:
-            continue
-        fixed = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages, "STREAM_K": True}
-        out = K._launch_gated(*args, fixed=fixed)
-        assert K.sk_tiles(rows * 8, sms) > 0
-        ws, locks = written[-1]
-        assert (~torch.isnan(ws)).any() and not locks.any(), f"config {cfg}"
-        assert_close_to_ref(out, ref64, eager, atol=1e-3, what=f"config {cfg}, stream-K")
 
 
 @pytest.mark.cuda
