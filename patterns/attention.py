@@ -686,7 +686,7 @@ class _AttentionPass(PatternMatcherPass):
         return count
 
 
-def pattern_spec(graph_ops: frozenset):
+def pattern_spec(graph_ops: frozenset, graph=None):
     """``()`` where a graph holding ``graph_ops`` may hold an attention site, None where it cannot: every
     pattern holds a fused SDPA op or a batched GEMM (tests/test_attention.py checks each one)."""
     return () if aten.bmm.default in graph_ops or any(op in graph_ops for op in SDPA_OPS) else None

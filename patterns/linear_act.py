@@ -18,6 +18,8 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import operator
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -611,26 +613,69 @@ def _serves_plain() -> bool:
     return config.linear_plain_enabled() or config.quant != "none"
 
 
-def pattern_spec(graph_ops: frozenset):
-    """``(activations,)``: the activations whose patterns a graph holding ``graph_ops`` may match, or None
-    where it holds no GEMM or none of them (cold, building every pattern took 4.2-4.9 s on this project's
-    2-core CPU machine)."""
+def pattern_spec(graph_ops: frozenset, graph: Optional[torch.fx.Graph] = None):
+    """``(activations, gated)``: the activations whose patterns a graph holding ``graph_ops`` may match, and
+    whether it may hold a gated MLP (``gated_product``; True without ``graph``), or None where it holds no
+    GEMM or none of them (cold, building every pattern took 4.2-4.9 s on this project's 2-core CPU machine;
+    the gated patterns are 48 of a BERT graph's 84)."""
     if aten.mm.default not in graph_ops and aten.addmm.default not in graph_ops:
         return None
     acts = tuple(a for a, ops in ACT_OPS.items() if all(op in graph_ops for op in ops))
     if acts == ("none",) and not _serves_plain():
         return None
-    return (acts,)
+    return (acts, graph is None or gated_product(graph))
 
 
-def pattern_pass(acts=None) -> PatternMatcherPass:
+_GEMMS = (aten.mm.default, aten.addmm.default)
+# where a walk back from a product stops without a GEMM: reductions (a norm's statistics), other matmuls
+_WALK_STOPS = (aten.bmm.default, aten.var_mean.correction, aten.mean.dim, aten.sum.dim_IntList, aten.amax.default,
+               aten.convolution.default)
+# parts of one GEMM's output (a fused gate/up projection split in two): each its own source
+_PARTS = (operator.getitem, aten.slice.Tensor, aten.narrow.default)
+_WALK_DEPTH = 24  # nodes from a product back to its GEMM: 7-14 in the gated patterns' fp16 graphs
+
+
+def _gemm_sources(node: torch.fx.Node) -> set:
+    """The GEMMs ``node`` is computed from without passing another GEMM or a reduction, within
+    _WALK_DEPTH nodes, each with the part of its output it is read through (or None)."""
+    out, seen, frontier = set(), set(), [(node, None)]
+    for _ in range(_WALK_DEPTH):
+        nxt = []
+        for n, part in frontier:
+            if (n, part) in seen or n.op != "call_function":
+                continue
+            seen.add((n, part))
+            if n.target in _GEMMS:
+                out.add((n, part))
+            elif n.target not in _WALK_STOPS:
+                part = n if part is None and n.target in _PARTS else part
+                nxt.extend((a, part) for a in n.all_input_nodes)
+        frontier = nxt
+    return out
+
+
+def gated_product(graph: torch.fx.Graph) -> bool:
+    """Whether ``graph`` multiplies two values computed from different GEMMs (or different parts of one GEMM's
+    output): the shape of every gated MLP, act(x @ wg.T) * (x @ wu.T). A GELU multiplies values of one GEMM, a
+    norm its input by statistics a reduction computes, so a BERT or ViT graph builds no gated patterns."""
+    for mul in graph.find_nodes(op="call_function", target=aten.mul.Tensor):
+        a, b = (mul.args + (None, None))[:2]
+        if isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node):
+            sa, sb = _gemm_sources(a), _gemm_sources(b)
+            if sa and sb and sa != sb:
+                return True
+    return False
+
+
+def pattern_pass(acts=None, gated: bool = True) -> PatternMatcherPass:
     """The linear_act patterns of ``acts`` (default: every activation; ``pattern_spec`` picks them for a
-    graph) in one pass, built once per process (and per plain-Linear setting, ``_serves_plain``)."""
-    return _build(_serves_plain(), None if acts is None else tuple(acts))
+    graph), with the gated MLP ones or without, in one pass, built once per process (and per plain-Linear
+    setting, ``_serves_plain``)."""
+    return _build(_serves_plain(), None if acts is None else tuple(acts), gated)
 
 
 @functools.lru_cache(maxsize=None)
-def _build(with_plain: bool, acts=None) -> PatternMatcherPass:
+def _build(with_plain: bool, acts=None, gated: bool = True) -> PatternMatcherPass:
     # a Linear with no activation is cuBLAS's own fused addmm: matched only when asked for, so training
     # graphs' backward GEMMs are not counted as sites
     pm = PatternMatcherPass(pass_name="tritonfuse_linear_act")
@@ -642,7 +687,7 @@ def _build(with_plain: bool, acts=None) -> PatternMatcherPass:
     for dtype in (torch.float32, torch.float16):
         # gated patterns first: their GEMMs would otherwise be taken one by one
         # gelu_new: T5 v1.1 / Flan-T5 / mT5 ("gated-gelu": NewGELUActivation), served as gelu_tanh
-        for act in K.GATED_ACTIVATIONS + ("gelu_new",):
+        for act in K.GATED_ACTIVATIONS + ("gelu_new",) if gated else ():
             if acts is not None and act not in acts:
                 continue
             if act == "gelu_new" and dtype != torch.float32:

@@ -293,7 +293,7 @@ STYLE_OPS = {"ln": (aten.var_mean.correction,), **{s: (aten.pow.Tensor_Scalar, a
                                                     for s in ("hf", "fn", "hand", "t5")}}
 
 
-def pattern_spec(graph_ops: frozenset):
+def pattern_spec(graph_ops: frozenset, graph=None):
     """``(styles,)``: the norm styles whose patterns a graph holding ``graph_ops`` may match, or None where it
     can match none (every pattern holds a reciprocal square root and its style's ops). A BERT graph builds
     the LayerNorm patterns alone: 36 of 102 traces, 1.7 of 2.7 s cold on the CPU machine."""

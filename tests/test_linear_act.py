@@ -1956,11 +1956,47 @@ def test_pattern_spec_picks_the_graphs_activations():
     assert LP.pattern_spec(frozenset({aten.erf.default, aten.tanh.default})) is None  # no GEMM
     assert LP.pattern_spec(frozenset({aten.addmm.default})) is None  # a plain Linear: not a site by default
     with config.patch(quant="int8"):
-        assert LP.pattern_spec(frozenset({aten.addmm.default})) == (("none",),)
+        assert LP.pattern_spec(frozenset({aten.addmm.default})) == (("none",), True)
     spec = LP.pattern_spec(frozenset({aten.mm.default, aten.erf.default, aten.exp.default, aten.add.Tensor}))
-    assert spec == (("gelu", "silu", "none"),)
+    assert spec == (("gelu", "silu", "none"), True)  # (no graph to read: the gated patterns too)
     spec = LP.pattern_spec(frozenset({aten.mm.default, aten.tanh.default}))
-    assert spec == (("gelu_tanh", "gelu_new", "gelu_bloom", "none"),)
+    assert spec == (("gelu_tanh", "gelu_new", "gelu_bloom", "none"), True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_gated_product_tells_gated_mlps_from_other_graphs(dtype):
+    # a graph builds the gated patterns only where it multiplies values of two GEMMs (or of two parts of one
+    # GEMM's output); GELU MLPs, norms, attention and RoPE-like products do not
+    from tritonfuse.patterns import linear_act as LP
+    from tritonfuse.patterns.common import trace_pattern
+
+    x, r = torch.empty(2, 4, 16, dtype=dtype), torch.empty(2, 4, 24, dtype=dtype)
+    wg, wu, wo = (torch.empty(24, 16, dtype=dtype) for _ in range(3))
+    w12, g = torch.empty(48, 16, dtype=dtype), torch.empty(24, dtype=dtype)
+
+    def rms(h):
+        hf = h.float()
+        return (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + 1e-6)).to(h.dtype) * g[:h.shape[-1]]
+
+    def attention(x):
+        q, k, v = F.linear(x, wg), F.linear(x, wu), F.linear(x, wo)
+        return torch.softmax(q @ k.transpose(-1, -2) * 0.25, -1) @ v
+
+    cases = {
+        "swiglu": (lambda x: F.silu(F.linear(x, wg)) * F.linear(x, wu), True),
+        "geglu, fused and split": (lambda x: (lambda h: F.gelu(h[0]) * h[1])(F.linear(x, w12).chunk(2, -1)), True),
+        "swiglu after an RMSNorm": (lambda x: (lambda h: F.silu(F.linear(h, wg)) * F.linear(h, wu))(
+            rms(F.linear(x, wo[:16]))), True),
+        "GELU MLP": (lambda x: F.gelu(F.linear(x, wg)), False),
+        "tanh GELU MLP": (lambda x: F.gelu(F.linear(x, wg), approximate="tanh"), False),
+        "LayerNorm of a residual": (lambda x: F.layer_norm(F.linear(x, wg) + r, (24,), g, g), False),
+        "RMSNorm of a projection": (lambda x: rms(F.linear(x, wg)), False),
+        "attention": (attention, False),
+        "rotary-like": (lambda x: F.linear(x, wg) * torch.cos(r) + F.linear(x, wg).flip(-1) * torch.sin(r), False),
+    }
+    for name, (fn, gated) in cases.items():
+        graph = trace_pattern(fn, [x]).graph
+        assert LP.gated_product(graph) == gated, name
 
 
 def test_a_graph_builds_only_its_activations_patterns(monkeypatch):
@@ -1978,7 +2014,7 @@ def test_a_graph_builds_only_its_activations_patterns(monkeypatch):
     with config.patch(patterns="linear_act,attention,norm_residual"):
         out = torch.compile(m, backend="tritonfuse")(x)
     torch.testing.assert_close(out, m(x), rtol=1e-4, atol=1e-4)
-    assert built == [(("gelu", "none"),)]
+    assert built == [(("gelu", "none"), False)]  # a GELU MLP: no gated patterns
     assert tritonfuse.counters()["linear_act"]["replaced"] == 1
     # no batched GEMM, no rsqrt: attention and norm_residual build nothing
     ops = frozenset({torch.ops.aten.addmm.default, torch.ops.aten.erf.default})

@@ -82,11 +82,12 @@ def graph_gpu(example_inputs) -> Optional[int]:
     return None
 
 
-def _family_pass(family: str, graph_ops: Optional[frozenset] = None):
+def _family_pass(family: str, graph_ops: Optional[frozenset] = None, graph: Optional[torch.fx.Graph] = None):
     """The family's PatternMatcherPass, or None while that family has no patterns module. With
     ``graph_ops`` (the call targets of the graph to match), only the patterns that such a graph can match
     (the module's ``pattern_spec``), or None where it can match none: a graph without attention builds no
-    attention patterns (a first build of all of them took 4.9-5.6 s on the H200's host)."""
+    attention patterns (a first build of all of them took 4.9-5.6 s on the H200's host). ``graph`` (the graph
+    itself) lets a spec read its structure (linear_act: whether it may hold a gated MLP)."""
     name = f"tritonfuse.patterns.{family}"
     if importlib.util.find_spec(name) is None:
         return None
@@ -94,7 +95,7 @@ def _family_pass(family: str, graph_ops: Optional[frozenset] = None):
 
     module = importlib.import_module(name)
     spec_of = getattr(module, "pattern_spec", None)
-    spec = () if graph_ops is None or spec_of is None else spec_of(graph_ops)
+    spec = () if graph_ops is None or spec_of is None else spec_of(graph_ops, graph)
     if spec is None:
         return None
     # each subset of patterns is its own record on disk (a record replays one build call by call)
@@ -229,7 +230,7 @@ class TritonfusePasses(CustomGraphPass):
         for family in self.families:
             try:
                 # the graph as the families before this one left it
-                pm = _family_pass(family, frozenset(n.target for n in graph.nodes if n.op == "call_function"))
+                pm = _family_pass(family, frozenset(n.target for n in graph.nodes if n.op == "call_function"), graph)
                 if pm is not None:
                     pm.apply(graph)
             except Exception as e:
