@@ -19,6 +19,24 @@ from torch._inductor.pattern_matcher import Match, fwd_only
 from tritonfuse.kernels.common import size_hint
 
 
+aten = torch.ops.aten
+# The ops each activation's patterns hold, as Inductor decomposes it (SiLU: x / (1 + exp(-x)); ReLU6: two clamps;
+# Hardswish: x * clamp(x + 3, 0, 6) / 6; the GELUs: erf or tanh): a graph without them holds no site with that
+# activation, and its compile skips building those patterns. The families' tests check every pattern holds them.
+ACTIVATION_OPS = {
+    "none": (),
+    "relu": (aten.relu.default,),
+    "relu6": (aten.clamp_min.default, aten.clamp_max.default),
+    "silu": (aten.exp.default, aten.neg.default, aten.div.Tensor),
+    "hardswish": (aten.clamp_min.default, aten.clamp_max.default, aten.div.Tensor),
+    "gelu": (aten.erf.default,),
+    "gelu_tanh": (aten.tanh.default,),
+    "gelu_new": (aten.tanh.default,),
+    "gelu_bloom": (aten.tanh.default,),
+    "quick_gelu": (aten.sigmoid.default,),
+}
+
+
 def trace_pattern(fn, args, **kwargs) -> torch.fx.GraphModule:
     """Trace a search or replacement function the way the post-grad graph looks.
 

@@ -32,7 +32,7 @@ from torch._inductor.pattern_matcher import Match, PatternMatcherPass, register_
 
 from tritonfuse import config, registry
 from tritonfuse.kernels import conv_bn as K
-from tritonfuse.patterns.common import pattern_cache, trace_pattern
+from tritonfuse.patterns.common import ACTIVATION_OPS, pattern_cache, trace_pattern
 
 FAMILY = "conv_bn"
 # conv -> BN, conv(bias) -> BN, conv(bias) alone, conv -> BN(affine=False)
@@ -364,11 +364,10 @@ def _make_handler(head: str, act: str, res: bool, act2: str, constants: Counter)
 # --- registration --------------------------------------------------------------------------------------
 
 
-# The ops an epilogue's patterns hold, whatever the device (tests/test_conv_bn.py checks every pattern): a
-# graph without them builds none of those patterns. (BatchNorm's own ops are not used: they differ by device.)
-ACT_OPS = {"none": (), "relu": (aten.relu.default,), "relu6": (aten.clamp_min.default, aten.clamp_max.default),
-           "silu": (aten.exp.default, aten.neg.default, aten.div.Tensor),
-           "hardswish": (aten.clamp_min.default, aten.clamp_max.default, aten.div.Tensor)}
+# The ops an epilogue's patterns hold, whatever the device (patterns.common.ACTIVATION_OPS; tests/test_conv_bn.py
+# checks every pattern): a graph without them builds none of those patterns. (BatchNorm's own ops are not used:
+# they differ by device.)
+ACT_OPS = {a: ACTIVATION_OPS[a] for a in K.ACTIVATIONS}
 HALF = (torch.float16, torch.bfloat16)
 
 

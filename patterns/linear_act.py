@@ -36,8 +36,8 @@ from torch._inductor.pattern_matcher import (
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from tritonfuse import config, inline, registry
-from tritonfuse.patterns.common import (arg_val, hinted, memo_trace, recorded_pattern, search_only,
-                                        trace_pattern)
+from tritonfuse.patterns.common import (ACTIVATION_OPS, arg_val, hinted, memo_trace, recorded_pattern,
+                                        search_only, trace_pattern)
 from tritonfuse.kernels import linear_act as K
 
 FAMILY = "linear_act"
@@ -594,18 +594,9 @@ def _open_pattern(search, args) -> PatternExpr:
     return pattern
 
 
-# the ops each activation's patterns hold, as Inductor decomposes them: a graph without them holds no such
-# site, and its compile skips building those patterns (tests/test_linear_act.py checks every pattern)
-ACT_OPS = {
-    "relu": (aten.relu.default,),
-    "gelu": (aten.erf.default,),
-    "gelu_tanh": (aten.tanh.default,),
-    "gelu_new": (aten.tanh.default,),
-    "gelu_bloom": (aten.tanh.default,),
-    "silu": (aten.exp.default,),  # x / (1 + exp(-x))
-    "quick_gelu": (aten.sigmoid.default,),
-    "none": (),
-}
+# the activations a Linear site may carry, with the ops each one's patterns hold (patterns.common.ACTIVATION_OPS)
+ACT_OPS = {a: ACTIVATION_OPS[a] for a in ("relu", "gelu", "gelu_tanh", "gelu_new", "gelu_bloom", "silu",
+                                          "quick_gelu", "none")}
 
 
 def _serves_plain() -> bool:

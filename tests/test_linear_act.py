@@ -1958,7 +1958,10 @@ def test_pattern_spec_picks_the_graphs_activations():
     with config.patch(quant="int8"):
         assert LP.pattern_spec(frozenset({aten.addmm.default})) == (("none",), True)
     spec = LP.pattern_spec(frozenset({aten.mm.default, aten.erf.default, aten.exp.default, aten.add.Tensor}))
-    assert spec == (("gelu", "silu", "none"), True)  # (no graph to read: the gated patterns too)
+    assert spec == (("gelu", "none"), True)  # (a softmax's exp alone is no SiLU; no graph: the gated patterns too)
+    spec = LP.pattern_spec(frozenset({aten.mm.default, aten.erf.default, aten.exp.default, aten.neg.default,
+                                      aten.div.Tensor}))
+    assert spec == (("gelu", "silu", "none"), True)
     spec = LP.pattern_spec(frozenset({aten.mm.default, aten.tanh.default}))
     assert spec == (("gelu_tanh", "gelu_new", "gelu_bloom", "none"), True)
 
