@@ -20,8 +20,8 @@
 #                                       # llama-1b-decode,bert-base: host-bound decode, and a model of inlined sites)
 #   bash scripts/gpu_session.sh cudnn_fused # resnet50 (MODEL) with TRITONFUSE_CUDNN_FUSED=1: bench rounds against
 #                                       # Inductor, then its output code and host/GPU time per forward
-#   bash scripts/gpu_session.sh lpt     # scripts/lpt_probe.py: the causal attention forward in LPT order (off until
-#                                       # timed) against head-major order and SDPA
+#   bash scripts/gpu_session.sh lpt     # scripts/lpt_probe.py: the causal attention forward in LPT order (on since
+#                                       # the 33rd session) against head-major order and SDPA
 #   bash scripts/gpu_session.sh graphs  # the zoo again from CUDA graphs
 #   bash scripts/gpu_session.sh audit   # torchvision convnets (tiny, fp16) through the backend against eager and
 #                                       # fp64, conv sites inlined: does any model break? (scripts/model_audit.py)
@@ -101,8 +101,8 @@ case "${1:-tests}" in
     grep -E "==|launches by kind" -A12 "$out/fused_profile.txt" | head -40
     tar czf "$out/code_fused.tgz" -C "$out" code_fused && rm -rf "$out/code_fused" ;;
   lpt)
-    # issue 5: the causal forward in longest-processing-time order (kernels.attention.CAUSAL_LPT, off until
-    # timed; 32nd session) against head-major order and SDPA (rows: $OUT/lpt-probe.jsonl)
+    # issue 5: the causal forward in longest-processing-time order (kernels.attention.CAUSAL_LPT, 32nd session,
+    # on since the 33rd) against head-major order and SDPA (rows: $OUT/lpt-probe.jsonl)
     timeout 300 $PY scripts/lpt_probe.py > "$out/lpt.txt" 2>&1; tail -14 "$out/lpt.txt" ;;
   graphs)
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 540 $PY -m tritonfuse bench --models "$models" \
