@@ -20,7 +20,6 @@ Inductor's fused epilogue) with the timings as the reason.
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 from collections import Counter
 from typing import Optional
@@ -32,7 +31,7 @@ from torch._inductor.pattern_matcher import Match, PatternMatcherPass, register_
 
 from tritonfuse import config, registry
 from tritonfuse.kernels import conv_bn as K
-from tritonfuse.patterns.common import ACTIVATION_OPS, pattern_cache, trace_pattern
+from tritonfuse.patterns.common import ACTIVATION_OPS, trace_pattern
 
 FAMILY = "conv_bn"
 # conv -> BN, conv(bias) -> BN, conv(bias) alone, conv -> BN(affine=False)
@@ -392,49 +391,33 @@ def wanted_patterns(graph_ops: frozenset, conv_dtypes: frozenset) -> tuple:
     return tuple(out)
 
 
-class _ConvPass(PatternMatcherPass):
-    """Traces the patterns a graph with a convolution may match (``wanted_patterns``) the first time it
-    meets such a graph, on its device type, so models without one (language models) never pay for them and
-    others pay only for their epilogues and dtypes (each such set one pass, recorded on disk of its own).
+def pattern_spec(graph_ops: frozenset, graph=None):
+    """``((device type, wanted_patterns), ...)``: per device type of the graph's convolutions, the patterns it
+    may match, or None for a graph without a convolution (language models never pay for these traces) or
+    without an epilogue the patterns hold. Without ``graph``: the CPU patterns of both precisions.
 
     The patterns are traced on the graph's own device type: eval BatchNorm decomposes differently by
     device (on CUDA it goes through ``cudnn_batch_norm``, which some torch versions decompose into
     ``reciprocal(sqrt(var + eps))`` where the CPU path gives ``rsqrt``).
     """
-
-    def __init__(self):
-        super().__init__(pass_name="tritonfuse_conv_bn")
-        self._passes: dict = {}  # (device type, wanted_patterns) -> PatternMatcherPass
-
-    def apply(self, gm) -> int:
-        graph = gm.graph if isinstance(gm, torch.fx.GraphModule) else gm
-        convs = graph.find_nodes(op="call_function", target=aten.convolution.default)
-        if not convs:
-            return 0
-        ops = frozenset(n.target for n in graph.nodes if n.op == "call_function")
-        vals = [v for v in (_val(c) for c in convs) if isinstance(v, torch.Tensor)]
-        count = 0
-        for dev in sorted({v.device.type for v in vals} or {"cpu"}):
-            wanted = wanted_patterns(ops, frozenset(v.dtype for v in vals if v.device.type == dev)
-                                     or frozenset({torch.float32}))
-            if not wanted:
-                continue
-            pm = self._passes.get((dev, wanted))
-            if pm is None:
-                from tritonfuse.backend import pattern_key
-
-                pm = PatternMatcherPass(pass_name="tritonfuse_conv_bn")
-                tag = hashlib.sha256(repr(wanted).encode()).hexdigest()[:10]
-                with pattern_cache(f"conv_bn-{dev}.{tag}", pattern_key()):
-                    _register_patterns(pm, dev, wanted)
-                self._passes[(dev, wanted)] = pm
-            count += pm.apply(gm)
-        return count
+    if aten.convolution.default not in graph_ops:
+        return None
+    convs = () if graph is None else graph.find_nodes(op="call_function", target=aten.convolution.default)
+    vals = [v for v in (_val(c) for c in convs) if isinstance(v, torch.Tensor)]
+    spec = []
+    for dev in sorted({v.device.type for v in vals} or {"cpu"}):
+        dtypes = frozenset(v.dtype for v in vals if v.device.type == dev)
+        wanted = wanted_patterns(graph_ops, dtypes or frozenset({torch.float32, torch.float16}))
+        if wanted:
+            spec.append((dev, wanted))
+    return tuple(spec) or None
 
 
-def _register_patterns(pm: PatternMatcherPass, device: str = "cpu", wanted: Optional[tuple] = None) -> None:
-    """Registers the patterns of ``wanted`` (``wanted_patterns``; default every one) in ``pm``."""
-    seen: set = set()
+def _register_patterns(pm: PatternMatcherPass, device: str = "cpu", wanted: Optional[tuple] = None,
+                       seen: Optional[set] = None) -> None:
+    """Registers the patterns of ``wanted`` (``wanted_patterns``; default every one) in ``pm``, skipping
+    those already in ``seen``."""
+    seen = set() if seen is None else seen
     if device != "cpu":
         try:
             torch.empty(1, device=device)
@@ -452,13 +435,22 @@ def _register_patterns(pm: PatternMatcherPass, device: str = "cpu", wanted: Opti
                     scalar_workaround={"eps": _EPS} if "bn" in head else None)
             key = repr(pattern)
             if key in seen:
-                continue  # no upcast in this variant: its fp16 trace is its fp32 one
+                continue  # no upcast in this variant, or the same decomposition on another device
             seen.add(key)
             flags = (head, act, res is not None, act2, _constants(gm.graph.nodes))
             register_graph_pattern(pattern, extra_check=_make_check(*flags), pass_dict=pm)(_make_handler(*flags))
 
 
+def pattern_pass(*per_device) -> PatternMatcherPass:
+    """The conv_bn patterns of ``per_device`` (``pattern_spec``; default: every CPU pattern) in one pass, built
+    once per process."""
+    return _build(per_device or (("cpu", None),))
+
+
 @functools.lru_cache(maxsize=None)
-def pattern_pass() -> PatternMatcherPass:
-    """All conv_bn patterns in one pass, built once per process (on the first graph with a convolution)."""
-    return _ConvPass()
+def _build(per_device: tuple) -> PatternMatcherPass:
+    pm = PatternMatcherPass(pass_name="tritonfuse_conv_bn")
+    seen: set = set()
+    for dev, wanted in per_device:
+        _register_patterns(pm, dev, wanted, seen)
+    return pm

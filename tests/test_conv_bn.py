@@ -263,8 +263,10 @@ def test_patterns_not_traced_without_a_conv():
     from tritonfuse.patterns import conv_bn as P
 
     gm = torch.fx.symbolic_trace(nn.Sequential(nn.Linear(8, 8), nn.ReLU()))
-    pm = P._ConvPass()
-    assert pm.apply(gm) == 0 and not pm._passes
+    ops = frozenset(n.target for n in gm.graph.nodes if n.op == "call_function")
+    assert P.pattern_spec(ops, gm.graph) is None
+    assert P.pattern_spec(frozenset({torch.ops.aten.convolution.default}), None) == (
+        ("cpu", P.wanted_patterns(frozenset(), frozenset({torch.float32, torch.float16}))),)
 
 
 def test_each_patterns_epilogue_ops_and_dtype():
