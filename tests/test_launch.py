@@ -182,12 +182,10 @@ def _doubled(x_ptr, y_ptr, n, BLOCK: tl.constexpr, OUT: tl.constexpr):
     tl.store(y_ptr + i, (tl.load(x_ptr + i, mask=i < n) * 2).to(OUT), mask=i < n)
 
 
-def _worker_then_direct_compile(cache: str) -> dict:
-    """In a fresh process without the interpreter: ``launch.compile_spec`` as an Inductor worker runs it, for
-    sm_90 (no GPU needed), then the same compile built directly, as Triton's launch builds it."""
+def _doubled_sm90():
+    """``_doubled``'s specialisation for sm_90 (no GPU needed): Triton's specialisation data as its
+    jit_cache_hook hands it over, and the same compile as Triton's launch builds it (source, options)."""
     import json
-    import os
-    import time
 
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, make_backend
@@ -200,16 +198,60 @@ def _worker_then_direct_compile(cache: str) -> dict:
                        "constant_vals": [256, "fp32"], "attrs_keys": [list(k) for k in attrs],
                        "attrs_vals": list(attrs.values()), "options": options.__dict__, "key": "k",
                        "target": target.__dict__})
+    src = ASTSource(JITFunction(_doubled), signature, {(3,): 256, (4,): tl.float32}, attrs)
+    return data, src, target, options.__dict__
+
+
+def _worker_then_direct_compile(cache: str) -> dict:
+    """In a fresh process without the interpreter: ``launch.compile_spec`` as an Inductor worker runs it,
+    then the same compile built directly, as Triton's launch builds it."""
+    import os
+    import time
+
+    data, src, target, options = _doubled_sm90()
     os.environ["TRITON_ALWAYS_COMPILE"] = "1"  # the worker's own: not applied while it compiles ours
     launch.compile_spec(__name__, "_doubled", data, {"TRITON_CACHE_DIR": cache})
     out = {"env_kept": os.environ.pop("TRITON_ALWAYS_COMPILE") == "1" and "TRITON_CACHE_DIR" not in os.environ,
            "worker": sorted(os.listdir(cache))}
     os.environ["TRITON_CACHE_DIR"] = cache
-    src = ASTSource(JITFunction(_doubled), signature, {(3,): 256, (4,): tl.float32}, attrs)
     t = time.perf_counter()
-    compiled = triton.compile(src, target=target, options=options.__dict__)
+    compiled = triton.compile(src, target=target, options=options)
     out.update(direct=sorted(os.listdir(cache)), seconds=time.perf_counter() - t,
                stores="st.global" in compiled.asm["ptx"])
+    return out
+
+
+def _worker_compile(cache: str, ptxas_path: str, version) -> None:
+    """A worker's compile of ``_doubled`` in a process of its own, under the parent's variables and its
+    reading of the ptxas version (``version``; None: the worker reads its own)."""
+    data = _doubled_sm90()[0]
+    launch.compile_spec(__name__, "_doubled", data, {"TRITON_CACHE_DIR": cache, "TRITON_PTXAS_PATH": ptxas_path},
+                        version)
+
+
+def _parent_with_stale_ptxas(cache: str, fake: str, send_version: bool) -> dict:
+    """In a fresh process: Triton reads its ptxas version from ``fake`` (a kernel compiled before the backend
+    pointed Triton at another ptxas), then ``TRITON_PTXAS_PATH`` names the real one. A worker process
+    compiles ``_doubled`` (sent the parent's reading when ``send_version``); then this process compiles it."""
+    import os
+    import subprocess
+    import sys
+
+    from triton.backends.nvidia import compiler as nv
+
+    real = nv.get_ptxas(90).path
+    os.environ["TRITON_PTXAS_PATH"] = fake
+    nv.get_ptxas_version(90)  # read once, and kept
+    os.environ["TRITON_PTXAS_PATH"] = real
+    data, src, target, options = _doubled_sm90()
+    version = launch._ptxas_version(data) if send_version else None
+    code = f"import {__name__} as t; t._worker_compile({cache!r}, {real!r}, {version!r})"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = {"version": version, "worker": sorted(os.listdir(cache))}
+    os.environ["TRITON_CACHE_DIR"] = cache
+    triton.compile(src, target=target, options=options)
+    out["direct"] = sorted(os.listdir(cache))
     return out
 
 
@@ -235,6 +277,40 @@ def test_worker_compile_fills_the_disk_cache_a_compile_then_reads(tmp_path):
     assert len(out["worker"]) == 1
     assert out["direct"] == out["worker"]  # the same key: read, not compiled again
     assert out["seconds"] < 0.5 and out["stores"]
+
+
+@pytest.mark.parametrize("send_version", [True, False])
+def test_worker_compile_keys_on_the_parents_ptxas_version(tmp_path, send_version):
+    # Triton reads the ptxas version once per process; a parent that read it before TRITON_PTXAS_PATH changed
+    # keys its compiles on the old reading, and a worker's compile of the same kernel is a disk-cache hit for
+    # it only when it keys on that reading too (sent with the job). Without it the parent compiles again.
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    nv = pytest.importorskip("triton.backends.nvidia.compiler")
+    if not hasattr(nv, "get_ptxas_version") or not hasattr(nv, "get_ptxas"):
+        pytest.skip("this Triton reads no ptxas version")
+    fake = tmp_path / "ptxas"  # reports another release; the parent never runs it
+    fake.write_text('#!/bin/sh\necho "ptxas: NVIDIA (R) Ptx optimizing assembler"\n'
+                    'echo "Cuda compilation tools, release 12.4, V12.4.131"\n')
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRITON_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(pathlib.Path(__file__).parent), env.get("PYTHONPATH", "")])
+    cache = str(tmp_path / "triton")
+    code = (f"import json, {__name__} as t; "
+            f"print(json.dumps(t._parent_with_stale_ptxas({cache!r}, {str(fake)!r}, {send_version})))")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(out["worker"]) == 1
+    if send_version:
+        assert "release 12.4" in out["version"]
+        assert out["direct"] == out["worker"]  # the same key: read, not compiled again
+    else:  # the worker read the real ptxas's version: another key, compiled again
+        assert len(out["direct"]) == 2
 
 
 def test_stuck_workers_are_waited_for_once(monkeypatch):
@@ -275,7 +351,7 @@ def test_a_survey_sends_compiles_ahead_and_the_timed_launch_waits_for_them(monke
         def __init__(self):
             self.sent = []
 
-        def submit(self, fn, module, name, data, env):
+        def submit(self, fn, module, name, data, env, ptxas):
             self.sent.append(data)
             fut = concurrent.futures.Future()
             fut.set_result(None)

@@ -430,11 +430,12 @@ def uncompiled_specs(jit, jobs: list) -> Optional[list]:
     return specs if usable else None
 
 
-def compile_spec(module: str, name: str, data: str, env: dict) -> None:
+def compile_spec(module: str, name: str, data: str, env: dict, ptxas: Optional[str] = None) -> None:
     """In a worker process: compile the kernel ``name`` of ``module`` as Triton's specialisation data ``data``
     says (the decoding of ``JITFunction.preload``, for the target written in the data rather than the GPU
     of this process, which needs none), under the parent's ``TRITON_*`` variables ``env`` (its cache folder,
-    ptxas: part of the disk cache's key), into Triton's disk cache."""
+    ptxas: part of the disk cache's key) and, given ``ptxas``, the parent's reading of the ptxas version
+    (``_ptxas_version``), into Triton's disk cache."""
     import importlib
     import json
     import os
@@ -473,12 +474,54 @@ def compile_spec(module: str, name: str, data: str, env: dict) -> None:
     for k in before:
         os.environ.pop(k)
     os.environ.update(env)
+    nv = _nvidia_compiler() if ptxas is not None else None
+    own = getattr(nv, "get_ptxas_version", None)
+    if own is not None:  # the key's ptxas version as the parent's compile reads it (the binary: env's)
+        nv.get_ptxas_version = lambda *args, **kwargs: ptxas
     try:
         triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
     finally:
+        if own is not None:
+            nv.get_ptxas_version = own
         for k in [k for k in os.environ if k.startswith("TRITON_")]:
             os.environ.pop(k)
         os.environ.update(before)
+
+
+def _nvidia_compiler():
+    try:
+        from triton.backends.nvidia import compiler
+    except ImportError:  # a Triton without the NVIDIA backend
+        return None
+    return compiler
+
+
+def _ptxas_version(data: str) -> Optional[str]:
+    """The ptxas version that this process's compile of the specialisation ``data`` keys its disk-cache entry
+    on, or None where there is none to read (another backend, or a Triton without the step).
+
+    Triton reads it once per process (``get_ptxas_version`` is cached) and keeps it after
+    ``TRITON_PTXAS_PATH`` changes, which it does when a Triton kernel compiled before
+    ``backend.match_inductor_triton_env`` pointed Triton at torch's ptxas (on the H200: Triton 3.6's
+    ptxas 12.8 read, torch 2.11's 13.0 run). A worker compiling under the parent's variables reads the
+    version of the ptxas they name, so its entry had another key: the parent missed it and compiled the
+    kernel again (the GPU test of the workers' compiles failed that way after the conv_bn GPU tests in one
+    process). Sent with each compile instead (``compile_spec``)."""
+    import json
+
+    nv = _nvidia_compiler()
+    if nv is None or not hasattr(nv, "get_ptxas_version"):
+        return None
+    try:
+        target = json.loads(data).get("target") or {}
+        if target.get("backend") != "cuda":
+            return None
+        try:
+            return nv.get_ptxas_version(target["arch"])
+        except TypeError:  # (older Triton: no arch argument)
+            return nv.get_ptxas_version()
+    except Exception:  # noqa: BLE001 - the worker reads its own, as before
+        return None
 
 
 def precompile_for(kernel, grid, args: tuple, kwargs: dict) -> int:
@@ -515,7 +558,7 @@ def _triton_env() -> dict:
 
 def _submit(pool, jit, data: str, env: Optional[dict] = None):
     env = env if env is not None else _triton_env()
-    return pool.submit(compile_spec, jit.fn.__module__, jit.fn.__name__, data, env)
+    return pool.submit(compile_spec, jit.fn.__module__, jit.fn.__name__, data, env, _ptxas_version(data))
 
 
 # A survey's compiles reach the pool from a thread of their own: Inductor's pool takes a job by writing it to
