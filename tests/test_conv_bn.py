@@ -1060,3 +1060,33 @@ def test_cudnn_fused_serves_where_it_measured_fastest(tmp_path, monkeypatch, t_t
         if s.status == "replaced":
             assert s.measured[0] == pytest.approx(t_fused if "cudnn_fused" in s.kernel else t_triton), s
     torch.testing.assert_close(out, eager, atol=3e-2, rtol=3e-2)
+
+
+def test_a_survey_probes_the_kernel_a_site_may_take(tmp_path, monkeypatch):
+    # a first compile's survey (registry.surveying) decides nothing, but probes the kernel a site's timing may
+    # choose, so the probe's compile goes to Inductor's workers with the survey's others; probed first by the
+    # pass that decides, the 1x1 TMA variants compiled in its thread (1.7 s of resnet50's first compile, H200)
+    from tests.utils import pretend_gpu_timing
+    from tritonfuse import backend, config, registry
+
+    pretend_gpu_timing(tmp_path, monkeypatch, backend)
+    monkeypatch.setattr(backend, "_survey_wanted", lambda graph: True)
+    monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False, **_: 1.0)
+    monkeypatch.setattr(registry, "_failed", {})
+    probes = []
+    guarded = registry.guarded_probe
+    monkeypatch.setattr(registry, "guarded_probe",
+                        lambda key, probe: probes.append((key.split("[")[0], registry.in_survey())) or guarded(key, probe))
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU()).eval()
+    with torch.no_grad():
+        model[1].running_mean.normal_()
+        model[1].running_var.uniform_(0.5, 1.5)
+    x = fresh(2, 4, 6, 5)
+    torch._dynamo.reset()
+    tritonfuse.reset()
+    with config.patch(measure="1", measure_budget_s="inf"), torch.no_grad():
+        out = torch.compile(model, backend="tritonfuse")(x)
+    assert ("conv_bn", True) in probes, probes
+    assert not registry.in_survey() and not registry.errors()
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(x), atol=1e-4, rtol=1e-4)

@@ -2161,3 +2161,17 @@ def test_cublaslt_epilogue_in_a_training_graph(monkeypatch, act, module):
     model(x).square().sum().backward()
     for g, w in zip(got, [p.grad for p in model.parameters()] + [x.grad]):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_a_probe_launches_through_the_launcher(monkeypatch):
+    # a kernel's probe launches as the ops do (registry.launcher: on a GPU the fast launcher, which in a first
+    # compile's survey sends the probe's compile to Inductor's workers and under registry.one_config takes
+    # the tuner's first config), not through a config of its own launched by Triton directly, which compiled
+    # in the survey's thread (0.6 s of bert-base's first compile on the H200)
+    launched = []
+    launcher = registry.launcher
+    monkeypatch.setattr(registry, "launcher", lambda kernel: launched.append(kernel) or launcher(kernel))
+    monkeypatch.setattr(registry, "_failed", {})
+    assert K.probe("cpu", torch.float32, "gelu", True, False) is None
+    assert K.probe("cpu", torch.float32, "silu", False, True) is None
+    assert launched == [K._linear_act_kernel, K._gated_mlp_kernel]
