@@ -1510,13 +1510,22 @@ def test_a_probe_in_a_survey_sends_its_compiles_and_runs_later(monkeypatch):
         seen.append((registry.compiling_ahead(), registry.probing()))
         raise RuntimeError("wrong result on the probe input")
 
+    registry.begin_graph()
     with registry.surveying():
         assert registry.guarded_probe("variant@cpu", probe) is None
-    assert seen == [(True, True)] and not registry._failed
+        # a variant is probed once a survey: another site or pattern of it takes the first run's word
+        assert registry.guarded_probe("variant@cpu", probe) is None
+        assert registry.guarded_probe("unused@cpu", probe) is None  # (a site the pass that decides leaves)
+    assert seen == [(True, True)] * 2 and not registry._failed
     with pytest.warns(UserWarning, match="wrong result on the probe input"):
         assert "wrong result" in registry.guarded_probe("variant@cpu", probe)
     assert seen[-1] == (False, True) and "variant@cpu" in registry._failed
     assert not registry.compiling_ahead() and not registry.probing()
+    registry.begin_graph()  # the next graph's survey probes its variants again, but none known to work or fail
+    with registry.surveying():
+        assert registry.guarded_probe("unused@cpu", probe) is None
+        assert registry.guarded_probe("variant@cpu", probe) is not None
+    assert len(seen) == 4 and seen[-1] == (True, True)
 
 
 def test_a_near_tie_stays_inductors(tmp_path, monkeypatch):
