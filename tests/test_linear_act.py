@@ -544,6 +544,23 @@ def test_backend_matches_inductors_triton_env_before_our_passes(monkeypatch, tmp
     assert calls[:3] == ["_set_triton_ptxas_path", "_set_triton_libdevice_path", "passes"]
 
 
+def test_backend_starts_inductors_compile_workers_first(monkeypatch, tmp_path):
+    # as backend="inductor" does on entry: Inductor's compile workers boot while Dynamo's graph is traced and
+    # lowered, not at the first kernel our survey sends them (the pass that decides then waited on them)
+    from torch._inductor import async_compile
+
+    from tritonfuse import backend
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # a miss: the passes run
+    calls = []
+    monkeypatch.setattr(async_compile, "maybe_warm_pool", lambda: calls.append("warm"), raising=False)
+    apply = backend.TritonfusePasses._apply
+    monkeypatch.setattr(backend.TritonfusePasses, "_apply",
+                        lambda self, graph: (calls.append("passes"), apply(self, graph))[1])
+    _compile_run(nn.Sequential(nn.Linear(24, 40), nn.SiLU()), fresh(5, 24))
+    assert calls == ["warm", "passes"] and _counts()["replaced"] == 1
+
+
 def test_backend_points_triton_at_inductors_cache_folder_for_a_gpu_graph(monkeypatch, tmp_path):
     # Inductor sets TRITON_CACHE_DIR (where unset) to <its cache>/triton/<device> before its first kernel of a
     # process: our kernels compiled earlier in a first compile (~/.triton/cache) missed the disk cache in a

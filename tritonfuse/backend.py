@@ -73,6 +73,25 @@ def match_inductor_triton_env(device: Optional[int] = None) -> None:
         pass
 
 
+def warm_inductor_pool() -> None:
+    """Start Inductor's compile workers now, as ``backend="inductor"`` does first thing
+    (``maybe_warm_pool``): each worker imports torch and Triton, seconds that then pass while Dynamo's graph
+    is traced and lowered. Left to start at their first job, they started in the survey of a first compile
+    (its first kernels sent to them), and the pass that decides waited on them."""
+    try:
+        from torch._inductor import async_compile
+    except ImportError:
+        return
+    warm = getattr(async_compile, "maybe_warm_pool", None)  # (torch < 2.7: AsyncCompile.warm_pool alone)
+    try:
+        if warm is not None:
+            warm()
+        else:
+            async_compile.AsyncCompile.warm_pool()
+    except Exception:  # noqa: BLE001 - only a compile-time saving
+        pass
+
+
 def graph_gpu(example_inputs) -> Optional[int]:
     """The index of the first GPU an input of the graph is on (the device Inductor's kernels are built for),
     or None for a graph without GPU inputs."""
@@ -455,6 +474,7 @@ def tritonfuse_backend(gm: torch.fx.GraphModule, example_inputs, mode=None, opti
         >>> graphed = torch.compile(model, backend="tritonfuse", mode="reduce-overhead")  # CUDA graphs on a GPU
     """
     config.validate()
+    warm_inductor_pool()
     patches = inductor_patches(mode, options)
     if patches.get("triton.cudagraphs") and config.quant != "none":
         _warn_once("tritonfuse: with CUDA graphs the int8 weights are the ones quantized when the graph was "
