@@ -221,6 +221,57 @@ def _worker_then_direct_compile(cache: str) -> dict:
     return out
 
 
+def _worker_builds_launchers(cache: str) -> dict:
+    """In a fresh process: the launcher builds ``launch.compile_spec`` asks of Triton's NVIDIA driver after each
+    compile (recorded, not built: a CPU machine has no libcuda to link them with), and a compile whose build
+    fails."""
+    import os
+
+    from triton.backends.nvidia import driver
+
+    built = []
+
+    class Recorder:
+        def __init__(self, src, metadata):
+            built.append({"fn": src.fn.__name__, "signature": dict(src.signature), "name": metadata.name,
+                          "hash": metadata.hash})
+
+    data = _doubled_sm90()[0]
+    driver.CudaLauncher = Recorder
+    launch.compile_spec(__name__, "_doubled", data, {"TRITON_CACHE_DIR": cache})
+
+    class Broken:
+        def __init__(self, src, metadata):
+            raise RuntimeError("libcuda.so cannot found!")
+
+    driver.CudaLauncher = Broken
+    launch.compile_spec(__name__, "_doubled", data, {"TRITON_CACHE_DIR": cache})  # (no error: the parent builds it)
+    return {"built": built, "entries": [d for d in os.listdir(cache)]}
+
+
+def test_a_worker_compile_builds_the_kernels_launcher(tmp_path):
+    # the host stub Triton's launch needs for each argument signature (a C compile, 0.35 s, cached on disk
+    # by its source) is built by the worker after its compile, not by the parent at its first launch
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(pathlib.Path(__file__).parent), env.get("PYTHONPATH", "")])
+    code = (f"import json, {__name__} as t; "
+            f"print(json.dumps(t._worker_builds_launchers({str(tmp_path / 'triton')!r})))")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(out["built"]) == 1 and len(out["entries"]) == 1
+    got = out["built"][0]
+    assert got["fn"] == got["name"] == "_doubled"
+    assert got["signature"] == {"x_ptr": "*fp16", "y_ptr": "*fp32", "n": "i32", "BLOCK": "constexpr",
+                                "OUT": "constexpr"}
+
+
 def _worker_compile(cache: str, ptxas_path: str, version) -> None:
     """A worker's compile of ``_doubled`` in a process of its own, under the parent's variables and its
     reading of the ptxas version (``version``; None: the worker reads its own)."""
@@ -464,14 +515,19 @@ def test_configs_compile_in_inductors_workers(monkeypatch, tmp_path):
     def kernels():  # Triton's disk-cache entries that hold a compiled kernel (others hold its launcher)
         return sorted(d for d in os.listdir(tmp_path) if any(f.endswith(".cubin") for f in os.listdir(tmp_path / d)))
 
+    def launchers():  # ... and those that hold a kernel launcher's host stub (built by the workers too)
+        return sorted(d for d in os.listdir(tmp_path) if any(f.startswith("__triton_launcher")
+                                                             for f in os.listdir(tmp_path / d)))
+
     assert launch.compile_elsewhere(fl.jit, fl.config_jobs(grid, args, kwargs)) == 3
     assert triton.knobs.runtime.jit_cache_hook is None  # the hook is given back
-    entries = kernels()
-    assert len(entries) == 3
+    entries, stubs = kernels(), launchers()
+    assert len(entries) == 3 and stubs
     assert fl.precompile(grid, args, kwargs) == 3
     assert kernels() == entries  # the threads' compiles were disk-cache hits
     fl[grid](*args, **kwargs)
     torch.testing.assert_close(y, x.float() * 2, rtol=0, atol=0)
+    assert launchers() == stubs  # the launch found its stub built
 
 
 def test_compile_threads_setting_is_validated():
