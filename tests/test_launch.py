@@ -249,22 +249,28 @@ def _worker_builds_launchers(cache: str) -> dict:
     return {"built": built, "entries": [d for d in os.listdir(cache)]}
 
 
-def test_a_worker_compile_builds_the_kernels_launcher(tmp_path):
-    # the host stub Triton's launch needs for each argument signature (a C compile, 0.35 s, cached on disk
-    # by its source) is built by the worker after its compile, not by the parent at its first launch
+def _in_fresh_process(helper: str, *args, drop=("TRITON_INTERPRET",)):
+    """``helper(*args)`` of this module run in a fresh Python process without the environment variables named
+    (or prefixed) in ``drop``, as a worker is one (in the suite's process the interpreter's kernels have run);
+    its JSON result."""
     import json
     import os
     import pathlib
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env["PYTHONPATH"] = os.pathsep.join([str(pathlib.Path(__file__).parent), env.get("PYTHONPATH", "")])
-    code = (f"import json, {__name__} as t; "
-            f"print(json.dumps(t._worker_builds_launchers({str(tmp_path / 'triton')!r})))")
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    code = f"import json, {__name__} as t; print(json.dumps(t.{helper}(*{args!r})))"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_worker_compile_builds_the_kernels_launcher(tmp_path):
+    # the host stub Triton's launch needs for each argument signature (a C compile, 0.35 s, cached on disk
+    # by its source) is built by the worker after its compile, not by the parent at its first launch
+    out = _in_fresh_process("_worker_builds_launchers", str(tmp_path / "triton"))
     assert len(out["built"]) == 1 and len(out["entries"]) == 1
     got = out["built"][0]
     assert got["fn"] == got["name"] == "_doubled"
@@ -311,19 +317,7 @@ def test_worker_compile_fills_the_disk_cache_a_compile_then_reads(tmp_path):
     # into the very compile Triton's launch would make, under the parent's TRITON_* variables, so that the
     # parent's compile is a disk-cache hit; the worker's own variables are restored after. In a process of its
     # own, as a worker is one (in the suite's, the interpreter's kernels have run)
-    import json
-    import os
-    import pathlib
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(pathlib.Path(__file__).parent), env.get("PYTHONPATH", "")])
-    code = (f"import json, {__name__} as t; "
-            f"print(json.dumps(t._worker_then_direct_compile({str(tmp_path / 'triton')!r})))")
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = _in_fresh_process("_worker_then_direct_compile", str(tmp_path / "triton"))
     assert out["env_kept"]
     assert len(out["worker"]) == 1
     assert out["direct"] == out["worker"]  # the same key: read, not compiled again
@@ -335,12 +329,6 @@ def test_worker_compile_keys_on_the_parents_ptxas_version(tmp_path, send_version
     # Triton reads the ptxas version once per process; a parent that read it before TRITON_PTXAS_PATH changed
     # keys its compiles on the old reading, and a worker's compile of the same kernel is a disk-cache hit for
     # it only when it keys on that reading too (sent with the job). Without it the parent compiles again.
-    import json
-    import os
-    import pathlib
-    import subprocess
-    import sys
-
     nv = pytest.importorskip("triton.backends.nvidia.compiler")
     if not hasattr(nv, "get_ptxas_version") or not hasattr(nv, "get_ptxas"):
         pytest.skip("this Triton reads no ptxas version")
@@ -348,14 +336,8 @@ def test_worker_compile_keys_on_the_parents_ptxas_version(tmp_path, send_version
     fake.write_text('#!/bin/sh\necho "ptxas: NVIDIA (R) Ptx optimizing assembler"\n'
                     'echo "Cuda compilation tools, release 12.4, V12.4.131"\n')
     fake.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRITON_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(pathlib.Path(__file__).parent), env.get("PYTHONPATH", "")])
-    cache = str(tmp_path / "triton")
-    code = (f"import json, {__name__} as t; "
-            f"print(json.dumps(t._parent_with_stale_ptxas({cache!r}, {str(fake)!r}, {send_version})))")
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = _in_fresh_process("_parent_with_stale_ptxas", str(tmp_path / "triton"), str(fake), send_version,
+                            drop=("TRITON_",))
     assert len(out["worker"]) == 1
     if send_version:
         assert "release 12.4" in out["version"]
