@@ -246,6 +246,8 @@ def _worker_builds_launchers(cache: str) -> dict:
 
     driver.CudaLauncher = Broken
     launch.compile_spec(__name__, "_doubled", data, {"TRITON_CACHE_DIR": cache})  # (no error: the parent builds it)
+    driver.CudaLauncher = Recorder
+    launch.compile_spec(__name__, "_doubled", data, {"TRITON_CACHE_DIR": cache}, None, False)  # another builds it
     return {"built": built, "entries": [d for d in os.listdir(cache)]}
 
 
@@ -276,6 +278,24 @@ def test_a_worker_compile_builds_the_kernels_launcher(tmp_path):
     assert got["fn"] == got["name"] == "_doubled"
     assert got["signature"] == {"x_ptr": "*fp16", "y_ptr": "*fp32", "n": "i32", "BLOCK": "constexpr",
                                 "OUT": "constexpr"}
+
+
+def test_one_compile_per_argument_signature_builds_the_launcher(monkeypatch):
+    # a kernel's configs share one launch stub (Triton keys it on the argument signature): of the compiles
+    # sent for a signature, only the first asks its worker to build it, not each side by side
+    import json
+
+    monkeypatch.setattr(launch, "_signatures", set())
+    jit = JITFunction(_doubled)
+    sig = {"x_ptr": "*fp16", "y_ptr": "*fp32", "n": "i32", "BLOCK": "constexpr", "OUT": "constexpr"}
+
+    def spec(block, y="*fp32"):
+        return json.dumps({"signature": {**sig, "y_ptr": y}, "constant_vals": [block, "fp32"]})
+
+    assert [launch._first_of_signature(jit, spec(b)) for b in (128, 256, 512)] == [True, False, False]
+    assert launch._first_of_signature(jit, spec(128, "*fp16"))  # another signature: another stub
+    assert launch._first_of_signature(JITFunction(_kernel), spec(128))  # another kernel
+    assert launch._first_of_signature(jit, "not json")  # (unreadable: built, as before)
 
 
 def _worker_compile(cache: str, ptxas_path: str, version) -> None:
@@ -384,7 +404,7 @@ def test_a_survey_sends_compiles_ahead_and_the_timed_launch_waits_for_them(monke
         def __init__(self):
             self.sent = []
 
-        def submit(self, fn, module, name, data, env, ptxas):
+        def submit(self, fn, module, name, data, env, ptxas, launcher):
             self.sent.append(data)
             fut = concurrent.futures.Future()
             fut.set_result(None)

@@ -430,12 +430,13 @@ def uncompiled_specs(jit, jobs: list) -> Optional[list]:
     return specs if usable else None
 
 
-def compile_spec(module: str, name: str, data: str, env: dict, ptxas: Optional[str] = None) -> None:
+def compile_spec(module: str, name: str, data: str, env: dict, ptxas: Optional[str] = None,
+                 launcher: bool = True) -> None:
     """In a worker process: compile the kernel ``name`` of ``module`` as Triton's specialisation data ``data``
     says (the decoding of ``JITFunction.preload``, for the target written in the data rather than the GPU
     of this process, which needs none), under the parent's ``TRITON_*`` variables ``env`` (its cache folder,
     ptxas: part of the disk cache's key) and, given ``ptxas``, the parent's reading of the ptxas version
-    (``_ptxas_version``), into Triton's disk cache."""
+    (``_ptxas_version``), into Triton's disk cache; with ``launcher``, its launch stub too (``_build_launcher``)."""
     import importlib
     import json
     import os
@@ -481,7 +482,7 @@ def compile_spec(module: str, name: str, data: str, env: dict, ptxas: Optional[s
     try:
         src = ASTSource(fn, signature, constexprs, attrs)
         kernel = triton.compile(src, target=target, options=options.__dict__)
-        if target.backend == "cuda":
+        if launcher and target.backend == "cuda":
             _build_launcher(src, kernel)
     finally:
         if own is not None:
@@ -575,7 +576,28 @@ def _triton_env() -> dict:
 
 def _submit(pool, jit, data: str, env: Optional[dict] = None):
     env = env if env is not None else _triton_env()
-    return pool.submit(compile_spec, jit.fn.__module__, jit.fn.__name__, data, env, _ptxas_version(data))
+    return pool.submit(compile_spec, jit.fn.__module__, jit.fn.__name__, data, env, _ptxas_version(data),
+                       _first_of_signature(jit, data))
+
+
+_signatures: set = set()  # (module, kernel, argument signature) whose launch stub a worker was asked to build
+_signatures_lock = threading.Lock()
+
+
+def _first_of_signature(jit, data: str) -> bool:
+    """Whether the compile ``data`` is the first sent for its kernel's argument signature: only that one
+    builds the launch stub (``_build_launcher``), which the kernel's configs share (Triton keys it on the
+    signature; a kernel's configs, sent together, built it side by side, a C compile each)."""
+    import json
+
+    try:
+        key = (jit.fn.__module__, jit.fn.__name__, json.dumps(json.loads(data).get("signature"), sort_keys=True))
+    except (TypeError, ValueError):
+        return True
+    with _signatures_lock:
+        first = key not in _signatures
+        _signatures.add(key)
+    return first
 
 
 # A survey's compiles reach the pool from a thread of their own: Inductor's pool takes a job by writing it to
