@@ -102,6 +102,68 @@ def _caller() -> str:
     return threading.current_thread().name + ": " + " > ".join(ours[-4:])
 
 
+def _job_summary(data: str) -> dict:
+    """What sets one compile sent to the workers apart from another of the same kernel: its constexprs
+    (configs and flags), the arguments Triton specialised on (divisibility by 16, value 1) and its options."""
+    import json
+
+    try:
+        f = json.loads(data)
+        sig = f.get("signature", {})
+        names = list(sig) if isinstance(sig, dict) else []
+
+        def name(path):  # Triton keys constants and attributes by argument index paths: [3] -> "M"
+            i = path[0] if isinstance(path, list) and len(path) == 1 else path
+            return names[i] if isinstance(i, int) and i < len(names) else str(path)
+
+        consts = {name(k): v for k, v in zip(f.get("constant_keys", []), f.get("constant_vals", []))
+                  if not (isinstance(v, str) and v.startswith("<"))}  # (no descriptors' reprs)
+        attrs = sorted(f"{name(k)}:" + ",".join(str(a[-1]) if isinstance(a, list) else str(a) for a in v)
+                       for k, v in zip(f.get("attrs_keys", []), f.get("attrs_vals", [])))  # e.g. "M:16"
+        opts = {k: v for k, v in f.get("options", {}).items() if k in ("num_warps", "num_stages", "num_ctas")}
+        return {"consts": consts, "attrs": attrs, "options": opts}
+    except (TypeError, ValueError, AttributeError) as e:
+        return {"error": repr(e)}
+
+
+def _time_jobs(table: dict, lock) -> None:
+    """table["jobs"]: each compile sent to Inductor's workers (``launch._submit``): the kernel, when it was
+    sent and when its future completed (s since the first compile began, ``table["t0"]``), what it is
+    (``_job_summary``); table["marks"]: when the survey and the deciding pass began and ended."""
+    from tritonfuse import backend, launch
+
+    submit = launch._submit
+
+    def timed_submit(pool, jit, data, env=None):
+        row = {"kernel": jit.fn.__name__, "sent": round(time.perf_counter() - table["t0"], 3), **_job_summary(data)}
+        with lock:
+            table.setdefault("jobs", []).append(row)
+        fut = submit(pool, jit, data, env)
+
+        def done(f):
+            row["done"] = round(time.perf_counter() - table["t0"], 3)
+            row["ok"] = f.exception() is None
+
+        fut.add_done_callback(done)
+        return fut
+
+    launch._submit = timed_submit
+    for attr, mark in (("_survey", "survey"), ("_apply", "decide")):
+        fn = getattr(backend.TritonfusePasses, attr, None)
+        if fn is None:
+            continue
+
+        def marked(*a, _fn=fn, _mark=mark, **k):
+            t = time.perf_counter()
+            try:
+                return _fn(*a, **k)
+            finally:
+                table.setdefault("marks", []).append(
+                    [_mark, round(t - table["t0"], 3), round(time.perf_counter() - table["t0"], 3)])
+
+        setattr(backend.TritonfusePasses, attr, marked)
+
+
 def _install_timers(table: dict) -> None:
     import functools
     import hashlib
@@ -186,6 +248,7 @@ def _install_timers(table: dict) -> None:
         tcc.get_cache_key = keyed(tcc.get_cache_key)
     except Exception:  # noqa: BLE001
         pass
+    _time_jobs(table, lock)
     for spec in _TIMED:
         mod, attr = spec.split(":")
         try:
@@ -215,13 +278,16 @@ def _child(args) -> None:
     model = work.model.to(dev, dtype).eval()
     inp = work.inputs(model, dev, dtype, 0)
 
+    compiled = []
+
     def first_call():
         torch._dynamo.reset()
         tritonfuse.reset()
         fn = torch.compile(model, backend=args.mode)
+        compiled[:] = [fn]
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        t = time.perf_counter()
+        t = table["t0"] = time.perf_counter()
         with torch.no_grad():
             fn(*inp.args, **inp.kwargs)
         if dev.type == "cuda":
@@ -230,7 +296,7 @@ def _child(args) -> None:
 
     from torch._dynamo.utils import counters
 
-    table: dict = {}
+    table: dict = {"t0": time.perf_counter()}
     if args.breakdown:
         _install_timers(table)
     prof = cProfile.Profile() if args.profile else None
@@ -246,10 +312,11 @@ def _child(args) -> None:
         stages = torch._dynamo.utils.compile_times(repr="str", aggregate=True)
     except Exception as e:  # noqa: BLE001 - another torch's signature
         stages = repr(e)
+    run_ms = _run_ms(compiled[0], inp, args.time_runs) if args.time_runs and dev.type == "cuda" else None
     again = None if args.no_again else round(first_call(), 2)
     row = {"model": args.model, "mode": args.mode, "run": args.run, "compile_s": round(first, 2),
            "again_s": again, "caches": caches, "stages": stages,
-           "tritonfuse": tritonfuse.counters() if args.mode == "tritonfuse" else None}
+           "tritonfuse": tritonfuse.counters() if args.mode == "tritonfuse" else None, "run_ms": run_ms}
     if args.mode == "tritonfuse":
         from tritonfuse import registry
 
@@ -261,11 +328,13 @@ def _child(args) -> None:
         row["launch_failures"] = {k: v[:300] for k, v in launch.failures.items()}
     if args.breakdown:  # of the first compile only
         row["breakdown"] = {k: v if isinstance(v, str) else [v[0], round(v[1], 2)] for k, v in first_table.items()
-                            if k not in ("compiles", "cache_keys", "exclusive")}
+                            if k not in ("compiles", "cache_keys", "exclusive", "jobs", "marks", "t0")}
         row["exclusive"] = {k: round(v, 2) for k, v in sorted(first_table.get("exclusive", {}).items(),
                                                               key=lambda kv: -kv[1]) if v >= 0.01}
         # [kernel, s, key digest, new disk-cache entries, the thread and tritonfuse functions that asked]
         row["compiles"] = first_table.get("compiles", [])
+        row["jobs"] = first_table.get("jobs", [])  # the compiles sent to the workers, when, and what
+        row["marks"] = first_table.get("marks", [])
         row["cache_keys"] = first_table.get("cache_keys", [])  # the parts of each compile's disk-cache key
     if prof:
         text = io.StringIO()
@@ -278,6 +347,26 @@ def _child(args) -> None:
         pathlib.Path(args.prof_out).write_text(text.getvalue())
         prof.dump_stats(str(pathlib.Path(args.prof_out).with_suffix(".pstats")))  # for callers/callees
     print(json.dumps(row))
+
+
+def _run_ms(fn, inp, runs: int) -> float:
+    """The compiled model's median time per call (ms) over ``runs`` calls, each timed by CUDA events, after
+    ten warm-up calls: what a compile's choices bought, beside what they cost."""
+    import statistics
+
+    import torch
+
+    times = []
+    with torch.no_grad():
+        for i in range(10 + runs):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(*inp.args, **inp.kwargs)
+            end.record()
+            end.synchronize()
+            if i >= 10:
+                times.append(start.elapsed_time(end))
+    return round(statistics.median(times), 3)
 
 
 def _forget_all_but_patterns(root: pathlib.Path) -> None:
@@ -314,6 +403,8 @@ def main() -> None:
     p.add_argument("--root", help="the cache root (default: a fresh temporary folder); a second invocation "
                    "with the same root continues where the first left off, e.g. --runs hit --profile-modes ''")
     p.add_argument("--profile-runs", default="", help="runs of the unprofiled modes profiled in place")
+    p.add_argument("--time-runs", type=int, default=0,
+                   help="after the first compile, time this many calls of the compiled model (run_ms, median)")
     p.add_argument("--mode", help=argparse.SUPPRESS)  # the child process's
     p.add_argument("--run", help=argparse.SUPPRESS)
     p.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
@@ -348,7 +439,8 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--model", args.model, "--device", args.device, "--mode", mode,
                    "--run", run, "--prof-out", str(out / f"{tag}.prof.txt")] + (
                 ["--profile"] if prof or run in args.profile_runs.split(",") else []) + (
-                ["--breakdown"] if args.breakdown else []) + (["--no-again"] if args.no_again else [])
+                ["--breakdown"] if args.breakdown else []) + (["--no-again"] if args.no_again else []) + (
+                ["--time-runs", str(args.time_runs)] if args.time_runs and not prof else [])
             t = time.perf_counter()
             r = subprocess.run(cmd, env=env, capture_output=True, text=True)
             (out / f"{tag}.log").write_text(r.stdout + r.stderr)
