@@ -143,11 +143,34 @@ def _time_jobs(table: dict, lock) -> None:
         def done(f):
             row["done"] = round(time.perf_counter() - table["t0"], 3)
             row["ok"] = f.exception() is None
+            ran = f.result() if row["ok"] else None
+            if isinstance(ran, tuple) and len(ran) == 4:  # in the worker: began, imported, ended, pid
+                row["ran"] = [round(t - table["t0_wall"], 3) for t in ran[:3]]
+                row["pid"] = ran[3]
 
         fut.add_done_callback(done)
         return fut
 
     launch._submit = timed_submit
+    warm = backend.warm_inductor_pool
+
+    def timed_warm():
+        # table["pool"]: when the workers were asked to start, and when a job of nothing ran in one and came back
+        t = time.perf_counter()
+        warm()
+        if "pool" in table:
+            return
+        pool = launch._inductor_pool()
+        row = table["pool"] = {"warmed": round(t - table["t0"], 3)}
+        if pool is not None:
+            def done(f):
+                row["noop_done"] = round(time.perf_counter() - table["t0"], 3)
+                if f.exception() is None:
+                    row["noop_ran"] = round(f.result() - table["t0_wall"], 3)
+
+            pool.submit(time.time).add_done_callback(done)
+
+    backend.warm_inductor_pool = timed_warm
     for attr, mark in (("_survey", "survey"), ("_apply", "decide")):
         fn = getattr(backend.TritonfusePasses, attr, None)
         if fn is None:
@@ -288,6 +311,11 @@ def _child(args) -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t = table["t0"] = time.perf_counter()
+        table["t0_wall"] = time.time()
+        if os.environ.get("COMPILE_PROFILE_WARM_FIRST") == "1":  # the workers started before Dynamo traces
+            from tritonfuse import backend
+
+            backend.warm_inductor_pool()
         with torch.no_grad():
             fn(*inp.args, **inp.kwargs)
         if dev.type == "cuda":
@@ -328,13 +356,15 @@ def _child(args) -> None:
         row["launch_failures"] = {k: v[:300] for k, v in launch.failures.items()}
     if args.breakdown:  # of the first compile only
         row["breakdown"] = {k: v if isinstance(v, str) else [v[0], round(v[1], 2)] for k, v in first_table.items()
-                            if k not in ("compiles", "cache_keys", "exclusive", "jobs", "marks", "t0")}
+                            if k not in ("compiles", "cache_keys", "exclusive", "jobs", "marks", "t0", "t0_wall",
+                                         "pool")}
         row["exclusive"] = {k: round(v, 2) for k, v in sorted(first_table.get("exclusive", {}).items(),
                                                               key=lambda kv: -kv[1]) if v >= 0.01}
         # [kernel, s, key digest, new disk-cache entries, the thread and tritonfuse functions that asked]
         row["compiles"] = first_table.get("compiles", [])
         row["jobs"] = first_table.get("jobs", [])  # the compiles sent to the workers, when, and what
         row["marks"] = first_table.get("marks", [])
+        row["pool"] = first_table.get("pool")
         row["cache_keys"] = first_table.get("cache_keys", [])  # the parts of each compile's disk-cache key
     if prof:
         text = io.StringIO()

@@ -431,21 +431,27 @@ def uncompiled_specs(jit, jobs: list) -> Optional[list]:
 
 
 def compile_spec(module: str, name: str, data: str, env: dict, ptxas: Optional[str] = None,
-                 launcher: bool = True) -> None:
+                 launcher: bool = True) -> tuple:
     """In a worker process: compile the kernel ``name`` of ``module`` as Triton's specialisation data ``data``
     says (the decoding of ``JITFunction.preload``, for the target written in the data rather than the GPU
     of this process, which needs none), under the parent's ``TRITON_*`` variables ``env`` (its cache folder,
     ptxas: part of the disk cache's key) and, given ``ptxas``, the parent's reading of the ptxas version
-    (``_ptxas_version``), into Triton's disk cache; with ``launcher``, its launch stub too (``_build_launcher``)."""
+    (``_ptxas_version``), into Triton's disk cache; with ``launcher``, its launch stub too (``_build_launcher``).
+    Returns when the job began, when ``module`` was imported and when it ended (``time.time()``) and the
+    worker's pid: where a compile's time goes (scripts/compile_profile.py)."""
     import importlib
     import json
     import os
+    import time
+
+    began = time.time()
 
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, make_backend
 
     fn = getattr(importlib.import_module(module), name)
+    imported = time.time()
     while not isinstance(fn, JITFunction) and hasattr(fn, "fn"):  # autotune, heuristics, the interpreter's
         fn = fn.fn
     if not isinstance(fn, JITFunction):  # the plain function (its cache key is its source's, as the parent's)
@@ -490,6 +496,7 @@ def compile_spec(module: str, name: str, data: str, env: dict, ptxas: Optional[s
         for k in [k for k in os.environ if k.startswith("TRITON_")]:
             os.environ.pop(k)
         os.environ.update(before)
+    return began, imported, time.time(), os.getpid()
 
 
 def _build_launcher(src, kernel) -> None:
