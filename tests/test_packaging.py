@@ -22,7 +22,7 @@ def test_wheel_installs_one_top_level_name(tmp_path):
             assert mod in names
         meta = next(n for n in names if n.endswith("entry_points.txt"))
         entry = z.read(meta).decode()
-    assert "[torch_dynamo_backends]" in entry and "tritonfuse = tritonfuse.backend:tritonfuse_backend" in entry
+    assert "[torch_dynamo_backends]" in entry and "tritonfuse = tritonfuse.dynamo_entry:tritonfuse_backend" in entry
 
 
 def test_checkout_folders_do_not_shadow_installed_packages():
