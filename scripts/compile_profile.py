@@ -299,6 +299,8 @@ def _child(args) -> None:
     dtype = spec.dtype if dev.type == "cuda" else torch.float32
     work = spec.make(small=dev.type != "cuda", device=dev)
     model = work.model.to(dev, dtype).eval()
+    if work.channels_last:  # as `tritonfuse bench` runs it (cli._to_dtype): weights in channels_last too
+        model = model.to(memory_format=torch.channels_last)
     inp = work.inputs(model, dev, dtype, 0)
 
     compiled = []

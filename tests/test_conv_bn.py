@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import triton
 
 import tritonfuse
 from tritonfuse.kernels import conv_bn as K
@@ -356,6 +357,51 @@ def test_every_1x1_tma_config_on_the_gpu():
             continue  # with the residual tile it does not fit (pruned per launch)
         K._launch_1x1_tma(x, w, None, *p, r, 1e-5, "relu", "relu", out, fixed=fixed)
         assert_close_to_ref(out, ref64, eager, atol=ATOL[torch.float16], what=f"config {cfg}")
+
+
+def _compiled_keys(kernel) -> set:
+    """The specialisations of ``kernel`` (through its autotuner) compiled in this process for the current GPU."""
+    jit = kernel
+    while not isinstance(jit, triton.runtime.jit.JITFunction):
+        jit = jit.fn
+    caches = getattr(jit, "device_caches", None)
+    if caches is None:
+        pytest.skip("this Triton keeps its compiled kernels elsewhere")
+    return set(caches[torch.cuda.current_device()][0])
+
+
+@pytest.mark.cuda
+def test_conv_strides_share_one_compiled_kernel():
+    # the implicit-GEMM kernel is not specialised on the conv's stride: a 3x3 conv of stride 1 and one of
+    # stride 2 (each checked against the fp64 reference) run one compiled kernel per config, not two
+    x = fresh(4, 48, 14, 10, dtype=torch.float16, device="cuda").to(memory_format=torch.channels_last)
+    w = fresh(80, 48, 3, 3, dtype=torch.float16, device="cuda", scale=432 ** -0.5)
+    _, p = _params(80, torch.float16, "cuda", 5)
+    counts = []
+    for stride in ([1, 1], [2, 2], [2, 1]):
+        args = (None, *p, None, stride, [1, 1], 1e-5, "relu", "none")
+        out = K._launch_conv(x, w, *args, True, tma=False)
+        ref64, eager = K.conv_bn_ref(x, w, *args, upcast=True), K.conv_bn_ref(x, w, *args)
+        assert_close_to_ref(out, ref64, eager, atol=ATOL[torch.float16], what=f"stride {stride}")
+        counts.append(len(_compiled_keys(K._conv_bn_kernel)))
+    assert counts[0] >= 1 and counts[1] == counts[0] and counts[2] == counts[0], counts
+
+
+@pytest.mark.cuda
+def test_a_conv_probe_compiles_a_kernel_its_sites_compile_too(monkeypatch):
+    # the probe of a 3x3 variant has the strides a site of a channels_last model has (64 channels in, a
+    # multiple of 16 out): its one compile is among those of the site's tuning, not one of its own
+    from tritonfuse import registry
+
+    x = fresh(8, 64, 20, 20, dtype=torch.float16, device="cuda").to(memory_format=torch.channels_last)
+    w = fresh(64, 64, 3, 3, dtype=torch.float16, device="cuda", scale=576 ** -0.5).to(
+        memory_format=torch.channels_last)
+    _, p = _params(64, torch.float16, "cuda", 7)
+    K._launch_conv(x, w, None, *p, None, [1, 1], [1, 1], 1e-5, "relu", "none", True, tma=False)
+    site = _compiled_keys(K._conv_bn_kernel)
+    monkeypatch.setattr(registry, "_failed", {})  # (run again though another test probed it)
+    assert K.probe("cuda", torch.float16, "conv_bn", (3, 3), False, False, True, False, "relu", "none") is None
+    assert _compiled_keys(K._conv_bn_kernel) == site
 
 
 @pytest.mark.cuda
