@@ -152,25 +152,30 @@ def _time_jobs(table: dict, lock) -> None:
         return fut
 
     launch._submit = timed_submit
-    warm = backend.warm_inductor_pool
+    from torch._inductor import async_compile
+
+    warm = getattr(async_compile, "maybe_warm_pool", None)
 
     def timed_warm():
-        # table["pool"]: when the workers were asked to start, and when a job of nothing ran in one and came back
+        # table["pool"]: when the workers were first asked to start (by our entry point, inside torch.compile,
+        # or by the backend's entry), and when a job of nothing sent then ran in one and came back
+        # (perf_counter and, for "noop_ran", wall-clock times; made relative to the first call by _pool_row)
         t = time.perf_counter()
         warm()
         if "pool" in table:
             return
+        row = table["pool"] = {"warmed": t}
         pool = launch._inductor_pool()
-        row = table["pool"] = {"warmed": round(t - table["t0"], 3)}
         if pool is not None:
             def done(f):
-                row["noop_done"] = round(time.perf_counter() - table["t0"], 3)
+                row["noop_done"] = time.perf_counter()
                 if f.exception() is None:
-                    row["noop_ran"] = round(f.result() - table["t0_wall"], 3)
+                    row["noop_ran"] = f.result()
 
             pool.submit(time.time).add_done_callback(done)
 
-    backend.warm_inductor_pool = timed_warm
+    if warm is not None:
+        async_compile.maybe_warm_pool = timed_warm
     for attr, mark in (("_survey", "survey"), ("_apply", "decide")):
         fn = getattr(backend.TritonfusePasses, attr, None)
         if fn is None:
@@ -185,6 +190,17 @@ def _time_jobs(table: dict, lock) -> None:
                     [_mark, round(t - table["t0"], 3), round(time.perf_counter() - table["t0"], 3)])
 
         setattr(backend.TritonfusePasses, attr, marked)
+
+
+def _pool_row(table: dict) -> "dict | None":
+    """table["pool"] in seconds since the first call began (negative: before it, inside torch.compile)."""
+    pool = table.get("pool")
+    if not pool:
+        return None
+    out = {k: round(pool[k] - table["t0"], 3) for k in ("warmed", "noop_done") if k in pool}
+    if "noop_ran" in pool and "t0_wall" in table:
+        out["noop_ran"] = round(pool["noop_ran"] - table["t0_wall"], 3)
+    return out
 
 
 def _install_timers(table: dict) -> None:
@@ -366,7 +382,7 @@ def _child(args) -> None:
         row["compiles"] = first_table.get("compiles", [])
         row["jobs"] = first_table.get("jobs", [])  # the compiles sent to the workers, when, and what
         row["marks"] = first_table.get("marks", [])
-        row["pool"] = first_table.get("pool")
+        row["pool"] = _pool_row(first_table)
         row["cache_keys"] = first_table.get("cache_keys", [])  # the parts of each compile's disk-cache key
     if prof:
         text = io.StringIO()
