@@ -17,7 +17,12 @@ compile and autotune.
 
 With ``--breakdown`` a row also has ``exclusive``: for the main thread, each timed function's time less the
 timed calls inside it, keyed "<phase> <function>" (phases: survey, decide, inductor; "rest" is a phase's time
-in none of them), and ``launch_failures``: why a kernel's compiles were not sent to Inductor's workers.
+in none of them), ``launch_failures``: why a kernel's compiles were not sent to Inductor's workers, ``jobs``:
+each compile sent to the workers (kernel, constexprs, specialisations; when sent and done, and when it began
+and ended in its worker), ``marks``: when the survey and the deciding pass ran, and ``pool``: when Inductor's
+workers were started and first ran a job (seconds from the first call's start; negative: inside
+``torch.compile``, where tritonfuse's entry point starts them). ``--time-runs N`` also times N calls of the
+compiled model (``run_ms``, the median; eager calls, no CUDA graphs, so host time counts).
 """
 
 from __future__ import annotations
@@ -330,10 +335,6 @@ def _child(args) -> None:
             torch.cuda.synchronize()
         t = table["t0"] = time.perf_counter()
         table["t0_wall"] = time.time()
-        if os.environ.get("COMPILE_PROFILE_WARM_FIRST") == "1":  # the workers started before Dynamo traces
-            from tritonfuse import backend
-
-            backend.warm_inductor_pool()
         with torch.no_grad():
             fn(*inp.args, **inp.kwargs)
         if dev.type == "cuda":
