@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from collections import Counter
 from typing import Optional
 
@@ -189,10 +190,26 @@ def kernel_name(op: str, head: str, act: str, res: bool, act2: str) -> str:
     return f"{op}[{head},{act}" + (f"+res,{act2}" if res else "") + "]"
 
 
+# Convs a longer pattern timed against cuDNN's path and lost (or, in a survey, would time). The matcher walks
+# the graph from its end, so at a conv it tries the longest pattern first (conv + BN + add + ReLU), then the
+# shorter ones anchored earlier (conv + BN + add, conv + BN). Those run the same kernel against the same cuDNN
+# conv, with more of the epilogue left to an Inductor pass on both sides, and lost where the longest did
+# (resnet50 on the H200, 44fc606: every conv whose longest pattern lost lost its shorter ones too); timing them
+# only cost a first compile their compiles and timings. A shorter pattern at such a conv is no site. (A node
+# dies with its graph; the survey's copy has nodes of its own.)
+_lost_convs: "weakref.WeakSet[torch.fx.Node]" = weakref.WeakSet()
+
+
+def _timing_lost(choice: dict) -> bool:
+    """Whether a choice left to cuDNN's path came from timing (or, in a survey, would): not a forced path,
+    dynamic shapes or a failed timing, where a shorter pattern may still be served."""
+    return bool(choice.get("surveyed") or "ours_ms" in choice or choice.get("unmeasured") or choice.get("host_floor"))
+
+
 def _site(match: Match, head: str, act: str, res: bool, act2: str, constants: Counter):
     """(conv node, op args, chosen op, detail) or (conv node, reason, None, detail) or None (no site)."""
     conv = _conv_node(match)
-    if conv is None:
+    if conv is None or conv in _lost_convs:
         return None
     x, w = _val(conv.args[0]), _val(conv.args[1])
     b = _val(conv.args[2]) if conv.args[2] is not None else None
@@ -265,6 +282,8 @@ def _site(match: Match, head: str, act: str, res: bool, act2: str, constants: Co
                else "measured faster" if "ours_ms" in choice else "dynamic shapes, nothing to time" if choice.get("dynamic")
                else f"timing failed ({choice['error']})" if "error" in choice
                else registry.slower_reason(choice, "") if choice.get("unmeasured") else "forced")
+        if _timing_lost(choice):
+            _lost_convs.add(conv)
         return conv, f"cuDNN + Inductor's epilogue: {why}", None, detail
     args = (b, bn, r, list(stride), list(padding), eps, act, act2, channels_last)
     return conv, args, op, detail

@@ -1136,3 +1136,35 @@ def test_a_survey_probes_the_kernel_a_site_may_take(tmp_path, monkeypatch):
     assert not registry.in_survey() and not registry.errors()
     with torch.no_grad():
         torch.testing.assert_close(out, model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_shorter_patterns_at_a_conv_that_lost_its_timing_are_not_timed(tmp_path, monkeypatch):
+    # the matcher tries a conv's longest pattern first (conv + BN + add + ReLU); where cuDNN's path won its
+    # timing, the shorter patterns at that conv (conv + BN + add, conv + BN) are not timed again, in the survey
+    # (no compiles sent for them) or in the pass that decides; the site keeps the longest pattern's verdict
+    from tests.utils import pretend_gpu_timing
+    from tritonfuse import backend, config, registry
+
+    pretend_gpu_timing(tmp_path, monkeypatch, backend)
+    monkeypatch.setattr(backend, "_survey_wanted", lambda graph: True)
+    timed = []
+
+    def measured_choice(key, device, ours, theirs, *a, **k):
+        timed.append((registry.in_survey(), key))
+        if registry.in_survey():
+            return {"use": False, "unmeasured": True, "surveyed": True}
+        return {"use": False, "ours_ms": 0.2, "theirs_ms": 0.1}
+
+    monkeypatch.setattr(registry, "measured_choice", measured_choice)
+    m = _randomize_bn(Residual("resnet")).eval()
+    x = torch.randn(2, 12, 5, 7).to(memory_format=torch.channels_last)  # (a shape no other test compiles)
+    with config.patch(measure="1", cudnn_fused="0"), torch.no_grad():
+        out = torch.compile(m, backend="tritonfuse")(x)
+        eager = m(x)
+    # one timing per conv in each pass: its longest pattern's
+    assert [s for s, _ in timed] == [True, True, False, False], timed
+    assert tritonfuse.counters()[FAMILY] == _counts(2, 0, 2)
+    kernels = sorted(s.kernel for s in tritonfuse.sites() if s.family == FAMILY)
+    assert kernels == ["conv_bn[bn,none+res,relu]", "conv_bn[bn,relu]"], kernels
+    assert all("measured faster" in s.reason for s in tritonfuse.sites() if s.family == FAMILY)
+    torch.testing.assert_close(out, eager, atol=1e-4, rtol=1e-4)
