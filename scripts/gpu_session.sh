@@ -30,6 +30,11 @@
 #   bash scripts/gpu_session.sh compile # COMPILE_MODEL's (default resnet50) cold and warm compiles, inductor and
 #                                       # tritonfuse, with the time per stage (--breakdown: measured choices,
 #                                       # kernel compiles, torch's generate_ttir for inlined kernels)
+#   bash scripts/gpu_session.sh compile_pairs # cold first compiles of COMPILE_MODELS (default "resnet50 bert-base"),
+#                                       # PAIRS (default 3) pairs each, inductor and tritonfuse in alternating
+#                                       # order (in the 35th session the later pair of a model ran slower), with
+#                                       # each job sent to the workers timed and the compiled model timed; one
+#                                       # archive, $OUT/pairs.tgz
 #   bash scripts/gpu_session.sh extra   # minilm-l6 (real weights: run scripts/carry_minilm.sh here first and
 #                                       # carry .carry), training steps, and a per-layer profile
 #   bash scripts/gpu_session.sh pair    # a 2-GPU machine (kind nvidia-h200-x2), each half of the cores pinned to
@@ -121,6 +126,17 @@ case "${1:-tests}" in
   compile)
     timeout 540 $PY scripts/compile_profile.py --model "${COMPILE_MODEL:-resnet50}" --breakdown --profile-modes "" \
       --out "$out/compile" > "$out/compile.txt" 2>&1; tail -20 "$out/compile.txt" ;;
+  compile_pairs)
+    mkdir -p "$out/pairs"
+    i=0
+    for pair in $(seq "${PAIRS:-3}"); do
+      for m in ${COMPILE_MODELS:-resnet50 bert-base}; do
+        i=$((i + 1)); modes=inductor,tritonfuse; [ $((pair % 2)) = 0 ] && modes=tritonfuse,inductor
+        timeout 200 $PY scripts/compile_profile.py --model "$m" --modes "$modes" --runs cold --no-again --breakdown \
+          --profile-modes "" --time-runs 50 --out "$out/pairs/$m-$i" > "$out/pairs/$m-$i.txt" 2>&1
+        (cd "$out" && tar czf pairs.tgz pairs)  # (after each pair: what a cut-off call leaves still comes back)
+      done
+    done ;;
   extra)
     [ -d .carry/site ] && export PYTHONPATH=$PWD/.carry/site${PYTHONPATH:+:$PYTHONPATH}
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 150 $PY -m tritonfuse bench --models minilm-l6 \
