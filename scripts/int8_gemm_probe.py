@@ -1,0 +1,144 @@
+"""Time W8A8 TMA GEMM configs at issue 7's large shapes (8192^3 asks for >= 1400 TOPS), each launched alone,
+beside ``torch._int_mm``, cuBLAS bf16 and cuBLASLt fp8 (``torch._scaled_mm``: what the vendor library
+reaches with 8-bit operands on this GPU).
+
+Every config of ``kernels.int8._w8a8_tma_kernel`` plus candidates around it (stages, K step, GROUP_M,
+tile shape) is compiled first in spawned processes, then each is launched directly (no autotuner) and timed
+from replayed CUDA graphs (``probe_log.graph_ms``). Each output is checked against the int32 product
+(``torch._int_mm``) scaled in fp64 (error <= 2 bf16 ulps of the output's largest value). Rows go to
+``$OUT/int8-gemm-probe.jsonl``.
+
+Run on a GPU:  python scripts/int8_gemm_probe.py [--shapes 8192x8192x8192,...]  (MxNxK)
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import sys
+
+import torch
+import triton
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from probe_log import graph_ms, jsonl_log, run_meta  # noqa: E402
+
+from tritonfuse.kernels import int8 as Q  # noqa: E402
+from tritonfuse.kernels.common import host_desc  # noqa: E402
+
+SHAPES = "8192x8192x8192,4096x4096x4096,8192x14336x4096,512x11008x4096"
+
+
+def candidates() -> list:
+    c = Q._tma_cfg
+    out = list(Q._W8A8_TMA_CONFIGS)
+    for bm, bn, bk, st, w in [(128, 256, 128, 4, 8), (256, 128, 128, 4, 8), (128, 256, 64, 5, 8),
+                              (128, 256, 64, 6, 8), (128, 128, 256, 3, 8), (128, 128, 128, 5, 8),
+                              (256, 128, 64, 5, 8), (128, 128, 128, 4, 4), (64, 256, 128, 4, 4)]:
+        out.append(c(bm, bn, bk, st, w))
+    for g in (4, 16, 32):
+        out.append(c(128, 256, 128, 3, 8, group=g))
+        out.append(c(256, 128, 128, 3, 8, group=g))
+    out.append(c(128, 256, 128, 3, 8, flatten=False))
+    out.append(c(128, 256, 128, 4, 8, persistent=False, flatten=False))
+    seen, uniq = set(), []
+    for cfg in out:
+        key = (tuple(sorted(cfg.kwargs.items())), cfg.num_warps, cfg.num_stages)
+        if key not in seen:
+            seen.add(key)
+            uniq.append(cfg)
+    return uniq
+
+
+def label(cfg) -> str:
+    k = cfg.kwargs
+    flags = "".join(f" {n}" for n in ("PERSISTENT", "FLATTEN", "SUBTILE") if k.get(n))
+    return f"{k['BLOCK_M']}x{k['BLOCK_N']}x{k['BLOCK_K']} s{cfg.num_stages} w{cfg.num_warps} g{k['GROUP_M']}{flags}"
+
+
+def launch(cfg, xq, xs, wq, ws, out):
+    M, K = xq.shape
+    N = wq.shape[0]
+    kw = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    descs = {"x_desc": host_desc(xq, [kw["BLOCK_M"], kw["BLOCK_K"]]),
+             "w_desc": host_desc(wq, [kw["BLOCK_N"], kw["BLOCK_K"]])}
+    tiles = triton.cdiv(M, kw["BLOCK_M"]) * triton.cdiv(N, kw["BLOCK_N"])
+    grid = (min(tiles, Q._num_sms(0)) if kw["PERSISTENT"] else tiles,)
+    Q._w8a8_tma_kernel.fn[grid](
+        descs["x_desc"], descs["w_desc"], descs["w_desc"], xs, ws, ws, ws, ws, out,
+        M, N, K, Q._m_bucket(M), out.stride(0), out.stride(1),
+        HAS_BIAS=False, ACT="none", GATED=False, RTNE_BF16=False, **kw)
+    return out
+
+
+def _compile(i: int):
+    try:
+        cfg = candidates()[i]
+        xq = torch.randint(-127, 128, (512, 512), device="cuda", dtype=torch.int8)
+        wq = torch.randint(-127, 128, (512, 512), device="cuda", dtype=torch.int8)
+        s = torch.ones(512, device="cuda")
+        launch(cfg, xq, s, wq, s, torch.empty(512, 512, device="cuda", dtype=torch.bfloat16))
+        torch.cuda.synchronize()
+        return i, None
+    except Exception as e:  # noqa: BLE001 - a config that does not fit: reported, skipped
+        return i, f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default=SHAPES)
+    args = ap.parse_args(argv)
+    log = jsonl_log("int8-gemm-probe.jsonl")
+    meta = run_meta()
+    cfgs = candidates()
+    with cf.ProcessPoolExecutor(max_workers=min(16, len(cfgs)), mp_context=mp.get_context("spawn")) as pool:
+        failed = {i: err for i, err in pool.map(_compile, range(len(cfgs))) if err}
+    for i, err in failed.items():
+        log(**meta, variant=label(cfgs[i]), error=err)
+    torch.manual_seed(0)
+    for shape in args.shapes.split(","):
+        M, N, K = (int(v) for v in shape.split("x"))
+        ops = 2.0 * M * N * K
+
+        def emit(variant, ms, **kw):
+            log(**meta, shape=shape, variant=variant, ms=ms, tops=ops / ms / 1e9, **kw)
+
+        x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) * K ** -0.5
+        xq, xs = Q.quant_rows(x)
+        wq, ws = Q.quantize_weight(w)
+        ref = torch._int_mm(xq, wq.t()).double() * xs.double()[:, None] * ws.double()[None, :]
+        tol = 2 * ref.abs().max().item() * 2.0 ** -8
+        emit("torch._int_mm", graph_ms(lambda: torch._int_mm(xq, wq.t())))
+        emit("cublas bf16", graph_ms(lambda: torch.matmul(x, w.t())))
+        try:
+            a8, b8 = x.to(torch.float8_e4m3fn), w.to(torch.float8_e4m3fn)
+            one = torch.ones((), device="cuda")
+            for fast in (False, True):
+                emit(f"cublas fp8 fast_accum={fast}", graph_ms(lambda: torch._scaled_mm(
+                    a8, b8.t(), one, one, out_dtype=torch.bfloat16, use_fast_accum=fast)))
+        except Exception as e:  # noqa: BLE001 - no fp8 GEMM in this build: say so, go on
+            log(**meta, shape=shape, variant="cublas fp8", error=f"{type(e).__name__}: {str(e)[:160]}")
+        emit("shipped autotuned", graph_ms(lambda: Q._w8a8(xq, xs, wq, ws, None, "none", torch.bfloat16)),
+             best=str(Q._w8a8_tma_kernel.best_config))
+        out = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
+        for i, cfg in enumerate(cfgs):
+            if i in failed:
+                continue
+            try:
+                out.normal_()
+                launch(cfg, xq, xs, wq, ws, out)
+                err = (out.double() - ref).abs().max().item()
+                ms = graph_ms(lambda: launch(cfg, xq, xs, wq, ws, out))
+                emit(label(cfg), ms, err=err, ok=err <= tol, shipped=i < len(Q._W8A8_TMA_CONFIGS))
+            except Exception as e:  # noqa: BLE001
+                log(**meta, shape=shape, variant=label(cfg), error=f"{type(e).__name__}: {str(e)[:160]}")
+        del x, w, xq, xs, wq, ws, ref, out
+        torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
