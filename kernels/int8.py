@@ -134,6 +134,9 @@ else:
         # 16384x768x3072, 162 us against 170 for the best whole-tile config
         _tma_cfg(256, 128, 128, 3, 8, subtile=True),
         _tma_cfg(128, 256, 128, 3, 8, subtile=True),
+        # few row tiles (512x11008x4096: 0.0504 ms against 0.0546 for the next best, 36th session's
+        # scripts/int8_gemm_probe.py on the H200; 1.05-1.09x slower than the best at 4096+ rows)
+        _tma_cfg(128, 128, 256, 3, 8),
     ]
     # small M: few rows, stream the weight with deep pipelines; large M: ordinary GEMM tiles
     _WONLY_CONFIGS = [
@@ -168,12 +171,22 @@ else:
     ]
 
 
+SMEM_BYTES = 227 * 1024  # shared memory a Hopper program may hold
+
+
+def _stage_bytes(c, weights: int) -> int:
+    # one pipeline stage of int8 tiles: x's [BLOCK_M, BLOCK_K] and each weight's [BLOCK_N, BLOCK_K]
+    k = c.kwargs
+    return (k["BLOCK_M"] + weights * k["BLOCK_N"]) * k["BLOCK_K"]
+
+
 def _prune_by_m(configs, named_args, **kwargs):
     # no 256-row tiles for 40 rows, no 16-row tiles for 4096 rows; two accumulators (gated) stay at
     # 128x128 or less per program, or they spill
     mb = named_args.get("M_BUCKET", kwargs.get("M_BUCKET", 16))
     if kwargs.get("GATED", named_args.get("GATED", False)):
-        configs = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 128 * 128] or configs
+        configs = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 128 * 128
+                   and _stage_bytes(c, 2) * c.num_stages <= SMEM_BYTES] or configs
     small = [c for c in configs if c.kwargs["BLOCK_M"] <= max(32, mb)]
     if mb <= 32:
         return [c for c in small if c.kwargs["BLOCK_M"] <= 32] or small or configs

@@ -212,6 +212,18 @@ def test_tma_and_pointer_kernels_agree(monkeypatch, gated, subtile, device):
             assert torch.equal(y, y_ptr)
 
 
+def test_gated_tma_configs_fit_shared_memory():
+    # a gated launch holds two weight tiles a stage: configs whose stages would not fit a Hopper program's
+    # shared memory (128x128x256 in 3 stages: 288 KB) are pruned before anything compiles them
+    c = Q._tma_cfg
+    cfgs = [c(128, 256, 128, 3, 8), c(128, 128, 256, 3, 8), c(128, 128, 128, 4, 8), c(64, 128, 128, 4, 4)]
+    blocks = lambda cs: [(k.kwargs["BLOCK_M"], k.kwargs["BLOCK_N"], k.kwargs["BLOCK_K"]) for k in cs]  # noqa: E731
+    assert blocks(Q._prune_by_m(cfgs, {"M_BUCKET": 4096, "GATED": True})) == [(128, 128, 128), (64, 128, 128)]
+    assert blocks(Q._prune_by_m(cfgs, {"M_BUCKET": 4096, "GATED": False})) == blocks(cfgs)
+    for k in Q._prune_by_m(cfgs, {"M_BUCKET": 4096, "GATED": True}):
+        assert Q._stage_bytes(k, 2) * k.num_stages <= Q.SMEM_BYTES
+
+
 # QUANT_BLOCK 4096: each row read once; 64: rows longer than a program's block, read twice
 @pytest.mark.parametrize("quant_block", [4096, 64])
 def test_quant_rows_matches_reference(monkeypatch, quant_block, device):
