@@ -14,8 +14,6 @@ process, ``<out>/<mode>-<run>-profiled.prof.txt``: cumulative times, tritonfuse'
 compile and autotune.
 
 ``COMPILE_PROFILE_NO_SURVEY=1`` compiles without the backend's survey (``backend.SURVEY``), for an A/B of it.
-``COMPILE_PROFILE_WAIT_POOL=1`` has every launch wait for Inductor's workers while they start, as before
-``launch.COMPILE_WHILE_POOL_STARTS``; the row's ``mode`` then ends in ``+wait``.
 
 With ``--breakdown`` a row also has ``exclusive``: for the main thread, each timed function's time less the
 timed calls inside it, keyed "<phase> <function>" (phases: survey, decide, inductor; "rest" is a phase's time
@@ -317,10 +315,6 @@ def _child(args) -> None:
         from tritonfuse import backend
 
         backend.SURVEY = False
-    if os.environ.get("COMPILE_PROFILE_WAIT_POOL") == "1":  # launches wait for the starting workers (A/B)
-        from tritonfuse import launch
-
-        launch.COMPILE_WHILE_POOL_STARTS = False
     dev = torch.device(args.device)
     spec = zoo.get(args.model)
     dtype = spec.dtype if dev.type == "cuda" else torch.float32
@@ -367,9 +361,7 @@ def _child(args) -> None:
         stages = repr(e)
     run_ms = _run_ms(compiled[0], inp, args.time_runs) if args.time_runs and dev.type == "cuda" else None
     again = None if args.no_again else round(first_call(), 2)
-    wait = args.mode == "tritonfuse" and os.environ.get("COMPILE_PROFILE_WAIT_POOL") == "1"
-    row = {"model": args.model, "mode": args.mode + ("+wait" if wait else ""), "run": args.run,
-           "compile_s": round(first, 2),
+    row = {"model": args.model, "mode": args.mode, "run": args.run, "compile_s": round(first, 2),
            "again_s": again, "caches": caches, "stages": stages,
            "tritonfuse": tritonfuse.counters() if args.mode == "tritonfuse" else None, "run_ms": run_ms}
     if args.mode == "tritonfuse":
@@ -381,9 +373,6 @@ def _child(args) -> None:
 
         # why a kernel's compiles were not sent to the workers, or not launched the fast way (per kernel)
         row["launch_failures"] = {k: v[:300] for k, v in launch.failures.items()}
-        # whether launches compiled here while the workers started (launch.watch_pool sent its no-op)
-        row["pool_watched"] = launch._pool_alive is not None and launch.COMPILE_WHILE_POOL_STARTS
-        row["compiled_while_starting"] = launch.skipped_while_starting
     if args.breakdown:  # of the first compile only
         row["breakdown"] = {k: v if isinstance(v, str) else [v[0], round(v[1], 2)] for k, v in first_table.items()
                             if k not in ("compiles", "cache_keys", "exclusive", "jobs", "marks", "t0", "t0_wall",

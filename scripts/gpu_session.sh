@@ -35,9 +35,6 @@
 #                                       # order (in the 35th session the later pair of a model ran slower), with
 #                                       # each job sent to the workers timed and the compiled model timed; one
 #                                       # archive, $OUT/pairs.tgz
-#   bash scripts/gpu_session.sh compile_ab # cold first compiles of COMPILE_MODELS, ROUNDS rounds: inductor, tritonfuse,
-#                                       # and tritonfuse waiting for the starting workers (launch.
-#                                       # COMPILE_WHILE_POOL_STARTS off); one archive, $OUT/ab.tgz
 #   bash scripts/gpu_session.sh extra   # minilm-l6 (real weights: run scripts/carry_minilm.sh here first and
 #                                       # carry .carry), training steps, and a per-layer profile
 #   bash scripts/gpu_session.sh pair    # a 2-GPU machine (kind nvidia-h200-x2), each half of the cores pinned to
@@ -138,26 +135,6 @@ case "${1:-tests}" in
         timeout 200 $PY scripts/compile_profile.py --model "$m" --modes "$modes" --runs cold --no-again --breakdown \
           --profile-modes "" --time-runs 50 --out "$out/pairs/$m-$i" > "$out/pairs/$m-$i.txt" 2>&1
         (cd "$out" && tar czf pairs.tgz pairs)  # (after each pair: what a cut-off call leaves still comes back)
-      done
-    done ;;
-  compile_ab)
-    # cold first compiles, each in a fresh cache root: inductor, tritonfuse, and tritonfuse with launches
-    # waiting for the starting workers (COMPILE_PROFILE_WAIT_POOL=1, before launch.COMPILE_WHILE_POOL_STARTS),
-    # ROUNDS rounds (default 2) per model of COMPILE_MODELS in rotating order, after one process that loads
-    # torch's files (the first process of a call ran slower); one archive, $OUT/ab.tgz
-    mkdir -p "$out/ab"
-    $PY -c "import torch, triton, torchvision, transformers; torch.zeros(1, device='cuda')" > /dev/null 2>&1
-    orders=("inductor tritonfuse wait" "wait tritonfuse inductor" "tritonfuse inductor wait")
-    i=0
-    for round in $(seq "${ROUNDS:-2}"); do
-      for m in ${COMPILE_MODELS:-resnet50 bert-base}; do
-        for v in ${orders[$(((round - 1) % 3))]}; do
-          i=$((i + 1)); mode=$v; w=0; [ "$v" = wait ] && { mode=tritonfuse; w=1; }
-          COMPILE_PROFILE_WAIT_POOL=$w timeout 120 $PY scripts/compile_profile.py --model "$m" --modes "$mode" \
-            --runs cold --no-again --breakdown --profile-modes "" --time-runs 20 --out "$out/ab/$m-$i-$v" \
-            > "$out/ab/$m-$i-$v.txt" 2>&1
-          (cd "$out" && tar czf ab.tgz ab)
-        done
       done
     done ;;
   extra)

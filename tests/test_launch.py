@@ -2,8 +2,6 @@
 takes the path; on a GPU, test_linear_act.py::test_fast_launch_matches_triton_launch compares it with
 Triton's own launch bit for bit)."""
 
-import os
-
 import pytest
 import torch
 import triton
@@ -390,50 +388,6 @@ def test_stuck_workers_are_waited_for_once(monkeypatch):
     assert launch.compile_elsewhere(jit, [1, 2]) == 0 and Stuck.submitted == 2
     assert "not done" in launch.failures[jit.__name__]
     assert launch.compile_elsewhere(jit, [1, 2]) == 0 and Stuck.submitted == 2
-
-
-def test_while_the_workers_start_a_launch_compiles_here_instead_of_waiting(monkeypatch):
-    # until the pool has run the no-op watch_pool sent it (its workers still importing torch), a launch's
-    # compiles are not waited for nor sent: compile_elsewhere returns 0 at once (the caller compiles), and
-    # drops what a survey had sent for them; once the no-op has run, launches use the workers again
-    import concurrent.futures
-
-    class Pool:
-        jobs: list = []
-
-        def submit(self, fn, *args):
-            Pool.jobs.append(fn)
-            f = concurrent.futures.Future()
-            if fn is not os.getpid:
-                f.set_result(None)  # a compile: done at once
-            return f
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setattr(launch, "_inductor_pool", lambda: Pool())
-    monkeypatch.setattr(launch, "uncompiled_specs", lambda jit, jobs: ['{"a": 1}', '{"a": 2}'])
-    monkeypatch.setattr(launch, "_pool_alive", None)
-    monkeypatch.setattr(launch, "_pool_stuck", False)
-    monkeypatch.setattr(launch, "_ahead", {})
-    monkeypatch.setattr(launch, "_pool_timeout_s", 0.05)  # (a mutant that waits for the survey's compile)
-    jit = JITFunction(_doubled)
-    monkeypatch.setattr(launch, "_pool_made", lambda: False)  # Inductor made no pool (TORCH_WARM_POOL=0)
-    launch.watch_pool()
-    assert Pool.jobs == [] and not launch.pool_starting()
-    monkeypatch.setattr(launch, "_pool_made", lambda: True)
-    launch.watch_pool()
-    launch.watch_pool()  # once a process
-    assert Pool.jobs == [os.getpid] and launch.pool_starting()
-    sent = concurrent.futures.Future()
-    launch._ahead[jit.__name__] = {'{"a": 1}': sent}  # a survey's compile, never done while the pool starts
-    assert launch.compile_elsewhere(jit, [1, 2]) == 0
-    assert Pool.jobs == [os.getpid] and not launch.sent_ahead(jit)
-    launch._pool_alive.set_result(1)  # a worker ran the no-op
-    assert not launch.pool_starting()
-    assert launch.compile_elsewhere(jit, [1, 2]) == 2 and len(Pool.jobs) == 3
-    monkeypatch.setattr(launch, "COMPILE_WHILE_POOL_STARTS", False)  # off: the workers are waited for
-    launch._pool_alive = concurrent.futures.Future()
-    assert not launch.pool_starting() and launch.compile_elsewhere(jit, [1, 2]) == 2
 
 
 def test_a_survey_sends_compiles_ahead_and_the_timed_launch_waits_for_them(monkeypatch):

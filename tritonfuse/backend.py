@@ -89,10 +89,7 @@ def warm_inductor_pool() -> None:
         else:
             async_compile.AsyncCompile.warm_pool()
     except Exception:  # noqa: BLE001 - only a compile-time saving
-        return
-    from . import launch
-
-    launch.watch_pool()  # until they run a job, launches compile here (launch.COMPILE_WHILE_POOL_STARTS)
+        pass
 
 
 def graph_gpu(example_inputs) -> Optional[int]:

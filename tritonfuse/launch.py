@@ -373,49 +373,6 @@ class FastLauncher:
 _pool_timeout_s = 120.0  # seconds to wait for the workers; what they have not done by then, threads compile
 _pool_stuck = False  # the workers once missed that wait: this process stops sending them configs
 
-# Inductor's workers each import torch before their first job: on the H200 host the pool ran its first job
-# 7-9 s after it was asked to start, and a first compile's deciding pass sat 4-6 s of that waiting for
-# compiles it had sent them (35th/36th sessions). ``watch_pool`` sends the pool a no-op job when it is asked
-# to start; until that job has come back, a launch that needs compiles does not wait for the workers: it
-# compiles here (the threads of ``FastLauncher.precompile``, or the autotuner), and what it had sent them
-# lands in Triton's disk cache unused. Off (False): every launch waits for the workers, as before.
-COMPILE_WHILE_POOL_STARTS = True
-_pool_alive: Any = None  # the no-op's future
-skipped_while_starting = 0  # compiles of launches that did not wait for the starting workers (a count)
-
-
-def watch_pool() -> None:
-    """Send Inductor's pool (started or starting) a no-op job, once a process: ``pool_starting`` is then
-    True until a worker has run it."""
-    global _pool_alive
-    if _pool_alive is not None or not _pool_made():
-        return
-    pool = _pool_for([None])
-    if pool is None:
-        return
-    import os
-
-    try:
-        _pool_alive = pool.submit(os.getpid)
-    except Exception:  # noqa: BLE001 - only a compile-time saving
-        pass
-
-
-def _pool_made() -> bool:
-    """Whether Inductor has made its pool (``maybe_warm_pool`` skips that where, say, ``TORCH_WARM_POOL=0``):
-    ``watch_pool`` must not be what starts it."""
-    try:
-        from torch._inductor import async_compile
-
-        return async_compile.AsyncCompile.process_pool.cache_info().currsize > 0
-    except Exception:  # noqa: BLE001 - another torch: not known, so not watched
-        return False
-
-
-def pool_starting() -> bool:
-    """True while Inductor's workers have not yet run the no-op ``watch_pool`` sent them."""
-    return COMPILE_WHILE_POOL_STARTS and _pool_alive is not None and not _pool_alive.done()
-
 
 def _inductor_pool():
     """Inductor's compile-worker pool, or None where it has none (one compile thread, an unknown torch)."""
@@ -736,11 +693,10 @@ def sent_ahead(jit) -> bool:
 def compile_elsewhere(jit, jobs: list, submit: bool = True) -> int:
     """Compile the ``jobs`` not compiled in this process in Inductor's worker processes, into Triton's disk
     cache (see above); returns how many the workers compiled (0 where they could not be used). Those a
-    survey sent ahead are waited for, not sent again; with ``submit=False`` only those. While the workers
-    are still starting (``pool_starting``) nothing is waited for or sent: 0, and the caller compiles."""
+    survey sent ahead are waited for, not sent again; with ``submit=False`` only those."""
     import concurrent.futures
 
-    global _pool_stuck, skipped_while_starting
+    global _pool_stuck
     if len(jobs) < 2 and submit and not sent_ahead(jit):
         return 0  # one compile: as fast in this process as in a worker
     pool = _pool_for(jobs)
@@ -751,20 +707,16 @@ def compile_elsewhere(jit, jobs: list, submit: bool = True) -> int:
         if not specs:
             return 0
         futures = []
-        starting = pool_starting()  # then compiled here: nothing waited for, nothing more sent
         with _ahead_lock:
             mine = _ahead.get(jit.__name__, {})
             for data in specs:
                 fut = mine.pop(data, None)
-                if fut is None and submit and not starting:
+                if fut is None and submit:
                     fut = _submit(pool, jit, data)
-                if fut is not None and not starting:
+                if fut is not None:
                     futures.append(fut)
             if not mine:
                 _ahead.pop(jit.__name__, None)
-        if starting:
-            skipped_while_starting += len(specs)
-            return 0
     except Exception as e:  # noqa: BLE001 - the threads compile them
         failures[jit.__name__] = f"compile_elsewhere: {type(e).__name__}: {e}"
         return 0
