@@ -8,7 +8,9 @@ merges rows into ``benchmarks/results/kernels-<gpu>.json`` (or ``--out``).
 
 Providers: ``torch._int_mm`` (int8 in, int32 out), ``tritonfuse`` (the W8A8 GEMM on pre-quantized int8
 operands with its dequant epilogue, bf16 out), ``tritonfuse-pointer`` (the non-TMA kernel),
-``tritonfuse-e2e`` (``int8_linear`` from bf16 x: row quantization + GEMM), ``cublas-bf16`` (``torch.matmul``).
+``tritonfuse-e2e`` (``int8_linear`` from bf16 x: row quantization + GEMM), ``cublas-bf16`` (``torch.matmul``);
+``-graph`` GEMM rows are GPU time alone (CUDA-graph replays), ``cublas-fp8-graph`` cuBLASLt's fp8 GEMM
+(``torch._scaled_mm``, fast accumulation): the vendor library's rate with 8-bit operands.
 TOPS/TFLOP/s = 2·M·N·K / time. Decode rows are timed with ``do_bench`` and, without the host's launch
 overhead, with CUDA graphs (``-graph`` providers), which is how decode runs in practice. A graph that
 replays one call reads its weight from L2 from the second replay on (a 4096x4096 bf16 weight is 32 MB, the
@@ -275,6 +277,19 @@ def _gemm_section(args, add, table, errors):
         add("int8_gemm", shape, "int8", "tritonfuse-e2e",
             bench(lambda: torch.ops.tritonfuse.int8_linear(x, w, None, "none", "int8")), flops)
         add("int8_gemm", shape, "bfloat16", "cublas-bf16", bench(lambda: torch.matmul(x, w.t())), flops)
+        # GPU time alone (CUDA-graph replays): the rows above include an op call's host time where it outlasts
+        # the kernel (512 rows); cuBLASLt's fp8 GEMM is the vendor library's 8-bit rate on this GPU
+        add("int8_gemm", shape, "int8", "torch._int_mm-graph", bench(lambda: torch._int_mm(xq, wq.t()), True), flops)
+        add("int8_gemm", shape, "int8", "tritonfuse-graph",
+            bench(lambda: Q._w8a8(xq, xs, wq, ws, None, "none", torch.bfloat16), True), flops)
+        add("int8_gemm", shape, "bfloat16", "cublas-bf16-graph", bench(lambda: torch.matmul(x, w.t()), True), flops)
+        if hasattr(torch, "float8_e4m3fn") and hasattr(torch, "_scaled_mm"):
+            a8, b8, one = x.to(torch.float8_e4m3fn), w.to(torch.float8_e4m3fn), torch.ones((), device=dev)
+            try:
+                add("int8_gemm", shape, "fp8", "cublas-fp8-graph", bench(lambda: torch._scaled_mm(
+                    a8, b8.t(), one, one, out_dtype=torch.bfloat16, use_fast_accum=True), True), flops)
+            except RuntimeError as e:  # no fp8 GEMM on this GPU or build
+                print(f"{shape}: no fp8 row ({str(e).splitlines()[0][:120]})")
         if args.sweep:
             for kind in ("tma", "ptr"):
                 for i, cfg in enumerate(_candidates(kind, True)):
