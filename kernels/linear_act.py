@@ -600,7 +600,7 @@ def _launch_gated(x, wg, wu, bg, bu, act, fixed: Optional[dict] = None, tma: boo
             kernel = registry.launcher(_gated_mlp_tma_kernel)
         kernel[_persistent_grid(M, 2 * N, sms)](  # one program per SM, at most one per tile
             args["x_desc"], args["w_desc"], bg if has_bias else wg, bu if has_bias else wu,
-            args["out_desc"], M, N, K, _m_bucket(M), HAS_BIAS=has_bias, ACT=act, NUM_SMS=sms,
+            args["out_desc"], M, N, K, _m_bucket(M), HAS_BIAS=has_bias, ACT=_gated_act(act, x), NUM_SMS=sms,
             PAIR=pair is not None, UP_FIRST=up_first, **(fixed or {}),
         )
         return out
@@ -616,6 +616,23 @@ def _launch_gated(x, wg, wu, bg, bu, act, fixed: Optional[dict] = None, tma: boo
 
 
 PAIR_WEIGHTS = True  # the TMA dual GEMM reads wg and wu where they lie (False: an interleaved copy per call)
+
+# The dual GEMM's SiLU as h + h tanh(h), h = x / 2, with the GPU's approximate tanh (kernels.common's
+# "silu_tanh"): one special-function instruction an element where x sigmoid(x) takes two (ex2 and rcp). The
+# epilogue runs while the tensor cores wait (no warp specialization here): at issue 2's 8192x2048x8192 a
+# 128x128 tile's 16384 SiLUs are about 2048 cycles of the SM's 16 special-function results a cycle, some 4%
+# of the tile's time at 668 TFLOP/s. bf16 outputs only, where tanh's 2^-11 relative error stays below
+# bf16's rounding. Off until timed on a GPU (scripts/gated_config_probe.py --fast-silu).
+FAST_SILU = False
+
+
+def _gated_act(act: str, x: torch.Tensor) -> str:
+    """The ACT constexpr the TMA dual GEMM is launched with for ``act``."""
+    if (FAST_SILU and act == "silu" and x.dtype == torch.bfloat16 and x.device.type == "cuda"
+            and torch.version.hip is None and not registry.interpret_mode()
+            and torch.cuda.get_device_capability(x.device) >= (7, 5)):
+        return "silu_tanh"
+    return act
 
 
 def _pair_desc(wg: torch.Tensor, wu: torch.Tensor):

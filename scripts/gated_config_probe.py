@@ -4,7 +4,10 @@ each launched alone, beside Inductor's path (two cuBLAS GEMMs and a fused silu·
 Each row is timed from replayed CUDA graphs (``probe_log.graph_ms``) and checked against an fp64 reference
 (error <= 2x the bf16 eager path's + 1e-3). Rows go to ``$OUT/gated-config-probe.jsonl``.
 
-Run on a GPU:  python scripts/gated_config_probe.py [--shape 8192x2048x8192]
+Run on a GPU:  python scripts/gated_config_probe.py [--shape 8192x2048x8192] [--fast-silu]
+
+``--fast-silu`` times every config a second time with ``kernels.linear_act.FAST_SILU`` on (the epilogue's SiLU
+from the GPU's approximate tanh, bf16 only), rows marked ``fast_silu``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from tritonfuse.kernels import linear_act as K  # noqa: E402
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="8192x2048x8192", help="MxKxN")
+    ap.add_argument("--fast-silu", action="store_true", help="also each config with K.FAST_SILU on")
     args = ap.parse_args(argv)
     M, Kd, N = (int(v) for v in args.shape.split("x"))
     log = jsonl_log("gated-config-probe.jsonl")
@@ -49,13 +53,17 @@ def main(argv=None) -> int:
     for cfg in K._TMA_GATED_ALL:
         fixed = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
         label = " ".join(f"{k}={v}" for k, v in cfg.kwargs.items()) + f" w{cfg.num_warps} s{cfg.num_stages}"
-        try:
-            out = K._launch_gated(x, wg, wu, None, None, "silu", fixed=fixed)
-            err = (out.double() - ref).abs().max().item()
-            ms = graph_ms(lambda: K._launch_gated(x, wg, wu, None, None, "silu", fixed=fixed))
-            emit(shape=args.shape, variant=label, ms=ms, tflops=flop / ms / 1e9, err=err, ok=err <= tol)
-        except Exception as e:  # noqa: BLE001 - a config that does not compile or fit: say so, go on
-            emit(shape=args.shape, variant=label, error=f"{type(e).__name__}: {str(e)[:200]}")
+        for fast in (False, True) if args.fast_silu else (False,):
+            K.FAST_SILU = fast
+            try:
+                out = K._launch_gated(x, wg, wu, None, None, "silu", fixed=fixed)
+                err = (out.double() - ref).abs().max().item()
+                ms = graph_ms(lambda: K._launch_gated(x, wg, wu, None, None, "silu", fixed=fixed))
+                emit(shape=args.shape, variant=label, fast_silu=fast, ms=ms, tflops=flop / ms / 1e9, err=err,
+                     ok=err <= tol)
+            except Exception as e:  # noqa: BLE001 - a config that does not compile or fit: say so, go on
+                emit(shape=args.shape, variant=label, fast_silu=fast, error=f"{type(e).__name__}: {str(e)[:200]}")
+    K.FAST_SILU = False
     return 0
 
 

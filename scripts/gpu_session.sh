@@ -35,6 +35,8 @@
 #                                       # order (in the 35th session the later pair of a model ran slower), with
 #                                       # each job sent to the workers timed and the compiled model timed; one
 #                                       # archive, $OUT/pairs.tgz
+#   bash scripts/gpu_session.sh fast_silu # issue 2: the dual GEMM's configs with the approximate-tanh SiLU epilogue
+#                                       # (kernels.linear_act.FAST_SILU) off and on, and its GPU test
 #   bash scripts/gpu_session.sh extra   # minilm-l6 (real weights: run scripts/carry_minilm.sh here first and
 #                                       # carry .carry), training steps, and a per-layer profile
 #   bash scripts/gpu_session.sh pair    # a 2-GPU machine (kind nvidia-h200-x2), each half of the cores pinned to
@@ -137,6 +139,13 @@ case "${1:-tests}" in
         (cd "$out" && tar czf pairs.tgz pairs)  # (after each pair: what a cut-off call leaves still comes back)
       done
     done ;;
+  fast_silu)
+    # issue 2: the dual GEMM's SiLU from the GPU's approximate tanh (kernels.linear_act.FAST_SILU, 36th session,
+    # off): every dual-GEMM config with it off and on at 8192x2048x8192 (rows: $OUT/gated-config-probe.jsonl),
+    # then its GPU test beside every TMA config's
+    timeout 300 $PY scripts/gated_config_probe.py --fast-silu > "$out/fast_silu.txt" 2>&1; tail -14 "$out/fast_silu.txt"
+    timeout 150 $PY -m pytest tests/test_linear_act.py -k "fast_silu or every_tma_config" -q -p no:cacheprovider \
+      -rf --tb=short > "$out/fast_silu_tests.txt" 2>&1; tail -3 "$out/fast_silu_tests.txt" ;;
   extra)
     [ -d .carry/site ] && export PYTHONPATH=$PWD/.carry/site${PYTHONPATH:+:$PYTHONPATH}
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 150 $PY -m tritonfuse bench --models minilm-l6 \

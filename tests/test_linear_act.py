@@ -1209,6 +1209,35 @@ def test_every_tma_config_on_the_gpu(gated):
 
 
 @pytest.mark.cuda
+def test_fast_silu_epilogue_on_the_gpu(monkeypatch):
+    # K.FAST_SILU (off by default): the TMA dual GEMM's SiLU from the GPU's approximate tanh, for bf16 alone;
+    # within the bf16 tolerance of fp64 over gate values that reach far into both tails (ragged M, N, K)
+    if K.TensorDescriptor is None or not K._hopper(torch.device("cuda")):
+        pytest.skip("the TMA kernels serve Hopper GPUs")
+    torch.manual_seed(0)
+    x = fresh(1000, 264, dtype=torch.bfloat16, device="cuda")
+    wg = fresh(392, 264, dtype=torch.bfloat16, device="cuda", scale=0.4)  # gate pre-activations to about +-20
+    wu = fresh(392, 264, dtype=torch.bfloat16, device="cuda", scale=0.1)
+    monkeypatch.setattr(K, "FAST_SILU", True)
+    assert K._gated_act("silu", x) == "silu_tanh"
+    assert K._gated_act("silu", x.half()) == "silu" and K._gated_act("gelu", x) == "gelu"
+    args = (x, wg, wu, None, None, "silu")
+    ref64, eager = K.gated_mlp_ref(*args, upcast=True), K.gated_mlp_ref(*args)
+    assert (x.float() @ wg.float().t()).abs().max() > 10
+    assert_close_to_ref(K._launch_gated(*args), ref64, eager, atol=1e-3, what="fast SiLU")
+
+
+def test_fast_silu_only_where_it_applies(monkeypatch):
+    # the approximate-tanh SiLU is chosen only when switched on, for bf16 on a CUDA GPU; never under the
+    # interpreter (it runs no PTX)
+    x = torch.zeros(2, 2, dtype=torch.bfloat16)
+    assert K._gated_act("silu", x) == "silu"  # off by default
+    monkeypatch.setattr(K, "FAST_SILU", True)
+    assert K._gated_act("silu", x) == "silu"  # a CPU tensor
+    assert K._gated_act("gelu", x) == "gelu"
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("gated", [False, True])
 def test_fast_launch_matches_triton_launch(gated):
     from tritonfuse import launch
