@@ -195,9 +195,35 @@ def kernel_name(op: str, head: str, act: str, res: bool, act2: str) -> str:
 # shorter ones anchored earlier (conv + BN + add, conv + BN). Those run the same kernel against the same cuDNN
 # conv, with more of the epilogue left to an Inductor pass on both sides, and lost where the longest did
 # (resnet50 on the H200, 44fc606: every conv whose longest pattern lost lost its shorter ones too); timing them
-# only cost a first compile their compiles and timings. A shorter pattern at such a conv is no site. (A node
+# only cost a first compile their compiles and timings. A shorter pattern at such a conv is no site: the value
+# is True. One exception, in a survey: where an add's two inputs are both conv + BN (ResNet's downsample
+# blocks), the conv whose residual pattern the deciding pass serves takes the add and leaves the other a
+# conv + BN site, which it then times. So a survey's residual pattern whose residual is a conv's output (through
+# a BN) rules out only the shorter residual patterns at its conv (value "res"), and the conv + BN pattern is
+# surveyed, its compiles sent (resnet50 on
+# the H200, 36th session: else the deciding pass sent 7 compiles itself and waited 2.2 s for them). (A node
 # dies with its graph; the survey's copy has nodes of its own.)
-_lost_convs: "weakref.WeakSet[torch.fx.Node]" = weakref.WeakSet()
+_lost_convs: "weakref.WeakKeyDictionary[torch.fx.Node, object]" = weakref.WeakKeyDictionary()
+
+
+def _conv_behind(node, steps: int = 8) -> bool:
+    """Whether ``node`` is a convolution's output through a BN's pointwise ops alone (the residual of a
+    downsample block), following each op's first input."""
+    through = (aten.add.Tensor, aten.mul.Tensor, aten.sub.Tensor, torch.ops.prims.convert_element_type.default)
+    for _ in range(steps):
+        if not isinstance(node, torch.fx.Node) or node.op != "call_function":
+            return False
+        if node.target == aten.convolution.default:
+            return True
+        if node.target not in through or not node.args:
+            return False
+        node = node.args[0]
+    return False
+
+
+def _ruled_out(conv: Optional[torch.fx.Node], res: bool) -> bool:
+    lost = _lost_convs.get(conv) if conv is not None else None
+    return lost is True or (lost == "res" and res)
 
 
 def _timing_lost(choice: dict) -> bool:
@@ -209,7 +235,7 @@ def _timing_lost(choice: dict) -> bool:
 def _site(match: Match, head: str, act: str, res: bool, act2: str, constants: Counter):
     """(conv node, op args, chosen op, detail) or (conv node, reason, None, detail) or None (no site)."""
     conv = _conv_node(match)
-    if conv is None or conv in _lost_convs:
+    if conv is None or _ruled_out(conv, res):
         return None
     x, w = _val(conv.args[0]), _val(conv.args[1])
     b = _val(conv.args[2]) if conv.args[2] is not None else None
@@ -283,7 +309,8 @@ def _site(match: Match, head: str, act: str, res: bool, act2: str, constants: Co
                else f"timing failed ({choice['error']})" if "error" in choice
                else registry.slower_reason(choice, "") if choice.get("unmeasured") else "forced")
         if _timing_lost(choice):
-            _lost_convs.add(conv)
+            shared_add = res and choice.get("surveyed") and _conv_behind(match.kwargs.get("r"))
+            _lost_convs[conv] = "res" if shared_add and _lost_convs.get(conv) is None else True
         return conv, f"cuDNN + Inductor's epilogue: {why}", None, detail
     args = (b, bn, r, list(stride), list(padding), eps, act, act2, channels_last)
     return conv, args, op, detail

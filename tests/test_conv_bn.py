@@ -1138,6 +1138,55 @@ def test_a_survey_probes_the_kernel_a_site_may_take(tmp_path, monkeypatch):
         torch.testing.assert_close(out, model(x), atol=1e-4, rtol=1e-4)
 
 
+class Downsample(nn.Module):
+    """ResNet's first bottleneck of a stage: the add's two inputs are each a conv + BN (3x3 main, 1x1 downsample)."""
+
+    def __init__(self):
+        super().__init__()
+        self.main = ConvBNAct(12, 16)
+        self.ds = ConvBNAct(12, 16, k=1)
+
+    def forward(self, x):
+        return F.relu(self.main(x) + self.ds(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # (bf16: the BN's ops between casts)
+def test_a_survey_sends_the_compiles_of_a_conv_left_without_its_add(tmp_path, monkeypatch, dtype):
+    # where an add's two inputs are both conv + BN, the conv whose longest pattern takes the add leaves the
+    # other a conv + BN site: the survey sends that site's compiles too (the shorter residual patterns it
+    # skips), so the pass that decides times nothing the survey did not send (resnet50 on the H200, 36th
+    # session: 7 compiles sent by the deciding pass, 2.2 s of it waiting for them)
+    from tests.utils import pretend_gpu_timing
+    from tritonfuse import backend, config, registry
+
+    pretend_gpu_timing(tmp_path, monkeypatch, backend)
+    monkeypatch.setattr(backend, "_survey_wanted", lambda graph: True)
+    timed = []
+
+    def measured_choice(key, device, ours, theirs, *a, **k):
+        timed.append((registry.in_survey(), key))
+        if registry.in_survey():
+            return {"use": False, "unmeasured": True, "surveyed": True}
+        return {"use": True, "ours_ms": 0.1, "theirs_ms": 0.2}
+
+    monkeypatch.setattr(registry, "measured_choice", measured_choice)
+    m = _randomize_bn(Downsample()).eval().to(dtype)
+    x = torch.randn(2, 12, 5, 9, dtype=dtype).to(memory_format=torch.channels_last)  # (a shape no other test compiles)
+    with config.patch(measure="1", cudnn_fused="0"), torch.no_grad():
+        out = torch.compile(m, backend="tritonfuse")(x)
+        eager = m(x)
+    # (a key names whether cuDNN's side pays an epilogue pass, which a replaced consumer changes: not the
+    # compile)
+    surveyed = {k.removesuffix("|epilogue") for s, k in timed if s}
+    decided = [k.removesuffix("|epilogue") for s, k in timed if not s]
+    assert len(decided) == 2 and set(decided) <= surveyed, timed
+    assert tritonfuse.counters()[FAMILY] == _counts(2, 2)
+    kernels = sorted(s.kernel for s in tritonfuse.sites() if s.family == FAMILY)
+    assert kernels[0] == "conv_bn[bn,none+res,relu]" and kernels[1] == "conv_bn[bn,none]", kernels
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(out, eager, atol=tol, rtol=tol)
+
+
 def test_shorter_patterns_at_a_conv_that_lost_its_timing_are_not_timed(tmp_path, monkeypatch):
     # the matcher tries a conv's longest pattern first (conv + BN + add + ReLU); where cuDNN's path won its
     # timing, the shorter patterns at that conv (conv + BN + add, conv + BN) are not timed again, in the survey
