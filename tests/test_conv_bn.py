@@ -1138,6 +1138,27 @@ def test_a_survey_probes_the_kernel_a_site_may_take(tmp_path, monkeypatch):
         torch.testing.assert_close(out, model(x), atol=1e-4, rtol=1e-4)
 
 
+def _survey_then_decide(tmp_path, monkeypatch, m, x, ours_wins: bool):
+    """Compile ``m`` with a survey first (every site's timing stubbed: in the survey "would time", in the pass
+    that decides ours faster or slower); returns (output, eager output, [(in survey, timing key)])."""
+    from tests.utils import pretend_gpu_timing
+    from tritonfuse import backend, config, registry
+
+    pretend_gpu_timing(tmp_path, monkeypatch, backend)
+    monkeypatch.setattr(backend, "_survey_wanted", lambda graph: True)
+    timed = []
+
+    def measured_choice(key, device, ours, theirs, *a, **k):
+        timed.append((registry.in_survey(), key))
+        if registry.in_survey():
+            return {"use": False, "unmeasured": True, "surveyed": True}
+        return {"use": ours_wins, "ours_ms": 0.1 if ours_wins else 0.2, "theirs_ms": 0.2 if ours_wins else 0.1}
+
+    monkeypatch.setattr(registry, "measured_choice", measured_choice)
+    with config.patch(measure="1", cudnn_fused="0"), torch.no_grad():
+        return torch.compile(m, backend="tritonfuse")(x), m(x), timed
+
+
 class Downsample(nn.Module):
     """ResNet's first bottleneck of a stage: the add's two inputs are each a conv + BN (3x3 main, 1x1 downsample)."""
 
@@ -1156,25 +1177,9 @@ def test_a_survey_sends_the_compiles_of_a_conv_left_without_its_add(tmp_path, mo
     # other a conv + BN site: the survey sends that site's compiles too (the shorter residual patterns it
     # skips), so the pass that decides times nothing the survey did not send (resnet50 on the H200, 36th
     # session: 7 compiles sent by the deciding pass, 2.2 s of it waiting for them)
-    from tests.utils import pretend_gpu_timing
-    from tritonfuse import backend, config, registry
-
-    pretend_gpu_timing(tmp_path, monkeypatch, backend)
-    monkeypatch.setattr(backend, "_survey_wanted", lambda graph: True)
-    timed = []
-
-    def measured_choice(key, device, ours, theirs, *a, **k):
-        timed.append((registry.in_survey(), key))
-        if registry.in_survey():
-            return {"use": False, "unmeasured": True, "surveyed": True}
-        return {"use": True, "ours_ms": 0.1, "theirs_ms": 0.2}
-
-    monkeypatch.setattr(registry, "measured_choice", measured_choice)
     m = _randomize_bn(Downsample()).eval().to(dtype)
     x = torch.randn(2, 12, 5, 9, dtype=dtype).to(memory_format=torch.channels_last)  # (a shape no other test compiles)
-    with config.patch(measure="1", cudnn_fused="0"), torch.no_grad():
-        out = torch.compile(m, backend="tritonfuse")(x)
-        eager = m(x)
+    out, eager, timed = _survey_then_decide(tmp_path, monkeypatch, m, x, ours_wins=True)
     # (a key names whether cuDNN's side pays an epilogue pass, which a replaced consumer changes: not the
     # compile)
     surveyed = {k.removesuffix("|epilogue") for s, k in timed if s}
@@ -1191,25 +1196,9 @@ def test_shorter_patterns_at_a_conv_that_lost_its_timing_are_not_timed(tmp_path,
     # the matcher tries a conv's longest pattern first (conv + BN + add + ReLU); where cuDNN's path won its
     # timing, the shorter patterns at that conv (conv + BN + add, conv + BN) are not timed again, in the survey
     # (no compiles sent for them) or in the pass that decides; the site keeps the longest pattern's verdict
-    from tests.utils import pretend_gpu_timing
-    from tritonfuse import backend, config, registry
-
-    pretend_gpu_timing(tmp_path, monkeypatch, backend)
-    monkeypatch.setattr(backend, "_survey_wanted", lambda graph: True)
-    timed = []
-
-    def measured_choice(key, device, ours, theirs, *a, **k):
-        timed.append((registry.in_survey(), key))
-        if registry.in_survey():
-            return {"use": False, "unmeasured": True, "surveyed": True}
-        return {"use": False, "ours_ms": 0.2, "theirs_ms": 0.1}
-
-    monkeypatch.setattr(registry, "measured_choice", measured_choice)
     m = _randomize_bn(Residual("resnet")).eval()
     x = torch.randn(2, 12, 5, 7).to(memory_format=torch.channels_last)  # (a shape no other test compiles)
-    with config.patch(measure="1", cudnn_fused="0"), torch.no_grad():
-        out = torch.compile(m, backend="tritonfuse")(x)
-        eager = m(x)
+    out, eager, timed = _survey_then_decide(tmp_path, monkeypatch, m, x, ours_wins=False)
     # one timing per conv in each pass: its longest pattern's
     assert [s for s, _ in timed] == [True, True, False, False], timed
     assert tritonfuse.counters()[FAMILY] == _counts(2, 0, 2)
