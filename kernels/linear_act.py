@@ -894,30 +894,37 @@ def _int8_inlined(a: dict, act: str, gated: bool, mode: str, fused: bool = True)
     return I8._w8a8(xq, xs, a["wq1"], a["ws1"], a["b"], act, a["x"].dtype, *u, use_tma=tma)
 
 
-def probe(device: str, dtype: torch.dtype, act: str, has_bias: bool, gated: bool) -> Optional[str]:
+def probe(device: str, dtype: torch.dtype, act: str, has_bias: bool, gated: bool,
+          store_pre: bool = False) -> Optional[str]:
     """Compile and launch one variant on a small input once (its tuner's first config, as
     ``registry.guarded_probe`` launches probes: in a first compile's survey its compile is sent to Inductor's
     workers, where a config of its own compiled in the survey's thread, 0.6 s of bert-base's on the H200);
-    None when it works, else the reason."""
+    None when it works, else the reason. ``store_pre``: the variant that also stores the pre-activation (a
+    training graph's). Its sizes are multiples of 16, as most sites' are: Triton then specialises the launch
+    as it does a site's, and the probe's compile is one that site's tuning needs anyway (an inference probe
+    with the pre-activation stored, sizes 19x40x24, was a compile of its own, the last of bert-base's first
+    compile to finish on the H200, 36th session)."""
 
     def run():
         g = torch.Generator(device="cpu").manual_seed(0)
-        x = torch.randn(19, 40, generator=g, device="cpu").to(device=device, dtype=dtype)
-        w1 = torch.randn(24, 40, generator=g, device="cpu").to(device=device, dtype=dtype)
-        w2 = torch.randn(24, 40, generator=g, device="cpu").to(device=device, dtype=dtype)
-        b1 = torch.randn(24, generator=g, device="cpu").to(device=device, dtype=dtype) if has_bias else None
-        b2 = torch.randn(24, generator=g, device="cpu").to(device=device, dtype=dtype) if has_bias else None
+        x = torch.randn(32, 64, generator=g, device="cpu").to(device=device, dtype=dtype)
+        w1 = torch.randn(48, 64, generator=g, device="cpu").to(device=device, dtype=dtype)
+        w2 = torch.randn(48, 64, generator=g, device="cpu").to(device=device, dtype=dtype)
+        b1 = torch.randn(48, generator=g, device="cpu").to(device=device, dtype=dtype) if has_bias else None
+        b2 = torch.randn(48, generator=g, device="cpu").to(device=device, dtype=dtype) if has_bias else None
         if gated:
             y = _launch_gated(x, w1, w2, b1, b2, act)
             ref = gated_mlp_ref(x, w1, w2, b1, b2, act, upcast=True)
         else:
-            y, pre = _launch_linear(x, w1, b1, act, True)
+            y, pre = _launch_linear(x, w1, b1, act, store_pre)
             ref = linear_act_ref(x, w1, b1, act, upcast=True)
-            if not torch.allclose(pre.double().cpu(), linear_act_ref(x, w1, b1, "none", upcast=True), 5e-2, 5e-2):
+            if store_pre and not torch.allclose(pre.double().cpu(), linear_act_ref(x, w1, b1, "none", upcast=True),
+                                                5e-2, 5e-2):
                 raise RuntimeError("wrong pre-activation on the probe input")
         err = (y.double().cpu() - ref).norm() / ref.norm().clamp_min(1e-12)
         if not math.isfinite(err.item()) or err.item() > 5e-2:
             raise RuntimeError(f"wrong result on the probe input (relative error {err.item():.3g})")
 
-    name = f"{'gated_mlp' if gated else 'linear_act'}[{act},{'bias' if has_bias else 'nobias'},{dtype}]"
+    name = (f"{'gated_mlp' if gated else 'linear_act'}[{act},{'bias' if has_bias else 'nobias'},{dtype}"
+            f"{',pre' if store_pre and not gated else ''}]")
     return registry.guarded_probe(f"{name}@{device}", run)

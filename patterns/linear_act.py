@@ -528,7 +528,7 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: b
         if reason is None and x.shape[-1] != ws[0].shape[1]:
             reason = "inner dimensions differ"
         if reason is None:
-            reason = K.probe(str(x.device), x.dtype, act, b is not None, gated)
+            reason = K.probe(str(x.device), x.dtype, act, b is not None, gated, store_pre)
         x2h = hinted(x2)
         if reason is None and x2h is None:
             reason = "data-dependent number of rows"

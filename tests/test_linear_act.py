@@ -511,6 +511,30 @@ def test_training_gradients_match_eager(dtype, shape):
     assert _counts() == {"matched": 2, "replaced": 2, "fallback": 0}
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_a_site_probes_the_variant_it_runs(monkeypatch, train):
+    # an inference site probes its kernel without the pre-activation store (on a GPU its compile, at sizes
+    # that are multiples of 16, is then one of the site's own); a training graph's site probes the variant
+    # that stores the pre-activation for the backward
+    real, seen = K.probe, []
+
+    def probe(*a, **k):
+        seen.append(a[5] if len(a) > 5 else k.get("store_pre", False))
+        return real(*a, **k)
+
+    monkeypatch.setattr(K, "probe", probe)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 48), nn.GELU(), nn.Linear(48, 16))
+    x = fresh(7, 32).requires_grad_(train)
+    compiled = torch.compile(model, backend="tritonfuse")
+    if train:
+        compiled(x).square().sum().backward()
+    else:
+        with torch.no_grad():
+            compiled(x)
+    assert seen and set(seen) == {train}, seen
+
+
 def test_counters_survive_inductor_cache_hit():
     model = nn.Sequential(nn.Linear(24, 40), nn.SiLU(), nn.Linear(40, 24), nn.ReLU())
     x = fresh(5, 24)
