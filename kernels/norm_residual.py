@@ -562,9 +562,10 @@ def probe(device: str, dtype: torch.dtype, kind: str, n: int, has_res: bool, has
 
     def run():
         g = torch.Generator(device="cpu").manual_seed(0)
-        pn = n  # 3 rows of the real length: the probe compiles the variant the site will launch
+        pn = n  # 16 rows of the real length: the probe compiles the variant the site will launch, specialised
+        # as a site's whose rows are a multiple of 16 (its compile is then the site's)
         mk = lambda *s: torch.randn(*s, generator=g, device="cpu").to(device=device, dtype=dtype)  # noqa: E731
-        x, r = mk(3, pn), (mk(3, pn) if has_res else None)
+        x, r = mk(16, pn), (mk(16, pn) if has_res else None)
         w, b = (mk(pn) if has_w else None), (mk(pn) if has_b else None)
         y, h, *_ = torch.ops.tritonfuse.norm_residual(x, r, w, b, 1e-5, kind, write_sum, cast_before_weight,
                                                        stats, False)
