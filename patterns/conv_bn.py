@@ -198,11 +198,11 @@ def kernel_name(op: str, head: str, act: str, res: bool, act2: str) -> str:
 # only cost a first compile their compiles and timings. A shorter pattern at such a conv is no site: the value
 # is True. One exception, in a survey: where an add's two inputs are both conv + BN (ResNet's downsample
 # blocks), the conv whose residual pattern the deciding pass serves takes the add and leaves the other a
-# conv + BN site, which it then times. So a survey's residual pattern whose residual is a conv's output (through
-# a BN) rules out only the shorter residual patterns at its conv (value "res"), and the conv + BN pattern is
-# surveyed, its compiles sent (resnet50 on
-# the H200, 36th session: else the deciding pass sent 7 compiles itself and waited 2.2 s for them). (A node
-# dies with its graph; the survey's copy has nodes of its own.)
+# conv + BN site, which it then times. So a survey's residual pattern whose residual is a conv's output
+# (through a BN) rules out only the shorter residual patterns at its conv (value "res"): the conv + BN
+# pattern is surveyed and its compiles sent (resnet50 on the H200, 36th session: else the deciding pass sent
+# 7 compiles itself and waited 2.2 s for them). (A node dies with its graph; the survey's copy has nodes of
+# its own.)
 _lost_convs: "weakref.WeakKeyDictionary[torch.fx.Node, object]" = weakref.WeakKeyDictionary()
 
 
