@@ -36,7 +36,8 @@
 #                                       # each job sent to the workers timed and the compiled model timed; one
 #                                       # archive, $OUT/pairs.tgz
 #   bash scripts/gpu_session.sh fast_silu # issue 2: the dual GEMM's configs with the approximate-tanh SiLU epilogue
-#                                       # (kernels.linear_act.FAST_SILU) off and on, and its GPU test
+#                                       # (kernels.linear_act.FAST_SILU) off and on, its GPU test, and the
+#                                       # probes' compile-sharing GPU tests
 #   bash scripts/gpu_session.sh extra   # minilm-l6 (real weights: run scripts/carry_minilm.sh here first and
 #                                       # carry .carry), training steps, and a per-layer profile
 #   bash scripts/gpu_session.sh pair    # a 2-GPU machine (kind nvidia-h200-x2), each half of the cores pinned to
@@ -142,9 +143,11 @@ case "${1:-tests}" in
   fast_silu)
     # issue 2: the dual GEMM's SiLU from the GPU's approximate tanh (kernels.linear_act.FAST_SILU, 36th session,
     # off): every dual-GEMM config with it off and on at 8192x2048x8192 (rows: $OUT/gated-config-probe.jsonl),
-    # then its GPU test beside every TMA config's
+    # then its GPU test beside every TMA config's, and the 36th session's probe tests (a probe compiles nothing
+    # its sites do not)
     timeout 300 $PY scripts/gated_config_probe.py --fast-silu > "$out/fast_silu.txt" 2>&1; tail -14 "$out/fast_silu.txt"
-    timeout 150 $PY -m pytest tests/test_linear_act.py -k "fast_silu or every_tma_config" -q -p no:cacheprovider \
+    timeout 200 $PY -m pytest tests/test_linear_act.py tests/test_attention.py tests/test_norm_residual.py \
+      tests/test_conv_bn.py -k "fast_silu or every_tma_config or probe_compiles" -q -p no:cacheprovider \
       -rf --tb=short > "$out/fast_silu_tests.txt" 2>&1; tail -3 "$out/fast_silu_tests.txt" ;;
   extra)
     [ -d .carry/site ] && export PYTHONPATH=$PWD/.carry/site${PYTHONPATH:+:$PYTHONPATH}

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import tritonfuse
 from tritonfuse import config, registry
 from tritonfuse.kernels import attention as K
-from tests.utils import GraphOps, assert_close_to_ref, fresh
+from tests.utils import GraphOps, assert_close_to_ref, compiled_keys, fresh
 
 HAS_CUDA = torch.cuda.is_available()
 FP = [(torch.float16, 1e-3), (torch.bfloat16, 1e-2)]
@@ -864,3 +864,20 @@ def test_every_pattern_holds_a_batched_gemm_or_sdpa():
     assert all(pattern_ops(e.pattern) & anchors for e in entries)
     assert P.pattern_spec(frozenset({torch.ops.aten.mm.default})) is None
     assert P.pattern_spec(frozenset({torch.ops.aten.bmm.default})) == ()
+
+
+@pytest.mark.cuda
+def test_an_attention_probe_compiles_a_kernel_its_sites_compile_too(monkeypatch):
+    # a BERT-like site (sequence a multiple of 16, an additive key-padding mask) compiles its configs; the
+    # probe of its variant then compiles nothing of its own (before: 19 queries and 23 keys, a compile apart)
+    from tritonfuse import inline
+
+    q, k, v = (fresh(2, 2, 128, 64, dtype=torch.float16, device="cuda") for _ in range(3))
+    mask = fresh(2, 1, 1, 128, dtype=torch.float16, device="cuda")
+    tma = not inline.will_inline(torch.ops.tritonfuse.attention.default, q.device)  # as the probe decides
+    K._forward(q, k, v, mask, 0.125, False, store_lse=False, tma=tma)
+    kernel = K._attn_fwd_tma_kernel if tma else K._attn_fwd_kernel
+    site = compiled_keys(kernel)
+    monkeypatch.setattr(registry, "_failed", {})  # (run again though another test probed it)
+    assert K.probe("cuda", torch.float16, 64, "float16", False, False) is None
+    assert compiled_keys(kernel) == site

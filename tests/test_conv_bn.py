@@ -13,7 +13,7 @@ import triton
 
 import tritonfuse
 from tritonfuse.kernels import conv_bn as K
-from tests.utils import assert_close_to_ref, fresh
+from tests.utils import assert_close_to_ref, compiled_keys, fresh
 
 FAMILY = "conv_bn"
 ATOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
@@ -359,17 +359,6 @@ def test_every_1x1_tma_config_on_the_gpu():
         assert_close_to_ref(out, ref64, eager, atol=ATOL[torch.float16], what=f"config {cfg}")
 
 
-def _compiled_keys(kernel) -> set:
-    """The specialisations of ``kernel`` (through its autotuner) compiled in this process for the current GPU."""
-    jit = kernel
-    while not isinstance(jit, triton.runtime.jit.JITFunction):
-        jit = jit.fn
-    caches = getattr(jit, "device_caches", None)
-    if caches is None:
-        pytest.skip("this Triton keeps its compiled kernels elsewhere")
-    return set(caches[torch.cuda.current_device()][0])
-
-
 @pytest.mark.cuda
 def test_conv_strides_share_one_compiled_kernel():
     # the implicit-GEMM kernel is not specialised on the conv's stride: a 3x3 conv of stride 1 and one of
@@ -383,7 +372,7 @@ def test_conv_strides_share_one_compiled_kernel():
         out = K._launch_conv(x, w, *args, True, tma=False)
         ref64, eager = K.conv_bn_ref(x, w, *args, upcast=True), K.conv_bn_ref(x, w, *args)
         assert_close_to_ref(out, ref64, eager, atol=ATOL[torch.float16], what=f"stride {stride}")
-        counts.append(len(_compiled_keys(K._conv_bn_kernel)))
+        counts.append(len(compiled_keys(K._conv_bn_kernel)))
     assert counts[0] >= 1 and counts[1] == counts[0] and counts[2] == counts[0], counts
 
 
@@ -398,10 +387,10 @@ def test_a_conv_probe_compiles_a_kernel_its_sites_compile_too(monkeypatch):
         memory_format=torch.channels_last)
     _, p = _params(64, torch.float16, "cuda", 7)
     K._launch_conv(x, w, None, *p, None, [1, 1], [1, 1], 1e-5, "relu", "none", True, tma=False)
-    site = _compiled_keys(K._conv_bn_kernel)
+    site = compiled_keys(K._conv_bn_kernel)
     monkeypatch.setattr(registry, "_failed", {})  # (run again though another test probed it)
     assert K.probe("cuda", torch.float16, "conv_bn", (3, 3), False, False, True, False, "relu", "none") is None
-    assert _compiled_keys(K._conv_bn_kernel) == site
+    assert compiled_keys(K._conv_bn_kernel) == site
 
 
 @pytest.mark.cuda

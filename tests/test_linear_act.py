@@ -18,7 +18,7 @@ from tritonfuse import config, registry
 from tritonfuse.kernels import linear_act as K
 from tritonfuse.kernels.common import _apply_act
 
-from utils import GraphOps, assert_close_to_ref, fresh, pretend_gpu_timing, sqnr_db
+from utils import GraphOps, assert_close_to_ref, compiled_keys, fresh, pretend_gpu_timing, sqnr_db
 
 DTYPES = [(torch.float16, 1e-3), (torch.bfloat16, 1e-2), (torch.float32, 1e-5)]
 
@@ -1230,6 +1230,22 @@ def test_every_tma_config_on_the_gpu(gated):
         else:
             out = K._launch_linear(x, w1, b, "gelu", False, fixed=fixed)[0]
         assert_close_to_ref(out, ref64, eager, atol=1e-3, what=f"config {cfg}")
+
+
+@pytest.mark.cuda
+def test_a_linear_probe_compiles_a_kernel_its_sites_compile_too(monkeypatch):
+    # an inference GEMM + GELU site (sizes multiples of 16) compiles its configs; the probe of its variant then
+    # compiles nothing of its own (before: the pre-activation store and 19x40x24 sizes, a compile apart)
+    if K.TensorDescriptor is None or not K._hopper(torch.device("cuda")):
+        pytest.skip("the TMA kernels serve Hopper GPUs")
+    x = fresh(1024, 768, dtype=torch.float16, device="cuda")
+    w = fresh(3072, 768, dtype=torch.float16, device="cuda", scale=768 ** -0.5)
+    b = fresh(3072, dtype=torch.float16, device="cuda")
+    K._launch_linear(x, w, b, "gelu", False)
+    site = compiled_keys(K._linear_act_tma_kernel)
+    monkeypatch.setattr(registry, "_failed", {})  # (run again though another test probed it)
+    assert K.probe("cuda", torch.float16, "gelu", True, False) is None
+    assert compiled_keys(K._linear_act_tma_kernel) == site
 
 
 @pytest.mark.cuda

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import tritonfuse
 from tritonfuse import config
 from tritonfuse.kernels import norm_residual as K
-from utils import assert_close_to_ref, pretend_gpu_timing, sqnr_db
+from utils import assert_close_to_ref, compiled_keys, pretend_gpu_timing, sqnr_db
 from utils import fresh as _fresh
 
 # kernel checks run where the kernels run: the GPU when there is one, else the CPU interpreter
@@ -567,3 +567,18 @@ def test_every_pattern_holds_rsqrt_and_its_styles_ops():
     rms = {aten.rsqrt.default, aten.pow.Tensor_Scalar, aten.mean.dim}
     assert P.pattern_spec(frozenset(rms)) == (("hf", "fn", "hand", "t5"),)
     assert P.pattern_spec(frozenset(ln | rms)) == (P.STYLES,)
+
+
+@pytest.mark.cuda
+def test_a_norm_probe_compiles_a_kernel_its_sites_compile_too(monkeypatch):
+    # an add + LayerNorm site (rows a multiple of 16) compiles its kernel; the probe of its variant then
+    # compiles nothing of its own (before: 3 rows, a compile apart)
+    from tritonfuse import registry
+
+    x, r = (_fresh(256, 768, dtype=torch.float16, device="cuda") for _ in range(2))
+    w, b = (_fresh(768, dtype=torch.float16, device="cuda") for _ in range(2))
+    torch.ops.tritonfuse.norm_residual(x, r, w, b, 1e-5, "layer", True, False, False, False)
+    site = compiled_keys(K._norm_fwd_kernel)
+    monkeypatch.setattr(registry, "_failed", {})  # (run again though another test probed it)
+    assert K.probe("cuda", torch.float16, "layer", 768, True, True, True, True, False) is None
+    assert compiled_keys(K._norm_fwd_kernel) == site

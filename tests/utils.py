@@ -118,3 +118,17 @@ def pattern_ops(pattern) -> set:
 
     walk(pattern)
     return out
+
+
+def compiled_keys(kernel) -> set:
+    """The specialisations of ``kernel`` (through its autotuner) compiled in this process for the current GPU."""
+    import pytest
+    import triton
+
+    jit = kernel
+    while not isinstance(jit, triton.runtime.jit.JITFunction):
+        jit = jit.fn
+    caches = getattr(jit, "device_caches", None)
+    if caches is None:
+        pytest.skip("this Triton keeps its compiled kernels elsewhere")
+    return set(caches[torch.cuda.current_device()][0])
