@@ -15,8 +15,8 @@ import triton
 import triton.language as tl
 
 from tritonfuse import config, inline, registry
-from tritonfuse.kernels.common import (_apply_act, _m_bucket, autotune_kw, cast_out, cdiv, dot_upcast, host_desc,
-                                      rtne_bf16, tuned)
+from tritonfuse.kernels.common import (_apply_act, _m_bucket, autotune_kw, capability, cast_out, cdiv, dot_upcast,
+                                      host_desc, rtne_bf16, tuned)
 from tritonfuse.kernels.common import hopper as _hopper
 
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu", "quick_gelu")  # quick_gelu: x * sigmoid(1.702 x) (CLIP)
@@ -630,7 +630,7 @@ def _gated_act(act: str, x: torch.Tensor) -> str:
     """The ACT constexpr the TMA dual GEMM is launched with for ``act``."""
     if (FAST_SILU and act == "silu" and x.dtype == torch.bfloat16 and x.device.type == "cuda"
             and torch.version.hip is None and not registry.interpret_mode()
-            and torch.cuda.get_device_capability(x.device) >= (7, 5)):
+            and capability(x.device) >= (7, 5)):
         return "silu_tanh"
     return act
 

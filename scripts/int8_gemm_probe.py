@@ -20,13 +20,12 @@ import os
 import sys
 
 import torch
-import triton
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import bench_int8  # noqa: E402
 from probe_log import graph_ms, jsonl_log, run_meta  # noqa: E402
 
 from tritonfuse.kernels import int8 as Q  # noqa: E402
-from tritonfuse.kernels.common import host_desc  # noqa: E402
 
 SHAPES = "8192x8192x8192,4096x4096x4096,8192x14336x4096,512x11008x4096"
 
@@ -59,18 +58,7 @@ def label(cfg) -> str:
 
 
 def launch(cfg, xq, xs, wq, ws, out):
-    M, K = xq.shape
-    N = wq.shape[0]
-    kw = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-    descs = {"x_desc": host_desc(xq, [kw["BLOCK_M"], kw["BLOCK_K"]]),
-             "w_desc": host_desc(wq, [kw["BLOCK_N"], kw["BLOCK_K"]])}
-    tiles = triton.cdiv(M, kw["BLOCK_M"]) * triton.cdiv(N, kw["BLOCK_N"])
-    grid = (min(tiles, Q._num_sms(0)) if kw["PERSISTENT"] else tiles,)
-    Q._w8a8_tma_kernel.fn[grid](
-        descs["x_desc"], descs["w_desc"], descs["w_desc"], xs, ws, ws, ws, ws, out,
-        M, N, K, Q._m_bucket(M), out.stride(0), out.stride(1),
-        HAS_BIAS=False, ACT="none", GATED=False, RTNE_BF16=False, **kw)
-    return out
+    return bench_int8._launch("tma", cfg, xq, xs, wq, ws, out)  # the bench's direct launch of one config
 
 
 def _compile(i: int):
