@@ -1250,7 +1250,7 @@ def test_a_linear_probe_compiles_a_kernel_its_sites_compile_too(monkeypatch):
 
 @pytest.mark.cuda
 def test_fast_silu_epilogue_on_the_gpu(monkeypatch):
-    # K.FAST_SILU (off by default): the TMA dual GEMM's SiLU from the GPU's approximate tanh, for bf16 alone;
+    # K.FAST_SILU (on by default): the TMA dual GEMM's SiLU from the GPU's approximate tanh, for bf16 alone;
     # within the bf16 tolerance of fp64 over gate values that reach far into both tails (ragged M, N, K)
     if K.TensorDescriptor is None or not K._hopper(torch.device("cuda")):
         pytest.skip("the TMA kernels serve Hopper GPUs")
@@ -1269,12 +1269,20 @@ def test_fast_silu_epilogue_on_the_gpu(monkeypatch):
 
 def test_fast_silu_only_where_it_applies(monkeypatch):
     # the approximate-tanh SiLU is chosen only when switched on, for bf16 on a CUDA GPU; never under the
-    # interpreter (it runs no PTX)
-    x = torch.zeros(2, 2, dtype=torch.bfloat16)
-    assert K._gated_act("silu", x) == "silu"  # off by default
-    monkeypatch.setattr(K, "FAST_SILU", True)
+    # interpreter (it runs no PTX). CPU tensors named as such: on a GPU machine the suite's default device is CUDA
+    x = torch.randn(2, 2, dtype=torch.bfloat16, device="cpu")
+    assert K.FAST_SILU  # on by default
     assert K._gated_act("silu", x) == "silu"  # a CPU tensor
     assert K._gated_act("gelu", x) == "gelu"
+    # a stand-in for a bf16 CUDA tensor on a Hopper GPU outside the interpreter: chosen only while switched on
+    from types import SimpleNamespace
+    monkeypatch.setattr(K, "capability", lambda device: (9, 0))
+    monkeypatch.setattr(K.registry, "interpret_mode", lambda: False)
+    gpu = SimpleNamespace(dtype=torch.bfloat16, device=torch.device("cuda", 0))
+    assert K._gated_act("silu", gpu) == "silu_tanh" and K._gated_act("gelu", gpu) == "gelu"
+    assert K._gated_act("silu", SimpleNamespace(dtype=torch.float16, device=gpu.device)) == "silu"
+    monkeypatch.setattr(K, "FAST_SILU", False)
+    assert K._gated_act("silu", gpu) == "silu"
 
 
 @pytest.mark.cuda
