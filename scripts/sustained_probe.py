@@ -1,0 +1,89 @@
+"""Issue 2's SwiGLU shape timed two ways, with the GPU's SM clock and power sampled while each runs.
+
+``bench_linear_act.py`` times a provider with ``triton.testing.do_bench_cudagraph`` (a graph of about 300 ms of
+calls, replayed ten times: some 3 s at full load), the probes with ``probe_log.graph_ms`` (ten calls a graph,
+30 replays with a sync between: about 0.25 s). At 8192x2048x8192 the dual GEMM measured 0.787 ms the short way
+and 0.831 the long way in the 37th session, Inductor's path 0.938 and 0.942. This probe shows whether the
+difference is the clock the GPU holds under a sustained load (its power limit), by sampling
+``nvidia-smi --query-gpu=clocks.sm,power.draw`` every 50 ms during each timing.
+
+Run on a GPU:  python scripts/sustained_probe.py   (rows: $OUT/sustained-probe.jsonl)
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from probe_log import graph_ms, jsonl_log, run_meta  # noqa: E402
+
+from tritonfuse.kernels import linear_act  # noqa: E402,F401  (registers tritonfuse::gated_mlp)
+
+
+def sampled(fn):
+    """(result of fn(), median SM MHz, median W, max W) with nvidia-smi sampling every 50 ms meanwhile."""
+    smi = subprocess.Popen(["nvidia-smi", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits",
+                            "-lms", "50"], stdout=subprocess.PIPE, text=True)
+    try:
+        out = fn()
+    finally:
+        smi.terminate()
+        text = smi.communicate()[0]
+    samples = []
+    for line in text.splitlines():
+        try:
+            mhz, watts = (float(v) for v in line.split(","))
+            samples.append((mhz, watts))
+        except ValueError:
+            continue
+    if not samples:
+        return out, None, None, None
+    return (out, statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples),
+            max(s[1] for s in samples))
+
+
+def main() -> int:
+    import triton
+
+    log = jsonl_log("sustained-probe.jsonl")
+    meta = run_meta()
+    M, K, N = 8192, 2048, 8192
+    g = torch.Generator(device="cuda").manual_seed(M + 1)
+    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=g)
+    wg = torch.randn(N, K, device="cuda", dtype=torch.bfloat16, generator=g) / K**0.5
+    wu = torch.randn(N, K, device="cuda", dtype=torch.bfloat16, generator=g) / K**0.5
+
+    def fn(x, wg, wu):
+        return F.silu(F.linear(x, wg)) * F.linear(x, wu)
+
+    inductor = torch.compile(fn)
+    providers = {
+        "cublas": lambda: (torch.matmul(x, wg.t()), torch.matmul(x, wu.t())),
+        "inductor": lambda: inductor(x, wg, wu),
+        "tritonfuse": lambda: torch.ops.tritonfuse.gated_mlp(x, wg, wu, None, None, "silu"),
+    }
+    timers = {
+        "short (graph_ms)": lambda f: graph_ms(f),
+        "long (do_bench_cudagraph rep=300)": lambda f: triton.testing.do_bench_cudagraph(
+            f, rep=300, return_mode="median"),
+    }
+    flop = 2 * 2 * M * K * N
+    for rnd in range(2):
+        for tname, timer in timers.items():
+            for pname, f in providers.items():
+                f()
+                torch.cuda.synchronize()
+                ms, mhz, watts, peak = sampled(lambda: timer(f))
+                log(**meta, round=rnd, timer=tname, provider=pname, ms=ms, tflops=flop / ms / 1e9, sm_mhz=mhz,
+                    watts=watts, max_watts=peak)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
