@@ -793,9 +793,14 @@ def test_cuda_first_compile_surveys_its_sites_before_timing(tmp_path, monkeypatc
         out = _compile_run(model, x)
     launch.drain_sends()
     timed = registry.compile_time()["timed"]
+    # cuBLASLt's fused epilogue against Inductor's path (linear_act.measure_lt) is timed with nothing of ours
+    # to compile, so the survey sends nothing for it: here the fc site's (a fresh cache: every kept record is
+    # this compile's)
+    vendor_only = sum(k.startswith("linear_lt|") for k in registry._load_choices())
+    assert vendor_only == 1, sorted(registry._load_choices())
     # (the survey may also meet a key the deciding pass does not time: a pattern tried on a site that an
     # earlier family replaced there, and not here)
-    assert timed >= 2 and registry.surveyed() >= timed, tritonfuse.report()
+    assert timed - vendor_only >= 2 and registry.surveyed() >= timed - vendor_only, tritonfuse.report()
     left = sorted(name for name, specs in launch._ahead.items() for _ in specs)
     assert "_conv_bn_kernel" in sent and len(left) < len(sent), (sorted(sent), left)
     assert not registry.errors(), registry.errors()
