@@ -7,11 +7,17 @@ and 0.831 the long way in the 37th session, Inductor's path 0.938 and 0.942. Thi
 difference is the clock the GPU holds under a sustained load (its power limit), by sampling
 ``nvidia-smi --query-gpu=clocks.sm,power.draw`` every 50 ms during each timing.
 
-Run on a GPU:  python scripts/sustained_probe.py   (rows: $OUT/sustained-probe.jsonl)
+Run on a GPU:  python scripts/sustained_probe.py [--group-m 8,16,32]   (rows: $OUT/sustained-probe.jsonl)
+
+``--group-m``: the shipped 128x256 config launched alone with each GROUP_M, the long way only, beside Inductor.
+At the power limit energy sets the clock: a wave of 132 tiles reads GROUP_M row panels of x (0.5 MB each) and
+132 / GROUP_M weight panels (1 MB each), and the whole 64 MB weight is read from DRAM once a group (8 times
+at GROUP_M=8, 4 at 16): about 544 against 288 MB of DRAM reads a call.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import subprocess
@@ -51,6 +57,9 @@ def sampled(fn):
 def main() -> int:
     import triton
 
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--group-m", default="", help="comma list of GROUP_M values for the shipped config")
+    args = ap.parse_args()
     log = jsonl_log("sustained-probe.jsonl")
     meta = run_meta()
     M, K, N = 8192, 2048, 8192
@@ -74,6 +83,26 @@ def main() -> int:
             f, rep=300, return_mode="median"),
     }
     flop = 2 * 2 * M * K * N
+    if args.group_m:
+        from tritonfuse.kernels import linear_act as K_
+
+        cfg = K_._TMA_GATED_ALL[0]  # the shipped 128x256x64, 3 stages, 8 warps
+        ref = providers["inductor"]()
+        variants = {"inductor": providers["inductor"]}
+        for gm in (int(v) for v in args.group_m.split(",")):
+            fixed = {**cfg.kwargs, "GROUP_M": gm, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+            f = (lambda fixed: lambda: K_._launch_gated(x, wg, wu, None, None, "silu", fixed=fixed))(fixed)
+            err = (f().float() - ref.float()).abs().max().item()
+            variants[f"GROUP_M={gm}"] = f
+            log(**meta, check=f"GROUP_M={gm}", max_abs_diff_vs_inductor=err)
+        for rnd in range(2):
+            for name, f in variants.items():
+                f()
+                torch.cuda.synchronize()
+                ms, mhz, watts, peak = sampled(lambda: timers["long (do_bench_cudagraph rep=300)"](f))
+                log(**meta, round=rnd, timer="long", provider=name, ms=ms, tflops=flop / ms / 1e9, sm_mhz=mhz,
+                    watts=watts, max_watts=peak)
+        return 0
     for rnd in range(2):
         for tname, timer in timers.items():
             for pname, f in providers.items():
