@@ -136,8 +136,18 @@ def _set_gated_blocks(nargs):
 
 def _gated_tma_cfg(bm, bk, stages, warps, occ=1):
     # BLOCK_N is the gate+up tile: always GATED_HALF rows of each weight
-    return _persistent_cfg({"BLOCK_M": bm, "BLOCK_N": 2 * GATED_HALF, "BLOCK_K": bk, "GROUP_M": 8}, stages, warps,
-                           _set_gated_blocks, occ)
+    return _persistent_cfg({"BLOCK_M": bm, "BLOCK_N": 2 * GATED_HALF, "BLOCK_K": bk, "GROUP_M": GATED_GROUP_M},
+                           stages, warps, _set_gated_blocks, occ)
+
+
+# Row tiles a group of the dual GEMM's tile order covers. A group reads the whole weight from DRAM once (at
+# 8192x2048x8192: 64 MB, 8 times at GROUP_M=8, twice at 32), and a wave of 132 tiles reads GROUP_M row panels
+# of x (128 x K) and 132 / GROUP_M weight panels (256 x K). At the GPU's power limit, where a GEMM this size
+# runs (timed the long way, do_bench_cudagraph: 690 W, 1.5 GHz), fewer DRAM bytes are a faster clock: H200,
+# scripts/sustained_probe.py --group-m 8,16,32,64 at 3075ca4, 0.834 / 0.821-0.827 / 0.820-0.821 / 0.868 ms
+# (64: every row tile in one group, x read again every wave). At M <= 4096 (32 row tiles or fewer) a group is
+# every row tile, whose waves read about the bytes GROUP_M=8's do.
+GATED_GROUP_M = 32
 
 
 GATED_HALF = 128  # output columns per tile of the dual GEMM (rows of wg, then as many of wu)
