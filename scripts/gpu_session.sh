@@ -143,8 +143,8 @@ case "${1:-tests}" in
   fast_silu)
     # issue 2: the dual GEMM's SiLU from the GPU's approximate tanh (kernels.linear_act.FAST_SILU, on since the
     # 37th session): every dual-GEMM config with it off and on at 8192x2048x8192 (rows:
-    # $OUT/gated-config-probe.jsonl), then its GPU test beside every TMA config's, and the 36th session's probe tests (a probe compiles nothing
-    # its sites do not)
+    # $OUT/gated-config-probe.jsonl), then its GPU test beside every TMA config's, and the 36th session's probe
+    # tests (a probe compiles nothing its sites do not)
     timeout 300 $PY scripts/gated_config_probe.py --fast-silu > "$out/fast_silu.txt" 2>&1; tail -14 "$out/fast_silu.txt"
     timeout 200 $PY -m pytest tests/test_linear_act.py tests/test_attention.py tests/test_norm_residual.py \
       tests/test_conv_bn.py -k "fast_silu or every_tma_config or probe_compiles" -q -p no:cacheprovider \
