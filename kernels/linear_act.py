@@ -146,7 +146,7 @@ def _gated_tma_cfg(bm, bk, stages, warps, occ=1):
 # runs (timed the long way, do_bench_cudagraph: 690 W, 1.5 GHz), fewer DRAM bytes are a faster clock: H200,
 # scripts/sustained_probe.py --group-m 8,16,32,64 at 3075ca4, 0.834 / 0.821-0.827 / 0.820-0.821 / 0.868 ms
 # (64: every row tile in one group, x read again every wave). At M <= 4096 (32 row tiles or fewer) a group is
-# every row tile, whose waves read about the bytes GROUP_M=8's do.
+# every row tile, whose waves read, by this count, about as many bytes as GROUP_M=8's (not timed there).
 GATED_GROUP_M = 32
 
 
