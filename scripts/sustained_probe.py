@@ -7,7 +7,8 @@ and 0.831 the long way in the 37th session, Inductor's path 0.938 and 0.942. Thi
 difference is the clock the GPU holds under a sustained load (its power limit), by sampling
 ``nvidia-smi --query-gpu=clocks.sm,power.draw`` every 50 ms during each timing.
 
-Run on a GPU:  python scripts/sustained_probe.py [--group-m 8,16,32]   (rows: $OUT/sustained-probe.jsonl)
+Run on a GPU:  python scripts/sustained_probe.py [--shape MxKxN] [--group-m 8,16,32]
+(rows: $OUT/sustained-probe.jsonl)
 
 ``--group-m``: the shipped 128x256 config launched alone with each GROUP_M, the long way only, beside Inductor.
 At the power limit energy sets the clock: a wave of 132 tiles reads GROUP_M row panels of x (0.5 MB each) and
@@ -59,10 +60,12 @@ def main() -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--group-m", default="", help="comma list of GROUP_M values for the shipped config")
+    ap.add_argument("--shape", default="8192x2048x8192", help="MxKxN (the GROUP_M of 88b805a was chosen at the "
+                    "default; 4096x4096x11008 and 4096x2048x8192 have 32 row tiles, one group at GROUP_M=32)")
     args = ap.parse_args()
     log = jsonl_log("sustained-probe.jsonl")
-    meta = run_meta()
-    M, K, N = 8192, 2048, 8192
+    meta = {**run_meta(), "shape": args.shape}
+    M, K, N = (int(v) for v in args.shape.split("x"))
     g = torch.Generator(device="cuda").manual_seed(M + 1)
     x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=g)
     wg = torch.randn(N, K, device="cuda", dtype=torch.bfloat16, generator=g) / K**0.5
