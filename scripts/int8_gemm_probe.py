@@ -9,6 +9,8 @@ from replayed CUDA graphs (``probe_log.graph_ms``). Each output is checked again
 ``$OUT/int8-gemm-probe.jsonl``.
 
 Run on a GPU:  python scripts/int8_gemm_probe.py [--shapes 8192x8192x8192,...]  (MxNxK)
+               python scripts/int8_gemm_probe.py --shapes 16384x3072x768 --act gelu --bias --dtype float16
+               (BERT's up-projection: bias and exact GELU in the epilogue, fp16 out, as int8 mode runs it)
 """
 
 from __future__ import annotations
@@ -42,6 +44,15 @@ def candidates() -> list:
         out.append(c(256, 128, 128, 3, 8, group=g))
     out.append(c(128, 256, 128, 3, 8, flatten=False))
     out.append(c(128, 256, 128, 4, 8, persistent=False, flatten=False))
+    # one tile per program, small enough that two or three programs share an SM: one's epilogue runs while
+    # another's main loop does (a persistent program's epilogue leaves the tensor cores idle; at K=768 the
+    # epilogue is a large share of a tile's time)
+    for bm, bn, bk, st, w in [(128, 128, 128, 2, 4), (128, 128, 128, 3, 4), (128, 128, 128, 2, 8),
+                              (128, 128, 128, 3, 8), (128, 128, 64, 4, 4), (128, 128, 64, 3, 8),
+                              (128, 256, 128, 2, 8), (64, 256, 128, 3, 4), (128, 64, 128, 3, 4)]:
+        out.append(c(bm, bn, bk, st, w, persistent=False, flatten=False))
+    out.append(c(128, 128, 128, 3, 4))
+    out.append(c(128, 128, 128, 3, 8, subtile=True))
     seen, uniq = set(), []
     for cfg in out:
         key = (tuple(sorted(cfg.kwargs.items())), cfg.num_warps, cfg.num_stages)
@@ -57,17 +68,20 @@ def label(cfg) -> str:
     return f"{k['BLOCK_M']}x{k['BLOCK_N']}x{k['BLOCK_K']} s{cfg.num_stages} w{cfg.num_warps} g{k['GROUP_M']}{flags}"
 
 
-def launch(cfg, xq, xs, wq, ws, out):
-    return bench_int8._launch("tma", cfg, xq, xs, wq, ws, out)  # the bench's direct launch of one config
+def launch(cfg, xq, xs, wq, ws, out, act="none", bias=None):
+    # the bench's direct launch of one config
+    return bench_int8._launch("tma", cfg, xq, xs, wq, ws, out, act=act, bias=bias)
 
 
-def _compile(i: int):
+def _compile(job):
+    i, act, has_bias, dtype = job
     try:
         cfg = candidates()[i]
         xq = torch.randint(-127, 128, (512, 512), device="cuda", dtype=torch.int8)
         wq = torch.randint(-127, 128, (512, 512), device="cuda", dtype=torch.int8)
         s = torch.ones(512, device="cuda")
-        launch(cfg, xq, s, wq, s, torch.empty(512, 512, device="cuda", dtype=torch.bfloat16))
+        b = torch.zeros(512, device="cuda", dtype=dtype) if has_bias else None
+        launch(cfg, xq, s, wq, s, torch.empty(512, 512, device="cuda", dtype=dtype), act, b)
         torch.cuda.synchronize()
         return i, None
     except Exception as e:  # noqa: BLE001 - a config that does not fit: reported, skipped
@@ -77,12 +91,18 @@ def _compile(i: int):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default=SHAPES)
+    ap.add_argument("--act", default="none", help="the epilogue's activation (gelu: BERT's up-projection)")
+    ap.add_argument("--bias", action="store_true", help="a bias in the epilogue")
+    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16"), help="x's and out's dtype")
     args = ap.parse_args(argv)
+    dtype = getattr(torch, args.dtype)
+    act = args.act
     log = jsonl_log("int8-gemm-probe.jsonl")
     meta = run_meta()
     cfgs = candidates()
     with cf.ProcessPoolExecutor(max_workers=min(16, len(cfgs)), mp_context=mp.get_context("spawn")) as pool:
-        failed = {i: err for i, err in pool.map(_compile, range(len(cfgs))) if err}
+        jobs = [(i, act, args.bias, dtype) for i in range(len(cfgs))]
+        failed = {i: err for i, err in pool.map(_compile, jobs) if err}
     for i, err in failed.items():
         log(**meta, variant=label(cfgs[i]), error=err)
     torch.manual_seed(0)
@@ -91,16 +111,25 @@ def main(argv=None) -> int:
         ops = 2.0 * M * N * K
 
         def emit(variant, ms, **kw):
-            log(**meta, shape=shape, variant=variant, ms=ms, tops=ops / ms / 1e9, **kw)
+            log(**meta, shape=shape, act=act, bias=args.bias, dtype=args.dtype, variant=variant, ms=ms,
+                tops=ops / ms / 1e9, **kw)
 
-        x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
-        w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) * K ** -0.5
+        x = torch.randn(M, K, device="cuda", dtype=dtype)
+        w = torch.randn(N, K, device="cuda", dtype=dtype) * K ** -0.5
+        b = torch.randn(N, device="cuda", dtype=dtype) if args.bias else None
         xq, xs = Q.quant_rows(x)
         wq, ws = Q.quantize_weight(w)
         ref = torch._int_mm(xq, wq.t()).double() * xs.double()[:, None] * ws.double()[None, :]
-        tol = 2 * ref.abs().max().item() * 2.0 ** -8
+        if b is not None:
+            ref += b.double()
+        ref = {"none": ref, "gelu": torch.nn.functional.gelu(ref)}[act]
+        tol = 2 * ref.abs().max().item() * (2.0 ** -8 if dtype == torch.bfloat16 else 2.0 ** -11)
         emit("torch._int_mm", graph_ms(lambda: torch._int_mm(xq, wq.t())))
-        emit("cublas bf16", graph_ms(lambda: torch.matmul(x, w.t())))
+        emit(f"cublas {args.dtype}", graph_ms(lambda: torch.matmul(x, w.t())))
+        if act != "none" or b is not None:  # cuBLASLt's fused epilogue: what the float backend and Inductor run
+            lt = torch.zeros(N, device="cuda", dtype=dtype) if b is None else b
+            emit(f"cublasLt {args.dtype} addmm+{act}", graph_ms(lambda: torch._addmm_activation(
+                lt, x, w.t(), use_gelu=act == "gelu")))
         try:
             a8, b8 = x.to(torch.float8_e4m3fn), w.to(torch.float8_e4m3fn)
             one = torch.ones((), device="cuda")
@@ -109,21 +138,21 @@ def main(argv=None) -> int:
                     a8, b8.t(), one, one, out_dtype=torch.bfloat16, use_fast_accum=fast)))
         except Exception as e:  # noqa: BLE001 - no fp8 GEMM in this build: say so, go on
             log(**meta, shape=shape, variant="cublas fp8", error=f"{type(e).__name__}: {str(e)[:160]}")
-        emit("shipped autotuned", graph_ms(lambda: Q._w8a8(xq, xs, wq, ws, None, "none", torch.bfloat16)),
+        emit("shipped autotuned", graph_ms(lambda: Q._w8a8(xq, xs, wq, ws, b, act, dtype)),
              best=str(Q._w8a8_tma_kernel.best_config))
-        out = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
+        out = torch.empty(M, N, device="cuda", dtype=dtype)
         for i, cfg in enumerate(cfgs):
             if i in failed:
                 continue
             try:
                 out.normal_()
-                launch(cfg, xq, xs, wq, ws, out)
+                launch(cfg, xq, xs, wq, ws, out, act, b)
                 err = (out.double() - ref).abs().max().item()
-                ms = graph_ms(lambda: launch(cfg, xq, xs, wq, ws, out))
+                ms = graph_ms(lambda: launch(cfg, xq, xs, wq, ws, out, act, b))
                 emit(label(cfg), ms, err=err, ok=err <= tol, shipped=i < len(Q._W8A8_TMA_CONFIGS))
             except Exception as e:  # noqa: BLE001
                 log(**meta, shape=shape, variant=label(cfg), error=f"{type(e).__name__}: {str(e)[:160]}")
-        del x, w, xq, xs, wq, ws, ref, out
+        del x, w, b, xq, xs, wq, ws, ref, out
         torch.cuda.empty_cache()
     return 0
 
