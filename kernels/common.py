@@ -68,6 +68,9 @@ def _apply_act(x, ACT: tl.constexpr):
         inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)
         # tanh(y) = 2*sigmoid(2y) - 1, stable at both ends
         x = 0.5 * x * (1.0 + (2.0 * tl.sigmoid(2.0 * inner) - 1.0))
+    elif ACT == "gelu_fast":  # the tanh form on the special-function unit's tanh: one op, GPU only
+        inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+        x = 0.5 * x + 0.5 * x * _tanh_approx(inner)
     elif ACT == "silu":
         x = x * tl.sigmoid(x)
     elif ACT == "silu_tanh":  # x sigmoid(x) = h + h tanh(h), h = x/2: one special-function op, not two

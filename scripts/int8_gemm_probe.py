@@ -91,7 +91,9 @@ def _compile(job):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default=SHAPES)
-    ap.add_argument("--act", default="none", help="the epilogue's activation (gelu: BERT's up-projection)")
+    ap.add_argument("--only", default="", help="comma list of candidate labels to time (default: all)")
+    ap.add_argument("--act", default="none", help="the epilogue's activation (gelu: BERT's up-projection; "
+                    "gelu_fast: its tanh form on the GPU's tanh.approx)")
     ap.add_argument("--bias", action="store_true", help="a bias in the epilogue")
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16"), help="x's and out's dtype")
     args = ap.parse_args(argv)
@@ -101,7 +103,8 @@ def main(argv=None) -> int:
     meta = run_meta()
     cfgs = candidates()
     with cf.ProcessPoolExecutor(max_workers=min(16, len(cfgs)), mp_context=mp.get_context("spawn")) as pool:
-        jobs = [(i, act, args.bias, dtype) for i in range(len(cfgs))]
+        jobs = [(i, act, args.bias, dtype) for i in range(len(cfgs))
+                if not args.only or label(cfgs[i]) in args.only.split(",")]
         failed = {i: err for i, err in pool.map(_compile, jobs) if err}
     for i, err in failed.items():
         log(**meta, variant=label(cfgs[i]), error=err)
@@ -122,14 +125,15 @@ def main(argv=None) -> int:
         ref = torch._int_mm(xq, wq.t()).double() * xs.double()[:, None] * ws.double()[None, :]
         if b is not None:
             ref += b.double()
-        ref = {"none": ref, "gelu": torch.nn.functional.gelu(ref)}[act]
+        ref = {"none": ref, "gelu": torch.nn.functional.gelu(ref),
+               "gelu_fast": torch.nn.functional.gelu(ref, approximate="tanh")}[act]
         tol = 2 * ref.abs().max().item() * (2.0 ** -8 if dtype == torch.bfloat16 else 2.0 ** -11)
         emit("torch._int_mm", graph_ms(lambda: torch._int_mm(xq, wq.t())))
         emit(f"cublas {args.dtype}", graph_ms(lambda: torch.matmul(x, w.t())))
         if act != "none" or b is not None:  # cuBLASLt's fused epilogue: what the float backend and Inductor run
             lt = torch.zeros(N, device="cuda", dtype=dtype) if b is None else b
             emit(f"cublasLt {args.dtype} addmm+{act}", graph_ms(lambda: torch._addmm_activation(
-                lt, x, w.t(), use_gelu=act == "gelu")))
+                lt, x, w.t(), use_gelu=act.startswith("gelu"))))
         try:
             a8, b8 = x.to(torch.float8_e4m3fn), w.to(torch.float8_e4m3fn)
             one = torch.ones((), device="cuda")
@@ -138,11 +142,12 @@ def main(argv=None) -> int:
                     a8, b8.t(), one, one, out_dtype=torch.bfloat16, use_fast_accum=fast)))
         except Exception as e:  # noqa: BLE001 - no fp8 GEMM in this build: say so, go on
             log(**meta, shape=shape, variant="cublas fp8", error=f"{type(e).__name__}: {str(e)[:160]}")
-        emit("shipped autotuned", graph_ms(lambda: Q._w8a8(xq, xs, wq, ws, b, act, dtype)),
-             best=str(Q._w8a8_tma_kernel.best_config))
+        if act in Q.ACTIVATIONS:
+            emit("shipped autotuned", graph_ms(lambda: Q._w8a8(xq, xs, wq, ws, b, act, dtype)),
+                 best=str(Q._w8a8_tma_kernel.best_config))
         out = torch.empty(M, N, device="cuda", dtype=dtype)
         for i, cfg in enumerate(cfgs):
-            if i in failed:
+            if i in failed or (args.only and label(cfg) not in args.only.split(",")):
                 continue
             try:
                 out.normal_()
