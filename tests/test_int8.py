@@ -574,6 +574,47 @@ def test_int32_accumulation_matches_int_mm_gpu(M, K, N):
     _int_mm_check(M, K, N, "cuda", use_tma=False)
 
 
+def test_fast_gelu_only_where_it_applies(monkeypatch):
+    # the int8 kernels' GELU epilogues (exact and tanh) run as the tanh form on the GPU's approximate tanh
+    # (Q.FAST_GELU) on a CUDA GPU outside the interpreter, which runs no PTX; every other activation as asked
+    cpu = torch.device("cpu")  # (on a GPU machine the suite's default device is CUDA: named here)
+    assert Q.FAST_GELU  # on by default
+    assert Q._epilogue_act("gelu", cpu) == "gelu" and Q._epilogue_act("gelu_tanh", cpu) == "gelu_tanh"
+    # a stand-in for a Hopper GPU outside the interpreter
+    monkeypatch.setattr(Q, "capability", lambda device: (9, 0))
+    monkeypatch.setattr(Q.registry, "interpret_mode", lambda: False)
+    gpu = torch.device("cuda", 0)
+    assert Q._epilogue_act("gelu", gpu) == "gelu_fast" and Q._epilogue_act("gelu_tanh", gpu) == "gelu_fast"
+    others = ("none", "relu", "silu", "quick_gelu")
+    assert [Q._epilogue_act(a, gpu) for a in others] == list(others)
+    monkeypatch.setattr(Q, "capability", lambda device: (7, 0))  # no tanh.approx before sm_75
+    assert Q._epilogue_act("gelu", gpu) == "gelu"
+    monkeypatch.setattr(Q, "capability", lambda device: (9, 0))
+    monkeypatch.setattr(Q.registry, "interpret_mode", lambda: True)
+    assert Q._epilogue_act("gelu", gpu) == "gelu"
+    monkeypatch.setattr(Q.registry, "interpret_mode", lambda: False)
+    monkeypatch.setattr(Q, "FAST_GELU", False)
+    assert Q._epilogue_act("gelu", gpu) == "gelu"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode,rows", [("int8", 300), ("int8-weight", 300), ("int8-weight", 16)])
+def test_fast_gelu_epilogue_on_the_gpu(mode, rows):
+    # the GELU epilogue of the W8A8, weight-only and decode kernels (Q.FAST_GELU) over pre-activations that
+    # reach +-12, against fp64 of the same quantized operands with the exact GELU (it differs from the tanh
+    # form by at most 4.7e-4), and the layer's SQNR gate against the float layer
+    torch.manual_seed(0)
+    x = fresh(rows, 264, dtype=torch.float16, device="cuda")
+    w = fresh(392, 264, dtype=torch.float16, device="cuda", scale=0.25)
+    b = fresh(392, dtype=torch.float16, device="cuda")
+    assert Q._epilogue_act("gelu", x.device) == "gelu_fast"
+    assert (x.float() @ w.float().t()).abs().max() > 8
+    y = torch.ops.tritonfuse.int8_linear(x, w, b, "gelu", mode)
+    _check_kernel(y, _quant_ref(x, w, b, "gelu", mode), torch.float16, f"fast GELU [{mode}, {rows} rows]")
+    s = sqnr_db(_float_layer(x, w, b, "gelu"), y)
+    assert s >= MIN_SQNR[mode], f"fast GELU {mode}: SQNR {s:.1f} dB < {MIN_SQNR[mode]}"
+
+
 def test_tma_failure_falls_back_to_pointer_kernel(monkeypatch, device):
     # a Triton build whose TMA kernel does not compile: one warning, then the pointer kernel serves
     x = fresh(40, 64, dtype=torch.float16, device=device)
