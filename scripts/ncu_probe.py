@@ -48,11 +48,12 @@ def setups(names):
         part = torch.empty(8 * 16 * 4096, device=dev, dtype=torch.float32)
         count = torch.zeros(1024, device=dev, dtype=torch.int32)
         sink = torch.empty(4096, device=dev, dtype=torch.int32)
-        out["decode-op"] = lambda: Q._weight_only(x, wq, ws, None, "none")
+        # (default arguments bind this case's tensors: the int8 cases below reuse the names)
+        out["decode-op"] = lambda x=x, wq=wq, ws=ws: Q._weight_only(x, wq, ws, None, "none")
         out["decode-64x128"] = decode_launch(x, wq, ws, o, part, count, 64, 128, 4, 4, 4)
-        out["stream"] = lambda: _stream_kernel[(1024,)](wq.view(torch.int32), sink, CHUNK=4096, BLOCK=1024,
-                                                       num_warps=8, num_stages=3)
-        out["cublas-decode"] = lambda: F.linear(x, w)
+        out["stream"] = lambda wq=wq: _stream_kernel[(1024,)](wq.view(torch.int32), sink, CHUNK=4096, BLOCK=1024,
+                                                             num_warps=8, num_stages=3)
+        out["cublas-decode"] = lambda x=x, w=w: F.linear(x, w)
     if any(n.startswith("attn") for n in names):
         q, k, v = (torch.randn(8, 16, 4096, 128, device=dev, dtype=torch.float16, generator=g) for _ in range(3))
         out["attn-fwd"] = lambda: torch.ops.tritonfuse.attention(q, k, v, None, 128 ** -0.5, False)
