@@ -1,0 +1,269 @@
+"""Can an int8 GEMM hand its output to the next int8 GEMM already quantized? Issue 7's BERT MLP, timed.
+
+In int8 mode BERT's down-projection (16384x768x3072) runs slower than cuBLAS's fp16 GEMM (0.113-0.121 against
+0.106 ms, 38th session): its GEMM alone takes 0.065, the rest is the row kernel quantizing its 16384x3072 fp16
+input, which the up-projection has just written. Per-token scales need a whole row (3072 values, spread over
+a row of the up-projection's tiles), so the up-projection cannot quantize its own output per token. It can
+per token and group of QG columns (its tile holds whole groups): it writes int8 and scales [M, N / QG].
+The down-projection then takes its activation scales per row and K group: it sums each group's int32
+products apart and adds them to an fp32 accumulator times the group's scale. The int32 -> fp32 conversion
+of every group is the price: done as an integer add and an fp32 subtract of 1.5 * 2^23 (``MAGIC``; exact
+while |sum| < 2^22, which holds for groups of up to 256: 256 * 127^2 < 2^22) rather than I2F, which sm_90
+runs at a quarter of the rate.
+
+Timed side by side from CUDA graphs (MxNxK = M x hidden x ffn), fp16:
+- ``float``: cuBLASLt's GEMM + bias + GELU, then cuBLAS's GEMM + bias (what the float backend runs);
+- ``int8 now``: the shipped W8A8 op with its GELU epilogue (fp16 out), the row kernel, the W8A8 op again;
+- ``int8 handoff``: this probe's producer (W8A8 + bias + GELU, int8 + group scales out) and consumer.
+Each path's output against the fp32 float computation (SQNR, dB).
+
+    python3 scripts/int8_handoff_probe.py [--shape 16384x768x3072]
+    TRITON_INTERPRET=1 python3 scripts/int8_handoff_probe.py --check   # both kernels against fp64 on the CPU
+
+Rows: $OUT/int8-handoff-probe.jsonl. Written in the 38th session; a probe, not wired into the backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from tritonfuse.kernels import int8 as Q  # noqa: E402
+from tritonfuse.kernels.common import _apply_act  # noqa: E402
+from tritonfuse.kernels.linear_act import _tile_ids  # noqa: E402
+
+MAGIC_BIAS = 0x4B400000  # the bits of 1.5 * 2^23: int32 v + these bits, read as fp32, is 1.5 * 2^23 + v
+
+
+@triton.jit
+def _producer_kernel(x_desc, w_desc, xs_ptr, ws_ptr, b_ptr, q_ptr, s_ptr, M, N, K, ACT: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, QG: tl.constexpr,
+                     GROUP_M: tl.constexpr):
+    # act(x @ w^T * xs ws + b) for int8 x [M, K] (row scales xs) and w [N, K] (channel scales ws), written as
+    # int8 q [M, N] with one scale per row and group of QG columns, s [M, cdiv(N, QG)] (NaN where the group
+    # holds NaN/Inf, whose q are 0; 0 for an all-zero group). QG divides BLOCK_N
+    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    off_m = pid_m * BLOCK_M
+    off_n = pid_n * BLOCK_N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for ki in range(tl.cdiv(K, BLOCK_K)):
+        a = x_desc.load([off_m, ki * BLOCK_K])
+        acc = tl.dot(a, w_desc.load([off_n, ki * BLOCK_K]).T, acc, out_dtype=tl.int32)
+    offs_m = off_m + tl.arange(0, BLOCK_M)
+    offs_n = off_n + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    y = acc.to(tl.float32) * tl.load(xs_ptr + offs_m, mask=m_ok, other=0.0)[:, None]
+    y = y * tl.load(ws_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
+    y += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    y = tl.where(n_ok[None, :], _apply_act(y, ACT), 0.0)  # columns past N count toward no group's amax
+    G: tl.constexpr = BLOCK_N // QG
+    y3 = tl.reshape(y, (BLOCK_M, G, QG))
+    amax = tl.max(tl.abs(y3), axis=2)
+    bad = tl.sum(y3 * 0.0, axis=2)  # NaN exactly where the group holds NaN or +-Inf
+    q = tl.reshape(Q._quant_row_values(y3, amax[:, :, None], bad[:, :, None]), (BLOCK_M, BLOCK_N))
+    tl.store(q_ptr + offs_m[:, None] * N + offs_n[None, :], q, mask=m_ok[:, None] & n_ok[None, :])
+    groups = tl.cdiv(N, QG)
+    offs_g = pid_n * G + tl.arange(0, G)
+    tl.store(s_ptr + offs_m[:, None] * groups + offs_g[None, :], amax / 127.0 + bad,
+             mask=m_ok[:, None] & (offs_g < groups)[None, :])
+
+
+@triton.jit
+def _consumer_kernel(x_desc, w_desc, xs_ptr, ws_ptr, b_ptr, out_ptr, M, N, K, stride_om, ACT: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, AG: tl.constexpr,
+                     GROUP_M: tl.constexpr, MAGIC: tl.constexpr):
+    # act(sum over K groups g of (x_g @ w_g^T) xs[:, g] ws + b) for int8 x [M, K] with scales xs
+    # [M, cdiv(K, AG)] per row and group of AG columns (AG a multiple of BLOCK_K) and int8 w [N, K]
+    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    off_m = pid_m * BLOCK_M
+    off_n = pid_n * BLOCK_N
+    offs_m = off_m + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < M
+    groups = tl.cdiv(K, AG)
+    acc_f = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for g in range(groups):
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for j in tl.static_range(AG // BLOCK_K):
+            off_k = g * AG + j * BLOCK_K
+            acc = tl.dot(x_desc.load([off_m, off_k]), w_desc.load([off_n, off_k]).T, acc, out_dtype=tl.int32)
+        if MAGIC:  # exact for |acc| < 2^22: two full-rate ops instead of a quarter-rate I2F
+            accf = (acc + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
+        else:
+            accf = acc.to(tl.float32)
+        acc_f += accf * tl.load(xs_ptr + offs_m * groups + g, mask=m_ok, other=0.0)[:, None]
+    offs_n = off_n + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    y = acc_f * tl.load(ws_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
+    y += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    y = _apply_act(y, ACT)
+    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], y.to(out_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
+
+
+def producer(xq, xs, wq, ws, b, act, qg, bm, bn, bk, stages, warps):
+    M, K = xq.shape
+    N = wq.shape[0]
+    q = torch.empty(M, N, device=xq.device, dtype=torch.int8)
+    s = torch.empty(M, triton.cdiv(N, qg), device=xq.device, dtype=torch.float32)
+    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
+    _producer_kernel[grid](TensorDescriptor.from_tensor(xq, [bm, bk]), TensorDescriptor.from_tensor(wq, [bn, bk]),
+                           xs, ws, b, q, s, M, N, K, ACT=act, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, QG=qg, GROUP_M=8,
+                           num_stages=stages, num_warps=warps)
+    return q, s
+
+
+def consumer(q, s, ag, wq, ws, b, act, out_dtype, bm, bn, bk, stages, warps, magic=True):
+    M, K = q.shape
+    N = wq.shape[0]
+    if magic and ag > 256:
+        raise ValueError("MAGIC converts int32 sums exactly only for groups of up to 256 (|sum| < 2^22)")
+    out = torch.empty(M, N, device=q.device, dtype=out_dtype)
+    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
+    _consumer_kernel[grid](TensorDescriptor.from_tensor(q, [bm, bk]), TensorDescriptor.from_tensor(wq, [bn, bk]),
+                           s, ws, b, out, M, N, K, out.stride(0), ACT=act, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                           AG=ag, GROUP_M=8, MAGIC=magic, num_stages=stages, num_warps=warps)
+    return out
+
+
+def grouped_quant_ref(y: torch.Tensor, qg: int):
+    """fp64 reference of the producer's quantization: y [M, N] -> (q, s) per row and group of qg columns."""
+    M, N = y.shape
+    groups = triton.cdiv(N, qg)
+    yp = F.pad(y.double(), (0, groups * qg - N)).view(M, groups, qg)
+    amax = yp.abs().amax(dim=2)
+    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    v = yp * inv[:, :, None]
+    q = (v + torch.where(v >= 0, 0.5, -0.5)).trunc().clamp(-127, 127)
+    return q.view(M, groups * qg)[:, :N], amax / 127.0
+
+
+def check(device: str) -> None:
+    """Producer and consumer against fp64 at small ragged shapes: an all-zero column group, consumer groups of
+    one K step and of two, MAGIC on and off."""
+    torch.manual_seed(0)
+    dt = torch.float16
+    for M, H, FF, qg in ((40, 64, 160, 32), (33, 96, 128, 64)):
+        x = torch.randn(M, H, device=device).to(dt)
+        wu = (torch.randn(FF, H, device=device) * H ** -0.5).to(dt)
+        wd = (torch.randn(H, FF, device=device) * FF ** -0.5).to(dt)
+        bu, bd = torch.randn(FF, device=device).to(dt), torch.randn(H, device=device).to(dt)
+        wu[:qg], bu[:qg] = 0, 0  # the first column group is GELU(0) = 0 in every row: scale 0, values 0
+        xq, xs = Q.quant_rows_ref(x)
+        wuq, wus = Q.quantize_weight(wu)
+        wdq, wds = Q.quantize_weight(wd)
+        h64 = F.gelu((xq.double() @ wuq.double().t()) * xs.double()[:, None] * wus.double()[None, :] + bu.double())
+        q, s = producer(xq, xs, wuq, wus, bu, "gelu", qg, 32, 2 * qg, 32, 1, 4)
+        q_ref, s_ref = grouped_quant_ref(h64, qg)
+        assert s.shape == s_ref.shape and torch.allclose(s.double(), s_ref, rtol=1e-5, atol=1e-7), (M, "scales")
+        assert (q.double() - q_ref).abs().max() <= 1, (M, "values")  # a half-way case may round either way
+        assert (s[:, 0] == 0).all() and (q[:, :qg] == 0).all()
+        deq = q.double() * s.double().repeat_interleave(qg, dim=1)[:, :FF]
+        y64 = deq @ (wdq.double() * wds.double()[:, None]).t() + bd.double()
+        for magic, bk in ((True, qg), (False, qg), (True, qg // 2)):
+            y = consumer(q, s, qg, wdq, wds, bd, "none", dt, 32, 32, bk, 1, 4, magic=magic)
+            err = (y.double() - y64).abs().max().item() / y64.abs().max().item()
+            assert err < 2e-3, (M, magic, bk, err)
+    print("check passed")
+
+
+def graph_ms(fn):
+    from probe_log import graph_ms as g
+    return g(fn)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="16384x768x3072", help="M x hidden x ffn")
+    ap.add_argument("--check", action="store_true")
+    a = ap.parse_args()
+    if a.check:
+        return check("cuda" if torch.cuda.is_available() and not os.environ.get("TRITON_INTERPRET") else "cpu")
+    from probe_log import jsonl_log, run_meta
+
+    check("cuda")
+    emit = jsonl_log("int8-handoff-probe.jsonl", digits=4)
+    meta = {**run_meta(), "shape": a.shape}
+    M, H, FF = (int(v) for v in a.shape.split("x"))
+    torch.manual_seed(0)
+    dt, dev = torch.float16, "cuda"
+    x = torch.randn(M, H, device=dev, dtype=dt)
+    wu = torch.randn(FF, H, device=dev, dtype=dt) * H ** -0.5
+    wd = torch.randn(H, FF, device=dev, dtype=dt) * FF ** -0.5
+    bu, bd = torch.randn(FF, device=dev, dtype=dt), torch.randn(H, device=dev, dtype=dt)
+    ref = F.linear(F.gelu(F.linear(x.float(), wu.float(), bu.float())), wd.float(), bd.float())
+    xq, xs = Q.quant_rows(x)
+    wuq, wus = Q.quantize_weight(wu)
+    wdq, wds = Q.quantize_weight(wd)
+
+    def sqnr(y):
+        return float(20 * torch.log10(ref.norm() / (ref - y.float()).norm()))
+
+    def float_path():
+        return F.linear(torch._addmm_activation(bu, x, wu.t(), use_gelu=True), wd, bd)
+
+    emit(**meta, path="float", part="up (cuBLASLt + GELU)",
+         ms=graph_ms(lambda: torch._addmm_activation(bu, x, wu.t(), use_gelu=True)))
+    h = torch._addmm_activation(bu, x, wu.t(), use_gelu=True)
+    emit(**meta, path="float", part="down (cuBLAS + bias)", ms=graph_ms(lambda: F.linear(h, wd, bd)))
+    emit(**meta, path="float", part="total", ms=graph_ms(float_path), sqnr_db=sqnr(float_path()))
+
+    def now_path():
+        hh = Q._w8a8(xq, xs, wuq, wus, bu, "gelu", dt)
+        hq, hs = Q.quant_rows(hh)
+        return Q._w8a8(hq, hs, wdq, wds, bd, "none", dt)
+
+    now_path()
+    hh = Q._w8a8(xq, xs, wuq, wus, bu, "gelu", dt)
+    hq, hs = Q.quant_rows(hh)
+    emit(**meta, path="int8 now", part="up (W8A8 + GELU, fp16 out)",
+         ms=graph_ms(lambda: Q._w8a8(xq, xs, wuq, wus, bu, "gelu", dt)))
+    emit(**meta, path="int8 now", part="row quantization", ms=graph_ms(lambda: Q.quant_rows(hh)))
+    emit(**meta, path="int8 now", part="down (W8A8)", ms=graph_ms(lambda: Q._w8a8(hq, hs, wdq, wds, bd, "none", dt)))
+    emit(**meta, path="int8 now", part="total", ms=graph_ms(now_path), sqnr_db=sqnr(now_path()))
+
+    act = Q._epilogue_act("gelu", x.device)
+    for (bm, bn, bk, st, nw), qg in itertools.product(((128, 128, 128, 3, 4), (128, 256, 128, 3, 8),
+                                                        (128, 128, 64, 4, 4)), (128,)):
+        tag = dict(path="handoff", part="up (producer)", cfg=f"{bm}x{bn}x{bk} s{st} w{nw}", qg=qg)
+        try:
+            q, s = producer(xq, xs, wuq, wus, bu, act, qg, bm, bn, bk, st, nw)
+            emit(**meta, **tag, ms=graph_ms(lambda: producer(xq, xs, wuq, wus, bu, act, qg, bm, bn, bk, st, nw)))
+        except Exception as e:  # noqa: BLE001 - a config that does not compile is a row too
+            emit(**meta, **tag, error=f"{type(e).__name__}: {str(e)[:160]}")
+    q, s = producer(xq, xs, wuq, wus, bu, act, 128, 128, 128, 128, 3, 4)
+    best = None
+    for (bm, bn, bk, st, nw), magic in itertools.product(((128, 128, 128, 3, 4), (128, 256, 128, 3, 8),
+                                                           (128, 128, 64, 4, 4), (128, 64, 128, 4, 4)), (True, False)):
+        tag = dict(path="handoff", part="down (consumer)", cfg=f"{bm}x{bn}x{bk} s{st} w{nw}", magic=magic)
+        try:
+            y = consumer(q, s, 128, wdq, wds, bd, "none", dt, bm, bn, bk, st, nw, magic)
+            ms = graph_ms(lambda: consumer(q, s, 128, wdq, wds, bd, "none", dt, bm, bn, bk, st, nw, magic))
+            emit(**meta, **tag, ms=ms, sqnr_db=sqnr(y))
+            if best is None or ms < best[0]:
+                best = (ms, (bm, bn, bk, st, nw), magic)
+        except Exception as e:  # noqa: BLE001
+            emit(**meta, **tag, error=f"{type(e).__name__}: {str(e)[:160]}")
+    if best is not None:
+        _, cfg, magic = best
+
+        def handoff():
+            q_, s_ = producer(xq, xs, wuq, wus, bu, act, 128, 128, 128, 128, 3, 4)
+            return consumer(q_, s_, 128, wdq, wds, bd, "none", dt, *cfg, magic)
+
+        emit(**meta, path="handoff", part="total", cfg=str(cfg), magic=magic, ms=graph_ms(handoff),
+             sqnr_db=sqnr(handoff()))
+
+
+if __name__ == "__main__":
+    main()
