@@ -171,6 +171,8 @@ def check(device: str) -> None:
         deq = q.double() * s.double().repeat_interleave(qg, dim=1)[:, :FF]
         y64 = deq @ (wdq.double() * wds.double()[:, None]).t() + bd.double()
         for magic, bk in ((True, qg), (False, qg), (True, qg // 2)):
+            if bk < 32:  # (a GPU's int8 dot takes K steps of 32 or more)
+                continue
             y = consumer(q, s, qg, wdq, wds, bd, "none", dt, 32, 32, bk, 1, 4, magic=magic)
             err = (y.double() - y64).abs().max().item() / y64.abs().max().item()
             assert err < 2e-3, (M, magic, bk, err)
