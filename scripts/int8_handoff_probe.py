@@ -187,6 +187,7 @@ def graph_ms(fn):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="16384x768x3072", help="M x hidden x ffn")
+    ap.add_argument("--qg", type=int, default=128, help="the column group of the producer's scales (128 or 256)")
     ap.add_argument("--check", action="store_true")
     a = ap.parse_args()
     if a.check:
@@ -235,23 +236,27 @@ def main() -> None:
     emit(**meta, path="int8 now", part="total", ms=graph_ms(now_path), sqnr_db=sqnr(now_path()))
 
     act = Q._epilogue_act("gelu", x.device)
-    for (bm, bn, bk, st, nw), qg in itertools.product(((128, 128, 128, 3, 4), (128, 256, 128, 3, 8),
-                                                        (128, 128, 64, 4, 4)), (128,)):
+    qg = a.qg
+    for bm, bn, bk, st, nw in ((128, 128, 128, 3, 4), (128, 256, 128, 3, 8), (128, 128, 64, 4, 4),
+                               (64, 256, 128, 3, 4), (128, 256, 64, 4, 8)):
+        if bn % qg:
+            continue
         tag = dict(path="handoff", part="up (producer)", cfg=f"{bm}x{bn}x{bk} s{st} w{nw}", qg=qg)
         try:
             q, s = producer(xq, xs, wuq, wus, bu, act, qg, bm, bn, bk, st, nw)
             emit(**meta, **tag, ms=graph_ms(lambda: producer(xq, xs, wuq, wus, bu, act, qg, bm, bn, bk, st, nw)))
         except Exception as e:  # noqa: BLE001 - a config that does not compile is a row too
             emit(**meta, **tag, error=f"{type(e).__name__}: {str(e)[:160]}")
-    q, s = producer(xq, xs, wuq, wus, bu, act, 128, 128, 128, 128, 3, 4)
+    up = (128, 128, 128, 3, 4) if qg == 128 else (128, 256, 128, 3, 8)
+    q, s = producer(xq, xs, wuq, wus, bu, act, qg, *up)
     best = None
     for (bm, bn, bk, st, nw), magic in itertools.product(((128, 128, 128, 3, 4), (128, 256, 128, 3, 8),
                                                            (128, 128, 64, 4, 4), (128, 64, 128, 4, 4)), (True, False)):
         tag = dict(path="handoff", part="down (consumer)", cfg=f"{bm}x{bn}x{bk} s{st} w{nw}", magic=magic)
         try:
-            y = consumer(q, s, 128, wdq, wds, bd, "none", dt, bm, bn, bk, st, nw, magic)
-            ms = graph_ms(lambda: consumer(q, s, 128, wdq, wds, bd, "none", dt, bm, bn, bk, st, nw, magic))
-            emit(**meta, **tag, ms=ms, sqnr_db=sqnr(y))
+            y = consumer(q, s, qg, wdq, wds, bd, "none", dt, bm, bn, bk, st, nw, magic)
+            ms = graph_ms(lambda: consumer(q, s, qg, wdq, wds, bd, "none", dt, bm, bn, bk, st, nw, magic))
+            emit(**meta, **tag, qg=qg, ms=ms, sqnr_db=sqnr(y))
             if best is None or ms < best[0]:
                 best = (ms, (bm, bn, bk, st, nw), magic)
         except Exception as e:  # noqa: BLE001
@@ -260,10 +265,10 @@ def main() -> None:
         _, cfg, magic = best
 
         def handoff():
-            q_, s_ = producer(xq, xs, wuq, wus, bu, act, 128, 128, 128, 128, 3, 4)
-            return consumer(q_, s_, 128, wdq, wds, bd, "none", dt, *cfg, magic)
+            q_, s_ = producer(xq, xs, wuq, wus, bu, act, qg, *up)
+            return consumer(q_, s_, qg, wdq, wds, bd, "none", dt, *cfg, magic)
 
-        emit(**meta, path="handoff", part="total", cfg=str(cfg), magic=magic, ms=graph_ms(handoff),
+        emit(**meta, path="handoff", part="total", cfg=str(cfg), magic=magic, qg=qg, ms=graph_ms(handoff),
              sqnr_db=sqnr(handoff()))
 
 
