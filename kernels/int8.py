@@ -439,7 +439,7 @@ def _decode_kernel(
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr, DOT_UPCAST: tl.constexpr,
     RTNE_BF16: tl.constexpr, GROUP_K: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr, SUB_K: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    PREFETCH: tl.constexpr, ACQUIRE: tl.constexpr = True,
 ):
     # Weight-only int8 for M <= 16 rows (decode). Program (column tile, split) sums its share of K for all
     # rows. With SPLIT_K > 1 each program writes its fp32 partial tile to part [SPLIT_K, 16, N] (and the
@@ -496,7 +496,14 @@ def _decode_kernel(
         if GATED:
             tl.store(part_ptr + gate_off + split * BLOCK_M * N + tile, acc_u, mask=n_ok)
         tl.debug_barrier()  # every thread's partial is written before the count says so
-        arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel")
+        if ACQUIRE:
+            arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel")
+        else:
+            # release alone (CUDA's threadFenceReduction pattern): the last program reads the partials from
+            # L2 (.cg) after branching on the count, without the acquire's L1 invalidation in every program
+            # (ncu, 38th session: the acq_rel fence's CCTL.IVALL and ERRBAR took about 6% of the 64x128
+            # config's stall samples). Not yet timed: scripts/wonly_floor_probe.py --providers release
+            arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="release")
         if arrived == SPLIT_K - 1:
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             acc_u = acc

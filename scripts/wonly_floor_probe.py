@@ -111,7 +111,10 @@ def xres_launch(x, w, ws, out, part, count, bn, bk, t, stages, warps, upcast=Fal
 
 
 def check(device: str) -> None:
-    """xres against fp64 at small shapes: ragged M, one K chunk and several, one column tile a program and two."""
+    """xres against fp64 at small shapes: ragged M, one K chunk and several, one column tile a program and two;
+    the shipped decode kernel with the split-K count released, not acquired."""
+    from wonly_probe import decode_launch
+
     from tritonfuse.kernels import int8 as Q
 
     torch.manual_seed(0)
@@ -121,13 +124,18 @@ def check(device: str) -> None:
         w = torch.randn(N, K, device=device) * K ** -0.5
         wq, ws = Q.quantize_weight(w)
         ref = x.double() @ (wq.double() * ws.double()[:, None]).T
-        part = torch.empty((K // bk) * 16 * N, device=device, dtype=torch.float32)
+        part = torch.empty(max(K // bk, 3) * 16 * N, device=device, dtype=torch.float32)  # (3: the decode split)
         count = torch.zeros(N // bn, device=device, dtype=torch.int32)
         out = torch.full((M, N), float("nan"), device=device, dtype=dtype)
         xres_launch(x, wq, ws, out, part, count, bn, bk, t, 2, 4, upcast=device == "cpu")()
         err = (out.double() - ref).abs().max().item() / ref.abs().max().item()
         assert err < 1e-2, (M, N, K, bn, bk, t, err)
         assert int(count.sum()) == 0
+        # the shipped decode kernel, its K split in 3, with the count's atomic as release alone
+        out.fill_(float("nan"))
+        decode_launch(x, wq, ws, out, part, count, bn, bk, 3, 2, 4, acquire=False)()
+        err = (out.double() - ref).abs().max().item() / ref.abs().max().item()
+        assert err < 1e-2 and int(count.sum()) == 0, (M, N, K, "release", err)
     print("check passed")
 
 
@@ -137,7 +145,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--providers", default="empty,cublas,stream,shipped,xres,more",
-                    help="more: the decode kernel with configs outside its list (8 warps, deeper pipelines)")
+                    help="more: the decode kernel with configs outside its list (8 warps, deeper pipelines); "
+                    "release: the shipped configs with the split-K count's atomic as release alone")
     a = ap.parse_args()
     want = set(a.providers.split(","))
     if a.check:
@@ -201,6 +210,13 @@ def main() -> None:
         more = [(bn, bk, sp, st, nw) for bn, bk in ((64, 128), (32, 256), (64, 256), (128, 128))
                 for sp in (2, 4, 8) for st in (3, 4, 6, 8) for nw in (4, 8)
                 if (sp - 1) * bk < K and (bn + 32) * bk * st <= 200 * 1024]
+        for cfg in Q._prune_decode(Q._DECODE_CONFIGS, {"N": N, "K": K}) if "release" in want else []:
+            kw = cfg.kwargs
+            if kw["SPLIT_K"] > 1:
+                runs.append((dict(provider="release", bn=kw["BLOCK_N"], bk=kw["BLOCK_K"], split=kw["SPLIT_K"],
+                                  stages=cfg.num_stages, warps=cfg.num_warps),
+                             decode_launch(x, wq, ws, out, part, count, kw["BLOCK_N"], kw["BLOCK_K"], kw["SPLIT_K"],
+                                           cfg.num_stages, cfg.num_warps, acquire=False)))
         for bn, bk, sp, st, nw in more if "more" in want else []:
             runs.append((dict(provider="more", bn=bn, bk=bk, split=sp, stages=st, warps=nw),
                          decode_launch(x, wq, ws, out, part, count, bn, bk, sp, st, nw)))

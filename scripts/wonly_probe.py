@@ -25,9 +25,10 @@ def graph_ms(fn, per=1):
     return triton.testing.do_bench_cudagraph(fn, rep=40, return_mode="median") / per
 
 
-def decode_launch(x, wq, ws, out, part, count, bn, bk, split, stages, warps):
+def decode_launch(x, wq, ws, out, part, count, bn, bk, split, stages, warps, acquire=True):
     """A call of the shipped decode kernel with one config, per channel scales, no bias or gate: ``run(w)``
-    for a copy ``w`` of ``wq`` (default ``wq``)."""
+    for a copy ``w`` of ``wq`` (default ``wq``). ``acquire``: the split-K count's atomic as acq_rel (shipped)
+    or release alone."""
     M, K = x.shape
     N = out.shape[1]
 
@@ -37,7 +38,7 @@ def decode_launch(x, wq, ws, out, part, count, bn, bk, split, stages, warps):
             x.stride(0), x.stride(1), w.stride(0), w.stride(1), w.stride(0), w.stride(1),
             out.stride(0), out.stride(1), HAS_BIAS=False, ACT="none", GATED=False, DOT_UPCAST=False,
             RTNE_BF16=False, GROUP_K=0, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, EVEN_K=K % (bk * split) == 0,
-            num_warps=warps, num_stages=stages)
+            ACQUIRE=acquire, num_warps=warps, num_stages=stages)
     return run
 
 
