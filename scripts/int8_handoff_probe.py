@@ -51,12 +51,10 @@ MAGIC_BIAS = 0x4B400000  # the bits of 1.5 * 2^23: int32 v + these bits, read as
 
 
 @triton.jit
-def _producer_kernel(x_desc, w_desc, xs_ptr, ws_ptr, b_ptr, q_ptr, s_ptr, M, N, K, ACT: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, QG: tl.constexpr,
-                     GROUP_M: tl.constexpr):
-    # act(x @ w^T * xs ws + b) for int8 x [M, K] (row scales xs) and w [N, K] (channel scales ws), written as
-    # int8 q [M, N] with one scale per row and group of QG columns, s [M, cdiv(N, QG)] (NaN where the group
-    # holds NaN/Inf, whose q are 0; 0 for an all-zero group). QG divides BLOCK_N
+def _up_tile(x_desc, w_desc, xs_ptr, ws_ptr, b_ptr, M, N, K, ACT: tl.constexpr, BLOCK_M: tl.constexpr,
+             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    # one tile of act(x @ w^T * xs ws + b) for int8 x [M, K] (row scales xs) and w [N, K] (channel scales
+    # ws), fp32, zero in the columns past N; with its tile column and its rows' and columns' offsets and masks
     pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     off_m = pid_m * BLOCK_M
     off_n = pid_n * BLOCK_N
@@ -71,7 +69,20 @@ def _producer_kernel(x_desc, w_desc, xs_ptr, ws_ptr, b_ptr, q_ptr, s_ptr, M, N, 
     y = acc.to(tl.float32) * tl.load(xs_ptr + offs_m, mask=m_ok, other=0.0)[:, None]
     y = y * tl.load(ws_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
     y += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    y = tl.where(n_ok[None, :], _apply_act(y, ACT), 0.0)  # columns past N count toward no group's amax
+    y = tl.where(n_ok[None, :], _apply_act(y, ACT), 0.0)
+    return y, pid_n, offs_m, offs_n, m_ok, n_ok
+
+
+@triton.jit
+def _producer_kernel(x_desc, w_desc, xs_ptr, ws_ptr, b_ptr, q_ptr, s_ptr, M, N, K, ACT: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, QG: tl.constexpr,
+                     GROUP_M: tl.constexpr):
+    # act(x @ w^T * xs ws + b) for int8 x [M, K] (row scales xs) and w [N, K] (channel scales ws), written as
+    # int8 q [M, N] with one scale per row and group of QG columns, s [M, cdiv(N, QG)] (NaN where the group
+    # holds NaN/Inf, whose q are 0; 0 for an all-zero group). QG divides BLOCK_N. (Columns past N are zeros:
+    # they count toward no group's amax.)
+    y, pid_n, offs_m, offs_n, m_ok, n_ok = _up_tile(x_desc, w_desc, xs_ptr, ws_ptr, b_ptr, M, N, K, ACT, BLOCK_M,
+                                                    BLOCK_N, BLOCK_K, GROUP_M)
     G: tl.constexpr = BLOCK_N // QG
     y3 = tl.reshape(y, (BLOCK_M, G, QG))
     amax = tl.max(tl.abs(y3), axis=2)
@@ -122,21 +133,9 @@ def _rowmax_producer_kernel(x_desc, w_desc, xs_ptr, ws_ptr, b_ptr, h_ptr, amax_p
                             GROUP_M: tl.constexpr):
     # act(x @ w^T * xs ws + b) written in h's dtype, and each row's absmax of what was written max-ed into
     # amax [M] (zeroed before the launch): a row's tiles each add their share
-    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    off_m = pid_m * BLOCK_M
-    off_n = pid_n * BLOCK_N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    for ki in range(tl.cdiv(K, BLOCK_K)):
-        a = x_desc.load([off_m, ki * BLOCK_K])
-        acc = tl.dot(a, w_desc.load([off_n, ki * BLOCK_K]).T, acc, out_dtype=tl.int32)
-    offs_m = off_m + tl.arange(0, BLOCK_M)
-    offs_n = off_n + tl.arange(0, BLOCK_N)
-    m_ok = offs_m < M
-    n_ok = offs_n < N
-    y = acc.to(tl.float32) * tl.load(xs_ptr + offs_m, mask=m_ok, other=0.0)[:, None]
-    y = y * tl.load(ws_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
-    y += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    h = tl.where(n_ok[None, :], _apply_act(y, ACT), 0.0).to(h_ptr.dtype.element_ty)
+    y, pid_n, offs_m, offs_n, m_ok, n_ok = _up_tile(x_desc, w_desc, xs_ptr, ws_ptr, b_ptr, M, N, K, ACT, BLOCK_M,
+                                                    BLOCK_N, BLOCK_K, GROUP_M)
+    h = y.to(h_ptr.dtype.element_ty)
     tl.store(h_ptr + offs_m[:, None] * N + offs_n[None, :], h, mask=m_ok[:, None] & n_ok[None, :])
     tl.atomic_max(amax_ptr + offs_m, tl.max(tl.abs(h.to(tl.float32)), axis=1), mask=m_ok)
 
