@@ -38,6 +38,9 @@
 #   bash scripts/gpu_session.sh fast_silu # issue 2: the dual GEMM's configs with the approximate-tanh SiLU epilogue
 #                                       # (kernels.linear_act.FAST_SILU) off and on, its GPU test, and the
 #                                       # probes' compile-sharing GPU tests
+#   bash scripts/gpu_session.sh int8_next # issue 7 (38th session's leads): scripts/int8_handoff_probe.py (quantize
+#                                       # on load between BERT's MLP GEMMs), the decode kernel's split-K count
+#                                       # released (ACQUIRE off), the int8 GPU tests
 #   bash scripts/gpu_session.sh extra   # minilm-l6 (real weights: run scripts/carry_minilm.sh here first and
 #                                       # carry .carry), training steps, and a per-layer profile
 #   bash scripts/gpu_session.sh pair    # a 2-GPU machine (kind nvidia-h200-x2), each half of the cores pinned to
@@ -149,6 +152,15 @@ case "${1:-tests}" in
     timeout 200 $PY -m pytest tests/test_linear_act.py tests/test_attention.py tests/test_norm_residual.py \
       tests/test_conv_bn.py -k "fast_silu or every_tma_config or probe_compiles" -q -p no:cacheprovider \
       -rf --tb=short > "$out/fast_silu_tests.txt" 2>&1; tail -3 "$out/fast_silu_tests.txt" ;;
+  int8_next)
+    # issue 7, prepared in the 38th session: the quantize-on-load path between BERT's MLP GEMMs against today's
+    # int8 path and the float one (rows: $OUT/int8-handoff-probe.jsonl), the decode kernel's split-K count
+    # released rather than acquired (kernels.int8 ACQUIRE; rows: $OUT/wonly-floor-probe.jsonl), and the int8 tests
+    timeout 200 $PY scripts/int8_handoff_probe.py > "$out/handoff.txt" 2>&1; grep -v "^\s*$" "$out/handoff.txt" | tail -14
+    timeout 200 $PY scripts/wonly_floor_probe.py --providers cublas,shipped,release --shapes 16x4096x4096,16x14336x4096 \
+      > "$out/release.txt" 2>&1; tail -6 "$out/release.txt"
+    timeout 150 $PY -m pytest tests/test_int8.py -m cuda -q -p no:cacheprovider -rf --tb=short > "$out/int8_tests.txt" 2>&1
+    tail -3 "$out/int8_tests.txt" ;;
   extra)
     [ -d .carry/site ] && export PYTHONPATH=$PWD/.carry/site${PYTHONPATH:+:$PYTHONPATH}
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 150 $PY -m tritonfuse bench --models minilm-l6 \
