@@ -153,6 +153,13 @@ def capability(device: torch.device) -> tuple:
     return torch.cuda.get_device_capability(device)
 
 
+def fast_tanh_ok(device: torch.device) -> bool:
+    """Whether a kernel launched on ``device`` may use ``_tanh_approx``: a CUDA GPU of sm_75 or later (PTX
+    ``tanh.approx.f32``), outside the interpreter (which runs no PTX)."""
+    return (device.type == "cuda" and torch.version.hip is None and not registry.interpret_mode()
+            and capability(device) >= (7, 5))
+
+
 @contextlib.contextmanager
 def scratch_allocator(device="cuda"):
     """Triton's scratch allocator for device TMA descriptors (memory on ``device``), set for a launch outside

@@ -51,7 +51,8 @@ import triton.language as tl
 
 from tritonfuse import config, inline, launch, registry, tuning
 from tritonfuse.kernels.common import (
-    _apply_act, _m_bucket, capability, cast_out, cdiv, dot_upcast, host_desc, next_pow2, rtne_bf16, scratch_allocator,
+    _apply_act, _m_bucket, capability, cast_out, cdiv, dot_upcast, fast_tanh_ok, host_desc, next_pow2, rtne_bf16,
+    scratch_allocator,
 )
 from tritonfuse.kernels.linear_act import (
     _AUTOTUNE_KW, ACTIVATIONS, GATED_ACTIVATIONS, _cfg, _grid, _halves, _tile_coords, _tile_ids, act_ref,
@@ -977,8 +978,7 @@ FAST_GELU = True
 
 def _epilogue_act(act: str, device: torch.device) -> str:
     """The ACT constexpr an int8 kernel is launched with for ``act`` on ``device``."""
-    if (FAST_GELU and act in ("gelu", "gelu_tanh") and device.type == "cuda" and torch.version.hip is None
-            and not registry.interpret_mode() and capability(device) >= (7, 5)):
+    if FAST_GELU and act in ("gelu", "gelu_tanh") and fast_tanh_ok(device):
         return "gelu_fast"
     return act
 

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from tritonfuse import config, inline, registry
-from tritonfuse.kernels.common import (_apply_act, _m_bucket, autotune_kw, capability, cast_out, cdiv, dot_upcast,
+from tritonfuse.kernels.common import (_apply_act, _m_bucket, autotune_kw, cast_out, cdiv, dot_upcast, fast_tanh_ok,
                                       host_desc, rtne_bf16, tuned)
 from tritonfuse.kernels.common import hopper as _hopper
 
@@ -639,9 +639,7 @@ FAST_SILU = True
 
 def _gated_act(act: str, x: torch.Tensor) -> str:
     """The ACT constexpr the TMA dual GEMM is launched with for ``act``."""
-    if (FAST_SILU and act == "silu" and x.dtype == torch.bfloat16 and x.device.type == "cuda"
-            and torch.version.hip is None and not registry.interpret_mode()
-            and capability(x.device) >= (7, 5)):
+    if FAST_SILU and act == "silu" and x.dtype == torch.bfloat16 and fast_tanh_ok(x.device):
         return "silu_tanh"
     return act
 

@@ -581,15 +581,15 @@ def test_fast_gelu_only_where_it_applies(monkeypatch):
     assert Q.FAST_GELU  # on by default
     assert Q._epilogue_act("gelu", cpu) == "gelu" and Q._epilogue_act("gelu_tanh", cpu) == "gelu_tanh"
     # a stand-in for a Hopper GPU outside the interpreter
-    monkeypatch.setattr(Q, "capability", lambda device: (9, 0))
+    monkeypatch.setattr("tritonfuse.kernels.common.capability", lambda device: (9, 0))
     monkeypatch.setattr(Q.registry, "interpret_mode", lambda: False)
     gpu = torch.device("cuda", 0)
     assert Q._epilogue_act("gelu", gpu) == "gelu_fast" and Q._epilogue_act("gelu_tanh", gpu) == "gelu_fast"
     others = ("none", "relu", "silu", "quick_gelu")
     assert [Q._epilogue_act(a, gpu) for a in others] == list(others)
-    monkeypatch.setattr(Q, "capability", lambda device: (7, 0))  # no tanh.approx before sm_75
+    monkeypatch.setattr("tritonfuse.kernels.common.capability", lambda device: (7, 0))  # no tanh.approx before sm_75
     assert Q._epilogue_act("gelu", gpu) == "gelu"
-    monkeypatch.setattr(Q, "capability", lambda device: (9, 0))
+    monkeypatch.setattr("tritonfuse.kernels.common.capability", lambda device: (9, 0))
     monkeypatch.setattr(Q.registry, "interpret_mode", lambda: True)
     assert Q._epilogue_act("gelu", gpu) == "gelu"
     monkeypatch.setattr(Q.registry, "interpret_mode", lambda: False)

@@ -1281,7 +1281,7 @@ def test_fast_silu_only_where_it_applies(monkeypatch):
     assert K._gated_act("gelu", x) == "gelu"
     # a stand-in for a bf16 CUDA tensor on a Hopper GPU outside the interpreter: chosen only while switched on
     from types import SimpleNamespace
-    monkeypatch.setattr(K, "capability", lambda device: (9, 0))
+    monkeypatch.setattr("tritonfuse.kernels.common.capability", lambda device: (9, 0))
     monkeypatch.setattr(K.registry, "interpret_mode", lambda: False)
     gpu = SimpleNamespace(dtype=torch.bfloat16, device=torch.device("cuda", 0))
     assert K._gated_act("silu", gpu) == "silu_tanh" and K._gated_act("gelu", gpu) == "gelu"
