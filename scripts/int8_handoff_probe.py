@@ -47,9 +47,6 @@ from tritonfuse.kernels import int8 as Q  # noqa: E402
 from tritonfuse.kernels.common import _apply_act  # noqa: E402
 from tritonfuse.kernels.linear_act import _tile_ids  # noqa: E402
 
-MAGIC_BIAS = 0x4B400000  # the bits of 1.5 * 2^23: int32 v + these bits, read as fp32, is 1.5 * 2^23 + v
-
-
 @triton.jit
 def _up_tile(x_desc, w_desc, xs_ptr, ws_ptr, b_ptr, M, N, K, ACT: tl.constexpr, BLOCK_M: tl.constexpr,
              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
@@ -272,11 +269,6 @@ def check(device: str) -> None:
     print("check passed")
 
 
-def graph_ms(fn):
-    from probe_log import graph_ms as g
-    return g(fn)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="16384x768x3072", help="M x hidden x ffn")
@@ -285,7 +277,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.check:
         return check("cuda" if torch.cuda.is_available() and not os.environ.get("TRITON_INTERPRET") else "cpu")
-    from probe_log import jsonl_log, run_meta
+    from probe_log import graph_ms, jsonl_log, run_meta
 
     check("cuda")
     emit = jsonl_log("int8-handoff-probe.jsonl", digits=4)

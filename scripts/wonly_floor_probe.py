@@ -113,28 +113,23 @@ def xres_launch(x, w, ws, out, part, count, bn, bk, t, stages, warps, upcast=Fal
 def check(device: str) -> None:
     """xres against fp64 at small shapes: ragged M, one K chunk and several, one column tile a program and two;
     the shipped decode kernel with the split-K count released, not acquired."""
-    from wonly_probe import decode_launch
-
-    from tritonfuse.kernels import int8 as Q
+    from wonly_probe import decode_launch, rel_err, small_case
 
     torch.manual_seed(0)
     dtype = torch.float16 if device == "cpu" else torch.bfloat16
     for M, N, K, bn, bk, t in ((5, 64, 64, 32, 64, 1), (16, 128, 192, 32, 64, 2), (1, 128, 256, 64, 64, 2)):
-        x = torch.randn(M, K, device=device).to(dtype)
-        w = torch.randn(N, K, device=device) * K ** -0.5
-        wq, ws = Q.quantize_weight(w)
-        ref = x.double() @ (wq.double() * ws.double()[:, None]).T
+        x, wq, ws, ref = small_case(M, N, K, dtype, device)
         part = torch.empty(max(K // bk, 3) * 16 * N, device=device, dtype=torch.float32)  # (3: the decode split)
         count = torch.zeros(N // bn, device=device, dtype=torch.int32)
         out = torch.full((M, N), float("nan"), device=device, dtype=dtype)
         xres_launch(x, wq, ws, out, part, count, bn, bk, t, 2, 4, upcast=device == "cpu")()
-        err = (out.double() - ref).abs().max().item() / ref.abs().max().item()
+        err = rel_err(out, ref)
         assert err < 1e-2, (M, N, K, bn, bk, t, err)
         assert int(count.sum()) == 0
         # the shipped decode kernel, its K split in 3, with the count's atomic as release alone
         out.fill_(float("nan"))
         decode_launch(x, wq, ws, out, part, count, bn, bk, 3, 2, 4, acquire=False)()
-        err = (out.double() - ref).abs().max().item() / ref.abs().max().item()
+        err = rel_err(out, ref)
         assert err < 1e-2 and int(count.sum()) == 0, (M, N, K, "release", err)
     print("check passed")
 
@@ -152,7 +147,7 @@ def main() -> None:
     if a.check:
         return check("cuda" if torch.cuda.is_available() and not os.environ.get("TRITON_INTERPRET") else "cpu")
     from probe_log import jsonl_log, run_meta
-    from wonly_probe import decode_launch, graph_ms
+    from wonly_probe import decode_launch, graph_ms, rel_err
 
     from tritonfuse.kernels import int8 as Q
 
@@ -239,7 +234,7 @@ def main() -> None:
                 out.fill_(float("nan"))
                 run()
                 torch.cuda.synchronize()
-                err = (out.double() - ref).abs().max().item() / ref.abs().max().item()
+                err = rel_err(out, ref)
                 if not err < 1e-2:
                     emit(**meta, shape=shape, **tag, rel_err=err, error="wrong result")
                     continue

@@ -25,6 +25,19 @@ def graph_ms(fn, per=1):
     return triton.testing.do_bench_cudagraph(fn, rep=40, return_mode="median") / per
 
 
+def small_case(M, N, K, dtype, device):
+    """A probe check's case: x [M, K] in ``dtype``, the int8 weight (and channel scales) of a Gaussian [N, K],
+    and x @ W^T in fp64 from the quantized weight."""
+    x = torch.randn(M, K, device=device).to(dtype)
+    wq, ws = Q.quantize_weight(torch.randn(N, K, device=device) * K ** -0.5)
+    return x, wq, ws, x.double() @ (wq.double() * ws.double()[:, None]).T
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """The largest error against the fp64 ``ref``, over ``ref``'s largest magnitude."""
+    return (out.double() - ref).abs().max().item() / ref.abs().max().item()
+
+
 def decode_launch(x, wq, ws, out, part, count, bn, bk, split, stages, warps, acquire=True):
     """A call of the shipped decode kernel with one config, per channel scales, no bias or gate: ``run(w)``
     for a copy ``w`` of ``wq`` (default ``wq``). ``acquire``: the split-K count's atomic as acq_rel (shipped)
@@ -80,7 +93,7 @@ def main():
                 out.zero_()
                 run()
                 torch.cuda.synchronize()
-                err = (out.double() - ref).abs().max().item() / ref.abs().max().item()
+                err = rel_err(out, ref)
                 emit(**tag, rel_err=err, warm_ms=graph_ms(run),
                      cold_ms=graph_ms(lambda: [run(t) for t in wqs], copies))
             except Exception as e:  # a config that does not compile here is a result too

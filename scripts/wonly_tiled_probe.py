@@ -108,22 +108,19 @@ def launcher(x, w, ws, out, part, count, tiled, evict, bn, bk, split, stages, wa
 
 def check(device: str = "cpu") -> None:
     """Each layout, split and evict setting against fp64 at small shapes (ragged M, an uneven K split)."""
-    from tritonfuse.kernels import int8 as Q
+    from wonly_probe import rel_err, small_case
 
     torch.manual_seed(0)
     dtype = torch.float16 if device == "cpu" else torch.bfloat16
     for M, N, K, bn, bk, split in ((5, 64, 320, 32, 64, 1), (16, 96, 320, 32, 64, 2), (1, 64, 448, 64, 64, 3)):
-        x = torch.randn(M, K, device=device).to(dtype)
-        w = torch.randn(N, K, device=device) * K ** -0.5
-        wq, ws = Q.quantize_weight(w)
-        ref = x.double() @ (wq.double() * ws.double()[:, None]).T
+        x, wq, ws, ref = small_case(M, N, K, dtype, device)
         part = torch.empty(split * 16 * N, device=device, dtype=torch.float32)
         count = torch.zeros(N // bn, device=device, dtype=torch.int32)
         for tiled, evict in itertools.product((False, True), (False, True)):
             out = torch.full((M, N), float("nan"), device=device, dtype=dtype)
             weight = tile_weight(wq, bn, bk) if tiled else wq
             launcher(x, weight, ws, out, part, count, tiled, evict, bn, bk, split, 2, 4, upcast=device == "cpu")()
-            err = (out.double() - ref).abs().max().item() / ref.abs().max().item()
+            err = rel_err(out, ref)
             assert err < 1e-2, (M, N, K, bn, bk, split, tiled, evict, err)
             assert int(count.sum()) == 0
     print("check passed")
@@ -138,7 +135,7 @@ def main() -> None:
     if a.check:
         return check("cuda" if torch.cuda.is_available() and not os.environ.get("TRITON_INTERPRET") else "cpu")
     from probe_log import jsonl_log
-    from wonly_probe import decode_launch, graph_ms
+    from wonly_probe import decode_launch, graph_ms, rel_err
 
     from tritonfuse.kernels import int8 as Q
 
@@ -191,7 +188,7 @@ def main() -> None:
             out.fill_(float("nan"))
             run()
             torch.cuda.synchronize()
-            err = (out.double() - ref).abs().max().item() / ref.abs().max().item()
+            err = rel_err(out, ref)
             if not err < 1e-2:
                 emit(**tag, rel_err=err, error="wrong result")
                 continue
@@ -206,7 +203,7 @@ def main() -> None:
                 out.fill_(float("nan"))
                 shipped()
                 torch.cuda.synchronize()
-                err = (out.double() - ref).abs().max().item() / ref.abs().max().item()
+                err = rel_err(out, ref)
                 emit(**tag, rel_err=err, warm_ms=graph_ms(shipped),
                      cold_ms=graph_ms(lambda: [shipped(t) for t in plain], copies))
             except Exception as e:  # noqa: BLE001 - a config that does not compile here is a result too
