@@ -102,10 +102,10 @@ def main(argv=None) -> int:
     log = jsonl_log("int8-gemm-probe.jsonl")
     meta = run_meta()
     cfgs = candidates()
+    only = set(args.only.split(",")) if args.only else None
+    chosen = [i for i in range(len(cfgs)) if only is None or label(cfgs[i]) in only]  # the candidates timed
     with cf.ProcessPoolExecutor(max_workers=min(16, len(cfgs)), mp_context=mp.get_context("spawn")) as pool:
-        jobs = [(i, act, args.bias, dtype) for i in range(len(cfgs))
-                if not args.only or label(cfgs[i]) in args.only.split(",")]
-        failed = {i: err for i, err in pool.map(_compile, jobs) if err}
+        failed = {i: err for i, err in pool.map(_compile, [(i, act, args.bias, dtype) for i in chosen]) if err}
     for i, err in failed.items():
         log(**meta, variant=label(cfgs[i]), error=err)
     torch.manual_seed(0)
@@ -146,8 +146,9 @@ def main(argv=None) -> int:
             emit("shipped autotuned", graph_ms(lambda: Q._w8a8(xq, xs, wq, ws, b, act, dtype)),
                  best=str(Q._w8a8_tma_kernel.best_config))
         out = torch.empty(M, N, device="cuda", dtype=dtype)
-        for i, cfg in enumerate(cfgs):
-            if i in failed or (args.only and label(cfg) not in args.only.split(",")):
+        for i in chosen:
+            cfg = cfgs[i]
+            if i in failed:
                 continue
             try:
                 out.normal_()
