@@ -41,6 +41,8 @@
 #   bash scripts/gpu_session.sh int8_next # issue 7 (38th session's leads): scripts/int8_handoff_probe.py (quantize
 #                                       # on load between BERT's MLP GEMMs), the decode kernel's split-K count
 #                                       # released (ACQUIRE off), the int8 GPU tests
+#   bash scripts/gpu_session.sh int8_profile # issue 7 (39th session): the quantize-on-load producer's atomics,
+#                                       # bert-base/vit_b_16 per kernel in float and int8 mode
 #   bash scripts/gpu_session.sh extra   # minilm-l6 (real weights: run scripts/carry_minilm.sh here first and
 #                                       # carry .carry), training steps, and a per-layer profile
 #   bash scripts/gpu_session.sh pair    # a 2-GPU machine (kind nvidia-h200-x2), each half of the cores pinned to
@@ -161,6 +163,16 @@ case "${1:-tests}" in
       > "$out/release.txt" 2>&1; tail -6 "$out/release.txt"
     timeout 150 $PY -m pytest tests/test_int8.py -m cuda -q -p no:cacheprovider -rf --tb=short > "$out/int8_tests.txt" 2>&1
     tail -3 "$out/int8_tests.txt" ;;
+  int8_profile)
+    # issue 7 (39th session): the quantize-on-load producer's row-absmax atomics (fenced, relaxed, on the int32
+    # bits, none), then bert-base and vit_b_16 (MODELS2) profiled per kernel in float and int8 mode, sites
+    # chosen by GPU time as under CUDA graphs: where int8 mode's time goes
+    timeout 150 $PY scripts/int8_handoff_probe.py --no-handoff > "$out/handoff.txt" 2>&1
+    grep -E "quantize on load|int8 now|float" "$out/handoff.txt" | sed 's/.*commit=[^ ]* //' | tail -16
+    for m in ${MODELS2:-bert-base vit_b_16}; do
+      TRITONFUSE_CUDA_GRAPHS=1 TRITONFUSE_MEASURE_BUDGET_S=inf timeout 220 $PY scripts/profile_model.py --model "$m" \
+        --modes tritonfuse,tritonfuse-int8 > "$out/profile-$m.txt" 2>&1; grep "^==" "$out/profile-$m.txt"
+    done ;;
   extra)
     [ -d .carry/site ] && export PYTHONPATH=$PWD/.carry/site${PYTHONPATH:+:$PYTHONPATH}
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 150 $PY -m tritonfuse bench --models minilm-l6 \
