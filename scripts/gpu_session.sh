@@ -43,6 +43,8 @@
 #                                       # released (ACQUIRE off), the int8 GPU tests
 #   bash scripts/gpu_session.sh int8_profile # issue 7 (39th session): the quantize-on-load producer's atomics,
 #                                       # bert-base/vit_b_16 per kernel in float and int8 mode
+#   bash scripts/gpu_session.sh quant_fusion # issue 7 (39th session): LayerNorm + fused int8 quantization by
+#                                       # decomposition; W8A8 at bert's Q/K/V shapes apart and concatenated
 #   bash scripts/gpu_session.sh extra   # minilm-l6 (real weights: run scripts/carry_minilm.sh here first and
 #                                       # carry .carry), training steps, and a per-layer profile
 #   bash scripts/gpu_session.sh pair    # a 2-GPU machine (kind nvidia-h200-x2), each half of the cores pinned to
@@ -173,6 +175,13 @@ case "${1:-tests}" in
       TRITONFUSE_CUDA_GRAPHS=1 TRITONFUSE_MEASURE_BUDGET_S=inf timeout 220 $PY scripts/profile_model.py --model "$m" \
         --modes tritonfuse,tritonfuse-int8 > "$out/profile-$m.txt" 2>&1; grep "^==" "$out/profile-$m.txt"
     done ;;
+  quant_fusion)
+    # issue 7 (39th session): the LayerNorm + int8 quantization kernel Inductor fuses, by decomposition of the
+    # quantizer (scripts/quant_fusion_probe.py), then W8A8 at bert's Q/K/V shape apart and concatenated
+    timeout 240 $PY scripts/quant_fusion_probe.py > "$out/quant_fusion.txt" 2>&1
+    sed 's/.*commit=[^ ]* //' "$out/quant_fusion.txt" | tail -16
+    timeout 300 $PY scripts/int8_gemm_probe.py --shapes 16384x768x768,16384x2304x768 --bias --dtype float16 \
+      > "$out/qkv.txt" 2>&1; sed 's/.*commit=[^ ]* //' "$out/qkv.txt" | sort -t= -k4 | tail -12 ;;
   extra)
     [ -d .carry/site ] && export PYTHONPATH=$PWD/.carry/site${PYTHONPATH:+:$PYTHONPATH}
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 150 $PY -m tritonfuse bench --models minilm-l6 \
