@@ -224,6 +224,32 @@ def test_gated_tma_configs_fit_shared_memory():
         assert Q._stage_bytes(k, 2) * k.num_stages <= Q.SMEM_BYTES
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_symmetric_int8_rule(dtype):
+    """The graph-op quantizer (what Inductor fuses into a LayerNorm) against the rule read directly: round
+    x * 127 / absmax half away from zero, per slice; a zero slice gets scale 0, a slice holding NaN or +-Inf
+    (found from its abs-max) scale NaN and q 0. Half-way values, over rows and over columns."""
+    x = fresh(9, 40, dtype=dtype, device="cpu", scale=3.0)
+    x[0].zero_()
+    x[0, :6] = torch.tensor([127.0, 0.5, -0.5, 1.5, -2.5, 126.5])  # absmax 127: v = x, every one half-way
+    x[1].zero_()
+    x[2, 3] = float("nan")
+    x[3, 4] = float("inf")
+    x[4, 5] = -float("inf")
+    for dims in ((1,), (0,)):
+        q, s = Q.symmetric_int8(x, dims)
+        xf = x.float()
+        amax = xf.abs().amax(dim=dims, keepdim=True)
+        bad = ~torch.isfinite(xf).all(dim=dims, keepdim=True)
+        v = (xf * torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, 0.0)).double()  # in fp32, as it does
+        want = torch.where(v >= 0, torch.floor(v + 0.5), -torch.floor(0.5 - v)).masked_fill(bad, 0)
+        assert q.dtype == torch.int8 and torch.equal(q.double(), want.nan_to_num(0.0)), dims
+        assert torch.equal(s.isnan(), bad) and torch.equal(s.nan_to_num(), (amax / 127.0).masked_fill(bad, 0.0))
+    q, s = Q.symmetric_int8(x, (1,))
+    assert q[0, :6].tolist() == [127, 1, -1, 2, -3, 127] and s[1].item() == 0
+    assert s[2:5].isnan().all() and (q[2:5] == 0).all() and not s[5:].isnan().any()
+
+
 # QUANT_BLOCK 4096: each row read once; 64: rows longer than a program's block, read twice
 @pytest.mark.parametrize("quant_block", [4096, 64])
 def test_quant_rows_matches_reference(monkeypatch, quant_block, device):
