@@ -214,16 +214,24 @@ def _prune_decode(configs, named_args, **kwargs):
 
 
 @triton.jit
-def _quant_row_values(x, amax_r, bad):
-    # x [BLOCK_K] fp32 of one row, with the row's absmax and NaN poison -> q int8
-    finite = bad == 0.0
-    usable = finite & (amax_r > 0.0)
+def _max_nan(a, b):
+    # max that propagates NaN (tl.max drops it): a row's abs-max is NaN or +inf exactly when it holds NaN/Inf
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _quant_row_values(x, amax_r):
+    # x [BLOCK_K] fp32 of one row, with the row's abs-max (by _max_nan) -> q int8. In sm_90 PTX 8 instructions
+    # an element with the load's conversion and the abs-max, against 13 for the first form (a poison sum
+    # for NaN/Inf, a compare and select for the rounding, a clamp)
+    usable = (amax_r > 0.0) & (amax_r < float("inf"))  # (NaN fails both)
     # div_rn: IEEE division (``/`` is approximate on NVIDIA GPUs), so rounding matches PyTorch's
     inv = tl.where(usable, tl.math.div_rn(127.0, tl.where(usable, amax_r, 1.0)), 0.0)
-    v = tl.where(finite, x * inv, 0.0)
-    # round half away from zero (the fp -> int cast truncates); the interpreter has no rint
-    q = (v + tl.where(v >= 0.0, 0.5, -0.5)).to(tl.int32)
-    return tl.minimum(tl.maximum(q, -127), 127).to(tl.int8)
+    v = tl.where(usable, x * inv, 0.0)
+    # round half away from zero: add 0.5 carrying v's sign (one bitwise op), the conversion truncates;
+    # |v| <= 127 up to an ulp, so no clamp
+    half = ((v.to(tl.uint32, bitcast=True) & 0x80000000) | 0x3F000000).to(tl.float32, bitcast=True)
+    return (v + half).to(tl.int8)
 
 
 @triton.jit
@@ -240,28 +248,23 @@ def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk, stride_qm,
         offs = tl.arange(0, BLOCK_K)
         mask = offs < K
         x = tl.load(x_row + offs * stride_xk, mask=mask, other=0.0).to(tl.float32)
-        amax_r = tl.max(tl.abs(x), axis=0)
-        bad = tl.sum(x * 0.0, axis=0)  # NaN exactly where the row holds NaN or +-Inf
-        tl.store(q_row + offs, _quant_row_values(x, amax_r, bad), mask=mask)
+        amax_r = tl.reduce(tl.abs(x), 0, _max_nan)
+        tl.store(q_row + offs, _quant_row_values(x, amax_r), mask=mask)
     else:
         amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
-        poison = tl.zeros((BLOCK_K,), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             offs = k0 + tl.arange(0, BLOCK_K)
             x = tl.load(x_row + offs * stride_xk, mask=offs < K, other=0.0).to(tl.float32)
-            amax = tl.maximum(amax, tl.abs(x))
-            poison += x * 0.0
-        amax_r = tl.max(amax, axis=0)
-        bad = tl.sum(poison, axis=0)
+            amax = _max_nan(amax, tl.abs(x))
+        amax_r = tl.reduce(amax, 0, _max_nan)
         for k0 in range(0, K, BLOCK_K):
             offs = k0 + tl.arange(0, BLOCK_K)
             mask = offs < K
             x = tl.load(x_row + offs * stride_xk, mask=mask, other=0.0).to(tl.float32)
-            tl.store(q_row + offs, _quant_row_values(x, amax_r, bad), mask=mask)
-    tl.store(s_ptr + row, amax_r / 127.0 + bad)
+            tl.store(q_row + offs, _quant_row_values(x, amax_r), mask=mask)
+    tl.store(s_ptr + row, tl.where(amax_r < float("inf"), amax_r / 127.0, float("nan")))
 
 
-@triton.jit
 def _dequant(acc, row_scale, ws_ptr, b_ptr, offs_n, n_mask, HAS_ROW_SCALE: tl.constexpr,
              HAS_COL_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr):
     # acc: [BLOCK_M, BLOCK_N] int32 (W8A8) or fp32 (weight-only) -> fp32 dequantized, with bias. Without

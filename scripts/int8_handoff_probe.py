@@ -82,13 +82,13 @@ def _producer_kernel(x_desc, w_desc, xs_ptr, ws_ptr, b_ptr, q_ptr, s_ptr, M, N, 
                                                     BLOCK_N, BLOCK_K, GROUP_M)
     G: tl.constexpr = BLOCK_N // QG
     y3 = tl.reshape(y, (BLOCK_M, G, QG))
-    amax = tl.max(tl.abs(y3), axis=2)
-    bad = tl.sum(y3 * 0.0, axis=2)  # NaN exactly where the group holds NaN or +-Inf
-    q = tl.reshape(Q._quant_row_values(y3, amax[:, :, None], bad[:, :, None]), (BLOCK_M, BLOCK_N))
+    amax = tl.reduce(tl.abs(y3), 2, Q._max_nan)  # NaN or +inf exactly where the group holds NaN or +-Inf
+    q = tl.reshape(Q._quant_row_values(y3, amax[:, :, None]), (BLOCK_M, BLOCK_N))
     tl.store(q_ptr + offs_m[:, None] * N + offs_n[None, :], q, mask=m_ok[:, None] & n_ok[None, :])
     groups = tl.cdiv(N, QG)
     offs_g = pid_n * G + tl.arange(0, G)
-    tl.store(s_ptr + offs_m[:, None] * groups + offs_g[None, :], amax / 127.0 + bad,
+    scale = tl.where(amax < float("inf"), amax / 127.0, float("nan"))
+    tl.store(s_ptr + offs_m[:, None] * groups + offs_g[None, :], scale,
              mask=m_ok[:, None] & (offs_g < groups)[None, :])
 
 

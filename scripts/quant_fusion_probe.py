@@ -18,7 +18,9 @@ The variants, each compiled by Inductor from the ATen ops of ``y = layer_norm(x 
   rounds to 127 all the same);
 - ``shipped x3``: three quantizations of one output (bert's Q, K and V sites each insert their own): does
   Inductor share them?
-- ``norm kernel``: tritonfuse's own LayerNorm kernel with its int8 output (``quant_out``).
+- ``norm kernel``: tritonfuse's own LayerNorm kernel with its int8 output (``quant_out``);
+- ``row kernel``: ``kernels.int8.quant_rows`` alone on the LayerNorm's output (what a site whose input has
+  no fusable producer runs: BERT's down-projections, 16384x3072, took 0.050 ms with its first form).
 Each variant's q and scales must equal ``first``'s bit for bit (NaN rows, Inf rows and zero rows included);
 ``--check`` runs that on the CPU in eager mode. At 5a70502 on the H200 (16384x768): ln 19.8 us, first 35.5,
 amax 32.0, today's form 25.9, the norm kernel 32.0.
@@ -141,6 +143,11 @@ def main() -> None:
                 emit(**meta, shape=shape, variant=name, ms=ms, gbps=nbytes / ms / 1e6)
             except Exception as e:  # noqa: BLE001
                 emit(**meta, shape=shape, variant=name, error=f"{type(e).__name__}: {str(e)[:200]}")
+        y = ln(x, r, w, b)
+        q, sc = Q.quant_rows(y)
+        assert torch.equal(q, ref[1]) and torch.equal(sc, ref[2]), "row kernel"
+        ms = graph_ms(lambda: Q.quant_rows(y))
+        emit(**meta, shape=shape, variant="row kernel", ms=ms, gbps=(M * N * 3 + M * 4) / ms / 1e6)
         try:
             def norm():
                 return torch.ops.tritonfuse.norm_residual(x, r, w, b, 1e-12, "layer", False, False, False, True)
