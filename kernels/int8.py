@@ -265,6 +265,7 @@ def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk, stride_qm,
     tl.store(s_ptr + row, tl.where(amax_r < float("inf"), amax_r / 127.0, float("nan")))
 
 
+@triton.jit
 def _dequant(acc, row_scale, ws_ptr, b_ptr, offs_n, n_mask, HAS_ROW_SCALE: tl.constexpr,
              HAS_COL_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr):
     # acc: [BLOCK_M, BLOCK_N] int32 (W8A8) or fp32 (weight-only) -> fp32 dequantized, with bias. Without
