@@ -45,6 +45,8 @@
 #                                       # bert-base/vit_b_16 per kernel in float and int8 mode
 #   bash scripts/gpu_session.sh quant_fusion # issue 7 (39th session): LayerNorm + fused int8 quantization by
 #                                       # decomposition; W8A8 at bert's Q/K/V shapes apart and concatenated
+#   bash scripts/gpu_session.sh int8_next40 # issue 7 (prepared in the 39th session): the row kernel by launch
+#                                       # shape; vit_b_16 int8 with its Q/K/V input quantized in the LayerNorm
 #   bash scripts/gpu_session.sh extra   # minilm-l6 (real weights: run scripts/carry_minilm.sh here first and
 #                                       # carry .carry), training steps, and a per-layer profile
 #   bash scripts/gpu_session.sh pair    # a 2-GPU machine (kind nvidia-h200-x2), each half of the cores pinned to
@@ -182,6 +184,17 @@ case "${1:-tests}" in
     sed 's/.*commit=[^ ]* //' "$out/quant_fusion.txt" | tail -16
     timeout 300 $PY scripts/int8_gemm_probe.py --shapes 16384x768x768,16384x2304x768 --bias --dtype float16 \
       > "$out/qkv.txt" 2>&1; sed 's/.*commit=[^ ]* //' "$out/qkv.txt" | sort -t= -k4 | tail -12 ;;
+  int8_next40)
+    # issue 7, prepared in the 39th session: the int8 row kernel by launch shape (scripts/quant_rows_probe.py:
+    # a 3% faster down-projection site would take BERT's 12 in int8), then vit_b_16 in int8 mode with its
+    # Q/K/V input quantized in the LayerNorm's kernel or by the row kernel (scripts/norm_walk_probe.py)
+    timeout 120 $PY scripts/quant_rows_probe.py > "$out/quant_rows.txt" 2>&1
+    sed 's/.*commit=[^ ]* //' "$out/quant_rows.txt" | tail -30
+    for w in "" --walk; do
+      TRITONFUSE_LOG=summary TRITONFUSE_MEASURE_BUDGET_S=inf timeout 200 $PY scripts/norm_walk_probe.py $w -- \
+        --models vit_b_16 --modes inductor,tritonfuse-int8 --cuda-graphs --no-progress --out "$out/walk${w}/" \
+        > "$out/walk${w}.txt" 2>&1; grep -E "norm walk|int8_w8a8|^vit_b_16 " "$out/walk${w}.txt" | head -8
+    done ;;
   extra)
     [ -d .carry/site ] && export PYTHONPATH=$PWD/.carry/site${PYTHONPATH:+:$PYTHONPATH}
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 150 $PY -m tritonfuse bench --models minilm-l6 \

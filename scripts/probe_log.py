@@ -1,9 +1,27 @@
-"""The GPU probes' log: each result as a JSON line under $OUT and as one readable line on stdout."""
+"""The GPU probes' log: each result as a JSON line under $OUT and as one readable line on stdout; and the
+command line the shape probes share."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+
+
+def probe_parser(doc: str, shapes: str) -> argparse.ArgumentParser:
+    """A shape probe's command line: ``--shapes`` (default ``shapes``) and ``--check`` (its check against a
+    reference, on the CPU in the Triton interpreter or on a GPU: ``check_device``)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--shapes", default=shapes)
+    ap.add_argument("--check", action="store_true")
+    return ap
+
+
+def check_device() -> str:
+    """Where a probe's ``--check`` runs: the GPU, unless there is none or TRITON_INTERPRET is set."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() and not os.environ.get("TRITON_INTERPRET") else "cpu"
 
 
 def jsonl_log(name: str, digits: int = 4):

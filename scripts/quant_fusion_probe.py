@@ -33,7 +33,6 @@ Rows: $OUT/quant-fusion-probe.jsonl (GPU ms per call from CUDA-graph replays, an
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -103,13 +102,11 @@ def check(device: str = "cpu") -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", default="16384x768,12608x768")
-    ap.add_argument("--check", action="store_true")
-    a = ap.parse_args()
+    from probe_log import graph_ms, jsonl_log, probe_parser, run_meta
+
+    a = probe_parser(__doc__, "16384x768,12608x768").parse_args()
     if a.check:
         return check()
-    from probe_log import graph_ms, jsonl_log, run_meta
 
     check("cuda")
     emit = jsonl_log("quant-fusion-probe.jsonl", digits=4)

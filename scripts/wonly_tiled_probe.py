@@ -19,7 +19,6 @@ Written in the 27th session and checked on the CPU only (``--check`` under the i
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import itertools
 import os
@@ -127,14 +126,13 @@ def check(device: str = "cpu") -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--shapes", default="16x4096x4096,1x4096x4096,16x14336x4096,16x4096x14336")
+    from probe_log import check_device, jsonl_log, probe_parser
+
+    ap = probe_parser(__doc__, "16x4096x4096,1x4096x4096,16x14336x4096,16x4096x14336")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--check", action="store_true")
     a = ap.parse_args()
     if a.check:
-        return check("cuda" if torch.cuda.is_available() and not os.environ.get("TRITON_INTERPRET") else "cpu")
-    from probe_log import jsonl_log
+        return check(check_device())
     from wonly_probe import decode_launch, graph_ms, rel_err
 
     from tritonfuse.kernels import int8 as Q
