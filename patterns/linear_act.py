@@ -298,10 +298,11 @@ def _int8_sqnr(match: Match, x2, act: str, gated: bool, mode: str, conv1d: bool 
 
 
 # Quantizing x in the graph pays where x's producer is a normalization Inductor computes: its kernel holds
-# each row, and the quantization adds an epilogue (H200, 16384x768 fp16: LayerNorm 12.7 us, with the
-# quantization 32 us). Anywhere else Inductor makes it a reduction kernel of its own, slower than the
-# row kernel inside the int8 op (16384x3072: 139 against 67 us; 16384x768: 61 against 26 us), so the op
-# quantizes: after a GEMM (+ activation), attention, a graph input, or rows longer than this
+# each row, and the quantization adds an epilogue (H200, 16384x768 fp16, 39th session: LayerNorm 19.8 us,
+# with the quantization 25.9 us; scripts/quant_fusion_probe.py). Anywhere else Inductor makes it a reduction
+# kernel of its own, slower than the row kernel inside the int8 op (12th session, the quantizers' first
+# forms: 16384x3072 139 against 67 us, 16384x768 61 against 26 us; the row kernel now takes 42 and 13), so
+# the op quantizes: after a GEMM (+ activation), attention, a graph input, or rows longer than this
 FUSED_QUANT_MAX_K = 1024
 _VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
 _NORM_STEPS = {aten.mul.Tensor, aten.add.Tensor, aten.sub.Tensor, aten.rsqrt.default,
