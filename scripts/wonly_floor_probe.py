@@ -147,7 +147,7 @@ def main() -> None:
     if a.check:
         return check("cuda" if torch.cuda.is_available() and not os.environ.get("TRITON_INTERPRET") else "cpu")
     from probe_log import jsonl_log, run_meta
-    from wonly_probe import decode_launch, graph_ms, rel_err
+    from wonly_probe import cublas_times, decode_launch, graph_ms, rel_err, timing_case
 
     from tritonfuse.kernels import int8 as Q
 
@@ -160,16 +160,9 @@ def main() -> None:
         emit(**meta, provider="empty", warm_ms=graph_ms(lambda: _empty_kernel[(132,)](dummy, FLAG=False)))
     for shape in a.shapes.split(","):
         M, N, K = map(int, shape.split("x"))
-        x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
-        w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) * K ** -0.5
-        wq, ws = Q.quantize_weight(w)
-        ref = x.double() @ (wq.double() * ws.double()[:, None]).T
-        copies = max(2, triton.cdiv(160 << 20, N * K))  # > L2 (50 MB on the H100/H200) in int8, twice in bf16
-        wb = [w.clone() for _ in range(copies)]
+        x, w, wq, ws, ref, copies = timing_case(shape)
         if "cublas" in want:
-            emit(**meta, shape=shape, provider="cublas-bf16", warm_ms=graph_ms(lambda: torch.nn.functional.linear(x, w)),
-                 cold_ms=graph_ms(lambda: [torch.nn.functional.linear(x, t) for t in wb], copies))
-        del wb
+            emit(**meta, shape=shape, provider="cublas-bf16", **cublas_times(x, w, copies))
         wqs = [wq] + [wq.clone() for _ in range(copies - 1)]
         words = N * K // 4
         sink = torch.empty(words // 1024, device="cuda", dtype=torch.int32)

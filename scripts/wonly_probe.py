@@ -33,6 +33,24 @@ def small_case(M, N, K, dtype, device):
     return x, wq, ws, x.double() @ (wq.double() * ws.double()[:, None]).T
 
 
+def timing_case(shape: str):
+    """A timed case at ``shape`` (MxNxK) on the GPU: bf16 x [M, K], a Gaussian bf16 weight w [N, K], its int8
+    weight and channel scales, x @ W^T in fp64 from the quantized weight, and how many weight copies make a
+    round larger than L2 (50 MB on the H100/H200) in int8, twice that in bf16."""
+    M, N, K = map(int, shape.split("x"))
+    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) * K ** -0.5
+    wq, ws = Q.quantize_weight(w)
+    ref = x.double() @ (wq.double() * ws.double()[:, None]).T
+    return x, w, wq, ws, ref, max(2, triton.cdiv(160 << 20, N * K))
+
+
+def cublas_times(x: torch.Tensor, w: torch.Tensor, copies: int) -> dict:
+    """cuBLAS's bf16 linear: ``warm_ms`` replaying one weight, ``cold_ms`` a round of ``copies`` of it."""
+    wb = [w.clone() for _ in range(copies)]
+    return dict(warm_ms=graph_ms(lambda: F.linear(x, w)), cold_ms=graph_ms(lambda: [F.linear(x, t) for t in wb], copies))
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """The largest error against the fp64 ``ref``, over ``ref``'s largest magnitude."""
     return (out.double() - ref).abs().max().item() / ref.abs().max().item()

@@ -133,7 +133,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.check:
         return check(check_device())
-    from wonly_probe import decode_launch, graph_ms, rel_err
+    from wonly_probe import cublas_times, decode_launch, graph_ms, rel_err, timing_case
 
     from tritonfuse.kernels import int8 as Q
 
@@ -143,15 +143,8 @@ def main() -> None:
     grid = ((32, 64), (256, 512), (1, 2, 4, 8), (3, 4), (4,)) if not a.quick else ((32,), (256,), (4,), (3,), (4,))
     for shape in a.shapes.split(","):
         M, N, K = map(int, shape.split("x"))
-        x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
-        w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) * K ** -0.5
-        wq, ws = Q.quantize_weight(w)
-        ref = x.double() @ (wq.double() * ws.double()[:, None]).T
-        copies = max(2, triton.cdiv(160 << 20, N * K))  # bf16 copies, > L2 (50 MB on the H100/H200)
-        wb = [w.clone() for _ in range(copies)]
-        emit(shape=shape, provider="cublas-bf16", warm_ms=graph_ms(lambda: torch.nn.functional.linear(x, w)),
-             cold_ms=graph_ms(lambda: [torch.nn.functional.linear(x, t) for t in wb], copies))
-        del wb
+        x, w, wq, ws, ref, copies = timing_case(shape)
+        emit(shape=shape, provider="cublas-bf16", **cublas_times(x, w, copies))
         out = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
         part = torch.empty(8 * 16 * N, device="cuda", dtype=torch.float32)
         count = torch.zeros(N // 16, device="cuda", dtype=torch.int32)
