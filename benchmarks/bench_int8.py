@@ -95,7 +95,7 @@ def _launch(kind, cfg, x, xs, wq, ws, out, gated_w=None, act=None, bias=None):
     kw = cfg.all_kwargs()
     uq, us = gated_w if gated_w is not None else (wq, ws)
     flags = dict(HAS_BIAS=bias is not None, ACT=act or ("silu" if gated_w is not None else "none"),
-                 GATED=gated_w is not None)
+                 GATED=gated_w is not None, QLOAD=False, ROW_AMAX=False)
     b = bias if bias is not None else ws
     if kind == "tma":
         from triton.tools.tensor_descriptor import TensorDescriptor
@@ -105,13 +105,13 @@ def _launch(kind, cfg, x, xs, wq, ws, out, gated_w=None, act=None, bias=None):
         tiles = triton.cdiv(M, kw["BLOCK_M"]) * triton.cdiv(N, kw["BLOCK_N"])
         grid = (min(tiles, Q._num_sms(0)) if kw["PERSISTENT"] else tiles,)
         Q._w8a8_tma_kernel.fn[grid](
-            descs["x_desc"], descs["w_desc"], descs["wu_desc"], xs, ws, b, us, ws, out,
+            descs["x_desc"], descs["w_desc"], descs["wu_desc"], xs, ws, b, us, ws, out, ws,
             M, N, K, Q._m_bucket(M), out.stride(0), out.stride(1), RTNE_BF16=False, **flags, **kw,
         )
         return out
     grid = (triton.cdiv(M, kw["BLOCK_M"]) * triton.cdiv(N, kw["BLOCK_N"]),)
     Q._int8_gemm_kernel[grid](
-        x, xs, wq, ws, b, uq, us, ws, out, M, N, K, Q._m_bucket(M),
+        x, xs, wq, ws, b, uq, us, ws, out, ws, M, N, K, Q._m_bucket(M),
         x.stride(0), x.stride(1), wq.stride(0), wq.stride(1), uq.stride(0), uq.stride(1), out.stride(0), out.stride(1),
         W8A8=kind != "wonly", DOT_UPCAST=False, RTNE_BF16=False, GROUP_K=Q.scale_group(wq, ws), **flags, **kw,
     )

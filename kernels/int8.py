@@ -180,19 +180,26 @@ else:
 SMEM_BYTES = 227 * 1024  # shared memory a Hopper program may hold
 
 
-def _stage_bytes(c, weights: int) -> int:
-    # one pipeline stage of int8 tiles: x's [BLOCK_M, BLOCK_K] and each weight's [BLOCK_N, BLOCK_K]
+def _stage_bytes(c, weights: int, x_bytes: int = 1) -> int:
+    # one pipeline stage: x's [BLOCK_M, BLOCK_K] (int8, or fp16/bf16 quantized on load) and each int8
+    # weight's [BLOCK_N, BLOCK_K]
     k = c.kwargs
-    return (k["BLOCK_M"] + weights * k["BLOCK_N"]) * k["BLOCK_K"]
+    return (x_bytes * k["BLOCK_M"] + weights * k["BLOCK_N"]) * k["BLOCK_K"]
 
 
 def _prune_by_m(configs, named_args, **kwargs):
     # no 256-row tiles for 40 rows, no 16-row tiles for 4096 rows; two accumulators (gated) stay at
-    # 128x128 or less per program, or they spill
+    # 128x128 or less per program, or they spill; x quantized on load (fp16 tiles) fits its stages
     mb = named_args.get("M_BUCKET", kwargs.get("M_BUCKET", 16))
-    if kwargs.get("GATED", named_args.get("GATED", False)):
+    gated = kwargs.get("GATED", named_args.get("GATED", False))
+    if gated:
         configs = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 128 * 128
                    and _stage_bytes(c, 2) * c.num_stages <= SMEM_BYTES] or configs
+    if kwargs.get("QLOAD", named_args.get("QLOAD", False)):
+        # fp16 x tiles: stages - 1 in flight and the one being converted (Triton 3.6's sm_90 compile of
+        # the TMA list: 128x256x128 3 stages 168 KB, 256x128x128 184 KB, 128x128x256 228 KB, over the limit)
+        configs = [c for c in configs if _stage_bytes(c, 2 if gated else 1, 2) * (c.num_stages - 1)
+                   + 2 * c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_K"] <= SMEM_BYTES] or configs
     small = [c for c in configs if c.kwargs["BLOCK_M"] <= max(32, mb)]
     if mb <= 32:
         return [c for c in small if c.kwargs["BLOCK_M"] <= 32] or small or configs
@@ -220,18 +227,35 @@ def _max_nan(a, b):
 
 
 @triton.jit
-def _quant_row_values(x, amax_r):
-    # x [BLOCK_K] fp32 of one row, with the row's abs-max (by _max_nan) -> q int8. In sm_90 PTX 8 instructions
-    # an element with the load's conversion and the abs-max, against 13 for the first form (a poison sum
-    # for NaN/Inf, a compare and select for the rounding, a clamp)
+def _row_inv(amax_r):
+    # a row's abs-max (by _max_nan) -> 127 / abs-max, or 0 for a row of zeros or one holding NaN/Inf
     usable = (amax_r > 0.0) & (amax_r < float("inf"))  # (NaN fails both)
     # div_rn: IEEE division (``/`` is approximate on NVIDIA GPUs), so rounding matches PyTorch's
-    inv = tl.where(usable, tl.math.div_rn(127.0, tl.where(usable, amax_r, 1.0)), 0.0)
-    v = tl.where(usable, x * inv, 0.0)
+    return tl.where(usable, tl.math.div_rn(127.0, tl.where(usable, amax_r, 1.0)), 0.0)
+
+
+@triton.jit
+def _quant_scaled(x, inv):
+    # x fp32 times its row's _row_inv -> q int8 (inv broadcast along the row: [BLOCK_M, 1] for a tile)
+    v = tl.where(inv > 0.0, x * inv, 0.0)  # (a NaN/Inf row's values would be NaN: 0 instead)
     # round half away from zero: add 0.5 carrying v's sign (one bitwise op), the conversion truncates;
     # |v| <= 127 up to an ulp, so no clamp
     half = ((v.to(tl.uint32, bitcast=True) & 0x80000000) | 0x3F000000).to(tl.float32, bitcast=True)
     return (v + half).to(tl.int8)
+
+
+@triton.jit
+def _quant_row_values(x, amax_r):
+    # x [BLOCK_K] fp32 of one row, with the row's abs-max (by _max_nan) -> q int8. In sm_90 PTX 8 instructions
+    # an element with the load's conversion and the abs-max, against 13 for the first form (a poison sum
+    # for NaN/Inf, a compare and select for the rounding, a clamp)
+    return _quant_scaled(x, _row_inv(amax_r))
+
+
+@triton.jit
+def _row_scale(amax_r):
+    # the dequantization scale of a row quantized with _row_inv: abs-max / 127 (0 for zeros), NaN for NaN/Inf
+    return tl.where(amax_r < float("inf"), amax_r / 127.0, float("nan"))
 
 
 @triton.jit
@@ -262,7 +286,7 @@ def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk, stride_qm,
             mask = offs < K
             x = tl.load(x_row + offs * stride_xk, mask=mask, other=0.0).to(tl.float32)
             tl.store(q_row + offs, _quant_row_values(x, amax_r), mask=mask)
-    tl.store(s_ptr + row, tl.where(amax_r < float("inf"), amax_r / 127.0, float("nan")))
+    tl.store(s_ptr + row, _row_scale(amax_r))
 
 
 @triton.jit
@@ -284,20 +308,35 @@ def _dequant(acc, row_scale, ws_ptr, b_ptr, offs_n, n_mask, HAS_ROW_SCALE: tl.co
 def _store_tile(
     acc, acc_u, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, offs_m, offs_n, M, N, stride_om, stride_on,
     HAS_ROW_SCALE: tl.constexpr, HAS_COL_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
-    GATED: tl.constexpr, RTNE_BF16: tl.constexpr,
+    GATED: tl.constexpr, RTNE_BF16: tl.constexpr, amax_ptr=None, ROW_AMAX: tl.constexpr = False,
+    QLOAD: tl.constexpr = False,
 ):
-    # the epilogue shared by every int8 GEMM: dequantize, bias, activation (and the gate product), store
+    # the epilogue shared by every int8 GEMM: dequantize, bias, activation (and the gate product), store.
+    # QLOAD: xs_ptr holds the rows' abs-max (x was quantized as it was loaded), scales made as the row kernel
+    # makes them. ROW_AMAX: each row's abs-max of the values stored is max-ed into amax_ptr ([M] int32, zeroed
+    # before the launch) for the next GEMM to quantize them on load
     m_mask = offs_m < M
     n_mask = offs_n < N
     if HAS_ROW_SCALE:
         xs = tl.load(xs_ptr + offs_m, mask=m_mask, other=0.0)
+        if QLOAD:
+            xs = _row_scale(xs)
     else:
         xs = offs_m  # unused
     y = _apply_act(_dequant(acc, xs, ws_ptr, b_ptr, offs_n, n_mask, HAS_ROW_SCALE, HAS_COL_SCALE, HAS_BIAS), ACT)
     if GATED:
         y = y * _dequant(acc_u, xs, wus_ptr, bu_ptr, offs_n, n_mask, HAS_ROW_SCALE, HAS_COL_SCALE, HAS_BIAS)
     out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
-    tl.store(out_ptrs, cast_out(y, out_ptr.dtype.element_ty, RTNE_BF16), mask=m_mask[:, None] & n_mask[None, :])
+    y = cast_out(y, out_ptr.dtype.element_ty, RTNE_BF16)
+    tl.store(out_ptrs, y, mask=m_mask[:, None] & n_mask[None, :])
+    if ROW_AMAX:
+        # of the values as stored (the next GEMM quantizes those, |q| <= 127 needs their max). Columns past N
+        # hold 0 (their weight scales and bias load as 0, and every activation maps 0 to 0); rows past M are
+        # masked. An abs-max is >= 0, so its int32 bits order as its values do (NaN above +inf): one relaxed
+        # atomic on the bits, where Triton's fp32 max issues two with fences (the fences cost 0.011 ms of
+        # BERT's up-projection on the H200, 39th session; the next kernel launch orders the rest)
+        r = tl.reduce(tl.abs(y.to(tl.float32)), 1, _max_nan)
+        tl.atomic_max(amax_ptr + offs_m, r.to(tl.int32, bitcast=True), mask=m_mask, sem="relaxed")
 
 
 @triton.jit
@@ -345,15 +384,18 @@ def _group_dot(acc, a, b, s_ptrs, k, K, N, GROUP_K: tl.constexpr, s_pre, PRELOAD
 def _k_step(acc, acc_u, x_ptrs, w_ptrs, u_ptrs, k, K, N, stride_xk, stride_wk, stride_uk, s_ptrs, su_ptrs,
             W8A8: tl.constexpr, DOT_UPCAST: tl.constexpr, GATED: tl.constexpr, EVEN_K: tl.constexpr,
             BLOCK_K: tl.constexpr, SUB_K: tl.constexpr, GROUP_K: tl.constexpr, s_pre=None, su_pre=None,
-            PRELOADED: tl.constexpr = False):
+            PRELOADED: tl.constexpr = False, inv=None, QLOAD: tl.constexpr = False):
     # one BLOCK_K step of the pointer kernels from K offset k, in sub-steps of SUB_K (pointers span SUB_K):
     # x's tile read once, multiplied by w's (and the gate's u's). Grouped weight scales (GROUP_K, a multiple
-    # of SUB_K) are constant within a sub-step; PRELOADED (one sub-step): s_pre and su_pre hold them
+    # of SUB_K) are constant within a sub-step; PRELOADED (one sub-step): s_pre and su_pre hold them.
+    # QLOAD: x is fp16/bf16, quantized per row as it is loaded (inv [BLOCK_M, 1]: the rows' _row_inv)
     offs = tl.arange(0, SUB_K)
     for j in tl.static_range(BLOCK_K // SUB_K):
         kj = k + j * SUB_K
         k_mask = offs < K - kj
         a0 = _load_k(x_ptrs + j * SUB_K * stride_xk, k_mask[None, :], EVEN_K)
+        if QLOAD:
+            a0 = _quant_scaled(a0.to(tl.float32), inv)
         a, b = _dot_operands(a0, _load_k(w_ptrs + j * SUB_K * stride_wk, k_mask[:, None], EVEN_K), W8A8, DOT_UPCAST)
         acc = _group_dot(acc, a, b, s_ptrs, kj, K, N, GROUP_K, s_pre, PRELOADED)
         if GATED:
@@ -372,17 +414,19 @@ def _sub_k(args) -> int:
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0, "SUB_K": _sub_k})
 @triton.jit
 def _int8_gemm_kernel(
-    x_ptr, xs_ptr, w_ptr, ws_ptr, b_ptr, wu_ptr, wus_ptr, bu_ptr, out_ptr,
+    x_ptr, xs_ptr, w_ptr, ws_ptr, b_ptr, wu_ptr, wus_ptr, bu_ptr, out_ptr, amax_ptr,
     M, N, K, M_BUCKET,
     stride_xm, stride_xk, stride_wn, stride_wk, stride_un, stride_uk, stride_om, stride_on,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr, W8A8: tl.constexpr,
-    DOT_UPCAST: tl.constexpr, RTNE_BF16: tl.constexpr, GROUP_K: tl.constexpr,
+    DOT_UPCAST: tl.constexpr, RTNE_BF16: tl.constexpr, GROUP_K: tl.constexpr, QLOAD: tl.constexpr,
+    ROW_AMAX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, SUB_K: tl.constexpr,
 ):
-    # W8A8: x [M, K] int8 with row scales xs [M]; weight-only: x [M, K] fp16/bf16, any strides.
+    # W8A8: x [M, K] int8 with row scales xs [M]; weight-only: x [M, K] fp16/bf16, any strides. W8A8 with
+    # QLOAD: x [M, K] fp16/bf16 with its rows' abs-max in xs, quantized per row as it is loaded.
     # w (wu): [N, K] int8 with channel scales ws (wus) [N], or (weight-only, GROUP_K > 0) scales
-    # [cdiv(K, GROUP_K), N] per K group; out: [M, N]
+    # [cdiv(K, GROUP_K), N] per K group; out: [M, N]. ROW_AMAX: out's rows' abs-max into amax_ptr (_store_tile)
     pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -397,19 +441,23 @@ def _int8_gemm_kernel(
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_u = acc
+    if QLOAD:
+        inv = _row_inv(tl.load(xs_ptr + offs_m, mask=offs_m < M, other=0.0))[:, None]
+    else:
+        inv = None
     for k in range(0, tl.cdiv(K, BLOCK_K)):
         acc, acc_u = _k_step(acc, acc_u, x_ptrs, w_ptrs, u_ptrs, k * BLOCK_K, K, N, stride_xk, stride_wk, stride_uk,
                              ws_ptr + offs_bn, wus_ptr + offs_bn, W8A8, DOT_UPCAST, GATED, EVEN_K, BLOCK_K, SUB_K,
-                             GROUP_K)
+                             GROUP_K, inv=inv, QLOAD=QLOAD)
         if GATED:
             u_ptrs += BLOCK_K * stride_uk
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
     _store_tile(acc, acc_u, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, offs_m, offs_n, M, N,
-                stride_om, stride_on, W8A8, GROUP_K == 0, HAS_BIAS, ACT, GATED, RTNE_BF16)
+                stride_om, stride_on, W8A8, GROUP_K == 0, HAS_BIAS, ACT, GATED, RTNE_BF16, amax_ptr, ROW_AMAX, QLOAD)
 
 
-_KEY = ["M_BUCKET", "N", "K", "ACT", "HAS_BIAS", "GATED"]
+_KEY = ["M_BUCKET", "N", "K", "ACT", "HAS_BIAS", "GATED", "QLOAD", "ROW_AMAX"]
 _WONLY_KEY = _KEY + ["GROUP_K"]
 # one kernel body, two tuning spaces: W8A8 (int8 x) and weight-only (fp16/bf16 x)
 _w8a8_kernel = triton.autotune(
@@ -525,14 +573,16 @@ def _decode_kernel(
 
 @triton.jit
 def _w8a8_tma_tiles(
-    x_desc, w_desc, wu_desc, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, M, N, K, stride_om, stride_on,
-    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr, RTNE_BF16: tl.constexpr,
+    x_desc, w_desc, wu_desc, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, amax_ptr, M, N, K, stride_om,
+    stride_on, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr, RTNE_BF16: tl.constexpr,
+    QLOAD: tl.constexpr, ROW_AMAX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     FLATTEN: tl.constexpr, SUBTILE: tl.constexpr,
 ):
     # Hopper: tiles arrive by TMA (out-of-bounds boxes read as zeros, so no masks in the main loop); with a
     # persistent grid (one program per SM) each program walks the tiles, so one tile's epilogue overlaps the
-    # next tile's loads. w is [N, K] K-major, the layout 8-bit wgmma wants for its B operand.
+    # next tile's loads. w is [N, K] K-major, the layout 8-bit wgmma wants for its B operand. QLOAD: x's
+    # tiles are fp16/bf16, quantized per row in registers (xs_ptr: the rows' abs-max); ROW_AMAX: _store_tile
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     num_tiles = num_pid_m * num_pid_n
@@ -541,43 +591,51 @@ def _w8a8_tma_tiles(
         pid_m, pid_n = _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M)
         off_m = pid_m * BLOCK_M
         off_n = pid_n * BLOCK_N
+        offs_m = off_m + tl.arange(0, BLOCK_M)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
         acc_u = acc
+        if QLOAD:
+            inv = _row_inv(tl.load(xs_ptr + offs_m, mask=offs_m < M, other=0.0))[:, None]
         for ki in range(k_tiles):
             off_k = ki * BLOCK_K
             a = x_desc.load([off_m, off_k])
+            if QLOAD:
+                a = _quant_scaled(a.to(tl.float32), inv)
             acc = tl.dot(a, w_desc.load([off_n, off_k]).T, acc, out_dtype=tl.int32)
             if GATED:
                 acc_u = tl.dot(a, wu_desc.load([off_n, off_k]).T, acc_u, out_dtype=tl.int32)
-        offs_m = off_m + tl.arange(0, BLOCK_M)
         if SUBTILE:
             lo, hi = _halves(acc, BLOCK_N)
             lo_u, hi_u = _halves(acc_u, BLOCK_N)
             offs_n = off_n + tl.arange(0, BLOCK_N // 2)
             _store_tile(lo, lo_u, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, offs_m, offs_n, M, N,
-                        stride_om, stride_on, True, True, HAS_BIAS, ACT, GATED, RTNE_BF16)
+                        stride_om, stride_on, True, True, HAS_BIAS, ACT, GATED, RTNE_BF16, amax_ptr, ROW_AMAX,
+                        QLOAD)
             _store_tile(hi, hi_u, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, offs_m, offs_n + BLOCK_N // 2,
-                        M, N, stride_om, stride_on, True, True, HAS_BIAS, ACT, GATED, RTNE_BF16)
+                        M, N, stride_om, stride_on, True, True, HAS_BIAS, ACT, GATED, RTNE_BF16, amax_ptr, ROW_AMAX,
+                        QLOAD)
         else:
             offs_n = off_n + tl.arange(0, BLOCK_N)
             _store_tile(acc, acc_u, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, offs_m, offs_n, M, N,
-                        stride_om, stride_on, True, True, HAS_BIAS, ACT, GATED, RTNE_BF16)
+                        stride_om, stride_on, True, True, HAS_BIAS, ACT, GATED, RTNE_BF16, amax_ptr, ROW_AMAX,
+                        QLOAD)
 
 
 @triton.autotune(configs=_W8A8_TMA_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune_by_m},
                  **_AUTOTUNE_KW)
 @triton.jit
 def _w8a8_tma_kernel(
-    x_desc, w_desc, wu_desc, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr,
+    x_desc, w_desc, wu_desc, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, amax_ptr,
     M, N, K, M_BUCKET, stride_om, stride_on,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr, RTNE_BF16: tl.constexpr,
+    QLOAD: tl.constexpr, ROW_AMAX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     PERSISTENT: tl.constexpr, FLATTEN: tl.constexpr, SUBTILE: tl.constexpr,
 ):
     # host TMA descriptors (an op call)
-    _w8a8_tma_tiles(x_desc, w_desc, wu_desc, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, M, N, K,
-                    stride_om, stride_on, HAS_BIAS, ACT, GATED, RTNE_BF16, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
-                    FLATTEN, SUBTILE)
+    _w8a8_tma_tiles(x_desc, w_desc, wu_desc, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, amax_ptr, M, N, K,
+                    stride_om, stride_on, HAS_BIAS, ACT, GATED, RTNE_BF16, QLOAD, ROW_AMAX, BLOCK_M, BLOCK_N,
+                    BLOCK_K, GROUP_M, FLATTEN, SUBTILE)
 
 
 # The same kernel building its descriptors on the device, for calls inlined into Inductor's code
@@ -599,18 +657,19 @@ _W8A8_DEVICE_TMA_CONFIGS = [triton.Config(c.kwargs, num_warps=c.num_warps, num_s
                  **_AUTOTUNE_KW)
 @triton.jit
 def _w8a8_device_tma_kernel(
-    x_ptr, w_ptr, wu_ptr, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr,
+    x_ptr, w_ptr, wu_ptr, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, amax_ptr,
     M, N, K, M_BUCKET, stride_om, stride_on,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr, RTNE_BF16: tl.constexpr,
+    QLOAD: tl.constexpr, ROW_AMAX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     PERSISTENT: tl.constexpr, FLATTEN: tl.constexpr, SUBTILE: tl.constexpr,
 ):
     x_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, BLOCK_K])
     w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[K, 1], block_shape=[BLOCK_N, BLOCK_K])
     wu_desc = tl.make_tensor_descriptor(wu_ptr, shape=[N, K], strides=[K, 1], block_shape=[BLOCK_N, BLOCK_K])
-    _w8a8_tma_tiles(x_desc, w_desc, wu_desc, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, M, N, K,
-                    stride_om, stride_on, HAS_BIAS, ACT, GATED, RTNE_BF16, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
-                    FLATTEN, SUBTILE)
+    _w8a8_tma_tiles(x_desc, w_desc, wu_desc, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, amax_ptr, M, N, K,
+                    stride_om, stride_on, HAS_BIAS, ACT, GATED, RTNE_BF16, QLOAD, ROW_AMAX, BLOCK_M, BLOCK_N,
+                    BLOCK_K, GROUP_M, FLATTEN, SUBTILE)
 
 
 # --- weight quantization and its cache ----------------------------------------------------------------
@@ -898,7 +957,7 @@ def _tma_ok(xq: torch.Tensor) -> bool:
         return False
     if capability(xq.device)[0] < 9:
         return False
-    return xq.stride(1) == 1 and xq.stride(0) % 16 == 0 and xq.data_ptr() % 16 == 0
+    return xq.stride(1) == 1 and xq.stride(0) * xq.element_size() % 16 == 0 and xq.data_ptr() % 16 == 0
 
 
 _tma_failed: Optional[str] = None
@@ -945,10 +1004,14 @@ def _device_tma_layout(xq, wq, wuq) -> bool:
                                for t in (xq, wq, wuq) if t is not None)
 
 
-def _w8a8(xq, xs, wq, ws, b, act, out_dtype, wuq=None, wus=None, bu=None, use_tma=None):
+def _w8a8(xq, xs, wq, ws, b, act, out_dtype, wuq=None, wus=None, bu=None, use_tma=None, amax=None):
     """Launch the W8A8 GEMM on pre-quantized operands; ``use_tma`` None picks the TMA kernel where it runs
     (host descriptors for an op call, device descriptors for a call traced for inlining), ``"device"``
-    forces the device-descriptor kernel (the tests, and timing what an inlined call will run)."""
+    forces the device-descriptor kernel (the tests, and timing what an inlined call will run).
+
+    ``xq`` fp16/bf16 instead of int8: quantized per row as it is loaded, ``xs`` then holds its rows' abs-max
+    (``quant_rows`` quantizes the same values to the same bits). ``amax``: an [M] int32 zeroed buffer that
+    receives the output rows' abs-max (as fp32 bits) for the next GEMM to quantize them on load."""
     M, K = xq.shape
     N = wq.shape[0]
     if ws.numel() != N:
@@ -957,7 +1020,7 @@ def _w8a8(xq, xs, wq, ws, b, act, out_dtype, wuq=None, wus=None, bu=None, use_tm
     if M == 0 or N == 0:
         return out
     if use_tma == "device" or (use_tma is None and inline.active() and device_tma_serves(xq, wq, wuq)):
-        return _launch_device_tma(xq, xs, wq, ws, b, act, out, wuq, wus, bu)
+        return _launch_device_tma(xq, xs, wq, ws, b, act, out, wuq, wus, bu, amax)
     auto = use_tma is None
     if auto:
         use_tma = _tma_failed is None and _tma_ok(xq)
@@ -965,7 +1028,7 @@ def _w8a8(xq, xs, wq, ws, b, act, out_dtype, wuq=None, wus=None, bu=None, use_tm
         dummy = [16, 16]  # real boxes are set per config by _tma_block_hook
         w_desc = host_desc(wq, dummy)
         u_desc = host_desc(wuq, dummy) if wuq is not None else w_desc
-        grid, rest, kwargs = _tma_launch(xq, xs, wq, ws, b, act, out, wuq, wus, bu)
+        grid, rest, kwargs = _tma_launch(xq, xs, wq, ws, b, act, out, wuq, wus, bu, amax)
         try:
             registry.launcher(_w8a8_tma_kernel)[grid](host_desc(xq, dummy), w_desc, u_desc, *rest, **kwargs)
             return out
@@ -973,7 +1036,7 @@ def _w8a8(xq, xs, wq, ws, b, act, out_dtype, wuq=None, wus=None, bu=None, use_tm
             if not auto or not config.fallback_enabled():
                 raise
             _disable_tma(e)
-    return _launch_pointer(_w8a8_kernel, xq, xs, wq, ws, b, act, out, wuq, wus, bu, w8a8=True)
+    return _launch_pointer(_w8a8_kernel, xq, xs, wq, ws, b, act, out, wuq, wus, bu, w8a8=True, amax=amax)
 
 
 # int8 mode's GELU epilogues (exact "gelu" and HF's "gelu_tanh") as the tanh form on the GPU's approximate
@@ -994,7 +1057,7 @@ def _epilogue_act(act: str, device: torch.device) -> str:
     return act
 
 
-def _tma_launch(xq, xs, wq, ws, b, act, out, wuq, wus, bu) -> tuple:
+def _tma_launch(xq, xs, wq, ws, b, act, out, wuq, wus, bu, amax=None) -> tuple:
     """The grid, the arguments after the three operands (descriptors or pointers) and the constexprs of a
     launch of either TMA kernel."""
     M, K = xq.shape
@@ -1008,13 +1071,14 @@ def _tma_launch(xq, xs, wq, ws, b, act, out, wuq, wus, bu) -> tuple:
         return (min(tiles, progs) if meta["PERSISTENT"] else tiles,)
 
     rest = (xs, ws, b if has_bias else ws, wus if gated else ws, bu if (gated and has_bias) else ws, out,
-            M, N, K, _m_bucket(M), out.stride(0), out.stride(1))
+            amax if amax is not None else ws, M, N, K, _m_bucket(M), out.stride(0), out.stride(1))
     return grid, rest, dict(HAS_BIAS=has_bias, ACT=_epilogue_act(act, out.device), GATED=gated,
-                            RTNE_BF16=rtne_bf16(out.dtype))
+                            RTNE_BF16=rtne_bf16(out.dtype), QLOAD=xq.dtype != torch.int8,
+                            ROW_AMAX=amax is not None)
 
 
-def _launch_device_tma(xq, xs, wq, ws, b, act, out, wuq, wus, bu):
-    grid, rest, kwargs = _tma_launch(xq, xs, wq, ws, b, act, out, wuq, wus, bu)
+def _launch_device_tma(xq, xs, wq, ws, b, act, out, wuq, wus, bu, amax=None):
+    grid, rest, kwargs = _tma_launch(xq, xs, wq, ws, b, act, out, wuq, wus, bu, amax)
     args = (xq, wq, wuq if wuq is not None else wq, *rest)
     if inline.active():  # traced into Inductor's graph, which provides the descriptors' scratch memory
         registry.launcher(_w8a8_device_tma_kernel)[grid](*args, **kwargs)
@@ -1208,8 +1272,8 @@ def _best_cold(configs, args, kwargs, wq, wuq, N):
     return configs[min(range(len(configs)), key=times.__getitem__)]
 
 
-def _launch_pointer(kernel, x, xs, wq, ws, b, act, out, wuq, wus, bu, w8a8: bool, group: int = 0):
-    # xs is ignored by the weight-only kernel (any fp32 tensor will do)
+def _launch_pointer(kernel, x, xs, wq, ws, b, act, out, wuq, wus, bu, w8a8: bool, group: int = 0, amax=None):
+    # xs is ignored by the weight-only kernel (any fp32 tensor will do); W8A8 with a float x: quantized on load
     M, K = x.shape
     N = wq.shape[0]
     gated = wuq is not None
@@ -1217,11 +1281,12 @@ def _launch_pointer(kernel, x, xs, wq, ws, b, act, out, wuq, wus, bu, w8a8: bool
     u = wuq if gated else wq
     registry.launcher(kernel)[_grid(M, N)](
         x, xs, wq, ws, b if has_bias else ws, u, wus if gated else ws, bu if (gated and has_bias) else ws, out,
-        M, N, K, _m_bucket(M),
+        amax if amax is not None else ws, M, N, K, _m_bucket(M),
         x.stride(0), x.stride(1), wq.stride(0), wq.stride(1), u.stride(0), u.stride(1),
         out.stride(0), out.stride(1),
         HAS_BIAS=has_bias, ACT=_epilogue_act(act, x.device), GATED=gated, W8A8=w8a8,
         DOT_UPCAST=not w8a8 and dot_upcast(x.dtype), RTNE_BF16=rtne_bf16(out.dtype), GROUP_K=group,
+        QLOAD=w8a8 and x.dtype != torch.int8, ROW_AMAX=amax is not None,
     )
     return out
 
@@ -1326,6 +1391,155 @@ def int8_gated_mlp_prequant(
     bg = bg.contiguous() if bg is not None else None
     bu = bu.contiguous() if bu is not None else None
     return _w8a8(xq, xs.reshape(-1).float().contiguous(), wgq, wgs, bg, act, out_dtype, wuq, wus, bu)
+
+
+# --- quantize on load: an int8 GEMM's output handed to the next int8 GEMM without a quantization pass -----
+# Per-token scales need a whole row's abs-max, which the producing GEMM's tiles hold in pieces: each tile
+# max-es its rows' share into [M] with an atomic, and the consuming GEMM quantizes its fp16/bf16 x per row
+# as it loads each tile, instead of the row kernel reading x and writing int8 in between. BERT's MLP
+# (16384 rows, 768 -> 3072 -> 768, H200, 39th session, scripts/int8_handoff_probe.py): the probe pair took
+# 0.205 ms against 0.216-0.221 for W8A8 + GELU, the row kernel and W8A8, and its producer was 0.008 slower
+# than the shipped kernel that now does it. patterns.linear_act.qload_pass pairs the sites, measured.
+
+
+def _amax_fake(x, xs, w, wu, b, bu, act, out_dtype):
+    return (x.new_empty((x.shape[0], w.shape[0]), dtype=out_dtype),
+            x.new_empty((x.shape[0],), dtype=torch.float32))
+
+
+@registry.kernel_op("tritonfuse::int8_linear_amax", fake=_amax_fake)
+def int8_linear_amax(
+    x: torch.Tensor, xs: Optional[torch.Tensor], w: torch.Tensor, wu: Optional[torch.Tensor],
+    b: Optional[torch.Tensor], bu: Optional[torch.Tensor], act: str, out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """W8A8 ``y = act(x @ w.T + b)`` (times ``x @ wu.T + bu`` when ``wu`` is given) and each row's abs-max of
+    y as written (fp32 [M]; NaN where the row holds a NaN, +inf where it holds an infinity and no NaN), for
+    the next GEMM to quantize y as it loads it (``int8_linear_qload``).
+
+    Args:
+        x: [M, K] int8 with ``xs`` [M] (or [M, 1]) its row scales, as ``quant_rows`` makes them (quantized by
+            the producer), or fp16/bf16 with ``xs`` None (quantized here by the row kernel).
+        w, wu: [N, K] float weights (cached as int8, one scale per channel); b, bu: [N] or None;
+        act: the activation (gated: of the ``w`` half); out_dtype: fp16 or bf16.
+
+    Example::
+
+        >>> x, w = torch.randn(37, 128, dtype=torch.float16), torch.randn(77, 128, dtype=torch.float16)
+        >>> y, amax = torch.ops.tritonfuse.int8_linear_amax(x, None, w, None, None, None, "gelu", torch.float16)
+        >>> torch.equal(amax, y.float().abs().amax(dim=1))
+    """
+    wq, ws = weight_cache.get(w)
+    wuq, wus = weight_cache.get(wu) if wu is not None else (None, None)
+    b = b.contiguous() if b is not None else None
+    bu = bu.contiguous() if bu is not None else None
+    if xs is None:
+        xq, xs = quant_rows(x)
+    else:
+        xq, xs = x, xs.reshape(-1).float().contiguous()
+    amax = torch.zeros((x.shape[0],), device=x.device, dtype=torch.int32)  # the atomics max into it
+    out = _w8a8(xq, xs, wq, ws, b, act, out_dtype, wuq, wus, bu, amax=amax)
+    return out, amax.view(torch.float32)
+
+
+def _qload_fake(h, amax, w, b, act):
+    return h.new_empty((h.shape[0], w.shape[0]))
+
+
+@registry.kernel_op("tritonfuse::int8_linear_qload", fake=_qload_fake)
+def int8_linear_qload(h: torch.Tensor, amax: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
+                      act: str) -> torch.Tensor:
+    """W8A8 ``act(h @ w.T + b)`` for fp16/bf16 ``h`` whose rows' abs-max ``amax`` its producer wrote
+    (``int8_linear_amax``): each tile of h is quantized per row as the GEMM loads it. The int8 values and
+    scales are those ``quant_rows(h)`` makes, so the result is ``int8_linear(h, w, b, act, "int8")``'s,
+    without the row kernel's pass over h. ``amax`` must be each row's abs-max (at least): the values are not
+    clamped.
+
+    Example::
+
+        >>> y, amax = torch.ops.tritonfuse.int8_linear_amax(x, None, w, None, None, None, "gelu", torch.float16)
+        >>> out = torch.ops.tritonfuse.int8_linear_qload(y, amax, w2, b2, "none")
+    """
+    if h.dim() != 2 or amax.shape != (h.shape[0],):
+        raise ValueError(f"int8_linear_qload: h [M, K] with amax [M], got {tuple(h.shape)} and {tuple(amax.shape)}")
+    wq, ws = weight_cache.get(w)
+    b = b.contiguous() if b is not None else None
+    return _w8a8(h, amax.float().contiguous(), wq, ws, b, act, h.dtype)
+
+
+def measure_qload(M: int, K: int, N: int, N2: int, dtype: torch.dtype, device: torch.device, act: str,
+                  gated: bool, has_bias: bool, x_quantized: bool, act2: str, has_bias2: bool, consumer: str) -> dict:
+    """Time a pair of GEMMs with the second quantizing the first's output on load (``int8_linear_amax`` then
+    ``int8_linear_qload``) against the pair as served now: the first W8A8 (on rows its producer quantized,
+    ``x_quantized``, or quantizing them itself), then the second as ``consumer`` serves it: ``"int8"`` (the
+    row kernel and W8A8) or ``"cublas"`` (cuBLAS's GEMM; an activation after it is Inductor's either way).
+    Shapes: [M, K] -> [M, N] (act, gated, bias) -> [M, N2] (act2, bias2). ``registry.measured_choice``'s
+    record: ``use`` where the handoff measured faster by the margin; off the GPU nothing is timed."""
+    key = (f"int8_qload|{'gated' if gated else 'linear'}|{act}|M{_m_bucket(M)}xK{K}xN{N}xN2{N2}|{dtype}"
+           f"|bias{int(has_bias)}{int(has_bias2)}|x{'int8' if x_quantized else 'float'}|{consumer}|{act2}")
+    ops = torch.ops.tritonfuse
+    lazy = {}
+
+    def args():
+        if not lazy:
+            def r(*shape, scale=1.0):
+                return (torch.randn(shape, device=device) * scale).to(dtype)
+
+            lazy.update(x=r(M, K), w=r(N, K, scale=K ** -0.5), wu=r(N, K, scale=K ** -0.5) if gated else None,
+                        b=r(N) if has_bias else None, bu=r(N) if has_bias and gated else None,
+                        w2=r(N2, N, scale=N ** -0.5), b2=r(N2) if has_bias2 else None, h=r(M, N))
+            lazy["xq"], lazy["xs"] = quant_rows(lazy["x"]) if x_quantized else (lazy["x"], None)
+        return lazy
+
+    def ours():
+        a = args()
+        h, amax = ops.int8_linear_amax(a["xq"], a["xs"], a["w"], a["wu"], a["b"], a["bu"], act, dtype)
+        return ops.int8_linear_qload(h, amax, a["w2"], a["b2"], act2)
+
+    def producer():
+        a = args()
+        if x_quantized and gated:
+            return ops.int8_gated_mlp_prequant(a["xq"], a["xs"], a["w"], a["wu"], a["b"], a["bu"], act, dtype)
+        if x_quantized:
+            return ops.int8_linear_prequant(a["xq"], a["xs"], a["w"], a["b"], act, dtype)
+        if gated:
+            return ops.int8_gated_mlp(a["x"], a["w"], a["wu"], a["b"], a["bu"], act, "int8")
+        return ops.int8_linear(a["x"], a["w"], a["b"], act, "int8")
+
+    def consumer_now():
+        a = args()
+        if consumer == "int8":
+            return ops.int8_linear(a["h"], a["w2"], a["b2"], act2, "int8")
+        return torch.addmm(a["b2"], a["h"], a["w2"].t()) if has_bias2 else torch.mm(a["h"], a["w2"].t())
+
+    return registry.measured_choice(key, device, ours, [producer, consumer_now])
+
+
+def qload_probe(device: str, dtype: torch.dtype, act: str, gated: bool, has_bias: bool, act2: str,
+                has_bias2: bool) -> Optional[str]:
+    """Compile and launch one handoff pair (``int8_linear_amax`` then ``int8_linear_qload``) on a small input
+    once, checked against the ops that quantize with the row kernel; None when it works, else the reason."""
+
+    def run():
+        g = torch.Generator(device="cpu").manual_seed(0)
+
+        def r(*shape):
+            return torch.randn(*shape, generator=g, device="cpu").to(device=device, dtype=dtype)
+
+        ops = torch.ops.tritonfuse
+        x, w, wu, w2 = r(40, 64), r(48, 64), r(48, 64) if gated else None, r(24, 48)
+        b, bu = (r(48), r(48) if gated else None) if has_bias else (None, None)
+        b2 = r(24) if has_bias2 else None
+        h, amax = ops.int8_linear_amax(x, None, w, wu, b, bu, act, dtype)
+        want_h = ops.int8_gated_mlp(x, w, wu, b, bu, act, "int8") if gated else ops.int8_linear(x, w, b, act, "int8")
+        out = ops.int8_linear_qload(h, amax, w2, b2, act2)
+        for got, want in ((h, want_h), (amax, h.float().abs().amax(dim=1)),
+                          (out, ops.int8_linear(h, w2, b2, act2, "int8"))):
+            err = (got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-12)
+            if not math.isfinite(err.item()) or err.item() > 1e-2:
+                raise RuntimeError(f"wrong result on the probe input (relative error {err.item():.3g})")
+
+    name = f"int8_qload[{act},{'gated' if gated else 'plain'},{int(has_bias)}{int(has_bias2)},{act2},{dtype}]"
+    return registry.guarded_probe(f"{name}@{device}", run)
 
 
 def _quant_rows_fake(x):

@@ -433,6 +433,71 @@ def test_prequant_matches_int8_linear(device):
     assert torch.equal(y, torch.ops.tritonfuse.int8_linear_prequant(xq, xs_strided, w, b, "gelu", torch.bfloat16))
 
 
+def _same(a, b) -> bool:
+    # equal bit for bit where finite, NaN where the other is NaN
+    return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("use_tma", [None, False, "device"])  # None: the op's own choice (host TMA on Hopper)
+def test_quantize_on_load_matches_the_row_kernel(dtype, gated, use_tma, device):
+    # a W8A8 GEMM that writes its output's rows' abs-max, and one that quantizes its input per row as it
+    # loads it from that abs-max: the same int8 values and scales as the row kernel's, so the same results
+    # as the ops that quantize with it. Ragged shapes (45 rows, 70/96 columns); a zero row, a NaN and an Inf
+    if use_tma == "device" and not (device == "cpu" or Q.device_tma_serves(torch.empty(16, 16, dtype=torch.int8,
+                                                                                      device=device), None, None)):
+        pytest.skip("device TMA descriptors need sm_90 and a Triton with them")
+    M, K, N, N2 = 45, 80, 96, 70
+    x = fresh(M, K, dtype=dtype, device=device)
+    x[3] = 0
+    w, wu = fresh(N, K, dtype=dtype, device=device, scale=K ** -0.5), fresh(N, K, dtype=dtype, device=device)
+    b, b2 = fresh(N, dtype=dtype, device=device), fresh(N2, dtype=dtype, device=device)
+    w2 = fresh(N2, N, dtype=dtype, device=device, scale=N ** -0.5)
+    act = "silu" if gated else "gelu"
+    xq, xs = Q.quant_rows(x)
+    wq, ws = Q.weight_cache.get(w)
+    extra = (*Q.weight_cache.get(wu), None) if gated else ()
+    amax = torch.zeros(M, dtype=torch.int32, device=device)
+    y = Q._w8a8(xq, xs, wq, ws, b if not gated else None, act, dtype, *extra, use_tma=use_tma, amax=amax)
+    want = Q._w8a8(xq, xs, wq, ws, b if not gated else None, act, dtype, *extra, use_tma=use_tma)
+    assert torch.equal(y, want)
+    assert torch.equal(amax.view(torch.float32), y.float().abs().amax(dim=1))
+    h = y.clone()
+    h[5, 7], h[9, 1] = float("nan"), float("-inf")
+    h_amax = h.float().abs().amax(dim=1)  # NaN in row 5, +inf in row 9, as the producer's max makes them
+    assert h_amax[5].isnan() and h_amax[9] == float("inf")
+    hq, hs = Q.quant_rows(h)
+    got = Q._w8a8(h, h_amax, *Q.weight_cache.get(w2), b2, "none", dtype, use_tma=use_tma)
+    assert _same(got, Q._w8a8(hq, hs, *Q.weight_cache.get(w2), b2, "none", dtype, use_tma=use_tma))
+    assert got[5].isnan().all() and got[9].isnan().all() and torch.isfinite(got[[0, 3, 44]]).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_amax_and_qload_ops(dtype, device):
+    # the ops the pass pairs: int8_linear_amax as int8_linear / _prequant / gated_mlp with the abs-max (NaN in
+    # the row that holds one), int8_linear_qload as int8_linear on the handed-over output
+    x = fresh(40, 64, dtype=dtype, device=device)
+    x[6, 2] = float("nan")
+    w, wu = fresh(48, 64, dtype=dtype, device=device), fresh(48, 64, dtype=dtype, device=device)
+    b, w2 = fresh(48, dtype=dtype, device=device), fresh(32, 48, dtype=dtype, device=device)
+    ops = torch.ops.tritonfuse
+    y, amax = ops.int8_linear_amax(x, None, w, None, b, None, "gelu", dtype)
+    assert torch.equal(y[:6], ops.int8_linear(x, w, b, "gelu", "int8")[:6]) and y[6].isnan().all()
+    assert amax.dtype == torch.float32 and amax[6].isnan()
+    assert _same(amax, y.float().abs().amax(dim=1))
+    xq, xs = Q.quant_rows(x)
+    y2, amax2 = ops.int8_linear_amax(xq, xs[:, None], w, wu, b, b, "silu", dtype)
+    assert _same(y2, ops.int8_gated_mlp_prequant(xq, xs, w, wu, b, b, "silu", dtype))
+    assert _same(amax2, y2.float().abs().amax(dim=1))
+    out = ops.int8_linear_qload(y, amax, w2, None, "relu")
+    assert _same(out, ops.int8_linear(y, w2, None, "relu", "int8")) and out[6].isnan().all()
+    assert torch.isfinite(out[7:]).all()
+    with pytest.raises(ValueError, match="amax"):
+        ops.int8_linear_qload(y, amax[:-1], w2, None, "relu")
+
+
+# --- bad input ----------------------------------------------------------------------------------------
 # --- bad input ----------------------------------------------------------------------------------------
 
 
