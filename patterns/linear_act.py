@@ -417,6 +417,8 @@ def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None, conv1d=Fal
     rec = K.measure(x2, ws, b, act, gated, False, int8_mode=mode, int8_fused=fuse, int8_inlined=inlined,
                     quant_share=share)
     if not rec["use"]:
+        if not rec.get("unmeasured"):  # (qload_pass may yet pair it with the int8 GEMM producing x)
+            site.meta["tritonfuse_int8_slower"] = True
         return None, None, "int8 " + registry.slower_reason(rec, "cuBLAS + epilogue")
     # ... and faster than every float path that serves the site too (_float_rivals): else int8 mode would run
     # the site slower than the float backend does (an int8 op call pays host time an inlined float kernel or
@@ -541,6 +543,10 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: b
         if int8_mode:
             _serve["int8"] = int8_mode
             registry.note_replaced(FAMILY, site, int8_kernel, detail)
+            for n in ("w", "wg"):  # (qload_pass finds the site's record through its weight)
+                w_node = match.kwargs.get(n)
+                if isinstance(w_node, torch.fx.Node):
+                    w_node.meta.setdefault("tritonfuse_int8_sites", []).append(site.name)
             return True
         if int8_why:
             detail += f" ({int8_why})"
@@ -866,3 +872,159 @@ def int8_constants_pass(graph: torch.fx.Graph) -> int:
         node.replace_all_uses_with(new)
         graph.erase_node(node)
     return len(calls)
+
+
+# --- quantize on load: one int8 GEMM's output handed to the next -------------------------------------------
+
+# Off: every W8A8 consumer of a W8A8 producer's output quantizes it with the row kernel (or stays cuBLAS's).
+QLOAD = True
+
+
+def _w8a8_producer(node: torch.fx.Node) -> Optional[tuple]:
+    """``int8_linear_amax``'s arguments for a W8A8 op call the linear_act pass made (a static number of rows
+    above the decode kernel's), or None."""
+    from tritonfuse.kernels import int8 as I8
+
+    ops = torch.ops.tritonfuse
+    a, t = node.args, node.target
+    if node.op != "call_function" or node.kwargs:
+        return None
+    val = node.meta.get("val")
+    if not isinstance(val, torch.Tensor) or val.dim() != 2 or not isinstance(val.shape[0], int) \
+            or I8.uses_weight_only(val.shape[0], "int8"):
+        return None
+    if t == ops.int8_linear_prequant.default:
+        return (a[0], a[1], a[2], None, a[3], None, a[4], a[5])
+    if t == ops.int8_gated_mlp_prequant.default:
+        return tuple(a)
+    if t == ops.int8_linear.default and a[4] == "int8":
+        return (a[0], None, a[1], None, a[2], None, a[3], val.dtype)
+    if t == ops.int8_gated_mlp.default and a[6] == "int8":
+        return (a[0], None, a[1], a[2], a[3], a[4], a[5], val.dtype)
+    return None
+
+
+def _sole_reader(node: torch.fx.Node) -> Optional[tuple]:
+    """(the one node that reads ``node``'s value through views, the view it reads), or None where the value
+    (or any view of it) has another reader: the graph's output, a second GEMM, a residual add."""
+    cur = node
+    while True:
+        users = list(cur.users)
+        if len(users) != 1:
+            return None
+        if users[0].target in _VIEWS:
+            cur = users[0]
+            continue
+        return users[0], cur
+
+
+def _weight_of(node) -> Optional[torch.fx.Node]:
+    # an nn.Linear weight w as an mm/addmm operand: w.t() (permute [1, 0] after decomposition)
+    if isinstance(node, torch.fx.Node) and node.op == "call_function" and not node.kwargs:
+        if node.target == aten.permute.default and list(node.args[1]) == [1, 0]:
+            return node.args[0]
+        if node.target == aten.t.default:
+            return node.args[0]
+    return None
+
+
+def _qload_consumer(reader: torch.fx.Node, view: torch.fx.Node) -> Optional[tuple]:
+    """(w, b, act, how the site is served now: "int8" or "cublas") where ``reader`` is a Linear site that an
+    int8 GEMM quantizing on load may serve: an int8 op call of the pass, or cuBLAS's GEMM left by the pass
+    because int8 measured slower (``tritonfuse_int8_slower``: not for want of support, SQNR or a skip)."""
+    ops = torch.ops.tritonfuse
+    if reader.op != "call_function" or reader.kwargs:
+        return None
+    a = reader.args
+    if reader.target == ops.int8_linear.default and a[0] is view and a[4] == "int8":
+        return a[1], a[2], a[3], "int8"
+    if not reader.meta.get("tritonfuse_int8_slower"):
+        return None
+    if reader.target == aten.addmm.default and a[1] is view and _weight_of(a[2]) is not None:
+        return _weight_of(a[2]), a[0], "none", "cublas"
+    if reader.target == aten.mm.default and a[0] is view and _weight_of(a[1]) is not None:
+        return _weight_of(a[1]), None, "none", "cublas"
+    return None
+
+
+def _val(n):
+    return n.meta["val"] if isinstance(n, torch.fx.Node) else n
+
+
+def _int8_site_of(w_node) -> Optional[str]:
+    # the site whose int8 call reads weight ``w_node`` (noted by its check), where exactly one does
+    sites = w_node.meta.get("tritonfuse_int8_sites", []) if isinstance(w_node, torch.fx.Node) else []
+    return sites[0] if len(sites) == 1 else None
+
+
+def qload_pass(graph: torch.fx.Graph) -> int:
+    """Pair W8A8 sites whose output only the next Linear reads (a transformer's MLP: up-projection +
+    activation, then the down-projection): where measured faster, the first also writes its rows' abs-max
+    (``int8_linear_amax``) and the second quantizes that output as it loads it (``int8_linear_qload``), so
+    the row kernel's pass between them disappears. The second may be an int8 site or one left to cuBLAS
+    because int8 with the row kernel measured slower there. Not with int8 weights as graph constants
+    (``INT8_CONSTANTS``). Returns how many pairs were made."""
+    from torch._guards import detect_fake_mode
+
+    from tritonfuse.kernels import int8 as I8
+
+    if not QLOAD or INT8_CONSTANTS or config.quant != "int8":
+        return 0
+    ops = torch.ops.tritonfuse
+    fake_mode = None
+    made = 0
+    for node in list(graph.nodes):
+        prod = _w8a8_producer(node)
+        read = _sole_reader(node) if prod is not None else None
+        cons = _qload_consumer(*read) if read is not None else None
+        if cons is None:
+            continue
+        reader, view = read
+        w2, b2, act2, served = cons
+        x, xs, w, wu, b, bu, act, dtype = prod
+        hv, w2v = _val(view), _val(w2)
+        if hv.dim() != 2 or w2v.dim() != 2 or hv.dtype != dtype or w2v.shape[1] != hv.shape[1] \
+                or (registry.real_value(w2) is None and served == "cublas"):
+            continue
+        M, N = hv.shape
+        K = _val(x).shape[1]
+        if I8.int8_unsupported(hv, w2v, _val(b2), act2, "int8") is not None \
+                or I8.qload_probe(str(hv.device), dtype, act, wu is not None, b is not None, act2, b2 is not None):
+            continue
+        rec = I8.measure_qload(M, K, N, w2v.shape[0], dtype, hv.device, act, wu is not None, b is not None,
+                               xs is not None, act2, b2 is not None, served)
+        if not rec.get("use"):
+            continue
+        if fake_mode is None:
+            fake_mode = detect_fake_mode([n.meta.get("val") for n in graph.nodes if n.op == "placeholder"])
+            if fake_mode is None:
+                return made
+        site1, site2 = _int8_site_of(w), (_int8_site_of(w2) if served == "int8" else reader.name)
+        pair_args = (x, xs, w, wu, b, bu, act, dtype)
+        with fake_mode:  # (before the graph changes)
+            vals = ops.int8_linear_amax.default(*[_val(a) for a in pair_args])
+            out_val = ops.int8_linear_qload.default(hv, vals[1], w2v, _val(b2), act2)
+        with graph.inserting_before(node):
+            pair = graph.call_function(ops.int8_linear_amax.default, pair_args)
+            y = graph.call_function(operator.getitem, (pair, 0))
+            amax = graph.call_function(operator.getitem, (pair, 1))
+        with graph.inserting_before(reader):
+            out = graph.call_function(ops.int8_linear_qload.default, (view, amax, w2, b2, act2))
+        pair.meta["val"] = vals
+        y.meta["val"], amax.meta["val"] = vals
+        out.meta["val"] = out_val
+        for old, new in ((node, y), (reader, out)):
+            new.meta.update({k: v for k, v in old.meta.items() if k in ("stack_trace", "nn_module_stack")})
+            old.replace_all_uses_with(new)
+            graph.erase_node(old)
+        measured = [rec["ours_ms"], rec["theirs_ms"]] if "ours_ms" in rec else None
+        if site1:
+            registry.restate(graph, site1, suffix="row abs-max out")
+        if site2:
+            registry.restate(graph, site2, kernel=I8.int8_kernel_name(M, "int8", False, fused=False)[:-1]
+                             + ",quantized on load]", measured=measured,
+                             why="quantized on load: its rows' abs-max from the previous GEMM's epilogue, "
+                                 "the pair measured" + (f" {measured[0]:.3f} vs {measured[1]:.3f} ms"
+                                                        if measured else " (not timed)"))
+        made += 1
+    return made

@@ -903,8 +903,11 @@ def test_int8_mode_serves_linear_sites(mode):
     assert _counts() == {"matched": 2, "replaced": 2, "fallback": 0}, tritonfuse.report()
     assert "int8" in tritonfuse.report()
     assert sqnr_db(eager.float(), out.float()) > 25
-    # x is a graph input, then a GEMM's GELU: the ops quantize their rows themselves
-    assert I8.int8_kernel_name(40, mode, False, fused=False) in tritonfuse.report()
+    if mode == "int8":  # x is a graph input (its op quantizes it); the GELU output is quantized on load
+        assert "int8_w8a8[linear,row abs-max out]" in tritonfuse.report()
+        assert "int8_w8a8[linear,quantized on load]" in tritonfuse.report()
+    else:
+        assert I8.int8_kernel_name(40, mode, False, fused=False) in tritonfuse.report()
 
 
 @pytest.mark.parametrize("int8_ms, float_ms, lt_ms, int8_serves, why", [
@@ -1357,14 +1360,16 @@ def test_int8_quantization_fused_into_the_producer(gated):
     assert fused_db > 35 and fused_db > unfused_db - 1.0, (fused_db, unfused_db)
 
 
-def test_int8_quantization_stays_in_the_op_after_a_gemm():
+def test_int8_quantization_stays_in_the_op_after_a_gemm(monkeypatch):
     # LayerNorm -> Linear+GELU -> Linear: the first site's rows are quantized in the LayerNorm's kernel;
     # the second's come from a GEMM and its GELU, where Inductor would make the quantization a reduction
-    # kernel of its own (2x slower than the int8 op's row kernel on the H200): its op quantizes them
+    # kernel of its own (2x slower than the int8 op's row kernel on the H200): its op quantizes them (where
+    # the pair is not made to hand the GELU's output over, quantized on load: below)
     from torch._inductor.utils import run_and_get_code
     from tritonfuse.kernels import int8 as I8
     from tritonfuse.patterns import linear_act as LP
 
+    monkeypatch.setattr(LP, "QLOAD", False)
     torch.manual_seed(0)
     model = nn.Sequential(nn.LayerNorm(64), nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 48)).to(torch.bfloat16)
     model.eval()
@@ -1382,6 +1387,147 @@ def test_int8_quantization_stays_in_the_op_after_a_gemm():
     assert sqnr_db(ref.reshape(want.shape), out.reshape(want.shape).double()) > 30
     assert sqnr_db(want.float(), out.reshape(want.shape).float()) > 35  # the same quantization, up to rounding
     assert not LP._norm_produced(None)
+
+
+class _MLP(nn.Module):
+    # a transformer block's MLP: LayerNorm, up-projection + GELU (or the SwiGLU pair), down-projection;
+    # ``expose``: the up-projection's output is also returned (read twice: no handoff)
+    def __init__(self, gated=False, expose=False):
+        super().__init__()
+        self.ln = nn.LayerNorm(64)
+        self.up = nn.Linear(64, 96, bias=not gated)
+        self.gate = nn.Linear(64, 96, bias=False) if gated else None
+        self.down = nn.Linear(96, 48)
+        self.expose = expose
+
+    def forward(self, x):
+        h = self.ln(x)
+        h = F.silu(self.gate(h)) * self.up(h) if self.gate is not None else F.gelu(self.up(h))
+        return (self.down(h), h) if self.expose else self.down(h)
+
+
+def _compiled_code(model, x, **patches):
+    from torch._inductor.utils import run_and_get_code
+
+    tritonfuse.reset()
+    torch._dynamo.reset()
+    with torch.no_grad(), config.patch(quant="int8", patterns="linear_act", **patches):
+        out, code = run_and_get_code(torch.compile(model, backend="tritonfuse"), x)
+    return out, "".join(code)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_int8_gemm_output_quantized_on_load(gated, monkeypatch, no_compile_cache):
+    # int8 up-projection -> int8 down-projection: the first also writes its output's rows' abs-max, the second
+    # quantizes that output per row as it loads it (no row kernel between them). The same int8 values and
+    # scales as the row kernel's: the same output as the pass turned off, bit for bit
+    from tritonfuse.patterns import linear_act as LP
+
+    torch.manual_seed(0)
+    model = _MLP(gated).to(torch.bfloat16).eval()
+    x = fresh(3, 15, 64, dtype=torch.bfloat16)  # M = 45 rows: W8A8
+    out, code = _compiled_code(model, x)
+    assert _counts() == {"matched": 2, "replaced": 2, "fallback": 0}, tritonfuse.report()
+    kernels = sorted(s.kernel for s in tritonfuse.sites())
+    first = "int8_w8a8[gated_mlp" if gated else "int8_w8a8[linear"
+    assert kernels == sorted([f"{first},fused quant,row abs-max out]", "int8_w8a8[linear,quantized on load]"])
+    assert code.count("int8_linear_amax.default(") == 1 and code.count("int8_linear_qload.default(") == 1
+    assert "int8_linear.default(" not in code and "prequant" not in code and "int8_quant_rows" not in code
+    monkeypatch.setattr(LP, "QLOAD", False)
+    off, code_off = _compiled_code(model, x)
+    assert "int8_linear.default(" in code_off and "int8_linear_qload" not in code_off
+    assert torch.equal(out, off)
+    with torch.no_grad():
+        ref = copy.deepcopy(model).double()(x.double())
+    assert sqnr_db(ref, out) > 30
+
+
+def test_int8_handoff_needs_a_sole_reader(no_compile_cache):
+    # the up-projection's output is also returned to the user: it stays as written, and the down-projection
+    # quantizes it with the row kernel
+    torch.manual_seed(0)
+    model = _MLP(expose=True).to(torch.bfloat16).eval()
+    x = fresh(3, 15, 64, dtype=torch.bfloat16)
+    (out, h), code = _compiled_code(model, x)
+    assert _counts() == {"matched": 2, "replaced": 2, "fallback": 0}, tritonfuse.report()
+    assert "int8_linear_amax" not in code and "int8_linear_qload" not in code
+    assert sorted(s.kernel for s in tritonfuse.sites()) == ["int8_w8a8[linear,fused quant]", "int8_w8a8[linear]"]
+    with torch.no_grad():
+        want = model(x)
+    assert sqnr_db(want[1].float(), h.float()) > 30 and sqnr_db(want[0].float(), out.float()) > 30
+
+
+def test_int8_handoff_leaves_a_skipped_layer_in_float(no_compile_cache):
+    # TRITONFUSE_QUANT_SKIP keeps the down-projection in floating point: no int8 GEMM takes the handoff
+    torch.manual_seed(0)
+    model = _MLP().to(torch.bfloat16).eval()
+    x = fresh(3, 15, 64, dtype=torch.bfloat16)
+    out, code = _compiled_code(model, x, quant_skip="down")
+    assert "int8_linear_amax" not in code and "int8_linear_qload" not in code
+    down, = [s for s in tritonfuse.sites() if s.module == "down"]
+    assert down.status == "fallback" and "TRITONFUSE_QUANT_SKIP" in down.detail, down
+    with torch.no_grad():
+        assert sqnr_db(model(x).float(), out.float()) > 30
+
+
+def test_int8_handoff_not_made_where_its_kernels_fail(monkeypatch, no_compile_cache):
+    # the pair's kernels are probed on a small input first: where they fail, both sites keep their path
+    from tritonfuse.kernels import int8 as I8
+
+    monkeypatch.setattr(I8, "qload_probe", lambda *a: "simulated compile failure")
+    torch.manual_seed(0)
+    model = _MLP().to(torch.bfloat16).eval()
+    x = fresh(3, 15, 64, dtype=torch.bfloat16)
+    out, code = _compiled_code(model, x)
+    assert sorted(s.kernel for s in tritonfuse.sites()) == ["int8_w8a8[linear,fused quant]", "int8_w8a8[linear]"]
+    assert "int8_linear_qload" not in code and "int8_linear.default(" in code
+    with torch.no_grad():
+        assert sqnr_db(model(x).float(), out.float()) > 30
+
+
+@pytest.mark.parametrize("pair_wins", [True, False])
+def test_int8_handoff_to_a_site_int8_lost(monkeypatch, no_compile_cache, pair_wins):
+    # the down-projection measured slower in int8 (the row kernel's pass counted) and was left to cuBLAS; the
+    # pair with the handoff is measured as a whole: where it wins, the cuBLAS GEMM becomes an int8 one that
+    # quantizes on load (the report says so, with the pair's timing), else everything stays as it was
+    from tritonfuse.kernels import int8 as I8
+
+    real = K.measure
+
+    def measure(x, ws, b, act, gated, store_pre, int8_mode=None, **kwargs):
+        if int8_mode and x.shape[1] == 96:  # the down-projection
+            return {"use": False, "ours_ms": 1.1, "theirs_ms": 1.0}
+        return real(x, ws, b, act, gated, store_pre, int8_mode=int8_mode, **kwargs)
+
+    pairs = []
+
+    def measure_qload(*args):
+        pairs.append(args)
+        return {"use": pair_wins, "ours_ms": 1.8 if pair_wins else 2.2, "theirs_ms": 2.0}
+
+    monkeypatch.setattr(K, "measure", measure)
+    monkeypatch.setattr(I8, "measure_qload", measure_qload)
+    torch.manual_seed(0)
+    model = _MLP().to(torch.bfloat16).eval()
+    x = fresh(3, 15, 64, dtype=torch.bfloat16)
+    out, code = _compiled_code(model, x)
+    # (M, K, N, N2, dtype, device, act, gated, bias, x quantized by its producer, act2, bias2, served now)
+    assert [a[:5] + a[6:] for a in pairs] == [(45, 64, 96, 48, torch.bfloat16, "gelu", False, True, True,
+                                              "none", True, "cublas")]
+    down = [s for s in tritonfuse.sites() if s.module == "down"]
+    assert len(down) == 1
+    if pair_wins:
+        assert _counts() == {"matched": 2, "replaced": 2, "fallback": 0}, tritonfuse.report()
+        assert down[0].kernel == "int8_w8a8[linear,quantized on load]" and down[0].measured == [1.8, 2.0]
+        assert "the pair measured 1.800 vs 2.000 ms" in down[0].detail
+        assert "int8_linear_qload.default(" in code and "extern_kernels.addmm" not in code
+    else:
+        assert _counts() == {"matched": 2, "replaced": 1, "fallback": 1}, tritonfuse.report()
+        assert down[0].status == "fallback" and "int8 measured slower" in down[0].detail
+        assert "int8_linear_qload" not in code and "int8_linear_amax" not in code
+    with torch.no_grad():
+        ref = copy.deepcopy(model).double()(x.double())
+    assert sqnr_db(ref, out) > 30
 
 
 @pytest.mark.parametrize("mode", ["int8", "int8-weight"])

@@ -263,6 +263,17 @@ class TritonfusePasses(CustomGraphPass):
                 _warn_once(f"tritonfuse: {msg}; its remaining sites are left to Inductor")
         if survey:
             return
+        if registry.pending_replacements() and config.quant == "int8" and "linear_act" in self.families:
+            try:
+                from tritonfuse.patterns.linear_act import qload_pass
+
+                qload_pass(graph)
+            except Exception as e:  # the pairs keep the row kernel (or cuBLAS) between them
+                if not config.fallback_enabled():
+                    raise
+                msg = f"the int8 quantize-on-load pass failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                registry.note_error(msg)
+                _warn_once(f"tritonfuse: {msg}; int8 GEMMs quantize their inputs themselves")
         if registry.pending_replacements() and config.quant != "none" and "linear_act" in self.families:
             try:
                 from tritonfuse.patterns.linear_act import int8_constants_pass
@@ -291,7 +302,16 @@ class TritonfusePasses(CustomGraphPass):
 
 
 def _settings_hash() -> str:
-    return hashlib.sha256(repr((sorted(config.snapshot().items()), _source_hash())).encode()).hexdigest()
+    return hashlib.sha256(repr((sorted(config.snapshot().items()), _source_hash(), _pass_flags())).encode()).hexdigest()
+
+
+def _pass_flags() -> tuple:
+    # module switches the probes turn (patterns.linear_act.QLOAD): another setting, another compiled graph
+    try:
+        from tritonfuse.patterns import linear_act
+    except Exception:  # noqa: BLE001 - a broken patterns module: its pass reports it
+        return ()
+    return (linear_act.QLOAD,)
 
 
 # A graph whose compile ran out of timing budget holds Inductor's path at the sites it did not measure, and

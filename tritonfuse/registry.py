@@ -102,6 +102,27 @@ def note_replaced(family: str, node: torch.fx.Node, kernel: str, detail: str = "
                                          module=module_name(node))
 
 
+def restate(graph: torch.fx.Graph, name: str, kernel: Optional[str] = None, suffix: str = "",
+            measured: Optional[list] = None, why: str = "") -> bool:
+    """A later pass changed how site ``name`` of ``graph`` (its anchor node's name, as the checks noted it)
+    is served: its record becomes a replacement by ``kernel`` (default: its own kernel, with ``suffix`` added
+    to the bracketed variant), with ``measured`` and ``why`` (in place of the detail's parenthesis) where
+    given. False where no record of this graph has that name."""
+    with _lock:
+        site = _pending.get((id(graph), name))
+        if site is None:
+            return False
+        kernel = kernel or site.kernel
+        if suffix:
+            kernel = kernel[:-1] + f",{suffix}]" if kernel.endswith("]") else f"{kernel}[{suffix}]"
+        site.status, site.kernel, site.reason = "replaced", kernel, ""
+        if measured is not None:
+            site.measured = measured
+        if why:
+            site.detail = f"{site.detail.split(' (')[0]} ({why})"
+        return True
+
+
 def module_name(node: torch.fx.Node) -> str:
     """The dotted name of the module a node came from (``layers.0.mlp.up_proj``), best effort."""
     stack = node.meta.get("nn_module_stack") or {}
