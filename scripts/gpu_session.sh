@@ -47,6 +47,9 @@
 #                                       # decomposition; W8A8 at bert's Q/K/V shapes apart and concatenated
 #   bash scripts/gpu_session.sh int8_next40 # issue 7 (prepared in the 39th session): the row kernel by launch
 #                                       # shape; vit_b_16 int8 with its Q/K/V input quantized in the LayerNorm
+#   bash scripts/gpu_session.sh qload41 # issue 7 (prepared in the 40th session): the int8 handoff between an MLP's
+#                                       # GEMMs: GPU tests, scripts/qload_probe.py, bert-base/vit_b_16 int8 with
+#                                       # it; qload41_off: the same models without it, then llama-1b-prefill
 #   bash scripts/gpu_session.sh extra   # minilm-l6 (real weights: run scripts/carry_minilm.sh here first and
 #                                       # carry .carry), training steps, and a per-layer profile
 #   bash scripts/gpu_session.sh pair    # a 2-GPU machine (kind nvidia-h200-x2), each half of the cores pinned to
@@ -195,6 +198,26 @@ case "${1:-tests}" in
         --models vit_b_16 --modes inductor,tritonfuse-int8 --cuda-graphs --no-progress --out "$out/walk${w}/" \
         > "$out/walk${w}.txt" 2>&1; grep -E "norm walk|int8_w8a8|^vit_b_16 " "$out/walk${w}.txt" | head -8
     done ;;
+  qload41)
+    # issue 7, prepared in the 40th session: the int8 handoff between an MLP's GEMMs (int8_linear_amax ->
+    # int8_linear_qload): its GPU tests, scripts/qload_probe.py at bert/vit/llama MLP shapes, then bert-base and
+    # vit_b_16 in int8 mode from CUDA graphs with the handoff on (the default); qload41_off: off, and llama
+    timeout 200 $PY -m pytest tests/test_int8.py tests/test_linear_act.py -q -p no:cacheprovider \
+      -k "quantize_on_load or amax_and_qload or handoff or quantized_on_load or nonfinite or zero_rows" \
+      > "$out/qload_tests.txt" 2>&1; tail -3 "$out/qload_tests.txt"
+    timeout 150 $PY scripts/qload_probe.py > "$out/qload_probe.txt" 2>&1
+    sed 's/.*commit=[^ ]* //' "$out/qload_probe.txt" | tail -28
+    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 230 $PY scripts/variant_bench.py -- --models bert-base,vit_b_16 \
+      --modes inductor,tritonfuse-int8 --cuda-graphs --no-progress --out "$out/qload-on/" > "$out/qload_on.txt" 2>&1
+    grep -E "^(bert-base|vit_b_16) " "$out/qload_on.txt" | head -8 ;;
+  qload41_off)
+    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 230 $PY scripts/variant_bench.py \
+      --set tritonfuse.patterns.linear_act.QLOAD=False -- --models bert-base,vit_b_16 \
+      --modes inductor,tritonfuse-int8 --cuda-graphs --no-progress --out "$out/qload-off/" > "$out/qload_off.txt" 2>&1
+    grep -E "^(bert-base|vit_b_16) " "$out/qload_off.txt" | head -8
+    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 300 $PY -m tritonfuse bench --models llama-1b-prefill \
+      --modes inductor,tritonfuse,tritonfuse-int8 --cuda-graphs --no-progress --out "$out/llama/" 2>&1 \
+      | grep -v Warn | tail -8 ;;
   extra)
     [ -d .carry/site ] && export PYTHONPATH=$PWD/.carry/site${PYTHONPATH:+:$PYTHONPATH}
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 150 $PY -m tritonfuse bench --models minilm-l6 \
