@@ -983,8 +983,10 @@ def qload_pass(graph: torch.fx.Graph) -> int:
         w2, b2, act2, served = cons
         x, xs, w, wu, b, bu, act, dtype = prod
         hv, w2v = _val(view), _val(w2)
-        if hv.dim() != 2 or w2v.dim() != 2 or hv.dtype != dtype or w2v.shape[1] != hv.shape[1] \
-                or (registry.real_value(w2) is None and served == "cublas"):
+        # the second GEMM reads the first's rows as they are (a view that regroups them would need other
+        # rows' abs-max)
+        if tuple(hv.shape) != tuple(_val(node).shape) or w2v.dim() != 2 or hv.dtype != dtype \
+                or w2v.shape[1] != hv.shape[1] or (registry.real_value(w2) is None and served == "cublas"):
             continue
         M, N = hv.shape
         K = _val(x).shape[1]

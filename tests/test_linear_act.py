@@ -1457,6 +1457,27 @@ def test_int8_handoff_needs_a_sole_reader(no_compile_cache):
     assert sqnr_db(want[1].float(), h.float()) > 30 and sqnr_db(want[0].float(), out.float()) > 30
 
 
+def test_int8_handoff_needs_the_rows_as_written(no_compile_cache):
+    # the second Linear reads the first's output regrouped into rows of 48: each of its rows holds half of one
+    # of the first's rows, whose abs-max it cannot use. No handoff (its op quantizes its own rows)
+    class Regroup(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln, self.up, self.down = nn.LayerNorm(64), nn.Linear(64, 96), nn.Linear(48, 32)
+
+        def forward(self, x):
+            return self.down(F.gelu(self.up(self.ln(x))).reshape(x.shape[0], -1, 48))
+
+    torch.manual_seed(0)
+    model = Regroup().to(torch.bfloat16).eval()
+    x = fresh(3, 15, 64, dtype=torch.bfloat16)
+    out, code = _compiled_code(model, x)
+    assert _counts() == {"matched": 2, "replaced": 2, "fallback": 0}, tritonfuse.report()
+    assert "int8_linear_qload" not in code and "int8_linear_amax" not in code
+    with torch.no_grad():
+        assert sqnr_db(model(x).float(), out.float()) > 30
+
+
 def test_int8_handoff_leaves_a_skipped_layer_in_float(no_compile_cache):
     # TRITONFUSE_QUANT_SKIP keeps the down-projection in floating point: no int8 GEMM takes the handoff
     torch.manual_seed(0)
