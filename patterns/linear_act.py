@@ -952,7 +952,10 @@ def _val(n):
 
 
 def _int8_site_of(w_node) -> Optional[str]:
-    # the site whose int8 call reads weight ``w_node`` (noted by its check), where exactly one does
+    # the site whose int8 call reads weight ``w_node`` (noted by its check), where exactly one does; an HF
+    # Conv1D's call reads its [K, N] weight transposed
+    if _weight_of(w_node) is not None:
+        w_node = _weight_of(w_node)
     sites = w_node.meta.get("tritonfuse_int8_sites", []) if isinstance(w_node, torch.fx.Node) else []
     return sites[0] if len(sites) == 1 else None
 
