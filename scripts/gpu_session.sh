@@ -48,7 +48,7 @@
 #   bash scripts/gpu_session.sh int8_next40 # issue 7 (prepared in the 39th session): the row kernel by launch
 #                                       # shape; vit_b_16 int8 with its Q/K/V input quantized in the LayerNorm
 #   bash scripts/gpu_session.sh qload41 # issue 7 (prepared in the 40th session): the int8 handoff between an MLP's
-#                                       # GEMMs: GPU tests, scripts/qload_probe.py, bert-base/vit_b_16 int8 with
+#                                       # GEMMs: GPU tests, bench_int8.py --sections mlp, bert-base/vit_b_16 int8 with
 #                                       # it; qload41_off: the same models without it, then llama-1b-prefill
 #   bash scripts/gpu_session.sh extra   # minilm-l6 (real weights: run scripts/carry_minilm.sh here first and
 #                                       # carry .carry), training steps, and a per-layer profile
@@ -200,13 +200,13 @@ case "${1:-tests}" in
     done ;;
   qload41)
     # issue 7, prepared in the 40th session: the int8 handoff between an MLP's GEMMs (int8_linear_amax ->
-    # int8_linear_qload): its GPU tests, scripts/qload_probe.py at bert/vit/llama MLP shapes, then bert-base and
-    # vit_b_16 in int8 mode from CUDA graphs with the handoff on (the default); qload41_off: off, and llama
+    # int8_linear_qload): its GPU tests, bench_int8.py's MLP section at bert/vit/llama MLP shapes, then bert-base
+    # and vit_b_16 in int8 mode from CUDA graphs with the handoff on (the default); qload41_off: off, and llama
     timeout 200 $PY -m pytest tests/test_int8.py tests/test_linear_act.py -q -p no:cacheprovider \
       -k "quantize_on_load or amax_and_qload or handoff or quantized_on_load or nonfinite or zero_rows" \
       > "$out/qload_tests.txt" 2>&1; tail -3 "$out/qload_tests.txt"
-    timeout 150 $PY scripts/qload_probe.py > "$out/qload_probe.txt" 2>&1
-    sed 's/.*commit=[^ ]* //' "$out/qload_probe.txt" | tail -28
+    timeout 150 $PY benchmarks/bench_int8.py --sections mlp --out "$out/kernels.json" > "$out/bench_mlp.txt" 2>&1
+    grep -E "int8_mlp|row kernel path|measurement|FAILED|Error" "$out/bench_mlp.txt" | tail -40
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 230 $PY scripts/variant_bench.py -- --models bert-base,vit_b_16 \
       --modes inductor,tritonfuse-int8 --cuda-graphs --no-progress --out "$out/qload-on/" > "$out/qload_on.txt" 2>&1
     grep -E "^(bert-base|vit_b_16) " "$out/qload_on.txt" | head -8 ;;
