@@ -951,11 +951,15 @@ def _val(n):
     return n.meta["val"] if isinstance(n, torch.fx.Node) else n
 
 
+_WEIGHT_VIEWS = (aten.permute.default, aten.t.default, aten.slice.Tensor, aten.narrow.default, *_VIEWS)
+
+
 def _int8_site_of(w_node) -> Optional[str]:
-    # the site whose int8 call reads weight ``w_node`` (noted by its check), where exactly one does; an HF
-    # Conv1D's call reads its [K, N] weight transposed
-    if _weight_of(w_node) is not None:
-        w_node = _weight_of(w_node)
+    # the site whose int8 call reads weight ``w_node`` (noted by its check), where exactly one does. Calls
+    # may read it through a view: an HF Conv1D's [K, N] weight transposed, a fused [gate | up] projection's
+    # halves
+    while isinstance(w_node, torch.fx.Node) and w_node.op == "call_function" and w_node.target in _WEIGHT_VIEWS:
+        w_node = w_node.args[0]
     sites = w_node.meta.get("tritonfuse_int8_sites", []) if isinstance(w_node, torch.fx.Node) else []
     return sites[0] if len(sites) == 1 else None
 

@@ -1395,19 +1395,24 @@ def test_int8_quantization_stays_in_the_op_after_a_gemm(monkeypatch):
 
 
 class _MLP(nn.Module):
-    # a transformer block's MLP: LayerNorm, up-projection + GELU (or the SwiGLU pair), down-projection;
-    # ``expose``: the up-projection's output is also returned (read twice: no handoff)
+    # a transformer block's MLP: LayerNorm, up-projection + GELU (or the SwiGLU pair; "fused": one [gate | up]
+    # projection, as Phi-3's), down-projection; ``expose``: the up-projection's output is also returned (read
+    # twice: no handoff)
     def __init__(self, gated=False, expose=False):
         super().__init__()
         self.ln = nn.LayerNorm(64)
-        self.up = nn.Linear(64, 96, bias=not gated)
-        self.gate = nn.Linear(64, 96, bias=False) if gated else None
+        self.up = nn.Linear(64, 192 if gated == "fused" else 96, bias=not gated)
+        self.gate = nn.Linear(64, 96, bias=False) if gated is True else None
         self.down = nn.Linear(96, 48)
-        self.expose = expose
+        self.expose, self.fused = expose, gated == "fused"
 
     def forward(self, x):
         h = self.ln(x)
-        h = F.silu(self.gate(h)) * self.up(h) if self.gate is not None else F.gelu(self.up(h))
+        if self.fused:
+            g, u = self.up(h).chunk(2, dim=-1)
+            h = F.silu(g) * u
+        else:
+            h = F.silu(self.gate(h)) * self.up(h) if self.gate is not None else F.gelu(self.up(h))
         return (self.down(h), h) if self.expose else self.down(h)
 
 
@@ -1421,7 +1426,7 @@ def _compiled_code(model, x, **patches):
     return out, "".join(code)
 
 
-@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("gated", [False, True, "fused"])
 def test_int8_gemm_output_quantized_on_load(gated, monkeypatch, no_compile_cache):
     # int8 up-projection -> int8 down-projection: the first also writes its output's rows' abs-max, the second
     # quantizes that output per row as it loads it (no row kernel between them). The same int8 values and
