@@ -235,9 +235,27 @@ def _row_inv(amax_r):
 
 
 @triton.jit
-def _quant_scaled(x, inv):
+def _trunc_int8_magic(u, neg):
+    # -floor(u) where neg, else floor(u), as int8, for 0 <= u < 2^22, without a float-to-int conversion (F2I
+    # runs at a quarter of the FP32 rate on sm_90, and x quantized on load converts every element of a GEMM's
+    # A tile). 1.5 * 2^23 + u rounded toward zero is 1.5 * 2^23 + floor(u), 1.5 * 2^23 - u rounded up is
+    # 1.5 * 2^23 - floor(u): integers of one binade, whose bits minus 1.5 * 2^23's are the value. PTX rounding
+    # modes: GPU only (the interpreter runs the conversion form)
+    t_pos = tl.inline_asm_elementwise("add.rz.f32 $0, $1, 0f4B400000;", "=f,f", [u], dtype=tl.float32,
+                                      is_pure=True, pack=1)
+    t_neg = tl.inline_asm_elementwise("sub.rp.f32 $0, 0f4B400000, $1;", "=f,f", [u], dtype=tl.float32,
+                                      is_pure=True, pack=1)
+    return (tl.where(neg, t_neg, t_pos).to(tl.int32, bitcast=True) - 0x4B400000).to(tl.int8)
+
+
+@triton.jit
+def _quant_scaled(x, inv, MAGIC: tl.constexpr = False):
     # x fp32 times its row's _row_inv -> q int8 (inv broadcast along the row: [BLOCK_M, 1] for a tile)
     v = tl.where(inv > 0.0, x * inv, 0.0)  # (a NaN/Inf row's values would be NaN: 0 instead)
+    if MAGIC:
+        # the same values: |v + copysign(.5, v)| rounds as |v| + .5 does (round to nearest is symmetric),
+        # then truncated with v's sign
+        return _trunc_int8_magic(tl.abs(v) + 0.5, v < 0.0)
     # round half away from zero: add 0.5 carrying v's sign (one bitwise op), the conversion truncates;
     # |v| <= 127 up to an ulp, so no clamp
     half = ((v.to(tl.uint32, bitcast=True) & 0x80000000) | 0x3F000000).to(tl.float32, bitcast=True)
@@ -388,14 +406,15 @@ def _k_step(acc, acc_u, x_ptrs, w_ptrs, u_ptrs, k, K, N, stride_xk, stride_wk, s
     # one BLOCK_K step of the pointer kernels from K offset k, in sub-steps of SUB_K (pointers span SUB_K):
     # x's tile read once, multiplied by w's (and the gate's u's). Grouped weight scales (GROUP_K, a multiple
     # of SUB_K) are constant within a sub-step; PRELOADED (one sub-step): s_pre and su_pre hold them.
-    # QLOAD: x is fp16/bf16, quantized per row as it is loaded (inv [BLOCK_M, 1]: the rows' _row_inv)
+    # QLOAD (1, 2: _qload_mode): x is fp16/bf16, quantized per row as it is loaded (inv [BLOCK_M, 1]: the
+    # rows' _row_inv)
     offs = tl.arange(0, SUB_K)
     for j in tl.static_range(BLOCK_K // SUB_K):
         kj = k + j * SUB_K
         k_mask = offs < K - kj
         a0 = _load_k(x_ptrs + j * SUB_K * stride_xk, k_mask[None, :], EVEN_K)
         if QLOAD:
-            a0 = _quant_scaled(a0.to(tl.float32), inv)
+            a0 = _quant_scaled(a0.to(tl.float32), inv, QLOAD == 2)
         a, b = _dot_operands(a0, _load_k(w_ptrs + j * SUB_K * stride_wk, k_mask[:, None], EVEN_K), W8A8, DOT_UPCAST)
         acc = _group_dot(acc, a, b, s_ptrs, kj, K, N, GROUP_K, s_pre, PRELOADED)
         if GATED:
@@ -600,7 +619,7 @@ def _w8a8_tma_tiles(
             off_k = ki * BLOCK_K
             a = x_desc.load([off_m, off_k])
             if QLOAD:
-                a = _quant_scaled(a.to(tl.float32), inv)
+                a = _quant_scaled(a.to(tl.float32), inv, QLOAD == 2)
             acc = tl.dot(a, w_desc.load([off_n, off_k]).T, acc, out_dtype=tl.int32)
             if GATED:
                 acc_u = tl.dot(a, wu_desc.load([off_n, off_k]).T, acc_u, out_dtype=tl.int32)
@@ -1039,6 +1058,19 @@ def _w8a8(xq, xs, wq, ws, b, act, out_dtype, wuq=None, wus=None, bu=None, use_tm
     return _launch_pointer(_w8a8_kernel, xq, xs, wq, ws, b, act, out, wuq, wus, bu, w8a8=True, amax=amax)
 
 
+# x quantized on load (QLOAD) rounds with PTX rounding modes on a GPU (_trunc_int8_magic), not with F2I: off, the
+# conversion form (what the interpreter runs). The same int8 values either way
+QLOAD_MAGIC = True
+
+
+def _qload_mode(x: torch.Tensor) -> int:
+    """The QLOAD constexpr of a W8A8 launch on ``x``: 0 (int8 x), 1 (fp16/bf16 x quantized on load with the
+    conversion instruction), 2 (with rounding-mode adds: a GPU's compiled kernel, QLOAD_MAGIC)."""
+    if x.dtype == torch.int8:
+        return 0
+    return 2 if QLOAD_MAGIC and x.device.type == "cuda" and not registry.interpret_mode() else 1
+
+
 # int8 mode's GELU epilogues (exact "gelu" and HF's "gelu_tanh") as the tanh form on the GPU's approximate
 # tanh (kernels.common's "gelu_fast"): 8 instructions an element, one of them a special-function op, where the
 # exact form takes 24 with two. An int8 GEMM at BERT's K=768 spends as long in its epilogue as in its main
@@ -1073,8 +1105,7 @@ def _tma_launch(xq, xs, wq, ws, b, act, out, wuq, wus, bu, amax=None) -> tuple:
     rest = (xs, ws, b if has_bias else ws, wus if gated else ws, bu if (gated and has_bias) else ws, out,
             amax if amax is not None else ws, M, N, K, _m_bucket(M), out.stride(0), out.stride(1))
     return grid, rest, dict(HAS_BIAS=has_bias, ACT=_epilogue_act(act, out.device), GATED=gated,
-                            RTNE_BF16=rtne_bf16(out.dtype), QLOAD=xq.dtype != torch.int8,
-                            ROW_AMAX=amax is not None)
+                            RTNE_BF16=rtne_bf16(out.dtype), QLOAD=_qload_mode(xq), ROW_AMAX=amax is not None)
 
 
 def _launch_device_tma(xq, xs, wq, ws, b, act, out, wuq, wus, bu, amax=None):
@@ -1286,7 +1317,7 @@ def _launch_pointer(kernel, x, xs, wq, ws, b, act, out, wuq, wus, bu, w8a8: bool
         out.stride(0), out.stride(1),
         HAS_BIAS=has_bias, ACT=_epilogue_act(act, x.device), GATED=gated, W8A8=w8a8,
         DOT_UPCAST=not w8a8 and dot_upcast(x.dtype), RTNE_BF16=rtne_bf16(out.dtype), GROUP_K=group,
-        QLOAD=w8a8 and x.dtype != torch.int8, ROW_AMAX=amax is not None,
+        QLOAD=_qload_mode(x) if w8a8 else 0, ROW_AMAX=amax is not None,
     )
     return out
 

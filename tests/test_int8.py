@@ -473,6 +473,29 @@ def test_quantize_on_load_matches_the_row_kernel(dtype, gated, use_tma, device):
     assert got[5].isnan().all() and got[9].isnan().all() and torch.isfinite(got[[0, 3, 44]]).all()
 
 
+@pytest.mark.parametrize("magic", [True, False])
+def test_quantize_on_load_rounds_half_away_from_zero(monkeypatch, magic, device):
+    # x quantized on load rounds as the row kernel does, half away from zero, on the GPU by rounding-mode adds
+    # (QLOAD_MAGIC) or the conversion instruction. Rows whose abs-max is 127 scale by exactly 1, so every
+    # x = k + 1/2 is a tie; an identity weight reads the int8 values back (127 * (1/127 rounded) * 1 rounds to
+    # the value in fp16)
+    monkeypatch.setattr(Q, "QLOAD_MAGIC", magic)
+    K = 256
+    half = torch.arange(-127, 127, dtype=torch.float32) + 0.5  # -126.5 .. 126.5
+    x = torch.stack([torch.cat([torch.tensor([127.0]), half, torch.tensor([-1.49, 1.49])]),
+                     torch.cat([torch.tensor([-127.0]), -half, torch.tensor([0.51, -0.51])])])[:, :K]
+    x = torch.cat([x, fresh(3, K, scale=50.0).clamp(-126, 126)]).to(torch.float16)
+    x[2:, 0] = 127.0
+    amax = x.float().abs().amax(dim=1)
+    assert (amax == 127).all()
+    wq, ws = Q.quantize_weight(torch.eye(K, device=device, dtype=torch.float16))
+    got = Q._w8a8(x.to(device), amax.to(device), wq, ws, None, "none", torch.float16)
+    xf = x.double()
+    want = xf.sign() * (xf.abs() + 0.5).floor()
+    assert torch.equal(got.double().cpu(), want), (got.double().cpu() - want).abs().max()
+    assert torch.equal(got.cpu(), Q._w8a8(*Q.quant_rows(x.to(device)), wq, ws, None, "none", torch.float16).cpu())
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_amax_and_qload_ops(dtype, device):
     # the ops the pass pairs: int8_linear_amax as int8_linear / _prequant / gated_mlp with the abs-max (NaN in
