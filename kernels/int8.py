@@ -1068,7 +1068,8 @@ def _qload_mode(x: torch.Tensor) -> int:
     conversion instruction), 2 (with rounding-mode adds: a GPU's compiled kernel, QLOAD_MAGIC)."""
     if x.dtype == torch.int8:
         return 0
-    return 2 if QLOAD_MAGIC and x.device.type == "cuda" and not registry.interpret_mode() else 1
+    # (PTX: an NVIDIA GPU outside the interpreter, as the tanh epilogues need)
+    return 2 if QLOAD_MAGIC and fast_tanh_ok(x.device) else 1
 
 
 # int8 mode's GELU epilogues (exact "gelu" and HF's "gelu_tanh") as the tanh form on the GPU's approximate
