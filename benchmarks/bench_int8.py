@@ -492,15 +492,15 @@ def _mlp_section(args, add, table, errors):
               f"{'equal bit for bit' if torch.equal(got, want) else f'max difference {(got - want).abs().max().item():.3g}'}")
         for provider, fn in paths.items():
             add(f"int8_mlp[{name}]", shape, str(dtype)[6:], provider + "-graph", bench(fn, True), flops)
-        # the down-projection rounding with the float-to-int conversion instead (kernels.int8.QLOAD_MAGIC off)
-        Q.QLOAD_MAGIC = False
+        # the down-projection rounding with the float-to-int conversion instead (kernels.int8.MAGIC_ROUNDING off)
+        Q.MAGIC_ROUNDING = False
         try:
             assert torch.equal(paths["part:int8-down-quantized-on-load"](), got), f"{name}: the F2I form differs"
             for provider in ("tritonfuse-handoff", "part:int8-down-quantized-on-load"):
                 add(f"int8_mlp[{name}]", shape, str(dtype)[6:], provider + "-f2i-graph", bench(paths[provider], True),
                     flops)
         finally:
-            Q.QLOAD_MAGIC = True
+            Q.MAGIC_ROUNDING = True
         with registry.in_cuda_graphs(True):  # the pass's own measurement, as in a model run from CUDA graphs
             for served in ("cublas", "int8"):
                 rec = Q.measure_qload(M, K, N, N2, dtype, torch.device(DEV), act, gated, bias, True, "none",

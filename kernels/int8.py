@@ -263,11 +263,11 @@ def _quant_scaled(x, inv, MAGIC: tl.constexpr = False):
 
 
 @triton.jit
-def _quant_row_values(x, amax_r):
+def _quant_row_values(x, amax_r, MAGIC: tl.constexpr = False):
     # x [BLOCK_K] fp32 of one row, with the row's abs-max (by _max_nan) -> q int8. In sm_90 PTX 8 instructions
     # an element with the load's conversion and the abs-max, against 13 for the first form (a poison sum
     # for NaN/Inf, a compare and select for the rounding, a clamp)
-    return _quant_scaled(x, _row_inv(amax_r))
+    return _quant_scaled(x, _row_inv(amax_r), MAGIC)
 
 
 @triton.jit
@@ -278,7 +278,7 @@ def _row_scale(amax_r):
 
 @triton.jit
 def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk, stride_qm,
-                       BLOCK_K: tl.constexpr, ONE_PASS: tl.constexpr):
+                       BLOCK_K: tl.constexpr, ONE_PASS: tl.constexpr, MAGIC: tl.constexpr = False):
     # one program per row: absmax -> scale = absmax / 127, q = round(x / scale) in -127..127.
     # A zero row gets scale 0 and q 0 (its outputs are exactly 0); a row with NaN/Inf gets scale NaN and
     # q 0, so its outputs are NaN and nothing leaks into other rows. ONE_PASS (K <= BLOCK_K): the row is
@@ -291,7 +291,7 @@ def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk, stride_qm,
         mask = offs < K
         x = tl.load(x_row + offs * stride_xk, mask=mask, other=0.0).to(tl.float32)
         amax_r = tl.reduce(tl.abs(x), 0, _max_nan)
-        tl.store(q_row + offs, _quant_row_values(x, amax_r), mask=mask)
+        tl.store(q_row + offs, _quant_row_values(x, amax_r, MAGIC), mask=mask)
     else:
         amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
@@ -303,7 +303,7 @@ def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk, stride_qm,
             offs = k0 + tl.arange(0, BLOCK_K)
             mask = offs < K
             x = tl.load(x_row + offs * stride_xk, mask=mask, other=0.0).to(tl.float32)
-            tl.store(q_row + offs, _quant_row_values(x, amax_r), mask=mask)
+            tl.store(q_row + offs, _quant_row_values(x, amax_r, MAGIC), mask=mask)
     tl.store(s_ptr + row, _row_scale(amax_r))
 
 
@@ -711,8 +711,10 @@ def symmetric_int8(x: torch.Tensor, dims: tuple) -> tuple[torch.Tensor, torch.Te
     # tensor / tensor: a python scalar / tensor is computed as scalar * (1 / tensor), rounded twice
     inv = torch.where(amax > 0, torch.full_like(amax, QMAX) / amax, torch.zeros_like(amax))
     v = torch.where(finite, xf * inv, torch.zeros_like(xf))
-    # half away from zero; |v| <= 127 (up to an ulp, which rounds to 127 all the same): no clamp
-    q = torch.trunc(v + torch.copysign(torch.full_like(v, 0.5), v)).to(torch.int8)
+    # half away from zero; |v| <= 127 (up to an ulp, which rounds to 127 all the same): no clamp. The cast
+    # truncates toward zero (C's conversion, PTX cvt.rzi): no torch.trunc before it, which Inductor compiles
+    # to a second conversion an element (FRND, at a quarter of the FP32 rate on sm_90, as F2I is)
+    q = (v + torch.copysign(torch.full_like(v, 0.5), v)).to(torch.int8)
     return q, torch.where(finite, amax / QMAX, torch.full_like(amax, float("nan")))
 
 
@@ -1004,7 +1006,7 @@ def quant_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     block = min(next_pow2(max(K, 16)), QUANT_BLOCK)
     registry.launcher(_quant_rows_kernel)[(M,)](x, xq, xs, K, x.stride(0), x.stride(1), xq.stride(0),
                                                 BLOCK_K=block, ONE_PASS=K <= block,
-                                                num_warps=4 if block <= 1024 else 8)
+                                                MAGIC=magic_rounding(x.device), num_warps=4 if block <= 1024 else 8)
     return xq, xs
 
 
@@ -1058,18 +1060,23 @@ def _w8a8(xq, xs, wq, ws, b, act, out_dtype, wuq=None, wus=None, bu=None, use_tm
     return _launch_pointer(_w8a8_kernel, xq, xs, wq, ws, b, act, out, wuq, wus, bu, w8a8=True, amax=amax)
 
 
-# x quantized on load (QLOAD) rounds with PTX rounding modes on a GPU (_trunc_int8_magic), not with F2I: off, the
-# conversion form (what the interpreter runs). The same int8 values either way
-QLOAD_MAGIC = True
+# The kernels that quantize activations (the row kernel, x quantized on load) round with PTX rounding modes on
+# a GPU (_trunc_int8_magic), not with a float-to-int conversion: off, the conversion form (what the
+# interpreter runs). The same int8 values either way
+MAGIC_ROUNDING = True
+
+
+def magic_rounding(device: torch.device) -> bool:
+    # (PTX: an NVIDIA GPU outside the interpreter, as the tanh epilogues need)
+    return MAGIC_ROUNDING and fast_tanh_ok(device)
 
 
 def _qload_mode(x: torch.Tensor) -> int:
     """The QLOAD constexpr of a W8A8 launch on ``x``: 0 (int8 x), 1 (fp16/bf16 x quantized on load with the
-    conversion instruction), 2 (with rounding-mode adds: a GPU's compiled kernel, QLOAD_MAGIC)."""
+    conversion instruction), 2 (with rounding-mode adds: ``magic_rounding``)."""
     if x.dtype == torch.int8:
         return 0
-    # (PTX: an NVIDIA GPU outside the interpreter, as the tanh epilogues need)
-    return 2 if QLOAD_MAGIC and fast_tanh_ok(x.device) else 1
+    return 2 if magic_rounding(x.device) else 1
 
 
 # int8 mode's GELU epilogues (exact "gelu" and HF's "gelu_tanh") as the tanh form on the GPU's approximate

@@ -48,8 +48,9 @@
 #   bash scripts/gpu_session.sh int8_next40 # issue 7 (prepared in the 39th session): the row kernel by launch
 #                                       # shape; vit_b_16 int8 with its Q/K/V input quantized in the LayerNorm
 #   bash scripts/gpu_session.sh qload41 # issue 7 (prepared in the 40th session): the int8 handoff between an MLP's
-#                                       # GEMMs: GPU tests, bench_int8.py --sections mlp, bert-base/vit_b_16 int8 with
-#                                       # it; qload41_off: the same models without it, then llama-1b-prefill
+#                                       # GEMMs: GPU tests, bench_int8.py --sections mlp; the LayerNorm + int8
+#                                       # quantization without torch.trunc; qload41_models: bert-base/vit_b_16 in
+#                                       # int8 with the handoff and without
 #   bash scripts/gpu_session.sh extra   # minilm-l6 (real weights: run scripts/carry_minilm.sh here first and
 #                                       # carry .carry), training steps, and a per-layer profile
 #   bash scripts/gpu_session.sh pair    # a 2-GPU machine (kind nvidia-h200-x2), each half of the cores pinned to
@@ -200,24 +201,27 @@ case "${1:-tests}" in
     done ;;
   qload41)
     # issue 7, prepared in the 40th session: the int8 handoff between an MLP's GEMMs (int8_linear_amax ->
-    # int8_linear_qload): its GPU tests, bench_int8.py's MLP section at bert/vit/llama MLP shapes, then bert-base
-    # and vit_b_16 in int8 mode from CUDA graphs with the handoff on (the default); qload41_off: off, and llama
+    # int8_linear_qload): its GPU tests and bench_int8.py's MLP section (bert/vit/llama MLP shapes, both rounding
+    # forms); then the LayerNorm + int8 quantization without torch.trunc (scripts/quant_fusion_probe.py)
     timeout 200 $PY -m pytest tests/test_int8.py tests/test_linear_act.py -q -p no:cacheprovider \
-      -k "quantize_on_load or amax_and_qload or handoff or quantized_on_load or nonfinite or zero_rows" \
+      -k "quantize_on_load or amax_and_qload or handoff or quantized_on_load or nonfinite or zero_rows or quant_rows" \
       > "$out/qload_tests.txt" 2>&1; tail -3 "$out/qload_tests.txt"
-    timeout 150 $PY benchmarks/bench_int8.py --sections mlp --out "$out/kernels.json" > "$out/bench_mlp.txt" 2>&1
+    timeout 170 $PY benchmarks/bench_int8.py --sections mlp --out "$out/kernels.json" > "$out/bench_mlp.txt" 2>&1
     grep -E "int8_mlp|row kernel path|measurement|FAILED|Error" "$out/bench_mlp.txt" | tail -40
-    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 230 $PY scripts/variant_bench.py -- --models bert-base,vit_b_16 \
-      --modes inductor,tritonfuse-int8 --cuda-graphs --no-progress --out "$out/qload-on/" > "$out/qload_on.txt" 2>&1
-    grep -E "^(bert-base|vit_b_16) " "$out/qload_on.txt" | head -8 ;;
-  qload41_off)
-    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 230 $PY scripts/variant_bench.py \
-      --set tritonfuse.patterns.linear_act.QLOAD=False -- --models bert-base,vit_b_16 \
-      --modes inductor,tritonfuse-int8 --cuda-graphs --no-progress --out "$out/qload-off/" > "$out/qload_off.txt" 2>&1
-    grep -E "^(bert-base|vit_b_16) " "$out/qload_off.txt" | head -8
-    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 300 $PY -m tritonfuse bench --models llama-1b-prefill \
-      --modes inductor,tritonfuse,tritonfuse-int8 --cuda-graphs --no-progress --out "$out/llama/" 2>&1 \
-      | grep -v Warn | tail -8 ;;
+    timeout 150 $PY scripts/quant_fusion_probe.py --shapes 16384x768 > "$out/quant_fusion.txt" 2>&1
+    sed 's/.*commit=[^ ]* //' "$out/quant_fusion.txt" | tail -10
+    timeout 60 $PY scripts/quant_rows_probe.py --shapes 16384x3072 > "$out/quant_rows.txt" 2>&1
+    sed 's/.*commit=[^ ]* //' "$out/quant_rows.txt" | tail -14 ;;
+  qload41_models)
+    # bert-base and vit_b_16 in int8 mode from CUDA graphs, the handoff on (the default) and off
+    # (scripts/variant_bench.py); llama-1b-prefill: MODELS=llama-1b-prefill bash scripts/gpu_session.sh graphs
+    for v in on off; do
+      set_qload=(); [ $v = off ] && set_qload=(--set tritonfuse.patterns.linear_act.QLOAD=False)
+      TRITONFUSE_MEASURE_BUDGET_S=inf timeout 270 $PY scripts/variant_bench.py ${set_qload[@]+"${set_qload[@]}"} -- \
+        --models bert-base,vit_b_16 --modes inductor,tritonfuse-int8 --cuda-graphs --no-progress \
+        --out "$out/qload-$v/" > "$out/qload_$v.txt" 2>&1
+      grep -E "^(bert-base|vit_b_16) " "$out/qload_$v.txt" | head -8
+    done ;;
   extra)
     [ -d .carry/site ] && export PYTHONPATH=$PWD/.carry/site${PYTHONPATH:+:$PYTHONPATH}
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 150 $PY -m tritonfuse bench --models minilm-l6 \

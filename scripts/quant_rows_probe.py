@@ -5,7 +5,8 @@ In bert-base's int8 mode the down-projection site (16384x768x3072) measured 0.10
 of its 150 MB); a site needs to be 3% faster to be chosen. The shipped launch gives each program one row in
 a power-of-two block (4096 lanes for 3072 values: a quarter of them masked) with 8 warps. Timed here, from
 CUDA graphs, each checked bit for bit against ``quant_rows_ref``:
-- ``shipped``: ``quant_rows`` as launched today;
+- ``shipped``: ``quant_rows`` as launched today (rounding by PTX rounding-mode adds since the 40th session);
+- ``shipped, rounding by F2I``: the same with the float-to-int conversion an element (``MAGIC_ROUNDING`` off);
 - ``warps=W``: the same kernel and block with W warps;
 - ``chunked``: this probe's kernel, which holds a row as NCHUNK (up to 4) blocks of CHUNK values (3 x 1024
   for 3072: no masked lanes) in registers and reads it once.
@@ -124,6 +125,15 @@ def main() -> None:
         q_ref, s_ref = Q.quant_rows_ref(x)
         nbytes = M * K * 3 + M * 4
         variants = {"shipped": lambda: Q.quant_rows(x)}
+
+        def f2i():  # the shipped kernel rounding with the float-to-int conversion (40th session's change undone)
+            Q.MAGIC_ROUNDING = False
+            try:
+                return Q.quant_rows(x)
+            finally:
+                Q.MAGIC_ROUNDING = True
+
+        variants["shipped, rounding by F2I"] = f2i
         for w in (4, 8, 16):
             variants[f"warps={w}"] = (lambda w: lambda: shipped_warps(x, w))(w)
         for chunk in (256, 512, 1024):

@@ -476,10 +476,10 @@ def test_quantize_on_load_matches_the_row_kernel(dtype, gated, use_tma, device):
 @pytest.mark.parametrize("magic", [True, False])
 def test_quantize_on_load_rounds_half_away_from_zero(monkeypatch, magic, device):
     # x quantized on load rounds as the row kernel does, half away from zero, on the GPU by rounding-mode adds
-    # (QLOAD_MAGIC) or the conversion instruction. Rows whose abs-max is 127 scale by exactly 1, so every
+    # (MAGIC_ROUNDING) or the conversion instruction. Rows whose abs-max is 127 scale by exactly 1, so every
     # x = k + 1/2 is a tie; an identity weight reads the int8 values back (127 * (1/127 rounded) * 1 rounds to
     # the value in fp16)
-    monkeypatch.setattr(Q, "QLOAD_MAGIC", magic)
+    monkeypatch.setattr(Q, "MAGIC_ROUNDING", magic)
     K = 256
     half = torch.arange(-127, 127, dtype=torch.float32) + 0.5  # -126.5 .. 126.5
     x = torch.stack([torch.cat([torch.tensor([127.0]), half, torch.tensor([-1.49, 1.49])]),
