@@ -67,38 +67,32 @@ def quant_shipped(y):
     return q, s.reshape(-1)
 
 
-def quant_amax(y):
+def _scaled(y):
+    # the quantizer up to its rounding, as symmetric_int8 computes it: (v = y * 127 / abs-max, or 0 in a row
+    # of zeros or one holding NaN/Inf, and the row scales)
     yf = y.float()
     amax = yf.abs().amax(dim=1, keepdim=True)  # NaN or Inf exactly when the row holds one
     finite = torch.isfinite(amax)
     amax = torch.where(finite, amax, torch.zeros_like(amax))
     inv = torch.where(amax > 0, torch.full_like(amax, QMAX) / amax, torch.zeros_like(amax))
     v = torch.where(finite, yf * inv, torch.zeros_like(yf))
-    q = (torch.sign(v) * torch.floor(v.abs() + 0.5)).clamp(-QMAX, QMAX).to(torch.int8)
-    return q, torch.where(finite, amax / QMAX, torch.full_like(amax, float("nan"))).reshape(-1)
+    return v, torch.where(finite, amax / QMAX, torch.full_like(amax, float("nan"))).reshape(-1)
+
+
+def quant_amax(y):
+    v, s = _scaled(y)
+    return (torch.sign(v) * torch.floor(v.abs() + 0.5)).clamp(-QMAX, QMAX).to(torch.int8), s
 
 
 def quant_trunc(y):
-    yf = y.float()
-    amax = yf.abs().amax(dim=1, keepdim=True)
-    finite = torch.isfinite(amax)
-    amax = torch.where(finite, amax, torch.zeros_like(amax))
-    inv = torch.where(amax > 0, torch.full_like(amax, QMAX) / amax, torch.zeros_like(amax))
-    v = torch.where(finite, yf * inv, torch.zeros_like(yf))
-    q = torch.trunc(v + torch.copysign(torch.full_like(v, 0.5), v)).to(torch.int8)
-    return q, torch.where(finite, amax / QMAX, torch.full_like(amax, float("nan"))).reshape(-1)
+    v, s = _scaled(y)
+    return torch.trunc(v + torch.copysign(torch.full_like(v, 0.5), v)).to(torch.int8), s
 
 
 def quant_rne(y):
     # ties to even (not the project's rule): round by the fp32 add itself, read the integer from the bits
-    yf = y.float()
-    amax = yf.abs().amax(dim=1, keepdim=True)
-    finite = torch.isfinite(amax)
-    amax = torch.where(finite, amax, torch.zeros_like(amax))
-    inv = torch.where(amax > 0, torch.full_like(amax, QMAX) / amax, torch.zeros_like(amax))
-    v = torch.where(finite, yf * inv, torch.zeros_like(yf))
-    q = ((v + 12582912.0).view(torch.int32) - 0x4B400000).to(torch.int8)
-    return q, torch.where(finite, amax / QMAX, torch.full_like(amax, float("nan"))).reshape(-1)
+    v, s = _scaled(y)
+    return ((v + 12582912.0).view(torch.int32) - 0x4B400000).to(torch.int8), s
 
 
 VARIANTS = {"first": quant_first, "amax": quant_amax, "trunc": quant_trunc, "shipped": quant_shipped}
