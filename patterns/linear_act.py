@@ -1037,3 +1037,132 @@ def qload_pass(graph: torch.fx.Graph) -> int:
                                                         if measured else " (not timed)"))
         made += 1
     return made
+
+
+# --- one quantization of x for every int8 GEMM that reads it -----------------------------------------------
+
+# Off: each W8A8 site quantizes its input itself (bert's Q, K and V each their copy of the LayerNorm's output).
+SHARE_QUANT = True
+
+
+def _pure(node) -> bool:
+    # an ATen/prims op that computes a value from its arguments alone: merging two such calls of equal arguments
+    # changes nothing (no mutation, no random numbers)
+    t = node.target
+    return (node.op == "call_function" and isinstance(t, torch._ops.OpOverload) and t.namespace in ("aten", "prims")
+            and not t._schema.is_mutable and torch.Tag.nondeterministic_seeded not in t.tags)
+
+
+def _frozen(a):
+    if isinstance(a, (list, tuple)):
+        return tuple(_frozen(v) for v in a)
+    if isinstance(a, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in a.items()))
+    hash(a)  # (TypeError: not a key, the node is left alone)
+    return a
+
+
+def _merge_equal(graph: torch.fx.Graph, roots, depth: int = 32) -> int:
+    """Merge pure nodes within ``depth`` steps up from ``roots`` that compute the same op on the same
+    arguments (each site's replacement flattened and quantized x anew: some 20 nodes); returns how many went."""
+    mine, frontier = set(), [r for r in roots if isinstance(r, torch.fx.Node)]
+    for _ in range(depth):
+        nxt = []
+        for n in frontier:
+            if n not in mine and _pure(n):
+                mine.add(n)
+                nxt.extend(n.all_input_nodes)
+        frontier = nxt
+    seen, merged = {}, 0
+    for n in list(graph.nodes):  # in order: a node's arguments are merged before it is
+        if n not in mine:
+            continue
+        try:
+            key = (n.target, _frozen(n.args), _frozen(n.kwargs))
+            other = seen.setdefault(key, n)
+        except TypeError:
+            continue
+        if other is not n:
+            n.replace_all_uses_with(other)
+            graph.erase_node(n)
+            merged += 1
+    return merged
+
+
+@functools.lru_cache(maxsize=None)
+def _realize_shared_inputs() -> None:
+    # Inductor lowers an op call's input that is still a pointwise computation (int8 values and scales that
+    # it fuses into the norm's kernel) into a buffer of its own for each op that reads it, recomputed in the
+    # producing kernel for each: one node read by three GEMMs came out as three int8 copies. Ops in its
+    # needs_realized_inputs have such an input computed once, into one buffer, as it does for mm (the row
+    # scales, [M] floats a copy, still come out once per GEMM: their node reads too little to be realized)
+    from torch._inductor.lowering import add_needs_realized_inputs
+
+    ops = torch.ops.tritonfuse
+    add_needs_realized_inputs([ops.int8_linear_prequant.default, ops.int8_gated_mlp_prequant.default,
+                               ops.int8_linear.default, ops.int8_gated_mlp.default, ops.int8_linear_amax.default,
+                               ops.int8_linear_qload.default, ops.int8_mm.default, ops.int8_gated_mm.default,
+                               ops.int8_quant_rows.default])
+
+
+def share_quant_pass(graph: torch.fx.Graph) -> int:
+    """One per-token quantization of x for all the W8A8 sites that read it, where each quantized its own copy:
+    the graph ops a norm's kernel computes (bert's Q, K and V: Inductor wrote three int8 copies, 37.0 against
+    25.9 us at 16384x768 on the H200, 39th session) are merged, and op calls that each ran the row kernel on the
+    same x (a norm over rows longer than FUSED_QUANT_MAX_K: Llama's Q, K and V) become one ``int8_quant_rows``
+    and ``*_prequant`` calls. The sites were timed with their share of a shared quantization (``_quant_share``)
+    or with one each: sharing costs none of them time. Returns how many quantizations went."""
+    from torch._guards import detect_fake_mode
+
+    from tritonfuse.kernels import int8 as I8
+
+    if not SHARE_QUANT or config.quant != "int8":
+        return 0
+    _realize_shared_inputs()
+    ops = torch.ops.tritonfuse
+    pre = (ops.int8_linear_prequant.default, ops.int8_gated_mlp_prequant.default)
+    calls = [n for n in graph.nodes if n.op == "call_function" and n.target in pre]
+    before = len({n.args[0] for n in calls})
+    _merge_equal(graph, [a for n in calls for a in n.args[:2]])
+    gone = before - len({n.args[0] for n in calls})
+    # op calls quantizing the same x (merged views of it) with the row kernel, each its own
+    own = (ops.int8_linear.default, ops.int8_gated_mlp.default)
+    calls = [n for n in graph.nodes if n.op == "call_function" and n.target in own and not n.kwargs
+             and n.args[-1] == "int8" and _w8a8_producer(n) is not None]
+    _merge_equal(graph, [n.args[0] for n in calls])
+    groups: dict = {}
+    for n in calls:
+        groups.setdefault(n.args[0], []).append(n)
+    fake_mode = None
+    for x, group in groups.items():
+        if len(group) < 2:
+            continue
+        if fake_mode is None:
+            fake_mode = detect_fake_mode([n.meta.get("val") for n in graph.nodes if n.op == "placeholder"])
+            if fake_mode is None:
+                break
+        first = min(group, key=lambda n: list(graph.nodes).index(n))
+        with fake_mode:
+            qval = ops.int8_quant_rows.default(_val(x))
+        with graph.inserting_before(first):
+            q = graph.call_function(ops.int8_quant_rows.default, (x,))
+            xq = graph.call_function(operator.getitem, (q, 0))
+            xs = graph.call_function(operator.getitem, (q, 1))
+        q.meta["val"] = qval
+        xq.meta["val"], xs.meta["val"] = qval
+        for n in group:
+            a, dtype = n.args, n.meta["val"].dtype
+            if n.target == ops.int8_linear.default:  # (x, w, b, act, mode)
+                target, args = ops.int8_linear_prequant.default, (xq, xs, a[1], a[2], a[3], dtype)
+            else:  # (x, wg, wu, bg, bu, act, mode)
+                target, args = ops.int8_gated_mlp_prequant.default, (xq, xs, *a[1:6], dtype)
+            with graph.inserting_before(n):
+                new = graph.call_function(target, args)
+            new.meta.update({k: v for k, v in n.meta.items() if k in ("val", "stack_trace", "nn_module_stack")})
+            n.replace_all_uses_with(new)
+            graph.erase_node(n)
+            site = _int8_site_of(args[2])
+            if site:
+                registry.restate(graph, site, suffix=f"rows quantized once for {len(group)} GEMMs")
+        gone += len(group) - 1
+    return gone

@@ -1561,6 +1561,51 @@ def test_int8_handoff_to_a_site_int8_lost(monkeypatch, no_compile_cache, pair_wi
     assert sqnr_db(ref, out) > 30
 
 
+class _ThreeReaders(nn.Module):
+    # three Linears reading one LayerNorm's output, as BERT's query, key and value do
+    def __init__(self):
+        super().__init__()
+        self.ln = nn.LayerNorm(64)
+        self.q, self.k, self.v = nn.Linear(64, 48), nn.Linear(64, 48), nn.Linear(64, 48)
+
+    def forward(self, x):
+        h = self.ln(x)
+        return self.q(h) * self.k(h) + self.v(h)
+
+
+@pytest.mark.parametrize("max_k", [1024, 32])  # 64-wide rows quantized in the LayerNorm's kernel, or by the op
+def test_int8_sites_share_one_quantization(max_k, monkeypatch, no_compile_cache):
+    # bert's Q, K and V each quantized the LayerNorm's output themselves: three int8 copies from one kernel, or
+    # (rows wider than FUSED_QUANT_MAX_K, Llama's) three row-kernel passes. Now one, for the same values
+    import re
+
+    from tritonfuse.patterns import linear_act as LP
+
+    monkeypatch.setattr(LP, "FUSED_QUANT_MAX_K", max_k)
+    torch.manual_seed(0)
+    model = _ThreeReaders().to(torch.bfloat16).eval()
+    x = fresh(3, 15, 64, dtype=torch.bfloat16)
+    out, code = _compiled_code(model, x)
+    assert _counts() == {"matched": 3, "replaced": 3, "fallback": 0}, tritonfuse.report()
+    # one int8 copy of x, read by all three (Inductor lowered a shared pointwise input once per op reading it)
+    firsts = re.findall(r"int8_linear_prequant\.default\((\w+)", code)
+    assert len(firsts) == 3 and len(set(firsts)) == 1, firsts
+    if max_k < 64:
+        assert code.count("int8_quant_rows.default(") == 1 and "int8_linear.default(" not in code
+        assert [s.kernel for s in tritonfuse.sites()] == ["int8_w8a8[linear,rows quantized once for 3 GEMMs]"] * 3
+    monkeypatch.setattr(LP, "SHARE_QUANT", False)
+    off, code_off = _compiled_code(model, x)
+    with torch.no_grad():
+        ref = copy.deepcopy(model).double()(x.double())
+    if max_k < 64:  # the same row kernel on the same rows: the same values
+        assert code_off.count("int8_linear.default(") == 3 and "int8_quant_rows" not in code_off
+        assert torch.equal(out, off)
+    else:  # (Inductor recomputed the LayerNorm into each copy's kernel: copies may differ by a rounding step)
+        assert len(set(re.findall(r"int8_linear_prequant\.default\((\w+)", code_off))) == 3
+        assert sqnr_db(ref, out) > sqnr_db(ref, off) - 1.0
+    assert sqnr_db(ref, out) > 30
+
+
 @pytest.mark.parametrize("mode", ["int8", "int8-weight"])
 def test_int8_weights_are_graph_constants_kept_current(mode, monkeypatch):
     # the weights are quantized once, at compile time, into constants of the compiled graph; one int8_weights

@@ -264,16 +264,19 @@ class TritonfusePasses(CustomGraphPass):
         if survey:
             return
         if registry.pending_replacements() and config.quant == "int8" and "linear_act" in self.families:
-            try:
-                from tritonfuse.patterns.linear_act import qload_pass
+            from tritonfuse.patterns.linear_act import qload_pass, share_quant_pass
 
-                qload_pass(graph)
-            except Exception as e:  # the pairs keep the row kernel (or cuBLAS) between them
-                if not config.fallback_enabled():
-                    raise
-                msg = f"the int8 quantize-on-load pass failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-                registry.note_error(msg)
-                _warn_once(f"tritonfuse: {msg}; int8 GEMMs quantize their inputs themselves")
+            # one quantization of x for the GEMMs that read it, then the handoffs between GEMMs; each step
+            # leaves the graph valid, a failure leaves the int8 sites quantizing their inputs themselves
+            for step, what in ((share_quant_pass, "int8 quantization sharing"), (qload_pass, "int8 quantize-on-load")):
+                try:
+                    step(graph)
+                except Exception as e:
+                    if not config.fallback_enabled():
+                        raise
+                    msg = f"the {what} pass failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                    registry.note_error(msg)
+                    _warn_once(f"tritonfuse: {msg}; int8 GEMMs quantize their inputs themselves")
         if registry.pending_replacements() and config.quant != "none" and "linear_act" in self.families:
             try:
                 from tritonfuse.patterns.linear_act import int8_constants_pass
@@ -311,7 +314,7 @@ def _pass_flags() -> tuple:
         from tritonfuse.patterns import linear_act
     except Exception:  # noqa: BLE001 - a broken patterns module: its pass reports it
         return ()
-    return (linear_act.QLOAD,)
+    return (linear_act.QLOAD, linear_act.SHARE_QUANT)
 
 
 # A graph whose compile ran out of timing budget holds Inductor's path at the sites it did not measure, and
