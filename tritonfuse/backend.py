@@ -309,7 +309,7 @@ def _settings_hash() -> str:
 
 
 def _pass_flags() -> tuple:
-    # module switches the probes turn (patterns.linear_act.QLOAD): another setting, another compiled graph
+    # module switches the probes turn (patterns.linear_act.QLOAD, SHARE_QUANT): another setting, another graph
     try:
         from tritonfuse.patterns import linear_act
     except Exception:  # noqa: BLE001 - a broken patterns module: its pass reports it
