@@ -473,14 +473,7 @@ def _mlp_section(args, add, table, errors):
     for name, (M, K, N, N2, act, gated, bias, dtype) in MLPS.items():
         shape = f"{M}x{K}x{N}x{N2}"
         flops = 2.0 * M * K * N * (2 if gated else 1) + 2.0 * M * N * N2
-
-        def r(*sh, scale=1.0):
-            return (torch.randn(sh, device=DEV) * scale).to(dtype)
-
-        o = dict(x=r(M, K), w=r(N, K, scale=K ** -0.5), wu=r(N, K, scale=K ** -0.5) if gated else None,
-                 b=r(N) if bias else None, bu=r(N) if bias and gated else None, w2=r(N2, N, scale=N ** -0.5),
-                 b2=r(N2) if bias else None)
-        o["xq"], o["xs"] = Q.quant_rows(o["x"])
+        o = Q.mlp_operands(M, K, N, N2, dtype, DEV, gated, bias, bias)
         paths, (h, hp, amax) = _mlp_paths(o, act, gated, dtype)
         assert torch.equal(h, hp), f"{name}: the abs-max epilogue changed the up-projection's output"
         assert torch.equal(amax, hp.float().abs().amax(dim=1)), f"{name}: the abs-max differs from the output's"

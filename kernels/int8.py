@@ -271,6 +271,12 @@ def _quant_row_values(x, amax_r, MAGIC: tl.constexpr = False):
 
 
 @triton.jit
+def _qload_inv(xs_ptr, offs_m, M):
+    # QLOAD: the tile's rows' _row_inv from their abs-max (xs_ptr), [BLOCK_M, 1] to scale x's tiles by
+    return _row_inv(tl.load(xs_ptr + offs_m, mask=offs_m < M, other=0.0))[:, None]
+
+
+@triton.jit
 def _row_scale(amax_r):
     # the dequantization scale of a row quantized with _row_inv: abs-max / 127 (0 for zeros), NaN for NaN/Inf
     return tl.where(amax_r < float("inf"), amax_r / 127.0, float("nan"))
@@ -461,7 +467,7 @@ def _int8_gemm_kernel(
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_u = acc
     if QLOAD:
-        inv = _row_inv(tl.load(xs_ptr + offs_m, mask=offs_m < M, other=0.0))[:, None]
+        inv = _qload_inv(xs_ptr, offs_m, M)
     else:
         inv = None
     for k in range(0, tl.cdiv(K, BLOCK_K)):
@@ -614,7 +620,7 @@ def _w8a8_tma_tiles(
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
         acc_u = acc
         if QLOAD:
-            inv = _row_inv(tl.load(xs_ptr + offs_m, mask=offs_m < M, other=0.0))[:, None]
+            inv = _qload_inv(xs_ptr, offs_m, M)
         for ki in range(k_tiles):
             off_k = ki * BLOCK_K
             a = x_desc.load([off_m, off_k])
@@ -1505,6 +1511,21 @@ def int8_linear_qload(h: torch.Tensor, amax: torch.Tensor, w: torch.Tensor, b: O
     return _w8a8(h, amax.float().contiguous(), wq, ws, b, act, h.dtype)
 
 
+def mlp_operands(M: int, K: int, N: int, N2: int, dtype: torch.dtype, device, gated: bool, has_bias: bool,
+                 has_bias2: bool, x_quantized: bool = True) -> dict:
+    """Random operands of [M, K] -> [M, N] (gated: two projections) -> [M, N2], weights scaled so each
+    output is of unit size: x, w, wu, b, bu, w2, b2 (None where absent), and xq, xs: x as ``quant_rows``
+    quantizes it, or x and None where ``x_quantized`` is off (the first GEMM's op quantizes it)."""
+    def r(*shape, scale=1.0):
+        return (torch.randn(shape, device=device) * scale).to(dtype)
+
+    o = dict(x=r(M, K), w=r(N, K, scale=K ** -0.5), wu=r(N, K, scale=K ** -0.5) if gated else None,
+             b=r(N) if has_bias else None, bu=r(N) if has_bias and gated else None, w2=r(N2, N, scale=N ** -0.5),
+             b2=r(N2) if has_bias2 else None)
+    o["xq"], o["xs"] = quant_rows(o["x"]) if x_quantized else (o["x"], None)
+    return o
+
+
 def measure_qload(M: int, K: int, N: int, N2: int, dtype: torch.dtype, device: torch.device, act: str,
                   gated: bool, has_bias: bool, x_quantized: bool, act2: str, has_bias2: bool, consumer: str) -> dict:
     """Time a pair of GEMMs with the second quantizing the first's output on load (``int8_linear_amax`` then
@@ -1520,13 +1541,8 @@ def measure_qload(M: int, K: int, N: int, N2: int, dtype: torch.dtype, device: t
 
     def args():
         if not lazy:
-            def r(*shape, scale=1.0):
-                return (torch.randn(shape, device=device) * scale).to(dtype)
-
-            lazy.update(x=r(M, K), w=r(N, K, scale=K ** -0.5), wu=r(N, K, scale=K ** -0.5) if gated else None,
-                        b=r(N) if has_bias else None, bu=r(N) if has_bias and gated else None,
-                        w2=r(N2, N, scale=N ** -0.5), b2=r(N2) if has_bias2 else None, h=r(M, N))
-            lazy["xq"], lazy["xs"] = quant_rows(lazy["x"]) if x_quantized else (lazy["x"], None)
+            lazy.update(mlp_operands(M, K, N, N2, dtype, device, gated, has_bias, has_bias2, x_quantized),
+                        h=torch.randn(M, N, device=device).to(dtype))
         return lazy
 
     def ours():
@@ -1553,6 +1569,14 @@ def measure_qload(M: int, K: int, N: int, N2: int, dtype: torch.dtype, device: t
     return registry.measured_choice(key, device, ours, [producer, consumer_now])
 
 
+def _probe_close(got: torch.Tensor, want: torch.Tensor, tol: float) -> None:
+    # a probe's check: relative error (2-norm) within tol, and finite
+    want = want.double().cpu()
+    err = (got.double().cpu() - want).norm() / want.norm().clamp_min(1e-12)
+    if not math.isfinite(err.item()) or err.item() > tol:
+        raise RuntimeError(f"wrong result on the probe input (relative error {err.item():.3g})")
+
+
 def qload_probe(device: str, dtype: torch.dtype, act: str, gated: bool, has_bias: bool, act2: str,
                 has_bias2: bool) -> Optional[str]:
     """Compile and launch one handoff pair (``int8_linear_amax`` then ``int8_linear_qload``) on a small input
@@ -1573,9 +1597,7 @@ def qload_probe(device: str, dtype: torch.dtype, act: str, gated: bool, has_bias
         out = ops.int8_linear_qload(h, amax, w2, b2, act2)
         for got, want in ((h, want_h), (amax, h.float().abs().amax(dim=1)),
                           (out, ops.int8_linear(h, w2, b2, act2, "int8"))):
-            err = (got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-12)
-            if not math.isfinite(err.item()) or err.item() > 1e-2:
-                raise RuntimeError(f"wrong result on the probe input (relative error {err.item():.3g})")
+            _probe_close(got, want, 1e-2)
 
     name = f"int8_qload[{act},{'gated' if gated else 'plain'},{int(has_bias)}{int(has_bias2)},{act2},{dtype}]"
     return registry.guarded_probe(f"{name}@{device}", run)
@@ -1779,9 +1801,7 @@ def probe(device: str, dtype: torch.dtype, act: str, has_bias: bool, gated: bool
         y8 = torch.ops.tritonfuse.int8_gated_mlp(x[:8], w1, w2, b1, b2, act, mode) if gated else \
             torch.ops.tritonfuse.int8_linear(x[:8], w1, b1, act, mode)
         for out, r in ((y, ref), (y8, ref[:8])):
-            err = (out.double().cpu() - r.cpu()).norm() / r.norm().clamp_min(1e-12)
-            if not math.isfinite(err.item()) or err.item() > 5e-2:
-                raise RuntimeError(f"wrong result on the probe input (relative error {err.item():.3g})")
+            _probe_close(out, r, 5e-2)
 
     name = f"int8_{'gated_mlp' if gated else 'linear'}[{mode},{act},{'bias' if has_bias else 'nobias'},{dtype}]"
     return registry.guarded_probe(f"{name}@{device}", run)  # in registry.one_config: see _tune_decode

@@ -783,6 +783,20 @@ def _int8_rewrites():
     }
 
 
+def _fake_mode(graph: torch.fx.Graph):
+    """The fake mode of ``graph``'s example values (its placeholders'), or None."""
+    from torch._guards import detect_fake_mode
+
+    return detect_fake_mode([n.meta.get("val") for n in graph.nodes if n.op == "placeholder"])
+
+
+def _replace(graph: torch.fx.Graph, old: torch.fx.Node, new: torch.fx.Node, keep=("val",)) -> None:
+    """``new`` in place of ``old``, with ``old``'s stack trace and module path (and its ``keep`` metadata)."""
+    new.meta.update({k: v for k, v in old.meta.items() if k in (*keep, "stack_trace", "nn_module_stack")})
+    old.replace_all_uses_with(new)
+    graph.erase_node(old)
+
+
 def _view(graph: torch.fx.Graph, const: torch.fx.Node, fake_mode) -> torch.fx.Node:
     """``const`` seen through a view of itself: Inductor propagates an op's fake inputs with the real value
     of a constant it is handed directly, which fails its fake mode, and with a fake tensor for a view."""
@@ -800,7 +814,6 @@ def int8_constants_pass(graph: torch.fx.Graph) -> int:
     constant whose float weight was updated in place or replaced. A call whose weights are not the compiled
     graph's inputs with values known now (a view of a fused projection, a backward graph) keeps its op.
     Returns how many calls were rewritten."""
-    from torch._guards import detect_fake_mode
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     from tritonfuse.kernels import int8 as I8
@@ -819,8 +832,7 @@ def int8_constants_pass(graph: torch.fx.Graph) -> int:
             calls.append((node, w_nodes, spec[2], spec[3](node.args)))
     if gm is None or not calls:
         return 0
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    fake_mode = detect_fake_mode([n.meta.get("val") for n in placeholders])
+    fake_mode = _fake_mode(graph)
     if fake_mode is None:
         return 0
     # (weight placeholder, K group of its scales) -> (its int8 constant, its scales, offset in the scales vector)
@@ -867,10 +879,7 @@ def int8_constants_pass(graph: torch.fx.Graph) -> int:
         target, args = build(node.args, [per_weight[(w, group)] for w in w_nodes])
         with graph.inserting_before(node):
             new = graph.call_function(target, args)
-        # not eager_input_vals: those are the old op's arguments
-        new.meta.update({k: v for k, v in node.meta.items() if k in ("val", "stack_trace", "nn_module_stack")})
-        node.replace_all_uses_with(new)
-        graph.erase_node(node)
+        _replace(graph, node, new)  # (not eager_input_vals: those are the old op's arguments)
     return len(calls)
 
 
@@ -971,8 +980,6 @@ def qload_pass(graph: torch.fx.Graph) -> int:
     the row kernel's pass between them disappears. The second may be an int8 site or one left to cuBLAS
     because int8 with the row kernel measured slower there. Not with int8 weights as graph constants
     (``INT8_CONSTANTS``). Returns how many pairs were made."""
-    from torch._guards import detect_fake_mode
-
     from tritonfuse.kernels import int8 as I8
 
     if not QLOAD or INT8_CONSTANTS or config.quant != "int8":
@@ -1005,7 +1012,7 @@ def qload_pass(graph: torch.fx.Graph) -> int:
         if not rec.get("use"):
             continue
         if fake_mode is None:
-            fake_mode = detect_fake_mode([n.meta.get("val") for n in graph.nodes if n.op == "placeholder"])
+            fake_mode = _fake_mode(graph)
             if fake_mode is None:
                 return made
         site1, site2 = _int8_site_of(w), (_int8_site_of(w2) if served == "int8" else reader.name)
@@ -1022,10 +1029,8 @@ def qload_pass(graph: torch.fx.Graph) -> int:
         pair.meta["val"] = vals
         y.meta["val"], amax.meta["val"] = vals
         out.meta["val"] = out_val
-        for old, new in ((node, y), (reader, out)):
-            new.meta.update({k: v for k, v in old.meta.items() if k in ("stack_trace", "nn_module_stack")})
-            old.replace_all_uses_with(new)
-            graph.erase_node(old)
+        _replace(graph, node, y, keep=())
+        _replace(graph, reader, out, keep=())
         measured = [rec["ours_ms"], rec["theirs_ms"]] if "ours_ms" in rec else None
         if site1:
             registry.restate(graph, site1, suffix="row abs-max out")
@@ -1112,10 +1117,6 @@ def share_quant_pass(graph: torch.fx.Graph) -> int:
     same x (a norm over rows longer than FUSED_QUANT_MAX_K: Llama's Q, K and V) become one ``int8_quant_rows``
     and ``*_prequant`` calls. The sites were timed with their share of a shared quantization (``_quant_share``)
     or with one each: sharing costs none of them time. Returns how many quantizations went."""
-    from torch._guards import detect_fake_mode
-
-    from tritonfuse.kernels import int8 as I8
-
     if not SHARE_QUANT or config.quant != "int8":
         return 0
     _realize_shared_inputs()
@@ -1125,10 +1126,10 @@ def share_quant_pass(graph: torch.fx.Graph) -> int:
     before = len({n.args[0] for n in calls})
     _merge_equal(graph, [a for n in calls for a in n.args[:2]])
     gone = before - len({n.args[0] for n in calls})
-    # op calls quantizing the same x (merged views of it) with the row kernel, each its own
+    # op calls quantizing the same x (merged views of it) with the row kernel, each its own (W8A8 calls: the
+    # producers qload_pass takes)
     own = (ops.int8_linear.default, ops.int8_gated_mlp.default)
-    calls = [n for n in graph.nodes if n.op == "call_function" and n.target in own and not n.kwargs
-             and n.args[-1] == "int8" and _w8a8_producer(n) is not None]
+    calls = [n for n in graph.nodes if n.target in own and _w8a8_producer(n) is not None]
     _merge_equal(graph, [n.args[0] for n in calls])
     groups: dict = {}
     for n in calls:
@@ -1138,13 +1139,12 @@ def share_quant_pass(graph: torch.fx.Graph) -> int:
         if len(group) < 2:
             continue
         if fake_mode is None:
-            fake_mode = detect_fake_mode([n.meta.get("val") for n in graph.nodes if n.op == "placeholder"])
+            fake_mode = _fake_mode(graph)
             if fake_mode is None:
                 break
-        first = min(group, key=lambda n: list(graph.nodes).index(n))
         with fake_mode:
             qval = ops.int8_quant_rows.default(_val(x))
-        with graph.inserting_before(first):
+        with graph.inserting_before(group[0]):  # (calls, so each group, in graph order)
             q = graph.call_function(ops.int8_quant_rows.default, (x,))
             xq = graph.call_function(operator.getitem, (q, 0))
             xs = graph.call_function(operator.getitem, (q, 1))
@@ -1158,9 +1158,7 @@ def share_quant_pass(graph: torch.fx.Graph) -> int:
                 target, args = ops.int8_gated_mlp_prequant.default, (xq, xs, *a[1:6], dtype)
             with graph.inserting_before(n):
                 new = graph.call_function(target, args)
-            new.meta.update({k: v for k, v in n.meta.items() if k in ("val", "stack_trace", "nn_module_stack")})
-            n.replace_all_uses_with(new)
-            graph.erase_node(n)
+            _replace(graph, n, new)
             site = _int8_site_of(args[2])
             if site:
                 registry.restate(graph, site, suffix=f"rows quantized once for {len(group)} GEMMs")

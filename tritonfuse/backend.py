@@ -310,11 +310,8 @@ def _settings_hash() -> str:
 
 def _pass_flags() -> tuple:
     # module switches the probes turn (patterns.linear_act.QLOAD, SHARE_QUANT): another setting, another graph
-    try:
-        from tritonfuse.patterns import linear_act
-    except Exception:  # noqa: BLE001 - a broken patterns module: its pass reports it
-        return ()
-    return (linear_act.QLOAD, linear_act.SHARE_QUANT)
+    linear_act = _linear_act()
+    return (linear_act.QLOAD, linear_act.SHARE_QUANT) if linear_act is not None else ()
 
 
 # A graph whose compile ran out of timing budget holds Inductor's path at the sites it did not measure, and
@@ -339,12 +336,18 @@ def _bump_generation(key: str) -> None:
     registry.write_json(_generation_path(key), _generation(key) + 1)
 
 
-def _int8_constants() -> bool:
+def _linear_act():
+    """The linear_act patterns module, or None where it does not import (its pass reports why)."""
     try:
         from tritonfuse.patterns import linear_act
     except Exception:  # noqa: BLE001 - a broken patterns module: its pass reports it
-        return False
-    return linear_act.INT8_CONSTANTS
+        return None
+    return linear_act
+
+
+def _int8_constants() -> bool:
+    linear_act = _linear_act()
+    return linear_act is not None and linear_act.INT8_CONSTANTS
 
 
 def _inlining() -> bool:
