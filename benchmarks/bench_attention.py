@@ -7,7 +7,10 @@ Providers:
   backward: ``aten._scaled_dot_product_flash_attention_backward`` on the forward's saved outputs.
 - ``inductor``: ``torch.compile`` (default backend) of the SDPA call.
 - ``tritonfuse``: the ``tritonfuse::attention`` op (its TMA kernel on Hopper when unmasked);
-  ``tritonfuse-ptr`` (``--sweep``): the same op with the pointer kernel, and every TMA config timed on its own;
+  ``tritonfuse-ws``: the same op with ``kernels.attention.WARP_SPECIALIZE`` on (Hopper; the row is left out,
+  with the reason, where the warp-specialized kernel does not serve);
+  ``tritonfuse-ptr`` (``--sweep``): the same op with the pointer kernel, and every TMA and warp-specialized
+  config timed on its own;
   ``tritonfuse-backend``: ``torch.compile(..., backend="tritonfuse")`` of the SDPA call (match count asserted;
   Inductor's default graph may hold a cuDNN SDPA node, which tritonfuse leaves alone).
 
@@ -120,9 +123,21 @@ def bench_forward(B, H, S, D, causal, rows, sweep=False, compiled=True):
         finally:
             K.use_tma = True
 
+    def ours_ws():
+        before = K.WARP_SPECIALIZE
+        K.WARP_SPECIALIZE = True
+        try:
+            return torch.ops.tritonfuse.attention(q, k, v, None, scale, causal)
+        finally:
+            K.WARP_SPECIALIZE = before
+
     ref_out = sdpa()
     _check("tritonfuse", ours(), ref_out, q, k, v, causal)
     providers = [("sdpa", sdpa), ("sdpa-default", lambda: fn(q, k, v)), ("tritonfuse", ours)]
+    ws_out = ours_ws()  # its first call checks each config against the pointer kernel
+    if _ws_serves(q):
+        _check("tritonfuse-ws", ws_out, ref_out, q, k, v, causal)
+        providers.append(("tritonfuse-ws", ours_ws))
     if compiled:
         _check("tritonfuse-backend", backend_out, ref_out, q, k, v, causal)
         providers += [("inductor", lambda: inductor(q, k, v)), ("tritonfuse-backend", lambda: backend(q, k, v))]
@@ -134,7 +149,7 @@ def bench_forward(B, H, S, D, causal, rows, sweep=False, compiled=True):
             ms = _bench(f)
             rows.append(row("attention_fwd", shape, DT, name, ms, tflops=flops / ms * 1e-9))
             print(f"  {name:20s} {ms:8.3f} ms {flops / ms * 1e-9:8.1f} TFLOP/s")
-    for kern in (K._attn_fwd_tma_kernel, K._attn_fwd_kernel):
+    for kern in (K._attn_fwd_ws_kernel, K._attn_fwd_tma_kernel, K._attn_fwd_kernel):
         best = getattr(kern, "best_config", None)
         if best is not None:
             print(f"  {kern.fn.__name__} best config: {best}")
@@ -142,6 +157,44 @@ def bench_forward(B, H, S, D, causal, rows, sweep=False, compiled=True):
         print(f"  TMA kernel disabled: {K._tma_failed}")
     if sweep:
         _sweep_tma(q, k, v, scale, causal, flops)
+        if _ws_serves(q):
+            _sweep_ws(q, k, v, scale, causal, flops)
+
+
+def _ws_serves(q):
+    # whether the warp-specialized kernel serves these operands (printing why not)
+    if not K._HAS_WS or not q.is_cuda or K.capability(q.device)[0] != 9:
+        print("  warp-specialized kernel: not built here (needs sm_90 and tl.range(warp_specialize=...))")
+        return False
+    before = K.WARP_SPECIALIZE
+    K.WARP_SPECIALIZE = True
+    try:
+        ok = K._tma_ok(q) and K._ws_ok(q)
+    finally:
+        K.WARP_SPECIALIZE = before
+    if not ok:
+        print(f"  warp-specialized kernel off: {K._ws_failed or K._tma_failed or 'operands it does not take'}")
+    return ok
+
+
+def _sweep_ws(q, k, v, scale, causal, flops):
+    # every config of the warp-specialized forward on its own, shared memory permitting
+    B, H, S, D = q.shape
+    out = K._empty_out(q)
+    lse = torch.empty((B, H, S), device=q.device, dtype=torch.float32)
+    configs = K._attn_fwd_ws_kernel.configs
+    try:
+        for cfg in K._prune(False)(configs, {}, HEAD_DIM=D):
+            K._attn_fwd_ws_kernel.configs = [cfg]
+            name = (f"BM{cfg.kwargs['BLOCK_M']} BN{cfg.kwargs['BLOCK_N']} s{cfg.num_stages}"
+                    f"{' ws' if cfg.kwargs['WS'] else ''}")
+            try:
+                ms = _bench(lambda: K._launch_ws(q, k, v, out, lse, scale * K.LOG2E, causal, False, tune=False))
+                print(f"    ws sweep {name}: {ms:.3f} ms {flops / ms * 1e-9:.1f} TFLOP/s")
+            except Exception as e:  # out of resources etc.
+                print(f"    ws sweep {name}: {type(e).__name__}: {str(e)[:120]}")
+    finally:
+        K._attn_fwd_ws_kernel.configs = configs
 
 
 def _sweep_tma(q, k, v, scale, causal, flops):

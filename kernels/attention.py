@@ -22,6 +22,7 @@ keys (``EMPTY_ROWS``: rows that keep no key get the fill on every score, and att
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Optional
 
@@ -29,9 +30,9 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonfuse import config, inline, registry
+from tritonfuse import config, inline, launch, registry, tuning
 from tritonfuse.kernels.common import (autotune_kw, capability, cast_out, cdiv, dot_upcast, host_desc, next_pow2,
-                                      rtne_bf16, tuned)
+                                      rtne_bf16, scratch_allocator, tuned)
 
 try:  # host-side TMA descriptors (triton >= 3.3)
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -344,6 +345,34 @@ def _attn_fwd_kernel(
 
 
 @triton.jit
+def _tile_start(pid_m, SK, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                IS_CAUSAL: tl.constexpr):
+    # the TMA forwards' query block: (rows, key offsets, running max, sum, accumulator, end of the key blocks
+    # that need no mask, end of the keys it attends)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    if IS_CAUSAL:
+        hi = tl.minimum(SK, (pid_m + 1) * BLOCK_M)
+        full = tl.minimum(pid_m * BLOCK_M, SK) // BLOCK_N * BLOCK_N
+    else:
+        hi = SK
+        full = SK // BLOCK_N * BLOCK_N
+    return rows, tl.arange(0, BLOCK_N), m_i, l_i, acc, full, hi
+
+
+@triton.jit
+def _tile_finish(acc, l_i, m_i, lse_ptr, pid_bh, rows, SQ, STORE_LSE: tl.constexpr):
+    # the normalised output of a TMA forward's query block (rows with no key: zeros), its log-sum-exp stored
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    if STORE_LSE:
+        lse = tl.where(l_i == 0.0, float("inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
+        tl.store(lse_ptr + pid_bh * SQ + rows, lse, mask=rows < SQ)
+    return acc / l_safe[:, None]
+
+
+@triton.jit
 def _fwd_tma_tile(acc, l_i, m_i, q, k_desc, v_desc, b, hk, rows, offs_n, start_n, qk_scale, SK,
                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, BOUNDS: tl.constexpr,
                   FOLD: tl.constexpr):
@@ -385,28 +414,93 @@ def _attn_fwd_tma_kernel(
     b = pid_bh // H
     h = pid_bh % H
     hk = h // GROUP
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
     q = q_desc.load([b, h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, HEAD_DIM)
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    if IS_CAUSAL:
-        hi = tl.minimum(SK, (pid_m + 1) * BLOCK_M)
-        full = tl.minimum(pid_m * BLOCK_M, SK) // BLOCK_N * BLOCK_N
-    else:
-        hi = SK
-        full = SK // BLOCK_N * BLOCK_N
+    rows, offs_n, m_i, l_i, acc, full, hi = _tile_start(pid_m, SK, HEAD_DIM, BLOCK_M, BLOCK_N, IS_CAUSAL)
     acc, l_i, m_i = _fwd_tma_inner(acc, l_i, m_i, q, k_desc, v_desc, b, hk, rows, offs_n, 0, full, qk_scale, SK,
                                    HEAD_DIM, BLOCK_N, False, False, FOLD)
     acc, l_i, m_i = _fwd_tma_inner(acc, l_i, m_i, q, k_desc, v_desc, b, hk, rows, offs_n, full, hi, qk_scale, SK,
                                    HEAD_DIM, BLOCK_N, IS_CAUSAL, True, FOLD)
-    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-    acc = acc / l_safe[:, None]
+    acc = _tile_finish(acc, l_i, m_i, lse_ptr, pid_bh, rows, SQ, STORE_LSE)
     o_desc.store([b, h, pid_m * BLOCK_M, 0], acc.to(o_desc.dtype).reshape(1, 1, BLOCK_M, HEAD_DIM))
-    if STORE_LSE:
-        lse = tl.where(l_i == 0.0, float("inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
-        tl.store(lse_ptr + pid_bh * SQ + rows, lse, mask=rows < SQ)
+
+
+# Hopper's warp specialization (triton >= 3.4 builds it for sm_90 from ``tl.range(warp_specialize=True)``): one
+# producer warpgroup issues the TMA loads while the consumer warpgroups (each BLOCK_M / 2 rows of the tile)
+# run the dots and the softmax, as FlashAttention-3 and cuDNN do. ncu on the H200 (38th session) found the TMA
+# kernel above one warpgroup a program at 255 registers, the tensor pipe 57% busy; cuDNN's SDPA runs a
+# producer and two consumers. Triton's partitioner takes 2-D tiles only (a reshaped 4-D TMA box fails it),
+# so each program builds 2-D descriptors over its own head on the device, bounded by the head's lengths
+# (zeros past them, stores clipped), from the same strides the host kernel's 4-D boxes use.
+_HAS_WS = hasattr(tl, "make_tensor_descriptor") and "warp_specialize" in inspect.signature(tl.range).parameters
+
+
+def _ws_cfg(bm, bn, stages, ws=True):
+    # num_warps 4: a consumer warpgroup's; with ws the kernel runs three warpgroups (12 warps)
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "WS": ws}, num_warps=4, num_stages=stages)
+
+
+if registry.interpret_mode():
+    _WS_CONFIGS = [_ws_cfg(32, 32, 1)]
+else:
+    # sm_90 builds (triton 3.6, ptxas -v): 128x64 and 128x128 without spills; 256x64 spills 48 bytes a thread;
+    # 256x128 spills 4 KB and is left out. 128x64/4 warps/3 stages without specialization: the TMA kernel's
+    # best config, built here for the autotuner to weigh against the specialized ones
+    _WS_CONFIGS = [_ws_cfg(128, 128, 2), _ws_cfg(128, 64, 2), _ws_cfg(256, 64, 2), _ws_cfg(128, 64, 3),
+                   _ws_cfg(128, 64, 3, ws=False)]
+
+
+@triton.jit
+def _fwd_ws_inner(acc, l_i, m_i, q, k_desc, v_desc, lse_ptr, rows, offs_n, lo, hi, qk_scale, SQ, SK,
+                  BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, BOUNDS: tl.constexpr, FOLD: tl.constexpr,
+                  WS: tl.constexpr):
+    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WS):
+        s = tl.dot(q, k_desc.load([start_n, 0]).T)
+        s = _finish_scores(s, qk_scale, lse_ptr, rows, start_n + offs_n, SQ, SK, 0, IS_CAUSAL, BOUNDS, FOLD)
+        acc, l_i, m_i = _pv_step(acc, l_i, m_i, s, v_desc.load([start_n, 0]), qk_scale, FOLD, False, "tf32")
+    return acc, l_i, m_i
+
+
+@triton.autotune(configs=_WS_CONFIGS, key=["SQ_BUCKET", "SK_BUCKET", "HEAD_DIM", "IS_CAUSAL"],
+                 prune_configs_by={"early_config_prune": _prune(False)}, **_AUTOTUNE_KW)
+@triton.jit
+def _attn_fwd_ws_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
+    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_om,
+    H, GROUP, SQ, SK, SQ_BUCKET, SK_BUCKET, qk_scale,
+    HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, STORE_LSE: tl.constexpr,
+    KEYS_EVEN: tl.constexpr, FOLD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WS: tl.constexpr,
+    LPT_GROUP=1, LPT: tl.constexpr = False,
+):
+    # as _attn_fwd_tma_kernel, on 2-D descriptors of this program's head built here (global scratch memory)
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    pid_m, pid_bh = _fwd_program(SQ, LPT_GROUP, BLOCK_M, LPT)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    hk = h // GROUP
+    q_desc = tl.make_tensor_descriptor(q_ptr + b * stride_qb + h * stride_qh, shape=[SQ, HEAD_DIM],
+                                       strides=[stride_qm, 1], block_shape=[BLOCK_M, HEAD_DIM])
+    k_desc = tl.make_tensor_descriptor(k_ptr + b * stride_kb + hk * stride_kh, shape=[SK, HEAD_DIM],
+                                       strides=[stride_kn, 1], block_shape=[BLOCK_N, HEAD_DIM])
+    v_desc = tl.make_tensor_descriptor(v_ptr + b * stride_vb + hk * stride_vh, shape=[SK, HEAD_DIM],
+                                       strides=[stride_vn, 1], block_shape=[BLOCK_N, HEAD_DIM])
+    o_desc = tl.make_tensor_descriptor(o_ptr + b * stride_ob + h * stride_oh, shape=[SQ, HEAD_DIM],
+                                       strides=[stride_om, 1], block_shape=[BLOCK_M, HEAD_DIM])
+    q = q_desc.load([pid_m * BLOCK_M, 0])
+    rows, offs_n, m_i, l_i, acc, full, hi = _tile_start(pid_m, SK, HEAD_DIM, BLOCK_M, BLOCK_N, IS_CAUSAL)
+    if WS:
+        # the partitioner takes one loop (a second loop after or before it fails to build, triton 3.6): every
+        # key block in it, each masked as the diagonal and the ragged end need (KEYS_EVEN: no key block
+        # runs past SK, for every config's BLOCK_N)
+        acc, l_i, m_i = _fwd_ws_inner(acc, l_i, m_i, q, k_desc, v_desc, lse_ptr, rows, offs_n, 0, hi, qk_scale,
+                                      SQ, SK, BLOCK_N, IS_CAUSAL, not KEYS_EVEN, FOLD, True)
+    else:
+        acc, l_i, m_i = _fwd_ws_inner(acc, l_i, m_i, q, k_desc, v_desc, lse_ptr, rows, offs_n, 0, full, qk_scale,
+                                      SQ, SK, BLOCK_N, False, False, FOLD, False)
+        acc, l_i, m_i = _fwd_ws_inner(acc, l_i, m_i, q, k_desc, v_desc, lse_ptr, rows, offs_n, full, hi, qk_scale,
+                                      SQ, SK, BLOCK_N, IS_CAUSAL, True, FOLD, False)
+    acc = _tile_finish(acc, l_i, m_i, lse_ptr, pid_bh, rows, SQ, STORE_LSE)
+    o_desc.store([pid_m * BLOCK_M, 0], acc.to(o_ptr.dtype.element_ty))
 
 
 # --- decode kernels (split-K) -------------------------------------------------------------------------
@@ -799,6 +893,14 @@ def _forward(q, k, v, mask, scale: float, is_causal: bool, store_lse: bool, tma:
         return out, lse
 
     if tma and mask is None and _tma_ok(q, k, v, out) and _tma_self_check(q.device, q.dtype):
+        if _ws_ok(q):
+            try:
+                _launch_ws(q, k, v, out, lse, qk_scale, is_causal, store_lse)
+                return out, lse
+            except Exception as e:  # the TMA kernel serves from now on
+                if not config.fallback_enabled():
+                    raise
+                _disable_ws(e)
         try:
             _launch_tma(q, k, v, out, lse, qk_scale, is_causal, store_lse)
             return out, lse
@@ -901,6 +1003,26 @@ def _launch_tma(q, k, v, out, lse, qk_scale, is_causal, store_lse):
     )
 
 
+def _launch_ws(q, k, v, out, lse, qk_scale, is_causal, store_lse, tune=True):
+    B, H, Sq, D = q.shape
+    Hkv, Sk = k.shape[1], k.shape[2]
+    lpt, group = _lpt(B * H, Sk, D, q.element_size(), is_causal)
+    grid = _fwd_grid(Sq, B * H, lpt)
+    args = (q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+            H, H // Hkv, Sq, Sk, _bucket(Sq), _bucket(Sk), qk_scale)
+    # KEYS_EVEN: every config's BLOCK_N divides 128
+    kwargs = dict(HEAD_DIM=D, IS_CAUSAL=is_causal, STORE_LSE=store_lse, KEYS_EVEN=Sk % 128 == 0,
+                  FOLD=_fold(0, qk_scale), LPT_GROUP=group, LPT=lpt)
+    # Triton's own launch, which passes the descriptors' scratch memory (as kernels.int8's device TMA kernel);
+    # tune=False: one config set by the self-check, nothing compiled ahead or kept
+    if tune:
+        launch.precompile_for(_attn_fwd_ws_kernel, grid, args, kwargs)
+    with scratch_allocator(q.device):
+        _attn_fwd_ws_kernel[grid](*args, **kwargs)
+    if tune:
+        tuning.save(_attn_fwd_ws_kernel, args, kwargs)
+
+
 # Causal forwards in longest-processing-time order (``_fwd_program``). A causal query block costs as many key
 # blocks as it lies deep, and in the [query blocks, heads] grid the last wave holds a last head's longest
 # blocks beside short ones. Simulated as list scheduling on 132 SMs (one program each, cost = key blocks):
@@ -933,7 +1055,11 @@ _tma_checked: dict = {}
 def _tma_self_check(device: torch.device, dtype: torch.dtype) -> bool:
     """Before its first use on a device and dtype, the TMA kernel must reproduce the pointer kernel on a
     ragged GQA input (causal and not); otherwise the pointer kernel serves from then on, with one warning."""
-    key = (str(device), dtype)
+    return _self_check("tma", device, dtype, lambda: _tma_compare(device, dtype, _launch_tma), _disable_tma)
+
+
+def _self_check(name: str, device: torch.device, dtype: torch.dtype, compare, disable, head_dim: int = 64) -> bool:
+    key = (name, str(device), dtype, head_dim)
     if key not in _tma_checked and device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         return False  # no synchronising check inside a CUDA graph capture: the pointer kernel serves it
     if key not in _tma_checked:
@@ -941,28 +1067,67 @@ def _tma_self_check(device: torch.device, dtype: torch.dtype) -> bool:
         try:
             # one config each (registry.one_config): tuning at this toy shape compiles configs no model uses
             with registry.one_config():
-                _tma_compare(device, dtype)
+                compare()
         except Exception as e:
             if not config.fallback_enabled():
                 raise
-            _disable_tma(e)
+            disable(e)
             ok = False
         _tma_checked[key] = ok
-    return _tma_checked[key] and not _tma_failed
+    return _tma_checked[key] and not (_ws_failed if name == "ws" else _tma_failed)
 
 
-def _tma_compare(device: torch.device, dtype: torch.dtype) -> None:
+def _tma_compare(device: torch.device, dtype: torch.dtype, launch_fn, head_dim: int = 64) -> None:
     g = torch.Generator(device="cpu").manual_seed(0)
-    q = torch.randn(1, 150, 4, 64, generator=g, device="cpu").to(device=device, dtype=dtype).transpose(1, 2)
-    k, v = (torch.randn(1, 2, 130, 64, generator=g, device="cpu").to(device=device, dtype=dtype) for _ in range(2))
+    d = head_dim
+    q = torch.randn(1, 150, 4, d, generator=g, device="cpu").to(device=device, dtype=dtype).transpose(1, 2)
+    k, v = (torch.randn(1, 2, 130, d, generator=g, device="cpu").to(device=device, dtype=dtype) for _ in range(2))
     for causal in (False, True):
         o1, o2 = _empty_out(q), _empty_out(q)
         l1, l2 = (torch.empty((1, 4, 150), device=device, dtype=torch.float32) for _ in range(2))
-        _launch_pointer(q, k, v, q, (0, 0, 0, 0), 0, o1, l1, 0.125 * LOG2E, causal, True)
-        _launch_tma(q, k, v, o2, l2, 0.125 * LOG2E, causal, True)
+        _launch_pointer(q, k, v, q, (0, 0, 0, 0), 0, o1, l1, d ** -0.5 * LOG2E, causal, True)
+        launch_fn(q, k, v, o2, l2, d ** -0.5 * LOG2E, causal, True)
         err = max((o1.float() - o2.float()).abs().max().item(), (l1 - l2).abs().max().item())
         if not err <= 1e-2:
             raise RuntimeError(f"TMA and pointer kernels differ by {err:.3g} ({'causal' if causal else 'full'})")
+
+
+# The warp-specialized forward (``_attn_fwd_ws_kernel``) serves where the TMA kernel would. Not yet timed on a
+# GPU: it compiles for sm_90 (triton 3.6) and matches the pointer kernel under the interpreter. Off until
+# ``benchmarks/bench_attention.py`` has timed it against the TMA kernel and SDPA (``--ws``).
+WARP_SPECIALIZE = False
+_ws_failed: Optional[str] = None
+
+
+def _disable_ws(e: Exception) -> None:
+    global _ws_failed
+    import warnings
+
+    _ws_failed = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    warnings.warn(f"tritonfuse: the warp-specialized attention kernel failed ({_ws_failed}); using the TMA kernel",
+                  stacklevel=3)
+
+
+def _ws_ok(q: torch.Tensor) -> bool:
+    """The warp-specialized forward, where the TMA kernel serves (``_tma_ok``): Hopper (sm_90; Blackwell's
+    specialization is another pass, not built for), a triton with ``tl.range(warp_specialize=...)`` and device
+    descriptors, and the self-check at this head dim passed, every config of it."""
+    if not (WARP_SPECIALIZE and _HAS_WS) or _ws_failed or capability(q.device)[0] != 9:
+        return False
+    D = q.shape[-1]
+    return _self_check("ws", q.device, q.dtype, lambda: _ws_compare(q.device, q.dtype, D), _disable_ws, D)
+
+
+def _ws_compare(device: torch.device, dtype: torch.dtype, head_dim: int) -> None:
+    # each config on its own: the autotuner may pick any at a site's shapes; the partitioner is new in triton
+    # (a miscompile would show here, not as an error)
+    configs = _attn_fwd_ws_kernel.configs
+    try:
+        for cfg in configs:
+            _attn_fwd_ws_kernel.configs = [cfg]
+            _tma_compare(device, dtype, lambda *a: _launch_ws(*a, tune=False), head_dim)
+    finally:
+        _attn_fwd_ws_kernel.configs = configs
 
 
 def _attention_fake(q, k, v, mask, scale, is_causal):

@@ -51,6 +51,9 @@
 #                                       # GEMMs: GPU tests, bench_int8.py --sections mlp; the LayerNorm + int8
 #                                       # quantization without torch.trunc; qload41_models: bert-base/vit_b_16 in
 #                                       # int8 with the handoff and without
+#   bash scripts/gpu_session.sh ws41    # issue 5 (prepared in the 41st session): the warp-specialized attention
+#                                       # forward: its GPU tests, then bench_attention.py --sweep (every TMA and
+#                                       # warp-specialized config on its own, the op with the flag on and off)
 #   bash scripts/gpu_session.sh extra   # minilm-l6 (real weights: run scripts/carry_minilm.sh here first and
 #                                       # carry .carry), training steps, and a per-layer profile
 #   bash scripts/gpu_session.sh pair    # a 2-GPU machine (kind nvidia-h200-x2), each half of the cores pinned to
@@ -222,6 +225,16 @@ case "${1:-tests}" in
         --out "$out/qload-$v/" > "$out/qload_$v.txt" 2>&1
       grep -E "^(bert-base|vit_b_16) " "$out/qload_$v.txt" | head -8
     done ;;
+  ws41)
+    # issue 5, prepared in the 41st session: kernels.attention's warp-specialized forward (off by default:
+    # WARP_SPECIALIZE). Its GPU tests first (every config against the fp64 reference), then the forward cases
+    # of bench_attention.py with the sweep; rows merged with: python benchmarks/common.py --merge kernels.json
+    timeout 240 $PY -m pytest tests/test_attention.py -q -p no:cacheprovider -k "warp_specialized or tma" \
+      > "$out/ws_tests.txt" 2>&1; tail -3 "$out/ws_tests.txt"
+    timeout 400 $PY benchmarks/bench_attention.py --sweep --budget 300 --out "$out/kernels.json" \
+      > "$out/bench_attention.txt" 2>&1
+    grep -E "^forward|^backward|^decode|tritonfuse|sdpa |sweep|check|best config|FAILED|off:" \
+      "$out/bench_attention.txt" | tail -60 ;;
   extra)
     [ -d .carry/site ] && export PYTHONPATH=$PWD/.carry/site${PYTHONPATH:+:$PYTHONPATH}
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 150 $PY -m tritonfuse bench --models minilm-l6 \

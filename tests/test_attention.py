@@ -278,6 +278,105 @@ def test_tma_kernel_disabled_when_it_disagrees(monkeypatch, device):
     assert "differ" in K._tma_failed
 
 
+def _ws_launch(q, k, v, causal, configs, monkeypatch):
+    monkeypatch.setattr(K._attn_fwd_ws_kernel, "configs", configs)
+    B, H, Sq, D = q.shape
+    out, lse = K._empty_out(q), torch.empty((B, H, Sq), device=q.device, dtype=torch.float32)
+    K._launch_ws(q, k, v, out, lse, D ** -0.5 * K.LOG2E, causal, True, tune=False)
+    return out, lse
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("Sk", [150, 128])
+def test_warp_specialized_forward(causal, Sk, device, monkeypatch):
+    # the warp-specialized kernel's one loop masks every key block as needed (the diagonal, the ragged end
+    # unless KEYS_EVEN); its configs without specialization take the two loops. GQA, strided operands, query
+    # rows in a ragged last block. Under the interpreter both match the TMA kernel bit for bit
+    if device == "cuda" and (not K._HAS_WS or K.capability(torch.device(device))[0] != 9):
+        pytest.skip("warp specialization is built for sm_90")
+    B, Hq, Hkv, D = 2, 4, 2, 64
+    Sq = Sk if causal else 70
+    q, k, v = _qkv(B, Hq, Hkv, Sq, Sk, D, torch.float16, device, transposed=True, seed=13)
+    k = k.clone()
+    k[:, :, 100:110] *= 6  # running maxima jump mid-row
+    ref = K.attention_ref(q, k, v, None, D ** -0.5, causal, upcast=True)
+    eager = _sdpa(q, k, v, None, D ** -0.5, causal)
+    if device == "cpu":
+        runs = {ws: _ws_launch(q, k, v, causal, [K._ws_cfg(32, 32, 1, ws)], monkeypatch) for ws in (True, False)}
+        out, lse = K._empty_out(q), torch.empty((B, Hq, Sq), dtype=torch.float32)
+        K._launch_tma(q, k, v, out, lse, D ** -0.5 * K.LOG2E, causal, True)
+        for o, l in runs.values():
+            assert torch.equal(o, out) and torch.equal(l, lse)
+    else:
+        runs = {str(c): _ws_launch(q, k, v, causal, [c], monkeypatch) for c in K._WS_CONFIGS}
+    for o, _ in runs.values():
+        assert_close_to_ref(o, ref, eager, atol=1e-3, what="warp-specialized kernel")
+
+
+def test_warp_specialized_kernel_checks_each_config(monkeypatch, device):
+    # before its first use at a head dim, every config must reproduce the pointer kernel (the autotuner may
+    # pick any of them at a site's shapes)
+    if device == "cuda":
+        pytest.skip("a CPU check of the checking")
+    configs = [K._ws_cfg(32, 32, 1), K._ws_cfg(16, 32, 1, ws=False)]
+    monkeypatch.setattr(K._attn_fwd_ws_kernel, "configs", configs)
+    monkeypatch.setattr(K, "WARP_SPECIALIZE", True)
+    monkeypatch.setattr(K, "_ws_failed", None)
+    monkeypatch.setattr(K, "_tma_checked", {})
+    monkeypatch.setattr(K, "capability", lambda dev: (9, 0))
+    seen = []
+    real = K._launch_ws
+
+    def spy(*a, **kw):
+        seen.append((K._attn_fwd_ws_kernel.configs[0].kwargs["BLOCK_M"], a[6]))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(K, "_launch_ws", spy)
+    q = torch.empty(1, 2, 8, 64, dtype=torch.float16)
+    assert K._ws_ok(q) and K._ws_ok(q)  # checked once
+    assert seen == [(32, False), (32, True), (16, False), (16, True)]
+    assert K._attn_fwd_ws_kernel.configs == configs
+    monkeypatch.setattr(K, "WARP_SPECIALIZE", False)
+    assert not K._ws_ok(q)
+    monkeypatch.setattr(K, "WARP_SPECIALIZE", True)
+    monkeypatch.setattr(K, "capability", lambda dev: (10, 0))  # Blackwell: another partitioner, not built for
+    assert not K._ws_ok(q)
+
+
+def test_warp_specialized_kernel_disabled_when_it_disagrees(monkeypatch, device):
+    monkeypatch.setattr(K, "WARP_SPECIALIZE", True)
+    monkeypatch.setattr(K, "_ws_failed", None)
+    monkeypatch.setattr(K, "_tma_checked", {})
+    monkeypatch.setattr(K, "capability", lambda dev: (9, 0))
+    monkeypatch.setattr(K, "_launch_ws", lambda q, k, v, out, lse, *a, **kw: (out.zero_(), lse.zero_()))
+    q = torch.empty(1, 2, 8, 64, dtype=torch.float16, device=device)
+    with pytest.warns(UserWarning, match="warp-specialized attention kernel failed"):
+        assert not K._ws_ok(q)
+    assert "differ" in K._ws_failed
+    assert not K._ws_ok(q)
+
+
+def test_forward_falls_back_from_the_warp_specialized_kernel(monkeypatch, device):
+    # a launch that fails: one warning, the TMA kernel serves this call and every later one
+    calls = []
+    monkeypatch.setattr(K, "_ws_failed", None)
+    monkeypatch.setattr(K, "_tma_ok", lambda *ts: True)
+    monkeypatch.setattr(K, "_tma_self_check", lambda dev, dtype: True)
+    monkeypatch.setattr(K, "_ws_ok", lambda q: K._ws_failed is None)
+
+    def ws(*a, **kw):
+        calls.append("ws")
+        raise RuntimeError("out of resources")
+
+    monkeypatch.setattr(K, "_launch_ws", ws)
+    monkeypatch.setattr(K, "_launch_tma", lambda *a: calls.append("tma"))
+    q, k, v = _qkv(1, 2, 2, 40, 40, 64, torch.float16, device)
+    with pytest.warns(UserWarning, match="warp-specialized attention kernel failed"):
+        K._forward(q, k, v, None, 0.125, False, True)
+    K._forward(q, k, v, None, 0.125, False, True)
+    assert calls == ["ws", "tma", "tma"] and "out of resources" in K._ws_failed
+
+
 @pytest.mark.parametrize("inlined", [True, False])
 def test_probe_runs_the_kernel_the_site_will_run(monkeypatch, device, inlined):
     # an inlined site runs the pointer kernel: its probe must not compile (and self-check) the TMA kernel,
