@@ -7,7 +7,7 @@ Providers:
   backward: ``aten._scaled_dot_product_flash_attention_backward`` on the forward's saved outputs.
 - ``inductor``: ``torch.compile`` (default backend) of the SDPA call.
 - ``tritonfuse``: the ``tritonfuse::attention`` op (its TMA kernel on Hopper when unmasked);
-  ``tritonfuse-ws``: the same op with ``kernels.attention.WARP_SPECIALIZE`` on (Hopper; the row is left out,
+  ``tritonfuse-ws``: the same op with ``TRITONFUSE_WARP_SPECIALIZE=1`` (Hopper; the row is left out,
   with the reason, where the warp-specialized kernel does not serve);
   ``tritonfuse-ptr`` (``--sweep``): the same op with the pointer kernel, and every TMA and warp-specialized
   config timed on its own;
@@ -124,12 +124,8 @@ def bench_forward(B, H, S, D, causal, rows, sweep=False, compiled=True):
             K.use_tma = True
 
     def ours_ws():
-        before = K.WARP_SPECIALIZE
-        K.WARP_SPECIALIZE = True
-        try:
+        with config.patch(warp_specialize="1"):
             return torch.ops.tritonfuse.attention(q, k, v, None, scale, causal)
-        finally:
-            K.WARP_SPECIALIZE = before
 
     ref_out = sdpa()
     _check("tritonfuse", ours(), ref_out, q, k, v, causal)
@@ -166,12 +162,8 @@ def _ws_serves(q):
     if not K._HAS_WS or not q.is_cuda or K.capability(q.device)[0] != 9:
         print("  warp-specialized kernel: not built here (needs sm_90 and tl.range(warp_specialize=...))")
         return False
-    before = K.WARP_SPECIALIZE
-    K.WARP_SPECIALIZE = True
-    try:
+    with config.patch(warp_specialize="1"):
         ok = K._tma_ok(q) and K._ws_ok(q)
-    finally:
-        K.WARP_SPECIALIZE = before
     if not ok:
         print(f"  warp-specialized kernel off: {K._ws_failed or K._tma_failed or 'operands it does not take'}")
     return ok

@@ -1092,10 +1092,10 @@ def _tma_compare(device: torch.device, dtype: torch.dtype, launch_fn, head_dim: 
             raise RuntimeError(f"TMA and pointer kernels differ by {err:.3g} ({'causal' if causal else 'full'})")
 
 
-# The warp-specialized forward (``_attn_fwd_ws_kernel``) serves where the TMA kernel would. Not yet timed on a
-# GPU: it compiles for sm_90 (triton 3.6) and matches the pointer kernel under the interpreter. Off until
-# ``benchmarks/bench_attention.py`` has timed it against the TMA kernel and SDPA (``--ws``).
-WARP_SPECIALIZE = False
+# The warp-specialized forward (``_attn_fwd_ws_kernel``) serves where the TMA kernel would, with
+# TRITONFUSE_WARP_SPECIALIZE=1. Not yet timed on a GPU: it compiles for sm_90 (triton 3.6) and matches the
+# pointer kernel under the interpreter. Off until ``benchmarks/bench_attention.py`` (its ``tritonfuse-ws`` row)
+# has timed it against the TMA kernel and SDPA.
 _ws_failed: Optional[str] = None
 
 
@@ -1112,7 +1112,7 @@ def _ws_ok(q: torch.Tensor) -> bool:
     """The warp-specialized forward, where the TMA kernel serves (``_tma_ok``): Hopper (sm_90; Blackwell's
     specialization is another pass, not built for), a triton with ``tl.range(warp_specialize=...)`` and device
     descriptors, and the self-check at this head dim passed, every config of it."""
-    if not (WARP_SPECIALIZE and _HAS_WS) or _ws_failed or capability(q.device)[0] != 9:
+    if not (config.warp_specialize_enabled() and _HAS_WS) or _ws_failed or capability(q.device)[0] != 9:
         return False
     D = q.shape[-1]
     return _self_check("ws", q.device, q.dtype, lambda: _ws_compare(q.device, q.dtype, D), _disable_ws, D)

@@ -39,6 +39,7 @@ at run time, which tracing the body into the graph would freeze.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import threading
 import warnings
@@ -86,11 +87,12 @@ def _tma_block_hook(nargs):
     nargs["wu_desc"].block_shape = [bn, bk]
 
 
-def _tma_cfg(bm, bn, bk, stages, warps, persistent=True, flatten=True, group=8, subtile=False):
-    # subtile: the epilogue finishes and stores the tile's two column halves in turn (fewer live registers)
+def _tma_cfg(bm, bn, bk, stages, warps, persistent=True, flatten=True, group=8, subtile=False, ws=False):
+    # subtile: the epilogue finishes and stores the tile's two column halves in turn (fewer live registers);
+    # ws: warp-specialized (_ws_serves below; warps are then a consumer warpgroup's, the tile loop unflattened)
     return triton.Config(
-        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group, "PERSISTENT": persistent, "FLATTEN": flatten,
-         "SUBTILE": subtile},
+        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group, "PERSISTENT": persistent,
+         "FLATTEN": flatten and not ws, "SUBTILE": subtile, "WS": ws},
         num_stages=stages, num_warps=warps, pre_hook=_tma_block_hook,
     )
 
@@ -143,6 +145,13 @@ else:
         # session): 16384x3072x768 with bias 0.0888 ms against 0.0933 for the best persistent config (0.1006
         # against 0.1058 with the GELU epilogue), 16384x768x3072 0.0647 against 0.0689
         _tma_cfg(128, 128, 128, 3, 4, persistent=False, flatten=False),
+        # warp-specialized (pruned unless WS_OK): a producer warpgroup and two consumers, each 64 rows
+        # of the tile, CUTLASS's Hopper GEMM structure. sm_90 builds (triton 3.6): 168 registers, no spills,
+        # but the GELU epilogue at 128x256 spills 7 KB; triton's partitioner fails on the subtiled epilogue,
+        # on x quantized on load and on the row abs-max's atomics (_prune_by_m leaves those out)
+        _tma_cfg(128, 256, 128, 3, 4, ws=True),
+        _tma_cfg(128, 256, 128, 4, 4, ws=True),
+        _tma_cfg(128, 128, 128, 4, 4, ws=True),
     ]
     # small M: few rows, stream the weight with deep pipelines; large M: ordinary GEMM tiles
     _WONLY_CONFIGS = [
@@ -187,9 +196,30 @@ def _stage_bytes(c, weights: int, x_bytes: int = 1) -> int:
     return (x_bytes * k["BLOCK_M"] + weights * k["BLOCK_N"]) * k["BLOCK_K"]
 
 
+# The W8A8 TMA kernels' warp-specialized configs (``tl.range(warp_specialize=True)``, sm_90, triton >= 3.4),
+# with TRITONFUSE_WARP_SPECIALIZE=1 only. ncu on the H200 (38th session) at 8192^3: the shipped kernel's two
+# consumer warpgroups wait on loads in 82% of cycles (no producer warp), the integer tensor pipe 67% busy. Not
+# yet timed: bench_int8.py --sweep times each (its "ws" rows) and compares it with the autotuned kernel.
+_HAS_WS = "warp_specialize" in inspect.signature(tl.range).parameters
+
+
+def _ws_serves(device: torch.device) -> bool:
+    """Whether the warp-specialized configs are candidates for a launch on ``device``: the WS_OK constexpr,
+    which is part of the tuning key, so a choice made with them off is not reused with them on."""
+    return (config.warp_specialize_enabled() and _HAS_WS and device.type == "cuda"
+            and not registry.interpret_mode() and capability(device)[0] == 9)
+
+
 def _prune_by_m(configs, named_args, **kwargs):
     # no 256-row tiles for 40 rows, no 16-row tiles for 4096 rows; two accumulators (gated) stay at
     # 128x128 or less per program, or they spill; x quantized on load (fp16 tiles) fits its stages
+    if any(c.kwargs.get("WS") for c in configs):
+        act = kwargs.get("ACT", named_args.get("ACT", "none")) != "none"
+        ws_ok = kwargs.get("WS_OK", named_args.get("WS_OK", False))
+        # (the row abs-max's atomics fail the partitioner as well)
+        other = kwargs.get("QLOAD", named_args.get("QLOAD", 0)) or kwargs.get("ROW_AMAX", named_args.get("ROW_AMAX"))
+        configs = [c for c in configs if not c.kwargs.get("WS") or (
+            ws_ok and not other and not c.kwargs["SUBTILE"] and not (act and c.kwargs["BLOCK_N"] > 128))] or configs
     mb = named_args.get("M_BUCKET", kwargs.get("M_BUCKET", 16))
     gated = kwargs.get("GATED", named_args.get("GATED", False))
     if gated:
@@ -482,7 +512,7 @@ def _int8_gemm_kernel(
                 stride_om, stride_on, W8A8, GROUP_K == 0, HAS_BIAS, ACT, GATED, RTNE_BF16, amax_ptr, ROW_AMAX, QLOAD)
 
 
-_KEY = ["M_BUCKET", "N", "K", "ACT", "HAS_BIAS", "GATED", "QLOAD", "ROW_AMAX"]
+_KEY = ["M_BUCKET", "N", "K", "ACT", "HAS_BIAS", "GATED", "QLOAD", "ROW_AMAX", "WS_OK"]
 _WONLY_KEY = _KEY + ["GROUP_K"]
 # one kernel body, two tuning spaces: W8A8 (int8 x) and weight-only (fp16/bf16 x)
 _w8a8_kernel = triton.autotune(
@@ -602,7 +632,7 @@ def _w8a8_tma_tiles(
     stride_on, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr, RTNE_BF16: tl.constexpr,
     QLOAD: tl.constexpr, ROW_AMAX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    FLATTEN: tl.constexpr, SUBTILE: tl.constexpr,
+    FLATTEN: tl.constexpr, SUBTILE: tl.constexpr, WS: tl.constexpr,
 ):
     # Hopper: tiles arrive by TMA (out-of-bounds boxes read as zeros, so no masks in the main loop); with a
     # persistent grid (one program per SM) each program walks the tiles, so one tile's epilogue overlaps the
@@ -612,38 +642,57 @@ def _w8a8_tma_tiles(
     num_pid_n = tl.cdiv(N, BLOCK_N)
     num_tiles = num_pid_m * num_pid_n
     k_tiles = tl.cdiv(K, BLOCK_K)
-    for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), flatten=FLATTEN):
-        pid_m, pid_n = _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M)
-        off_m = pid_m * BLOCK_M
-        off_n = pid_n * BLOCK_N
-        offs_m = off_m + tl.arange(0, BLOCK_M)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-        acc_u = acc
+    if WS:
+        # the partitioner takes a plain loop (no flatten); the tile's work is the same
+        for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), warp_specialize=True):
+            _w8a8_tma_tile(tile, x_desc, w_desc, wu_desc, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, amax_ptr,
+                           M, N, k_tiles, num_pid_m, num_pid_n, stride_om, stride_on, HAS_BIAS, ACT, GATED,
+                           RTNE_BF16, QLOAD, ROW_AMAX, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, SUBTILE)
+    else:
+        for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), flatten=FLATTEN):
+            _w8a8_tma_tile(tile, x_desc, w_desc, wu_desc, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, amax_ptr,
+                           M, N, k_tiles, num_pid_m, num_pid_n, stride_om, stride_on, HAS_BIAS, ACT, GATED,
+                           RTNE_BF16, QLOAD, ROW_AMAX, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, SUBTILE)
+
+
+@triton.jit
+def _w8a8_tma_tile(
+    tile, x_desc, w_desc, wu_desc, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, amax_ptr, M, N, k_tiles,
+    num_pid_m, num_pid_n, stride_om, stride_on, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr,
+    RTNE_BF16: tl.constexpr, QLOAD: tl.constexpr, ROW_AMAX: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SUBTILE: tl.constexpr,
+):
+    pid_m, pid_n = _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M)
+    off_m = pid_m * BLOCK_M
+    off_n = pid_n * BLOCK_N
+    offs_m = off_m + tl.arange(0, BLOCK_M)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    acc_u = acc
+    if QLOAD:
+        inv = _qload_inv(xs_ptr, offs_m, M)
+    for ki in range(k_tiles):
+        off_k = ki * BLOCK_K
+        a = x_desc.load([off_m, off_k])
         if QLOAD:
-            inv = _qload_inv(xs_ptr, offs_m, M)
-        for ki in range(k_tiles):
-            off_k = ki * BLOCK_K
-            a = x_desc.load([off_m, off_k])
-            if QLOAD:
-                a = _quant_scaled(a.to(tl.float32), inv, QLOAD == 2)
-            acc = tl.dot(a, w_desc.load([off_n, off_k]).T, acc, out_dtype=tl.int32)
-            if GATED:
-                acc_u = tl.dot(a, wu_desc.load([off_n, off_k]).T, acc_u, out_dtype=tl.int32)
-        if SUBTILE:
-            lo, hi = _halves(acc, BLOCK_N)
-            lo_u, hi_u = _halves(acc_u, BLOCK_N)
-            offs_n = off_n + tl.arange(0, BLOCK_N // 2)
-            _store_tile(lo, lo_u, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, offs_m, offs_n, M, N,
-                        stride_om, stride_on, True, True, HAS_BIAS, ACT, GATED, RTNE_BF16, amax_ptr, ROW_AMAX,
-                        QLOAD)
-            _store_tile(hi, hi_u, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, offs_m, offs_n + BLOCK_N // 2,
-                        M, N, stride_om, stride_on, True, True, HAS_BIAS, ACT, GATED, RTNE_BF16, amax_ptr, ROW_AMAX,
-                        QLOAD)
-        else:
-            offs_n = off_n + tl.arange(0, BLOCK_N)
-            _store_tile(acc, acc_u, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, offs_m, offs_n, M, N,
-                        stride_om, stride_on, True, True, HAS_BIAS, ACT, GATED, RTNE_BF16, amax_ptr, ROW_AMAX,
-                        QLOAD)
+            a = _quant_scaled(a.to(tl.float32), inv, QLOAD == 2)
+        acc = tl.dot(a, w_desc.load([off_n, off_k]).T, acc, out_dtype=tl.int32)
+        if GATED:
+            acc_u = tl.dot(a, wu_desc.load([off_n, off_k]).T, acc_u, out_dtype=tl.int32)
+    if SUBTILE:
+        lo, hi = _halves(acc, BLOCK_N)
+        lo_u, hi_u = _halves(acc_u, BLOCK_N)
+        offs_n = off_n + tl.arange(0, BLOCK_N // 2)
+        _store_tile(lo, lo_u, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, offs_m, offs_n, M, N,
+                    stride_om, stride_on, True, True, HAS_BIAS, ACT, GATED, RTNE_BF16, amax_ptr, ROW_AMAX,
+                    QLOAD)
+        _store_tile(hi, hi_u, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, offs_m, offs_n + BLOCK_N // 2,
+                    M, N, stride_om, stride_on, True, True, HAS_BIAS, ACT, GATED, RTNE_BF16, amax_ptr, ROW_AMAX,
+                    QLOAD)
+    else:
+        offs_n = off_n + tl.arange(0, BLOCK_N)
+        _store_tile(acc, acc_u, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, offs_m, offs_n, M, N,
+                    stride_om, stride_on, True, True, HAS_BIAS, ACT, GATED, RTNE_BF16, amax_ptr, ROW_AMAX,
+                    QLOAD)
 
 
 @triton.autotune(configs=_W8A8_TMA_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune_by_m},
@@ -655,12 +704,13 @@ def _w8a8_tma_kernel(
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr, RTNE_BF16: tl.constexpr,
     QLOAD: tl.constexpr, ROW_AMAX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    PERSISTENT: tl.constexpr, FLATTEN: tl.constexpr, SUBTILE: tl.constexpr,
+    PERSISTENT: tl.constexpr, FLATTEN: tl.constexpr, SUBTILE: tl.constexpr, WS: tl.constexpr = False,
+    WS_OK: tl.constexpr = False,
 ):
     # host TMA descriptors (an op call)
     _w8a8_tma_tiles(x_desc, w_desc, wu_desc, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, amax_ptr, M, N, K,
                     stride_om, stride_on, HAS_BIAS, ACT, GATED, RTNE_BF16, QLOAD, ROW_AMAX, BLOCK_M, BLOCK_N,
-                    BLOCK_K, GROUP_M, FLATTEN, SUBTILE)
+                    BLOCK_K, GROUP_M, FLATTEN, SUBTILE, WS)
 
 
 # The same kernel building its descriptors on the device, for calls inlined into Inductor's code
@@ -687,14 +737,15 @@ def _w8a8_device_tma_kernel(
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr, RTNE_BF16: tl.constexpr,
     QLOAD: tl.constexpr, ROW_AMAX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    PERSISTENT: tl.constexpr, FLATTEN: tl.constexpr, SUBTILE: tl.constexpr,
+    PERSISTENT: tl.constexpr, FLATTEN: tl.constexpr, SUBTILE: tl.constexpr, WS: tl.constexpr = False,
+    WS_OK: tl.constexpr = False,
 ):
     x_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, BLOCK_K])
     w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[K, 1], block_shape=[BLOCK_N, BLOCK_K])
     wu_desc = tl.make_tensor_descriptor(wu_ptr, shape=[N, K], strides=[K, 1], block_shape=[BLOCK_N, BLOCK_K])
     _w8a8_tma_tiles(x_desc, w_desc, wu_desc, xs_ptr, ws_ptr, b_ptr, wus_ptr, bu_ptr, out_ptr, amax_ptr, M, N, K,
                     stride_om, stride_on, HAS_BIAS, ACT, GATED, RTNE_BF16, QLOAD, ROW_AMAX, BLOCK_M, BLOCK_N,
-                    BLOCK_K, GROUP_M, FLATTEN, SUBTILE)
+                    BLOCK_K, GROUP_M, FLATTEN, SUBTILE, WS)
 
 
 # --- weight quantization and its cache ----------------------------------------------------------------
@@ -1119,7 +1170,8 @@ def _tma_launch(xq, xs, wq, ws, b, act, out, wuq, wus, bu, amax=None) -> tuple:
     rest = (xs, ws, b if has_bias else ws, wus if gated else ws, bu if (gated and has_bias) else ws, out,
             amax if amax is not None else ws, M, N, K, _m_bucket(M), out.stride(0), out.stride(1))
     return grid, rest, dict(HAS_BIAS=has_bias, ACT=_epilogue_act(act, out.device), GATED=gated,
-                            RTNE_BF16=rtne_bf16(out.dtype), QLOAD=_qload_mode(xq), ROW_AMAX=amax is not None)
+                            RTNE_BF16=rtne_bf16(out.dtype), QLOAD=_qload_mode(xq), ROW_AMAX=amax is not None,
+                            WS_OK=_ws_serves(out.device))
 
 
 def _launch_device_tma(xq, xs, wq, ws, b, act, out, wuq, wus, bu, amax=None):

@@ -53,7 +53,8 @@
 #                                       # int8 with the handoff and without
 #   bash scripts/gpu_session.sh ws41    # issue 5 (prepared in the 41st session): the warp-specialized attention
 #                                       # forward: its GPU tests, then bench_attention.py --sweep (every TMA and
-#                                       # warp-specialized config on its own, the op with the flag on and off)
+#                                       # warp-specialized config on its own, the op with the flag on and off);
+#                                       # ws41_int8: the W8A8 GEMM's warp-specialized configs (bench_int8 --sweep)
 #   bash scripts/gpu_session.sh extra   # minilm-l6 (real weights: run scripts/carry_minilm.sh here first and
 #                                       # carry .carry), training steps, and a per-layer profile
 #   bash scripts/gpu_session.sh pair    # a 2-GPU machine (kind nvidia-h200-x2), each half of the cores pinned to
@@ -227,7 +228,7 @@ case "${1:-tests}" in
     done ;;
   ws41)
     # issue 5, prepared in the 41st session: kernels.attention's warp-specialized forward (off by default:
-    # WARP_SPECIALIZE). Its GPU tests first (every config against the fp64 reference), then the forward cases
+    # TRITONFUSE_WARP_SPECIALIZE). Its GPU tests first (every config against the fp64 reference), then the forward cases
     # of bench_attention.py with the sweep; rows merged with: python benchmarks/common.py --merge kernels.json
     timeout 240 $PY -m pytest tests/test_attention.py -q -p no:cacheprovider -k "warp_specialized or tma" \
       > "$out/ws_tests.txt" 2>&1; tail -3 "$out/ws_tests.txt"
@@ -235,6 +236,14 @@ case "${1:-tests}" in
       > "$out/bench_attention.txt" 2>&1
     grep -E "^forward|^backward|^decode|tritonfuse|sdpa |sweep|check|best config|FAILED|off:" \
       "$out/bench_attention.txt" | tail -60 ;;
+  ws41_int8)
+    # issue 7, prepared in the 41st session: the W8A8 TMA GEMM's warp-specialized configs ("ws" in the sweep's
+    # labels; each compared with the autotuned kernel's output), at the four GEMM shapes, with the int8 GPU tests
+    TRITONFUSE_WARP_SPECIALIZE=1 timeout 150 $PY -m pytest tests/test_int8.py -q -p no:cacheprovider \
+      -k "tma_and_pointer or warp_specialized or int_mm" > "$out/ws_int8_tests.txt" 2>&1; tail -3 "$out/ws_int8_tests.txt"
+    timeout 300 $PY benchmarks/bench_int8.py --sweep --sections gemm --out "$out/kernels-int8.json" \
+      > "$out/bench_int8_ws.txt" 2>&1
+    grep -E "int8_gemm|sweep|autotuned|differs|FAILED|compile failed" "$out/bench_int8_ws.txt" | tail -70 ;;
   extra)
     [ -d .carry/site ] && export PYTHONPATH=$PWD/.carry/site${PYTHONPATH:+:$PYTHONPATH}
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 150 $PY -m tritonfuse bench --models minilm-l6 \

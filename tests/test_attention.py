@@ -320,7 +320,7 @@ def test_warp_specialized_kernel_checks_each_config(monkeypatch, device):
         pytest.skip("a CPU check of the checking")
     configs = [K._ws_cfg(32, 32, 1), K._ws_cfg(16, 32, 1, ws=False)]
     monkeypatch.setattr(K._attn_fwd_ws_kernel, "configs", configs)
-    monkeypatch.setattr(K, "WARP_SPECIALIZE", True)
+    monkeypatch.setattr(config, "warp_specialize", "1")
     monkeypatch.setattr(K, "_ws_failed", None)
     monkeypatch.setattr(K, "_tma_checked", {})
     monkeypatch.setattr(K, "capability", lambda dev: (9, 0))
@@ -336,15 +336,15 @@ def test_warp_specialized_kernel_checks_each_config(monkeypatch, device):
     assert K._ws_ok(q) and K._ws_ok(q)  # checked once
     assert seen == [(32, False), (32, True), (16, False), (16, True)]
     assert K._attn_fwd_ws_kernel.configs == configs
-    monkeypatch.setattr(K, "WARP_SPECIALIZE", False)
+    monkeypatch.setattr(config, "warp_specialize", "0")
     assert not K._ws_ok(q)
-    monkeypatch.setattr(K, "WARP_SPECIALIZE", True)
+    monkeypatch.setattr(config, "warp_specialize", "1")
     monkeypatch.setattr(K, "capability", lambda dev: (10, 0))  # Blackwell: another partitioner, not built for
     assert not K._ws_ok(q)
 
 
 def test_warp_specialized_kernel_disabled_when_it_disagrees(monkeypatch, device):
-    monkeypatch.setattr(K, "WARP_SPECIALIZE", True)
+    monkeypatch.setattr(config, "warp_specialize", "1")
     monkeypatch.setattr(K, "_ws_failed", None)
     monkeypatch.setattr(K, "_tma_checked", {})
     monkeypatch.setattr(K, "capability", lambda dev: (9, 0))

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from tritonfuse import tuning
+from tritonfuse import config, registry, tuning
 from tritonfuse.kernels import int8 as Q
 from utils import assert_close_to_ref, fresh, sqnr_db
 
@@ -178,17 +178,28 @@ def test_weight_group_scales_in_kernels(monkeypatch, rows, g, block_k, device): 
         _check_kernel(y, ref, x.dtype, f"groups of {g}, BLOCK_K={block_k}, {act}")
 
 
-@pytest.mark.parametrize("subtile", [False, True])
+@pytest.mark.parametrize("variant", ["whole", "subtile", "ws"])
 @pytest.mark.parametrize("gated", [False, True])
-def test_tma_and_pointer_kernels_agree(monkeypatch, gated, subtile, device):
-    # both W8A8 kernels run under the interpreter; on a GPU the TMA one needs Hopper
+def test_tma_and_pointer_kernels_agree(monkeypatch, gated, variant, device):
+    # both W8A8 kernels run under the interpreter; on a GPU the TMA one needs Hopper. ws: the warp-specialized
+    # tile loop (on a GPU: sm_90 and a triton that builds it)
     if device == "cuda" and not Q._tma_ok(torch.empty(16, 16, dtype=torch.int8, device=device)):
         pytest.skip("TMA kernel needs sm_90 and triton host descriptors")
+    if variant == "ws":
+        if device == "cuda" and not Q._HAS_WS:
+            pytest.skip("this triton has no tl.range(warp_specialize=...)")
+        monkeypatch.setattr(config, "warp_specialize", "1")
+        if device == "cpu":
+            monkeypatch.setattr(Q, "_ws_serves", lambda dev: True)
     for tuner in (Q._w8a8_tma_kernel, Q._w8a8_device_tma_kernel):
-        # one config, its epilogue whole or in column halves
+        # one config, its epilogue whole or in column halves, or warp-specialized (a GPU's: 128x128 tiles)
         c = tuner.configs[0]
-        cfg = triton.Config({**c.kwargs, "SUBTILE": subtile}, num_warps=c.num_warps, num_stages=c.num_stages,
-                            pre_hook=c.pre_hook)
+        cfg = triton.Config({**c.kwargs, "SUBTILE": variant == "subtile"}, num_warps=c.num_warps,
+                            num_stages=c.num_stages, pre_hook=c.pre_hook)
+        if variant == "ws":
+            bm = 32 if device == "cpu" else 128
+            w = Q._tma_cfg(bm, bm, bm, 1 if device == "cpu" else 4, 4, ws=True)
+            cfg = triton.Config(w.kwargs, num_warps=4, num_stages=w.num_stages, pre_hook=c.pre_hook)
         monkeypatch.setattr(tuner, "configs", [cfg])
         monkeypatch.setattr(tuner, "cache", {})
     x = fresh(45, 80, dtype=torch.float16, device=device)
@@ -222,6 +233,32 @@ def test_gated_tma_configs_fit_shared_memory():
     assert blocks(Q._prune_by_m(cfgs, {"M_BUCKET": 4096, "GATED": False})) == blocks(cfgs)
     for k in Q._prune_by_m(cfgs, {"M_BUCKET": 4096, "GATED": True}):
         assert Q._stage_bytes(k, 2) * k.num_stages <= Q.SMEM_BYTES
+
+
+def test_warp_specialized_configs_pruned(monkeypatch):
+    # the warp-specialized W8A8 configs serve where they build (WS_OK: TRITONFUSE_WARP_SPECIALIZE=1 on sm_90):
+    # no subtiled epilogue, no x quantized on load, no row abs-max, no 128x256 tile with an activation (spills)
+    c = Q._tma_cfg
+    plain, wide, narrow = c(128, 256, 128, 3, 8), c(128, 256, 128, 3, 4, ws=True), c(128, 128, 128, 4, 4, ws=True)
+    sub = c(128, 256, 128, 3, 4, ws=True, subtile=True)
+    assert not wide.kwargs["FLATTEN"] and wide.num_warps == 4
+    cfgs = [plain, wide, narrow, sub]
+    kept = lambda **kw: [cfgs.index(k) for k in Q._prune_by_m(cfgs, {"M_BUCKET": 4096}, **kw)]  # noqa: E731
+    assert kept(ACT="none") == kept(ACT="none", WS_OK=False) == [0]
+    assert kept(ACT="none", WS_OK=True) == [0, 1, 2]
+    assert kept(ACT="gelu_fast", WS_OK=True) == [0, 2]
+    assert kept(ACT="none", WS_OK=True, QLOAD=2) == [0] and kept(ACT="none", WS_OK=True, ROW_AMAX=True) == [0]
+    # WS_OK: TRITONFUSE_WARP_SPECIALIZE=1 on an sm_90 GPU, outside the interpreter
+    monkeypatch.setattr(config, "warp_specialize", "1")
+    monkeypatch.setattr(Q, "capability", lambda dev: (9, 0))
+    assert not Q._ws_serves(torch.device("cpu"))
+    monkeypatch.setattr(registry, "interpret_mode", lambda: False)
+    assert Q._ws_serves(torch.device("cuda")) == Q._HAS_WS
+    monkeypatch.setattr(Q, "capability", lambda dev: (10, 0))
+    assert not Q._ws_serves(torch.device("cuda"))
+    monkeypatch.setattr(Q, "capability", lambda dev: (9, 0))
+    monkeypatch.setattr(config, "warp_specialize", "0")
+    assert not Q._ws_serves(torch.device("cuda"))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])

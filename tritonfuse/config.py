@@ -49,6 +49,11 @@ cublaslt: str = "1"
 # where it is the fastest path. "0" (default): off, since on the H200 resnet50 ran 0.80x Inductor with it
 # although every site it took had measured faster (benchmarks/results/diagnostics/resnet50-cudnn-fused-*)
 cudnn_fused: str = "0"
+# "1" (experimental, untimed): on an sm_90 GPU, Triton's warp specialization (a producer warpgroup issuing the
+# TMA loads, two consumer warpgroups computing) for the attention forward (kernels.attention's
+# _attn_fwd_ws_kernel, each config checked against the pointer kernel before its first use) and as extra
+# autotune configs of the W8A8 TMA GEMM. "0" (default): off until timed on the GPU
+warp_specialize: str = "0"
 # "1" (default): on a GPU a site is replaced only where its kernel measured faster than the vendor path
 # it replaces (timed once per shape, kept on disk); "0": always use the kernel
 measure: str = "1"
@@ -92,6 +97,7 @@ _ENV = {
     "linear_plain": "TRITONFUSE_LINEAR_PLAIN",
     "cublaslt": "TRITONFUSE_CUBLASLT",
     "cudnn_fused": "TRITONFUSE_CUDNN_FUSED",
+    "warp_specialize": "TRITONFUSE_WARP_SPECIALIZE",
     "autotune": "TRITONFUSE_AUTOTUNE",
     "measure": "TRITONFUSE_MEASURE",
     "fast_launch": "TRITONFUSE_FAST_LAUNCH",
@@ -238,6 +244,10 @@ def cublaslt_enabled() -> bool:
 
 def cudnn_fused_enabled() -> bool:
     return str(cudnn_fused) != "0"
+
+
+def warp_specialize_enabled() -> bool:
+    return str(warp_specialize) == "1"
 
 
 def quant_skipped(module_name: str) -> bool:
