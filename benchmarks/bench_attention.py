@@ -317,6 +317,7 @@ def main():
     p.add_argument("--models", action="store_true", help="assert match counts on tiny BERT/Llama CUDA graphs")
     p.add_argument("--out", default=None, help="also write the rows here (JSON)")
     p.add_argument("--smoke", action="store_true", help="tiny shapes (a check of this script on the CPU)")
+    p.add_argument("--only", default="", help="comma-separated case kinds to run: fwd, bwd, decode (default all)")
     add_timer_arg(p)
     args = p.parse_args()
     set_timer(args)
@@ -331,13 +332,16 @@ def main():
         print(rows_smoke)
         return
     cases = [  # in priority order: --budget may cut the tail
-        lambda: bench_forward(8, 16, 4096, 128, False, rows, sweep=args.sweep),
-        lambda: bench_forward(8, 16, 4096, 128, True, rows, compiled=False),
-        lambda: bench_decode(8, 16, 8, 1, 4096, 128, rows, compiled=False),
-        lambda: bench_backward(8, 16, 4096, 128, False, rows),
-        lambda: bench_forward(8, 16, 4096, 64, False, rows, compiled=False),
-        lambda: bench_backward(8, 16, 4096, 128, True, rows),
+        ("fwd", lambda: bench_forward(8, 16, 4096, 128, False, rows, sweep=args.sweep)),
+        ("fwd", lambda: bench_forward(8, 16, 4096, 128, True, rows, compiled=False)),
+        ("decode", lambda: bench_decode(8, 16, 8, 1, 4096, 128, rows, compiled=False)),
+        ("bwd", lambda: bench_backward(8, 16, 4096, 128, False, rows)),
+        ("fwd", lambda: bench_forward(8, 16, 4096, 64, False, rows, compiled=False)),
+        ("bwd", lambda: bench_backward(8, 16, 4096, 128, True, rows)),
     ]
+    if args.only:
+        cases = [c for c in cases if c[0] in args.only.split(",")]
+    cases = [fn for _, fn in cases]
     if args.models:
         cases.append(check_model_counts)
     for case in cases:

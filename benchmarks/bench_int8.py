@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import json
 import math
 import multiprocessing as mp
-import os
 import pathlib
 import sys
 
@@ -207,6 +205,8 @@ def check_gemm(out, xq, xs, wq, ws, what):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sweep", action="store_true", help="time every candidate config directly")
+    ap.add_argument("--sweep-match", default="", help="with --sweep: only the candidates whose label holds this "
+                    "(' ws': the warp-specialized ones)")
     ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/kernels-<gpu>.json)")
     ap.add_argument("--sections", default="check,gemm,gated,decode,mlp",
                     help="which to run, comma-separated: check (int32 vs torch._int_mm), gemm, gated, decode, "
@@ -214,7 +214,6 @@ def main():
     args = ap.parse_args()
     assert torch.cuda.is_available(), "needs a GPU"
     torch.manual_seed(0)
-    dev = DEV
     kinds = ("tma", "ptr", "wonly")
     # the shipped configs (autotuned below) and, with --sweep, the candidates; each compiled once
     jobs, seen = [], set()
@@ -224,6 +223,8 @@ def main():
         for i, cfg in enumerate(_candidates(kind, sweep)):
             if variant == "fp32" and cfg.kwargs["BLOCK_M"] < 64:
                 continue  # the check runs at M=4096
+            if sweep and args.sweep_match not in _label(kind, i, cfg):
+                continue
             key = (kind, variant, repr(sorted((k, str(v)) for k, v in cfg.all_kwargs().items())))
             if key not in seen:
                 seen.add(key)
@@ -315,7 +316,7 @@ def _gemm_section(args, add, table, errors):
         if args.sweep:
             for kind in ("tma", "ptr"):
                 for i, cfg in enumerate(_candidates(kind, True)):
-                    if (kind, i, True, "plain") in errors:
+                    if (kind, i, True, "plain") in errors or args.sweep_match not in _label(kind, i, cfg):
                         continue
                     ms = bench(lambda: _launch(kind, cfg, xq, xs, wq, ws, out), rep=40)
                     # the same int32 sums and epilogue as the autotuned kernel's: equal bit for bit
@@ -425,7 +426,7 @@ def _decode_section(args, add, table, errors):
     if args.sweep:
         out = torch.empty(M, N, device=dev, dtype=torch.bfloat16)
         for i, cfg in enumerate(_candidates("wonly", True)):
-            if ("wonly", i, True, "plain") in errors:
+            if ("wonly", i, True, "plain") in errors or args.sweep_match not in _label("wonly", i, cfg):
                 continue
             ms = bench(lambda: _launch("wonly", cfg, x, ws, wq, ws, out), graph=True, rep=40)
             table.append(("sweep-graph", shape, _label("wonly", i, cfg), ms, flops / (ms * 1e-3) / 1e12))

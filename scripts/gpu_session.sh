@@ -232,7 +232,7 @@ case "${1:-tests}" in
     # of bench_attention.py with the sweep; rows merged with: python benchmarks/common.py --merge kernels.json
     timeout 240 $PY -m pytest tests/test_attention.py -q -p no:cacheprovider -k "warp_specialized or tma" \
       > "$out/ws_tests.txt" 2>&1; tail -3 "$out/ws_tests.txt"
-    timeout 400 $PY benchmarks/bench_attention.py --sweep --budget 300 --out "$out/kernels.json" \
+    timeout 400 $PY benchmarks/bench_attention.py --sweep --only fwd --budget 300 --out "$out/kernels.json" \
       > "$out/bench_attention.txt" 2>&1
     grep -E "^forward|^backward|^decode|tritonfuse|sdpa |sweep|check|best config|FAILED|off:" \
       "$out/bench_attention.txt" | tail -60 ;;
@@ -241,7 +241,7 @@ case "${1:-tests}" in
     # labels; each compared with the autotuned kernel's output), at the four GEMM shapes, with the int8 GPU tests
     TRITONFUSE_WARP_SPECIALIZE=1 timeout 150 $PY -m pytest tests/test_int8.py -q -p no:cacheprovider \
       -k "tma_and_pointer or warp_specialized or int_mm" > "$out/ws_int8_tests.txt" 2>&1; tail -3 "$out/ws_int8_tests.txt"
-    timeout 300 $PY benchmarks/bench_int8.py --sweep --sections gemm --out "$out/kernels-int8.json" \
+    timeout 300 $PY benchmarks/bench_int8.py --sweep --sweep-match " ws" --sections gemm --out "$out/kernels-int8.json" \
       > "$out/bench_int8_ws.txt" 2>&1
     grep -E "int8_gemm|sweep|autotuned|differs|FAILED|compile failed" "$out/bench_int8_ws.txt" | tail -70 ;;
   extra)
