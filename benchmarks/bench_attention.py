@@ -175,8 +175,11 @@ def _sweep_ws(q, k, v, scale, causal, flops):
     out = K._empty_out(q)
     lse = torch.empty((B, H, S), device=q.device, dtype=torch.float32)
     configs = K._attn_fwd_ws_kernel.configs
+    # beyond the shipped list: 3 stages and 128-row consumers (sm_90 builds: 256x64 in 3 stages and 128x128
+    # in 3 stages without spills at D=64; 256x128 spills 200 bytes there, and more at D=128)
+    extra = [K._ws_cfg(256, 64, 3), K._ws_cfg(128, 128, 3), K._ws_cfg(256, 128, 2)]
     try:
-        for cfg in K._prune(False)(configs, {}, HEAD_DIM=D):
+        for cfg in K._prune(False)(configs + extra, {}, HEAD_DIM=D):
             K._attn_fwd_ws_kernel.configs = [cfg]
             name = (f"BM{cfg.kwargs['BLOCK_M']} BN{cfg.kwargs['BLOCK_N']} s{cfg.num_stages}"
                     f"{' ws' if cfg.kwargs['WS'] else ''}")

@@ -442,9 +442,9 @@ def _ws_cfg(bm, bn, stages, ws=True):
 if registry.interpret_mode():
     _WS_CONFIGS = [_ws_cfg(32, 32, 1)]
 else:
-    # sm_90 builds (triton 3.6, ptxas -v): 128x64 and 128x128 without spills; 256x64 spills 48 bytes a thread;
-    # 256x128 spills 4 KB and is left out. 128x64/4 warps/3 stages without specialization: the TMA kernel's
-    # best config, built here for the autotuner to weigh against the specialized ones
+    # sm_90 builds (triton 3.6, ptxas -v) at D=128: 128x64 and 128x128 without spills, 256x64 spills 4-48
+    # bytes a thread, 256x128 spills 4 KB and is left out. 128x64/4 warps/3 stages without specialization
+    # (one of the TMA kernel's configs) lets the autotuner weigh the specialized ones against the plain loop
     _WS_CONFIGS = [_ws_cfg(128, 128, 2), _ws_cfg(128, 64, 2), _ws_cfg(256, 64, 2), _ws_cfg(128, 64, 3),
                    _ws_cfg(128, 64, 3, ws=False)]
 
@@ -455,6 +455,7 @@ def _fwd_ws_inner(acc, l_i, m_i, q, k_desc, v_desc, lse_ptr, rows, offs_n, lo, h
                   WS: tl.constexpr):
     for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WS):
         s = tl.dot(q, k_desc.load([start_n, 0]).T)
+        # (MASK_KIND 0: the mask pointer, lse_ptr here, is never read)
         s = _finish_scores(s, qk_scale, lse_ptr, rows, start_n + offs_n, SQ, SK, 0, IS_CAUSAL, BOUNDS, FOLD)
         acc, l_i, m_i = _pv_step(acc, l_i, m_i, s, v_desc.load([start_n, 0]), qk_scale, FOLD, False, "tf32")
     return acc, l_i, m_i
