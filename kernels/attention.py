@@ -1004,16 +1004,21 @@ def _launch_tma(q, k, v, out, lse, qk_scale, is_causal, store_lse):
     )
 
 
-def _launch_ws(q, k, v, out, lse, qk_scale, is_causal, store_lse, tune=True):
+def _ws_launch(q, k, v, out, lse, qk_scale, is_causal, store_lse) -> tuple:
+    """(grid, arguments, keyword arguments) of a launch of the warp-specialized forward."""
     B, H, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     lpt, group = _lpt(B * H, Sk, D, q.element_size(), is_causal)
-    grid = _fwd_grid(Sq, B * H, lpt)
     args = (q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
             H, H // Hkv, Sq, Sk, _bucket(Sq), _bucket(Sk), qk_scale)
     # KEYS_EVEN: every config's BLOCK_N divides 128
-    kwargs = dict(HEAD_DIM=D, IS_CAUSAL=is_causal, STORE_LSE=store_lse, KEYS_EVEN=Sk % 128 == 0,
-                  FOLD=_fold(0, qk_scale), LPT_GROUP=group, LPT=lpt)
+    return _fwd_grid(Sq, B * H, lpt), args, dict(HEAD_DIM=D, IS_CAUSAL=is_causal, STORE_LSE=store_lse,
+                                                 KEYS_EVEN=Sk % 128 == 0, FOLD=_fold(0, qk_scale),
+                                                 LPT_GROUP=group, LPT=lpt)
+
+
+def _launch_ws(q, k, v, out, lse, qk_scale, is_causal, store_lse, tune=True):
+    grid, args, kwargs = _ws_launch(q, k, v, out, lse, qk_scale, is_causal, store_lse)
     # Triton's own launch, which passes the descriptors' scratch memory (as kernels.int8's device TMA kernel);
     # tune=False: one config set by the self-check, nothing compiled ahead or kept
     if tune:
@@ -1078,11 +1083,17 @@ def _self_check(name: str, device: torch.device, dtype: torch.dtype, compare, di
     return _tma_checked[key] and not (_ws_failed if name == "ws" else _tma_failed)
 
 
-def _tma_compare(device: torch.device, dtype: torch.dtype, launch_fn, head_dim: int = 64) -> None:
+def _compare_inputs(device: torch.device, dtype: torch.dtype, d: int) -> tuple:
+    # ragged lengths (150 queries, 130 keys), GQA (4 query heads, 2 KV heads), strided queries
     g = torch.Generator(device="cpu").manual_seed(0)
-    d = head_dim
     q = torch.randn(1, 150, 4, d, generator=g, device="cpu").to(device=device, dtype=dtype).transpose(1, 2)
     k, v = (torch.randn(1, 2, 130, d, generator=g, device="cpu").to(device=device, dtype=dtype) for _ in range(2))
+    return q, k, v
+
+
+def _tma_compare(device: torch.device, dtype: torch.dtype, launch_fn, head_dim: int = 64) -> None:
+    d = head_dim
+    q, k, v = _compare_inputs(device, dtype, d)
     for causal in (False, True):
         o1, o2 = _empty_out(q), _empty_out(q)
         l1, l2 = (torch.empty((1, 4, 150), device=device, dtype=torch.float32) for _ in range(2))
@@ -1123,6 +1134,11 @@ def _ws_compare(device: torch.device, dtype: torch.dtype, head_dim: int) -> None
     # each config on its own: the autotuner may pick any at a site's shapes; the partitioner is new in triton
     # (a miscompile would show here, not as an error)
     configs = _attn_fwd_ws_kernel.configs
+    q, k, v = _compare_inputs(device, dtype, head_dim)
+    lse = torch.empty((1, 4, 150), device=device, dtype=torch.float32)
+    for causal in (False, True):  # every config compiled side by side first; the loop below finds them built
+        launch.precompile_for(_attn_fwd_ws_kernel,
+                              *_ws_launch(q, k, v, _empty_out(q), lse, head_dim ** -0.5 * LOG2E, causal, True))
     try:
         for cfg in configs:
             _attn_fwd_ws_kernel.configs = [cfg]
