@@ -230,9 +230,9 @@ case "${1:-tests}" in
     # issue 5, prepared in the 41st session: kernels.attention's warp-specialized forward (off by default:
     # TRITONFUSE_WARP_SPECIALIZE). Its GPU tests first (every config against the fp64 reference), then the forward cases
     # of bench_attention.py with the sweep; rows merged with: python benchmarks/common.py --merge kernels.json
-    timeout 240 $PY -m pytest tests/test_attention.py -q -p no:cacheprovider -k "warp_specialized or tma" \
+    timeout 200 $PY -m pytest tests/test_attention.py -q -p no:cacheprovider -k "warp_specialized or tma" \
       > "$out/ws_tests.txt" 2>&1; tail -3 "$out/ws_tests.txt"
-    timeout 400 $PY benchmarks/bench_attention.py --sweep --only fwd --budget 300 --out "$out/kernels.json" \
+    timeout 360 $PY benchmarks/bench_attention.py --sweep --only fwd --budget 260 --out "$out/kernels.json" \
       > "$out/bench_attention.txt" 2>&1
     grep -E "^forward|^backward|^decode|tritonfuse|sdpa |sweep|check|best config|FAILED|off:" \
       "$out/bench_attention.txt" | tail -60 ;;
