@@ -288,14 +288,15 @@ def _ws_launch(q, k, v, causal, configs, monkeypatch):
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("Sk", [150, 128])
-def test_warp_specialized_forward(causal, Sk, device, monkeypatch):
+@pytest.mark.parametrize("square", [False, True])
+def test_warp_specialized_forward(causal, Sk, square, device, monkeypatch):
     # the warp-specialized kernel's one loop masks every key block as needed (the diagonal, the ragged end
     # unless KEYS_EVEN); its configs without specialization take the two loops. GQA, strided operands, query
     # rows in a ragged last block. Under the interpreter both match the TMA kernel bit for bit
     if device == "cuda" and (not K._HAS_WS or K.capability(torch.device(device))[0] != 9):
         pytest.skip("warp specialization is built for sm_90")
     B, Hq, Hkv, D = 2, 4, 2, 64
-    Sq = Sk if causal else 70
+    Sq = Sk if square else 70  # (causal: aligned top-left, as SDPA's is_causal)
     q, k, v = _qkv(B, Hq, Hkv, Sq, Sk, D, torch.float16, device, transposed=True, seed=13)
     k = k.clone()
     k[:, :, 100:110] *= 6  # running maxima jump mid-row
