@@ -208,7 +208,7 @@ def _sweep_tma(q, k, v, scale, causal, flops):
         def run():
             K._attn_fwd_tma_kernel.fn[(triton.cdiv(S, bm), B * H)](
                 *descs, lse, H, 1, S, S, K._bucket(S), K._bucket(S), scale * K.LOG2E,
-                HEAD_DIM=D, IS_CAUSAL=causal, STORE_LSE=False, BLOCK_M=bm, BLOCK_N=bn,
+                HEAD_DIM=D, IS_CAUSAL=causal, STORE_LSE=False, FOLD=K._fold(0, scale * K.LOG2E), BLOCK_M=bm, BLOCK_N=bn,
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
         try:
