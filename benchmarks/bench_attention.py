@@ -131,7 +131,7 @@ def bench_forward(B, H, S, D, causal, rows, sweep=False, compiled=True):
     _check("tritonfuse", ours(), ref_out, q, k, v, causal)
     providers = [("sdpa", sdpa), ("sdpa-default", lambda: fn(q, k, v)), ("tritonfuse", ours)]
     ws_out = ours_ws()  # its first call checks each config against the pointer kernel
-    if _ws_serves(q):
+    if _ws_serves(q, causal):
         _check("tritonfuse-ws", ws_out, ref_out, q, k, v, causal)
         providers.append(("tritonfuse-ws", ours_ws))
     if compiled:
@@ -153,12 +153,15 @@ def bench_forward(B, H, S, D, causal, rows, sweep=False, compiled=True):
         print(f"  TMA kernel disabled: {K._tma_failed}")
     if sweep:
         _sweep_tma(q, k, v, scale, causal, flops)
-        if _ws_serves(q):
+        if _ws_serves(q, causal):
             _sweep_ws(q, k, v, scale, causal, flops)
 
 
-def _ws_serves(q):
+def _ws_serves(q, causal):
     # whether the warp-specialized kernel serves these operands (printing why not)
+    if (causal, False) not in K.WS_MODES:
+        print("  warp-specialized kernel: not for this mode (kernels.attention.WS_MODES)")
+        return False
     if not K._HAS_WS or not q.is_cuda or K.capability(q.device)[0] != 9:
         print("  warp-specialized kernel: not built here (needs sm_90 and tl.range(warp_specialize=...))")
         return False

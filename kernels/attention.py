@@ -445,8 +445,8 @@ else:
     # sm_90 builds (triton 3.6, ptxas -v) at D=128: 128x64 and 128x128 without spills, 256x64 spills 4-48
     # bytes a thread, 256x128 spills 4 KB and is left out. 128x64/4 warps/3 stages without specialization
     # (one of the TMA kernel's configs) lets the autotuner weigh the specialized ones against the plain loop
-    _WS_CONFIGS = [_ws_cfg(128, 128, 2), _ws_cfg(128, 64, 2), _ws_cfg(256, 64, 2), _ws_cfg(128, 64, 3),
-                   _ws_cfg(128, 64, 3, ws=False)]
+    # (128x64 in 3 stages, specialized, wrote NaN on the H200 at D=64 and at D=128 with even keys: left out)
+    _WS_CONFIGS = [_ws_cfg(128, 128, 2), _ws_cfg(128, 64, 2), _ws_cfg(256, 64, 2), _ws_cfg(128, 64, 3, ws=False)]
 
 
 @triton.jit
@@ -894,7 +894,7 @@ def _forward(q, k, v, mask, scale: float, is_causal: bool, store_lse: bool, tma:
         return out, lse
 
     if tma and mask is None and _tma_ok(q, k, v, out) and _tma_self_check(q.device, q.dtype):
-        if _ws_ok(q):
+        if (is_causal, store_lse) in WS_MODES and _ws_ok(q):
             try:
                 _launch_ws(q, k, v, out, lse, qk_scale, is_causal, store_lse)
                 return out, lse
@@ -1091,23 +1091,30 @@ def _compare_inputs(device: torch.device, dtype: torch.dtype, d: int) -> tuple:
     return q, k, v
 
 
-def _tma_compare(device: torch.device, dtype: torch.dtype, launch_fn, head_dim: int = 64) -> None:
+def _tma_compare(device: torch.device, dtype: torch.dtype, launch_fn, head_dim: int = 64,
+                 modes: tuple = ((False, True), (True, True))) -> None:
+    # modes: (causal, with the log-sum-exp) pairs checked
     d = head_dim
     q, k, v = _compare_inputs(device, dtype, d)
-    for causal in (False, True):
+    for causal, store_lse in modes:
         o1, o2 = _empty_out(q), _empty_out(q)
         l1, l2 = (torch.empty((1, 4, 150), device=device, dtype=torch.float32) for _ in range(2))
         _launch_pointer(q, k, v, q, (0, 0, 0, 0), 0, o1, l1, d ** -0.5 * LOG2E, causal, True)
-        launch_fn(q, k, v, o2, l2, d ** -0.5 * LOG2E, causal, True)
-        err = max((o1.float() - o2.float()).abs().max().item(), (l1 - l2).abs().max().item())
+        launch_fn(q, k, v, o2, l2, d ** -0.5 * LOG2E, causal, store_lse)
+        err = (o1.float() - o2.float()).abs().max().item()
+        if store_lse:
+            err = max(err, (l1 - l2).abs().max().item())
         if not err <= 1e-2:
             raise RuntimeError(f"TMA and pointer kernels differ by {err:.3g} ({'causal' if causal else 'full'})")
 
 
-# The warp-specialized forward (``_attn_fwd_ws_kernel``) serves where the TMA kernel would, with
-# TRITONFUSE_WARP_SPECIALIZE=1. Not yet timed on a GPU: it compiles for sm_90 (triton 3.6) and matches the
-# pointer kernel under the interpreter. Off until ``benchmarks/bench_attention.py`` (its ``tritonfuse-ws`` row)
-# has timed it against the TMA kernel and SDPA.
+# The warp-specialized forward (``_attn_fwd_ws_kernel``) serves, with TRITONFUSE_WARP_SPECIALIZE=1, where the
+# TMA kernel would and in the modes of WS_MODES only. On the H200 (41st session, triton 3.6,
+# scripts/ws_probe.py) triton's partitioner gets the second consumer's row indices wrong: causal masks and the
+# log-sum-exp store (both indexed by row) came out wrong for rows BLOCK_M / 2 and up, while the output, stored
+# by descriptor, matched the pointer kernel for every 2-stage config unmasked. The kernel is right under the
+# interpreter in every mode; the modes are widened when a triton builds them right (the self-check says).
+WS_MODES = ((False, False),)  # (causal, with the log-sum-exp)
 _ws_failed: Optional[str] = None
 
 
@@ -1136,13 +1143,13 @@ def _ws_compare(device: torch.device, dtype: torch.dtype, head_dim: int) -> None
     configs = _attn_fwd_ws_kernel.configs
     q, k, v = _compare_inputs(device, dtype, head_dim)
     lse = torch.empty((1, 4, 150), device=device, dtype=torch.float32)
-    for causal in (False, True):  # every config compiled side by side first; the loop below finds them built
+    for causal, store_lse in WS_MODES:  # every config compiled side by side first; the loop finds them built
         launch.precompile_for(_attn_fwd_ws_kernel,
-                              *_ws_launch(q, k, v, _empty_out(q), lse, head_dim ** -0.5 * LOG2E, causal, True))
+                              *_ws_launch(q, k, v, _empty_out(q), lse, head_dim ** -0.5 * LOG2E, causal, store_lse))
     try:
         for cfg in configs:
             _attn_fwd_ws_kernel.configs = [cfg]
-            _tma_compare(device, dtype, lambda *a: _launch_ws(*a, tune=False), head_dim)
+            _tma_compare(device, dtype, lambda *a: _launch_ws(*a, tune=False), head_dim, WS_MODES)
     finally:
         _attn_fwd_ws_kernel.configs = configs
 

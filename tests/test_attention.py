@@ -295,6 +295,8 @@ def test_warp_specialized_forward(causal, Sk, square, device, monkeypatch):
     # rows in a ragged last block. Under the interpreter both match the TMA kernel bit for bit
     if device == "cuda" and (not K._HAS_WS or K.capability(torch.device(device))[0] != 9):
         pytest.skip("warp specialization is built for sm_90")
+    if device == "cuda" and (causal, True) not in K.WS_MODES:
+        pytest.skip("causal masks: triton 3.6's partitioner gets the second consumer's rows wrong (WS_MODES)")
     B, Hq, Hkv, D = 2, 4, 2, 64
     Sq = Sk if square else 70  # (causal: aligned top-left, as SDPA's is_causal)
     q, k, v = _qkv(B, Hq, Hkv, Sq, Sk, D, torch.float16, device, transposed=True, seed=13)
@@ -335,7 +337,7 @@ def test_warp_specialized_kernel_checks_each_config(monkeypatch, device):
     monkeypatch.setattr(K, "_launch_ws", spy)
     q = torch.empty(1, 2, 8, 64, dtype=torch.float16)
     assert K._ws_ok(q) and K._ws_ok(q)  # checked once
-    assert seen == [(32, False), (32, True), (16, False), (16, True)]
+    assert seen == [(32, False), (16, False)]  # WS_MODES: unmasked, no log-sum-exp
     assert K._attn_fwd_ws_kernel.configs == configs
     monkeypatch.setattr(config, "warp_specialize", "0")
     assert not K._ws_ok(q)
@@ -372,10 +374,14 @@ def test_forward_falls_back_from_the_warp_specialized_kernel(monkeypatch, device
     monkeypatch.setattr(K, "_launch_ws", ws)
     monkeypatch.setattr(K, "_launch_tma", lambda *a: calls.append("tma"))
     q, k, v = _qkv(1, 2, 2, 40, 40, 64, torch.float16, device)
-    with pytest.warns(UserWarning, match="warp-specialized attention kernel failed"):
-        K._forward(q, k, v, None, 0.125, False, True)
+    # WS_MODES: not for a causal call or one that keeps the log-sum-exp (training)
+    K._forward(q, k, v, None, 0.125, True, False)
     K._forward(q, k, v, None, 0.125, False, True)
-    assert calls == ["ws", "tma", "tma"] and "out of resources" in K._ws_failed
+    assert calls == ["tma", "tma"] and K._ws_failed is None
+    with pytest.warns(UserWarning, match="warp-specialized attention kernel failed"):
+        K._forward(q, k, v, None, 0.125, False, False)
+    K._forward(q, k, v, None, 0.125, False, False)
+    assert calls == ["tma", "tma", "ws", "tma", "tma"] and "out of resources" in K._ws_failed
 
 
 @pytest.mark.parametrize("inlined", [True, False])
