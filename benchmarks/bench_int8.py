@@ -152,8 +152,10 @@ def _compile_job(job):
 
 def prewarm(jobs) -> dict:
     """Compile many kernels at once in spawned processes (Triton's disk cache serves the main process)."""
-    ctx = mp.get_context("spawn")
     errors = {}
+    if not jobs:  # the MLP section alone times the autotuned ops: nothing to compile ahead
+        return errors
+    ctx = mp.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=min(16, len(jobs)), mp_context=ctx) as pool:
         for job, err in pool.map(_compile_job, jobs):
             if err:
