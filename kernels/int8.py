@@ -145,14 +145,14 @@ else:
         # session): 16384x3072x768 with bias 0.0888 ms against 0.0933 for the best persistent config (0.1006
         # against 0.1058 with the GELU epilogue), 16384x768x3072 0.0647 against 0.0689
         _tma_cfg(128, 128, 128, 3, 4, persistent=False, flatten=False),
-        # warp-specialized (pruned unless WS_OK): a producer warpgroup and two consumers, each 64 rows
-        # of the tile, CUTLASS's Hopper GEMM structure. sm_90 builds (triton 3.6): 168 registers, no spills,
-        # but the GELU epilogue at 128x256 spills 7 KB; triton's partitioner fails on the subtiled epilogue,
-        # on x quantized on load and on the row abs-max's atomics (_prune_by_m leaves those out)
-        _tma_cfg(128, 256, 128, 3, 4, ws=True),
-        _tma_cfg(128, 256, 128, 4, 4, ws=True),
-        _tma_cfg(128, 128, 128, 4, 4, ws=True),
     ]
+    # warp-specialized configs (_tma_cfg(..., ws=True): a producer warpgroup and two consumers, each 64 rows
+    # of the tile, CUTLASS's Hopper GEMM structure) would join this list where WS_OK (_prune_by_m). sm_90
+    # builds (triton 3.6): 168 registers, no spills, but the GELU epilogue at 128x256 spills 7 KB; triton's
+    # partitioner fails on the subtiled epilogue, on x quantized on load and on the row abs-max's atomics.
+    # On the H200 (42nd session, torch 2.11, triton 3.6) 128x256x128 with 3 or 4 stages launched at 8192^3
+    # never returned (one run waited 250 s, another 55 s a config; scripts/ws_time.py --isolate), so none
+    # is autotuned: TRITONFUSE_WARP_SPECIALIZE=1 must not hang a model. bench_int8.py --sweep keeps them.
     # small M: few rows, stream the weight with deep pipelines; large M: ordinary GEMM tiles
     _WONLY_CONFIGS = [
         _cfg(16, 32, 256, 4, 4),
@@ -1049,7 +1049,9 @@ def _disable_tma(e: Exception) -> None:
 
 # values one quantization program (one row) holds: rows of up to this many values are read once (a
 # BERT/ViT MLP's 3072). On the H200, 16384x3072 fp16 took 67 us read twice and 62 us read once; four rows
-# of 768 to a program took 39 us against 26 for one
+# of 768 to a program took 39 us against 26 for one. A row read once takes 4 warps (42nd session, H200,
+# 16384x3072 with the conversion rounding: 38.4 us against 43.1 with 8; scripts/quant_rows_probe.py); rows
+# read twice keep 8
 QUANT_BLOCK = 4096
 
 
@@ -1063,7 +1065,7 @@ def quant_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     block = min(next_pow2(max(K, 16)), QUANT_BLOCK)
     registry.launcher(_quant_rows_kernel)[(M,)](x, xq, xs, K, x.stride(0), x.stride(1), xq.stride(0),
                                                 BLOCK_K=block, ONE_PASS=K <= block,
-                                                MAGIC=magic_rounding(x.device), num_warps=4 if block <= 1024 else 8)
+                                                MAGIC=magic_rounding(x.device), num_warps=4 if K <= block else 8)
     return xq, xs
 
 

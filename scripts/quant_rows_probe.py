@@ -14,7 +14,10 @@ CUDA graphs, each checked bit for bit against ``quant_rows_ref``:
     python3 scripts/quant_rows_probe.py [--shapes 16384x3072,16384x768,12608x768]
     TRITON_INTERPRET=1 python3 scripts/quant_rows_probe.py --check
 
-Rows: $OUT/quant-rows-probe.jsonl. Written in the 39th session, not yet run on a GPU.
+Rows: $OUT/quant-rows-probe.jsonl. Written in the 39th session; run on the H200 in the 42nd (diagnostics
+README, "Forty-second session"): at 16384x3072 4 warps beat the shipped 8 (38.4 against 43.1 us, both with
+the conversion rounding; 4 warps shipped since), the chunked kernel 37.2; at 768 values no variant gained
+more than 0.6 us.
 """
 
 from __future__ import annotations
