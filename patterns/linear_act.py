@@ -306,12 +306,29 @@ def _int8_sqnr(match: Match, x2, act: str, gated: bool, mode: str, conv1d: bool 
 FUSED_QUANT_MAX_K = 1024
 _VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
 _NORM_STEPS = {aten.mul.Tensor, aten.add.Tensor, aten.sub.Tensor, aten.rsqrt.default,
-               torch.ops.prims.convert_element_type.default, *_VIEWS}
+               torch.ops.prims.convert_element_type.default, aten.clone.default, *_VIEWS}
 
 
-def _norm_produced(x_node, depth: int = 5) -> bool:
+def _keeps_rows(n: torch.fx.Node) -> bool:
+    """Whether a permute or transpose leaves the last dimension in place, so the rows a GEMM reads after it are
+    still the norm's rows: torchvision ViT's ``nn.MultiheadAttention`` reads its LayerNorm's output through
+    ``clone(permute(x, [1, 0, 2]))``, and with the walk through it its Q/K/V input is quantized in the
+    LayerNorm's kernel (H200, 42nd session, vit_b_16 b64 int8 from CUDA graphs: 5.52 against 5.61 ms with the
+    row kernel; scripts/norm_walk_probe.py)."""
+    val = n.args[0].meta.get("val") if isinstance(n.args[0], torch.fx.Node) else None
+    if val is None or val.dim() == 0:
+        return False
+    last = val.dim() - 1
+    if n.target is aten.permute.default:
+        dims = n.args[1]
+        return len(dims) == val.dim() and dims[-1] % val.dim() == last
+    return all(d % val.dim() != last for d in n.args[1:3])  # transpose.int
+
+
+def _norm_produced(x_node, depth: int = 7) -> bool:
     """Whether ``x_node`` is a LayerNorm's or RMSNorm's output as the decomposed graph computes it: an
-    ``rsqrt`` of the row statistics within a few pointwise steps (views, casts, the affine multiply-add)."""
+    ``rsqrt`` of the row statistics within a few pointwise steps (views, casts, copies, the affine multiply-add,
+    a permute that keeps the rows)."""
     frontier, seen = [x_node], set()
     for _ in range(depth):
         nxt = []
@@ -321,7 +338,7 @@ def _norm_produced(x_node, depth: int = 5) -> bool:
             seen.add(n)
             if n.target in (aten.rsqrt.default, aten.native_layer_norm.default):
                 return True
-            if n.target in _NORM_STEPS:
+            if n.target in _NORM_STEPS or (n.target in (aten.permute.default, aten.transpose.int) and _keeps_rows(n)):
                 nxt.extend(a for a in n.args if isinstance(a, torch.fx.Node))
         frontier = nxt
     return False

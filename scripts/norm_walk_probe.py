@@ -13,7 +13,10 @@ Runs ``tritonfuse bench`` in this process with the change or without it:
 
 On the CPU (tiny vit_b_16, fp16, interpreter, ``TRITONFUSE_PATTERNS=linear_act,attention`` as the GPU's
 measurements leave the norms to Inductor) the walk turns the two in_proj sites from ``[linear]`` into
-``[linear,fused quant]``. Written in the 39th session, not yet run on a GPU.
+``[linear,fused quant]``. Written in the 39th session; run on the H200 in the 42nd: the walk took vit_b_16
+int8 from 5.61 to 5.52 ms (CUDA graphs, 10 rounds; the Q/K/V site 0.063 against cuBLAS's 0.068 ms), and
+``patterns.linear_act`` now walks through a permute or transpose that keeps the rows (the probe's --walk
+also admits the others).
 """
 
 from __future__ import annotations

@@ -1365,6 +1365,36 @@ def test_int8_quantization_fused_into_the_producer(gated):
     assert fused_db > 35 and fused_db > unfused_db - 1.0, (fused_db, unfused_db)
 
 
+def test_int8_quantization_fused_through_a_permute_that_keeps_the_rows():
+    # nn.MultiheadAttention (torchvision ViT) reads its LayerNorm's output through a transpose and a copy: the
+    # rows are still the norm's, so the quantization fuses into the LayerNorm's kernel; a transpose that moves
+    # the last dimension makes other rows (here a Linear over the sequence), quantized by the op's row kernel
+    from tritonfuse.patterns import linear_act as LP
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln = nn.LayerNorm(64)
+            self.seq_first, self.over_seq = nn.Linear(64, 80), nn.Linear(48, 32)
+
+        def forward(self, x):
+            h = self.ln(x)
+            return self.seq_first(h.transpose(0, 1).contiguous()), self.over_seq(h.transpose(1, 2).contiguous())
+
+    torch.manual_seed(0)
+    model = Block().to(torch.bfloat16).eval()
+    x = fresh(3, 48, 64, dtype=torch.bfloat16)
+    with torch.no_grad(), config.patch(quant="int8", patterns="linear_act"):
+        out = torch.compile(model, backend="tritonfuse")(x)
+        ref = copy.deepcopy(model).double()(x.double())
+    assert _counts() == {"matched": 2, "replaced": 2, "fallback": 0}, tritonfuse.report()
+    kernels = {s.module: s.kernel for s in tritonfuse.sites()}
+    assert kernels == {"seq_first": "int8_w8a8[linear,fused quant]", "over_seq": "int8_w8a8[linear]"}, kernels
+    for got, want in zip(out, ref):
+        assert sqnr_db(want, got.double()) > 30
+    assert not LP._norm_produced(None)
+
+
 def test_int8_quantization_stays_in_the_op_after_a_gemm(monkeypatch):
     # LayerNorm -> Linear+GELU -> Linear: the first site's rows are quantized in the LayerNorm's kernel;
     # the second's come from a GEMM and its GELU, where Inductor would make the quantization a reduction
