@@ -62,25 +62,59 @@ def attention():
                 K._attn_fwd_ws_kernel.configs = configs
 
 
-def int8():
+def int8_isolated(seconds: float, shapes: str):
+    """Each warp-specialized int8 config in a process of its own, killed after ``seconds``: in the 42nd
+    session the first one launched at 8192^3 never returned (300 s), so a config that hangs is named here
+    instead of stopping the run."""
+    import subprocess
+
+    import bench_int8 as BI
+
+    for i, c in enumerate(BI._tma_candidates()):
+        if not c.kwargs.get("WS"):
+            continue
+        for shape in shapes.split(","):
+            cmd = [sys.executable, os.path.abspath(__file__), "--what", "int8", "--candidate", str(i), "--shapes", shape]
+            try:
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds)
+                rows = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+                for ln in rows:
+                    print(ln, flush=True)
+                if r.returncode or not rows:
+                    emit(kernel="int8_gemm", shape=shape, provider=BI._label("tma", i, c), rc=r.returncode,
+                         error=r.stderr.strip().splitlines()[-1][:200] if r.stderr.strip() else "no output")
+            except subprocess.TimeoutExpired:
+                emit(kernel="int8_gemm", shape=shape, provider=BI._label("tma", i, c), error=f"no result in {seconds:g} s")
+
+
+def int8(candidate=None, shapes="8192x8192x8192,4096x4096x4096,8192x14336x4096"):
     import bench_int8 as BI
     from tritonfuse.kernels import int8 as Q
 
     dev = torch.device("cuda")
     cands = [(i, c) for i, c in enumerate(BI._tma_candidates()) if c.kwargs.get("WS")]
-    for M, N, Kd in [(8192, 8192, 8192), (4096, 4096, 4096), (8192, 14336, 4096)]:
+    if candidate is not None:  # one config, checked against a fixed non-WS config (no autotuning)
+        cands = [(i, c) for i, c in enumerate(BI._tma_candidates()) if i == candidate]
+    for M, N, Kd in [tuple(int(v) for v in s.split("x")) for s in shapes.split(",")]:
         flops = 2.0 * M * N * Kd
         x = torch.randn(M, Kd, device=dev, dtype=torch.bfloat16)
         w = torch.randn(N, Kd, device=dev, dtype=torch.bfloat16) * Kd ** -0.5
         wq, ws = Q.quantize_weight(w)
         xq, xs = Q.quant_rows(x)
-        y = Q._w8a8(xq, xs, wq, ws, None, "none", torch.bfloat16)
         shape = f"{M}x{N}x{Kd}"
-        for name, fn in (("torch._int_mm", lambda: torch._int_mm(xq, wq.t())),
+        if candidate is not None:
+            y = torch.empty(M, N, device=dev, dtype=torch.bfloat16)
+            BI._launch("tma", BI._tma_candidates()[0], xq, xs, wq, ws, y)
+            torch.cuda.synchronize()
+            emit(kernel="int8_gemm", shape=shape, provider="reference config launched", config=BI._label("tma", 0, BI._tma_candidates()[0]))
+        else:
+            y = Q._w8a8(xq, xs, wq, ws, None, "none", torch.bfloat16)
+        for name, fn in () if candidate is not None else (("torch._int_mm", lambda: torch._int_mm(xq, wq.t())),
                          ("tma autotuned", lambda: Q._w8a8(xq, xs, wq, ws, None, "none", torch.bfloat16))):
             ms = gpu_time(fn, rep=50)
             emit(kernel="int8_gemm", shape=shape, provider=name, ms=ms, tops=flops / ms * 1e-9)
-        emit(kernel="int8_gemm", shape=shape, provider="tma autotuned config", config=str(Q._w8a8_tma_kernel.best_config))
+        if candidate is None:
+            emit(kernel="int8_gemm", shape=shape, provider="tma autotuned config", config=str(Q._w8a8_tma_kernel.best_config))
         out = torch.empty(M, N, device=dev, dtype=torch.bfloat16)
         for i, cfg in cands:
             name = BI._label("tma", i, cfg)
@@ -97,6 +131,15 @@ def int8():
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--what", default="attention,int8")
+    ap.add_argument("--isolate", type=float, default=0,
+                    help="int8: each warp-specialized config in its own process, killed after this many seconds")
+    ap.add_argument("--candidate", type=int, help="int8: only bench_int8's TMA candidate of this index")
+    ap.add_argument("--shapes", default="8192x8192x8192,4096x4096x4096,8192x14336x4096", help="int8: MxNxK list")
     args = ap.parse_args()
     for part in args.what.split(","):
-        {"attention": attention, "int8": int8}[part]()
+        if part == "int8" and args.isolate:
+            int8_isolated(args.isolate, args.shapes)
+        elif part == "int8":
+            int8(args.candidate, args.shapes)
+        else:
+            attention()
