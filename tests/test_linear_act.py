@@ -1585,6 +1585,9 @@ def test_int8_handoff_to_a_site_int8_lost(monkeypatch, no_compile_cache, pair_wi
     else:
         assert _counts() == {"matched": 2, "replaced": 1, "fallback": 1}, tritonfuse.report()
         assert down[0].status == "fallback" and "int8 measured slower" in down[0].detail
+        # the pair's timing in the reason, so the report says why the handoff was not made
+        assert down[0].reason.endswith("the int8 handoff from the previous GEMM measured 2.200 vs 2.000 ms as a "
+                                       "pair: not taken"), down[0].reason
         assert "int8_linear_qload" not in code and "int8_linear_amax" not in code
     with torch.no_grad():
         ref = copy.deepcopy(model).double()(x.double())

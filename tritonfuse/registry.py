@@ -123,6 +123,21 @@ def restate(graph: torch.fx.Graph, name: str, kernel: Optional[str] = None, suff
         return True
 
 
+def annotate(graph: torch.fx.Graph, name: str, note: str) -> bool:
+    """Add ``note`` to site ``name`` of ``graph``: to its reason where it was left to Inductor, else to its
+    detail (a later pass weighed another way to serve it and kept what it had). False where no record of
+    this graph has that name."""
+    with _lock:
+        site = _pending.get((id(graph), name))
+        if site is None:
+            return False
+        if site.status == "fallback":
+            site.reason = f"{site.reason}; {note}" if site.reason else note
+        else:
+            site.detail = f"{site.detail}; {note}" if site.detail else note
+        return True
+
+
 def module_name(node: torch.fx.Node) -> str:
     """The dotted name of the module a node came from (``layers.0.mlp.up_proj``), best effort."""
     stack = node.meta.get("nn_module_stack") or {}
