@@ -51,6 +51,8 @@
 #                                       # GEMMs: GPU tests, bench_int8.py --sections mlp; the LayerNorm + int8
 #                                       # quantization without torch.trunc; qload41_models: bert-base/vit_b_16 in
 #                                       # int8 with the handoff and without
+#   bash scripts/gpu_session.sh int8_42 # issue 7 (prepared in the 42nd session): its changes' GPU tests, then
+#                                       # bench_int8.py --sections mlp (the handoff against the row kernel path)
 #   bash scripts/gpu_session.sh ws41    # issue 5 (prepared in the 41st session): the warp-specialized attention
 #                                       # forward: its GPU tests, then bench_attention.py --sweep (every TMA and
 #                                       # warp-specialized config on its own, the op with the flag on and off);
@@ -226,6 +228,16 @@ case "${1:-tests}" in
         --out "$out/qload-$v/" > "$out/qload_$v.txt" 2>&1
       grep -E "^(bert-base|vit_b_16) " "$out/qload_$v.txt" | head -8
     done ;;
+  int8_42)
+    # issue 7, prepared in the 42nd session: the GPU tests of its changes (the rounding test's device fix, the
+    # LayerNorm walk through a permute, the handoff's report), then bench_int8.py's MLP section (failed before
+    # timing in the 42nd: fixed). Then: TRITONFUSE_LOG=summary MODELS=bert-base,vit_b_16 bash
+    # scripts/gpu_session.sh graphs (the row kernel's 4 warps and the walk in whole models)
+    timeout 200 $PY -m pytest tests/test_int8.py tests/test_linear_act.py -q -p no:cacheprovider \
+      -k "rounds_half or permute_that_keeps or handoff or quant_rows or quantized_on_load" \
+      > "$out/int8_42_tests.txt" 2>&1; tail -3 "$out/int8_42_tests.txt"
+    timeout 300 $PY benchmarks/bench_int8.py --sections mlp --out "$out/kernels.json" > "$out/bench_mlp.txt" 2>&1
+    grep -E "int8_mlp|row kernel path|measurement|FAILED|Error" "$out/bench_mlp.txt" | tail -40 ;;
   ws41)
     # issue 5, prepared in the 41st session: kernels.attention's warp-specialized forward (off by default:
     # TRITONFUSE_WARP_SPECIALIZE). Its GPU tests first (every config against the fp64 reference), then the forward cases
