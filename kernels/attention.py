@@ -152,6 +152,50 @@ def _apply_mask(s, mask_ptrs, ok, MASK_KIND: tl.constexpr):
     return s
 
 
+DEAD_GAP = tl.constexpr(5000.0)
+
+
+@triton.jit
+def _live_keys(mask_ptrs, stride_mn, SK, ADDITIVE: tl.constexpr, IS_CAUSAL: tl.constexpr, SCAN: tl.constexpr):
+    # [lo, hi): the keys a key-padding mask (the same for every query row, from mask_ptrs over the keys) keeps.
+    # The keys outside weigh exactly 0 in every row that keeps a key, so the loops skip their blocks (a padded
+    # batch's trailing or leading blocks). Bool: a key is kept where True; nothing kept gives an empty range
+    # (rows of zeros, as before). Additive: kept unless DEAD_GAP (5000) or more below the mask's largest value
+    # (HF's finfo.min and -10000 fills, -9984 in bf16): such a key's weight, below e^-5000 of a kept key's,
+    # is 0 in fp32 unless its scaled score beats the kept key's by some 4900; NaN counts as kept. No finite
+    # value gives the whole range (eager's average), and causal gives lo = 0 (a row before the first kept
+    # key attends over the fill, as eager does)
+    offs = tl.arange(0, SCAN)
+    top = float("-inf")
+    if ADDITIVE:
+        for start in range(0, SK, SCAN):
+            cols = start + offs
+            mv = tl.load(mask_ptrs + cols * stride_mn, mask=cols < SK, other=float("-inf")).to(tl.float32)
+            top = tl.maximum(top, tl.max(mv, 0))
+    first = SK
+    last = -1
+    for start in range(0, SK, SCAN):
+        cols = start + offs
+        if ADDITIVE:
+            mv = tl.load(mask_ptrs + cols * stride_mn, mask=cols < SK, other=float("-inf")).to(tl.float32)
+            live = ~(mv <= top - DEAD_GAP) & (cols < SK)
+        else:
+            live = tl.load(mask_ptrs + cols * stride_mn, mask=cols < SK, other=0) != 0
+        first = tl.minimum(first, tl.min(tl.where(live, cols, SK), 0))
+        last = tl.maximum(last, tl.max(tl.where(live, cols, -1), 0))
+    none = last < 0
+    if ADDITIVE:
+        hi = tl.where(none, SK, last + 1)
+        if IS_CAUSAL:
+            lo = first * 0
+        else:
+            lo = tl.where(none, 0, first)
+    else:
+        hi = tl.where(none, 0, last + 1)
+        lo = tl.where(none, 0, first)
+    return lo, hi
+
+
 @triton.jit
 def _softmax_step(s, m_i, l_i, acc, qk_scale, FOLD: tl.constexpr):
     # online softmax: fold one tile of scores into the running max m, sum l and (rescaled) accumulator;
@@ -276,7 +320,7 @@ def _attn_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
     STORE_LSE: tl.constexpr, DOT_UPCAST: tl.constexpr, PRECISION: tl.constexpr, RTNE_BF16: tl.constexpr,
     FOLD: tl.constexpr, EMPTY_ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    LPT_GROUP=1, LPT: tl.constexpr = False,
+    LPT_GROUP=1, LPT: tl.constexpr = False, TRIM: tl.constexpr = False, SCAN: tl.constexpr = 512,
 ):
     # FOLD: see _softmax_step (needs MASK_KIND 0 and qk_scale > 0). EMPTY_ROWS (causal, an additive key
     # vector, SQ == SK): the rows before the first kept key of their sequence (first_ptr [B]) have every key
@@ -313,14 +357,23 @@ def _attn_fwd_kernel(
         first = 0
         empty = rows < 0
         fill2 = 0.0
+    # TRIM (a key-padding mask, MASK_KIND 3 / 4): only the key blocks of [lo, kv_hi), the keys it keeps
+    lo = 0
+    kv_hi = SK
+    if TRIM:
+        lo, kv_hi = _live_keys(mask_ptr + b * stride_mb + h * stride_mh, stride_mn, SK, MASK_KIND == 4, IS_CAUSAL,
+                               SCAN)
+        lo = lo // BLOCK_N * BLOCK_N
     # key blocks every row of this tile sees whole run without bounds or causal masks
     if IS_CAUSAL:
-        hi = tl.minimum(SK, (pid_m + 1) * BLOCK_M)
-        full = tl.minimum(pid_m * BLOCK_M, SK) // BLOCK_N * BLOCK_N
+        hi = tl.minimum(kv_hi, (pid_m + 1) * BLOCK_M)
+        full = tl.minimum(pid_m * BLOCK_M, kv_hi) // BLOCK_N * BLOCK_N
     else:
-        hi = SK
-        full = SK // BLOCK_N * BLOCK_N
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, 0, full,
+        hi = kv_hi
+        full = kv_hi // BLOCK_N * BLOCK_N
+    if TRIM:
+        full = tl.maximum(full, lo)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, lo, full,
                                stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK, empty, fill2, HEAD_DIM, BLOCK_D,
                                BLOCK_N, MASK_KIND, False, False, DOT_UPCAST, PRECISION, FOLD, EMPTY_ROWS)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, full, hi,
@@ -638,6 +691,7 @@ def _attn_bwd_dkdv_kernel(
     H, GROUP, SQ, SK, SQ_BUCKET, SK_BUCKET, scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
     DOT_UPCAST: tl.constexpr, PRECISION: tl.constexpr, RTNE_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    TRIM: tl.constexpr = False, SCAN: tl.constexpr = 512,
 ):
     qk_scale = tl.cast(qk_scale, tl.float32)  # Inductor passes Python floats as fp64
     scale = tl.cast(scale, tl.float32)
@@ -665,7 +719,12 @@ def _attn_bwd_dkdv_kernel(
         lo = (pid_n * BLOCK_N) // BLOCK_M * BLOCK_M  # rows before the first key of the block see none of it
     for g in range(0, GROUP):
         h = hk * GROUP + g
-        for start_m in range(lo, SQ, BLOCK_M):
+        start_q = lo
+        if TRIM:  # a key block the padding mask drops whole has dK = dV = 0 (its p is 0 in every row)
+            klo, khi = _live_keys(mask_ptr + b * stride_mb + h * stride_mh, stride_mn, SK, MASK_KIND == 2,
+                                  IS_CAUSAL, SCAN)
+            start_q = tl.where((pid_n * BLOCK_N >= khi) | ((pid_n + 1) * BLOCK_N <= klo), SQ, lo)
+        for start_m in range(start_q, SQ, BLOCK_M):
             rows = start_m + offs_m
             q_ok = (rows[:, None] < SQ) & (offs_d[None, :] < HEAD_DIM)
             q = tl.load(q_ptr + b * stride_qb + h * stride_qh + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd,
@@ -716,6 +775,7 @@ def _attn_bwd_dq_kernel(
     H, GROUP, SQ, SK, SQ_BUCKET, SK_BUCKET, scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
     DOT_UPCAST: tl.constexpr, PRECISION: tl.constexpr, RTNE_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    TRIM: tl.constexpr = False, SCAN: tl.constexpr = 512,
 ):
     qk_scale = tl.cast(qk_scale, tl.float32)  # Inductor passes Python floats as fp64
     scale = tl.cast(scale, tl.float32)
@@ -741,7 +801,13 @@ def _attn_bwd_dq_kernel(
     hi = SK
     if IS_CAUSAL:
         hi = tl.minimum(SK, (pid_m + 1) * BLOCK_M)
-    for start_n in range(0, hi, BLOCK_N):
+    lo = 0
+    if TRIM:  # the key blocks a padding mask keeps (see _attn_fwd_kernel)
+        klo, khi = _live_keys(mask_ptr + b * stride_mb + h * stride_mh, stride_mn, SK, MASK_KIND == 2, IS_CAUSAL,
+                              SCAN)
+        lo = klo // BLOCK_N * BLOCK_N
+        hi = tl.minimum(hi, khi)
+    for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         kv_ok = (cols[None, :] < SK) & (offs_d[:, None] < HEAD_DIM)
         kT = tl.load(k_ptr + b * stride_kb + hk * stride_kh + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd,
@@ -975,6 +1041,18 @@ def _pointer_mask_kind(mask_kind: int, m_strides) -> int:
     return mask_kind + 2 if mask_kind in (1, 2) and m_strides[2] == 0 else mask_kind
 
 
+# TRIM_PADDING: under a key-padding mask (the same keys masked for every query row: BERT's, any padded batch)
+# the forward and backward skip the key blocks before the first and after the last key the mask keeps, whose
+# weights are exactly 0 (``_live_keys``); a batch padded to a quarter of its length reads a quarter fewer
+# keys. False: every key block, as SDPA does.
+TRIM_PADDING = True
+
+
+def _trim(mask_kind: int) -> bool:
+    """Whether a launch whose pointer-kernel MASK_KIND is ``mask_kind`` skips its masked key blocks."""
+    return TRIM_PADDING and mask_kind in (3, 4)
+
+
 def _launch_pointer(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_causal, store_lse,
                     first: Optional[torch.Tensor] = None, empty_fill: float = 0.0):
     # first: [B] int32, each sequence's first kept key (EMPTY_ROWS, see _attn_fwd_kernel)
@@ -989,6 +1067,7 @@ def _launch_pointer(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_cau
         HEAD_DIM=D, BLOCK_D=max(16, next_pow2(D)), MASK_KIND=mask_kind, IS_CAUSAL=is_causal,
         STORE_LSE=store_lse, RTNE_BF16=rtne_bf16(q.dtype), **_precision(q.dtype),
         FOLD=_fold(mask_kind, qk_scale), EMPTY_ROWS=first is not None, LPT_GROUP=group, LPT=lpt,
+        TRIM=_trim(mask_kind) and first is None,
     )
 
 
@@ -1258,7 +1337,8 @@ def attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
     m, m_strides, mask_kind = _mask_args(mask, (B, H, Sq, Sk), q)
     lse = lse.contiguous()
     common = dict(HEAD_DIM=D, BLOCK_D=block_d, MASK_KIND=mask_kind, IS_CAUSAL=is_causal,
-                  RTNE_BF16=rtne_bf16(q.dtype), **_precision(q.dtype))
+                  RTNE_BF16=rtne_bf16(q.dtype), TRIM=_trim(_pointer_mask_kind(mask_kind, m_strides)),
+                  **_precision(q.dtype))
     sizes = (H, H // Hkv, Sq, Sk, _bucket(Sq), _bucket(Sk), scale, scale * LOG2E)
     registry.launcher(_attn_bwd_dkdv_kernel)[lambda meta: (cdiv(Sk, meta["BLOCK_N"]), B * Hkv)](
         q, k, v, m, dout, lse, delta, dk, dv,

@@ -50,6 +50,9 @@ SHAPES = {
 }
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 VARIANTS = [{"FOLD": False}, {"FOLD": True}]
+# under a key-padding mask (pointer kernel, MASK_KIND 3 / 4): reading every key block, or only those the mask
+# keeps (TRIM, ``kernels.attention.TRIM_PADDING``; the shipped default)
+MASK_VARIANTS = [{"FOLD": False, "TRIM": False}, {"FOLD": False, "TRIM": True}]
 # (BLOCK_M, BLOCK_N, warps, stages) beyond the lists; 128x64 in 2 stages (96 KB at D=128) and the 64-row
 # tiles leave room for two programs an SM, whose prologues and epilogues may overlap each other's loops
 EXTRA = [(128, 128, 8, 2), (128, 64, 4, 4), (128, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 3), (128, 32, 4, 2),
@@ -105,15 +108,21 @@ def _launch(kernel, q, k, v, m, causal, variant, cfg, out):
     args = (q, k, v, mm, out, lse, lse, *q.stride(), *k.stride(), *v.stride(), *m_strides, *out.stride(),
             H, H // Hkv, S, Sk, K._bucket(S), K._bucket(Sk), qk_scale, 0.0)
     kw = dict(HEAD_DIM=D, BLOCK_D=max(16, K.next_pow2(D)), MASK_KIND=mk, IS_CAUSAL=causal, STORE_LSE=False,
-              RTNE_BF16=False, EMPTY_ROWS=False, **K._precision(q.dtype), **opts)
+              RTNE_BF16=False, EMPTY_ROWS=False, TRIM=variant.get("TRIM", False) and mk in (3, 4),
+              **K._precision(q.dtype), **opts)
     return K._attn_fwd_kernel.fn, grid, args, kw
 
 
+def _checked(q):
+    # the first and the last batch (bert's last one is padded), two query heads
+    return ([0, q.shape[0] - 1], slice(0, 2))
+
+
 def _ref(q, k, v, m, causal):
-    sl = (slice(0, 1), slice(0, 2))
+    sl = _checked(q)
     group = q.shape[1] // k.shape[1]
-    ksl = (slice(0, 1), slice(0, max(1, 2 // group)))
-    mm = None if m is None else m[:1]
+    ksl = (sl[0], slice(0, max(1, 2 // group)))
+    mm = None if m is None else m[sl[0]]
     return K.attention_ref(q[sl].double(), k[ksl].double(), v[ksl].double(), mm, q.shape[-1] ** -0.5, causal)
 
 
@@ -142,7 +151,7 @@ def main():
         q, k, v, m, causal = _inputs(shape, dtype)
         B, H, S, D = q.shape
         flops = 4 * B * H * S * S * D * (0.5 if causal else 1.0)
-        sl = (slice(0, 1), slice(0, 2))
+        sl = _checked(q)
         ref = _ref(q, k, v, m, causal)
         kr, vr = (t.repeat_interleave(H // k.shape[1], 1) for t in (k, v))
         sdpa_err = (F.scaled_dot_product_attention(q, kr, vr, attn_mask=m, is_causal=causal)[sl].double()
@@ -158,9 +167,7 @@ def main():
         for kernel in args.kernels.split(","):
             if kernel == "tma" and (m is not None or D not in (32, 64, 128)):
                 continue
-            for variant, cfg in itertools.product(variants if m is None else VARIANTS, _configs(kernel, D)):
-                if m is not None and variant["FOLD"]:
-                    continue  # FOLD is off under a mask: the same kernel as without it
+            for variant, cfg in itertools.product(variants if m is None else MASK_VARIANTS, _configs(kernel, D)):
                 out = K._empty_out(q)
                 jobs.append((kernel, variant, cfg, out, _launch(kernel, q, k, v, m, causal, variant, cfg, out)))
 
@@ -173,7 +180,7 @@ def main():
             errors = list(pool.map(lambda j: _try(compile_one, j), jobs))
         print(f"  compiled {len(jobs)} variants in {time.time() - t0:.0f} s", flush=True)
         for (kernel, variant, cfg, out, (fn, grid, a, kw)), cerr in zip(jobs, errors):
-            tag = "F" if variant["FOLD"] else "-"
+            tag = ("F" if variant["FOLD"] else "-") + ("T" if variant.get("TRIM") else "")
             name = f"{kernel} {tag} {cfg[0]}x{cfg[1]} w{cfg[2]} s{cfg[3]}"
             r = {**base, "provider": kernel, "variant": variant, "config": list(cfg)}
             if cerr:

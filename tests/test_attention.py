@@ -262,6 +262,53 @@ def test_key_padding_mask_read_once_per_tile(mask_kind, read_as, causal, device,
     assert_close_to_ref(out, ref, _sdpa(q, k, v, mask, D ** -0.5, causal), atol=1e-3)
 
 
+@pytest.mark.parametrize("fill,dtype,skips", [(None, torch.float16, True), ("min", torch.float16, True),
+                                               (-10000.0, torch.bfloat16, True), (-30.0, torch.float16, False)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_padding_mask_skips_the_key_blocks_it_drops(fill, dtype, skips, causal, device, monkeypatch):
+    # a key-padding mask (bool, or an additive fill of finfo.min or -10000, which bf16 holds as -9984): the
+    # forward and backward skip the key blocks it drops whole, with the same bits as reading them; a soft
+    # fill (-30) drops nothing. Batch 1 keeps keys 0-69, batch 2 keys 140-299 (causal additive masks keep the
+    # leading blocks: a row before the first kept key averages over the fill, as eager), batch 3 none; the
+    # dropped blocks' K and V are then made NaN, which only a read of them could bring into the results
+    B, Hq, Hkv, Sq, Sk, D = 4, 4, 2, 45, 300, 32
+    q, k, v = _qkv(B, Hq, Hkv, Sq, Sk, D, dtype, device, transposed=True, seed=3)
+    pos = torch.arange(Sk)
+    keep = torch.stack([pos >= 0, pos < 70, pos >= 140, pos < 0]).view(B, 1, 1, Sk)
+    fv = torch.finfo(dtype).min if fill == "min" else fill
+    mask = (keep if fill is None else torch.where(keep, 0.0, fv).to(dtype)).to(device)
+    dout = fresh(B, Hq, Sq, D, dtype=dtype, device=device, seed=9)
+    scale = D ** -0.5
+
+    def run(k, v):
+        out, lse = torch.ops.tritonfuse.attention_fwd(q, k, v, mask, scale, causal)
+        return (torch.ops.tritonfuse.attention(q, k, v, mask, scale, causal), out, lse,
+                *torch.ops.tritonfuse.attention_bwd(dout, q, k, v, out, lse, mask, scale, causal))
+
+    monkeypatch.setattr(K, "TRIM_PADDING", False)
+    every = run(k, v)
+    monkeypatch.setattr(K, "TRIM_PADDING", True)
+    trimmed = run(k, v)
+    for name, a, b in zip(("out", "fwd out", "lse", "dq", "dk", "dv"), trimmed, every):
+        assert torch.equal(a, b), name
+    ref = K.attention_ref(q, k, v, mask, scale, causal, upcast=True)
+    assert_close_to_ref(trimmed[0], ref, _sdpa(q, k, v, mask, scale, causal), atol=1e-3 if dtype == torch.float16 else 1e-2)
+
+    kn, vn = k.clone(), v.clone()  # every config's BLOCK_N divides 128: these blocks are dropped whole
+    for t in (kn, vn):
+        t[1, :, 128:] = float("nan")
+        if fill is None or not causal:
+            t[2, :, :128] = float("nan")
+    nan = run(kn, vn)
+    if skips:
+        assert torch.equal(nan[0], every[0]) and torch.equal(nan[2], every[2])
+        dk, dv = nan[4], nan[5]
+        assert torch.isfinite(nan[3]).all() and (dk[1, :, 128:] == 0).all() and (dv[1, :, 128:] == 0).all()
+        assert torch.equal(dk[0], every[4][0]) and torch.equal(dv[0], every[5][0])
+    elif not causal:  # kept keys: read, and NaN there, as eager gives (causal rows 0-44 never see key 128)
+        assert nan[0][1].isnan().all() and nan[0][0].isfinite().all()
+
+
 def test_tma_kernel_matches_pointer_kernel(device):
     # the check the TMA forward passes before its first use (Hopper); under the interpreter on the CPU too
     K._tma_checked.clear()
