@@ -190,7 +190,15 @@ def guarded(family: str, fn: Callable, anchor: Optional[Callable] = None) -> Cal
                     node = (anchor(match) if anchor else None) or match.output_node()
                 except Exception:
                     node = match.output_node()
-                note_fallback(family, node, "", reason)
+                with _lock:
+                    # a handler that raised: the replacement its check recorded was not carried out
+                    site = _pending.get(_site_key(node))
+                    if site is not None and site.status == "replaced":
+                        _pending[_site_key(node)] = dataclasses.replace(site, status="fallback", reason=reason,
+                                                                       measured=None)
+                        touched = [node]
+                if not touched:
+                    note_fallback(family, node, "", reason)
             message = f"a {family} site: {reason}"
             if message not in errors():
                 warnings.warn(f"tritonfuse: {message}; it is left to Inductor", stacklevel=2)
