@@ -1033,6 +1033,105 @@ def probe(device: str, dtype: torch.dtype, kernel: str, ksize: tuple, flat_k: bo
 # includes its op-call overhead. Timed once per shape, layout, epilogue, GPU and versions by
 # ``registry.measured_choice`` (kept on disk).
 
+# --- patch convolutions as one GEMM ---------------------------------------------------------------------
+# A convolution whose stride equals its kernel (no padding, no dilation, no groups) reads every input pixel
+# once, in non-overlapping patches: ViT's and Swin's patch embeddings (16x16 and 4x4 stride), ConvNeXt's
+# stem and downsampling layers (4x4, 2x2). It is one GEMM, [N*OH*OW, C*KH*KW] x [C*KH*KW, Cout], over the
+# patches gathered by a permuted copy of the input. cuDNN ran vit_b_16's (64x3x224x224 fp16, 768 16x16
+# filters, 14.8 GFLOP) in 0.56 ms on the H200 (a CUTLASS kernel of 0.38 ms and two NCHW-to-NHWC passes of
+# 0.075: profile-int8-vit_b_16-d959f51, about a tenth of the model's time); a GEMM that size takes some 0.03.
+# The rewrite is ATen ops that Inductor compiles (the gather fused into one copy, cuBLAS's GEMM with the
+# bias), decided per shape by timing it against the convolution (``choose_patch``).
+
+
+def is_patch_conv(w_shape, stride, padding, dilation, transposed, groups) -> bool:
+    """Whether a convolution's windows tile its input without overlap (stride = kernel > 1x1, no padding,
+    dilation or groups): the convolutions ``patch_gemm`` serves."""
+    k = tuple(w_shape[2:])
+    return (len(k) == 2 and tuple(stride) == k and k != (1, 1) and not any(padding) and not transposed
+            and all(d == 1 for d in dilation) and groups == 1)
+
+
+def patch_unsupported(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> Optional[str]:
+    """Why ``patch_gemm`` cannot serve a patch convolution of these operands, or None."""
+    if x.dim() != 4 or w.dim() != 4:
+        return f"only 2-D convolutions (4-D tensors) are supported, got {x.dim()}-D input"
+    if x.dtype not in DTYPES:
+        return f"dtype {x.dtype} not supported"
+    if w.dtype != x.dtype or (b is not None and b.dtype != x.dtype):
+        return f"mixed dtypes {x.dtype} / {w.dtype}" + (f" / {b.dtype}" if b is not None else "")
+    if w.shape[1] != x.shape[1]:
+        return "input channels differ from the weight's"
+    if any(type(d) is not int for t in (x, w) for d in (*t.shape, *t.stride())):
+        return "dynamic shapes"
+    if x.shape[2] < w.shape[2] or x.shape[3] < w.shape[3] or 0 in x.shape or 0 in w.shape:
+        return "empty output"
+    if any(t.device != x.device for t in (w, b) if t is not None):
+        return "operands on different devices"
+    return registry.device_unsupported(x.device)
+
+
+def _nhwc(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def patch_gemm(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], channels_last: bool) -> torch.Tensor:
+    """``conv2d(x, w, b, stride=kernel)`` as one GEMM over the input's patches, with the convolution's output
+    ([N, Cout, OH, OW]; its memory channels_last with ``channels_last``, else contiguous, as the graph's
+    convolution gave). Rows and columns past the last whole patch are dropped, as the convolution drops them.
+    A channels_last input is gathered pixel-major (its channels stay contiguous), the weight likewise."""
+    n, c, h, wd = x.shape
+    co, _, kh, kw = w.shape
+    oh, ow = h // kh, wd // kw
+    nhwc = _nhwc(x)
+    if (oh * kh, ow * kw) != (h, wd):
+        x = x[:, :, : oh * kh, : ow * kw]
+    x6 = x.reshape(n, c, oh, kh, ow, kw)
+    if nhwc:
+        patches = x6.permute(0, 2, 4, 3, 5, 1).reshape(n * oh * ow, kh * kw * c)
+        wm = w.permute(0, 2, 3, 1).reshape(co, kh * kw * c)
+    else:
+        patches = x6.permute(0, 2, 4, 1, 3, 5).reshape(n * oh * ow, c * kh * kw)
+        wm = w.reshape(co, c * kh * kw)
+    y = torch.addmm(b, patches, wm.t()) if b is not None else patches @ wm.t()
+    y = y.view(n, oh, ow, co).permute(0, 3, 1, 2)  # the GEMM's rows are pixels: channels_last memory
+    return y if channels_last else y.contiguous()
+
+
+def choose_patch(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], channels_last: bool) -> dict:
+    """Whether ``patch_gemm`` serves this patch convolution: ``{"use": ...}`` with ``ours_ms`` / ``theirs_ms``
+    (the gather and the GEMM / cuDNN's convolution, both as Inductor runs them: GPU time) where timed. Off the
+    GPU or with ``TRITONFUSE_MEASURE=0``: used. ``CHOICE`` "cudnn" leaves it to cuDNN."""
+    if CHOICE == "cudnn":
+        return {"use": False, "forced": True}
+    real = {}
+
+    def args():
+        if not real:
+            def rnd(t):
+                if t is None:
+                    return None
+                return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device).normal_()
+
+            real["a"] = (rnd(x), rnd(w), rnd(b))
+        return real["a"]
+
+    def ours():
+        return patch_gemm(*args(), channels_last)
+
+    def cudnn_conv():
+        xr, wr, br = args()
+        return torch.ops.aten.convolution(xr, wr, br, list(w.shape[2:]), [0, 0], [1, 1], False, [0, 0], 1)
+
+    key = "|".join(map(str, ("patch_gemm", str(x.dtype).replace("torch.", ""), "x".join(map(str, x.shape)),
+                             _layout(x), "x".join(map(str, w.shape)), _layout(w), int(b is not None),
+                             int(channels_last))))
+    try:
+        return registry.measured_choice(key, x.device, ours, [cudnn_conv], graphed=True)
+    except Exception as e:  # e.g. out of memory while timing: cuDNN's path
+        return {"use": False, "error": f"{type(e).__name__}: {e}"}
+
+
 CHOICE = "auto"  # "auto" (measure, as config.measure says), "triton" or "cudnn": tests force one path
 
 

@@ -15,6 +15,10 @@ post-grad passes do) rather than with a fixed ``register_replacement`` function.
 (``kernels.conv_bn.choose``), or by cuDNN's fused conv + bias + ReLU (+ residual) with the BN folded into the
 weight and bias by graph ops where that measured faster still; elsewhere it is left to Inductor (cuDNN and
 Inductor's fused epilogue) with the timings as the reason.
+
+A convolution whose stride equals its kernel (a patch embedding: ViT, Swin, ConvNeXt) is one GEMM over its
+input's patches: where it is not part of a site above, it is rewritten as a gather and a GEMM
+(``kernels.conv_bn.patch_gemm``) where that measured faster than cuDNN's convolution, whatever follows it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch._inductor import pattern_matcher
-from torch._inductor.pattern_matcher import Match, PatternMatcherPass, register_graph_pattern
+from torch._inductor.pattern_matcher import CallFunction, KeywordArg, Match, PatternMatcherPass, register_graph_pattern
 
 from tritonfuse import config, registry
 from tritonfuse.kernels import conv_bn as K
@@ -410,6 +414,96 @@ def _make_handler(head: str, act: str, res: bool, act2: str, constants: Counter)
     return handler
 
 
+# --- patch convolutions ---------------------------------------------------------------------------------
+
+PATCH_ARGS = ("x", "w", "b", "stride", "padding", "dilation", "transposed", "out_pad", "groups")
+# one convolution node, every argument a wildcard: the check picks the patch convolutions
+PATCH_PATTERN = CallFunction(aten.convolution.default, *(KeywordArg(n) for n in PATCH_ARGS))
+
+
+def _patch_like(conv: torch.fx.Node) -> bool:
+    w = _val(conv.args[1]) if len(conv.args) > 8 else None
+    return isinstance(w, torch.Tensor) and K.is_patch_conv(w.shape, *conv.args[3:6], conv.args[6], conv.args[8])
+
+
+def _patch_site(match: Match):
+    """(conv node, channels_last or the reason it is left to cuDNN, detail), or None where the convolution is
+    no patch convolution (those are the other patterns' sites, or cuDNN's)."""
+    conv = match.output_node()
+    if conv.target != aten.convolution.default or not _patch_like(conv):
+        return None
+    x, w = _val(conv.args[0]), _val(conv.args[1])
+    b = _val(conv.args[2]) if conv.args[2] is not None else None
+    out = _val(conv)
+    if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
+        return None
+    k = tuple(w.shape[2:])
+    detail = (f"x={'x'.join(map(str, x.shape))} w={'x'.join(map(str, w.shape))} s{k} "
+              f"{str(x.dtype).replace('torch.', '')}")
+    reason = K.patch_unsupported(x, w, b)
+    channels_last = None
+    if reason is None:
+        if out.is_contiguous():
+            channels_last = False
+        elif out.is_contiguous(memory_format=torch.channels_last):
+            channels_last = True
+        else:
+            reason = f"output strides {out.stride()} are neither contiguous nor channels_last"
+    if reason is None:
+        choice = K.choose_patch(x, w, b, channels_last)
+        if "ours_ms" in choice:
+            detail += f" gather+GEMM {choice['ours_ms']:.4f} ms / cudnn conv {choice['theirs_ms']:.4f} ms"
+        if not choice["use"]:
+            why = ("forced" if choice.get("forced") else f"timing failed ({choice['error']})" if "error" in choice
+                   else registry.slower_reason(choice, ""))
+            reason = f"cuDNN's convolution: {why}"
+    return conv, (reason if reason else channels_last), detail
+
+
+def patch_kernel_name(w_shape) -> str:
+    return f"patch_gemm[{w_shape[2]}x{w_shape[3]}]"
+
+
+def _patch_check(match: Match) -> bool:
+    site = _patch_site(match)
+    _checked[:] = [match, site]
+    if site is None:
+        return False
+    conv, how, detail = site
+    name = patch_kernel_name(_val(conv.args[1]).shape)
+    if isinstance(how, str):
+        registry.note_fallback(FAMILY, conv, name, how, detail)
+        return False
+    registry.note_replaced(FAMILY, conv, name, detail)
+    return True
+
+
+def _patch_handler(match: Match, *args, **kwargs) -> None:
+    site = _checked[1] if _checked[0] is match else _patch_site(match)
+    _checked[:] = [None, None]
+    conv, channels_last, _ = site
+    bias = conv.args[2] is not None
+    nodes = [conv.args[0], conv.args[1]] + ([conv.args[2]] if bias else [])
+
+    def with_bias(x, w, b):
+        return K.patch_gemm(x, w, b, channels_last)
+
+    def without_bias(x, w):
+        return K.patch_gemm(x, w, None, channels_last)
+
+    match.replace_by_example(with_bias if bias else without_bias, nodes)
+
+
+def _has_patch_conv(graph) -> dict:
+    """{device type: True} for the devices of ``graph``'s patch convolutions."""
+    out = {}
+    for c in graph.find_nodes(op="call_function", target=aten.convolution.default):
+        v = _val(c)
+        if isinstance(v, torch.Tensor) and _patch_like(c):
+            out[v.device.type] = True
+    return out
+
+
 # --- registration --------------------------------------------------------------------------------------
 
 
@@ -454,11 +548,12 @@ def pattern_spec(graph_ops: frozenset, graph=None):
         return None
     convs = () if graph is None else graph.find_nodes(op="call_function", target=aten.convolution.default)
     vals = [v for v in (_val(c) for c in convs) if isinstance(v, torch.Tensor)]
+    patch = {"cpu": True} if graph is None else _has_patch_conv(graph)
     spec = []
     for dev in sorted({v.device.type for v in vals} or {"cpu"}):
         dtypes = frozenset(v.dtype for v in vals if v.device.type == dev)
         wanted = wanted_patterns(graph_ops, dtypes or frozenset({torch.float32, torch.float16}))
-        if wanted:
+        if wanted or patch.get(dev):  # (the patch pattern is one node: registered with every pass)
             spec.append((dev, wanted))
     return tuple(spec) or None
 
@@ -503,4 +598,8 @@ def _build(per_device: tuple) -> PatternMatcherPass:
     seen: set = set()
     for dev, wanted in per_device:
         _register_patterns(pm, dev, wanted, seen)
+    # anchored on the convolution itself: tried after the patterns that end further down the graph (the
+    # matcher walks it from its end), so a conv + BN site the kernels serve is never split
+    register_graph_pattern(PATCH_PATTERN, extra_check=registry.guarded(FAMILY, _patch_check), pass_dict=pm)(
+        registry.guarded(FAMILY, _patch_handler))
     return pm

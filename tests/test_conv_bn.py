@@ -1195,3 +1195,93 @@ def test_shorter_patterns_at_a_conv_that_lost_its_timing_are_not_timed(tmp_path,
     assert kernels == ["conv_bn[bn,none+res,relu]", "conv_bn[bn,relu]"], kernels
     assert all("measured faster" in s.reason for s in tritonfuse.sites() if s.family == FAMILY)
     torch.testing.assert_close(out, eager, atol=1e-4, rtol=1e-4)
+
+
+# --- patch convolutions (stride = kernel) as one GEMM ---------------------------------------------------
+
+
+class PatchEmbed(nn.Module):
+    """A ViT-style patch embedding: conv(stride = kernel), then the patches as tokens (or the conv's output)."""
+
+    def __init__(self, k, cin=3, cout=24, bias=True, tokens=True, padding=0, groups=1, stride=None):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, stride=stride or k, padding=padding, bias=bias, groups=groups)
+        self.tokens = tokens
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y.flatten(2).transpose(1, 2) * 0.5 if self.tokens else y
+
+
+@pytest.mark.parametrize("k,hw,layout,bias,tokens,dtype", [
+    (4, (16, 16), "nchw", True, True, torch.float32),
+    (4, (18, 19), "nchw", True, False, torch.float32),  # rows and columns past the last patch dropped
+    (2, (10, 12), "cl", False, False, torch.float32),  # channels_last in and out, no bias
+    (3, (12, 9), "cl", True, True, torch.bfloat16),
+    (8, (16, 24), "sliced", True, False, torch.float16),  # every other channel of a wider image
+])
+def test_patch_convolution_as_one_gemm(k, hw, layout, bias, tokens, dtype):
+    m = PatchEmbed(k, bias=bias, tokens=tokens).eval().to(dtype)
+    if layout == "sliced":
+        x = fresh(2, 6, *hw, dtype=dtype, seed=31)[:, ::2]
+    else:
+        x = fresh(2, 3, *hw, dtype=dtype, seed=31)
+        if layout == "cl":
+            x = x.contiguous(memory_format=torch.channels_last)
+    _compile_check(m, x, _counts(1, 1), atol=ATOL[dtype], kernels=[f"patch_gemm[{k}x{k}]"])
+
+
+@pytest.mark.parametrize("kw", [dict(k=3, stride=2), dict(k=2, padding=1), dict(k=2, cin=4, groups=2),
+                                dict(k=1)])
+def test_overlapping_padded_grouped_and_1x1_convs_are_no_patch_sites(kw):
+    # overlapping windows, padding, groups or a 1x1 kernel: not a GEMM over disjoint patches (a plain conv
+    # with bias and nothing after it is no conv_bn site either)
+    cin = kw.pop("cin", 3)
+    m = PatchEmbed(cin=cin, tokens=False, **kw).eval()
+    _compile_check(m, fresh(2, cin, 12, 12, seed=32), _counts(0, 0), kernels=[])
+
+
+def test_patch_convolution_left_to_cudnn_with_its_reason(monkeypatch):
+    monkeypatch.setattr(K, "CHOICE", "cudnn")
+    m = PatchEmbed(4).eval()
+    _compile_check(m, fresh(2, 3, 20, 16, seed=33), _counts(1, 0, 1), kernels=[])  # (a shape of its own)
+    (site,) = [s for s in tritonfuse.sites() if s.family == FAMILY]
+    assert site.kernel == "patch_gemm[4x4]" and site.reason == "cuDNN's convolution: forced", site
+
+
+def test_a_patch_replacement_that_raises_is_counted_as_left_to_inductor(monkeypatch):
+    # the check recorded a replacement, the handler's trace failed: the site is a fallback, not "replaced"
+    def broken(*args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(K, "patch_gemm", broken)
+    m = PatchEmbed(4).eval()
+    with pytest.warns(UserWarning, match="boom"):
+        _compile_check(m, fresh(2, 3, 16, 20, seed=34), _counts(1, 0, 1), kernels=[])  # (a shape of its own)
+
+
+def test_patch_conv_followed_by_bn_is_served_as_a_gemm():
+    # a 2x2 stride-2 conv + BN (a downsampling layer): the implicit-GEMM kernel has no 2x2 tiles, so the conv
+    # alone becomes the GEMM and the BN stays Inductor's pointwise work
+    m = _randomize_bn(nn.Sequential(nn.Conv2d(8, 16, 2, stride=2, bias=False), nn.BatchNorm2d(16))).eval()
+    x = torch.randn(2, 8, 10, 10).to(memory_format=torch.channels_last)
+    _compile_check(m, x, _counts(1, 1), kernels=["patch_gemm[2x2]"])
+
+
+def test_vit_and_convnext_patch_embeddings():
+    torchvision = pytest.importorskip("torchvision")
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from tritonfuse import config
+
+    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=32,
+                            mlp_dim=64, num_classes=10).eval()
+    # ConvNeXt: a 4x4 stride-4 stem and a 2x2 stride-2 downsampling layer; its 7x7 convs are depthwise
+    convnext = ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)], num_classes=10).eval()
+    for model, kernels in ((vit, ["patch_gemm[8x8]"]), (convnext, ["patch_gemm[4x4]", "patch_gemm[2x2]"])):
+        torch._dynamo.reset()
+        tritonfuse.reset()
+        with config.patch(patterns="conv_bn"):
+            _compile_check(model, fresh(2, 3, 32, 32, seed=35), _counts(len(kernels), len(kernels)),
+                           kernels=kernels)
