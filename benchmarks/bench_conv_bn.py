@@ -1,8 +1,9 @@
 """Conv + BN (eval) + ReLU at every distinct conv shape of ResNet-50, batch 64, fp16, channels_last, and
-Conv + BN + residual add + ReLU at its four 1x1 expansions (the bottleneck's last conv).
+Conv + BN + residual add + ReLU at its four 1x1 expansions (the bottleneck's last conv), and the patch
+convolutions (stride = kernel) of ViT, Swin and ConvNeXt, which the backend serves as one GEMM.
 
 Run on a GPU:  python benchmarks/bench_conv_bn.py [--budget SECONDS] [--counts] [--model] [--out DIR]
-                                                  [--timer graph|plain] [--only 1x1]
+                                                  [--timer graph|plain] [--only 1x1|patch]
 
 Providers, in one run, at each shape:
   eager       F.conv2d (cuDNN) + F.batch_norm + relu
@@ -157,6 +158,67 @@ def shape_rows(cin, cout, k, s, p, hw, dtype=torch.float16, residual=False):
     return rows
 
 
+# patch convolutions (stride = kernel), served as one GEMM (kernels.conv_bn.patch_gemm): (name, batch, C_in,
+# H=W, C_out, kernel, channels_last input, tokens: the output read as ViT reads it, flattened to tokens behind
+# a class token)
+PATCH_SHAPES = [
+    ("vit_b_16 patch embedding", 64, 3, 224, 768, 16, False, True),
+    ("vit_b_16 conv alone", 64, 3, 224, 768, 16, False, False),
+    ("swin_t / convnext_tiny stem", 64, 3, 224, 96, 4, False, False),
+    ("convnext_tiny downsample 1", 64, 96, 56, 192, 2, True, False),
+    ("convnext_tiny downsample 3", 64, 384, 14, 768, 2, True, False),
+]
+
+
+def patch_rows(name, batch, cin, hw, cout, k, channels_last, tokens, dtype=torch.float16):
+    """eager (cuDNN), inductor, patch_gemm (the gather and cuBLAS's GEMM, eager) and chosen (the backend's
+    compile: the GEMM where it measured faster) at one patch convolution."""
+    g = torch.Generator(device=DEVICE).manual_seed(cin * 7 + cout + k)
+    x = torch.randn(batch, cin, hw, hw, device=DEVICE, dtype=dtype, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(cout, cin, k, k, device=DEVICE, dtype=dtype, generator=g) / (cin * k * k) ** 0.5
+    b = torch.randn(cout, device=DEVICE, dtype=dtype, generator=g) * 0.1
+    cls = torch.randn(1, 1, cout, device=DEVICE, dtype=dtype, generator=g)
+
+    def fn(x, w, b, cls):
+        y = F.conv2d(x, w, b, stride=k)
+        if not tokens:
+            return y
+        return torch.cat([cls.expand(x.shape[0], -1, -1), y.flatten(2).transpose(1, 2)], dim=1)
+
+    def patch(x, w, b, cls):
+        y = K.patch_gemm(x, w, b, channels_last)
+        if not tokens:
+            return y
+        return torch.cat([cls.expand(x.shape[0], -1, -1), y.flatten(2).transpose(1, 2)], dim=1)
+
+    x2 = x[:2].contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    ref = fn(x2.double(), w.double(), b.double(), cls.double())
+    check(f"patch_gemm {name}", patch(x2, w, b, cls), ref, fn(x2, w, b, cls))
+    torch._dynamo.reset()
+    inductor = torch.compile(fn, dynamic=False)
+    inductor(x, w, b, cls)
+    tritonfuse.reset()
+    chosen = torch.compile(fn, dynamic=False, backend="tritonfuse")
+    check(f"chosen {name}", chosen(x2, w, b, cls), ref, fn(x2, w, b, cls))
+    chosen(x, w, b, cls)
+    sites = [s for s in tritonfuse.sites() if s.family == "conv_bn"]
+    kernel = sites[-1].kernel if sites and sites[-1].status == "replaced" else "inductor"
+    times = {
+        "eager": bench(lambda: fn(x, w, b, cls)),
+        "inductor": bench(lambda: inductor(x, w, b, cls)),
+        "patch_gemm": bench(lambda: patch(x, w, b, cls)),
+        "chosen": bench(lambda: chosen(x, w, b, cls)),
+    }
+    flops = 2.0 * batch * (hw // k) ** 2 * cout * cin * k * k
+    label = f"{name}: {batch}x{cin}x{hw}x{hw}{' cl' if channels_last else ''} -> {cout} k{k} s{k}"
+    print(f"patch_conv {label:<70} " + "  ".join(f"{p} {v:.4f}" for p, v in times.items())
+          + f"  chosen={kernel}  chosen vs inductor {times['inductor'] / times['chosen']:.2f}x", flush=True)
+    return [row("patch_conv", label, dtype, prov, ms, tflops=flops / ms / 1e9,
+                **({"chosen_kernel": kernel} if prov == "chosen" else {})) for prov, ms in times.items()]
+
+
 def gpu_counts():
     """conv_bn match counts on the CUDA graph of ResNet-50 (fp16, channels_last), compiled but not run."""
     import torchvision
@@ -230,7 +292,8 @@ def main():
     ap.add_argument("--model", action="store_true", help="also the whole ResNet-50 (needs minutes)")
     ap.add_argument("--counts", action="store_true", help="first, the conv_bn match counts on ResNet-50's CUDA graph")
     ap.add_argument("--out", default=None, help="also write the rows to DIR/conv_bn_rows.json")
-    ap.add_argument("--only", choices=("all", "1x1"), default="all", help="1x1: the 1x1 stride-1 shapes alone")
+    ap.add_argument("--only", choices=("all", "1x1", "patch"), default="all",
+                    help="1x1: the 1x1 stride-1 shapes alone; patch: the patch convolutions alone")
     add_timer_arg(ap)
     args = ap.parse_args()
     set_timer(args)
@@ -255,6 +318,17 @@ def main():
     cases = [((cin, cout, 1, 1, 0, hw), True) for cin, cout, hw in RESIDUAL_SHAPES] + cases
     if args.only == "1x1":
         cases = [c for c in cases if c[0][2] == 1 and c[0][3] == 1]
+    if args.only in ("all", "patch"):
+        for shape in PATCH_SHAPES:
+            if time.time() > deadline:
+                break
+            try:
+                rows += patch_rows(*shape)
+            except Exception as e:  # noqa: BLE001 - one failing shape must not cost the others' numbers
+                print(f"patch shape {shape[0]} failed: {type(e).__name__}: {e}", flush=True)
+            save()
+        if args.only == "patch":
+            cases = []
     for shape, residual in cases:
         if time.time() > deadline:
             print(f"budget spent: skipped {shape} and the rest", flush=True)

@@ -23,6 +23,7 @@
 #   bash scripts/gpu_session.sh lpt     # scripts/lpt_probe.py: the causal attention forward in LPT order (on since
 #                                       # the 33rd session) against head-major order and SDPA
 #   bash scripts/gpu_session.sh graphs  # the zoo again from CUDA graphs
+#   bash scripts/gpu_session.sh s43     # the 43rd session's patch-convolution GEMM and padded-attention trim
 #   bash scripts/gpu_session.sh audit   # torchvision convnets (tiny, fp16) through the backend against eager and
 #                                       # fp64, conv sites inlined: does any model break? (scripts/model_audit.py)
 #   bash scripts/gpu_session.sh tiled   # scripts/wonly_tiled_probe.py: the int8 decode GEMM over a tiled weight layout
@@ -228,6 +229,18 @@ case "${1:-tests}" in
         --out "$out/qload-$v/" > "$out/qload_$v.txt" 2>&1
       grep -E "^(bert-base|vit_b_16) " "$out/qload_$v.txt" | head -8
     done ;;
+  s43)
+    # prepared in the 43rd session (no GPU lent): the patch convolutions served as one GEMM (conv_bn: vit_b_16's
+    # 16x16 patch embedding took 0.56 ms in cuDNN on the H200) and the attention key blocks a padding mask
+    # drops skipped (bert-base). Their GPU tests, then bench_conv_bn.py --only patch and the bert attention
+    # sweep with TRIM off / on; then: MODELS=vit_b_16,bert-base bash scripts/gpu_session.sh graphs
+    timeout 200 $PY -m pytest tests/test_conv_bn.py tests/test_attention.py -q -p no:cacheprovider \
+      -k "patch or skips_the_key or key_padding or bert or vit or backward" > "$out/s43_tests.txt" 2>&1
+    tail -3 "$out/s43_tests.txt"
+    timeout 200 $PY benchmarks/bench_conv_bn.py --only patch --out "$out" > "$out/bench_patch.txt" 2>&1
+    grep -E "^patch_conv|check|failed" "$out/bench_patch.txt" | tail -20
+    timeout 150 $PY scripts/attn_fwd_sweep.py --shapes bert --kernels pointer --out "$out/attn-trim.jsonl" \
+      > "$out/attn_trim.txt" 2>&1; tail -6 "$out/attn_trim.txt" ;;
   int8_42)
     # issue 7, prepared in the 42nd session: the GPU tests of its changes (the rounding test's device fix, the
     # LayerNorm walk through a permute, the handoff's report), then bench_int8.py's MLP section (failed before
