@@ -423,7 +423,9 @@ PATCH_PATTERN = CallFunction(aten.convolution.default, *(KeywordArg(n) for n in 
 
 def _patch_like(conv: torch.fx.Node) -> bool:
     w = _val(conv.args[1]) if len(conv.args) > 8 else None
-    return isinstance(w, torch.Tensor) and K.is_patch_conv(w.shape, *conv.args[3:6], conv.args[6], conv.args[8])
+    # (a symbolic kernel size is never compared: that would add a guard to a dynamic graph)
+    return (isinstance(w, torch.Tensor) and all(type(d) is int for d in w.shape)
+            and K.is_patch_conv(w.shape, *conv.args[3:6], conv.args[6], conv.args[8]))
 
 
 def _patch_site(match: Match):

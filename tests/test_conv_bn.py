@@ -1285,3 +1285,15 @@ def test_vit_and_convnext_patch_embeddings():
         with config.patch(patterns="conv_bn"):
             _compile_check(model, fresh(2, 3, 32, 32, seed=35), _counts(len(kernels), len(kernels)),
                            kernels=kernels)
+
+
+def test_patch_convolution_with_dynamic_shapes_is_left_to_cudnn():
+    m = PatchEmbed(4).eval()
+    x = fresh(3, 3, 24, 20, seed=36)  # (a shape of its own)
+    with torch.no_grad():
+        out = torch.compile(m, backend="tritonfuse", dynamic=True)(x)
+        eager = m(x)
+    assert tritonfuse.counters()[FAMILY] == _counts(1, 0, 1), tritonfuse.report()
+    (site,) = [s for s in tritonfuse.sites() if s.family == FAMILY]
+    assert site.kernel == "patch_gemm[4x4]" and site.reason == "dynamic shapes", site
+    torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-5)
