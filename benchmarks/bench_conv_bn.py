@@ -181,17 +181,16 @@ def patch_rows(name, batch, cin, hw, cout, k, channels_last, tokens, dtype=torch
     b = torch.randn(cout, device=DEVICE, dtype=dtype, generator=g) * 0.1
     cls = torch.randn(1, 1, cout, device=DEVICE, dtype=dtype, generator=g)
 
-    def fn(x, w, b, cls):
-        y = F.conv2d(x, w, b, stride=k)
+    def read(y, cls):  # as ViT reads the conv's output, or the output itself
         if not tokens:
             return y
-        return torch.cat([cls.expand(x.shape[0], -1, -1), y.flatten(2).transpose(1, 2)], dim=1)
+        return torch.cat([cls.expand(y.shape[0], -1, -1), y.flatten(2).transpose(1, 2)], dim=1)
+
+    def fn(x, w, b, cls):
+        return read(F.conv2d(x, w, b, stride=k), cls)
 
     def patch(x, w, b, cls):
-        y = K.patch_gemm(x, w, b, channels_last)
-        if not tokens:
-            return y
-        return torch.cat([cls.expand(x.shape[0], -1, -1), y.flatten(2).transpose(1, 2)], dim=1)
+        return read(K.patch_gemm(x, w, b, channels_last), cls)
 
     x2 = x[:2].contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     ref = fn(x2.double(), w.double(), b.double(), cls.double())

@@ -1107,13 +1107,8 @@ def choose_patch(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], ch
     real = {}
 
     def args():
-        if not real:
-            def rnd(t):
-                if t is None:
-                    return None
-                return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device).normal_()
-
-            real["a"] = (rnd(x), rnd(w), rnd(b))
+        if not real:  # created on first use, inside measured_choice (out of Inductor's fake mode)
+            real["a"] = (_random_like(x), _random_like(w), _random_like(b))
         return real["a"]
 
     def ours():
@@ -1133,6 +1128,15 @@ def choose_patch(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], ch
 
 
 CHOICE = "auto"  # "auto" (measure, as config.measure says), "triton" or "cudnn": tests force one path
+
+
+def _random_like(t: Optional[torch.Tensor], pos: bool = False) -> Optional[torch.Tensor]:
+    """A real tensor of ``t``'s shape, strides, dtype and device for a timing: normal, or (``pos``) uniform
+    in [0.5, 1.5] (a variance); None for None."""
+    if t is None:
+        return None
+    out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+    return out.uniform_(0.5, 1.5) if pos else out.normal_()
 
 
 def _layout(t: Optional[torch.Tensor]) -> str:
@@ -1185,12 +1189,7 @@ def choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last, int8:
     def args():
         # created on first use, inside measured_choice (out of Inductor's fake mode)
         if not real:
-            def rnd(t, pos=False):
-                if t is None:
-                    return None
-                out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
-                return out.uniform_(0.5, 1.5) if pos else out.normal_()
-
+            rnd = _random_like
             real["a"] = (rnd(x), rnd(w), rnd(b), rnd(bn[0]), rnd(bn[1], pos=True), rnd(bn[2]), rnd(bn[3]), rnd(r),
                          list(stride), list(padding), eps, act, act2, channels_last)
         return real["a"]

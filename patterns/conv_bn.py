@@ -472,12 +472,8 @@ def _patch_check(match: Match) -> bool:
     if site is None:
         return False
     conv, how, detail = site
-    name = patch_kernel_name(_val(conv.args[1]).shape)
-    if isinstance(how, str):
-        registry.note_fallback(FAMILY, conv, name, how, detail)
-        return False
-    registry.note_replaced(FAMILY, conv, name, detail)
-    return True
+    return registry.settle(FAMILY, conv, patch_kernel_name(_val(conv.args[1]).shape),
+                           how if isinstance(how, str) else None, detail)
 
 
 def _patch_handler(match: Match, *args, **kwargs) -> None:
@@ -496,14 +492,10 @@ def _patch_handler(match: Match, *args, **kwargs) -> None:
     match.replace_by_example(with_bias if bias else without_bias, nodes)
 
 
-def _has_patch_conv(graph) -> dict:
-    """{device type: True} for the devices of ``graph``'s patch convolutions."""
-    out = {}
-    for c in graph.find_nodes(op="call_function", target=aten.convolution.default):
-        v = _val(c)
-        if isinstance(v, torch.Tensor) and _patch_like(c):
-            out[v.device.type] = True
-    return out
+def _patch_devices(graph) -> set:
+    """The device types of ``graph``'s patch convolutions."""
+    return {v.device.type for c in graph.find_nodes(op="call_function", target=aten.convolution.default)
+            for v in [_val(c)] if isinstance(v, torch.Tensor) and _patch_like(c)}
 
 
 # --- registration --------------------------------------------------------------------------------------
@@ -550,12 +542,12 @@ def pattern_spec(graph_ops: frozenset, graph=None):
         return None
     convs = () if graph is None else graph.find_nodes(op="call_function", target=aten.convolution.default)
     vals = [v for v in (_val(c) for c in convs) if isinstance(v, torch.Tensor)]
-    patch = {"cpu": True} if graph is None else _has_patch_conv(graph)
+    patch = {"cpu"} if graph is None else _patch_devices(graph)
     spec = []
     for dev in sorted({v.device.type for v in vals} or {"cpu"}):
         dtypes = frozenset(v.dtype for v in vals if v.device.type == dev)
         wanted = wanted_patterns(graph_ops, dtypes or frozenset({torch.float32, torch.float16}))
-        if wanted or patch.get(dev):  # (the patch pattern is one node: registered with every pass)
+        if wanted or dev in patch:  # (the patch pattern is one node: registered with every pass)
             spec.append((dev, wanted))
     return tuple(spec) or None
 
