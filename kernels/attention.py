@@ -1377,11 +1377,44 @@ def attention_ref(q, k, v, mask=None, scale=None, is_causal=False, upcast: bool 
     return p @ v
 
 
+def _timing_mask(mshape: tuple, dtype: torch.dtype, device, padding: Optional[bool]) -> torch.Tensor:
+    """A mask of ``mshape`` to time a site with. ``padding`` None: a tenth of the entries dropped at random
+    (key 0 of every row kept); True / False: a key-padding mask (the same for every query row) of a batch
+    padded at the end, each sequence keeping half to all of its keys (the first all of them, where the batch
+    has several), or of a batch without padding. Bool, or additive with -inf where a key is dropped."""
+    if padding is None:
+        keep = torch.rand(mshape, device=device) > 0.1
+        keep[..., 0] = True
+    else:
+        b, sk = mshape[0], mshape[-1]
+        lengths = torch.full((b,), sk)
+        if padding:
+            lengths = torch.randint(sk // 2, sk + 1, (b,), generator=torch.Generator().manual_seed(sk))
+            if b > 1:
+                lengths[0] = sk
+        keep = (torch.arange(sk)[None, :] < lengths[:, None]).view(b, *([1] * (len(mshape) - 2)), sk)
+        keep = keep.expand(mshape).contiguous().to(device)
+    if dtype == torch.bool:
+        return keep
+    return torch.zeros(mshape, device=device, dtype=dtype).masked_fill(~keep, float("-inf"))
+
+
+def _is_key_padding(mshape: Optional[tuple]) -> bool:
+    """A mask shape that is the same for every query row ([B, 1 or H, 1, Sk]): a key-padding mask."""
+    return mshape is not None and len(mshape) == 4 and mshape[-2] == 1
+
+
 def measure(q, k, v, mask, is_causal: bool, device: Optional[torch.device] = None) -> dict:
     """On a GPU, time this kernel against PyTorch's SDPA (cuDNN, flash or memory-efficient, whichever it
     picks) at the site's shapes, K/V repeated to the query heads as the graph does for GQA; cached per shape.
     ``q``, ``k``, ``v``, ``mask`` give shapes and dtypes (they may be meta stand-ins); ``device`` (default
-    ``q.device``) is where the site runs and is timed."""
+    ``q.device``) is where the site runs and is timed.
+
+    A key-padding mask (``_is_key_padding``) drops a run of keys at the end of the shorter sequences of a
+    padded batch: the kernel skips those key blocks (``TRIM_PADDING``), SDPA computes them. Such a site is
+    timed twice: on a padded batch (``_timing_mask``) it must win by the margin, and on a batch without
+    padding it must not lose (median ratio at most 1), so an unpadded batch never pays for a choice made on
+    padded ones. Other masks drop a tenth of their entries at random."""
     device = torch.device(device) if device is not None else q.device
     B, H, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
@@ -1389,33 +1422,44 @@ def measure(q, k, v, mask, is_causal: bool, device: Optional[torch.device] = Non
     key = (f"attention|B{B}xH{H}xKV{Hkv}xSq{Sq}xSk{Sk}xD{D}|{q.dtype}|mask{mshape}:{mask.dtype if mask is not None else ''}"
            f"|causal{int(is_causal)}")
     graphed = inline.will_inline(torch.ops.tritonfuse.attention.default, device)
-    lazy = {}
 
-    def args():
-        if not lazy:
-            def real(*shape):
-                return torch.randn(shape, device=device, dtype=q.dtype)
-            m = None
-            if mask is not None:
-                keep = torch.rand(mshape, device=device) > 0.1
-                keep[..., 0] = True
-                m = keep if mask.dtype == torch.bool else torch.zeros(mshape, device=device, dtype=mask.dtype).masked_fill(~keep, float("-inf"))
-            kk, vv = real(B, Hkv, Sk, D), real(B, Hkv, Sk, D)
-            lazy.update(q=real(B, H, Sq, D), k=kk, v=vv, m=m, kr=kk.repeat_interleave(H // Hkv, 1),
-                        vr=vv.repeat_interleave(H // Hkv, 1))
-        return lazy
+    def timed(padding: Optional[bool]) -> dict:
+        lazy = {}
 
-    def ours():
-        a = args()
-        # inlined calls run the pointer (or decode) kernels: those are timed
-        return _forward(a["q"], a["k"], a["v"], a["m"], D ** -0.5, is_causal, store_lse=False, tma=not graphed)[0]
+        def args():
+            if not lazy:
+                def real(*shape):
+                    return torch.randn(shape, device=device, dtype=q.dtype)
+                m = None if mask is None else _timing_mask(mshape, mask.dtype, device, padding)
+                kk, vv = real(B, Hkv, Sk, D), real(B, Hkv, Sk, D)
+                lazy.update(q=real(B, H, Sq, D), k=kk, v=vv, m=m, kr=kk.repeat_interleave(H // Hkv, 1),
+                            vr=vv.repeat_interleave(H // Hkv, 1))
+            return lazy
 
-    def sdpa():
-        a = args()
-        return torch.nn.functional.scaled_dot_product_attention(a["q"], a["kr"], a["vr"], attn_mask=a["m"],
-                                                                is_causal=is_causal and a["m"] is None)
+        def ours():
+            a = args()
+            # inlined calls run the pointer (or decode) kernels: those are timed
+            return _forward(a["q"], a["k"], a["v"], a["m"], D ** -0.5, is_causal, store_lse=False,
+                            tma=not graphed)[0]
 
-    return registry.measured_choice(key, device, ours, [sdpa], graphed=graphed)
+        def sdpa():
+            a = args()
+            return torch.nn.functional.scaled_dot_product_attention(a["q"], a["kr"], a["vr"], attn_mask=a["m"],
+                                                                    is_causal=is_causal and a["m"] is None)
+
+        suffix = "" if padding is None else ("|padded batch" if padding else "|unpadded batch")
+        return registry.measured_choice(key + suffix, device, ours, [sdpa], graphed=graphed)
+
+    if not (TRIM_PADDING and _is_key_padding(mshape)):
+        return timed(None)
+    rec = timed(True)
+    if not rec.get("use") or "ours_ms" not in rec:  # (slower, unmeasured, or not timed off the GPU)
+        return rec
+    unpadded = timed(False)
+    ratio = registry.cost_ratio(unpadded)
+    if unpadded.get("unmeasured") or (ratio is not None and ratio > 1.0):
+        return {**unpadded, "use": False, "vs": "SDPA on a batch without padding"}
+    return rec
 
 
 def probe(device: str, dtype: torch.dtype, head_dim: int, mask_kind: str, is_causal: bool, gqa: bool,

@@ -441,7 +441,7 @@ def _decide(site: torch.fx.Node, q, k, v, mask, is_causal: bool, kernel: str, pa
         # the hinted stand-ins are meta tensors: the site's own device is where it is timed
         rec = K.measure(hq, hk, hv, hm, is_causal, device=q.device)
         if not rec["use"]:
-            reason = registry.slower_reason(rec, "SDPA")
+            reason = registry.slower_reason(rec, rec.get("vs", "SDPA"))
     return registry.settle(FAMILY, site, kernel, reason, detail)
 
 

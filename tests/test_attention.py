@@ -675,6 +675,83 @@ def test_site_is_measured_on_its_own_device(monkeypatch, device):
     assert seen == [torch.device(device).type]
 
 
+@pytest.mark.parametrize("mshape,dtype", [((5, 1, 1, 37), torch.bool), ((3, 4, 1, 20), torch.float16),
+                                          ((1, 1, 1, 33), torch.float32)])
+def test_timing_masks(mshape, dtype):
+    # a key-padding site is timed on a batch padded at the end and on one without padding
+    b, sk = mshape[0], mshape[-1]
+
+    def kept(m):
+        return m if m.dtype == torch.bool else m == 0
+
+    padded, unpadded = (kept(K._timing_mask(mshape, dtype, "cpu", p)) for p in (True, False))
+    assert padded.shape == unpadded.shape == mshape
+    assert unpadded.all()
+    lengths = padded[:, 0, 0].sum(-1)
+    for i in range(b):
+        assert padded[i, :, 0, :lengths[i]].all() and not padded[i, :, 0, lengths[i]:].any()  # a prefix
+    assert (padded == padded[:, :1, :1]).all()  # the same keys for every head and query
+    assert (lengths >= sk // 2).all() and (lengths < sk).any()  # padding there is (keeps half or more)
+    if b > 1:
+        assert lengths[0] == sk
+    if dtype != torch.bool:
+        m = K._timing_mask(mshape, dtype, "cpu", True)
+        assert set(m.unique().tolist()) == {0.0, float("-inf")}
+    scattered = kept(K._timing_mask((2, 1, 7, 40), dtype, "cpu", None))
+    assert scattered[..., 0].all() and not scattered.all()
+
+
+def _stub_timings(monkeypatch, ratios):
+    """registry.measured_choice answering from ``ratios`` (key suffix -> ours/theirs), the keys asked kept."""
+    asked = []
+
+    def stub(key, dev, ours, theirs, graphed=False, **kw):
+        suffix = key.rsplit("|", 1)[-1] if key.endswith("batch") else ""
+        asked.append(suffix)
+        r = ratios[suffix]
+        return registry._decided({"ours_ms": 0.1 * r, "theirs_ms": 0.1, "ratio": r, "rounds": 40})
+
+    monkeypatch.setattr(registry, "measured_choice", stub)
+    return asked
+
+
+@pytest.mark.parametrize("padded,unpadded,use,asked", [
+    (0.90, 0.98, True, ["padded batch", "unpadded batch"]),  # wins padded, no loss unpadded
+    (0.90, 1.04, False, ["padded batch", "unpadded batch"]),  # an unpadded batch would lose
+    (0.99, 0.90, False, ["padded batch"]),  # no win by the margin where padding helps: not timed further
+])
+def test_key_padding_site_timed_padded_and_unpadded(monkeypatch, padded, unpadded, use, asked):
+    got = _stub_timings(monkeypatch, {"padded batch": padded, "unpadded batch": unpadded})
+    q, k, v = (torch.empty(4, 12, 512, 64, dtype=torch.float16, device="meta") for _ in range(3))
+    mask = torch.empty(4, 1, 1, 512, dtype=torch.float16, device="meta")
+    rec = K.measure(q, k, v, mask, False, device="cpu")
+    assert rec["use"] == use and got == asked
+    if not use:
+        reason = registry.slower_reason(rec, rec.get("vs", "SDPA"))
+        assert ("without padding" in reason) == (padded < 0.97), reason
+
+
+@pytest.mark.parametrize("mshape", [None, (4, 1, 512, 512)])
+def test_other_masks_timed_once(monkeypatch, mshape):
+    got = _stub_timings(monkeypatch, {"": 0.9})
+    q, k, v = (torch.empty(4, 12, 512, 64, dtype=torch.float16, device="meta") for _ in range(3))
+    mask = None if mshape is None else torch.empty(mshape, dtype=torch.bool, device="meta")
+    assert K.measure(q, k, v, mask, False, device="cpu")["use"] and got == [""]
+
+
+def test_padding_site_that_loses_unpadded_is_left_to_inductor(monkeypatch, device):
+    # the report says why: the kernel measured slower than SDPA on a batch without padding
+    _stub_timings(monkeypatch, {"padded batch": 0.8, "unpadded batch": 1.1})
+    q, k, v = _qkv(2, 2, 2, 41, 41, 64, torch.float16, device)
+    m = _mask("bool_keypad", 2, 2, 41, 41, torch.float16, device)
+    aot = {"enable_autograd_cache": False} if hasattr(torch._functorch.config, "enable_autograd_cache") else {}
+    with torch._inductor.config.patch(fx_graph_cache=False), torch._functorch.config.patch(**aot):
+        out, ref = _compile_check(SDPA_FORMS["bool_mask"], q, k, v, m, expect=_counts(1, 0, 1))
+    torch.testing.assert_close(out, ref, atol=2e-3, rtol=2e-3)
+    (site,) = tritonfuse.sites()
+    assert "slower than SDPA on a batch without padding" in site.reason, site.reason
+
+
 def test_dynamic_sequence_length(device):
     # one compile serves several lengths (symbolic B and S; the head dim comes from the model's view)
     def split(x):
