@@ -1387,12 +1387,14 @@ def _timing_mask(mshape: tuple, dtype: torch.dtype, device, padding: Optional[bo
         keep[..., 0] = True
     else:
         b, sk = mshape[0], mshape[-1]
-        lengths = torch.full((b,), sk)
+        # (drawn on the CPU, whatever the default device: a CPU generator's draws)
+        lengths = torch.full((b,), sk, device="cpu")
         if padding:
-            lengths = torch.randint(sk // 2, sk + 1, (b,), generator=torch.Generator().manual_seed(sk))
+            lengths = torch.randint(sk // 2, sk + 1, (b,), generator=torch.Generator().manual_seed(sk),
+                                    device="cpu")
             if b > 1:
                 lengths[0] = sk
-        keep = (torch.arange(sk)[None, :] < lengths[:, None]).view(b, *([1] * (len(mshape) - 2)), sk)
+        keep = (torch.arange(sk, device="cpu")[None, :] < lengths[:, None]).view(b, *([1] * (len(mshape) - 2)), sk)
         keep = keep.expand(mshape).contiguous().to(device)
     if dtype == torch.bool:
         return keep

@@ -1236,9 +1236,12 @@ def test_patch_convolution_as_one_gemm(k, hw, layout, bias, tokens, dtype):
 def test_overlapping_padded_grouped_and_1x1_convs_are_no_patch_sites(kw):
     # overlapping windows, padding, groups or a 1x1 kernel: not a GEMM over disjoint patches (a plain conv
     # with bias and nothing after it is no conv_bn site either)
+    # (TF32 off: on the GPU, Inductor's call of cuDNN's 1x1 convolution took a TF32 algorithm, 1e-3 off where
+    # eager's was exact fp32, with backend="inductor" too; seen on the H100, reproduced on the H200, torch 2.11)
     cin = kw.pop("cin", 3)
     m = PatchEmbed(cin=cin, tokens=False, **kw).eval()
-    _compile_check(m, fresh(2, cin, 12, 12, seed=32), _counts(0, 0), kernels=[])
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        _compile_check(m, fresh(2, cin, 12, 12, seed=32), _counts(0, 0), kernels=[])
 
 
 def test_patch_convolution_left_to_cudnn_with_its_reason(monkeypatch):
