@@ -166,7 +166,7 @@ case "${1:-tests}" in
     # $OUT/gated-config-probe.jsonl), then its GPU test beside every TMA config's, and the 36th session's probe
     # tests (a probe compiles nothing its sites do not)
     timeout 300 $PY scripts/gated_config_probe.py --fast-silu > "$out/fast_silu.txt" 2>&1; tail -14 "$out/fast_silu.txt"
-    timeout 200 $PY -m pytest tests/test_linear_act.py tests/test_attention.py tests/test_norm_residual.py \
+    timeout -s INT 200 $PY -m pytest tests/test_linear_act.py tests/test_attention.py tests/test_norm_residual.py \
       tests/test_conv_bn.py -k "fast_silu or every_tma_config or probe_compiles" -q -p no:cacheprovider \
       -rf --tb=short > "$out/fast_silu_tests.txt" 2>&1; tail -3 "$out/fast_silu_tests.txt" ;;
   int8_next)
@@ -176,7 +176,7 @@ case "${1:-tests}" in
     timeout 200 $PY scripts/int8_handoff_probe.py > "$out/handoff.txt" 2>&1; grep -v "^\s*$" "$out/handoff.txt" | tail -14
     timeout 200 $PY scripts/wonly_floor_probe.py --providers cublas,shipped,release --shapes 16x4096x4096,16x14336x4096 \
       > "$out/release.txt" 2>&1; tail -6 "$out/release.txt"
-    timeout 150 $PY -m pytest tests/test_int8.py -m cuda -q -p no:cacheprovider -rf --tb=short > "$out/int8_tests.txt" 2>&1
+    timeout -s INT 150 $PY -m pytest tests/test_int8.py -m cuda -q -p no:cacheprovider -rf --tb=short > "$out/int8_tests.txt" 2>&1
     tail -3 "$out/int8_tests.txt" ;;
   int8_profile)
     # issue 7 (39th session): the quantize-on-load producer's row-absmax atomics (fenced, relaxed, on the int32
@@ -210,7 +210,7 @@ case "${1:-tests}" in
     # issue 7, prepared in the 40th session: the int8 handoff between an MLP's GEMMs (int8_linear_amax ->
     # int8_linear_qload): its GPU tests and bench_int8.py's MLP section (bert/vit/llama MLP shapes, both rounding
     # forms); then the LayerNorm + int8 quantization without torch.trunc (scripts/quant_fusion_probe.py)
-    timeout 200 $PY -m pytest tests/test_int8.py tests/test_linear_act.py -q -p no:cacheprovider \
+    timeout -s INT 200 $PY -m pytest tests/test_int8.py tests/test_linear_act.py -q -p no:cacheprovider \
       -k "quantize_on_load or amax_and_qload or handoff or quantized_on_load or nonfinite or zero_rows or quant_rows" \
       > "$out/qload_tests.txt" 2>&1; tail -3 "$out/qload_tests.txt"
     timeout 170 $PY benchmarks/bench_int8.py --sections mlp --out "$out/kernels.json" > "$out/bench_mlp.txt" 2>&1
@@ -234,7 +234,7 @@ case "${1:-tests}" in
     # 16x16 patch embedding took 0.56 ms in cuDNN on the H200) and the attention key blocks a padding mask
     # drops skipped (bert-base). Their GPU tests, then bench_conv_bn.py --only patch and the bert attention
     # sweep with TRIM off / on; then: MODELS=vit_b_16,bert-base bash scripts/gpu_session.sh graphs
-    timeout 200 $PY -m pytest tests/test_conv_bn.py tests/test_attention.py -q -p no:cacheprovider \
+    timeout -s INT 200 $PY -m pytest tests/test_conv_bn.py tests/test_attention.py -q -p no:cacheprovider \
       -k "patch or skips_the_key or key_padding or bert or vit or backward" > "$out/s43_tests.txt" 2>&1
     tail -3 "$out/s43_tests.txt"
     timeout 200 $PY benchmarks/bench_conv_bn.py --only patch --out "$out" > "$out/bench_patch.txt" 2>&1
@@ -246,7 +246,7 @@ case "${1:-tests}" in
     # LayerNorm walk through a permute, the handoff's report), then bench_int8.py's MLP section (failed before
     # timing in the 42nd: fixed). Then: TRITONFUSE_LOG=summary MODELS=bert-base,vit_b_16 bash
     # scripts/gpu_session.sh graphs (the row kernel's 4 warps and the walk in whole models)
-    timeout 200 $PY -m pytest tests/test_int8.py tests/test_linear_act.py -q -p no:cacheprovider \
+    timeout -s INT 200 $PY -m pytest tests/test_int8.py tests/test_linear_act.py -q -p no:cacheprovider \
       -k "rounds_half or permute_that_keeps or handoff or quant_rows or quantized_on_load" \
       > "$out/int8_42_tests.txt" 2>&1; tail -3 "$out/int8_42_tests.txt"
     timeout 300 $PY benchmarks/bench_int8.py --sections mlp --out "$out/kernels.json" > "$out/bench_mlp.txt" 2>&1
@@ -255,7 +255,7 @@ case "${1:-tests}" in
     # issue 5, prepared in the 41st session: kernels.attention's warp-specialized forward (off by default:
     # TRITONFUSE_WARP_SPECIALIZE). Its GPU tests first (every config against the fp64 reference), then the forward cases
     # of bench_attention.py with the sweep; rows merged with: python benchmarks/common.py --merge kernels.json
-    timeout 200 $PY -m pytest tests/test_attention.py -q -p no:cacheprovider -k "warp_specialized or tma" \
+    timeout -s INT 200 $PY -m pytest tests/test_attention.py -q -p no:cacheprovider -k "warp_specialized or tma" \
       > "$out/ws_tests.txt" 2>&1; tail -3 "$out/ws_tests.txt"
     timeout 360 $PY benchmarks/bench_attention.py --sweep --only fwd --budget 260 --out "$out/kernels.json" \
       > "$out/bench_attention.txt" 2>&1
@@ -264,7 +264,7 @@ case "${1:-tests}" in
   ws41_int8)
     # issue 7, prepared in the 41st session: the W8A8 TMA GEMM's warp-specialized configs ("ws" in the sweep's
     # labels; each compared with the autotuned kernel's output), at the four GEMM shapes, with the int8 GPU tests
-    TRITONFUSE_WARP_SPECIALIZE=1 timeout 150 $PY -m pytest tests/test_int8.py -q -p no:cacheprovider \
+    TRITONFUSE_WARP_SPECIALIZE=1 timeout -s INT 150 $PY -m pytest tests/test_int8.py -q -p no:cacheprovider \
       -k "tma_and_pointer or warp_specialized or int_mm" > "$out/ws_int8_tests.txt" 2>&1; tail -3 "$out/ws_int8_tests.txt"
     timeout 300 $PY benchmarks/bench_int8.py --sweep --sweep-match " ws" --sections gemm --out "$out/kernels-int8.json" \
       > "$out/bench_int8_ws.txt" 2>&1
