@@ -171,8 +171,9 @@ PATCH_SHAPES = [
 
 
 def patch_rows(name, batch, cin, hw, cout, k, channels_last, tokens, dtype=torch.float16):
-    """eager (cuDNN), inductor, patch_gemm (the gather and cuBLAS's GEMM, eager) and chosen (the backend's
-    compile: the GEMM where it measured faster) at one patch convolution."""
+    """eager (cuDNN), inductor, patch_gemm (the gather and cuBLAS's GEMM, eager), patch_timed (what the choice
+    times for it: the gather as one Triton kernel, as Inductor fuses it, and the GEMM) and chosen (the
+    backend's compile: the GEMM where it measured faster) at one patch convolution."""
     g = torch.Generator(device=DEVICE).manual_seed(cin * 7 + cout + k)
     x = torch.randn(batch, cin, hw, hw, device=DEVICE, dtype=dtype, generator=g)
     if channels_last:
@@ -192,9 +193,13 @@ def patch_rows(name, batch, cin, hw, cout, k, channels_last, tokens, dtype=torch
     def patch(x, w, b, cls):
         return read(K.patch_gemm(x, w, b, channels_last), cls)
 
+    def timed(x, w, b, cls):
+        return read(K._patch_product(K.gather_patches_kernel(x, k, k), x, w, b, channels_last), cls)
+
     x2 = x[:2].contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     ref = fn(x2.double(), w.double(), b.double(), cls.double())
     check(f"patch_gemm {name}", patch(x2, w, b, cls), ref, fn(x2, w, b, cls))
+    check(f"patch_timed {name}", timed(x2, w, b, cls), ref, fn(x2, w, b, cls))
     torch._dynamo.reset()
     inductor = torch.compile(fn, dynamic=False)
     inductor(x, w, b, cls)
@@ -208,6 +213,7 @@ def patch_rows(name, batch, cin, hw, cout, k, channels_last, tokens, dtype=torch
         "eager": bench(lambda: fn(x, w, b, cls)),
         "inductor": bench(lambda: inductor(x, w, b, cls)),
         "patch_gemm": bench(lambda: patch(x, w, b, cls)),
+        "patch_timed": bench(lambda: timed(x, w, b, cls)),
         "chosen": bench(lambda: chosen(x, w, b, cls)),
     }
     flops = 2.0 * batch * (hw // k) ** 2 * cout * cin * k * k

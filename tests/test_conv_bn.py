@@ -1231,6 +1231,56 @@ def test_patch_convolution_as_one_gemm(k, hw, layout, bias, tokens, dtype):
     _compile_check(m, x, _counts(1, 1), atol=ATOL[dtype], kernels=[f"patch_gemm[{k}x{k}]"])
 
 
+@pytest.mark.parametrize("shape,k,layout,dtype", [
+    ((2, 3, 18, 19), (4, 4), "nchw", torch.float32),  # rows and columns past the last patch
+    ((2, 5, 10, 12), (2, 2), "cl", torch.float16),
+    ((3, 6, 11, 13), (3, 2), "cl", torch.bfloat16),  # channels_last, trimmed, a 3x2 patch
+    ((2, 8, 16, 24), (8, 8), "sliced", torch.float16),  # every other channel of a wider image
+    ((1, 70, 9, 9), (3, 3), "nchw", torch.float32),  # more columns than one tile (630)
+])
+def test_patch_gather_kernel_equals_the_graphs_gather(shape, k, layout, dtype):
+    # choose_patch times the gather as this kernel: it must gather what the rewrite's ATen ops gather
+    x = fresh(*shape, dtype=dtype, seed=35)
+    if layout == "cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "sliced":
+        x = fresh(shape[0], 2 * shape[1], *shape[2:], dtype=dtype, seed=35)[:, ::2]
+    got, want = K.gather_patches_kernel(x, *k), K._gather_patches(x, *k)
+    assert got.shape == want.shape and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+def test_patch_choice_times_the_gather_kernel_and_the_gemm(monkeypatch, layout):
+    # what choose_patch times as ours computes the convolution, its gather the kernel above
+    from tritonfuse import registry
+
+    seen, gathers = {}, []
+    real = K.gather_patches_kernel
+
+    def spy(*args):
+        gathers.append(args[1:])
+        return real(*args)
+
+    def stub(key, dev, ours, theirs, graphed=False, **kw):
+        seen.update(key=key, ours=ours, theirs=theirs, graphed=graphed)
+        return {"use": True}
+
+    monkeypatch.setattr(K, "gather_patches_kernel", spy)
+    monkeypatch.setattr(registry, "measured_choice", stub)
+    x = fresh(2, 3, 20, 12, seed=36)
+    if layout == "cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, b = fresh(24, 3, 4, 4, seed=37), fresh(24, seed=38)
+    assert K.choose_patch(x, w, b, layout == "cl")["use"]
+    assert seen["graphed"] and seen["key"].endswith("gather kernel")
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        ours, conv = seen["ours"](), seen["theirs"][0]()
+    assert gathers == [(4, 4)]
+    assert ours.shape == conv.shape == (2, 24, 5, 3)
+    assert ours.is_contiguous(memory_format=torch.channels_last) == (layout == "cl")
+    torch.testing.assert_close(ours, conv, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("kw", [dict(k=3, stride=2), dict(k=2, padding=1), dict(k=2, cin=4, groups=2),
                                 dict(k=1)])
 def test_overlapping_padded_grouped_and_1x1_convs_are_no_patch_sites(kw):
