@@ -24,6 +24,7 @@
 #                                       # the 33rd session) against head-major order and SDPA
 #   bash scripts/gpu_session.sh graphs  # the zoo again from CUDA graphs
 #   bash scripts/gpu_session.sh s43     # the 43rd session's patch-convolution GEMM and padded-attention trim
+#   bash scripts/gpu_session.sh s44     # the 44th's: the patch choice's gather kernel, padded-batch attention timing
 #   bash scripts/gpu_session.sh audit   # torchvision convnets (tiny, fp16) through the backend against eager and
 #                                       # fp64, conv sites inlined: does any model break? (scripts/model_audit.py)
 #   bash scripts/gpu_session.sh tiled   # scripts/wonly_tiled_probe.py: the int8 decode GEMM over a tiled weight layout
@@ -241,6 +242,17 @@ case "${1:-tests}" in
     grep -E "^patch_conv|check|failed" "$out/bench_patch.txt" | tail -20
     timeout 150 $PY scripts/attn_fwd_sweep.py --shapes bert --kernels pointer --out "$out/attn-trim.jsonl" \
       > "$out/attn_trim.txt" 2>&1; tail -6 "$out/attn_trim.txt" ;;
+  s44)
+    # prepared in the 44th session: its GPU tests (the padded-batch attention timing, the patch gather
+    # kernel and the patch choice that times it), then bench_conv_bn.py --only patch (patch_timed: the
+    # choice's stand-in for Inductor's fused gather, beside chosen; does Swin's 4x4 stem now take the GEMM?).
+    # Then: MODELS=resnet50,llama-1b-prefill bash scripts/gpu_session.sh graphs (H100 rows older than 6b87159)
+    timeout -s INT 200 $PY -m pytest tests/test_conv_bn.py tests/test_attention.py -q -p no:cacheprovider \
+      -k "patch or gather or timing_masks or padded_and_unpadded or timed_once or loses_unpadded" \
+      > "$out/s44_tests.txt" 2>&1
+    grep -E "^FAILED|^ERROR" "$out/s44_tests.txt" | head; tail -1 "$out/s44_tests.txt"
+    timeout 200 $PY benchmarks/bench_conv_bn.py --only patch --out "$out" > "$out/bench_patch.txt" 2>&1
+    grep -E "^patch_conv|check|failed|Error" "$out/bench_patch.txt" | tail -20 ;;
   int8_42)
     # issue 7, prepared in the 42nd session: the GPU tests of its changes (the rounding test's device fix, the
     # LayerNorm walk through a permute, the handoff's report), then bench_int8.py's MLP section (failed before
