@@ -252,7 +252,11 @@ case "${1:-tests}" in
       > "$out/s44_tests.txt" 2>&1
     grep -E "^FAILED|^ERROR" "$out/s44_tests.txt" | head; tail -1 "$out/s44_tests.txt"
     timeout 200 $PY benchmarks/bench_conv_bn.py --only patch --out "$out" > "$out/bench_patch.txt" 2>&1
-    grep -E "^patch_conv|check|failed|Error" "$out/bench_patch.txt" | tail -20 ;;
+    grep -E "^patch_conv|check|failed|Error" "$out/bench_patch.txt" | tail -20
+    # issue 7's llama-1b-prefill int8: its K/V projections (N=512) lose to cuBLAS alone; would one W8A8 GEMM
+    # over the Q, K and V weights joined (N=3072) beat Q in int8 plus K and V in cuBLAS?
+    timeout 200 $PY scripts/int8_gemm_probe.py --shapes 8192x2048x2048,8192x512x2048,8192x3072x2048 \
+      > "$out/qkv_join_probe.txt" 2>&1; tail -12 "$out/qkv_join_probe.txt" ;;
   int8_42)
     # issue 7, prepared in the 42nd session: the GPU tests of its changes (the rounding test's device fix, the
     # LayerNorm walk through a permute, the handoff's report), then bench_int8.py's MLP section (failed before
