@@ -1388,12 +1388,13 @@ def _timing_mask(mshape: tuple, dtype: torch.dtype, device, padding: Optional[bo
     else:
         b, sk = mshape[0], mshape[-1]
         # (drawn on the CPU, whatever the default device: a CPU generator's draws)
-        lengths = torch.full((b,), sk, device="cpu")
         if padding:
             lengths = torch.randint(sk // 2, sk + 1, (b,), generator=torch.Generator().manual_seed(sk),
                                     device="cpu")
             if b > 1:
                 lengths[0] = sk
+        else:
+            lengths = torch.full((b,), sk, device="cpu")
         keep = (torch.arange(sk, device="cpu")[None, :] < lengths[:, None]).view(b, *([1] * (len(mshape) - 2)), sk)
         keep = keep.expand(mshape).contiguous().to(device)
     if dtype == torch.bool:

@@ -1075,19 +1075,18 @@ def _nhwc(x: torch.Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
-def _patch_shape(x: torch.Tensor, w: torch.Tensor) -> tuple:
+def _patch_grid(x: torch.Tensor, kh: int, kw: int) -> tuple:
+    """(N, C, OH, OW) of a KHxKW patch convolution over ``x`` (rows and columns past the last patch dropped)."""
     n, c, h, wd = x.shape
-    kh, kw = w.shape[2:]
-    return n, c, h // kh, wd // kw, kh, kw
+    return n, c, h // kh, wd // kw
 
 
 def _gather_patches(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
     """The patches of ``x`` as the rows of a [N*OH*OW, C*KH*KW] matrix, in ATen ops (what the rewrite puts in
     the graph, for Inductor to fuse): columns (c, ky, kx), or (ky, kx, c) for a channels_last input."""
-    n, c, h, wd = x.shape
-    oh, ow = h // kh, wd // kw
+    n, c, oh, ow = _patch_grid(x, kh, kw)
     nhwc = _nhwc(x)  # (of the whole input: a slice of a channels_last tensor is not channels_last-contiguous)
-    if (oh * kh, ow * kw) != (h, wd):
+    if (oh * kh, ow * kw) != tuple(x.shape[2:]):
         x = x[:, :, : oh * kh, : ow * kw]
     x6 = x.reshape(n, c, oh, kh, ow, kw)
     if nhwc:
@@ -1125,8 +1124,7 @@ def _patch_gather_kernel(x_ptr, out_ptr, M, KC, OH, OW, C, s_n, s_c, s_h, s_w,
 def gather_patches_kernel(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
     """``_gather_patches`` as one Triton kernel (equal element for element): the gather's cost as Inductor
     runs it, for ``choose_patch``'s timing."""
-    n, c, h, wd = x.shape
-    oh, ow = h // kh, wd // kw
+    n, c, oh, ow = _patch_grid(x, kh, kw)
     m, kc = n * oh * ow, c * kh * kw
     out = torch.empty((m, kc), device=x.device, dtype=x.dtype)
     if out.numel():
@@ -1140,7 +1138,7 @@ def gather_patches_kernel(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
 def _patch_product(patches: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
                    channels_last: bool) -> torch.Tensor:
     # the GEMM over the gathered patches of x, its rows pixels: the output is channels_last in memory
-    n, _, oh, ow, kh, kw = _patch_shape(x, w)
+    n, _, oh, ow = _patch_grid(x, *w.shape[2:])
     co = w.shape[0]
     wm = w.permute(0, 2, 3, 1).reshape(co, -1) if _nhwc(x) else w.reshape(co, -1)
     y = torch.addmm(b, patches, wm.t()) if b is not None else patches @ wm.t()
