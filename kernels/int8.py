@@ -25,8 +25,13 @@
 Weights arrive as the float parameters (graph inputs under Dynamo). They are quantized lazily, on the first
 call that sees them, into a cache keyed on ``(data_ptr, shape, stride, dtype, device)`` and validated by the
 tensor's version counter: an in-place update (``w.add_()``, ``w.copy_()`` under ``no_grad``) is seen on the
-next call and the weight is quantized again; the user's tensor is never written. An entry is dropped when
-the tensor (or the base it views) is freed, so a new tensor at a reused address never hits a stale entry.
+next call and the weight is quantized again; the user's tensor is never written. An entry holds weak
+references to the tensor whose version counter the weight shares (the base it views, or itself) and to the
+storage it lives in (``_watch``); it is dropped when either is freed and serves only that tensor in that
+storage. So a new tensor at a reused address never hits a stale entry, also where the old tensor lives on
+in new memory (``model.double()`` after a compile keeps the Parameter objects and frees their old storage:
+CI, 2026-12-05, served a freed weight's int8 copy to a new model's weight at its address), and an alias
+that counts its own versions (Inductor's ``reinterpret_tensor`` of a parameter) is quantized on each call.
 Limits, by design of version counters and CUDA graphs: updates through ``w.data`` do not bump the version
 and are not seen; under CUDA graphs (``mode="reduce-overhead"``) the replayed graph keeps the int8 weight of
 its capture (cudagraph trees warm up eagerly first, so the quantization itself is never captured):
@@ -861,6 +866,29 @@ def layer_group(ws: list, mode: str) -> int:
     return weight_cache.layer_group(ws)
 
 
+def _watch(w: torch.Tensor, callback=None) -> Optional[tuple]:
+    """Weak references to what keeps a cached copy of ``w`` valid: the tensor whose version counter ``w``
+    shares (the base it views, or itself) and the storage it lives in (torch keeps one Python object per
+    storage while the storage lives, torch >= 2.1). None where ``w`` has no storage (a tensor subclass)."""
+    owner = w._base if w._base is not None else w
+    try:
+        return weakref.ref(owner, callback), weakref.ref(w.untyped_storage(), callback)
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
+
+
+def _still(refs, w: torch.Tensor) -> bool:
+    """Whether ``w`` is what ``refs`` (``_watch``) were made for: the same owner, so the same version counter
+    (an alias Inductor makes with ``reinterpret_tensor`` counts its own versions from 0, blind to updates of
+    the parameter), in the same storage (the owner moved to new memory, ``model.double()``, leaves its old
+    address free for another tensor)."""
+    owner = w._base if w._base is not None else w
+    try:
+        return refs[0]() is owner and refs[1]() is w.untyped_storage()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
+
+
 class _WeightCache:
     """float weight -> (int8 weight, fp32 scales), quantized on first use and again after an in-place update;
     and a weight-only layer's weights -> the K group of their scales (``layer_group``), decided likewise."""
@@ -893,26 +921,27 @@ class _WeightCache:
     def _lookup(self, w: torch.Tensor, group: int) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
         with self._lock:
             entry = self._entries.get(self._key(w, group))
-        return entry[2:] if entry is not None and entry[0] == self._version(w) else None
+        if entry is None or entry[0] != self._version(w) or not _still(entry[1], w):
+            return None
+        return entry[2:]
 
     def _put(self, w, group: int, wq, ws) -> tuple[torch.Tensor, torch.Tensor]:
         key = self._key(w, group)
-        refs = (weakref.ref(self._owner(w), functools.partial(self._drop, self._entries, key)),)
+        refs = _watch(w, functools.partial(self._drop, self._entries, key))
+        if refs is None:  # no storage of its own to watch (a tensor subclass): quantized on every call
+            return wq, ws
         with self._lock:
             self._entries[key] = (self._version(w), refs, wq, ws)
             self.quantizations += 1
         return wq, ws
-
-    @staticmethod
-    def _owner(w: torch.Tensor) -> torch.Tensor:
-        return w._base if w._base is not None else w
 
     def layer_group(self, ws: list) -> int:
         key = tuple(self._key(w, None) for w in ws)
         versions = tuple(self._version(w) for w in ws)
         with self._lock:
             entry = self._groups.get(key)
-        if entry is not None and entry[0] == versions:
+        if entry is not None and entry[0] == versions and all(_still(entry[1][2 * i:2 * i + 2], w)
+                                                              for i, w in enumerate(ws)):
             return entry[2]
         limit = 10 ** (-WONLY_MIN_DB / 10)
         with torch.no_grad():
@@ -923,9 +952,10 @@ class _WeightCache:
         for w, q in zip(ws, qs):  # the chosen quantization serves the calls (the others are not kept)
             if self._lookup(w, _grouping(w, group)) is None:
                 self._put(w, _grouping(w, group), *q)
-        refs = tuple(weakref.ref(self._owner(w), functools.partial(self._drop, self._groups, key)) for w in ws)
-        with self._lock:
-            self._groups[key] = (versions, refs, group)
+        watched = [_watch(w, functools.partial(self._drop, self._groups, key)) for w in ws]
+        if all(r is not None for r in watched):
+            with self._lock:
+                self._groups[key] = (versions, tuple(r for pair in watched for r in pair), group)
         return group
 
     def _drop(self, store: dict, key: tuple, ref: weakref.ref) -> None:
@@ -1678,7 +1708,7 @@ def int8_quant_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # scales as operands and launch nothing but kernels: on the GPU they are inlined into Inductor's code.
 # One ``int8_weights`` call at the start of the graph keeps the constants current.
 
-_quantized_from: dict = {}  # (device, int8 constant's data_ptr) -> (weakref to the float weight, its data_ptr, version)
+_quantized_from: dict = {}  # (device, int8 constant's data_ptr) -> (_watch(float weight), its data_ptr, version)
 constants_made = 0  # weights quantized into graph constants at compile time (for tests and the report)
 
 
@@ -1691,8 +1721,7 @@ def _source(w: torch.Tensor) -> tuple:
 
 
 def _record(wq: torch.Tensor, w: torch.Tensor) -> None:
-    owner = w._base if w._base is not None else w
-    _quantized_from[(wq.device, wq.data_ptr())] = (weakref.ref(owner), *_source(w))
+    _quantized_from[(wq.device, wq.data_ptr())] = (_watch(w), *_source(w))
 
 
 def remember(wq: torch.Tensor, w: torch.Tensor) -> None:
@@ -1719,7 +1748,7 @@ def int8_weights(ws: list[torch.Tensor], wqs: list[torch.Tensor], scales: torch.
         g = _grouping(wq, group)
         n = cdiv(wq.shape[1], g) * wq.shape[0] if g else wq.shape[0]
         got = _quantized_from.get((wq.device, wq.data_ptr()))
-        if got is None or got[0]() is None or got[1:] != _source(w):
+        if got is None or got[0] is None or not _still(got[0], w) or got[1:] != _source(w):
             with torch.no_grad():
                 q, s = quantize_weight(w, group)
                 wq.copy_(q)

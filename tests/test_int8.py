@@ -673,6 +673,38 @@ def test_weight_untouched_and_cached(device):
     assert len(Q.weight_cache) == size - 1
 
 
+def test_cached_weight_goes_with_its_memory_not_its_tensor(device):
+    # model.double() after a compile keeps each Parameter object and frees its old storage: the entry made
+    # from that storage must go with it, or a new weight allocated at the freed address (same shape, dtype
+    # and version) is served the old weight's int8 copy (CI, 2026-12-05: a new model's down-projection got
+    # the previous test's, SQNR -1.8 dB)
+    lin = torch.nn.Linear(96, 48, device=device).to(torch.bfloat16)
+    old = lin.weight.data_ptr()
+    wq, _ = Q.weight_cache.get(lin.weight)
+    assert Q.weight_cache.get(lin.weight)[0] is wq
+    assert Q.weight_cache.get(lin.weight.view(48, 96))[0] is wq  # a view: the same version counter, served
+    assert any(k[0] == old for k in Q.weight_cache._entries)
+    lin.double()  # in place: the same Parameter, new memory
+    gc.collect()
+    assert not any(k[0] == old for k in Q.weight_cache._entries)
+
+
+def test_cached_weight_serves_only_its_own_storage():
+    # two storages over one memory (numpy's): the same address, shape, dtype and version, but the memory was
+    # rewritten behind the first tensor's back. A tensor in another storage is not served the first one's
+    # entry (what a new tensor at a freed weight's address is); the first tensor itself still is (writes
+    # that bump no version are not seen, as documented)
+    arr = fresh(48, 96).numpy()
+    a = torch.from_numpy(arr)
+    qa = Q.weight_cache.get(a)[0]
+    assert torch.equal(qa, Q.quantize_weight(a)[0])
+    arr[:] = -2 * arr[::-1]
+    b = torch.from_numpy(arr)
+    assert (b.data_ptr(), b.shape, b.stride(), b._version) == (a.data_ptr(), a.shape, a.stride(), a._version)
+    qb = Q.weight_cache.get(b)[0]
+    assert torch.equal(qb, Q.quantize_weight(b)[0]) and not torch.equal(qb, qa)
+
+
 def test_inplace_weight_update_invalidates_cache(device):
     x = fresh(40, 64, dtype=torch.float16, device=device)
     lin = torch.nn.Linear(64, 24, dtype=torch.float16, device=device)
