@@ -452,6 +452,25 @@ def no_compile_cache():
         yield
 
 
+def test_compile_keeps_no_input_alive():
+    # the passes read the real inputs of the forward graph; kept for the backward's compile (at the first
+    # backward), they held the first batch for as long as the compiled function lived, where Inductor holds
+    # nothing
+    import gc
+    import weakref
+
+    torch._dynamo.reset()
+    model = nn.Sequential(nn.Linear(64, 64), nn.GELU())
+    compiled = torch.compile(model, backend="tritonfuse")
+    x = fresh(8, 64)
+    seen = weakref.ref(x)
+    compiled(x).sum().backward()
+    del x
+    gc.collect()
+    assert seen() is None
+    assert model[0].weight.grad is not None
+
+
 def test_kernel_failure_falls_back_with_one_warning(monkeypatch, no_compile_cache):
     def broken():
         raise RuntimeError("simulated compile failure")

@@ -200,6 +200,10 @@ class TritonfusePasses(CustomGraphPass):
                 _bump_generation(self.key)
         finally:
             registry.set_real_inputs(())
+            # read by the forward graph's pass alone: not kept for the backward's, which AOTAutograd compiles
+            # at the first backward (held till then, they kept the first batch alive as long as the compiled
+            # function lived)
+            self.real_inputs = []
             self._keep(registry.end_graph())
         if self.user_pass is not None:
             self.user_pass(graph)
