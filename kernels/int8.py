@@ -30,8 +30,11 @@ references to the tensor whose version counter the weight shares (the base it vi
 storage it lives in (``_watch``); it is dropped when either is freed and serves only that tensor in that
 storage. So a new tensor at a reused address never hits a stale entry, also where the old tensor lives on
 in new memory (``model.double()`` after a compile keeps the Parameter objects and frees their old storage:
-CI, 2026-12-05, served a freed weight's int8 copy to a new model's weight at its address), and an alias
-that counts its own versions (Inductor's ``reinterpret_tensor`` of a parameter) is quantized on each call.
+CI, 2026-12-05, served a freed weight's int8 copy to a new model's weight at its address). A weight read
+through a view (GPT-2's transposed Conv1D weight, a fused [gate | up] projection's halves) reaches the op as
+Inductor's ``reinterpret_tensor`` alias, which counts its own versions: it is cached against the version
+counter of the Parameter whose storage it shares, which the backend notes (``note_weight_sources``; before,
+such weights were quantized again on every call), and quantized on each call where none was noted.
 Limits, by design of version counters and CUDA graphs: updates through ``w.data`` do not bump the version
 and are not seen; under CUDA graphs (``mode="reduce-overhead"``) the replayed graph keeps the int8 weight of
 its capture (cudagraph trees warm up eagerly first, so the quantization itself is never captured):
@@ -866,13 +869,66 @@ def layer_group(ws: list, mode: str) -> int:
     return weight_cache.layer_group(ws)
 
 
+# storage id -> (weakref to the storage, weakref to the one Parameter living in it), for the compiled graphs'
+# parameters (``note_weight_sources``): Inductor hands an op a weight read through a view (a Conv1D's [K, N]
+# weight transposed, a fused [gate | up] projection's halves) as a ``reinterpret_tensor`` alias, which has no
+# ``_base`` and counts its own versions from 0; its parameter is found through the storage they share
+_sources: dict = {}
+
+
+def note_weight_sources(tensors) -> None:
+    """Record the Parameters among a compiled graph's inputs (the backend calls this with Dynamo's real inputs)
+    as the owners of their storage, so the int8 copy of a weight read through an alias of one is cached against
+    that Parameter's version counter. A storage that two Parameters share (tied through ``.data``) is noted for
+    neither: its aliases are quantized on each call."""
+    seen: dict = {}
+    for t in tensors:
+        if isinstance(t, torch.nn.Parameter) and t._base is None:
+            try:
+                st = t.untyped_storage()
+            except (RuntimeError, NotImplementedError, TypeError):
+                continue
+            seen.setdefault(id(st), (st, set()))[1].add(t)
+    for sid, (st, params) in seen.items():
+        got = _sources.get(sid)
+        if got is not None and got[0]() is st and got[1]() is not None:
+            params.add(got[1]())  # noted by an earlier compile
+        if len(params) != 1:
+            _sources.pop(sid, None)
+            continue
+        _sources[sid] = (weakref.ref(st, functools.partial(_forget_source, sid)), weakref.ref(next(iter(params))))
+
+
+def _forget_source(sid: int, ref: weakref.ref) -> None:
+    got = _sources.get(sid)
+    if got is not None and got[0] is ref:
+        del _sources[sid]
+
+
+def _owner(w: torch.Tensor) -> torch.Tensor:
+    """The tensor whose version counter tells of updates to ``w``: the base ``w`` views, the noted Parameter
+    whose storage an alias ``w`` lives in, or ``w`` itself."""
+    if w._base is not None:
+        return w._base
+    if _sources and not isinstance(w, torch.nn.Parameter):
+        try:
+            st = w.untyped_storage()
+        except (RuntimeError, NotImplementedError, TypeError):
+            return w
+        got = _sources.get(id(st))
+        if got is not None and got[0]() is st:
+            p = got[1]()
+            if p is not None and p.untyped_storage() is st:
+                return p
+    return w
+
+
 def _watch(w: torch.Tensor, callback=None) -> Optional[tuple]:
-    """Weak references to what keeps a cached copy of ``w`` valid: the tensor whose version counter ``w``
-    shares (the base it views, or itself) and the storage it lives in (torch keeps one Python object per
+    """Weak references to what keeps a cached copy of ``w`` valid: its owner (``_owner``: the tensor whose
+    version counter tells of its updates) and the storage it lives in (torch keeps one Python object per
     storage while the storage lives, torch >= 2.1). None where ``w`` has no storage (a tensor subclass)."""
-    owner = w._base if w._base is not None else w
     try:
-        return weakref.ref(owner, callback), weakref.ref(w.untyped_storage(), callback)
+        return weakref.ref(_owner(w), callback), weakref.ref(w.untyped_storage(), callback)
     except (RuntimeError, NotImplementedError, TypeError):
         return None
 
@@ -880,11 +936,10 @@ def _watch(w: torch.Tensor, callback=None) -> Optional[tuple]:
 def _still(refs, w: torch.Tensor) -> bool:
     """Whether ``w`` is what ``refs`` (``_watch``) were made for: the same owner, so the same version counter
     (an alias Inductor makes with ``reinterpret_tensor`` counts its own versions from 0, blind to updates of
-    the parameter), in the same storage (the owner moved to new memory, ``model.double()``, leaves its old
-    address free for another tensor)."""
-    owner = w._base if w._base is not None else w
+    the parameter, unless its parameter was noted), in the same storage (the owner moved to new memory,
+    ``model.double()``, leaves its old address free for another tensor)."""
     try:
-        return refs[0]() is owner and refs[1]() is w.untyped_storage()
+        return refs[0]() is _owner(w) and refs[1]() is w.untyped_storage()
     except (RuntimeError, NotImplementedError, TypeError):
         return False
 
@@ -905,7 +960,9 @@ class _WeightCache:
 
     @staticmethod
     def _version(w: torch.Tensor) -> Optional[int]:
-        # inference tensors track no version; they cannot change outside inference mode
+        # of its owner's counter (the same as w's but for a noted Parameter's alias); inference tensors track
+        # no version: they cannot change outside inference mode
+        w = _owner(w)
         return None if w.is_inference() else w._version
 
     def get(self, w: torch.Tensor, group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

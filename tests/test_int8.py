@@ -705,6 +705,36 @@ def test_cached_weight_serves_only_its_own_storage():
     assert torch.equal(qb, Q.quantize_weight(b)[0]) and not torch.equal(qb, qa)
 
 
+def _alias(w: torch.Tensor) -> torch.Tensor:
+    # what Inductor's reinterpret_tensor hands an op for a weight read through a view: the same memory, no
+    # _base, a version counter of its own (a new one per call)
+    return torch.empty(0, dtype=w.dtype, device=w.device).set_(w.untyped_storage(), w.storage_offset(), w.shape,
+                                                               w.stride())
+
+
+def test_alias_of_a_noted_parameter_is_cached_against_its_versions(device):
+    lin = torch.nn.Linear(64, 96, device=device).to(torch.bfloat16)
+    w = lin.weight
+    n = Q.weight_cache.quantizations
+    Q.weight_cache.get(_alias(w))
+    Q.weight_cache.get(_alias(w))
+    assert Q.weight_cache.quantizations == n + 2  # unknown owner: each call's alias quantized again
+    Q.note_weight_sources([w, lin.bias])
+    wq, _ = Q.weight_cache.get(_alias(w))
+    assert Q.weight_cache.get(_alias(w))[0] is wq and Q.weight_cache.quantizations == n + 3
+    with torch.no_grad():
+        w.mul_(-2.0)  # in place, through the Parameter: the aliases' own counters do not move
+    wq2, _ = Q.weight_cache.get(_alias(w))
+    assert torch.equal(wq2, Q.quantize_weight(w)[0]) and not torch.equal(wq2, wq)
+    # two Parameters in one storage (tied through .data): neither is its owner
+    tied = torch.nn.Parameter(_alias(w))
+    Q.note_weight_sources([w, tied])
+    m = Q.weight_cache.quantizations
+    Q.weight_cache.get(_alias(w))
+    Q.weight_cache.get(_alias(w))
+    assert Q.weight_cache.quantizations == m + 2
+
+
 def test_inplace_weight_update_invalidates_cache(device):
     x = fresh(40, 64, dtype=torch.float16, device=device)
     lin = torch.nn.Linear(64, 24, dtype=torch.float16, device=device)

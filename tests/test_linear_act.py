@@ -992,7 +992,9 @@ def test_int8_dynamic_rows_pick_the_kernel_per_call():
 def test_int8_gpt2_conv1d():
     # GPT-2's MLP in int8: both Conv1Ds ([K, N] weights read through a transposed view), the second with no
     # activation (served because int8 serves plain GEMMs). An in-place update of a weight after compiling
-    # reaches the int8 copy (the view shares its parameter's version counter)
+    # reaches the int8 copy (its Parameter's version counter is read)
+    from tritonfuse.kernels import int8 as I8
+
     torch.manual_seed(0)
     model = nn.Sequential(Conv1D(96, 64), NewGELU(), Conv1D(64, 96)).to(torch.bfloat16).eval()
     x = fresh(3, 7, 64, dtype=torch.bfloat16)
@@ -1000,6 +1002,10 @@ def test_int8_gpt2_conv1d():
     with torch.no_grad(), config.patch(quant="int8", patterns="linear_act"):
         out = compiled(x)
         assert sqnr_db(model(x).float(), out.float()) > 25
+        # the ops read the weights as transposed aliases (reinterpret_tensor): cached against the Parameters'
+        # versions, not quantized again on every call
+        n = I8.weight_cache.quantizations
+        assert torch.equal(compiled(x), out) and I8.weight_cache.quantizations == n
         model[2].weight.mul_(-2.0)
         out2 = compiled(x)
         assert sqnr_db(model(x).float(), out2.float()) > 25
@@ -1496,6 +1502,13 @@ def test_int8_gemm_output_quantized_on_load(gated, monkeypatch, no_compile_cache
     off, code_off = _compiled_code(model, x)
     assert "int8_linear.default(" in code_off and "int8_linear_qload" not in code_off
     assert torch.equal(out, off)
+    # the fused projection's halves reach the ops as aliases (reinterpret_tensor): cached all the same
+    from tritonfuse.kernels import int8 as I8
+
+    n = I8.weight_cache.quantizations
+    with torch.no_grad(), config.patch(quant="int8", patterns="linear_act"):
+        assert torch.equal(torch.compile(model, backend="tritonfuse")(x), off)
+    assert I8.weight_cache.quantizations == n
     with torch.no_grad():
         ref = copy.deepcopy(model).double()(x.double())
     assert sqnr_db(ref, out) > 30

@@ -510,6 +510,11 @@ def tritonfuse_backend(gm: torch.fx.GraphModule, example_inputs, mode=None, opti
         _warn_once("tritonfuse: with CUDA graphs the int8 weights are the ones quantized when the graph was "
                    "recorded: after an in-place weight update, call torch._dynamo.reset() and compile again")
     _load_ops()
+    if config.quant != "none":
+        # the int8 ops find a weight read through an alias (a Conv1D's transposed weight) by its Parameter
+        from .kernels import int8 as _int8
+
+        _int8.note_weight_sources(example_inputs)
     match_inductor_triton_env(graph_gpu(example_inputs))
     families = config.enabled_families()
     user_pass = patches.pop("post_grad_custom_pre_pass", None) if families else None
