@@ -756,6 +756,40 @@ def test_inplace_weight_update_invalidates_cache(device):
     assert not torch.equal(y1, y2)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "phi3"])
+def test_hf_decoder_with_weights_read_through_views(arch, device):
+    # whole HF decoders (tiny, from configs) whose Linear weights reach the int8 ops through views: GPT-2's
+    # Conv1D ([K, N], transposed), Phi-3's fused qkv and [gate | up] projections (halves). Every GEMM int8 (2
+    # layers x 4 + the LM head), logits near eager's, and a second call quantizes nothing again
+    import tritonfuse
+
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=256, n_positions=64,
+                                      bos_token_id=0, eos_token_id=0)
+        model = transformers.GPT2LMHeadModel(cfg)
+    else:
+        cfg = transformers.Phi3Config(num_hidden_layers=2, hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                                      num_key_value_heads=2, vocab_size=256, max_position_embeddings=64,
+                                      pad_token_id=0, bos_token_id=0, eos_token_id=0)
+        model = transformers.Phi3ForCausalLM(cfg)
+    model = model.to(device=device, dtype=torch.bfloat16).eval()
+    ids = torch.randint(0, 256, (2, 24), device=device)
+    tritonfuse.reset()
+    torch._dynamo.reset()
+    with torch.no_grad(), config.patch(quant="int8"):
+        want = model(ids).logits
+        compiled = torch.compile(model, backend="tritonfuse")
+        got = compiled(ids).logits
+        n = Q.weight_cache.quantizations
+        assert torch.equal(compiled(ids).logits, got) and Q.weight_cache.quantizations == n
+    counts = tritonfuse.counters()
+    assert counts["linear_act"] == {"matched": 9, "replaced": 9, "fallback": 0}, tritonfuse.report()
+    assert all(c["fallback"] == 0 for c in counts.values()), tritonfuse.report()
+    assert sqnr_db(want.float(), got.float()) > 30
+
+
 # --- int32 accumulation vs torch._int_mm ---------------------------------------------------------------
 
 
