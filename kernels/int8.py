@@ -949,7 +949,9 @@ class _WeightCache:
     and a weight-only layer's weights -> the K group of their scales (``layer_group``), decided likewise."""
 
     def __init__(self):
-        self._lock = threading.Lock()
+        # reentrant: an entry's weakref callback (_drop) takes it, and the garbage collector may run one on
+        # this thread inside a locked region (an allocation there starting a collection): a plain Lock hung
+        self._lock = threading.RLock()
         self._entries: dict[tuple, tuple] = {}
         self._groups: dict[tuple, tuple] = {}  # the weights' keys -> (their versions, weakrefs, K group)
         self.quantizations = 0  # how many times a weight was (re)quantized, for tests

@@ -689,6 +689,24 @@ def test_cached_weight_goes_with_its_memory_not_its_tensor(device):
     assert not any(k[0] == old for k in Q.weight_cache._entries)
 
 
+def test_an_entry_dropped_by_the_collector_inside_the_cache_does_not_hang():
+    # the collector runs weakref callbacks on whichever thread allocates: one may drop an entry (taking the
+    # cache's lock) while this thread holds that lock inside the cache. Here the drop runs with the lock held
+    lin = torch.nn.Linear(32, 16).to(torch.bfloat16)
+    Q.weight_cache.get(lin.weight)
+    size = len(Q.weight_cache)
+    assert Q.weight_cache._lock.acquire(timeout=5)
+    try:
+        reentrant = Q.weight_cache._lock.acquire(blocking=False)  # a plain Lock would block forever here
+        if reentrant:
+            Q.weight_cache._lock.release()
+            del lin
+            gc.collect()  # the entry's callback, on this thread, under the lock
+    finally:
+        Q.weight_cache._lock.release()
+    assert reentrant and len(Q.weight_cache) == size - 1
+
+
 def test_cached_weight_serves_only_its_own_storage():
     # two storages over one memory (numpy's): the same address, shape, dtype and version, but the memory was
     # rewritten behind the first tensor's back. A tensor in another storage is not served the first one's
