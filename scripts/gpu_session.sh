@@ -257,6 +257,19 @@ case "${1:-tests}" in
     # over the Q, K and V weights joined (N=3072) beat Q in int8 plus K and V in cuBLAS?
     timeout 200 $PY scripts/int8_gemm_probe.py --shapes 8192x2048x2048,8192x512x2048,8192x3072x2048 \
       > "$out/qkv_join_probe.txt" 2>&1; tail -12 "$out/qkv_join_probe.txt" ;;
+  zoo)
+    # prepared in the 45th session: the architectures of scripts/zoo.py (HF transformers and torchvision at small
+    # sizes, random weights) through tritonfuse on the GPU in fp16, float and int8, every servable site replaced
+    # (no timing, one config: as the GPU tests run): nothing may break, no new NaN, SQNR vs eager >= 20 dB.
+    # The CPU interpreter passed them all (45th session); the GPU's ATen graphs and kernels differ
+    export TRITONFUSE_MEASURE=0 TRITONFUSE_AUTOTUNE=0
+    timeout 280 $PY scripts/zoo.py --dtype float16 --models bert,bert-eager,roberta,distilbert,gpt2,llama,mistral,qwen2,phi3,opt,t5-encoder \
+      --out "$out/zoo_hf.json" > "$out/zoo_hf.txt" 2>&1
+    grep -E "^FAIL|passed" "$out/zoo_hf.txt" | tail -25
+    timeout 280 $PY scripts/zoo.py --dtype float16 --models resnet18,resnet50,mobilenet_v3_small,efficientnet_b0,convnext_tiny,swin_t,regnet_x_400mf,vit \
+      --out "$out/zoo_vision.json" > "$out/zoo_vision.txt" 2>&1
+    grep -E "^FAIL|passed" "$out/zoo_vision.txt" | tail -20
+    unset TRITONFUSE_MEASURE TRITONFUSE_AUTOTUNE ;;
   int8_42)
     # issue 7, prepared in the 42nd session: the GPU tests of its changes (the rounding test's device fix, the
     # LayerNorm walk through a permute, the handoff's report), then bench_int8.py's MLP section (failed before
