@@ -933,13 +933,14 @@ def _watch(w: torch.Tensor, callback=None) -> Optional[tuple]:
         return None
 
 
-def _still(refs, w: torch.Tensor) -> bool:
-    """Whether ``w`` is what ``refs`` (``_watch``) were made for: the same owner, so the same version counter
-    (an alias Inductor makes with ``reinterpret_tensor`` counts its own versions from 0, blind to updates of
-    the parameter, unless its parameter was noted), in the same storage (the owner moved to new memory,
-    ``model.double()``, leaves its old address free for another tensor)."""
+def _still(refs, w: torch.Tensor, owner: Optional[torch.Tensor] = None) -> bool:
+    """Whether ``w`` is what ``refs`` (``_watch``) were made for: the same owner (``owner``, where the caller
+    has it: ``_owner(w)``), so the same version counter (an alias Inductor makes with ``reinterpret_tensor``
+    counts its own versions from 0, blind to updates of the parameter, unless its parameter was noted), in
+    the same storage (the owner moved to new memory, ``model.double()``, leaves its old address free for
+    another tensor)."""
     try:
-        return refs[0]() is _owner(w) and refs[1]() is w.untyped_storage()
+        return refs[0]() is (owner if owner is not None else _owner(w)) and refs[1]() is w.untyped_storage()
     except (RuntimeError, NotImplementedError, TypeError):
         return False
 
@@ -961,10 +962,10 @@ class _WeightCache:
         return (w.data_ptr(), tuple(w.shape), tuple(w.stride()), w.dtype, w.device, group)
 
     @staticmethod
-    def _version(w: torch.Tensor) -> Optional[int]:
-        # of its owner's counter (the same as w's but for a noted Parameter's alias); inference tensors track
-        # no version: they cannot change outside inference mode
-        w = _owner(w)
+    def _version(w: torch.Tensor, owner: Optional[torch.Tensor] = None) -> Optional[int]:
+        # of its owner's counter (the same as w's but for a noted Parameter's alias; ``owner``: _owner(w), where
+        # the caller has it); inference tensors track no version: they cannot change outside inference mode
+        w = owner if owner is not None else _owner(w)
         return None if w.is_inference() else w._version
 
     def get(self, w: torch.Tensor, group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -980,7 +981,10 @@ class _WeightCache:
     def _lookup(self, w: torch.Tensor, group: int) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
         with self._lock:
             entry = self._entries.get(self._key(w, group))
-        if entry is None or entry[0] != self._version(w) or not _still(entry[1], w):
+        if entry is None:
+            return None
+        owner = _owner(w)  # once: every call of an int8 op looks its weights up here
+        if entry[0] != self._version(w, owner) or not _still(entry[1], w, owner):
             return None
         return entry[2:]
 
