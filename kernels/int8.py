@@ -1038,6 +1038,7 @@ class _WeightCache:
 
 
 weight_cache = _WeightCache()
+registry.on_reset(weight_cache.clear)
 
 
 # --- launchers ----------------------------------------------------------------------------------------

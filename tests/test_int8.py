@@ -774,6 +774,25 @@ def test_inplace_weight_update_invalidates_cache(device):
     assert not torch.equal(y1, y2)
 
 
+def test_reset_requantizes_a_weight_that_tracks_no_version(device):
+    # a weight created under torch.inference_mode() has no version counter: an in-place write under inference
+    # mode goes unseen by the cache (as documented), and tritonfuse.reset() is the way to a fresh int8 copy
+    import tritonfuse
+
+    x = fresh(40, 64, dtype=torch.float16, device=device)
+    with torch.inference_mode():
+        lin = torch.nn.Linear(64, 24, dtype=torch.float16, device=device)
+        lin.weight.copy_(fresh(24, 64, dtype=torch.float16, device=device))
+        assert lin.weight.is_inference()
+        y1 = torch.ops.tritonfuse.int8_linear(x, lin.weight, lin.bias, "none", "int8")
+        lin.weight.mul_(-1.5)
+        tritonfuse.reset()
+        y2 = torch.ops.tritonfuse.int8_linear(x, lin.weight, lin.bias, "none", "int8")
+        expected = torch.ops.tritonfuse.int8_linear(x, lin.weight.clone(), lin.bias, "none", "int8")
+    assert torch.equal(y2, expected)
+    assert not torch.equal(y1, y2)
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "phi3"])
 def test_hf_decoder_with_weights_read_through_views(arch, device):
     # whole HF decoders (tiny, from configs) whose Linear weights reach the int8 ops through views: GPT-2's

@@ -42,12 +42,23 @@ _pending: dict[tuple, Site] = {}
 _graph_index = 0
 
 
+_reset_hooks: list = []  # what else reset() clears (kernels.int8: its int8 weight copies)
+
+
+def on_reset(fn) -> None:
+    """Have ``reset()`` also call ``fn()``."""
+    _reset_hooks.append(fn)
+
+
 def reset() -> None:
-    """Clear the counters and the site records."""
+    """Clear the counters and the site records, and the int8 weight copies kept for the ops (the way to have
+    a weight that tracks no version, an inference tensor, quantized afresh after an in-place write)."""
     global _graph_index, _surveyed
     from . import inline
 
     inline.reset()
+    for fn in _reset_hooks:
+        fn()
     with _lock:
         _counters.clear()
         _sites.clear()
