@@ -196,6 +196,25 @@ def _repeat_kv_source(node: torch.fx.Node, heads: int) -> torch.fx.Node:
     return x
 
 
+def _unrepeat(node: torch.fx.Node, heads: int) -> tuple[torch.fx.Node, Optional[torch.dtype]]:
+    """(x, None) for a repeat of x's KV heads (``_repeat_kv_source``), (x, dtype) for a cast of one to dtype
+    (autocast casts a repeated K whose RoPE made it fp32, not V), else (node, None)."""
+    if node.target == prims.convert_element_type.default and isinstance(node.args[0], torch.fx.Node):
+        src = _repeat_kv_source(node.args[0], heads)
+        if src is not node.args[0]:
+            return src, node.args[1]
+    return _repeat_kv_source(node, heads), None
+
+
+def _cast_val(val: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:
+    # the value a cast of ``val`` to dtype has (None: no cast), layout kept as Inductor's cast keeps it
+    return val if dtype is None else val.new_empty_strided(val.shape, val.stride(), dtype=dtype)
+
+
+def _cast(t: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:
+    return t if dtype is None else t.to(dtype)
+
+
 def _scale_from_graph(match: Match, scale_op: str):
     """The scale constant of the matched mul/div nodes (all equal; the sign multiply by 1 aside), for
     matchers that drop scalar_workaround arguments from ``match.kwargs`` (torch 2.11)."""
@@ -496,10 +515,14 @@ def _sdpa_handler(match: Match, *args, **kwargs) -> None:
     if a.get("dropout_p", 0.0) not in (0, 0.0):
         registry.note_fallback(FAMILY, node, kernel, f"dropout_p={a['dropout_p']} (training)", detail)
         return
+    k_cast = v_cast = None
     if q.dim() == 4 and k.dim() == 4:
-        k_node = _repeat_kv_source(k_node, q.shape[1])
-        v_node = _repeat_kv_source(v_node, q.shape[1])
-        k, v = _val(k_node), _val(v_node)
+        (k_src, k_cast), (v_src, v_cast) = _unrepeat(k_node, q.shape[1]), _unrepeat(v_node, q.shape[1])
+        if _val(k_src).shape[1] == _val(v_src).shape[1]:  # else only one is a visible repeat: both stay repeated
+            k_node, v_node = k_src, v_src
+            k, v = _cast_val(_val(k_node), k_cast), _cast_val(_val(v_node), v_cast)
+        else:
+            k_cast = v_cast = None
     if not _decide(node, q, k, v, mask, is_causal, kernel, padded=empty_fill is not None):
         return
     scale = a.get("scale")
@@ -508,16 +531,19 @@ def _sdpa_handler(match: Match, *args, **kwargs) -> None:
 
     if mask_node is None:
         def repl(q, k, v):
+            k, v = _cast(k, k_cast), _cast(v, v_cast)
             return torch.ops.tritonfuse.attention(q, k, v, None, scale, is_causal).to(out_dtype)
 
         match.replace_by_example(repl, [q_node, k_node, v_node])
     elif empty_fill is not None:
         def repl(q, k, v, m):
+            k, v = _cast(k, k_cast), _cast(v, v_cast)
             return torch.ops.tritonfuse.attention_causal_padded(q, k, v, build(m), scale, empty_fill).to(out_dtype)
 
         match.replace_by_example(repl, [q_node, k_node, v_node, mask_node])
     else:
         def repl(q, k, v, m):
+            k, v = _cast(k, k_cast), _cast(v, v_cast)
             return torch.ops.tritonfuse.attention(q, k, v, build(m), scale, is_causal).to(out_dtype)
 
         match.replace_by_example(repl, [q_node, k_node, v_node, mask_node])
@@ -568,19 +594,24 @@ def _make_handwritten_handler(scale_op: str, mask_op: str):
                 and not isinstance(kt4.args[1], bool) and _is_transpose_of_last(kt4.args[0])):
             scale *= float(kt4.args[1])
             kt4 = kt4.args[0]
+        # under autocast the matmul casts the transposed K: the cast moves onto K below its repeat
+        top_cast = None
+        if (kt4.target == prims.convert_element_type.default and isinstance(kt4.args[0], torch.fx.Node)
+                and _is_transpose_of_last(kt4.args[0])
+                and _unrepeat(kt4.args[0].args[0], q.shape[1])[0] is not kt4.args[0].args[0]):
+            top_cast, kt4 = kt4.args[1], kt4.args[0]
         k_node = kt4.args[0] if _is_transpose_of_last(kt4) else None
-        k_src = _repeat_kv_source(k_node, q.shape[1]) if k_node is not None else kt4
-        v_src = _repeat_kv_source(v4, q.shape[1])
-        k_val = _val(k_src) if k_node is not None else _val(kt4).transpose(-2, -1)
-        v = _val(v_src)
-        if k_val.shape[1] != v.shape[1]:  # only one of K/V is a visible repeat: keep both repeated
-            k_src = k_node if k_node is not None else kt4
-            v_src = v4
-            k_val = _val(k_src) if k_node is not None else _val(kt4).transpose(-2, -1)
-            v = _val(v_src)
+        k_src, k_cast = _unrepeat(k_node, q.shape[1]) if k_node is not None else (kt4, None)
+        k_cast = k_cast or top_cast
+        v_src, v_cast = _unrepeat(v4, q.shape[1])
+        if _val(k_src).shape[1] != _val(v_src).shape[1]:
+            # only one of K/V is a visible repeat: keep both repeated
+            k_src, k_cast, v_src, v_cast = (k_node if k_node is not None else kt4), top_cast, v4, None
+        k_val = _cast_val(_val(k_src) if k_node is not None else _val(kt4).transpose(-2, -1), k_cast)
+        v = _cast_val(_val(v_src), v_cast)
         if mask_op == "window":
             _window_site(match, site, kernel, (q4, k_src, v_src), (q, k_val, v), mask_node, kwargs["wmask"],
-                         scale, transposed=k_node is None, out_dtype=_val(out).dtype)
+                         scale, transposed=k_node is None, out_dtype=_val(out).dtype, casts=(k_cast, v_cast))
             return
         if mask_op == "fill":
             mask = _val(bool_keep) if bool_keep is not None else _val(cond_node)
@@ -608,6 +639,7 @@ def _make_handwritten_handler(scale_op: str, mask_op: str):
         transposed = k_node is None
 
         def attn(q, k, v, m):
+            k, v = _cast(k, k_cast), _cast(v, v_cast)
             if transposed:
                 k = k.transpose(-2, -1)
             return torch.ops.tritonfuse.attention(q, k, v, m, scale, is_causal).to(out_dtype)
@@ -628,7 +660,7 @@ def _make_handwritten_handler(scale_op: str, mask_op: str):
 
 
 def _window_site(match: Match, site, kernel: str, nodes, vals, bias_node, wmask_node, scale: float,
-                 transposed: bool, out_dtype) -> None:
+                 transposed: bool, out_dtype, casts=(None, None)) -> None:
     """Swin's shifted-window attention: scores [B', H, S, S] (B' = batch x nW windows) plus a bias broadcast
     over the windows, plus a window mask [1, nW, *, S, S] added through a [B'/nW, nW, H, S, S] view. The
     windows join the heads: q, k, v as [B'/nW, nW*H, S, D] and one [1, nW*H, S, S] mask of bias + window mask
@@ -662,6 +694,7 @@ def _window_site(match: Match, site, kernel: str, nodes, vals, bias_node, wmask_
     def replacement(q, k, v, bias, wmask):
         bias, wmask = (t.reshape((1,) * (5 - t.dim()) + tuple(t.shape)) for t in (bias, wmask))
         m = (bias + wmask).expand(1, nW, H, Sq, Sk)
+        k, v = _cast(k, casts[0]), _cast(v, casts[1])
         q, k, v = (t.reshape(Bn, nW * H, *t.shape[2:]) for t in (q, k, v))
         if transposed:
             k = k.transpose(-2, -1)

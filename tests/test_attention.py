@@ -497,6 +497,22 @@ def test_sdpa_forms(form, device):
     assert_close_to_ref(out, ref, eager, atol=1e-3)
 
 
+def test_sdpa_with_one_visible_kv_repeat_reads_both_repeated(device):
+    # K's heads repeated as HF's repeat_kv does (the kernel could read the 2 heads under it), V's tiled another
+    # way: the site reads both as the 4 heads SDPA gets, rather than K and V with different head counts
+    q, k, v = _qkv(2, 4, 2, 13, 13, 16, torch.float16, device)
+
+    def f(q, k, v):
+        B, H, S, D = k.shape
+        k4 = k[:, :, None].expand(B, H, 2, S, D).reshape(B, 2 * H, S, D)
+        return F.scaled_dot_product_attention(q, k4, v.repeat(1, 2, 1, 1))
+
+    out, eager = _compile_check(f, q, k, v, expect=_counts(1, 1, 0))
+    ref = f(*(x.double() for x in (q, k, v)))
+    assert_close_to_ref(out, ref, eager, atol=1e-3)
+    assert ["Hq=4 Hkv=4" in s.detail for s in tritonfuse.sites()] == [True]
+
+
 @pytest.mark.parametrize("form", ["gqa_causal", "bool_mask"])
 def test_sdpa_math_decomposition(form, device):
     # SDPA's math path (no fused kernel applies) is decomposed into bmm/softmax in fp32 with pre-scaled q, k
@@ -887,6 +903,25 @@ def test_llama_gqa_causal(impl, device):
     # GQA served without repeating K/V, and eager's materialised causal mask read as the causal flag
     details = [s.detail for s in tritonfuse.sites()]
     assert all("Hq=4 Hkv=2" in d and "mask=none causal" in d for d in details), details
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_llama_gqa_under_autocast(impl, device):
+    # an fp32 model under autocast: RoPE's fp32 cos/sin make Q and K fp32 while V stays half, so autocast
+    # casts the repeated K (and Q) to half before SDPA, and not V. The site is served, K/V heads unrepeated
+    # on both sides (a cast of the 2 K heads, not of the repeated 4)
+    # (with a padding mask HF repeats K/V by hand rather than pass enable_gqa to SDPA)
+    model = _llama(impl, torch.float32, device)
+    ids, mask = _ids_and_padding(device)
+    half = torch.bfloat16 if device == "cpu" else torch.float16
+    with torch.autocast(device, dtype=half):
+        out, ref = _compile_check(model, input_ids=ids, attention_mask=mask, expect=_counts(2, 2, 0))
+    keep = mask.bool()
+    torch.testing.assert_close(out.last_hidden_state[keep], ref.last_hidden_state[keep], atol=2e-2, rtol=2e-2)
+    details = [s.detail for s in tritonfuse.sites()]
+    assert all("Hq=4 Hkv=2" in d for d in details), details
+    # SDPA's mask becomes the causal flag and the keys; eager's finite-fill mask stays whole (as without autocast)
+    assert all(("causal" in d) == (impl == "sdpa") for d in details), details
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
