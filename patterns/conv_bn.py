@@ -345,6 +345,8 @@ def _int8_site(match: Match, conv, x, w, b, bn, stride, padding, eps, act) -> tu
     where it is on but cannot, (False, None) where it is off."""
     if config.quant != "int8":
         return False, None  # int8-weight (weight-only) is for the Linear layers' small-M GEMMs
+    if registry.training_graph():
+        return False, "int8 is for inference graphs"
     if x.dtype not in (torch.float16, torch.bfloat16):
         return False, f"int8: {str(x.dtype).replace('torch.', '')} activations (fp16/bf16 only)"
     name = registry.module_name(conv)

@@ -398,7 +398,7 @@ def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None, conv1d=Fal
     mode = config.quant
     if mode == "none":
         return None, None, None
-    if train:
+    if train or registry.training_graph():
         return None, None, "int8 is for inference graphs"
     dynamic = not isinstance(x2.shape[0], int)
     x2s = x2
@@ -522,6 +522,8 @@ def _make_check(act: str, gated: bool, fused: bool, has_bias: bool, store_pre: b
             return False
         if store_pre and not _pre_used_elsewhere(match):
             return False  # an inference graph: the inference pattern has decided this site (and measured it)
+        if act == "none" and registry.training_graph() and not config.linear_plain_enabled():
+            return False  # a GEMM without activation is a site for int8 alone, which training graphs do not get
         site = _gemm_node(match)
         x = arg_val(match, "x")
         ws = [arg_val(match, n) for n in (("w",) if not gated or fused else ("wg", "wu"))]

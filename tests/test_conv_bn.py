@@ -897,6 +897,26 @@ def test_resnet18_int8():
     assert sqnr_db(ref.double(), out.double()) > 25
 
 
+def test_int8_is_not_served_in_a_training_graph():
+    # a conv with bias and ReLU in a compile that records gradients: the forward's site is a training graph's,
+    # where int8 is not served; the gradients are eager's
+    from tritonfuse import config
+
+    m = ConvBNAct(act=nn.ReLU(), bias=True, bn=False).to(torch.bfloat16)
+    x = torch.randn(2, 5, 9, 7, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    with config.patch(quant="int8"):
+        out = torch.compile(m, backend="tritonfuse")(x)
+    out.float().square().sum().backward()
+    got = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    m(x).float().square().sum().backward()
+    sites = [s for s in tritonfuse.sites() if s.family == FAMILY]
+    assert sites and not any(s.kernel.startswith("conv_bn_int8") for s in sites), sites
+    assert all("int8 is for inference graphs" in s.detail + s.reason for s in sites), sites
+    for g, p in zip(got, m.parameters()):
+        torch.testing.assert_close(g, p.grad, atol=2e-2, rtol=2e-2)
+
+
 def test_int8_min_sqnr_gate_keeps_conv_in_float():
     from tritonfuse import config
 

@@ -774,6 +774,31 @@ def test_inplace_weight_update_invalidates_cache(device):
     assert not torch.equal(y1, y2)
 
 
+def test_int8_is_not_served_in_training_graphs(device):
+    # int8 is for inference graphs. In a compile that records gradients, neither the forward's GEMMs nor the
+    # backward's are quantized; the backward's GEMMs (dY @ W, dY^T @ X) and the forward's Linear without an
+    # activation are no sites at all (before: 2 W8A8 sites in the forward, 3 in the backward)
+    import tritonfuse
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.GELU(), torch.nn.Linear(96, 48))
+    model = model.to(device=device, dtype=torch.bfloat16)
+    x = fresh(2, 20, 64, dtype=torch.bfloat16, device=device)
+    tritonfuse.reset()
+    torch._dynamo.reset()
+    with config.patch(quant="int8"):
+        out = torch.compile(model, backend="tritonfuse")(x)
+        out.float().square().sum().backward()
+    got = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(x).float().square().sum().backward()
+    sites = tritonfuse.sites()
+    assert not [s for s in sites if "int8" in s.kernel], sites
+    assert [s.module for s in sites if s.family == "linear_act"] == ["0"], sites  # the GELU site alone
+    for g, p in zip(got, model.parameters()):
+        assert sqnr_db(p.grad, g) > 35
+
+
 def test_reset_requantizes_a_weight_that_tracks_no_version(device):
     # a weight created under torch.inference_mode() has no version counter: an in-place write under inference
     # mode goes unseen by the cache (as documented), and tritonfuse.reset() is the way to a fresh int8 copy

@@ -471,6 +471,25 @@ def test_compile_keeps_no_input_alive():
     assert model[0].weight.grad is not None
 
 
+def test_training_graphs_are_told_from_inference_graphs():
+    # how compile_fx_inner's call says which graph it compiles (int8 serves inference graphs alone); without
+    # its arguments, AOTAutograd's names for a joint graph's inputs
+    from tritonfuse.backend import _is_training
+
+    def gm(*names):
+        g = torch.fx.Graph()
+        out = [g.placeholder(n) for n in names]
+        g.output(out[0])
+        return torch.fx.GraphModule({}, g)
+
+    assert _is_training(gm("arg0_1"), {"is_backward": True})
+    assert _is_training(gm("arg0_1"), {"is_inference": False})
+    assert not _is_training(gm("primals_1"), {"is_inference": True})
+    assert _is_training(gm("primals_1", "primals_2"), {})
+    assert _is_training(gm("primals_3", "tangents_1"), {})
+    assert not _is_training(gm("arg0_1", "arg1_1"), {})
+
+
 def test_kernel_failure_falls_back_with_one_warning(monkeypatch, no_compile_cache):
     def broken():
         raise RuntimeError("simulated compile failure")

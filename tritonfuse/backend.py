@@ -186,10 +186,11 @@ class TritonfusePasses(CustomGraphPass):
         self.graph_key = ""  # names those of the ATen graph being compiled (forward, then backward)
         self.runs = 0
         self.done: list[registry.Site] = []  # sites of every graph this pass saw (forward, backward)
+        self.training = False  # the graph being compiled is a training forward or a backward (inner_compile)
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         self.runs += 1
-        registry.begin_graph()
+        registry.begin_graph(training=self.training)
         registry.set_real_inputs(self.real_inputs if self.runs == 1 else ())
         try:
             with registry.in_cuda_graphs(self.cuda_graphs):
@@ -220,6 +221,7 @@ class TritonfusePasses(CustomGraphPass):
         from torch._inductor.compile_fx import compile_fx_inner
 
         self.graph_key = _graph_key(gm, example_inputs, self.names)
+        self.training = _is_training(gm, kwargs)
         runs = self.runs
         out = compile_fx_inner(gm, example_inputs, **kwargs)
         if self.runs == runs:
@@ -306,6 +308,17 @@ class TritonfusePasses(CustomGraphPass):
         theirs = self.user_pass.uuid() if isinstance(self.user_pass, CustomGraphPass) else None
         # a plain function has no identity Inductor can key on: None makes it bypass its cache, as it would
         return None if theirs is None else f"{ours}+{theirs}"
+
+
+def _is_training(gm: torch.fx.GraphModule, kwargs: dict) -> bool:
+    """Whether compile_fx_inner was called for a training graph: a backward, or the forward of a compile that
+    records gradients (its ``is_inference`` False); without those arguments, by AOTAutograd's names for a
+    joint graph's inputs."""
+    if kwargs.get("is_backward"):
+        return True
+    if "is_inference" in kwargs:
+        return not kwargs["is_inference"]
+    return any(n.op == "placeholder" and n.name.startswith(("primals_", "tangents_")) for n in gm.graph.nodes)
 
 
 def _settings_hash() -> str:

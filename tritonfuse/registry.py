@@ -247,9 +247,19 @@ def _take_measured() -> Optional[list]:
     return None
 
 
-def begin_graph() -> None:
-    global _measure_spent, _deferred
+_training = False  # the graph being processed belongs to a training compile (its forward or its backward)
+
+
+def training_graph() -> bool:
+    """Whether the graph the passes are working on is a training graph: the forward of a compile that
+    records gradients, or its backward (int8 is for inference graphs)."""
+    return _training
+
+
+def begin_graph(training: bool = False) -> None:
+    global _measure_spent, _deferred, _training
     _take_measured()
+    _training = training
     with _lock:
         _pending.clear()
         _measure_spent = 0.0
@@ -267,7 +277,8 @@ def _add(site: Site) -> None:
 
 def end_graph() -> list[Site]:
     """Move the sites of the graph just processed into the counters and return them."""
-    global _graph_index
+    global _graph_index, _training
+    _training = False
     with _lock:
         done = list(_pending.values())
         for site in done:
