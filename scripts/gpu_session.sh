@@ -25,6 +25,8 @@
 #   bash scripts/gpu_session.sh graphs  # the zoo again from CUDA graphs
 #   bash scripts/gpu_session.sh s43     # the 43rd session's patch-convolution GEMM and padded-attention trim
 #   bash scripts/gpu_session.sh s44     # the 44th's: the patch choice's gather kernel, padded-batch attention timing
+#   bash scripts/gpu_session.sh zoo     # scripts/zoo.py (11 HF + 8 torchvision architectures), float and int8
+#   bash scripts/gpu_session.sh zoo_modes # its training, dynamic-shape, autocast and decode modes
 #   bash scripts/gpu_session.sh audit   # torchvision convnets (tiny, fp16) through the backend against eager and
 #                                       # fp64, conv sites inlined: does any model break? (scripts/model_audit.py)
 #   bash scripts/gpu_session.sh tiled   # scripts/wonly_tiled_probe.py: the int8 decode GEMM over a tiled weight layout
@@ -269,6 +271,20 @@ case "${1:-tests}" in
     timeout 280 $PY scripts/zoo.py --dtype float16 --models resnet18,resnet50,mobilenet_v3_small,efficientnet_b0,convnext_tiny,swin_t,regnet_x_400mf,vit \
       --out "$out/zoo_vision.json" > "$out/zoo_vision.txt" 2>&1
     grep -E "^FAIL|passed" "$out/zoo_vision.txt" | tail -20
+    unset TRITONFUSE_MEASURE TRITONFUSE_AUTOTUNE ;;
+  zoo_modes)
+    # prepared in the 46th session: scripts/zoo.py's other modes on the GPU (fp16, every servable site replaced):
+    # training steps (float, int8: nothing quantized, frozen Linears), changing shapes, autocast, KV-cache
+    # decode. The CPU interpreter passed them all after the 46th session's fixes (GQA under autocast; int8 in
+    # training graphs)
+    export TRITONFUSE_MEASURE=0 TRITONFUSE_AUTOTUNE=0
+    timeout 300 $PY scripts/zoo.py --dtype float16 --models bert,gpt2,llama,phi3,opt \
+      --modes train,int8-train,dynamic,int8-dynamic,autocast,decode,int8-decode \
+      --out "$out/zoo_modes_hf.json" > "$out/zoo_modes_hf.txt" 2>&1
+    grep -E "^FAIL|passed" "$out/zoo_modes_hf.txt" | tail -25
+    timeout 240 $PY scripts/zoo.py --dtype float16 --models resnet18,vit,convnext_tiny \
+      --modes train,dynamic,int8-dynamic,autocast --out "$out/zoo_modes_vision.json" > "$out/zoo_modes_vision.txt" 2>&1
+    grep -E "^FAIL|passed" "$out/zoo_modes_vision.txt" | tail -20
     unset TRITONFUSE_MEASURE TRITONFUSE_AUTOTUNE ;;
   int8_42)
     # issue 7, prepared in the 42nd session: the GPU tests of its changes (the rounding test's device fix, the

@@ -5,6 +5,11 @@ matched, replaced and left (with the reasons). A correctness sweep, not a benchm
 
     python scripts/zoo.py --out zoo.json                          # on a GPU (fp16 / bf16 kernels)
     TRITON_INTERPRET=1 python scripts/zoo.py --models gpt2,resnet18   # on a CPU, through the interpreter
+    python scripts/zoo.py --modes train,int8-train,frozen-train,dynamic,int8-dynamic,symbolic,autocast,decode
+
+Besides plain inference (float, int8) the modes cover what users run: training steps (the gradients against
+eager's), shapes that change between calls (Dynamo's automatic dynamic shapes, or dynamic=True), fp32 models
+under autocast, and a causal LM's decode steps against its KV cache.
 
 One JSON object per model and mode goes to --out (a list), and one line each to stdout. The exit status is 1
 when any model failed to compile or run, or came out with a NaN eager did not have, or below --min-db.
@@ -90,42 +95,153 @@ def _output(o) -> torch.Tensor:
     return o
 
 
+def _no_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Zero every dropout and stochastic-depth probability, so a training forward is deterministic and the
+    compiled model's gradients can be compared with eager's."""
+    for m in model.modules():
+        for attr, value in list(vars(m).items()):
+            if isinstance(value, float) and not isinstance(value, bool) and (
+                    "dropout" in attr or "drop_prob" in attr or (attr == "p" and (
+                        isinstance(m, torch.nn.modules.dropout._DropoutNd) or type(m).__name__ == "StochasticDepth"))):
+                setattr(m, attr, 0.0)
+    return model
+
+
+def _inputs(kind: str, device: str, dtype: torch.dtype, gpu: bool, b: int, s: int):
+    """The call's keyword inputs and the mask of the output positions to compare (None: all)."""
+    if kind == "hf":
+        ids = torch.randint(3, 500, (b, s), device=device)
+        mask = torch.ones(b, s, dtype=torch.long, device=device)
+        mask[-1, s * 3 // 4:] = 0  # a padded row: the key-padding paths
+        return {"input_ids": ids, "attention_mask": mask}, mask.bool()
+    x = torch.randn(b, 3, s, s, device=device).to(dtype)
+    return {"x": x.to(memory_format=torch.channels_last)}, None
+
+
+def _call(model, kind: str, kwargs: dict):
+    return _output(model(**kwargs) if kind == "hf" else model(kwargs["x"]))
+
+
+def _shapes(kind: str, mode: str, gpu: bool) -> list:
+    """(batch, sequence length or image size) of each call. A dynamic mode calls three shapes: Dynamo compiles
+    the first statically and recompiles on the second with symbolic sizes, which the third reuses."""
+    if kind == "hf":
+        first = (4, 128) if gpu else (2, 24)
+        return [first, (3, 77), (5, 100)] if "dynamic" in mode or "symbolic" in mode else [first]
+    first = (4 if gpu else 2, 128 if gpu else 64)
+    return [first, (3, first[1]), (5, first[1])] if "dynamic" in mode or "symbolic" in mode else [first]
+
+
+def _grads(model) -> dict:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _compare_grads(ref_grads: dict, grads: dict, rec: dict) -> bool:
+    """Record the gradients' SQNR against eager's (all parameters together, and the worst one) in ``rec``;
+    True when the compiled run has a NaN gradient where eager has none."""
+    # a compiled graph gives zeros where eager gives None (a parameter whose output the loss does not read:
+    # BERT's pooler), as backend="aot_eager" does
+    for n in set(ref_grads) ^ set(grads):
+        have = ref_grads.get(n, grads.get(n))
+        if have.abs().max() > 0:
+            raise AssertionError(f"{n}: a nonzero gradient in one run, none in the other")
+        ref_grads[n] = grads[n] = have
+    per = {n: _sqnr(ref_grads[n], grads[n]) for n in ref_grads if ref_grads[n].abs().max() > 0}
+    rec["grad_sqnr_db"] = round(_sqnr(torch.cat([ref_grads[n].flatten() for n in per]),
+                                      torch.cat([grads[n].flatten() for n in per])), 1)
+    worst = min(per, key=per.get)  # (a key bias's gradient is noise around zero in both runs)
+    rec["worst_grad"] = [worst, round(per[worst], 1)]
+    return any(bool((grads[n].isnan() & ~ref_grads[n].isnan()).any()) for n in grads)
+
+
+def _decode_pairs(model, compiled, device: str, gpu: bool, steps: int = 4) -> list:
+    """A causal LM's prefill, then ``steps`` one-token decode steps against its KV cache, eager and compiled side
+    by side (each with its own cache; the next token is eager's greedy choice for both): the pairs of last-position
+    logits. The growing cache makes Dynamo recompile with a symbolic length on the second step."""
+    b, s = (4, 128) if gpu else (2, 24)
+    ids = torch.randint(3, 500, (b, s), device=device)
+    mask = torch.ones(b, s, dtype=torch.long, device=device)
+    e = model(input_ids=ids, attention_mask=mask, use_cache=True)
+    c = compiled(input_ids=ids, attention_mask=mask, use_cache=True)
+    pairs = [(e.logits[:, -1], c.logits[:, -1])]
+    for _ in range(steps):
+        tok = e.logits[:, -1].argmax(-1, keepdim=True)
+        mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
+        e = model(input_ids=tok, attention_mask=mask, past_key_values=e.past_key_values, use_cache=True)
+        c = compiled(input_ids=tok, attention_mask=mask, past_key_values=c.past_key_values, use_cache=True)
+        pairs.append((e.logits[:, -1], c.logits[:, -1]))
+    return pairs
+
+
 def run_one(name: str, build, kind: str, mode: str, device: str, dtype: torch.dtype, gpu: bool) -> dict:
+    """mode: float / int8 (inference, one shape), dynamic / int8-dynamic (inference at three shapes, the last two
+    through one dynamic graph), train (a training forward and backward with dropout off: the output and every
+    parameter's gradient against eager's; int8-train in int8 mode; frozen-train with every Linear's weight
+    frozen, as LoRA fine-tuning leaves them), symbolic / int8-symbolic (``torch.compile(dynamic=True)``: one graph
+    with symbolic sizes from the first call, at three shapes), autocast (an fp32 model run under
+    ``torch.autocast`` in ``dtype``), decode / int8-decode (a causal LM's prefill and four decode steps against
+    its KV cache)."""
     import tritonfuse
     from tritonfuse import config
 
     rec = {"model": name, "mode": mode, "device": device, "dtype": str(dtype)}
+    train = "train" in mode
     try:
         torch.manual_seed(0)
-        model = build().eval().to(device=device, dtype=dtype)
-        if kind == "hf":
-            b, s = (4, 128) if gpu else (2, 24)
-            ids = torch.randint(3, 500, (b, s), device=device)
-            mask = torch.ones(b, s, dtype=torch.long, device=device)
-            mask[-1, s * 3 // 4:] = 0  # a padded row: the key-padding paths
-            kwargs = {"input_ids": ids, "attention_mask": mask}
-            keep = mask.bool()
-        else:
+        autocast = mode == "autocast"
+        model = build().to(device=device, dtype=torch.float32 if autocast else dtype)
+        model = _no_dropout(model.train()) if train else model.eval()
+        if "frozen" in mode:  # as LoRA fine-tuning leaves them: the gradient flows through, none is kept
+            for m in model.modules():
+                if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D":
+                    m.weight.requires_grad_(False)
+        if kind != "hf":
             model = model.to(memory_format=torch.channels_last)
-            size = 128 if gpu else 64
-            x = torch.randn(4 if gpu else 2, 3, size, size, device=device).to(dtype)
-            kwargs = {"x": x.to(memory_format=torch.channels_last)}
-            keep = None
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
         tritonfuse.reset()
         torch._dynamo.reset()
-        quant = "int8" if mode == "int8" else "none"
-        with torch.no_grad(), config.patch(quant=quant):
-            ref = _output(model(**kwargs) if kind == "hf" else model(kwargs["x"]))
-            start = time.perf_counter()
-            compiled = torch.compile(model, backend="tritonfuse")
-            out = _output(compiled(**kwargs) if kind == "hf" else compiled(kwargs["x"]))
-            rec["compile_s"] = round(time.perf_counter() - start, 1)
-            again = _output(compiled(**kwargs) if kind == "hf" else compiled(kwargs["x"]))
-        if keep is not None and ref.dim() >= 3:  # padded positions' outputs are not compared
-            ref, out, again = ref[keep], out[keep], again[keep]
-        rec["sqnr_db"] = round(_sqnr(ref, out), 1)
-        rec["new_nan"] = bool((out.isnan() & ~ref.isnan()).any())
-        rec["repeatable"] = bool(torch.equal(out, again))
+        quant = "int8" if mode.startswith("int8") else "none"
+        compiled = torch.compile(model, backend="tritonfuse", dynamic=True if "symbolic" in mode else None)
+        sqnrs, new_nan, repeatable = [], False, True
+        with torch.set_grad_enabled(train), config.patch(quant=quant), \
+                torch.autocast(device, dtype=dtype, enabled=autocast):
+            if "decode" in mode:
+                if kind != "hf" or not hasattr(model, "lm_head"):
+                    raise ValueError("decode: not a causal LM")
+                start = time.perf_counter()
+                for ref, out in _decode_pairs(model, compiled, device, gpu):
+                    rec.setdefault("compile_s", round(time.perf_counter() - start, 1))
+                    sqnrs.append(_sqnr(ref, out))
+                    new_nan |= bool((out.isnan() & ~ref.isnan()).any())
+            for b, s in ([] if "decode" in mode else _shapes(kind, mode, gpu)):
+                kwargs, keep = _inputs(kind, device, torch.float32 if autocast else dtype, gpu, b, s)
+                ref = _call(model, kind, kwargs)
+                if train:
+                    weight = torch.randn(ref.shape, device=device, dtype=torch.float32)
+                    (ref.float() * weight).sum().backward()
+                    ref_grads = _grads(model)
+                    model.zero_grad(set_to_none=True)
+                start = time.perf_counter()
+                out = _call(compiled, kind, kwargs)
+                rec.setdefault("compile_s", round(time.perf_counter() - start, 1))
+                if train:
+                    (out.float() * weight).sum().backward()
+                    new_nan |= _compare_grads(ref_grads, _grads(model), rec)
+                    model.zero_grad(set_to_none=True)
+                else:
+                    again = _call(compiled, kind, kwargs)
+                    repeatable &= bool(torch.equal(out, again))
+                if keep is not None and ref.dim() >= 3:  # padded positions' outputs are not compared
+                    ref, out = ref[keep], out[keep]
+                sqnrs.append(_sqnr(ref.detach(), out.detach()))
+                new_nan |= bool((out.isnan() & ~ref.isnan()).any())
+        changed = [n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])]
+        if changed:
+            raise AssertionError(f"the compiled model changed parameters: {changed[:5]}")
+        rec["sqnr_db"] = round(min(sqnrs), 1)
+        rec["shapes"] = len(sqnrs)
+        rec["new_nan"] = new_nan
+        rec["repeatable"] = repeatable
         rec["counters"] = {k: v for k, v in tritonfuse.counters().items() if v["matched"]}
         rec["left"] = sorted({f"{s.family}: {s.reason}" for s in tritonfuse.sites() if s.status != "replaced"})
         rec["ok"] = True
@@ -141,7 +257,9 @@ def main(argv=None) -> int:
     gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="", help="comma list (default: all)")
-    p.add_argument("--modes", default="float,int8")
+    p.add_argument("--modes", default="float,int8",
+                   help="comma list of float, int8, dynamic, int8-dynamic, symbolic, int8-symbolic, train, "
+                        "int8-train, frozen-train, autocast, decode, int8-decode (see run_one)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     p.add_argument("--min-db", type=float, default=20.0, help="a model below this SQNR (dB) fails")
     p.add_argument("--out", default="")
@@ -159,11 +277,13 @@ def main(argv=None) -> int:
         kind, build = zoo[name]
         for mode in [m for m in args.modes.split(",") if m]:
             rec = run_one(name, build, kind, mode, device, dtype, gpu)
-            failed = not rec["ok"] or rec["new_nan"] or rec["sqnr_db"] < args.min_db
+            failed = not rec["ok"] or rec["new_nan"] or min(rec["sqnr_db"],
+                                                            rec.get("grad_sqnr_db", math.inf)) < args.min_db
             bad += failed
             counts = {k: f"{v['replaced']}/{v['matched']}" for k, v in rec.get("counters", {}).items()}
-            print(f"{'FAIL' if failed else 'ok  '} {name:18s} {mode:5s} "
+            print(f"{'FAIL' if failed else 'ok  '} {name:18s} {mode:12s} "
                   + (f"{rec['compile_s']:6.1f}s {rec['sqnr_db']:6.1f} dB repeatable={rec['repeatable']} {counts}"
+                     + (f" grads {rec['grad_sqnr_db']} dB (worst {rec['worst_grad']})" if "grad_sqnr_db" in rec else "")
                      if rec["ok"] else rec["error"]), flush=True)
             for why in rec.get("left", [])[:8]:
                 print(f"       left: {why[:140]}")
