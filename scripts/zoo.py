@@ -18,6 +18,7 @@ when any model failed to compile or run, or came out with a NaN eager did not ha
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -107,7 +108,7 @@ def _no_dropout(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def _inputs(kind: str, device: str, dtype: torch.dtype, gpu: bool, b: int, s: int):
+def _inputs(kind: str, device: str, dtype: torch.dtype, gpu: bool, b: int, s: int, nchw: bool = False):
     """The call's keyword inputs and the mask of the output positions to compare (None: all)."""
     if kind == "hf":
         ids = torch.randint(3, 500, (b, s), device=device)
@@ -115,7 +116,7 @@ def _inputs(kind: str, device: str, dtype: torch.dtype, gpu: bool, b: int, s: in
         mask[-1, s * 3 // 4:] = 0  # a padded row: the key-padding paths
         return {"input_ids": ids, "attention_mask": mask}, mask.bool()
     x = torch.randn(b, 3, s, s, device=device).to(dtype)
-    return {"x": x.to(memory_format=torch.channels_last)}, None
+    return {"x": x if nchw else x.to(memory_format=torch.channels_last)}, None
 
 
 def _call(model, kind: str, kwargs: dict):
@@ -136,9 +137,10 @@ def _grads(model) -> dict:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _compare_grads(ref_grads: dict, grads: dict, rec: dict) -> bool:
-    """Record the gradients' SQNR against eager's (all parameters together, and the worst one) in ``rec``;
-    True when the compiled run has a NaN gradient where eager has none."""
+def _grad_sqnr(ref_grads: dict, grads: dict) -> tuple[float, list, bool]:
+    """The gradients' SQNR (dB) against ``ref_grads`` (all parameters together), the worst parameter's
+    [name, dB], and whether ``grads`` has a NaN where the reference has none."""
+    ref_grads, grads = dict(ref_grads), dict(grads)
     # a compiled graph gives zeros where eager gives None (a parameter whose output the loss does not read:
     # BERT's pooler), as backend="aot_eager" does
     for n in set(ref_grads) ^ set(grads):
@@ -147,11 +149,12 @@ def _compare_grads(ref_grads: dict, grads: dict, rec: dict) -> bool:
             raise AssertionError(f"{n}: a nonzero gradient in one run, none in the other")
         ref_grads[n] = grads[n] = have
     per = {n: _sqnr(ref_grads[n], grads[n]) for n in ref_grads if ref_grads[n].abs().max() > 0}
-    rec["grad_sqnr_db"] = round(_sqnr(torch.cat([ref_grads[n].flatten() for n in per]),
-                                      torch.cat([grads[n].flatten() for n in per])), 1)
-    worst = min(per, key=per.get)  # (a key bias's gradient is noise around zero in both runs)
-    rec["worst_grad"] = [worst, round(per[worst], 1)]
-    return any(bool((grads[n].isnan() & ~ref_grads[n].isnan()).any()) for n in grads)
+    total = _sqnr(torch.cat([ref_grads[n].flatten() for n in per]), torch.cat([grads[n].flatten() for n in per]))
+    # the worst of those whose gradient is not noise around zero (a key projection's bias: softmax cancels it)
+    norms = {n: ref_grads[n].double().norm().item() for n in per}
+    worst = min((n for n in per if norms[n] >= 1e-4 * max(norms.values())), key=per.get)
+    nan = any(bool((grads[n].isnan() & ~ref_grads[n].isnan()).any()) for n in grads)
+    return round(total, 1), [worst, round(per[worst], 1)], nan
 
 
 def _decode_pairs(model, compiled, device: str, gpu: bool, steps: int = 4) -> list:
@@ -173,13 +176,15 @@ def _decode_pairs(model, compiled, device: str, gpu: bool, steps: int = 4) -> li
     return pairs
 
 
-def run_one(name: str, build, kind: str, mode: str, device: str, dtype: torch.dtype, gpu: bool) -> dict:
+def run_one(name: str, build, kind: str, mode: str, device: str, dtype: torch.dtype, gpu: bool,
+            min_db: float = 20.0) -> dict:
     """mode: float / int8 (inference, one shape), dynamic / int8-dynamic (inference at three shapes, the last two
-    through one dynamic graph), train (a training forward and backward with dropout off: the output and every
-    parameter's gradient against eager's; int8-train in int8 mode; frozen-train with every Linear's weight
-    frozen, as LoRA fine-tuning leaves them), symbolic / int8-symbolic (``torch.compile(dynamic=True)``: one graph
-    with symbolic sizes from the first call, at three shapes), autocast (an fp32 model run under
-    ``torch.autocast`` in ``dtype``), decode / int8-decode (a causal LM's prefill and four decode steps against
+    through one dynamic graph), train (a training forward and backward with dropout off: the output and the
+    gradients against an fp32 copy's, within twice eager's own error (6 dB); int8-train in int8 mode;
+    frozen-train with every Linear's weight frozen, as LoRA fine-tuning leaves them), symbolic / int8-symbolic
+    (``torch.compile(dynamic=True)``: one graph with symbolic sizes from the first call, at three shapes),
+    autocast (an fp32 model run under ``torch.autocast`` in ``dtype``), nchw (a convnet and its input left in
+    the default contiguous layout), decode / int8-decode (a causal LM's prefill and four decode steps against
     its KV cache)."""
     import tritonfuse
     from tritonfuse import config
@@ -195,14 +200,19 @@ def run_one(name: str, build, kind: str, mode: str, device: str, dtype: torch.dt
             for m in model.modules():
                 if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D":
                     m.weight.requires_grad_(False)
-        if kind != "hf":
+        nchw = mode == "nchw"
+        if kind != "hf" and not nchw:
             model = model.to(memory_format=torch.channels_last)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        # training in half precision strays from fp32 by itself (BatchNorm over a small batch: 8 dB of gradient
+        # SQNR, eager as Inductor): a training step is judged against fp32, next to eager's own distance
+        ref32 = copy.deepcopy(model).float() if train else None
         tritonfuse.reset()
         torch._dynamo.reset()
         quant = "int8" if mode.startswith("int8") else "none"
         compiled = torch.compile(model, backend="tritonfuse", dynamic=True if "symbolic" in mode else None)
         sqnrs, new_nan, repeatable = [], False, True
+        rec["fails"] = []
         with torch.set_grad_enabled(train), config.patch(quant=quant), \
                 torch.autocast(device, dtype=dtype, enabled=autocast):
             if "decode" in mode:
@@ -214,20 +224,30 @@ def run_one(name: str, build, kind: str, mode: str, device: str, dtype: torch.dt
                     sqnrs.append(_sqnr(ref, out))
                     new_nan |= bool((out.isnan() & ~ref.isnan()).any())
             for b, s in ([] if "decode" in mode else _shapes(kind, mode, gpu)):
-                kwargs, keep = _inputs(kind, device, torch.float32 if autocast else dtype, gpu, b, s)
+                kwargs, keep = _inputs(kind, device, torch.float32 if autocast else dtype, gpu, b, s, nchw)
                 ref = _call(model, kind, kwargs)
                 if train:
                     weight = torch.randn(ref.shape, device=device, dtype=torch.float32)
                     (ref.float() * weight).sum().backward()
                     ref_grads = _grads(model)
                     model.zero_grad(set_to_none=True)
+                    r32 = _call(ref32, kind, {k: v.float() if v.is_floating_point() else v for k, v in kwargs.items()})
+                    (r32 * weight).sum().backward()
+                    g32 = _grads(ref32)
                 start = time.perf_counter()
                 out = _call(compiled, kind, kwargs)
                 rec.setdefault("compile_s", round(time.perf_counter() - start, 1))
                 if train:
                     (out.float() * weight).sum().backward()
-                    new_nan |= _compare_grads(ref_grads, _grads(model), rec)
+                    grads = _grads(model)
                     model.zero_grad(set_to_none=True)
+                    rec["grad_sqnr_db"], rec["worst_grad"], nan = _grad_sqnr(g32, grads)
+                    rec["eager_grad_sqnr_db"] = _grad_sqnr(g32, ref_grads)[0]
+                    new_nan |= nan
+                    rec["out_vs_fp32_db"] = [round(_sqnr(r32.detach(), x.detach()), 1) for x in (out, ref)]
+                    if (rec["grad_sqnr_db"] < rec["eager_grad_sqnr_db"] - 6
+                            or rec["out_vs_fp32_db"][0] < rec["out_vs_fp32_db"][1] - 6):
+                        rec["fails"].append("further from fp32 than twice eager's error")
                 else:
                     again = _call(compiled, kind, kwargs)
                     repeatable &= bool(torch.equal(out, again))
@@ -239,6 +259,8 @@ def run_one(name: str, build, kind: str, mode: str, device: str, dtype: torch.dt
         if changed:
             raise AssertionError(f"the compiled model changed parameters: {changed[:5]}")
         rec["sqnr_db"] = round(min(sqnrs), 1)
+        if not train and rec["sqnr_db"] < min_db:
+            rec["fails"].append(f"below {min_db} dB")
         rec["shapes"] = len(sqnrs)
         rec["new_nan"] = new_nan
         rec["repeatable"] = repeatable
@@ -260,8 +282,9 @@ def main(argv=None) -> int:
     p.add_argument("--modes", default="float,int8",
                    help="comma list of float, int8, dynamic, int8-dynamic, symbolic, int8-symbolic, train, "
                         "int8-train, frozen-train, autocast, decode, int8-decode (see run_one)")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
-    p.add_argument("--min-db", type=float, default=20.0, help="a model below this SQNR (dB) fails")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--min-db", type=float, default=20.0,
+                   help="an inference run below this SQNR (dB) against eager fails (training: see run_one)")
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
     device = "cuda" if gpu else "cpu"
@@ -276,14 +299,15 @@ def main(argv=None) -> int:
     for name in names:
         kind, build = zoo[name]
         for mode in [m for m in args.modes.split(",") if m]:
-            rec = run_one(name, build, kind, mode, device, dtype, gpu)
-            failed = not rec["ok"] or rec["new_nan"] or min(rec["sqnr_db"],
-                                                            rec.get("grad_sqnr_db", math.inf)) < args.min_db
+            rec = run_one(name, build, kind, mode, device, dtype, gpu, args.min_db)
+            failed = not rec["ok"] or rec["new_nan"] or bool(rec["fails"])
             bad += failed
             counts = {k: f"{v['replaced']}/{v['matched']}" for k, v in rec.get("counters", {}).items()}
             print(f"{'FAIL' if failed else 'ok  '} {name:18s} {mode:12s} "
                   + (f"{rec['compile_s']:6.1f}s {rec['sqnr_db']:6.1f} dB repeatable={rec['repeatable']} {counts}"
-                     + (f" grads {rec['grad_sqnr_db']} dB (worst {rec['worst_grad']})" if "grad_sqnr_db" in rec else "")
+                     + (f" vs fp32: out {rec['out_vs_fp32_db'][0]} dB (eager {rec['out_vs_fp32_db'][1]}), grads "
+                        f"{rec['grad_sqnr_db']} dB (eager {rec['eager_grad_sqnr_db']}; worst {rec['worst_grad']})"
+                        if "grad_sqnr_db" in rec else "") + "".join(f" [{f}]" for f in rec["fails"])
                      if rec["ok"] else rec["error"]), flush=True)
             for why in rec.get("left", [])[:8]:
                 print(f"       left: {why[:140]}")
