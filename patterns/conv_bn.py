@@ -100,13 +100,16 @@ def _named(fn, names):
     return fn
 
 
-def _example_inputs(head: str, res: bool, dtype: torch.dtype, device: str = "cpu") -> list[torch.Tensor]:
-    # values only feed the trace (which runs the ops for real); no RNG: the user's random stream is theirs
-    def t(*shape):
-        return torch.full(shape, 0.5, dtype=dtype, device=device)
+def _example_inputs(head: str, res: bool, dtype, device: str = "cpu") -> list[torch.Tensor]:
+    # values only feed the trace (which runs the ops for real); no RNG: the user's random stream is theirs.
+    # dtype AMP: an fp32 model under autocast, whose half-precision conv meets the BN's fp32 parameters
+    def t(*shape, dt=torch.float16 if dtype == AMP else dtype):
+        return torch.full(shape, 0.5, dtype=dt, device=device)
     x, w = t(2, 4, 6, 6), t(8, 4, 1, 1)
     # distinct tensors: a tensor passed twice would trace as one input, tying the two in the pattern
     b, *p = [t(8) for _ in range(5)]
+    if dtype == AMP:
+        p = [t(8, dt=torch.float32) for _ in range(4)]
     args = {"bn": [x, w, *p], "bias_bn": [x, w, b, *p], "bias": [x, w, b], "bn_noaffine": [x, w, *p[:2]]}[head]
     return args + ([t(2, 8, 6, 6)] if res else [])
 
@@ -508,27 +511,40 @@ def _patch_devices(graph) -> set:
 # they differ by device.)
 ACT_OPS = {a: ACTIVATION_OPS[a] for a in K.ACTIVATIONS}
 HALF = (torch.float16, torch.bfloat16)
+AMP = "amp"  # the traces of a half-precision conv whose BN parameters are fp32 (autocast), beside fp32 and fp16
 
 
 def _variant_ops(act: str, res: Optional[str], act2: str) -> set:
     return {*ACT_OPS[act], *ACT_OPS[act2], *((aten.add.Tensor,) if res is not None else ())}
 
 
-def wanted_patterns(graph_ops: frozenset, conv_dtypes: frozenset) -> tuple:
+def wanted_patterns(graph_ops: frozenset, conv_dtypes: frozenset, amp: bool = False) -> tuple:
     """``(head, act, res, act2, dtype)`` of each pattern a graph holding ``graph_ops`` and convolutions of
     ``conv_dtypes`` may match, in registration order. A pattern traced in half precision holds the upcast
     around eval BatchNorm that a half-precision convolution's BN decomposes to, and one traced in fp32 does
     not, so a BN head is traced in fp16 only for a graph with half-precision convolutions and in fp32 only
     for one with others (a conv with bias alone, whose epilogue a user may write by hand, is traced in both).
-    ResNet-50 in fp16 builds 25 of the 76 traces (1.6 of 2.3 s cold on the CPU machine)."""
+    ResNet-50 in fp16 builds 25 of the 76 traces (1.6 of 2.3 s cold on the CPU machine). ``amp``: the graph
+    casts a conv's weight to half precision (autocast): its BN heads are also traced with fp32 parameters."""
     out = []
     for head, act, res, act2 in _variants():
         if not _variant_ops(act, res, act2) <= graph_ops:
             continue
-        for dtype in (torch.float32, torch.float16):
-            if head == "bias" or any((d in HALF) == (dtype == torch.float16) for d in conv_dtypes):
+        for dtype in (torch.float32, torch.float16, AMP):
+            if dtype == AMP:
+                if amp and "bn" in head:
+                    out.append((head, act, res, act2, dtype))
+            elif head == "bias" or any((d in HALF) == (dtype == torch.float16) for d in conv_dtypes):
                 out.append((head, act, res, act2, dtype))
     return tuple(out)
+
+
+def _autocast_conv(conv: torch.fx.Node) -> bool:
+    # a half-precision conv whose weight is cast for it in the graph: autocast's, of an fp32 model's weight
+    w = conv.args[1] if len(conv.args) > 1 else None
+    v = _val(conv)
+    return (isinstance(w, torch.fx.Node) and w.target == torch.ops.prims.convert_element_type.default
+            and isinstance(v, torch.Tensor) and v.dtype in HALF)
 
 
 def pattern_spec(graph_ops: frozenset, graph=None):
@@ -548,7 +564,8 @@ def pattern_spec(graph_ops: frozenset, graph=None):
     spec = []
     for dev in sorted({v.device.type for v in vals} or {"cpu"}):
         dtypes = frozenset(v.dtype for v in vals if v.device.type == dev)
-        wanted = wanted_patterns(graph_ops, dtypes or frozenset({torch.float32, torch.float16}))
+        amp = any(_autocast_conv(c) for c in convs if _val(c) is not None and _val(c).device.type == dev)
+        wanted = wanted_patterns(graph_ops, dtypes or frozenset({torch.float32, torch.float16}), amp)
         if wanted or dev in patch:  # (the patch pattern is one node: registered with every pass)
             spec.append((dev, wanted))
     return tuple(spec) or None
@@ -567,8 +584,10 @@ def _register_patterns(pm: PatternMatcherPass, device: str = "cpu", wanted: Opti
     for head, act, res, act2 in _variants():
         names = _argnames(head, res is not None)
         search = _named(_conv_bn_pattern(head, act, res, act2), names)
-        for dtype in (torch.float32, torch.float16):
+        for dtype in (torch.float32, torch.float16, AMP):
             if wanted is not None and (head, act, res, act2, dtype) not in wanted:
+                continue
+            if wanted is None and dtype == AMP and "bn" not in head:
                 continue
             with torch.no_grad():
                 pattern, gm = pattern_matcher.gen_pattern_and_search_gm(  # through pattern_cache's hook

@@ -279,8 +279,9 @@ def test_each_patterns_epilogue_ops_and_dtype():
 
     convert = torch.ops.prims.convert_element_type.default
     every = P.wanted_patterns(frozenset().union(*P.ACT_OPS.values(), {torch.ops.aten.add.Tensor}),
-                              frozenset({torch.float32, torch.float16}))
-    assert len(every) == 2 * len(P._variants())
+                              frozenset({torch.float32, torch.float16}), amp=True)
+    # (AMP: the BN heads once more, with fp32 BN parameters beside a half-precision conv)
+    assert len(every) == 2 * len(P._variants()) + sum("bn" in v[0] for v in P._variants())
     for head, act, res, act2, dtype in every:
         search = P._named(P._conv_bn_pattern(head, act, res, act2), P._argnames(head, res is not None))
         with torch.no_grad():
@@ -289,8 +290,8 @@ def test_each_patterns_epilogue_ops_and_dtype():
                 scalar_workaround={"eps": P._EPS} if "bn" in head else None)
         held = pattern_ops(pattern)
         assert P._variant_ops(act, res, act2) <= held, (head, act, res, act2)
-        if "bn" in head:
-            assert (convert in held) == (dtype == torch.float16), (head, act, res, act2, dtype)
+        if "bn" in head:  # the upcast around BN in fp16; under autocast only the cast of its output
+            assert (convert in held) == (dtype != torch.float32), (head, act, res, act2, dtype)
 
 
 def test_a_graph_builds_only_its_epilogues_and_precision():
@@ -626,6 +627,25 @@ def test_resnet18_counts_and_numerics():
     # every conv has a BN (20), the 8 residual adds are fused with their block's last conv
     kernels = ["conv_bn[bn,relu]"] * 9 + ["conv_bn[bn,none+res,relu]"] * 8 + ["conv_bn[bn,none]"] * 3
     _compile_check(m, torch.randn(1, 3, 32, 32), _counts(20, 20), atol=1e-4, kernels=kernels)
+
+
+def test_resnet18_under_autocast(device):
+    # an fp32 model under autocast: each conv runs in half precision on a weight cast for it, its BN on the
+    # fp32 parameters (no upcast of them, the conv's output promoted): every site served as in a half model
+    # (none matched before)
+    torchvision = pytest.importorskip("torchvision")
+    m = _randomize_bn(torchvision.models.resnet18(weights=None)).eval()
+    m = m.to(device=device, memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 32, 32, device=device).to(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16 if device == "cpu" else torch.float16):
+        eager = m(x)
+        out = torch.compile(m, backend="tritonfuse")(x)
+    with torch.no_grad():
+        ref = copy.deepcopy(m).double()(x.double())
+    assert tritonfuse.counters()[FAMILY] == _counts(20, 20), tritonfuse.report()
+    got = sorted(s.kernel for s in tritonfuse.sites() if s.family == FAMILY)
+    assert got == sorted(["conv_bn[bn,relu]"] * 9 + ["conv_bn[bn,none+res,relu]"] * 8 + ["conv_bn[bn,none]"] * 3)
+    assert_close_to_ref(out, ref, eager, atol=1e-3)
 
 
 def test_resnet50_counts():
