@@ -1133,6 +1133,36 @@ def _realize_shared_inputs() -> None:
                                ops.int8_quant_rows.default])
 
 
+_CAST_WEIGHTS = ("w", "wg", "wu")  # the weight arguments of the int8 ops that quantize their weights at run time
+
+
+def autocast_weight_pass(graph: torch.fx.Graph) -> int:
+    """Under autocast the graph casts each fp32 weight to half precision for its GEMM on every call. An int8
+    op reads its weight only through the int8 copy the weight cache keeps, and the cast's output, a new
+    tensor each call, had none: every weight was quantized again on every call. Here the int8 ops read the
+    fp32 weight itself (quantized from it once per version), and a cast nothing else reads goes. Returns the
+    number of weights rewired."""
+    ops = torch.ops.tritonfuse
+    targets = (ops.int8_linear.default, ops.int8_gated_mlp.default, ops.int8_linear_prequant.default,
+               ops.int8_gated_mlp_prequant.default, ops.int8_linear_amax.default, ops.int8_linear_qload.default)
+    done = 0
+    for node in [n for n in graph.nodes if n.op == "call_function" and n.target in targets]:
+        for i, arg in enumerate(node.target._schema.arguments):
+            cast = node.args[i] if i < len(node.args) else node.kwargs.get(arg.name)
+            if arg.name not in _CAST_WEIGHTS or not isinstance(cast, torch.fx.Node) \
+                    or cast.target != torch.ops.prims.convert_element_type.default:
+                continue
+            src, half = (n.meta.get("val") if isinstance(n, torch.fx.Node) else None for n in (cast.args[0], cast))
+            if not isinstance(src, torch.Tensor) or not isinstance(half, torch.Tensor) \
+                    or src.dtype != torch.float32 or half.dtype not in (torch.float16, torch.bfloat16):
+                continue
+            node.replace_input_with(cast, cast.args[0])
+            if not cast.users:
+                graph.erase_node(cast)
+            done += 1
+    return done
+
+
 def share_quant_pass(graph: torch.fx.Graph) -> int:
     """One per-token quantization of x for all the W8A8 sites that read it, where each quantized its own copy:
     the graph ops a norm's kernel computes (bert's Q, K and V: Inductor wrote three int8 copies, 37.0 against

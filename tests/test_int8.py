@@ -799,6 +799,43 @@ def test_int8_is_not_served_in_training_graphs(device):
         assert sqnr_db(p.grad, g) > 35
 
 
+@pytest.mark.parametrize("mode", ["int8", "int8-weight"])
+def test_int8_under_autocast_quantizes_each_fp32_weight_once(mode, device):
+    # an fp32 model under autocast: the graph casts each weight to half for its GEMM on every call, a new
+    # tensor each time. The int8 ops read the fp32 weights instead: nothing is quantized again on the second
+    # call (before: every weight, every call), and the casts are gone from the graph
+    import tritonfuse
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.LayerNorm(64), torch.nn.Linear(64, 96), torch.nn.GELU(),
+                                torch.nn.Linear(96, 48)).to(device).eval()
+    x = fresh(2, 20, 64, device=device)
+    half = torch.bfloat16 if device == "cpu" else torch.float16
+    tritonfuse.reset()
+    torch._dynamo.reset()
+    from utils import GraphOps
+
+    class WeightInputs(GraphOps):  # what the int8 ops' weight arguments are, after tritonfuse's passes
+        def __call__(self, graph):
+            for n in graph.nodes:
+                if n.op == "call_function" and str(n.target).startswith("tritonfuse.int8"):
+                    self.ops += [n.args[i].op for i, a in enumerate(n.target._schema.arguments) if a.name == "w"]
+
+    seen = WeightInputs()
+    with torch.no_grad(), torch.autocast(device, dtype=half), config.patch(quant=mode):
+        want = model(x)
+        compiled = torch.compile(model, backend="tritonfuse", options={"post_grad_custom_pre_pass": seen})
+        got = compiled(x)
+        n = Q.weight_cache.quantizations
+        again = compiled(x)
+    assert Q.weight_cache.quantizations == n
+    assert seen.ops == ["placeholder", "placeholder"], seen.ops
+    assert torch.equal(got, again) and got.dtype == want.dtype == half
+    kernels = [s.kernel for s in tritonfuse.sites() if s.family == "linear_act"]
+    assert len(kernels) == 2 and all(k.startswith("int8") for k in kernels), kernels
+    assert sqnr_db(want.float(), got.float()) > 30
+
+
 def test_reset_requantizes_a_weight_that_tracks_no_version(device):
     # a weight created under torch.inference_mode() has no version counter: an in-place write under inference
     # mode goes unseen by the cache (as documented), and tritonfuse.reset() is the way to a fresh int8 copy

@@ -285,8 +285,9 @@ class TritonfusePasses(CustomGraphPass):
                     _warn_once(f"tritonfuse: {msg}; int8 GEMMs quantize their inputs themselves")
         if registry.pending_replacements() and config.quant != "none" and "linear_act" in self.families:
             try:
-                from tritonfuse.patterns.linear_act import int8_constants_pass
+                from tritonfuse.patterns.linear_act import autocast_weight_pass, int8_constants_pass
 
+                autocast_weight_pass(graph)
                 int8_constants_pass(graph)
             except Exception as e:  # the int8 sites keep their ops, which look their weights up at run time
                 if not config.fallback_enabled():
