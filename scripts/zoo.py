@@ -159,11 +159,13 @@ def _grad_sqnr(ref_grads: dict, grads: dict) -> tuple[float, list, bool]:
 
 def _decode_pairs(model, compiled, device: str, gpu: bool, steps: int = 4) -> list:
     """A causal LM's prefill, then ``steps`` one-token decode steps against its KV cache, eager and compiled side
-    by side (each with its own cache; the next token is eager's greedy choice for both): the pairs of last-position
-    logits. The growing cache makes Dynamo recompile with a symbolic length on the second step."""
+    by side (each with its own cache; the next token is eager's greedy choice for both; one row left-padded):
+    the pairs of last-position logits. The growing cache makes Dynamo recompile with a symbolic length on the
+    second step."""
     b, s = (4, 128) if gpu else (2, 24)
     ids = torch.randint(3, 500, (b, s), device=device)
     mask = torch.ones(b, s, dtype=torch.long, device=device)
+    mask[-1, : s // 4] = 0  # a left-padded row, as batched generation pads
     e = model(input_ids=ids, attention_mask=mask, use_cache=True)
     c = compiled(input_ids=ids, attention_mask=mask, use_cache=True)
     pairs = [(e.logits[:, -1], c.logits[:, -1])]
