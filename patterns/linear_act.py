@@ -1148,19 +1148,47 @@ def autocast_weight_pass(graph: torch.fx.Graph) -> int:
     done = 0
     for node in [n for n in graph.nodes if n.op == "call_function" and n.target in targets]:
         for i, arg in enumerate(node.target._schema.arguments):
-            cast = node.args[i] if i < len(node.args) else node.kwargs.get(arg.name)
-            if arg.name not in _CAST_WEIGHTS or not isinstance(cast, torch.fx.Node) \
-                    or cast.target != torch.ops.prims.convert_element_type.default:
+            w = node.args[i] if i < len(node.args) else node.kwargs.get(arg.name)
+            if arg.name not in _CAST_WEIGHTS or not isinstance(w, torch.fx.Node):
+                continue
+            # the weight may be a view of the cast (a Conv1D's transposed weight, half of a fused projection)
+            views, cast = [], w
+            while cast.target in _WEIGHT_VIEWS and isinstance(cast.args[0], torch.fx.Node):
+                views.append(cast)
+                cast = cast.args[0]
+            if cast.target != torch.ops.prims.convert_element_type.default:
                 continue
             src, half = (n.meta.get("val") if isinstance(n, torch.fx.Node) else None for n in (cast.args[0], cast))
             if not isinstance(src, torch.Tensor) or not isinstance(half, torch.Tensor) \
                     or src.dtype != torch.float32 or half.dtype not in (torch.float16, torch.bfloat16):
                 continue
-            node.replace_input_with(cast, cast.args[0])
-            if not cast.users:
-                graph.erase_node(cast)
+            fp32 = _view_again(graph, node, cast.args[0], views[::-1])
+            if fp32 is None:
+                continue
+            node.replace_input_with(w, fp32)
+            for dead in [*views, cast]:  # from the weight down to the cast, those nothing else reads
+                if not dead.users:
+                    graph.erase_node(dead)
             done += 1
     return done
+
+
+def _view_again(graph: torch.fx.Graph, before: torch.fx.Node, src: torch.fx.Node, views: list):
+    """The views ``views`` (innermost first) applied again to ``src``, as new nodes placed before ``before``
+    (each with its value), or None where one cannot be computed."""
+    out, made = src, []
+    for v in views:
+        try:
+            val = v.target(out.meta["val"], *v.args[1:], **v.kwargs)
+        except Exception:  # noqa: BLE001 - the cast stays
+            for n in reversed(made):
+                graph.erase_node(n)
+            return None
+        with graph.inserting_before(before):
+            out = graph.call_function(v.target, (out, *v.args[1:]), dict(v.kwargs))
+        out.meta["val"] = val
+        made.append(out)
+    return out
 
 
 def share_quant_pass(graph: torch.fx.Graph) -> int:

@@ -855,11 +855,14 @@ def test_reset_requantizes_a_weight_that_tracks_no_version(device):
     assert not torch.equal(y1, y2)
 
 
+@pytest.mark.parametrize("autocast", [False, True])
 @pytest.mark.parametrize("arch", ["gpt2", "phi3"])
-def test_hf_decoder_with_weights_read_through_views(arch, device):
+def test_hf_decoder_with_weights_read_through_views(arch, autocast, device):
     # whole HF decoders (tiny, from configs) whose Linear weights reach the int8 ops through views: GPT-2's
     # Conv1D ([K, N], transposed), Phi-3's fused qkv and [gate | up] projections (halves). Every GEMM int8 (2
-    # layers x 4 + the LM head), logits near eager's, and a second call quantizes nothing again
+    # layers x 4 + the LM head), logits near eager's, and a second call quantizes nothing again. Under
+    # autocast (an fp32 model) the views are of the half-precision cast of each weight: the ops read the same
+    # views of the fp32 weight instead (GPT-2's MLP, whose gelu_new autocast computes in fp32, is not a site)
     import tritonfuse
 
     transformers = pytest.importorskip("transformers")
@@ -873,18 +876,20 @@ def test_hf_decoder_with_weights_read_through_views(arch, device):
                                       num_key_value_heads=2, vocab_size=256, max_position_embeddings=64,
                                       pad_token_id=0, bos_token_id=0, eos_token_id=0)
         model = transformers.Phi3ForCausalLM(cfg)
-    model = model.to(device=device, dtype=torch.bfloat16).eval()
+    half = torch.float16 if device == "cuda" else torch.bfloat16
+    model = model.to(device=device, dtype=torch.float32 if autocast else torch.bfloat16).eval()
     ids = torch.randint(0, 256, (2, 24), device=device)
     tritonfuse.reset()
     torch._dynamo.reset()
-    with torch.no_grad(), config.patch(quant="int8"):
+    with torch.no_grad(), config.patch(quant="int8"), torch.autocast(device, dtype=half, enabled=autocast):
         want = model(ids).logits
         compiled = torch.compile(model, backend="tritonfuse")
         got = compiled(ids).logits
         n = Q.weight_cache.quantizations
         assert torch.equal(compiled(ids).logits, got) and Q.weight_cache.quantizations == n
     counts = tritonfuse.counters()
-    assert counts["linear_act"] == {"matched": 9, "replaced": 9, "fallback": 0}, tritonfuse.report()
+    sites = 5 if autocast and arch == "gpt2" else 9
+    assert counts["linear_act"] == {"matched": sites, "replaced": sites, "fallback": 0}, tritonfuse.report()
     assert all(c["fallback"] == 0 for c in counts.values()), tritonfuse.report()
     assert sqnr_db(want.float(), got.float()) > 30
 
