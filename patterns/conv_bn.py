@@ -36,7 +36,7 @@ from torch._inductor.pattern_matcher import CallFunction, KeywordArg, Match, Pat
 
 from tritonfuse import config, registry
 from tritonfuse.kernels import conv_bn as K
-from tritonfuse.patterns.common import ACTIVATION_OPS, trace_pattern
+from tritonfuse.patterns.common import ACTIVATION_OPS, COMPUTED_WEIGHT, int8_weight_source, trace_pattern
 
 FAMILY = "conv_bn"
 # conv -> BN, conv(bias) -> BN, conv(bias) alone, conv -> BN(affine=False)
@@ -350,6 +350,8 @@ def _int8_site(match: Match, conv, x, w, b, bn, stride, padding, eps, act) -> tu
         return False, None  # int8-weight (weight-only) is for the Linear layers' small-M GEMMs
     if registry.training_graph():
         return False, "int8 is for inference graphs"
+    if int8_weight_source(conv.args[1]) is None:
+        return False, COMPUTED_WEIGHT
     if x.dtype not in (torch.float16, torch.bfloat16):
         return False, f"int8: {str(x.dtype).replace('torch.', '')} activations (fp16/bf16 only)"
     name = registry.module_name(conv)

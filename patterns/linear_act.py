@@ -36,8 +36,9 @@ from torch._inductor.pattern_matcher import (
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from tritonfuse import config, inline, registry
-from tritonfuse.patterns.common import (ACTIVATION_OPS, arg_val, hinted, memo_trace, recorded_pattern,
-                                        search_only, trace_pattern)
+from tritonfuse.patterns.common import (ACTIVATION_OPS, COMPUTED_WEIGHT, WEIGHT_VIEWS, arg_val, hinted,
+                                        int8_weight_source, memo_trace, recorded_pattern, search_only,
+                                        trace_pattern)
 from tritonfuse.kernels import linear_act as K
 
 FAMILY = "linear_act"
@@ -400,6 +401,10 @@ def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None, conv1d=Fal
         return None, None, None
     if train or registry.training_graph():
         return None, None, "int8 is for inference graphs"
+    for n in ("w", "wg", "wu"):
+        w_node = site_match.kwargs.get(n) if site_match is not None else None
+        if isinstance(w_node, torch.fx.Node) and int8_weight_source(w_node) is None:
+            return None, None, COMPUTED_WEIGHT
     dynamic = not isinstance(x2.shape[0], int)
     x2s = x2
     x2 = hinted(x2)
@@ -979,14 +984,13 @@ def _val(n):
     return n.meta["val"] if isinstance(n, torch.fx.Node) else n
 
 
-_WEIGHT_VIEWS = (aten.permute.default, aten.t.default, aten.slice.Tensor, aten.narrow.default, *_VIEWS)
 
 
 def _int8_site_of(w_node) -> Optional[str]:
     # the site whose int8 call reads weight ``w_node`` (noted by its check), where exactly one does. Calls
     # may read it through a view: an HF Conv1D's [K, N] weight transposed, a fused [gate | up] projection's
     # halves
-    while isinstance(w_node, torch.fx.Node) and w_node.op == "call_function" and w_node.target in _WEIGHT_VIEWS:
+    while isinstance(w_node, torch.fx.Node) and w_node.op == "call_function" and w_node.target in WEIGHT_VIEWS:
         w_node = w_node.args[0]
     sites = w_node.meta.get("tritonfuse_int8_sites", []) if isinstance(w_node, torch.fx.Node) else []
     return sites[0] if len(sites) == 1 else None
@@ -1131,64 +1135,6 @@ def _realize_shared_inputs() -> None:
                                ops.int8_linear.default, ops.int8_gated_mlp.default, ops.int8_linear_amax.default,
                                ops.int8_linear_qload.default, ops.int8_mm.default, ops.int8_gated_mm.default,
                                ops.int8_quant_rows.default])
-
-
-_CAST_WEIGHTS = ("w", "wg", "wu")  # the weight arguments of the int8 ops that quantize their weights at run time
-
-
-def autocast_weight_pass(graph: torch.fx.Graph) -> int:
-    """Under autocast the graph casts each fp32 weight to half precision for its GEMM on every call. An int8
-    op reads its weight only through the int8 copy the weight cache keeps, and the cast's output, a new
-    tensor each call, had none: every weight was quantized again on every call. Here the int8 ops read the
-    fp32 weight itself (quantized from it once per version), and a cast nothing else reads goes. Returns the
-    number of weights rewired."""
-    ops = torch.ops.tritonfuse
-    targets = (ops.int8_linear.default, ops.int8_gated_mlp.default, ops.int8_linear_prequant.default,
-               ops.int8_gated_mlp_prequant.default, ops.int8_linear_amax.default, ops.int8_linear_qload.default)
-    done = 0
-    for node in [n for n in graph.nodes if n.op == "call_function" and n.target in targets]:
-        for i, arg in enumerate(node.target._schema.arguments):
-            w = node.args[i] if i < len(node.args) else node.kwargs.get(arg.name)
-            if arg.name not in _CAST_WEIGHTS or not isinstance(w, torch.fx.Node):
-                continue
-            # the weight may be a view of the cast (a Conv1D's transposed weight, half of a fused projection)
-            views, cast = [], w
-            while cast.target in _WEIGHT_VIEWS and isinstance(cast.args[0], torch.fx.Node):
-                views.append(cast)
-                cast = cast.args[0]
-            if cast.target != torch.ops.prims.convert_element_type.default:
-                continue
-            src, half = (n.meta.get("val") if isinstance(n, torch.fx.Node) else None for n in (cast.args[0], cast))
-            if not isinstance(src, torch.Tensor) or not isinstance(half, torch.Tensor) \
-                    or src.dtype != torch.float32 or half.dtype not in (torch.float16, torch.bfloat16):
-                continue
-            fp32 = _view_again(graph, node, cast.args[0], views[::-1])
-            if fp32 is None:
-                continue
-            node.replace_input_with(w, fp32)
-            for dead in [*views, cast]:  # from the weight down to the cast, those nothing else reads
-                if not dead.users:
-                    graph.erase_node(dead)
-            done += 1
-    return done
-
-
-def _view_again(graph: torch.fx.Graph, before: torch.fx.Node, src: torch.fx.Node, views: list):
-    """The views ``views`` (innermost first) applied again to ``src``, as new nodes placed before ``before``
-    (each with its value), or None where one cannot be computed."""
-    out, made = src, []
-    for v in views:
-        try:
-            val = v.target(out.meta["val"], *v.args[1:], **v.kwargs)
-        except Exception:  # noqa: BLE001 - the cast stays
-            for n in reversed(made):
-                graph.erase_node(n)
-            return None
-        with graph.inserting_before(before):
-            out = graph.call_function(v.target, (out, *v.args[1:]), dict(v.kwargs))
-        out.meta["val"] = val
-        made.append(out)
-    return out
 
 
 def share_quant_pass(graph: torch.fx.Graph) -> int:

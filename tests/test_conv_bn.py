@@ -917,6 +917,48 @@ def test_resnet18_int8():
     assert sqnr_db(ref.double(), out.double()) > 25
 
 
+def test_int8_conv_under_autocast_quantizes_each_weight_once():
+    # an fp32 convnet under autocast in int8: the conv reads the fp32 weight, not the half-precision cast the
+    # graph makes of it on every call (a new tensor each call: quantized again on every call before)
+    from tritonfuse import config
+    from tritonfuse.kernels import int8 as I8
+    from utils import sqnr_db
+
+    m = _randomize_bn(ConvBNAct(act=nn.ReLU())).eval()
+    x = torch.randn(2, 5, 9, 7).to(memory_format=torch.channels_last)
+    dev = x.device.type  # (the GPU suite makes CUDA the default device)
+    with torch.no_grad(), torch.autocast(dev, dtype=torch.bfloat16 if dev == "cpu" else torch.float16), \
+            config.patch(quant="int8"):
+        want = m(x)
+        compiled = torch.compile(m, backend="tritonfuse")
+        got = compiled(x)
+        n = I8.weight_cache.quantizations
+        again = compiled(x)
+    assert I8.weight_cache.quantizations == n and torch.equal(got, again)
+    site, = [s for s in tritonfuse.sites() if s.family == FAMILY]
+    assert site.kernel.startswith("conv_bn_int8["), site
+    assert sqnr_db(want.float(), got.float()) > 25
+
+
+def test_int8_leaves_a_conv_weight_computed_in_the_graph_in_float():
+    # a weight-normalised conv: its weight is computed in the graph on every call (a buffer Inductor may
+    # reuse), so no int8 copy can be kept for it: the site runs in floating point, with the reason
+    from torch.nn.utils.parametrizations import weight_norm
+    from tritonfuse import config
+    from tritonfuse.patterns.common import COMPUTED_WEIGHT
+
+    m = _randomize_bn(ConvBNAct(act=nn.ReLU())).eval()
+    m.conv = weight_norm(m.conv)
+    m = m.to(torch.bfloat16)
+    x = torch.randn(2, 5, 9, 7, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    with torch.no_grad(), config.patch(quant="int8"):
+        want = m(x)
+        got = torch.compile(m, backend="tritonfuse")(x)
+    site, = [s for s in tritonfuse.sites() if s.family == FAMILY]
+    assert site.kernel == "conv_bn[bn,relu]" and COMPUTED_WEIGHT in site.detail, site
+    torch.testing.assert_close(got, want, atol=3e-2, rtol=3e-2)
+
+
 def test_int8_is_not_served_in_a_training_graph():
     # a conv with bias and ReLU in a compile that records gradients: the forward's site is a training graph's,
     # where int8 is not served; the gradients are eager's

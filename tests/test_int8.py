@@ -836,6 +836,30 @@ def test_int8_under_autocast_quantizes_each_fp32_weight_once(mode, device):
     assert sqnr_db(want.float(), got.float()) > 30
 
 
+def test_int8_leaves_a_weight_computed_in_the_graph_in_float(device):
+    # weight-normalised Linears: each weight is computed in the graph on every call, into a buffer Inductor
+    # may reuse for the next weight of the same size, which the int8 weight cache would take for the first
+    # (the same tensor, storage and version). Such sites stay in floating point, with the reason
+    import tritonfuse
+    from tritonfuse.patterns.common import COMPUTED_WEIGHT
+    from torch.nn.utils.parametrizations import weight_norm
+
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(3):
+        layers += [weight_norm(torch.nn.Linear(64, 64)), torch.nn.GELU()]
+    model = torch.nn.Sequential(*layers).to(device=device, dtype=torch.bfloat16).eval()
+    x = fresh(40, 64, dtype=torch.bfloat16, device=device)
+    tritonfuse.reset()
+    torch._dynamo.reset()
+    with torch.no_grad(), config.patch(quant="int8"):
+        want = model(x)
+        got = torch.compile(model, backend="tritonfuse")(x)
+    sites = [s for s in tritonfuse.sites() if s.family == "linear_act"]
+    assert len(sites) == 3 and all(COMPUTED_WEIGHT in s.detail and "int8" not in s.kernel for s in sites), sites
+    assert sqnr_db(want.float(), got.float()) > 35
+
+
 def test_reset_requantizes_a_weight_that_tracks_no_version(device):
     # a weight created under torch.inference_mode() has no version counter: an in-place write under inference
     # mode goes unseen by the cache (as documented), and tritonfuse.reset() is the way to a fresh int8 copy

@@ -283,11 +283,16 @@ class TritonfusePasses(CustomGraphPass):
                     msg = f"the {what} pass failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
                     registry.note_error(msg)
                     _warn_once(f"tritonfuse: {msg}; int8 GEMMs quantize their inputs themselves")
+        if registry.pending_replacements() and config.quant != "none":
+            from tritonfuse.patterns.common import autocast_weight_pass
+
+            # not caught: the int8 sites took a cast weight on the promise of this rewiring (an int8 op must
+            # not read a buffer of the graph's); a failure fails the compile, which Inductor alone then serves
+            autocast_weight_pass(graph)
         if registry.pending_replacements() and config.quant != "none" and "linear_act" in self.families:
             try:
-                from tritonfuse.patterns.linear_act import autocast_weight_pass, int8_constants_pass
+                from tritonfuse.patterns.linear_act import int8_constants_pass
 
-                autocast_weight_pass(graph)
                 int8_constants_pass(graph)
             except Exception as e:  # the int8 sites keep their ops, which look their weights up at run time
                 if not config.fallback_enabled():
