@@ -185,9 +185,9 @@ def run_one(name: str, build, kind: str, mode: str, device: str, dtype: torch.dt
     gradients against an fp32 copy's, within twice eager's own error (6 dB); int8-train in int8 mode;
     frozen-train with every Linear's weight frozen, as LoRA fine-tuning leaves them), symbolic / int8-symbolic
     (``torch.compile(dynamic=True)``: one graph with symbolic sizes from the first call, at three shapes),
-    autocast (an fp32 model run under ``torch.autocast`` in ``dtype``), nchw (a convnet and its input left in
-    the default contiguous layout), decode / int8-decode (a causal LM's prefill and four decode steps against
-    its KV cache)."""
+    autocast / int8-autocast (an fp32 model run under ``torch.autocast`` in ``dtype``), nchw (a convnet and its
+    input left in the default contiguous layout), decode / int8-decode (a causal LM's prefill and four decode
+    steps against its KV cache)."""
     import tritonfuse
     from tritonfuse import config
 
@@ -195,7 +195,7 @@ def run_one(name: str, build, kind: str, mode: str, device: str, dtype: torch.dt
     train = "train" in mode
     try:
         torch.manual_seed(0)
-        autocast = mode == "autocast"
+        autocast = "autocast" in mode
         model = build().to(device=device, dtype=torch.float32 if autocast else dtype)
         model = _no_dropout(model.train()) if train else model.eval()
         if "frozen" in mode:  # as LoRA fine-tuning leaves them: the gradient flows through, none is kept
@@ -283,7 +283,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="", help="comma list (default: all)")
     p.add_argument("--modes", default="float,int8",
                    help="comma list of float, int8, dynamic, int8-dynamic, symbolic, int8-symbolic, train, "
-                        "int8-train, frozen-train, autocast, decode, int8-decode (see run_one)")
+                        "int8-train, frozen-train, autocast, int8-autocast, nchw, decode, int8-decode (see run_one)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--min-db", type=float, default=20.0,
                    help="an inference run below this SQNR (dB) against eager fails (training: see run_one)")
