@@ -278,12 +278,13 @@ case "${1:-tests}" in
     # decode. The CPU interpreter passed them all after the 46th session's fixes (GQA under autocast; int8 in
     # training graphs)
     export TRITONFUSE_MEASURE=0 TRITONFUSE_AUTOTUNE=0
-    timeout 300 $PY scripts/zoo.py --dtype float16 --models bert,gpt2,llama,phi3,opt \
-      --modes train,int8-train,dynamic,int8-dynamic,autocast,decode,int8-decode \
+    timeout 300 $PY scripts/zoo.py --dtype float16 --models bert,gpt2,llama,phi3 \
+      --modes train,int8-train,dynamic,int8-dynamic,autocast,int8-autocast,decode,int8-decode \
       --out "$out/zoo_modes_hf.json" > "$out/zoo_modes_hf.txt" 2>&1
     grep -E "^FAIL|passed" "$out/zoo_modes_hf.txt" | tail -25
     timeout 240 $PY scripts/zoo.py --dtype float16 --models resnet18,vit,convnext_tiny \
-      --modes train,dynamic,int8-dynamic,autocast --out "$out/zoo_modes_vision.json" > "$out/zoo_modes_vision.txt" 2>&1
+      --modes train,dynamic,int8-dynamic,autocast,int8-autocast,nchw --out "$out/zoo_modes_vision.json" \
+      > "$out/zoo_modes_vision.txt" 2>&1
     grep -E "^FAIL|passed" "$out/zoo_modes_vision.txt" | tail -20
     unset TRITONFUSE_MEASURE TRITONFUSE_AUTOTUNE ;;
   int8_42)

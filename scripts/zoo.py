@@ -178,6 +178,10 @@ def _decode_pairs(model, compiled, device: str, gpu: bool, steps: int = 4) -> li
     return pairs
 
 
+class _NotApplicable(Exception):
+    """A mode the model does not have (decode for an encoder): skipped, not failed."""
+
+
 def run_one(name: str, build, kind: str, mode: str, device: str, dtype: torch.dtype, gpu: bool,
             min_db: float = 20.0) -> dict:
     """mode: float / int8 (inference, one shape), dynamic / int8-dynamic (inference at three shapes, the last two
@@ -203,6 +207,8 @@ def run_one(name: str, build, kind: str, mode: str, device: str, dtype: torch.dt
                 if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D":
                     m.weight.requires_grad_(False)
         nchw = mode == "nchw"
+        if nchw and kind == "hf":
+            raise _NotApplicable("not a convnet")
         if kind != "hf" and not nchw:
             model = model.to(memory_format=torch.channels_last)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -219,7 +225,7 @@ def run_one(name: str, build, kind: str, mode: str, device: str, dtype: torch.dt
                 torch.autocast(device, dtype=dtype, enabled=autocast):
             if "decode" in mode:
                 if kind != "hf" or not hasattr(model, "lm_head"):
-                    raise ValueError("decode: not a causal LM")
+                    raise _NotApplicable("not a causal LM")
                 start = time.perf_counter()
                 for ref, out in _decode_pairs(model, compiled, device, gpu):
                     rec.setdefault("compile_s", round(time.perf_counter() - start, 1))
@@ -269,6 +275,8 @@ def run_one(name: str, build, kind: str, mode: str, device: str, dtype: torch.dt
         rec["counters"] = {k: v for k, v in tritonfuse.counters().items() if v["matched"]}
         rec["left"] = sorted({f"{s.family}: {s.reason}" for s in tritonfuse.sites() if s.status != "replaced"})
         rec["ok"] = True
+    except _NotApplicable as e:
+        rec["skipped"] = str(e)
     except Exception as e:  # a model that breaks is the finding: record it, go on with the next
         rec["ok"] = False
         rec["error"] = f"{type(e).__name__}: {str(e)[:500]}"
@@ -302,6 +310,9 @@ def main(argv=None) -> int:
         kind, build = zoo[name]
         for mode in [m for m in args.modes.split(",") if m]:
             rec = run_one(name, build, kind, mode, device, dtype, gpu, args.min_db)
+            if "skipped" in rec:
+                print(f"skip {name:18s} {mode:12s} {rec['skipped']}", flush=True)
+                continue
             failed = not rec["ok"] or rec["new_nan"] or bool(rec["fails"])
             bad += failed
             counts = {k: f"{v['replaced']}/{v['matched']}" for k, v in rec.get("counters", {}).items()}
