@@ -425,7 +425,7 @@ COMPUTED_WEIGHT = "int8: the weight is computed in the graph (int8 copies are ke
 
 def int8_weight_source(node) -> Optional[tuple]:
     """``(graph input, views, cast)`` for a weight an int8 op may read: a graph input (a Parameter, a
-    buffer), views of one (``WEIGHT_VIEWS``), or views of autocast's half-precision cast of an fp32 one
+    buffer, or a constant of a frozen graph), views of one (``WEIGHT_VIEWS``), or views of autocast's half-precision cast of an fp32 one
     (``cast``, else None; ``views`` innermost first). None for a weight the graph computes: the int8 copy of a
     weight is cached against its tensor, and Inductor reuses an intermediate's buffer for another tensor of
     the same size within a call (seen: under autocast every conv of a ResNet stage was served the first
@@ -442,7 +442,7 @@ def int8_weight_source(node) -> Optional[tuple]:
         if isinstance(src, torch.Tensor) and isinstance(half, torch.Tensor) and src.dtype == torch.float32 \
                 and half.dtype in (torch.float16, torch.bfloat16):
             cast, n = n, n.args[0]
-    if not isinstance(n, torch.fx.Node) or n.op != "placeholder":
+    if not isinstance(n, torch.fx.Node) or n.op not in ("placeholder", "get_attr"):  # (get_attr: frozen)
         return None
     if cast is not None:  # the views must apply to the fp32 weight too (autocast_weight_pass redoes them)
         val = n.meta.get("val")

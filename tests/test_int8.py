@@ -836,6 +836,40 @@ def test_int8_under_autocast_quantizes_each_fp32_weight_once(mode, device):
     assert sqnr_db(want.float(), got.float()) > 30
 
 
+def test_int8_weight_source_tells_inputs_from_computed_weights():
+    # which weight nodes an int8 op may read (patterns.common.int8_weight_source): graph inputs and frozen
+    # constants, through views, and autocast's fp32 -> half cast of one (to be rewired); not a computed one
+    from tritonfuse.patterns.common import int8_weight_source
+
+    aten, prims = torch.ops.aten, torch.ops.prims
+    g = torch.fx.Graph()
+
+    def node(target, args, val):
+        n = g.call_function(target, args)
+        n.meta["val"] = val
+        return n
+
+    w32 = torch.empty(8, 4)
+    w = g.placeholder("w")
+    w.meta["val"] = w32
+    const = g.get_attr("frozen")
+    const.meta["val"] = w32
+    cast = node(prims.convert_element_type.default, (w, torch.bfloat16), w32.bfloat16())
+    cast_t = node(aten.permute.default, (cast, [1, 0]), w32.bfloat16().t())
+    halves = node(aten.slice.Tensor, (cast, 0, 0, 4), w32.bfloat16()[:4])
+    computed = node(aten.mul.Tensor, (w, 2.0), w32)
+    view_of_computed = node(aten.permute.default, (computed, [1, 0]), w32.t())
+    up = node(prims.convert_element_type.default, (cast, torch.float32), w32)  # half -> fp32: not autocast's
+    g.output(None)
+    assert int8_weight_source(w) == (w, [], None)
+    assert int8_weight_source(const) == (const, [], None)
+    assert int8_weight_source(cast) == (w, [], cast)
+    assert int8_weight_source(cast_t) == (w, [cast_t], cast)
+    assert int8_weight_source(halves) == (w, [halves], cast)
+    assert int8_weight_source(computed) is None and int8_weight_source(view_of_computed) is None
+    assert int8_weight_source(up) is None
+
+
 def test_int8_leaves_a_weight_computed_in_the_graph_in_float(device):
     # weight-normalised Linears: each weight is computed in the graph on every call, into a buffer Inductor
     # may reuse for the next weight of the same size, which the int8 weight cache would take for the first
