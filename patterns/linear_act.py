@@ -984,8 +984,6 @@ def _val(n):
     return n.meta["val"] if isinstance(n, torch.fx.Node) else n
 
 
-
-
 def _int8_site_of(w_node) -> Optional[str]:
     # the site whose int8 call reads weight ``w_node`` (noted by its check), where exactly one does. Calls
     # may read it through a view: an HF Conv1D's [K, N] weight transposed, a fused [gate | up] projection's
