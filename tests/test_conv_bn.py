@@ -329,7 +329,8 @@ def test_choice_mapping(monkeypatch):
     assert "2x8x9x9" in key and "16x8x3x3" in key and "s2x2" in key and "relu" in key and n_theirs == 1
     # with Inductor's epilogue pass: timed as the conv plus the pass, kept under a key of its own
     K.choose(x, w, None, p, None, [2, 2], [1, 1], 1e-5, "relu", "none", True, epilogue_pass=True)
-    assert seen[1] == (key + "|epilogue", 2)
+    # (on a GPU a site inlined into Inductor's code times the pointer kernel: its keys end in |pointer)
+    assert seen[1][1] == 2 and "|epilogue" in seen[1][0] and seen[1][0].replace("|epilogue", "") == key
 
     def broken(*args, **kwargs):
         raise torch.OutOfMemoryError("no memory")
@@ -1254,8 +1255,8 @@ def test_a_survey_sends_the_compiles_of_a_conv_left_without_its_add(tmp_path, mo
     out, eager, timed = _survey_then_decide(tmp_path, monkeypatch, m, x, ours_wins=True)
     # (a key names whether cuDNN's side pays an epilogue pass, which a replaced consumer changes: not the
     # compile)
-    surveyed = {k.removesuffix("|epilogue") for s, k in timed if s}
-    decided = [k.removesuffix("|epilogue") for s, k in timed if not s]
+    surveyed = {k.replace("|epilogue", "") for s, k in timed if s}
+    decided = [k.replace("|epilogue", "") for s, k in timed if not s]
     assert len(decided) == 2 and set(decided) <= surveyed, timed
     assert tritonfuse.counters()[FAMILY] == _counts(2, 2)
     kernels = sorted(s.kernel for s in tritonfuse.sites() if s.family == FAMILY)

@@ -202,6 +202,15 @@ def _doubled_sm90():
     return data, src, target, options.__dict__
 
 
+def _kernel_entries(cache: str) -> list[str]:
+    """The cache entries that hold a compile of ``_doubled`` (on a GPU machine the worker also builds the
+    kernel's launcher, an entry of its own, which a CPU machine cannot link)."""
+    import os
+
+    return sorted(d for d in os.listdir(cache)
+                  if any(f.startswith("_doubled.") for f in os.listdir(os.path.join(cache, d))))
+
+
 def _worker_then_direct_compile(cache: str) -> dict:
     """In a fresh process without the interpreter: ``launch.compile_spec`` as an Inductor worker runs it,
     then the same compile built directly, as Triton's launch builds it."""
@@ -212,11 +221,11 @@ def _worker_then_direct_compile(cache: str) -> dict:
     os.environ["TRITON_ALWAYS_COMPILE"] = "1"  # the worker's own: not applied while it compiles ours
     launch.compile_spec(__name__, "_doubled", data, {"TRITON_CACHE_DIR": cache})
     out = {"env_kept": os.environ.pop("TRITON_ALWAYS_COMPILE") == "1" and "TRITON_CACHE_DIR" not in os.environ,
-           "worker": sorted(os.listdir(cache))}
+           "worker": _kernel_entries(cache)}
     os.environ["TRITON_CACHE_DIR"] = cache
     t = time.perf_counter()
     compiled = triton.compile(src, target=target, options=options)
-    out.update(direct=sorted(os.listdir(cache)), seconds=time.perf_counter() - t,
+    out.update(direct=_kernel_entries(cache), seconds=time.perf_counter() - t,
                stores="st.global" in compiled.asm["ptx"])
     return out
 
@@ -325,10 +334,10 @@ def _parent_with_stale_ptxas(cache: str, fake: str, send_version: bool) -> dict:
     code = f"import {__name__} as t; t._worker_compile({cache!r}, {real!r}, {version!r})"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    out = {"version": version, "worker": sorted(os.listdir(cache))}
+    out = {"version": version, "worker": _kernel_entries(cache)}
     os.environ["TRITON_CACHE_DIR"] = cache
     triton.compile(src, target=target, options=options)
-    out["direct"] = sorted(os.listdir(cache))
+    out["direct"] = _kernel_entries(cache)
     return out
 
 

@@ -2490,7 +2490,8 @@ def test_the_vendor_side_of_a_timing_runs_the_sites_activation(tmp_path, monkeyp
             f()
     ops = [o for o in mode.ops if o not in ("aten.t", "aten.transpose")]  # (w.t(): a view)
     assert ops == ["aten.addmm"] + ([op] if op else []), mode.ops
-    assert seen["key"].endswith("|actpass")  # records timed with the ReLU pass stand-in are timed again
+    # records timed with the ReLU pass stand-in are timed again (on a GPU, an inlined site's key goes on: |pointer)
+    assert "|actpass" in seen["key"]
 
 
 # --- cuBLASLt's fused epilogue --------------------------------------------------------------------------
