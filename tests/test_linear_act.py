@@ -219,6 +219,42 @@ def test_gpt2_conv1d_gelu_new(dtype, atol):
     _check_model(model, fresh(2, 7, 32), 1, dtype, atol)
 
 
+class _NormConv1D(nn.Module):
+    # GPT-2's c_fc as autocast leaves it: a LayerNorm computed in fp32, Conv1D's flatten, then torch.addmm,
+    # which autocast casts after the flatten (nn.Linear's cast comes before it); the flattened norm output is
+    # read elsewhere too
+    def __init__(self):
+        super().__init__()
+        self.ln, self.fc = nn.LayerNorm(32), Conv1D(48, 32)
+
+    def forward(self, x):
+        h = self.ln(x)
+        return torch.relu(self.fc(h)), h.view(-1, 32)
+
+
+def test_conv1d_under_autocast_casts_after_its_flatten(device, monkeypatch, no_compile_cache):
+    # prepare_graph moves the cast above the flatten, where the patterns have it: a site (none without it),
+    # the same values as eager's, and the fp32 view the model returns unchanged
+    from tritonfuse.patterns import linear_act as LP
+
+    half = torch.float16 if device == "cuda" else torch.bfloat16
+    torch.manual_seed(0)
+    model = _NormConv1D().to(device).eval()
+    x = fresh(2, 7, 32, device=device)
+    for prepare, sites in ((lambda graph: 0, 0), (LP.prepare_graph, 1)):
+        monkeypatch.setattr(LP, "prepare_graph", prepare)
+        tritonfuse.reset()
+        torch._dynamo.reset()
+        with torch.autocast(device, dtype=half):
+            with torch.no_grad():
+                want = model(x)
+            got = _compile_run(model, x)
+        assert _counts() == {"matched": sites, "replaced": sites, "fallback": 0}, tritonfuse.report()
+        assert got[0].dtype == want[0].dtype == half and got[1].dtype == torch.float32
+        assert sqnr_db(want[0].float(), got[0].float()) > 35
+        torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-5)
+
+
 def test_linear_gelu_new():
     # Phi-1/2, GPT-J, CodeGen: nn.Linear + gelu_new, 2-D and batched
     model = nn.Sequential(nn.Linear(32, 48), NewGELU(), nn.Linear(48, 32), NewGELU())

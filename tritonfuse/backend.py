@@ -257,6 +257,9 @@ class TritonfusePasses(CustomGraphPass):
                 # the graph as the families before this one left it
                 pm = _family_pass(family, frozenset(n.target for n in graph.nodes if n.op == "call_function"), graph)
                 if pm is not None:
+                    prepare = getattr(importlib.import_module(f"tritonfuse.patterns.{family}"), "prepare_graph", None)
+                    if prepare is not None:  # (a rewrite to the same values, in the order the patterns have)
+                        prepare(graph)
                     pm.apply(graph)
             except Exception as e:
                 # each replacement is atomic: the graph stays valid, the family's other sites stay Inductor's
