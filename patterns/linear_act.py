@@ -722,7 +722,26 @@ def prepare_graph(graph: torch.fx.Graph) -> int:
         if not view.users:
             graph.erase_node(view)
         moved += 1
-    return moved
+    return moved + _merge_casts(graph)
+
+
+def _merge_casts(graph: torch.fx.Graph) -> int:
+    """One cast where autocast made several of the same value: each ``F.linear`` casts its own input, so Llama's
+    gate and up projections read two casts of the norm's output, and the gated patterns (one x read by both
+    GEMMs) matched neither (Llama, Mistral, Qwen2 under autocast: gate + SiLU and up as two sites, the product
+    Inductor's). Returns the number merged."""
+    first, merged = {}, 0
+    convert = torch.ops.prims.convert_element_type.default
+    for cast in [n for n in graph.nodes if n.op == "call_function" and n.target == convert]:  # (in order)
+        if cast.args[1] not in (torch.float16, torch.bfloat16) or cast.kwargs \
+                or not isinstance(cast.args[0], torch.fx.Node):
+            continue
+        kept = first.setdefault((cast.args[0], cast.args[1]), cast)
+        if kept is not cast:  # (the one kept comes first)
+            cast.replace_all_uses_with(kept)
+            graph.erase_node(cast)
+            merged += 1
+    return merged
 
 
 def pattern_pass(acts=None, gated: bool = True) -> PatternMatcherPass:

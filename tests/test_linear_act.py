@@ -255,6 +255,34 @@ def test_conv1d_under_autocast_casts_after_its_flatten(device, monkeypatch, no_c
         torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("quant,kernel", [("none", "gated_mlp[silu]"), ("int8", "int8_w8a8[gated_mlp")])
+def test_gated_mlp_under_autocast_reads_one_cast(device, monkeypatch, no_compile_cache, quant, kernel):
+    # an fp32 Llama MLP under autocast: each F.linear casts x for itself, and the gate and up projections read
+    # two casts of the same value; prepare_graph keeps one, and the gated pattern serves the pair (without
+    # it: gate + SiLU alone, the up projection and the product left to Inductor, or int8 Linears)
+    from tritonfuse.patterns import linear_act as LP
+
+    half = torch.float16 if device == "cuda" else torch.bfloat16
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.LayerNorm(48), GatedMLP()).to(device).eval()
+    x = fresh(2, 9, 48, device=device)
+    for prepare, want_kernel in ((lambda graph: 0, None), (LP.prepare_graph, kernel)):
+        monkeypatch.setattr(LP, "prepare_graph", prepare)
+        tritonfuse.reset()
+        torch._dynamo.reset()
+        with torch.autocast(device, dtype=half), config.patch(quant=quant):
+            with torch.no_grad():
+                want = model(x)
+            got = _compile_run(model, x)
+        kernels = [s.kernel for s in tritonfuse.sites() if s.family == "linear_act" and s.status == "replaced"]
+        if want_kernel is None:
+            assert not any(k.startswith(("gated_mlp", "int8_w8a8[gated")) for k in kernels), kernels
+        else:
+            assert sum(k.startswith(want_kernel) for k in kernels) == 1, tritonfuse.report()
+        assert got.dtype == want.dtype == half
+        assert sqnr_db(want.float(), got.float()) > (30 if quant == "int8" else 35)
+
+
 def test_linear_gelu_new():
     # Phi-1/2, GPT-J, CodeGen: nn.Linear + gelu_new, 2-D and batched
     model = nn.Sequential(nn.Linear(32, 48), NewGELU(), nn.Linear(48, 32), NewGELU())
