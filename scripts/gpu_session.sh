@@ -26,6 +26,7 @@
 #   bash scripts/gpu_session.sh s43     # the 43rd session's patch-convolution GEMM and padded-attention trim
 #   bash scripts/gpu_session.sh s44     # the 44th's: the patch choice's gather kernel, padded-batch attention timing
 #   bash scripts/gpu_session.sh zoo     # scripts/zoo.py (11 HF + 8 torchvision architectures), float and int8
+#   bash scripts/gpu_session.sh zoo2    # the architectures added in the 47th session, float, int8 and autocast
 #   bash scripts/gpu_session.sh zoo_modes # its training, dynamic-shape, autocast and decode modes
 #   bash scripts/gpu_session.sh audit   # torchvision convnets (tiny, fp16) through the backend against eager and
 #                                       # fp64, conv sites inlined: does any model break? (scripts/model_audit.py)
@@ -271,6 +272,18 @@ case "${1:-tests}" in
     timeout 280 $PY scripts/zoo.py --dtype float16 --models resnet18,resnet50,mobilenet_v3_small,efficientnet_b0,convnext_tiny,swin_t,regnet_x_400mf,vit \
       --out "$out/zoo_vision.json" > "$out/zoo_vision.txt" 2>&1
     grep -E "^FAIL|passed" "$out/zoo_vision.txt" | tail -20
+    unset TRITONFUSE_MEASURE TRITONFUSE_AUTOTUNE ;;
+  zoo2)
+    # prepared in the 47th session: the zoo's architectures added then (Gemma, Gemma 2, Qwen3, GPT-NeoX, Falcon,
+    # BLOOM, GPT-J, Mixtral, ALBERT, ELECTRA, DeBERTa-v2, BART; HF ViT, CLIP's vision tower, Whisper's encoder)
+    # on the GPU in fp16, float and int8, then under autocast; the CPU interpreter passed them all
+    export TRITONFUSE_MEASURE=0 TRITONFUSE_AUTOTUNE=0
+    timeout 400 $PY scripts/zoo.py --dtype float16 --models gemma,gemma2,qwen3,gpt-neox,falcon,bloom,gptj,mixtral,albert,electra,deberta-v2,bart,vit-hf,clip-vision,whisper-encoder \
+      --out "$out/zoo_hf2.json" > "$out/zoo_hf2.txt" 2>&1
+    grep -E "^FAIL|passed" "$out/zoo_hf2.txt" | tail -25
+    timeout 180 $PY scripts/zoo.py --dtype float16 --models gemma,qwen3,gpt-neox,mixtral,bart,clip-vision \
+      --modes autocast,int8-autocast --out "$out/zoo_hf2_autocast.json" > "$out/zoo_hf2_autocast.txt" 2>&1
+    grep -E "^FAIL|passed" "$out/zoo_hf2_autocast.txt" | tail -12
     unset TRITONFUSE_MEASURE TRITONFUSE_AUTOTUNE ;;
   zoo_modes)
     # prepared in the 46th session: scripts/zoo.py's other modes on the GPU (fp16, every servable site replaced):

@@ -54,6 +54,50 @@ def _hf_models(gpu: bool) -> dict:
             max_position_embeddings=256, word_embed_proj_dim=h, pad_token_id=1, bos_token_id=2, eos_token_id=2)),
         "t5-encoder": lambda: T.T5EncoderModel(T.T5Config(num_layers=2, d_model=h, d_ff=inter, num_heads=heads,
                                                           d_kv=h // heads, vocab_size=512, pad_token_id=0)),
+        # (47th session) more of what users run: GeGLU and (1 + w) RMSNorm, logit soft-capping, QK-norm,
+        # parallel attention + MLP, ALiBi, shared layers, mixture of experts, encoder-decoder, disentangled
+        # attention, and image and audio encoders
+        "gemma": lambda: T.GemmaForCausalLM(T.GemmaConfig(num_key_value_heads=2, head_dim=h // heads, **common)),
+        "gemma2": lambda: T.Gemma2ForCausalLM(T.Gemma2Config(num_key_value_heads=2, head_dim=h // heads,
+                                                             sliding_window=16, **common)),
+        "qwen3": lambda: T.Qwen3ForCausalLM(T.Qwen3Config(num_key_value_heads=2, head_dim=h // heads, **common)),
+        "gpt-neox": lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(**common)),
+        "falcon": lambda: T.FalconForCausalLM(T.FalconConfig(
+            num_hidden_layers=2, hidden_size=h, num_attention_heads=heads, vocab_size=512, pad_token_id=0,
+            bos_token_id=0, eos_token_id=0)),
+        "bloom": lambda: T.BloomForCausalLM(T.BloomConfig(n_layer=2, hidden_size=h, n_head=heads, vocab_size=512,
+                                                          pad_token_id=0, bos_token_id=0, eos_token_id=0)),
+        "gptj": lambda: T.GPTJForCausalLM(T.GPTJConfig(n_layer=2, n_embd=h, n_head=heads, rotary_dim=h // heads // 2,
+                                                       vocab_size=512, n_positions=256, bos_token_id=0,
+                                                       eos_token_id=0)),
+        "mixtral": lambda: T.MixtralForCausalLM(T.MixtralConfig(num_key_value_heads=2, num_local_experts=4,
+                                                                num_experts_per_tok=2, **common)),
+        "albert": lambda: T.AlbertModel(T.AlbertConfig(embedding_size=h // 2, **common)),
+        "electra": lambda: T.ElectraModel(T.ElectraConfig(embedding_size=h // 2, **common)),
+        "deberta-v2": lambda: T.DebertaV2Model(T.DebertaV2Config(**common)),
+        "bart": lambda: T.BartModel(T.BartConfig(
+            encoder_layers=2, decoder_layers=2, d_model=h, encoder_ffn_dim=inter, decoder_ffn_dim=inter,
+            encoder_attention_heads=heads, decoder_attention_heads=heads, vocab_size=512,
+            max_position_embeddings=256, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)),
+    }
+
+
+def _hf_input_models(gpu: bool) -> dict:
+    """HF encoders of images and audio: (kind, builder)."""
+    import transformers as T
+
+    h, inter, heads = (256, 512, 4) if gpu else (64, 96, 4)
+    size = 128 if gpu else 64
+    common = dict(num_hidden_layers=2, hidden_size=h, intermediate_size=inter, num_attention_heads=heads)
+    return {
+        "vit-hf": ("hf-image", lambda: T.ViTModel(T.ViTConfig(image_size=size, patch_size=16, **common))),
+        "clip-vision": ("hf-image", lambda: T.CLIPVisionModel(T.CLIPVisionConfig(image_size=size, patch_size=16,
+                                                                                  **common))),
+        "whisper-encoder": ("hf-audio", lambda: T.WhisperModel(T.WhisperConfig(
+            d_model=h, encoder_layers=2, decoder_layers=2, encoder_attention_heads=heads,
+            decoder_attention_heads=heads, encoder_ffn_dim=inter, decoder_ffn_dim=inter, num_mel_bins=16,
+            max_source_positions=32, vocab_size=512, pad_token_id=0, bos_token_id=0, eos_token_id=0,
+            decoder_start_token_id=0)).get_encoder()),
     }
 
 
@@ -115,18 +159,22 @@ def _inputs(kind: str, device: str, dtype: torch.dtype, gpu: bool, b: int, s: in
         mask = torch.ones(b, s, dtype=torch.long, device=device)
         mask[-1, s * 3 // 4:] = 0  # a padded row: the key-padding paths
         return {"input_ids": ids, "attention_mask": mask}, mask.bool()
+    if kind == "hf-image":
+        return {"pixel_values": torch.randn(b, 3, s, s, device=device).to(dtype)}, None
+    if kind == "hf-audio":  # (the encoder's length is fixed by its config: 2 x max_source_positions frames)
+        return {"input_features": torch.randn(b, 16, 64, device=device).to(dtype)}, None
     x = torch.randn(b, 3, s, s, device=device).to(dtype)
     return {"x": x if nchw else x.to(memory_format=torch.channels_last)}, None
 
 
 def _call(model, kind: str, kwargs: dict):
-    return _output(model(**kwargs) if kind == "hf" else model(kwargs["x"]))
+    return _output(model(**kwargs) if kind.startswith("hf") else model(kwargs["x"]))
 
 
 def _shapes(kind: str, mode: str, gpu: bool) -> list:
     """(batch, sequence length or image size) of each call. A dynamic mode calls three shapes: Dynamo compiles
     the first statically and recompiles on the second with symbolic sizes, which the third reuses."""
-    if kind == "hf":
+    if kind in ("hf", "hf-audio"):
         first = (4, 128) if gpu else (2, 24)
         return [first, (3, 77), (5, 100)] if "dynamic" in mode or "symbolic" in mode else [first]
     first = (4 if gpu else 2, 128 if gpu else 64)
@@ -207,9 +255,9 @@ def run_one(name: str, build, kind: str, mode: str, device: str, dtype: torch.dt
                 if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D":
                     m.weight.requires_grad_(False)
         nchw = mode == "nchw"
-        if nchw and kind == "hf":
+        if nchw and kind != "vision":
             raise _NotApplicable("not a convnet")
-        if kind != "hf" and not nchw:
+        if kind == "vision" and not nchw:
             model = model.to(memory_format=torch.channels_last)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         # training in half precision strays from fp32 by itself (BatchNorm over a small batch: 8 dB of gradient
@@ -300,6 +348,7 @@ def main(argv=None) -> int:
     device = "cuda" if gpu else "cpu"
     dtype = getattr(torch, args.dtype)
     zoo = {name: ("hf", b) for name, b in _hf_models(gpu).items()}
+    zoo.update(_hf_input_models(gpu))
     zoo.update({name: ("vision", b) for name, b in _vision_models(gpu).items()})
     names = [n for n in args.models.split(",") if n] or list(zoo)
     unknown = [n for n in names if n not in zoo]
