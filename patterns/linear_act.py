@@ -725,6 +725,11 @@ def prepare_graph(graph: torch.fx.Graph) -> int:
     return moved + _merge_casts(graph)
 
 
+def _mutates(node: torch.fx.Node) -> bool:
+    t = node.target
+    return node.op == "call_function" and (not isinstance(t, torch._ops.OpOverload) or t._schema.is_mutable)
+
+
 def _merge_casts(graph: torch.fx.Graph) -> int:
     """One cast where autocast made several of the same value: each ``F.linear`` casts its own input, so Llama's
     gate and up projections read two casts of the norm's output, and the gated patterns (one x read by both
@@ -733,10 +738,11 @@ def _merge_casts(graph: torch.fx.Graph) -> int:
     first, merged = {}, 0
     convert = torch.ops.prims.convert_element_type.default
     for cast in [n for n in graph.nodes if n.op == "call_function" and n.target == convert]:  # (in order)
-        if cast.args[1] not in (torch.float16, torch.bfloat16) or cast.kwargs \
-                or not isinstance(cast.args[0], torch.fx.Node):
+        src = cast.args[0]
+        if cast.args[1] not in (torch.float16, torch.bfloat16) or cast.kwargs or not isinstance(src, torch.fx.Node) \
+                or any(_mutates(u) for u in src.users):  # (a value written in place: two casts may differ)
             continue
-        kept = first.setdefault((cast.args[0], cast.args[1]), cast)
+        kept = first.setdefault((src, cast.args[1]), cast)
         if kept is not cast:  # (the one kept comes first)
             cast.replace_all_uses_with(kept)
             graph.erase_node(cast)
