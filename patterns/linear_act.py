@@ -690,38 +690,45 @@ def gated_product(graph: torch.fx.Graph) -> bool:
     return False
 
 
+_TRANSPOSES = (aten.permute.default, aten.t.default, aten.transpose.int)
+
+
 def prepare_graph(graph: torch.fx.Graph) -> int:
-    """Move autocast's cast of a GEMM's input above the flatten before it: ``addmm(b, convert(view(x)), w)``
-    becomes ``addmm(b, view(convert(x)), w)``, the order the patterns (and ``nn.Linear`` under autocast) have.
-    HF's Conv1D (GPT-2) flattens its fp32 input and then calls ``torch.addmm``, which autocast casts: no
-    pattern matched its GEMMs (GPT-2 under autocast: the Q/K/V and MLP projections, which read a LayerNorm
-    computed in fp32, and on CUDA the MLP's output projection, whose GELU autocast computes in fp32). The same
-    values from a cast of the same elements; a view that something else reads too stays for it. Returns the
-    number moved."""
+    """Move autocast's cast of a GEMM operand above the view before it: ``mm(convert(view(x)), w)`` becomes
+    ``mm(view(convert(x)), w)``, the order the patterns (and ``nn.Linear`` under autocast) have. HF's Conv1D
+    (GPT-2) flattens its fp32 input and then calls ``torch.addmm``, which autocast casts: no pattern matched its
+    GEMMs (GPT-2 under autocast: the Q/K/V and MLP projections, which read a LayerNorm computed in fp32, and on
+    CUDA the MLP's output projection, whose GELU autocast computes in fp32). Falcon's Linear computes
+    ``x @ w.T``, and autocast casts the transposed weight: none of its GEMMs matched. The same values from a
+    cast of the same elements; a view that something else reads too stays for it. Then ``_merge_casts``.
+    Returns the number of casts moved or merged."""
     moved = 0
+    convert = torch.ops.prims.convert_element_type.default
     for gemm in [*graph.find_nodes(op="call_function", target=aten.mm.default),
                  *graph.find_nodes(op="call_function", target=aten.addmm.default)]:
-        i = 0 if gemm.target is aten.mm.default else 1
-        cast = gemm.args[i] if len(gemm.args) > i else None
-        if not (isinstance(cast, torch.fx.Node) and cast.target == torch.ops.prims.convert_element_type.default
-                and cast.args[1] in (torch.float16, torch.bfloat16)):
-            continue
-        view = cast.args[0]
-        if not (isinstance(view, torch.fx.Node) and view.target in _VIEWS and isinstance(view.args[0], torch.fx.Node)):
-            continue
-        src, out = view.args[0].meta.get("val"), cast.meta.get("val")
-        if not isinstance(src, torch.Tensor) or not isinstance(out, torch.Tensor) or not src.is_contiguous():
-            continue
-        with graph.inserting_before(view):
-            new_cast = graph.call_function(cast.target, (view.args[0], cast.args[1]), dict(cast.kwargs))
-            new_view = graph.call_function(view.target, (new_cast, *view.args[1:]), dict(view.kwargs))
-        new_cast.meta.update({k: v for k, v in cast.meta.items() if k in ("stack_trace", "nn_module_stack")})
-        with _fake_mode(graph) or contextlib.nullcontext():
-            new_cast.meta["val"] = src.to(cast.args[1])
-        _replace(graph, cast, new_view)
-        if not view.users:
-            graph.erase_node(view)
-        moved += 1
+        for i in ((0, 1) if gemm.target is aten.mm.default else (1, 2)):
+            cast = gemm.args[i] if len(gemm.args) > i else None
+            if not (isinstance(cast, torch.fx.Node) and cast.target == convert
+                    and cast.args[1] in (torch.float16, torch.bfloat16)):
+                continue
+            view = cast.args[0]
+            if not (isinstance(view, torch.fx.Node) and view.target in (*_VIEWS, *_TRANSPOSES)
+                    and isinstance(view.args[0], torch.fx.Node)):
+                continue
+            src, out = view.args[0].meta.get("val"), cast.meta.get("val")
+            if not isinstance(src, torch.Tensor) or not isinstance(out, torch.Tensor) \
+                    or (view.target in _VIEWS and not src.is_contiguous()):
+                continue
+            with graph.inserting_before(view):
+                new_cast = graph.call_function(convert, (view.args[0], cast.args[1]), dict(cast.kwargs))
+                new_view = graph.call_function(view.target, (new_cast, *view.args[1:]), dict(view.kwargs))
+            new_cast.meta.update({k: v for k, v in cast.meta.items() if k in ("stack_trace", "nn_module_stack")})
+            with _fake_mode(graph) or contextlib.nullcontext():
+                new_cast.meta["val"] = src.to(cast.args[1])
+            _replace(graph, cast, new_view)
+            if not view.users:
+                graph.erase_node(view)
+            moved += 1
     return moved + _merge_casts(graph)
 
 

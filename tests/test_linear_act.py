@@ -222,24 +222,27 @@ def test_gpt2_conv1d_gelu_new(dtype, atol):
 class _NormConv1D(nn.Module):
     # GPT-2's c_fc as autocast leaves it: a LayerNorm computed in fp32, Conv1D's flatten, then torch.addmm,
     # which autocast casts after the flatten (nn.Linear's cast comes before it); the flattened norm output is
-    # read elsewhere too
-    def __init__(self):
+    # read elsewhere too. matmul_t: Falcon's Linear, x @ w.T, whose transposed weight autocast casts
+    def __init__(self, form):
         super().__init__()
-        self.ln, self.fc = nn.LayerNorm(32), Conv1D(48, 32)
+        self.form, self.ln, self.fc = form, nn.LayerNorm(32), Conv1D(48, 32)
+        self.w = nn.Parameter(torch.randn(48, 32) * 0.1)
 
     def forward(self, x):
         h = self.ln(x)
-        return torch.relu(self.fc(h)), h.view(-1, 32)
+        y = self.fc(h) if self.form == "conv1d" else h @ self.w.T
+        return torch.relu(y), h.view(-1, 32)
 
 
-def test_conv1d_under_autocast_casts_after_its_flatten(device, monkeypatch, no_compile_cache):
-    # prepare_graph moves the cast above the flatten, where the patterns have it: a site (none without it),
-    # the same values as eager's, and the fp32 view the model returns unchanged
+@pytest.mark.parametrize("form", ["conv1d", "matmul_t"])
+def test_autocast_casts_after_a_view_move_above_it(device, monkeypatch, no_compile_cache, form):
+    # prepare_graph moves the cast above the view, where the patterns have it: a site (none without it), the
+    # same values as eager's, and the fp32 view the model returns unchanged
     from tritonfuse.patterns import linear_act as LP
 
     half = torch.float16 if device == "cuda" else torch.bfloat16
     torch.manual_seed(0)
-    model = _NormConv1D().to(device).eval()
+    model = _NormConv1D(form).to(device).eval()
     x = fresh(2, 7, 32, device=device)
     for prepare, sites in ((lambda graph: 0, 0), (LP.prepare_graph, 1)):
         monkeypatch.setattr(LP, "prepare_graph", prepare)
