@@ -260,10 +260,10 @@ def _worker_builds_launchers(cache: str) -> dict:
     return {"built": built, "entries": [d for d in os.listdir(cache)]}
 
 
-def _in_fresh_process(helper: str, *args, drop=("TRITON_INTERPRET",)):
+def _in_fresh_process(helper: str, *args, drop=("TRITON_INTERPRET", "TRITON_CACHE_DIR")):
     """``helper(*args)`` of this module run in a fresh Python process without the environment variables named
-    (or prefixed) in ``drop``, as a worker is one (in the suite's process the interpreter's kernels have run);
-    its JSON result."""
+    (or prefixed) in ``drop``, as a worker is one (in the suite's process the interpreter's kernels have run;
+    on a GPU, Inductor's compiles of earlier tests set TRITON_CACHE_DIR); its JSON result."""
     import json
     import os
     import pathlib
