@@ -704,8 +704,7 @@ def prepare_graph(graph: torch.fx.Graph) -> int:
     Returns the number of casts moved or merged."""
     moved = 0
     convert = torch.ops.prims.convert_element_type.default
-    for gemm in [*graph.find_nodes(op="call_function", target=aten.mm.default),
-                 *graph.find_nodes(op="call_function", target=aten.addmm.default)]:
+    for gemm in [n for t in _GEMMS for n in graph.find_nodes(op="call_function", target=t)]:
         for i in ((0, 1) if gemm.target is aten.mm.default else (1, 2)):
             cast = gemm.args[i] if len(gemm.args) > i else None
             if not (isinstance(cast, torch.fx.Node) and cast.target == convert

@@ -1,6 +1,7 @@
-"""The 46th session's open question: tiny GPT-2 (fp32) under fp16 autocast in int8 mode matched 3 linear_act
-sites on CUDA where the CPU (bf16 autocast) matches 5. Prints, for the ATen graph the passes see, every
-mm/addmm/bmm node with the chain of ops above its two inputs, then the report. Run on either device:
+"""Tiny GPT-2 (fp32) under autocast through the backend (the 46th session's question: 3 int8 sites on CUDA, 5 on
+the CPU; the answer, autocast's casts after Conv1D's flatten, is linear_act.prepare_graph: 9 on both since).
+Prints, for the ATen graph the passes see, every mm/addmm/bmm node with the chain of ops above its inputs,
+the graph's GEMMs after the passes, then the report. Run on either device:
     python scripts/gpt2_autocast_probe.py [--device cuda] [--out FILE]"""
 from __future__ import annotations
 
