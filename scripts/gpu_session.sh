@@ -27,6 +27,7 @@
 #   bash scripts/gpu_session.sh s44     # the 44th's: the patch choice's gather kernel, padded-batch attention timing
 #   bash scripts/gpu_session.sh zoo     # scripts/zoo.py (11 HF + 8 torchvision architectures), float and int8
 #   bash scripts/gpu_session.sh s47     # the 47th's: the 46th's GPU-only test failures (mended), autocast tests, zoo
+#   bash scripts/gpu_session.sh s48     # the 48th's: the 47th's five mended failures, then zoo2 (float, int8)
 #   bash scripts/gpu_session.sh zoo2    # the architectures added in the 47th session, float, int8 and autocast
 #   bash scripts/gpu_session.sh zoo_modes # its training, dynamic-shape, autocast and decode modes
 #   bash scripts/gpu_session.sh audit   # torchvision convnets (tiny, fp16) through the backend against eager and
@@ -278,6 +279,9 @@ case "${1:-tests}" in
     # prepared in the 47th session (no device came): the GPU-only test failures of the 46th session's run,
     # mended then, with full tracebacks; the autocast tests of prepare_graph; a part of the zoo (a.log)
     OUT=$out timeout 560 bash scripts/s47_a.sh; grep -E "passed|failed|^FAIL" "$out/a.log" | tail -12 ;;
+  s48)
+    # prepared in the 48th session: the 47th's five mended GPU-only failures, then zoo2's float and int8 modes
+    OUT=$out timeout 570 bash scripts/s48_a.sh; grep -E "passed|failed|^FAIL|^=== done" "$out/a.log" | tail -12 ;;
   zoo2)
     # prepared in the 47th session: the zoo's architectures added then (Gemma, Gemma 2, Qwen3, GPT-NeoX, Falcon,
     # BLOOM, GPT-J, Mixtral, ALBERT, ELECTRA, DeBERTa-v2, BART; HF ViT, CLIP's vision tower, Whisper's encoder)

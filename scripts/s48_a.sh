@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# 48th session, first device call: the 5 GPU-only failures of the 47th session's run (mended in f2987eb, full
+# tracebacks), then the architectures added to scripts/zoo.py in the 47th session in fp16, float and int8
+# (a.log, zoo_hf2.json)
+set -u
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+$PY -m pip install --no-build-isolation --no-deps -e . > /tmp/install.log 2>&1 || { tail /tmp/install.log; exit 3; }
+nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/a.log"
+$PY -c "import torch, triton; print(torch.__version__, triton.__version__)" >> "$OUT/a.log"
+export TORCHINDUCTOR_COMPILE_THREADS=16
+timeout -s INT 170 $PY -m pytest -q -p no:cacheprovider -rf --tb=long \
+  tests/test_linear_act.py::test_int8_fused_quantization_is_charged_to_the_gemms_sharing_it \
+  tests/test_linear_act.py::test_a_probe_launches_through_the_launcher \
+  "tests/test_linear_act.py::test_int8_sites_share_one_quantization" \
+  "tests/test_conv_bn.py::test_a_survey_sends_the_compiles_of_a_conv_left_without_its_add" \
+  tests/test_launch.py::test_worker_compile_fills_the_disk_cache_a_compile_then_reads >> "$OUT/a.log" 2>&1
+echo "=== zoo2 (fp16, float and int8, every site replaced)" >> "$OUT/a.log"
+TRITONFUSE_MEASURE=0 TRITONFUSE_AUTOTUNE=0 timeout ${ZOO_S:-360} $PY scripts/zoo.py --dtype float16 \
+  --models ${ZOO_MODELS:-gemma,qwen3,gpt-neox,falcon,bloom,gptj,mixtral,albert,electra,deberta-v2,bart,vit-hf,clip-vision,whisper-encoder,gemma2} \
+  --out "$OUT/zoo_hf2.json" >> "$OUT/a.log" 2>&1
+echo "=== done rc=$?" >> "$OUT/a.log"
