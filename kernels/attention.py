@@ -1407,7 +1407,7 @@ def _is_key_padding(mshape: Optional[tuple]) -> bool:
     return mshape is not None and len(mshape) == 4 and mshape[-2] == 1
 
 
-def measure(q, k, v, mask, is_causal: bool, device: Optional[torch.device] = None) -> dict:
+def measure(q, k, v, mask, is_causal: bool, device: Optional[torch.device] = None, train: bool = False) -> dict:
     """On a GPU, time this kernel against PyTorch's SDPA (cuDNN, flash or memory-efficient, whichever it
     picks) at the site's shapes, K/V repeated to the query heads as the graph does for GQA; cached per shape.
     ``q``, ``k``, ``v``, ``mask`` give shapes and dtypes (they may be meta stand-ins); ``device`` (default
@@ -1417,14 +1417,19 @@ def measure(q, k, v, mask, is_causal: bool, device: Optional[torch.device] = Non
     padded batch: the kernel skips those key blocks (``TRIM_PADDING``), SDPA computes them. Such a site is
     timed twice: on a padded batch (``_timing_mask``) it must win by the margin, and on a batch without
     padding it must not lose (median ratio at most 1), so an unpadded batch never pays for a choice made on
-    padded ones. Other masks drop a tenth of their entries at random."""
+    padded ones. Other masks drop a tenth of their entries at random.
+
+    ``train``: a training site, timed as its forward (keeping the log-sum-exp) and backward together against
+    SDPA's forward and backward (autograd through ``scaled_dot_product_attention``)."""
     device = torch.device(device) if device is not None else q.device
     B, H, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     mshape = tuple(mask.shape) if mask is not None else None
     key = (f"attention|B{B}xH{H}xKV{Hkv}xSq{Sq}xSk{Sk}xD{D}|{q.dtype}|mask{mshape}:{mask.dtype if mask is not None else ''}"
-           f"|causal{int(is_causal)}")
+           f"|causal{int(is_causal)}" + ("|train" if train else ""))
     graphed = inline.will_inline(torch.ops.tritonfuse.attention.default, device)
+    if train:
+        return _measure_train(key, q, k, v, mask, is_causal, device)
 
     def timed(padding: Optional[bool]) -> dict:
         lazy = {}
@@ -1465,10 +1470,41 @@ def measure(q, k, v, mask, is_causal: bool, device: Optional[torch.device] = Non
     return rec
 
 
+def _measure_train(key: str, q, k, v, mask, is_causal: bool, device: torch.device) -> dict:
+    B, H, Sq, D = q.shape
+    Hkv, Sk = k.shape[1], k.shape[2]
+    lazy = {}
+
+    def args():
+        if not lazy:
+            def real(*shape):
+                return torch.randn(shape, device=device, dtype=q.dtype)
+            m = None if mask is None else _timing_mask(tuple(mask.shape), mask.dtype, device, None)
+            lazy.update(q=real(B, H, Sq, D), k=real(B, Hkv, Sk, D), v=real(B, Hkv, Sk, D), do=real(B, H, Sq, D), m=m)
+        return lazy
+
+    def ours():
+        a = args()
+        out, lse = torch.ops.tritonfuse.attention_fwd(a["q"], a["k"], a["v"], a["m"], D ** -0.5, is_causal)
+        return torch.ops.tritonfuse.attention_bwd(a["do"], a["q"], a["k"], a["v"], out, lse, a["m"], D ** -0.5,
+                                                  is_causal)
+
+    def sdpa():
+        a = args()
+        with torch.enable_grad():
+            qkv = [a[n].detach().requires_grad_() for n in ("q", "k", "v")]
+            out = torch.nn.functional.scaled_dot_product_attention(*qkv, attn_mask=a["m"],
+                                                                   is_causal=is_causal and a["m"] is None)
+            return torch.autograd.grad(out, qkv, a["do"])
+
+    return registry.measured_choice(key, device, ours, [sdpa])
+
+
 def probe(device: str, dtype: torch.dtype, head_dim: int, mask_kind: str, is_causal: bool, gqa: bool,
-          decode: bool = False, padded: bool = False) -> Optional[str]:
+          decode: bool = False, padded: bool = False, train: bool = False) -> Optional[str]:
     """Compile and launch one variant on a small input once; None when it works, else the reason.
-    ``padded``: ``attention_causal_padded`` with an additive key mask of ``mask_kind``'s dtype."""
+    ``padded``: ``attention_causal_padded`` with an additive key mask of ``mask_kind``'s dtype. ``train``:
+    the forward that keeps its log-sum-exp, then the backward, its gradients checked against fp64's."""
 
     def run():
         g = torch.Generator(device="cpu").manual_seed(0)
@@ -1492,6 +1528,17 @@ def probe(device: str, dtype: torch.dtype, head_dim: int, mask_kind: str, is_cau
             y = torch.ops.tritonfuse.attention_causal_padded(q, k, v, mask, head_dim ** -0.5, fill)
             full = mask.masked_fill(~torch.ones(sk, sk, dtype=torch.bool, device=device).tril(), fill)
             ref = attention_ref(q, k, v, full, head_dim ** -0.5, False, upcast=True)
+        elif train:
+            dout = torch.randn(q.shape, generator=g, device="cpu").to(device=device, dtype=dtype)
+            out, lse = torch.ops.tritonfuse.attention_fwd(q, k, v, mask, head_dim ** -0.5, is_causal)
+            grads = torch.ops.tritonfuse.attention_bwd(dout, q, k, v, out, lse, mask, head_dim ** -0.5, is_causal)
+            leaves = [t.detach().double().cpu().requires_grad_() for t in (q, k, v)]
+            m64 = None if mask is None else mask.cpu() if mask.dtype == torch.bool else mask.double().cpu()
+            with torch.enable_grad():
+                ref_out = attention_ref(*leaves, m64, head_dim ** -0.5, is_causal)
+                refs = torch.autograd.grad(ref_out, leaves, dout.double().cpu())
+            y = torch.cat([t.flatten() for t in (out, *grads)])
+            ref = torch.cat([t.flatten() for t in (ref_out, *refs)]).detach()
         else:
             # the kernel the site will run: inlined into Inductor's code, the pointer kernel (the TMA kernel
             # serves op calls only, and checks itself on its first one: _tma_self_check); probing TMA there
@@ -1504,5 +1551,5 @@ def probe(device: str, dtype: torch.dtype, head_dim: int, mask_kind: str, is_cau
             raise RuntimeError(f"wrong result on the probe input (relative error {err.item():.3g})")
 
     name = f"attention[{dtype},d{head_dim},{mask_kind},{'causal' if is_causal else 'full'},{'gqa' if gqa else 'mha'}"
-    name += ",decode]" if decode else ",causal_padded]" if padded else "]"
+    name += ",decode]" if decode else ",causal_padded]" if padded else ",train]" if train else "]"
     return registry.guarded_probe(f"{name}@{device}", run)

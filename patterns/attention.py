@@ -19,13 +19,20 @@ What the post-grad ATen graph holds (printed from real models with a custom pass
   applies) pre-scales q and k and zeroes rows with no key left (``zero_rows``).
 
 Both are replaced by ``tritonfuse::attention``. Sites whose attention probabilities are used elsewhere
-(``output_attentions=True``) do not match. Left to Inductor, with the reason counted: SDPA nodes whose
-log-sum-exp feeds a backward (training graphs), dropout, cuDNN SDPA nodes (faster than ours, measured),
-unsupported head dims, dtypes or mask shapes.
+(``output_attentions=True``) do not match. Left to Inductor, with the reason counted: dropout, cuDNN SDPA
+nodes (faster than ours, measured), unsupported head dims, dtypes or mask shapes.
+
+In a training compile an SDPA forward's log-sum-exp feeds its backward op, and the post-grad passes see the
+two in separate graphs. ``train_pattern_pass`` runs on the joint graph before AOTAutograd splits it (the
+backend installs it as Inductor's ``joint_custom_post_pass``) and replaces each forward/backward pair together
+by ``tritonfuse::attention_fwd`` and ``tritonfuse::attention_bwd``; on a GPU the pair is timed against SDPA's
+forward and backward. A pair with dropout, a mask that gets a gradient, or outputs read elsewhere stays
+Inductor's, with the reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import operator
@@ -442,9 +449,10 @@ def _hinted(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if sizes is None else torch.empty(sizes, dtype=t.dtype, device="meta")
 
 
-def _decide(site: torch.fx.Node, q, k, v, mask, is_causal: bool, kernel: str, padded: bool = False) -> bool:
-    """Check the operands and probe the kernel variant (``padded``: ``attention_causal_padded``'s); record
-    the site either way."""
+def _decide(site: torch.fx.Node, q, k, v, mask, is_causal: bool, kernel: str, padded: bool = False,
+            train: bool = False) -> bool:
+    """Check the operands and probe the kernel variant (``padded``: ``attention_causal_padded``'s; ``train``:
+    the forward that keeps its log-sum-exp and the backward, timed together); record the site either way."""
     detail = _describe(q, k, mask, is_causal)
     hq, hk, hv, hm = (_hinted(t) for t in (q, k, v, mask))
     if hq is None or hk is None or hv is None or (mask is not None and hm is None):
@@ -455,10 +463,10 @@ def _decide(site: torch.fx.Node, q, k, v, mask, is_causal: bool, kernel: str, pa
         reason = K.unsupported(hq, hk, hv, hm, device=q.device)
     if reason is None:
         reason = K.probe(str(q.device), q.dtype, q.shape[-1], _mask_kind(mask), is_causal,
-                         hk.shape[1] != hq.shape[1], K._use_decode(hq, hk, is_causal), padded=padded)
+                         hk.shape[1] != hq.shape[1], K._use_decode(hq, hk, is_causal), padded=padded, train=train)
     if reason is None:
         # the hinted stand-ins are meta tensors: the site's own device is where it is timed
-        rec = K.measure(hq, hk, hv, hm, is_causal, device=q.device)
+        rec = K.measure(hq, hk, hv, hm, is_causal, device=q.device, train=train)
         if not rec["use"]:
             reason = registry.slower_reason(rec, rec.get("vs", "SDPA"))
     return registry.settle(FAMILY, site, kernel, reason, detail)
@@ -476,6 +484,8 @@ def _site_of(match: Match) -> torch.fx.Node:
 def _sdpa_handler(match: Match, *args, **kwargs) -> None:
     getitem = match.output_node()
     node = _site_of(match)
+    if node.meta.get(JOINT_SITE):  # the joint-graph pass recorded this training site (train_pattern_pass)
+        return
     kernel = "attention[sdpa]"
     norm = normalize_function(node.target, node.args, node.kwargs, normalize_to_only_use_kwargs=True)
     if norm is None:
@@ -702,6 +712,174 @@ def _window_site(match: Match, site, kernel: str, nodes, vals, bias_node, wmask_
         return out.reshape(B, H, Sq, out.shape[-1]).to(out_dtype)
 
     match.replace_by_example(replacement, [*nodes, bias_node, wmask_node])
+
+
+# --- training graphs: SDPA forward/backward pairs in the joint graph ------------------------------------
+# In a training compile the post-grad passes see the forward and the backward graph apart: the forward's
+# log-sum-exp (and RNG state) is saved for a backward op compiled later, so the forward cannot change alone.
+# The joint graph (before AOTAutograd partitions it) holds both halves: each pair is replaced together by
+# ``tritonfuse::attention_fwd`` (output and log-sum-exp) and ``tritonfuse::attention_bwd`` (dQ, dK, dV).
+
+SDPA_BACKWARD = {
+    fwd: getattr(aten, bwd).default
+    for fwd_name, bwd in (
+        ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention_for_cpu_backward"),
+        ("_scaled_dot_product_efficient_attention", "_scaled_dot_product_efficient_attention_backward"),
+        ("_scaled_dot_product_flash_attention", "_scaled_dot_product_flash_attention_backward"),
+        ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_cudnn_attention_backward"),
+    )
+    for fwd in [getattr(aten, fwd_name).default] if hasattr(aten, fwd_name) and hasattr(aten, bwd)
+}
+JOINT_SITE = "tritonfuse_joint_site"  # node.meta key: the joint-graph pass recorded this SDPA forward
+
+
+def _through_aliases(node):
+    while isinstance(node, torch.fx.Node) and node.target in (aten.alias.default, aten.detach.default):
+        node = node.args[0]
+    return node
+
+
+def _getitems(node: torch.fx.Node) -> Optional[dict]:
+    """index → getitem node for each user of a multi-output node; None if a user is not a getitem."""
+    out = {}
+    for u in node.users:
+        if u.target is not operator.getitem or not isinstance(u.args[1], int):
+            return None
+        out[u.args[1]] = u
+    return out
+
+
+def _train_site_of(match: Match) -> torch.fx.Node:
+    return _train_site_of_node(match.output_node())
+
+
+def _train_pair(bwd: torch.fx.Node):
+    """(forward node, its normalized kwargs, the backward's, why not) for an SDPA backward node."""
+    fwd = _train_site_of_node(bwd)
+    if fwd is bwd or SDPA_BACKWARD.get(fwd.target) != bwd.target:
+        return None, None, None, "the backward's log-sum-exp is not its own forward's"
+    f = normalize_function(fwd.target, fwd.args, fwd.kwargs, normalize_to_only_use_kwargs=True)
+    b = normalize_function(bwd.target, bwd.args, bwd.kwargs, normalize_to_only_use_kwargs=True)
+    if f is None or b is None:
+        return None, None, None, "arguments not normalizable"
+    return fwd, f.kwargs, b.kwargs, None
+
+
+def _train_site_of_node(bwd: torch.fx.Node) -> torch.fx.Node:
+    """The SDPA forward of a backward node (its log-sum-exp argument is ``getitem(forward, 1)``), else the
+    backward itself."""
+    norm = normalize_function(bwd.target, bwd.args, bwd.kwargs, normalize_to_only_use_kwargs=True)
+    lse = norm.kwargs.get("logsumexp") if norm is not None else None
+    return lse.args[0] if isinstance(lse, torch.fx.Node) and lse.target is operator.getitem else bwd
+
+
+def _sdpa_train_handler(match: Match, *args, **kwargs) -> None:
+    bwd = match.output_node()
+    fwd, a, b, why = _train_pair(bwd)
+    if fwd is None:
+        return
+    kernel = "attention[sdpa,train]"
+    fwd.meta[JOINT_SITE] = True
+    q_node, k_node, v_node = a["query"], a["key"], a["value"]
+    mask_node = a.get("attn_mask", a.get("attn_bias"))
+    q, k, v = _val(q_node), _val(k_node), _val(v_node)
+    if q is None or k is None or v is None:
+        registry.note_fallback(FAMILY, fwd, kernel, "operands without values")
+        return
+    is_causal = bool(a.get("is_causal", False))
+    detail = _describe(q, k, _val(mask_node), is_causal) if q.dim() == 4 and k.dim() == 4 else ""
+    outs, grads = _getitems(fwd), _getitems(bwd)
+    reason = None
+    if a.get("dropout_p", 0.0) not in (0, 0.0) or b.get("dropout_p", 0.0) not in (0, 0.0):
+        reason = f"dropout_p={a.get('dropout_p')} (training with attention dropout)"
+    elif outs is None or grads is None or 0 not in outs or 1 not in outs:
+        reason = "an SDPA output read other than by index"
+    elif (b["query"], b["key"], b["value"]) != (q_node, k_node, v_node) \
+            or b.get("attn_mask", b.get("attn_bias")) is not mask_node:
+        reason = "the backward reads other operands than its forward"
+    elif _through_aliases(b["out"]) is not outs[0]:
+        reason = "the backward reads another output than its forward's"
+    elif any(u is not bwd for i, g in outs.items() if i != 0 for u in g.users):
+        reason = "the log-sum-exp or RNG state is read outside the backward"
+    elif any(i > 2 and g.users for i, g in grads.items()):
+        reason = "the mask's gradient is used (a learned attention bias)"
+    if reason is not None:
+        registry.note_fallback(FAMILY, fwd, kernel, reason, detail)
+        return
+    if mask_node is not None and not is_causal and q.dim() == 4 and k.dim() == 4 \
+            and _is_causal_mask(mask_node, q.shape[2], k.shape[2]):
+        mask_node, is_causal = None, True
+    mask = _val(mask_node)
+    if mask_node is not None and mask is None:
+        registry.note_fallback(FAMILY, fwd, kernel, "a mask without a value", detail)
+        return
+    if not _decide(fwd, q, k, v, mask, is_causal, kernel, train=True):
+        return
+    scale = a.get("scale")
+    scale = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    _replace_train_pair(fwd, bwd, outs, grads, b, q_node, k_node, v_node, mask_node, scale, is_causal)
+
+
+def _replace_train_pair(fwd, bwd, outs, grads, b, q_node, k_node, v_node, mask_node, scale, is_causal) -> None:
+    """The surgery: new nodes first (values from the ops' fake implementations), then the uses moved, then
+    the SDPA nodes erased."""
+    from torch._guards import detect_fake_mode
+
+    graph = fwd.graph
+    vals = [_val(n) for n in (q_node, k_node, v_node, mask_node, b["grad_out" if "grad_out" in b else "grad_out_"])]
+    ops = torch.ops.tritonfuse
+    with detect_fake_mode([v for v in vals if v is not None]) or contextlib.nullcontext():
+        o_val, lse_val = ops.attention_fwd.default(*vals[:4], scale, is_causal)
+        grad_vals = ops.attention_bwd.default(vals[4], *vals[:3], o_val, lse_val, vals[3], scale, is_causal)
+    dout = b["grad_out" if "grad_out" in b else "grad_out_"]
+
+    def call(target, args, val):
+        node = graph.call_function(target, args)
+        node.meta.update({k: fwd.meta[k] for k in ("stack_trace", "nn_module_stack") if k in fwd.meta})
+        node.meta["val"] = val
+        return node
+
+    with graph.inserting_before(fwd):
+        res = call(ops.attention_fwd.default, (q_node, k_node, v_node, mask_node, scale, is_causal), (o_val, lse_val))
+        o = call(operator.getitem, (res, 0), o_val)
+        lse = call(operator.getitem, (res, 1), lse_val)
+    with graph.inserting_before(bwd):
+        gres = call(ops.attention_bwd.default, (dout, q_node, k_node, v_node, o, lse, mask_node, scale, is_causal),
+                    tuple(grad_vals))
+        new_grads = [call(operator.getitem, (gres, i), grad_vals[i]) for i in range(3)]
+    outs[0].replace_all_uses_with(o)
+    for i, g in grads.items():
+        if i < 3:
+            g.replace_all_uses_with(new_grads[i])
+    for g in grads.values():
+        graph.erase_node(g)
+    alias = b["out"]
+    graph.erase_node(bwd)
+    while isinstance(alias, torch.fx.Node) and alias.target in (aten.alias.default, aten.detach.default) \
+            and not alias.users:
+        nxt = alias.args[0]
+        graph.erase_node(alias)
+        alias = nxt
+    for g in outs.values():
+        if not g.users:
+            graph.erase_node(g)
+    if not fwd.users:
+        graph.erase_node(fwd)
+
+
+def train_pattern_spec(graph_ops: frozenset) -> bool:
+    """Whether a joint graph holding ``graph_ops`` may hold an SDPA forward/backward pair."""
+    return any(op in graph_ops for op in SDPA_BACKWARD.values())
+
+
+@functools.lru_cache(maxsize=None)
+def train_pattern_pass() -> PatternMatcherPass:
+    """The SDPA backward ops of a joint graph, each with its forward (``_sdpa_train_handler``)."""
+    pm = PatternMatcherPass(pass_name="tritonfuse_attention_train")
+    for op in SDPA_BACKWARD.values():
+        register_graph_pattern(CallFunctionVarArgs(op), pass_dict=pm)(
+            registry.guarded(FAMILY, _sdpa_train_handler, _train_site_of))
+    return pm
 
 
 # --- registration --------------------------------------------------------------------------------------

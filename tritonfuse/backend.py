@@ -170,6 +170,25 @@ def _graph_copy(graph: torch.fx.Graph) -> torch.fx.Graph:
     return torch.fx.GraphModule(root, new).graph
 
 
+class JointPass(CustomGraphPass):
+    """``TritonfusePasses.joint`` as Inductor's ``joint_custom_post_pass`` (its cache key: the passes')."""
+
+    def __init__(self, passes: "TritonfusePasses"):
+        self.passes = passes
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        self.passes.joint(graph)
+
+    def uuid(self):
+        theirs = self.passes.joint_user_pass
+        if theirs is None:
+            return self.passes.uuid()
+        theirs = theirs if isinstance(theirs, (list, tuple)) else [theirs]
+        uuids = [p.uuid() if isinstance(p, CustomGraphPass) else None for p in theirs]
+        # a plain function has no identity Inductor can key on: None makes it bypass its cache, as it would
+        return None if None in uuids or self.passes.uuid() is None else f"{self.passes.uuid()}+{uuids}"
+
+
 class TritonfusePasses(CustomGraphPass):
     """The pipeline: each enabled family's patterns, in order, on the post-grad ATen graph."""
 
@@ -187,10 +206,16 @@ class TritonfusePasses(CustomGraphPass):
         self.runs = 0
         self.done: list[registry.Site] = []  # sites of every graph this pass saw (forward, backward)
         self.training = False  # the graph being compiled is a training forward or a backward (inner_compile)
+        # sites the joint-graph pass decided (attention's forward/backward pairs), noted as sites of the next
+        # graph this pass sees: the forward AOTAutograd partitions from that joint graph
+        self.joint_sites: list[registry.Site] = []
+        self.joint_user_pass = None  # a joint_custom_post_pass the user gave in options=: runs after ours
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         self.runs += 1
         registry.begin_graph(training=self.training)
+        registry.adopt(self.joint_sites)
+        self.joint_sites = []
         registry.set_real_inputs(self.real_inputs if self.runs == 1 else ())
         try:
             with registry.in_cuda_graphs(self.cuda_graphs):
@@ -225,8 +250,40 @@ class TritonfusePasses(CustomGraphPass):
         runs = self.runs
         out = compile_fx_inner(gm, example_inputs, **kwargs)
         if self.runs == runs:
+            # (a joint graph's sites are in the record of the forward graph it was partitioned into)
+            self.joint_sites = []
             self._keep(_replay_sites(self.graph_key))
         return out
+
+    def joint(self, graph: torch.fx.Graph) -> None:
+        """The joint-graph pass (forward and backward in one graph, before AOTAutograd partitions it): SDPA
+        forward/backward pairs of a training graph replaced by tritonfuse's attention forward, which keeps its
+        log-sum-exp, and backward (``patterns.attention.train_pattern_pass``). The post-grad passes see the
+        two halves apart, where the forward's saved log-sum-exp ties it to a backward compiled later."""
+        try:
+            self._joint(graph)
+        finally:
+            theirs = self.joint_user_pass
+            for user_pass in theirs if isinstance(theirs, (list, tuple)) else [theirs] if theirs else []:
+                user_pass(graph)
+
+    def _joint(self, graph: torch.fx.Graph) -> None:
+        if "attention" not in self.families:
+            return
+        t0 = time.perf_counter()
+        registry.begin_graph(training=True)
+        try:
+            from tritonfuse.patterns import attention
+
+            if not attention.train_pattern_spec(frozenset(n.target for n in graph.nodes if n.op == "call_function")):
+                return
+            with registry.in_cuda_graphs(self.cuda_graphs):
+                attention.train_pattern_pass().apply(graph)
+        except Exception as e:
+            _pass_failed("the attention training pass", e, "its remaining sites are left to Inductor")
+        finally:
+            self.joint_sites.extend(registry.take_pending())
+            registry.note_passes(time.perf_counter() - t0)
 
     def _apply(self, graph: torch.fx.Graph) -> None:
         from tritonfuse.patterns.common import trace_memo
@@ -265,11 +322,7 @@ class TritonfusePasses(CustomGraphPass):
                 # each replacement is atomic: the graph stays valid, the family's other sites stay Inductor's
                 if survey:
                     continue  # (the pass that decides meets it again, and says so)
-                if not config.fallback_enabled():
-                    raise
-                msg = f"the {family} pass failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-                registry.note_error(msg)
-                _warn_once(f"tritonfuse: {msg}; its remaining sites are left to Inductor")
+                _pass_failed(f"the {family} pass", e, "its remaining sites are left to Inductor")
         if survey:
             return
         if registry.pending_replacements() and config.quant == "int8" and "linear_act" in self.families:
@@ -281,11 +334,7 @@ class TritonfusePasses(CustomGraphPass):
                 try:
                     step(graph)
                 except Exception as e:
-                    if not config.fallback_enabled():
-                        raise
-                    msg = f"the {what} pass failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-                    registry.note_error(msg)
-                    _warn_once(f"tritonfuse: {msg}; int8 GEMMs quantize their inputs themselves")
+                    _pass_failed(f"the {what} pass", e, "int8 GEMMs quantize their inputs themselves")
         if registry.pending_replacements() and config.quant != "none":
             from tritonfuse.patterns.common import autocast_weight_pass
 
@@ -298,14 +347,11 @@ class TritonfusePasses(CustomGraphPass):
 
                 int8_constants_pass(graph)
             except Exception as e:  # the int8 sites keep their ops, which look their weights up at run time
-                if not config.fallback_enabled():
-                    raise
-                msg = f"int8 weights as constants failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-                registry.note_error(msg)
-                _warn_once(f"tritonfuse: {msg}; the int8 ops quantize their weights at run time")
-        if registry.pending_replacements():
+                _pass_failed("int8 weights as constants", e, "the int8 ops quantize their weights at run time")
+        if registry.pending_replacements() or _calls_ours(graph):
             from . import inline
 
+            # (a training backward has no sites of its own: the joint-graph pass put our backward ops there)
             inline.inline_pass(graph)
 
     def uuid(self):
@@ -317,6 +363,20 @@ class TritonfusePasses(CustomGraphPass):
         theirs = self.user_pass.uuid() if isinstance(self.user_pass, CustomGraphPass) else None
         # a plain function has no identity Inductor can key on: None makes it bypass its cache, as it would
         return None if theirs is None else f"{ours}+{theirs}"
+
+
+def _pass_failed(what: str, e: Exception, consequence: str) -> None:
+    """A pass that raised (called in its ``except``): re-raised with ``TRITONFUSE_FALLBACK_ON_ERROR=0``, else
+    noted in the report and warned about once, ``consequence`` saying what the graph keeps."""
+    if not config.fallback_enabled():
+        raise e
+    msg = f"{what} failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    registry.note_error(msg)
+    _warn_once(f"tritonfuse: {msg}; {consequence}")
+
+
+def _calls_ours(graph: torch.fx.Graph) -> bool:
+    return any(n.op == "call_function" and getattr(n.target, "namespace", None) == "tritonfuse" for n in graph.nodes)
 
 
 def _is_training(gm: torch.fx.GraphModule, kwargs: dict) -> bool:
@@ -470,9 +530,17 @@ def _compile(gm, example_inputs, passes, patches=None):
         patches["fx_graph_cache"] = False
     if passes is None:
         return compile_fx(gm, example_inputs, config_patches=patches) if patches else compile_fx(gm, example_inputs)
-    return compile_fx(gm, example_inputs, inner_compile=passes.inner_compile,
-                      config_patches={**shape_padding_patches(passes.families, static_launch_patches(patches)),
-                                      "post_grad_custom_pre_pass": passes})
+    patches = {**shape_padding_patches(passes.families, static_launch_patches(patches)),
+               "post_grad_custom_pre_pass": passes}
+    if _has_joint_pass():
+        patches["joint_custom_post_pass"] = JointPass(passes)
+    return compile_fx(gm, example_inputs, inner_compile=passes.inner_compile, config_patches=patches)
+
+
+def _has_joint_pass() -> bool:
+    from torch._inductor import config as inductor_config
+
+    return hasattr(inductor_config, "joint_custom_post_pass")
 
 
 def static_launch_patches(patches: dict) -> dict:
@@ -540,10 +608,17 @@ def tritonfuse_backend(gm: torch.fx.GraphModule, example_inputs, mode=None, opti
     match_inductor_triton_env(graph_gpu(example_inputs))
     families = config.enabled_families()
     user_pass = patches.pop("post_grad_custom_pre_pass", None) if families else None
+    joint_user_pass = patches.pop("joint_custom_post_pass", None) if families else None
     graphs = bool(patches.get("triton.cudagraphs"))
     names = _module_names(gm)
-    passes = (TritonfusePasses(families, _graph_key(gm, example_inputs, names), example_inputs, user_pass, graphs,
-                               names) if families else None)
+
+    def make_passes():
+        made = TritonfusePasses(families, _graph_key(gm, example_inputs, names), example_inputs, user_pass, graphs,
+                                names)
+        made.joint_user_pass = joint_user_pass
+        return made
+
+    passes = make_passes() if families else None
     try:
         try:
             compiled = _compile(gm, example_inputs, passes, patches)
@@ -555,7 +630,7 @@ def tritonfuse_backend(gm: torch.fx.GraphModule, example_inputs, mode=None, opti
                        f"{str(e).splitlines()[0] if str(e) else ''}); retrying with TRITONFUSE_INLINE=0")
             registry.note_error(f"inlining failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             registry.forget(passes.done)
-            passes = TritonfusePasses(families, passes.key, example_inputs, user_pass, graphs, names)
+            passes = make_passes()
             with config.patch(inline="0"):
                 compiled = _compile(gm, example_inputs, passes, patches)
     except Exception as e:
@@ -567,6 +642,8 @@ def tritonfuse_backend(gm: torch.fx.GraphModule, example_inputs, mode=None, opti
         registry.note_error(f"{reason}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         if user_pass is not None:
             patches["post_grad_custom_pre_pass"] = user_pass
+        if joint_user_pass is not None:
+            patches["joint_custom_post_pass"] = joint_user_pass
         compiled = _compile(gm, example_inputs, None, patches)
         _warn_once(f"tritonfuse: {reason}: {e}")
     else:

@@ -289,6 +289,24 @@ def end_graph() -> list[Site]:
         return done
 
 
+def take_pending() -> list[Site]:
+    """The sites noted since ``begin_graph``, handed over uncounted (a joint graph's: the forward graph that
+    AOTAutograd partitions from it adopts them), and the graph state closed as ``end_graph`` closes it."""
+    global _training
+    _training = False
+    with _lock:
+        done = list(_pending.values())
+        _pending.clear()
+        return done
+
+
+def adopt(sites: list[Site]) -> None:
+    """Note ``sites`` (``take_pending``'s) as sites of the graph now being processed."""
+    with _lock:
+        for i, site in enumerate(sites):
+            _pending[("adopted", id(site), i)] = site
+
+
 def demote(done: list[Site], reason: str) -> None:
     """Turn the replacements among ``done`` into fallbacks (their graph was compiled without tritonfuse)."""
     with _lock:
