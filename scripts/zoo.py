@@ -6,10 +6,11 @@ matched, replaced and left (with the reasons). A correctness sweep, not a benchm
     python scripts/zoo.py --out zoo.json                          # on a GPU (fp16 / bf16 kernels)
     TRITON_INTERPRET=1 python scripts/zoo.py --models gpt2,resnet18   # on a CPU, through the interpreter
     python scripts/zoo.py --modes train,int8-train,frozen-train,dynamic,int8-dynamic,symbolic,autocast,decode
+    python scripts/zoo.py --modes autocast-train,int8-autocast-train     # mixed-precision training steps
 
 Besides plain inference (float, int8) the modes cover what users run: training steps (the gradients against
 eager's), shapes that change between calls (Dynamo's automatic dynamic shapes, or dynamic=True), fp32 models
-under autocast, and a causal LM's decode steps against its KV cache.
+under autocast (inference and mixed-precision training), and a causal LM's decode steps against its KV cache.
 
 One JSON object per model and mode goes to --out (a list), and one line each to stdout. The exit status is 1
 when any model failed to compile or run, or came out with a NaN eager did not have, or below --min-db.
@@ -237,7 +238,9 @@ def run_one(name: str, build, kind: str, mode: str, device: str, dtype: torch.dt
     gradients against an fp32 copy's, within twice eager's own error (6 dB); int8-train in int8 mode;
     frozen-train with every Linear's weight frozen, as LoRA fine-tuning leaves them), symbolic / int8-symbolic
     (``torch.compile(dynamic=True)``: one graph with symbolic sizes from the first call, at three shapes),
-    autocast / int8-autocast (an fp32 model run under ``torch.autocast`` in ``dtype``), nchw (a convnet and its
+    autocast / int8-autocast (an fp32 model run under ``torch.autocast`` in ``dtype``), autocast-train /
+    int8-autocast-train (mixed-precision training: an fp32 model's training step under autocast, judged as train
+    is against the fp32 model without autocast), nchw (a convnet and its
     input left in the default contiguous layout), decode / int8-decode (a causal LM's prefill and four decode
     steps against its KV cache)."""
     import tritonfuse
@@ -287,8 +290,10 @@ def run_one(name: str, build, kind: str, mode: str, device: str, dtype: torch.dt
                     (ref.float() * weight).sum().backward()
                     ref_grads = _grads(model)
                     model.zero_grad(set_to_none=True)
-                    r32 = _call(ref32, kind, {k: v.float() if v.is_floating_point() else v for k, v in kwargs.items()})
-                    (r32 * weight).sum().backward()
+                    with torch.autocast(device, enabled=False):  # (autocast-train: the reference in fp32)
+                        r32 = _call(ref32, kind,
+                                    {k: v.float() if v.is_floating_point() else v for k, v in kwargs.items()})
+                        (r32 * weight).sum().backward()
                     g32 = _grads(ref32)
                 start = time.perf_counter()
                 out = _call(compiled, kind, kwargs)
@@ -339,7 +344,8 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="", help="comma list (default: all)")
     p.add_argument("--modes", default="float,int8",
                    help="comma list of float, int8, dynamic, int8-dynamic, symbolic, int8-symbolic, train, "
-                        "int8-train, frozen-train, autocast, int8-autocast, nchw, decode, int8-decode (see run_one)")
+                        "int8-train, frozen-train, autocast, int8-autocast, autocast-train, int8-autocast-train, "
+                        "nchw, decode, int8-decode (see run_one)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--min-db", type=float, default=20.0,
                    help="an inference run below this SQNR (dB) against eager fails (training: see run_one)")
