@@ -270,20 +270,23 @@ class TritonfusePasses(CustomGraphPass):
     def _joint(self, graph: torch.fx.Graph) -> None:
         if "attention" not in self.families:
             return
+        try:
+            from tritonfuse.patterns import attention
+        except Exception as e:  # a broken patterns module: its post-grad pass reports it too
+            _pass_failed("the attention training pass", e, "attention in training graphs is left to Inductor")
+            return
+        if not attention.train_pattern_spec(frozenset(n.target for n in graph.nodes if n.op == "call_function")):
+            return  # (an inference graph, or a training graph without SDPA: no graph of the pass's own)
         t0 = time.perf_counter()
         registry.begin_graph(training=True)
         try:
-            from tritonfuse.patterns import attention
-
-            if not attention.train_pattern_spec(frozenset(n.target for n in graph.nodes if n.op == "call_function")):
-                return
             with registry.in_cuda_graphs(self.cuda_graphs):
                 attention.train_pattern_pass().apply(graph)
         except Exception as e:
             _pass_failed("the attention training pass", e, "its remaining sites are left to Inductor")
         finally:
             self.joint_sites.extend(registry.take_pending())
-            registry.note_passes(time.perf_counter() - t0)
+            registry.note_passes(time.perf_counter() - t0, graph=False)
 
     def _apply(self, graph: torch.fx.Graph) -> None:
         from tritonfuse.patterns.common import trace_memo

@@ -647,10 +647,11 @@ _NO_COMPILE_TIME = {"graphs": 0, "passes_s": 0.0, "timing_s": 0.0, "timed": 0, "
 _compile_time = dict(_NO_COMPILE_TIME)
 
 
-def note_passes(seconds: float) -> None:
-    """One graph's passes took ``seconds`` (the backend calls this)."""
+def note_passes(seconds: float, graph: bool = True) -> None:
+    """One graph's passes took ``seconds`` (the backend calls this); ``graph`` False: a joint graph's, whose
+    forward and backward are counted as the graphs they become."""
     with _lock:
-        _compile_time["graphs"] += 1
+        _compile_time["graphs"] += int(graph)
         _compile_time["passes_s"] += seconds
 
 
