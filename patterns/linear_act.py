@@ -649,7 +649,6 @@ def pattern_spec(graph_ops: frozenset, graph: Optional[torch.fx.Graph] = None):
     return (acts, graph is None or gated_product(graph))
 
 
-_GEMMS = (aten.mm.default, aten.addmm.default)
 # where a walk back from a product stops without a GEMM: reductions (a norm's statistics), other matmuls
 _WALK_STOPS = (aten.bmm.default, aten.var_mean.correction, aten.mean.dim, aten.sum.dim_IntList, aten.amax.default,
                aten.convolution.default)
@@ -700,8 +699,8 @@ def prepare_graph(graph: torch.fx.Graph) -> int:
     GEMMs (GPT-2 under autocast: the Q/K/V and MLP projections, which read a LayerNorm computed in fp32, and on
     CUDA the MLP's output projection, whose GELU autocast computes in fp32). Falcon's Linear computes
     ``x @ w.T``, and autocast casts the transposed weight: none of its GEMMs matched. The same values from a
-    cast of the same elements; a view that something else reads too stays for it. Then ``_merge_casts``.
-    Returns the number of casts moved or merged."""
+    cast of the same elements; a view that something else reads too stays for it. Then ``_merge_casts``, and
+    ``_own_weight_transposes``. Returns the number of casts moved or merged and transposes copied."""
     moved = 0
     convert = torch.ops.prims.convert_element_type.default
     for gemm in [n for t in _GEMMS for n in graph.find_nodes(op="call_function", target=t)]:
@@ -728,7 +727,26 @@ def prepare_graph(graph: torch.fx.Graph) -> int:
             if not view.users:
                 graph.erase_node(view)
             moved += 1
-    return moved + _merge_casts(graph)
+    return moved + _merge_casts(graph) + _own_weight_transposes(graph)
+
+
+def _own_weight_transposes(graph: torch.fx.Graph) -> int:
+    """Give each GEMM its own transpose of its weight where the transpose has other users. A training forward
+    under autocast saves the transposed half-precision weight for the backward (bert-base's MLP: the weight's
+    ``permute`` read by the ``addmm`` and returned), and a pattern's ``w.t()`` may have no user outside the
+    match: no Linear of such a graph matched. A transpose is a view; the copy is the same values."""
+    copied = 0
+    for gemm in [n for t in _GEMMS for n in graph.find_nodes(op="call_function", target=t)]:
+        i = 1 if gemm.target is aten.mm.default else 2
+        view = gemm.args[i] if len(gemm.args) > i else None
+        if not (isinstance(view, torch.fx.Node) and view.target in _TRANSPOSES and len(view.users) > 1):
+            continue
+        with graph.inserting_before(gemm):
+            own = graph.call_function(view.target, view.args, dict(view.kwargs))
+        own.meta.update(view.meta)
+        gemm.replace_input_with(view, own)
+        copied += 1
+    return copied
 
 
 def _mutates(node: torch.fx.Node) -> bool:

@@ -286,6 +286,46 @@ def test_gated_mlp_under_autocast_reads_one_cast(device, monkeypatch, no_compile
         assert sqnr_db(want.float(), got.float()) > (30 if quant == "int8" else 35)
 
 
+def test_autocast_training_step_gemms_read_their_own_weight_transpose(device, monkeypatch, no_compile_cache):
+    # an fp32 HF BERT's training step under autocast: the forward saves the half-precision weight's transpose
+    # for the backward, and a pattern's transpose may have no user outside the match; prepare_graph gives each
+    # GEMM its own (without it: none of the MLP's GEMM+GELU sites matched). Gradients as eager's
+    from transformers import BertConfig, BertModel
+
+    from tritonfuse.patterns import linear_act as LP
+
+    half = torch.float16 if device == "cuda" else torch.bfloat16
+    cfg = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+                     vocab_size=100, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = BertModel(cfg).to(device).train()
+    ids = torch.randint(0, 100, (2, 11), generator=torch.Generator().manual_seed(1)).to(device)
+    weight = fresh(2, 11, 64, device=device, seed=2)
+
+    def step(fn):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=half):
+            out = fn(input_ids=ids).last_hidden_state
+        # (a weighted sum: the square of a LayerNorm's output sums to a constant, with gradients of rounding noise)
+        (out.float() * weight).sum().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    want = step(model)
+    for own, sites in ((lambda graph: 0, 0), (LP._own_weight_transposes, 2)):
+        monkeypatch.setattr(LP, "_own_weight_transposes", own)
+        tritonfuse.reset()
+        torch._dynamo.reset()
+        with config.patch(patterns="linear_act"):
+            got = step(torch.compile(model, backend="tritonfuse"))
+        assert _counts() == {"matched": sites, "replaced": sites, "fallback": 0}, tritonfuse.report()
+        assert {s.kernel for s in tritonfuse.sites()} <= {"linear_act[gelu]"}
+        # all gradients together, and each MLP weight's (a key projection's bias alone is noise: softmax cancels it)
+        assert sqnr_db(torch.cat([g.flatten() for g in want.values()]),
+                       torch.cat([got[n].flatten() for n in want])) > 30
+        for n in [n for n in want if "intermediate.dense" in n]:
+            assert sqnr_db(want[n].float(), got[n].float()) > 30, (n, sites)
+
+
 def test_linear_gelu_new():
     # Phi-1/2, GPT-J, CodeGen: nn.Linear + gelu_new, 2-D and batched
     model = nn.Sequential(nn.Linear(32, 48), NewGELU(), nn.Linear(48, 32), NewGELU())
