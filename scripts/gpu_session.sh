@@ -28,6 +28,7 @@
 #   bash scripts/gpu_session.sh zoo     # scripts/zoo.py (11 HF + 8 torchvision architectures), float and int8
 #   bash scripts/gpu_session.sh s47     # the 47th's: the 46th's GPU-only test failures (mended), autocast tests, zoo
 #   bash scripts/gpu_session.sh s48     # the 48th's: the 47th's five mended failures, then zoo2 (float, int8)
+#   bash scripts/gpu_session.sh train48 # the 48th's training changes: their GPU tests, the training zoo, train steps
 #   bash scripts/gpu_session.sh zoo2    # the architectures added in the 47th session, float, int8 and autocast
 #   bash scripts/gpu_session.sh zoo_modes # its training, dynamic-shape, autocast and decode modes
 #   bash scripts/gpu_session.sh audit   # torchvision convnets (tiny, fp16) through the backend against eager and
@@ -282,6 +283,18 @@ case "${1:-tests}" in
   s48)
     # prepared in the 48th session: the 47th's five mended GPU-only failures, then zoo2's float and int8 modes
     OUT=$out timeout 570 bash scripts/s48_a.sh; grep -E "passed|failed|^FAIL|^=== done" "$out/a.log" | tail -12 ;;
+  train48)
+    # prepared in the 48th session: the autocast training step's GEMM sites (linear_act.prepare_graph's weight
+    # transposes) and the attention training tests on CUDA, the training zoo (train, autocast-train), then the
+    # train-step bench of vit_b_16 (not yet timed with the joint-graph attention pass) and bert-base again
+    timeout -s INT 150 $PY -m pytest -q -p no:cacheprovider -rf --tb=short tests/test_linear_act.py \
+      tests/test_attention.py -k "own_weight_transpose or training_sdpa or llama_training" > "$out/train_tests.txt" 2>&1
+    tail -2 "$out/train_tests.txt"
+    TRITONFUSE_MEASURE=0 TRITONFUSE_AUTOTUNE=0 timeout 150 $PY scripts/zoo.py --dtype float16 \
+      --models llama,gpt2,bert,vit,qwen3,falcon --modes train,autocast-train --out "$out/zoo_train.json" \
+      > "$out/zoo_train.txt" 2>&1; grep -E "^FAIL|passed" "$out/zoo_train.txt"
+    TRITONFUSE_MEASURE_BUDGET_S=inf timeout 270 $PY -m tritonfuse bench --train --models vit_b_16,bert-base \
+      --modes eager,inductor,tritonfuse --no-progress --out "$out/" 2>&1 | grep -v Warn | tail -12 ;;
   zoo2)
     # prepared in the 47th session: the zoo's architectures added then (Gemma, Gemma 2, Qwen3, GPT-NeoX, Falcon,
     # BLOOM, GPT-J, Mixtral, ALBERT, ELECTRA, DeBERTa-v2, BART; HF ViT, CLIP's vision tower, Whisper's encoder)
