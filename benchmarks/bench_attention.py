@@ -323,7 +323,7 @@ def main():
     p.add_argument("--models", action="store_true", help="assert match counts on tiny BERT/Llama CUDA graphs")
     p.add_argument("--out", default=None, help="also write the rows here (JSON)")
     p.add_argument("--smoke", action="store_true", help="tiny shapes (a check of this script on the CPU)")
-    p.add_argument("--only", default="", help="comma-separated case kinds to run: fwd, bwd, decode (default all)")
+    p.add_argument("--only", default="", help="comma-separated case kinds to run: fwd, bwd, decode, bwd_model (default all)")
     add_timer_arg(p)
     args = p.parse_args()
     set_timer(args)
@@ -344,6 +344,10 @@ def main():
         ("bwd", lambda: bench_backward(8, 16, 4096, 128, False, rows)),
         ("fwd", lambda: bench_forward(8, 16, 4096, 64, False, rows, compiled=False)),
         ("bwd", lambda: bench_backward(8, 16, 4096, 128, True, rows)),
+        # the training steps' attention (a site in a training graph is decided on forward + backward): bert-base
+        # b32 s512, llama-1b-prefill b4 s1024 (K/V heads repeated as its training graph holds them)
+        ("bwd_model", lambda: bench_backward(32, 12, 512, 64, False, rows)),
+        ("bwd_model", lambda: bench_backward(4, 16, 1024, 128, True, rows)),
     ]
     if args.only:
         cases = [c for c in cases if c[0] in args.only.split(",")]

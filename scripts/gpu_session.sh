@@ -286,13 +286,16 @@ case "${1:-tests}" in
   train48)
     # prepared in the 48th session: the autocast training step's GEMM sites (linear_act.prepare_graph's weight
     # transposes) and the attention training tests on CUDA, the training zoo (train, autocast-train), then the
-    # train-step bench of vit_b_16 (not yet timed with the joint-graph attention pass) and bert-base again
+    # backward at the train steps' attention shapes (two more bwd configs since the 48th), then the train-step
+    # bench of vit_b_16 (not yet timed with the joint-graph attention pass) and bert-base again
     timeout -s INT 150 $PY -m pytest -q -p no:cacheprovider -rf --tb=short tests/test_linear_act.py \
       tests/test_attention.py -k "own_weight_transpose or training_sdpa or llama_training" > "$out/train_tests.txt" 2>&1
     tail -2 "$out/train_tests.txt"
     TRITONFUSE_MEASURE=0 TRITONFUSE_AUTOTUNE=0 timeout 150 $PY scripts/zoo.py --dtype float16 \
       --models llama,gpt2,bert,vit,qwen3,falcon --modes train,autocast-train --out "$out/zoo_train.json" \
       > "$out/zoo_train.txt" 2>&1; grep -E "^FAIL|passed" "$out/zoo_train.txt"
+    timeout 120 $PY benchmarks/bench_attention.py --only bwd_model --out "$out/bench_attention_bwd.json" \
+      > "$out/bench_attention_bwd.txt" 2>&1; grep -E "backward|sdpa|tritonfuse|best config|FAILED" "$out/bench_attention_bwd.txt" | head -12
     TRITONFUSE_MEASURE_BUDGET_S=inf timeout 270 $PY -m tritonfuse bench --train --models vit_b_16,bert-base \
       --modes eager,inductor,tritonfuse --no-progress --out "$out/" 2>&1 | grep -v Warn | tail -12 ;;
   zoo2)
