@@ -754,15 +754,16 @@ def _train_site_of(match: Match) -> torch.fx.Node:
 
 
 def _train_pair(bwd: torch.fx.Node):
-    """(forward node, its normalized kwargs, the backward's, why not) for an SDPA backward node."""
+    """(forward node, its normalized kwargs, the backward's) for an SDPA backward node, or Nones where its
+    log-sum-exp is not its own forward's (the forward's post-grad pass then records that site)."""
     fwd = _train_site_of_node(bwd)
     if fwd is bwd or SDPA_BACKWARD.get(fwd.target) != bwd.target:
-        return None, None, None, "the backward's log-sum-exp is not its own forward's"
+        return None, None, None
     f = normalize_function(fwd.target, fwd.args, fwd.kwargs, normalize_to_only_use_kwargs=True)
     b = normalize_function(bwd.target, bwd.args, bwd.kwargs, normalize_to_only_use_kwargs=True)
     if f is None or b is None:
-        return None, None, None, "arguments not normalizable"
-    return fwd, f.kwargs, b.kwargs, None
+        return None, None, None
+    return fwd, f.kwargs, b.kwargs
 
 
 def _train_site_of_node(bwd: torch.fx.Node) -> torch.fx.Node:
@@ -775,7 +776,7 @@ def _train_site_of_node(bwd: torch.fx.Node) -> torch.fx.Node:
 
 def _sdpa_train_handler(match: Match, *args, **kwargs) -> None:
     bwd = match.output_node()
-    fwd, a, b, why = _train_pair(bwd)
+    fwd, a, b = _train_pair(bwd)
     if fwd is None:
         return
     kernel = "attention[sdpa,train]"
