@@ -288,8 +288,11 @@ case "${1:-tests}" in
     # transposes) and the attention training tests on CUDA, the training zoo (train, autocast-train), then the
     # backward at the train steps' attention shapes (two more bwd configs since the 48th), then the train-step
     # bench of vit_b_16 (not yet timed with the joint-graph attention pass) and bert-base again
-    timeout -s INT 150 $PY -m pytest -q -p no:cacheprovider -rf --tb=short tests/test_linear_act.py \
-      tests/test_attention.py -k "own_weight_transpose or training_sdpa or llama_training" > "$out/train_tests.txt" 2>&1
+    # (and the 48th run's linear_act shard with one failure, its log lost: most likely the budget test, mended)
+    timeout -s INT 220 $PY -m pytest -q -p no:cacheprovider -rf --tb=short tests/test_linear_act.py \
+      tests/test_attention.py -k "own_weight_transpose or training_sdpa or llama_training or measuring_budget \
+      or fast_silu or tma_gated or same_shape_sites or sites_of_a_cuda_graph or int8_handoff_needs" \
+      > "$out/train_tests.txt" 2>&1
     tail -2 "$out/train_tests.txt"
     TRITONFUSE_MEASURE=0 TRITONFUSE_AUTOTUNE=0 timeout 150 $PY scripts/zoo.py --dtype float16 \
       --models llama,gpt2,bert,vit,qwen3,falcon --modes train,autocast-train --out "$out/zoo_train.json" \
