@@ -277,21 +277,19 @@ def _add(site: Site) -> None:
 
 def end_graph() -> list[Site]:
     """Move the sites of the graph just processed into the counters and return them."""
-    global _graph_index, _training
-    _training = False
+    global _graph_index
+    done = take_pending()
     with _lock:
-        done = list(_pending.values())
         for site in done:
             site.graph = _graph_index
             _add(site)
-        _pending.clear()
         _graph_index += 1
         return done
 
 
 def take_pending() -> list[Site]:
     """The sites noted since ``begin_graph``, handed over uncounted (a joint graph's: the forward graph that
-    AOTAutograd partitions from it adopts them), and the graph state closed as ``end_graph`` closes it."""
+    AOTAutograd partitions from it adopts them), and the graph state closed (``end_graph`` counts them too)."""
     global _training
     _training = False
     with _lock:
