@@ -180,13 +180,7 @@ class JointPass(CustomGraphPass):
         self.passes.joint(graph)
 
     def uuid(self):
-        theirs = self.passes.joint_user_pass
-        if theirs is None:
-            return self.passes.uuid()
-        theirs = theirs if isinstance(theirs, (list, tuple)) else [theirs]
-        uuids = [p.uuid() if isinstance(p, CustomGraphPass) else None for p in theirs]
-        # a plain function has no identity Inductor can key on: None makes it bypass its cache, as it would
-        return None if None in uuids or self.passes.uuid() is None else f"{self.passes.uuid()}+{uuids}"
+        return _with_user_uuids(self.passes.uuid(), self.passes.joint_user_pass)
 
 
 class TritonfusePasses(CustomGraphPass):
@@ -231,8 +225,8 @@ class TritonfusePasses(CustomGraphPass):
             # function lived)
             self.real_inputs = []
             self._keep(registry.end_graph())
-        if self.user_pass is not None:
-            self.user_pass(graph)
+        for user_pass in _user_passes(self.user_pass):
+            user_pass(graph)
 
     def _keep(self, sites: list) -> None:
         self.done.extend(sites)
@@ -263,8 +257,7 @@ class TritonfusePasses(CustomGraphPass):
         try:
             self._joint(graph)
         finally:
-            theirs = self.joint_user_pass
-            for user_pass in theirs if isinstance(theirs, (list, tuple)) else [theirs] if theirs else []:
+            for user_pass in _user_passes(self.joint_user_pass):
                 user_pass(graph)
 
     def _joint(self, graph: torch.fx.Graph) -> None:
@@ -361,11 +354,21 @@ class TritonfusePasses(CustomGraphPass):
         # part of Inductor's FX-graph (and AOTAutograd) cache key: other settings or other code never reuse
         # this graph, nor does a compile after one that put off timing sites (_bump_generation)
         ours = f"{_settings_hash()}{self.names}@{_generation(self.key)}" if self.key else _settings_hash()
-        if self.user_pass is None:
-            return ours
-        theirs = self.user_pass.uuid() if isinstance(self.user_pass, CustomGraphPass) else None
-        # a plain function has no identity Inductor can key on: None makes it bypass its cache, as it would
-        return None if theirs is None else f"{ours}+{theirs}"
+        return _with_user_uuids(ours, self.user_pass)
+
+
+def _user_passes(given) -> list:
+    """A user's custom pass option as a list: None, one pass, or (torch >= 2.9) a list of them."""
+    return list(given) if isinstance(given, (list, tuple)) else [] if given is None else [given]
+
+
+def _with_user_uuids(ours: Optional[str], given) -> Optional[str]:
+    """Our cache key part followed by that of the user's passes that run after ours. A plain function has no
+    identity Inductor can key on: None makes it bypass its cache, as it would."""
+    theirs = [p.uuid() if isinstance(p, CustomGraphPass) else None for p in _user_passes(given)]
+    if ours is None or None in theirs:
+        return None
+    return "+".join([ours, *map(str, theirs)])
 
 
 def _pass_failed(what: str, e: Exception, consequence: str) -> None:
@@ -614,10 +617,10 @@ def tritonfuse_backend(gm: torch.fx.GraphModule, example_inputs, mode=None, opti
     joint_user_pass = patches.pop("joint_custom_post_pass", None) if families else None
     graphs = bool(patches.get("triton.cudagraphs"))
     names = _module_names(gm)
+    key = _graph_key(gm, example_inputs, names) if families else ""
 
     def make_passes():
-        made = TritonfusePasses(families, _graph_key(gm, example_inputs, names), example_inputs, user_pass, graphs,
-                                names)
+        made = TritonfusePasses(families, key, example_inputs, user_pass, graphs, names)
         made.joint_user_pass = joint_user_pass
         return made
 
