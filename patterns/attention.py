@@ -827,12 +827,12 @@ def _replace_train_pair(fwd, bwd, outs, grads, b, q_node, k_node, v_node, mask_n
     from torch._guards import detect_fake_mode
 
     graph = fwd.graph
-    vals = [_val(n) for n in (q_node, k_node, v_node, mask_node, b["grad_out" if "grad_out" in b else "grad_out_"])]
+    dout = b["grad_out" if "grad_out" in b else "grad_out_"]  # (the efficient backward's name)
+    vals = [_val(n) for n in (q_node, k_node, v_node, mask_node, dout)]
     ops = torch.ops.tritonfuse
     with detect_fake_mode([v for v in vals if v is not None]) or contextlib.nullcontext():
         o_val, lse_val = ops.attention_fwd.default(*vals[:4], scale, is_causal)
         grad_vals = ops.attention_bwd.default(vals[4], *vals[:3], o_val, lse_val, vals[3], scale, is_causal)
-    dout = b["grad_out" if "grad_out" in b else "grad_out_"]
 
     def call(target, args, val):
         node = graph.call_function(target, args)

@@ -703,8 +703,8 @@ def prepare_graph(graph: torch.fx.Graph) -> int:
     ``_own_weight_transposes``. Returns the number of casts moved or merged and transposes copied."""
     moved = 0
     convert = torch.ops.prims.convert_element_type.default
-    for gemm in [n for t in _GEMMS for n in graph.find_nodes(op="call_function", target=t)]:
-        for i in ((0, 1) if gemm.target is aten.mm.default else (1, 2)):
+    for gemm in _gemm_nodes(graph):
+        for i in _gemm_operands(gemm):
             cast = gemm.args[i] if len(gemm.args) > i else None
             if not (isinstance(cast, torch.fx.Node) and cast.target == convert
                     and cast.args[1] in (torch.float16, torch.bfloat16)):
@@ -730,14 +730,23 @@ def prepare_graph(graph: torch.fx.Graph) -> int:
     return moved + _merge_casts(graph) + _own_weight_transposes(graph)
 
 
+def _gemm_nodes(graph: torch.fx.Graph) -> list:
+    return [n for t in _GEMMS for n in graph.find_nodes(op="call_function", target=t)]
+
+
+def _gemm_operands(gemm: torch.fx.Node) -> tuple[int, int]:
+    """The argument indices of an mm's or addmm's two matrix operands (input, weight)."""
+    return (0, 1) if gemm.target is aten.mm.default else (1, 2)
+
+
 def _own_weight_transposes(graph: torch.fx.Graph) -> int:
     """Give each GEMM its own transpose of its weight where the transpose has other users. A training forward
     under autocast saves the transposed half-precision weight for the backward (bert-base's MLP: the weight's
     ``permute`` read by the ``addmm`` and returned), and a pattern's ``w.t()`` may have no user outside the
     match: no Linear of such a graph matched. A transpose is a view; the copy is the same values."""
     copied = 0
-    for gemm in [n for t in _GEMMS for n in graph.find_nodes(op="call_function", target=t)]:
-        i = 1 if gemm.target is aten.mm.default else 2
+    for gemm in _gemm_nodes(graph):
+        i = _gemm_operands(gemm)[1]
         view = gemm.args[i] if len(gemm.args) > i else None
         if not (isinstance(view, torch.fx.Node) and view.target in _TRANSPOSES and len(view.users) > 1):
             continue
