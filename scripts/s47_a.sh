@@ -2,13 +2,7 @@
 # 47th session, first device call: the GPU-only test failures of the 46th session's run (full tracebacks), today's
 # new tests, then a part of the zoo in fp16 (scripts/zoo.py), all into $OUT/a.log
 set -u
-cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1
-$PY -m pip install --no-build-isolation --no-deps -e . > /tmp/install.log 2>&1 || { tail /tmp/install.log; exit 3; }
-nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/a.log"
-$PY -c "import torch, triton; print(torch.__version__, triton.__version__)" >> "$OUT/a.log"
-export TORCHINDUCTOR_COMPILE_THREADS=16
+source "$(dirname "$0")/device_head.sh"
 timeout -s INT 240 $PY -m pytest -q -p no:cacheprovider -rf --tb=long \
   "tests/test_linear_act.py::test_the_vendor_side_of_a_timing_runs_the_sites_activation" \
   tests/test_linear_act.py::test_int8_fused_quantization_is_charged_to_the_gemms_sharing_it \

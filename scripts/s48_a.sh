@@ -3,13 +3,7 @@
 # tracebacks), the attention training tests (joint-graph pass), then the architectures added to scripts/zoo.py
 # in the 47th session in fp16, float and int8 (a.log, zoo_hf2.json)
 set -u
-cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1
-$PY -m pip install --no-build-isolation --no-deps -e . > /tmp/install.log 2>&1 || { tail /tmp/install.log; exit 3; }
-nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/a.log"
-$PY -c "import torch, triton; print(torch.__version__, triton.__version__)" >> "$OUT/a.log"
-export TORCHINDUCTOR_COMPILE_THREADS=16
+source "$(dirname "$0")/device_head.sh"
 timeout -s INT 170 $PY -m pytest -q -p no:cacheprovider -rf --tb=long \
   tests/test_linear_act.py::test_int8_fused_quantization_is_charged_to_the_gemms_sharing_it \
   tests/test_linear_act.py::test_a_probe_launches_through_the_launcher \
