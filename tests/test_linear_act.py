@@ -299,7 +299,7 @@ def test_autocast_training_step_gemms_read_their_own_weight_transpose(device, mo
                      vocab_size=100, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     torch.manual_seed(0)
     model = BertModel(cfg).to(device).train()
-    ids = torch.randint(0, 100, (2, 11), generator=torch.Generator().manual_seed(1)).to(device)
+    ids = torch.randint(0, 100, (2, 11), generator=torch.Generator().manual_seed(1), device="cpu").to(device)
     weight = fresh(2, 11, 64, device=device, seed=2)
 
     def step(fn):
