@@ -291,9 +291,11 @@ def _and_leaves(node) -> list:
 def _narrow_mask(mask_node, sq: int, sk: int):
     """A bool or additive mask that is the same for every query row but built at the scores' size, as HF's
     masks are (``where(expand(keep[B, 1, 1, Sk] & (q_idx >= 0)), 0, fill)``, materialised [B, 1, Sq, Sk]):
-    (node, build, value, causal, empty_fill) with ``node`` the bool keys-only tensor it is built from,
+    (node, build, value, causal, empty_fill, fills) with ``node`` the bool keys-only tensor it is built from,
     ``build(node)`` the mask the kernel gets ([..., 1, Sk], read as one vector of keys per tile instead of a
-    score-sized tensor) and ``value`` a stand-in of that mask; None when the mask is not of that form.
+    score-sized tensor: ``where(node, fills[0], fills[1])`` in dtype ``fills[2]`` for an additive mask, else
+    ``node`` itself, ``fills`` None) and ``value`` a stand-in of that mask; None when the mask is not of that
+    form.
 
     A mask that is also causal (HF's decoders with padding: ``keep & (kv_idx <= q_idx)``) gives ``causal``
     True: the kernel's causal flag then stands for that part (it skips the key blocks past the diagonal).
@@ -335,7 +337,7 @@ def _narrow_mask(mask_node, sq: int, sk: int):
     except RuntimeError:
         return None
     if fills is None:
-        return keys, lambda m: m, kv, causal, None
+        return keys, lambda m: m, kv, causal, None, None
     dtype = mask.dtype
 
     def build(m):
@@ -343,7 +345,7 @@ def _narrow_mask(mask_node, sq: int, sk: int):
         no = torch.full((), fills[1], dtype=dtype, device=m.device)
         return torch.where(m, yes, no)
 
-    return keys, build, kv.new_empty(kv.shape, dtype=dtype), causal, empty_fill
+    return keys, build, kv.new_empty(kv.shape, dtype=dtype), causal, empty_fill, (fills[0], fills[1], dtype)
 
 
 def _position_index(node, length: int, dim: int) -> bool:
@@ -814,31 +816,55 @@ def _sdpa_train_handler(match: Match, *args, **kwargs) -> None:
     if mask_node is not None and mask is None:
         registry.note_fallback(FAMILY, fwd, kernel, "a mask without a value", detail)
         return
+    fills = None
+    if mask_node is not None and q.dim() == 4 and k.dim() == 4:
+        # as the inference path reads them: a -inf additive mask as its bool, a padding mask built at the
+        # scores' size (HF's) as its [B, 1, 1, Sk] keys. Not a causal one with a finite fill: its rows without
+        # keys need attention_causal_padded, which has no backward
+        mask_node = _keep_of_additive_mask(mask_node) or mask_node
+        mask = _val(mask_node)
+        narrow = _narrow_mask(mask_node, q.shape[2], k.shape[2])
+        if narrow is not None and narrow[4] is None:
+            mask_node, mask, is_causal, fills = narrow[0], narrow[2], is_causal or narrow[3], narrow[5]
+            detail = _describe(q, k, mask, is_causal)
     if not _decide(fwd, q, k, v, mask, is_causal, kernel, train=True):
         return
     scale = a.get("scale")
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    _replace_train_pair(fwd, bwd, outs, grads, b, q_node, k_node, v_node, mask_node, scale, is_causal)
+    _replace_train_pair(fwd, bwd, outs, grads, b, q_node, k_node, v_node, mask_node, scale, is_causal, fills)
 
 
-def _replace_train_pair(fwd, bwd, outs, grads, b, q_node, k_node, v_node, mask_node, scale, is_causal) -> None:
+def _replace_train_pair(fwd, bwd, outs, grads, b, q_node, k_node, v_node, mask_node, scale, is_causal,
+                        fills=None) -> None:
     """The surgery: new nodes first (values from the ops' fake implementations), then the uses moved, then
-    the SDPA nodes erased."""
+    the SDPA nodes erased. ``fills``: ``mask_node`` is a bool keys mask and the kernels get the additive mask
+    ``where(mask_node, fills[0], fills[1])`` of dtype ``fills[2]`` (``_narrow_mask``)."""
     from torch._guards import detect_fake_mode
 
     graph = fwd.graph
     dout = b["grad_out" if "grad_out" in b else "grad_out_"]  # (the efficient backward's name)
-    vals = [_val(n) for n in (q_node, k_node, v_node, mask_node, dout)]
-    ops = torch.ops.tritonfuse
-    with detect_fake_mode([v for v in vals if v is not None]) or contextlib.nullcontext():
-        o_val, lse_val = ops.attention_fwd.default(*vals[:4], scale, is_causal)
-        grad_vals = ops.attention_bwd.default(vals[4], *vals[:3], o_val, lse_val, vals[3], scale, is_causal)
+    fake = detect_fake_mode([v for v in (_val(n) for n in (q_node, k_node, v_node, dout)) if v is not None])
 
-    def call(target, args, val):
-        node = graph.call_function(target, args)
+    def call(target, args, val, kwargs=None):
+        node = graph.call_function(target, args, kwargs)
         node.meta.update({k: fwd.meta[k] for k in ("stack_trace", "nn_module_stack") if k in fwd.meta})
         node.meta["val"] = val
         return node
+
+    if fills is not None:
+        keys = _val(mask_node)
+        const = dict(dtype=fills[2], device=keys.device)
+        with fake or contextlib.nullcontext():
+            c_vals = [torch.full((), f, **const) for f in fills[:2]]
+            m_val = torch.where(keys, *c_vals)
+        with graph.inserting_before(fwd):
+            c_nodes = [call(aten.full.default, ([], f), c, const) for f, c in zip(fills[:2], c_vals)]
+            mask_node = call(aten.where.self, (mask_node, *c_nodes), m_val)
+    vals = [_val(n) for n in (q_node, k_node, v_node, mask_node, dout)]
+    ops = torch.ops.tritonfuse
+    with fake or contextlib.nullcontext():
+        o_val, lse_val = ops.attention_fwd.default(*vals[:4], scale, is_causal)
+        grad_vals = ops.attention_bwd.default(vals[4], *vals[:3], o_val, lse_val, vals[3], scale, is_causal)
 
     with graph.inserting_before(fwd):
         res = call(ops.attention_fwd.default, (q_node, k_node, v_node, mask_node, scale, is_causal), (o_val, lse_val))
@@ -876,7 +902,7 @@ def train_pattern_spec(graph_ops: frozenset) -> bool:
 @functools.lru_cache(maxsize=None)
 def train_pattern_pass() -> PatternMatcherPass:
     """The SDPA backward ops of a joint graph, each with its forward (``_sdpa_train_handler``)."""
-    pm = PatternMatcherPass(pass_name="tritonfuse_attention_train")
+    pm = _AttentionPass(pass_name="tritonfuse_attention_train")
     for op in SDPA_BACKWARD.values():
         register_graph_pattern(CallFunctionVarArgs(op), pass_dict=pm)(
             registry.guarded(FAMILY, _sdpa_train_handler, _train_site_of))

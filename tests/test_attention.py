@@ -1,5 +1,6 @@
 """Attention family: flash-attention kernels vs an fp64 reference, and the patterns on real model graphs."""
 
+import functools
 import math
 import warnings
 
@@ -117,7 +118,8 @@ def test_fully_masked_rows_are_zero(mask_kind, device):
 @pytest.mark.parametrize("dtype,atol", FP)
 @pytest.mark.parametrize("B,Hq,Hkv,Sq,Sk,D,causal,mask_kind",
                          [(2, 2, 2, 37, 37, 80, False, "bool_keypad"), (1, 4, 2, 45, 37, 64, True, "none"),
-                          (1, 2, 2, 23, 31, 32, False, "float_full")])
+                          (1, 2, 2, 23, 31, 32, False, "float_full"),
+                          (2, 2, 1, 29, 29, 64, False, "float_min_keypad")])  # (GQA: two heads a key block)
 def test_attention_backward(B, Hq, Hkv, Sq, Sk, D, causal, mask_kind, dtype, atol, device):
     q, k, v = _qkv(B, Hq, Hkv, Sq, Sk, D, dtype, device, transposed=True)
     mask = _mask(mask_kind, B, Hq, Sq, Sk, dtype, device)
@@ -717,13 +719,16 @@ def test_timing_masks(mshape, dtype):
     assert scattered[..., 0].all() and not scattered.all()
 
 
-def _stub_timings(monkeypatch, ratios):
-    """registry.measured_choice answering from ``ratios`` (key suffix -> ours/theirs), the keys asked kept."""
+def _stub_timings(monkeypatch, ratios, graphed_asks=None):
+    """registry.measured_choice answering from ``ratios`` (key suffix -> ours/theirs), the keys asked kept
+    (and each ask's ``graphed`` in ``graphed_asks``)."""
     asked = []
 
     def stub(key, dev, ours, theirs, graphed=False, **kw):
         suffix = key.rsplit("|", 1)[-1] if key.endswith("batch") else ""
         asked.append(suffix)
+        if graphed_asks is not None:
+            graphed_asks.append(graphed)
         r = ratios[suffix]
         return registry._decided({"ours_ms": 0.1 * r, "theirs_ms": 0.1, "ratio": r, "rounds": 40})
 
@@ -736,12 +741,20 @@ def _stub_timings(monkeypatch, ratios):
     (0.90, 1.04, False, ["padded batch", "unpadded batch"]),  # an unpadded batch would lose
     (0.99, 0.90, False, ["padded batch"]),  # no win by the margin where padding helps: not timed further
 ])
-def test_key_padding_site_timed_padded_and_unpadded(monkeypatch, padded, unpadded, use, asked):
-    got = _stub_timings(monkeypatch, {"padded batch": padded, "unpadded batch": unpadded})
+@pytest.mark.parametrize("train", [False, True])
+def test_key_padding_site_timed_padded_and_unpadded(monkeypatch, padded, unpadded, use, asked, train):
+    # (a training site too, its forward and backward timed together; as GPU time alone where the two ops
+    # will be inlined: their op calls' host time is no cost of the inlined kernels)
+    graphed = []
+    got = _stub_timings(monkeypatch, {"padded batch": padded, "unpadded batch": unpadded}, graphed)
+    from tritonfuse import inline
+
+    monkeypatch.setattr(inline, "will_inline", lambda op, dev: op == torch.ops.tritonfuse.attention_bwd.default)
     q, k, v = (torch.empty(4, 12, 512, 64, dtype=torch.float16, device="meta") for _ in range(3))
     mask = torch.empty(4, 1, 1, 512, dtype=torch.float16, device="meta")
-    rec = K.measure(q, k, v, mask, False, device="cpu")
+    rec = K.measure(q, k, v, mask, False, device="cpu", train=train)
     assert rec["use"] == use and got == asked
+    assert graphed == [train] * len(asked)
     if not use:
         reason = registry.slower_reason(rec, rec.get("vs", "SDPA"))
         assert ("without padding" in reason) == (padded < 0.97), reason
@@ -818,6 +831,18 @@ def _train_compile(fn, *args, ops=None):
     return out, grads, dout, ops.ops
 
 
+def _check_train_grads(fn, qkv, mask, out, grads, dout) -> None:
+    """The compiled output and dQ, dK, dV within twice eager's own error of fp64's."""
+    eager = fn(*qkv, mask)
+    eager_grads = torch.autograd.grad(eager, qkv, dout)
+    leaves = [x.detach().double().requires_grad_() for x in qkv]
+    ref = fn(*leaves, mask)
+    ref_grads = torch.autograd.grad(ref, leaves, dout.double())
+    assert_close_to_ref(out, ref, eager, atol=2e-3)
+    for what, g, r, e in zip(("dq", "dk", "dv"), grads, ref_grads, eager_grads):
+        assert_close_to_ref(g, r, e, atol=2e-3, what=what)
+
+
 def _sdpa_backward_left(ops) -> list:
     return [o for o in ops if "scaled_dot_product" in o and "backward" in o]
 
@@ -834,14 +859,36 @@ def test_training_sdpa_served_forward_and_backward(form, device):
     assert tritonfuse.counters()["attention"] == _counts(1, 1, 0), (tritonfuse.sites(), registry.errors())
     assert tritonfuse.sites()[0].kernel == "attention[sdpa,train]"
     assert not _sdpa_backward_left(ops), ops
-    eager = fn(q, k, v, m)
-    eager_grads = torch.autograd.grad(eager, (q, k, v), dout)
-    leaves = [x.detach().double().requires_grad_() for x in (q, k, v)]
-    ref = fn(*leaves, m)
-    ref_grads = torch.autograd.grad(ref, leaves, dout.double())
-    assert_close_to_ref(out, ref, eager, atol=2e-3)
-    for what, g, r, e in zip(("dq", "dk", "dv"), grads, ref_grads, eager_grads):
-        assert_close_to_ref(g, r, e, atol=2e-3, what=what)
+    _check_train_grads(fn, (q, k, v), m, out, grads, dout)
+
+
+def _hf_padding_attention(q, k, v, keep, fill):
+    # a padding mask as HF builds it, at the scores' size: where(keep[B, 1, 1, Sk] & (q_idx >= 0), 0, fill)
+    S = q.shape[2]
+    rows = torch.arange(S, device=q.device)[:, None] >= 0
+    full = (keep[:, None, None, :] & rows).expand(q.shape[0], 1, S, S)
+    m = torch.where(full, torch.tensor(0.0, device=q.device), torch.tensor(fill, device=q.device)).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+
+
+@pytest.mark.parametrize("fill", [-1e4, float("-inf")])
+def test_training_padding_mask_read_as_its_keys(fill, device):
+    # a training site's padding mask built at the scores' size is read as its [B, 1, 1, Sk] keys, as at
+    # inference (the additive mask rebuilt from the keys: with a finite fill, a sequence with no key then
+    # attends over all of them, as in eager). Output and dQ, dK, dV within twice eager's error of fp64
+    dtype = torch.float16 if device == "cuda" else torch.bfloat16
+    B, S = 3, 37
+    q, k, v = (x.requires_grad_() for x in _qkv(B, 2, 2, S, S, 32, dtype, device, transposed=True))
+    keep = torch.ones(B, S, dtype=torch.bool)
+    keep[1, 23:] = False
+    if math.isfinite(fill):
+        keep[2] = False  # (with -inf, eager's rows without keys are NaN)
+    keep = keep.to(device)
+    fn = functools.partial(_hf_padding_attention, fill=fill)
+    out, grads, dout, _ = _train_compile(fn, q, k, v, keep)
+    assert tritonfuse.counters()["attention"] == _counts(1, 1, 0), (tritonfuse.sites(), registry.errors())
+    assert f"mask=({B}, 1, 1, {S})" in tritonfuse.sites()[0].detail, tritonfuse.sites()
+    _check_train_grads(fn, (q, k, v), keep, out, grads, dout)
 
 
 @pytest.mark.parametrize("case", ["dropout", "learned_bias"])
@@ -998,8 +1045,8 @@ def test_padding_mask_narrowed_in_the_cuda_graph_form(offset, fill, narrowed):
     got = P._narrow_mask(mask, S, S)
     assert (got is not None) == narrowed
     if narrowed:
-        node_, build, val, causal, empty_fill = got
-        assert not causal and empty_fill is None
+        node_, build, val, causal, empty_fill, fills = got
+        assert not causal and empty_fill is None and fills == (0.0, fill, torch.float16)
         assert node_ is keys and tuple(val.shape) == (B, 1, 1, S) and val.dtype == torch.float16
         keep = torch.rand(B, 1, 1, S) > 0.3
         want = torch.where(keep.expand(B, 1, S, S), torch.tensor(0.0), torch.tensor(fill)).half()
