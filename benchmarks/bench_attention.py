@@ -255,6 +255,34 @@ def bench_backward(B, H, S, D, causal, rows):
         ms = _bench(f)
         rows.append(row("attention_bwd", shape, DT, name, ms, tflops=flops / ms * 1e-9))
         print(f"  {name:20s} {ms:8.3f} ms {flops / ms * 1e-9:8.1f} TFLOP/s")
+    # forward + backward, as a training graph runs them and the backend's measured choice compares them: SDPA
+    # by autograd, on the backend it picks by default (the flash backward above need not be it), against
+    # ours (the forward keeping its log-sum-exp). The backward alone of SDPA's default backend cannot be
+    # timed from a graph replay: its forward's autograd state lives outside the capture
+    def sdpa_pair():
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+            out = F.scaled_dot_product_attention(*leaves, is_causal=causal, scale=scale)
+            return torch.autograd.grad(out, leaves, do)
+
+    def ours_pair():
+        o, l2 = torch.ops.tritonfuse.attention_fwd(q, k, v, None, scale, causal)
+        return torch.ops.tritonfuse.attention_bwd(do, q, k, v, o, l2, None, scale, causal)
+
+    with torch.enable_grad():
+        probe_out = F.scaled_dot_product_attention(*(t.detach().requires_grad_() for t in (q, k, v)),
+                                                   is_causal=causal, scale=scale)
+    backend = type(probe_out.grad_fn).__name__.replace("Backward0", "")
+    pair_flops = flops * 3.5 / 2.5  # (a backward counts 2.5 forwards)
+    for name, f in (("sdpa", sdpa_pair), ("tritonfuse", ours_pair)):
+        try:
+            ms = _bench(f)
+        except Exception as e:  # noqa: BLE001 (a timing that cannot run here does not lose the rows above)
+            print(f"  {name} forward+backward: not timed ({type(e).__name__}: {str(e)[:120]})")
+            continue
+        rows.append(row("attention_fwd_bwd", shape, DT, name, ms, tflops=pair_flops / ms * 1e-9))
+        label = f"sdpa ({backend})" if name == "sdpa" else name
+        print(f"  fwd+bwd {label:32s} {ms:8.3f} ms {pair_flops / ms * 1e-9:8.1f} TFLOP/s")
     for kern in (K._attn_bwd_dkdv_kernel, K._attn_bwd_dq_kernel):
         print(f"  {kern.fn.__name__} best config: {getattr(kern, 'best_config', None)}")
 
