@@ -350,15 +350,49 @@ def _narrow_mask(mask_node, sq: int, sk: int):
 
 def _position_index(node, length: int, dim: int) -> bool:
     """Whether ``node`` is ``arange(length)`` (iota from 0, step 1) laid along ``dim`` (from the end) of a
-    shape of ones: [1, 1, 1, S] as HF builds key positions, [S, 1] as SDPA's math path builds query ones."""
+    shape of ones: [1, 1, 1, S] as HF builds key positions, [S, 1] as SDPA's math path builds query ones;
+    or such positions gathered from a batch of position rows (``_gathered_positions``)."""
     v = _val(node)
-    if v is None or v.dim() < 2 or v.numel() != length or v.shape[dim] != length:
+    if v is None or v.dim() < 2 or v.shape[dim] != length:
+        return False
+    if isinstance(node, torch.fx.Node) and node.target == aten.index.Tensor:
+        return _gathered_positions(node, length, dim)
+    if v.numel() != length:
         return False
     # unsqueezes, and ``+ 0`` (a zero offset; Inductor leaves it in on CUDA graphs)
     while isinstance(node, torch.fx.Node) and (node.target == aten.unsqueeze.default or _zero_offset(node)):
         node = node.args[0]
     return (isinstance(node, torch.fx.Node) and node.target == prims.iota.default and node.args[0] == length
             and node.kwargs.get("start", 0) == 0 and node.kwargs.get("step", 1) == 1)
+
+
+def _gathered_positions(node, length: int, dim: int) -> bool:
+    """``rows[b_idx, p_idx]`` with ``rows`` [B, n] holding ``arange(n)`` in every row (HF's mask functions
+    index the batch's positions so: ``expand(arange(n)[None], [B, -1])`` when no position ids are given) and
+    ``p_idx`` ``arange(length)`` laid along ``dim``: every batch's positions 0..length-1 there, whatever
+    ``b_idx`` picks."""
+    src, idx = node.args[0], node.args[1]
+    if not isinstance(idx, (list, tuple)) or len(idx) != 2 or any(i is None for i in idx):
+        return False
+    if isinstance(src, torch.fx.Node) and src.target == aten.expand.default:
+        src = src.args[0]
+    if not (isinstance(src, torch.fx.Node) and src.target == aten.unsqueeze.default and src.args[1] == 0):
+        return False
+    iota = src.args[0]
+    return (isinstance(iota, torch.fx.Node) and iota.target == prims.iota.default and iota.args[0] >= length
+            and iota.kwargs.get("start", 0) == 0 and iota.kwargs.get("step", 1) == 1
+            and _val(idx[1]) is not None and _val(idx[1]).numel() == length and _position_index(idx[1], length, dim))
+
+
+def _implies_causal(mask_node, sq: int, sk: int) -> bool:
+    """A bool mask that is ``causal & others`` (HF's decoder mask when it cannot tell that a batch holds one
+    sequence a row: ``kv_idx <= q_idx`` and the packed-sequence test ``seq[q] == seq[kv]``): the kernels'
+    causal flag may join it, the mask read as it is; it then skips the key blocks past the diagonal, a half
+    of the work at Sq = Sk, where SDPA computes them under the mask. (Not an additive mask with a finite
+    fill: a row without keys would attend over other keys with the flag.)"""
+    mask = _val(mask_node)
+    return (mask is not None and mask.dtype == torch.bool
+            and any(_causal_cond(leaf, sq, sk) for leaf in _and_leaves(mask_node)))
 
 
 def _scalar_fill(x):
@@ -508,6 +542,8 @@ def _sdpa_handler(match: Match, *args, **kwargs) -> None:
     if mask_node is not None and mask is None:
         return
     narrow = _narrow_mask(mask_node, q.shape[-2], k.shape[-2]) if mask_node is not None and q.dim() == 4 else None
+    if narrow is None and mask_node is not None and q.dim() == 4 and _implies_causal(mask_node, q.shape[2], k.shape[2]):
+        is_causal = True
     others = [u for u in node.users if u is not getitem]
     empty_fill = narrow[4] if narrow is not None else None
     if empty_fill is not None and (others or k.dim() != 4 or q.shape[2] != k.shape[2]
@@ -826,7 +862,9 @@ def _sdpa_train_handler(match: Match, *args, **kwargs) -> None:
         narrow = _narrow_mask(mask_node, q.shape[2], k.shape[2])
         if narrow is not None and narrow[4] is None:
             mask_node, mask, is_causal, fills = narrow[0], narrow[2], is_causal or narrow[3], narrow[5]
-            detail = _describe(q, k, mask, is_causal)
+        elif narrow is None and _implies_causal(mask_node, q.shape[2], k.shape[2]):
+            is_causal = True
+        detail = _describe(q, k, mask, is_causal)
     if not _decide(fwd, q, k, v, mask, is_causal, kernel, train=True):
         return
     scale = a.get("scale")

@@ -953,13 +953,18 @@ def test_llama_training_step(device):
     ops = GraphOps()
     with config.patch(patterns="attention"):
         compiled = torch.compile(model, backend="tritonfuse", options={"post_grad_custom_pre_pass": ops})
-        compiled(input_ids=ids).last_hidden_state.float().square().mean().backward()
+        compiled(input_ids=ids, use_cache=False).last_hidden_state.float().square().mean().backward()
     assert tritonfuse.counters()["attention"] == _counts(2, 2, 0), (tritonfuse.sites(), registry.errors())
     assert not _sdpa_backward_left(ops.ops), ops.ops
+    # the causal flag set: without a cache (use_cache=False, as a training step runs) HF's mask is causal & a
+    # packed-sequence test (its positions gathered per batch), read whole with the flag joined (the kernels
+    # skip the blocks past the diagonal)
+    details = [s.detail for s in tritonfuse.sites()]
+    assert all(d.endswith(" causal") for d in details), details
     got = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    model(input_ids=ids).last_hidden_state.float().square().mean().backward()
-    ref64(input_ids=ids.cpu()).last_hidden_state.square().mean().backward()
+    model(input_ids=ids, use_cache=False).last_hidden_state.float().square().mean().backward()
+    ref64(input_ids=ids.cpu(), use_cache=False).last_hidden_state.square().mean().backward()
     ref = dict(ref64.named_parameters())
     for n, p in model.named_parameters():
         if "embed" not in n:  # (an embedding's gradient is a scatter of the others)
