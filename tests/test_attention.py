@@ -1069,6 +1069,24 @@ def test_llama_gqa_causal(impl, device):
     assert all("Hq=4 Hkv=2" in d and "mask=none causal" in d for d in details), details
 
 
+def test_llama_packed_sequences_keep_their_mask(device):
+    # position ids that restart mark sequences packed in one row: HF's mask (no cache) is then pos[kv] <=
+    # pos[q] & a same-sequence test, over the position ids rather than the indices. The site is served with
+    # the mask read whole (no causal flag: the ids are the user's), and the two sequences of a row do not
+    # attend to each other. Position ids restart at 7 in row 0 and at 5 in row 1
+    model = _llama("sdpa", torch.float16, device)
+    ids, _ = _ids_and_padding(device)
+    pos = torch.tensor([list(range(7)) + list(range(6)), list(range(5)) + list(range(8))], device=device)
+    out, ref = _compile_check(model, input_ids=ids, position_ids=pos, use_cache=False, expect=_counts(2, 2, 0))
+    torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, atol=1e-2, rtol=1e-2)
+    details = [s.detail for s in tritonfuse.sites()]
+    assert all(d.endswith("mask=(2, 1, 13, 13) bool") for d in details), details
+    # (the packing is kept: row 0's second sequence, alone, gives its 6 outputs)
+    with torch.no_grad():
+        alone = model(input_ids=ids[:1, 7:], use_cache=False).last_hidden_state
+    torch.testing.assert_close(out.last_hidden_state[:1, 7:], alone, atol=1e-2, rtol=1e-2)
+
+
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
 def test_llama_gqa_under_autocast(impl, device):
     # an fp32 model under autocast: RoPE's fp32 cos/sin make Q and K fp32 while V stays half, so autocast
