@@ -395,6 +395,24 @@ def _implies_causal(mask_node, sq: int, sk: int) -> bool:
             and any(_causal_cond(leaf, sq, sk) for leaf in _and_leaves(mask_node)))
 
 
+def _read_mask(mask_node, q, k, is_causal: bool):
+    """How the kernels read an SDPA site's mask (inference and training alike): (mask node, is_causal,
+    ``_narrow_mask``'s reading or None). A causal mask built in the graph (HF Llama's sdpa path on CUDA)
+    becomes the causal flag (no mask); a -inf additive mask its bool; a bool mask with a causal leaf keeps
+    the mask and gets the flag too (``_implies_causal``). The caller decides whether to take the narrowed
+    padding mask (its ``empty_fill`` case needs ``attention_causal_padded``)."""
+    if mask_node is None or q.dim() != 4 or k.dim() != 4:
+        return mask_node, is_causal, None
+    sq, sk = q.shape[2], k.shape[2]
+    if not is_causal and _is_causal_mask(mask_node, sq, sk):
+        return None, True, None
+    mask_node = _keep_of_additive_mask(mask_node) or mask_node
+    narrow = _narrow_mask(mask_node, sq, sk)
+    if narrow is None and _implies_causal(mask_node, sq, sk):
+        is_causal = True
+    return mask_node, is_causal, narrow
+
+
 def _scalar_fill(x):
     """The value of a ``full``/``scalar_tensor`` node (how ``where``'s scalar operands are traced), or ``x``."""
     if isinstance(x, torch.fx.Node) and x.target == aten.full.default:
@@ -532,18 +550,10 @@ def _sdpa_handler(match: Match, *args, **kwargs) -> None:
     q, k, v = _val(q_node), _val(k_node), _val(v_node)
     if q is None or k is None or v is None:
         return
-    is_causal = bool(a.get("is_causal", False))
-    if mask_node is not None and not is_causal and q.dim() == 4 and k.dim() == 4 \
-            and _is_causal_mask(mask_node, q.shape[2], k.shape[2]):
-        # a causal mask built in the graph (HF Llama's sdpa path on CUDA): the kernel's causal flag instead
-        mask_node, is_causal = None, True
-    mask_node = _keep_of_additive_mask(mask_node) or mask_node
+    mask_node, is_causal, narrow = _read_mask(mask_node, q, k, bool(a.get("is_causal", False)))
     mask = _val(mask_node)
     if mask_node is not None and mask is None:
         return
-    narrow = _narrow_mask(mask_node, q.shape[-2], k.shape[-2]) if mask_node is not None and q.dim() == 4 else None
-    if narrow is None and mask_node is not None and q.dim() == 4 and _implies_causal(mask_node, q.shape[2], k.shape[2]):
-        is_causal = True
     others = [u for u in node.users if u is not getitem]
     empty_fill = narrow[4] if narrow is not None else None
     if empty_fill is not None and (others or k.dim() != 4 or q.shape[2] != k.shape[2]
@@ -845,25 +855,17 @@ def _sdpa_train_handler(match: Match, *args, **kwargs) -> None:
     if reason is not None:
         registry.note_fallback(FAMILY, fwd, kernel, reason, detail)
         return
-    if mask_node is not None and not is_causal and q.dim() == 4 and k.dim() == 4 \
-            and _is_causal_mask(mask_node, q.shape[2], k.shape[2]):
-        mask_node, is_causal = None, True
+    mask_node, is_causal, narrow = _read_mask(mask_node, q, k, is_causal)
     mask = _val(mask_node)
     if mask_node is not None and mask is None:
         registry.note_fallback(FAMILY, fwd, kernel, "a mask without a value", detail)
         return
     fills = None
-    if mask_node is not None and q.dim() == 4 and k.dim() == 4:
-        # as the inference path reads them: a -inf additive mask as its bool, a padding mask built at the
-        # scores' size (HF's) as its [B, 1, 1, Sk] keys. Not a causal one with a finite fill: its rows without
-        # keys need attention_causal_padded, which has no backward
-        mask_node = _keep_of_additive_mask(mask_node) or mask_node
-        mask = _val(mask_node)
-        narrow = _narrow_mask(mask_node, q.shape[2], k.shape[2])
-        if narrow is not None and narrow[4] is None:
-            mask_node, mask, is_causal, fills = narrow[0], narrow[2], is_causal or narrow[3], narrow[5]
-        elif narrow is None and _implies_causal(mask_node, q.shape[2], k.shape[2]):
-            is_causal = True
+    # a padding mask built at the scores' size as its keys, as at inference; not a causal one with a finite
+    # fill: its rows without keys need attention_causal_padded, which has no backward
+    if narrow is not None and narrow[4] is None:
+        mask_node, mask, is_causal, fills = narrow[0], narrow[2], is_causal or narrow[3], narrow[5]
+    if q.dim() == 4 and k.dim() == 4:
         detail = _describe(q, k, mask, is_causal)
     if not _decide(fwd, q, k, v, mask, is_causal, kernel, train=True):
         return
