@@ -270,13 +270,72 @@ def _nonnegative_positions(node) -> bool:
 
 
 def _always_true(node) -> bool:
-    """A bool operand that is True everywhere: ``full(True)``, or ``position >= 0`` (HF's bidirectional mask
-    function, ``q_idx >= 0``, which only gives the mask its query axis)."""
+    """A bool operand that is True everywhere: ``full(True)``, ``position >= 0`` (HF's bidirectional mask
+    function, ``q_idx >= 0``, which only gives the mask its query axis), or a tensor computed from no graph
+    input that is True everywhere at this compile's sizes (``_constant_value``: HF's packed-sequence test
+    ``seq[q] == seq[kv]`` when the positions are its own ``arange``, as without position ids)."""
     if not isinstance(node, torch.fx.Node):
         return node is True
     if node.target == aten.full.default:
         return node.args[1] is True
-    return node.target == aten.ge.Scalar and node.args[1] == 0 and _nonnegative_positions(node.args[0])
+    if node.target == aten.ge.Scalar and node.args[1] == 0 and _nonnegative_positions(node.args[0]):
+        return True
+    if _ALL_TRUE not in node.meta:  # (computed once a graph for each mask leaf)
+        with torch.utils._python_dispatch._disable_current_modes():  # (real tensors under a fake mode too)
+            v = _constant_value(node)
+            node.meta[_ALL_TRUE] = v is not None and v.dtype == torch.bool and bool(v.all())
+    return node.meta[_ALL_TRUE]
+
+
+CONSTANT_NUMEL = 1 << 25  # the largest tensor _constant_value computes (32 Mi elements)
+CONSTANT_NODES = 256  # and the most nodes it runs
+_ALL_TRUE = "tritonfuse_all_true"  # node.meta key: _always_true's verdict from _constant_value
+
+
+def _constant_value(node: torch.fx.Node) -> Optional[torch.Tensor]:
+    """The value of ``node`` when it depends on no graph input (placeholder or attribute), only on
+    deterministic ATen ops of static sizes (iota, full, arithmetic, comparisons, indexing, cumsum, ...),
+    computed on the CPU (the caller disables a fake mode); None where it does not, or where it would exceed
+    ``CONSTANT_NUMEL`` elements in one tensor or ``CONSTANT_NODES`` nodes."""
+    order, seen, stack = [], set(), [node]
+    ok = True
+    while stack and ok:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        v = n.meta.get("val")
+        target = n.target
+        ok = (n.op == "call_function" and isinstance(target, torch._ops.OpOverload)
+              and not target._schema.is_mutable and torch.Tag.nondeterministic_seeded not in target.tags
+              and isinstance(v, torch.Tensor) and all(isinstance(d, int) for d in v.shape)
+              and v.numel() <= CONSTANT_NUMEL and len(seen) <= CONSTANT_NODES)
+        order.append(n)
+        stack.extend(n.all_input_nodes)
+    if not ok:
+        return None
+    env = {}
+    cpu = torch.device("cpu")
+
+    def arg(a):
+        if isinstance(a, torch.fx.Node):
+            return env[a]
+        return cpu if isinstance(a, torch.device) else a
+
+    try:
+        for n in sorted(order, key=_topo_index(node.graph)):
+            out = n.target(*torch.fx.node.map_aggregate(n.args, arg), **torch.fx.node.map_aggregate(n.kwargs, arg))
+            if not isinstance(out, torch.Tensor) or out.shape != n.meta["val"].shape:
+                return None
+            env[n] = out
+    except Exception:  # an op that does not run so on the CPU: not treated as a constant
+        return None
+    return env[node]
+
+
+def _topo_index(graph: torch.fx.Graph):
+    index = {n: i for i, n in enumerate(graph.nodes)}
+    return index.__getitem__
 
 
 def _and_leaves(node) -> list:
@@ -398,8 +457,9 @@ def _implies_causal(mask_node, sq: int, sk: int) -> bool:
 def _read_mask(mask_node, q, k, is_causal: bool):
     """How the kernels read an SDPA site's mask (inference and training alike): (mask node, is_causal,
     ``_narrow_mask``'s reading or None). A causal mask built in the graph (HF Llama's sdpa path on CUDA)
-    becomes the causal flag (no mask); a -inf additive mask its bool; a bool mask with a causal leaf keeps
-    the mask and gets the flag too (``_implies_causal``). The caller decides whether to take the narrowed
+    becomes the causal flag (no mask), as does a bool one whose other ``&`` operands are True everywhere
+    (``_only_causal``); a -inf additive mask its bool; a bool mask with a causal leaf and others keeps the
+    mask and gets the flag too (``_implies_causal``). The caller decides whether to take the narrowed
     padding mask (its ``empty_fill`` case needs ``attention_causal_padded``)."""
     if mask_node is None or q.dim() != 4 or k.dim() != 4:
         return mask_node, is_causal, None
@@ -407,6 +467,9 @@ def _read_mask(mask_node, q, k, is_causal: bool):
     if not is_causal and _is_causal_mask(mask_node, sq, sk):
         return None, True, None
     mask_node = _keep_of_additive_mask(mask_node) or mask_node
+    mask = _val(mask_node)
+    if mask is not None and mask.dtype == torch.bool and _only_causal(mask_node, sq, sk):
+        return None, True, None
     narrow = _narrow_mask(mask_node, sq, sk)
     if narrow is None and _implies_causal(mask_node, sq, sk):
         is_causal = True
@@ -443,14 +506,15 @@ def _is_causal_mask(node, sq: int, sk: int) -> bool:
     fills = [_scalar_fill(x) for x in (a, b)]
     if fills[0] != 0 or not isinstance(fills[1], (int, float)) or fills[1] > -1e4:
         return False
-    if isinstance(cond, torch.fx.Node) and cond.target == aten.expand.default:
-        cond = cond.args[0]
-    if isinstance(cond, torch.fx.Node) and cond.target == aten.logical_and.default:
-        # SDPA's math path: logical_and(causal, full(True))
-        rest = [a for a in cond.args[:2] if not (isinstance(a, torch.fx.Node) and a.target == aten.full.default
-                                                  and a.args[1] is True)]
-        cond = rest[0] if len(rest) == 1 else None
-    return _causal_cond(cond, sq, sk)
+    return _only_causal(cond, sq, sk)
+
+
+def _only_causal(cond, sq: int, sk: int) -> bool:
+    """A bool mask that is SDPA's top-left causal mask: ``_causal_cond``, alone or ``&`` operands that are True
+    everywhere (SDPA's math path: ``logical_and(causal, full(True))``; HF Llama without a cache: ``causal &
+    seq[q] == seq[kv]`` over its own positions)."""
+    leaves = _and_leaves(cond)
+    return bool(leaves) and all(_causal_cond(leaf, sq, sk) for leaf in leaves)
 
 
 def _causal_cond(cond, sq: int, sk: int) -> bool:
@@ -504,9 +568,10 @@ def _hinted(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 
 def _decide(site: torch.fx.Node, q, k, v, mask, is_causal: bool, kernel: str, padded: bool = False,
-            train: bool = False) -> bool:
+            train: bool = False, fallback_note: str = "") -> bool:
     """Check the operands and probe the kernel variant (``padded``: ``attention_causal_padded``'s; ``train``:
-    the forward that keeps its log-sum-exp and the backward, timed together); record the site either way."""
+    the forward that keeps its log-sum-exp and the backward, timed together); record the site either way
+    (``fallback_note`` appended to the reason of one left to Inductor)."""
     detail = _describe(q, k, mask, is_causal)
     hq, hk, hv, hm = (_hinted(t) for t in (q, k, v, mask))
     if hq is None or hk is None or hv is None or (mask is not None and hm is None):
@@ -523,7 +588,53 @@ def _decide(site: torch.fx.Node, q, k, v, mask, is_causal: bool, kernel: str, pa
         rec = K.measure(hq, hk, hv, hm, is_causal, device=q.device, train=train)
         if not rec["use"]:
             reason = registry.slower_reason(rec, rec.get("vs", "SDPA"))
-    return registry.settle(FAMILY, site, kernel, reason, detail)
+    return registry.settle(FAMILY, site, kernel, reason and reason + fallback_note, detail)
+
+
+CAUSAL_NOTE = "; SDPA given the causal flag instead of its mask"
+_SIMPLIFIED = "tritonfuse_sdpa_simplified"  # node.meta key: an SDPA node this pass made (not a new site)
+
+
+def _set_arg(node: torch.fx.Node, name: str, value) -> None:
+    """Set the argument ``name`` of an ATen op node in place, positional or keyword as the node has it."""
+    names = [a.name for a in node.target._schema.arguments]
+    i = names.index(name)
+    if i < len(node.args):
+        node.args = node.args[:i] + (value,) + node.args[i + 1:]
+    else:
+        node.kwargs = {**node.kwargs, name: value}
+
+
+def _sdpa_causal(match: Match, q_node, k_node, v_node, scale) -> None:
+    """An inference SDPA site left to Inductor whose mask is exactly the causal one (``_read_mask`` dropped
+    it): replaced by ``scaled_dot_product_attention(is_causal=True)`` without the mask, the SDPA the kernels'
+    timing ran (on the GPU the dispatcher then picks flash attention, which takes no mask). The mask is
+    then not built at all, and SDPA's kernel skips the blocks past the diagonal."""
+    graph = match.graph
+    before = set(graph.nodes)
+
+    def repl(q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+
+    match.replace_by_example(repl, [q_node, k_node, v_node])
+    for n in graph.nodes:
+        if n not in before and n.target in SDPA_OPS:
+            n.meta[_SIMPLIFIED] = True
+
+
+def _causal_without_mask(*nodes: torch.fx.Node) -> None:
+    """A training SDPA forward and backward left to Inductor whose mask is exactly the causal one
+    (``_read_mask`` dropped it): the ops get ``is_causal`` and no mask, as in the kernels' timing of SDPA.
+    The mask is then not built at all, and SDPA's kernels skip the blocks past the diagonal."""
+    for node in nodes:
+        names = {a.name for a in node.target._schema.arguments}
+        for name in ("attn_bias", "attn_mask"):
+            if name in names:
+                _set_arg(node, name, None)
+        _set_arg(node, "is_causal", True)
+        if "grad_input_mask" in names:  # (the efficient backward: no gradient of a mask it no longer has)
+            norm = normalize_function(node.target, node.args, node.kwargs, normalize_to_only_use_kwargs=True)
+            _set_arg(node, "grad_input_mask", tuple(norm.kwargs["grad_input_mask"][:3]) + (False,))
 
 
 # --- SDPA nodes ----------------------------------------------------------------------------------------
@@ -538,8 +649,8 @@ def _site_of(match: Match) -> torch.fx.Node:
 def _sdpa_handler(match: Match, *args, **kwargs) -> None:
     getitem = match.output_node()
     node = _site_of(match)
-    if node.meta.get(JOINT_SITE):  # the joint-graph pass recorded this training site (train_pattern_pass)
-        return
+    if node.meta.get(JOINT_SITE) or node.meta.get(_SIMPLIFIED):
+        return  # the joint-graph pass recorded this training site (train_pattern_pass), or this pass made it
     kernel = "attention[sdpa]"
     norm = normalize_function(node.target, node.args, node.kwargs, normalize_to_only_use_kwargs=True)
     if norm is None:
@@ -550,7 +661,9 @@ def _sdpa_handler(match: Match, *args, **kwargs) -> None:
     q, k, v = _val(q_node), _val(k_node), _val(v_node)
     if q is None or k is None or v is None:
         return
+    given = mask_node
     mask_node, is_causal, narrow = _read_mask(mask_node, q, k, bool(a.get("is_causal", False)))
+    dropped = given is not None and mask_node is None  # the mask is exactly the causal flag
     mask = _val(mask_node)
     if mask_node is not None and mask is None:
         return
@@ -574,6 +687,7 @@ def _sdpa_handler(match: Match, *args, **kwargs) -> None:
         registry.note_fallback(FAMILY, node, kernel, f"dropout_p={a['dropout_p']} (training)", detail)
         return
     k_cast = v_cast = None
+    k_orig, v_orig = k_node, v_node
     if q.dim() == 4 and k.dim() == 4:
         (k_src, k_cast), (v_src, v_cast) = _unrepeat(k_node, q.shape[1]), _unrepeat(v_node, q.shape[1])
         if _val(k_src).shape[1] == _val(v_src).shape[1]:  # else only one is a visible repeat: both stay repeated
@@ -581,7 +695,10 @@ def _sdpa_handler(match: Match, *args, **kwargs) -> None:
             k, v = _cast_val(_val(k_node), k_cast), _cast_val(_val(v_node), v_cast)
         else:
             k_cast = v_cast = None
-    if not _decide(node, q, k, v, mask, is_causal, kernel, padded=empty_fill is not None):
+    if not _decide(node, q, k, v, mask, is_causal, kernel, padded=empty_fill is not None,
+                   fallback_note=CAUSAL_NOTE if dropped else ""):
+        if dropped:
+            _sdpa_causal(match, q_node, k_orig, v_orig, a.get("scale"))
         return
     scale = a.get("scale")
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
@@ -855,7 +972,9 @@ def _sdpa_train_handler(match: Match, *args, **kwargs) -> None:
     if reason is not None:
         registry.note_fallback(FAMILY, fwd, kernel, reason, detail)
         return
+    given = mask_node
     mask_node, is_causal, narrow = _read_mask(mask_node, q, k, is_causal)
+    dropped = given is not None and mask_node is None  # the mask is exactly the causal flag
     mask = _val(mask_node)
     if mask_node is not None and mask is None:
         registry.note_fallback(FAMILY, fwd, kernel, "a mask without a value", detail)
@@ -867,7 +986,9 @@ def _sdpa_train_handler(match: Match, *args, **kwargs) -> None:
         mask_node, mask, is_causal, fills = narrow[0], narrow[2], is_causal or narrow[3], narrow[5]
     if q.dim() == 4 and k.dim() == 4:
         detail = _describe(q, k, mask, is_causal)
-    if not _decide(fwd, q, k, v, mask, is_causal, kernel, train=True):
+    if not _decide(fwd, q, k, v, mask, is_causal, kernel, train=True, fallback_note=CAUSAL_NOTE if dropped else ""):
+        if dropped:
+            _causal_without_mask(fwd, bwd)
         return
     scale = a.get("scale")
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])

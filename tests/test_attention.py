@@ -461,11 +461,12 @@ def test_unsupported_operands():
 # --- patterns ----------------------------------------------------------------------------------------
 
 
-def _compile_check(fn, *args, expect, atol=2e-3, **kwargs):
+def _compile_check(fn, *args, expect, atol=2e-3, token="", **kwargs):
     # the ops of the graph the passes left, for a failure's message (no site at all: were the attention
     # GEMMs padded, lowered otherwise, or was the graph served from a cache, where no pass runs and the
-    # list stays empty?); a constant token: caching as without it
-    ops = GraphOps("test_attention._compile_check")
+    # list stays empty?); a constant token: caching as without it (``token``: another cache entry, for a
+    # test that changes what the passes do where Inductor's cache key cannot see it)
+    ops = GraphOps("test_attention._compile_check" + token)
     with torch.no_grad():
         ref = fn(*args, **kwargs)
         with config.patch(patterns="attention"):
@@ -1085,6 +1086,80 @@ def test_llama_packed_sequences_keep_their_mask(device):
     with torch.no_grad():
         alone = model(input_ids=ids[:1, 7:], use_cache=False).last_hidden_state
     torch.testing.assert_close(out.last_hidden_state[:1, 7:], alone, atol=1e-2, rtol=1e-2)
+
+
+class _SdpaNodes(GraphOps):
+    """Run after tritonfuse's passes: for each SDPA forward or backward node left in a graph, (op, whether
+    it has a mask, is_causal)."""
+
+    def __call__(self, graph):
+        from torch.fx.operator_schemas import normalize_function
+
+        for n in graph.nodes:
+            if n.op == "call_function" and "scaled_dot_product" in str(n.target):
+                a = normalize_function(n.target, n.args, n.kwargs, normalize_to_only_use_kwargs=True).kwargs
+                mask = a.get("attn_mask", a.get("attn_bias"))
+                self.ops.append((str(n.target), mask is not None, bool(a.get("is_causal", False))))
+
+
+@pytest.mark.parametrize("cap", [None, 100])
+def test_llama_without_cache_mask_is_the_causal_flag(cap, device, monkeypatch):
+    # without a KV cache (use_cache=False) HF builds its decoder mask as causal & a packed-sequence test over
+    # its own positions (arange). That test depends on no graph input: computed at compile time it is True
+    # everywhere, so the mask is exactly causal and the kernels get the causal flag and no mask. With the
+    # constant computation capped below the mask's size, the mask is read whole (with the flag joined)
+    if cap is not None:
+        from tritonfuse.patterns import attention as P
+
+        monkeypatch.setattr(P, "CONSTANT_NUMEL", cap)
+    model = _llama("sdpa", torch.float16, device)
+    ids, _ = _ids_and_padding(device)
+    out, ref = _compile_check(model, input_ids=ids, use_cache=False, expect=_counts(2, 2, 0), token=f"cap{cap}")
+    torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, atol=1e-2, rtol=1e-2)
+    details = [s.detail for s in tritonfuse.sites()]
+    want = "mask=none causal" if cap is None else "mask=(2, 1, 13, 13) bool causal"
+    assert all(d.endswith(want) for d in details), details
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["infer", "train"])
+@pytest.mark.parametrize("positions", ["own", "packed"])
+def test_causal_mask_left_to_sdpa_as_its_flag(positions, train, device, monkeypatch):
+    # a site the kernels do not serve (here: every one, as if SDPA were measured faster) whose mask is
+    # exactly causal is left to SDPA with is_causal=True and no mask, the SDPA the timing ran: in training
+    # its backward too. Output and gradients as eager's. With user position ids that restart (packed
+    # sequences) the mask is not causal alone: SDPA keeps it and no causal flag
+    from tritonfuse.patterns import attention as P
+
+    monkeypatch.setattr(K, "probe", lambda *a, **k: "left to SDPA (test)")
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    model = _llama("sdpa", dtype, device).train(train)
+    ids, _ = _ids_and_padding(device)
+    kw = dict(input_ids=ids, use_cache=False)
+    if positions == "packed":
+        kw["position_ids"] = torch.tensor([list(range(7)) + list(range(6))] * 2, device=device)
+    nodes = _SdpaNodes()
+    with config.patch(patterns="attention"), torch.set_grad_enabled(train):
+        compiled = torch.compile(model, backend="tritonfuse", options={"post_grad_custom_post_pass": nodes})
+        out = compiled(**kw).last_hidden_state
+        if train:
+            out.float().square().mean().backward()
+    assert tritonfuse.counters()["attention"] == _counts(2, 0, 2), (tritonfuse.sites(), registry.errors())
+    reasons = [s.reason for s in tritonfuse.sites()]
+    dropped = positions == "own"
+    assert all(r.endswith(P.CAUSAL_NOTE) == dropped for r in reasons), reasons
+    assert len(nodes.ops) == (4 if train else 2), nodes.ops  # (forward and backward ops in training)
+    assert all(has_mask != dropped and causal == dropped for _, has_mask, causal in nodes.ops), nodes.ops
+    got = {n: p.grad.clone() for n, p in model.named_parameters()} if train else {}
+    model.zero_grad()
+    with torch.set_grad_enabled(train):
+        ref = model(**kw).last_hidden_state
+        if train:
+            ref.float().square().mean().backward()
+    tol = dict(atol=1e-2, rtol=1e-2) if dtype == torch.float16 else dict(atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out, ref, **tol)
+    for n, p in model.named_parameters():
+        if train:
+            torch.testing.assert_close(got[n], p.grad, **tol, msg=n)
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
