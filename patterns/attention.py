@@ -232,25 +232,39 @@ def _scale_from_graph(match: Match, scale_op: str):
 
 
 def _keep_of_additive_mask(node) -> Optional[torch.fx.Node]:
-    """For an additive mask built as ``where(keep, 0, -inf)`` (HF's sdpa path, SDPA's bool-mask conversion),
-    the bool ``keep``: the kernel then reads 1 byte per score instead of 4. Finite fills (finfo.min) are
-    kept additive: a row with every key masked averages V there, as eager does."""
+    """For an additive mask built as ``where(keep, 0, -inf)`` (HF's sdpa path), or ``where(~keep, -inf, 0)``
+    (SDPA's own conversion of a bool mask on CUDA: ``zeros_like(mask).masked_fill(~mask, -inf)``), cast or
+    not, the bool ``keep``: the kernel then reads 1 byte per score instead of 4. Finite fills (finfo.min) are kept
+    additive: a row with every key masked averages V there, as eager does."""
+    while isinstance(node, torch.fx.Node) and node.target in (prims.convert_element_type.default,
+                                                              aten.clone.default):
+        node = node.args[0]  # (a cast of 0 and -inf to the half dtype keeps them)
     if not isinstance(node, torch.fx.Node) or node.target != aten.where.self:
         return None
     cond, a, b = node.args[:3]
     keep = _val(cond)
     if keep is None or keep.dtype != torch.bool:
         return None
-    consts = []
+    fills = []
     for x in (a, b):
-        if isinstance(x, torch.fx.Node) and x.target == aten.full.default and _val(x) is not None \
-                and _val(x).dim() == 0:
-            consts.append(x.args[1])
-        elif isinstance(x, (int, float)):
-            consts.append(x)
-        else:
-            return None
-    return cond if consts[0] == 0 and consts[1] == float("-inf") else None
+        if isinstance(x, torch.fx.Node):
+            fill = _val(x)  # one value, of a shape cond's covers (SDPA's zeros_like(mask) on CUDA)
+            if fill is None or x.target not in (aten.full.default, aten.scalar_tensor.default):
+                return None
+            try:
+                if torch.broadcast_shapes(fill.shape, keep.shape) != keep.shape:
+                    return None
+            except RuntimeError:
+                return None
+        fills.append(_scalar_fill(x))
+    if any(isinstance(f, bool) or not isinstance(f, (int, float)) for f in fills):
+        return None
+    if fills == [0, float("-inf")]:
+        return cond
+    if fills == [float("-inf"), 0] and isinstance(cond, torch.fx.Node) \
+            and cond.target in (aten.logical_not.default, aten.bitwise_not.default):
+        return cond.args[0]
+    return None
 
 
 def _zero_offset(node: torch.fx.Node) -> bool:

@@ -500,6 +500,32 @@ def test_sdpa_forms(form, device):
     assert_close_to_ref(out, ref, eager, atol=1e-3)
 
 
+INF_MASKS = {
+    # the forms a -inf additive mask takes: HF's, and SDPA's own conversion of a bool mask on CUDA
+    "python_scalars": lambda m, dt: torch.where(m, 0.0, float("-inf")).to(dt),
+    "scalar_tensors": lambda m, dt: torch.where(m, torch.scalar_tensor(0.0, dtype=dt, device=m.device),
+                                                torch.scalar_tensor(float("-inf"), dtype=dt, device=m.device)),
+    "negated": lambda m, dt: torch.where(~m, float("-inf"), 0.0).to(dt),
+    "masked_fill": lambda m, dt: torch.zeros_like(m, dtype=dt).masked_fill(m.logical_not(), float("-inf")),
+}
+
+
+@pytest.mark.parametrize("form", list(INF_MASKS))
+def test_inf_additive_mask_read_as_its_bool(form, device):
+    # a -inf additive mask is read as the bool it was built from (1 byte a score instead of 2), whichever
+    # way the where holds its fills; a finite fill stays additive (SDPA_FORMS' float_mask)
+    q, k, v = _qkv(2, 2, 2, 37, 37, 32, torch.float16, device, transposed=True)
+    m = _mask("bool_full", 2, 2, 37, 37, torch.float16, device)
+
+    def f(q, k, v, m):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=INF_MASKS[form](m, q.dtype))
+
+    out, eager = _compile_check(f, q, k, v, m, expect=_counts(1, 1, 0))
+    ref = f(*(x.double() for x in (q, k, v)), m)
+    assert_close_to_ref(out, ref, eager, atol=1e-3)
+    assert [s.detail.endswith("mask=(2, 1, 37, 37) bool") for s in tritonfuse.sites()] == [True], tritonfuse.sites()
+
+
 def test_sdpa_with_one_visible_kv_repeat_reads_both_repeated(device):
     # K's heads repeated as HF's repeat_kv does (the kernel could read the 2 heads under it), V's tiled another
     # way: the site reads both as the 4 heads SDPA gets, rather than K and V with different head counts
