@@ -1155,6 +1155,26 @@ def test_llama_without_cache_mask_is_the_causal_flag(cap, device, monkeypatch):
     assert all(d.endswith(want) for d in details), details
 
 
+@pytest.mark.parametrize("window", [64, 5])
+def test_sliding_window_within_reach_is_the_causal_flag(window, device):
+    # HF Mistral's sliding-window mask (no cache): causal & kv_idx > q_idx - window & the packed-sequence
+    # test. With the window past the sequence (64 > 13 tokens) that leaf is True everywhere at this size, so
+    # the mask is exactly causal; with a window of 5 it is not, and the mask is read whole
+    from transformers import MistralConfig, MistralModel
+
+    cfg = MistralConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=128, vocab_size=100, sliding_window=window, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    model = MistralModel(cfg).eval().to(device=device, dtype=torch.float16)
+    ids, _ = _ids_and_padding(device)
+    out, ref = _compile_check(model, input_ids=ids, use_cache=False, expect=_counts(2, 2, 0))
+    torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, atol=1e-2, rtol=1e-2)
+    details = [s.detail for s in tritonfuse.sites()]
+    whole = {"bool": "bool causal", "float16": "float16"}[_hf_decoder_mask(device)]
+    want = "mask=none causal" if window == 64 else f"mask=(2, 1, 13, 13) {whole}"
+    assert all(d.endswith(want) for d in details), details
+
+
 @pytest.mark.parametrize("train", [False, True], ids=["infer", "train"])
 @pytest.mark.parametrize("positions", ["own", "packed"])
 def test_causal_mask_left_to_sdpa_as_its_flag(positions, train, device, monkeypatch):
