@@ -302,17 +302,20 @@ def _always_true(node) -> bool:
 
 
 CONSTANT_NUMEL = 1 << 25  # the largest tensor _constant_value computes (32 Mi elements)
+CONSTANT_BYTES = 1 << 30  # the most bytes its tensors take together
 CONSTANT_NODES = 256  # and the most nodes it runs
 _ALL_TRUE = "tritonfuse_all_true"  # node.meta key: _always_true's verdict from _constant_value
 
 
 def _constant_value(node: torch.fx.Node) -> Optional[torch.Tensor]:
     """The value of ``node`` when it depends on no graph input (placeholder or attribute), only on
-    deterministic ATen ops of static sizes (iota, full, arithmetic, comparisons, indexing, cumsum, ...),
-    computed on the CPU (the caller disables a fake mode); None where it does not, or where it would exceed
-    ``CONSTANT_NUMEL`` elements in one tensor or ``CONSTANT_NODES`` nodes."""
+    deterministic ATen ops of static sizes over integers and bools (iota, full, arithmetic, comparisons,
+    indexing, cumsum, ...: what a mask is built from), computed on the CPU (the caller disables a fake
+    mode; no floating-point step, whose last bits may differ from the GPU's); None where it does not, or
+    where it would exceed ``CONSTANT_NUMEL`` elements in one tensor, ``CONSTANT_BYTES`` in all or
+    ``CONSTANT_NODES`` nodes."""
     order, seen, stack = [], set(), [node]
-    ok = True
+    ok, nbytes = True, 0
     while stack and ok:
         n = stack.pop()
         if n in seen:
@@ -323,7 +326,10 @@ def _constant_value(node: torch.fx.Node) -> Optional[torch.Tensor]:
         ok = (n.op == "call_function" and isinstance(target, torch._ops.OpOverload)
               and not target._schema.is_mutable and torch.Tag.nondeterministic_seeded not in target.tags
               and isinstance(v, torch.Tensor) and all(isinstance(d, int) for d in v.shape)
+              and not v.is_floating_point() and not v.is_complex()
               and v.numel() <= CONSTANT_NUMEL and len(seen) <= CONSTANT_NODES)
+        nbytes += v.numel() * v.element_size() if ok else 0
+        ok = ok and nbytes <= CONSTANT_BYTES
         order.append(n)
         stack.extend(n.all_input_nodes)
     if not ok:

@@ -1134,16 +1134,17 @@ class _SdpaNodes(GraphOps):
                 self.ops.append((str(n.target), mask is not None, bool(a.get("is_causal", False))))
 
 
-@pytest.mark.parametrize("cap", [None, 100])
+@pytest.mark.parametrize("cap", [None, "CONSTANT_NUMEL", "CONSTANT_BYTES"])
 def test_llama_without_cache_mask_is_the_causal_flag(cap, device, monkeypatch):
     # without a KV cache (use_cache=False) HF builds its decoder mask as causal & a packed-sequence test over
     # its own positions (arange). That test depends on no graph input: computed at compile time it is True
     # everywhere, so the mask is exactly causal and the kernels get the causal flag and no mask. With the
-    # constant computation capped below the mask's size, the mask is read whole (with the flag joined)
+    # constant computation capped below the mask's size (338 elements) or its tensors' bytes (more than
+    # 2 KiB), the mask is read whole (with the flag joined)
     if cap is not None:
         from tritonfuse.patterns import attention as P
 
-        monkeypatch.setattr(P, "CONSTANT_NUMEL", cap)
+        monkeypatch.setattr(P, cap, 300 if cap == "CONSTANT_NUMEL" else 2048)
     model = _llama("sdpa", torch.float16, device)
     ids, _ = _ids_and_padding(device)
     out, ref = _compile_check(model, input_ids=ids, use_cache=False, expect=_counts(2, 2, 0), token=f"cap{cap}")
@@ -1153,6 +1154,26 @@ def test_llama_without_cache_mask_is_the_causal_flag(cap, device, monkeypatch):
     capped = {"bool": "bool causal", "float16": "float16"}[_hf_decoder_mask(device)]
     want = "mask=none causal" if cap is None else f"mask=(2, 1, 13, 13) {capped}"
     assert all(d.endswith(want) for d in details), details
+
+
+@pytest.mark.parametrize("steps", ["integer", "float"])
+def test_constant_mask_operand_computed_at_compile_time(steps, device):
+    # a user's causal mask & an operand built from no input that is True everywhere: computed at compile
+    # time over integers, the mask is exactly causal (the flag, no mask); one with a floating-point step is
+    # not computed (the CPU's last bits may differ from the GPU's), and the mask is read with the flag
+    q, k, v = _qkv(2, 2, 2, 37, 37, 32, torch.float16, device, transposed=True)
+
+    def f(q, k, v):
+        i = torch.arange(q.shape[2], device=q.device)
+        j = i if steps == "integer" else i.float() * 0.5
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=(i[None, :] <= i[:, None]) & (j[None, :] < 10 ** 6))
+
+    out, eager = _compile_check(f, q, k, v, expect=_counts(1, 1, 0))
+    ref = f(*(x.double() for x in (q, k, v)))
+    assert_close_to_ref(out, ref, eager, atol=1e-3)
+    # (the float operand is read as keys: it holds no query axis)
+    want = "mask=none causal" if steps == "integer" else "mask=(1, 37) bool causal"
+    assert [s.detail.endswith(want) for s in tritonfuse.sites()] == [True], tritonfuse.sites()
 
 
 @pytest.mark.parametrize("window", [64, 5])
