@@ -22,6 +22,12 @@ Both are replaced by ``tritonfuse::attention``. Sites whose attention probabilit
 (``output_attentions=True``) do not match. Left to Inductor, with the reason counted: dropout, cuDNN SDPA
 nodes (faster than ours, measured), unsupported head dims, dtypes or mask shapes.
 
+Masks are read for what they are (``_read_mask``): a mask operand built from no graph input is computed at
+compile time (``_constant_value``), so that HF's decoder mask without a KV cache (causal & a packed-sequence
+test over its own positions, True everywhere) is seen to be exactly causal: the kernels get the causal flag
+and no mask, and a site left to SDPA gets SDPA's ``is_causal`` instead of the mask (``_sdpa_causal``,
+``_causal_without_mask``), the mask then not built at all.
+
 In a training compile an SDPA forward's log-sum-exp feeds its backward op, and the post-grad passes see the
 two in separate graphs. ``train_pattern_pass`` runs on the joint graph before AOTAutograd splits it (the
 backend installs it as Inductor's ``joint_custom_post_pass``) and replaces each forward/backward pair together
@@ -464,8 +470,8 @@ def _gathered_positions(node, length: int, dim: int) -> bool:
 
 
 def _implies_causal(mask_node, sq: int, sk: int) -> bool:
-    """A bool mask that is ``causal & others`` (HF's decoder mask when it cannot tell that a batch holds one
-    sequence a row: ``kv_idx <= q_idx`` and the packed-sequence test ``seq[q] == seq[kv]``): the kernels'
+    """A bool mask that is ``causal & others`` (a user's; HF's decoder mask without a cache where its
+    packed-sequence test ``seq[q] == seq[kv]`` is too large to compute at compile time): the kernels'
     causal flag may join it, the mask read as it is; it then skips the key blocks past the diagonal, a half
     of the work at Sq = Sk, where SDPA computes them under the mask. (Not an additive mask with a finite
     fill: a row without keys would attend over other keys with the flag.)"""
