@@ -307,7 +307,8 @@ def _always_true(node) -> bool:
     return node.meta[_ALL_TRUE]
 
 
-CONSTANT_NUMEL = 1 << 25  # the largest tensor _constant_value computes (32 Mi elements)
+CONSTANT_NUMEL = 1 << 28  # the largest tensor _constant_value computes (256 Mi elements: HF's b8 s4096 mask
+# leaf, [8, 1, 4096, 4096] bools, takes about 0.2 s on a CPU core, once a graph)
 CONSTANT_BYTES = 1 << 30  # the most bytes its tensors take together
 CONSTANT_NODES = 256  # and the most nodes it runs
 _ALL_TRUE = "tritonfuse_all_true"  # node.meta key: _always_true's verdict from _constant_value
@@ -331,6 +332,7 @@ def _constant_value(node: torch.fx.Node) -> Optional[torch.Tensor]:
         target = n.target
         ok = (n.op == "call_function" and isinstance(target, torch._ops.OpOverload)
               and not target._schema.is_mutable and torch.Tag.nondeterministic_seeded not in target.tags
+              and not target._schema.name.split("::")[-1].startswith(("empty", "new_empty"))  # (no values)
               and isinstance(v, torch.Tensor) and all(isinstance(d, int) for d in v.shape)
               and not v.is_floating_point() and not v.is_complex()
               and v.numel() <= CONSTANT_NUMEL and len(seen) <= CONSTANT_NODES)

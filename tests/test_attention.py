@@ -1156,22 +1156,27 @@ def test_llama_without_cache_mask_is_the_causal_flag(cap, device, monkeypatch):
     assert all(d.endswith(want) for d in details), details
 
 
-@pytest.mark.parametrize("steps", ["integer", "float"])
+@pytest.mark.parametrize("steps", ["integer", "float", "empty"])
 def test_constant_mask_operand_computed_at_compile_time(steps, device):
     # a user's causal mask & an operand built from no input that is True everywhere: computed at compile
     # time over integers, the mask is exactly causal (the flag, no mask); one with a floating-point step is
-    # not computed (the CPU's last bits may differ from the GPU's), and the mask is read with the flag
+    # not computed (the CPU's last bits may differ from the GPU's), and the mask is read with the flag; nor
+    # one read from uninitialised memory (here True whatever it holds, but not a value to compute)
     q, k, v = _qkv(2, 2, 2, 37, 37, 32, torch.float16, device, transposed=True)
 
     def f(q, k, v):
         i = torch.arange(q.shape[2], device=q.device)
-        j = i if steps == "integer" else i.float() * 0.5
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=(i[None, :] <= i[:, None]) & (j[None, :] < 10 ** 6))
+        if steps == "empty":
+            near = torch.empty(1, q.shape[2], dtype=torch.int64, device=q.device) >= torch.iinfo(torch.int64).min
+        else:
+            j = i if steps == "integer" else i.float() * 0.5
+            near = j[None, :] < 10 ** 6
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=(i[None, :] <= i[:, None]) & near)
 
     out, eager = _compile_check(f, q, k, v, expect=_counts(1, 1, 0))
     ref = f(*(x.double() for x in (q, k, v)))
     assert_close_to_ref(out, ref, eager, atol=1e-3)
-    # (the float operand is read as keys: it holds no query axis)
+    # (the operand not computed is read as keys: it holds no query axis)
     want = "mask=none causal" if steps == "integer" else "mask=(1, 37) bool causal"
     assert [s.detail.endswith(want) for s in tritonfuse.sites()] == [True], tritonfuse.sites()
 
