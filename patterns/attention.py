@@ -636,8 +636,9 @@ def _set_arg(node: torch.fx.Node, name: str, value) -> None:
 def _sdpa_causal(match: Match, q_node, k_node, v_node, scale) -> None:
     """An inference SDPA site left to Inductor whose mask is exactly the causal one (``_read_mask`` dropped
     it): replaced by ``scaled_dot_product_attention(is_causal=True)`` without the mask, the SDPA the kernels'
-    timing ran (on the GPU the dispatcher then picks flash attention, which takes no mask). The mask is
-    then not built at all, and SDPA's kernel skips the blocks past the diagonal."""
+    timing ran (the dispatcher then picks the fused kernel it picked there: without a mask, flash or
+    cuDNN's on the GPU). The mask is then not built at all, and SDPA's kernel skips the blocks past the
+    diagonal."""
     graph = match.graph
     before = set(graph.nodes)
 
