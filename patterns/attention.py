@@ -255,12 +255,8 @@ def _keep_of_additive_mask(node) -> Optional[torch.fx.Node]:
     for x in (a, b):
         if isinstance(x, torch.fx.Node):
             fill = _val(x)  # one value, of a shape cond's covers (SDPA's zeros_like(mask) on CUDA)
-            if fill is None or x.target not in (aten.full.default, aten.scalar_tensor.default):
-                return None
-            try:
-                if torch.broadcast_shapes(fill.shape, keep.shape) != keep.shape:
-                    return None
-            except RuntimeError:
+            if fill is None or x.target not in (aten.full.default, aten.scalar_tensor.default) \
+                    or not _broadcasts_into(fill.shape, keep.shape):
                 return None
         fills.append(_scalar_fill(x))
     if any(isinstance(f, bool) or not isinstance(f, (int, float)) for f in fills):
@@ -271,6 +267,14 @@ def _keep_of_additive_mask(node) -> Optional[torch.fx.Node]:
             and cond.target in (aten.logical_not.default, aten.bitwise_not.default):
         return cond.args[0]
     return None
+
+
+def _broadcasts_into(shape, into) -> bool:
+    """A tensor of ``shape`` broadcasts to ``into`` without growing it."""
+    try:
+        return torch.broadcast_shapes(shape, into) == into
+    except RuntimeError:
+        return False
 
 
 def _zero_offset(node: torch.fx.Node) -> bool:
@@ -321,7 +325,7 @@ def _constant_value(node: torch.fx.Node) -> Optional[torch.Tensor]:
     mode; no floating-point step, whose last bits may differ from the GPU's); None where it does not, or
     where it would exceed ``CONSTANT_NUMEL`` elements in one tensor, ``CONSTANT_BYTES`` in all or
     ``CONSTANT_NODES`` nodes."""
-    order, seen, stack = [], set(), [node]
+    seen, stack = set(), [node]
     ok, nbytes = True, 0
     while stack and ok:
         n = stack.pop()
@@ -338,7 +342,6 @@ def _constant_value(node: torch.fx.Node) -> Optional[torch.Tensor]:
               and v.numel() <= CONSTANT_NUMEL and len(seen) <= CONSTANT_NODES)
         nbytes += v.numel() * v.element_size() if ok else 0
         ok = ok and nbytes <= CONSTANT_BYTES
-        order.append(n)
         stack.extend(n.all_input_nodes)
     if not ok:
         return None
@@ -351,7 +354,7 @@ def _constant_value(node: torch.fx.Node) -> Optional[torch.Tensor]:
         return cpu if isinstance(a, torch.device) else a
 
     try:
-        for n in sorted(order, key=_topo_index(node.graph)):
+        for n in [n for n in node.graph.nodes if n in seen]:  # (in graph order: operands first)
             out = n.target(*torch.fx.node.map_aggregate(n.args, arg), **torch.fx.node.map_aggregate(n.kwargs, arg))
             if not isinstance(out, torch.Tensor) or out.shape != n.meta["val"].shape:
                 return None
@@ -359,11 +362,6 @@ def _constant_value(node: torch.fx.Node) -> Optional[torch.Tensor]:
     except Exception:  # an op that does not run so on the CPU: not treated as a constant
         return None
     return env[node]
-
-
-def _topo_index(graph: torch.fx.Graph):
-    index = {n: i for i, n in enumerate(graph.nodes)}
-    return index.__getitem__
 
 
 def _and_leaves(node) -> list:
@@ -418,10 +416,7 @@ def _narrow_mask(mask_node, sq: int, sk: int):
     kv = _val(keys)
     if kv is None or kv.dtype != torch.bool or kv.dim() > mask.dim() or (kv.dim() >= 2 and kv.shape[-2] != 1):
         return None
-    try:
-        if torch.broadcast_shapes(kv.shape, mask.shape) != mask.shape:
-            return None
-    except RuntimeError:
+    if not _broadcasts_into(kv.shape, mask.shape):
         return None
     if fills is None:
         return keys, lambda m: m, kv, causal, None, None
