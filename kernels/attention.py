@@ -1303,8 +1303,11 @@ def attention_causal_padded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k
     if out.numel() == 0:
         return out
     km = keys.expand(B, 1, 1, Sk)
-    pos = torch.arange(Sk, device=q.device, dtype=torch.int32)
-    first = torch.where(km[:, 0, 0, :] == 0, pos, Sk).amin(-1).to(torch.int32)
+    # the first kept key of each sequence (Sk where none is): Sk - max(kept * (Sk - pos)). Integer products,
+    # not where(kept, pos, Sk).amin(): inlined into a reduction fused with the mask's own producer, torch
+    # 2.11's Triton codegen typed that where as the mask's float dtype and failed (torch.iinfo of a float)
+    after = Sk - torch.arange(Sk, device=q.device, dtype=torch.int32)
+    first = (Sk - ((km[:, 0, 0, :] == 0).to(torch.int32) * after).amax(-1)).to(torch.int32)
     lse = torch.empty((B, H, Sq), device=q.device, dtype=torch.float32)  # not written (STORE_LSE off)
     m, m_strides, mask_kind = _mask_args(keys, (B, H, Sq, Sk), q)
     _launch_pointer(q, k, v, m, m_strides, mask_kind, out, lse, scale * LOG2E, True, False, first, fill)
