@@ -439,6 +439,9 @@ def _int8_choice(site, x2, ws, b, act, gated, train, site_match=None, conv1d=Fal
     share = _quant_share(site_match) if fuse else 1.0
     rec = K.measure(x2, ws, b, act, gated, False, int8_mode=mode, int8_fused=fuse, int8_inlined=inlined,
                     quant_share=share)
+    w_node = site_match.kwargs.get("w") if site_match is not None else None
+    if isinstance(w_node, torch.fx.Node):  # (siblings_pass weighs the site's time as it is served)
+        _weight_root(w_node).meta.setdefault("tritonfuse_int8_recs", {})[site.name] = rec
     if not rec["use"]:
         if not rec.get("unmeasured"):  # (qload_pass may yet pair it with the int8 GEMM producing x)
             site.meta["tritonfuse_int8_slower"] = True
@@ -1078,6 +1081,13 @@ def _val(n):
     return n.meta["val"] if isinstance(n, torch.fx.Node) else n
 
 
+def _weight_root(w_node):
+    # a weight's node under the views an op reads it through (WEIGHT_VIEWS)
+    while isinstance(w_node, torch.fx.Node) and w_node.op == "call_function" and w_node.target in WEIGHT_VIEWS:
+        w_node = w_node.args[0]
+    return w_node
+
+
 def _int8_site_of(w_node) -> Optional[str]:
     # the site whose int8 call reads weight ``w_node`` (noted by its check), where exactly one does. Calls
     # may read it through a view: an HF Conv1D's [K, N] weight transposed, a fused [gate | up] projection's
@@ -1283,3 +1293,229 @@ def share_quant_pass(graph: torch.fx.Graph) -> int:
                 registry.restate(graph, site, suffix=f"rows quantized once for {len(group)} GEMMs")
         gone += len(group) - 1
     return gone
+
+
+# --- sibling Linears as one int8 GEMM ------------------------------------------------------------------------
+
+# Off: sibling Linears on one x (a decoder's q, k and v projections) stay one GEMM each.
+SIBLINGS = True
+
+
+def _sibling(node: torch.fx.Node) -> Optional[dict]:
+    """How a Linear site stacks with its siblings: its x (float rows, or int8 rows and their scales ``xs``),
+    weight, bias, activation and output dtype; how it is served now (``int8``: a W8A8 op call of the pass;
+    ``cublas``: cuBLAS's GEMM left by the pass because int8 measured slower there, ``tritonfuse_int8_slower``,
+    not for want of support, SQNR or a skip) and its site's name. None for any other node."""
+    from tritonfuse.kernels import int8 as I8
+
+    ops = torch.ops.tritonfuse
+    val = node.meta.get("val")
+    if node.op != "call_function" or node.kwargs or not isinstance(val, torch.Tensor) or val.dim() != 2 \
+            or not isinstance(val.shape[0], int) or I8.uses_weight_only(val.shape[0], "int8"):
+        return None
+    a, t = node.args, node.target
+    if t == ops.int8_linear.default and a[4] == "int8":
+        m = dict(x=a[0], xs=None, w=a[1], b=a[2], act=a[3], served="int8", site=_int8_site_of(a[1]))
+    elif t == ops.int8_linear_prequant.default:
+        m = dict(x=a[0], xs=a[1], w=a[2], b=a[3], act=a[4], served="int8", site=_int8_site_of(a[2]))
+        q = a[0].args[0] if a[0].target == operator.getitem and a[0].args[1] == 0 else None
+        if isinstance(q, torch.fx.Node) and q.target == ops.int8_quant_rows.default:
+            m.update(x=q.args[0], xs=None)  # the row kernel's (share_quant_pass): the stacked op quantizes x itself
+    elif node.meta.get("tritonfuse_int8_slower") and t == aten.addmm.default and _weight_of(a[2]) is not None \
+            and len(a) == 3:
+        m = dict(x=a[1], xs=None, w=_weight_of(a[2]), b=a[0], act="none", served="cublas", site=node.name)
+        if _val(m["b"]).dim() != 1:
+            return None
+    elif node.meta.get("tritonfuse_int8_slower") and t == aten.mm.default and _weight_of(a[1]) is not None:
+        m = dict(x=a[0], xs=None, w=_weight_of(a[1]), b=None, act="none", served="cublas", site=node.name)
+    else:
+        return None
+    found = int8_weight_source(m["w"])
+    if found is None or found[2] is not None or not m["site"]:
+        return None  # a computed weight, or autocast's cast of one (autocast_weight_pass rewires single calls)
+    m.update(node=node, dtype=val.dtype, N=val.shape[1])
+    return m
+
+
+def _same_value(a, b, depth: int = 8) -> bool:
+    # the same node, or pure ops of equal arguments down to shared nodes (each site's replacement computed its
+    # rows' scales anew: where(amax > 0, amax / 127, full(0)) with a full of its own)
+    if a is b:
+        return True
+    if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)) or depth == 0:
+        return False if isinstance(a, torch.fx.Node) or isinstance(b, torch.fx.Node) else a == b
+    if a.target != b.target or not _pure(a) or len(a.args) != len(b.args) or not _equal(a.kwargs, b.kwargs):
+        return False
+    return all(_same_value(x, y, depth - 1) if isinstance(x, torch.fx.Node) or isinstance(y, torch.fx.Node)
+               else _equal(x, y) for x, y in zip(a.args, b.args))
+
+
+def _equal(x, y) -> bool:
+    # arguments equal, a NaN fill equal to a NaN fill (the scales' where(ok, s, full(nan)))
+    if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
+        return True
+    if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
+        return type(x) is type(y) and len(x) == len(y) and all(_equal(a, b) for a, b in zip(x, y))
+    if isinstance(x, dict) and isinstance(y, dict):
+        return x.keys() == y.keys() and all(_equal(x[k], y[k]) for k in x)
+    return type(x) is type(y) and x == y
+
+
+def _rows_root(x):
+    # the tensor whose rows a float x views (Q, K and V read views of one norm output)
+    while isinstance(x, torch.fx.Node) and x.target in _VIEWS:
+        x = x.args[0]
+    return x
+
+
+_OUT_VIEWS = (*_VIEWS, aten.permute.default, aten.transpose.int, aten.t.default, aten.unsqueeze.default,
+              aten.squeeze.dim, aten.expand.default, aten.slice.Tensor, aten.select.int, aten.alias.default)
+
+
+def _reaches_output(node: torch.fx.Node) -> bool:
+    # whether the graph returns the node's value or a view of it (its strides are then the user's to see)
+    frontier = [node]
+    while frontier:
+        for u in frontier.pop().users:
+            if u.op == "output":
+                return True
+            if u.target in _OUT_VIEWS:
+                frontier.append(u)
+    return False
+
+
+def _restrided_views(node: torch.fx.Node, val, fake_mode) -> Optional[dict]:
+    """The example values the views reading ``node`` (through views) take when ``node`` holds ``val`` (another
+    layout of the same values), or None where one of them cannot view it so."""
+    vals, frontier = {node: val}, [node]
+    try:
+        while frontier:
+            n = frontier.pop()
+            for u in n.users:
+                if u.op == "call_function" and u.target in _OUT_VIEWS:
+                    args = torch.fx.node.map_arg(u.args, lambda a: vals.get(a, a.meta.get("val")))
+                    kwargs = torch.fx.node.map_arg(u.kwargs, lambda a: vals.get(a, a.meta.get("val")))
+                    with fake_mode:
+                        vals[u] = u.target(*args, **kwargs)
+                    frontier.append(u)
+    except Exception:  # noqa: BLE001 - a view that these strides do not allow
+        return None
+    del vals[node]
+    return vals
+
+
+def _served_ms(m: dict) -> Optional[float]:
+    # the time of the site as it is served now (its int8 op call, or cuBLAS's GEMM), as its check measured it
+    rec = _weight_root(m["w"]).meta.get("tritonfuse_int8_recs", {}).get(m["site"])
+    if not rec:
+        return None
+    return rec.get("ours_ms") if m["served"] == "int8" else rec.get("theirs_ms")
+
+
+def siblings_pass(graph: torch.fx.Graph) -> int:
+    """Linear sites that read the same x with the same activation and output dtype (a decoder's q, k and v
+    projections, BERT's Q, K and V) become one W8A8 GEMM over their weights stacked
+    (``kernels.int8.int8_linear_siblings``), each reading its columns of the output, where that GEMM
+    measures faster than the sites as they are served: their int8 calls, and the GEMMs left to cuBLAS
+    because int8 measured slower alone (Llama-1B's 512-wide k and v). On a CPU (nothing timed) only sites
+    int8 serves already are stacked. Not under autocast (the weights reach the sites through casts) nor
+    with int8 weights as graph constants. Returns how many GEMMs were made."""
+    from tritonfuse.kernels import int8 as I8
+
+    if not SIBLINGS or INT8_CONSTANTS or config.quant != "int8":
+        return 0
+    groups: dict = {}
+    for node in graph.nodes:
+        m = _sibling(node)
+        if m is None:
+            continue
+        xv = _val(m["x"])
+        key = (m["x"] if m["xs"] is not None else (_rows_root(m["x"]), tuple(xv.shape)), m["act"], m["dtype"])
+        group = groups.setdefault(key, [])
+        if m["xs"] is None or not group or _same_value(group[0]["xs"], m["xs"]):
+            group.append(m)  # (int8 rows read with other scales: not this group's, left alone)
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    fake_mode, made = None, 0
+    for (_, act, dtype), members in groups.items():
+        if len(members) < 2:
+            continue
+        first = members[0]  # (in graph order) the stacked GEMM goes where the first of them was
+        where = order[first["node"]]
+        operands = [a for m in members for a in (m["w"], m["b"]) if isinstance(a, torch.fx.Node)]
+        if any(order[a] >= where for a in operands):
+            continue  # a weight or bias made after the first site
+        x, xs = first["x"], first["xs"]
+        xv, wvs = _val(x), [_val(m["w"]) for m in members]
+        if any(w.dim() != 2 or w.shape[1] != xv.shape[1] or w.dtype != wvs[0].dtype for w in wvs):
+            continue
+        n_all = sum(m["N"] for m in members)
+        stack = wvs[0].new_empty((n_all, xv.shape[1]))
+        has_bias = any(m["b"] is not None for m in members)
+        bias = stack.new_empty((n_all,), dtype=dtype) if has_bias else None
+        rows = xv if xs is None else xv.new_empty(xv.shape, dtype=dtype)
+        if I8.int8_unsupported(rows, stack, bias, act, "int8") is not None:
+            continue
+        # the stacked GEMM (quantizing x itself unless its producer did) against the sites as served now
+        rec = K.measure(rows, [stack], bias, act, False, False, int8_mode="int8", int8_fused=xs is not None)
+        registry.show_measured(None)
+        served = [_served_ms(m) for m in members]
+        if "ours_ms" in rec and all(t is not None for t in served):
+            take = rec["ours_ms"] < sum(served)
+            measured = [rec["ours_ms"], sum(served)]
+        else:  # not timed (a CPU): the sites int8 serves alone
+            take = rec.get("use", False) and all(m["served"] == "int8" for m in members)
+            measured = None
+        if not take:
+            continue
+        if fake_mode is None:
+            fake_mode = _fake_mode(graph)
+            if fake_mode is None:
+                return made
+        ws, bs = [m["w"] for m in members], [m["b"] for m in members]
+        args = (x, xs, ws, bs, act, dtype)
+        with fake_mode:
+            out_val = torch.ops.tritonfuse.int8_linear_siblings.default(
+                *[[_val(a) for a in v] if isinstance(v, list) else _val(v) for v in args])
+        # each site's columns, as a copy of its own where the user gets it (or a view), else read in place:
+        # the views that read them take the columns' strides (their example values too, else Inductor would
+        # copy the columns back to the strides it saw for an op that reads them: BERT's attention)
+        parts, views = [], {}
+        off = 0
+        for m in members:
+            val = out_val[:, off:off + m["N"]]
+            own = _reaches_output(m["node"])
+            if not own:
+                got = _restrided_views(m["node"], val, fake_mode)
+                views.update({None: None} if got is None else got)
+            parts.append((off, val, own))
+            off += m["N"]
+        if None in views:
+            continue  # a view the columns' strides do not allow (it would need a copy): left as it was
+        with graph.inserting_before(first["node"]):
+            out = graph.call_function(torch.ops.tritonfuse.int8_linear_siblings.default, args)
+        out.meta["val"] = out_val
+        for n, val in views.items():
+            n.meta["val"] = val
+        names = ", ".join(m["site"] for m in members)
+        for m, (off, val, own) in zip(members, parts):
+            with graph.inserting_after(out):
+                part = graph.call_function(aten.slice.Tensor, (out, 1, off, off + m["N"]))
+            part.meta["val"] = val
+            if own:
+                with graph.inserting_after(part):
+                    copy = graph.call_function(aten.clone.default, (part,), {"memory_format": torch.contiguous_format})
+                copy.meta["val"] = val.clone(memory_format=torch.contiguous_format)
+                part = copy
+            _replace(graph, m["node"], part, keep=())
+            why = (f"one int8 GEMM with its siblings ({names}): {n_all} columns"
+                   + (f", measured {measured[0]:.3f} vs {measured[1]:.3f} ms as served alone" if measured else ""))
+            kernel = I8.int8_kernel_name(rows.shape[0], "int8", False, fused=xs is not None)
+            registry.restate(graph, m["site"], kernel=kernel[:-1] + ",siblings]", measured=measured, why=why)
+        made += 1
+    if made:  # row-kernel quantizations (share_quant_pass's) that no GEMM reads now
+        ops = torch.ops.tritonfuse
+        for n in reversed(list(graph.nodes)):
+            rows = n.args[0] if n.target == operator.getitem and isinstance(n.args[0], torch.fx.Node) else n
+            if not n.users and rows.target == ops.int8_quant_rows.default:
+                graph.erase_node(n)
+    return made

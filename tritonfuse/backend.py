@@ -322,11 +322,12 @@ class TritonfusePasses(CustomGraphPass):
         if survey:
             return
         if registry.pending_replacements() and config.quant == "int8" and "linear_act" in self.families:
-            from tritonfuse.patterns.linear_act import qload_pass, share_quant_pass
+            from tritonfuse.patterns.linear_act import qload_pass, share_quant_pass, siblings_pass
 
-            # one quantization of x for the GEMMs that read it, then the handoffs between GEMMs; each step
-            # leaves the graph valid, a failure leaves the int8 sites quantizing their inputs themselves
-            for step, what in ((share_quant_pass, "int8 quantization sharing"), (qload_pass, "int8 quantize-on-load")):
+            # one quantization of x for the GEMMs that read it, the handoffs between GEMMs, then sibling GEMMs
+            # on one x stacked; each step leaves the graph valid, a failure leaves the int8 sites as they were
+            for step, what in ((share_quant_pass, "int8 quantization sharing"), (qload_pass, "int8 quantize-on-load"),
+                               (siblings_pass, "int8 sibling stacking")):
                 try:
                     step(graph)
                 except Exception as e:
