@@ -1634,11 +1634,12 @@ stack_cache = _StackCache()
 registry.on_reset(stack_cache.clear)
 
 
-def _stacked_bias(ws: list, bs: list, out_dtype: torch.dtype) -> Optional[torch.Tensor]:
+def _stacked_bias(ws: list, bs: list) -> Optional[torch.Tensor]:
+    # in fp32, which the epilogue computes in: each bias keeps its own values whatever their dtypes
     if all(b is None for b in bs):
         return None
-    return torch.cat([b.to(out_dtype).reshape(-1) if b is not None
-                      else torch.zeros(w.shape[0], device=w.device, dtype=out_dtype) for w, b in zip(ws, bs)])
+    return torch.cat([b.float().reshape(-1) if b is not None
+                      else torch.zeros(w.shape[0], device=w.device, dtype=torch.float32) for w, b in zip(ws, bs)])
 
 
 def _siblings_fake(x, xs, ws, bs, act, out_dtype):
@@ -1667,7 +1668,7 @@ def int8_linear_siblings(x: torch.Tensor, xs: Optional[torch.Tensor], ws: list[t
     if not ws or len(bs) != len(ws) or any(w.dim() != 2 or w.shape[1] != x.shape[1] for w in ws):
         raise ValueError(f"int8_linear_siblings takes [N, {x.shape[1]}] weights, one bias (or None) each")
     wq, scales = stack_cache.get(ws)
-    b = _stacked_bias(ws, bs, out_dtype)
+    b = _stacked_bias(ws, bs)
     if xs is None:
         x, xs = quant_rows(x)
     return _w8a8(x, xs.reshape(-1).float().contiguous(), wq, scales, b, act, out_dtype)
