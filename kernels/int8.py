@@ -1603,15 +1603,20 @@ class _StackCache:
         self._entries: dict[tuple, tuple] = {}
         self.stacks = 0  # how many stacks were built, for tests
 
-    def get(self, ws: list) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [weight_cache.get(w) for w in ws]
-        key = tuple(id(q) for q, _ in parts)
+    def get(self, ws: list, group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The int8 weights of float weights ``ws`` stacked (the rows of ws[0], then of ws[1], ...) and their
+        scales, quantized in K groups of ``group`` (0: one scale per channel, [N]; else [groups, N] each,
+        side by side along N)."""
+        parts = [weight_cache.get(w, group) for w in ws]
+        if len({s.dim() for _, s in parts}) > 1:
+            raise ValueError("stacked int8 weights take scales of one kind (per channel, or per K group)")
+        key = (group, *(id(q) for q, _ in parts))
         with self._lock:
             entry = self._entries.get(key)
         if entry is not None and all(r() is q for r, (q, _) in zip(entry[0], parts)):
             return entry[1], entry[2]
         wq = torch.cat([q for q, _ in parts])
-        scales = torch.cat([s.reshape(-1) for _, s in parts])
+        scales = torch.cat([s for _, s in parts], dim=-1).contiguous()
         refs = tuple(weakref.ref(q, functools.partial(self._drop, key)) for q, _ in parts)
         with self._lock:
             self._entries[key] = (refs, wq, scales)
@@ -1642,21 +1647,24 @@ def _stacked_bias(ws: list, bs: list) -> Optional[torch.Tensor]:
                       else torch.zeros(w.shape[0], device=w.device, dtype=torch.float32) for w, b in zip(ws, bs)])
 
 
-def _siblings_fake(x, xs, ws, bs, act, out_dtype):
+def _siblings_fake(x, xs, ws, bs, act, out_dtype, mode="int8"):
     return x.new_empty((x.shape[0], sum(w.shape[0] for w in ws)), dtype=out_dtype)
 
 
 @registry.kernel_op("tritonfuse::int8_linear_siblings", fake=_siblings_fake)
 def int8_linear_siblings(x: torch.Tensor, xs: Optional[torch.Tensor], ws: list[torch.Tensor],
-                         bs: list[Optional[torch.Tensor]], act: str, out_dtype: torch.dtype) -> torch.Tensor:
-    """W8A8 ``act(x @ w_i.T + b_i)`` for sibling Linears ``i`` on one x, as one GEMM: the outputs side by side,
-    [M, sum of N_i] (sibling i in its columns, in order).
+                         bs: list[Optional[torch.Tensor]], act: str, out_dtype: torch.dtype,
+                         mode: str = "int8") -> torch.Tensor:
+    """``act(x @ w_i.T + b_i)`` for sibling Linears ``i`` on one x, as one int8 GEMM: the outputs side by
+    side, [M, sum of N_i] (sibling i in its columns, in order). W8A8; weight-only where ``int8_linear`` would
+    be (``mode`` ``int8-weight``, or M <= DECODE_M: a decode step's q, k and v as one kernel).
 
     Args:
-        x: [M, K] fp16/bf16 activations, quantized here per row; or, with ``xs`` given, int8 rows a producer
-            quantized (``quant_rows``'s values) and ``xs`` their [M] (or [M, 1]) fp32 scales.
+        x: [M, K] fp16/bf16 activations, quantized here per row (W8A8); or, with ``xs`` given, int8 rows a
+            producer quantized (``quant_rows``'s values) and ``xs`` their [M] (or [M, 1]) fp32 scales.
         ws: [N_i, K] float weights (read only; their int8 copies are cached, and stacked once).
-        bs: [N_i] biases or None, one per weight. out_dtype: fp16 or bf16.
+        bs: [N_i] biases or None, one per weight. out_dtype: fp16 or bf16 (x's dtype where weight-only).
+        mode: ``int8`` or ``int8-weight``, as ``int8_linear`` takes it.
 
     Example::
 
@@ -1667,8 +1675,14 @@ def int8_linear_siblings(x: torch.Tensor, xs: Optional[torch.Tensor], ws: list[t
     """
     if not ws or len(bs) != len(ws) or any(w.dim() != 2 or w.shape[1] != x.shape[1] for w in ws):
         raise ValueError(f"int8_linear_siblings takes [N, {x.shape[1]}] weights, one bias (or None) each")
-    wq, scales = stack_cache.get(ws)
     b = _stacked_bias(ws, bs)
+    if xs is None and uses_weight_only(x.shape[0], mode):
+        groups = {layer_group([w], mode) for w in ws}  # (each layer's own, as int8_linear quantizes it)
+        if len(groups) > 1:  # weights quantized in different K groups: one call each
+            return torch.cat([int8_linear(x, w, bias, act, mode) for w, bias in zip(ws, bs)], dim=1)
+        wq, scales = stack_cache.get(ws, groups.pop())
+        return _weight_only(x, wq, scales, b, act)
+    wq, scales = stack_cache.get(ws)
     if xs is None:
         x, xs = quant_rows(x)
     return _w8a8(x, xs.reshape(-1).float().contiguous(), wq, scales, b, act, out_dtype)

@@ -1188,6 +1188,8 @@ def _pure(node) -> bool:
 
 
 def _frozen(a):
+    if isinstance(a, float) and math.isnan(a):
+        return ("nan",)  # (NaN != NaN: two full(nan) nodes would never share a key)
     if isinstance(a, (list, tuple)):
         return tuple(_frozen(v) for v in a)
     if isinstance(a, dict):
@@ -1303,7 +1305,7 @@ SIBLINGS = True
 
 def _sibling(node: torch.fx.Node) -> Optional[dict]:
     """How a Linear site stacks with its siblings: its x (float rows, or int8 rows and their scales ``xs``),
-    weight, bias, activation and output dtype; how it is served now (``int8``: a W8A8 op call of the pass;
+    weight, bias, activation and output dtype; how it is served now (``int8``: an int8 op call of the pass;
     ``cublas``: cuBLAS's GEMM left by the pass because int8 measured slower there, ``tritonfuse_int8_slower``,
     not for want of support, SQNR or a skip) and its site's name. None for any other node."""
     from tritonfuse.kernels import int8 as I8
@@ -1311,14 +1313,15 @@ def _sibling(node: torch.fx.Node) -> Optional[dict]:
     ops = torch.ops.tritonfuse
     val = node.meta.get("val")
     if node.op != "call_function" or node.kwargs or not isinstance(val, torch.Tensor) or val.dim() != 2 \
-            or not isinstance(val.shape[0], int) or I8.uses_weight_only(val.shape[0], "int8"):
+            or not isinstance(val.shape[0], int):
         return None
     a, t = node.args, node.target
-    if t == ops.int8_linear.default and a[4] == "int8":
+    if t == ops.int8_linear.default and a[4] == config.quant:
         m = dict(x=a[0], xs=None, w=a[1], b=a[2], act=a[3], served="int8", site=_int8_site_of(a[1]))
     elif t == ops.int8_linear_prequant.default:
         m = dict(x=a[0], xs=a[1], w=a[2], b=a[3], act=a[4], served="int8", site=_int8_site_of(a[2]))
-        q = a[0].args[0] if a[0].target == operator.getitem and a[0].args[1] == 0 else None
+        q = a[0].args[0] if isinstance(a[0], torch.fx.Node) and a[0].target == operator.getitem \
+            and a[0].args[1] == 0 else None
         if isinstance(q, torch.fx.Node) and q.target == ops.int8_quant_rows.default:
             m.update(x=q.args[0], xs=None)  # the row kernel's (share_quant_pass): the stacked op quantizes x itself
     elif node.meta.get("tritonfuse_int8_slower") and t == aten.addmm.default and _weight_of(a[2]) is not None \
@@ -1338,12 +1341,12 @@ def _sibling(node: torch.fx.Node) -> Optional[dict]:
 
 
 def _same_value(a, b, depth: int = 8) -> bool:
-    # the same node, or pure ops of equal arguments down to shared nodes (each site's replacement computed its
-    # rows' scales anew: where(amax > 0, amax / 127, full(0)) with a full of its own)
+    # the same node, or pure ops of equal arguments down to shared nodes (a site's replacement may compute its
+    # rows' scales anew: where(finite, amax / 127, full(nan)) with a full of its own)
     if a is b:
         return True
     if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)) or depth == 0:
-        return False if isinstance(a, torch.fx.Node) or isinstance(b, torch.fx.Node) else a == b
+        return False if isinstance(a, torch.fx.Node) or isinstance(b, torch.fx.Node) else _equal(a, b)
     if a.target != b.target or not _pure(a) or len(a.args) != len(b.args) or not _equal(a.kwargs, b.kwargs):
         return False
     return all(_same_value(x, y, depth - 1) if isinstance(x, torch.fx.Node) or isinstance(y, torch.fx.Node)
@@ -1414,15 +1417,17 @@ def _served_ms(m: dict) -> Optional[float]:
 
 def siblings_pass(graph: torch.fx.Graph) -> int:
     """Linear sites that read the same x with the same activation and output dtype (a decoder's q, k and v
-    projections, BERT's Q, K and V) become one W8A8 GEMM over their weights stacked
+    projections, BERT's Q, K and V) become one int8 GEMM over their weights stacked
     (``kernels.int8.int8_linear_siblings``), each reading its columns of the output, where that GEMM
     measures faster than the sites as they are served: their int8 calls, and the GEMMs left to cuBLAS
-    because int8 measured slower alone (Llama-1B's 512-wide k and v). On a CPU (nothing timed) only sites
-    int8 serves already are stacked. Not under autocast (the weights reach the sites through casts) nor
+    because int8 measured slower alone (Llama-1B's 512-wide k and v). W8A8, or weight-only as the sites
+    are (``int8-weight``; a decode step's rows, M <= 16: one kernel launch instead of three). On a CPU
+    (nothing timed) only sites int8 serves already are stacked. Not under autocast (the weights reach the sites through casts) nor
     with int8 weights as graph constants. Returns how many GEMMs were made."""
     from tritonfuse.kernels import int8 as I8
 
-    if not SIBLINGS or INT8_CONSTANTS or config.quant != "int8":
+    mode = config.quant
+    if not SIBLINGS or INT8_CONSTANTS or mode not in ("int8", "int8-weight"):
         return 0
     groups: dict = {}
     for node in graph.nodes:
@@ -1453,10 +1458,10 @@ def siblings_pass(graph: torch.fx.Graph) -> int:
         has_bias = any(m["b"] is not None for m in members)
         bias = stack.new_empty((n_all,), dtype=dtype) if has_bias else None
         rows = xv if xs is None else xv.new_empty(xv.shape, dtype=dtype)
-        if I8.int8_unsupported(rows, stack, bias, act, "int8") is not None:
+        if I8.int8_unsupported(rows, stack, bias, act, mode) is not None:
             continue
         # the stacked GEMM (quantizing x itself unless its producer did) against the sites as served now
-        rec = K.measure(rows, [stack], bias, act, False, False, int8_mode="int8", int8_fused=xs is not None)
+        rec = K.measure(rows, [stack], bias, act, False, False, int8_mode=mode, int8_fused=xs is not None)
         registry.show_measured(None)
         served = [_served_ms(m) for m in members]
         if "ours_ms" in rec and all(t is not None for t in served):
@@ -1472,7 +1477,7 @@ def siblings_pass(graph: torch.fx.Graph) -> int:
             if fake_mode is None:
                 return made
         ws, bs = [m["w"] for m in members], [m["b"] for m in members]
-        args = (x, xs, ws, bs, act, dtype)
+        args = (x, xs, ws, bs, act, dtype, mode)
         with fake_mode:
             out_val = torch.ops.tritonfuse.int8_linear_siblings.default(
                 *[[_val(a) for a in v] if isinstance(v, list) else _val(v) for v in args])
@@ -1509,7 +1514,7 @@ def siblings_pass(graph: torch.fx.Graph) -> int:
             _replace(graph, m["node"], part, keep=())
             why = (f"one int8 GEMM with its siblings ({names}): {n_all} columns"
                    + (f", measured {measured[0]:.3f} vs {measured[1]:.3f} ms as served alone" if measured else ""))
-            kernel = I8.int8_kernel_name(rows.shape[0], "int8", False, fused=xs is not None)
+            kernel = I8.int8_kernel_name(rows.shape[0], mode, False, fused=xs is not None)
             registry.restate(graph, m["site"], kernel=kernel[:-1] + ",siblings]", measured=measured, why=why)
         made += 1
     if made:  # row-kernel quantizations (share_quant_pass's) that no GEMM reads now

@@ -557,6 +557,28 @@ def test_amax_and_qload_ops(dtype, device):
         ops.int8_linear_qload(y, amax[:-1], w2, None, "relu")
 
 
+
+@pytest.mark.parametrize("groups", ["per channel", "K groups", "mixed"])
+@pytest.mark.parametrize("M", [5, 37])  # the split-K decode kernel, and the weight-only GEMM
+def test_sibling_op_weight_only(groups, M, device):
+    # int8_linear_siblings in int8-weight mode: the weights stacked where every sibling's own quantization
+    # takes the same scales (one per channel, or per K group of 64 where outlier columns need them), one
+    # call each where they differ; each sibling's columns as int8_linear gives them, one launch or three
+    x = fresh(M, 256, dtype=torch.float16, device=device)
+    ws = [fresh(n, 256, dtype=torch.float16, device=device, scale=0.05) for n in (96, 32, 48)]
+    for i, w in enumerate(ws):
+        if groups == "K groups" or (groups == "mixed" and i == 1):
+            w[:, :3] *= 40  # outlier columns: per-channel scales miss WONLY_MIN_DB
+    bs = [fresh(96, dtype=torch.float16, device=device), None, fresh(48, dtype=torch.float16, device=device)]
+    want = {"per channel": {0}, "K groups": {64}, "mixed": {0, 64}}[groups]
+    assert {Q.layer_group([w], "int8-weight") for w in ws} == want
+    y = torch.ops.tritonfuse.int8_linear_siblings(x, None, ws, bs, "gelu", torch.float16, "int8-weight")
+    apart = torch.cat([torch.ops.tritonfuse.int8_linear(x, w, b, "gelu", "int8-weight") for w, b in zip(ws, bs)], 1)
+    ref = torch.cat([_float_layer(x, w, b, "gelu") for w, b in zip(ws, bs)], 1)
+    assert y.shape == (M, 176) and sqnr_db(ref, y) > 30  # (the outlier columns cost some: the gates are elsewhere)
+    torch.testing.assert_close(y, apart, atol=2e-3, rtol=2e-3)
+
+
 # --- bad input ----------------------------------------------------------------------------------------
 # --- bad input ----------------------------------------------------------------------------------------
 

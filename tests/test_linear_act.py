@@ -1602,7 +1602,7 @@ def _compiled_code(model, x, **patches):
 
     tritonfuse.reset()
     torch._dynamo.reset()
-    with torch.no_grad(), config.patch(quant="int8", patterns="linear_act", **patches):
+    with torch.no_grad(), config.patch(**{"quant": "int8", "patterns": "linear_act", **patches}):
         out, code = run_and_get_code(torch.compile(model, backend="tritonfuse"), x)
     return out, "".join(code)
 
@@ -1826,12 +1826,14 @@ def _sibling_measure(stacked_ms):
     return measure
 
 
-@pytest.mark.parametrize("case", ["int8", "row kernel", "measured", "measured slower", "off"])
+@pytest.mark.parametrize("case", ["int8", "row kernel", "measured", "measured slower", "off", "decode",
+                                  "int8-weight"])
 def test_int8_sibling_linears_stacked(case, monkeypatch, no_compile_cache):
-    # Linears reading one x become one W8A8 GEMM over their stacked weights, each reading its columns. With
+    # Linears reading one x become one int8 GEMM over their stacked weights, each reading its columns. With
     # every site int8 (CPU: nothing timed) and x quantized in the norm's kernel or by the op; timed: q int8, k
     # and v left to cuBLAS (int8 slower alone), stacked where the stacked GEMM beats the three as served
-    # (0.12 < 0.06 + 2 x 0.04 ms), not where it does not (0.16): k and v then stay cuBLAS's
+    # (0.12 < 0.06 + 2 x 0.04 ms), not where it does not (0.16): k and v then stay cuBLAS's. Weight-only:
+    # a decode step's 3 rows in int8 mode, and int8-weight mode
     from tritonfuse.kernels import int8 as I8
     from tritonfuse.kernels import linear_act as KL
     from tritonfuse.patterns import linear_act as LP
@@ -1841,10 +1843,12 @@ def test_int8_sibling_linears_stacked(case, monkeypatch, no_compile_cache):
     if case.startswith("measured"):
         monkeypatch.setattr(KL, "measure", _sibling_measure(0.12 if case == "measured" else 0.16))
     monkeypatch.setattr(LP, "SIBLINGS", case != "off")
+    quant = "int8-weight" if case == "int8-weight" else "int8"
     torch.manual_seed(0)
     model = _Projections().to(torch.bfloat16).eval()
-    x = fresh(3, 15, 64, dtype=torch.bfloat16)  # M = 45 rows: W8A8
-    out, code = _compiled_code(model, x, inline="0")
+    # M = 45 rows: W8A8 (int8 mode); 3 rows: the weight-only decode kernel
+    x = fresh(3, 1 if case == "decode" else 15, 64, dtype=torch.bfloat16)
+    out, code = _compiled_code(model, x, inline="0", quant=quant)
     stacked = case not in ("measured slower", "off")
     cublas = 0 if stacked or case == "off" else 2
     assert _counts() == {"matched": 3, "replaced": 3 - cublas, "fallback": cublas}, tritonfuse.report()
@@ -1852,8 +1856,9 @@ def test_int8_sibling_linears_stacked(case, monkeypatch, no_compile_cache):
     kernels = [s.kernel for s in tritonfuse.sites()]
     if stacked:
         assert "int8_linear_prequant" not in code and "int8_linear.default(" not in code
-        fused = ",fused quant" if case == "int8" else ""
-        assert kernels == [f"int8_w8a8[linear{fused},siblings]"] * 3, kernels
+        want = {"int8": "int8_w8a8[linear,fused quant,siblings]", "decode": "int8_weight_only[linear,M<=16,siblings]",
+                "int8-weight": "int8_weight_only[linear,siblings]"}.get(case, "int8_w8a8[linear,siblings]")
+        assert kernels == [want] * 3, kernels
         why = "one int8 GEMM with its siblings"
         assert all(why in s.detail for s in tritonfuse.sites()), tritonfuse.report()
         if case == "measured":
@@ -1875,7 +1880,7 @@ def test_int8_sibling_linears_stacked(case, monkeypatch, no_compile_cache):
         # them again, never serving the stale stack
         monkeypatch.setattr(LP, "SIBLINGS", True)
         torch._dynamo.reset()
-        with torch.no_grad(), config.patch(quant="int8", patterns="linear_act", inline="0"):
+        with torch.no_grad(), config.patch(quant=quant, patterns="linear_act", inline="0"):
             compiled = torch.compile(model, backend="tritonfuse")
             compiled(x)
             graphs, n0 = torch._dynamo.utils.counters["stats"]["unique_graphs"], I8.stack_cache.stacks

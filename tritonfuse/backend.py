@@ -321,7 +321,7 @@ class TritonfusePasses(CustomGraphPass):
                 _pass_failed(f"the {family} pass", e, "its remaining sites are left to Inductor")
         if survey:
             return
-        if registry.pending_replacements() and config.quant == "int8" and "linear_act" in self.families:
+        if registry.pending_replacements() and config.quant in ("int8", "int8-weight") and "linear_act" in self.families:
             from tritonfuse.patterns.linear_act import qload_pass, share_quant_pass, siblings_pass
 
             # one quantization of x for the GEMMs that read it, the handoffs between GEMMs, then sibling GEMMs

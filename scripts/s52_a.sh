@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# prepared in the 51st session for the next device call (about 450 s): where llama-1b-prefill's int8 forward
+# spends its GPU time with the sites chosen as they are from CUDA graphs (TRITONFUSE_CUDA_GRAPHS=1: the
+# choices of the bench's --cuda-graphs rows, 22.61 ms against issue 7's 22): per-kernel CUDA time, the
+# report with each site's timing, the output code's launches; then bert-base and vit_b_16 int8 from CUDA
+# graphs against Inductor (sibling stacking at BERT's/ViT's Q, K, V; vit_b_16's int8 row is from 72f4cb5)
+set -u
+source "$(dirname "$0")/device_head.sh"
+stamp() { echo "=== $(date +%T) $*" >> "$OUT/a.log"; }
+stamp "profile llama-1b-prefill, graph-mode choices"
+TRITONFUSE_CUDA_GRAPHS=1 TRITONFUSE_MEASURE_BUDGET_S=inf timeout 250 $PY scripts/profile_model.py \
+  --model llama-1b-prefill --modes inductor,tritonfuse-int8 --code /tmp/code 2>&1 | grep -v "Warn\|warn" > "$OUT/profile.txt"
+stamp "vit_b_16 int8, CUDA graphs"
+TRITONFUSE_MEASURE_BUDGET_S=inf timeout 180 $PY -m tritonfuse bench --models vit_b_16 \
+  --modes inductor,tritonfuse,tritonfuse-int8 --cuda-graphs --no-progress --out "$OUT/" 2>&1 | grep -v Warn >> "$OUT/a.log"
+stamp done
