@@ -1422,8 +1422,8 @@ def siblings_pass(graph: torch.fx.Graph) -> int:
     measures faster than the sites as they are served: their int8 calls, and the GEMMs left to cuBLAS
     because int8 measured slower alone (Llama-1B's 512-wide k and v). W8A8, or weight-only as the sites
     are (``int8-weight``; a decode step's rows, M <= 16: one kernel launch instead of three). On a CPU
-    (nothing timed) only sites int8 serves already are stacked. Not under autocast (the weights reach the sites through casts) nor
-    with int8 weights as graph constants. Returns how many GEMMs were made."""
+    (nothing timed) only sites int8 serves already are stacked. Not under autocast (the weights reach the
+    sites through casts) nor with int8 weights as graph constants. Returns how many GEMMs were made."""
     from tritonfuse.kernels import int8 as I8
 
     mode = config.quant
@@ -1482,8 +1482,8 @@ def siblings_pass(graph: torch.fx.Graph) -> int:
             out_val = torch.ops.tritonfuse.int8_linear_siblings.default(
                 *[[_val(a) for a in v] if isinstance(v, list) else _val(v) for v in args])
         # each site's columns, as a copy of its own where the user gets it (or a view), else read in place:
-        # the views that read them take the columns' strides (their example values too, else Inductor would
-        # copy the columns back to the strides it saw for an op that reads them: BERT's attention)
+        # the views that read them take the columns' strides in their example values too (an op with a fixed
+        # stride order that reads them would otherwise be handed copies at the strides it was traced with)
         parts, views = [], {}
         off = 0
         for m in members:
@@ -1520,7 +1520,7 @@ def siblings_pass(graph: torch.fx.Graph) -> int:
     if made:  # row-kernel quantizations (share_quant_pass's) that no GEMM reads now
         ops = torch.ops.tritonfuse
         for n in reversed(list(graph.nodes)):
-            rows = n.args[0] if n.target == operator.getitem and isinstance(n.args[0], torch.fx.Node) else n
-            if not n.users and rows.target == ops.int8_quant_rows.default:
+            src = n.args[0] if n.target == operator.getitem and isinstance(n.args[0], torch.fx.Node) else n
+            if not n.users and src.target == ops.int8_quant_rows.default:
                 graph.erase_node(n)
     return made
