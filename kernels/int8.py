@@ -1675,13 +1675,13 @@ def int8_linear_siblings(x: torch.Tensor, xs: Optional[torch.Tensor], ws: list[t
     """
     if not ws or len(bs) != len(ws) or any(w.dim() != 2 or w.shape[1] != x.shape[1] for w in ws):
         raise ValueError(f"int8_linear_siblings takes [N, {x.shape[1]}] weights, one bias (or None) each")
-    b = _stacked_bias(ws, bs)
     if xs is None and uses_weight_only(x.shape[0], mode):
         groups = {layer_group([w], mode) for w in ws}  # (each layer's own, as int8_linear quantizes it)
         if len(groups) > 1:  # weights quantized in different K groups: one call each
             return torch.cat([int8_linear(x, w, bias, act, mode) for w, bias in zip(ws, bs)], dim=1)
         wq, scales = stack_cache.get(ws, groups.pop())
-        return _weight_only(x, wq, scales, b, act)
+        return _weight_only(x, wq, scales, _stacked_bias(ws, bs), act)
+    b = _stacked_bias(ws, bs)
     wq, scales = stack_cache.get(ws)
     if xs is None:
         x, xs = quant_rows(x)

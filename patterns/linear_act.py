@@ -1340,30 +1340,6 @@ def _sibling(node: torch.fx.Node) -> Optional[dict]:
     return m
 
 
-def _same_value(a, b, depth: int = 8) -> bool:
-    # the same node, or pure ops of equal arguments down to shared nodes (a site's replacement may compute its
-    # rows' scales anew: where(finite, amax / 127, full(nan)) with a full of its own)
-    if a is b:
-        return True
-    if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)) or depth == 0:
-        return False if isinstance(a, torch.fx.Node) or isinstance(b, torch.fx.Node) else _equal(a, b)
-    if a.target != b.target or not _pure(a) or len(a.args) != len(b.args) or not _equal(a.kwargs, b.kwargs):
-        return False
-    return all(_same_value(x, y, depth - 1) if isinstance(x, torch.fx.Node) or isinstance(y, torch.fx.Node)
-               else _equal(x, y) for x, y in zip(a.args, b.args))
-
-
-def _equal(x, y) -> bool:
-    # arguments equal, a NaN fill equal to a NaN fill (the scales' where(ok, s, full(nan)))
-    if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
-        return True
-    if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
-        return type(x) is type(y) and len(x) == len(y) and all(_equal(a, b) for a, b in zip(x, y))
-    if isinstance(x, dict) and isinstance(y, dict):
-        return x.keys() == y.keys() and all(_equal(x[k], y[k]) for k in x)
-    return type(x) is type(y) and x == y
-
-
 def _rows_root(x):
     # the tensor whose rows a float x views (Q, K and V read views of one norm output)
     while isinstance(x, torch.fx.Node) and x.target in _VIEWS:
@@ -1434,11 +1410,9 @@ def siblings_pass(graph: torch.fx.Graph) -> int:
         m = _sibling(node)
         if m is None:
             continue
-        xv = _val(m["x"])
-        key = (m["x"] if m["xs"] is not None else (_rows_root(m["x"]), tuple(xv.shape)), m["act"], m["dtype"])
-        group = groups.setdefault(key, [])
-        if m["xs"] is None or not group or _same_value(group[0]["xs"], m["xs"]):
-            group.append(m)  # (int8 rows read with other scales: not this group's, left alone)
+        # int8 rows and their scales as nodes (share_quant_pass merged equal ones), or float rows by what they view
+        rows = (m["x"], m["xs"]) if m["xs"] is not None else (_rows_root(m["x"]), tuple(_val(m["x"]).shape))
+        groups.setdefault((rows, m["act"], m["dtype"]), []).append(m)
     order = {n: i for i, n in enumerate(graph.nodes)}
     fake_mode, made = None, 0
     for (_, act, dtype), members in groups.items():
