@@ -1334,9 +1334,16 @@ def _sibling(node: torch.fx.Node) -> Optional[dict]:
     else:
         return None
     found = int8_weight_source(m["w"])
-    if found is None or found[2] is not None or not m["site"]:
-        return None  # a computed weight, or autocast's cast of one (autocast_weight_pass rewires single calls)
-    m.update(node=node, dtype=val.dtype, N=val.shape[1])
+    if found is None or not m["site"]:
+        return None  # a computed weight
+    gemm_w = _val(m["w"])  # the weight as the GEMM reads it (autocast: its half-precision cast)
+    if found[2] is not None:
+        if found[1]:
+            return None  # autocast's cast seen through views
+        # autocast's cast of an fp32 weight: the stack reads the fp32 weight itself, quantized from it once per
+        # version (as autocast_weight_pass rewires single calls; the cast is a buffer of the graph's)
+        m.update(w=found[0], cast=found[2])
+    m.update(node=node, dtype=val.dtype, N=val.shape[1], gemm_dtype=gemm_w.dtype)
     return m
 
 
@@ -1385,7 +1392,7 @@ def _restrided_views(node: torch.fx.Node, val, fake_mode) -> Optional[dict]:
 
 def _served_ms(m: dict) -> Optional[float]:
     # the time of the site as it is served now (its int8 op call, or cuBLAS's GEMM), as its check measured it
-    rec = _weight_root(m["w"]).meta.get("tritonfuse_int8_recs", {}).get(m["site"])
+    rec = _weight_root(m["cast"] if "cast" in m else m["w"]).meta.get("tritonfuse_int8_recs", {}).get(m["site"])
     if not rec:
         return None
     return rec.get("ours_ms") if m["served"] == "int8" else rec.get("theirs_ms")
@@ -1398,8 +1405,8 @@ def siblings_pass(graph: torch.fx.Graph) -> int:
     measures faster than the sites as they are served: their int8 calls, and the GEMMs left to cuBLAS
     because int8 measured slower alone (Llama-1B's 512-wide k and v). W8A8, or weight-only as the sites
     are (``int8-weight``; a decode step's rows, M <= 16: one kernel launch instead of three). On a CPU
-    (nothing timed) only sites int8 serves already are stacked. Not under autocast (the weights reach the
-    sites through casts) nor with int8 weights as graph constants. Returns how many GEMMs were made."""
+    (nothing timed) only sites int8 serves already are stacked. Under autocast the stack reads the fp32
+    weights (not their casts). Not with int8 weights as graph constants. Returns how many GEMMs were made."""
     from tritonfuse.kernels import int8 as I8
 
     mode = config.quant
@@ -1414,21 +1421,24 @@ def siblings_pass(graph: torch.fx.Graph) -> int:
         rows = (m["x"], m["xs"]) if m["xs"] is not None else (_rows_root(m["x"]), tuple(_val(m["x"]).shape))
         groups.setdefault((rows, m["act"], m["dtype"]), []).append(m)
     order = {n: i for i, n in enumerate(graph.nodes)}
-    fake_mode, made = None, 0
+    fake_mode, made, casts = None, 0, set()
     for (_, act, dtype), members in groups.items():
         if len(members) < 2:
             continue
         first = members[0]  # (in graph order) the stacked GEMM goes where the first of them was
         where = order[first["node"]]
-        operands = [a for m in members for a in (m["w"], m["b"]) if isinstance(a, torch.fx.Node)]
-        if any(order[a] >= where for a in operands):
-            continue  # a weight or bias made after the first site
+        late = [a for m in members for a in (m["w"], m["b"]) if isinstance(a, torch.fx.Node) and order[a] >= where]
+        if any(a.op != "call_function" or any(i.op not in ("placeholder", "get_attr") for i in a.all_input_nodes)
+               for a in late):
+            continue  # a weight or bias computed after the first site (one of graph inputs alone, autocast's
+            # cast of a bias, moves up to it)
         x, xs = first["x"], first["xs"]
         xv, wvs = _val(x), [_val(m["w"]) for m in members]
-        if any(w.dim() != 2 or w.shape[1] != xv.shape[1] or w.dtype != wvs[0].dtype for w in wvs):
+        if any(w.dim() != 2 or w.shape[1] != xv.shape[1] or w.dtype != wvs[0].dtype for w in wvs) \
+                or len({m["gemm_dtype"] for m in members}) > 1:
             continue
         n_all = sum(m["N"] for m in members)
-        stack = wvs[0].new_empty((n_all, xv.shape[1]))
+        stack = wvs[0].new_empty((n_all, xv.shape[1]), dtype=first["gemm_dtype"])  # (timed as the GEMMs read it)
         has_bias = any(m["b"] is not None for m in members)
         bias = stack.new_empty((n_all,), dtype=dtype) if has_bias else None
         rows = xv if xs is None else xv.new_empty(xv.shape, dtype=dtype)
@@ -1470,6 +1480,8 @@ def siblings_pass(graph: torch.fx.Graph) -> int:
             off += m["N"]
         if None in views:
             continue  # a view the columns' strides do not allow (it would need a copy): left as it was
+        for a in late:
+            first["node"].prepend(a)
         with graph.inserting_before(first["node"]):
             out = graph.call_function(torch.ops.tritonfuse.int8_linear_siblings.default, args)
         out.meta["val"] = out_val
@@ -1490,11 +1502,14 @@ def siblings_pass(graph: torch.fx.Graph) -> int:
                    + (f", measured {measured[0]:.3f} vs {measured[1]:.3f} ms as served alone" if measured else ""))
             kernel = I8.int8_kernel_name(rows.shape[0], mode, False, fused=xs is not None)
             registry.restate(graph, m["site"], kernel=kernel[:-1] + ",siblings]", measured=measured, why=why)
+            if "cast" in m:  # (with the views cuBLAS's GEMM read it through)
+                c = m["cast"]
+                casts.update([c, *(u for u in c.users if u.target in (aten.permute.default, aten.t.default))])
         made += 1
-    if made:  # row-kernel quantizations (share_quant_pass's) that no GEMM reads now
+    if made:  # row-kernel quantizations (share_quant_pass's) and autocast's weight casts no GEMM reads now
         ops = torch.ops.tritonfuse
         for n in reversed(list(graph.nodes)):
             src = n.args[0] if n.target == operator.getitem and isinstance(n.args[0], torch.fx.Node) else n
-            if not n.users and src.target == ops.int8_quant_rows.default:
+            if not n.users and (src.target == ops.int8_quant_rows.default or n in casts):
                 graph.erase_node(n)
     return made

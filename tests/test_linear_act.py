@@ -1827,13 +1827,14 @@ def _sibling_measure(stacked_ms):
 
 
 @pytest.mark.parametrize("case", ["int8", "row kernel", "measured", "measured slower", "off", "decode",
-                                  "int8-weight"])
+                                  "int8-weight", "autocast"])
 def test_int8_sibling_linears_stacked(case, monkeypatch, no_compile_cache):
     # Linears reading one x become one int8 GEMM over their stacked weights, each reading its columns. With
     # every site int8 (CPU: nothing timed) and x quantized in the norm's kernel or by the op; timed: q int8, k
     # and v left to cuBLAS (int8 slower alone), stacked where the stacked GEMM beats the three as served
     # (0.12 < 0.06 + 2 x 0.04 ms), not where it does not (0.16): k and v then stay cuBLAS's. Weight-only:
-    # a decode step's 3 rows in int8 mode, and int8-weight mode
+    # a decode step's 3 rows in int8 mode, and int8-weight mode. Under autocast the stack reads the fp32
+    # weights, not their casts (a buffer of the graph's: the stack cache must not key on it)
     from tritonfuse.kernels import int8 as I8
     from tritonfuse.kernels import linear_act as KL
     from tritonfuse.patterns import linear_act as LP
@@ -1845,10 +1846,13 @@ def test_int8_sibling_linears_stacked(case, monkeypatch, no_compile_cache):
     monkeypatch.setattr(LP, "SIBLINGS", case != "off")
     quant = "int8-weight" if case == "int8-weight" else "int8"
     torch.manual_seed(0)
-    model = _Projections().to(torch.bfloat16).eval()
+    dtype = torch.float32 if case == "autocast" else torch.bfloat16
+    model = _Projections().to(dtype).eval()
     # M = 45 rows: W8A8 (int8 mode); 3 rows: the weight-only decode kernel
-    x = fresh(3, 1 if case == "decode" else 15, 64, dtype=torch.bfloat16)
-    out, code = _compiled_code(model, x, inline="0", quant=quant)
+    x = fresh(3, 1 if case == "decode" else 15, 64, dtype=dtype)
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "autocast")  # noqa: E731
+    with autocast():
+        out, code = _compiled_code(model, x, inline="0", quant=quant)
     stacked = case not in ("measured slower", "off")
     cublas = 0 if stacked or case == "off" else 2
     assert _counts() == {"matched": 3, "replaced": 3 - cublas, "fallback": cublas}, tritonfuse.report()
@@ -1866,10 +1870,11 @@ def test_int8_sibling_linears_stacked(case, monkeypatch, no_compile_cache):
     else:
         assert not any("siblings" in k for k in kernels), kernels
     with torch.no_grad():
-        eager = model(x)
+        with autocast():
+            eager = model(x)
         ref = copy.deepcopy(model).double()(x.double())
     for o, e, r in zip(out, eager, ref):
-        assert o.shape == e.shape and o.stride() == e.stride()
+        assert o.shape == e.shape and o.stride() == e.stride() and o.dtype == e.dtype == torch.bfloat16
         assert sqnr_db(r, o) > 30, (case, sqnr_db(r, o))
     if case == "row kernel":  # x quantized by the row kernel either way: the same values as three GEMMs
         monkeypatch.setattr(LP, "SIBLINGS", False)
@@ -1880,13 +1885,14 @@ def test_int8_sibling_linears_stacked(case, monkeypatch, no_compile_cache):
         # them again, never serving the stale stack
         monkeypatch.setattr(LP, "SIBLINGS", True)
         torch._dynamo.reset()
-        with torch.no_grad(), config.patch(quant=quant, patterns="linear_act", inline="0"):
+        with torch.no_grad(), autocast(), config.patch(quant=quant, patterns="linear_act", inline="0"):
             compiled = torch.compile(model, backend="tritonfuse")
             compiled(x)
             graphs, n0 = torch._dynamo.utils.counters["stats"]["unique_graphs"], I8.stack_cache.stacks
             model.k.weight.mul_(-2.0)
             model.v.bias.add_(1.0)
             again = compiled(x)
+            compiled(x)  # (unchanged weights: the stack is kept)
             ref = copy.deepcopy(model).double()(x.double())
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # (not compiled again)
         assert I8.stack_cache.stacks == n0 + 1
