@@ -1850,7 +1850,7 @@ def test_int8_sibling_linears_stacked(case, monkeypatch, no_compile_cache):
     model = _Projections().to(dtype).eval()
     # M = 45 rows: W8A8 (int8 mode); 3 rows: the weight-only decode kernel
     x = fresh(3, 1 if case == "decode" else 15, 64, dtype=dtype)
-    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "autocast")  # noqa: E731
+    autocast = lambda: torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=case == "autocast")  # noqa: E731
     with autocast():
         out, code = _compiled_code(model, x, inline="0", quant=quant)
     stacked = case not in ("measured slower", "off")
