@@ -21,6 +21,7 @@ import triton.language as tl
 
 from tritonfuse import inline, registry
 from tritonfuse.kernels.common import cast_out, cdiv, next_pow2, rtne_bf16
+from tritonfuse.kernels.int8 import _max_nan, _quant_scaled, _row_inv, _row_scale
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 KINDS = ("layer", "rms")
@@ -162,14 +163,13 @@ def _norm_fwd_kernel(
         y_out = cast_out(y, dtype, RTNE_BF16)
         tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], y_out, mask=mask)
         if QUANT_OUT:
-            # quantize what the next Linear would read: the rounded output
+            # quantize what the next Linear would read, the rounded output, by the int8 row kernel's rule
+            # (kernels.int8.quant_rows: a zero row scale 0, a row holding NaN/Inf scale NaN and q 0)
             yq = tl.where(mask, y_out.to(tl.float32), 0.0)
-            amax = tl.max(tl.abs(yq), axis=1)
-            scale = tl.where(amax > 0, amax / 127.0, 1.0)
-            q = yq / scale[:, None]
-            q = tl.where(q >= 0, tl.floor(q + 0.5), tl.ceil(q - 0.5))
-            tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], q.to(tl.int8), mask=mask)
-            tl.store(qscale_ptr + rows, scale, mask=row_mask)
+            amax = tl.reduce(tl.abs(yq), 1, _max_nan)
+            q = _quant_scaled(yq, _row_inv(amax)[:, None])
+            tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], q, mask=mask)
+            tl.store(qscale_ptr + rows, _row_scale(amax), mask=row_mask)
     else:
         # long rows (BLOCK_M == 1): merge chunk statistics (Chan et al.), then normalize in a second sweep
         count = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -374,7 +374,8 @@ def norm_residual(
         write_sum: also return h (needs a residual), else an empty tensor.
         cast_before_weight: round ``norm(h)`` to x's dtype before the weight multiply (HF RMSNorm).
         stats: also return fp32 mean and rstd per row ([M], mean is 0 for RMSNorm), for the backward.
-        quant_out: also return int8 ``round(y / scale)`` ([..., N]) and fp32 per-row ``scale = max|y|/127``.
+        quant_out: also return int8 ``round(y / scale)`` ([..., N]) and fp32 per-row ``scale = max|y|/127``,
+            as ``kernels.int8.quant_rows`` quantizes y (bit for bit; a zero row scale 0, a NaN/Inf row NaN).
         eps_tensor: a 0-d tensor holding eps in place of ``eps`` (ignored then): what a dynamic graph passes
             for a model's float (``torch.compile(dynamic=True)`` makes HF RMSNorm's eps a graph input). On x's
             device the kernel loads it; a host tensor is read here, at run time.

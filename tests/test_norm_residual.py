@@ -190,6 +190,16 @@ def test_kernel_int8_hook():
     amax = y.float().abs().amax(-1)
     assert torch.allclose(scale, amax / 127, rtol=1e-6)
     assert sqnr_db(y.float(), q.float() * scale[:, None]) > 35
+    # the int8 row kernel's values bit for bit, zero, NaN and Inf rows included (a zero row scale 0, a NaN/Inf
+    # row NaN: nothing leaks into other rows)
+    from tritonfuse.kernels import int8 as I8
+
+    x[3], x[5, 7], x[9, 2] = -r[3], float("nan"), float("inf")
+    y, _, _, _, q, scale = torch.ops.tritonfuse.norm_residual(x, r, w, None, 1e-6, "rms", True, True, False, True)
+    want_q, want_scale = I8.quant_rows(y)
+    assert torch.equal(q, want_q)
+    torch.testing.assert_close(scale, want_scale.reshape(-1), rtol=0, atol=0, equal_nan=True)
+    assert scale[3] == 0 and scale[5].isnan() and scale[9].isnan() and scale[[0, 4, 6]].gt(0).all()
     assert K.quant_out_unsupported(x) is None
     assert "too long" in K.quant_out_unsupported(fresh(1, 20000, dtype=torch.float16))
 
