@@ -1430,8 +1430,8 @@ def siblings_pass(graph: torch.fx.Graph) -> int:
         late = [a for m in members for a in (m["w"], m["b"]) if isinstance(a, torch.fx.Node) and order[a] >= where]
         if any(a.op != "call_function" or any(i.op not in ("placeholder", "get_attr") for i in a.all_input_nodes)
                for a in late):
-            continue  # a weight or bias computed after the first site (one of graph inputs alone, autocast's
-            # cast of a bias, moves up to it)
+            continue  # a weight or bias computed after the first site from more than graph inputs (one computed
+            # from graph inputs alone, such as autocast's cast of a bias, moves up to the first site)
         x, xs = first["x"], first["xs"]
         xv, wvs = _val(x), [_val(m["w"]) for m in members]
         if any(w.dim() != 2 or w.shape[1] != xv.shape[1] or w.dtype != wvs[0].dtype for w in wvs) \
