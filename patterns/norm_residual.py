@@ -32,6 +32,8 @@ also leaves the site alone.
 from __future__ import annotations
 
 import functools
+import operator
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -260,9 +262,345 @@ def _make_check(style: str, affine: str, res: str, stats: bool = False):
             rec = K.measure(xh, rh, w, b, kind, res == "sum", stats)
             if not rec["use"]:
                 reason = registry.slower_reason(rec, "a same-bytes pass") + ": Inductor's fused norm kept"
-        return registry.settle(FAMILY, red, kernel, reason, detail)
+        if not registry.settle(FAMILY, red, kernel, reason, detail):
+            return False
+        # the site's name, for quant_out_pass to find it from the op call (by x and the weight it reads)
+        x_node = match.kwargs.get("x")
+        if isinstance(x_node, torch.fx.Node):
+            w_node = match.kwargs.get("w") if "w" in affine else None
+            x_node.meta.setdefault("tritonfuse_norm_sites", {})[getattr(w_node, "name", None)] = red.name
+        return True
 
     return registry.guarded(FAMILY, check, _reduction_node)
+
+
+# --- the int8 hook: the norm's kernel quantizes what the next GEMMs read ----------------------------------
+
+# Off: W8A8 GEMMs reading a norm's output quantize it themselves (the row kernel, or Inductor's reduction)
+QUANT_OUT = True
+# what a GEMM reads of the norm's output, each op here keeping its rows (a permute or transpose only where it
+# keeps the last dim: torchvision ViT's attention reads clone(permute(y, [1, 0, 2])))
+_ROW_VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.clone.default)
+
+
+def _rows_path(x) -> Optional[tuple]:
+    """``(norm op call, [ops from its output y to x])`` where x is the rows of a ``tritonfuse::norm_residual``
+    call's y, viewed, copied or permuted with the last dim kept (``_ROW_VIEWS``), else None."""
+    path = []
+    while isinstance(x, torch.fx.Node) and x.op == "call_function":
+        if x.target == operator.getitem and x.args[1] == 0 and isinstance(x.args[0], torch.fx.Node) \
+                and x.args[0].target == torch.ops.tritonfuse.norm_residual.default:
+            return x.args[0], path[::-1]
+        if x.target in (aten.permute.default, aten.transpose.int):
+            from tritonfuse.patterns.linear_act import _keeps_rows
+
+            if not _keeps_rows(x):
+                return None
+        elif x.target not in _ROW_VIEWS:
+            return None
+        val, src = x.meta.get("val"), x.args[0].meta.get("val") if isinstance(x.args[0], torch.fx.Node) else None
+        if not isinstance(val, torch.Tensor) or not isinstance(src, torch.Tensor) or val.dim() == 0 \
+                or src.dim() == 0 or val.shape[-1] != src.shape[-1]:
+            return None
+        path.append(x)
+        x = x.args[0]
+    return None
+
+
+def _hook_unsupported(norm: torch.fx.Node) -> Optional[str]:
+    # why the norm call cannot also write y's int8 rows (its kernel needs each row in one block, a static size)
+    vals = norm.meta.get("val")
+    if not isinstance(vals, (tuple, list)) or not isinstance(vals[0], torch.Tensor) \
+            or norm.kwargs.get("eps_tensor") is not None or len(norm.args) != 10:
+        return "not an op call this pass knows"
+    y = vals[0]
+    if not all(isinstance(d, int) for d in y.shape) or y.numel() == 0:
+        return "a dynamic or empty shape"
+    return K.quant_out_unsupported(y)
+
+
+# the ATen ops of kernels.int8.quant_rows_ref, as the post-grad graph holds them
+_QUANT_OPS = {torch.ops.prims.convert_element_type.default, aten.abs.default, aten.amax.default, aten.ne.Scalar,
+              aten.eq.Tensor, aten.mul.Tensor, aten.full.default, aten.where.self, aten.gt.Scalar, aten.div.Tensor,
+              aten.copysign.Tensor, aten.add.Tensor, aten.reshape.default}
+
+
+def _graph_quant_root(xq, xs) -> Optional[torch.fx.Node]:
+    """x where int8 rows ``xq`` and row scales ``xs`` are ``kernels.int8.quant_rows_ref(x)`` in ATen ops (as
+    linear_act's W8A8 sites compute them for Inductor to fuse into a norm's kernel), else None. Compared node
+    by node with that function traced at x's shape, constants equal by value: share_quant_pass merges equal
+    constants (one ``full`` of zeros read twice), which a pattern traced from the function would miss."""
+    from tritonfuse.kernels.int8 import quant_rows_ref
+
+    if not isinstance(xq, torch.fx.Node) or not isinstance(xs, torch.fx.Node) \
+            or xq.target != torch.ops.prims.convert_element_type.default or xq.args[1] != torch.int8:
+        return None
+    # x: the operand of abs before the fp32 cast (none for fp32 rows) under the one amax xq depends on (not
+    # looking past a cast to fp32 or an amax: upstream, x's producers may hold other quantizations)
+    amaxes, frontier, seen = set(), [xq], set()
+    while frontier and len(seen) < 64:
+        n = frontier.pop()
+        if not isinstance(n, torch.fx.Node) or n in seen or n.op != "call_function" or n.target not in _QUANT_OPS:
+            continue
+        seen.add(n)
+        if n.target == aten.amax.default:
+            amaxes.add(n)
+        elif n is xq or n.target != torch.ops.prims.convert_element_type.default:
+            frontier.extend(n.all_input_nodes)
+    amax = next(iter(amaxes)) if len(amaxes) == 1 else None
+    if amax is None or amax.args[0].target != aten.abs.default:
+        return None
+    x = amax.args[0].args[0]
+    if x.target == torch.ops.prims.convert_element_type.default and x.args[1] == torch.float32:
+        x = x.args[0]
+    val = x.meta.get("val")
+    if not isinstance(val, torch.Tensor) or val.dim() != 2 or not all(isinstance(d, int) for d in val.shape):
+        return None
+    gm = trace_pattern(quant_rows_ref, [torch.empty(val.shape, dtype=val.dtype, device="meta")])
+    ph = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    if _dag_key(out[0], ph) != _dag_key(xq, x) or _dag_key(out[1], ph) != _dag_key(xs, x):
+        return None
+    return x
+
+
+def _dag_key(node, root, memo=None):
+    # what ``node`` computes from ``root`` as a nested key (ops, constants by value; devices ignored)
+    memo = {} if memo is None else memo
+    if node is root:
+        return ("x",)
+    if isinstance(node, torch.fx.Node):
+        if node not in memo:
+            if node.op != "call_function" or len(memo) > 64:
+                return ("node", id(node))
+            memo[node] = (str(node.target), _dag_key(list(node.args), root, memo),
+                          _dag_key(sorted(node.kwargs.items()), root, memo))
+        return memo[node]
+    if isinstance(node, (list, tuple)):
+        return tuple(_dag_key(a, root, memo) for a in node)
+    if isinstance(node, torch.device):
+        return ("device",)
+    if isinstance(node, float) and node != node:
+        return ("nan",)
+    return ("c", repr(node))
+
+
+def _graph_quant_to_op(graph: torch.fx.Graph) -> int:
+    """Quantizations of a norm op call's output in ATen ops (``_graph_quant_root``) become the row kernel's
+    op call (``int8_quant_rows``), which quant_out_pass then hands to the norm's kernel: linear_act wrote them
+    for Inductor to fuse into the norm's kernel, but once the norm is our op call they are a reduction kernel
+    of their own (bert's LayerNorms)."""
+    ops = torch.ops.tritonfuse
+    pre = (ops.int8_linear_prequant.default, ops.int8_gated_mlp_prequant.default, ops.int8_linear_siblings.default,
+           ops.int8_linear_amax.default, ops.int8_mm.default, ops.int8_gated_mm.default)
+    pairs = dict.fromkeys((n.args[0], n.args[1]) for n in graph.nodes if n.op == "call_function" and n.target in pre
+                          and len(n.args) > 1 and isinstance(n.args[0], torch.fx.Node)
+                          and isinstance(n.args[1], torch.fx.Node))  # (in graph order)
+    made, done = 0, []
+    for xq, xs in pairs:
+        x = _graph_quant_root(xq, xs)
+        got = _rows_path(x) if x is not None else None
+        if got is None or _hook_unsupported(got[0]) is not None:
+            continue
+        with graph.inserting_before(xq):
+            q = graph.call_function(ops.int8_quant_rows.default, (x,))
+            q0 = graph.call_function(operator.getitem, (q, 0))
+            q1 = graph.call_function(operator.getitem, (q, 1))
+        q.meta["val"] = (xq.meta["val"], xs.meta["val"])
+        q0.meta["val"], q1.meta["val"] = xq.meta["val"], xs.meta["val"]
+        xq.replace_all_uses_with(q0)
+        xs.replace_all_uses_with(q1)
+        done.append((xq, xs, x))
+        made += 1
+    erased: set = set()
+    for xq, xs, x in done:  # the ATen ops of the quantization that nothing reads now
+        frontier = [xq, xs]
+        while frontier:
+            n = frontier.pop()
+            if n is x or n in erased or n.users or n.op != "call_function" \
+                    or getattr(n.target, "namespace", None) not in ("aten", "prims"):
+                continue
+            inputs = n.all_input_nodes
+            graph.erase_node(n)
+            erased.add(n)
+            frontier.extend(inputs)
+    return made
+
+
+def _replay(graph: torch.fx.Graph, src: torch.fx.Node, path: list, scale: bool, fake_mode) -> torch.fx.Node:
+    """``path`` (views, copies and row-keeping permutes of y) redone on ``src``: the norm's int8 rows (y's
+    shape), or (``scale``) its row scales viewed as y's shape with a last dim of 1, ending as [rows]."""
+    cur = src
+    if scale:
+        shape = [*path[0].args[0].meta["val"].shape[:-1], 1] if path else None
+        cur = _node(graph, aten.reshape.default, (cur, shape), fake_mode) if shape else cur
+    for p in path:
+        args = list(p.args)
+        if scale and p.target in (aten.view.default, aten.reshape.default, aten._unsafe_view.default):
+            args[1] = [*args[1][:-1], 1]
+        cur = _node(graph, p.target, (cur, *args[1:]), fake_mode, p.kwargs)
+    if scale and path:
+        cur = _node(graph, aten.reshape.default, (cur, [-1]), fake_mode)
+    return cur
+
+
+def _node(graph, target, args, fake_mode, kwargs=None) -> torch.fx.Node:
+    n = graph.call_function(target, args, kwargs or {})
+    with fake_mode:
+        n.meta["val"] = target(*torch.fx.node.map_arg(args, lambda a: a.meta["val"]), **(kwargs or {}))
+    return n
+
+
+def _readers(norm: torch.fx.Node) -> list:
+    """The W8A8 op calls that quantize the norm's output y themselves, each with the ops from y to the x it
+    reads: ``int8_quant_rows`` (shared by several GEMMs, or from ``_graph_quant_to_op``), and ``int8_linear``,
+    ``int8_gated_mlp``, ``int8_linear_siblings`` and ``int8_linear_amax`` handed float rows."""
+    from tritonfuse.kernels import int8 as I8
+
+    ops = torch.ops.tritonfuse
+    y = next((u for u in norm.users if u.target == operator.getitem and u.args[1] == 0), None)
+    found, frontier = {}, [y] if y is not None else []
+    while frontier:
+        for u in list(frontier.pop().users):
+            if u.op != "call_function":
+                continue
+            if u.target in (*_ROW_VIEWS, aten.permute.default, aten.transpose.int):
+                frontier.append(u)
+                continue
+            a, val = u.args, u.meta.get("val")
+            if not a or not isinstance(a[0], torch.fx.Node) or u.kwargs or u in found:
+                continue
+            got = _rows_path(a[0])
+            if got is None or got[0] is not norm or _val_rows(a[0]) is None:
+                continue
+            m = _val_rows(a[0])
+            if u.target == ops.int8_quant_rows.default:
+                ok = True
+            elif u.target in (ops.int8_linear.default, ops.int8_gated_mlp.default):
+                ok = a[-1] == "int8" and I8.fused_quant(m, "int8")
+            elif u.target == ops.int8_linear_siblings.default:
+                ok = a[1] is None and len(a) == 7 and a[6] == "int8" and I8.fused_quant(m, "int8")
+            elif u.target == ops.int8_linear_amax.default:
+                ok = a[1] is None and I8.fused_quant(m, "int8")
+            else:
+                ok = False
+            if ok and isinstance(val, (torch.Tensor, tuple, list)):
+                found[u] = got[1]
+    return list(found.items())
+
+
+def _val_rows(x) -> Optional[int]:
+    val = x.meta.get("val") if isinstance(x, torch.fx.Node) else None
+    if isinstance(val, torch.Tensor) and val.dim() == 2 and all(isinstance(d, int) for d in val.shape):
+        return val.shape[0]
+    return None
+
+
+def _fused_name(kernel: str) -> str:
+    # a W8A8 site's kernel name with its rows quantized by their producer ("fused quant")
+    kernel = kernel.split(",rows quantized once")[0].rstrip("]") + "]" if ",rows quantized once" in kernel else kernel
+    if ",fused quant" in kernel or not kernel.startswith("int8_w8a8["):
+        return kernel
+    what, rest = kernel[len("int8_w8a8["):].split("]", 1)[0].partition(",")[::2]
+    return f"int8_w8a8[{what},fused quant" + (f",{rest}" if rest else "") + "]"
+
+
+def quant_out_pass(graph: torch.fx.Graph) -> int:
+    """Norm op calls (``tritonfuse::norm_residual``) whose output W8A8 GEMMs quantize per row (the row kernel
+    inside their ops or shared, or Inductor's reduction of ``quant_rows_ref``'s ATen ops) also write that
+    quantization (``quant_out``: the int8 rows and scales, bit for bit the row kernel's), and the GEMMs read it
+    through the ``*_prequant`` ops: one pass over y fewer (Llama-1B's prefill, 52nd session: the row kernel
+    took 1.89 of 22.53 ms, most of it on the norms' outputs). Run after the int8 steps of linear_act.
+    Returns how many norm calls write their int8 rows."""
+    from tritonfuse.patterns.linear_act import _fake_mode, _int8_site_of, _replace
+
+    if not QUANT_OUT:
+        return 0
+    ops = torch.ops.tritonfuse
+    norms = [n for n in graph.nodes if n.op == "call_function" and n.target == ops.norm_residual.default]
+    if not norms or all(n.args[9] for n in norms if len(n.args) == 10):
+        return 0
+    _graph_quant_to_op(graph)
+    fake_mode, made = None, 0
+    for norm in norms:
+        if norm.args[9] or _hook_unsupported(norm) is not None:
+            continue
+        readers = _readers(norm)
+        if not readers:
+            continue
+        if fake_mode is None:
+            fake_mode = _fake_mode(graph)
+            if fake_mode is None:
+                return made
+        # the call writes the int8 rows too (its other outputs unchanged): valid before any reader moves
+        norm.update_arg(9, True)
+        with fake_mode:
+            norm.meta["val"] = norm.target(*torch.fx.node.map_arg(norm.args, lambda a: a.meta["val"]),
+                                           **torch.fx.node.map_arg(norm.kwargs, lambda a: a.meta["val"]))
+        with graph.inserting_after(norm):
+            q = _node(graph, operator.getitem, (norm, 4), fake_mode)
+        with graph.inserting_after(q):
+            s = _node(graph, operator.getitem, (norm, 5), fake_mode)
+        sites = set()
+        for reader, path in readers:
+            with graph.inserting_before(reader):
+                xq, xs = _replay(graph, q, path, False, fake_mode), _replay(graph, s, path, True, fake_mode)
+            a, t = reader.args, reader.target
+            if t == ops.int8_quant_rows.default:
+                for u in list(reader.users):
+                    if u.target == operator.getitem:
+                        _replace(graph, u, (xq, xs)[u.args[1]], keep=())
+                        sites.update(_sites_reading(ops, (xq, xs)))
+                if not reader.users:
+                    graph.erase_node(reader)
+                continue
+            if t == ops.int8_linear.default:  # (x, w, b, act, mode)
+                with graph.inserting_before(reader):
+                    new = graph.call_function(ops.int8_linear_prequant.default,
+                                              (xq, xs, a[1], a[2], a[3], reader.meta["val"].dtype))
+                _replace(graph, reader, new)
+                sites.add(_int8_site_of(a[1]))
+            elif t == ops.int8_gated_mlp.default:  # (x, wg, wu, bg, bu, act, mode)
+                with graph.inserting_before(reader):
+                    new = graph.call_function(ops.int8_gated_mlp_prequant.default,
+                                              (xq, xs, *a[1:6], reader.meta["val"].dtype))
+                _replace(graph, reader, new)
+                sites.add(_int8_site_of(a[1]))
+            else:  # siblings (x, xs, ws, ...), amax (x, xs, w, wu, ...): handed the int8 rows and their scales
+                reader.update_arg(0, xq)
+                reader.update_arg(1, xs)
+                sites.update(_int8_site_of(w) for w in (a[2] if t == ops.int8_linear_siblings.default else a[2:3]))
+        x_node, w_node = norm.args[0], norm.args[2]
+        names = getattr(x_node, "meta", {}).get("tritonfuse_norm_sites", {})
+        if len(names) == 1 or getattr(w_node, "name", None) in names:
+            name = names.get(getattr(w_node, "name", None)) or next(iter(names.values()))
+            registry.restate(graph, name, suffix="int8 out")
+        for site in sites - {None}:
+            kernel = registry.site_kernel(graph, site)
+            if kernel:
+                registry.restate(graph, site, kernel=_fused_name(kernel))
+        made += 1
+    if made:  # the views and copies of y the readers read that nothing reads now
+        for n in reversed(list(graph.nodes)):
+            if not n.users and n.op == "call_function" and n.target in (*_ROW_VIEWS, aten.permute.default,
+                                                                         aten.transpose.int):
+                graph.erase_node(n)
+    return made
+
+
+def _sites_reading(ops, nodes) -> set:
+    # the int8 sites of the op calls that read the int8 rows ``nodes`` (through nothing but their arguments)
+    from tritonfuse.patterns.linear_act import _int8_site_of
+
+    got = set()
+    for n in nodes:
+        for u in n.users:
+            if u.target in (ops.int8_linear_prequant.default, ops.int8_gated_mlp_prequant.default,
+                            ops.int8_linear_amax.default):
+                got.add(_int8_site_of(u.args[2]))
+            elif u.target == ops.int8_linear_siblings.default:
+                got.update(_int8_site_of(w) for w in u.args[2])
+    return got
 
 
 # --- registration --------------------------------------------------------------------------------------

@@ -119,3 +119,13 @@ def _gpu_default_device():
 @pytest.fixture
 def device():
     return "cuda" if HAS_CUDA else "cpu"
+
+
+@pytest.fixture
+def no_compile_cache():
+    # the passes must run: a graph served from Inductor's caches never reaches them (nor a patched probe)
+    import torch._functorch.config as fconfig
+    import torch._inductor.config as iconfig
+
+    with iconfig.patch(fx_graph_cache=False), fconfig.patch(enable_autograd_cache=False):
+        yield

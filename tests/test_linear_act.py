@@ -549,16 +549,6 @@ def test_linear_plain_setting():
 # --- robustness ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def no_compile_cache():
-    # the pass must run: a graph served from Inductor's caches never reaches the (patched) probe
-    import torch._functorch.config as fconfig
-    import torch._inductor.config as iconfig
-
-    with iconfig.patch(fx_graph_cache=False), fconfig.patch(enable_autograd_cache=False):
-        yield
-
-
 def test_compile_keeps_no_input_alive():
     # the passes read the real inputs of the forward graph; kept for the backward's compile (at the first
     # backward), they held the first batch for as long as the compiled function lived, where Inductor holds

@@ -532,6 +532,95 @@ def test_vit_counts():
     _model_counts(_vit(2), [fresh(2, 3, 16, 16, seed=39)], 2 * 2 + 1)
 
 
+
+class _NormThenGemms(torch.nn.Module):
+    """A norm whose output W8A8 GEMMs read. ``post``: BERT's add + LayerNorm -> Q, K, V (rows 64 wide: x
+    quantized in ATen ops for Inductor to fuse into the norm). ``pre``: Llama's add + RMSNorm -> q, k, v, then
+    RMSNorm -> gated MLP. ``permute``: ViT's attention input, the rows read through ``clone(permute(y))``.
+    ``not rows``: the GEMM reads the norm's output transposed (its rows are not the norm's rows)."""
+
+    def __init__(self, form, d=64):
+        super().__init__()
+        self.form = form
+        rms = form == "pre"
+        self.n1 = torch.nn.RMSNorm(d) if rms else torch.nn.LayerNorm(d)
+        self.q, self.k, self.v = (torch.nn.Linear(d, n, bias=not rms) for n in (48, 16, 16))
+        self.n2 = torch.nn.RMSNorm(d)
+        self.g, self.u = torch.nn.Linear(d, 96, bias=False), torch.nn.Linear(d, 96, bias=False)
+        self.dn = torch.nn.Linear(96, d, bias=False)
+        self.t = torch.nn.Linear(32, 48)
+
+    def forward(self, x, r):
+        if self.form == "not rows":  # (x: [B, 32, 64])
+            return self.t(self.n1(x + r).transpose(-1, -2))
+        if self.form == "permute":
+            return self.q(self.n1(x + r).permute(1, 0, 2).contiguous())
+        h = x + r
+        y = self.n1(h)
+        a = self.q(y)[..., :16] * self.k(y) + self.v(y)
+        if self.form == "post":
+            return a
+        h = h + a.sum(-1, keepdim=True)
+        z = self.n2(h)
+        return h + self.dn(F.silu(self.g(z)) * self.u(z))
+
+
+@pytest.mark.parametrize("case", ["post", "pre", "pre, row kernel", "permute", "not rows", "too long", "off"])
+def test_int8_norm_quantizes_what_its_gemms_read(case, monkeypatch, no_compile_cache):
+    # W8A8 GEMMs reading a norm op call's output: the norm's kernel writes the int8 rows and row scales too
+    # (quant_out) and the GEMMs read them, where they quantized that output themselves (the row kernel, Llama's
+    # 2048-wide rows; or ATen ops written for Inductor to fuse into the norm, which became a reduction kernel of
+    # its own once the norm was ours). The same int8 values either way: outputs equal bit for bit
+    from torch._inductor.utils import run_and_get_code
+
+    from tritonfuse.patterns import linear_act as LP
+    from tritonfuse.patterns import norm_residual as P
+
+    form = case.split(",")[0] if case not in ("too long", "off") else "pre"
+    if "row kernel" in case:  # (rows wider than FUSED_QUANT_MAX_K: the GEMMs' ops quantize x)
+        monkeypatch.setattr(LP, "FUSED_QUANT_MAX_K", 32)
+    if case == "too long":
+        monkeypatch.setattr(K, "quant_out_unsupported", lambda x: "int8 output needs rows that fit one block")
+    monkeypatch.setattr(P, "QUANT_OUT", case != "off")
+    torch.manual_seed(0)
+    model = _NormThenGemms(form).to(torch.bfloat16).eval()
+    x = fresh(3, 32 if form == "not rows" else 15, 64, dtype=torch.bfloat16, seed=51)
+    r = fresh(*x.shape, dtype=torch.bfloat16, seed=52)
+
+    def compiled():
+        tritonfuse.reset()
+        torch._dynamo.reset()
+        with torch.no_grad(), config.patch(quant="int8", inline="0"):
+            out, code = run_and_get_code(torch.compile(model, backend="tritonfuse"), x, r)
+        return out, "".join(code)
+
+    out, code = compiled()
+    gemms = {"post": 3, "pre": 5, "permute": 1, "not rows": 1}[form]
+    norms = {"post": 1, "pre": 2, "permute": 1, "not rows": 1}[form]
+    counts = tritonfuse.counters()
+    assert counts["linear_act"] == {"matched": gemms, "replaced": gemms, "fallback": 0}, tritonfuse.report()
+    assert counts["norm_residual"] == {"matched": norms, "replaced": norms, "fallback": 0}, tritonfuse.report()
+    hooked = case not in ("not rows", "too long", "off")
+    norm_kernels = [s.kernel for s in tritonfuse.sites() if s.family == "norm_residual"]
+    assert all(k.endswith(",int8 out]") == hooked for k in norm_kernels), norm_kernels
+    assert code.count("False, True, eps_tensor=None)") == (norms if hooked else 0), code  # (quant_out=True)
+    if hooked:
+        assert "int8_quant_rows" not in code and "int8_linear.default(" not in code
+        assert "int8_gated_mlp.default(" not in code
+        gemm_kernels = [s.kernel for s in tritonfuse.sites() if s.family == "linear_act"]
+        # every GEMM reading a norm's rows quantized by it (the MLP's down-projection quantizes on load)
+        assert sum("fused quant" in k for k in gemm_kernels) == gemms - (form == "pre"), gemm_kernels
+    # the same int8 values as the GEMMs' own quantization: the same outputs
+    monkeypatch.setattr(P, "QUANT_OUT", False)
+    off, code_off = compiled()
+    assert "False, True, eps_tensor=None)" not in code_off
+    assert torch.equal(out, off)
+    with torch.no_grad():
+        import copy
+
+        ref = copy.deepcopy(model).double()(x.double(), r.double())
+    assert sqnr_db(ref, out) > 30
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_models_cuda(dtype):

@@ -332,6 +332,13 @@ class TritonfusePasses(CustomGraphPass):
                     step(graph)
                 except Exception as e:
                     _pass_failed(f"the {what} pass", e, "int8 GEMMs quantize their inputs themselves")
+        if registry.pending_replacements() and config.quant == "int8" and {"linear_act", "norm_residual"} <= set(self.families):
+            from tritonfuse.patterns.norm_residual import quant_out_pass
+
+            try:  # the norms' kernels quantize their outputs for the W8A8 GEMMs reading them
+                quant_out_pass(graph)
+            except Exception as e:
+                _pass_failed("the norm int8 output pass", e, "int8 GEMMs quantize norm outputs themselves")
         if registry.pending_replacements() and config.quant != "none":
             from tritonfuse.patterns.common import autocast_weight_pass
 

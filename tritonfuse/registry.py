@@ -134,6 +134,13 @@ def restate(graph: torch.fx.Graph, name: str, kernel: Optional[str] = None, suff
         return True
 
 
+def site_kernel(graph: torch.fx.Graph, name: str) -> Optional[str]:
+    """The kernel site ``name`` of ``graph`` is recorded with (as ``restate`` finds it), or None."""
+    with _lock:
+        site = _pending.get((id(graph), name))
+        return site.kernel if site is not None else None
+
+
 def annotate(graph: torch.fx.Graph, name: str, note: str) -> bool:
     """Add ``note`` to site ``name`` of ``graph``: to its reason where it was left to Inductor, else to its
     detail (a later pass weighed another way to serve it and kept what it had). False where no record of
