@@ -264,11 +264,11 @@ def _make_check(style: str, affine: str, res: str, stats: bool = False):
                 reason = registry.slower_reason(rec, "a same-bytes pass") + ": Inductor's fused norm kept"
         if not registry.settle(FAMILY, red, kernel, reason, detail):
             return False
-        # the site's name, for quant_out_pass to find it from the op call (by x and the weight it reads)
-        x_node = match.kwargs.get("x")
-        if isinstance(x_node, torch.fx.Node):
-            w_node = match.kwargs.get("w") if "w" in affine else None
-            x_node.meta.setdefault("tritonfuse_norm_sites", {})[getattr(w_node, "name", None)] = red.name
+        # the site's name, for quant_out_pass to find from the op call: on its weight (a graph input), else on x
+        # (a node a later replacement may take the place of)
+        anchor = match.kwargs.get("w") if "w" in affine else match.kwargs.get("x")
+        if isinstance(anchor, torch.fx.Node):
+            anchor.meta.setdefault("tritonfuse_norm_sites", set()).add(red.name)
         return True
 
     return registry.guarded(FAMILY, check, _reduction_node)
@@ -570,11 +570,10 @@ def quant_out_pass(graph: torch.fx.Graph) -> int:
                 reader.update_arg(0, xq)
                 reader.update_arg(1, xs)
                 sites.update(_int8_site_of(w) for w in (a[2] if t == ops.int8_linear_siblings.default else a[2:3]))
-        x_node, w_node = norm.args[0], norm.args[2]
-        names = getattr(x_node, "meta", {}).get("tritonfuse_norm_sites", {})
-        if len(names) == 1 or getattr(w_node, "name", None) in names:
-            name = names.get(getattr(w_node, "name", None)) or next(iter(names.values()))
-            registry.restate(graph, name, suffix="int8 out")
+        anchor = norm.args[2] if norm.args[2] is not None else norm.args[0]
+        names = anchor.meta.get("tritonfuse_norm_sites", ()) if isinstance(anchor, torch.fx.Node) else ()
+        if len(names) == 1:  # (a weight two norms share names both: neither is restated)
+            registry.restate(graph, next(iter(names)), suffix="int8 out")
         for site in sites - {None}:
             kernel = registry.site_kernel(graph, site)
             if kernel:
