@@ -619,8 +619,11 @@ def test_int8_norm_quantizes_what_its_gemms_read(case, monkeypatch, no_compile_c
         # load, nor Llama's o_proj, which reads the attention's output)
         fed = {"pre": gemms - 1, "llama": 2 * 4}.get(form, gemms)
         assert sum("fused quant" in k for k in gemm_kernels) == fed, gemm_kernels
-    # the same int8 values as the GEMMs' own quantization: the same outputs
+    # the same int8 values as the row kernel's (the GEMMs' ops quantizing x themselves): the same outputs. (Not
+    # as Inductor's code of the ATen form: on the GPU it divides approximately, an int8 value a step off here
+    # and there, H100, 53rd session)
     monkeypatch.setattr(P, "QUANT_OUT", False)
+    monkeypatch.setattr(LP, "FUSED_QUANT_MAX_K", 0)
     off, code_off = compiled()
     assert "False, True, eps_tensor=None)" not in code_off
     assert torch.equal(out, off)
