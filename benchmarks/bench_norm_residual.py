@@ -11,6 +11,11 @@ written once):
   the next residual), h, rstd (Inductor: the compiled gradient formula, the ops AOTAutograd's backward of
   ``F.rms_norm`` decomposes to); reads dy, dsum, h, writes dh: 4MN e + 4M.
 - ``copy``: ``dst.copy_(src)`` of 2MN elements, 4MN e moved: the bandwidth ceiling.
+- ``add_rms_norm_int8``: ``add_rms_norm`` plus y's per-row int8 quantization for the W8A8 GEMMs that read it
+  (``quant_out_pass``): the op writing it too (``quant_out=True``), against the op followed by the int8 row
+  kernel (``tritonfuse+rows``: what the GEMMs did before) and Inductor's code with the quantization in ATen
+  ops (``kernels.int8.quant_rows_ref``, which it fuses into the norm's kernel); also writes MN int8 and 4M
+  scale bytes: (4MN + N) e + MN + 4M. ``--no-int8`` skips them.
 
 Timing: every provider is captured in a CUDA graph and replayed (``triton.testing.do_bench_cudagraph``,
 median), so a row is GPU time alone. Inside a compiled model the tritonfuse kernels are inlined into
@@ -66,6 +71,44 @@ def ours_layer_norm(x, r, w, b):
 def ours_rms_norm(x, r, w):
     y, h, *_ = torch.ops.tritonfuse.norm_residual(x, r, w, None, EPS, "rms", True, False, False, False)
     return y, h
+
+
+def add_rms_norm_int8(x, r, w):
+    from tritonfuse.kernels.int8 import quant_rows_ref
+
+    y, h = add_rms_norm(x, r, w)
+    q, scale = quant_rows_ref(y)
+    return y, h, q, scale
+
+
+def ours_rms_norm_int8(x, r, w):
+    y, h, _, _, q, scale = torch.ops.tritonfuse.norm_residual(x, r, w, None, EPS, "rms", True, False, False, True)
+    return y, h, q, scale
+
+
+def ours_rms_norm_then_rows(x, r, w):
+    y, h = ours_rms_norm(x, r, w)
+    q, scale = torch.ops.tritonfuse.int8_quant_rows(y)
+    return y, h, q, scale
+
+
+def _int8_check(name, outs, failures):
+    # ours: the row kernel's quantization of y as stored, bit for bit. Inductor's code quantizes its fused y
+    # before rounding it to y's dtype (it does not emulate that cast inside a kernel): judged by SQNR
+    from tritonfuse.kernels.int8 import quant_rows
+
+    y, _, q, scale = (t[:CHECK_ROWS] for t in outs)
+    if name.startswith("tritonfuse"):
+        want_q, want_s = quant_rows(y)
+        ok = torch.equal(q, want_q) and torch.equal(scale, want_s.reshape(-1))
+        what = "not the row kernel's values"
+    else:
+        deq = q.double() * scale.double()[:, None]
+        sqnr = 10 * torch.log10(y.double().pow(2).sum() / (y.double() - deq).pow(2).sum()).item()
+        ok, what = sqnr > 35, f"SQNR {sqnr:.1f} dB"
+    if not ok:
+        failures.append(f"{name}: int8 rows {what}")
+        print("FAILED", failures[-1], flush=True)
 
 
 def ln_bwd(dy, h, mean, rstd, w, b):
@@ -127,6 +170,7 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=1e9, help="seconds; later cases are skipped")
     p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/kernels-<gpu>.json)")
     p.add_argument("--no-models", action="store_true")
+    p.add_argument("--no-int8", action="store_true", help="skip the add_rms_norm_int8 rows")
     args = p.parse_args()
     set_timer(args)
     start = time.time()
@@ -178,6 +222,20 @@ def main() -> None:
                 nbytes = (4 * m * n + n) * e
                 for prov, fn in (("eager", add_rms_norm), ("inductor", rms_c), ("tritonfuse", ours_rms_norm)):
                     record("add_rms_norm", n, dtype, prov, _bench(lambda: fn(x, r, w), args.warmup, args.rep), nbytes)
+                # add + RMSNorm with y's int8 rows and scales for the GEMMs reading it
+                if not args.no_int8:
+                    q_c = torch.compile(add_rms_norm_int8)
+                    provs = (("inductor", q_c), ("tritonfuse", ours_rms_norm_int8),
+                             ("tritonfuse+rows", ours_rms_norm_then_rows))
+                    for prov, fn in provs:
+                        outs = fn(x, r, w)
+                        _check(f"add_rms_norm_int8 {n} {dtype} {prov}", outs[:2], eager, [ref_y.to(dev), ref_h.to(dev)],
+                               atol[dtype], failures)
+                        _int8_check(f"{prov} add_rms_norm_int8 {n} {dtype}", outs, failures)
+                    nbytes = (4 * m * n + n) * e + m * n + 4 * m
+                    for prov, fn in provs:
+                        record("add_rms_norm_int8", n, dtype, prov, _bench(lambda: fn(x, r, w), args.warmup, args.rep),
+                               nbytes)
                 # the bandwidth ceiling
                 src = torch.empty(2 * m * n, device=dev, dtype=dtype)
                 dst = torch.empty_like(src)

@@ -620,8 +620,8 @@ def test_int8_norm_quantizes_what_its_gemms_read(case, monkeypatch, no_compile_c
         fed = {"pre": gemms - 1, "llama": 2 * 4}.get(form, gemms)
         assert sum("fused quant" in k for k in gemm_kernels) == fed, gemm_kernels
     # the same int8 values as the row kernel's (the GEMMs' ops quantizing x themselves): the same outputs. (Not
-    # as Inductor's code of the ATen form: on the GPU it divides approximately, an int8 value a step off here
-    # and there, H100, 53rd session)
+    # as Inductor's code of the ATen form, which quantizes y before rounding it to bf16 where it fuses the two:
+    # an int8 value a step off here and there, H100, 53rd session)
     monkeypatch.setattr(P, "QUANT_OUT", False)
     if hooked:
         monkeypatch.setattr(LP, "FUSED_QUANT_MAX_K", 0)
