@@ -28,7 +28,7 @@ graphs on the GPU (the CUDA ATen graph is not the CPU one), with measured choice
 (``TRITONFUSE_MEASURE=0``): at those tiny sizes a measured choice keeps Inductor's norm, as it should.
 
 Run: ``python benchmarks/bench_norm_residual.py [--rows 32768] [--hidden 768,1024,2048,4096,8192]``
-(``--bwd-hidden`` picks the backward's hidden sizes, default the same list)
+(``--bwd-hidden`` picks the backward's hidden sizes, default the same list, ``none`` for no backward rows)
 (``--budget S`` stops timing new cases after S seconds; rows done so far are kept).
 """
 
@@ -260,7 +260,7 @@ def main() -> None:
                     failures.append(f"backend on {fn.__name__}: {[(s.kernel, s.reason) for s in tritonfuse.sites()]}")
 
     # LayerNorm and RMSNorm backward vs Inductor's
-    bwd_hiddens = [int(h) for h in (args.bwd_hidden or args.hidden).split(",")]
+    bwd_hiddens = [] if args.bwd_hidden == "none" else [int(h) for h in (args.bwd_hidden or args.hidden).split(",")]
     for dtype in dtypes:
         for n in bwd_hiddens:
             if time.time() - start > args.budget:
