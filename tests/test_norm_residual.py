@@ -634,6 +634,36 @@ def test_int8_norm_quantizes_what_its_gemms_read(case, monkeypatch, no_compile_c
         ref = copy.deepcopy(model).double()(*[a.double() if a.is_floating_point() else a for a in args])
     assert sqnr_db(getattr(ref, "last_hidden_state", ref), out) > (20 if form == "llama" else 30)
 
+
+@pytest.mark.parametrize("flag", ["norm_residual.QUANT_OUT", "linear_act.SIBLINGS"])
+def test_pass_switches_key_inductors_graph_cache(flag, tmp_path, monkeypatch):
+    # a module switch of a pass (what the A/B scripts turn) is part of the graph cache's key: with it off, a
+    # compile is not served the graph compiled with it on (the 51st and 53rd sessions' A/B runs were)
+    import importlib
+
+    import torch._functorch.config as fconfig
+    import torch._inductor.config as iconfig
+    from torch._inductor.utils import run_and_get_code
+
+    module, name = flag.split(".")
+    mod = importlib.import_module(f"tritonfuse.patterns.{module}")
+    marker = {"QUANT_OUT": ",int8 out]", "SIBLINGS": ",siblings]"}[name]
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    model = _NormThenGemms("pre").to(torch.bfloat16).eval()
+    x = fresh(3, 15, 64, dtype=torch.bfloat16, seed=53)
+    r = fresh(*x.shape, dtype=torch.bfloat16, seed=54)
+    kernels = {}
+    for on in (True, False, True):
+        monkeypatch.setattr(mod, name, on)
+        tritonfuse.reset()
+        torch._dynamo.reset()
+        with torch.no_grad(), config.patch(quant="int8", inline="0"), iconfig.patch(fx_graph_cache=True), \
+                fconfig.patch(enable_autograd_cache=True):
+            run_and_get_code(torch.compile(model, backend="tritonfuse"), x, r)
+        kernels[on] = [s.kernel for s in tritonfuse.sites()]
+        assert any(marker in k for k in kernels[on]) == on, (on, kernels[on])
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_models_cuda(dtype):
