@@ -127,7 +127,7 @@ def _norm_fwd_kernel(
     stride_xm, stride_rm, stride_om, stride_sm, stride_qm,
     EPS_PTR: tl.constexpr, HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, IS_RMS: tl.constexpr,
     WRITE_SUM: tl.constexpr, WRITE_STATS: tl.constexpr, CAST_BEFORE_WEIGHT: tl.constexpr,
-    QUANT_OUT: tl.constexpr, RTNE_BF16: tl.constexpr,
+    QUANT_OUT: tl.constexpr, RTNE_BF16: tl.constexpr, WRITE_Y: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
 ):
     if EPS_PTR:
@@ -161,7 +161,8 @@ def _norm_fwd_kernel(
         y = _normalize(h, mean, rstd, w_ptr, b_ptr, cols, col_mask, dtype,
                        HAS_W, HAS_B, IS_RMS, CAST_BEFORE_WEIGHT, RTNE_BF16)
         y_out = cast_out(y, dtype, RTNE_BF16)
-        tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], y_out, mask=mask)
+        if WRITE_Y:  # (off: only the int8 rows are read)
+            tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], y_out, mask=mask)
         if QUANT_OUT:
             # quantize what the next Linear would read, the rounded output, by the int8 row kernel's rule
             # (kernels.int8.quant_rows: a zero row scale 0, a row holding NaN/Inf scale NaN and q 0)
@@ -335,12 +336,12 @@ def _full_first(x, residual):
 
 
 def _norm_fake(x, residual, weight, bias, eps, kind, write_sum, cast_before_weight, stats, quant_out,
-               eps_tensor=None):
+               eps_tensor=None, write_y=True):
     x, residual = _full_first(x, residual)
     m = x.numel() // x.shape[-1]
     f32 = dict(dtype=torch.float32, device=x.device)
     return (
-        x.new_empty(x.shape),
+        x.new_empty(x.shape if write_y else (0,)),
         x.new_empty(x.shape if write_sum else (0,)),
         torch.empty((m if stats else 0,), **f32),
         torch.empty((m if stats else 0,), **f32),
@@ -350,7 +351,7 @@ def _norm_fake(x, residual, weight, bias, eps, kind, write_sum, cast_before_weig
 
 
 def _eps_on_host(x, residual, weight, bias, eps, kind, write_sum, cast_before_weight, stats, quant_out,
-                 eps_tensor=None) -> Optional[str]:
+                 eps_tensor=None, write_y=True) -> Optional[str]:
     # inlining traces the body on fake tensors: a host eps tensor cannot be read there, nor loaded by the kernel
     if eps_tensor is not None and eps_tensor.device != x.device:
         return "eps is a host scalar tensor (a dynamic graph's float): the op reads it at run time"
@@ -361,7 +362,7 @@ def _eps_on_host(x, residual, weight, bias, eps, kind, write_sum, cast_before_we
 def norm_residual(
     x: torch.Tensor, residual: Optional[torch.Tensor], weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
     eps: float, kind: str, write_sum: bool, cast_before_weight: bool, stats: bool, quant_out: bool,
-    eps_tensor: Optional[torch.Tensor] = None,
+    eps_tensor: Optional[torch.Tensor] = None, write_y: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``h = x + residual``; ``y = norm(h) * weight + bias`` over the last dim, in one pass per row.
 
@@ -379,6 +380,7 @@ def norm_residual(
         eps_tensor: a 0-d tensor holding eps in place of ``eps`` (ignored then): what a dynamic graph passes
             for a model's float (``torch.compile(dynamic=True)`` makes HF RMSNorm's eps a graph input). On x's
             device the kernel loads it; a host tensor is read here, at run time.
+        write_y: False where only ``quant_out``'s int8 rows of y are read (y is then empty, not stored).
 
     Returns ``(y, h, mean, rstd, y_int8, scale)``; outputs not asked for are empty.
 
@@ -397,7 +399,9 @@ def norm_residual(
         r2 = _rows2d(residual)  # [r_rows, N]: leading size-1 dims fold away
     else:
         r_rows, r2 = 1, x2
-    out = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    if not write_y and not quant_out:
+        raise ValueError("write_y=False needs quant_out=True (the op would write nothing of y)")
+    out = torch.empty((m, n) if write_y else (0,), device=x.device, dtype=x.dtype)
     s = torch.empty((m, n) if write_sum else (0,), device=x.device, dtype=x.dtype)
     f32 = dict(dtype=torch.float32, device=x.device)
     mean = torch.empty((m if stats else 0,), **f32)
@@ -419,15 +423,16 @@ def norm_residual(
         dummy = x2  # an input, never ``out`` (see kernels/conv_bn.py _epilogue_args)
         registry.launcher(_norm_fwd_kernel)[(cdiv(m, cfg["BLOCK_M"]),)](
             x2, r2, weight if weight is not None else dummy, bias if bias is not None else dummy,
-            out, s if write_sum else dummy, mean if stats else dummy, rstd if stats else dummy,
+            out if write_y else dummy, s if write_sum else dummy, mean if stats else dummy, rstd if stats else dummy,
             q if quant_out else dummy, qscale if quant_out else dummy,
             m, n, max(r_rows, 1), eps, eps_ptr if eps_ptr is not None else dummy,
-            x2.stride(0), r2.stride(0), out.stride(0), s.stride(0) if write_sum else 0, q.stride(0) if quant_out else 0,
+            x2.stride(0), r2.stride(0), out.stride(0) if write_y else 0, s.stride(0) if write_sum else 0,
+            q.stride(0) if quant_out else 0,
             EPS_PTR=eps_ptr is not None, HAS_RES=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None, IS_RMS=kind == "rms",
             WRITE_SUM=write_sum, WRITE_STATS=stats, CAST_BEFORE_WEIGHT=cast_before_weight,
-            QUANT_OUT=quant_out, RTNE_BF16=rtne_bf16(x.dtype), **cfg,
+            QUANT_OUT=quant_out, RTNE_BF16=rtne_bf16(x.dtype), WRITE_Y=write_y, **cfg,
         )
-    return (out.reshape(shape), s.reshape(shape) if write_sum else s, mean, rstd,
+    return (out.reshape(shape) if write_y else out, s.reshape(shape) if write_sum else s, mean, rstd,
             q.reshape(shape) if quant_out else q, qscale)
 
 

@@ -521,7 +521,7 @@ def quant_out_pass(graph: torch.fx.Graph) -> int:
     if not norms or all(n.args[9] for n in norms if len(n.args) == 10):
         return 0
     _graph_quant_to_op(graph)
-    fake_mode, made = None, 0
+    fake_mode, made, hooked = None, 0, []
     for norm in norms:
         if norm.args[9] or _hook_unsupported(norm) is not None:
             continue
@@ -573,7 +573,9 @@ def quant_out_pass(graph: torch.fx.Graph) -> int:
         anchor = norm.args[2] if norm.args[2] is not None else norm.args[0]
         names = anchor.meta.get("tritonfuse_norm_sites", ()) if isinstance(anchor, torch.fx.Node) else ()
         if len(names) == 1:  # (a weight two norms share names both: neither is restated)
-            registry.restate(graph, next(iter(names)), suffix="int8 out")
+            hooked.append((norm, next(iter(names))))
+        else:
+            hooked.append((norm, None))
         for site in sites - {None}:
             kernel = registry.site_kernel(graph, site)
             if kernel:
@@ -584,6 +586,20 @@ def quant_out_pass(graph: torch.fx.Graph) -> int:
             if not n.users and n.op == "call_function" and n.target in (*_ROW_VIEWS, aten.permute.default,
                                                                          aten.transpose.int):
                 graph.erase_node(n)
+    for norm, name in hooked:
+        # y itself read by nothing now (Llama's norms: only its GEMMs read it): the kernel stores its int8 rows
+        # alone, M x N half-precision values fewer to write (8192 x 2048 bf16: 32 MB a norm)
+        y = [u for u in norm.users if u.target == operator.getitem and u.args[1] == 0]
+        only = all(not u.users for u in y)
+        if only:
+            for u in y:
+                graph.erase_node(u)
+            norm.update_kwarg("write_y", False)
+            with fake_mode:
+                norm.meta["val"] = norm.target(*torch.fx.node.map_arg(norm.args, lambda a: a.meta["val"]),
+                                               **torch.fx.node.map_arg(norm.kwargs, lambda a: a.meta["val"]))
+        if name is not None:
+            registry.restate(graph, name, suffix="int8 out only" if only else "int8 out")
     return made
 
 

@@ -202,6 +202,15 @@ def test_kernel_int8_hook():
     assert scale[3] == 0 and scale[5].isnan() and scale[9].isnan() and scale[[0, 4, 6]].gt(0).all()
     assert K.quant_out_unsupported(x) is None
     assert "too long" in K.quant_out_unsupported(fresh(1, 20000, dtype=torch.float16))
+    # y not written (only its int8 rows are read): the same int8 rows, scales and sum, y empty
+    _, h, _, _, q, scale = torch.ops.tritonfuse.norm_residual(x, r, w, None, 1e-6, "rms", True, True, False, True)
+    y2, h2, _, _, q2, scale2 = torch.ops.tritonfuse.norm_residual(x, r, w, None, 1e-6, "rms", True, True, False, True,
+                                                                  write_y=False)
+    assert y2.numel() == 0 and torch.equal(q2, q)
+    for got, want in ((h2, h), (scale2, scale)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    with pytest.raises(ValueError, match="needs quant_out"):
+        torch.ops.tritonfuse.norm_residual(x, r, w, None, 1e-6, "rms", True, True, False, False, write_y=False)
 
 
 def test_kernel_unsupported_reasons():
@@ -537,7 +546,8 @@ class _NormThenGemms(torch.nn.Module):
     """A norm whose output W8A8 GEMMs read. ``post``: BERT's add + LayerNorm -> Q, K, V (rows 64 wide: x
     quantized in ATen ops for Inductor to fuse into the norm). ``pre``: Llama's add + RMSNorm -> q, k, v, then
     RMSNorm -> gated MLP. ``permute``: ViT's attention input, the rows read through ``clone(permute(y))``.
-    ``not rows``: the GEMM reads the norm's output transposed (its rows are not the norm's rows)."""
+    ``not rows``: the GEMM reads the norm's output transposed (its rows are not the norm's rows). ``also
+    float``: ``post`` with the norm's output read in float too."""
 
     def __init__(self, form, d=64):
         super().__init__()
@@ -560,12 +570,15 @@ class _NormThenGemms(torch.nn.Module):
         a = self.q(y)[..., :16] * self.k(y) + self.v(y)
         if self.form == "post":
             return a
+        if self.form == "also float":
+            return a + y[..., :16]
         h = h + a.sum(-1, keepdim=True)
         z = self.n2(h)
         return h + self.dn(F.silu(self.g(z)) * self.u(z))
 
 
-@pytest.mark.parametrize("case", ["post", "pre", "pre, row kernel", "permute", "not rows", "too long", "off", "llama"])
+@pytest.mark.parametrize("case", ["post", "pre", "pre, row kernel", "permute", "not rows", "too long", "off", "llama",
+                                  "also float"])
 def test_int8_norm_quantizes_what_its_gemms_read(case, monkeypatch, no_compile_cache):
     # W8A8 GEMMs reading a norm op call's output: the norm's kernel writes the int8 rows and row scales too
     # (quant_out) and the GEMMs read them, where they quantized that output themselves (the row kernel, Llama's
@@ -600,16 +613,20 @@ def test_int8_norm_quantizes_what_its_gemms_read(case, monkeypatch, no_compile_c
 
     out, code = compiled()
     # (llama: q, k, v, o_proj, the gated MLP and down_proj, 6 sites a layer)
-    gemms = {"post": 3, "pre": 5, "permute": 1, "not rows": 1, "llama": 2 * 6}[form]
-    norms = {"post": 1, "pre": 2, "permute": 1, "not rows": 1, "llama": 2 * 2 + 1}[form]
+    gemms = {"post": 3, "pre": 5, "permute": 1, "not rows": 1, "llama": 2 * 6, "also float": 3}[form]
+    norms = {"post": 1, "pre": 2, "permute": 1, "not rows": 1, "llama": 2 * 2 + 1, "also float": 1}[form]
     hooked_norms = norms if hooked_norms is None else hooked_norms
     counts = tritonfuse.counters()
     assert counts["linear_act"] == {"matched": gemms, "replaced": gemms, "fallback": 0}, tritonfuse.report()
     assert counts["norm_residual"] == {"matched": norms, "replaced": norms, "fallback": 0}, tritonfuse.report()
     hooked = case not in ("not rows", "too long", "off")
     norm_kernels = [s.kernel for s in tritonfuse.sites() if s.family == "norm_residual"]
-    assert sum(k.endswith(",int8 out]") for k in norm_kernels) == (hooked_norms if hooked else 0), norm_kernels
-    assert code.count("False, True, eps_tensor=None)") == (hooked_norms if hooked else 0), code  # (quant_out=True)
+    assert sum(",int8 out" in k for k in norm_kernels) == (hooked_norms if hooked else 0), norm_kernels
+    assert code.count("False, True, eps_tensor=None") == (hooked_norms if hooked else 0), code  # (quant_out=True)
+    # y stored only where something reads it in float (nothing but the GEMMs read it in these models, but one)
+    y_dropped = hooked_norms if hooked and form != "also float" else 0
+    assert code.count("write_y=False") == y_dropped, code
+    assert sum(k.endswith(",int8 out only]") for k in norm_kernels) == y_dropped, norm_kernels
     if hooked:
         # (Llama's o_proj quantizes the attention's output in its op)
         assert "int8_quant_rows" not in code and "int8_gated_mlp.default(" not in code
@@ -626,7 +643,7 @@ def test_int8_norm_quantizes_what_its_gemms_read(case, monkeypatch, no_compile_c
     if hooked:
         monkeypatch.setattr(LP, "FUSED_QUANT_MAX_K", 0)
     off, code_off = compiled()
-    assert "False, True, eps_tensor=None)" not in code_off
+    assert "False, True, eps_tensor=None" not in code_off
     assert torch.equal(out, off)
     with torch.no_grad():
         import copy
@@ -647,7 +664,7 @@ def test_pass_switches_key_inductors_graph_cache(flag, tmp_path, monkeypatch):
 
     module, name = flag.split(".")
     mod = importlib.import_module(f"tritonfuse.patterns.{module}")
-    marker = {"QUANT_OUT": ",int8 out]", "SIBLINGS": ",siblings]"}[name]
+    marker = {"QUANT_OUT": ",int8 out", "SIBLINGS": ",siblings]"}[name]
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     torch.manual_seed(0)
     model = _NormThenGemms("pre").to(torch.bfloat16).eval()

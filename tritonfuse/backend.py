@@ -332,7 +332,8 @@ class TritonfusePasses(CustomGraphPass):
                     step(graph)
                 except Exception as e:
                     _pass_failed(f"the {what} pass", e, "int8 GEMMs quantize their inputs themselves")
-        if registry.pending_replacements() and config.quant == "int8" and {"linear_act", "norm_residual"} <= set(self.families):
+        if registry.pending_replacements() and config.quant == "int8" \
+                and {"linear_act", "norm_residual"} <= set(self.families):
             from tritonfuse.patterns.norm_residual import quant_out_pass
 
             try:  # the norms' kernels quantize their outputs for the W8A8 GEMMs reading them
