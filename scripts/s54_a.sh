@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # prepared in the 53rd session for the next device call (about 420 s): the same-run A/B of quant_out_pass (the
-# norm op writing the int8 rows its W8A8 GEMMs read) on llama-1b-prefill int8 from CUDA graphs. The 53rd
+# norm op writing the int8 rows its W8A8 GEMMs read, and no float y where only they read it: 92acbb7) on
+# llama-1b-prefill int8 from CUDA graphs. The 53rd
 # session's "off" runs were served the "on" graphs from Inductor's cache (QUANT_OUT was not in its key,
 # 760194c); across sessions llama's ratio to Inductor went from 1.54x to 1.58x. Then the quant_out tests (2 of
 # 8 not rerun on the GPU after 9c3cb54) and the cache-key test
