@@ -500,7 +500,7 @@ MEMO_SCRIPT = HOPPER + textwrap.dedent(
                   M=M, N=N, R_ROWS=M, eps=eps, eps_ptr=t(torch.float32),
                   stride_xm=N, stride_rm=N, stride_om=N, stride_sm=N, stride_qm=N,
                   EPS_PTR=False, HAS_RES=True, HAS_W=True, HAS_B=True, IS_RMS=False, WRITE_SUM=True,
-                  WRITE_STATS=False, CAST_BEFORE_WEIGHT=False, QUANT_OUT=False, RTNE_BF16=False,
+                  WRITE_STATS=False, CAST_BEFORE_WEIGHT=False, QUANT_OUT=False, RTNE_BF16=False, WRITE_Y=True,
                   BLOCK_M=4, BLOCK_N=128, SINGLE=True)
         kw.update(flags)
         return kw
@@ -513,6 +513,7 @@ MEMO_SCRIPT = HOPPER + textwrap.dedent(
         ("WRITE_SUM off (a constexpr)", args(WRITE_SUM=False)),
         ("stats written (a constexpr)", args(WRITE_STATS=True)),
         ("BLOCK_N=64 (a constexpr int)", args(BLOCK_N=64)),
+        ("int8 rows only, y not written (constexprs)", args(QUANT_OUT=True, WRITE_Y=False)),
     ]
     out = []
     for label, kw in calls:
@@ -554,6 +555,8 @@ def test_the_write_analysis_is_looked_up_only_where_it_cannot_differ(tmp_path):
     rows = {label: (hit, got, want) for label, hit, got, want in json.loads(proc.stdout.strip().splitlines()[-1])}
     for label, (hit, got, want) in rows.items():
         assert got == want, (label, got, want)
-    assert [hit for hit, _, _ in rows.values()] == [False, True, False, False, False, False, False], rows
+    assert [hit for hit, _, _ in rows.values()] == [False, True, False, False, False, False, False, False], rows
     first, no_sum, stats = (rows[k][1] for k in ("first", "WRITE_SUM off (a constexpr)", "stats written (a constexpr)"))
     assert "s_ptr" in first and "s_ptr" not in no_sum and "mean_ptr" in stats and "mean_ptr" not in first
+    int8_only = rows["int8 rows only, y not written (constexprs)"][1]
+    assert "out_ptr" in first and "out_ptr" not in int8_only and "q_ptr" in int8_only and "q_ptr" not in first
