@@ -330,8 +330,6 @@ def _graph_quant_root(xq, xs) -> Optional[torch.fx.Node]:
     linear_act's W8A8 sites compute them for Inductor to fuse into a norm's kernel), else None. Compared node
     by node with that function traced at x's shape, constants equal by value: share_quant_pass merges equal
     constants (one ``full`` of zeros read twice), which a pattern traced from the function would miss."""
-    from tritonfuse.kernels.int8 import quant_rows_ref
-
     if not isinstance(xq, torch.fx.Node) or not isinstance(xs, torch.fx.Node) \
             or xq.target != torch.ops.prims.convert_element_type.default or xq.args[1] != torch.int8:
         return None
@@ -356,12 +354,21 @@ def _graph_quant_root(xq, xs) -> Optional[torch.fx.Node]:
     val = x.meta.get("val")
     if not isinstance(val, torch.Tensor) or val.dim() != 2 or not all(isinstance(d, int) for d in val.shape):
         return None
-    gm = trace_pattern(quant_rows_ref, [torch.empty(val.shape, dtype=val.dtype, device="meta")])
-    ph = next(n for n in gm.graph.nodes if n.op == "placeholder")
-    out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
-    if _dag_key(out[0], ph) != _dag_key(xq, x) or _dag_key(out[1], ph) != _dag_key(xs, x):
+    if _quant_ref_keys(tuple(val.shape), val.dtype) != (_dag_key(xq, x), _dag_key(xs, x)):
         return None
     return x
+
+
+@functools.lru_cache(maxsize=64)
+def _quant_ref_keys(shape: tuple, dtype: torch.dtype) -> tuple:
+    # the _dag_keys of kernels.int8.quant_rows_ref's two outputs traced at rows of this shape and dtype: traced
+    # once per shape (every layer of a model quantizes rows of the same shape), the keys hold values only
+    from tritonfuse.kernels.int8 import quant_rows_ref
+
+    gm = trace_pattern(quant_rows_ref, [torch.empty(shape, dtype=dtype, device="meta")])
+    ph = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    return _dag_key(out[0], ph), _dag_key(out[1], ph)
 
 
 def _dag_key(node, root, memo=None):
