@@ -453,9 +453,15 @@ def _replay(graph: torch.fx.Graph, src: torch.fx.Node, path: list, scale: bool, 
 
 def _node(graph, target, args, fake_mode, kwargs=None) -> torch.fx.Node:
     n = graph.call_function(target, args, kwargs or {})
-    with fake_mode:
-        n.meta["val"] = target(*torch.fx.node.map_arg(args, lambda a: a.meta["val"]), **(kwargs or {}))
+    _refresh_val(n, fake_mode)
     return n
+
+
+def _refresh_val(n: torch.fx.Node, fake_mode) -> None:
+    # the node's example value from its arguments' (after a new node, or a changed argument)
+    with fake_mode:
+        n.meta["val"] = n.target(*torch.fx.node.map_arg(n.args, lambda a: a.meta["val"]),
+                                 **torch.fx.node.map_arg(n.kwargs, lambda a: a.meta["val"]))
 
 
 def _readers(norm: torch.fx.Node) -> list:
@@ -541,9 +547,7 @@ def quant_out_pass(graph: torch.fx.Graph) -> int:
                 return made
         # the call writes the int8 rows too (its other outputs unchanged): valid before any reader moves
         norm.update_arg(9, True)
-        with fake_mode:
-            norm.meta["val"] = norm.target(*torch.fx.node.map_arg(norm.args, lambda a: a.meta["val"]),
-                                           **torch.fx.node.map_arg(norm.kwargs, lambda a: a.meta["val"]))
+        _refresh_val(norm, fake_mode)
         with graph.inserting_after(norm):
             q = _node(graph, operator.getitem, (norm, 4), fake_mode)
         with graph.inserting_after(q):
@@ -557,7 +561,7 @@ def quant_out_pass(graph: torch.fx.Graph) -> int:
                 for u in list(reader.users):
                     if u.target == operator.getitem:
                         _replace(graph, u, (xq, xs)[u.args[1]], keep=())
-                        sites.update(_sites_reading(ops, (xq, xs)))
+                sites.update(_sites_reading(ops, (xq, xs)))
                 if not reader.users:
                     graph.erase_node(reader)
                 continue
@@ -602,9 +606,7 @@ def quant_out_pass(graph: torch.fx.Graph) -> int:
             for u in y:
                 graph.erase_node(u)
             norm.update_kwarg("write_y", False)
-            with fake_mode:
-                norm.meta["val"] = norm.target(*torch.fx.node.map_arg(norm.args, lambda a: a.meta["val"]),
-                                               **torch.fx.node.map_arg(norm.kwargs, lambda a: a.meta["val"]))
+            _refresh_val(norm, fake_mode)
         if name is not None:
             registry.restate(graph, name, suffix="int8 out only" if only else "int8 out")
     return made
