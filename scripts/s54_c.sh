@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# 54th session: where vit_b_16's and bert-base's int8 forwards spend their GPU time now (issue 7's 4.4 and
+# 5.0 ms), each beside Inductor's in the same process, with the sites as CUDA graphs choose them
+set -u
+source "$(dirname "$0")/device_head.sh"
+stamp() { echo "=== $(date +%T) $*" >> "$OUT/a.log"; }
+for m in vit_b_16 bert-base; do
+  stamp "profile $m inductor, tritonfuse-int8 (graph-mode choices)"
+  TRITONFUSE_CUDA_GRAPHS=1 TRITONFUSE_MEASURE_BUDGET_S=inf timeout 230 $PY scripts/profile_model.py \
+    --model $m --modes inductor,tritonfuse-int8 --code /tmp/code-$m 2>&1 | grep -v "Warn\|warn" > "$OUT/profile-$m.txt"
+done
+stamp done
