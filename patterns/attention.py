@@ -1141,3 +1141,248 @@ def pattern_pass() -> PatternMatcherPass:
                 pattern = gen_pattern(search, args, trace_pattern, scalar_workaround={"scale": 0.1234})
                 register_graph_pattern(pattern, pass_dict=pm)(_make_handwritten_handler(scale_op, "none"))
     return pm
+
+
+# --- attention inputs read in place --------------------------------------------------------------------
+
+STRIDED_INPUTS = True  # module switch (A/B scripts); part of the graph-cache key (backend._pass_flags)
+
+_VIEW_OPS = frozenset(
+    op for op in (
+        aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.permute.default,
+        aten.transpose.int, aten.t.default, aten.select.int, aten.squeeze.default, aten.squeeze.dim,
+        getattr(aten.squeeze, "dims", None), aten.unsqueeze.default, aten.slice.Tensor, aten.expand.default,
+        aten.alias.default,
+    ) if op is not None
+)
+
+
+def _attention_input_ops() -> tuple:
+    """The inference attention ops whose q, k and v (arguments 0-2) may be any strided views with a dense last
+    dimension: ours (the kernels take every stride) and SDPA's (Inductor copies an input whose strides the
+    fused kernels cannot take, ``sdpa_constraint``)."""
+    ours = tuple(getattr(torch.ops.tritonfuse, name).default for name in ("attention", "attention_causal_padded")
+                 if hasattr(torch.ops.tritonfuse, name))
+    return ours + SDPA_OPS
+
+
+def _view_top(node):
+    # the first node above ``node`` that is not a view op (``node`` itself if it is none)
+    while isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target in _VIEW_OPS:
+        node = node.args[0]
+    return node
+
+
+_GEMMS = (aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default)
+
+
+def _fixed_layout(x) -> bool:
+    """A node whose output Inductor lays out as its example value says: a GEMM's or an op call's (ours; or one
+    of their outputs). A pointwise node's layout Inductor may still choose, and a graph input's values a
+    mutation may change before the attention reads them."""
+    if isinstance(x, torch.fx.Node) and x.target is operator.getitem:
+        x = x.args[0]
+    return (isinstance(x, torch.fx.Node) and x.op == "call_function"
+            and (x.target in _GEMMS or getattr(x.target, "namespace", None) == "tritonfuse"))
+
+
+def _bias_parts(add):
+    """``(gemm, reshape, bias)`` for ``add(reshape(gemm), bias)`` (the bias of a Linear on a 3-D input: a 2-D GEMM
+    whose output a reshape keeps in rows, then a broadcast add): a bias-less GEMM, ``mm`` or a W8A8 op without
+    activation, read by this add alone, and a 1-D bias of its dtype; else None."""
+    if not (isinstance(add, torch.fx.Node) and add.target == aten.add.Tensor and len(add.args) == 2
+            and not add.kwargs):
+        return None
+    for view, bias in (add.args, add.args[::-1]):
+        if not (isinstance(view, torch.fx.Node) and view.target in (aten.reshape.default, aten.view.default)
+                and isinstance(bias, torch.fx.Node) and len(view.users) == 1):
+            continue
+        gemm = view.args[0]
+        if not isinstance(gemm, torch.fx.Node) or len(gemm.users) != 1:
+            continue
+        g, b, out = _val(gemm), _val(bias), _val(add)
+        if (g is None or b is None or out is None or g.dim() != 2 or b.dim() != 1 or b.shape[0] != g.shape[1]
+                or out.shape[-1] != g.shape[1] or not (g.dtype == b.dtype == out.dtype) or not g.is_contiguous()):
+            continue
+        if gemm.target == aten.mm.default:
+            return gemm, view, bias
+        ops = torch.ops.tritonfuse
+        if (gemm.target in (ops.int8_linear.default, ops.int8_linear_prequant.default)
+                and gemm.args[-3] is None and gemm.args[-2] == "none" and not gemm.kwargs):
+            return gemm, view, bias
+    return None
+
+
+def _bias_foldable(x) -> bool:
+    return _bias_parts(x) is not None
+
+
+def _fold_bias(add: torch.fx.Node) -> torch.fx.Node:
+    """``add(reshape(gemm), bias)`` (``_bias_parts``) as the GEMM with the bias in its epilogue (``addmm``, or
+    the W8A8 op given ``b``), reshaped: one less pass over the output, which Inductor had fused into the copy
+    of q/k/v that ``strided_inputs_pass`` drops. Returns the new GEMM node."""
+    gemm, view, bias = _bias_parts(add)
+    graph = add.graph
+    with graph.inserting_before(add):
+        if gemm.target == aten.mm.default:
+            new = graph.call_function(aten.addmm.default, (bias, *gemm.args))
+        else:
+            args = list(gemm.args)
+            args[-3] = bias
+            new = graph.call_function(gemm.target, tuple(args))
+        new.meta = {**gemm.meta, "val": _fake_call(new, {})}
+        shaped = graph.call_function(view.target, (new, view.args[1]))
+        shaped.meta["val"] = _fake_call(shaped, {})
+    add.replace_all_uses_with(shaped)
+    for n in (add, view, gemm):
+        graph.erase_node(n)
+    _refresh_views(shaped)  # (views of the new output: the other inputs find it by their values' storage)
+    return new
+
+
+def _refresh_views(node: torch.fx.Node) -> None:
+    for user in node.users:
+        if user.target in _VIEW_OPS:
+            user.meta["val"] = _fake_call(user, {})
+            _refresh_views(user)
+
+
+def _static(t: torch.Tensor) -> bool:
+    return all(isinstance(d, int) for d in (*t.shape, *t.stride(), t.storage_offset()))
+
+
+def compose_strides(tshape, tstride, toff: int, fshape, fstride, foff: int):
+    """Where ``F`` (``fshape``/``fstride``/``foff``, a view of ``C``, a contiguous copy of ``T``) reads ``T``'s
+    storage: (strides, offset) such that ``as_strided(T's storage, fshape, strides, offset)`` holds ``F``'s
+    elements, or None where no strides do.
+
+    ``C``'s offsets are mixed-radix numbers whose digits are ``T``'s indices (size-1 dims dropped; adjacent
+    dims merged where ``T``'s strides make them one). ``F`` is strided in ``T`` when each of its dims steps
+    one digit by a whole multiple and no digit ever carries: then each digit, and so ``T``'s offset, is
+    affine in ``F``'s indices. (MultiheadAttention's packed q/k/v: ``[S, B, 3E]`` made ``[3, S, B, E]``
+    contiguous, each of q/k/v viewed as ``[B*H, S, D]`` then ``[B, H, S, D]``, are strided views of the
+    projection's output; its ``.contiguous()`` is a copy the attention need not read.)"""
+    digits = []  # [size, stride in T, stride in C], outermost first
+    numel = 1
+    for size in tshape:
+        numel *= size
+    cstride = numel
+    for size, ts in zip(tshape, tstride):
+        cstride //= size
+        if size == 1:
+            continue
+        if digits and digits[-1][1] == ts * size:  # the outer digit steps over this one whole in T too: merge
+            digits[-1] = [digits[-1][0] * size, ts, cstride]
+        else:
+            digits.append([size, ts, cstride])
+    if not 0 <= foff < max(numel, 1):
+        return None
+    base = [(foff // cs) % size for size, _, cs in digits]
+    reach = [0] * len(digits)
+    strides, span = [], 1
+    for n, s in zip(fshape, fstride):
+        if n == 1:
+            strides.append(None)  # any stride: given below
+            continue
+        if s == 0:  # (an expand)
+            strides.append(0)
+            continue
+        k = next((i for i, (size, _, cs) in enumerate(digits) if cs <= s < cs * size), None)
+        if k is None or s % digits[k][2]:
+            return None
+        m = s // digits[k][2]
+        reach[k] += m * (n - 1)
+        strides.append(m * digits[k][1])
+        span = max(span, strides[-1] * n)
+    if any(b + r >= d[0] for b, r, d in zip(base, reach, digits)):
+        return None
+    offset = toff + sum(b * d[1] for b, d in zip(base, digits))
+    return [span if s is None else s for s in strides], offset
+
+
+def _strided_source(node):
+    """``(x, strides, offset)`` for an attention input that is views of a contiguous copy (``clone``) of views
+    of ``x`` where ``as_strided(x, shape, strides, offset)`` holds the same elements (``compose_strides``),
+    else None. ``x`` is contiguous from offset 0 and laid out as its example value says (``_fixed_layout``)."""
+    clone = _view_top(node)
+    if not (isinstance(clone, torch.fx.Node) and clone.target == aten.clone.default):
+        return None
+    x = _view_top(clone.args[0])
+    if not (_fixed_layout(x) or _bias_foldable(x)):
+        return None
+    f, c, t, xv = _val(node), _val(clone), _val(clone.args[0]), _val(x)
+    if any(v is None or not _static(v) for v in (f, c, t, xv)) or f.dim() == 0 or f.stride(-1) != 1:
+        return None
+    if not (c.is_contiguous() and c.storage_offset() == 0 and xv.is_contiguous() and xv.storage_offset() == 0):
+        return None
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    def same_storage(a, b):
+        return StorageWeakRef(a.untyped_storage()) == StorageWeakRef(b.untyped_storage())
+
+    if not (same_storage(f, c) and same_storage(t, xv)):  # (a reshape that copied is no view)
+        return None
+    got = compose_strides(tuple(t.shape), t.stride(), t.storage_offset(), tuple(f.shape), f.stride(),
+                          f.storage_offset())
+    if got is None:
+        return None
+    if not _fixed_layout(x):
+        x = _fold_bias(x)
+    return x, *got
+
+
+def _erase_dead_views(node) -> None:
+    # the views and the copy an input was read through, once nothing reads them
+    while (isinstance(node, torch.fx.Node) and not node.users
+           and (node.target in _VIEW_OPS or node.target == aten.clone.default)):
+        up = node.args[0]
+        node.graph.erase_node(node)
+        node = up
+
+
+def strided_inputs_pass(graph: torch.fx.Graph) -> int:
+    """Inference attention ops read q, k and v where a copy (``clone``) reordered them only to view them
+    (MultiheadAttention's ``.contiguous()`` of its packed q/k/v projection): each such input becomes
+    ``as_strided`` of the copy's source (``_strided_source``), and the copy goes where nothing else reads it.
+    For SDPA's kernels Inductor realized the copy as one kernel per input (about 11 us each at vit_b_16's
+    12608 x 768 on the H200, three a layer). Returns the inputs rewritten."""
+    if not STRIDED_INPUTS or registry.training_graph():
+        return 0
+    ops = _attention_input_ops()
+    made = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in ops:
+            continue
+        sources = {i: src for i, arg in enumerate(node.args[:3]) for src in [_strided_source(arg)] if src is not None}
+        if not sources:
+            continue
+        views = {i: _val(x).as_strided(tuple(_val(node.args[i]).shape), strides, offset)
+                 for i, (x, strides, offset) in sources.items()}
+        val = _fake_call(node, views)  # (first: a node whose new example value cannot be had stays as it is)
+        old = []
+        for i, (x, strides, offset) in sources.items():
+            with graph.inserting_before(node):
+                view = graph.call_function(aten.as_strided.default,
+                                           (x, list(views[i].shape), list(strides), offset))
+            view.meta["val"] = views[i]
+            old.append(node.args[i])
+            node.update_arg(i, view)
+        node.meta["val"] = val
+        if isinstance(val, (tuple, list)):
+            for user in node.users:
+                if user.target is operator.getitem:
+                    user.meta["val"] = val[user.args[1]]
+        for arg in old:
+            _erase_dead_views(arg)
+        made += len(old)
+    return made
+
+
+def _fake_call(node: torch.fx.Node, replaced: dict):
+    # the node's example value with the example values of some positional arguments replaced
+    args = [replaced[i] if i in replaced else torch.fx.node.map_arg(a, lambda n: n.meta["val"])
+            for i, a in enumerate(node.args)]
+    kwargs = torch.fx.node.map_arg(node.kwargs, lambda a: a.meta["val"])
+    vals = [*replaced.values(), *(v for a in node.all_input_nodes for v in [_val(a)] if v is not None)]
+    with torch._guards.detect_fake_mode(vals):
+        return node.target(*args, **kwargs)

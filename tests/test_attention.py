@@ -1485,3 +1485,146 @@ def test_an_attention_probe_compiles_a_kernel_its_sites_compile_too(monkeypatch)
     monkeypatch.setattr(registry, "_failed", {})  # (run again though another test probed it)
     assert K.probe("cuda", torch.float16, 64, "float16", False, False) is None
     assert compiled_keys(kernel) == site
+
+
+class _AttentionInputs(GraphOps):
+    """Run after tritonfuse's passes: for each attention op (ours or SDPA's), the ops its q, k and v come
+    from, through views (``as_strided`` counted as a view only at the top)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inputs = []
+
+    def __call__(self, graph):
+        from tritonfuse.patterns import attention as P
+
+        ops = P._attention_input_ops()
+        for n in graph.nodes:
+            if n.op == "call_function" and n.target in ops:
+                self.inputs.append([self._chain(a) for a in n.args[:3]])
+
+    @staticmethod
+    def _chain(node):
+        from tritonfuse.patterns import attention as P
+
+        chain = [str(node.target)]
+        if node.target != torch.ops.aten.as_strided.default:
+            node = P._view_top(node)
+            chain.append(str(node.target))
+        else:
+            chain.append(str(node.args[0].target))
+        return chain
+
+
+class _MHA(torch.nn.Module):
+    # torchvision ViT's attention: batch-first MultiheadAttention over one packed in-projection with bias
+    def __init__(self, e=64, heads=4):
+        super().__init__()
+        self.attn = torch.nn.MultiheadAttention(e, heads, batch_first=True)
+
+    def forward(self, x):
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+class _PackedQKV(torch.nn.Module):
+    # the same reshapes and copy of q/k/v, packed from a projection (or the input itself) and viewed back
+    def __init__(self, e=64, heads=4, project=True, undo=True):
+        super().__init__()
+        self.heads, self.undo = heads, undo
+        self.proj = torch.nn.Linear(e, 3 * e, bias=False) if project else None
+
+    def forward(self, x):
+        S, B, E = x.shape[0], x.shape[1], x.shape[2] // (1 if self.proj is not None else 3)
+        H, D = self.heads, E // self.heads
+        p = self.proj(x) if self.proj is not None else x
+        p = p.unflatten(-1, (3, E)).unsqueeze(0).transpose(0, -2).squeeze(-2).contiguous()
+        if self.undo:  # MultiheadAttention's views: each of q/k/v [S, B*H, D] -> [B, H, S, D]
+            q, k, v = (t.view(S, B * H, D).transpose(0, 1).view(B, H, S, D) for t in p)
+        else:  # views that reorder the copy's elements: no strides of the projection give them
+            q, k, v = (t.view(H, B, S, D).transpose(0, 1) for t in p)
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+@pytest.mark.parametrize("case", ["mha", "mha-sdpa", "mha-int8", "input", "reordered", "off"])
+def test_attention_reads_packed_qkv_without_their_copy(case, device, monkeypatch, no_compile_cache):
+    # MultiheadAttention copies its packed q/k/v projection (.contiguous()) only to view each as [B, H, S, D];
+    # Inductor fused the projection's bias add into that copy, one kernel per input on the GPU. The attention
+    # op (ours, or SDPA left to Inductor) reads them as strided views of the projection instead, the bias
+    # folded into the GEMM (addmm, or the W8A8 op's epilogue). Not where the copy's source is a graph input
+    # (a mutation could change it before the read), nor where the views reorder the copy's elements, nor with
+    # the pass off. Outputs as eager's either way
+    from tritonfuse.patterns import attention as P
+
+    torch.manual_seed(0)
+    dtype = torch.float16
+    if case == "mha-sdpa":
+        monkeypatch.setattr(K, "probe", lambda *a, **k: "left to SDPA (test)")
+    if case == "off":
+        monkeypatch.setattr(P, "STRIDED_INPUTS", False)
+    model = (_PackedQKV(project=case != "input", undo=case != "reordered") if case in ("input", "reordered")
+             else _MHA()).eval().to(device=device, dtype=dtype)
+    x = fresh(5, 3, 64 * (3 if case == "input" else 1), dtype=dtype, device=device)
+    if case == "input":
+        x = x.transpose(0, 1)  # (the model reads [S, B, 3E]: here a non-contiguous graph input)
+    seen = _AttentionInputs()
+    with torch.no_grad(), config.patch(patterns="attention,linear_act", quant="int8" if case == "mha-int8" else "none"):
+        out = torch.compile(model, backend="tritonfuse", options={"post_grad_custom_pre_pass": seen})(x)
+        ref = model(x)
+    served = 0 if case == "mha-sdpa" else 1
+    assert tritonfuse.counters()["attention"] == _counts(1, served, 1 - served), tritonfuse.sites()
+    assert len(seen.inputs) == 1, seen.inputs
+    gemm = {"mha": "aten.addmm.default", "mha-sdpa": "aten.addmm.default",
+            "mha-int8": "tritonfuse.int8_linear.default"}.get(case)
+    if gemm is not None:  # all three read as strided views of one GEMM with the bias folded in
+        assert seen.inputs[0] == [["aten.as_strided.default", gemm]] * 3, seen.inputs
+        assert "aten.mm.default" not in seen.ops and "aten.clone.default" not in seen.ops, seen.ops
+    else:
+        assert all(chain[-1] == "aten.clone.default" for chain in seen.inputs[0]), seen.inputs
+    tol = 3e-2 if case == "mha-int8" else 2e-3
+    torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
+
+
+def test_compose_strides_against_as_strided():
+    # every answer compose_strides gives holds the same elements as the views of the copy; the packed q/k/v
+    # of MultiheadAttention get one; a view merging a transposed copy's dims gets none
+    import random
+
+    from tritonfuse.patterns.attention import compose_strides
+
+    def composed(x, t, f):
+        got = compose_strides(tuple(t.shape), t.stride(), t.storage_offset(), tuple(f.shape), f.stride(),
+                              f.storage_offset())
+        if got is not None:
+            assert torch.equal(x.as_strided(tuple(f.shape), *got), f), (t.shape, f.shape, f.stride(), got)
+        return got
+
+    S, B, E, H = 7, 3, 12, 2
+    x = torch.randn(S * B, 3 * E)
+    t = x.view(S, B, 3 * E).unflatten(-1, (3, E)).unsqueeze(0).transpose(0, -2).squeeze(-2)
+    c = t.clone(memory_format=torch.contiguous_format)
+    for i in range(3):
+        f = c[i].view(S, B * H, E // H).transpose(0, 1).view(B, H, S, E // H)
+        assert composed(x, t, f) == ([3 * E, E // H, B * 3 * E, 1], i * E)
+    x = torch.randn(6, 4)
+    assert composed(x, x.t(), x.t().clone(memory_format=torch.contiguous_format).view(24)) is None
+    random.seed(0)
+    answered = 0
+    for _ in range(2000):
+        x = torch.randn(*[random.choice([1, 2, 3, 4]) for _ in range(random.randint(1, 4))])
+        t = x.permute(*random.sample(range(x.dim()), x.dim()))
+        if t.shape[0] > 1 and random.random() < 0.5:
+            t = t[1:]
+        f = t.clone(memory_format=torch.contiguous_format).reshape(-1)
+        dims, m = [], f.numel()
+        while m > 1:
+            d = random.choice([q for q in range(2, m + 1) if m % q == 0])
+            dims.append(d)
+            m //= d
+        f = f.view(*dims or [1])
+        f = f.permute(*random.sample(range(f.dim()), f.dim()))
+        if f.dim() > 1 and random.random() < 0.5:
+            f = f.select(0, random.randrange(f.shape[0]))
+        if f.dim() and f.shape[-1] > 1 and random.random() < 0.3:
+            f = f[..., ::2]
+        answered += composed(x, t, f) is not None
+    assert 1000 < answered < 2000  # (most views are strided; some are not)

@@ -353,6 +353,13 @@ class TritonfusePasses(CustomGraphPass):
                 int8_constants_pass(graph)
             except Exception as e:  # the int8 sites keep their ops, which look their weights up at run time
                 _pass_failed("int8 weights as constants", e, "the int8 ops quantize their weights at run time")
+        if "attention" in self.families:
+            try:  # attention ops read q/k/v through no copy that only reordered them
+                from tritonfuse.patterns.attention import strided_inputs_pass
+
+                strided_inputs_pass(graph)
+            except Exception as e:
+                _pass_failed("the attention input pass", e, "attention ops read their inputs' copies")
         if registry.pending_replacements() or _calls_ours(graph):
             from . import inline
 
@@ -411,17 +418,17 @@ def _settings_hash() -> str:
 
 def _pass_flags() -> tuple:
     # module switches the probes and the A/B scripts turn (patterns.linear_act.QLOAD, SHARE_QUANT, SIBLINGS,
-    # FUSED_QUANT_MAX_K; patterns.norm_residual.QUANT_OUT): another setting, another graph. (Without SIBLINGS
+    # FUSED_QUANT_MAX_K; patterns.norm_residual.QUANT_OUT; patterns.attention.STRIDED_INPUTS): another setting, another graph. (Without SIBLINGS
     # and QUANT_OUT here, scripts/siblings_ab.py's and quant_out_ab.py's "off" runs were served the "on" runs'
     # graphs from Inductor's cache: 51st and 53rd sessions)
     linear_act = _linear_act()
     flags = () if linear_act is None else (linear_act.QLOAD, linear_act.SHARE_QUANT, linear_act.SIBLINGS,
                                            linear_act.FUSED_QUANT_MAX_K)
     try:
-        from tritonfuse.patterns import norm_residual
+        from tritonfuse.patterns import attention, norm_residual
     except Exception:  # noqa: BLE001 - a broken patterns module: its pass reports it
         return flags
-    return (*flags, norm_residual.QUANT_OUT)
+    return (*flags, norm_residual.QUANT_OUT, attention.STRIDED_INPUTS)
 
 
 # A graph whose compile ran out of timing budget holds Inductor's path at the sites it did not measure, and
