@@ -1628,3 +1628,27 @@ def test_compose_strides_against_as_strided():
             f = f[..., ::2]
         answered += composed(x, t, f) is not None
     assert 1000 < answered < 2000  # (most views are strided; some are not)
+
+
+def test_strided_inputs_switch_keys_the_graph_cache(tmp_path, monkeypatch):
+    # STRIDED_INPUTS (the A/B scripts turn it) is part of Inductor's graph-cache key: with it off, a compile is
+    # not served the graph compiled with it on (there the in-projection's bias is in an addmm too)
+    import torch._functorch.config as fconfig
+    import torch._inductor.config as iconfig
+    from torch._inductor.utils import run_and_get_code
+
+    from tritonfuse.patterns import attention as P
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    model = _MHA().eval()
+    x = fresh(5, 3, 64, seed=54)
+    for on in (True, False, True):
+        monkeypatch.setattr(P, "STRIDED_INPUTS", on)
+        tritonfuse.reset()
+        torch._dynamo.reset()
+        with torch.no_grad(), config.patch(patterns="attention"), iconfig.patch(fx_graph_cache=True), \
+                fconfig.patch(enable_autograd_cache=True):
+            _, code = run_and_get_code(torch.compile(model, backend="tritonfuse"), x)
+        # (the out-projection's is an addmm either way)
+        assert "".join(code).count("extern_kernels.addmm(") == (2 if on else 1), on
