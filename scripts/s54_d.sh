@@ -2,11 +2,11 @@
 # 54th session: strided_inputs_pass's same-run A/B on vit_b_16 from CUDA graphs (MultiheadAttention's copy of
 # its packed q/k/v, with the in-projection's bias add Inductor fused into it: three kernels a layer, about 11 us
 # each on the H200), the GPU tests, and with LLAMA_CODE=1 llama-1b-prefill int8's output code (its 48 pointwise
-# kernels around attention). SETTINGS="on" runs the "on" side alone
+# kernels around attention). SETTINGS="on" runs the "on" side alone, SETTINGS="" neither
 set -u
 source "$(dirname "$0")/device_head.sh"
 stamp() { echo "=== $(date +%T) $*" >> "$OUT/a.log"; }
-for s in ${SETTINGS:-on off}; do
+for s in ${SETTINGS-on off}; do
   stamp "vit_b_16 strided inputs $s"
   TRITONFUSE_MEASURE_BUDGET_S=inf timeout $([ $s = on ] && echo 160 || echo 120) $PY scripts/pass_ab.py attention.STRIDED_INPUTS \
     attention.strided_inputs_pass $s bench --models vit_b_16 \
