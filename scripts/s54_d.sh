@@ -10,7 +10,7 @@ for s in ${SETTINGS-on off}; do
   stamp "vit_b_16 strided inputs $s"
   TRITONFUSE_MEASURE_BUDGET_S=inf timeout $([ $s = on ] && echo 160 || echo 120) $PY scripts/pass_ab.py attention.STRIDED_INPUTS \
     attention.strided_inputs_pass $s bench --models vit_b_16 \
-    --modes inductor,tritonfuse,tritonfuse-int8 --cuda-graphs --no-progress --out "$OUT/vit_b_16-$s.json" 2>&1 \
+    --modes ${MODES:-inductor,tritonfuse,tritonfuse-int8} --cuda-graphs --no-progress --out "$OUT/vit_b_16-$s.json" 2>&1 \
     | grep -v "Warn\|warn\|^  vit\|^left to\|^ms: the\|^$" | uniq -c >> "$OUT/a.log"
 done
 [ "${TESTS:-1}" = 1 ] && stamp "tests: packed q/k/v read in place, ViT, the CUDA attention counts" && timeout -s INT 90 $PY -m pytest -q -p no:cacheprovider -rf --tb=line tests/test_attention.py \
