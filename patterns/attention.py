@@ -1216,10 +1216,6 @@ def _bias_parts(add):
     return None
 
 
-def _bias_foldable(x) -> bool:
-    return _bias_parts(x) is not None
-
-
 def _fold_bias(add: torch.fx.Node) -> torch.fx.Node:
     """``add(reshape(gemm), bias)`` (``_bias_parts``) as the GEMM with the bias in its epilogue (``addmm``, or
     the W8A8 op given ``b``), reshaped: one less pass over the output, which Inductor had fused into the copy
@@ -1239,7 +1235,7 @@ def _fold_bias(add: torch.fx.Node) -> torch.fx.Node:
     add.replace_all_uses_with(shaped)
     for n in (add, view, gemm):
         graph.erase_node(n)
-    _refresh_views(shaped)  # (views of the new output: the other inputs find it by their values' storage)
+    _refresh_views(shaped)  # (views of the new output: another attention op's inputs find it by their storage)
     return new
 
 
@@ -1306,12 +1302,13 @@ def compose_strides(tshape, tstride, toff: int, fshape, fstride, foff: int):
 def _strided_source(node):
     """``(x, strides, offset)`` for an attention input that is views of a contiguous copy (``clone``) of views
     of ``x`` where ``as_strided(x, shape, strides, offset)`` holds the same elements (``compose_strides``),
-    else None. ``x`` is contiguous from offset 0 and laid out as its example value says (``_fixed_layout``)."""
+    else None. ``x`` is contiguous from offset 0 and laid out as its example value says (``_fixed_layout``),
+    or a bias add to fold into its GEMM first (``_bias_parts``)."""
     clone = _view_top(node)
     if not (isinstance(clone, torch.fx.Node) and clone.target == aten.clone.default):
         return None
     x = _view_top(clone.args[0])
-    if not (_fixed_layout(x) or _bias_foldable(x)):
+    if not (_fixed_layout(x) or _bias_parts(x) is not None):
         return None
     f, c, t, xv = _val(node), _val(clone), _val(clone.args[0]), _val(x)
     if any(v is None or not _static(v) for v in (f, c, t, xv)) or f.dim() == 0 or f.stride(-1) != 1:
@@ -1327,11 +1324,7 @@ def _strided_source(node):
         return None
     got = compose_strides(tuple(t.shape), t.stride(), t.storage_offset(), tuple(f.shape), f.stride(),
                           f.storage_offset())
-    if got is None:
-        return None
-    if not _fixed_layout(x):
-        x = _fold_bias(x)
-    return x, *got
+    return None if got is None else (x, *got)
 
 
 def _erase_dead_views(node) -> None:
@@ -1364,8 +1357,11 @@ def strided_inputs_pass(graph: torch.fx.Graph) -> int:
         views = {i: _val(x).as_strided(tuple(_val(node.args[i]).shape), strides, offset)
                  for i, (x, strides, offset) in sources.items()}
         val = _fake_call(node, views)  # (first: a node whose new example value cannot be had stays as it is)
+        folded = {}
         old = []
         for i, (x, strides, offset) in sources.items():
+            if not _fixed_layout(x):  # (the bias add all three inputs read: folded once)
+                x = folded[x] if x in folded else folded.setdefault(x, _fold_bias(x))
             with graph.inserting_before(node):
                 view = graph.call_function(aten.as_strided.default,
                                            (x, list(views[i].shape), list(strides), offset))
