@@ -1488,8 +1488,8 @@ def test_an_attention_probe_compiles_a_kernel_its_sites_compile_too(monkeypatch)
 
 
 class _AttentionInputs(GraphOps):
-    """Run after tritonfuse's passes: for each attention op (ours or SDPA's), the ops its q, k and v come
-    from, through views (``as_strided`` counted as a view only at the top)."""
+    """Run after tritonfuse's passes: for each attention op (ours or SDPA's), its q, k and v as (their op, the
+    op they view: an ``as_strided``'s argument, else the first non-view above them)."""
 
     def __init__(self):
         super().__init__()
@@ -1507,13 +1507,8 @@ class _AttentionInputs(GraphOps):
     def _chain(node):
         from tritonfuse.patterns import attention as P
 
-        chain = [str(node.target)]
-        if node.target != torch.ops.aten.as_strided.default:
-            node = P._view_top(node)
-            chain.append(str(node.target))
-        else:
-            chain.append(str(node.args[0].target))
-        return chain
+        top = node.args[0] if node.target == torch.ops.aten.as_strided.default else P._view_top(node)
+        return [str(node.target), str(top.target)]
 
 
 class _MHA(torch.nn.Module):
