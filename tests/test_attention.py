@@ -1675,6 +1675,7 @@ def test_strided_inputs_default_is_the_cpu_alone(monkeypatch):
     monkeypatch.setattr(P, "STRIDED_INPUTS", False)  # (the graph the probe copies keeps its copies)
     monkeypatch.setattr(K, "probe", lambda *a, **k: "left to SDPA (test)")
     with torch.no_grad(), config.patch(patterns="attention"):
-        torch.compile(_MHA().eval(), backend="tritonfuse", options={"post_grad_custom_pre_pass": Probe()})(
-            torch.randn(5, 3, 64))
+        # (on the CPU on a GPU machine too, whose tests default to CUDA tensors)
+        torch.compile(_MHA().eval().cpu(), backend="tritonfuse", options={"post_grad_custom_pre_pass": Probe()})(
+            torch.randn(5, 3, 64, device="cpu"))
     assert counts == {"cpu": 3, "cuda": 0}, counts
