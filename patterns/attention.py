@@ -60,7 +60,7 @@ from torch.fx.operator_schemas import normalize_function
 
 from tritonfuse import registry
 from tritonfuse.kernels import attention as K
-from tritonfuse.patterns.common import hinted_sizes, trace_pattern
+from tritonfuse.patterns.common import fake_value, hinted_sizes, trace_pattern
 
 FAMILY = "attention"
 aten = torch.ops.aten
@@ -1229,9 +1229,9 @@ def _fold_bias(add: torch.fx.Node) -> torch.fx.Node:
             args = list(gemm.args)
             args[-3] = bias
             new = graph.call_function(gemm.target, tuple(args))
-        new.meta = {**gemm.meta, "val": _fake_call(new, {})}
+        new.meta = {**gemm.meta, "val": fake_value(new)}
         shaped = graph.call_function(view.target, (new, view.args[1]))
-        shaped.meta["val"] = _fake_call(shaped, {})
+        shaped.meta["val"] = fake_value(shaped)
     add.replace_all_uses_with(shaped)
     for n in (add, view, gemm):
         graph.erase_node(n)
@@ -1242,7 +1242,7 @@ def _fold_bias(add: torch.fx.Node) -> torch.fx.Node:
 def _refresh_views(node: torch.fx.Node) -> None:
     for user in node.users:
         if user.target in _VIEW_OPS:
-            user.meta["val"] = _fake_call(user, {})
+            user.meta["val"] = fake_value(user)
             _refresh_views(user)
 
 
@@ -1356,7 +1356,7 @@ def strided_inputs_pass(graph: torch.fx.Graph) -> int:
             continue
         views = {i: _val(x).as_strided(tuple(_val(node.args[i]).shape), strides, offset)
                  for i, (x, strides, offset) in sources.items()}
-        val = _fake_call(node, views)  # (first: a node whose new example value cannot be had stays as it is)
+        val = fake_value(node, views)  # (first: a node whose new example value cannot be had stays as it is)
         folded = {}
         old = []
         for i, (x, strides, offset) in sources.items():
@@ -1377,13 +1377,3 @@ def strided_inputs_pass(graph: torch.fx.Graph) -> int:
             _erase_dead_views(arg)
         made += len(old)
     return made
-
-
-def _fake_call(node: torch.fx.Node, replaced: dict):
-    # the node's example value with the example values of some positional arguments replaced
-    args = [replaced[i] if i in replaced else torch.fx.node.map_arg(a, lambda n: n.meta["val"])
-            for i, a in enumerate(node.args)]
-    kwargs = torch.fx.node.map_arg(node.kwargs, lambda a: a.meta["val"])
-    vals = [*replaced.values(), *(v for a in node.all_input_nodes for v in [_val(a)] if v is not None)]
-    with torch._guards.detect_fake_mode(vals):
-        return node.target(*args, **kwargs)

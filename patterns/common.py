@@ -180,6 +180,24 @@ def _fresh_copy(gm: torch.fx.GraphModule, args) -> torch.fx.GraphModule:
     return copy
 
 
+def fake_value(node: torch.fx.Node, replaced: Optional[dict] = None, fake_mode=None):
+    """``node``'s example value computed from its arguments' (after a pass made the node or changed an
+    argument), with the example values of some positional arguments replaced (``replaced``: index -> value,
+    to ask what a change would give before making it). ``fake_mode``: the graph's, else found from the
+    values."""
+    replaced = replaced or {}
+    args = [replaced[i] if i in replaced else torch.fx.node.map_arg(a, lambda n: n.meta["val"])
+            for i, a in enumerate(node.args)]
+    kwargs = torch.fx.node.map_arg(node.kwargs, lambda a: a.meta["val"])
+    if fake_mode is None:
+        from torch._guards import detect_fake_mode
+
+        fake_mode = detect_fake_mode([*replaced.values(),
+                                      *(n.meta.get("val") for n in node.all_input_nodes)])
+    with fake_mode:
+        return node.target(*args, **kwargs)
+
+
 def hinted_sizes(t: torch.Tensor) -> Optional[list]:
     """The sizes of a (possibly symbolic) fake tensor, each symbol at its example value, read without adding
     guards to a graph already traced; None when a size has no example value (data-dependent)."""

@@ -41,7 +41,7 @@ from torch._inductor.pattern_matcher import Match, PatternMatcherPass, register_
 
 from tritonfuse import registry
 from tritonfuse.kernels import norm_residual as K
-from tritonfuse.patterns.common import arg_val, hinted, memo_trace, search_only, trace_pattern
+from tritonfuse.patterns.common import arg_val, fake_value, hinted, memo_trace, search_only, trace_pattern
 
 FAMILY = "norm_residual"
 _EPS = 2.0 ** -9  # placeholder traced for eps: exact in every float dtype, unlike any other constant here
@@ -459,9 +459,7 @@ def _node(graph, target, args, fake_mode, kwargs=None) -> torch.fx.Node:
 
 def _refresh_val(n: torch.fx.Node, fake_mode) -> None:
     # the node's example value from its arguments' (after a new node, or a changed argument)
-    with fake_mode:
-        n.meta["val"] = n.target(*torch.fx.node.map_arg(n.args, lambda a: a.meta["val"]),
-                                 **torch.fx.node.map_arg(n.kwargs, lambda a: a.meta["val"]))
+    n.meta["val"] = fake_value(n, fake_mode=fake_mode)
 
 
 def _readers(norm: torch.fx.Node) -> list:
