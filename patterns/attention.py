@@ -1377,3 +1377,70 @@ def strided_inputs_pass(graph: torch.fx.Graph) -> int:
             _erase_dead_views(arg)
         made += len(old)
     return made
+
+
+# --- position tables stored once -----------------------------------------------------------------------
+
+# module switch (the A/B scripts; part of the graph-cache key, backend._pass_flags)
+TABLES = True
+# a table's reader has at least this many times its elements (it reads the table broadcast)
+TABLE_FACTOR = 8
+# elements its readers would compute the table's values for, at the least, to be worth a kernel of its own
+TABLE_MIN_READS = 1 << 20
+_TABLE_OPS = (aten.cos.default, aten.sin.default)
+
+
+def _numel(node) -> Optional[int]:
+    v = _val(node)
+    if v is None or any(isinstance(s, torch.SymInt) for s in v.shape):
+        return None
+    return v.numel()
+
+
+def tables_pass(graph: torch.fx.Graph) -> int:
+    """Position tables computed once in a model and read broadcast by much larger tensors get stored once.
+
+    HF's rotary embedding computes ``cos`` and ``sin`` of [1, S, D] once, and every layer's q and k
+    ([B, H, S, D]) multiply by them. Inductor inlines such a pointwise table into each reader, so every
+    element of q and k computes its own cos and sin. Those are libdevice calls with a range reduction.
+
+    Seen on the H100 (54th session's profile, llama-1b-prefill int8): the RoPE kernels of q and of the
+    repeated k took 53 and 52 us a layer. Their copies move about half the bytes in 21 us and 16 us.
+
+    Each such table (``_TABLE_OPS``, then the same-sized pointwise ops and views below it) is marked with
+    Inductor's ``inductor_realize_to_strides``, at its last op before a reader at least ``TABLE_FACTOR``
+    times its size, so Inductor stores it (one small kernel) and the readers load it. A table whose readers
+    compute fewer than ``TABLE_MIN_READS`` of its values is left inline. The values are the same either way.
+    Returns the nodes marked."""
+    if not TABLES:
+        return 0
+    marked = 0
+    for node in graph.nodes:
+        if node.op != "call_function" or node.target not in _TABLE_OPS:
+            continue
+        size = _numel(node)
+        if not size:
+            continue
+        chain, todo, reads = {node}, [node], {}
+        while todo:  # the table: the op, then users no larger than it
+            n = todo.pop()
+            for user in n.users:
+                if user.op != "call_function":
+                    continue
+                numel = _numel(user)
+                if numel is None:
+                    continue
+                if numel <= size:
+                    if user not in chain:
+                        chain.add(user)
+                        todo.append(user)
+                elif numel >= TABLE_FACTOR * size:  # a broadcast reader: the table is stored above it
+                    top = n
+                    while top.target in _VIEW_OPS and top.args[0] in chain:
+                        top = top.args[0]
+                    reads[top] = reads.get(top, 0) + numel
+        for top, count in reads.items():
+            if count >= TABLE_MIN_READS and not top.meta.get("inductor_realize_to_strides"):
+                top.meta["inductor_realize_to_strides"] = True
+                marked += 1
+    return marked

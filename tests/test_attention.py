@@ -1679,3 +1679,78 @@ def test_strided_inputs_default_is_the_cpu_alone(monkeypatch):
         torch.compile(_MHA().eval().cpu(), backend="tritonfuse", options={"post_grad_custom_pre_pass": Probe()})(
             torch.randn(5, 3, 64, device="cpu"))
     assert counts == {"cpu": 3, "cuda": 0}, counts
+
+
+def _table_marks(fn, *args) -> list:
+    # tables_pass on fn's ATen graph: the targets of the nodes it marked
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from tritonfuse.patterns import attention as P
+
+    graph = make_fx(fn, tracing_mode="fake")(*args).graph
+    made = P.tables_pass(graph)
+    marked = [n.target for n in graph.nodes if n.meta.get("inductor_realize_to_strides")]
+    assert made == len(marked)
+    return marked
+
+
+def test_tables_pass_marks_broadcast_tables_alone(monkeypatch):
+    from tritonfuse.patterns import attention as P
+
+    aten = torch.ops.aten
+    pos = torch.arange(13.0)[:, None] * fresh(6, seed=55).exp()  # [13, 6]: positions times frequencies
+    x, y = fresh(4, 5, 13, 6, seed=56), fresh(2, 13, 6, seed=57)
+
+    def rope(pos, x):  # a table read by a tensor 20x its size, through a view; stored after its cast
+        c = pos.cos().to(torch.float16).unsqueeze(0)
+        return x * c + x.flip(-1) * pos.sin()
+
+    monkeypatch.setattr(P, "TABLE_MIN_READS", 0)
+    assert sorted(map(str, _table_marks(rope, pos, x))) == ["aten._to_copy.default", "aten.sin.default"]
+    assert _table_marks(lambda pos, x: x.cos() * x, pos, x) == []  # the cos of an activation: no table
+    assert _table_marks(lambda pos, y: y * pos.cos(), pos, y) == []  # a reader only twice the table's size
+    monkeypatch.setattr(P, "TABLE_MIN_READS", x.numel() + 1)  # the readers compute too few of its values
+    assert _table_marks(rope, pos, x) == []
+    monkeypatch.setattr(P, "TABLES", False)
+    monkeypatch.setattr(P, "TABLE_MIN_READS", 0)
+    assert _table_marks(rope, pos, x) == []
+    assert aten.cos.default in P._TABLE_OPS
+    # the switch (the A/B scripts turn it) is part of Inductor's graph-cache key
+    from tritonfuse import backend
+
+    off = backend._settings_hash()
+    monkeypatch.setattr(P, "TABLES", True)
+    assert backend._settings_hash() != off
+
+
+def test_llama_rope_tables_are_computed_once(monkeypatch, device, no_compile_cache):
+    # HF Llama's rotary cos and sin ([1, S, D], computed once in the model) are read by every layer's q and k:
+    # with the pass, one kernel computes them and the readers load them; without it, each reader computes its
+    # own. Their values differ only where Inductor keeps an inlined table's fp16 cast in fp32; the stored table
+    # is rounded as eager rounds it.
+    import copy
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    from tritonfuse.patterns import attention as P
+
+    monkeypatch.setattr(P, "TABLE_MIN_READS", 0)
+    model = _llama("sdpa", torch.float16, device)
+    ids, _ = _ids_and_padding(device)
+    made, real = [], P.tables_pass
+    monkeypatch.setattr(P, "tables_pass", lambda graph: made.append(real(graph)) or made[-1])
+    outs, cos = {}, {}
+    for on in (True, False):
+        monkeypatch.setattr(P, "TABLES", on)
+        tritonfuse.reset()
+        torch._dynamo.reset()
+        with torch.no_grad(), config.patch(patterns="attention"):
+            out, code = run_and_get_code(torch.compile(model, backend="tritonfuse"), input_ids=ids)
+        outs[on], cos[on] = out.last_hidden_state, len(re.findall(r"\bcos\(|\.cos\(", "".join(code)))
+    assert made == [2, 0]  # (the cos and the sin table)
+    assert cos[True] == 1 and cos[False] >= 2, cos
+    with torch.no_grad():
+        eager = model(input_ids=ids).last_hidden_state
+        ref64 = copy.deepcopy(model).to(device="cpu", dtype=torch.float64)(input_ids=ids.cpu()).last_hidden_state
+    assert_close_to_ref(outs[True], ref64, eager, atol=1e-3)

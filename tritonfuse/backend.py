@@ -360,6 +360,12 @@ class TritonfusePasses(CustomGraphPass):
                 strided_inputs_pass(graph)
             except Exception as e:
                 _pass_failed("the attention input pass", e, "attention ops read their inputs' copies")
+            try:  # position tables (RoPE's cos and sin) stored once, not recomputed by every reader
+                from tritonfuse.patterns.attention import tables_pass
+
+                tables_pass(graph)
+            except Exception as e:
+                _pass_failed("the position table pass", e, "Inductor inlines the tables into their readers")
         if registry.pending_replacements() or _calls_ours(graph):
             from . import inline
 
@@ -418,7 +424,7 @@ def _settings_hash() -> str:
 
 def _pass_flags() -> tuple:
     # module switches the probes and the A/B scripts turn (patterns.linear_act.QLOAD, SHARE_QUANT, SIBLINGS,
-    # FUSED_QUANT_MAX_K; patterns.norm_residual.QUANT_OUT; patterns.attention.STRIDED_INPUTS): another setting,
+    # FUSED_QUANT_MAX_K; patterns.norm_residual.QUANT_OUT; patterns.attention.STRIDED_INPUTS, TABLES): another setting,
     # another graph. (Without SIBLINGS and QUANT_OUT here, scripts/siblings_ab.py's and quant_out_ab.py's "off"
     # runs were served the "on" runs' graphs from Inductor's cache: 51st and 53rd sessions)
     linear_act = _linear_act()
@@ -428,7 +434,7 @@ def _pass_flags() -> tuple:
         from tritonfuse.patterns import attention, norm_residual
     except Exception:  # noqa: BLE001 - a broken patterns module: its pass reports it
         return flags
-    return (*flags, norm_residual.QUANT_OUT, attention.STRIDED_INPUTS)
+    return (*flags, norm_residual.QUANT_OUT, attention.STRIDED_INPUTS, attention.TABLES)
 
 
 # A graph whose compile ran out of timing budget holds Inductor's path at the sites it did not measure, and
