@@ -13,6 +13,8 @@ for s in on off; do
     --no-progress --out "$OUT/llama-1b-prefill-tables-$s.json" 2>&1 \
     | grep -v "Warn\|warn\|^  llama\|^left to\|^ms: the\|^$" | uniq -c >> "$OUT/a.log"
 done
+stamp "GQA attention at llama's shape"
+timeout 60 $PY scripts/gqa_probe.py 2>&1 | grep -v "Warn\|warn" >> "$OUT/a.log"
 stamp "tests: position tables"
 timeout -s INT 60 $PY -m pytest -q -p no:cacheprovider -rf --tb=line tests/test_attention.py -k "tables" 2>&1 \
   | grep -E "^E |passed|failed|FAILED" | cut -c1-300 >> "$OUT/a.log"
