@@ -1122,7 +1122,11 @@ def test_llama_packed_sequences_keep_their_mask(device):
 
 class _SdpaNodes(GraphOps):
     """Run after tritonfuse's passes: for each SDPA forward or backward node left in a graph, (op, whether
-    it has a mask, is_causal)."""
+    it has a mask, is_causal); ``heads``: the heads of its q and its k, for each."""
+
+    def __init__(self):
+        super().__init__()
+        self.heads = []
 
     def __call__(self, graph):
         from torch.fx.operator_schemas import normalize_function
@@ -1132,6 +1136,7 @@ class _SdpaNodes(GraphOps):
                 a = normalize_function(n.target, n.args, n.kwargs, normalize_to_only_use_kwargs=True).kwargs
                 mask = a.get("attn_mask", a.get("attn_bias"))
                 self.ops.append((str(n.target), mask is not None, bool(a.get("is_causal", False))))
+                self.heads.append(tuple(a[x].meta["val"].shape[1] for x in ("query", "key")))
 
 
 @pytest.mark.parametrize("cap", [None, "CONSTANT_NUMEL", "CONSTANT_BYTES"])
@@ -1231,6 +1236,9 @@ def test_causal_mask_left_to_sdpa_as_its_flag(positions, train, device, monkeypa
     assert all(r.endswith(P.CAUSAL_NOTE) == dropped for r in reasons), reasons
     assert len(nodes.ops) == (4 if train else 2), nodes.ops  # (forward and backward ops in training)
     assert all(has_mask != dropped and causal == dropped for _, has_mask, causal in nodes.ops), nodes.ops
+    # inference SDPA with the causal flag alone takes the 2 K/V heads (enable_gqa), not the graph's repeat of them
+    gqa = dropped and not train and P.SDPA_GQA
+    assert nodes.heads == [(4, 2 if gqa else 4)] * len(nodes.ops), nodes.heads
     got = {n: p.grad.clone() for n, p in model.named_parameters()} if train else {}
     model.zero_grad()
     with torch.set_grad_enabled(train):

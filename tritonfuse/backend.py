@@ -424,8 +424,8 @@ def _settings_hash() -> str:
 
 def _pass_flags() -> tuple:
     # module switches the probes and the A/B scripts turn (patterns.linear_act.QLOAD, SHARE_QUANT, SIBLINGS,
-    # FUSED_QUANT_MAX_K; patterns.norm_residual.QUANT_OUT; patterns.attention.STRIDED_INPUTS, TABLES): another setting,
-    # another graph. (Without SIBLINGS and QUANT_OUT here, scripts/siblings_ab.py's and quant_out_ab.py's "off"
+    # FUSED_QUANT_MAX_K; patterns.norm_residual.QUANT_OUT; patterns.attention.STRIDED_INPUTS, TABLES, SDPA_GQA):
+    # another setting, another graph. (Without SIBLINGS and QUANT_OUT here, scripts/siblings_ab.py's and quant_out_ab.py's "off"
     # runs were served the "on" runs' graphs from Inductor's cache: 51st and 53rd sessions)
     linear_act = _linear_act()
     flags = () if linear_act is None else (linear_act.QLOAD, linear_act.SHARE_QUANT, linear_act.SIBLINGS,
@@ -434,7 +434,7 @@ def _pass_flags() -> tuple:
         from tritonfuse.patterns import attention, norm_residual
     except Exception:  # noqa: BLE001 - a broken patterns module: its pass reports it
         return flags
-    return (*flags, norm_residual.QUANT_OUT, attention.STRIDED_INPUTS, attention.TABLES)
+    return (*flags, norm_residual.QUANT_OUT, attention.STRIDED_INPUTS, attention.TABLES, attention.SDPA_GQA)
 
 
 # A graph whose compile ran out of timing budget holds Inductor's path at the sites it did not measure, and
