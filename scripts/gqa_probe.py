@@ -54,7 +54,8 @@ def main():
         except Exception as e:  # noqa: BLE001 - a probe: say what failed and go on
             print(f"{name:24s} failed: {type(e).__name__}: {str(e)[:200]}")
             continue
-        err = "" if isinstance(out, tuple) else f"  max |diff| vs SDPA repeated {(out.float() - ref.float()).abs().max().item():.3g}"
+        diff = None if isinstance(out, tuple) else (out.float() - ref.float()).abs().max().item()
+        err = "" if diff is None else f"  max |diff| vs SDPA repeated {diff:.3g}"
         tf = "" if isinstance(out, tuple) else f"  {flops / ms / 1e9:.0f} TFLOP/s"
         print(f"{name:24s} {ms:.4f} ms{tf}{err}")
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:

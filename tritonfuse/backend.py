@@ -425,8 +425,8 @@ def _settings_hash() -> str:
 def _pass_flags() -> tuple:
     # module switches the probes and the A/B scripts turn (patterns.linear_act.QLOAD, SHARE_QUANT, SIBLINGS,
     # FUSED_QUANT_MAX_K; patterns.norm_residual.QUANT_OUT; patterns.attention.STRIDED_INPUTS, TABLES, SDPA_GQA):
-    # another setting, another graph. (Without SIBLINGS and QUANT_OUT here, scripts/siblings_ab.py's and quant_out_ab.py's "off"
-    # runs were served the "on" runs' graphs from Inductor's cache: 51st and 53rd sessions)
+    # another setting, another graph. (Without SIBLINGS and QUANT_OUT here, scripts/siblings_ab.py's and
+    # quant_out_ab.py's "off" runs were served the "on" runs' graphs from Inductor's cache: 51st and 53rd sessions)
     linear_act = _linear_act()
     flags = () if linear_act is None else (linear_act.QLOAD, linear_act.SHARE_QUANT, linear_act.SIBLINGS,
                                            linear_act.FUSED_QUANT_MAX_K)
