@@ -628,8 +628,21 @@ def _set_arg(node: torch.fx.Node, name: str, value) -> None:
         node.kwargs = {**node.kwargs, name: value}
 
 
-# SDPA takes K/V with fewer heads than Q (torch 2.5 on); without a mask its flash and cuDNN kernels serve them
+# SDPA takes K/V with fewer heads than Q (torch 2.5 on; the A/B scripts turn it off); ``_sdpa_takes_gqa`` says
+# where a fused kernel serves them
 SDPA_GQA = "enable_gqa" in str(aten.scaled_dot_product_attention.default._schema)
+
+
+def _sdpa_takes_gqa(q: torch.Tensor) -> bool:
+    """Whether SDPA without a mask serves K/V with fewer heads than ``q`` in a fused kernel: the CPU's flash
+    kernel; on CUDA flash attention's (sm80 on, fp16 or bf16, head dim at most 256) or cuDNN's. Elsewhere
+    (the memory-efficient kernel takes no GQA) SDPA would fall back to its math form."""
+    if not SDPA_GQA:
+        return False
+    if q.device.type == "cpu":
+        return True
+    return (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256
+            and torch.cuda.get_device_capability(q.device) >= (8, 0))
 
 
 def _sdpa_causal(match: Match, q_node, k_node, v_node, scale, casts=(None, None)) -> None:
@@ -732,7 +745,7 @@ def _sdpa_handler(match: Match, *args, **kwargs) -> None:
             k_cast = v_cast = None
     if not _decide(node, q, k, v, mask, is_causal, kernel, padded=empty_fill is not None,
                    fallback_note=CAUSAL_NOTE if dropped else ""):
-        if dropped and SDPA_GQA:  # (k_node, v_node: the K/V heads unrepeated where the graph repeats them)
+        if dropped and _sdpa_takes_gqa(q):  # (k_node, v_node: the K/V heads unrepeated where the graph repeats them)
             _sdpa_causal(match, q_node, k_node, v_node, a.get("scale"), (k_cast, v_cast))
         elif dropped:
             _sdpa_causal(match, q_node, k_orig, v_orig, a.get("scale"))

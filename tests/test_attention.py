@@ -1237,7 +1237,7 @@ def test_causal_mask_left_to_sdpa_as_its_flag(positions, train, device, monkeypa
     assert len(nodes.ops) == (4 if train else 2), nodes.ops  # (forward and backward ops in training)
     assert all(has_mask != dropped and causal == dropped for _, has_mask, causal in nodes.ops), nodes.ops
     # inference SDPA with the causal flag alone takes the 2 K/V heads (enable_gqa), not the graph's repeat of them
-    gqa = dropped and not train and P.SDPA_GQA
+    gqa = dropped and not train and P.SDPA_GQA and (device == "cpu" or torch.cuda.get_device_capability() >= (8, 0))
     assert nodes.heads == [(4, 2 if gqa else 4)] * len(nodes.ops), nodes.heads
     got = {n: p.grad.clone() for n, p in model.named_parameters()} if train else {}
     model.zero_grad()
@@ -1762,3 +1762,23 @@ def test_llama_rope_tables_are_computed_once(monkeypatch, device, no_compile_cac
         eager = model(input_ids=ids).last_hidden_state
         ref64 = copy.deepcopy(model).to(device="cpu", dtype=torch.float64)(input_ids=ids.cpu()).last_hidden_state
     assert_close_to_ref(outs[True], ref64, eager, atol=1e-3)
+
+
+def test_sdpa_takes_gqa_where_a_fused_kernel_serves_it(monkeypatch):
+    # K/V unrepeated go to SDPA only where flash or cuDNN serves them: on CUDA sm80 on, half types, head dims to
+    # 256 (elsewhere the memory-efficient kernel, which takes no GQA, would leave SDPA its math form)
+    import types
+
+    from tritonfuse.patterns import attention as P
+
+    def q(device="cuda", dtype=torch.bfloat16, d=128):
+        return types.SimpleNamespace(device=torch.device(device), dtype=dtype, shape=(8, 16, 1024, d))
+
+    monkeypatch.setattr(P, "SDPA_GQA", True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert P._sdpa_takes_gqa(q()) and P._sdpa_takes_gqa(q(dtype=torch.float16)) and P._sdpa_takes_gqa(q("cpu"))
+    assert not P._sdpa_takes_gqa(q(dtype=torch.float32)) and not P._sdpa_takes_gqa(q(d=512))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert not P._sdpa_takes_gqa(q()) and P._sdpa_takes_gqa(q("cpu"))
+    monkeypatch.setattr(P, "SDPA_GQA", False)  # (torch before 2.5)
+    assert not P._sdpa_takes_gqa(q("cpu"))
