@@ -17,8 +17,8 @@ def run(switch: str, pass_name: str, setting: str, bench_args: list) -> int:
     module = importlib.import_module(f"tritonfuse.patterns.{pass_mod}")
     original = getattr(module, name)
 
-    def counted(graph):
-        made = original(graph)
+    def counted(*args, **kwargs):  # (a pass takes the graph; a helper such as attention._sdpa_causal, more)
+        made = original(*args, **kwargs)
         if made:
             print(f"{name}: {made}", flush=True)
         return made
