@@ -1171,10 +1171,9 @@ def pattern_pass() -> PatternMatcherPass:
 
 # --- attention inputs read in place --------------------------------------------------------------------
 
-# module switch (the A/B scripts; part of the graph-cache key, backend._pass_flags): True in every graph, False
-# off; "cpu" (the default until the rewrite has run on a GPU: no device came in the 54th session, and whether
-# cuDNN's SDPA takes every such layout is not yet known) only where the attention runs on the CPU
-STRIDED_INPUTS = "cpu"
+# module switch (the A/B scripts; part of the graph-cache key, backend._pass_flags). On the H200 (55th session,
+# CUDA graphs) vit_b_16 int8 took 4.632 ms with it against 4.985 without, and its GPU tests passed
+STRIDED_INPUTS = True
 
 _VIEW_OPS = frozenset(
     op for op in (
@@ -1374,8 +1373,6 @@ def strided_inputs_pass(graph: torch.fx.Graph) -> int:
     made = 0
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target not in ops:
-            continue
-        if STRIDED_INPUTS == "cpu" and getattr(_val(node.args[0]), "device", None) != torch.device("cpu"):
             continue
         sources = {i: src for i, arg in enumerate(node.args[:3]) for src in [_strided_source(arg)] if src is not None}
         if not sources:
