@@ -1271,6 +1271,26 @@ def test_llama_gqa_under_autocast(impl, device):
     assert all(("causal" in d) == (impl == "sdpa") for d in details), details
 
 
+def test_causal_sdpa_takes_unrepeated_kv_under_autocast(device, monkeypatch):
+    # an fp32 Llama under autocast, its sites left to SDPA with the causal flag: autocast casts the repeated K
+    # (fp32 from RoPE) and Q to half; SDPA gets the 2 K/V heads, K cast before any repeat (enable_gqa)
+    from tritonfuse.patterns import attention as P
+
+    monkeypatch.setattr(K, "probe", lambda *a, **k: "left to SDPA (test)")
+    model = _llama("sdpa", torch.float32, device)
+    ids, _ = _ids_and_padding(device)
+    half = torch.bfloat16 if device == "cpu" else torch.float16
+    nodes = _SdpaNodes()
+    with torch.no_grad(), torch.autocast(device, dtype=half), config.patch(patterns="attention"):
+        ref = model(input_ids=ids, use_cache=False).last_hidden_state
+        out = torch.compile(model, backend="tritonfuse", options={"post_grad_custom_post_pass": nodes})(
+            input_ids=ids, use_cache=False).last_hidden_state
+    assert tritonfuse.counters()["attention"] == _counts(2, 0, 2), (tritonfuse.sites(), registry.errors())
+    gqa = P.SDPA_GQA and (device == "cpu" or torch.cuda.get_device_capability() >= (8, 0))
+    assert nodes.heads == [(4, 2 if gqa else 4)] * 2 and all(causal for _, _, causal in nodes.ops), nodes.heads
+    torch.testing.assert_close(out.float(), ref.float(), atol=3e-2, rtol=3e-2)
+
+
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
 def test_llama_causal_with_padding(impl, device):
     # a decoder with a padding mask: HF's keep[B, 1, 1, S] & (kv_idx <= q_idx) at the scores' size. A bool
