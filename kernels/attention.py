@@ -1427,9 +1427,23 @@ def _is_key_padding(mshape: Optional[tuple]) -> bool:
     return mshape is not None and len(mshape) == 4 and mshape[-2] == 1
 
 
+def sdpa_takes_gqa(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether SDPA without a mask serves K/V with fewer heads than q (``enable_gqa``, torch 2.5 on) in a fused
+    kernel: the CPU's flash kernel; on CUDA flash attention's (sm80 on, fp16 or bf16, head dim at most 256)
+    or cuDNN's. Elsewhere (the memory-efficient kernel takes no GQA) SDPA would fall back to its math form."""
+    if "enable_gqa" not in str(torch.ops.aten.scaled_dot_product_attention.default._schema):
+        return False
+    if device.type == "cpu":
+        return True
+    return (device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and head_dim <= 256
+            and torch.cuda.get_device_capability(device) >= (8, 0))
+
+
 def measure(q, k, v, mask, is_causal: bool, device: Optional[torch.device] = None, train: bool = False) -> dict:
     """On a GPU, time this kernel against PyTorch's SDPA (cuDNN, flash or memory-efficient, whichever it
-    picks) at the site's shapes, K/V repeated to the query heads as the graph does for GQA; cached per shape.
+    picks) at the site's shapes, for GQA on K/V repeated to the query heads as the graph does, or, without a
+    mask where ``sdpa_takes_gqa``, on the K/V heads as they are (``enable_gqa``: the SDPA the attention pass
+    leaves a causal site); cached per shape.
     ``q``, ``k``, ``v``, ``mask`` give shapes and dtypes (they may be meta stand-ins); ``device`` (default
     ``q.device``) is where the site runs and is timed.
 
@@ -1473,8 +1487,13 @@ def measure(q, k, v, mask, is_causal: bool, device: Optional[torch.device] = Non
             return _forward(a["q"], a["k"], a["v"], a["m"], D ** -0.5, is_causal, store_lse=False,
                             tma=not graphed)[0]
 
+        gqa = Hkv != H and mask is None and sdpa_takes_gqa(device, q.dtype, D)
+
         def sdpa():
             a = args()
+            if gqa:
+                return torch.nn.functional.scaled_dot_product_attention(a["q"], a["k"], a["v"], is_causal=is_causal,
+                                                                        enable_gqa=True)
             return torch.nn.functional.scaled_dot_product_attention(a["q"], a["kr"], a["vr"], attn_mask=a["m"],
                                                                     is_causal=is_causal and a["m"] is None)
 

@@ -628,21 +628,13 @@ def _set_arg(node: torch.fx.Node, name: str, value) -> None:
         node.kwargs = {**node.kwargs, name: value}
 
 
-# SDPA takes K/V with fewer heads than Q (torch 2.5 on; the A/B scripts turn it off); ``_sdpa_takes_gqa`` says
-# where a fused kernel serves them
+# SDPA takes K/V with fewer heads than Q (torch 2.5 on; the A/B scripts turn it off); where a fused kernel
+# serves them: kernels.attention.sdpa_takes_gqa
 SDPA_GQA = "enable_gqa" in str(aten.scaled_dot_product_attention.default._schema)
 
 
 def _sdpa_takes_gqa(q: torch.Tensor) -> bool:
-    """Whether SDPA without a mask serves K/V with fewer heads than ``q`` in a fused kernel: the CPU's flash
-    kernel; on CUDA flash attention's (sm80 on, fp16 or bf16, head dim at most 256) or cuDNN's. Elsewhere
-    (the memory-efficient kernel takes no GQA) SDPA would fall back to its math form."""
-    if not SDPA_GQA:
-        return False
-    if q.device.type == "cpu":
-        return True
-    return (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256
-            and torch.cuda.get_device_capability(q.device) >= (8, 0))
+    return SDPA_GQA and K.sdpa_takes_gqa(q.device, q.dtype, q.shape[-1])
 
 
 def _sdpa_causal(match: Match, q_node, k_node, v_node, scale, casts=(None, None)) -> None:

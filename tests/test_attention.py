@@ -795,6 +795,31 @@ def test_other_masks_timed_once(monkeypatch, mshape):
     assert K.measure(q, k, v, mask, False, device="cpu")["use"] and got == [""]
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_gqa_site_timed_against_sdpa_as_the_graph_runs_it(monkeypatch, masked):
+    # SDPA's side of a GQA site: without a mask on the 2 K/V heads (enable_gqa, what the attention pass gives a
+    # causal site it leaves to SDPA), with one on K/V repeated to the 4 query heads (the graph's repeat_kv)
+    calls, real = [], F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        calls.append((k.shape[1], kw.get("enable_gqa", False)))
+        return real(q, k, v, **kw)
+
+    def stub(key, dev, ours, theirs, graphed=False, **kw):
+        for f in theirs:
+            f()
+        return registry._decided({"ours_ms": 0.1, "theirs_ms": 0.1, "ratio": 1.0, "rounds": 40})
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(registry, "measured_choice", stub)
+    q = torch.empty(2, 4, 16, 32, device="meta")
+    k, v = (torch.empty(2, 2, 16, 32, device="meta") for _ in range(2))
+    mask = torch.empty(2, 1, 16, 16, dtype=torch.bool, device="meta") if masked else None
+    K.measure(q, k, v, mask, not masked, device="cpu")
+    gqa = not masked and K.sdpa_takes_gqa(torch.device("cpu"), torch.float32, 32)
+    assert calls == [(2, True)] if gqa else [(4, False)], calls
+
+
 def test_padding_site_that_loses_unpadded_is_left_to_inductor(monkeypatch, device):
     # the report says why: the kernel measured slower than SDPA on a batch without padding
     _stub_timings(monkeypatch, {"padded batch": 0.8, "unpadded batch": 1.1})
@@ -1761,6 +1786,8 @@ def test_sdpa_takes_gqa_where_a_fused_kernel_serves_it(monkeypatch):
         return types.SimpleNamespace(device=torch.device(device), dtype=dtype, shape=(8, 16, 1024, d))
 
     monkeypatch.setattr(P, "SDPA_GQA", True)
+    if not K.sdpa_takes_gqa(torch.device("cpu"), torch.float16, 64):
+        pytest.skip("this torch's SDPA has no enable_gqa")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     assert P._sdpa_takes_gqa(q()) and P._sdpa_takes_gqa(q(dtype=torch.float16)) and P._sdpa_takes_gqa(q("cpu"))
     assert not P._sdpa_takes_gqa(q(dtype=torch.float32)) and not P._sdpa_takes_gqa(q(d=512))
