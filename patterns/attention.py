@@ -25,7 +25,7 @@ nodes (faster than ours, measured), unsupported head dims, dtypes or mask shapes
 Masks are read for what they are (``_read_mask``): a mask operand built from no graph input is computed at
 compile time (``_constant_value``), so that HF's decoder mask without a KV cache (causal & a packed-sequence
 test over its own positions, True everywhere) is seen to be exactly causal: the kernels get the causal flag
-and no mask, and a site left to SDPA gets SDPA's ``is_causal`` instead of the mask (``_sdpa_causal``,
+and no mask, and a site left to SDPA gets SDPA's ``is_causal`` instead of the mask (``_sdpa_without_mask``,
 ``_causal_without_mask``), the mask then not built at all.
 
 In a training compile an SDPA forward's log-sum-exp feeds its backward op, and the post-grad passes see the
@@ -637,12 +637,12 @@ def _sdpa_takes_gqa(q: torch.Tensor) -> bool:
     return SDPA_GQA and K.sdpa_takes_gqa(q.device, q.dtype, q.shape[-1])
 
 
-def _sdpa_causal(match: Match, q_node, k_node, v_node, scale, casts=(None, None)) -> None:
-    """An inference SDPA site left to Inductor whose mask is exactly the causal one (``_read_mask`` dropped
-    it): replaced by ``scaled_dot_product_attention(is_causal=True)`` without the mask, the SDPA the kernels'
-    timing ran (the dispatcher then picks the fused kernel it picked there: without a mask, flash or
-    cuDNN's on the GPU). The mask is then not built at all, and SDPA's kernel skips the blocks past the
-    diagonal.
+def _sdpa_without_mask(match: Match, q_node, k_node, v_node, scale, is_causal: bool, casts=(None, None)) -> None:
+    """An inference SDPA site left to Inductor, without a mask once read (``_read_mask``): replaced by
+    ``scaled_dot_product_attention(is_causal=...)`` without one, the SDPA the kernels' timing ran (the
+    dispatcher then picks the fused kernel it picked there: without a mask, flash or cuDNN's on the GPU).
+    Where the mask was exactly the causal one (``_read_mask`` dropped it, ``is_causal``), it is then not built
+    at all, and SDPA's kernel skips the blocks past the diagonal.
 
     K and V with fewer heads than q (``_unrepeat``'s sources, cast by ``casts``) are given to SDPA with
     ``enable_gqa``: the graph's repeat of K and V is then not made. At llama-1b-prefill's attention (B8 H16/8
@@ -655,7 +655,7 @@ def _sdpa_causal(match: Match, q_node, k_node, v_node, scale, casts=(None, None)
 
     def repl(q, k, v):
         k, v = _cast(k, casts[0]), _cast(v, casts[1])
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, **gqa)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale, **gqa)
 
     match.replace_by_example(repl, [q_node, k_node, v_node])
     for n in graph.nodes:
@@ -738,10 +738,12 @@ def _sdpa_handler(match: Match, *args, **kwargs) -> None:
             k_cast = v_cast = None
     if not _decide(node, q, k, v, mask, is_causal, kernel, padded=empty_fill is not None,
                    fallback_note=CAUSAL_NOTE if dropped else ""):
-        if dropped and _sdpa_takes_gqa(q):  # (k_node, v_node: the K/V heads unrepeated where the graph repeats them)
-            _sdpa_causal(match, q_node, k_node, v_node, a.get("scale"), (k_cast, v_cast))
+        # (k_node, v_node: the K/V heads unrepeated where the graph repeats them)
+        gqa = mask_node is None and k_node is not k_orig and _sdpa_takes_gqa(q)
+        if gqa:
+            _sdpa_without_mask(match, q_node, k_node, v_node, a.get("scale"), is_causal, (k_cast, v_cast))
         elif dropped:
-            _sdpa_causal(match, q_node, k_orig, v_orig, a.get("scale"))
+            _sdpa_without_mask(match, q_node, k_orig, v_orig, a.get("scale"), True)
         return
     scale = a.get("scale")
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])

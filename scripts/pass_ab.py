@@ -17,7 +17,7 @@ def run(switch: str, pass_name: str, setting: str, bench_args: list) -> int:
     module = importlib.import_module(f"tritonfuse.patterns.{pass_mod}")
     original = getattr(module, name)
 
-    def counted(*args, **kwargs):  # (a pass takes the graph; a helper such as attention._sdpa_causal, more)
+    def counted(*args, **kwargs):  # (a pass takes the graph; a helper such as attention._sdpa_without_mask, more)
         made = original(*args, **kwargs)
         if made:
             print(f"{name}: {made}", flush=True)

@@ -12,8 +12,8 @@ ab() {  # ab SWITCH PASS MODEL SETTING SECONDS [MODES]
     --modes ${6:-${MODES:-inductor,tritonfuse-int8}} --cuda-graphs --no-progress --out "$OUT/$3-$4.json" 2>&1 \
     | grep -v "Warn\|warn\|^  llama\|^  vit\|^left to\|^ms: the\|^$" | uniq -c >> "$OUT/a.log"
 }
-ab attention.SDPA_GQA attention._sdpa_causal llama-1b-prefill on 160 inductor,tritonfuse,tritonfuse-int8
-ab attention.SDPA_GQA attention._sdpa_causal llama-1b-prefill off 90
+ab attention.SDPA_GQA attention._sdpa_without_mask llama-1b-prefill on 160 inductor,tritonfuse,tritonfuse-int8
+ab attention.SDPA_GQA attention._sdpa_without_mask llama-1b-prefill off 90
 ab attention.STRIDED_INPUTS attention.strided_inputs_pass vit_b_16 on 100
 ab attention.STRIDED_INPUTS attention.strided_inputs_pass vit_b_16 off 75
 stamp "tests: SDPA's causal flag with GQA, packed q/k/v read in place, ViT, the CUDA attention counts"

@@ -1316,6 +1316,39 @@ def test_causal_sdpa_takes_unrepeated_kv_under_autocast(device, monkeypatch):
     torch.testing.assert_close(out.float(), ref.float(), atol=3e-2, rtol=3e-2)
 
 
+class _RepeatKV(torch.nn.Module):
+    # SDPA on K/V repeated to the query heads as HF's repeat_kv does, no mask
+    def __init__(self, causal):
+        super().__init__()
+        self.causal = causal
+
+    def forward(self, q, k, v):
+        b, h, s, d = k.shape
+        k, v = (t[:, :, None, :, :].expand(b, h, 2, s, d).reshape(b, h * 2, s, d) for t in (k, v))
+        return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_sdpa_without_mask_left_to_sdpa_takes_unrepeated_kv(causal, device, monkeypatch):
+    # a mask-free SDPA site left to SDPA (as if measured faster) whose K/V the graph repeats: SDPA gets the
+    # K/V heads as they are (enable_gqa), as the timing ran it, with the site's causal flag
+    from tritonfuse.patterns import attention as P
+
+    monkeypatch.setattr(K, "probe", lambda *a, **k: "left to SDPA (test)")
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    q = fresh(2, 4, 37, 32, dtype=dtype, device=device)
+    k, v = (fresh(2, 2, 37, 32, dtype=dtype, device=device, seed=s) for s in (1, 2))
+    nodes = _SdpaNodes()
+    model = _RepeatKV(causal)
+    with torch.no_grad(), config.patch(patterns="attention"):
+        ref = model(q, k, v)
+        out = torch.compile(model, backend="tritonfuse", options={"post_grad_custom_post_pass": nodes})(q, k, v)
+    assert tritonfuse.counters()["attention"] == _counts(1, 0, 1), (tritonfuse.sites(), registry.errors())
+    gqa = P.SDPA_GQA and (device == "cpu" or torch.cuda.get_device_capability() >= (8, 0))
+    assert nodes.heads == [(4, 2 if gqa else 4)] and nodes.ops[0][1:] == (False, causal), (nodes.heads, nodes.ops)
+    torch.testing.assert_close(out, ref, **({"atol": 2e-3, "rtol": 2e-3} if dtype == torch.float16 else {}))
+
+
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
 def test_llama_causal_with_padding(impl, device):
     # a decoder with a padding mask: HF's keep[B, 1, 1, S] & (kv_idx <= q_idx) at the scores' size. A bool
