@@ -1427,11 +1427,15 @@ def _is_key_padding(mshape: Optional[tuple]) -> bool:
     return mshape is not None and len(mshape) == 4 and mshape[-2] == 1
 
 
+# SDPA's enable_gqa (torch 2.5 on)
+SDPA_HAS_GQA = "enable_gqa" in str(torch.ops.aten.scaled_dot_product_attention.default._schema)
+
+
 def sdpa_takes_gqa(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
-    """Whether SDPA without a mask serves K/V with fewer heads than q (``enable_gqa``, torch 2.5 on) in a fused
-    kernel: the CPU's flash kernel; on CUDA flash attention's (sm80 on, fp16 or bf16, head dim at most 256)
-    or cuDNN's. Elsewhere (the memory-efficient kernel takes no GQA) SDPA would fall back to its math form."""
-    if "enable_gqa" not in str(torch.ops.aten.scaled_dot_product_attention.default._schema):
+    """Whether SDPA without a mask serves K/V with fewer heads than q (``enable_gqa``) in a fused kernel: the
+    CPU's flash kernel; on CUDA flash attention's (sm80 on, fp16 or bf16, head dim at most 256) or cuDNN's.
+    Elsewhere (the memory-efficient kernel takes no GQA) SDPA would fall back to its math form."""
+    if not SDPA_HAS_GQA:
         return False
     if device.type == "cpu":
         return True

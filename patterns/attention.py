@@ -628,9 +628,9 @@ def _set_arg(node: torch.fx.Node, name: str, value) -> None:
         node.kwargs = {**node.kwargs, name: value}
 
 
-# SDPA takes K/V with fewer heads than Q (torch 2.5 on; the A/B scripts turn it off); where a fused kernel
-# serves them: kernels.attention.sdpa_takes_gqa
-SDPA_GQA = "enable_gqa" in str(aten.scaled_dot_product_attention.default._schema)
+# SDPA takes K/V with fewer heads than Q (the A/B scripts turn it off); where a fused kernel serves them:
+# kernels.attention.sdpa_takes_gqa
+SDPA_GQA = K.SDPA_HAS_GQA
 
 
 def _sdpa_takes_gqa(q: torch.Tensor) -> bool:
