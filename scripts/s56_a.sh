@@ -2,7 +2,8 @@
 # prepared in the 55th session (about 400 s): the gated MLP's W8A8 GEMM over its rows in pairs
 # (kernels.int8.GATED_PAIRS, off by default) against two accumulators, at llama's shapes
 # (scripts/gated_pairs_probe.py), then llama-1b-prefill int8 from CUDA graphs with the switch on and off in one
-# process each, the GPU test of the pairs and the 55th session's attention tests. Run as TRITONFUSE_COMMIT=<head> bash scripts/s56_a.sh
+# process each, the GPU test of the pairs and the 55th session's attention tests. Run as
+# TRITONFUSE_COMMIT=<head> bash scripts/s56_a.sh
 set -u
 source "$(dirname "$0")/device_head.sh"
 stamp() { echo "=== $(date +%T) $*" >> "$OUT/a.log"; }
