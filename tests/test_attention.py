@@ -817,7 +817,7 @@ def test_gqa_site_timed_against_sdpa_as_the_graph_runs_it(monkeypatch, masked):
     mask = torch.empty(2, 1, 16, 16, dtype=torch.bool, device="meta") if masked else None
     K.measure(q, k, v, mask, not masked, device="cpu")
     gqa = not masked and K.sdpa_takes_gqa(torch.device("cpu"), torch.float32, 32)
-    assert calls == [(2, True)] if gqa else [(4, False)], calls
+    assert calls == ([(2, True)] if gqa else [(4, False)]), calls
 
 
 def test_padding_site_that_loses_unpadded_is_left_to_inductor(monkeypatch, device):
@@ -1145,6 +1145,14 @@ def test_llama_packed_sequences_keep_their_mask(device):
     torch.testing.assert_close(out.last_hidden_state[:1, 7:], alone, atol=1e-2, rtol=1e-2)
 
 
+def _gqa_served(device) -> bool:
+    # where a mask-free SDPA site left to SDPA gets its K/V heads unrepeated (the pass's switch on, and a fused
+    # kernel that takes them: the CPU's, or CUDA from sm80 on at these tests' half types and head dims)
+    from tritonfuse.patterns import attention as P
+
+    return P.SDPA_GQA and (device == "cpu" or torch.cuda.get_device_capability() >= (8, 0))
+
+
 class _SdpaNodes(GraphOps):
     """Run after tritonfuse's passes: for each SDPA forward or backward node left in a graph, (op, whether
     it has a mask, is_causal); ``heads``: the heads of its q and its k, for each."""
@@ -1262,7 +1270,7 @@ def test_causal_mask_left_to_sdpa_as_its_flag(positions, train, device, monkeypa
     assert len(nodes.ops) == (4 if train else 2), nodes.ops  # (forward and backward ops in training)
     assert all(has_mask != dropped and causal == dropped for _, has_mask, causal in nodes.ops), nodes.ops
     # inference SDPA with the causal flag alone takes the 2 K/V heads (enable_gqa), not the graph's repeat of them
-    gqa = dropped and not train and P.SDPA_GQA and (device == "cpu" or torch.cuda.get_device_capability() >= (8, 0))
+    gqa = dropped and not train and _gqa_served(device)
     assert nodes.heads == [(4, 2 if gqa else 4)] * len(nodes.ops), nodes.heads
     got = {n: p.grad.clone() for n, p in model.named_parameters()} if train else {}
     model.zero_grad()
@@ -1299,8 +1307,6 @@ def test_llama_gqa_under_autocast(impl, device):
 def test_causal_sdpa_takes_unrepeated_kv_under_autocast(device, monkeypatch):
     # an fp32 Llama under autocast, its sites left to SDPA with the causal flag: autocast casts the repeated K
     # (fp32 from RoPE) and Q to half; SDPA gets the 2 K/V heads, K cast before any repeat (enable_gqa)
-    from tritonfuse.patterns import attention as P
-
     monkeypatch.setattr(K, "probe", lambda *a, **k: "left to SDPA (test)")
     model = _llama("sdpa", torch.float32, device)
     ids, _ = _ids_and_padding(device)
@@ -1311,7 +1317,7 @@ def test_causal_sdpa_takes_unrepeated_kv_under_autocast(device, monkeypatch):
         out = torch.compile(model, backend="tritonfuse", options={"post_grad_custom_post_pass": nodes})(
             input_ids=ids, use_cache=False).last_hidden_state
     assert tritonfuse.counters()["attention"] == _counts(2, 0, 2), (tritonfuse.sites(), registry.errors())
-    gqa = P.SDPA_GQA and (device == "cpu" or torch.cuda.get_device_capability() >= (8, 0))
+    gqa = _gqa_served(device)
     assert nodes.heads == [(4, 2 if gqa else 4)] * 2 and all(causal for _, _, causal in nodes.ops), nodes.heads
     torch.testing.assert_close(out.float(), ref.float(), atol=3e-2, rtol=3e-2)
 
@@ -1332,8 +1338,6 @@ class _RepeatKV(torch.nn.Module):
 def test_sdpa_without_mask_left_to_sdpa_takes_unrepeated_kv(causal, device, monkeypatch):
     # a mask-free SDPA site left to SDPA (as if measured faster) whose K/V the graph repeats: SDPA gets the
     # K/V heads as they are (enable_gqa), as the timing ran it, with the site's causal flag
-    from tritonfuse.patterns import attention as P
-
     monkeypatch.setattr(K, "probe", lambda *a, **k: "left to SDPA (test)")
     dtype = torch.float16 if device == "cuda" else torch.float32
     q = fresh(2, 4, 37, 32, dtype=dtype, device=device)
@@ -1344,7 +1348,7 @@ def test_sdpa_without_mask_left_to_sdpa_takes_unrepeated_kv(causal, device, monk
         ref = model(q, k, v)
         out = torch.compile(model, backend="tritonfuse", options={"post_grad_custom_post_pass": nodes})(q, k, v)
     assert tritonfuse.counters()["attention"] == _counts(1, 0, 1), (tritonfuse.sites(), registry.errors())
-    gqa = P.SDPA_GQA and (device == "cpu" or torch.cuda.get_device_capability() >= (8, 0))
+    gqa = _gqa_served(device)
     assert nodes.heads == [(4, 2 if gqa else 4)] and nodes.ops[0][1:] == (False, causal), (nodes.heads, nodes.ops)
     torch.testing.assert_close(out, ref, **({"atol": 2e-3, "rtol": 2e-3} if dtype == torch.float16 else {}))
 
