@@ -1447,7 +1447,7 @@ def measure(q, k, v, mask, is_causal: bool, device: Optional[torch.device] = Non
     """On a GPU, time this kernel against PyTorch's SDPA (cuDNN, flash or memory-efficient, whichever it
     picks) at the site's shapes, for GQA on K/V repeated to the query heads as the graph does, or, without a
     mask where ``sdpa_takes_gqa``, on the K/V heads as they are (``enable_gqa``: the SDPA the attention pass
-    leaves a causal site); cached per shape.
+    leaves a mask-free site); cached per shape.
     ``q``, ``k``, ``v``, ``mask`` give shapes and dtypes (they may be meta stand-ins); ``device`` (default
     ``q.device``) is where the site runs and is timed.
 

@@ -97,12 +97,12 @@ def test_gated_pairs_equal_two_accumulators(monkeypatch, use_tma, biases, device
     # paired rows: ragged tiles on both sides)
     if use_tma and device == "cuda" and not Q._tma_ok(torch.empty(16, 16, dtype=torch.int8, device=device)):
         pytest.skip("TMA kernel needs sm_90 and triton host descriptors")
-    if use_tma == "subtile":
-        for tuner in (Q._w8a8_tma_kernel,):
-            c = tuner.configs[0]
-            monkeypatch.setattr(tuner, "configs", [triton.Config({**c.kwargs, "SUBTILE": True}, num_warps=c.num_warps,
-                                                                 num_stages=c.num_stages, pre_hook=c.pre_hook)])
-            monkeypatch.setattr(tuner, "cache", {})
+    if use_tma == "subtile":  # (the host-TMA kernel's epilogue in column halves, each holding whole pairs)
+        tuner = Q._w8a8_tma_kernel
+        c = tuner.configs[0]
+        monkeypatch.setattr(tuner, "configs", [triton.Config({**c.kwargs, "SUBTILE": True}, num_warps=c.num_warps,
+                                                             num_stages=c.num_stages, pre_hook=c.pre_hook)])
+        monkeypatch.setattr(tuner, "cache", {})
         use_tma = True
     x = fresh(45, 80, dtype=torch.bfloat16, device=device)
     xq, xs = Q.quant_rows(x)
