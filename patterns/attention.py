@@ -1166,7 +1166,7 @@ def pattern_pass() -> PatternMatcherPass:
 
 # --- attention inputs read in place --------------------------------------------------------------------
 
-# module switch (the A/B scripts; part of the graph-cache key, backend._pass_flags). On the H200 (55th session,
+# module switch (the A/B scripts; part of the graph-cache key, registry.switches). On the H200 (55th session,
 # CUDA graphs) vit_b_16 int8 took 4.632 ms with it against 4.985 without, and its GPU tests passed
 STRIDED_INPUTS = True
 
@@ -1399,7 +1399,7 @@ def strided_inputs_pass(graph: torch.fx.Graph) -> int:
 
 # --- position tables stored once -----------------------------------------------------------------------
 
-# module switch (the A/B scripts; part of the graph-cache key, backend._pass_flags)
+# module switch (the A/B scripts; part of the graph-cache key, registry.switches)
 TABLES = True
 # a table's reader has at least this many times its elements (it reads the table broadcast)
 TABLE_FACTOR = 8

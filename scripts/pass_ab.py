@@ -4,7 +4,7 @@
 ``attention.STRIDED_INPUTS attention.strided_inputs_pass``: attention ops reading q/k/v without their copy;
 ``norm_residual.QUANT_OUT norm_residual.quant_out_pass``: the norm op writing the int8 rows its GEMMs read),
 printing what the pass did in each graph (its return value, where not 0). The switches are part of the
-graph-cache key (``backend._pass_flags``): the two settings never share a compiled graph."""
+graph-cache key (``registry.switches``): the two settings never share a compiled graph."""
 import importlib
 import sys
 

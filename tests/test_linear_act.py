@@ -2176,6 +2176,38 @@ def test_a_near_tie_stays_inductors(tmp_path, monkeypatch):
             config.validate()
 
 
+def test_a_choice_is_recalled_only_by_the_code_that_timed_it(tmp_path, monkeypatch):
+    # a kept timing names the code that was timed: tritonfuse's source and its module switches as set (the
+    # 56th session's A/B recalled a gated MLP timed with kernels.int8.GATED_PAIRS on in the run with it off)
+    from tritonfuse.kernels import int8 as Q
+
+    pretend_gpu_timing(tmp_path, monkeypatch)
+    speed = {"ours": 0.5}
+    timed = []
+    monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False, **_: timed.append(fn()) or
+                        (speed["ours"] if fn() == "ours" else 1.0))
+    cpu = torch.device("cpu")
+
+    def use():
+        with config.patch(measure="1"):
+            return registry.measured_choice("gated", cpu, lambda: "ours", [lambda: "theirs"])["use"]
+
+    assert use() is True and len(timed) == 2
+    assert use() is True and len(timed) == 2  # recalled
+    from tritonfuse import backend
+
+    graphs = backend._settings_hash()
+    monkeypatch.setattr(Q, "MAGIC_ROUNDING", not Q.MAGIC_ROUNDING)  # another kernel: timed afresh, slower
+    assert backend._settings_hash() != graphs  # and another graph in Inductor's cache (an inlined kernel)
+    speed["ours"] = 2.0
+    assert use() is False and len(timed) == 4
+    monkeypatch.setattr(Q, "MAGIC_ROUNDING", not Q.MAGIC_ROUNDING)  # the first setting's record again
+    assert use() is True and len(timed) == 4
+    monkeypatch.setattr(registry, "source_digest", lambda: "other code")  # an upgrade: timed afresh
+    assert use() is False and len(timed) == 6
+    assert len(json.loads(registry.choices_path().read_text())) == 3
+
+
 def test_op_calls_are_timed_in_alternating_rounds(tmp_path, monkeypatch):
     # an op call's back-to-back timing includes host time, and a host's slow spell can cover one side's
     # whole timing: the two sides alternate in rounds (which goes first alternates too), and the median of

@@ -125,22 +125,9 @@ def _family_pass(family: str, graph_ops: Optional[frozenset] = None, graph: Opti
 
 def pattern_key() -> str:
     """Names the traced patterns on disk: the torch build, tritonfuse's source and its settings decide them."""
-    build = (torch.__version__, getattr(torch.version, "git_version", ""), _source_hash(),
+    build = (torch.__version__, getattr(torch.version, "git_version", ""), registry.source_digest(),
              sorted(config.snapshot().items()))
     return hashlib.sha256(repr(build).encode()).hexdigest()[:24]
-
-
-@functools.lru_cache(maxsize=None)
-def _source_hash() -> str:
-    # the graph cache must not reuse a graph compiled by other tritonfuse code (read once per process)
-    h = hashlib.sha256()
-    root = pathlib.Path(__file__).resolve().parent
-    for d in (root, *(pathlib.Path(importlib.import_module(p).__file__).parent for p in
-                      ("tritonfuse.patterns", "tritonfuse.kernels"))):
-        for f in sorted(d.glob("*.py")):
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 # Survey a graph before the passes that decide (registry.surveying): on a GPU where sites are timed and
@@ -419,22 +406,11 @@ def _is_training(gm: torch.fx.GraphModule, kwargs: dict) -> bool:
 
 
 def _settings_hash() -> str:
-    return hashlib.sha256(repr((sorted(config.snapshot().items()), _source_hash(), _pass_flags())).encode()).hexdigest()
-
-
-def _pass_flags() -> tuple:
-    # module switches the probes and the A/B scripts turn (patterns.linear_act.QLOAD, SHARE_QUANT, SIBLINGS,
-    # FUSED_QUANT_MAX_K; patterns.norm_residual.QUANT_OUT; patterns.attention.STRIDED_INPUTS, TABLES, SDPA_GQA):
-    # another setting, another graph. (Without SIBLINGS and QUANT_OUT here, scripts/siblings_ab.py's and
-    # quant_out_ab.py's "off" runs were served the "on" runs' graphs from Inductor's cache: 51st and 53rd sessions)
-    linear_act = _linear_act()
-    flags = () if linear_act is None else (linear_act.QLOAD, linear_act.SHARE_QUANT, linear_act.SIBLINGS,
-                                           linear_act.FUSED_QUANT_MAX_K)
-    try:
-        from tritonfuse.patterns import attention, norm_residual
-    except Exception:  # noqa: BLE001 - a broken patterns module: its pass reports it
-        return flags
-    return (*flags, norm_residual.QUANT_OUT, attention.STRIDED_INPUTS, attention.TABLES, attention.SDPA_GQA)
+    # the module switches of the passes and kernels (what the A/B scripts turn): another setting, another graph.
+    # (Without SIBLINGS and QUANT_OUT in it, scripts/siblings_ab.py's and quant_out_ab.py's "off" runs were
+    # served the "on" runs' graphs from Inductor's cache: 51st and 53rd sessions)
+    settings = (sorted(config.snapshot().items()), registry.source_digest(), registry.switches())
+    return hashlib.sha256(repr(settings).encode()).hexdigest()
 
 
 # A graph whose compile ran out of timing budget holds Inductor's path at the sites it did not measure, and

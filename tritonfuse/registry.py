@@ -10,8 +10,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
+import importlib
 import os
+import pathlib
 import re
+import sys
 import threading
 import warnings
 from typing import Callable, Optional
@@ -675,12 +679,53 @@ def choices_path():
     return pathlib.Path(base) / "tritonfuse" / "choices.json"
 
 
+_CODE_PACKAGES = ("tritonfuse.patterns", "tritonfuse.kernels")
+
+
+@functools.lru_cache(maxsize=None)
+def source_digest() -> str:
+    """tritonfuse's code (the package, its patterns and its kernels), hashed once a process: a graph compiled,
+    a pattern traced or a choice timed by other code is not reused."""
+    h = hashlib.sha256()
+    root = pathlib.Path(__file__).resolve().parent
+    for d in (root, *(pathlib.Path(importlib.import_module(p).__file__).parent for p in _CODE_PACKAGES)):
+        for f in sorted(d.glob("*.py")):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def switches() -> tuple:
+    """The module switches of tritonfuse's pattern and kernel modules as they are set now (their upper-case
+    scalars: ``patterns.attention.TABLES``, ``kernels.int8.MAGIC_ROUNDING``, ...). The A/B scripts turn them, so
+    they key what the code's source keys: Inductor's graph cache and the measured choices. (In the 56th
+    session a gated MLP timed with ``kernels.int8.GATED_PAIRS`` on, 2.4x slower, was recalled with it off:
+    llama-1b-prefill int8 ran its gated MLPs in bf16, 25.3 ms against 21.2.)"""
+    found = []
+    for name in _code_modules():
+        try:
+            module = sys.modules.get(name) or importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - a module that does not import serves nothing; its pass says why
+            continue
+        found += [(name, k, v) for k, v in sorted(vars(module).items())
+                  if k.isupper() and isinstance(v, (bool, int, float, str))]
+    return tuple(found)
+
+
+@functools.lru_cache(maxsize=None)
+def _code_modules() -> tuple:
+    return tuple(package if f.stem == "__init__" else f"{package}.{f.stem}" for package in _CODE_PACKAGES
+                 for f in sorted(pathlib.Path(importlib.import_module(package).__file__).parent.glob("*.py")))
+
+
 def _choice_key(key: str, device: torch.device) -> str:
     import triton
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    # "stream": timed back to back (_bench_stream); records timed the older way are measured again
-    return f"{key}|{name}|torch {torch.__version__}|triton {triton.__version__}|stream"
+    # "stream": timed back to back (_bench_stream); records timed the older way are measured again. "code":
+    # the code that was timed, its switches as set (a record another tritonfuse timed is timed again)
+    code = hashlib.sha256(repr((source_digest(), switches())).encode()).hexdigest()[:16]
+    return f"{key}|{name}|torch {torch.__version__}|triton {triton.__version__}|stream|code {code}"
 
 
 def read_json(path, default=None):
