@@ -229,7 +229,7 @@ def _prune_by_m(configs, named_args, **kwargs):
         configs = [c for c in configs if not c.kwargs.get("WS") or (
             ws_ok and not other and not c.kwargs["SUBTILE"] and not (act and c.kwargs["BLOCK_N"] > 128))] or configs
     mb = named_args.get("M_BUCKET", kwargs.get("M_BUCKET", 16))
-    gated = kwargs.get("GATED", named_args.get("GATED", False)) == 1  # (2, GATED_PAIRS: one accumulator)
+    gated = kwargs.get("GATED", named_args.get("GATED", False))
     if gated:
         configs = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 128 * 128
                    and _stage_bytes(c, 2) * c.num_stages <= SMEM_BYTES] or configs
@@ -376,10 +376,8 @@ def _store_tile(
     # the epilogue shared by every int8 GEMM: dequantize, bias, activation (and the gate product), store.
     # QLOAD: xs_ptr holds the rows' abs-max (x was quantized as it was loaded), scales made as the row kernel
     # makes them. ROW_AMAX: each row's abs-max of the values stored is max-ed into amax_ptr ([M] int32, zeroed
-    # before the launch) for the next GEMM to quantize them on load. GATED 1: acc_u holds the up projection's
-    # product (its scales and bias at wus_ptr, bu_ptr); 2 (GATED_PAIRS): acc's columns are gate and up in pairs
-    # (2j, 2j + 1, their scales and bias interleaved alike) and output column j is act(gate) * up; N counts
-    # acc's columns, twice the output's
+    # before the launch) for the next GEMM to quantize them on load. GATED: acc_u holds the up projection's
+    # product (its scales and bias at wus_ptr, bu_ptr)
     m_mask = offs_m < M
     n_mask = offs_n < N
     if HAS_ROW_SCALE:
@@ -388,18 +386,9 @@ def _store_tile(
             xs = _row_scale(xs)
     else:
         xs = offs_m  # unused
-    y = _dequant(acc, xs, ws_ptr, b_ptr, offs_n, n_mask, HAS_ROW_SCALE, HAS_COL_SCALE, HAS_BIAS)
-    if GATED == 2:
-        # (a pair is two adjacent columns of one thread's accumulator registers: the split moves no data)
-        g, u = tl.split(tl.reshape(y, (y.shape[0], y.shape[1] // 2, 2)))
-        y = _apply_act(g, ACT) * u
-        offs_n, _ = tl.split(tl.reshape(offs_n, (offs_n.shape[0] // 2, 2)))
-        offs_n = offs_n // 2
-        n_mask = offs_n < N // 2
-    else:
-        y = _apply_act(y, ACT)
-        if GATED:
-            y = y * _dequant(acc_u, xs, wus_ptr, bu_ptr, offs_n, n_mask, HAS_ROW_SCALE, HAS_COL_SCALE, HAS_BIAS)
+    y = _apply_act(_dequant(acc, xs, ws_ptr, b_ptr, offs_n, n_mask, HAS_ROW_SCALE, HAS_COL_SCALE, HAS_BIAS), ACT)
+    if GATED:
+        y = y * _dequant(acc_u, xs, wus_ptr, bu_ptr, offs_n, n_mask, HAS_ROW_SCALE, HAS_COL_SCALE, HAS_BIAS)
     out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
     y = cast_out(y, out_ptr.dtype.element_ty, RTNE_BF16)
     tl.store(out_ptrs, y, mask=m_mask[:, None] & n_mask[None, :])
@@ -473,7 +462,7 @@ def _k_step(acc, acc_u, x_ptrs, w_ptrs, u_ptrs, k, K, N, stride_xk, stride_wk, s
             a0 = _quant_scaled(a0.to(tl.float32), inv, QLOAD == 2)
         a, b = _dot_operands(a0, _load_k(w_ptrs + j * SUB_K * stride_wk, k_mask[:, None], EVEN_K), W8A8, DOT_UPCAST)
         acc = _group_dot(acc, a, b, s_ptrs, kj, K, N, GROUP_K, s_pre, PRELOADED)
-        if GATED == 1:
+        if GATED:
             a, bu = _dot_operands(a0, _load_k(u_ptrs + j * SUB_K * stride_uk, k_mask[:, None], EVEN_K), W8A8,
                                   DOT_UPCAST)
             acc_u = _group_dot(acc_u, a, bu, su_ptrs, kj, K, N, GROUP_K, su_pre, PRELOADED)
@@ -524,7 +513,7 @@ def _int8_gemm_kernel(
         acc, acc_u = _k_step(acc, acc_u, x_ptrs, w_ptrs, u_ptrs, k * BLOCK_K, K, N, stride_xk, stride_wk, stride_uk,
                              ws_ptr + offs_bn, wus_ptr + offs_bn, W8A8, DOT_UPCAST, GATED, EVEN_K, BLOCK_K, SUB_K,
                              GROUP_K, inv=inv, QLOAD=QLOAD)
-        if GATED == 1:
+        if GATED:
             u_ptrs += BLOCK_K * stride_uk
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
@@ -696,7 +685,7 @@ def _w8a8_tma_tile(
         if QLOAD:
             a = _quant_scaled(a.to(tl.float32), inv, QLOAD == 2)
         acc = tl.dot(a, w_desc.load([off_n, off_k]).T, acc, out_dtype=tl.int32)
-        if GATED == 1:
+        if GATED:
             acc_u = tl.dot(a, wu_desc.load([off_n, off_k]).T, acc_u, out_dtype=tl.int32)
     if SUBTILE:
         lo, hi = _halves(acc, BLOCK_N)
@@ -1190,28 +1179,23 @@ def _device_tma_layout(xq, wq, wuq) -> bool:
                                for t in (xq, wq, wuq) if t is not None)
 
 
-def _w8a8(xq, xs, wq, ws, b, act, out_dtype, wuq=None, wus=None, bu=None, use_tma=None, amax=None,
-          pairs: bool = False):
+def _w8a8(xq, xs, wq, ws, b, act, out_dtype, wuq=None, wus=None, bu=None, use_tma=None, amax=None):
     """Launch the W8A8 GEMM on pre-quantized operands; ``use_tma`` None picks the TMA kernel where it runs
     (host descriptors for an op call, device descriptors for a call traced for inlining), ``"device"``
     forces the device-descriptor kernel (the tests, and timing what an inlined call will run).
 
     ``xq`` fp16/bf16 instead of int8: quantized per row as it is loaded, ``xs`` then holds its rows' abs-max
     (``quant_rows`` quantizes the same values to the same bits). ``amax``: an [M] int32 zeroed buffer that
-    receives the output rows' abs-max (as fp32 bits) for the next GEMM to quantize them on load. ``pairs``:
-    ``wq``'s rows are a gated MLP's gate and up rows in pairs (``stack_cache.get(..., pairs=True)``; ``ws``
-    and ``b`` interleaved alike), and output column j is ``act(gate_j) * up_j`` (GATED_PAIRS)."""
+    receives the output rows' abs-max (as fp32 bits) for the next GEMM to quantize them on load."""
     M, K = xq.shape
     N = wq.shape[0]
     if ws.numel() != N:
         raise ValueError(f"W8A8 takes one weight scale per output channel ({N}), got {ws.numel()}")
-    if pairs and (wuq is not None or N % 2):
-        raise ValueError("a gated GEMM over paired rows takes one weight of an even number of rows")
-    out = torch.empty((M, N // 2 if pairs else N), device=xq.device, dtype=out_dtype)
+    out = torch.empty((M, N), device=xq.device, dtype=out_dtype)
     if M == 0 or N == 0:
         return out
     if use_tma == "device" or (use_tma is None and inline.active() and device_tma_serves(xq, wq, wuq)):
-        return _launch_device_tma(xq, xs, wq, ws, b, act, out, wuq, wus, bu, amax, pairs)
+        return _launch_device_tma(xq, xs, wq, ws, b, act, out, wuq, wus, bu, amax)
     auto = use_tma is None
     if auto:
         use_tma = _tma_failed is None and _tma_ok(xq)
@@ -1219,7 +1203,7 @@ def _w8a8(xq, xs, wq, ws, b, act, out_dtype, wuq=None, wus=None, bu=None, use_tm
         dummy = [16, 16]  # real boxes are set per config by _tma_block_hook
         w_desc = host_desc(wq, dummy)
         u_desc = host_desc(wuq, dummy) if wuq is not None else w_desc
-        grid, rest, kwargs = _tma_launch(xq, xs, wq, ws, b, act, out, wuq, wus, bu, amax, pairs)
+        grid, rest, kwargs = _tma_launch(xq, xs, wq, ws, b, act, out, wuq, wus, bu, amax)
         try:
             registry.launcher(_w8a8_tma_kernel)[grid](host_desc(xq, dummy), w_desc, u_desc, *rest, **kwargs)
             return out
@@ -1227,8 +1211,7 @@ def _w8a8(xq, xs, wq, ws, b, act, out_dtype, wuq=None, wus=None, bu=None, use_tm
             if not auto or not config.fallback_enabled():
                 raise
             _disable_tma(e)
-    return _launch_pointer(_w8a8_kernel, xq, xs, wq, ws, b, act, out, wuq, wus, bu, w8a8=True, amax=amax,
-                           pairs=pairs)
+    return _launch_pointer(_w8a8_kernel, xq, xs, wq, ws, b, act, out, wuq, wus, bu, w8a8=True, amax=amax)
 
 
 # The kernels that quantize activations (the row kernel, x quantized on load) round with PTX rounding modes on
@@ -1268,9 +1251,9 @@ def _epilogue_act(act: str, device: torch.device) -> str:
     return act
 
 
-def _tma_launch(xq, xs, wq, ws, b, act, out, wuq, wus, bu, amax=None, pairs: bool = False) -> tuple:
+def _tma_launch(xq, xs, wq, ws, b, act, out, wuq, wus, bu, amax=None) -> tuple:
     """The grid, the arguments after the three operands (descriptors or pointers) and the constexprs of a
-    launch of either TMA kernel (``pairs``: ``_w8a8``'s)."""
+    launch of either TMA kernel."""
     M, K = xq.shape
     N = wq.shape[0]
     gated = wuq is not None
@@ -1283,13 +1266,13 @@ def _tma_launch(xq, xs, wq, ws, b, act, out, wuq, wus, bu, amax=None, pairs: boo
 
     rest = (xs, ws, b if has_bias else ws, wus if gated else ws, bu if (gated and has_bias) else ws, out,
             amax if amax is not None else ws, M, N, K, _m_bucket(M), out.stride(0), out.stride(1))
-    return grid, rest, dict(HAS_BIAS=has_bias, ACT=_epilogue_act(act, out.device), GATED=2 if pairs else gated,
+    return grid, rest, dict(HAS_BIAS=has_bias, ACT=_epilogue_act(act, out.device), GATED=gated,
                             RTNE_BF16=rtne_bf16(out.dtype), QLOAD=_qload_mode(xq), ROW_AMAX=amax is not None,
                             WS_OK=_ws_serves(out.device))
 
 
-def _launch_device_tma(xq, xs, wq, ws, b, act, out, wuq, wus, bu, amax=None, pairs: bool = False):
-    grid, rest, kwargs = _tma_launch(xq, xs, wq, ws, b, act, out, wuq, wus, bu, amax, pairs)
+def _launch_device_tma(xq, xs, wq, ws, b, act, out, wuq, wus, bu, amax=None):
+    grid, rest, kwargs = _tma_launch(xq, xs, wq, ws, b, act, out, wuq, wus, bu, amax)
     args = (xq, wq, wuq if wuq is not None else wq, *rest)
     if inline.active():  # traced into Inductor's graph, which provides the descriptors' scratch memory
         registry.launcher(_w8a8_device_tma_kernel)[grid](*args, **kwargs)
@@ -1483,8 +1466,7 @@ def _best_cold(configs, args, kwargs, wq, wuq, N):
     return configs[min(range(len(configs)), key=times.__getitem__)]
 
 
-def _launch_pointer(kernel, x, xs, wq, ws, b, act, out, wuq, wus, bu, w8a8: bool, group: int = 0, amax=None,
-                    pairs: bool = False):
+def _launch_pointer(kernel, x, xs, wq, ws, b, act, out, wuq, wus, bu, w8a8: bool, group: int = 0, amax=None):
     # xs is ignored by the weight-only kernel (any fp32 tensor will do); W8A8 with a float x: quantized on load
     M, K = x.shape
     N = wq.shape[0]
@@ -1496,7 +1478,7 @@ def _launch_pointer(kernel, x, xs, wq, ws, b, act, out, wuq, wus, bu, w8a8: bool
         amax if amax is not None else ws, M, N, K, _m_bucket(M),
         x.stride(0), x.stride(1), wq.stride(0), wq.stride(1), u.stride(0), u.stride(1),
         out.stride(0), out.stride(1),
-        HAS_BIAS=has_bias, ACT=_epilogue_act(act, x.device), GATED=2 if pairs else gated, W8A8=w8a8,
+        HAS_BIAS=has_bias, ACT=_epilogue_act(act, x.device), GATED=gated, W8A8=w8a8,
         DOT_UPCAST=not w8a8 and dot_upcast(x.dtype), RTNE_BF16=rtne_bf16(out.dtype), GROUP_K=group,
         QLOAD=_qload_mode(x) if w8a8 else 0, ROW_AMAX=amax is not None,
     )
@@ -1617,27 +1599,20 @@ class _StackCache:
         self._entries: dict[tuple, tuple] = {}
         self.stacks = 0  # how many stacks were built, for tests
 
-    def get(self, ws: list, group: int = 0, pairs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(self, ws: list, group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """The int8 weights of float weights ``ws`` stacked (the rows of ws[0], then of ws[1], ...) and their
         scales, quantized in K groups of ``group`` (0: one scale per channel, [N]; else [groups, N] each,
-        side by side along N). ``pairs`` (two weights of one shape, a gated MLP's gate and up): their rows
-        interleaved instead, row j of each at rows 2j and 2j + 1, the scales alike."""
+        side by side along N)."""
         parts = [weight_cache.get(w, group) for w in ws]
         if len({s.dim() for _, s in parts}) > 1:
             raise ValueError("stacked int8 weights take scales of one kind (per channel, or per K group)")
-        if pairs and (len(parts) != 2 or parts[0][0].shape != parts[1][0].shape):
-            raise ValueError("paired int8 weights are two of one shape")
-        key = (group, pairs, *(id(q) for q, _ in parts))
+        key = (group, *(id(q) for q, _ in parts))
         with self._lock:
             entry = self._entries.get(key)
         if entry is not None and all(r() is q for r, (q, _) in zip(entry[0], parts)):
             return entry[1], entry[2]
-        if pairs:
-            wq = torch.stack([q for q, _ in parts], dim=1).reshape(-1, parts[0][0].shape[1])
-            scales = torch.stack([s for _, s in parts], dim=-1).flatten(-2).contiguous()
-        else:
-            wq = torch.cat([q for q, _ in parts])
-            scales = torch.cat([s for _, s in parts], dim=-1).contiguous()
+        wq = torch.cat([q for q, _ in parts])
+        scales = torch.cat([s for _, s in parts], dim=-1).contiguous()
         refs = tuple(weakref.ref(q, functools.partial(self._drop, key)) for q, _ in parts)
         with self._lock:
             self._entries[key] = (refs, wq, scales)
@@ -1660,23 +1635,12 @@ stack_cache = _StackCache()
 registry.on_reset(stack_cache.clear)
 
 
-def _stacked_bias(ws: list, bs: list, pairs: bool = False) -> Optional[torch.Tensor]:
-    # in fp32, which the epilogue computes in: each bias keeps its own values whatever their dtypes (pairs:
-    # interleaved as stack_cache pairs the weights)
+def _stacked_bias(ws: list, bs: list) -> Optional[torch.Tensor]:
+    # in fp32, which the epilogue computes in: each bias keeps its own values whatever their dtypes
     if all(b is None for b in bs):
         return None
-    full = [b.float().reshape(-1) if b is not None else torch.zeros(w.shape[0], device=w.device, dtype=torch.float32)
-            for w, b in zip(ws, bs)]
-    return torch.stack(full, dim=1).reshape(-1) if pairs else torch.cat(full)
-
-
-# A gated MLP's W8A8 GEMM over its gate and up rows in pairs (stack_cache's pairs), one accumulator and
-# output column j = act(gate_j) * up_j (GATED 2 in _store_tile), instead of two accumulators of at most
-# 128 x 128 (_prune_by_m: two 128 x 256 ones spill). It runs the plain GEMM's tiles: 128 x 256 holds 128
-# output columns' pairs. On the H200 (55th session) llama-1b-prefill's gated MLP (8192 x 2 x 8192 x 2048)
-# took 0.556 ms a call in two accumulators, about 990 TOPS, where the plain kernel reaches about 1200 at
-# 8192^3 on the H100. Off until it has been timed on a GPU (scripts/gated_pairs_probe.py).
-GATED_PAIRS = False
+    return torch.cat([b.float().reshape(-1) if b is not None
+                      else torch.zeros(w.shape[0], device=w.device, dtype=torch.float32) for w, b in zip(ws, bs)])
 
 
 def _gate_biases(bg, bu) -> tuple:
@@ -1689,12 +1653,10 @@ def _gate_biases(bg, bu) -> tuple:
 
 
 def _gated_w8a8(xq, xs, wg, wu, bg, bu, act, out_dtype, group: int = 0):
-    """W8A8 ``act(x @ wg.T + bg) * (x @ wu.T + bu)`` on quantized x: the gate and up rows in pairs where
-    GATED_PAIRS (per-channel scales), else two accumulators."""
+    """W8A8 ``act(x @ wg.T + bg) * (x @ wu.T + bu)`` on quantized x, in two accumulators. (One accumulator
+    over the gate and up rows interleaved in pairs, split in the epilogue, ran 2.4x slower on the H100: 51st and
+    56th sessions, 1.27 against 0.54 ms at llama-1b's 8192 x 2 x 8192 x 2048, triton 3.6.)"""
     bg, bu = _gate_biases(bg, bu)
-    if GATED_PAIRS and group == 0:
-        wpq, wps = stack_cache.get([wg, wu], 0, pairs=True)
-        return _w8a8(xq, xs, wpq, wps, _stacked_bias([wg, wu], [bg, bu], pairs=True), act, out_dtype, pairs=True)
     wgq, wgs = weight_cache.get(wg, group)
     wuq, wus = weight_cache.get(wu, group)
     return _w8a8(xq, xs, wgq, wgs, bg, act, out_dtype, wuq, wus, bu)

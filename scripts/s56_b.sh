@@ -8,7 +8,7 @@ source "$(dirname "$0")/device_head.sh"
 stamp() { echo "=== $(date +%T) $*" >> "$OUT/a.log"; }
 for m in ${MODELS:-vit_b_16 bert-base llama-1b-prefill}; do
   stamp "$m"
-  TRITONFUSE_MEASURE_BUDGET_S=inf timeout 190 $PY -m tritonfuse bench --models $m \
+  TRITONFUSE_MEASURE_BUDGET_S=inf timeout -k 5 190 $PY -m tritonfuse bench --models $m \
     --modes ${MODES:-inductor,tritonfuse,tritonfuse-int8} --cuda-graphs --no-progress --out "$OUT/$m.json" 2>&1 \
     | grep -v "Warn\|warn\|^  $m\|^left to\|^ms: the\|^$" | uniq -c >> "$OUT/a.log"
 done

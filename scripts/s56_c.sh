@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # 56th session (about 350 s on a warm machine): llama-1b-prefill int8 from CUDA graphs, fresh compiles (Inductor's
 # FX and autograd caches off), with the 55th session's defaults and with attention.STRIDED_INPUTS off, to find
-# what cost s56_a.sh's run 4 ms against the 55th session's 21.30 (H100). Run as
+# what cost the session's first llama run 4 ms against the 55th session's 21.30 (H100). Run as
 # TRITONFUSE_COMMIT=<head> bash scripts/s56_c.sh
 set -u
 source "$(dirname "$0")/device_head.sh"

@@ -699,8 +699,8 @@ def switches() -> tuple:
     """The module switches of tritonfuse's pattern and kernel modules as they are set now (their upper-case
     scalars: ``patterns.attention.TABLES``, ``kernels.int8.MAGIC_ROUNDING``, ...). The A/B scripts turn them, so
     they key what the code's source keys: Inductor's graph cache and the measured choices. (In the 56th
-    session a gated MLP timed with ``kernels.int8.GATED_PAIRS`` on, 2.4x slower, was recalled with it off:
-    llama-1b-prefill int8 ran its gated MLPs in bf16, 25.3 ms against 21.2.)"""
+    session a gated MLP timed with a switch since removed, ``kernels.int8.GATED_PAIRS``, on (2.4x slower) was
+    recalled with it off: llama-1b-prefill int8 ran its gated MLPs in bf16, 25.3 ms against 21.2.)"""
     found = []
     for name in _code_modules():
         try:
