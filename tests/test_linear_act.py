@@ -2206,6 +2206,13 @@ def test_a_choice_is_recalled_only_by_the_code_that_timed_it(tmp_path, monkeypat
     monkeypatch.setattr(registry, "source_digest", lambda: "other code")  # an upgrade: timed afresh
     assert use() is False and len(timed) == 6
     assert len(json.loads(registry.choices_path().read_text())) == 3
+    # other code's records leave the store once kept KEEP_OTHER_S ago (at the next record kept)
+    monkeypatch.setattr(registry, "KEEP_OTHER_S", 0)
+    with config.patch(measure="1"):
+        registry.measured_choice("other site", cpu, lambda: "ours", [lambda: "theirs"])
+    stored = json.loads(registry.choices_path().read_text())
+    assert sorted(k.split("|")[0] for k in stored) == ["gated", "other site"]
+    assert all(k.endswith(registry._code_tag()) and r["kept"] > 0 for k, r in stored.items())
 
 
 def test_op_calls_are_timed_in_alternating_rounds(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ import pathlib
 import re
 import sys
 import threading
+import time
 import warnings
 from typing import Callable, Optional
 
@@ -722,10 +723,13 @@ def _choice_key(key: str, device: torch.device) -> str:
     import triton
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    # "stream": timed back to back (_bench_stream); records timed the older way are measured again. "code":
-    # the code that was timed, its switches as set (a record another tritonfuse timed is timed again)
-    code = hashlib.sha256(repr((source_digest(), switches())).encode()).hexdigest()[:16]
-    return f"{key}|{name}|torch {torch.__version__}|triton {triton.__version__}|stream|code {code}"
+    # "stream": timed back to back (_bench_stream); records timed the older way are measured again
+    return f"{key}|{name}|torch {torch.__version__}|triton {triton.__version__}|stream{_code_tag()}"
+
+
+def _code_tag() -> str:
+    # the end of a record's name: the code that was timed, its switches as set (another tritonfuse times again)
+    return "|code " + hashlib.sha256(repr((source_digest(), switches())).encode()).hexdigest()[:16]
 
 
 def read_json(path, default=None):
@@ -1102,7 +1106,7 @@ def _choice_key_full(key: str, graphed: bool, shared, device: torch.device) -> t
 
 def _kept(choices: dict, full: str, rec: dict) -> dict:
     """Keep the new record ``rec`` under ``full`` on disk; return it decided (``_decided``)."""
-    choices[full] = rec
+    choices[full] = {**rec, "kept": int(time.time())}
     _save_choices(choices)
     rec = _decided(rec)
     _last_measured.rec = rec
@@ -1138,7 +1142,15 @@ def cheaper(a: dict, b: Optional[dict]) -> bool:
     return rb is None or (ra is not None and ra <= rb)
 
 
+# A record of other code (another tritonfuse, other switches) is dropped from the store once it was kept this
+# long ago: each upgrade times its sites anew, and the store would only grow
+KEEP_OTHER_S = 30 * 86400
+
+
 def _save_choices(choices: dict) -> None:
+    this, now = _code_tag(), time.time()
+    for full in [k for k, r in choices.items() if not k.endswith(this) and now - r.get("kept", 0) > KEEP_OTHER_S]:
+        del choices[full]
     write_json(choices_path(), choices, indent=1, sort_keys=True)  # lost: measured again in the next process
 
 
