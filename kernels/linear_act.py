@@ -719,6 +719,34 @@ def _fused_quant(M, mode: str) -> bool:
     return I8.fused_quant(M, mode)
 
 
+def measure_siblings(x, ws: list, bs: list) -> dict:
+    """On a GPU, time one cuBLAS GEMM over sibling Linears' weights stacked, the weights (and biases)
+    concatenated on every call as the graph does, against their GEMMs apart, at the shapes of example values
+    ``x`` [M, K], ``ws`` [N_i, K] and ``bs`` ([N_i] or None, all or none); ``registry.measured_choice``'s
+    record, cached per shape. Elsewhere nothing is timed (``use`` True)."""
+    M, K = x.shape
+    key = (f"float_siblings|M{M}xK{K}xN{'+'.join(str(w.shape[0]) for w in ws)}|{x.dtype}"
+           f"|bias{int(bs[0] is not None)}")
+    if not registry.timing_enabled(x.device):
+        return {"use": True}
+    g = torch.Generator(device=x.device).manual_seed(0)
+
+    def draw(*shape):
+        return torch.randn(shape, device=x.device, dtype=x.dtype, generator=g)
+
+    xr, wr = draw(M, K), [draw(*w.shape) * K ** -0.5 for w in ws]
+    br = [draw(*b.shape) if b is not None else None for b in bs]
+
+    def gemm(w, b):
+        return torch.addmm(b, xr, w.t()) if b is not None else xr @ w.t()
+
+    def stacked():
+        return gemm(torch.cat(wr), torch.cat(br) if br[0] is not None else None)
+
+    return registry.measured_choice(key, x.device, stacked, [functools.partial(gemm, w, b) for w, b in zip(wr, br)],
+                                    graphed=True)
+
+
 def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optional[str] = None,
             int8_inlined: bool = False, int8_fused: bool = True, quant_share: float = 1.0) -> dict:
     """On a GPU, time this kernel (or, with ``int8_mode``, the int8 one) against what it replaces: cuBLAS

@@ -1513,3 +1513,98 @@ def siblings_pass(graph: torch.fx.Graph) -> int:
             if not n.users and (src.target == ops.int8_quant_rows.default or n in casts):
                 graph.erase_node(n)
     return made
+
+
+# --- sibling Linears as one floating-point GEMM --------------------------------------------------------------
+
+# Off: floating-point sibling Linears on one x (BERT's, Llama's Q, K and V projections) stay a GEMM each.
+# Inductor does not group them by default (its group_fusion is off).
+FLOAT_SIBLINGS = True
+
+
+def _float_sibling(node: torch.fx.Node) -> Optional[dict]:
+    """A floating-point Linear left to cuBLAS, ``mm(x, w.t())`` or ``addmm(b, x, w.t())`` on a static number of
+    rows, with w (and b) graph inputs and one dtype throughout: its x, w, b and output columns N. None for any
+    other node (a weight computed in the graph, autocast's cast of one: the stack would concatenate it anew)."""
+    if node.op != "call_function" or node.kwargs:
+        return None
+    if node.target == aten.addmm.default and len(node.args) == 3:
+        b, x, wt = node.args
+    elif node.target == aten.mm.default:
+        (x, wt), b = node.args, None
+    else:
+        return None
+    w = _weight_of(wt)
+    if not isinstance(x, torch.fx.Node) or w is None or any(
+            not isinstance(a, torch.fx.Node) or a.op not in ("placeholder", "get_attr") for a in (w, b) if a is not None):
+        return None
+    xv, wv, out = _val(x), _val(w), node.meta.get("val")
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or not out.dtype.is_floating_point \
+            or wv.dim() != 2 or {xv.dtype, wv.dtype, out.dtype} != {out.dtype} or not isinstance(xv.shape[0], int) \
+            or (b is not None and (_val(b).dim() != 1 or _val(b).dtype != out.dtype)):
+        return None
+    return dict(node=node, x=x, w=w, b=b, N=wv.shape[0])
+
+
+def float_siblings_pass(graph: torch.fx.Graph) -> int:
+    """Floating-point Linears that read the same x (through views of one tensor), all with a bias or all
+    without, become one cuBLAS GEMM over their weights concatenated in the graph, each reading its columns of
+    the output, where that measures faster than their GEMMs apart (``kernels.linear_act.measure_siblings``; off
+    the GPU, always). The concatenation runs on every call, so a weight updated in place is read as it is. Not
+    where a sibling's output (or a view of it) is the graph's: the user, or a training graph's backward, would
+    get the columns' strides or a copy. Returns how many GEMMs were made."""
+    if not FLOAT_SIBLINGS:
+        return 0
+    groups: dict = {}
+    for node in graph.nodes:
+        m = _float_sibling(node)
+        if m is not None:
+            groups.setdefault((_rows_root(m["x"]), tuple(_val(m["x"]).shape), m["b"] is None), []).append(m)
+    fake_mode, made = None, 0
+    for members in groups.values():
+        if len(members) < 2 or any(_reaches_output(m["node"]) for m in members):
+            continue
+        first, has_bias = members[0], members[0]["b"] is not None
+        xv = _val(first["x"])
+        rec = K.measure_siblings(xv, [_val(m["w"]) for m in members], [_val(m["b"]) for m in members])
+        if not rec.get("use"):
+            continue
+        if fake_mode is None:
+            fake_mode = _fake_mode(graph)
+            if fake_mode is None:
+                return made
+        with fake_mode:
+            w_val = torch.cat([_val(m["w"]) for m in members])
+            b_val = torch.cat([_val(m["b"]) for m in members]) if has_bias else None
+            out_val = torch.addmm(b_val, xv, w_val.t()) if has_bias else xv @ w_val.t()
+        parts, views, off = [], {}, 0
+        for m in members:
+            val = out_val[:, off:off + m["N"]]
+            got = _restrided_views(m["node"], val, fake_mode)  # the views reading the columns take their strides
+            views.update({None: None} if got is None else got)
+            parts.append((off, val))
+            off += m["N"]
+        if None in views:
+            continue  # a view the columns' strides do not allow (it would need a copy): left as it was
+        with graph.inserting_before(first["node"]):
+            w = graph.call_function(aten.cat.default, ([m["w"] for m in members],))
+            w.meta["val"] = w_val
+            wt = graph.call_function(aten.permute.default, (w, [1, 0]))
+            wt.meta["val"] = w_val.t()
+            if has_bias:
+                b = graph.call_function(aten.cat.default, ([m["b"] for m in members],))
+                b.meta["val"] = b_val
+                out = graph.call_function(aten.addmm.default, (b, first["x"], wt))
+            else:
+                out = graph.call_function(aten.mm.default, (first["x"], wt))
+        out.meta["val"] = out_val
+        for n, val in views.items():
+            n.meta["val"] = val
+        for m, (off, val) in zip(members, parts):
+            with graph.inserting_after(out):
+                part = graph.call_function(aten.slice.Tensor, (out, 1, off, off + m["N"]))
+            part.meta["val"] = val
+            _replace(graph, m["node"], part, keep=())
+        registry.note_stacked(len(members), [rec["ours_ms"], rec["theirs_ms"]] if "ours_ms" in rec else None)
+        made += 1
+    return made

@@ -2215,6 +2215,48 @@ def test_a_choice_is_recalled_only_by_the_code_that_timed_it(tmp_path, monkeypat
     assert all(k.endswith(registry._code_tag()) and r["kept"] > 0 for k, r in stored.items())
 
 
+@pytest.mark.parametrize("form", ["bert", "llama"])
+def test_float_sibling_linears_become_one_gemm(form, monkeypatch, device, no_compile_cache):
+    # BERT's Q, K and V (with biases) and Llama's q, k and v (without; k and v narrower, GQA) read one x: in
+    # floating point they become one GEMM over their weights stacked, each reading its columns in place
+    # (nothing timed: off the GPU, or TRITONFUSE_MEASURE=0). With the switch off, or where a sibling's output
+    # is the user's (the KV cache Llama returns holds v as its projection's view), each stays a GEMM. Outputs
+    # as eager's
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    transformers = pytest.importorskip("transformers")
+    from tritonfuse.patterns import linear_act as LP
+
+    torch.manual_seed(0)
+    if form == "bert":
+        model = transformers.BertModel(transformers.BertConfig(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96, vocab_size=128))
+        runs = [({}, False), ({}, True)]
+    else:
+        model = transformers.LlamaModel(transformers.LlamaConfig(
+            hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
+            vocab_size=128))
+        runs = [({"use_cache": False}, False), ({"use_cache": False}, True), ({"use_cache": True}, True)]
+    model.to(device).eval()
+    ids = torch.randint(1, 128, (2, 13), generator=torch.Generator().manual_seed(1)).to(device)
+    gemms = []
+    for kw, on in runs:
+        monkeypatch.setattr(LP, "FLOAT_SIBLINGS", on)
+        tritonfuse.reset()
+        torch._dynamo.reset()
+        with torch.no_grad(), config.patch(measure="0"):
+            want = model(ids, **kw).last_hidden_state
+            got, code = run_and_get_code(torch.compile(model, backend="tritonfuse"), ids, **kw)
+        torch.testing.assert_close(got.last_hidden_state, want, rtol=1e-4, atol=1e-4)
+        stacked = on and not kw.get("use_cache")
+        assert registry.stacked() == ([(3, ())] * 2 if stacked else []), tritonfuse.report()
+        assert ("3 GEMMs as one x2" in tritonfuse.report()) == stacked
+        gemms.append(len(re.findall(r"extern_kernels\.(?:add)?mm\(", "\n".join(code))))
+    assert gemms[1] == gemms[0] - 4 and gemms[2:] in ([], [gemms[0]]), gemms  # 3 GEMMs as 1 in each of 2 layers
+
+
 def test_op_calls_are_timed_in_alternating_rounds(tmp_path, monkeypatch):
     # an op call's back-to-back timing includes host time, and a host's slow spell can cover one side's
     # whole timing: the two sides alternate in rounds (which goes first alternates too), and the median of

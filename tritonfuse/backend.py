@@ -340,6 +340,13 @@ class TritonfusePasses(CustomGraphPass):
                 int8_constants_pass(graph)
             except Exception as e:  # the int8 sites keep their ops, which look their weights up at run time
                 _pass_failed("int8 weights as constants", e, "the int8 ops quantize their weights at run time")
+        if config.quant == "none" and "linear_act" in self.families:
+            try:  # sibling Linears on one x as one GEMM over their weights stacked, where that measures faster
+                from tritonfuse.patterns.linear_act import float_siblings_pass
+
+                float_siblings_pass(graph)
+            except Exception as e:
+                _pass_failed("the sibling Linear pass", e, "sibling Linears stay a GEMM each")
         if "attention" in self.families:
             try:  # attention ops read q/k/v through no copy that only reordered them
                 from tritonfuse.patterns.attention import strided_inputs_pass

@@ -42,6 +42,7 @@ class Site:
 
 _counters: dict[str, dict[str, int]] = {}
 _sites: list[Site] = []
+_stacks: list[tuple] = []  # sibling Linears made one GEMM (patterns.linear_act.float_siblings_pass): (GEMMs, timing)
 _errors: list[str] = []  # family passes that raised: shown by the report, the graph kept Inductor's path
 _pending: dict[tuple, Site] = {}
 _graph_index = 0
@@ -67,11 +68,24 @@ def reset() -> None:
     with _lock:
         _counters.clear()
         _sites.clear()
+        _stacks.clear()
         _errors.clear()
         _pending.clear()
         _graph_index = 0
         _surveyed = 0
         _compile_time.update(_NO_COMPILE_TIME)
+
+
+def note_stacked(gemms: int, measured: Optional[list]) -> None:
+    """Record ``gemms`` floating-point sibling GEMMs made one, with the timing that chose it (ours, theirs ms)."""
+    with _lock:
+        _stacks.append((gemms, tuple(measured) if measured else ()))
+
+
+def stacked() -> list[tuple]:
+    """(GEMMs made one, (ours, theirs ms) or ()) for each stack of sibling Linears since the last reset."""
+    with _lock:
+        return list(_stacks)
 
 
 def counters() -> dict[str, dict[str, int]]:

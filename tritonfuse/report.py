@@ -29,6 +29,12 @@ def report() -> str:
         for (fam, kernel, timed), n in sorted(served.items()):
             why = f"  measured {timed[0]:.3f} vs {timed[1]:.3f} ms" if timed else ""
             lines.append(f"  {fam:<15}{kernel:<40} x{n}{why}")
+    stacks = Counter(registry.stacked())
+    if stacks:  # (recorded when a graph is compiled, as the inlined op calls are)
+        lines.append("sibling Linears on one x as one GEMM over their weights stacked:")
+        for (n, timed), k in sorted(stacks.items()):
+            why = f"  measured {timed[0]:.3f} vs {timed[1]:.3f} ms apart" if timed else ""
+            lines.append(f"  {n} GEMMs as one x{k}{why}")
     inl = inline.counts()
     if inl["inlined"] or inl["kept"]:
         # counted when a graph is compiled (one served whole from Inductor's cache is not)
