@@ -719,14 +719,15 @@ def _fused_quant(M, mode: str) -> bool:
     return I8.fused_quant(M, mode)
 
 
-def measure_siblings(x, ws: list, bs: list) -> dict:
+def measure_siblings(x, ws: list, bs: list, copies: list) -> dict:
     """On a GPU, time one cuBLAS GEMM over sibling Linears' weights stacked, the weights (and biases)
-    concatenated on every call as the graph does, against their GEMMs apart, at the shapes of example values
-    ``x`` [M, K], ``ws`` [N_i, K] and ``bs`` ([N_i] or None, all or none); ``registry.measured_choice``'s
-    record, cached per shape. Elsewhere nothing is timed (``use`` True)."""
+    concatenated on every call as the graph does, plus a contiguous copy of the columns of each sibling
+    ``copies`` marks, against their GEMMs apart, at the shapes of example values ``x`` [M, K], ``ws`` [N_i, K]
+    and ``bs`` ([N_i] or None, all or none); ``registry.measured_choice``'s record, cached per shape.
+    Elsewhere nothing is timed (``use`` True)."""
     M, K = x.shape
-    key = (f"float_siblings|M{M}xK{K}xN{'+'.join(str(w.shape[0]) for w in ws)}|{x.dtype}"
-           f"|bias{int(bs[0] is not None)}")
+    key = (f"float_siblings|M{M}xK{K}xN{'+'.join(str(w.shape[0]) + '*' * c for w, c in zip(ws, copies))}"
+           f"|{x.dtype}|bias{int(bs[0] is not None)}")
     if not registry.timing_enabled(x.device):
         return {"use": True}
     g = torch.Generator(device=x.device).manual_seed(0)
@@ -740,8 +741,11 @@ def measure_siblings(x, ws: list, bs: list) -> dict:
     def gemm(w, b):
         return torch.addmm(b, xr, w.t()) if b is not None else xr @ w.t()
 
+    cols = [(sum(w.shape[0] for w in ws[:i]), w.shape[0]) for i, (w, c) in enumerate(zip(ws, copies)) if c]
+
     def stacked():
-        return gemm(torch.cat(wr), torch.cat(br) if br[0] is not None else None)
+        out = gemm(torch.cat(wr), torch.cat(br) if br[0] is not None else None)
+        return out, [out[:, i:i + n].contiguous() for i, n in cols]
 
     return registry.measured_choice(key, x.device, stacked, [functools.partial(gemm, w, b) for w, b in zip(wr, br)],
                                     graphed=True)

@@ -1550,9 +1550,11 @@ def float_siblings_pass(graph: torch.fx.Graph) -> int:
     """Floating-point Linears that read the same x (through views of one tensor), all with a bias or all
     without, become one cuBLAS GEMM over their weights concatenated in the graph, each reading its columns of
     the output, where that measures faster than their GEMMs apart (``kernels.linear_act.measure_siblings``; off
-    the GPU, always). The concatenation runs on every call, so a weight updated in place is read as it is. Not
-    where a sibling's output (or a view of it) is the graph's: the user, or a training graph's backward, would
-    get the columns' strides or a copy. Returns how many GEMMs were made."""
+    the GPU, always). The concatenation runs on every call, so a weight updated in place is read as it is. A
+    sibling whose output (or a view of it) the graph returns (Llama's v in the KV cache it returns) reads a
+    contiguous copy of its columns, as its own GEMM wrote them, timed with the stack; in a training graph,
+    whose outputs are the tensors its backward saves, such siblings stay apart. Returns how many GEMMs were
+    made."""
     if not FLOAT_SIBLINGS:
         return 0
     groups: dict = {}
@@ -1562,11 +1564,12 @@ def float_siblings_pass(graph: torch.fx.Graph) -> int:
             groups.setdefault((_rows_root(m["x"]), tuple(_val(m["x"]).shape), m["b"] is None), []).append(m)
     fake_mode, made = None, 0
     for members in groups.values():
-        if len(members) < 2 or any(_reaches_output(m["node"]) for m in members):
+        owns = [_reaches_output(m["node"]) for m in members]
+        if len(members) < 2 or (any(owns) and registry.training_graph()):
             continue
         first, has_bias = members[0], members[0]["b"] is not None
         xv = _val(first["x"])
-        rec = K.measure_siblings(xv, [_val(m["w"]) for m in members], [_val(m["b"]) for m in members])
+        rec = K.measure_siblings(xv, [_val(m["w"]) for m in members], [_val(m["b"]) for m in members], owns)
         if not rec.get("use"):
             continue
         if fake_mode is None:
@@ -1578,11 +1581,12 @@ def float_siblings_pass(graph: torch.fx.Graph) -> int:
             b_val = torch.cat([_val(m["b"]) for m in members]) if has_bias else None
             out_val = torch.addmm(b_val, xv, w_val.t()) if has_bias else xv @ w_val.t()
         parts, views, off = [], {}, 0
-        for m in members:
+        for m, own in zip(members, owns):
             val = out_val[:, off:off + m["N"]]
-            got = _restrided_views(m["node"], val, fake_mode)  # the views reading the columns take their strides
-            views.update({None: None} if got is None else got)
-            parts.append((off, val))
+            if not own:  # the views reading the columns take their strides
+                got = _restrided_views(m["node"], val, fake_mode)
+                views.update({None: None} if got is None else got)
+            parts.append((off, val, own))
             off += m["N"]
         if None in views:
             continue  # a view the columns' strides do not allow (it would need a copy): left as it was
@@ -1600,10 +1604,15 @@ def float_siblings_pass(graph: torch.fx.Graph) -> int:
         out.meta["val"] = out_val
         for n, val in views.items():
             n.meta["val"] = val
-        for m, (off, val) in zip(members, parts):
+        for m, (off, val, own) in zip(members, parts):
             with graph.inserting_after(out):
                 part = graph.call_function(aten.slice.Tensor, (out, 1, off, off + m["N"]))
             part.meta["val"] = val
+            if own:
+                with graph.inserting_after(part):
+                    copy = graph.call_function(aten.clone.default, (part,), {"memory_format": torch.contiguous_format})
+                copy.meta["val"] = val.clone(memory_format=torch.contiguous_format)
+                part = copy
             _replace(graph, m["node"], part, keep=())
         registry.note_stacked(len(members), [rec["ours_ms"], rec["theirs_ms"]] if "ours_ms" in rec else None)
         made += 1
