@@ -1390,6 +1390,42 @@ def _restrided_views(node: torch.fx.Node, val, fake_mode) -> Optional[dict]:
     return vals
 
 
+def _column_parts(members: list, owns: list, out_val, fake_mode) -> Optional[tuple]:
+    """How each of ``members`` (sites with their output columns ``N``, in order) reads its columns of a stacked
+    output ``out_val``: (its columns' offset, their example value, ``owns``: a copy of its own where the user
+    gets its output, or a view of it), and the new example values of the views that read the columns in place
+    (an op with a fixed stride order that reads them would otherwise be handed copies at the strides it was
+    traced with). None where such a view cannot take the columns' strides (it would need a copy)."""
+    parts, views, off = [], {}, 0
+    for m, own in zip(members, owns):
+        val = out_val[:, off:off + m["N"]]
+        if not own:
+            got = _restrided_views(m["node"], val, fake_mode)
+            if got is None:
+                return None
+            views.update(got)
+        parts.append((off, val, own))
+        off += m["N"]
+    return parts, views
+
+
+def _read_columns(graph: torch.fx.Graph, out: torch.fx.Node, members: list, column_parts: tuple) -> None:
+    """Each of ``members``' nodes replaced by its columns of the stacked ``out``, as ``_column_parts`` said."""
+    parts, views = column_parts
+    for n, val in views.items():
+        n.meta["val"] = val
+    for m, (off, val, own) in zip(members, parts):
+        with graph.inserting_after(out):
+            part = graph.call_function(aten.slice.Tensor, (out, 1, off, off + m["N"]))
+        part.meta["val"] = val
+        if own:
+            with graph.inserting_after(part):
+                copy = graph.call_function(aten.clone.default, (part,), {"memory_format": torch.contiguous_format})
+            copy.meta["val"] = val.clone(memory_format=torch.contiguous_format)
+            part = copy
+        _replace(graph, m["node"], part, keep=())
+
+
 def _served_ms(m: dict) -> Optional[float]:
     # the time of the site as it is served now (its int8 op call, or cuBLAS's GEMM), as its check measured it
     rec = _weight_root(m["cast"] if "cast" in m else m["w"]).meta.get("tritonfuse_int8_recs", {}).get(m["site"])
@@ -1465,39 +1501,17 @@ def siblings_pass(graph: torch.fx.Graph) -> int:
         with fake_mode:
             out_val = torch.ops.tritonfuse.int8_linear_siblings.default(
                 *[[_val(a) for a in v] if isinstance(v, list) else _val(v) for v in args])
-        # each site's columns, as a copy of its own where the user gets it (or a view), else read in place:
-        # the views that read them take the columns' strides in their example values too (an op with a fixed
-        # stride order that reads them would otherwise be handed copies at the strides it was traced with)
-        parts, views = [], {}
-        off = 0
-        for m in members:
-            val = out_val[:, off:off + m["N"]]
-            own = _reaches_output(m["node"])
-            if not own:
-                got = _restrided_views(m["node"], val, fake_mode)
-                views.update({None: None} if got is None else got)
-            parts.append((off, val, own))
-            off += m["N"]
-        if None in views:
-            continue  # a view the columns' strides do not allow (it would need a copy): left as it was
+        parts = _column_parts(members, [_reaches_output(m["node"]) for m in members], out_val, fake_mode)
+        if parts is None:
+            continue
         for a in late:
             first["node"].prepend(a)
         with graph.inserting_before(first["node"]):
             out = graph.call_function(torch.ops.tritonfuse.int8_linear_siblings.default, args)
         out.meta["val"] = out_val
-        for n, val in views.items():
-            n.meta["val"] = val
+        _read_columns(graph, out, members, parts)
         names = ", ".join(m["site"] for m in members)
-        for m, (off, val, own) in zip(members, parts):
-            with graph.inserting_after(out):
-                part = graph.call_function(aten.slice.Tensor, (out, 1, off, off + m["N"]))
-            part.meta["val"] = val
-            if own:
-                with graph.inserting_after(part):
-                    copy = graph.call_function(aten.clone.default, (part,), {"memory_format": torch.contiguous_format})
-                copy.meta["val"] = val.clone(memory_format=torch.contiguous_format)
-                part = copy
-            _replace(graph, m["node"], part, keep=())
+        for m in members:
             why = (f"one int8 GEMM with its siblings ({names}): {n_all} columns"
                    + (f", measured {measured[0]:.3f} vs {measured[1]:.3f} ms as served alone" if measured else ""))
             kernel = I8.int8_kernel_name(rows.shape[0], mode, False, fused=xs is not None)
@@ -1580,16 +1594,9 @@ def float_siblings_pass(graph: torch.fx.Graph) -> int:
             w_val = torch.cat([_val(m["w"]) for m in members])
             b_val = torch.cat([_val(m["b"]) for m in members]) if has_bias else None
             out_val = torch.addmm(b_val, xv, w_val.t()) if has_bias else xv @ w_val.t()
-        parts, views, off = [], {}, 0
-        for m, own in zip(members, owns):
-            val = out_val[:, off:off + m["N"]]
-            if not own:  # the views reading the columns take their strides
-                got = _restrided_views(m["node"], val, fake_mode)
-                views.update({None: None} if got is None else got)
-            parts.append((off, val, own))
-            off += m["N"]
-        if None in views:
-            continue  # a view the columns' strides do not allow (it would need a copy): left as it was
+        parts = _column_parts(members, owns, out_val, fake_mode)
+        if parts is None:
+            continue
         with graph.inserting_before(first["node"]):
             w = graph.call_function(aten.cat.default, ([m["w"] for m in members],))
             w.meta["val"] = w_val
@@ -1602,18 +1609,7 @@ def float_siblings_pass(graph: torch.fx.Graph) -> int:
             else:
                 out = graph.call_function(aten.mm.default, (first["x"], wt))
         out.meta["val"] = out_val
-        for n, val in views.items():
-            n.meta["val"] = val
-        for m, (off, val, own) in zip(members, parts):
-            with graph.inserting_after(out):
-                part = graph.call_function(aten.slice.Tensor, (out, 1, off, off + m["N"]))
-            part.meta["val"] = val
-            if own:
-                with graph.inserting_after(part):
-                    copy = graph.call_function(aten.clone.default, (part,), {"memory_format": torch.contiguous_format})
-                copy.meta["val"] = val.clone(memory_format=torch.contiguous_format)
-                part = copy
-            _replace(graph, m["node"], part, keep=())
+        _read_columns(graph, out, members, parts)
         registry.note_stacked(len(members), [rec["ours_ms"], rec["theirs_ms"]] if "ours_ms" in rec else None)
         made += 1
     return made
