@@ -215,6 +215,7 @@ def run_one(name, dtype, quant, train, vary=False, device="cpu"):
         rep.split("left to Inductor, by reason:")[-1].strip().splitlines() if "left to Inductor" in rep else []
     )
     res["kernels"] = sorted({s.kernel for s in tritonfuse.sites() if s.kernel})
+    res["stacked"] = [n for n, _ in tritonfuse.registry.stacked()]  # float sibling Linears made one GEMM
     res["pass_failed"] = "pass failed" in rep
     print("RESULT " + json.dumps(res), flush=True)
 
@@ -263,7 +264,7 @@ def main():
             print(
                 f"{r['model']:16s} {r['status']:8s} graphs {r.get('graphs')} rel_err {r.get('rel_err', float('nan')):.2e} "
                 f"vs fp64 {r.get('ref_err', float('nan')):.2e} (eager {r.get('eager_ref_err', float('nan')):.2e}) "
-                f"served {served} left {len(r.get('left', []))}",
+                f"served {served} left {len(r.get('left', []))} stacked {r.get('stacked', [])}",
                 flush=True,
             )
             if out:
