@@ -1390,6 +1390,15 @@ def _restrided_views(node: torch.fx.Node, val, fake_mode) -> Optional[dict]:
     return vals
 
 
+def _parent_module(node: torch.fx.Node) -> str:
+    """The module that holds the Linear a node came from (``layers.3.self_attn`` for its q_proj), "" where
+    unknown. Floating-point siblings stack within one such module (a block's Q, K and V): an x that every
+    layer reads (an encoder's output, by each decoder layer's cross-attention K and V) would otherwise make one
+    GEMM at the first layer, every layer's outputs alive from there on. (Not yet the int8 pass's rule: its op
+    nodes, made by the pattern matcher, carry no module, while the GEMMs it left to cuBLAS do.)"""
+    return registry.module_name(node).rpartition(".")[0]
+
+
 def _column_parts(members: list, owns: list, out_val, fake_mode) -> Optional[tuple]:
     """How each of ``members`` (sites with their output columns ``N``, in order) reads its columns of a stacked
     output ``out_val``: (its columns' offset, their example value, ``owns``: a copy of its own where the user
@@ -1575,7 +1584,8 @@ def float_siblings_pass(graph: torch.fx.Graph) -> int:
     for node in graph.nodes:
         m = _float_sibling(node)
         if m is not None:
-            groups.setdefault((_rows_root(m["x"]), tuple(_val(m["x"]).shape), m["b"] is None), []).append(m)
+            key = (_rows_root(m["x"]), tuple(_val(m["x"]).shape), m["b"] is None, _parent_module(node))
+            groups.setdefault(key, []).append(m)
     fake_mode, made = None, 0
     for members in groups.values():
         owns = [_reaches_output(m["node"]) for m in members]

@@ -2265,6 +2265,39 @@ def test_float_sibling_linears_become_one_gemm(form, monkeypatch, device, no_com
     assert strides[:len(strides) // 2] == strides[len(strides) // 2:]
 
 
+def test_float_siblings_stack_within_one_module(no_compile_cache):
+    # an encoder output e read by each decoder layer's cross-attention K and V: each layer's pair is one GEMM,
+    # not every layer's four at the first (their outputs alive from there on); outputs as eager's
+    class Layer(nn.Module):
+        def __init__(self, d=32):
+            super().__init__()
+            self.k_proj, self.v_proj, self.mix = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+
+        def forward(self, h, e):
+            k, v = self.k_proj(e), self.v_proj(e)
+            return self.mix(h + torch.softmax(h @ k.transpose(-1, -2), -1) @ v)
+
+    class CrossKV(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(Layer() for _ in range(2))
+
+        def forward(self, h, e):
+            for layer in self.layers:
+                h = layer(h, e)
+            return h
+
+    torch.manual_seed(0)
+    model = CrossKV().eval()
+    h, e = fresh(2, 5, 32, seed=1), fresh(2, 9, 32, seed=2)
+    tritonfuse.reset()
+    torch._dynamo.reset()
+    with torch.no_grad(), config.patch(patterns="linear_act"):
+        got = torch.compile(model, backend="tritonfuse")(h, e)
+    assert registry.stacked() == [(2, ()), (2, ())], tritonfuse.report()
+    torch.testing.assert_close(got, model(h, e), rtol=1e-5, atol=1e-5)
+
+
 def test_op_calls_are_timed_in_alternating_rounds(tmp_path, monkeypatch):
     # an op call's back-to-back timing includes host time, and a host's slow spell can cover one side's
     # whole timing: the two sides alternate in rounds (which goes first alternates too), and the median of
