@@ -1588,8 +1588,10 @@ def float_siblings_pass(graph: torch.fx.Graph) -> int:
             groups.setdefault(key, []).append(m)
     fake_mode, made = None, 0
     for members in groups.values():
+        if len(members) < 2:
+            continue
         owns = [_reaches_output(m["node"]) for m in members]
-        if len(members) < 2 or (any(owns) and registry.training_graph()):
+        if any(owns) and registry.training_graph():
             continue
         first, has_bias = members[0], members[0]["b"] is not None
         xv = _val(first["x"])
