@@ -2242,7 +2242,7 @@ def test_float_sibling_linears_become_one_gemm(form, monkeypatch, device, no_com
             vocab_size=128))
         runs = [({"use_cache": True}, False), ({"use_cache": True}, True)]
     model.to(device).eval()
-    ids = torch.randint(1, 128, (2, 13), generator=torch.Generator().manual_seed(1)).to(device)
+    ids = torch.randint(1, 128, (2, 13), generator=torch.Generator().manual_seed(1), device="cpu").to(device)
     gemms, strides = [], []
     for kw, on in runs:
         monkeypatch.setattr(LP, "FLOAT_SIBLINGS", on)
