@@ -199,23 +199,23 @@ def test_weight_group_scales_in_kernels(monkeypatch, rows, g, block_k, device): 
 @pytest.mark.parametrize("gated", [False, True])
 def test_tma_and_pointer_kernels_agree(monkeypatch, gated, variant, device):
     # both W8A8 kernels run under the interpreter; on a GPU the TMA one needs Hopper. ws: the warp-specialized
-    # tile loop (on a GPU: sm_90 and a triton that builds it)
+    # tile loop (under the interpreter only)
     if device == "cuda" and not Q._tma_ok(torch.empty(16, 16, dtype=torch.int8, device=device)):
         pytest.skip("TMA kernel needs sm_90 and triton host descriptors")
     if variant == "ws":
-        if device == "cuda" and not Q._HAS_WS:
-            pytest.skip("this triton has no tl.range(warp_specialize=...)")
+        if device == "cuda":
+            # no warp-specialized config is autotuned (kernels/int8.py): on the H200 (42nd session) 128x256x128
+            # never returned, and on the H100 (57th session, triton 3.6) this 128x128x128 one ran past 300 s
+            pytest.skip("warp-specialized W8A8 configs hang on triton 3.6 GPUs and are never autotuned")
         monkeypatch.setattr(config, "warp_specialize", "1")
-        if device == "cpu":
-            monkeypatch.setattr(Q, "_ws_serves", lambda dev: True)
+        monkeypatch.setattr(Q, "_ws_serves", lambda dev: True)
     for tuner in (Q._w8a8_tma_kernel, Q._w8a8_device_tma_kernel):
-        # one config, its epilogue whole or in column halves, or warp-specialized (a GPU's: 128x128 tiles)
+        # one config, its epilogue whole or in column halves, or warp-specialized
         c = tuner.configs[0]
         cfg = triton.Config({**c.kwargs, "SUBTILE": variant == "subtile"}, num_warps=c.num_warps,
                             num_stages=c.num_stages, pre_hook=c.pre_hook)
         if variant == "ws":
-            bm = 32 if device == "cpu" else 128
-            w = Q._tma_cfg(bm, bm, bm, 1 if device == "cpu" else 4, 4, ws=True)
+            w = Q._tma_cfg(32, 32, 32, 1, 4, ws=True)
             cfg = triton.Config(w.kwargs, num_warps=4, num_stages=w.num_stages, pre_hook=c.pre_hook)
         monkeypatch.setattr(tuner, "configs", [cfg])
         monkeypatch.setattr(tuner, "cache", {})
