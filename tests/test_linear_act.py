@@ -2265,7 +2265,7 @@ def test_float_sibling_linears_become_one_gemm(form, monkeypatch, device, no_com
     assert strides[:len(strides) // 2] == strides[len(strides) // 2:]
 
 
-def test_float_siblings_stack_within_one_module(no_compile_cache):
+def test_float_siblings_stack_within_one_module(monkeypatch, no_compile_cache):
     # an encoder output e read by each decoder layer's cross-attention K and V: each layer's pair is one GEMM,
     # not every layer's four at the first (their outputs alive from there on); outputs as eager's
     class Layer(nn.Module):
@@ -2287,6 +2287,9 @@ def test_float_siblings_stack_within_one_module(no_compile_cache):
                 h = layer(h, e)
             return h
 
+    from tritonfuse.patterns import linear_act as LP
+
+    monkeypatch.setattr(LP, "FLOAT_SIBLINGS", True)
     torch.manual_seed(0)
     model = CrossKV().eval()
     h, e = fresh(2, 5, 32, seed=1), fresh(2, 9, 32, seed=2)
