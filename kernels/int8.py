@@ -1799,7 +1799,7 @@ def measure_qload(M: int, K: int, N: int, N2: int, dtype: torch.dtype, device: t
     row kernel and W8A8) or ``"cublas"`` (cuBLAS's GEMM; an activation after it is Inductor's either way).
     Shapes: [M, K] -> [M, N] (act, gated, bias) -> [M, N2] (act2, bias2). ``registry.measured_choice``'s
     record: ``use`` where the handoff measured faster by the margin; off the GPU nothing is timed."""
-    key = (f"int8_qload|{'gated' if gated else 'linear'}|{act}|M{_m_bucket(M)}xK{K}xN{N}xN2{N2}|{dtype}"
+    key = (f"int8_qload|{'gated' if gated else 'linear'}|{act}|M{M}xK{K}xN{N}xN2{N2}|{dtype}"
            f"|bias{int(has_bias)}{int(has_bias2)}|x{'int8' if x_quantized else 'float'}|{consumer}|{act2}")
     ops = torch.ops.tritonfuse
     lazy = {}

@@ -765,7 +765,7 @@ def measure(x, ws, b, act: str, gated: bool, store_pre: bool, int8_mode: Optiona
     M, K_ = x.shape
     fusedq = bool(int8_mode) and int8_fused and _fused_quant(M, int8_mode)
     N = ws[0].shape[0]
-    key = (f"{'gated_mlp' if gated else 'linear_act'}|{act}|M{_m_bucket(M)}xK{K_}xN{N}|{x.dtype}"
+    key = (f"{'gated_mlp' if gated else 'linear_act'}|{act}|M{M}xK{K_}xN{N}|{x.dtype}"
            f"|bias{int(b is not None)}|pre{int(store_pre)}|{int8_mode or 'float'}"
            f"{'|fusedq' if fusedq else ''}|actpass")  # (actpass: Inductor's side runs the site's activation)
 
@@ -882,7 +882,7 @@ def measure_lt(x, w, b, act: str) -> dict:
         return {"use": False, "unmeasured": True, "surveyed": True}
     M, K_ = x.shape
     N = w.shape[0]
-    key = f"linear_lt|{act}|M{_m_bucket(M)}xK{K_}xN{N}|{x.dtype}|actpass"
+    key = f"linear_lt|{act}|M{M}xK{K_}xN{N}|{x.dtype}|actpass"
     lazy = {}
 
     def args():
