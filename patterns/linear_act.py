@@ -1392,11 +1392,14 @@ def _restrided_views(node: torch.fx.Node, val, fake_mode) -> Optional[dict]:
 
 def _parent_module(node: torch.fx.Node) -> str:
     """The module that holds the Linear a node came from (``layers.3.self_attn`` for its q_proj), "" where
-    unknown. Floating-point siblings stack within one such module (a block's Q, K and V): an x that every
-    layer reads (an encoder's output, by each decoder layer's cross-attention K and V) would otherwise make one
-    GEMM at the first layer, every layer's outputs alive from there on. (Not yet the int8 pass's rule: its op
-    nodes, made by the pattern matcher, carry no module, while the GEMMs it left to cuBLAS do.)"""
-    return registry.module_name(node).rpartition(".")[0]
+    unknown. Siblings stack within one such module (a block's Q, K and V): an x that every layer reads (an
+    encoder's output, by each decoder layer's cross-attention K and V) would otherwise make one GEMM at the
+    first layer, every layer's outputs alive from there on. A site our op serves has its module on the view
+    that gives its output the Linear's shape (the pattern matcher moves the module to a replacement's output
+    node, not to the op inside it)."""
+    name = registry.module_name(node) or next(
+        (m for m in (registry.module_name(u) for u in node.users if u.target in _VIEWS) if m), "")
+    return name.rpartition(".")[0]
 
 
 def _column_parts(members: list, owns: list, out_val, fake_mode) -> Optional[tuple]:
@@ -1444,10 +1447,10 @@ def _served_ms(m: dict) -> Optional[float]:
 
 
 def siblings_pass(graph: torch.fx.Graph) -> int:
-    """Linear sites that read the same x with the same activation and output dtype (a decoder's q, k and v
-    projections, BERT's Q, K and V) become one int8 GEMM over their weights stacked
-    (``kernels.int8.int8_linear_siblings``), each reading its columns of the output, where that GEMM
-    measures faster than the sites as they are served: their int8 calls, and the GEMMs left to cuBLAS
+    """Linear sites that read the same x with the same activation and output dtype within one module
+    (``_parent_module``: a decoder's q, k and v projections, BERT's Q, K and V) become one int8 GEMM over
+    their weights stacked (``kernels.int8.int8_linear_siblings``), each reading its columns of the output,
+    where that GEMM measures faster than the sites as they are served: their int8 calls, and the GEMMs left to cuBLAS
     because int8 measured slower alone (Llama-1B's 512-wide k and v). W8A8, or weight-only as the sites
     are (``int8-weight``; a decode step's rows, M <= 16: one kernel launch instead of three). On a CPU
     (nothing timed) only sites int8 serves already are stacked. Under autocast the stack reads the fp32
@@ -1464,10 +1467,10 @@ def siblings_pass(graph: torch.fx.Graph) -> int:
             continue
         # int8 rows and their scales as nodes (share_quant_pass merged equal ones), or float rows by what they view
         rows = (m["x"], m["xs"]) if m["xs"] is not None else (_rows_root(m["x"]), tuple(_val(m["x"]).shape))
-        groups.setdefault((rows, m["act"], m["dtype"]), []).append(m)
+        groups.setdefault((rows, m["act"], m["dtype"], _parent_module(node)), []).append(m)
     order = {n: i for i, n in enumerate(graph.nodes)}
     fake_mode, made, casts = None, 0, set()
-    for (_, act, dtype), members in groups.items():
+    for (_, act, dtype, _), members in groups.items():
         if len(members) < 2:
             continue
         first = members[0]  # (in graph order) the stacked GEMM goes where the first of them was

@@ -2265,9 +2265,11 @@ def test_float_sibling_linears_become_one_gemm(form, monkeypatch, device, no_com
     assert strides[:len(strides) // 2] == strides[len(strides) // 2:]
 
 
-def test_float_siblings_stack_within_one_module(monkeypatch, no_compile_cache):
+@pytest.mark.parametrize("quant", ["none", "int8"])
+def test_siblings_stack_within_one_module(quant, monkeypatch, no_compile_cache):
     # an encoder output e read by each decoder layer's cross-attention K and V: each layer's pair is one GEMM,
-    # not every layer's four at the first (their outputs alive from there on); outputs as eager's
+    # not every layer's four at the first (their outputs alive from there on); outputs as eager's. In int8 the
+    # module of a site our op serves is on its output's view (57th session: before, one stack of four)
     class Layer(nn.Module):
         def __init__(self, d=32):
             super().__init__()
@@ -2287,18 +2289,27 @@ def test_float_siblings_stack_within_one_module(monkeypatch, no_compile_cache):
                 h = layer(h, e)
             return h
 
+    from torch._inductor.utils import run_and_get_code
+
     from tritonfuse.patterns import linear_act as LP
 
     monkeypatch.setattr(LP, "FLOAT_SIBLINGS", True)
     torch.manual_seed(0)
-    model = CrossKV().eval()
-    h, e = fresh(2, 5, 32, seed=1), fresh(2, 9, 32, seed=2)
+    dtype = torch.float32 if quant == "none" else torch.bfloat16
+    model = CrossKV().to(dtype).eval()
+    h, e = fresh(2, 5, 32, seed=1, dtype=dtype), fresh(2, 9, 32, seed=2, dtype=dtype)
     tritonfuse.reset()
     torch._dynamo.reset()
-    with torch.no_grad(), config.patch(patterns="linear_act"):
-        got = torch.compile(model, backend="tritonfuse")(h, e)
-    assert registry.stacked() == [(2, ()), (2, ())], tritonfuse.report()
-    torch.testing.assert_close(got, model(h, e), rtol=1e-5, atol=1e-5)
+    with torch.no_grad(), config.patch(patterns="linear_act", quant=quant):
+        got, code = run_and_get_code(torch.compile(model, backend="tritonfuse"), h, e)
+    if quant == "none":
+        assert registry.stacked() == [(2, ()), (2, ())], tritonfuse.report()
+        torch.testing.assert_close(got, model(h, e), rtol=1e-5, atol=1e-5)
+    else:
+        code = "".join(code)
+        # two stacks, each of one layer's k and v weights
+        assert code.count("int8_linear_siblings.default(") == 2, code
+        assert sqnr_db(got.double(), model(h, e).double()) > 30
 
 
 def test_op_calls_are_timed_in_alternating_rounds(tmp_path, monkeypatch):
