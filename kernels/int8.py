@@ -757,6 +757,149 @@ def _w8a8_device_tma_kernel(
                     BLOCK_K, GROUP_M, FLATTEN, SUBTILE, WS)
 
 
+# --- an MLP's hidden activation handed over in int8 with per-group scales ---------------------------------
+# Not yet served by any pattern: scripts/group_handoff_probe.py times it on a GPU first. A per-token scale needs
+# a whole row of the up-projection's output, which one tile does not hold (the handoff above writes the
+# fp16 output and its rows' abs-max, and the down-projection quantizes on load). Scales per row and group of
+# GROUP columns instead (the group: one tile's BLOCK_N) let the up-projection's epilogue write int8 at once, and
+# the down-projection's main loop (K steps of one group) rescales each step's int32 product by its rows' group
+# scales: the hidden activation crosses memory as int8 (half the bytes), with no quantization pass.
+
+
+@triton.jit
+def _group_quant_out_kernel(
+    x_desc, w_desc, xs_ptr, ws_ptr, b_ptr, q_ptr, s_ptr, M, N, K, n_groups,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, MAGIC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # act(x @ w.T * scales + b) for int8 x (row scales xs) and w (channel scales ws), written as int8 q [M, N]
+    # with one scale a row and BLOCK_N columns: s [M, n_groups] (a group's abs-max / 127; 0 for zeros, NaN
+    # where the group holds NaN/Inf, its q then 0, as the row kernel does per row)
+    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    off_m = pid_m * BLOCK_M
+    off_n = pid_n * BLOCK_N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for ki in range(tl.cdiv(K, BLOCK_K)):
+        acc = tl.dot(x_desc.load([off_m, ki * BLOCK_K]), w_desc.load([off_n, ki * BLOCK_K]).T, acc,
+                     out_dtype=tl.int32)
+    offs_m = off_m + tl.arange(0, BLOCK_M)
+    offs_n = off_n + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    xs = tl.load(xs_ptr + offs_m, mask=m_mask, other=0.0)
+    y = _apply_act(_dequant(acc, xs, ws_ptr, b_ptr, offs_n, n_mask, True, True, HAS_BIAS), ACT)
+    # (columns past N hold 0, out of the abs-max: their scales and bias load as 0, and activations keep 0)
+    amax = tl.reduce(tl.abs(y), 1, _max_nan)
+    q = _quant_scaled(y, _row_inv(amax)[:, None], MAGIC)
+    tl.store(q_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :], q, mask=m_mask[:, None] & n_mask[None, :])
+    tl.store(s_ptr + offs_m.to(tl.int64) * n_groups + pid_n, _row_scale(amax), mask=m_mask)
+
+
+@triton.jit
+def _group_scaled_in_kernel(
+    x_desc, w_desc, s_ptr, ws_ptr, b_ptr, out_ptr, M, N, K, n_groups,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, RTNE_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # act(x @ w.T + b) for int8 x with scales s [M, n_groups] per row and BLOCK_K columns (the group) and int8 w
+    # with channel scales ws: each K step's int32 product is scaled by its group's row scales into fp32
+    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    off_m = pid_m * BLOCK_M
+    off_n = pid_n * BLOCK_N
+    offs_m = off_m + tl.arange(0, BLOCK_M)
+    offs_n = off_n + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    s_ptrs = s_ptr + offs_m.to(tl.int64) * n_groups
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for ki in range(tl.cdiv(K, BLOCK_K)):
+        part = tl.dot(x_desc.load([off_m, ki * BLOCK_K]), w_desc.load([off_n, ki * BLOCK_K]).T, out_dtype=tl.int32)
+        acc += part.to(tl.float32) * tl.load(s_ptrs + ki, mask=m_mask, other=0.0)[:, None]
+    y = _apply_act(_dequant(acc, offs_m, ws_ptr, b_ptr, offs_n, n_mask, False, True, HAS_BIAS), ACT)
+    out_ptrs = out_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
+    tl.store(out_ptrs, cast_out(y, out_ptr.dtype.element_ty, RTNE_BF16), mask=m_mask[:, None] & n_mask[None, :])
+
+
+def group_tiles(group: int, block_m: int = 128, block_k: int = 128, stages: int = 3, warps: int = 8) -> dict:
+    """A launch config of the group handoff's kernels: the group is the producer's BLOCK_N and the
+    consumer's BLOCK_K."""
+    return dict(BLOCK_M=block_m, BLOCK_N=group, BLOCK_K=block_k, GROUP_M=8, num_stages=stages, num_warps=warps)
+
+
+def _contiguous_int8(*ts) -> None:
+    if TensorDescriptor is None:
+        raise RuntimeError("the group handoff's kernels need triton's host TMA descriptors (triton >= 3.3)")
+    for t in ts:
+        if t.dtype != torch.int8 or not t.is_contiguous() or t.shape[-1] % 16:
+            raise ValueError("the group handoff takes contiguous int8 operands with rows of a multiple of 16 "
+                             f"bytes (TMA), got {t.dtype} {list(t.shape)} strides {list(t.stride())}")
+
+
+def int8_linear_group_out(xq, xs, wq, ws, b, act: str, group: int = 128, cfg: Optional[dict] = None):
+    """``act(x @ w.T + b)`` of a W8A8 site (x quantized per row: ``quant_rows``; w per channel:
+    ``quantize_weight``), returned quantized per row and group of ``group`` columns: (q int8 [M, N], scales
+    fp32 [M, cdiv(N, group)]), for ``int8_linear_group_in``. ``cfg``: ``group_tiles``'s dict (one of the
+    probe's; its BLOCK_N must be ``group``)."""
+    _contiguous_int8(xq, wq)
+    M, K = xq.shape
+    N = wq.shape[0]
+    c = dict(cfg or group_tiles(group))
+    if c["BLOCK_N"] != group:
+        raise ValueError(f"the producer's BLOCK_N is the group ({group}), got {c['BLOCK_N']}")
+    n_groups = cdiv(N, group)
+    q = torch.empty((M, N), device=xq.device, dtype=torch.int8)
+    s = torch.empty((M, n_groups), device=xq.device, dtype=torch.float32)
+    if M == 0 or N == 0:
+        return q, s
+    grid = (cdiv(M, c["BLOCK_M"]) * n_groups,)
+    x_desc = TensorDescriptor.from_tensor(xq, [c["BLOCK_M"], c["BLOCK_K"]])
+    w_desc = TensorDescriptor.from_tensor(wq, [c["BLOCK_N"], c["BLOCK_K"]])
+    _group_quant_out_kernel[grid](x_desc, w_desc, xs, ws, b if b is not None else ws, q, s, M, N, K, n_groups,
+                                  HAS_BIAS=b is not None, ACT=_epilogue_act(act, xq.device),
+                                  MAGIC=magic_rounding(xq.device), **c)
+    return q, s
+
+
+def int8_linear_group_in(q, s, wq, ws, b, act: str, out_dtype: torch.dtype, group: int = 128,
+                         cfg: Optional[dict] = None):
+    """``act(x @ w.T + b)`` for x given as ``int8_linear_group_out``'s (q, scales) with its ``group``, which
+    is the K step (``cfg``'s BLOCK_K)."""
+    _contiguous_int8(q, wq)
+    M, K = q.shape
+    N = wq.shape[0]
+    n_groups = s.shape[1]
+    if n_groups != cdiv(K, group) or s.shape[0] != M:
+        raise ValueError(f"{M}x{K} int8 rows in groups of {group} take [{M}, {cdiv(K, group)}] scales, got "
+                         f"{list(s.shape)}")
+    c = dict(cfg or group_tiles(128, block_k=group))
+    if c["BLOCK_K"] != group:
+        raise ValueError(f"the consumer's BLOCK_K is the group ({group}), got {c['BLOCK_K']}")
+    out = torch.empty((M, N), device=q.device, dtype=out_dtype)
+    if M == 0 or N == 0:
+        return out
+    grid = (cdiv(M, c["BLOCK_M"]) * cdiv(N, c["BLOCK_N"]),)
+    x_desc = TensorDescriptor.from_tensor(q, [c["BLOCK_M"], group])
+    w_desc = TensorDescriptor.from_tensor(wq, [c["BLOCK_N"], group])
+    _group_scaled_in_kernel[grid](x_desc, w_desc, s, ws, b if b is not None else ws, out, M, N, K, n_groups,
+                                  HAS_BIAS=b is not None, ACT=_epilogue_act(act, q.device),
+                                  RTNE_BF16=rtne_bf16(out_dtype), **c)
+    return out
+
+
+def group_quant_ref(y: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``int8_linear_group_out`` writes for the fp32 output ``y``, in PyTorch: q and scales per row and
+    group of ``group`` columns (round half away from zero)."""
+    M, N = y.shape
+    pad = torch.nn.functional.pad(y.float(), (0, cdiv(N, group) * group - N)).view(M, -1, group)
+    amax = pad.abs().amax(-1)
+    usable = (amax > 0) & torch.isfinite(amax)
+    inv = torch.where(usable, 127.0 / torch.where(usable, amax, 1.0), 0.0)
+    v = pad * inv[..., None]
+    q = torch.where(inv[..., None] > 0, torch.trunc(v + torch.copysign(torch.full_like(v, 0.5), v)), 0.0)
+    scale = torch.where(torch.isfinite(amax), amax / 127.0, float("nan"))
+    return q.view(M, -1)[:, :N].to(torch.int8), scale
+
+
 # --- weight quantization and its cache ----------------------------------------------------------------
 
 

@@ -195,6 +195,62 @@ def test_weight_group_scales_in_kernels(monkeypatch, rows, g, block_k, device): 
         _check_kernel(y, ref, x.dtype, f"groups of {g}, BLOCK_K={block_k}, {act}")
 
 
+def _group_pair(device, M=45, K=64, N=112, N2=48):
+    # an MLP's two W8A8 GEMMs, the hidden activation handed over in int8 per row and group (the last partial:
+    # 112 = 3 x 32 + 16 under the interpreter's groups of 32, one partial group of 128 on a GPU)
+    g = 32 if device == "cpu" else 128
+    tiles = dict(block_m=32, block_k=32, stages=1, warps=4) if device == "cpu" else {}
+    x = fresh(M, K, dtype=torch.float16, device=device, seed=1)
+    w1, w2 = fresh(N, K, device=device, scale=K ** -0.5, seed=2), fresh(N2, N, device=device, scale=N ** -0.5, seed=3)
+    b1, b2 = fresh(N, dtype=torch.float16, device=device, scale=0.1, seed=4), fresh(N2, dtype=torch.float16,
+                                                                                      device=device, scale=0.1, seed=5)
+    (w1q, w1s), (w2q, w2s) = Q.quantize_weight(w1), Q.quantize_weight(w2)
+    up = dict(group=g, cfg=Q.group_tiles(g, **tiles))
+    down = dict(group=g, cfg=Q.group_tiles(tiles.get("block_m", 128), **{**tiles, "block_k": g}))
+    return g, x, (w1, w1q, w1s, b1), (w2, w2q, w2s, b2), up, down
+
+
+def test_group_handoff_pair(device):
+    # the up-projection writes its GELU output as int8 with one scale a row and group of columns; the
+    # down-projection rescales each K step's int32 product by its group's scales. Each half against PyTorch
+    # on the same int8 operands, each layer's SQNR against its float layer, the pair against fp64
+    g, x, (w1, w1q, w1s, b1), (w2, w2q, w2s, b2), up, down = _group_pair(device)
+    xq, xs = Q.quant_rows(x)
+    q, s = Q.int8_linear_group_out(xq, xs, w1q, w1s, b1, "gelu", **up)
+    h = F.gelu((xq.float() @ w1q.float().T) * xs[:, None] * w1s.view(-1) + b1.float())
+    q_ref, s_ref = Q.group_quant_ref(h, g)
+    assert s.shape == (45, 4 if g == 32 else 1)
+    # (the GPU's GELU is the tanh form on approximate tanh: int8 mode's FAST_GELU)
+    assert (q.int() - q_ref.int()).abs().max().item() <= (1 if device == "cpu" else 2)
+    torch.testing.assert_close(s, s_ref, rtol=1e-3 if device == "cuda" else 1e-6, atol=0)
+    deq = F.pad(q.float(), (0, s.shape[1] * g - q.shape[1])).view(45, -1, g) * s[..., None]
+    assert sqnr_db(h, deq.view(45, -1)[:, :q.shape[1]]) > 40
+    out = Q.int8_linear_group_in(q, s, w2q, w2s, b2, "none", torch.float16, **down)
+    ref = deq.view(45, -1)[:, :q.shape[1]] @ (w2q.float() * w2s.view(-1, 1)).T + b2.float()
+    torch.testing.assert_close(out.float(), ref, rtol=2e-3, atol=2e-3)
+    assert sqnr_db(F.linear(h, w2) + b2.float(), out) > 35  # the down-projection against its float layer
+    h64 = F.gelu(x.double() @ w1.double().T + b1.double())
+    assert sqnr_db(h64 @ w2.double().T + b2.double(), out) > 33  # (two quantized layers)
+
+
+def test_group_handoff_zero_and_nan_rows(device):
+    # a row of zeros gives scale 0 and the bias alone; a NaN in one row stays in that row's output
+    g, x, (_, w1q, w1s, b1), (_, w2q, w2s, b2), up, down = _group_pair(device)
+    x = x.clone()
+    x[3] = 0
+    x[7, 5] = float("nan")
+    xq, xs = Q.quant_rows(x)
+    q, s = Q.int8_linear_group_out(xq, xs, w1q, w1s, None, "relu", **up)
+    assert (s[3] == 0).all() and (q[3] == 0).all() and s[7].isnan().all() and (q[7] == 0).all()
+    out = Q.int8_linear_group_in(q, s, w2q, w2s, b2, "none", torch.float16, **down)
+    assert torch.equal(out[3], b2) and out[7].isnan().all()
+    assert not out[torch.arange(45, device=out.device) != 7].isnan().any()
+    with pytest.raises(ValueError, match="multiple of 16"):
+        Q.int8_linear_group_out(xq[:, :40], xs, w1q[:, :40], w1s, None, "relu", **up)  # (strided rows)
+    with pytest.raises(ValueError, match="scales"):
+        Q.int8_linear_group_in(q, s[:, :1], w2q, w2s, b2, "none", torch.float16, **down)
+
+
 @pytest.mark.parametrize("variant", ["whole", "subtile", "ws"])
 @pytest.mark.parametrize("gated", [False, True])
 def test_tma_and_pointer_kernels_agree(monkeypatch, gated, variant, device):
