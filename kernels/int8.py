@@ -887,17 +887,11 @@ def int8_linear_group_in(q, s, wq, ws, b, act: str, out_dtype: torch.dtype, grou
 
 
 def group_quant_ref(y: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """What ``int8_linear_group_out`` writes for the fp32 output ``y``, in PyTorch: q and scales per row and
-    group of ``group`` columns (round half away from zero)."""
+    """What ``int8_linear_group_out`` writes for the fp32 output ``y``, in PyTorch: q [M, N] and scales
+    [M, cdiv(N, group)] per row and group of ``group`` columns (``symmetric_int8``'s rounding)."""
     M, N = y.shape
-    pad = torch.nn.functional.pad(y.float(), (0, cdiv(N, group) * group - N)).view(M, -1, group)
-    amax = pad.abs().amax(-1)
-    usable = (amax > 0) & torch.isfinite(amax)
-    inv = torch.where(usable, 127.0 / torch.where(usable, amax, 1.0), 0.0)
-    v = pad * inv[..., None]
-    q = torch.where(inv[..., None] > 0, torch.trunc(v + torch.copysign(torch.full_like(v, 0.5), v)), 0.0)
-    scale = torch.where(torch.isfinite(amax), amax / 127.0, float("nan"))
-    return q.view(M, -1)[:, :N].to(torch.int8), scale
+    q, scale = symmetric_int8(torch.nn.functional.pad(y, (0, cdiv(N, group) * group - N)).view(M, -1, group), (2,))
+    return q.view(M, -1)[:, :N], scale.view(M, -1)
 
 
 # --- weight quantization and its cache ----------------------------------------------------------------

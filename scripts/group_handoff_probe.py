@@ -5,15 +5,15 @@ slower there, its input's quantization pass included) and cuBLAS's fp16 pair. x 
 int8 side (the LayerNorm's kernel quantizes it). Each half of the handoff is swept over a few tile configs;
 its best is reported beside each half of the others.
 
-    python3 scripts/group_handoff_probe.py [--shapes 16384x768x3072x768,...] [--check]
+    python3 scripts/group_handoff_probe.py [--shapes 16384x768x3072x768,...]
 
 Shapes: M x K x N x N2 (x [M, K] -> hidden [M, N] -> out [M, N2]). GPU ms from replayed CUDA graphs
-(``probe_log.graph_ms``); SQNR in dB of each pair's output against the float MLP in fp64. ``--check``: the
-halves against PyTorch on small shapes (on the CPU with TRITON_INTERPRET=1). Rows go to
-``$OUT/group-handoff-probe.jsonl``."""
+(``probe_log.graph_ms``); SQNR in dB of each pair's output against the float MLP in fp64 (the kernels' checks:
+``tests/test_int8.py -k group_handoff``). Rows go to ``$OUT/group-handoff-probe.jsonl``."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import sys
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from probe_log import check_device, graph_ms, jsonl_log, probe_parser, run_meta  # noqa: E402
+from probe_log import graph_ms, jsonl_log, run_meta  # noqa: E402
 
 from tritonfuse.kernels import int8 as Q  # noqa: E402
 
@@ -48,23 +48,6 @@ def operands(M, K, N, N2, device):
     return x, w1, w2, b1, b2
 
 
-def check():
-    device = check_device()
-    g, tiles = (32, dict(block_m=32, block_k=32, stages=1, warps=4)) if device == "cpu" else (GROUP, {})
-    x, w1, w2, b1, b2 = operands(45, 64, 112, 48, device)
-    (w1q, w1s), (w2q, w2s) = Q.quantize_weight(w1), Q.quantize_weight(w2)
-    xq, xs = Q.quant_rows(x)
-    q, s = Q.int8_linear_group_out(xq, xs, w1q, w1s, b1, "gelu", group=g, cfg=Q.group_tiles(g, **tiles))
-    h = F.gelu((xq.float() @ w1q.float().T) * xs[:, None] * w1s.view(-1) + b1.float())
-    q_ref, s_ref = Q.group_quant_ref(h, g)
-    print(f"{device}: producer q off by at most {(q.int() - q_ref.int()).abs().max().item()}, scales "
-          f"{((s - s_ref).abs() / s_ref.abs()).max().item():.2e} relative")
-    down = Q.group_tiles(tiles.get("block_m", 128), **{**tiles, "block_k": g})
-    out = Q.int8_linear_group_in(q, s, w2q, w2s, b2, "none", torch.float16, group=g, cfg=down)
-    ref64 = F.gelu(x.double() @ w1.double().T + b1.double()) @ w2.double().T + b2.double()
-    print(f"{device}: pair SQNR against fp64 {sqnr(ref64, out):.1f} dB")
-
-
 def best(emit, meta, shape, side, ops, calls: dict):
     """Time each of ``calls`` (config name -> fn); emit the best. Returns (ms, fn) of the best."""
     found = []
@@ -82,10 +65,9 @@ def best(emit, meta, shape, side, ops, calls: dict):
 
 
 def main():
-    ap = probe_parser(__doc__, SHAPES)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default=SHAPES)
     a = ap.parse_args()
-    if a.check:
-        return check()
     emit = jsonl_log("group-handoff-probe.jsonl")
     meta = run_meta()
     print(meta, flush=True)
