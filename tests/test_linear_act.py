@@ -2834,9 +2834,10 @@ def test_the_vendor_side_of_a_timing_runs_the_sites_activation(tmp_path, monkeyp
 
 
 def test_a_timing_is_kept_for_its_sites_own_rows(tmp_path, monkeypatch):
-    # a site's choice is timed at its own number of rows: vit_b_16's 12608 recalled bert-base's record of
-    # 16384 while the keys bucketed M to a power of two (57th session), though a verdict near a tie can turn
-    # between them (the MLP handoff: 1.08x the cuBLAS pair at bert's rows, 1.17x at vit's, 42nd session)
+    # a site's choice is timed at its own number of rows: while the keys bucketed M to a power of two,
+    # bert-base's 16384 rows recalled vit_b_16's records of 12608 (57th session; the 42nd, the other way
+    # round), though a verdict near a tie can turn between them (the MLP handoff: 1.08x the cuBLAS pair at
+    # bert's rows, 1.17x at vit's, 42nd session)
     from tritonfuse.kernels import int8 as Q
 
     pretend_gpu_timing(tmp_path, monkeypatch)
