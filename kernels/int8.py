@@ -820,10 +820,10 @@ def _group_scaled_in_kernel(
     tl.store(out_ptrs, cast_out(y, out_ptr.dtype.element_ty, RTNE_BF16), mask=m_mask[:, None] & n_mask[None, :])
 
 
-def group_tiles(group: int, block_m: int = 128, block_k: int = 128, stages: int = 3, warps: int = 8) -> dict:
+def group_tiles(block_m: int, block_n: int, block_k: int, stages: int = 3, warps: int = 8) -> dict:
     """A launch config of the group handoff's kernels: the group is the producer's BLOCK_N and the
     consumer's BLOCK_K."""
-    return dict(BLOCK_M=block_m, BLOCK_N=group, BLOCK_K=block_k, GROUP_M=8, num_stages=stages, num_warps=warps)
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, num_stages=stages, num_warps=warps)
 
 
 def _contiguous_int8(*ts) -> None:
@@ -843,7 +843,7 @@ def int8_linear_group_out(xq, xs, wq, ws, b, act: str, group: int = 128, cfg: Op
     _contiguous_int8(xq, wq)
     M, K = xq.shape
     N = wq.shape[0]
-    c = dict(cfg or group_tiles(group))
+    c = dict(cfg or group_tiles(128, group, 128))
     if c["BLOCK_N"] != group:
         raise ValueError(f"the producer's BLOCK_N is the group ({group}), got {c['BLOCK_N']}")
     n_groups = cdiv(N, group)
@@ -871,7 +871,7 @@ def int8_linear_group_in(q, s, wq, ws, b, act: str, out_dtype: torch.dtype, grou
     if n_groups != cdiv(K, group) or s.shape[0] != M:
         raise ValueError(f"{M}x{K} int8 rows in groups of {group} take [{M}, {cdiv(K, group)}] scales, got "
                          f"{list(s.shape)}")
-    c = dict(cfg or group_tiles(128, block_k=group))
+    c = dict(cfg or group_tiles(128, 128, group))
     if c["BLOCK_K"] != group:
         raise ValueError(f"the consumer's BLOCK_K is the group ({group}), got {c['BLOCK_K']}")
     out = torch.empty((M, N), device=q.device, dtype=out_dtype)

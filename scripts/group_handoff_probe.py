@@ -80,14 +80,14 @@ def main():
         ops_up, ops_down = 2 * M * N * K, 2 * M * N2 * N
         h16 = F.gelu(torch.addmm(b1, x, w1h.T))
         q, s = Q.int8_linear_group_out(xq, xs, w1q, w1s, b1, "gelu", group=GROUP,
-                                       cfg=Q.group_tiles(GROUP))
+                                       cfg=Q.group_tiles(128, GROUP, 128))
         h8 = Q._w8a8(xq, xs, w1q, w1s, b1, "gelu", torch.float16)
         # the halves
         t_cub_up, _ = best(emit, meta, shape, "cuBLAS up + GELU", ops_up,
                            {"addmm+gelu": lambda: F.gelu(torch.addmm(b1, x, w1h.T))})
         t_int8_up, _ = best(emit, meta, shape, "int8 up (served)", ops_up,
                             {"autotuned": lambda: Q._w8a8(xq, xs, w1q, w1s, b1, "gelu", torch.float16)})
-        ups = {f"{bm}x{GROUP}x{bk} s{st} w{wa}": (lambda c=Q.group_tiles(GROUP, bm, bk, st, wa):
+        ups = {f"{bm}x{GROUP}x{bk} s{st} w{wa}": (lambda c=Q.group_tiles(bm, GROUP, bk, st, wa):
                                                    Q.int8_linear_group_out(xq, xs, w1q, w1s, b1, "gelu", GROUP, c))
                for bm, bk, st, wa in UP_TILES}
         t_gq_up, up_fn = best(emit, meta, shape, "group up (int8 out)", ops_up, ups)
@@ -95,7 +95,7 @@ def main():
         t_row_down, _ = best(emit, meta, shape, "int8 down, row kernel first", ops_down,
                              {"autotuned": lambda: Q._w8a8(*Q.quant_rows(h8), w2q, w2s, b2, "none", torch.float16)})
         downs = {f"{bm}x{bn}x{GROUP} s{st} w{wa}": (
-            lambda c=Q.group_tiles(bn, bm, GROUP, st, wa):
+            lambda c=Q.group_tiles(bm, bn, GROUP, st, wa):
             Q.int8_linear_group_in(q, s, w2q, w2s, b2, "none", torch.float16, GROUP, c))
             for bm, bn, st, wa in DOWN_TILES}
         t_gs_down, down_fn = best(emit, meta, shape, "group down (int8 in)", ops_down, downs)

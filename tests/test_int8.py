@@ -198,15 +198,14 @@ def test_weight_group_scales_in_kernels(monkeypatch, rows, g, block_k, device): 
 def _group_pair(device, M=45, K=64, N=112, N2=48):
     # an MLP's two W8A8 GEMMs, the hidden activation handed over in int8 per row and group (the last partial:
     # 112 = 3 x 32 + 16 under the interpreter's groups of 32, one partial group of 128 on a GPU)
-    g = 32 if device == "cpu" else 128
-    tiles = dict(block_m=32, block_k=32, stages=1, warps=4) if device == "cpu" else {}
+    g, bm, more = (32, 32, (1, 4)) if device == "cpu" else (128, 128, ())
     x = fresh(M, K, dtype=torch.float16, device=device, seed=1)
     w1, w2 = fresh(N, K, device=device, scale=K ** -0.5, seed=2), fresh(N2, N, device=device, scale=N ** -0.5, seed=3)
     b1, b2 = fresh(N, dtype=torch.float16, device=device, scale=0.1, seed=4), fresh(N2, dtype=torch.float16,
                                                                                       device=device, scale=0.1, seed=5)
     (w1q, w1s), (w2q, w2s) = Q.quantize_weight(w1), Q.quantize_weight(w2)
-    up = dict(group=g, cfg=Q.group_tiles(g, **tiles))
-    down = dict(group=g, cfg=Q.group_tiles(tiles.get("block_m", 128), **{**tiles, "block_k": g}))
+    up = dict(group=g, cfg=Q.group_tiles(bm, g, bm, *more))
+    down = dict(group=g, cfg=Q.group_tiles(bm, bm, g, *more))
     return g, x, (w1, w1q, w1s, b1), (w2, w2q, w2s, b2), up, down
 
 
