@@ -2,7 +2,7 @@
 (``kernels.int8.int8_linear_group_out`` / ``int8_linear_group_in``), against what int8 mode serves at BERT's
 and ViT's MLPs now (the W8A8 up-projection with its GELU, then cuBLAS's fp16 down-projection: int8 measured
 slower there, its input's quantization pass included) and cuBLAS's fp16 pair. x arrives quantized on every
-int8 side (the LayerNorm's kernel quantizes it). Each half of the handoff is swept over a few tile configs;
+int8 side (the LayerNorm's kernel quantizes it). Each half of the handoff is swept over seven tile configs;
 its best is reported beside each half of the others.
 
     python3 scripts/group_handoff_probe.py [--shapes 16384x768x3072x768,...]
@@ -30,9 +30,12 @@ from tritonfuse.kernels import int8 as Q  # noqa: E402
 SHAPES = "16384x768x3072x768,12608x768x3072x768,8192x2048x8192x2048"
 GROUP = 128
 # (BLOCK_M, BLOCK_K, stages, warps) of the producer, whose BLOCK_N is the group
-UP_TILES = [(128, 128, 3, 8), (128, 128, 4, 8), (128, 64, 4, 4), (64, 128, 4, 4), (256, 64, 3, 8), (128, 256, 3, 8)]
+# (128, 128, 3, 4: one warpgroup, two or three programs an SM, is the served kernel's pick at BERT's up-projection)
+UP_TILES = [(128, 128, 3, 4), (128, 128, 3, 8), (128, 128, 4, 8), (128, 64, 4, 4), (64, 128, 4, 4), (256, 64, 3, 8),
+            (128, 256, 3, 8)]
 # (BLOCK_M, BLOCK_N, stages, warps) of the consumer, whose BLOCK_K is the group
-DOWN_TILES = [(128, 128, 3, 8), (128, 128, 4, 8), (128, 256, 3, 8), (64, 128, 4, 4), (128, 64, 4, 4), (256, 128, 3, 8)]
+DOWN_TILES = [(128, 128, 3, 4), (128, 128, 3, 8), (128, 128, 4, 8), (128, 256, 3, 8), (64, 128, 4, 4), (128, 64, 4, 4),
+              (256, 128, 3, 8)]
 
 
 def sqnr(ref, y) -> float:
