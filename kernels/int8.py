@@ -830,9 +830,10 @@ def _contiguous_int8(*ts) -> None:
     if TensorDescriptor is None:
         raise RuntimeError("the group handoff's kernels need triton's host TMA descriptors (triton >= 3.3)")
     for t in ts:
-        if t.dtype != torch.int8 or not t.is_contiguous() or t.shape[-1] % 16:
+        if t.dtype != torch.int8 or not t.is_contiguous() or t.shape[-1] % 16 or t.data_ptr() % 16:
             raise ValueError("the group handoff takes contiguous int8 operands with rows of a multiple of 16 "
-                             f"bytes (TMA), got {t.dtype} {list(t.shape)} strides {list(t.stride())}")
+                             f"bytes at a 16-byte aligned address (TMA), got {t.dtype} {list(t.shape)} strides "
+                             f"{list(t.stride())}")
 
 
 def int8_linear_group_out(xq, xs, wq, ws, b, act: str, group: int = 128, cfg: Optional[dict] = None):
@@ -852,8 +853,8 @@ def int8_linear_group_out(xq, xs, wq, ws, b, act: str, group: int = 128, cfg: Op
     if M == 0 or N == 0:
         return q, s
     grid = (cdiv(M, c["BLOCK_M"]) * n_groups,)
-    x_desc = TensorDescriptor.from_tensor(xq, [c["BLOCK_M"], c["BLOCK_K"]])
-    w_desc = TensorDescriptor.from_tensor(wq, [c["BLOCK_N"], c["BLOCK_K"]])
+    x_desc = host_desc(xq, [c["BLOCK_M"], c["BLOCK_K"]])  # (aligned: _contiguous_int8)
+    w_desc = host_desc(wq, [c["BLOCK_N"], c["BLOCK_K"]])
     _group_quant_out_kernel[grid](x_desc, w_desc, xs, ws, b if b is not None else ws, q, s, M, N, K, n_groups,
                                   HAS_BIAS=b is not None, ACT=_epilogue_act(act, xq.device),
                                   MAGIC=magic_rounding(xq.device), **c)
@@ -878,8 +879,8 @@ def int8_linear_group_in(q, s, wq, ws, b, act: str, out_dtype: torch.dtype, grou
     if M == 0 or N == 0:
         return out
     grid = (cdiv(M, c["BLOCK_M"]) * cdiv(N, c["BLOCK_N"]),)
-    x_desc = TensorDescriptor.from_tensor(q, [c["BLOCK_M"], group])
-    w_desc = TensorDescriptor.from_tensor(wq, [c["BLOCK_N"], group])
+    x_desc = host_desc(q, [c["BLOCK_M"], group])  # (aligned: _contiguous_int8)
+    w_desc = host_desc(wq, [c["BLOCK_N"], group])
     _group_scaled_in_kernel[grid](x_desc, w_desc, s, ws, b if b is not None else ws, out, M, N, K, n_groups,
                                   HAS_BIAS=b is not None, ACT=_epilogue_act(act, q.device),
                                   RTNE_BF16=rtne_bf16(out_dtype), **c)
