@@ -1390,15 +1390,15 @@ def _restrided_views(node: torch.fx.Node, val, fake_mode) -> Optional[dict]:
     return vals
 
 
-def _parent_module(node: torch.fx.Node) -> str:
+def _parent_module(node: torch.fx.Node, site: Optional[str] = None) -> str:
     """The module that holds the Linear a node came from (``layers.3.self_attn`` for its q_proj), "" where
     unknown. Siblings stack within one such module (a block's Q, K and V): an x that every layer reads (an
     encoder's output, by each decoder layer's cross-attention K and V) would otherwise make one GEMM at the
-    first layer, every layer's outputs alive from there on. A site our op serves has its module on the view
-    that gives its output the Linear's shape (the pattern matcher moves the module to a replacement's output
-    node, not to the op inside it)."""
-    name = registry.module_name(node) or next(
-        (m for m in (registry.module_name(u) for u in node.users if u.target in _VIEWS) if m), "")
+    first layer, every layer's outputs alive from there on. A site our op serves is found by ``site`` (its
+    anchor's name): its check recorded the module from the ATen node it replaced. The op's own node carries
+    none, and where the pattern matcher puts a replacement's module differs between torch versions (the output
+    view under torch 2.14; under 2.11 on the H100 reading it there told no layer from another, 58th session)."""
+    name = (registry.site_module(node.graph, site) if site else "") or registry.module_name(node)
     return name.rpartition(".")[0]
 
 
@@ -1467,7 +1467,7 @@ def siblings_pass(graph: torch.fx.Graph) -> int:
             continue
         # int8 rows and their scales as nodes (share_quant_pass merged equal ones), or float rows by what they view
         rows = (m["x"], m["xs"]) if m["xs"] is not None else (_rows_root(m["x"]), tuple(_val(m["x"]).shape))
-        groups.setdefault((rows, m["act"], m["dtype"], _parent_module(node)), []).append(m)
+        groups.setdefault((rows, m["act"], m["dtype"], _parent_module(node, m["site"])), []).append(m)
     order = {n: i for i, n in enumerate(graph.nodes)}
     fake_mode, made, casts = None, 0, set()
     for (_, act, dtype, _), members in groups.items():

@@ -160,6 +160,14 @@ def site_kernel(graph: torch.fx.Graph, name: str) -> Optional[str]:
         return site.kernel if site is not None else None
 
 
+def site_module(graph: torch.fx.Graph, name: str) -> str:
+    """The module of site ``name`` of ``graph`` (its anchor node's name), as its check recorded it from the
+    anchor's ATen node; "" where no record of this graph has that name or its module is unknown."""
+    with _lock:
+        site = _pending.get((id(graph), name))
+        return site.module if site is not None else ""
+
+
 def annotate(graph: torch.fx.Graph, name: str, note: str) -> bool:
     """Add ``note`` to site ``name`` of ``graph``: to its reason where it was left to Inductor, else to its
     detail (a later pass weighed another way to serve it and kept what it had). False where no record of
