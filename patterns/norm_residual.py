@@ -644,6 +644,27 @@ def _trace_functional(fn, args, **kwargs) -> torch.fx.GraphModule:
     return gm
 
 
+def _trace_cloned(fn, args, **kwargs) -> torch.fx.GraphModule:
+    return memo_trace(_trace_functional_cloned, fn, args, **kwargs)
+
+
+def _trace_functional_cloned(fn, args, **kwargs) -> torch.fx.GraphModule:
+    # a ``clone`` variant's search function: tracing drops the contiguous copy of a contiguous example sum, so
+    # it is put back between the sum and the norm, as the model's graph holds it (the check's trace at a
+    # match's transposed operand makes it itself). The replacement holds no sum of its inputs: nothing changes
+    # there.
+    gm = _trace_functional(fn, args, **kwargs)
+    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"][:2]
+    for add in gm.graph.find_nodes(op="call_function", target=aten.add.Tensor):
+        if list(add.args[:2]) == inputs and not any(u.target == aten.clone.default for u in add.users):
+            with gm.graph.inserting_after(add):
+                copy = gm.graph.call_function(aten.clone.default, (add,), {"memory_format": torch.contiguous_format})
+            add.replace_all_uses_with(copy, delete_user_cb=lambda u: u is not copy and u.op != "output")
+            gm.recompile()
+            break
+    return gm
+
+
 _AFFINE = {"ln": ("wb", "w", ""), "hf": ("w", ""), "fn": ("w", ""), "hand": ("w",), "t5": ("w",)}
 
 
@@ -684,11 +705,16 @@ def _build(styles=None) -> PatternMatcherPass:
                         continue
                     if style == "t5" and dtype == torch.float32:
                         continue  # in fp32 the T5 norm is the HF RMSNorm graph
-                    for affine in _AFFINE[style]:
-                        x = torch.empty(2, 4, 16, dtype=dtype)
-                        args = [x] + ([torch.empty(2, 4, 16, dtype=dtype)] if res else [])
-                        args += [torch.empty(16, dtype=dtype) for _ in affine]
-                        reg(search_only(_norm_pattern(style, affine, res, stats)),
-                            _norm_replacement(style, affine, res, stats),
-                            args, extra_check=_make_check(style, affine, res, stats))
+                    # ``clone``: Inductor's LayerNorm decomposition reads a sum laid out as a transposed operand
+                    # through a contiguous copy (torchvision ViT: x + the attention's sequence-major output;
+                    # inference), which ``_trace_cloned`` puts in the search graph
+                    for clone in (False, True) if res and style == "ln" and not stats else (False,):
+                        for affine in _AFFINE[style]:
+                            x = torch.empty(2, 4, 16, dtype=dtype)
+                            args = [x] + ([torch.empty(2, 4, 16, dtype=dtype)] if res else [])
+                            args += [torch.empty(16, dtype=dtype) for _ in affine]
+                            reg(search_only(_norm_pattern(style, affine, res, stats)),
+                                _norm_replacement(style, affine, res, stats),
+                                args, extra_check=_make_check(style, affine, res, stats),
+                                trace_fn=_trace_cloned if clone else _trace)
     return pm
