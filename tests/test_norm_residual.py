@@ -81,7 +81,10 @@ def test_kernel_hard_rows(dtype, kind, n):
     _check(x, r, w, b, kind)
 
 
-def test_kernel_non_contiguous_and_broadcast():
+def test_kernel_non_contiguous_and_broadcast(monkeypatch):
+    copied = []
+    rows2d = K._rows2d
+    monkeypatch.setattr(K, "_rows2d", lambda t: copied.append(K._two_strides(t)) or rows2d(t))
     base = fresh(4, 6, 160, seed=13)
     x = base[..., ::2]  # column stride 2: copied
     xt = fresh(80, 4, 6, seed=14).permute(1, 2, 0)  # transposed: copied
@@ -93,6 +96,7 @@ def test_kernel_non_contiguous_and_broadcast():
         before = (a.clone(), c.clone())
         _check(a, c, w, b, "layer")
         assert torch.equal(a, before[0]) and torch.equal(c, before[1])
+    assert copied and not any(copied)  # xb read in place as x or as the residual (the sum is commutative)
     # residual broadcast over leading dims (position embeddings), either operand
     for rb in (fresh(1, 6, 80, seed=17), fresh(6, 80, seed=18)):
         _check(x, rb, w, b, "layer")
@@ -313,57 +317,33 @@ def test_patterns_dynamic_rows_are_timed_at_their_example_sizes(tmp_path, monkey
     assert sizes  # it was timed
 
 
-def _timed_norm_site(tmp_path, monkeypatch):
-    # a residual add + LayerNorm whose x is a transposed view (torchvision ViT's attention output, read
-    # sequence-major), compiled with the measured choice on (a GPU's, stubbed: ours 1 ms, theirs 2 ms); each
-    # timed side is called once. Returns (output, eager's, the sides' names and results)
+def test_a_sum_laid_out_as_a_transposed_operand_is_matched_and_timed_at_its_layout(tmp_path, monkeypatch,
+                                                                                    no_compile_cache):
+    # x + r where x is a transposed view (torchvision ViT's attention output, read sequence-major): the sum
+    # follows x's layout and Inductor's LayerNorm decomposition reads it through a contiguous copy. The site is
+    # matched with its residual, and timed (a GPU's choice, stubbed: ours 1 ms, theirs 2 ms) on operands laid
+    # out as its own, its x read in place
     from tritonfuse import backend, registry
 
     pretend_gpu_timing(tmp_path, monkeypatch, backend)
-    monkeypatch.setattr(K, "_inductor_failed", None)
-    timed = []
-    monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False, **_: timed.append((fn.__name__, fn())) or
-                        (1.0 if fn.__name__ == "ours" else 2.0))
-    ln = torch.nn.LayerNorm(48).eval()
-    a, r = fresh(7, 3, 48, seed=1), fresh(3, 7, 48, seed=2)  # a: [S, B, N], read as [B, S, N]
-    tritonfuse.reset()
-    torch._dynamo.reset()
+    monkeypatch.setattr(registry, "_bench", lambda fn, graphed=False, **_: 1.0 if fn.__name__ == "ours" else 2.0)
+    ln = torch.nn.LayerNorm(48).eval().half()
+    a, r = fresh(7, 3, 48, seed=1, dtype=torch.float16), fresh(3, 7, 48, seed=2, dtype=torch.float16)
+
     def block(a, r):  # (pre-norm: the sum is the next residual)
         h = a.transpose(0, 1) + r
-        return ln(h), h
+        return ln(h), h * 2
 
+    tritonfuse.reset()
+    torch._dynamo.reset()
     with torch.no_grad(), config.patch(patterns="norm_residual"):
-        return torch.compile(block, backend="tritonfuse")(a, r), block(a, r), timed
-
-
-def test_a_norm_is_timed_against_inductors_own_code_at_its_layout(tmp_path, monkeypatch):
-    # the other side of a norm site's timing is what Inductor compiles for it, on operands laid out as the
-    # site's (a transposed x cost Inductor's reduction its persistent form at ViT's residual adds: 46 us a site
-    # on the H100 against 11 for the pass of the same bytes the site was timed against), compiled inside
-    # the model's compile without our passes and without disturbing it
-    from tritonfuse import registry
-
-    got, want, timed = _timed_norm_site(tmp_path, monkeypatch)
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        got = torch.compile(block, backend="tritonfuse")(a, r)
+    for g, w in zip(got, block(a, r)):
+        torch.testing.assert_close(g, w, rtol=2e-3, atol=2e-3)
     assert tritonfuse.counters()["norm_residual"] == {"matched": 1, "replaced": 1, "fallback": 0}, tritonfuse.report()
-    (_, y_ours), (name, inductor_out) = timed
-    assert name == "inductor" and len(inductor_out) == 2, [k for k in registry._load_choices()]  # (y and the sum)
-    for theirs, ours in zip(inductor_out, y_ours[:2]):  # the same norm on the same inputs
-        torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-5)
+    assert [s.kernel for s in tritonfuse.sites()] == ["norm_residual[layer+sum]"]
     keys = [k for k in registry._load_choices() if "norm_residual|" in k]
     assert len(keys) == 1 and "|sum1|stats0|x[3, 7, 48]:[48, 144, 1]|r|" in keys[0], keys
-
-
-def test_a_norm_timing_without_inductors_code_warns_and_times_the_same_bytes(tmp_path, monkeypatch):
-    def broken(*a):
-        raise RuntimeError("simulated compile failure")
-
-    monkeypatch.setattr(K, "_inductor_norm", broken)
-    with pytest.warns(UserWarning, match="simulated compile failure"):
-        got, want, timed = _timed_norm_site(tmp_path, monkeypatch)
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-    assert [name for name, _ in timed] == ["ours", "inductor"] and timed[1][1] is None  # (the stand-in's)
-    assert tritonfuse.counters()["norm_residual"]["replaced"] == 1
 
 
 def test_patterns_read_eps_from_graph():
