@@ -1738,6 +1738,7 @@ class _StackCache:
         self._lock = threading.RLock()
         self._entries: dict[tuple, tuple] = {}
         self.stacks = 0  # how many stacks were built, for tests
+        self.bias_stacks = 0  # how many stacked biases were built, for tests
 
     def get(self, ws: list, group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """The int8 weights of float weights ``ws`` stacked (the rows of ws[0], then of ws[1], ...) and their
@@ -1758,6 +1759,28 @@ class _StackCache:
             self._entries[key] = (refs, wq, scales)
             self.stacks += 1
         return wq, scales
+
+    def bias(self, ws: list, bs: list) -> Optional[torch.Tensor]:
+        """The siblings' biases stacked in fp32 (``_stacked_bias``), kept while each bias is the tensor it was
+        made from at the same version: a bias updated in place is stacked again. (Stacked on every call, they
+        were four small kernels a layer: bert-base's int8 forward spent 0.11 ms of 6.04 on the casts, H100.)"""
+        if all(b is None for b in bs):
+            return None
+        present = [b for b in bs if b is not None]
+        key = ("bias", *(_WeightCache._key(b, None) if b is not None else w.shape[0] for w, b in zip(ws, bs)))
+        versions = tuple(_WeightCache._version(b) for b in present)
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is not None and entry[1] == versions and all(_still(entry[0][2 * i:2 * i + 2], b)
+                                                               for i, b in enumerate(present)):
+            return entry[2]
+        stacked = _stacked_bias(ws, bs)
+        watched = [_watch(b, functools.partial(self._drop, key)) for b in present]
+        if all(r is not None for r in watched):
+            with self._lock:
+                self._entries[key] = (tuple(r for pair in watched for r in pair), versions, stacked)
+                self.bias_stacks += 1
+        return stacked
 
     def _drop(self, key: tuple, ref: weakref.ref) -> None:
         # a part died (its weight re-quantized or gone): the stack built from it goes unless a newer one holds the key
@@ -1835,8 +1858,8 @@ def int8_linear_siblings(x: torch.Tensor, xs: Optional[torch.Tensor], ws: list[t
         if len(groups) > 1:  # weights quantized in different K groups: one call each
             return torch.cat([int8_linear(x, w, bias, act, mode) for w, bias in zip(ws, bs)], dim=1)
         wq, scales = stack_cache.get(ws, groups.pop())
-        return _weight_only(x, wq, scales, _stacked_bias(ws, bs), act)
-    b = _stacked_bias(ws, bs)
+        return _weight_only(x, wq, scales, stack_cache.bias(ws, bs), act)
+    b = stack_cache.bias(ws, bs)
     wq, scales = stack_cache.get(ws)
     if xs is None:
         x, xs = quant_rows(x)

@@ -1879,6 +1879,9 @@ def test_int8_sibling_linears_stacked(case, monkeypatch, no_compile_cache):
             compiled = torch.compile(model, backend="tritonfuse")
             compiled(x)
             graphs, n0 = torch._dynamo.utils.counters["stats"]["unique_graphs"], I8.stack_cache.stacks
+            nb0 = I8.stack_cache.bias_stacks
+            compiled(x)  # (the stacked biases are kept too, but for autocast's: casts made anew by each call)
+            assert I8.stack_cache.bias_stacks == nb0 + (case == "autocast")
             model.k.weight.mul_(-2.0)
             model.v.bias.add_(1.0)
             again = compiled(x)
@@ -1886,6 +1889,7 @@ def test_int8_sibling_linears_stacked(case, monkeypatch, no_compile_cache):
             ref = copy.deepcopy(model).double()(x.double())
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # (not compiled again)
         assert I8.stack_cache.stacks == n0 + 1
+        assert I8.stack_cache.bias_stacks == nb0 + (3 if case == "autocast" else 1)
         assert all(sqnr_db(r, o) > 30 for o, r in zip(again, ref))
 
 
