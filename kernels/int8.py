@@ -1086,6 +1086,17 @@ def _still(refs, w: torch.Tensor, owner: Optional[torch.Tensor] = None) -> bool:
         return False
 
 
+def _watch_all(ts: list, callback) -> Optional[tuple]:
+    # ``_watch``'s pairs of each of ``ts`` side by side, or None where one has no storage to watch
+    watched = [_watch(t, callback) for t in ts]
+    return None if any(r is None for r in watched) else tuple(r for pair in watched for r in pair)
+
+
+def _all_still(refs: tuple, ts: list) -> bool:
+    # ``_still`` for each of ``ts`` and its pair of ``_watch_all``'s ``refs``
+    return all(_still(refs[2 * i:2 * i + 2], t) for i, t in enumerate(ts))
+
+
 class _WeightCache:
     """float weight -> (int8 weight, fp32 scales), quantized on first use and again after an in-place update;
     and a weight-only layer's weights -> the K group of their scales (``layer_group``), decided likewise."""
@@ -1144,8 +1155,7 @@ class _WeightCache:
         versions = tuple(self._version(w) for w in ws)
         with self._lock:
             entry = self._groups.get(key)
-        if entry is not None and entry[0] == versions and all(_still(entry[1][2 * i:2 * i + 2], w)
-                                                              for i, w in enumerate(ws)):
+        if entry is not None and entry[0] == versions and _all_still(entry[1], ws):
             return entry[2]
         limit = 10 ** (-WONLY_MIN_DB / 10)
         with torch.no_grad():
@@ -1156,10 +1166,10 @@ class _WeightCache:
         for w, q in zip(ws, qs):  # the chosen quantization serves the calls (the others are not kept)
             if self._lookup(w, _grouping(w, group)) is None:
                 self._put(w, _grouping(w, group), *q)
-        watched = [_watch(w, functools.partial(self._drop, self._groups, key)) for w in ws]
-        if all(r is not None for r in watched):
+        refs = _watch_all(ws, functools.partial(self._drop, self._groups, key))
+        if refs is not None:
             with self._lock:
-                self._groups[key] = (versions, tuple(r for pair in watched for r in pair), group)
+                self._groups[key] = (versions, refs, group)
         return group
 
     def _drop(self, store: dict, key: tuple, ref: weakref.ref) -> None:
@@ -1771,14 +1781,13 @@ class _StackCache:
         versions = tuple(_WeightCache._version(b) for b in present)
         with self._lock:
             entry = self._entries.get(key)
-        if entry is not None and entry[1] == versions and all(_still(entry[0][2 * i:2 * i + 2], b)
-                                                               for i, b in enumerate(present)):
+        if entry is not None and entry[1] == versions and _all_still(entry[0], present):
             return entry[2]
         stacked = _stacked_bias(ws, bs)
-        watched = [_watch(b, functools.partial(self._drop, key)) for b in present]
-        if all(r is not None for r in watched):
+        refs = _watch_all(present, functools.partial(self._drop, key))
+        if refs is not None:
             with self._lock:
-                self._entries[key] = (tuple(r for pair in watched for r in pair), versions, stacked)
+                self._entries[key] = (refs, versions, stacked)
                 self.bias_stacks += 1
         return stacked
 
