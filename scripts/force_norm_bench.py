@@ -4,7 +4,7 @@ e.g. torchvision ViT's LayerNorms in int8 mode, which Inductor fuses with the qu
 residual chain into kernels of 46-48 us a site on the H100 (58th session's profile) while the site alone
 measures the same in Inductor's code and in ours (``scripts/norm_layout_probe.py``).
 
-    python3 scripts/force_norm_bench.py --models vit_b_16 --modes tritonfuse-int8 --cuda-graphs"""
+    python3 scripts/force_norm_bench.py --models vit_b_16 --modes tritonfuse-int8 --cuda-graphs  (bench's arguments)"""
 
 import sys
 
@@ -14,4 +14,4 @@ K.measure = lambda *args, **kwargs: {"use": True}
 
 from tritonfuse.cli import main  # noqa: E402
 
-raise SystemExit(main(sys.argv[1:]))
+raise SystemExit(main(["bench", *sys.argv[1:]]))
