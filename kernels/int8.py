@@ -760,9 +760,9 @@ def _w8a8_device_tma_kernel(
 # --- an MLP's hidden activation handed over in int8 with per-group scales ---------------------------------
 # Served by no pattern: on the H100 (58th session, scripts/group_handoff_probe.py) the pair took 0.963 of the
 # time of the served pair (int8 up-projection, cuBLAS down-projection) at bert-base's MLP and 1.002 at
-# vit_b_16's, at 35.6 dB against their 39 (benchmarks/results/diagnostics/README.md, 58th session). A per-token scale needs
-# a whole row of the up-projection's output, which one tile does not hold (the handoff above writes the
-# fp16 output and its rows' abs-max, and the down-projection quantizes on load). Scales per row and group of
+# vit_b_16's, at 35.6 dB against their 39 (benchmarks/results/diagnostics/README.md, 58th session).
+# A per-token scale needs a whole row of the up-projection's output, which one tile does not hold (the
+# handoff above writes the fp16 output and its rows' abs-max, and the down-projection quantizes on load). Scales per row and group of
 # GROUP columns instead (the group: one tile's BLOCK_N) let the up-projection's epilogue write int8 at once, and
 # the down-projection's main loop (K steps of one group) rescales each step's int32 product by its rows' group
 # scales: the hidden activation crosses memory as int8 (half the bytes), with no quantization pass.

@@ -2273,7 +2273,8 @@ def test_float_sibling_linears_become_one_gemm(form, monkeypatch, device, no_com
 def test_siblings_stack_within_one_module(quant, monkeypatch, no_compile_cache):
     # an encoder output e read by each decoder layer's cross-attention K and V: each layer's pair is one GEMM,
     # not every layer's four at the first (their outputs alive from there on); outputs as eager's. In int8 the
-    # module of a site our op serves is on its output's view (57th session: before, one stack of four)
+    # module of a site our op serves is read from its check's record (before the 57th session: one stack of
+    # four; on torch 2.11 until the 58th, when it was read from the op's output view)
     class Layer(nn.Module):
         def __init__(self, d=32):
             super().__init__()
