@@ -75,13 +75,13 @@ def _bwd_settings(n: int, is_rms: bool) -> dict:
 
 
 @triton.jit
-def _load_sum(x_ptr, r_ptr, s_ptr, rows, x_off, rows_r, cols, mask, stride_rm, stride_sm,
+def _load_sum(x_ptr, r_ptr, s_ptr, rows, x_off, r_off, cols, mask, stride_sm,
               HAS_RES: tl.constexpr, WRITE_SUM: tl.constexpr, RTNE_BF16: tl.constexpr):
-    # h = x + r rounded to the storage dtype first, as eager rounds the sum before normalizing it (x_off: the
-    # rows' offsets in x)
+    # h = x + r rounded to the storage dtype first, as eager rounds the sum before normalizing it (x_off,
+    # r_off: the rows' offsets in x and r)
     x = tl.load(x_ptr + x_off[:, None] + cols[None, :], mask=mask, other=0.0)
     if HAS_RES:
-        r = tl.load(r_ptr + rows_r[:, None] * stride_rm + cols[None, :], mask=mask, other=0.0)
+        r = tl.load(r_ptr + r_off[:, None] + cols[None, :], mask=mask, other=0.0)
         h = cast_out(x.to(tl.float32) + r.to(tl.float32), x_ptr.dtype.element_ty, RTNE_BF16)
         if WRITE_SUM:
             tl.store(s_ptr + rows[:, None] * stride_sm + cols[None, :], h, mask=mask)
@@ -125,7 +125,7 @@ def _normalize(h, mean, rstd, w_ptr, b_ptr, cols, col_mask, dtype: tl.constexpr,
 def _norm_fwd_kernel(
     x_ptr, r_ptr, w_ptr, b_ptr, out_ptr, s_ptr, mean_ptr, rstd_ptr, q_ptr, qscale_ptr,
     M, N, R_ROWS, eps, eps_ptr,
-    stride_xm, X_INNER, stride_xo, stride_rm, stride_om, stride_sm, stride_qm,
+    stride_xm, X_INNER, stride_xo, stride_rm, R_INNER, stride_ro, stride_om, stride_sm, stride_qm,
     EPS_PTR: tl.constexpr, HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, IS_RMS: tl.constexpr,
     WRITE_SUM: tl.constexpr, WRITE_STATS: tl.constexpr, CAST_BEFORE_WEIGHT: tl.constexpr,
     QUANT_OUT: tl.constexpr, RTNE_BF16: tl.constexpr, WRITE_Y: tl.constexpr,
@@ -137,18 +137,19 @@ def _norm_fwd_kernel(
     else:
         eps = tl.cast(eps, tl.float32)  # Inductor passes Python floats as fp64
     # out, s: [M, N] (unit column stride); x: row m at (m // X_INNER) * stride_xo + (m % X_INNER) * stride_xm
-    # (a [M / X_INNER, X_INNER, N] view: torchvision ViT's attention output read batch-major); r: [R_ROWS, N],
-    # row m uses r[m % R_ROWS] (leading broadcast)
+    # (a [M / X_INNER, X_INNER, N] view: torchvision ViT's attention output read batch-major); r: [R_ROWS, N]
+    # rows laid out the same way (R_INNER, stride_ro), row m uses r's row m % R_ROWS (leading broadcast)
     pid_m = tl.program_id(0)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = offs_m < M
     rows = tl.where(row_mask, offs_m, 0).to(tl.int64)
     rows_r = rows % R_ROWS
     x_off = (rows // X_INNER) * stride_xo + (rows % X_INNER) * stride_xm
+    r_off = (rows_r // R_INNER) * stride_ro + (rows_r % R_INNER) * stride_rm
     dtype = out_ptr.dtype.element_ty
     if SINGLE:
         cols, col_mask, mask = _chunk(0, N, row_mask, BLOCK_N)
-        h = _load_sum(x_ptr, r_ptr, s_ptr, rows, x_off, rows_r, cols, mask, stride_rm, stride_sm,
+        h = _load_sum(x_ptr, r_ptr, s_ptr, rows, x_off, r_off, cols, mask, stride_sm,
                       HAS_RES, WRITE_SUM, RTNE_BF16)
         if IS_RMS:
             mean = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -182,7 +183,7 @@ def _norm_fwd_kernel(
         m2 = tl.zeros((BLOCK_M,), dtype=tl.float32)
         for start in range(0, N, BLOCK_N):
             cols, col_mask, mask = _chunk(start, N, row_mask, BLOCK_N)
-            h = _load_sum(x_ptr, r_ptr, s_ptr, rows, x_off, rows_r, cols, mask, stride_rm, stride_sm,
+            h = _load_sum(x_ptr, r_ptr, s_ptr, rows, x_off, r_off, cols, mask, stride_sm,
                           HAS_RES, WRITE_SUM, RTNE_BF16)
             if IS_RMS:
                 m2 += tl.sum(h * h, axis=1)
@@ -201,7 +202,7 @@ def _norm_fwd_kernel(
         for start in range(0, N, BLOCK_N):
             cols, col_mask, mask = _chunk(start, N, row_mask, BLOCK_N)
             # recompute the sum from x and r: reading back s would race with other threads' stores
-            h = _load_sum(x_ptr, r_ptr, s_ptr, rows, x_off, rows_r, cols, mask, stride_rm, stride_sm,
+            h = _load_sum(x_ptr, r_ptr, s_ptr, rows, x_off, r_off, cols, mask, stride_sm,
                           HAS_RES, False, RTNE_BF16)
             y = _normalize(h, mean, rstd, w_ptr, b_ptr, cols, col_mask, dtype,
                            HAS_W, HAS_B, IS_RMS, CAST_BEFORE_WEIGHT, RTNE_BF16)
@@ -351,11 +352,8 @@ def _rows_of(x: torch.Tensor) -> tuple:
 
 
 def _full_first(x, residual):
-    # x + r is commutative: the operand with the full (broadcast) shape goes first, and of two of the same
-    # shape the one read in place with two row strides (the residual's rows are read through one)
+    # x + r is commutative: the operand with the full (broadcast) shape goes first
     if residual is not None and residual.dim() >= x.dim() and residual.numel() > x.numel():
-        return residual, x
-    if residual is not None and residual.shape == x.shape and _two_strides(residual) and not _two_strides(x):
         return residual, x
     return x, residual
 
@@ -421,9 +419,9 @@ def norm_residual(
     m = math.prod(shape[:-1])
     if residual is not None:
         r_rows = _residual_rows(shape, residual.shape)
-        r2 = _rows2d(residual)  # [r_rows, N]: leading size-1 dims fold away
+        r2, r_inner, stride_ro = _rows_of(residual)  # [r_rows, N] rows: leading size-1 dims fold away
     else:
-        r_rows, r2 = 1, x2
+        r_rows, r2, r_inner, stride_ro = 1, x2, 1, 0
     if not write_y and not quant_out:
         raise ValueError("write_y=False needs quant_out=True (the op would write nothing of y)")
     out = torch.empty((m, n) if write_y else (0,), device=x.device, dtype=x.dtype)
@@ -451,7 +449,7 @@ def norm_residual(
             out if write_y else dummy, s if write_sum else dummy, mean if stats else dummy, rstd if stats else dummy,
             q if quant_out else dummy, qscale if quant_out else dummy,
             m, n, max(r_rows, 1), eps, eps_ptr if eps_ptr is not None else dummy,
-            x2.stride(-2), x_inner, stride_xo, r2.stride(0), out.stride(0) if write_y else 0,
+            x2.stride(-2), x_inner, stride_xo, r2.stride(-2), r_inner, stride_ro, out.stride(0) if write_y else 0,
             s.stride(0) if write_sum else 0,
             q.stride(0) if quant_out else 0,
             EPS_PTR=eps_ptr is not None, HAS_RES=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None, IS_RMS=kind == "rms",
@@ -563,6 +561,8 @@ def measure(x, residual, weight, bias, kind: str, write_sum: bool, stats: bool) 
     the sum when it is kept). At torchvision ViT's residual add of the attention's sequence-major output it
     does so at that layout too (H100, ``scripts/norm_layout_probe.py``: Inductor's code for the site alone
     0.0288 ms transposed, 0.0285 contiguous; this kernel 0.0285 reading x in place, 0.0538 after a copy).
+    Under torch 2.11 ViT's second norm of a layer reads both operands so laid out (``norm_site_layouts.py``);
+    the residual, copied until the 59th session, lost that site (0.0543 ms against the stand-in's 0.0313).
     Cached per shape and layout in ``registry``."""
     full = torch.broadcast_shapes(x.shape, residual.shape) if residual is not None else x.shape
     n = full[-1]

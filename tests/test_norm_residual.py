@@ -91,16 +91,18 @@ def test_kernel_non_contiguous_and_broadcast(monkeypatch):
     xs = base[..., :80]  # row stride 160, unit column stride: read in place
     # [4, 6] rows read from a [6, 4] layout (torchvision ViT's attention output): read in place, two row strides
     xb = fresh(6, 4, 80, seed=19).transpose(0, 1)
+    xb2 = fresh(6, 4, 80, seed=20).transpose(0, 1)  # ViT's ln_2 sites under torch 2.11: both operands so laid out
     w, b = fresh(80, seed=15), fresh(80, seed=16)
-    for a, c in ((x, xt), (xs, x), (xt, xs), (xb, xs), (xs, xb)):
+    for a, c in ((x, xt), (xs, x), (xt, xs), (xb, xs), (xs, xb), (xb, xb2)):
         before = (a.clone(), c.clone())
         _check(a, c, w, b, "layer")
         assert torch.equal(a, before[0]) and torch.equal(c, before[1])
-    assert copied and not any(copied)  # xb read in place as x or as the residual (the sum is commutative)
-    # residual broadcast over leading dims (position embeddings), either operand
+    assert copied and not any(copied)  # xb, xb2 read in place as x or as the residual
+    # residual broadcast over leading dims (position embeddings), either operand, x strided or transposed
     for rb in (fresh(1, 6, 80, seed=17), fresh(6, 80, seed=18)):
-        _check(x, rb, w, b, "layer")
-        _check(rb, x, w, None, "rms")
+        for xf in (x, xb):
+            _check(xf, rb, w, b, "layer")
+            _check(rb, xf, w, None, "rms")
 
 
 @pytest.mark.parametrize("block_m", [1, 4])
