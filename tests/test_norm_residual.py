@@ -376,10 +376,13 @@ def test_a_sum_laid_out_as_a_transposed_operand_is_matched_and_timed_at_its_layo
 
 
 @pytest.mark.parametrize("form", ["x", "residual", "read twice"])
-def test_a_linear_bias_is_added_by_the_norm_reading_it(form, no_compile_cache):
+def test_a_linear_bias_is_added_by_the_norm_reading_it(form, no_compile_cache, monkeypatch):
     # LayerNorm(dense(a) + r) (BERT's output block) and LayerNorm(r + dense(a).transpose) (ViT's, the Linear's
     # output read transposed as the add's second operand): the Linear runs as mm and the norm's kernel adds its
     # bias (bias_pass). Read twice (the Linear's output is also returned), the addmm stays whole.
+    from tritonfuse.patterns import norm_residual as P
+
+    monkeypatch.setattr(P, "BIAS_IN_NORM", True)
     torch.manual_seed(0)
     dense, ln = torch.nn.Linear(40, 48).half().eval(), torch.nn.LayerNorm(48).half().eval()
     with torch.no_grad():
