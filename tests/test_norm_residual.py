@@ -315,7 +315,7 @@ def test_patterns_every_form(dtype):
     out, eager, ref = _compile_and_compare(model, args, dtype)
     c = tritonfuse.counters()[FAMILY]
     assert c == {"matched": 7, "replaced": 7, "fallback": 0}, c
-    kernels = sorted(s.kernel for s in tritonfuse.sites())
+    kernels = sorted(s.kernel.replace(",Linear's bias", "") for s in tritonfuse.sites())
     assert kernels == sorted(["norm_residual[layer+sum]", "norm_residual[rms+sum]", "norm_residual[rms+add]",
                               "norm_residual[layer]", "norm_residual[layer]", "norm_residual[rms]",
                               "norm_residual[rms]"]), kernels
@@ -547,7 +547,7 @@ def test_training_forward_writes_statistics(dtype):
     torch.testing.assert_close(grads[0], x.grad, atol=tol, rtol=tol)
     for (name, p), g in zip(model.named_parameters(), grads[1:]):  # weight gradients sum over the rows
         torch.testing.assert_close(g, p.grad, atol=50 * tol, rtol=tol, msg=name)
-    kernels = sorted(s.kernel for s in tritonfuse.sites() if s.status == "replaced")
+    kernels = sorted(s.kernel.replace(",Linear's bias", "") for s in tritonfuse.sites() if s.status == "replaced")
     # what a training forward saves is the partitioner's choice: the two unweighted RMSNorms of this block
     # are not matched in training (their forward does not save exactly rstd) and stay Inductor's
     assert kernels == sorted(["norm_residual[layer+sum+stats]", "norm_residual[rms+sum+stats]",
@@ -627,7 +627,7 @@ def test_bert_training_gradients():
     eager = grads(model.half())
     with config.patch(patterns=FAMILY):
         ours = grads(torch.compile(model, backend="tritonfuse"))
-    kernels = sorted(s.kernel for s in tritonfuse.sites() if s.status == "replaced")
+    kernels = sorted(s.kernel.replace(",Linear's bias", "") for s in tritonfuse.sites() if s.status == "replaced")
     assert kernels == ["norm_residual[layer+sum+stats]"] * 3, kernels
     for name, g in eager.items():
         assert_close_to_ref(ours[name], ref[name], g, atol=1e-3 * ref[name].abs().max().item(), what=name)
