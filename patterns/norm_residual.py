@@ -637,14 +637,14 @@ def _linear_bias(x) -> Optional[tuple]:
     found = _row_chain(x, lambda n: n.target == aten.addmm.default, alone=True)
     if found is None:
         return None
-    mm = found[0]
-    bias, val = mm.args[0], mm.meta.get("val")
+    addmm = found[0]
+    bias, val = addmm.args[0], addmm.meta.get("val")
     bval = bias.meta.get("val") if isinstance(bias, torch.fx.Node) else None
-    if mm.kwargs.get("beta", 1) != 1 or mm.kwargs.get("alpha", 1) != 1 or not isinstance(val, torch.Tensor) \
+    if addmm.kwargs.get("beta", 1) != 1 or addmm.kwargs.get("alpha", 1) != 1 or not isinstance(val, torch.Tensor) \
             or not isinstance(bval, torch.Tensor) or bval.dim() != 1 or bval.shape[0] != val.shape[-1] \
             or bval.dtype != val.dtype or bval.device != val.device:
         return None
-    return mm, bias
+    return addmm, bias
 
 
 def bias_pass(graph: torch.fx.Graph) -> int:
