@@ -3,7 +3,7 @@ for each mode, the synchronising CUDA runtime calls, and per forward the wall ti
 enqueued without a synchronisation) and the profiled kernels' GPU time: whether the forward is host-bound.
 
 Run: ``python scripts/profile_model.py [--model resnet50] [--batch N] [--modes inductor,tritonfuse]
-[--no-conv-inline] [--int8-inline] [--pointer] [--static-launch] [--code DIR]``
+[--no-conv-inline] [--int8-inline] [--pointer] [--static-launch] [--force-norms] [--code DIR]``
 
 ``--model`` is a model of the bench's zoo (``tritonfuse models``) at its bench size; ``--modes`` takes
 ``inductor``, ``tritonfuse`` and ``tritonfuse-int8``. ``--no-conv-inline`` turns ``kernels.conv_bn.INLINE``
@@ -42,7 +42,13 @@ def main():
     ap.add_argument("--code", default=None, help="write each mode's output code under this folder")
     ap.add_argument("--small", action="store_true", help="the zoo's small size (a dry run on a CPU)")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--force-norms", action="store_true", help="every norm_residual site the kernel supports "
+                    "taken untimed, as scripts/force_norm_bench.py takes them")
     args = ap.parse_args()
+    if args.force_norms:
+        from tritonfuse.kernels import norm_residual as NR
+
+        NR.measure = lambda *a, **k: {"use": True}
     if args.no_conv_inline:
         import tritonfuse.kernels.conv_bn as CB
 
