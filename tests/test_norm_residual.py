@@ -103,6 +103,10 @@ def test_kernel_non_contiguous_and_broadcast(monkeypatch):
         for xf in (x, xb):
             _check(xf, rb, w, b, "layer")
             _check(rb, xf, w, None, "rms")
+    # a transposed residual broadcast over a 4-D x's leading dim: its [4, 6] rows read in place, two row strides
+    copied.clear()
+    _check(fresh(3, 4, 6, 80, seed=21), xb, w, b, "layer")
+    assert not any(copied)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
