@@ -762,10 +762,11 @@ def _w8a8_device_tma_kernel(
 # time of the served pair (int8 up-projection, cuBLAS down-projection) at bert-base's MLP and 1.002 at
 # vit_b_16's, at 35.6 dB against their 39 (benchmarks/results/diagnostics/README.md, 58th session).
 # A per-token scale needs a whole row of the up-projection's output, which one tile does not hold (the
-# handoff above writes the fp16 output and its rows' abs-max, and the down-projection quantizes on load). Scales per row and group of
-# GROUP columns instead (the group: one tile's BLOCK_N) let the up-projection's epilogue write int8 at once, and
-# the down-projection's main loop (K steps of one group) rescales each step's int32 product by its rows' group
-# scales: the hidden activation crosses memory as int8 (half the bytes), with no quantization pass.
+# handoff above writes the fp16 output and its rows' abs-max, and the down-projection quantizes on load).
+# Scales per row and group of GROUP columns instead (the group: one tile's BLOCK_N) let the up-projection's
+# epilogue write int8 at once, and the down-projection's main loop (K steps of one group) rescales each step's
+# int32 product by its rows' group scales: the hidden activation crosses memory as int8 (half the bytes), with
+# no quantization pass.
 
 
 @triton.jit
