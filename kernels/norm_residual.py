@@ -419,9 +419,10 @@ def norm_residual(
         >>> x, r, w, b = torch.randn(37, 100), torch.randn(37, 100), torch.randn(100), torch.randn(100)
         >>> y, h, *_ = torch.ops.tritonfuse.norm_residual(x, r, w, b, 1e-5, "layer", True, False, False, False)
     """
-    if x_bias is not None and residual is not None and residual.numel() > x.numel():
+    first, residual = _full_first(x, residual)
+    if x_bias is not None and first is not x:
         raise ValueError("x_bias is added to x, which must be the operand of the full shape")
-    x, residual = _full_first(x, residual)
+    x = first
     shape = x.shape
     n = shape[-1]
     if x_bias is not None and (tuple(x_bias.shape) != (n,) or x_bias.dtype != x.dtype):

@@ -667,8 +667,8 @@ def bias_pass(graph: torch.fx.Graph) -> int:
                 continue
             val = operand.meta["val"]
             oval = other.meta.get("val") if isinstance(other, torch.fx.Node) else None
-            if other is not None and (not isinstance(oval, torch.Tensor) or oval.numel() > val.numel()):
-                continue  # (the bias is added to the operand of the full shape)
+            if other is not None and (not isinstance(oval, torch.Tensor) or K._full_first(val, oval)[0] is not val):
+                continue  # (the bias is added to x, the operand the op keeps first: the one of the full shape)
             if not isinstance(val.shape[-1], int) or K.probe(
                     str(val.device), val.dtype, kind, val.shape[-1], r is not None, w is not None, b is not None,
                     write_sum, cbw, stats, x_bias=True) is not None:

@@ -131,6 +131,8 @@ def test_kernel_adds_a_linear_bias_to_x(dtype, n):
                 assert_close_to_ref(h, href, heager, atol=TOL[dtype], what=f"{kind} sum")
     with pytest.raises(ValueError, match="x_bias must be"):
         torch.ops.tritonfuse.norm_residual(x, r, w, b, 1e-5, "layer", True, False, False, False, x_bias=xb[:-1])
+    with pytest.raises(ValueError, match="the full shape"):  # (x broadcast over the residual's leading dim)
+        torch.ops.tritonfuse.norm_residual(r, x, w, b, 1e-5, "layer", True, False, False, False, x_bias=xb)
 
 
 @pytest.mark.parametrize("block_m", [1, 4])
