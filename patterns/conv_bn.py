@@ -293,6 +293,7 @@ def _site(match: Match, head: str, act: str, res: bool, act2: str, constants: Co
                                                             channels_last, epilogue_pass=epilogue_pass))
         if why_float:
             detail += f" ({why_float})"
+        registry.show_measured(choice)  # (the float path's timing was the last measured)
     op = choice["kernel"]
     # a survey (registry.surveying) decides nothing, but probes the kernel a timing may choose, so that the
     # probe's compile goes to Inductor's workers with the rest: run first by the pass that decides, the 1x1
