@@ -75,15 +75,11 @@ def _bwd_settings(n: int, is_rms: bool) -> dict:
 
 
 @triton.jit
-def _load_sum(x_ptr, r_ptr, s_ptr, xb_ptr, rows, x_off, r_off, cols, mask, stride_sm,
-              HAS_RES: tl.constexpr, WRITE_SUM: tl.constexpr, HAS_XB: tl.constexpr, RTNE_BF16: tl.constexpr):
+def _load_sum(x_ptr, r_ptr, s_ptr, rows, x_off, r_off, cols, mask, stride_sm,
+              HAS_RES: tl.constexpr, WRITE_SUM: tl.constexpr, RTNE_BF16: tl.constexpr):
     # h = x + r rounded to the storage dtype first, as eager rounds the sum before normalizing it (x_off,
-    # r_off: the rows' offsets in x and r); HAS_XB: x is a Linear's output without its bias, added here and
-    # rounded as the Linear's output would be
+    # r_off: the rows' offsets in x and r)
     x = tl.load(x_ptr + x_off[:, None] + cols[None, :], mask=mask, other=0.0)
-    if HAS_XB:
-        xb = tl.load(xb_ptr + cols[None, :], mask=mask, other=0.0)
-        x = cast_out(x.to(tl.float32) + xb.to(tl.float32), x_ptr.dtype.element_ty, RTNE_BF16)
     if HAS_RES:
         r = tl.load(r_ptr + r_off[:, None] + cols[None, :], mask=mask, other=0.0)
         h = cast_out(x.to(tl.float32) + r.to(tl.float32), x_ptr.dtype.element_ty, RTNE_BF16)
@@ -127,12 +123,12 @@ def _normalize(h, mean, rstd, w_ptr, b_ptr, cols, col_mask, dtype: tl.constexpr,
 
 @triton.jit
 def _norm_fwd_kernel(
-    x_ptr, r_ptr, w_ptr, b_ptr, out_ptr, s_ptr, mean_ptr, rstd_ptr, q_ptr, qscale_ptr, xb_ptr,
+    x_ptr, r_ptr, w_ptr, b_ptr, out_ptr, s_ptr, mean_ptr, rstd_ptr, q_ptr, qscale_ptr,
     M, N, R_ROWS, eps, eps_ptr,
     stride_xm, X_INNER, stride_xo, stride_rm, R_INNER, stride_ro, stride_om, stride_sm, stride_qm,
     EPS_PTR: tl.constexpr, HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, IS_RMS: tl.constexpr,
     WRITE_SUM: tl.constexpr, WRITE_STATS: tl.constexpr, CAST_BEFORE_WEIGHT: tl.constexpr,
-    QUANT_OUT: tl.constexpr, RTNE_BF16: tl.constexpr, WRITE_Y: tl.constexpr, HAS_XB: tl.constexpr,
+    QUANT_OUT: tl.constexpr, RTNE_BF16: tl.constexpr, WRITE_Y: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
 ):
     if EPS_PTR:
@@ -153,8 +149,8 @@ def _norm_fwd_kernel(
     dtype = out_ptr.dtype.element_ty
     if SINGLE:
         cols, col_mask, mask = _chunk(0, N, row_mask, BLOCK_N)
-        h = _load_sum(x_ptr, r_ptr, s_ptr, xb_ptr, rows, x_off, r_off, cols, mask, stride_sm,
-                      HAS_RES, WRITE_SUM, HAS_XB, RTNE_BF16)
+        h = _load_sum(x_ptr, r_ptr, s_ptr, rows, x_off, r_off, cols, mask, stride_sm,
+                      HAS_RES, WRITE_SUM, RTNE_BF16)
         if IS_RMS:
             mean = tl.zeros((BLOCK_M,), dtype=tl.float32)
             var = tl.sum(h * h, axis=1) / N
@@ -187,8 +183,8 @@ def _norm_fwd_kernel(
         m2 = tl.zeros((BLOCK_M,), dtype=tl.float32)
         for start in range(0, N, BLOCK_N):
             cols, col_mask, mask = _chunk(start, N, row_mask, BLOCK_N)
-            h = _load_sum(x_ptr, r_ptr, s_ptr, xb_ptr, rows, x_off, r_off, cols, mask, stride_sm,
-                          HAS_RES, WRITE_SUM, HAS_XB, RTNE_BF16)
+            h = _load_sum(x_ptr, r_ptr, s_ptr, rows, x_off, r_off, cols, mask, stride_sm,
+                          HAS_RES, WRITE_SUM, RTNE_BF16)
             if IS_RMS:
                 m2 += tl.sum(h * h, axis=1)
             else:
@@ -206,8 +202,8 @@ def _norm_fwd_kernel(
         for start in range(0, N, BLOCK_N):
             cols, col_mask, mask = _chunk(start, N, row_mask, BLOCK_N)
             # recompute the sum from x and r: reading back s would race with other threads' stores
-            h = _load_sum(x_ptr, r_ptr, s_ptr, xb_ptr, rows, x_off, r_off, cols, mask, stride_sm,
-                          HAS_RES, False, HAS_XB, RTNE_BF16)
+            h = _load_sum(x_ptr, r_ptr, s_ptr, rows, x_off, r_off, cols, mask, stride_sm,
+                          HAS_RES, False, RTNE_BF16)
             y = _normalize(h, mean, rstd, w_ptr, b_ptr, cols, col_mask, dtype,
                            HAS_W, HAS_B, IS_RMS, CAST_BEFORE_WEIGHT, RTNE_BF16)
             tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], cast_out(y, dtype, RTNE_BF16), mask=mask)
@@ -363,7 +359,7 @@ def _full_first(x, residual):
 
 
 def _norm_fake(x, residual, weight, bias, eps, kind, write_sum, cast_before_weight, stats, quant_out,
-               eps_tensor=None, write_y=True, x_bias=None):
+               eps_tensor=None, write_y=True):
     x, residual = _full_first(x, residual)
     m = x.numel() // x.shape[-1]
     f32 = dict(dtype=torch.float32, device=x.device)
@@ -378,7 +374,7 @@ def _norm_fake(x, residual, weight, bias, eps, kind, write_sum, cast_before_weig
 
 
 def _eps_on_host(x, residual, weight, bias, eps, kind, write_sum, cast_before_weight, stats, quant_out,
-                 eps_tensor=None, write_y=True, x_bias=None) -> Optional[str]:
+                 eps_tensor=None, write_y=True) -> Optional[str]:
     # inlining traces the body on fake tensors: a host eps tensor cannot be read there, nor loaded by the kernel
     if eps_tensor is not None and eps_tensor.device != x.device:
         return "eps is a host scalar tensor (a dynamic graph's float): the op reads it at run time"
@@ -389,7 +385,7 @@ def _eps_on_host(x, residual, weight, bias, eps, kind, write_sum, cast_before_we
 def norm_residual(
     x: torch.Tensor, residual: Optional[torch.Tensor], weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
     eps: float, kind: str, write_sum: bool, cast_before_weight: bool, stats: bool, quant_out: bool,
-    eps_tensor: Optional[torch.Tensor] = None, write_y: bool = True, x_bias: Optional[torch.Tensor] = None,
+    eps_tensor: Optional[torch.Tensor] = None, write_y: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``h = x + residual``; ``y = norm(h) * weight + bias`` over the last dim, in one pass per row.
 
@@ -408,9 +404,6 @@ def norm_residual(
             for a model's float (``torch.compile(dynamic=True)`` makes HF RMSNorm's eps a graph input). On x's
             device the kernel loads it; a host tensor is read here, at run time.
         write_y: False where only ``quant_out``'s int8 rows of y are read (y is then empty, not stored).
-        x_bias: [N] or None: x is a Linear's output without its bias (``mm``), which the kernel adds first,
-            rounding ``x + x_bias`` to x's dtype as the Linear would (``bias_pass``). x must be the operand
-            of the full shape.
 
     Returns ``(y, h, mean, rstd, y_int8, scale)``; outputs not asked for are empty.
 
@@ -419,14 +412,9 @@ def norm_residual(
         >>> x, r, w, b = torch.randn(37, 100), torch.randn(37, 100), torch.randn(100), torch.randn(100)
         >>> y, h, *_ = torch.ops.tritonfuse.norm_residual(x, r, w, b, 1e-5, "layer", True, False, False, False)
     """
-    first, residual = _full_first(x, residual)
-    if x_bias is not None and first is not x:
-        raise ValueError("x_bias is added to x, which must be the operand of the full shape")
-    x = first
+    x, residual = _full_first(x, residual)
     shape = x.shape
     n = shape[-1]
-    if x_bias is not None and (tuple(x_bias.shape) != (n,) or x_bias.dtype != x.dtype):
-        raise ValueError(f"x_bias must be [{n}] {x.dtype}, got {tuple(x_bias.shape)} {x_bias.dtype}")
     x2, x_inner, stride_xo = _rows_of(x)
     m = math.prod(shape[:-1])
     if residual is not None:
@@ -459,14 +447,14 @@ def norm_residual(
         registry.launcher(_norm_fwd_kernel)[(cdiv(m, cfg["BLOCK_M"]),)](
             x2, r2, weight if weight is not None else dummy, bias if bias is not None else dummy,
             out if write_y else dummy, s if write_sum else dummy, mean if stats else dummy, rstd if stats else dummy,
-            q if quant_out else dummy, qscale if quant_out else dummy, x_bias if x_bias is not None else dummy,
+            q if quant_out else dummy, qscale if quant_out else dummy,
             m, n, max(r_rows, 1), eps, eps_ptr if eps_ptr is not None else dummy,
             x2.stride(-2), x_inner, stride_xo, r2.stride(-2), r_inner, stride_ro, out.stride(0) if write_y else 0,
             s.stride(0) if write_sum else 0,
             q.stride(0) if quant_out else 0,
             EPS_PTR=eps_ptr is not None, HAS_RES=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None, IS_RMS=kind == "rms",
             WRITE_SUM=write_sum, WRITE_STATS=stats, CAST_BEFORE_WEIGHT=cast_before_weight,
-            QUANT_OUT=quant_out, RTNE_BF16=rtne_bf16(x.dtype), WRITE_Y=write_y, HAS_XB=x_bias is not None, **cfg,
+            QUANT_OUT=quant_out, RTNE_BF16=rtne_bf16(x.dtype), WRITE_Y=write_y, **cfg,
         )
     return (out.reshape(shape) if write_y else out, s.reshape(shape) if write_sum else s, mean, rstd,
             q.reshape(shape) if quant_out else q, qscale)
@@ -617,9 +605,8 @@ def measure(x, residual, weight, bias, kind: str, write_sum: bool, stats: bool) 
 
 
 def probe(device: str, dtype: torch.dtype, kind: str, n: int, has_res: bool, has_w: bool, has_b: bool,
-          write_sum: bool, cast_before_weight: bool, stats: bool = False, x_bias: bool = False) -> Optional[str]:
-    """Compile and launch one variant on a small input once; None when it works, else the reason.
-    ``x_bias``: x is a Linear's output whose bias the kernel adds (``norm_residual``'s ``x_bias``)."""
+          write_sum: bool, cast_before_weight: bool, stats: bool = False) -> Optional[str]:
+    """Compile and launch one variant on a small input once; None when it works, else the reason."""
     cfg = _settings(n, torch.empty((), dtype=dtype).element_size())
 
     def run():
@@ -629,18 +616,16 @@ def probe(device: str, dtype: torch.dtype, kind: str, n: int, has_res: bool, has
         mk = lambda *s: torch.randn(*s, generator=g, device="cpu").to(device=device, dtype=dtype)  # noqa: E731
         x, r = mk(16, pn), (mk(16, pn) if has_res else None)
         w, b = (mk(pn) if has_w else None), (mk(pn) if has_b else None)
-        xb = mk(pn) if x_bias else None
         y, h, *_ = torch.ops.tritonfuse.norm_residual(x, r, w, b, 1e-5, kind, write_sum, cast_before_weight,
-                                                       stats, False, x_bias=xb)
-        x_ref = x if xb is None else x.double() + xb.double()
-        ref, href = norm_residual_ref(x_ref, r, w, b, 1e-5, kind, cast_before_weight, upcast=True)
+                                                       stats, False)
+        ref, href = norm_residual_ref(x, r, w, b, 1e-5, kind, cast_before_weight, upcast=True)
         err = (y.double().cpu() - ref).norm() / ref.norm().clamp_min(1e-12)
         if write_sum:
             err = err + (h.double().cpu() - href).norm() / href.norm().clamp_min(1e-12)
         if not math.isfinite(err.item()) or err.item() > 5e-2:
             raise RuntimeError(f"wrong result on the probe input (relative error {err.item():.3g})")
 
-    flags = "".join(c if f else "-" for c, f in zip("rwbsctx", (has_res, has_w, has_b, write_sum,
-                                                                  cast_before_weight, stats, x_bias)))
+    flags = "".join(c if f else "-" for c, f in zip("rwbsct", (has_res, has_w, has_b, write_sum,
+                                                                 cast_before_weight, stats)))
     key = f"norm_residual[{kind},{flags},{'single' if cfg['SINGLE'] else 'loop'},{dtype}]@{device}"
     return registry.guarded_probe(key, run)

@@ -286,21 +286,11 @@ _ROW_VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default
 def _rows_path(x) -> Optional[tuple]:
     """``(norm op call, [ops from its output y to x])`` where x is the rows of a ``tritonfuse::norm_residual``
     call's y, viewed, copied or permuted with the last dim kept (``_ROW_VIEWS``), else None."""
-    found = _row_chain(x, lambda n: n.target == operator.getitem and n.args[1] == 0
-                       and isinstance(n.args[0], torch.fx.Node)
-                       and n.args[0].target == torch.ops.tritonfuse.norm_residual.default)
-    return None if found is None else (found[0].args[0], found[1])
-
-
-def _row_chain(x, is_root, alone: bool = False) -> Optional[tuple]:
-    """``(root, [ops from root to x])`` where x is a node ``is_root`` accepts, viewed, copied or permuted with
-    the last dim kept (``_ROW_VIEWS``), else None. ``alone``: each node from root to x read by nothing else."""
     path = []
     while isinstance(x, torch.fx.Node) and x.op == "call_function":
-        if alone and len(x.users) != 1:
-            return None
-        if is_root(x):
-            return x, path[::-1]
+        if x.target == operator.getitem and x.args[1] == 0 and isinstance(x.args[0], torch.fx.Node) \
+                and x.args[0].target == torch.ops.tritonfuse.norm_residual.default:
+            return x.args[0], path[::-1]
         if x.target in (aten.permute.default, aten.transpose.int):
             from tritonfuse.patterns.linear_act import _keeps_rows
 
@@ -589,7 +579,12 @@ def quant_out_pass(graph: torch.fx.Graph) -> int:
                 reader.update_arg(0, xq)
                 reader.update_arg(1, xs)
                 sites.update(_int8_site_of(w) for w in (a[2] if t == ops.int8_linear_siblings.default else a[2:3]))
-        hooked.append((norm, _site_name(norm)))
+        anchor = norm.args[2] if norm.args[2] is not None else norm.args[0]
+        names = anchor.meta.get("tritonfuse_norm_sites", ()) if isinstance(anchor, torch.fx.Node) else ()
+        if len(names) == 1:  # (a weight two norms share names both: neither is restated)
+            hooked.append((norm, next(iter(names))))
+        else:
+            hooked.append((norm, None))
         for site in sites - {None}:
             kernel = registry.site_kernel(graph, site)
             if kernel:
@@ -612,82 +607,6 @@ def quant_out_pass(graph: torch.fx.Graph) -> int:
             _refresh_val(norm, fake_mode)
         if name is not None:
             registry.restate(graph, name, suffix="int8 out only" if only else "int8 out")
-    return made
-
-
-def _site_name(norm: torch.fx.Node) -> Optional[str]:
-    # the site a norm op call serves, as its check noted it on the call's weight (else on x); None where two
-    # norms share the weight (each then names both)
-    anchor = norm.args[2] if norm.args[2] is not None else norm.args[0]
-    names = anchor.meta.get("tritonfuse_norm_sites", ()) if isinstance(anchor, torch.fx.Node) else ()
-    return next(iter(names)) if len(names) == 1 else None
-
-
-# --- a Linear's bias added by the norm's kernel ---------------------------------------------------------
-
-# Off (the default until it is timed on a GPU): a norm reading a Linear's output reads it with the bias added by
-# cuBLAS (addmm's epilogue)
-BIAS_IN_NORM = False
-
-
-def _linear_bias(x) -> Optional[tuple]:
-    """``(addmm node, bias)`` where the norm operand x is a Linear's output (``addmm`` with a bias of one value
-    a column, in the output's dtype), viewed or permuted with the last dim kept, and nothing else reads it
-    or the nodes between; else None."""
-    found = _row_chain(x, lambda n: n.target == aten.addmm.default, alone=True)
-    if found is None:
-        return None
-    addmm = found[0]
-    bias, val = addmm.args[0], addmm.meta.get("val")
-    bval = bias.meta.get("val") if isinstance(bias, torch.fx.Node) else None
-    if addmm.kwargs.get("beta", 1) != 1 or addmm.kwargs.get("alpha", 1) != 1 or not isinstance(val, torch.Tensor) \
-            or not isinstance(bval, torch.Tensor) or bval.dim() != 1 or bval.shape[0] != val.shape[-1] \
-            or bval.dtype != val.dtype or bval.device != val.device:
-        return None
-    return addmm, bias
-
-
-def bias_pass(graph: torch.fx.Graph) -> int:
-    """Norm op calls (``tritonfuse::norm_residual``) reading a Linear's output that nothing else reads: the
-    Linear runs as ``mm`` and the norm's kernel adds its bias (``x_bias``). Inductor does the same for a norm
-    it keeps (``should_prefer_unfused_addmm``: the bias goes into the pointwise reader), but its post-grad
-    pass runs after ours and sees our op call as no pointwise reader, so the ``addmm`` stayed whole, the bias
-    in cuBLAS's epilogue. Returns how many calls add a bias."""
-    if not BIAS_IN_NORM:
-        return 0
-    made = 0
-    op = torch.ops.tritonfuse.norm_residual.default
-    for norm in [n for n in graph.nodes if n.op == "call_function" and n.target == op]:
-        if len(norm.args) != 10 or norm.kwargs.get("x_bias") is not None or norm.args[0] is norm.args[1]:
-            continue
-        x, r, w, b, _, kind, write_sum, cbw, stats, _ = norm.args
-        for i, (operand, other) in enumerate(((x, r), (r, x))):
-            found = _linear_bias(operand) if operand is not None else None
-            if found is None:
-                continue
-            val = operand.meta["val"]
-            oval = other.meta.get("val") if isinstance(other, torch.fx.Node) else None
-            if other is not None and (not isinstance(oval, torch.Tensor) or K._full_first(val, oval)[0] is not val):
-                continue  # (the bias is added to x, the operand the op keeps first: the one of the full shape)
-            if not isinstance(val.shape[-1], int) or K.probe(
-                    str(val.device), val.dtype, kind, val.shape[-1], r is not None, w is not None, b is not None,
-                    write_sum, cbw, stats, x_bias=True) is not None:
-                continue
-            name = _site_name(norm)
-            addmm, bias = found
-            with graph.inserting_before(addmm):
-                mm = graph.call_function(aten.mm.default, tuple(addmm.args[1:3]))
-            mm.meta.update(addmm.meta)  # (the same shape, dtype and strides)
-            if i == 1:
-                norm.update_arg(0, operand)
-                norm.update_arg(1, other)
-            norm.update_kwarg("x_bias", bias)
-            addmm.replace_all_uses_with(mm)
-            graph.erase_node(addmm)
-            if name is not None:
-                registry.restate(graph, name, suffix="Linear's bias")
-            made += 1
-            break
     return made
 
 

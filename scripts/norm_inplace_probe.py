@@ -28,9 +28,9 @@ def ours(x, r, g, b, out, warps):
     m, n = x.shape
     cfg = {**K._settings(n, x.element_size()), "num_warps": warps}
     registry.launcher(K._norm_fwd_kernel)[(m,)](
-        x, r, g, b, out, x, x, x, x, x, x, m, n, m, 1e-12, x, x.stride(0), m, 0, r.stride(0), m, 0, out.stride(0),
+        x, r, g, b, out, x, x, x, x, x, m, n, m, 1e-12, x, x.stride(0), m, 0, r.stride(0), m, 0, out.stride(0),
         0, 0, EPS_PTR=False, HAS_RES=True, HAS_W=True, HAS_B=True, IS_RMS=False, WRITE_SUM=False, WRITE_STATS=False,
-        CAST_BEFORE_WEIGHT=False, QUANT_OUT=False, RTNE_BF16=False, WRITE_Y=True, HAS_XB=False, **cfg)
+        CAST_BEFORE_WEIGHT=False, QUANT_OUT=False, RTNE_BF16=False, WRITE_Y=True, **cfg)
     return out
 
 

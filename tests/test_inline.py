@@ -496,13 +496,12 @@ MEMO_SCRIPT = HOPPER + textwrap.dedent(
     def args(M=37, N=96, eps=1e-5, **flags):
         t = lambda dt=torch.float16: torch.empty(8, dtype=dt)
         kw = dict(x_ptr=t(), r_ptr=t(), w_ptr=t(), b_ptr=t(), out_ptr=t(), s_ptr=t(), mean_ptr=t(torch.float32),
-                  rstd_ptr=t(torch.float32), q_ptr=t(torch.int8), qscale_ptr=t(torch.float32), xb_ptr=t(),
+                  rstd_ptr=t(torch.float32), q_ptr=t(torch.int8), qscale_ptr=t(torch.float32),
                   M=M, N=N, R_ROWS=M, eps=eps, eps_ptr=t(torch.float32),
                   stride_xm=N, X_INNER=M, stride_xo=0, stride_rm=N, R_INNER=M, stride_ro=0, stride_om=N, stride_sm=N,
                   stride_qm=N,
                   EPS_PTR=False, HAS_RES=True, HAS_W=True, HAS_B=True, IS_RMS=False, WRITE_SUM=True,
                   WRITE_STATS=False, CAST_BEFORE_WEIGHT=False, QUANT_OUT=False, RTNE_BF16=False, WRITE_Y=True,
-                  HAS_XB=False,
                   BLOCK_M=4, BLOCK_N=128, SINGLE=True)
         kw.update(flags)
         return kw

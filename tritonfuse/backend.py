@@ -327,13 +327,6 @@ class TritonfusePasses(CustomGraphPass):
                 quant_out_pass(graph)
             except Exception as e:
                 _pass_failed("the norm int8 output pass", e, "int8 GEMMs quantize norm outputs themselves")
-        if registry.pending_replacements() and "norm_residual" in self.families:
-            from tritonfuse.patterns.norm_residual import bias_pass
-
-            try:  # a Linear's bias added by the norm reading its output, not by cuBLAS's epilogue
-                bias_pass(graph)
-            except Exception as e:
-                _pass_failed("the norm bias pass", e, "Linears add their biases themselves")
         if registry.pending_replacements() and config.quant != "none":
             from tritonfuse.patterns.common import autocast_weight_pass
 
