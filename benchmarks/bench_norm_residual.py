@@ -94,8 +94,10 @@ def ours_rms_norm_then_rows(x, r, w):
 
 def _int8_check(name, outs, failures):
     # ours: the row kernel's quantization of y as stored, bit for bit. Inductor's code quantizes its fused y
-    # before rounding it to y's dtype (it does not emulate that cast inside a kernel): judged by SQNR
-    from tritonfuse.kernels.int8 import quant_rows
+    # before rounding it to y's dtype (it does not emulate that cast inside a kernel): judged by SQNR, against
+    # the SQNR of the reference quantization of the same y (a fixed gate does not hold at every row length:
+    # per-row int8 of 8192 normalized values gave 34.4 dB on the H100, 60th session)
+    from tritonfuse.kernels.int8 import quant_rows, quant_rows_ref
 
     y, _, q, scale = (t[:CHECK_ROWS] for t in outs)
     if name.startswith("tritonfuse"):
@@ -103,9 +105,12 @@ def _int8_check(name, outs, failures):
         ok = torch.equal(q, want_q) and torch.equal(scale, want_s.reshape(-1))
         what = "not the row kernel's values"
     else:
-        deq = q.double() * scale.double()[:, None]
-        sqnr = 10 * torch.log10(y.double().pow(2).sum() / (y.double() - deq).pow(2).sum()).item()
-        ok, what = sqnr > 35, f"SQNR {sqnr:.1f} dB"
+        def sqnr_of(q, scale):
+            deq = q.double() * scale.double().reshape(-1, 1)
+            return 10 * torch.log10(y.double().pow(2).sum() / (y.double() - deq).pow(2).sum()).item()
+
+        sqnr, ref = sqnr_of(q, scale), sqnr_of(*quant_rows_ref(y))
+        ok, what = sqnr > ref - 1.0, f"SQNR {sqnr:.1f} dB (the reference's {ref:.1f})"
     if not ok:
         failures.append(f"{name}: int8 rows {what}")
         print("FAILED", failures[-1], flush=True)
