@@ -318,7 +318,7 @@ def test_choice_mapping(monkeypatch):
     w, p = torch.empty(16, 8, 3, 3), (torch.empty(16),) * 4
     seen = []
 
-    def fake_choice(key, device, ours, theirs, graphed=False, host_kind=None):
+    def fake_choice(key, device, ours, theirs, graphed=False, shared=None, host_kind=None):
         seen.append((key, len(theirs)))
         return {"ours_ms": 2.0, "theirs_ms": 1.0, "use": False}
 
