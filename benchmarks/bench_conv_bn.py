@@ -3,7 +3,7 @@ Conv + BN + residual add + ReLU at its four 1x1 expansions (the bottleneck's las
 convolutions (stride = kernel) of ViT, Swin and ConvNeXt, which the backend serves as one GEMM.
 
 Run on a GPU:  python benchmarks/bench_conv_bn.py [--budget SECONDS] [--counts] [--model] [--out DIR]
-                                                  [--timer graph|plain] [--only 1x1|patch]
+                                                  [--timer graph|plain] [--only 1x1|patch|int8]
 
 Providers, in one run, at each shape:
   eager       F.conv2d (cuDNN) + F.batch_norm + relu
@@ -15,6 +15,8 @@ Providers, in one run, at each shape:
   cudnn_epi   tritonfuse::conv_bn_cudnn: cuDNN + one Triton epilogue kernel, called as an op
   chosen      torch.compile(backend="tritonfuse") of the same function: the Triton op where it measured
               faster than cuDNN's path, else cuDNN + Inductor's fused epilogue (``kernels.conv_bn.choose``)
+With ``--only int8``, ResNet-50's shapes in int8 instead (``int8_rows``: conv_bn_relu_int8 rows, the int8
+kernel alone and with its input's quantization as Inductor compiles it, beside inductor and triton).
 Timing (``--timer``, default graph): the median of replayed CUDA graphs of each call, GPU time alone.
 Every timed tritonfuse result is checked against an fp64 reference first (on two images of the batch).
 ``--counts`` first checks the conv_bn match counts on the CUDA graph of ResNet-50; ``--model`` (with time
@@ -84,7 +86,9 @@ def conv_bn_add_relu(x, w, mean, var, gamma, beta, stride, pad, r):
     return F.relu(y + r)
 
 
-def shape_rows(cin, cout, k, s, p, hw, dtype=torch.float16, residual=False):
+def shape_inputs(cin, cout, k, s, p, hw, dtype, residual):
+    """(x, w, bn, stride, padding, r, output size, name) of one shape, seeded by it: channels_last x and w, BN
+    statistics and affine parameters, and a residual where asked."""
     g = torch.Generator(device=DEVICE).manual_seed(cin * 7 + cout + k)
     x = torch.randn(BATCH, cin, hw, hw, device=DEVICE, dtype=dtype, generator=g).to(memory_format=torch.channels_last)
     w = (torch.randn(cout, cin, k, k, device=DEVICE, dtype=dtype, generator=g) / (cin * k * k) ** 0.5).to(
@@ -93,13 +97,16 @@ def shape_rows(cin, cout, k, s, p, hw, dtype=torch.float16, residual=False):
     var = torch.rand(cout, device=DEVICE, dtype=dtype, generator=g) + 0.5
     gamma = torch.rand(cout, device=DEVICE, dtype=dtype, generator=g) + 0.5
     beta = torch.randn(cout, device=DEVICE, dtype=dtype, generator=g) * 0.1
-    bn = (mean, var, gamma, beta)
-    st, pd = [s, s], [p, p]
     oh = (hw + 2 * p - k) // s + 1
-    name = f"{BATCH}x{cin}x{hw}x{hw} -> {cout} k{k} s{s} p{p}"
-    kernel = "conv_bn_add_relu" if residual else "conv_bn_relu"
     r = (torch.randn(BATCH, cout, oh, oh, device=DEVICE, dtype=dtype, generator=g)
          .to(memory_format=torch.channels_last) if residual else None)
+    name = f"{BATCH}x{cin}x{hw}x{hw} -> {cout} k{k} s{s} p{p}"
+    return x, w, (mean, var, gamma, beta), [s, s], [p, p], r, oh, name
+
+
+def shape_rows(cin, cout, k, s, p, hw, dtype=torch.float16, residual=False):
+    x, w, bn, st, pd, r, oh, name = shape_inputs(cin, cout, k, s, p, hw, dtype, residual)
+    kernel = "conv_bn_add_relu" if residual else "conv_bn_relu"
     act, act2 = ("none", "relu") if residual else ("relu", "none")
     fn = conv_bn_add_relu if residual else conv_bn_relu
     extra_args = (r,) if residual else ()
@@ -156,6 +163,46 @@ def shape_rows(cin, cout, k, s, p, hw, dtype=torch.float16, residual=False):
             extra["speedup_vs_inductor"] = round(ratio, 3)
         rows.append(row(kernel, name, dtype, prov, ms, tflops=flops / ms / 1e9, **extra))
     return rows
+
+
+def int8_rows(cin, cout, k, s, p, hw, dtype=torch.float16):
+    """Conv + BN + ReLU in int8 at one shape (issue 6's int8 conv), beside the float paths:
+      int8_op     tritonfuse::conv_bn_int8 on x already quantized (the kernel alone)
+      int8_quant  the same with x quantized as Inductor compiles ``quant_tensor_ref`` (a per-tensor scale: a
+                  reduction over x and a cast, kernels of their own), what a site costs where its producer
+                  is not Inductor's pointwise code
+      inductor    cuDNN + Inductor's fused epilogue, fp16
+      triton      tritonfuse::conv_bn, fp16
+    The int8 output is checked against fp64 first: SQNR at least 25 dB (issue 6's gate for the logits)."""
+    from tritonfuse.kernels import int8 as I8
+
+    x, w, bn, st, pd, _, oh, name = shape_inputs(cin, cout, k, s, p, hw, dtype, False)
+    tail = (None, st, pd, EPS, "relu", "none", True)
+
+    def int8_op(xq, xs):
+        return torch.ops.tritonfuse.conv_bn_int8(xq, xs, w, None, *bn, *tail, dtype)
+
+    x2 = x[:2].contiguous(memory_format=torch.channels_last)
+    ref = K.conv_bn_ref(x2, w, None, *bn, None, st, pd, EPS, "relu", "none", upcast=True).to(x.device)
+    sqnr = I8.sqnr_db(ref, int8_op(*K.quant_tensor_ref(x2)))
+    print(f"  check int8 {name}: SQNR {sqnr:.1f} dB {'ok' if sqnr >= 25 else 'FAIL'}", flush=True)
+    if not sqnr >= 25:
+        raise RuntimeError(f"int8 {name}: SQNR {sqnr:.1f} dB")
+    torch._dynamo.reset()
+    inductor = torch.compile(conv_bn_relu, dynamic=False)
+    quant_then_op = torch.compile(lambda xx: int8_op(*K.quant_tensor_ref(xx)), dynamic=False)
+    xq, xs = K.quant_tensor_ref(x)
+    times = {
+        "int8_op": bench(lambda: int8_op(xq, xs)),
+        "int8_quant": bench(lambda: quant_then_op(x)),
+        "inductor": bench(lambda: inductor(x, w, *bn, st, pd)),
+        "triton": bench(lambda: torch.ops.tritonfuse.conv_bn(x, w, None, *bn, *tail)),
+    }
+    flops = 2.0 * BATCH * oh * oh * cout * cin * k * k
+    print(f"conv_bn_relu_int8 {name:<34} " + "  ".join(f"{k_} {v:.4f}" for k_, v in times.items())
+          + f"  int8 with its quantization vs inductor {times['inductor'] / times['int8_quant']:.2f}x", flush=True)
+    return [row("conv_bn_relu_int8", name, dtype, prov, ms, tflops=flops / ms / 1e9,
+                **({"sqnr_db": round(sqnr, 1)} if prov.startswith("int8") else {})) for prov, ms in times.items()]
 
 
 # patch convolutions (stride = kernel), served as one GEMM (kernels.conv_bn.patch_gemm): (name, batch, C_in,
@@ -297,8 +344,9 @@ def main():
     ap.add_argument("--model", action="store_true", help="also the whole ResNet-50 (needs minutes)")
     ap.add_argument("--counts", action="store_true", help="first, the conv_bn match counts on ResNet-50's CUDA graph")
     ap.add_argument("--out", default=None, help="also write the rows to DIR/conv_bn_rows.json")
-    ap.add_argument("--only", choices=("all", "1x1", "patch"), default="all",
-                    help="1x1: the 1x1 stride-1 shapes alone; patch: the patch convolutions alone")
+    ap.add_argument("--only", choices=("all", "1x1", "patch", "int8"), default="all",
+                    help="1x1: the 1x1 stride-1 shapes alone; patch: the patch convolutions alone; int8: ResNet-50's "
+                    "shapes in int8 (conv_bn_relu_int8 rows) alone")
     add_timer_arg(ap)
     args = ap.parse_args()
     set_timer(args)
@@ -323,30 +371,29 @@ def main():
     cases = [((cin, cout, 1, 1, 0, hw), True) for cin, cout, hw in RESIDUAL_SHAPES] + cases
     if args.only == "1x1":
         cases = [c for c in cases if c[0][2] == 1 and c[0][3] == 1]
-    if args.only in ("all", "patch"):
-        for shape in PATCH_SHAPES:
+
+    def section(label, cases, rows_of):
+        # each case's rows saved as they come; a failing case must not cost the others' numbers
+        for case in cases:
             if time.time() > deadline:
-                break
+                print(f"budget spent: skipped {label} {case} and the rest", flush=True)
+                return
             try:
-                rows += patch_rows(*shape)
-            except Exception as e:  # noqa: BLE001 - one failing shape must not cost the others' numbers
-                print(f"patch shape {shape[0]} failed: {type(e).__name__}: {e}", flush=True)
+                rows.extend(rows_of(case))
+            except Exception as e:  # noqa: BLE001
+                print(f"{label} {case} failed: {type(e).__name__}: {e}", flush=True)
             save()
-        if args.only == "patch":
-            cases = []
-    for shape, residual in cases:
-        if time.time() > deadline:
-            print(f"budget spent: skipped {shape} and the rest", flush=True)
-            break
-        try:
-            rows += shape_rows(*shape, residual=residual)
-        except Exception as e:  # one failing shape must not cost the others' numbers
-            print(f"shape {shape} failed: {type(e).__name__}: {e}", flush=True)
-        save()
+
+    if args.only in ("all", "patch"):
+        section("patch shape", PATCH_SHAPES, lambda shape: patch_rows(*shape))
+    if args.only == "int8":
+        section("int8 shape", RESNET50_SHAPES, lambda shape: int8_rows(*shape))
+    if args.only in ("all", "1x1"):
+        section("shape", cases, lambda case: shape_rows(*case[0], residual=case[1]))
     if args.model and time.time() < deadline - 60:
         rows += model_rows(deadline)
         save()
-    done = [r for r in rows if r["provider"] == "triton"]
+    done = [r for r in rows if r["provider"] == "triton" and "speedup_vs_inductor" in r]
     if done:
         wins = sum(r["speedup_vs_inductor"] >= 1.0 for r in done)
         print(f"triton kernel at least as fast as inductor on {wins}/{len(done)} shapes", flush=True)

@@ -778,7 +778,8 @@ def conv_bn_int8(
     channels_last: bool, out_dtype: torch.dtype,
 ) -> torch.Tensor:
     """``tritonfuse::conv_bn`` in int8: ``xq`` int8 activations with one fp32 scale ``xs`` ([1]) for the
-    tensor (``quant_tensor_ref``, which Inductor fuses into the producer), ``w`` the float weight, quantized
+    tensor (``quant_tensor_ref``: a reduction over x and a cast, kernels of their own in Inductor's code, which
+    ``choose`` charges to this op's timing), ``w`` the float weight, quantized
     per output channel once per weight version (never modified); int32 accumulation, then scales, bias, BN,
     activations and residual in the fp32 epilogue; the output in ``out_dtype``.
     """
