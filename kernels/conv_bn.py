@@ -149,7 +149,7 @@ def _conv_dot(a, b, acc, INT8: tl.constexpr, PRECISION: tl.constexpr, DOT_UPCAST
         return tl.dot(a, b, acc, input_precision=PRECISION)
 
 
-@triton.autotune(configs=_CONV_CONFIGS, key=["M_BUCKET", "N", "C", "KH", "KW", "stride_h", "FLAT_K"],
+@triton.autotune(configs=_CONV_CONFIGS, key=["M_BUCKET", "N", "C", "KH", "KW", "stride_h", "FLAT_K", "ROW_RUN"],
                  prune_configs_by={"early_config_prune": _prune}, **_AUTOTUNE_KW)
 @triton.heuristics({"EVEN_C": lambda a: a["C"] % a["BLOCK_K"] == 0})
 # sizes that vary from layer to layer are not specialized on: fewer compiled variants per network. Nor are
@@ -166,7 +166,7 @@ def _conv_bn_kernel(
     FLAT_K: tl.constexpr, NO_BOUNDS: tl.constexpr,
     PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr, RTNE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_C: tl.constexpr, INT8: tl.constexpr = False, HAS_AFFINE: tl.constexpr = True,
+    EVEN_C: tl.constexpr, INT8: tl.constexpr = False, HAS_AFFINE: tl.constexpr = True, ROW_RUN: tl.constexpr = 0,
 ):
     # x: [B, C, H, W] (any strides, NHWC fastest), w: [N, C, KH, KW], out: [B, N, OH, OW]
     # GEMM rows m = (img, oh, ow), columns = output channels, reduction k = (kh, kw, c)
@@ -191,7 +191,25 @@ def _conv_bn_kernel(
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    if FLAT_K:
+    if ROW_RUN > 0:
+        # few input channels over channels_last x (a stem conv): the KW * C values a pixel reads in one kernel
+        # row are one run of x (pixel stride C, channel stride 1), so k = (kh, j = kw * C + c) with j gathered
+        # as ROW_RUN contiguous columns (a 7x7 RGB stem: 21 of 32 used), where FLAT_K's flat k pays a divide
+        # and a modulo per element and pads 147 to 192
+        j = tl.arange(0, ROW_RUN)
+        jw = j // C
+        j_ok = j < KW * C
+        w_off = (j - jw * C) * s_wc + jw * s_ww
+        iw = iw0[:, None] + jw[None, :]
+        col_ok = j_ok[None, :] & (iw >= 0) & (iw < W)
+        x_pix = x_rows + iw0 * s_xw
+        for kh in range(0, KH):
+            ih = ih0 + kh
+            a_mask = ((ih >= 0) & (ih < H))[:, None] & col_ok
+            a = tl.load(x_ptr + (x_pix + ih * s_xh)[:, None] + j[None, :], mask=a_mask, other=0)
+            b = tl.load(w_ptr + w_cols[None, :] + (w_off + kh * s_wh)[:, None], mask=j_ok[:, None], other=0)
+            acc = _conv_dot(a, b, acc, INT8, PRECISION, DOT_UPCAST)
+    elif FLAT_K:
         # few input channels (a stem conv): gather k = (kh, kw, c) as one flat dimension
         K_TOTAL = C * KH * KW
         for k0 in range(0, K_TOTAL, BLOCK_K):
@@ -758,11 +776,25 @@ def _launch_conv(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, 
         M, N, C, H, W, OH, OW, KH, KW, _m_bucket(M),
         stride[0], stride[1], padding[0], padding[1], eps,
         *x.stride(), *w.stride(), *strides,
-        ACT=act, ACT2=act2, FLAT_K=C < 32 and KH * KW > 1,
+        ACT=act, ACT2=act2, FLAT_K=C < 32 and KH * KW > 1, ROW_RUN=row_run(x, w),
         NO_BOUNDS=KH == 1 and KW == 1 and padding[0] == 0 and padding[1] == 0,
         **flags, **precision,
     )
     return out
+
+
+ROW_K = True  # stems over channels_last x gather each kernel row's run of KW * C values (the kernel's ROW_RUN)
+
+
+def row_run(x: torch.Tensor, w: torch.Tensor) -> int:
+    """The kernel's ROW_RUN for ``x`` and ``w``: the columns (a power of two, at least 16 for ``tl.dot``) that
+    hold the KW * C contiguous values of one kernel row, where x has few channels (a stem) and is laid out
+    channels_last with pixels C apart; 0 where not (then FLAT_K or the per-channel-block loop serve)."""
+    C = x.shape[1]
+    KH, KW = w.shape[2:]
+    if not ROW_K or C >= 32 or KH * KW == 1 or C * KW > 64 or x.stride(1) != 1 or x.stride(3) != C:
+        return 0
+    return max(16, next_pow2(C * KW))
 
 
 def _conv_int8_fake(xq, xs, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, act2, channels_last,

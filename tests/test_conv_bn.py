@@ -92,6 +92,18 @@ def test_conv_bn_kernel_layouts(layout, device):
               act="relu", layout=layout)
 
 
+@pytest.mark.parametrize("case", [((2, 1, 7, 9), 16, (5, 5), 1, 2, 16), ((2, 5, 8, 9), 24, (3, 3), 2, 1, 16),
+                                  ((1, 8, 9, 11), 20, (7, 7), 2, 3, 64), ((2, 3, 10, 9), 16, (3, 7), 1, 1, 32)],
+                         ids=str)
+def test_stem_rows_gathered_as_runs(case, device):
+    # few channels over channels_last x: each kernel row's KW * C values read as one run (ROW_RUN columns);
+    # other layouts keep the flat gather (FLAT_K), checked by test_conv_bn_kernel_layouts
+    *shape, run = case
+    x, w = torch.empty(*shape[0]), torch.empty(shape[1], shape[0][1], *shape[2])
+    assert K.row_run(x.to(memory_format=torch.channels_last), w) == run and K.row_run(x, w) == 0
+    _check_op(torch.ops.tritonfuse.conv_bn, *shape, torch.float16, device, act="relu", res=True)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_conv_bias_no_bn(dtype, device):
     _check_op(torch.ops.tritonfuse.conv_bn, (2, 19, 7, 9), 24, (3, 3), 1, 1, dtype, device, act="relu6",
