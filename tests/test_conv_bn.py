@@ -104,6 +104,14 @@ def test_stem_rows_gathered_as_runs(case, device):
     _check_op(torch.ops.tritonfuse.conv_bn, *shape, torch.float16, device, act="relu", res=True)
 
 
+def test_stems_tune_over_their_own_configs():
+    # the autotuner's list on a GPU: the general tiles and the stems' narrow ones, each kind for its own
+    configs, args = K._CONV_ALL[:4] + K._STEM, {"M_BUCKET": 1 << 20, "N": 64}
+    assert K._prune(configs, args, ROW_RUN=32) == [c for c in K._STEM if c.kwargs["BLOCK_N"] <= 64]
+    general = K._prune(configs, args, ROW_RUN=0)
+    assert general and not any(c in K._STEM for c in general)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_conv_bias_no_bn(dtype, device):
     _check_op(torch.ops.tritonfuse.conv_bn, (2, 19, 7, 9), 24, (3, 3), 1, 1, dtype, device, act="relu6",
