@@ -64,7 +64,8 @@ _CONV_TIMED = 4
 # stems (ROW_RUN) time their own: narrow tiles keep more programs' gathers in flight (scripts/stem_probe.py on
 # the H100 at 6cb7796, 64x3x224x224 -> 64 7x7 / -> 32 3x3: 256x32 0.266 / 0.084 ms, 128x32 0.317 / 0.074,
 # 128x64 0.309 / 0.101, 64x32 0.318 / 0.084, where the general list's two with 64-wide tiles ran 0.305-0.309
-# and 0.101-0.111)
+# and 0.101-0.111; cuDNN's conv alone 0.162 / 0.057). Issuing the next two rows' loads ahead of each row's
+# product ran 0.35-0.43 / 0.097-0.14 (67fb042)
 _STEM = [_cfg(256, 32, 64, 3, 8), _cfg(128, 32, 64, 3, 4), _cfg(128, 64, 64, 3, 4), _cfg(64, 32, 64, 5, 2)]
 
 if registry.interpret_mode():
@@ -158,17 +159,6 @@ def _conv_dot(a, b, acc, INT8: tl.constexpr, PRECISION: tl.constexpr, DOT_UPCAST
         return tl.dot(a, b, acc, input_precision=PRECISION)
 
 
-@triton.jit
-def _row_tile(x_ptr, w_ptr, x_pix, ih0, kh, KH, H, s_xh, s_wh, j, col_ok, j_ok, w_cols, w_off):
-    # ROW_RUN's operands for kernel row kh (none past KH): x's [BLOCK_M, ROW_RUN] runs and w's [ROW_RUN, BLOCK_N]
-    ih = ih0 + kh
-    live = kh < KH
-    a = tl.load(x_ptr + (x_pix + ih * s_xh)[:, None] + j[None, :],
-                mask=((ih >= 0) & (ih < H) & live)[:, None] & col_ok, other=0)
-    b = tl.load(w_ptr + w_cols[None, :] + (w_off + kh * s_wh)[:, None], mask=(j_ok & live)[:, None], other=0)
-    return a, b
-
-
 @triton.autotune(configs=_CONV_CONFIGS, key=["M_BUCKET", "N", "C", "KH", "KW", "stride_h", "FLAT_K", "ROW_RUN"],
                  prune_configs_by={"early_config_prune": _prune}, **_AUTOTUNE_KW)
 @triton.heuristics({"EVEN_C": lambda a: a["C"] % a["BLOCK_K"] == 0})
@@ -187,7 +177,6 @@ def _conv_bn_kernel(
     PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr, RTNE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_C: tl.constexpr, INT8: tl.constexpr = False, HAS_AFFINE: tl.constexpr = True, ROW_RUN: tl.constexpr = 0,
-    ROW_AHEAD: tl.constexpr = False,
 ):
     # x: [B, C, H, W] (any strides, NHWC fastest), w: [N, C, KH, KW], out: [B, N, OH, OW]
     # GEMM rows m = (img, oh, ow), columns = output channels, reduction k = (kh, kw, c)
@@ -224,20 +213,12 @@ def _conv_bn_kernel(
         iw = iw0[:, None] + jw[None, :]
         col_ok = j_ok[None, :] & (iw >= 0) & (iw < W)
         x_pix = x_rows + iw0 * s_xw
-        if ROW_AHEAD:
-            # the loads of the next two kernel rows are in flight while this row's product runs: 2-byte
-            # aligned gathers cannot take the pipeliner's asynchronous copies
-            a0, b0 = _row_tile(x_ptr, w_ptr, x_pix, ih0, 0, KH, H, s_xh, s_wh, j, col_ok, j_ok, w_cols, w_off)
-            a1, b1 = _row_tile(x_ptr, w_ptr, x_pix, ih0, 1, KH, H, s_xh, s_wh, j, col_ok, j_ok, w_cols, w_off)
-            for kh in range(0, KH):
-                a2, b2 = _row_tile(x_ptr, w_ptr, x_pix, ih0, kh + 2, KH, H, s_xh, s_wh, j, col_ok, j_ok, w_cols,
-                                   w_off)
-                acc = _conv_dot(a0, b0, acc, INT8, PRECISION, DOT_UPCAST)
-                a0, b0, a1, b1 = a1, b1, a2, b2
-        else:
-            for kh in range(0, KH):
-                a, b = _row_tile(x_ptr, w_ptr, x_pix, ih0, kh, KH, H, s_xh, s_wh, j, col_ok, j_ok, w_cols, w_off)
-                acc = _conv_dot(a, b, acc, INT8, PRECISION, DOT_UPCAST)
+        for kh in range(0, KH):
+            ih = ih0 + kh
+            a_mask = ((ih >= 0) & (ih < H))[:, None] & col_ok
+            a = tl.load(x_ptr + (x_pix + ih * s_xh)[:, None] + j[None, :], mask=a_mask, other=0)
+            b = tl.load(w_ptr + w_cols[None, :] + (w_off + kh * s_wh)[:, None], mask=j_ok[:, None], other=0)
+            acc = _conv_dot(a, b, acc, INT8, PRECISION, DOT_UPCAST)
     elif FLAT_K:
         # few input channels (a stem conv): gather k = (kh, kw, c) as one flat dimension
         K_TOTAL = C * KH * KW
@@ -805,7 +786,7 @@ def _launch_conv(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, 
         M, N, C, H, W, OH, OW, KH, KW, _m_bucket(M),
         stride[0], stride[1], padding[0], padding[1], eps,
         *x.stride(), *w.stride(), *strides,
-        ACT=act, ACT2=act2, FLAT_K=C < 32 and KH * KW > 1, ROW_RUN=row_run(x, w), ROW_AHEAD=ROW_AHEAD,
+        ACT=act, ACT2=act2, FLAT_K=C < 32 and KH * KW > 1, ROW_RUN=row_run(x, w),
         NO_BOUNDS=KH == 1 and KW == 1 and padding[0] == 0 and padding[1] == 0,
         **flags, **precision,
     )
@@ -813,7 +794,6 @@ def _launch_conv(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, 
 
 
 ROW_K = True  # stems over channels_last x gather each kernel row's run of KW * C values (the kernel's ROW_RUN)
-ROW_AHEAD = True  # ... with the next two rows' loads issued before this row's product
 
 
 def row_run(x: torch.Tensor, w: torch.Tensor) -> int:

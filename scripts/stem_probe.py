@@ -1,7 +1,6 @@
 """The stem convolutions on a GPU (61st session): conv + BN + ReLU over 3 input channels, b64 fp16
 channels_last, timed from replayed CUDA graphs (GPU ms): the Triton kernel gathering each kernel row's run
-of KW * C values (``kernels.conv_bn.row_run``, ROW_RUN), with and without the next rows' loads issued
-ahead (ROW_AHEAD), at each tile config, the flat gather it replaced
+of KW * C values (``kernels.conv_bn.row_run``, ROW_RUN) at each tile config, the flat gather it replaced
 (FLAT_K: 0.71 ms at ResNet-50's 7x7 stem on the H100 in the 60th session), cuDNN's conv alone and with
 Inductor's epilogue (the path a site is left to), and eager. Each config's output is checked against fp64
 first (error at most 2x eager's + 1e-3). Rows to ``$OUT/stem-probe.jsonl``.
@@ -24,13 +23,13 @@ from tritonfuse.kernels import conv_bn as K  # noqa: E402
 
 # (C_in, C_out, kernel, stride, padding, H=W): ResNet's 7x7 stem; MobileNet's and EfficientNet's 3x3 stems
 SHAPES = [(3, 64, 7, 2, 3, 224), (3, 32, 3, 2, 1, 224)]
-# (BLOCK_M, BLOCK_N, stages, warps): at 6cb7796 (row runs, no loads ahead) 256x32/8 warps and 128x32/4 were
-# the fastest of 16 (0.266 and 0.074 ms at the two shapes); the kernel's own list first
+# (BLOCK_M, BLOCK_N, stages, warps): the kernel's general list first (at 6cb7796 256x32/8 warps and 128x32/4
+# were the fastest of 16: 0.266 and 0.074 ms at the two shapes)
 CONFIGS = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, c.num_warps) for c in K._CONV_ALL[:4]] + [
     (256, 64, 3, 8), (256, 32, 3, 8), (128, 32, 3, 4), (64, 32, 2, 2), (128, 64, 3, 8), (64, 64, 2, 4),
     (64, 32, 3, 4), (128, 32, 2, 8)]
-# (name, ROW_K, ROW_AHEAD, configs): loads ahead at every config, without at the best four of 6cb7796
-VARIANTS = [("ahead", True, True, CONFIGS), ("row", True, False, [CONFIGS[i] for i in (2, 3, 5, 6)])]
+# (name, ROW_K, configs): the flat gather at the kernel's own four
+VARIANTS = [("row", True, CONFIGS), ("flat", False, CONFIGS[:4])]
 
 
 def main():
@@ -62,8 +61,8 @@ def main():
                "cudnn conv": graph_ms(lambda: F.conv2d(x, w, None, s, p)),
                "inductor": graph_ms(lambda: inductor(x)), "eager": graph_ms(lambda: epilogue(x))}
         tried = []
-        for variant, row_k, ahead, configs in VARIANTS:
-            K.ROW_K, K.ROW_AHEAD = row_k, ahead
+        for variant, row_k, configs in VARIANTS:
+            K.ROW_K = row_k
             for bm, bn_, st, wp in configs:
                 cfg = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn_, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=st,
                                     num_warps=wp)
@@ -81,7 +80,6 @@ def main():
                     row[name] = graph_ms(ours)
                 except Exception as e:  # noqa: BLE001
                     row[name] = f"failed: {type(e).__name__}: {str(e)[:80]}"
-        K.ROW_AHEAD = True
         K.ROW_K = True
         emit(**meta, **row)
 
