@@ -56,6 +56,10 @@ RESNET50_SHAPES = [
     (1024, 2048, 1, 2, 0, 14), (2048, 512, 1, 1, 0, 7), (512, 512, 3, 1, 1, 7),
 ]
 
+# the stems over RGB (few input channels: the kernel's row-run gather): ResNet's 7x7, MobileNet's and
+# EfficientNet's 3x3
+STEM_SHAPES = [(3, 64, 7, 2, 3, 224), (3, 32, 3, 2, 1, 224)]
+
 
 def bench(fn) -> float:
     return gpu_time(fn, warmup=10, rep=60)
@@ -344,9 +348,9 @@ def main():
     ap.add_argument("--model", action="store_true", help="also the whole ResNet-50 (needs minutes)")
     ap.add_argument("--counts", action="store_true", help="first, the conv_bn match counts on ResNet-50's CUDA graph")
     ap.add_argument("--out", default=None, help="also write the rows to DIR/conv_bn_rows.json")
-    ap.add_argument("--only", choices=("all", "1x1", "patch", "int8"), default="all",
+    ap.add_argument("--only", choices=("all", "1x1", "patch", "int8", "stem"), default="all",
                     help="1x1: the 1x1 stride-1 shapes alone; patch: the patch convolutions alone; int8: ResNet-50's "
-                    "shapes in int8 (conv_bn_relu_int8 rows) alone")
+                    "shapes in int8 (conv_bn_relu_int8 rows) alone; stem: the RGB stems alone")
     add_timer_arg(ap)
     args = ap.parse_args()
     set_timer(args)
@@ -371,6 +375,8 @@ def main():
     cases = [((cin, cout, 1, 1, 0, hw), True) for cin, cout, hw in RESIDUAL_SHAPES] + cases
     if args.only == "1x1":
         cases = [c for c in cases if c[0][2] == 1 and c[0][3] == 1]
+    elif args.only == "stem":
+        cases = [(shape, False) for shape in STEM_SHAPES]
 
     def section(label, cases, rows_of):
         # each case's rows saved as they come; a failing case must not cost the others' numbers
@@ -388,7 +394,7 @@ def main():
         section("patch shape", PATCH_SHAPES, lambda shape: patch_rows(*shape))
     if args.only == "int8":
         section("int8 shape", RESNET50_SHAPES, lambda shape: int8_rows(*shape))
-    if args.only in ("all", "1x1"):
+    if args.only in ("all", "1x1", "stem"):
         section("shape", cases, lambda case: shape_rows(*case[0], residual=case[1]))
     if args.model and time.time() < deadline - 60:
         rows += model_rows(deadline)
