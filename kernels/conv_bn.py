@@ -220,7 +220,7 @@ def _conv_bn_kernel(
             b = tl.load(w_ptr + w_cols[None, :] + (w_off + kh * s_wh)[:, None], mask=j_ok[:, None], other=0)
             acc = _conv_dot(a, b, acc, INT8, PRECISION, DOT_UPCAST)
     elif FLAT_K:
-        # few input channels (a stem conv): gather k = (kh, kw, c) as one flat dimension
+        # few input channels without row runs (other layouts): gather k = (kh, kw, c) as one flat dimension
         K_TOTAL = C * KH * KW
         for k0 in range(0, K_TOTAL, BLOCK_K):
             kk = k0 + offs_k
@@ -781,12 +781,13 @@ def _launch_conv(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, 
     else:
         scales = (x, x)  # never read (and never ``out``: see _epilogue_args)
         precision = _precision(x.dtype)
+    run = row_run(x, w)
     registry.launcher(_conv_bn_kernel)[grid](
         x, w, *ptrs, *scales,
         M, N, C, H, W, OH, OW, KH, KW, _m_bucket(M),
         stride[0], stride[1], padding[0], padding[1], eps,
         *x.stride(), *w.stride(), *strides,
-        ACT=act, ACT2=act2, FLAT_K=C < 32 and KH * KW > 1, ROW_RUN=row_run(x, w),
+        ACT=act, ACT2=act2, FLAT_K=not run and C < 32 and KH * KW > 1, ROW_RUN=run,
         NO_BOUNDS=KH == 1 and KW == 1 and padding[0] == 0 and padding[1] == 0,
         **flags, **precision,
     )
@@ -797,14 +798,15 @@ ROW_K = True  # stems over channels_last x gather each kernel row's run of KW * 
 
 
 def row_run(x: torch.Tensor, w: torch.Tensor) -> int:
-    """The kernel's ROW_RUN for ``x`` and ``w``: the columns (a power of two, at least 16 for ``tl.dot``) that
-    hold the KW * C contiguous values of one kernel row, where x has few channels (a stem) and is laid out
-    channels_last with pixels C apart; 0 where not (then FLAT_K or the per-channel-block loop serve)."""
+    """The kernel's ROW_RUN for ``x`` and ``w``: the columns (a power of two, at least ``tl.dot``'s depth: 16,
+    32 for int8) that hold the KW * C contiguous values of one kernel row, where x has few channels (a stem)
+    and is laid out channels_last with pixels C apart; 0 where not (then FLAT_K or the per-channel-block loop
+    serve)."""
     C = x.shape[1]
     KH, KW = w.shape[2:]
     if not ROW_K or C >= 32 or KH * KW == 1 or C * KW > 64 or x.stride(1) != 1 or x.stride(3) != C:
         return 0
-    return max(16, next_pow2(C * KW))
+    return max(32 if x.dtype == torch.int8 else 16, next_pow2(C * KW))
 
 
 def _conv_int8_fake(xq, xs, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, act2, channels_last,

@@ -101,6 +101,7 @@ def test_stem_rows_gathered_as_runs(case, device):
     *shape, run = case
     x, w = torch.empty(*shape[0]), torch.empty(shape[1], shape[0][1], *shape[2])
     assert K.row_run(x.to(memory_format=torch.channels_last), w) == run and K.row_run(x, w) == 0
+    assert K.row_run(x.to(torch.int8).to(memory_format=torch.channels_last), w) == max(32, run)
     _check_op(torch.ops.tritonfuse.conv_bn, *shape, torch.float16, device, act="relu", res=True)
 
 
@@ -884,7 +885,8 @@ def test_resnet50_cuda_fp16_channels_last():
 @pytest.mark.parametrize("xshape,cout,k,stride,pad,res", [
     ((2, 40, 9, 7), 24, 3, 1, 1, True),   # 3x3, C not a block multiple, residual
     ((2, 36, 10, 10), 20, 1, 2, 0, False),  # strided 1x1
-    ((1, 3, 17, 15), 16, 7, 2, 3, False),  # stem: few channels, 7x7 (flat K)
+    ((1, 3, 17, 15), 16, 7, 2, 3, False),  # stem: few channels, 7x7 (row runs of 32)
+    ((2, 3, 12, 11), 16, 3, 2, 1, True),  # 3x3 stem: a run of 9, read 32 wide (int8's dot depth)
 ])
 def test_conv_bn_int8_kernel(device, xshape, cout, k, stride, pad, res):
     from tritonfuse.kernels import int8 as I8
