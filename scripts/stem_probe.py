@@ -16,13 +16,13 @@ import torch.nn.functional as F
 import triton
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from bench_conv_bn import STEM_SHAPES  # noqa: E402
 from probe_log import graph_ms, jsonl_log, run_meta  # noqa: E402
 
 from tritonfuse import config  # noqa: E402
 from tritonfuse.kernels import conv_bn as K  # noqa: E402
 
-# (C_in, C_out, kernel, stride, padding, H=W): ResNet's 7x7 stem; MobileNet's and EfficientNet's 3x3 stems
-SHAPES = [(3, 64, 7, 2, 3, 224), (3, 32, 3, 2, 1, 224)]
 # (BLOCK_M, BLOCK_N, stages, warps): the kernel's general list first (at 6cb7796 256x32/8 warps and 128x32/4
 # were the fastest of 16: 0.266 and 0.074 ms at the two shapes)
 CONFIGS = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, c.num_warps) for c in K._CONV_ALL[:4]] + [
@@ -37,7 +37,7 @@ def main():
     meta = run_meta()
     config.fast_launch = "0"  # the autotuner itself launches: its config list is set per row below
     kernel = K._conv_bn_kernel
-    for cin, cout, k, s, p, hw in SHAPES:
+    for cin, cout, k, s, p, hw in STEM_SHAPES:
         g = torch.Generator(device="cuda").manual_seed(cin + cout + k)
         dev = dict(device="cuda", dtype=torch.half)
         x = torch.randn(64, cin, hw, hw, generator=g, **dev).to(memory_format=torch.channels_last)
