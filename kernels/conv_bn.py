@@ -1084,8 +1084,8 @@ def probe(device: str, dtype: torch.dtype, kernel: str, ksize: tuple, flat_k: bo
 # own fused BN epilogue, exactly what ``backend="inductor"`` compiles. (An earlier version rewrote such sites
 # into equivalent ATen ops; on the H100 that ran resnet50 at 0.84x of Inductor, so a rewrite has to earn its
 # place.) The cuDNN side is timed as the conv plus one pointwise epilogue pass where Inductor must run one
-# (the output feeds another conv), else as the conv alone, a lower bound of that path; the Triton op's time
-# includes its op-call overhead. Timed once per shape, layout, epilogue, GPU and versions by
+# (the output feeds another conv or is the graph's), else as the conv alone, a lower bound of that path; the
+# Triton op's time includes its op-call overhead. Timed once per shape, layout, epilogue, GPU and versions by
 # ``registry.measured_choice`` (kept on disk).
 
 # --- patch convolutions as one GEMM ---------------------------------------------------------------------
@@ -1279,7 +1279,8 @@ def choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last, int8:
     runs as kernels of its own, not in the producer's.
 
     ``epilogue_pass``: Inductor's path runs the epilogue as a pointwise kernel of its own (the output feeds
-    another convolution, so it must be written out, and cuDNN cannot take the epilogue), and cuDNN's side is
+    another convolution or is the graph's output, so it must be written out, and cuDNN cannot take the
+    epilogue), and cuDNN's side is
     timed as the conv plus that pass; otherwise as the conv alone, a lower bound (Inductor may fuse the
     epilogue into the consumer, a pooling say).
 

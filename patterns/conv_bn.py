@@ -282,10 +282,11 @@ def _site(match: Match, head: str, act: str, res: bool, act2: str, constants: Co
     int8, int8_why = _int8_site(match, conv, x, w, b, bn, stride, padding, eps, act)
     if int8_why:
         detail += f" ({int8_why})"
-    # Inductor writes the epilogue out in a pointwise kernel of its own where a conv reads the result
-    # (a consumer the pass already replaced is one of our ops: the matcher walks the graph from its end)
+    # Inductor writes the epilogue out in a pointwise kernel of its own where a conv reads the result or the
+    # graph returns it (a consumer the pass already replaced is one of our ops: the matcher walks the graph
+    # from its end)
     epilogue_pass = ("bn" in head or act != "none" or res) and any(
-        u.target in _conv_targets() for u in match.output_node().users)
+        u.op == "output" or u.target in _conv_targets() for u in match.output_node().users)
     choice = K.choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last, int8=int8,
                       epilogue_pass=epilogue_pass)
     if int8:
