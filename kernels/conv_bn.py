@@ -781,13 +781,12 @@ def _launch_conv(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, 
     else:
         scales = (x, x)  # never read (and never ``out``: see _epilogue_args)
         precision = _precision(x.dtype)
-    run = row_run(x, w)
     registry.launcher(_conv_bn_kernel)[grid](
         x, w, *ptrs, *scales,
         M, N, C, H, W, OH, OW, KH, KW, _m_bucket(M),
         stride[0], stride[1], padding[0], padding[1], eps,
         *x.stride(), *w.stride(), *strides,
-        ACT=act, ACT2=act2, FLAT_K=not run and C < 32 and KH * KW > 1, ROW_RUN=run,
+        ACT=act, ACT2=act2, FLAT_K=gather(x, w) == "flat", ROW_RUN=row_run(x, w),
         NO_BOUNDS=KH == 1 and KW == 1 and padding[0] == 0 and padding[1] == 0,
         **flags, **precision,
     )
@@ -1037,23 +1036,33 @@ def conv_bn_ref(x, w, b, mean, var, gamma, beta, r, stride, padding, eps, act, a
     return y
 
 
-def probe(device: str, dtype: torch.dtype, kernel: str, ksize: tuple, flat_k: bool, has_bias: bool,
+def gather(x: torch.Tensor, w: torch.Tensor) -> str:
+    """How the implicit-GEMM kernel reads x's windows: ``row`` (``row_run``), ``flat`` (FLAT_K) or ``nested``
+    (channel blocks per kernel position); ``probe`` compiles the variant a site runs."""
+    if row_run(x, w):
+        return "row"
+    return "flat" if x.shape[1] < 32 and w.shape[2] * w.shape[3] > 1 else "nested"
+
+
+def probe(device: str, dtype: torch.dtype, kernel: str, ksize: tuple, gather_kind: str, has_bias: bool,
           has_bn: bool, has_res: bool, act: str, act2: str, affine: bool = True) -> Optional[str]:
     """Compile and launch one variant on a small input once; None when it works, else the reason.
-    ``affine=False``: a BatchNorm without gamma and beta."""
+    ``gather_kind``: ``gather``'s answer for the site (a few-channel input laid out channels_last for ``row``,
+    contiguous for ``flat``). ``affine=False``: a BatchNorm without gamma and beta."""
 
     def run():
         # the strides real sites have (64 channels in, 32 out: multiples of 16, as Triton specialises them;
         # channels_last weights, as a model moved to channels_last has): the probe's compile of the kernel's
         # smallest config is one such a site's tuning compiles too (with 40 and 24 it was one of its own)
         g = torch.Generator(device="cpu").manual_seed(0)
-        c, n = (3 if flat_k else 64), 32
+        c, n = (64 if gather_kind == "nested" else 3), 32
 
         def rnd(*s, pos=False):
             t = torch.rand(*s, generator=g, device="cpu") + 0.5 if pos else torch.randn(*s, generator=g, device="cpu")
             return t.to(device=device, dtype=dtype)
 
-        x = rnd(2, c, 9, 7).to(memory_format=torch.channels_last)
+        x = rnd(2, c, 9, 7)
+        x = x if gather_kind == "flat" else x.to(memory_format=torch.channels_last)
         w = (rnd(n, c, *ksize) * (c * ksize[0] * ksize[1]) ** -0.5).to(memory_format=torch.channels_last)
         b = rnd(n) if has_bias else None
         bn = (rnd(n), rnd(n, pos=True), rnd(n), rnd(n)) if has_bn else (None,) * 4
@@ -1073,7 +1082,7 @@ def probe(device: str, dtype: torch.dtype, kernel: str, ksize: tuple, flat_k: bo
         if not math.isfinite(err.item()) or err.item() > 5e-2:
             raise RuntimeError(f"wrong result on the probe input (relative error {err.item():.3g})")
 
-    name = (f"{kernel}[{ksize[0]}x{ksize[1]},{'flat' if flat_k else 'nested'},{act},{act2},"
+    name = (f"{kernel}[{ksize[0]}x{ksize[1]},{gather_kind},{act},{act2},"
             f"{'bias' if has_bias else ''}{'bn' if has_bn else ''}{'' if affine else '-noaffine'}"
             f"{'res' if has_res else ''},{dtype}]")
     return registry.guarded_probe(f"{name}@{device}", run)

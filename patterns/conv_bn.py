@@ -278,7 +278,6 @@ def _site(match: Match, head: str, act: str, res: bool, act2: str, constants: Co
             reason = f"output strides {out.stride()} are neither contiguous nor channels_last"
     if reason:
         return conv, reason, None, detail
-    flat_k = x.shape[1] < 32 and w.shape[2] * w.shape[3] > 1
     int8, int8_why = _int8_site(match, conv, x, w, b, bn, stride, padding, eps, act)
     if int8_why:
         detail += f" ({int8_why})"
@@ -301,8 +300,8 @@ def _site(match: Match, head: str, act: str, res: bool, act2: str, constants: Co
     # TMA probes compiled in its thread, 1.7 s of resnet50's first compile on the H200
     probed = ("conv_bn_int8" if int8 else "conv_bn") if choice.get("surveyed") else op
     if probed in ("conv_bn", "conv_bn_int8"):
-        reason = K.probe(str(x.device), x.dtype, probed, tuple(w.shape[2:]), flat_k, b is not None, "bn" in head,
-                         res, act, act2, affine=head != "bn_noaffine")
+        reason = K.probe(str(x.device), x.dtype, probed, tuple(w.shape[2:]), K.gather(x, w), b is not None,
+                         "bn" in head, res, act, act2, affine=head != "bn_noaffine")
         if reason:
             return conv, reason, None, detail
     if "ours_ms" in choice:

@@ -412,7 +412,7 @@ def test_a_conv_probe_compiles_a_kernel_its_sites_compile_too(monkeypatch):
     K._launch_conv(x, w, None, *p, None, [1, 1], [1, 1], 1e-5, "relu", "none", True, tma=False)
     site = compiled_keys(K._conv_bn_kernel)
     monkeypatch.setattr(registry, "_failed", {})  # (run again though another test probed it)
-    assert K.probe("cuda", torch.float16, "conv_bn", (3, 3), False, False, True, False, "relu", "none") is None
+    assert K.probe("cuda", torch.float16, "conv_bn", (3, 3), "nested", False, True, False, "relu", "none") is None
     assert compiled_keys(K._conv_bn_kernel) == site
 
 
@@ -554,6 +554,25 @@ def test_conv_bn_act(act, name):
     m = _randomize_bn(ConvBNAct(act=act)).eval()
     x = torch.randn(2, 5, 9, 7).to(memory_format=torch.channels_last)
     _compile_check(m, x, _counts(1, 1), kernels=[f"conv_bn[bn,{name}]"])
+
+
+@pytest.mark.parametrize("layout,cin,kind", [("cl", 5, "row"), ("nchw", 5, "flat"), ("cl", 40, "nested")])
+def test_a_site_probes_the_gather_it_runs(monkeypatch, layout, cin, kind):
+    # the probe compiles the kernel variant the site will launch: a few-channel conv over channels_last input
+    # reads row runs, over NCHW input the flat gather; wider inputs the per-channel-block loop
+    seen = []
+    real = K.probe
+
+    def spy(*args, **kwargs):
+        seen.append(args[4])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(K, "probe", spy)
+    x = torch.randn(2, cin, 10, 6)  # (shapes no other test compiles: a cached compile would not probe)
+    x = x.to(memory_format=torch.channels_last) if layout == "cl" else x
+    _compile_check(_randomize_bn(ConvBNAct(cin=cin, cout=11, act=nn.ReLU())).eval(), x, _counts(1, 1),
+                   kernels=["conv_bn[bn,relu]"])
+    assert seen == [kind]
 
 
 @pytest.mark.parametrize("pool", [False, True], ids=["output", "pool"])
