@@ -97,7 +97,7 @@ def _int8_check(name, outs, failures):
     # before rounding it to y's dtype (it does not emulate that cast inside a kernel): judged by SQNR, against
     # the SQNR of the reference quantization of the same y (a fixed gate does not hold at every row length:
     # per-row int8 of 8192 normalized values gave 34.4 dB on the H100, 60th session)
-    from tritonfuse.kernels.int8 import quant_rows, quant_rows_ref
+    from tritonfuse.kernels.int8 import quant_rows, quant_rows_ref, sqnr_db
 
     y, _, q, scale = (t[:CHECK_ROWS] for t in outs)
     if name.startswith("tritonfuse"):
@@ -106,8 +106,7 @@ def _int8_check(name, outs, failures):
         what = "not the row kernel's values"
     else:
         def sqnr_of(q, scale):
-            deq = q.double() * scale.double().reshape(-1, 1)
-            return 10 * torch.log10(y.double().pow(2).sum() / (y.double() - deq).pow(2).sum()).item()
+            return sqnr_db(y.double(), q.double() * scale.double().reshape(-1, 1))
 
         sqnr, ref = sqnr_of(q, scale), sqnr_of(*quant_rows_ref(y))
         ok, what = sqnr > ref - 1.0, f"SQNR {sqnr:.1f} dB (the reference's {ref:.1f})"
