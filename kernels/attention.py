@@ -178,6 +178,7 @@ def _live_keys(mask_ptrs, stride_mn, SK, ADDITIVE: tl.constexpr, IS_CAUSAL: tl.c
             top = tl.maximum(top, tl.max(mv, 0))
     first = SK
     last = -1
+    kept = 0
     for start in range(0, SK, SCAN):
         cols = start + offs
         if ADDITIVE:
@@ -187,6 +188,7 @@ def _live_keys(mask_ptrs, stride_mn, SK, ADDITIVE: tl.constexpr, IS_CAUSAL: tl.c
             live = tl.load(mask_ptrs + cols * stride_mn, mask=cols < SK, other=0) != 0
         first = tl.minimum(first, tl.min(tl.where(live, cols, SK), 0))
         last = tl.maximum(last, tl.max(tl.where(live, cols, -1), 0))
+        kept += tl.sum(live.to(tl.int32), 0)
     none = last < 0
     if ADDITIVE:
         hi = tl.where(none, SK, last + 1)
@@ -197,7 +199,7 @@ def _live_keys(mask_ptrs, stride_mn, SK, ADDITIVE: tl.constexpr, IS_CAUSAL: tl.c
     else:
         hi = tl.where(none, 0, last + 1)
         lo = tl.where(none, 0, first)
-    return lo, hi
+    return lo, hi, kept
 
 
 @triton.jit
@@ -325,8 +327,10 @@ def _attn_fwd_kernel(
     STORE_LSE: tl.constexpr, DOT_UPCAST: tl.constexpr, PRECISION: tl.constexpr, RTNE_BF16: tl.constexpr,
     FOLD: tl.constexpr, EMPTY_ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     LPT_GROUP=1, LPT: tl.constexpr = False, TRIM: tl.constexpr = False, SCAN: tl.constexpr = 512,
+    RUN: tl.constexpr = False,
 ):
-    # FOLD: see _softmax_step (needs MASK_KIND 0 and qk_scale > 0). EMPTY_ROWS (causal, an additive key
+    # FOLD: see _softmax_step (needs MASK_KIND 0 or 3 and qk_scale > 0). RUN (with TRIM, MASK_KIND 3, not
+    # causal): see below. EMPTY_ROWS (causal, an additive key
     # vector, SQ == SK): the rows before the first kept key of their sequence (first_ptr [B]) have every key
     # masked, which eager treats as the mask's finite fill added to all their scores: they attend over all
     # keys, the key blocks past the diagonal included
@@ -365,9 +369,9 @@ def _attn_fwd_kernel(
     lo = 0
     kv_hi = SK
     if TRIM:
-        lo, kv_hi = _live_keys(mask_ptr + b * stride_mb + h * stride_mh, stride_mn, SK, MASK_KIND == 4, IS_CAUSAL,
-                               SCAN)
-        lo = lo // BLOCK_N * BLOCK_N
+        first_kept, kv_hi, kept = _live_keys(mask_ptr + b * stride_mb + h * stride_mh, stride_mn, SK,
+                                             MASK_KIND == 4, IS_CAUSAL, SCAN)
+        lo = first_kept // BLOCK_N * BLOCK_N
     # key blocks every row of this tile sees whole run without bounds or causal masks
     if IS_CAUSAL:
         hi = tl.minimum(kv_hi, (pid_m + 1) * BLOCK_M)
@@ -377,9 +381,21 @@ def _attn_fwd_kernel(
         full = kv_hi // BLOCK_N * BLOCK_N
     if TRIM:
         full = tl.maximum(full, lo)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, lo, full,
-                               stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK, empty, fill2, HEAD_DIM, BLOCK_D,
-                               BLOCK_N, MASK_KIND, False, False, DOT_UPCAST, PRECISION, FOLD, EMPTY_ROWS)
+    if RUN:
+        # (a bool key-padding mask, not causal) where the kept keys are one run, as in a right- or left-padded
+        # batch, the key blocks inside it read no mask: only the blocks at its two ends do
+        inner = tl.minimum(tl.cdiv(first_kept, BLOCK_N) * BLOCK_N, full)
+        inner = tl.where(kept == kv_hi - first_kept, inner, full)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, lo, inner,
+                                   stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK, empty, fill2, HEAD_DIM,
+                                   BLOCK_D, BLOCK_N, MASK_KIND, False, False, DOT_UPCAST, PRECISION, FOLD, False)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, inner, full,
+                                   stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK, empty, fill2, HEAD_DIM,
+                                   BLOCK_D, BLOCK_N, 0, False, False, DOT_UPCAST, PRECISION, FOLD, False)
+    else:
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, lo, full,
+                                   stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK, empty, fill2, HEAD_DIM,
+                                   BLOCK_D, BLOCK_N, MASK_KIND, False, False, DOT_UPCAST, PRECISION, FOLD, EMPTY_ROWS)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, full, hi,
                                stride_kn, stride_vn, stride_mn, qk_scale, SQ, SK, empty, fill2, HEAD_DIM, BLOCK_D,
                                BLOCK_N, MASK_KIND, IS_CAUSAL, True, DOT_UPCAST, PRECISION, FOLD, EMPTY_ROWS)
@@ -725,8 +741,8 @@ def _attn_bwd_dkdv_kernel(
         h = hk * GROUP + g
         start_q = lo
         if TRIM:  # a key block the padding mask drops whole has dK = dV = 0 (its p is 0 in every row)
-            klo, khi = _live_keys(mask_ptr + b * stride_mb + h * stride_mh, stride_mn, SK, MASK_KIND == 4,
-                                  IS_CAUSAL, SCAN)
+            klo, khi, _ = _live_keys(mask_ptr + b * stride_mb + h * stride_mh, stride_mn, SK, MASK_KIND == 4,
+                                     IS_CAUSAL, SCAN)
             start_q = tl.where((pid_n * BLOCK_N >= khi) | ((pid_n + 1) * BLOCK_N <= klo), SQ, lo)
         if MASK_KIND >= 3:  # a key-padding mask: this key block's bias, read once for all the query blocks
             key_bias = _apply_mask(tl.zeros([1, BLOCK_N], dtype=tl.float32),
@@ -814,8 +830,8 @@ def _attn_bwd_dq_kernel(
         hi = tl.minimum(SK, (pid_m + 1) * BLOCK_M)
     lo = 0
     if TRIM:  # the key blocks a padding mask keeps (see _attn_fwd_kernel)
-        klo, khi = _live_keys(mask_ptr + b * stride_mb + h * stride_mh, stride_mn, SK, MASK_KIND == 4, IS_CAUSAL,
-                              SCAN)
+        klo, khi, _ = _live_keys(mask_ptr + b * stride_mb + h * stride_mh, stride_mn, SK, MASK_KIND == 4,
+                                 IS_CAUSAL, SCAN)
         lo = klo // BLOCK_N * BLOCK_N
         hi = tl.minimum(hi, khi)
     for start_n in range(lo, hi, BLOCK_N):
@@ -1067,6 +1083,16 @@ def _trim(mask_kind: int) -> bool:
     return TRIM_PADDING and mask_kind in (3, 4)
 
 
+# RUN_PADDING: under a bool key-padding mask without a causal mask, a program whose kept keys form one run
+# (every padded batch: the padding at the end or at the start) reads the mask only in the key blocks at the
+# run's two ends; the blocks inside run the unmasked loop. The same bits as reading the mask everywhere.
+RUN_PADDING = True
+
+
+def _run(mask_kind: int, is_causal: bool) -> bool:
+    return RUN_PADDING and _trim(mask_kind) and mask_kind == 3 and not is_causal
+
+
 def _launch_pointer(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_causal, store_lse,
                     first: Optional[torch.Tensor] = None, empty_fill: float = 0.0):
     # first: [B] int32, each sequence's first kept key (EMPTY_ROWS, see _attn_fwd_kernel)
@@ -1081,7 +1107,7 @@ def _launch_pointer(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_cau
         HEAD_DIM=D, BLOCK_D=max(16, next_pow2(D)), MASK_KIND=mask_kind, IS_CAUSAL=is_causal,
         STORE_LSE=store_lse, RTNE_BF16=rtne_bf16(q.dtype), **_precision(q.dtype),
         FOLD=_fold(mask_kind, qk_scale), EMPTY_ROWS=first is not None, LPT_GROUP=group, LPT=lpt,
-        TRIM=_trim(mask_kind) and first is None,
+        TRIM=_trim(mask_kind) and first is None, RUN=_run(mask_kind, is_causal) and first is None,
     )
 
 

@@ -51,8 +51,11 @@ SHAPES = {
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 VARIANTS = [{"FOLD": False}, {"FOLD": True}]
 # under a key-padding mask (pointer kernel, MASK_KIND 3 / 4): reading every key block, or only those the mask
-# keeps (TRIM, ``kernels.attention.TRIM_PADDING``; the shipped default)
-MASK_VARIANTS = [{"FOLD": False, "TRIM": False}, {"FOLD": False, "TRIM": True}]
+# keeps (TRIM, ``kernels.attention.TRIM_PADDING``; the shipped default), and with a bool mask whose kept keys
+# are one run, the mask read only at the run's ends (RUN, ``RUN_PADDING``), the scale folded into the
+# exponent (FOLD) or not
+MASK_VARIANTS = [{"FOLD": False, "TRIM": False}, {"FOLD": False, "TRIM": True},
+                 {"FOLD": False, "TRIM": True, "RUN": True}, {"FOLD": True, "TRIM": True, "RUN": True}]
 # (BLOCK_M, BLOCK_N, warps, stages) beyond the lists; 128x64 in 2 stages (96 KB at D=128) and the 64-row
 # tiles leave room for two programs an SM, whose prologues and epilogues may overlap each other's loops
 EXTRA = [(128, 128, 8, 2), (128, 64, 4, 4), (128, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 3), (128, 32, 4, 2),
@@ -105,10 +108,12 @@ def _launch(kernel, q, k, v, m, causal, variant, cfg, out):
         return K._attn_fwd_tma_kernel.fn, grid, args, dict(HEAD_DIM=D, IS_CAUSAL=causal, STORE_LSE=False, **opts)
     mm, m_strides, mk = K._mask_args(m, (B, H, S, Sk), q)
     mk = K._pointer_mask_kind(mk, m_strides)
+    run = variant.get("RUN", False) and mk == 3 and not causal
+    opts["FOLD"] = variant["FOLD"] and (mk == 0 or run)
     args = (q, k, v, mm, out, lse, lse, *q.stride(), *k.stride(), *v.stride(), *m_strides, *out.stride(),
             H, H // Hkv, S, Sk, K._bucket(S), K._bucket(Sk), qk_scale, 0.0)
     kw = dict(HEAD_DIM=D, BLOCK_D=max(16, K.next_pow2(D)), MASK_KIND=mk, IS_CAUSAL=causal, STORE_LSE=False,
-              RTNE_BF16=False, EMPTY_ROWS=False, TRIM=variant.get("TRIM", False) and mk in (3, 4),
+              RTNE_BF16=False, EMPTY_ROWS=False, TRIM=variant.get("TRIM", False) and mk in (3, 4), RUN=run,
               **K._precision(q.dtype), **opts)
     return K._attn_fwd_kernel.fn, grid, args, kw
 
@@ -180,7 +185,7 @@ def main():
             errors = list(pool.map(lambda j: _try(compile_one, j), jobs))
         print(f"  compiled {len(jobs)} variants in {time.time() - t0:.0f} s", flush=True)
         for (kernel, variant, cfg, out, (fn, grid, a, kw)), cerr in zip(jobs, errors):
-            tag = ("F" if variant["FOLD"] else "-") + ("T" if variant.get("TRIM") else "")
+            tag = ("F" if variant["FOLD"] else "-") + "".join(k[0] for k in ("TRIM", "RUN") if variant.get(k))
             name = f"{kernel} {tag} {cfg[0]}x{cfg[1]} w{cfg[2]} s{cfg[3]}"
             r = {**base, "provider": kernel, "variant": variant, "config": list(cfg)}
             if cerr:

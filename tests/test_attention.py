@@ -236,11 +236,9 @@ def test_causal_padded_rows_without_keys(bm, bn, device, monkeypatch):
         torch.ops.tritonfuse.attention_causal_padded(q, k, v, keys, D ** -0.5, float("-inf"))
 
 
-@pytest.mark.parametrize("mask_kind,read_as,causal", [("bool_keypad", 3, False), ("bool_keypad", 3, True),
-                                                       ("float_min_keypad", 4, False), ("bool_full", 1, False)])
-def test_key_padding_mask_read_once_per_tile(mask_kind, read_as, causal, device, monkeypatch):
-    # a mask the same for every query (zero stride over queries) is read as one vector of keys per tile
-    kinds = []
+def _spy_launches(monkeypatch, meta: str) -> list:
+    """The value of the keyword ``meta`` in each kernel launch through ``registry.launcher`` from now on."""
+    seen = []
     real = registry.launcher
 
     def spy(kernel):
@@ -249,12 +247,20 @@ def test_key_padding_mask_read_once_per_tile(mask_kind, read_as, causal, device,
         class Grid:
             def __getitem__(self, grid):
                 def call(*args, **kwargs):
-                    kinds.append(kwargs.get("MASK_KIND"))
+                    seen.append(kwargs.get(meta))
                     return launch[grid](*args, **kwargs)
                 return call
         return Grid()
 
     monkeypatch.setattr(registry, "launcher", spy)
+    return seen
+
+
+@pytest.mark.parametrize("mask_kind,read_as,causal", [("bool_keypad", 3, False), ("bool_keypad", 3, True),
+                                                       ("float_min_keypad", 4, False), ("bool_full", 1, False)])
+def test_key_padding_mask_read_once_per_tile(mask_kind, read_as, causal, device, monkeypatch):
+    # a mask the same for every query (zero stride over queries) is read as one vector of keys per tile
+    kinds = _spy_launches(monkeypatch, "MASK_KIND")
     B, H, Sq, Sk, D = 2, 2, 45, 70, 64
     q, k, v = _qkv(B, H, H, Sq, Sk, D, torch.float16, device, transposed=True, seed=5)
     mask = _mask(mask_kind, B, H, Sq, Sk, torch.float16, device)
@@ -309,6 +315,27 @@ def test_padding_mask_skips_the_key_blocks_it_drops(fill, dtype, skips, causal, 
         assert torch.equal(dk[0], every[4][0]) and torch.equal(dv[0], every[5][0])
     elif not causal:  # kept keys: read, and NaN there, as eager gives (causal rows 0-44 never see key 128)
         assert nan[0][1].isnan().all() and nan[0][0].isfinite().all()
+
+
+def test_a_run_of_kept_keys_reads_its_mask_only_at_its_ends(device, monkeypatch):
+    # RUN_PADDING: a bool key-padding mask whose kept keys are one run (keys 0-299; 37-249, both ends inside
+    # a block) has its inner key blocks run without the mask, with the same bits as reading it everywhere;
+    # one with a hole (0-199 less 100-109) or a lone key is not a run and reads the mask in every block
+    runs = _spy_launches(monkeypatch, "RUN")
+    B, H, Sq, Sk, D = 4, 2, 41, 300, 32
+    q, k, v = _qkv(B, H, H, Sq, Sk, D, torch.float16, device, transposed=True, seed=11)
+    pos = torch.arange(Sk)
+    keep = torch.stack([pos >= 0, (pos >= 37) & (pos < 250), (pos < 200) & ((pos < 100) | (pos >= 110)),
+                        pos == 150]).view(B, 1, 1, Sk).to(device)
+    scale = D ** -0.5
+    monkeypatch.setattr(K, "RUN_PADDING", False)
+    every = torch.ops.tritonfuse.attention_fwd(q, k, v, keep, scale, False)
+    monkeypatch.setattr(K, "RUN_PADDING", True)
+    ends = torch.ops.tritonfuse.attention_fwd(q, k, v, keep, scale, False)
+    assert runs == [False, True]
+    assert torch.equal(ends[0], every[0]) and torch.equal(ends[1], every[1])
+    ref = K.attention_ref(q, k, v, keep, scale, False, upcast=True)
+    assert_close_to_ref(ends[0], ref, _sdpa(q, k, v, keep, scale, False), atol=1e-3)
 
 
 def test_tma_kernel_matches_pointer_kernel(device):
