@@ -15,8 +15,9 @@ timeout -k 5 150 $PY scripts/attn_fwd_sweep.py --shapes bert --kernels pointer -
 echo "sweep rc=$?" >> "$OUT/a.log"
 tail -4 "$OUT/attn-bert.log" >> "$OUT/a.log"
 stamp "bert-base float, CUDA graphs"
-timeout -k 5 240 $PY -m tritonfuse bench --models bert-base --modes inductor,tritonfuse --cuda-graphs --no-progress \
-  --out "$OUT/" > "$OUT/bert.log" 2>&1
+left=$(( ${LIMIT:-560} - SECONDS ))
+timeout -k 5 $(( left < 240 ? left : 240 )) $PY -m tritonfuse bench --models bert-base --modes inductor,tritonfuse \
+  --cuda-graphs --no-progress --out "$OUT/" > "$OUT/bert.log" 2>&1
 echo "bench rc=$?" >> "$OUT/a.log"
 grep -v Warn "$OUT/bert.log" | tail -6 >> "$OUT/a.log"
 stamp "attention tests"
