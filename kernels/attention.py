@@ -224,8 +224,8 @@ def _softmax_step(s, m_i, l_i, acc, qk_scale, FOLD: tl.constexpr):
 @triton.jit
 def _finish_scores(s, qk_scale, mask_ptrs, rows, cols, SQ, SK,
                    MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, BOUNDS: tl.constexpr, FOLD: tl.constexpr):
-    # q.k of one [rows, cols] tile -> log2-domain scores (raw with FOLD, which needs MASK_KIND 0); masked
-    # entries are -inf
+    # q.k of one [rows, cols] tile -> log2-domain scores (raw with FOLD, which an additive mask excludes);
+    # masked entries are -inf
     if not FOLD:
         s = s * qk_scale
     if MASK_KIND >= 3:
@@ -329,11 +329,11 @@ def _attn_fwd_kernel(
     LPT_GROUP=1, LPT: tl.constexpr = False, TRIM: tl.constexpr = False, SCAN: tl.constexpr = 512,
     RUN: tl.constexpr = False,
 ):
-    # FOLD: see _softmax_step (needs MASK_KIND 0 or 3 and qk_scale > 0). RUN (with TRIM, MASK_KIND 3, not
-    # causal): see below. EMPTY_ROWS (causal, an additive key
-    # vector, SQ == SK): the rows before the first kept key of their sequence (first_ptr [B]) have every key
-    # masked, which eager treats as the mask's finite fill added to all their scores: they attend over all
-    # keys, the key blocks past the diagonal included
+    # FOLD: see _softmax_step (needs qk_scale > 0 and no additive mask: a bool mask's -inf stays -inf scaled;
+    # the launcher folds only without a mask). RUN (with TRIM, MASK_KIND 3, not causal): see below.
+    # EMPTY_ROWS (causal, an additive key vector, SQ == SK): the rows before the first kept key of their
+    # sequence (first_ptr [B]) have every key masked, which eager treats as the mask's finite fill added to all
+    # their scores: they attend over all keys, the key blocks past the diagonal included
     qk_scale = tl.cast(qk_scale, tl.float32)  # Inductor passes Python floats as fp64
     # q: [B, H, SQ, D], k/v: [B, H // GROUP, SK, D], mask: broadcast [B, H, SQ, SK], out: [B, H, SQ, D]
     pid_m, pid_bh = _fwd_program(SQ, LPT_GROUP, BLOCK_M, LPT)
