@@ -16,7 +16,8 @@ echo "sweep rc=$?" >> "$OUT/a.log"
 tail -4 "$OUT/attn-bert.log" >> "$OUT/a.log"
 stamp "bert-base float, CUDA graphs"
 left=$(( ${LIMIT:-560} - SECONDS ))
-timeout -k 5 $(( left < 240 ? left : 240 )) $PY -m tritonfuse bench --models bert-base --modes inductor,tritonfuse \
+left=$(( left < 240 ? (left > 1 ? left : 1) : 240 ))  # (timeout 0 would be no limit)
+timeout -k 5 $left $PY -m tritonfuse bench --models bert-base --modes inductor,tritonfuse \
   --cuda-graphs --no-progress --out "$OUT/" > "$OUT/bert.log" 2>&1
 echo "bench rc=$?" >> "$OUT/a.log"
 grep -v Warn "$OUT/bert.log" | tail -6 >> "$OUT/a.log"
