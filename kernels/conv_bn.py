@@ -1235,8 +1235,8 @@ def choose_patch(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], ch
         # the gather as one kernel, as Inductor fuses the rewrite's permuted copy (timed eagerly, that copy
         # cost vit_b_16's patch embedding 0.19 ms where the compiled rewrite took 0.05)
         xr, wr, br = args()
-        gather = gather_patches_kernel if xr.is_cuda or registry.interpret_mode() else _gather_patches
-        return _patch_product(gather(xr, *w.shape[2:]), xr, wr, br, channels_last)
+        patches_of = gather_patches_kernel if xr.is_cuda or registry.interpret_mode() else _gather_patches
+        return _patch_product(patches_of(xr, *w.shape[2:]), xr, wr, br, channels_last)
 
     def cudnn_conv():
         xr, wr, br = args()
@@ -1289,9 +1289,8 @@ def choose(x, w, b, bn, r, stride, padding, eps, act, act2, channels_last, int8:
 
     ``epilogue_pass``: Inductor's path runs the epilogue as a pointwise kernel of its own (the output feeds
     another convolution or is the graph's output, so it must be written out, and cuDNN cannot take the
-    epilogue), and cuDNN's side is
-    timed as the conv plus that pass; otherwise as the conv alone, a lower bound (Inductor may fuse the
-    epilogue into the consumer, a pooling say).
+    epilogue), and cuDNN's side is timed as the conv plus that pass; otherwise as the conv alone, a lower
+    bound (Inductor may fuse the epilogue into the consumer, a pooling say).
 
     On a GPU both are timed once per shape (``registry.measured_choice``, kept on disk); off the GPU or with
     ``TRITONFUSE_MEASURE=0`` the Triton kernel is used. ``CHOICE`` forces one path.
