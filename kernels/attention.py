@@ -1085,7 +1085,9 @@ def _trim(mask_kind: int) -> bool:
 
 # RUN_PADDING: under a bool key-padding mask without a causal mask, a program whose kept keys form one run
 # (every padded batch: the padding at the end or at the start) reads the mask only in the key blocks at the
-# run's two ends; the blocks inside run the unmasked loop. The same bits as reading the mask everywhere.
+# run's two ends; the blocks inside run the unmasked loop. The interpreter gives the same bits as reading the
+# mask everywhere; compiled for the H100 the unmasked loop's scores round otherwise (a few units in the last
+# place). bert-base's padded attention there: 0.0913 ms against 0.0973 without (SDPA 0.1168; 63rd session).
 RUN_PADDING = True
 
 
