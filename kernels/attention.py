@@ -168,7 +168,8 @@ def _live_keys(mask_ptrs, stride_mn, SK, ADDITIVE: tl.constexpr, IS_CAUSAL: tl.c
     # (HF's finfo.min and -10000 fills, -9984 in bf16): such a key's weight, below e^-5000 of a kept key's,
     # is 0 in fp32 unless its scaled score beats the kept key's by some 4900; NaN counts as kept. No finite
     # value gives the whole range (eager's average), and causal gives lo = 0 (a row before the first kept
-    # key attends over the fill, as eager does)
+    # key attends over the fill, as eager does). Also returns how many kept keys the mask leaves as they are
+    # (bool: every kept key; additive: those whose value is 0), which RUN compares with the range's length
     offs = tl.arange(0, SCAN)
     top = float("-inf")
     if ADDITIVE:
@@ -188,6 +189,8 @@ def _live_keys(mask_ptrs, stride_mn, SK, ADDITIVE: tl.constexpr, IS_CAUSAL: tl.c
             live = tl.load(mask_ptrs + cols * stride_mn, mask=cols < SK, other=0) != 0
         first = tl.minimum(first, tl.min(tl.where(live, cols, SK), 0))
         last = tl.maximum(last, tl.max(tl.where(live, cols, -1), 0))
+        if ADDITIVE:
+            live = live & (mv == 0.0)
         kept += tl.sum(live.to(tl.int32), 0)
     none = last < 0
     if ADDITIVE:
@@ -330,7 +333,7 @@ def _attn_fwd_kernel(
     RUN: tl.constexpr = False,
 ):
     # FOLD: see _softmax_step (needs qk_scale > 0 and no additive mask: a bool mask's -inf stays -inf scaled;
-    # the launcher folds only without a mask). RUN (with TRIM, MASK_KIND 3, not causal): see below.
+    # the launcher folds only without a mask). RUN (with TRIM, not causal): see below.
     # EMPTY_ROWS (causal, an additive key vector, SQ == SK): the rows before the first kept key of their
     # sequence (first_ptr [B]) have every key masked, which eager treats as the mask's finite fill added to all
     # their scores: they attend over all keys, the key blocks past the diagonal included
@@ -382,8 +385,9 @@ def _attn_fwd_kernel(
     if TRIM:
         full = tl.maximum(full, lo)
     if RUN:
-        # (a bool key-padding mask, not causal) where the kept keys are one run, as in a right- or left-padded
-        # batch, the key blocks inside it read no mask: only the blocks at its two ends do
+        # (a key-padding mask, not causal) where the kept keys are one run, as in a right- or left-padded
+        # batch, and an additive mask adds 0 to each of them, the key blocks inside it read no mask: only the
+        # blocks at its two ends do
         inner = tl.minimum(tl.cdiv(first_kept, BLOCK_N) * BLOCK_N, full)
         inner = tl.where(kept == kv_hi - first_kept, inner, full)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, rows, offs_n, offs_d, lo, inner,
@@ -1083,16 +1087,17 @@ def _trim(mask_kind: int) -> bool:
     return TRIM_PADDING and mask_kind in (3, 4)
 
 
-# RUN_PADDING: under a bool key-padding mask without a causal mask, a program whose kept keys form one run
-# (every padded batch: the padding at the end or at the start) reads the mask only in the key blocks at the
-# run's two ends; the blocks inside run the unmasked loop. The interpreter gives the same bits as reading the
-# mask everywhere; compiled for the H100 the unmasked loop's scores round otherwise (a few units in the last
-# place). bert-base's padded attention there: 0.0913 ms against 0.0973 without (SDPA 0.1168; 63rd session).
+# RUN_PADDING: under a key-padding mask without a causal mask, a program whose kept keys form one run (every
+# padded batch: the padding at the end or at the start), to which an additive mask adds 0 (HF's eager
+# attention), reads the mask only in the key blocks at the run's two ends; the blocks inside run the unmasked
+# loop. The interpreter gives the same bits as reading the mask everywhere; compiled for the H100 the
+# unmasked loop's scores round otherwise (a few units in the last place). bert-base's padded attention (a bool
+# mask) there: 0.0913 ms against 0.0973 without (SDPA 0.1168; 63rd session).
 RUN_PADDING = True
 
 
 def _run(mask_kind: int, is_causal: bool) -> bool:
-    return RUN_PADDING and _trim(mask_kind) and mask_kind == 3 and not is_causal
+    return RUN_PADDING and _trim(mask_kind) and not is_causal
 
 
 def _launch_pointer(q, k, v, m, m_strides, mask_kind, out, lse, qk_scale, is_causal, store_lse,

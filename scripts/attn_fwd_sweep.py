@@ -42,18 +42,20 @@ SHAPES = {
     "d64-causal": (8, 16, 16, 4096, 64, True, None),
     "bert": (32, 12, 12, 512, 64, False, "keypad"),
     "bert-full": (32, 12, 12, 512, 64, False, "keypad-full"),  # the same mask materialised [B, 1, S, S]
+    "bert-additive": (32, 12, 12, 512, 64, False, "keypad-add"),  # as HF's eager attention adds it: 0 or finfo.min
     "vit": (64, 12, 12, 197, 64, False, None),
     "llama-prefill": (8, 16, 8, 1024, 128, True, None),
     "smoke": (1, 2, 2, 150, 64, False, None),
     "smoke-keypad": (2, 2, 2, 97, 64, False, "keypad"),
     "smoke-full": (2, 2, 2, 97, 64, False, "keypad-full"),
+    "smoke-additive": (2, 2, 2, 97, 64, False, "keypad-add"),
 }
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 VARIANTS = [{"FOLD": False}, {"FOLD": True}]
 # under a key-padding mask (pointer kernel, MASK_KIND 3 / 4): reading every key block, or only those the mask
-# keeps (TRIM, ``kernels.attention.TRIM_PADDING``; the shipped default), and with a bool mask whose kept keys
-# are one run, the mask read only at the run's ends (RUN, ``RUN_PADDING``), the scale folded into the
-# exponent (FOLD) or not
+# keeps (TRIM, ``kernels.attention.TRIM_PADDING``; the shipped default), and with a mask whose kept keys are
+# one run, the mask read only at the run's ends (RUN, ``RUN_PADDING``), the scale folded into the exponent
+# (FOLD, bool masks only) or not
 MASK_VARIANTS = [{"FOLD": False, "TRIM": False}, {"FOLD": False, "TRIM": True},
                  {"FOLD": False, "TRIM": True, "RUN": True}, {"FOLD": True, "TRIM": True, "RUN": True}]
 # (BLOCK_M, BLOCK_N, warps, stages) beyond the lists; 128x64 in 2 stages (96 KB at D=128) and the 64-row
@@ -79,12 +81,14 @@ def _inputs(shape: str, dtype):
     q = torch.randn(B, S, Hq, D, device=DEVICE, dtype=dtype, generator=g).transpose(1, 2)
     k = torch.randn(B, S, Hkv, D, device=DEVICE, dtype=dtype, generator=g).transpose(1, 2)
     v = torch.randn(B, S, Hkv, D, device=DEVICE, dtype=dtype, generator=g).transpose(1, 2)
-    if mask in ("keypad", "keypad-full"):  # HF BERT's padding: each sequence keeps at least half its tokens
+    if mask in ("keypad", "keypad-full", "keypad-add"):  # HF BERT's padding: each keeps at least half its tokens
         lengths = torch.randint(S // 2, S + 1, (B,), generator=torch.Generator().manual_seed(1))
         lengths[0] = S
         m = (torch.arange(S)[None, :] < lengths[:, None]).view(B, 1, 1, S).to(DEVICE)
         if mask == "keypad-full":  # as HF's masking utilities hand it over: [B, 1, S, S]
             m = m.expand(B, 1, S, S).contiguous()
+        if mask == "keypad-add":
+            m = torch.where(m, 0.0, torch.finfo(dtype).min).to(dtype)
     return q, k, v, m, causal
 
 
@@ -108,8 +112,8 @@ def _launch(kernel, q, k, v, m, causal, variant, cfg, out):
         return K._attn_fwd_tma_kernel.fn, grid, args, dict(HEAD_DIM=D, IS_CAUSAL=causal, STORE_LSE=False, **opts)
     mm, m_strides, mk = K._mask_args(m, (B, H, S, Sk), q)
     mk = K._pointer_mask_kind(mk, m_strides)
-    run = variant.get("RUN", False) and mk == 3 and not causal
-    opts["FOLD"] = variant["FOLD"] and (mk == 0 or run)
+    run = variant.get("RUN", False) and mk in (3, 4) and not causal
+    opts["FOLD"] = variant["FOLD"] and (mk == 0 or (run and mk == 3))  # (not with an additive mask)
     args = (q, k, v, mm, out, lse, lse, *q.stride(), *k.stride(), *v.stride(), *m_strides, *out.stride(),
             H, H // Hkv, S, Sk, K._bucket(S), K._bucket(Sk), qk_scale, 0.0)
     kw = dict(HEAD_DIM=D, BLOCK_D=max(16, K.next_pow2(D)), MASK_KIND=mk, IS_CAUSAL=causal, STORE_LSE=False,
@@ -148,7 +152,7 @@ def main():
         gpu_time = lambda fn, rep=None: (fn(), 1.0)[1]  # noqa: E731
         lib_configs = _configs
         _configs = lambda kernel, D: lib_configs(kernel, D)[:1]  # noqa: E731
-        args.shapes, args.threads = "smoke,smoke-keypad,smoke-full", 1
+        args.shapes, args.threads = "smoke,smoke-keypad,smoke-full,smoke-additive", 1
     dtype = getattr(torch, args.dtype)
     rows = []
     t0 = time.time()

@@ -319,31 +319,38 @@ def test_padding_mask_skips_the_key_blocks_it_drops(fill, dtype, skips, causal, 
         assert nan[0][1].isnan().all() and nan[0][0].isfinite().all()
 
 
-def test_a_run_of_kept_keys_reads_its_mask_only_at_its_ends(device, monkeypatch):
-    # RUN_PADDING: a bool key-padding mask whose kept keys are one run (keys 0-299; 37-249, both ends inside
-    # a block) has its inner key blocks run without the mask, with the same bits as reading it everywhere in
+@pytest.mark.parametrize("additive", [False, True])
+def test_a_run_of_kept_keys_reads_its_mask_only_at_its_ends(additive, device, monkeypatch):
+    # RUN_PADDING: a key-padding mask whose kept keys are one run (keys 0-299; 37-249, both ends inside a
+    # block) has its inner key blocks run without the mask, with the same bits as reading it everywhere in
     # the interpreter (compiled for a GPU, the unmasked loop's arithmetic rounds otherwise: there to a few
     # units in the last place, far below what a key wrongly kept or dropped would change); one with a hole
-    # (0-199 less 100-109) or a lone key is not a run and reads the mask in every block
+    # (0-199 less 100-109) is not a run and reads the mask in every block, nor is, as an additive mask (HF's
+    # eager attention: 0 where kept, finfo.min where not), a run that adds 0.5 to one of its keys
     runs = _spy_launches(monkeypatch, "RUN")
     B, H, Sq, Sk, D = 4, 2, 41, 300, 32
     q, k, v = _qkv(B, H, H, Sq, Sk, D, torch.float16, device, transposed=True, seed=11)
     pos = torch.arange(Sk)
     keep = torch.stack([pos >= 0, (pos >= 37) & (pos < 250), (pos < 200) & ((pos < 100) | (pos >= 110)),
-                        pos == 150]).view(B, 1, 1, Sk).to(device)
+                        pos == 150 if not additive else pos >= 0]).view(B, 1, 1, Sk)
+    mask = keep
+    if additive:
+        mask = torch.where(keep, 0.0, torch.finfo(torch.float16).min).to(torch.float16)
+        mask[3, ..., 200] = 0.5
+    mask = mask.to(device)
     scale = D ** -0.5
     monkeypatch.setattr(K, "RUN_PADDING", False)
-    every = torch.ops.tritonfuse.attention_fwd(q, k, v, keep, scale, False)
+    every = torch.ops.tritonfuse.attention_fwd(q, k, v, mask, scale, False)
     monkeypatch.setattr(K, "RUN_PADDING", True)
-    ends = torch.ops.tritonfuse.attention_fwd(q, k, v, keep, scale, False)
+    ends = torch.ops.tritonfuse.attention_fwd(q, k, v, mask, scale, False)
     assert runs == [False, True]
     if device == "cpu":
         assert torch.equal(ends[0], every[0]) and torch.equal(ends[1], every[1])
     else:
         torch.testing.assert_close(ends[0], every[0], rtol=0, atol=1e-3)
         torch.testing.assert_close(ends[1], every[1], rtol=0, atol=1e-4)
-    ref = K.attention_ref(q, k, v, keep, scale, False, upcast=True)
-    assert_close_to_ref(ends[0], ref, _sdpa(q, k, v, keep, scale, False), atol=1e-3)
+    ref = K.attention_ref(q, k, v, mask, scale, False, upcast=True)
+    assert_close_to_ref(ends[0], ref, _sdpa(q, k, v, mask, scale, False), atol=1e-3)
 
 
 def test_tma_kernel_matches_pointer_kernel(device):
