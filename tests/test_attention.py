@@ -324,9 +324,10 @@ def test_a_run_of_kept_keys_reads_its_mask_only_at_its_ends(additive, device, mo
     # RUN_PADDING: a key-padding mask whose kept keys are one run (keys 0-299; 37-249, both ends inside a
     # block) has its inner key blocks run without the mask, with the same bits as reading it everywhere in
     # the interpreter (compiled for a GPU, the unmasked loop's arithmetic rounds otherwise: there to a few
-    # units in the last place, far below what a key wrongly kept or dropped would change); one with a hole
-    # (0-199 less 100-109) is not a run and reads the mask in every block, nor is, as an additive mask (HF's
-    # eager attention: 0 where kept, finfo.min where not), a run that adds 0.5 to one of its keys
+    # units in the last place, far below what a key wrongly kept or dropped would change), as has a lone key
+    # (bool: a run of one, all its blocks ends); one with a hole (0-199 less 100-109) is not a run and reads
+    # the mask in every block, nor is, as an additive mask (HF's eager attention: 0 where kept, finfo.min where
+    # not), a run that adds 0.5 to one of its keys
     runs = _spy_launches(monkeypatch, "RUN")
     B, H, Sq, Sk, D = 4, 2, 41, 300, 32
     q, k, v = _qkv(B, H, H, Sq, Sk, D, torch.float16, device, transposed=True, seed=11)
