@@ -189,9 +189,10 @@ def _live_keys(mask_ptrs, stride_mn, SK, ADDITIVE: tl.constexpr, IS_CAUSAL: tl.c
             live = tl.load(mask_ptrs + cols * stride_mn, mask=cols < SK, other=0) != 0
         first = tl.minimum(first, tl.min(tl.where(live, cols, SK), 0))
         last = tl.maximum(last, tl.max(tl.where(live, cols, -1), 0))
+        as_is = live
         if ADDITIVE:
-            live = live & (mv == 0.0)
-        kept += tl.sum(live.to(tl.int32), 0)
+            as_is = live & (mv == 0.0)
+        kept += tl.sum(as_is.to(tl.int32), 0)
     none = last < 0
     if ADDITIVE:
         hi = tl.where(none, SK, last + 1)
