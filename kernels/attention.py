@@ -1092,8 +1092,9 @@ def _trim(mask_kind: int) -> bool:
 # padded batch: the padding at the end or at the start), to which an additive mask adds 0 (HF's eager
 # attention), reads the mask only in the key blocks at the run's two ends; the blocks inside run the unmasked
 # loop. The interpreter gives the same bits as reading the mask everywhere; compiled for the H100 the
-# unmasked loop's scores round otherwise (a few units in the last place). bert-base's padded attention (a bool
-# mask) there: 0.0913 ms against 0.0973 without (SDPA 0.1168; 63rd session).
+# unmasked loop's scores round otherwise (a few units in the last place). bert-base's padded attention there
+# (the list's first config): 0.0906 ms against 0.0966 without under a bool mask, 0.0907 against 0.0951 under
+# HF's additive one (SDPA 0.1166 and 0.1080; 64th session).
 RUN_PADDING = True
 
 
