@@ -171,7 +171,7 @@ def _vision_models(gpu: bool) -> dict:
     # BatchNorm keeps its fresh statistics (mean 0, variance 1), so the activations shrink layer by layer
     # (mobilenet_v2's logits are near 1e-9; SQNR does not mind the scale). Running statistics taken from random
     # images (the 65th session tried it) make the nets amplify rounding noise instead: eager bf16 itself then
-    # lands 11-15 dB from fp64 at resnet50, mobilenet_v2 and googlenet, and a kernel's bug would hide in that
+    # lands 11-15 dB from fp64 at resnet50, mobilenet_v2 and googlenet, and a kernel's bug would hide in that.
     # 100 classes: enough logits that a run whose error stays below their rounding is rare (10 gave inf dB)
     convnets = {
         "resnet18": M.resnet18, "resnet50": M.resnet50, "mobilenet_v3_small": M.mobilenet_v3_small,
